@@ -1,0 +1,16 @@
+//! Trefoil's declarative resources: their types, defaults, and validation
+//! that points at the file, line, column and field of every mistake.
+
+pub mod diagnostic;
+pub mod duration;
+pub mod load;
+pub mod located_yaml;
+pub mod resource;
+pub mod spec;
+pub mod validate;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use duration::Duration;
+pub use load::{load_path, load_str, SourcedResource};
+pub use resource::{Metadata, Resource, Spec, API_VERSION};
+pub use validate::validate;

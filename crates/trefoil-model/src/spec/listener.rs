@@ -1,0 +1,60 @@
+//! `Listener`: where a proxy accepts traffic and what it speaks there.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::BackendRef;
+
+/// One accepting socket of a proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// `ip:port` to bind.
+    pub address: String,
+    /// What the listener speaks.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// TLS termination; with `clientCa` the client must present a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Names of the routes served here; empty means every route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// Where opaque TCP goes (`tcp`, and `auto` when the bytes are not HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_backend: Option<BackendRef>,
+    /// Value of the `direction` metric label.
+    #[serde(default = "default_direction")]
+    pub direction: String,
+}
+
+fn default_direction() -> String {
+    "inbound".to_string()
+}
+
+/// Listener protocols.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN under TLS); gRPC rides on HTTP/2.
+    #[default]
+    Http,
+    /// HTTP/2 only.
+    Http2,
+    /// Opaque TCP to `tcpBackend`.
+    Tcp,
+    /// Sniff the first bytes: HTTP goes to the router, anything else to `tcpBackend`.
+    Auto,
+}
+
+/// Server-side TLS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain file.
+    pub certificate: String,
+    /// PEM private key file.
+    pub key: String,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}

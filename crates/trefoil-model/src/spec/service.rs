@@ -1,0 +1,54 @@
+//! `Service`: a named set of endpoints, grouped by version.
+
+use serde::{Deserialize, Serialize};
+
+/// A service and, for services outside the runtime, its static endpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// Static endpoints; workloads of the runtime add theirs to these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A port a service exposes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: String,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: AppProtocol,
+}
+
+/// What a service speaks, which decides how the proxy talks to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl AppProtocol {
+    /// Whether upstream connections must use HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, AppProtocol::Http2 | AppProtocol::Grpc)
+    }
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port`.
+    pub address: String,
+    /// The version this instance runs; backends select endpoints by it.
+    #[serde(default)]
+    pub version: String,
+}

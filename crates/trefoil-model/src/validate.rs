@@ -1,0 +1,358 @@
+//! Checks that hold across fields and resources, beyond what the types say.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::load::SourcedResource;
+use crate::spec::*;
+use crate::Spec;
+
+/// Validates a whole configuration; returns every problem found.
+pub fn validate(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
+    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new() };
+    for r in resources {
+        if let Spec::Service(s) = &r.resource.spec {
+            let versions = s.endpoints.iter().map(|e| e.version.clone()).collect();
+            v.services.insert(r.resource.name().to_string(), versions);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut proxies = 0;
+    for r in resources {
+        let name = r.resource.name();
+        if !valid_name(name) {
+            v.report(r, "metadata.name", format!("invalid name {name:?}: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"));
+        }
+        if !seen.insert((r.resource.kind(), name.to_string())) {
+            v.report(r, "metadata.name", format!("duplicate {} named {name:?}", r.resource.kind()));
+        }
+        match &r.resource.spec {
+            Spec::Proxy(p) => {
+                proxies += 1;
+                if proxies > 1 {
+                    v.report(r, "kind", "only one Proxy resource may configure a proxy");
+                }
+                v.proxy(r, p);
+            }
+            Spec::Listener(l) => v.listener(r, l),
+            Spec::Service(s) => v.service(r, s),
+            Spec::Route(route) => v.route(r, route),
+            Spec::TrafficPolicy(p) => v.traffic_policy(r, p),
+        }
+    }
+    if v.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(v.problems))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(ok_char)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+struct Validator {
+    problems: Vec<Diagnostic>,
+    /// Service name -> versions of its static endpoints.
+    services: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Validator {
+    fn report(&mut self, r: &SourcedResource, field: &str, message: impl Into<String>) {
+        self.problems.push(r.diagnostic(field, message));
+    }
+
+    fn socket_addr(&mut self, r: &SourcedResource, field: &str, value: &str) {
+        if value.parse::<SocketAddr>().is_err() {
+            self.report(r, field, format!("{value:?} is not an ip:port address (e.g. 127.0.0.1:8080 or [::1]:8080)"));
+        }
+    }
+
+    fn percent(&mut self, r: &SourcedResource, field: &str, value: f64) {
+        if !(0.0..=100.0).contains(&value) {
+            self.report(r, field, format!("{value} is not a percentage between 0 and 100"));
+        }
+    }
+
+    fn file(&mut self, r: &SourcedResource, field: &str, path: &str) {
+        if let Err(e) = std::fs::metadata(path) {
+            self.report(r, field, format!("cannot read {path:?}: {e}"));
+        }
+    }
+
+    fn backend(&mut self, r: &SourcedResource, field: &str, service: &str, version: Option<&str>) {
+        match self.services.get(service) {
+            None => self.report(r, &format!("{field}.service"), format!("no Service named {service:?}")),
+            Some(versions) => {
+                if let Some(version) = version {
+                    if !versions.contains(version) {
+                        let known: Vec<_> = versions.iter().filter(|v| !v.is_empty()).cloned().collect();
+                        self.report(r, &format!("{field}.version"), format!("Service {service:?} has no endpoints of version {version:?} (it has: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn proxy(&mut self, r: &SourcedResource, p: &ProxySpec) {
+        self.socket_addr(r, "spec.admin", &p.admin);
+        if let Some(t) = &p.tracing {
+            if !t.otlp_endpoint.starts_with("http://") && !t.otlp_endpoint.starts_with("https://") {
+                self.report(r, "spec.tracing.otlpEndpoint", "must be an http:// or https:// URL");
+            }
+            self.percent(r, "spec.tracing.samplingPercent", t.sampling_percent);
+        }
+    }
+
+    fn listener(&mut self, r: &SourcedResource, l: &ListenerSpec) {
+        self.socket_addr(r, "spec.address", &l.address);
+        if let Some(tls) = &l.tls {
+            self.file(r, "spec.tls.certificate", &tls.certificate);
+            self.file(r, "spec.tls.key", &tls.key);
+            if let Some(ca) = &tls.client_ca {
+                self.file(r, "spec.tls.clientCa", ca);
+            }
+        }
+        match (&l.protocol, &l.tcp_backend) {
+            (ListenerProtocol::Tcp | ListenerProtocol::Auto, None) => {
+                self.report(r, "spec.tcpBackend", "a tcp or auto listener needs `tcpBackend` for traffic that is not HTTP")
+            }
+            (_, Some(b)) => self.backend(r, "spec.tcpBackend", &b.service, b.version.as_deref()),
+            _ => {}
+        }
+    }
+
+    fn service(&mut self, r: &SourcedResource, s: &ServiceSpec) {
+        for (i, e) in s.endpoints.iter().enumerate() {
+            self.socket_addr(r, &format!("spec.endpoints[{i}].address"), &e.address);
+        }
+        for (i, p) in s.ports.iter().enumerate() {
+            if p.port == 0 {
+                self.report(r, &format!("spec.ports[{i}].port"), "port must be between 1 and 65535");
+            }
+        }
+    }
+
+    fn route(&mut self, r: &SourcedResource, route: &RouteSpec) {
+        if route.hosts.is_empty() && route.service.is_none() {
+            self.report(r, "spec", "a Route needs `hosts` or `service` to say which traffic it applies to");
+        }
+        for (i, host) in route.hosts.iter().enumerate() {
+            if host.is_empty() || host.contains(['/', ' ']) || (host.contains('*') && !host.starts_with("*.") && host != "*") {
+                self.report(r, &format!("spec.hosts[{i}]"), format!("{host:?} is not a host name (wildcards only as a leading `*.`)"));
+            }
+        }
+        if route.rules.is_empty() {
+            self.report(r, "spec.rules", "a Route needs at least one rule");
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            self.rule(r, &format!("spec.rules[{i}]"), rule);
+        }
+    }
+
+    fn rule(&mut self, r: &SourcedResource, at: &str, rule: &RouteRule) {
+        for (j, m) in rule.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{j}]");
+            match &m.path {
+                Some(PathMatch::Exact(p)) | Some(PathMatch::Prefix(p)) if !p.starts_with('/') => {
+                    self.report(r, &format!("{at}.path"), format!("path {p:?} must start with '/'"))
+                }
+                Some(PathMatch::Regex(re)) => self.regex(r, &format!("{at}.path.regex"), re),
+                _ => {}
+            }
+            for (k, h) in m.headers.iter().enumerate() {
+                self.value_match(r, &format!("{at}.headers[{k}]"), h, true);
+            }
+            for (k, q) in m.query_params.iter().enumerate() {
+                self.value_match(r, &format!("{at}.queryParams[{k}]"), q, false);
+            }
+            if let Some(method) = &m.method {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    self.report(r, &format!("{at}.method"), format!("{method:?} is not an HTTP method (upper case, e.g. GET)"));
+                }
+            }
+        }
+        if rule.backends.is_empty() {
+            self.report(r, &format!("{at}.backends"), "a rule needs at least one backend");
+        } else if rule.backends.iter().all(|b| b.weight == 0) {
+            self.report(r, &format!("{at}.backends"), "all backend weights are 0: no request could be served");
+        }
+        for (j, b) in rule.backends.iter().enumerate() {
+            self.backend(r, &format!("{at}.backends[{j}]"), &b.service, b.version.as_deref());
+        }
+        let f = &rule.filters;
+        for (name, modifier) in [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)] {
+            if let Some(m) = modifier {
+                self.header_modifier(r, &format!("{at}.filters.{name}"), m);
+            }
+        }
+        if let Some(m) = &f.request_mirror {
+            self.backend(r, &format!("{at}.filters.requestMirror.backend"), &m.backend.service, m.backend.version.as_deref());
+            self.percent(r, &format!("{at}.filters.requestMirror.percent"), m.percent);
+        }
+        if let Some(fault) = &f.fault {
+            if let Some(d) = &fault.delay {
+                self.percent(r, &format!("{at}.filters.fault.delay.percent"), d.percent);
+            }
+            if let Some(a) = &fault.abort {
+                self.percent(r, &format!("{at}.filters.fault.abort.percent"), a.percent);
+                if !(200..=599).contains(&a.status) {
+                    self.report(r, &format!("{at}.filters.fault.abort.status"), format!("{} is not an HTTP status between 200 and 599", a.status));
+                }
+            }
+            if fault.delay.is_none() && fault.abort.is_none() {
+                self.report(r, &format!("{at}.filters.fault"), "a fault needs `delay`, `abort` or both");
+            }
+        }
+        if let Some(rl) = &f.rate_limit {
+            if !(rl.requests_per_second > 0.0 && rl.requests_per_second.is_finite()) {
+                self.report(r, &format!("{at}.filters.rateLimit.requestsPerSecond"), "must be a positive number");
+            }
+            if !(400..=599).contains(&rl.status) {
+                self.report(r, &format!("{at}.filters.rateLimit.status"), "must be an HTTP error status (400-599)");
+            }
+        }
+        if rule.timeout.is_some_and(|t| t.get().is_zero()) {
+            self.report(r, &format!("{at}.timeout"), "must be greater than 0 (omit it for no timeout)");
+        }
+        if let Some(retry) = &rule.retry {
+            if retry.attempts > 10 {
+                self.report(r, &format!("{at}.retry.attempts"), format!("{} retries is too many (at most 10)", retry.attempts));
+            }
+            if let (Some(per_try), Some(total)) = (retry.per_try_timeout, rule.timeout) {
+                if per_try > total {
+                    self.report(r, &format!("{at}.retry.perTryTimeout"), format!("perTryTimeout {per_try} exceeds the rule's timeout {total}"));
+                }
+            }
+            if retry.on.contains(&RetryOn::RetriableStatusCodes) && retry.status_codes.is_empty() {
+                self.report(r, &format!("{at}.retry.statusCodes"), "`retriable-status-codes` needs `statusCodes`");
+            }
+            if let Some(b) = &retry.budget {
+                self.percent(r, &format!("{at}.retry.budget.percent"), b.percent);
+            }
+        }
+    }
+
+    fn regex(&mut self, r: &SourcedResource, field: &str, re: &str) {
+        if let Err(e) = regex::Regex::new(re) {
+            self.report(r, field, format!("invalid regular expression: {e}"));
+        }
+    }
+
+    fn value_match(&mut self, r: &SourcedResource, at: &str, m: &ValueMatch, is_header: bool) {
+        if is_header && !valid_header_name(&m.name) {
+            self.report(r, &format!("{at}.name"), format!("{:?} is not a valid header name", m.name));
+        }
+        if m.value.is_some() && m.regex.is_some() {
+            self.report(r, at, "give `value` or `regex`, not both");
+        }
+        if let Some(re) = &m.regex {
+            self.regex(r, &format!("{at}.regex"), re);
+        }
+    }
+
+    fn header_modifier(&mut self, r: &SourcedResource, at: &str, m: &HeaderModifier) {
+        for (op, map) in [("set", &m.set), ("add", &m.add)] {
+            for (name, value) in map {
+                if !valid_header_name(name) {
+                    self.report(r, &format!("{at}.{op}.{name}"), format!("{name:?} is not a valid header name"));
+                }
+                if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    self.report(r, &format!("{at}.{op}.{name}"), "header values cannot hold control characters");
+                }
+            }
+        }
+        for (i, name) in m.remove.iter().enumerate() {
+            if !valid_header_name(name) {
+                self.report(r, &format!("{at}.remove[{i}]"), format!("{name:?} is not a valid header name"));
+            }
+        }
+    }
+
+    fn traffic_policy(&mut self, r: &SourcedResource, p: &TrafficPolicySpec) {
+        if !self.services.contains_key(&p.service) {
+            self.report(r, "spec.service", format!("no Service named {:?}", p.service));
+        }
+        if let Some(o) = &p.outlier_detection {
+            self.percent(r, "spec.outlierDetection.maxEjectionPercent", o.max_ejection_percent);
+        }
+        if let Some(h) = &p.health_check {
+            if h.http_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                self.report(r, "spec.healthCheck.httpPath", "must start with '/'");
+            }
+            if h.interval.get().is_zero() {
+                self.report(r, "spec.healthCheck.interval", "must be greater than 0");
+            }
+        }
+        if let Some(c) = &p.connection_pool {
+            for (field, v) in [("maxConnections", c.max_connections), ("maxPendingRequests", c.max_pending_requests), ("maxRequests", c.max_requests)] {
+                if v == 0 {
+                    self.report(r, &format!("spec.connectionPool.{field}"), "must be at least 1");
+                }
+            }
+        }
+        if let Some(tls) = &p.tls {
+            for (field, path) in [("ca", &tls.ca), ("certificate", &tls.certificate), ("key", &tls.key)] {
+                if let Some(path) = path {
+                    self.file(r, &format!("spec.tls.{field}"), path);
+                }
+            }
+            if tls.mode == TlsMode::Mutual && (tls.certificate.is_none() || tls.key.is_none()) {
+                self.report(r, "spec.tls", "mutual TLS needs `certificate` and `key`");
+            }
+        }
+    }
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::load_str;
+
+    const SERVICE: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: 127.0.0.1:8081, version: v1}]\n---\n";
+
+    fn check(text: &str) -> Result<(), Diagnostics> {
+        validate(&load_str(&Arc::from("c.yaml"), &format!("{SERVICE}{text}")).unwrap())
+    }
+
+    #[test]
+    fn a_good_route_passes() {
+        check("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{service: web, version: v1}]\n").unwrap();
+    }
+
+    #[test]
+    fn unknown_backends_and_versions_are_reported_where_written() {
+        let err = check("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - backends:\n    - {service: web, version: v9}\n    - {service: api}\n").unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert_eq!(err.0[0].field, "spec.rules[0].backends[0].version");
+        assert_eq!(err.0[0].line, 14);
+        assert_eq!(err.0[1].field, "spec.rules[0].backends[1].service");
+        assert_eq!(err.0[1].line, 15);
+    }
+
+    #[test]
+    fn bad_regex_and_percent() {
+        let err = check("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - matches: [{path: {regex: '(['}}]\n    filters: {fault: {abort: {status: 503, percent: 140}}}\n    backends: [{service: web}]\n").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.rules[0].matches[0].path.regex", "spec.rules[0].filters.fault.abort.percent"]);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(!valid_name("Web"));
+        assert!(!valid_name("-web"));
+        assert!(valid_name("web-v1.edge"));
+    }
+}
