@@ -1,1 +1,55 @@
-fn main() {}
+//! The `trefoil` command: parses arguments, runs a command, prints results.
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad input.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Trefoil: a service mesh for cloud-native network functions.
+#[derive(Parser)]
+#[command(name = "trefoil", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter for messages on stderr, e.g. `info`, `debug`, `trefoil_proxy=debug`.
+    #[arg(long, global = true, env = "TREFOIL_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
+    Proxy(commands::proxy::Args),
+    /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
+    Validate(commands::validate::Args),
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match cli.command {
+        Command::Proxy(args) => commands::proxy::run(args),
+        Command::Validate(args) => commands::validate::run(args),
+    }
+}

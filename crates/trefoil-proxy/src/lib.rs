@@ -1,1 +1,21 @@
+//! Trefoil's data plane. A request's path, top to bottom:
+//! [`listener`] (accept, TLS, detect) -> [`http::proxy`] (route, filters,
+//! mirror, attempts) -> [`balancer`] -> [`upstream`]; [`tcp`] for opaque
+//! streams. [`snapshot`] compiles resources into the tables all of these
+//! read, swapped atomically by [`runtime`] on reload.
 
+pub mod admin;
+pub mod balancer;
+pub mod endpoint;
+pub mod health;
+pub mod http;
+pub mod listener;
+pub mod runtime;
+pub mod snapshot;
+pub mod state;
+pub mod tcp;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
+
+pub use runtime::{load, run, ProxyOptions, StartError};

@@ -1,0 +1,58 @@
+//! `trefoil validate -f PATH`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use trefoil_model::{Diagnostic, Diagnostics};
+
+use crate::output::{exit, print_structured, Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A YAML file, or a directory of *.yaml / *.yml files.
+    #[arg(short = 'f', long = "file")]
+    path: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    valid: bool,
+    resources: Vec<String>,
+    errors: &'a [Diagnostic],
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let result = trefoil_model::load_path(&args.path).and_then(|sources| {
+        trefoil_model::validate(&sources)?;
+        Ok(sources)
+    });
+    let (resources, errors): (Vec<String>, Vec<Diagnostic>) = match &result {
+        Ok(sources) => (sources.iter().map(|s| format!("{}/{}", s.resource.kind(), s.resource.name())).collect(), Vec::new()),
+        Err(Diagnostics(d)) => (Vec::new(), d.clone()),
+    };
+    match args.output {
+        Format::Table => {
+            if errors.is_empty() {
+                println!("{}: {} resources valid", args.path.display(), resources.len());
+                for r in &resources {
+                    println!("  {r}");
+                }
+            } else {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{} error{} in {}", errors.len(), if errors.len() == 1 { "" } else { "s" }, args.path.display());
+            }
+        }
+        format => print_structured(format, &Report { valid: errors.is_empty(), resources, errors: &errors }),
+    }
+    if errors.is_empty() {
+        exit::ok()
+    } else {
+        exit::bad_input()
+    }
+}

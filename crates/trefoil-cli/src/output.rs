@@ -1,0 +1,38 @@
+//! Machine-readable and human output shared by every command.
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+/// `-o` choices.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML; `table` is the caller's job.
+pub fn print_structured<T: Serialize>(format: Format, value: &T) {
+    // Going through a JSON value keeps YAML free of serde_yaml's enum tags.
+    let json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default()),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&json).unwrap_or_default()),
+        Format::Table => {}
+    }
+}
+
+/// Exit codes of the design contract.
+pub mod exit {
+    use std::process::ExitCode;
+    pub fn ok() -> ExitCode {
+        ExitCode::SUCCESS
+    }
+    pub fn failure() -> ExitCode {
+        ExitCode::from(1)
+    }
+    pub fn bad_input() -> ExitCode {
+        ExitCode::from(2)
+    }
+}

@@ -1,0 +1,104 @@
+//! Body helpers: local replies, replayable request bodies, and a wrapper that
+//! keeps upstream resources claimed until the response body is done.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::upstream::{BoxError, ProxyBody};
+
+/// Bodies up to this size are buffered so that retries and mirrors can replay them.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn stream(body: Incoming) -> ProxyBody {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+}
+
+/// A request body that is either buffered (replayable) or streamed once.
+pub enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    /// Buffers small bodies when `want_replay`; larger or unsized ones stream.
+    pub async fn prepare(body: Incoming, want_replay: bool) -> Result<Self, hyper::Error> {
+        let hint = body.size_hint();
+        if body.is_end_stream() {
+            return Ok(RequestBody::Buffered(Bytes::new()));
+        }
+        if want_replay && hint.upper().is_some_and(|u| u <= REPLAY_LIMIT) {
+            return Ok(RequestBody::Buffered(body.collect().await?.to_bytes()));
+        }
+        Ok(RequestBody::Streaming(Some(body)))
+    }
+
+    pub fn is_replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+
+    /// The body for one attempt; a streamed body can be taken once.
+    pub fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            RequestBody::Buffered(b) if b.is_empty() => Some(empty()),
+            RequestBody::Buffered(b) => Some(full(b.clone())),
+            RequestBody::Streaming(b) => b.take().map(stream),
+        }
+    }
+
+    pub fn buffered(&self) -> Option<Bytes> {
+        match self {
+            RequestBody::Buffered(b) => Some(b.clone()),
+            RequestBody::Streaming(_) => None,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Holds `guard` until the body ends or is dropped.
+    pub struct Guarded<G> {
+        #[pin]
+        inner: Incoming,
+        guard: Option<G>,
+    }
+}
+
+impl<G: Send + 'static> Guarded<G> {
+    pub fn wrap(inner: Incoming, guard: G) -> ProxyBody {
+        Guarded { inner, guard: Some(guard) }.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+    }
+}
+
+impl<G> Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,8 @@
+//! HTTP proxying: matching, filters, splitting, retries and the request phases.
+
+pub mod body;
+pub mod filters;
+pub mod proxy;
+pub mod retry;
+pub mod route_match;
+pub mod split;

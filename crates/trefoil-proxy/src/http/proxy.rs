@@ -1,0 +1,562 @@
+//! A request's life through the proxy, as named phases run top to bottom:
+//! route -> filters -> mirror -> upstream attempts (balance, breaker, retry)
+//! -> response edits -> telemetry.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use trefoil_model::spec::HashOn;
+
+use crate::endpoint::{EndpointState, Outcome};
+use crate::http::body::{self, Guarded, RequestBody};
+use crate::http::filters::{decide_fault, mirror_chance};
+use crate::http::retry::{backoff, AttemptFailure};
+use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
+use crate::state::ProxyState;
+use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
+use crate::telemetry::metrics::{label, DurationLabels, EndpointLabels, Label, RequestLabels, RetryLabels, ServiceLabels};
+use crate::telemetry::otlp::SpanRecord;
+use crate::telemetry::trace_context::{hex, TraceContext};
+use crate::upstream::ProxyBody;
+
+/// Facts about the downstream connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub listener: Label,
+    pub client: SocketAddr,
+    /// SPIFFE id or common name of a verified client certificate.
+    pub peer_identity: Option<Arc<str>>,
+    pub tls: bool,
+}
+
+pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trefoil-trace-id");
+static FLAG_HEADER: HeaderName = HeaderName::from_static("x-trefoil-flag");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Connection-scoped headers that must not cross a hop (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 6] = ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+/// What the request was routed to, for telemetry.
+#[derive(Default)]
+struct Outcomes {
+    route: Option<Label>,
+    service: Option<Label>,
+    version: Option<Label>,
+    upstream: Option<SocketAddr>,
+    attempts: u32,
+    flag: &'static str,
+}
+
+/// Serves one request; never fails (errors become local replies).
+pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let wall_start = SystemTime::now();
+    let snapshot = state.snapshot.load_full();
+    let telemetry = state.telemetry.load_full();
+    let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
+        return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
+    };
+    let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
+    let (parts, incoming) = req.into_parts();
+    let host = request_host(&parts).to_string();
+    let mut out = Outcomes::default();
+
+    let mut response = match handle(&state, &listener, &conn, &trace, parts.clone(), incoming, &host, &mut out).await {
+        Ok(r) => r,
+        Err(reply) => reply,
+    };
+    let trace_id = trace.trace_id_hex();
+    if let Ok(v) = HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert(TRACE_ID_HEADER.clone(), v);
+    }
+
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let empty = || label("");
+    let (route, service, version) = (out.route.unwrap_or_else(empty), out.service.unwrap_or_else(empty), out.version.unwrap_or_else(empty));
+    let metrics = &state.shared.metrics;
+    let cnf = label("");
+    metrics
+        .requests
+        .get_or_create(&RequestLabels { direction: listener.direction.clone(), route: route.clone(), service: service.clone(), version: version.clone(), status_code: status, cnf: cnf.clone() })
+        .inc();
+    metrics
+        .duration
+        .get_or_create(&DurationLabels { direction: listener.direction.clone(), route: route.clone(), service: service.clone(), version: version.clone(), cnf })
+        .observe(elapsed.as_secs_f64());
+    let span_id = hex(&trace.span_id);
+    if telemetry.access_log.enabled() {
+        telemetry.access_log.write(&AccessRecord {
+            time: now_rfc3339(),
+            trace_id: &trace_id,
+            span_id: &span_id,
+            direction: &listener.direction,
+            listener: &listener.name,
+            client: conn.client.to_string(),
+            peer_identity: conn.peer_identity.as_deref(),
+            protocol: version_name(parts.version),
+            method: parts.method.as_str(),
+            authority: &host,
+            path: parts.uri.path(),
+            status,
+            route: &route,
+            service: &service,
+            version: &version,
+            upstream: out.upstream.map(|a| a.to_string()),
+            attempts: out.attempts,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            flag: out.flag,
+        });
+    }
+    if let (Some(spans), true) = (&telemetry.spans, trace.sampled) {
+        spans.send(SpanRecord {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_span_id: trace.parent_span_id,
+            name: format!("{} {}", parts.method, route),
+            start: wall_start,
+            end: wall_start + elapsed,
+            error: status >= 500,
+            attributes: vec![
+                ("http.request.method", parts.method.to_string()),
+                ("url.path", parts.uri.path().to_string()),
+                ("server.address", host.clone()),
+                ("http.response.status_code", status.to_string()),
+                ("trefoil.direction", listener.direction.to_string()),
+                ("trefoil.route", route.to_string()),
+                ("trefoil.service", service.to_string()),
+                ("trefoil.version", version.to_string()),
+                ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
+                ("trefoil.proxy", state.name.clone()),
+            ],
+        });
+    }
+    Ok(response)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    state: &Arc<ProxyState>,
+    listener: &ListenerConfig,
+    conn: &Connection,
+    trace: &TraceContext,
+    mut parts: http::request::Parts,
+    incoming: Incoming,
+    host: &str,
+    out: &mut Outcomes,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    // Phase: route.
+    let Some((route, rule)) = find_route(listener, host, &parts) else {
+        out.flag = "no_route";
+        return Err(local_reply(StatusCode::NOT_FOUND, "no_route", format!("no route for {host}{}\n", parts.uri.path())));
+    };
+    out.route = Some(route.name.clone());
+
+    // Phase: request filters.
+    if let Some(rl) = &rule.rate_limit {
+        if !rl.try_acquire() {
+            out.flag = "rate_limited";
+            return Err(local_reply(StatusCode::from_u16(rl.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS), "rate_limited", "rate limit exceeded\n"));
+        }
+    }
+    if let Some(fault) = &rule.fault {
+        let decision = decide_fault(fault);
+        if let Some(delay) = decision.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = decision.abort {
+            out.flag = "fault_abort";
+            return Err(local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault_abort", "fault injected\n"));
+        }
+    }
+    prepare_upstream_headers(&mut parts, conn, listener, trace, host);
+    if let Some(edits) = &rule.request_headers {
+        edits.apply(&mut parts.headers);
+    }
+    let Some(cluster) = rule.split.pick().cloned() else {
+        out.flag = "no_backend";
+        return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_backend", "route has no backend with weight\n"));
+    };
+    out.service = Some(cluster.service.name.clone());
+    out.version = Some(cluster.version.clone());
+
+    let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
+    let mut req_body = match RequestBody::prepare(incoming, want_replay).await {
+        Ok(b) => b,
+        Err(_) => {
+            out.flag = "downstream_reset";
+            return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
+        }
+    };
+
+    // Phase: mirror (fire and forget).
+    if let Some((mirror, percent)) = &rule.mirror {
+        if mirror_chance(*percent) {
+            spawn_mirror(state, mirror.clone(), &parts, req_body.buffered(), host);
+        }
+    }
+
+    // Phase: upstream attempts, under the rule's deadline.
+    let attempts = attempt_loop(state, &listener.direction, route, rule, &cluster, &parts, &mut req_body, out);
+    let mut response = match rule.timeout {
+        Some(limit) => match tokio::time::timeout(limit, attempts).await {
+            Ok(r) => r?,
+            Err(_) => {
+                out.flag = "timeout";
+                return Err(local_reply(StatusCode::GATEWAY_TIMEOUT, "timeout", "upstream request timeout\n"));
+            }
+        },
+        None => attempts.await?,
+    };
+
+    // Phase: response edits.
+    strip_hop_by_hop(response.headers_mut());
+    if let Some(edits) = &rule.response_headers {
+        edits.apply(response.headers_mut());
+    }
+    Ok(response)
+}
+
+fn find_route<'a>(listener: &'a ListenerConfig, host: &str, parts: &http::request::Parts) -> Option<(&'a Arc<CompiledRoute>, &'a CompiledRule)> {
+    listener.router.candidates(host).find_map(|route| route.rules.iter().find(|r| r.matches(parts)).map(|rule| (route, rule)))
+}
+
+/// Releases what an attempt claimed when the response body ends (or the attempt fails).
+struct AttemptGuard {
+    endpoint: Arc<EndpointState>,
+    service: Arc<ServiceConfig>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.service.leave();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_loop(
+    state: &Arc<ProxyState>,
+    direction: &Label,
+    route: &CompiledRoute,
+    rule: &CompiledRule,
+    cluster: &Arc<Cluster>,
+    parts: &http::request::Parts,
+    req_body: &mut RequestBody,
+    out: &mut Outcomes,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    let service = &cluster.service;
+    let metrics = &state.shared.metrics;
+    let max_attempts = 1 + rule.retry.as_ref().map(|r| r.attempts).unwrap_or(0);
+    if let Some(budget) = &rule.budget {
+        budget.record_request();
+    }
+    let hash_key = cluster.balancer.hash_on().and_then(|on| hash_key(on, &parts.headers));
+    let mut previous: Option<SocketAddr> = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        out.attempts = attempt;
+        if !service.enter() {
+            out.flag = "overflow";
+            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_requests" }).inc();
+            return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many requests in flight\n"));
+        }
+        let Some(endpoint) = cluster.balancer.pick(hash_key.as_deref(), previous) else {
+            service.leave();
+            out.flag = "no_healthy_upstream";
+            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "no_healthy_upstream" }).inc();
+            return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_upstream", "no healthy upstream\n"));
+        };
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        out.upstream = Some(endpoint.addr);
+        out.version = Some(label(&endpoint.version)).filter(|v| !v.is_empty()).or(out.version.take());
+        let mut guard = AttemptGuard { endpoint: endpoint.clone(), service: service.clone(), _slot: None };
+        if let Some(slots) = service.slot(&endpoint.addr) {
+            guard._slot = match slots.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if service.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
+                        service.pending.fetch_sub(1, Ordering::AcqRel);
+                        out.flag = "overflow";
+                        metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
+                        return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many pending requests\n"));
+                    }
+                    let permit = slots.clone().acquire_owned().await;
+                    service.pending.fetch_sub(1, Ordering::AcqRel);
+                    permit.ok()
+                }
+            };
+        }
+        let Some(body) = req_body.take() else {
+            return Err(local_reply(StatusCode::BAD_GATEWAY, "body_consumed", "request body was already streamed\n"));
+        };
+        let upstream_req = match build_upstream_request(parts, service, endpoint.addr, body) {
+            Ok(r) => r,
+            Err(_) => return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n")),
+        };
+        let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
+        let sent = service.client.request(upstream_req);
+        let result = match per_try {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| AttemptFailure::PerTryTimeout),
+            None => Ok(sent.await),
+        };
+        let failure = match result {
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let outcome = match status {
+                    502..=504 => Outcome::GatewayError,
+                    500..=599 => Outcome::ServerError,
+                    _ => Outcome::Success,
+                };
+                record_outcome(state, service, &endpoint, outcome);
+                if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
+                    let (parts, incoming) = resp.into_parts();
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
+                }
+                let failure = AttemptFailure::Status(status);
+                if !may_retry(rule, failure, attempt, max_attempts, req_body) {
+                    let (parts, incoming) = resp.into_parts();
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
+                }
+                failure
+            }
+            Ok(Err(e)) => {
+                record_outcome(state, service, &endpoint, Outcome::GatewayError);
+                let failure = if e.is_connect() { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
+                tracing::debug!(error = %e, upstream = %endpoint.addr, "upstream attempt failed");
+                failure
+            }
+            Err(timeout) => {
+                record_outcome(state, service, &endpoint, Outcome::GatewayError);
+                timeout
+            }
+        };
+        drop(guard);
+        if !may_retry(rule, failure, attempt, max_attempts, req_body) {
+            let (status, flag, text) = match failure {
+                AttemptFailure::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "connect_failure", "upstream connect error\n"),
+                AttemptFailure::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "per_try_timeout", "upstream per-try timeout\n"),
+                AttemptFailure::Reset | AttemptFailure::Status(_) => (StatusCode::BAD_GATEWAY, "upstream_reset", "upstream reset the request\n"),
+            };
+            out.flag = flag;
+            return Err(local_reply(status, flag, text));
+        }
+        metrics
+            .retries
+            .get_or_create(&RetryLabels {
+                direction: direction.clone(),
+                route: route.name.clone(),
+                service: service.name.clone(),
+                version: label(&endpoint.version),
+                reason: retry_reason(failure),
+            })
+            .inc();
+        previous = Some(endpoint.addr);
+        if let Some(policy) = &rule.retry {
+            tokio::time::sleep(backoff(policy.backoff.get(), attempt - 1)).await;
+        }
+    }
+}
+
+fn retry_reason(f: AttemptFailure) -> &'static str {
+    match f {
+        AttemptFailure::ConnectFailure => "connect_failure",
+        AttemptFailure::Reset => "reset",
+        AttemptFailure::PerTryTimeout => "per_try_timeout",
+        AttemptFailure::Status(_) => "status",
+    }
+}
+
+fn may_retry(rule: &CompiledRule, failure: AttemptFailure, attempt: u32, max: u32, body: &RequestBody) -> bool {
+    let Some(policy) = &rule.retry else { return false };
+    attempt < max
+        && body.is_replayable()
+        && failure.is_retriable(policy)
+        && rule.budget.as_ref().is_none_or(|b| b.try_retry())
+}
+
+fn record_outcome(state: &ProxyState, service: &Arc<ServiceConfig>, endpoint: &Arc<EndpointState>, outcome: Outcome) {
+    let policy = service.policy.outlier_detection.as_ref();
+    if endpoint.record(outcome, policy, || service.may_eject()) {
+        tracing::warn!(service = %service.name, endpoint = %endpoint.addr, ejections = endpoint.ejection_count(), "outlier detection ejected an endpoint");
+        state
+            .shared
+            .metrics
+            .outlier_ejections
+            .get_or_create(&EndpointLabels { service: service.name.clone(), version: label(&endpoint.version), endpoint: endpoint.addr.to_string() })
+            .inc();
+    }
+}
+
+fn hash_key(on: &HashOn, headers: &HeaderMap) -> Option<Vec<u8>> {
+    match on {
+        HashOn::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        HashOn::Cookie(name) => headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|cookies| {
+            cookies.split(';').map(str::trim).find_map(|c| c.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('=')).map(|v| v.as_bytes().to_vec()))
+        }),
+    }
+}
+
+/// The host a request is for, without port: `:authority` or `Host`.
+pub fn request_host(parts: &http::request::Parts) -> &str {
+    let raw = parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    strip_port(raw)
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split(']').next().map(|h| &authority[..h.len() + 1]).unwrap_or(authority);
+    }
+    authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(authority)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection, listener: &ListenerConfig, trace: &TraceContext, host: &str) {
+    let te_trailers = parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::TE);
+    if te_trailers {
+        // gRPC needs `te: trailers` end to end.
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    parts.headers.insert(TRACEPARENT.clone(), trace.traceparent());
+    let client_ip = conn.client.ip().to_string();
+    let xff = match parts.headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert(FORWARDED_FOR.clone(), v);
+    }
+    parts.headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls || listener.tls.is_some() { "https" } else { "http" }));
+    if parts.headers.get(header::HOST).is_none() && !host.is_empty() {
+        if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(FORWARDED_HOST.clone(), a.clone());
+            parts.headers.insert(header::HOST, a);
+        }
+    }
+}
+
+fn build_upstream_request(parts: &http::request::Parts, service: &ServiceConfig, addr: SocketAddr, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri: Uri = format!("{}://{}{}", service.scheme, addr, path).parse()?;
+    let mut req = Request::builder().method(parts.method.clone()).uri(uri).version(if service.protocol.is_http2() { Version::HTTP_2 } else { Version::HTTP_11 }).body(body)?;
+    *req.headers_mut() = parts.headers.clone();
+    if service.protocol.is_http2() {
+        // HTTP/2 carries the host in `:authority`; a Host header would contradict it.
+        req.headers_mut().remove(header::HOST);
+    }
+    Ok(req)
+}
+
+fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::request::Parts, body: Option<bytes::Bytes>, host: &str) {
+    let metrics = &state.shared.metrics;
+    let Some(body) = body else {
+        // The body streams to the primary; a copy would have to hold it all.
+        metrics.mirrors.get_or_create(&crate::telemetry::metrics::ResultLabels { result: "skipped_streaming_body" }).inc();
+        return;
+    };
+    let mut parts = parts.clone();
+    if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let service = &cluster.service;
+        let result = match cluster.balancer.pick(None, None) {
+            None => "no_endpoint",
+            Some(endpoint) => match build_upstream_request(&parts, service, endpoint.addr, body::full(body)) {
+                Err(_) => "bad_request",
+                Ok(req) => match tokio::time::timeout(Duration::from_secs(30), service.client.request(req)).await {
+                    Ok(Ok(resp)) => {
+                        // Drain so the connection can be reused.
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                        "sent"
+                    }
+                    Ok(Err(_)) => "failed",
+                    Err(_) => "timeout",
+                },
+            },
+        };
+        state.shared.metrics.mirrors.get_or_create(&crate::telemetry::metrics::ResultLabels { result }).inc();
+    });
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// A response the proxy makes itself; `flag` says why.
+pub fn local_reply(status: StatusCode, flag: &'static str, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(FLAG_HEADER.clone(), HeaderValue::from_static(flag));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports_from_hosts() {
+        assert_eq!(strip_port("web.local:8080"), "web.local");
+        assert_eq!(strip_port("web.local"), "web.local");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn cookie_hash_keys() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; session=abc; z=2"));
+        assert_eq!(hash_key(&HashOn::Cookie("session".into()), &h).unwrap(), b"abc");
+        assert!(hash_key(&HashOn::Cookie("sess".into()), &h).is_none());
+    }
+}

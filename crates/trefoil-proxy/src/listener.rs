@@ -1,0 +1,161 @@
+//! Accepting connections: bind, TLS handshake, protocol detection, then
+//! HTTP serving or opaque TCP forwarding.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use trefoil_model::spec::ListenerProtocol;
+
+use crate::http::proxy::{self, Connection};
+use crate::snapshot::ListenerConfig;
+use crate::state::ProxyState;
+use crate::tcp;
+use crate::telemetry::metrics::Label;
+use crate::tls::peer_identity;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `auto` waits for a client to speak before treating the stream as
+/// opaque TCP (server-first protocols never speak first).
+const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds a listener's address with the options a proxy wants.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Tells connections to finish; the drain is over when every clone is dropped
+/// (see `watch::Sender::closed`).
+pub type Drain = watch::Receiver<bool>;
+
+/// Accepts until `stop` turns true; each connection holds a `Drain` so
+/// shutdown can wait for it.
+pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: TcpListener, mut stop: watch::Receiver<bool>, watcher: Drain) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, client)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (state, name, watcher) = (state.clone(), name.clone(), watcher.clone());
+                    tokio::spawn(async move { handle_connection(state, name, stream, client, watcher).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStream, client: SocketAddr, watcher: Drain) {
+    let Some(config) = state.snapshot.load().listeners.iter().find(|l| l.name == name).cloned() else { return };
+    let plain = Connection { listener: name.clone(), client, peer_identity: None, tls: false };
+    match config.protocol {
+        ListenerProtocol::Tcp => tcp::forward(&state, &config, stream, client).await,
+        ListenerProtocol::Auto => match detect(&stream).await {
+            Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
+            Detected::Http => serve_http(state, &config, TokioIo::new(stream), plain, watcher).await,
+            _ => tcp::forward(&state, &config, stream, client).await,
+        },
+        ListenerProtocol::Http | ListenerProtocol::Http2 if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
+        ListenerProtocol::Http | ListenerProtocol::Http2 => serve_http(state, &config, TokioIo::new(stream), plain, watcher).await,
+    }
+}
+
+async fn serve_tls(state: Arc<ProxyState>, config: Arc<ListenerConfig>, stream: TcpStream, mut conn: Connection, watcher: Drain) {
+    let Some(tls) = config.tls.clone() else { return };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %config.name, client = %conn.client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    conn.tls = true;
+    conn.peer_identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(peer_identity).map(Arc::from);
+    serve_http(state, &config, TokioIo::new(stream), conn, watcher).await;
+}
+
+async fn serve_http<I>(state: Arc<ProxyState>, config: &ListenerConfig, io: TokioIo<I>, conn: Connection, watcher: Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024).adaptive_window(true);
+    if config.protocol == ListenerProtocol::Http2 {
+        builder = builder.http2_only();
+    }
+    let conn = Arc::new(conn);
+    let service = hyper::service::service_fn(move |req| proxy::serve(state.clone(), conn.clone(), req));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut drain = watcher;
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = async { let _ = drain.wait_for(|draining| *draining).await; } => {
+            // Finish requests in flight, refuse new ones, then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+enum Detected {
+    Http,
+    Tls,
+    Other,
+}
+
+/// Sniffs the first bytes without consuming them.
+async fn detect(stream: &TcpStream) -> Detected {
+    let mut buf = [0u8; 16];
+    let n = match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => return Detected::Other,
+    };
+    classify(&buf[..n])
+}
+
+fn classify(bytes: &[u8]) -> Detected {
+    const METHODS: [&[u8]; 10] = [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2"];
+    if bytes.first() == Some(&0x16) {
+        return Detected::Tls;
+    }
+    if METHODS.iter().any(|m| bytes.starts_with(m) || (bytes.len() < m.len() && m.starts_with(bytes) && !bytes.is_empty())) {
+        return Detected::Http;
+    }
+    Detected::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_first_bytes() {
+        assert!(matches!(classify(b"GET / HTTP/1.1\r\n"), Detected::Http));
+        assert!(matches!(classify(b"PRI * HTTP/2.0\r\n"), Detected::Http));
+        assert!(matches!(classify(&[0x16, 3, 1]), Detected::Tls));
+        assert!(matches!(classify(b"SSH-2.0-OpenSSH"), Detected::Other));
+        assert!(matches!(classify(b""), Detected::Other));
+    }
+}

@@ -1,0 +1,226 @@
+//! Running a proxy from a config file: start, hot reload (SIGHUP or file
+//! change), graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use trefoil_model::Diagnostics;
+
+use crate::snapshot::{compile, Shared, Snapshot};
+use crate::state::{ProxyState, Telemetry};
+use crate::telemetry::metrics::{Label, ResultLabels};
+use crate::{admin, health, listener};
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (exit code 2).
+    #[error("{0}")]
+    Config(Diagnostics),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind { what: String, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Other(#[from] anyhow::Error),
+}
+
+pub struct ProxyOptions {
+    pub config: PathBuf,
+    /// Reload when the file changes, not only on SIGHUP.
+    pub watch: bool,
+    pub watch_interval: Duration,
+    /// Overrides the admin address of the config.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Loads and compiles the config at `path`.
+pub fn load(path: &Path, shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
+    let sources = trefoil_model::load_path(path)?;
+    compile(&sources, shared, version)
+}
+
+struct RunningListener {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+struct Listeners {
+    running: HashMap<Label, RunningListener>,
+    /// Sends the drain signal; `closed()` resolves once every connection is gone.
+    drain: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Listeners {
+    /// Binds what `snapshot` adds before it goes live, so a bind failure rejects the reload.
+    fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<(Label, SocketAddr, TcpListener)>, StartError> {
+        let mut bound = Vec::new();
+        for l in &snapshot.listeners {
+            let moved = self.running.get(&l.name).is_none_or(|r| r.addr != l.addr);
+            if moved {
+                let taken_by_other = self.running.iter().any(|(n, r)| r.addr == l.addr && *n != l.name);
+                if taken_by_other {
+                    return Err(StartError::Other(anyhow::anyhow!("listener {} wants {}, which another listener still holds; rename or move in two steps", l.name, l.addr)));
+                }
+                let socket = listener::bind(l.addr).map_err(|source| StartError::Bind { what: format!("listener {}", l.name), addr: l.addr, source })?;
+                bound.push((l.name.clone(), l.addr, socket));
+            }
+        }
+        Ok(bound)
+    }
+
+    fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<(Label, SocketAddr, TcpListener)>) {
+        for (name, addr, socket) in bound {
+            let (stop, stopped) = watch::channel(false);
+            if let Some(old) = self.running.insert(name.clone(), RunningListener { addr, stop }) {
+                let _ = old.stop.send(true);
+            }
+            let real = socket.local_addr().unwrap_or(addr);
+            tracing::info!(listener = %name, address = %real, "listening");
+            self.tasks.spawn(listener::accept_loop(state.clone(), name, socket, stopped, self.drain.subscribe()));
+        }
+        let live: Vec<Label> = state.snapshot.load().listeners.iter().map(|l| l.name.clone()).collect();
+        self.running.retain(|name, r| {
+            let keep = live.contains(name);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed; draining its connections");
+                let _ = r.stop.send(true);
+            }
+            keep
+        });
+    }
+}
+
+/// Fingerprint of the config files, to notice edits without a file-watch API.
+fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
+        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => vec![path.to_path_buf()],
+    };
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            (f, meta.as_ref().map(|m| m.len()).unwrap_or(0), meta.and_then(|m| m.modified().ok()))
+        })
+        .collect()
+}
+
+/// Runs until SIGTERM or SIGINT, then drains.
+pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
+    let shared = Arc::new(Shared::default());
+    let mut first = load(&options.config, &shared, 1).map_err(StartError::Config)?;
+    if let Some(admin) = options.admin {
+        first.settings.admin = admin.to_string();
+    }
+    let name = first
+        .resources
+        .iter()
+        .find(|r| r.kind() == "Proxy")
+        .map(|r| r.name().to_string())
+        .unwrap_or_else(|| "proxy".to_string());
+    let telemetry = Telemetry::build(&first.settings, &name, &shared)?;
+    let admin_addr: SocketAddr = first.settings.admin.parse().map_err(|_| anyhow::anyhow!("invalid admin address {}", first.settings.admin))?;
+    let drain = first.settings.drain_timeout.get();
+    shared.metrics.config_version.set(first.version as i64);
+    let state = Arc::new(ProxyState {
+        name,
+        snapshot: ArcSwap::from_pointee(first),
+        shared: shared.clone(),
+        telemetry: ArcSwap::from_pointee(telemetry),
+        ready: AtomicBool::new(false),
+    });
+
+    let admin_socket = listener::bind(admin_addr).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
+    tracing::info!(address = %admin_addr, "admin listening");
+
+    let mut listeners = Listeners { running: HashMap::new(), drain: watch::channel(false).0, tasks: JoinSet::new() };
+    let bound = listeners.bind_new(&state.snapshot.load())?;
+    listeners.start(&state, bound);
+    let mut checks = health::start(&state.snapshot.load(), shared.clone());
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(version = 1, config = %options.config.display(), "proxy ready");
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
+    let mut ticker = tokio::time::interval(options.watch_interval);
+    let mut seen = fingerprint(&options.config);
+    let mut version = 1;
+    loop {
+        let trigger = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = ticker.tick(), if options.watch => {
+                let now = fingerprint(&options.config);
+                if now == seen { continue }
+                seen = now;
+                "file change"
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        version += 1;
+        match reload(&state, &options, &mut listeners, version) {
+            Ok(()) => {
+                checks = health::start(&state.snapshot.load(), shared.clone());
+                shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+                shared.metrics.config_version.set(version as i64);
+                tracing::info!(version, trigger, "configuration reloaded");
+            }
+            Err(e) => {
+                version -= 1;
+                shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "failure" }).inc();
+                for line in e.to_string().lines() {
+                    tracing::error!(trigger, "reload rejected, keeping config version {version}: {line}");
+                }
+            }
+        }
+    }
+
+    tracing::info!(deadline = ?drain, "shutting down: no new connections, draining in-flight requests");
+    state.ready.store(false, Ordering::Relaxed);
+    for r in listeners.running.values() {
+        let _ = r.stop.send(true);
+    }
+    let _ = admin_stop.send(true);
+    drop(checks);
+    let _ = listeners.drain.send(true);
+    listeners.tasks.shutdown().await;
+    match tokio::time::timeout(drain, listeners.drain.closed()).await {
+        Ok(()) => tracing::info!("drained; bye"),
+        Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
+    }
+    Ok(())
+}
+
+fn reload(state: &Arc<ProxyState>, options: &ProxyOptions, listeners: &mut Listeners, version: u64) -> Result<(), StartError> {
+    let shared = &state.shared;
+    let mut next = load(&options.config, shared, version).map_err(StartError::Config)?;
+    let current = state.snapshot.load();
+    // The admin socket is bound once; a different address takes a restart.
+    if next.settings.admin != current.settings.admin {
+        tracing::warn!(from = %current.settings.admin, to = %next.settings.admin, "admin address changes need a restart; keeping the old one");
+        next.settings.admin = current.settings.admin.clone();
+    }
+    let bound = listeners.bind_new(&next)?;
+    if !state.telemetry.load().matches(&next.settings) {
+        state.telemetry.store(Arc::new(Telemetry::build(&next.settings, &state.name, shared)?));
+    }
+    let next = Arc::new(next);
+    state.snapshot.store(next.clone());
+    listeners.start(state, bound);
+    shared.clients.retain(&crate::upstream::keys_in_use(next.services.values().map(|s| &s.client_key)));
+    shared.endpoints.retain(|svc, addr| next.services.get(svc).is_some_and(|s| s.endpoints.iter().any(|e| e.addr == *addr)));
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! Compiles validated resources into the immutable tables a proxy serves
+//! from. A snapshot is swapped atomically; requests in flight keep theirs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Semaphore;
+use trefoil_model::spec::*;
+use trefoil_model::{Diagnostic, Diagnostics, Resource, SourcedResource, Spec};
+
+use crate::balancer::Balancer;
+use crate::endpoint::{EndpointRegistry, EndpointState};
+use crate::http::filters::{HeaderEdits, RateLimiter};
+use crate::http::retry::Budget;
+use crate::http::route_match::RequestMatcher;
+use crate::http::split::WeightedSplit;
+use crate::telemetry::metrics::{label, Label, Metrics};
+use crate::tls;
+use crate::upstream::{self, ClientCache, ClientKey, HttpClient};
+
+/// State that outlives snapshots.
+#[derive(Default)]
+pub struct Shared {
+    pub endpoints: EndpointRegistry,
+    pub clients: ClientCache,
+    pub metrics: Metrics,
+}
+
+/// Everything a proxy needs to serve, at one config version.
+pub struct Snapshot {
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub resources: Vec<Resource>,
+    pub settings: ProxySpec,
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    pub services: BTreeMap<String, Arc<ServiceConfig>>,
+    pub clusters: BTreeMap<BackendRef, Arc<Cluster>>,
+}
+
+pub struct ListenerConfig {
+    pub name: Label,
+    pub addr: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub direction: Label,
+    pub router: Router,
+    pub tcp_backend: Option<Arc<Cluster>>,
+}
+
+/// How a proxy talks to one service.
+pub struct ServiceConfig {
+    pub name: Label,
+    pub protocol: AppProtocol,
+    pub policy: TrafficPolicySpec,
+    pub limits: ConnectionPool,
+    pub client: HttpClient,
+    pub client_key: ClientKey,
+    pub scheme: &'static str,
+    pub endpoints: Vec<Arc<EndpointState>>,
+    /// Per-endpoint connection caps (HTTP/1 needs one connection per request in flight).
+    pub connection_slots: HashMap<SocketAddr, Arc<Semaphore>>,
+    pub in_flight: AtomicU32,
+    pub pending: AtomicU32,
+}
+
+impl ServiceConfig {
+    /// Whether outlier detection may eject one more endpoint of this service.
+    pub fn may_eject(&self) -> bool {
+        let Some(od) = &self.policy.outlier_detection else { return false };
+        let n = self.endpoints.len();
+        let allowed = if od.max_ejection_percent <= 0.0 { 0 } else { ((n as f64 * od.max_ejection_percent / 100.0) as usize).max(1) };
+        self.endpoints.iter().filter(|e| e.is_ejected()).count() < allowed
+    }
+
+    pub fn slot(&self, addr: &SocketAddr) -> Option<&Arc<Semaphore>> {
+        self.connection_slots.get(addr)
+    }
+
+    pub fn enter(&self) -> bool {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.max_requests {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A service, or one version of it: what a route backend points at.
+pub struct Cluster {
+    pub service: Arc<ServiceConfig>,
+    pub version: Label,
+    pub balancer: Balancer,
+}
+
+/// Routes by host: exact names first, then the longest matching `*.suffix`, then `*`.
+#[derive(Default)]
+pub struct Router {
+    exact: HashMap<String, Vec<Arc<CompiledRoute>>>,
+    wildcard: Vec<(String, Arc<CompiledRoute>)>,
+    catch_all: Vec<Arc<CompiledRoute>>,
+}
+
+impl Router {
+    fn add(&mut self, route: Arc<CompiledRoute>, hosts: &[String]) {
+        for host in hosts {
+            let host = host.to_ascii_lowercase();
+            if host == "*" {
+                self.catch_all.push(route.clone());
+            } else if let Some(suffix) = host.strip_prefix('*') {
+                self.wildcard.push((suffix.to_string(), route.clone()));
+            } else {
+                self.exact.entry(host).or_default().push(route.clone());
+            }
+        }
+        self.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+    }
+
+    /// Candidate routes for a host, most specific first.
+    pub fn candidates<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Arc<CompiledRoute>> + 'a {
+        let host = host.to_ascii_lowercase();
+        let exact = self.exact.get(&host).into_iter().flatten();
+        let wild: Vec<_> = self.wildcard.iter().filter(|(s, _)| host.ends_with(s.as_str())).map(|(_, r)| r).collect();
+        exact.chain(wild).chain(self.catch_all.iter())
+    }
+}
+
+pub struct CompiledRoute {
+    pub name: Label,
+    pub rules: Vec<CompiledRule>,
+}
+
+pub struct CompiledRule {
+    pub matchers: Vec<RequestMatcher>,
+    pub request_headers: Option<HeaderEdits>,
+    pub response_headers: Option<HeaderEdits>,
+    pub mirror: Option<(Arc<Cluster>, f64)>,
+    pub fault: Option<FaultInjection>,
+    pub rate_limit: Option<RateLimiter>,
+    pub split: WeightedSplit<Arc<Cluster>>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub budget: Option<Budget>,
+}
+
+impl CompiledRule {
+    pub fn matches(&self, req: &http::request::Parts) -> bool {
+        self.matchers.is_empty() || self.matchers.iter().any(|m| m.matches(req))
+    }
+}
+
+struct Compiler<'a> {
+    shared: &'a Shared,
+    problems: Vec<Diagnostic>,
+    services: BTreeMap<String, Arc<ServiceConfig>>,
+    clusters: BTreeMap<BackendRef, Arc<Cluster>>,
+}
+
+/// Validates and compiles; on any problem returns every diagnostic and builds nothing.
+pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
+    trefoil_model::validate(sources)?;
+    let mut c = Compiler { shared, problems: Vec::new(), services: BTreeMap::new(), clusters: BTreeMap::new() };
+    let settings = sources
+        .iter()
+        .find_map(|s| match &s.resource.spec {
+            Spec::Proxy(p) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(ProxySpec::with_defaults);
+    let policies: HashMap<&str, (&SourcedResource, &TrafficPolicySpec)> = sources
+        .iter()
+        .filter_map(|s| match &s.resource.spec {
+            Spec::TrafficPolicy(p) => Some((p.service.as_str(), (s, p))),
+            _ => None,
+        })
+        .collect();
+    for s in sources {
+        if let Spec::Service(spec) = &s.resource.spec {
+            c.service(s, spec, policies.get(s.resource.name()).copied());
+        }
+    }
+    let mut routes = Vec::new();
+    for s in sources {
+        if let Spec::Route(spec) = &s.resource.spec {
+            routes.push((s.resource.name().to_string(), c.route(s, spec), spec));
+        }
+    }
+    let mut listeners = Vec::new();
+    for s in sources {
+        if let Spec::Listener(spec) = &s.resource.spec {
+            listeners.push(Arc::new(c.listener(s, spec, &routes)));
+        }
+    }
+    if !c.problems.is_empty() {
+        return Err(Diagnostics(c.problems));
+    }
+    Ok(Snapshot {
+        version,
+        loaded_at: SystemTime::now(),
+        resources: sources.iter().map(|s| s.resource.clone()).collect(),
+        settings,
+        listeners,
+        services: c.services,
+        clusters: c.clusters,
+    })
+}
+
+impl Compiler<'_> {
+    fn service(&mut self, s: &SourcedResource, spec: &ServiceSpec, policy: Option<(&SourcedResource, &TrafficPolicySpec)>) {
+        let name = s.resource.name();
+        let protocol = spec.ports.first().map(|p| p.protocol).unwrap_or_default();
+        let policy_spec = policy.map(|(_, p)| p.clone()).unwrap_or_else(|| TrafficPolicySpec { service: name.to_string(), ..Default::default() });
+        let limits = policy_spec.connection_pool.clone().unwrap_or_default();
+        let tls = policy_spec.tls.clone().filter(|t| t.mode != TlsMode::Disable).map(|t| {
+            let sni = t.sni.clone().unwrap_or_else(|| name.to_string());
+            (t, sni)
+        });
+        let client_key = ClientKey { http2: protocol.is_http2(), connect_timeout: limits.connect_timeout.get(), idle_timeout: limits.idle_timeout.get(), tls };
+        let client = match self.shared.clients.get(&client_key) {
+            Ok(c) => c,
+            Err(e) => {
+                let (src, field) = policy.map(|(p, _)| (p, "spec.tls")).unwrap_or((s, "spec"));
+                self.problems.push(src.diagnostic(field, e.to_string()));
+                return;
+            }
+        };
+        let endpoints: Vec<Arc<EndpointState>> = spec
+            .endpoints
+            .iter()
+            .filter_map(|e| e.address.parse().ok().map(|addr| self.shared.endpoints.get(name, &e.version, addr)))
+            .collect();
+        let connection_slots = if protocol.is_http2() || limits.max_connections >= ConnectionPool::default().max_connections {
+            HashMap::new()
+        } else {
+            endpoints.iter().map(|e| (e.addr, Arc::new(Semaphore::new(limits.max_connections as usize)))).collect()
+        };
+        let config = ServiceConfig {
+            name: label(name),
+            protocol,
+            scheme: upstream::scheme(&client_key),
+            policy: policy_spec,
+            limits,
+            client,
+            client_key,
+            endpoints,
+            connection_slots,
+            in_flight: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+        };
+        self.services.insert(name.to_string(), Arc::new(config));
+    }
+
+    fn cluster(&mut self, backend: &BackendRef) -> Option<Arc<Cluster>> {
+        if let Some(c) = self.clusters.get(backend) {
+            return Some(c.clone());
+        }
+        let service = self.services.get(&backend.service)?.clone();
+        let endpoints = service
+            .endpoints
+            .iter()
+            .filter(|e| backend.version.as_ref().is_none_or(|v| &e.version == v))
+            .cloned()
+            .collect();
+        let cluster = Arc::new(Cluster {
+            version: label(backend.version.as_deref().unwrap_or("")),
+            balancer: Balancer::new(&service.policy.load_balancer, endpoints),
+            service,
+        });
+        self.clusters.insert(backend.clone(), cluster.clone());
+        Some(cluster)
+    }
+
+    fn route(&mut self, s: &SourcedResource, spec: &RouteSpec) -> Arc<CompiledRoute> {
+        let mut rules = Vec::new();
+        for (i, rule) in spec.rules.iter().enumerate() {
+            let at = format!("spec.rules[{i}]");
+            let matchers = rule.matches.iter().filter_map(|m| RequestMatcher::compile(m).ok()).collect();
+            let mut edits = |field: &str, m: &Option<HeaderModifier>| {
+                m.as_ref().and_then(|m| match HeaderEdits::compile(m) {
+                    Ok(e) => Some(e),
+                    Err(msg) => {
+                        self.problems.push(s.diagnostic(&format!("{at}.filters.{field}"), msg));
+                        None
+                    }
+                })
+            };
+            let request_headers = edits("requestHeaderModifier", &rule.filters.request_header_modifier);
+            let response_headers = edits("responseHeaderModifier", &rule.filters.response_header_modifier);
+            let mirror = rule.filters.request_mirror.as_ref().and_then(|m| self.cluster(&m.backend).map(|c| (c, m.percent)));
+            let split = WeightedSplit::new(
+                rule.backends.iter().filter_map(|b| self.cluster(&b.backend_ref()).map(|c| (c, b.weight))).collect(),
+            );
+            rules.push(CompiledRule {
+                matchers,
+                request_headers,
+                response_headers,
+                mirror,
+                fault: rule.filters.fault.clone(),
+                rate_limit: rule.filters.rate_limit.as_ref().map(RateLimiter::new),
+                split,
+                timeout: rule.timeout.map(|t| t.get()),
+                budget: rule.retry.as_ref().and_then(|r| r.budget.as_ref()).map(Budget::new),
+                retry: rule.retry.clone(),
+            });
+        }
+        Arc::new(CompiledRoute { name: label(s.resource.name()), rules })
+    }
+
+    fn listener(&mut self, s: &SourcedResource, spec: &ListenerSpec, routes: &[(String, Arc<CompiledRoute>, &RouteSpec)]) -> ListenerConfig {
+        let alpn: &[&[u8]] = match spec.protocol {
+            ListenerProtocol::Http2 => &[b"h2"],
+            _ => &[b"h2", b"http/1.1"],
+        };
+        let tls = spec.tls.as_ref().and_then(|t| match tls::server_config(t, alpn) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.problems.push(s.diagnostic("spec.tls", e.to_string()));
+                None
+            }
+        });
+        let mut router = Router::default();
+        for (i, wanted) in spec.routes.iter().enumerate() {
+            if !routes.iter().any(|(name, _, _)| name == wanted) {
+                self.problems.push(s.diagnostic(&format!("spec.routes[{i}]"), format!("no Route named {wanted:?}")));
+            }
+        }
+        for (name, route, route_spec) in routes {
+            if spec.routes.is_empty() || spec.routes.contains(name) {
+                let mut hosts = route_spec.hosts.clone();
+                if let Some(svc) = &route_spec.service {
+                    hosts.push(svc.clone());
+                }
+                router.add(route.clone(), &hosts);
+            }
+        }
+        ListenerConfig {
+            name: label(s.resource.name()),
+            addr: spec.address.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+            protocol: spec.protocol,
+            tls,
+            direction: label(&spec.direction),
+            router,
+            tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! JSON access-log lines, written off the request path by a dedicated thread.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::time::SystemTime;
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+/// One line per request; `trace_id` joins it to spans and other hops' lines.
+#[derive(Debug, Default, Serialize)]
+pub struct AccessRecord<'a> {
+    pub time: String,
+    pub trace_id: &'a str,
+    pub span_id: &'a str,
+    pub direction: &'a str,
+    pub listener: &'a str,
+    pub client: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<&'a str>,
+    pub protocol: &'a str,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: &'a str,
+    pub service: &'a str,
+    pub version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    pub attempts: u32,
+    pub duration_ms: f64,
+    /// Why the proxy answered itself, if it did (`no_route`, `timeout`, `rate_limited`, ...).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub flag: &'a str,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Where lines go; cloning shares the writer.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<String>>,
+    dropped: Counter,
+}
+
+impl AccessLog {
+    /// `target` is `stdout`, `off` or a file path (appended to).
+    pub fn open(target: &str, dropped: Counter) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match target {
+            "off" | "" => return Ok(AccessLog { tx: None, dropped }),
+            "stdout" | "-" => Box::new(std::io::stdout()),
+            path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = sync_channel::<String>(64 * 1024);
+        std::thread::Builder::new().name("access-log".into()).spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                // Batch while lines keep coming; flush as soon as the queue is empty.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                let _ = out.flush();
+            }
+        })?;
+        Ok(AccessLog { tx: Some(tx), dropped })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn write(&self, record: &AccessRecord<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let Ok(mut line) = serde_json::to_string(record) else { return };
+        line.push('\n');
+        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
+            // Never block traffic on a slow log sink; the loss is counted.
+            self.dropped.inc();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Prometheus metrics, with the names and labels of the design contract.
+
+use std::sync::Arc;
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// A cheap-to-clone label value.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Label(Arc<str>);
+
+pub fn label(s: &str) -> Label {
+    Label(Arc::from(s))
+}
+
+impl std::ops::Deref for Label {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Label,
+    pub route: Label,
+    pub service: Label,
+    pub version: Label,
+    pub status_code: u16,
+    pub cnf: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: Label,
+    pub route: Label,
+    pub service: Label,
+    pub version: Label,
+    pub cnf: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Label,
+    pub service: Label,
+    pub version: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpBytesLabels {
+    pub direction: Label,
+    pub service: Label,
+    pub version: Label,
+    /// `upstream` (bytes sent to the service) or `downstream` (sent to the client).
+    pub flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub direction: Label,
+    pub route: Label,
+    pub service: Label,
+    pub version: Label,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub service: Label,
+    pub version: Label,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: Label,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<DurationLabels, Histogram>,
+    pub tcp_connections: Family<TcpLabels, Counter>,
+    pub tcp_bytes: Family<TcpBytesLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub outlier_ejections: Family<EndpointLabels, Counter>,
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub overflows: Family<ServiceLabels, Counter>,
+    pub mirrors: Family<ResultLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_version: Gauge,
+    pub access_log_dropped: Counter,
+}
+
+/// Latency buckets from half a millisecond to ten seconds.
+const BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register("trefoil_requests", "HTTP requests completed, by response status", requests.clone());
+        let duration = Family::<DurationLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS.into_iter()));
+        registry.register_with_unit("trefoil_request_duration", "Time from request to response headers", Unit::Seconds, duration.clone());
+        let tcp_connections = Family::default();
+        registry.register("trefoil_tcp_connections", "Opaque TCP connections proxied", tcp_connections.clone());
+        let tcp_bytes = Family::default();
+        registry.register("trefoil_tcp_bytes", "Bytes proxied over opaque TCP", tcp_bytes.clone());
+        let retries = Family::default();
+        registry.register("trefoil_retries", "Retried upstream attempts", retries.clone());
+        let outlier_ejections = Family::default();
+        registry.register("trefoil_outlier_ejections", "Endpoints ejected by outlier detection", outlier_ejections.clone());
+        let endpoint_healthy = Family::default();
+        registry.register("trefoil_endpoint_healthy", "1 when the endpoint passes active health checks", endpoint_healthy.clone());
+        let overflows = Family::default();
+        registry.register("trefoil_upstream_overflows", "Requests refused by a circuit breaker or with no endpoint", overflows.clone());
+        let mirrors = Family::default();
+        registry.register("trefoil_mirror_requests", "Mirrored request copies, by outcome", mirrors.clone());
+        let config_reloads = Family::default();
+        registry.register("trefoil_config_reloads", "Configuration reload attempts, by result", config_reloads.clone());
+        let config_version = Gauge::default();
+        registry.register("trefoil_config_version", "Version of the configuration in force", config_version.clone());
+        let access_log_dropped = Counter::default();
+        registry.register("trefoil_access_log_dropped", "Access-log lines dropped because the writer fell behind", access_log_dropped.clone());
+        Metrics {
+            registry,
+            requests,
+            duration,
+            tcp_connections,
+            tcp_bytes,
+            retries,
+            outlier_ejections,
+            endpoint_healthy,
+            overflows,
+            mirrors,
+            config_reloads,
+            config_version,
+            access_log_dropped,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,6 @@
+//! What the proxy tells about the traffic: metrics, access logs, traces.
+
+pub mod access_log;
+pub mod metrics;
+pub mod otlp;
+pub mod trace_context;

@@ -1,0 +1,128 @@
+//! W3C Trace Context: reading, continuing and writing `traceparent`.
+
+use std::fmt::Write;
+
+use http::HeaderValue;
+
+/// The trace a request belongs to and this hop's span in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The caller's span, if the request carried one.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// This hop's span.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    loop {
+        out.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        // All-zero ids are invalid by the spec.
+        if out.iter().any(|b| *b != 0) {
+            return out;
+        }
+    }
+}
+
+fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    out.iter().any(|b| *b != 0).then_some(out)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+impl TraceContext {
+    /// Continues the trace of an incoming `traceparent`, or starts a new one
+    /// (sampled with probability `sample_percent`) when it is absent or invalid.
+    pub fn continue_or_start(traceparent: Option<&HeaderValue>, sample_percent: f64) -> Self {
+        if let Some(parsed) = traceparent.and_then(|v| v.to_str().ok()).and_then(Self::parse) {
+            return parsed;
+        }
+        TraceContext {
+            trace_id: random_bytes(),
+            parent_span_id: None,
+            span_id: random_bytes(),
+            sampled: sample_percent >= 100.0 || fastrand::f64() * 100.0 < sample_percent,
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        // Version ff is forbidden; later versions may append fields.
+        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok().filter(|_| flags.len() == 2)?;
+        Some(TraceContext {
+            trace_id: hex_into(trace)?,
+            parent_span_id: Some(hex_into(parent)?),
+            span_id: random_bytes(),
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The `traceparent` to send upstream: same trace, this hop as the parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let s = format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), self.sampled as u8);
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn continues_a_valid_trace() {
+        let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let ctx = TraceContext::continue_or_start(Some(&incoming), 0.0);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&ctx.parent_span_id.unwrap()), "00f067aa0ba902b7");
+        assert!(ctx.sampled);
+        let out = ctx.traceparent();
+        let out = out.to_str().unwrap();
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && out.ends_with("-01"));
+        assert!(!out.contains("00f067aa0ba902b7"), "a new span id for this hop");
+    }
+
+    #[test]
+    fn starts_a_new_trace_on_garbage() {
+        for bad in ["", "00-0000-1-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"] {
+            let ctx = TraceContext::continue_or_start(Some(&HeaderValue::from_str(bad).unwrap()), 100.0);
+            assert!(ctx.parent_span_id.is_none(), "{bad}");
+            assert!(ctx.sampled);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn generated_headers_parse_back(seed in any::<u64>()) {
+            fastrand::seed(seed);
+            let ctx = TraceContext::continue_or_start(None, 100.0);
+            let next = TraceContext::continue_or_start(Some(&ctx.traceparent()), 0.0);
+            prop_assert_eq!(next.trace_id, ctx.trace_id);
+            prop_assert_eq!(next.parent_span_id, Some(ctx.span_id));
+        }
+    }
+}

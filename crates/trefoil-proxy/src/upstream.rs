@@ -1,0 +1,109 @@
+//! Pooled HTTP clients towards upstream endpoints, shared across config
+//! snapshots so that keep-alive connections survive reloads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use trefoil_model::spec::{TlsMode, UpstreamTls};
+
+use crate::tls::{self, TlsError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type every hop of the proxy speaks.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Everything that makes two upstream clients different.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientKey {
+    pub http2: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// TLS origination and the server name to verify.
+    pub tls: Option<(UpstreamTls, String)>,
+}
+
+/// Clients by key; a reload reuses a client (and its pool) whose key is unchanged.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<Vec<(ClientKey, HttpClient)>>,
+}
+
+impl ClientCache {
+    pub fn get(&self, key: &ClientKey) -> Result<HttpClient, TlsError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = clients.iter().find(|(k, _)| k == key) {
+            return Ok(c.clone());
+        }
+        let client = build(key)?;
+        clients.push((key.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Drops clients no current service uses, closing their idle connections.
+    pub fn retain(&self, used: &[ClientKey]) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|(k, _)| used.contains(k));
+    }
+}
+
+fn build(key: &ClientKey) -> Result<HttpClient, TlsError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(key.connect_timeout));
+    let tls_config = match &key.tls {
+        Some((tls, _)) if tls.mode != TlsMode::Disable => tls::client_config(tls, key.http2)?,
+        // Never used for `http://` URIs, but the connector type wants one.
+        _ => Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    let builder = HttpsConnectorBuilder::new().with_tls_config((*tls_config).clone()).https_or_http();
+    let builder = match &key.tls {
+        Some((_, name)) => builder.with_server_name_resolver(FixedServerNameResolver::new(tls::server_name(name)?)),
+        None => builder,
+    };
+    let connector = if key.http2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_http1().wrap_connector(http) };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(key.idle_timeout)
+        .pool_max_idle_per_host(1024)
+        .http2_only(key.http2)
+        // The proxy decides about retries itself; a silent retry would skew them.
+        .retry_canceled_requests(false)
+        .set_host(false);
+    if key.http2 {
+        client.http2_adaptive_window(true).http2_keep_alive_interval(Duration::from_secs(30)).http2_keep_alive_while_idle(true);
+    }
+    Ok(client.build(connector))
+}
+
+/// Which scheme to use towards an endpoint.
+pub fn scheme(key: &ClientKey) -> &'static str {
+    match &key.tls {
+        Some((tls, _)) if tls.mode != TlsMode::Disable => "https",
+        _ => "http",
+    }
+}
+
+/// Keys of clients in use, for [`ClientCache::retain`].
+pub fn keys_in_use<'a>(keys: impl Iterator<Item = &'a ClientKey>) -> Vec<ClientKey> {
+    let mut seen: HashMap<String, ClientKey> = HashMap::new();
+    for k in keys {
+        seen.entry(format!("{k:?}")).or_insert_with(|| k.clone());
+    }
+    seen.into_values().collect()
+}
