@@ -311,6 +311,7 @@ async fn attempt_loop(
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| AttemptFailure::PerTryTimeout),
             None => Ok(sent.await),
         };
+        // Each failed attempt decides once whether to retry: asking twice would spend budget twice.
         let failure = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
@@ -326,24 +327,26 @@ async fn attempt_loop(
                 }
                 let failure = AttemptFailure::Status(status);
                 if !may_retry(rule, failure, attempt, max_attempts, req_body) {
+                    // Out of retries: the client gets the upstream's own answer.
                     let (parts, incoming) = resp.into_parts();
                     return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
                 }
-                failure
+                (failure, true)
             }
             Ok(Err(e)) => {
                 record_outcome(state, service, &endpoint, Outcome::GatewayError);
                 let failure = if e.is_connect() { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
                 tracing::debug!(error = %e, upstream = %endpoint.addr, "upstream attempt failed");
-                failure
+                (failure, may_retry(rule, failure, attempt, max_attempts, req_body))
             }
             Err(timeout) => {
                 record_outcome(state, service, &endpoint, Outcome::GatewayError);
-                timeout
+                (timeout, may_retry(rule, timeout, attempt, max_attempts, req_body))
             }
         };
+        let (failure, retrying) = failure;
         drop(guard);
-        if !may_retry(rule, failure, attempt, max_attempts, req_body) {
+        if !retrying {
             let (status, flag, text) = match failure {
                 AttemptFailure::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "connect_failure", "upstream connect error\n"),
                 AttemptFailure::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "per_try_timeout", "upstream per-try timeout\n"),

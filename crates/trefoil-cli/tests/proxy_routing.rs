@@ -1,0 +1,283 @@
+//! Routing, splitting and filters of a real proxy against real upstreams.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+#[test]
+fn weighted_split_holds_its_proportions() {
+    let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: 80}}\n    - {{service: web, version: v2, weight: 20}}\n",
+        listener("public", public),
+        service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")])
+    ));
+    let results = curl_many(&format!("http://{public}/"), 1000, &[]);
+    assert_eq!(results.len(), 1000);
+    assert_eq!(count(&results, |r| r.0 == 200), 1000);
+    let to_v1 = count(&results, |r| r.1 == "v1") as f64 / 1000.0;
+    assert!((to_v1 - 0.80).abs() <= 0.02, "v1 got {to_v1}, want 0.80 ± 0.02");
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["version=\"v2\"", "status_code=\"200\""]) as usize, count(&results, |r| r.1 == "v2"));
+}
+
+#[test]
+fn header_query_and_method_matches_route_requests() {
+    let (stable, canary) = (TestServer::named("stable"), TestServer::named("canary"));
+    let public = addr();
+    let _proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [web.example.com]\n  rules:\n  - matches:\n    - headers: [{{name: x-canary, value: \"yes\"}}]\n    - queryParams: [{{name: track, value: beta}}]\n      method: GET\n    backends: [{{service: web, version: canary}}]\n  - matches: [{{path: {{prefix: /}}}}]\n    backends: [{{service: web, version: stable}}]\n",
+        listener("public", public),
+        service("web", "http", &[(stable.addr(), "stable"), (canary.addr(), "canary")])
+    ));
+    let who = |headers: &[(&str, &str)], method: &str, path: &str| {
+        let (status, h, _) = http_request(public, method, "web.example.com", path, headers, b"").unwrap();
+        assert_eq!(status, 200);
+        h.get("x-served-by").cloned().unwrap_or_default()
+    };
+    assert_eq!(who(&[("x-canary", "yes")], "GET", "/"), "canary");
+    assert_eq!(who(&[("x-canary", "no")], "GET", "/"), "stable");
+    assert_eq!(who(&[], "GET", "/a?track=beta"), "canary");
+    assert_eq!(who(&[], "POST", "/a?track=beta"), "stable");
+    // An unknown host has no route.
+    let (status, headers, _) = http_get(public, "other.example.com", "/");
+    assert_eq!(status, 404);
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("no_route"));
+}
+
+#[test]
+fn mirror_receives_copies_and_never_changes_the_response() {
+    let (primary, shadow) = (TestServer::named("primary"), TestServer::spawn(&["--name", "shadow", "--fail-every", "1"]));
+    let public = addr();
+    let _proxy = Proxy::start(&format!(
+        "{}{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters:\n      requestMirror: {{backend: {{service: shadow}}, percent: 100}}\n    backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(primary.addr(), "v1")]),
+        service("shadow", "http", &[(shadow.addr(), "v1")])
+    ));
+    let results = curl_many(&format!("http://{public}/mirrored"), 50, &[]);
+    assert!(results.iter().all(|r| r.0 == 200 && r.1 == "primary"), "{results:?}");
+    wait_until("50 mirrored copies", Duration::from_secs(10), || shadow.requests_for("/mirrored") == 50);
+    assert_eq!(primary.requests_for("/mirrored"), 50);
+}
+
+#[test]
+fn retries_recover_from_an_upstream_failing_every_other_request() {
+    let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 2, on: [5xx], backoff: 1ms}}\n",
+        listener("public", public),
+        service("web", "http", &[(flaky.addr(), "v1")])
+    ));
+    let results = curl_many(&format!("http://{public}/"), 100, &[]);
+    assert_eq!(count(&results, |r| r.0 == 200), 100, "{results:?}");
+    assert!(proxy.metric_sum("trefoil_retries_total", &[]) >= 49.0);
+}
+
+#[test]
+fn retry_budget_caps_retries() {
+    let broken = TestServer::spawn(&["--name", "broken", "--fail-every", "1"]);
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 3, on: [5xx], backoff: 1ms, budget: {{percent: 10, minRetriesPerSecond: 0}}}}\n",
+        listener("public", public),
+        service("web", "http", &[(broken.addr(), "v1")])
+    ));
+    let results = curl_many(&format!("http://{public}/"), 100, &[]);
+    assert_eq!(count(&results, |r| r.0 == 503), 100);
+    let retries = proxy.metric_sum("trefoil_retries_total", &[]);
+    assert!(retries <= 10.0, "budget of 10% allowed {retries} retries for 100 requests");
+}
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint() {
+    let (good, bad) = (TestServer::named("good"), TestServer::spawn(&["--name", "bad", "--fail-every", "1"]));
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(good.addr(), "v1"), (bad.addr(), "v1")])
+    ));
+    // Round robin sends every other request to the bad endpoint until it is ejected.
+    let warmup = curl_many(&format!("http://{public}/"), 20, &[]);
+    assert_eq!(count(&warmup, |r| r.1 == "bad"), 3, "ejected after 3 consecutive 5xx: {warmup:?}");
+    assert_eq!(proxy.metric_sum("trefoil_outlier_ejections_total", &["service=\"web\""]), 1.0);
+    bad.reset_stats();
+    let after = curl_many(&format!("http://{public}/"), 100, &[]);
+    assert!(after.iter().all(|r| r.0 == 200 && r.1 == "good"), "{after:?}");
+    assert_eq!(bad.requests(), 0);
+}
+
+#[test]
+fn timeouts_answer_504() {
+    let slow = TestServer::named("slow");
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    timeout: 200ms\n",
+        listener("public", public),
+        service("web", "http", &[(slow.addr(), "v1")])
+    ));
+    let (status, headers, _) = http_get(public, "x", "/?delay_ms=3000");
+    assert_eq!(status, 504);
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("timeout"));
+    assert_eq!(http_get(public, "x", "/?delay_ms=10").0, 200);
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["status_code=\"504\""]), 1.0);
+}
+
+#[test]
+fn malformed_requests_get_400_and_the_proxy_stays_up() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let _proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("public", public), service("web", "http", &[(up.addr(), "v1")])));
+    for garbage in [&b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n"[..], b"\x00\x01\x02 nonsense\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"] {
+        let mut s = TcpStream::connect(public).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{garbage:?} got {reply:?}");
+    }
+    assert_eq!(http_get(public, "x", "/").0, 200);
+}
+
+#[test]
+fn faults_rate_limits_and_header_edits() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let _proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{prefix: /fault}}}}]\n    filters: {{fault: {{abort: {{status: 418, percent: 100}}}}}}\n    backends: [{{service: web}}]\n  - matches: [{{path: {{prefix: /limited}}}}]\n    filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 5}}}}\n    backends: [{{service: web}}]\n  - matches: [{{path: {{prefix: /echo}}}}]\n    filters:\n      requestHeaderModifier: {{set: {{x-set: one}}, remove: [x-drop]}}\n      responseHeaderModifier: {{add: {{x-resp: two}}}}\n    backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")])
+    ));
+    assert_eq!(http_get(public, "x", "/fault").0, 418);
+    assert_eq!(up.requests_for("/fault"), 0);
+    let limited = curl_many(&format!("http://{public}/limited"), 8, &[]);
+    assert_eq!(count(&limited, |r| r.0 == 200), 5);
+    assert_eq!(count(&limited, |r| r.0 == 429), 3);
+    let (status, headers, body) = {
+        let (s, h, b) = http_request(public, "GET", "x", "/echo", &[("x-drop", "1"), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")], b"").unwrap();
+        (s, h, String::from_utf8(b).unwrap())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("x-resp").map(String::as_str), Some("two"));
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-set"], "one");
+    assert!(echo["headers"].get("x-drop").is_none());
+    let traceparent = echo["headers"]["traceparent"].as_str().unwrap();
+    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !traceparent.contains("00f067aa0ba902b7"), "{traceparent}");
+    assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+}
+
+#[test]
+fn circuit_breaker_refuses_over_max_requests() {
+    // `--delay` holds requests after counting them, so the count shows arrival.
+    let slow = TestServer::spawn(&["--name", "slow", "--delay", "1500"]);
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  connectionPool: {{maxRequests: 1}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(slow.addr(), "v1")])
+    ));
+    let hold = std::thread::spawn(move || http_get(public, "x", "/").0);
+    wait_until("the slow request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
+    let (status, headers, _) = http_get(public, "x", "/");
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("overflow"));
+    assert_eq!(hold.join().unwrap(), 200);
+    assert_eq!(http_get(public, "x", "/").0, 200);
+    assert_eq!(proxy.metric_sum("trefoil_upstream_overflows_total", &["max_requests"]), 1.0);
+}
+
+#[test]
+fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
+    let servers: Vec<TestServer> = (0..3).map(|i| TestServer::named(&format!("e{i}"))).collect();
+    let public = addr();
+    let eps: Vec<(SocketAddr, &str)> = servers.iter().map(|s| (s.addr(), "v1")).collect();
+    let _proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  loadBalancer: {{ringHash: {{header: x-user}}}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &eps)
+    ));
+    let mut owners = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let header = format!("x-user: user-{user}");
+        let results = curl_many(&format!("http://{public}/"), 5, &["-H", &header]);
+        let first = &results[0].1;
+        assert!(results.iter().all(|r| &r.1 == first), "user-{user} moved: {results:?}");
+        owners.insert(first.clone());
+    }
+    assert!(owners.len() >= 2, "30 users all hashed to {owners:?}");
+}
+
+#[test]
+fn active_health_checks_take_endpoints_out_and_back() {
+    let (a, b) = (TestServer::named("a"), TestServer::named("b"));
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(a.addr(), "v1"), (b.addr(), "v1")])
+    ));
+    b.set_healthy(false);
+    let b_addr = b.addr().to_string();
+    wait_until("b marked unhealthy", Duration::from_secs(10), || proxy.metric_sum("trefoil_endpoint_healthy", &[&b_addr]) == 0.0 && proxy.metrics().contains(&b_addr));
+    b.reset_stats();
+    let results = curl_many(&format!("http://{public}/"), 40, &[]);
+    assert!(results.iter().all(|r| r.0 == 200 && r.1 == "a"), "{results:?}");
+    b.set_healthy(true);
+    wait_until("b healthy again", Duration::from_secs(10), || proxy.metric_sum("trefoil_endpoint_healthy", &[&b_addr]) == 1.0);
+    let results = curl_many(&format!("http://{public}/"), 40, &[]);
+    assert_eq!(count(&results, |r| r.1 == "b"), 20);
+}
+
+#[test]
+fn connect_failures_are_retried_on_another_endpoint() {
+    let up = TestServer::named("up");
+    let dead: SocketAddr = addr();
+    let public = addr();
+    let _proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 1, on: [connect-failure], backoff: 1ms}}\n",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1"), (dead, "v1")])
+    ));
+    let results = curl_many(&format!("http://{public}/"), 20, &[]);
+    assert!(results.iter().all(|r| r.0 == 200 && r.1 == "up"), "{results:?}");
+}
+
+#[test]
+fn access_log_is_json_with_trace_ids_and_spans_are_exported() {
+    let up = TestServer::named("up");
+    let collector = TestServer::named("collector");
+    let public = addr();
+    let resources = format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")])
+    );
+    let mut proxy = Proxy::start(&resources);
+    // Turn on OTLP export by rewriting the Proxy resource.
+    let config = std::fs::read_to_string(&proxy.config).unwrap().replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"http://{}\"}}\n", collector.addr()));
+    std::fs::write(&proxy.config, config).unwrap();
+    proxy.signal("HUP");
+    wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() == 2);
+    let (_, headers, _) = http_request(public, "GET", "x", "/logged", &[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], b"").unwrap();
+    assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some("0af7651916cd43dd8448eb211c80319c"));
+    wait_until("the access-log line", Duration::from_secs(5), || proxy.access_log().contains("/logged"));
+    let line = proxy.access_log().lines().find(|l| l.contains("/logged")).unwrap().to_string();
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["route"], "web");
+    wait_until("an OTLP export", Duration::from_secs(10), || collector.requests_for("/v1/traces") >= 1);
+    proxy.wait_ready();
+}
