@@ -43,7 +43,14 @@ fn reply(status: StatusCode, content_type: &'static str, text: impl Into<bytes::
 async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let snapshot = state.snapshot.load_full();
     Ok(match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.shared.metrics.encode()),
+        "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if accept.contains("application/openmetrics-text") {
+                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.shared.metrics.encode_openmetrics())
+            } else {
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.shared.metrics.encode_prometheus())
+            }
+        }
         "/ready" => {
             if state.ready.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", format!("ready (config version {})\n", snapshot.version))

@@ -77,16 +77,16 @@ pub fn server_config(tls: &ListenerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConf
 }
 
 /// Client-side TLS towards a service's endpoints.
-pub fn client_config(tls: &UpstreamTls, http2: bool) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(tls.ca.as_deref().unwrap_or(SYSTEM_CA_BUNDLE))?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let mut config = match (tls.mode, &tls.certificate, &tls.key) {
+    // ALPN is left to the HTTP connector, which offers what the client speaks.
+    let config = match (tls.mode, &tls.certificate, &tls.key) {
         (TlsMode::Mutual, Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = if http2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(Arc::new(config))
 }
 

@@ -60,7 +60,7 @@ fn build(key: &ClientKey) -> Result<HttpClient, TlsError> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(key.connect_timeout));
     let tls_config = match &key.tls {
-        Some((tls, _)) if tls.mode != TlsMode::Disable => tls::client_config(tls, key.http2)?,
+        Some((tls, _)) if tls.mode != TlsMode::Disable => tls::client_config(tls)?,
         // Never used for `http://` URIs, but the connector type wants one.
         _ => Arc::new(
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

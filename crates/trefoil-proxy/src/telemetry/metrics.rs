@@ -166,11 +166,62 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// Every metric in the OpenMetrics text format.
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Every metric in the classic Prometheus text format (0.0.4), which
+    /// `promtool check metrics` and older scrapers read.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+/// OpenMetrics names a counter family without `_total` and has `# UNIT` and
+/// `# EOF` lines; the classic format names the family as its samples and has neither.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_format_names_counter_families_like_their_samples() {
+        let m = Metrics::default();
+        m.config_version.set(3);
+        m.access_log_dropped.inc();
+        let text = m.encode_prometheus();
+        assert!(text.contains("# TYPE trefoil_access_log_dropped_total counter\n"));
+        assert!(text.contains("# HELP trefoil_access_log_dropped_total "));
+        assert!(text.contains("trefoil_access_log_dropped_total 1\n"));
+        assert!(text.contains("# TYPE trefoil_config_version gauge\n"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
     }
 }

@@ -1,0 +1,248 @@
+//! HTTP/2, gRPC, TLS, mutual TLS and opaque TCP through a real proxy,
+//! driven by real clients: curl, h2load, Python grpcio.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn route_all(service: &str) -> String {
+    format!("{API}\nkind: Route\nmetadata: {{name: {service}}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: {service}}}]\n")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn h2c_prior_knowledge_under_h2load() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web")));
+    let out = run_with_timeout(Command::new("h2load").args(["-n", "2000", "-c", "4", "-m", "10", &format!("http://{public}/")]), Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    // An HTTP/2 client, an HTTP/1.1 upstream: the proxy translates.
+    let echo = run_with_timeout(Command::new("curl").args(["-s", "--http2-prior-knowledge", &format!("http://{public}/echo")]), Duration::from_secs(10));
+    let echo: serde_json::Value = serde_json::from_slice(&echo.stdout).unwrap();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["status_code=\"200\""]), 2001.0);
+}
+
+#[test]
+fn http2_upstreams_get_http2() {
+    let up = TestServer::named("h2-up");
+    let public = addr();
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web")));
+    let (status, _, body) = http_get(public, "x", "/echo");
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0");
+}
+
+struct GrpcServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl GrpcServer {
+    fn start(name: &str) -> Self {
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/grpc/grpc_server.py"))
+            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 tests/grpc/grpc_server.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("grpc server said {line:?}")).parse().unwrap();
+        GrpcServer { child, addr }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn grpc_unary_streaming_errors_and_trailers_pass_through() {
+    let server = GrpcServer::start("grpc-v1");
+    let public = addr();
+    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("echo", "grpc", &[(server.addr, "v1")]), route_all("echo")));
+    let out = run_with_timeout(
+        Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args(["--target", &public.to_string(), "--check", "--count", "25"]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(proxy.metric_sum("trefoil_requests_total", &["service=\"echo\""]) >= 4.0);
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost, and a client
+/// certificate with a SPIFFE identity, written as PEM files.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "trefoil test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server_params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params.subject_alt_names.push(SanType::URI("spiffe://trefoil.test/ns/default/sa/client".try_into().unwrap()));
+    client_params.distinguished_name.push(DnType::CommonName, "client");
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server-key.pem", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
+    }
+}
+
+#[test]
+fn mutual_tls_with_alpn_h2_and_peer_identity() {
+    let up = TestServer::named("up");
+    let pki = make_pki(&scratch_dir());
+    let public = addr();
+    let tls_listener = format!(
+        "{API}\nkind: Listener\nmetadata: {{name: secure}}\nspec:\n  address: \"{public}\"\n  tls: {{certificate: \"{}\", key: \"{}\", clientCa: \"{}\"}}\n---\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    );
+    let proxy = Proxy::start(&format!("{tls_listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), route_all("web")));
+    let url = format!("https://localhost:{}/echo", public.port());
+    let resolve = format!("localhost:{}:127.0.0.1", public.port());
+    let with_cert = run_with_timeout(
+        Command::new("curl").args(["-s", "--http2", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg("--cert").arg(&pki.client_cert).arg("--key").arg(&pki.client_key).args(["-w", "\n%{http_version}", &url]),
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&with_cert.stdout);
+    assert!(text.ends_with("\n2"), "negotiated HTTP/2 over ALPN: {text}");
+    let echo: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    let without_cert = run_with_timeout(Command::new("curl").args(["-s", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg(&url), Duration::from_secs(10));
+    assert!(!without_cert.status.success(), "a client without a certificate must be refused");
+    wait_until("access-log line with the peer identity", Duration::from_secs(5), || proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client"));
+    // HTTP/1.1 over TLS works too.
+    let h1 = run_with_timeout(
+        Command::new("curl").args(["-s", "--http1.1", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg("--cert").arg(&pki.client_cert).arg("--key").arg(&pki.client_key).args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}", &url]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(String::from_utf8_lossy(&h1.stdout), "200 1.1");
+}
+
+#[test]
+fn tls_origination_with_client_certificate_to_a_tls_upstream() {
+    // The upstream is a second trefoil listener terminating mutual TLS: a
+    // real TLS server that insists on a client certificate.
+    let up = TestServer::named("behind-tls");
+    let pki = make_pki(&scratch_dir());
+    let (inner, outer) = (addr(), addr());
+    let inner_proxy = Proxy::start(&format!(
+        "{API}\nkind: Listener\nmetadata: {{name: inner}}\nspec:\n  address: \"{inner}\"\n  tls: {{certificate: \"{}\", key: \"{}\", clientCa: \"{}\"}}\n---\n{}{}",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display(),
+        service("web", "http", &[(up.addr(), "v1")]),
+        route_all("web")
+    ));
+    let _outer_proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: secure}}\nspec:\n  service: secure\n  tls: {{mode: mutual, ca: \"{}\", certificate: \"{}\", key: \"{}\", sni: localhost}}\n---\n{}",
+        listener("outer", outer),
+        service("secure", "http", &[(inner, "v1")]),
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display(),
+        route_all("secure")
+    ));
+    let (status, headers, _) = http_get(outer, "x", "/");
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("x-served-by").map(String::as_str), Some("behind-tls"));
+    wait_until("the inner proxy to log the outer's identity", Duration::from_secs(5), || inner_proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client"));
+}
+
+#[test]
+fn opaque_tcp_and_protocol_detection() {
+    let up = TestServer::named("tcp-up");
+    let (tcp, auto) = (addr(), addr());
+    let proxy = Proxy::start(&format!(
+        "{API}\nkind: Listener\nmetadata: {{name: raw}}\nspec:\n  address: \"{tcp}\"\n  protocol: tcp\n  tcpBackend: {{service: web}}\n---\n{API}\nkind: Listener\nmetadata: {{name: sniff}}\nspec:\n  address: \"{auto}\"\n  protocol: auto\n  tcpBackend: {{service: web}}\n---\n{}{}",
+        service("web", "http", &[(up.addr(), "v1")]),
+        route_all("web")
+    ));
+    // HTTP carried as opaque bytes: the proxy does not parse it.
+    assert_eq!(http_get(tcp, "x", "/").0, 200);
+    assert_eq!(proxy.metric_sum("trefoil_tcp_connections_total", &["service=\"web\""]), 1.0);
+    wait_until("bytes counted", Duration::from_secs(5), || proxy.metric_sum("trefoil_tcp_bytes_total", &["flow=\"downstream\""]) > 0.0);
+    // On the auto listener HTTP is detected and routed (it appears in request metrics)...
+    assert_eq!(http_get(auto, "x", "/").0, 200);
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["route=\"web\""]), 1.0);
+    // ...and bytes that are not HTTP (a server-first client stays silent) are forwarded opaquely.
+    let mut s = TcpStream::connect(auto).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(proxy.metric_sum("trefoil_tcp_connections_total", &["service=\"web\""]), 2.0);
+}
+
+#[test]
+fn nginx_as_a_real_upstream() {
+    let dir = scratch_dir();
+    let port = free_port();
+    std::fs::create_dir_all(dir.join("html")).unwrap();
+    std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{ listen 127.0.0.1:{port}; root {d}/html; }}\n}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let nginx_bin = ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("nginx");
+    let mut nginx = Command::new(nginx_bin).args(["-c"]).arg(dir.join("nginx.conf")).args(["-p"]).arg(&dir).args(["-g", "daemon off;"]).spawn().expect("nginx");
+    let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(wait_for_port(upstream, Duration::from_secs(10)), "nginx did not start");
+    let public = addr();
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("nginx", "http", &[(upstream, "v1")]), route_all("nginx")));
+    let results = curl_many(&format!("http://{public}/index.html"), 100, &[]);
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    assert_eq!(count(&results, |r| r.0 == 200), 100);
+}
