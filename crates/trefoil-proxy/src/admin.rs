@@ -15,7 +15,8 @@ use crate::http::body;
 use crate::state::ProxyState;
 use crate::upstream::ProxyBody;
 
-pub async fn serve(state: Arc<ProxyState>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(state: Arc<ProxyState>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let Ok(listener) = TcpListener::from_std(listener) else { return };
     loop {
         tokio::select! {
             accepted = listener.accept() => {

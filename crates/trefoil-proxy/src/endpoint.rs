@@ -15,6 +15,8 @@ pub struct EndpointState {
     pub service: String,
     pub version: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once rather than per request.
+    pub authority: http::uri::Authority,
     /// Requests in flight, for least-request balancing.
     pub in_flight: AtomicU32,
     consecutive_5xx: AtomicU32,
@@ -126,6 +128,7 @@ impl EndpointRegistry {
                 service: service.to_string(),
                 version: version.to_string(),
                 addr,
+                authority: authority(addr),
                 in_flight: AtomicU32::new(0),
                 consecutive_5xx: AtomicU32::new(0),
                 consecutive_gateway: AtomicU32::new(0),
@@ -149,11 +152,17 @@ impl EndpointRegistry {
     }
 }
 
+fn authority(addr: SocketAddr) -> http::uri::Authority {
+    // A socket address always renders as a valid authority.
+    addr.to_string().parse().unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
+}
+
 fn clone_fresh(e: &EndpointState) -> EndpointState {
     EndpointState {
         service: e.service.clone(),
         version: e.version.clone(),
         addr: e.addr,
+        authority: e.authority.clone(),
         in_flight: AtomicU32::new(0),
         consecutive_5xx: AtomicU32::new(0),
         consecutive_gateway: AtomicU32::new(0),

@@ -79,7 +79,7 @@ async fn probe(service: &ServiceConfig, endpoint: &EndpointState, check: &Health
             else {
                 return false;
             };
-            match tokio::time::timeout(timeout, service.client.request(req)).await {
+            match tokio::time::timeout(timeout, service.client.current().request(req)).await {
                 Ok(Ok(resp)) => {
                     let ok = resp.status().is_success();
                     let _ = resp.into_body().collect().await;

@@ -26,13 +26,21 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Binds a listener's address with the options a proxy wants.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
+/// Binds a listener's address with the options a proxy wants. With
+/// `shared`, several sockets bind the same address (SO_REUSEPORT) and the
+/// kernel spreads connections over them: one socket per worker thread.
+pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// Tells connections to finish; the drain is over when every clone is dropped
@@ -41,7 +49,14 @@ pub type Drain = watch::Receiver<bool>;
 
 /// Accepts until `stop` turns true; each connection holds a `Drain` so
 /// shutdown can wait for it.
-pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: TcpListener, mut stop: watch::Receiver<bool>, watcher: Drain) {
+pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>, watcher: Drain) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot use listening socket");
+            return;
+        }
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 use trefoil_model::Diagnostics;
 
 use crate::snapshot::{compile, Shared, Snapshot};
@@ -39,6 +37,8 @@ pub struct ProxyOptions {
     pub watch_interval: Duration,
     /// Overrides the admin address of the config.
     pub admin: Option<SocketAddr>,
+    /// Data-plane threads, each with its own event loop, sockets and upstream pools.
+    pub workers: usize,
 }
 
 /// Loads and compiles the config at `path`.
@@ -52,17 +52,57 @@ struct RunningListener {
     stop: watch::Sender<bool>,
 }
 
+/// A listener's sockets, one per worker, bound before the snapshot that needs them goes live.
+type Bound = (Label, SocketAddr, Vec<std::net::TcpListener>);
+
+/// Work handed to a data-plane thread.
+struct AcceptOn {
+    state: Arc<ProxyState>,
+    name: Label,
+    socket: std::net::TcpListener,
+    stop: watch::Receiver<bool>,
+    drain: listener::Drain,
+}
+
+/// Data-plane threads, each running a single-threaded event loop: a
+/// connection, its requests and their upstream connections stay on one
+/// thread, with no cross-thread wake-ups on the hot path.
+struct Workers {
+    senders: Vec<mpsc::UnboundedSender<AcceptOn>>,
+}
+
+impl Workers {
+    fn start(count: usize) -> std::io::Result<Self> {
+        let mut senders = Vec::new();
+        for index in 0..count {
+            let (tx, mut rx) = mpsc::unbounded_channel::<AcceptOn>();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            std::thread::Builder::new().name(format!("trefoil-worker-{index}")).spawn(move || {
+                crate::upstream::set_worker(index);
+                runtime.block_on(async move {
+                    while let Some(work) = rx.recv().await {
+                        tokio::spawn(listener::accept_loop(work.state, work.name, work.socket, work.stop, work.drain));
+                    }
+                });
+            })?;
+            senders.push(tx);
+        }
+        Ok(Workers { senders })
+    }
+}
+
 struct Listeners {
     running: HashMap<Label, RunningListener>,
     /// Sends the drain signal; `closed()` resolves once every connection is gone.
     drain: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    workers: Workers,
 }
 
 impl Listeners {
     /// Binds what `snapshot` adds before it goes live, so a bind failure rejects the reload.
-    fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<(Label, SocketAddr, TcpListener)>, StartError> {
+    fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, StartError> {
         let mut bound = Vec::new();
+        let shared = self.workers.senders.len() > 1;
         for l in &snapshot.listeners {
             let moved = self.running.get(&l.name).is_none_or(|r| r.addr != l.addr);
             if moved {
@@ -70,22 +110,36 @@ impl Listeners {
                 if taken_by_other {
                     return Err(StartError::Other(anyhow::anyhow!("listener {} wants {}, which another listener still holds; rename or move in two steps", l.name, l.addr)));
                 }
-                let socket = listener::bind(l.addr).map_err(|source| StartError::Bind { what: format!("listener {}", l.name), addr: l.addr, source })?;
-                bound.push((l.name.clone(), l.addr, socket));
+                let bind_err = |source| StartError::Bind { what: format!("listener {}", l.name), addr: l.addr, source };
+                let first = listener::bind(l.addr, shared).map_err(bind_err)?;
+                // Port 0 means "any": every worker must share the port the first socket got.
+                let addr = first.local_addr().map_err(bind_err)?;
+                let mut sockets = vec![first];
+                for _ in 1..self.workers.senders.len() {
+                    sockets.push(listener::bind(addr, shared).map_err(bind_err)?);
+                }
+                bound.push((l.name.clone(), l.addr, sockets));
             }
         }
         Ok(bound)
     }
 
-    fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<(Label, SocketAddr, TcpListener)>) {
-        for (name, addr, socket) in bound {
-            let (stop, stopped) = watch::channel(false);
+    fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<Bound>) {
+        for (name, addr, sockets) in bound {
+            let (stop, _) = watch::channel(false);
+            for (worker, socket) in self.workers.senders.iter().zip(sockets) {
+                if let Ok(real) = socket.local_addr() {
+                    tracing::debug!(listener = %name, address = %real, "worker socket bound");
+                }
+                let work = AcceptOn { state: state.clone(), name: name.clone(), socket, stop: stop.subscribe(), drain: self.drain.subscribe() };
+                if worker.send(work).is_err() {
+                    tracing::error!(listener = %name, "a worker thread is gone; its share of connections will not be served");
+                }
+            }
+            tracing::info!(listener = %name, address = %addr, workers = self.workers.senders.len(), "listening");
             if let Some(old) = self.running.insert(name.clone(), RunningListener { addr, stop }) {
                 let _ = old.stop.send(true);
             }
-            let real = socket.local_addr().unwrap_or(addr);
-            tracing::info!(listener = %name, address = %real, "listening");
-            self.tasks.spawn(listener::accept_loop(state.clone(), name, socket, stopped, self.drain.subscribe()));
         }
         let live: Vec<Label> = state.snapshot.load().listeners.iter().map(|l| l.name.clone()).collect();
         self.running.retain(|name, r| {
@@ -117,7 +171,8 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 
 /// Runs until SIGTERM or SIGINT, then drains.
 pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
-    let shared = Arc::new(Shared::default());
+    let workers = options.workers.max(1);
+    let shared = Arc::new(Shared::new(workers));
     let mut first = load(&options.config, &shared, 1).map_err(StartError::Config)?;
     if let Some(admin) = options.admin {
         first.settings.admin = admin.to_string();
@@ -140,12 +195,12 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
         ready: AtomicBool::new(false),
     });
 
-    let admin_socket = listener::bind(admin_addr).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
+    let admin_socket = listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
     let (admin_stop, admin_stopped) = watch::channel(false);
     tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
     tracing::info!(address = %admin_addr, "admin listening");
 
-    let mut listeners = Listeners { running: HashMap::new(), drain: watch::channel(false).0, tasks: JoinSet::new() };
+    let mut listeners = Listeners { running: HashMap::new(), drain: watch::channel(false).0, workers: Workers::start(workers).map_err(anyhow::Error::from)? };
     let bound = listeners.bind_new(&state.snapshot.load())?;
     listeners.start(&state, bound);
     let mut checks = health::start(&state.snapshot.load(), shared.clone());
@@ -196,7 +251,6 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
     let _ = admin_stop.send(true);
     drop(checks);
     let _ = listeners.drain.send(true);
-    listeners.tasks.shutdown().await;
     match tokio::time::timeout(drain, listeners.drain.closed()).await {
         Ok(()) => tracing::info!("drained; bye"),
         Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),

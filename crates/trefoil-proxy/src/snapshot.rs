@@ -19,14 +19,20 @@ use crate::http::route_match::RequestMatcher;
 use crate::http::split::WeightedSplit;
 use crate::telemetry::metrics::{label, Label, Metrics};
 use crate::tls;
-use crate::upstream::{self, ClientCache, ClientKey, HttpClient};
+use crate::upstream::{self, ClientCache, ClientKey, ClientSet};
 
 /// State that outlives snapshots.
-#[derive(Default)]
 pub struct Shared {
     pub endpoints: EndpointRegistry,
     pub clients: ClientCache,
     pub metrics: Metrics,
+}
+
+impl Shared {
+    /// State for a proxy with `workers` data-plane threads.
+    pub fn new(workers: usize) -> Self {
+        Shared { endpoints: EndpointRegistry::default(), clients: ClientCache::new(workers), metrics: Metrics::default() }
+    }
 }
 
 /// Everything a proxy needs to serve, at one config version.
@@ -56,7 +62,8 @@ pub struct ServiceConfig {
     pub protocol: AppProtocol,
     pub policy: TrafficPolicySpec,
     pub limits: ConnectionPool,
-    pub client: HttpClient,
+    /// Pooled clients, one per worker thread: use `client.current()`.
+    pub client: ClientSet,
     pub client_key: ClientKey,
     pub scheme: &'static str,
     pub endpoints: Vec<Arc<EndpointState>>,

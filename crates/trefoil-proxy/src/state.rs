@@ -34,7 +34,7 @@ impl Telemetry {
                     idle_timeout: std::time::Duration::from_secs(60),
                     tls: https.then(|| (UpstreamTls { mode: TlsMode::Simple, ca: None, certificate: None, key: None, sni: None }, host)),
                 };
-                let client = shared.clients.get(&key)?;
+                let client = shared.clients.get(&key)?.current().clone();
                 Some(otlp::start(&t.otlp_endpoint, t.service_name.clone().unwrap_or_else(|| proxy_name.to_string()), client))
             }
             None => None,

@@ -1,6 +1,7 @@
 //! Pooled HTTP clients towards upstream endpoints, shared across config
 //! snapshots so that keep-alive connections survive reloads.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,21 +31,56 @@ pub struct ClientKey {
     pub tls: Option<(UpstreamTls, String)>,
 }
 
-/// Clients by key; a reload reuses a client (and its pool) whose key is unchanged.
-#[derive(Default)]
+thread_local! {
+    /// Which data-plane worker this thread is; `usize::MAX` for control threads.
+    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Marks the current thread as data-plane worker `index`.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// One client per worker thread plus one for control tasks. A client's
+/// connections are driven by tasks on the runtime that opened them, so
+/// each worker keeping its own pool keeps a request and its upstream
+/// connection on one thread, as nginx and HAProxy do.
+#[derive(Clone)]
+pub struct ClientSet(Arc<[HttpClient]>);
+
+impl ClientSet {
+    /// The client of the calling thread.
+    pub fn current(&self) -> &HttpClient {
+        let i = WORKER.with(|w| w.get()).min(self.0.len() - 1);
+        &self.0[i]
+    }
+}
+
+/// Client sets by key; a reload reuses a set (and its pools) whose key is unchanged.
 pub struct ClientCache {
-    clients: Mutex<Vec<(ClientKey, HttpClient)>>,
+    workers: usize,
+    clients: Mutex<Vec<(ClientKey, ClientSet)>>,
+}
+
+impl Default for ClientCache {
+    fn default() -> Self {
+        ClientCache::new(1)
+    }
 }
 
 impl ClientCache {
-    pub fn get(&self, key: &ClientKey) -> Result<HttpClient, TlsError> {
+    pub fn new(workers: usize) -> Self {
+        ClientCache { workers: workers.max(1), clients: Mutex::default() }
+    }
+
+    pub fn get(&self, key: &ClientKey) -> Result<ClientSet, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = clients.iter().find(|(k, _)| k == key) {
             return Ok(c.clone());
         }
-        let client = build(key)?;
-        clients.push((key.clone(), client.clone()));
-        Ok(client)
+        let set = ClientSet((0..=self.workers).map(|_| build(key)).collect::<Result<Vec<_>, _>>()?.into());
+        clients.push((key.clone(), set.clone()));
+        Ok(set)
     }
 
     /// Drops clients no current service uses, closing their idle connections.

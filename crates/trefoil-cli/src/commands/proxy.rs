@@ -23,7 +23,7 @@ pub struct Args {
     /// How often to look for config file changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     watch_interval: Duration,
-    /// Worker threads (default: one per core).
+    /// Data-plane worker threads, each with its own event loop (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -33,19 +33,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = args.threads {
-        runtime.worker_threads(n.max(1));
-    }
-    let runtime = match runtime.build() {
+    // Control work (admin, reloads, health checks, span export) is light and
+    // runs on this thread; traffic runs on the proxy's own worker threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return exit::failure();
         }
     };
-    let options = ProxyOptions { config: args.config, watch: !args.no_watch, watch_interval: args.watch_interval, admin: args.admin };
+    let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let options = ProxyOptions { config: args.config, watch: !args.no_watch, watch_interval: args.watch_interval, admin: args.admin, workers };
     match runtime.block_on(trefoil_proxy::run(options)) {
         Ok(()) => exit::ok(),
         Err(StartError::Config(diagnostics)) => {

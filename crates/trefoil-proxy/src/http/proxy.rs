@@ -68,9 +68,11 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
     let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
     let (parts, incoming) = req.into_parts();
     let host = request_host(&parts).to_string();
+    // Cheap copies (reference-counted) of what telemetry needs after the request moves on.
+    let (method, uri, http_version) = (parts.method.clone(), parts.uri.clone(), parts.version);
     let mut out = Outcomes::default();
 
-    let mut response = match handle(&state, &listener, &conn, &trace, parts.clone(), incoming, &host, &mut out).await {
+    let mut response = match handle(&state, &listener, &conn, &trace, parts, incoming, &host, &mut out).await {
         Ok(r) => r,
         Err(reply) => reply,
     };
@@ -103,10 +105,10 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             listener: &listener.name,
             client: conn.client.to_string(),
             peer_identity: conn.peer_identity.as_deref(),
-            protocol: version_name(parts.version),
-            method: parts.method.as_str(),
+            protocol: version_name(http_version),
+            method: method.as_str(),
             authority: &host,
-            path: parts.uri.path(),
+            path: uri.path(),
             status,
             route: &route,
             service: &service,
@@ -122,13 +124,13 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             trace_id: trace.trace_id,
             span_id: trace.span_id,
             parent_span_id: trace.parent_span_id,
-            name: format!("{} {}", parts.method, route),
+            name: format!("{method} {route}"),
             start: wall_start,
             end: wall_start + elapsed,
             error: status >= 500,
             attributes: vec![
-                ("http.request.method", parts.method.to_string()),
-                ("url.path", parts.uri.path().to_string()),
+                ("http.request.method", method.to_string()),
+                ("url.path", uri.path().to_string()),
                 ("server.address", host.clone()),
                 ("http.response.status_code", status.to_string()),
                 ("trefoil.direction", listener.direction.to_string()),
@@ -206,7 +208,7 @@ async fn handle(
     }
 
     // Phase: upstream attempts, under the rule's deadline.
-    let attempts = attempt_loop(state, &listener.direction, route, rule, &cluster, &parts, &mut req_body, out);
+    let attempts = attempt_loop(state, &listener.direction, route, rule, &cluster, parts, &mut req_body, out);
     let mut response = match rule.timeout {
         Some(limit) => match tokio::time::timeout(limit, attempts).await {
             Ok(r) => r?,
@@ -251,7 +253,7 @@ async fn attempt_loop(
     route: &CompiledRoute,
     rule: &CompiledRule,
     cluster: &Arc<Cluster>,
-    parts: &http::request::Parts,
+    mut parts: http::request::Parts,
     req_body: &mut RequestBody,
     out: &mut Outcomes,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
@@ -301,12 +303,14 @@ async fn attempt_loop(
         let Some(body) = req_body.take() else {
             return Err(local_reply(StatusCode::BAD_GATEWAY, "body_consumed", "request body was already streamed\n"));
         };
-        let upstream_req = match build_upstream_request(parts, service, endpoint.addr, body) {
+        // The last possible attempt takes the headers; earlier ones copy them for a retry.
+        let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+        let upstream_req = match build_upstream_request(&parts, headers, service, &endpoint, body) {
             Ok(r) => r,
             Err(_) => return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n")),
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
-        let sent = service.client.request(upstream_req);
+        let sent = service.client.current().request(upstream_req);
         let result = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| AttemptFailure::PerTryTimeout),
             None => Ok(sent.await),
@@ -466,11 +470,14 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
     }
 }
 
-fn build_upstream_request(parts: &http::request::Parts, service: &ServiceConfig, addr: SocketAddr, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: Uri = format!("{}://{}{}", service.scheme, addr, path).parse()?;
+fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    let uri = Uri::from_parts(uri).map_err(http::Error::from)?;
     let mut req = Request::builder().method(parts.method.clone()).uri(uri).version(if service.protocol.is_http2() { Version::HTTP_2 } else { Version::HTTP_11 }).body(body)?;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     if service.protocol.is_http2() {
         // HTTP/2 carries the host in `:authority`; a Host header would contradict it.
         req.headers_mut().remove(header::HOST);
@@ -494,9 +501,9 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
         let service = &cluster.service;
         let result = match cluster.balancer.pick(None, None) {
             None => "no_endpoint",
-            Some(endpoint) => match build_upstream_request(&parts, service, endpoint.addr, body::full(body)) {
+            Some(endpoint) => match build_upstream_request(&parts, parts.headers.clone(), service, &endpoint, body::full(body)) {
                 Err(_) => "bad_request",
-                Ok(req) => match tokio::time::timeout(Duration::from_secs(30), service.client.request(req)).await {
+                Ok(req) => match tokio::time::timeout(Duration::from_secs(30), service.client.current().request(req)).await {
                     Ok(Ok(resp)) => {
                         // Drain so the connection can be reused.
                         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;

@@ -1,7 +1,5 @@
 //! W3C Trace Context: reading, continuing and writing `traceparent`.
 
-use std::fmt::Write;
-
 use http::HeaderValue;
 
 /// The trace a request belongs to and this hop's span in it.
@@ -37,10 +35,13 @@ fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
     out.iter().any(|b| *b != 0).then_some(out)
 }
 
+/// Lower-case hex; runs on every request, so without the formatting machinery.
 pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
     }
     s
 }
@@ -83,7 +84,7 @@ impl TraceContext {
 
     /// The `traceparent` to send upstream: same trace, this hop as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let s = format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), self.sampled as u8);
+        let s = format!("00-{}-{}-0{}", hex(&self.trace_id), hex(&self.span_id), self.sampled as u8);
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }

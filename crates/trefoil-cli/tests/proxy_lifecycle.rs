@@ -1,0 +1,150 @@
+//! Hot reload, graceful shutdown, config errors and the metrics format of a
+//! real proxy process.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn split_route(w1: u32, w2: u32) -> String {
+    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: {w1}}}\n    - {{service: web, version: v2, weight: {w2}}}\n")
+}
+
+/// wrk's summary: (requests, non-2xx responses, socket errors).
+fn wrk_summary(text: &str) -> (u64, u64, String) {
+    let requests = text.lines().find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok())).unwrap_or(0);
+    let non_2xx = text.lines().find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").and_then(|n| n.trim().parse().ok())).unwrap_or(0);
+    let socket_errors = text.lines().find(|l| l.contains("Socket errors")).unwrap_or("").to_string();
+    (requests, non_2xx, socket_errors)
+}
+
+#[test]
+fn hot_reload_under_load_loses_no_request() {
+    let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
+    let public = addr();
+    let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]));
+    let proxy = Proxy::start(&format!("{base}{}", split_route(100, 0)));
+    let url = format!("http://{public}/");
+    let load = std::thread::spawn(move || run_with_timeout(Command::new("wrk").args(["-t2", "-c16", "-d4s", &url]), Duration::from_secs(30)));
+    // Wait until wrk is sending, then reload five times while it runs:
+    // by file change and by SIGHUP, moving traffic between versions.
+    wait_until("load to reach v1", Duration::from_secs(10), || v1.requests() > 100);
+    for (i, (w1, w2)) in [(50, 50), (0, 100), (90, 10), (10, 90), (100, 0)].into_iter().enumerate() {
+        proxy.rewrite(&format!("{base}{}", split_route(w1, w2)));
+        if i % 2 == 1 {
+            proxy.signal("HUP");
+        }
+        let want = i as u64 + 2;
+        wait_until(&format!("config version {want}"), Duration::from_secs(10), || proxy.config_version() >= want);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = load.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (requests, non_2xx, socket_errors) = wrk_summary(&text);
+    assert!(requests > 1000, "wrk made only {requests} requests:\n{text}");
+    assert_eq!(non_2xx, 0, "{text}");
+    assert!(socket_errors.is_empty(), "{socket_errors}");
+    assert!(v2.requests() > 0, "the reloads moved traffic to v2");
+    assert_eq!(proxy.metric_sum("trefoil_config_reloads_total", &["failure"]), 0.0);
+}
+
+#[test]
+fn an_invalid_reload_keeps_the_running_config_and_says_where() {
+    let v1 = TestServer::named("v1");
+    let public = addr();
+    let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1")]));
+    let proxy = Proxy::start(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n"));
+    proxy.rewrite(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - service: web\n      weight: heavy\n"));
+    wait_until("the rejected reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= 1.0);
+    assert_eq!(proxy.config_version(), 1);
+    assert_eq!(http_get(public, "x", "/").0, 200);
+    let stderr = proxy.stderr();
+    let config = proxy.config.display().to_string();
+    assert!(stderr.contains(&format!("{config}:")) && stderr.contains("spec.rules[0].backends[0].weight"), "{stderr}");
+    // The line number points at `weight: heavy`.
+    let line = std::fs::read_to_string(&proxy.config).unwrap().lines().position(|l| l.contains("weight: heavy")).unwrap() + 1;
+    assert!(stderr.contains(&format!("{config}:{line}:")), "expected line {line} in:\n{stderr}");
+    // A reload that binds a new listener, then one that drops it.
+    let extra = addr();
+    proxy.rewrite(&format!("{base}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("extra", extra)));
+    wait_until("the extra listener", Duration::from_secs(10), || TcpStream::connect(extra).is_ok());
+    assert_eq!(http_get(extra, "x", "/").0, 200);
+    proxy.rewrite(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n"));
+    wait_until("the extra listener to close", Duration::from_secs(10), || TcpStream::connect(extra).is_err());
+    assert_eq!(http_get(public, "x", "/").0, 200);
+}
+
+#[test]
+fn graceful_shutdown_drains_in_flight_requests() {
+    let slow = TestServer::spawn(&["--name", "slow", "--delay", "1000"]);
+    let public = addr();
+    let mut proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("public", public), service("web", "http", &[(slow.addr(), "v1")])));
+    let in_flight = std::thread::spawn(move || http_get(public, "x", "/").0);
+    wait_until("the request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
+    proxy.signal("TERM");
+    wait_until("the listener to stop accepting", Duration::from_secs(5), || TcpStream::connect(public).is_err());
+    assert_eq!(in_flight.join().unwrap(), 200, "the in-flight request completes");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn validate_reports_every_error_with_location_and_exit_code_2() {
+    let dir = scratch_dir();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        format!("{API}\nkind: Service\nmetadata: {{name: web}}\nspec:\n  endpoints: [{{address: \"not-an-address\"}}]\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{regex: \"([\"}}}}]\n    backends: [{{service: missing}}]\n"),
+    )
+    .unwrap();
+    let out = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    assert!(stderr.contains(&format!("{f}:5:")) && stderr.contains("spec.endpoints[0].address"), "{stderr}");
+    assert!(stderr.contains(&format!("{f}:13:")) && stderr.contains("spec.rules[0].matches[0].path.regex"), "{stderr}");
+    assert!(stderr.contains(&format!("{f}:14:")) && stderr.contains("no Service named \"missing\""), "{stderr}");
+    let json = Command::new(trefoil_bin()).args(["validate", "-o", "json", "-f"]).arg(&file).output().unwrap();
+    assert_eq!(json.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["errors"].as_array().unwrap().len(), 3);
+    assert_eq!(report["errors"][0]["line"], 5);
+    let good = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy")).output().unwrap();
+    assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
+    // A proxy refuses to start on a bad config, with the same exit code.
+    let start = Command::new(trefoil_bin()).args(["proxy", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(start.status.code(), Some(2));
+}
+
+#[test]
+fn metrics_pass_promtool() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 1}}\n", listener("public", public), service("web", "http", &[(up.addr(), "v1")])));
+    curl_many(&format!("http://{public}/"), 5, &[]);
+    curl_many(&format!("http://{public}/status/503"), 2, &[]);
+    let metrics = proxy.metrics();
+    for family in ["trefoil_requests_total", "trefoil_request_duration_seconds", "trefoil_retries_total"] {
+        assert!(metrics.contains(&format!("# TYPE {family} ")), "{family} missing:\n{metrics}");
+    }
+    let dir = scratch_dir();
+    std::fs::write(dir.join("metrics.txt"), &metrics).unwrap();
+    let out = Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", dir.join("metrics.txt").display())).output().unwrap();
+    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // /config shows the running resources as JSON.
+    let (status, _, body) = http_get(proxy.admin, "admin", "/config");
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["version"], 1);
+    assert!(config["resources"].as_array().unwrap().iter().any(|r| r["kind"] == "Route" && r["metadata"]["name"] == "web"));
+    let (status, _, stats) = http_get(proxy.admin, "admin", "/stats");
+    assert_eq!(status, 200);
+    assert!(stats.contains(&up.addr().to_string()), "{stats}");
+}
