@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use trefoil_model::spec::OutlierDetection;
 
+use crate::telemetry::metrics::{label, Label};
+
 /// One upstream instance of a service.
 #[derive(Debug)]
 pub struct EndpointState {
-    pub service: String,
-    pub version: String,
+    pub service: Label,
+    pub version: Label,
     pub addr: SocketAddr,
     /// `addr` as a URI authority, built once rather than per request.
     pub authority: http::uri::Authority,
@@ -125,8 +127,8 @@ impl EndpointRegistry {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry((service.to_string(), addr)).or_insert_with(|| {
             Arc::new(EndpointState {
-                service: service.to_string(),
-                version: version.to_string(),
+                service: label(service),
+                version: label(version),
                 addr,
                 authority: authority(addr),
                 in_flight: AtomicU32::new(0),
@@ -138,9 +140,9 @@ impl EndpointRegistry {
                 epoch: self.epoch,
             })
         });
-        if entry.version != version {
+        if &*entry.version != version {
             // The endpoint now serves another version: start afresh.
-            *entry = Arc::new(EndpointState { version: version.to_string(), ..clone_fresh(entry) });
+            *entry = Arc::new(EndpointState { version: label(version), ..clone_fresh(entry) });
         }
         entry.clone()
     }

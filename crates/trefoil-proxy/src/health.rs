@@ -11,7 +11,7 @@ use trefoil_model::spec::HealthCheck;
 use crate::endpoint::EndpointState;
 use crate::http::body;
 use crate::snapshot::{ServiceConfig, Snapshot};
-use crate::telemetry::metrics::{label, EndpointLabels, Metrics};
+use crate::telemetry::metrics::{EndpointLabels, Metrics};
 
 /// Starts the checkers a snapshot asks for; dropping the set stops them.
 pub fn start(snapshot: &Snapshot, metrics: Arc<crate::snapshot::Shared>) -> JoinSet<()> {
@@ -33,7 +33,7 @@ pub fn start(snapshot: &Snapshot, metrics: Arc<crate::snapshot::Shared>) -> Join
 }
 
 async fn run(service: Arc<ServiceConfig>, endpoint: Arc<EndpointState>, check: HealthCheck, metrics: &Metrics) {
-    let labels = EndpointLabels { service: service.name.clone(), version: label(&endpoint.version), endpoint: endpoint.addr.to_string() };
+    let labels = EndpointLabels { service: service.name.clone(), version: endpoint.version.clone(), endpoint: endpoint.addr.to_string() };
     let gauge = metrics.endpoint_healthy.get_or_create(&labels).clone();
     gauge.set(endpoint.is_healthy() as i64);
     // Spread first probes so a large config does not probe everything at once.

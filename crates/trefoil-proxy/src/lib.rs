@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod endpoint;
+pub mod h1_pool;
 pub mod health;
 pub mod http;
 pub mod listener;

@@ -78,7 +78,7 @@ pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net
 
 async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStream, client: SocketAddr, watcher: Drain) {
     let Some(config) = state.snapshot.load().listeners.iter().find(|l| l.name == name).cloned() else { return };
-    let plain = Connection { listener: name.clone(), client, peer_identity: None, tls: false };
+    let plain = Connection::new(name.clone(), client);
     match config.protocol {
         ListenerProtocol::Tcp => tcp::forward(&state, &config, stream, client).await,
         ListenerProtocol::Auto => match detect(&stream).await {

@@ -66,6 +66,8 @@ pub struct ServiceConfig {
     pub client: ClientSet,
     pub client_key: ClientKey,
     pub scheme: &'static str,
+    /// Plain HTTP/1: attempts use the worker's own connection pool.
+    pub worker_pooled: bool,
     pub endpoints: Vec<Arc<EndpointState>>,
     /// Per-endpoint connection caps (HTTP/1 needs one connection per request in flight).
     pub connection_slots: HashMap<SocketAddr, Arc<Semaphore>>,
@@ -129,12 +131,18 @@ impl Router {
         self.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
     }
 
-    /// Candidate routes for a host, most specific first.
-    pub fn candidates<'a>(&'a self, host: &str) -> impl Iterator<Item = &'a Arc<CompiledRoute>> + 'a {
-        let host = host.to_ascii_lowercase();
-        let exact = self.exact.get(&host).into_iter().flatten();
-        let wild: Vec<_> = self.wildcard.iter().filter(|(s, _)| host.ends_with(s.as_str())).map(|(_, r)| r).collect();
-        exact.chain(wild).chain(self.catch_all.iter())
+    /// The first `found` result over the routes for `host`, most specific first.
+    pub fn find<'a, T>(&'a self, host: &str, mut found: impl FnMut(&'a Arc<CompiledRoute>) -> Option<T>) -> Option<T> {
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let exact = self.exact.get(host).into_iter().flatten();
+        let wild = self.wildcard.iter().filter(|(suffix, _)| host.ends_with(suffix.as_str())).map(|(_, r)| r);
+        exact.chain(wild).chain(self.catch_all.iter()).find_map(&mut found)
     }
 }
 
@@ -251,6 +259,7 @@ impl Compiler<'_> {
             name: label(name),
             protocol,
             scheme: upstream::scheme(&client_key),
+            worker_pooled: !protocol.is_http2() && client_key.tls.is_none(),
             policy: policy_spec,
             limits,
             client,
@@ -271,7 +280,7 @@ impl Compiler<'_> {
         let endpoints = service
             .endpoints
             .iter()
-            .filter(|e| backend.version.as_ref().is_none_or(|v| &e.version == v))
+            .filter(|e| backend.version.as_ref().is_none_or(|v| &*e.version == v.as_str()))
             .cloned()
             .collect();
         let cluster = Arc::new(Cluster {

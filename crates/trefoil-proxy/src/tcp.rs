@@ -43,7 +43,7 @@ pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut dow
         return;
     };
     let _ = upstream.set_nodelay(true);
-    let version = crate::telemetry::metrics::label(&endpoint.version);
+    let version = endpoint.version.clone();
     let metrics = &state.shared.metrics;
     metrics.tcp_connections.get_or_create(&TcpLabels { direction: listener.direction.clone(), service: service.name.clone(), version: version.clone() }).inc();
     endpoint.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

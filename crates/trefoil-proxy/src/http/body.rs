@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
+use crate::h1_pool::Pooled;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Bodies up to this size are buffered so that retries and mirrors can replay them.
@@ -67,17 +68,30 @@ impl RequestBody {
 }
 
 pin_project_lite::pin_project! {
-    /// Holds `guard` until the body ends or is dropped.
+    /// Holds `guard` until the body ends or is dropped; a pooled upstream
+    /// connection goes back to its pool if the body was read to the end.
     pub struct Guarded<G> {
         #[pin]
         inner: Incoming,
         guard: Option<G>,
+        pooled: Option<Pooled>,
+    }
+
+    impl<G> PinnedDrop for Guarded<G> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(pooled) = this.pooled.take() {
+                if this.inner.is_end_stream() {
+                    pooled.release();
+                }
+            }
+        }
     }
 }
 
 impl<G: Send + 'static> Guarded<G> {
-    pub fn wrap(inner: Incoming, guard: G) -> ProxyBody {
-        Guarded { inner, guard: Some(guard) }.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+    pub fn wrap(inner: Incoming, guard: G, pooled: Option<Pooled>) -> ProxyBody {
+        Guarded { inner, guard: Some(guard), pooled }.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
     }
 }
 
@@ -88,8 +102,16 @@ impl<G> Body for Guarded<G> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
-            this.guard.take();
+        match &polled {
+            Poll::Ready(None) => {
+                this.guard.take();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // A broken body means a broken connection: never reuse it.
+                this.pooled.take();
+                this.guard.take();
+            }
+            _ => {}
         }
         polled
     }

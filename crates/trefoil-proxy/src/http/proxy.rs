@@ -14,13 +14,14 @@ use hyper::body::Incoming;
 use trefoil_model::spec::HashOn;
 
 use crate::endpoint::{EndpointState, Outcome};
+use crate::h1_pool::{self, Pooled, SendError};
 use crate::http::body::{self, Guarded, RequestBody};
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
-use crate::telemetry::metrics::{label, DurationLabels, EndpointLabels, Label, RequestLabels, RetryLabels, ServiceLabels};
+use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, SeriesKey, ServiceLabels};
 use crate::telemetry::otlp::SpanRecord;
 use crate::telemetry::trace_context::{hex, TraceContext};
 use crate::upstream::ProxyBody;
@@ -33,6 +34,15 @@ pub struct Connection {
     /// SPIFFE id or common name of a verified client certificate.
     pub peer_identity: Option<Arc<str>>,
     pub tls: bool,
+    /// `client`'s address as a header value, made once per connection for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
+}
+
+impl Connection {
+    pub fn new(listener: Label, client: SocketAddr) -> Self {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Connection { listener, client, peer_identity: None, tls: false, client_ip }
+    }
 }
 
 pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trefoil-trace-id");
@@ -43,7 +53,14 @@ static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto"
 static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Connection-scoped headers that must not cross a hop (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 6] = ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-authorization"];
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
 
 /// What the request was routed to, for telemetry.
 #[derive(Default)]
@@ -59,9 +76,9 @@ struct Outcomes {
 /// Serves one request; never fails (errors become local replies).
 pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let wall_start = SystemTime::now();
     let snapshot = state.snapshot.load_full();
     let telemetry = state.telemetry.load_full();
+    let wall_start = telemetry.spans.is_some().then(SystemTime::now);
     let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
         return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
     };
@@ -83,20 +100,14 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let empty = || label("");
-    let (route, service, version) = (out.route.unwrap_or_else(empty), out.service.unwrap_or_else(empty), out.version.unwrap_or_else(empty));
-    let metrics = &state.shared.metrics;
-    let cnf = label("");
-    metrics
-        .requests
-        .get_or_create(&RequestLabels { direction: listener.direction.clone(), route: route.clone(), service: service.clone(), version: version.clone(), status_code: status, cnf: cnf.clone() })
-        .inc();
-    metrics
-        .duration
-        .get_or_create(&DurationLabels { direction: listener.direction.clone(), route: route.clone(), service: service.clone(), version: version.clone(), cnf })
-        .observe(elapsed.as_secs_f64());
-    let span_id = hex(&trace.span_id);
+    let (route, service, version) = (out.route.unwrap_or_default(), out.service.unwrap_or_default(), out.version.unwrap_or_default());
+    state.shared.metrics.record_request(
+        snapshot.version,
+        SeriesKey { direction: listener.direction.clone(), route: route.clone(), service: service.clone(), version: version.clone(), status_code: status },
+        elapsed,
+    );
     if telemetry.access_log.enabled() {
+        let span_id = hex(&trace.span_id);
         telemetry.access_log.write(&AccessRecord {
             time: now_rfc3339(),
             trace_id: &trace_id,
@@ -119,7 +130,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             flag: out.flag,
         });
     }
-    if let (Some(spans), true) = (&telemetry.spans, trace.sampled) {
+    if let (Some(spans), Some(wall_start), true) = (&telemetry.spans, wall_start, trace.sampled) {
         spans.send(SpanRecord {
             trace_id: trace.trace_id,
             span_id: trace.span_id,
@@ -229,7 +240,7 @@ async fn handle(
 }
 
 fn find_route<'a>(listener: &'a ListenerConfig, host: &str, parts: &http::request::Parts) -> Option<(&'a Arc<CompiledRoute>, &'a CompiledRule)> {
-    listener.router.candidates(host).find_map(|route| route.rules.iter().find(|r| r.matches(parts)).map(|rule| (route, rule)))
+    listener.router.find(host, |route| route.rules.iter().find(|r| r.matches(parts)).map(|rule| (route, rule)))
 }
 
 /// Releases what an attempt claimed when the response body ends (or the attempt fails).
@@ -282,7 +293,9 @@ async fn attempt_loop(
         };
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         out.upstream = Some(endpoint.addr);
-        out.version = Some(label(&endpoint.version)).filter(|v| !v.is_empty()).or(out.version.take());
+        if !endpoint.version.is_empty() {
+            out.version = Some(endpoint.version.clone());
+        }
         let mut guard = AttemptGuard { endpoint: endpoint.clone(), service: service.clone(), _slot: None };
         if let Some(slots) = service.slot(&endpoint.addr) {
             guard._slot = match slots.clone().try_acquire_owned() {
@@ -310,14 +323,14 @@ async fn attempt_loop(
             Err(_) => return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n")),
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
-        let sent = service.client.current().request(upstream_req);
+        let sent = send_upstream(service, &endpoint, upstream_req);
         let result = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| AttemptFailure::PerTryTimeout),
             None => Ok(sent.await),
         };
         // Each failed attempt decides once whether to retry: asking twice would spend budget twice.
         let failure = match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, pooled))) => {
                 let status = resp.status().as_u16();
                 let outcome = match status {
                     502..=504 => Outcome::GatewayError,
@@ -327,19 +340,19 @@ async fn attempt_loop(
                 record_outcome(state, service, &endpoint, outcome);
                 if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
                     let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, pooled)));
                 }
                 let failure = AttemptFailure::Status(status);
                 if !may_retry(rule, failure, attempt, max_attempts, req_body) {
                     // Out of retries: the client gets the upstream's own answer.
                     let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, pooled)));
                 }
                 (failure, true)
             }
             Ok(Err(e)) => {
                 record_outcome(state, service, &endpoint, Outcome::GatewayError);
-                let failure = if e.is_connect() { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
+                let failure = if e.connect { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
                 tracing::debug!(error = %e, upstream = %endpoint.addr, "upstream attempt failed");
                 (failure, may_retry(rule, failure, attempt, max_attempts, req_body))
             }
@@ -365,7 +378,7 @@ async fn attempt_loop(
                 direction: direction.clone(),
                 route: route.name.clone(),
                 service: service.name.clone(),
-                version: label(&endpoint.version),
+                version: endpoint.version.clone(),
                 reason: retry_reason(failure),
             })
             .inc();
@@ -373,6 +386,19 @@ async fn attempt_loop(
         if let Some(policy) = &rule.retry {
             tokio::time::sleep(backoff(policy.backoff.get(), attempt - 1)).await;
         }
+    }
+}
+
+/// Sends one attempt: plain HTTP/1 through this worker's own connection
+/// pool, anything else (TLS, HTTP/2) through the general pooled client.
+async fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
+    if service.worker_pooled {
+        let (resp, pooled) = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get()).await?;
+        return Ok((resp, Some(pooled)));
+    }
+    match service.client.current().request(req).await {
+        Ok(resp) => Ok((resp, None)),
+        Err(e) => Err(SendError { connect: e.is_connect(), source: Box::new(e) }),
     }
 }
 
@@ -401,7 +427,7 @@ fn record_outcome(state: &ProxyState, service: &Arc<ServiceConfig>, endpoint: &A
             .shared
             .metrics
             .outlier_ejections
-            .get_or_create(&EndpointLabels { service: service.name.clone(), version: label(&endpoint.version), endpoint: endpoint.addr.to_string() })
+            .get_or_create(&EndpointLabels { service: service.name.clone(), version: endpoint.version.clone(), endpoint: endpoint.addr.to_string() })
             .inc();
     }
 }
@@ -429,7 +455,16 @@ fn strip_port(authority: &str) -> &str {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
+    if headers.contains_key(header::CONNECTION) {
+        strip_connection_named(headers);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Headers named in `Connection` are hop-by-hop too.
+fn strip_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -437,9 +472,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(',').filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()))
         .collect();
     for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -453,12 +485,11 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     parts.headers.insert(TRACEPARENT.clone(), trace.traceparent());
-    let client_ip = conn.client.ip().to_string();
     let xff = match parts.headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())).ok(),
+        None => Some(conn.client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert(FORWARDED_FOR.clone(), v);
     }
     parts.headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls || listener.tls.is_some() { "https" } else { "http" }));

@@ -1,6 +1,10 @@
 //! Prometheus metrics, with the names and labels of the design contract.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use std::fmt::Write;
 
@@ -12,8 +16,17 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// A cheap-to-clone label value.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Label(Arc<str>);
+
+static EMPTY: LazyLock<Label> = LazyLock::new(|| Label(Arc::from("")));
+
+impl Default for Label {
+    /// The empty label, shared rather than allocated per use.
+    fn default() -> Self {
+        EMPTY.clone()
+    }
+}
 
 pub fn label(s: &str) -> Label {
     Label(Arc::from(s))
@@ -165,7 +178,119 @@ impl Default for Metrics {
     }
 }
 
+/// The labels of one request series. Hashing and comparing go by the
+/// identity of the label values (all shared `Arc`s from the snapshot), so a
+/// lookup costs a few pointer compares instead of hashing strings.
+#[derive(Clone, Debug)]
+pub struct SeriesKey {
+    pub direction: Label,
+    pub route: Label,
+    pub service: Label,
+    pub version: Label,
+    pub status_code: u16,
+}
+
+impl SeriesKey {
+    fn ptrs(&self) -> [usize; 4] {
+        [&self.direction, &self.route, &self.service, &self.version].map(|l| Arc::as_ptr(&l.0) as *const u8 as usize)
+    }
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.status_code == other.status_code && self.ptrs() == other.ptrs()
+    }
+}
+impl Eq for SeriesKey {}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for p in self.ptrs() {
+            state.write_usize(p);
+        }
+        state.write_u16(self.status_code);
+    }
+}
+
+/// Multiply-rotate hashing for pointer keys; SipHash's DoS resistance buys nothing here.
+#[derive(Default)]
+struct PtrHasher(u64);
+
+impl Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// Series handles a worker thread has used under one config version.
+#[derive(Default)]
+struct SeriesCache {
+    config_version: u64,
+    series: HashMap<SeriesKey, (Counter, Histogram), BuildHasherDefault<PtrHasher>>,
+}
+
+/// Entries kept at most; past this a thread starts its cache afresh.
+const SERIES_CACHE_LIMIT: usize = 4096;
+
+thread_local! {
+    static SERIES: RefCell<SeriesCache> = RefCell::default();
+}
+
 impl Metrics {
+    /// Counts one finished request and observes its duration.
+    /// `config_version` scopes the per-thread cache, whose keys hold labels of that snapshot.
+    pub fn record_request(&self, config_version: u64, key: SeriesKey, elapsed: Duration) {
+        let (counter, histogram) = SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.config_version != config_version || cache.series.len() >= SERIES_CACHE_LIMIT {
+                cache.series.clear();
+                cache.config_version = config_version;
+            }
+            if let Some(handles) = cache.series.get(&key) {
+                return handles.clone();
+            }
+            let handles = self.series(&key);
+            cache.series.insert(key, handles.clone());
+            handles
+        });
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    fn series(&self, key: &SeriesKey) -> (Counter, Histogram) {
+        let cnf = Label::default();
+        let requests = self
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: key.direction.clone(),
+                route: key.route.clone(),
+                service: key.service.clone(),
+                version: key.version.clone(),
+                status_code: key.status_code,
+                cnf: cnf.clone(),
+            })
+            .clone();
+        let duration = self
+            .duration
+            .get_or_create(&DurationLabels { direction: key.direction.clone(), route: key.route.clone(), service: key.service.clone(), version: key.version.clone(), cnf })
+            .clone();
+        (requests, duration)
+    }
+
     /// Every metric in the OpenMetrics text format.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);

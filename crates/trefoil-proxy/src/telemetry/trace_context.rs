@@ -84,7 +84,12 @@ impl TraceContext {
 
     /// The `traceparent` to send upstream: same trace, this hop as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let s = format!("00-{}-{}-0{}", hex(&self.trace_id), hex(&self.span_id), self.sampled as u8);
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        s.push_str(&hex(&self.trace_id));
+        s.push('-');
+        s.push_str(&hex(&self.span_id));
+        s.push_str(if self.sampled { "-01" } else { "-00" });
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
