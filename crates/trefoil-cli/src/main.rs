@@ -35,6 +35,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
+    Demo(commands::demo::Args),
     /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     match cli.command {
+        Command::Demo(args) => commands::demo::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),
     }

@@ -39,6 +39,8 @@ pub struct ProxyOptions {
     pub admin: Option<SocketAddr>,
     /// Data-plane threads, each with its own event loop, sockets and upstream pools.
     pub workers: usize,
+    /// Turning true starts a graceful shutdown, as SIGTERM does (for embedding).
+    pub shutdown: Option<watch::Receiver<bool>>,
 }
 
 /// Loads and compiles the config at `path`.
@@ -213,6 +215,7 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
     let mut ticker = tokio::time::interval(options.watch_interval);
     let mut seen = fingerprint(&options.config);
     let mut version = 1;
+    let mut shutdown = options.shutdown.clone();
     loop {
         let trigger = tokio::select! {
             _ = hangup.recv() => "SIGHUP",
@@ -224,6 +227,7 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = async { match shutdown.as_mut() { Some(rx) => { let _ = rx.wait_for(|stop| *stop).await; } None => std::future::pending().await } } => break,
         };
         version += 1;
         match reload(&state, &options, &mut listeners, version) {

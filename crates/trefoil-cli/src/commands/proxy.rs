@@ -43,7 +43,7 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let options = ProxyOptions { config: args.config, watch: !args.no_watch, watch_interval: args.watch_interval, admin: args.admin, workers };
+    let options = ProxyOptions { config: args.config, watch: !args.no_watch, watch_interval: args.watch_interval, admin: args.admin, workers, shutdown: None };
     match runtime.block_on(trefoil_proxy::run(options)) {
         Ok(()) => exit::ok(),
         Err(StartError::Config(diagnostics)) => {
