@@ -164,3 +164,14 @@ fn demo_runs_a_live_split_with_no_errors() {
     let share = served("web v1") as f64 / (served("web v1") + served("web v2")) as f64;
     assert!((share - 0.8).abs() < 0.05, "{summary}");
 }
+
+#[test]
+fn validate_checks_what_the_proxy_checks() {
+    let dir = scratch_dir();
+    let file = dir.join("listener.yaml");
+    std::fs::write(&file, format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: 127.0.0.1:8080\n  routes: [web, wbe]\n---\n{API}\nkind: Service\nmetadata: {{name: web}}\nspec: {{endpoints: [{{address: \"127.0.0.1:9\"}}]}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n")).unwrap();
+    let out = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:6:", file.display())) && stderr.contains("spec.routes[1]: no Route named \"wbe\""), "{stderr}");
+}

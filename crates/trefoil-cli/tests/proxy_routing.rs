@@ -281,3 +281,57 @@ fn access_log_is_json_with_trace_ids_and_spans_are_exported() {
     wait_until("an OTLP export", Duration::from_secs(10), || collector.requests_for("/v1/traces") >= 1);
     proxy.wait_ready();
 }
+
+/// A bare TCP upstream that answers every request with its request head, so
+/// tests can see exactly what the proxy wrote on the wire.
+fn raw_echo_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}", head.len());
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers() {
+    let upstream = raw_echo_upstream();
+    let public = addr();
+    let _proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(upstream, "v1")])
+    ));
+    for _ in 0..3 {
+        let (status, _, head) = http_request(public, "GET", "shop.example.com", "/cart?id=7", &[("connection", "close, x-secret"), ("x-secret", "1")], b"").unwrap();
+        assert_eq!(status, 200);
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /cart?id=7 http/1.1\r\n"), "request line must be origin-form: {head}");
+        assert!(head.contains("\r\nhost: shop.example.com"), "{head}");
+        assert!(head.contains("\r\nx-forwarded-for: 127.0.0.1"), "{head}");
+        assert!(head.contains("\r\nx-forwarded-proto: http"), "{head}");
+        assert!(head.contains("\r\ntraceparent: 00-"), "{head}");
+        assert!(!head.contains("x-secret"), "headers named in Connection are hop-by-hop: {head}");
+    }
+}

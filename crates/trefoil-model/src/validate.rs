@@ -18,6 +18,7 @@ pub fn validate(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
         }
     }
     let mut seen = BTreeSet::new();
+    let mut policies = BTreeSet::new();
     let mut proxies = 0;
     for r in resources {
         let name = r.resource.name();
@@ -38,7 +39,12 @@ pub fn validate(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
             Spec::Listener(l) => v.listener(r, l),
             Spec::Service(s) => v.service(r, s),
             Spec::Route(route) => v.route(r, route),
-            Spec::TrafficPolicy(p) => v.traffic_policy(r, p),
+            Spec::TrafficPolicy(p) => {
+                if !policies.insert(p.service.clone()) {
+                    v.report(r, "spec.service", format!("another TrafficPolicy already applies to Service {:?}; merge them into one", p.service));
+                }
+                v.traffic_policy(r, p)
+            }
         }
     }
     if v.problems.is_empty() {
@@ -129,8 +135,12 @@ impl Validator {
     }
 
     fn service(&mut self, r: &SourcedResource, s: &ServiceSpec) {
+        let mut addresses = BTreeSet::new();
         for (i, e) in s.endpoints.iter().enumerate() {
             self.socket_addr(r, &format!("spec.endpoints[{i}].address"), &e.address);
+            if !addresses.insert(e.address.as_str()) {
+                self.report(r, &format!("spec.endpoints[{i}].address"), format!("endpoint {} is listed twice", e.address));
+            }
         }
         for (i, p) in s.ports.iter().enumerate() {
             if p.port == 0 {
@@ -142,6 +152,11 @@ impl Validator {
     fn route(&mut self, r: &SourcedResource, route: &RouteSpec) {
         if route.hosts.is_empty() && route.service.is_none() {
             self.report(r, "spec", "a Route needs `hosts` or `service` to say which traffic it applies to");
+        }
+        if let Some(service) = &route.service {
+            if !self.services.contains_key(service) {
+                self.report(r, "spec.service", format!("no Service named {service:?}"));
+            }
         }
         for (i, host) in route.hosts.iter().enumerate() {
             if host.is_empty() || host.contains(['/', ' ']) || (host.contains('*') && !host.starts_with("*.") && host != "*") {
@@ -213,6 +228,9 @@ impl Validator {
         if let Some(rl) = &f.rate_limit {
             if !(rl.requests_per_second > 0.0 && rl.requests_per_second.is_finite()) {
                 self.report(r, &format!("{at}.filters.rateLimit.requestsPerSecond"), "must be a positive number");
+            }
+            if rl.burst == Some(0) {
+                self.report(r, &format!("{at}.filters.rateLimit.burst"), "a burst of 0 refuses every request; use at least 1");
             }
             if !(400..=599).contains(&rl.status) {
                 self.report(r, &format!("{at}.filters.rateLimit.status"), "must be an HTTP error status (400-599)");
@@ -289,6 +307,11 @@ impl Validator {
             if h.interval.get().is_zero() {
                 self.report(r, "spec.healthCheck.interval", "must be greater than 0");
             }
+            for (field, n) in [("unhealthyThreshold", h.unhealthy_threshold), ("healthyThreshold", h.healthy_threshold)] {
+                if n == 0 {
+                    self.report(r, &format!("spec.healthCheck.{field}"), "must be at least 1");
+                }
+            }
         }
         if let Some(c) = &p.connection_pool {
             for (field, v) in [("maxConnections", c.max_connections), ("maxPendingRequests", c.max_pending_requests), ("maxRequests", c.max_requests)] {
@@ -347,6 +370,13 @@ mod tests {
         let err = check("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - matches: [{path: {regex: '(['}}]\n    filters: {fault: {abort: {status: 503, percent: 140}}}\n    backends: [{service: web}]\n").unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["spec.rules[0].matches[0].path.regex", "spec.rules[0].filters.fault.abort.percent"]);
+    }
+
+    #[test]
+    fn duplicates_and_impossible_limits_are_reported() {
+        let err = check("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec: {service: web}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: b}\nspec: {service: web, healthCheck: {unhealthyThreshold: 0}}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: r}\nspec:\n  service: nope\n  rules:\n  - filters: {rateLimit: {requestsPerSecond: 5, burst: 0}}\n    backends: [{service: web}]\n").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.service", "spec.healthCheck.unhealthyThreshold", "spec.service", "spec.rules[0].filters.rateLimit.burst"]);
     }
 
     #[test]

@@ -265,6 +265,9 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
 fn reload(state: &Arc<ProxyState>, options: &ProxyOptions, listeners: &mut Listeners, version: u64) -> Result<(), StartError> {
     let shared = &state.shared;
     let mut next = load(&options.config, shared, version).map_err(StartError::Config)?;
+    if let Some(admin) = options.admin {
+        next.settings.admin = admin.to_string();
+    }
     let current = state.snapshot.load();
     // The admin socket is bound once; a different address takes a restart.
     if next.settings.admin != current.settings.admin {

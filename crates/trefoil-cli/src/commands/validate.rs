@@ -26,8 +26,10 @@ struct Report<'a> {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    // Compiling as a proxy also checks what only the data plane can:
+    // certificates that parse, listener route names, upstream TLS settings.
     let result = trefoil_model::load_path(&args.path).and_then(|sources| {
-        trefoil_model::validate(&sources)?;
+        trefoil_proxy::snapshot::compile(&sources, &trefoil_proxy::snapshot::Shared::new(1), 0)?;
         Ok(sources)
     });
     let (resources, errors): (Vec<String>, Vec<Diagnostic>) = match &result {

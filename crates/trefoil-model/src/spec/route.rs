@@ -30,7 +30,7 @@ pub struct RouteRule {
     #[serde(default, skip_serializing_if = "RouteFilters::is_empty")]
     pub filters: RouteFilters,
     pub backends: Vec<WeightedBackend>,
-    /// Whole-request deadline including retries; 504 when it passes.
+    /// Deadline for the response headers, across all attempts; 504 when it passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -191,7 +191,7 @@ async fn handle(
             return Err(local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault_abort", "fault injected\n"));
         }
     }
-    prepare_upstream_headers(&mut parts, conn, listener, trace, host);
+    prepare_upstream_headers(&mut parts, conn, trace, host);
     if let Some(edits) = &rule.request_headers {
         edits.apply(&mut parts.headers);
     }
@@ -307,9 +307,17 @@ async fn attempt_loop(
                         metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
                         return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many pending requests\n"));
                     }
-                    let permit = slots.clone().acquire_owned().await;
+                    // A pending request waits at most as long as a connect may take.
+                    let permit = tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned()).await;
                     service.pending.fetch_sub(1, Ordering::AcqRel);
-                    permit.ok()
+                    match permit {
+                        Ok(Ok(p)) => Some(p),
+                        _ => {
+                            out.flag = "overflow";
+                            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" }).inc();
+                            return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: no connection became free in time\n"));
+                        }
+                    }
                 }
             };
         }
@@ -476,7 +484,7 @@ fn strip_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection, listener: &ListenerConfig, trace: &TraceContext, host: &str) {
+fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection, trace: &TraceContext, host: &str) {
     let te_trailers = parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::TE);
@@ -492,7 +500,7 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
     if let Some(v) = xff {
         parts.headers.insert(FORWARDED_FOR.clone(), v);
     }
-    parts.headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls || listener.tls.is_some() { "https" } else { "http" }));
+    parts.headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
     if parts.headers.get(header::HOST).is_none() && !host.is_empty() {
         if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             parts.headers.insert(FORWARDED_HOST.clone(), a.clone());
@@ -503,15 +511,24 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
 
 fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
-    uri.authority = Some(endpoint.authority.clone());
     uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    // The worker pool writes the URI as the request target, which must be
+    // origin-form (`/path?query`); the general client wants an absolute URI
+    // to know where to connect, and writes origin-form itself.
+    if !service.worker_pooled {
+        uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        uri.authority = Some(endpoint.authority.clone());
+    }
     let uri = Uri::from_parts(uri).map_err(http::Error::from)?;
     let mut req = Request::builder().method(parts.method.clone()).uri(uri).version(if service.protocol.is_http2() { Version::HTTP_2 } else { Version::HTTP_11 }).body(body)?;
     *req.headers_mut() = headers;
     if service.protocol.is_http2() {
-        // HTTP/2 carries the host in `:authority`; a Host header would contradict it.
-        req.headers_mut().remove(header::HOST);
+        // HTTP/2 carries the host in `:authority`, here the endpoint's
+        // address; a Host header would contradict it, so the original host
+        // travels as `x-forwarded-host`.
+        if let Some(host) = req.headers_mut().remove(header::HOST) {
+            req.headers_mut().entry(FORWARDED_HOST.clone()).or_insert(host);
+        }
     }
     Ok(req)
 }
@@ -534,10 +551,14 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
             None => "no_endpoint",
             Some(endpoint) => match build_upstream_request(&parts, parts.headers.clone(), service, &endpoint, body::full(body)) {
                 Err(_) => "bad_request",
-                Ok(req) => match tokio::time::timeout(Duration::from_secs(30), service.client.current().request(req)).await {
-                    Ok(Ok(resp)) => {
-                        // Drain so the connection can be reused.
-                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                Ok(req) => match tokio::time::timeout(Duration::from_secs(30), send_upstream(service, &endpoint, req)).await {
+                    Ok(Ok((resp, pooled))) => {
+                        // Read to the end so the connection can be reused.
+                        if http_body_util::BodyExt::collect(resp.into_body()).await.is_ok() {
+                            if let Some(p) = pooled {
+                                p.release();
+                            }
+                        }
                         "sent"
                     }
                     Ok(Err(_)) => "failed",

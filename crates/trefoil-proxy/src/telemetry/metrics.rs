@@ -130,7 +130,7 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
 }
 
-/// Latency buckets from half a millisecond to ten seconds.
+/// Latency buckets from half a millisecond to thirty seconds.
 const BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Default for Metrics {
