@@ -335,3 +335,23 @@ fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers
         assert!(!head.contains("x-secret"), "headers named in Connection are hop-by-hop: {head}");
     }
 }
+
+#[test]
+fn large_bodies_stream_both_ways() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let _proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("public", public), service("web", "http", &[(up.addr(), "v1")])));
+    for _ in 0..3 {
+        let (status, _, body) = http_request(public, "GET", "x", "/bytes/5000000", &[], b"").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), 5_000_000);
+        let upload = vec![b'u'; 2_000_000];
+        let (status, _, echo) = http_request(public, "POST", "x", "/echo", &[], &upload).unwrap();
+        assert_eq!(status, 200);
+        let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
+        assert_eq!(echo["body_len"], 2_000_000);
+    }
+    // Many keep-alive requests in a row reuse pooled upstream connections.
+    let results = curl_many(&format!("http://{public}/bytes/70000"), 200, &[]);
+    assert_eq!(count(&results, |r| r.0 == 200), 200);
+}

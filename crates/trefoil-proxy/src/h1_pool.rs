@@ -1,16 +1,25 @@
 //! Plain HTTP/1 upstream connections, pooled per worker thread and per
-//! endpoint. A worker owns its pool outright (a thread-local): checkout and
-//! return are a `Vec` pop and push, with no lock and no cross-thread wake-up.
-//! TLS and HTTP/2 upstreams go through the general client instead.
+//! endpoint, and driven by the request that uses them.
+//!
+//! A worker owns its pool outright (a thread-local): checkout and return are
+//! a `Vec` pop and push, with no lock. A connection is not a task of its own:
+//! the request task that holds it polls it while waiting for the response
+//! head, and the response body polls it while streaming. A proxied request so
+//! lives in one task from the client's bytes to the upstream's and back, with
+//! no hand-over between tasks. TLS and HTTP/2 upstreams go through the
+//! general client instead.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -19,8 +28,19 @@ use crate::upstream::{BoxError, ProxyBody};
 /// Idle connections kept per endpoint per worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-struct Idle {
+type Driver = Pin<Box<Connection<TokioIo<TcpStream>, ProxyBody>>>;
+
+/// One upstream connection: the handle requests are sent on, and the
+/// state machine that moves their bytes.
+pub struct Pooled {
+    addr: SocketAddr,
     sender: SendRequest<ProxyBody>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+struct Idle {
+    conn: Pooled,
     since: Instant,
 }
 
@@ -28,26 +48,58 @@ thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::default();
 }
 
-/// A connection in use; give it back with [`Pooled::release`] once its
-/// response has been read to the end, or drop it to close it.
-pub struct Pooled {
-    addr: SocketAddr,
-    sender: SendRequest<ProxyBody>,
-}
-
 impl Pooled {
-    /// Returns the connection to this thread's pool for the next request.
+    /// Moves the connection's bytes as far as they go now; registers `cx` for more.
+    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = self.driver.as_mut() {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(upstream = %self.addr, error = %e, "upstream connection ended with an error");
+                }
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Returns the connection to this thread's pool; call it once the
+    /// response has been read to the end.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        if self.driver.is_none() || self.sender.is_closed() {
             return;
         }
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let list = idle.entry(self.addr).or_default();
             if list.len() < MAX_IDLE_PER_ENDPOINT {
-                list.push(Idle { sender: self.sender, since: Instant::now() });
+                list.push(Idle { conn: self, since: Instant::now() });
             }
         });
+    }
+
+    /// Drives the connection until it can take a request; false if it ended.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            self.poll_driver(cx);
+            if self.driver.is_none() {
+                return Poll::Ready(false);
+            }
+            self.sender.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Sends `req` and drives the connection until the response head arrives.
+    async fn exchange(&mut self, req: Request<ProxyBody>) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
+        let response = self.sender.try_send_request(req);
+        tokio::pin!(response);
+        std::future::poll_fn(|cx| {
+            // The driver writes the request and reads the answer; then the
+            // response future sees it. If the connection ends, the response
+            // future resolves with the error.
+            self.poll_driver(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
     }
 }
 
@@ -65,55 +117,53 @@ impl std::fmt::Display for SendError {
     }
 }
 
-fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<ProxyBody>> {
+fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Pooled> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         // Most recently used first: it is the least likely to have been closed.
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < idle_timeout {
-                return Some(conn.sender);
+        while let Some(idle) = list.pop() {
+            if !idle.conn.sender.is_closed() && idle.since.elapsed() < idle_timeout {
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<SendRequest<ProxyBody>, SendError> {
+async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<Pooled, SendError> {
     let connect_error = |source: BoxError| SendError { connect: true, source };
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
+    Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)) })
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one.
 pub async fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> Result<(Response<Incoming>, Pooled), SendError> {
     // A pooled connection the upstream closed while idle fails before the
     // request is written; that request goes out again on a fresh connection.
-    while let Some(mut sender) = take_idle(addr, idle_timeout) {
-        if sender.ready().await.is_err() {
+    while let Some(mut conn) = take_idle(addr, idle_timeout) {
+        if !conn.ready().await {
             continue;
         }
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Pooled { addr, sender })),
+        match conn.exchange(req).await {
+            Ok(resp) => return Ok((resp, conn)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
                 None => return Err(SendError { connect: false, source: Box::new(e.into_error()) }),
             },
         }
     }
-    let mut sender = connect(addr, connect_timeout).await?;
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, Pooled { addr, sender })),
+    let mut conn = connect(addr, connect_timeout).await?;
+    if !conn.ready().await {
+        return Err(SendError { connect: true, source: format!("connection to {addr} closed before the first request").into() });
+    }
+    match conn.exchange(req).await {
+        Ok(resp) => Ok((resp, conn)),
         Err(e) => Err(SendError { connect: false, source: Box::new(e.into_error()) }),
     }
 }

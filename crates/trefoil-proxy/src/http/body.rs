@@ -101,6 +101,10 @@ impl<G> Body for Guarded<G> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
+        // The upstream connection has no task of its own: reading the body drives it.
+        if let Some(pooled) = this.pooled.as_mut() {
+            pooled.poll_driver(cx);
+        }
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
