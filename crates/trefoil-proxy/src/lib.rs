@@ -11,6 +11,7 @@ pub mod h1_pool;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod listener_set;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

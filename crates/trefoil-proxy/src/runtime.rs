@@ -1,7 +1,6 @@
 //! Running a proxy from a config file: start, hot reload (SIGHUP or file
 //! change), graceful shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use trefoil_model::Diagnostics;
 
+use crate::listener_set::{Listeners, Workers};
 use crate::snapshot::{compile, Shared, Snapshot};
 use crate::state::{ProxyState, Telemetry};
-use crate::telemetry::metrics::{Label, ResultLabels};
+use crate::telemetry::metrics::ResultLabels;
 use crate::{admin, health, listener};
 
 /// Why a proxy could not start.
@@ -47,112 +47,6 @@ pub struct ProxyOptions {
 pub fn load(path: &Path, shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
     let sources = trefoil_model::load_path(path)?;
     compile(&sources, shared, version)
-}
-
-struct RunningListener {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
-/// A listener's sockets, one per worker, bound before the snapshot that needs them goes live.
-type Bound = (Label, SocketAddr, Vec<std::net::TcpListener>);
-
-/// Work handed to a data-plane thread.
-struct AcceptOn {
-    state: Arc<ProxyState>,
-    name: Label,
-    socket: std::net::TcpListener,
-    stop: watch::Receiver<bool>,
-    drain: listener::Drain,
-}
-
-/// Data-plane threads, each running a single-threaded event loop: a
-/// connection, its requests and their upstream connections stay on one
-/// thread, with no cross-thread wake-ups on the hot path.
-struct Workers {
-    senders: Vec<mpsc::UnboundedSender<AcceptOn>>,
-}
-
-impl Workers {
-    fn start(count: usize) -> std::io::Result<Self> {
-        let mut senders = Vec::new();
-        for index in 0..count {
-            let (tx, mut rx) = mpsc::unbounded_channel::<AcceptOn>();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            std::thread::Builder::new().name(format!("trefoil-worker-{index}")).spawn(move || {
-                crate::upstream::set_worker(index);
-                runtime.block_on(async move {
-                    while let Some(work) = rx.recv().await {
-                        tokio::spawn(listener::accept_loop(work.state, work.name, work.socket, work.stop, work.drain));
-                    }
-                });
-            })?;
-            senders.push(tx);
-        }
-        Ok(Workers { senders })
-    }
-}
-
-struct Listeners {
-    running: HashMap<Label, RunningListener>,
-    /// Sends the drain signal; `closed()` resolves once every connection is gone.
-    drain: watch::Sender<bool>,
-    workers: Workers,
-}
-
-impl Listeners {
-    /// Binds what `snapshot` adds before it goes live, so a bind failure rejects the reload.
-    fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, StartError> {
-        let mut bound = Vec::new();
-        let shared = self.workers.senders.len() > 1;
-        for l in &snapshot.listeners {
-            let moved = self.running.get(&l.name).is_none_or(|r| r.addr != l.addr);
-            if moved {
-                let taken_by_other = self.running.iter().any(|(n, r)| r.addr == l.addr && *n != l.name);
-                if taken_by_other {
-                    return Err(StartError::Other(anyhow::anyhow!("listener {} wants {}, which another listener still holds; rename or move in two steps", l.name, l.addr)));
-                }
-                let bind_err = |source| StartError::Bind { what: format!("listener {}", l.name), addr: l.addr, source };
-                let first = listener::bind(l.addr, shared).map_err(bind_err)?;
-                // Port 0 means "any": every worker must share the port the first socket got.
-                let addr = first.local_addr().map_err(bind_err)?;
-                let mut sockets = vec![first];
-                for _ in 1..self.workers.senders.len() {
-                    sockets.push(listener::bind(addr, shared).map_err(bind_err)?);
-                }
-                bound.push((l.name.clone(), l.addr, sockets));
-            }
-        }
-        Ok(bound)
-    }
-
-    fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<Bound>) {
-        for (name, addr, sockets) in bound {
-            let (stop, _) = watch::channel(false);
-            for (worker, socket) in self.workers.senders.iter().zip(sockets) {
-                if let Ok(real) = socket.local_addr() {
-                    tracing::debug!(listener = %name, address = %real, "worker socket bound");
-                }
-                let work = AcceptOn { state: state.clone(), name: name.clone(), socket, stop: stop.subscribe(), drain: self.drain.subscribe() };
-                if worker.send(work).is_err() {
-                    tracing::error!(listener = %name, "a worker thread is gone; its share of connections will not be served");
-                }
-            }
-            tracing::info!(listener = %name, address = %addr, workers = self.workers.senders.len(), "listening");
-            if let Some(old) = self.running.insert(name.clone(), RunningListener { addr, stop }) {
-                let _ = old.stop.send(true);
-            }
-        }
-        let live: Vec<Label> = state.snapshot.load().listeners.iter().map(|l| l.name.clone()).collect();
-        self.running.retain(|name, r| {
-            let keep = live.contains(name);
-            if !keep {
-                tracing::info!(listener = %name, "listener removed; draining its connections");
-                let _ = r.stop.send(true);
-            }
-            keep
-        });
-    }
 }
 
 /// Fingerprint of the config files, to notice edits without a file-watch API.
@@ -202,7 +96,7 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
     tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
     tracing::info!(address = %admin_addr, "admin listening");
 
-    let mut listeners = Listeners { running: HashMap::new(), drain: watch::channel(false).0, workers: Workers::start(workers).map_err(anyhow::Error::from)? };
+    let mut listeners = Listeners::new(Workers::start(workers).map_err(anyhow::Error::from)?);
     let bound = listeners.bind_new(&state.snapshot.load())?;
     listeners.start(&state, bound);
     let mut checks = health::start(&state.snapshot.load(), shared.clone());
@@ -249,13 +143,10 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
 
     tracing::info!(deadline = ?drain, "shutting down: no new connections, draining in-flight requests");
     state.ready.store(false, Ordering::Relaxed);
-    for r in listeners.running.values() {
-        let _ = r.stop.send(true);
-    }
+    listeners.stop_all();
     let _ = admin_stop.send(true);
     drop(checks);
-    let _ = listeners.drain.send(true);
-    match tokio::time::timeout(drain, listeners.drain.closed()).await {
+    match tokio::time::timeout(drain, listeners.drain()).await {
         Ok(()) => tracing::info!("drained; bye"),
         Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
     }

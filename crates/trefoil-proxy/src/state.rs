@@ -35,7 +35,7 @@ impl Telemetry {
                     tls: https.then(|| (UpstreamTls { mode: TlsMode::Simple, ca: None, certificate: None, key: None, sni: None }, host)),
                 };
                 let client = shared.clients.get(&key)?.current().clone();
-                Some(otlp::start(&t.otlp_endpoint, t.service_name.clone().unwrap_or_else(|| proxy_name.to_string()), client))
+                Some(otlp::start(&t.otlp_endpoint, t.service_name.clone().unwrap_or_else(|| proxy_name.to_string()), client, shared.metrics.spans_dropped.clone()))
             }
             None => None,
         };

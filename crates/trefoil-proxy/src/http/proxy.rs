@@ -322,13 +322,17 @@ async fn attempt_loop(
             };
         }
         let Some(body) = req_body.take() else {
+            out.flag = "body_consumed";
             return Err(local_reply(StatusCode::BAD_GATEWAY, "body_consumed", "request body was already streamed\n"));
         };
         // The last possible attempt takes the headers; earlier ones copy them for a retry.
         let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
         let upstream_req = match build_upstream_request(&parts, headers, service, &endpoint, body) {
             Ok(r) => r,
-            Err(_) => return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n")),
+            Err(_) => {
+                out.flag = "bad_request";
+                return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n"));
+            }
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
         let sent = send_upstream(service, &endpoint, upstream_req);

@@ -128,6 +128,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
+    pub spans_dropped: Counter,
 }
 
 /// Latency buckets from half a millisecond to thirty seconds.
@@ -160,7 +161,10 @@ impl Default for Metrics {
         registry.register("trefoil_config_version", "Version of the configuration in force", config_version.clone());
         let access_log_dropped = Counter::default();
         registry.register("trefoil_access_log_dropped", "Access-log lines dropped because the writer fell behind", access_log_dropped.clone());
+        let spans_dropped = Counter::default();
+        registry.register("trefoil_spans_dropped", "Spans dropped because the exporter fell behind", spans_dropped.clone());
         Metrics {
+            spans_dropped,
             registry,
             requests,
             duration,

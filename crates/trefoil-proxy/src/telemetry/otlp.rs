@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -27,19 +28,23 @@ pub struct SpanRecord {
 #[derive(Clone, Debug)]
 pub struct SpanSink {
     tx: mpsc::Sender<SpanRecord>,
+    dropped: Counter,
 }
 
 impl SpanSink {
     pub fn send(&self, span: SpanRecord) {
-        // A full queue means the collector is slow or away; dropping beats stalling requests.
-        let _ = self.tx.try_send(span);
+        // A full queue means the collector is slow or away; dropping beats
+        // stalling requests, and the loss is counted.
+        if self.tx.try_send(span).is_err() {
+            self.dropped.inc();
+        }
     }
 }
 
 const BATCH: usize = 512;
 
 /// Starts the exporter; spans go to `{endpoint}/v1/traces`.
-pub fn start(endpoint: &str, service_name: String, client: HttpClient) -> SpanSink {
+pub fn start(endpoint: &str, service_name: String, client: HttpClient, dropped: Counter) -> SpanSink {
     let (tx, mut rx) = mpsc::channel::<SpanRecord>(16 * 1024);
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     tokio::spawn(async move {
@@ -65,7 +70,7 @@ pub fn start(endpoint: &str, service_name: String, client: HttpClient) -> SpanSi
             }
         }
     });
-    SpanSink { tx }
+    SpanSink { tx, dropped }
 }
 
 async fn post(client: &HttpClient, url: &str, body: Vec<u8>) -> Result<(), BoxError> {
