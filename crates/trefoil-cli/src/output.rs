@@ -36,3 +36,14 @@ pub mod exit {
         ExitCode::from(2)
     }
 }
+
+/// The single-threaded async runtime commands run on; `None` after telling the user why not.
+pub fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}

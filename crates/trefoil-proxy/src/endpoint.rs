@@ -42,6 +42,22 @@ pub enum Outcome {
 }
 
 impl EndpointState {
+    fn new(service: &str, version: &str, addr: SocketAddr, epoch: Instant) -> Self {
+        EndpointState {
+            service: label(service),
+            version: label(version),
+            addr,
+            authority: authority(addr),
+            in_flight: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            epoch,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -125,24 +141,10 @@ impl EndpointRegistry {
     /// The state of an endpoint, created on first sight.
     pub fn get(&self, service: &str, version: &str, addr: SocketAddr) -> Arc<EndpointState> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry((service.to_string(), addr)).or_insert_with(|| {
-            Arc::new(EndpointState {
-                service: label(service),
-                version: label(version),
-                addr,
-                authority: authority(addr),
-                in_flight: AtomicU32::new(0),
-                consecutive_5xx: AtomicU32::new(0),
-                consecutive_gateway: AtomicU32::new(0),
-                ejected_until_ms: AtomicU64::new(0),
-                ejections: AtomicU32::new(0),
-                healthy: AtomicBool::new(true),
-                epoch: self.epoch,
-            })
-        });
+        let entry = map.entry((service.to_string(), addr)).or_insert_with(|| Arc::new(EndpointState::new(service, version, addr, self.epoch)));
         if &*entry.version != version {
             // The endpoint now serves another version: start afresh.
-            *entry = Arc::new(EndpointState { version: label(version), ..clone_fresh(entry) });
+            *entry = Arc::new(EndpointState::new(service, version, addr, self.epoch));
         }
         entry.clone()
     }
@@ -157,22 +159,6 @@ impl EndpointRegistry {
 fn authority(addr: SocketAddr) -> http::uri::Authority {
     // A socket address always renders as a valid authority.
     addr.to_string().parse().unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
-}
-
-fn clone_fresh(e: &EndpointState) -> EndpointState {
-    EndpointState {
-        service: e.service.clone(),
-        version: e.version.clone(),
-        addr: e.addr,
-        authority: e.authority.clone(),
-        in_flight: AtomicU32::new(0),
-        consecutive_5xx: AtomicU32::new(0),
-        consecutive_gateway: AtomicU32::new(0),
-        ejected_until_ms: AtomicU64::new(0),
-        ejections: AtomicU32::new(0),
-        healthy: AtomicBool::new(true),
-        epoch: e.epoch,
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::output::{exit, print_structured, Format};
+use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,13 +59,7 @@ struct Summary {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::failure();
-        }
-    };
+    let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     match runtime.block_on(demo(args)) {
         Ok(code) => code,
         Err(e) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use trefoil_proxy::{ProxyOptions, StartError};
 
-use crate::output::exit;
+use crate::output::{current_thread_runtime, exit};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,13 +35,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn run(args: Args) -> ExitCode {
     // Control work (admin, reloads, health checks, span export) is light and
     // runs on this thread; traffic runs on the proxy's own worker threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::failure();
-        }
-    };
+    let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let options = ProxyOptions { config: args.config, watch: !args.no_watch, watch_interval: args.watch_interval, admin: args.admin, workers, shutdown: None };
     match runtime.block_on(trefoil_proxy::run(options)) {
