@@ -8,11 +8,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// A proxy allocates small, short-lived buffers on every request across
-// threads; mimalloc serves that pattern markedly faster than glibc malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Trefoil: a service mesh for cloud-native network functions.
 #[derive(Parser)]
 #[command(name = "trefoil", version, about, long_about = None, propagate_version = true)]
