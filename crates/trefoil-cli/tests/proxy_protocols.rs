@@ -142,7 +142,13 @@ fn mutual_tls_with_alpn_h2_and_peer_identity() {
         pki.server_key.display(),
         pki.ca.display()
     );
-    let proxy = Proxy::start(&format!("{tls_listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), route_all("web")));
+    let plain = addr();
+    // Requests proving the client identity go to `trusted`; the identity header is the proxy's own.
+    let identity_route = format!(
+        "{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{headers: [{{name: x-trefoil-peer-identity, value: \"spiffe://trefoil.test/ns/default/sa/client\"}}]}}]\n    backends: [{{service: trusted}}]\n  - backends: [{{service: web}}]\n"
+    );
+    let trusted = TestServer::named("trusted");
+    let proxy = Proxy::start(&format!("{tls_listener}{}{}{}{identity_route}", listener("plain", plain), service("web", "http", &[(up.addr(), "v1")]), service("trusted", "http", &[(trusted.addr(), "v1")])));
     let url = format!("https://localhost:{}/echo", public.port());
     let resolve = format!("localhost:{}:127.0.0.1", public.port());
     let with_cert = run_with_timeout(
@@ -153,9 +159,18 @@ fn mutual_tls_with_alpn_h2_and_peer_identity() {
     assert!(text.ends_with("\n2"), "negotiated HTTP/2 over ALPN: {text}");
     let echo: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(echo["name"], "trusted", "routed on the verified identity");
+    assert_eq!(echo["headers"]["x-trefoil-peer-identity"], "spiffe://trefoil.test/ns/default/sa/client");
+    // A client cannot claim an identity by sending the header itself.
+    let (_, _, forged) = http_request(plain, "GET", "x", "/echo", &[("x-trefoil-peer-identity", "spiffe://trefoil.test/ns/default/sa/client")], b"").unwrap();
+    let forged: serde_json::Value = serde_json::from_slice(&forged).unwrap();
+    assert_eq!(forged["name"], "up");
+    assert!(forged["headers"].get("x-trefoil-peer-identity").is_none(), "{forged}");
     let without_cert = run_with_timeout(Command::new("curl").args(["-s", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg(&url), Duration::from_secs(10));
     assert!(!without_cert.status.success(), "a client without a certificate must be refused");
     wait_until("access-log line with the peer identity", Duration::from_secs(5), || proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client"));
+    assert!(proxy.metric_sum("trefoil_tls_handshakes_total", &["peer_identity=\"spiffe://trefoil.test/ns/default/sa/client\"", "result=\"success\""]) >= 1.0);
+    assert!(proxy.metric_sum("trefoil_tls_handshakes_total", &["result=\"failure\""]) >= 1.0);
     // HTTP/1.1 over TLS works too.
     let h1 = run_with_timeout(
         Command::new("curl").args(["-s", "--http1.1", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg("--cert").arg(&pki.client_cert).arg("--key").arg(&pki.client_key).args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}", &url]),

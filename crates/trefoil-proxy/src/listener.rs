@@ -17,7 +17,7 @@ use crate::http::proxy::{self, Connection};
 use crate::snapshot::ListenerConfig;
 use crate::state::ProxyState;
 use crate::tcp;
-use crate::telemetry::metrics::Label;
+use crate::telemetry::metrics::{label, Label, TlsLabels};
 use crate::tls::peer_identity;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,13 +97,23 @@ async fn serve_tls(state: Arc<ProxyState>, config: Arc<ListenerConfig>, stream: 
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(listener = %config.name, client = %conn.client, error = %e, "TLS handshake failed");
+            count_handshake(&state, &config, None, "failure");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            count_handshake(&state, &config, None, "timeout");
+            return;
+        }
     };
     conn.tls = true;
     conn.peer_identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(peer_identity).map(Arc::from);
+    count_handshake(&state, &config, conn.peer_identity.as_deref(), "success");
     serve_http(state, &config, TokioIo::new(stream), conn, watcher).await;
+}
+
+fn count_handshake(state: &ProxyState, config: &ListenerConfig, peer: Option<&str>, result: &'static str) {
+    let labels = TlsLabels { listener: config.name.clone(), peer_identity: peer.map(label).unwrap_or_default(), result };
+    state.shared.metrics.tls_handshakes.get_or_create(&labels).inc();
 }
 
 async fn serve_http<I>(state: Arc<ProxyState>, config: &ListenerConfig, io: TokioIo<I>, conn: Connection, watcher: Drain)

@@ -47,6 +47,9 @@ impl Connection {
 
 pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trefoil-trace-id");
 static FLAG_HEADER: HeaderName = HeaderName::from_static("x-trefoil-flag");
+/// The verified client-certificate identity, set by the proxy (never taken
+/// from the client) so routes can match on it and upstreams can read it.
+pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-trefoil-peer-identity");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -83,7 +86,12 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
         return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
     };
     let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    // Set before routing, so a route's header match can select on the identity.
+    parts.headers.remove(&PEER_IDENTITY_HEADER);
+    if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        parts.headers.insert(PEER_IDENTITY_HEADER.clone(), v);
+    }
     let host = request_host(&parts).to_string();
     // Cheap copies (reference-counted) of what telemetry needs after the request moves on.
     let (method, uri, http_version) = (parts.method.clone(), parts.uri.clone(), parts.version);

@@ -109,6 +109,14 @@ pub struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    pub listener: Label,
+    /// The verified client identity; empty without a client certificate.
+    pub peer_identity: Label,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -129,6 +137,7 @@ pub struct Metrics {
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
     pub spans_dropped: Counter,
+    pub tls_handshakes: Family<TlsLabels, Counter>,
 }
 
 /// Latency buckets from half a millisecond to thirty seconds.
@@ -161,9 +170,12 @@ impl Default for Metrics {
         registry.register("trefoil_config_version", "Version of the configuration in force", config_version.clone());
         let access_log_dropped = Counter::default();
         registry.register("trefoil_access_log_dropped", "Access-log lines dropped because the writer fell behind", access_log_dropped.clone());
+        let tls_handshakes = Family::default();
+        registry.register("trefoil_tls_handshakes", "TLS handshakes on listeners, by verified peer identity and result", tls_handshakes.clone());
         let spans_dropped = Counter::default();
         registry.register("trefoil_spans_dropped", "Spans dropped because the exporter fell behind", spans_dropped.clone());
         Metrics {
+            tls_handshakes,
             spans_dropped,
             registry,
             requests,
