@@ -37,11 +37,26 @@ pub struct Pooled {
     sender: SendRequest<ProxyBody>,
     /// `None` once the connection has ended.
     driver: Option<Driver>,
+    /// How long it may wait unused in the pool (the service's `idleTimeout`).
+    idle_timeout: Duration,
 }
 
 struct Idle {
     conn: Pooled,
     since: Instant,
+}
+
+impl Idle {
+    /// Whether the connection is still worth keeping: not closed by the
+    /// upstream (polling its driver notices a close) and not idle too long.
+    fn is_usable(&mut self) -> bool {
+        if self.since.elapsed() >= self.conn.idle_timeout {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.conn.poll_driver(&mut cx);
+        self.conn.driver.is_some() && !self.conn.sender.is_closed()
+    }
 }
 
 thread_local! {
@@ -117,13 +132,13 @@ impl std::fmt::Display for SendError {
     }
 }
 
-fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Pooled> {
+fn take_idle(addr: SocketAddr) -> Option<Pooled> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         // Most recently used first: it is the least likely to have been closed.
-        while let Some(idle) = list.pop() {
-            if !idle.conn.sender.is_closed() && idle.since.elapsed() < idle_timeout {
+        while let Some(mut idle) = list.pop() {
+            if idle.is_usable() {
                 return Some(idle.conn);
             }
         }
@@ -131,7 +146,29 @@ fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Pooled> {
     })
 }
 
-async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<Pooled, SendError> {
+/// Closes this thread's idle connections that timed out or that the
+/// upstream closed, and forgets endpoints left with none. Without it, a
+/// connection to an endpoint no request goes to any more would stay open.
+pub fn sweep() {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        idle.retain(|_, list| {
+            list.retain_mut(Idle::is_usable);
+            !list.is_empty()
+        });
+    });
+}
+
+/// Sweeps this thread's pool every `every`, for as long as the thread's runtime runs.
+pub async fn sweep_every(every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        sweep();
+    }
+}
+
+async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Result<Pooled, SendError> {
     let connect_error = |source: BoxError| SendError { connect: true, source };
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
@@ -139,14 +176,14 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration) -> Result<Pooled, 
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
     let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
-    Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)) })
+    Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)), idle_timeout })
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one.
 pub async fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> Result<(Response<Incoming>, Pooled), SendError> {
     // A pooled connection the upstream closed while idle fails before the
     // request is written; that request goes out again on a fresh connection.
-    while let Some(mut conn) = take_idle(addr, idle_timeout) {
+    while let Some(mut conn) = take_idle(addr) {
         if !conn.ready().await {
             continue;
         }
@@ -158,12 +195,73 @@ pub async fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout
             },
         }
     }
-    let mut conn = connect(addr, connect_timeout).await?;
+    let mut conn = connect(addr, connect_timeout, idle_timeout).await?;
     if !conn.ready().await {
         return Err(SendError { connect: true, source: format!("connection to {addr} closed before the first request").into() });
     }
     match conn.exchange(req).await {
         Ok(resp) => Ok((resp, conn)),
         Err(e) => Err(SendError { connect: false, source: Box::new(e.into_error()) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_count(addr: SocketAddr) -> usize {
+        IDLE.with(|idle| idle.borrow().get(&addr).map_or(0, Vec::len))
+    }
+
+    /// An upstream that answers one request per connection with keep-alive,
+    /// then closes the connection after `close_after`.
+    async fn upstream(close_after: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 1024];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    tokio::time::sleep(close_after).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn get(addr: SocketAddr) -> u16 {
+        let req = Request::get("/").header("host", "x").body(crate::http::body::empty()).unwrap();
+        let (resp, pooled) = send(addr, req, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        pooled.release();
+        status
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_swept_once_closed() {
+        let addr = upstream(Duration::from_millis(50)).await;
+        assert_eq!(get(addr).await, 200);
+        assert_eq!(idle_count(addr), 1, "released to the pool");
+        // The upstream closes the idle connection; the sweep notices and drops it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sweep();
+        assert_eq!(idle_count(addr), 0);
+        // A request after that opens a fresh connection and succeeds.
+        assert_eq!(get(addr).await, 200);
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_replaced_transparently() {
+        let addr = upstream(Duration::from_millis(20)).await;
+        assert_eq!(get(addr).await, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // No sweep: the checkout itself must notice the close and reconnect.
+        assert_eq!(get(addr).await, 200);
     }
 }

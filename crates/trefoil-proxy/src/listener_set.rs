@@ -46,6 +46,7 @@ impl Workers {
             std::thread::Builder::new().name(format!("trefoil-worker-{index}")).spawn(move || {
                 crate::upstream::set_worker(index);
                 runtime.block_on(async move {
+                    tokio::spawn(crate::h1_pool::sweep_every(std::time::Duration::from_secs(5)));
                     while let Some(work) = rx.recv().await {
                         tokio::spawn(listener::accept_loop(work.state, work.name, work.socket, work.stop, work.drain));
                     }
