@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::{http1, http2};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -79,15 +80,25 @@ pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net
 async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStream, client: SocketAddr, watcher: Drain) {
     let Some(config) = state.snapshot.load().listeners.iter().find(|l| l.name == name).cloned() else { return };
     let plain = Connection::new(name.clone(), client);
+    let http2_only = config.protocol == ListenerProtocol::Http2;
     match config.protocol {
         ListenerProtocol::Tcp => tcp::forward(&state, &config, stream, client).await,
-        ListenerProtocol::Auto => match detect(&stream).await {
+        ListenerProtocol::Auto => match detect(&stream, DETECT_TIMEOUT).await {
             Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
-            Detected::Http => serve_http(state, &config, TokioIo::new(stream), plain, watcher).await,
+            Detected::Http(wire) => serve_http(state, TokioIo::new(stream), plain, watcher, wire).await,
             _ => tcp::forward(&state, &config, stream, client).await,
         },
         ListenerProtocol::Http | ListenerProtocol::Http2 if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
-        ListenerProtocol::Http | ListenerProtocol::Http2 => serve_http(state, &config, TokioIo::new(stream), plain, watcher).await,
+        ListenerProtocol::Http | ListenerProtocol::Http2 => {
+            // h2c comes with prior knowledge: the connection preface says so.
+            let wire = match detect(&stream, HEADER_READ_TIMEOUT).await {
+                _ if http2_only => Wire::Http2,
+                Detected::Http(wire) => wire,
+                Detected::Tls | Detected::Other => Wire::Http1,
+                Detected::Silent => return,
+            };
+            serve_http(state, TokioIo::new(stream), plain, watcher, wire).await
+        }
     }
 }
 
@@ -106,9 +117,11 @@ async fn serve_tls(state: Arc<ProxyState>, config: Arc<ListenerConfig>, stream: 
         }
     };
     conn.tls = true;
-    conn.peer_identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(peer_identity).map(Arc::from);
+    let session = stream.get_ref().1;
+    conn.peer_identity = session.peer_certificates().and_then(|c| c.first()).and_then(peer_identity).map(Arc::from);
     count_handshake(&state, &config, conn.peer_identity.as_deref(), "success");
-    serve_http(state, &config, TokioIo::new(stream), conn, watcher).await;
+    let wire = if session.alpn_protocol() == Some(b"h2") || config.protocol == ListenerProtocol::Http2 { Wire::Http2 } else { Wire::Http1 };
+    serve_http(state, TokioIo::new(stream), conn, watcher, wire).await;
 }
 
 fn count_handshake(state: &ProxyState, config: &ListenerConfig, peer: Option<&str>, result: &'static str) {
@@ -116,25 +129,45 @@ fn count_handshake(state: &ProxyState, config: &ListenerConfig, peer: Option<&st
     state.shared.metrics.tls_handshakes.get_or_create(&labels).inc();
 }
 
-async fn serve_http<I>(state: Arc<ProxyState>, config: &ListenerConfig, io: TokioIo<I>, conn: Connection, watcher: Drain)
+/// The HTTP version of a connection, known before serving it: from ALPN
+/// under TLS, from the connection preface in clear text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Http1,
+    Http2,
+}
+
+async fn serve_http<I>(state: Arc<ProxyState>, io: TokioIo<I>, conn: Connection, watcher: Drain, wire: Wire)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024).adaptive_window(true);
-    if config.protocol == ListenerProtocol::Http2 {
-        builder = builder.http2_only();
-    }
     let conn = Arc::new(conn);
     let service = hyper::service::service_fn(move |req| proxy::serve(state.clone(), conn.clone(), req));
-    let connection = builder.serve_connection(io, service);
+    match wire {
+        Wire::Http1 => {
+            let mut builder = http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+            drive(builder.serve_connection(io, service), watcher).await
+        }
+        Wire::Http2 => {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new()).max_concurrent_streams(1024).adaptive_window(true);
+            drive(builder.serve_connection(io, service), watcher).await
+        }
+    }
+}
+
+/// Serves a connection until it ends or a drain asks it to finish the
+/// requests in flight, refuse new ones and close.
+async fn drive<C>(connection: C, mut drain: Drain)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(connection);
-    let mut drain = watcher;
     let result = tokio::select! {
         r = connection.as_mut() => r,
         _ = async { let _ = drain.wait_for(|draining| *draining).await; } => {
-            // Finish requests in flight, refuse new ones, then close.
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -145,30 +178,38 @@ where
 }
 
 enum Detected {
-    Http,
+    Http(Wire),
     Tls,
     Other,
+    /// Nothing arrived in time.
+    Silent,
 }
 
 /// Sniffs the first bytes without consuming them.
-async fn detect(stream: &TcpStream) -> Detected {
+async fn detect(stream: &TcpStream, wait: Duration) -> Detected {
     let mut buf = [0u8; 16];
-    let n = match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut buf)).await {
-        Ok(Ok(n)) => n,
-        _ => return Detected::Other,
-    };
-    classify(&buf[..n])
+    match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => classify(&buf[..n]),
+        Ok(_) => Detected::Other,
+        Err(_) => Detected::Silent,
+    }
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
 fn classify(bytes: &[u8]) -> Detected {
-    const METHODS: [&[u8]; 10] = [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI * HTTP/2"];
+    const METHODS: [&[u8]; 9] = [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
+    let starts = |m: &[u8]| !bytes.is_empty() && (bytes.starts_with(m) || (bytes.len() < m.len() && m.starts_with(bytes)));
     if bytes.first() == Some(&0x16) {
-        return Detected::Tls;
+        Detected::Tls
+    } else if bytes.len() >= 3 && starts(H2_PREFACE) {
+        // Fewer than three bytes could still be POST, PUT or PATCH.
+        Detected::Http(Wire::Http2)
+    } else if METHODS.iter().any(|m| starts(m)) {
+        Detected::Http(Wire::Http1)
+    } else {
+        Detected::Other
     }
-    if METHODS.iter().any(|m| bytes.starts_with(m) || (bytes.len() < m.len() && m.starts_with(bytes) && !bytes.is_empty())) {
-        return Detected::Http;
-    }
-    Detected::Other
 }
 
 #[cfg(test)]
@@ -177,8 +218,10 @@ mod tests {
 
     #[test]
     fn classifies_first_bytes() {
-        assert!(matches!(classify(b"GET / HTTP/1.1\r\n"), Detected::Http));
-        assert!(matches!(classify(b"PRI * HTTP/2.0\r\n"), Detected::Http));
+        assert!(matches!(classify(b"GET / HTTP/1.1\r\n"), Detected::Http(Wire::Http1)));
+        assert!(matches!(classify(b"PRI * HTTP/2.0\r\n"), Detected::Http(Wire::Http2)));
+        assert!(matches!(classify(b"PRI"), Detected::Http(Wire::Http2)));
+        assert!(matches!(classify(b"P"), Detected::Http(Wire::Http1)));
         assert!(matches!(classify(&[0x16, 3, 1]), Detected::Tls));
         assert!(matches!(classify(b"SSH-2.0-OpenSSH"), Detected::Other));
         assert!(matches!(classify(b""), Detected::Other));
