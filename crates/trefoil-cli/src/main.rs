@@ -10,7 +10,13 @@ use clap::{Parser, Subcommand};
 
 /// Trefoil: a service mesh for cloud-native network functions.
 #[derive(Parser)]
-#[command(name = "trefoil", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "trefoil",
+    version,
+    about = "Trefoil: a service mesh for cloud-native network functions",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 bad input (with the error's file:line:column).",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
