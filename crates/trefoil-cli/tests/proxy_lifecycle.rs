@@ -175,3 +175,18 @@ fn validate_checks_what_the_proxy_checks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:6:", file.display())) && stderr.contains("spec.routes[1]: no Route named \"wbe\""), "{stderr}");
 }
+
+#[test]
+fn limits_keep_counting_across_reloads() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let base = format!("{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]));
+    let route = |timeout: &str| format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 3}}}}\n    backends: [{{service: web}}]\n    timeout: {timeout}\n");
+    let proxy = Proxy::start(&format!("{base}{}", route("5s")));
+    let first = curl_many(&format!("http://{public}/"), 3, &[]);
+    assert_eq!(count(&first, |r| r.0 == 200), 3);
+    // An unrelated change reloads the config; the spent burst stays spent.
+    proxy.rewrite(&format!("{base}{}", route("6s")));
+    wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() == 2);
+    assert_eq!(http_get(public, "x", "/").0, 429);
+}

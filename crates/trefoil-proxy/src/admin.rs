@@ -84,7 +84,7 @@ fn stats(state: &ProxyState) -> String {
     }
     let _ = writeln!(out, "\nservices:");
     for (name, svc) in &s.services {
-        let _ = writeln!(out, "  {name} ({:?}, {} in flight, {} pending)", svc.protocol, svc.in_flight.load(Ordering::Relaxed), svc.pending.load(Ordering::Relaxed));
+        let _ = writeln!(out, "  {name} ({:?}, {} in flight, {} pending)", svc.protocol, svc.load.in_flight.load(Ordering::Relaxed), svc.load.pending.load(Ordering::Relaxed));
         for e in &svc.endpoints {
             let status = if !e.is_healthy() {
                 "unhealthy".to_string()

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -26,13 +26,59 @@ pub struct Shared {
     pub endpoints: EndpointRegistry,
     pub clients: ClientCache,
     pub metrics: Metrics,
+    /// In-flight and pending counts of each service, for circuit breaking.
+    loads: Carried<String, ServiceLoad>,
+    /// Token buckets, by route, rule and settings.
+    rate_limiters: Carried<String, RateLimiter>,
+    /// Retry budgets, by route, rule and settings.
+    budgets: Carried<String, Budget>,
 }
 
 impl Shared {
     /// State for a proxy with `workers` data-plane threads.
     pub fn new(workers: usize) -> Self {
-        Shared { endpoints: EndpointRegistry::default(), clients: ClientCache::new(workers), metrics: Metrics::default() }
+        Shared {
+            endpoints: EndpointRegistry::default(),
+            clients: ClientCache::new(workers),
+            metrics: Metrics::default(),
+            loads: Carried::default(),
+            rate_limiters: Carried::default(),
+            budgets: Carried::default(),
+        }
     }
+}
+
+/// Objects a reload hands over to the next snapshot while their key is
+/// unchanged, so limits keep counting across reloads instead of starting
+/// afresh. Entries go when no snapshot holds them any more.
+struct Carried<K, V> {
+    entries: Mutex<HashMap<K, Weak<V>>>,
+}
+
+impl<K, V> Default for Carried<K, V> {
+    fn default() -> Self {
+        Carried { entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Carried<K, V> {
+    fn get_or(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, v| v.strong_count() > 0);
+        if let Some(v) = entries.get(&key).and_then(Weak::upgrade) {
+            return v;
+        }
+        let v = Arc::new(make());
+        entries.insert(key, Arc::downgrade(&v));
+        v
+    }
+}
+
+/// Requests of one service in flight and waiting for a connection.
+#[derive(Debug, Default)]
+pub struct ServiceLoad {
+    pub in_flight: AtomicU32,
+    pub pending: AtomicU32,
 }
 
 /// Everything a proxy needs to serve, at one config version.
@@ -71,8 +117,8 @@ pub struct ServiceConfig {
     pub endpoints: Vec<Arc<EndpointState>>,
     /// Per-endpoint connection caps (HTTP/1 needs one connection per request in flight).
     pub connection_slots: HashMap<SocketAddr, Arc<Semaphore>>,
-    pub in_flight: AtomicU32,
-    pub pending: AtomicU32,
+    /// Carried across reloads while the service exists.
+    pub load: Arc<ServiceLoad>,
 }
 
 impl ServiceConfig {
@@ -89,15 +135,15 @@ impl ServiceConfig {
     }
 
     pub fn enter(&self) -> bool {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.max_requests {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.load.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.max_requests {
+            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         true
     }
 
     pub fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -157,11 +203,11 @@ pub struct CompiledRule {
     pub response_headers: Option<HeaderEdits>,
     pub mirror: Option<(Arc<Cluster>, f64)>,
     pub fault: Option<FaultInjection>,
-    pub rate_limit: Option<RateLimiter>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
     pub split: WeightedSplit<Arc<Cluster>>,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
-    pub budget: Option<Budget>,
+    pub budget: Option<Arc<Budget>>,
 }
 
 impl CompiledRule {
@@ -266,8 +312,7 @@ impl Compiler<'_> {
             client_key,
             endpoints,
             connection_slots,
-            in_flight: AtomicU32::new(0),
-            pending: AtomicU32::new(0),
+            load: self.shared.loads.get_or(name.to_string(), ServiceLoad::default),
         };
         self.services.insert(name.to_string(), Arc::new(config));
     }
@@ -318,10 +363,14 @@ impl Compiler<'_> {
                 response_headers,
                 mirror,
                 fault: rule.filters.fault.clone(),
-                rate_limit: rule.filters.rate_limit.as_ref().map(RateLimiter::new),
+                rate_limit: rule.filters.rate_limit.as_ref().map(|rl| {
+                    self.shared.rate_limiters.get_or(format!("{}/{i}/{rl:?}", s.resource.name()), || RateLimiter::new(rl))
+                }),
                 split,
                 timeout: rule.timeout.map(|t| t.get()),
-                budget: rule.retry.as_ref().and_then(|r| r.budget.as_ref()).map(Budget::new),
+                budget: rule.retry.as_ref().and_then(|r| r.budget.as_ref()).map(|b| {
+                    self.shared.budgets.get_or(format!("{}/{i}/{b:?}", s.resource.name()), || Budget::new(b))
+                }),
                 retry: rule.retry.clone(),
             });
         }

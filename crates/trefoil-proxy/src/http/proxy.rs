@@ -309,15 +309,15 @@ async fn attempt_loop(
             guard._slot = match slots.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    if service.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
-                        service.pending.fetch_sub(1, Ordering::AcqRel);
+                    if service.load.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
+                        service.load.pending.fetch_sub(1, Ordering::AcqRel);
                         out.flag = "overflow";
                         metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
                         return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many pending requests\n"));
                     }
                     // A pending request waits at most as long as a connect may take.
                     let permit = tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned()).await;
-                    service.pending.fetch_sub(1, Ordering::AcqRel);
+                    service.load.pending.fetch_sub(1, Ordering::AcqRel);
                     match permit {
                         Ok(Ok(p)) => Some(p),
                         _ => {
