@@ -282,7 +282,8 @@ impl Compiler<'_> {
             let sni = t.sni.clone().unwrap_or_else(|| name.to_string());
             (t, sni)
         });
-        let client_key = ClientKey { http2: protocol.is_http2(), connect_timeout: limits.connect_timeout.get(), idle_timeout: limits.idle_timeout.get(), tls };
+        let tls_files = upstream::tls_files_hash(tls.as_ref().map(|(t, _)| t));
+        let client_key = ClientKey { http2: protocol.is_http2(), connect_timeout: limits.connect_timeout.get(), idle_timeout: limits.idle_timeout.get(), tls, tls_files };
         let client = match self.shared.clients.get(&client_key) {
             Ok(c) => c,
             Err(e) => {

@@ -33,6 +33,7 @@ impl Telemetry {
                     connect_timeout: std::time::Duration::from_secs(5),
                     idle_timeout: std::time::Duration::from_secs(60),
                     tls: https.then(|| (UpstreamTls { mode: TlsMode::Simple, ca: None, certificate: None, key: None, sni: None }, host)),
+                    tls_files: 0,
                 };
                 let client = shared.clients.get(&key)?.current().clone();
                 Some(otlp::start(&t.otlp_endpoint, t.service_name.clone().unwrap_or_else(|| proxy_name.to_string()), client, shared.metrics.spans_dropped.clone()))

@@ -29,6 +29,20 @@ pub struct ClientKey {
     pub idle_timeout: Duration,
     /// TLS origination and the server name to verify.
     pub tls: Option<(UpstreamTls, String)>,
+    /// Hash of the TLS files' contents: rotated certificates make a new client.
+    pub tls_files: u64,
+}
+
+/// A hash of the contents of the files a TLS setting names (missing files hash as empty).
+pub fn tls_files_hash(tls: Option<&UpstreamTls>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(tls) = tls {
+        for path in [&tls.ca, &tls.certificate, &tls.key].into_iter().flatten() {
+            std::fs::read(path).unwrap_or_default().hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 thread_local! {
