@@ -36,6 +36,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the control plane: the resource store and its REST API.
+    Control(commands::control::Args),
     /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
     Demo(commands::demo::Args),
     /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     match cli.command {
+        Command::Control(args) => commands::control::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),

@@ -13,4 +13,4 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use load::{load_path, load_str, SourcedResource};
 pub use resource::{Metadata, Resource, Spec, API_VERSION};
-pub use validate::validate;
+pub use validate::{validate, validate_each};

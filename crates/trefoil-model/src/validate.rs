@@ -8,9 +8,20 @@ use crate::load::SourcedResource;
 use crate::spec::*;
 use crate::Spec;
 
-/// Validates a whole configuration; returns every problem found.
+/// Validates a whole configuration, references between resources included;
+/// returns every problem found.
 pub fn validate(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
-    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new() };
+    check(resources, true)
+}
+
+/// Validates resources one by one, without requiring what they refer to
+/// to exist: a control plane accepts a Route before its Service.
+pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
+    check(resources, false)
+}
+
+fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
+    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), check_references };
     for r in resources {
         if let Spec::Service(s) = &r.resource.spec {
             let versions = s.endpoints.iter().map(|e| e.version.clone()).collect();
@@ -65,6 +76,7 @@ fn valid_name(name: &str) -> bool {
 
 struct Validator {
     problems: Vec<Diagnostic>,
+    check_references: bool,
     /// Service name -> versions of its static endpoints.
     services: BTreeMap<String, BTreeSet<String>>,
 }
@@ -93,6 +105,9 @@ impl Validator {
     }
 
     fn backend(&mut self, r: &SourcedResource, field: &str, service: &str, version: Option<&str>) {
+        if !self.check_references {
+            return;
+        }
         match self.services.get(service) {
             None => self.report(r, &format!("{field}.service"), format!("no Service named {service:?}")),
             Some(versions) => {
@@ -153,7 +168,7 @@ impl Validator {
         if route.hosts.is_empty() && route.service.is_none() {
             self.report(r, "spec", "a Route needs `hosts` or `service` to say which traffic it applies to");
         }
-        if let Some(service) = &route.service {
+        if let Some(service) = route.service.as_ref().filter(|_| self.check_references) {
             if !self.services.contains_key(service) {
                 self.report(r, "spec.service", format!("no Service named {service:?}"));
             }
@@ -294,7 +309,7 @@ impl Validator {
     }
 
     fn traffic_policy(&mut self, r: &SourcedResource, p: &TrafficPolicySpec) {
-        if !self.services.contains_key(&p.service) {
+        if self.check_references && !self.services.contains_key(&p.service) {
             self.report(r, "spec.service", format!("no Service named {:?}", p.service));
         }
         if let Some(o) = &p.outlier_detection {

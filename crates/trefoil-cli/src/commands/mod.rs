@@ -1,3 +1,4 @@
+pub mod control;
 pub mod demo;
 pub mod proxy;
 pub mod validate;

@@ -1,5 +1,5 @@
 //! A real `trefoil proxy` process for black-box tests, and helpers around it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -37,10 +37,14 @@ pub enum StoreError {
     #[error("store file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// An optimistic write named a version that is no longer current.
-    #[error("{kind}/{name} has resourceVersion {current:?}, not {expected}")]
+    #[error("{kind}/{name} is at resourceVersion {}, not {expected}", describe(*.current))]
     Conflict { kind: String, name: String, expected: u64, current: Option<u64> },
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
+}
+
+fn describe(version: Option<u64>) -> String {
+    version.map_or_else(|| "none (it does not exist)".to_string(), |v| v.to_string())
 }
 
 /// Log size below which compaction is never worth it.
@@ -58,10 +62,18 @@ struct Inner {
     objects: BTreeMap<(String, String), (Stored, u64)>,
 }
 
+/// A change, as watchers see it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Put(Stored),
+    Deleted(Stored),
+}
+
 /// A crash-safe store of JSON objects keyed by kind and name.
 pub struct Store {
     path: PathBuf,
     inner: Mutex<Inner>,
+    events: tokio::sync::broadcast::Sender<Event>,
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -87,11 +99,17 @@ impl Store {
             inner.apply(r);
         }
         drop(err);
-        Ok(Store { path, inner: Mutex::new(inner) })
+        Ok(Store { path, inner: Mutex::new(inner), events: tokio::sync::broadcast::channel(1024).0 })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes from now on, in revision order. A watcher that falls more than
+    /// 1024 events behind gets `Lagged` and must list again.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// The latest revision written.
@@ -137,7 +155,20 @@ impl Store {
         inner.file.sync_data().map_err(&err)?;
         inner.log_bytes += bytes.len() as u64;
         let revision = record.revision;
+        let key = (record.kind.clone(), record.name.clone());
+        let before = inner.objects.get(&key).map(|(s, _)| s.clone());
         inner.apply(record);
+        // Sent under the lock, so watchers see events in revision order.
+        let event = match inner.objects.get(&key) {
+            Some((stored, _)) => Some(Event::Put(stored.clone())),
+            None => before.map(|mut gone| {
+                gone.resource_version = revision;
+                Event::Deleted(gone)
+            }),
+        };
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
         if inner.log_bytes > COMPACT_MIN_BYTES && inner.log_bytes > inner.live_bytes * COMPACT_RATIO {
             if let Err(e) = self.compact(inner) {
                 // The log is still whole and correct; compaction can wait.

@@ -1,0 +1,221 @@
+//! The REST API over the store: `/api/v1/<kind>[/<name>]` with list, get,
+//! create, apply, delete and watch; every write validated by
+//! `trefoil-model`, optimistic by `metadata.resourceVersion`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use trefoil_model::{load_str, resource::KINDS, Diagnostic};
+
+use crate::store::{Event, Store, StoreError, Stored};
+
+/// How many times an unconditional apply retries when a concurrent write
+/// changed the object between its read and its write.
+const APPLY_RETRIES: usize = 5;
+
+pub fn router(store: Arc<Store>) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/{kind}", get(list).post(create))
+        .route("/api/v1/{kind}/{name}", get(read).put(apply).delete(remove))
+        .with_state(store)
+}
+
+/// An error as the API answers it: a status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    errors: Vec<Diagnostic>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), errors: Vec::new() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "errors": self.errors});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The canonical kind for a path segment: `Route`, `route` or `routes`.
+fn kind_of(segment: &str) -> Result<&'static str, ApiError> {
+    let lower = segment.to_ascii_lowercase();
+    let singular = lower.strip_suffix("ies").map(|s| format!("{s}y")).or_else(|| lower.strip_suffix('s').map(str::to_string)).unwrap_or_else(|| lower.clone());
+    KINDS
+        .iter()
+        .find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular)
+        .copied()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown kind {segment:?}; kinds: {}", KINDS.join(", "))))
+}
+
+/// A stored object as clients see it: with its `resourceVersion`.
+fn present(stored: &Stored) -> Value {
+    let mut v = stored.value.clone();
+    v["metadata"]["resourceVersion"] = json!(stored.resource_version.to_string());
+    v
+}
+
+async fn list(State(store): State<Arc<Store>>, Path(kind): Path<String>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    if q.watch {
+        return Ok(watch(store, kind));
+    }
+    let items: Vec<Value> = store.list(kind).iter().map(present).collect();
+    Ok(Json(json!({"kind": format!("{kind}List"), "resourceVersion": store.revision().to_string(), "items": items})).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    watch: bool,
+}
+
+/// A stream of JSON lines: the current objects as `ADDED`, then every change.
+fn watch(store: Arc<Store>, kind: &'static str) -> Response {
+    // Subscribe before listing, so no change falls between the two.
+    let rx = store.subscribe();
+    let initial: Vec<Bytes> = store.list(kind).iter().map(|s| line("ADDED", s)).collect();
+    let changes = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(Event::Put(s)) if s.kind == kind => return Some((Ok::<_, std::convert::Infallible>(line("MODIFIED", &s)), rx)),
+                Ok(Event::Deleted(s)) if s.kind == kind => return Some((Ok(line("DELETED", &s)), rx)),
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // The watcher fell behind: tell it to list again, and end.
+                    return Some((Ok(Bytes::from_static(b"{\"type\":\"ERROR\",\"error\":\"watch fell behind; list again\"}\n")), rx));
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    let stream = futures_util::stream::iter(initial.into_iter().map(Ok)).chain(changes);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn line(kind: &str, s: &Stored) -> Bytes {
+    let mut out = serde_json::to_vec(&json!({"type": kind, "object": present(s)})).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+use futures_util::StreamExt;
+
+async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&kind)?;
+    store.get(kind, &name).map(|s| Json(present(&s))).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{kind}/{name} not found")))
+}
+
+/// Parses and validates one resource from a request body (YAML or JSON).
+fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
+    let invalid = |errors: Vec<Diagnostic>| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "invalid resource".into(), errors };
+    let sources = load_str(&Arc::from("request body"), text).map_err(|d| invalid(d.0))?;
+    let [source] = sources.as_slice() else {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body must hold exactly one resource, not {}", sources.len())));
+    };
+    trefoil_model::validate_each(&sources).map_err(|d| invalid(d.0))?;
+    let resource = &source.resource;
+    if resource.kind() != kind {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body is a {}, the path says {kind}", resource.kind())));
+    }
+    if let Some(name) = name.filter(|n| *n != resource.name()) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {:?}, the path says {name:?}", resource.name())));
+    }
+    let expected = match &resource.metadata.resource_version {
+        None => None,
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("metadata.resourceVersion {rv:?} is not a version this server issued")))?),
+    };
+    let mut value = serde_json::to_value(resource).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    Ok((value, expected))
+}
+
+/// Writes `value`, bumping `generation` when the spec changed.
+fn write(store: &Store, kind: &str, name: &str, mut value: Value, expected: Option<u64>) -> Result<(u64, bool), ApiError> {
+    for _ in 0..APPLY_RETRIES {
+        let current = store.get(kind, name);
+        let generation = match &current {
+            Some(c) if c.value["spec"] == value["spec"] => c.value["metadata"]["generation"].as_u64().unwrap_or(1),
+            Some(c) => c.value["metadata"]["generation"].as_u64().unwrap_or(1) + 1,
+            None => 1,
+        };
+        value["metadata"]["generation"] = json!(generation);
+        // Without a client version, still write against what was just read,
+        // so the generation computed above cannot go stale.
+        let guard = expected.or(Some(current.as_ref().map_or(0, |c| c.resource_version)));
+        match store.put(kind, name, value.clone(), guard) {
+            Ok(rv) => return Ok((rv, current.is_none())),
+            Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(StatusCode::CONFLICT, format!("{kind}/{name} kept changing; try again")))
+}
+
+async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let (value, _) = parse(kind, None, &body)?;
+    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut value = value;
+    value["metadata"]["generation"] = json!(1);
+    let rv = store.put(kind, &name, value, Some(0)).map_err(|e| match e {
+        StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, format!("{kind}/{name} already exists; use PUT to replace it")),
+        e => e.into(),
+    })?;
+    let stored = store.get(kind, &name).filter(|s| s.resource_version == rv);
+    Ok((StatusCode::CREATED, Json(stored.map(|s| present(&s)).unwrap_or(Value::Null))).into_response())
+}
+
+async fn apply(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let (value, expected) = parse(kind, Some(&name), &body)?;
+    let (rv, created) = write(&store, kind, &name, value, expected)?;
+    let stored = store.get(kind, &name).filter(|s| s.resource_version == rv);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(stored.map(|s| present(&s)).unwrap_or(Value::Null))).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<u64>,
+}
+
+async fn remove(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, Query(q): Query<DeleteQuery>) -> Result<Response, ApiError> {
+    let kind = kind_of(&kind)?;
+    let rv = store.delete(kind, &name, q.resource_version)?;
+    Ok(Json(json!({"deleted": format!("{kind}/{name}"), "resourceVersion": rv.to_string()})).into_response())
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}

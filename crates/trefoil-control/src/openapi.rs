@@ -1,0 +1,72 @@
+//! The OpenAPI document of the REST API, served at `/api/v1/openapi.json`.
+
+use serde_json::{json, Value};
+use trefoil_model::resource::{API_VERSION, KINDS};
+
+pub fn document() -> Value {
+    let kind = json!({"name": "kind", "in": "path", "required": true, "schema": {"type": "string", "enum": KINDS}});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"}});
+    let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let resource = json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
+    let body = json!({"required": true, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Resource"}},
+        "application/yaml": {"schema": {"$ref": "#/components/schemas/Resource"}}
+    }});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Trefoil control plane", "version": "v1"},
+        "paths": {
+            "/api/v1/{kind}": {
+                "get": {
+                    "summary": "List the resources of a kind, or watch them (JSON lines) with ?watch=true",
+                    "parameters": [kind, {"name": "watch", "in": "query", "required": false, "schema": {"type": "boolean"}}],
+                    "responses": {"200": {"description": "the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/List"}}}}, "404": error}
+                },
+                "post": {
+                    "summary": "Create a resource; 409 if it exists",
+                    "parameters": [kind],
+                    "requestBody": body,
+                    "responses": {"201": resource, "400": error, "404": error, "409": error, "422": error}
+                }
+            },
+            "/api/v1/{kind}/{name}": {
+                "get": {"summary": "Read a resource", "parameters": [kind, name], "responses": {"200": resource, "404": error}},
+                "put": {
+                    "summary": "Create or replace a resource; with metadata.resourceVersion only if it is current (else 409)",
+                    "parameters": [kind, name],
+                    "requestBody": body,
+                    "responses": {"200": resource, "201": resource, "400": error, "404": error, "409": error, "422": error}
+                },
+                "delete": {
+                    "summary": "Delete a resource; with ?resourceVersion only if it is current",
+                    "parameters": [kind, name, {"name": "resourceVersion", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}],
+                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object"}}}}, "404": error, "409": error}
+                }
+            }
+        },
+        "components": {"schemas": {
+            "Resource": {
+                "type": "object",
+                "required": ["apiVersion", "kind", "metadata", "spec"],
+                "properties": {
+                    "apiVersion": {"type": "string", "enum": [API_VERSION]},
+                    "kind": {"type": "string", "enum": KINDS},
+                    "metadata": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string"},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "resourceVersion": {"type": "string"},
+                        "generation": {"type": "integer"}
+                    }},
+                    "spec": {"type": "object"}
+                }
+            },
+            "List": {"type": "object", "properties": {"kind": {"type": "string"}, "resourceVersion": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
+            "Error": {"type": "object", "properties": {
+                "error": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "file": {"type": "string"}, "line": {"type": "integer"}, "column": {"type": "integer"}, "field": {"type": "string"}, "message": {"type": "string"}
+                }}}
+            }}
+        }}
+    })
+}
