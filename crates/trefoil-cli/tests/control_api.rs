@@ -131,3 +131,28 @@ fn watch_streams_current_objects_then_changes() {
     let expected = [("ADDED", "a"), ("MODIFIED", "b"), ("DELETED", "a")].map(|(t, n)| (t.to_string(), n.to_string()));
     assert_eq!(events, expected);
 }
+
+#[test]
+fn schemathesis_finds_no_server_error() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir, format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    control.call("PUT", "/api/v1/routes/web", &route("web", "1", None));
+    // The watch stream never ends by design; everything else is fuzzed.
+    let out = run_with_timeout(
+        Command::new("st").args([
+            "run",
+            &format!("http://{}/api/v1/openapi.json", control.addr),
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "20261127",
+            "--exclude-path-regex",
+            "watch",
+        ]),
+        Duration::from_secs(300),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -24,6 +24,7 @@ pub fn router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{kind}", get(list).post(create))
+        .route("/api/v1/watch/{kind}", get(watch_kind))
         .route("/api/v1/{kind}/{name}", get(read).put(apply).delete(remove))
         .with_state(store)
 }
@@ -85,6 +86,10 @@ async fn list(State(store): State<Arc<Store>>, Path(kind): Path<String>, Query(q
     }
     let items: Vec<Value> = store.list(kind).iter().map(present).collect();
     Ok(Json(json!({"kind": format!("{kind}List"), "resourceVersion": store.revision().to_string(), "items": items})).into_response())
+}
+
+async fn watch_kind(State(store): State<Arc<Store>>, Path(kind): Path<String>) -> Result<Response, ApiError> {
+    Ok(watch(store, kind_of(&kind)?))
 }
 
 #[derive(Deserialize)]

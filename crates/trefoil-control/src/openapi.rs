@@ -18,8 +18,9 @@ pub fn document() -> Value {
         "paths": {
             "/api/v1/{kind}": {
                 "get": {
-                    "summary": "List the resources of a kind, or watch them (JSON lines) with ?watch=true",
-                    "parameters": [kind, {"name": "watch", "in": "query", "required": false, "schema": {"type": "boolean"}}],
+                    "summary": "List the resources of a kind",
+                    "description": "With ?watch=true this answers as /api/v1/watch/{kind} does.",
+                    "parameters": [kind],
                     "responses": {"200": {"description": "the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/List"}}}}, "404": error}
                 },
                 "post": {
@@ -27,6 +28,13 @@ pub fn document() -> Value {
                     "parameters": [kind],
                     "requestBody": body,
                     "responses": {"201": resource, "400": error, "404": error, "409": error, "422": error}
+                }
+            },
+            "/api/v1/watch/{kind}": {
+                "get": {
+                    "summary": "Watch a kind: JSON lines, the current objects as ADDED, then MODIFIED and DELETED as they happen; the stream stays open",
+                    "parameters": [kind],
+                    "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "404": error}
                 }
             },
             "/api/v1/{kind}/{name}": {
