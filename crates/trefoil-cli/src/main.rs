@@ -38,6 +38,12 @@ enum LogFormat {
 enum Command {
     /// Run the control plane: the resource store and its REST API.
     Control(commands::control::Args),
+    /// Create or replace resources from files in the control plane (validated locally first).
+    Apply(commands::client::ApplyArgs),
+    /// Show resources of a kind, or one resource, from the control plane.
+    Get(commands::client::GetArgs),
+    /// Delete a resource from the control plane.
+    Delete(commands::client::DeleteArgs),
     /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
     Demo(commands::demo::Args),
     /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
@@ -60,6 +66,9 @@ fn main() -> ExitCode {
     init_logging(&cli);
     match cli.command {
         Command::Control(args) => commands::control::run(args),
+        Command::Apply(args) => commands::client::apply(args),
+        Command::Get(args) => commands::client::get(args),
+        Command::Delete(args) => commands::client::delete(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),

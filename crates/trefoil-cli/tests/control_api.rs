@@ -156,3 +156,37 @@ fn schemathesis_finds_no_server_error() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "schemathesis failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn apply_get_delete_from_the_command_line() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir, format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let server = format!("http://{}", control.addr);
+    let trefoil = |args: &[&str]| Command::new(trefoil_bin()).args(args).args(["--server", &server]).output().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/quickstart.yaml");
+    let example = example.to_str().unwrap();
+    let first = trefoil(&["apply", "-f", example]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(String::from_utf8_lossy(&first.stdout), "Proxy/edge created\nListener/public created\nService/web created\nRoute/web created\n");
+    let again = trefoil(&["apply", "-f", example, "-o", "json"]);
+    let results: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(results.as_array().unwrap().iter().all(|r| r["result"] == "configured"), "{results}");
+    let get = trefoil(&["get", "routes", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(list["items"][0]["metadata"]["name"], "web");
+    let table = String::from_utf8_lossy(&trefoil(&["get", "route", "web"]).stdout).to_string();
+    assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("Route") && l.contains("web")), "{table}");
+    assert!(trefoil(&["delete", "route", "web"]).status.success());
+    assert_eq!(trefoil(&["get", "route", "web"]).status.code(), Some(2), "a missing resource is bad input");
+    // Local validation first: the error names the user's file and line, and nothing is sent.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [x]\n  rules:\n  - backends: [{{service: web, weight: -1}}]\n")).unwrap();
+    let refused = trefoil(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&format!("{}:7:", bad.display())), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(trefoil(&["get", "route", "broken"]).status.code(), Some(2));
+    // A control plane that is not there: a runtime failure with a hint.
+    let down = Command::new(trefoil_bin()).args(["get", "routes", "--server", &format!("http://127.0.0.1:{}", free_port())]).output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the control plane"));
+}

@@ -1,3 +1,4 @@
+pub mod client;
 pub mod control;
 pub mod demo;
 pub mod proxy;
