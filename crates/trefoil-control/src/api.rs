@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trefoil_model::{load_str, resource::KINDS, Diagnostic};
@@ -130,7 +131,6 @@ fn line(kind: &str, s: &Stored) -> Bytes {
     Bytes::from(out)
 }
 
-use futures_util::StreamExt;
 
 async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&kind)?;
