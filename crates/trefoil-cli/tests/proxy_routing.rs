@@ -355,3 +355,22 @@ fn large_bodies_stream_both_ways() {
     let results = curl_many(&format!("http://{public}/bytes/70000"), 200, &[]);
     assert_eq!(count(&results, |r| r.0 == 200), 200);
 }
+
+#[test]
+fn tcp_health_checks_keep_traffic_off_a_dead_endpoint() {
+    let live = TestServer::named("live");
+    let dead = addr();
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{interval: 100ms, timeout: 200ms, unhealthyThreshold: 1}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(live.addr(), "v1"), (dead, "v1")])
+    ));
+    let dead_label = dead.to_string();
+    wait_until("the dead endpoint marked unhealthy", Duration::from_secs(10), || {
+        proxy.metrics().contains(&dead_label) && proxy.metric_sum("trefoil_endpoint_healthy", &[&dead_label]) == 0.0
+    });
+    // No retries configured: only the health check keeps requests off the dead port.
+    let results = curl_many(&format!("http://{public}/"), 40, &[]);
+    assert!(results.iter().all(|r| r.0 == 200 && r.1 == "live"), "{results:?}");
+}
