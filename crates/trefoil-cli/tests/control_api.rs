@@ -150,7 +150,9 @@ fn schemathesis_finds_no_server_error() {
             "20261127",
             "--exclude-path-regex",
             "watch",
-        ]),
+        ])
+        // Its cache goes to the scratch directory, not the source tree.
+        .current_dir(&dir),
         Duration::from_secs(300),
     );
     let text = String::from_utf8_lossy(&out.stdout);

@@ -60,7 +60,7 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
     let v1 = TestServer::named("v1");
     let public = addr();
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1")]));
-    let proxy = Proxy::start(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n"));
+    let proxy = Proxy::start(&format!("{base}{}", web_route("")));
     proxy.rewrite(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - service: web\n      weight: heavy\n"));
     wait_until("the rejected reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= 1.0);
     assert_eq!(proxy.config_version(), 1);
@@ -73,10 +73,10 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
     assert!(stderr.contains(&format!("{config}:{line}:")), "expected line {line} in:\n{stderr}");
     // A reload that binds a new listener, then one that drops it.
     let extra = addr();
-    proxy.rewrite(&format!("{base}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("extra", extra)));
+    proxy.rewrite(&format!("{base}{}{}", listener("extra", extra), web_route("")));
     wait_until("the extra listener", Duration::from_secs(10), || TcpStream::connect(extra).is_ok());
     assert_eq!(http_get(extra, "x", "/").0, 200);
-    proxy.rewrite(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n"));
+    proxy.rewrite(&format!("{base}{}", web_route("")));
     wait_until("the extra listener to close", Duration::from_secs(10), || TcpStream::connect(extra).is_err());
     assert_eq!(http_get(public, "x", "/").0, 200);
 }
@@ -85,7 +85,7 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
 fn graceful_shutdown_drains_in_flight_requests() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1000"]);
     let public = addr();
-    let mut proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("public", public), service("web", "http", &[(slow.addr(), "v1")])));
+    let mut proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
     let in_flight = std::thread::spawn(move || http_get(public, "x", "/").0);
     wait_until("the request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
     proxy.signal("TERM");
@@ -127,7 +127,7 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
 fn metrics_pass_promtool() {
     let up = TestServer::named("up");
     let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 1}}\n", listener("public", public), service("web", "http", &[(up.addr(), "v1")])));
+    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("    retry: {attempts: 1}\n")));
     curl_many(&format!("http://{public}/"), 5, &[]);
     curl_many(&format!("http://{public}/status/503"), 2, &[]);
     let metrics = proxy.metrics();

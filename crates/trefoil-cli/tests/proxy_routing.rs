@@ -74,9 +74,10 @@ fn retries_recover_from_an_upstream_failing_every_other_request() {
     let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 2, on: [5xx], backoff: 1ms}}\n",
+        "{}{}{}",
         listener("public", public),
-        service("web", "http", &[(flaky.addr(), "v1")])
+        service("web", "http", &[(flaky.addr(), "v1")]),
+        web_route("    retry: {attempts: 2, on: [5xx], backoff: 1ms}\n")
     ));
     let results = curl_many(&format!("http://{public}/"), 100, &[]);
     assert_eq!(count(&results, |r| r.0 == 200), 100, "{results:?}");
@@ -88,9 +89,10 @@ fn retry_budget_caps_retries() {
     let broken = TestServer::spawn(&["--name", "broken", "--fail-every", "1"]);
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 3, on: [5xx], backoff: 1ms, budget: {{percent: 10, minRetriesPerSecond: 0}}}}\n",
+        "{}{}{}",
         listener("public", public),
-        service("web", "http", &[(broken.addr(), "v1")])
+        service("web", "http", &[(broken.addr(), "v1")]),
+        web_route("    retry: {attempts: 3, on: [5xx], backoff: 1ms, budget: {percent: 10, minRetriesPerSecond: 0}}\n")
     ));
     let results = curl_many(&format!("http://{public}/"), 100, &[]);
     assert_eq!(count(&results, |r| r.0 == 503), 100);
@@ -103,9 +105,10 @@ fn outlier_detection_ejects_a_failing_endpoint() {
     let (good, bad) = (TestServer::named("good"), TestServer::spawn(&["--name", "bad", "--fail-every", "1"]));
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}}\n---\n{}",
         listener("public", public),
-        service("web", "http", &[(good.addr(), "v1"), (bad.addr(), "v1")])
+        service("web", "http", &[(good.addr(), "v1"), (bad.addr(), "v1")]),
+        web_route("")
     ));
     // Round robin sends every other request to the bad endpoint until it is ejected.
     let warmup = curl_many(&format!("http://{public}/"), 20, &[]);
@@ -122,9 +125,10 @@ fn timeouts_answer_504() {
     let slow = TestServer::named("slow");
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    timeout: 200ms\n",
+        "{}{}{}",
         listener("public", public),
-        service("web", "http", &[(slow.addr(), "v1")])
+        service("web", "http", &[(slow.addr(), "v1")]),
+        web_route("    timeout: 200ms\n")
     ));
     let (status, headers, _) = http_get(public, "x", "/?delay_ms=3000");
     assert_eq!(status, 504);
@@ -137,7 +141,7 @@ fn timeouts_answer_504() {
 fn malformed_requests_get_400_and_the_proxy_stays_up() {
     let up = TestServer::named("up");
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("public", public), service("web", "http", &[(up.addr(), "v1")])));
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     for garbage in [&b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n"[..], b"\x00\x01\x02 nonsense\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"] {
         let mut s = TcpStream::connect(public).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -184,9 +188,10 @@ fn circuit_breaker_refuses_over_max_requests() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1500"]);
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  connectionPool: {{maxRequests: 1}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  connectionPool: {{maxRequests: 1}}\n---\n{}",
         listener("public", public),
-        service("web", "http", &[(slow.addr(), "v1")])
+        service("web", "http", &[(slow.addr(), "v1")]),
+        web_route("")
     ));
     let hold = std::thread::spawn(move || http_get(public, "x", "/").0);
     wait_until("the slow request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
@@ -204,9 +209,10 @@ fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
     let public = addr();
     let eps: Vec<(SocketAddr, &str)> = servers.iter().map(|s| (s.addr(), "v1")).collect();
     let _proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  loadBalancer: {{ringHash: {{header: x-user}}}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  loadBalancer: {{ringHash: {{header: x-user}}}}\n---\n{}",
         listener("public", public),
-        service("web", "http", &eps)
+        service("web", "http", &eps),
+        web_route("")
     ));
     let mut owners = std::collections::BTreeSet::new();
     for user in 0..30 {
@@ -224,9 +230,10 @@ fn active_health_checks_take_endpoints_out_and_back() {
     let (a, b) = (TestServer::named("a"), TestServer::named("b"));
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1}}\n---\n{}",
         listener("public", public),
-        service("web", "http", &[(a.addr(), "v1"), (b.addr(), "v1")])
+        service("web", "http", &[(a.addr(), "v1"), (b.addr(), "v1")]),
+        web_route("")
     ));
     b.set_healthy(false);
     let b_addr = b.addr().to_string();
@@ -246,9 +253,10 @@ fn connect_failures_are_retried_on_another_endpoint() {
     let dead: SocketAddr = addr();
     let public = addr();
     let _proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n    retry: {{attempts: 1, on: [connect-failure], backoff: 1ms}}\n",
+        "{}{}{}",
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1"), (dead, "v1")])
+        service("web", "http", &[(up.addr(), "v1"), (dead, "v1")]),
+        web_route("    retry: {attempts: 1, on: [connect-failure], backoff: 1ms}\n")
     ));
     let results = curl_many(&format!("http://{public}/"), 20, &[]);
     assert!(results.iter().all(|r| r.0 == 200 && r.1 == "up"), "{results:?}");
@@ -319,9 +327,10 @@ fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers
     let upstream = raw_echo_upstream();
     let public = addr();
     let _proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        "{}{}{}",
         listener("public", public),
-        service("web", "http", &[(upstream, "v1")])
+        service("web", "http", &[(upstream, "v1")]),
+        web_route("")
     ));
     for _ in 0..3 {
         let (status, _, head) = http_request(public, "GET", "shop.example.com", "/cart?id=7", &[("connection", "close, x-secret"), ("x-secret", "1")], b"").unwrap();
@@ -340,7 +349,7 @@ fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers
 fn large_bodies_stream_both_ways() {
     let up = TestServer::named("up");
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n", listener("public", public), service("web", "http", &[(up.addr(), "v1")])));
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     for _ in 0..3 {
         let (status, _, body) = http_request(public, "GET", "x", "/bytes/5000000", &[], b"").unwrap();
         assert_eq!(status, 200);
@@ -362,9 +371,10 @@ fn tcp_health_checks_keep_traffic_off_a_dead_endpoint() {
     let dead = addr();
     let public = addr();
     let proxy = Proxy::start(&format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{interval: 100ms, timeout: 200ms, unhealthyThreshold: 1}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
+        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{interval: 100ms, timeout: 200ms, unhealthyThreshold: 1}}\n---\n{}",
         listener("public", public),
-        service("web", "http", &[(live.addr(), "v1"), (dead, "v1")])
+        service("web", "http", &[(live.addr(), "v1"), (dead, "v1")]),
+        web_route("")
     ));
     let dead_label = dead.to_string();
     wait_until("the dead endpoint marked unhealthy", Duration::from_secs(10), || {

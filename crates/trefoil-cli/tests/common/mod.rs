@@ -45,6 +45,12 @@ pub fn listener(name: &str, addr: SocketAddr) -> String {
     format!("{API}\nkind: Listener\nmetadata: {{name: {name}}}\nspec:\n  address: \"{addr}\"\n---\n")
 }
 
+/// Route `web` for every host with one rule to Service `web`; `rule_extra`
+/// adds lines to that rule (indented four spaces).
+pub fn web_route(rule_extra: &str) -> String {
+    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n{rule_extra}")
+}
+
 /// A Service with endpoints given as (address, version).
 pub fn service(name: &str, protocol: &str, endpoints: &[(SocketAddr, &str)]) -> String {
     let eps: Vec<String> = endpoints.iter().map(|(a, v)| format!("    - {{address: \"{a}\", version: \"{v}\"}}")).collect();
