@@ -175,7 +175,9 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
-    let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
+    // Head and body in one buffer, one `write`: measured cheaper than
+    // `writev` for the small messages proxies mostly carry.
+    let (sender, driver) = http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
     Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)), idle_timeout })
 }
 

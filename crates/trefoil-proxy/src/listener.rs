@@ -146,7 +146,8 @@ where
     match wire {
         Wire::Http1 => {
             let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+            // One buffer, one `write` per response: see `h1_pool::connect`.
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).writev(false);
             drive(builder.serve_connection(io, service), watcher).await
         }
         Wire::Http2 => {
