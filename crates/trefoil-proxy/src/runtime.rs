@@ -172,7 +172,7 @@ fn reload(state: &Arc<ProxyState>, options: &ProxyOptions, listeners: &mut Liste
     let next = Arc::new(next);
     state.snapshot.store(next.clone());
     listeners.start(state, bound);
-    shared.clients.retain(&crate::upstream::keys_in_use(next.services.values().map(|s| &s.client_key)));
+    shared.clients.retain(next.services.values().map(|s| &s.client_key));
     shared.endpoints.retain(|svc, addr| next.services.get(svc).is_some_and(|s| s.endpoints.iter().any(|e| e.addr == *addr)));
     Ok(())
 }

@@ -62,9 +62,15 @@ impl<K, V> Default for Carried<K, V> {
 }
 
 impl<K: std::hash::Hash + Eq, V> Carried<K, V> {
-    fn get_or(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+    /// Forgets entries no snapshot holds; once per compile, not per lookup,
+    /// so a config with many rules compiles in linear time.
+    fn prune(&self) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, v| v.strong_count() > 0);
+    }
+
+    fn get_or(&self, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = entries.get(&key).and_then(Weak::upgrade) {
             return v;
         }
@@ -226,6 +232,9 @@ struct Compiler<'a> {
 /// Validates and compiles; on any problem returns every diagnostic and builds nothing.
 pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
     trefoil_model::validate(sources)?;
+    shared.loads.prune();
+    shared.rate_limiters.prune();
+    shared.budgets.prune();
     let mut c = Compiler { shared, problems: Vec::new(), services: BTreeMap::new(), clusters: BTreeMap::new() };
     let settings = sources
         .iter()

@@ -2,7 +2,6 @@
 //! snapshots so that keep-alive connections survive reloads.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,9 +97,10 @@ impl ClientCache {
     }
 
     /// Drops clients no current service uses, closing their idle connections.
-    pub fn retain(&self, used: &[ClientKey]) {
+    pub fn retain<'a>(&self, used: impl IntoIterator<Item = &'a ClientKey>) {
+        let used: Vec<&ClientKey> = used.into_iter().collect();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.retain(|(k, _)| used.contains(k));
+        clients.retain(|(k, _)| used.contains(&k));
     }
 }
 
@@ -147,13 +147,4 @@ pub fn scheme(key: &ClientKey) -> &'static str {
         Some((tls, _)) if tls.mode != TlsMode::Disable => "https",
         _ => "http",
     }
-}
-
-/// Keys of clients in use, for [`ClientCache::retain`].
-pub fn keys_in_use<'a>(keys: impl Iterator<Item = &'a ClientKey>) -> Vec<ClientKey> {
-    let mut seen: HashMap<String, ClientKey> = HashMap::new();
-    for k in keys {
-        seen.entry(format!("{k:?}")).or_insert_with(|| k.clone());
-    }
-    seen.into_values().collect()
 }
