@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
 
 fn split_route(w1: u32, w2: u32) -> String {
     format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: {w1}}}\n    - {{service: web, version: v2, weight: {w2}}}\n")

@@ -11,13 +11,7 @@ use std::time::Duration;
 
 use common::*;
 
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
 
-fn route_all(service: &str) -> String {
-    format!("{API}\nkind: Route\nmetadata: {{name: {service}}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: {service}}}]\n")
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -27,7 +21,7 @@ fn repo_root() -> PathBuf {
 fn h2c_prior_knowledge_under_h2load() {
     let up = TestServer::named("up");
     let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web")));
+    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web", "")));
     let out = run_with_timeout(Command::new("h2load").args(["-n", "2000", "-c", "4", "-m", "10", &format!("http://{public}/")]), Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
@@ -43,7 +37,7 @@ fn h2c_prior_knowledge_under_h2load() {
 fn http2_upstreams_get_http2() {
     let up = TestServer::named("h2-up");
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web")));
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web", "")));
     let (status, _, body) = http_get(public, "x", "/echo");
     assert_eq!(status, 200);
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -82,7 +76,7 @@ impl Drop for GrpcServer {
 fn grpc_unary_streaming_errors_and_trailers_pass_through() {
     let server = GrpcServer::start("grpc-v1");
     let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("echo", "grpc", &[(server.addr, "v1")]), route_all("echo")));
+    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("echo", "grpc", &[(server.addr, "v1")]), route_all("echo", "")));
     let out = run_with_timeout(
         Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args(["--target", &public.to_string(), "--check", "--count", "25"]),
         Duration::from_secs(60),
@@ -192,7 +186,7 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
         pki.server_key.display(),
         pki.ca.display(),
         service("web", "http", &[(up.addr(), "v1")]),
-        route_all("web")
+        route_all("web", "")
     ));
     let _outer_proxy = Proxy::start(&format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: secure}}\nspec:\n  service: secure\n  tls: {{mode: mutual, ca: \"{}\", certificate: \"{}\", key: \"{}\", sni: localhost}}\n---\n{}",
@@ -201,7 +195,7 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
         pki.ca.display(),
         pki.client_cert.display(),
         pki.client_key.display(),
-        route_all("secure")
+        route_all("secure", "")
     ));
     let (status, headers, _) = http_get(outer, "x", "/");
     assert_eq!(status, 200);
@@ -216,7 +210,7 @@ fn opaque_tcp_and_protocol_detection() {
     let proxy = Proxy::start(&format!(
         "{API}\nkind: Listener\nmetadata: {{name: raw}}\nspec:\n  address: \"{tcp}\"\n  protocol: tcp\n  tcpBackend: {{service: web}}\n---\n{API}\nkind: Listener\nmetadata: {{name: sniff}}\nspec:\n  address: \"{auto}\"\n  protocol: auto\n  tcpBackend: {{service: web}}\n---\n{}{}",
         service("web", "http", &[(up.addr(), "v1")]),
-        route_all("web")
+        route_all("web", "")
     ));
     // HTTP carried as opaque bytes: the proxy does not parse it.
     assert_eq!(http_get(tcp, "x", "/").0, 200);
@@ -255,7 +249,7 @@ fn nginx_as_a_real_upstream() {
     let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(wait_for_port(upstream, Duration::from_secs(10)), "nginx did not start");
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("nginx", "http", &[(upstream, "v1")]), route_all("nginx")));
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("nginx", "http", &[(upstream, "v1")]), route_all("nginx", "")));
     let results = curl_many(&format!("http://{public}/index.html"), 100, &[]);
     let _ = nginx.kill();
     let _ = nginx.wait();

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
 
 #[test]
 fn weighted_split_holds_its_proportions() {

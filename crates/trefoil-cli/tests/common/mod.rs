@@ -45,10 +45,20 @@ pub fn listener(name: &str, addr: SocketAddr) -> String {
     format!("{API}\nkind: Listener\nmetadata: {{name: {name}}}\nspec:\n  address: \"{addr}\"\n---\n")
 }
 
-/// Route `web` for every host with one rule to Service `web`; `rule_extra`
-/// adds lines to that rule (indented four spaces).
+/// A loopback address whose port was free a moment ago.
+pub fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// A Route named after `service`, for every host, with one rule to it;
+/// `rule_extra` adds lines to that rule (indented four spaces).
+pub fn route_all(service: &str, rule_extra: &str) -> String {
+    format!("{API}\nkind: Route\nmetadata: {{name: {service}}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: {service}}}]\n{rule_extra}")
+}
+
+/// [`route_all`] for Service `web`.
 pub fn web_route(rule_extra: &str) -> String {
-    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n{rule_extra}")
+    route_all("web", rule_extra)
 }
 
 /// A Service with endpoints given as (address, version).
