@@ -34,10 +34,12 @@ pub enum Spec {
     Service(ServiceSpec),
     Route(RouteSpec),
     TrafficPolicy(TrafficPolicySpec),
+    Workload(WorkloadSpec),
+    Endpoints(EndpointsSpec),
 }
 
 /// Every kind this build knows, for error messages.
-pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy"];
+pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints"];
 
 impl Spec {
     pub fn kind(&self) -> &'static str {
@@ -47,6 +49,8 @@ impl Spec {
             Spec::Service(_) => "Service",
             Spec::Route(_) => "Route",
             Spec::TrafficPolicy(_) => "TrafficPolicy",
+            Spec::Workload(_) => "Workload",
+            Spec::Endpoints(_) => "Endpoints",
         }
     }
 }

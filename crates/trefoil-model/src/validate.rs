@@ -22,12 +22,25 @@ pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
 
 fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
     let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), check_references };
+    // A service's versions come from its static endpoints, the workloads that
+    // serve it and the endpoints the runtime discovered.
     for r in resources {
-        if let Spec::Service(s) = &r.resource.spec {
-            let versions = s.endpoints.iter().map(|e| e.version.clone()).collect();
-            v.services.insert(r.resource.name().to_string(), versions);
+        let name = r.resource.name().to_string();
+        match &r.resource.spec {
+            Spec::Service(s) => v.services.entry(name).or_default().extend(s.endpoints.iter().map(|e| e.version.clone())),
+            Spec::Workload(w) => v.services.entry(w.service.clone()).or_default().extend([w.version.clone()]),
+            Spec::Endpoints(e) => v.services.entry(name).or_default().extend(e.endpoints.iter().map(|e| e.version.clone())),
+            _ => {}
         }
     }
+    // A mesh (workloads, or listeners that name their proxy) has many proxies;
+    // a standalone proxy's config has at most one.
+    let mesh = resources.iter().any(|r| match &r.resource.spec {
+        Spec::Workload(_) => true,
+        Spec::Listener(l) => l.proxy.is_some(),
+        Spec::Proxy(p) => p.sidecar.is_some(),
+        _ => false,
+    });
     let mut seen = BTreeSet::new();
     let mut policies = BTreeSet::new();
     let mut proxies = 0;
@@ -42,7 +55,7 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
         match &r.resource.spec {
             Spec::Proxy(p) => {
                 proxies += 1;
-                if proxies > 1 {
+                if proxies > 1 && !mesh {
                     v.report(r, "kind", "only one Proxy resource may configure a proxy");
                 }
                 v.proxy(r, p);
@@ -56,6 +69,8 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
                 }
                 v.traffic_policy(r, p)
             }
+            Spec::Workload(w) => v.workload(r, w),
+            Spec::Endpoints(e) => v.endpoints(r, e),
         }
     }
     if v.problems.is_empty() {
@@ -123,6 +138,14 @@ impl Validator {
 
     fn proxy(&mut self, r: &SourcedResource, p: &ProxySpec) {
         self.socket_addr(r, "spec.admin", &p.admin);
+        if let Some(s) = &p.sidecar {
+            self.socket_addr(r, "spec.sidecar.inbound", &s.inbound);
+            self.socket_addr(r, "spec.sidecar.outbound", &s.outbound);
+            self.socket_addr(r, "spec.sidecar.app", &s.app);
+            for (service, address) in &s.upstreams {
+                self.socket_addr(r, &format!("spec.sidecar.upstreams.{service}"), address);
+            }
+        }
         if let Some(t) = &p.tracing {
             if !t.otlp_endpoint.starts_with("http://") && !t.otlp_endpoint.starts_with("https://") {
                 self.report(r, "spec.tracing.otlpEndpoint", "must be an http:// or https:// URL");
@@ -146,6 +169,44 @@ impl Validator {
             }
             (_, Some(b)) => self.backend(r, "spec.tcpBackend", &b.service, b.version.as_deref()),
             _ => {}
+        }
+        if let Some(service) = &l.service {
+            self.backend(r, "spec", service, None);
+        }
+    }
+
+    fn workload(&mut self, r: &SourcedResource, w: &WorkloadSpec) {
+        if !valid_name(&w.service) {
+            self.report(r, "spec.service", format!("invalid service name {:?}", w.service));
+        }
+        if w.command.trim().is_empty() {
+            self.report(r, "spec.command", "a Workload needs a command to run");
+        }
+        if !(1..=64).contains(&w.replicas) {
+            self.report(r, "spec.replicas", format!("{} replicas: must be between 1 and 64", w.replicas));
+        }
+        match w.port {
+            Some(0) => self.report(r, "spec.port", "port must be between 1 and 65535"),
+            Some(_) if w.replicas > 1 => self.report(r, "spec.port", "a fixed port allows one replica; leave `port` out and each replica gets its own in PORT"),
+            _ => {}
+        }
+        for key in w.env.keys() {
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                self.report(r, &format!("spec.env.{key}"), "environment variable names are letters, digits and '_'");
+            }
+        }
+        if let Some(h) = &w.health {
+            match (&h.http, h.tcp) {
+                (Some(path), false) if !path.starts_with('/') => self.report(r, "spec.health.http", format!("{path:?} is not a path starting with '/'")),
+                (Some(_), true) | (None, false) => self.report(r, "spec.health", "give exactly one of `http: /path` or `tcp: true`"),
+                _ => {}
+            }
+        }
+    }
+
+    fn endpoints(&mut self, r: &SourcedResource, e: &EndpointsSpec) {
+        for (i, endpoint) in e.endpoints.iter().enumerate() {
+            self.socket_addr(r, &format!("spec.endpoints[{i}].address"), &endpoint.address);
         }
     }
 

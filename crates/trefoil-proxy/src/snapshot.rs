@@ -406,12 +406,20 @@ impl Compiler<'_> {
             }
         }
         for (name, route, route_spec) in routes {
-            if spec.routes.is_empty() || spec.routes.contains(name) {
-                let mut hosts = route_spec.hosts.clone();
-                if let Some(svc) = &route_spec.service {
-                    hosts.push(svc.clone());
+            if !(spec.routes.is_empty() || spec.routes.contains(name)) {
+                continue;
+            }
+            match &spec.service {
+                // A listener for one service serves that service's routes whatever the Host says.
+                Some(service) if route_spec.service.as_ref() == Some(service) => router.add(route.clone(), &["*".to_string()]),
+                Some(_) => {}
+                None => {
+                    let mut hosts = route_spec.hosts.clone();
+                    if let Some(svc) = &route_spec.service {
+                        hosts.push(svc.clone());
+                    }
+                    router.add(route.clone(), &hosts);
                 }
-                router.add(route.clone(), &hosts);
             }
         }
         ListenerConfig {

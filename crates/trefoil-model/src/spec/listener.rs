@@ -22,6 +22,13 @@ pub struct ListenerSpec {
     /// Where opaque TCP goes (`tcp`, and `auto` when the bytes are not HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_backend: Option<BackendRef>,
+    /// The Proxy that serves this listener; absent means every proxy that is not a sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    /// Every request here is addressed to this service, whatever its Host:
+    /// the service's routes apply (a per-upstream port of a sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Value of the `direction` metric label.
     #[serde(default = "default_direction")]
     pub direction: String,

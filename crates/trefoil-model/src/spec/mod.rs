@@ -1,13 +1,17 @@
 //! The `spec` of each resource kind.
 
+pub mod endpoints;
 pub mod listener;
 pub mod proxy;
 pub mod route;
 pub mod service;
 pub mod traffic_policy;
+pub mod workload;
 
+pub use endpoints::*;
 pub use listener::*;
 pub use proxy::*;
 pub use route::*;
 pub use service::*;
 pub use traffic_policy::*;
+pub use workload::*;

@@ -20,6 +20,30 @@ pub struct ProxySpec {
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_drain")]
     pub drain_timeout: Duration,
+    /// Set when the local runtime registered this proxy as a workload's sidecar;
+    /// the control plane then generates its listeners and routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSpec>,
+}
+
+/// Where a sidecar listens and what it sits in front of.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarSpec {
+    pub workload: String,
+    pub service: String,
+    pub version: String,
+    #[serde(default)]
+    pub replica: u32,
+    /// `ip:port` other proxies send this replica's traffic to.
+    pub inbound: String,
+    /// `ip:port` the app sends any outbound request to; routed by Host.
+    pub outbound: String,
+    /// `ip:port` the app itself listens on.
+    pub app: String,
+    /// Service name -> `ip:port` that reaches that service whatever the Host.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub upstreams: std::collections::BTreeMap<String, String>,
 }
 
 /// OTLP span export.
@@ -56,6 +80,7 @@ impl ProxySpec {
             access_log: default_access_log(),
             tracing: None,
             drain_timeout: default_drain(),
+            sidecar: None,
         }
     }
 }
