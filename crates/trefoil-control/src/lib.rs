@@ -2,6 +2,7 @@
 //! REST API over it. The config compiler and the stream to proxies come next.
 
 pub mod api;
+pub mod compile;
 pub mod openapi;
 pub mod store;
 
