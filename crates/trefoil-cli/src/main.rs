@@ -46,6 +46,8 @@ enum Command {
     Delete(commands::client::DeleteArgs),
     /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
     Demo(commands::demo::Args),
+    /// A small HTTP service for examples: answers with its service and version, can call others, fail or be slow.
+    DemoApp(commands::demo_app::Args),
     /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
@@ -70,7 +72,19 @@ fn main() -> ExitCode {
         Command::Get(args) => commands::client::get(args),
         Command::Delete(args) => commands::client::delete(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::DemoApp(args) => commands::demo_app::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Catches argument clashes in every subcommand, which clap only reports at run time.
+    #[test]
+    fn every_command_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
