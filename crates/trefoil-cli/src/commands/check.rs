@@ -85,6 +85,9 @@ async fn checks(server: &str) -> Vec<Check> {
 async fn proxy_checks(control: &ControlPlane<'_>) -> Vec<Check> {
     let proxies = match control.proxies().await {
         Ok(p) => p,
+        Err(e) if e.status() == Some(404) => {
+            return vec![Check::new("proxies", false, "this control plane does not report proxy status (GET /api/v1/status/proxies answered 404)")];
+        }
         Err(e) => return vec![Check::new("proxies", false, format!("cannot list proxies: {e}"))],
     };
     if proxies.is_empty() {
@@ -104,14 +107,15 @@ fn config_check(p: &ProxyStatus) -> Check {
     if !p.connected {
         return Check::new(name, false, "not connected to the control plane");
     }
-    if let Some(nack) = &p.nack {
-        return Check::new(name, false, format!("refused snapshot {}: {}", version_text(&nack.version), nack.error));
-    }
     let (latest, acked) = (version_text(&p.latest_version), version_text(&p.acked_version));
-    if latest != acked {
-        return Check::new(name, false, format!("runs snapshot {acked}, newest is {latest}"));
+    // A NACK of an older snapshot is history once a newer one is acknowledged.
+    if latest == acked && acked != "-" {
+        return Check::new(name, true, format!("connected, snapshot {acked} acknowledged"));
     }
-    Check::new(name, true, format!("connected, snapshot {acked} acknowledged"))
+    match &p.nack {
+        Some(nack) => Check::new(name, false, format!("refused snapshot {}: {}", version_text(&nack.version), nack.error)),
+        None => Check::new(name, false, format!("runs snapshot {acked}, newest is {latest}")),
+    }
 }
 
 async fn ready_check(fetcher: &Fetcher, p: &ProxyStatus) -> Check {
@@ -159,4 +163,36 @@ fn ready_replicas(endpoints: &[Resource]) -> BTreeMap<(&str, &str), usize> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(json: &str) -> ProxyStatus {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_proxy_passes_when_connected_and_on_the_newest_snapshot() {
+        let c = config_check(&status(r#"{"name":"gw","connected":true,"adminAddress":"127.0.0.1:1","latestVersion":7,"ackedVersion":7}"#));
+        assert!(c.ok, "{}", c.detail);
+        assert_eq!(c.name, "proxy gw");
+    }
+
+    #[test]
+    fn a_proxy_fails_when_disconnected_behind_or_nacking() {
+        let c = config_check(&status(r#"{"name":"gw","connected":false,"latestVersion":7,"ackedVersion":7}"#));
+        assert!(!c.ok && c.detail.contains("not connected"));
+        let c = config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7}"#));
+        assert!(!c.ok);
+        assert_eq!(c.detail, "runs snapshot 7, newest is 8");
+        let c = config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7,"nack":{"version":8,"error":"snapshot 8: spec.rules: bad"}}"#));
+        assert!(!c.ok);
+        assert_eq!(c.detail, "refused snapshot 8: snapshot 8: spec.rules: bad");
+        // Never acknowledged anything.
+        assert!(!config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":"3"}"#)).ok);
+        // An old NACK does not matter once the newest snapshot is acknowledged.
+        assert!(config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":9,"ackedVersion":9,"nack":{"version":8,"error":"x"}}"#)).ok);
+    }
 }
