@@ -207,7 +207,7 @@ fn endpoint_views(service: Option<&Resource>, discovered: &EndpointsSpec, worklo
     if let Some(Spec::Service(s)) = service.map(|r| &r.spec) {
         out.extend(s.endpoints.iter().map(|e| EndpointView { address: e.address.clone(), version: e.version.clone(), ready: true, source: "static".to_string() }));
     }
-    out.extend(discovered.endpoints.iter().filter(|e| workload.is_none_or(|w| e.workload == w)).map(|e| EndpointView {
+    out.extend(discovered.endpoints.iter().filter(|e| !matches!(workload, Some(w) if e.workload != w)).map(|e| EndpointView {
         address: e.address.clone(),
         version: e.version.clone(),
         ready: e.ready,
@@ -251,7 +251,7 @@ async fn route_related(control: &ControlPlane<'_>, resource: Option<&Value>) -> 
         for b in &rule.backends {
             let service = parse(control.get("Service", &b.service).await?.as_ref());
             let discovered = discovered(control, &b.service).await?;
-            let ready_endpoints = endpoint_views(service.as_ref(), &discovered, None).iter().filter(|e| e.ready && b.version.as_ref().is_none_or(|v| &e.version == v)).count();
+            let ready_endpoints = endpoint_views(service.as_ref(), &discovered, None).iter().filter(|e| e.ready && !matches!(&b.version, Some(v) if &e.version != v)).count();
             backends.push(BackendView { rule: i, service: b.service.clone(), version: b.version.clone(), weight: b.weight, ready_endpoints });
         }
     }
