@@ -232,6 +232,15 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     assert!(text(&out).contains("Route/nope not found"), "{}", text(&out));
     let out = trefoil(&["describe", "proxy", "nope", "--server", &control.url]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
+    control.apply(&dir, &format!("{API}\nkind: Proxy\nmetadata: {{name: gw}}\nspec: {{admin: \"{}\"}}\n", addr()));
+    let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = json_of(&out);
+    assert_eq!(d["resource"]["kind"], "Proxy");
+    let related = &d["related"];
+    assert!(related["status"]["name"] == "gw" || related["statusError"].as_str().is_some_and(|e| e.contains("/api/v1/status/proxies")), "{related}");
     drop(control);
     let out = trefoil(&["describe", "route", "web", "--server", &format!("http://{}", addr())]);
     assert_eq!(out.status.code(), Some(1));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::observe::control_plane::ControlPlane;
+use crate::observe::control_plane::{ControlPlane, ProxyStatus};
 use crate::observe::fetch::Fetcher;
 use crate::observe::promtext::{self, Sample};
 use crate::observe::traffic::{self, Growth, Key, Row};
@@ -89,9 +89,19 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn top(args: Args) -> ExitCode {
+    // One listener for the whole run, so a Ctrl-C during a scrape is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::select! {
+        _ = interrupted => exit::ok(),
+        code = refresh(&args) => code,
+    }
+}
+
+/// Prints a sample every interval; returns after one with `--once` or `-o json|yaml`.
+async fn refresh(args: &Args) -> ExitCode {
     let fetcher = Fetcher::new(Duration::from_secs(2).min(args.interval.get().max(Duration::from_millis(500))));
     let once = args.once || args.output != Format::Table;
-    let mut targets = match targets(&args, &fetcher).await {
+    let mut targets = match targets(args, &fetcher).await {
         Ok(t) => t,
         Err(message) => {
             eprintln!("error: {message}");
@@ -102,10 +112,7 @@ async fn top(args: Args) -> ExitCode {
     let mut taken = Instant::now();
     let clear = std::io::stdout().is_terminal();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(args.interval.get()) => {}
-            _ = tokio::signal::ctrl_c() => return exit::ok(),
-        }
+        tokio::time::sleep(args.interval.get()).await;
         let (current, failures) = scrape_all(&fetcher, &targets).await;
         let seconds = taken.elapsed().as_secs_f64();
         taken = Instant::now();
@@ -125,7 +132,7 @@ async fn top(args: Args) -> ExitCode {
         previous = current;
         // The set of proxies changes as workloads scale; keep the last list if
         // the control plane is away for a moment.
-        match self::targets(&args, &fetcher).await {
+        match self::targets(args, &fetcher).await {
             Ok(t) => targets = t,
             Err(message) => eprintln!("warning: {message}; showing the proxies known before"),
         }
@@ -141,13 +148,17 @@ async fn targets(args: &Args, fetcher: &Fetcher) -> Result<Vec<Target>, String> 
         Some(404) => format!("{e} (this control plane does not report proxies; name them with --proxy ADMIN_ADDR)"),
         _ => e.to_string(),
     })?;
-    Ok(proxies
+    Ok(targets_of(proxies))
+}
+
+fn targets_of(proxies: Vec<ProxyStatus>) -> Vec<Target> {
+    proxies
         .into_iter()
         .map(|p| {
             let admin = p.admin_address.filter(|a| !a.is_empty()).ok_or_else(|| "the control plane knows no admin address for it".to_string());
             Target { name: p.name, admin }
         })
-        .collect())
+        .collect()
 }
 
 /// Scrapes every target at once; failures are kept by proxy name.
@@ -228,5 +239,50 @@ fn latency(seconds: Option<f64>) -> String {
         Some(s) if s >= 1.0 => format!("{s:.2}s"),
         Some(s) if s >= 0.01 => format!("{:.0}ms", s * 1000.0),
         Some(s) => format!("{:.2}ms", s * 1000.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(requests: f64) -> Vec<Sample> {
+        promtext::parse(&format!("trefoil_requests_total{{direction=\"inbound\",service=\"web\",version=\"v1\",status_code=\"200\"}} {requests}\n")).unwrap()
+    }
+
+    fn target(name: &str) -> Target {
+        Target { name: name.to_string(), admin: Ok(format!("{name}:15000")) }
+    }
+
+    #[test]
+    fn replicas_add_up_and_late_or_silent_proxies_are_listed() {
+        let targets = [target("a"), target("b"), target("late"), target("down")];
+        let previous: Scrapes = [("a".to_string(), samples(10.0)), ("b".to_string(), samples(0.0)), ("down".to_string(), samples(5.0))].into();
+        let current: Scrapes = [("a".to_string(), samples(30.0)), ("b".to_string(), samples(20.0)), ("late".to_string(), samples(1000.0))].into();
+        let failures = [("down".to_string(), "proxy down is not reachable: connection refused".to_string())].into();
+        let r = report(&targets, &previous, &current, &failures, 2.0);
+        assert_eq!(r.services.len(), 1);
+        // a and b grew 20 each; `late` has no start of window, so it waits a round.
+        assert_eq!(r.services[0].requests, 40.0);
+        assert_eq!(r.services[0].rps, 20.0);
+        let reachable: Vec<(&str, bool)> = r.proxies.iter().map(|p| (p.name.as_str(), p.reachable)).collect();
+        assert_eq!(reachable, [("a", true), ("b", true), ("late", true), ("down", false)]);
+        assert_eq!(r.proxies[3].error.as_deref(), Some("proxy down is not reachable: connection refused"));
+    }
+
+    #[test]
+    fn a_proxy_without_an_admin_address_is_unreachable_with_the_reason() {
+        let proxies: Vec<ProxyStatus> = serde_json::from_str(r#"[{"name":"gw","connected":true,"adminAddress":"127.0.0.1:15000"},{"name":"web-0","connected":false}]"#).unwrap();
+        let targets = targets_of(proxies);
+        assert_eq!(targets[0].admin.as_deref(), Ok("127.0.0.1:15000"));
+        assert!(targets[1].admin.as_ref().unwrap_err().contains("no admin address"));
+    }
+
+    #[test]
+    fn latency_reads_at_a_glance() {
+        assert_eq!(latency(None), "-");
+        assert_eq!(latency(Some(0.00042)), "0.42ms");
+        assert_eq!(latency(Some(0.0375)), "38ms");
+        assert_eq!(latency(Some(1.5)), "1.50s");
     }
 }
