@@ -151,6 +151,29 @@ mod tests {
         assert_eq!(samples[3].value, 0.0015);
     }
 
+    /// Writes a sample as the exposition format escapes it.
+    fn render(name: &str, labels: &BTreeMap<String, String>, value: f64) -> String {
+        let escaped: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))).collect();
+        format!("{name}{{{}}} {value}", escaped.join(","))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_is_written_reads_back(
+            name in "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
+            labels in proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,10}", "(\\PC|\n){0,12}", 0..5),
+            value in proptest::num::f64::NORMAL | proptest::num::f64::ZERO,
+        ) {
+            let samples = parse(&render(&name, &labels, value)).unwrap();
+            proptest::prop_assert_eq!(samples, vec![Sample { name, labels, value }]);
+        }
+
+        #[test]
+        fn never_panics(text in "\\PC{0,80}") {
+            let _ = parse(&text);
+        }
+    }
+
     #[test]
     fn names_the_line_of_a_broken_sample() {
         assert_eq!(parse("ok 1\nbad{a=\"1\" 2\n").unwrap_err().line, 2);
