@@ -39,10 +39,23 @@ pub struct Nack {
     pub error: String,
 }
 
+/// A list answer: `{"items": [...]}` as the resource lists are, or a bare array.
 #[derive(Deserialize)]
-struct List<T> {
-    #[serde(default = "Vec::new")]
-    items: Vec<T>,
+#[serde(untagged)]
+enum List<T> {
+    Wrapped {
+        #[serde(default = "Vec::new")]
+        items: Vec<T>,
+    },
+    Bare(Vec<T>),
+}
+
+impl<T> List<T> {
+    fn items(self) -> Vec<T> {
+        match self {
+            List::Wrapped { items } | List::Bare(items) => items,
+        }
+    }
 }
 
 /// The control plane's REST API at `base`.
@@ -65,7 +78,7 @@ impl ControlPlane<'_> {
 
     /// Every resource of `kind`.
     pub async fn list(&self, kind: &str) -> Result<Vec<Resource>, FetchError> {
-        Ok(self.fetcher.json::<List<Resource>>(WHAT, self.base, &format!("/api/v1/{kind}")).await?.items)
+        Ok(self.fetcher.json::<List<Resource>>(WHAT, self.base, &format!("/api/v1/{kind}")).await?.items())
     }
 
     /// One resource as the API shows it; `None` when it does not exist.
@@ -79,7 +92,7 @@ impl ControlPlane<'_> {
 
     /// Every proxy the control plane knows, connected or not.
     pub async fn proxies(&self) -> Result<Vec<ProxyStatus>, FetchError> {
-        Ok(self.fetcher.json::<List<ProxyStatus>>(WHAT, self.base, "/api/v1/status/proxies").await?.items)
+        Ok(self.fetcher.json::<List<ProxyStatus>>(WHAT, self.base, "/api/v1/status/proxies").await?.items())
     }
 }
 
@@ -89,5 +102,25 @@ pub fn version_text(v: &Option<Value>) -> String {
         None | Some(Value::Null) => "-".to_string(),
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_reads_wrapped_or_bare() {
+        let wrapped: List<ProxyStatus> = serde_json::from_str(r#"{"items":[{"name":"gw","connected":true,"latestVersion":3,"ackedVersion":3,"nack":null}]}"#).unwrap();
+        let bare: List<ProxyStatus> = serde_json::from_str(r#"[{"name":"gw"}]"#).unwrap();
+        assert_eq!(wrapped.items()[0].name, "gw");
+        assert_eq!(bare.items()[0].name, "gw");
+    }
+
+    #[test]
+    fn versions_print_the_same_as_numbers_or_strings() {
+        assert_eq!(version_text(&Some(serde_json::json!(3))), "3");
+        assert_eq!(version_text(&Some(serde_json::json!("3"))), "3");
+        assert_eq!(version_text(&None), "-");
     }
 }
