@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad input.
 
 mod commands;
+mod observe;
 mod output;
 
 use std::process::ExitCode;
@@ -52,6 +53,15 @@ enum Command {
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
     Validate(commands::validate::Args),
+    /// Live requests per second, success rate and p50/p99 latency per service and version.
+    #[command(long_about = commands::top::ABOUT)]
+    Top(commands::top::Args),
+    /// Check the control plane, proxies and workloads; one line per check, exit 1 if any fails.
+    #[command(long_about = commands::check::ABOUT)]
+    Check(commands::check::Args),
+    /// Show a resource and what relates to it (endpoints, workloads, routes, status).
+    #[command(long_about = commands::describe::ABOUT)]
+    Describe(commands::describe::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -75,6 +85,9 @@ fn main() -> ExitCode {
         Command::DemoApp(args) => commands::demo_app::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Top(args) => commands::top::run(args),
+        Command::Check(args) => commands::check::run(args),
+        Command::Describe(args) => commands::describe::run(args),
     }
 }
 
