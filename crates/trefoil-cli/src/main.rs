@@ -36,7 +36,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane: the resource store and its REST API.
+    /// Run the control plane: the resource store, its REST API and the config stream to proxies.
     Control(commands::control::Args),
     /// Create or replace resources from files in the control plane (validated locally first).
     Apply(commands::client::ApplyArgs),

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use client::{ClientError, ConfigStreamClient};
 pub use messages::{proxy_message, Ack, Hello, Nack, ProxyMessage, Snapshot};
 pub use server::{serve, ConfigStream, ConfigStreamServer};
+pub use tonic::transport::Error as TransportError;
 pub use tonic::{Request, Response, Status, Streaming};
 
 /// The gRPC service name.
