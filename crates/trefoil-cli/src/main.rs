@@ -46,7 +46,8 @@ enum Command {
     Delete(commands::client::DeleteArgs),
     /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
     Demo(commands::demo::Args),
-    /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
+    /// Run a proxy from a config file (reloads on SIGHUP or change) or from the control plane (--control).
+    #[command(long_about = commands::proxy::LONG_ABOUT)]
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
     Validate(commands::validate::Args),
