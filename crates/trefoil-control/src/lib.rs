@@ -62,7 +62,9 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     // Both sockets first: a control plane that cannot serve either does not start.
     let rest = bind(options.listen).await?;
     let grpc = bind(options.grpc_listen).await?;
-    tracing::info!(address = %options.listen, grpc = %options.grpc_listen, data = %options.data_dir.display(), revision = store.revision(), "control plane listening");
+    // The bound addresses, not the requested ones: port 0 picks a free port.
+    let local = |l: &tokio::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    tracing::info!(address = %local(&rest, options.listen), grpc = %local(&grpc, options.grpc_listen), data = %options.data_dir.display(), revision = store.revision(), "control plane listening");
 
     let proxies = Arc::new(proxies::Proxies::default());
     let (stop, stop_rx) = watch::channel(false);

@@ -12,12 +12,25 @@ use crate::{ProxyMessage, Snapshot, MAX_MESSAGE_BYTES, SERVICE, STREAM_PATH};
 /// Why the stream could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid control plane address {address:?}: {source}")]
+    #[error("invalid control plane address {address:?}: {}", chain(source))]
     Address { address: String, source: tonic::transport::Error },
-    #[error("cannot connect to the control plane at {address}: {source}")]
+    #[error("cannot connect to the control plane at {address}: {}", chain(source))]
     Connect { address: String, source: tonic::transport::Error },
     #[error("the control plane refused the stream: {0}")]
     Refused(#[from] Status),
+}
+
+/// An error and its causes on one line: a transport error alone says only
+/// "transport error"; the cause (connection refused, timed out) is below it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A connection to the control plane's config stream service.
