@@ -253,3 +253,40 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     wait_served_by(public, "two");
     assert!(control.wait_in_sync("edge")["ackedVersion"].as_u64() > Some(before));
 }
+
+#[test]
+fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
+    let dir = scratch_dir();
+    let (api, grpc, public) = (addr(), addr(), addr());
+    let one = TestServer::named("one");
+    let control = Control::start(&dir.join("data"), api, grpc);
+    let _proxy = StreamProxy::start(&dir, grpc, "edge");
+    control.put("Listener", "public", &listener_doc("public", public));
+    control.put("Service", "one", &service_doc("one", one.addr()));
+    control.wait_in_sync("edge");
+    let sent_before = control.log().matches("sending snapshot").count();
+
+    // 300 writes as fast as the API takes them: debounced into a few snapshots.
+    const ROUTES: usize = 300;
+    for i in 0..ROUTES {
+        control.put("Route", &format!("r{i}"), &format!("{API}\nkind: Route\nmetadata: {{name: r{i}}}\nspec:\n  hosts: [r{i}.local]\n  rules:\n  - backends: [{{service: one}}]\n"));
+    }
+    let last = format!("r{}.local", ROUTES - 1);
+    wait_until("the last route to be served", WAIT, || http_request(public, "GET", &last, "/", &[], b"").is_ok_and(|r| r.0 == 200));
+    control.wait_in_sync("edge");
+    let sent = control.log().matches("sending snapshot").count() - sent_before;
+    assert!(sent < ROUTES / 10, "{sent} snapshots for {ROUTES} writes");
+
+    // A reference the API accepts (resources may arrive in any order) but the
+    // proxy's compile rejects: the NACK points into the snapshot.
+    control.put("Route", "broken", &format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [broken.local]\n  rules:\n  - backends: [{{service: nowhere}}]\n"));
+    let mut status = Value::Null;
+    wait_until("the NACK", WAIT, || {
+        status = control.status("edge").unwrap_or_default();
+        !status["nack"].is_null()
+    });
+    let error = status["nack"]["error"].as_str().unwrap_or_default();
+    let version = status["nack"]["version"].as_u64().unwrap();
+    assert!(error.starts_with(&format!("snapshot {version}:")) && error.contains("spec.rules[0].backends[0].service") && error.contains("nowhere"), "{error}");
+    assert_eq!(http_request(public, "GET", &last, "/", &[], b"").map(|r| r.0).ok(), Some(200), "the old config keeps serving");
+}
