@@ -114,6 +114,18 @@ impl StreamProxy {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// SIGTERM, then its exit code once it has drained.
+    fn terminate(&mut self) -> Option<i32> {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM failed");
+        let mut code = None;
+        wait_until("the proxy to exit after SIGTERM", WAIT, || {
+            code = self.child.try_wait().ok().flatten().map(|s| s.code());
+            code.is_some()
+        });
+        code.flatten()
+    }
 }
 
 impl Drop for StreamProxy {
@@ -228,7 +240,7 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     let (api, grpc, public) = (addr(), addr(), addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
     let mut control = Control::start(&data, api, grpc);
-    let proxy = StreamProxy::start(&dir, grpc, "edge");
+    let mut proxy = StreamProxy::start(&dir, grpc, "edge");
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
     let before = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
@@ -252,6 +264,11 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     control.put("Route", "web", &route_doc("two"));
     wait_served_by(public, "two");
     assert!(control.wait_in_sync("edge")["ackedVersion"].as_u64() > Some(before));
+
+    // SIGTERM still drains and exits cleanly; the control plane sees it go.
+    assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
+    assert!(proxy.log().contains("drained"), "{}", proxy.log());
+    wait_until("the control plane to see the proxy go", WAIT, || control.status("edge").is_some_and(|s| s["connected"] == false));
 }
 
 #[test]
