@@ -37,7 +37,7 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane: the resource store and its REST API.
+    /// Run the control plane: the resource store, its REST API and the config stream to proxies.
     Control(commands::control::Args),
     /// Create or replace resources from files in the control plane (validated locally first).
     Apply(commands::client::ApplyArgs),
@@ -49,7 +49,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// A small HTTP service for examples: answers with its service and version, can call others, fail or be slow.
     DemoApp(commands::demo_app::Args),
-    /// Run a standalone proxy from a config file or directory; reloads on SIGHUP or file change.
+    /// Run a proxy from a config file (reloads on SIGHUP or change) or from the control plane (--control).
+    #[command(long_about = commands::proxy::LONG_ABOUT)]
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
     Validate(commands::validate::Args),

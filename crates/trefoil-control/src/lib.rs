@@ -1,14 +1,20 @@
-//! Trefoil's control plane: the embedded crash-safe resource store and the
-//! REST API over it. The config compiler and the stream to proxies come next.
+//! Trefoil's control plane: the embedded crash-safe resource store, the REST
+//! API over it, and the config stream that sends each proxy its snapshot.
 
 pub mod api;
 pub mod compile;
+pub mod config_stream;
 pub mod openapi;
+pub mod proxies;
+pub mod status;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 /// Where the control plane keeps its data and listens.
 pub struct ControlOptions {
@@ -16,7 +22,15 @@ pub struct ControlOptions {
     pub data_dir: PathBuf,
     /// REST API address.
     pub listen: SocketAddr,
+    /// Config stream (gRPC) address, where proxies connect.
+    pub grpc_listen: SocketAddr,
 }
+
+/// The config stream's default address.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7071";
+
+/// How long open config streams get to close at shutdown.
+const STREAM_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -28,13 +42,49 @@ pub enum ControlError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("API server: {0}")]
     Serve(std::io::Error),
+    #[error("config stream server: {0}")]
+    Grpc(#[from] trefoil_wire::TransportError),
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControlError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Runs the control plane until `shutdown` resolves.
 pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ControlError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ControlError::DataDir { path: options.data_dir.clone(), source })?;
     let store = Arc::new(store::Store::open(options.data_dir.join("store.db"))?);
-    let listener = tokio::net::TcpListener::bind(options.listen).await.map_err(|source| ControlError::Bind { addr: options.listen, source })?;
-    tracing::info!(address = %options.listen, data = %options.data_dir.display(), revision = store.revision(), "control plane listening");
-    axum::serve(listener, api::router(store)).with_graceful_shutdown(shutdown).await.map_err(ControlError::Serve)
+    // Both sockets first: a control plane that cannot serve either does not start.
+    let rest = bind(options.listen).await?;
+    let grpc = bind(options.grpc_listen).await?;
+    // The bound addresses, not the requested ones: port 0 picks a free port.
+    let local = |l: &tokio::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    tracing::info!(address = %local(&rest, options.listen), grpc = %local(&grpc, options.grpc_listen), data = %options.data_dir.display(), revision = store.revision(), "control plane listening");
+
+    let proxies = Arc::new(proxies::Proxies::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let closing = proxies.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        // Streams never end on their own: end ours so the gRPC server can finish.
+        closing.close_all();
+    });
+    let distributor = tokio::spawn(config_stream::distribute(store.clone(), proxies.clone()));
+    let service = config_stream::ConfigStreamService::new(store.clone(), proxies.clone());
+    let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
+    let app = api::router(store.clone()).merge(status::router(store, proxies));
+    let served = axum::serve(rest, app).with_graceful_shutdown(stopped(stop_rx)).await;
+    distributor.abort();
+    match tokio::time::timeout(STREAM_CLOSE_GRACE, grpc).await {
+        Ok(Ok(Err(e))) => return Err(e.into()),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("config streams did not close in time"),
+    }
+    served.map_err(ControlError::Serve)
 }

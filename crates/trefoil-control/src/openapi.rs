@@ -37,6 +37,12 @@ pub fn document() -> Value {
                     "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "404": error}
                 }
             },
+            "/api/v1/status/proxies": {
+                "get": {
+                    "summary": "Every proxy known from a Proxy resource or a config stream: connected, admin address, latest and acked snapshot versions, the last rejection",
+                    "responses": {"200": {"description": "the proxies", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProxyStatusList"}}}}}
+                }
+            },
             "/api/v1/{kind}/{name}": {
                 "get": {"summary": "Read a resource", "parameters": [kind, name], "responses": {"200": resource, "404": error}},
                 "put": {
@@ -69,6 +75,20 @@ pub fn document() -> Value {
                 }
             },
             "List": {"type": "object", "properties": {"kind": {"type": "string"}, "resourceVersion": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
+            "ProxyStatusList": {"type": "object", "required": ["items"], "properties": {"kind": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/ProxyStatus"}}}},
+            "ProxyStatus": {
+                "type": "object",
+                "required": ["name", "connected"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "connected": {"type": "boolean"},
+                    "adminAddress": {"type": "string", "nullable": true},
+                    "latestVersion": {"type": "integer", "nullable": true, "description": "the newest snapshot compiled for this proxy"},
+                    "ackedVersion": {"type": "integer", "nullable": true, "description": "the snapshot the proxy said it serves"},
+                    "nack": {"type": "object", "nullable": true, "properties": {"version": {"type": "integer"}, "error": {"type": "string"}}},
+                    "lastSeen": {"type": "string", "nullable": true, "description": "RFC 3339"}
+                }
+            },
             "Error": {"type": "object", "properties": {
                 "error": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object", "properties": {

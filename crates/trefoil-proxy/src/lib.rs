@@ -2,10 +2,12 @@
 //! [`listener`] (accept, TLS, detect) -> [`http::proxy`] (route, filters,
 //! mirror, attempts) -> [`balancer`] -> [`upstream`]; [`tcp`] for opaque
 //! streams. [`snapshot`] compiles resources into the tables all of these
-//! read, swapped atomically by [`runtime`] on reload.
+//! read, swapped atomically by [`runtime`] on reload; the resources come from
+//! files or from the control plane through [`control_client`].
 
 pub mod admin;
 pub mod balancer;
+pub mod control_client;
 pub mod endpoint;
 pub mod h1_pool;
 pub mod health;
@@ -20,4 +22,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
-pub use runtime::{load, run, ProxyOptions, StartError};
+pub use runtime::{load, run, ConfigSource, ProxyOptions, StartError};

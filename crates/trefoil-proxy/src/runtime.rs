@@ -1,5 +1,6 @@
-//! Running a proxy from a config file: start, hot reload (SIGHUP or file
-//! change), graceful shutdown.
+//! Running a proxy: start, hot reload, graceful shutdown. The config comes
+//! from a file (reloaded on SIGHUP or file change) or from the control
+//! plane's config stream; both go through the same apply step.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,17 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use trefoil_model::Diagnostics;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use trefoil_model::{Diagnostics, SourcedResource};
 
+use crate::control_client::{self, Apply};
 use crate::listener_set::{Listeners, Workers};
 use crate::snapshot::{compile, Shared, Snapshot};
 use crate::state::{ProxyState, Telemetry};
 use crate::telemetry::metrics::ResultLabels;
 use crate::{admin, health, listener};
 
-/// Why a proxy could not start.
+/// Why a proxy could not start, or why a config was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The configuration is invalid (exit code 2).
@@ -30,12 +33,20 @@ pub enum StartError {
     Other(#[from] anyhow::Error),
 }
 
+/// Where the proxy's config comes from.
+pub enum ConfigSource {
+    /// A file or a directory of files; reloaded on SIGHUP and, with `watch`,
+    /// when the files change.
+    File { path: PathBuf, watch: bool, watch_interval: Duration },
+    /// Snapshots from the control plane's config stream at `address`, for the
+    /// proxy called `name`.
+    Control { address: String, name: String },
+}
+
 pub struct ProxyOptions {
-    pub config: PathBuf,
-    /// Reload when the file changes, not only on SIGHUP.
-    pub watch: bool,
-    pub watch_interval: Duration,
-    /// Overrides the admin address of the config.
+    pub source: ConfigSource,
+    /// Overrides the admin address of the config (in control mode: where the
+    /// admin listener is before any snapshot arrives).
     pub admin: Option<SocketAddr>,
     /// Data-plane threads, each with its own event loop, sockets and upstream pools.
     pub workers: usize,
@@ -69,110 +80,211 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
     let workers = options.workers.max(1);
     let shared = Arc::new(Shared::new(workers));
-    let mut first = load(&options.config, &shared, 1).map_err(StartError::Config)?;
-    if let Some(admin) = options.admin {
-        first.settings.admin = admin.to_string();
-    }
-    let name = first
-        .resources
-        .iter()
-        .find(|r| r.kind() == "Proxy")
-        .map(|r| r.name().to_string())
-        .unwrap_or_else(|| "proxy".to_string());
-    let telemetry = Telemetry::build(&first.settings, &name, &shared)?;
-    let admin_addr: SocketAddr = first.settings.admin.parse().map_err(|_| anyhow::anyhow!("invalid admin address {}", first.settings.admin))?;
-    let drain = first.settings.drain_timeout.get();
-    shared.metrics.config_version.set(first.version as i64);
-    let state = Arc::new(ProxyState {
-        name,
-        snapshot: ArcSwap::from_pointee(first),
-        shared: shared.clone(),
-        telemetry: ArcSwap::from_pointee(telemetry),
-        ready: AtomicBool::new(false),
-    });
-
-    let admin_socket = listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
-    let (admin_stop, admin_stopped) = watch::channel(false);
-    tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
-    tracing::info!(address = %admin_addr, "admin listening");
-
-    let mut listeners = Listeners::new(Workers::start(workers).map_err(anyhow::Error::from)?);
-    let bound = listeners.bind_new(&state.snapshot.load())?;
-    listeners.start(&state, bound);
-    let mut checks = health::start(&state.snapshot.load(), shared.clone());
-    state.ready.store(true, Ordering::Relaxed);
-    tracing::info!(version = 1, config = %options.config.display(), "proxy ready");
-
-    let mut hangup = signal(SignalKind::hangup()).map_err(anyhow::Error::from)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(anyhow::Error::from)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(anyhow::Error::from)?;
-    let mut ticker = tokio::time::interval(options.watch_interval);
-    let mut seen = fingerprint(&options.config);
-    let mut version = 1;
-    let mut shutdown = options.shutdown.clone();
-    loop {
-        let trigger = tokio::select! {
-            _ = hangup.recv() => "SIGHUP",
-            _ = ticker.tick(), if options.watch => {
-                let now = fingerprint(&options.config);
-                if now == seen { continue }
-                seen = now;
-                "file change"
+    let mut signals = Signals::new(options.shutdown)?;
+    match options.source {
+        ConfigSource::File { ref path, watch, watch_interval } => {
+            let first = load(path, &shared, 1).map_err(StartError::Config)?;
+            let name = first.resources.iter().find(|r| r.kind() == "Proxy").map(|r| r.name().to_string()).unwrap_or_else(|| "proxy".to_string());
+            let mut running = Running::start(first, name, options.admin, &shared, workers)?;
+            running.state.ready.store(true, Ordering::Relaxed);
+            tracing::info!(version = 1, config = %path.display(), "proxy ready");
+            let mut ticker = tokio::time::interval(watch_interval);
+            let mut seen = fingerprint(path);
+            loop {
+                let trigger = tokio::select! {
+                    _ = signals.hangup.recv() => "SIGHUP",
+                    _ = ticker.tick(), if watch => {
+                        let now = fingerprint(path);
+                        if now == seen { continue }
+                        seen = now;
+                        "file change"
+                    }
+                    _ = signals.stop.wait() => break,
+                };
+                let version = running.version() + 1;
+                let _ = running.reload(trefoil_model::load_path(path), version, trigger);
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = async { match shutdown.as_mut() { Some(rx) => { let _ = rx.wait_for(|stop| *stop).await; } None => std::future::pending().await } } => break,
-        };
-        version += 1;
-        match reload(&state, &options, &mut listeners, version) {
-            Ok(()) => {
-                checks = health::start(&state.snapshot.load(), shared.clone());
-                shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
-                shared.metrics.config_version.set(version as i64);
-                tracing::info!(version, trigger, "configuration reloaded");
+            running.drain().await;
+        }
+        ConfigSource::Control { ref address, ref name } => {
+            // The admin listener answers at once; /ready says 503 until the
+            // first snapshot is in force.
+            let mut empty = compile(&[], &shared, 0).map_err(StartError::Config)?;
+            if options.admin.is_none() {
+                tracing::info!(address = %empty.settings.admin, "no --admin given; using the default admin address");
             }
-            Err(e) => {
-                version -= 1;
-                shared.metrics.config_reloads.get_or_create(&ResultLabels { result: "failure" }).inc();
-                for line in e.to_string().lines() {
-                    tracing::error!(trigger, "reload rejected, keeping config version {version}: {line}");
+            empty.settings.admin = options.admin.map_or(empty.settings.admin, |a| a.to_string());
+            let mut running = Running::start(empty, name.clone(), options.admin, &shared, workers)?;
+            let admin_address = running.state.snapshot.load().settings.admin.clone();
+            let (applies, mut incoming) = mpsc::channel::<Apply>(1);
+            let client = tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, applies));
+            tracing::info!(control = %address, proxy = %name, "waiting for the first snapshot from the control plane");
+            loop {
+                tokio::select! {
+                    apply = incoming.recv() => {
+                        let Some(apply) = apply else { break };
+                        let result = running.reload(apply.sources, apply.version, "control plane");
+                        if result.is_ok() && !running.state.ready.swap(true, Ordering::Relaxed) {
+                            tracing::info!(version = apply.version, control = %address, "proxy ready");
+                        }
+                        let _ = apply.done.send(result.map_err(|e| e.to_string()));
+                    }
+                    _ = signals.hangup.recv() => tracing::info!("SIGHUP ignored: the config comes from the control plane"),
+                    _ = signals.stop.wait() => break,
                 }
             }
+            client.abort();
+            running.drain().await;
         }
-    }
-
-    tracing::info!(deadline = ?drain, "shutting down: no new connections, draining in-flight requests");
-    state.ready.store(false, Ordering::Relaxed);
-    listeners.stop_all();
-    let _ = admin_stop.send(true);
-    drop(checks);
-    match tokio::time::timeout(drain, listeners.drain()).await {
-        Ok(()) => tracing::info!("drained; bye"),
-        Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
     }
     Ok(())
 }
 
-fn reload(state: &Arc<ProxyState>, options: &ProxyOptions, listeners: &mut Listeners, version: u64) -> Result<(), StartError> {
-    let shared = &state.shared;
-    let mut next = load(&options.config, shared, version).map_err(StartError::Config)?;
-    if let Some(admin) = options.admin {
-        next.settings.admin = admin.to_string();
+/// The signals a proxy reacts to.
+struct Signals {
+    hangup: Signal,
+    stop: Stop,
+}
+
+/// What ends a proxy: SIGTERM, SIGINT or the embedder's shutdown signal.
+struct Stop {
+    terminate: Signal,
+    interrupt: Signal,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl Signals {
+    fn new(shutdown: Option<watch::Receiver<bool>>) -> Result<Self, StartError> {
+        let listen = |kind| signal(kind).map_err(anyhow::Error::from);
+        Ok(Signals { hangup: listen(SignalKind::hangup())?, stop: Stop { terminate: listen(SignalKind::terminate())?, interrupt: listen(SignalKind::interrupt())?, shutdown } })
     }
-    let current = state.snapshot.load();
-    // The admin socket is bound once; a different address takes a restart.
-    if next.settings.admin != current.settings.admin {
-        tracing::warn!(from = %current.settings.admin, to = %next.settings.admin, "admin address changes need a restart; keeping the old one");
-        next.settings.admin = current.settings.admin.clone();
+}
+
+impl Stop {
+    /// Resolves when the proxy should shut down.
+    async fn wait(&mut self) {
+        let Stop { terminate, interrupt, shutdown } = self;
+        let embedder = async {
+            match shutdown.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = embedder => {}
+        }
     }
-    let bound = listeners.bind_new(&next)?;
-    if !state.telemetry.load().matches(&next.settings) {
-        state.telemetry.store(Arc::new(Telemetry::build(&next.settings, &state.name, shared)?));
+}
+
+/// A proxy serving: its state, sockets, health checks and admin listener.
+struct Running {
+    state: Arc<ProxyState>,
+    listeners: Listeners,
+    checks: JoinSet<()>,
+    admin_stop: watch::Sender<bool>,
+    /// `--admin`, which wins over every config's `admin`.
+    admin_override: Option<SocketAddr>,
+}
+
+impl Running {
+    /// Binds the admin listener and the first snapshot's listeners and starts serving (not yet ready).
+    fn start(mut first: Snapshot, name: String, admin_override: Option<SocketAddr>, shared: &Arc<Shared>, workers: usize) -> Result<Self, StartError> {
+        if let Some(admin) = admin_override {
+            first.settings.admin = admin.to_string();
+        }
+        let telemetry = Telemetry::build(&first.settings, &name, shared)?;
+        let admin_addr: SocketAddr = first.settings.admin.parse().map_err(|_| anyhow::anyhow!("invalid admin address {}", first.settings.admin))?;
+        shared.metrics.config_version.set(first.version as i64);
+        let state = Arc::new(ProxyState {
+            name,
+            snapshot: ArcSwap::from_pointee(first),
+            shared: shared.clone(),
+            telemetry: ArcSwap::from_pointee(telemetry),
+            ready: AtomicBool::new(false),
+        });
+
+        let admin_socket = listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
+        tracing::info!(address = %admin_addr, "admin listening");
+
+        let mut listeners = Listeners::new(Workers::start(workers).map_err(anyhow::Error::from)?);
+        let bound = listeners.bind_new(&state.snapshot.load())?;
+        listeners.start(&state, bound);
+        let checks = health::start(&state.snapshot.load(), shared.clone());
+        Ok(Running { state, listeners, checks, admin_stop, admin_override })
     }
-    let next = Arc::new(next);
-    state.snapshot.store(next.clone());
-    listeners.start(state, bound);
-    shared.clients.retain(next.services.values().map(|s| &s.client_key));
-    shared.endpoints.retain(|svc, addr| next.services.get(svc).is_some_and(|s| s.endpoints.iter().any(|e| e.addr == *addr)));
-    Ok(())
+
+    /// The config version in force.
+    fn version(&self) -> u64 {
+        self.state.snapshot.load().version
+    }
+
+    /// Puts `sources` in force as `version`, or keeps the running config and
+    /// says why not; counts and logs either way.
+    fn reload(&mut self, sources: Result<Vec<SourcedResource>, Diagnostics>, version: u64, trigger: &str) -> Result<(), StartError> {
+        let result = sources.map_err(StartError::Config).and_then(|s| self.apply(&s, version));
+        let metrics = &self.state.shared.metrics;
+        match &result {
+            Ok(()) => {
+                metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+                metrics.config_version.set(version as i64);
+                tracing::info!(version, trigger, "configuration reloaded");
+            }
+            Err(e) => {
+                metrics.config_reloads.get_or_create(&ResultLabels { result: "failure" }).inc();
+                let current = self.version();
+                for line in e.to_string().lines() {
+                    tracing::error!(trigger, "reload rejected, keeping config version {current}: {line}");
+                }
+            }
+        }
+        result
+    }
+
+    /// Compiles, binds what is new, then swaps: a bind failure rejects the
+    /// config before anything changed, and limits carry over.
+    fn apply(&mut self, sources: &[SourcedResource], version: u64) -> Result<(), StartError> {
+        let state = &self.state;
+        let shared = &state.shared;
+        let mut next = compile(sources, shared, version).map_err(StartError::Config)?;
+        if let Some(admin) = self.admin_override {
+            next.settings.admin = admin.to_string();
+        }
+        let current = state.snapshot.load();
+        // The admin socket is bound once; a different address takes a restart.
+        if next.settings.admin != current.settings.admin {
+            tracing::warn!(from = %current.settings.admin, to = %next.settings.admin, "admin address changes need a restart; keeping the old one");
+            next.settings.admin = current.settings.admin.clone();
+        }
+        let bound = self.listeners.bind_new(&next)?;
+        if !state.telemetry.load().matches(&next.settings) {
+            state.telemetry.store(Arc::new(Telemetry::build(&next.settings, &state.name, shared)?));
+        }
+        let next = Arc::new(next);
+        state.snapshot.store(next.clone());
+        self.listeners.start(state, bound);
+        shared.clients.retain(next.services.values().map(|s| &s.client_key));
+        shared.endpoints.retain(|svc, addr| next.services.get(svc).is_some_and(|s| s.endpoints.iter().any(|e| e.addr == *addr)));
+        self.checks = health::start(&next, shared.clone());
+        Ok(())
+    }
+
+    /// Stops accepting, then waits for in-flight requests up to the drain timeout.
+    async fn drain(self) {
+        let drain = self.state.snapshot.load().settings.drain_timeout.get();
+        tracing::info!(deadline = ?drain, "shutting down: no new connections, draining in-flight requests");
+        self.state.ready.store(false, Ordering::Relaxed);
+        self.listeners.stop_all();
+        let _ = self.admin_stop.send(true);
+        drop(self.checks);
+        match tokio::time::timeout(drain, self.listeners.drain()).await {
+            Ok(()) => tracing::info!("drained; bye"),
+            Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
+        }
+    }
 }

@@ -32,7 +32,7 @@ impl Telemetry {
                     http2: false,
                     connect_timeout: std::time::Duration::from_secs(5),
                     idle_timeout: std::time::Duration::from_secs(60),
-                    tls: https.then(|| (UpstreamTls { mode: TlsMode::Simple, ca: None, certificate: None, key: None, sni: None }, host)),
+                    tls: https.then_some((UpstreamTls { mode: TlsMode::Simple, ca: None, certificate: None, key: None, sni: None }, host)),
                     tls_files: 0,
                 };
                 let client = shared.clients.get(&key)?.current().clone();

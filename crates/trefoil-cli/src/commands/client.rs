@@ -33,8 +33,11 @@ pub struct ApplyArgs {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "`trefoil get proxies` shows the proxies as the control plane sees them: connected or not, \
+the snapshot version each acked and the latest compiled for it, and the last rejection (NACK) with its error. \
+`trefoil get Proxy` lists the Proxy resources themselves.")]
 pub struct GetArgs {
-    /// Resource kind: Route, routes, service, ...
+    /// Resource kind: Route, routes, service, ...; `proxies` for the proxies' status.
     kind: String,
     /// One resource; all of the kind when absent.
     name: Option<String>,
@@ -150,7 +153,13 @@ pub fn apply(args: ApplyArgs) -> ExitCode {
     })
 }
 
+/// `proxies` (lower case, no name) is the status view; any other spelling of the kind lists Proxy resources.
+const PROXY_STATUS: &str = "proxies";
+
 pub fn get(args: GetArgs) -> ExitCode {
+    if args.kind == PROXY_STATUS && args.name.is_none() {
+        return get_proxy_status(args);
+    }
     run_async(async move {
         let path = match &args.name {
             Some(name) => format!("/api/v1/{}/{name}", args.kind),
@@ -201,5 +210,39 @@ pub fn delete(args: DeleteArgs) -> ExitCode {
                 if status == 404 { exit::bad_input() } else { exit::failure() }
             }
         }
+    })
+}
+
+/// `trefoil get proxies`: one line per proxy, or the raw items with `-o json|yaml`.
+fn get_proxy_status(args: GetArgs) -> ExitCode {
+    run_async(async move {
+        let body = match call(&client(), &args.server.server, http::Method::GET, "/api/v1/status/proxies", None).await {
+            Err(f) => {
+                eprintln!("error: {}", f.message);
+                return f.code;
+            }
+            Ok((200, v)) => v,
+            Ok((status, v)) => {
+                eprintln!("error: {}", server_error(status, &v));
+                return exit::failure();
+            }
+        };
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        if args.output != Format::Table {
+            print_structured(args.output, &items);
+            return exit::ok();
+        }
+        let version = |v: &Value| v.as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
+        println!("{:<24} {:<9} {:>8} {:>8}  NACK", "NAME", "CONNECTED", "ACKED", "LATEST");
+        for p in &items {
+            let nack = match p["nack"].as_object() {
+                // The first line of the error is the one that says what; the rest is in -o json.
+                Some(n) => format!("version {}: {}", version(&n["version"]), n["error"].as_str().unwrap_or("").lines().next().unwrap_or("")),
+                None => "-".to_string(),
+            };
+            let connected = if p["connected"].as_bool().unwrap_or(false) { "yes" } else { "no" };
+            println!("{:<24} {:<9} {:>8} {:>8}  {nack}", p["name"].as_str().unwrap_or(""), connected, version(&p["ackedVersion"]), version(&p["latestVersion"]));
+        }
+        exit::ok()
     })
 }

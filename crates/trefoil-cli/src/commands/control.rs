@@ -1,4 +1,4 @@
-//! `trefoil control`: the control plane's store and REST API.
+//! `trefoil control`: the control plane's store, REST API and config stream.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +16,9 @@ pub struct Args {
     /// REST API address (`/api/v1/<kind>[/<name>]`, `/api/v1/openapi.json`).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Config stream address (gRPC): proxies started with `trefoil proxy --control ADDR` connect here.
+    #[arg(long, default_value = trefoil_control::DEFAULT_GRPC_LISTEN)]
+    grpc_listen: SocketAddr,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -35,7 +38,7 @@ pub fn run(args: Args) -> ExitCode {
         }
         tracing::info!("shutting down");
     };
-    match runtime.block_on(trefoil_control::run(ControlOptions { data_dir: args.data, listen: args.listen }, stop)) {
+    match runtime.block_on(trefoil_control::run(ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen }, stop)) {
         Ok(()) => exit::ok(),
         Err(e) => {
             eprintln!("error: {e}");

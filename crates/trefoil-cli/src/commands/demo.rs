@@ -112,7 +112,12 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&config, mesh_config(gateway, admin, &dir.join("access.log"), web_v1, web_v2, api_v1))?;
 
     let (stop, stopped) = watch::channel(false);
-    let options = trefoil_proxy::ProxyOptions { config: config.clone(), watch: true, watch_interval: Duration::from_secs(1), admin: None, workers: 1, shutdown: Some(stopped) };
+    let options = trefoil_proxy::ProxyOptions {
+        source: trefoil_proxy::ConfigSource::File { path: config.clone(), watch: true, watch_interval: Duration::from_secs(1) },
+        admin: None,
+        workers: 1,
+        shutdown: Some(stopped),
+    };
     let mut proxy = tokio::spawn(trefoil_proxy::run(options));
     let ready = wait_ready(admin, &mut proxy).await;
     if let Err(e) = ready {

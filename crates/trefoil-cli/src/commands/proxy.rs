@@ -1,26 +1,52 @@
-//! `trefoil proxy --config FILE`.
+//! `trefoil proxy --config FILE` or `trefoil proxy --control ADDR --name NAME`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use trefoil_proxy::{ProxyOptions, StartError};
+use trefoil_proxy::{ConfigSource, ProxyOptions, StartError};
 
 use crate::output::{current_thread_runtime, exit};
 
+/// `trefoil proxy --help`: the two modes.
+pub const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of two places:
+
+  file mode     --config FILE: Proxy, Listener, Service, Route and TrafficPolicy
+                resources in a YAML file or directory. Reloads on SIGHUP and when
+                the files change; an invalid edit is logged with file:line:column
+                and the running config stays.
+
+  control mode  --control ADDR --name NAME: connects to the control plane's
+                config stream (`trefoil control --grpc-listen`), receives the
+                snapshot compiled for the Proxy named NAME, and answers each with
+                an ACK or a NACK (the errors, located in `snapshot <version>`).
+                The admin listener starts at once and /ready answers 503 until the
+                first snapshot is in force. If the stream breaks the proxy keeps
+                serving its last good snapshot and reconnects (100 ms doubling to 2 s).
+
+Either way, changes apply without dropping connections (new listeners are bound
+before the switch), and SIGTERM or SIGINT stop accepting and drain in-flight
+requests up to the Proxy's drainTimeout.";
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Config file, or directory of *.yaml files: Proxy, Listener, Service, Route, TrafficPolicy resources.
-    #[arg(short = 'c', long = "config")]
-    config: PathBuf,
-    /// Admin listener address (overrides the Proxy resource's `admin`).
+    /// File mode: config file, or directory of *.yaml files (Proxy, Listener, Service, Route, TrafficPolicy).
+    #[arg(short = 'c', long = "config", required_unless_present = "control", conflicts_with_all = ["control", "name"])]
+    config: Option<PathBuf>,
+    /// Control mode: the control plane's config stream address, e.g. 127.0.0.1:7071.
+    #[arg(long, requires = "name")]
+    control: Option<String>,
+    /// Control mode: this proxy's name, the Proxy resource whose snapshot it serves.
+    #[arg(long, requires = "control")]
+    name: Option<String>,
+    /// Admin listener address (overrides the Proxy resource's `admin`; in control mode, default 127.0.0.1:15000).
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// Reload only on SIGHUP, not when the config file changes.
+    /// File mode: reload only on SIGHUP, not when the config file changes.
     #[arg(long)]
     no_watch: bool,
-    /// How often to look for config file changes.
+    /// File mode: how often to look for config file changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     watch_interval: Duration,
     /// Data-plane worker threads, each with its own event loop (default: one per core).
@@ -33,11 +59,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    // Control work (admin, reloads, health checks, span export) is light and
-    // runs on this thread; traffic runs on the proxy's own worker threads.
+    // Control work (admin, reloads, health checks, span export, the config
+    // stream) is light and runs on this thread; traffic runs on the proxy's
+    // own worker threads.
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let options = ProxyOptions { config: args.config, watch: !args.no_watch, watch_interval: args.watch_interval, admin: args.admin, workers, shutdown: None };
+    let source = match (args.config, args.control, args.name) {
+        (Some(path), _, _) => ConfigSource::File { path, watch: !args.no_watch, watch_interval: args.watch_interval },
+        (None, Some(address), Some(name)) => ConfigSource::Control { address, name },
+        // clap's `required_unless_present` and `requires` rule this out.
+        _ => {
+            eprintln!("error: give --config FILE, or --control ADDR with --name NAME");
+            return exit::bad_input();
+        }
+    };
+    let options = ProxyOptions { source, admin: args.admin, workers, shutdown: None };
     match runtime.block_on(trefoil_proxy::run(options)) {
         Ok(()) => exit::ok(),
         Err(StartError::Config(diagnostics)) => {

@@ -126,6 +126,13 @@ impl Store {
         self.lock().objects.range((kind.to_string(), String::new())..).take_while(|((k, _), _)| k == kind).map(|(_, (s, _))| s.clone()).collect()
     }
 
+    /// Every object and the revision they are at, read at one instant, so a
+    /// compile sees a consistent state labelled with its own revision.
+    pub fn list_all(&self) -> (u64, Vec<Stored>) {
+        let inner = self.lock();
+        (inner.revision, inner.objects.values().map(|(s, _)| s.clone()).collect())
+    }
+
     /// Creates or replaces an object. With `expected`, the write happens only
     /// if the object's current version is that one (0: it must not exist).
     /// Returns the new version once the write is on disk.

@@ -1,0 +1,309 @@
+//! The config stream end to end: a real `trefoil control` and a real
+//! `trefoil proxy --control` on loopback. Resources applied through the REST
+//! API reach the proxy; a snapshot the proxy cannot apply is NACKed and the
+//! old config keeps serving; the proxy outlives a kill -9 of the control
+//! plane and reconnects to its successor.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running control plane; killed (SIGKILL) when dropped.
+struct Control {
+    child: Child,
+    api: SocketAddr,
+    grpc: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl Control {
+    fn start(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
+        let stderr = data.with_extension(format!("control-{}.log", api.port()));
+        let child = Command::new(trefoil_bin())
+            .args(["control", "--data"])
+            .arg(data)
+            .args(["--listen", &api.to_string(), "--grpc-listen", &grpc.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting trefoil control");
+        assert!(wait_for_port(api, WAIT), "control plane did not listen");
+        Control { child, api, grpc, stderr }
+    }
+
+    fn put(&self, kind: &str, name: &str, body: &str) {
+        let (status, _, reply) = http_request(self.api, "PUT", "control", &format!("/api/v1/{kind}/{name}"), &[], body.as_bytes()).unwrap();
+        assert!(status == 200 || status == 201, "PUT {kind}/{name}: {status} {}", String::from_utf8_lossy(&reply));
+    }
+
+    fn delete(&self, kind: &str, name: &str) {
+        let (status, _, reply) = http_request(self.api, "DELETE", "control", &format!("/api/v1/{kind}/{name}"), &[], b"").unwrap();
+        assert_eq!(status, 200, "DELETE {kind}/{name}: {}", String::from_utf8_lossy(&reply));
+    }
+
+    /// The status of proxy `name`, if the control plane lists it.
+    fn status(&self, name: &str) -> Option<Value> {
+        let (status, _, body) = http_request(self.api, "GET", "control", "/api/v1/status/proxies", &[], b"").ok()?;
+        assert_eq!(status, 200);
+        let list: Value = serde_json::from_slice(&body).ok()?;
+        list["items"].as_array()?.iter().find(|p| p["name"] == name).cloned()
+    }
+
+    /// Waits until `name` is connected and has acked the latest snapshot compiled for it.
+    fn wait_in_sync(&self, name: &str) -> Value {
+        let mut last = None;
+        wait_until(&format!("proxy {name} to ack its latest snapshot"), WAIT, || {
+            last = self.status(name);
+            last.as_ref().is_some_and(|s| s["connected"] == true && !s["ackedVersion"].is_null() && s["ackedVersion"] == s["latestVersion"])
+        });
+        last.unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// A proxy in control mode; killed (SIGKILL) when dropped.
+struct StreamProxy {
+    child: Child,
+    admin: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl StreamProxy {
+    /// Starts it and waits for its admin listener (not for readiness).
+    fn start(dir: &Path, grpc: SocketAddr, name: &str) -> Self {
+        let admin = addr();
+        let stderr = dir.join(format!("proxy-{name}.log"));
+        let child = Command::new(trefoil_bin())
+            .args(["proxy", "--control", &grpc.to_string(), "--name", name, "--admin", &admin.to_string(), "--threads", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting trefoil proxy --control");
+        assert!(wait_for_port(admin, WAIT), "proxy admin did not listen:\n{}", std::fs::read_to_string(&stderr).unwrap_or_default());
+        StreamProxy { child, admin, stderr }
+    }
+
+    fn ready(&self) -> u16 {
+        http_request(self.admin, "GET", "admin", "/ready", &[], b"").map(|r| r.0).unwrap_or(0)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then its exit code once it has drained.
+    fn terminate(&mut self) -> Option<i32> {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM failed");
+        let mut code = None;
+        wait_until("the proxy to exit after SIGTERM", WAIT, || {
+            code = self.child.try_wait().ok().flatten().map(|s| s.code());
+            code.is_some()
+        });
+        code.flatten()
+    }
+}
+
+impl Drop for StreamProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Who answered a GET through `addr`, or `None` if the request failed.
+fn served_by(addr: SocketAddr) -> Option<(u16, String)> {
+    let (status, headers, _) = http_request(addr, "GET", "web.local", "/", &[], b"").ok()?;
+    Some((status, headers.get("x-served-by").cloned().unwrap_or_default()))
+}
+
+fn wait_served_by(addr: SocketAddr, who: &str) {
+    wait_until(&format!("{who} to answer on {addr}"), WAIT, || served_by(addr).is_some_and(|(s, by)| s == 200 && by == who));
+}
+
+fn listener_doc(name: &str, at: SocketAddr) -> String {
+    format!("{API}\nkind: Listener\nmetadata: {{name: {name}}}\nspec:\n  address: \"{at}\"\n")
+}
+
+fn service_doc(name: &str, endpoint: SocketAddr) -> String {
+    format!("{API}\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{{address: \"{endpoint}\", version: v1}}]\n")
+}
+
+fn route_doc(service: &str) -> String {
+    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: {service}}}]\n")
+}
+
+fn proxy_doc(name: &str) -> String {
+    format!("{API}\nkind: Proxy\nmetadata: {{name: {name}}}\nspec:\n  accessLog: \"off\"\n  drainTimeout: 2s\n")
+}
+
+/// Applies a gateway: Proxy, a Listener, Services `one` and `two`, and the Route to `one`.
+fn apply_gateway(control: &Control, proxy: &str, public: SocketAddr, one: &TestServer, two: &TestServer) {
+    control.put("Proxy", proxy, &proxy_doc(proxy));
+    control.put("Listener", "public", &listener_doc("public", public));
+    control.put("Service", "one", &service_doc("one", one.addr()));
+    control.put("Service", "two", &service_doc("two", two.addr()));
+    control.put("Route", "web", &route_doc("one"));
+}
+
+#[test]
+fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_config() {
+    let dir = scratch_dir();
+    let (api, grpc, public) = (addr(), addr(), addr());
+    let (one, two) = (TestServer::named("one"), TestServer::named("two"));
+
+    // The proxy comes first: its admin answers at once, not ready without a snapshot.
+    let proxy = StreamProxy::start(&dir, grpc, "edge");
+    assert_eq!(proxy.ready(), 503, "no snapshot yet:\n{}", proxy.log());
+    let control = Control::start(&dir.join("data"), api, grpc);
+
+    // (a) Resources applied through the API are served, and the status says acked == latest.
+    apply_gateway(&control, "edge", public, &one, &two);
+    wait_served_by(public, "one");
+    assert_eq!(proxy.ready(), 200);
+    let status = control.wait_in_sync("edge");
+    assert_eq!(status["adminAddress"], proxy.admin.to_string());
+    assert!(status["nack"].is_null(), "{status}");
+    // A Proxy resource that never connected is listed too.
+    control.put("Proxy", "idle", &proxy_doc("idle"));
+    wait_until("the idle proxy in the status list", WAIT, || control.status("idle").is_some_and(|s| s["connected"] == false));
+
+    // (b) A route change takes effect.
+    control.put("Route", "web", &route_doc("two"));
+    wait_served_by(public, "two");
+    let acked = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
+
+    // (c) A listener on an address another socket holds cannot be bound: NACK.
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap();
+    control.put("Listener", "taken", &listener_doc("taken", taken));
+    let mut rejected = Value::Null;
+    wait_until("the NACK in the status", WAIT, || {
+        rejected = control.status("edge").unwrap_or_default();
+        !rejected["nack"].is_null()
+    });
+    let error = rejected["nack"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&taken.to_string()) && error.contains("in use"), "{rejected}");
+    assert_eq!(rejected["ackedVersion"].as_u64(), Some(acked), "the proxy still serves the old snapshot: {rejected}");
+    assert!(rejected["latestVersion"].as_u64() > Some(acked), "{rejected}");
+    for _ in 0..20 {
+        assert_eq!(served_by(public), Some((200, "two".to_string())), "the old config keeps serving");
+    }
+    assert!(proxy.log().contains("NACK sent"), "{}", proxy.log());
+    // The CLI shows it too.
+    let out = Command::new(trefoil_bin()).args(["get", "proxies", "--server", &format!("http://{api}")]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let edge_line = table.lines().find(|l| l.starts_with("edge")).unwrap_or_default();
+    assert!(edge_line.contains("yes") && edge_line.contains("in use"), "{table}");
+    let out = Command::new(trefoil_bin()).args(["get", "proxies", "-o", "json", "--server", &format!("http://{api}")]).output().unwrap();
+    let items: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(items.as_array().is_some_and(|i| i.iter().any(|p| p["name"] == "edge" && !p["nack"].is_null())), "{items}");
+
+    // The rejected content is not sent again (a write that changes nothing
+    // for this proxy), the next different content is.
+    control.put("Route", "web", &route_doc("two"));
+    control.delete("Listener", "taken");
+    let status = control.wait_in_sync("edge");
+    assert!(status["nack"].is_null(), "a newer acked snapshot clears the rejection: {status}");
+    assert_eq!(control.log().matches("snapshot rejected").count(), 1, "{}", control.log());
+    drop(squatter);
+}
+
+#[test]
+fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
+    let dir = scratch_dir();
+    let data = dir.join("data");
+    let (api, grpc, public) = (addr(), addr(), addr());
+    let (one, two) = (TestServer::named("one"), TestServer::named("two"));
+    let mut control = Control::start(&data, api, grpc);
+    let mut proxy = StreamProxy::start(&dir, grpc, "edge");
+    apply_gateway(&control, "edge", public, &one, &two);
+    wait_served_by(public, "one");
+    let before = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
+
+    // (d) kill -9: traffic keeps flowing from the last good snapshot.
+    control.kill_9();
+    wait_until("the proxy to notice", WAIT, || proxy.log().contains("lost the control plane"));
+    for _ in 0..20 {
+        assert_eq!(served_by(public), Some((200, "one".to_string())), "traffic without a control plane");
+    }
+    assert_eq!(proxy.ready(), 200, "still ready: it serves its last good snapshot");
+
+    // A new control plane on the same data: the proxy reconnects, and as
+    // nothing changed it is in sync at the version it already had.
+    let control = Control::start(&data, control.api, control.grpc);
+    let status = control.wait_in_sync("edge");
+    assert_eq!(status["ackedVersion"].as_u64(), Some(before), "{status}");
+    assert!(proxy.log().matches("connected to the control plane").count() >= 2, "{}", proxy.log());
+
+    // And a new apply reaches it.
+    control.put("Route", "web", &route_doc("two"));
+    wait_served_by(public, "two");
+    assert!(control.wait_in_sync("edge")["ackedVersion"].as_u64() > Some(before));
+
+    // SIGTERM still drains and exits cleanly; the control plane sees it go.
+    assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
+    assert!(proxy.log().contains("drained"), "{}", proxy.log());
+    wait_until("the control plane to see the proxy go", WAIT, || control.status("edge").is_some_and(|s| s["connected"] == false));
+}
+
+#[test]
+fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
+    let dir = scratch_dir();
+    let (api, grpc, public) = (addr(), addr(), addr());
+    let one = TestServer::named("one");
+    let control = Control::start(&dir.join("data"), api, grpc);
+    let _proxy = StreamProxy::start(&dir, grpc, "edge");
+    control.put("Listener", "public", &listener_doc("public", public));
+    control.put("Service", "one", &service_doc("one", one.addr()));
+    control.wait_in_sync("edge");
+    let sent_before = control.log().matches("sending snapshot").count();
+
+    // 300 writes as fast as the API takes them: debounced into a few snapshots.
+    const ROUTES: usize = 300;
+    for i in 0..ROUTES {
+        control.put("Route", &format!("r{i}"), &format!("{API}\nkind: Route\nmetadata: {{name: r{i}}}\nspec:\n  hosts: [r{i}.local]\n  rules:\n  - backends: [{{service: one}}]\n"));
+    }
+    let last = format!("r{}.local", ROUTES - 1);
+    wait_until("the last route to be served", WAIT, || http_request(public, "GET", &last, "/", &[], b"").is_ok_and(|r| r.0 == 200));
+    control.wait_in_sync("edge");
+    let sent = control.log().matches("sending snapshot").count() - sent_before;
+    assert!(sent < ROUTES / 10, "{sent} snapshots for {ROUTES} writes");
+
+    // A reference the API accepts (resources may arrive in any order) but the
+    // proxy's compile rejects: the NACK points into the snapshot.
+    control.put("Route", "broken", &format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [broken.local]\n  rules:\n  - backends: [{{service: nowhere}}]\n"));
+    let mut status = Value::Null;
+    wait_until("the NACK", WAIT, || {
+        status = control.status("edge").unwrap_or_default();
+        !status["nack"].is_null()
+    });
+    let error = status["nack"]["error"].as_str().unwrap_or_default();
+    let version = status["nack"]["version"].as_u64().unwrap();
+    assert!(error.starts_with(&format!("snapshot {version}:")) && error.contains("spec.rules[0].backends[0].service") && error.contains("nowhere"), "{error}");
+    assert_eq!(http_request(public, "GET", &last, "/", &[], b"").map(|r| r.0).ok(), Some(200), "the old config keeps serving");
+}

@@ -1,0 +1,252 @@
+//! The registry of proxies: who is connected, what each was sent, acked or
+//! rejected. It decides whether a freshly compiled snapshot goes out.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use trefoil_wire::Snapshot;
+
+use crate::compile::ProxySnapshot;
+
+/// The latest snapshot for a session's outbound stream; a slow proxy only
+/// ever gets the newest one, never a backlog.
+pub type Outbox = watch::Sender<Option<Snapshot>>;
+
+/// A rejected snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Nack {
+    pub version: u64,
+    pub error: String,
+}
+
+/// One proxy as `GET /api/v1/status/proxies` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub name: String,
+    pub connected: bool,
+    pub admin_address: Option<String>,
+    /// The newest snapshot compiled for it (and sent, unless it was rejected before).
+    pub latest_version: Option<u64>,
+    /// The snapshot it said it serves.
+    pub acked_version: Option<u64>,
+    pub nack: Option<Nack>,
+    /// RFC 3339: the last message, connect or disconnect.
+    pub last_seen: Option<String>,
+}
+
+/// One open stream.
+struct Session {
+    id: u64,
+    outbox: Outbox,
+    /// The content the proxy has or is about to get.
+    sent_hash: u64,
+    /// The newest store revision offered to this session, so a compile that
+    /// lost a race with a newer one cannot overtake it.
+    offered_revision: u64,
+}
+
+#[derive(Default)]
+struct Entry {
+    admin_address: Option<String>,
+    latest: Option<(u64, u64)>,
+    acked: Option<(u64, u64)>,
+    nack: Option<Nack>,
+    /// Content this proxy rejected: not sent to it again.
+    nacked_hash: Option<u64>,
+    last_seen: Option<SystemTime>,
+    session: Option<Session>,
+}
+
+/// Every proxy that has connected since the control plane started.
+#[derive(Default)]
+pub struct Proxies {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    next_session: AtomicU64,
+}
+
+/// What a proxy says in its Hello.
+pub struct Hello<'a> {
+    pub name: &'a str,
+    pub admin_address: &'a str,
+    pub version: u64,
+    pub hash: u64,
+}
+
+impl Proxies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a stream; returns its session id. A newer stream under the
+    /// same name replaces the older one, whose outbound stream then ends.
+    pub fn connect(&self, hello: &Hello<'_>, outbox: Outbox) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut entries = self.lock();
+        let entry = entries.entry(hello.name.to_string()).or_default();
+        if entry.session.is_some() {
+            tracing::warn!(proxy = hello.name, "a second stream for the same proxy name; the newer one replaces the older");
+        }
+        entry.admin_address = Some(hello.admin_address.to_string());
+        entry.last_seen = Some(SystemTime::now());
+        // A proxy that already serves something (it reconnects after a
+        // break or a control-plane restart) says so; that counts as acked.
+        if hello.hash != 0 {
+            entry.acked = Some((hello.version, hello.hash));
+            entry.latest = Some((hello.version, hello.hash));
+        }
+        entry.session = Some(Session { id, outbox, sent_hash: hello.hash, offered_revision: 0 });
+        id
+    }
+
+    /// Marks a stream gone, unless a newer one took its place.
+    pub fn disconnect(&self, name: &str, session: u64) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(name).filter(|e| e.session.as_ref().is_some_and(|s| s.id == session)) {
+            entry.session = None;
+            entry.last_seen = Some(SystemTime::now());
+        }
+    }
+
+    /// Ends every stream (shutdown): their outbound streams finish.
+    pub fn close_all(&self) {
+        for entry in self.lock().values_mut() {
+            entry.session = None;
+        }
+    }
+
+    /// Names of the proxies with an open stream.
+    pub fn connected(&self) -> Vec<String> {
+        self.lock().iter().filter(|(_, e)| e.session.is_some()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Sends `snapshot` to proxy `name` if its content is new to that proxy
+    /// and not content it rejected. Returns whether it was sent.
+    pub fn offer(&self, name: &str, snapshot: &ProxySnapshot) -> bool {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(name) else { return false };
+        let nacked = entry.nacked_hash;
+        let Some(session) = entry.session.as_mut() else { return false };
+        if snapshot.version < session.offered_revision {
+            return false;
+        }
+        session.offered_revision = snapshot.version;
+        if snapshot.hash == session.sent_hash || Some(snapshot.hash) == nacked {
+            return false;
+        }
+        let resources_json = match serde_json::to_string(&snapshot.resources) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(proxy = name, error = %e, "cannot encode a snapshot");
+                return false;
+            }
+        };
+        session.sent_hash = snapshot.hash;
+        session.outbox.send_replace(Some(Snapshot { version: snapshot.version, hash: snapshot.hash, resources_json }));
+        entry.latest = Some((snapshot.version, snapshot.hash));
+        tracing::info!(proxy = name, version = snapshot.version, hash = format_args!("{:016x}", snapshot.hash), resources = snapshot.resources.len(), "sending snapshot");
+        true
+    }
+
+    /// Records an ACK from session `session` of proxy `name`.
+    pub fn ack(&self, name: &str, session: u64, version: u64, hash: u64) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(name).filter(|e| e.session.as_ref().is_some_and(|s| s.id == session)) else { return };
+        entry.last_seen = Some(SystemTime::now());
+        entry.acked = Some((version, hash));
+        // A newer snapshot in force supersedes an older rejection.
+        if entry.nack.as_ref().is_some_and(|n| n.version <= version) {
+            entry.nack = None;
+        }
+        tracing::info!(proxy = name, version, "snapshot acked");
+    }
+
+    /// Records a NACK: the error is kept for status, and that content is not sent again.
+    pub fn nack(&self, name: &str, session: u64, version: u64, hash: u64, error: &str) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(name).filter(|e| e.session.as_ref().is_some_and(|s| s.id == session)) else { return };
+        entry.last_seen = Some(SystemTime::now());
+        entry.nack = Some(Nack { version, error: error.to_string() });
+        entry.nacked_hash = Some(hash);
+        for line in error.lines() {
+            tracing::error!(proxy = name, version, "snapshot rejected: {line}");
+        }
+    }
+
+    /// Every proxy that has connected, plus those named by `declared`
+    /// (`Proxy` resources) that never did, by name.
+    pub fn status(&self, declared: &[String]) -> Vec<ProxyStatus> {
+        let entries = self.lock();
+        let mut out: BTreeMap<&str, ProxyStatus> = BTreeMap::new();
+        for name in declared {
+            out.insert(name, ProxyStatus { name: name.clone(), connected: false, admin_address: None, latest_version: None, acked_version: None, nack: None, last_seen: None });
+        }
+        for (name, e) in entries.iter() {
+            out.insert(
+                name,
+                ProxyStatus {
+                    name: name.clone(),
+                    connected: e.session.is_some(),
+                    admin_address: e.admin_address.clone(),
+                    latest_version: e.latest.map(|(v, _)| v),
+                    acked_version: e.acked.map(|(v, _)| v),
+                    nack: e.nack.clone(),
+                    last_seen: e.last_seen.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                },
+            );
+        }
+        out.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(version: u64, hash: u64) -> ProxySnapshot {
+        ProxySnapshot { version, hash, resources: Vec::new() }
+    }
+
+    fn hello(version: u64, hash: u64) -> Hello<'static> {
+        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash }
+    }
+
+    #[test]
+    fn sends_new_content_once_and_never_rejected_content_again() {
+        let proxies = Proxies::default();
+        let (tx, rx) = watch::channel(None);
+        let s = proxies.connect(&hello(0, 0), tx);
+        assert!(proxies.offer("edge", &snapshot(3, 30)));
+        assert_eq!(rx.borrow().as_ref().map(|s| s.version), Some(3));
+        assert!(!proxies.offer("edge", &snapshot(4, 30)), "same content, new revision: nothing to send");
+        proxies.ack("edge", s, 3, 30);
+        assert!(proxies.offer("edge", &snapshot(5, 50)));
+        proxies.nack("edge", s, 5, 50, "snapshot 5:1:1: bad");
+        assert!(!proxies.offer("edge", &snapshot(6, 50)), "rejected content is not resent");
+        let status = &proxies.status(&[])[0];
+        assert_eq!((status.latest_version, status.acked_version), (Some(5), Some(3)));
+        assert_eq!(status.nack.as_ref().map(|n| n.version), Some(5));
+        assert!(proxies.offer("edge", &snapshot(7, 70)));
+        proxies.ack("edge", s, 7, 70);
+        assert_eq!(proxies.status(&[])[0].nack, None, "a newer ack clears the rejection");
+        assert!(!proxies.offer("edge", &snapshot(6, 60)), "an older compile never overtakes a newer one");
+    }
+
+    #[test]
+    fn a_reconnect_with_the_current_hash_gets_nothing_and_counts_as_acked() {
+        let proxies = Proxies::default();
+        let (tx, _rx) = watch::channel(None);
+        let s = proxies.connect(&hello(9, 90), tx);
+        assert!(!proxies.offer("edge", &snapshot(12, 90)));
+        let status = &proxies.status(&["edge".into(), "idle".into()]);
+        assert_eq!((status[0].connected, status[0].acked_version, status[0].latest_version), (true, Some(9), Some(9)));
+        assert_eq!((status[1].name.as_str(), status[1].connected), ("idle", false));
+        proxies.disconnect("edge", s);
+        assert!(!proxies.status(&[])[0].connected);
+        assert!(!proxies.offer("edge", &snapshot(13, 130)), "nothing is sent to a gone proxy");
+    }
+}

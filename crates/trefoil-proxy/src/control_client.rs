@@ -1,0 +1,151 @@
+//! The proxy's end of the config stream: connect to the control plane, say
+//! Hello, hand each snapshot to the runtime to apply, answer Ack or Nack,
+//! and reconnect with capped back-off when the stream breaks. The runtime
+//! keeps serving its last good snapshot meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use trefoil_model::{Diagnostic, Diagnostics, SourcedResource};
+use trefoil_wire::{ConfigStreamClient, Hello, ProxyMessage, Snapshot};
+
+/// First wait before reconnecting; doubled after each failure up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A snapshot for the runtime to put in force; `done` gets the outcome (the
+/// error text, with locations, on rejection).
+pub struct Apply {
+    pub version: u64,
+    pub sources: Result<Vec<SourcedResource>, Diagnostics>,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The snapshot in force, as the control plane named it.
+#[derive(Clone, Copy, Default)]
+struct InForce {
+    version: u64,
+    hash: u64,
+}
+
+/// Why one stream ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error(transparent)]
+    Client(#[from] trefoil_wire::ClientError),
+    #[error("stream broken: {0}")]
+    Broken(#[from] trefoil_wire::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+    /// The runtime is shutting down.
+    #[error("the proxy is stopping")]
+    Stopping,
+}
+
+/// Keeps a stream to the control plane at `address` open for as long as the
+/// runtime listens on `applies`.
+pub async fn run(address: String, name: String, admin_address: String, applies: mpsc::Sender<Apply>) {
+    let mut in_force = InForce::default();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut connected = false;
+        let end = stream(&address, &name, &admin_address, &applies, &mut in_force, &mut connected).await;
+        if let StreamEnd::Stopping = end {
+            return;
+        }
+        if connected {
+            // It worked for a while: start the back-off over.
+            backoff = BACKOFF_MIN;
+            tracing::warn!(control = %address, reason = %end, version = in_force.version, "lost the control plane; serving the last good config and reconnecting");
+        } else {
+            tracing::warn!(control = %address, reason = %end, retry_in = ?backoff, "control plane unreachable; retrying");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One stream, from connect to its end.
+async fn stream(address: &str, name: &str, admin_address: &str, applies: &mpsc::Sender<Apply>, in_force: &mut InForce, connected: &mut bool) -> StreamEnd {
+    let mut client = match ConfigStreamClient::connect(address, CONNECT_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => return e.into(),
+    };
+    let (say, said) = mpsc::unbounded_channel();
+    let hello = Hello { proxy: name.to_string(), admin_address: admin_address.to_string(), version: in_force.version, hash: in_force.hash, pid: std::process::id() };
+    let _ = say.send(ProxyMessage::hello(hello));
+    let mut snapshots = match client.stream(UnboundedReceiverStream::new(said)).await {
+        Ok(s) => s,
+        Err(e) => return e.into(),
+    };
+    *connected = true;
+    tracing::info!(control = %address, proxy = %name, version = in_force.version, "connected to the control plane");
+    loop {
+        let snapshot = match snapshots.message().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return StreamEnd::Closed,
+            Err(status) => return status.into(),
+        };
+        let (done, outcome) = oneshot::channel();
+        let apply = Apply { version: snapshot.version, sources: sources(&snapshot), done };
+        if applies.send(apply).await.is_err() {
+            return StreamEnd::Stopping;
+        }
+        let Ok(outcome) = outcome.await else { return StreamEnd::Stopping };
+        let reply = match outcome {
+            Ok(()) => {
+                *in_force = InForce { version: snapshot.version, hash: snapshot.hash };
+                tracing::info!(version = snapshot.version, "snapshot applied; ACK sent");
+                ProxyMessage::ack(snapshot.version, snapshot.hash)
+            }
+            Err(error) => {
+                tracing::error!(version = snapshot.version, keeping = in_force.version, "snapshot rejected; NACK sent");
+                ProxyMessage::nack(snapshot.version, snapshot.hash, error)
+            }
+        };
+        if say.send(reply).is_err() {
+            return StreamEnd::Closed;
+        }
+    }
+}
+
+/// The snapshot's resources as a config file would give them: each resource
+/// one YAML document (JSON is YAML), so errors carry `snapshot <version>`,
+/// a line and a column like a file's do.
+pub fn sources(snapshot: &Snapshot) -> Result<Vec<SourcedResource>, Diagnostics> {
+    let file: Arc<str> = Arc::from(format!("snapshot {}", snapshot.version));
+    let documents: Vec<serde_json::Value> = serde_json::from_str(&snapshot.resources_json).map_err(|e| {
+        let at = trefoil_model::located_yaml::Position { line: e.line(), column: e.column() };
+        Diagnostics(vec![Diagnostic::new(&file, at, "", format!("the snapshot is not a JSON array of resources: {e}"))])
+    })?;
+    let mut text = String::new();
+    for doc in &documents {
+        text.push_str("---\n");
+        text.push_str(&serde_json::to_string_pretty(doc).unwrap_or_default());
+        text.push('\n');
+    }
+    trefoil_model::load_str(&file, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(json: &str) -> Snapshot {
+        Snapshot { version: 12, hash: 1, resources_json: json.to_string() }
+    }
+
+    #[test]
+    fn resources_become_documents_with_located_errors() {
+        let ok = sources(&snapshot(r#"[{"apiVersion":"trefoil.dev/v1alpha1","kind":"Listener","metadata":{"name":"a"},"spec":{"address":"127.0.0.1:1"}},{"apiVersion":"trefoil.dev/v1alpha1","kind":"Service","metadata":{"name":"web"},"spec":{}}]"#)).unwrap();
+        assert_eq!(ok.iter().map(|s| s.resource.name()).collect::<Vec<_>>(), ["a", "web"]);
+        let err = sources(&snapshot(r#"[{"apiVersion":"trefoil.dev/v1alpha1","kind":"Listener","metadata":{"name":"a"},"spec":{"address":"127.0.0.1:1","protocol":"smtp"}}]"#)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("snapshot 12:") && text.contains("spec.protocol"), "{text}");
+        assert!(sources(&snapshot("{not json")).unwrap_err().to_string().starts_with("snapshot 12:1:"));
+        assert!(sources(&snapshot("[]")).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,76 @@
+//! The proxy's side: connect to the control plane and open the stream.
+
+use tokio_stream::Stream;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::GrpcMethod;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+use tonic_prost::ProstCodec;
+
+use crate::{ProxyMessage, Snapshot, MAX_MESSAGE_BYTES, SERVICE, STREAM_PATH};
+
+/// Why the stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid control plane address {address:?}: {}", chain(source))]
+    Address { address: String, source: tonic::transport::Error },
+    #[error("cannot connect to the control plane at {address}: {}", chain(source))]
+    Connect { address: String, source: tonic::transport::Error },
+    #[error("the control plane refused the stream: {0}")]
+    Refused(#[from] Status),
+}
+
+/// An error and its causes on one line: a transport error alone says only
+/// "transport error"; the cause (connection refused, timed out) is below it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A connection to the control plane's config stream service.
+pub struct ConfigStreamClient {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+/// `host:port` or a full `http://host:port` URI.
+fn uri(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+impl ConfigStreamClient {
+    /// Connects (one attempt, bounded by `connect_timeout`).
+    pub async fn connect(address: &str, connect_timeout: std::time::Duration) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(uri(address))
+            .map_err(|source| ClientError::Address { address: address.to_string(), source })?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            // A control plane that vanished without closing the connection
+            // (host gone, network cut) is noticed by missed pings.
+            .http2_keep_alive_interval(crate::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(crate::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { address: address.to_string(), source })?;
+        let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(ConfigStreamClient { grpc })
+    }
+
+    /// Opens the stream: `outbound` is what the proxy says (Hello first), the
+    /// result the snapshots the control plane sends.
+    pub async fn stream(&mut self, outbound: impl Stream<Item = ProxyMessage> + Send + 'static) -> Result<Streaming<Snapshot>, ClientError> {
+        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+        let mut request = Request::new(outbound);
+        request.extensions_mut().insert(GrpcMethod::new(SERVICE, "Stream"));
+        let response = self.grpc.streaming(request, PathAndQuery::from_static(STREAM_PATH), ProstCodec::<ProxyMessage, Snapshot>::default()).await?;
+        Ok(response.into_inner())
+    }
+}

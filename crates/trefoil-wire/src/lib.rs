@@ -1,0 +1,26 @@
+//! The config stream between the control plane and its proxies: the gRPC
+//! messages (prost, written by hand; `proto/config.proto` documents them)
+//! and the client and server glue for its one method,
+//! `/trefoil.config.v1.ConfigStream/Stream`.
+
+pub mod client;
+pub mod messages;
+pub mod server;
+
+use std::time::Duration;
+
+pub use client::{ClientError, ConfigStreamClient};
+pub use messages::{proxy_message, Ack, Hello, Nack, ProxyMessage, Snapshot};
+pub use server::{serve, ConfigStream, ConfigStreamServer};
+pub use tonic::transport::Error as TransportError;
+pub use tonic::{Request, Response, Status, Streaming};
+
+/// The gRPC service name.
+pub const SERVICE: &str = "trefoil.config.v1.ConfigStream";
+/// The path of the stream method.
+pub const STREAM_PATH: &str = "/trefoil.config.v1.ConfigStream/Stream";
+/// Snapshots of large configs outgrow gRPC's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How often an idle connection is pinged, and how long an answer may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
