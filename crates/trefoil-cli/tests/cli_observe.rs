@@ -26,7 +26,7 @@ impl Control {
         let child = Command::new(trefoil_bin())
             .args(["control", "--data"])
             .arg(data)
-            .args(["--listen", &addr.to_string()])
+            .args(["--listen", &addr.to_string(), "--grpc-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
