@@ -125,6 +125,8 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         "Listener" => typed(file, doc, "spec", spec_value).map(Spec::Listener),
         "Service" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Service),
         "Route" => typed(file, doc, "spec", spec_value).map(Spec::Route),
+        "Workload" => typed(file, doc, "spec", spec_value).map(Spec::Workload),
+        "Endpoints" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Endpoints),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     match (metadata, spec) {
@@ -200,6 +202,13 @@ mod tests {
     fn every_document_is_checked() {
         let err = load("kind: Nope\nmetadata: {name: a}\n---\napiVersion: v0\nkind: Service\nmetadata: {name: b}\n").unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn workloads_and_endpoints_decode_as_themselves() {
+        let r = load("apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\nspec:\n  service: web\n  command: srv\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Endpoints\nmetadata: {name: web}\nspec:\n  endpoints: [{address: 127.0.0.1:1, version: v1, ready: true}]\n").unwrap();
+        assert!(matches!(&r[0].resource.spec, Spec::Workload(w) if w.command == "srv" && w.replicas == 1));
+        assert!(matches!(&r[1].resource.spec, Spec::Endpoints(e) if e.endpoints.len() == 1));
     }
 
     #[test]
