@@ -50,6 +50,10 @@ enum Command {
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
     Validate(commands::validate::Args),
+    /// Run a whole mesh on this machine: control plane, gateways, and each Workload replica with its sidecar.
+    Up(commands::up::Args),
+    /// Print the output of a process started by `trefoil up`.
+    Logs(commands::logs::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -72,5 +76,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Up(args) => commands::up::run(args),
+        Command::Logs(args) => commands::logs::run(args),
     }
 }

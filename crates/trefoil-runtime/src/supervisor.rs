@@ -63,7 +63,7 @@ async fn run(spec: ProcessSpec, log: PathBuf, grace: Duration, view: View, event
         let delay = match child::spawn(&spec, &log) {
             Err(e) => {
                 let delay = backoff.after_exit(Duration::ZERO);
-                tracing::warn!(process = %spec.name, error = %e, "cannot start");
+                tracing::debug!(process = %spec.name, error = %e, "cannot start");
                 events.send(Event::StartFailed { name: spec.name.clone(), error: e.to_string(), retry_in: delay });
                 delay
             }
@@ -116,7 +116,7 @@ async fn run(spec: ProcessSpec, log: PathBuf, grace: Duration, view: View, event
                     p.restarts = restarts;
                     p.last_exit = Some(how.clone());
                 });
-                tracing::warn!(process = %spec.name, %how, "exited; restarting in {delay:?}");
+                tracing::debug!(process = %spec.name, %how, "exited; restarting in {delay:?}");
                 events.send(Event::Exited { name: spec.name.clone(), how, restart_in: delay });
                 delay
             }

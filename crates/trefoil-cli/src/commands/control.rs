@@ -16,9 +16,14 @@ pub struct Args {
     /// REST API address (`/api/v1/<kind>[/<name>]`, `/api/v1/openapi.json`).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Config stream address (gRPC) for proxies run with `trefoil proxy --control`.
+    /// Accepted so `trefoil up` can pass it; the config stream itself is not served by this build yet.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    grpc_listen: SocketAddr,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    let _ = args.grpc_listen;
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
