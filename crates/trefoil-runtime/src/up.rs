@@ -100,8 +100,14 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
     events.send(Event::Stopping);
     running.stop().await;
     view.send_modify(|v| v.running = false);
+    let last = view.borrow().clone();
+    // The writer ends once every handle on the view is gone.
+    drop(running);
     drop(view);
     let _ = writer_task.await;
+    if let Err(e) = view::write(&state, &last) {
+        tracing::warn!(error = %e, "cannot write up.json");
+    }
     started
 }
 
