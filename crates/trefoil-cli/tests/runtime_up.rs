@@ -260,6 +260,19 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
     let view = up.view();
     assert_eq!(view["running"], false);
     assert!(pids(&view).is_empty(), "{view:#}");
+    // The replicas were taken out of Endpoints before their apps stopped;
+    // the store keeps that (read it with a fresh control plane).
+    let data = up.state.join("data");
+    let api = common::addr();
+    let mut control = Command::new(trefoil_bin()).args(["control", "--listen", &api.to_string(), "--grpc-listen", &common::addr().to_string(), "--data"]).arg(&data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(common::wait_for_port(api, Duration::from_secs(20)));
+    let (status, _, body) = http_get(api, "control", "/api/v1/endpoints/web");
+    let _ = control.kill();
+    let _ = control.wait();
+    assert_eq!(status, 200, "{body}");
+    let stored: Value = serde_json::from_str(&body).unwrap();
+    assert!(stored["spec"]["endpoints"].as_array().unwrap().iter().all(|e| e["ready"] == false), "{stored:#}");
+
     let stderr = up.stderr();
     let app = stderr.find("stopped web-0").expect("apps stopped");
     let control = stderr.find("stopped control").expect("control stopped");

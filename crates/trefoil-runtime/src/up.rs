@@ -22,6 +22,9 @@ use crate::view::{self, UpView, View};
 pub const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long start-up waits for replicas to become ready before summarizing anyway.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long stopping waits for the control plane to take the replicas out of
+/// `Endpoints` before it stops the apps anyway.
+pub const UNPUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What `trefoil up` was asked to do.
 #[derive(Clone, Debug)]
@@ -87,7 +90,7 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
 
     let (view, view_rx) = watch::channel(UpView { pid: std::process::id(), api: format!("http://{}", plan.api), grpc: plan.grpc.to_string(), running: true, processes: BTreeMap::new() });
     let writer_task = tokio::spawn(view::write_on_change(state.clone(), view_rx));
-    let mut running = Running { state: state.clone(), view: view.clone(), events: events.clone(), processes: Vec::new(), tasks: Vec::new() };
+    let mut running = Running { state: state.clone(), view: view.clone(), events: events.clone(), processes: Vec::new(), tasks: Vec::new(), writer: None };
 
     tokio::pin!(shutdown);
     let started = tokio::select! {
@@ -117,7 +120,10 @@ struct Running {
     view: View,
     events: Events,
     processes: Vec<(Role, Supervised)>,
+    /// Background work that derives state from the view.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The resource writer, with the plan its Endpoints come from.
+    writer: Option<(Plan, Writer, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -131,6 +137,14 @@ impl Running {
     /// proxies, then the control plane; each group stops in parallel.
     async fn stop(&mut self) {
         for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        // Take every replica out of traffic before its app goes away, so
+        // proxies stop sending to it and the stored Endpoints do not claim
+        // ready replicas after `up` ended.
+        if let Some((plan, writer, task)) = self.writer.take() {
+            let generation = writer.set(plan.endpoints(&BTreeMap::new()).iter().map(keyed));
+            let _ = tokio::time::timeout(UNPUBLISH_TIMEOUT, writer.settled(generation)).await;
             task.abort();
         }
         let mut all = std::mem::take(&mut self.processes);
@@ -155,7 +169,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
 
     let (restarts_tx, restarts_rx) = watch::channel(0u64);
     let (writer, writer_task) = reconcile::start(ApiClient::new(plan.api), restarts_rx, running.events.clone());
-    running.tasks.push(writer_task);
+    running.writer = Some((plan.clone(), writer.clone(), writer_task));
     running.tasks.push(tokio::spawn(watch_control_restarts(running.view.subscribe(), restarts_tx)));
 
     // What the files say, then each sidecar's registration: both must be
