@@ -28,6 +28,8 @@ pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
+    // Read before the fork: in the child, getpid() is the child's own.
+    #[cfg(target_os = "linux")]
     let supervisor = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, _exit)
     // run between fork and exec.
@@ -50,7 +52,6 @@ pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
                     libc::_exit(1);
                 }
             }
-            let _ = supervisor;
             Ok(())
         });
     }

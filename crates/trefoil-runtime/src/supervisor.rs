@@ -140,3 +140,78 @@ fn describe(status: std::process::ExitStatus) -> String {
         _ => status.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Probe, Role};
+    use crate::view::UpView;
+    use std::collections::BTreeMap;
+    use tokio::sync::{mpsc, watch};
+
+    fn shell(name: &str, script: &str) -> ProcessSpec {
+        ProcessSpec {
+            name: name.into(),
+            role: Role::App,
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+            cwd: None,
+            addresses: BTreeMap::new(),
+            probe: Probe::Tcp("127.0.0.1:1".parse().unwrap()),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("trefoil-supervisor-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_crashing_child_is_restarted_with_growing_delays_and_logs_appended() {
+        let dir = scratch("crash");
+        let log = dir.join("crash.log");
+        let (view, mut rx) = watch::channel(UpView::default());
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let s = supervise(shell("crash", "echo \"$GREETING\"; echo oops >&2; exit 3"), log.clone(), Duration::from_secs(1), view, Events::new(tx));
+        rx.wait_for(|v| v.processes["crash"].restarts >= 2).await.unwrap();
+        s.stop().await;
+        let mut delays = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if let Event::Exited { how, restart_in, .. } = e {
+                assert_eq!(how, "exit code 3");
+                delays.push(restart_in.as_millis());
+            }
+        }
+        assert_eq!(delays[..2], [500, 1000]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.matches("hello\n").count() >= 2 && text.contains("oops"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_sigkill_after_the_grace_period() {
+        let dir = scratch("stubborn");
+        let (view, mut rx) = watch::channel(UpView::default());
+        let (tx, _events) = mpsc::unbounded_channel();
+        // Ignores SIGTERM; the trap is set before it says it is running.
+        let s = supervise(shell("stubborn", "trap '' TERM; echo up; while :; do sleep 0.1; done"), dir.join("s.log"), Duration::from_millis(300), view, Events::new(tx));
+        rx.wait_for(|v| v.processes["stubborn"].running).await.unwrap();
+        let log = dir.join("s.log");
+        let trapped = async {
+            while !std::fs::read_to_string(&log).unwrap_or_default().contains("up") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), trapped).await.expect("the child started");
+        let pid = rx.borrow().processes["stubborn"].pid.unwrap();
+        let started = Instant::now();
+        s.stop().await;
+        assert!(started.elapsed() >= Duration::from_millis(300), "waited for the grace period");
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "killed and reaped");
+        assert!(!rx.borrow().processes["stubborn"].running);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
