@@ -322,3 +322,56 @@ fn traffic_flows_through_the_gateway() {
     });
 }
 
+
+#[test]
+fn apps_get_their_ports_and_upstreams_in_the_environment() {
+    let server = trefoil_testkit::testserver_path();
+    // The shell shows the environment, then becomes the server (same pid).
+    let web = format!(
+        "{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  version: v2\n  command: /bin/sh\n  args: [\"-c\", \"env | grep -E '^(PORT|TREFOIL_|GREETING)' | sort; exec '{}' --listen 127.0.0.1:${{PORT}}\"]\n  env: {{GREETING: \"hi from ${{TREFOIL_SERVICE}}\"}}\n---\n",
+        server.display()
+    );
+    let mut up = Up::start(&format!("{web}{}", workload("api", "payments-api", 1)));
+    up.wait_ready(&["web-0", "api-0"]);
+    let log = String::from_utf8_lossy(&up.logs(&["web-0"]).stdout).to_string();
+    let sidecar = up.process("web-0-sidecar");
+    let app = up.process("web-0");
+    let port = app["addresses"]["app"].as_str().unwrap().rsplit(':').next().unwrap().to_string();
+    for line in [
+        format!("PORT={port}"),
+        "TREFOIL_SERVICE=web".into(),
+        "TREFOIL_VERSION=v2".into(),
+        "TREFOIL_REPLICA=0".into(),
+        format!("TREFOIL_OUTBOUND={}", sidecar["addresses"]["outbound"].as_str().unwrap()),
+        format!("TREFOIL_UPSTREAM_PAYMENTS_API={}", sidecar["addresses"]["upstream.payments-api"].as_str().unwrap()),
+        "GREETING=hi from web".into(),
+    ] {
+        assert!(log.lines().any(|l| l == line), "{line:?} missing from:\n{log}");
+    }
+    assert!(!log.contains("TREFOIL_UPSTREAM_WEB="), "no upstream to its own service:\n{log}");
+}
+
+#[test]
+fn a_second_up_on_the_same_state_is_refused() {
+    let mut up = Up::start(&workload("web", "web", 1));
+    up.wait_ready(&["web-0"]);
+    let out = Command::new(trefoil_bin()).args(["up", "-f"]).arg(up.dir.join("files")).arg("--state").arg(&up.state).args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another `trefoil up`") && err.contains(&up.view()["pid"].to_string()), "{err}");
+    assert_eq!(up.process("web-0")["restarts"], 0, "the running one is untouched");
+}
+
+#[test]
+fn a_control_plane_that_cannot_start_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = scratch_dir();
+    std::fs::write(dir.join("mesh.yaml"), workload("web", "web", 1)).unwrap();
+    let out = common::run_with_timeout(
+        Command::new(trefoil_bin()).args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args(["--listen", &taken.local_addr().unwrap().to_string(), "--grpc-listen", "127.0.0.1:0"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the control plane did not start") && err.contains("cannot listen"), "{err}");
+}

@@ -20,6 +20,8 @@ use crate::view::{self, UpView, View};
 
 /// How long the control plane may take to answer its API at start.
 pub const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Start-up gives up after the control plane exited this many times without answering.
+pub const CONTROL_START_ATTEMPTS: u32 = 3;
 /// How long start-up waits for replicas to become ready before summarizing anyway.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long stopping waits for the control plane to take the replicas out of
@@ -51,8 +53,10 @@ pub enum UpError {
     Plan(#[from] PlanError),
     #[error("state directory {path}: {source}")]
     State { path: PathBuf, source: std::io::Error },
-    #[error("the control plane did not answer within {CONTROL_START_TIMEOUT:?}; see {log}")]
-    ControlNotReady { log: String },
+    #[error("the control plane did not start; the end of {log}:\n{tail}")]
+    ControlNotReady { log: String, tail: String },
+    #[error("another `trefoil up` (pid {pid}) uses state directory {path}")]
+    Busy { path: PathBuf, pid: String },
     #[error("the control plane refused resources:\n{0}")]
     Refused(String),
 }
@@ -79,6 +83,7 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
     let resources: Vec<Resource> = sources.into_iter().map(|s| s.resource).collect();
 
     let state = prepare_state(&options.state)?;
+    let _lock = lock_state(&state)?;
     let workdir = files_dir(&options.files);
     let env = |name: &str| std::env::var(name).ok();
     let plan = {
@@ -162,9 +167,15 @@ impl Running {
 async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Result<(), UpError> {
     running.supervise(&plan.control);
     let mut view_rx = running.view.subscribe();
-    let ready = matches!(tokio::time::timeout(CONTROL_START_TIMEOUT, view_rx.wait_for(|v| v.processes.get("control").is_some_and(|p| p.ready))).await, Ok(Ok(_)));
+    // A control plane that keeps exiting before it ever answers (a taken
+    // port, an unreadable store) will not get better by waiting.
+    let settled = view_rx.wait_for(|v| v.processes.get("control").is_some_and(|p| p.ready || p.restarts >= CONTROL_START_ATTEMPTS));
+    let ready = matches!(tokio::time::timeout(CONTROL_START_TIMEOUT, settled).await, Ok(Ok(v)) if v.processes.get("control").is_some_and(|p| p.ready));
     if !ready {
-        return Err(UpError::ControlNotReady { log: crate::logs::path(&running.state, "control").display().to_string() });
+        let log = crate::logs::path(&running.state, "control");
+        let text = std::fs::read(&log).unwrap_or_default();
+        let tail = String::from_utf8_lossy(crate::logs::tail(&text, Some(5))).trim_end().to_string();
+        return Err(UpError::ControlNotReady { log: log.display().to_string(), tail });
     }
 
     let (restarts_tx, restarts_rx) = watch::channel(0u64);
@@ -264,6 +275,20 @@ fn prepare_state(state: &Path) -> Result<PathBuf, UpError> {
         std::fs::create_dir_all(&dir).map_err(fail)?;
     }
     std::fs::canonicalize(state).map_err(fail)
+}
+
+/// Holds `STATE/up.lock` while `up` runs, so two supervisors never share a
+/// store; the OS releases the lock when the process ends, however it ends.
+fn lock_state(state: &Path) -> Result<std::fs::File, UpError> {
+    use std::os::fd::AsRawFd;
+    let path = state.join("up.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| UpError::State { path: path.clone(), source })?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = view::read(state).map(|v| v.pid.to_string()).unwrap_or_else(|| "unknown".into());
+        return Err(UpError::Busy { path: state.to_path_buf(), pid });
+    }
+    Ok(file)
 }
 
 /// The directory relative workload commands are found in.
