@@ -35,7 +35,11 @@ struct Up {
 
 impl Up {
     fn start(files: &str) -> Self {
-        let dir = scratch_dir();
+        Self::start_in(scratch_dir(), files)
+    }
+
+    /// Starts in `dir`, reusing its state directory if an earlier run left one.
+    fn start_in(dir: PathBuf, files: &str) -> Self {
         std::fs::create_dir_all(dir.join("files")).unwrap();
         std::fs::write(dir.join("files").join("mesh.yaml"), files).unwrap();
         let state = dir.join("state");
@@ -374,4 +378,53 @@ fn a_control_plane_that_cannot_start_is_reported() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the control plane did not start") && err.contains("cannot listen"), "{err}");
+}
+
+#[test]
+fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
+    let mut first = Up::start(&format!("{}{}", workload("web", "web", 2), workload("old", "old", 1)));
+    first.wait_ready(&["web-0", "web-1", "old-0"]);
+    let dir = first.dir.clone();
+    assert_eq!(first.stop_with(libc::SIGINT), Some(0));
+
+    let mut second = Up::start_in(dir, &workload("web", "web", 1));
+    second.wait_ready(&["web-0"]);
+    second.wait("Endpoints/web with one replica", |u| ready_replicas(u, "web") == [0] && endpoints(u, "web").len() == 1);
+    let proxies: Vec<String> = second.get("/api/v1/proxies")["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(proxies, ["web-0"], "stale sidecars are gone");
+    assert!(second.get("/api/v1/endpoints/old").is_null(), "stale Endpoints are gone");
+    assert!(second.get("/api/v1/workloads/old").is_object(), "what people wrote is never deleted by the runtime");
+    assert!(second.stderr().contains("deleted Proxy/web-1"), "{}", second.stderr());
+}
+
+#[test]
+fn logs_follow_prints_new_output() {
+    let mut up = Up::start(&workload("web", "web", 1));
+    up.wait_ready(&["web-0"]);
+    let out = up.dir.join("follow.out");
+    let mut follow = Command::new(trefoil_bin())
+        .args(["logs", "web-0", "--follow", "--tail", "0", "--state"])
+        .arg(&up.state)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The restarted app writes a new "listening on" line.
+    let pid = up.process("web-0")["pid"].as_u64().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_until("the new output followed", Duration::from_secs(30), || std::fs::read_to_string(&out).unwrap_or_default().contains("listening on"));
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+#[test]
+fn ctrl_c_during_start_up_stops_cleanly() {
+    // This replica never becomes ready, so start-up is still waiting for it.
+    let files = workload("web", "web", 1).replace("health: {http: /healthz}", "health: {http: /status/503}");
+    let mut up = Up::start(&files);
+    up.wait("the app running", |u| u.process("web-0")["running"] == true);
+    let running = pids(&up.view());
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+    assert!(running.iter().all(|p| !alive(*p)));
+    assert!(!up.stdout().contains("\"api\""), "no summary: start-up did not finish");
 }

@@ -48,20 +48,42 @@ impl ApiClient {
 
     /// `PUT /api/v1/<kind>/<name>` with `body`.
     pub async fn put(&self, kind: &str, name: &str, body: &Value) -> Result<(), ApiError> {
-        let url = format!("{}/api/v1/{kind}/{name}", self.base);
         let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Refused { status: 0, message: e.to_string() })?;
-        let request = http::Request::put(&url)
+        self.call(http::Method::PUT, &format!("/api/v1/{kind}/{name}"), bytes).await.map(drop)
+    }
+
+    /// `GET /api/v1/<kind>`: the stored objects of a kind.
+    pub async fn list(&self, kind: &str) -> Result<Vec<Value>, ApiError> {
+        let body = self.call(http::Method::GET, &format!("/api/v1/{kind}"), Vec::new()).await?;
+        Ok(body["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `DELETE /api/v1/<kind>/<name>`; an object already gone is fine.
+    pub async fn delete(&self, kind: &str, name: &str) -> Result<(), ApiError> {
+        match self.call(http::Method::DELETE, &format!("/api/v1/{kind}/{name}"), Vec::new()).await {
+            Ok(_) | Err(ApiError::Refused { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One request; a 2xx answer's JSON body (`Null` if it has none).
+    async fn call(&self, method: http::Method, path: &str, body: Vec<u8>) -> Result<Value, ApiError> {
+        let url = format!("{}{path}", self.base);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(bytes)))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| ApiError::Refused { status: 0, message: e.to_string() })?;
         let call = async {
             let response = self.http.request(request).await.map_err(|e| ApiError::Unreachable(e.to_string()))?;
             let status = response.status().as_u16();
             let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if (200..300).contains(&status) {
-                return Ok(());
+                return Ok(json);
             }
-            let message = explain(&serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let message = explain(&json);
             if status == 409 || status >= 500 {
                 Err(ApiError::Transient { status, message })
             } else {

@@ -21,6 +21,8 @@ pub enum Event {
     StartFailed { name: String, error: String, retry_in: Duration },
     /// The control plane refused a resource the runtime wrote.
     Rejected { resource: String, error: String },
+    /// A resource an earlier run registered and this one does not run was deleted.
+    Pruned { resource: String },
     /// Everything is started; what to tell the user.
     Up(Summary),
     /// Shutting down, in order: apps, proxies, control plane.

@@ -98,11 +98,16 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
     let mut running = Running { state: state.clone(), view: view.clone(), events: events.clone(), processes: Vec::new(), tasks: Vec::new(), writer: None };
 
     tokio::pin!(shutdown);
+    // A stop asked for during start-up ends the start where it is.
+    let mut stop_asked = false;
     let started = tokio::select! {
         result = start(&plan, &resources, &mut running) => result,
-        _ = &mut shutdown => Ok(()),
+        _ = &mut shutdown => {
+            stop_asked = true;
+            Ok(())
+        }
     };
-    if started.is_ok() {
+    if started.is_ok() && !stop_asked {
         shutdown.await;
     }
     events.send(Event::Stopping);
@@ -181,6 +186,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
     let (restarts_tx, restarts_rx) = watch::channel(0u64);
     let (writer, writer_task) = reconcile::start(ApiClient::new(plan.api), restarts_rx, running.events.clone());
     running.writer = Some((plan.clone(), writer.clone(), writer_task));
+    prune(&ApiClient::new(plan.api), plan, &running.events).await;
     running.tasks.push(tokio::spawn(watch_control_restarts(running.view.subscribe(), restarts_tx)));
 
     // What the files say, then each sidecar's registration: both must be
@@ -208,6 +214,35 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
     let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(|v| apps.iter().all(|a| v.processes.get(a).is_some_and(|p| p.ready)))).await;
     running.events.send(Event::Up(summary(plan, &running.state, &running.view.borrow())));
     Ok(())
+}
+
+/// Deletes what an earlier `up` with the same store registered and this
+/// plan no longer has (a removed workload's sidecars and Endpoints), so the
+/// control plane does not keep compiling for proxies that will never come.
+/// Only the runtime's own resources (by label) are touched; a failure is
+/// reported and start-up goes on.
+async fn prune(client: &ApiClient, plan: &Plan, events: &Events) {
+    let endpoints = plan.endpoints(&BTreeMap::new());
+    let keep: std::collections::BTreeSet<(&str, &str)> = plan.replicas.iter().map(|r| &r.proxy).chain(&endpoints).map(|r| (r.kind(), r.name())).collect();
+    for kind in ["Proxy", "Endpoints"] {
+        let items = match client.list(kind).await {
+            Ok(items) => items,
+            Err(e) => {
+                events.send(Event::Rejected { resource: format!("{kind} (listing stale ones)"), error: e.to_string() });
+                continue;
+            }
+        };
+        for item in items {
+            let managed = item["metadata"]["labels"][plan::MANAGED_BY.0] == plan::MANAGED_BY.1;
+            let name = item["metadata"]["name"].as_str().unwrap_or_default();
+            if managed && !name.is_empty() && !keep.contains(&(kind, name)) {
+                match client.delete(kind, name).await {
+                    Ok(()) => events.send(Event::Pruned { resource: format!("{kind}/{name}") }),
+                    Err(e) => events.send(Event::Rejected { resource: format!("{kind}/{name}"), error: format!("cannot delete a stale one: {e}") }),
+                }
+            }
+        }
+    }
 }
 
 fn keyed(r: &Resource) -> ((String, String), serde_json::Value) {

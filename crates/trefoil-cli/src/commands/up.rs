@@ -64,7 +64,17 @@ pub fn run(args: Args) -> ExitCode {
     let format = args.output;
     let result = runtime.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let up = trefoil_runtime::up(options, Events::new(tx), stop_signal());
+        // A second Ctrl-C does not wait for the orderly stop: exiting kills
+        // every child at once (they die with this process).
+        let shutdown = async {
+            stop_signal().await;
+            tokio::spawn(async {
+                stop_signal().await;
+                eprintln!("interrupted again: killing everything now");
+                std::process::exit(130);
+            });
+        };
+        let up = trefoil_runtime::up(options, Events::new(tx), shutdown);
         tokio::pin!(up);
         loop {
             tokio::select! {
@@ -129,6 +139,7 @@ fn show(event: Event, format: Format) {
         Event::Exited { name, how, restart_in } => eprintln!("{name} exited ({how}); restarting in {restart_in:?}"),
         Event::StartFailed { name, error, retry_in } => eprintln!("cannot start {name}: {error}; retrying in {retry_in:?}"),
         Event::Rejected { resource, error } => eprintln!("control plane refused {resource}: {error}"),
+        Event::Pruned { resource } => eprintln!("deleted {resource}: left from an earlier run, no longer in the files"),
         Event::Up(summary) => print_summary(&summary, format),
         Event::Stopping => eprintln!("stopping: apps, then proxies, then the control plane"),
         Event::Stopped { name } => eprintln!("stopped {name}"),
