@@ -97,6 +97,8 @@ pub struct PlanContext<'a> {
 pub enum PlanError {
     #[error("Workload {workload}: {field}: {source}")]
     Expand { workload: String, field: String, source: ExpandError },
+    #[error("two processes would be named {0:?} (a gateway Proxy is named like the control plane or a workload replica); rename one")]
+    NameClash(String),
     #[error("cannot allocate a port: {0}")]
     Ports(#[from] std::io::Error),
 }
@@ -163,7 +165,13 @@ pub fn build(resources: &[Resource], ctx: &PlanContext, ports: &mut PortAllocato
             }
         }
     }
-    Ok(Plan { control, api, grpc, gateways, replicas, gateway_urls })
+    let plan = Plan { control, api, grpc, gateways, replicas, gateway_urls };
+    // Names key log files, up.json and the sidecars' Proxy resources.
+    let mut names = BTreeSet::new();
+    if let Some(clash) = plan.processes().map(|p| p.name.as_str()).find(|name| !names.insert(*name)) {
+        return Err(PlanError::NameClash(clash.to_string()));
+    }
+    Ok(plan)
 }
 
 fn proxy_process(exe: &Path, grpc: SocketAddr, process: &str, proxy: &str, role: Role, admin: SocketAddr, mut addresses: BTreeMap<String, String>) -> ProcessSpec {
@@ -396,6 +404,14 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         assert_eq!(e.endpoints.iter().map(|e| (e.replica, e.ready)).collect::<Vec<_>>(), [(0, false), (1, true)]);
         assert_eq!(e.endpoints[1].address, p.replicas[1].inbound.to_string());
         assert_eq!(e.endpoints[1].workload, "web-v1");
+    }
+
+    #[test]
+    fn process_names_must_not_clash() {
+        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: web-0}\nspec: {}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\nspec: {service: web, command: x}\n";
+        assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "web-0"));
+        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: control}\nspec: {}\n";
+        assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "control"));
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub enum UpError {
 impl UpError {
     /// Whether the user's input is at fault (exit code 2).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, UpError::Invalid(_) | UpError::Plan(PlanError::Expand { .. }))
+        matches!(self, UpError::Invalid(_) | UpError::Plan(PlanError::Expand { .. } | PlanError::NameClash(_)))
     }
 }
 
