@@ -51,6 +51,7 @@ enum Command {
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
     Validate(commands::validate::Args),
     /// Run a whole mesh on this machine: control plane, gateways, and each Workload replica with its sidecar.
+    #[command(long_about = commands::up::LONG_ABOUT)]
     Up(commands::up::Args),
     /// Print the output of a process started by `trefoil up`.
     Logs(commands::logs::Args),

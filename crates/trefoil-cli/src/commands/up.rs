@@ -11,8 +11,8 @@ use trefoil_runtime::{Event, Events, Summary, UpError, UpOptions};
 
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
-#[derive(clap::Args)]
-#[command(long_about = "Run a whole mesh on this machine from resource files.
+/// `trefoil up --help`.
+pub const LONG_ABOUT: &str = "Run a whole mesh on this machine from resource files.
 
 Starts the control plane (`trefoil control`) as a child process, stores every
 resource from the files in it, then starts a proxy for each gateway `Proxy`
@@ -20,7 +20,11 @@ resource and, for each `Workload` replica, a sidecar proxy and the app. Each
 replica is probed (its `health.http` path, else a TCP connect on its port) and
 published in `Endpoints/<service>`. Crashed processes restart with back-off
 (0.5 s doubling to 30 s). Ctrl-C stops the apps, then the proxies, then the
-control plane.
+control plane; a second Ctrl-C kills them all at once.
+
+Process names: `control`, each gateway's Proxy name, `<workload>-<replica>`
+(an app) and `<workload>-<replica>-sidecar`; the sidecar registers as Proxy
+`<workload>-<replica>`.
 
 An app gets PORT (where to listen), TREFOIL_SERVICE, TREFOIL_VERSION,
 TREFOIL_REPLICA, TREFOIL_OUTBOUND (its sidecar's Host-routed outbound
@@ -29,7 +33,9 @@ expands in a workload's `args` and `env`.
 
 State lives in --state: data/ (the store), logs/<process>.log (see
 `trefoil logs NAME`) and up.json (every process: role, pid, addresses,
-restarts, ready).")]
+restarts, ready).";
+
+#[derive(clap::Args)]
 pub struct Args {
     /// A YAML file, or a directory of *.yaml / *.yml files.
     #[arg(short = 'f', long = "file")]
