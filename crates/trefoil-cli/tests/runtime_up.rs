@@ -2,7 +2,8 @@
 //! running the control plane, proxies and `trefoil-testserver` apps.
 //!
 //! Needs `trefoil-testserver` built (`cargo build -p trefoil-testkit --bins`).
-//! Tests marked `ignore` need `trefoil proxy --control` (the config stream).
+//! Tests marked `ignore` need `trefoil proxy --control` and the control
+//! plane's per-proxy compiler (the config stream work) merged.
 
 mod common;
 
@@ -306,7 +307,7 @@ fn bad_input_exits_2_with_the_location() {
 
 /// Requests through the gateway reach both replicas, through their sidecars.
 #[test]
-#[ignore = "needs `trefoil proxy --control` (the config stream) merged"]
+#[ignore = "needs the config stream and the per-proxy compiler (implied Services, Endpoints in snapshots) merged"]
 fn traffic_flows_through_the_gateway() {
     let port = trefoil_testkit::free_port();
     let files = format!(
@@ -427,4 +428,21 @@ fn ctrl_c_during_start_up_stops_cleanly() {
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
     assert!(running.iter().all(|p| !alive(*p)));
     assert!(!up.stdout().contains("\"api\""), "no summary: start-up did not finish");
+}
+
+/// What an app does to call another service: its sidecar's per-upstream
+/// port (any Host) and its outbound port (by Host) both reach the service's
+/// replicas, through their sidecars.
+#[test]
+#[ignore = "needs the config stream and the per-proxy compiler (sidecar listeners, Endpoints in snapshots) merged"]
+fn sidecar_ports_reach_the_other_service() {
+    let mut up = Up::start(&format!("{}{}", workload("web", "web", 1), workload("api", "api", 2)));
+    up.wait_ready(&["web-0", "api-0", "api-1", "web-0-sidecar", "api-0-sidecar", "api-1-sidecar"]);
+    let sidecar = up.process("web-0-sidecar");
+    let upstream: SocketAddr = sidecar["addresses"]["upstream.api"].as_str().unwrap().parse().unwrap();
+    let outbound: SocketAddr = sidecar["addresses"]["outbound"].as_str().unwrap().parse().unwrap();
+    up.wait("api answers on web-0's upstream and outbound ports", |_| {
+        let via = |addr, host| trefoil_testkit::http_request(addr, "GET", host, "/", &[], b"").ok().filter(|(s, _, _)| *s == 200).map(|(_, _, b)| String::from_utf8_lossy(&b).trim().to_string());
+        matches!(via(upstream, "anything").as_deref(), Some("api-0" | "api-1")) && matches!(via(outbound, "api").as_deref(), Some("api-0" | "api-1"))
+    });
 }
