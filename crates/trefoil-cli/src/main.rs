@@ -63,6 +63,11 @@ enum Command {
     /// Show a resource and what relates to it (endpoints, workloads, routes, status).
     #[command(long_about = commands::describe::ABOUT)]
     Describe(commands::describe::Args),
+    /// Run a whole mesh on this machine: control plane, gateways, and each Workload replica with its sidecar.
+    #[command(long_about = commands::up::LONG_ABOUT)]
+    Up(commands::up::Args),
+    /// Print the output of a process started by `trefoil up`.
+    Logs(commands::logs::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -89,6 +94,8 @@ fn main() -> ExitCode {
         Command::Top(args) => commands::top::run(args),
         Command::Check(args) => commands::check::run(args),
         Command::Describe(args) => commands::describe::run(args),
+        Command::Up(args) => commands::up::run(args),
+        Command::Logs(args) => commands::logs::run(args),
     }
 }
 

@@ -205,6 +205,13 @@ mod tests {
     }
 
     #[test]
+    fn workloads_and_endpoints_decode_as_themselves() {
+        let r = load("apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\nspec:\n  service: web\n  command: srv\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Endpoints\nmetadata: {name: web}\nspec:\n  endpoints: [{address: 127.0.0.1:1, version: v1, ready: true}]\n").unwrap();
+        assert!(matches!(&r[0].resource.spec, Spec::Workload(w) if w.command == "srv" && w.replicas == 1));
+        assert!(matches!(&r[1].resource.spec, Spec::Endpoints(e) if e.endpoints.len() == 1));
+    }
+
+    #[test]
     fn load_balancer_forms() {
         let r = load("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  service: web\n  loadBalancer: {ringHash: {header: x-user}}\n").unwrap();
         let Spec::TrafficPolicy(p) = &r[0].resource.spec else { panic!() };

@@ -4,6 +4,8 @@ pub mod control;
 pub mod demo;
 pub mod demo_app;
 pub mod describe;
+pub mod logs;
 pub mod proxy;
 pub mod top;
+pub mod up;
 pub mod validate;

@@ -1,0 +1,184 @@
+//! `trefoil up -f PATH`: the local runtime. Argument parsing and output
+//! only; the work is in `trefoil-runtime`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::sync::mpsc;
+use trefoil_runtime::plan::Role;
+use trefoil_runtime::{Event, Events, Summary, UpError, UpOptions};
+
+use crate::output::{current_thread_runtime, exit, print_structured, Format};
+
+/// `trefoil up --help`.
+pub const LONG_ABOUT: &str = "Run a whole mesh on this machine from resource files.
+
+Starts the control plane (`trefoil control`) as a child process, stores every
+resource from the files in it, then starts a proxy for each gateway `Proxy`
+resource and, for each `Workload` replica, a sidecar proxy and the app. Each
+replica is probed (its `health.http` path, else a TCP connect on its port) and
+published in `Endpoints/<service>`. Crashed processes restart with back-off
+(0.5 s doubling to 30 s). Ctrl-C stops the apps, then the proxies, then the
+control plane; a second Ctrl-C kills them all at once.
+
+Process names: `control`, each gateway's Proxy name, `<workload>-<replica>`
+(an app) and `<workload>-<replica>-sidecar`; the sidecar registers as Proxy
+`<workload>-<replica>`.
+
+An app gets PORT (where to listen), TREFOIL_SERVICE, TREFOIL_VERSION,
+TREFOIL_REPLICA, TREFOIL_OUTBOUND (its sidecar's Host-routed outbound
+address) and TREFOIL_UPSTREAM_<SERVICE> for every other service; `${VAR}`
+expands in a workload's `args` and `env`.
+
+State lives in --state: data/ (the store), logs/<process>.log (see
+`trefoil logs NAME`) and up.json (every process: role, pid, addresses,
+restarts, ready).";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A YAML file, or a directory of *.yaml / *.yml files.
+    #[arg(short = 'f', long = "file")]
+    path: PathBuf,
+    /// State directory: store, logs, up.json.
+    #[arg(long, default_value = ".trefoil")]
+    state: PathBuf,
+    /// Control plane REST API address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Control plane config stream (gRPC) address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    grpc_listen: SocketAddr,
+    /// First proxy admin port: gateways get base, base+1, ..., then sidecars; 0 lets the OS choose.
+    #[arg(long, default_value_t = 15000)]
+    admin_base: u16,
+    /// Format of the summary printed once everything started.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let Some(runtime) = current_thread_runtime() else { return exit::failure() };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find the trefoil binary to run its parts: {e}");
+            return exit::failure();
+        }
+    };
+    let options = UpOptions { files: args.path, state: args.state, listen: args.listen, grpc_listen: args.grpc_listen, admin_base: args.admin_base, exe };
+    let format = args.output;
+    let result = runtime.block_on(async move {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A second Ctrl-C does not wait for the orderly stop: exiting kills
+        // every child at once (they die with this process).
+        let shutdown = async {
+            stop_signal().await;
+            tokio::spawn(async {
+                stop_signal().await;
+                eprintln!("interrupted again: killing everything now");
+                std::process::exit(130);
+            });
+        };
+        let up = trefoil_runtime::up(options, Events::new(tx), shutdown);
+        tokio::pin!(up);
+        loop {
+            tokio::select! {
+                biased;
+                Some(event) = rx.recv() => show(event, format),
+                result = &mut up => {
+                    while let Ok(event) = rx.try_recv() {
+                        show(event, format);
+                    }
+                    break result;
+                }
+            }
+        }
+    });
+    match result {
+        Ok(()) => exit::ok(),
+        Err(UpError::Invalid(diagnostics)) => {
+            for d in &diagnostics.0 {
+                eprintln!("{d}");
+            }
+            eprintln!("nothing started: {} error(s)", diagnostics.0.len());
+            exit::bad_input()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_bad_input() {
+                exit::bad_input()
+            } else {
+                exit::failure()
+            }
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}
+
+/// Progress on stderr, one line per step; the summary on stdout.
+fn show(event: Event, format: Format) {
+    match event {
+        Event::ResourcesApplied { count } => eprintln!("stored {count} resources in the control plane"),
+        Event::Started { role: Role::Control, pid, restarts: 0, .. } => eprintln!("started the control plane (pid {pid})"),
+        Event::Started { name, role, pid, restarts: 0 } => eprintln!("started {} {name} (pid {pid})", role_name(role)),
+        Event::Started { name, pid, restarts, .. } => eprintln!("restarted {name} (pid {pid}, restart {restarts})"),
+        Event::Ready { role: Role::Control, ready: true, .. } => eprintln!("control plane ready"),
+        Event::Ready { name, role: Role::App, ready: true } => eprintln!("replica {name} ready"),
+        Event::Ready { name, role: Role::App, ready: false } => eprintln!("replica {name} not ready"),
+        Event::Ready { name, role, ready } => eprintln!("{} {name} {}", role_name(role), if ready { "ready" } else { "not ready" }),
+        Event::Exited { name, how, restart_in } => eprintln!("{name} exited ({how}); restarting in {restart_in:?}"),
+        Event::StartFailed { name, error, retry_in } => eprintln!("cannot start {name}: {error}; retrying in {retry_in:?}"),
+        Event::Rejected { resource, error } => eprintln!("control plane refused {resource}: {error}"),
+        Event::Pruned { resource } => eprintln!("deleted {resource}: left from an earlier run, no longer in the files"),
+        Event::Up(summary) => print_summary(&summary, format),
+        Event::Stopping => eprintln!("stopping: apps, then proxies, then the control plane"),
+        Event::Stopped { name } => eprintln!("stopped {name}"),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Control => "control plane",
+        Role::Gateway => "gateway",
+        Role::Sidecar => "sidecar",
+        Role::App => "app",
+    }
+}
+
+fn print_summary(s: &Summary, format: Format) {
+    if format != Format::Table {
+        print_structured(format, s);
+        return;
+    }
+    println!("trefoil is up");
+    for url in &s.gateways {
+        println!("  gateway        {url}");
+    }
+    println!("  REST API       {}", s.api);
+    println!("  config stream  {}", s.grpc);
+    println!("  logs           {}  (trefoil logs NAME)", s.logs);
+    println!("  processes      {}", s.state);
+    if !s.replicas.is_empty() {
+        println!("  {:<22} {:<16} {:<8} {:<22} READY", "REPLICA", "SERVICE", "VERSION", "ADDRESS");
+        for r in &s.replicas {
+            println!("  {:<22} {:<16} {:<8} {:<22} {}", r.name, r.service, r.version, r.address, if r.ready { "yes" } else { "no" });
+        }
+    }
+    println!("Ctrl-C stops everything.");
+}

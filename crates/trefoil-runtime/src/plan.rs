@@ -1,0 +1,425 @@
+//! From validated resources to the list of processes to run: what each one
+//! is, its command line, environment, addresses and readiness probe. Pure
+//! apart from asking the OS for free ports, so it is tested without running
+//! anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use trefoil_model::spec::{DiscoveredEndpoint, EndpointsSpec, ProxySpec, SidecarSpec, WorkloadSpec};
+use trefoil_model::{Metadata, Resource, Spec, API_VERSION};
+
+use crate::expand::{expand, ExpandError};
+use crate::ports::PortAllocator;
+
+/// Label on every resource the runtime writes, so people can tell them apart.
+pub const MANAGED_BY: (&str, &str) = ("trefoil.dev/managed-by", "runtime");
+
+/// What a process is to the mesh; decides the stop order (apps first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Control,
+    Gateway,
+    Sidecar,
+    App,
+}
+
+/// How to tell that a process serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// `GET path` answers 2xx.
+    Http { addr: SocketAddr, path: String },
+    /// The address accepts a TCP connection.
+    Tcp(SocketAddr),
+}
+
+/// One process to run and keep running.
+#[derive(Clone, Debug)]
+pub struct ProcessSpec {
+    /// Unique; names the log file `logs/<name>.log`.
+    pub name: String,
+    pub role: Role,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Set on top of the environment `trefoil up` runs in.
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// Named addresses shown in `up.json` (`app`, `admin`, `inbound`, ...).
+    pub addresses: BTreeMap<String, String>,
+    pub probe: Probe,
+}
+
+/// One replica of a workload: its app, its sidecar and how it is discovered.
+#[derive(Clone, Debug)]
+pub struct ReplicaPlan {
+    pub workload: String,
+    pub service: String,
+    pub version: String,
+    pub index: u32,
+    pub app: ProcessSpec,
+    pub sidecar: ProcessSpec,
+    /// The sidecar's `Proxy` resource (named `<workload>-<index>`).
+    pub proxy: Resource,
+    /// Where other proxies send this replica's traffic: the sidecar's inbound listener.
+    pub inbound: SocketAddr,
+}
+
+/// Everything `trefoil up` runs, in start order.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub control: ProcessSpec,
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    pub gateways: Vec<ProcessSpec>,
+    pub replicas: Vec<ReplicaPlan>,
+    /// `http(s)://address` of every listener a gateway serves.
+    pub gateway_urls: Vec<String>,
+}
+
+/// What the plan is built from, besides the resources.
+pub struct PlanContext<'a> {
+    /// The `trefoil` binary, run as `control` and `proxy`.
+    pub exe: &'a Path,
+    /// Absolute state directory (`data/`, `logs/`).
+    pub state: &'a Path,
+    /// Where relative workload commands are found and apps run: the directory of the files.
+    pub workdir: &'a Path,
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    /// The environment `trefoil up` runs in, for `${VAR}` not set by the runtime or workload.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("Workload {workload}: {field}: {source}")]
+    Expand { workload: String, field: String, source: ExpandError },
+    #[error("two processes would be named {0:?} (a gateway Proxy is named like the control plane or a workload replica); rename one")]
+    NameClash(String),
+    #[error("cannot allocate a port: {0}")]
+    Ports(#[from] std::io::Error),
+}
+
+/// Builds the plan; ports come from `ports` (which must outlive the starts).
+pub fn build(resources: &[Resource], ctx: &PlanContext, ports: &mut PortAllocator) -> Result<Plan, PlanError> {
+    let api = ports.resolve(ctx.api)?;
+    let grpc = ports.resolve(ctx.grpc)?;
+    let exe = ctx.exe.to_path_buf();
+    let control = ProcessSpec {
+        name: "control".into(),
+        role: Role::Control,
+        program: exe.clone(),
+        args: vec![
+            "control".into(),
+            "--data".into(),
+            ctx.state.join("data").display().to_string(),
+            "--listen".into(),
+            api.to_string(),
+            "--grpc-listen".into(),
+            grpc.to_string(),
+        ],
+        env: BTreeMap::new(),
+        cwd: None,
+        addresses: BTreeMap::from([("api".into(), format!("http://{api}")), ("grpc".into(), grpc.to_string())]),
+        probe: Probe::Http { addr: api, path: "/api/v1/openapi.json".into() },
+    };
+
+    // Gateways first so their admin ports come right after --admin-base.
+    let mut gateways = Vec::new();
+    for r in resources {
+        if let Spec::Proxy(p) = &r.spec {
+            if p.sidecar.is_none() {
+                let admin = ports.admin()?;
+                gateways.push(proxy_process(&exe, grpc, r.name(), r.name(), Role::Gateway, admin, BTreeMap::new()));
+            }
+        }
+    }
+    let gateway_names: BTreeSet<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
+    let gateway_urls = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Listener(l) if l.service.is_none() && !gateway_names.is_empty() && l.proxy.as_deref().map(|p| gateway_names.contains(p)).unwrap_or(true) => {
+                Some(format!("{}://{}", if l.tls.is_some() { "https" } else { "http" }, l.address))
+            }
+            _ => None,
+        })
+        .collect();
+
+    let services: BTreeSet<&str> = resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Service(_) => Some(r.name()),
+            Spec::Workload(w) => Some(w.service.as_str()),
+            _ => None,
+        })
+        .collect();
+
+    let mut replicas = Vec::new();
+    for r in resources {
+        if let Spec::Workload(w) = &r.spec {
+            for index in 0..w.replicas {
+                replicas.push(replica(r.name(), w, index, &services, ctx, &exe, grpc, ports)?);
+            }
+        }
+    }
+    let plan = Plan { control, api, grpc, gateways, replicas, gateway_urls };
+    // Names key log files, up.json and the sidecars' Proxy resources.
+    let mut names = BTreeSet::new();
+    if let Some(clash) = plan.processes().map(|p| p.name.as_str()).find(|name| !names.insert(*name)) {
+        return Err(PlanError::NameClash(clash.to_string()));
+    }
+    Ok(plan)
+}
+
+fn proxy_process(exe: &Path, grpc: SocketAddr, process: &str, proxy: &str, role: Role, admin: SocketAddr, mut addresses: BTreeMap<String, String>) -> ProcessSpec {
+    addresses.insert("admin".into(), admin.to_string());
+    ProcessSpec {
+        name: process.to_string(),
+        role,
+        program: exe.to_path_buf(),
+        args: vec!["proxy".into(), "--control".into(), grpc.to_string(), "--name".into(), proxy.to_string(), "--admin".into(), admin.to_string()],
+        env: BTreeMap::new(),
+        cwd: None,
+        addresses,
+        probe: Probe::Http { addr: admin, path: "/ready".into() },
+    }
+}
+
+/// `TREFOIL_UPSTREAM_<SERVICE>`: upper-cased, `-` and `.` as `_`.
+pub fn upstream_var(service: &str) -> String {
+    let name: String = service.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("TREFOIL_UPSTREAM_{name}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&str>, ctx: &PlanContext, exe: &Path, grpc: SocketAddr, ports: &mut PortAllocator) -> Result<ReplicaPlan, PlanError> {
+    let proxy_name = format!("{workload}-{index}");
+    let app_addr = match w.port {
+        Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        None => ports.free()?,
+    };
+    let inbound = ports.free()?;
+    let outbound = ports.free()?;
+    let admin = ports.admin()?;
+    let mut upstreams = BTreeMap::new();
+    for service in services.iter().filter(|s| **s != w.service) {
+        upstreams.insert(service.to_string(), ports.free()?.to_string());
+    }
+
+    // The runtime's own variables win over the workload's env, which wins
+    // over the environment `trefoil up` inherited.
+    let mut runtime_env = BTreeMap::from([
+        ("PORT".to_string(), app_addr.port().to_string()),
+        ("TREFOIL_SERVICE".to_string(), w.service.clone()),
+        ("TREFOIL_VERSION".to_string(), w.version.clone()),
+        ("TREFOIL_REPLICA".to_string(), index.to_string()),
+        ("TREFOIL_OUTBOUND".to_string(), outbound.to_string()),
+    ]);
+    for (service, address) in &upstreams {
+        runtime_env.insert(upstream_var(service), address.clone());
+    }
+    let failed = |field: String| move |source| PlanError::Expand { workload: workload.to_string(), field, source };
+    let mut env = BTreeMap::new();
+    for (key, value) in &w.env {
+        let lookup = |name: &str| runtime_env.get(name).cloned().or_else(|| (ctx.env)(name));
+        env.insert(key.clone(), expand(value, lookup).map_err(failed(format!("spec.env.{key}")))?);
+    }
+    env.extend(runtime_env.clone());
+    let mut args = Vec::new();
+    for (i, arg) in w.args.iter().enumerate() {
+        let lookup = |name: &str| env.get(name).cloned().or_else(|| (ctx.env)(name));
+        args.push(expand(arg, lookup).map_err(failed(format!("spec.args[{i}]")))?);
+    }
+
+    let probe = match w.health.as_ref().and_then(|h| h.http.clone()) {
+        Some(path) => Probe::Http { addr: app_addr, path },
+        None => Probe::Tcp(app_addr),
+    };
+    let app = ProcessSpec {
+        name: proxy_name.clone(),
+        role: Role::App,
+        program: resolve_command(&w.command, ctx.workdir),
+        args,
+        env,
+        cwd: Some(ctx.workdir.to_path_buf()),
+        addresses: BTreeMap::from([("app".into(), app_addr.to_string())]),
+        probe,
+    };
+    let mut sidecar_addresses = BTreeMap::from([("inbound".to_string(), inbound.to_string()), ("outbound".to_string(), outbound.to_string())]);
+    for (service, address) in &upstreams {
+        sidecar_addresses.insert(format!("upstream.{service}"), address.clone());
+    }
+    let sidecar = proxy_process(exe, grpc, &format!("{proxy_name}-sidecar"), &proxy_name, Role::Sidecar, admin, sidecar_addresses);
+    let spec = ProxySpec {
+        admin: admin.to_string(),
+        access_log: ctx.state.join("logs").join("access").join(format!("{proxy_name}.log")).display().to_string(),
+        sidecar: Some(SidecarSpec {
+            workload: workload.to_string(),
+            service: w.service.clone(),
+            version: w.version.clone(),
+            replica: index,
+            inbound: inbound.to_string(),
+            outbound: outbound.to_string(),
+            app: app_addr.to_string(),
+            upstreams,
+        }),
+        ..ProxySpec::with_defaults()
+    };
+    let proxy = managed(&proxy_name, Spec::Proxy(spec));
+    Ok(ReplicaPlan { workload: workload.to_string(), service: w.service.clone(), version: w.version.clone(), index, app, sidecar, proxy, inbound })
+}
+
+/// A command with a `/` is a path, relative to the files' directory; a bare
+/// name is looked up in `PATH` when it runs.
+fn resolve_command(command: &str, workdir: &Path) -> PathBuf {
+    let path = Path::new(command);
+    if command.contains('/') && path.is_relative() {
+        workdir.join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// A resource carrying the runtime's `managed-by` label.
+pub fn managed(name: &str, spec: Spec) -> Resource {
+    let labels = BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())]);
+    Resource { api_version: API_VERSION.to_string(), metadata: Metadata { name: name.to_string(), labels, ..Metadata::default() }, spec }
+}
+
+impl Plan {
+    /// Every process, in start order: control plane, gateways, then per replica sidecar and app.
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessSpec> {
+        std::iter::once(&self.control).chain(&self.gateways).chain(self.replicas.iter().flat_map(|r| [&r.sidecar, &r.app]))
+    }
+
+    /// `Endpoints/<service>` for every service that has workloads, given
+    /// which app processes are ready (by process name).
+    pub fn endpoints(&self, ready: &BTreeMap<String, bool>) -> Vec<Resource> {
+        let mut by_service: BTreeMap<&str, Vec<DiscoveredEndpoint>> = BTreeMap::new();
+        for r in &self.replicas {
+            by_service.entry(&r.service).or_default().push(DiscoveredEndpoint {
+                address: r.inbound.to_string(),
+                version: r.version.clone(),
+                workload: r.workload.clone(),
+                replica: r.index,
+                ready: ready.get(&r.app.name).copied().unwrap_or(false),
+            });
+        }
+        by_service.into_iter().map(|(service, endpoints)| managed(service, Spec::Endpoints(EndpointsSpec { endpoints }))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn resources(yaml: &str) -> Vec<Resource> {
+        trefoil_model::load_str(&Arc::from("test.yaml"), yaml).unwrap().into_iter().map(|s| s.resource).collect()
+    }
+
+    const MESH: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: edge}\nspec: {}\n---\n\
+apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec: {address: 127.0.0.1:8080}\n---\n\
+apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: payments-api}\nspec: {}\n---\n\
+apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec:\n  service: web\n  command: bin/web\n  replicas: 2\n  args: [\"--listen\", \"127.0.0.1:${PORT}\", \"--name\", \"${GREETING}-${TREFOIL_REPLICA}\"]\n  env: {GREETING: \"hi ${USER}\"}\n  health: {http: /healthz}\n";
+
+    fn env(name: &str) -> Option<String> {
+        (name == "USER").then(|| "ada".to_string())
+    }
+
+    fn plan(yaml: &str, admin_base: u16) -> Result<Plan, PlanError> {
+        let ctx = PlanContext {
+            exe: Path::new("/bin/trefoil"),
+            state: Path::new("/state"),
+            workdir: Path::new("/files"),
+            api: "127.0.0.1:0".parse().unwrap(),
+            grpc: "127.0.0.1:7071".parse().unwrap(),
+            env: &env,
+        };
+        build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))
+    }
+
+    #[test]
+    fn processes_and_names() {
+        let p = plan(MESH, 15000).unwrap();
+        let names: Vec<(&str, Role)> = p.processes().map(|s| (s.name.as_str(), s.role)).collect();
+        assert_eq!(names, [("control", Role::Control), ("edge", Role::Gateway), ("web-v1-0-sidecar", Role::Sidecar), ("web-v1-0", Role::App), ("web-v1-1-sidecar", Role::Sidecar), ("web-v1-1", Role::App)]);
+        assert_ne!(p.api.port(), 0, "port 0 is resolved to a real port");
+        assert_eq!(p.control.args[..3], ["control", "--data", "/state/data"]);
+        assert!(p.control.args.windows(2).any(|w| w == ["--grpc-listen", "127.0.0.1:7071"]));
+        assert_eq!(p.gateway_urls, ["http://127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn admin_ports_gateways_first_then_sidecars() {
+        let p = plan(MESH, 15000).unwrap();
+        assert_eq!(p.gateways[0].args, ["proxy", "--control", "127.0.0.1:7071", "--name", "edge", "--admin", "127.0.0.1:15000"]);
+        assert_eq!(p.replicas[0].sidecar.addresses["admin"], "127.0.0.1:15001");
+        assert_eq!(p.replicas[1].sidecar.args[4], "web-v1-1", "the sidecar's proxy name has no -sidecar suffix");
+        assert_eq!(p.replicas[1].sidecar.addresses["admin"], "127.0.0.1:15002");
+        let p = plan(MESH, 0).unwrap();
+        assert_ne!(p.replicas[0].sidecar.addresses["admin"], "127.0.0.1:15001");
+    }
+
+    #[test]
+    fn app_environment_and_expansion() {
+        let p = plan(MESH, 0).unwrap();
+        let r = &p.replicas[1];
+        let port = r.app.env["PORT"].clone();
+        assert_eq!(r.app.addresses["app"], format!("127.0.0.1:{port}"));
+        assert_eq!(r.app.args, ["--listen".to_string(), format!("127.0.0.1:{port}"), "--name".into(), "hi ada-1".into()]);
+        assert_eq!(r.app.env["TREFOIL_SERVICE"], "web");
+        assert_eq!(r.app.env["TREFOIL_VERSION"], "v1");
+        assert_eq!(r.app.env["GREETING"], "hi ada");
+        let Spec::Proxy(proxy) = &r.proxy.spec else { panic!() };
+        let sidecar = proxy.sidecar.as_ref().unwrap();
+        assert_eq!(r.app.env["TREFOIL_OUTBOUND"], sidecar.outbound);
+        assert_eq!(r.app.env["TREFOIL_UPSTREAM_PAYMENTS_API"], sidecar.upstreams["payments-api"]);
+        assert!(!r.app.env.contains_key("TREFOIL_UPSTREAM_WEB"), "no upstream to its own service");
+        assert_eq!(r.app.program, Path::new("/files/bin/web"));
+        assert_eq!(r.app.probe, Probe::Http { addr: r.app.addresses["app"].parse().unwrap(), path: "/healthz".into() });
+        assert_eq!(r.proxy.metadata.labels[MANAGED_BY.0], MANAGED_BY.1);
+        assert_eq!(r.proxy.name(), "web-v1-1");
+        assert_eq!(proxy.access_log, "/state/logs/access/web-v1-1.log");
+    }
+
+    #[test]
+    fn unset_variables_name_the_field() {
+        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {service: s, command: x, args: [\"${NOPE}\"]}\n";
+        let err = plan(yaml, 0).unwrap_err().to_string();
+        assert!(err.starts_with("Workload w: spec.args[0]: `${NOPE}` is not set"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_follow_readiness() {
+        let p = plan(MESH, 0).unwrap();
+        let ready = BTreeMap::from([("web-v1-1".to_string(), true)]);
+        let eps = p.endpoints(&ready);
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].name(), "web");
+        let Spec::Endpoints(e) = &eps[0].spec else { panic!() };
+        assert_eq!(e.endpoints.iter().map(|e| (e.replica, e.ready)).collect::<Vec<_>>(), [(0, false), (1, true)]);
+        assert_eq!(e.endpoints[1].address, p.replicas[1].inbound.to_string());
+        assert_eq!(e.endpoints[1].workload, "web-v1");
+    }
+
+    #[test]
+    fn process_names_must_not_clash() {
+        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: web-0}\nspec: {}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\nspec: {service: web, command: x}\n";
+        assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "web-0"));
+        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: control}\nspec: {}\n";
+        assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "control"));
+    }
+
+    #[test]
+    fn fixed_port_and_tcp_probe() {
+        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: db}\nspec: {service: db, command: db, port: 5432}\n";
+        let p = plan(yaml, 0).unwrap();
+        assert_eq!(p.replicas[0].app.probe, Probe::Tcp("127.0.0.1:5432".parse().unwrap()));
+        assert_eq!(p.replicas[0].app.program, Path::new("db"));
+        assert!(p.gateway_urls.is_empty());
+    }
+}
