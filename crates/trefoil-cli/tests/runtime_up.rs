@@ -2,8 +2,6 @@
 //! running the control plane, proxies and `trefoil-testserver` apps.
 //!
 //! Needs `trefoil-testserver` built (`cargo build -p trefoil-testkit --bins`).
-//! Tests marked `ignore` need `trefoil proxy --control` and the control
-//! plane's per-proxy compiler (the config stream work) merged.
 
 mod common;
 
@@ -307,7 +305,6 @@ fn bad_input_exits_2_with_the_location() {
 
 /// Requests through the gateway reach both replicas, through their sidecars.
 #[test]
-#[ignore = "needs the config stream and the per-proxy compiler (implied Services, Endpoints in snapshots) merged"]
 fn traffic_flows_through_the_gateway() {
     let port = trefoil_testkit::free_port();
     let files = format!(
@@ -434,7 +431,6 @@ fn ctrl_c_during_start_up_stops_cleanly() {
 /// port (any Host) and its outbound port (by Host) both reach the service's
 /// replicas, through their sidecars.
 #[test]
-#[ignore = "needs the config stream and the per-proxy compiler (sidecar listeners, Endpoints in snapshots) merged"]
 fn sidecar_ports_reach_the_other_service() {
     let mut up = Up::start(&format!("{}{}", workload("web", "web", 1), workload("api", "api", 2)));
     up.wait_ready(&["web-0", "api-0", "api-1", "web-0-sidecar", "api-0-sidecar", "api-1-sidecar"]);

@@ -241,7 +241,7 @@ fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&st
     let app = ProcessSpec {
         name: proxy_name.clone(),
         role: Role::App,
-        program: resolve_command(&w.command, ctx.workdir),
+        program: resolve_command(&w.command, ctx.workdir, exe),
         args,
         env,
         cwd: Some(ctx.workdir.to_path_buf()),
@@ -273,10 +273,13 @@ fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&st
 }
 
 /// A command with a `/` is a path, relative to the files' directory; a bare
-/// name is looked up in `PATH` when it runs.
-fn resolve_command(command: &str, workdir: &Path) -> PathBuf {
+/// name is looked up in `PATH` when it runs, except `trefoil`, which is the
+/// running binary (its `demo-app` serves examples without installing anything).
+fn resolve_command(command: &str, workdir: &Path, exe: &Path) -> PathBuf {
     let path = Path::new(command);
-    if command.contains('/') && path.is_relative() {
+    if command == "trefoil" {
+        exe.to_path_buf()
+    } else if command.contains('/') && path.is_relative() {
         workdir.join(path)
     } else {
         path.to_path_buf()
