@@ -45,7 +45,7 @@ enum Command {
     Get(commands::client::GetArgs),
     /// Delete a resource from the control plane.
     Delete(commands::client::DeleteArgs),
-    /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
+    /// Run a built-in example mesh: a gateway, two services (one in two versions, 80/20), live traffic and a live tally.
     Demo(commands::demo::Args),
     /// A small HTTP service for examples: answers with its service and version, can call others, fail or be slow.
     DemoApp(commands::demo_app::Args),

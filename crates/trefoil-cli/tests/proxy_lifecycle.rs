@@ -147,22 +147,6 @@ fn metrics_pass_promtool() {
 }
 
 #[test]
-fn demo_runs_a_live_split_with_no_errors() {
-    let (port, admin) = (free_port(), free_port());
-    let out = run_with_timeout(
-        Command::new(trefoil_bin()).args(["demo", "--duration", "3s", "--rps", "100", "-o", "json", "--port", &port.to_string(), "--admin-port", &admin.to_string()]),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["errors"], 0);
-    let served = |who: &str| summary["served"][who].as_u64().unwrap_or(0);
-    assert!(served("api v1") > 50, "{summary}");
-    let share = served("web v1") as f64 / (served("web v1") + served("web v2")) as f64;
-    assert!((share - 0.8).abs() < 0.05, "{summary}");
-}
-
-#[test]
 fn validate_checks_what_the_proxy_checks() {
     let dir = scratch_dir();
     let file = dir.join("listener.yaml");

@@ -86,6 +86,9 @@ pub fn refresh(store: &Store, proxies: &Proxies, only: Option<&str>) {
         None => proxies.connected(),
     };
     if names.is_empty() {
+        if only.is_none() {
+            proxies.compiled_at(store.revision());
+        }
         return;
     }
     let (revision, stored) = store.list_all();
@@ -100,14 +103,19 @@ pub fn refresh(store: &Store, proxies: &Proxies, only: Option<&str>) {
             }
         })
         .collect();
-    for name in names {
-        proxies.offer(&name, &compile::snapshot_for(&name, &resources, revision));
+    for name in &names {
+        proxies.offer(name, &compile::snapshot_for(name, &resources, revision));
+    }
+    if only.is_none() {
+        proxies.compiled_at(revision);
     }
 }
 
 /// Recompiles for every connected proxy after each burst of store changes.
 pub async fn distribute(store: Arc<Store>, proxies: Arc<Proxies>) {
     let mut events = store.subscribe();
+    // No proxy has a snapshot yet; each one connecting is compiled at the then-current revision.
+    proxies.compiled_at(store.revision());
     loop {
         // A lagged receiver only means many changes: compile all the same.
         if let Err(broadcast::error::RecvError::Closed) = events.recv().await {

@@ -75,7 +75,7 @@ pub fn document() -> Value {
                 }
             },
             "List": {"type": "object", "properties": {"kind": {"type": "string"}, "resourceVersion": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
-            "ProxyStatusList": {"type": "object", "required": ["items"], "properties": {"kind": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/ProxyStatus"}}}},
+            "ProxyStatusList": {"type": "object", "required": ["items", "compiledRevision"], "properties": {"kind": {"type": "string"}, "compiledRevision": {"type": "integer", "minimum": 0, "description": "the store revision the connected proxies' snapshots were last compiled at; every write up to it is in their latest snapshots"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/ProxyStatus"}}}},
             "ProxyStatus": {
                 "type": "object",
                 "required": ["name", "connected"],

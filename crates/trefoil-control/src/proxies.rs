@@ -67,6 +67,8 @@ struct Entry {
 pub struct Proxies {
     entries: Mutex<BTreeMap<String, Entry>>,
     next_session: AtomicU64,
+    /// Store revision of the last compile for every connected proxy.
+    compiled_revision: AtomicU64,
 }
 
 /// What a proxy says in its Hello.
@@ -80,6 +82,18 @@ pub struct Hello<'a> {
 impl Proxies {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that every connected proxy's snapshot reflects the store at `revision`.
+    pub fn compiled_at(&self, revision: u64) {
+        self.compiled_revision.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    /// The store revision every connected proxy's latest snapshot reflects:
+    /// a client that wrote at revision R and sees this >= R, with every proxy's
+    /// acked version equal to its latest, knows its write reached them all.
+    pub fn compiled_revision(&self) -> u64 {
+        self.compiled_revision.load(Ordering::Relaxed)
     }
 
     /// Registers a stream; returns its session id. A newer stream under the

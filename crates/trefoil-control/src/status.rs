@@ -17,5 +17,5 @@ pub fn router(store: Arc<Store>, proxies: Arc<Proxies>) -> Router {
 /// Every proxy that connected, and every `Proxy` resource that never did.
 async fn list(State((store, proxies)): State<(Arc<Store>, Arc<Proxies>)>) -> Json<Value> {
     let declared: Vec<String> = store.list("Proxy").into_iter().map(|s| s.name).collect();
-    Json(json!({"kind": "ProxyStatusList", "items": proxies.status(&declared)}))
+    Json(json!({"kind": "ProxyStatusList", "compiledRevision": proxies.compiled_revision(), "items": proxies.status(&declared)}))
 }

@@ -58,6 +58,11 @@ impl ApiClient {
         Ok(body["items"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `GET path`: the JSON body of a 2xx answer.
+    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(http::Method::GET, path, Vec::new()).await
+    }
+
     /// `DELETE /api/v1/<kind>/<name>`; an object already gone is fine.
     pub async fn delete(&self, kind: &str, name: &str) -> Result<(), ApiError> {
         match self.call(http::Method::DELETE, &format!("/api/v1/{kind}/{name}"), Vec::new()).await {

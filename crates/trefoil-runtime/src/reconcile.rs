@@ -60,6 +60,17 @@ impl Writer {
         generation
     }
 
+    /// Stops keeping `keys` written, without deleting them: what people own
+    /// (the files' resources, changed later by `trefoil apply`) is written
+    /// once, never again over their changes after a control-plane restart.
+    pub fn forget(&self, keys: impl IntoIterator<Item = Key>) {
+        self.desired.send_modify(|d| {
+            for key in keys {
+                d.resources.remove(&key);
+            }
+        });
+    }
+
     /// Waits until `generation` is written; returns what was refused.
     pub async fn settled(&self, generation: u64) -> BTreeMap<Key, String> {
         let mut rx = self.progress.clone();

@@ -24,6 +24,9 @@ pub const CONTROL_START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONTROL_START_ATTEMPTS: u32 = 3;
 /// How long start-up waits for replicas to become ready before summarizing anyway.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long start-up then waits for every proxy to acknowledge a snapshot
+/// with the ready replicas, so "up" means requests can flow.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long stopping waits for the control plane to take the replicas out of
 /// `Endpoints` before it stops the apps anyway.
 pub const UNPUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -198,6 +201,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         let lines: Vec<String> = refused.iter().map(|((kind, name), error)| format!("  {kind}/{name}: {error}")).collect();
         return Err(UpError::Refused(lines.join("\n")));
     }
+    writer.forget(resources.iter().map(|r| keyed(r).0));
     running.events.send(Event::ResourcesApplied { count });
 
     // Endpoints are published from here on, not-ready replicas included.
@@ -212,8 +216,50 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
 
     let apps: Vec<String> = plan.replicas.iter().map(|r| r.app.name.clone()).collect();
     let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(|v| apps.iter().all(|a| v.processes.get(a).is_some_and(|p| p.ready)))).await;
+    let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&ApiClient::new(plan.api), plan, &running.view)).await;
     running.events.send(Event::Up(summary(plan, &running.state, &running.view.borrow())));
     Ok(())
+}
+
+/// Returns once the control plane has compiled the published readiness of
+/// every replica and every proxy of the plan has acknowledged its latest
+/// snapshot; polls, as the proxies' acknowledgements arrive on their own.
+async fn proxies_in_sync(client: &ApiClient, plan: &Plan, view: &View) {
+    let proxies: Vec<&str> = plan.gateways.iter().map(|g| g.name.as_str()).chain(plan.replicas.iter().map(|r| r.proxy.name())).collect();
+    loop {
+        // A copy: a borrow held across the await would block every view update.
+        let now = view.borrow().clone();
+        if let Ok(true) = in_sync(client, plan, &proxies, &now).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpView) -> Result<bool, crate::api::ApiError> {
+    // What the store says of readiness must match what the supervisor sees...
+    let endpoints = client.get("/api/v1/endpoints").await?;
+    let published: BTreeMap<String, bool> = endpoints["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|item| item["spec"]["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| Some((format!("{}-{}", e["workload"].as_str()?, e["replica"].as_u64()?), e["ready"].as_bool()?)))
+        .collect();
+    let matches = plan.replicas.iter().all(|r| published.get(&r.app.name).copied() == Some(view.processes.get(&r.app.name).is_some_and(|p| p.ready)));
+    if !matches {
+        return Ok(false);
+    }
+    // ...and be compiled into snapshots every proxy acknowledged.
+    let written: u64 = endpoints["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    let status = client.get("/api/v1/status/proxies").await?;
+    if status["compiledRevision"].as_u64().unwrap_or(0) < written {
+        return Ok(false);
+    }
+    let items = status["items"].as_array().cloned().unwrap_or_default();
+    Ok(proxies.iter().all(|name| {
+        items.iter().any(|p| p["name"] == *name && p["connected"] == true && p["ackedVersion"].is_u64() && p["ackedVersion"] == p["latestVersion"])
+    }))
 }
 
 /// Deletes what an earlier `up` with the same store registered and this

@@ -1,34 +1,47 @@
-//! `trefoil demo`: a gateway proxy in front of two services (one in two
-//! versions), a traffic generator, and a live per-version summary. Needs
-//! nothing but this binary: the services run in-process.
+//! `trefoil demo`: the quickstart mesh (`examples/quickstart/mesh.yaml`)
+//! run by the local runtime, with a traffic generator and a live tally of
+//! who served what. Needs nothing but this binary: the apps are
+//! `trefoil demo-app`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use trefoil_runtime::{Event, Events, UpError, UpOptions};
 
+use crate::commands::up::{show, stop_signal};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
+
+/// The mesh the demo runs; its gateway listens on [`QUICKSTART_GATEWAY`].
+const QUICKSTART: &str = include_str!("../../../../examples/quickstart/mesh.yaml");
+const QUICKSTART_GATEWAY: &str = "127.0.0.1:8080";
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Gateway port on 127.0.0.1.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Admin port on 127.0.0.1 (/metrics, /stats, /config).
+    /// First proxy admin port (the gateway's; sidecars follow); 0 lets the OS choose.
     #[arg(long, default_value_t = 15000)]
-    admin_port: u16,
+    admin_base: u16,
+    /// Control plane REST API address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Control plane config stream (gRPC) address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    grpc_listen: SocketAddr,
     /// Requests per second the traffic generator sends.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 20)]
     rps: u32,
     /// Stop after this long (e.g. `30s`); runs until Ctrl-C when absent.
     #[arg(long, value_parser = parse_duration)]
@@ -47,15 +60,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 struct Tally {
     served: BTreeMap<String, u64>,
     errors: u64,
+    /// The first few failures, to say what went wrong.
+    first_errors: Vec<String>,
 }
 
 #[derive(Serialize)]
 struct Summary {
     gateway: String,
-    admin: String,
+    api: String,
     seconds: f64,
     served: BTreeMap<String, u64>,
     errors: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    first_errors: Vec<String>,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -69,77 +86,54 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-/// A tiny in-process service that answers with its name and version.
-async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("hello from {name}\n"))));
-                    resp.headers_mut().insert("x-served-by", http::HeaderValue::from_static(name));
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-const API: &str = "apiVersion: trefoil.dev/v1alpha1";
-
-fn mesh_config(gateway: SocketAddr, admin: SocketAddr, access_log: &std::path::Path, web_v1: SocketAddr, web_v2: SocketAddr, api_v1: SocketAddr) -> String {
-    format!(
-        "{API}\nkind: Proxy\nmetadata: {{name: demo-gateway}}\nspec: {{admin: \"{admin}\", accessLog: \"{log}\"}}\n---\n\
-{API}\nkind: Listener\nmetadata: {{name: gateway}}\nspec: {{address: \"{gateway}\", direction: inbound}}\n---\n\
-{API}\nkind: Service\nmetadata: {{name: web}}\nspec:\n  endpoints:\n  - {{address: \"{web_v1}\", version: v1}}\n  - {{address: \"{web_v2}\", version: v2}}\n---\n\
-{API}\nkind: Service\nmetadata: {{name: api}}\nspec:\n  endpoints:\n  - {{address: \"{api_v1}\", version: v1}}\n---\n\
-{API}\nkind: Route\nmetadata: {{name: demo}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{prefix: /web}}}}]\n    backends:\n    - {{service: web, version: v1, weight: 80}}\n    - {{service: web, version: v2, weight: 20}}\n    retry: {{attempts: 2, on: [connect-failure, gateway-error]}}\n    timeout: 5s\n  - matches: [{{path: {{prefix: /api}}}}]\n    backends: [{{service: api}}]\n    timeout: 5s\n",
-        log = access_log.display()
-    )
-}
-
 async fn demo(args: Args) -> anyhow::Result<ExitCode> {
-    let gateway: SocketAddr = ([127, 0, 0, 1], args.port).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], args.admin_port).into();
-    let (web_v1, web_v2, api_v1) = (start_backend("web v1").await?, start_backend("web v2").await?, start_backend("api v1").await?);
+    let gateway = SocketAddr::from(([127, 0, 0, 1], args.port));
     let dir = std::env::temp_dir().join(format!("trefoil-demo-{}", std::process::id()));
+    let files = dir.join("mesh.yaml");
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("mesh.yaml");
-    std::fs::write(&config, mesh_config(gateway, admin, &dir.join("access.log"), web_v1, web_v2, api_v1))?;
+    std::fs::write(&files, QUICKSTART.replace(QUICKSTART_GATEWAY, &gateway.to_string()))?;
+    let options = UpOptions { files, state: dir.join("state"), listen: args.listen, grpc_listen: args.grpc_listen, admin_base: args.admin_base, exe: std::env::current_exe()? };
 
-    let (stop, stopped) = watch::channel(false);
-    let options = trefoil_proxy::ProxyOptions {
-        source: trefoil_proxy::ConfigSource::File { path: config.clone(), watch: true, watch_interval: Duration::from_secs(1) },
-        admin: None,
-        workers: 1,
-        shutdown: Some(stopped),
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let up = trefoil_runtime::up(options, Events::new(events_tx), async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(up);
+
+    // Start-up: progress until the runtime says everything runs.
+    let api = loop {
+        tokio::select! {
+            Some(event) = events.recv() => match event {
+                Event::Up(summary) => break summary.api,
+                other => show(other, args.output),
+            },
+            result = &mut up => return Ok(failed_to_start(result, &dir)),
+            _ = stop_signal() => {
+                let _ = stop.send(());
+                let _ = up.await;
+                return Ok(exit::failure());
+            }
+        }
     };
-    let mut proxy = tokio::spawn(trefoil_proxy::run(options));
-    let ready = wait_ready(admin, &mut proxy).await;
-    if let Err(e) = ready {
-        eprintln!("error: the demo gateway did not start: {e}");
-        eprintln!("hint: pick free ports with --port and --admin-port");
-        return Ok(exit::failure());
-    }
     if args.output == Format::Table {
-        println!("Trefoil demo: a gateway splitting /web 80/20 between web v1 and v2, and /api to api v1.\n");
-        println!("  gateway   http://{gateway}/web   http://{gateway}/api");
-        println!("  admin     http://{admin}/stats   http://{admin}/metrics   http://{admin}/config");
-        println!("  config    {}   (edit it: the gateway reloads live)", config.display());
-        println!("  logs      {}\n", dir.join("access.log").display());
-        println!("Sending {} requests/s; Ctrl-C to stop.\n", args.rps);
+        println!("\nTrefoil demo: a gateway, `web` v1 and v2 (80/20) calling `api` (2 replicas) through their sidecars.\n");
+        println!("  gateway     http://{gateway}/      (web, which calls api)   http://{gateway}/api");
+        println!("  API         {api}/api/v1/routes");
+        println!("  try         trefoil get proxies   trefoil top   trefoil check   trefoil describe service web");
+        println!("  shift       trefoil apply -f examples/quickstart/canary-to-v2.yaml   (all of web to v2, live)");
+        println!("  logs        trefoil logs web-v1-0 --state {}", dir.join("state").display());
+        println!("\nSending {} requests/s; Ctrl-C stops everything.\n", args.rps);
     }
 
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let generator = tokio::spawn(generate(gateway, args.rps.max(1), tally.clone()));
+    let (generator_stop, generator_stopped) = oneshot::channel();
+    let generator = tokio::spawn(generate(gateway, args.rps.max(1), tally.clone(), generator_stopped));
     let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let deadline = args.duration.map(|d| started + d);
+    let mut up_ended = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -148,72 +142,102 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) { break }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            Some(event) = events.recv() => if args.output == Format::Table { show(event, args.output) },
+            result = &mut up => {
+                up_ended = Some(result);
+                break;
+            }
+            _ = stop_signal() => break,
         }
     }
-    generator.abort();
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(15), proxy).await;
+    // Requests in flight finish before the mesh stops, so none is counted as an error of stopping.
+    let _ = generator_stop.send(());
+    let _ = generator.await;
+    let seconds = started.elapsed().as_secs_f64();
+    let result = match up_ended {
+        Some(result) => result,
+        None => {
+            let _ = stop.send(());
+            up.await
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: the mesh stopped: {e}");
+        return Ok(exit::failure());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     let tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-    let summary = Summary { gateway: gateway.to_string(), admin: admin.to_string(), seconds: started.elapsed().as_secs_f64(), served: tally.served.clone(), errors: tally.errors };
+    let summary = Summary { gateway: gateway.to_string(), api, seconds, served: tally.served.clone(), errors: tally.errors, first_errors: tally.first_errors.clone() };
     match args.output {
-        Format::Table => println!("\nstopped after {:.0}s: {} requests, {} errors", summary.seconds, summary.served.values().sum::<u64>(), summary.errors),
+        Format::Table => println!("\nstopped after {:.0}s: {} requests, {} errors", summary.seconds, summary.served.values().sum::<u64>() + summary.errors, summary.errors),
         format => print_structured(format, &summary),
     }
     Ok(if tally.errors == 0 { exit::ok() } else { exit::failure() })
 }
 
-async fn wait_ready(admin: SocketAddr, proxy: &mut tokio::task::JoinHandle<Result<(), trefoil_proxy::StartError>>) -> anyhow::Result<()> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if proxy.is_finished() {
-            return match proxy.await {
-                Ok(Err(e)) => Err(e.into()),
-                _ => Err(anyhow::anyhow!("the proxy stopped")),
-            };
+fn failed_to_start(result: Result<(), UpError>, dir: &std::path::Path) -> ExitCode {
+    match result {
+        Err(e) => {
+            eprintln!("error: the demo mesh did not start: {e}");
+            eprintln!("hint: another trefoil may hold the ports; pick others with --port, --admin-base, --listen and --grpc-listen");
+            eprintln!("logs: {}", logs_dir(dir).display());
         }
-        if let Ok(uri) = format!("http://{admin}/ready").parse::<http::Uri>() {
-            if let Ok(resp) = client.get(uri).await {
-                if resp.status().is_success() {
-                    return Ok(());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(()) => eprintln!("error: the demo mesh stopped before it was up"),
     }
-    Err(anyhow::anyhow!("not ready within 10s"))
+    exit::failure()
 }
 
-async fn generate(gateway: SocketAddr, rps: u32, tally: Arc<Mutex<Tally>>) {
+fn logs_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join("state").join("logs")
+}
+
+/// Alternates `/` (web, which calls api) and `/api` at `rps` until told to stop,
+/// then waits for the requests in flight.
+async fn generate(gateway: SocketAddr, rps: u32, tally: Arc<Mutex<Tally>>, mut stop: oneshot::Receiver<()>) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rps);
+    let mut in_flight = JoinSet::new();
     let mut n: u64 = 0;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => break,
+        }
         n += 1;
-        let path = if n % 2 == 0 { "/web" } else { "/api" };
+        let path = if n % 2 == 0 { "/" } else { "/api" };
         let (client, tally) = (client.clone(), tally.clone());
-        tokio::spawn(async move {
-            let result = match format!("http://{gateway}{path}").parse::<http::Uri>() {
-                Ok(uri) => client.get(uri).await.ok(),
-                Err(_) => None,
-            };
-            let served_by = match result {
-                Some(resp) if resp.status().is_success() => {
-                    let who = resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
-                    let _ = resp.into_body().collect().await;
-                    Some(who)
-                }
-                _ => None,
+        in_flight.spawn(async move {
+            let served_by = match format!("http://{gateway}{path}").parse::<http::Uri>() {
+                Err(e) => Err(e.to_string()),
+                Ok(uri) => match tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await {
+                    Err(_) => Err(format!("GET {path}: no response within 10s")),
+                    Ok(Err(e)) => Err(format!("GET {path}: {e}")),
+                    Ok(Ok(resp)) => {
+                        let status = resp.status();
+                        let who = resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+                        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        if status.is_success() {
+                            Ok(who)
+                        } else {
+                            Err(format!("GET {path}: {status} from {who}: {}", String::from_utf8_lossy(&body).trim()))
+                        }
+                    }
+                },
             };
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
             match served_by {
-                Some(who) => *t.served.entry(who).or_default() += 1,
-                None => t.errors += 1,
+                Ok(who) => *t.served.entry(who).or_default() += 1,
+                Err(e) => {
+                    t.errors += 1;
+                    if t.first_errors.len() < 5 {
+                        t.first_errors.push(e);
+                    }
+                }
             }
         });
+        while in_flight.try_join_next().is_some() {}
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 fn print_line(elapsed: Duration, tally: &Tally) {

@@ -116,7 +116,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut term) => {
@@ -132,7 +132,7 @@ async fn stop_signal() {
 }
 
 /// Progress on stderr, one line per step; the summary on stdout.
-fn show(event: Event, format: Format) {
+pub(crate) fn show(event: Event, format: Format) {
     match event {
         Event::ResourcesApplied { count } => eprintln!("stored {count} resources in the control plane"),
         Event::Started { role: Role::Control, pid, restarts: 0, .. } => eprintln!("started the control plane (pid {pid})"),

@@ -1,6 +1,8 @@
 //! A real `trefoil proxy` process for black-box tests, and helpers around it.
 #![allow(dead_code, unused_imports)]
 
+pub mod up;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,166 @@
+//! The quickstart mesh end to end, as a user runs it: `trefoil up` on
+//! `examples/quickstart/mesh.yaml`, traffic through the gateway from curl
+//! and a Python client, a live route change, the control plane killed and
+//! back, a workload killed and back; and `trefoil demo`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::up::*;
+use common::{addr, count, curl_many, http_get, run_with_timeout, trefoil_bin, wait_until};
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The quickstart example with its gateway on `gateway`.
+fn quickstart(gateway: std::net::SocketAddr) -> String {
+    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
+    assert!(text.contains("127.0.0.1:8080"), "the quickstart's gateway address moved");
+    text.replace("127.0.0.1:8080", &gateway.to_string())
+}
+
+fn trefoil(args: &[&str]) -> std::process::Output {
+    run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(60))
+}
+
+/// `trefoil apply -f FILE` against this mesh; returns the route's new resourceVersion.
+fn apply(up: &Up, file: &Path) -> u64 {
+    let server = format!("http://{}", up.api());
+    let out = trefoil(&["apply", "-f", file.to_str().unwrap(), "--server", &server]);
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    route_version(up)
+}
+
+fn route_version(up: &Up) -> u64 {
+    up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Whether every proxy is connected and has acknowledged `version` or newer.
+fn all_acked(up: &Up, version: u64) -> bool {
+    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
+    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
+}
+
+/// `tests/mesh/traffic.py` sending requests until `stop` exists.
+struct Load {
+    child: Child,
+    stop: PathBuf,
+}
+
+impl Load {
+    fn start(dir: &Path, gateway: std::net::SocketAddr) -> Load {
+        let (stop, ready) = (dir.join("load.stop"), dir.join("load.ready"));
+        let child = Command::new("python3")
+            .arg(repo_root().join("tests/mesh/traffic.py"))
+            .args(["--target", &gateway.to_string(), "--max-seconds", "120", "--interval", "0.005"])
+            .arg("--until")
+            .arg(&stop)
+            .arg("--ready")
+            .arg(&ready)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 tests/mesh/traffic.py");
+        wait_until("the Python client's first response", Duration::from_secs(30), || ready.exists());
+        Load { child, stop }
+    }
+
+    fn finish(self) -> Value {
+        std::fs::write(&self.stop, b"").unwrap();
+        let out = self.child.wait_with_output().expect("waiting for the Python client");
+        assert!(out.status.success(), "traffic.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("traffic.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+#[test]
+fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
+    let gateway = addr();
+    let mut up = Up::start(&quickstart(gateway));
+    up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
+    let first = route_version(&up);
+    up.wait("every proxy acknowledged the mesh", |u| all_acked(u, first));
+    wait_until("the gateway serving web", Duration::from_secs(30), || http_get(gateway, "edge", "/").0 == 200);
+
+    // curl: web answers (after calling api through its sidecar) at 80/20 by version.
+    let url = format!("http://{gateway}/");
+    let results = curl_many(&url, 100, &[]);
+    assert_eq!(count(&results, |(s, _)| *s == 200), 100, "{results:?}");
+    let v1 = count(&results, |(_, who)| who == "web v1");
+    assert!((75..=85).contains(&v1), "web v1 served {v1} of 100");
+    let (_, _, body) = http_get(gateway, "edge", "/");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["calls"]["api"]["status"], 200, "web reaches api through its sidecar: {answer}");
+    assert_eq!(answer["calls"]["api"]["answer"]["service"], "api");
+    let api = curl_many(&format!("http://{gateway}/api"), 20, &[]);
+    assert_eq!(count(&api, |(s, who)| *s == 200 && who == "api v1"), 20, "{api:?}");
+
+    // A Python client runs through everything below; none of its requests may fail.
+    let load = Load::start(&up.dir, gateway);
+
+    // A route change reaches every proxy and moves all of web to v2.
+    let shifted = apply(&up, &repo_root().join("examples/quickstart/canary-to-v2.yaml"));
+    up.wait("every proxy acknowledged the route change", |u| all_acked(u, shifted));
+    let results = curl_many(&url, 30, &[]);
+    assert_eq!(count(&results, |(s, who)| *s == 200 && who == "web v2"), 30, "{results:?}");
+
+    // The control plane dies: traffic goes on; it comes back with every acknowledged write.
+    let control_pid = up.process("control")["pid"].as_u64().unwrap();
+    unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
+    let during = curl_many(&url, 20, &[]);
+    assert_eq!(count(&during, |(s, who)| *s == 200 && who == "web v2"), 20, "{during:?}");
+    up.wait("the control plane restarted", |u| u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true);
+    assert_ne!(up.process("control")["pid"].as_u64(), Some(control_pid));
+    // The runtime writes what it owns again (Endpoints), and only that: the
+    // route as applied, not as in the files, is still there afterwards.
+    up.wait("the runtime rewrote Endpoints/web", |u| {
+        u.get("/api/v1/endpoints/web")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()) > Some(shifted)
+    });
+    up.wait("proxies reconnected", |u| all_acked(u, shifted));
+    let kept = up.get("/api/v1/routes/edge");
+    assert_eq!(kept["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()), Some(shifted), "{kept:#}");
+    assert_eq!(kept["spec"]["rules"][1]["backends"][0]["version"], "v2", "{kept:#}");
+
+    // And it still drives the proxies: back to 80/20.
+    let mesh = up.dir.join("edge.yaml");
+    let edge_only: String = quickstart(gateway).split("\n---\n").filter(|doc| doc.contains("kind: Route")).collect();
+    std::fs::write(&mesh, edge_only).unwrap();
+    let restored = apply(&up, &mesh);
+    assert!(restored > shifted);
+    up.wait("every proxy acknowledged the restored route", |u| all_acked(u, restored));
+    let traffic = load.finish();
+    assert_eq!(traffic["failed"], 0, "requests failed during the route change or the control plane's restart: {traffic}");
+    assert!(traffic["sent"].as_u64().unwrap() > 50, "{traffic}");
+    assert!(traffic["served"]["web v2"].as_u64().unwrap_or(0) > 0, "{traffic}");
+
+    // A workload dies: it is restarted, published again, and serves again.
+    let app_pid = up.process("web-v1-0")["pid"].as_u64().unwrap();
+    unsafe { libc::kill(app_pid as i32, libc::SIGKILL) };
+    up.wait("web-v1-0 restarted and ready", |u| u.process("web-v1-0")["restarts"].as_u64() >= Some(1) && u.process("web-v1-0")["ready"] == true);
+    wait_until("web v1 serving through the gateway again", Duration::from_secs(30), || {
+        curl_many(&url, 10, &[]).iter().any(|(s, who)| *s == 200 && who == "web v1")
+    });
+    let after = curl_many(&url, 50, &[]);
+    assert_eq!(count(&after, |(s, _)| *s == 200), 50, "{after:?}");
+    assert!(count(&after, |(_, who)| who == "web v1") >= 35, "{after:?}");
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+#[test]
+fn demo_runs_a_live_split_with_no_errors() {
+    let port = common::free_port().to_string();
+    let args = ["demo", "--duration", "4s", "--rps", "100", "-o", "json", "--port", &port, "--admin-base", "0", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"];
+    let out = run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(120));
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["errors"], 0, "{summary}");
+    let served = |who: &str| summary["served"][who].as_u64().unwrap_or(0);
+    assert!(served("api v1") > 100, "{summary}");
+    let share = served("web v1") as f64 / (served("web v1") + served("web v2")) as f64;
+    assert!((share - 0.8).abs() < 0.05, "{summary}");
+}
