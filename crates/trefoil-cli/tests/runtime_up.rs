@@ -313,3 +313,38 @@ fn sidecar_ports_reach_the_other_service() {
         matches!(via(upstream, "anything").as_deref(), Some("api-0" | "api-1")) && matches!(via(outbound, "api").as_deref(), Some("api-0" | "api-1"))
     });
 }
+
+#[test]
+fn an_unhealthy_replica_leaves_the_endpoints_and_gets_no_traffic() {
+    let port = trefoil_testkit::free_port();
+    let files = format!(
+        "{API}\nkind: Proxy\nmetadata: {{name: edge}}\nspec: {{}}\n---\n{API}\nkind: Listener\nmetadata: {{name: public}}\nspec: {{address: \"127.0.0.1:{port}\", proxy: edge}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n---\n{}",
+        workload("web", "web", 2)
+    );
+    let mut up = Up::start(&files);
+    up.wait_ready(&["web-0", "web-1", "edge"]);
+    let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let served_by = |n: usize| -> Vec<String> {
+        (0..n)
+            .filter_map(|_| trefoil_testkit::http_request(gateway, "GET", "web", "/", &[], b"").ok())
+            .map(|(s, _, b)| format!("{s} {}", String::from_utf8_lossy(&b).trim()))
+            .collect()
+    };
+    up.wait("both replicas serve", |_| {
+        let served = served_by(20);
+        served.contains(&"200 web-0".to_string()) && served.contains(&"200 web-1".to_string())
+    });
+
+    // web-1 stays up but fails its health probe: it leaves the set; nothing fails.
+    let app: SocketAddr = up.process("web-1")["addresses"]["app"].as_str().unwrap().parse().unwrap();
+    assert_eq!(trefoil_testkit::http_request(app, "POST", "web", "/__health/fail", &[], b"").unwrap().0, 200);
+    up.wait("web-1 marked not ready in Endpoints/web", |u| ready_replicas(u, "web") == [0]);
+    up.wait("the gateway sends web-1 nothing", |_| served_by(20).iter().all(|s| s == "200 web-0"));
+    let after = served_by(40);
+    assert!(after.iter().all(|s| s == "200 web-0"), "{after:?}");
+    assert_eq!(up.process("web-1")["restarts"], 0, "an unhealthy app is taken out of traffic, not restarted");
+
+    // Healthy again: back in.
+    assert_eq!(trefoil_testkit::http_request(app, "POST", "web", "/__health/ok", &[], b"").unwrap().0, 200);
+    up.wait("web-1 serving again", |_| served_by(20).contains(&"200 web-1".to_string()));
+}
