@@ -204,7 +204,7 @@ async fn generate(gateway: SocketAddr, rps: u32, tally: Arc<Mutex<Tally>>, mut s
             _ = &mut stop => break,
         }
         n += 1;
-        let path = if n % 2 == 0 { "/" } else { "/api" };
+        let path = if n.is_multiple_of(2) { "/" } else { "/api" };
         let (client, tally) = (client.clone(), tally.clone());
         in_flight.spawn(async move {
             let served_by = match format!("http://{gateway}{path}").parse::<http::Uri>() {
