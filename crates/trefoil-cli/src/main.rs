@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad input.
 
 mod commands;
+mod observe;
 mod output;
 
 use std::process::ExitCode;
@@ -46,11 +47,22 @@ enum Command {
     Delete(commands::client::DeleteArgs),
     /// Run a built-in example: a gateway, two services (one in two versions) and live traffic.
     Demo(commands::demo::Args),
+    /// A small HTTP service for examples: answers with its service and version, can call others, fail or be slow.
+    DemoApp(commands::demo_app::Args),
     /// Run a proxy from a config file (reloads on SIGHUP or change) or from the control plane (--control).
     #[command(long_about = commands::proxy::LONG_ABOUT)]
     Proxy(commands::proxy::Args),
     /// Check resource files; prints every problem with file:line:column and field (exit 2 if any).
     Validate(commands::validate::Args),
+    /// Live requests per second, success rate and p50/p99 latency per service and version.
+    #[command(long_about = commands::top::ABOUT)]
+    Top(commands::top::Args),
+    /// Check the control plane, proxies and workloads; one line per check, exit 1 if any fails.
+    #[command(long_about = commands::check::ABOUT)]
+    Check(commands::check::Args),
+    /// Show a resource and what relates to it (endpoints, workloads, routes, status).
+    #[command(long_about = commands::describe::ABOUT)]
+    Describe(commands::describe::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -71,7 +83,22 @@ fn main() -> ExitCode {
         Command::Get(args) => commands::client::get(args),
         Command::Delete(args) => commands::client::delete(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::DemoApp(args) => commands::demo_app::run(args),
         Command::Proxy(args) => commands::proxy::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Top(args) => commands::top::run(args),
+        Command::Check(args) => commands::check::run(args),
+        Command::Describe(args) => commands::describe::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Catches argument clashes in every subcommand, which clap only reports at run time.
+    #[test]
+    fn every_command_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -125,6 +125,8 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         "Listener" => typed(file, doc, "spec", spec_value).map(Spec::Listener),
         "Service" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Service),
         "Route" => typed(file, doc, "spec", spec_value).map(Spec::Route),
+        "Workload" => typed(file, doc, "spec", spec_value).map(Spec::Workload),
+        "Endpoints" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Endpoints),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     match (metadata, spec) {

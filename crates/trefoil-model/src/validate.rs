@@ -456,6 +456,17 @@ mod tests {
     }
 
     #[test]
+    fn workloads_are_checked_and_their_versions_are_known_to_routes() {
+        let w = "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: api-v3}\nspec: {service: api, version: v3, command: ./api}\n---\n";
+        check(&format!("{w}apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: api}}\nspec:\n  service: api\n  rules:\n  - backends: [{{service: api, version: v3}}]\n")).unwrap();
+        let bad = "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec:\n  service: w\n  command: \"\"\n  replicas: 2\n  port: 8080\n  health: {http: healthz}\n";
+        let err = check(bad).unwrap_err().to_string();
+        assert!(err.contains("c.yaml:12:3: spec.command"), "{err}");
+        assert!(err.contains("spec.port: a fixed port allows one replica"), "{err}");
+        assert!(err.contains("spec.health.http"), "{err}");
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(!valid_name("Web"));
         assert!(!valid_name("-web"));

@@ -1,5 +1,9 @@
+pub mod check;
 pub mod client;
 pub mod control;
 pub mod demo;
+pub mod demo_app;
+pub mod describe;
 pub mod proxy;
+pub mod top;
 pub mod validate;

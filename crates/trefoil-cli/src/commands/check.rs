@@ -1,0 +1,198 @@
+//! `trefoil check`: is the mesh healthy? One line per check, exit 1 if any fails.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+use trefoil_model::{Resource, Spec};
+
+use crate::observe::control_plane::{version_text, ControlPlane, ProxyStatus};
+use crate::observe::fetch::Fetcher;
+use crate::output::{current_thread_runtime, exit, print_structured, Format};
+
+/// The long `--help` text.
+pub const ABOUT: &str = "Check the mesh and print one line per check with ok or FAIL and the reason:
+
+  control plane    its REST API answers
+  proxy NAME       connected to the control plane and running the newest snapshot (acked, no NACK)
+  proxy NAME ready its admin /ready answers 200
+  workload NAME    as many ready replicas (Endpoints of its service) as spec.replicas asks";
+
+#[derive(clap::Args)]
+#[command(after_help = "Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments.")]
+pub struct Args {
+    /// Control plane REST API.
+    #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// Output format (json/yaml: {checks: [{name, ok, detail}], ok}).
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+/// One check's outcome.
+#[derive(Serialize)]
+struct Check {
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Self {
+        Check { name: name.into(), ok, detail: detail.into() }
+    }
+}
+
+#[derive(Serialize)]
+struct Outcome {
+    checks: Vec<Check>,
+    ok: bool,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let Some(rt) = current_thread_runtime() else { return exit::failure() };
+    let checks = rt.block_on(checks(&args.server));
+    let outcome = Outcome { ok: checks.iter().all(|c| c.ok), checks };
+    match args.output {
+        Format::Table => {
+            for c in &outcome.checks {
+                println!("{:<4} {:<32} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+            }
+        }
+        format => print_structured(format, &outcome),
+    }
+    if outcome.ok {
+        exit::ok()
+    } else {
+        exit::failure()
+    }
+}
+
+async fn checks(server: &str) -> Vec<Check> {
+    let fetcher = Fetcher::new(Duration::from_secs(3));
+    let control = ControlPlane { fetcher: &fetcher, base: server };
+    if let Err(e) = control.reachable().await {
+        // Every other check asks the control plane; one clear failure beats many echoes.
+        return vec![Check::new("control plane", false, e.to_string())];
+    }
+    let mut out = vec![Check::new("control plane", true, format!("reachable at {server}"))];
+    out.extend(proxy_checks(&control).await);
+    out.extend(workload_checks(&control).await);
+    out
+}
+
+async fn proxy_checks(control: &ControlPlane<'_>) -> Vec<Check> {
+    let proxies = match control.proxies().await {
+        Ok(p) => p,
+        Err(e) if e.status() == Some(404) => {
+            return vec![Check::new("proxies", false, "this control plane does not report proxy status (GET /api/v1/status/proxies answered 404)")];
+        }
+        Err(e) => return vec![Check::new("proxies", false, format!("cannot list proxies: {e}"))],
+    };
+    if proxies.is_empty() {
+        return vec![Check::new("proxies", true, "no proxies known to the control plane")];
+    }
+    let mut out = Vec::new();
+    for p in &proxies {
+        out.push(config_check(p));
+        out.push(ready_check(control.fetcher, p).await);
+    }
+    out
+}
+
+/// Connected, and the newest snapshot is the one acknowledged.
+fn config_check(p: &ProxyStatus) -> Check {
+    let name = format!("proxy {}", p.name);
+    if !p.connected {
+        return Check::new(name, false, "not connected to the control plane");
+    }
+    let (latest, acked) = (version_text(&p.latest_version), version_text(&p.acked_version));
+    // A NACK of an older snapshot is history once a newer one is acknowledged.
+    if latest == acked && acked != "-" {
+        return Check::new(name, true, format!("connected, snapshot {acked} acknowledged"));
+    }
+    match &p.nack {
+        Some(nack) => Check::new(name, false, format!("refused snapshot {}: {}", version_text(&nack.version), nack.error)),
+        None => Check::new(name, false, format!("runs snapshot {acked}, newest is {latest}")),
+    }
+}
+
+async fn ready_check(fetcher: &Fetcher, p: &ProxyStatus) -> Check {
+    let name = format!("proxy {} ready", p.name);
+    let Some(admin) = p.admin_address.as_deref().filter(|a| !a.is_empty()) else {
+        return Check::new(name, false, "the control plane knows no admin address for it");
+    };
+    match fetcher.get(&format!("proxy {}", p.name), &format!("http://{admin}"), "/ready").await {
+        Ok((200, _)) => Check::new(name, true, format!("{admin}/ready answered 200")),
+        Ok((status, body)) => Check::new(name, false, format!("{admin}/ready answered {status}: {}", String::from_utf8_lossy(&body).trim())),
+        Err(e) => Check::new(name, false, e.to_string()),
+    }
+}
+
+async fn workload_checks(control: &ControlPlane<'_>) -> Vec<Check> {
+    let (workloads, endpoints) = match (control.list("Workload").await, control.list("Endpoints").await) {
+        (Ok(w), Ok(e)) => (w, e),
+        (Err(e), _) | (_, Err(e)) => return vec![Check::new("workloads", false, format!("cannot list workloads and endpoints: {e}"))],
+    };
+    if workloads.is_empty() {
+        return vec![Check::new("workloads", true, "no workloads")];
+    }
+    let ready = ready_replicas(&endpoints);
+    workloads
+        .iter()
+        .filter_map(|w| match &w.spec {
+            Spec::Workload(spec) => {
+                let n = ready.get(&(spec.service.as_str(), w.name())).copied().unwrap_or(0);
+                let detail = format!("{n}/{} replicas ready (service {})", spec.replicas, spec.service);
+                Some(Check::new(format!("workload {}", w.name()), n >= spec.replicas as usize, detail))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ready entries per (service, workload).
+fn ready_replicas(endpoints: &[Resource]) -> BTreeMap<(&str, &str), usize> {
+    let mut out = BTreeMap::new();
+    for r in endpoints {
+        if let Spec::Endpoints(e) = &r.spec {
+            for ep in e.endpoints.iter().filter(|ep| ep.ready) {
+                *out.entry((r.name(), ep.workload.as_str())).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(json: &str) -> ProxyStatus {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_proxy_passes_when_connected_and_on_the_newest_snapshot() {
+        let c = config_check(&status(r#"{"name":"gw","connected":true,"adminAddress":"127.0.0.1:1","latestVersion":7,"ackedVersion":7}"#));
+        assert!(c.ok, "{}", c.detail);
+        assert_eq!(c.name, "proxy gw");
+    }
+
+    #[test]
+    fn a_proxy_fails_when_disconnected_behind_or_nacking() {
+        let c = config_check(&status(r#"{"name":"gw","connected":false,"latestVersion":7,"ackedVersion":7}"#));
+        assert!(!c.ok && c.detail.contains("not connected"));
+        let c = config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7}"#));
+        assert!(!c.ok);
+        assert_eq!(c.detail, "runs snapshot 7, newest is 8");
+        let c = config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7,"nack":{"version":8,"error":"snapshot 8: spec.rules: bad"}}"#));
+        assert!(!c.ok);
+        assert_eq!(c.detail, "refused snapshot 8: snapshot 8: spec.rules: bad");
+        // Never acknowledged anything.
+        assert!(!config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":"3"}"#)).ok);
+        // An old NACK does not matter once the newest snapshot is acknowledged.
+        assert!(config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":9,"ackedVersion":9,"nack":{"version":8,"error":"x"}}"#)).ok);
+    }
+}

@@ -1,0 +1,288 @@
+//! `trefoil top`: live request rate, success rate and latency per service
+//! and version, from two scrapes of every proxy's `/metrics`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::observe::control_plane::{ControlPlane, ProxyStatus};
+use crate::observe::fetch::Fetcher;
+use crate::observe::promtext::{self, Sample};
+use crate::observe::traffic::{self, Growth, Key, Row};
+use crate::output::{current_thread_runtime, exit, print_structured, Format};
+
+/// The long `--help` text.
+pub const ABOUT: &str = "Show live traffic per service and version: requests per second, success rate \
+(share of non-5xx answers) and p50/p99 latency.
+
+Each proxy's /metrics is scraped twice, --interval apart; rates and quantiles come from what \
+grew in between (quantiles interpolate inside histogram buckets, as Prometheus' \
+histogram_quantile). A request is counted once: by the sidecars in front of a service \
+(direction=inbound) where it has them, else by the proxies sending to it (direction=outbound).
+
+The proxies come from the control plane (GET /api/v1/status/proxies), or from --proxy.
+Without --once the table refreshes until Ctrl-C. Proxies that do not answer are listed as unreachable.";
+
+#[derive(clap::Args)]
+#[command(after_help = "Exit codes: 0 ok, 1 the control plane could not be asked for proxies, 2 bad arguments.")]
+pub struct Args {
+    /// Control plane REST API, asked for the list of proxies.
+    #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// Scrape this proxy admin address (ip:port) instead of asking the control plane; repeatable.
+    #[arg(long = "proxy", value_name = "ADMIN_ADDR")]
+    proxies: Vec<String>,
+    /// Time between the two scrapes each figure is computed from.
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
+    interval: trefoil_model::Duration,
+    /// Take one interval, print once and exit.
+    #[arg(long)]
+    once: bool,
+    /// Output format; json and yaml imply --once.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+fn positive_duration(s: &str) -> Result<trefoil_model::Duration, String> {
+    match s.parse::<trefoil_model::Duration>() {
+        Ok(d) if d.get() >= Duration::from_millis(10) => Ok(d),
+        Ok(_) => Err("the interval must be at least 10ms".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A proxy to scrape; `admin` is `Err(why)` when there is no address to try.
+struct Target {
+    name: String,
+    admin: Result<String, String>,
+}
+
+/// One proxy's part of a sample.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxyReport {
+    name: String,
+    admin_address: Option<String>,
+    reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// What one refresh shows.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    interval_seconds: f64,
+    services: Vec<Row>,
+    proxies: Vec<ProxyReport>,
+}
+
+/// Scrapes that succeeded, by proxy name.
+type Scrapes = HashMap<String, Vec<Sample>>;
+
+pub fn run(args: Args) -> ExitCode {
+    let Some(rt) = current_thread_runtime() else { return exit::failure() };
+    rt.block_on(top(args))
+}
+
+async fn top(args: Args) -> ExitCode {
+    // One listener for the whole run, so a Ctrl-C during a scrape is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::select! {
+        _ = interrupted => exit::ok(),
+        code = refresh(&args) => code,
+    }
+}
+
+/// Prints a sample every interval; returns after one with `--once` or `-o json|yaml`.
+async fn refresh(args: &Args) -> ExitCode {
+    let fetcher = Fetcher::new(Duration::from_secs(2).min(args.interval.get().max(Duration::from_millis(500))));
+    let once = args.once || args.output != Format::Table;
+    let mut targets = match targets(args, &fetcher).await {
+        Ok(t) => t,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit::failure();
+        }
+    };
+    let (mut previous, _) = scrape_all(&fetcher, &targets).await;
+    let mut taken = Instant::now();
+    let clear = std::io::stdout().is_terminal();
+    loop {
+        tokio::time::sleep(args.interval.get()).await;
+        let (current, failures) = scrape_all(&fetcher, &targets).await;
+        let seconds = taken.elapsed().as_secs_f64();
+        taken = Instant::now();
+        let report = report(&targets, &previous, &current, &failures, seconds);
+        if args.output != Format::Table {
+            print_structured(args.output, &report);
+        } else {
+            if clear && !once {
+                print!("\x1b[2J\x1b[H");
+            }
+            print_table(&report);
+            let _ = std::io::stdout().flush();
+        }
+        if once {
+            return exit::ok();
+        }
+        previous = current;
+        // The set of proxies changes as workloads scale; keep the last list if
+        // the control plane is away for a moment.
+        match self::targets(args, &fetcher).await {
+            Ok(t) => targets = t,
+            Err(message) => eprintln!("warning: {message}; showing the proxies known before"),
+        }
+    }
+}
+
+async fn targets(args: &Args, fetcher: &Fetcher) -> Result<Vec<Target>, String> {
+    if !args.proxies.is_empty() {
+        return Ok(args.proxies.iter().map(|a| Target { name: a.clone(), admin: Ok(a.clone()) }).collect());
+    }
+    let control = ControlPlane { fetcher, base: &args.server };
+    let proxies = control.proxies().await.map_err(|e| match e.status() {
+        Some(404) => format!("{e} (this control plane does not report proxies; name them with --proxy ADMIN_ADDR)"),
+        _ => e.to_string(),
+    })?;
+    Ok(targets_of(proxies))
+}
+
+fn targets_of(proxies: Vec<ProxyStatus>) -> Vec<Target> {
+    proxies
+        .into_iter()
+        .map(|p| {
+            let admin = p.admin_address.filter(|a| !a.is_empty()).ok_or_else(|| "the control plane knows no admin address for it".to_string());
+            Target { name: p.name, admin }
+        })
+        .collect()
+}
+
+/// Scrapes every target at once; failures are kept by proxy name.
+async fn scrape_all(fetcher: &Fetcher, targets: &[Target]) -> (Scrapes, HashMap<String, String>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in targets {
+        let (name, admin, fetcher) = (t.name.clone(), t.admin.clone(), fetcher.clone());
+        tasks.spawn(async move {
+            let result = match admin {
+                Err(why) => Err(why),
+                Ok(admin) => scrape(&fetcher, &name, &admin).await,
+            };
+            (name, result)
+        });
+    }
+    let (mut ok, mut failed) = (HashMap::new(), HashMap::new());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(samples))) => {
+                ok.insert(name, samples);
+            }
+            Ok((name, Err(why))) => {
+                failed.insert(name, why);
+            }
+            Err(e) => eprintln!("warning: a scrape task failed: {e}"),
+        }
+    }
+    (ok, failed)
+}
+
+async fn scrape(fetcher: &Fetcher, name: &str, admin: &str) -> Result<Vec<Sample>, String> {
+    let text = fetcher.text(&format!("proxy {name}"), &format!("http://{admin}"), "/metrics").await.map_err(|e| e.to_string())?;
+    promtext::parse(&text).map_err(|e| format!("proxy {name} at {admin} sent unreadable metrics: {e}"))
+}
+
+fn report(targets: &[Target], previous: &Scrapes, current: &Scrapes, failures: &HashMap<String, String>, seconds: f64) -> Report {
+    let mut groups: BTreeMap<Key, Growth> = BTreeMap::new();
+    let mut proxies = Vec::new();
+    for t in targets {
+        let error = match (previous.get(&t.name), current.get(&t.name)) {
+            (Some(before), Some(after)) => {
+                for (key, g) in traffic::growth(before, after) {
+                    groups.entry(key).or_default().add(&g);
+                }
+                None
+            }
+            // Answered now but not at the start of the window: its
+            // counters cover more than the window, so it waits a round.
+            (None, Some(_)) => None,
+            (_, None) => Some(failures.get(&t.name).cloned().unwrap_or_else(|| "no answer".to_string())),
+        };
+        proxies.push(ProxyReport { name: t.name.clone(), admin_address: t.admin.clone().ok(), reachable: error.is_none(), error });
+    }
+    Report { interval_seconds: seconds, services: traffic::rows(&groups, seconds), proxies }
+}
+
+fn print_table(r: &Report) {
+    let reachable = r.proxies.iter().filter(|p| p.reachable).count();
+    println!("{} of {} proxies answered; window {:.1}s", reachable, r.proxies.len(), r.interval_seconds);
+    println!("{:<24} {:<10} {:>9} {:>8} {:>9} {:>9} {:>9}", "SERVICE", "VERSION", "RPS", "SUCCESS", "P50", "P99", "REQUESTS");
+    for row in &r.services {
+        let service = if row.service.is_empty() { "(no route)" } else { &row.service };
+        let version = if row.version.is_empty() { "-" } else { &row.version };
+        let success = row.success_rate.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "-".to_string());
+        println!("{:<24} {:<10} {:>9.1} {:>8} {:>9} {:>9} {:>9}", service, version, row.rps, success, latency(row.p50_seconds), latency(row.p99_seconds), row.requests);
+    }
+    if r.services.is_empty() {
+        println!("(no requests seen by these proxies)");
+    }
+    for p in r.proxies.iter().filter(|p| !p.reachable) {
+        println!("unreachable: {}: {}", p.name, p.error.as_deref().unwrap_or("no answer"));
+    }
+}
+
+fn latency(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".to_string(),
+        Some(s) if s >= 1.0 => format!("{s:.2}s"),
+        Some(s) if s >= 0.01 => format!("{:.0}ms", s * 1000.0),
+        Some(s) => format!("{:.2}ms", s * 1000.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(requests: f64) -> Vec<Sample> {
+        promtext::parse(&format!("trefoil_requests_total{{direction=\"inbound\",service=\"web\",version=\"v1\",status_code=\"200\"}} {requests}\n")).unwrap()
+    }
+
+    fn target(name: &str) -> Target {
+        Target { name: name.to_string(), admin: Ok(format!("{name}:15000")) }
+    }
+
+    #[test]
+    fn replicas_add_up_and_late_or_silent_proxies_are_listed() {
+        let targets = [target("a"), target("b"), target("late"), target("down")];
+        let previous: Scrapes = [("a".to_string(), samples(10.0)), ("b".to_string(), samples(0.0)), ("down".to_string(), samples(5.0))].into();
+        let current: Scrapes = [("a".to_string(), samples(30.0)), ("b".to_string(), samples(20.0)), ("late".to_string(), samples(1000.0))].into();
+        let failures = [("down".to_string(), "proxy down is not reachable: connection refused".to_string())].into();
+        let r = report(&targets, &previous, &current, &failures, 2.0);
+        assert_eq!(r.services.len(), 1);
+        // a and b grew 20 each; `late` has no start of window, so it waits a round.
+        assert_eq!(r.services[0].requests, 40.0);
+        assert_eq!(r.services[0].rps, 20.0);
+        let reachable: Vec<(&str, bool)> = r.proxies.iter().map(|p| (p.name.as_str(), p.reachable)).collect();
+        assert_eq!(reachable, [("a", true), ("b", true), ("late", true), ("down", false)]);
+        assert_eq!(r.proxies[3].error.as_deref(), Some("proxy down is not reachable: connection refused"));
+    }
+
+    #[test]
+    fn a_proxy_without_an_admin_address_is_unreachable_with_the_reason() {
+        let proxies: Vec<ProxyStatus> = serde_json::from_str(r#"[{"name":"gw","connected":true,"adminAddress":"127.0.0.1:15000"},{"name":"web-0","connected":false}]"#).unwrap();
+        let targets = targets_of(proxies);
+        assert_eq!(targets[0].admin.as_deref(), Ok("127.0.0.1:15000"));
+        assert!(targets[1].admin.as_ref().unwrap_err().contains("no admin address"));
+    }
+
+    #[test]
+    fn latency_reads_at_a_glance() {
+        assert_eq!(latency(None), "-");
+        assert_eq!(latency(Some(0.00042)), "0.42ms");
+        assert_eq!(latency(Some(0.0375)), "38ms");
+        assert_eq!(latency(Some(1.5)), "1.50s");
+    }
+}

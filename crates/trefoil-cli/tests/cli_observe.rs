@@ -1,0 +1,248 @@
+//! `trefoil top`, `check` and `describe` against real processes: a proxy in
+//! file mode with real upstreams for the metrics side, and a control plane
+//! with applied resources for the rest.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// A running `trefoil control`; killed when dropped.
+struct Control {
+    child: Child,
+    url: String,
+}
+
+impl Control {
+    fn start(data: &Path) -> Self {
+        let addr = addr();
+        let child = Command::new(trefoil_bin())
+            .args(["control", "--data"])
+            .arg(data)
+            .args(["--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting trefoil control");
+        assert!(wait_for_port(addr, Duration::from_secs(20)), "control plane did not listen");
+        Control { child, url: format!("http://{addr}") }
+    }
+
+    /// `trefoil apply` of `yaml` written to a file.
+    fn apply(&self, dir: &Path, yaml: &str) {
+        let file = dir.join("apply.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let out = trefoil(&["apply", "-f", file.to_str().unwrap(), "--server", &self.url]);
+        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn trefoil(args: &[&str]) -> Output {
+    run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(60))
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Sends GETs through `listener` from a thread until the returned flag is set.
+fn traffic(listener: SocketAddr) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut sent = 0;
+        // Bounded even if the test forgets to stop it.
+        while !flag.load(Ordering::Relaxed) && sent < 200_000 {
+            let _ = http_request(listener, "GET", "web", "/", &[], b"");
+            sent += 1;
+        }
+        sent
+    });
+    (stop, handle)
+}
+
+#[test]
+fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
+    let v1 = TestServer::named("v1");
+    // Every second request to v2 fails with 503.
+    let v2 = TestServer::spawn(&["--name", "v2", "--fail-every", "2"]);
+    let listen = addr();
+    let proxy = Proxy::start(&format!("{}{}{}", listener("main", listen), service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]), web_route("")));
+    let dead = addr();
+    let (stop, sender) = traffic(listen);
+    wait_until("traffic through the proxy", Duration::from_secs(20), || proxy.metric_sum("trefoil_requests_total", &[]) >= 10.0);
+
+    let out = trefoil(&["top", "--once", "--interval", "1s", "-o", "json", "--proxy", &proxy.admin.to_string(), "--proxy", &dead.to_string()]);
+    let table = trefoil(&["top", "--once", "--interval", "500ms", "--proxy", &proxy.admin.to_string()]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(sender.join().unwrap() > 0);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = json_of(&out);
+
+    let rows = report["services"].as_array().expect("services");
+    let row = |version: &str| rows.iter().find(|r| r["service"] == "web" && r["version"] == version).unwrap_or_else(|| panic!("no web/{version} row in {report:#}"));
+    for version in ["v1", "v2"] {
+        let r = row(version);
+        assert_eq!(r["direction"], "inbound", "{r}");
+        assert!(r["rps"].as_f64().unwrap() > 0.0, "{r}");
+        let (p50, p99) = (r["p50Seconds"].as_f64().expect("p50"), r["p99Seconds"].as_f64().expect("p99"));
+        assert!(p50 > 0.0 && p50 <= p99 && p99 < 1.0, "{r}");
+    }
+    assert_eq!(row("v1")["successRate"].as_f64(), Some(1.0));
+    let v2_success = row("v2")["successRate"].as_f64().unwrap();
+    assert!((0.3..=0.7).contains(&v2_success), "about half of v2 fails: {v2_success}");
+
+    let proxies = report["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 2);
+    let live = proxies.iter().find(|p| p["adminAddress"] == proxy.admin.to_string()).unwrap();
+    assert_eq!(live["reachable"], true);
+    let gone = proxies.iter().find(|p| p["adminAddress"] == dead.to_string()).unwrap();
+    assert_eq!(gone["reachable"], false);
+    assert!(gone["error"].as_str().unwrap().contains("is not reachable"), "{gone}");
+
+    assert!(table.status.success(), "{}", text(&table));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("SERVICE") && table.contains("SUCCESS") && table.contains("P99"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("web ") && l.contains(" v2 ")), "{table}");
+}
+
+#[test]
+fn top_says_which_control_plane_it_cannot_reach() {
+    let nowhere = format!("http://{}", addr());
+    let out = trefoil(&["top", "--once", "--server", &nowhere]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains(&format!("control plane at {nowhere} is not reachable: connection refused")), "{}", text(&out));
+    assert_eq!(trefoil(&["top", "--interval", "soon"]).status.code(), Some(2));
+}
+
+const WORKLOAD: &str = "kind: Workload\nmetadata: {name: web-v1}\nspec:\n  service: web\n  version: v1\n  command: /bin/true\n  replicas: 2\n";
+
+fn endpoints(second_ready: bool) -> String {
+    format!(
+        "{API}\nkind: Endpoints\nmetadata: {{name: web}}\nspec:\n  endpoints:\n  - {{address: \"127.0.0.1:20001\", version: v1, workload: web-v1, replica: 0, ready: true}}\n  - {{address: \"127.0.0.1:20002\", version: v1, workload: web-v1, replica: 1, ready: {second_ready}}}\n"
+    )
+}
+
+fn checks_of(out: &Output) -> Vec<Value> {
+    json_of(out)["checks"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn check_reports_each_part_and_fails_on_unready_replicas() {
+    let dir = scratch_dir();
+    let nowhere = format!("http://{}", addr());
+    let out = trefoil(&["check", "--server", &nowhere]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.starts_with("FAIL") && line.contains(&format!("control plane at {nowhere} is not reachable: connection refused")), "{line}");
+
+    let control = Control::start(&dir.join("data"));
+    control.apply(&dir, &format!("{API}\n{WORKLOAD}---\n{}", endpoints(false)));
+    let out = trefoil(&["check", "--server", &control.url, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let checks = checks_of(&out);
+    assert_eq!(json_of(&out)["ok"], false);
+    let named = |name: &str| checks.iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| panic!("no check {name}: {checks:?}"));
+    assert_eq!(named("control plane")["ok"], true);
+    let workload = named("workload web-v1");
+    assert_eq!(workload["ok"], false);
+    assert!(workload["detail"].as_str().unwrap().starts_with("1/2 replicas ready"), "{workload}");
+    // No proxy runs here. A control plane that reports proxies has none to
+    // list; one without the status endpoint yet fails that check by name.
+    let proxies = named("proxies");
+    let detail = proxies["detail"].as_str().unwrap();
+    assert!((proxies["ok"] == true && detail.contains("no proxies")) || detail.contains("/api/v1/status/proxies"), "{proxies}");
+
+    control.apply(&dir, &endpoints(true));
+    let out = trefoil(&["check", "--server", &control.url]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("ok ") && l.contains("workload web-v1") && l.contains("2/2 replicas ready")), "{table}");
+    let all_ok = table.lines().all(|l| l.starts_with("ok "));
+    assert_eq!(out.status.code(), Some(if all_ok { 0 } else { 1 }), "{table}");
+}
+
+#[test]
+fn describe_shows_a_resource_with_what_relates_to_it() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir.join("data"));
+    control.apply(
+        &dir,
+        &format!(
+            "{}{API}\n{WORKLOAD}---\n{}---\n{}---\n{API}\nkind: TrafficPolicy\nmetadata: {{name: web-policy}}\nspec: {{service: web, loadBalancer: leastRequest}}\n---\n{}",
+            service("web", "http", &[("127.0.0.1:20000".parse().unwrap(), "v0")]),
+            endpoints(false),
+            route_all("web", ""),
+            route_all("ghost", ""),
+        ),
+    );
+
+    let out = trefoil(&["describe", "services", "web", "--server", &control.url, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = json_of(&out);
+    assert_eq!(d["resource"]["kind"], "Service");
+    assert_eq!(d["resource"]["metadata"]["name"], "web");
+    let related = &d["related"];
+    let eps = related["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 3, "one static and two discovered: {related}");
+    assert!(eps.iter().any(|e| e["address"] == "127.0.0.1:20000" && e["source"] == "static" && e["ready"] == true));
+    assert!(eps.iter().any(|e| e["address"] == "127.0.0.1:20002" && e["ready"] == false && e["source"] == "web-v1 replica 1"));
+    assert_eq!(related["workloads"][0]["name"], "web-v1");
+    assert_eq!(related["workloads"][0]["ready"], 1);
+    assert_eq!(related["workloads"][0]["replicas"], 2);
+    assert_eq!(related["routes"], serde_json::json!(["web"]));
+    assert_eq!(related["trafficPolicies"], serde_json::json!(["web-policy"]));
+
+    let out = trefoil(&["describe", "Service", "web", "--server", &control.url]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.contains("kind: Service") && human.contains("Endpoints:") && human.contains("NOT READY") && human.contains("web-v1 (version v1): 1/2 replicas ready"), "{human}");
+
+    let out = trefoil(&["describe", "route", "web", "--server", &control.url, "-o", "json"]);
+    assert_eq!(json_of(&out)["related"]["backends"][0]["readyEndpoints"], 2, "the static one and the ready replica");
+    let out = trefoil(&["describe", "route", "ghost", "--server", &control.url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NO READY ENDPOINTS"), "{}", text(&out));
+
+    let out = trefoil(&["describe", "workload", "web-v1", "--server", &control.url, "-o", "yaml"]);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && yaml.contains("related:") && yaml.contains("ready: 1") && yaml.contains("replicas: 2"), "{}", text(&out));
+
+    // Bad input exits 2 and says what was wrong.
+    let out = trefoil(&["describe", "widget", "web", "--server", &control.url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("unknown kind \"widget\""), "{}", text(&out));
+    let out = trefoil(&["describe", "route", "nope", "--server", &control.url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("Route/nope not found"), "{}", text(&out));
+    let out = trefoil(&["describe", "proxy", "nope", "--server", &control.url]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
+    control.apply(&dir, &format!("{API}\nkind: Proxy\nmetadata: {{name: gw}}\nspec: {{admin: \"{}\"}}\n", addr()));
+    let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = json_of(&out);
+    assert_eq!(d["resource"]["kind"], "Proxy");
+    let related = &d["related"];
+    assert!(related["status"]["name"] == "gw" || related["statusError"].as_str().is_some_and(|e| e.contains("/api/v1/status/proxies")), "{related}");
+    drop(control);
+    let out = trefoil(&["describe", "route", "web", "--server", &format!("http://{}", addr())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("is not reachable: connection refused"), "{}", text(&out));
+}

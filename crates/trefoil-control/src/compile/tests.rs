@@ -1,0 +1,151 @@
+use std::sync::Arc;
+
+use super::*;
+
+const MESH: &str = r#"
+apiVersion: trefoil.dev/v1alpha1
+kind: Proxy
+metadata: {name: gateway}
+spec: {admin: "127.0.0.1:15000"}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Listener
+metadata: {name: public}
+spec: {address: "127.0.0.1:8080", proxy: gateway, direction: outbound}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Listener
+metadata: {name: elsewhere}
+spec: {address: "127.0.0.1:8081", proxy: other}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: web-v1}
+spec: {service: web, version: v1, command: app}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: web-v2}
+spec: {service: web, version: v2, command: app}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: api}
+spec: {service: api, command: app}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Route
+metadata: {name: web, resourceVersion: "7", generation: 2}
+spec:
+  hosts: [web.local]
+  service: web
+  rules:
+  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Endpoints
+metadata: {name: web}
+spec:
+  endpoints:
+  - {address: "127.0.0.1:9001", version: v1, workload: web-v1, replica: 0, ready: true}
+  - {address: "127.0.0.1:9002", version: v2, workload: web-v2, replica: 0, ready: false}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Proxy
+metadata: {name: api-0}
+spec:
+  admin: "127.0.0.1:15001"
+  sidecar:
+    workload: api
+    service: api
+    version: v1
+    inbound: "127.0.0.1:9101"
+    outbound: "127.0.0.1:9102"
+    app: "127.0.0.1:9103"
+    upstreams: {web: "127.0.0.1:9104"}
+"#;
+
+fn mesh() -> Vec<Resource> {
+    trefoil_model::load_str(&Arc::from("mesh.yaml"), MESH).expect("mesh parses").into_iter().map(|s| s.resource).collect()
+}
+
+fn find<'a>(snapshot: &'a ProxySnapshot, kind: &str, name: &str) -> Option<&'a Resource> {
+    snapshot.resources.iter().find(|r| r.kind() == kind && r.name() == name)
+}
+
+fn service<'a>(snapshot: &'a ProxySnapshot, name: &str) -> &'a ServiceSpec {
+    match &find(snapshot, "Service", name).expect("service present").spec {
+        Spec::Service(s) => s,
+        _ => unreachable!(),
+    }
+}
+
+/// Every snapshot must pass the proxy's own validation, references included,
+/// or the proxy would NACK it.
+fn assert_valid(snapshot: &ProxySnapshot) {
+    let text: Vec<String> = snapshot.resources.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    let sources = trefoil_model::load_str(&Arc::from("snapshot"), &text.join("\n---\n")).expect("snapshot parses");
+    if let Err(e) = trefoil_model::validate(&sources) {
+        panic!("snapshot does not validate:\n{e}");
+    }
+}
+
+#[test]
+fn a_gateway_gets_its_listeners_every_route_and_ready_endpoints_only() {
+    let snapshot = snapshot_for("gateway", &mesh(), 12);
+    assert_valid(&snapshot);
+    assert_eq!(snapshot.version, 12);
+    assert!(find(&snapshot, "Listener", "public").is_some());
+    assert!(find(&snapshot, "Listener", "elsewhere").is_none(), "another proxy's listener");
+    let web = service(&snapshot, "web");
+    assert_eq!(web.endpoints, vec![Endpoint { address: "127.0.0.1:9001".into(), version: "v1".into() }]);
+    assert!(find(&snapshot, "Route", "default-api").is_some(), "a service without a route gets a default one");
+    assert!(find(&snapshot, "Route", "default-web").is_none(), "web has a route of its own");
+    let route = find(&snapshot, "Route", "web").unwrap();
+    assert_eq!(route.metadata.resource_version, None, "server bookkeeping is not part of a snapshot");
+}
+
+#[test]
+fn a_sidecar_gets_generated_listeners_and_its_own_app_as_its_service() {
+    let snapshot = snapshot_for("api-0", &mesh(), 3);
+    assert_valid(&snapshot);
+    let names: Vec<(&str, &str)> = snapshot.resources.iter().filter(|r| r.kind() == "Listener").map(|r| (r.name(), r.kind())).collect();
+    assert_eq!(names, vec![("api-0-inbound", "Listener"), ("api-0-outbound", "Listener"), ("api-0-to-web", "Listener")]);
+    assert_eq!(service(&snapshot, "api").endpoints, vec![Endpoint { address: "127.0.0.1:9103".into(), version: "v1".into() }]);
+    assert_eq!(service(&snapshot, "web").endpoints.len(), 1);
+    let Spec::Listener(to_web) = &find(&snapshot, "Listener", "api-0-to-web").unwrap().spec else { unreachable!() };
+    assert_eq!(to_web.service.as_deref(), Some("web"));
+    let Spec::Listener(outbound) = &find(&snapshot, "Listener", "api-0-outbound").unwrap().spec else { unreachable!() };
+    assert!(!outbound.routes.contains(&"api-0-inbound".to_string()), "the outbound side must not route to the local app by catch-all");
+}
+
+#[test]
+fn the_hash_follows_content_not_bookkeeping() {
+    let mut resources = mesh();
+    let before = snapshot_for("gateway", &resources, 1);
+    for r in resources.iter_mut() {
+        r.metadata.resource_version = Some("99".into());
+        r.metadata.generation = Some(5);
+    }
+    let same = snapshot_for("gateway", &resources, 2);
+    assert_eq!(before.hash, same.hash);
+    for r in resources.iter_mut() {
+        if let Spec::Endpoints(e) = &mut r.spec {
+            e.endpoints[1].ready = true;
+        }
+    }
+    let changed = snapshot_for("gateway", &resources, 3);
+    assert_ne!(before.hash, changed.hash);
+    assert_eq!(service(&changed, "web").endpoints.len(), 2);
+    // A sidecar of another service sees web's endpoints too.
+    assert_ne!(snapshot_for("api-0", &mesh(), 1).hash, snapshot_for("api-0", &resources, 1).hash);
+}
+
+#[test]
+fn an_unknown_proxy_is_a_default_gateway() {
+    let snapshot = snapshot_for("stranger", &mesh(), 1);
+    assert_valid(&snapshot);
+    assert!(find(&snapshot, "Proxy", "stranger").is_none());
+    assert!(find(&snapshot, "Listener", "public").is_none());
+    assert!(find(&snapshot, "Listener", "elsewhere").is_none());
+}
