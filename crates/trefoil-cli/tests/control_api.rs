@@ -22,6 +22,8 @@ impl Control {
             .args(["control", "--data"])
             .arg(data)
             .args(["--listen", &addr.to_string()])
+            // Not the default config stream port: the tests run in parallel.
+            .args(["--grpc-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
