@@ -40,6 +40,8 @@ pub struct CellResult {
     pub memory_loaded: Option<Memory>,
     pub memory_end: Option<Memory>,
     pub rejected: u64,
+    /// The control plane's CPU time over all the changes, divided by their number.
+    pub cpu_per_change: Option<Duration>,
     pub failure: Option<String>,
 }
 
@@ -101,6 +103,7 @@ async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: 
     eprintln!("  {label}: all proxies in sync after {:.3}s", started.elapsed().as_secs_f64());
 
     let name = mesh::name(CHANGED);
+    let cpu_before = control.cpu_time()?;
     for k in 1..=settings.changes {
         let weight = LOADED_V2_WEIGHT + u32::try_from(k).unwrap_or(u32::MAX).min(60);
         let version = tokio::time::timeout_at(deadline, rest.put("routes", &name, &mesh::route(CHANGED, weight))).await.map_err(|_| BenchError::Timeout(format!("change {k}: the PUT")))??;
@@ -111,5 +114,7 @@ async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: 
         result.snapshot_bytes = fleet.snapshot_bytes();
         result.rejected = fleet.rejected();
     }
+    let spent = control.cpu_time()?.saturating_sub(cpu_before);
+    result.cpu_per_change = u32::try_from(settings.changes).ok().filter(|n| *n > 0).map(|n| spent / n);
     Ok(())
 }

@@ -112,6 +112,24 @@ impl ControlProcess {
     }
 }
 
+/// Linux reports process CPU time in clock ticks of 1/100 s (`USER_HZ`) on
+/// every architecture it supports.
+const TICKS_PER_SECOND: u64 = 100;
+
+impl ControlProcess {
+    /// CPU time (user and system) the process has used so far.
+    pub fn cpu_time(&self) -> Result<Duration, BenchError> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).map_err(|e| BenchError::Setup(format!("cannot read {path}: {e}")))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        // utime and stime: fields 14 and 15 of the line, so 11 and 12 counting from 0 after the name.
+        let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).ok_or_else(|| BenchError::Setup(format!("{path}: no CPU times")));
+        let total = ticks(11)? + ticks(12)?;
+        Ok(Duration::from_millis(total * 1000 / TICKS_PER_SECOND))
+    }
+}
+
 impl Drop for ControlProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

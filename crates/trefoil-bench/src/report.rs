@@ -46,8 +46,8 @@ fn bytes(n: usize) -> String {
 
 pub fn markdown(results: &[CellResult], changes: usize) -> String {
     let mut out = String::new();
-    out.push_str(&format!("| proxies | routes | load | initial sync | apply->all acked, median of {changes} | max | snapshot | control RSS loaded | RSS after | peak RSS |\n"));
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(&format!("| proxies | routes | load | initial sync | apply->all acked, median of {changes} | max | control CPU per change | snapshot | control RSS loaded | RSS after | peak RSS |\n"));
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let (loaded, _) = memory(r.memory_loaded);
         let (after, peak) = memory(r.memory_end);
@@ -56,13 +56,14 @@ pub fn markdown(results: &[CellResult], changes: usize) -> String {
             _ => (ms(r.median()), ms(r.max())),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.proxies,
             r.routes,
             secs(r.load),
             secs(r.initial_sync),
             median,
             max,
+            ms(r.cpu_per_change),
             bytes(r.snapshot_bytes),
             loaded,
             after,
@@ -88,6 +89,7 @@ pub fn json(results: &[CellResult], machine: &str, binary: &Path) -> Value {
                 "applyToAckedSeconds": r.samples.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
                 "medianSeconds": r.median().map(|d| d.as_secs_f64()),
                 "maxSeconds": r.max().map(|d| d.as_secs_f64()),
+                "controlCpuSecondsPerChange": r.cpu_per_change.map(|d| d.as_secs_f64()),
                 "snapshotBytes": r.snapshot_bytes,
                 "memoryLoaded": kib(r.memory_loaded),
                 "memoryAfter": kib(r.memory_end),
