@@ -64,7 +64,7 @@ async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, 
     let name = hello.proxy.clone();
     let id = proxies.connect(&Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash }, outbox);
     tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
-    compiler.refresh(Some(&name));
+    compiler.refresh_in_background(Some(name.clone())).await;
     let reason = loop {
         match inbound.message().await {
             Ok(Some(ProxyMessage { kind: Some(Kind::Ack(a)) })) => proxies.ack(&name, id, a.version, a.hash),
@@ -86,11 +86,27 @@ pub struct Compiler {
     store: Arc<Store>,
     proxies: Arc<Proxies>,
     latest: Mutex<Option<(u64, Arc<MeshView>)>>,
+    /// One compile at a time: they would only compete for the same cores
+    /// and each hold a large mesh in memory.
+    turn: tokio::sync::Semaphore,
 }
 
 impl Compiler {
     pub fn new(store: Arc<Store>, proxies: Arc<Proxies>) -> Self {
-        Compiler { store, proxies, latest: Mutex::new(None) }
+        Compiler { store, proxies, latest: Mutex::new(None), turn: tokio::sync::Semaphore::new(1) }
+    }
+
+    /// [`Compiler::refresh`] on a blocking thread. Compiling a large mesh for
+    /// many proxies takes seconds of CPU; on the runtime thread it would stall
+    /// every stream meanwhile: snapshots already compiled would not go out,
+    /// ACKs would not be read, and keepalive pings would go unanswered until
+    /// the peers drop the connection.
+    pub async fn refresh_in_background(self: &Arc<Self>, only: Option<String>) {
+        let Ok(_turn) = self.turn.acquire().await else { return };
+        let compiler = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || compiler.refresh(only.as_deref())).await {
+            tracing::error!(error = %e, "compiling snapshots failed");
+        }
     }
 
     /// Compiles the snapshot of `only` (or of every connected proxy) at the
@@ -150,6 +166,6 @@ pub async fn distribute(compiler: Arc<Compiler>) {
                 Err(_quiet) => break,
             }
         }
-        compiler.refresh(None);
+        compiler.refresh_in_background(None).await;
     }
 }
