@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -13,7 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 use trefoil_model::Resource;
 use trefoil_wire::{proxy_message::Kind, ConfigStream, ProxyMessage, Request, Response, Snapshot, Status, Streaming};
 
-use crate::compile;
+use crate::compile::MeshView;
 use crate::proxies::{Hello, Proxies};
 use crate::store::Store;
 
@@ -27,13 +27,12 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
 /// The gRPC service: registers each proxy and relays its ACKs and NACKs.
 pub struct ConfigStreamService {
-    store: Arc<Store>,
-    proxies: Arc<Proxies>,
+    compiler: Arc<Compiler>,
 }
 
 impl ConfigStreamService {
-    pub fn new(store: Arc<Store>, proxies: Arc<Proxies>) -> Self {
-        ConfigStreamService { store, proxies }
+    pub fn new(compiler: Arc<Compiler>) -> Self {
+        ConfigStreamService { compiler }
     }
 }
 
@@ -45,14 +44,15 @@ impl ConfigStream for ConfigStreamService {
         let (outbox, snapshots) = watch::channel(None);
         // Answer at once and read the Hello in the session task: the stream's
         // headers must not wait on the proxy's first message.
-        tokio::spawn(session(self.store.clone(), self.proxies.clone(), request.into_inner(), outbox, peer));
+        tokio::spawn(session(self.compiler.clone(), request.into_inner(), outbox, peer));
         let out = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok));
         Ok(Response::new(Box::pin(out)))
     }
 }
 
 /// One proxy's stream, from Hello to disconnect.
-async fn session(store: Arc<Store>, proxies: Arc<Proxies>, mut inbound: Streaming<ProxyMessage>, outbox: crate::proxies::Outbox, peer: Option<SocketAddr>) {
+async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, outbox: crate::proxies::Outbox, peer: Option<SocketAddr>) {
+    let proxies = compiler.proxies.clone();
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) }))) if !h.proxy.is_empty() => h,
@@ -64,7 +64,7 @@ async fn session(store: Arc<Store>, proxies: Arc<Proxies>, mut inbound: Streamin
     let name = hello.proxy.clone();
     let id = proxies.connect(&Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash }, outbox);
     tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
-    refresh(&store, &proxies, Some(&name));
+    compiler.refresh_in_background(Some(name.clone())).await;
     let reason = loop {
         match inbound.message().await {
             Ok(Some(ProxyMessage { kind: Some(Kind::Ack(a)) })) => proxies.ack(&name, id, a.version, a.hash),
@@ -78,44 +78,89 @@ async fn session(store: Arc<Store>, proxies: Arc<Proxies>, mut inbound: Streamin
     tracing::info!(proxy = %name, %peer, reason = %reason, "proxy disconnected");
 }
 
-/// Compiles the snapshot of `only` (or of every connected proxy) at the
-/// store's current revision and offers it.
-pub fn refresh(store: &Store, proxies: &Proxies, only: Option<&str>) {
-    let names = match only {
-        Some(name) => vec![name.to_string()],
-        None => proxies.connected(),
-    };
-    if names.is_empty() {
-        if only.is_none() {
-            proxies.compiled_at(store.revision());
+/// Compiles snapshots from the store for the registered proxies. It keeps
+/// the shared view of the newest revision it compiled: proxies connecting one
+/// after another (all of them, after a control-plane restart) then cost a
+/// snapshot each, not a read and decode of the whole store each.
+pub struct Compiler {
+    store: Arc<Store>,
+    proxies: Arc<Proxies>,
+    latest: Mutex<Option<(u64, Arc<MeshView>)>>,
+    /// One compile at a time: they would only compete for the same cores
+    /// and each hold a large mesh in memory.
+    turn: tokio::sync::Semaphore,
+}
+
+impl Compiler {
+    pub fn new(store: Arc<Store>, proxies: Arc<Proxies>) -> Self {
+        Compiler { store, proxies, latest: Mutex::new(None), turn: tokio::sync::Semaphore::new(1) }
+    }
+
+    /// [`Compiler::refresh`] on a blocking thread. Compiling a large mesh for
+    /// many proxies takes seconds of CPU; on the runtime thread it would stall
+    /// every stream meanwhile: snapshots already compiled would not go out,
+    /// ACKs would not be read, and keepalive pings would go unanswered until
+    /// the peers drop the connection.
+    pub async fn refresh_in_background(self: &Arc<Self>, only: Option<String>) {
+        let Ok(_turn) = self.turn.acquire().await else { return };
+        let compiler = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || compiler.refresh(only.as_deref())).await {
+            tracing::error!(error = %e, "compiling snapshots failed");
         }
-        return;
     }
-    let (revision, stored) = store.list_all();
-    let resources: Vec<Resource> = stored
-        .into_iter()
-        .filter_map(|s| match serde_json::from_value(s.value) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                // Every write was validated; this means a store from another build.
-                tracing::warn!(kind = %s.kind, name = %s.name, error = %e, "skipping a stored object this build cannot read");
-                None
+
+    /// Compiles the snapshot of `only` (or of every connected proxy) at the
+    /// store's current revision and offers it.
+    pub fn refresh(&self, only: Option<&str>) {
+        let names = match only {
+            Some(name) => vec![name.to_string()],
+            None => self.proxies.connected(),
+        };
+        if names.is_empty() {
+            if only.is_none() {
+                self.proxies.compiled_at(self.store.revision());
             }
-        })
-        .collect();
-    for name in &names {
-        proxies.offer(name, &compile::snapshot_for(name, &resources, revision));
+            return;
+        }
+        let (revision, view) = self.view();
+        for name in &names {
+            self.proxies.offer(name, &view.snapshot_for(name, revision));
+        }
+        if only.is_none() {
+            self.proxies.compiled_at(revision);
+        }
     }
-    if only.is_none() {
-        proxies.compiled_at(revision);
+
+    /// The shared view at the store's current revision, built only when the
+    /// store moved on since the last one.
+    fn view(&self) -> (u64, Arc<MeshView>) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((revision, view)) = latest.as_ref().filter(|(r, _)| *r == self.store.revision()) {
+            return (*revision, view.clone());
+        }
+        let (revision, stored) = self.store.list_all();
+        let resources: Vec<Resource> = stored
+            .into_iter()
+            .filter_map(|s| match serde_json::from_value(s.value) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    // Every write was validated; this means a store from another build.
+                    tracing::warn!(kind = %s.kind, name = %s.name, error = %e, "skipping a stored object this build cannot read");
+                    None
+                }
+            })
+            .collect();
+        let view = Arc::new(MeshView::new(&resources));
+        *latest = Some((revision, view.clone()));
+        (revision, view)
     }
 }
 
 /// Recompiles for every connected proxy after each burst of store changes.
-pub async fn distribute(store: Arc<Store>, proxies: Arc<Proxies>) {
-    let mut events = store.subscribe();
+pub async fn distribute(compiler: Arc<Compiler>) {
+    let mut events = compiler.store.subscribe();
     // No proxy has a snapshot yet; each one connecting is compiled at the then-current revision.
-    proxies.compiled_at(store.revision());
+    compiler.proxies.compiled_at(compiler.store.revision());
     loop {
         // A lagged receiver only means many changes: compile all the same.
         if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
@@ -129,6 +174,6 @@ pub async fn distribute(store: Arc<Store>, proxies: Arc<Proxies>) {
                 Err(_quiet) => break,
             }
         }
-        refresh(&store, &proxies, None);
+        compiler.refresh_in_background(None).await;
     }
 }

@@ -75,8 +75,9 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         // Streams never end on their own: end ours so the gRPC server can finish.
         closing.close_all();
     });
-    let distributor = tokio::spawn(config_stream::distribute(store.clone(), proxies.clone()));
-    let service = config_stream::ConfigStreamService::new(store.clone(), proxies.clone());
+    let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone()));
+    let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
+    let service = config_stream::ConfigStreamService::new(compiler);
     let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
     let app = api::router(store.clone()).merge(status::router(store, proxies));
     let served = axum::serve(rest, app).with_graceful_shutdown(stopped(stop_rx)).await;

@@ -152,15 +152,12 @@ impl Proxies {
         if snapshot.hash == session.sent_hash || Some(snapshot.hash) == nacked {
             return false;
         }
-        let resources_json = match serde_json::to_string(&snapshot.resources) {
-            Ok(json) => json,
-            Err(e) => {
-                tracing::error!(proxy = name, error = %e, "cannot encode a snapshot");
-                return false;
-            }
-        };
+        if snapshot.resources_json.is_empty() {
+            tracing::error!(proxy = name, version = snapshot.version, "cannot encode a snapshot");
+            return false;
+        }
         session.sent_hash = snapshot.hash;
-        session.outbox.send_replace(Some(Snapshot { version: snapshot.version, hash: snapshot.hash, resources_json }));
+        session.outbox.send_replace(Some(Snapshot { version: snapshot.version, hash: snapshot.hash, resources_json: snapshot.resources_json.clone() }));
         entry.latest = Some((snapshot.version, snapshot.hash));
         tracing::info!(proxy = name, version = snapshot.version, hash = format_args!("{:016x}", snapshot.hash), resources = snapshot.resources.len(), "sending snapshot");
         true
@@ -222,7 +219,7 @@ mod tests {
     use super::*;
 
     fn snapshot(version: u64, hash: u64) -> ProxySnapshot {
-        ProxySnapshot { version, hash, resources: Vec::new() }
+        ProxySnapshot { version, hash, resources: Vec::new(), resources_json: "[]".to_string() }
     }
 
     fn hello(version: u64, hash: u64) -> Hello<'static> {

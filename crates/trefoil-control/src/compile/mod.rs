@@ -15,6 +15,9 @@ pub struct ProxySnapshot {
     pub version: u64,
     pub hash: u64,
     pub resources: Vec<Resource>,
+    /// `resources` as the JSON array that was hashed and is sent: encoded
+    /// once, because a large mesh spends most of a compile encoding.
+    pub resources_json: String,
 }
 
 /// Compiles the snapshot of `proxy` from every stored resource.
@@ -121,8 +124,11 @@ impl MeshView {
             Some(sidecar) => self.sidecar(proxy, sidecar, &mut out),
             None => self.gateway(proxy, &mut out),
         }
-        let hash = fnv1a(&serde_json::to_vec(&out).unwrap_or_default());
-        ProxySnapshot { version, hash, resources: out }
+        // Resources always encode (string keys only); an empty text would be
+        // refused by `Proxies::offer` rather than sent.
+        let resources_json = serde_json::to_string(&out).unwrap_or_default();
+        let hash = fnv1a(resources_json.as_bytes());
+        ProxySnapshot { version, hash, resources: out, resources_json }
     }
 
     fn gateway(&self, proxy: &str, out: &mut Vec<Resource>) {
