@@ -5,51 +5,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::control::Control;
 use common::*;
 use serde_json::Value;
 
-/// A running `trefoil control`; killed when dropped.
-struct Control {
-    child: Child,
-    url: String,
-}
-
-impl Control {
-    fn start(data: &Path) -> Self {
-        let addr = addr();
-        let child = Command::new(trefoil_bin())
-            .args(["control", "--data"])
-            .arg(data)
-            .args(["--listen", &addr.to_string(), "--grpc-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting trefoil control");
-        assert!(wait_for_port(addr, Duration::from_secs(20)), "control plane did not listen");
-        Control { child, url: format!("http://{addr}") }
-    }
-
-    /// `trefoil apply` of `yaml` written to a file.
-    fn apply(&self, dir: &Path, yaml: &str) {
-        let file = dir.join("apply.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let out = trefoil(&["apply", "-f", file.to_str().unwrap(), "--server", &self.url]);
-        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn trefoil(args: &[&str]) -> Output {
     run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(60))
@@ -156,7 +120,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
 
     let control = Control::start(&dir.join("data"));
     control.apply(&dir, &format!("{API}\n{WORKLOAD}---\n{}", endpoints(false)));
-    let out = trefoil(&["check", "--server", &control.url, "-o", "json"]);
+    let out = trefoil(&["check", "--server", &control.url(), "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let checks = checks_of(&out);
     assert_eq!(json_of(&out)["ok"], false);
@@ -172,7 +136,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
     assert!((proxies["ok"] == true && detail.contains("no proxies")) || detail.contains("/api/v1/status/proxies"), "{proxies}");
 
     control.apply(&dir, &endpoints(true));
-    let out = trefoil(&["check", "--server", &control.url]);
+    let out = trefoil(&["check", "--server", &control.url()]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().any(|l| l.starts_with("ok ") && l.contains("workload web-v1") && l.contains("2/2 replicas ready")), "{table}");
     let all_ok = table.lines().all(|l| l.starts_with("ok "));
@@ -194,7 +158,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
         ),
     );
 
-    let out = trefoil(&["describe", "services", "web", "--server", &control.url, "-o", "json"]);
+    let out = trefoil(&["describe", "services", "web", "--server", &control.url(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);
     assert_eq!(d["resource"]["kind"], "Service");
@@ -210,32 +174,32 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     assert_eq!(related["routes"], serde_json::json!(["web"]));
     assert_eq!(related["trafficPolicies"], serde_json::json!(["web-policy"]));
 
-    let out = trefoil(&["describe", "Service", "web", "--server", &control.url]);
+    let out = trefoil(&["describe", "Service", "web", "--server", &control.url()]);
     let human = String::from_utf8_lossy(&out.stdout);
     assert!(human.contains("kind: Service") && human.contains("Endpoints:") && human.contains("NOT READY") && human.contains("web-v1 (version v1): 1/2 replicas ready"), "{human}");
 
-    let out = trefoil(&["describe", "route", "web", "--server", &control.url, "-o", "json"]);
+    let out = trefoil(&["describe", "route", "web", "--server", &control.url(), "-o", "json"]);
     assert_eq!(json_of(&out)["related"]["backends"][0]["readyEndpoints"], 2, "the static one and the ready replica");
-    let out = trefoil(&["describe", "route", "ghost", "--server", &control.url]);
+    let out = trefoil(&["describe", "route", "ghost", "--server", &control.url()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("NO READY ENDPOINTS"), "{}", text(&out));
 
-    let out = trefoil(&["describe", "workload", "web-v1", "--server", &control.url, "-o", "yaml"]);
+    let out = trefoil(&["describe", "workload", "web-v1", "--server", &control.url(), "-o", "yaml"]);
     let yaml = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && yaml.contains("related:") && yaml.contains("ready: 1") && yaml.contains("replicas: 2"), "{}", text(&out));
 
     // Bad input exits 2 and says what was wrong.
-    let out = trefoil(&["describe", "widget", "web", "--server", &control.url]);
+    let out = trefoil(&["describe", "widget", "web", "--server", &control.url()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("unknown kind \"widget\""), "{}", text(&out));
-    let out = trefoil(&["describe", "route", "nope", "--server", &control.url]);
+    let out = trefoil(&["describe", "route", "nope", "--server", &control.url()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("Route/nope not found"), "{}", text(&out));
-    let out = trefoil(&["describe", "proxy", "nope", "--server", &control.url]);
+    let out = trefoil(&["describe", "proxy", "nope", "--server", &control.url()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
     control.apply(&dir, &format!("{API}\nkind: Proxy\nmetadata: {{name: gw}}\nspec: {{admin: \"{}\"}}\n", addr()));
-    let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url, "-o", "json"]);
+    let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);
     assert_eq!(d["resource"]["kind"], "Proxy");

@@ -9,80 +9,12 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+use common::control::{Control, WAIT};
 use common::*;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(20);
 
-/// A running control plane; killed (SIGKILL) when dropped.
-struct Control {
-    child: Child,
-    api: SocketAddr,
-    grpc: SocketAddr,
-    stderr: PathBuf,
-}
-
-impl Control {
-    fn start(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
-        let stderr = data.with_extension(format!("control-{}.log", api.port()));
-        let child = Command::new(trefoil_bin())
-            .args(["control", "--data"])
-            .arg(data)
-            .args(["--listen", &api.to_string(), "--grpc-listen", &grpc.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting trefoil control");
-        assert!(wait_for_port(api, WAIT), "control plane did not listen");
-        Control { child, api, grpc, stderr }
-    }
-
-    fn put(&self, kind: &str, name: &str, body: &str) {
-        let (status, _, reply) = http_request(self.api, "PUT", "control", &format!("/api/v1/{kind}/{name}"), &[], body.as_bytes()).unwrap();
-        assert!(status == 200 || status == 201, "PUT {kind}/{name}: {status} {}", String::from_utf8_lossy(&reply));
-    }
-
-    fn delete(&self, kind: &str, name: &str) {
-        let (status, _, reply) = http_request(self.api, "DELETE", "control", &format!("/api/v1/{kind}/{name}"), &[], b"").unwrap();
-        assert_eq!(status, 200, "DELETE {kind}/{name}: {}", String::from_utf8_lossy(&reply));
-    }
-
-    /// The status of proxy `name`, if the control plane lists it.
-    fn status(&self, name: &str) -> Option<Value> {
-        let (status, _, body) = http_request(self.api, "GET", "control", "/api/v1/status/proxies", &[], b"").ok()?;
-        assert_eq!(status, 200);
-        let list: Value = serde_json::from_slice(&body).ok()?;
-        list["items"].as_array()?.iter().find(|p| p["name"] == name).cloned()
-    }
-
-    /// Waits until `name` is connected and has acked the latest snapshot compiled for it.
-    fn wait_in_sync(&self, name: &str) -> Value {
-        let mut last = None;
-        wait_until(&format!("proxy {name} to ack its latest snapshot"), WAIT, || {
-            last = self.status(name);
-            last.as_ref().is_some_and(|s| s["connected"] == true && !s["ackedVersion"].is_null() && s["ackedVersion"] == s["latestVersion"])
-        });
-        last.unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
 
 /// A proxy in control mode; killed (SIGKILL) when dropped.
 struct StreamProxy {
@@ -179,7 +111,7 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     // The proxy comes first: its admin answers at once, not ready without a snapshot.
     let proxy = StreamProxy::start(&dir, grpc, "edge");
     assert_eq!(proxy.ready(), 503, "no snapshot yet:\n{}", proxy.log());
-    let control = Control::start(&dir.join("data"), api, grpc);
+    let control = Control::start_on(&dir.join("data"), api, grpc);
 
     // (a) Resources applied through the API are served, and the status says acked == latest.
     apply_gateway(&control, "edge", public, &one, &two);
@@ -239,7 +171,7 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     let data = dir.join("data");
     let (api, grpc, public) = (addr(), addr(), addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
-    let mut control = Control::start(&data, api, grpc);
+    let mut control = Control::start_on(&data, api, grpc);
     let mut proxy = StreamProxy::start(&dir, grpc, "edge");
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
@@ -255,7 +187,7 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
 
     // A new control plane on the same data: the proxy reconnects, and as
     // nothing changed it is in sync at the version it already had.
-    let control = Control::start(&data, control.api, control.grpc);
+    let control = Control::start_on(&data, control.api, control.grpc);
     let status = control.wait_in_sync("edge");
     assert_eq!(status["ackedVersion"].as_u64(), Some(before), "{status}");
     assert!(proxy.log().matches("connected to the control plane").count() >= 2, "{}", proxy.log());
@@ -276,7 +208,7 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     let dir = scratch_dir();
     let (api, grpc, public) = (addr(), addr(), addr());
     let one = TestServer::named("one");
-    let control = Control::start(&dir.join("data"), api, grpc);
+    let control = Control::start_on(&dir.join("data"), api, grpc);
     let _proxy = StreamProxy::start(&dir, grpc, "edge");
     control.put("Listener", "public", &listener_doc("public", public));
     control.put("Service", "one", &service_doc("one", one.addr()));

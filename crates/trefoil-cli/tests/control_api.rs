@@ -4,45 +4,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::control::Control;
 use common::*;
 
-struct Control {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Control {
-    fn start(data: &Path, addr: SocketAddr) -> Self {
-        let child = Command::new(trefoil_bin())
-            .args(["control", "--data"])
-            .arg(data)
-            // Tests run in parallel: the config stream takes any free port, not the default.
-            .args(["--listen", &addr.to_string(), "--grpc-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_for_port(addr, Duration::from_secs(20)), "control plane did not listen");
-        Control { child, addr }
-    }
-
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let (status, _, body) = http_request(self.addr, method, "control", path, &[], body.as_bytes()).unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn route(name: &str, weight: &str, rv: Option<&str>) -> String {
     let rv = rv.map(|v| format!(", resourceVersion: \"{v}\"")).unwrap_or_default();
@@ -52,7 +21,7 @@ fn route(name: &str, weight: &str, rv: Option<&str>) -> String {
 #[test]
 fn crud_with_optimistic_concurrency_and_located_errors() {
     let dir = scratch_dir();
-    let control = Control::start(&dir, format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let control = Control::start(&dir);
     let (status, created) = control.call("POST", "/api/v1/routes", &route("web", "1", None));
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["metadata"]["generation"], 1);
@@ -88,14 +57,12 @@ fn crud_with_optimistic_concurrency_and_located_errors() {
 #[test]
 fn acknowledged_writes_survive_kill_9() {
     let dir = scratch_dir();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut control = Control::start(&dir, addr);
+    let mut control = Control::start(&dir);
     for i in 0..50 {
         assert_eq!(control.call("PUT", &format!("/api/v1/routes/r{i}"), &route(&format!("r{i}"), &(i + 1).to_string(), None)).0, 201);
     }
-    let _ = control.child.kill(); // SIGKILL
-    let _ = control.child.wait();
-    let restarted = Control::start(&dir, addr);
+    control.kill_9();
+    let restarted = Control::start_on(&dir, control.api, control.grpc);
     let (_, list) = restarted.call("GET", "/api/v1/routes", "");
     assert_eq!(list["items"].as_array().unwrap().len(), 50);
     let (_, r49) = restarted.call("GET", "/api/v1/routes/r49", "");
@@ -106,9 +73,9 @@ fn acknowledged_writes_survive_kill_9() {
 #[test]
 fn watch_streams_current_objects_then_changes() {
     let dir = scratch_dir();
-    let control = Control::start(&dir, format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let control = Control::start(&dir);
     control.call("PUT", "/api/v1/routes/a", &route("a", "1", None));
-    let mut stream = TcpStream::connect(control.addr).unwrap();
+    let mut stream = TcpStream::connect(control.api).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(b"GET /api/v1/routes?watch=true HTTP/1.1\r\nHost: control\r\n\r\n").unwrap();
     let mut reader = BufReader::new(stream);
@@ -136,13 +103,13 @@ fn watch_streams_current_objects_then_changes() {
 #[test]
 fn schemathesis_finds_no_server_error() {
     let dir = scratch_dir();
-    let control = Control::start(&dir, format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let control = Control::start(&dir);
     control.call("PUT", "/api/v1/routes/web", &route("web", "1", None));
     // The watch stream never ends by design; everything else is fuzzed.
     let out = run_with_timeout(
         Command::new("st").args([
             "run",
-            &format!("http://{}/api/v1/openapi.json", control.addr),
+            &format!("http://{}/api/v1/openapi.json", control.api),
             "--checks",
             "not_a_server_error",
             "--max-examples",
@@ -163,8 +130,8 @@ fn schemathesis_finds_no_server_error() {
 #[test]
 fn apply_get_delete_from_the_command_line() {
     let dir = scratch_dir();
-    let control = Control::start(&dir, format!("127.0.0.1:{}", free_port()).parse().unwrap());
-    let server = format!("http://{}", control.addr);
+    let control = Control::start(&dir);
+    let server = format!("http://{}", control.api);
     let trefoil = |args: &[&str]| Command::new(trefoil_bin()).args(args).args(["--server", &server]).output().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/quickstart.yaml");
     let example = example.to_str().unwrap();

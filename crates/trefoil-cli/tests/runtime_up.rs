@@ -23,6 +23,11 @@ fn workload(name: &str, service: &str, replicas: u32) -> String {
     )
 }
 
+/// Gateway `edge` on 127.0.0.1:`port`, every request to Service `web`.
+fn edge_gateway(port: u16) -> String {
+    format!("{API}\nkind: Proxy\nmetadata: {{name: edge}}\nspec: {{}}\n---\n{API}\nkind: Listener\nmetadata: {{name: public}}\nspec: {{address: \"127.0.0.1:{port}\", proxy: edge}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n---\n")
+}
+
 #[test]
 fn up_starts_everything_and_publishes_ready_endpoints() {
     let mut up = Up::start(&workload("web", "web", 2));
@@ -178,10 +183,7 @@ fn bad_input_exits_2_with_the_location() {
 #[test]
 fn traffic_flows_through_the_gateway() {
     let port = trefoil_testkit::free_port();
-    let files = format!(
-        "{API}\nkind: Proxy\nmetadata: {{name: edge}}\nspec: {{}}\n---\n{API}\nkind: Listener\nmetadata: {{name: public}}\nspec: {{address: \"127.0.0.1:{port}\", proxy: edge}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n---\n{}",
-        workload("web", "web", 2)
-    );
+    let files = format!("{}{}", edge_gateway(port), workload("web", "web", 2));
     let mut up = Up::start(&files);
     up.wait_ready(&["web-0", "web-1", "edge"]);
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -317,10 +319,7 @@ fn sidecar_ports_reach_the_other_service() {
 #[test]
 fn an_unhealthy_replica_leaves_the_endpoints_and_gets_no_traffic() {
     let port = trefoil_testkit::free_port();
-    let files = format!(
-        "{API}\nkind: Proxy\nmetadata: {{name: edge}}\nspec: {{}}\n---\n{API}\nkind: Listener\nmetadata: {{name: public}}\nspec: {{address: \"127.0.0.1:{port}\", proxy: edge}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n---\n{}",
-        workload("web", "web", 2)
-    );
+    let files = format!("{}{}", edge_gateway(port), workload("web", "web", 2));
     let mut up = Up::start(&files);
     up.wait_ready(&["web-0", "web-1", "edge"]);
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -165,16 +165,9 @@ pub fn get(args: GetArgs) -> ExitCode {
             Some(name) => format!("/api/v1/{}/{name}", args.kind),
             None => format!("/api/v1/{}", args.kind),
         };
-        let body = match call(&client(), &args.server.server, http::Method::GET, &path, None).await {
-            Err(f) => {
-                eprintln!("error: {}", f.message);
-                return f.code;
-            }
-            Ok((200, v)) => v,
-            Ok((status, v)) => {
-                eprintln!("error: {}", server_error(status, &v));
-                return if status == 404 { exit::bad_input() } else { exit::failure() };
-            }
+        let body = match read(&args.server.server, &path).await {
+            Ok(v) => v,
+            Err(code) => return code,
         };
         match args.output {
             Format::Table => {
@@ -213,19 +206,28 @@ pub fn delete(args: DeleteArgs) -> ExitCode {
     })
 }
 
+/// A GET whose answer must be 200; otherwise the error is printed and the
+/// exit code returned (2 for a 404: the user named something that is not there).
+async fn read(server: &str, path: &str) -> Result<Value, ExitCode> {
+    match call(&client(), server, http::Method::GET, path, None).await {
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            Err(f.code)
+        }
+        Ok((200, v)) => Ok(v),
+        Ok((status, v)) => {
+            eprintln!("error: {}", server_error(status, &v));
+            Err(if status == 404 { exit::bad_input() } else { exit::failure() })
+        }
+    }
+}
+
 /// `trefoil get proxies`: one line per proxy, or the raw items with `-o json|yaml`.
 fn get_proxy_status(args: GetArgs) -> ExitCode {
     run_async(async move {
-        let body = match call(&client(), &args.server.server, http::Method::GET, "/api/v1/status/proxies", None).await {
-            Err(f) => {
-                eprintln!("error: {}", f.message);
-                return f.code;
-            }
-            Ok((200, v)) => v,
-            Ok((status, v)) => {
-                eprintln!("error: {}", server_error(status, &v));
-                return exit::failure();
-            }
+        let body = match read(&args.server.server, "/api/v1/status/proxies").await {
+            Ok(v) => v,
+            Err(code) => return code,
         };
         let items = body["items"].as_array().cloned().unwrap_or_default();
         if args.output != Format::Table {
