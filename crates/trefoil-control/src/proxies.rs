@@ -159,7 +159,7 @@ impl Proxies {
         session.sent_hash = snapshot.hash;
         session.outbox.send_replace(Some(Snapshot { version: snapshot.version, hash: snapshot.hash, resources_json: snapshot.resources_json.clone() }));
         entry.latest = Some((snapshot.version, snapshot.hash));
-        tracing::info!(proxy = name, version = snapshot.version, hash = format_args!("{:016x}", snapshot.hash), resources = snapshot.resources.len(), "sending snapshot");
+        tracing::info!(proxy = name, version = snapshot.version, hash = format_args!("{:016x}", snapshot.hash), resources = snapshot.count, "sending snapshot");
         true
     }
 
@@ -219,7 +219,7 @@ mod tests {
     use super::*;
 
     fn snapshot(version: u64, hash: u64) -> ProxySnapshot {
-        ProxySnapshot { version, hash, resources: Vec::new(), resources_json: "[]".to_string() }
+        ProxySnapshot { version, hash, resources_json: "[]".to_string(), count: 0 }
     }
 
     fn hello(version: u64, hash: u64) -> Hello<'static> {

@@ -14,10 +14,10 @@ pub struct ProxySnapshot {
     /// The store revision the snapshot was compiled at.
     pub version: u64,
     pub hash: u64,
-    pub resources: Vec<Resource>,
-    /// `resources` as the JSON array that was hashed and is sent: encoded
-    /// once, because a large mesh spends most of a compile encoding.
+    /// The resources as the JSON array that is hashed and sent.
     pub resources_json: String,
+    /// How many resources it holds.
+    pub count: usize,
 }
 
 /// Compiles the snapshot of `proxy` from every stored resource.
@@ -32,32 +32,37 @@ pub struct MeshView {
     listeners: Vec<(String, ListenerSpec)>,
     /// Services with their static and ready discovered endpoints.
     services: BTreeMap<String, ServiceSpec>,
+    /// Each of `services` as a snapshot carries it, encoded once.
+    services_json: BTreeMap<String, String>,
     /// User routes, then a default route for each service no route shapes.
-    routes: Vec<Resource>,
-    /// Traffic policies and workloads (the latter so every version a route
-    /// names is known even while none of its replicas is ready).
-    passthrough: Vec<Resource>,
+    route_names: Vec<String>,
+    /// The routes, traffic policies and workloads (the latter so every version
+    /// a route names is known while none of its replicas is ready), encoded
+    /// once: every proxy's snapshot ends with them, and encoding them per
+    /// proxy was most of a large mesh's compile.
+    shared_json: JsonArray,
 }
 
 impl MeshView {
     pub fn new(resources: &[Resource]) -> Self {
-        let mut view = MeshView { proxies: BTreeMap::new(), listeners: Vec::new(), services: BTreeMap::new(), routes: Vec::new(), passthrough: Vec::new() };
+        let (mut proxies, mut listeners, mut services) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
+        let (mut routes, mut passthrough) = (Vec::new(), Vec::new());
         let mut discovered: BTreeMap<&str, &EndpointsSpec> = BTreeMap::new();
         let mut workload_ports: BTreeMap<&str, u16> = BTreeMap::new();
         for r in resources {
             match &r.spec {
                 Spec::Proxy(p) => {
-                    view.proxies.insert(r.name().to_string(), p.clone());
+                    proxies.insert(r.name().to_string(), p.clone());
                 }
-                Spec::Listener(l) => view.listeners.push((r.name().to_string(), l.clone())),
+                Spec::Listener(l) => listeners.push((r.name().to_string(), l.clone())),
                 Spec::Service(s) => {
-                    view.services.insert(r.name().to_string(), s.clone());
+                    services.insert(r.name().to_string(), s.clone());
                 }
-                Spec::Route(_) => view.routes.push(clean(r)),
-                Spec::TrafficPolicy(_) => view.passthrough.push(clean(r)),
+                Spec::Route(_) => routes.push(clean(r)),
+                Spec::TrafficPolicy(_) => passthrough.push(clean(r)),
                 Spec::Workload(w) => {
                     workload_ports.entry(&w.service).or_insert(w.port.unwrap_or(80));
-                    view.passthrough.push(clean(r));
+                    passthrough.push(clean(r));
                 }
                 Spec::Endpoints(e) => {
                     discovered.insert(r.name(), e);
@@ -65,12 +70,12 @@ impl MeshView {
             }
         }
         for (service, port) in workload_ports {
-            view.services.entry(service.to_string()).or_insert_with(|| ServiceSpec {
+            services.entry(service.to_string()).or_insert_with(|| ServiceSpec {
                 ports: vec![ServicePort { name: "http".to_string(), port, protocol: AppProtocol::Http }],
                 endpoints: Vec::new(),
             });
         }
-        for (service, spec) in view.services.iter_mut() {
+        for (service, spec) in services.iter_mut() {
             if let Some(found) = discovered.get(service.as_str()) {
                 let mut ready: Vec<&DiscoveredEndpoint> = found.endpoints.iter().filter(|e| e.ready).collect();
                 ready.sort_by(|a, b| (&a.workload, a.replica, &a.address).cmp(&(&b.workload, b.replica, &b.address)));
@@ -81,19 +86,18 @@ impl MeshView {
                 }
             }
         }
-        let shaped: BTreeSet<String> = view
-            .routes
+        let shaped: BTreeSet<String> = routes
             .iter()
             .filter_map(|r| match &r.spec {
                 Spec::Route(route) => route.service.clone(),
                 _ => None,
             })
             .collect();
-        let named: BTreeSet<String> = view.routes.iter().map(|r| r.name().to_string()).collect();
-        for service in view.services.keys() {
+        let named: BTreeSet<String> = routes.iter().map(|r| r.name().to_string()).collect();
+        for service in services.keys() {
             let name = format!("default-{service}");
             if !shaped.contains(service) && !named.contains(&name) {
-                view.routes.push(resource(
+                routes.push(resource(
                     &name,
                     Spec::Route(RouteSpec {
                         hosts: Vec::new(),
@@ -103,9 +107,15 @@ impl MeshView {
                 ));
             }
         }
-        view.routes.sort_by(|a, b| a.name().cmp(b.name()));
-        view.passthrough.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
-        view
+        routes.sort_by(|a, b| a.name().cmp(b.name()));
+        passthrough.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
+        let mut shared_json = JsonArray::default();
+        for r in routes.iter().chain(&passthrough) {
+            shared_json.push(r);
+        }
+        let services_json = services.iter().map(|(name, spec)| (name.clone(), encode(&resource(name, Spec::Service(spec.clone()))))).collect();
+        let route_names = routes.iter().map(|r| r.name().to_string()).collect();
+        MeshView { proxies, listeners, services, services_json, route_names, shared_json }
     }
 
     /// Names of the proxies declared by `Proxy` resources.
@@ -116,60 +126,56 @@ impl MeshView {
     /// The snapshot of `proxy`; a proxy without a `Proxy` resource is a gateway with default settings.
     pub fn snapshot_for(&self, proxy: &str, version: u64) -> ProxySnapshot {
         let spec = self.proxies.get(proxy);
-        let mut out = Vec::new();
+        let mut out = JsonArray::default();
         if let Some(spec) = spec {
-            out.push(resource(proxy, Spec::Proxy(spec.clone())));
+            out.push(&resource(proxy, Spec::Proxy(spec.clone())));
         }
         match spec.and_then(|p| p.sidecar.as_ref()) {
             Some(sidecar) => self.sidecar(proxy, sidecar, &mut out),
             None => self.gateway(proxy, &mut out),
         }
-        // Resources always encode (string keys only); an empty text would be
-        // refused by `Proxies::offer` rather than sent.
-        let resources_json = serde_json::to_string(&out).unwrap_or_default();
+        out.append(&self.shared_json);
+        let (resources_json, count) = out.finish();
         let hash = fnv1a(resources_json.as_bytes());
-        ProxySnapshot { version, hash, resources: out, resources_json }
+        ProxySnapshot { version, hash, resources_json, count }
     }
 
-    fn gateway(&self, proxy: &str, out: &mut Vec<Resource>) {
+    fn gateway(&self, proxy: &str, out: &mut JsonArray) {
         for (name, listener) in &self.listeners {
             if listener.proxy.as_deref().is_none_or(|p| p == proxy) {
-                out.push(resource(name, Spec::Listener(listener.clone())));
+                out.push(&resource(name, Spec::Listener(listener.clone())));
             }
         }
-        for (name, service) in &self.services {
-            out.push(resource(name, Spec::Service(service.clone())));
+        for encoded in self.services_json.values() {
+            out.push_encoded(encoded);
         }
-        out.extend(self.routes.iter().cloned());
-        out.extend(self.passthrough.iter().cloned());
     }
 
     /// Generated listeners in front of the app and towards other services; the
     /// replica's own service resolves to its own app only.
-    fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, out: &mut Vec<Resource>) {
+    fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, out: &mut JsonArray) {
         let inbound_route = format!("{proxy}-inbound");
-        out.push(resource(&format!("{proxy}-inbound"), Spec::Listener(listener(&sidecar.inbound, "inbound", vec![inbound_route.clone()], None))));
-        let mesh_routes: Vec<String> = self.routes.iter().map(|r| r.name().to_string()).collect();
-        out.push(resource(&format!("{proxy}-outbound"), Spec::Listener(listener(&sidecar.outbound, "outbound", mesh_routes, None))));
+        out.push(&resource(&format!("{proxy}-inbound"), Spec::Listener(listener(&sidecar.inbound, "inbound", vec![inbound_route.clone()], None))));
+        out.push(&resource(&format!("{proxy}-outbound"), Spec::Listener(listener(&sidecar.outbound, "outbound", self.route_names.clone(), None))));
         for (service, address) in &sidecar.upstreams {
             if self.services.contains_key(service) {
-                out.push(resource(&format!("{proxy}-to-{service}"), Spec::Listener(listener(address, "outbound", Vec::new(), Some(service.clone())))));
+                out.push(&resource(&format!("{proxy}-to-{service}"), Spec::Listener(listener(address, "outbound", Vec::new(), Some(service.clone())))));
             }
         }
-        for (name, service) in &self.services {
-            let mut service = service.clone();
+        let own_app = vec![Endpoint { address: sidecar.app.clone(), version: sidecar.version.clone() }];
+        for (name, encoded) in &self.services_json {
             if *name == sidecar.service {
-                service.endpoints = vec![Endpoint { address: sidecar.app.clone(), version: sidecar.version.clone() }];
+                let mut own = self.services[name].clone();
+                own.endpoints = own_app.clone();
+                out.push(&resource(name, Spec::Service(own)));
+            } else {
+                out.push_encoded(encoded);
             }
-            out.push(resource(name, Spec::Service(service)));
         }
         if !self.services.contains_key(&sidecar.service) {
-            out.push(resource(
-                &sidecar.service,
-                Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: vec![Endpoint { address: sidecar.app.clone(), version: sidecar.version.clone() }] }),
-            ));
+            out.push(&resource(&sidecar.service, Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: own_app })));
         }
-        out.push(resource(
+        out.push(&resource(
             &inbound_route,
             Spec::Route(RouteSpec {
                 hosts: vec!["*".to_string()],
@@ -180,9 +186,53 @@ impl MeshView {
                 }],
             }),
         ));
-        out.extend(self.routes.iter().cloned());
-        out.extend(self.passthrough.iter().cloned());
     }
+}
+
+/// A JSON array built from resources and from resources encoded earlier.
+#[derive(Default)]
+struct JsonArray {
+    /// The elements, comma-separated, without the brackets.
+    text: String,
+    count: usize,
+}
+
+impl JsonArray {
+    fn push(&mut self, r: &Resource) {
+        self.push_encoded(&encode(r));
+    }
+
+    fn push_encoded(&mut self, json: &str) {
+        if self.count > 0 {
+            self.text.push(',');
+        }
+        self.text.push_str(json);
+        self.count += 1;
+    }
+
+    fn append(&mut self, other: &JsonArray) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count > 0 {
+            self.text.push(',');
+        }
+        self.text.push_str(&other.text);
+        self.count += other.count;
+    }
+
+    fn finish(self) -> (String, usize) {
+        let mut json = String::with_capacity(self.text.len() + 2);
+        json.push('[');
+        json.push_str(&self.text);
+        json.push(']');
+        (json, self.count)
+    }
+}
+
+/// A resource as JSON; resources always encode (their maps have string keys).
+fn encode(r: &Resource) -> String {
+    serde_json::to_string(r).unwrap_or_default()
 }
 
 fn listener(address: &str, direction: &str, routes: Vec<String>, service: Option<String>) -> ListenerSpec {

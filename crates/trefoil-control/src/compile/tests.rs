@@ -69,12 +69,19 @@ fn mesh() -> Vec<Resource> {
     trefoil_model::load_str(&Arc::from("mesh.yaml"), MESH).expect("mesh parses").into_iter().map(|s| s.resource).collect()
 }
 
-fn find<'a>(snapshot: &'a ProxySnapshot, kind: &str, name: &str) -> Option<&'a Resource> {
-    snapshot.resources.iter().find(|r| r.kind() == kind && r.name() == name)
+/// The resources a proxy decodes from the snapshot.
+fn resources(snapshot: &ProxySnapshot) -> Vec<Resource> {
+    let decoded: Vec<Resource> = serde_json::from_str(&snapshot.resources_json).expect("a snapshot is a JSON array of resources");
+    assert_eq!(decoded.len(), snapshot.count);
+    decoded
 }
 
-fn service<'a>(snapshot: &'a ProxySnapshot, name: &str) -> &'a ServiceSpec {
-    match &find(snapshot, "Service", name).expect("service present").spec {
+fn find(snapshot: &ProxySnapshot, kind: &str, name: &str) -> Option<Resource> {
+    resources(snapshot).into_iter().find(|r| r.kind() == kind && r.name() == name)
+}
+
+fn service(snapshot: &ProxySnapshot, name: &str) -> ServiceSpec {
+    match find(snapshot, "Service", name).expect("service present").spec {
         Spec::Service(s) => s,
         _ => unreachable!(),
     }
@@ -83,7 +90,7 @@ fn service<'a>(snapshot: &'a ProxySnapshot, name: &str) -> &'a ServiceSpec {
 /// Every snapshot must pass the proxy's own validation, references included,
 /// or the proxy would NACK it.
 fn assert_valid(snapshot: &ProxySnapshot) {
-    let text: Vec<String> = snapshot.resources.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    let text: Vec<String> = resources(snapshot).iter().map(|r| serde_json::to_string(r).unwrap()).collect();
     let sources = trefoil_model::load_str(&Arc::from("snapshot"), &text.join("\n---\n")).expect("snapshot parses");
     if let Err(e) = trefoil_model::validate(&sources) {
         panic!("snapshot does not validate:\n{e}");
@@ -109,13 +116,13 @@ fn a_gateway_gets_its_listeners_every_route_and_ready_endpoints_only() {
 fn a_sidecar_gets_generated_listeners_and_its_own_app_as_its_service() {
     let snapshot = snapshot_for("api-0", &mesh(), 3);
     assert_valid(&snapshot);
-    let names: Vec<(&str, &str)> = snapshot.resources.iter().filter(|r| r.kind() == "Listener").map(|r| (r.name(), r.kind())).collect();
-    assert_eq!(names, vec![("api-0-inbound", "Listener"), ("api-0-outbound", "Listener"), ("api-0-to-web", "Listener")]);
+    let listeners: Vec<String> = resources(&snapshot).iter().filter(|r| r.kind() == "Listener").map(|r| r.name().to_string()).collect();
+    assert_eq!(listeners, ["api-0-inbound", "api-0-outbound", "api-0-to-web"]);
     assert_eq!(service(&snapshot, "api").endpoints, vec![Endpoint { address: "127.0.0.1:9103".into(), version: "v1".into() }]);
     assert_eq!(service(&snapshot, "web").endpoints.len(), 1);
-    let Spec::Listener(to_web) = &find(&snapshot, "Listener", "api-0-to-web").unwrap().spec else { unreachable!() };
+    let Spec::Listener(to_web) = find(&snapshot, "Listener", "api-0-to-web").unwrap().spec else { unreachable!() };
     assert_eq!(to_web.service.as_deref(), Some("web"));
-    let Spec::Listener(outbound) = &find(&snapshot, "Listener", "api-0-outbound").unwrap().spec else { unreachable!() };
+    let Spec::Listener(outbound) = find(&snapshot, "Listener", "api-0-outbound").unwrap().spec else { unreachable!() };
     assert!(!outbound.routes.contains(&"api-0-inbound".to_string()), "the outbound side must not route to the local app by catch-all");
 }
 
