@@ -81,17 +81,26 @@ fn echoed(body: &str) -> serde_json::Value {
 fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     let up = TestServer::named("up");
     let acl = Function::start("json_function.py", &["--name", "acl"]);
-    let tapped = Function::start("json_function.py", &["--name", "tap"]);
+    let other = Function::start("json_function.py", &["--name", "other"]);
     let public = addr();
     let config = format!(
-        "{}{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}{}",
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
         service("acl", "http", &[(acl.addr, "v1")]),
-        service("tapper", "http", &[(tapped.addr, "v1")]),
+        service("other", "http", &[(other.addr, "v1")]),
         network_function("acl", "acl", "http", ", events: [checked], sendBody: {maxBytes: 16}"),
-        network_function("tapper", "tapper", "http", ""),
-        cnf("edge", &["{function: acl}", "{function: tapper, mode: tap, when: {headers: [{name: x-tap}]}}"]),
+        // Two functions run by one service: each call names its function.
+        network_function("tapper", "other", "http", ""),
+        network_function("second", "other", "http", ""),
+        cnf(
+            "edge",
+            &[
+                "{function: acl}",
+                "{function: tapper, mode: tap, when: {headers: [{name: x-tap}]}}",
+                "{function: second, when: {headers: [{name: x-second}]}}",
+            ],
+        ),
         chained_route(&[("/", "edge")]),
     );
     let proxy = Proxy::start(&config);
@@ -104,6 +113,10 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     assert_eq!(seen["x-seen-cnf-header"], "edge", "and from the header");
     assert_eq!(seen["x-seen-trace"].as_str(), headers.get("x-trefoil-trace-id").map(String::as_str), "the function gets the request's trace id");
     assert!(seen.get("x-secret").is_none(), "the verdict removed it: {seen}");
+
+    let (status, _, body) = request(public, "GET", "/echo", &[("x-second", "1")], b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body)["x-checked-by"], "other", "a step whose `when` holds runs after the first, and its edits win");
 
     let (status, _, body) = request(public, "POST", "/echo", &[("content-type", "text/plain")], b"hello");
     assert_eq!(status, 200, "{body}");
@@ -118,11 +131,13 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
     assert_eq!(up.requests_for("/deny/this"), 0, "a denied request never reaches the upstream");
 
-    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["cnf=\"edge\""]), 4.0);
-    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"acl\"", "result=\"allow\""]), 2.0);
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["cnf=\"edge\""]), 5.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"acl\"", "result=\"allow\""]), 3.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"second\""]), 1.0, "`when` skips the step for other requests");
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"acl\"", "result=\"deny\""]), 1.0);
     // The tap runs in the background and only for requests with x-tap.
     wait_until("the tap call", Duration::from_secs(10), || proxy.metric_sum("trefoil_chain_calls_total", &["function=\"tapper\"", "result=\"tapped\""]) == 1.0);
+    wait_until("access-log lines naming the CNF", Duration::from_secs(10), || proxy.access_log().lines().filter(|l| l.contains(r#""cnf":"edge""#)).count() == 5);
 }
 
 #[test]

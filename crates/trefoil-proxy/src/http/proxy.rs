@@ -111,7 +111,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let (route, service, version) = (out.route.unwrap_or_default(), out.service.unwrap_or_default(), out.version.unwrap_or_default());
+    let (route, service, version, cnf) = (out.route.unwrap_or_default(), out.service.unwrap_or_default(), out.version.unwrap_or_default(), out.cnf.unwrap_or_default());
     state.shared.metrics.record_request(
         snapshot.version,
         SeriesKey {
@@ -119,7 +119,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             route: route.clone(),
             service: service.clone(),
             version: version.clone(),
-            cnf: out.cnf.unwrap_or_default(),
+            cnf: cnf.clone(),
             status_code: status,
         },
         elapsed,
@@ -142,6 +142,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             route: &route,
             service: &service,
             version: &version,
+            cnf: &cnf,
             upstream: out.upstream.map(|a| a.to_string()),
             attempts: out.attempts,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -166,6 +167,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
                 ("trefoil.route", route.to_string()),
                 ("trefoil.service", service.to_string()),
                 ("trefoil.version", version.to_string()),
+                ("trefoil.cnf", cnf.to_string()),
                 ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
                 ("trefoil.proxy", state.name.clone()),
             ],
