@@ -478,3 +478,33 @@ impl Compiler<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec: {address: \"127.0.0.1:0\"}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: \"127.0.0.1:9001\"}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: acl}\nspec:\n  ports: [{name: main, port: 80, protocol: http}]\n  endpoints: [{address: \"127.0.0.1:9002\"}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{service: web}]\n    chain: edge\n  - backends: [{service: web}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain: [{function: acl}, {function: acl, mode: tap}]\n---\n";
+
+    fn compiled(function: &str) -> Result<Snapshot, Diagnostics> {
+        let sources = trefoil_model::load_str(&std::sync::Arc::from("c.yaml"), &format!("{BASE}{function}")).unwrap();
+        compile(&sources, &Shared::new(1), 1)
+    }
+
+    #[test]
+    fn rules_naming_a_cnf_get_its_chain() {
+        let snapshot = compiled("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: http, sendBody: {maxBytes: 100}}\n").unwrap();
+        let web = snapshot.listeners[0].router.find("any", |r| Some(r.clone())).expect("the route");
+        let chain = web.rules[0].chain.as_ref().expect("the first rule names edge");
+        assert_eq!(&*chain.cnf, "edge");
+        assert_eq!(chain.steps.len(), 2);
+        assert_eq!(chain.max_body, Some(100));
+        assert!(Arc::ptr_eq(&chain.steps[0].function, &chain.steps[1].function), "one function, compiled once");
+        assert!(web.rules[1].chain.is_none(), "a rule without `chain` has none");
+    }
+
+    #[test]
+    fn ext_authz_needs_an_http2_service() {
+        let err = compiled("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: extAuthz}\n").err().expect("refused");
+        assert_eq!(err.0[0].field, "spec.api", "{err}");
+    }
+}
