@@ -605,13 +605,14 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
                 Err(_) => "bad_request",
                 Ok(req) => match tokio::time::timeout(Duration::from_secs(30), send_upstream(service, &endpoint, req)).await {
                     Ok(Ok((resp, pooled))) => {
-                        // Read to the end so the connection can be reused.
-                        if http_body_util::BodyExt::collect(resp.into_body()).await.is_ok() {
-                            if let Some(p) = pooled {
-                                p.release();
-                            }
+                        // Read to the end so the connection can be reused; reading
+                        // drives a worker-pooled connection (it has no task of its
+                        // own) and returns it to the pool at the end.
+                        let body = Guarded::wrap(resp.into_body(), (), pooled);
+                        match tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(body)).await {
+                            Ok(_) => "sent",
+                            Err(_) => "timeout",
                         }
-                        "sent"
                     }
                     Ok(Err(_)) => "failed",
                     Err(_) => "timeout",
