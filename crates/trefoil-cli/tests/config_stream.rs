@@ -2,7 +2,8 @@
 //! `trefoil proxy --control` on loopback. Resources applied through the REST
 //! API reach the proxy; a snapshot the proxy cannot apply is NACKed and the
 //! old config keeps serving; the proxy outlives a kill -9 of the control
-//! plane and reconnects to its successor.
+//! plane and reconnects to its successor; a CNF chain applied through the API
+//! runs on the proxy.
 
 mod common;
 
@@ -238,4 +239,49 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     let version = status["nack"]["version"].as_u64().unwrap();
     assert!(error.starts_with(&format!("snapshot {version}:")) && error.contains("spec.rules[0].backends[0].service") && error.contains("nowhere"), "{error}");
     assert_eq!(http_request(public, "GET", &last, "/", &[], b"").map(|r| r.0).ok(), Some(200), "the old config keeps serving");
+}
+
+/// The HTTP/JSON network function of the chain tests; killed when dropped.
+struct JsonFunction {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl JsonFunction {
+    fn start() -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/chain/json_function.py");
+        let mut child = Command::new("python3").arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("python3 json_function.py");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("json_function.py said {line:?}")).parse().unwrap();
+        JsonFunction { child, addr }
+    }
+}
+
+impl Drop for JsonFunction {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_cnf_applied_through_the_api_runs_on_the_proxy() {
+    let dir = scratch_dir();
+    let (api, grpc, public) = (addr(), addr(), addr());
+    let (one, two) = (TestServer::named("one"), TestServer::named("two"));
+    let function = JsonFunction::start();
+    let control = Control::start(&dir.join("data"), api, grpc);
+    let _proxy = StreamProxy::start(&dir, grpc, "edge");
+    apply_gateway(&control, "edge", public, &one, &two);
+    wait_served_by(public, "one");
+
+    control.put("Service", "acl", &service_doc("acl", function.addr));
+    control.put("NetworkFunction", "acl", &format!("{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http}}\n"));
+    control.put("CNF", "guard", &format!("{API}\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n"));
+    control.put("Route", "web", &format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: one}}]\n    chain: guard\n"));
+    // The function denies paths under /deny: once it does, the chain is in force.
+    wait_until("the chain to deny /deny", WAIT, || http_request(public, "GET", "web.local", "/deny", &[], b"").is_ok_and(|r| r.0 == 451));
+    assert_eq!(served_by(public), Some((200, "one".to_string())), "allowed requests still pass");
+    control.wait_in_sync("edge");
 }

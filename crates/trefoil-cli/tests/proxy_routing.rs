@@ -67,6 +67,22 @@ fn mirror_receives_copies_and_never_changes_the_response() {
 }
 
 #[test]
+fn mirror_answers_are_read_to_the_end() {
+    let (primary, shadow) = (TestServer::named("primary"), TestServer::named("shadow"));
+    let public = addr();
+    let proxy = Proxy::start(&format!(
+        "{}{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters:\n      requestMirror: {{backend: {{service: shadow}}}}\n    backends: [{{service: web}}]\n",
+        listener("public", public),
+        service("web", "http", &[(primary.addr(), "v1")]),
+        service("shadow", "http", &[(shadow.addr(), "v1")])
+    ));
+    // Answers larger than socket buffers arrive only while the proxy reads them.
+    let results = curl_many(&format!("http://{public}/bytes/1000000"), 5, &[]);
+    assert!(results.iter().all(|r| r.0 == 200), "{results:?}");
+    wait_until("5 mirror answers read", Duration::from_secs(10), || proxy.metric_sum("trefoil_mirror_requests_total", &["result=\"sent\""]) == 5.0);
+}
+
+#[test]
 fn retries_recover_from_an_upstream_failing_every_other_request() {
     let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
     let public = addr();

@@ -127,6 +127,8 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         "Route" => typed(file, doc, "spec", spec_value).map(Spec::Route),
         "Workload" => typed(file, doc, "spec", spec_value).map(Spec::Workload),
         "Endpoints" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Endpoints),
+        "NetworkFunction" => typed(file, doc, "spec", spec_value).map(Spec::NetworkFunction),
+        "CNF" => typed(file, doc, "spec", spec_value).map(Spec::Cnf),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     match (metadata, spec) {

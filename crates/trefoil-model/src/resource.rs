@@ -36,10 +36,13 @@ pub enum Spec {
     TrafficPolicy(TrafficPolicySpec),
     Workload(WorkloadSpec),
     Endpoints(EndpointsSpec),
+    NetworkFunction(NetworkFunctionSpec),
+    #[serde(rename = "CNF")]
+    Cnf(CnfSpec),
 }
 
 /// Every kind this build knows, for error messages.
-pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints"];
+pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints", "NetworkFunction", "CNF"];
 
 impl Spec {
     pub fn kind(&self) -> &'static str {
@@ -51,6 +54,8 @@ impl Spec {
             Spec::TrafficPolicy(_) => "TrafficPolicy",
             Spec::Workload(_) => "Workload",
             Spec::Endpoints(_) => "Endpoints",
+            Spec::NetworkFunction(_) => "NetworkFunction",
+            Spec::Cnf(_) => "CNF",
         }
     }
 }

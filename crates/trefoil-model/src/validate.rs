@@ -21,7 +21,7 @@ pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
 }
 
 fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
-    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), check_references };
+    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), functions: BTreeMap::new(), cnfs: BTreeSet::new(), check_references };
     // A service's versions come from its static endpoints, the workloads that
     // serve it and the endpoints the runtime discovered.
     for r in resources {
@@ -30,6 +30,12 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             Spec::Service(s) => v.services.entry(name).or_default().extend(s.endpoints.iter().map(|e| e.version.clone())),
             Spec::Workload(w) => v.services.entry(w.service.clone()).or_default().extend([w.version.clone()]),
             Spec::Endpoints(e) => v.services.entry(name).or_default().extend(e.endpoints.iter().map(|e| e.version.clone())),
+            Spec::NetworkFunction(f) => {
+                v.functions.insert(name, f.events.iter().cloned().collect());
+            }
+            Spec::Cnf(_) => {
+                v.cnfs.insert(name);
+            }
             _ => {}
         }
     }
@@ -71,6 +77,8 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             }
             Spec::Workload(w) => v.workload(r, w),
             Spec::Endpoints(e) => v.endpoints(r, e),
+            Spec::NetworkFunction(f) => v.network_function(r, f),
+            Spec::Cnf(c) => v.cnf(r, c),
         }
     }
     if v.problems.is_empty() {
@@ -79,6 +87,9 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
         Err(Diagnostics(v.problems))
     }
 }
+
+/// The most body a function may ask for: bodies are held in memory while it decides.
+pub const MAX_SEND_BODY: u32 = 1024 * 1024;
 
 fn valid_name(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
@@ -94,6 +105,9 @@ struct Validator {
     check_references: bool,
     /// Service name -> versions of its static endpoints.
     services: BTreeMap<String, BTreeSet<String>>,
+    /// NetworkFunction name -> the events it publishes.
+    functions: BTreeMap<String, BTreeSet<String>>,
+    cnfs: BTreeSet<String>,
 }
 
 impl Validator {
@@ -249,24 +263,11 @@ impl Validator {
 
     fn rule(&mut self, r: &SourcedResource, at: &str, rule: &RouteRule) {
         for (j, m) in rule.matches.iter().enumerate() {
-            let at = format!("{at}.matches[{j}]");
-            match &m.path {
-                Some(PathMatch::Exact(p)) | Some(PathMatch::Prefix(p)) if !p.starts_with('/') => {
-                    self.report(r, &format!("{at}.path"), format!("path {p:?} must start with '/'"))
-                }
-                Some(PathMatch::Regex(re)) => self.regex(r, &format!("{at}.path.regex"), re),
-                _ => {}
-            }
-            for (k, h) in m.headers.iter().enumerate() {
-                self.value_match(r, &format!("{at}.headers[{k}]"), h, true);
-            }
-            for (k, q) in m.query_params.iter().enumerate() {
-                self.value_match(r, &format!("{at}.queryParams[{k}]"), q, false);
-            }
-            if let Some(method) = &m.method {
-                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                    self.report(r, &format!("{at}.method"), format!("{method:?} is not an HTTP method (upper case, e.g. GET)"));
-                }
+            self.route_match(r, &format!("{at}.matches[{j}]"), m);
+        }
+        if let Some(cnf) = rule.chain.as_ref().filter(|_| self.check_references) {
+            if !self.cnfs.contains(cnf) {
+                self.report(r, &format!("{at}.chain"), format!("no CNF named {cnf:?}"));
             }
         }
         if rule.backends.is_empty() {
@@ -329,6 +330,77 @@ impl Validator {
             }
             if let Some(b) = &retry.budget {
                 self.percent(r, &format!("{at}.retry.budget.percent"), b.percent);
+            }
+        }
+    }
+
+    fn route_match(&mut self, r: &SourcedResource, at: &str, m: &RouteMatch) {
+        match &m.path {
+            Some(PathMatch::Exact(p)) | Some(PathMatch::Prefix(p)) if !p.starts_with('/') => {
+                self.report(r, &format!("{at}.path"), format!("path {p:?} must start with '/'"))
+            }
+            Some(PathMatch::Regex(re)) => self.regex(r, &format!("{at}.path.regex"), re),
+            _ => {}
+        }
+        for (k, h) in m.headers.iter().enumerate() {
+            self.value_match(r, &format!("{at}.headers[{k}]"), h, true);
+        }
+        for (k, q) in m.query_params.iter().enumerate() {
+            self.value_match(r, &format!("{at}.queryParams[{k}]"), q, false);
+        }
+        if let Some(method) = &m.method {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                self.report(r, &format!("{at}.method"), format!("{method:?} is not an HTTP method (upper case, e.g. GET)"));
+            }
+        }
+    }
+
+    fn network_function(&mut self, r: &SourcedResource, f: &NetworkFunctionSpec) {
+        if self.check_references && !self.services.contains_key(&f.service) {
+            self.report(r, "spec.service", format!("no Service named {:?}", f.service));
+        }
+        if f.timeout.get().is_zero() {
+            self.report(r, "spec.timeout", "must be greater than 0");
+        }
+        if let Some(b) = &f.send_body {
+            if !(1..=MAX_SEND_BODY).contains(&b.max_bytes) {
+                self.report(r, "spec.sendBody.maxBytes", format!("must be between 1 and {MAX_SEND_BODY}"));
+            }
+        }
+        for (i, event) in f.events.iter().enumerate() {
+            if !valid_name(event) {
+                self.report(r, &format!("spec.events[{i}]"), format!("invalid event name {event:?}: use lower-case letters, digits, '-' and '.'"));
+            }
+        }
+    }
+
+    fn cnf(&mut self, r: &SourcedResource, c: &CnfSpec) {
+        if c.chain.is_empty() {
+            self.report(r, "spec.chain", "a CNF needs at least one step");
+        }
+        for (i, step) in c.chain.iter().enumerate() {
+            let at = format!("spec.chain[{i}]");
+            if self.check_references && !self.functions.contains_key(&step.function) {
+                self.report(r, &format!("{at}.function"), format!("no NetworkFunction named {:?}", step.function));
+            }
+            // Refused rather than ignored, so a config never promises what the proxy does not do.
+            if step.mode == StepMode::Inline {
+                self.report(r, &format!("{at}.mode"), "`inline` steps are not supported yet (use `callout` or `tap`)");
+            }
+            if step.phase == Phase::Response {
+                self.report(r, &format!("{at}.phase"), "`response` steps are not supported yet (use `request`)");
+            }
+            if let Some(m) = &step.when {
+                self.route_match(r, &format!("{at}.when"), m);
+            }
+        }
+        for (event, script) in &c.handlers {
+            if script.trim().is_empty() {
+                self.report(r, &format!("spec.handlers.{event}"), "a handler needs a script");
+            }
+            let published = c.chain.iter().any(|s| self.functions.get(&s.function).is_some_and(|events| events.contains(event)));
+            if self.check_references && !published {
+                self.report(r, &format!("spec.handlers.{event}"), format!("no function of this chain publishes event {event:?}"));
             }
         }
     }
@@ -464,6 +536,36 @@ mod tests {
         assert!(err.contains("c.yaml:12:3: spec.command"), "{err}");
         assert!(err.contains("spec.port: a fixed port allows one replica"), "{err}");
         assert!(err.contains("spec.health.http"), "{err}");
+    }
+
+    #[test]
+    fn chains_are_checked_where_written() {
+        let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: web, api: http, events: [denied], timeout: 50ms}\n---\n";
+        let cnf = "apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - function: acl\n    when: {path: {prefix: /api}}\n  - {function: acl, mode: tap}\n  handlers: {denied: 'log(event)'}\n---\n";
+        let route = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{service: web}]\n    chain: edge\n";
+        check(&format!("{nf}{cnf}{route}")).unwrap();
+        let bad_nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: nope, api: extAuthz, timeout: 0s, sendBody: {maxBytes: 0}}\n---\n";
+        let bad_cnf = "apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - {function: missing, mode: inline, phase: response, when: {path: {exact: nope}}}\n  handlers: {denied: ''}\n---\n";
+        let bad_route = route.replace("chain: edge", "chain: other");
+        let err = check(&format!("{bad_nf}{bad_cnf}{bad_route}")).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.service",
+                "spec.timeout",
+                "spec.sendBody.maxBytes",
+                "spec.chain[0].function",
+                "spec.chain[0].mode",
+                "spec.chain[0].phase",
+                "spec.chain[0].when.path",
+                "spec.handlers.denied",
+                "spec.handlers.denied",
+                "spec.rules[0].chain",
+            ],
+            "{err}"
+        );
+        assert_eq!(err.0[3].line, 17, "{err}");
     }
 
     #[test]

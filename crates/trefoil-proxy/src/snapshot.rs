@@ -13,6 +13,7 @@ use trefoil_model::{Diagnostic, Diagnostics, Resource, SourcedResource, Spec};
 
 use crate::balancer::Balancer;
 use crate::endpoint::{EndpointRegistry, EndpointState};
+use crate::http::chain::{Chain, Function, Step};
 use crate::http::filters::{HeaderEdits, RateLimiter};
 use crate::http::retry::Budget;
 use crate::http::route_match::RequestMatcher;
@@ -214,6 +215,8 @@ pub struct CompiledRule {
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub budget: Option<Arc<Budget>>,
+    /// The CNF chain the rule's requests go through.
+    pub chain: Option<Arc<Chain>>,
 }
 
 impl CompiledRule {
@@ -227,6 +230,8 @@ struct Compiler<'a> {
     problems: Vec<Diagnostic>,
     services: BTreeMap<String, Arc<ServiceConfig>>,
     clusters: BTreeMap<BackendRef, Arc<Cluster>>,
+    /// CNF name -> its compiled chain.
+    chains: HashMap<String, Arc<Chain>>,
 }
 
 /// Validates and compiles; on any problem returns every diagnostic and builds nothing.
@@ -235,7 +240,7 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
     shared.loads.prune();
     shared.rate_limiters.prune();
     shared.budgets.prune();
-    let mut c = Compiler { shared, problems: Vec::new(), services: BTreeMap::new(), clusters: BTreeMap::new() };
+    let mut c = Compiler { shared, problems: Vec::new(), services: BTreeMap::new(), clusters: BTreeMap::new(), chains: HashMap::new() };
     let settings = sources
         .iter()
         .find_map(|s| match &s.resource.spec {
@@ -255,6 +260,7 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
             c.service(s, spec, policies.get(s.resource.name()).copied());
         }
     }
+    c.chains(sources);
     let mut routes = Vec::new();
     for s in sources {
         if let Spec::Route(spec) = &s.resource.spec {
@@ -347,6 +353,44 @@ impl Compiler<'_> {
         Some(cluster)
     }
 
+    /// Compiles every CNF's chain, calling the NetworkFunctions it names.
+    fn chains(&mut self, sources: &[SourcedResource]) {
+        let mut functions: HashMap<&str, Arc<Function>> = HashMap::new();
+        for s in sources {
+            let Spec::NetworkFunction(f) = &s.resource.spec else { continue };
+            let Some(cluster) = self.cluster(&BackendRef { service: f.service.clone(), version: None }) else { continue };
+            if f.api == FunctionApi::ExtAuthz && !cluster.service.protocol.is_http2() {
+                self.problems.push(s.diagnostic("spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service)));
+                continue;
+            }
+            functions.insert(
+                s.resource.name(),
+                Arc::new(Function {
+                    name: label(s.resource.name()),
+                    api: f.api,
+                    cluster,
+                    failure_policy: f.failure_policy,
+                    timeout: f.timeout.get(),
+                    max_body: f.send_body.as_ref().map(|b| b.max_bytes as usize),
+                }),
+            );
+        }
+        for s in sources {
+            let Spec::Cnf(cnf) = &s.resource.spec else { continue };
+            let mut steps = Vec::new();
+            for (i, step) in cnf.chain.iter().enumerate() {
+                let Some(function) = functions.get(step.function.as_str()) else {
+                    self.problems.push(s.diagnostic(&format!("spec.chain[{i}].function"), format!("no usable NetworkFunction named {:?}", step.function)));
+                    continue;
+                };
+                let when = step.when.as_ref().and_then(|m| RequestMatcher::compile(m).ok());
+                steps.push(Step { function: function.clone(), mode: step.mode, when });
+            }
+            let max_body = steps.iter().filter_map(|s| s.function.max_body).max();
+            self.chains.insert(s.resource.name().to_string(), Arc::new(Chain { cnf: label(s.resource.name()), steps, max_body }));
+        }
+    }
+
     fn route(&mut self, s: &SourcedResource, spec: &RouteSpec) -> Arc<CompiledRoute> {
         let mut rules = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
@@ -382,6 +426,7 @@ impl Compiler<'_> {
                     self.shared.budgets.get_or(format!("{}/{i}/{b:?}", s.resource.name()), || Budget::new(b))
                 }),
                 retry: rule.retry.clone(),
+                chain: rule.chain.as_ref().and_then(|name| self.chains.get(name).cloned()),
             });
         }
         Arc::new(CompiledRoute { name: label(s.resource.name()), rules })
@@ -431,5 +476,35 @@ impl Compiler<'_> {
             router,
             tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec: {address: \"127.0.0.1:0\"}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: \"127.0.0.1:9001\"}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: acl}\nspec:\n  ports: [{name: main, port: 80, protocol: http}]\n  endpoints: [{address: \"127.0.0.1:9002\"}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{service: web}]\n    chain: edge\n  - backends: [{service: web}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain: [{function: acl}, {function: acl, mode: tap}]\n---\n";
+
+    fn compiled(function: &str) -> Result<Snapshot, Diagnostics> {
+        let sources = trefoil_model::load_str(&std::sync::Arc::from("c.yaml"), &format!("{BASE}{function}")).unwrap();
+        compile(&sources, &Shared::new(1), 1)
+    }
+
+    #[test]
+    fn rules_naming_a_cnf_get_its_chain() {
+        let snapshot = compiled("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: http, sendBody: {maxBytes: 100}}\n").unwrap();
+        let web = snapshot.listeners[0].router.find("any", |r| Some(r.clone())).expect("the route");
+        let chain = web.rules[0].chain.as_ref().expect("the first rule names edge");
+        assert_eq!(&*chain.cnf, "edge");
+        assert_eq!(chain.steps.len(), 2);
+        assert_eq!(chain.max_body, Some(100));
+        assert!(Arc::ptr_eq(&chain.steps[0].function, &chain.steps[1].function), "one function, compiled once");
+        assert!(web.rules[1].chain.is_none(), "a rule without `chain` has none");
+    }
+
+    #[test]
+    fn ext_authz_needs_an_http2_service() {
+        let err = compiled("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: extAuthz}\n").err().expect("refused");
+        assert_eq!(err.0[0].field, "spec.api", "{err}");
     }
 }

@@ -12,10 +12,10 @@ use crate::output::{current_thread_runtime, exit};
 /// `trefoil proxy --help`: the two modes.
 pub const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of two places:
 
-  file mode     --config FILE: Proxy, Listener, Service, Route and TrafficPolicy
-                resources in a YAML file or directory. Reloads on SIGHUP and when
-                the files change; an invalid edit is logged with file:line:column
-                and the running config stays.
+  file mode     --config FILE: Proxy, Listener, Service, Route, TrafficPolicy,
+                NetworkFunction and CNF resources in a YAML file or directory.
+                Reloads on SIGHUP and when the files change; an invalid edit is
+                logged with file:line:column and the running config stays.
 
   control mode  --control ADDR --name NAME: connects to the control plane's
                 config stream (`trefoil control --grpc-listen`), receives the
@@ -31,7 +31,7 @@ requests up to the Proxy's drainTimeout.";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// File mode: config file, or directory of *.yaml files (Proxy, Listener, Service, Route, TrafficPolicy).
+    /// File mode: config file, or directory of *.yaml files (Proxy, Listener, Service, Route, TrafficPolicy, NetworkFunction, CNF).
     #[arg(short = 'c', long = "config", required_unless_present = "control", conflicts_with_all = ["control", "name"])]
     config: Option<PathBuf>,
     /// Control mode: the control plane's config stream address, e.g. 127.0.0.1:7071.

@@ -37,8 +37,8 @@ pub struct MeshView {
     /// User routes, then a default route for each service no route shapes.
     route_names: Vec<String>,
     /// The routes, traffic policies and workloads (the latter so every version
-    /// a route names is known while none of its replicas is ready), encoded
-    /// once: every proxy's snapshot ends with them, and encoding them per
+    /// a route names is known while none of its replicas is ready), and the
+    /// CNFs route rules name with their NetworkFunctions, encoded once: every proxy's snapshot ends with them, and encoding them per
     /// proxy was most of a large mesh's compile.
     shared_json: JsonArray,
 }
@@ -49,6 +49,8 @@ impl MeshView {
         let (mut routes, mut passthrough) = (Vec::new(), Vec::new());
         let mut discovered: BTreeMap<&str, &EndpointsSpec> = BTreeMap::new();
         let mut workload_ports: BTreeMap<&str, u16> = BTreeMap::new();
+        let mut cnfs: BTreeMap<&str, &Resource> = BTreeMap::new();
+        let mut functions: BTreeMap<&str, &Resource> = BTreeMap::new();
         for r in resources {
             match &r.spec {
                 Spec::Proxy(p) => {
@@ -67,8 +69,15 @@ impl MeshView {
                 Spec::Endpoints(e) => {
                     discovered.insert(r.name(), e);
                 }
+                Spec::Cnf(_) => {
+                    cnfs.insert(r.name(), r);
+                }
+                Spec::NetworkFunction(_) => {
+                    functions.insert(r.name(), r);
+                }
             }
         }
+        passthrough.extend(chained(&routes, &cnfs, &functions));
         for (service, port) in workload_ports {
             services.entry(service.to_string()).or_insert_with(|| ServiceSpec {
                 ports: vec![ServicePort { name: "http".to_string(), port, protocol: AppProtocol::Http }],
@@ -233,6 +242,30 @@ impl JsonArray {
 /// A resource as JSON; resources always encode (their maps have string keys).
 fn encode(r: &Resource) -> String {
     serde_json::to_string(r).unwrap_or_default()
+}
+
+/// The CNFs that route rules name and the functions their chains call: a
+/// proxy compiles them into the rules' chains. Every proxy serves every
+/// route, so every proxy gets them; a CNF no rule names stays out.
+fn chained(routes: &[Resource], cnfs: &BTreeMap<&str, &Resource>, functions: &BTreeMap<&str, &Resource>) -> Vec<Resource> {
+    let named: BTreeSet<&str> = routes
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Route(route) => Some(route.rules.iter().filter_map(|rule| rule.chain.as_deref())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut out = Vec::new();
+    let mut called = BTreeSet::new();
+    for cnf in named.iter().filter_map(|name| cnfs.get(name)) {
+        if let Spec::Cnf(spec) = &cnf.spec {
+            called.extend(spec.chain.iter().map(|step| step.function.as_str()));
+        }
+        out.push(clean(cnf));
+    }
+    out.extend(called.iter().filter_map(|name| functions.get(name)).map(|f| clean(f)));
+    out
 }
 
 fn listener(address: &str, direction: &str, routes: Vec<String>, service: Option<String>) -> ListenerSpec {

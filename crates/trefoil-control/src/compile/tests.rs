@@ -156,3 +156,48 @@ fn an_unknown_proxy_is_a_default_gateway() {
     assert!(find(&snapshot, "Listener", "public").is_none());
     assert!(find(&snapshot, "Listener", "elsewhere").is_none());
 }
+
+const CHAINS: &str = r#"
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: acl}
+spec: {service: acl, command: acl}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: NetworkFunction
+metadata: {name: acl, labels: {team: sec}}
+spec: {service: acl, api: http}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: NetworkFunction
+metadata: {name: unused}
+spec: {service: acl, api: extAuthz}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: CNF
+metadata: {name: edge}
+spec:
+  chain: [{function: acl}]
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: CNF
+metadata: {name: idle}
+spec:
+  chain: [{function: unused}]
+"#;
+
+#[test]
+fn chains_named_by_routes_reach_every_proxy_with_their_functions() {
+    let text = MESH.replace("  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]", "  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]\n    chain: edge");
+    let resources: Vec<Resource> = trefoil_model::load_str(&Arc::from("mesh.yaml"), &format!("{text}{CHAINS}")).expect("mesh parses").into_iter().map(|s| s.resource).collect();
+    for proxy in ["gateway", "api-0"] {
+        let snapshot = snapshot_for(proxy, &resources, 4);
+        assert_valid(&snapshot);
+        assert!(find(&snapshot, "CNF", "edge").is_some(), "{proxy}: the CNF a rule names");
+        let acl = find(&snapshot, "NetworkFunction", "acl").expect("the function the chain calls");
+        assert!(acl.metadata.labels.is_empty(), "bookkeeping stays out");
+        assert!(find(&snapshot, "CNF", "idle").is_none(), "{proxy}: no rule names it");
+        assert!(find(&snapshot, "NetworkFunction", "unused").is_none(), "{proxy}: only idle calls it");
+    }
+}

@@ -1,5 +1,6 @@
 //! The `spec` of each resource kind.
 
+pub mod cnf;
 pub mod endpoints;
 pub mod listener;
 pub mod proxy;
@@ -8,6 +9,7 @@ pub mod service;
 pub mod traffic_policy;
 pub mod workload;
 
+pub use cnf::*;
 pub use endpoints::*;
 pub use listener::*;
 pub use proxy::*;

@@ -27,6 +27,13 @@ pub fn stream(body: Incoming) -> ProxyBody {
     body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
 }
 
+/// Why a body could not be buffered.
+#[derive(Debug)]
+pub enum BufferError {
+    TooLarge,
+    Read(BoxError),
+}
+
 /// A request body that is either buffered (replayable) or streamed once.
 pub enum RequestBody {
     Buffered(Bytes),
@@ -44,6 +51,16 @@ impl RequestBody {
             return Ok(RequestBody::Buffered(body.collect().await?.to_bytes()));
         }
         Ok(RequestBody::Streaming(Some(body)))
+    }
+
+    /// Reads the whole body, refusing one over `limit` bytes: a network
+    /// function that inspects bodies needs all of it before the request goes on.
+    pub async fn buffer(body: Incoming, limit: usize) -> Result<Self, BufferError> {
+        match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(RequestBody::Buffered(collected.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BufferError::TooLarge),
+            Err(e) => Err(BufferError::Read(e)),
+        }
     }
 
     pub fn is_replayable(&self) -> bool {

@@ -1,6 +1,8 @@
 //! HTTP proxying: matching, filters, splitting, retries and the request phases.
 
 pub mod body;
+pub mod callout;
+pub mod chain;
 pub mod filters;
 pub mod proxy;
 pub mod retry;

@@ -1,6 +1,6 @@
 //! A request's life through the proxy, as named phases run top to bottom:
-//! route -> filters -> mirror -> upstream attempts (balance, breaker, retry)
-//! -> response edits -> telemetry.
+//! route -> filters -> body -> chain (the rule's CNF) -> mirror -> upstream
+//! attempts (balance, breaker, retry) -> response edits -> telemetry.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +15,8 @@ use trefoil_model::spec::HashOn;
 
 use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, Pooled, SendError};
-use crate::http::body::{self, Guarded, RequestBody};
+use crate::http::body::{self, BufferError, Guarded, RequestBody};
+use crate::http::chain::RequestFacts;
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
@@ -74,6 +75,8 @@ struct Outcomes {
     upstream: Option<SocketAddr>,
     attempts: u32,
     flag: &'static str,
+    /// The CNF whose chain the request went through.
+    cnf: Option<Label>,
 }
 
 /// Serves one request; never fails (errors become local replies).
@@ -108,10 +111,17 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let (route, service, version) = (out.route.unwrap_or_default(), out.service.unwrap_or_default(), out.version.unwrap_or_default());
+    let (route, service, version, cnf) = (out.route.unwrap_or_default(), out.service.unwrap_or_default(), out.version.unwrap_or_default(), out.cnf.unwrap_or_default());
     state.shared.metrics.record_request(
         snapshot.version,
-        SeriesKey { direction: listener.direction.clone(), route: route.clone(), service: service.clone(), version: version.clone(), status_code: status },
+        SeriesKey {
+            direction: listener.direction.clone(),
+            route: route.clone(),
+            service: service.clone(),
+            version: version.clone(),
+            cnf: cnf.clone(),
+            status_code: status,
+        },
         elapsed,
     );
     if telemetry.access_log.enabled() {
@@ -132,6 +142,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             route: &route,
             service: &service,
             version: &version,
+            cnf: &cnf,
             upstream: out.upstream.map(|a| a.to_string()),
             attempts: out.attempts,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -156,6 +167,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
                 ("trefoil.route", route.to_string()),
                 ("trefoil.service", service.to_string()),
                 ("trefoil.version", version.to_string()),
+                ("trefoil.cnf", cnf.to_string()),
                 ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
                 ("trefoil.proxy", state.name.clone()),
             ],
@@ -199,6 +211,43 @@ async fn handle(
             return Err(local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault_abort", "fault injected\n"));
         }
     }
+    out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
+    // The body is read before the chain when a function wants it.
+    let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
+    let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
+        Some(limit) => RequestBody::buffer(incoming, limit).await,
+        None => RequestBody::prepare(incoming, want_replay).await.map_err(|e| BufferError::Read(Box::new(e))),
+    };
+    let mut req_body = match prepared {
+        Ok(b) => b,
+        Err(BufferError::TooLarge) => {
+            out.flag = "chain_body_too_large";
+            return Err(local_reply(StatusCode::PAYLOAD_TOO_LARGE, "chain_body_too_large", "request body exceeds what the network function accepts\n"));
+        }
+        Err(BufferError::Read(_)) => {
+            out.flag = "downstream_reset";
+            return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
+        }
+    };
+
+    // Phase: chain (the rule's CNF), on the request as the client sent it.
+    if let Some(chain) = &rule.chain {
+        let trace_id = trace.trace_id_hex();
+        let facts = RequestFacts {
+            host,
+            client: conn.client,
+            local: Some(listener.addr),
+            trace_id: &trace_id,
+            tls: conn.tls,
+            protocol: version_name(parts.version),
+            body: req_body.buffered(),
+        };
+        if let Err(stopped) = chain.run_request(state, &mut parts, &facts).await {
+            out.flag = stopped.flag;
+            return Err(stopped.reply);
+        }
+    }
+
     prepare_upstream_headers(&mut parts, conn, trace, host);
     if let Some(edits) = &rule.request_headers {
         edits.apply(&mut parts.headers);
@@ -209,15 +258,6 @@ async fn handle(
     };
     out.service = Some(cluster.service.name.clone());
     out.version = Some(cluster.version.clone());
-
-    let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
-    let mut req_body = match RequestBody::prepare(incoming, want_replay).await {
-        Ok(b) => b,
-        Err(_) => {
-            out.flag = "downstream_reset";
-            return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
-        }
-    };
 
     // Phase: mirror (fire and forget).
     if let Some((mirror, percent)) = &rule.mirror {
@@ -411,7 +451,7 @@ async fn attempt_loop(
 
 /// Sends one attempt: plain HTTP/1 through this worker's own connection
 /// pool, anything else (TLS, HTTP/2) through the general pooled client.
-async fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
+pub(crate) async fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
     if service.worker_pooled {
         let (resp, pooled) = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get()).await?;
         return Ok((resp, Some(pooled)));
@@ -565,13 +605,14 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
                 Err(_) => "bad_request",
                 Ok(req) => match tokio::time::timeout(Duration::from_secs(30), send_upstream(service, &endpoint, req)).await {
                     Ok(Ok((resp, pooled))) => {
-                        // Read to the end so the connection can be reused.
-                        if http_body_util::BodyExt::collect(resp.into_body()).await.is_ok() {
-                            if let Some(p) = pooled {
-                                p.release();
-                            }
+                        // Read to the end so the connection can be reused; reading
+                        // drives a worker-pooled connection (it has no task of its
+                        // own) and returns it to the pool at the end.
+                        let body = Guarded::wrap(resp.into_body(), (), pooled);
+                        match tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(body)).await {
+                            Ok(_) => "sent",
+                            Err(_) => "timeout",
                         }
-                        "sent"
                     }
                     Ok(Err(_)) => "failed",
                     Err(_) => "timeout",

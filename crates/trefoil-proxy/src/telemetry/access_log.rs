@@ -26,6 +26,9 @@ pub struct AccessRecord<'a> {
     pub route: &'a str,
     pub service: &'a str,
     pub version: &'a str,
+    /// The CNF whose chain the request went through.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub cnf: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     pub attempts: u32,

@@ -121,6 +121,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// One call of a chain step to its function.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChainLabels {
+    pub cnf: Label,
+    pub function: Label,
+    /// `allow`, `deny`, `failed_open`, `failed_closed` or `tapped`.
+    pub result: &'static str,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -133,6 +142,7 @@ pub struct Metrics {
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub overflows: Family<ServiceLabels, Counter>,
     pub mirrors: Family<ResultLabels, Counter>,
+    pub chain_calls: Family<ChainLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
@@ -164,6 +174,8 @@ impl Default for Metrics {
         registry.register("trefoil_upstream_overflows", "Requests refused by a circuit breaker or with no endpoint", overflows.clone());
         let mirrors = Family::default();
         registry.register("trefoil_mirror_requests", "Mirrored request copies, by outcome", mirrors.clone());
+        let chain_calls = Family::default();
+        registry.register("trefoil_chain_calls", "Calls of CNF chain steps to their network functions, by result", chain_calls.clone());
         let config_reloads = Family::default();
         registry.register("trefoil_config_reloads", "Configuration reload attempts, by result", config_reloads.clone());
         let config_version = Gauge::default();
@@ -187,6 +199,7 @@ impl Default for Metrics {
             endpoint_healthy,
             overflows,
             mirrors,
+            chain_calls,
             config_reloads,
             config_version,
             access_log_dropped,
@@ -203,12 +216,14 @@ pub struct SeriesKey {
     pub route: Label,
     pub service: Label,
     pub version: Label,
+    /// The CNF whose chain the request went through; empty for none.
+    pub cnf: Label,
     pub status_code: u16,
 }
 
 impl SeriesKey {
-    fn ptrs(&self) -> [usize; 4] {
-        [&self.direction, &self.route, &self.service, &self.version].map(|l| Arc::as_ptr(&l.0) as *const u8 as usize)
+    fn ptrs(&self) -> [usize; 5] {
+        [&self.direction, &self.route, &self.service, &self.version, &self.cnf].map(|l| Arc::as_ptr(&l.0) as *const u8 as usize)
     }
 }
 
@@ -288,7 +303,7 @@ impl Metrics {
     }
 
     fn series(&self, key: &SeriesKey) -> (Counter, Histogram) {
-        let cnf = Label::default();
+        let cnf = key.cnf.clone();
         let requests = self
             .requests
             .get_or_create(&RequestLabels {

@@ -1,0 +1,171 @@
+//! The HTTP/JSON call-out: the proxy POSTs a [`JsonCall`] and the function
+//! answers with a [`JsonVerdict`]. Header maps join repeated headers with
+//! ", " (RFC 9110 §5.3), as ext_authz does.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::call::{deny_status, Call, Event, Verdict};
+use crate::DecodeError;
+
+/// The JSON document a function receives.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonCall<'a> {
+    pub cnf: &'a str,
+    pub function: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub host: &'a str,
+    pub headers: BTreeMap<&'a str, String>,
+    /// The client's `ip:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub trace_id: &'a str,
+    /// The body, when asked for and valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body, when asked for and not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+/// Encodes a call as the JSON body of the POST.
+pub fn encode(call: &Call<'_>) -> Vec<u8> {
+    let mut headers: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, value) in &call.headers {
+        headers
+            .entry(name)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.to_string());
+    }
+    let (body, body_base64) = match &call.body {
+        None => (None, None),
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(b)),
+            ),
+        },
+    };
+    let doc = JsonCall {
+        cnf: call.cnf,
+        function: call.function,
+        method: call.method,
+        path: call.path,
+        host: call.host,
+        headers,
+        source: call.source.map(|a| a.to_string()),
+        trace_id: call.trace_id,
+        body,
+        body_base64,
+    };
+    // Serializing plain strings and maps cannot fail.
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// The JSON document a function answers with.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonVerdict {
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// Status of a deny (default 403).
+    #[serde(default)]
+    pub status: Option<u32>,
+    /// Body of a deny.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// On allow: headers set on the request going upstream; on deny: on the refusal.
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    /// On allow: headers removed from the request going upstream.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// Decodes a function's answer.
+pub fn decode(body: &[u8]) -> Result<Verdict, DecodeError> {
+    let v: JsonVerdict = serde_json::from_slice(body)?;
+    let set_headers = v.set_headers.into_iter().collect();
+    match v.verdict.as_str() {
+        "allow" => Ok(Verdict::Allow {
+            set_headers,
+            remove_headers: v.remove_headers,
+            events: v.events,
+        }),
+        "deny" => Ok(Verdict::Deny {
+            status: deny_status(v.status),
+            reason: v.reason.unwrap_or_default(),
+            headers: set_headers,
+            events: v.events,
+        }),
+        other => Err(DecodeError::Invalid(format!(
+            "verdict {other:?} is neither \"allow\" nor \"deny\""
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_encode_with_joined_headers_and_the_body_as_text_or_base64() {
+        let mut call = Call {
+            cnf: "edge",
+            function: "acl",
+            method: "POST",
+            path: "/a?b=1",
+            host: "web.local",
+            headers: vec![("accept", "text/plain"), ("x-tag", "1"), ("x-tag", "2")],
+            source: Some("127.0.0.1:5000".parse().unwrap()),
+            destination: None,
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+            body: Some(bytes::Bytes::from_static(b"hi")),
+        };
+        let text = String::from_utf8(encode(&call)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cnf":"edge","function":"acl","method":"POST","path":"/a?b=1","host":"web.local","headers":{"accept":"text/plain","x-tag":"1, 2"},"source":"127.0.0.1:5000","traceId":"0af7651916cd43dd8448eb211c80319c","body":"hi"}"#
+        );
+        call.body = Some(bytes::Bytes::from_static(&[0xff, 0x00]));
+        assert!(String::from_utf8(encode(&call))
+            .unwrap()
+            .ends_with(r#""bodyBase64":"/wA="}"#));
+    }
+
+    #[test]
+    fn verdicts_decode() {
+        let allow = decode(br#"{"verdict":"allow","setHeaders":{"x-user":"ann"},"removeHeaders":["authorization"],"events":[{"name":"seen"}]}"#).unwrap();
+        assert_eq!(
+            allow,
+            Verdict::Allow {
+                set_headers: vec![("x-user".into(), "ann".into())],
+                remove_headers: vec!["authorization".into()],
+                events: vec![Event {
+                    name: "seen".into(),
+                    data: serde_json::Value::Null
+                }],
+            }
+        );
+        let deny = decode(br#"{"verdict":"deny","status":451,"reason":"blocked"}"#).unwrap();
+        assert!(
+            matches!(deny, Verdict::Deny { status: 451, ref reason, .. } if reason == "blocked")
+        );
+        assert!(matches!(
+            decode(br#"{"verdict":"deny","status":42}"#).unwrap(),
+            Verdict::Deny { status: 403, .. }
+        ));
+        assert!(decode(br#"{"verdict":"maybe"}"#).is_err());
+        assert!(decode(b"not json").is_err());
+    }
+}

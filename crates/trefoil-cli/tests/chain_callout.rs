@@ -1,0 +1,212 @@
+//! CNF chains in callout (and tap) mode through a real proxy, calling real
+//! network functions: an HTTP/JSON function, one that is down or too slow,
+//! and an external authorization service written for Envoy.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A network function under tests/chain, run by python3; killed when dropped.
+struct Function {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Function {
+    fn start(script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/chain").join(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 tests/chain/{script}: {e}"));
+        // The script prints its address once it accepts connections (or exits, closing stdout).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{script} said {line:?}")).parse().unwrap();
+        Function { child, addr }
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn network_function(name: &str, service: &str, api: &str, extra: &str) -> String {
+    format!("{API}\nkind: NetworkFunction\nmetadata: {{name: {name}}}\nspec: {{service: {service}, api: {api}{extra}}}\n---\n")
+}
+
+/// A CNF whose chain is `steps` (YAML flow mappings).
+fn cnf(name: &str, steps: &[&str]) -> String {
+    let steps: Vec<String> = steps.iter().map(|s| format!("  - {s}")).collect();
+    format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
+}
+
+/// A Route for every host to `web`, one rule per (path prefix, CNF).
+fn chained_route(rules: &[(&str, &str)]) -> String {
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(prefix, cnf)| format!("  - matches: [{{path: {{prefix: {prefix}}}}}]\n    backends: [{{service: web}}]\n    chain: {cnf}"))
+        .collect();
+    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n"))
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, trefoil_testkit::Headers, String) {
+    let (status, headers, body) = http_request(addr, method, "web.local", path, headers, body).expect("request through the proxy");
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The headers the upstream received, from its /echo answer.
+fn echoed(body: &str) -> serde_json::Value {
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    echo["headers"].clone()
+}
+
+
+#[test]
+fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
+    let up = TestServer::named("up");
+    let acl = Function::start("json_function.py", &["--name", "acl"]);
+    let other = Function::start("json_function.py", &["--name", "other"]);
+    let public = addr();
+    let config = format!(
+        "{}{}{}{}{}{}{}{}{}",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("acl", "http", &[(acl.addr, "v1")]),
+        service("other", "http", &[(other.addr, "v1")]),
+        network_function("acl", "acl", "http", ", events: [checked], sendBody: {maxBytes: 16}"),
+        // Two functions run by one service: each call names its function.
+        network_function("tapper", "other", "http", ""),
+        network_function("second", "other", "http", ""),
+        cnf(
+            "edge",
+            &[
+                "{function: acl}",
+                "{function: tapper, mode: tap, when: {headers: [{name: x-tap}]}}",
+                "{function: second, when: {headers: [{name: x-second}]}}",
+            ],
+        ),
+        chained_route(&[("/", "edge")]),
+    );
+    let proxy = Proxy::start(&config);
+
+    let (status, headers, body) = request(public, "GET", "/echo", &[("x-secret", "s3cret"), ("x-tap", "1")], b"");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    let seen = echoed(&body);
+    assert_eq!(seen["x-checked-by"], "acl");
+    assert_eq!(seen["x-seen-cnf"], "edge", "the function learns the CNF from the payload");
+    assert_eq!(seen["x-seen-cnf-header"], "edge", "and from the header");
+    assert_eq!(seen["x-seen-trace"].as_str(), headers.get("x-trefoil-trace-id").map(String::as_str), "the function gets the request's trace id");
+    assert!(seen.get("x-secret").is_none(), "the verdict removed it: {seen}");
+
+    let (status, _, body) = request(public, "GET", "/echo", &[("x-second", "1")], b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body)["x-checked-by"], "other", "a step whose `when` holds runs after the first, and its edits win");
+
+    let (status, _, body) = request(public, "POST", "/echo", &[("content-type", "text/plain")], b"hello");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body)["x-seen-body"], "hello", "sendBody passes the body to the function");
+    let (status, headers, _) = request(public, "POST", "/echo", &[], &[b'x'; 64]);
+    assert_eq!(status, 413, "a body over sendBody.maxBytes is refused, not cut");
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_body_too_large"));
+
+    let (status, headers, body) = request(public, "GET", "/deny/this", &[], b"");
+    assert_eq!((status, body.as_str()), (451, "blocked by policy\n"));
+    assert_eq!(headers.get("x-denied-by").map(String::as_str), Some("acl"));
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    assert_eq!(up.requests_for("/deny/this"), 0, "a denied request never reaches the upstream");
+
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["cnf=\"edge\""]), 5.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"acl\"", "result=\"allow\""]), 3.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"second\""]), 1.0, "`when` skips the step for other requests");
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"acl\"", "result=\"deny\""]), 1.0);
+    // The tap runs in the background and only for requests with x-tap.
+    wait_until("the tap call", Duration::from_secs(10), || proxy.metric_sum("trefoil_chain_calls_total", &["function=\"tapper\"", "result=\"tapped\""]) == 1.0);
+    wait_until("access-log lines naming the CNF", Duration::from_secs(10), || proxy.access_log().lines().filter(|l| l.contains(r#""cnf":"edge""#)).count() == 5);
+}
+
+#[test]
+fn failure_policy_open_passes_closed_refuses_when_down_or_slow() {
+    let up = TestServer::named("up");
+    let slow = Function::start("json_function.py", &["--name", "slow"]);
+    let nobody = addr(); // free a moment ago; nothing listens there
+    let public = addr();
+    let config = format!(
+        "{}{}{}{}{}{}{}{}{}{}{}{}{}",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("down", "http", &[(nobody, "v1")]),
+        service("slow", "http", &[(slow.addr, "v1")]),
+        network_function("down-open", "down", "http", ", failurePolicy: open"),
+        network_function("down-closed", "down", "http", ", failurePolicy: closed"),
+        network_function("slow-open", "slow", "http", ", failurePolicy: open, timeout: 200ms"),
+        network_function("slow-closed", "slow", "http", ", timeout: 200ms"),
+        cnf("c-down-open", &["{function: down-open}"]),
+        cnf("c-down-closed", &["{function: down-closed}"]),
+        cnf("c-slow-open", &["{function: slow-open}"]),
+        cnf("c-slow-closed", &["{function: slow-closed}"]),
+        chained_route(&[("/down-open", "c-down-open"), ("/down-closed", "c-down-closed"), ("/slow-open", "c-slow-open"), ("/slow-closed", "c-slow-closed")]),
+    );
+    let proxy = Proxy::start(&config);
+
+    assert_eq!(request(public, "GET", "/down-open", &[], b"").0, 200);
+    let (status, headers, _) = request(public, "GET", "/down-closed", &[], b"");
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_unavailable"));
+
+    for (path, want) in [("/slow-open", 200), ("/slow-closed", 503)] {
+        let started = Instant::now();
+        let (status, _, _) = request(public, "GET", path, &[("x-fn-delay", "3")], b"");
+        assert_eq!(status, want, "{path}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}: the function's timeout bounds the wait ({:?})", started.elapsed());
+    }
+    assert_eq!(up.requests_for("/down-closed") + up.requests_for("/slow-closed"), 0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"failed_open\""]), 2.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"failed_closed\""]), 2.0);
+}
+
+#[test]
+fn an_ext_authz_service_written_for_envoy_works_unchanged() {
+    let up = TestServer::named("up");
+    let authz = Function::start("ext_authz_server.py", &[]);
+    let public = addr();
+    let config = format!(
+        "{}{}{}{}{}{}",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("authz", "grpc", &[(authz.addr, "v1")]),
+        network_function("authz", "authz", "extAuthz", ", timeout: 2s"),
+        cnf("gate", &["{function: authz}"]),
+        chained_route(&[("/", "gate")]),
+    );
+    let proxy = Proxy::start(&config);
+
+    let (status, _, body) = request(public, "GET", "/echo?x=1", &[("authorization", "Bearer good")], b"");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    let seen = echoed(&body);
+    assert_eq!(seen["x-user"], "ann", "ok_response headers reach the upstream");
+    assert_eq!(seen["x-seen-cnf"], "gate", "context_extensions carry the CNF");
+    assert_eq!(seen["x-seen-path"], "/echo?x=1");
+    assert_eq!(seen["x-seen-source"], "127.0.0.1");
+    assert!(seen.get("authorization").is_none(), "headers_to_remove applied: {seen}");
+
+    let (status, headers, body) = request(public, "GET", "/echo", &[("authorization", "Bearer bad")], b"");
+    assert_eq!((status, body.as_str()), (401, "token required\n"));
+    assert_eq!(headers.get("www-authenticate").map(String::as_str), Some("Bearer"));
+    assert_eq!(up.requests_for("/echo"), 1);
+}

@@ -1,0 +1,114 @@
+//! `NetworkFunction` and `CNF`: functions the proxy calls on a request's
+//! way, and the chains of them that route rules apply (a rule's `chain`
+//! names the CNF).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::RouteMatch;
+use crate::Duration;
+
+/// A network function: a service the proxy asks about requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkFunctionSpec {
+    /// The Service whose endpoints run the function.
+    pub service: String,
+    /// How the proxy calls the function.
+    pub api: FunctionApi,
+    /// Names of the events the function publishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// What happens to the request when the function cannot answer in time.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// How long one call may take before the failure policy applies.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Sends the request body too, up to `maxBytes`; without it the function sees metadata only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_body: Option<SendBody>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+
+/// The call-out protocol a function speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FunctionApi {
+    /// gRPC `envoy.service.auth.v3.Authorization/Check`: existing ext_authz services work unchanged.
+    ExtAuthz,
+    /// A JSON POST, for functions written in any language.
+    Http,
+}
+
+/// Whether a request goes on (`open`) or is refused (`closed`) when its function fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailurePolicy {
+    Open,
+    #[default]
+    Closed,
+}
+
+/// How much of the request body a function receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendBody {
+    /// Bodies larger than this are refused with 413 rather than sent in part.
+    pub max_bytes: u32,
+}
+
+/// A containerised network function chain: the steps a route rule's traffic goes through.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CnfSpec {
+    /// The node the CNF belongs to; a placement hint for runtimes, not used by proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Steps in the order they run.
+    pub chain: Vec<ChainStep>,
+    /// Event name -> handler script; accepted and validated, not run yet.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub handlers: BTreeMap<String, String>,
+}
+
+/// One function call in a chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChainStep {
+    /// The NetworkFunction to call.
+    pub function: String,
+    #[serde(default)]
+    pub mode: StepMode,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Runs the step only for requests this matches (the Route match shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<RouteMatch>,
+}
+
+/// How traffic meets the function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StepMode {
+    /// The function gets the request's metadata (and body if asked) and returns a verdict.
+    #[default]
+    Callout,
+    /// Traffic passes through the function as a hop.
+    Inline,
+    /// The function gets a copy; it never affects the response.
+    Tap,
+}
+
+/// Which half of the exchange a step sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    #[default]
+    Request,
+    Response,
+}

@@ -1,0 +1,249 @@
+//! The chain stage: a route rule's CNF, run on the request after routing and
+//! filters. Each `callout` step asks its function and follows the verdict
+//! (allow with header edits, or deny); a `tap` step sends the function the
+//! same call in the background and ignores the answer. A function that
+//! cannot answer in time is handled by its failure policy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use trefoil_chain::{Call, Verdict};
+use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
+
+use crate::http::callout;
+use crate::http::proxy::local_reply;
+use crate::http::route_match::RequestMatcher;
+use crate::snapshot::Cluster;
+use crate::state::ProxyState;
+use crate::telemetry::metrics::{ChainLabels, Label};
+use crate::upstream::ProxyBody;
+
+/// Names the CNF a call belongs to, on HTTP call-outs and as gRPC metadata.
+pub static CNF_HEADER: HeaderName = HeaderName::from_static("x-trefoil-cnf");
+
+/// A NetworkFunction, ready to call.
+pub struct Function {
+    pub name: Label,
+    pub api: FunctionApi,
+    pub cluster: Arc<Cluster>,
+    pub failure_policy: FailurePolicy,
+    pub timeout: Duration,
+    /// Largest body sent along; `None` sends metadata only.
+    pub max_body: Option<usize>,
+}
+
+/// One step of a compiled chain.
+pub struct Step {
+    pub function: Arc<Function>,
+    pub mode: StepMode,
+    /// Runs the step only for requests that match.
+    pub when: Option<RequestMatcher>,
+}
+
+/// A CNF's chain, shared by every rule that names it.
+pub struct Chain {
+    pub cnf: Label,
+    pub steps: Vec<Step>,
+    /// The largest body any step asks for: the proxy buffers that much before the chain runs.
+    pub max_body: Option<usize>,
+}
+
+/// What the chain needs to know about the request besides its head.
+pub struct RequestFacts<'a> {
+    pub host: &'a str,
+    pub client: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub trace_id: &'a str,
+    pub tls: bool,
+    pub protocol: &'static str,
+    /// The buffered body, when the chain asked for it.
+    pub body: Option<Bytes>,
+}
+
+/// Why the chain stopped a request: the reply to send and its flag.
+pub struct Stopped {
+    pub reply: Response<ProxyBody>,
+    pub flag: &'static str,
+}
+
+impl Chain {
+    /// Runs the request-phase steps in order; `Ok` lets the request go on
+    /// (with the verdicts' header edits applied to `parts`).
+    pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<(), Stopped> {
+        for step in &self.steps {
+            if step.when.as_ref().is_some_and(|m| !m.matches(parts)) {
+                continue;
+            }
+            let function = &step.function;
+            let body = function.max_body.and(facts.body.clone());
+            let call = call_for(&self.cnf, function, parts, facts, body);
+            if step.mode == StepMode::Tap {
+                self.tap(state, function, OwnedCall::from(call), facts);
+                continue;
+            }
+            let outcome = tokio::time::timeout(function.timeout, callout::call(function, &call, scheme(facts.tls), facts.protocol)).await;
+            let verdict = match outcome {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, error = %e, "network function failed");
+                    if let Some(stopped) = self.failed(state, function) {
+                        return Err(stopped);
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, timeout = ?function.timeout, "network function timed out");
+                    if let Some(stopped) = self.failed(state, function) {
+                        return Err(stopped);
+                    }
+                    continue;
+                }
+            };
+            log_events(&self.cnf, function, facts.trace_id, &verdict);
+            match verdict {
+                Verdict::Allow { set_headers, remove_headers, .. } => {
+                    self.count(state, function, "allow");
+                    for name in remove_headers.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
+                        parts.headers.remove(name);
+                    }
+                    for (name, value) in &set_headers {
+                        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                            parts.headers.insert(n, v);
+                        }
+                    }
+                }
+                Verdict::Deny { status, reason, headers, .. } => {
+                    self.count(state, function, "deny");
+                    let mut reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
+                    for (name, value) in &headers {
+                        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                            reply.headers_mut().insert(n, v);
+                        }
+                    }
+                    return Err(Stopped { reply, flag: "chain_denied" });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the failure policy: open goes on (`None`), closed refuses with 503.
+    fn failed(&self, state: &ProxyState, function: &Function) -> Option<Stopped> {
+        match function.failure_policy {
+            FailurePolicy::Open => {
+                self.count(state, function, "failed_open");
+                None
+            }
+            FailurePolicy::Closed => {
+                self.count(state, function, "failed_closed");
+                let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {} is unavailable\n", function.name));
+                Some(Stopped { reply, flag: "chain_unavailable" })
+            }
+        }
+    }
+
+    fn count(&self, state: &ProxyState, function: &Function, result: &'static str) {
+        state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: self.cnf.clone(), function: function.name.clone(), result }).inc();
+    }
+
+    /// Sends the call in the background, bounded by the function's timeout; the answer is dropped.
+    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>) {
+        let (state, function, cnf) = (state.clone(), function.clone(), self.cnf.clone());
+        let (scheme, protocol) = (scheme(facts.tls), facts.protocol);
+        tokio::spawn(async move {
+            let call_ref = call.as_call();
+            let result = match tokio::time::timeout(function.timeout, callout::call(&function, &call_ref, scheme, protocol)).await {
+                Ok(Ok(verdict)) => {
+                    log_events(&cnf, &function, &call.trace_id, &verdict);
+                    "tapped"
+                }
+                _ => "tap_failed",
+            };
+            state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf, function: function.name.clone(), result }).inc();
+        });
+    }
+}
+
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Events a function published with its verdict, logged under the request's
+/// trace id until operator handlers run them.
+fn log_events(cnf: &str, function: &Function, trace_id: &str, verdict: &Verdict) {
+    for event in verdict.events() {
+        tracing::info!(target: "trefoil::chain::event", cnf, function = %function.name, trace_id, event = %event.name, data = %event.data, "network function event");
+    }
+}
+
+fn call_for<'a>(cnf: &'a str, function: &'a Function, parts: &'a http::request::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {
+    Call {
+        cnf,
+        function: &function.name,
+        method: parts.method.as_str(),
+        path: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        host: facts.host,
+        headers: parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect(),
+        source: Some(facts.client),
+        destination: facts.local,
+        trace_id: facts.trace_id,
+        body,
+    }
+}
+
+/// A call that outlives the request, for taps.
+struct OwnedCall {
+    cnf: String,
+    function: String,
+    method: String,
+    path: String,
+    host: String,
+    headers: Vec<(String, String)>,
+    source: Option<SocketAddr>,
+    destination: Option<SocketAddr>,
+    trace_id: String,
+    body: Option<Bytes>,
+}
+
+impl From<Call<'_>> for OwnedCall {
+    fn from(call: Call<'_>) -> Self {
+        let c = call;
+        OwnedCall {
+            cnf: c.cnf.to_string(),
+            function: c.function.to_string(),
+            method: c.method.to_string(),
+            path: c.path.to_string(),
+            host: c.host.to_string(),
+            headers: c.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            source: c.source,
+            destination: c.destination,
+            trace_id: c.trace_id.to_string(),
+            body: c.body,
+        }
+    }
+}
+
+impl OwnedCall {
+    fn as_call(&self) -> Call<'_> {
+        Call {
+            cnf: &self.cnf,
+            function: &self.function,
+            method: &self.method,
+            path: &self.path,
+            host: &self.host,
+            headers: self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            source: self.source,
+            destination: self.destination,
+            trace_id: &self.trace_id,
+            body: self.body.clone(),
+        }
+    }
+}
