@@ -271,7 +271,7 @@ fn a_cnf_applied_through_the_api_runs_on_the_proxy() {
     let (api, grpc, public) = (addr(), addr(), addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
     let function = JsonFunction::start();
-    let control = Control::start(&dir.join("data"), api, grpc);
+    let control = Control::start_on(&dir.join("data"), api, grpc);
     let _proxy = StreamProxy::start(&dir, grpc, "edge");
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
