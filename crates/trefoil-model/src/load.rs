@@ -127,6 +127,9 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         "Route" => typed(file, doc, "spec", spec_value).map(Spec::Route),
         "Workload" => typed(file, doc, "spec", spec_value).map(Spec::Workload),
         "Endpoints" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Endpoints),
+        "Rollout" => typed(file, doc, "spec", spec_value).map(Spec::Rollout),
+        "RolloutStatus" => typed(file, doc, "spec", spec_value).map(Spec::RolloutStatus),
+        "Event" => typed(file, doc, "spec", spec_value).map(Spec::Event),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     match (metadata, spec) {

@@ -36,10 +36,16 @@ pub enum Spec {
     TrafficPolicy(TrafficPolicySpec),
     Workload(WorkloadSpec),
     Endpoints(EndpointsSpec),
+    Rollout(RolloutSpec),
+    RolloutStatus(RolloutStatusSpec),
+    Event(EventSpec),
 }
 
 /// Every kind this build knows, for error messages.
-pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints"];
+pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints", "Rollout", "RolloutStatus", "Event"];
+
+/// Kinds only the control plane writes; the API refuses them from clients.
+pub const CONTROLLER_KINDS: &[&str] = &["RolloutStatus", "Event"];
 
 impl Spec {
     pub fn kind(&self) -> &'static str {
@@ -51,6 +57,9 @@ impl Spec {
             Spec::TrafficPolicy(_) => "TrafficPolicy",
             Spec::Workload(_) => "Workload",
             Spec::Endpoints(_) => "Endpoints",
+            Spec::Rollout(_) => "Rollout",
+            Spec::RolloutStatus(_) => "RolloutStatus",
+            Spec::Event(_) => "Event",
         }
     }
 }

@@ -59,6 +59,8 @@ impl MeshView {
                 Spec::Endpoints(e) => {
                     discovered.insert(r.name(), e);
                 }
+                // Rollouts act through the Route they rewrite; proxies never see them.
+                Spec::Rollout(_) | Spec::RolloutStatus(_) | Spec::Event(_) => {}
             }
         }
         for (service, port) in workload_ports {

@@ -1,16 +1,22 @@
 //! The `spec` of each resource kind.
 
 pub mod endpoints;
+pub mod event;
 pub mod listener;
 pub mod proxy;
+pub mod rollout;
+pub mod rollout_status;
 pub mod route;
 pub mod service;
 pub mod traffic_policy;
 pub mod workload;
 
 pub use endpoints::*;
+pub use event::*;
 pub use listener::*;
 pub use proxy::*;
+pub use rollout::*;
+pub use rollout_status::*;
 pub use route::*;
 pub use service::*;
 pub use traffic_policy::*;
