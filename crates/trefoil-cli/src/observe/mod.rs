@@ -1,7 +1,5 @@
 //! What the observing commands (`top`, `check`, `describe`) share: reading
-//! the control plane, fetching from proxies, and the metrics math.
+//! the control plane, and fetching from proxies (the metrics math is `trefoil-metrics`).
 
 pub mod control_plane;
 pub mod fetch;
-pub mod promtext;
-pub mod traffic;
