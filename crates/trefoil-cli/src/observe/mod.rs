@@ -1,5 +1,4 @@
 //! What the observing commands (`top`, `check`, `describe`) share: reading
-//! the control plane, and fetching from proxies (the metrics math is `trefoil-metrics`).
+//! the control plane (fetching and the metrics math are `trefoil-metrics`).
 
 pub mod control_plane;
-pub mod fetch;
