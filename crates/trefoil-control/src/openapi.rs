@@ -37,6 +37,13 @@ pub fn document() -> Value {
                     "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "404": error}
                 }
             },
+            "/api/v1/rollouts/{name}/{action}": {
+                "post": {
+                    "summary": "Act on a rollout by hand: promote (all traffic to the canary), abort (all back to stable), pause, resume; recorded in RolloutStatus/{name} with an Event",
+                    "parameters": [name, {"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["promote", "abort", "pause", "resume"]}}],
+                    "responses": {"200": {"description": "the rollout's new status", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "status"], "properties": {"name": {"type": "string"}, "status": {"type": "object"}}}}}}, "404": error, "409": error}
+                }
+            },
             "/api/v1/status/proxies": {
                 "get": {
                     "summary": "Every proxy known from a Proxy resource or a config stream: connected, admin address, latest and acked snapshot versions, the last rejection",

@@ -37,9 +37,10 @@ pub struct RolloutStatusSpec {
     /// The last check's verdict and figures, for `trefoil rollout status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<CheckRecord>,
-    /// The phase the rollout had before a manual pause.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paused_from: Option<RolloutPhase>,
+    /// In a final phase: the Route already holds its traffic, so the
+    /// controller leaves the Route alone from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled: bool,
     /// A one-line summary of the latest transition.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
