@@ -1,0 +1,133 @@
+//! Rollouts end to end in the local runtime: `trefoil up` runs a gateway,
+//! web v1 and a v2 canary (`trefoil demo-app`, healthy, failing or slow),
+//! a Python client sends live traffic through the gateway, and the control
+//! plane's rollout controller judges v2 from the sidecars' metrics.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::load::Load;
+use common::up::*;
+use common::{addr, run_with_timeout, trefoil_bin, wait_until, API};
+use serde_json::Value;
+
+/// A gateway on `gateway`, web v1 and v2 (v2 run with `canary_args`), a
+/// Route sending everything to v1, and the Rollout `strategy` of web to v2.
+fn mesh(gateway: SocketAddr, canary_args: &str, strategy: &str, analysis: &str) -> String {
+    format!(
+        "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
+         {API}\nkind: Listener\nmetadata: {{name: gateway-http}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: web-v1}}\nspec: {{service: web, version: v1, command: trefoil, args: [demo-app], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: web-v2}}\nspec: {{service: web, version: v2, command: trefoil, args: [demo-app{canary_args}], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Route\nmetadata: {{name: edge}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web, version: v1}}]\n    timeout: 5s\n---\n\
+         {API}\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  service: web\n  stable: v1\n  canary: v2\n  route: edge\n  strategy: {strategy}\n  analysis: {analysis}\n"
+    )
+}
+
+/// 20% then 50%, each held for two passing checks a second apart.
+const STEPS: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}]}}";
+const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 200ms}}]}";
+
+/// Starts the mesh, waits until the gateway serves web v1, and starts the traffic.
+fn start(files: &str, gateway: SocketAddr) -> Up {
+    let mut up = Up::start(files);
+    up.wait_ready(&["web-v1-0", "web-v2-0"]);
+    wait_until("the gateway serving web", Duration::from_secs(30), || common::http_get(gateway, "edge", "/").0 == 200);
+    up
+}
+
+fn status(up: &Up) -> Value {
+    up.get("/api/v1/rolloutstatus/web")["spec"].clone()
+}
+
+fn wait_phase(up: &mut Up, phase: &str) {
+    up.wait(&format!("the rollout {phase} and settled"), |u| {
+        let s = status(u);
+        s["phase"] == phase && s["settled"] == true
+    });
+}
+
+/// The Route's backends for web: (version, weight).
+fn backends(up: &Up) -> Vec<(String, u64)> {
+    let route = up.get("/api/v1/routes/edge");
+    route["spec"]["rules"][0]["backends"].as_array().into_iter().flatten().map(|b| (b["version"].as_str().unwrap_or("").to_string(), b["weight"].as_u64().unwrap_or(0))).collect()
+}
+
+fn reasons(up: &Up) -> Vec<String> {
+    let out = trefoil(up, &["rollout", "status", "web", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["events"].as_array().into_iter().flatten().map(|e| e["spec"]["reason"].as_str().unwrap_or("").to_string()).collect()
+}
+
+fn trefoil(up: &Up, args: &[&str]) -> std::process::Output {
+    let server = format!("http://{}", up.api());
+    run_with_timeout(Command::new(trefoil_bin()).args(args).args(["--server", &server]), Duration::from_secs(30))
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_request() {
+    let gateway = addr();
+    let mut up = start(&mesh(gateway, "", STEPS, ANALYSIS), gateway);
+    let load = Load::start(&up.dir, gateway);
+    up.wait("the canary at 20%", |u| status(u)["weight"] == 20);
+
+    // The control plane dies mid-rollout; the restarted one resumes from the stored status.
+    let control_pid = up.process("control")["pid"].as_u64().unwrap();
+    unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
+    up.wait("the control plane restarted", |u| u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true);
+
+    wait_phase(&mut up, "Succeeded");
+    assert_eq!(backends(&up), [("v2".to_string(), 100)]);
+    let reasons = reasons(&up);
+    assert_eq!(reasons.iter().filter(|r| *r == "Started").count(), 1, "resumed, not started over: {reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "AnalysisPassed").count(), 2, "{reasons:?}");
+    assert_eq!(reasons.last().map(String::as_str), Some("Promoted"), "{reasons:?}");
+    up.wait("web v2 serving everything", |_| common::http_get(gateway, "edge", "/").2.contains("\"v2\""));
+    let traffic = load.finish();
+    assert_eq!(traffic["failed"], 0, "a request failed during the weight changes or the restart: {traffic}");
+    assert!(traffic["served"]["web v2"].as_u64().unwrap_or(0) > 0, "{traffic}");
+
+    // The status command and the events list read the same story.
+    let out = trefoil(&up, &["rollout", "status", "web"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("phase       Succeeded") && text.contains("Promoted"), "{text}");
+    let out = trefoil(&up, &["get", "events"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Rollout/web"), "{}", String::from_utf8_lossy(&out.stdout));
+    // A finished rollout refuses manual actions (exit 1); an unknown one is bad input (exit 2).
+    assert_eq!(trefoil(&up, &["rollout", "abort", "web"]).status.code(), Some(1));
+    assert_eq!(trefoil(&up, &["rollout", "status", "nope"]).status.code(), Some(2));
+}
+
+/// Runs the rollout against a bad canary and expects it rolled back on `metric`.
+fn rolled_back(canary_args: &str, metric: &str, clients: usize) {
+    let gateway = addr();
+    let mut up = start(&mesh(gateway, canary_args, STEPS, ANALYSIS), gateway);
+    let loads: Vec<Load> = (0..clients).map(|i| Load::start_as(&up.dir, gateway, &format!("load{i}"), &[])).collect();
+    wait_phase(&mut up, "RolledBack");
+    assert_eq!(backends(&up), [("v1".to_string(), 100)]);
+    let s = status(&up);
+    assert_eq!(s["failedChecks"], 2, "{s}");
+    let failed: Vec<&Value> = s["lastCheck"]["figures"].as_array().unwrap().iter().filter(|f| f["ok"] == false).collect();
+    assert!(failed.iter().any(|f| f["metric"] == metric), "{s}");
+    assert_eq!(reasons(&up).last().map(String::as_str), Some("RolledBack"));
+    for load in loads {
+        load.finish();
+    }
+    let after = common::curl_many(&format!("http://{gateway}/"), 20, &[]);
+    assert_eq!(common::count(&after, |(s, who)| *s == 200 && who == "web v1"), 20, "{after:?}");
+}
+
+#[test]
+fn a_canary_answering_5xx_is_rolled_back() {
+    rolled_back(", --fail-percent, '50'", "successRate", 1);
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back() {
+    // Slow answers slow each client down: several keep the canary above the volume floor.
+    rolled_back(", --delay, 300ms", "latencyP99", 4);
+}
