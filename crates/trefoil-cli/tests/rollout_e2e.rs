@@ -131,3 +131,56 @@ fn a_slow_canary_is_rolled_back() {
     // Slow answers slow each client down: several keep the canary above the volume floor.
     rolled_back(", --delay, 300ms", "latencyP99", 4);
 }
+
+/// Every proxy connected and serving the Route's current version.
+fn route_everywhere(up: &Up) -> bool {
+    let version = up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
+    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
+}
+
+#[test]
+fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_by_hand() {
+    let gateway = addr();
+    // Many checks: the test, not the analysis, ends this A/B test.
+    let strategy = "{abTest: {header: {name: x-canary, value: \"yes\"}, checks: 100}}";
+    let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
+    up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+    up.wait("every proxy serving the A/B rule", route_everywhere);
+    let url = format!("http://{gateway}/");
+    let matching = common::curl_many(&url, 40, &["-H", "x-canary: yes"]);
+    let other = common::curl_many(&url, 40, &["-H", "x-canary: no"]);
+    let plain = common::curl_many(&url, 40, &[]);
+    assert_eq!(common::count(&matching, |(s, who)| *s == 200 && who == "web v2"), 40, "{matching:?}");
+    assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 40, "{other:?}");
+    assert_eq!(common::count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
+
+    // Paused, resumed, then promoted by hand: everything to v2, the A/B rule gone.
+    assert!(trefoil(&up, &["rollout", "pause", "web"]).status.success());
+    assert_eq!(status(&up)["phase"], "Paused");
+    assert!(trefoil(&up, &["rollout", "resume", "web"]).status.success());
+    let out = trefoil(&up, &["rollout", "promote", "web", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_phase(&mut up, "Succeeded");
+    let route = up.get("/api/v1/routes/edge");
+    assert_eq!(route["spec"]["rules"].as_array().map(Vec::len), Some(1), "{route:#}");
+    assert_eq!(backends(&up), [("v2".to_string(), 100)]);
+    assert_eq!(reasons(&up), ["Started", "Paused", "Resumed", "Promoted"]);
+}
+
+#[test]
+fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
+    let gateway = addr();
+    // The canary fails every request it gets: clients must not notice.
+    let mut up = start(&mesh(gateway, ", --fail-percent, '100'", "{mirror: {percent: 100, checks: 100}}", ANALYSIS), gateway);
+    let load = Load::start(&up.dir, gateway);
+    wait_phase(&mut up, "RolledBack");
+    let traffic = load.finish();
+    assert_eq!(traffic["failed"], 0, "a client saw the mirror's failure: {traffic}");
+    let served = traffic["served"].as_object().unwrap();
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["web v1"], "{traffic}");
+    let s = status(&up);
+    assert!(s["lastCheck"]["requests"].as_f64().unwrap_or(0.0) >= 5.0, "judged on the copies: {s}");
+    let route = up.get("/api/v1/routes/edge");
+    assert!(route["spec"]["rules"][0]["filters"]["requestMirror"].is_null(), "the mirror is removed: {route:#}");
+}
