@@ -184,3 +184,63 @@ fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
     let route = up.get("/api/v1/routes/edge");
     assert!(route["spec"]["rules"][0]["filters"]["requestMirror"].is_null(), "the mirror is removed: {route:#}");
 }
+
+/// A Prometheus server scraping every proxy's admin `/metrics` each second.
+struct Prometheus {
+    child: std::process::Child,
+}
+
+impl Prometheus {
+    fn start(up: &Up, listen: SocketAddr) -> Prometheus {
+        let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"].as_array().into_iter().flatten().filter_map(|p| p["adminAddress"].as_str().map(|a| format!("'{a}'"))).collect();
+        assert!(admins.len() >= 3, "the gateway and both sidecars: {admins:?}");
+        let dir = up.dir.join("prometheus");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: trefoil\n  static_configs:\n  - targets: [{}]\n", admins.join(", "));
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .expect("starting prometheus");
+        wait_until("prometheus ready", Duration::from_secs(30), || matches!(common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..))));
+        Prometheus { child }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same rollout judged only by a PromQL success rate of v2's inbound traffic.
+fn judged_by_prometheus(canary_args: &str, phase: &str) {
+    let (gateway, prometheus) = (addr(), addr());
+    let series = "trefoil_requests_total{service=\"web\",version=\"v2\",direction=\"inbound\"";
+    let query = format!("sum(rate({series},status_code!~\"5..\"}}[5s])) / sum(rate({series}}}[5s]))");
+    let analysis = format!("{{interval: 1s, threshold: 2, minRequests: 5, metrics: [{{prometheus: {{address: \"http://{prometheus}\", query: '{query}', min: 0.95}}}}]}}");
+    let mut up = start(&mesh(gateway, canary_args, STEPS, &analysis), gateway);
+    let _server = Prometheus::start(&up, prometheus);
+    let load = Load::start(&up.dir, gateway);
+    wait_phase(&mut up, phase);
+    load.finish();
+    let s = status(&up);
+    let figure = &s["lastCheck"]["figures"][0];
+    assert_eq!(figure["metric"], query.as_str(), "{s}");
+    assert!(figure["value"].is_number(), "the query answered: {s}");
+}
+
+#[test]
+fn a_promql_analysis_promotes_a_healthy_canary() {
+    judged_by_prometheus("", "Succeeded");
+}
+
+#[test]
+fn a_promql_analysis_rolls_back_a_failing_canary() {
+    judged_by_prometheus(", --fail-percent, '50'", "RolledBack");
+}
