@@ -109,8 +109,14 @@ fn status(t: Target) -> ExitCode {
 fn rollout_events(list: Value, name: &str) -> Vec<Value> {
     let regarding = format!("Rollout/{name}");
     let mut events: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default().into_iter().filter(|e| e["spec"]["regarding"] == regarding.as_str()).collect();
-    events.sort_by_key(|e| (e["spec"]["timeMs"].as_u64().unwrap_or(0), e["metadata"]["name"].as_str().and_then(|n| n.rsplit('-').next()?.parse::<u64>().ok()).unwrap_or(0)));
+    oldest_first(&mut events);
     events
+}
+
+/// Orders events by time, then by their number (`web-10` after `web-9`,
+/// which name order would not give).
+fn oldest_first(events: &mut [Value]) {
+    events.sort_by_key(|e| (e["spec"]["timeMs"].as_u64().unwrap_or(0), e["metadata"]["name"].as_str().and_then(|n| n.rsplit('-').next()?.parse::<u64>().ok()).unwrap_or(0)));
 }
 
 fn print_status(name: &str, spec: &Value, status: Option<&Value>, events: &[Value]) {
@@ -158,10 +164,12 @@ fn figures(list: &Value) -> String {
     parts.join(", ")
 }
 
-/// Events as a table: time, what they regard, reason, message.
+/// Events as a table, oldest first: time, what they regard, reason, message.
 pub fn print_events(events: &[Value]) {
+    let mut events = events.to_vec();
+    oldest_first(&mut events);
     println!("{:<20} {:<24} {:<16} MESSAGE", "TIME", "REGARDING", "REASON");
-    for e in events {
+    for e in &events {
         let s = &e["spec"];
         let time = s["timeMs"].as_u64().map_or_else(String::new, |ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string());
         println!("{:<20} {:<24} {:<16} {}", time, s["regarding"].as_str().unwrap_or(""), s["reason"].as_str().unwrap_or(""), s["message"].as_str().unwrap_or(""));
@@ -193,4 +201,23 @@ fn act(t: Target, action: &str) -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_oldest_first_by_number_within_a_millisecond() {
+        let event = |name: &str, time: u64| json!({"metadata": {"name": name}, "spec": {"regarding": format!("Rollout/{}", name.split('-').next().unwrap()), "timeMs": time}});
+        let list = json!({"items": [event("web-10", 5), event("web-9", 5), event("web-0", 1), event("api-0", 0)]});
+        let names: Vec<String> = rollout_events(list, "web").iter().map(|e| e["metadata"]["name"].as_str().unwrap().to_string()).collect();
+        assert_eq!(names, ["web-0", "web-9", "web-10"]);
+    }
+
+    #[test]
+    fn figures_read_as_one_line() {
+        let list = json!([{"metric": "successRate", "value": 50.0, "min": 99.0, "ok": false}, {"metric": "latencyP99", "value": null, "max": 0.25, "ok": false}]);
+        assert_eq!(figures(&list), "successRate=50.000 (min 99) FAILED, latencyP99=n/a (max 0.25) FAILED");
+    }
 }

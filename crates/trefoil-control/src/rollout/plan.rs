@@ -64,6 +64,7 @@ pub fn record_check(spec: &RolloutSpec, status: &mut RolloutStatusSpec, check: C
             status.passed_checks = 0;
             let threshold = spec.analysis.as_ref().map_or(1, |a| a.threshold);
             let message = format!("check failed ({} of {threshold}): {}", status.failed_checks, describe(&check.figures));
+            status.message = message.clone();
             notes.push(Note { reason: "CheckFailed", message, figures: check.figures.clone() });
             if status.failed_checks >= threshold {
                 status.phase = RolloutPhase::RolledBack;
