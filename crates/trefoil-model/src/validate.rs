@@ -21,7 +21,7 @@ pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
 }
 
 fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
-    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), check_references };
+    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), routes: BTreeMap::new(), check_references };
     // A service's versions come from its static endpoints, the workloads that
     // serve it and the endpoints the runtime discovered.
     for r in resources {
@@ -30,6 +30,9 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             Spec::Service(s) => v.services.entry(name).or_default().extend(s.endpoints.iter().map(|e| e.version.clone())),
             Spec::Workload(w) => v.services.entry(w.service.clone()).or_default().extend([w.version.clone()]),
             Spec::Endpoints(e) => v.services.entry(name).or_default().extend(e.endpoints.iter().map(|e| e.version.clone())),
+            Spec::Route(route) => {
+                v.routes.insert(name, route.rules.iter().flat_map(|rule| rule.backends.iter().map(|b| b.service.clone())).collect());
+            }
             _ => {}
         }
     }
@@ -97,6 +100,8 @@ struct Validator {
     check_references: bool,
     /// Service name -> versions of its static endpoints.
     services: BTreeMap<String, BTreeSet<String>>,
+    /// Route name -> the services its backends name.
+    routes: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Validator {
@@ -222,6 +227,13 @@ impl Validator {
             self.report(r, "spec.canary", format!("the canary must differ from the stable version {:?}", ro.stable));
         }
         self.backend(r, "spec", &ro.service, Some(&ro.stable));
+        if self.check_references {
+            match self.routes.get(&ro.route) {
+                None => self.report(r, "spec.route", format!("no Route named {:?}", ro.route)),
+                Some(services) if !services.contains(&ro.service) => self.report(r, "spec.route", format!("Route {:?} has no backend of service {:?} to shift", ro.route, ro.service)),
+                Some(_) => {}
+            }
+        }
         let judged = |checks: u32, v: &mut Self, field: &str| {
             if checks == 0 {
                 v.report(r, field, "must be at least 1");
@@ -575,11 +587,13 @@ mod tests {
         assert!(err.contains("spec.health.http"), "{err}");
     }
 
+    /// The Route the rollouts below drive, to append after them.
+    const WEB_ROUTE: &str = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules: [{backends: [{service: web}]}]\n";
     const ROLLOUT: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Rollout\nmetadata: {name: web}\nspec:\n  service: web\n  stable: v1\n  canary: v2\n  route: web\n";
 
     #[test]
     fn a_canary_rollout_loads_and_passes() {
-        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - analysis: {{checks: 2}}\n      - pause: 30s\n      - setWeight: 50\n  analysis:\n    interval: 1s\n    metrics:\n    - successRate: {{min: 99}}\n    - latencyP99: {{max: 250ms}}\n    - prometheus: {{address: 'http://127.0.0.1:9090', query: 'up', min: 1}}\n");
+        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - analysis: {{checks: 2}}\n      - pause: 30s\n      - setWeight: 50\n  analysis:\n    interval: 1s\n    metrics:\n    - successRate: {{min: 99}}\n    - latencyP99: {{max: 250ms}}\n    - prometheus: {{address: 'http://127.0.0.1:9090', query: 'up', min: 1}}\n{WEB_ROUTE}");
         check(&text).unwrap();
         let r = load_str(&Arc::from("c.yaml"), &text).unwrap();
         let Spec::Rollout(ro) = &r[0].resource.spec else { panic!() };
@@ -592,14 +606,18 @@ mod tests {
 
     #[test]
     fn rollout_mistakes_are_located() {
-        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - analysis: {{}}\n      - setWeight: 120\n  analysis:\n    interval: 0s\n    metrics:\n    - prometheus: {{address: '127.0.0.1:9090', query: up}}\n");
+        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - analysis: {{}}\n      - setWeight: 120\n  analysis:\n    interval: 0s\n    metrics:\n    - prometheus: {{address: '127.0.0.1:9090', query: up}}\n{WEB_ROUTE}");
         let err = check(&text).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["spec.strategy.canary.steps[0]", "spec.strategy.canary.steps[1].setWeight", "spec.analysis.interval", "spec.analysis.metrics[0].prometheus.address", "spec.analysis.metrics[0].prometheus"]);
         assert_eq!(err.0[1].line, 19, "{err}");
-        let ab = format!("{ROLLOUT}  strategy: {{abTest: {{header: {{name: 'x user', value: a}}, cookie: {{name: c, value: d}}}}}}\n");
+        let ab = format!("{ROLLOUT}  strategy: {{abTest: {{header: {{name: 'x user', value: a}}, cookie: {{name: c, value: d}}}}}}\n{WEB_ROUTE}");
         let fields: Vec<String> = check(&ab).unwrap_err().0.into_iter().map(|d| d.field).collect();
         assert_eq!(fields, ["spec.strategy.abTest", "spec.analysis"]);
+        let routed = format!("{ROLLOUT}  strategy: {{blueGreen: {{}}}}\n  analysis: {{metrics: [{{successRate: {{min: 99}}}}]}}\n{WEB_ROUTE}");
+        check(&routed).unwrap();
+        let err = check(&routed.replace("route: web", "route: api")).unwrap_err();
+        assert_eq!((err.0[0].field.as_str(), err.0[0].message.as_str()), ("spec.route", "no Route named \"api\""));
         let same = ROLLOUT.replace("canary: v2", "canary: v1") + "  strategy: {blueGreen: {}}\n  analysis: {metrics: [{successRate: {min: 99}}]}\n";
         assert_eq!(check(&same).unwrap_err().0[0].field, "spec.canary");
     }
