@@ -244,3 +244,34 @@ fn a_promql_analysis_promotes_a_healthy_canary() {
 fn a_promql_analysis_rolls_back_a_failing_canary() {
     judged_by_prometheus(", --fail-percent, '50'", "RolledBack");
 }
+
+#[test]
+fn a_cookie_ab_test_matches_the_whole_cookie_value() {
+    let gateway = addr();
+    let strategy = "{abTest: {cookie: {name: beta, value: \"on\"}, checks: 100}}";
+    let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
+    up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+    up.wait("every proxy serving the A/B rule", route_everywhere);
+    let url = format!("http://{gateway}/");
+    let with = common::curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
+    let other = common::curl_many(&url, 20, &["-H", "cookie: beta=onward; xbeta=on"]);
+    assert_eq!(common::count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
+    assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
+    // Aborted by hand: the A/B rule goes, everything to v1.
+    assert!(trefoil(&up, &["rollout", "abort", "web"]).status.success());
+    wait_phase(&mut up, "Aborted");
+    assert_eq!(up.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len), Some(1));
+    assert_eq!(backends(&up), [("v1".to_string(), 100)]);
+}
+
+#[test]
+fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
+    let gateway = addr();
+    let mut up = start(&mesh(gateway, ", --fail-percent, '50'", "{blueGreen: {checks: 3}}", ANALYSIS), gateway);
+    up.wait("all traffic switched to v2", |u| backends(u) == [("v2".to_string(), 100)]);
+    let load = Load::start(&up.dir, gateway);
+    wait_phase(&mut up, "RolledBack");
+    load.finish();
+    assert_eq!(backends(&up), [("v1".to_string(), 100)]);
+    assert_eq!(reasons(&up), ["Started", "CheckFailed", "CheckFailed", "RolledBack"]);
+}
