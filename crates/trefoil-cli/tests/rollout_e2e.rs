@@ -103,9 +103,9 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
 }
 
 /// Runs the rollout against a bad canary and expects it rolled back on `metric`.
-fn rolled_back(canary_args: &str, metric: &str, clients: usize) {
+fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) {
     let gateway = addr();
-    let mut up = start(&mesh(gateway, canary_args, STEPS, ANALYSIS), gateway);
+    let mut up = start(&mesh(gateway, canary_args, STEPS, analysis), gateway);
     let loads: Vec<Load> = (0..clients).map(|i| Load::start_as(&up.dir, gateway, &format!("load{i}"), &[])).collect();
     wait_phase(&mut up, "RolledBack");
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);
@@ -123,13 +123,20 @@ fn rolled_back(canary_args: &str, metric: &str, clients: usize) {
 
 #[test]
 fn a_canary_answering_5xx_is_rolled_back() {
-    rolled_back(", --fail-percent, '50'", "successRate", 1);
+    rolled_back(", --fail-percent, '50'", ANALYSIS, "successRate", 1);
 }
 
 #[test]
 fn a_slow_canary_is_rolled_back() {
     // Slow answers slow each client down: several keep the canary above the volume floor.
-    rolled_back(", --delay, 300ms", "latencyP99", 4);
+    rolled_back(", --delay, 300ms", ANALYSIS, "latencyP99", 4);
+}
+
+#[test]
+fn a_canary_slower_than_stable_is_rolled_back_by_a_mann_whitney_comparison() {
+    // No fixed latency bound: only "significantly slower than v1".
+    let analysis = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{latencyVsStable: {alpha: 0.01}}]}";
+    rolled_back(", --delay, 100ms", analysis, "latencyVsStable", 4);
 }
 
 /// Every proxy connected and serving the Route's current version.

@@ -306,6 +306,10 @@ impl Validator {
                         AnalysisMetric::SuccessRate(b) => self.percent(r, &format!("{at}.successRate.min"), b.min),
                         AnalysisMetric::LatencyP99(b) if b.max.get().is_zero() => self.report(r, &format!("{at}.latencyP99.max"), "must be greater than 0"),
                         AnalysisMetric::LatencyP99(_) => {}
+                        AnalysisMetric::LatencyVsStable(b) if !(b.alpha > 0.0 && b.alpha < 1.0) => {
+                            self.report(r, &format!("{at}.latencyVsStable.alpha"), format!("{} is not a significance level between 0 and 1 (e.g. 0.01)", b.alpha))
+                        }
+                        AnalysisMetric::LatencyVsStable(_) => {}
                         AnalysisMetric::Prometheus(p) => {
                             if !p.address.starts_with("http://") {
                                 self.report(r, &format!("{at}.prometheus.address"), "must be an http:// URL");
@@ -593,7 +597,7 @@ mod tests {
 
     #[test]
     fn a_canary_rollout_loads_and_passes() {
-        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - analysis: {{checks: 2}}\n      - pause: 30s\n      - setWeight: 50\n  analysis:\n    interval: 1s\n    metrics:\n    - successRate: {{min: 99}}\n    - latencyP99: {{max: 250ms}}\n    - prometheus: {{address: 'http://127.0.0.1:9090', query: 'up', min: 1}}\n{WEB_ROUTE}");
+        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - analysis: {{checks: 2}}\n      - pause: 30s\n      - setWeight: 50\n  analysis:\n    interval: 1s\n    metrics:\n    - successRate: {{min: 99}}\n    - latencyP99: {{max: 250ms}}\n    - latencyVsStable: {{alpha: 0.01}}\n    - prometheus: {{address: 'http://127.0.0.1:9090', query: 'up', min: 1}}\n{WEB_ROUTE}");
         check(&text).unwrap();
         let r = load_str(&Arc::from("c.yaml"), &text).unwrap();
         let Spec::Rollout(ro) = &r[0].resource.spec else { panic!() };

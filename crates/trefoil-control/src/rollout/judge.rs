@@ -1,7 +1,7 @@
 //! One analysis check: the canary's figures over an interval against the
 //! rollout's bounds. Pure; the figures come from `scrape`.
 
-use trefoil_metrics::{quantile, Growth};
+use trefoil_metrics::{quantile, slower_p_value, Growth};
 use trefoil_model::spec::{Analysis, AnalysisMetric, CheckRecord, Figure, Verdict};
 
 /// What was measured for one check.
@@ -9,6 +9,8 @@ use trefoil_model::spec::{Analysis, AnalysisMetric, CheckRecord, Figure, Verdict
 pub struct Measured {
     /// The canary's inbound traffic over the interval, all its replicas together.
     pub canary: Growth,
+    /// The stable version's inbound traffic over the same interval.
+    pub stable: Growth,
     /// Each Prometheus metric's value, in the order of `analysis.metrics`
     /// (`None` where the query gave no single number).
     pub prometheus: Vec<Option<f64>>,
@@ -31,6 +33,10 @@ pub fn judge(analysis: &Analysis, measured: &Measured) -> CheckRecord {
                 let max = b.max.get().as_secs_f64();
                 let value = quantile(0.99, &g.buckets);
                 Figure { metric: "latencyP99".into(), value, min: None, max: Some(max), ok: value.is_some_and(|v| v <= max) }
+            }
+            AnalysisMetric::LatencyVsStable(b) => {
+                let value = slower_p_value(&g.buckets, &measured.stable.buckets);
+                Figure { metric: "latencyVsStable".into(), value, min: Some(b.alpha), max: None, ok: value.is_some_and(|p| p >= b.alpha) }
             }
             AnalysisMetric::Prometheus(p) => {
                 let value = prometheus.next().copied().flatten();
@@ -57,7 +63,7 @@ pub fn judge(analysis: &Analysis, measured: &Measured) -> CheckRecord {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use trefoil_model::spec::{LatencyBound, MinBound, PrometheusMetric};
+    use trefoil_model::spec::{LatencyBound, MinBound, PrometheusMetric, SignificanceBound};
     use trefoil_model::Duration;
 
     fn analysis() -> Analysis {
@@ -76,7 +82,7 @@ mod tests {
     /// `requests` of which `errors` were 5xx, all taking about `seconds`.
     fn measured(requests: f64, errors: f64, seconds: f64, prom: Option<f64>) -> Measured {
         let buckets: BTreeMap<u64, f64> = [(0.1, if seconds <= 0.1 { requests } else { 0.0 }), (0.5, requests), (f64::INFINITY, requests)].iter().map(|(le, n)| (le.to_bits(), *n)).collect();
-        Measured { canary: Growth { requests, server_errors: errors, buckets }, prometheus: vec![prom] }
+        Measured { canary: Growth { requests, server_errors: errors, buckets }, stable: Growth::default(), prometheus: vec![prom] }
     }
 
     #[test]
@@ -95,6 +101,21 @@ mod tests {
         assert_eq!(slow.verdict, Verdict::Failed);
         assert!(slow.figures[1].value.unwrap() > 0.25);
         assert_eq!(judge(&analysis(), &measured(100.0, 0.0, 0.01, Some(0.5))).verdict, Verdict::Failed);
+    }
+
+    #[test]
+    fn a_canary_slower_than_stable_fails_the_comparison() {
+        let compare = Analysis { metrics: vec![AnalysisMetric::LatencyVsStable(SignificanceBound { alpha: 0.01 })], ..analysis() };
+        let fast = measured(100.0, 0.0, 0.01, None);
+        let mut slow = measured(100.0, 0.0, 0.3, None);
+        slow.stable = fast.canary.clone();
+        let c = judge(&compare, &slow);
+        assert_eq!(c.verdict, Verdict::Failed, "{c:?}");
+        assert!(c.figures[0].value.unwrap() < 0.01);
+        let mut same = fast.clone();
+        same.stable = fast.canary.clone();
+        assert_eq!(judge(&compare, &same).verdict, Verdict::Passed);
+        assert_eq!(judge(&compare, &fast).verdict, Verdict::Inconclusive, "stable had no traffic to compare with");
     }
 
     #[test]

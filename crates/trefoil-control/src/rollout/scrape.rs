@@ -1,6 +1,6 @@
-//! Gathers a check's figures: the canary replicas' sidecar metrics from
-//! every connected proxy's admin `/metrics` (inbound traffic of the canary
-//! version, summed over proxies), and the Prometheus queries.
+//! Gathers a check's figures: the sidecar metrics of the canary's and the
+//! stable version's replicas from every connected proxy's admin `/metrics`
+//! (inbound traffic, summed over proxies), and the Prometheus queries.
 //!
 //! A window runs from one scrape to the next of the same rollout, so the
 //! first scrape of a rollout (and the first after a control plane restart)
@@ -34,10 +34,11 @@ impl Scraper {
     /// The canary's figures since the last call for `rollout`; `None` when
     /// this call only set the baseline.
     pub async fn measure(&mut self, rollout: &str, spec: &RolloutSpec, analysis: &Analysis, admins: &[String]) -> Option<Measured> {
-        let key = Key { service: spec.service.clone(), version: spec.canary.clone(), direction: "inbound".into() };
+        let inbound = |version: &str| Key { service: spec.service.clone(), version: version.to_string(), direction: "inbound".into() };
+        let (canary_key, stable_key) = (inbound(&spec.canary), inbound(&spec.stable));
         let previous = self.baselines.remove(rollout);
         let mut current = HashMap::new();
-        let mut canary = Growth::default();
+        let (mut canary, mut stable) = (Growth::default(), Growth::default());
         for admin in admins {
             let base = format!("http://{admin}");
             let samples = match self.fetcher.text("proxy", &base, "/metrics").await.map(|t| trefoil_metrics::parse(&t)) {
@@ -53,8 +54,12 @@ impl Scraper {
             };
             // A proxy new since the last scrape has no window yet: its next scrape counts.
             if let Some(before) = previous.as_ref().and_then(|p| p.get(admin)) {
-                if let Some(g) = growth(before, &samples).get(&key) {
+                let grown = growth(before, &samples);
+                if let Some(g) = grown.get(&canary_key) {
                     canary.add(g);
+                }
+                if let Some(g) = grown.get(&stable_key) {
+                    stable.add(g);
                 }
             }
             current.insert(admin.clone(), samples);
@@ -67,7 +72,7 @@ impl Scraper {
                 prometheus.push(self.query(p).await);
             }
         }
-        Some(Measured { canary, prometheus })
+        Some(Measured { canary, stable, prometheus })
     }
 
     /// Forgets a rollout's baseline (it finished or was deleted).

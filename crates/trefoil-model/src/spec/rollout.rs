@@ -139,8 +139,19 @@ pub enum AnalysisMetric {
     SuccessRate(MinBound),
     /// The canary's 99th percentile latency.
     LatencyP99(LatencyBound),
+    /// The canary's latencies compared with stable's over the same interval:
+    /// fails when a one-sided Mann-Whitney U test finds the canary slower
+    /// with a p-value below `alpha`.
+    LatencyVsStable(SignificanceBound),
     /// A PromQL instant query whose single value must lie within bounds.
     Prometheus(PrometheusMetric),
+}
+
+/// The significance level of a statistical comparison, e.g. 0.01.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignificanceBound {
+    pub alpha: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
