@@ -282,3 +282,14 @@ fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);
     assert_eq!(reasons(&up), ["Started", "CheckFailed", "CheckFailed", "RolledBack"]);
 }
+
+#[test]
+fn the_quickstart_rollout_example_is_valid_with_the_quickstart_mesh() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    let dir = common::scratch_dir();
+    for file in ["mesh.yaml", "rollout.yaml"] {
+        std::fs::copy(root.join(file), dir.join(file)).unwrap();
+    }
+    let out = run_with_timeout(Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&dir), Duration::from_secs(30));
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
