@@ -18,6 +18,7 @@ mod scrape;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,8 @@ pub enum RolloutError {
 /// Runs the controller until the task is dropped.
 pub async fn run(store: Arc<Store>, proxies: Arc<Proxies>) {
     let mut scraper = scrape::Scraper::default();
+    // The last problem of each rollout: logged when it appears, not every tick.
+    let mut problems: HashMap<String, String> = HashMap::new();
     let mut timer = tokio::time::interval(TICK);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -53,8 +56,17 @@ pub async fn run(store: Arc<Store>, proxies: Arc<Proxies>) {
         let admins: Vec<String> = proxies.status(&[]).into_iter().filter(|p| p.connected).filter_map(|p| p.admin_address).collect();
         for stored in store.list("Rollout") {
             let name = stored.name.clone();
-            if let Err(e) = reconcile(&store, &mut scraper, &admins, stored).await {
-                tracing::warn!(rollout = %name, "{e}");
+            match reconcile(&store, &mut scraper, &admins, stored).await {
+                Ok(()) => {
+                    problems.remove(&name);
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if problems.get(&name) != Some(&text) {
+                        tracing::warn!(rollout = %name, "{text}");
+                        problems.insert(name, text);
+                    }
+                }
             }
         }
         forget_deleted(&store, &mut scraper);

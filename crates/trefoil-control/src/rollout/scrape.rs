@@ -39,9 +39,14 @@ impl Scraper {
         let previous = self.baselines.remove(rollout);
         let mut current = HashMap::new();
         let (mut canary, mut stable) = (Growth::default(), Growth::default());
-        for admin in admins {
-            let base = format!("http://{admin}");
-            let samples = match self.fetcher.text("proxy", &base, "/metrics").await.map(|t| trefoil_metrics::parse(&t)) {
+        // All proxies at once: one slow proxy costs one timeout, not one per proxy.
+        let scrapes = futures_util::future::join_all(admins.iter().map(|admin| {
+            let fetcher = &self.fetcher;
+            async move { fetcher.text("proxy", &format!("http://{admin}"), "/metrics").await }
+        }))
+        .await;
+        for (admin, scraped) in admins.iter().zip(scrapes) {
+            let samples = match scraped.map(|t| trefoil_metrics::parse(&t)) {
                 Ok(Ok(samples)) => samples,
                 Ok(Err(e)) => {
                     tracing::warn!(%admin, "unreadable metrics: {e}");
