@@ -156,7 +156,15 @@ async fn reconcile(store: &Store, scraper: &mut scrape::Scraper, admins: &[Strin
     if status.settled {
         return Ok(());
     }
-    let route = store.get("Route", &spec.route).ok_or_else(|| RolloutError::RouteMissing(spec.route.clone()))?;
+    let Some(route) = store.get("Route", &spec.route) else {
+        // Say so where people look; nothing moves until the Route exists.
+        let waiting = format!("waiting for Route/{}", spec.route);
+        if status.message != waiting {
+            status.message = waiting;
+            persist(store, &name, &mut status, notes, expected)?;
+        }
+        return Err(RolloutError::RouteMissing(spec.route.clone()));
+    };
 
     if let Some(analysis) = spec.analysis.as_ref().filter(|_| plan::canary_has_traffic(&spec, &status)) {
         if now.saturating_sub(status.last_check_ms) >= analysis.interval.get().as_millis() as u64 {

@@ -209,3 +209,19 @@ async fn the_action_endpoints_sit_beside_the_resource_api() {
     assert_eq!(status_of(&store, "web").unwrap().0.unwrap().phase, RolloutPhase::Paused);
     assert_eq!(reasons(&store), ["Paused"]);
 }
+
+#[tokio::test]
+async fn a_rollout_without_its_route_says_it_waits_and_starts_once_the_route_exists() {
+    let store = Arc::new(Store::open(temp_store("no-route")).unwrap());
+    seed(&store);
+    let route = store.get("Route", "web").unwrap();
+    store.delete("Route", "web", None).unwrap();
+    let (proxies, _rx) = proxies_with(&fake_admin(0).await);
+    let controller = tokio::spawn(run(store.clone(), proxies));
+    let s = wait_for(&store, "the waiting message", |s| s.message == "waiting for Route/web").await;
+    assert_eq!(s.weight, 0);
+    store.put("Route", "web", route.value, None).unwrap();
+    wait_for(&store, "the canary at 20%", |s| s.weight == 20).await;
+    controller.abort();
+    assert_eq!(reasons(&store)[..2], ["Started", "WeightChanged"]);
+}
