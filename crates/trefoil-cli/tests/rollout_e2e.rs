@@ -29,7 +29,8 @@ fn mesh(gateway: SocketAddr, canary_args: &str, strategy: &str, analysis: &str) 
 
 /// 20% then 50%, each held for two passing checks a second apart.
 const STEPS: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}]}}";
-const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 200ms}}]}";
+/// The latency bound is loose: a busy test machine must not fail a healthy canary.
+const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 1s}}]}";
 
 /// Starts the mesh, waits until the gateway serves web v1, and starts the traffic.
 fn start(files: &str, gateway: SocketAddr) -> Up {
@@ -129,7 +130,8 @@ fn a_canary_answering_5xx_is_rolled_back() {
 #[test]
 fn a_slow_canary_is_rolled_back() {
     // Slow answers slow each client down: several keep the canary above the volume floor.
-    rolled_back(", --delay, 300ms", ANALYSIS, "latencyP99", 4);
+    let analysis = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 200ms}}]}";
+    rolled_back(", --delay, 300ms", analysis, "latencyP99", 4);
 }
 
 #[test]

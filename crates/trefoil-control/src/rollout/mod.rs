@@ -166,6 +166,18 @@ async fn reconcile(store: &Store, scraper: &mut scrape::Scraper, admins: &[Strin
         return Err(RolloutError::RouteMissing(spec.route.clone()));
     };
 
+    // Traffic to a canary with no ready replica would fail: wait for one
+    // before the first shift. Later, a canary that stops serving is judged
+    // (and rolled back) by its failing checks instead.
+    if plan::before_traffic(&status) && !canary_ready(store, &spec) {
+        let waiting = format!("waiting for a ready endpoint of {} {}", spec.service, spec.canary);
+        if status.message != waiting || !notes.is_empty() {
+            status.message = waiting;
+            persist(store, &name, &mut status, notes, expected)?;
+        }
+        return Ok(());
+    }
+
     if let Some(analysis) = spec.analysis.as_ref().filter(|_| plan::canary_has_traffic(&spec, &status)) {
         if now.saturating_sub(status.last_check_ms) >= analysis.interval.get().as_millis() as u64 {
             match scraper.measure(&name, &spec, analysis, admins).await {
@@ -189,6 +201,14 @@ async fn reconcile(store: &Store, scraper: &mut scrape::Scraper, admins: &[Strin
         store.put("Route", &spec.route, value, Some(route.resource_version))?;
     }
     Ok(())
+}
+
+/// Whether the canary version has an endpoint to serve: a ready one the
+/// runtime discovered, or a static one of the Service.
+fn canary_ready(store: &Store, spec: &RolloutSpec) -> bool {
+    let spec_of = |kind: &'static str| store.get(kind, &spec.service).and_then(|s| decode(&s, kind).ok()).map(|r| r.spec);
+    let discovered = matches!(spec_of("Endpoints"), Some(Spec::Endpoints(e)) if e.endpoints.iter().any(|e| e.ready && e.version == spec.canary));
+    discovered || matches!(spec_of("Service"), Some(Spec::Service(s)) if s.endpoints.iter().any(|e| e.version == spec.canary))
 }
 
 /// The Route's new value with its generation bumped, or `None` when it

@@ -46,6 +46,11 @@ pub fn canary_has_traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> boo
     status.phase == RolloutPhase::Progressing && traffic(spec, status) != Traffic::Weighted(0)
 }
 
+/// Whether the canary has not been sent any traffic yet in this rollout.
+pub fn before_traffic(status: &RolloutStatusSpec) -> bool {
+    status.phase == RolloutPhase::Progressing && status.step == 0 && status.weight == 0 && status.last_check_ms == 0 && status.last_check.is_none()
+}
+
 /// A fresh status for a new (or changed) rollout.
 pub fn start(generation: u64, now_ms: u64) -> (RolloutStatusSpec, Note) {
     let status = RolloutStatusSpec { observed_generation: generation, step_started_ms: now_ms, message: "started".into(), ..Default::default() };

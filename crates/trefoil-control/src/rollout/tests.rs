@@ -58,6 +58,8 @@ fn proxies_with(admin: &str) -> (Arc<Proxies>, tokio::sync::watch::Receiver<Opti
 }
 
 fn seed(store: &Store) {
+    let ready = DiscoveredEndpoint { address: "127.0.0.1:1".into(), version: "v2".into(), workload: "web-v2".into(), replica: 0, ready: true };
+    put_resource(store, "web", Spec::Endpoints(EndpointsSpec { endpoints: vec![ready] }));
     let backend = WeightedBackend { service: "web".into(), version: Some("v1".into()), weight: 1 };
     put_resource(store, "web", Spec::Route(RouteSpec { service: Some("web".into()), hosts: vec![], rules: vec![RouteRule { backends: vec![backend], ..Default::default() }] }));
     let analysis = Analysis { interval: Duration::from_millis(100), threshold: 2, min_requests: 10, metrics: vec![AnalysisMetric::SuccessRate(MinBound { min: 99.0 })] };
@@ -224,4 +226,21 @@ async fn a_rollout_without_its_route_says_it_waits_and_starts_once_the_route_exi
     wait_for(&store, "the canary at 20%", |s| s.weight == 20).await;
     controller.abort();
     assert_eq!(reasons(&store)[..2], ["Started", "WeightChanged"]);
+}
+
+#[tokio::test]
+async fn no_traffic_moves_before_the_canary_has_a_ready_endpoint() {
+    let store = Arc::new(Store::open(temp_store("unready")).unwrap());
+    seed(&store);
+    let mut endpoints = store.get("Endpoints", "web").unwrap().value;
+    endpoints["spec"]["endpoints"][0]["ready"] = serde_json::json!(false);
+    store.put("Endpoints", "web", endpoints.clone(), None).unwrap();
+    let (proxies, _rx) = proxies_with(&fake_admin(0).await);
+    let controller = tokio::spawn(run(store.clone(), proxies));
+    wait_for(&store, "the waiting message", |s| s.message == "waiting for a ready endpoint of web v2").await;
+    assert_eq!(weights(&store), [(Some("v1".into()), 1)], "the Route is untouched");
+    endpoints["spec"]["endpoints"][0]["ready"] = serde_json::json!(true);
+    store.put("Endpoints", "web", endpoints, None).unwrap();
+    wait_for(&store, "the canary at 20%", |s| s.weight == 20).await;
+    controller.abort();
 }
