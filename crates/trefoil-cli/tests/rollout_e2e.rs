@@ -7,6 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use common::load::Load;
@@ -32,12 +33,62 @@ const STEPS: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}},
 /// The latency bound is loose: a busy test machine must not fail a healthy canary.
 const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 1s}}]}";
 
-/// Starts the mesh, waits until the gateway serves web v1, and starts the traffic.
-fn start(files: &str, gateway: SocketAddr) -> Up {
+/// How many meshes of this file run at once. Each picks free ports by
+/// binding and releasing them, so many meshes starting together can pick
+/// the same port; a few at a time keeps that rare.
+const MESHES_AT_ONCE: usize = 3;
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A place among the running meshes, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (count, freed) = &RUNNING;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MESHES_AT_ONCE {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// A running mesh; its slot is given back after `trefoil up` stopped.
+struct Mesh {
+    up: Up,
+    _slot: Slot,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Up;
+    fn deref(&self) -> &Up {
+        &self.up
+    }
+}
+
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut Up {
+        &mut self.up
+    }
+}
+
+/// Starts the mesh and waits until the gateway serves web v1.
+fn start(files: &str, gateway: SocketAddr) -> Mesh {
+    let slot = Slot::take();
     let mut up = Up::start(files);
     up.wait_ready(&["web-v1-0", "web-v2-0"]);
-    wait_until("the gateway serving web", Duration::from_secs(30), || common::http_get(gateway, "edge", "/").0 == 200);
-    up
+    // The gateway may not listen yet: a refused connection is "not yet".
+    wait_until("the gateway serving web", Duration::from_secs(30), || matches!(common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..))));
+    Mesh { up, _slot: slot }
 }
 
 fn status(up: &Up) -> Value {
