@@ -26,7 +26,9 @@ def main():
     p.add_argument("--ready", help="create this file after the first response")
     p.add_argument("--max-seconds", type=float, default=120.0)
     p.add_argument("--interval", type=float, default=0.0, help="pause between requests, in seconds")
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="a header every request carries (repeatable)")
     args = p.parse_args()
+    headers = dict(h.split(":", 1) for h in args.header)
 
     host, port = args.target.rsplit(":", 1)
     conn = None
@@ -42,7 +44,7 @@ def main():
         try:
             if conn is None:
                 conn = http.client.HTTPConnection(host, int(port), timeout=10)
-            conn.request("GET", args.path)
+            conn.request("GET", args.path, headers=headers)
             resp = conn.getresponse()
             resp.read()
             statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1

@@ -57,6 +57,9 @@ enum Command {
     /// Live requests per second, success rate and p50/p99 latency per service and version.
     #[command(long_about = commands::top::ABOUT)]
     Top(commands::top::Args),
+    /// Follow and steer a Rollout: status, promote, abort, pause, resume.
+    #[command(long_about = commands::rollout::ABOUT)]
+    Rollout(commands::rollout::Args),
     /// Check the control plane, proxies and workloads; one line per check, exit 1 if any fails.
     #[command(long_about = commands::check::ABOUT)]
     Check(commands::check::Args),
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Top(args) => commands::top::run(args),
         Command::Check(args) => commands::check::run(args),
+        Command::Rollout(args) => commands::rollout::run(args),
         Command::Describe(args) => commands::describe::run(args),
         Command::Up(args) => commands::up::run(args),
         Command::Logs(args) => commands::logs::run(args),

@@ -6,9 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::load::Load;
 use common::up::*;
 use common::{addr, count, curl_many, http_get, run_with_timeout, trefoil_bin, wait_until};
 use serde_json::Value;
@@ -44,38 +45,6 @@ fn route_version(up: &Up) -> u64 {
 fn all_acked(up: &Up, version: u64) -> bool {
     let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
     !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
-}
-
-/// `tests/mesh/traffic.py` sending requests until `stop` exists.
-struct Load {
-    child: Child,
-    stop: PathBuf,
-}
-
-impl Load {
-    fn start(dir: &Path, gateway: std::net::SocketAddr) -> Load {
-        let (stop, ready) = (dir.join("load.stop"), dir.join("load.ready"));
-        let child = Command::new("python3")
-            .arg(repo_root().join("tests/mesh/traffic.py"))
-            .args(["--target", &gateway.to_string(), "--max-seconds", "120", "--interval", "0.005"])
-            .arg("--until")
-            .arg(&stop)
-            .arg("--ready")
-            .arg(&ready)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 tests/mesh/traffic.py");
-        wait_until("the Python client's first response", Duration::from_secs(30), || ready.exists());
-        Load { child, stop }
-    }
-
-    fn finish(self) -> Value {
-        std::fs::write(&self.stop, b"").unwrap();
-        let out = self.child.wait_with_output().expect("waiting for the Python client");
-        assert!(out.status.success(), "traffic.py failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("traffic.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-    }
 }
 
 #[test]

@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trefoil_model::{load_str, resource::KINDS, Diagnostic};
+use trefoil_model::resource::{CONTROLLER_KINDS, KINDS};
+use trefoil_model::{load_str, Diagnostic};
 
 use crate::store::{Event, Store, StoreError, Stored};
 
@@ -71,6 +72,15 @@ fn kind_of(segment: &str) -> Result<&'static str, ApiError> {
         .find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular)
         .copied()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown kind {segment:?}; kinds: {}", KINDS.join(", "))))
+}
+
+/// Refuses client writes to kinds only the control plane writes, so a
+/// rollout's recorded progress and its events stay the controller's word.
+fn writable(kind: &'static str) -> Result<&'static str, ApiError> {
+    if CONTROLLER_KINDS.contains(&kind) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, format!("{kind} is written by the control plane only")));
+    }
+    Ok(kind)
 }
 
 /// A stored object as clients see it: with its `resourceVersion`.
@@ -187,7 +197,7 @@ fn write(store: &Store, kind: &str, name: &str, mut value: Value, expected: Opti
 }
 
 async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body: Bytes) -> Result<Response, ApiError> {
-    let kind = kind_of(&kind)?;
+    let kind = writable(kind_of(&kind)?)?;
     let (value, _) = parse(kind, None, &body)?;
     let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let mut value = value;
@@ -201,7 +211,7 @@ async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body:
 }
 
 async fn apply(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
-    let kind = kind_of(&kind)?;
+    let kind = writable(kind_of(&kind)?)?;
     let (value, expected) = parse(kind, Some(&name), &body)?;
     let (rv, created) = write(&store, kind, &name, value, expected)?;
     let stored = store.get(kind, &name).filter(|s| s.resource_version == rv);
@@ -216,7 +226,7 @@ struct DeleteQuery {
 }
 
 async fn remove(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, Query(q): Query<DeleteQuery>) -> Result<Response, ApiError> {
-    let kind = kind_of(&kind)?;
+    let kind = writable(kind_of(&kind)?)?;
     let rv = store.delete(kind, &name, q.resource_version)?;
     Ok(Json(json!({"deleted": format!("{kind}/{name}"), "resourceVersion": rv.to_string()})).into_response())
 }

@@ -1,11 +1,13 @@
 //! Trefoil's control plane: the embedded crash-safe resource store, the REST
-//! API over it, and the config stream that sends each proxy its snapshot.
+//! API over it, the config stream that sends each proxy its snapshot, and
+//! the rollout controller.
 
 pub mod api;
 pub mod compile;
 pub mod config_stream;
 pub mod openapi;
 pub mod proxies;
+pub mod rollout;
 pub mod status;
 pub mod store;
 
@@ -78,10 +80,12 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone()));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
     let service = config_stream::ConfigStreamService::new(compiler);
+    let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
-    let app = api::router(store.clone()).merge(status::router(store, proxies));
+    let app = api::router(store.clone()).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies));
     let served = axum::serve(rest, app).with_graceful_shutdown(stopped(stop_rx)).await;
     distributor.abort();
+    rollouts.abort();
     match tokio::time::timeout(STREAM_CLOSE_GRACE, grpc).await {
         Ok(Ok(Err(e))) => return Err(e.into()),
         Ok(_) => {}

@@ -24,10 +24,10 @@ pub fn document() -> Value {
                     "responses": {"200": {"description": "the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/List"}}}}, "404": error}
                 },
                 "post": {
-                    "summary": "Create a resource; 409 if it exists",
+                    "summary": "Create a resource; 409 if it exists, 403 for kinds only the control plane writes (RolloutStatus, Event)",
                     "parameters": [kind],
                     "requestBody": body,
-                    "responses": {"201": resource, "400": error, "404": error, "409": error, "422": error}
+                    "responses": {"201": resource, "400": error, "403": error, "404": error, "409": error, "422": error}
                 }
             },
             "/api/v1/watch/{kind}": {
@@ -35,6 +35,13 @@ pub fn document() -> Value {
                     "summary": "Watch a kind: JSON lines, the current objects as ADDED, then MODIFIED and DELETED as they happen; the stream stays open",
                     "parameters": [kind],
                     "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "404": error}
+                }
+            },
+            "/api/v1/rollouts/{name}/{action}": {
+                "post": {
+                    "summary": "Act on a rollout by hand: promote (all traffic to the canary), abort (all back to stable), pause, resume; recorded in RolloutStatus/{name} with an Event",
+                    "parameters": [name, {"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["promote", "abort", "pause", "resume"]}}],
+                    "responses": {"200": {"description": "the rollout's new status", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "status"], "properties": {"name": {"type": "string"}, "status": {"type": "object"}}}}}}, "404": error, "409": error}
                 }
             },
             "/api/v1/status/proxies": {
@@ -49,12 +56,12 @@ pub fn document() -> Value {
                     "summary": "Create or replace a resource; with metadata.resourceVersion only if it is current (else 409)",
                     "parameters": [kind, name],
                     "requestBody": body,
-                    "responses": {"200": resource, "201": resource, "400": error, "404": error, "409": error, "422": error}
+                    "responses": {"200": resource, "201": resource, "400": error, "403": error, "404": error, "409": error, "422": error}
                 },
                 "delete": {
                     "summary": "Delete a resource; with ?resourceVersion only if it is current",
                     "parameters": [kind, name, {"name": "resourceVersion", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}],
-                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object"}}}}, "404": error, "409": error}
+                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object"}}}}, "403": error, "404": error, "409": error}
                 }
             }
         },

@@ -129,6 +129,9 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         "Endpoints" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Endpoints),
         "NetworkFunction" => typed(file, doc, "spec", spec_value).map(Spec::NetworkFunction),
         "CNF" => typed(file, doc, "spec", spec_value).map(Spec::Cnf),
+        "Rollout" => typed(file, doc, "spec", spec_value).map(Spec::Rollout),
+        "RolloutStatus" => typed(file, doc, "spec", spec_value).map(Spec::RolloutStatus),
+        "Event" => typed(file, doc, "spec", spec_value).map(Spec::Event),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     match (metadata, spec) {

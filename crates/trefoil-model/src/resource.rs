@@ -39,10 +39,16 @@ pub enum Spec {
     NetworkFunction(NetworkFunctionSpec),
     #[serde(rename = "CNF")]
     Cnf(CnfSpec),
+    Rollout(RolloutSpec),
+    RolloutStatus(RolloutStatusSpec),
+    Event(EventSpec),
 }
 
 /// Every kind this build knows, for error messages.
-pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints", "NetworkFunction", "CNF"];
+pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints", "NetworkFunction", "CNF", "Rollout", "RolloutStatus", "Event"];
+
+/// Kinds only the control plane writes; the API refuses them from clients.
+pub const CONTROLLER_KINDS: &[&str] = &["RolloutStatus", "Event"];
 
 impl Spec {
     pub fn kind(&self) -> &'static str {
@@ -56,6 +62,9 @@ impl Spec {
             Spec::Endpoints(_) => "Endpoints",
             Spec::NetworkFunction(_) => "NetworkFunction",
             Spec::Cnf(_) => "CNF",
+            Spec::Rollout(_) => "Rollout",
+            Spec::RolloutStatus(_) => "RolloutStatus",
+            Spec::Event(_) => "Event",
         }
     }
 }

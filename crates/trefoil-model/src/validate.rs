@@ -21,7 +21,7 @@ pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
 }
 
 fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
-    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), functions: BTreeMap::new(), cnfs: BTreeSet::new(), check_references };
+    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), functions: BTreeMap::new(), cnfs: BTreeSet::new(), routes: BTreeMap::new(), check_references };
     // A service's versions come from its static endpoints, the workloads that
     // serve it and the endpoints the runtime discovered.
     for r in resources {
@@ -35,6 +35,9 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             }
             Spec::Cnf(_) => {
                 v.cnfs.insert(name);
+            }
+            Spec::Route(route) => {
+                v.routes.insert(name, route.rules.iter().flat_map(|rule| rule.backends.iter().map(|b| b.service.clone())).collect());
             }
             _ => {}
         }
@@ -79,6 +82,9 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             Spec::Endpoints(e) => v.endpoints(r, e),
             Spec::NetworkFunction(f) => v.network_function(r, f),
             Spec::Cnf(c) => v.cnf(r, c),
+            Spec::Rollout(rollout) => v.rollout(r, rollout),
+            // Written by the control plane itself, from checked values.
+            Spec::RolloutStatus(_) | Spec::Event(_) => {}
         }
     }
     if v.problems.is_empty() {
@@ -108,6 +114,8 @@ struct Validator {
     /// NetworkFunction name -> the events it publishes.
     functions: BTreeMap<String, BTreeSet<String>>,
     cnfs: BTreeSet<String>,
+    /// Route name -> the services its backends name.
+    routes: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Validator {
@@ -214,6 +222,123 @@ impl Validator {
                 (Some(path), false) if !path.starts_with('/') => self.report(r, "spec.health.http", format!("{path:?} is not a path starting with '/'")),
                 (Some(_), true) | (None, false) => self.report(r, "spec.health", "give exactly one of `http: /path` or `tcp: true`"),
                 _ => {}
+            }
+        }
+    }
+
+    fn rollout(&mut self, r: &SourcedResource, ro: &RolloutSpec) {
+        for (field, value) in [("service", &ro.service), ("route", &ro.route)] {
+            if !valid_name(value) {
+                self.report(r, &format!("spec.{field}"), format!("invalid name {value:?}"));
+            }
+        }
+        for (field, value) in [("stable", &ro.stable), ("canary", &ro.canary)] {
+            if value.trim().is_empty() {
+                self.report(r, &format!("spec.{field}"), "a version is needed");
+            }
+        }
+        if ro.stable == ro.canary {
+            self.report(r, "spec.canary", format!("the canary must differ from the stable version {:?}", ro.stable));
+        }
+        self.backend(r, "spec", &ro.service, Some(&ro.stable));
+        if self.check_references {
+            match self.routes.get(&ro.route) {
+                None => self.report(r, "spec.route", format!("no Route named {:?}", ro.route)),
+                Some(services) if !services.contains(&ro.service) => self.report(r, "spec.route", format!("Route {:?} has no backend of service {:?} to shift", ro.route, ro.service)),
+                Some(_) => {}
+            }
+        }
+        let judged = |checks: u32, v: &mut Self, field: &str| {
+            if checks == 0 {
+                v.report(r, field, "must be at least 1");
+            }
+        };
+        match &ro.strategy {
+            Strategy::Canary(c) => {
+                if c.steps.is_empty() {
+                    self.report(r, "spec.strategy.canary.steps", "a canary needs at least one step (e.g. `- setWeight: 20`)");
+                }
+                let mut last = 0;
+                for (i, step) in c.steps.iter().enumerate() {
+                    let at = format!("spec.strategy.canary.steps[{i}]");
+                    match step {
+                        CanaryStep::SetWeight(w) if *w > 100 => self.report(r, &format!("{at}.setWeight"), format!("{w} is not a percentage between 0 and 100")),
+                        CanaryStep::SetWeight(w) => last = *w,
+                        CanaryStep::Pause(d) if d.get().is_zero() => self.report(r, &format!("{at}.pause"), "must be greater than 0"),
+                        CanaryStep::Analysis(a) => {
+                            judged(a.checks, self, &format!("{at}.analysis.checks"));
+                            if ro.analysis.is_none() {
+                                self.report(r, &at, "an analysis step needs `spec.analysis`");
+                            }
+                            if last == 0 {
+                                self.report(r, &at, "an analysis step needs traffic on the canary: put a `setWeight` above 0 before it");
+                            }
+                        }
+                        CanaryStep::Pause(_) => {}
+                    }
+                }
+            }
+            Strategy::AbTest(ab) => {
+                match (&ab.header, &ab.cookie) {
+                    (Some(h), None) => {
+                        if !valid_header_name(&h.name) {
+                            self.report(r, "spec.strategy.abTest.header.name", format!("{:?} is not a valid header name", h.name));
+                        }
+                    }
+                    (None, Some(c)) => {
+                        if c.name.is_empty() || c.name.contains([';', '=', ' ']) {
+                            self.report(r, "spec.strategy.abTest.cookie.name", format!("{:?} is not a cookie name", c.name));
+                        }
+                    }
+                    _ => self.report(r, "spec.strategy.abTest", "give exactly one of `header` or `cookie`"),
+                }
+                judged(ab.checks, self, "spec.strategy.abTest.checks");
+            }
+            Strategy::Mirror(m) => {
+                self.percent(r, "spec.strategy.mirror.percent", m.percent);
+                judged(m.checks, self, "spec.strategy.mirror.checks");
+            }
+            Strategy::BlueGreen(b) => judged(b.checks, self, "spec.strategy.blueGreen.checks"),
+        }
+        let needs_analysis = !matches!(ro.strategy, Strategy::Canary(_));
+        match &ro.analysis {
+            None if needs_analysis => self.report(r, "spec.analysis", "this strategy promotes on passing checks, so it needs `analysis`"),
+            None => {}
+            Some(a) => {
+                if a.interval.get().is_zero() {
+                    self.report(r, "spec.analysis.interval", "must be greater than 0");
+                }
+                if a.threshold == 0 {
+                    self.report(r, "spec.analysis.threshold", "must be at least 1");
+                }
+                if a.metrics.is_empty() {
+                    self.report(r, "spec.analysis.metrics", "analysis needs at least one metric");
+                }
+                for (i, m) in a.metrics.iter().enumerate() {
+                    let at = format!("spec.analysis.metrics[{i}]");
+                    match m {
+                        AnalysisMetric::SuccessRate(b) => self.percent(r, &format!("{at}.successRate.min"), b.min),
+                        AnalysisMetric::LatencyP99(b) if b.max.get().is_zero() => self.report(r, &format!("{at}.latencyP99.max"), "must be greater than 0"),
+                        AnalysisMetric::LatencyP99(_) => {}
+                        AnalysisMetric::LatencyVsStable(b) if !(b.alpha > 0.0 && b.alpha < 1.0) => {
+                            self.report(r, &format!("{at}.latencyVsStable.alpha"), format!("{} is not a significance level between 0 and 1 (e.g. 0.01)", b.alpha))
+                        }
+                        AnalysisMetric::LatencyVsStable(_) => {}
+                        AnalysisMetric::Prometheus(p) => {
+                            if !p.address.starts_with("http://") {
+                                self.report(r, &format!("{at}.prometheus.address"), "must be an http:// URL");
+                            }
+                            if p.query.trim().is_empty() {
+                                self.report(r, &format!("{at}.prometheus.query"), "a PromQL query is needed");
+                            }
+                            match (p.min, p.max) {
+                                (None, None) => self.report(r, &format!("{at}.prometheus"), "give `min`, `max` or both"),
+                                (Some(min), Some(max)) if min > max => self.report(r, &format!("{at}.prometheus.min"), format!("min {min} is above max {max}")),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -536,6 +661,41 @@ mod tests {
         assert!(err.contains("c.yaml:12:3: spec.command"), "{err}");
         assert!(err.contains("spec.port: a fixed port allows one replica"), "{err}");
         assert!(err.contains("spec.health.http"), "{err}");
+    }
+
+    /// The Route the rollouts below drive, to append after them.
+    const WEB_ROUTE: &str = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules: [{backends: [{service: web}]}]\n";
+    const ROLLOUT: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Rollout\nmetadata: {name: web}\nspec:\n  service: web\n  stable: v1\n  canary: v2\n  route: web\n";
+
+    #[test]
+    fn a_canary_rollout_loads_and_passes() {
+        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - analysis: {{checks: 2}}\n      - pause: 30s\n      - setWeight: 50\n  analysis:\n    interval: 1s\n    metrics:\n    - successRate: {{min: 99}}\n    - latencyP99: {{max: 250ms}}\n    - latencyVsStable: {{alpha: 0.01}}\n    - prometheus: {{address: 'http://127.0.0.1:9090', query: 'up', min: 1}}\n{WEB_ROUTE}");
+        check(&text).unwrap();
+        let r = load_str(&Arc::from("c.yaml"), &text).unwrap();
+        let Spec::Rollout(ro) = &r[0].resource.spec else { panic!() };
+        let Strategy::Canary(c) = &ro.strategy else { panic!() };
+        assert_eq!(c.steps[0], CanaryStep::SetWeight(20));
+        assert_eq!(c.steps[1], CanaryStep::Analysis(AnalysisStep { checks: 2 }));
+        let a = ro.analysis.as_ref().unwrap();
+        assert_eq!((a.threshold, a.min_requests), (2, 10), "defaults");
+    }
+
+    #[test]
+    fn rollout_mistakes_are_located() {
+        let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - analysis: {{}}\n      - setWeight: 120\n  analysis:\n    interval: 0s\n    metrics:\n    - prometheus: {{address: '127.0.0.1:9090', query: up}}\n{WEB_ROUTE}");
+        let err = check(&text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.strategy.canary.steps[0]", "spec.strategy.canary.steps[1].setWeight", "spec.analysis.interval", "spec.analysis.metrics[0].prometheus.address", "spec.analysis.metrics[0].prometheus"]);
+        assert_eq!(err.0[1].line, 19, "{err}");
+        let ab = format!("{ROLLOUT}  strategy: {{abTest: {{header: {{name: 'x user', value: a}}, cookie: {{name: c, value: d}}}}}}\n{WEB_ROUTE}");
+        let fields: Vec<String> = check(&ab).unwrap_err().0.into_iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["spec.strategy.abTest", "spec.analysis"]);
+        let routed = format!("{ROLLOUT}  strategy: {{blueGreen: {{}}}}\n  analysis: {{metrics: [{{successRate: {{min: 99}}}}]}}\n{WEB_ROUTE}");
+        check(&routed).unwrap();
+        let err = check(&routed.replace("route: web", "route: api")).unwrap_err();
+        assert_eq!((err.0[0].field.as_str(), err.0[0].message.as_str()), ("spec.route", "no Route named \"api\""));
+        let same = ROLLOUT.replace("canary: v2", "canary: v1") + "  strategy: {blueGreen: {}}\n  analysis: {metrics: [{successRate: {min: 99}}]}\n";
+        assert_eq!(check(&same).unwrap_err().0[0].field, "spec.canary");
     }
 
     #[test]

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
+use trefoil_metrics::fetch::Fetcher;
 use trefoil_model::{Resource, Spec};
 
 use crate::observe::control_plane::{version_text, ControlPlane, ProxyStatus};
-use crate::observe::fetch::Fetcher;
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.

@@ -18,7 +18,7 @@ use crate::output::{current_thread_runtime, exit, print_structured, Format};
 pub struct Server {
     /// Control plane REST API.
     #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    pub server: String,
 }
 
 #[derive(clap::Args)]
@@ -58,14 +58,14 @@ pub struct DeleteArgs {
 }
 
 /// A failed call: what to tell the user and which exit code to use.
-struct Failure {
-    message: String,
-    code: ExitCode,
+pub(crate) struct Failure {
+    pub message: String,
+    pub code: ExitCode,
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn call(client: &HttpClient, server: &str, method: http::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Value), Failure> {
+pub(crate) async fn call(client: &HttpClient, server: &str, method: http::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Value), Failure> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let req = http::Request::builder()
         .method(method)
@@ -82,7 +82,7 @@ async fn call(client: &HttpClient, server: &str, method: http::Method, path: &st
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
 }
 
-fn server_error(status: u16, body: &Value) -> String {
+pub(crate) fn server_error(status: u16, body: &Value) -> String {
     let mut msg = format!("{status}: {}", body["error"].as_str().unwrap_or("request failed"));
     for e in body["errors"].as_array().into_iter().flatten() {
         msg.push_str(&format!("\n  {}:{}:{}: {}: {}", e["file"].as_str().unwrap_or(""), e["line"], e["column"], e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")));
@@ -90,14 +90,14 @@ fn server_error(status: u16, body: &Value) -> String {
     msg
 }
 
-fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+pub(crate) fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
     match current_thread_runtime() {
         Some(rt) => rt.block_on(f),
         None => exit::failure(),
     }
 }
 
-fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
@@ -172,6 +172,10 @@ pub fn get(args: GetArgs) -> ExitCode {
         match args.output {
             Format::Table => {
                 let items = if args.name.is_some() { vec![body] } else { body["items"].as_array().cloned().unwrap_or_default() };
+                if items.first().is_some_and(|i| i["kind"] == "Event") {
+                    crate::commands::rollout::print_events(&items);
+                    return exit::ok();
+                }
                 println!("{:<16} {:<32} {:>8} {:>10}", "KIND", "NAME", "VERSION", "GENERATION");
                 for item in items {
                     let m = &item["metadata"];

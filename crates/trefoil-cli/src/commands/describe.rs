@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
+use trefoil_metrics::fetch::{FetchError, Fetcher};
 use trefoil_model::resource::KINDS;
 use trefoil_model::spec::{EndpointsSpec, RouteSpec, WorkloadSpec};
 use trefoil_model::{Resource, Spec};
 
 use crate::observe::control_plane::{ControlPlane, ProxyStatus};
-use crate::observe::fetch::{FetchError, Fetcher};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.

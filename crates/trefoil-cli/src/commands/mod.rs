@@ -6,6 +6,7 @@ pub mod demo_app;
 pub mod describe;
 pub mod logs;
 pub mod proxy;
+pub mod rollout;
 pub mod top;
 pub mod up;
 pub mod validate;

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trefoil_metrics::fetch::Fetcher;
+use trefoil_metrics::promtext::{self, Sample};
+use trefoil_metrics::traffic::{self, Growth, Key, Row};
 
 use crate::observe::control_plane::{ControlPlane, ProxyStatus};
-use crate::observe::fetch::Fetcher;
-use crate::observe::promtext::{self, Sample};
-use crate::observe::traffic::{self, Growth, Key, Row};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.

@@ -3,9 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use trefoil_metrics::fetch::{FetchError, Fetcher};
 use trefoil_model::Resource;
-
-use super::fetch::{FetchError, Fetcher};
 
 const WHAT: &str = "control plane";
 

@@ -1,7 +1,4 @@
 //! What the observing commands (`top`, `check`, `describe`) share: reading
-//! the control plane, fetching from proxies, and the metrics math.
+//! the control plane (fetching and the metrics math are `trefoil-metrics`).
 
 pub mod control_plane;
-pub mod fetch;
-pub mod promtext;
-pub mod traffic;

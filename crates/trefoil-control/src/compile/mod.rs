@@ -75,6 +75,8 @@ impl MeshView {
                 Spec::NetworkFunction(_) => {
                     functions.insert(r.name(), r);
                 }
+                // Rollouts act through the Route they rewrite; proxies never see them.
+                Spec::Rollout(_) | Spec::RolloutStatus(_) | Spec::Event(_) => {}
             }
         }
         passthrough.extend(chained(&routes, &cnfs, &functions));

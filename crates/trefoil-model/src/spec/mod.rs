@@ -2,8 +2,11 @@
 
 pub mod cnf;
 pub mod endpoints;
+pub mod event;
 pub mod listener;
 pub mod proxy;
+pub mod rollout;
+pub mod rollout_status;
 pub mod route;
 pub mod service;
 pub mod traffic_policy;
@@ -11,8 +14,11 @@ pub mod workload;
 
 pub use cnf::*;
 pub use endpoints::*;
+pub use event::*;
 pub use listener::*;
 pub use proxy::*;
+pub use rollout::*;
+pub use rollout_status::*;
 pub use route::*;
 pub use service::*;
 pub use traffic_policy::*;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::promtext::Sample;
+use crate::promtext::Sample;
 
 pub const REQUESTS: &str = "trefoil_requests_total";
 pub const DURATION_BUCKET: &str = "trefoil_request_duration_seconds_bucket";
@@ -193,7 +193,7 @@ fn rank(direction: &str) -> (u8, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::promtext::parse;
+    use crate::promtext::parse;
 
     fn requests(direction: &str, version: &str, code: u16, n: f64) -> String {
         format!("{REQUESTS}{{direction=\"{direction}\",route=\"web\",service=\"web\",version=\"{version}\",status_code=\"{code}\",cnf=\"\"}} {n}\n")

@@ -1,6 +1,6 @@
 //! The Prometheus text exposition format (0.0.4), read into samples.
 //!
-//! Only what `trefoil top` needs: sample lines with labels and a value.
+//! Only what rates need: sample lines with labels and a value.
 //! Comment lines (`# HELP`, `# TYPE`, `# EOF`) carry nothing a rate needs,
 //! so they are skipped rather than checked.
 

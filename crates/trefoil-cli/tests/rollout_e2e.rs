@@ -1,0 +1,348 @@
+//! Rollouts end to end in the local runtime: `trefoil up` runs a gateway,
+//! web v1 and a v2 canary (`trefoil demo-app`, healthy, failing or slow),
+//! a Python client sends live traffic through the gateway, and the control
+//! plane's rollout controller judges v2 from the sidecars' metrics.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use common::load::Load;
+use common::up::*;
+use common::{addr, run_with_timeout, trefoil_bin, wait_until, API};
+use serde_json::Value;
+
+/// A gateway on `gateway`, web v1 and v2 (v2 run with `canary_args`), a
+/// Route sending everything to v1, and the Rollout `strategy` of web to v2.
+fn mesh(gateway: SocketAddr, canary_args: &str, strategy: &str, analysis: &str) -> String {
+    format!(
+        "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
+         {API}\nkind: Listener\nmetadata: {{name: gateway-http}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: web-v1}}\nspec: {{service: web, version: v1, command: trefoil, args: [demo-app], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: web-v2}}\nspec: {{service: web, version: v2, command: trefoil, args: [demo-app{canary_args}], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Route\nmetadata: {{name: edge}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web, version: v1}}]\n    timeout: 5s\n---\n\
+         {API}\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  service: web\n  stable: v1\n  canary: v2\n  route: edge\n  strategy: {strategy}\n  analysis: {analysis}\n"
+    )
+}
+
+/// 20% then 50%, each held for two passing checks a second apart.
+const STEPS: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}]}}";
+/// The latency bound is loose: a busy test machine must not fail a healthy canary.
+const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 1s}}]}";
+
+/// How many meshes of this file run at once. Each picks free ports by
+/// binding and releasing them, so many meshes starting together can pick
+/// the same port; a few at a time keeps that rare.
+const MESHES_AT_ONCE: usize = 3;
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A place among the running meshes, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (count, freed) = &RUNNING;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MESHES_AT_ONCE {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// A running mesh; its slot is given back after `trefoil up` stopped.
+struct Mesh {
+    up: Up,
+    _slot: Slot,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Up;
+    fn deref(&self) -> &Up {
+        &self.up
+    }
+}
+
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut Up {
+        &mut self.up
+    }
+}
+
+/// Starts the mesh and waits until the gateway serves web v1.
+fn start(files: &str, gateway: SocketAddr) -> Mesh {
+    let slot = Slot::take();
+    let mut up = Up::start(files);
+    up.wait_ready(&["web-v1-0", "web-v2-0"]);
+    // The gateway may not listen yet: a refused connection is "not yet".
+    wait_until("the gateway serving web", Duration::from_secs(30), || matches!(common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..))));
+    Mesh { up, _slot: slot }
+}
+
+fn status(up: &Up) -> Value {
+    up.get("/api/v1/rolloutstatus/web")["spec"].clone()
+}
+
+fn wait_phase(up: &mut Up, phase: &str) {
+    up.wait(&format!("the rollout {phase} and settled"), |u| {
+        let s = status(u);
+        s["phase"] == phase && s["settled"] == true
+    });
+}
+
+/// The Route's backends for web: (version, weight).
+fn backends(up: &Up) -> Vec<(String, u64)> {
+    let route = up.get("/api/v1/routes/edge");
+    route["spec"]["rules"][0]["backends"].as_array().into_iter().flatten().map(|b| (b["version"].as_str().unwrap_or("").to_string(), b["weight"].as_u64().unwrap_or(0))).collect()
+}
+
+fn reasons(up: &Up) -> Vec<String> {
+    let out = trefoil(up, &["rollout", "status", "web", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["events"].as_array().into_iter().flatten().map(|e| e["spec"]["reason"].as_str().unwrap_or("").to_string()).collect()
+}
+
+fn trefoil(up: &Up, args: &[&str]) -> std::process::Output {
+    let server = format!("http://{}", up.api());
+    run_with_timeout(Command::new(trefoil_bin()).args(args).args(["--server", &server]), Duration::from_secs(30))
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_request() {
+    let gateway = addr();
+    let mut up = start(&mesh(gateway, "", STEPS, ANALYSIS), gateway);
+    let load = Load::start(&up.dir, gateway);
+    up.wait("the canary at 20%", |u| status(u)["weight"] == 20);
+
+    // The control plane dies mid-rollout; the restarted one resumes from the stored status.
+    let control_pid = up.process("control")["pid"].as_u64().unwrap();
+    unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
+    up.wait("the control plane restarted", |u| u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true);
+
+    wait_phase(&mut up, "Succeeded");
+    assert_eq!(backends(&up), [("v2".to_string(), 100)]);
+    let reasons = reasons(&up);
+    assert_eq!(reasons.iter().filter(|r| *r == "Started").count(), 1, "resumed, not started over: {reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "AnalysisPassed").count(), 2, "{reasons:?}");
+    assert_eq!(reasons.last().map(String::as_str), Some("Promoted"), "{reasons:?}");
+    up.wait("web v2 serving everything", |_| common::http_get(gateway, "edge", "/").2.contains("\"v2\""));
+    let traffic = load.finish();
+    assert_eq!(traffic["failed"], 0, "a request failed during the weight changes or the restart: {traffic}");
+    assert!(traffic["served"]["web v2"].as_u64().unwrap_or(0) > 0, "{traffic}");
+
+    // The status command and the events list read the same story.
+    let out = trefoil(&up, &["rollout", "status", "web"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("phase       Succeeded") && text.contains("Promoted"), "{text}");
+    let out = trefoil(&up, &["get", "events"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Rollout/web"), "{}", String::from_utf8_lossy(&out.stdout));
+    // A finished rollout refuses manual actions (exit 1); an unknown one is bad input (exit 2).
+    assert_eq!(trefoil(&up, &["rollout", "abort", "web"]).status.code(), Some(1));
+    assert_eq!(trefoil(&up, &["rollout", "status", "nope"]).status.code(), Some(2));
+}
+
+/// Runs the rollout against a bad canary and expects it rolled back on `metric`.
+fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) {
+    let gateway = addr();
+    let mut up = start(&mesh(gateway, canary_args, STEPS, analysis), gateway);
+    let loads: Vec<Load> = (0..clients).map(|i| Load::start_as(&up.dir, gateway, &format!("load{i}"), &[])).collect();
+    wait_phase(&mut up, "RolledBack");
+    assert_eq!(backends(&up), [("v1".to_string(), 100)]);
+    let s = status(&up);
+    assert_eq!(s["failedChecks"], 2, "{s}");
+    let failed: Vec<&Value> = s["lastCheck"]["figures"].as_array().unwrap().iter().filter(|f| f["ok"] == false).collect();
+    assert!(failed.iter().any(|f| f["metric"] == metric), "{s}");
+    assert_eq!(reasons(&up).last().map(String::as_str), Some("RolledBack"));
+    for load in loads {
+        load.finish();
+    }
+    let after = common::curl_many(&format!("http://{gateway}/"), 20, &[]);
+    assert_eq!(common::count(&after, |(s, who)| *s == 200 && who == "web v1"), 20, "{after:?}");
+}
+
+#[test]
+fn a_canary_answering_5xx_is_rolled_back() {
+    rolled_back(", --fail-percent, '50'", ANALYSIS, "successRate", 1);
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back() {
+    // Slow answers slow each client down: several keep the canary above the volume floor.
+    let analysis = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 200ms}}]}";
+    rolled_back(", --delay, 300ms", analysis, "latencyP99", 4);
+}
+
+#[test]
+fn a_canary_slower_than_stable_is_rolled_back_by_a_mann_whitney_comparison() {
+    // No fixed latency bound: only "significantly slower than v1".
+    let analysis = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{latencyVsStable: {alpha: 0.01}}]}";
+    rolled_back(", --delay, 100ms", analysis, "latencyVsStable", 4);
+}
+
+/// Every proxy connected and serving the Route's current version.
+fn route_everywhere(up: &Up) -> bool {
+    let version = up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
+    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
+}
+
+#[test]
+fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_by_hand() {
+    let gateway = addr();
+    // Many checks: the test, not the analysis, ends this A/B test.
+    let strategy = "{abTest: {header: {name: x-canary, value: \"yes\"}, checks: 100}}";
+    let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
+    up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+    up.wait("every proxy serving the A/B rule", route_everywhere);
+    let url = format!("http://{gateway}/");
+    let matching = common::curl_many(&url, 40, &["-H", "x-canary: yes"]);
+    let other = common::curl_many(&url, 40, &["-H", "x-canary: no"]);
+    let plain = common::curl_many(&url, 40, &[]);
+    assert_eq!(common::count(&matching, |(s, who)| *s == 200 && who == "web v2"), 40, "{matching:?}");
+    assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 40, "{other:?}");
+    assert_eq!(common::count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
+
+    // Paused, resumed, then promoted by hand: everything to v2, the A/B rule gone.
+    assert!(trefoil(&up, &["rollout", "pause", "web"]).status.success());
+    assert_eq!(status(&up)["phase"], "Paused");
+    assert!(trefoil(&up, &["rollout", "resume", "web"]).status.success());
+    let out = trefoil(&up, &["rollout", "promote", "web", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_phase(&mut up, "Succeeded");
+    let route = up.get("/api/v1/routes/edge");
+    assert_eq!(route["spec"]["rules"].as_array().map(Vec::len), Some(1), "{route:#}");
+    assert_eq!(backends(&up), [("v2".to_string(), 100)]);
+    assert_eq!(reasons(&up), ["Started", "Paused", "Resumed", "Promoted"]);
+}
+
+#[test]
+fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
+    let gateway = addr();
+    // The canary fails every request it gets: clients must not notice.
+    let mut up = start(&mesh(gateway, ", --fail-percent, '100'", "{mirror: {percent: 100, checks: 100}}", ANALYSIS), gateway);
+    let load = Load::start(&up.dir, gateway);
+    wait_phase(&mut up, "RolledBack");
+    let traffic = load.finish();
+    assert_eq!(traffic["failed"], 0, "a client saw the mirror's failure: {traffic}");
+    let served = traffic["served"].as_object().unwrap();
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["web v1"], "{traffic}");
+    let s = status(&up);
+    assert!(s["lastCheck"]["requests"].as_f64().unwrap_or(0.0) >= 5.0, "judged on the copies: {s}");
+    let route = up.get("/api/v1/routes/edge");
+    assert!(route["spec"]["rules"][0]["filters"]["requestMirror"].is_null(), "the mirror is removed: {route:#}");
+}
+
+/// A Prometheus server scraping every proxy's admin `/metrics` each second.
+struct Prometheus {
+    child: std::process::Child,
+}
+
+impl Prometheus {
+    fn start(up: &Up, listen: SocketAddr) -> Prometheus {
+        let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"].as_array().into_iter().flatten().filter_map(|p| p["adminAddress"].as_str().map(|a| format!("'{a}'"))).collect();
+        assert!(admins.len() >= 3, "the gateway and both sidecars: {admins:?}");
+        let dir = up.dir.join("prometheus");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: trefoil\n  static_configs:\n  - targets: [{}]\n", admins.join(", "));
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .expect("starting prometheus");
+        wait_until("prometheus ready", Duration::from_secs(30), || matches!(common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..))));
+        Prometheus { child }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same rollout judged only by a PromQL success rate of v2's inbound traffic.
+fn judged_by_prometheus(canary_args: &str, phase: &str) {
+    let (gateway, prometheus) = (addr(), addr());
+    let series = "trefoil_requests_total{service=\"web\",version=\"v2\",direction=\"inbound\"";
+    let query = format!("sum(rate({series},status_code!~\"5..\"}}[5s])) / sum(rate({series}}}[5s]))");
+    let analysis = format!("{{interval: 1s, threshold: 2, minRequests: 5, metrics: [{{prometheus: {{address: \"http://{prometheus}\", query: '{query}', min: 0.95}}}}]}}");
+    let mut up = start(&mesh(gateway, canary_args, STEPS, &analysis), gateway);
+    let _server = Prometheus::start(&up, prometheus);
+    let load = Load::start(&up.dir, gateway);
+    wait_phase(&mut up, phase);
+    load.finish();
+    let s = status(&up);
+    let figure = &s["lastCheck"]["figures"][0];
+    assert_eq!(figure["metric"], query.as_str(), "{s}");
+    assert!(figure["value"].is_number(), "the query answered: {s}");
+}
+
+#[test]
+fn a_promql_analysis_promotes_a_healthy_canary() {
+    judged_by_prometheus("", "Succeeded");
+}
+
+#[test]
+fn a_promql_analysis_rolls_back_a_failing_canary() {
+    judged_by_prometheus(", --fail-percent, '50'", "RolledBack");
+}
+
+#[test]
+fn a_cookie_ab_test_matches_the_whole_cookie_value() {
+    let gateway = addr();
+    let strategy = "{abTest: {cookie: {name: beta, value: \"on\"}, checks: 100}}";
+    let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
+    up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+    up.wait("every proxy serving the A/B rule", route_everywhere);
+    let url = format!("http://{gateway}/");
+    let with = common::curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
+    let other = common::curl_many(&url, 20, &["-H", "cookie: beta=onward; xbeta=on"]);
+    assert_eq!(common::count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
+    assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
+    // Aborted by hand: the A/B rule goes, everything to v1.
+    assert!(trefoil(&up, &["rollout", "abort", "web"]).status.success());
+    wait_phase(&mut up, "Aborted");
+    assert_eq!(up.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len), Some(1));
+    assert_eq!(backends(&up), [("v1".to_string(), 100)]);
+}
+
+#[test]
+fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
+    let gateway = addr();
+    let mut up = start(&mesh(gateway, ", --fail-percent, '50'", "{blueGreen: {checks: 3}}", ANALYSIS), gateway);
+    up.wait("all traffic switched to v2", |u| backends(u) == [("v2".to_string(), 100)]);
+    let load = Load::start(&up.dir, gateway);
+    wait_phase(&mut up, "RolledBack");
+    load.finish();
+    assert_eq!(backends(&up), [("v1".to_string(), 100)]);
+    assert_eq!(reasons(&up), ["Started", "CheckFailed", "CheckFailed", "RolledBack"]);
+}
+
+#[test]
+fn the_quickstart_rollout_example_is_valid_with_the_quickstart_mesh() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    let dir = common::scratch_dir();
+    for file in ["mesh.yaml", "rollout.yaml"] {
+        std::fs::copy(root.join(file), dir.join(file)).unwrap();
+    }
+    let out = run_with_timeout(Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&dir), Duration::from_secs(30));
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
