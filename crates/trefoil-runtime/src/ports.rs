@@ -19,9 +19,11 @@ impl PortAllocator {
         PortAllocator { held: Vec::new(), admin_base, admin_next: 0 }
     }
 
-    /// A free `127.0.0.1` port chosen by the OS.
+    /// A free `127.0.0.1` port, below the kernel's ephemeral range when it
+    /// can: a port from that range, released until the child binds it, may
+    /// meanwhile become the local port of any outgoing connection.
     pub fn free(&mut self) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let listener = below_ephemeral().map_or_else(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)), Ok)?;
         let addr = listener.local_addr()?;
         self.held.push(listener);
         Ok(addr)
@@ -49,6 +51,25 @@ impl PortAllocator {
     }
 }
 
+/// Lowest port of the kernel's range for outgoing connections' local ports.
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A bound listener on a random port between 20000 (above the default admin
+/// ports, 15000 and up) and the ephemeral range;
+/// `None` when that range is too small or every try was taken.
+fn below_ephemeral() -> Option<TcpListener> {
+    let end = ephemeral_start();
+    if end <= 21000 {
+        return None;
+    }
+    (0..64).find_map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, fastrand::u16(20000..end))).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +79,7 @@ mod tests {
         let mut a = PortAllocator::new(0);
         let ports: std::collections::BTreeSet<u16> = (0..20).map(|_| a.free().unwrap().port()).collect();
         assert_eq!(ports.len(), 20);
+        assert!(ports.iter().all(|p| *p < ephemeral_start()), "{ports:?}");
     }
 
     #[test]

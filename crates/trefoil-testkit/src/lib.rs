@@ -36,12 +36,17 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A port that was free a moment ago on 127.0.0.1. Another process may take it
 /// before the caller binds it; prefer letting servers bind port 0 where they can.
 pub fn free_port() -> u16 {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("reading local address of probe listener")
-        .port()
+    // Below the kernel's range for outgoing connections' local ports, so a
+    // port released here is not taken by a connection before its user binds it.
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let listener = (0..64)
+        .filter(|_| ephemeral_start > 21000)
+        .find_map(|_| TcpListener::bind(("127.0.0.1", fastrand::u16(20000..ephemeral_start))).ok())
+        .unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port"));
+    listener.local_addr().expect("reading local address of probe listener").port()
 }
 
 /// Polls `connect()` every 20 ms until `addr` accepts or `timeout` passes.
