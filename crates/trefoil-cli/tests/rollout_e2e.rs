@@ -30,6 +30,8 @@ fn mesh(gateway: SocketAddr, canary_args: &str, strategy: &str, analysis: &str) 
 
 /// 20% then 50%, each held for two passing checks a second apart.
 const STEPS: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}]}}";
+/// The classic flow: 20%, 50%, then 100% and judged once more there before it is promoted.
+const CLASSIC: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}, {setWeight: 100}, {analysis: {checks: 2}}]}}";
 /// The latency bound is loose: a busy test machine must not fail a healthy canary.
 const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 1s}}]}";
 
@@ -123,7 +125,7 @@ fn trefoil(up: &Up, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_request() {
     let gateway = addr();
-    let mut up = start(&mesh(gateway, "", STEPS, ANALYSIS), gateway);
+    let mut up = start(&mesh(gateway, "", CLASSIC, ANALYSIS), gateway);
     let load = Load::start(&up.dir, gateway);
     up.wait("the canary at 20%", |u| status(u)["weight"] == 20);
 
@@ -136,7 +138,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
     assert_eq!(backends(&up), [("v2".to_string(), 100)]);
     let reasons = reasons(&up);
     assert_eq!(reasons.iter().filter(|r| *r == "Started").count(), 1, "resumed, not started over: {reasons:?}");
-    assert_eq!(reasons.iter().filter(|r| *r == "AnalysisPassed").count(), 2, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "AnalysisPassed").count(), 3, "judged at 20%, 50% and 100%: {reasons:?}");
     assert_eq!(reasons.last().map(String::as_str), Some("Promoted"), "{reasons:?}");
     up.wait("web v2 serving everything", |_| common::http_get(gateway, "edge", "/").2.contains("\"v2\""));
     let traffic = load.finish();
