@@ -251,12 +251,16 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
         service("policy", "http", &[(policy.addr, "v1")]),
         service("inspect", "http", &[(inspect.addr, "v1")]),
         service("ratelimit", "http", &[(ratelimit.addr, "v1")]),
+        // The same policy process, called over ext_authz (gRPC) instead of JSON.
+        service("policy-grpc", "grpc", &[(policy.addr, "v1")]),
         network_function("policy", "policy", ""),
+        format!("{API}\nkind: NetworkFunction\nmetadata: {{name: policy-authz}}\nspec: {{service: policy-grpc, api: extAuthz, timeout: 2s}}\n---\n"),
         network_function("inspect", "inspect", ", sendBody: {maxBytes: 65536}"),
         network_function("ratelimit", "ratelimit", ""),
         cnf("guard", &["policy", "inspect"]),
         cnf("limited", &["ratelimit"]),
-        chained_route(&[("/limited", "limited"), ("/", "guard")]),
+        cnf("authz", &["policy-authz"]),
+        chained_route(&[("/limited", "limited"), ("/grpc", "authz"), ("/", "guard")]),
     ]
     .concat();
     let proxy = Proxy::start(&config);
@@ -268,6 +272,13 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
     assert_eq!(request(public, "GET", "/admin/users", &[("x-role", "admin")], b"").0, 200);
     assert_eq!(request(public, "DELETE", "/things/1", &[], b"").0, 401);
     assert_eq!(request(public, "GET", "/things/1", &[], b"").0, 200);
+
+    // The same rules over ext_authz: the DELETE is refused with the same status and reason.
+    let (status, headers, body) = request(public, "DELETE", "/grpc/things/1", &[], b"");
+    assert_eq!((status, body.as_str()), (401, "admins only\n"), "{}", proxy.stderr());
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    assert_eq!(request(public, "GET", "/grpc/things/1", &[], b"").0, 200);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"policy-authz\"", "result=\"allow\""]), 1.0);
 
     // inspect: signatures in the body or in a header deny, with the signature's name.
     let (status, _, body) = request(public, "POST", "/search", &[], b"q=1 UNION SELECT password FROM users");
@@ -290,7 +301,7 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
     assert_eq!(request(public, "GET", "/limited", &[("x-api-key", "b")], b"").0, 200);
     assert_eq!(up.requests_for("/limited"), 3);
 
-    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"deny\""]), 5.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"deny\""]), 6.0);
     wait_until("the events of the chain's functions in the proxy's log", Duration::from_secs(10), || {
         let log = proxy.stderr();
         ["policy-check", "inspect-done", "rate-limited"].iter().all(|e| log.contains(e))

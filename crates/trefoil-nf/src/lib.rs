@@ -8,10 +8,14 @@
 //!   wrapped into a chain step);
 //! - [`ratelimit`]: token buckets keyed by client.
 //!
+//! Every function also answers Envoy's ext_authz `Check` on the same port
+//! ([`ext_authz`]), for NetworkFunctions with `api: extAuthz`.
+//!
 //! The transport ([`server`]) and what a call looks like once decoded
 //! ([`request`]) are shared; each function module only decides.
 
 pub mod antivirus;
+pub mod ext_authz;
 pub mod inspect;
 pub mod policy;
 pub mod ratelimit;
