@@ -307,3 +307,29 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
         ["policy-check", "inspect-done", "rate-limited"].iter().all(|e| log.contains(e))
     });
 }
+
+#[test]
+fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
+    let dir = scratch_dir();
+    // Beside the resource files, not among them: `up` reads every *.yaml of its directory.
+    std::fs::create_dir_all(dir.join("files/functions")).unwrap();
+    std::fs::write(dir.join("files/functions/policy.yaml"), "rules: [{name: no-admin, action: deny, paths: [/admin]}]\n").unwrap();
+    let gateway = addr();
+    let files = format!(
+        "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
+         {API}\nkind: Listener\nmetadata: {{name: gw}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: web}}\nspec: {{service: web, command: trefoil, args: [demo-app], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: policy}}\nspec: {{service: policy, command: trefoil, args: [nf, policy, --config, functions/policy.yaml], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Service\nmetadata: {{name: policy}}\nspec: {{}}\n---\n\
+         {}{}{}",
+        network_function("policy", "policy", ", events: [policy-check]"),
+        cnf("edge", &["policy"]),
+        chained_route(&[("/", "edge")]),
+    );
+    let mut up = common::up::Up::start_in(dir, &files);
+    up.wait_ready(&["web-0", "policy-0"]);
+    up.wait("the gateway serving through the chain", |_| matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _))));
+    let (status, headers, body) = request(gateway, "GET", "/admin/x", &[], b"");
+    assert_eq!((status, body.as_str()), (403, "denied by policy\n"), "{}", up.stderr());
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+}

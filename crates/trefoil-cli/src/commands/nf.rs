@@ -18,8 +18,9 @@ use trefoil_nf::Function;
 use crate::output::{current_thread_runtime, exit};
 
 pub const ABOUT: &str = "Run a sample network function: a service answering the proxy's HTTP/JSON call-out \
-(POST / with a call, a JSON verdict back; GET /healthz for probes). Name it in a NetworkFunction \
-(api: http) whose Service has this process as endpoint, and put it in a CNF's chain.
+(POST / with a call, a JSON verdict back; GET /healthz for probes), and, on the same port, Envoy's \
+ext_authz Check over gRPC. Name it in a NetworkFunction (api: http, or extAuthz with a grpc Service port) \
+whose Service has this process as endpoint, and put it in a CNF's chain.
 
 Functions:
   policy     allow/deny rules by client address or CIDR, path prefix, header and method (YAML --config)
