@@ -26,7 +26,7 @@ impl Nf {
         let dir = scratch_dir();
         let addr = addr();
         let stderr = dir.join("nf.stderr");
-        let mut child = Command::new(trefoil_bin())
+        let child = Command::new(trefoil_bin())
             .arg("nf")
             .args(args)
             .args(["--listen", &addr.to_string()])
@@ -35,16 +35,18 @@ impl Nf {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("starting trefoil nf");
+        // Owned before any wait can panic, so the process is killed either way.
+        let mut nf = Nf { child, addr, stderr };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("trefoil nf {args:?} exited with {status}:\n{}", std::fs::read_to_string(&stderr).unwrap_or_default());
+            if let Ok(Some(status)) = nf.child.try_wait() {
+                panic!("trefoil nf {args:?} exited with {status}:\n{}", nf.stderr());
             }
             assert!(Instant::now() < deadline, "trefoil nf {args:?} not ready within 20s");
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(http_get(addr, "nf", "/healthz").0, 200, "trefoil nf {args:?} answers its probe");
-        Nf { child, addr, stderr }
+        nf
     }
 
     fn stderr(&self) -> String {
