@@ -44,15 +44,15 @@ impl Request {
             (None, None) => None,
         };
         Ok(Request {
-            cnf: call.cnf.to_string(),
-            function: call.function.to_string(),
-            method: call.method.to_string(),
-            path: call.path.to_string(),
-            host: call.host.to_string(),
-            headers: call.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            cnf: call.cnf.into_owned(),
+            function: call.function.into_owned(),
+            method: call.method.into_owned(),
+            path: call.path.into_owned(),
+            host: call.host.into_owned(),
+            headers: call.headers.into_iter().map(|(k, v)| (k.into_owned(), v)).collect(),
             // An unparsable source is treated as unknown rather than refusing the call.
             source: call.source.and_then(|s| s.parse().ok()),
-            trace_id: call.trace_id.to_string(),
+            trace_id: call.trace_id.into_owned(),
             body,
         })
     }
@@ -105,5 +105,9 @@ mod tests {
         assert_eq!(r.body.as_deref(), Some(&[0xff, 0, 1][..]));
         assert_eq!(Request::decode(&encoded(None)).unwrap().body, None);
         assert!(Request::decode(b"{}").is_err());
+        // Escaped strings decode too (they cannot be borrowed from the input).
+        let mut json = String::from_utf8(encoded(None)).unwrap();
+        json = json.replace("/up/load?x=1", "/a\\\"b\\\\c");
+        assert_eq!(Request::decode(json.as_bytes()).unwrap().path, "/a\"b\\c");
     }
 }
