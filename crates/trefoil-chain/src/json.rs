@@ -2,6 +2,7 @@
 //! answers with a [`JsonVerdict`]. Header maps join repeated headers with
 //! ", " (RFC 9110 §5.3), as ext_authz does.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine;
@@ -10,20 +11,30 @@ use serde::{Deserialize, Serialize};
 use crate::call::{deny_status, Call, Event, Verdict};
 use crate::DecodeError;
 
-/// The JSON document a function receives.
+/// The JSON document a function receives. Text fields are `Cow` so a
+/// function can decode a call without copying, and still decode one whose
+/// strings carry JSON escapes (a path may hold `"` or `\`), which cannot be
+/// borrowed from the input.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JsonCall<'a> {
-    pub cnf: &'a str,
-    pub function: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub host: &'a str,
-    pub headers: BTreeMap<&'a str, String>,
+    #[serde(borrow)]
+    pub cnf: Cow<'a, str>,
+    #[serde(borrow)]
+    pub function: Cow<'a, str>,
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
+    #[serde(borrow)]
+    pub path: Cow<'a, str>,
+    #[serde(borrow)]
+    pub host: Cow<'a, str>,
+    #[serde(borrow)]
+    pub headers: BTreeMap<Cow<'a, str>, String>,
     /// The client's `ip:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    pub trace_id: &'a str,
+    #[serde(borrow)]
+    pub trace_id: Cow<'a, str>,
     /// The body, when asked for and valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -34,10 +45,10 @@ pub struct JsonCall<'a> {
 
 /// Encodes a call as the JSON body of the POST.
 pub fn encode(call: &Call<'_>) -> Vec<u8> {
-    let mut headers: BTreeMap<&str, String> = BTreeMap::new();
+    let mut headers: BTreeMap<Cow<'_, str>, String> = BTreeMap::new();
     for (name, value) in &call.headers {
         headers
-            .entry(name)
+            .entry(Cow::Borrowed(*name))
             .and_modify(|v| {
                 v.push_str(", ");
                 v.push_str(value);
@@ -55,14 +66,14 @@ pub fn encode(call: &Call<'_>) -> Vec<u8> {
         },
     };
     let doc = JsonCall {
-        cnf: call.cnf,
-        function: call.function,
-        method: call.method,
-        path: call.path,
-        host: call.host,
+        cnf: call.cnf.into(),
+        function: call.function.into(),
+        method: call.method.into(),
+        path: call.path.into(),
+        host: call.host.into(),
         headers,
         source: call.source.map(|a| a.to_string()),
-        trace_id: call.trace_id,
+        trace_id: call.trace_id.into(),
         body,
         body_base64,
     };

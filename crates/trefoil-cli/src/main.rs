@@ -71,6 +71,9 @@ enum Command {
     Up(commands::up::Args),
     /// Print the output of a process started by `trefoil up`.
     Logs(commands::logs::Args),
+    /// Run a sample network function for CNF chains: policy, inspect, antivirus (via clamd) or ratelimit.
+    #[command(long_about = commands::nf::ABOUT)]
+    Nf(commands::nf::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Describe(args) => commands::describe::run(args),
         Command::Up(args) => commands::up::run(args),
         Command::Logs(args) => commands::logs::run(args),
+        Command::Nf(args) => commands::nf::run(args),
     }
 }
 

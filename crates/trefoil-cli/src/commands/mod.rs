@@ -5,6 +5,7 @@ pub mod demo;
 pub mod demo_app;
 pub mod describe;
 pub mod logs;
+pub mod nf;
 pub mod proxy;
 pub mod rollout;
 pub mod top;

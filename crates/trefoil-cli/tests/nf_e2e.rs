@@ -1,0 +1,337 @@
+//! The sample network functions (`trefoil nf ...`) as real processes in a
+//! real proxy's CNF chain, in front of a real upstream; the antivirus
+//! function talks to a real ClamAV daemon the test starts with its own
+//! signature database (the EICAR test signature). The chain runs on the
+//! request phase, so scanning is of uploads.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `trefoil nf` process; killed when dropped.
+struct Nf {
+    child: Child,
+    addr: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl Nf {
+    fn start(args: &[&str]) -> Self {
+        let dir = scratch_dir();
+        let addr = addr();
+        let stderr = dir.join("nf.stderr");
+        let child = Command::new(trefoil_bin())
+            .arg("nf")
+            .args(args)
+            .args(["--listen", &addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting trefoil nf");
+        // Owned before any wait can panic, so the process is killed either way.
+        let mut nf = Nf { child, addr, stderr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = nf.child.try_wait() {
+                panic!("trefoil nf {args:?} exited with {status}:\n{}", nf.stderr());
+            }
+            assert!(Instant::now() < deadline, "trefoil nf {args:?} not ready within 20s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(http_get(addr, "nf", "/healthz").0, 200, "trefoil nf {args:?} answers its probe");
+        nf
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Nf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The EICAR anti-virus test string, assembled at run time so this source
+/// file itself does not look infected to scanners.
+fn eicar() -> String {
+    ["X5O!P%@AP[4\\PZX54(P^)7CC)7}$", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat()
+}
+
+/// A clamd of our own: scratch config, a one-signature database, TCP on
+/// loopback, no unix socket, no freshclam. Killed when dropped.
+struct Clamd {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Clamd {
+    fn start() -> Self {
+        let bin = trefoil_testkit::find_command("clamd").expect("clamd not found: run scripts/install-test-deps (Debian package clamav-daemon)");
+        let dir = scratch_dir();
+        let db = dir.join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        // A body signature (.ndb: name, any file type, any offset, hex bytes), so
+        // the string is found anywhere in an upload, not only as a whole file.
+        let hex: String = eicar().bytes().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(db.join("trefoil-test.ndb"), format!("Trefoil.Test.EICAR:0:*:{hex}\n")).unwrap();
+        let addr = addr();
+        let conf = dir.join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Foreground yes\nTCPAddr {}\nTCPSocket {}\nDatabaseDirectory {}\nTemporaryDirectory {}\nLogFile {}\n",
+                addr.ip(),
+                addr.port(),
+                db.display(),
+                dir.display(),
+                dir.join("clamd.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("clamd.stderr")).unwrap())
+            .spawn()
+            .expect("starting clamd");
+        let mut clamd = Clamd { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !clamd.pong() {
+            if let Ok(Some(status)) = clamd.child.try_wait() {
+                panic!("clamd exited with {status}:\n{}", clamd.log());
+            }
+            assert!(Instant::now() < deadline, "clamd not answering PING within 60s:\n{}", clamd.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        clamd
+    }
+
+    /// Whether clamd answers `PING` (it listens only once its database is loaded).
+    fn pong(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else { return false };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = Vec::new();
+        conn.write_all(b"zPING\0").is_ok() && conn.read_to_end(&mut answer).is_ok() && answer.starts_with(b"PONG")
+    }
+
+    fn log(&self) -> String {
+        ["clamd.stderr", "clamd.log"].iter().map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn network_function(name: &str, service: &str, extra: &str) -> String {
+    format!("{API}\nkind: NetworkFunction\nmetadata: {{name: {name}}}\nspec: {{service: {service}, api: http{extra}}}\n---\n")
+}
+
+fn cnf(name: &str, functions: &[&str]) -> String {
+    let steps: Vec<String> = functions.iter().map(|f| format!("  - {{function: {f}}}")).collect();
+    format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
+}
+
+/// A Route for every host to `web`, one rule per (path prefix, CNF).
+fn chained_route(rules: &[(&str, &str)]) -> String {
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(prefix, cnf)| format!("  - matches: [{{path: {{prefix: {prefix}}}}}]\n    backends: [{{service: web}}]\n    chain: {cnf}"))
+        .collect();
+    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n"))
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, trefoil_testkit::Headers, String) {
+    let (status, headers, body) = http_request(addr, method, "web.local", path, headers, body).expect("request through the proxy");
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
+    let clamd = Clamd::start();
+    let up = TestServer::named("up");
+    let dir = scratch_dir();
+    // First in the chain, a policy that lets everything through but reports its check,
+    // so the trace shows the functions in chain order.
+    let policy = Nf::start(&["policy", "--config", &write(&dir, "policy.yaml", "default: allow\n")]);
+    let av = Nf::start(&["antivirus", "--clamd", &clamd.addr.to_string(), "--deny-status", "451", "--clamd-timeout", "5s"]);
+    let nobody = addr(); // free a moment ago: a clamd that is down
+    let av_down = Nf::start(&["antivirus", "--clamd", &nobody.to_string()]);
+    let public = addr();
+    let config = [
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("policy", "http", &[(policy.addr, "v1")]),
+        service("av", "http", &[(av.addr, "v1")]),
+        service("av-down", "http", &[(av_down.addr, "v1")]),
+        network_function("policy", "policy", ", events: [policy-check]"),
+        network_function("antivirus", "av", ", events: [scan-clean, virus-found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        network_function("antivirus-down", "av-down", ", timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        cnf("scan", &["policy", "antivirus"]),
+        cnf("scan-down", &["antivirus-down"]),
+        chained_route(&[("/down", "scan-down"), ("/", "scan")]),
+    ]
+    .concat();
+    let proxy = Proxy::start(&config);
+
+    let clean = "just a report\n".repeat(10_000); // over one INSTREAM chunk
+    let (status, _, body) = request(public, "POST", "/upload/clean", &[("content-type", "text/plain")], clean.as_bytes());
+    assert_eq!(status, 200, "{body}\n{}\n{}", proxy.stderr(), av.stderr());
+    assert_eq!(up.requests_for("/upload/clean"), 1);
+
+    let infected = format!("a document with a surprise: {} inside\n", eicar());
+    let (status, headers, body) = request(public, "POST", "/upload/infected", &[("content-type", "text/plain")], infected.as_bytes());
+    assert_eq!(status, 451, "the configured status: {body}\n{}", av.stderr());
+    assert!(body.contains("Trefoil.Test.EICAR"), "the refusal names what clamd found: {body}");
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    assert_eq!(up.requests_for("/upload/infected"), 0, "an infected upload never reaches the upstream");
+
+    // The trace: the access log line of the refused request, and the chain's
+    // events under the same trace id, in chain order.
+    let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("the refusal carries the trace id");
+    wait_until("the access-log line of the refused upload", Duration::from_secs(10), || {
+        proxy.access_log().lines().any(|l| l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"scan""#) && l.contains(r#""status":451"#))
+    });
+    let log = proxy.stderr();
+    let events: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&trace_id) && l.contains("network function event"))
+        .filter_map(|l| ["policy-check", "virus-found", "scan-clean"].into_iter().find(|e| l.contains(e)))
+        .collect();
+    assert_eq!(events, ["policy-check", "virus-found"], "{log}");
+
+    // clamd down: no verdict, so the failure policy (closed by default) answers.
+    let (status, headers, _) = request(public, "POST", "/down/upload", &[], b"anything");
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_unavailable"));
+    assert_eq!(up.requests_for("/down/upload"), 0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"antivirus\"", "result=\"deny\""]), 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"antivirus\"", "result=\"allow\""]), 1.0);
+}
+
+#[test]
+fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
+    let up = TestServer::named("up");
+    let dir = scratch_dir();
+    let policy = Nf::start(&[
+        "policy",
+        "--config",
+        &write(
+            &dir,
+            "policy.yaml",
+            "default: allow\ndenyStatus: 401\ndenyReason: \"admins only\\n\"\nrules:\n- {name: admins, action: allow, sources: [127.0.0.0/8], paths: [/admin], headers: [{name: x-role, value: admin}]}\n- {name: no-admin, action: deny, paths: [/admin]}\n- {name: read-only, action: deny, methods: [DELETE]}\n",
+        ),
+    ]);
+    let inspect = Nf::start(&["inspect", "--signatures", &write(&dir, "signatures.txt", "# test\nsql-union: UNION SELECT\nscanner: user-agent: sqlmap\n")]);
+    let ratelimit = Nf::start(&["ratelimit", "--rate", "0.01", "--burst", "2", "--key-header", "x-api-key"]);
+    let public = addr();
+    let config = [
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("policy", "http", &[(policy.addr, "v1")]),
+        service("inspect", "http", &[(inspect.addr, "v1")]),
+        service("ratelimit", "http", &[(ratelimit.addr, "v1")]),
+        // The same policy process, called over ext_authz (gRPC) instead of JSON.
+        service("policy-grpc", "grpc", &[(policy.addr, "v1")]),
+        network_function("policy", "policy", ""),
+        format!("{API}\nkind: NetworkFunction\nmetadata: {{name: policy-authz}}\nspec: {{service: policy-grpc, api: extAuthz, timeout: 2s}}\n---\n"),
+        network_function("inspect", "inspect", ", sendBody: {maxBytes: 65536}"),
+        network_function("ratelimit", "ratelimit", ""),
+        cnf("guard", &["policy", "inspect"]),
+        cnf("limited", &["ratelimit"]),
+        cnf("authz", &["policy-authz"]),
+        chained_route(&[("/limited", "limited"), ("/grpc", "authz"), ("/", "guard")]),
+    ]
+    .concat();
+    let proxy = Proxy::start(&config);
+
+    // policy: first match wins, with the configured status and reason.
+    let (status, headers, body) = request(public, "GET", "/admin/users", &[], b"");
+    assert_eq!((status, body.as_str()), (401, "admins only\n"), "{}", policy.stderr());
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    assert_eq!(request(public, "GET", "/admin/users", &[("x-role", "admin")], b"").0, 200);
+    assert_eq!(request(public, "DELETE", "/things/1", &[], b"").0, 401);
+    assert_eq!(request(public, "GET", "/things/1", &[], b"").0, 200);
+
+    // The same rules over ext_authz: the DELETE is refused with the same status and reason.
+    let (status, headers, body) = request(public, "DELETE", "/grpc/things/1", &[], b"");
+    assert_eq!((status, body.as_str()), (401, "admins only\n"), "{}", proxy.stderr());
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    assert_eq!(request(public, "GET", "/grpc/things/1", &[], b"").0, 200);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"policy-authz\"", "result=\"allow\""]), 1.0);
+
+    // inspect: signatures in the body or in a header deny, with the signature's name.
+    let (status, _, body) = request(public, "POST", "/search", &[], b"q=1 UNION SELECT password FROM users");
+    assert_eq!(status, 403);
+    assert!(body.contains("sql-union"), "{body}");
+    let (status, _, body) = request(public, "GET", "/search", &[("user-agent", "sqlmap/1.7")], b"");
+    assert_eq!(status, 403);
+    assert!(body.contains("scanner"), "{body}");
+    assert_eq!(request(public, "POST", "/search", &[], b"q=weather").0, 200);
+    assert_eq!(up.requests_for("/admin/users") + up.requests_for("/things/1") + up.requests_for("/search"), 3, "only allowed requests arrive");
+
+    // ratelimit: a burst of 2 per key, then 429 with retry-after; other keys unaffected.
+    let key_a = [("x-api-key", "a")];
+    assert_eq!(request(public, "GET", "/limited", &key_a, b"").0, 200);
+    assert_eq!(request(public, "GET", "/limited", &key_a, b"").0, 200);
+    let (status, headers, body) = request(public, "GET", "/limited", &key_a, b"");
+    assert_eq!((status, body.as_str()), (429, "too many requests\n"));
+    let retry: u64 = headers.get("retry-after").and_then(|v| v.parse().ok()).expect("retry-after in seconds");
+    assert!((1..=100).contains(&retry), "one token at 0.01/s is at most 100 s away: {retry}");
+    assert_eq!(request(public, "GET", "/limited", &[("x-api-key", "b")], b"").0, 200);
+    assert_eq!(up.requests_for("/limited"), 3);
+
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"deny\""]), 6.0);
+    wait_until("the events of the chain's functions in the proxy's log", Duration::from_secs(10), || {
+        let log = proxy.stderr();
+        ["policy-check", "inspect-done", "rate-limited"].iter().all(|e| log.contains(e))
+    });
+}
+
+#[test]
+fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
+    let dir = scratch_dir();
+    // Beside the resource files, not among them: `up` reads every *.yaml of its directory.
+    std::fs::create_dir_all(dir.join("files/functions")).unwrap();
+    std::fs::write(dir.join("files/functions/policy.yaml"), "rules: [{name: no-admin, action: deny, paths: [/admin]}]\n").unwrap();
+    let gateway = addr();
+    let files = format!(
+        "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
+         {API}\nkind: Listener\nmetadata: {{name: gw}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: web}}\nspec: {{service: web, command: trefoil, args: [demo-app], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Workload\nmetadata: {{name: policy}}\nspec: {{service: policy, command: trefoil, args: [nf, policy, --config, functions/policy.yaml], health: {{http: /healthz}}}}\n---\n\
+         {API}\nkind: Service\nmetadata: {{name: policy}}\nspec: {{}}\n---\n\
+         {}{}{}",
+        network_function("policy", "policy", ", events: [policy-check]"),
+        cnf("edge", &["policy"]),
+        chained_route(&[("/", "edge")]),
+    );
+    let mut up = common::up::Up::start_in(dir, &files);
+    up.wait_ready(&["web-0", "policy-0"]);
+    up.wait("the gateway serving through the chain", |_| matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _))));
+    let (status, headers, body) = request(gateway, "GET", "/admin/x", &[], b"");
+    assert_eq!((status, body.as_str()), (403, "denied by policy\n"), "{}", up.stderr());
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+}
