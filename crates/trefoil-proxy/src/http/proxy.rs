@@ -171,6 +171,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
                 ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
                 ("trefoil.proxy", state.name.clone()),
             ],
+            events: Vec::new(),
         });
     }
     Ok(response)
