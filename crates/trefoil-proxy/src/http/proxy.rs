@@ -22,6 +22,7 @@ use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
+use crate::telemetry::chain_span::StepSpans;
 use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, SeriesKey, ServiceLabels};
 use crate::telemetry::otlp::SpanRecord;
 use crate::telemetry::trace_context::{hex, TraceContext};
@@ -242,6 +243,7 @@ async fn handle(
             tls: conn.tls,
             protocol: version_name(parts.version),
             body: req_body.buffered(),
+            spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
         };
         if let Err(stopped) = chain.run_request(state, &mut parts, &facts).await {
             out.flag = stopped.flag;
