@@ -81,8 +81,10 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     // Proxies reach the collector at the REST address; a wildcard listen
     // address is reached over loopback (proxies elsewhere configure tracing).
     let mut collector_addr = local(&rest, options.listen);
-    if collector_addr.ip().is_unspecified() {
-        collector_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    match collector_addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => collector_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into()),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => collector_addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into()),
+        _ => {}
     }
     let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone(), Some(format!("http://{collector_addr}"))));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
