@@ -71,6 +71,9 @@ enum Command {
     Up(commands::up::Args),
     /// Print the output of a process started by `trefoil up`.
     Logs(commands::logs::Args),
+    /// Show a request's whole call sequence by its trace id, list recent traces, or follow spans.
+    #[command(long_about = commands::trace::ABOUT)]
+    Trace(commands::trace::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Describe(args) => commands::describe::run(args),
         Command::Up(args) => commands::up::run(args),
         Command::Logs(args) => commands::logs::run(args),
+        Command::Trace(args) => commands::trace::run(args),
     }
 }
 

@@ -8,5 +8,7 @@ pub mod logs;
 pub mod proxy;
 pub mod rollout;
 pub mod top;
+pub mod trace;
+pub mod trace_tree;
 pub mod up;
 pub mod validate;
