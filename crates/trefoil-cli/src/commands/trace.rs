@@ -85,7 +85,7 @@ async fn list(args: &Args) -> ExitCode {
     println!("{:<32}  {:>5}  {:>10}  {:<6}  ROOT", "TRACE", "SPANS", "DURATION", "STATUS");
     for t in items {
         let root = format!("{}: {}", t["service"].as_str().unwrap_or(""), t["root"].as_str().unwrap_or(""));
-        println!("{:<32}  {:>5}  {:>8.2}ms  {:<6}  {root}", t["traceId"].as_str().unwrap_or(""), t["spans"], t["durationMs"].as_f64().unwrap_or(0.0), t["status"].as_str().unwrap_or(""));
+        println!("{:<32}  {:>5}  {:>8.2}ms  {:<6}  {root}", t["traceId"].as_str().unwrap_or(""), t["spans"].as_u64().unwrap_or(0), t["durationMs"].as_f64().unwrap_or(0.0), t["status"].as_str().unwrap_or(""));
     }
     exit::ok()
 }
