@@ -170,6 +170,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
                 ("trefoil.version", version.to_string()),
                 ("trefoil.cnf", cnf.to_string()),
                 ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
+                ("trefoil.attempts", out.attempts.to_string()),
                 ("trefoil.proxy", state.name.clone()),
             ],
             events: Vec::new(),
