@@ -52,6 +52,11 @@ pub fn label(span: &Value) -> String {
     if !upstream.is_empty() {
         line.push_str(&format!(" at {upstream}"));
     }
+    // Retries are worth a look; a single attempt is the norm and goes unsaid.
+    let attempts = attr(span, "trefoil.attempts");
+    if attempts.parse::<u32>().is_ok_and(|n| n > 1) {
+        line.push_str(&format!(" ({attempts} attempts)"));
+    }
     line.push_str(failed);
     line
 }
@@ -110,11 +115,11 @@ mod tests {
 
     #[test]
     fn children_are_indented_under_their_parent_in_time_order() {
-        let hop = json!({"http.response.status_code": "200", "trefoil.direction": "inbound", "http.request.method": "GET", "url.path": "/", "trefoil.service": "web"});
+        let hop = json!({"http.response.status_code": "200", "trefoil.direction": "inbound", "http.request.method": "GET", "url.path": "/", "trefoil.service": "web", "trefoil.attempts": "1"});
         let step = json!({"trefoil.function": "scanner", "trefoil.cnf": "scan", "trefoil.step.mode": "callout", "trefoil.verdict": "allow"});
         let spans = vec![
-            span("a", Some("client"), 1_000_000, 9_000_000, hop.clone()),
-            span("c", Some("a"), 4_000_000, 8_000_000, hop),
+            span("a", Some("client"), 1_000_000, 9_000_000, hop),
+            span("c", Some("a"), 4_000_000, 8_000_000, json!({"http.response.status_code": "503", "trefoil.direction": "outbound", "trefoil.attempts": "3"})),
             span("b", Some("a"), 2_000_000, 3_000_000, step),
         ];
         let lines = render(&spans);
@@ -122,6 +127,8 @@ mod tests {
         assert!(lines[0].starts_with("+    0.000ms     8.000ms  edge inbound: GET / -> 200 via web"), "{lines:?}");
         assert!(lines[1].contains("    edge: chain scan -> scanner (callout) allow"), "{lines:?}");
         assert!(lines[1].starts_with("+    1.000ms"), "{lines:?}");
-        assert!(lines[2].starts_with("+    3.000ms     4.000ms    edge inbound"), "{lines:?}");
+        assert!(lines[2].starts_with("+    3.000ms     4.000ms    edge outbound"), "{lines:?}");
+        assert!(lines[2].ends_with("-> 503 (3 attempts)"), "{lines:?}");
+        assert!(!lines[0].contains("attempts"), "{lines:?}");
     }
 }
