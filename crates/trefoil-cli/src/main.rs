@@ -74,6 +74,9 @@ enum Command {
     /// Run a sample network function for CNF chains: policy, inspect, antivirus (via clamd) or ratelimit.
     #[command(long_about = commands::nf::ABOUT)]
     Nf(commands::nf::Args),
+    /// Show a request's whole call sequence by its trace id, list recent traces, or follow spans.
+    #[command(long_about = commands::trace::ABOUT)]
+    Trace(commands::trace::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Up(args) => commands::up::run(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Nf(args) => commands::nf::run(args),
+        Command::Trace(args) => commands::trace::run(args),
     }
 }
 

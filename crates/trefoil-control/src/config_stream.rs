@@ -86,14 +86,16 @@ pub struct Compiler {
     store: Arc<Store>,
     proxies: Arc<Proxies>,
     latest: Mutex<Option<(u64, Arc<MeshView>)>>,
+    /// The trace collector's base URL, for proxies that configure no tracing.
+    collector: Option<String>,
     /// One compile at a time: they would only compete for the same cores
     /// and each hold a large mesh in memory.
     turn: tokio::sync::Semaphore,
 }
 
 impl Compiler {
-    pub fn new(store: Arc<Store>, proxies: Arc<Proxies>) -> Self {
-        Compiler { store, proxies, latest: Mutex::new(None), turn: tokio::sync::Semaphore::new(1) }
+    pub fn new(store: Arc<Store>, proxies: Arc<Proxies>, collector: Option<String>) -> Self {
+        Compiler { store, proxies, latest: Mutex::new(None), collector, turn: tokio::sync::Semaphore::new(1) }
     }
 
     /// [`Compiler::refresh`] on a blocking thread. Compiling a large mesh for
@@ -150,7 +152,7 @@ impl Compiler {
                 }
             })
             .collect();
-        let view = Arc::new(MeshView::new(&resources));
+        let view = Arc::new(MeshView::new(&resources).with_default_collector(self.collector.as_deref()));
         *latest = Some((revision, view.clone()));
         (revision, view)
     }

@@ -10,6 +10,7 @@ pub mod proxies;
 pub mod rollout;
 pub mod status;
 pub mod store;
+pub mod traces;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,12 +78,21 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         // Streams never end on their own: end ours so the gRPC server can finish.
         closing.close_all();
     });
-    let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone()));
+    // Proxies reach the collector at the REST address; a wildcard listen
+    // address is reached over loopback (proxies elsewhere configure tracing).
+    let mut collector_addr = local(&rest, options.listen);
+    match collector_addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => collector_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into()),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => collector_addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into()),
+        _ => {}
+    }
+    let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone(), Some(format!("http://{collector_addr}"))));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
     let service = config_stream::ConfigStreamService::new(compiler);
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
-    let app = api::router(store.clone()).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies));
+    let app = api::router(store.clone())
+        .merge(traces::api::router(Arc::new(traces::TraceStore::default()))).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies));
     let served = axum::serve(rest, app).with_graceful_shutdown(stopped(stop_rx)).await;
     distributor.abort();
     rollouts.abort();

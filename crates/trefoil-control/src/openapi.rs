@@ -44,6 +44,36 @@ pub fn document() -> Value {
                     "responses": {"200": {"description": "the rollout's new status", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "status"], "properties": {"name": {"type": "string"}, "status": {"type": "object"}}}}}}, "404": error, "409": error}
                 }
             },
+            "/v1/traces": {
+                "post": {
+                    "summary": "The trace collector's OTLP/HTTP receiver (JSON encoding): proxies export their spans here. Spans without a valid trace and span id are rejected and counted in partialSuccess",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["resourceSpans"], "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}},
+                    "responses": {"200": {"description": "accepted", "content": {"application/json": {"schema": {"type": "object", "properties": {"partialSuccess": {"type": "object"}}}}}}, "400": error}
+                }
+            },
+            "/api/v1/traces": {
+                "get": {
+                    "summary": "The most recent traces the collector holds, newest first",
+                    "description": "With ?follow=true this answers as /api/v1/watch/traces does.",
+                    "parameters": [{"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 50}, "description": "at most this many (capped at 1000)"}],
+                    "responses": {"200": {"description": "the traces", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceList"}}}}}
+                }
+            },
+            "/api/v1/traces/{traceId}": {
+                "get": {
+                    "summary": "Every span of a trace, ordered by start time, with parent ids, service and attributes",
+                    "description": "With ?follow=true: JSON lines {type: SPAN, span}, the spans held, then new ones of this trace as they arrive.",
+                    "parameters": [{"name": "traceId", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}],
+                    "responses": {"200": {"description": "the trace", "content": {"application/json": {"schema": {"type": "object", "required": ["traceId", "spans"], "properties": {"kind": {"type": "string"}, "traceId": {"type": "string"}, "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}}}}}}}, "404": error}
+                }
+            },
+            "/api/v1/watch/traces": {
+                "get": {
+                    "summary": "Follow spans as they arrive: JSON lines {type: SPAN, span} (or {type: LAGGED, missed} when the reader fell behind); with traceId, that trace's spans held so far first, then its new ones; the stream stays open",
+                    "parameters": [{"name": "traceId", "in": "query", "required": false, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
+                }
+            },
             "/api/v1/status/proxies": {
                 "get": {
                     "summary": "Every proxy known from a Proxy resource or a config stream: connected, admin address, latest and acked snapshot versions, the last rejection",
@@ -96,6 +126,27 @@ pub fn document() -> Value {
                     "lastSeen": {"type": "string", "nullable": true, "description": "RFC 3339"}
                 }
             },
+            "TraceList": {"type": "object", "required": ["items"], "properties": {"kind": {"type": "string"}, "items": {"type": "array", "items": {"type": "object", "required": ["traceId", "root", "startUnixNano", "durationMs", "spans", "status"], "properties": {
+                "traceId": {"type": "string"},
+                "root": {"type": "string", "description": "name of the earliest span whose parent is not in the trace"},
+                "service": {"type": "string"},
+                "startUnixNano": {"type": "string"},
+                "durationMs": {"type": "number"},
+                "spans": {"type": "integer"},
+                "status": {"type": "string", "enum": ["ok", "error"]}
+            }}}}},
+            "Span": {"type": "object", "required": ["traceId", "spanId", "name", "service", "startUnixNano", "endUnixNano", "error", "attributes"], "properties": {
+                "traceId": {"type": "string"},
+                "spanId": {"type": "string"},
+                "parentSpanId": {"type": "string"},
+                "name": {"type": "string"},
+                "service": {"type": "string", "description": "the exporter's service.name: a proxy's name unless its tracing names another"},
+                "startUnixNano": {"type": "string"},
+                "endUnixNano": {"type": "string"},
+                "error": {"type": "boolean"},
+                "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                "events": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "timeUnixNano": {"type": "string"}, "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}}}
+            }},
             "Error": {"type": "object", "properties": {
                 "error": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object", "properties": {

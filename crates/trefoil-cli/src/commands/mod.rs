@@ -9,5 +9,7 @@ pub mod nf;
 pub mod proxy;
 pub mod rollout;
 pub mod top;
+pub mod trace;
+pub mod trace_tree;
 pub mod up;
 pub mod validate;

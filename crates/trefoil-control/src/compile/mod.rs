@@ -129,6 +129,19 @@ impl MeshView {
         MeshView { proxies, listeners, services, services_json, route_names, shared_json }
     }
 
+    /// Points every declared proxy without tracing settings at `endpoint`
+    /// (the control plane's own trace collector), so a request's spans are
+    /// collected with no setup. Proxies that configure tracing keep theirs.
+    pub fn with_default_collector(mut self, endpoint: Option<&str>) -> Self {
+        if let Some(endpoint) = endpoint {
+            for spec in self.proxies.values_mut().filter(|p| p.tracing.is_none()) {
+                // Every trace sampled, as a declared `tracing` without a percentage is.
+                spec.tracing = Some(TracingSpec { otlp_endpoint: endpoint.to_string(), service_name: None, sampling_percent: 100.0 });
+            }
+        }
+        self
+    }
+
     /// Names of the proxies declared by `Proxy` resources.
     pub fn proxy_names(&self) -> impl Iterator<Item = &str> {
         self.proxies.keys().map(String::as_str)

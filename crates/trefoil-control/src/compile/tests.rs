@@ -201,3 +201,27 @@ fn chains_named_by_routes_reach_every_proxy_with_their_functions() {
         assert!(find(&snapshot, "NetworkFunction", "unused").is_none(), "{proxy}: only idle calls it");
     }
 }
+
+#[test]
+fn proxies_without_tracing_export_to_the_default_collector() {
+    let mut resources = mesh();
+    let view = MeshView::new(&resources).with_default_collector(Some("http://127.0.0.1:7070"));
+    let tracing_of = |snapshot: &ProxySnapshot, name: &str| match find(snapshot, "Proxy", name).map(|r| r.spec) {
+        Some(Spec::Proxy(p)) => p.tracing,
+        _ => None,
+    };
+    let gateway = view.snapshot_for("gateway", 1);
+    assert_valid(&gateway);
+    assert_eq!(tracing_of(&gateway, "gateway").map(|t| t.otlp_endpoint).as_deref(), Some("http://127.0.0.1:7070"));
+    assert_eq!(tracing_of(&view.snapshot_for("api-0", 1), "api-0").map(|t| t.otlp_endpoint).as_deref(), Some("http://127.0.0.1:7070"));
+    // Without a collector, snapshots are as before.
+    assert_eq!(MeshView::new(&resources).with_default_collector(None).snapshot_for("gateway", 1), snapshot_for("gateway", &resources, 1));
+    // A proxy's own tracing settings win.
+    for r in resources.iter_mut() {
+        if let (Spec::Proxy(p), "gateway") = (&mut r.spec, r.metadata.name.as_str()) {
+            p.tracing = Some(TracingSpec { otlp_endpoint: "http://collector:4318".into(), service_name: None, sampling_percent: 5.0 });
+        }
+    }
+    let own = MeshView::new(&resources).with_default_collector(Some("http://127.0.0.1:7070")).snapshot_for("gateway", 1);
+    assert_eq!(tracing_of(&own, "gateway").map(|t| (t.otlp_endpoint, t.sampling_percent)), Some(("http://collector:4318".to_string(), 5.0)));
+}

@@ -19,6 +19,7 @@ use crate::http::proxy::local_reply;
 use crate::http::route_match::RequestMatcher;
 use crate::snapshot::Cluster;
 use crate::state::ProxyState;
+use crate::telemetry::chain_span::{StepOutcome, StepSpans};
 use crate::telemetry::metrics::{ChainLabels, Label};
 use crate::upstream::ProxyBody;
 
@@ -62,6 +63,8 @@ pub struct RequestFacts<'a> {
     pub protocol: &'static str,
     /// The buffered body, when the chain asked for it.
     pub body: Option<Bytes>,
+    /// Where each step's span goes, when the request is traced.
+    pub spans: Option<StepSpans>,
 }
 
 /// Why the chain stopped a request: the reply to send and its flag.
@@ -85,7 +88,11 @@ impl Chain {
                 self.tap(state, function, OwnedCall::from(call), facts);
                 continue;
             }
+            let started = facts.spans.as_ref().map(StepSpans::start);
             let outcome = tokio::time::timeout(function.timeout, callout::call(function, &call, scheme(facts.tls), facts.protocol)).await;
+            if let (Some(spans), Some(started)) = (&facts.spans, started) {
+                spans.finish(started, &self.cnf, &function.name, "callout", step_outcome(&outcome));
+            }
             let verdict = match outcome {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
@@ -154,9 +161,15 @@ impl Chain {
     fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>) {
         let (state, function, cnf) = (state.clone(), function.clone(), self.cnf.clone());
         let (scheme, protocol) = (scheme(facts.tls), facts.protocol);
+        let spans = facts.spans.clone();
         tokio::spawn(async move {
             let call_ref = call.as_call();
-            let result = match tokio::time::timeout(function.timeout, callout::call(&function, &call_ref, scheme, protocol)).await {
+            let started = spans.as_ref().map(StepSpans::start);
+            let outcome = tokio::time::timeout(function.timeout, callout::call(&function, &call_ref, scheme, protocol)).await;
+            if let (Some(spans), Some(started)) = (&spans, started) {
+                spans.finish(started, &cnf, &function.name, "tap", step_outcome(&outcome));
+            }
+            let result = match outcome {
                 Ok(Ok(verdict)) => {
                     log_events(&cnf, &function, &call.trace_id, &verdict);
                     "tapped"
@@ -165,6 +178,15 @@ impl Chain {
             };
             state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf, function: function.name.clone(), result }).inc();
         });
+    }
+}
+
+/// A call-out's result as its step span tells it.
+fn step_outcome<E: std::fmt::Display>(outcome: &Result<Result<Verdict, E>, tokio::time::error::Elapsed>) -> StepOutcome<'_> {
+    match outcome {
+        Ok(Ok(verdict)) => StepOutcome::Answered(verdict),
+        Ok(Err(e)) => StepOutcome::Failed(e.to_string()),
+        Err(_) => StepOutcome::TimedOut,
     }
 }
 

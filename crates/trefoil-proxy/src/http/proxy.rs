@@ -22,6 +22,7 @@ use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
+use crate::telemetry::chain_span::StepSpans;
 use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, SeriesKey, ServiceLabels};
 use crate::telemetry::otlp::SpanRecord;
 use crate::telemetry::trace_context::{hex, TraceContext};
@@ -169,8 +170,10 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
                 ("trefoil.version", version.to_string()),
                 ("trefoil.cnf", cnf.to_string()),
                 ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
+                ("trefoil.attempts", out.attempts.to_string()),
                 ("trefoil.proxy", state.name.clone()),
             ],
+            events: Vec::new(),
         });
     }
     Ok(response)
@@ -241,6 +244,7 @@ async fn handle(
             tls: conn.tls,
             protocol: version_name(parts.version),
             body: req_body.buffered(),
+            spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
         };
         if let Err(stopped) = chain.run_request(state, &mut parts, &facts).await {
             out.flag = stopped.flag;

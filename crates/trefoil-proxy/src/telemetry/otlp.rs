@@ -22,6 +22,16 @@ pub struct SpanRecord {
     pub end: SystemTime,
     pub error: bool,
     pub attributes: Vec<(&'static str, String)>,
+    /// Things that happened during the span, e.g. a network function's events.
+    pub events: Vec<SpanEventRecord>,
+}
+
+/// A timestamped event inside a span.
+#[derive(Debug, Clone)]
+pub struct SpanEventRecord {
+    pub name: String,
+    pub time: SystemTime,
+    pub attributes: Vec<(&'static str, String)>,
 }
 
 /// Hands spans to the exporter task; never blocks.
@@ -89,6 +99,10 @@ fn nanos(t: SystemTime) -> String {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos().to_string()
 }
 
+fn attributes(list: &[(&'static str, String)]) -> Vec<Value> {
+    list.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect()
+}
+
 /// The OTLP JSON request for a batch of spans.
 pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
     let spans: Vec<Value> = spans
@@ -101,9 +115,16 @@ pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
                 "kind": 2,
                 "startTimeUnixNano": nanos(s.start),
                 "endTimeUnixNano": nanos(s.end),
-                "attributes": s.attributes.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect::<Vec<_>>(),
+                "attributes": attributes(&s.attributes),
                 "status": {"code": if s.error { 2 } else { 1 }},
             });
+            if !s.events.is_empty() {
+                span["events"] = s
+                    .events
+                    .iter()
+                    .map(|e| json!({"timeUnixNano": nanos(e.time), "name": e.name, "attributes": attributes(&e.attributes)}))
+                    .collect();
+            }
             if let Some(p) = s.parent_span_id {
                 span["parentSpanId"] = json!(hex(&p));
             }
@@ -134,11 +155,14 @@ mod tests {
             end: UNIX_EPOCH + Duration::from_secs(2),
             error: false,
             attributes: vec![("http.status_code", "200".into())],
+            events: vec![SpanEventRecord { name: "found".into(), time: UNIX_EPOCH + Duration::from_millis(1500), attributes: vec![("data", "{}".into())] }],
         };
         let v: Value = serde_json::from_slice(&encode("edge", &[span])).unwrap();
         let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(s["traceId"], "01010101010101010101010101010101");
         assert_eq!(s["parentSpanId"], "0303030303030303");
         assert_eq!(s["startTimeUnixNano"], "1000000000");
+        assert_eq!(s["events"][0]["timeUnixNano"], "1500000000");
+        assert_eq!(s["events"][0]["attributes"][0]["key"], "data");
     }
 }

@@ -13,7 +13,7 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     loop {
         out.iter_mut().for_each(|b| *b = fastrand::u8(..));

@@ -1,0 +1,175 @@
+//! One request, one trace id, across the mesh: `trefoil up` on the
+//! quickstart mesh (a gateway; web calling api through its sidecar), one
+//! request with a known `traceparent`, then `trefoil trace` shows every hop
+//! under that id, each the child of the hop before it; with a CNF on the
+//! gateway's route, the chain step sits between the gateway and web.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::up::*;
+use common::{addr, run_with_timeout, trefoil_bin, wait_until};
+use serde_json::Value;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn quickstart(gateway: std::net::SocketAddr) -> String {
+    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
+    text.replace("127.0.0.1:8080", &gateway.to_string())
+}
+
+/// Starts the quickstart mesh and waits until the gateway serves web.
+fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
+    let mut up = Up::start(mesh);
+    up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
+    up.wait("every proxy acknowledged its snapshot", all_acked);
+    wait_until("the gateway serving web", Duration::from_secs(30), || trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200));
+    up
+}
+
+/// One request with a known trace id; then the trace's spans once `count` arrived.
+fn traced_request(up: &Up, gateway: std::net::SocketAddr, count: usize) -> Vec<Value> {
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    let (status, headers, body) = trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[("traceparent", &traceparent)], b"").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some(TRACE_ID), "{headers:?}");
+    // Proxies export in batches about a second apart: wait for every span.
+    let mut spans: Vec<Value> = Vec::new();
+    wait_until("the trace's spans at the collector", Duration::from_secs(30), || {
+        let out = trace(up, &[TRACE_ID, "-o", "json"]);
+        spans = serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default();
+        spans.len() >= count
+    });
+    assert_eq!(spans.len(), count, "{spans:#?}");
+    assert!(spans.iter().all(|s| s["traceId"] == TRACE_ID), "{spans:#?}");
+    spans
+}
+
+fn trace(up: &Up, args: &[&str]) -> Output {
+    let server = format!("http://{}", up.api());
+    run_with_timeout(Command::new(trefoil_bin()).arg("trace").args(args).args(["--server", &server]), Duration::from_secs(30))
+}
+
+fn all_acked(up: &Up) -> bool {
+    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
+    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().is_some())
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
+    span["attributes"][key].as_str().unwrap_or("")
+}
+
+#[test]
+fn one_request_is_one_trace_across_gateway_and_sidecars() {
+    let gateway = addr();
+    let mut up = start(&quickstart(gateway), gateway);
+    let spans = traced_request(&up, gateway, 4);
+    let (gw, web_in, web_out, api_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
+    assert_eq!(gw["service"], "gateway", "{spans:#?}");
+    assert_eq!(gw["parentSpanId"], CLIENT_SPAN, "the gateway continues the client's trace");
+    assert!(web_in["service"].as_str().unwrap().starts_with("web-v"), "{spans:#?}");
+    assert_eq!(attr(web_in, "trefoil.direction"), "inbound");
+    assert_eq!(web_in["parentSpanId"], gw["spanId"], "web's sidecar is called by the gateway");
+    assert_eq!(web_out["service"], web_in["service"], "{spans:#?}");
+    assert_eq!(attr(web_out, "trefoil.direction"), "outbound");
+    assert_eq!(attr(web_out, "trefoil.service"), "api");
+    assert_eq!(web_out["parentSpanId"], web_in["spanId"], "the app's onward call carries the trace on");
+    assert!(api_in["service"].as_str().unwrap().starts_with("api-"), "{spans:#?}");
+    assert_eq!(attr(api_in, "trefoil.direction"), "inbound");
+    assert_eq!(api_in["parentSpanId"], web_out["spanId"], "{spans:#?}");
+
+    // The table: one line per hop, each deeper than the one before.
+    let out = trace(&up, &[TRACE_ID]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hops: Vec<&str> = text.lines().filter(|l| l.starts_with('+')).collect();
+    assert_eq!(hops.len(), 4, "{text}");
+    assert!(hops[0].contains("  gateway outbound: GET / -> 200 via web"), "{text}");
+    assert!(hops[3].contains("        api-"), "{text}");
+
+    // Listed among recent traces, rooted at the gateway.
+    let out = trace(&up, &["-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = list["items"].as_array().unwrap().iter().find(|t| t["traceId"] == TRACE_ID).cloned().unwrap_or(Value::Null);
+    assert_eq!((item["service"].as_str(), item["spans"].as_u64()), (Some("gateway"), Some(4)), "{list:#}");
+
+    // An id the collector does not hold is bad input.
+    let out = trace(&up, &["0123456789abcdef0123456789abcdef"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+/// A network function speaking the HTTP/JSON call-out (tests/chain); killed when dropped.
+struct Function(Child, std::net::SocketAddr);
+
+impl Function {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/chain/json_function.py"))
+            .args(["--name", "acl"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 tests/chain/json_function.py");
+        // It prints its address once it accepts connections.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("the function said {line:?}")).parse().unwrap();
+        Function(child, addr)
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
+    let function = Function::start();
+    let gateway = addr();
+    let plain = "  - backends:\n    - {service: web, version: v1, weight: 80}";
+    let mesh = quickstart(gateway);
+    assert!(mesh.contains(plain), "the quickstart's web rule moved");
+    let mesh = mesh.replace(plain, "  - chain: scan\n    backends:\n    - {service: web, version: v1, weight: 80}")
+        + &format!(
+            "\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: acl}}\nspec: {{ports: [{{name: http, port: 80}}], endpoints: [{{address: \"{}\", version: v1}}]}}\n\
+             ---\napiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n\
+             ---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: scan}}\nspec:\n  chain:\n  - {{function: acl}}\n",
+            function.1
+        );
+    let mut up = start(&mesh, gateway);
+    let spans = traced_request(&up, gateway, 5);
+    let (gw, step, web_in) = (&spans[0], &spans[1], &spans[2]);
+    assert_eq!(gw["service"], "gateway", "{spans:#?}");
+    assert_eq!(attr(gw, "trefoil.cnf"), "scan");
+    assert_eq!(step["name"], "chain acl", "the chain runs before the upstream: {spans:#?}");
+    assert_eq!(step["parentSpanId"], gw["spanId"]);
+    assert_eq!((attr(step, "trefoil.function"), attr(step, "trefoil.step.mode"), attr(step, "trefoil.verdict")), ("acl", "callout", "allow"));
+    assert_eq!(step["events"][0]["name"], "checked", "the function's event is on its step: {step:#}");
+    assert!(step["events"][0]["attributes"]["data"].as_str().unwrap_or("").contains("\"path\""), "{step:#}");
+    assert!(nanos(&step["endUnixNano"]) <= nanos(&web_in["startUnixNano"]), "the step ends before web is called: {spans:#?}");
+    assert_eq!(web_in["parentSpanId"], gw["spanId"], "{spans:#?}");
+
+    let out = trace(&up, &[TRACE_ID]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('+')).collect();
+    assert!(lines[1].contains("    gateway: chain scan -> acl (callout) allow"), "{text}");
+    assert!(lines[2].contains("event checked"), "{text}");
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+fn nanos(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
