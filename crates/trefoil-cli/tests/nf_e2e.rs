@@ -186,8 +186,8 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
         service("policy", "http", &[(policy.addr, "v1")]),
         service("av", "http", &[(av.addr, "v1")]),
         service("av-down", "http", &[(av_down.addr, "v1")]),
-        network_function("policy", "policy", ", events: [policy-check]"),
-        network_function("antivirus", "av", ", events: [scan-clean, virus-found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        network_function("policy", "policy", ", events: [policy_check]"),
+        network_function("antivirus", "av", ", events: [scan_clean, virus_found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
         network_function("antivirus-down", "av-down", ", timeout: 5s, sendBody: {maxBytes: 1048576}"),
         cnf("scan", &["policy", "antivirus"]),
         cnf("scan-down", &["antivirus-down"]),
@@ -218,9 +218,9 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
     let events: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(&trace_id) && l.contains("network function event"))
-        .filter_map(|l| ["policy-check", "virus-found", "scan-clean"].into_iter().find(|e| l.contains(e)))
+        .filter_map(|l| ["policy_check", "virus_found", "scan_clean"].into_iter().find(|e| l.contains(e)))
         .collect();
-    assert_eq!(events, ["policy-check", "virus-found"], "{log}");
+    assert_eq!(events, ["policy_check", "virus_found"], "{log}");
 
     // clamd down: no verdict, so the failure policy (closed by default) answers.
     let (status, headers, _) = request(public, "POST", "/down/upload", &[], b"anything");
@@ -306,7 +306,7 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"deny\""]), 6.0);
     wait_until("the events of the chain's functions in the proxy's log", Duration::from_secs(10), || {
         let log = proxy.stderr();
-        ["policy-check", "inspect-done", "rate-limited"].iter().all(|e| log.contains(e))
+        ["policy_check", "inspect_done", "rate_limited"].iter().all(|e| log.contains(e))
     });
 }
 
@@ -324,7 +324,7 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
          {API}\nkind: Workload\nmetadata: {{name: policy}}\nspec: {{service: policy, command: trefoil, args: [nf, policy, --config, functions/policy.yaml], health: {{http: /healthz}}}}\n---\n\
          {API}\nkind: Service\nmetadata: {{name: policy}}\nspec: {{}}\n---\n\
          {}{}{}",
-        network_function("policy", "policy", ", events: [policy-check]"),
+        network_function("policy", "policy", ", events: [policy_check]"),
         cnf("edge", &["policy"]),
         chained_route(&[("/", "edge")]),
     );

@@ -97,6 +97,13 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
 /// The most body a function may ask for: bodies are held in memory while it decides.
 pub const MAX_SEND_BODY: u32 = 1024 * 1024;
 
+/// Event names are written in handlers as identifiers (`inspect_done`), so
+/// besides a resource name's characters they may use '_'.
+fn valid_event(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_';
+    !name.is_empty() && name.len() <= 253 && name.chars().all(ok_char) && name.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
 fn valid_name(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     !name.is_empty()
@@ -493,8 +500,8 @@ impl Validator {
             }
         }
         for (i, event) in f.events.iter().enumerate() {
-            if !valid_name(event) {
-                self.report(r, &format!("spec.events[{i}]"), format!("invalid event name {event:?}: use lower-case letters, digits, '-' and '.'"));
+            if !valid_event(event) {
+                self.report(r, &format!("spec.events[{i}]"), format!("invalid event name {event:?}: use lower-case letters, digits, '_', '-' and '.'"));
             }
         }
     }

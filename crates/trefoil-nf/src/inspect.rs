@@ -124,12 +124,12 @@ impl Function for Inspect {
     async fn decide(&self, call: Request) -> Result<JsonVerdict, String> {
         let body_bytes = call.body.as_ref().map_or(0, |b| b.len());
         Ok(match self.scan(&call) {
-            None => verdict::allow(vec![verdict::event("inspect-done", json!({"cnf": call.cnf, "result": "clean", "bodyBytes": body_bytes}))]),
+            None => verdict::allow(vec![verdict::event("inspect_done", json!({"cnf": call.cnf, "result": "clean", "bodyBytes": body_bytes}))]),
             Some(f) => verdict::deny(
                 self.deny_status,
                 format!("blocked by content inspection: {}\n", f.signature),
                 vec![verdict::event(
-                    "inspect-done",
+                    "inspect_done",
                     json!({"cnf": call.cnf, "result": "match", "signature": f.signature, "location": f.location, "bodyBytes": body_bytes}),
                 )],
             ),
@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(v.events[0].data["signature"], "sql-union");
         let v = inspect(false).decide(call("/", &[], b"fine")).await.unwrap();
         assert_eq!(v.verdict, "allow");
-        assert_eq!(v.events[0].name, "inspect-done");
+        assert_eq!(v.events[0].name, "inspect_done");
         assert_eq!(v.events[0].data["result"], "clean");
     }
 }

@@ -1,6 +1,6 @@
 //! `policy`: an access list. Rules are tried in order and the first whose
 //! conditions all hold decides; when none does, the default action applies.
-//! Every verdict publishes `policy-check` naming the rule that decided.
+//! Every verdict publishes `policy_check` naming the rule that decided.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -217,7 +217,7 @@ impl Function for Policy {
             Action::Allow => "allow",
             Action::Deny => "deny",
         };
-        let events = vec![verdict::event("policy-check", json!({"cnf": call.cnf, "rule": rule, "action": action_name}))];
+        let events = vec![verdict::event("policy_check", json!({"cnf": call.cnf, "rule": rule, "action": action_name}))];
         Ok(match action {
             Action::Allow => verdict::allow(events),
             Action::Deny => verdict::deny(self.deny_status, self.deny_reason.clone(), events),
@@ -303,7 +303,7 @@ rules:
         c.cnf = "edge".into();
         let v = p.decide(c).await.unwrap();
         assert_eq!((v.verdict.as_str(), v.status, v.reason.as_deref()), ("deny", Some(451), Some("no\n")));
-        assert_eq!(v.events[0].name, "policy-check");
+        assert_eq!(v.events[0].name, "policy_check");
         assert_eq!(v.events[0].data, json!({"cnf": "edge", "rule": "block", "action": "deny"}));
         let v = p.decide(call("GET", "/x", "127.0.0.1:1", &[])).await.unwrap();
         assert_eq!(v.verdict, "allow");

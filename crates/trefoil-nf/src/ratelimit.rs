@@ -134,7 +134,7 @@ impl Function for RateLimit {
                     429,
                     "too many requests\n",
                     headers,
-                    vec![verdict::event("rate-limited", json!({"cnf": call.cnf, "key": key, "retryAfter": retry}))],
+                    vec![verdict::event("rate_limited", json!({"cnf": call.cnf, "key": key, "retryAfter": retry}))],
                 )
             }
         })
@@ -192,7 +192,7 @@ mod tests {
         let v = rl.decide(call()).await.unwrap();
         assert_eq!((v.verdict.as_str(), v.status), ("deny", Some(429)));
         assert_eq!(v.set_headers.get("retry-after").map(String::as_str), Some("2"));
-        assert_eq!(v.events[0].name, "rate-limited");
+        assert_eq!(v.events[0].name, "rate_limited");
         assert_eq!(v.events[0].data["key"], "ip:127.0.0.1");
     }
 }

@@ -47,7 +47,7 @@ struct Listen {
 #[derive(clap::Subcommand)]
 enum NfCommand {
     /// An access list: rules by client address/CIDR, path prefix, header and method; the first match wins.
-    #[command(long_about = "An access list. The YAML config:\n\n  default: allow          # allow | deny, when no rule matches\n  denyStatus: 403\n  denyReason: \"denied by policy\\n\"\n  rules:\n  - name: office-admin    # optional; shown in the policy-check event\n    action: allow\n    sources: [10.0.0.0/8]  # any of these (address or CIDR)\n    paths: [/admin]        # any of these prefixes (query excluded)\n    methods: [GET]         # any of these\n    headers: [{name: x-role, value: admin}]   # all; no value: presence\n\nEvery given condition of a rule must hold; rules are tried in order.")]
+    #[command(long_about = "An access list. The YAML config:\n\n  default: allow          # allow | deny, when no rule matches\n  denyStatus: 403\n  denyReason: \"denied by policy\\n\"\n  rules:\n  - name: office-admin    # optional; shown in the policy_check event\n    action: allow\n    sources: [10.0.0.0/8]  # any of these (address or CIDR)\n    paths: [/admin]        # any of these prefixes (query excluded)\n    methods: [GET]         # any of these\n    headers: [{name: x-role, value: admin}]   # all; no value: presence\n\nEvery given condition of a rule must hold; rules are tried in order.")]
     Policy {
         #[command(flatten)]
         listen: Listen,
