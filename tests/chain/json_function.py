@@ -2,7 +2,7 @@
 """A network function speaking Trefoil's HTTP/JSON call-out, for chain tests.
 
 It decides on what the proxy sent:
-- path starting /deny: deny with 451, a reason and an `x-denied-by` header;
+- path starting with the deny prefix (`--deny-prefix`, default /deny): deny with 451, a reason and an `x-denied-by` header;
 - a request header `x-fn-delay: SECONDS`: answer that much later (a slow function);
 - anything else: allow, setting `x-checked-by` (its name), `x-seen-cnf`,
   `x-seen-trace` (from the payload), `x-seen-body` (the body it was sent, if
@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     name = "fn"
+    deny_prefix = "/deny"
 
     def log_message(self, *_):
         pass
@@ -33,7 +34,7 @@ class Handler(BaseHTTPRequestHandler):
         delay = call["headers"].get("x-fn-delay")
         if delay:
             time.sleep(float(delay))
-        if call["path"].startswith("/deny"):
+        if call["path"].startswith(self.deny_prefix):
             verdict = {"verdict": "deny", "status": 451, "reason": "blocked by policy\n",
                        "setHeaders": {"x-denied-by": self.name}, "events": events}
         else:
@@ -58,8 +59,10 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="fn")
+    parser.add_argument("--deny-prefix", default="/deny")
     args = parser.parse_args()
     Handler.name = args.name
+    Handler.deny_prefix = args.deny_prefix
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     host, port = server.server_address[:2]

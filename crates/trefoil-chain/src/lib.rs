@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod ext_authz;
+pub mod handlers;
 pub mod json;
 
 pub use call::{Call, Event, Verdict};

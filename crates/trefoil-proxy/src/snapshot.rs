@@ -14,6 +14,8 @@ use trefoil_model::{Diagnostic, Diagnostics, Resource, SourcedResource, Spec};
 use crate::balancer::Balancer;
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::http::chain::{Chain, Function, Step};
+use crate::http::chain_handlers::ChainHandlers;
+use trefoil_chain::handlers::{Handlers, Limits};
 use crate::http::filters::{HeaderEdits, RateLimiter};
 use crate::http::retry::Budget;
 use crate::http::route_match::RequestMatcher;
@@ -375,8 +377,11 @@ impl Compiler<'_> {
                 }),
             );
         }
+        // Shared by every CNF with handlers: a handler may call any function by name.
+        let callable: Arc<HashMap<String, Arc<Function>>> = Arc::new(functions.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
         for s in sources {
             let Spec::Cnf(cnf) = &s.resource.spec else { continue };
+            let handlers = self.handlers(s, cnf, &callable);
             let mut steps = Vec::new();
             for (i, step) in cnf.chain.iter().enumerate() {
                 let Some(function) = functions.get(step.function.as_str()) else {
@@ -387,7 +392,23 @@ impl Compiler<'_> {
                 steps.push(Step { function: function.clone(), mode: step.mode, when });
             }
             let max_body = steps.iter().filter_map(|s| s.function.max_body).max();
-            self.chains.insert(s.resource.name().to_string(), Arc::new(Chain { cnf: label(s.resource.name()), steps, max_body }));
+            self.chains.insert(s.resource.name().to_string(), Arc::new(Chain { cnf: label(s.resource.name()), steps, max_body, handlers }));
+        }
+    }
+
+    /// Compiles a CNF's handler scripts; a syntax error is a problem at `spec.handlers.EVENT`.
+    fn handlers(&mut self, s: &SourcedResource, cnf: &CnfSpec, callable: &Arc<HashMap<String, Arc<Function>>>) -> Option<Arc<ChainHandlers>> {
+        if cnf.handlers.is_empty() {
+            return None;
+        }
+        match Handlers::compile(s.resource.name(), &cnf.handlers, Limits::default()) {
+            Ok(handlers) => Some(Arc::new(ChainHandlers { handlers, functions: callable.clone() })),
+            Err(problems) => {
+                for (event, e) in problems {
+                    self.problems.push(s.diagnostic(&format!("spec.handlers.{event}"), e.to_string()));
+                }
+                None
+            }
         }
     }
 
@@ -500,6 +521,24 @@ mod tests {
         assert_eq!(chain.max_body, Some(100));
         assert!(Arc::ptr_eq(&chain.steps[0].function, &chain.steps[1].function), "one function, compiled once");
         assert!(web.rules[1].chain.is_none(), "a rule without `chain` has none");
+        assert!(chain.handlers.is_none(), "a CNF without handlers pays nothing for them");
+    }
+
+    #[test]
+    fn handler_scripts_compile_with_the_snapshot() {
+        let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: http, events: [seen]}\n";
+        let with = |script: &str| {
+            let base = BASE.replace("chain: [{function: acl}, {function: acl, mode: tap}]\n", &format!("chain: [{{function: acl}}]\n  handlers: {{seen: {script:?}}}\n"));
+            let sources = trefoil_model::load_str(&std::sync::Arc::from("c.yaml"), &format!("{base}{nf}")).unwrap();
+            compile(&sources, &Shared::new(1), 1)
+        };
+        let snapshot = with("trefoil.log(event.name)").unwrap();
+        let web = snapshot.listeners[0].router.find("any", |r| Some(r.clone())).expect("the route");
+        let chain = web.rules[0].chain.clone().expect("a chain");
+        assert!(chain.handlers.as_ref().is_some_and(|h| h.handlers.get("seen").is_some() && h.functions.contains_key("acl")));
+        let err = with("trefoil.log(").err().expect("a syntax error refuses the snapshot");
+        assert_eq!(err.0[0].field, "spec.handlers.seen", "{err}");
+        assert!(err.to_string().contains("edge/seen:1:"), "located: {err}");
     }
 
     #[test]

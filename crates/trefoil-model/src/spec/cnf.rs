@@ -71,7 +71,7 @@ pub struct CnfSpec {
     pub node: Option<String>,
     /// Steps in the order they run.
     pub chain: Vec<ChainStep>,
-    /// Event name -> handler script; accepted and validated, not run yet.
+    /// Event name -> Lua handler script, run in the proxy when a step's verdict carries the event.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handlers: BTreeMap<String, String>,
 }

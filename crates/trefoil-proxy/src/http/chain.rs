@@ -15,6 +15,7 @@ use trefoil_chain::{Call, Verdict};
 use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
 
 use crate::http::callout;
+use crate::http::chain_handlers::{self, ChainHandlers};
 use crate::http::proxy::local_reply;
 use crate::http::route_match::RequestMatcher;
 use crate::snapshot::Cluster;
@@ -51,6 +52,8 @@ pub struct Chain {
     pub steps: Vec<Step>,
     /// The largest body any step asks for: the proxy buffers that much before the chain runs.
     pub max_body: Option<usize>,
+    /// The CNF's event handlers; `None` when it has none, so such chains pay nothing.
+    pub handlers: Option<Arc<ChainHandlers>>,
 }
 
 /// What the chain needs to know about the request besides its head.
@@ -83,7 +86,7 @@ impl Chain {
             }
             let function = &step.function;
             let body = function.max_body.and(facts.body.clone());
-            let call = call_for(&self.cnf, function, parts, facts, body);
+            let call = call_for(&self.cnf, &function.name, parts, facts, body);
             if step.mode == StepMode::Tap {
                 self.tap(state, function, OwnedCall::from(call), facts);
                 continue;
@@ -112,7 +115,7 @@ impl Chain {
             };
             log_events(&self.cnf, function, facts.trace_id, &verdict);
             match verdict {
-                Verdict::Allow { set_headers, remove_headers, .. } => {
+                Verdict::Allow { set_headers, remove_headers, events } => {
                     self.count(state, function, "allow");
                     for name in remove_headers.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
                         parts.headers.remove(name);
@@ -121,6 +124,9 @@ impl Chain {
                         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
                             parts.headers.insert(n, v);
                         }
+                    }
+                    if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
+                        chain_handlers::run(self, h, state, function, parts, facts, events).await?;
                     }
                 }
                 Verdict::Deny { status, reason, headers, .. } => {
@@ -190,7 +196,7 @@ fn step_outcome<E: std::fmt::Display>(outcome: &Result<Result<Verdict, E>, tokio
     }
 }
 
-fn scheme(tls: bool) -> &'static str {
+pub(crate) fn scheme(tls: bool) -> &'static str {
     if tls {
         "https"
     } else {
@@ -206,10 +212,10 @@ fn log_events(cnf: &str, function: &Function, trace_id: &str, verdict: &Verdict)
     }
 }
 
-fn call_for<'a>(cnf: &'a str, function: &'a Function, parts: &'a http::request::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {
+pub(crate) fn call_for<'a>(cnf: &'a str, function: &'a str, parts: &'a http::request::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {
     Call {
         cnf,
-        function: &function.name,
+        function,
         method: parts.method.as_str(),
         path: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
         host: facts.host,
@@ -222,17 +228,17 @@ fn call_for<'a>(cnf: &'a str, function: &'a Function, parts: &'a http::request::
 }
 
 /// A call that outlives the request, for taps.
-struct OwnedCall {
-    cnf: String,
-    function: String,
-    method: String,
-    path: String,
-    host: String,
-    headers: Vec<(String, String)>,
-    source: Option<SocketAddr>,
-    destination: Option<SocketAddr>,
-    trace_id: String,
-    body: Option<Bytes>,
+pub(crate) struct OwnedCall {
+    pub(crate) cnf: String,
+    pub(crate) function: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) host: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) source: Option<SocketAddr>,
+    pub(crate) destination: Option<SocketAddr>,
+    pub(crate) trace_id: String,
+    pub(crate) body: Option<Bytes>,
 }
 
 impl From<Call<'_>> for OwnedCall {
@@ -254,7 +260,7 @@ impl From<Call<'_>> for OwnedCall {
 }
 
 impl OwnedCall {
-    fn as_call(&self) -> Call<'_> {
+    pub(crate) fn as_call(&self) -> Call<'_> {
         Call {
             cnf: &self.cnf,
             function: &self.function,

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod callout;
 pub mod chain;
+pub mod chain_handlers;
 pub mod filters;
 pub mod proxy;
 pub mod retry;

@@ -130,6 +130,15 @@ pub struct ChainLabels {
     pub result: &'static str,
 }
 
+/// One run of a CNF's event handler.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabels {
+    pub cnf: Label,
+    pub event: Label,
+    /// `ok`, `deny`, `error`, `cpu_limit`, `memory_limit`, `deadline` or `unavailable`.
+    pub result: &'static str,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -143,6 +152,7 @@ pub struct Metrics {
     pub overflows: Family<ServiceLabels, Counter>,
     pub mirrors: Family<ResultLabels, Counter>,
     pub chain_calls: Family<ChainLabels, Counter>,
+    pub chain_handler_runs: Family<HandlerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
@@ -176,6 +186,8 @@ impl Default for Metrics {
         registry.register("trefoil_mirror_requests", "Mirrored request copies, by outcome", mirrors.clone());
         let chain_calls = Family::default();
         registry.register("trefoil_chain_calls", "Calls of CNF chain steps to their network functions, by result", chain_calls.clone());
+        let chain_handler_runs = Family::default();
+        registry.register("trefoil_chain_handler_runs", "Runs of CNF event handlers, by result", chain_handler_runs.clone());
         let config_reloads = Family::default();
         registry.register("trefoil_config_reloads", "Configuration reload attempts, by result", config_reloads.clone());
         let config_version = Gauge::default();
@@ -200,6 +212,7 @@ impl Default for Metrics {
             overflows,
             mirrors,
             chain_calls,
+            chain_handler_runs,
             config_reloads,
             config_version,
             access_log_dropped,

@@ -1,0 +1,190 @@
+//! CNF event handlers through a real proxy: a JSON network function
+//! publishes `checked` with every verdict, and the CNF's Lua handler for it
+//! edits headers, denies, calls a second function, misbehaves, or is
+//! replaced by a reload while traffic flows.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// tests/chain/json_function.py, run by python3; killed when dropped.
+struct Function {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Function {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/chain/json_function.py"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 tests/chain/json_function.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("function said {line:?}")).parse().unwrap();
+        Function { child, addr }
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
+/// (denies paths under /infected), CNFs named after each path prefix.
+struct Mesh {
+    up: TestServer,
+    _acl: Function,
+    _scanner: Function,
+    public: SocketAddr,
+    base: String,
+}
+
+impl Mesh {
+    fn start() -> Self {
+        let up = TestServer::named("up");
+        let acl = Function::start(&["--name", "acl"]);
+        let scanner = Function::start(&["--name", "scanner", "--deny-prefix", "/infected"]);
+        let public = addr();
+        let base = format!(
+            "{}{}{}{}{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n---\n{API}\nkind: NetworkFunction\nmetadata: {{name: scanner}}\nspec: {{service: scanner, api: http}}\n---\n",
+            listener("public", public),
+            service("web", "http", &[(up.addr(), "v1")]),
+            service("acl", "http", &[(acl.addr, "v1")]),
+            service("scanner", "http", &[(scanner.addr, "v1")]),
+        );
+        Mesh { up, _acl: acl, _scanner: scanner, public, base }
+    }
+
+    /// The base plus one CNF per `(name, checked handler)`, and a route rule for each
+    /// taking requests with `?cnf=name` (the upstream echoes only `/echo`).
+    fn config(&self, cnfs: &[(&str, &str)]) -> String {
+        let mut out = self.base.clone();
+        let mut rules = Vec::new();
+        for (name, script) in cnfs {
+            let script: Vec<String> = script.lines().map(|l| format!("      {l}")).collect();
+            out.push_str(&format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{{function: acl}}]\n  handlers:\n    checked: |\n{}\n---\n", script.join("\n")));
+            rules.push(format!("  - matches: [{{queryParams: [{{name: cnf, value: {name}}}]}}]\n    backends: [{{service: web}}]\n    chain: {name}"));
+        }
+        out.push_str(&format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n")));
+        out
+    }
+
+    fn get(&self, path: &str) -> (u16, trefoil_testkit::Headers, String) {
+        let (status, headers, body) = http_request(self.public, "GET", "web.local", path, &[], b"").expect("request through the proxy");
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+fn echoed(body: &str) -> serde_json::Value {
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    echo["headers"].clone()
+}
+
+#[test]
+fn handlers_set_headers_deny_and_call_other_functions() {
+    let mesh = Mesh::start();
+    let proxy = Proxy::start(&mesh.config(&[
+        ("tag", "trefoil.set_header('x-handled', event.name .. ' ' .. event.data.path)\ntrefoil.log('handled')"),
+        ("block", "if request.headers['x-block'] then trefoil.deny(429, 'handler says no\\n') end"),
+        ("scan", "local v = trefoil.call('scanner')\ntrefoil.set_header('x-scan', v.verdict)"),
+    ]));
+
+    let (status, _, body) = mesh.get("/echo?cnf=tag");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    assert_eq!(echoed(&body)["x-handled"], "checked /echo?cnf=tag", "the handler's header reaches the upstream");
+
+    assert_eq!(mesh.get("/echo?cnf=block").0, 200, "the handler denies only when told to");
+    let (status, headers, body) = http_request(mesh.public, "GET", "web.local", "/echo?cnf=block", &[("x-block", "1")], b"").unwrap();
+    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (429, "handler says no\n"));
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+
+    let (status, _, body) = mesh.get("/echo?cnf=scan");
+    assert_eq!(status, 200, "{body}");
+    let seen = echoed(&body);
+    assert_eq!((seen["x-scan"].as_str(), seen["x-checked-by"].as_str()), (Some("allow"), Some("scanner")), "the called function's verdict and edits apply: {seen}");
+
+    let proxy2_config = mesh.config(&[("infected", "trefoil.call('scanner')")]);
+    proxy.rewrite(&proxy2_config);
+    wait_until("the reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["result=\"success\""]) >= 1.0);
+    let (status, _, body) = mesh.get("/infected?cnf=infected");
+    assert_eq!((status, body.as_str()), (451, "blocked by policy\n"), "a deny from a function the handler called denies the request");
+    assert_eq!(mesh.up.requests_for("/infected"), 0);
+
+    assert!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"tag\"", "event=\"checked\"", "result=\"ok\""]) >= 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"block\"", "result=\"deny\""]), 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"scanner\"", "result=\"deny\""]), 1.0);
+}
+
+#[test]
+fn runaway_handlers_get_the_failure_policy_and_the_proxy_stays_healthy() {
+    let mesh = Mesh::start();
+    let proxy = Proxy::start(&mesh.config(&[("spin", "while true do end"), ("hog", "local t = {}\nfor i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end"), ("fine", "trefoil.set_header('x-fine', 'yes')")]));
+
+    for path in ["/echo?cnf=spin", "/echo?cnf=hog"] {
+        let started = Instant::now();
+        let (status, headers, body) = mesh.get(path);
+        assert_eq!(status, 503, "{path}: acl's failure policy is closed: {body}");
+        assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_unavailable"));
+        assert!(started.elapsed() < Duration::from_secs(2), "{path} stopped fast: {:?}", started.elapsed());
+    }
+    assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"spin\"", "result=\"cpu_limit\""]), 1.0);
+    let hog = proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"hog\"", "result=\"memory_limit\""]) + proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"hog\"", "result=\"cpu_limit\""]);
+    assert_eq!(hog, 1.0);
+
+    // The proxy goes on serving, ready as before.
+    for _ in 0..5 {
+        let (status, _, body) = mesh.get("/echo?cnf=fine");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(echoed(&body)["x-fine"], "yes");
+    }
+    assert_eq!(http_request(proxy.admin, "GET", "admin", "/ready", &[], b"").unwrap().0, 200);
+    assert!(proxy.stderr().contains("event handler failed"), "the failure is logged");
+}
+
+#[test]
+fn a_reloaded_handler_takes_effect_with_traffic_flowing() {
+    let mesh = Mesh::start();
+    let v1 = mesh.config(&[("live", "trefoil.set_header('x-handler', 'v1')")]);
+    let v2 = mesh.config(&[("live", "trefoil.set_header('x-handler', 'v2')")]);
+    let proxy = Proxy::start(&v1);
+    assert_eq!(echoed(&mesh.get("/echo?cnf=live").2)["x-handler"], "v1");
+
+    proxy.rewrite(&v2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut seen_v2, mut requests) = (false, 0);
+    while Instant::now() < deadline && !seen_v2 {
+        let (status, _, body) = mesh.get("/echo?cnf=live");
+        requests += 1;
+        assert_eq!(status, 200, "no request fails during the swap (request {requests}): {body}");
+        let handler = echoed(&body)["x-handler"].as_str().map(str::to_string);
+        assert!(matches!(handler.as_deref(), Some("v1" | "v2")), "one handler or the other, never none: {handler:?}");
+        seen_v2 = handler.as_deref() == Some("v2");
+    }
+    assert!(seen_v2, "the new handler took effect within 15 s");
+    for _ in 0..5 {
+        assert_eq!(echoed(&mesh.get("/echo?cnf=live").2)["x-handler"], "v2", "and stays");
+    }
+
+    // A syntax error is refused: the proxy keeps the handler it has.
+    proxy.rewrite(&mesh.config(&[("live", "trefoil.set_header(")]));
+    wait_until("the refused reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["result=\"failure\""]) >= 1.0);
+    assert_eq!(echoed(&mesh.get("/echo?cnf=live").2)["x-handler"], "v2");
+    assert!(proxy.stderr().contains("spec.handlers.checked"), "the error names the handler:\n{}", proxy.stderr());
+}
