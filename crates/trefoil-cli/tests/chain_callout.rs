@@ -4,77 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chain::*;
 use common::*;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A network function under tests/chain, run by python3; killed when dropped.
-struct Function {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Function {
-    fn start(script: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/chain").join(script))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("python3 tests/chain/{script}: {e}"));
-        // The script prints its address once it accepts connections (or exits, closing stdout).
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{script} said {line:?}")).parse().unwrap();
-        Function { child, addr }
-    }
-}
-
-impl Drop for Function {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn network_function(name: &str, service: &str, api: &str, extra: &str) -> String {
-    format!("{API}\nkind: NetworkFunction\nmetadata: {{name: {name}}}\nspec: {{service: {service}, api: {api}{extra}}}\n---\n")
-}
-
-/// A CNF whose chain is `steps` (YAML flow mappings).
-fn cnf(name: &str, steps: &[&str]) -> String {
-    let steps: Vec<String> = steps.iter().map(|s| format!("  - {s}")).collect();
-    format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
-}
-
-/// A Route for every host to `web`, one rule per (path prefix, CNF).
-fn chained_route(rules: &[(&str, &str)]) -> String {
-    let rules: Vec<String> = rules
-        .iter()
-        .map(|(prefix, cnf)| format!("  - matches: [{{path: {{prefix: {prefix}}}}}]\n    backends: [{{service: web}}]\n    chain: {cnf}"))
-        .collect();
-    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n"))
-}
-
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, trefoil_testkit::Headers, String) {
-    let (status, headers, body) = http_request(addr, method, "web.local", path, headers, body).expect("request through the proxy");
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The headers the upstream received, from its /echo answer.
-fn echoed(body: &str) -> serde_json::Value {
-    let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    echo["headers"].clone()
-}
 
 
 #[test]

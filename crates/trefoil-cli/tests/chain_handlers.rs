@@ -5,46 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chain::{echoed, Function};
 use common::*;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// tests/chain/json_function.py, run by python3; killed when dropped.
-struct Function {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Function {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/chain/json_function.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 tests/chain/json_function.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("function said {line:?}")).parse().unwrap();
-        Function { child, addr }
-    }
-}
-
-impl Drop for Function {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
 /// (denies paths under /infected), CNFs named after each path prefix.
@@ -59,8 +25,8 @@ struct Mesh {
 impl Mesh {
     fn start() -> Self {
         let up = TestServer::named("up");
-        let acl = Function::start(&["--name", "acl"]);
-        let scanner = Function::start(&["--name", "scanner", "--deny-prefix", "/infected"]);
+        let acl = Function::start("json_function.py", &["--name", "acl"]);
+        let scanner = Function::start("json_function.py", &["--name", "scanner", "--deny-prefix", "/infected"]);
         let public = addr();
         let base = format!(
             "{}{}{}{}{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n---\n{API}\nkind: NetworkFunction\nmetadata: {{name: scanner}}\nspec: {{service: scanner, api: http}}\n---\n",
@@ -90,11 +56,6 @@ impl Mesh {
         let (status, headers, body) = http_request(self.public, "GET", "web.local", path, &[], b"").expect("request through the proxy");
         (status, headers, String::from_utf8_lossy(&body).into_owned())
     }
-}
-
-fn echoed(body: &str) -> serde_json::Value {
-    let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    echo["headers"].clone()
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chain::{chained_route, cnf, network_function, request};
 use common::*;
 
 /// A `trefoil nf` process; killed when dropped.
@@ -139,29 +140,6 @@ impl Drop for Clamd {
     }
 }
 
-fn network_function(name: &str, service: &str, extra: &str) -> String {
-    format!("{API}\nkind: NetworkFunction\nmetadata: {{name: {name}}}\nspec: {{service: {service}, api: http{extra}}}\n---\n")
-}
-
-fn cnf(name: &str, functions: &[&str]) -> String {
-    let steps: Vec<String> = functions.iter().map(|f| format!("  - {{function: {f}}}")).collect();
-    format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
-}
-
-/// A Route for every host to `web`, one rule per (path prefix, CNF).
-fn chained_route(rules: &[(&str, &str)]) -> String {
-    let rules: Vec<String> = rules
-        .iter()
-        .map(|(prefix, cnf)| format!("  - matches: [{{path: {{prefix: {prefix}}}}}]\n    backends: [{{service: web}}]\n    chain: {cnf}"))
-        .collect();
-    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n"))
-}
-
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, trefoil_testkit::Headers, String) {
-    let (status, headers, body) = http_request(addr, method, "web.local", path, headers, body).expect("request through the proxy");
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -186,11 +164,11 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
         service("policy", "http", &[(policy.addr, "v1")]),
         service("av", "http", &[(av.addr, "v1")]),
         service("av-down", "http", &[(av_down.addr, "v1")]),
-        network_function("policy", "policy", ", events: [policy_check]"),
-        network_function("antivirus", "av", ", events: [scan_clean, virus_found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
-        network_function("antivirus-down", "av-down", ", timeout: 5s, sendBody: {maxBytes: 1048576}"),
-        cnf("scan", &["policy", "antivirus"]),
-        cnf("scan-down", &["antivirus-down"]),
+        network_function("policy", "policy", "http", ", events: [policy_check]"),
+        network_function("antivirus", "av", "http", ", events: [scan_clean, virus_found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        network_function("antivirus-down", "av-down", "http", ", timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        cnf("scan", &["{function: policy}", "{function: antivirus}"]),
+        cnf("scan-down", &["{function: antivirus-down}"]),
         chained_route(&[("/down", "scan-down"), ("/", "scan")]),
     ]
     .concat();
@@ -255,13 +233,13 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
         service("ratelimit", "http", &[(ratelimit.addr, "v1")]),
         // The same policy process, called over ext_authz (gRPC) instead of JSON.
         service("policy-grpc", "grpc", &[(policy.addr, "v1")]),
-        network_function("policy", "policy", ""),
+        network_function("policy", "policy", "http", ""),
         format!("{API}\nkind: NetworkFunction\nmetadata: {{name: policy-authz}}\nspec: {{service: policy-grpc, api: extAuthz, timeout: 2s}}\n---\n"),
-        network_function("inspect", "inspect", ", sendBody: {maxBytes: 65536}"),
-        network_function("ratelimit", "ratelimit", ""),
-        cnf("guard", &["policy", "inspect"]),
-        cnf("limited", &["ratelimit"]),
-        cnf("authz", &["policy-authz"]),
+        network_function("inspect", "inspect", "http", ", sendBody: {maxBytes: 65536}"),
+        network_function("ratelimit", "ratelimit", "http", ""),
+        cnf("guard", &["{function: policy}", "{function: inspect}"]),
+        cnf("limited", &["{function: ratelimit}"]),
+        cnf("authz", &["{function: policy-authz}"]),
         chained_route(&[("/limited", "limited"), ("/grpc", "authz"), ("/", "guard")]),
     ]
     .concat();
@@ -324,8 +302,8 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
          {API}\nkind: Workload\nmetadata: {{name: policy}}\nspec: {{service: policy, command: trefoil, args: [nf, policy, --config, functions/policy.yaml], health: {{http: /healthz}}}}\n---\n\
          {API}\nkind: Service\nmetadata: {{name: policy}}\nspec: {{}}\n---\n\
          {}{}{}",
-        network_function("policy", "policy", ", events: [policy_check]"),
-        cnf("edge", &["policy"]),
+        network_function("policy", "policy", "http", ", events: [policy_check]"),
+        cnf("edge", &["{function: policy}"]),
         chained_route(&[("/", "edge")]),
     );
     let mut up = common::up::Up::start_in(dir, &files);

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::chain::Function;
 use common::up::*;
 use common::{addr, run_with_timeout, trefoil_bin, wait_until};
 use serde_json::Value;
@@ -108,36 +108,10 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
 
-/// A network function speaking the HTTP/JSON call-out (tests/chain); killed when dropped.
-struct Function(Child, std::net::SocketAddr);
-
-impl Function {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/chain/json_function.py"))
-            .args(["--name", "acl"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 tests/chain/json_function.py");
-        // It prints its address once it accepts connections.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("the function said {line:?}")).parse().unwrap();
-        Function(child, addr)
-    }
-}
-
-impl Drop for Function {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
-    let function = Function::start();
+    let function = Function::json("acl");
     let gateway = addr();
     let plain = "  - backends:\n    - {service: web, version: v1, weight: 80}";
     let mesh = quickstart(gateway);
@@ -147,7 +121,7 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
             "\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: acl}}\nspec: {{ports: [{{name: http, port: 80}}], endpoints: [{{address: \"{}\", version: v1}}]}}\n\
              ---\napiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n\
              ---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: scan}}\nspec:\n  chain:\n  - {{function: acl}}\n",
-            function.1
+            function.addr
         );
     let mut up = start(&mesh, gateway);
     let spans = traced_request(&up, gateway, 5);

@@ -1,6 +1,7 @@
 //! A real `trefoil proxy` process for black-box tests, and helpers around it.
 #![allow(dead_code, unused_imports)]
 
+pub mod chain;
 pub mod control;
 pub mod load;
 pub mod up;

@@ -1,0 +1,77 @@
+//! CNF chain pieces for black-box tests: network functions run by python3
+//! from tests/chain, and the resources that put them in a route's chain.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::{http_request, API};
+
+/// A network function under tests/chain, run by python3; killed when dropped.
+pub struct Function {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Function {
+    /// Starts `script` with `args` and waits for the address it prints once it accepts connections.
+    pub fn start(script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/chain").join(script))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 tests/chain/{script}: {e}"));
+        // The script prints its address once it accepts connections (or exits, closing stdout).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{script} said {line:?}")).parse().unwrap();
+        Function { child, addr }
+    }
+
+    /// tests/chain/json_function.py named `name`.
+    pub fn json(name: &str) -> Self {
+        Self::start("json_function.py", &["--name", name])
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A NetworkFunction; `extra` continues its spec's flow mapping (`, events: [a]`).
+pub fn network_function(name: &str, service: &str, api: &str, extra: &str) -> String {
+    format!("{API}\nkind: NetworkFunction\nmetadata: {{name: {name}}}\nspec: {{service: {service}, api: {api}{extra}}}\n---\n")
+}
+
+/// A CNF whose chain is `steps` (YAML flow mappings, e.g. `{function: acl}`).
+pub fn cnf(name: &str, steps: &[&str]) -> String {
+    let steps: Vec<String> = steps.iter().map(|s| format!("  - {s}")).collect();
+    format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
+}
+
+/// A Route for every host to `web`, one rule per (path prefix, CNF).
+pub fn chained_route(rules: &[(&str, &str)]) -> String {
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(prefix, cnf)| format!("  - matches: [{{path: {{prefix: {prefix}}}}}]\n    backends: [{{service: web}}]\n    chain: {cnf}"))
+        .collect();
+    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n"))
+}
+
+/// A request through the proxy at `addr` to host `web.local`.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, trefoil_testkit::Headers, String) {
+    let (status, headers, body) = http_request(addr, method, "web.local", path, headers, body).expect("request through the proxy");
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The headers the upstream received, from its /echo answer.
+pub fn echoed(body: &str) -> serde_json::Value {
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    echo["headers"].clone()
+}
