@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod chain;
+pub mod clamd;
 pub mod control;
 pub mod load;
 pub mod up;

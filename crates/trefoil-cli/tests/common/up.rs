@@ -29,10 +29,16 @@ impl Up {
     pub fn start_in(dir: PathBuf, files: &str) -> Self {
         std::fs::create_dir_all(dir.join("files")).unwrap();
         std::fs::write(dir.join("files").join("mesh.yaml"), files).unwrap();
+        Self::start_on(dir.clone(), &dir.join("files"), &[])
+    }
+
+    /// `up -f files` with extra environment, its state and output in `dir`.
+    pub fn start_on(dir: PathBuf, files: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let state = dir.join("state");
         let child = Command::new(trefoil_bin())
             .args(["up", "-f"])
-            .arg(dir.join("files"))
+            .arg(files)
+            .envs(env.iter().copied())
             .arg("--state")
             .arg(&state)
             .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0", "-o", "json"])

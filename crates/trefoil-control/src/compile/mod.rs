@@ -259,9 +259,12 @@ fn encode(r: &Resource) -> String {
     serde_json::to_string(r).unwrap_or_default()
 }
 
-/// The CNFs that route rules name and the functions their chains call: a
-/// proxy compiles them into the rules' chains. Every proxy serves every
-/// route, so every proxy gets them; a CNF no rule names stays out.
+/// The CNFs that route rules name, and every NetworkFunction: a proxy
+/// compiles them into the rules' chains. Functions all go, not only those a
+/// chain step names, because handlers may call any function by name
+/// (`trefoil.call("antivirus")`) and scripts are not parsed for names.
+/// Every proxy serves every route, so every proxy gets them; a CNF no rule
+/// names stays out.
 fn chained(routes: &[Resource], cnfs: &BTreeMap<&str, &Resource>, functions: &BTreeMap<&str, &Resource>) -> Vec<Resource> {
     let named: BTreeSet<&str> = routes
         .iter()
@@ -271,15 +274,10 @@ fn chained(routes: &[Resource], cnfs: &BTreeMap<&str, &Resource>, functions: &BT
         })
         .flatten()
         .collect();
-    let mut out = Vec::new();
-    let mut called = BTreeSet::new();
-    for cnf in named.iter().filter_map(|name| cnfs.get(name)) {
-        if let Spec::Cnf(spec) = &cnf.spec {
-            called.extend(spec.chain.iter().map(|step| step.function.as_str()));
-        }
-        out.push(clean(cnf));
+    let mut out: Vec<Resource> = named.iter().filter_map(|name| cnfs.get(name)).map(|cnf| clean(cnf)).collect();
+    if !out.is_empty() {
+        out.extend(functions.values().map(|f| clean(f)));
     }
-    out.extend(called.iter().filter_map(|name| functions.get(name)).map(|f| clean(f)));
     out
 }
 
