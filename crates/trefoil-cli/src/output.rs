@@ -47,3 +47,31 @@ pub fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
         }
     }
 }
+
+/// Resolves once the process is asked to stop: Ctrl-C or SIGTERM. Create it
+/// once per command and poll that one future: a listener made anew inside a
+/// loop misses a signal sent between two iterations.
+pub async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a SIGTERM listener, Ctrl-C still stops it.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}
+
+/// Where a service started by the local runtime listens: `--listen`, else
+/// 127.0.0.1 and the port in `PORT`; `None` when neither is given.
+pub fn listen_address(listen: Option<std::net::SocketAddr>) -> Option<std::net::SocketAddr> {
+    listen.or_else(|| {
+        let port: u16 = std::env::var("PORT").ok()?.parse().ok()?;
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    })
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use trefoil_control::ControlOptions;
 
-use crate::output::{current_thread_runtime, exit};
+use crate::output::{current_thread_runtime, exit, stop_signal};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,19 +23,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            term.recv().await;
-        }
-    };
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown => {},
-            _ = terminate => {},
-        }
+    let stop = async {
+        stop_signal().await;
         tracing::info!("shutting down");
     };
     match runtime.block_on(trefoil_control::run(ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen }, stop)) {

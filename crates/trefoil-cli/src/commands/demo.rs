@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use trefoil_runtime::{Event, Events, UpError, UpOptions};
 
-use crate::commands::up::{show, stop_signal};
-use crate::output::{current_thread_runtime, exit, print_structured, Format};
+use crate::commands::up::show;
+use crate::output::{current_thread_runtime, exit, print_structured, stop_signal, Format};
 
 /// The mesh the demo runs; its gateway listens on [`QUICKSTART_GATEWAY`].
 const QUICKSTART: &str = include_str!("../../../../examples/quickstart/mesh.yaml");
@@ -100,6 +100,9 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         let _ = stopped.await;
     });
     tokio::pin!(up);
+    // Ctrl-C or SIGTERM, listened for once for the whole run.
+    let interrupted = stop_signal();
+    tokio::pin!(interrupted);
 
     // Start-up: progress until the runtime says everything runs.
     let api = loop {
@@ -109,7 +112,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
                 other => show(other, args.output),
             },
             result = &mut up => return Ok(failed_to_start(result, &dir)),
-            _ = stop_signal() => {
+            _ = &mut interrupted => {
                 let _ = stop.send(());
                 let _ = up.await;
                 return Ok(exit::failure());
@@ -147,7 +150,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
                 up_ended = Some(result);
                 break;
             }
-            _ = stop_signal() => break,
+            _ = &mut interrupted => break,
         }
     }
     // Requests in flight finish before the mesh stops, so none is counted as an error of stopping.

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::output::{current_thread_runtime, exit};
+use crate::output::{current_thread_runtime, exit, listen_address, stop_signal};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -57,19 +57,13 @@ struct App {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let listen = match args.listen {
-        Some(a) => a,
-        None => match std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()) {
-            Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            None => {
-                eprintln!("error: give --listen ADDR or set PORT");
-                return exit::bad_input();
-            }
-        },
+    let Some(listen) = listen_address(args.listen) else {
+        eprintln!("error: give --listen ADDR or set PORT");
+        return exit::bad_input();
     };
     let mut upstreams = Vec::new();
     for service in &args.calls {
-        let var = upstream_variable(service);
+        let var = trefoil_runtime::plan::upstream_var(service);
         match std::env::var(&var) {
             Ok(addr) => upstreams.push((service.clone(), addr)),
             Err(_) => {
@@ -96,16 +90,11 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-/// `TREFOIL_UPSTREAM_<SERVICE>`: upper case, `-` and `.` as `_`.
-pub fn upstream_variable(service: &str) -> String {
-    let name: String = service.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-    format!("TREFOIL_UPSTREAM_{name}")
-}
-
 async fn serve(app: Arc<App>, listen: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listen, service = %app.service, version = %app.version, "demo app listening");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -115,8 +104,7 @@ async fn serve(app: Arc<App>, listen: SocketAddr) -> std::io::Result<()> {
                     continue;
                 }
             },
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut stop => return Ok(()),
         };
         let app = app.clone();
         tokio::spawn(async move {

@@ -15,7 +15,7 @@ use trefoil_nf::policy::Policy;
 use trefoil_nf::ratelimit::{Limits, RateLimit};
 use trefoil_nf::Function;
 
-use crate::output::{current_thread_runtime, exit};
+use crate::output::{current_thread_runtime, exit, listen_address, stop_signal};
 
 pub const ABOUT: &str = "Run a sample network function: a service answering the proxy's HTTP/JSON call-out \
 (POST / with a call, a JSON verdict back; GET /healthz for probes), and, on the same port, Envoy's \
@@ -134,26 +134,13 @@ fn bad_input(e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn start<F: Function>(listen: Listen, function: F) -> ExitCode {
-    let addr = match listen.listen {
-        Some(a) => a,
-        None => match std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()) {
-            Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-            None => return bad_input("give --listen ADDR or set PORT"),
-        },
-    };
+    let Some(addr) = listen_address(listen.listen) else { return bad_input("give --listen ADDR or set PORT") };
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     let kind = function.kind();
     let result = runtime.block_on(async move {
         let listener = TcpListener::bind(addr).await?;
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tracing::info!(address = %addr, function = kind, "network function listening");
-        let shutdown = async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
-        trefoil_nf::serve(listener, Arc::new(function), shutdown).await;
+        trefoil_nf::serve(listener, Arc::new(function), stop_signal()).await;
         Ok::<(), std::io::Error>(())
     });
     match result {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use trefoil_runtime::plan::Role;
 use trefoil_runtime::{Event, Events, Summary, UpError, UpOptions};
 
-use crate::output::{current_thread_runtime, exit, print_structured, Format};
+use crate::output::{current_thread_runtime, exit, print_structured, stop_signal, Format};
 
 /// `trefoil up --help`.
 pub const LONG_ABOUT: &str = "Run a whole mesh on this machine from resource files.
@@ -112,22 +112,6 @@ pub fn run(args: Args) -> ExitCode {
                 exit::failure()
             }
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-pub(crate) async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
     }
 }
 
