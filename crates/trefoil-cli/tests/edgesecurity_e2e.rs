@@ -7,17 +7,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use common::chain::request;
 use common::clamd::{eicar, Clamd};
 use common::load::Load;
 use common::up::Up;
-use common::{addr, run_with_timeout, scratch_dir, trefoil_bin};
+use common::{addr, repo_root, scratch_dir};
 
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edgesecurity")
+    repo_root().join("examples/edgesecurity")
 }
 
 /// Copies the example with its gateway on `gateway`, keeping its layout.
@@ -36,14 +34,9 @@ fn copy_example(to: &Path, gateway: std::net::SocketAddr) {
 
 /// `trefoil apply` of one of the example's changes; returns the CNF's new resourceVersion.
 fn apply(up: &Up, file: &Path) -> u64 {
-    let out = run_with_timeout(Command::new(trefoil_bin()).args(["apply", "-f"]).arg(file).args(["--server", &format!("http://{}", up.api())]), Duration::from_secs(60));
+    let out = up.cli(&["apply", "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
     up.get("/api/v1/cnfs/edge-security")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).expect("the CNF is stored")
-}
-
-fn all_acked(up: &Up, version: u64) -> bool {
-    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
-    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
 }
 
 #[test]
@@ -71,7 +64,7 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
 
     // 1: a handler on inspect_done calls the antivirus: everything is scanned.
     let v1 = apply(&up, &files.join("changes/1-scan-after-inspect.yaml"));
-    up.wait("every proxy acknowledged the handler", |u| all_acked(u, v1));
+    up.wait("every proxy acknowledged the handler", |u| u.all_acked(v1));
     let (status, _, body) = upload("/upload", &infected);
     assert_eq!(status, 451, "{body}");
     assert!(body.contains("Trefoil.Test.EICAR"), "{body}");
@@ -80,7 +73,7 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
 
     // 2: the call moves under the policy's event, for uploads only.
     let v2 = apply(&up, &files.join("changes/2-scan-uploads-on-policy.yaml"));
-    up.wait("every proxy acknowledged the narrowed handler", |u| all_acked(u, v2));
+    up.wait("every proxy acknowledged the narrowed handler", |u| u.all_acked(v2));
     assert_eq!(upload("/upload", &infected).0, 451, "uploads are still scanned");
     assert_eq!(upload("/notes", &infected).0, 200, "what the policy does not call an upload is no longer scanned");
     assert_eq!(upload("/upload", "a clean file\n").0, 200);

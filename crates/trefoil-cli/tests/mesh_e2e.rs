@@ -5,18 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::load::Load;
 use common::up::*;
-use common::{addr, count, curl_many, http_get, run_with_timeout, trefoil_bin, wait_until};
+use common::{addr, count, curl_many, http_get, repo_root, run_with_timeout, trefoil_bin, wait_until};
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The quickstart example with its gateway on `gateway`.
 fn quickstart(gateway: std::net::SocketAddr) -> String {
@@ -25,14 +22,9 @@ fn quickstart(gateway: std::net::SocketAddr) -> String {
     text.replace("127.0.0.1:8080", &gateway.to_string())
 }
 
-fn trefoil(args: &[&str]) -> std::process::Output {
-    run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(60))
-}
-
 /// `trefoil apply -f FILE` against this mesh; returns the route's new resourceVersion.
 fn apply(up: &Up, file: &Path) -> u64 {
-    let server = format!("http://{}", up.api());
-    let out = trefoil(&["apply", "-f", file.to_str().unwrap(), "--server", &server]);
+    let out = up.cli(&["apply", "-f", file.to_str().unwrap()]);
     assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
     route_version(up)
 }
@@ -41,19 +33,14 @@ fn route_version(up: &Up) -> u64 {
     up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// Whether every proxy is connected and has acknowledged `version` or newer.
-fn all_acked(up: &Up, version: u64) -> bool {
-    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
-    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
-}
-
 #[test]
 fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
     let gateway = addr();
     let mut up = Up::start(&quickstart(gateway));
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
+    up.wait_up();
     let first = route_version(&up);
-    up.wait("every proxy acknowledged the mesh", |u| all_acked(u, first));
+    up.wait("every proxy acknowledged the mesh", |u| u.all_acked(first));
     wait_until("the gateway serving web", Duration::from_secs(30), || http_get(gateway, "edge", "/").0 == 200);
 
     // curl: web answers (after calling api through its sidecar) at 80/20 by version.
@@ -74,7 +61,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // A route change reaches every proxy and moves all of web to v2.
     let shifted = apply(&up, &repo_root().join("examples/quickstart/canary-to-v2.yaml"));
-    up.wait("every proxy acknowledged the route change", |u| all_acked(u, shifted));
+    up.wait("every proxy acknowledged the route change", |u| u.all_acked(shifted));
     let results = curl_many(&url, 30, &[]);
     assert_eq!(count(&results, |(s, who)| *s == 200 && who == "web v2"), 30, "{results:?}");
 
@@ -90,7 +77,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
     up.wait("the runtime rewrote Endpoints/web", |u| {
         u.get("/api/v1/endpoints/web")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()) > Some(shifted)
     });
-    up.wait("proxies reconnected", |u| all_acked(u, shifted));
+    up.wait("proxies reconnected", |u| u.all_acked(shifted));
     let kept = up.get("/api/v1/routes/edge");
     assert_eq!(kept["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()), Some(shifted), "{kept:#}");
     assert_eq!(kept["spec"]["rules"][1]["backends"][0]["version"], "v2", "{kept:#}");
@@ -101,7 +88,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
     std::fs::write(&mesh, edge_only).unwrap();
     let restored = apply(&up, &mesh);
     assert!(restored > shifted);
-    up.wait("every proxy acknowledged the restored route", |u| all_acked(u, restored));
+    up.wait("every proxy acknowledged the restored route", |u| u.all_acked(restored));
     let traffic = load.finish();
     assert_eq!(traffic["failed"], 0, "requests failed during the route change or the control plane's restart: {traffic}");
     assert!(traffic["sent"].as_u64().unwrap() > 50, "{traffic}");

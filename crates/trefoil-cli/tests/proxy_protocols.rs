@@ -13,9 +13,6 @@ use common::*;
 
 
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 #[test]
 fn h2c_prior_knowledge_under_h2load() {

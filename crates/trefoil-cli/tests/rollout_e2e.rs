@@ -111,15 +111,10 @@ fn backends(up: &Up) -> Vec<(String, u64)> {
 }
 
 fn reasons(up: &Up) -> Vec<String> {
-    let out = trefoil(up, &["rollout", "status", "web", "-o", "json"]);
+    let out = up.cli(&["rollout", "status", "web", "-o", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["events"].as_array().into_iter().flatten().map(|e| e["spec"]["reason"].as_str().unwrap_or("").to_string()).collect()
-}
-
-fn trefoil(up: &Up, args: &[&str]) -> std::process::Output {
-    let server = format!("http://{}", up.api());
-    run_with_timeout(Command::new(trefoil_bin()).args(args).args(["--server", &server]), Duration::from_secs(30))
 }
 
 #[test]
@@ -146,14 +141,14 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
     assert!(traffic["served"]["web v2"].as_u64().unwrap_or(0) > 0, "{traffic}");
 
     // The status command and the events list read the same story.
-    let out = trefoil(&up, &["rollout", "status", "web"]);
+    let out = up.cli(&["rollout", "status", "web"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("phase       Succeeded") && text.contains("Promoted"), "{text}");
-    let out = trefoil(&up, &["get", "events"]);
+    let out = up.cli(&["get", "events"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Rollout/web"), "{}", String::from_utf8_lossy(&out.stdout));
     // A finished rollout refuses manual actions (exit 1); an unknown one is bad input (exit 2).
-    assert_eq!(trefoil(&up, &["rollout", "abort", "web"]).status.code(), Some(1));
-    assert_eq!(trefoil(&up, &["rollout", "status", "nope"]).status.code(), Some(2));
+    assert_eq!(up.cli(&["rollout", "abort", "web"]).status.code(), Some(1));
+    assert_eq!(up.cli(&["rollout", "status", "nope"]).status.code(), Some(2));
 }
 
 /// Runs the rollout against a bad canary and expects it rolled back on `metric`.
@@ -218,10 +213,10 @@ fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_b
     assert_eq!(common::count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
 
     // Paused, resumed, then promoted by hand: everything to v2, the A/B rule gone.
-    assert!(trefoil(&up, &["rollout", "pause", "web"]).status.success());
+    assert!(up.cli(&["rollout", "pause", "web"]).status.success());
     assert_eq!(status(&up)["phase"], "Paused");
-    assert!(trefoil(&up, &["rollout", "resume", "web"]).status.success());
-    let out = trefoil(&up, &["rollout", "promote", "web", "-o", "json"]);
+    assert!(up.cli(&["rollout", "resume", "web"]).status.success());
+    let out = up.cli(&["rollout", "promote", "web", "-o", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_phase(&mut up, "Succeeded");
     let route = up.get("/api/v1/routes/edge");
@@ -320,7 +315,7 @@ fn a_cookie_ab_test_matches_the_whole_cookie_value() {
     assert_eq!(common::count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
     assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
     // Aborted by hand: the A/B rule goes, everything to v1.
-    assert!(trefoil(&up, &["rollout", "abort", "web"]).status.success());
+    assert!(up.cli(&["rollout", "abort", "web"]).status.success());
     wait_phase(&mut up, "Aborted");
     assert_eq!(up.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len), Some(1));
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);

@@ -6,21 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::chain::Function;
 use common::up::*;
-use common::{addr, run_with_timeout, trefoil_bin, wait_until};
+use common::{addr, repo_root, wait_until};
 use serde_json::Value;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn quickstart(gateway: std::net::SocketAddr) -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
@@ -31,7 +26,7 @@ fn quickstart(gateway: std::net::SocketAddr) -> String {
 fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
     let mut up = Up::start(mesh);
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
-    up.wait("every proxy acknowledged its snapshot", all_acked);
+    up.wait("every proxy acknowledged its snapshot", |u| u.all_acked(1));
     wait_until("the gateway serving web", Duration::from_secs(30), || trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200));
     up
 }
@@ -55,13 +50,7 @@ fn traced_request(up: &Up, gateway: std::net::SocketAddr, count: usize) -> Vec<V
 }
 
 fn trace(up: &Up, args: &[&str]) -> Output {
-    let server = format!("http://{}", up.api());
-    run_with_timeout(Command::new(trefoil_bin()).arg("trace").args(args).args(["--server", &server]), Duration::from_secs(30))
-}
-
-fn all_acked(up: &Up) -> bool {
-    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
-    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().is_some())
+    up.cli(&[&["trace"], args].concat())
 }
 
 fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
@@ -107,7 +96,6 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
-
 
 #[test]
 fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {

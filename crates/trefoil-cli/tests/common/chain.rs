@@ -3,10 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::{http_request, API};
+use super::{http_request, repo_root, API};
 
 /// A network function under tests/chain, run by python3; killed when dropped.
 pub struct Function {
@@ -18,7 +17,7 @@ impl Function {
     /// Starts `script` with `args` and waits for the address it prints once it accepts connections.
     pub fn start(script: &str, args: &[&str]) -> Self {
         let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/chain").join(script))
+            .arg(repo_root().join("tests/chain").join(script))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

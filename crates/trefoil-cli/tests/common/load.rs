@@ -8,11 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::wait_until;
+use super::{repo_root, wait_until};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// `tests/mesh/traffic.py` sending requests until `stop` exists.
 pub struct Load {

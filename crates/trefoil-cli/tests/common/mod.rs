@@ -17,6 +17,11 @@ pub use trefoil_testkit::{free_port, http_get, http_request, wait_for_port, Test
 
 pub const API: &str = "apiVersion: trefoil.dev/v1alpha1";
 
+/// The repository's root, for its examples and test scripts.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 pub fn trefoil_bin() -> &'static str {
     env!("CARGO_BIN_EXE_trefoil")
 }

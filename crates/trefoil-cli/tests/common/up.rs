@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{scratch_dir, trefoil_bin};
+use super::{run_with_timeout, scratch_dir, trefoil_bin};
 
 /// How long start-up and each awaited condition may take.
 pub const START: Duration = Duration::from_secs(60);
@@ -98,6 +98,13 @@ impl Up {
         self.wait("every app ready", |u| apps.iter().all(|a| u.process(a)["ready"] == true));
     }
 
+    /// Waits for `up`'s summary on stdout, which it prints once every proxy
+    /// has acknowledged a snapshot with the ready replicas: from then on
+    /// traffic can flow everywhere.
+    pub fn wait_up(&mut self) {
+        self.wait("trefoil up's summary (every proxy in sync)", |u| u.stdout().contains("\"gateways\""));
+    }
+
     /// Sends `signal` to `trefoil up` and waits for its exit code.
     pub fn stop_with(&mut self, signal: i32) -> Option<i32> {
         let mut child = self.child.take()?;
@@ -115,6 +122,20 @@ impl Up {
 
     pub fn logs(&self, args: &[&str]) -> std::process::Output {
         Command::new(trefoil_bin()).arg("logs").args(args).arg("--state").arg(&self.state).output().expect("running trefoil logs")
+    }
+}
+
+impl Up {
+    /// `trefoil ARGS --server <this mesh's API>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let server = format!("http://{}", self.api());
+        run_with_timeout(Command::new(trefoil_bin()).args(args).args(["--server", &server]), Duration::from_secs(30))
+    }
+
+    /// Whether every proxy is connected and has acknowledged `version` or newer.
+    pub fn all_acked(&self, version: u64) -> bool {
+        let items = self.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
+        !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
     }
 }
 
