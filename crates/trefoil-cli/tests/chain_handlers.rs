@@ -41,11 +41,18 @@ impl Mesh {
     /// The base plus one CNF per `(name, checked handler)`, and a route rule for each
     /// taking requests with `?cnf=name` (the upstream echoes only `/echo`).
     fn config(&self, cnfs: &[(&str, &str)]) -> String {
+        let cnfs: Vec<(&str, &str, &str)> = cnfs.iter().map(|(name, script)| (*name, *script, "")).collect();
+        self.config_with_limits(&cnfs)
+    }
+
+    /// As [`Mesh::config`], each CNF with `spec.handlerLimits` (a flow mapping) unless empty.
+    fn config_with_limits(&self, cnfs: &[(&str, &str, &str)]) -> String {
         let mut out = self.base.clone();
         let mut rules = Vec::new();
-        for (name, script) in cnfs {
+        for (name, script, limits) in cnfs {
             let script: Vec<String> = script.lines().map(|l| format!("      {l}")).collect();
-            out.push_str(&format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{{function: acl}}]\n  handlers:\n    checked: |\n{}\n---\n", script.join("\n")));
+            let limits = if limits.is_empty() { String::new() } else { format!("  handlerLimits: {limits}\n") };
+            out.push_str(&format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{{function: acl}}]\n{limits}  handlers:\n    checked: |\n{}\n---\n", script.join("\n")));
             rules.push(format!("  - matches: [{{queryParams: [{{name: cnf, value: {name}}}]}}]\n    backends: [{{service: web}}]\n    chain: {name}"));
         }
         out.push_str(&format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n")));
@@ -117,6 +124,29 @@ fn runaway_handlers_get_the_failure_policy_and_the_proxy_stays_healthy() {
     }
     assert_eq!(http_request(proxy.admin, "GET", "admin", "/ready", &[], b"").unwrap().0, 200);
     assert!(proxy.stderr().contains("event handler failed"), "the failure is logged");
+}
+
+#[test]
+fn a_cnf_sets_its_own_handler_limits() {
+    let mesh = Mesh::start();
+    // About 100,000 instructions: well inside the default bound, far beyond 5,000.
+    let sum = "local n = 0\nfor i = 1, 25000 do n = n + i end\ntrefoil.set_header('x-sum', tostring(n))";
+    let proxy = Proxy::start(&mesh.config_with_limits(&[("roomy", sum, ""), ("tight", sum, "{instructions: 5000}"), ("timed", "while true do end", "{instructions: 1000000000, timeout: 200ms}")]));
+
+    let (status, _, body) = mesh.get("/echo?cnf=roomy");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    assert_eq!(echoed(&body)["x-sum"], "312512500", "the default bound lets the loop finish");
+
+    let (status, headers, body) = mesh.get("/echo?cnf=tight");
+    assert_eq!(status, 503, "the CNF's own bound stops the same loop (acl fails closed): {body}");
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_unavailable"));
+    assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"tight\"", "result=\"cpu_limit\""]), 1.0);
+
+    let started = Instant::now();
+    assert_eq!(mesh.get("/echo?cnf=timed").0, 503);
+    assert!(started.elapsed() < Duration::from_millis(900), "stopped at its own timeout, not the default second: {:?}", started.elapsed());
+    assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"timed\"", "result=\"deadline\""]), 1.0);
+    assert!(proxy.stderr().contains("stopped after 5000 Lua instructions"), "{}", proxy.stderr());
 }
 
 #[test]

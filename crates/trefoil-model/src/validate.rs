@@ -526,6 +526,9 @@ impl Validator {
                 self.route_match(r, &format!("{at}.when"), m);
             }
         }
+        if let Some(limits) = &c.handler_limits {
+            self.handler_limits(r, limits);
+        }
         for (event, script) in &c.handlers {
             if script.trim().is_empty() {
                 self.report(r, &format!("spec.handlers.{event}"), "a handler needs a script");
@@ -534,6 +537,24 @@ impl Validator {
             if self.check_references && !published {
                 self.report(r, &format!("spec.handlers.{event}"), format!("no function of this chain publishes event {event:?}"));
             }
+        }
+    }
+
+    fn handler_limits(&mut self, r: &SourcedResource, l: &HandlerLimits) {
+        if let Some(n) = l.instructions.filter(|n| !HandlerLimits::INSTRUCTIONS.contains(n)) {
+            let range = HandlerLimits::INSTRUCTIONS;
+            self.report(r, "spec.handlerLimits.instructions", format!("{n} is outside {}..={}", range.start(), range.end()));
+        }
+        if let Some(n) = l.memory.filter(|n| !HandlerLimits::MEMORY.contains(n)) {
+            let range = HandlerLimits::MEMORY;
+            self.report(r, "spec.handlerLimits.memory", format!("{n} bytes is outside {}..={} (64 KiB..256 MiB)", range.start(), range.end()));
+        }
+        if let Some(t) = l.timeout.filter(|t| t.get().is_zero() || *t > HandlerLimits::MAX_TIMEOUT) {
+            self.report(r, "spec.handlerLimits.timeout", format!("{t} must be greater than 0 and at most {}", HandlerLimits::MAX_TIMEOUT));
+        }
+        if let Some(n) = l.runs_per_request.filter(|n| !HandlerLimits::RUNS_PER_REQUEST.contains(n)) {
+            let range = HandlerLimits::RUNS_PER_REQUEST;
+            self.report(r, "spec.handlerLimits.runsPerRequest", format!("{n} is outside {}..={}", range.start(), range.end()));
         }
     }
 
@@ -733,6 +754,28 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.0[3].line, 17, "{err}");
+    }
+
+    #[test]
+    fn handler_limits_are_bounded_where_written() {
+        let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: web, api: http, events: [denied]}\n---\n";
+        let cnf = |limits: &str| format!("{nf}apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge}}\nspec:\n  chain: [{{function: acl}}]\n  handlers: {{denied: 'trefoil.log(1)'}}\n  handlerLimits: {limits}\n");
+        check(&cnf("{instructions: 5000, memory: 65536, timeout: 30s, runsPerRequest: 256}")).unwrap();
+        check(&cnf("{}")).unwrap();
+        let text = cnf("{instructions: 999, memory: 1024, timeout: 31s, runsPerRequest: 0}");
+        let err = check(&text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.handlerLimits.instructions", "spec.handlerLimits.memory", "spec.handlerLimits.timeout", "spec.handlerLimits.runsPerRequest"], "{err}");
+        assert_eq!((err.0[0].line, err.0[0].column), (18, 19), "{err}");
+        assert!(err.0[0].message.contains("1000..=1000000000"), "{err}");
+        let err = check(&cnf("{instructions: 2000000000, memory: 268435457, timeout: 0s, runsPerRequest: 257}")).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        // A typo is refused, not ignored.
+        assert!(load_str(&Arc::from("c.yaml"), &format!("{SERVICE}{}", cnf("{instruction: 5000}"))).is_err());
+        let r = load_str(&Arc::from("c.yaml"), &cnf("{memory: 1048576}")).unwrap();
+        let Spec::Cnf(c) = &r[1].resource.spec else { panic!() };
+        let l = c.handler_limits.as_ref().unwrap();
+        assert_eq!((l.instructions(), l.memory(), l.timeout(), l.runs_per_request()), (1_000_000, 1 << 20, crate::Duration::from_secs(1), 16));
     }
 
     #[test]

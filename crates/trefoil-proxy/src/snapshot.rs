@@ -401,7 +401,7 @@ impl Compiler<'_> {
         if cnf.handlers.is_empty() {
             return None;
         }
-        match Handlers::compile(s.resource.name(), &cnf.handlers, Limits::default()) {
+        match Handlers::compile(s.resource.name(), &cnf.handlers, handler_limits(cnf.handler_limits.as_ref())) {
             Ok(handlers) => Some(Arc::new(ChainHandlers { handlers, functions: callable.clone() })),
             Err(problems) => {
                 for (event, e) in problems {
@@ -497,6 +497,17 @@ impl Compiler<'_> {
             router,
             tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
         }
+    }
+}
+
+/// A CNF's `handlerLimits` as the sandbox's bounds; unset fields keep the defaults.
+fn handler_limits(spec: Option<&HandlerLimits>) -> Limits {
+    let spec = spec.cloned().unwrap_or_default();
+    Limits {
+        instructions: spec.instructions(),
+        memory: usize::try_from(spec.memory()).unwrap_or(usize::MAX),
+        wall: spec.timeout().get(),
+        runs_per_request: spec.runs_per_request() as usize,
     }
 }
 

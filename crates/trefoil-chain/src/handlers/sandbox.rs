@@ -24,12 +24,15 @@ pub struct Limits {
     pub memory: usize,
     /// Wall-clock time for the whole run, calls to other functions included.
     pub wall: Duration,
+    /// Runs per request at most, events emitted by handlers included: a
+    /// handler emitting the event it handles must not loop. Counted by the proxy.
+    pub runs_per_request: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         // About 10 ms of pure Lua on one core; plenty for header logic and a few calls.
-        Limits { instructions: 1_000_000, memory: 8 * 1024 * 1024, wall: Duration::from_secs(1) }
+        Limits { instructions: 1_000_000, memory: 8 * 1024 * 1024, wall: Duration::from_secs(1), runs_per_request: 16 }
     }
 }
 

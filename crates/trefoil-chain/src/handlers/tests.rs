@@ -31,7 +31,7 @@ impl Caller for FakeCaller {
 
 fn compile(script: &str) -> Handlers {
     let scripts = BTreeMap::from([("checked".to_string(), script.to_string())]);
-    Handlers::compile("edge", &scripts, Limits { instructions: 200_000, memory: 1024 * 1024, wall: Duration::from_secs(2) }).expect("compiles")
+    Handlers::compile("edge", &scripts, Limits { instructions: 200_000, memory: 1024 * 1024, wall: Duration::from_secs(2), ..Limits::default() }).expect("compiles")
 }
 
 fn input() -> RunInput {
@@ -139,7 +139,7 @@ async fn an_endless_loop_is_stopped_by_the_instruction_bound() {
 #[tokio::test]
 async fn the_deadline_stops_a_run_the_instruction_bound_would_allow() {
     let scripts = BTreeMap::from([("checked".to_string(), "while true do end".to_string())]);
-    let handlers = Handlers::compile("edge", &scripts, Limits { instructions: u64::MAX, memory: 1 << 20, wall: Duration::from_millis(50) }).unwrap();
+    let handlers = Handlers::compile("edge", &scripts, Limits { instructions: u64::MAX, memory: 1 << 20, wall: Duration::from_millis(50), ..Limits::default() }).unwrap();
     let started = Instant::now();
     let err = run(handlers.get("checked").unwrap(), &handlers.limits, input(), Arc::new(FakeCaller)).await.unwrap_err();
     assert!(matches!(err, HandlerError::Deadline(_)), "{err}");

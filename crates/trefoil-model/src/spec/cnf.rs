@@ -74,6 +74,54 @@ pub struct CnfSpec {
     /// Event name -> Lua handler script, run in the proxy when a step's verdict carries the event.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub handlers: BTreeMap<String, String>,
+    /// Bounds of each handler run; unset fields keep their defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_limits: Option<HandlerLimits>,
+}
+
+/// Bounds of a CNF's handler runs. Every field is optional: an unset one
+/// keeps its default ([`HandlerLimits::DEFAULT_INSTRUCTIONS`] and the others).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HandlerLimits {
+    /// Lua VM instructions one run may execute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u64>,
+    /// Bytes a run may allocate above the loaded libraries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Wall-clock time for one run, calls to other functions included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Handler runs per request at most, emitted events included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_per_request: Option<u32>,
+}
+
+impl HandlerLimits {
+    pub const DEFAULT_INSTRUCTIONS: u64 = 1_000_000;
+    pub const DEFAULT_MEMORY: u64 = 8 * 1024 * 1024;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RUNS_PER_REQUEST: u32 = 16;
+    /// Bounds validation accepts: wide enough for real handlers, narrow
+    /// enough that one request cannot hold a worker or the heap for long.
+    pub const INSTRUCTIONS: std::ops::RangeInclusive<u64> = 1_000..=1_000_000_000;
+    pub const MEMORY: std::ops::RangeInclusive<u64> = 64 * 1024..=256 * 1024 * 1024;
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const RUNS_PER_REQUEST: std::ops::RangeInclusive<u32> = 1..=256;
+
+    pub fn instructions(&self) -> u64 {
+        self.instructions.unwrap_or(Self::DEFAULT_INSTRUCTIONS)
+    }
+    pub fn memory(&self) -> u64 {
+        self.memory.unwrap_or(Self::DEFAULT_MEMORY)
+    }
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+    pub fn runs_per_request(&self) -> u32 {
+        self.runs_per_request.unwrap_or(Self::DEFAULT_RUNS_PER_REQUEST)
+    }
 }
 
 /// One function call in a chain.

@@ -18,10 +18,6 @@ use crate::http::proxy::local_reply;
 use crate::state::ProxyState;
 use crate::telemetry::metrics::{label, ChainLabels, HandlerLabels};
 
-/// Events handled per request at most, emitted ones included: a handler
-/// emitting the event it handles must not loop.
-const MAX_RUNS_PER_REQUEST: usize = 16;
-
 /// A CNF's handlers and the functions they may call (every NetworkFunction of the snapshot).
 pub struct ChainHandlers {
     pub handlers: Handlers,
@@ -36,7 +32,7 @@ pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, func
     let mut runs = 0;
     while let Some(event) = queue.pop_front() {
         let Some(handler) = h.handlers.get(&event.name) else { continue };
-        if runs == MAX_RUNS_PER_REQUEST {
+        if runs == h.handlers.limits.runs_per_request {
             tracing::warn!(cnf = %chain.cnf, trace_id = facts.trace_id, event = %event.name, "too many handler runs for one request; the rest are skipped");
             break;
         }
