@@ -7,7 +7,9 @@ It decides on what the proxy sent:
 - anything else: allow, setting `x-checked-by` (its name), `x-seen-cnf`,
   `x-seen-trace` (from the payload), `x-seen-body` (the body it was sent, if
   any) and removing `x-secret`.
-Every verdict publishes an event `checked`.
+Every verdict publishes an event `checked` (or the name given by `--event`).
+`GET /calls` answers the calls received so far, as a JSON list of
+`{cnf, function, path}`.
 
 Prints `listening on ADDR` (flushed) once it accepts connections.
 """
@@ -23,14 +25,27 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     name = "fn"
     deny_prefix = "/deny"
+    event = "checked"
+
+    calls = []
 
     def log_message(self, *_):
         pass
 
+    def do_GET(self):
+        body = json.dumps(Handler.calls).encode()
+        self.send_response(200 if self.path == "/calls" else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
         call = json.loads(self.rfile.read(length))
-        events = [{"name": "checked", "data": {"path": call["path"]}}]
+        # list.append is atomic under the GIL: threads may record concurrently.
+        Handler.calls.append({"cnf": call["cnf"], "function": call["function"], "path": call["path"]})
+        events = [{"name": self.event, "data": {"path": call["path"]}}]
         delay = call["headers"].get("x-fn-delay")
         if delay:
             time.sleep(float(delay))
@@ -60,9 +75,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="fn")
     parser.add_argument("--deny-prefix", default="/deny")
+    parser.add_argument("--event", default="checked")
     args = parser.parse_args()
     Handler.name = args.name
     Handler.deny_prefix = args.deny_prefix
+    Handler.event = args.event
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     host, port = server.server_address[:2]

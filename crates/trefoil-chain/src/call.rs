@@ -50,6 +50,13 @@ impl Verdict {
             Verdict::Allow { events, .. } | Verdict::Deny { events, .. } => events,
         }
     }
+
+    /// The events, taking them out of the verdict.
+    pub fn into_events(self) -> Vec<Event> {
+        match self {
+            Verdict::Allow { events, .. } | Verdict::Deny { events, .. } => events,
+        }
+    }
 }
 
 /// Something a function reports about a request, for the CNF's handlers.

@@ -1,6 +1,7 @@
 //! CNF event handlers through a real proxy: a JSON network function
 //! publishes `checked` with every verdict, and the CNF's Lua handler for it
-//! edits headers, denies, calls a second function, misbehaves, or is
+//! edits headers, denies, calls a second function (on allow and deny verdicts
+//! and taps), misbehaves, runs under its CNF's own limits, or is
 //! replaced by a reload while traffic flows.
 
 mod common;
@@ -13,11 +14,12 @@ use common::*;
 
 
 /// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
-/// (denies paths under /infected), CNFs named after each path prefix.
+/// (denies paths under /infected; publishes `scanned`, which has no handler),
+/// CNFs named after each path prefix.
 struct Mesh {
     up: TestServer,
     _acl: Function,
-    _scanner: Function,
+    scanner: Function,
     public: SocketAddr,
     base: String,
 }
@@ -26,7 +28,7 @@ impl Mesh {
     fn start() -> Self {
         let up = TestServer::named("up");
         let acl = Function::start("json_function.py", &["--name", "acl"]);
-        let scanner = Function::start("json_function.py", &["--name", "scanner", "--deny-prefix", "/infected"]);
+        let scanner = Function::start("json_function.py", &["--name", "scanner", "--deny-prefix", "/infected", "--event", "scanned"]);
         let public = addr();
         let base = format!(
             "{}{}{}{}{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n---\n{API}\nkind: NetworkFunction\nmetadata: {{name: scanner}}\nspec: {{service: scanner, api: http}}\n---\n",
@@ -35,7 +37,7 @@ impl Mesh {
             service("acl", "http", &[(acl.addr, "v1")]),
             service("scanner", "http", &[(scanner.addr, "v1")]),
         );
-        Mesh { up, _acl: acl, _scanner: scanner, public, base }
+        Mesh { up, _acl: acl, scanner, public, base }
     }
 
     /// The base plus one CNF per `(name, checked handler)`, and a route rule for each
@@ -47,12 +49,18 @@ impl Mesh {
 
     /// As [`Mesh::config`], each CNF with `spec.handlerLimits` (a flow mapping) unless empty.
     fn config_with_limits(&self, cnfs: &[(&str, &str, &str)]) -> String {
+        let cnfs: Vec<(&str, &str, &str, &str)> = cnfs.iter().map(|(name, script, limits)| (*name, "{function: acl}", *script, *limits)).collect();
+        self.config_with_steps(&cnfs)
+    }
+
+    /// As [`Mesh::config_with_limits`], each CNF's chain one step (a flow mapping) of its own.
+    fn config_with_steps(&self, cnfs: &[(&str, &str, &str, &str)]) -> String {
         let mut out = self.base.clone();
         let mut rules = Vec::new();
-        for (name, script, limits) in cnfs {
+        for (name, step, script, limits) in cnfs {
             let script: Vec<String> = script.lines().map(|l| format!("      {l}")).collect();
             let limits = if limits.is_empty() { String::new() } else { format!("  handlerLimits: {limits}\n") };
-            out.push_str(&format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{{function: acl}}]\n{limits}  handlers:\n    checked: |\n{}\n---\n", script.join("\n")));
+            out.push_str(&format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{step}]\n{limits}  handlers:\n    checked: |\n{}\n---\n", script.join("\n")));
             rules.push(format!("  - matches: [{{queryParams: [{{name: cnf, value: {name}}}]}}]\n    backends: [{{service: web}}]\n    chain: {name}"));
         }
         out.push_str(&format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n")));
@@ -147,6 +155,38 @@ fn a_cnf_sets_its_own_handler_limits() {
     assert!(started.elapsed() < Duration::from_millis(900), "stopped at its own timeout, not the default second: {:?}", started.elapsed());
     assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"timed\"", "result=\"deadline\""]), 1.0);
     assert!(proxy.stderr().contains("stopped after 5000 Lua instructions"), "{}", proxy.stderr());
+}
+
+#[test]
+fn deny_verdicts_and_taps_run_their_handlers_too() {
+    let mesh = Mesh::start();
+    // The deny is final: the handler's own deny and header edit change nothing.
+    let on_deny = "trefoil.call('scanner')\ntrefoil.tag('seen', event.data.path)\ntrefoil.deny(500, 'ignored')\ntrefoil.set_header('x-ignored', '1')";
+    let proxy = Proxy::start(&mesh.config_with_steps(&[
+        ("denied", "{function: acl}", on_deny, ""),
+        ("tapped", "{function: acl, mode: tap}", "trefoil.call('scanner')\ntrefoil.set_header('x-too-late', '1')", ""),
+        ("broken", "{function: acl}", "error('boom')", ""),
+    ]));
+
+    let (status, headers, body) = mesh.get("/deny/x?cnf=denied");
+    assert_eq!((status, body.as_str()), (451, "blocked by policy\n"), "the function's deny stands: {}", proxy.stderr());
+    assert_eq!(headers.get("x-denied-by").map(String::as_str), Some("acl"));
+    let calls = mesh.scanner.calls();
+    assert!(calls.iter().any(|c| c["cnf"] == "denied" && c["function"] == "scanner" && c["path"] == "/deny/x?cnf=denied"), "the deny's handler called scanner before the reply: {calls:?}");
+    assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"denied\"", "event=\"checked\"", "result=\"deny\""]), 1.0);
+
+    // A failing handler keeps the deny (acl's policy is closed, but there is nothing left to refuse).
+    let (status, headers, _) = mesh.get("/deny/y?cnf=broken");
+    assert_eq!((status, headers.get("x-trefoil-flag").map(String::as_str)), (451, Some("chain_denied")));
+    assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"broken\"", "result=\"error\""]), 1.0);
+
+    // A tap's handler runs in the background after the tap's answer; the request went on untouched.
+    let (status, _, body) = mesh.get("/echo?cnf=tapped");
+    assert_eq!(status, 200, "{body}");
+    assert!(echoed(&body).get("x-too-late").is_none(), "{body}");
+    wait_until("the tap's handler calling scanner", Duration::from_secs(10), || mesh.scanner.calls().iter().any(|c| c["cnf"] == "tapped" && c["path"] == "/echo?cnf=tapped"));
+    wait_until("the tap's handler run counted", Duration::from_secs(5), || proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"tapped\"", "result=\"ok\""]) == 1.0);
+    assert_eq!(mesh.up.requests_for("/deny/x"), 0);
 }
 
 #[test]

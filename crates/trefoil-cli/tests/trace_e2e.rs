@@ -2,7 +2,8 @@
 //! quickstart mesh (a gateway; web calling api through its sidecar), one
 //! request with a known `traceparent`, then `trefoil trace` shows every hop
 //! under that id, each the child of the hop before it; with a CNF on the
-//! gateway's route, the chain step sits between the gateway and web.
+//! gateway's route, the chain step and its event handler sit between the
+//! gateway and web.
 
 mod common;
 
@@ -108,12 +109,12 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
         + &format!(
             "\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: acl}}\nspec: {{ports: [{{name: http, port: 80}}], endpoints: [{{address: \"{}\", version: v1}}]}}\n\
              ---\napiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n\
-             ---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: scan}}\nspec:\n  chain:\n  - {{function: acl}}\n",
+             ---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: scan}}\nspec:\n  chain:\n  - {{function: acl}}\n  handlers:\n    checked: \"trefoil.tag('user', 'ann')\"\n",
             function.addr
         );
     let mut up = start(&mesh, gateway);
-    let spans = traced_request(&up, gateway, 5);
-    let (gw, step, web_in) = (&spans[0], &spans[1], &spans[2]);
+    let spans = traced_request(&up, gateway, 6);
+    let (gw, step, handler, web_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
     assert_eq!(gw["service"], "gateway", "{spans:#?}");
     assert_eq!(attr(gw, "trefoil.cnf"), "scan");
     assert_eq!(step["name"], "chain acl", "the chain runs before the upstream: {spans:#?}");
@@ -121,7 +122,12 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     assert_eq!((attr(step, "trefoil.function"), attr(step, "trefoil.step.mode"), attr(step, "trefoil.verdict")), ("acl", "callout", "allow"));
     assert_eq!(step["events"][0]["name"], "checked", "the function's event is on its step: {step:#}");
     assert!(step["events"][0]["attributes"]["data"].as_str().unwrap_or("").contains("\"path\""), "{step:#}");
-    assert!(nanos(&step["endUnixNano"]) <= nanos(&web_in["startUnixNano"]), "the step ends before web is called: {spans:#?}");
+    assert_eq!(handler["name"], "handler checked", "the handler of the step's event runs after it: {spans:#?}");
+    assert_eq!(handler["parentSpanId"], gw["spanId"]);
+    assert_eq!((attr(handler, "trefoil.cnf"), attr(handler, "trefoil.event"), attr(handler, "trefoil.handler.on"), attr(handler, "trefoil.handler.result")), ("scan", "checked", "allow", "ok"));
+    assert_eq!(attr(handler, "tag.user"), "ann", "the handler's tag is on its span: {handler:#}");
+    assert!(nanos(&step["endUnixNano"]) <= nanos(&handler["startUnixNano"]), "{spans:#?}");
+    assert!(nanos(&handler["endUnixNano"]) <= nanos(&web_in["startUnixNano"]), "the step and its handler end before web is called: {spans:#?}");
     assert_eq!(web_in["parentSpanId"], gw["spanId"], "{spans:#?}");
 
     let out = trace(&up, &[TRACE_ID]);
@@ -129,6 +135,7 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('+')).collect();
     assert!(lines[1].contains("    gateway: chain scan -> acl (callout) allow"), "{text}");
     assert!(lines[2].contains("event checked"), "{text}");
+    assert!(lines[3].contains("    gateway: handler scan checked (on allow) ok user=ann"), "{text}");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
 

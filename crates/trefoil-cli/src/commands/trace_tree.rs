@@ -34,6 +34,16 @@ pub fn label(span: &Value) -> String {
     if !function.is_empty() {
         return format!("{service}: chain {} -> {function} ({}) {}{failed}", attr(span, "trefoil.cnf"), attr(span, "trefoil.step.mode"), attr(span, "trefoil.verdict"));
     }
+    let event = attr(span, "trefoil.event");
+    if !event.is_empty() {
+        let mut line = format!("{service}: handler {} {event} (on {}) {}", attr(span, "trefoil.cnf"), attr(span, "trefoil.handler.on"), attr(span, "trefoil.handler.result"));
+        if let Some(tags) = span["attributes"].as_object() {
+            for (key, value) in tags.iter().filter(|(k, _)| k.starts_with("tag.")) {
+                line.push_str(&format!(" {}={}", &key[4..], value.as_str().unwrap_or("")));
+            }
+        }
+        return line + failed;
+    }
     let status = attr(span, "http.response.status_code");
     if status.is_empty() {
         return format!("{service}: {name}{failed}");
@@ -117,13 +127,17 @@ mod tests {
     fn children_are_indented_under_their_parent_in_time_order() {
         let hop = json!({"http.response.status_code": "200", "trefoil.direction": "inbound", "http.request.method": "GET", "url.path": "/", "trefoil.service": "web", "trefoil.attempts": "1"});
         let step = json!({"trefoil.function": "scanner", "trefoil.cnf": "scan", "trefoil.step.mode": "callout", "trefoil.verdict": "allow"});
+        let handler = json!({"trefoil.cnf": "scan", "trefoil.event": "checked", "trefoil.handler.on": "allow", "trefoil.handler.result": "ok", "tag.user": "ann"});
         let spans = vec![
             span("a", Some("client"), 1_000_000, 9_000_000, hop),
             span("c", Some("a"), 4_000_000, 8_000_000, json!({"http.response.status_code": "503", "trefoil.direction": "outbound", "trefoil.attempts": "3"})),
             span("b", Some("a"), 2_000_000, 3_000_000, step),
+            span("h", Some("a"), 3_000_000, 3_500_000, handler),
         ];
         let lines = render(&spans);
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
+        assert!(lines[2].ends_with("    edge: handler scan checked (on allow) ok user=ann"), "{lines:?}");
+        let lines = [lines[0].clone(), lines[1].clone(), lines[3].clone()];
         assert!(lines[0].starts_with("+    0.000ms     8.000ms  edge inbound: GET / -> 200 via web"), "{lines:?}");
         assert!(lines[1].contains("    edge: chain scan -> scanner (callout) allow"), "{lines:?}");
         assert!(lines[1].starts_with("+    1.000ms"), "{lines:?}");

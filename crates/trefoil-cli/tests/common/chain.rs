@@ -30,6 +30,13 @@ impl Function {
         Function { child, addr }
     }
 
+    /// The calls a json_function.py received so far: `{cnf, function, path}` each.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("asking the function for its calls");
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).unwrap_or_default()
+    }
+
     /// tests/chain/json_function.py named `name`.
     pub fn json(name: &str) -> Self {
         Self::start("json_function.py", &["--name", name])

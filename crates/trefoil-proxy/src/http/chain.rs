@@ -15,7 +15,7 @@ use trefoil_chain::{Call, Verdict};
 use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
 
 use crate::http::callout;
-use crate::http::chain_handlers::{self, ChainHandlers};
+use crate::http::chain_handlers::{self, ChainHandlers, RunCount, Runner};
 use crate::http::proxy::local_reply;
 use crate::http::route_match::RequestMatcher;
 use crate::snapshot::Cluster;
@@ -80,6 +80,7 @@ impl Chain {
     /// Runs the request-phase steps in order; `Ok` lets the request go on
     /// (with the verdicts' header edits applied to `parts`).
     pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<(), Stopped> {
+        let runs = RunCount::default();
         for step in &self.steps {
             if step.when.as_ref().is_some_and(|m| !m.matches(parts)) {
                 continue;
@@ -88,7 +89,7 @@ impl Chain {
             let body = function.max_body.and(facts.body.clone());
             let call = call_for(&self.cnf, &function.name, parts, facts, body);
             if step.mode == StepMode::Tap {
-                self.tap(state, function, OwnedCall::from(call), facts);
+                self.tap(state, function, OwnedCall::from(call), facts, &runs);
                 continue;
             }
             let started = facts.spans.as_ref().map(StepSpans::start);
@@ -126,11 +127,14 @@ impl Chain {
                         }
                     }
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
-                        chain_handlers::run(self, h, state, function, parts, facts, events).await?;
+                        chain_handlers::run(self, h, state, function, parts, facts, events, &runs).await?;
                     }
                 }
-                Verdict::Deny { status, reason, headers, .. } => {
+                Verdict::Deny { status, reason, headers, events } => {
                     self.count(state, function, "deny");
+                    if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
+                        chain_handlers::run_on_deny(self, h, state, function, parts, facts, events, &runs).await;
+                    }
                     let mut reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
                     for (name, value) in &headers {
                         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
@@ -163,11 +167,14 @@ impl Chain {
         state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: self.cnf.clone(), function: function.name.clone(), result }).inc();
     }
 
-    /// Sends the call in the background, bounded by the function's timeout; the answer is dropped.
-    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>) {
+    /// Sends the call in the background, bounded by the function's timeout;
+    /// the answer affects nothing, but the handlers of its events run there
+    /// too (the request has moved on: they may call, log, tag and emit).
+    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>, runs: &RunCount) {
         let (state, function, cnf) = (state.clone(), function.clone(), self.cnf.clone());
         let (scheme, protocol) = (scheme(facts.tls), facts.protocol);
         let spans = facts.spans.clone();
+        let (handlers, runs, full_body) = (self.handlers.clone(), runs.clone(), facts.body.clone());
         tokio::spawn(async move {
             let call_ref = call.as_call();
             let started = spans.as_ref().map(StepSpans::start);
@@ -175,14 +182,22 @@ impl Chain {
             if let (Some(spans), Some(started)) = (&spans, started) {
                 spans.finish(started, &cnf, &function.name, "tap", step_outcome(&outcome));
             }
-            let result = match outcome {
+            let verdict = match outcome {
                 Ok(Ok(verdict)) => {
                     log_events(&cnf, &function, &call.trace_id, &verdict);
-                    "tapped"
+                    Some(verdict)
                 }
-                _ => "tap_failed",
+                _ => None,
             };
-            state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf, function: function.name.clone(), result }).inc();
+            let result = if verdict.is_some() { "tapped" } else { "tap_failed" };
+            state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: cnf.clone(), function: function.name.clone(), result }).inc();
+            let events = verdict.map(Verdict::into_events).unwrap_or_default();
+            if let Some(h) = handlers.as_deref().filter(|h| h.handlers.handles_any(&events)) {
+                // Handlers see the whole buffered body, as on the request path, not the tap's share of it.
+                let request = OwnedCall { function: String::new(), body: full_body, ..call };
+                let runner = Runner { cnf: &cnf, h, state: &state, function: &function, scheme, protocol, spans: spans.as_ref(), runs: &runs, on: "tap" };
+                let _ = runner.run(request, None, events.into()).await;
+            }
         });
     }
 }
@@ -227,7 +242,8 @@ pub(crate) fn call_for<'a>(cnf: &'a str, function: &'a str, parts: &'a http::req
     }
 }
 
-/// A call that outlives the request, for taps.
+/// A call that outlives the request, for taps and handlers.
+#[derive(Clone)]
 pub(crate) struct OwnedCall {
     pub(crate) cnf: String,
     pub(crate) function: String,

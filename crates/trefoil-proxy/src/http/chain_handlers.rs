@@ -1,14 +1,16 @@
 //! The proxy's side of CNF event handlers: when a step's verdict carries
 //! events that have handlers, runs them (the sandbox lives in
-//! `trefoil_chain::handlers`) and applies what they ask. Calls a handler
-//! makes to other functions go through the same call-out as chain steps.
+//! `trefoil_chain::handlers`) and, for an allow, applies what they ask. Calls
+//! a handler makes to other functions go through the same call-out as chain
+//! steps. Each run gets a span (see `telemetry::chain_span`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
-use trefoil_chain::handlers::{self, CallFuture, CallOutcome, Caller, Handlers, RequestView, RunInput};
+use trefoil_chain::handlers::{self, CallFuture, CallOutcome, Caller, Effects, Handlers, RequestView, RunInput};
 use trefoil_chain::Event;
 use trefoil_model::spec::FailurePolicy;
 
@@ -16,7 +18,8 @@ use crate::http::callout;
 use crate::http::chain::{call_for, scheme, Chain, Function, OwnedCall, RequestFacts, Stopped};
 use crate::http::proxy::local_reply;
 use crate::state::ProxyState;
-use crate::telemetry::metrics::{label, ChainLabels, HandlerLabels};
+use crate::telemetry::chain_span::{HandlerRun, StepSpans};
+use crate::telemetry::metrics::{label, ChainLabels, HandlerLabels, Label};
 
 /// A CNF's handlers and the functions they may call (every NetworkFunction of the snapshot).
 pub struct ChainHandlers {
@@ -24,70 +27,139 @@ pub struct ChainHandlers {
     pub functions: Arc<HashMap<String, Arc<Function>>>,
 }
 
-/// Runs the handlers of `events`, published by `function`'s verdict, and
-/// applies their effects to `parts`. A handler that fails gets `function`'s
-/// failure policy.
-pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &mut http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>) -> Result<(), Stopped> {
-    let mut queue: VecDeque<Event> = events.into();
-    let mut runs = 0;
-    while let Some(event) = queue.pop_front() {
-        let Some(handler) = h.handlers.get(&event.name) else { continue };
-        if runs == h.handlers.limits.runs_per_request {
-            tracing::warn!(cnf = %chain.cnf, trace_id = facts.trace_id, event = %event.name, "too many handler runs for one request; the rest are skipped");
-            break;
-        }
-        runs += 1;
-        let event_name = label(&event.name);
-        // The handler sees the request as it is now, earlier edits included.
-        let call = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
-        let request = Arc::new(RequestView { method: call.method.clone(), path: call.path.clone(), host: call.host.clone(), headers: joined(&call.headers) });
-        let caller = Arc::new(ProxyCaller { state: state.clone(), functions: h.functions.clone(), call: Arc::new(call), scheme: scheme(facts.tls), protocol: facts.protocol });
-        let input = RunInput { cnf: chain.cnf.to_string(), trace_id: facts.trace_id.to_string(), event, request };
-        match handlers::run(handler, &h.handlers.limits, input, caller).await {
-            Ok(fx) => {
-                // Span attributes are fixed keys today; tags go to the log under the trace id.
-                for (key, value) in &fx.tags {
-                    tracing::info!(target: "trefoil::chain::handler", cnf = %chain.cnf, trace_id = facts.trace_id, tag = %key, value = %value, "handler tag");
-                }
-                if let Some((status, reason)) = fx.deny {
-                    count(state, chain, event_name, "deny");
-                    let reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
-                    return Err(Stopped { reply, flag: "chain_denied" });
-                }
-                count(state, chain, event_name, "ok");
-                for name in fx.remove_headers.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
-                    parts.headers.remove(name);
-                }
-                for (name, value) in &fx.set_headers {
-                    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-                        parts.headers.insert(n, v);
-                    }
-                }
-                for e in &fx.events {
-                    tracing::info!(target: "trefoil::chain::event", cnf = %chain.cnf, trace_id = facts.trace_id, event = %e.name, data = %e.data, "handler event");
-                }
-                queue.extend(fx.events);
-            }
-            Err(e) => {
-                count(state, chain, event_name.clone(), e.kind());
-                tracing::warn!(cnf = %chain.cnf, event = %event_name, function = %function.name, trace_id = facts.trace_id, error = %e, "event handler failed");
-                let unavailable = match &e {
-                    handlers::HandlerError::Unavailable(name) => Some(name.clone()),
-                    _ if function.failure_policy == FailurePolicy::Closed => Some(function.name.to_string()),
-                    _ => None,
-                };
-                if let Some(name) = unavailable {
-                    let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {name} is unavailable\n"));
-                    return Err(Stopped { reply, flag: "chain_unavailable" });
-                }
-            }
-        }
-    }
-    Ok(())
+/// Handler runs a request has had, shared with its taps' background tasks so
+/// `runsPerRequest` bounds them all.
+pub type RunCount = Arc<AtomicUsize>;
+
+/// Runs the handlers of `events`, published by `function`'s allow verdict,
+/// and applies their effects to `parts`. A handler that fails gets
+/// `function`'s failure policy.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &mut http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>, runs: &RunCount) -> Result<(), Stopped> {
+    let runner = Runner { cnf: &chain.cnf, h, state, function, scheme: scheme(facts.tls), protocol: facts.protocol, spans: facts.spans.as_ref(), runs, on: "allow" };
+    let request = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
+    runner.run(request, Some(parts), events.into()).await
 }
 
-fn count(state: &ProxyState, chain: &Chain, event: crate::telemetry::metrics::Label, result: &'static str) {
-    state.shared.metrics.chain_handler_runs.get_or_create(&HandlerLabels { cnf: chain.cnf.clone(), event, result }).inc();
+/// Runs the handlers of a deny verdict's events before the reply goes out.
+/// The request is refused already: header edits and a further deny change
+/// nothing, and a failed handler keeps the deny; calls, logs, tags and
+/// emitted events work.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_on_deny(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>, runs: &RunCount) {
+    let runner = Runner { cnf: &chain.cnf, h, state, function, scheme: scheme(facts.tls), protocol: facts.protocol, spans: facts.spans.as_ref(), runs, on: "deny" };
+    let request = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
+    // Without a request to change, a run never stops anything.
+    let _ = runner.run(request, None, events.into()).await;
+}
+
+/// How handlers run for one verdict.
+pub(crate) struct Runner<'a> {
+    pub(crate) cnf: &'a Label,
+    pub(crate) h: &'a ChainHandlers,
+    pub(crate) state: &'a Arc<ProxyState>,
+    /// The function whose verdict carried the events: its failure policy applies to a failed handler.
+    pub(crate) function: &'a Function,
+    pub(crate) scheme: &'static str,
+    pub(crate) protocol: &'static str,
+    pub(crate) spans: Option<&'a StepSpans>,
+    pub(crate) runs: &'a RunCount,
+    /// The verdict that carried the events: `allow`, `deny` or `tap`, on the runs' spans.
+    pub(crate) on: &'static str,
+}
+
+impl Runner<'_> {
+    /// Runs handlers for `queue` (and the events they emit) against `request`.
+    /// With `parts`, effects apply to the request going upstream and a deny or
+    /// a failure under a closed policy stops it; without, the request is past
+    /// changing and effects other than calls, logs, tags and events are dropped.
+    pub(crate) async fn run(&self, mut request: OwnedCall, mut parts: Option<&mut http::request::Parts>, mut queue: VecDeque<Event>) -> Result<(), Stopped> {
+        let trace_id = request.trace_id.clone();
+        while let Some(event) = queue.pop_front() {
+            let Some(handler) = self.h.handlers.get(&event.name) else { continue };
+            if self.runs.fetch_add(1, Ordering::Relaxed) >= self.h.handlers.limits.runs_per_request {
+                tracing::warn!(cnf = %self.cnf, trace_id, event = %event.name, "too many handler runs for one request; the rest are skipped");
+                break;
+            }
+            let event_name = label(&event.name);
+            if let Some(parts) = parts.as_deref() {
+                // The handler sees the request as it is now, earlier edits included.
+                request.headers = parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.to_string(), v.to_string()))).collect();
+            }
+            let view = Arc::new(RequestView { method: request.method.clone(), path: request.path.clone(), host: request.host.clone(), headers: joined(&request.headers) });
+            let call = Arc::new(request.clone());
+            let caller = Arc::new(ProxyCaller { state: self.state.clone(), functions: self.h.functions.clone(), call, scheme: self.scheme, protocol: self.protocol });
+            let input = RunInput { cnf: self.cnf.to_string(), trace_id: trace_id.clone(), event, request: view };
+            let started = self.spans.map(StepSpans::start);
+            let outcome = handlers::run(handler, &self.h.handlers.limits, input, caller).await;
+            let result = match &outcome {
+                Ok(fx) if fx.deny.is_some() => "deny",
+                Ok(_) => "ok",
+                Err(e) => e.kind(),
+            };
+            count(self.state, self.cnf, event_name.clone(), result);
+            if let (Some(spans), Some(started)) = (self.spans, started) {
+                let tags = outcome.as_ref().map(|fx| fx.tags.as_slice()).unwrap_or_default();
+                let error = outcome.as_ref().err().map(|e| e.to_string());
+                spans.finish_handler(started, HandlerRun { cnf: self.cnf, event: &event_name, on: self.on, result, error, tags });
+            }
+            match outcome {
+                Ok(fx) => {
+                    self.log(&event_name, &trace_id, &fx);
+                    if let Some(parts) = parts.as_deref_mut() {
+                        if let Some((status, reason)) = fx.deny {
+                            let reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
+                            return Err(Stopped { reply, flag: "chain_denied" });
+                        }
+                        apply(parts, &fx);
+                    }
+                    queue.extend(fx.events);
+                }
+                Err(e) => {
+                    tracing::warn!(cnf = %self.cnf, event = %event_name, function = %self.function.name, trace_id, on = self.on, error = %e, "event handler failed");
+                    if parts.is_none() {
+                        continue;
+                    }
+                    let unavailable = match &e {
+                        handlers::HandlerError::Unavailable(name) => Some(name.clone()),
+                        _ if self.function.failure_policy == FailurePolicy::Closed => Some(self.function.name.to_string()),
+                        _ => None,
+                    };
+                    if let Some(name) = unavailable {
+                        let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {name} is unavailable\n"));
+                        return Err(Stopped { reply, flag: "chain_unavailable" });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tags and emitted events go to the log under the trace id as well as on the run's span.
+    fn log(&self, event: &str, trace_id: &str, fx: &Effects) {
+        for (key, value) in &fx.tags {
+            tracing::info!(target: "trefoil::chain::handler", cnf = %self.cnf, event, trace_id, tag = %key, value = %value, "handler tag");
+        }
+        for e in &fx.events {
+            tracing::info!(target: "trefoil::chain::event", cnf = %self.cnf, trace_id, event = %e.name, data = %e.data, "handler event");
+        }
+    }
+}
+
+/// An allow's handler effects on the request going upstream: removals, then sets.
+fn apply(parts: &mut http::request::Parts, fx: &Effects) {
+    for name in fx.remove_headers.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
+        parts.headers.remove(name);
+    }
+    for (name, value) in &fx.set_headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            parts.headers.insert(n, v);
+        }
+    }
+}
+
+fn count(state: &ProxyState, cnf: &Label, event: Label, result: &'static str) {
+    state.shared.metrics.chain_handler_runs.get_or_create(&HandlerLabels { cnf: cnf.clone(), event, result }).inc();
 }
 
 /// Repeated headers joined with ", " (RFC 9110 §5.3), as call-outs send them.

@@ -173,6 +173,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
                 ("trefoil.attempts", out.attempts.to_string()),
                 ("trefoil.proxy", state.name.clone()),
             ],
+            extra_attributes: Vec::new(),
             events: Vec::new(),
         });
     }

@@ -1,6 +1,7 @@
 //! A span per chain step: one child of the hop's span for each call-out or
 //! tap to a network function, with its verdict and the events it published,
-//! so a trace shows the chain in order between the hop and its upstream.
+//! and one per event-handler run, with its result and the handler's tags, so
+//! a trace shows the chain in order between the hop and its upstream.
 
 use std::time::SystemTime;
 
@@ -81,7 +82,64 @@ impl StepSpans {
             // A deny is the function doing its job; only a missing answer is an error.
             error: failed,
             attributes,
+            extra_attributes: Vec::new(),
             events,
         });
     }
+
+    /// Sends a handler run's span: `handler <event>`, with the CNF, event,
+    /// the verdict that carried the event (`on`), the result (`ok`, `deny`
+    /// or the failure's kind) and the handler's tags as `tag.<key>`.
+    pub fn finish_handler(&self, started: StepStart, run: HandlerRun<'_>) {
+        let mut attributes = vec![
+            ("trefoil.cnf", run.cnf.to_string()),
+            ("trefoil.event", run.event.to_string()),
+            ("trefoil.handler.on", run.on.to_string()),
+            ("trefoil.handler.result", run.result.to_string()),
+            ("trefoil.proxy", self.proxy.clone()),
+        ];
+        let failed = run.error.is_some();
+        if let Some(e) = run.error {
+            attributes.push(("error.message", e));
+        }
+        // A later tag of the same key wins, as an attribute map would have it.
+        let mut tags: Vec<(String, String)> = Vec::new();
+        for (key, value) in run.tags {
+            if let Some(slot) = tags.iter_mut().find(|(k, _)| k[TAG_PREFIX.len()..] == *key) {
+                slot.1 = value.clone();
+            } else if tags.len() < MAX_TAGS {
+                tags.push((format!("{TAG_PREFIX}{key}"), value.clone()));
+            }
+        }
+        self.sink.send(SpanRecord {
+            trace_id: self.trace_id,
+            span_id: random_bytes(),
+            parent_span_id: Some(self.parent),
+            name: format!("handler {}", run.event),
+            start: started.at,
+            end: SystemTime::now(),
+            // As with steps, a deny is the handler doing its job.
+            error: failed,
+            attributes,
+            extra_attributes: tags,
+            events: Vec::new(),
+        });
+    }
+}
+
+/// Tags become attributes under this prefix, apart from the proxy's own.
+const TAG_PREFIX: &str = "tag.";
+/// Tags per handler span at most (OpenTelemetry's default limit is 128 attributes); the rest are dropped.
+const MAX_TAGS: usize = 64;
+
+/// What a handler run's span tells.
+pub struct HandlerRun<'a> {
+    pub cnf: &'a str,
+    pub event: &'a str,
+    /// The verdict whose event ran the handler: `allow`, `deny` or `tap`.
+    pub on: &'static str,
+    /// `ok`, `deny` or the failure's kind (`error`, `cpu_limit`, ...).
+    pub result: &'static str,
+    pub error: Option<String>,
+    pub tags: &'a [(String, String)],
 }

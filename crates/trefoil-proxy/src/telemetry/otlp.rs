@@ -22,6 +22,8 @@ pub struct SpanRecord {
     pub end: SystemTime,
     pub error: bool,
     pub attributes: Vec<(&'static str, String)>,
+    /// Attributes whose keys are known only at run time (a handler's `tag.<key>`).
+    pub extra_attributes: Vec<(String, String)>,
     /// Things that happened during the span, e.g. a network function's events.
     pub events: Vec<SpanEventRecord>,
 }
@@ -100,7 +102,11 @@ fn nanos(t: SystemTime) -> String {
 }
 
 fn attributes(list: &[(&'static str, String)]) -> Vec<Value> {
-    list.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect()
+    list.iter().map(|(k, v)| attribute(k, v)).collect()
+}
+
+fn attribute(key: &str, value: &str) -> Value {
+    json!({"key": key, "value": {"stringValue": value}})
 }
 
 /// The OTLP JSON request for a batch of spans.
@@ -115,7 +121,7 @@ pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
                 "kind": 2,
                 "startTimeUnixNano": nanos(s.start),
                 "endTimeUnixNano": nanos(s.end),
-                "attributes": attributes(&s.attributes),
+                "attributes": attributes(&s.attributes).into_iter().chain(s.extra_attributes.iter().map(|(k, v)| attribute(k, v))).collect::<Vec<_>>(),
                 "status": {"code": if s.error { 2 } else { 1 }},
             });
             if !s.events.is_empty() {
@@ -155,6 +161,7 @@ mod tests {
             end: UNIX_EPOCH + Duration::from_secs(2),
             error: false,
             attributes: vec![("http.status_code", "200".into())],
+            extra_attributes: vec![("tag.user".into(), "ann".into())],
             events: vec![SpanEventRecord { name: "found".into(), time: UNIX_EPOCH + Duration::from_millis(1500), attributes: vec![("data", "{}".into())] }],
         };
         let v: Value = serde_json::from_slice(&encode("edge", &[span])).unwrap();
@@ -164,5 +171,6 @@ mod tests {
         assert_eq!(s["startTimeUnixNano"], "1000000000");
         assert_eq!(s["events"][0]["timeUnixNano"], "1500000000");
         assert_eq!(s["events"][0]["attributes"][0]["key"], "data");
+        assert_eq!(s["attributes"][1]["key"], "tag.user", "run-time keys follow the fixed ones");
     }
 }
