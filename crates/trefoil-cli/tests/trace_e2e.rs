@@ -3,7 +3,8 @@
 //! request with a known `traceparent`, then `trefoil trace` shows every hop
 //! under that id, each the child of the hop before it; with a CNF on the
 //! gateway's route, the chain step and its event handler sit between the
-//! gateway and web.
+//! gateway and web. Every upstream attempt is a span of its hop; a retried
+//! request shows both attempts.
 
 mod common;
 
@@ -11,9 +12,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::chain::Function;
+use common::control::Control;
 use common::up::*;
-use common::{addr, repo_root, wait_until};
+use common::{addr, http_request, listener, repo_root, scratch_dir, service, wait_until, web_route, Proxy};
 use serde_json::Value;
+use trefoil_testkit::TestServer;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -58,11 +61,27 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
     span["attributes"][key].as_str().unwrap_or("")
 }
 
+fn is_attempt(span: &Value) -> bool {
+    span["name"].as_str().is_some_and(|n| n.starts_with("attempt "))
+}
+
+/// The spans that are not upstream attempts; asserts that each hop has exactly one attempt, its child.
+fn without_attempts(spans: &[Value]) -> Vec<Value> {
+    let (attempts, others): (Vec<Value>, Vec<Value>) = spans.iter().cloned().partition(is_attempt);
+    for hop in others.iter().filter(|s| !attr(s, "trefoil.direction").is_empty()) {
+        let mine: Vec<&Value> = attempts.iter().filter(|a| a["parentSpanId"] == hop["spanId"]).collect();
+        assert_eq!(mine.len(), 1, "one attempt per hop: {spans:#?}");
+        assert_eq!((mine[0]["name"].as_str(), attr(mine[0], "trefoil.upstream")), (Some("attempt 1"), attr(hop, "trefoil.upstream")), "{spans:#?}");
+        assert_eq!((attr(mine[0], "trefoil.attempt.status"), attr(mine[0], "trefoil.retry")), (attr(hop, "http.response.status_code"), "false"), "{spans:#?}");
+    }
+    others
+}
+
 #[test]
 fn one_request_is_one_trace_across_gateway_and_sidecars() {
     let gateway = addr();
     let mut up = start(&quickstart(gateway), gateway);
-    let spans = traced_request(&up, gateway, 4);
+    let spans = without_attempts(&traced_request(&up, gateway, 8));
     let (gw, web_in, web_out, api_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
     assert_eq!(gw["service"], "gateway", "{spans:#?}");
     assert_eq!(gw["parentSpanId"], CLIENT_SPAN, "the gateway continues the client's trace");
@@ -81,8 +100,9 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
     let out = trace(&up, &[TRACE_ID]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let hops: Vec<&str> = text.lines().filter(|l| l.starts_with('+')).collect();
+    let hops: Vec<&str> = text.lines().filter(|l| l.starts_with('+') && !l.contains(": attempt ")).collect();
     assert_eq!(hops.len(), 4, "{text}");
+    assert!(text.contains("  gateway: attempt 1 -> web v"), "{text}");
     assert!(hops[0].contains("  gateway outbound: GET / -> 200 via web"), "{text}");
     assert!(hops[3].contains("        api-"), "{text}");
 
@@ -90,7 +110,7 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
     let out = trace(&up, &["-o", "json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let item = list["items"].as_array().unwrap().iter().find(|t| t["traceId"] == TRACE_ID).cloned().unwrap_or(Value::Null);
-    assert_eq!((item["service"].as_str(), item["spans"].as_u64()), (Some("gateway"), Some(4)), "{list:#}");
+    assert_eq!((item["service"].as_str(), item["spans"].as_u64()), (Some("gateway"), Some(8)), "{list:#}");
 
     // An id the collector does not hold is bad input.
     let out = trace(&up, &["0123456789abcdef0123456789abcdef"]);
@@ -113,7 +133,7 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
             function.addr
         );
     let mut up = start(&mesh, gateway);
-    let spans = traced_request(&up, gateway, 6);
+    let spans = without_attempts(&traced_request(&up, gateway, 10));
     let (gw, step, handler, web_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
     assert_eq!(gw["service"], "gateway", "{spans:#?}");
     assert_eq!(attr(gw, "trefoil.cnf"), "scan");
@@ -132,11 +152,59 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
 
     let out = trace(&up, &[TRACE_ID]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('+')).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('+') && !l.contains(": attempt ")).collect();
     assert!(lines[1].contains("    gateway: chain scan -> acl (callout) allow"), "{text}");
     assert!(lines[2].contains("event checked"), "{text}");
     assert!(lines[3].contains("    gateway: handler scan checked (on allow) ok user=ann"), "{text}");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+#[test]
+fn a_retried_request_shows_each_attempt_as_a_span() {
+    let control = Control::start(&scratch_dir().join("control"));
+    let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
+    let public = addr();
+    let mut proxy = Proxy::start(&format!(
+        "{}{}{}",
+        listener("public", public),
+        service("web", "http", &[(flaky.addr(), "v1")]),
+        web_route("    retry: {attempts: 2, on: [5xx], backoff: 1ms}\n")
+    ));
+    // A standalone proxy exports only when its Proxy resource says where.
+    let config = std::fs::read_to_string(&proxy.config).unwrap().replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"{}\"}}\n", control.url()));
+    std::fs::write(&proxy.config, config).unwrap();
+    proxy.signal("HUP");
+    wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() == 2);
+    proxy.wait_ready();
+
+    // The upstream fails its 2nd, 4th... request: the traced one fails first, then its retry succeeds.
+    flaky.reset_stats();
+    assert_eq!(http_request(public, "GET", "web.local", "/first", &[], b"").unwrap().0, 200);
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let traceparent = format!("00-{trace_id}-{CLIENT_SPAN}-01");
+    let (status, _, body) = http_request(public, "GET", "web.local", "/retried", &[("traceparent", &traceparent)], b"").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let mut spans: Vec<Value> = Vec::new();
+    wait_until("the trace's three spans", Duration::from_secs(15), || {
+        let (status, _, body) = http_request(control.api, "GET", "control", &format!("/api/v1/traces/{trace_id}"), &[], b"").unwrap();
+        spans = if status == 200 { serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default() } else { Vec::new() };
+        spans.len() >= 3
+    });
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let hop = spans.iter().find(|s| !is_attempt(s)).unwrap();
+    assert_eq!((attr(hop, "trefoil.attempts"), attr(hop, "http.response.status_code")), ("2", "200"), "{spans:#?}");
+    let attempts: Vec<&Value> = spans.iter().filter(|s| is_attempt(s)).collect();
+    assert_eq!((attempts[0]["name"].as_str(), attempts[1]["name"].as_str()), (Some("attempt 1"), Some("attempt 2")), "in time order: {spans:#?}");
+    for a in &attempts {
+        assert_eq!(a["parentSpanId"], hop["spanId"], "{spans:#?}");
+        assert_eq!((attr(a, "trefoil.service"), attr(a, "trefoil.version"), attr(a, "trefoil.upstream")), ("web", "v1", flaky.addr().to_string().as_str()));
+    }
+    let (first, second) = (attempts[0], attempts[1]);
+    assert!(attr(first, "trefoil.attempt.status").starts_with('5'), "{first:#}");
+    assert_eq!((attr(first, "trefoil.attempt.failure"), attr(first, "trefoil.retry"), first["error"].as_bool()), ("status", "true", Some(true)), "{first:#}");
+    assert_eq!((attr(second, "trefoil.attempt.status"), attr(second, "trefoil.retry"), second["error"].as_bool()), ("200", "false", Some(false)), "{second:#}");
+    assert!(nanos(&first["endUnixNano"]) <= nanos(&second["startUnixNano"]), "{spans:#?}");
 }
 
 fn nanos(v: &Value) -> u64 {

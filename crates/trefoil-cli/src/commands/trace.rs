@@ -15,7 +15,8 @@ pub const ABOUT: &str = "Show what the control plane's trace collector holds.
 
 Every proxy exports a span per request it handles (and one per chain step:
 each call-out or tap to a network function, with its verdict and events;
-one per event-handler run, with its result and tags) to the control plane, unless its Proxy sets `tracing` itself. All spans of a
+one per event-handler run, with its result and tags; one per upstream
+attempt, retries included) to the control plane, unless its Proxy sets `tracing` itself. All spans of a
 request share its trace id: the one in the response header
 x-trefoil-trace-id, in the access log's trace_id, and in the `traceparent`
 a client sends.
@@ -24,8 +25,8 @@ a client sends.
   trefoil trace TRACE_ID        the request's calls as a tree in time order:
                                 offset from the first span, duration, then
                                 the hop (proxy, direction, request, status,
-                                service and upstream), chain step or
-                                handler run
+                                service and upstream), chain step,
+                                handler run or upstream attempt
   trefoil trace --follow        spans of all requests as they arrive
   trefoil trace ID --follow     that trace's spans so far, then new ones
 

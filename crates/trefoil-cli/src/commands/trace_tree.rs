@@ -34,6 +34,19 @@ pub fn label(span: &Value) -> String {
     if !function.is_empty() {
         return format!("{service}: chain {} -> {function} ({}) {}{failed}", attr(span, "trefoil.cnf"), attr(span, "trefoil.step.mode"), attr(span, "trefoil.verdict"));
     }
+    let attempt = attr(span, "trefoil.attempt");
+    if !attempt.is_empty() {
+        let (status, failure) = (attr(span, "trefoil.attempt.status"), attr(span, "trefoil.attempt.failure"));
+        let mut line = format!("{service}: attempt {attempt} -> {} {} at {}", attr(span, "trefoil.service"), attr(span, "trefoil.version"), attr(span, "trefoil.upstream"));
+        for part in [status, failure].into_iter().filter(|p| !p.is_empty()) {
+            line.push(' ');
+            line.push_str(part);
+        }
+        if attr(span, "trefoil.retry") == "true" {
+            line.push_str(", retried");
+        }
+        return line + failed;
+    }
     let event = attr(span, "trefoil.event");
     if !event.is_empty() {
         let mut line = format!("{service}: handler {} {event} (on {}) {}", attr(span, "trefoil.cnf"), attr(span, "trefoil.handler.on"), attr(span, "trefoil.handler.result"));
@@ -138,6 +151,10 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[2].ends_with("    edge: handler scan checked (on allow) ok user=ann"), "{lines:?}");
         let lines = [lines[0].clone(), lines[1].clone(), lines[3].clone()];
+        let attempt = json!({"trefoil.attempt": "1", "trefoil.service": "web", "trefoil.version": "v1", "trefoil.upstream": "127.0.0.1:1", "trefoil.attempt.status": "503", "trefoil.attempt.failure": "status", "trefoil.retry": "true"});
+        let mut failed = span("t", Some("a"), 1, 2, attempt);
+        failed["error"] = json!(true);
+        assert_eq!(label(&failed), "edge: attempt 1 -> web v1 at 127.0.0.1:1 503 status, retried [error]");
         assert!(lines[0].starts_with("+    0.000ms     8.000ms  edge inbound: GET / -> 200 via web"), "{lines:?}");
         assert!(lines[1].contains("    edge: chain scan -> scanner (callout) allow"), "{lines:?}");
         assert!(lines[1].starts_with("+    1.000ms"), "{lines:?}");

@@ -22,6 +22,7 @@ use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
+use crate::telemetry::attempt_span::{self, AttemptSpans};
 use crate::telemetry::chain_span::StepSpans;
 use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, SeriesKey, ServiceLabels};
 use crate::telemetry::otlp::SpanRecord;
@@ -78,6 +79,8 @@ struct Outcomes {
     flag: &'static str,
     /// The CNF whose chain the request went through.
     cnf: Option<Label>,
+    /// Where upstream attempts' spans go, when the request is traced.
+    attempt_spans: Option<AttemptSpans>,
 }
 
 /// Serves one request; never fails (errors become local replies).
@@ -99,7 +102,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
     let host = request_host(&parts).to_string();
     // Cheap copies (reference-counted) of what telemetry needs after the request moves on.
     let (method, uri, http_version) = (parts.method.clone(), parts.uri.clone(), parts.version);
-    let mut out = Outcomes::default();
+    let mut out = Outcomes { attempt_spans: AttemptSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
 
     let mut response = match handle(&state, &listener, &conn, &trace, parts, incoming, &host, &mut out).await {
         Ok(r) => r,
@@ -388,6 +391,7 @@ async fn attempt_loop(
             }
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
+        let span = out.attempt_spans.as_ref().map(|s| s.start(attempt, endpoint.addr, &service.name, &endpoint.version));
         let sent = send_upstream(service, &endpoint, upstream_req);
         let result = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| AttemptFailure::PerTryTimeout),
@@ -404,12 +408,14 @@ async fn attempt_loop(
                 };
                 record_outcome(state, service, &endpoint, outcome);
                 if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
+                    attempt_span::finish(span, Ok(status), false);
                     let (parts, incoming) = resp.into_parts();
                     return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, pooled)));
                 }
                 let failure = AttemptFailure::Status(status);
                 if !may_retry(rule, failure, attempt, max_attempts, req_body) {
                     // Out of retries: the client gets the upstream's own answer.
+                    attempt_span::finish(span, Ok(status), false);
                     let (parts, incoming) = resp.into_parts();
                     return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, pooled)));
                 }
@@ -427,6 +433,7 @@ async fn attempt_loop(
             }
         };
         let (failure, retrying) = failure;
+        attempt_span::finish(span, Err(failure), retrying);
         drop(guard);
         if !retrying {
             let (status, flag, text) = match failure {
@@ -444,7 +451,7 @@ async fn attempt_loop(
                 route: route.name.clone(),
                 service: service.name.clone(),
                 version: endpoint.version.clone(),
-                reason: retry_reason(failure),
+                reason: failure.reason(),
             })
             .inc();
         previous = Some(endpoint.addr);
@@ -464,15 +471,6 @@ pub(crate) async fn send_upstream(service: &ServiceConfig, endpoint: &EndpointSt
     match service.client.current().request(req).await {
         Ok(resp) => Ok((resp, None)),
         Err(e) => Err(SendError { connect: e.is_connect(), source: Box::new(e) }),
-    }
-}
-
-fn retry_reason(f: AttemptFailure) -> &'static str {
-    match f {
-        AttemptFailure::ConnectFailure => "connect_failure",
-        AttemptFailure::Reset => "reset",
-        AttemptFailure::PerTryTimeout => "per_try_timeout",
-        AttemptFailure::Status(_) => "status",
     }
 }
 

@@ -15,6 +15,16 @@ pub enum AttemptFailure {
 }
 
 impl AttemptFailure {
+    /// A short, bounded name: the `reason` label of `trefoil_retries_total`, and an attempt span's failure.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AttemptFailure::ConnectFailure => "connect_failure",
+            AttemptFailure::Reset => "reset",
+            AttemptFailure::PerTryTimeout => "per_try_timeout",
+            AttemptFailure::Status(_) => "status",
+        }
+    }
+
     pub fn is_retriable(self, policy: &RetryPolicy) -> bool {
         policy.on.iter().any(|on| match (on, self) {
             (RetryOn::ConnectFailure, AttemptFailure::ConnectFailure) => true,

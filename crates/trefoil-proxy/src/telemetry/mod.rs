@@ -1,6 +1,7 @@
 //! What the proxy tells about the traffic: metrics, access logs, traces.
 
 pub mod access_log;
+pub mod attempt_span;
 pub mod chain_span;
 pub mod metrics;
 pub mod otlp;
