@@ -14,6 +14,7 @@ fn record(trace: u8, span: u8, parent: Option<u8>, start_ms: u64, end_ms: u64) -
         end: UNIX_EPOCH + Duration::from_millis(end_ms),
         error: span == 0xee,
         attributes: vec![("trefoil.cnf", "scan".into())],
+        extra_attributes: vec![("tag.user".into(), "ann".into())],
         events: Vec::new(),
     }
 }
@@ -37,6 +38,7 @@ fn decodes_what_proxies_export() {
     assert_eq!((s.start_unix_nano, s.end_unix_nano), (1_000_000_000, 1_250_000_000));
     assert_eq!(s.duration_ms(), 250.0);
     assert_eq!(s.attributes["trefoil.cnf"], "scan");
+    assert_eq!(s.attributes["tag.user"], "ann", "attributes with run-time keys arrive too");
     assert!(!s.error);
     assert_eq!(s.events[0].name, "virus_found");
     assert_eq!(s.events[0].attributes["data"], "{\"sig\":\"x\"}");
