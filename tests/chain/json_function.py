@@ -9,6 +9,11 @@ It decides on what the proxy sent:
   any) and removing `x-secret`.
 Every verdict publishes an event `checked`.
 
+On the response phase (the call has `response`) the same deny rule holds;
+an allow sets `x-checked-by`, `x-seen-status`, `x-seen-served-by` (the
+upstream's `x-served-by`), `x-seen-body-len` (if a body was sent) on the
+response and removes the upstream's `x-served-by`.
+
 Prints `listening on ADDR` (flushed) once it accepts connections.
 """
 
@@ -34,9 +39,19 @@ class Handler(BaseHTTPRequestHandler):
         delay = call["headers"].get("x-fn-delay")
         if delay:
             time.sleep(float(delay))
+        response = call.get("response")
         if call["path"].startswith(self.deny_prefix):
             verdict = {"verdict": "deny", "status": 451, "reason": "blocked by policy\n",
                        "setHeaders": {"x-denied-by": self.name}, "events": events}
+        elif response is not None:
+            set_headers = {
+                "x-checked-by": self.name,
+                "x-seen-status": str(response["status"]),
+                "x-seen-served-by": response["headers"].get("x-served-by", ""),
+            }
+            if "body" in call:
+                set_headers["x-seen-body-len"] = str(len(call["body"]))
+            verdict = {"verdict": "allow", "setHeaders": set_headers, "removeHeaders": ["x-served-by"], "events": events}
         else:
             set_headers = {
                 "x-checked-by": self.name,

@@ -519,9 +519,6 @@ impl Validator {
             if step.mode == StepMode::Inline {
                 self.report(r, &format!("{at}.mode"), "`inline` steps are not supported yet (use `callout` or `tap`)");
             }
-            if step.phase == Phase::Response {
-                self.report(r, &format!("{at}.phase"), "`response` steps are not supported yet (use `request`)");
-            }
             if let Some(m) = &step.when {
                 self.route_match(r, &format!("{at}.when"), m);
             }
@@ -724,7 +721,6 @@ mod tests {
                 "spec.sendBody.maxBytes",
                 "spec.chain[0].function",
                 "spec.chain[0].mode",
-                "spec.chain[0].phase",
                 "spec.chain[0].when.path",
                 "spec.handlers.denied",
                 "spec.handlers.denied",

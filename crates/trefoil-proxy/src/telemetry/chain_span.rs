@@ -43,9 +43,10 @@ impl StepSpans {
         StepStart { at: SystemTime::now() }
     }
 
-    /// Sends the step's span: `chain <function>`, with the CNF, function,
-    /// mode and verdict as attributes and the function's events as span events.
-    pub fn finish(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, outcome: StepOutcome<'_>) {
+    /// Sends the step's span: `chain <function>` (`chain <function> response`
+    /// on the response phase), with the CNF, function, mode, phase and
+    /// verdict as attributes and the function's events as span events.
+    pub fn finish(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, phase: &'static str, outcome: StepOutcome<'_>) {
         let end = SystemTime::now();
         let (verdict, error, status, events) = match outcome {
             StepOutcome::Answered(Verdict::Allow { events, .. }) => ("allow", None, String::new(), events.as_slice()),
@@ -57,6 +58,7 @@ impl StepSpans {
             ("trefoil.cnf", cnf.to_string()),
             ("trefoil.function", function.to_string()),
             ("trefoil.step.mode", mode.to_string()),
+            ("trefoil.step.phase", phase.to_string()),
             ("trefoil.verdict", verdict.to_string()),
             ("trefoil.proxy", self.proxy.clone()),
         ];
@@ -75,7 +77,7 @@ impl StepSpans {
             trace_id: self.trace_id,
             span_id: random_bytes(),
             parent_span_id: Some(self.parent),
-            name: format!("chain {function}"),
+            name: if phase == "response" { format!("chain {function} response") } else { format!("chain {function}") },
             start: started.at,
             end,
             // A deny is the function doing its job; only a missing answer is an error.
