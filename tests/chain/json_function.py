@@ -14,13 +14,19 @@ an allow sets `x-checked-by`, `x-seen-status`, `x-seen-served-by` (the
 upstream's `x-served-by`), `x-seen-body-len` (if a body was sent) on the
 response and removes the upstream's `x-served-by`.
 
+With `--publish URL`, after each verdict it also publishes an event
+`late_finding` {path} for the call's CNF and trace id to URL (a proxy's
+`/events`), as a function reporting something after it answered would.
+
 Prints `listening on ADDR` (flushed) once it accepts connections.
 """
 
 import argparse
 import json
 import sys
+import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -28,6 +34,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     name = "fn"
     deny_prefix = "/deny"
+    publish = None
 
     def log_message(self, *_):
         pass
@@ -69,15 +76,30 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if self.publish:
+            threading.Thread(target=self.publish_late, args=(call,), daemon=True).start()
+
+    def publish_late(self, call):
+        doc = {"cnf": call["cnf"], "function": self.name, "traceId": call["traceId"],
+               "events": [{"name": "late_finding", "data": {"path": call["path"]}}]}
+        req = urllib.request.Request(self.publish, data=json.dumps(doc).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read()
+        except OSError as e:
+            print(f"publishing to {self.publish} failed: {e}", file=sys.stderr, flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="fn")
     parser.add_argument("--deny-prefix", default="/deny")
+    parser.add_argument("--publish", help="URL to publish a late_finding event to after each verdict")
     args = parser.parse_args()
     Handler.name = args.name
     Handler.deny_prefix = args.deny_prefix
+    Handler.publish = args.publish
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     host, port = server.server_address[:2]

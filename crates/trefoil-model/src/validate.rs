@@ -99,7 +99,7 @@ pub const MAX_SEND_BODY: u32 = 1024 * 1024;
 
 /// Event names are written in handlers as identifiers (`inspect_done`), so
 /// besides a resource name's characters they may use '_'.
-fn valid_event(name: &str) -> bool {
+pub fn valid_event(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_';
     !name.is_empty() && name.len() <= 253 && name.chars().all(ok_char) && name.starts_with(|c: char| c.is_ascii_lowercase())
 }

@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerConfig>>,
     pub services: BTreeMap<String, Arc<ServiceConfig>>,
     pub clusters: BTreeMap<BackendRef, Arc<Cluster>>,
+    /// CNF name -> its chain, for events functions publish outside a request.
+    pub chains: HashMap<String, Arc<Chain>>,
 }
 
 pub struct ListenerConfig {
@@ -286,6 +288,7 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
         listeners,
         services: c.services,
         clusters: c.clusters,
+        chains: c.chains,
     })
 }
 

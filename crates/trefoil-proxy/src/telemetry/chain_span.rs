@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use trefoil_chain::Verdict;
+use trefoil_chain::{Event, Verdict};
 
 use crate::telemetry::otlp::{SpanEventRecord, SpanRecord, SpanSink};
 use crate::telemetry::trace_context::{random_bytes, TraceContext};
@@ -69,10 +69,7 @@ impl StepSpans {
         if let Some(e) = error {
             attributes.push(("error.message", e));
         }
-        let events = events
-            .iter()
-            .map(|e| SpanEventRecord { name: e.name.clone(), time: end, attributes: if e.data.is_null() { Vec::new() } else { vec![("data", e.data.to_string())] } })
-            .collect();
+        let events = span_events(events, end);
         self.sink.send(SpanRecord {
             trace_id: self.trace_id,
             span_id: random_bytes(),
@@ -86,4 +83,30 @@ impl StepSpans {
             events,
         });
     }
+}
+
+/// The span of events a function published on its own (not in a verdict):
+/// `events <function>`, the events as span events. It has no parent: the
+/// function publishes with the trace id only, often after the request ended.
+pub fn published_span(trace_id: [u8; 16], cnf: &str, function: &str, events: &[Event], proxy: &str, at: SystemTime) -> SpanRecord {
+    let name = if function.is_empty() { "events published".to_string() } else { format!("events {function}") };
+    SpanRecord {
+        trace_id,
+        span_id: random_bytes(),
+        parent_span_id: None,
+        name,
+        start: at,
+        end: at,
+        error: false,
+        attributes: vec![("trefoil.cnf", cnf.to_string()), ("trefoil.function", function.to_string()), ("trefoil.proxy", proxy.to_string())],
+        events: span_events(events, at),
+    }
+}
+
+/// A function's events as span events, their data as JSON.
+fn span_events(events: &[Event], at: SystemTime) -> Vec<SpanEventRecord> {
+    events
+        .iter()
+        .map(|e| SpanEventRecord { name: e.name.clone(), time: at, attributes: if e.data.is_null() { Vec::new() } else { vec![("data", e.data.to_string())] } })
+        .collect()
 }
