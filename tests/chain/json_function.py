@@ -11,13 +11,24 @@ Every verdict publishes an event `checked` (or the name given by `--event`).
 `GET /calls` answers the calls received so far, as a JSON list of
 `{cnf, function, path}`.
 
+On the response phase (the call has `response`) the same deny rule holds;
+an allow sets `x-checked-by`, `x-seen-status`, `x-seen-served-by` (the
+upstream's `x-served-by`), `x-seen-body-len` (if a body was sent) on the
+response and removes the upstream's `x-served-by`.
+
+With `--publish URL`, after each verdict it also publishes an event
+`late_finding` {path} for the call's CNF and trace id to URL (a proxy's
+`/events`), as a function reporting something after it answered would.
+
 Prints `listening on ADDR` (flushed) once it accepts connections.
 """
 
 import argparse
 import json
 import sys
+import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -26,6 +37,7 @@ class Handler(BaseHTTPRequestHandler):
     name = "fn"
     deny_prefix = "/deny"
     event = "checked"
+    publish = None
 
     calls = []
 
@@ -49,9 +61,19 @@ class Handler(BaseHTTPRequestHandler):
         delay = call["headers"].get("x-fn-delay")
         if delay:
             time.sleep(float(delay))
+        response = call.get("response")
         if call["path"].startswith(self.deny_prefix):
             verdict = {"verdict": "deny", "status": 451, "reason": "blocked by policy\n",
                        "setHeaders": {"x-denied-by": self.name}, "events": events}
+        elif response is not None:
+            set_headers = {
+                "x-checked-by": self.name,
+                "x-seen-status": str(response["status"]),
+                "x-seen-served-by": response["headers"].get("x-served-by", ""),
+            }
+            if "body" in call:
+                set_headers["x-seen-body-len"] = str(len(call["body"]))
+            verdict = {"verdict": "allow", "setHeaders": set_headers, "removeHeaders": ["x-served-by"], "events": events}
         else:
             set_headers = {
                 "x-checked-by": self.name,
@@ -69,6 +91,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if self.publish:
+            threading.Thread(target=self.publish_late, args=(call,), daemon=True).start()
+
+    def publish_late(self, call):
+        doc = {"cnf": call["cnf"], "function": self.name, "traceId": call["traceId"],
+               "events": [{"name": "late_finding", "data": {"path": call["path"]}}]}
+        req = urllib.request.Request(self.publish, data=json.dumps(doc).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read()
+        except OSError as e:
+            print(f"publishing to {self.publish} failed: {e}", file=sys.stderr, flush=True)
 
 
 def main():
@@ -76,10 +111,12 @@ def main():
     parser.add_argument("--name", default="fn")
     parser.add_argument("--deny-prefix", default="/deny")
     parser.add_argument("--event", default="checked")
+    parser.add_argument("--publish", help="URL to publish a late_finding event to after each verdict")
     args = parser.parse_args()
     Handler.name = args.name
     Handler.deny_prefix = args.deny_prefix
     Handler.event = args.event
+    Handler.publish = args.publish
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     host, port = server.server_address[:2]

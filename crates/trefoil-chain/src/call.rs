@@ -21,20 +21,33 @@ pub struct Call<'a> {
     pub destination: Option<SocketAddr>,
     /// The request's trace id (32 hex digits): the correlation id of everything it causes.
     pub trace_id: &'a str,
-    /// The body, when the function asked for it.
+    /// The body, when the function asked for it: the request's, or on the
+    /// response phase the response's.
     pub body: Option<Bytes>,
+    /// Set on the response phase: what the upstream answered.
+    pub response: Option<ResponseHead<'a>>,
+}
+
+/// The upstream's answer, for a response-phase call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResponseHead<'a> {
+    pub status: u16,
+    /// Response headers, names lower-case; values that are not text are left out.
+    pub headers: Vec<(&'a str, &'a str)>,
 }
 
 /// What a function decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
-    /// The request goes on, with these header edits.
+    /// The request goes on, with these header edits (on the response phase:
+    /// edits of the response).
     Allow {
         set_headers: Vec<(String, String)>,
         remove_headers: Vec<String>,
         events: Vec<Event>,
     },
-    /// The request stops here; the client gets `status` with `reason` as the body.
+    /// The request stops here (on the response phase: the upstream's answer is
+    /// dropped); the client gets `status` with `reason` as the body.
     Deny {
         status: u16,
         reason: String,

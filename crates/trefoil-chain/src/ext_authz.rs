@@ -19,6 +19,12 @@ pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 pub const EXT_CNF: &str = "cnf";
 pub const EXT_FUNCTION: &str = "function";
 pub const EXT_TRACE_ID: &str = "traceId";
+/// Set to `response` on a response-phase call.
+pub const EXT_PHASE: &str = "phase";
+/// The upstream's status, on a response-phase call.
+pub const EXT_RESPONSE_STATUS: &str = "response.status";
+/// Followed by a lower-case name: an upstream response header, on a response-phase call.
+pub const EXT_RESPONSE_HEADER_PREFIX: &str = "response.header.";
 
 /// `envoy.service.auth.v3.CheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -207,7 +213,7 @@ pub fn check_request(call: &Call<'_>, scheme: &str, protocol: &str) -> CheckRequ
             Err(_) => (String::new(), b.to_vec()),
         },
     };
-    let context_extensions = [
+    let mut context_extensions: BTreeMap<String, String> = [
         (EXT_CNF, call.cnf),
         (EXT_FUNCTION, call.function),
         (EXT_TRACE_ID, call.trace_id),
@@ -215,6 +221,21 @@ pub fn check_request(call: &Call<'_>, scheme: &str, protocol: &str) -> CheckRequ
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    // ext_authz has no response fields: the upstream's answer rides in the
+    // extensions, and `body` is the response's.
+    if let Some(response) = &call.response {
+        context_extensions.insert(EXT_PHASE.to_string(), "response".to_string());
+        context_extensions.insert(EXT_RESPONSE_STATUS.to_string(), response.status.to_string());
+        for (name, value) in &response.headers {
+            context_extensions
+                .entry(format!("{EXT_RESPONSE_HEADER_PREFIX}{name}"))
+                .and_modify(|v| {
+                    v.push(',');
+                    v.push_str(value);
+                })
+                .or_insert_with(|| value.to_string());
+        }
+    }
     CheckRequest {
         attributes: Some(AttributeContext {
             source: peer(call.source),
@@ -318,9 +339,27 @@ mod tests {
             destination: None,
             trace_id: "t1",
             body: Some(bytes::Bytes::from_static(b"hi")),
+            response: None,
         };
         let bytes = check_request(&call, "http", "HTTP/1.1").encode_to_vec();
         assert_eq!(hex(&bytes), EXPECTED_REQUEST);
+    }
+
+    #[test]
+    fn response_phase_calls_carry_the_upstream_answer_in_context_extensions() {
+        let call = Call {
+            cnf: "edge",
+            response: Some(crate::ResponseHead {
+                status: 200,
+                headers: vec![("set-cookie", "a"), ("set-cookie", "b")],
+            }),
+            ..Default::default()
+        };
+        let request = check_request(&call, "http", "HTTP/1.1");
+        let ext = &request.attributes.unwrap().context_extensions;
+        assert_eq!(ext.get(EXT_PHASE).map(String::as_str), Some("response"));
+        assert_eq!(ext.get(EXT_RESPONSE_STATUS).map(String::as_str), Some("200"));
+        assert_eq!(ext.get("response.header.set-cookie").map(String::as_str), Some("a,b"));
     }
 
     #[test]

@@ -41,20 +41,37 @@ pub struct JsonCall<'a> {
     /// The body, when asked for and not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
+    /// Present on the response phase only: the upstream's answer (`body` is then the response's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<JsonResponse>,
 }
 
-/// Encodes a call as the JSON body of the POST.
-pub fn encode(call: &Call<'_>) -> Vec<u8> {
-    let mut headers: BTreeMap<Cow<'_, str>, String> = BTreeMap::new();
-    for (name, value) in &call.headers {
+/// The upstream's status and headers, for a response-phase call.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonResponse {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Repeated headers joined with ", " (RFC 9110 §5.3).
+fn joined<'a, K: From<&'a str> + Ord>(pairs: &[(&'a str, &'a str)]) -> BTreeMap<K, String> {
+    let mut headers: BTreeMap<K, String> = BTreeMap::new();
+    for (name, value) in pairs {
         headers
-            .entry(Cow::Borrowed(*name))
+            .entry(K::from(*name))
             .and_modify(|v| {
                 v.push_str(", ");
                 v.push_str(value);
             })
             .or_insert_with(|| value.to_string());
     }
+    headers
+}
+
+/// Encodes a call as the JSON body of the POST.
+pub fn encode(call: &Call<'_>) -> Vec<u8> {
+    let headers: BTreeMap<Cow<'_, str>, String> = joined(&call.headers);
     let (body, body_base64) = match &call.body {
         None => (None, None),
         Some(b) => match std::str::from_utf8(b) {
@@ -76,6 +93,10 @@ pub fn encode(call: &Call<'_>) -> Vec<u8> {
         trace_id: call.trace_id.into(),
         body,
         body_base64,
+        response: call.response.as_ref().map(|r| JsonResponse {
+            status: r.status,
+            headers: joined(&r.headers),
+        }),
     };
     // Serializing plain strings and maps cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
@@ -142,6 +163,7 @@ mod tests {
             destination: None,
             trace_id: "0af7651916cd43dd8448eb211c80319c",
             body: Some(bytes::Bytes::from_static(b"hi")),
+            response: None,
         };
         let text = String::from_utf8(encode(&call)).unwrap();
         assert_eq!(
@@ -152,6 +174,14 @@ mod tests {
         assert!(String::from_utf8(encode(&call))
             .unwrap()
             .ends_with(r#""bodyBase64":"/wA="}"#));
+        call.body = Some(bytes::Bytes::from_static(b"<html>"));
+        call.response = Some(crate::ResponseHead {
+            status: 200,
+            headers: vec![("content-type", "text/html"), ("set-cookie", "a"), ("set-cookie", "b")],
+        });
+        assert!(String::from_utf8(encode(&call)).unwrap().ends_with(
+            r#""body":"<html>","response":{"status":200,"headers":{"content-type":"text/html","set-cookie":"a, b"}}}"#
+        ));
     }
 
     #[test]

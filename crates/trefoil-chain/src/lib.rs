@@ -6,7 +6,7 @@ pub mod ext_authz;
 pub mod handlers;
 pub mod json;
 
-pub use call::{Call, Event, Verdict};
+pub use call::{Call, Event, ResponseHead, Verdict};
 
 /// Why a function's answer could not be understood.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! The sample network functions (`trefoil nf ...`) as real processes in a
 //! real proxy's CNF chain, in front of a real upstream; the antivirus
 //! function talks to a real ClamAV daemon the test starts with its own
-//! signature database (the EICAR test signature). The chain runs on the
-//! request phase, so scanning is of uploads.
+//! signature database (the EICAR test signature): on the request phase it
+//! scans uploads, on the response phase downloads (served by a real nginx).
 
 mod common;
 
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::chain::{chained_route, cnf, network_function, request};
 use common::clamd::{eicar, Clamd};
+use common::nginx::Nginx;
 use common::*;
 
 /// A `trefoil nf` process; killed when dropped.
@@ -116,13 +117,7 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
     wait_until("the access-log line of the refused upload", Duration::from_secs(10), || {
         proxy.access_log().lines().any(|l| l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"scan""#) && l.contains(r#""status":451"#))
     });
-    let log = proxy.stderr();
-    let events: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(&trace_id) && l.contains("network function event"))
-        .filter_map(|l| ["policy_check", "virus_found", "scan_clean"].into_iter().find(|e| l.contains(e)))
-        .collect();
-    assert_eq!(events, ["policy_check", "virus_found"], "{log}");
+    assert_eq!(chain_events(&proxy, &trace_id), ["policy_check", "virus_found"], "{}", proxy.stderr());
 
     // clamd down: no verdict, so the failure policy (closed by default) answers.
     let (status, headers, _) = request(public, "POST", "/down/upload", &[], b"anything");
@@ -131,6 +126,58 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
     assert_eq!(up.requests_for("/down/upload"), 0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"antivirus\"", "result=\"deny\""]), 1.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"antivirus\"", "result=\"allow\""]), 1.0);
+}
+
+/// The chain's events logged under `trace_id`, in the order they happened.
+fn chain_events(proxy: &Proxy, trace_id: &str) -> Vec<&'static str> {
+    proxy
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(trace_id) && l.contains("network function event"))
+        .filter_map(|l| ["policy_check", "virus_found", "scan_clean"].into_iter().find(|e| l.contains(e)))
+        .collect()
+}
+
+#[test]
+fn antivirus_on_the_response_phase_passes_clean_downloads_and_blocks_infected_ones() {
+    let clamd = Clamd::start();
+    let clean = "quarterly figures\n".repeat(20_000); // several INSTREAM chunks
+    let infected = format!("an installer with a surprise: {} inside\n", eicar());
+    let files = Nginx::static_files(&[("report.txt", clean.as_bytes()), ("setup.exe", infected.as_bytes())]);
+    let dir = scratch_dir();
+    let policy = Nf::start(&["policy", "--config", &write(&dir, "policy.yaml", "default: allow\n")]);
+    let av = Nf::start(&["antivirus", "--clamd", &clamd.addr.to_string(), "--deny-status", "451", "--clamd-timeout", "5s"]);
+    let public = addr();
+    let config = [
+        listener("public", public),
+        service("web", "http", &[(files.addr, "v1")]),
+        service("policy", "http", &[(policy.addr, "v1")]),
+        service("av", "http", &[(av.addr, "v1")]),
+        network_function("policy", "policy", "http", ", events: [policy_check]"),
+        network_function("antivirus", "av", "http", ", events: [scan_clean, virus_found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        // The policy judges the request; the antivirus what comes back.
+        cnf("downloads", &["{function: policy}", "{function: antivirus, phase: response}"]),
+        chained_route(&[("/", "downloads")]),
+    ]
+    .concat();
+    let proxy = Proxy::start(&config);
+
+    let (status, headers, body) = request(public, "GET", "/report.txt", &[], b"");
+    assert_eq!(status, 200, "{}\n{}", proxy.stderr(), av.stderr());
+    assert!(body == clean, "the clean download arrives whole ({} of {} bytes)", body.len(), clean.len());
+    let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
+    wait_until("the clean download's events", Duration::from_secs(10), || chain_events(&proxy, &trace_id) == ["policy_check", "scan_clean"]);
+
+    let (status, headers, body) = request(public, "GET", "/setup.exe", &[], b"");
+    assert_eq!(status, 451, "the configured status: {body}\n{}", av.stderr());
+    assert!(body.contains("Trefoil.Test.EICAR") && !body.contains("surprise"), "the refusal, not the file: {body}");
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
+    wait_until("the infected download's access-log line", Duration::from_secs(10), || {
+        proxy.access_log().lines().any(|l| l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"downloads""#) && l.contains(r#""status":451"#))
+    });
+    assert_eq!(chain_events(&proxy, &trace_id), ["policy_check", "virus_found"], "the chain in order: {}", proxy.stderr());
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"antivirus\"", "result=\"deny\""]), 1.0);
 }
 
 #[test]

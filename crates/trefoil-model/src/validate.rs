@@ -99,7 +99,7 @@ pub const MAX_SEND_BODY: u32 = 1024 * 1024;
 
 /// Event names are written in handlers as identifiers (`inspect_done`), so
 /// besides a resource name's characters they may use '_'.
-fn valid_event(name: &str) -> bool {
+pub fn valid_event(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_';
     !name.is_empty() && name.len() <= 253 && name.chars().all(ok_char) && name.starts_with(|c: char| c.is_ascii_lowercase())
 }
@@ -519,9 +519,6 @@ impl Validator {
             if step.mode == StepMode::Inline {
                 self.report(r, &format!("{at}.mode"), "`inline` steps are not supported yet (use `callout` or `tap`)");
             }
-            if step.phase == Phase::Response {
-                self.report(r, &format!("{at}.phase"), "`response` steps are not supported yet (use `request`)");
-            }
             if let Some(m) = &step.when {
                 self.route_match(r, &format!("{at}.when"), m);
             }
@@ -745,7 +742,6 @@ mod tests {
                 "spec.sendBody.maxBytes",
                 "spec.chain[0].function",
                 "spec.chain[0].mode",
-                "spec.chain[0].phase",
                 "spec.chain[0].when.path",
                 "spec.handlers.denied",
                 "spec.handlers.denied",

@@ -8,7 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use trefoil_chain::ext_authz::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse, RpcStatus, EXT_CNF,
-    EXT_FUNCTION, EXT_TRACE_ID,
+    EXT_FUNCTION, EXT_PHASE, EXT_RESPONSE_HEADER_PREFIX, EXT_RESPONSE_STATUS, EXT_TRACE_ID,
 };
 use trefoil_chain::json::JsonVerdict;
 
@@ -89,7 +89,12 @@ pub fn request_from_check(check: CheckRequest) -> Request {
         // ext_authz cannot tell "no body sent" from "empty body"; empty is the safe reading.
         Some(Bytes::new())
     };
+    let response = (ext.get(EXT_PHASE).map(String::as_str) == Some("response")).then(|| crate::request::Response {
+        status: ext.get(EXT_RESPONSE_STATUS).and_then(|s| s.parse().ok()).unwrap_or_default(),
+        headers: ext.iter().filter_map(|(k, v)| k.strip_prefix(EXT_RESPONSE_HEADER_PREFIX).map(|name| (name.to_string(), v.clone()))).collect(),
+    });
     Request {
+        response,
         cnf: ext.remove(EXT_CNF).unwrap_or_default(),
         function: ext.remove(EXT_FUNCTION).unwrap_or_default(),
         trace_id: ext.remove(EXT_TRACE_ID).unwrap_or(http.id),
@@ -161,6 +166,14 @@ mod tests {
         let from_grpc = decode_check(&wire).unwrap();
         let from_json = Request::decode(&trefoil_chain::json::encode(&call)).unwrap();
         assert_eq!(from_grpc, from_json);
+        assert_eq!(from_grpc.phase(), "request");
+        // A response-phase call: the upstream's answer reads the same from both encodings.
+        let call = Call { response: Some(trefoil_chain::ResponseHead { status: 201, headers: vec![("content-type", "text/plain")] }), ..call };
+        let wire = frame(&prost::Message::encode_to_vec(&trefoil_chain::ext_authz::check_request(&call, "http", "HTTP/1.1")));
+        let from_grpc = decode_check(&wire).unwrap();
+        assert_eq!(from_grpc, Request::decode(&trefoil_chain::json::encode(&call)).unwrap());
+        assert_eq!(from_grpc.phase(), "response");
+        assert_eq!(from_grpc.response.unwrap().headers, vec![("content-type".to_string(), "text/plain".to_string())]);
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl Inspect {
         self.signatures.is_empty()
     }
 
-    /// The first signature found, looking at the path, the headers, then the body.
+    /// The first signature found, looking at the path, the headers, then the
+    /// body. On the response phase the headers and body are the response's.
     pub fn scan(&self, call: &Request) -> Option<Finding> {
         let found = |haystack: &[u8], location: String| {
             self.matcher.find(haystack).map(|m| Finding { signature: self.signatures[m.pattern().as_usize()].name.clone(), location })
@@ -106,7 +107,8 @@ impl Inspect {
         if let Some(f) = found(call.path.as_bytes(), "path".into()) {
             return Some(f);
         }
-        for (name, value) in &call.headers {
+        let headers = call.response.as_ref().map_or(&call.headers, |r| &r.headers);
+        for (name, value) in headers {
             // Name and value together, so a signature can pin a header (`user-agent: sqlmap`).
             if let Some(f) = found(format!("{name}: {value}").as_bytes(), format!("header {name}")) {
                 return Some(f);
@@ -124,13 +126,13 @@ impl Function for Inspect {
     async fn decide(&self, call: Request) -> Result<JsonVerdict, String> {
         let body_bytes = call.body.as_ref().map_or(0, |b| b.len());
         Ok(match self.scan(&call) {
-            None => verdict::allow(vec![verdict::event("inspect_done", json!({"cnf": call.cnf, "result": "clean", "bodyBytes": body_bytes}))]),
+            None => verdict::allow(vec![verdict::event("inspect_done", json!({"cnf": call.cnf, "phase": call.phase(), "result": "clean", "bodyBytes": body_bytes}))]),
             Some(f) => verdict::deny(
                 self.deny_status,
                 format!("blocked by content inspection: {}\n", f.signature),
                 vec![verdict::event(
                     "inspect_done",
-                    json!({"cnf": call.cnf, "result": "match", "signature": f.signature, "location": f.location, "bodyBytes": body_bytes}),
+                    json!({"cnf": call.cnf, "phase": call.phase(), "result": "match", "signature": f.signature, "location": f.location, "bodyBytes": body_bytes}),
                 )],
             ),
         })

@@ -31,7 +31,18 @@ pub struct Request {
     pub source: Option<SocketAddr>,
     pub trace_id: String,
     /// `None` when the function's NetworkFunction does not use `sendBody`.
+    /// On the response phase, the response's body.
     pub body: Option<Bytes>,
+    /// Set on the response phase: the upstream's answer.
+    pub response: Option<Response>,
+}
+
+/// The upstream's status and headers, on a response-phase call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-case names; repeated headers joined.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -54,7 +65,17 @@ impl Request {
             source: call.source.and_then(|s| s.parse().ok()),
             trace_id: call.trace_id.into_owned(),
             body,
+            response: call.response.map(|r| Response { status: r.status, headers: r.headers.into_iter().collect() }),
         })
+    }
+
+    /// `request` or `response`: which half of the exchange the call is about.
+    pub fn phase(&self) -> &'static str {
+        if self.response.is_some() {
+            "response"
+        } else {
+            "request"
+        }
     }
 
     /// The path without its query.

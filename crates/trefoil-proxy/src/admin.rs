@@ -68,8 +68,9 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Result<Respon
             reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&doc).unwrap_or_default())
         }
         "/stats" => reply(StatusCode::OK, "text/plain; charset=utf-8", stats(&state)),
-        "/" => reply(StatusCode::OK, "text/plain", "trefoil proxy admin: /metrics /ready /config /stats\n"),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics /ready /config /stats\n"),
+        "/events" => crate::http::published_events::publish(state.clone(), req).await,
+        "/" => reply(StatusCode::OK, "text/plain", "trefoil proxy admin: /metrics /ready /config /stats, POST /events\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics /ready /config /stats, POST /events\n"),
     })
 }
 

@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerConfig>>,
     pub services: BTreeMap<String, Arc<ServiceConfig>>,
     pub clusters: BTreeMap<BackendRef, Arc<Cluster>>,
+    /// CNF name -> its chain, for events functions publish outside a request.
+    pub chains: HashMap<String, Arc<Chain>>,
 }
 
 pub struct ListenerConfig {
@@ -286,6 +288,7 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
         listeners,
         services: c.services,
         clusters: c.clusters,
+        chains: c.chains,
     })
 }
 
@@ -382,17 +385,23 @@ impl Compiler<'_> {
         for s in sources {
             let Spec::Cnf(cnf) = &s.resource.spec else { continue };
             let handlers = self.handlers(s, cnf, &callable);
-            let mut steps = Vec::new();
+            let (mut steps, mut response_steps) = (Vec::new(), Vec::new());
             for (i, step) in cnf.chain.iter().enumerate() {
                 let Some(function) = functions.get(step.function.as_str()) else {
                     self.problems.push(s.diagnostic(&format!("spec.chain[{i}].function"), format!("no usable NetworkFunction named {:?}", step.function)));
                     continue;
                 };
                 let when = step.when.as_ref().and_then(|m| RequestMatcher::compile(m).ok());
-                steps.push(Step { function: function.clone(), mode: step.mode, when });
+                let compiled = Step { function: function.clone(), mode: step.mode, when };
+                match step.phase {
+                    Phase::Request => steps.push(compiled),
+                    Phase::Response => response_steps.push(compiled),
+                }
             }
-            let max_body = steps.iter().filter_map(|s| s.function.max_body).max();
-            self.chains.insert(s.resource.name().to_string(), Arc::new(Chain { cnf: label(s.resource.name()), steps, max_body, handlers }));
+            let largest_body = |steps: &[Step]| steps.iter().filter_map(|s| s.function.max_body).max();
+            let (max_body, response_max_body) = (largest_body(&steps), largest_body(&response_steps));
+            let chain = Chain { cnf: label(s.resource.name()), steps, max_body, response_steps, response_max_body, handlers };
+            self.chains.insert(s.resource.name().to_string(), Arc::new(chain));
         }
     }
 

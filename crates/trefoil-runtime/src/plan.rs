@@ -217,6 +217,8 @@ fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&st
         ("TREFOIL_VERSION".to_string(), w.version.clone()),
         ("TREFOIL_REPLICA".to_string(), index.to_string()),
         ("TREFOIL_OUTBOUND".to_string(), outbound.to_string()),
+        // Where a network function publishes events outside its verdicts.
+        ("TREFOIL_EVENTS".to_string(), format!("http://{admin}/events")),
     ]);
     for (service, address) in &upstreams {
         runtime_env.insert(upstream_var(service), address.clone());
@@ -376,6 +378,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         assert_eq!(r.app.args, ["--listen".to_string(), format!("127.0.0.1:{port}"), "--name".into(), "hi ada-1".into()]);
         assert_eq!(r.app.env["TREFOIL_SERVICE"], "web");
         assert_eq!(r.app.env["TREFOIL_VERSION"], "v1");
+        assert!(r.app.env["TREFOIL_EVENTS"].starts_with("http://127.0.0.1:") && r.app.env["TREFOIL_EVENTS"].ends_with("/events"));
         assert_eq!(r.app.env["GREETING"], "hi ada");
         let Spec::Proxy(proxy) = &r.proxy.spec else { panic!() };
         let sidecar = proxy.sidecar.as_ref().unwrap();

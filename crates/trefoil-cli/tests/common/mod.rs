@@ -5,6 +5,7 @@ pub mod chain;
 pub mod clamd;
 pub mod control;
 pub mod load;
+pub mod nginx;
 pub mod up;
 
 use std::net::SocketAddr;
@@ -91,8 +92,12 @@ pub struct Proxy {
 impl Proxy {
     /// Writes `resources` (without a Proxy resource: one is added) and starts the proxy.
     pub fn start(resources: &str) -> Self {
+        Self::start_with_admin(format!("127.0.0.1:{}", free_port()).parse().unwrap(), resources)
+    }
+
+    /// Like `start`, with the admin listener on `admin` (known before the proxy runs).
+    pub fn start_with_admin(admin: SocketAddr, resources: &str) -> Self {
         let dir = scratch_dir();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let access_log = dir.join("access.log");
         let config = dir.join("proxy.yaml");
         std::fs::write(&config, format!("{}{resources}", proxy_resource(admin, &access_log))).unwrap();

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 
 use crate::h1_pool::Pooled;
@@ -25,6 +25,44 @@ pub fn empty() -> ProxyBody {
 
 pub fn stream(body: Incoming) -> ProxyBody {
     body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+}
+
+/// A body read up to a limit.
+pub enum Collected {
+    /// All of it: the data, and the trailers if it had any.
+    Whole { data: Bytes, trailers: Option<http::HeaderMap> },
+    /// More than the limit: the same body, what was read included, to pass on as it is.
+    Over(ProxyBody),
+}
+
+/// Reads `body` whole if it is at most `limit` bytes; a longer one comes
+/// back intact (read part first, then the rest as it streams).
+pub async fn collect_up_to(mut body: ProxyBody, limit: usize) -> Result<Collected, BoxError> {
+    let (mut chunks, mut total, mut trailers) = (Vec::new(), 0usize, None);
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => {
+                total += data.len();
+                chunks.push(data);
+                if total > limit {
+                    let read = futures_util::stream::iter(chunks.into_iter().map(|d| Ok(Frame::data(d))));
+                    return Ok(Collected::Over(StreamBody::new(futures_util::StreamExt::chain(read, BodyStream::new(body))).boxed_unsync()));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok().or(trailers),
+        }
+    }
+    let data = match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    };
+    Ok(Collected::Whole { data, trailers })
+}
+
+/// A buffered body sent on: its data, then its trailers (gRPC needs them).
+pub fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
+    let frames = [Some(Frame::data(data)), trailers.map(Frame::trailers)].into_iter().flatten().map(Ok::<_, BoxError>);
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
 }
 
 /// Why a body could not be buffered.
@@ -143,5 +181,37 @@ impl<G> Body for Guarded<G> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(chunks: &[&'static [u8]], trailers: bool) -> ProxyBody {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c)))).collect();
+        if trailers {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn bodies_within_the_limit_are_collected_with_their_trailers_and_replayed() {
+        let Collected::Whole { data, trailers } = collect_up_to(frames(&[b"ab", b"cd"], true), 4).await.unwrap() else { panic!("4 bytes fit 4") };
+        assert_eq!(&data[..], b"abcd");
+        let replayed = replay(data, trailers).collect().await.unwrap();
+        assert_eq!(replayed.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"0"[..]));
+        assert_eq!(&replayed.to_bytes()[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn longer_bodies_come_back_whole() {
+        let Collected::Over(body) = collect_up_to(frames(&[b"ab", b"cd", b"ef"], true), 3).await.unwrap() else { panic!("6 bytes exceed 3") };
+        let all = body.collect().await.unwrap();
+        assert!(all.trailers().is_some(), "the trailers still follow");
+        assert_eq!(&all.to_bytes()[..], b"abcdef");
     }
 }

@@ -1,8 +1,9 @@
 //! The chain stage: a route rule's CNF, run on the request after routing and
-//! filters. Each `callout` step asks its function and follows the verdict
-//! (allow with header edits, or deny); a `tap` step sends the function the
-//! same call in the background and ignores the answer. A function that
-//! cannot answer in time is handled by its failure policy.
+//! filters, and on the upstream's response before it goes back. Each
+//! `callout` step asks its function and follows the verdict (allow with
+//! header edits, or deny); a `tap` step sends the function the same call in
+//! the background and ignores the answer. A function that cannot answer in
+//! time is handled by its failure policy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use trefoil_chain::{Call, Verdict};
+use trefoil_chain::{Call, ResponseHead, Verdict};
 use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
 
+use crate::http::body::{self, Collected};
 use crate::http::callout;
 use crate::http::chain_handlers::{self, ChainHandlers, RunCount, Runner};
 use crate::http::proxy::local_reply;
@@ -49,9 +51,14 @@ pub struct Step {
 /// A CNF's chain, shared by every rule that names it.
 pub struct Chain {
     pub cnf: Label,
+    /// The request-phase steps, in chain order.
     pub steps: Vec<Step>,
-    /// The largest body any step asks for: the proxy buffers that much before the chain runs.
+    /// The largest body a request-phase step asks for: the proxy buffers that much before the chain runs.
     pub max_body: Option<usize>,
+    /// The response-phase steps, in chain order; run on the upstream's answer.
+    pub response_steps: Vec<Step>,
+    /// The largest body a response-phase step asks for: that much of the response is buffered.
+    pub response_max_body: Option<usize>,
     /// The CNF's event handlers; `None` when it has none, so such chains pay nothing.
     pub handlers: Option<Arc<ChainHandlers>>,
 }
@@ -89,43 +96,14 @@ impl Chain {
             let body = function.max_body.and(facts.body.clone());
             let call = call_for(&self.cnf, &function.name, parts, facts, body);
             if step.mode == StepMode::Tap {
-                self.tap(state, function, OwnedCall::from(call), facts, &runs);
+                self.tap(state, function, OwnedCall::from(call), facts, Some(&runs));
                 continue;
             }
-            let started = facts.spans.as_ref().map(StepSpans::start);
-            let outcome = tokio::time::timeout(function.timeout, callout::call(function, &call, scheme(facts.tls), facts.protocol)).await;
-            if let (Some(spans), Some(started)) = (&facts.spans, started) {
-                spans.finish(started, &self.cnf, &function.name, "callout", step_outcome(&outcome));
-            }
-            let verdict = match outcome {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, error = %e, "network function failed");
-                    if let Some(stopped) = self.failed(state, function) {
-                        return Err(stopped);
-                    }
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, timeout = ?function.timeout, "network function timed out");
-                    if let Some(stopped) = self.failed(state, function) {
-                        return Err(stopped);
-                    }
-                    continue;
-                }
-            };
-            log_events(&self.cnf, function, facts.trace_id, &verdict);
+            let Some(verdict) = self.ask(state, function, &call, facts, "request").await? else { continue };
             match verdict {
                 Verdict::Allow { set_headers, remove_headers, events } => {
                     self.count(state, function, "allow");
-                    for name in remove_headers.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
-                        parts.headers.remove(name);
-                    }
-                    for (name, value) in &set_headers {
-                        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-                            parts.headers.insert(n, v);
-                        }
-                    }
+                    edit_headers(&mut parts.headers, &remove_headers, &set_headers);
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
                         chain_handlers::run(self, h, state, function, parts, facts, events, &runs).await?;
                     }
@@ -135,17 +113,95 @@ impl Chain {
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
                         chain_handlers::run_on_deny(self, h, state, function, parts, facts, events, &runs).await;
                     }
-                    let mut reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
-                    for (name, value) in &headers {
-                        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-                            reply.headers_mut().insert(n, v);
-                        }
-                    }
-                    return Err(Stopped { reply, flag: "chain_denied" });
+                    return Err(denied(status, reason, &headers));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Runs the response-phase steps on the upstream's answer. An allow's
+    /// header edits apply to the response; a deny replaces it. The response
+    /// body is buffered first (up to the largest `sendBody` of these steps)
+    /// when a step wants it; a larger one cannot be judged by such a step,
+    /// so that step's failure policy decides.
+    pub async fn run_response(&self, state: &Arc<ProxyState>, request: &http::request::Parts, response: Response<ProxyBody>, facts: &RequestFacts<'_>) -> Result<Response<ProxyBody>, Stopped> {
+        let steps: Vec<&Step> = self.response_steps.iter().filter(|s| s.when.as_ref().is_none_or(|m| m.matches(request))).collect();
+        if steps.is_empty() {
+            return Ok(response);
+        }
+        let (mut head, body) = response.into_parts();
+        let wanted = steps.iter().filter_map(|s| s.function.max_body).max();
+        let (body, buffered) = match wanted {
+            None => (body, None),
+            Some(limit) => match body::collect_up_to(body, limit).await {
+                Ok(Collected::Whole { data, trailers }) => (body::replay(data.clone(), trailers), Some(data)),
+                Ok(Collected::Over(body)) => (body, None),
+                Err(e) => {
+                    tracing::debug!(error = %e, trace_id = facts.trace_id, "upstream response body could not be read for the chain");
+                    let reply = local_reply(StatusCode::BAD_GATEWAY, "upstream_reset", "upstream reset the response\n");
+                    return Err(Stopped { reply, flag: "upstream_reset" });
+                }
+            },
+        };
+        for step in steps {
+            let function = &step.function;
+            let call_body = match (function.max_body, &buffered) {
+                (None, _) => None,
+                (Some(limit), Some(data)) if data.len() <= limit => Some(data.clone()),
+                (Some(limit), _) => {
+                    tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, limit, "response body larger than the network function accepts");
+                    if let Some(mut stopped) = self.failed(state, function) {
+                        stopped.reply = local_reply(StatusCode::BAD_GATEWAY, "chain_body_too_large", format!("response body exceeds what network function {} accepts\n", function.name));
+                        stopped.flag = "chain_body_too_large";
+                        return Err(stopped);
+                    }
+                    continue;
+                }
+            };
+            let response_headers: Vec<(&str, &str)> = head.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect();
+            let call = Call { response: Some(ResponseHead { status: head.status.as_u16(), headers: response_headers }), ..call_for(&self.cnf, &function.name, request, facts, call_body) };
+            if step.mode == StepMode::Tap {
+                // Handlers run for request-phase steps only: a response tap's events are logged.
+                self.tap(state, function, OwnedCall::from(call), facts, None);
+                continue;
+            }
+            let Some(verdict) = self.ask(state, function, &call, facts, "response").await? else { continue };
+            match verdict {
+                Verdict::Allow { set_headers, remove_headers, .. } => {
+                    self.count(state, function, "allow");
+                    edit_headers(&mut head.headers, &remove_headers, &set_headers);
+                }
+                Verdict::Deny { status, reason, headers, .. } => {
+                    self.count(state, function, "deny");
+                    return Err(denied(status, reason, &headers));
+                }
+            }
+        }
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// Asks `function` once, bounded by its timeout, and sends the step's
+    /// span. `Ok(None)`: the function failed and its policy lets the
+    /// request go on; `Err`: it failed closed.
+    async fn ask(&self, state: &ProxyState, function: &Function, call: &Call<'_>, facts: &RequestFacts<'_>, phase: &'static str) -> Result<Option<Verdict>, Stopped> {
+        let started = facts.spans.as_ref().map(StepSpans::start);
+        let outcome = tokio::time::timeout(function.timeout, callout::call(function, call, scheme(facts.tls), facts.protocol)).await;
+        if let (Some(spans), Some(started)) = (&facts.spans, started) {
+            spans.finish(started, &self.cnf, &function.name, "callout", phase, step_outcome(&outcome));
+        }
+        match outcome {
+            Ok(Ok(verdict)) => {
+                log_events(&self.cnf, function, facts.trace_id, &verdict);
+                return Ok(Some(verdict));
+            }
+            Ok(Err(e)) => tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, error = %e, "network function failed"),
+            Err(_) => tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, timeout = ?function.timeout, "network function timed out"),
+        }
+        match self.failed(state, function) {
+            Some(stopped) => Err(stopped),
+            None => Ok(None),
+        }
     }
 
     /// Applies the failure policy: open goes on (`None`), closed refuses with 503.
@@ -168,19 +224,21 @@ impl Chain {
     }
 
     /// Sends the call in the background, bounded by the function's timeout;
-    /// the answer affects nothing, but the handlers of its events run there
-    /// too (the request has moved on: they may call, log, tag and emit).
-    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>, runs: &RunCount) {
+    /// the answer affects nothing. With `runs` (request-phase taps), the
+    /// handlers of its events run there too: the request has moved on, so
+    /// they may call, log, tag and emit, and nothing else.
+    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>, runs: Option<&RunCount>) {
         let (state, function, cnf) = (state.clone(), function.clone(), self.cnf.clone());
         let (scheme, protocol) = (scheme(facts.tls), facts.protocol);
         let spans = facts.spans.clone();
-        let (handlers, runs, full_body) = (self.handlers.clone(), runs.clone(), facts.body.clone());
+        let handlers = runs.and_then(|runs| Some((self.handlers.clone()?, runs.clone(), facts.body.clone())));
+        let phase = if call.response.is_some() { "response" } else { "request" };
         tokio::spawn(async move {
             let call_ref = call.as_call();
             let started = spans.as_ref().map(StepSpans::start);
             let outcome = tokio::time::timeout(function.timeout, callout::call(&function, &call_ref, scheme, protocol)).await;
             if let (Some(spans), Some(started)) = (&spans, started) {
-                spans.finish(started, &cnf, &function.name, "tap", step_outcome(&outcome));
+                spans.finish(started, &cnf, &function.name, "tap", phase, step_outcome(&outcome));
             }
             let verdict = match outcome {
                 Ok(Ok(verdict)) => {
@@ -192,14 +250,33 @@ impl Chain {
             let result = if verdict.is_some() { "tapped" } else { "tap_failed" };
             state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: cnf.clone(), function: function.name.clone(), result }).inc();
             let events = verdict.map(Verdict::into_events).unwrap_or_default();
-            if let Some(h) = handlers.as_deref().filter(|h| h.handlers.handles_any(&events)) {
+            if let Some((h, runs, full_body)) = handlers.as_ref().filter(|(h, ..)| h.handlers.handles_any(&events)) {
                 // Handlers see the whole buffered body, as on the request path, not the tap's share of it.
-                let request = OwnedCall { function: String::new(), body: full_body, ..call };
-                let runner = Runner { cnf: &cnf, h, state: &state, function: &function, scheme, protocol, spans: spans.as_ref(), runs: &runs, on: "tap" };
+                let request = OwnedCall { function: String::new(), body: full_body.clone(), ..call };
+                let runner = Runner { cnf: &cnf, h, state: &state, function: &function, scheme, protocol, spans: spans.as_ref(), runs, on: "tap" };
                 let _ = runner.run(request, None, events.into()).await;
             }
         });
     }
+}
+
+/// An allow's header edits: removals first, then sets (replacing).
+fn edit_headers(headers: &mut http::HeaderMap, remove: &[String], set: &[(String, String)]) {
+    for name in remove.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
+        headers.remove(name);
+    }
+    for (name, value) in set {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// The client's answer to a deny verdict.
+fn denied(status: u16, reason: String, headers: &[(String, String)]) -> Stopped {
+    let mut reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
+    edit_headers(reply.headers_mut(), &[], headers);
+    Stopped { reply, flag: "chain_denied" }
 }
 
 /// A call-out's result as its step span tells it.
@@ -239,6 +316,7 @@ pub(crate) fn call_for<'a>(cnf: &'a str, function: &'a str, parts: &'a http::req
         destination: facts.local,
         trace_id: facts.trace_id,
         body,
+        response: None,
     }
 }
 
@@ -255,6 +333,8 @@ pub(crate) struct OwnedCall {
     pub(crate) destination: Option<SocketAddr>,
     pub(crate) trace_id: String,
     pub(crate) body: Option<Bytes>,
+    /// A response-phase call's upstream status and headers.
+    pub(crate) response: Option<(u16, Vec<(String, String)>)>,
 }
 
 impl From<Call<'_>> for OwnedCall {
@@ -271,6 +351,7 @@ impl From<Call<'_>> for OwnedCall {
             destination: c.destination,
             trace_id: c.trace_id.to_string(),
             body: c.body,
+            response: c.response.map(|r| (r.status, r.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect())),
         }
     }
 }
@@ -288,6 +369,7 @@ impl OwnedCall {
             destination: self.destination,
             trace_id: &self.trace_id,
             body: self.body.clone(),
+            response: self.response.as_ref().map(|(status, headers)| ResponseHead { status: *status, headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect() }),
         }
     }
 }

@@ -158,6 +158,58 @@ fn apply(parts: &mut http::request::Parts, fx: &Effects) {
     }
 }
 
+/// Runs the handlers of events a function published outside any verdict
+/// (`published_events`). There is no request to act on: a handler's deny
+/// and header edits are dropped (and logged). Its calls tell the called
+/// function about the event: method `EVENT`, path `/events/<name>`, the
+/// event as JSON for a body (if the function takes bodies).
+pub async fn run_published(chain: &Chain, state: &Arc<ProxyState>, trace_id: &str, events: Vec<Event>) {
+    let Some(h) = chain.handlers.as_ref() else { return };
+    let mut queue: VecDeque<Event> = events.into();
+    let mut runs = 0;
+    while let Some(event) = queue.pop_front() {
+        let Some(handler) = h.handlers.get(&event.name) else { continue };
+        if runs == h.handlers.limits.runs_per_request {
+            tracing::warn!(cnf = %chain.cnf, trace_id, event = %event.name, "too many handler runs for one publication; the rest are skipped");
+            break;
+        }
+        runs += 1;
+        let event_name = label(&event.name);
+        let call = OwnedCall {
+            cnf: chain.cnf.to_string(),
+            function: String::new(),
+            method: "EVENT".to_string(),
+            path: format!("/events/{}", event.name),
+            host: String::new(),
+            headers: Vec::new(),
+            source: None,
+            destination: None,
+            trace_id: trace_id.to_string(),
+            body: Some(serde_json::to_vec(&event).unwrap_or_default().into()),
+            response: None,
+        };
+        let request = Arc::new(RequestView { method: call.method.clone(), path: call.path.clone(), host: String::new(), headers: Default::default() });
+        let caller = Arc::new(ProxyCaller { state: state.clone(), functions: h.functions.clone(), call: Arc::new(call), scheme: "http", protocol: "HTTP/1.1" });
+        let input = RunInput { cnf: chain.cnf.to_string(), trace_id: trace_id.to_string(), event, request };
+        match handlers::run(handler, &h.handlers.limits, input, caller).await {
+            Ok(fx) => {
+                count(state, &chain.cnf, event_name.clone(), "ok");
+                if fx.deny.is_some() || !fx.set_headers.is_empty() || !fx.remove_headers.is_empty() {
+                    tracing::info!(target: "trefoil::chain::handler", cnf = %chain.cnf, event = %event_name, trace_id, "a published event has no request to deny or edit; the handler's deny and header edits are dropped");
+                }
+                for (key, value) in &fx.tags {
+                    tracing::info!(target: "trefoil::chain::handler", cnf = %chain.cnf, trace_id, tag = %key, value = %value, "handler tag");
+                }
+                queue.extend(fx.events);
+            }
+            Err(e) => {
+                count(state, &chain.cnf, event_name.clone(), e.kind());
+                tracing::warn!(cnf = %chain.cnf, event = %event_name, trace_id, error = %e, "event handler failed");
+            }
+        }
+    }
+}
+
 fn count(state: &ProxyState, cnf: &Label, event: Label, result: &'static str) {
     state.shared.metrics.chain_handler_runs.get_or_create(&HandlerLabels { cnf: cnf.clone(), event, result }).inc();
 }

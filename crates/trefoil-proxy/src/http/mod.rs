@@ -6,6 +6,7 @@ pub mod chain;
 pub mod chain_handlers;
 pub mod filters;
 pub mod proxy;
+pub mod published_events;
 pub mod retry;
 pub mod route_match;
 pub mod split;

@@ -1,6 +1,7 @@
 //! A request's life through the proxy, as named phases run top to bottom:
 //! route -> filters -> body -> chain (the rule's CNF) -> mirror -> upstream
-//! attempts (balance, breaker, retry) -> response edits -> telemetry.
+//! attempts (balance, breaker, retry) -> response chain -> response edits ->
+//! telemetry.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -240,22 +241,15 @@ async fn handle(
     // Phase: chain (the rule's CNF), on the request as the client sent it.
     if let Some(chain) = &rule.chain {
         let trace_id = trace.trace_id_hex();
-        let facts = RequestFacts {
-            host,
-            client: conn.client,
-            local: Some(listener.addr),
-            trace_id: &trace_id,
-            tls: conn.tls,
-            protocol: version_name(parts.version),
-            body: req_body.buffered(),
-            spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
-        };
+        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered());
         if let Err(stopped) = chain.run_request(state, &mut parts, &facts).await {
             out.flag = stopped.flag;
             return Err(stopped.reply);
         }
     }
 
+    // The response phase asks about the request as the chain left it.
+    let response_chain = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, parts.clone()));
     prepare_upstream_headers(&mut parts, conn, trace, host);
     if let Some(edits) = &rule.request_headers {
         edits.apply(&mut parts.headers);
@@ -287,12 +281,41 @@ async fn handle(
         None => attempts.await?,
     };
 
-    // Phase: response edits.
     strip_hop_by_hop(response.headers_mut());
+
+    // Phase: response chain (the rule's CNF), on the response as the upstream sent it.
+    if let Some((chain, request)) = response_chain {
+        let trace_id = trace.trace_id_hex();
+        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, request.version, None);
+        response = match chain.run_response(state, &request, response, &facts).await {
+            Ok(r) => r,
+            Err(stopped) => {
+                out.flag = stopped.flag;
+                return Err(stopped.reply);
+            }
+        };
+    }
+
+    // Phase: response edits.
     if let Some(edits) = &rule.response_headers {
         edits.apply(response.headers_mut());
     }
     Ok(response)
+}
+
+/// What the chain's functions are told besides the request's head.
+#[allow(clippy::too_many_arguments)]
+fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>) -> RequestFacts<'a> {
+    RequestFacts {
+        host,
+        client: conn.client,
+        local: Some(listener.addr),
+        trace_id,
+        tls: conn.tls,
+        protocol: version_name(version),
+        body,
+        spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
+    }
 }
 
 fn find_route<'a>(listener: &'a ListenerConfig, host: &str, parts: &http::request::Parts) -> Option<(&'a Arc<CompiledRoute>, &'a CompiledRule)> {

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use trefoil_chain::Verdict;
+use trefoil_chain::{Event, Verdict};
 
 use crate::telemetry::otlp::{SpanEventRecord, SpanRecord, SpanSink};
 use crate::telemetry::trace_context::{random_bytes, TraceContext};
@@ -44,9 +44,10 @@ impl StepSpans {
         StepStart { at: SystemTime::now() }
     }
 
-    /// Sends the step's span: `chain <function>`, with the CNF, function,
-    /// mode and verdict as attributes and the function's events as span events.
-    pub fn finish(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, outcome: StepOutcome<'_>) {
+    /// Sends the step's span: `chain <function>` (`chain <function> response`
+    /// on the response phase), with the CNF, function, mode, phase and
+    /// verdict as attributes and the function's events as span events.
+    pub fn finish(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, phase: &'static str, outcome: StepOutcome<'_>) {
         let end = SystemTime::now();
         let (verdict, error, status, events) = match outcome {
             StepOutcome::Answered(Verdict::Allow { events, .. }) => ("allow", None, String::new(), events.as_slice()),
@@ -58,6 +59,7 @@ impl StepSpans {
             ("trefoil.cnf", cnf.to_string()),
             ("trefoil.function", function.to_string()),
             ("trefoil.step.mode", mode.to_string()),
+            ("trefoil.step.phase", phase.to_string()),
             ("trefoil.verdict", verdict.to_string()),
             ("trefoil.proxy", self.proxy.clone()),
         ];
@@ -68,15 +70,12 @@ impl StepSpans {
         if let Some(e) = error {
             attributes.push(("error.message", e));
         }
-        let events = events
-            .iter()
-            .map(|e| SpanEventRecord { name: e.name.clone(), time: end, attributes: if e.data.is_null() { Vec::new() } else { vec![("data", e.data.to_string())] } })
-            .collect();
+        let events = span_events(events, end);
         self.sink.send(SpanRecord {
             trace_id: self.trace_id,
             span_id: random_bytes(),
             parent_span_id: Some(self.parent),
-            name: format!("chain {function}"),
+            name: if phase == "response" { format!("chain {function} response") } else { format!("chain {function}") },
             start: started.at,
             end,
             // A deny is the function doing its job; only a missing answer is an error.
@@ -142,4 +141,31 @@ pub struct HandlerRun<'a> {
     pub result: &'static str,
     pub error: Option<String>,
     pub tags: &'a [(String, String)],
+}
+
+/// The span of events a function published on its own (not in a verdict):
+/// `events <function>`, the events as span events. It has no parent: the
+/// function publishes with the trace id only, often after the request ended.
+pub fn published_span(trace_id: [u8; 16], cnf: &str, function: &str, events: &[Event], proxy: &str, at: SystemTime) -> SpanRecord {
+    let name = if function.is_empty() { "events published".to_string() } else { format!("events {function}") };
+    SpanRecord {
+        trace_id,
+        span_id: random_bytes(),
+        parent_span_id: None,
+        name,
+        start: at,
+        end: at,
+        error: false,
+        attributes: vec![("trefoil.cnf", cnf.to_string()), ("trefoil.function", function.to_string()), ("trefoil.proxy", proxy.to_string())],
+        extra_attributes: Vec::new(),
+        events: span_events(events, at),
+    }
+}
+
+/// A function's events as span events, their data as JSON.
+fn span_events(events: &[Event], at: SystemTime) -> Vec<SpanEventRecord> {
+    events
+        .iter()
+        .map(|e| SpanEventRecord { name: e.name.clone(), time: at, attributes: if e.data.is_null() { Vec::new() } else { vec![("data", e.data.to_string())] } })
+        .collect()
 }

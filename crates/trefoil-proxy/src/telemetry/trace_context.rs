@@ -24,7 +24,8 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     }
 }
 
-fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
+/// `s` as N bytes of lower-case hex; `None` if it is not, or is all zeros (invalid in W3C trace context).
+pub fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }

@@ -1,0 +1,76 @@
+//! CNF chain steps on the response phase, through a real proxy in front of a
+//! real upstream, calling real HTTP/JSON network functions: header edits of
+//! the answer, a deny that replaces it, response bodies sent to the function
+//! up to `sendBody`, larger ones under the failure policy, `when`, and taps.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chain::*;
+use common::*;
+
+#[test]
+fn response_steps_edit_the_answer_replace_it_and_see_its_body() {
+    let up = TestServer::named("up");
+    let guard = Function::json("guard");
+    let checker = Function::start("json_function.py", &["--name", "checker", "--deny-prefix", "/bad-download"]);
+    let public = addr();
+    let config = [
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("guard", "http", &[(guard.addr, "v1")]),
+        service("checker", "http", &[(checker.addr, "v1")]),
+        network_function("guard", "guard", "http", ""),
+        network_function("checker", "checker", "http", ", events: [checked], sendBody: {maxBytes: 4096}"),
+        network_function("checker-open", "checker", "http", ", failurePolicy: open, sendBody: {maxBytes: 4096}"),
+        network_function("watcher", "checker", "http", ""),
+        cnf("both", &["{function: guard}", "{function: checker, phase: response}", "{function: watcher, mode: tap, phase: response}"]),
+        cnf("open", &["{function: checker-open, phase: response}"]),
+        cnf("some", &["{function: checker, phase: response, when: {path: {prefix: /some/yes}}}"]),
+        chained_route(&[("/bytes/5000", "open"), ("/some", "some"), ("/", "both")]),
+    ]
+    .concat();
+    let proxy = Proxy::start(&config);
+
+    // Allow: the request phase edited the request, the response phase the answer.
+    let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    assert_eq!(echoed(&body)["x-checked-by"], "guard", "the request-phase step edited the request");
+    assert_eq!(headers.get("x-checked-by").map(String::as_str), Some("checker"), "the response-phase step edited the response");
+    assert_eq!(headers.get("x-seen-status").map(String::as_str), Some("200"));
+    assert_eq!(headers.get("x-seen-served-by").map(String::as_str), Some("up"), "the function saw the upstream's headers");
+    assert_eq!(headers.get("x-seen-body-len").map(|l| l.parse::<usize>().unwrap()), Some(body.len()), "and its whole body");
+    assert!(!headers.contains_key("x-served-by"), "the verdict removed the upstream's header");
+
+    let (status, headers, body) = request(public, "GET", "/bytes/50", &[], b"");
+    assert_eq!((status, body.as_str()), (200, "x".repeat(50).as_str()), "the body goes on intact after the function saw it");
+    assert_eq!(headers.get("x-seen-body-len").map(String::as_str), Some("50"));
+
+    // Deny: the upstream answered, but the client gets the function's refusal.
+    let (status, headers, body) = request(public, "GET", "/bad-download/file", &[], b"");
+    assert_eq!((status, body.as_str()), (451, "blocked by policy\n"));
+    assert_eq!(headers.get("x-denied-by").map(String::as_str), Some("checker"));
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
+    assert_eq!(up.requests_for("/bad-download/file"), 1, "the request reached the upstream; its answer was replaced");
+
+    // A response over sendBody.maxBytes cannot be judged: the failure policy decides.
+    let (status, headers, _) = request(public, "GET", "/bytes/4097", &[], b"");
+    assert_eq!(status, 502, "closed: refused");
+    assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_body_too_large"));
+    let (status, headers, body) = request(public, "GET", "/bytes/5000", &[], b"");
+    assert_eq!((status, body.len()), (200, 5000), "open: the whole body passes, unjudged");
+    assert!(body.bytes().all(|b| b == b'x'));
+    assert!(!headers.contains_key("x-checked-by"));
+
+    // `when` selects on the request.
+    assert!(request(public, "GET", "/some/yes", &[], b"").1.contains_key("x-checked-by"));
+    assert!(!request(public, "GET", "/some/no", &[], b"").1.contains_key("x-checked-by"));
+
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"checker\"", "result=\"allow\""]), 3.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"checker\"", "result=\"deny\""]), 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"checker\"", "result=\"failed_closed\""]), 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"checker-open\"", "result=\"failed_open\""]), 1.0);
+    // The tap follows the checker, so only answers the checker allowed reach it.
+    wait_until("the response taps", Duration::from_secs(10), || proxy.metric_sum("trefoil_chain_calls_total", &["function=\"watcher\"", "result=\"tapped\""]) == 2.0);
+}
