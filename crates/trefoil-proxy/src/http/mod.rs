@@ -5,6 +5,7 @@ pub mod callout;
 pub mod chain;
 pub mod chain_handlers;
 pub mod filters;
+pub mod inline;
 pub mod proxy;
 pub mod retry;
 pub mod route_match;
