@@ -229,26 +229,11 @@ fn opaque_tcp_and_protocol_detection() {
 
 #[test]
 fn nginx_as_a_real_upstream() {
-    let dir = scratch_dir();
-    let port = free_port();
-    std::fs::create_dir_all(dir.join("html")).unwrap();
-    std::fs::write(dir.join("html/index.html"), "hello from nginx\n").unwrap();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "worker_processes 1;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{ listen 127.0.0.1:{port}; root {d}/html; }}\n}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let nginx_bin = ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("nginx");
-    let mut nginx = Command::new(nginx_bin).args(["-c"]).arg(dir.join("nginx.conf")).args(["-p"]).arg(&dir).args(["-g", "daemon off;"]).spawn().expect("nginx");
-    let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_for_port(upstream, Duration::from_secs(10)), "nginx did not start");
+    let nginx = common::nginx::Nginx::start("  server { listen 127.0.0.1:{port}; root {dir}/html; }");
+    std::fs::create_dir_all(nginx.dir.join("html")).unwrap();
+    std::fs::write(nginx.dir.join("html/index.html"), "hello from nginx\n").unwrap();
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("nginx", "http", &[(upstream, "v1")]), route_all("nginx", "")));
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("nginx", "http", &[(nginx.addr, "v1")]), route_all("nginx", "")));
     let results = curl_many(&format!("http://{public}/index.html"), 100, &[]);
-    let _ = nginx.kill();
-    let _ = nginx.wait();
     assert_eq!(count(&results, |r| r.0 == 200), 100);
 }

@@ -5,6 +5,7 @@ pub mod chain;
 pub mod clamd;
 pub mod control;
 pub mod load;
+pub mod nginx;
 pub mod up;
 
 use std::net::SocketAddr;
