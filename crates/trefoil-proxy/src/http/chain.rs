@@ -93,7 +93,7 @@ impl Chain {
     /// verdicts' header edits applied to `parts`), to the upstream or
     /// through an inline step's function.
     pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<Next, Stopped> {
-        for (i, step) in self.steps.iter().enumerate().skip(self.first_step(parts)) {
+        for (i, step) in self.steps.iter().enumerate().skip(self.first_step(parts)?) {
             if step.when.as_ref().is_some_and(|m| !m.matches(parts)) {
                 continue;
             }

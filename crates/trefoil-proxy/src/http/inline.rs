@@ -4,11 +4,11 @@
 //! rest of the chain and the upstream, and its response travels back through
 //! the function to the first leg, which gives it to the client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -36,12 +36,33 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// token (or a route that leads back into the chain) would loop for ever.
 pub const MAX_INLINE_HOPS: u32 = 8;
 
+/// How long a token whose first leg ended before the request came back is
+/// remembered, and how many such tokens at most: a function that passes the
+/// request on that late is refused rather than let through a second time.
+const ABANDONED_TTL: Duration = Duration::from_secs(30);
+const MAX_ABANDONED: usize = 65_536;
+
 /// Inline hops under way, by resume token. An entry lives while its first
 /// leg waits for the function and goes when the request comes back (the
-/// token is single-use) or the first leg ends.
+/// token is single-use) or the first leg ends; in the latter case the token
+/// is remembered a while as abandoned.
 #[derive(Default)]
 pub struct InFlight {
-    entries: Mutex<HashMap<u128, Entry>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<u128, Entry>,
+    abandoned: HashSet<u128>,
+    /// `abandoned` in the order it was filled, with when each may be forgotten.
+    expiry: VecDeque<(Instant, u128)>,
+}
+
+/// What an arriving token turned out to be.
+enum Found {
+    Live(Entry),
+    Abandoned,
 }
 
 /// What a resume token stands for: where the chain goes on, and the first
@@ -57,8 +78,8 @@ struct Entry {
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a hop; the entry goes when the returned guard drops.
@@ -68,17 +89,40 @@ impl InFlight {
         // they come from the TLS stack's secure generator, not the fast one.
         rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes).ok()?;
         let key = u128::from_be_bytes(bytes);
-        self.lock().insert(key, entry);
+        self.lock().live.insert(key, entry);
         Some(Issued { table: self, key })
     }
 
-    fn take(&self, key: u128) -> Option<Entry> {
-        self.lock().remove(&key)
+    /// The token's entry, taken (single use); `None` for a token never issued or already used.
+    fn take(&self, key: u128) -> Option<Found> {
+        let mut table = self.lock();
+        if let Some(entry) = table.live.remove(&key) {
+            return Some(Found::Live(entry));
+        }
+        table.abandoned.remove(&key).then_some(Found::Abandoned)
+    }
+
+    /// The first leg is done: a token still live was never used, and is
+    /// remembered as abandoned. Says whether the request came back.
+    fn end(&self, key: u128) -> bool {
+        let mut table = self.lock();
+        if table.live.remove(&key).is_none() {
+            return true;
+        }
+        let now = Instant::now();
+        while table.expiry.front().is_some_and(|(until, _)| *until <= now) || table.expiry.len() >= MAX_ABANDONED {
+            if let Some((_, old)) = table.expiry.pop_front() {
+                table.abandoned.remove(&old);
+            }
+        }
+        table.abandoned.insert(key);
+        table.expiry.push_back((now + ABANDONED_TTL, key));
+        false
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().len()
+    fn live(&self) -> usize {
+        self.lock().live.len()
     }
 }
 
@@ -96,7 +140,7 @@ impl Issued<'_> {
 
 impl Drop for Issued<'_> {
     fn drop(&mut self) {
-        self.table.take(self.key);
+        self.table.end(self.key);
     }
 }
 
@@ -113,6 +157,18 @@ pub struct ResumeAfter {
     pub step: usize,
 }
 
+/// On a request's extensions: it came back from a function after its first
+/// leg gave up on it (timed out, failed, or had the function's own answer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Late;
+
+impl From<Late> for Stopped {
+    fn from(_: Late) -> Self {
+        let reply = local_reply(StatusCode::GATEWAY_TIMEOUT, "chain_resume_late", "the request came back after its hop was given up\n");
+        Stopped { reply, flag: "chain_resume_late" }
+    }
+}
+
 /// On a request's extensions: the inline hops it has made so far.
 #[derive(Clone, Copy, Debug)]
 struct Hops(u32);
@@ -120,14 +176,20 @@ struct Hops(u32);
 /// Takes the inline headers off an arriving request, so none reaches an
 /// upstream or a function. A resume token the proxy issued and has not seen
 /// back marks the request to resume its chain, and returns the first leg's
-/// connection for it to stand in for; any other token is ignored.
+/// connection for it to stand in for; one whose first leg gave up marks it
+/// late (its chain refuses it); any other token is ignored.
 pub fn arrive(state: &ProxyState, conn: Arc<Connection>, parts: &mut http::request::Parts) -> Arc<Connection> {
     if let Some(hops) = parts.headers.remove(&HOPS_HEADER).and_then(|v| v.to_str().ok()?.trim().parse().ok()) {
         parts.extensions.insert(Hops(hops));
     }
     parts.headers.remove(&NEXT_HOP_HEADER);
-    let Some(entry) = parts.headers.remove(&RESUME_HEADER).as_ref().and_then(parse_token).and_then(|key| state.shared.inline.take(key)) else {
-        return conn;
+    let entry = match parts.headers.remove(&RESUME_HEADER).as_ref().and_then(parse_token).and_then(|key| state.shared.inline.take(key)) {
+        Some(Found::Live(entry)) => entry,
+        Some(Found::Abandoned) => {
+            parts.extensions.insert(Late);
+            return conn;
+        }
+        None => return conn,
     };
     // Set on the hop for the function; not the upstream's business.
     parts.headers.remove(&CNF_HEADER);
@@ -147,9 +209,15 @@ impl Chain {
     }
 
     /// The first step to run: after the one the request resumes from, if
-    /// it resumes this chain.
-    pub(crate) fn first_step(&self, parts: &http::request::Parts) -> usize {
-        parts.extensions.get::<ResumeAfter>().filter(|r| r.cnf == self.cnf).map_or(0, |r| r.step + 1)
+    /// it resumes this chain. A request back from a function after its first
+    /// leg gave up is refused: the client has its answer already (the
+    /// failure, or the request went on without the function), and running
+    /// the chain again would send it upstream a second time.
+    pub(crate) fn first_step(&self, parts: &http::request::Parts) -> Result<usize, Late> {
+        if let Some(late) = parts.extensions.get::<Late>() {
+            return Err(*late);
+        }
+        Ok(parts.extensions.get::<ResumeAfter>().filter(|r| r.cnf == self.cnf).map_or(0, |r| r.step + 1))
     }
 }
 
@@ -219,7 +287,7 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
                 let reply = local_reply(StatusCode::BAD_GATEWAY, "chain_hop_failed", format!("network function {} failed after passing the request on\n", function.name));
                 return Err(Stopped { reply, flag: "chain_hop_failed" });
             }
-            if function.failure_policy == FailurePolicy::Open && !body.is_replayable() {
+            if function.failure_policy == FailurePolicy::Open && matches!(body, RequestBody::Streaming(None)) {
                 // The streamed body went to the function and cannot be sent again.
                 chain.count(state, function, "failed_closed");
                 let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {} is unavailable\n", function.name));
@@ -259,7 +327,10 @@ async fn send(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http:
         Ok(r) => r,
         Err(e) => return (Err(e.into()), false),
     };
-    let (answer, came_back) = wait(send_upstream(service, &endpoint, req), resumed, function.timeout).await;
+    let (answer, _) = wait(send_upstream(service, &endpoint, req), resumed, function.timeout).await;
+    // Asked of the table rather than of `wait`: the request may have come
+    // back just as the timeout passed, and then it is on its way upstream.
+    let came_back = state.shared.inline.end(issued.key);
     drop(issued);
     let result = match answer {
         None => Err(HopError::TimedOut),
@@ -345,7 +416,7 @@ mod tests {
         let (e, mut resumed) = entry(1);
         let issued = table.issue(e).unwrap();
         let key = parse_token(&issued.token()).expect("a token parses back");
-        let taken = table.take(key).expect("a live token resumes");
+        let Some(Found::Live(taken)) = table.take(key) else { panic!("a live token resumes") };
         assert_eq!(taken.step, 1);
         taken.resumed.send(()).unwrap();
         assert!(resumed.try_recv().is_ok(), "the first leg hears of it");
@@ -356,8 +427,9 @@ mod tests {
         let issued = table.issue(e).unwrap();
         let key = parse_token(&issued.token()).unwrap();
         drop(issued);
-        assert!(table.take(key).is_none(), "gone when the first leg ends");
-        assert_eq!(table.len(), 0);
+        assert!(matches!(table.take(key), Some(Found::Abandoned)), "a late return is told apart, once");
+        assert!(table.take(key).is_none());
+        assert_eq!(table.live(), 0);
     }
 
     #[test]
