@@ -193,3 +193,41 @@ fn failure_policy_applies_when_the_inline_function_is_down() {
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"down-open\"", "result=\"failed_open\""]), 2.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"down-closed\"", "result=\"failed_closed\""]), 1.0);
 }
+
+#[test]
+fn a_function_past_its_timeout_gets_the_policy_and_its_late_request_goes_nowhere() {
+    let up = TestServer::named("up");
+    let b = Function::json("b");
+    // Passes each request on 0.8 s after it came: well after the 200 ms timeout.
+    let slow = Function::start("slow_hop.py", &["--delay", "0.8"]);
+    let public = addr();
+    let config = format!(
+        "{}{}{}{}{}{}{}{}{}{}",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("b", "http", &[(b.addr, "v1")]),
+        service("slow", "http", &[(slow.addr, "v1")]),
+        network_function("b", "b", "http", ""),
+        network_function("slow-open", "slow", "http", ", failurePolicy: open, timeout: 200ms"),
+        network_function("slow-closed", "slow", "http", ", failurePolicy: closed, timeout: 200ms"),
+        cnf("c-open", &["{function: slow-open, mode: inline}", "{function: b}"]),
+        cnf("c-closed", &["{function: slow-closed, mode: inline}"]),
+        chained_route(&[("/echo", "c-open"), ("/closed", "c-closed")]),
+    );
+    let proxy = Proxy::start(&config);
+
+    let started = Instant::now();
+    let (status, _, body) = request(public, "GET", "/echo", &[], b"");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    assert!(started.elapsed() < Duration::from_millis(700), "the function's timeout bounds the wait ({:?})", started.elapsed());
+    assert_eq!(echoed(&body)["x-checked-b"], "1", "open: the chain went on after the step");
+    let (status, headers, _) = request(public, "GET", "/closed", &[], b"");
+    assert_eq!((status, flag(&headers)), (503, Some("chain_unavailable")));
+
+    // Both requests come back from the function late: refused, so neither reaches the upstream again.
+    wait_until("the late requests", Duration::from_secs(10), || proxy.access_log().matches(r#""flag":"chain_resume_late""#).count() == 2);
+    assert_eq!((up.requests_for("/echo"), up.requests_for("/closed")), (1, 0), "the upstream saw the open one once");
+    assert_eq!(b.calls(), 1);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"failed_open\""]), 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["result=\"failed_closed\""]), 1.0);
+}
