@@ -6,8 +6,10 @@ It decides on what the proxy sent:
 - a request header `x-fn-delay: SECONDS`: answer that much later (a slow function);
 - anything else: allow, setting `x-checked-by` (its name), `x-seen-cnf`,
   `x-seen-trace` (from the payload), `x-seen-body` (the body it was sent, if
-  any) and removing `x-secret`.
-Every verdict publishes an event `checked`.
+  any) and `x-checked-NAME: 1` (so a chain of several shows each), and
+  removing `x-secret`.
+Every verdict publishes an event `checked`. `GET /calls` answers
+`{"calls": N}`, the number of calls received so far.
 
 On the response phase (the call has `response`) the same deny rule holds;
 an allow sets `x-checked-by`, `x-seen-status`, `x-seen-served-by` (the
@@ -35,11 +37,27 @@ class Handler(BaseHTTPRequestHandler):
     name = "fn"
     deny_prefix = "/deny"
     publish = None
+    calls = 0
+    lock = threading.Lock()
 
     def log_message(self, *_):
         pass
 
+    def do_GET(self):
+        if self.path != "/calls":
+            self.send_error(404)
+            return
+        with Handler.lock:
+            body = json.dumps({"calls": Handler.calls}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self):
+        with Handler.lock:
+            Handler.calls += 1
         length = int(self.headers.get("content-length", "0"))
         call = json.loads(self.rfile.read(length))
         events = [{"name": "checked", "data": {"path": call["path"]}}]
@@ -62,6 +80,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             set_headers = {
                 "x-checked-by": self.name,
+                f"x-checked-{self.name}": "1",
                 "x-seen-cnf": call["cnf"],
                 "x-seen-trace": call["traceId"],
                 # The header the proxy adds must agree with the payload.

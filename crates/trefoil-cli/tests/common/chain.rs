@@ -34,6 +34,14 @@ impl Function {
     pub fn json(name: &str) -> Self {
         Self::start("json_function.py", &["--name", name])
     }
+
+    /// How many calls a json_function.py has received (its `GET /calls`).
+    pub fn calls(&self) -> u64 {
+        let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("GET /calls");
+        assert_eq!(status, 200, "GET /calls: {}", String::from_utf8_lossy(&body));
+        let calls: serde_json::Value = serde_json::from_slice(&body).expect("a JSON count");
+        calls["calls"].as_u64().expect("calls is a number")
+    }
 }
 
 impl Drop for Function {
