@@ -45,26 +45,30 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
     let up = TestServer::named("up");
     let a = Function::json("a");
     let b = Function::json("b");
+    let r = Function::json("r");
     let nginx = inline_nginx("");
     let public = addr();
     let config = format!(
-        "{}{}{}{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}{}{}{}{}",
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
         service("a", "http", &[(a.addr, "v1")]),
         service("b", "http", &[(b.addr, "v1")]),
+        service("r", "http", &[(r.addr, "v1")]),
+        network_function("r", "r", "http", ""),
         service("waf", "http", &[(nginx.addr, "v1")]),
         network_function("a", "a", "http", ""),
         network_function("b", "b", "http", ", sendBody: {maxBytes: 1024}"),
         // Its own part (out and back) takes milliseconds; the upstream's time does not count.
         network_function("waf", "waf", "http", ", timeout: 300ms"),
-        cnf("edge", &["{function: a}", "{function: waf, mode: inline}", "{function: b}"]),
+        cnf("edge", &["{function: a}", "{function: waf, mode: inline}", "{function: b}", "{function: r, phase: response}"]),
         chained_route(&[("/", "edge")]),
     );
     let proxy = Proxy::start(&config);
 
     let (status, headers, body) = request(public, "GET", "/echo?q=1", &[("x-secret", "s3cret")], b"");
     assert_eq!(status, 200, "{body}\n{}\n{}", proxy.stderr(), nginx.error_log());
+    assert_eq!(headers.get("x-checked-by").map(String::as_str), Some("r"), "the response step edited the answer before nginx saw it");
     let seen = echoed(&body);
     assert_eq!(seen["x-inline"], "nginx", "the upstream sees the header nginx added: {seen}");
     assert_eq!(headers.get("x-inline-response").map(String::as_str), Some("nginx"), "the client sees nginx's response header");
@@ -76,7 +80,7 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
     }
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((echo["path"].as_str(), echo["query"].as_str()), (Some("/echo"), Some("q=1")), "nginx passes the original URI");
-    assert_eq!((a.calls(), b.calls(), up.requests_for("/echo")), (1, 1, 1), "each step once, the upstream once");
+    assert_eq!((a.calls(), b.calls(), r.calls(), up.requests_for("/echo")), (1, 1, 1, 1), "each step once (the response step in the leg that reached the upstream), the upstream once");
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"waf\"", "result=\"inlined\""]), 1.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"a\""]), 1.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"b\""]), 1.0);
