@@ -6,10 +6,11 @@ It decides on what the proxy sent:
 - a request header `x-fn-delay: SECONDS`: answer that much later (a slow function);
 - anything else: allow, setting `x-checked-by` (its name), `x-seen-cnf`,
   `x-seen-trace` (from the payload), `x-seen-body` (the body it was sent, if
-  any) and removing `x-secret`.
+  any) and `x-checked-NAME: 1` (so a chain of several shows each), and
+  removing `x-secret`.
 Every verdict publishes an event `checked` (or the name given by `--event`).
-`GET /calls` answers the calls received so far, as a JSON list of
-`{cnf, function, path}`.
+`GET /calls` answers `{"calls": N, "received": [{cnf, function, path}...]}`:
+the number of calls received so far and what each was about.
 
 On the response phase (the call has `response`) the same deny rule holds;
 an allow sets `x-checked-by`, `x-seen-status`, `x-seen-served-by` (the
@@ -38,25 +39,32 @@ class Handler(BaseHTTPRequestHandler):
     deny_prefix = "/deny"
     event = "checked"
     publish = None
-
-    calls = []
+    calls = 0
+    received = []
+    lock = threading.Lock()
 
     def log_message(self, *_):
         pass
 
     def do_GET(self):
-        body = json.dumps(Handler.calls).encode()
-        self.send_response(200 if self.path == "/calls" else 404)
+        if self.path != "/calls":
+            self.send_error(404)
+            return
+        with Handler.lock:
+            body = json.dumps({"calls": Handler.calls, "received": Handler.received}).encode()
+        self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
     def do_POST(self):
+        with Handler.lock:
+            Handler.calls += 1
         length = int(self.headers.get("content-length", "0"))
         call = json.loads(self.rfile.read(length))
-        # list.append is atomic under the GIL: threads may record concurrently.
-        Handler.calls.append({"cnf": call["cnf"], "function": call["function"], "path": call["path"]})
+        with Handler.lock:
+            Handler.received.append({"cnf": call["cnf"], "function": call["function"], "path": call["path"]})
         events = [{"name": self.event, "data": {"path": call["path"]}}]
         delay = call["headers"].get("x-fn-delay")
         if delay:
@@ -77,6 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             set_headers = {
                 "x-checked-by": self.name,
+                f"x-checked-{self.name}": "1",
                 "x-seen-cnf": call["cnf"],
                 "x-seen-trace": call["traceId"],
                 # The header the proxy adds must agree with the payload.

@@ -171,7 +171,7 @@ fn deny_verdicts_and_taps_run_their_handlers_too() {
     let (status, headers, body) = mesh.get("/deny/x?cnf=denied");
     assert_eq!((status, body.as_str()), (451, "blocked by policy\n"), "the function's deny stands: {}", proxy.stderr());
     assert_eq!(headers.get("x-denied-by").map(String::as_str), Some("acl"));
-    let calls = mesh.scanner.calls();
+    let calls = mesh.scanner.received();
     assert!(calls.iter().any(|c| c["cnf"] == "denied" && c["function"] == "scanner" && c["path"] == "/deny/x?cnf=denied"), "the deny's handler called scanner before the reply: {calls:?}");
     assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"denied\"", "event=\"checked\"", "result=\"deny\""]), 1.0);
 
@@ -184,7 +184,7 @@ fn deny_verdicts_and_taps_run_their_handlers_too() {
     let (status, _, body) = mesh.get("/echo?cnf=tapped");
     assert_eq!(status, 200, "{body}");
     assert!(echoed(&body).get("x-too-late").is_none(), "{body}");
-    wait_until("the tap's handler calling scanner", Duration::from_secs(10), || mesh.scanner.calls().iter().any(|c| c["cnf"] == "tapped" && c["path"] == "/echo?cnf=tapped"));
+    wait_until("the tap's handler calling scanner", Duration::from_secs(10), || mesh.scanner.received().iter().any(|c| c["cnf"] == "tapped" && c["path"] == "/echo?cnf=tapped"));
     wait_until("the tap's handler run counted", Duration::from_secs(5), || proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"tapped\"", "result=\"ok\""]) == 1.0);
     assert_eq!(mesh.up.requests_for("/deny/x"), 0);
 }

@@ -515,9 +515,10 @@ impl Validator {
             if self.check_references && !self.functions.contains_key(&step.function) {
                 self.report(r, &format!("{at}.function"), format!("no NetworkFunction named {:?}", step.function));
             }
-            // Refused rather than ignored, so a config never promises what the proxy does not do.
-            if step.mode == StepMode::Inline {
-                self.report(r, &format!("{at}.mode"), "`inline` steps are not supported yet (use `callout` or `tap`)");
+            // An inline function is a hop: the response already comes back
+            // through it, so a response-phase inline step would mean nothing.
+            if step.mode == StepMode::Inline && step.phase == Phase::Response {
+                self.report(r, &format!("{at}.mode"), "`inline` steps run on the request phase only (the response comes back through the function anyway): drop `phase: response` or use another mode");
             }
             if let Some(m) = &step.when {
                 self.route_match(r, &format!("{at}.when"), m);
@@ -726,7 +727,7 @@ mod tests {
     #[test]
     fn chains_are_checked_where_written() {
         let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: web, api: http, events: [denied], timeout: 50ms}\n---\n";
-        let cnf = "apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - function: acl\n    when: {path: {prefix: /api}}\n  - {function: acl, mode: tap}\n  handlers: {denied: 'log(event)'}\n---\n";
+        let cnf = "apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - function: acl\n    when: {path: {prefix: /api}}\n  - {function: acl, mode: tap}\n  - {function: acl, mode: inline}\n  handlers: {denied: 'log(event)'}\n---\n";
         let route = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{service: web}]\n    chain: edge\n";
         check(&format!("{nf}{cnf}{route}")).unwrap();
         let bad_nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: nope, api: extAuthz, timeout: 0s, sendBody: {maxBytes: 0}}\n---\n";
@@ -750,6 +751,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.0[3].line, 17, "{err}");
+        assert!(err.0[4].message.contains("request phase only"), "{err}");
     }
 
     #[test]

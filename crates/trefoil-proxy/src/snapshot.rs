@@ -15,6 +15,7 @@ use crate::balancer::Balancer;
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::http::chain::{Chain, Function, Step};
 use crate::http::chain_handlers::ChainHandlers;
+use crate::http::inline::InFlight;
 use trefoil_chain::handlers::{Handlers, Limits};
 use crate::http::filters::{HeaderEdits, RateLimiter};
 use crate::http::retry::Budget;
@@ -35,6 +36,8 @@ pub struct Shared {
     rate_limiters: Carried<String, RateLimiter>,
     /// Retry budgets, by route, rule and settings.
     budgets: Carried<String, Budget>,
+    /// Inline chain hops under way, by resume token.
+    pub inline: InFlight,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
             loads: Carried::default(),
             rate_limiters: Carried::default(),
             budgets: Carried::default(),
+            inline: InFlight::default(),
         }
     }
 }
@@ -398,7 +402,8 @@ impl Compiler<'_> {
                     Phase::Response => response_steps.push(compiled),
                 }
             }
-            let largest_body = |steps: &[Step]| steps.iter().filter_map(|s| s.function.max_body).max();
+            // An inline function gets the body itself, streamed: it asks for no buffering.
+            let largest_body = |steps: &[Step]| steps.iter().filter(|s| s.mode != StepMode::Inline).filter_map(|s| s.function.max_body).max();
             let (max_body, response_max_body) = (largest_body(&steps), largest_body(&response_steps));
             let chain = Chain { cnf: label(s.resource.name()), steps, max_body, response_steps, response_max_body, handlers };
             self.chains.insert(s.resource.name().to_string(), Arc::new(chain));

@@ -30,16 +30,25 @@ impl Function {
         Function { child, addr }
     }
 
-    /// The calls a json_function.py received so far: `{cnf, function, path}` each.
-    pub fn calls(&self) -> Vec<serde_json::Value> {
-        let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("asking the function for its calls");
-        assert_eq!(status, 200);
-        serde_json::from_slice(&body).unwrap_or_default()
-    }
-
     /// tests/chain/json_function.py named `name`.
     pub fn json(name: &str) -> Self {
         Self::start("json_function.py", &["--name", name])
+    }
+
+    /// How many calls a json_function.py has received (its `GET /calls`).
+    pub fn calls(&self) -> u64 {
+        let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("GET /calls");
+        assert_eq!(status, 200, "GET /calls: {}", String::from_utf8_lossy(&body));
+        let calls: serde_json::Value = serde_json::from_slice(&body).expect("a JSON count");
+        calls["calls"].as_u64().expect("calls is a number")
+    }
+
+    /// The calls a json_function.py received so far, in order: `{cnf, function, path}` each.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("GET /calls");
+        assert_eq!(status, 200, "GET /calls: {}", String::from_utf8_lossy(&body));
+        let calls: serde_json::Value = serde_json::from_slice(&body).expect("JSON calls");
+        calls["received"].as_array().cloned().unwrap_or_default()
     }
 }
 

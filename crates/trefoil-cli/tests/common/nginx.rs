@@ -1,48 +1,36 @@
-//! A real nginx (the Debian package) as an upstream or a network function:
-//! one worker, no daemon, everything under a scratch directory; killed when dropped.
+//! A real nginx for black-box tests: one process (no master, no daemon)
+//! in a scratch directory, serving the `server` blocks it is given.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{addr, scratch_dir};
+use super::{free_port, scratch_dir, wait_for_port};
 
+/// A running nginx; killed when dropped.
 pub struct Nginx {
     child: Child,
-    pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The first port its config listens on.
+    pub addr: SocketAddr,
 }
 
 impl Nginx {
-    /// nginx listening on a free loopback port, `server` being the rest of
-    /// its one `server` block; the block's `root` is `DIR/html`.
-    pub fn start(server: &str) -> Self {
+    /// Starts nginx with `servers` as the `http` block's server blocks; each
+    /// `{port}` becomes a free port (the same one everywhere) and `{dir}` the
+    /// scratch directory. Returns once the port accepts connections.
+    pub fn start(servers: &str) -> Self {
         let dir = scratch_dir();
-        Self::start_in(dir, server)
-    }
-
-    /// nginx serving `files` (name, content) from its root.
-    pub fn static_files(files: &[(&str, &[u8])]) -> Self {
-        let dir = scratch_dir();
-        std::fs::create_dir_all(dir.join("html")).unwrap();
-        for (name, content) in files {
-            std::fs::write(dir.join("html").join(name), content).unwrap();
-        }
-        Self::start_in(dir, "")
-    }
-
-    fn start_in(dir: PathBuf, server: &str) -> Self {
-        let addr = addr();
-        std::fs::create_dir_all(dir.join("html")).unwrap();
-        std::fs::write(
-            dir.join("nginx.conf"),
-            format!(
-                "worker_processes 1;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n  server {{\n    listen {addr};\n    root {d}/html;\n    {server}\n  }}\n}}\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let port = free_port();
+        let d = dir.display();
+        let servers = servers.replace("{port}", &port.to_string()).replace("{dir}", &d.to_string());
+        let conf = format!(
+            "worker_processes 1;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n{servers}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        // Debian installs nginx in sbin, which a non-root PATH may lack.
         let bin = ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("nginx");
         let child = Command::new(bin)
             .arg("-c")
@@ -50,12 +38,25 @@ impl Nginx {
             .arg("-p")
             .arg(&dir)
             .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
+            .stdin(Stdio::null())
             .spawn()
-            .expect("starting nginx (scripts/install-test-deps installs it)");
-        // Owned before waiting, so it is killed even if it never comes up.
-        let nginx = Nginx { child, addr, dir };
-        assert!(super::wait_for_port(addr, Duration::from_secs(10)), "nginx did not listen on {addr}:\n{}", nginx.error_log());
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut nginx = Nginx { child, dir, addr };
+        if !wait_for_port(addr, Duration::from_secs(10)) {
+            let exited = nginx.child.try_wait().ok().flatten();
+            panic!("nginx did not start ({exited:?}):\n{}", nginx.error_log());
+        }
+        nginx
+    }
+
+    /// nginx serving `files` (name, content) as static files.
+    pub fn static_files(files: &[(&str, &[u8])]) -> Self {
+        let nginx = Self::start("  server { listen 127.0.0.1:{port}; root {dir}/html; }");
+        std::fs::create_dir_all(nginx.dir.join("html")).unwrap();
+        for (name, content) in files {
+            std::fs::write(nginx.dir.join("html").join(name), content).unwrap();
+        }
         nginx
     }
 

@@ -130,8 +130,10 @@ impl HandlerLimits {
 pub struct ChainStep {
     /// The NetworkFunction to call.
     pub function: String,
+    /// How the request meets the function (default `callout`).
     #[serde(default)]
     pub mode: StepMode,
+    /// Which half of the exchange the step sees (default `request`).
     #[serde(default)]
     pub phase: Phase,
     /// Runs the step only for requests this matches (the Route match shape).
@@ -146,7 +148,10 @@ pub enum StepMode {
     /// The function gets the request's metadata (and body if asked) and returns a verdict.
     #[default]
     Callout,
-    /// Traffic passes through the function as a hop.
+    /// Traffic passes through the function as a hop: the proxy forwards the
+    /// request to it, the function (any HTTP reverse proxy) sends it back to
+    /// the proxy with a resume token to go on, and the response returns
+    /// through it. Request phase only.
     Inline,
     /// The function gets a copy; it never affects the response.
     Tap,

@@ -2,8 +2,9 @@
 //! filters, and on the upstream's response before it goes back. Each
 //! `callout` step asks its function and follows the verdict (allow with
 //! header edits, or deny); a `tap` step sends the function the same call in
-//! the background and ignores the answer. A function that cannot answer in
-//! time is handled by its failure policy.
+//! the background and ignores the answer; an `inline` step hands the request
+//! to `inline` to forward through the function. A function that cannot
+//! answer in time is handled by its failure policy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,10 +72,20 @@ pub struct RequestFacts<'a> {
     pub trace_id: &'a str,
     pub tls: bool,
     pub protocol: &'static str,
+    /// This hop's `traceparent`, for an inline function.
+    pub traceparent: HeaderValue,
     /// The buffered body, when the chain asked for it.
     pub body: Option<Bytes>,
     /// Where each step's span goes, when the request is traced.
     pub spans: Option<StepSpans>,
+}
+
+/// Where a request goes once the chain let it on.
+pub enum Next {
+    /// To the rule's upstream.
+    Upstream,
+    /// Through the function of the inline step at this index (see `inline::forward`).
+    Inline(usize),
 }
 
 /// Why the chain stopped a request: the reply to send and its flag.
@@ -84,13 +95,18 @@ pub struct Stopped {
 }
 
 impl Chain {
-    /// Runs the request-phase steps in order; `Ok` lets the request go on
-    /// (with the verdicts' header edits applied to `parts`).
-    pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<(), Stopped> {
+    /// Runs the request-phase steps in order (from after the step the
+    /// request resumes from, if any); `Ok` lets the request go on (with the
+    /// verdicts' header edits applied to `parts`), to the upstream or
+    /// through an inline step's function.
+    pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<Next, Stopped> {
         let runs = RunCount::default();
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate().skip(self.first_step(parts)?) {
             if step.when.as_ref().is_some_and(|m| !m.matches(parts)) {
                 continue;
+            }
+            if step.mode == StepMode::Inline {
+                return Ok(Next::Inline(i));
             }
             let function = &step.function;
             let body = function.max_body.and(facts.body.clone());
@@ -117,7 +133,7 @@ impl Chain {
                 }
             }
         }
-        Ok(())
+        Ok(Next::Upstream)
     }
 
     /// Runs the response-phase steps on the upstream's answer. An allow's
@@ -205,7 +221,7 @@ impl Chain {
     }
 
     /// Applies the failure policy: open goes on (`None`), closed refuses with 503.
-    fn failed(&self, state: &ProxyState, function: &Function) -> Option<Stopped> {
+    pub(crate) fn failed(&self, state: &ProxyState, function: &Function) -> Option<Stopped> {
         match function.failure_policy {
             FailurePolicy::Open => {
                 self.count(state, function, "failed_open");
@@ -219,7 +235,7 @@ impl Chain {
         }
     }
 
-    fn count(&self, state: &ProxyState, function: &Function, result: &'static str) {
+    pub(crate) fn count(&self, state: &ProxyState, function: &Function, result: &'static str) {
         state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: self.cnf.clone(), function: function.name.clone(), result }).inc();
     }
 

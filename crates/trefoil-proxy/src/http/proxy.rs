@@ -17,7 +17,8 @@ use trefoil_model::spec::HashOn;
 use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, Pooled, SendError};
 use crate::http::body::{self, BufferError, Guarded, RequestBody};
-use crate::http::chain::RequestFacts;
+use crate::http::chain::{Next, RequestFacts};
+use crate::http::inline;
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
@@ -95,6 +96,8 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
     };
     let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
     let (mut parts, incoming) = req.into_parts();
+    // A request back from an inline function stands in for its first leg's connection.
+    let conn = inline::arrive(&state, conn, &mut parts);
     // Set before routing, so a route's header match can select on the identity.
     parts.headers.remove(&PEER_IDENTITY_HEADER);
     if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
@@ -221,7 +224,7 @@ async fn handle(
     }
     out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
     // The body is read before the chain when a function wants it.
-    let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some();
+    let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some() || rule.chain.as_ref().is_some_and(|c| c.has_inline());
     let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
         Some(limit) => RequestBody::buffer(incoming, limit).await,
         None => RequestBody::prepare(incoming, want_replay).await.map_err(|e| BufferError::Read(Box::new(e))),
@@ -242,9 +245,19 @@ async fn handle(
     if let Some(chain) = &rule.chain {
         let trace_id = trace.trace_id_hex();
         let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered());
-        if let Err(stopped) = chain.run_request(state, &mut parts, &facts).await {
-            out.flag = stopped.flag;
-            return Err(stopped.reply);
+        let next = match chain.run_request(state, &mut parts, &facts).await {
+            Ok(Next::Inline(step)) => inline::forward(state, chain, step, &mut parts, &mut req_body, &facts).await,
+            Ok(Next::Upstream) => Ok(None),
+            Err(stopped) => Err(stopped),
+        };
+        match next {
+            // The function's response (the rest of the chain and the upstream ran in the leg it sent back).
+            Ok(Some(response)) => return Ok(response),
+            Ok(None) => {}
+            Err(stopped) => {
+                out.flag = stopped.flag;
+                return Err(stopped.reply);
+            }
         }
     }
 
@@ -315,6 +328,7 @@ fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connect
         protocol: version_name(version),
         body,
         spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
+        traceparent: trace.traceparent(),
     }
 }
 
@@ -540,7 +554,7 @@ fn strip_port(authority: &str) -> &str {
     authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(authority)
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         strip_connection_named(headers);
     }
@@ -587,7 +601,7 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
     }
 }
 
-fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
+pub(crate) fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     // The worker pool writes the URI as the request target, which must be

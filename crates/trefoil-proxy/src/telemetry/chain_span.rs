@@ -1,7 +1,8 @@
-//! A span per chain step: one child of the hop's span for each call-out or
-//! tap to a network function, with its verdict and the events it published,
-//! and one per event-handler run, with its result and the handler's tags, so
-//! a trace shows the chain in order between the hop and its upstream.
+//! A span per chain step: one child of the hop's span for each call-out,
+//! tap or inline hop to a network function, with its verdict and the events
+//! it published, and one per event-handler run, with its result and the
+//! handler's tags, so a trace shows the chain in order between the hop and
+//! its upstream.
 
 use std::time::SystemTime;
 
@@ -30,6 +31,8 @@ pub struct StepStart {
 /// How a step ended.
 pub enum StepOutcome<'a> {
     Answered(&'a Verdict),
+    /// An inline function answered with this status.
+    Inlined(u16),
     Failed(String),
     TimedOut,
 }
@@ -49,9 +52,11 @@ impl StepSpans {
     /// verdict as attributes and the function's events as span events.
     pub fn finish(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, phase: &'static str, outcome: StepOutcome<'_>) {
         let end = SystemTime::now();
+        let inlined_status = if let StepOutcome::Inlined(s) = outcome { Some(s) } else { None };
         let (verdict, error, status, events) = match outcome {
             StepOutcome::Answered(Verdict::Allow { events, .. }) => ("allow", None, String::new(), events.as_slice()),
             StepOutcome::Answered(Verdict::Deny { status, events, .. }) => ("deny", None, status.to_string(), events.as_slice()),
+            StepOutcome::Inlined(_) => ("inlined", None, String::new(), &[][..]),
             StepOutcome::Failed(e) => ("error", Some(e), String::new(), &[][..]),
             StepOutcome::TimedOut => ("timeout", Some("no answer within the function's timeout".to_string()), String::new(), &[][..]),
         };
@@ -65,6 +70,9 @@ impl StepSpans {
         ];
         if !status.is_empty() {
             attributes.push(("trefoil.deny.status", status));
+        }
+        if let Some(status) = inlined_status {
+            attributes.push(("http.response.status_code", status.to_string()));
         }
         let failed = error.is_some();
         if let Some(e) = error {

@@ -126,7 +126,8 @@ pub struct ResultLabels {
 pub struct ChainLabels {
     pub cnf: Label,
     pub function: Label,
-    /// `allow`, `deny`, `failed_open`, `failed_closed` or `tapped`.
+    /// `allow`, `deny`, `failed_open`, `failed_closed`, `tapped`, `tap_failed`;
+    /// inline steps: `inlined`, `failed_after_resume`, `loop`.
     pub result: &'static str,
 }
 
