@@ -9,7 +9,8 @@ It decides on what the proxy sent:
   any) and `x-checked-NAME: 1` (so a chain of several shows each), and
   removing `x-secret`.
 Every verdict publishes an event `checked` (or the name given by `--event`).
-`GET /calls` answers `{"calls": N, "received": [{cnf, function, path}...]}`:
+`GET /calls` answers `{"calls": N, "received": [{cnf, function, path, status}...]}`
+(`status`: the upstream's, on a response-phase call; else null):
 the number of calls received so far and what each was about.
 
 On the response phase (the call has `response`) the same deny rule holds;
@@ -64,7 +65,8 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length", "0"))
         call = json.loads(self.rfile.read(length))
         with Handler.lock:
-            Handler.received.append({"cnf": call["cnf"], "function": call["function"], "path": call["path"]})
+            Handler.received.append({"cnf": call["cnf"], "function": call["function"], "path": call["path"],
+                                     "status": (call.get("response") or {}).get("status")})
         events = [{"name": self.event, "data": {"path": call["path"]}}]
         delay = call["headers"].get("x-fn-delay")
         if delay:

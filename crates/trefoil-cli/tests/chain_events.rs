@@ -16,7 +16,6 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
     let finder = Function::start("json_function.py", &["--name", "finder", "--publish", &format!("http://{admin}/events")]);
     let recorder = Function::json("recorder");
     let public = addr();
-    let handler = "      trefoil.tag(\"finding\", event.data.path)\n      local v = trefoil.call(\"recorder\")\n      trefoil.log(\"recorded: \" .. v.verdict)\n      trefoil.set_header(\"x-too-late\", \"1\")\n";
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -24,7 +23,12 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
         service("recorder", "http", &[(recorder.addr, "v1")]),
         network_function("finder", "finder", "http", ", events: [checked, late_finding]"),
         network_function("recorder", "recorder", "http", ", sendBody: {maxBytes: 4096}"),
-        format!("{API}\nkind: CNF\nmetadata: {{name: edge}}\nspec:\n  chain:\n  - {{function: finder, mode: tap}}\n  handlers:\n    late_finding: |\n{handler}---\n"),
+        cnf_with_handler(
+            "edge",
+            &["{function: finder, mode: tap}"],
+            "late_finding",
+            &["trefoil.tag(\"finding\", event.data.path)", "local v = trefoil.call(\"recorder\")", "trefoil.log(\"recorded: \" .. v.verdict)", "trefoil.set_header(\"x-too-late\", \"1\")"],
+        ),
         chained_route(&[("/", "edge")]),
     ]
     .concat();
@@ -41,7 +45,7 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
     let line = |needle: &str| log.lines().any(|l| l.contains(needle) && l.contains(&trace_id));
     assert!(line("published event") && line("late_finding"), "the event is logged under the request's trace id:\n{log}");
     assert!(line("recorded: allow"), "the handler's log line carries the trace id:\n{log}");
-    assert!(line("no request to deny or edit"), "the header edit had nothing to apply to, and says so:\n{log}");
+    assert!(line("nothing left to deny or edit"), "the header edit had nothing to apply to, and says so:\n{log}");
 }
 
 #[test]

@@ -43,7 +43,7 @@ impl Function {
         calls["calls"].as_u64().expect("calls is a number")
     }
 
-    /// The calls a json_function.py received so far, in order: `{cnf, function, path}` each.
+    /// The calls a json_function.py received so far, in order: `{cnf, function, path, status}` each.
     pub fn received(&self) -> Vec<serde_json::Value> {
         let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("GET /calls");
         assert_eq!(status, 200, "GET /calls: {}", String::from_utf8_lossy(&body));
@@ -68,6 +68,13 @@ pub fn network_function(name: &str, service: &str, api: &str, extra: &str) -> St
 pub fn cnf(name: &str, steps: &[&str]) -> String {
     let steps: Vec<String> = steps.iter().map(|s| format!("  - {s}")).collect();
     format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
+}
+
+/// A CNF like [`cnf`] with one handler: `script` (Lua, a line each) for `event`.
+pub fn cnf_with_handler(name: &str, steps: &[&str], event: &str, script: &[&str]) -> String {
+    let base = cnf(name, steps);
+    let script: String = script.iter().map(|line| format!("      {line}\n")).collect();
+    format!("{}  handlers:\n    {event}: |\n{script}---\n", base.trim_end_matches("---\n"))
 }
 
 /// A Route for every host to `web`, one rule per (path prefix, CNF).

@@ -78,6 +78,9 @@ pub struct RequestFacts<'a> {
     pub body: Option<Bytes>,
     /// Where each step's span goes, when the request is traced.
     pub spans: Option<StepSpans>,
+    /// Handler runs of the request so far, both phases and its taps:
+    /// `runsPerRequest` bounds them all.
+    pub runs: RunCount,
 }
 
 /// Where a request goes once the chain let it on.
@@ -100,7 +103,6 @@ impl Chain {
     /// verdicts' header edits applied to `parts`), to the upstream or
     /// through an inline step's function.
     pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<Next, Stopped> {
-        let runs = RunCount::default();
         for (i, step) in self.steps.iter().enumerate().skip(self.first_step(parts)?) {
             if step.when.as_ref().is_some_and(|m| !m.matches(parts)) {
                 continue;
@@ -112,7 +114,7 @@ impl Chain {
             let body = function.max_body.and(facts.body.clone());
             let call = call_for(&self.cnf, &function.name, parts, facts, body);
             if step.mode == StepMode::Tap {
-                self.tap(state, function, OwnedCall::from(call), facts, Some(&runs));
+                self.tap(state, function, OwnedCall::from(call), facts, facts.body.clone());
                 continue;
             }
             let Some(verdict) = self.ask(state, function, &call, facts, "request").await? else { continue };
@@ -121,13 +123,14 @@ impl Chain {
                     self.count(state, function, "allow");
                     edit_headers(&mut parts.headers, &remove_headers, &set_headers);
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
-                        chain_handlers::run(self, h, state, function, parts, facts, events, &runs).await?;
+                        chain_handlers::run(self, h, state, function, parts, facts, events).await?;
                     }
                 }
                 Verdict::Deny { status, reason, headers, events } => {
                     self.count(state, function, "deny");
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
-                        chain_handlers::run_on_deny(self, h, state, function, parts, facts, events, &runs).await;
+                        let request = OwnedCall::from(call_for(&self.cnf, "", parts, facts, facts.body.clone()));
+                        chain_handlers::run_on_deny(self, h, state, function, request, facts, events).await;
                     }
                     return Err(denied(status, reason, &headers));
                 }
@@ -175,21 +178,28 @@ impl Chain {
                     continue;
                 }
             };
-            let response_headers: Vec<(&str, &str)> = head.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect();
-            let call = Call { response: Some(ResponseHead { status: head.status.as_u16(), headers: response_headers }), ..call_for(&self.cnf, &function.name, request, facts, call_body) };
+            let call = response_call(&self.cnf, &function.name, request, &head, facts, call_body);
             if step.mode == StepMode::Tap {
-                // Handlers run for request-phase steps only: a response tap's events are logged.
-                self.tap(state, function, OwnedCall::from(call), facts, None);
+                self.tap(state, function, OwnedCall::from(call), facts, buffered.clone());
                 continue;
             }
             let Some(verdict) = self.ask(state, function, &call, facts, "response").await? else { continue };
+            // Handlers see the response as it is now and the whole buffered body.
+            let seen = |head: &http::response::Parts| OwnedCall::from(response_call(&self.cnf, "", request, head, facts, buffered.clone()));
             match verdict {
-                Verdict::Allow { set_headers, remove_headers, .. } => {
+                Verdict::Allow { set_headers, remove_headers, events } => {
                     self.count(state, function, "allow");
                     edit_headers(&mut head.headers, &remove_headers, &set_headers);
+                    if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
+                        let response = seen(&head);
+                        chain_handlers::run_on_response(self, h, state, function, response, &mut head.headers, facts, events).await?;
+                    }
                 }
-                Verdict::Deny { status, reason, headers, .. } => {
+                Verdict::Deny { status, reason, headers, events } => {
                     self.count(state, function, "deny");
+                    if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
+                        chain_handlers::run_on_deny(self, h, state, function, seen(&head), facts, events).await;
+                    }
                     return Err(denied(status, reason, &headers));
                 }
             }
@@ -240,14 +250,15 @@ impl Chain {
     }
 
     /// Sends the call in the background, bounded by the function's timeout;
-    /// the answer affects nothing. With `runs` (request-phase taps), the
-    /// handlers of its events run there too: the request has moved on, so
-    /// they may call, log, tag and emit, and nothing else.
-    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>, runs: Option<&RunCount>) {
+    /// the answer affects nothing. The handlers of its events run there too,
+    /// seeing `full_body` (the phase's whole buffered body, not the tap's
+    /// share of it): the exchange has moved on, so they may call, log, tag
+    /// and emit, and nothing else.
+    fn tap(&self, state: &Arc<ProxyState>, function: &Arc<Function>, call: OwnedCall, facts: &RequestFacts<'_>, full_body: Option<Bytes>) {
         let (state, function, cnf) = (state.clone(), function.clone(), self.cnf.clone());
         let (scheme, protocol) = (scheme(facts.tls), facts.protocol);
         let spans = facts.spans.clone();
-        let handlers = runs.and_then(|runs| Some((self.handlers.clone()?, runs.clone(), facts.body.clone())));
+        let handlers = self.handlers.clone().map(|h| (h, facts.runs.clone(), full_body));
         let phase = if call.response.is_some() { "response" } else { "request" };
         tokio::spawn(async move {
             let call_ref = call.as_call();
@@ -267,9 +278,8 @@ impl Chain {
             state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: cnf.clone(), function: function.name.clone(), result }).inc();
             let events = verdict.map(Verdict::into_events).unwrap_or_default();
             if let Some((h, runs, full_body)) = handlers.as_ref().filter(|(h, ..)| h.handlers.handles_any(&events)) {
-                // Handlers see the whole buffered body, as on the request path, not the tap's share of it.
                 let request = OwnedCall { function: String::new(), body: full_body.clone(), ..call };
-                let runner = Runner { cnf: &cnf, h, state: &state, function: &function, scheme, protocol, spans: spans.as_ref(), runs, on: "tap" };
+                let runner = Runner { cnf: &cnf, h, state: &state, function: Some(&function), scheme, protocol, spans: spans.as_ref(), runs, on: "tap" };
                 let _ = runner.run(request, None, events.into()).await;
             }
         });
@@ -318,6 +328,12 @@ fn log_events(cnf: &str, function: &Function, trace_id: &str, verdict: &Verdict)
     for event in verdict.events() {
         tracing::info!(target: "trefoil::chain::event", cnf, function = %function.name, trace_id, event = %event.name, data = %event.data, "network function event");
     }
+}
+
+/// A response-phase call: the request as the chain left it, plus the upstream's answer so far.
+fn response_call<'a>(cnf: &'a str, function: &'a str, request: &'a http::request::Parts, head: &'a http::response::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {
+    let headers = head.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect();
+    Call { response: Some(ResponseHead { status: head.status.as_u16(), headers }), ..call_for(cnf, function, request, facts, body) }
 }
 
 pub(crate) fn call_for<'a>(cnf: &'a str, function: &'a str, parts: &'a http::request::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {

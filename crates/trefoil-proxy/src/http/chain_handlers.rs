@@ -31,14 +31,43 @@ pub struct ChainHandlers {
 /// `runsPerRequest` bounds them all.
 pub type RunCount = Arc<AtomicUsize>;
 
+/// What a run's effects apply to.
+pub(crate) enum Target<'p> {
+    /// After a request-phase allow: the request going upstream, which each
+    /// run sees as it is then (earlier edits included).
+    Request(&'p mut http::request::Parts),
+    /// After a response-phase allow: the response going back.
+    Response(&'p mut http::HeaderMap),
+}
+
+impl Target<'_> {
+    fn headers(&mut self) -> &mut http::HeaderMap {
+        match self {
+            Target::Request(parts) => &mut parts.headers,
+            Target::Response(headers) => headers,
+        }
+    }
+}
+
 /// Runs the handlers of `events`, published by `function`'s allow verdict,
 /// and applies their effects to `parts`. A handler that fails gets
 /// `function`'s failure policy.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &mut http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>, runs: &RunCount) -> Result<(), Stopped> {
-    let runner = Runner { cnf: &chain.cnf, h, state, function, scheme: scheme(facts.tls), protocol: facts.protocol, spans: facts.spans.as_ref(), runs, on: "allow" };
+pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &mut http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>) -> Result<(), Stopped> {
+    let runner = Runner::for_verdict(chain, h, state, function, facts, "allow");
     let request = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
-    runner.run(request, Some(parts), events.into()).await
+    runner.run(request, Some(Target::Request(parts)), events.into()).await
+}
+
+/// Runs the handlers of `events`, published by `function`'s allow verdict on
+/// the response phase, and applies their effects to the response's
+/// `headers` (a deny replaces the response). `response` is what they see
+/// and what their calls send: the request, with the upstream's answer and
+/// the buffered response body.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_on_response(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, response: OwnedCall, headers: &mut http::HeaderMap, facts: &RequestFacts<'_>, events: Vec<Event>) -> Result<(), Stopped> {
+    let runner = Runner::for_verdict(chain, h, state, function, facts, "allow");
+    runner.run(response, Some(Target::Response(headers)), events.into()).await
 }
 
 /// Runs the handlers of a deny verdict's events before the reply goes out.
@@ -46,9 +75,8 @@ pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, func
 /// nothing, and a failed handler keeps the deny; calls, logs, tags and
 /// emitted events work.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_on_deny(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>, runs: &RunCount) {
-    let runner = Runner { cnf: &chain.cnf, h, state, function, scheme: scheme(facts.tls), protocol: facts.protocol, spans: facts.spans.as_ref(), runs, on: "deny" };
-    let request = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
+pub(crate) async fn run_on_deny(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, request: OwnedCall, facts: &RequestFacts<'_>, events: Vec<Event>) {
+    let runner = Runner::for_verdict(chain, h, state, function, facts, "deny");
     // Without a request to change, a run never stops anything.
     let _ = runner.run(request, None, events.into()).await;
 }
@@ -58,22 +86,28 @@ pub(crate) struct Runner<'a> {
     pub(crate) cnf: &'a Label,
     pub(crate) h: &'a ChainHandlers,
     pub(crate) state: &'a Arc<ProxyState>,
-    /// The function whose verdict carried the events: its failure policy applies to a failed handler.
-    pub(crate) function: &'a Function,
+    /// The function whose verdict carried the events: its failure policy
+    /// applies to a failed handler. None for published events.
+    pub(crate) function: Option<&'a Function>,
     pub(crate) scheme: &'static str,
     pub(crate) protocol: &'static str,
     pub(crate) spans: Option<&'a StepSpans>,
     pub(crate) runs: &'a RunCount,
-    /// The verdict that carried the events: `allow`, `deny` or `tap`, on the runs' spans.
+    /// The verdict that carried the events: `allow`, `deny` or `tap`, on the
+    /// runs' spans (`published` for events published outside verdicts).
     pub(crate) on: &'static str,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    fn for_verdict(chain: &'a Chain, h: &'a ChainHandlers, state: &'a Arc<ProxyState>, function: &'a Function, facts: &'a RequestFacts<'_>, on: &'static str) -> Self {
+        Runner { cnf: &chain.cnf, h, state, function: Some(function), scheme: scheme(facts.tls), protocol: facts.protocol, spans: facts.spans.as_ref(), runs: &facts.runs, on }
+    }
+
     /// Runs handlers for `queue` (and the events they emit) against `request`.
-    /// With `parts`, effects apply to the request going upstream and a deny or
-    /// a failure under a closed policy stops it; without, the request is past
+    /// With a `target`, effects apply to it and a deny or a failure under a
+    /// closed policy stops the request; without, the request is past
     /// changing and effects other than calls, logs, tags and events are dropped.
-    pub(crate) async fn run(&self, mut request: OwnedCall, mut parts: Option<&mut http::request::Parts>, mut queue: VecDeque<Event>) -> Result<(), Stopped> {
+    pub(crate) async fn run(&self, mut request: OwnedCall, mut target: Option<Target<'_>>, mut queue: VecDeque<Event>) -> Result<(), Stopped> {
         let trace_id = request.trace_id.clone();
         while let Some(event) = queue.pop_front() {
             let Some(handler) = self.h.handlers.get(&event.name) else { continue };
@@ -82,9 +116,14 @@ impl Runner<'_> {
                 break;
             }
             let event_name = label(&event.name);
-            if let Some(parts) = parts.as_deref() {
+            if let Some(Target::Request(parts)) = &target {
                 // The handler sees the request as it is now, earlier edits included.
                 request.headers = parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.to_string(), v.to_string()))).collect();
+            }
+            if self.function.is_none() {
+                // A published event has no request: calls describe the event itself.
+                request.path = format!("/events/{}", event.name);
+                request.body = Some(serde_json::to_vec(&event).unwrap_or_default().into());
             }
             let view = Arc::new(RequestView { method: request.method.clone(), path: request.path.clone(), host: request.host.clone(), headers: joined(&request.headers) });
             let call = Arc::new(request.clone());
@@ -106,23 +145,30 @@ impl Runner<'_> {
             match outcome {
                 Ok(fx) => {
                     self.log(&event_name, &trace_id, &fx);
-                    if let Some(parts) = parts.as_deref_mut() {
-                        if let Some((status, reason)) = fx.deny {
-                            let reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
-                            return Err(Stopped { reply, flag: "chain_denied" });
+                    match target.as_mut() {
+                        Some(target) => {
+                            if let Some((status, reason)) = fx.deny {
+                                let reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
+                                return Err(Stopped { reply, flag: "chain_denied" });
+                            }
+                            apply(target.headers(), &fx);
                         }
-                        apply(parts, &fx);
+                        None if fx.deny.is_some() || !fx.set_headers.is_empty() || !fx.remove_headers.is_empty() => {
+                            tracing::info!(target: "trefoil::chain::handler", cnf = %self.cnf, event = %event_name, trace_id, on = self.on, "nothing left to deny or edit: the handler's deny and header edits are dropped");
+                        }
+                        None => {}
                     }
                     queue.extend(fx.events);
                 }
                 Err(e) => {
-                    tracing::warn!(cnf = %self.cnf, event = %event_name, function = %self.function.name, trace_id, on = self.on, error = %e, "event handler failed");
-                    if parts.is_none() {
+                    let function: &str = self.function.map(|f| f.name.as_ref()).unwrap_or_default();
+                    tracing::warn!(cnf = %self.cnf, event = %event_name, function, trace_id, on = self.on, error = %e, "event handler failed");
+                    if target.is_none() {
                         continue;
                     }
                     let unavailable = match &e {
                         handlers::HandlerError::Unavailable(name) => Some(name.clone()),
-                        _ if self.function.failure_policy == FailurePolicy::Closed => Some(self.function.name.to_string()),
+                        _ if self.function.is_some_and(|f| f.failure_policy == FailurePolicy::Closed) => Some(function.to_string()),
                         _ => None,
                     };
                     if let Some(name) = unavailable {
@@ -146,14 +192,14 @@ impl Runner<'_> {
     }
 }
 
-/// An allow's handler effects on the request going upstream: removals, then sets.
-fn apply(parts: &mut http::request::Parts, fx: &Effects) {
+/// A handler's header edits: removals, then sets.
+fn apply(headers: &mut http::HeaderMap, fx: &Effects) {
     for name in fx.remove_headers.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()) {
-        parts.headers.remove(name);
+        headers.remove(name);
     }
     for (name, value) in &fx.set_headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-            parts.headers.insert(n, v);
+            headers.insert(n, v);
         }
     }
 }
@@ -165,49 +211,22 @@ fn apply(parts: &mut http::request::Parts, fx: &Effects) {
 /// event as JSON for a body (if the function takes bodies).
 pub async fn run_published(chain: &Chain, state: &Arc<ProxyState>, trace_id: &str, events: Vec<Event>) {
     let Some(h) = chain.handlers.as_ref() else { return };
-    let mut queue: VecDeque<Event> = events.into();
-    let mut runs = 0;
-    while let Some(event) = queue.pop_front() {
-        let Some(handler) = h.handlers.get(&event.name) else { continue };
-        if runs == h.handlers.limits.runs_per_request {
-            tracing::warn!(cnf = %chain.cnf, trace_id, event = %event.name, "too many handler runs for one publication; the rest are skipped");
-            break;
-        }
-        runs += 1;
-        let event_name = label(&event.name);
-        let call = OwnedCall {
-            cnf: chain.cnf.to_string(),
-            function: String::new(),
-            method: "EVENT".to_string(),
-            path: format!("/events/{}", event.name),
-            host: String::new(),
-            headers: Vec::new(),
-            source: None,
-            destination: None,
-            trace_id: trace_id.to_string(),
-            body: Some(serde_json::to_vec(&event).unwrap_or_default().into()),
-            response: None,
-        };
-        let request = Arc::new(RequestView { method: call.method.clone(), path: call.path.clone(), host: String::new(), headers: Default::default() });
-        let caller = Arc::new(ProxyCaller { state: state.clone(), functions: h.functions.clone(), call: Arc::new(call), scheme: "http", protocol: "HTTP/1.1" });
-        let input = RunInput { cnf: chain.cnf.to_string(), trace_id: trace_id.to_string(), event, request };
-        match handlers::run(handler, &h.handlers.limits, input, caller).await {
-            Ok(fx) => {
-                count(state, &chain.cnf, event_name.clone(), "ok");
-                if fx.deny.is_some() || !fx.set_headers.is_empty() || !fx.remove_headers.is_empty() {
-                    tracing::info!(target: "trefoil::chain::handler", cnf = %chain.cnf, event = %event_name, trace_id, "a published event has no request to deny or edit; the handler's deny and header edits are dropped");
-                }
-                for (key, value) in &fx.tags {
-                    tracing::info!(target: "trefoil::chain::handler", cnf = %chain.cnf, trace_id, tag = %key, value = %value, "handler tag");
-                }
-                queue.extend(fx.events);
-            }
-            Err(e) => {
-                count(state, &chain.cnf, event_name.clone(), e.kind());
-                tracing::warn!(cnf = %chain.cnf, event = %event_name, trace_id, error = %e, "event handler failed");
-            }
-        }
-    }
+    let request = OwnedCall {
+        cnf: chain.cnf.to_string(),
+        function: String::new(),
+        method: "EVENT".to_string(),
+        path: String::new(),
+        host: String::new(),
+        headers: Vec::new(),
+        source: None,
+        destination: None,
+        trace_id: trace_id.to_string(),
+        body: None,
+        response: None,
+    };
+    let runs = RunCount::default();
+    let runner = Runner { cnf: &chain.cnf, h, state, function: None, scheme: "http", protocol: "HTTP/1.1", spans: None, runs: &runs, on: "published" };
+    let _ = runner.run(request, None, events.into()).await;
 }
 
 fn count(state: &ProxyState, cnf: &Label, event: Label, result: &'static str) {

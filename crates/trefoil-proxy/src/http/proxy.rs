@@ -18,6 +18,7 @@ use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, Pooled, SendError};
 use crate::http::body::{self, BufferError, Guarded, RequestBody};
 use crate::http::chain::{Next, RequestFacts};
+use crate::http::chain_handlers::RunCount;
 use crate::http::inline;
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::retry::{backoff, AttemptFailure};
@@ -241,10 +242,13 @@ async fn handle(
         }
     };
 
+    // Handler runs of the request, both phases: the CNF's `runsPerRequest` bounds them all.
+    let handler_runs = rule.chain.as_ref().map(|_| RunCount::default());
+
     // Phase: chain (the rule's CNF), on the request as the client sent it.
     if let Some(chain) = &rule.chain {
         let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered());
+        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered(), handler_runs.clone().unwrap_or_default());
         let next = match chain.run_request(state, &mut parts, &facts).await {
             Ok(Next::Inline(step)) => inline::forward(state, chain, step, &mut parts, &mut req_body, &facts).await,
             Ok(Next::Upstream) => Ok(None),
@@ -299,7 +303,7 @@ async fn handle(
     // Phase: response chain (the rule's CNF), on the response as the upstream sent it.
     if let Some((chain, request)) = response_chain {
         let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, request.version, None);
+        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
         response = match chain.run_response(state, &request, response, &facts).await {
             Ok(r) => r,
             Err(stopped) => {
@@ -318,7 +322,7 @@ async fn handle(
 
 /// What the chain's functions are told besides the request's head.
 #[allow(clippy::too_many_arguments)]
-fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>) -> RequestFacts<'a> {
+fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>, runs: RunCount) -> RequestFacts<'a> {
     RequestFacts {
         host,
         client: conn.client,
@@ -329,6 +333,7 @@ fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connect
         body,
         spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
         traceparent: trace.traceparent(),
+        runs,
     }
 }
 
