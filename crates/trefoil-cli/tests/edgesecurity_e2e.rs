@@ -1,8 +1,10 @@
 //! The edge-security walkthrough of `examples/edgesecurity`, as an operator
 //! runs it: `trefoil up` with a gateway, policy and inspection in front of
 //! `web`; then, live and with traffic flowing, the antivirus function added
-//! by a handler on `inspect_done`, then moved under `policy_check` and
-//! narrowed to uploads. Real clamd, real functions, no request lost.
+//! by a handler on `inspect_done` (scanning uploads and downloads), then
+//! moved under `policy_check` and narrowed to uploads. Real clamd, real
+//! functions, no request lost; `trefoil trace` shows a blocked download's
+//! chain in order.
 
 mod common;
 
@@ -12,7 +14,7 @@ use common::chain::request;
 use common::clamd::{eicar, Clamd};
 use common::load::Load;
 use common::up::Up;
-use common::{addr, repo_root, scratch_dir};
+use common::{addr, repo_root, scratch_dir, wait_until};
 
 fn example() -> PathBuf {
     repo_root().join("examples/edgesecurity")
@@ -20,7 +22,7 @@ fn example() -> PathBuf {
 
 /// Copies the example with its gateway on `gateway`, keeping its layout.
 fn copy_example(to: &Path, gateway: std::net::SocketAddr) {
-    for sub in ["", "functions", "changes"] {
+    for sub in ["", "functions", "changes", "downloads"] {
         std::fs::create_dir_all(to.join(sub)).unwrap();
         for entry in std::fs::read_dir(example().join(sub)).unwrap() {
             let path = entry.unwrap().path();
@@ -46,18 +48,22 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     let gateway = addr();
     let files = dir.join("edgesecurity");
     copy_example(&files, gateway);
+    let infected = format!("attachment: {}\n", eicar());
+    std::fs::write(files.join("downloads/setup.exe"), &infected).unwrap();
+    let clean_download = std::fs::read_to_string(files.join("downloads/report.txt")).unwrap();
     let clamd_addr = clamd.addr.to_string();
     let mut up = Up::start_on(dir.clone(), &files, &[("TREFOIL_CLAMD", &clamd_addr)]);
     up.wait_ready(&["web-0", "policy-0", "inspect-0", "antivirus-0"]);
     up.wait("the gateway serving through the chain", |_| request(gateway, "GET", "/", &[], b"").0 == 200);
 
-    let infected = format!("attachment: {}\n", eicar());
     let upload = |path: &str, body: &str| request(gateway, "POST", path, &[("content-type", "text/plain")], body.as_bytes());
+    let download = |path: &str| request(gateway, "GET", path, &[], b"");
 
     // Policy and inspection only: the chain works, nothing is scanned yet.
     assert_eq!(request(gateway, "GET", "/admin", &[], b"").0, 403, "the policy denies /admin");
     assert_eq!(upload("/search", "q=1 UNION SELECT pw").0, 403, "inspection finds a signature");
     assert_eq!(upload("/upload", &infected).0, 200, "no antivirus in the chain yet");
+    assert_eq!(download("/files/setup.exe").0, 200, "nor for downloads");
 
     // Clients keep coming through both changes; none of their requests may fail.
     let load = Load::start(&dir, gateway);
@@ -70,12 +76,20 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     assert!(body.contains("Trefoil.Test.EICAR"), "{body}");
     assert_eq!(upload("/notes", &infected).0, 451, "inspected requests are all scanned");
     assert_eq!(upload("/upload", "a clean file\n").0, 200);
+    let (status, headers, body) = download("/files/setup.exe");
+    assert_eq!(status, 451, "an infected download is blocked: {body}");
+    assert!(body.contains("Trefoil.Test.EICAR") && !body.contains("attachment"), "the refusal, not the file: {body}");
+    let (status, _, body) = download("/files/report.txt");
+    assert_eq!((status, body.as_str()), (200, clean_download.as_str()), "a clean download arrives whole");
+    let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
+    assert_chain_in_order(&up, &trace_id);
 
     // 2: the call moves under the policy's event, for uploads only.
     let v2 = apply(&up, &files.join("changes/2-scan-uploads-on-policy.yaml"));
     up.wait("every proxy acknowledged the narrowed handler", |u| u.all_acked(v2));
     assert_eq!(upload("/upload", &infected).0, 451, "uploads are still scanned");
     assert_eq!(upload("/notes", &infected).0, 200, "what the policy does not call an upload is no longer scanned");
+    assert_eq!(download("/files/setup.exe").0, 200, "nor are downloads");
     assert_eq!(upload("/upload", "a clean file\n").0, 200);
 
     let traffic = load.finish();
@@ -84,4 +98,22 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     assert!(traffic["sent"].as_u64().unwrap_or(0) > 1, "{traffic}");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
     drop(clamd);
+}
+
+/// The gateway's spans of the blocked download, by start time: the request
+/// steps, the upstream attempt, the response step, and the handler run that
+/// called the antivirus, whose deny blocked the download.
+fn assert_chain_in_order(up: &Up, trace_id: &str) {
+    let wanted = ["chain policy", "chain inspect", "handler inspect_done", "attempt 1", "chain inspect response", "handler inspect_done"];
+    let mut names: Vec<String> = Vec::new();
+    wait_until("the blocked download's trace at the collector", std::time::Duration::from_secs(30), || {
+        let out = up.cli(&["trace", trace_id, "-o", "json"]);
+        let mut spans: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default();
+        spans.retain(|s| s["attributes"]["trefoil.proxy"] == "gateway");
+        // OTLP JSON carries nanoseconds as decimal strings.
+        spans.sort_by_key(|s| s["startUnixNano"].as_str().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
+        names = spans.iter().filter_map(|s| s["name"].as_str()).filter(|n| wanted.iter().any(|w| n == w)).map(str::to_string).collect();
+        names.len() >= wanted.len()
+    });
+    assert_eq!(names, wanted, "the chain in order");
 }

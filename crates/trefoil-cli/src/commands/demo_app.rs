@@ -1,9 +1,11 @@
 //! `trefoil demo-app`: a small HTTP service for examples and the demo. It
 //! answers with its service and version, can call other services through
-//! its sidecar, and can be told to fail or be slow (to try rollouts).
+//! its sidecar, can be told to fail or be slow (to try rollouts), and can
+//! serve files as downloads (to try chains that inspect responses).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,11 @@ pub struct Args {
     /// Delay before every answer, e.g. `200ms`.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     delay: Duration,
+    /// Serve `GET /files/NAME` from this directory (NAME a plain file name;
+    /// relative to the working directory, which `trefoil up` sets to the
+    /// resource files' directory).
+    #[arg(long, value_name = "DIR")]
+    files: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -53,6 +60,7 @@ struct App {
     upstreams: Vec<(String, String)>,
     fail_percent: f64,
     delay: Duration,
+    files: Option<PathBuf>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
@@ -78,6 +86,7 @@ pub fn run(args: Args) -> ExitCode {
         upstreams,
         fail_percent: args.fail_percent,
         delay: args.delay,
+        files: args.files,
         client: Client::builder(TokioExecutor::new()).build_http(),
     });
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
@@ -121,6 +130,9 @@ async fn answer(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
     if !app.delay.is_zero() {
         tokio::time::sleep(app.delay).await;
     }
+    if let (Some(dir), Some(name)) = (&app.files, req.uri().path().strip_prefix("/files/")) {
+        return Ok(download(dir, name).await);
+    }
     let traceparent = req.headers().get("traceparent").cloned();
     let mut calls = serde_json::Map::new();
     let mut upstream_failed = false;
@@ -151,6 +163,23 @@ async fn answer(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
         headers.insert("x-served-by", v);
     }
     Ok(resp)
+}
+
+/// A file of `dir` as a download; only plain names, so a request cannot leave the directory.
+async fn download(dir: &std::path::Path, name: &str) -> Response<Full<Bytes>> {
+    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\']);
+    let found = match plain {
+        true => tokio::fs::read(dir.join(name)).await.ok(),
+        false => None,
+    };
+    let Some(content) = found else {
+        let mut resp = Response::new(Full::new(Bytes::from(format!("no file {name:?}\n"))));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return resp;
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(content)));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+    resp
 }
 
 /// Calls an upstream through the sidecar, passing the trace context on so
