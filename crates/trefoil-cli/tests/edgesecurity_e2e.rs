@@ -54,7 +54,8 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     let clamd_addr = clamd.addr.to_string();
     let mut up = Up::start_on(dir.clone(), &files, &[("TREFOIL_CLAMD", &clamd_addr)]);
     up.wait_ready(&["web-0", "policy-0", "inspect-0", "antivirus-0"]);
-    up.wait("the gateway serving through the chain", |_| request(gateway, "GET", "/", &[], b"").0 == 200);
+    // Not `request`, which panics while the gateway is not listening yet.
+    up.wait("the gateway serving through the chain", |_| matches!(trefoil_testkit::http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _))));
 
     let upload = |path: &str, body: &str| request(gateway, "POST", path, &[("content-type", "text/plain")], body.as_bytes());
     let download = |path: &str| request(gateway, "GET", path, &[], b"");
