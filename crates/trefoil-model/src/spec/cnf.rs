@@ -15,7 +15,9 @@ use crate::Duration;
 pub struct NetworkFunctionSpec {
     /// The Service whose endpoints run the function.
     pub service: String,
-    /// How the proxy calls the function.
+    /// How the proxy calls the function (`http` when not given: the API any
+    /// language can speak, and all an inline-only function needs).
+    #[serde(default)]
     pub api: FunctionApi,
     /// Names of the events the function publishes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -36,12 +38,13 @@ fn default_timeout() -> Duration {
 }
 
 /// The call-out protocol a function speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FunctionApi {
     /// gRPC `envoy.service.auth.v3.Authorization/Check`: existing ext_authz services work unchanged.
     ExtAuthz,
     /// A JSON POST, for functions written in any language.
+    #[default]
     Http,
 }
 
@@ -164,4 +167,15 @@ pub enum Phase {
     #[default]
     Request,
     Response,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_without_api_speaks_http_json() {
+        let f: NetworkFunctionSpec = serde_yaml::from_str("service: waf").unwrap();
+        assert_eq!(f.api, FunctionApi::Http);
+    }
 }
