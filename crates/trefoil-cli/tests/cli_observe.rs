@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::chain::{cnf_with_handler, network_function};
 use common::control::Control;
 use common::*;
 use serde_json::Value;
@@ -209,4 +210,41 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     let out = trefoil(&["describe", "route", "web", "--server", &format!("http://{}", addr())]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("is not reachable: connection refused"), "{}", text(&out));
+}
+
+#[test]
+fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir.join("data"));
+    control.apply(
+        &dir,
+        &[
+            service("web", "http", &[("127.0.0.1:20000".parse().unwrap(), "v1")]),
+            service("acl", "http", &[("127.0.0.1:20001".parse().unwrap(), "v1")]),
+            format!("{API}\nkind: Service\nmetadata: {{name: av}}\nspec: {{}}\n---\n"),
+            network_function("acl", "acl", "http", ", events: [checked]"),
+            network_function("antivirus", "av", "http", ""),
+            cnf_with_handler("edge", &["{function: acl}", "{function: antivirus, phase: response}"], "checked", &["trefoil.log('seen')"]),
+            format!("{}---\n", route_all("web", "    chain: edge\n")),
+        ]
+        .concat(),
+    );
+
+    let out = trefoil(&["describe", "cnf", "edge", "--server", &control.url(), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let related = &json_of(&out)["related"];
+    assert_eq!(
+        related["steps"],
+        serde_json::json!([
+            {"step": 0, "function": "acl", "mode": "callout", "phase": "request", "service": "acl", "readyEndpoints": 1},
+            {"step": 1, "function": "antivirus", "mode": "callout", "phase": "response", "service": "av", "readyEndpoints": 0},
+        ])
+    );
+    assert_eq!(related["handlers"], serde_json::json!(["checked"]));
+    assert_eq!(related["routes"], serde_json::json!(["web#0"]));
+    let human = String::from_utf8_lossy(&trefoil(&["describe", "CNF", "edge", "--server", &control.url()]).stdout).into_owned();
+    assert!(human.contains("1: antivirus (callout on the response phase), service av: NO READY ENDPOINTS"), "{human}");
+
+    let out = trefoil(&["describe", "networkfunctions", "acl", "--server", &control.url(), "-o", "json"]);
+    assert_eq!(json_of(&out)["related"], serde_json::json!({"service": "acl", "readyEndpoints": 1, "steps": ["edge#0"]}), "{}", text(&out));
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use trefoil_metrics::fetch::{FetchError, Fetcher};
 use trefoil_model::resource::KINDS;
-use trefoil_model::spec::{EndpointsSpec, RouteSpec, WorkloadSpec};
+use trefoil_model::spec::{CnfSpec, EndpointsSpec, RouteSpec, WorkloadSpec};
 use trefoil_model::{Resource, Spec};
 
 use crate::observe::control_plane::{ControlPlane, ProxyStatus};
@@ -21,6 +21,9 @@ pub const ABOUT: &str = "Show a resource and what relates to it:
   Route      each backend and how many ready endpoints it has
   Proxy      its status as the control plane sees it (connected, snapshot versions, NACK)
   Workload   its replicas as discovered in Endpoints/<service>
+  CNF        each step (function, mode, phase, the function's ready endpoints), the events
+             it handles, and the Route rules that send traffic through it
+  NetworkFunction  its service's ready endpoints and the CNF steps that use it
 
 KIND is any form the API accepts: Service, service or services.";
 
@@ -62,6 +65,8 @@ enum Related {
     Route(RouteRelated),
     Proxy(ProxyRelated),
     Workload(WorkloadRelated),
+    Cnf(CnfRelated),
+    Function(FunctionRelated),
     Nothing {},
 }
 
@@ -127,6 +132,38 @@ struct WorkloadRelated {
     endpoints: Vec<EndpointView>,
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StepView {
+    step: usize,
+    function: String,
+    mode: String,
+    phase: String,
+    /// The function's Service; absent when no NetworkFunction has that name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    ready_endpoints: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CnfRelated {
+    steps: Vec<StepView>,
+    /// Events with a handler.
+    handlers: Vec<String>,
+    /// `route` rule `n` names the CNF: `route#n`.
+    routes: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionRelated {
+    service: String,
+    ready_endpoints: usize,
+    /// `cnf#step` for each chain step that runs the function.
+    steps: Vec<String>,
+}
+
 /// The canonical kind for what the user typed, with the API's rules: `Route`, `route`, `routes`.
 fn canonical_kind(typed: &str) -> Option<&'static str> {
     let lower = typed.to_ascii_lowercase();
@@ -185,6 +222,8 @@ async fn describe(control: &ControlPlane<'_>, kind: &'static str, name: &str) ->
         _ if resource.is_none() => return Err(DescribeError::NotFound(kind, name.to_string())),
         "Route" => Related::Route(route_related(control, resource.as_ref()).await?),
         "Workload" => workload_related(control, resource.as_ref()).await?.map_or(Related::Nothing {}, Related::Workload),
+        "CNF" => cnf_related(control, name, resource.as_ref()).await?.map_or(Related::Nothing {}, Related::Cnf),
+        "NetworkFunction" => function_related(control, name, resource.as_ref()).await?.map_or(Related::Nothing {}, Related::Function),
         _ => Related::Nothing {},
     };
     Ok(Described { resource, related })
@@ -266,6 +305,53 @@ async fn workload_related(control: &ControlPlane<'_>, resource: Option<&Value>) 
     Ok(Some(WorkloadRelated { service: service.clone(), replicas: *replicas, ready, endpoints }))
 }
 
+/// A unit enum as the resource files spell it (`callout`, `response`).
+fn word<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Ready endpoints of `service`, static and discovered.
+async fn ready_endpoints(control: &ControlPlane<'_>, service: &str) -> Result<usize, FetchError> {
+    let resource = parse(control.get("Service", service).await?.as_ref());
+    let discovered = discovered(control, service).await?;
+    Ok(endpoint_views(resource.as_ref(), &discovered, None).iter().filter(|e| e.ready).count())
+}
+
+async fn cnf_related(control: &ControlPlane<'_>, name: &str, resource: Option<&Value>) -> Result<Option<CnfRelated>, FetchError> {
+    let Some(Spec::Cnf(CnfSpec { chain, handlers, .. })) = parse(resource).map(|r| r.spec) else { return Ok(None) };
+    let functions = control.list("NetworkFunction").await?;
+    let mut steps = Vec::new();
+    for (i, step) in chain.iter().enumerate() {
+        let service = functions.iter().find(|f| f.name() == step.function).and_then(|f| match &f.spec {
+            Spec::NetworkFunction(nf) => Some(nf.service.clone()),
+            _ => None,
+        });
+        let ready_endpoints = match &service {
+            Some(s) => ready_endpoints(control, s).await?,
+            None => 0,
+        };
+        steps.push(StepView { step: i, function: step.function.clone(), mode: word(&step.mode), phase: word(&step.phase), service, ready_endpoints });
+    }
+    let mut routes = Vec::new();
+    for r in control.list("Route").await? {
+        if let Spec::Route(route) = &r.spec {
+            routes.extend(route.rules.iter().enumerate().filter(|(_, rule)| rule.chain.as_deref() == Some(name)).map(|(i, _)| format!("{}#{i}", r.name())));
+        }
+    }
+    Ok(Some(CnfRelated { steps, handlers: handlers.keys().cloned().collect(), routes }))
+}
+
+async fn function_related(control: &ControlPlane<'_>, name: &str, resource: Option<&Value>) -> Result<Option<FunctionRelated>, FetchError> {
+    let Some(Spec::NetworkFunction(nf)) = parse(resource).map(|r| r.spec) else { return Ok(None) };
+    let mut steps = Vec::new();
+    for r in control.list("CNF").await? {
+        if let Spec::Cnf(cnf) = &r.spec {
+            steps.extend(cnf.chain.iter().enumerate().filter(|(_, s)| s.function == name).map(|(i, _)| format!("{}#{i}", r.name())));
+        }
+    }
+    Ok(Some(FunctionRelated { ready_endpoints: ready_endpoints(control, &nf.service).await?, service: nf.service, steps }))
+}
+
 fn print_human(kind: &str, name: &str, d: &Described) {
     match &d.resource {
         Some(r) => print_structured(Format::Yaml, r),
@@ -305,6 +391,27 @@ fn print_human(kind: &str, name: &str, d: &Described) {
         Related::Workload(w) => {
             println!("Replicas: {}/{} ready (service {})", w.ready, w.replicas, w.service);
             print_endpoints(&w.endpoints);
+        }
+        Related::Cnf(c) => {
+            println!("Steps:");
+            list_or_none(c.steps.iter().map(|s| {
+                let state = match (&s.service, s.ready_endpoints) {
+                    (None, _) => "NO SUCH NetworkFunction".to_string(),
+                    (Some(service), 0) => format!("service {service}: NO READY ENDPOINTS"),
+                    (Some(service), n) => format!("service {service}: {n} ready endpoint(s)"),
+                };
+                format!("{}: {} ({} on the {} phase), {state}", s.step, s.function, s.mode, s.phase)
+            }));
+            println!("Handlers:");
+            list_or_none(c.handlers.iter().cloned());
+            println!("Route rules:");
+            list_or_none(c.routes.iter().cloned());
+        }
+        Related::Function(f) => {
+            let state = if f.ready_endpoints > 0 { "" } else { " NO READY ENDPOINTS" };
+            println!("Service: {} ({} ready endpoint(s)){state}", f.service, f.ready_endpoints);
+            println!("CNF steps:");
+            list_or_none(f.steps.iter().cloned());
         }
         Related::Nothing {} => println!("(nothing related)"),
     }
