@@ -93,10 +93,15 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
     };
     let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
     let (mut parts, incoming) = req.into_parts();
+    // Most requests carry none of the proxy's own headers: one pass over the
+    // names is cheaper than looking each of them up to remove it.
+    let ours = parts.headers.keys().any(|name| name.as_str().starts_with("x-trefoil-"));
     // A request back from an inline function stands in for its first leg's connection.
-    let conn = inline::arrive(&state, conn, &mut parts);
+    let conn = if ours { inline::arrive(&state, conn, &mut parts) } else { conn };
     // Set before routing, so a route's header match can select on the identity.
-    parts.headers.remove(&PEER_IDENTITY_HEADER);
+    if ours {
+        parts.headers.remove(&PEER_IDENTITY_HEADER);
+    }
     if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
         parts.headers.insert(PEER_IDENTITY_HEADER.clone(), v);
     }
@@ -554,6 +559,11 @@ fn strip_port(authority: &str) -> &str {
 }
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than
+    // hashing each of the seven to look it up.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         strip_connection_named(headers);
     }
