@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use trefoil_model::spec::ListenerProtocol;
 
 use crate::http::proxy::{self, Connection};
+use crate::listener_set::Balance;
 use crate::snapshot::ListenerConfig;
 use crate::state::ProxyState;
 use crate::tcp;
@@ -48,9 +49,41 @@ pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpList
 /// (see `watch::Sender::closed`).
 pub type Drain = watch::Receiver<bool>;
 
+/// A connection just accepted, with what serving it needs; `S` is tokio's
+/// stream on the worker that serves it, the std one while it moves to another.
+pub struct Accepted<S = TcpStream> {
+    state: Arc<ProxyState>,
+    name: Label,
+    stream: S,
+    client: SocketAddr,
+    watcher: Drain,
+}
+
+impl Accepted {
+    /// Detaches the stream from this worker's event loop, to hand it to another.
+    pub fn into_std(self) -> std::io::Result<Accepted<std::net::TcpStream>> {
+        let Accepted { state, name, stream, client, watcher } = self;
+        Ok(Accepted { state, name, stream: stream.into_std()?, client, watcher })
+    }
+
+    pub async fn serve(self) {
+        handle_connection(self.state, self.name, self.stream, self.client, self.watcher).await
+    }
+}
+
+impl Accepted<std::net::TcpStream> {
+    /// Registers the stream with the calling worker's event loop.
+    pub fn into_tokio(self) -> std::io::Result<Accepted> {
+        let Accepted { state, name, stream, client, watcher } = self;
+        Ok(Accepted { state, name, stream: TcpStream::from_std(stream)?, client, watcher })
+    }
+}
+
 /// Accepts until `stop` turns true; each connection holds a `Drain` so
-/// shutdown can wait for it.
-pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>, watcher: Drain) {
+/// shutdown can wait for it. `worker` is this thread's index in `balance`,
+/// which may send a connection to a worker that serves fewer.
+#[allow(clippy::too_many_arguments)]
+pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>, watcher: Drain, balance: Arc<Balance>, worker: usize) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -63,8 +96,14 @@ pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
-                    let (state, name, watcher) = (state.clone(), name.clone(), watcher.clone());
-                    tokio::spawn(async move { handle_connection(state, name, stream, client, watcher).await });
+                    let accepted = Accepted { state: state.clone(), name: name.clone(), stream, client, watcher: watcher.clone() };
+                    // Served here, or handed to a worker with fewer connections.
+                    if let Some((accepted, open)) = balance.place(worker, accepted) {
+                        tokio::spawn(async move {
+                            accepted.serve().await;
+                            drop(open);
+                        });
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

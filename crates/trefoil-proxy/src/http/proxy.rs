@@ -92,48 +92,51 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
     let snapshot = state.snapshot.load_full();
     let telemetry = state.telemetry.load_full();
     let wall_start = telemetry.spans.is_some().then(SystemTime::now);
-    let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
+    let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener) else {
         return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
     };
     let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
     let (mut parts, incoming) = req.into_parts();
+    // Most requests carry none of the proxy's own headers: one pass over the
+    // names is cheaper than looking each of them up to remove it.
+    let ours = parts.headers.keys().any(|name| name.as_str().starts_with("x-trefoil-"));
     // A request back from an inline function stands in for its first leg's connection.
-    let conn = inline::arrive(&state, conn, &mut parts);
+    let conn = if ours { inline::arrive(&state, conn, &mut parts) } else { conn };
     // Set before routing, so a route's header match can select on the identity.
-    parts.headers.remove(&PEER_IDENTITY_HEADER);
+    if ours {
+        parts.headers.remove(&PEER_IDENTITY_HEADER);
+    }
     if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
         parts.headers.insert(PEER_IDENTITY_HEADER.clone(), v);
     }
     let host = request_host(&parts).to_string();
-    // Cheap copies (reference-counted) of what telemetry needs after the request moves on.
-    let (method, uri, http_version) = (parts.method.clone(), parts.uri.clone(), parts.version);
+    // Cheap copies (reference-counted) of what telemetry needs after the request moves on;
+    // the URI only when a log line or a span will be written.
+    let logged = telemetry.access_log.enabled() || wall_start.is_some();
+    let (method, uri, http_version) = (parts.method.clone(), logged.then(|| parts.uri.clone()), parts.version);
     let mut out = Outcomes { attempt_spans: AttemptSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
 
-    let mut response = match handle(&state, &listener, &conn, &trace, parts, incoming, &host, &mut out).await {
+    let mut response = match handle(&state, listener, &conn, &trace, parts, incoming, &host, &mut out).await {
         Ok(r) => r,
         Err(reply) => reply,
     };
-    let trace_id = trace.trace_id_hex();
-    if let Ok(v) = HeaderValue::from_str(&trace_id) {
-        response.headers_mut().insert(TRACE_ID_HEADER.clone(), v);
-    }
+    response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let (route, service, version, cnf) = (out.route.unwrap_or_default(), out.service.unwrap_or_default(), out.version.unwrap_or_default(), out.cnf.unwrap_or_default());
-    state.shared.metrics.record_request(
-        snapshot.version,
-        SeriesKey {
-            direction: listener.direction.clone(),
-            route: route.clone(),
-            service: service.clone(),
-            version: version.clone(),
-            cnf: cnf.clone(),
-            status_code: status,
-        },
-        elapsed,
-    );
+    let key = SeriesKey {
+        direction: listener.direction.clone(),
+        route: out.route.unwrap_or_default(),
+        service: out.service.unwrap_or_default(),
+        version: out.version.unwrap_or_default(),
+        cnf: out.cnf.unwrap_or_default(),
+        status_code: status,
+    };
+    state.shared.metrics.record_request(snapshot.version, &key, elapsed);
+    let SeriesKey { route, service, version, cnf, .. } = &key;
+    let path = uri.as_ref().map_or("", |u| u.path());
     if telemetry.access_log.enabled() {
+        let trace_id = trace.trace_id_hex();
         let span_id = hex(&trace.span_id);
         telemetry.access_log.write(&AccessRecord {
             time: now_rfc3339(),
@@ -146,12 +149,12 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             protocol: version_name(http_version),
             method: method.as_str(),
             authority: &host,
-            path: uri.path(),
+            path,
             status,
-            route: &route,
-            service: &service,
-            version: &version,
-            cnf: &cnf,
+            route,
+            service,
+            version,
+            cnf,
             upstream: out.upstream.map(|a| a.to_string()),
             attempts: out.attempts,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -169,7 +172,7 @@ pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<I
             error: status >= 500,
             attributes: vec![
                 ("http.request.method", method.to_string()),
-                ("url.path", uri.path().to_string()),
+                ("url.path", path.to_string()),
                 ("server.address", host.clone()),
                 ("http.response.status_code", status.to_string()),
                 ("trefoil.direction", listener.direction.to_string()),
@@ -560,6 +563,11 @@ fn strip_port(authority: &str) -> &str {
 }
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than
+    // hashing each of the seven to look it up.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         strip_connection_named(headers);
     }

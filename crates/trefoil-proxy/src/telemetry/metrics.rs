@@ -298,22 +298,22 @@ thread_local! {
 impl Metrics {
     /// Counts one finished request and observes its duration.
     /// `config_version` scopes the per-thread cache, whose keys hold labels of that snapshot.
-    pub fn record_request(&self, config_version: u64, key: SeriesKey, elapsed: Duration) {
-        let (counter, histogram) = SERIES.with(|cache| {
+    pub fn record_request(&self, config_version: u64, key: &SeriesKey, elapsed: Duration) {
+        SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
             if cache.config_version != config_version || cache.series.len() >= SERIES_CACHE_LIMIT {
                 cache.series.clear();
                 cache.config_version = config_version;
             }
-            if let Some(handles) = cache.series.get(&key) {
-                return handles.clone();
+            // Used in place: cloning the handles would bump reference counts every worker shares.
+            if !cache.series.contains_key(key) {
+                let handles = self.series(key);
+                cache.series.insert(key.clone(), handles);
             }
-            let handles = self.series(&key);
-            cache.series.insert(key, handles.clone());
-            handles
+            let Some((counter, histogram)) = cache.series.get(key) else { return };
+            counter.inc();
+            histogram.observe(elapsed.as_secs_f64());
         });
-        counter.inc();
-        histogram.observe(elapsed.as_secs_f64());
     }
 
     fn series(&self, key: &SeriesKey) -> (Counter, Histogram) {

@@ -16,7 +16,10 @@ pub struct TraceContext {
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     loop {
-        out.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        // Eight bytes per draw: ids are made on every request.
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes()[..chunk.len()]);
+        }
         // All-zero ids are invalid by the spec.
         if out.iter().any(|b| *b != 0) {
             return out;
@@ -36,15 +39,24 @@ pub fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
     out.iter().any(|b| *b != 0).then_some(out)
 }
 
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Lower-case hex; runs on every request, so without the formatting machinery.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         s.push(DIGITS[(b >> 4) as usize] as char);
         s.push(DIGITS[(b & 0xf) as usize] as char);
     }
     s
+}
+
+/// Writes `bytes` as lower-case hex at the start of `out` (twice as long).
+fn hex_to(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 0xf) as usize];
+    }
 }
 
 impl TraceContext {
@@ -83,15 +95,23 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
+    /// The trace id as a header value, made without an intermediate string.
+    pub fn trace_id_value(&self) -> HeaderValue {
+        let mut buf = [0u8; 32];
+        hex_to(&self.trace_id, &mut buf);
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
     /// The `traceparent` to send upstream: same trace, this hop as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        s.push_str(&hex(&self.trace_id));
-        s.push('-');
-        s.push_str(&hex(&self.span_id));
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(""))
+        // 00-<32 hex>-<16 hex>-<2 hex flags>
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_to(&self.trace_id, &mut buf[3..35]);
+        hex_to(&self.span_id, &mut buf[36..52]);
+        if self.sampled {
+            buf[54] = b'1';
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
@@ -106,6 +126,7 @@ mod tests {
         let ctx = TraceContext::continue_or_start(Some(&incoming), 0.0);
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex(&ctx.parent_span_id.unwrap()), "00f067aa0ba902b7");
+        assert_eq!(ctx.trace_id_value(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(ctx.sampled);
         let out = ctx.traceparent();
         let out = out.to_str().unwrap();
