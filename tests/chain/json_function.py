@@ -31,7 +31,9 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from http_serve import serve
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -128,15 +130,7 @@ def main():
     Handler.deny_prefix = args.deny_prefix
     Handler.event = args.event
     Handler.publish = args.publish
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    host, port = server.server_address[:2]
-    print(f"listening on {host}:{port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(Handler)
 
 
 if __name__ == "__main__":

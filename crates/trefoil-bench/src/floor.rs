@@ -41,6 +41,8 @@ thread_local! {
     static IDLE: RefCell<Vec<SendRequest<Incoming>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The data plane's listener socket options, written out rather than
+/// shared: the floor depends on nothing of the proxy it is measured against.
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;

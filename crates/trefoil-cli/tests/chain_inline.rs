@@ -33,6 +33,22 @@ fn inline_nginx(extra: &str) -> Nginx {
     ))
 }
 
+/// A proxy whose every request goes through `nginx` as the only (inline)
+/// step of CNF `edge`, named `function` with its `timeout`, then to `up`.
+fn through_one_inline_function(up: &TestServer, function: &str, nginx: &Nginx, timeout: &str) -> (std::net::SocketAddr, Proxy) {
+    let public = addr();
+    let config = [
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service(function, "http", &[(nginx.addr, "v1")]),
+        network_function(function, function, "http", &format!(", timeout: {timeout}")),
+        cnf("edge", &[&format!("{{function: {function}, mode: inline}}")]),
+        chained_route(&[("/", "edge")]),
+    ]
+    .concat();
+    (public, Proxy::start(&config))
+}
+
 fn flag(headers: &trefoil_testkit::Headers) -> Option<&str> {
     headers.get("x-trefoil-flag").map(String::as_str)
 }
@@ -117,17 +133,7 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
 fn a_large_body_streams_through_the_hop() {
     let up = TestServer::named("up");
     let nginx = inline_nginx("");
-    let public = addr();
-    let config = format!(
-        "{}{}{}{}{}{}",
-        listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("waf", "http", &[(nginx.addr, "v1")]),
-        network_function("waf", "waf", "http", ", timeout: 5s"),
-        cnf("edge", &["{function: waf, mode: inline}"]),
-        chained_route(&[("/", "edge")]),
-    );
-    let proxy = Proxy::start(&config);
+    let (public, proxy) = through_one_inline_function(&up, "waf", &nginx, "5s");
     let big = vec![b'z'; 3 << 20];
     let (status, _, body) = request(public, "POST", "/echo", &[("content-type", "application/octet-stream")], &big);
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
@@ -140,17 +146,7 @@ fn a_large_body_streams_through_the_hop() {
 fn a_function_that_drops_the_token_loops_until_the_hop_limit() {
     let up = TestServer::named("up");
     let forgetful = inline_nginx("proxy_set_header x-trefoil-chain-resume \"\";");
-    let public = addr();
-    let config = format!(
-        "{}{}{}{}{}{}",
-        listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("forgetful", "http", &[(forgetful.addr, "v1")]),
-        network_function("forgetful", "forgetful", "http", ", timeout: 10s"),
-        cnf("edge", &["{function: forgetful, mode: inline}"]),
-        chained_route(&[("/", "edge")]),
-    );
-    let proxy = Proxy::start(&config);
+    let (public, proxy) = through_one_inline_function(&up, "forgetful", &forgetful, "10s");
     let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
     assert_eq!(status, 508, "{body}\n{}", proxy.stderr());
     assert_eq!(flag(&headers), Some("chain_loop"));
