@@ -24,4 +24,4 @@ pub mod server;
 pub mod verdict;
 
 pub use request::Request;
-pub use server::{serve, Function};
+pub use server::{serve, serve_connections, Function};

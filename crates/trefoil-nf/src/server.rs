@@ -36,6 +36,21 @@ pub trait Function: Send + Sync + 'static {
 
 /// Serves `function` on `listener` until `shutdown` completes.
 pub async fn serve<F: Function>(listener: TcpListener, function: Arc<F>, shutdown: impl Future<Output = ()>) {
+    // HTTP/1 for JSON calls, HTTP/2 (prior knowledge) for gRPC ones.
+    serve_connections(listener, shutdown, move |req| answer(function.clone(), req)).await;
+}
+
+/// Accepts on `listener` until `shutdown` completes, serving each
+/// connection (HTTP/1, or HTTP/2 with prior knowledge) on its own task with
+/// `handle` per request. Shared by the sample functions and `trefoil demo-app`.
+pub async fn serve_connections<H, Fut, B>(listener: TcpListener, shutdown: impl Future<Output = ()>, handle: H)
+where
+    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -49,10 +64,9 @@ pub async fn serve<F: Function>(listener: TcpListener, function: Arc<F>, shutdow
             },
             _ = &mut shutdown => return,
         };
-        let function = function.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(function.clone(), req));
-            // HTTP/1 for JSON calls, HTTP/2 (prior knowledge) for gRPC ones.
+            let service = hyper::service::service_fn(handle);
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
