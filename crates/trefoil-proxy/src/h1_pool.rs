@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,6 +22,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHasher;
 use tokio::net::TcpStream;
 
 use crate::upstream::{BoxError, ProxyBody};
@@ -60,7 +62,9 @@ impl Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::default();
+    // Keyed by configured endpoints, not by anything a client chooses: a fast
+    // hash is safe, and the map is looked up twice per request.
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<FxHasher>>> = RefCell::default();
 }
 
 impl Pooled {
@@ -94,6 +98,12 @@ impl Pooled {
     /// Drives the connection until it can take a request; false if it ended.
     async fn ready(&mut self) -> bool {
         std::future::poll_fn(|cx| {
+            // A pooled connection was just driven by its checkout and is
+            // mostly ready already; driving it again would cost a full pass
+            // of its state machine for nothing.
+            if let Poll::Ready(result) = self.sender.poll_ready(cx) {
+                return Poll::Ready(result.is_ok());
+            }
             self.poll_driver(cx);
             if self.driver.is_none() {
                 return Poll::Ready(false);

@@ -21,5 +21,6 @@ pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+mod woken;
 
 pub use runtime::{load, run, ConfigSource, ProxyOptions, StartError};

@@ -1,8 +1,10 @@
 //! Accepting connections: bind, TLS handshake, protocol detection, then
 //! HTTP serving or opaque TCP forwarding.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,6 +23,7 @@ use crate::state::ProxyState;
 use crate::tcp;
 use crate::telemetry::metrics::{label, Label, TlsLabels};
 use crate::tls::peer_identity;
+use crate::woken::OnlyWhenWoken;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `auto` waits for a client to speak before treating the stream as
@@ -205,9 +208,21 @@ where
     C::Error: std::fmt::Display,
 {
     tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        _ = async { let _ = drain.wait_for(|draining| *draining).await; } => {
+    // Borrowed, not moved: `drain` must live until the connection is done.
+    let drained = OnlyWhenWoken::new(async {
+        let _ = drain.wait_for(|draining| *draining).await;
+    });
+    tokio::pin!(drained);
+    let served = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        drained.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    let result = match served {
+        Some(result) => result,
+        None => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

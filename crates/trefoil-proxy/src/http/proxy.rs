@@ -61,7 +61,8 @@ static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Connection-scoped headers that must not cross a hop (RFC 9110 §7.6.1).
+/// Connection-scoped headers that must not cross a hop (RFC 9110 §7.6.1);
+/// `Present::scan` knows them too.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
@@ -563,16 +564,44 @@ fn strip_port(authority: &str) -> &str {
 }
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than
-    // hashing each of the seven to look it up.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    if Present::scan(headers).hop_by_hop {
+        strip_present_hop_by_hop(headers);
     }
+}
+
+fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         strip_connection_named(headers);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Which of the headers the proxy edits a message carries. Most messages
+/// carry few of them: one pass over the names is cheaper than hashing each
+/// name the proxy might edit to look it up.
+#[derive(Default)]
+struct Present {
+    hop_by_hop: bool,
+    te: bool,
+    forwarded_for: bool,
+    host: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "connection" | "proxy-connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "proxy-authorization" => present.hop_by_hop = true,
+                "te" => present.te = true,
+                "x-forwarded-for" => present.forwarded_for = true,
+                "host" => present.host = true,
+                _ => {}
+            }
+        }
+        present
     }
 }
 
@@ -590,42 +619,58 @@ fn strip_connection_named(headers: &mut HeaderMap) {
 }
 
 fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection, trace: &TraceContext, host: &str) {
-    let te_trailers = parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::TE);
-    if te_trailers {
-        // gRPC needs `te: trailers` end to end.
-        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let headers = &mut parts.headers;
+    let present = Present::scan(headers);
+    if present.hop_by_hop {
+        strip_present_hop_by_hop(headers);
     }
-    parts.headers.insert(TRACEPARENT.clone(), trace.traceparent());
-    let xff = match parts.headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    if present.te {
+        // gRPC needs `te: trailers` end to end; any other `te` stays on this hop.
+        let te_trailers = headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    headers.insert(TRACEPARENT.clone(), trace.traceparent());
+    let xff = match present.forwarded_for.then(|| headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok())).flatten() {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())).ok(),
         None => Some(conn.client_ip.clone()),
     };
     if let Some(v) = xff {
-        parts.headers.insert(FORWARDED_FOR.clone(), v);
+        headers.insert(FORWARDED_FOR.clone(), v);
     }
-    parts.headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
-    if parts.headers.get(header::HOST).is_none() && !host.is_empty() {
+    headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    if !present.host && !host.is_empty() {
         if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            parts.headers.insert(FORWARDED_HOST.clone(), a.clone());
-            parts.headers.insert(header::HOST, a);
+            headers.insert(FORWARDED_HOST.clone(), a.clone());
+            headers.insert(header::HOST, a);
         }
     }
 }
 
 pub(crate) fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     // The worker pool writes the URI as the request target, which must be
     // origin-form (`/path?query`); the general client wants an absolute URI
     // to know where to connect, and writes origin-form itself.
-    if !service.worker_pooled {
-        uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
-        uri.authority = Some(endpoint.authority.clone());
-    }
-    let uri = Uri::from_parts(uri).map_err(http::Error::from)?;
-    let mut req = Request::builder().method(parts.method.clone()).uri(uri).version(if service.protocol.is_http2() { Version::HTTP_2 } else { Version::HTTP_11 }).body(body)?;
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none() && parts.uri.path_and_query().is_some();
+    let path_and_query = || parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = match (service.worker_pooled, origin_form) {
+        (true, true) => parts.uri.clone(),
+        (true, false) => Uri::from(path_and_query()),
+        (false, _) => {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path_and_query());
+            Uri::from_parts(uri).map_err(http::Error::from)?
+        }
+    };
+    // Filled in place: the builder moves the whole request at each step.
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = if service.protocol.is_http2() { Version::HTTP_2 } else { Version::HTTP_11 };
     *req.headers_mut() = headers;
     if service.protocol.is_http2() {
         // HTTP/2 carries the host in `:authority`, here the endpoint's
