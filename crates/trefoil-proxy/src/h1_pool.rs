@@ -207,7 +207,9 @@ pub async fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout
             },
         }
     }
-    let mut conn = connect(addr, connect_timeout, idle_timeout).await?;
+    // Boxed: connecting is rare next to reusing, and its future would
+    // otherwise be part of (and copied with) every request's.
+    let mut conn = Box::pin(connect(addr, connect_timeout, idle_timeout)).await?;
     if !conn.ready().await {
         return Err(SendError { connect: true, source: format!("connection to {addr} closed before the first request").into() });
     }

@@ -230,8 +230,11 @@ async fn handle(
     out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
     // The body is read before the chain when a function wants it.
     let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some() || rule.chain.as_ref().is_some_and(|c| c.has_inline());
+    // The chain's phases are boxed: their futures are large and most
+    // requests have no chain, and an unboxed future is copied whole every
+    // time the request's future moves.
     let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
-        Some(limit) => RequestBody::buffer(incoming, limit).await,
+        Some(limit) => Box::pin(RequestBody::buffer(incoming, limit)).await,
         None => RequestBody::prepare(incoming, want_replay).await.map_err(|e| BufferError::Read(Box::new(e))),
     };
     let mut req_body = match prepared {
@@ -253,11 +256,14 @@ async fn handle(
     if let Some(chain) = &rule.chain {
         let trace_id = trace.trace_id_hex();
         let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered(), handler_runs.clone().unwrap_or_default());
-        let next = match chain.run_request(state, &mut parts, &facts).await {
-            Ok(Next::Inline(step)) => inline::forward(state, chain, step, &mut parts, &mut req_body, &facts).await,
-            Ok(Next::Upstream) => Ok(None),
-            Err(stopped) => Err(stopped),
-        };
+        let next = Box::pin(async {
+            match chain.run_request(state, &mut parts, &facts).await {
+                Ok(Next::Inline(step)) => inline::forward(state, chain, step, &mut parts, &mut req_body, &facts).await,
+                Ok(Next::Upstream) => Ok(None),
+                Err(stopped) => Err(stopped),
+            }
+        })
+        .await;
         match next {
             // The function's response (the rest of the chain and the upstream ran in the leg it sent back).
             Ok(Some(response)) => return Ok(response),
@@ -308,7 +314,7 @@ async fn handle(
     if let Some((chain, request)) = response_chain {
         let trace_id = trace.trace_id_hex();
         let facts = chain_facts(state, listener, conn, trace, host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
-        response = match chain.run_response(state, &request, response, &facts).await {
+        response = match Box::pin(chain.run_response(state, &request, response, &facts)).await {
             Ok(r) => r,
             Err(stopped) => {
                 out.flag = stopped.flag;
@@ -409,8 +415,9 @@ async fn attempt_loop(
                         metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
                         return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many pending requests\n"));
                     }
-                    // A pending request waits at most as long as a connect may take.
-                    let permit = tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned()).await;
+                    // A pending request waits at most as long as a connect
+                    // may take. Boxed: a rare wait, kept out of every request's future.
+                    let permit = Box::pin(tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned())).await;
                     service.load.pending.fetch_sub(1, Ordering::AcqRel);
                     match permit {
                         Ok(Ok(p)) => Some(p),
@@ -440,7 +447,8 @@ async fn attempt_loop(
         let span = out.attempt_spans.as_ref().map(|s| s.start(attempt, endpoint.addr, &service.name, &endpoint.version));
         let sent = send_upstream(service, &endpoint, upstream_req);
         let result = match per_try {
-            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| AttemptFailure::PerTryTimeout),
+            // Boxed so that requests without a per-try timeout do not carry its timer.
+            Some(limit) => Box::pin(tokio::time::timeout(limit, sent)).await.map_err(|_| AttemptFailure::PerTryTimeout),
             None => Ok(sent.await),
         };
         // Each failed attempt decides once whether to retry: asking twice would spend budget twice.
