@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use rustc_hash::FxHasher;
 use tokio::net::TcpStream;
@@ -114,17 +115,21 @@ impl Pooled {
     }
 
     /// Sends `req` and drives the connection until the response head arrives.
-    async fn exchange(&mut self, req: Request<ProxyBody>) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
+    fn exchange(&mut self, req: Request<ProxyBody>) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>> + '_ {
+        // Handed over before the future is made, so that it holds the
+        // request once (inside hyper's future), not twice.
         let response = self.sender.try_send_request(req);
-        tokio::pin!(response);
-        std::future::poll_fn(|cx| {
-            // The driver writes the request and reads the answer; then the
-            // response future sees it. If the connection ends, the response
-            // future resolves with the error.
-            self.poll_driver(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
+        async move {
+            let mut response = std::pin::pin!(response);
+            std::future::poll_fn(|cx| {
+                // The driver writes the request and reads the answer; then the
+                // response future sees it. If the connection ends, the response
+                // future resolves with the error.
+                self.poll_driver(cx);
+                response.as_mut().poll(cx)
+            })
+            .await
+        }
     }
 }
 
@@ -192,30 +197,36 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one.
-pub async fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> Result<(Response<Incoming>, Pooled), SendError> {
-    // A pooled connection the upstream closed while idle fails before the
-    // request is written; that request goes out again on a fresh connection.
-    while let Some(mut conn) = take_idle(addr) {
+///
+/// Not an `async fn`: its arguments would be kept twice in the future (see
+/// `proxy::send_upstream`); the block below holds each once.
+#[allow(clippy::manual_async_fn)]
+pub fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> impl Future<Output = Result<(Response<Incoming>, Pooled), SendError>> + Send + 'static {
+    async move {
+        // A pooled connection the upstream closed while idle fails before the
+        // request is written; that request goes out again on a fresh connection.
+        while let Some(mut conn) = take_idle(addr) {
+            if !conn.ready().await {
+                continue;
+            }
+            match conn.exchange(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError { connect: false, source: Box::new(e.into_error()) }),
+                },
+            }
+        }
+        // Boxed: connecting is rare next to reusing, and its future would
+        // otherwise be part of (and copied with) every request's.
+        let mut conn = Box::pin(connect(addr, connect_timeout, idle_timeout)).await?;
         if !conn.ready().await {
-            continue;
+            return Err(SendError { connect: true, source: format!("connection to {addr} closed before the first request").into() });
         }
         match conn.exchange(req).await {
-            Ok(resp) => return Ok((resp, conn)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => req = unsent,
-                None => return Err(SendError { connect: false, source: Box::new(e.into_error()) }),
-            },
+            Ok(resp) => Ok((resp, conn)),
+            Err(e) => Err(SendError { connect: false, source: Box::new(e.into_error()) }),
         }
-    }
-    // Boxed: connecting is rare next to reusing, and its future would
-    // otherwise be part of (and copied with) every request's.
-    let mut conn = Box::pin(connect(addr, connect_timeout, idle_timeout)).await?;
-    if !conn.ready().await {
-        return Err(SendError { connect: true, source: format!("connection to {addr} closed before the first request").into() });
-    }
-    match conn.exchange(req).await {
-        Ok(resp) => Ok((resp, conn)),
-        Err(e) => Err(SendError { connect: false, source: Box::new(e.into_error()) }),
     }
 }
 

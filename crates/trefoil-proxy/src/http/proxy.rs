@@ -4,11 +4,13 @@
 //! telemetry.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::future::{Either, FutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -88,108 +90,113 @@ struct Outcomes {
 }
 
 /// Serves one request; never fails (errors become local replies).
-pub async fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    let snapshot = state.snapshot.load_full();
-    let telemetry = state.telemetry.load_full();
-    let wall_start = telemetry.spans.is_some().then(SystemTime::now);
-    let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener) else {
-        return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
-    };
-    let trace = TraceContext::continue_or_start(req.headers().get(&TRACEPARENT), telemetry.sampling_percent);
+///
+/// Not an `async fn`: its request would be kept twice in the future, once as
+/// the argument and once taken apart (see `send_upstream`).
+pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Incoming>) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
     let (mut parts, incoming) = req.into_parts();
-    // Most requests carry none of the proxy's own headers: one pass over the
-    // names is cheaper than looking each of them up to remove it.
-    let ours = parts.headers.keys().any(|name| name.as_str().starts_with("x-trefoil-"));
-    // A request back from an inline function stands in for its first leg's connection.
-    let conn = if ours { inline::arrive(&state, conn, &mut parts) } else { conn };
-    // Set before routing, so a route's header match can select on the identity.
-    if ours {
-        parts.headers.remove(&PEER_IDENTITY_HEADER);
-    }
-    if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
-        parts.headers.insert(PEER_IDENTITY_HEADER.clone(), v);
-    }
-    let host = request_host(&parts).to_string();
-    // Cheap copies (reference-counted) of what telemetry needs after the request moves on;
-    // the URI only when a log line or a span will be written.
-    let logged = telemetry.access_log.enabled() || wall_start.is_some();
-    let (method, uri, http_version) = (parts.method.clone(), logged.then(|| parts.uri.clone()), parts.version);
-    let mut out = Outcomes { attempt_spans: AttemptSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
+    async move {
+        let started = Instant::now();
+        let snapshot = state.snapshot.load_full();
+        let telemetry = state.telemetry.load_full();
+        let wall_start = telemetry.spans.is_some().then(SystemTime::now);
+        let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener) else {
+            return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
+        };
+        let trace = TraceContext::continue_or_start(parts.headers.get(&TRACEPARENT), telemetry.sampling_percent);
+        // Most requests carry none of the proxy's own headers: one pass over the
+        // names is cheaper than looking each of them up to remove it.
+        let ours = parts.headers.keys().any(|name| name.as_str().starts_with("x-trefoil-"));
+        // A request back from an inline function stands in for its first leg's connection.
+        let conn = if ours { inline::arrive(&state, conn, &mut parts) } else { conn };
+        // Set before routing, so a route's header match can select on the identity.
+        if ours {
+            parts.headers.remove(&PEER_IDENTITY_HEADER);
+        }
+        if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+            parts.headers.insert(PEER_IDENTITY_HEADER.clone(), v);
+        }
+        let host = request_host(&parts).to_string();
+        // Cheap copies (reference-counted) of what telemetry needs after the request moves on;
+        // the URI only when a log line or a span will be written.
+        let logged = telemetry.access_log.enabled() || wall_start.is_some();
+        let (method, uri, http_version) = (parts.method.clone(), logged.then(|| parts.uri.clone()), parts.version);
+        let mut out = Outcomes { attempt_spans: AttemptSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
 
-    let mut response = match handle(&state, listener, &conn, &trace, parts, incoming, &host, &mut out).await {
-        Ok(r) => r,
-        Err(reply) => reply,
-    };
-    response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
+        let mut response = match handle(&state, listener, &conn, &trace, &mut parts, incoming, &host, &mut out).await {
+            Ok(r) => r,
+            Err(reply) => reply,
+        };
+        response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
 
-    let elapsed = started.elapsed();
-    let status = response.status().as_u16();
-    let key = SeriesKey {
-        direction: listener.direction.clone(),
-        route: out.route.unwrap_or_default(),
-        service: out.service.unwrap_or_default(),
-        version: out.version.unwrap_or_default(),
-        cnf: out.cnf.unwrap_or_default(),
-        status_code: status,
-    };
-    state.shared.metrics.record_request(snapshot.version, &key, elapsed);
-    let SeriesKey { route, service, version, cnf, .. } = &key;
-    let path = uri.as_ref().map_or("", |u| u.path());
-    if telemetry.access_log.enabled() {
-        let trace_id = trace.trace_id_hex();
-        let span_id = hex(&trace.span_id);
-        telemetry.access_log.write(&AccessRecord {
-            time: now_rfc3339(),
-            trace_id: &trace_id,
-            span_id: &span_id,
-            direction: &listener.direction,
-            listener: &listener.name,
-            client: conn.client.to_string(),
-            peer_identity: conn.peer_identity.as_deref(),
-            protocol: version_name(http_version),
-            method: method.as_str(),
-            authority: &host,
-            path,
-            status,
-            route,
-            service,
-            version,
-            cnf,
-            upstream: out.upstream.map(|a| a.to_string()),
-            attempts: out.attempts,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            flag: out.flag,
-        });
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        let key = SeriesKey {
+            direction: listener.direction.clone(),
+            route: out.route.unwrap_or_default(),
+            service: out.service.unwrap_or_default(),
+            version: out.version.unwrap_or_default(),
+            cnf: out.cnf.unwrap_or_default(),
+            status_code: status,
+        };
+        state.shared.metrics.record_request(snapshot.version, &key, elapsed);
+        let SeriesKey { route, service, version, cnf, .. } = &key;
+        let path = uri.as_ref().map_or("", |u| u.path());
+        if telemetry.access_log.enabled() {
+            let trace_id = trace.trace_id_hex();
+            let span_id = hex(&trace.span_id);
+            telemetry.access_log.write(&AccessRecord {
+                time: now_rfc3339(),
+                trace_id: &trace_id,
+                span_id: &span_id,
+                direction: &listener.direction,
+                listener: &listener.name,
+                client: conn.client.to_string(),
+                peer_identity: conn.peer_identity.as_deref(),
+                protocol: version_name(http_version),
+                method: method.as_str(),
+                authority: &host,
+                path,
+                status,
+                route,
+                service,
+                version,
+                cnf,
+                upstream: out.upstream.map(|a| a.to_string()),
+                attempts: out.attempts,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                flag: out.flag,
+            });
+        }
+        if let (Some(spans), Some(wall_start), true) = (&telemetry.spans, wall_start, trace.sampled) {
+            spans.send(SpanRecord {
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                parent_span_id: trace.parent_span_id,
+                name: format!("{method} {route}"),
+                start: wall_start,
+                end: wall_start + elapsed,
+                error: status >= 500,
+                attributes: vec![
+                    ("http.request.method", method.to_string()),
+                    ("url.path", path.to_string()),
+                    ("server.address", host.clone()),
+                    ("http.response.status_code", status.to_string()),
+                    ("trefoil.direction", listener.direction.to_string()),
+                    ("trefoil.route", route.to_string()),
+                    ("trefoil.service", service.to_string()),
+                    ("trefoil.version", version.to_string()),
+                    ("trefoil.cnf", cnf.to_string()),
+                    ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
+                    ("trefoil.attempts", out.attempts.to_string()),
+                    ("trefoil.proxy", state.name.clone()),
+                ],
+                extra_attributes: Vec::new(),
+                events: Vec::new(),
+            });
+        }
+        Ok(response)
     }
-    if let (Some(spans), Some(wall_start), true) = (&telemetry.spans, wall_start, trace.sampled) {
-        spans.send(SpanRecord {
-            trace_id: trace.trace_id,
-            span_id: trace.span_id,
-            parent_span_id: trace.parent_span_id,
-            name: format!("{method} {route}"),
-            start: wall_start,
-            end: wall_start + elapsed,
-            error: status >= 500,
-            attributes: vec![
-                ("http.request.method", method.to_string()),
-                ("url.path", path.to_string()),
-                ("server.address", host.clone()),
-                ("http.response.status_code", status.to_string()),
-                ("trefoil.direction", listener.direction.to_string()),
-                ("trefoil.route", route.to_string()),
-                ("trefoil.service", service.to_string()),
-                ("trefoil.version", version.to_string()),
-                ("trefoil.cnf", cnf.to_string()),
-                ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
-                ("trefoil.attempts", out.attempts.to_string()),
-                ("trefoil.proxy", state.name.clone()),
-            ],
-            extra_attributes: Vec::new(),
-            events: Vec::new(),
-        });
-    }
-    Ok(response)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -198,13 +205,13 @@ async fn handle(
     listener: &ListenerConfig,
     conn: &Connection,
     trace: &TraceContext,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     incoming: Incoming,
     host: &str,
     out: &mut Outcomes,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     // Phase: route.
-    let Some((route, rule)) = find_route(listener, host, &parts) else {
+    let Some((route, rule)) = find_route(listener, host, parts) else {
         out.flag = "no_route";
         return Err(local_reply(StatusCode::NOT_FOUND, "no_route", format!("no route for {host}{}\n", parts.uri.path())));
     };
@@ -257,8 +264,8 @@ async fn handle(
         let trace_id = trace.trace_id_hex();
         let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered(), handler_runs.clone().unwrap_or_default());
         let next = Box::pin(async {
-            match chain.run_request(state, &mut parts, &facts).await {
-                Ok(Next::Inline(step)) => inline::forward(state, chain, step, &mut parts, &mut req_body, &facts).await,
+            match chain.run_request(state, parts, &facts).await {
+                Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, &mut req_body, &facts).await,
                 Ok(Next::Upstream) => Ok(None),
                 Err(stopped) => Err(stopped),
             }
@@ -277,7 +284,7 @@ async fn handle(
 
     // The response phase asks about the request as the chain left it.
     let response_chain = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, parts.clone()));
-    prepare_upstream_headers(&mut parts, conn, trace, host);
+    prepare_upstream_headers(parts, conn, trace, host);
     if let Some(edits) = &rule.request_headers {
         edits.apply(&mut parts.headers);
     }
@@ -291,7 +298,7 @@ async fn handle(
     // Phase: mirror (fire and forget).
     if let Some((mirror, percent)) = &rule.mirror {
         if mirror_chance(*percent) {
-            spawn_mirror(state, mirror.clone(), &parts, req_body.buffered(), host);
+            spawn_mirror(state, mirror.clone(), parts, req_body.buffered(), host);
         }
     }
 
@@ -372,7 +379,7 @@ async fn attempt_loop(
     route: &CompiledRoute,
     rule: &CompiledRule,
     cluster: &Arc<Cluster>,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     req_body: &mut RequestBody,
     out: &mut Outcomes,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
@@ -436,7 +443,7 @@ async fn attempt_loop(
         };
         // The last possible attempt takes the headers; earlier ones copy them for a retry.
         let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-        let upstream_req = match build_upstream_request(&parts, headers, service, &endpoint, body) {
+        let upstream_req = match build_upstream_request(parts, headers, service, &endpoint, body) {
             Ok(r) => r,
             Err(_) => {
                 out.flag = "bad_request";
@@ -517,15 +524,20 @@ async fn attempt_loop(
 
 /// Sends one attempt: plain HTTP/1 through this worker's own connection
 /// pool, anything else (TLS, HTTP/2) through the general pooled client.
-pub(crate) async fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
+///
+/// Not an `async fn`: that would wrap the chosen future in one more state
+/// machine holding a second copy of the request, and every request's future
+/// is moved whole several times.
+pub(crate) fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> impl Future<Output = Result<(Response<Incoming>, Option<Pooled>), SendError>> + Send + 'static {
     if service.worker_pooled {
-        let (resp, pooled) = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get()).await?;
-        return Ok((resp, Some(pooled)));
+        let sent = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get());
+        return Either::Left(sent.map(|sent| sent.map(|(resp, pooled)| (resp, Some(pooled)))));
     }
-    match service.client.current().request(req).await {
+    let sent = service.client.current().request(req);
+    Either::Right(sent.map(|sent| match sent {
         Ok(resp) => Ok((resp, None)),
         Err(e) => Err(SendError { connect: e.is_connect(), source: Box::new(e) }),
-    }
+    }))
 }
 
 fn may_retry(rule: &CompiledRule, failure: AttemptFailure, attempt: u32, max: u32, body: &RequestBody) -> bool {
