@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod balancer;
+mod coarse_timer;
 pub mod control_client;
 pub mod endpoint;
 pub mod h1_pool;

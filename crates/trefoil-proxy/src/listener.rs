@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use trefoil_model::spec::ListenerProtocol;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::http::proxy::{self, Connection};
 use crate::listener_set::Balance;
 use crate::snapshot::ListenerConfig;
@@ -29,6 +30,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `auto` waits for a client to speak before treating the stream as
 /// opaque TCP (server-first protocols never speak first).
 const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a client may take to send a request's head, and so how long a
+/// kept-alive HTTP/1 connection may sit idle (counted by `CoarseTimer`: up
+/// to a second more).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds a listener's address with the options a proxy wants. With
@@ -189,7 +193,7 @@ where
             let service = hyper::service::service_fn(move |req| proxy::serve(state.clone(), conn.clone(), req));
             let mut builder = http1::Builder::new();
             // One buffer, one `write` per response: see `h1_pool::connect`.
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).writev(false);
+            builder.timer(CoarseTimer).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).writev(false);
             drive(builder.serve_connection(io, service), watcher).await
         }
         Wire::Http2 => {
