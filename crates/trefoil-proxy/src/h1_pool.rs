@@ -15,7 +15,9 @@ use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -42,7 +44,45 @@ pub struct Pooled {
     driver: Option<Driver>,
     /// How long it may wait unused in the pool (the service's `idleTimeout`).
     idle_timeout: Duration,
+    /// What the driver, and what it completes, wake while a request drives it.
+    wake: Arc<DriverWake>,
+    /// The task waker `wake` forwards to, to notice when it changes.
+    task: Option<Waker>,
 }
+
+/// Wakes the task that drives a connection, except while that task is
+/// inside the connection (driving it, or polling the response or body it
+/// feeds). A wake then only means "drive it again", which the task does at
+/// once, instead of being rescheduled: hyper's body channel wakes the
+/// sending side every time a chunk is taken, and the sending side is this
+/// same task, so every response cost one more poll of the whole connection.
+#[derive(Default)]
+struct DriverWake {
+    task: Mutex<Option<Waker>>,
+    inside: AtomicBool,
+    held: AtomicBool,
+}
+
+impl Wake for DriverWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.inside.load(Ordering::Acquire) {
+            self.held.store(true, Ordering::Release);
+            return;
+        }
+        if let Some(task) = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// Passes over a connection per poll before a held wake goes to the
+/// scheduler after all: a resource out of its cooperative budget wakes its
+/// task at once, and looping on that would never end.
+const INSIDE_PASSES: usize = 3;
 
 struct Idle {
     conn: Pooled,
@@ -56,7 +96,7 @@ impl Idle {
         if self.since.elapsed() >= self.conn.idle_timeout {
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(Waker::noop());
         self.conn.poll_driver(&mut cx);
         self.conn.driver.is_some() && !self.conn.sender.is_closed()
     }
@@ -79,6 +119,31 @@ impl Pooled {
                 self.driver = None;
             }
         }
+    }
+
+    /// Drives the connection and polls what it feeds with `poll`, holding
+    /// the wakes that happen meanwhile (see `DriverWake`). Polls again while
+    /// wakes came and nothing is ready, so no wake is lost: one that comes
+    /// with a ready result is the connection asking to be driven further,
+    /// which the next poll of its response or body does.
+    pub fn poll_inside<T>(&mut self, cx: &mut Context<'_>, mut poll: impl FnMut(&mut Self, &mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            *self.wake.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(cx.waker().clone());
+            self.task = Some(cx.waker().clone());
+        }
+        let waker = Waker::from(self.wake.clone());
+        let mut inside = Context::from_waker(&waker);
+        for _ in 0..INSIDE_PASSES {
+            self.wake.held.store(false, Ordering::Relaxed);
+            self.wake.inside.store(true, Ordering::Release);
+            let polled = poll(self, &mut inside);
+            self.wake.inside.store(false, Ordering::Release);
+            if polled.is_ready() || !self.wake.held.swap(false, Ordering::AcqRel) {
+                return polled;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Returns the connection to this thread's pool; call it once the
@@ -125,8 +190,10 @@ impl Pooled {
                 // The driver writes the request and reads the answer; then the
                 // response future sees it. If the connection ends, the response
                 // future resolves with the error.
-                self.poll_driver(cx);
-                response.as_mut().poll(cx)
+                self.poll_inside(cx, |conn, inside| {
+                    conn.poll_driver(inside);
+                    response.as_mut().poll(inside)
+                })
             })
             .await
         }
@@ -193,7 +260,7 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
     // Head and body in one buffer, one `write`: measured cheaper than
     // `writev` for the small messages proxies mostly carry.
     let (sender, driver) = http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
-    Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)), idle_timeout })
+    Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)), idle_timeout, wake: Arc::default(), task: None })
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one.
@@ -266,6 +333,56 @@ mod tests {
         assert_eq!(&body[..], b"ok");
         pooled.release();
         status
+    }
+
+    /// Counts the times the task was woken.
+    struct CountingWake(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn wakes_inside_a_connection_are_polled_again_not_lost() {
+        let addr = upstream(Duration::from_secs(60)).await;
+        let mut conn = connect(addr, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
+        let woken = Arc::new(CountingWake(Default::default()));
+        let task = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&task);
+
+        // Woken once from inside, then ready: polled again at once, and the
+        // task is not rescheduled for it.
+        let mut passes = 0;
+        let polled = conn.poll_inside(&mut cx, |_, inside| {
+            passes += 1;
+            if passes == 1 {
+                inside.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        });
+        assert_eq!((polled, passes, woken.0.load(Ordering::Relaxed)), (Poll::Ready(()), 2, 0));
+
+        // Woken on every pass (a resource out of its cooperative budget does
+        // that): a bounded number of passes, then the wake goes to the task.
+        let mut passes = 0;
+        let polled = conn.poll_inside(&mut cx, |_, inside| {
+            passes += 1;
+            inside.waker().wake_by_ref();
+            Poll::<()>::Pending
+        });
+        assert_eq!((polled, passes, woken.0.load(Ordering::Relaxed)), (Poll::Pending, INSIDE_PASSES, 1));
+
+        // A wake from outside (the upstream's bytes arriving) reaches the task.
+        let mut registered = None;
+        let _ = conn.poll_inside(&mut cx, |_, inside| {
+            registered = Some(inside.waker().clone());
+            Poll::<()>::Pending
+        });
+        registered.unwrap().wake();
+        assert_eq!(woken.0.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

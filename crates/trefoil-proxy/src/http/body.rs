@@ -155,12 +155,15 @@ impl<G> Body for Guarded<G> {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         // The upstream connection has no task of its own: reading the body drives it.
-        if let Some(pooled) = this.pooled.as_mut() {
-            pooled.poll_driver(cx);
-        }
-        let polled = this.inner.poll_frame(cx);
+        let polled = match this.pooled.as_mut() {
+            Some(pooled) => pooled.poll_inside(cx, |conn, inside| {
+                conn.poll_driver(inside);
+                this.inner.as_mut().poll_frame(inside)
+            }),
+            None => this.inner.poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(None) => {
                 this.guard.take();
