@@ -23,7 +23,8 @@ use crate::http::proxy::local_reply;
 use crate::http::route_match::RequestMatcher;
 use crate::snapshot::Cluster;
 use crate::state::ProxyState;
-use crate::telemetry::chain_span::{StepOutcome, StepSpans};
+use crate::telemetry::chain_span::StepOutcome;
+use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{ChainLabels, Label};
 use crate::upstream::ProxyBody;
 
@@ -77,7 +78,7 @@ pub struct RequestFacts<'a> {
     /// The buffered body, when the chain asked for it.
     pub body: Option<Bytes>,
     /// Where each step's span goes, when the request is traced.
-    pub spans: Option<StepSpans>,
+    pub spans: Option<HopSpans>,
     /// Handler runs of the request so far, both phases and its taps:
     /// `runsPerRequest` bounds them all.
     pub runs: RunCount,
@@ -211,10 +212,10 @@ impl Chain {
     /// span. `Ok(None)`: the function failed and its policy lets the
     /// request go on; `Err`: it failed closed.
     async fn ask(&self, state: &ProxyState, function: &Function, call: &Call<'_>, facts: &RequestFacts<'_>, phase: &'static str) -> Result<Option<Verdict>, Stopped> {
-        let started = facts.spans.as_ref().map(StepSpans::start);
+        let started = facts.spans.as_ref().map(HopSpans::start_step);
         let outcome = tokio::time::timeout(function.timeout, callout::call(function, call, scheme(facts.tls), facts.protocol)).await;
         if let (Some(spans), Some(started)) = (&facts.spans, started) {
-            spans.finish(started, &self.cnf, &function.name, "callout", phase, step_outcome(&outcome));
+            spans.finish_step(started, &self.cnf, &function.name, "callout", phase, step_outcome(&outcome));
         }
         match outcome {
             Ok(Ok(verdict)) => {
@@ -262,10 +263,10 @@ impl Chain {
         let phase = if call.response.is_some() { "response" } else { "request" };
         tokio::spawn(async move {
             let call_ref = call.as_call();
-            let started = spans.as_ref().map(StepSpans::start);
+            let started = spans.as_ref().map(HopSpans::start_step);
             let outcome = tokio::time::timeout(function.timeout, callout::call(&function, &call_ref, scheme, protocol)).await;
             if let (Some(spans), Some(started)) = (&spans, started) {
-                spans.finish(started, &cnf, &function.name, "tap", phase, step_outcome(&outcome));
+                spans.finish_step(started, &cnf, &function.name, "tap", phase, step_outcome(&outcome));
             }
             let verdict = match outcome {
                 Ok(Ok(verdict)) => {

@@ -18,7 +18,8 @@ use crate::http::callout;
 use crate::http::chain::{call_for, scheme, Chain, Function, OwnedCall, RequestFacts, Stopped};
 use crate::http::proxy::local_reply;
 use crate::state::ProxyState;
-use crate::telemetry::chain_span::{HandlerRun, StepSpans};
+use crate::telemetry::chain_span::HandlerRun;
+use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{label, ChainLabels, HandlerLabels, Label};
 
 /// A CNF's handlers and the functions they may call (every NetworkFunction of the snapshot).
@@ -91,7 +92,7 @@ pub(crate) struct Runner<'a> {
     pub(crate) function: Option<&'a Function>,
     pub(crate) scheme: &'static str,
     pub(crate) protocol: &'static str,
-    pub(crate) spans: Option<&'a StepSpans>,
+    pub(crate) spans: Option<&'a HopSpans>,
     pub(crate) runs: &'a RunCount,
     /// The verdict that carried the events: `allow`, `deny` or `tap`, on the
     /// runs' spans (`published` for events published outside verdicts).
@@ -129,7 +130,7 @@ impl<'a> Runner<'a> {
             let call = Arc::new(request.clone());
             let caller = Arc::new(ProxyCaller { state: self.state.clone(), functions: self.h.functions.clone(), call, scheme: self.scheme, protocol: self.protocol });
             let input = RunInput { cnf: self.cnf.to_string(), trace_id: trace_id.clone(), event, request: view };
-            let started = self.spans.map(StepSpans::start);
+            let started = self.spans.map(HopSpans::start_step);
             let outcome = handlers::run(handler, &self.h.handlers.limits, input, caller).await;
             let result = match &outcome {
                 Ok(fx) if fx.deny.is_some() => "deny",

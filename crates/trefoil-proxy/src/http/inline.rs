@@ -19,7 +19,8 @@ use crate::http::body::{Guarded, RequestBody};
 use crate::http::chain::{scheme, Chain, Next, RequestFacts, Stopped, CNF_HEADER};
 use crate::http::proxy::{build_upstream_request, local_reply, send_upstream, strip_hop_by_hop, Connection, PEER_IDENTITY_HEADER};
 use crate::state::ProxyState;
-use crate::telemetry::chain_span::{StepOutcome, StepSpans};
+use crate::telemetry::chain_span::StepOutcome;
+use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::Label;
 use crate::upstream::{BoxError, ProxyBody};
 
@@ -263,13 +264,13 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
         let reply = local_reply(StatusCode::LOOP_DETECTED, "chain_loop", format!("request went through inline functions {hops} times\n"));
         return Err(Stopped { reply, flag: "chain_loop" });
     }
-    let started = facts.spans.as_ref().map(StepSpans::start);
+    let started = facts.spans.as_ref().map(HopSpans::start_step);
     let (result, came_back) = send(state, chain, step, parts, body, facts, hops + 1).await;
     let spans = facts.spans.as_ref().zip(started);
     match result {
         Ok(response) => {
             if let Some((spans, started)) = spans {
-                spans.finish(started, &chain.cnf, &function.name, "inline", "request", StepOutcome::Inlined(response.status().as_u16()));
+                spans.finish_step(started, &chain.cnf, &function.name, "inline", "request", StepOutcome::Inlined(response.status().as_u16()));
             }
             chain.count(state, function, "inlined");
             Ok(Some(response))
@@ -277,7 +278,7 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
         Err(e) => {
             if let Some((spans, started)) = spans {
                 let outcome = if matches!(e, HopError::TimedOut) { StepOutcome::TimedOut } else { StepOutcome::Failed(e.to_string()) };
-                spans.finish(started, &chain.cnf, &function.name, "inline", "request", outcome);
+                spans.finish_step(started, &chain.cnf, &function.name, "inline", "request", outcome);
             }
             tracing::warn!(cnf = %chain.cnf, function = %function.name, trace_id = facts.trace_id, error = %e, came_back, "inline network function failed");
             if came_back {

@@ -27,8 +27,8 @@ use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
-use crate::telemetry::attempt_span::{self, AttemptSpans};
-use crate::telemetry::chain_span::StepSpans;
+use crate::telemetry::attempt_span;
+use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, SeriesKey, ServiceLabels};
 use crate::telemetry::otlp::SpanRecord;
 use crate::telemetry::trace_context::{hex, TraceContext};
@@ -85,8 +85,9 @@ struct Outcomes {
     flag: &'static str,
     /// The CNF whose chain the request went through.
     cnf: Option<Label>,
-    /// Where upstream attempts' spans go, when the request is traced.
-    attempt_spans: Option<AttemptSpans>,
+    /// Where the spans of the chain's steps and the upstream attempts go,
+    /// when the request is traced.
+    spans: Option<HopSpans>,
 }
 
 /// Serves one request; never fails (errors become local replies).
@@ -121,7 +122,7 @@ pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Incomin
         // the URI only when a log line or a span will be written.
         let logged = telemetry.access_log.enabled() || wall_start.is_some();
         let (method, uri, http_version) = (parts.method.clone(), logged.then(|| parts.uri.clone()), parts.version);
-        let mut out = Outcomes { attempt_spans: AttemptSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
+        let mut out = Outcomes { spans: HopSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
 
         let mut response = match handle(&state, listener, &conn, &trace, &mut parts, incoming, &host, &mut out).await {
             Ok(r) => r,
@@ -262,7 +263,7 @@ async fn handle(
     // Phase: chain (the rule's CNF), on the request as the client sent it.
     if let Some(chain) = &rule.chain {
         let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, parts.version, req_body.buffered(), handler_runs.clone().unwrap_or_default());
+        let facts = chain_facts(listener, conn, trace, out.spans.clone(), host, &trace_id, parts.version, req_body.buffered(), handler_runs.clone().unwrap_or_default());
         let next = Box::pin(async {
             match chain.run_request(state, parts, &facts).await {
                 Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, &mut req_body, &facts).await,
@@ -320,7 +321,7 @@ async fn handle(
     // Phase: response chain (the rule's CNF), on the response as the upstream sent it.
     if let Some((chain, request)) = response_chain {
         let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(state, listener, conn, trace, host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
+        let facts = chain_facts(listener, conn, trace, out.spans.clone(), host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
         response = match Box::pin(chain.run_response(state, &request, response, &facts)).await {
             Ok(r) => r,
             Err(stopped) => {
@@ -339,7 +340,7 @@ async fn handle(
 
 /// What the chain's functions are told besides the request's head.
 #[allow(clippy::too_many_arguments)]
-fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>, runs: RunCount) -> RequestFacts<'a> {
+fn chain_facts<'a>(listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, spans: Option<HopSpans>, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>, runs: RunCount) -> RequestFacts<'a> {
     RequestFacts {
         host,
         client: conn.client,
@@ -348,7 +349,7 @@ fn chain_facts<'a>(state: &ProxyState, listener: &ListenerConfig, conn: &Connect
         tls: conn.tls,
         protocol: version_name(version),
         body,
-        spans: StepSpans::new(state.telemetry.load().spans.as_ref(), trace, &state.name),
+        spans,
         traceparent: trace.traceparent(),
         runs,
     }
@@ -451,7 +452,7 @@ async fn attempt_loop(
             }
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
-        let span = out.attempt_spans.as_ref().map(|s| s.start(attempt, endpoint.addr, &service.name, &endpoint.version));
+        let span = out.spans.as_ref().map(|s| s.start_attempt(attempt, endpoint.addr, &service.name, &endpoint.version));
         let sent = send_upstream(service, &endpoint, upstream_req);
         let result = match per_try {
             // Boxed so that requests without a per-try timeout do not carry its timer.

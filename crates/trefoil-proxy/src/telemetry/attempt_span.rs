@@ -7,24 +7,14 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::http::retry::AttemptFailure;
-use crate::telemetry::otlp::{SpanRecord, SpanSink};
-use crate::telemetry::trace_context::{random_bytes, TraceContext};
-
-/// Where a request's attempt spans go; present only when its trace is sampled and exported.
-#[derive(Clone, Debug)]
-pub struct AttemptSpans {
-    sink: SpanSink,
-    trace_id: [u8; 16],
-    /// The hop's span: every attempt is its child.
-    parent: [u8; 8],
-    proxy: String,
-}
+use crate::telemetry::hop_spans::HopSpans;
+use crate::telemetry::otlp::SpanRecord;
 
 /// An attempt under way: what it is sent to and when it started. Dropped
 /// unfinished (the rule's timeout cancelled the attempts), it is sent as
 /// failed with `cancelled`.
 pub struct AttemptSpan {
-    spans: AttemptSpans,
+    spans: HopSpans,
     sent: bool,
     number: u32,
     upstream: SocketAddr,
@@ -36,14 +26,9 @@ pub struct AttemptSpan {
 /// How an attempt ended: the upstream's status, or why there was none.
 pub type AttemptEnd = Result<u16, AttemptFailure>;
 
-impl AttemptSpans {
-    pub fn new(sink: Option<&SpanSink>, trace: &TraceContext, proxy: &str) -> Option<Self> {
-        let sink = sink.filter(|_| trace.sampled)?.clone();
-        Some(AttemptSpans { sink, trace_id: trace.trace_id, parent: trace.span_id, proxy: proxy.to_string() })
-    }
-
+impl HopSpans {
     /// Starts attempt `number` (1 for the first) at `upstream`.
-    pub fn start(&self, number: u32, upstream: SocketAddr, service: &str, version: &str) -> AttemptSpan {
+    pub fn start_attempt(&self, number: u32, upstream: SocketAddr, service: &str, version: &str) -> AttemptSpan {
         AttemptSpan { spans: self.clone(), sent: false, number, upstream, service: service.to_string(), version: version.to_string(), start: SystemTime::now() }
     }
 }
@@ -67,7 +52,7 @@ impl AttemptSpan {
             ("trefoil.service", self.service.clone()),
             ("trefoil.version", self.version.clone()),
             ("trefoil.retry", retrying.to_string()),
-            ("trefoil.proxy", self.spans.proxy.clone()),
+            ("trefoil.proxy", self.spans.proxy().to_string()),
         ];
         if let Some(status) = status {
             attributes.push(("trefoil.attempt.status", status.to_string()));
@@ -76,19 +61,8 @@ impl AttemptSpan {
             attributes.push(("trefoil.attempt.failure", failure.to_string()));
         }
         let failed = failure.is_some() || status.is_some_and(|s| s >= 500);
-        let spans = &self.spans;
-        spans.sink.send(SpanRecord {
-            trace_id: spans.trace_id,
-            span_id: random_bytes(),
-            parent_span_id: Some(spans.parent),
-            name: format!("attempt {}", self.number),
-            start: self.start,
-            end: SystemTime::now(),
-            error: failed,
-            attributes,
-            extra_attributes: Vec::new(),
-            events: Vec::new(),
-        });
+        let span = self.spans.child(format!("attempt {}", self.number), self.start);
+        self.spans.send(SpanRecord { end: SystemTime::now(), error: failed, attributes, ..span });
     }
 }
 

@@ -8,19 +8,9 @@ use std::time::SystemTime;
 
 use trefoil_chain::{Event, Verdict};
 
-use crate::telemetry::otlp::{SpanEventRecord, SpanRecord, SpanSink};
-use crate::telemetry::trace_context::{random_bytes, TraceContext};
-
-/// Where a request's chain-step spans go; present only when the request's
-/// trace is sampled and exported.
-#[derive(Clone, Debug)]
-pub struct StepSpans {
-    sink: SpanSink,
-    trace_id: [u8; 16],
-    /// The hop's span: every step is its child.
-    parent: [u8; 8],
-    proxy: String,
-}
+use crate::telemetry::hop_spans::HopSpans;
+use crate::telemetry::otlp::{SpanEventRecord, SpanRecord};
+use crate::telemetry::trace_context::random_bytes;
 
 /// A step under way.
 #[derive(Clone, Copy, Debug)]
@@ -37,20 +27,15 @@ pub enum StepOutcome<'a> {
     TimedOut,
 }
 
-impl StepSpans {
-    pub fn new(sink: Option<&SpanSink>, trace: &TraceContext, proxy: &str) -> Option<Self> {
-        let sink = sink.filter(|_| trace.sampled)?.clone();
-        Some(StepSpans { sink, trace_id: trace.trace_id, parent: trace.span_id, proxy: proxy.to_string() })
-    }
-
-    pub fn start(&self) -> StepStart {
+impl HopSpans {
+    pub fn start_step(&self) -> StepStart {
         StepStart { at: SystemTime::now() }
     }
 
     /// Sends the step's span: `chain <function>` (`chain <function> response`
     /// on the response phase), with the CNF, function, mode, phase and
     /// verdict as attributes and the function's events as span events.
-    pub fn finish(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, phase: &'static str, outcome: StepOutcome<'_>) {
+    pub fn finish_step(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, phase: &'static str, outcome: StepOutcome<'_>) {
         let end = SystemTime::now();
         let inlined_status = if let StepOutcome::Inlined(s) = outcome { Some(s) } else { None };
         let (verdict, error, status, events) = match outcome {
@@ -66,7 +51,7 @@ impl StepSpans {
             ("trefoil.step.mode", mode.to_string()),
             ("trefoil.step.phase", phase.to_string()),
             ("trefoil.verdict", verdict.to_string()),
-            ("trefoil.proxy", self.proxy.clone()),
+            ("trefoil.proxy", self.proxy().to_string()),
         ];
         if !status.is_empty() {
             attributes.push(("trefoil.deny.status", status));
@@ -79,19 +64,10 @@ impl StepSpans {
             attributes.push(("error.message", e));
         }
         let events = span_events(events, end);
-        self.sink.send(SpanRecord {
-            trace_id: self.trace_id,
-            span_id: random_bytes(),
-            parent_span_id: Some(self.parent),
-            name: if phase == "response" { format!("chain {function} response") } else { format!("chain {function}") },
-            start: started.at,
-            end,
-            // A deny is the function doing its job; only a missing answer is an error.
-            error: failed,
-            attributes,
-            extra_attributes: Vec::new(),
-            events,
-        });
+        let name = if phase == "response" { format!("chain {function} response") } else { format!("chain {function}") };
+        let span = self.child(name, started.at);
+        // A deny is the function doing its job; only a missing answer is an error.
+        self.send(SpanRecord { end, error: failed, attributes, events, ..span });
     }
 
     /// Sends a handler run's span: `handler <event>`, with the CNF, event,
@@ -103,7 +79,7 @@ impl StepSpans {
             ("trefoil.event", run.event.to_string()),
             ("trefoil.handler.on", run.on.to_string()),
             ("trefoil.handler.result", run.result.to_string()),
-            ("trefoil.proxy", self.proxy.clone()),
+            ("trefoil.proxy", self.proxy().to_string()),
         ];
         let failed = run.error.is_some();
         if let Some(e) = run.error {
@@ -118,19 +94,9 @@ impl StepSpans {
                 tags.push((format!("{TAG_PREFIX}{key}"), value.clone()));
             }
         }
-        self.sink.send(SpanRecord {
-            trace_id: self.trace_id,
-            span_id: random_bytes(),
-            parent_span_id: Some(self.parent),
-            name: format!("handler {}", run.event),
-            start: started.at,
-            end: SystemTime::now(),
-            // As with steps, a deny is the handler doing its job.
-            error: failed,
-            attributes,
-            extra_attributes: tags,
-            events: Vec::new(),
-        });
+        let span = self.child(format!("handler {}", run.event), started.at);
+        // As with steps, a deny is the handler doing its job.
+        self.send(SpanRecord { end: SystemTime::now(), error: failed, attributes, extra_attributes: tags, ..span });
     }
 }
 
