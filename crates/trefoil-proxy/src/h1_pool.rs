@@ -3,86 +3,54 @@
 //!
 //! A worker owns its pool outright (a thread-local): checkout and return are
 //! a `Vec` pop and push, with no lock. A connection is not a task of its own:
-//! the request task that holds it polls it while waiting for the response
-//! head, and the response body polls it while streaming. A proxied request so
+//! the request's task writes the request and reads the response head, and
+//! the response body, which owns the connection meanwhile, reads the rest
+//! and returns the connection to the pool at its end. A proxied request so
 //! lives in one task from the client's bytes to the upstream's and back, with
-//! no hand-over between tasks. TLS and HTTP/2 upstreams go through the
-//! general client instead.
+//! no hand-over between tasks. The bytes are `h1_codec`'s; TLS and HTTP/2
+//! upstreams go through the general client instead.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasherDefault;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::client::conn::TrySendError;
-use hyper_util::rt::TokioIo;
+use http_body::{Body, Frame, SizeHint};
 use rustc_hash::FxHasher;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::h1_codec::{self, Decoded, Decoder, HeaderSpan, ParseError, RequestFraming};
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Idle connections kept per endpoint per worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// Read buffer room per read; a response larger than this arrives in several.
+const READ_CHUNK: usize = 16 * 1024;
+/// Request body bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
 
-type Driver = Pin<Box<Connection<TokioIo<TcpStream>, ProxyBody>>>;
-
-/// One upstream connection: the handle requests are sent on, and the
-/// state machine that moves their bytes.
+/// One upstream connection and its buffers, kept with it across requests.
 pub struct Pooled {
     addr: SocketAddr,
-    sender: SendRequest<ProxyBody>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
+    stream: TcpStream,
+    /// Bytes read from the upstream and not yet taken apart.
+    read: BytesMut,
+    /// Bytes to write, from `written` on.
+    write: Vec<u8>,
+    written: usize,
+    /// Scratch space for parsing response heads.
+    spans: Vec<HeaderSpan>,
     /// How long it may wait unused in the pool (the service's `idleTimeout`).
     idle_timeout: Duration,
-    /// What the driver, and what it completes, wake while a request drives it.
-    wake: Arc<DriverWake>,
-    /// The task waker `wake` forwards to, to notice when it changes.
-    task: Option<Waker>,
 }
-
-/// Wakes the task that drives a connection, except while that task is
-/// inside the connection (driving it, or polling the response or body it
-/// feeds). A wake then only means "drive it again", which the task does at
-/// once, instead of being rescheduled: hyper's body channel wakes the
-/// sending side every time a chunk is taken, and the sending side is this
-/// same task, so every response cost one more poll of the whole connection.
-#[derive(Default)]
-struct DriverWake {
-    task: Mutex<Option<Waker>>,
-    inside: AtomicBool,
-    held: AtomicBool,
-}
-
-impl Wake for DriverWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.inside.load(Ordering::Acquire) {
-            self.held.store(true, Ordering::Release);
-            return;
-        }
-        if let Some(task) = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
-            task.wake_by_ref();
-        }
-    }
-}
-
-/// Passes over a connection per poll before a held wake goes to the
-/// scheduler after all: a resource out of its cooperative budget wakes its
-/// task at once, and looping on that would never end.
-const INSIDE_PASSES: usize = 3;
 
 struct Idle {
     conn: Pooled,
@@ -90,15 +58,16 @@ struct Idle {
 }
 
 impl Idle {
-    /// Whether the connection is still worth keeping: not closed by the
-    /// upstream (polling its driver notices a close) and not idle too long.
+    /// Whether the connection is still worth keeping: not idle too long,
+    /// and nothing arrived on it while idle. A close arrives as a readable
+    /// end of stream; tokio knows whether the socket became readable, so
+    /// asking costs no system call when nothing did.
     fn is_usable(&mut self) -> bool {
         if self.since.elapsed() >= self.conn.idle_timeout {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        self.conn.poll_driver(&mut cx);
-        self.conn.driver.is_some() && !self.conn.sender.is_closed()
+        self.conn.poll_fill(&mut cx).is_pending()
     }
 }
 
@@ -109,49 +78,31 @@ thread_local! {
 }
 
 impl Pooled {
-    /// Moves the connection's bytes as far as they go now; registers `cx` for more.
-    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = self.driver.as_mut() {
-            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(upstream = %self.addr, error = %e, "upstream connection ended with an error");
-                }
-                self.driver = None;
-            }
+    /// Reads what the socket has into the read buffer; `Ready(Ok(0))` is the upstream's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
         }
+        std::pin::pin!(self.stream.read_buf(&mut self.read)).poll(cx)
     }
 
-    /// Drives the connection and polls what it feeds with `poll`, holding
-    /// the wakes that happen meanwhile (see `DriverWake`). Polls again while
-    /// wakes came and nothing is ready, so no wake is lost: one that comes
-    /// with a ready result is the connection asking to be driven further,
-    /// which the next poll of its response or body does.
-    pub fn poll_inside<T>(&mut self, cx: &mut Context<'_>, mut poll: impl FnMut(&mut Self, &mut Context<'_>) -> Poll<T>) -> Poll<T> {
-        if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-            *self.wake.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(cx.waker().clone());
-            self.task = Some(cx.waker().clone());
-        }
-        let waker = Waker::from(self.wake.clone());
-        let mut inside = Context::from_waker(&waker);
-        for _ in 0..INSIDE_PASSES {
-            self.wake.held.store(false, Ordering::Relaxed);
-            self.wake.inside.store(true, Ordering::Release);
-            let polled = poll(self, &mut inside);
-            self.wake.inside.store(false, Ordering::Release);
-            if polled.is_ready() || !self.wake.held.swap(false, Ordering::AcqRel) {
-                return polled;
+    /// Writes the pending bytes; `Ready(Ok)` once all are written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.write.len() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.written += n;
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        self.write.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
     }
 
-    /// Returns the connection to this thread's pool; call it once the
-    /// response has been read to the end.
-    pub fn release(self) {
-        if self.driver.is_none() || self.sender.is_closed() {
-            return;
-        }
+    /// Returns the connection to this thread's pool; only for a connection
+    /// whose last response was read to its end with nothing after it.
+    fn release(self) {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let list = idle.entry(self.addr).or_default();
@@ -160,43 +111,81 @@ impl Pooled {
             }
         });
     }
+}
 
-    /// Drives the connection until it can take a request; false if it ended.
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            // A pooled connection was just driven by its checkout and is
-            // mostly ready already; driving it again would cost a full pass
-            // of its state machine for nothing.
-            if let Poll::Ready(result) = self.sender.poll_ready(cx) {
-                return Poll::Ready(result.is_ok());
-            }
-            self.poll_driver(cx);
-            if self.driver.is_none() {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
+/// A request body on its way out: frames taken from `body`, framed, written.
+struct Upload {
+    /// `None` once it has ended.
+    body: Option<ProxyBody>,
+    framing: RequestFraming,
+    /// Data bytes still owed under a content-length.
+    owed: u64,
+}
+
+impl Upload {
+    fn new(body: ProxyBody, framing: RequestFraming) -> Self {
+        let owed = if let RequestFraming::Length(n) = framing { n } else { 0 };
+        Upload { body: Some(body), framing, owed }
     }
 
-    /// Sends `req` and drives the connection until the response head arrives.
-    fn exchange(&mut self, req: Request<ProxyBody>) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>> + '_ {
-        // Handed over before the future is made, so that it holds the
-        // request once (inside hyper's future), not twice.
-        let response = self.sender.try_send_request(req);
-        async move {
-            let mut response = std::pin::pin!(response);
-            std::future::poll_fn(|cx| {
-                // The driver writes the request and reads the answer; then the
-                // response future sees it. If the connection ends, the response
-                // future resolves with the error.
-                self.poll_inside(cx, |conn, inside| {
-                    conn.poll_driver(inside);
-                    response.as_mut().poll(inside)
-                })
-            })
-            .await
+    /// Moves body bytes to the upstream; `Ready(Ok)` once all are written.
+    fn poll(&mut self, cx: &mut Context<'_>, conn: &mut Pooled) -> Poll<Result<(), BoxError>> {
+        loop {
+            // Gather what the body has ready, then write it in one go.
+            let mut waiting = false;
+            while let Some(body) = self.body.as_mut() {
+                if conn.write.len() - conn.written >= WRITE_BATCH {
+                    break;
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => self.frame_data(&data, &mut conn.write)?,
+                        Err(frame) => {
+                            if let (Ok(trailers), RequestFraming::Chunked) = (frame.into_trailers(), self.framing) {
+                                h1_codec::encode_last_chunk(Some(&trailers), &mut conn.write);
+                                self.framing = RequestFraming::Empty;
+                            }
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => {
+                        match self.framing {
+                            RequestFraming::Chunked => h1_codec::encode_last_chunk(None, &mut conn.write),
+                            RequestFraming::Length(_) if self.owed > 0 => return Poll::Ready(Err("request body shorter than its content-length".into())),
+                            _ => {}
+                        }
+                        self.body = None;
+                    }
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
+                    }
+                }
+            }
+            let flushed = conn.poll_flush(cx)?;
+            if flushed.is_pending() {
+                return Poll::Pending;
+            }
+            if self.body.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+            if waiting {
+                // The body wakes the task when it has more.
+                return Poll::Pending;
+            }
         }
+    }
+
+    fn frame_data(&mut self, data: &Bytes, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        match self.framing {
+            RequestFraming::Chunked if !data.is_empty() => h1_codec::encode_chunk(data, out),
+            RequestFraming::Length(_) => {
+                self.owed = self.owed.checked_sub(data.len() as u64).ok_or("request body longer than its content-length")?;
+                out.extend_from_slice(data);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -257,153 +246,370 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
-    // Head and body in one buffer, one `write`: measured cheaper than
-    // `writev` for the small messages proxies mostly carry.
-    let (sender, driver) = http1::Builder::new().writev(false).handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(Box::new(e)))?;
-    Ok(Pooled { addr, sender, driver: Some(Box::pin(driver)), idle_timeout, wake: Arc::default(), task: None })
+    Ok(Pooled { addr, stream, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024), written: 0, spans: Vec::new(), idle_timeout })
 }
 
-/// Sends `req` to `addr` on a pooled connection, or a new one.
+/// Sends `req` to `addr` on a pooled connection, or a new one, and reads
+/// the response head. The response body owns the connection until it ends.
 ///
 /// Not an `async fn`: its arguments would be kept twice in the future (see
 /// `proxy::send_upstream`); the block below holds each once.
 #[allow(clippy::manual_async_fn)]
-pub fn send(addr: SocketAddr, mut req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> impl Future<Output = Result<(Response<Incoming>, Pooled), SendError>> + Send + 'static {
+pub fn send(addr: SocketAddr, req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'static {
     async move {
-        // A pooled connection the upstream closed while idle fails before the
-        // request is written; that request goes out again on a fresh connection.
-        while let Some(mut conn) = take_idle(addr) {
-            if !conn.ready().await {
-                continue;
+        let conn = match take_idle(addr) {
+            Some(conn) => conn,
+            // Boxed: connecting is rare next to reusing, and its future would
+            // otherwise be part of (and copied with) every request's.
+            None => Box::pin(connect(addr, connect_timeout, idle_timeout)).await?,
+        };
+        exchange(conn, req).await.map_err(|source| SendError { connect: false, source })
+    }
+}
+
+/// Writes the request (head, then body) and reads until the response head
+/// is in. Reads while it writes: an upstream may answer before it has the
+/// whole body, and the body then goes on with the response.
+async fn exchange(mut conn: Pooled, req: Request<ProxyBody>) -> Result<Response<PooledBody>, BoxError> {
+    let (parts, body) = req.into_parts();
+    let head = Request::from_parts(parts, ());
+    let length = body.size_hint().exact();
+    let framing = h1_codec::encode_request_head(&head, length, &mut conn.write);
+    let method = head.method().clone();
+    drop(head);
+    let mut upload = match framing {
+        RequestFraming::Empty | RequestFraming::Length(0) => None,
+        _ => Some(Upload::new(body, framing)),
+    };
+    let mut sending = true;
+    let head = std::future::poll_fn(|cx| loop {
+        if sending {
+            let sent = match upload.as_mut() {
+                Some(upload) => upload.poll(cx, &mut conn)?,
+                None => conn.poll_flush(cx)?,
+            };
+            if sent.is_ready() {
+                sending = false;
+                upload = None;
             }
-            match conn.exchange(req).await {
-                Ok(resp) => return Ok((resp, conn)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError { connect: false, source: Box::new(e.into_error()) }),
+        }
+        if let Some(head) = h1_codec::parse_response_head(&mut conn.read, &method, &mut conn.spans)? {
+            return Poll::Ready(Ok::<_, BoxError>(head));
+        }
+        match conn.poll_fill(cx)? {
+            Poll::Ready(0) => return Poll::Ready(Err(ParseError::Closed("before the response head").into())),
+            Poll::Ready(_) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await?;
+    let mut body = PooledBody {
+        conn: Some(conn),
+        decoder: Decoder::new(head.body),
+        // A request head not written whole by now never will be: the
+        // upstream answered without it, and the connection is spent.
+        keep_alive: head.keep_alive && (!sending || upload.is_some()),
+        upload: upload.filter(|_| sending),
+    };
+    if body.decoder.is_done() {
+        body.finish();
+    }
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// A response body read from its pooled connection, which it owns until
+/// the body ends and then returns to the pool. Dropped before its end, it
+/// closes the connection.
+pub struct PooledBody {
+    /// `None` once the body ended or failed.
+    conn: Option<Pooled>,
+    decoder: Decoder,
+    /// The rest of a request body the upstream answered before it had it all.
+    upload: Option<Upload>,
+    /// Whether the upstream will take another request on the connection.
+    keep_alive: bool,
+}
+
+impl PooledBody {
+    /// The body is complete: the connection goes back to the pool if it is
+    /// clean (the request was written whole and nothing came after the
+    /// response), and is closed otherwise.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && self.upload.is_none() && conn.read.is_empty() && conn.write.is_empty() {
+                conn.release();
+            }
+        }
+        self.upload = None;
+    }
+
+    fn fail(&mut self, error: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.upload = None;
+        Poll::Ready(Some(Err(error.into())))
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            if let Some(upload) = this.upload.as_mut() {
+                match upload.poll(cx, conn) {
+                    Poll::Ready(Ok(())) => this.upload = None,
+                    // The upstream has answered; it may well have stopped
+                    // reading. The answer still goes to the client, but the
+                    // connection, with a request cut short on it, is not reused.
+                    Poll::Ready(Err(_)) => {
+                        this.upload = None;
+                        this.keep_alive = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match this.decoder.decode(&mut conn.read) {
+                Err(e) => return this.fail(e),
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => match conn.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        this.keep_alive = false;
+                        if let Err(e) = this.decoder.at_close() {
+                            return this.fail(e);
+                        }
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return this.fail(e),
+                    Poll::Pending => return Poll::Pending,
                 },
             }
         }
-        // Boxed: connecting is rare next to reusing, and its future would
-        // otherwise be part of (and copied with) every request's.
-        let mut conn = Box::pin(connect(addr, connect_timeout, idle_timeout)).await?;
-        if !conn.ready().await {
-            return Err(SendError { connect: true, source: format!("connection to {addr} closed before the first request").into() });
-        }
-        match conn.exchange(req).await {
-            Ok(resp) => Ok((resp, conn)),
-            Err(e) => Err(SendError { connect: false, source: Box::new(e.into_error()) }),
-        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder.remaining().map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+    use crate::http::body;
 
     fn idle_count(addr: SocketAddr) -> usize {
         IDLE.with(|idle| idle.borrow().get(&addr).map_or(0, Vec::len))
     }
 
-    /// An upstream that answers one request per connection with keep-alive,
-    /// then closes the connection after `close_after`.
-    async fn upstream(close_after: Duration) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = [0u8; 1024];
-                    let _ = stream.read(&mut buf).await;
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                    tokio::time::sleep(close_after).await;
-                });
+    /// Reads one request head (and a body of `content-length` bytes) off `stream`.
+    async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |v| v.parse().unwrap());
+                if buf.len() >= end + 4 + length {
+                    return Some(buf.drain(..end + 4 + length).collect());
+                }
             }
-        });
-        addr
-    }
-
-    async fn get(addr: SocketAddr) -> u16 {
-        let req = Request::get("/").header("host", "x").body(crate::http::body::empty()).unwrap();
-        let (resp, pooled) = send(addr, req, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"ok");
-        pooled.release();
-        status
-    }
-
-    /// Counts the times the task was woken.
-    struct CountingWake(std::sync::atomic::AtomicUsize);
-
-    impl Wake for CountingWake {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
         }
     }
 
-    #[tokio::test]
-    async fn wakes_inside_a_connection_are_polled_again_not_lost() {
-        let addr = upstream(Duration::from_secs(60)).await;
-        let mut conn = connect(addr, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
-        let woken = Arc::new(CountingWake(Default::default()));
-        let task = Waker::from(woken.clone());
-        let mut cx = Context::from_waker(&task);
-
-        // Woken once from inside, then ready: polled again at once, and the
-        // task is not rescheduled for it.
-        let mut passes = 0;
-        let polled = conn.poll_inside(&mut cx, |_, inside| {
-            passes += 1;
-            if passes == 1 {
-                inside.waker().wake_by_ref();
-                return Poll::Pending;
+    /// An upstream that answers every request on a connection with `reply`
+    /// (and then closes the connection after `close_after`, if given), and
+    /// sends what it received on `seen`.
+    async fn upstream(reply: &'static [u8], close_after: Option<Duration>) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Some(request) = read_request(&mut stream, &mut buf).await {
+                        let _ = seen.send(request);
+                        let _ = stream.write_all(reply).await;
+                        if let Some(after) = close_after {
+                            tokio::time::sleep(after).await;
+                            return;
+                        }
+                    }
+                });
             }
-            Poll::Ready(())
         });
-        assert_eq!((polled, passes, woken.0.load(Ordering::Relaxed)), (Poll::Ready(()), 2, 0));
-
-        // Woken on every pass (a resource out of its cooperative budget does
-        // that): a bounded number of passes, then the wake goes to the task.
-        let mut passes = 0;
-        let polled = conn.poll_inside(&mut cx, |_, inside| {
-            passes += 1;
-            inside.waker().wake_by_ref();
-            Poll::<()>::Pending
-        });
-        assert_eq!((polled, passes, woken.0.load(Ordering::Relaxed)), (Poll::Pending, INSIDE_PASSES, 1));
-
-        // A wake from outside (the upstream's bytes arriving) reaches the task.
-        let mut registered = None;
-        let _ = conn.poll_inside(&mut cx, |_, inside| {
-            registered = Some(inside.waker().clone());
-            Poll::<()>::Pending
-        });
-        registered.unwrap().wake();
-        assert_eq!(woken.0.load(Ordering::Relaxed), 2);
+        (addr, received)
     }
+
+    async fn get(addr: SocketAddr) -> (u16, Bytes, Option<http::HeaderMap>) {
+        let req = Request::get("/").header("host", "x").body(body::empty()).unwrap();
+        let resp = send(addr, req, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
+        let status = resp.status().as_u16();
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (status, collected.to_bytes(), trailers)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
     #[tokio::test]
     async fn connections_are_reused_and_swept_once_closed() {
-        let addr = upstream(Duration::from_millis(50)).await;
-        assert_eq!(get(addr).await, 200);
-        assert_eq!(idle_count(addr), 1, "released to the pool");
+        let (addr, _) = upstream(OK, Some(Duration::from_millis(50))).await;
+        assert_eq!(get(addr).await.1, "ok");
+        assert_eq!(idle_count(addr), 1, "back in the pool at the body's end");
         // The upstream closes the idle connection; the sweep notices and drops it.
         tokio::time::sleep(Duration::from_millis(200)).await;
         sweep();
         assert_eq!(idle_count(addr), 0);
         // A request after that opens a fresh connection and succeeds.
-        assert_eq!(get(addr).await, 200);
+        assert_eq!(get(addr).await.1, "ok");
     }
 
     #[tokio::test]
     async fn a_closed_idle_connection_is_replaced_transparently() {
-        let addr = upstream(Duration::from_millis(20)).await;
-        assert_eq!(get(addr).await, 200);
+        let (addr, _) = upstream(OK, Some(Duration::from_millis(20))).await;
+        assert_eq!(get(addr).await.0, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
         // No sweep: the checkout itself must notice the close and reconnect.
-        assert_eq!(get(addr).await, 200);
+        assert_eq!(get(addr).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_stream_with_their_trailers_and_the_connection_is_reused() {
+        let (addr, mut seen) = upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\ngrpc-status: 0\r\n\r\n", None).await;
+        for _ in 0..2 {
+            let (status, data, trailers) = get(addr).await;
+            assert_eq!((status, &data[..]), (200, &b"abcde"[..]));
+            assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        }
+        assert_eq!(idle_count(addr), 1, "one connection served both");
+        assert_eq!(seen.recv().await.unwrap(), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_response_that_says_close_does_not_go_back_to_the_pool() {
+        let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", None).await;
+        assert_eq!(get(addr).await.1, "ok");
+        assert_eq!(idle_count(addr), 0);
+    }
+
+    /// A request body fed by the test, of unknown length.
+    fn streamed() -> (tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>, ProxyBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (tx, http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync())
+    }
+
+    /// Accepts one connection and reads from it until `until` has arrived, then answers `reply`.
+    async fn upstream_reading_until(until: &'static [u8], reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let read = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            while !buf.windows(until.len()).any(|w| w == until) {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await.unwrap() {
+                    0 => break,
+                    n => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            stream.write_all(reply).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut rest)).await;
+            buf
+        });
+        (addr, read)
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_length_go_out_chunked_with_their_trailers() {
+        let (addr, received) = upstream_reading_until(b"0\r\nx-sum: 7\r\n\r\n", OK).await;
+        let (tx, body) = streamed();
+        let req = Request::post("/up").header("host", "x").body(body).unwrap();
+        let feed = tokio::spawn(async move {
+            tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
+            tx.send(Ok(Frame::data(Bytes::from_static(b", world")))).await.unwrap();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-sum", http::HeaderValue::from_static("7"));
+            tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        });
+        let resp = send(addr, req, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        feed.await.unwrap();
+        let wire = received.await.unwrap();
+        let text = String::from_utf8_lossy(&wire);
+        assert!(text.starts_with("POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"), "{text}");
+        assert!(text.ends_with("5\r\nhello\r\n7\r\n, world\r\n0\r\nx-sum: 7\r\n\r\n"), "{text}");
+        assert_eq!(idle_count(addr), 1, "the request was written whole: reusable");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_body_is_passed_on_and_the_connection_is_not_reused() {
+        let (addr, received) = upstream_reading_until(b"first\r\n", b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
+        let (tx, body) = streamed();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+        let req = Request::post("/up").header("host", "x").body(body).unwrap();
+        let resp = send(addr, req, Duration::from_secs(1), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "big!");
+        assert_eq!(idle_count(addr), 0, "a request cut short leaves the connection unusable");
+        drop(tx);
+        assert!(String::from_utf8_lossy(&received.await.unwrap()).contains("first"));
+    }
+
+    /// A body that announces more than it has.
+    struct ShortOfItsLength(Option<Bytes>);
+
+    impl Body for ShortOfItsLength {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.take().map(|d| Ok(Frame::data(d))))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(10)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_short_of_its_length_fails_the_request() {
+        let (addr, _) = upstream_reading_until(b"never", OK).await;
+        let req = Request::post("/").body(ShortOfItsLength(Some(Bytes::from_static(b"abc"))).boxed_unsync()).unwrap();
+        let err = send(addr, req, Duration::from_secs(1), Duration::from_secs(60)).await.err().unwrap();
+        assert!(!err.connect);
+        assert!(err.source.to_string().contains("shorter than its content-length"), "{err}");
     }
 }

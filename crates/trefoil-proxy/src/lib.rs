@@ -10,6 +10,7 @@ pub mod balancer;
 mod coarse_timer;
 pub mod control_client;
 pub mod endpoint;
+mod h1_codec;
 pub mod h1_pool;
 pub mod health;
 pub mod http;

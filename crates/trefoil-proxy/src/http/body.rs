@@ -1,5 +1,6 @@
-//! Body helpers: local replies, replayable request bodies, and a wrapper that
-//! keeps upstream resources claimed until the response body is done.
+//! Body helpers: local replies, replayable request bodies, upstream
+//! response bodies, and a wrapper that keeps upstream resources claimed
+//! until the response body is done.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 
-use crate::h1_pool::Pooled;
+use crate::h1_pool::PooledBody;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Bodies up to this size are buffered so that retries and mirrors can replay them.
@@ -122,58 +123,63 @@ impl RequestBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Holds `guard` until the body ends or is dropped; a pooled upstream
-    /// connection goes back to its pool if the body was read to the end.
-    pub struct Guarded<G> {
-        #[pin]
-        inner: Incoming,
-        guard: Option<G>,
-        pooled: Option<Pooled>,
+/// A response body from an upstream: read from a worker-pooled connection,
+/// or from the general client.
+pub enum UpstreamBody {
+    Pooled(PooledBody),
+    Client(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
     }
 
-    impl<G> PinnedDrop for Guarded<G> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(pooled) = this.pooled.take() {
-                if this.inner.is_end_stream() {
-                    pooled.release();
-                }
-            }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(body) => body.is_end_stream(),
+            UpstreamBody::Client(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(body) => body.size_hint(),
+            UpstreamBody::Client(body) => body.size_hint(),
         }
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Holds `guard` (the attempt's claims on its upstream) until the body
+    /// ends, fails or is dropped.
+    pub struct Guarded<G> {
+        inner: UpstreamBody,
+        guard: Option<G>,
+    }
+}
+
 impl<G: Send + 'static> Guarded<G> {
-    pub fn wrap(inner: Incoming, guard: G, pooled: Option<Pooled>) -> ProxyBody {
-        Guarded { inner, guard: Some(guard), pooled }.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+    pub fn wrap(inner: UpstreamBody, guard: G) -> ProxyBody {
+        Guarded { inner, guard: Some(guard) }.boxed_unsync()
     }
 }
 
 impl<G> Body for Guarded<G> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        // The upstream connection has no task of its own: reading the body drives it.
-        let polled = match this.pooled.as_mut() {
-            Some(pooled) => pooled.poll_inside(cx, |conn, inside| {
-                conn.poll_driver(inside);
-                this.inner.as_mut().poll_frame(inside)
-            }),
-            None => this.inner.poll_frame(cx),
-        };
-        match &polled {
-            Poll::Ready(None) => {
-                this.guard.take();
-            }
-            Poll::Ready(Some(Err(_))) => {
-                // A broken body means a broken connection: never reuse it.
-                this.pooled.take();
-                this.guard.take();
-            }
-            _ => {}
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = Pin::new(this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.guard.take();
         }
         polled
     }

@@ -63,12 +63,12 @@ async fn call_json(function: &Function, call: &Call<'_>) -> Result<Verdict, Call
         .header(http::header::HOST, HeaderValue::from_str(endpoint.authority.as_str()).map_err(http::Error::from)?)
         .body(body::full(json::encode(call)))?;
     annotate(req.headers_mut(), call);
-    let (resp, pooled) = send_upstream(service, &endpoint, req).await.map_err(|e| CalloutError::Send(e.source))?;
+    let resp = send_upstream(service, &endpoint, req).await.map_err(|e| CalloutError::Send(e.source))?;
     if resp.status() != StatusCode::OK {
         return Err(CalloutError::Status(resp.status()));
     }
-    // Reading drives a worker-pooled connection, and returns it to the pool at the end.
-    let bytes = read_verdict(Guarded::wrap(resp.into_body(), (), pooled)).await?;
+    // Read to the end: a worker-pooled connection goes back to the pool then.
+    let bytes = read_verdict(Guarded::wrap(resp.into_body(), ())).await?;
     Ok(json::decode(&bytes)?)
 }
 

@@ -336,10 +336,10 @@ async fn send(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http:
     let result = match answer {
         None => Err(HopError::TimedOut),
         Some(Err(e)) => Err(HopError::Send(e.source)),
-        Some(Ok((resp, pooled))) => {
+        Some(Ok(resp)) => {
             let (mut head, incoming) = resp.into_parts();
             strip_hop_by_hop(&mut head.headers);
-            Ok(Response::from_parts(head, Guarded::wrap(incoming, (), pooled)))
+            Ok(Response::from_parts(head, Guarded::wrap(incoming, ())))
         }
     };
     (result, came_back)

@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use trefoil_model::spec::HashOn;
 
 use crate::endpoint::{EndpointState, Outcome};
-use crate::h1_pool::{self, Pooled, SendError};
-use crate::http::body::{self, BufferError, Guarded, RequestBody};
+use crate::h1_pool::{self, SendError};
+use crate::http::body::{self, BufferError, Guarded, RequestBody, UpstreamBody};
 use crate::http::chain::{Next, RequestFacts};
 use crate::http::chain_handlers::RunCount;
 use crate::http::inline;
@@ -461,7 +461,7 @@ async fn attempt_loop(
         };
         // Each failed attempt decides once whether to retry: asking twice would spend budget twice.
         let failure = match result {
-            Ok(Ok((resp, pooled))) => {
+            Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 let outcome = match status {
                     502..=504 => Outcome::GatewayError,
@@ -472,14 +472,14 @@ async fn attempt_loop(
                 if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
                     attempt_span::finish(span, Ok(status), false);
                     let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, pooled)));
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
                 }
                 let failure = AttemptFailure::Status(status);
                 if !may_retry(rule, failure, attempt, max_attempts, req_body) {
                     // Out of retries: the client gets the upstream's own answer.
                     attempt_span::finish(span, Ok(status), false);
                     let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, pooled)));
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
                 }
                 (failure, true)
             }
@@ -529,14 +529,14 @@ async fn attempt_loop(
 /// Not an `async fn`: that would wrap the chosen future in one more state
 /// machine holding a second copy of the request, and every request's future
 /// is moved whole several times.
-pub(crate) fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> impl Future<Output = Result<(Response<Incoming>, Option<Pooled>), SendError>> + Send + 'static {
+pub(crate) fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'static {
     if service.worker_pooled {
         let sent = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get());
-        return Either::Left(sent.map(|sent| sent.map(|(resp, pooled)| (resp, Some(pooled)))));
+        return Either::Left(sent.map(|sent| sent.map(|resp| resp.map(UpstreamBody::Pooled))));
     }
     let sent = service.client.current().request(req);
     Either::Right(sent.map(|sent| match sent {
-        Ok(resp) => Ok((resp, None)),
+        Ok(resp) => Ok(resp.map(UpstreamBody::Client)),
         Err(e) => Err(SendError { connect: e.is_connect(), source: Box::new(e) }),
     }))
 }
@@ -723,11 +723,10 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
             Some(endpoint) => match build_upstream_request(&parts, parts.headers.clone(), service, &endpoint, body::full(body)) {
                 Err(_) => "bad_request",
                 Ok(req) => match tokio::time::timeout(Duration::from_secs(30), send_upstream(service, &endpoint, req)).await {
-                    Ok(Ok((resp, pooled))) => {
-                        // Read to the end so the connection can be reused; reading
-                        // drives a worker-pooled connection (it has no task of its
-                        // own) and returns it to the pool at the end.
-                        let body = Guarded::wrap(resp.into_body(), (), pooled);
+                    Ok(Ok(resp)) => {
+                        // Read to the end so the connection can be reused: a
+                        // worker-pooled one goes back to the pool at the end.
+                        let body = Guarded::wrap(resp.into_body(), ());
                         match tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(body)).await {
                             Ok(_) => "sent",
                             Err(_) => "timeout",
