@@ -54,11 +54,7 @@ pub enum RequestFraming {
 /// framed. `body_length` is the body's exact length if known. The framing
 /// headers are the proxy's to set: any the request carries are replaced.
 pub fn encode_request_head<B>(req: &Request<B>, body_length: Option<u64>, out: &mut Vec<u8>) -> RequestFraming {
-    let framing = match body_length {
-        Some(0) if !has_payload_semantics(req.method()) && !req.headers().contains_key(CONTENT_LENGTH) => RequestFraming::Empty,
-        Some(n) => RequestFraming::Length(n),
-        None => RequestFraming::Chunked,
-    };
+    let mut stated_length = false;
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -66,6 +62,7 @@ pub fn encode_request_head<B>(req: &Request<B>, body_length: Option<u64>, out: &
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            stated_length |= name == CONTENT_LENGTH;
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -73,6 +70,11 @@ pub fn encode_request_head<B>(req: &Request<B>, body_length: Option<u64>, out: &
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let framing = match body_length {
+        Some(0) if !has_payload_semantics(req.method()) && !stated_length => RequestFraming::Empty,
+        Some(n) => RequestFraming::Length(n),
+        None => RequestFraming::Chunked,
+    };
     match framing {
         RequestFraming::Empty => {}
         RequestFraming::Length(n) => {
@@ -183,15 +185,17 @@ pub fn parse_response_head(buf: &mut BytesMut, request: &Method, spans: &mut Vec
             continue;
         }
         let mut map = HeaderMap::with_capacity(spans.len());
+        let mut framing = FramingHeaders::default();
         for span in spans.iter() {
             let (start, len) = (span.name.0 as usize, span.name.1 as usize);
             let raw_name = &head[start..start + len];
             let name = HeaderName::from_bytes(raw_name).map_err(|_| ParseError::Header(String::from_utf8_lossy(raw_name).into_owned()))?;
             let (start, len) = (span.value.0 as usize, span.value.1 as usize);
+            framing.note(&name, &head[start..start + len])?;
             let value = HeaderValue::from_maybe_shared(head.slice(start..start + len)).map_err(|_| ParseError::Header(name.to_string()))?;
             map.append(name, value);
         }
-        return Ok(Some(response_head(status, version, map, request)?));
+        return Ok(Some(response_head(status, version, map, framing, request)));
     }
 }
 
@@ -205,62 +209,73 @@ fn header_map(head: &Bytes, headers: &[httparse::Header<'_>]) -> Result<HeaderMa
     Ok(map)
 }
 
-fn response_head(status: StatusCode, version: Version, mut headers: HeaderMap, request: &Method) -> Result<ResponseHead, ParseError> {
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
+/// What a response's framing headers say, noted as its head is read: one
+/// pass over the lines instead of a lookup per name afterwards.
+#[derive(Default)]
+struct FramingHeaders {
+    /// `connection: close` / `connection: keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    /// Whether the last transfer coding is `chunked`, if there is a `transfer-encoding`.
+    chunked: Option<bool>,
+    /// The content-length; several equal values count as one (RFC 9110 8.6).
+    length: Option<u64>,
+}
+
+impl FramingHeaders {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), ParseError> {
+        if name == CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+            self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                    return Err(ParseError::ContentLength);
+                }
+                let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(ParseError::ContentLength);
+                }
+                self.length = Some(n);
             }
         }
+        Ok(())
     }
+}
+
+fn response_head(status: StatusCode, version: Version, mut headers: HeaderMap, framing: FramingHeaders, request: &Method) -> ResponseHead {
+    let mut keep_alive = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
     let no_body = *request == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let body = if no_body {
-        BodyFraming::Empty
-    } else if headers.contains_key(TRANSFER_ENCODING) {
-        // RFC 9112 6.3: transfer-encoding wins over content-length, and a
-        // message with both must not leave the connection reusable (a
-        // request-smuggling pattern). Only the content-length goes; the
-        // listener re-frames the body for the client anyway.
-        if headers.remove(CONTENT_LENGTH).is_some() {
-            keep_alive = false;
+    let body = match (framing.chunked, framing.length) {
+        _ if no_body => BodyFraming::Empty,
+        (Some(chunked), length) => {
+            // RFC 9112 6.3: transfer-encoding wins over content-length, and a
+            // message with both must not leave the connection reusable (a
+            // request-smuggling pattern). Only the content-length goes; the
+            // listener re-frames the body for the client anyway.
+            if length.is_some() {
+                headers.remove(CONTENT_LENGTH);
+                keep_alive = false;
+            }
+            if chunked {
+                BodyFraming::Chunked
+            } else {
+                keep_alive = false;
+                BodyFraming::UntilClose
+            }
         }
-        let last = headers.get_all(TRANSFER_ENCODING).iter().last().map(|v| v.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii().to_ascii_lowercase());
-        if last.as_deref() == Some(b"chunked".as_slice()) {
-            BodyFraming::Chunked
-        } else {
+        (None, Some(length)) => BodyFraming::Length(length),
+        (None, None) => {
             keep_alive = false;
             BodyFraming::UntilClose
         }
-    } else if let Some(length) = content_length(&headers)? {
-        BodyFraming::Length(length)
-    } else {
-        keep_alive = false;
-        BodyFraming::UntilClose
     };
-    Ok(ResponseHead { status, version, headers, body, keep_alive })
-}
-
-/// The content-length, if any; several equal values count as one (RFC 9110 8.6).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ParseError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(ParseError::ContentLength);
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(ParseError::ContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length)
+    ResponseHead { status, version, headers, body, keep_alive }
 }
 
 /// What a body decoder took from the buffer.
