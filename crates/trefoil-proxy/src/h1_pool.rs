@@ -53,7 +53,7 @@ pub struct Pooled {
 }
 
 struct Idle {
-    conn: Pooled,
+    conn: Box<Pooled>,
     since: Instant,
 }
 
@@ -102,7 +102,7 @@ impl Pooled {
 
     /// Returns the connection to this thread's pool; only for a connection
     /// whose last response was read to its end with nothing after it.
-    fn release(self) {
+    fn release(self: Box<Self>) {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let list = idle.entry(self.addr).or_default();
@@ -203,7 +203,7 @@ impl std::fmt::Display for SendError {
     }
 }
 
-fn take_idle(addr: SocketAddr) -> Option<Pooled> {
+fn take_idle(addr: SocketAddr) -> Option<Box<Pooled>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
@@ -239,14 +239,17 @@ pub async fn sweep_every(every: Duration) {
     }
 }
 
-async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Result<Pooled, SendError> {
+/// Boxed from the start: a connection moves between the pool, the request's
+/// future and the response body, and a pointer is cheaper to move than its
+/// buffers and socket.
+async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Result<Box<Pooled>, SendError> {
     let connect_error = |source: BoxError| SendError { connect: true, source };
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
-    Ok(Pooled { addr, stream, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024), written: 0, spans: Vec::new(), idle_timeout })
+    Ok(Box::new(Pooled { addr, stream, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024), written: 0, spans: Vec::new(), idle_timeout }))
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one, and reads
@@ -270,7 +273,7 @@ pub fn send(addr: SocketAddr, req: Request<ProxyBody>, connect_timeout: Duration
 /// Writes the request (head, then body) and reads until the response head
 /// is in. Reads while it writes: an upstream may answer before it has the
 /// whole body, and the body then goes on with the response.
-async fn exchange(mut conn: Pooled, req: Request<ProxyBody>) -> Result<Response<PooledBody>, BoxError> {
+async fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> Result<Response<PooledBody>, BoxError> {
     let (parts, body) = req.into_parts();
     let head = Request::from_parts(parts, ());
     let length = body.size_hint().exact();
@@ -326,7 +329,7 @@ async fn exchange(mut conn: Pooled, req: Request<ProxyBody>) -> Result<Response<
 /// closes the connection.
 pub struct PooledBody {
     /// `None` once the body ended or failed.
-    conn: Option<Pooled>,
+    conn: Option<Box<Pooled>>,
     decoder: Decoder,
     /// The rest of a request body the upstream answered before it had it all.
     upload: Option<Upload>,
