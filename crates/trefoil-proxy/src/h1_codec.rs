@@ -10,7 +10,8 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, StatusCode, Version};
+use http::request::Parts;
+use http::{Method, StatusCode, Version};
 
 /// Response heads larger than this are refused, as a slow or hostile
 /// upstream must not grow the read buffer without end.
@@ -50,37 +51,34 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes `req`'s head in origin-form into `out`, and says how its body is
-/// framed. `body_length` is the body's exact length if known. The framing
-/// headers are the proxy's to set: any the request carries are replaced.
-pub fn encode_request_head<B>(req: &Request<B>, body_length: Option<u64>, out: &mut Vec<u8>) -> RequestFraming {
+/// Writes a request head in origin-form into `out`, and says how its body
+/// is framed. `body_length` is the body's exact length if known. The
+/// framing headers are the proxy's to set: any the request carries are
+/// replaced.
+pub fn encode_request_head(head: &Parts, body_length: Option<u64>, out: &mut Vec<u8>) -> RequestFraming {
+    use std::io::Write;
     let mut stated_length = false;
-    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
+    for (name, value) in &head.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             stated_length |= name == CONTENT_LENGTH;
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header_line(name, value, out);
     }
     let framing = match body_length {
-        Some(0) if !has_payload_semantics(req.method()) && !stated_length => RequestFraming::Empty,
+        Some(0) if !has_payload_semantics(&head.method) && !stated_length => RequestFraming::Empty,
         Some(n) => RequestFraming::Length(n),
         None => RequestFraming::Chunked,
     };
     match framing {
         RequestFraming::Empty => {}
         RequestFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0; 20]));
-            out.extend_from_slice(b"\r\n");
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -93,16 +91,13 @@ fn has_payload_semantics(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
+/// Appends one `name: value` line.
+#[inline]
+fn put_header_line(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one chunk of a chunked body (its size line, data and CRLF).
@@ -117,10 +112,7 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 pub fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header_line(name, value, out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -342,12 +334,11 @@ impl Decoder {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let take = (*left).min(buf.len() as u64) as usize;
-                    *left -= take as u64;
+                    let data = split_up_to(buf, left);
                     if *left == 0 {
                         *self = Decoder::Done;
                     }
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 Decoder::UntilClose => {
                     if buf.is_empty() {
@@ -361,13 +352,15 @@ impl Decoder {
                         let size = chunk_size(&line)?;
                         *state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
                     }
-                    ChunkState::Data(left) => {
+                    ChunkState::Data(ref mut left) => {
                         if buf.is_empty() {
                             return Ok(Decoded::NeedMore);
                         }
-                        let take = left.min(buf.len() as u64) as usize;
-                        *state = if left == take as u64 { ChunkState::DataEnd } else { ChunkState::Data(left - take as u64) };
-                        return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                        let data = split_up_to(buf, left);
+                        if *left == 0 {
+                            *state = ChunkState::DataEnd;
+                        }
+                        return Ok(Decoded::Data(data));
                     }
                     ChunkState::DataEnd => {
                         if buf.len() < 2 {
@@ -425,11 +418,19 @@ impl Decoder {
     }
 }
 
+/// Takes at most `left` bytes off the front of `buf`, and counts them off `left`.
+fn split_up_to(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let take = (*left).min(buf.len() as u64) as usize;
+    *left -= take as u64;
+    buf.split_to(take).freeze()
+}
+
 /// One CRLF-terminated line off the front of `buf`, without the CRLF.
 fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ParseError> {
     match buf.iter().take(max + 2).position(|&b| b == b'\n') {
         Some(end) if end > 0 && buf[end - 1] == b'\r' => {
-            let line = buf.split_to(end + 1);
+            let mut line = buf.split_to(end + 1);
+            line.truncate(end - 1);
             Ok(Some(line))
         }
         Some(_) => Err(ParseError::Chunk),
@@ -440,7 +441,6 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ParseEr
 
 /// The size in a chunk-size line (hex digits, then optional extensions).
 fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
-    let line = &line[..line.len() - 2];
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 15 {
         return Err(ParseError::Chunk);
@@ -455,6 +455,8 @@ fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
 
 #[cfg(test)]
 mod tests {
+    use http::Request;
+
     use super::*;
 
     fn head(bytes: &[u8], method: Method) -> Result<Option<ResponseHead>, ParseError> {
@@ -464,22 +466,22 @@ mod tests {
     #[test]
     fn request_heads_frame_their_bodies() {
         let mut out = Vec::new();
-        let req = Request::get("/a?b=c").header("host", "x").header("content-length", "99").body(()).unwrap();
+        let req = Request::get("/a?b=c").header("host", "x").header("content-length", "99").body(()).unwrap().into_parts().0;
         assert_eq!(encode_request_head(&req, Some(0), &mut out), RequestFraming::Length(0), "a stated length is kept as the true one");
         assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n");
 
         out.clear();
-        let req = Request::get("/").body(()).unwrap();
+        let req = Request::get("/").body(()).unwrap().into_parts().0;
         assert_eq!(encode_request_head(&req, Some(0), &mut out), RequestFraming::Empty);
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
 
         out.clear();
-        let req = Request::post("/up").header("transfer-encoding", "chunked").body(()).unwrap();
+        let req = Request::post("/up").header("transfer-encoding", "chunked").body(()).unwrap().into_parts().0;
         assert_eq!(encode_request_head(&req, Some(12345), &mut out), RequestFraming::Length(12345));
         assert_eq!(out, b"POST /up HTTP/1.1\r\ncontent-length: 12345\r\n\r\n");
 
         out.clear();
-        let req = Request::post("/").body(()).unwrap();
+        let req = Request::post("/").body(()).unwrap().into_parts().0;
         assert_eq!(encode_request_head(&req, Some(0), &mut out), RequestFraming::Length(0));
         out.clear();
         assert_eq!(encode_request_head(&req, None, &mut out), RequestFraming::Chunked);

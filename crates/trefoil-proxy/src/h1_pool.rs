@@ -274,11 +274,10 @@ pub fn send(addr: SocketAddr, req: Request<ProxyBody>, connect_timeout: Duration
 /// is in. Reads while it writes: an upstream may answer before it has the
 /// whole body, and the body then goes on with the response.
 async fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> Result<Response<PooledBody>, BoxError> {
-    let (parts, body) = req.into_parts();
-    let head = Request::from_parts(parts, ());
-    let length = body.size_hint().exact();
-    let framing = h1_codec::encode_request_head(&head, length, &mut conn.write);
-    let method = head.method().clone();
+    let (head, body) = req.into_parts();
+    let framing = h1_codec::encode_request_head(&head, body.size_hint().exact(), &mut conn.write);
+    let method = head.method.clone();
+    // The head's bytes are written: its header map is not to be kept across the wait.
     drop(head);
     let mut upload = match framing {
         RequestFraming::Empty | RequestFraming::Length(0) => None,
@@ -312,7 +311,7 @@ async fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> Result<Resp
         // A request head not written whole by now never will be: the
         // upstream answered without it, and the connection is spent.
         keep_alive: head.keep_alive && (!sending || upload.is_some()),
-        upload: upload.filter(|_| sending),
+        upload,
     };
     if body.decoder.is_done() {
         body.finish();
