@@ -53,11 +53,10 @@ async fn call_json(function: &Function, call: &Call<'_>) -> Result<Verdict, Call
     let endpoint = function.cluster.balancer.pick(None, None).ok_or(CalloutError::NoEndpoint)?;
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    // The worker pool wants origin-form; the general client an absolute URI.
-    if !service.worker_pooled {
-        uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
-        uri.authority = Some(endpoint.authority.clone());
-    }
+    // Absolute: the general client connects by it, and the worker pool
+    // writes only its path.
+    uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+    uri.authority = Some(endpoint.authority.clone());
     let mut req = Request::post(http::Uri::from_parts(uri).map_err(http::Error::from)?)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header(http::header::HOST, HeaderValue::from_str(endpoint.authority.as_str()).map_err(http::Error::from)?)

@@ -671,21 +671,17 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
 }
 
 pub(crate) fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
-    // The worker pool writes the URI as the request target, which must be
-    // origin-form (`/path?query`); the general client wants an absolute URI
-    // to know where to connect, and writes origin-form itself.
-    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none() && parts.uri.path_and_query().is_some();
-    let path_and_query = || parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = match (service.worker_pooled, origin_form) {
-        (true, true) => parts.uri.clone(),
-        (true, false) => Uri::from(path_and_query()),
-        (false, _) => {
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
-            uri.authority = Some(endpoint.authority.clone());
-            uri.path_and_query = Some(path_and_query());
-            Uri::from_parts(uri).map_err(http::Error::from)?
-        }
+    // The worker pool writes the request target from the URI's path and
+    // query whatever its form; the general client wants an absolute URI to
+    // know where to connect, and writes origin-form itself.
+    let uri = if service.worker_pooled {
+        parts.uri.clone()
+    } else {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        Uri::from_parts(uri).map_err(http::Error::from)?
     };
     // Filled in place: the builder moves the whole request at each step.
     let mut req = Request::new(body);
