@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use rustc_hash::FxHasher;
 use tokio::io::{AsyncReadExt, AsyncWrite};
@@ -86,7 +86,9 @@ impl Pooled {
         std::pin::pin!(self.stream.read_buf(&mut self.read)).poll(cx)
     }
 
-    /// Writes the pending bytes; `Ready(Ok)` once all are written.
+    /// Writes the pending bytes; `Ready(Ok)` once all are written. The bytes
+    /// stay in the buffer: a request without a body can be sent again from
+    /// them (see `send`).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.write.len() {
             let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.write[self.written..]))?;
@@ -95,9 +97,19 @@ impl Pooled {
             }
             self.written += n;
         }
-        self.write.clear();
-        self.written = 0;
         Poll::Ready(Ok(()))
+    }
+
+    fn all_written(&self) -> bool {
+        self.written == self.write.len()
+    }
+
+    /// Empties the write buffer, once all of it is written.
+    fn reset_write(&mut self) {
+        if self.all_written() {
+            self.write.clear();
+            self.written = 0;
+        }
     }
 
     /// Returns the connection to this thread's pool; only for a connection
@@ -131,6 +143,7 @@ impl Upload {
     /// Moves body bytes to the upstream; `Ready(Ok)` once all are written.
     fn poll(&mut self, cx: &mut Context<'_>, conn: &mut Pooled) -> Poll<Result<(), BoxError>> {
         loop {
+            conn.reset_write();
             // Gather what the body has ready, then write it in one go.
             let mut waiting = false;
             while let Some(body) = self.body.as_mut() {
@@ -255,56 +268,108 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
 /// Sends `req` to `addr` on a pooled connection, or a new one, and reads
 /// the response head. The response body owns the connection until it ends.
 ///
+/// An upstream may close an idle connection just as it is taken for a
+/// request: the request is lost on it, through no fault of either side. If
+/// nothing at all came back on the reused connection, and the request is
+/// idempotent and has no body, it is sent once more, on a new connection
+/// (as nginx and browsers do). A request with a body is not: its body is
+/// spent. It is then up to the route's retry policy.
+///
 /// Not an `async fn`: its arguments would be kept twice in the future (see
 /// `proxy::send_upstream`); the block below holds each once.
 #[allow(clippy::manual_async_fn)]
 pub fn send(addr: SocketAddr, req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'static {
     async move {
-        let conn = match take_idle(addr) {
-            Some(conn) => conn,
+        let (conn, reused) = match take_idle(addr) {
+            Some(conn) => (conn, true),
             // Boxed: connecting is rare next to reusing, and its future would
             // otherwise be part of (and copied with) every request's.
-            None => Box::pin(connect(addr, connect_timeout, idle_timeout)).await?,
+            None => (Box::pin(connect(addr, connect_timeout, idle_timeout)).await?, false),
         };
-        exchange(conn, req).await.map_err(|source| SendError { connect: false, source })
+        match exchange(conn, req).await {
+            Ok(response) => Ok(response),
+            Err(Failed { resend: Some(resend), source }) if reused => {
+                tracing::debug!(upstream = %addr, error = %source, "a reused upstream connection closed before answering; sending the request again on a new one");
+                // Boxed for the same reason as connecting.
+                Box::pin(async move {
+                    let mut conn = connect(addr, connect_timeout, idle_timeout).await?;
+                    conn.write = resend.bytes;
+                    read_response(conn, resend.method, None).await.map_err(|f| SendError { connect: false, source: f.source })
+                })
+                .await
+            }
+            Err(Failed { source, .. }) => Err(SendError { connect: false, source }),
+        }
     }
 }
 
-/// Writes the request (head, then body) and reads until the response head
-/// is in. Reads while it writes: an upstream may answer before it has the
-/// whole body, and the body then goes on with the response.
-async fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> Result<Response<PooledBody>, BoxError> {
+/// Why an exchange failed, and whether the request can be sent again.
+struct Failed {
+    source: BoxError,
+    resend: Option<Resend>,
+}
+
+/// A request that the upstream lost without a word: idempotent, without a
+/// body, and with nothing received in answer.
+struct Resend {
+    bytes: Vec<u8>,
+    method: Method,
+}
+
+/// Encodes the request's head and hands it and the body, if any, to
+/// `read_response`. Not an `async fn`: one future fewer to poll through.
+fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> impl Future<Output = Result<Response<PooledBody>, Failed>> {
     let (head, body) = req.into_parts();
+    conn.write.clear();
+    conn.written = 0;
     let framing = h1_codec::encode_request_head(&head, body.size_hint().exact(), &mut conn.write);
     let method = head.method.clone();
     // The head's bytes are written: its header map is not to be kept across the wait.
     drop(head);
-    let mut upload = match framing {
+    let upload = match framing {
         RequestFraming::Empty | RequestFraming::Length(0) => None,
         _ => Some(Upload::new(body, framing)),
     };
+    read_response(conn, method, upload)
+}
+
+/// Writes the request (what is in the write buffer, then the upload) and
+/// reads until the response head is in. Reads while it writes: an upstream
+/// may answer before it has the whole body, and the body then goes on with
+/// the response.
+async fn read_response(mut conn: Box<Pooled>, method: Method, mut upload: Option<Upload>) -> Result<Response<PooledBody>, Failed> {
+    let resendable = upload.is_none() && method.is_idempotent();
     let mut sending = true;
+    // Errors of the connection itself (`lost`), which a resend may cure, apart from the rest.
     let head = std::future::poll_fn(|cx| loop {
         if sending {
             let sent = match upload.as_mut() {
-                Some(upload) => upload.poll(cx, &mut conn)?,
-                None => conn.poll_flush(cx)?,
+                Some(upload) => upload.poll(cx, &mut conn).map_err(Lost::Other)?,
+                None => conn.poll_flush(cx).map_err(Lost::Io)?,
             };
             if sent.is_ready() {
                 sending = false;
                 upload = None;
             }
         }
-        if let Some(head) = h1_codec::parse_response_head(&mut conn.read, &method, &mut conn.spans)? {
-            return Poll::Ready(Ok::<_, BoxError>(head));
+        if let Some(head) = h1_codec::parse_response_head(&mut conn.read, &method, &mut conn.spans).map_err(|e| Lost::Other(e.into()))? {
+            return Poll::Ready(Ok(head));
         }
-        match conn.poll_fill(cx)? {
-            Poll::Ready(0) => return Poll::Ready(Err(ParseError::Closed("before the response head").into())),
+        match conn.poll_fill(cx).map_err(Lost::Io)? {
+            Poll::Ready(0) => return Poll::Ready(Err(Lost::Closed)),
             Poll::Ready(_) => {}
             Poll::Pending => return Poll::Pending,
         }
     })
-    .await?;
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(lost) => {
+            let silent = !matches!(lost, Lost::Other(_)) && conn.read.is_empty();
+            let resend = (resendable && silent).then(|| Resend { bytes: std::mem::take(&mut conn.write), method });
+            return Err(Failed { source: lost.into(), resend });
+        }
+    };
     let mut body = PooledBody {
         conn: Some(conn),
         decoder: Decoder::new(head.body),
@@ -321,6 +386,26 @@ async fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> Result<Resp
     *response.version_mut() = head.version;
     *response.headers_mut() = head.headers;
     Ok(response)
+}
+
+/// How the wait for a response head ended, if not with one.
+enum Lost {
+    /// The upstream closed the connection.
+    Closed,
+    /// Reading or writing failed (a reset, mostly).
+    Io(io::Error),
+    /// Anything else: a malformed response, a failing request body.
+    Other(BoxError),
+}
+
+impl From<Lost> for BoxError {
+    fn from(lost: Lost) -> BoxError {
+        match lost {
+            Lost::Closed => ParseError::Closed("before the response head").into(),
+            Lost::Io(e) => Box::new(e),
+            Lost::Other(e) => e,
+        }
+    }
 }
 
 /// A response body read from its pooled connection, which it owns until
@@ -342,7 +427,7 @@ impl PooledBody {
     /// response), and is closed otherwise.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive && self.upload.is_none() && conn.read.is_empty() && conn.write.is_empty() {
+            if self.keep_alive && self.upload.is_none() && conn.read.is_empty() && conn.all_written() {
                 conn.release();
             }
         }
@@ -524,6 +609,75 @@ mod tests {
         let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", None).await;
         assert_eq!(get(addr).await.1, "ok");
         assert_eq!(idle_count(addr), 0);
+    }
+
+    /// An upstream that answers the first request on each connection and
+    /// closes the connection, unanswered, at the second: the race of an
+    /// upstream closing an idle connection just as it is reused, made
+    /// certain. Sends the number of each connection a request arrived on.
+    async fn upstream_answering_once_per_connection() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for connection in 1.. {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for answer in [true, false] {
+                        if read_request(&mut stream, &mut buf).await.is_none() {
+                            return;
+                        }
+                        let _ = seen.send(connection);
+                        if answer {
+                            stream.write_all(OK).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, received)
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_lost_on_a_reused_connection_is_sent_again_on_a_new_one() {
+        let (addr, mut seen) = upstream_answering_once_per_connection().await;
+        assert_eq!(get(addr).await.1, "ok");
+        assert_eq!(idle_count(addr), 1);
+        assert_eq!(get(addr).await.1, "ok", "the second request must not fail");
+        // Connection 1 answered, lost the second request; connection 2 answered it.
+        let arrivals: Vec<usize> = (0..3).map(|_| seen.try_recv().unwrap()).collect();
+        assert_eq!(arrivals, [1, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_lost_on_a_reused_connection_is_not_sent_again() {
+        let (addr, mut seen) = upstream_answering_once_per_connection().await;
+        assert_eq!(get(addr).await.1, "ok");
+        let post = Request::post("/").header("host", "x").body(body::full("data")).unwrap();
+        let err = send(addr, post, Duration::from_secs(1), Duration::from_secs(60)).await.err().unwrap();
+        assert!(err.source.to_string().contains("before the response head"), "{err}");
+        assert_eq!([seen.try_recv().unwrap(), seen.try_recv().unwrap()], [1, 1]);
+        assert!(seen.try_recv().is_err(), "its body is spent: it must not be sent twice");
+    }
+
+    #[tokio::test]
+    async fn a_silent_close_of_a_new_connection_is_final() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, mut accepts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                // Counted before the close, so that all are counted by the time the request fails.
+                accepted.send(()).unwrap();
+                drop(stream);
+            }
+        });
+        let err = send(addr, Request::get("/").header("host", "x").body(body::empty()).unwrap(), Duration::from_secs(1), Duration::from_secs(60)).await.err().unwrap();
+        assert!(!err.connect);
+        accepts.try_recv().unwrap();
+        assert!(accepts.try_recv().is_err(), "nothing says the upstream lost it by accident: not sent again");
     }
 
     /// A request body fed by the test, of unknown length.
