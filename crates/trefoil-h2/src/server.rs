@@ -1,0 +1,958 @@
+//! The server side of one HTTP/2 connection (RFC 9113).
+//!
+//! One future drives the connection: it reads and answers frames, runs
+//! each stream's request future and response body itself, and writes
+//! through one buffer. Streams are not tasks: a stream's future is polled
+//! with a waker of its own slot, which queues the slot and wakes the
+//! connection; slots (and their wakers) are reused. A request so costs no
+//! task spawn, no lock on the connection's state and no channel.
+//!
+//! The request body is the one thing that leaves the connection's future
+//! (it goes wherever the request goes): it shares a small queue with the
+//! connection, and hands back flow-control credit as it is read.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasherDefault;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use rustc_hash::FxHasher;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::body::{BoxError, RecvBody, Shared, Signals, SlotWaker};
+use crate::frame::{self, Frame, FrameError, Reason, Settings, DEFAULT_MAX_FRAME_SIZE, MAX_WINDOW, PREFACE};
+use crate::hpack::{DecodeError, Decoder, Encoder, Field, Name, Pseudo};
+
+/// What this server tells its clients, and holds them to.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// How much of a request body a client may send ahead of its reading (per stream).
+    pub stream_window: u32,
+    /// The same for all of a connection's streams together.
+    pub connection_window: u32,
+    /// The largest header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE); larger gets a 431.
+    pub max_header_list_size: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_concurrent_streams: 1024, stream_window: 1 << 20, connection_window: 4 << 20, max_header_list_size: 64 << 10 }
+    }
+}
+
+/// Why a connection ended in error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Protocol(#[from] FrameError),
+    #[error("header compression: {0}")]
+    Compression(#[from] DecodeError),
+    #[error("the client did not start with the HTTP/2 connection preface")]
+    Preface,
+}
+
+const HEADER_TABLE_SIZE: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
+/// Above this many unwritten bytes, the connection stops reading and
+/// streams stop producing until the client has taken some.
+const WRITE_HIGH: usize = 64 * 1024;
+/// Client resets of streams still being served, net of streams completed,
+/// before the client is told to calm down (the "rapid reset" attack).
+const RESET_BUDGET: u32 = 1000;
+/// A header block's bytes, over all its CONTINUATIONs, beyond which the
+/// connection is closed (a flood of CONTINUATIONs).
+const MAX_BLOCK_FACTOR: usize = 4;
+
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// What a peer's windows start at before its SETTINGS say otherwise.
+const DEFAULT_WINDOW: i64 = 65_535;
+
+enum Work<F, B> {
+    /// The request's future, until it gives the response.
+    Service(Pin<Box<F>>),
+    /// The response body, being sent.
+    Body(B),
+    Done,
+}
+
+struct Slot<F, B> {
+    id: u32,
+    work: Work<F, B>,
+    send_window: i64,
+    /// What the client may still send on this stream, and what was read and not yet returned.
+    recv_window: i64,
+    recv_unreturned: u32,
+    /// The request body's queue while the client may still send on it.
+    recv: Option<Arc<Shared>>,
+    content_length: Option<u64>,
+    received: u64,
+    head: bool,
+    /// Data that did not fit the flow-control windows, and whether it ends the stream.
+    blocked: Option<(Bytes, bool)>,
+}
+
+/// A header block arriving over CONTINUATION frames.
+struct Continuing {
+    stream: u32,
+    block: BytesMut,
+    end_stream: bool,
+}
+
+/// One client connection. A future that ends when the connection does.
+pub struct Connection<I, S, F, B> {
+    io: I,
+    service: S,
+    config: Config,
+    read: BytesMut,
+    write: Vec<u8>,
+    written: usize,
+    preface_read: bool,
+    decoder: Decoder,
+    encoder: Encoder,
+    block: Vec<u8>,
+    peer_max_frame: u32,
+    peer_initial_window: i64,
+    send_window: i64,
+    recv_window: i64,
+    recv_unreturned: u32,
+    streams: HashMap<u32, usize, BuildHasherDefault<FxHasher>>,
+    slots: Vec<Option<Slot<F, B>>>,
+    wakers: Vec<Waker>,
+    free: Vec<usize>,
+    signals: Arc<Signals>,
+    /// Slots that wait for the write buffer to drain.
+    waiting_to_write: Vec<usize>,
+    last_stream: u32,
+    continuing: Option<Continuing>,
+    /// GOAWAY sent: no new streams, close once the open ones are done.
+    going_away: bool,
+    /// The client sent GOAWAY: no new streams will come.
+    peer_going_away: bool,
+    read_closed: bool,
+    failed: Option<Error>,
+    reset_budget: u32,
+}
+
+impl<I, S, F, B> Connection<I, S, F, B>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<RecvBody>) -> F + Unpin,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(io: I, config: Config, service: S) -> Self {
+        let mut write = Vec::with_capacity(16 * 1024);
+        frame::encode_settings(
+            &[
+                (SETTINGS_ENABLE_PUSH, 0),
+                (SETTINGS_MAX_CONCURRENT_STREAMS, config.max_concurrent_streams),
+                (SETTINGS_INITIAL_WINDOW_SIZE, config.stream_window),
+                (SETTINGS_MAX_HEADER_LIST_SIZE, config.max_header_list_size),
+            ],
+            &mut write,
+        );
+        if config.connection_window as i64 > DEFAULT_WINDOW {
+            frame::encode_window_update(0, config.connection_window - DEFAULT_WINDOW as u32, &mut write);
+        }
+        Connection {
+            io,
+            service,
+            decoder: Decoder::new(HEADER_TABLE_SIZE, config.max_header_list_size as usize),
+            recv_window: (config.connection_window as i64).max(DEFAULT_WINDOW),
+            config,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write,
+            written: 0,
+            preface_read: false,
+            encoder: Encoder::new(),
+            block: Vec::with_capacity(512),
+            peer_max_frame: DEFAULT_MAX_FRAME_SIZE,
+            peer_initial_window: DEFAULT_WINDOW,
+            send_window: DEFAULT_WINDOW,
+            recv_unreturned: 0,
+            streams: HashMap::default(),
+            slots: Vec::new(),
+            wakers: Vec::new(),
+            free: Vec::new(),
+            signals: Arc::default(),
+            waiting_to_write: Vec::new(),
+            last_stream: 0,
+            continuing: None,
+            going_away: false,
+            peer_going_away: false,
+            read_closed: false,
+            failed: None,
+            reset_budget: RESET_BUDGET,
+        }
+    }
+
+    /// Refuses new streams (GOAWAY), lets the open ones finish, then closes.
+    pub fn graceful_shutdown(&mut self) {
+        if !self.going_away {
+            self.going_away = true;
+            frame::encode_goaway(self.last_stream, Reason::NO_ERROR, &mut self.write);
+            self.signals.connection.wake();
+        }
+    }
+
+    fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Ends the connection: GOAWAY with `error`'s reason, every stream dropped.
+    fn fail(&mut self, error: Error) {
+        if self.failed.is_some() {
+            return;
+        }
+        let reason = match &error {
+            Error::Protocol(FrameError::Connection { reason, .. }) => *reason,
+            Error::Compression(_) => Reason::COMPRESSION_ERROR,
+            _ => Reason::PROTOCOL_ERROR,
+        };
+        frame::encode_goaway(self.last_stream, reason, &mut self.write);
+        for key in 0..self.slots.len() {
+            self.cancel(key, "the connection failed");
+        }
+        self.failed = Some(error);
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        let spare = self.read.spare_capacity_mut();
+        let mut buf = ReadBuf::uninit(spare);
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
+        unsafe { self.read.set_len(self.read.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.write.len() {
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        if self.written > 0 {
+            self.write.clear();
+            self.written = 0;
+            // TLS streams buffer records until flushed.
+            std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn process_frames(&mut self) -> Result<(), Error> {
+        if !self.preface_read {
+            if self.read.len() < PREFACE.len() {
+                return if PREFACE.starts_with(&self.read) { Ok(()) } else { Err(Error::Preface) };
+            }
+            if &self.read[..PREFACE.len()] != PREFACE {
+                return Err(Error::Preface);
+            }
+            let _ = self.read.split_to(PREFACE.len());
+            self.preface_read = true;
+        }
+        while self.failed.is_none() {
+            match frame::decode(&mut self.read, DEFAULT_MAX_FRAME_SIZE) {
+                Ok(Some(frame)) => match self.on_frame(frame) {
+                    Ok(()) => {}
+                    Err(Error::Protocol(FrameError::Stream { stream, reason, .. })) => self.reset(stream, reason),
+                    Err(e) => return Err(e),
+                },
+                Ok(None) => break,
+                Err(FrameError::Stream { stream, reason, .. }) => self.reset(stream, reason),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<(), Error> {
+        if let Some(continuing) = &mut self.continuing {
+            let Frame::Continuation { stream, fragment, end_headers } = frame else {
+                return Err(protocol_error("a header block interrupted before its end"));
+            };
+            if stream != continuing.stream {
+                return Err(protocol_error("CONTINUATION of another stream"));
+            }
+            continuing.block.extend_from_slice(&fragment);
+            if continuing.block.len() > self.config.max_header_list_size as usize * MAX_BLOCK_FACTOR {
+                return Err(FrameError::Connection { reason: Reason::ENHANCE_YOUR_CALM, what: "header block too large" }.into());
+            }
+            if end_headers {
+                let Continuing { stream, block, end_stream } = self.continuing.take().expect("checked above");
+                return self.on_header_block(stream, block.freeze(), end_stream);
+            }
+            return Ok(());
+        }
+        match frame {
+            Frame::Headers { stream, fragment, end_stream, end_headers: true } => self.on_header_block(stream, fragment, end_stream),
+            Frame::Headers { stream, fragment, end_stream, end_headers: false } => {
+                self.continuing = Some(Continuing { stream, block: BytesMut::from(&fragment[..]), end_stream });
+                Ok(())
+            }
+            Frame::Continuation { .. } => Err(protocol_error("CONTINUATION without HEADERS")),
+            Frame::Data { stream, data, end_stream, flow_len } => self.on_data(stream, data, end_stream, flow_len),
+            Frame::RstStream { stream, .. } => self.on_reset(stream),
+            Frame::Settings { ack: false, settings } => self.on_settings(settings),
+            Frame::Ping { ack: false, payload } => {
+                frame::encode_ping_ack(payload, &mut self.write);
+                Ok(())
+            }
+            Frame::GoAway { .. } => {
+                self.peer_going_away = true;
+                Ok(())
+            }
+            Frame::WindowUpdate { stream: 0, increment } => {
+                self.send_window += increment as i64;
+                if self.send_window > MAX_WINDOW as i64 {
+                    return Err(FrameError::Connection { reason: Reason::FLOW_CONTROL_ERROR, what: "connection window over 2^31-1" }.into());
+                }
+                self.wake_blocked();
+                Ok(())
+            }
+            Frame::WindowUpdate { stream, increment } => {
+                let Some(&key) = self.streams.get(&stream) else { return Ok(()) };
+                let slot = self.slots[key].as_mut().expect("streams point at live slots");
+                slot.send_window += increment as i64;
+                if slot.send_window > MAX_WINDOW as i64 {
+                    return Err(FrameError::Stream { stream, reason: Reason::FLOW_CONTROL_ERROR, what: "stream window over 2^31-1" }.into());
+                }
+                if slot.blocked.is_some() {
+                    self.signals.woken.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+                }
+                Ok(())
+            }
+            Frame::PushPromise => Err(protocol_error("a client must not push")),
+            Frame::Settings { ack: true, .. } | Frame::Ping { ack: true, .. } | Frame::Priority { .. } | Frame::Unknown => Ok(()),
+        }
+    }
+
+    fn on_settings(&mut self, settings: Settings) -> Result<(), Error> {
+        if let Some(size) = settings.max_frame_size {
+            self.peer_max_frame = size;
+        }
+        if let Some(window) = settings.initial_window_size {
+            let delta = window as i64 - self.peer_initial_window;
+            self.peer_initial_window = window as i64;
+            for slot in self.slots.iter_mut().flatten() {
+                slot.send_window += delta;
+                if slot.send_window > MAX_WINDOW as i64 {
+                    return Err(FrameError::Connection { reason: Reason::FLOW_CONTROL_ERROR, what: "a stream's window over 2^31-1" }.into());
+                }
+            }
+            if delta > 0 {
+                self.wake_blocked();
+            }
+        }
+        // The encoder keeps no dynamic table: SETTINGS_HEADER_TABLE_SIZE does not matter to it.
+        frame::encode_settings_ack(&mut self.write);
+        Ok(())
+    }
+
+    fn wake_blocked(&mut self) {
+        let mut woken = self.signals.woken.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, slot) in self.slots.iter().enumerate() {
+            if slot.as_ref().is_some_and(|s| s.blocked.is_some()) {
+                woken.push(key);
+            }
+        }
+    }
+
+    fn on_header_block(&mut self, stream: u32, block: Bytes, end_stream: bool) -> Result<(), Error> {
+        if let Some(&key) = self.streams.get(&stream) {
+            return self.on_trailers(key, &block, end_stream);
+        }
+        if stream.is_multiple_of(2) {
+            return Err(protocol_error("a client stream with an even number"));
+        }
+        let mut head = RequestHead::default();
+        let decoded = self.decoder.decode(&block, |field| head.add(field));
+        if stream <= self.last_stream {
+            // A stream that is over (reset or answered): the block was decoded
+            // for the table's sake, and is dropped.
+            return match decoded {
+                Err(DecodeError::ListTooLarge(_)) | Ok(()) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        self.last_stream = stream;
+        let too_large = match decoded {
+            Ok(()) => false,
+            Err(DecodeError::ListTooLarge(_)) => true,
+            Err(e) => return Err(e.into()),
+        };
+        if self.going_away {
+            return Ok(());
+        }
+        if self.open_streams() >= self.config.max_concurrent_streams as usize {
+            self.reset(stream, Reason::REFUSED_STREAM);
+            return Ok(());
+        }
+        if too_large {
+            self.local_reply(stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, end_stream);
+            return Ok(());
+        }
+        let (request, content_length) = match head.into_request() {
+            Ok(r) => r,
+            Err(_) => {
+                self.reset(stream, Reason::PROTOCOL_ERROR);
+                return Ok(());
+            }
+        };
+        if end_stream && content_length.is_some_and(|n| n != 0) {
+            self.reset(stream, Reason::PROTOCOL_ERROR);
+            return Ok(());
+        }
+        let key = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.wakers.push(Waker::from(Arc::new(SlotWaker { slot: self.slots.len() - 1, signals: self.signals.clone() })));
+            self.slots.len() - 1
+        });
+        let head = request.method() == Method::HEAD;
+        let (recv, body) = if end_stream {
+            (None, RecvBody::empty())
+        } else {
+            let shared = Arc::new(Shared::default());
+            (Some(shared.clone()), RecvBody::streaming(stream, shared, self.signals.clone(), content_length))
+        };
+        let request = request.map(|()| body);
+        let future = Box::pin((self.service)(request));
+        self.slots[key] = Some(Slot {
+            id: stream,
+            work: Work::Service(future),
+            send_window: self.peer_initial_window,
+            recv_window: self.config.stream_window as i64,
+            recv_unreturned: 0,
+            recv,
+            content_length,
+            received: 0,
+            head,
+            blocked: None,
+        });
+        self.streams.insert(stream, key);
+        self.run(key);
+        Ok(())
+    }
+
+    fn on_trailers(&mut self, key: usize, block: &Bytes, end_stream: bool) -> Result<(), Error> {
+        let mut trailers = HeaderMap::new();
+        let mut malformed = false;
+        let decoded = self.decoder.decode(block, |field| match (field.name, HeaderValue::from_maybe_shared(field.value)) {
+            (Name::Header(name), Ok(value)) if !is_connection_specific(&name) => {
+                trailers.append(name, value);
+            }
+            _ => malformed = true,
+        });
+        match decoded {
+            Ok(()) => {}
+            Err(DecodeError::ListTooLarge(_)) => malformed = true,
+            Err(e) => return Err(e.into()),
+        }
+        let slot = self.slots[key].as_mut().expect("streams point at live slots");
+        let stream = slot.id;
+        let Some(shared) = slot.recv.take() else {
+            return Err(FrameError::Stream { stream, reason: Reason::STREAM_CLOSED, what: "HEADERS after the request's end" }.into());
+        };
+        if !end_stream || malformed || slot.content_length.is_some_and(|n| n != slot.received) {
+            shared.update(|s| s.failed = Some("malformed request trailers"));
+            return Err(FrameError::Stream { stream, reason: Reason::PROTOCOL_ERROR, what: "malformed trailers" }.into());
+        }
+        shared.update(|s| {
+            s.trailers = Some(trailers);
+            s.ended = true;
+        });
+        self.close_if_done(key);
+        Ok(())
+    }
+
+    fn on_data(&mut self, stream: u32, data: Bytes, end_stream: bool, flow_len: u32) -> Result<(), Error> {
+        if flow_len as i64 > self.recv_window {
+            return Err(FrameError::Connection { reason: Reason::FLOW_CONTROL_ERROR, what: "DATA beyond the connection's window" }.into());
+        }
+        self.recv_window -= flow_len as i64;
+        // Padding is not for any reader: its credit goes back at once.
+        self.recv_unreturned += flow_len - data.len() as u32;
+        let Some(&key) = self.streams.get(&stream) else {
+            if stream > self.last_stream {
+                return Err(protocol_error("DATA on a stream not opened"));
+            }
+            // A stream already over: what the client sent before it knew is dropped.
+            self.recv_unreturned += data.len() as u32;
+            return Ok(());
+        };
+        let slot = self.slots[key].as_mut().expect("streams point at live slots");
+        let Some(shared) = slot.recv.clone() else {
+            self.recv_unreturned += data.len() as u32;
+            return Err(FrameError::Stream { stream, reason: Reason::STREAM_CLOSED, what: "DATA after the request's end" }.into());
+        };
+        if flow_len as i64 > slot.recv_window {
+            return Err(FrameError::Stream { stream, reason: Reason::FLOW_CONTROL_ERROR, what: "DATA beyond the stream's window" }.into());
+        }
+        slot.recv_window -= flow_len as i64;
+        slot.received += data.len() as u64;
+        let length_broken = slot.content_length.is_some_and(|n| slot.received > n || (end_stream && slot.received != n));
+        if length_broken {
+            shared.update(|s| s.failed = Some("request body and content-length disagree"));
+            return Err(FrameError::Stream { stream, reason: Reason::PROTOCOL_ERROR, what: "request body and content-length disagree" }.into());
+        }
+        let len = data.len() as u32;
+        let mut dropped = false;
+        shared.update(|s| {
+            dropped = s.dropped;
+            if !dropped && !data.is_empty() {
+                s.chunks.push_back(data);
+            }
+            if end_stream {
+                s.ended = true;
+            }
+        });
+        if dropped {
+            self.recv_unreturned += len;
+            slot.recv_unreturned += len;
+        }
+        if end_stream {
+            slot.recv = None;
+            self.close_if_done(key);
+        }
+        Ok(())
+    }
+
+    fn on_reset(&mut self, stream: u32) -> Result<(), Error> {
+        match self.streams.get(&stream) {
+            Some(&key) => {
+                if matches!(self.slots[key].as_ref().map(|s| &s.work), Some(Work::Service(_))) {
+                    self.reset_budget = self.reset_budget.saturating_sub(1);
+                    if self.reset_budget == 0 {
+                        return Err(FrameError::Connection { reason: Reason::ENHANCE_YOUR_CALM, what: "too many streams reset while being served" }.into());
+                    }
+                }
+                self.cancel(key, "the client reset the stream");
+                Ok(())
+            }
+            None if stream > self.last_stream => Err(protocol_error("RST_STREAM on a stream not opened")),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends RST_STREAM and forgets the stream.
+    fn reset(&mut self, stream: u32, reason: Reason) {
+        frame::encode_rst_stream(stream, reason, &mut self.write);
+        if let Some(&key) = self.streams.get(&stream) {
+            self.cancel(key, "the stream was reset");
+        }
+    }
+
+    /// Drops a stream's work and slot; its request body, if still read, fails.
+    fn cancel(&mut self, key: usize, why: &'static str) {
+        let Some(slot) = self.slots[key].take() else { return };
+        if let Some(shared) = slot.recv {
+            shared.update(|s| s.failed = Some(why));
+        }
+        self.streams.remove(&slot.id);
+        self.free.push(key);
+    }
+
+    /// Forgets a stream once both sides are done with it; a response that
+    /// ended before the request tells the client to stop sending.
+    fn close_if_done(&mut self, key: usize) {
+        let Some(slot) = self.slots[key].as_mut() else { return };
+        if !matches!(slot.work, Work::Done) {
+            return;
+        }
+        if slot.recv.is_some() {
+            frame::encode_rst_stream(slot.id, Reason::NO_ERROR, &mut self.write);
+            self.cancel(key, "the response ended before the request");
+            return;
+        }
+        self.reset_budget = (self.reset_budget + 1).min(RESET_BUDGET);
+        let id = slot.id;
+        self.slots[key] = None;
+        self.streams.remove(&id);
+        self.free.push(key);
+    }
+
+    /// A response made here, without a body.
+    fn local_reply(&mut self, stream: u32, status: StatusCode, request_ended: bool) {
+        self.block.clear();
+        self.encoder.encode_status(status, &mut self.block);
+        frame::encode_headers(stream, &self.block, true, self.peer_max_frame, &mut self.write);
+        if !request_ended {
+            frame::encode_rst_stream(stream, Reason::NO_ERROR, &mut self.write);
+        }
+    }
+
+    /// Polls a stream's work: its request future, then its response body.
+    fn run(&mut self, key: usize) {
+        loop {
+            let Some(slot) = self.slots.get_mut(key).and_then(Option::as_mut) else { return };
+            let mut cx = Context::from_waker(&self.wakers[key]);
+            match &mut slot.work {
+                Work::Service(future) => match future.as_mut().poll(&mut cx) {
+                    Poll::Ready(response) => self.respond(key, response),
+                    Poll::Pending => return,
+                },
+                Work::Body(_) => return self.pump(key),
+                Work::Done => return,
+            }
+        }
+    }
+
+    fn respond(&mut self, key: usize, response: Response<B>) {
+        let slot = self.slots[key].as_mut().expect("run checked the slot");
+        let (parts, body) = response.into_parts();
+        self.block.clear();
+        self.encoder.encode_status(parts.status, &mut self.block);
+        let (mut has_length, mut has_date) = (false, false);
+        for (name, value) in &parts.headers {
+            if !is_connection_specific(name) {
+                has_length |= name == header::CONTENT_LENGTH;
+                has_date |= name == header::DATE;
+                self.encoder.encode_field(name, value, &mut self.block);
+            }
+        }
+        // As hyper's server did: a date on every response, and the length when the body knows it.
+        if !has_date {
+            self.encoder.encode_field(&header::DATE, &date_now(), &mut self.block);
+        }
+        let end = slot.head || body.is_end_stream();
+        if !has_length && !slot.head {
+            if let Some(length) = body.size_hint().exact() {
+                self.encoder.encode_field(&header::CONTENT_LENGTH, &HeaderValue::from(length), &mut self.block);
+            }
+        }
+        frame::encode_headers(slot.id, &self.block, end, self.peer_max_frame, &mut self.write);
+        slot.work = if end { Work::Done } else { Work::Body(body) };
+    }
+
+    /// Moves response body frames to the write buffer while the windows and the buffer have room.
+    fn pump(&mut self, key: usize) {
+        loop {
+            if self.write.len() >= WRITE_HIGH {
+                self.waiting_to_write.push(key);
+                return;
+            }
+            let slot = self.slots[key].as_mut().expect("pump is called on live slots");
+            if let Some((data, end)) = slot.blocked.take() {
+                if !self.send_data(key, data, end) {
+                    return;
+                }
+                if end {
+                    self.finish_body(key);
+                    return;
+                }
+                continue;
+            }
+            let slot = self.slots[key].as_mut().expect("pump is called on live slots");
+            let Work::Body(body) = &mut slot.work else { return };
+            let mut cx = Context::from_waker(&self.wakers[key]);
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = body.is_end_stream();
+                        if data.is_empty() && !end {
+                            continue;
+                        }
+                        if !self.send_data(key, data, end) {
+                            return;
+                        }
+                        if end {
+                            self.finish_body(key);
+                            return;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let id = slot.id;
+                            self.block.clear();
+                            for (name, value) in &trailers {
+                                self.encoder.encode_field(name, value, &mut self.block);
+                            }
+                            frame::encode_headers(id, &self.block, true, self.peer_max_frame, &mut self.write);
+                            self.finish_body(key);
+                            return;
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    frame::encode_data_head(slot.id, 0, true, &mut self.write);
+                    self.finish_body(key);
+                    return;
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    let id = slot.id;
+                    self.reset(id, Reason::INTERNAL_ERROR);
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    fn finish_body(&mut self, key: usize) {
+        if let Some(slot) = self.slots[key].as_mut() {
+            slot.work = Work::Done;
+        }
+        self.close_if_done(key);
+    }
+
+    /// Writes `data` as DATA frames as far as the windows allow; the rest
+    /// waits in the slot. Returns whether all of it went.
+    fn send_data(&mut self, key: usize, mut data: Bytes, end: bool) -> bool {
+        let slot = self.slots[key].as_mut().expect("send_data is called on live slots");
+        loop {
+            if data.is_empty() {
+                frame::encode_data_head(slot.id, 0, end, &mut self.write);
+                return true;
+            }
+            let window = slot.send_window.min(self.send_window);
+            if window <= 0 {
+                slot.blocked = Some((data, end));
+                return false;
+            }
+            let n = data.len().min(window as usize).min(self.peer_max_frame as usize);
+            let chunk = data.split_to(n);
+            frame::encode_data_head(slot.id, n, end && data.is_empty(), &mut self.write);
+            self.write.extend_from_slice(&chunk);
+            slot.send_window -= n as i64;
+            self.send_window -= n as i64;
+            if data.is_empty() {
+                return true;
+            }
+        }
+    }
+
+    /// Returns the flow-control credit of bytes the request bodies read.
+    fn return_credit(&mut self) {
+        for (stream, bytes) in self.signals.take_released() {
+            self.recv_unreturned += bytes;
+            if let Some(slot) = self.streams.get(&stream).and_then(|&key| self.slots[key].as_mut()) {
+                if slot.recv.is_some() {
+                    slot.recv_unreturned += bytes;
+                    if slot.recv_unreturned >= self.config.stream_window / 2 {
+                        frame::encode_window_update(stream, slot.recv_unreturned, &mut self.write);
+                        slot.recv_window += slot.recv_unreturned as i64;
+                        slot.recv_unreturned = 0;
+                    }
+                }
+            }
+        }
+        if self.recv_unreturned >= self.config.connection_window / 2 {
+            frame::encode_window_update(0, self.recv_unreturned, &mut self.write);
+            self.recv_window += self.recv_unreturned as i64;
+            self.recv_unreturned = 0;
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.failed.is_some() || self.read_closed || ((self.going_away || self.peer_going_away) && self.streams.is_empty())
+    }
+}
+
+impl<I, S, F, B> Future for Connection<I, S, F, B>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<RecvBody>) -> F + Unpin,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.signals.connection.register(cx.waker());
+        loop {
+            let mut progress = false;
+            if !this.finished() && this.write.len() < WRITE_HIGH {
+                match this.poll_read(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        this.read_closed = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        if let Err(e) = this.process_frames() {
+                            this.fail(e);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            for key in this.signals.take_woken() {
+                progress = true;
+                this.run(key);
+            }
+            this.return_credit();
+            match this.poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    if !this.waiting_to_write.is_empty() {
+                        progress = true;
+                        for key in std::mem::take(&mut this.waiting_to_write) {
+                            this.run(key);
+                        }
+                    }
+                    if this.finished() && this.write.is_empty() {
+                        let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                        return Poll::Ready(this.failed.take().map_or(Ok(()), Err));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// The current time as a `date` value, formatted once a second per thread.
+fn date_now() -> HeaderValue {
+    thread_local! {
+        static CACHED: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or_else(|_| HeaderValue::from_static("")));
+        }
+        cached.1.clone()
+    })
+}
+
+fn protocol_error(what: &'static str) -> Error {
+    Error::Protocol(FrameError::Connection { reason: Reason::PROTOCOL_ERROR, what })
+}
+
+/// Fields that belong to an HTTP/1.1 connection and must not appear in
+/// HTTP/2 (RFC 9113 §8.2.2).
+fn is_connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::TE || name.as_str() == "keep-alive" || name.as_str() == "proxy-connection"
+}
+
+/// A request's header list as it is decoded, checked as RFC 9113 §8.3 says.
+#[derive(Default)]
+struct RequestHead {
+    method: Option<Bytes>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    headers: HeaderMap,
+    regular_seen: bool,
+    cookies: usize,
+    content_length: Option<u64>,
+    malformed: Option<&'static str>,
+}
+
+impl RequestHead {
+    fn add(&mut self, field: Field) {
+        if self.malformed.is_some() {
+            return;
+        }
+        if let Err(why) = self.try_add(field) {
+            self.malformed = Some(why);
+        }
+    }
+
+    fn try_add(&mut self, field: Field) -> Result<(), &'static str> {
+        match field.name {
+            Name::Pseudo(pseudo) => {
+                if self.regular_seen {
+                    return Err("pseudo-header after a regular field");
+                }
+                let place = match pseudo {
+                    Pseudo::Method => &mut self.method,
+                    Pseudo::Scheme => &mut self.scheme,
+                    Pseudo::Authority => &mut self.authority,
+                    Pseudo::Path => &mut self.path,
+                    Pseudo::Status | Pseudo::Protocol => return Err("pseudo-header not allowed in a request"),
+                };
+                if place.replace(field.value).is_some() {
+                    return Err("repeated pseudo-header");
+                }
+            }
+            Name::Header(name) => {
+                self.regular_seen = true;
+                if is_connection_specific(&name) && !(name == header::TE && field.value == "trailers") {
+                    return Err("connection-specific field");
+                }
+                let mut value = HeaderValue::from_maybe_shared(field.value).map_err(|_| "invalid character in a field value")?;
+                if field.sensitive {
+                    value.set_sensitive(true);
+                }
+                if name == header::CONTENT_LENGTH {
+                    let n = value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or("invalid content-length")?;
+                    if self.content_length.replace(n).is_some_and(|old| old != n) {
+                        return Err("conflicting content-length");
+                    }
+                } else if name == header::COOKIE {
+                    self.cookies += 1;
+                }
+                self.headers.append(name, value);
+            }
+            Name::Malformed(_) => return Err("invalid field name"),
+        }
+        Ok(())
+    }
+
+    fn into_request(mut self) -> Result<(Request<()>, Option<u64>), &'static str> {
+        if let Some(why) = self.malformed {
+            return Err(why);
+        }
+        let method = Method::from_bytes(&self.method.ok_or("no :method")?).map_err(|_| "invalid :method")?;
+        let uri = if method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() {
+                return Err(":scheme or :path in a CONNECT request");
+            }
+            Uri::from_maybe_shared(self.authority.ok_or("CONNECT without :authority")?).map_err(|_| "invalid :authority")?
+        } else {
+            let scheme = self.scheme.ok_or("no :scheme")?;
+            let path = self.path.filter(|p| !p.is_empty()).ok_or("no :path")?;
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(PathAndQuery::from_maybe_shared(path).map_err(|_| "invalid :path")?);
+            if let Some(authority) = self.authority {
+                parts.scheme = Some(Scheme::try_from(&scheme[..]).map_err(|_| "invalid :scheme")?);
+                parts.authority = Some(Authority::from_maybe_shared(authority).map_err(|_| "invalid :authority")?);
+            }
+            Uri::from_parts(parts).map_err(|_| "invalid request target")?
+        };
+        if self.cookies > 1 {
+            // One field for an HTTP/1.1 hop (RFC 9113 §8.2.3).
+            let joined: Vec<u8> = self.headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b"; "[..]);
+            self.headers.insert(header::COOKIE, HeaderValue::from_bytes(&joined).map_err(|_| "invalid cookie")?);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = self.headers;
+        Ok((request, self.content_length))
+    }
+}

@@ -1,0 +1,272 @@
+//! The server against real clients (curl, nghttp, h2load from nghttp2) and
+//! against hand-made frames for what a well-behaved client never sends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use trefoil_h2::body::BoxError;
+use trefoil_h2::frame::{self, Frame, Reason, DEFAULT_MAX_FRAME_SIZE, PREFACE};
+use trefoil_h2::{Config, Connection, RecvBody};
+
+type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// `/echo` answers with the request's body (streamed back as it comes),
+/// `/bytes/N` with N bytes, `/never` never answers, anything else 200 "ok".
+async fn service(req: Request<RecvBody>) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if path == "/echo" {
+        return Response::new(req.into_body().boxed_unsync());
+    }
+    if path == "/never" {
+        std::future::pending::<()>().await;
+    }
+    let body = match path.strip_prefix("/bytes/") {
+        Some(n) => Bytes::from((0..n.parse::<usize>().unwrap()).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+        None => Bytes::from_static(b"ok"),
+    };
+    Response::new(Full::new(body).map_err(|e: Infallible| match e {}).boxed_unsync())
+}
+
+/// Serves every connection on a loopback port; `shutdown` asks them to finish gracefully.
+async fn server() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut watch = watch.clone();
+            tokio::spawn(async move {
+                let mut connection = Connection::new(stream, Config::default(), |req| Box::pin(service(req)));
+                tokio::select! {
+                    _ = &mut connection => return,
+                    _ = watch.wait_for(|stop| *stop) => connection.graceful_shutdown(),
+                }
+                let _ = connection.await;
+            });
+        }
+    });
+    (addr, shutdown)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+async fn run(cmd: &mut Command) -> std::process::Output {
+    let mut cmd = tokio::process::Command::from(std::mem::replace(cmd, Command::new("true")));
+    tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("the client finished in time").unwrap()
+}
+
+#[tokio::test]
+async fn bodies_larger_than_every_window_go_both_ways_with_curl() {
+    let (addr, _shutdown) = server().await;
+    let dir = std::env::temp_dir().join(format!("trefoil-h2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let upload = dir.join("upload");
+    // 9 MiB: more than the stream window (1 MiB) and the connection window (4 MiB).
+    let sent = pattern(9 << 20);
+    std::fs::write(&upload, &sent).unwrap();
+    let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "--data-binary"]).arg(format!("@{}", upload.display())).arg(format!("http://{addr}/echo"))).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == sent, "the echo came back {} bytes long, not identical", out.stdout.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_client_with_small_windows_gets_all_of_a_large_response() {
+    let (addr, _shutdown) = server().await;
+    // 2^14-byte windows: the response waits for WINDOW_UPDATEs many times over.
+    let out = run(Command::new("nghttp").args(["-w", "14", "-W", "14"]).arg(format!("http://{addr}/bytes/1000000"))).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected: Vec<u8> = (0..1_000_000).map(|i| (i % 251) as u8).collect();
+    assert!(out.stdout == expected, "got {} bytes", out.stdout.len());
+}
+
+#[tokio::test]
+async fn many_concurrent_streams_under_h2load_all_succeed() {
+    let (addr, _shutdown) = server().await;
+    let out = run(Command::new("h2load").args(["-n", "4000", "-c", "4", "-m", "32"]).arg(format!("http://{addr}/bytes/100"))).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4000 succeeded, 0 failed, 0 errored"), "{text}");
+}
+
+/// A client of hand-made frames.
+struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut hello = PREFACE.to_vec();
+        frame::encode_settings(&[], &mut hello);
+        stream.write_all(&hello).await.unwrap();
+        RawClient { stream, buf: BytesMut::new() }
+    }
+
+    /// A GET of `path` with extra literal fields, as one HEADERS frame.
+    async fn get(&mut self, stream: u32, path: &str, fields: &[(&str, &str)], end_stream: bool) {
+        // :method GET, :scheme http, :path (literal, name indexed), :authority (literal).
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        for (name, value) in fields {
+            literal(name, value, &mut block);
+        }
+        let mut out = Vec::new();
+        frame::encode_headers(stream, &block, end_stream, DEFAULT_MAX_FRAME_SIZE, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame other than SETTINGS, WINDOW_UPDATE and PING; `None` once the server closes.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            while let Some(f) = frame::decode(&mut self.buf, 1 << 24).unwrap() {
+                if !matches!(f, Frame::Settings { .. } | Frame::WindowUpdate { .. } | Frame::Ping { .. }) {
+                    return Some(f);
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            match tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk)).await.expect("the server answers in time") {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Frames until one matches.
+    async fn until(&mut self, mut wanted: impl FnMut(&Frame) -> bool) -> Frame {
+        loop {
+            let f = self.next().await.expect("the connection stays open until the frame comes");
+            if wanted(&f) {
+                return f;
+            }
+        }
+    }
+}
+
+fn literal(name: &str, value: &str, block: &mut Vec<u8>) {
+    assert!(name.len() < 127 && value.len() < 127);
+    block.extend_from_slice(&[0x00, name.len() as u8]);
+    block.extend_from_slice(name.as_bytes());
+    block.push(value.len() as u8);
+    block.extend_from_slice(value.as_bytes());
+}
+
+fn status_of(f: &Frame) -> Option<StatusCode> {
+    let Frame::Headers { fragment, .. } = f else { return None };
+    let mut decoder = trefoil_h2::hpack::Decoder::new(4096, 1 << 20);
+    let mut status = None;
+    decoder.decode(fragment, |field| {
+        if field.name == trefoil_h2::hpack::Name::Pseudo(trefoil_h2::hpack::Pseudo::Status) {
+            status = StatusCode::from_bytes(&field.value).ok();
+        }
+    }).ok()?;
+    status
+}
+
+#[tokio::test]
+async fn a_malformed_request_resets_its_stream_and_the_connection_goes_on() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    client.get(1, "/", &[("X-Upper", "case")], true).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR });
+    client.get(3, "/", &[("connection", "keep-alive")], true).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 3, reason: Reason::PROTOCOL_ERROR });
+    client.get(5, "/", &[], true).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { stream: 5, .. })).await;
+    assert_eq!(status_of(&headers), Some(StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_header_list_over_the_limit_gets_431() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    let value = "v".repeat(120);
+    let fields: Vec<(String, String)> = (0..600).map(|i| (format!("x-{i}"), value.clone())).collect();
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    client.get(1, "/", &fields, true).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { stream: 1, .. })).await;
+    assert_eq!(status_of(&headers), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+}
+
+#[tokio::test]
+async fn a_bad_preface_closes_the_connection() {
+    let (addr, _shutdown) = server().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await.expect("closed in time").unwrap();
+    // SETTINGS, then GOAWAY PROTOCOL_ERROR.
+    let mut buf = BytesMut::from(&rest[..]);
+    let mut frames = Vec::new();
+    while let Some(f) = frame::decode(&mut buf, 1 << 24).unwrap() {
+        frames.push(f);
+    }
+    assert!(matches!(frames.last(), Some(Frame::GoAway { reason: Reason::PROTOCOL_ERROR, .. })), "{frames:?}");
+}
+
+#[tokio::test]
+async fn resetting_stream_after_stream_in_service_ends_in_goaway() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    let mut burst = Vec::new();
+    for i in 0..1100u32 {
+        let id = 2 * i + 1;
+        let block = [0x82, 0x86, 0x04, 6, b'/', b'n', b'e', b'v', b'e', b'r', 0x01, 1, b'x'];
+        frame::encode_headers(id, &block, true, DEFAULT_MAX_FRAME_SIZE, &mut burst);
+        frame::encode_rst_stream(id, Reason::CANCEL, &mut burst);
+    }
+    client.send(&burst).await;
+    let goaway = client.until(|f| matches!(f, Frame::GoAway { .. })).await;
+    assert!(matches!(goaway, Frame::GoAway { reason: Reason::ENHANCE_YOUR_CALM, .. }), "{goaway:?}");
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_finishes_open_streams_and_refuses_new_ones() {
+    let (addr, shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    // A request whose body is still coming when the shutdown begins.
+    client.get(1, "/echo", &[], false).await;
+    // Answered before the shutdown: the connection is up and serving.
+    client.get(3, "/", &[], true).await;
+    client.until(|f| matches!(f, Frame::Headers { stream: 3, .. })).await;
+    shutdown.send(true).unwrap();
+    assert_eq!(client.until(|f| matches!(f, Frame::GoAway { .. })).await, Frame::GoAway { last_stream: 3, reason: Reason::NO_ERROR });
+    // A new stream is ignored; the open one completes.
+    client.get(5, "/", &[], true).await;
+    let mut out = Vec::new();
+    frame::encode_data_head(1, 4, true, &mut out);
+    out.extend_from_slice(b"done");
+    client.send(&out).await;
+    let mut echoed = Vec::new();
+    loop {
+        match client.next().await {
+            Some(Frame::Data { stream: 1, data, end_stream, .. }) => {
+                echoed.extend_from_slice(&data);
+                if end_stream {
+                    break;
+                }
+            }
+            Some(Frame::Headers { stream: 5, .. }) => panic!("a stream opened after GOAWAY was served"),
+            Some(_) => {}
+            None => panic!("closed before the open stream finished"),
+        }
+    }
+    assert_eq!(echoed, b"done");
+    assert_eq!(client.next().await, None, "closed once the open stream is done");
+}
