@@ -24,8 +24,41 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
 }
 
-pub fn stream(body: Incoming) -> ProxyBody {
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+pub fn stream(body: Downstream) -> ProxyBody {
+    body.boxed_unsync()
+}
+
+/// A request body as the client sends it: through hyper's HTTP/1 server,
+/// or through the proxy's own HTTP/2 server.
+pub enum Downstream {
+    Http1(Incoming),
+    Http2(trefoil_h2::RecvBody),
+}
+
+impl Body for Downstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Downstream::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Downstream::Http2(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Downstream::Http1(body) => body.is_end_stream(),
+            Downstream::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Downstream::Http1(body) => body.size_hint(),
+            Downstream::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A body read up to a limit.
@@ -76,12 +109,12 @@ pub enum BufferError {
 /// A request body that is either buffered (replayable) or streamed once.
 pub enum RequestBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<Downstream>),
 }
 
 impl RequestBody {
     /// Buffers small bodies when `want_replay`; larger or unsized ones stream.
-    pub async fn prepare(body: Incoming, want_replay: bool) -> Result<Self, hyper::Error> {
+    pub async fn prepare(body: Downstream, want_replay: bool) -> Result<Self, BoxError> {
         let hint = body.size_hint();
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
@@ -94,7 +127,7 @@ impl RequestBody {
 
     /// Reads the whole body, refusing one over `limit` bytes: a network
     /// function that inspects bodies needs all of it before the request goes on.
-    pub async fn buffer(body: Incoming, limit: usize) -> Result<Self, BufferError> {
+    pub async fn buffer(body: Downstream, limit: usize) -> Result<Self, BufferError> {
         match http_body_util::Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(RequestBody::Buffered(collected.to_bytes())),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BufferError::TooLarge),

@@ -13,12 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::{Either, FutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use trefoil_model::spec::HashOn;
 
 use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, SendError};
-use crate::http::body::{self, BufferError, Guarded, RequestBody, UpstreamBody};
+use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, UpstreamBody};
 use crate::http::chain::{Next, RequestFacts};
 use crate::http::chain_handlers::RunCount;
 use crate::http::inline;
@@ -94,7 +93,7 @@ struct Outcomes {
 ///
 /// Not an `async fn`: its request would be kept twice in the future, once as
 /// the argument and once taken apart (see `send_upstream`).
-pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Incoming>) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Downstream>) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
     let (mut parts, incoming) = req.into_parts();
     async move {
         let started = Instant::now();
@@ -207,7 +206,7 @@ async fn handle(
     conn: &Connection,
     trace: &TraceContext,
     parts: &mut http::request::Parts,
-    incoming: Incoming,
+    incoming: Downstream,
     host: &str,
     out: &mut Outcomes,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
@@ -243,7 +242,7 @@ async fn handle(
     // time the request's future moves.
     let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
         Some(limit) => Box::pin(RequestBody::buffer(incoming, limit)).await,
-        None => RequestBody::prepare(incoming, want_replay).await.map_err(|e| BufferError::Read(Box::new(e))),
+        None => RequestBody::prepare(incoming, want_replay).await.map_err(BufferError::Read),
     };
     let mut req_body = match prepared {
         Ok(b) => b,
