@@ -62,17 +62,18 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    fn release(&self, stream: u32, bytes: u32) {
+    pub(crate) fn release(&self, stream: u32, bytes: u32) {
         self.released.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((stream, bytes));
         self.connection.wake();
     }
 
-    pub(crate) fn take_woken(&self) -> Vec<usize> {
-        std::mem::take(&mut *self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    /// Swaps the woken slots into `out` (empty), so that neither side allocates anew.
+    pub(crate) fn take_woken(&self, out: &mut Vec<usize>) {
+        std::mem::swap(&mut *self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), out);
     }
 
-    pub(crate) fn take_released(&self) -> Vec<(u32, u32)> {
-        std::mem::take(&mut *self.released.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    pub(crate) fn take_released(&self, out: &mut Vec<(u32, u32)>) {
+        std::mem::swap(&mut *self.released.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), out);
     }
 }
 

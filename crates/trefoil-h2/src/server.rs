@@ -123,6 +123,8 @@ pub struct Connection<I, S, F, B> {
     read: BytesMut,
     write: Vec<u8>,
     written: usize,
+    /// Bytes were written that the stream may still buffer (TLS): flush it.
+    unflushed: bool,
     preface_read: bool,
     decoder: Decoder,
     encoder: Encoder,
@@ -139,7 +141,13 @@ pub struct Connection<I, S, F, B> {
     signals: Arc<Signals>,
     /// Slots that wait for the write buffer to drain.
     waiting_to_write: Vec<usize>,
+    /// Kept for their capacity: what `signals` hands over each round.
+    woken: Vec<usize>,
+    released: Vec<(u32, u32)>,
+    /// The highest stream the client opened, and the highest this side
+    /// acted on (what GOAWAY reports: streams above it may be retried).
     last_stream: u32,
+    last_taken: u32,
     continuing: Option<Continuing>,
     /// GOAWAY sent: no new streams, close once the open ones are done.
     going_away: bool,
@@ -181,6 +189,7 @@ where
             read: BytesMut::with_capacity(READ_CHUNK),
             write,
             written: 0,
+            unflushed: false,
             preface_read: false,
             encoder: Encoder::new(),
             block: Vec::with_capacity(512),
@@ -194,7 +203,10 @@ where
             free: Vec::new(),
             signals: Arc::default(),
             waiting_to_write: Vec::new(),
+            woken: Vec::new(),
+            released: Vec::new(),
             last_stream: 0,
+            last_taken: 0,
             continuing: None,
             going_away: false,
             peer_going_away: false,
@@ -208,7 +220,7 @@ where
     pub fn graceful_shutdown(&mut self) {
         if !self.going_away {
             self.going_away = true;
-            frame::encode_goaway(self.last_stream, Reason::NO_ERROR, &mut self.write);
+            frame::encode_goaway(self.last_taken, Reason::NO_ERROR, &mut self.write);
             self.signals.connection.wake();
         }
     }
@@ -227,7 +239,7 @@ where
             Error::Compression(_) => Reason::COMPRESSION_ERROR,
             _ => Reason::PROTOCOL_ERROR,
         };
-        frame::encode_goaway(self.last_stream, reason, &mut self.write);
+        frame::encode_goaway(self.last_taken, reason, &mut self.write);
         for key in 0..self.slots.len() {
             self.cancel(key, "the connection failed");
         }
@@ -258,8 +270,12 @@ where
         if self.written > 0 {
             self.write.clear();
             self.written = 0;
-            // TLS streams buffer records until flushed.
+            self.unflushed = true;
+        }
+        // TLS streams buffer records until flushed.
+        if self.unflushed {
             std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
         }
         Poll::Ready(Ok(()))
     }
@@ -412,6 +428,7 @@ where
             self.reset(stream, Reason::REFUSED_STREAM);
             return Ok(());
         }
+        self.last_taken = stream;
         if too_large {
             self.local_reply(stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, end_stream);
             return Ok(());
@@ -531,8 +548,7 @@ where
             }
         });
         if dropped {
-            self.recv_unreturned += len;
-            slot.recv_unreturned += len;
+            self.signals.release(stream, len);
         }
         if end_stream {
             slot.recv = None;
@@ -747,7 +763,9 @@ where
 
     /// Returns the flow-control credit of bytes the request bodies read.
     fn return_credit(&mut self) {
-        for (stream, bytes) in self.signals.take_released() {
+        let mut released = std::mem::take(&mut self.released);
+        self.signals.take_released(&mut released);
+        for (stream, bytes) in released.drain(..) {
             self.recv_unreturned += bytes;
             if let Some(slot) = self.streams.get(&stream).and_then(|&key| self.slots[key].as_mut()) {
                 if slot.recv.is_some() {
@@ -760,6 +778,7 @@ where
                 }
             }
         }
+        self.released = released;
         if self.recv_unreturned >= self.config.connection_window / 2 {
             frame::encode_window_update(0, self.recv_unreturned, &mut self.write);
             self.recv_window += self.recv_unreturned as i64;
@@ -803,10 +822,13 @@ where
                     Poll::Pending => {}
                 }
             }
-            for key in this.signals.take_woken() {
+            let mut woken = std::mem::take(&mut this.woken);
+            this.signals.take_woken(&mut woken);
+            for key in woken.drain(..) {
                 progress = true;
                 this.run(key);
             }
+            this.woken = woken;
             this.return_credit();
             match this.poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
