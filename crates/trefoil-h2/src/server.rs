@@ -81,6 +81,9 @@ const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// Rounds of reading and running streams in one poll of the connection,
+/// before it yields to the worker's other tasks.
+const ROUNDS_PER_POLL: usize = 16;
 /// What a peer's windows start at before its SETTINGS say otherwise.
 const DEFAULT_WINDOW: i64 = 65_535;
 
@@ -661,7 +664,11 @@ where
             }
         }
         frame::encode_headers(slot.id, &self.block, end, self.peer_max_frame, &mut self.write);
-        slot.work = if end { Work::Done } else { Work::Body(body) };
+        if end {
+            self.finish_body(key);
+        } else {
+            slot.work = Work::Body(body);
+        }
     }
 
     /// Moves response body frames to the write buffer while the windows and the buffer have room.
@@ -804,7 +811,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.signals.connection.register(cx.waker());
-        loop {
+        for _ in 0..ROUNDS_PER_POLL {
             let mut progress = false;
             if !this.finished() && this.write.len() < WRITE_HIGH {
                 match this.poll_read(cx) {
@@ -850,6 +857,11 @@ where
                 return Poll::Pending;
             }
         }
+        // Still busy: let the worker's other tasks run first. A stream
+        // whose resources are out of tokio's cooperative budget for this
+        // poll wakes itself at once, and looping on would never end.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

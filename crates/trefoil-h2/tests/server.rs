@@ -3,6 +3,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,7 +22,8 @@ use trefoil_h2::{Config, Connection, RecvBody};
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// `/echo` answers with the request's body (streamed back as it comes),
-/// `/bytes/N` with N bytes, `/never` never answers, anything else 200 "ok".
+/// `/bytes/N` with N bytes, `/empty` with headers only, `/never` never
+/// answers, `/spin` once another task has run; anything else 200 "ok".
 async fn service(req: Request<RecvBody>) -> Response<TestBody> {
     let path = req.uri().path().to_string();
     if path == "/echo" {
@@ -27,6 +31,24 @@ async fn service(req: Request<RecvBody>) -> Response<TestBody> {
     }
     if path == "/never" {
         std::future::pending::<()>().await;
+    }
+    if path == "/spin" {
+        // Wakes itself until another task of the runtime (a single thread in
+        // these tests) has run: only if the connection yields now and then.
+        let done = Arc::new(AtomicBool::new(false));
+        let set = done.clone();
+        tokio::spawn(async move { set.store(true, Ordering::SeqCst) });
+        std::future::poll_fn(|cx| {
+            if done.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+    }
+    if path == "/empty" {
+        return Response::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}).boxed_unsync());
     }
     let body = match path.strip_prefix("/bytes/") {
         Some(n) => Bytes::from((0..n.parse::<usize>().unwrap()).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
@@ -97,6 +119,24 @@ async fn many_concurrent_streams_under_h2load_all_succeed() {
     let out = run(Command::new("h2load").args(["-n", "4000", "-c", "4", "-m", "32"]).arg(format!("http://{addr}/bytes/100"))).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("4000 succeeded, 0 failed, 0 errored"), "{text}");
+}
+
+#[tokio::test]
+async fn streams_answered_with_headers_only_are_closed_and_do_not_count_against_the_limit() {
+    let (addr, _shutdown) = server().await;
+    // Three times the 1024 concurrent streams, one after the other, on one connection.
+    let out = run(Command::new("h2load").args(["-n", "3072", "-c", "1", "-m", "8"]).arg(format!("http://{addr}/empty"))).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3072 succeeded, 0 failed, 0 errored"), "{text}");
+    let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-I"]).arg(format!("http://{addr}/bytes/10"))).await;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/2 200"), "a HEAD is answered with headers only");
+}
+
+#[tokio::test]
+async fn a_stream_that_keeps_waking_itself_does_not_keep_the_thread() {
+    let (addr, _shutdown) = server().await;
+    let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge"]).arg(format!("http://{addr}/spin"))).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
 }
 
 /// A client of hand-made frames.
