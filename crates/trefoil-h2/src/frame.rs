@@ -130,7 +130,10 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
                 if payload.len() < 5 {
                     return Err(connection_error(Reason::FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
                 }
-                check_not_self_dependent(stream, &payload)?;
+                // A stream error in principle, but the header block would
+                // then go undecoded and the HPACK tables out of step: the
+                // connection ends instead (RFC 9113 §5.4.1 allows it).
+                check_not_self_dependent(stream, &payload).map_err(|_| connection_error(Reason::PROTOCOL_ERROR, "stream depends on itself"))?;
                 payload.advance(5);
             }
             Frame::Headers { stream, fragment: payload, end_stream: flags & END_STREAM != 0, end_headers: flags & END_HEADERS != 0 }
@@ -369,6 +372,7 @@ mod tests {
         assert!(connection(Reason::PROTOCOL_ERROR)(&parsed(WINDOW_UPDATE, 0, 0, &[0; 4])));
         assert_eq!(parsed(WINDOW_UPDATE, 0, 7, &[0; 4]), Err(FrameError::Stream { stream: 7, reason: Reason::PROTOCOL_ERROR, what: "WINDOW_UPDATE of zero" }));
         assert!(matches!(parsed(PRIORITY, 0, 9, &[0, 0, 0, 9, 0]), Err(FrameError::Stream { stream: 9, .. })));
+        assert!(connection(Reason::PROTOCOL_ERROR)(&parsed(HEADERS, PRIORITY_FLAG | END_HEADERS, 9, &[0, 0, 0, 9, 0, 0x82])));
         assert!(matches!(parsed(PRIORITY, 0, 9, &[0; 4]), Err(FrameError::Stream { reason: Reason::FRAME_SIZE_ERROR, .. })));
         assert_eq!(parsed(0xfa, 0xff, 3, b"whatever"), Ok(Frame::Unknown));
     }
