@@ -658,7 +658,8 @@ where
             self.encoder.encode_field(&header::DATE, &date_now(), &mut self.block);
         }
         let end = slot.head || body.is_end_stream();
-        if !has_length && !slot.head {
+        // Not on a response that ends here: a 204 or a 304 must not carry one.
+        if !has_length && !end {
             if let Some(length) = body.size_hint().exact() {
                 self.encoder.encode_field(&header::CONTENT_LENGTH, &HeaderValue::from(length), &mut self.block);
             }

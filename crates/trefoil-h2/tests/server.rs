@@ -130,6 +130,11 @@ async fn streams_answered_with_headers_only_are_closed_and_do_not_count_against_
     assert!(text.contains("3072 succeeded, 0 failed, 0 errored"), "{text}");
     let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-I"]).arg(format!("http://{addr}/bytes/10"))).await;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/2 200"), "a HEAD is answered with headers only");
+    let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-D", "-"]).arg(format!("http://{addr}/empty"))).await;
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("\r\ndate: ") && !head.contains("content-length"), "a date is added, a length is not: {head}");
+    let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-D", "-"]).arg(format!("http://{addr}/bytes/10"))).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("content-length: 10\r\n"), "the length the body knows is sent");
 }
 
 #[tokio::test]
