@@ -113,21 +113,24 @@ async fn a_client_with_small_windows_gets_all_of_a_large_response() {
     assert!(out.stdout == expected, "got {} bytes", out.stdout.len());
 }
 
+/// Runs h2load and checks that every one of `requests` succeeded.
+async fn h2load_all_succeed(addr: SocketAddr, path: &str, requests: u32, connections: u32, streams: u32) {
+    let out = run(Command::new("h2load").args(["-n", &requests.to_string(), "-c", &connections.to_string(), "-m", &streams.to_string()]).arg(format!("http://{addr}{path}"))).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{requests} succeeded, 0 failed, 0 errored")), "{text}");
+}
+
 #[tokio::test]
 async fn many_concurrent_streams_under_h2load_all_succeed() {
     let (addr, _shutdown) = server().await;
-    let out = run(Command::new("h2load").args(["-n", "4000", "-c", "4", "-m", "32"]).arg(format!("http://{addr}/bytes/100"))).await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("4000 succeeded, 0 failed, 0 errored"), "{text}");
+    h2load_all_succeed(addr, "/bytes/100", 4000, 4, 32).await;
 }
 
 #[tokio::test]
 async fn streams_answered_with_headers_only_are_closed_and_do_not_count_against_the_limit() {
     let (addr, _shutdown) = server().await;
     // Three times the 1024 concurrent streams, one after the other, on one connection.
-    let out = run(Command::new("h2load").args(["-n", "3072", "-c", "1", "-m", "8"]).arg(format!("http://{addr}/empty"))).await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("3072 succeeded, 0 failed, 0 errored"), "{text}");
+    h2load_all_succeed(addr, "/empty", 3072, 1, 8).await;
     let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-I"]).arg(format!("http://{addr}/bytes/10"))).await;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/2 200"), "a HEAD is answered with headers only");
     let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-D", "-"]).arg(format!("http://{addr}/empty"))).await;
