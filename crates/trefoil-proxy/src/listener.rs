@@ -194,7 +194,7 @@ where
     let conn = Arc::new(conn);
     match wire {
         Wire::Http1 => {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Http1)));
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Left)));
             let mut builder = http1::Builder::new();
             // One buffer, one `write` per response: see `h1_pool::connect`.
             builder.timer(CoarseTimer).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).writev(false);
@@ -204,7 +204,7 @@ where
             // The proxy's own server (decision 0009): streams are not tasks,
             // and a request is polled where its connection is.
             let service = move |req: Request<trefoil_h2::RecvBody>| {
-                proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Http2)).map(|response| match response {
+                proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Right)).map(|response| match response {
                     Ok(response) => response,
                     Err(never) => match never {},
                 })

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, BodyStream, Either, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 
 use crate::h1_pool::PooledBody;
@@ -28,38 +28,9 @@ pub fn stream(body: Downstream) -> ProxyBody {
     body.boxed_unsync()
 }
 
-/// A request body as the client sends it: through hyper's HTTP/1 server,
-/// or through the proxy's own HTTP/2 server.
-pub enum Downstream {
-    Http1(Incoming),
-    Http2(trefoil_h2::RecvBody),
-}
-
-impl Body for Downstream {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Downstream::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Downstream::Http2(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Downstream::Http1(body) => body.is_end_stream(),
-            Downstream::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Downstream::Http1(body) => body.size_hint(),
-            Downstream::Http2(body) => body.size_hint(),
-        }
-    }
-}
+/// A request body as the client sends it: `Left` through hyper's HTTP/1
+/// server, `Right` through the proxy's own HTTP/2 server.
+pub type Downstream = Either<Incoming, trefoil_h2::RecvBody>;
 
 /// A body read up to a limit.
 pub enum Collected {
@@ -156,38 +127,9 @@ impl RequestBody {
     }
 }
 
-/// A response body from an upstream: read from a worker-pooled connection,
-/// or from the general client.
-pub enum UpstreamBody {
-    Pooled(PooledBody),
-    Client(Incoming),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Pooled(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Pooled(body) => body.is_end_stream(),
-            UpstreamBody::Client(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Pooled(body) => body.size_hint(),
-            UpstreamBody::Client(body) => body.size_hint(),
-        }
-    }
-}
+/// A response body from an upstream: `Left` read from a worker-pooled
+/// connection, `Right` from the general client.
+pub type UpstreamBody = Either<PooledBody, Incoming>;
 
 pin_project_lite::pin_project! {
     /// Holds `guard` (the attempt's claims on its upstream) until the body

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use trefoil_chain::{ext_authz, json, Call, Verdict};
 use trefoil_model::spec::FunctionApi;
 
-use crate::http::body::{self, Guarded};
+use crate::http::body;
 use crate::http::chain::{Function, CNF_HEADER};
 use crate::http::proxy::{send_upstream, TRACE_ID_HEADER};
 use crate::upstream::{BoxError, HttpClient, ProxyBody};
@@ -67,7 +67,7 @@ async fn call_json(function: &Function, call: &Call<'_>) -> Result<Verdict, Call
         return Err(CalloutError::Status(resp.status()));
     }
     // Read to the end: a worker-pooled connection goes back to the pool then.
-    let bytes = read_verdict(Guarded::wrap(resp.into_body(), ())).await?;
+    let bytes = read_verdict(resp.into_body().boxed_unsync()).await?;
     Ok(json::decode(&bytes)?)
 }
 

@@ -15,7 +15,7 @@ use http::{Response, StatusCode};
 use tokio::sync::oneshot;
 use trefoil_model::spec::{FailurePolicy, StepMode};
 
-use crate::http::body::{Guarded, RequestBody};
+use crate::http::body::RequestBody;
 use crate::http::chain::{scheme, Chain, Next, RequestFacts, Stopped, CNF_HEADER};
 use crate::http::proxy::{build_upstream_request, local_reply, send_upstream, strip_hop_by_hop, Connection, PEER_IDENTITY_HEADER};
 use crate::state::ProxyState;
@@ -339,7 +339,7 @@ async fn send(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http:
         Some(Ok(resp)) => {
             let (mut head, incoming) = resp.into_parts();
             strip_hop_by_hop(&mut head.headers);
-            Ok(Response::from_parts(head, Guarded::wrap(incoming, ())))
+            Ok(Response::from_parts(head, http_body_util::BodyExt::boxed_unsync(incoming)))
         }
     };
     (result, came_back)

@@ -531,11 +531,11 @@ async fn attempt_loop(
 pub(crate) fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'static {
     if service.worker_pooled {
         let sent = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get());
-        return Either::Left(sent.map(|sent| sent.map(|resp| resp.map(UpstreamBody::Pooled))));
+        return Either::Left(sent.map(|sent| sent.map(|resp| resp.map(UpstreamBody::Left))));
     }
     let sent = service.client.current().request(req);
     Either::Right(sent.map(|sent| match sent {
-        Ok(resp) => Ok(resp.map(UpstreamBody::Client)),
+        Ok(resp) => Ok(resp.map(UpstreamBody::Right)),
         Err(e) => Err(SendError { connect: e.is_connect(), source: Box::new(e) }),
     }))
 }
@@ -721,8 +721,7 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
                     Ok(Ok(resp)) => {
                         // Read to the end so the connection can be reused: a
                         // worker-pooled one goes back to the pool at the end.
-                        let body = Guarded::wrap(resp.into_body(), ());
-                        match tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(body)).await {
+                        match tokio::time::timeout(Duration::from_secs(30), http_body_util::BodyExt::collect(resp.into_body())).await {
                             Ok(_) => "sent",
                             Err(_) => "timeout",
                         }
