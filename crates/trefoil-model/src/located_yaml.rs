@@ -46,24 +46,71 @@ impl LocatedDocument {
     }
 }
 
-/// A YAML syntax error.
+/// A YAML syntax error, or a document beyond the loader's [`Limits`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
     pub position: Position,
     pub message: String,
 }
 
-/// Parses every document of a YAML stream.
-pub fn parse_documents(text: &str) -> Result<Vec<LocatedDocument>, SyntaxError> {
-    let mut builder = Builder::default();
-    let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, true)
-        .map_err(|e| SyntaxError { position: (*e.marker()).into(), message: e.info().to_string() })?;
-    if let Some(err) = builder.error {
-        return Err(err);
+/// Bounds on what one YAML text may cost to load. YAML is read from
+/// untrusted places (API bodies, files dropped into a watched directory), and
+/// two small documents are enough to take a loader down without them: a
+/// 700-byte "billion laughs" of nested aliases expands to gigabytes, and
+/// 20,000 nested `- ` (40 KB) overflows a recursive loader's stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The text's length in bytes.
+    pub max_text_bytes: usize,
+    /// Collections (mappings and sequences) nested inside each other.
+    pub max_depth: usize,
+    /// The loaded values' estimated size in memory, aliases expanded and
+    /// field paths included.
+    pub max_loaded_bytes: usize,
+}
+
+impl Limits {
+    /// 8 MiB of text, 64 levels, 64 MiB loaded. A mesh of 10,000 routes is
+    /// about 2 MiB of YAML and 12 levels deep at most.
+    pub const DEFAULT: Limits = Limits { max_text_bytes: 8 << 20, max_depth: 64, max_loaded_bytes: 64 << 20 };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
     }
-    Ok(builder.documents)
+}
+
+/// Parses every document of a YAML stream within the default [`Limits`].
+pub fn parse_documents(text: &str) -> Result<Vec<LocatedDocument>, SyntaxError> {
+    parse_documents_within(text, Limits::DEFAULT)
+}
+
+/// Parses every document of a YAML stream, refusing one beyond `limits`.
+///
+/// Drives the parser event by event rather than through its recursive
+/// `load`, so nesting costs heap (bounded by `max_depth`), never stack, and
+/// the first error stops the work.
+pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<LocatedDocument>, SyntaxError> {
+    if text.len() > limits.max_text_bytes {
+        return Err(SyntaxError {
+            position: Position { line: 1, column: 1 },
+            message: format!("the text is {} bytes, more than the {} a YAML text may have", text.len(), limits.max_text_bytes),
+        });
+    }
+    let mut builder = Builder { limits, ..Builder::default() };
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| SyntaxError { position: (*e.marker()).into(), message: e.info().to_string() })?;
+        let end = event == Event::StreamEnd;
+        builder.on_event(event, mark);
+        if let Some(err) = builder.error.take() {
+            return Err(err);
+        }
+        if end {
+            return Ok(builder.documents);
+        }
+    }
 }
 
 enum Frame {
@@ -78,8 +125,15 @@ struct Builder {
     documents: Vec<LocatedDocument>,
     current: Option<LocatedDocument>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Value>,
+    /// Each anchored value with its estimated size, so an alias is
+    /// charged for what it copies before it copies it.
+    anchors: HashMap<usize, (Value, usize)>,
     error: Option<SyntaxError>,
+    limits: Limits,
+    /// Estimated bytes loaded so far, over all documents.
+    loaded: usize,
+    /// Estimated bytes of each open collection's contents, for its anchor.
+    sizes: Vec<usize>,
 }
 
 impl Builder {
@@ -100,9 +154,28 @@ impl Builder {
         path
     }
 
-    fn finish_node(&mut self, value: Value, anchor: usize) {
+    /// Charges a value of `bytes` to the load and to the collection holding
+    /// it; false once the load is over its limit.
+    fn charge(&mut self, at: Position, bytes: usize) -> bool {
+        if let Some(open) = self.sizes.last_mut() {
+            *open = open.saturating_add(bytes);
+        }
+        self.charge_load(at, bytes)
+    }
+
+    fn charge_load(&mut self, at: Position, bytes: usize) -> bool {
+        self.loaded = self.loaded.saturating_add(bytes);
+        if self.loaded > self.limits.max_loaded_bytes {
+            let limit = self.limits.max_loaded_bytes;
+            self.fail(at, format!("the document expands to more than {limit} bytes in memory (aliases included)"));
+            return false;
+        }
+        true
+    }
+
+    fn finish_node(&mut self, value: Value, anchor: usize, size: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, value.clone());
+            self.anchors.insert(anchor, (value.clone(), size));
         }
         match self.stack.last_mut() {
             None => {
@@ -126,6 +199,10 @@ impl Builder {
     }
 }
 
+/// What a value costs besides its text: `serde_json::Value` and a map or
+/// list slot, roughly.
+const NODE_BYTES: usize = 64;
+
 fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
@@ -141,6 +218,8 @@ impl MarkedEventReceiver for Builder {
             Event::DocumentStart => {
                 self.current = Some(LocatedDocument { start: at, ..Default::default() });
                 self.stack.clear();
+                self.sizes.clear();
+                self.anchors.clear();
             }
             Event::DocumentEnd => {
                 if let Some(doc) = self.current.take() {
@@ -151,6 +230,7 @@ impl MarkedEventReceiver for Builder {
                 // A scalar in key position names a field.
                 if let Some(Frame::Map { path, key: key @ None, unplaced, .. }) = self.stack.last_mut() {
                     let field = join(path, &text);
+                    let cost = NODE_BYTES + text.len() + 2 * field.len();
                     *key = Some(text);
                     if let Some(doc) = self.current.as_mut() {
                         if std::mem::take(unplaced) {
@@ -158,38 +238,68 @@ impl MarkedEventReceiver for Builder {
                         }
                         doc.positions.insert(field, at);
                     }
+                    self.charge(at, cost);
                     return;
                 }
-                self.child_path(at);
+                let path = self.child_path(at);
+                let size = NODE_BYTES + text.len() + path.len();
+                if !self.charge(at, size) {
+                    return;
+                }
                 let value = scalar_value(&text, style);
-                self.finish_node(value, anchor);
+                self.finish_node(value, anchor, size);
             }
             Event::Alias(id) => {
                 if let Some(Frame::Map { key: None, .. }) = self.stack.last() {
                     self.fail(at, "an alias cannot be used as a mapping key".into());
                     return;
                 }
+                let Some(size) = self.anchors.get(&id).map(|(_, size)| *size) else {
+                    self.fail(at, "an alias must name an anchor defined before it in the same document".into());
+                    return;
+                };
+                // Charged before it is copied: a few nested aliases would otherwise
+                // expand to gigabytes ("billion laughs").
+                if !self.charge(at, size) {
+                    return;
+                }
+                let value = self.anchors.get(&id).map(|(value, _)| value.clone()).unwrap_or_default();
                 self.child_path(at);
-                let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                self.finish_node(value, 0);
+                self.finish_node(value, 0, size);
             }
             Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                 if let Some(Frame::Map { key: None, .. }) = self.stack.last() {
                     self.fail(at, "a mapping key must be a plain scalar".into());
                 }
+                if self.stack.len() >= self.limits.max_depth {
+                    let depth = self.limits.max_depth;
+                    self.fail(at, format!("the document nests more than {depth} levels deep"));
+                    return;
+                }
                 let in_list = matches!(self.stack.last(), Some(Frame::Seq { .. }));
                 let path = self.child_path(at);
+                // Charged to the enclosing collection when this one ends, contents and all.
+                if !self.charge_load(at, NODE_BYTES + path.len()) {
+                    return;
+                }
+                self.sizes.push(NODE_BYTES + path.len());
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map { path, value: Map::new(), key: None, anchor, unplaced: in_list }
                 } else {
                     Frame::Seq { path, value: Vec::new(), anchor }
                 });
             }
-            Event::MappingEnd | Event::SequenceEnd => match self.stack.pop() {
-                Some(Frame::Map { value, anchor, .. }) => self.finish_node(Value::Object(value), anchor),
-                Some(Frame::Seq { value, anchor, .. }) => self.finish_node(Value::Array(value), anchor),
-                None => {}
-            },
+            Event::MappingEnd | Event::SequenceEnd => {
+                let size = self.sizes.pop().unwrap_or_default();
+                if let Some(outer) = self.sizes.last_mut() {
+                    *outer = outer.saturating_add(size);
+                }
+                match self.stack.pop() {
+                    Some(Frame::Map { value, anchor, .. }) => self.finish_node(Value::Object(value), anchor, size),
+                    Some(Frame::Seq { value, anchor, .. }) => self.finish_node(Value::Array(value), anchor, size),
+                    None => {}
+                }
+            }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
         }
     }
@@ -252,6 +362,70 @@ mod tests {
     fn syntax_errors_have_positions() {
         let err = parse_documents("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.position.line >= 1, "{err:?}");
+    }
+
+    /// `levels` levels of ten aliases each: 10^levels strings from 80 bytes a level.
+    fn laughs(levels: usize) -> String {
+        let mut text = String::from("a0: &a0 [\"lol\", \"lol\"]\n");
+        for i in 1..levels {
+            let p = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        // The billion: refused long before it is built.
+        let text = laughs(10);
+        assert!(text.len() < 800, "{}", text.len());
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("expands to more than"), "{err:?}");
+        // The line of the alias that went over, not the start of the text.
+        assert!(err.position.line > 5, "{err:?}");
+        // A hundred thousand under a 1 MiB limit: a loader without the limit
+        // would build it (7 MB) and fail this test without taking the machine down.
+        let small = Limits { max_loaded_bytes: 1 << 20, ..Limits::DEFAULT };
+        let err = parse_documents_within(&laughs(6), small).unwrap_err();
+        assert!(err.message.contains("expands to more than 1048576 bytes"), "{err:?}");
+    }
+
+    #[test]
+    fn moderate_aliases_still_load() {
+        let docs = parse_documents("base: &b {a: 1, b: [1, 2, 3]}\nx: [*b, *b, *b, *b]\n").unwrap();
+        assert_eq!(docs[0].value["x"][3]["b"][2], 3);
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        // 20,000 nested block sequences: a recursive loader overflows its stack.
+        let mut text = String::new();
+        for _ in 0..20_000 {
+            text.push_str("- ");
+        }
+        text.push_str("x\n");
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("nests more than 64 levels"), "{err:?}");
+        assert_eq!(err.position.line, 1);
+        let flow = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+        assert!(parse_documents(&flow).is_err());
+        let deep_maps: String = (0..100).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
+        assert!(parse_documents(&deep_maps).unwrap_err().message.contains("nests more than"));
+        let ok: String = (0..60).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
+        assert!(parse_documents(&ok).is_ok());
+    }
+
+    #[test]
+    fn text_size_is_bounded() {
+        let limits = Limits { max_text_bytes: 10, ..Limits::DEFAULT };
+        let err = parse_documents_within("a: 1234567890\n", limits).unwrap_err();
+        assert!(err.message.contains("more than the 10"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_do_not_cross_documents() {
+        let err = parse_documents("a: &x 1\n---\nb: *x\n").unwrap_err();
+        assert_eq!(err.position.line, 3, "{err:?}");
     }
 
     #[test]
