@@ -84,3 +84,123 @@ fn a_watched_proxy_keeps_its_config_through_yaml_bombs() {
         assert_eq!(http_get(public, "x", "/").0, 200);
     }
 }
+
+/// Sends `request` as raw bytes and reads until the proxy closes or a
+/// whole response (by its content-length) has arrived: (status, body).
+fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("reading the reply to {request:?}: {e}; got {:?}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A proxy in front of one test server, with `/admin` denied (403) for
+/// host `secure.test` and everything else routed to the server.
+fn guarded_proxy(up: &TestServer, listener_extra: &str) -> (Proxy, std::net::SocketAddr) {
+    let public = addr();
+    let route = format!(
+        "{API}\nkind: Route\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.test]\n  rules:\n  - matches: [{{path: {{prefix: /admin}}}}]\n    filters: {{fault: {{abort: {{status: 403}}}}}}\n    backends: [{{service: web}}]\n  - backends: [{{service: web}}]\n---\n{}",
+        route_all("web", "")
+    );
+    let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n{listener_extra}---\n");
+    let proxy = Proxy::start(&format!("{listener}{}{route}", service("web", "http", &[(up.addr(), "v1")])));
+    (proxy, public)
+}
+
+fn echo(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn the_upstream_sees_the_host_the_request_was_routed_by() {
+    let up = TestServer::named("up");
+    let (proxy, public) = guarded_proxy(&up, "");
+    // Two Host headers: refused, not routed by the first and forwarded with both.
+    let (status, _) = raw(public, "GET /admin HTTP/1.1\r\nHost: other.test\r\nHost: secure.test\r\n\r\n");
+    assert_eq!(status, 400);
+    // HTTP/1.1 without Host: refused. HTTP/1.0 without Host: forwarded with one.
+    assert_eq!(raw(public, "GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n").0, 400);
+    let (status, body) = raw(public, "GET /echo HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echo(&body)["authority"], up.addr().to_string());
+    // The absolute-form target picks the route, so it is the host the upstream sees.
+    let (status, _) = raw(public, "GET http://secure.test/admin HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 403);
+    let (status, body) = raw(public, "GET http://secure.test/echo HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(echo(&body)["headers"]["host"], "secure.test");
+    // `Connection: host` does not strip the Host the request was routed by.
+    let (status, body) = raw(public, "GET /echo HTTP/1.1\r\nHost: secure.test\r\nConnection: host, x-drop\r\nX-Drop: 1\r\n\r\n");
+    assert_eq!(status, 200);
+    let seen = echo(&body);
+    assert_eq!(seen["headers"]["host"], "secure.test");
+    assert!(seen["headers"]["x-drop"].is_null(), "{seen}");
+    // CONNECT is answered, not left hanging with an empty reply.
+    assert_eq!(raw(public, "CONNECT secure.test:443 HTTP/1.1\r\nHost: secure.test:443\r\n\r\n").0, 501);
+    // Each refusal is logged with its flag.
+    wait_until("the refusals in the access log", Duration::from_secs(10), || {
+        let log = proxy.access_log();
+        ["\"invalid_host\"", "\"missing_host\"", "\"connect_unsupported\""].iter().all(|flag| log.contains(flag))
+    });
+}
+
+#[test]
+fn the_upstream_sees_the_authority_of_an_http2_request() {
+    let up = TestServer::named("up");
+    let (_proxy, public) = guarded_proxy(&up, "");
+    let out = run_with_timeout(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "--connect-to", &format!("secure.test:80:{public}"), "http://secure.test/x/../admin"]), Duration::from_secs(20));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let out = run_with_timeout(Command::new("curl").args(["-s", "--http2-prior-knowledge", "--connect-to", &format!("secure.test:80:{public}"), "http://secure.test/echo"]), Duration::from_secs(20));
+    let seen = echo(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(seen["headers"]["host"], "secure.test", "{seen}");
+}
+
+#[test]
+fn every_spelling_of_a_denied_path_is_denied() {
+    let up = TestServer::named("up");
+    let (_proxy, public) = guarded_proxy(&up, "");
+    for path in ["/admin", "/x/../admin", "/./admin", "//admin", "/%61dmin", "/%2e%2e/admin", "/admin/./", "/ADMIN/../admin"] {
+        let (status, _) = raw(public, &format!("GET {path} HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n"));
+        assert_eq!(status, 403, "{path}");
+    }
+    // An escaped slash is refused by default: upstreams disagree on what it means.
+    assert_eq!(raw(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 400);
+    // The upstream receives the normalised path, with the query as sent.
+    let (status, body) = raw(public, "GET /x/..//%65cho?a=/../b HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    let seen = echo(&body);
+    assert_eq!((seen["path"].as_str(), seen["query"].as_str()), (Some("/echo"), Some("a=/../b")));
+    assert_eq!(up.requests_for("/admin"), 0);
+}
+
+#[test]
+fn path_normalisation_follows_the_listener() {
+    let up = TestServer::named("up");
+    let (_proxy, public) = guarded_proxy(&up, "  pathNormalization: {escapedSlashes: unescape}\n");
+    assert_eq!(raw(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 403);
+    let up2 = TestServer::named("up2");
+    let (_proxy, public) = guarded_proxy(&up2, "  pathNormalization: {normalize: false, mergeSlashes: false, escapedSlashes: keep}\n");
+    assert_eq!(raw(public, "GET /x/..%2Fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
+    assert_eq!(raw(public, "GET //admin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
+    assert_eq!(up2.requests_for("/x/..%2Fadmin") + up2.requests_for("//admin"), 2, "{}", up2.stats());
+}

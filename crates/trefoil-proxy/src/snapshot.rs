@@ -115,6 +115,7 @@ pub struct ListenerConfig {
     pub direction: Label,
     pub router: Router,
     pub tcp_backend: Option<Arc<Cluster>>,
+    pub path_normalization: PathNormalization,
 }
 
 /// How a proxy talks to one service.
@@ -510,6 +511,7 @@ impl Compiler<'_> {
             direction: label(&spec.direction),
             router,
             tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
+            path_normalization: spec.path_normalization,
         }
     }
 }

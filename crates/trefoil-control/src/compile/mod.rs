@@ -291,6 +291,7 @@ fn listener(address: &str, direction: &str, routes: Vec<String>, service: Option
         proxy: None,
         service,
         direction: direction.to_string(),
+        path_normalization: PathNormalization::default(),
     }
 }
 

@@ -32,6 +32,58 @@ pub struct ListenerSpec {
     /// Value of the `direction` metric label.
     #[serde(default = "default_direction")]
     pub direction: String,
+    /// How request paths are brought to one spelling before routing; on by default.
+    #[serde(default, skip_serializing_if = "PathNormalization::is_default")]
+    pub path_normalization: PathNormalization,
+}
+
+/// Path normalisation before routing, so `/x/../admin`, `//admin` and
+/// `/%61dmin` meet the rules written for `/admin`. The upstream receives the
+/// normalised path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathNormalization {
+    /// Remove `.` and `..` segments (RFC 3986 §5.2.4) and decode escaped
+    /// unreserved characters (`%61` is `a`).
+    #[serde(default = "yes")]
+    pub normalize: bool,
+    /// Merge runs of slashes into one.
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// What an escaped slash (`%2F`, `%5C`) does.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization { normalize: true, merge_slashes: true, escaped_slashes: EscapedSlashes::default() }
+    }
+}
+
+impl PathNormalization {
+    fn is_default(&self) -> bool {
+        *self == PathNormalization::default()
+    }
+}
+
+/// The action for an escaped slash in a path. Upstreams disagree on whether
+/// `%2F` separates segments, so by default a request with one is refused
+/// (400) rather than routed by one reading and served by the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// Refuse the request with 400.
+    #[default]
+    Reject,
+    /// Forward it escaped, as part of the segment.
+    Keep,
+    /// Decode it into a slash, then normalise.
+    Unescape,
 }
 
 fn default_direction() -> String {

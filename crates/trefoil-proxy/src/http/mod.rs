@@ -5,6 +5,7 @@ pub mod callout;
 pub mod chain;
 pub mod chain_handlers;
 pub mod filters;
+pub mod head;
 pub mod inline;
 pub mod proxy;
 pub mod published_events;

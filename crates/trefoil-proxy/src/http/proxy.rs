@@ -20,6 +20,7 @@ use crate::h1_pool::{self, SendError};
 use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, UpstreamBody};
 use crate::http::chain::{Next, RequestFacts};
 use crate::http::chain_handlers::RunCount;
+use crate::http::head;
 use crate::http::inline;
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::retry::{backoff, AttemptFailure};
@@ -116,6 +117,8 @@ pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Downstr
         if let Some(v) = conn.peer_identity.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
             parts.headers.insert(PEER_IDENTITY_HEADER.clone(), v);
         }
+        // Phase: the head, before anything is decided by its host or path.
+        let checked = head::check(&mut parts, &listener.path_normalization);
         let host = request_host(&parts).to_string();
         // Cheap copies (reference-counted) of what telemetry needs after the request moves on;
         // the URI only when a log line or a span will be written.
@@ -123,9 +126,15 @@ pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Downstr
         let (method, uri, http_version) = (parts.method.clone(), logged.then(|| parts.uri.clone()), parts.version);
         let mut out = Outcomes { spans: HopSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
 
-        let mut response = match handle(&state, listener, &conn, &trace, &mut parts, incoming, &host, &mut out).await {
-            Ok(r) => r,
-            Err(reply) => reply,
+        let mut response = match checked {
+            Err(refused) => {
+                out.flag = refused.flag;
+                local_reply(refused.status, refused.flag, refused.text)
+            }
+            Ok(()) => match handle(&state, listener, &conn, &trace, &mut parts, incoming, &host, &mut out).await {
+                Ok(r) => r,
+                Err(reply) => reply,
+            },
         };
         response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
 
@@ -284,7 +293,7 @@ async fn handle(
 
     // The response phase asks about the request as the chain left it.
     let response_chain = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, parts.clone()));
-    prepare_upstream_headers(parts, conn, trace, host);
+    prepare_upstream_headers(parts, conn, trace);
     if let Some(edits) = &rule.request_headers {
         edits.apply(&mut parts.headers);
     }
@@ -606,7 +615,6 @@ struct Present {
     hop_by_hop: bool,
     te: bool,
     forwarded_for: bool,
-    host: bool,
 }
 
 impl Present {
@@ -617,7 +625,6 @@ impl Present {
                 "connection" | "proxy-connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "proxy-authorization" => present.hop_by_hop = true,
                 "te" => present.te = true,
                 "x-forwarded-for" => present.forwarded_for = true,
-                "host" => present.host = true,
                 _ => {}
             }
         }
@@ -625,20 +632,34 @@ impl Present {
     }
 }
 
-/// Headers named in `Connection` are hop-by-hop too.
+/// Headers named in `Connection` are hop-by-hop too, except those the
+/// proxy routes, frames or identifies by: `Connection: host` must not send
+/// the upstream a request without the host it was routed by.
 fn strip_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()))
+        .filter(|name| !is_end_to_end_for_us(name))
         .collect();
     for name in named {
         headers.remove(name);
     }
 }
 
-fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection, trace: &TraceContext, host: &str) {
+/// End-to-end headers a client may not declare hop-by-hop.
+fn is_end_to_end_for_us(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::CONTENT_TYPE
+        || name == TRACEPARENT
+        || name.as_str() == "tracestate"
+        || name.as_str().starts_with("x-forwarded-")
+        || name.as_str().starts_with("x-trefoil-")
+}
+
+fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection, trace: &TraceContext) {
     let headers = &mut parts.headers;
     let present = Present::scan(headers);
     if present.hop_by_hop {
@@ -661,12 +682,6 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
         headers.insert(FORWARDED_FOR.clone(), v);
     }
     headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
-    if !present.host && !host.is_empty() {
-        if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            headers.insert(FORWARDED_HOST.clone(), a.clone());
-            headers.insert(header::HOST, a);
-        }
-    }
 }
 
 pub(crate) fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
@@ -694,6 +709,11 @@ pub(crate) fn build_upstream_request(parts: &http::request::Parts, headers: Head
         // travels as `x-forwarded-host`.
         if let Some(host) = req.headers_mut().remove(header::HOST) {
             req.headers_mut().entry(FORWARDED_HOST.clone()).or_insert(host);
+        }
+    } else if !req.headers().contains_key(header::HOST) {
+        // An HTTP/1.0 request that named no host goes on as HTTP/1.1, which needs one.
+        if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
         }
     }
     Ok(req)
