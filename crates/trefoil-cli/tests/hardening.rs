@@ -204,3 +204,35 @@ fn path_normalisation_follows_the_listener() {
     assert_eq!(raw(public, "GET //admin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
     assert_eq!(up2.requests_for("/x/..%2Fadmin") + up2.requests_for("//admin"), 2, "{}", up2.stats());
 }
+
+/// Like [`raw`], for requests the proxy may answer by closing: the status, if any.
+fn raw_status(addr: std::net::SocketAddr, request: &[u8], then_close: bool) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request).unwrap();
+    if then_close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).split(' ').nth(1).and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn client_faults_never_count_against_the_upstream() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutiveGatewayErrors: 2, consecutive5xx: 2, maxEjectionPercent: 100}}\n---\n");
+    let proxy = Proxy::start(&format!("{}{}{policy}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    for i in 0..5 {
+        // A malformed chunk size, then a body cut short by the client.
+        let malformed = raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", false);
+        assert!(malformed.is_none_or(|s| s == 400), "round {i}: malformed chunked body answered {malformed:?}");
+        let cut = raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly a little", true);
+        assert!(cut.is_none_or(|s| s == 400), "round {i}: cut upload answered {cut:?}");
+    }
+    assert_eq!(http_get(public, "x", "/").0, 200, "the only endpoint is still in service");
+    assert_eq!(proxy.metric_sum("trefoil_outlier_ejections_total", &[]), 0.0);
+    assert!(!proxy.access_log().contains("upstream_reset"), "{}", proxy.access_log());
+}

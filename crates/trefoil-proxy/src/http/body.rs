@@ -3,6 +3,8 @@
 //! until the response body is done.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,10 +24,6 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
-}
-
-pub fn stream(body: Downstream) -> ProxyBody {
-    body.boxed_unsync()
 }
 
 /// A request body as the client sends it: `Left` through hyper's HTTP/1
@@ -80,7 +78,64 @@ pub enum BufferError {
 /// A request body that is either buffered (replayable) or streamed once.
 pub enum RequestBody {
     Buffered(Bytes),
-    Streaming(Option<Downstream>),
+    /// The body, until an attempt takes it, and how its upload is going.
+    Streaming(Option<Downstream>, Upload),
+}
+
+/// How the client's side of a streamed request body is going, seen by the
+/// request's phases after an attempt failed: a body the client broke off
+/// or mangled fails the attempt, and that must not count against the
+/// upstream (three malformed uploads once ejected a healthy endpoint).
+#[derive(Clone, Debug, Default)]
+pub struct Upload(Arc<AtomicU8>);
+
+const SENDING: u8 = 0;
+const DONE: u8 = 1;
+const BROKEN: u8 = 2;
+
+impl Upload {
+    /// Whether the client failed the body: reset, closed early or malformed.
+    pub fn broken(&self) -> bool {
+        self.0.load(Ordering::Acquire) == BROKEN
+    }
+
+    /// Whether the client is still sending the body.
+    pub fn sending(&self) -> bool {
+        self.0.load(Ordering::Acquire) == SENDING
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client's body on its way to an upstream, reporting to its [`Upload`].
+    struct Watched {
+        #[pin]
+        inner: Downstream,
+        upload: Upload,
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.upload.0.store(DONE, Ordering::Release),
+            Poll::Ready(Some(Err(_))) => this.upload.0.store(BROKEN, Ordering::Release),
+            _ => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl RequestBody {
@@ -93,7 +148,7 @@ impl RequestBody {
         if want_replay && hint.upper().is_some_and(|u| u <= REPLAY_LIMIT) {
             return Ok(RequestBody::Buffered(body.collect().await?.to_bytes()));
         }
-        Ok(RequestBody::Streaming(Some(body)))
+        Ok(RequestBody::Streaming(Some(body), Upload::default()))
     }
 
     /// Reads the whole body, refusing one over `limit` bytes: a network
@@ -115,14 +170,22 @@ impl RequestBody {
         match self {
             RequestBody::Buffered(b) if b.is_empty() => Some(empty()),
             RequestBody::Buffered(b) => Some(full(b.clone())),
-            RequestBody::Streaming(b) => b.take().map(stream),
+            RequestBody::Streaming(b, upload) => b.take().map(|inner| Watched { inner, upload: upload.clone() }.boxed_unsync()),
         }
     }
 
     pub fn buffered(&self) -> Option<Bytes> {
         match self {
             RequestBody::Buffered(b) => Some(b.clone()),
-            RequestBody::Streaming(_) => None,
+            RequestBody::Streaming(..) => None,
+        }
+    }
+
+    /// How a streamed body's upload is going; `None` for a buffered one.
+    pub fn upload(&self) -> Option<&Upload> {
+        match self {
+            RequestBody::Buffered(_) => None,
+            RequestBody::Streaming(_, upload) => Some(upload),
         }
     }
 }

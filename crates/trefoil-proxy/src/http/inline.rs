@@ -288,7 +288,7 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
                 let reply = local_reply(StatusCode::BAD_GATEWAY, "chain_hop_failed", format!("network function {} failed after passing the request on\n", function.name));
                 return Err(Stopped { reply, flag: "chain_hop_failed" });
             }
-            if function.failure_policy == FailurePolicy::Open && matches!(body, RequestBody::Streaming(None)) {
+            if function.failure_policy == FailurePolicy::Open && matches!(body, RequestBody::Streaming(None, _)) {
                 // The streamed body went to the function and cannot be sent again.
                 chain.count(state, function, "failed_closed");
                 let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {} is unavailable\n", function.name));

@@ -17,7 +17,7 @@ use trefoil_model::spec::HashOn;
 
 use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, SendError};
-use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, UpstreamBody};
+use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, Upload, UpstreamBody};
 use crate::http::chain::{Next, RequestFacts};
 use crate::http::chain_handlers::RunCount;
 use crate::http::head;
@@ -491,6 +491,13 @@ async fn attempt_loop(
                 }
                 (failure, true)
             }
+            Ok(Err(_)) if req_body.upload().is_some_and(Upload::broken) => {
+                // The client broke its body off or mangled it: its fault, not
+                // the upstream's, and there is nothing left to send again.
+                attempt_span::finish(span, Err(AttemptFailure::Reset), false);
+                out.flag = "downstream_reset";
+                return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
+            }
             Ok(Err(e)) => {
                 record_outcome(state, service, &endpoint, Outcome::GatewayError);
                 let failure = if e.connect { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
@@ -498,7 +505,10 @@ async fn attempt_loop(
                 (failure, may_retry(rule, failure, attempt, max_attempts, req_body))
             }
             Err(timeout) => {
-                record_outcome(state, service, &endpoint, Outcome::GatewayError);
+                // An upstream waiting for a body the client is still trickling is not slow.
+                if !req_body.upload().is_some_and(Upload::sending) {
+                    record_outcome(state, service, &endpoint, Outcome::GatewayError);
+                }
                 (timeout, may_retry(rule, timeout, attempt, max_attempts, req_body))
             }
         };
