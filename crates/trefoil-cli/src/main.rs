@@ -88,9 +88,31 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+/// A reader that closed our stdout early (`trefoil get routes | head -1`)
+/// is not an error of ours: exit quietly with the status a process killed by
+/// SIGPIPE has, instead of a panic message. SIGPIPE itself stays ignored, so
+/// a write to a closed socket is an error the servers handle, never a kill.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(&cli);
+    // Servers need a descriptor per connection; short commands lose nothing by it.
+    match trefoil_proxy::descriptors::raise_limit() {
+        Ok((before, after)) if before != after => tracing::debug!(before, after, "raised the open-files limit"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     match cli.command {
         Command::Control(args) => commands::control::run(args),
         Command::Apply(args) => commands::client::apply(args),

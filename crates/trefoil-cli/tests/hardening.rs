@@ -236,3 +236,49 @@ fn client_faults_never_count_against_the_upstream() {
     assert_eq!(proxy.metric_sum("trefoil_outlier_ejections_total", &[]), 0.0);
     assert!(!proxy.access_log().contains("upstream_reset"), "{}", proxy.access_log());
 }
+
+#[test]
+fn a_reader_that_stops_early_gets_no_panic() {
+    use std::io::Read;
+    // Two thousand bad Services: more output than a pipe holds, so the
+    // command is still writing when its reader goes away.
+    let dir = scratch_dir();
+    let file = dir.join("many.yaml");
+    let docs: Vec<String> = (0..2000).map(|i| format!("{API}\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{endpoints: [{{address: nowhere}}]}}\n")).collect();
+    std::fs::write(&file, docs.join("---\n")).unwrap();
+    let mut child = Command::new(trefoil_bin()).args(["validate", "-o", "json", "-f"]).arg(&file).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
+fn set_open_files_limit(pid: u32, n: u64) {
+    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+    // SAFETY: prlimit only reads `limit`; the old-limit pointer may be null.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit on {pid}: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn one_greedy_connection_cannot_take_every_descriptor() {
+    let slow = TestServer::spawn(&["--name", "slow", "--delay", "4000"]);
+    let public = addr();
+    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
+    let open = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap().count() as u64;
+    // Room for the proxy's own descriptors and 100 more: fewer than the streams below.
+    set_open_files_limit(proxy.pid(), open + 100);
+    let url = format!("http://{public}/");
+    let greedy = std::thread::spawn(move || run_with_timeout(Command::new("h2load").args(["-n", "300", "-c", "1", "-m", "300", &url]), Duration::from_secs(60)));
+    wait_until("the greedy connection to fill the upstream budget", Duration::from_secs(20), || proxy.metric_sum("trefoil_upstream_overflows_total", &["descriptors"]) > 0.0);
+    // A new client is still accepted and answered at once, by a 503 while the upstreams are busy.
+    let (status, headers, _) = http_get(public, "x", "/");
+    assert_eq!((status, headers.get("x-trefoil-flag").map(String::as_str)), (503, Some("overflow")));
+    assert_eq!(http_get(proxy.admin, "admin", "/ready").0, 200);
+    greedy.join().unwrap();
+    assert_eq!(proxy.metric_sum("trefoil_outlier_ejections_total", &[]), 0.0);
+    assert_eq!(http_get(public, "x", "/").0, 200, "served again once the greedy streams are done");
+}

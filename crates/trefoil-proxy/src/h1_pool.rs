@@ -27,6 +27,7 @@ use rustc_hash::FxHasher;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::descriptors::{self, Held};
 use crate::h1_codec::{self, Decoded, Decoder, HeaderSpan, ParseError, RequestFraming};
 use crate::upstream::{BoxError, ProxyBody};
 
@@ -50,6 +51,8 @@ pub struct Pooled {
     spans: Vec<HeaderSpan>,
     /// How long it may wait unused in the pool (the service's `idleTimeout`).
     idle_timeout: Duration,
+    /// Its place in the process's descriptor count.
+    _held: Held,
 }
 
 struct Idle {
@@ -257,12 +260,13 @@ pub async fn sweep_every(every: Duration) {
 /// buffers and socket.
 async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Result<Box<Pooled>, SendError> {
     let connect_error = |source: BoxError| SendError { connect: true, source };
+    let held = descriptors::try_hold_upstream().ok_or_else(|| connect_error(Box::new(descriptors::Exhausted)))?;
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
-    Ok(Box::new(Pooled { addr, stream, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024), written: 0, spans: Vec::new(), idle_timeout }))
+    Ok(Box::new(Pooled { addr, stream, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024), written: 0, spans: Vec::new(), idle_timeout, _held: held }))
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one, and reads

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balancer;
 mod coarse_timer;
+pub mod descriptors;
 pub mod control_client;
 pub mod endpoint;
 mod h1_codec;

@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use trefoil_model::spec::ListenerProtocol;
 
 use crate::coarse_timer::CoarseTimer;
+use crate::descriptors::{self, Held};
 use crate::http::body::Downstream;
 use crate::http::proxy::{self, Connection};
 use crate::listener_set::Balance;
@@ -68,25 +69,27 @@ pub struct Accepted<S = TcpStream> {
     stream: S,
     client: SocketAddr,
     watcher: Drain,
+    held: Held,
 }
 
 impl Accepted {
     /// Detaches the stream from this worker's event loop, to hand it to another.
     pub fn into_std(self) -> std::io::Result<Accepted<std::net::TcpStream>> {
-        let Accepted { state, name, stream, client, watcher } = self;
-        Ok(Accepted { state, name, stream: stream.into_std()?, client, watcher })
+        let Accepted { state, name, stream, client, watcher, held } = self;
+        Ok(Accepted { state, name, stream: stream.into_std()?, client, watcher, held })
     }
 
     pub async fn serve(self) {
-        handle_connection(self.state, self.name, self.stream, self.client, self.watcher).await
+        handle_connection(self.state, self.name, self.stream, self.client, self.watcher).await;
+        drop(self.held);
     }
 }
 
 impl Accepted<std::net::TcpStream> {
     /// Registers the stream with the calling worker's event loop.
     pub fn into_tokio(self) -> std::io::Result<Accepted> {
-        let Accepted { state, name, stream, client, watcher } = self;
-        Ok(Accepted { state, name, stream: TcpStream::from_std(stream)?, client, watcher })
+        let Accepted { state, name, stream, client, watcher, held } = self;
+        Ok(Accepted { state, name, stream: TcpStream::from_std(stream)?, client, watcher, held })
     }
 }
 
@@ -107,7 +110,7 @@ pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
                     let _ = stream.set_nodelay(true);
-                    let accepted = Accepted { state: state.clone(), name: name.clone(), stream, client, watcher: watcher.clone() };
+                    let accepted = Accepted { state: state.clone(), name: name.clone(), stream, client, watcher: watcher.clone(), held: descriptors::hold_client() };
                     // Served here, or handed to a worker with fewer connections.
                     if let Some((accepted, open)) = balance.place(worker, accepted) {
                         tokio::spawn(async move {
@@ -116,8 +119,17 @@ pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net
                         });
                     }
                 }
+                Err(e) if descriptors::is_exhaustion(&e) => {
+                    // Out of descriptors: shed the newest client with the spare
+                    // one rather than leave it, and all after it, in the backlog.
+                    state.shared.spare.spend(|| drop(socket2::SockRef::from(&listener).accept()));
+                    state.shared.metrics.connections_shed.inc();
+                    tracing::warn!(listener = %name, error = %e, "out of file descriptors: closed a new connection");
+                    // Let connections in flight finish and free some.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
+                    // Anything else transient: back off instead of spinning.
                     tracing::warn!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -38,6 +38,8 @@ pub struct Shared {
     budgets: Carried<String, Budget>,
     /// Inline chain hops under way, by resume token.
     pub inline: InFlight,
+    /// A descriptor kept to shed connections the accept loop cannot take.
+    pub spare: crate::descriptors::Spare,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             rate_limiters: Carried::default(),
             budgets: Carried::default(),
             inline: InFlight::default(),
+            spare: crate::descriptors::Spare::new(),
         }
     }
 }
@@ -322,7 +325,8 @@ impl Compiler<'_> {
             .iter()
             .filter_map(|e| e.address.parse().ok().map(|addr| self.shared.endpoints.get(name, &e.version, addr)))
             .collect();
-        let connection_slots = if protocol.is_http2() || limits.max_connections >= ConnectionPool::default().max_connections {
+        // HTTP/2 multiplexes: one connection per endpoint, whatever the load.
+        let connection_slots = if protocol.is_http2() {
             HashMap::new()
         } else {
             endpoints.iter().map(|e| (e.addr, Arc::new(Semaphore::new(limits.max_connections as usize)))).collect()

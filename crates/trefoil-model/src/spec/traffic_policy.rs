@@ -39,17 +39,19 @@ pub enum HashOn {
 }
 
 /// Limits that trip the circuit breaker (503 with `x-trefoil-overflow`).
+/// The defaults are Envoy's: bounded, so that one client cannot make the
+/// proxy open connections (and file descriptors) without end.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPool {
-    /// Upstream connections per endpoint.
-    #[serde(default = "big")]
+    /// Upstream connections per endpoint (HTTP/1: one per request in flight).
+    #[serde(default = "bounded")]
     pub max_connections: u32,
     /// Requests waiting for a connection, per service.
-    #[serde(default = "big")]
+    #[serde(default = "bounded")]
     pub max_pending_requests: u32,
     /// Concurrent requests, per service.
-    #[serde(default = "big")]
+    #[serde(default = "bounded")]
     pub max_requests: u32,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
@@ -60,17 +62,17 @@ pub struct ConnectionPool {
 impl Default for ConnectionPool {
     fn default() -> Self {
         ConnectionPool {
-            max_connections: big(),
-            max_pending_requests: big(),
-            max_requests: big(),
+            max_connections: bounded(),
+            max_pending_requests: bounded(),
+            max_requests: bounded(),
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle(),
         }
     }
 }
 
-fn big() -> u32 {
-    1 << 20
+fn bounded() -> u32 {
+    1024
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

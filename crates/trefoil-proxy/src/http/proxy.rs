@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use trefoil_model::spec::HashOn;
 
+use crate::descriptors;
 use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, SendError};
 use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, Upload, UpstreamBody};
@@ -497,6 +498,14 @@ async fn attempt_loop(
                 attempt_span::finish(span, Err(AttemptFailure::Reset), false);
                 out.flag = "downstream_reset";
                 return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
+            }
+            Ok(Err(e)) if e.connect && descriptors::caused_by_exhaustion(&*e.source) => {
+                // This process is out of descriptors: shed the request, and
+                // do not blame the endpoint for it.
+                attempt_span::finish(span, Err(AttemptFailure::ConnectFailure), false);
+                out.flag = "overflow";
+                metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "descriptors" }).inc();
+                return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many open connections\n"));
             }
             Ok(Err(e)) => {
                 record_outcome(state, service, &endpoint, Outcome::GatewayError);

@@ -157,6 +157,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
+    pub connections_shed: Counter,
     pub spans_dropped: Counter,
     pub tls_handshakes: Family<TlsLabels, Counter>,
 }
@@ -195,6 +196,8 @@ impl Default for Metrics {
         registry.register("trefoil_config_version", "Version of the configuration in force", config_version.clone());
         let access_log_dropped = Counter::default();
         registry.register("trefoil_access_log_dropped", "Access-log lines dropped because the writer fell behind", access_log_dropped.clone());
+        let connections_shed = Counter::default();
+        registry.register("trefoil_connections_shed", "Client connections closed unserved because the process ran out of file descriptors", connections_shed.clone());
         let tls_handshakes = Family::default();
         registry.register("trefoil_tls_handshakes", "TLS handshakes on listeners, by verified peer identity and result", tls_handshakes.clone());
         let spans_dropped = Counter::default();
@@ -217,6 +220,7 @@ impl Default for Metrics {
             config_reloads,
             config_version,
             access_log_dropped,
+            connections_shed,
         }
     }
 }
