@@ -282,3 +282,62 @@ fn one_greedy_connection_cannot_take_every_descriptor() {
     assert_eq!(proxy.metric_sum("trefoil_outlier_ejections_total", &[]), 0.0);
     assert_eq!(http_get(public, "x", "/").0, 200, "served again once the greedy streams are done");
 }
+
+#[test]
+fn a_stalled_upload_is_cut_and_a_slow_one_is_not_a_timeout() {
+    use std::io::{Read, Write};
+    let up = TestServer::named("up");
+    let public = addr();
+    let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{requestBodyIdle: 1s}}\n---\n");
+    let proxy = Proxy::start(&format!("{listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route("    timeout: 500ms\n")));
+    // A body that stops coming: 408 once it has been idle for a second, the upstream not blamed.
+    let mut stalled = std::net::TcpStream::connect(public).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stalled.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.").unwrap();
+    let mut reply = String::new();
+    let _ = stalled.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_body_timeout"), "{reply}");
+    // A body that keeps coming, in three parts over more than the route's
+    // 500 ms: the route's deadline counts from the end of the upload.
+    let mut slow = std::net::TcpStream::connect(public).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\nabc").unwrap();
+    for part in [b"def", b"ghi"] {
+        std::thread::sleep(Duration::from_millis(400));
+        slow.write_all(part).unwrap();
+    }
+    let mut reply = String::new();
+    let _ = slow.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"body_len\":9"), "{reply}");
+    assert_eq!(proxy.metric_sum("trefoil_outlier_ejections_total", &[]), 0.0);
+}
+
+#[test]
+fn an_upstream_that_stalls_mid_response_is_cut() {
+    use std::io::{Read, Write};
+    // An upstream that sends headers and a few bytes of a 100-byte body, then nothing.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = upstream.accept().unwrap();
+        let mut head = [0u8; 4096];
+        let _ = conn.read(&mut head);
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc").unwrap();
+        // Held open, silent, until the proxy gives up on it.
+        let _ = conn.read(&mut head);
+    });
+    let public = addr();
+    let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{responseBodyIdle: 1s}}\n---\n");
+    let _proxy = Proxy::start(&format!("{listener}{}{}", service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
+    let mut client = std::net::TcpStream::connect(public).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    // The proxy closes the connection once the body has been idle for a second.
+    let ended = client.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended.is_ok() || ended.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{ended:?}: {text}");
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("abc"), "{text}");
+}

@@ -445,16 +445,15 @@ impl Validator {
                 self.report(r, &format!("{at}.filters.rateLimit.status"), "must be an HTTP error status (400-599)");
             }
         }
-        if rule.timeout.is_some_and(|t| t.get().is_zero()) {
-            self.report(r, &format!("{at}.timeout"), "must be greater than 0 (omit it for no timeout)");
-        }
         if let Some(retry) = &rule.retry {
             if retry.attempts > 10 {
                 self.report(r, &format!("{at}.retry.attempts"), format!("{} retries is too many (at most 10)", retry.attempts));
             }
-            if let (Some(per_try), Some(total)) = (retry.per_try_timeout, rule.timeout) {
-                if per_try > total {
-                    self.report(r, &format!("{at}.retry.perTryTimeout"), format!("perTryTimeout {per_try} exceeds the rule's timeout {total}"));
+            if let (Some(per_try), Some(total)) = (retry.per_try_timeout, rule.effective_timeout()) {
+                if per_try.get() > total {
+                    let total = crate::Duration(total);
+                    let by_default = if rule.timeout.is_none() { " (the default)" } else { "" };
+                    self.report(r, &format!("{at}.retry.perTryTimeout"), format!("perTryTimeout {per_try} exceeds the rule's timeout {total}{by_default}"));
                 }
             }
             if retry.on.contains(&RetryOn::RetriableStatusCodes) && retry.status_codes.is_empty() {

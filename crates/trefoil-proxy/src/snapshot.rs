@@ -119,6 +119,7 @@ pub struct ListenerConfig {
     pub router: Router,
     pub tcp_backend: Option<Arc<Cluster>>,
     pub path_normalization: PathNormalization,
+    pub timeouts: ListenerTimeouts,
 }
 
 /// How a proxy talks to one service.
@@ -461,7 +462,7 @@ impl Compiler<'_> {
                     self.shared.rate_limiters.get_or(format!("{}/{i}/{rl:?}", s.resource.name()), || RateLimiter::new(rl))
                 }),
                 split,
-                timeout: rule.timeout.map(|t| t.get()),
+                timeout: rule.effective_timeout(),
                 budget: rule.retry.as_ref().and_then(|r| r.budget.as_ref()).map(|b| {
                     self.shared.budgets.get_or(format!("{}/{i}/{b:?}", s.resource.name()), || Budget::new(b))
                 }),
@@ -516,6 +517,7 @@ impl Compiler<'_> {
             router,
             tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
             path_normalization: spec.path_normalization,
+            timeouts: spec.timeouts,
         }
     }
 }

@@ -292,6 +292,7 @@ fn listener(address: &str, direction: &str, routes: Vec<String>, service: Option
         service,
         direction: direction.to_string(),
         path_normalization: PathNormalization::default(),
+        timeouts: ListenerTimeouts::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::spec::BackendRef;
+use crate::Duration;
 
 /// One accepting socket of a proxy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,45 @@ pub struct ListenerSpec {
     /// How request paths are brought to one spelling before routing; on by default.
     #[serde(default, skip_serializing_if = "PathNormalization::is_default")]
     pub path_normalization: PathNormalization,
+    /// How long a request's or response's body may go without progress.
+    #[serde(default, skip_serializing_if = "ListenerTimeouts::is_default")]
+    pub timeouts: ListenerTimeouts,
+}
+
+/// Idle limits on bodies, so that a client trickling (or never finishing) an
+/// upload, or an upstream that stops mid-response, cannot hold a request,
+/// its upstream connection and its descriptors forever. `0s` turns one off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTimeouts {
+    /// Longest wait for the next bytes of a request body (nginx's
+    /// `client_body_timeout`): 60 s.
+    #[serde(default = "sixty_seconds")]
+    pub request_body_idle: Duration,
+    /// Longest wait for the next bytes of an upstream's response body once
+    /// its headers arrived (Envoy's stream idle timeout): 5 min.
+    #[serde(default = "five_minutes")]
+    pub response_body_idle: Duration,
+}
+
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for ListenerTimeouts {
+    fn default() -> Self {
+        ListenerTimeouts { request_body_idle: sixty_seconds(), response_body_idle: five_minutes() }
+    }
+}
+
+impl ListenerTimeouts {
+    fn is_default(&self) -> bool {
+        *self == ListenerTimeouts::default()
+    }
 }
 
 /// Path normalisation before routing, so `/x/../admin`, `//admin` and

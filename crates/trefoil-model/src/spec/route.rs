@@ -30,7 +30,9 @@ pub struct RouteRule {
     #[serde(default, skip_serializing_if = "RouteFilters::is_empty")]
     pub filters: RouteFilters,
     pub backends: Vec<WeightedBackend>,
-    /// Deadline for the response headers, across all attempts; 504 when it passes.
+    /// Deadline for the response headers, across all attempts, counted once
+    /// the request body is in; 504 when it passes. Absent: 15 s (Envoy's
+    /// default); `0s`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +40,17 @@ pub struct RouteRule {
     /// Name of the CNF chain applied to this rule's traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<String>,
+}
+
+impl RouteRule {
+    /// The deadline of a rule without `timeout`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// The deadline in force: `timeout`, or the default; `None` for `0s`.
+    pub fn effective_timeout(&self) -> Option<std::time::Duration> {
+        let timeout = self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT).get();
+        (!timeout.is_zero()).then_some(timeout)
+    }
 }
 
 /// All conditions of one match must hold.
@@ -255,4 +268,19 @@ fn hundred() -> f64 {
 }
 fn ten() -> u32 {
     10
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_has_a_deadline_unless_it_says_0s() {
+        let mut rule = RouteRule::default();
+        assert_eq!(rule.effective_timeout(), Some(std::time::Duration::from_secs(15)));
+        rule.timeout = Some(Duration::from_millis(250));
+        assert_eq!(rule.effective_timeout(), Some(std::time::Duration::from_millis(250)));
+        rule.timeout = Some(Duration::default());
+        assert_eq!(rule.effective_timeout(), None);
+    }
 }

@@ -6,12 +6,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::rt::Timer;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, Either, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 
+use crate::coarse_timer::CoarseTimer;
 use crate::h1_pool::PooledBody;
 use crate::upstream::{BoxError, ProxyBody};
 
@@ -29,6 +33,117 @@ pub fn empty() -> ProxyBody {
 /// A request body as the client sends it: `Left` through hyper's HTTP/1
 /// server, `Right` through the proxy's own HTTP/2 server.
 pub type Downstream = Either<Incoming, trefoil_h2::RecvBody>;
+
+/// A client's request body under its listener's `requestBodyIdle`.
+pub type ClientBody = Idle<Downstream>;
+
+/// A body went without progress for longer than its listener allows.
+#[derive(Debug, thiserror::Error)]
+#[error("no {what} bytes for {after:?}")]
+pub struct IdleTimeout {
+    pub what: &'static str,
+    pub after: Duration,
+}
+
+impl IdleTimeout {
+    /// Whether `e`, or one of its causes, is an idle timeout.
+    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(e) = cause {
+            if e.is::<IdleTimeout>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
+/// The idle clock of a body: a deadline armed when the body first waits,
+/// moved by progress, and looked at only when it fires, so a body that
+/// keeps coming costs a clock read per frame and no timer work.
+struct IdleClock {
+    limit: Duration,
+    what: &'static str,
+    last: Instant,
+    sleep: Option<Pin<Box<dyn hyper::rt::Sleep>>>,
+}
+
+impl IdleClock {
+    fn new(limit: Duration, what: &'static str) -> Self {
+        IdleClock { limit, what, last: Instant::now(), sleep: None }
+    }
+
+    fn progress(&mut self) {
+        if !self.limit.is_zero() {
+            self.last = Instant::now();
+        }
+    }
+
+    /// While the body waits: `Ready` with the error once it waited too long.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<IdleTimeout> {
+        if self.limit.is_zero() {
+            return Poll::Pending;
+        }
+        loop {
+            let deadline = self.last + self.limit;
+            // Coarse: a limit counted in tens of seconds may fire a second late.
+            let sleep = self.sleep.get_or_insert_with(|| CoarseTimer.sleep_until(deadline));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            if Instant::now() >= deadline {
+                return Poll::Ready(IdleTimeout { what: self.what, after: self.limit });
+            }
+            // Progress moved the deadline since it was armed: arm it again.
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that fails with [`IdleTimeout`] when no frame comes for its limit.
+    pub struct Idle<B> {
+        #[pin]
+        inner: B,
+        clock: IdleClock,
+    }
+}
+
+impl<B> Idle<B> {
+    /// `limit` zero: no limit.
+    pub fn new(inner: B, limit: Duration, what: &'static str) -> Self {
+        Idle { inner, clock: IdleClock::new(limit, what) }
+    }
+}
+
+impl<B> Body for Idle<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.clock.progress();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => this.clock.poll_expired(cx).map(|e| Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A body read up to a limit.
 pub enum Collected {
@@ -79,7 +194,7 @@ pub enum BufferError {
 pub enum RequestBody {
     Buffered(Bytes),
     /// The body, until an attempt takes it, and how its upload is going.
-    Streaming(Option<Downstream>, Upload),
+    Streaming(Option<ClientBody>, Upload),
 }
 
 /// How the client's side of a streamed request body is going, seen by the
@@ -109,7 +224,7 @@ pin_project_lite::pin_project! {
     /// A client's body on its way to an upstream, reporting to its [`Upload`].
     struct Watched {
         #[pin]
-        inner: Downstream,
+        inner: ClientBody,
         upload: Upload,
     }
 }
@@ -126,7 +241,7 @@ impl Body for Watched {
             Poll::Ready(Some(Err(_))) => this.upload.0.store(BROKEN, Ordering::Release),
             _ => {}
         }
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -140,7 +255,7 @@ impl Body for Watched {
 
 impl RequestBody {
     /// Buffers small bodies when `want_replay`; larger or unsized ones stream.
-    pub async fn prepare(body: Downstream, want_replay: bool) -> Result<Self, BoxError> {
+    pub async fn prepare(body: ClientBody, want_replay: bool) -> Result<Self, BoxError> {
         let hint = body.size_hint();
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
@@ -153,7 +268,7 @@ impl RequestBody {
 
     /// Reads the whole body, refusing one over `limit` bytes: a network
     /// function that inspects bodies needs all of it before the request goes on.
-    pub async fn buffer(body: Downstream, limit: usize) -> Result<Self, BufferError> {
+    pub async fn buffer(body: ClientBody, limit: usize) -> Result<Self, BufferError> {
         match http_body_util::Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(RequestBody::Buffered(collected.to_bytes())),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BufferError::TooLarge),
@@ -196,16 +311,17 @@ pub type UpstreamBody = Either<PooledBody, Incoming>;
 
 pin_project_lite::pin_project! {
     /// Holds `guard` (the attempt's claims on its upstream) until the body
-    /// ends, fails or is dropped.
+    /// ends, fails or is dropped; fails it after `idle` without progress.
     pub struct Guarded<G> {
         inner: UpstreamBody,
         guard: Option<G>,
+        clock: IdleClock,
     }
 }
 
 impl<G: Send + 'static> Guarded<G> {
-    pub fn wrap(inner: UpstreamBody, guard: G) -> ProxyBody {
-        Guarded { inner, guard: Some(guard) }.boxed_unsync()
+    pub fn wrap(inner: UpstreamBody, guard: G, idle: Duration) -> ProxyBody {
+        Guarded { inner, guard: Some(guard), clock: IdleClock::new(idle, "response body") }.boxed_unsync()
     }
 }
 
@@ -215,7 +331,13 @@ impl<G> Body for Guarded<G> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = Pin::new(this.inner).poll_frame(cx);
+        let polled = match Pin::new(this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.clock.progress();
+                Poll::Ready(frame)
+            }
+            Poll::Pending => this.clock.poll_expired(cx).map(|e| Some(Err(e.into()))),
+        };
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             this.guard.take();
         }

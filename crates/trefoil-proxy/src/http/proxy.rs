@@ -7,8 +7,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
+
+use hyper::rt::Timer;
 
 use futures_util::future::{Either, FutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -250,6 +254,7 @@ async fn handle(
     // The chain's phases are boxed: their futures are large and most
     // requests have no chain, and an unboxed future is copied whole every
     // time the request's future moves.
+    let incoming = body::Idle::new(incoming, listener.timeouts.request_body_idle.get(), "request body");
     let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
         Some(limit) => Box::pin(RequestBody::buffer(incoming, limit)).await,
         None => RequestBody::prepare(incoming, want_replay).await.map_err(BufferError::Read),
@@ -260,10 +265,7 @@ async fn handle(
             out.flag = "chain_body_too_large";
             return Err(local_reply(StatusCode::PAYLOAD_TOO_LARGE, "chain_body_too_large", "request body exceeds what the network function accepts\n"));
         }
-        Err(BufferError::Read(_)) => {
-            out.flag = "downstream_reset";
-            return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
-        }
+        Err(BufferError::Read(e)) => return Err(client_body_failed(&*e, out)),
     };
 
     // Handler runs of the request, both phases: the CNF's `runsPerRequest` bounds them all.
@@ -313,11 +315,12 @@ async fn handle(
     }
 
     // Phase: upstream attempts, under the rule's deadline.
-    let attempts = attempt_loop(state, &listener.direction, route, rule, &cluster, parts, &mut req_body, out);
+    let upload = req_body.upload().cloned();
+    let attempts = attempt_loop(state, &listener.direction, route, rule, &cluster, parts, &mut req_body, listener.timeouts.response_body_idle.get(), out);
     let mut response = match rule.timeout {
-        Some(limit) => match tokio::time::timeout(limit, attempts).await {
-            Ok(r) => r?,
-            Err(_) => {
+        Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
+            Some(r) => r?,
+            None => {
                 out.flag = "timeout";
                 return Err(local_reply(StatusCode::GATEWAY_TIMEOUT, "timeout", "upstream request timeout\n"));
             }
@@ -347,6 +350,17 @@ async fn handle(
     Ok(response)
 }
 
+/// The reply to a request whose body the client failed to send: 408 when
+/// it stalled past `requestBodyIdle`, 400 otherwise.
+fn client_body_failed(e: &(dyn std::error::Error + 'static), out: &mut Outcomes) -> Response<ProxyBody> {
+    if body::IdleTimeout::caused(e) {
+        out.flag = "request_body_timeout";
+        return local_reply(StatusCode::REQUEST_TIMEOUT, "request_body_timeout", "the request body stalled\n");
+    }
+    out.flag = "downstream_reset";
+    local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n")
+}
+
 /// What the chain's functions are told besides the request's head.
 #[allow(clippy::too_many_arguments)]
 fn chain_facts<'a>(listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, spans: Option<HopSpans>, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>, runs: RunCount) -> RequestFacts<'a> {
@@ -366,6 +380,36 @@ fn chain_facts<'a>(listener: &ListenerConfig, conn: &Connection, trace: &TraceCo
 
 fn find_route<'a>(listener: &'a ListenerConfig, host: &str, parts: &http::request::Parts) -> Option<(&'a Arc<CompiledRoute>, &'a CompiledRule)> {
     listener.router.find(host, |route| route.rules.iter().find(|r| r.matches(parts)).map(|rule| (route, rule)))
+}
+
+/// Runs `attempts` until `limit` has passed since the client finished
+/// sending its body (as Envoy counts a route timeout): an upload in
+/// progress is not the upstream being slow, and a stalled one is cut by
+/// `requestBodyIdle`. `None` when the deadline passed.
+async fn deadline_after_upload<T>(limit: Duration, attempts: impl Future<Output = T>, upload: Option<Upload>) -> Option<T> {
+    // Long limits (the 15 s default) on the coarse timer: cheaper than tokio's per request.
+    let sleep = |limit: Duration| -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        if limit >= Duration::from_secs(10) {
+            Box::pin(crate::coarse_timer::CoarseTimer.sleep(limit))
+        } else {
+            Box::pin(tokio::time::sleep(limit))
+        }
+    };
+    tokio::pin!(attempts);
+    let mut deadline = sleep(limit);
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(r) = attempts.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if !upload.as_ref().is_some_and(Upload::sending) {
+            return Poll::Ready(None);
+        }
+        deadline = sleep(limit);
+    })
+    .await
 }
 
 /// Releases what an attempt claimed when the response body ends (or the attempt fails).
@@ -391,6 +435,7 @@ async fn attempt_loop(
     cluster: &Arc<Cluster>,
     parts: &mut http::request::Parts,
     req_body: &mut RequestBody,
+    response_idle: Duration,
     out: &mut Outcomes,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let service = &cluster.service;
@@ -481,23 +526,22 @@ async fn attempt_loop(
                 if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
                     attempt_span::finish(span, Ok(status), false);
                     let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
                 }
                 let failure = AttemptFailure::Status(status);
                 if !may_retry(rule, failure, attempt, max_attempts, req_body) {
                     // Out of retries: the client gets the upstream's own answer.
                     attempt_span::finish(span, Ok(status), false);
                     let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard)));
+                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
                 }
                 (failure, true)
             }
-            Ok(Err(_)) if req_body.upload().is_some_and(Upload::broken) => {
-                // The client broke its body off or mangled it: its fault, not
-                // the upstream's, and there is nothing left to send again.
+            Ok(Err(e)) if req_body.upload().is_some_and(Upload::broken) => {
+                // The client broke its body off, mangled it or stalled: its
+                // fault, not the upstream's, and there is nothing left to send again.
                 attempt_span::finish(span, Err(AttemptFailure::Reset), false);
-                out.flag = "downstream_reset";
-                return Err(local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n"));
+                return Err(client_body_failed(&*e.source, out));
             }
             Ok(Err(e)) if e.connect && descriptors::caused_by_exhaustion(&*e.source) => {
                 // This process is out of descriptors: shed the request, and
