@@ -341,3 +341,33 @@ fn an_upstream_that_stalls_mid_response_is_cut() {
     assert!(ended.is_ok() || ended.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{ended:?}: {text}");
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("abc"), "{text}");
 }
+
+#[test]
+fn a_second_proxy_on_the_same_address_is_refused() {
+    let up = TestServer::named("up");
+    let public = addr();
+    let resources = format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route(""));
+    let _first = Proxy::start(&resources);
+    let dir = scratch_dir();
+    let config = dir.join("second.yaml");
+    std::fs::write(&config, format!("{}{resources}", proxy_resource(addr(), &dir.join("access.log")))).unwrap();
+    let out = run_with_timeout(Command::new(trefoil_bin()).args(["proxy", "--threads", "2", "--config"]).arg(&config), Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("another process already listens on {public}")), "{stderr}");
+}
+
+#[test]
+fn unauthenticated_addresses_on_the_network_are_announced() {
+    let up = TestServer::named("up");
+    let port = free_port();
+    let admin: std::net::SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
+    let resources = format!("{API}\nkind: Listener\nmetadata: {{name: open}}\nspec:\n  address: \"0.0.0.0:{port}\"\n---\n{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route(""));
+    let proxy = Proxy::start_with_admin(admin, &resources);
+    let stderr = proxy.stderr();
+    assert!(stderr.contains("ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION"), "{stderr}");
+    assert!(stderr.contains("listener open accepts connections from the network without authenticating them"), "{stderr}");
+    // Loopback-only proxies say nothing of the kind.
+    let quiet = Proxy::start(&format!("{}{}{}", listener("local", addr()), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    assert!(!quiet.stderr().contains("without authenticat"), "{}", quiet.stderr());
+}

@@ -57,6 +57,54 @@ pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpList
     Ok(socket.into())
 }
 
+/// Refuses an address another process also listens on. `SO_REUSEPORT`
+/// lets any process of the same user join a port's group, and the kernel
+/// then silently splits the connections between them: a second proxy
+/// started by mistake would take half the traffic. Listening sockets are
+/// found in the kernel's table (`/proc/net/tcp`, `tcp6`) and compared with
+/// the sockets this process holds, so the check sees every program, not
+/// only other trefoils. Without `/proc` it cannot look, and lets the bind be.
+pub fn ensure_sole_listener(addr: SocketAddr) -> std::io::Result<()> {
+    let ours = own_socket_inodes();
+    let table = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let Ok(text) = std::fs::read_to_string(table) else { return Ok(()) };
+    let foreign = text.lines().skip(1).filter_map(listening_socket).any(|(local, inode)| {
+        let same_ip = local.ip() == addr.ip() || local.ip().is_unspecified() || addr.ip().is_unspecified();
+        local.port() == addr.port() && same_ip && !ours.contains(&inode)
+    });
+    if foreign {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("another process already listens on {addr}; with SO_REUSEPORT the two would silently share its connections")));
+    }
+    Ok(())
+}
+
+/// The inodes of the sockets this process has open.
+fn own_socket_inodes() -> std::collections::HashSet<u64> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return Default::default() };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect()
+}
+
+/// A line of `/proc/net/tcp{,6}` in state LISTEN: its local address and inode.
+fn listening_socket(line: &str) -> Option<(SocketAddr, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.get(3) != Some(&"0A") {
+        return None;
+    }
+    let (ip, port) = fields.get(1)?.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // The kernel prints each 32-bit word of the address as a number in host byte order.
+    let words: Option<Vec<u32>> = (0..ip.len() / 8).map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()).collect();
+    let bytes: Vec<u8> = words?.into_iter().flat_map(u32::to_ne_bytes).collect();
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?).into(),
+        16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into(),
+        _ => return None,
+    };
+    Some((SocketAddr::new(ip, port), fields.get(9)?.parse().ok()?))
+}
+
 /// Tells connections to finish; the drain is over when every clone is dropped
 /// (see `watch::Sender::closed`).
 pub type Drain = watch::Receiver<bool>;
@@ -297,6 +345,39 @@ fn classify(bytes: &[u8]) -> Detected {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_kernels_listening_sockets() {
+        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000064936cea 100 0 0 10 0";
+        assert_eq!(listening_socket(v4), Some(("127.0.0.1:8080".parse().unwrap(), 4242)));
+        let established = v4.replace(" 0A ", " 01 ");
+        assert_eq!(listening_socket(&established), None);
+        let v6 = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(listening_socket(v6), Some(("[::1]:8080".parse().unwrap(), 77)));
+    }
+
+    #[test]
+    fn a_port_another_process_listens_on_is_refused() {
+        let mut other = std::process::Command::new("python3")
+            .args(["-c", "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\ns.bind(('127.0.0.1', 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\nsys.stdin.read()"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(other.stdout.take().unwrap()), &mut line).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().unwrap();
+        // The kernel would let this process join the other's port.
+        let joined = bind(addr, true).unwrap();
+        let refused = ensure_sole_listener(addr).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+        drop(joined);
+        let _ = other.kill();
+        let _ = other.wait();
+        // Our own sockets alone are fine.
+        let alone = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        ensure_sole_listener(alone.local_addr().unwrap()).unwrap();
+    }
 
     #[test]
     fn classifies_first_bytes() {

@@ -206,6 +206,7 @@ impl Listeners {
                 for _ in 1..self.workers.len() {
                     sockets.push(listener::bind(addr, shared).map_err(bind_err)?);
                 }
+                listener::ensure_sole_listener(addr).map_err(bind_err)?;
                 bound.push((l.name.clone(), l.addr, sockets));
             }
         }
@@ -225,6 +226,10 @@ impl Listeners {
                 }
             }
             tracing::info!(listener = %name, address = %addr, workers = self.workers.len(), "listening");
+            let authenticated = state.snapshot.load().listeners.iter().any(|l| l.name == name && l.client_auth);
+            if !addr.ip().is_loopback() && !authenticated {
+                tracing::warn!(listener = %name, address = %addr, "listener {name} accepts connections from the network without authenticating them (no tls.clientCa): every client is anonymous");
+            }
             if let Some(old) = self.running.insert(name.clone(), RunningListener { addr, stop }) {
                 let _ = old.stop.send(true);
             }

@@ -211,6 +211,9 @@ impl Running {
         let (admin_stop, admin_stopped) = watch::channel(false);
         tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
         tracing::info!(address = %admin_addr, "admin listening");
+        if !admin_addr.ip().is_loopback() {
+            tracing::warn!(address = %admin_addr, "THE ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION: anyone who can reach it reads the running config, metrics and endpoints; bind it to 127.0.0.1 unless a firewall guards it");
+        }
 
         let mut listeners = Listeners::new(Workers::start(workers).map_err(anyhow::Error::from)?);
         let bound = listeners.bind_new(&state.snapshot.load())?;

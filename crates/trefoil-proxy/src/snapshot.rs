@@ -120,6 +120,8 @@ pub struct ListenerConfig {
     pub tcp_backend: Option<Arc<Cluster>>,
     pub path_normalization: PathNormalization,
     pub timeouts: ListenerTimeouts,
+    /// Whether clients must present a certificate (`tls.clientCa`).
+    pub client_auth: bool,
 }
 
 /// How a proxy talks to one service.
@@ -518,6 +520,7 @@ impl Compiler<'_> {
             tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
             path_normalization: spec.path_normalization,
             timeouts: spec.timeouts,
+            client_auth: spec.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         }
     }
 }
