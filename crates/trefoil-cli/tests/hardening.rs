@@ -371,3 +371,27 @@ fn unauthenticated_addresses_on_the_network_are_announced() {
     let quiet = Proxy::start(&format!("{}{}{}", listener("local", addr()), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     assert!(!quiet.stderr().contains("without authenticat"), "{}", quiet.stderr());
 }
+
+#[test]
+fn a_health_page_that_never_ends_fails_its_check() {
+    use std::io::{Read, Write};
+    // Answers 200 with a body it never finishes, on every connection.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming().take(64) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nok");
+                let _ = conn.read(&mut head);
+            });
+        }
+    });
+    let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 300ms, unhealthyThreshold: 1}}\n---\n");
+    let proxy = Proxy::start(&format!("{}{}{policy}{}", listener("public", addr()), service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
+    wait_until("the endpoint to be marked unhealthy", Duration::from_secs(20), || {
+        proxy.metrics().lines().any(|l| l.starts_with("trefoil_endpoint_healthy{") && l.ends_with(" 0"))
+    });
+}

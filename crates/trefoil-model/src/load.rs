@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::located_yaml::{parse_documents, LocatedDocument, Position};
+use crate::located_yaml::{parse_documents, Limits, LocatedDocument, Position};
 use crate::resource::{Metadata, Resource, Spec, API_VERSION, KINDS};
 
 /// A resource with the document it came from, so later checks can point into it.
@@ -34,6 +34,12 @@ pub fn load_path(path: &Path) -> Result<Vec<SourcedResource>, Diagnostics> {
     let mut problems = Vec::new();
     for file in files {
         let name: Arc<str> = Arc::from(file.display().to_string());
+        // Checked before reading: a huge file must not be read into memory to be refused.
+        let limit = Limits::DEFAULT.max_text_bytes;
+        if let Some(meta) = std::fs::metadata(&file).ok().filter(|m| m.len() > limit as u64) {
+            problems.push(Diagnostic::new(&name, Position::default(), "", format!("the file is {} bytes, more than the {limit} a YAML text may have", meta.len())));
+            continue;
+        }
         match std::fs::read_to_string(&file) {
             Ok(text) => match load_str(&name, &text) {
                 Ok(mut r) => resources.append(&mut r),
@@ -174,6 +180,18 @@ mod tests {
 
     fn load(text: &str) -> Result<Vec<SourcedResource>, Diagnostics> {
         load_str(&Arc::from("test.yaml"), text)
+    }
+
+    #[test]
+    fn files_too_large_are_refused_unread() {
+        let dir = std::env::temp_dir().join(format!("trefoil-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("huge.yaml");
+        // Sparse: 9 MiB long, nothing written.
+        std::fs::File::create(&file).unwrap().set_len(9 << 20).unwrap();
+        let err = load_path(&file).unwrap_err();
+        assert!(err.0[0].message.contains("more than the 8388608"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -65,6 +65,9 @@ async fn run(service: Arc<ServiceConfig>, endpoint: Arc<EndpointState>, check: H
     }
 }
 
+/// The largest health page read; a larger one fails the check.
+const MAX_BODY: usize = 64 * 1024;
+
 async fn probe(service: &ServiceConfig, endpoint: &EndpointState, check: &HealthCheck) -> bool {
     let timeout = check.timeout.get().max(Duration::from_millis(1));
     match &check.http_path {
@@ -79,14 +82,16 @@ async fn probe(service: &ServiceConfig, endpoint: &EndpointState, check: &Health
             else {
                 return false;
             };
-            match tokio::time::timeout(timeout, service.client.current().request(req)).await {
-                Ok(Ok(resp)) => {
-                    let ok = resp.status().is_success();
-                    let _ = resp.into_body().collect().await;
-                    ok
-                }
-                _ => false,
-            }
+            // The answer and its body within the timeout, the body read to a
+            // bound: an endpoint that trickles or floods its health page must
+            // not hold this check, or the proxy's memory, forever.
+            let probe = async {
+                let resp = service.client.current().request(req).await.ok()?;
+                let ok = resp.status().is_success();
+                http_body_util::Limited::new(resp.into_body(), MAX_BODY).collect().await.ok()?;
+                Some(ok)
+            };
+            matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
         }
     }
 }
