@@ -14,11 +14,11 @@ pub enum Format {
 
 /// Prints `value` as JSON or YAML; `table` is the caller's job.
 pub fn print_structured<T: Serialize>(format: Format, value: &T) {
-    // Going through a JSON value keeps YAML free of serde_yaml's enum tags.
+    // Through a JSON value: YAML is then what JSON would say, without enum tags.
     let json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default()),
-        Format::Yaml => print!("{}", serde_yaml::to_string(&json).unwrap_or_default()),
+        Format::Yaml => print!("{}", trefoil_model::located_yaml::to_string(&json)),
         Format::Table => {}
     }
 }

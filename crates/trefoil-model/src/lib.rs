@@ -11,6 +11,6 @@ pub mod validate;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Duration;
-pub use load::{load_path, load_str, SourcedResource};
+pub use load::{from_yaml, load_path, load_str, SourcedResource};
 pub use resource::{Metadata, Resource, Spec, API_VERSION};
 pub use validate::{validate, validate_each};

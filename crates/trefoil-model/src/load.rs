@@ -152,6 +152,20 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
     }
 }
 
+/// Reads a YAML text holding one document into `T` (a function's own config
+/// file, say), with the loader's limits and located errors.
+pub fn from_yaml<T: DeserializeOwned>(file: &Arc<str>, text: &str) -> Result<T, Diagnostic> {
+    let documents = parse_documents(text).map_err(|e| Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message)))?;
+    let document = match documents.len() {
+        0 => LocatedDocument::default(),
+        1 => documents.into_iter().next().unwrap_or_default(),
+        n => return Err(Diagnostic::new(file, documents[1].start, "", format!("expected one YAML document, found {n}"))),
+    };
+    // An empty file is an empty mapping: every field takes its default.
+    let value = if document.value.is_null() { Value::Object(Default::default()) } else { document.value.clone() };
+    typed(file, &document, "", Some(&value))
+}
+
 /// Deserializes one part of a document, reporting the exact failing field.
 fn typed<T: DeserializeOwned>(file: &Arc<str>, doc: &LocatedDocument, base: &str, value: Option<&Value>) -> Result<T, Diagnostic> {
     let Some(value) = value else {
@@ -161,12 +175,14 @@ fn typed<T: DeserializeOwned>(file: &Arc<str>, doc: &LocatedDocument, base: &str
         let mut field = base.to_string();
         let inner = e.path().to_string();
         if inner != "." {
-            field = format!("{base}.{inner}").replace(".[", "[");
+            field = if base.is_empty() { inner } else { format!("{base}.{inner}").replace(".[", "[") };
         }
         let message = e.into_inner().to_string();
         // Serde reports an unknown field at its parent; point at the field itself.
         if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-            if !field.ends_with(&format!(".{name}")) {
+            if field.is_empty() {
+                field = name.to_string();
+            } else if field != name && !field.ends_with(&format!(".{name}")) {
                 field = format!("{field}.{name}");
             }
         }
@@ -180,6 +196,24 @@ mod tests {
 
     fn load(text: &str) -> Result<Vec<SourcedResource>, Diagnostics> {
         load_str(&Arc::from("test.yaml"), text)
+    }
+
+    #[test]
+    fn other_files_read_with_locations() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Config {
+            #[serde(default)]
+            rules: Vec<u32>,
+        }
+        let file: Arc<str> = Arc::from("policy.yaml");
+        assert_eq!(from_yaml::<Config>(&file, "rules: [1, 2]\n").unwrap().rules, [1, 2]);
+        assert!(from_yaml::<Config>(&file, "").unwrap().rules.is_empty());
+        let err = from_yaml::<Config>(&file, "rules:\n  - 1\n  - lots\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (3, "rules[1]"), "{err}");
+        let err = from_yaml::<Config>(&file, "\nrulez: []\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "rulez"), "{err}");
+        assert!(from_yaml::<Config>(&file, "a: &a [*a]\n").is_err());
     }
 
     #[test]

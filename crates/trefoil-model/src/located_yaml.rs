@@ -305,6 +305,32 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Writes a JSON value as a YAML document (without the leading `---`), for
+/// `-o yaml`. Strings that would read back as something else are quoted.
+pub fn to_string(value: &Value) -> String {
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    // Writing to a String cannot fail.
+    let _ = emitter.dump(&to_yaml(value));
+    let body = out.strip_prefix("---\n").or_else(|| out.strip_prefix("---")).unwrap_or(&out).trim_start_matches(' ');
+    format!("{body}\n")
+}
+
+fn to_yaml(value: &Value) -> Yaml {
+    match value {
+        Value::Null => Yaml::Null,
+        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Integer(i),
+            None => Yaml::Real(n.to_string()),
+        },
+        Value::String(s) => Yaml::String(s.clone()),
+        Value::Array(items) => Yaml::Array(items.iter().map(to_yaml).collect()),
+        Value::Object(map) => Yaml::Hash(map.iter().map(|(k, v)| (Yaml::String(k.clone()), to_yaml(v))).collect()),
+    }
+}
+
 /// Resolves a scalar by the YAML 1.2 core schema; quoted scalars stay strings.
 fn scalar_value(text: &str, style: TScalarStyle) -> Value {
     if style != TScalarStyle::Plain {
@@ -426,6 +452,14 @@ mod tests {
     fn aliases_do_not_cross_documents() {
         let err = parse_documents("a: &x 1\n---\nb: *x\n").unwrap_err();
         assert_eq!(err.position.line, 3, "{err:?}");
+    }
+
+    #[test]
+    fn values_written_read_back_the_same() {
+        let value = serde_json::json!({"name": "web", "port": 80, "ratio": 0.5, "on": true, "none": null, "text": "10", "yes": "true", "list": [1, "two", {"three": 3}], "empty": {}, "lines": "a\nb\n"});
+        let text = to_string(&value);
+        assert!(!text.starts_with("---"), "{text}");
+        assert_eq!(parse_documents(&text).unwrap()[0].value, value, "{text}");
     }
 
     #[test]

@@ -18,8 +18,9 @@ use crate::verdict;
 pub enum PolicyError {
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Yaml { path: String, source: serde_yaml::Error },
+    /// Where the file is wrong: `file:line:column: field: message`.
+    #[error("{0}")]
+    Yaml(trefoil_model::Diagnostic),
     #[error("rule {rule}: {message}")]
     Rule { rule: String, message: String },
     #[error("denyStatus {0} is not a status between 200 and 599")]
@@ -171,7 +172,7 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: shown.clone(), source })?;
-        let config: Config = serde_yaml::from_str(&text).map_err(|source| PolicyError::Yaml { path: shown, source })?;
+        let config: Config = trefoil_model::from_yaml(&shown.as_str().into(), &text).map_err(PolicyError::Yaml)?;
         Self::new(config)
     }
 
@@ -229,8 +230,12 @@ impl Function for Policy {
 mod tests {
     use super::*;
 
+    fn yaml_config(yaml: &str) -> Result<Config, trefoil_model::Diagnostic> {
+        trefoil_model::from_yaml(&"policy.yaml".into(), yaml)
+    }
+
     fn policy(yaml: &str) -> Policy {
-        Policy::new(serde_yaml::from_str(yaml).unwrap()).unwrap()
+        Policy::new(yaml_config(yaml).unwrap()).unwrap()
     }
 
     fn call(method: &str, path: &str, source: &str, headers: &[(&str, &str)]) -> Request {
@@ -288,12 +293,12 @@ rules:
 
     #[test]
     fn bad_configs_are_refused_with_the_rule_named() {
-        let bad = |yaml: &str| Policy::new(serde_yaml::from_str(yaml).unwrap()).unwrap_err().to_string();
+        let bad = |yaml: &str| Policy::new(yaml_config(yaml).unwrap()).unwrap_err().to_string();
         assert!(bad("rules: [{name: r, action: deny, sources: [10.0.0.0/40]}]").contains("rule r"));
         assert!(bad("rules: [{action: deny, paths: [admin]}]").contains("rule #1"));
         assert!(bad("denyStatus: 99").contains("99"));
-        assert!(serde_yaml::from_str::<Config>("rules: [{action: maybe}]").is_err());
-        assert!(serde_yaml::from_str::<Config>("rulez: []").is_err(), "unknown fields are refused");
+        assert!(yaml_config("rules: [{action: maybe}]").is_err());
+        assert!(yaml_config("rulez: []").is_err(), "unknown fields are refused");
     }
 
     #[tokio::test]

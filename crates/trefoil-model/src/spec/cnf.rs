@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_function_without_api_speaks_http_json() {
-        let f: NetworkFunctionSpec = serde_yaml::from_str("service: waf").unwrap();
+        let f: NetworkFunctionSpec = crate::from_yaml(&"nf.yaml".into(), "service: waf").unwrap();
         assert_eq!(f.api, FunctionApi::Http);
     }
 }
