@@ -70,6 +70,55 @@ fn acknowledged_writes_survive_kill_9() {
     drop(control);
 }
 
+/// Where each record of a store file starts (`len: u32 LE | crc: u32 | payload`).
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        starts.push(at);
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    starts
+}
+
+#[test]
+fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
+    let dir = scratch_dir();
+    let data = dir.join("data");
+    let mut control = Control::start(&data);
+    for (name, weight) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        control.put("routes", name, &route(name, weight, None));
+    }
+    control.kill_9();
+    let store = data.join("store.db");
+    let mut bytes = std::fs::read(&store).unwrap();
+    let starts = record_starts(&bytes);
+    assert_eq!(starts.len(), 3);
+    // One flipped bit inside Route/b's record, whose value is still readable.
+    bytes[starts[1] + 60] ^= 0x10;
+    std::fs::write(&store, &bytes).unwrap();
+
+    let (api, grpc) = (addr(), addr());
+    let refused = run_with_timeout(Command::new(trefoil_bin()).args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"]).arg(&data), Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("damaged at byte {}", starts[1])) && stderr.contains(&format!("byte {}", starts[2])) && stderr.contains("--repair"), "{stderr}");
+    assert_eq!(std::fs::read(&store).unwrap(), bytes, "a refused store is left as it was");
+
+    let repaired = run_with_timeout(Command::new(trefoil_bin()).args(["control", "--repair", "--data"]).arg(&data), Duration::from_secs(20));
+    let report = String::from_utf8_lossy(&repaired.stdout);
+    assert_eq!(repaired.status.code(), Some(0), "{report}{}", String::from_utf8_lossy(&repaired.stderr));
+    assert!(report.contains("kept 2 intact records") && report.contains(&format!("bytes {}..{}", starts[1], starts[2])) && report.contains("Route/b (put, revision 2)"), "{report}");
+    let aside: Vec<_> = std::fs::read_dir(&data).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("store.db.corrupt-")).collect();
+    assert_eq!(aside.len(), 1, "the damaged original is set aside");
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), bytes);
+
+    let restarted = Control::start_on(&data, api, grpc);
+    let (_, list) = restarted.call("GET", "/api/v1/routes", "");
+    let names: Vec<&str> = list["items"].as_array().unwrap().iter().filter_map(|r| r["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, ["a", "c"], "the records before and after the damage are served");
+}
+
 #[test]
 fn watch_streams_current_objects_then_changes() {
     let dir = scratch_dir();

@@ -57,7 +57,8 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
-            StoreError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            // Damaged and Locked come from opening the store, not from a request.
+            StoreError::Io { .. } | StoreError::Damaged { .. } | StoreError::Locked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }

@@ -29,6 +29,11 @@ pub struct ControlOptions {
     pub grpc_listen: SocketAddr,
 }
 
+/// The store file in a data directory.
+pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("store.db")
+}
+
 /// The config stream's default address.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7071";
 
@@ -61,7 +66,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Runs the control plane until `shutdown` resolves.
 pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ControlError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ControlError::DataDir { path: options.data_dir.clone(), source })?;
-    let store = Arc::new(store::Store::open(options.data_dir.join("store.db"))?);
+    let store = Arc::new(store::Store::open(store_path(&options.data_dir))?);
     // Both sockets first: a control plane that cannot serve either does not start.
     let rest = bind(options.listen).await?;
     let grpc = bind(options.grpc_listen).await?;

@@ -19,9 +19,17 @@ pub struct Args {
     /// Config stream address (gRPC): proxies started with `trefoil proxy --control ADDR` connect here.
     #[arg(long, default_value = trefoil_control::DEFAULT_GRPC_LISTEN)]
     grpc_listen: SocketAddr,
+    /// Repair a damaged store file, report what was kept and dropped, and exit
+    /// (start again without it, once the report is checked): every intact
+    /// record is kept, the damaged file is kept as `store.db.corrupt-<unix time>`.
+    #[arg(long)]
+    repair: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    if args.repair {
+        return repair(&args.data);
+    }
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     let stop = async {
         stop_signal().await;
@@ -29,6 +37,24 @@ pub fn run(args: Args) -> ExitCode {
     };
     match runtime.block_on(trefoil_control::run(ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen }, stop)) {
         Ok(()) => exit::ok(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::failure()
+        }
+    }
+}
+
+/// `--repair`: exits rather than serving, so that an operator reads what was
+/// lost before proxies get snapshots compiled from the repaired store.
+fn repair(data: &std::path::Path) -> ExitCode {
+    match trefoil_control::store::repair(&trefoil_control::store_path(data)) {
+        Ok(report) => {
+            print!("{report}");
+            if report.aside.is_some() {
+                println!("start `trefoil control` again without --repair to serve the repaired store");
+            }
+            exit::ok()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             exit::failure()

@@ -4,9 +4,14 @@
 //! A write is acknowledged only after its record is on disk (`fdatasync`),
 //! so a crash (even `kill -9` or power loss) loses nothing that was
 //! acknowledged. A crash mid-write leaves a torn last record; opening the
-//! store finds it by its length or checksum and cuts it off. When the log
-//! has grown to several times the live data, it is rewritten as a snapshot
-//! into a new file that atomically replaces the old one.
+//! store finds it by its length or checksum and cuts it off. Damage with an
+//! intact record after it is not a torn write (a bad disk, a stray write):
+//! cutting there would silently drop acknowledged writes, so opening refuses
+//! and names the byte offset, and [`repair`] keeps every intact record on
+//! an operator's word. When the log has grown to several times the live
+//! data, it is rewritten as a snapshot into a new file that atomically
+//! replaces the old one. One process at a time: a lock file next to the
+//! store keeps a second control plane (or a repair) off a store in use.
 //!
 //! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload (JSON)`.
 
@@ -14,13 +19,15 @@ mod record;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::Value;
 
-use record::{Op, Record};
+use record::{Op, Prefix, Record};
 
 /// One stored object.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +48,15 @@ pub enum StoreError {
     Conflict { kind: String, name: String, expected: u64, current: Option<u64> },
     #[error("{kind}/{name} not found")]
     NotFound { kind: String, name: String },
+    /// Damage that is not a torn tail: an intact record follows it.
+    #[error(
+        "store file {path} is damaged at byte {bad}: no intact record starts there, but one starts at byte {next}, so this is not a write torn by a crash; \
+         nothing was cut off and the file is unchanged. Run `trefoil control --repair` (with the same --data) to keep every intact record: \
+         it sets the damaged file aside and reports what was lost"
+    )]
+    Damaged { path: PathBuf, bad: usize, next: usize },
+    #[error("store file {path} is in use by another process (a control plane, or a repair, on the same data directory)")]
+    Locked { path: PathBuf },
 }
 
 fn describe(version: Option<u64>) -> String {
@@ -54,6 +70,8 @@ const COMPACT_RATIO: u64 = 4;
 
 struct Inner {
     file: File,
+    /// Held for the store's life: the advisory lock on `<store>.lock`.
+    _lock: File,
     /// Bytes in the log.
     log_bytes: u64,
     /// Bytes a snapshot of the live objects would take.
@@ -80,21 +98,63 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
+/// Takes the advisory lock on `<store>.lock`; it lasts as long as the file
+/// stays open. A lock file apart from the store, because compaction and
+/// repair replace the store file itself.
+fn lock(path: &Path) -> Result<File, StoreError> {
+    let lock_path = sibling(path, ".lock");
+    let file = OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path).map_err(io_error(&lock_path))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.kind() {
+            std::io::ErrorKind::WouldBlock => StoreError::Locked { path: path.to_path_buf() },
+            _ => StoreError::Io { path: lock_path, source: e },
+        });
+    }
+    Ok(file)
+}
+
+/// `store.db` + `suffix`, in the same directory.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+        None => File::open(".").and_then(|d| d.sync_all()),
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store at `path`, recovering from a torn tail.
+    /// Opens (or creates) the store at `path`, recovering from a torn tail;
+    /// refuses ([`StoreError::Damaged`]) a log damaged anywhere else.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let path = path.into();
+        let lock = lock(&path)?;
         let err = io_error(&path);
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(&err)?;
-        let bytes = std::fs::read(&path).map_err(&err)?;
-        let (records, good) = record::decode_all(&bytes);
-        if good < bytes.len() {
-            tracing::warn!(path = %path.display(), kept = good, dropped = bytes.len() - good, "store log ends in a torn record (a crash mid-write); cutting it off");
-            file.set_len(good as u64).map_err(&err)?;
-            file.sync_all().map_err(&err)?;
-        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(&err)?;
+        let (records, good) = match record::read_prefix(&bytes) {
+            Prefix::Whole(records) => (records, bytes.len()),
+            Prefix::TornTail { records, good } => {
+                tracing::warn!(path = %path.display(), kept = good, dropped = bytes.len() - good, "store log ends in a torn record (a crash mid-write); cutting it off");
+                file.set_len(good as u64).map_err(&err)?;
+                file.sync_all().map_err(&err)?;
+                (records, good)
+            }
+            Prefix::Damaged { bad, next } => {
+                drop(err);
+                return Err(StoreError::Damaged { path, bad, next });
+            }
+        };
         file.seek(SeekFrom::End(0)).map_err(&err)?;
-        let mut inner = Inner { file, log_bytes: good as u64, live_bytes: 0, revision: 0, objects: BTreeMap::new() };
+        let mut inner = Inner { file, _lock: lock, log_bytes: good as u64, live_bytes: 0, revision: 0, objects: BTreeMap::new() };
         for r in records {
             inner.apply(r);
         }
@@ -203,15 +263,117 @@ impl Store {
         bytes += marker.len() as u64;
         out.sync_all().map_err(&err)?;
         std::fs::rename(&tmp, &self.path).map_err(&err)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
-        }
+        sync_dir(&self.path).map_err(&err)?;
         let mut file = OpenOptions::new().read(true).append(true).open(&self.path).map_err(&err)?;
         file.seek(SeekFrom::End(0)).map_err(&err)?;
         inner.file = file;
         inner.log_bytes = bytes;
         Ok(())
     }
+}
+
+/// What [`repair`] found and did.
+#[derive(Debug)]
+pub struct Repaired {
+    pub path: PathBuf,
+    /// Intact records kept, in their order.
+    pub kept: usize,
+    /// Byte ranges of the original file that held no intact record, dropped.
+    pub dropped: Vec<Range<usize>>,
+    /// The writes the dropped bytes still name (`Kind/name (op, revision N)`).
+    pub named: Vec<String>,
+    /// Where the damaged original was set aside; `None` when nothing needed repair.
+    pub aside: Option<PathBuf>,
+    /// Objects in the repaired store.
+    pub objects: usize,
+}
+
+impl std::fmt::Display for Repaired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(aside) = &self.aside else {
+            return writeln!(f, "store {}: {} intact records, no damage found; nothing changed", self.path.display(), self.kept);
+        };
+        let lost: usize = self.dropped.iter().map(|r| r.len()).sum();
+        writeln!(f, "store {}: kept {} intact records ({} objects); dropped {lost} damaged bytes:", self.path.display(), self.kept, self.objects)?;
+        for range in &self.dropped {
+            writeln!(f, "  bytes {}..{} ({} bytes)", range.start, range.end, range.len())?;
+        }
+        if self.named.is_empty() {
+            writeln!(f, "the dropped bytes name no write that can still be read")?;
+        } else {
+            writeln!(f, "writes the dropped bytes still name (check them, and apply again what is missing or stale):")?;
+            for named in &self.named {
+                writeln!(f, "  {named}")?;
+            }
+        }
+        writeln!(f, "the damaged original is kept as {}", aside.display())
+    }
+}
+
+/// Rewrites a damaged store file with every intact record it holds, skipping
+/// each damaged stretch to the next intact record; the original is kept as
+/// `<store>.corrupt-<unix time>`. A store without damage is left alone.
+///
+/// Records after a damaged stretch are replayed as they are, so an object
+/// whose last write was lost comes back as it was before that write (or, for
+/// a lost delete, comes back at all): the report names what the damaged bytes
+/// still show, for the operator to check.
+pub fn repair(path: &Path) -> Result<Repaired, StoreError> {
+    let err = io_error(path);
+    // Said before taking the lock, which would create a file in a directory that may not exist.
+    if !path.try_exists().map_err(&err)? {
+        return Err(err(std::io::ErrorKind::NotFound.into()));
+    }
+    let _lock = lock(path)?;
+    let bytes = std::fs::read(path).map_err(&err)?;
+    let salvage = record::salvage(&bytes);
+    let mut report = Repaired { path: path.to_path_buf(), kept: salvage.records.len(), dropped: salvage.gaps.clone(), named: Vec::new(), aside: None, objects: 0 };
+    if salvage.gaps.is_empty() {
+        return Ok(report);
+    }
+    report.named = salvage.gaps.iter().flat_map(|g| record::named_in(&bytes[g.clone()])).collect();
+    // The intact records' bytes, unchanged, in their order.
+    let tmp = sibling(path, ".repairing");
+    let mut out = File::create(&tmp).map_err(&err)?;
+    for (_, range) in &salvage.records {
+        out.write_all(&bytes[range.clone()]).map_err(&err)?;
+    }
+    out.sync_all().map_err(&err)?;
+    drop(out);
+    let aside = set_aside(path)?;
+    std::fs::rename(&tmp, path).map_err(&err)?;
+    sync_dir(path).map_err(&err)?;
+    let mut objects = BTreeMap::new();
+    for (r, _) in salvage.records {
+        match r.op {
+            Op::Put => objects.insert((r.kind, r.name), ()),
+            Op::Delete => objects.remove(&(r.kind, r.name)),
+            Op::Revision => None,
+        };
+    }
+    report.objects = objects.len();
+    report.aside = Some(aside);
+    tracing::warn!(path = %path.display(), kept = report.kept, dropped = ?report.dropped, aside = %report.aside.as_ref().map(|a| a.display().to_string()).unwrap_or_default(), "store repaired");
+    Ok(report)
+}
+
+/// Keeps the current store file under a new name, `<store>.corrupt-<unix
+/// time>`: a hard link (instant, whatever the size), or a copy where the file
+/// system has none.
+fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let mut aside = sibling(path, &format!(".corrupt-{now}"));
+    for n in 2.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = sibling(path, &format!(".corrupt-{now}-{n}"));
+    }
+    if std::fs::hard_link(path, &aside).is_err() {
+        std::fs::copy(path, &aside).and_then(|_| File::open(&aside)?.sync_all()).map_err(io_error(&aside))?;
+    }
+    sync_dir(&aside).map_err(io_error(&aside))?;
+    Ok(aside)
 }
 
 impl Inner {

@@ -75,6 +75,117 @@ fn a_torn_or_corrupt_tail_is_cut_off() {
     assert_eq!(names, ["a", "b"]);
 }
 
+/// Where each record of a whole log starts, and the end of the log.
+fn boundaries(bytes: &[u8]) -> Vec<usize> {
+    let mut at = 0;
+    let mut out = vec![0];
+    while at < bytes.len() {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        out.push(at);
+    }
+    out
+}
+
+/// A store of Routes `a`..`e` (revisions 1..5), closed; its bytes and record boundaries.
+fn five_routes(name: &str) -> (PathBuf, Vec<u8>, Vec<usize>) {
+    let path = temp_path(name);
+    let store = Store::open(&path).unwrap();
+    for n in ["a", "b", "c", "d", "e"] {
+        store.put("Route", n, json!({"spec": {"hosts": [format!("{n}.example")]}}), None).unwrap();
+    }
+    drop(store);
+    let bytes = std::fs::read(&path).unwrap();
+    let at = boundaries(&bytes);
+    (path, bytes, at)
+}
+
+fn names(store: &Store) -> Vec<String> {
+    store.list("Route").into_iter().map(|s| s.name).collect()
+}
+
+#[test]
+fn damage_followed_by_an_intact_record_is_refused_and_the_file_left_alone() {
+    let (path, whole, at) = five_routes("damaged");
+    // One flipped bit in the middle of the second record's payload.
+    let mut bytes = whole.clone();
+    bytes[at[1] + 30] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Store::open(&path).err().expect("a store damaged in the middle does not open");
+    assert!(matches!(e, StoreError::Damaged { bad, next, .. } if bad == at[1] && next == at[2]), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&format!("byte {}", at[1])) && text.contains(&path.display().to_string()) && text.contains("--repair"), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is untouched");
+
+    // A damaged length field: the record's extent itself is wrong.
+    let mut bytes = whole.clone();
+    bytes[at[3]] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(Store::open(&path), Err(StoreError::Damaged { bad, next, .. }) if bad == at[3] && next == at[4]));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+    // The same flip in the last record is a torn tail: cut off, as before.
+    let mut bytes = whole.clone();
+    bytes[at[4] + 30] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(names(&Store::open(&path).unwrap()), ["a", "b", "c", "d"]);
+    assert_eq!(std::fs::read(&path).unwrap(), whole[..at[4]], "the torn record is gone from the file");
+}
+
+#[test]
+fn repair_keeps_the_records_before_and_after_the_damage() {
+    let (path, whole, at) = five_routes("repair");
+    let mut bytes = whole.clone();
+    // The second record's checksum, and the fourth record zeroed from its
+    // middle into the fifth's header: two damaged stretches.
+    bytes[at[1] + 5] ^= 0x80;
+    bytes[at[3] + 70..at[4] + 6].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(Store::open(&path), Err(StoreError::Damaged { .. })));
+
+    let report = repair(&path).unwrap();
+    assert_eq!(report.kept, 2, "{report}");
+    assert_eq!(report.dropped, [at[1]..at[2], at[3]..at[5]], "the second record, and the fourth to the end");
+    // The fifth record lost only its header: its payload still names it.
+    assert_eq!(report.named, ["Route/b (put, revision 2)", "Route/d (put, revision 4)", "Route/e (put, revision 5)"], "{report}");
+    let aside = report.aside.clone().expect("the damaged original is set aside");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept byte for byte");
+    let text = report.to_string();
+    assert!(text.contains(&format!("bytes {}..{}", at[1], at[2])) && text.contains(&aside.display().to_string()) && text.contains("Route/d"), "{text}");
+
+    let store = Store::open(&path).unwrap();
+    assert_eq!(names(&store), ["a", "c"]);
+    assert_eq!(store.get("Route", "c").unwrap().resource_version, 3);
+    assert!(store.put("Route", "f", json!({}), None).unwrap() > 3);
+    drop(store);
+    let again = repair(&path).unwrap();
+    assert!(again.aside.is_none() && again.dropped.is_empty(), "{again}");
+}
+
+#[test]
+fn a_damaged_stretch_in_a_record_and_a_torn_tail_are_both_salvaged() {
+    let (_, whole, at) = five_routes("salvage");
+    let mut bytes = whole.clone();
+    bytes[at[2] + 20] = b'X';
+    bytes.extend_from_slice(&whole[at[1]..at[1] + 10]);
+    let found = record::salvage(&bytes);
+    let revisions: Vec<u64> = found.records.iter().map(|(r, _)| r.revision).collect();
+    assert_eq!(revisions, [1, 2, 4, 5]);
+    assert_eq!(found.gaps, [at[2]..at[3], at[5]..bytes.len()]);
+    // Garbage alone holds nothing, and does not take long to say so.
+    assert!(record::salvage(&vec![0u8; 1 << 20]).records.is_empty());
+    assert!(record::salvage(&vec![0xffu8; 1 << 20]).records.is_empty());
+}
+
+#[test]
+fn a_store_in_use_is_not_opened_twice() {
+    let path = temp_path("locked");
+    let store = Store::open(&path).unwrap();
+    assert!(matches!(Store::open(&path), Err(StoreError::Locked { .. })));
+    assert!(matches!(repair(&path), Err(StoreError::Locked { .. })));
+    drop(store);
+    Store::open(&path).unwrap();
+}
+
 #[test]
 fn compaction_shrinks_the_log_and_keeps_everything() {
     let path = temp_path("compact");
