@@ -4,12 +4,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::control::Control;
+use common::control::{Control, WAIT};
 use common::*;
 
 
@@ -117,6 +117,65 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     let (_, list) = restarted.call("GET", "/api/v1/routes", "");
     let names: Vec<&str> = list["items"].as_array().unwrap().iter().filter_map(|r| r["metadata"]["name"].as_str()).collect();
     assert_eq!(names, ["a", "c"], "the records before and after the damage are served");
+}
+
+/// `trefoil proxy --control`; killed when dropped.
+struct StreamProxy {
+    child: Child,
+    admin: SocketAddr,
+    stderr: PathBuf,
+}
+
+impl StreamProxy {
+    fn start(dir: &Path, grpc: SocketAddr, name: &str, label: &str) -> Self {
+        let admin = addr();
+        let stderr = dir.join(format!("proxy-{label}.log"));
+        let child = Command::new(trefoil_bin())
+            .args(["proxy", "--control", &grpc.to_string(), "--name", name, "--admin", &admin.to_string(), "--threads", "1"])
+            // Plain log lines, so fields read as `key=value`.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting trefoil proxy --control");
+        StreamProxy { child, admin, stderr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for StreamProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_second_proxy_under_a_taken_name_is_refused_and_backs_off() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir.join("data"));
+    let holds = |admin: SocketAddr| control.status("edge").is_some_and(|s| s["connected"] == true && s["adminAddress"] == admin.to_string());
+    let first = StreamProxy::start(&dir, control.grpc, "edge", "first");
+    wait_until("the first proxy to connect", WAIT, || holds(first.admin));
+
+    let second = StreamProxy::start(&dir, control.grpc, "edge", "second");
+    wait_until("the second proxy to be refused twice", WAIT, || second.log().matches("the control plane refuses this proxy").count() >= 2);
+    let log = second.log();
+    assert!(log.contains("a proxy named \"edge\" is already connected from 127.0.0.1:") && log.contains(&format!("admin {}", first.admin)), "{log}");
+    // Backing off, not hammering: the waits grow.
+    assert!(log.contains("retry_in=1s") && log.contains("retry_in=2s"), "{log}");
+    assert!(!log.contains("connected to the control plane"), "{log}");
+    assert_eq!(first.log().matches("connected to the control plane").count(), 1, "the first proxy kept its stream:\n{}", first.log());
+    assert!(holds(first.admin));
+    assert!(control.log().contains("refusing a second config stream"), "{}", control.log());
+
+    // Once the first is gone, the second gets the name on its next try.
+    drop(first);
+    wait_until("the second proxy to take the name over", Duration::from_secs(30), || holds(second.admin));
 }
 
 #[test]

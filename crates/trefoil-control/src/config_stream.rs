@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use trefoil_model::Resource;
@@ -42,27 +42,40 @@ impl ConfigStream for ConfigStreamService {
     async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::SnapshotStream>, Status> {
         let peer = request.remote_addr();
         let (outbox, snapshots) = watch::channel(None);
+        let (refuse, refused) = oneshot::channel();
         // Answer at once and read the Hello in the session task: the stream's
-        // headers must not wait on the proxy's first message.
-        tokio::spawn(session(self.compiler.clone(), request.into_inner(), outbox, peer));
-        let out = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok));
+        // headers must not wait on the proxy's first message. A refusal comes
+        // later, as the stream's final status.
+        tokio::spawn(session(self.compiler.clone(), request.into_inner(), outbox, refuse, peer));
+        let refusal = futures_util::stream::once(refused).filter_map(|r: Result<Status, _>| r.ok().map(Err));
+        let out = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok)).merge(refusal);
         Ok(Response::new(Box::pin(out)))
     }
 }
 
-/// One proxy's stream, from Hello to disconnect.
-async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, outbox: crate::proxies::Outbox, peer: Option<SocketAddr>) {
+/// One proxy's stream, from Hello to disconnect. A stream refused (no Hello,
+/// or a name another stream holds) ends with the status sent on `refuse`.
+async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, outbox: crate::proxies::Outbox, refuse: oneshot::Sender<Status>, peer: Option<SocketAddr>) {
     let proxies = compiler.proxies.clone();
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) }))) if !h.proxy.is_empty() => h,
         _ => {
             tracing::warn!(%peer, "closing a config stream that did not start with a Hello naming its proxy");
+            let _ = refuse.send(Status::invalid_argument("the first message must be a Hello naming the proxy"));
             return;
         }
     };
     let name = hello.proxy.clone();
-    let id = proxies.connect(&Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash }, outbox);
+    let registered = Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer: &peer };
+    let id = match proxies.connect(&registered, outbox) {
+        Ok(id) => id,
+        Err(taken) => {
+            tracing::warn!(proxy = %name, %peer, pid = hello.pid, admin = %hello.admin_address, holder = %taken.holder.peer, "refusing a second config stream for a proxy name that is connected");
+            let _ = refuse.send(Status::already_exists(taken.to_string()));
+            return;
+        }
+    };
     tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
     compiler.refresh_in_background(Some(name.clone())).await;
     let reason = loop {
@@ -177,5 +190,135 @@ pub async fn distribute(compiler: Arc<Compiler>) {
             }
         }
         compiler.refresh_in_background(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+    use trefoil_wire::{ConfigStreamClient, Hello as WireHello};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A config stream server over a fresh store, on a loopback port.
+    async fn control(test: &str) -> (SocketAddr, Arc<Proxies>) {
+        let dir = std::env::temp_dir().join(format!("trefoil-stream-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        let proxies = Arc::new(Proxies::default());
+        let compiler = Arc::new(Compiler::new(store, proxies.clone(), None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(trefoil_wire::serve(listener, ConfigStreamService::new(compiler), std::future::pending()));
+        (addr, proxies)
+    }
+
+    /// One proxy's end of a stream, opened with a Hello from `pid`.
+    struct Wire {
+        snapshots: Streaming<Snapshot>,
+        say: mpsc::UnboundedSender<ProxyMessage>,
+        _client: ConfigStreamClient,
+    }
+
+    async fn open(addr: SocketAddr, name: &str, pid: u32) -> Wire {
+        let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
+        let (say, said) = mpsc::unbounded_channel();
+        say.send(ProxyMessage::hello(WireHello { proxy: name.into(), admin_address: format!("127.0.0.1:{pid}"), version: 0, hash: 0, pid })).unwrap();
+        let snapshots = client.stream(UnboundedReceiverStream::new(said)).await.unwrap();
+        Wire { snapshots, say, _client: client }
+    }
+
+    /// The stream's first word: its first snapshot, or the status it ended with.
+    async fn first(wire: &mut Wire) -> Result<Snapshot, Status> {
+        match tokio::time::timeout(WAIT, wire.snapshots.message()).await.expect("the control plane answers") {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(Status::ok("ended")),
+            Err(status) => Err(status),
+        }
+    }
+
+    fn already_exists(status: &Status) -> bool {
+        status.code() == Status::already_exists("").code()
+    }
+
+    /// Opens streams for `name` until one is accepted; panics after `limit`.
+    async fn open_until_accepted(addr: SocketAddr, name: &str, pid: u32, limit: Duration) -> Wire {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut wire = open(addr, name, pid).await;
+            match first(&mut wire).await {
+                Ok(_) => return wire,
+                Err(status) if already_exists(&status) && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(status) => panic!("not accepted within {limit:?}: {status:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_proxy_under_a_taken_name_is_refused_and_the_first_keeps_its_stream() {
+        let (addr, proxies) = control("taken").await;
+        let mut holder = open(addr, "edge", 1001).await;
+        let snapshot = first(&mut holder).await.expect("the first proxy gets its snapshot");
+
+        let mut second = open(addr, "edge", 1002).await;
+        let refused = first(&mut second).await.expect_err("the second is refused");
+        assert!(already_exists(&refused), "{refused:?}");
+        let message = refused.message();
+        assert!(message.contains("\"edge\"") && message.contains("from 127.0.0.1:") && message.contains("pid 1001") && message.contains("admin 127.0.0.1:1001"), "{message}");
+
+        // The holder's session is the live one: its ACK is taken.
+        holder.say.send(ProxyMessage::ack(snapshot.version, snapshot.hash)).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while proxies.status(&[])[0].acked_version != Some(snapshot.version) {
+            assert!(Instant::now() < deadline, "the holder's ACK was not recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(proxies.status(&[])[0].admin_address.as_deref(), Some("127.0.0.1:1001"));
+
+        // Once the holder's stream is gone, the name is free again.
+        drop(holder);
+        let _taken_over = open_until_accepted(addr, "edge", 1002, WAIT).await;
+        assert_eq!(proxies.status(&[])[0].admin_address.as_deref(), Some("127.0.0.1:1002"));
+    }
+
+    /// Forwards one connection to `to` until `freeze` turns true, then stops
+    /// moving bytes but keeps both sockets open: a peer gone without a word.
+    async fn freezable_relay(to: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let (freeze, mut frozen) = watch::channel(false);
+        tokio::spawn(async move {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut server = tokio::net::TcpStream::connect(to).await.unwrap();
+            let froze = tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                f = frozen.wait_for(|f| *f) => f.is_ok(),
+            };
+            if froze {
+                std::future::pending::<()>().await;
+            }
+            drop((client, server));
+        });
+        (at, freeze)
+    }
+
+    #[tokio::test]
+    async fn a_name_held_by_a_vanished_proxy_is_freed_by_the_keepalive() {
+        let (addr, _proxies) = control("vanished").await;
+        let (relay, freeze) = freezable_relay(addr).await;
+        let mut gone = open(relay, "edge", 2001).await;
+        first(&mut gone).await.expect("connected through the relay");
+        freeze.send_replace(true);
+        // The control plane cannot tell yet: the connection looks open.
+        let mut early = open(addr, "edge", 2002).await;
+        assert!(first(&mut early).await.is_err_and(|s| already_exists(&s)));
+        // Unanswered pings (every 10 s, 5 s to answer) end it, and the name is free.
+        let _back = open_until_accepted(addr, "edge", 2002, Duration::from_secs(40)).await;
     }
 }

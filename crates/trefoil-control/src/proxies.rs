@@ -42,6 +42,8 @@ pub struct ProxyStatus {
 /// One open stream.
 struct Session {
     id: u64,
+    /// Who holds the name: said to a second proxy that asks for it.
+    holder: Holder,
     outbox: Outbox,
     /// The content the proxy has or is about to get.
     sent_hash: u64,
@@ -77,6 +79,30 @@ pub struct Hello<'a> {
     pub admin_address: &'a str,
     pub version: u64,
     pub hash: u64,
+    pub pid: u32,
+    /// The stream's remote address, as the control plane sees it.
+    pub peer: &'a str,
+}
+
+/// The proxy connected under a name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Holder {
+    pub peer: String,
+    pub admin_address: String,
+    pub pid: u32,
+    pub since: SystemTime,
+}
+
+/// A second stream asked for a name an open stream holds.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a proxy named {name:?} is already connected from {} (pid {}, admin {}) since {}; two proxies must not share a name: \
+     give one of them another name, or stop it",
+    .holder.peer, .holder.pid, .holder.admin_address, humantime::format_rfc3339_seconds(.holder.since)
+)]
+pub struct NameTaken {
+    pub name: String,
+    pub holder: Holder,
 }
 
 impl Proxies {
@@ -96,15 +122,22 @@ impl Proxies {
         self.compiled_revision.load(Ordering::Relaxed)
     }
 
-    /// Registers a stream; returns its session id. A newer stream under the
-    /// same name replaces the older one, whose outbound stream then ends.
-    pub fn connect(&self, hello: &Hello<'_>, outbox: Outbox) -> u64 {
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Registers a stream; returns its session id. A name is held by one
+    /// stream at a time: while it is open, another stream under the same name
+    /// is refused. Replacing the older one instead made two proxies sharing a
+    /// name knock each other off in turn, each reconnect replacing the other.
+    /// A proxy whose old stream is gone gets its name back as soon as the
+    /// control plane sees that stream end: at once when its connection
+    /// closes, within the HTTP/2 keepalive (10 s pings, 5 s to answer) when
+    /// it vanished without closing.
+    pub fn connect(&self, hello: &Hello<'_>, outbox: Outbox) -> Result<u64, NameTaken> {
         let mut entries = self.lock();
         let entry = entries.entry(hello.name.to_string()).or_default();
-        if entry.session.is_some() {
-            tracing::warn!(proxy = hello.name, "a second stream for the same proxy name; the newer one replaces the older");
+        if let Some(held) = &entry.session {
+            return Err(NameTaken { name: hello.name.to_string(), holder: held.holder.clone() });
         }
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let holder = Holder { peer: hello.peer.to_string(), admin_address: hello.admin_address.to_string(), pid: hello.pid, since: SystemTime::now() };
         entry.admin_address = Some(hello.admin_address.to_string());
         entry.last_seen = Some(SystemTime::now());
         // A proxy that already serves something (it reconnects after a
@@ -113,8 +146,8 @@ impl Proxies {
             entry.acked = Some((hello.version, hello.hash));
             entry.latest = Some((hello.version, hello.hash));
         }
-        entry.session = Some(Session { id, outbox, sent_hash: hello.hash, offered_revision: 0 });
-        id
+        entry.session = Some(Session { id, holder, outbox, sent_hash: hello.hash, offered_revision: 0 });
+        Ok(id)
     }
 
     /// Marks a stream gone, unless a newer one took its place.
@@ -223,14 +256,34 @@ mod tests {
     }
 
     fn hello(version: u64, hash: u64) -> Hello<'static> {
-        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash }
+        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash, pid: 7, peer: "127.0.0.1:40000" }
+    }
+
+    #[test]
+    fn a_name_is_held_by_one_stream_until_it_ends() {
+        let proxies = Proxies::default();
+        let (tx, rx) = watch::channel(None);
+        let first = proxies.connect(&hello(0, 0), tx).unwrap();
+        let (tx2, _rx2) = watch::channel(None);
+        let other = Hello { name: "edge", admin_address: "127.0.0.1:15001", version: 0, hash: 0, pid: 8, peer: "127.0.0.1:40001" };
+        let taken = proxies.connect(&other, tx2).unwrap_err();
+        let text = taken.to_string();
+        assert!(text.contains("\"edge\"") && text.contains("127.0.0.1:40000") && text.contains("pid 7"), "{text}");
+        // The holder keeps its stream: it is still offered snapshots.
+        assert!(proxies.offer("edge", &snapshot(3, 30)));
+        assert_eq!(rx.borrow().as_ref().map(|s| s.version), Some(3));
+        assert_eq!(proxies.status(&[])[0].admin_address.as_deref(), Some("127.0.0.1:15000"));
+        // Once it is gone the name is free.
+        proxies.disconnect("edge", first);
+        let (tx3, _rx3) = watch::channel(None);
+        assert!(proxies.connect(&other, tx3).is_ok());
     }
 
     #[test]
     fn sends_new_content_once_and_never_rejected_content_again() {
         let proxies = Proxies::default();
         let (tx, rx) = watch::channel(None);
-        let s = proxies.connect(&hello(0, 0), tx);
+        let s = proxies.connect(&hello(0, 0), tx).unwrap();
         assert!(proxies.offer("edge", &snapshot(3, 30)));
         assert_eq!(rx.borrow().as_ref().map(|s| s.version), Some(3));
         assert!(!proxies.offer("edge", &snapshot(4, 30)), "same content, new revision: nothing to send");
@@ -251,7 +304,7 @@ mod tests {
     fn a_reconnect_with_the_current_hash_gets_nothing_and_counts_as_acked() {
         let proxies = Proxies::default();
         let (tx, _rx) = watch::channel(None);
-        let s = proxies.connect(&hello(9, 90), tx);
+        let s = proxies.connect(&hello(9, 90), tx).unwrap();
         assert!(!proxies.offer("edge", &snapshot(12, 90)));
         let status = &proxies.status(&["edge".into(), "idle".into()]);
         assert_eq!((status[0].connected, status[0].acked_version, status[0].latest_version), (true, Some(9), Some(9)));

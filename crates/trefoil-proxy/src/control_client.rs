@@ -1,7 +1,9 @@
 //! The proxy's end of the config stream: connect to the control plane, say
 //! Hello, hand each snapshot to the runtime to apply, answer Ack or Nack,
 //! and reconnect with capped back-off when the stream breaks. The runtime
-//! keeps serving its last good snapshot meanwhile.
+//! keeps serving its last good snapshot meanwhile. A stream refused because
+//! another proxy holds the name is retried on a slower back-off of its own:
+//! quick retries would only fill both logs while the other stays connected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,14 @@ use trefoil_wire::{ConfigStreamClient, Hello, ProxyMessage, Snapshot};
 /// First wait before reconnecting; doubled after each failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// First wait after the control plane refused the name; doubled up to
+/// [`REFUSED_BACKOFF_MAX`]. The cap bounds how long a proxy waits once the
+/// holder is gone (the control plane notices a vanished one within 15 s).
+const REFUSED_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a new stream is watched for a refusal before it counts as up.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// A snapshot for the runtime to put in force; `done` gets the outcome (the
 /// error text, with locations, on rejection).
@@ -37,12 +46,24 @@ enum StreamEnd {
     #[error(transparent)]
     Client(#[from] trefoil_wire::ClientError),
     #[error("stream broken: {0}")]
-    Broken(#[from] trefoil_wire::Status),
+    Broken(trefoil_wire::Status),
     #[error("the control plane closed the stream")]
     Closed,
+    /// Another proxy with this name is connected.
+    #[error("{0}")]
+    NameTaken(String),
     /// The runtime is shutting down.
     #[error("the proxy is stopping")]
     Stopping,
+}
+
+impl From<trefoil_wire::Status> for StreamEnd {
+    fn from(status: trefoil_wire::Status) -> Self {
+        match status.code() {
+            tonic::Code::AlreadyExists => StreamEnd::NameTaken(status.message().to_string()),
+            _ => StreamEnd::Broken(status),
+        }
+    }
 }
 
 /// Keeps a stream to the control plane at `address` open for as long as the
@@ -50,13 +71,22 @@ enum StreamEnd {
 pub async fn run(address: String, name: String, admin_address: String, applies: mpsc::Sender<Apply>) {
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;
+    let mut refused_backoff = REFUSED_BACKOFF_MIN;
     loop {
         let mut connected = false;
         let end = stream(&address, &name, &admin_address, &applies, &mut in_force, &mut connected).await;
-        if let StreamEnd::Stopping = end {
-            return;
+        match end {
+            StreamEnd::Stopping => return,
+            StreamEnd::NameTaken(reason) => {
+                tracing::error!(control = %address, proxy = %name, retry_in = ?refused_backoff, "the control plane refuses this proxy: {reason}");
+                tokio::time::sleep(refused_backoff).await;
+                refused_backoff = (refused_backoff * 2).min(REFUSED_BACKOFF_MAX);
+                continue;
+            }
+            _ => {}
         }
         if connected {
+            refused_backoff = REFUSED_BACKOFF_MIN;
             // It worked for a while: start the back-off over.
             backoff = BACKOFF_MIN;
             tracing::warn!(control = %address, reason = %end, version = in_force.version, "lost the control plane; serving the last good config and reconnecting");
@@ -79,15 +109,27 @@ async fn stream(address: &str, name: &str, admin_address: &str, applies: &mpsc::
     let _ = say.send(ProxyMessage::hello(hello));
     let mut snapshots = match client.stream(UnboundedReceiverStream::new(said)).await {
         Ok(s) => s,
+        Err(trefoil_wire::ClientError::Refused(status)) => return status.into(),
         Err(e) => return e.into(),
+    };
+    // A refusal (another proxy holds the name) comes just after the Hello is
+    // read: wait a moment for it before saying the stream is up.
+    let mut early = match tokio::time::timeout(REFUSAL_GRACE, snapshots.message()).await {
+        Ok(Ok(Some(s))) => Some(s),
+        Ok(Ok(None)) => return StreamEnd::Closed,
+        Ok(Err(status)) => return status.into(),
+        Err(_quiet) => None,
     };
     *connected = true;
     tracing::info!(control = %address, proxy = %name, version = in_force.version, "connected to the control plane");
     loop {
-        let snapshot = match snapshots.message().await {
-            Ok(Some(s)) => s,
-            Ok(None) => return StreamEnd::Closed,
-            Err(status) => return status.into(),
+        let snapshot = match early.take() {
+            Some(s) => s,
+            None => match snapshots.message().await {
+                Ok(Some(s)) => s,
+                Ok(None) => return StreamEnd::Closed,
+                Err(status) => return status.into(),
+            },
         };
         let (done, outcome) = oneshot::channel();
         let apply = Apply { version: snapshot.version, sources: sources(&snapshot), done };
