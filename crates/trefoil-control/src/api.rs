@@ -52,6 +52,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Answers every error the same way, whoever made it: axum's own rejections
+/// (a malformed query string, a body over the limit, an unknown path) come
+/// as plain text or nothing; they become the JSON error body the OpenAPI
+/// document promises, with their status and text.
+pub async fn rescue(response: Response) -> Response {
+    let status = response.status();
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Rejection texts are a line or two; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let body = serde_json::to_vec(&json!({"error": message, "errors": []})).unwrap_or_default();
+    Response::from_parts(parts, Body::from(body))
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {

@@ -97,7 +97,8 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
     let app = api::router(store.clone())
-        .merge(traces::api::router(Arc::new(traces::TraceStore::default()))).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies));
+        .merge(traces::api::router(Arc::new(traces::TraceStore::default()))).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies))
+        .layer(axum::middleware::map_response(api::rescue));
     let served = axum::serve(rest, app).with_graceful_shutdown(stopped(stop_rx)).await;
     distributor.abort();
     rollouts.abort();

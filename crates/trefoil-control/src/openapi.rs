@@ -3,14 +3,28 @@
 use serde_json::{json, Value};
 use trefoil_model::resource::{API_VERSION, KINDS};
 
+/// A resource name as `trefoil-model` validates it: lower-case letters,
+/// digits, '-' and '.', starting and ending with a letter or digit, 1 to 253
+/// characters.
+const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$";
+
 pub fn document() -> Value {
-    let kind = json!({"name": "kind", "in": "path", "required": true, "schema": {"type": "string", "enum": KINDS}});
-    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"}});
+    let name_schema = json!({"type": "string", "minLength": 1, "maxLength": 253, "pattern": NAME_PATTERN});
+    let kind = json!({"name": "kind", "in": "path", "required": true, "schema": {"type": "string", "enum": KINDS}, "example": "Service"});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": name_schema, "example": "web"});
+    let example = json!({"apiVersion": API_VERSION, "kind": "Service", "metadata": {"name": "web"}, "spec": {"endpoints": [{"address": "127.0.0.1:8080", "version": "v1"}]}});
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    // A query string or path that does not parse (`?limit=null`, bytes that are not UTF-8).
+    let bad_request = json!({"description": "a malformed path or query parameter, or body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let resource = json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
+    // What a client can do next with a resource it wrote: the links let a
+    // client (and a stateful API fuzzer) follow one resource through its life.
+    let by_body = |op: &str| json!({"operationId": op, "parameters": {"kind": "$response.body#/kind", "name": "$response.body#/metadata/name"}});
+    let mut written = resource.clone();
+    written["links"] = json!({"ReadWritten": by_body("readResource"), "ReplaceWritten": by_body("replaceResource"), "DeleteWritten": by_body("deleteResource")});
     let body = json!({"required": true, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Resource"}},
-        "application/yaml": {"schema": {"$ref": "#/components/schemas/Resource"}}
+        "application/json": {"schema": {"$ref": "#/components/schemas/Resource"}, "example": example},
+        "application/yaml": {"schema": {"$ref": "#/components/schemas/Resource"}, "example": example}
     }});
     json!({
         "openapi": "3.0.3",
@@ -21,33 +35,34 @@ pub fn document() -> Value {
                     "summary": "List the resources of a kind",
                     "description": "With ?watch=true this answers as /api/v1/watch/{kind} does.",
                     "parameters": [kind],
-                    "responses": {"200": {"description": "the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/List"}}}}, "404": error}
+                    "responses": {"200": {"description": "the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/List"}}}}, "400": bad_request, "404": error}
                 },
                 "post": {
+                    "operationId": "createResource",
                     "summary": "Create a resource; 409 if it exists, 403 for kinds only the control plane writes (RolloutStatus, Event)",
                     "parameters": [kind],
                     "requestBody": body,
-                    "responses": {"201": resource, "400": error, "403": error, "404": error, "409": error, "422": error}
+                    "responses": {"201": written, "400": error, "403": error, "404": error, "409": error, "422": error}
                 }
             },
             "/api/v1/watch/{kind}": {
                 "get": {
                     "summary": "Watch a kind: JSON lines, the current objects as ADDED, then MODIFIED and DELETED as they happen; the stream stays open",
                     "parameters": [kind],
-                    "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "404": error}
+                    "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request, "404": error}
                 }
             },
             "/api/v1/rollouts/{name}/{action}": {
                 "post": {
                     "summary": "Act on a rollout by hand: promote (all traffic to the canary), abort (all back to stable), pause, resume; recorded in RolloutStatus/{name} with an Event",
                     "parameters": [name, {"name": "action", "in": "path", "required": true, "schema": {"type": "string", "enum": ["promote", "abort", "pause", "resume"]}}],
-                    "responses": {"200": {"description": "the rollout's new status", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "status"], "properties": {"name": {"type": "string"}, "status": {"type": "object"}}}}}}, "404": error, "409": error}
+                    "responses": {"200": {"description": "the rollout's new status", "content": {"application/json": {"schema": {"type": "object", "required": ["name", "status"], "properties": {"name": {"type": "string"}, "status": {"type": "object"}}}}}}, "400": bad_request, "404": error, "409": error}
                 }
             },
             "/v1/traces": {
                 "post": {
-                    "summary": "The trace collector's OTLP/HTTP receiver (JSON encoding): proxies export their spans here. Spans without a valid trace and span id are rejected and counted in partialSuccess",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["resourceSpans"], "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}},
+                    "summary": "The trace collector's OTLP/HTTP receiver (JSON encoding): proxies export their spans here. Spans without a valid trace and span id are rejected and counted in partialSuccess; a body whose envelope (down to each span object) is malformed is refused whole",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportTraceServiceRequest"}}}},
                     "responses": {"200": {"description": "accepted", "content": {"application/json": {"schema": {"type": "object", "properties": {"partialSuccess": {"type": "object"}}}}}}, "400": error}
                 }
             },
@@ -56,7 +71,7 @@ pub fn document() -> Value {
                     "summary": "The most recent traces the collector holds, newest first",
                     "description": "With ?follow=true this answers as /api/v1/watch/traces does.",
                     "parameters": [{"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "default": 50}, "description": "at most this many (capped at 1000)"}],
-                    "responses": {"200": {"description": "the traces", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceList"}}}}}
+                    "responses": {"200": {"description": "the traces", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TraceList"}}}}, "400": bad_request}
                 }
             },
             "/api/v1/traces/{traceId}": {
@@ -64,14 +79,14 @@ pub fn document() -> Value {
                     "summary": "Every span of a trace, ordered by start time, with parent ids, service and attributes",
                     "description": "With ?follow=true: JSON lines {type: SPAN, span}, the spans held, then new ones of this trace as they arrive.",
                     "parameters": [{"name": "traceId", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}],
-                    "responses": {"200": {"description": "the trace", "content": {"application/json": {"schema": {"type": "object", "required": ["traceId", "spans"], "properties": {"kind": {"type": "string"}, "traceId": {"type": "string"}, "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}}}}}}}, "404": error}
+                    "responses": {"200": {"description": "the trace", "content": {"application/json": {"schema": {"type": "object", "required": ["traceId", "spans"], "properties": {"kind": {"type": "string"}, "traceId": {"type": "string"}, "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}}}}}}}, "400": bad_request, "404": error}
                 }
             },
             "/api/v1/watch/traces": {
                 "get": {
                     "summary": "Follow spans as they arrive: JSON lines {type: SPAN, span} (or {type: LAGGED, missed} when the reader fell behind); with traceId, that trace's spans held so far first, then its new ones; the stream stays open",
                     "parameters": [{"name": "traceId", "in": "query", "required": false, "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
+                    "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request}
                 }
             },
             "/api/v1/status/proxies": {
@@ -81,36 +96,43 @@ pub fn document() -> Value {
                 }
             },
             "/api/v1/{kind}/{name}": {
-                "get": {"summary": "Read a resource", "parameters": [kind, name], "responses": {"200": resource, "404": error}},
+                "get": {"operationId": "readResource", "summary": "Read a resource", "parameters": [kind, name], "responses": {"200": resource, "400": bad_request, "404": error}},
                 "put": {
+                    "operationId": "replaceResource",
                     "summary": "Create or replace a resource; with metadata.resourceVersion only if it is current (else 409)",
                     "parameters": [kind, name],
                     "requestBody": body,
-                    "responses": {"200": resource, "201": resource, "400": error, "403": error, "404": error, "409": error, "422": error}
+                    "responses": {"200": written, "201": written, "400": error, "403": error, "404": error, "409": error, "422": error}
                 },
                 "delete": {
+                    "operationId": "deleteResource",
                     "summary": "Delete a resource; with ?resourceVersion only if it is current",
-                    "parameters": [kind, name, {"name": "resourceVersion", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}],
-                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object"}}}}, "403": error, "404": error, "409": error}
+                    "parameters": [kind, name, {"name": "resourceVersion", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}}],
+                    "responses": {"200": {"description": "deleted", "content": {"application/json": {"schema": {"type": "object", "properties": {"deleted": {"type": "string", "description": "Kind/name"}, "resourceVersion": {"type": "string"}}}}}, "links": {"ReadDeleted": {"operationId": "readResource", "parameters": {"kind": "$request.path.kind", "name": "$request.path.name"}}}}, "400": bad_request, "403": error, "404": error, "409": error}
                 }
             }
         },
         "components": {"schemas": {
             "Resource": {
                 "type": "object",
-                "required": ["apiVersion", "kind", "metadata", "spec"],
+                // `spec` may be left out where every field of a kind's spec has a default (a Proxy's does).
+                "required": ["apiVersion", "kind", "metadata"],
                 "properties": {
                     "apiVersion": {"type": "string", "enum": [API_VERSION]},
                     "kind": {"type": "string", "enum": KINDS},
-                    "metadata": {"type": "object", "required": ["name"], "properties": {
-                        "name": {"type": "string"},
+                    "metadata": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                        "name": name_schema,
                         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                        "resourceVersion": {"type": "string"},
-                        "generation": {"type": "integer"}
+                        "resourceVersion": {"type": "string", "nullable": true, "pattern": "^[0-9]{1,19}$", "description": "as the server issued it; on a write, the write happens only if it is current (null or absent: unconditionally)"},
+                        "generation": {"type": "integer", "nullable": true, "minimum": 0, "maximum": u64::MAX, "description": "set by the server; ignored on writes"}
                     }},
                     "spec": {"type": "object"}
                 }
             },
+            "ExportTraceServiceRequest": {"type": "object", "required": ["resourceSpans"], "properties": {"resourceSpans": {"type": "array", "items": {"type": "object", "properties": {
+                "resource": {"type": "object", "properties": {"attributes": {"type": "array"}}},
+                "scopeSpans": {"type": "array", "items": {"type": "object", "properties": {"spans": {"type": "array", "items": {"type": "object"}}}}}
+            }}}}},
             "List": {"type": "object", "properties": {"kind": {"type": "string"}, "resourceVersion": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
             "ProxyStatusList": {"type": "object", "required": ["items", "compiledRevision"], "properties": {"kind": {"type": "string"}, "compiledRevision": {"type": "integer", "minimum": 0, "description": "the store revision the connected proxies' snapshots were last compiled at; every write up to it is in their latest snapshots"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/ProxyStatus"}}}},
             "ProxyStatus": {

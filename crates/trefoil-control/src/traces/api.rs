@@ -51,6 +51,7 @@ async fn receive(State(store): State<Arc<TraceStore>>, body: Bytes) -> Response 
 
 #[derive(Deserialize)]
 struct ListQuery {
+    #[serde(default, deserialize_with = "saturating")]
     limit: Option<usize>,
     #[serde(default)]
     follow: bool,
@@ -62,6 +63,16 @@ async fn list(State(store): State<Arc<TraceStore>>, Query(q): Query<ListQuery>) 
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     Json(json!({"kind": "TraceList", "items": store.recent(limit)})).into_response()
+}
+
+/// Any non-negative integer, however large (the list is capped anyway):
+/// `?limit=` with more digits than a `usize` holds means "as many as you have".
+fn saturating<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom(format!("limit {text:?} is not a non-negative integer")));
+    }
+    Ok(Some(text.parse().unwrap_or(usize::MAX)))
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,8 @@
 //! [`Span`]s. Lenient where the format allows two spellings (64-bit numbers
 //! as strings or numbers), strict about ids: a span without a valid trace
 //! and span id cannot be placed in a trace, so it is rejected and counted.
+//! The envelope (objects and arrays down to each span) must have its shape:
+//! a request that does not is refused whole.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,10 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("the body is not an OTLP export request (no resourceSpans array)")]
     Shape,
+    /// The envelope around the spans is malformed: the whole request is, so
+    /// it is refused (OTLP/HTTP: 400) rather than half read.
+    #[error("the body is not an OTLP export request: {at} must be {expected}")]
+    Malformed { at: String, expected: &'static str },
 }
 
 /// The spans of one export request, and how many were unusable.
@@ -28,18 +34,46 @@ pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
     let doc: Value = serde_json::from_slice(body)?;
     let resource_spans = doc.get("resourceSpans").and_then(Value::as_array).ok_or(DecodeError::Shape)?;
     let mut out = Decoded::default();
-    for rs in resource_spans {
-        let resource = attributes(rs.pointer("/resource/attributes"));
+    for (i, rs) in resource_spans.iter().enumerate() {
+        let at = format!("resourceSpans[{i}]");
+        let rs = object(rs, &at)?;
+        if let Some(resource) = rs.get("resource") {
+            let resource = object(resource, &format!("{at}.resource"))?;
+            if let Some(a) = resource.get("attributes") {
+                array(a, &format!("{at}.resource.attributes"))?;
+            }
+        }
+        let resource = attributes(rs.get("resource").and_then(|r| r.get("attributes")));
         let service = resource.get("service.name").cloned().unwrap_or_default();
-        let scopes = rs.get("scopeSpans").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        for span in scopes.iter().flat_map(|s| s.get("spans").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()) {
-            match decode_span(span, &service) {
-                Some(s) => out.spans.push(s),
-                None => out.rejected += 1,
+        let scopes = match rs.get("scopeSpans") {
+            Some(v) => array(v, &format!("{at}.scopeSpans"))?,
+            None => &[],
+        };
+        for (j, scope) in scopes.iter().enumerate() {
+            let at = format!("{at}.scopeSpans[{j}]");
+            let spans = match object(scope, &at)?.get("spans") {
+                Some(v) => array(v, &format!("{at}.spans"))?,
+                None => &[],
+            };
+            for (k, span) in spans.iter().enumerate() {
+                object(span, &format!("{at}.spans[{k}]"))?;
+                match decode_span(span, &service) {
+                    Some(s) => out.spans.push(s),
+                    None => out.rejected += 1,
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// `v` as a JSON object, or the error naming where it is not one.
+fn object<'a>(v: &'a Value, at: &str) -> Result<&'a serde_json::Map<String, Value>, DecodeError> {
+    v.as_object().ok_or_else(|| DecodeError::Malformed { at: at.to_string(), expected: "an object" })
+}
+
+fn array<'a>(v: &'a Value, at: &str) -> Result<&'a [Value], DecodeError> {
+    v.as_array().map(Vec::as_slice).ok_or_else(|| DecodeError::Malformed { at: at.to_string(), expected: "an array" })
 }
 
 fn decode_span(v: &Value, service: &str) -> Option<Span> {

@@ -54,6 +54,20 @@ fn rejects_spans_without_ids_and_bodies_that_are_not_otlp() {
     assert!(out.spans[0].error);
     assert_eq!(out.spans[0].service, "");
     assert!(matches!(otlp::decode(b"[1,2]"), Err(otlp::DecodeError::Shape)));
+    // A malformed envelope is refused whole, naming where.
+    for (body, at) in [
+        (&br#"{"resourceSpans":[[null,null]]}"#[..], "resourceSpans[0]"),
+        (br#"{"resourceSpans":[{"resource":null}]}"#, "resourceSpans[0].resource"),
+        (br#"{"resourceSpans":[{"resource":{"attributes":{}}}]}"#, "resourceSpans[0].resource.attributes"),
+        (br#"{"resourceSpans":[{"scopeSpans":{}}]}"#, "resourceSpans[0].scopeSpans"),
+        (br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{},7]}]}]}"#, "resourceSpans[0].scopeSpans[0].spans[1]"),
+    ] {
+        match otlp::decode(body) {
+            Err(otlp::DecodeError::Malformed { at: got, .. }) => assert_eq!(got, at),
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+        }
+    }
+    assert_eq!(otlp::decode(br#"{"resourceSpans":[{},{"scopeSpans":[{}]}]}"#).unwrap().spans.len(), 0, "absent parts are empty, not malformed");
     assert!(matches!(otlp::decode(b"not json"), Err(otlp::DecodeError::Json(_))));
 }
 
