@@ -2,7 +2,6 @@
 //! the task that recompiles every connected proxy's snapshot when the store
 //! changes.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +18,8 @@ use crate::store::Store;
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new stream's headers wait for its Hello.
+const HELLO_BEFORE_HEADERS: Duration = Duration::from_secs(1);
 /// Store events closer together than this are compiled once: applying a
 /// thousand routes compiles a handful of times, not a thousand.
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(30);
@@ -40,43 +41,62 @@ impl ConfigStream for ConfigStreamService {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
 
     async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let peer = request.remote_addr();
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let mut inbound = request.into_inner();
         let (outbox, snapshots) = watch::channel(None);
+        let snapshots = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok));
+        // A proxy says Hello at once: read it before answering, so that a
+        // refusal is the call's own status and the proxy never sees a stream
+        // open. One slow to speak gets its headers anyway (they must not wait
+        // on its first message), and a refusal then ends the stream instead.
+        if let Ok(first) = tokio::time::timeout(HELLO_BEFORE_HEADERS, inbound.message()).await {
+            let (name, id) = register(&self.compiler.proxies, first, outbox, &peer)?;
+            tokio::spawn(session(self.compiler.clone(), inbound, name, id, peer));
+            return Ok(Response::new(Box::pin(snapshots)));
+        }
         let (refuse, refused) = oneshot::channel();
-        // Answer at once and read the Hello in the session task: the stream's
-        // headers must not wait on the proxy's first message. A refusal comes
-        // later, as the stream's final status.
-        tokio::spawn(session(self.compiler.clone(), request.into_inner(), outbox, refuse, peer));
+        let compiler = self.compiler.clone();
+        tokio::spawn(async move {
+            let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await.unwrap_or(Ok(None));
+            match register(&compiler.proxies, first, outbox, &peer) {
+                Ok((name, id)) => session(compiler, inbound, name, id, peer).await,
+                Err(status) => {
+                    let _ = refuse.send(status);
+                }
+            }
+        });
         let refusal = futures_util::stream::once(refused).filter_map(|r: Result<Status, _>| r.ok().map(Err));
-        let out = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok)).merge(refusal);
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(Box::pin(snapshots.merge(refusal))))
     }
 }
 
-/// One proxy's stream, from Hello to disconnect. A stream refused (no Hello,
-/// or a name another stream holds) ends with the status sent on `refuse`.
-async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, outbox: crate::proxies::Outbox, refuse: oneshot::Sender<Status>, peer: Option<SocketAddr>) {
-    let proxies = compiler.proxies.clone();
-    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) }))) if !h.proxy.is_empty() => h,
+/// Registers the proxy a stream's first message names; the status to end
+/// the stream with when that is not a Hello naming a proxy, or when another
+/// open stream holds the name.
+fn register(proxies: &Proxies, first: Result<Option<ProxyMessage>, Status>, outbox: crate::proxies::Outbox, peer: &str) -> Result<(String, u64), Status> {
+    let hello = match first {
+        Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) })) if !h.proxy.is_empty() => h,
         _ => {
             tracing::warn!(%peer, "closing a config stream that did not start with a Hello naming its proxy");
-            let _ = refuse.send(Status::invalid_argument("the first message must be a Hello naming the proxy"));
-            return;
+            return Err(Status::invalid_argument("the first message must be a Hello naming the proxy"));
         }
     };
-    let name = hello.proxy.clone();
-    let registered = Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer: &peer };
-    let id = match proxies.connect(&registered, outbox) {
-        Ok(id) => id,
+    let registered = Hello { name: &hello.proxy, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer };
+    match proxies.connect(&registered, outbox) {
+        Ok(id) => {
+            tracing::info!(proxy = %hello.proxy, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
+            Ok((hello.proxy, id))
+        }
         Err(taken) => {
-            tracing::warn!(proxy = %name, %peer, pid = hello.pid, admin = %hello.admin_address, holder = %taken.holder.peer, "refusing a second config stream for a proxy name that is connected");
-            let _ = refuse.send(Status::already_exists(taken.to_string()));
-            return;
+            tracing::warn!(proxy = %hello.proxy, %peer, pid = hello.pid, admin = %hello.admin_address, holder = %taken.holder.peer, "refusing a second config stream for a proxy name that is connected");
+            Err(Status::already_exists(taken.to_string()))
         }
-    };
-    tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
+    }
+}
+
+/// One registered proxy's stream, until it disconnects.
+async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, name: String, id: u64, peer: String) {
+    let proxies = compiler.proxies.clone();
     compiler.refresh_in_background(Some(name.clone())).await;
     let reason = loop {
         match inbound.message().await {
@@ -195,6 +215,7 @@ pub async fn distribute(compiler: Arc<Compiler>) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::time::Instant;
 
     use tokio::sync::mpsc;
@@ -226,20 +247,23 @@ mod tests {
         _client: ConfigStreamClient,
     }
 
-    async fn open(addr: SocketAddr, name: &str, pid: u32) -> Wire {
+    /// Opens a stream; the status it is refused with, if it is.
+    async fn open(addr: SocketAddr, name: &str, pid: u32) -> Result<Wire, Status> {
         let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
         let (say, said) = mpsc::unbounded_channel();
         say.send(ProxyMessage::hello(WireHello { proxy: name.into(), admin_address: format!("127.0.0.1:{pid}"), version: 0, hash: 0, pid })).unwrap();
-        let snapshots = client.stream(UnboundedReceiverStream::new(said)).await.unwrap();
-        Wire { snapshots, say, _client: client }
+        match client.stream(UnboundedReceiverStream::new(said)).await {
+            Ok(snapshots) => Ok(Wire { snapshots, say, _client: client }),
+            Err(trefoil_wire::ClientError::Refused(status)) => Err(status),
+            Err(e) => panic!("cannot open a stream: {e}"),
+        }
     }
 
-    /// The stream's first word: its first snapshot, or the status it ended with.
-    async fn first(wire: &mut Wire) -> Result<Snapshot, Status> {
+    /// The stream's first snapshot.
+    async fn first(wire: &mut Wire) -> Snapshot {
         match tokio::time::timeout(WAIT, wire.snapshots.message()).await.expect("the control plane answers") {
-            Ok(Some(s)) => Ok(s),
-            Ok(None) => Err(Status::ok("ended")),
-            Err(status) => Err(status),
+            Ok(Some(s)) => s,
+            other => panic!("no snapshot: {other:?}"),
         }
     }
 
@@ -251,9 +275,11 @@ mod tests {
     async fn open_until_accepted(addr: SocketAddr, name: &str, pid: u32, limit: Duration) -> Wire {
         let deadline = Instant::now() + limit;
         loop {
-            let mut wire = open(addr, name, pid).await;
-            match first(&mut wire).await {
-                Ok(_) => return wire,
+            match open(addr, name, pid).await {
+                Ok(mut wire) => {
+                    first(&mut wire).await;
+                    return wire;
+                }
                 Err(status) if already_exists(&status) && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
                 Err(status) => panic!("not accepted within {limit:?}: {status:?}"),
             }
@@ -263,11 +289,10 @@ mod tests {
     #[tokio::test]
     async fn a_second_proxy_under_a_taken_name_is_refused_and_the_first_keeps_its_stream() {
         let (addr, proxies) = control("taken").await;
-        let mut holder = open(addr, "edge", 1001).await;
-        let snapshot = first(&mut holder).await.expect("the first proxy gets its snapshot");
+        let mut holder = open(addr, "edge", 1001).await.unwrap();
+        let snapshot = first(&mut holder).await;
 
-        let mut second = open(addr, "edge", 1002).await;
-        let refused = first(&mut second).await.expect_err("the second is refused");
+        let refused = open(addr, "edge", 1002).await.err().expect("the second is refused");
         assert!(already_exists(&refused), "{refused:?}");
         let message = refused.message();
         assert!(message.contains("\"edge\"") && message.contains("from 127.0.0.1:") && message.contains("pid 1001") && message.contains("admin 127.0.0.1:1001"), "{message}");
@@ -285,6 +310,29 @@ mod tests {
         drop(holder);
         let _taken_over = open_until_accepted(addr, "edge", 1002, WAIT).await;
         assert_eq!(proxies.status(&[])[0].admin_address.as_deref(), Some("127.0.0.1:1002"));
+    }
+
+    #[tokio::test]
+    async fn a_proxy_slow_to_say_hello_gets_its_refusal_as_the_streams_end() {
+        let (addr, _proxies) = control("slow").await;
+        let mut holder = open(addr, "edge", 3001).await.unwrap();
+        first(&mut holder).await;
+        // Nothing said before the headers: they come all the same.
+        let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
+        let (say, said) = mpsc::unbounded_channel();
+        let mut snapshots = client.stream(UnboundedReceiverStream::new(said)).await.expect("headers without a Hello");
+        say.send(ProxyMessage::hello(WireHello { proxy: "edge".into(), admin_address: "127.0.0.1:3002".into(), version: 0, hash: 0, pid: 3002 })).unwrap();
+        let end = tokio::time::timeout(WAIT, snapshots.message()).await.expect("the stream ends");
+        assert!(end.as_ref().is_err_and(already_exists), "{end:?}");
+        // A stream that starts with anything but a Hello is refused as such.
+        let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
+        let (say, said) = mpsc::unbounded_channel();
+        say.send(ProxyMessage::ack(1, 1)).unwrap();
+        match client.stream(UnboundedReceiverStream::new(said)).await {
+            Err(trefoil_wire::ClientError::Refused(status)) => assert_eq!(status.code(), Status::invalid_argument("").code(), "{status:?}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a stream without a Hello was opened"),
+        }
     }
 
     /// Forwards one connection to `to` until `freeze` turns true, then stops
@@ -312,12 +360,11 @@ mod tests {
     async fn a_name_held_by_a_vanished_proxy_is_freed_by_the_keepalive() {
         let (addr, _proxies) = control("vanished").await;
         let (relay, freeze) = freezable_relay(addr).await;
-        let mut gone = open(relay, "edge", 2001).await;
-        first(&mut gone).await.expect("connected through the relay");
+        let mut gone = open(relay, "edge", 2001).await.unwrap();
+        first(&mut gone).await;
         freeze.send_replace(true);
         // The control plane cannot tell yet: the connection looks open.
-        let mut early = open(addr, "edge", 2002).await;
-        assert!(first(&mut early).await.is_err_and(|s| already_exists(&s)));
+        assert!(open(addr, "edge", 2002).await.is_err_and(|s| already_exists(&s)));
         // Unanswered pings (every 10 s, 5 s to answer) end it, and the name is free.
         let _back = open_until_accepted(addr, "edge", 2002, Duration::from_secs(40)).await;
     }

@@ -22,8 +22,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const REFUSED_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a new stream is watched for a refusal before it counts as up.
-const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// A snapshot for the runtime to put in force; `done` gets the outcome (the
 /// error text, with locations, on rejection).
@@ -112,24 +110,13 @@ async fn stream(address: &str, name: &str, admin_address: &str, applies: &mpsc::
         Err(trefoil_wire::ClientError::Refused(status)) => return status.into(),
         Err(e) => return e.into(),
     };
-    // A refusal (another proxy holds the name) comes just after the Hello is
-    // read: wait a moment for it before saying the stream is up.
-    let mut early = match tokio::time::timeout(REFUSAL_GRACE, snapshots.message()).await {
-        Ok(Ok(Some(s))) => Some(s),
-        Ok(Ok(None)) => return StreamEnd::Closed,
-        Ok(Err(status)) => return status.into(),
-        Err(_quiet) => None,
-    };
     *connected = true;
     tracing::info!(control = %address, proxy = %name, version = in_force.version, "connected to the control plane");
     loop {
-        let snapshot = match early.take() {
-            Some(s) => s,
-            None => match snapshots.message().await {
-                Ok(Some(s)) => s,
-                Ok(None) => return StreamEnd::Closed,
-                Err(status) => return status.into(),
-            },
+        let snapshot = match snapshots.message().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return StreamEnd::Closed,
+            Err(status) => return status.into(),
         };
         let (done, outcome) = oneshot::channel();
         let apply = Apply { version: snapshot.version, sources: sources(&snapshot), done };
