@@ -40,7 +40,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into(), errors: Vec::new() }
     }
 }
@@ -135,15 +135,18 @@ fn watch(store: Arc<Store>, kind: &'static str) -> Response {
     // Subscribe before listing, so no change falls between the two.
     let rx = store.subscribe();
     let initial: Vec<Bytes> = store.list(kind).iter().map(|s| line("ADDED", s)).collect();
-    let changes = futures_util::stream::unfold(rx, move |mut rx| async move {
+    let changes = futures_util::stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
         loop {
             match rx.recv().await {
-                Ok(Event::Put(s)) if s.kind == kind => return Some((Ok::<_, std::convert::Infallible>(line("MODIFIED", &s)), rx)),
-                Ok(Event::Deleted(s)) if s.kind == kind => return Some((Ok(line("DELETED", &s)), rx)),
+                Ok(Event::Put(s)) if s.kind == kind => return Some((Ok::<_, std::convert::Infallible>(line("MODIFIED", &s)), Some(rx))),
+                Ok(Event::Deleted(s)) if s.kind == kind => return Some((Ok(line("DELETED", &s)), Some(rx))),
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // The watcher fell behind: tell it to list again, and end.
-                    return Some((Ok(Bytes::from_static(b"{\"type\":\"ERROR\",\"error\":\"watch fell behind; list again\"}\n")), rx));
+                    // The watcher fell behind and missed changes: tell it to
+                    // list again, and end (going on would show it a state
+                    // with holes; ending also frees its buffers and slot).
+                    return Some((Ok(Bytes::from_static(b"{\"type\":\"ERROR\",\"error\":\"watch fell behind; list again\"}\n")), None));
                 }
                 Err(_) => return None,
             }
@@ -254,4 +257,35 @@ async fn remove(State(store): State<Arc<Store>>, Path((kind, name)): Path<(Strin
 
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_that_falls_behind_is_told_and_ends() {
+        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-lag", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        store.put("Route", "first", json!({}), None).unwrap();
+        let mut body = watch(store.clone(), "Route").into_body().into_data_stream();
+        // More changes than the store keeps for a reader that is not reading.
+        for i in 0..1100 {
+            store.put("Route", &format!("r{i}"), json!({}), None).unwrap();
+        }
+        let mut lines = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(chunk) = body.next().await {
+                lines.push(String::from_utf8_lossy(&chunk.unwrap()).into_owned());
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream went on after falling behind; last: {:?}", lines.last());
+        assert!(lines[0].contains("\"ADDED\""), "{}", lines[0]);
+        assert!(lines.last().is_some_and(|l| l.contains("\"ERROR\"") && l.contains("list again")), "{:?}", lines.last());
+    }
 }

@@ -8,6 +8,7 @@ pub mod config_stream;
 pub mod openapi;
 pub mod proxies;
 pub mod rollout;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod traces;
@@ -27,6 +28,8 @@ pub struct ControlOptions {
     pub listen: SocketAddr,
     /// Config stream (gRPC) address, where proxies connect.
     pub grpc_listen: SocketAddr,
+    /// What one REST client may cost.
+    pub limits: server::Limits,
 }
 
 /// The store file in a data directory.
@@ -48,8 +51,6 @@ pub enum ControlError {
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("API server: {0}")]
-    Serve(std::io::Error),
     #[error("config stream server: {0}")]
     Grpc(#[from] trefoil_wire::TransportError),
 }
@@ -99,7 +100,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let app = api::router(store.clone())
         .merge(traces::api::router(Arc::new(traces::TraceStore::default()))).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies))
         .layer(axum::middleware::map_response(api::rescue));
-    let served = axum::serve(rest, app).with_graceful_shutdown(stopped(stop_rx)).await;
+    server::serve(rest, app, options.limits, stopped(stop_rx)).await;
     distributor.abort();
     rollouts.abort();
     match tokio::time::timeout(STREAM_CLOSE_GRACE, grpc).await {
@@ -107,5 +108,5 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         Ok(_) => {}
         Err(_) => tracing::warn!("config streams did not close in time"),
     }
-    served.map_err(ControlError::Serve)
+    Ok(())
 }

@@ -14,6 +14,8 @@ pub fn document() -> Value {
     let name = json!({"name": "name", "in": "path", "required": true, "schema": name_schema, "example": "web"});
     let example = json!({"apiVersion": API_VERSION, "kind": "Service", "metadata": {"name": "web"}, "spec": {"endpoints": [{"address": "127.0.0.1:8080", "version": "v1"}]}});
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let too_large = json!({"description": "a body over 2 MiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let busy = json!({"description": "too many watch streams are open", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     // A query string or path that does not parse (`?limit=null`, bytes that are not UTF-8).
     let bad_request = json!({"description": "a malformed path or query parameter, or body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let resource = json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
@@ -28,7 +30,14 @@ pub fn document() -> Value {
     }});
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "Trefoil control plane", "version": "v1"},
+        "info": {
+            "title": "Trefoil control plane",
+            "version": "v1",
+            "description": "No authentication yet: keep it on loopback. Limits, for any operation: request line and headers 64 KiB (431) sent within 10 s, \
+                which is also how long an idle connection is kept; a request received whole and answered within 30 s (408); bodies 2 MiB (413); \
+                by default 512 connections served at once (more wait to be accepted) and 128 watch streams (503; see `trefoil control --help`); \
+                a reader that takes no bytes for 60 s is disconnected."
+        },
         "paths": {
             "/api/v1/{kind}": {
                 "get": {
@@ -42,14 +51,14 @@ pub fn document() -> Value {
                     "summary": "Create a resource; 409 if it exists, 403 for kinds only the control plane writes (RolloutStatus, Event)",
                     "parameters": [kind],
                     "requestBody": body,
-                    "responses": {"201": written, "400": error, "403": error, "404": error, "409": error, "422": error}
+                    "responses": {"201": written, "400": error, "403": error, "404": error, "409": error, "413": too_large, "422": error}
                 }
             },
             "/api/v1/watch/{kind}": {
                 "get": {
-                    "summary": "Watch a kind: JSON lines, the current objects as ADDED, then MODIFIED and DELETED as they happen; the stream stays open",
+                    "summary": "Watch a kind: JSON lines, the current objects as ADDED, then MODIFIED and DELETED as they happen; the stream stays open, unless the reader falls more than 1024 changes behind: then an ERROR line (list again) ends it",
                     "parameters": [kind],
-                    "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request, "404": error}
+                    "responses": {"200": {"description": "a stream of JSON lines {type, object}", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request, "404": error, "503": busy}
                 }
             },
             "/api/v1/rollouts/{name}/{action}": {
@@ -63,7 +72,7 @@ pub fn document() -> Value {
                 "post": {
                     "summary": "The trace collector's OTLP/HTTP receiver (JSON encoding): proxies export their spans here. Spans without a valid trace and span id are rejected and counted in partialSuccess; a body whose envelope (down to each span object) is malformed is refused whole",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportTraceServiceRequest"}}}},
-                    "responses": {"200": {"description": "accepted", "content": {"application/json": {"schema": {"type": "object", "properties": {"partialSuccess": {"type": "object"}}}}}}, "400": error}
+                    "responses": {"200": {"description": "accepted", "content": {"application/json": {"schema": {"type": "object", "properties": {"partialSuccess": {"type": "object"}}}}}}, "400": error, "413": too_large}
                 }
             },
             "/api/v1/traces": {
@@ -86,7 +95,7 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "Follow spans as they arrive: JSON lines {type: SPAN, span} (or {type: LAGGED, missed} when the reader fell behind); with traceId, that trace's spans held so far first, then its new ones; the stream stays open",
                     "parameters": [{"name": "traceId", "in": "query", "required": false, "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request}
+                    "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request, "503": busy}
                 }
             },
             "/api/v1/status/proxies": {
@@ -102,7 +111,7 @@ pub fn document() -> Value {
                     "summary": "Create or replace a resource; with metadata.resourceVersion only if it is current (else 409)",
                     "parameters": [kind, name],
                     "requestBody": body,
-                    "responses": {"200": written, "201": written, "400": error, "403": error, "404": error, "409": error, "422": error}
+                    "responses": {"200": written, "201": written, "400": error, "403": error, "404": error, "409": error, "413": too_large, "422": error}
                 },
                 "delete": {
                     "operationId": "deleteResource",

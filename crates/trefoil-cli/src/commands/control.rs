@@ -19,6 +19,12 @@ pub struct Args {
     /// Config stream address (gRPC): proxies started with `trefoil proxy --control ADDR` connect here.
     #[arg(long, default_value = trefoil_control::DEFAULT_GRPC_LISTEN)]
     grpc_listen: SocketAddr,
+    /// REST connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = trefoil_control::server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Watch and follow streams open at once; more are answered 503.
+    #[arg(long, default_value_t = trefoil_control::server::DEFAULT_MAX_WATCHES)]
+    max_watches: usize,
     /// Repair a damaged store file, report what was kept and dropped, and exit
     /// (start again without it, once the report is checked): every intact
     /// record is kept, the damaged file is kept as `store.db.corrupt-<unix time>`.
@@ -35,7 +41,9 @@ pub fn run(args: Args) -> ExitCode {
         stop_signal().await;
         tracing::info!("shutting down");
     };
-    match runtime.block_on(trefoil_control::run(ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen }, stop)) {
+    let limits = trefoil_control::server::Limits { max_connections: args.max_connections.max(1), max_watches: args.max_watches, ..Default::default() };
+    let options = ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen, limits };
+    match runtime.block_on(trefoil_control::run(options, stop)) {
         Ok(()) => exit::ok(),
         Err(e) => {
             eprintln!("error: {e}");
