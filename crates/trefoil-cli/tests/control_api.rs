@@ -235,6 +235,57 @@ fn malformed_requests_get_the_documented_json_errors() {
     assert_eq!(control.call("POST", "/api/v1/routes", &route("\"\"", "1", None)).0, 422);
 }
 
+/// A YAML body of 10^9 aliased strings in 1 KiB ("billion laughs").
+fn laughs() -> String {
+    let mut text = format!("{API}\nkind: Route\nmetadata: {{name: lol}}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..9 {
+        text.push_str(&format!("x{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", ")));
+    }
+    text.push_str("spec: {hosts: *a8}\n");
+    text
+}
+
+#[test]
+fn bodies_that_would_take_the_control_plane_down_are_refused() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch_dir();
+    let (api, grpc) = (addr(), addr());
+    let mut command = Command::new(trefoil_bin());
+    command.args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"]).arg(dir.join("data")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // Bounded, so that a regression fails this test instead of the machine:
+    // the body below once took a control plane to 23 GiB.
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    assert!(wait_for_port(api, WAIT), "control plane did not listen");
+    let call = |method: &str, path: &str, body: &[u8]| {
+        let (status, _, reply) = http_request(api, method, "control", path, &[], body).unwrap_or((0, Default::default(), Vec::new()));
+        (status, serde_json::from_slice::<serde_json::Value>(&reply).unwrap_or_default())
+    };
+    let (status, reply) = call("POST", "/api/v1/routes", laughs().as_bytes());
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply["error"].as_str().is_some_and(|e| e.contains("aliases")), "{reply}");
+    let (status, reply) = call("POST", "/api/v1/routes", &vec![b'#'; 3 << 20]);
+    assert_eq!(status, 413, "{reply}");
+    // Nesting deeper than the parsers go is a located error, not a crash.
+    let deep = format!("{API}\nkind: Route\nmetadata: {{name: deep}}\nspec: {{x: {}{}}}\n", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(call("POST", "/api/v1/routes", deep.as_bytes()).0, 422);
+    let deep_otlp = format!("{{\"resourceSpans\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(call("POST", "/v1/traces", deep_otlp.as_bytes()).0, 400);
+    assert_eq!(call("GET", "/api/v1/routes", b"").0, 200, "still serving");
+    assert!(child.try_wait().unwrap().is_none(), "the control plane died");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Schema-valid resource writes the server may still refuse: the document
 /// cannot say that a body's kind and name must match the path's (400), nor
 /// the rules `trefoil-model` checks inside each kind's spec (422). Every
