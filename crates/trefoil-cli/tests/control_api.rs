@@ -119,6 +119,22 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     assert_eq!(names, ["a", "c"], "the records before and after the damage are served");
 }
 
+#[test]
+fn listening_beyond_loopback_is_warned_about() {
+    let dir = scratch_dir();
+    // A documentation address no interface has: the warning comes first, then
+    // the bind fails, so nothing listens beyond loopback during the test.
+    let out = run_with_timeout(Command::new(trefoil_bin()).args(["control", "--listen", "192.0.2.1:7070", "--grpc-listen", &addr().to_string(), "--data"]).arg(dir.join("data")), Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("WARNING: the REST API on 192.0.2.1:7070 listen beyond loopback WITHOUT AUTHENTICATION"), "{stderr}");
+    assert!(stderr.contains("cannot listen on 192.0.2.1:7070"), "{stderr}");
+    // On loopback, not a word.
+    let control = Control::start(&dir.join("quiet"));
+    wait_until("the control plane's first log line", WAIT, || control.log().contains("control plane listening"));
+    assert!(!control.log().contains("WITHOUT AUTHENTICATION"), "{}", control.log());
+}
+
 /// `trefoil proxy --control`; killed when dropped.
 struct StreamProxy {
     child: Child,

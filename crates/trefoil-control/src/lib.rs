@@ -44,6 +44,22 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7071";
 /// How long open config streams get to close at shutdown.
 const STREAM_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_beyond_loopback_are_warned_about() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(exposure_warning(at("127.0.0.1:7070"), at("[::1]:7071")), None);
+        assert_eq!(exposure_warning(at("127.0.0.2:7070"), at("[::ffff:127.0.0.1]:7071")), None);
+        let both = exposure_warning(at("0.0.0.0:7070"), at("10.1.2.3:7071")).unwrap();
+        assert!(both.contains("the REST API on 0.0.0.0:7070 and the config stream on 10.1.2.3:7071") && both.contains("WITHOUT AUTHENTICATION"), "{both}");
+        let one = exposure_warning(at("127.0.0.1:7070"), at("[::]:7071")).unwrap();
+        assert!(one.starts_with("the config stream on [::]:7071 listen"), "{one}");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot create data directory {path}: {source}")]
@@ -58,6 +74,26 @@ pub enum ControlError {
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControlError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })
+}
+
+/// The warning owed when the API or the config stream listens beyond
+/// loopback: neither authenticates its clients yet, so anyone who can reach
+/// the address can rewrite the mesh's configuration (and read it, and its
+/// traces), or pose as a proxy and receive its configuration.
+pub fn exposure_warning(listen: SocketAddr, grpc_listen: SocketAddr) -> Option<String> {
+    let exposed: Vec<String> = [("the REST API", listen), ("the config stream", grpc_listen)]
+        .into_iter()
+        .filter(|(_, addr)| !addr.ip().to_canonical().is_loopback())
+        .map(|(what, addr)| format!("{what} on {addr}"))
+        .collect();
+    if exposed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} listen beyond loopback WITHOUT AUTHENTICATION: anyone who can reach them can read and rewrite the mesh's configuration \
+         and pose as any proxy; keep them on loopback, or behind a firewall or an authenticating proxy, until authentication lands",
+        exposed.join(" and ")
+    ))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -75,6 +111,9 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     // The bound addresses, not the requested ones: port 0 picks a free port.
     let local = |l: &tokio::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
     tracing::info!(address = %local(&rest, options.listen), grpc = %local(&grpc, options.grpc_listen), data = %options.data_dir.display(), revision = store.revision(), "control plane listening");
+    if let Some(warning) = exposure_warning(options.listen, options.grpc_listen) {
+        tracing::warn!("{warning}");
+    }
 
     let proxies = Arc::new(proxies::Proxies::default());
     let (stop, stop_rx) = watch::channel(false);
