@@ -174,7 +174,6 @@ async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String,
 /// Parses and validates one resource from a request body (YAML or JSON).
 fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    crate::expanded::measure(text, crate::expanded::MAX_EXPANDED).map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
     let invalid = |errors: Vec<Diagnostic>| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "invalid resource".into(), errors };
     let sources = load_str(&Arc::from("request body"), text).map_err(|d| invalid(d.0))?;
     let [source] = sources.as_slice() else {

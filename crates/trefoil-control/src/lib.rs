@@ -5,7 +5,6 @@
 pub mod api;
 pub mod compile;
 pub mod config_stream;
-mod expanded;
 pub mod openapi;
 pub mod proxies;
 pub mod rollout;
