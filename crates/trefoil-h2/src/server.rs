@@ -76,6 +76,10 @@ const RESET_BUDGET: u32 = 1000;
 /// A header block's bytes, over all its CONTINUATIONs, beyond which the
 /// connection is closed (a flood of CONTINUATIONs).
 const MAX_BLOCK_FACTOR: usize = 4;
+/// The streams this side reset that are remembered: what the client sent on
+/// them before it knew is dropped (RFC 9113 §5.1), on other closed streams
+/// it is an error. Beyond the client's 100 concurrent streams.
+const RECENT_RESETS: usize = 128;
 
 const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -159,6 +163,11 @@ pub struct Connection<I, S, F, B> {
     read_closed: bool,
     failed: Option<Error>,
     reset_budget: u32,
+    /// Streams this side reset lately, a ring (see `RECENT_RESETS`).
+    recent_resets: [u32; RECENT_RESETS],
+    recent_reset_next: usize,
+    /// The client's first SETTINGS arrived after its preface.
+    settings_seen: bool,
 }
 
 impl<I, S, F, B> Connection<I, S, F, B>
@@ -216,6 +225,9 @@ where
             read_closed: false,
             failed: None,
             reset_budget: RESET_BUDGET,
+            recent_resets: [0; RECENT_RESETS],
+            recent_reset_next: 0,
+            settings_seen: false,
         }
     }
 
@@ -296,6 +308,14 @@ where
         }
         while self.failed.is_none() {
             match frame::decode(&mut self.read, DEFAULT_MAX_FRAME_SIZE) {
+                Ok(Some(frame)) if !self.settings_seen => {
+                    // RFC 9113 §3.4: the preface ends with a SETTINGS frame.
+                    if !matches!(frame, Frame::Settings { ack: false, .. }) {
+                        return Err(protocol_error("the preface's first frame is not SETTINGS"));
+                    }
+                    self.settings_seen = true;
+                    self.on_frame(frame)?;
+                }
                 Ok(Some(frame)) => match self.on_frame(frame) {
                     Ok(()) => {}
                     Err(Error::Protocol(FrameError::Stream { stream, reason, .. })) => self.reset(stream, reason),
@@ -354,7 +374,10 @@ where
                 Ok(())
             }
             Frame::WindowUpdate { stream, increment } => {
-                let Some(&key) = self.streams.get(&stream) else { return Ok(()) };
+                let Some(&key) = self.streams.get(&stream) else {
+                    // RFC 9113 §5.1: on an idle stream, a connection error; on a closed one, ignored.
+                    return if self.is_idle(stream) { Err(protocol_error("WINDOW_UPDATE on a stream not opened")) } else { Ok(()) };
+                };
                 let slot = self.slots[key].as_mut().expect("streams point at live slots");
                 slot.send_window += increment as i64;
                 if slot.send_window > MAX_WINDOW as i64 {
@@ -411,12 +434,22 @@ where
         let mut head = RequestHead::default();
         let decoded = self.decoder.decode(&block, |field| head.add(field));
         if stream <= self.last_stream {
-            // A stream that is over (reset or answered): the block was decoded
-            // for the table's sake, and is dropped.
-            return match decoded {
-                Err(DecodeError::ListTooLarge(_)) | Ok(()) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
+            // Not a stream that is open: the block was decoded for the table's sake.
+            if let Err(e) = decoded {
+                if !matches!(e, DecodeError::ListTooLarge(_)) {
+                    return Err(e.into());
+                }
+            }
+            if self.forgotten_quietly(stream) {
+                // Sent before the client knew the stream was reset.
+                return Ok(());
+            }
+            // RFC 9113 §5.1.1: a lower identifier than one opened already;
+            // §5.1: the last one, closed since.
+            if stream < self.last_stream {
+                return Err(protocol_error("HEADERS on a stream lower than one opened already"));
+            }
+            return Err(FrameError::Connection { reason: Reason::STREAM_CLOSED, what: "HEADERS on a closed stream" }.into());
         }
         self.last_stream = stream;
         let too_large = match decoded {
@@ -517,12 +550,16 @@ where
         // Padding is not for any reader: its credit goes back at once.
         self.recv_unreturned += flow_len - data.len() as u32;
         let Some(&key) = self.streams.get(&stream) else {
-            if stream > self.last_stream {
+            if self.is_idle(stream) {
                 return Err(protocol_error("DATA on a stream not opened"));
             }
-            // A stream already over: what the client sent before it knew is dropped.
             self.recv_unreturned += data.len() as u32;
-            return Ok(());
+            if self.forgotten_quietly(stream) {
+                // What the client sent before it knew is dropped.
+                return Ok(());
+            }
+            // RFC 9113 §5.1: after END_STREAM or RST_STREAM from the client.
+            return Err(FrameError::Connection { reason: Reason::STREAM_CLOSED, what: "DATA on a closed stream" }.into());
         };
         let slot = self.slots[key].as_mut().expect("streams point at live slots");
         let Some(shared) = slot.recv.clone() else {
@@ -572,17 +609,36 @@ where
                 self.cancel(key, "the client reset the stream");
                 Ok(())
             }
-            None if stream > self.last_stream => Err(protocol_error("RST_STREAM on a stream not opened")),
+            None if self.is_idle(stream) => Err(protocol_error("RST_STREAM on a stream not opened")),
             None => Ok(()),
         }
     }
 
     /// Sends RST_STREAM and forgets the stream.
     fn reset(&mut self, stream: u32, reason: Reason) {
-        frame::encode_rst_stream(stream, reason, &mut self.write);
+        self.send_reset(stream, reason);
         if let Some(&key) = self.streams.get(&stream) {
             self.cancel(key, "the stream was reset");
         }
+    }
+
+    /// Writes RST_STREAM, and remembers the stream for a while.
+    fn send_reset(&mut self, stream: u32, reason: Reason) {
+        frame::encode_rst_stream(stream, reason, &mut self.write);
+        self.recent_resets[self.recent_reset_next] = stream;
+        self.recent_reset_next = (self.recent_reset_next + 1) % RECENT_RESETS;
+    }
+
+    /// A stream that is not open and whose frames are dropped without an
+    /// error: reset by this side lately, or refused by a GOAWAY sent.
+    fn forgotten_quietly(&self, stream: u32) -> bool {
+        (self.going_away && stream > self.last_taken) || self.recent_resets.contains(&stream)
+    }
+
+    /// A stream in the idle state (RFC 9113 §5.1): never opened by the
+    /// client. Even ones would be this side's, which opens none.
+    fn is_idle(&self, stream: u32) -> bool {
+        stream > self.last_stream || stream.is_multiple_of(2)
     }
 
     /// Drops a stream's work and slot; its request body, if still read, fails.
@@ -603,7 +659,8 @@ where
             return;
         }
         if slot.recv.is_some() {
-            frame::encode_rst_stream(slot.id, Reason::NO_ERROR, &mut self.write);
+            let id = slot.id;
+            self.send_reset(id, Reason::NO_ERROR);
             self.cancel(key, "the response ended before the request");
             return;
         }
@@ -620,7 +677,7 @@ where
         self.encoder.encode_status(status, &mut self.block);
         frame::encode_headers(stream, &self.block, true, self.peer_max_frame, &mut self.write);
         if !request_ended {
-            frame::encode_rst_stream(stream, Reason::NO_ERROR, &mut self.write);
+            self.send_reset(stream, Reason::NO_ERROR);
         }
     }
 

@@ -180,13 +180,26 @@ impl RawClient {
         self.stream.write_all(bytes).await.unwrap();
     }
 
+    /// A connection that has sent nothing yet.
+    async fn silent(addr: SocketAddr) -> Self {
+        RawClient { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+    }
+
     /// The next frame other than SETTINGS, WINDOW_UPDATE and PING; `None` once the server closes.
     async fn next(&mut self) -> Option<Frame> {
         loop {
-            while let Some(f) = frame::decode(&mut self.buf, 1 << 24).unwrap() {
-                if !matches!(f, Frame::Settings { .. } | Frame::WindowUpdate { .. } | Frame::Ping { .. }) {
-                    return Some(f);
-                }
+            let f = self.frame().await?;
+            if !matches!(f, Frame::Settings { .. } | Frame::WindowUpdate { .. } | Frame::Ping { .. }) {
+                return Some(f);
+            }
+        }
+    }
+
+    /// The next frame; `None` once the server closes.
+    async fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = frame::decode(&mut self.buf, 1 << 24).unwrap() {
+                return Some(f);
             }
             let mut chunk = [0u8; 16384];
             match tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk)).await.expect("the server answers in time") {
@@ -194,6 +207,15 @@ impl RawClient {
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+
+    /// Every frame until the server closes the connection (within 20 s of silence).
+    async fn until_closed(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.frame().await {
+            frames.push(f);
+        }
+        frames
     }
 
     /// Frames until one matches.
@@ -317,4 +339,129 @@ async fn a_graceful_shutdown_finishes_open_streams_and_refuses_new_ones() {
     }
     assert_eq!(echoed, b"done");
     assert_eq!(client.next().await, None, "closed once the open stream is done");
+}
+
+fn goaway_of(frames: &[Frame]) -> Option<Reason> {
+    frames.iter().find_map(|f| match f {
+        Frame::GoAway { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+/// What `bytes` sent after the preface and SETTINGS lead to: the frames
+/// until the server closes the connection.
+async fn frames_after(bytes: &[u8]) -> Vec<Frame> {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    client.send(bytes).await;
+    client.until_closed().await
+}
+
+fn headers(stream: u32, path: &str, end_stream: bool) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    let mut out = Vec::new();
+    frame::encode_headers(stream, &block, end_stream, DEFAULT_MAX_FRAME_SIZE, &mut out);
+    out
+}
+
+#[tokio::test]
+async fn headers_on_a_lower_stream_than_one_opened_is_a_protocol_error() {
+    let frames = frames_after(&[headers(5, "/", true), headers(3, "/", true)].concat()).await;
+    assert_eq!(goaway_of(&frames), Some(Reason::PROTOCOL_ERROR), "{frames:?}");
+}
+
+#[tokio::test]
+async fn headers_and_data_on_a_closed_stream_are_stream_closed() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    client.get(1, "/", &[], true).await;
+    client.until(|f| matches!(f, Frame::Data { stream: 1, end_stream: true, .. })).await;
+    client.send(&headers(1, "/", true)).await;
+    assert_eq!(goaway_of(&client.until_closed().await), Some(Reason::STREAM_CLOSED));
+
+    let mut client = RawClient::connect(addr).await;
+    client.get(1, "/", &[], true).await;
+    client.until(|f| matches!(f, Frame::Data { stream: 1, end_stream: true, .. })).await;
+    let mut out = Vec::new();
+    frame::encode_data_head(1, 0, true, &mut out);
+    client.send(&out).await;
+    assert_eq!(goaway_of(&client.until_closed().await), Some(Reason::STREAM_CLOSED));
+}
+
+#[tokio::test]
+async fn frames_on_a_stream_the_server_reset_are_dropped_and_the_connection_goes_on() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    // Malformed, with a body to follow: reset by the server.
+    client.get(1, "/", &[("X-Upper", "case")], false).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR });
+    // What the client sent before it knew: DATA, then trailers.
+    let mut out = Vec::new();
+    frame::encode_data_head(1, 2, false, &mut out);
+    out.extend_from_slice(b"hi");
+    let mut trailers = Vec::new();
+    literal("x-trailer", "1", &mut trailers);
+    frame::encode_headers(1, &trailers, true, DEFAULT_MAX_FRAME_SIZE, &mut out);
+    client.send(&out).await;
+    client.get(3, "/", &[], true).await;
+    let f = client.until(|f| matches!(f, Frame::Headers { .. } | Frame::GoAway { .. })).await;
+    assert!(matches!(f, Frame::Headers { stream: 3, .. }), "{f:?}");
+}
+
+#[tokio::test]
+async fn frames_on_idle_streams_and_a_preface_without_settings_are_protocol_errors() {
+    let mut update = Vec::new();
+    frame::encode_window_update(7, 100, &mut update);
+    let frames = frames_after(&update).await;
+    assert_eq!(goaway_of(&frames), Some(Reason::PROTOCOL_ERROR), "WINDOW_UPDATE on an idle stream: {frames:?}");
+    let mut reset = Vec::new();
+    frame::encode_rst_stream(2, Reason::CANCEL, &mut reset);
+    let frames = frames_after(&[headers(3, "/", true), reset].concat()).await;
+    assert_eq!(goaway_of(&frames), Some(Reason::PROTOCOL_ERROR), "RST_STREAM on an even stream: {frames:?}");
+
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::silent(addr).await;
+    let mut out = PREFACE.to_vec();
+    frame::encode_window_update(0, 100, &mut out);
+    client.send(&out).await;
+    assert_eq!(goaway_of(&client.until_closed().await), Some(Reason::PROTOCOL_ERROR), "the preface's first frame must be SETTINGS");
+}
+
+#[tokio::test]
+async fn what_a_client_must_not_send_on_a_stream_resets_it_or_closes_the_connection() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    // Trailers without END_STREAM: malformed (RFC 9113 §8.1).
+    client.get(1, "/never", &[], false).await;
+    let mut trailers = Vec::new();
+    literal("x-trailer", "1", &mut trailers);
+    let mut out = Vec::new();
+    frame::encode_headers(1, &trailers, false, DEFAULT_MAX_FRAME_SIZE, &mut out);
+    client.send(&out).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR });
+    // DATA after the request's end, on a stream still answering: half-closed (remote).
+    client.get(3, "/never", &[], true).await;
+    let mut out = Vec::new();
+    frame::encode_data_head(3, 1, false, &mut out);
+    out.push(b'x');
+    client.send(&out).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 3, reason: Reason::STREAM_CLOSED });
+    // A window over 2^31-1: that stream is reset.
+    client.get(5, "/never", &[], true).await;
+    let mut out = Vec::new();
+    frame::encode_window_update(5, (1 << 31) - 1, &mut out);
+    client.send(&out).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 5, reason: Reason::FLOW_CONTROL_ERROR });
+    // A huge SETTINGS_HEADER_TABLE_SIZE changes nothing (no dynamic table on this side).
+    let mut out = Vec::new();
+    frame::encode_settings(&[(0x1, u32::MAX)], &mut out);
+    client.send(&out).await;
+    client.get(7, "/", &[], true).await;
+    let f = client.until(|f| matches!(f, Frame::Headers { .. } | Frame::GoAway { .. })).await;
+    assert!(matches!(f, Frame::Headers { stream: 7, .. }), "{f:?}");
+    // PUSH_PROMISE from a client: the connection ends.
+    client.send(&[0, 0, 4, 0x5, 0x4, 0, 0, 0, 7, 0, 0, 0, 2]).await;
+    assert_eq!(goaway_of(&client.until_closed().await), Some(Reason::PROTOCOL_ERROR));
 }
