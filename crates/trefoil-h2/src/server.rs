@@ -76,6 +76,11 @@ const RESET_BUDGET: u32 = 1000;
 /// A header block's bytes, over all its CONTINUATIONs, beyond which the
 /// connection is closed (a flood of CONTINUATIONs).
 const MAX_BLOCK_FACTOR: usize = 4;
+/// CONTINUATION frames in one header block beyond which the connection is
+/// closed: a flood of empty ones never reaches the byte limit. The largest
+/// block taken (256 KiB at the defaults) fills 16 frames; the rest is room
+/// for clients that cut blocks into smaller pieces.
+const MAX_CONTINUATIONS: usize = 64;
 /// The streams this side reset that are remembered: what the client sent on
 /// them before it knew is dropped (RFC 9113 §5.1), on other closed streams
 /// it is an error. Beyond the client's 100 concurrent streams.
@@ -120,6 +125,7 @@ struct Continuing {
     stream: u32,
     block: BytesMut,
     end_stream: bool,
+    continuations: usize,
 }
 
 /// One client connection. A future that ends when the connection does.
@@ -338,11 +344,15 @@ where
                 return Err(protocol_error("CONTINUATION of another stream"));
             }
             continuing.block.extend_from_slice(&fragment);
+            continuing.continuations += 1;
             if continuing.block.len() > self.config.max_header_list_size as usize * MAX_BLOCK_FACTOR {
                 return Err(FrameError::Connection { reason: Reason::ENHANCE_YOUR_CALM, what: "header block too large" }.into());
             }
+            if continuing.continuations > MAX_CONTINUATIONS {
+                return Err(FrameError::Connection { reason: Reason::ENHANCE_YOUR_CALM, what: "too many CONTINUATION frames" }.into());
+            }
             if end_headers {
-                let Continuing { stream, block, end_stream } = self.continuing.take().expect("checked above");
+                let Continuing { stream, block, end_stream, .. } = self.continuing.take().expect("checked above");
                 return self.on_header_block(stream, block.freeze(), end_stream);
             }
             return Ok(());
@@ -350,7 +360,7 @@ where
         match frame {
             Frame::Headers { stream, fragment, end_stream, end_headers: true } => self.on_header_block(stream, fragment, end_stream),
             Frame::Headers { stream, fragment, end_stream, end_headers: false } => {
-                self.continuing = Some(Continuing { stream, block: BytesMut::from(&fragment[..]), end_stream });
+                self.continuing = Some(Continuing { stream, block: BytesMut::from(&fragment[..]), end_stream, continuations: 0 });
                 Ok(())
             }
             Frame::Continuation { .. } => Err(protocol_error("CONTINUATION without HEADERS")),

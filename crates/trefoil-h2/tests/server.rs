@@ -465,3 +465,17 @@ async fn what_a_client_must_not_send_on_a_stream_resets_it_or_closes_the_connect
     client.send(&[0, 0, 4, 0x5, 0x4, 0, 0, 0, 7, 0, 0, 0, 2]).await;
     assert_eq!(goaway_of(&client.until_closed().await), Some(Reason::PROTOCOL_ERROR));
 }
+
+#[tokio::test]
+async fn a_flood_of_empty_continuations_ends_in_goaway() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    let mut out = vec![0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82];
+    for _ in 0..10_000 {
+        // CONTINUATION of nothing, without END_HEADERS.
+        out.extend_from_slice(&[0, 0, 0, 0x9, 0, 0, 0, 0, 1]);
+    }
+    client.send(&out).await;
+    let frames = client.until_closed().await;
+    assert_eq!(goaway_of(&frames), Some(Reason::ENHANCE_YOUR_CALM), "{frames:?}");
+}
