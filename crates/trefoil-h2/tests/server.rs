@@ -129,7 +129,7 @@ async fn many_concurrent_streams_under_h2load_all_succeed() {
 #[tokio::test]
 async fn streams_answered_with_headers_only_are_closed_and_do_not_count_against_the_limit() {
     let (addr, _shutdown) = server().await;
-    // Three times the 1024 concurrent streams, one after the other, on one connection.
+    // Thirty times the 100 concurrent streams, one after the other, on one connection.
     h2load_all_succeed(addr, "/empty", 3072, 1, 8).await;
     let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "-I"]).arg(format!("http://{addr}/bytes/10"))).await;
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/2 200"), "a HEAD is answered with headers only");
@@ -478,4 +478,23 @@ async fn a_flood_of_empty_continuations_ends_in_goaway() {
     client.send(&out).await;
     let frames = client.until_closed().await;
     assert_eq!(goaway_of(&frames), Some(Reason::ENHANCE_YOUR_CALM), "{frames:?}");
+}
+
+#[tokio::test]
+async fn streams_beyond_the_concurrency_limit_are_refused_and_the_connection_goes_on() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    // The default limit, 100, taken by streams that are never answered.
+    for i in 0..100u32 {
+        client.get(2 * i + 1, "/never", &[], true).await;
+    }
+    client.get(201, "/never", &[], true).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 201, reason: Reason::REFUSED_STREAM });
+    // One of them given up, a new one is served.
+    let mut out = Vec::new();
+    frame::encode_rst_stream(1, Reason::CANCEL, &mut out);
+    client.send(&out).await;
+    client.get(203, "/", &[], true).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { .. } | Frame::RstStream { .. })).await;
+    assert!(matches!(headers, Frame::Headers { stream: 203, .. }), "{headers:?}");
 }
