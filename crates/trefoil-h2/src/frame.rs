@@ -259,6 +259,11 @@ pub fn encode_settings_ack(out: &mut Vec<u8>) {
     encode_head(0, SETTINGS, ACK, 0, out);
 }
 
+pub fn encode_ping(payload: [u8; 8], out: &mut Vec<u8>) {
+    encode_head(8, PING, 0, 0, out);
+    out.extend_from_slice(&payload);
+}
+
 pub fn encode_ping_ack(payload: [u8; 8], out: &mut Vec<u8>) {
     encode_head(8, PING, ACK, 0, out);
     out.extend_from_slice(&payload);

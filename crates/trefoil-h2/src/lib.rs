@@ -11,6 +11,7 @@ pub mod hpack;
 pub mod huffman;
 mod huffman_code;
 pub mod server;
+mod timer;
 
 pub use body::RecvBody;
 pub use server::{Config, Connection, Error};

@@ -19,7 +19,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::body::{BoxError, RecvBody, Shared, Signals, SlotWaker};
 use crate::frame::{self, Frame, FrameError, Reason, Settings, DEFAULT_MAX_FRAME_SIZE, MAX_WINDOW, PREFACE};
 use crate::hpack::{DecodeError, Decoder, Encoder, Field, Name, Pseudo};
+use crate::timer::Timer;
 
 /// What this server tells its clients, and holds them to.
 #[derive(Debug, Clone)]
@@ -44,15 +45,56 @@ pub struct Config {
     pub connection_window: u32,
     /// The largest header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE); larger gets a 431.
     pub max_header_list_size: u32,
+    /// How long a client may take to send the connection preface and its
+    /// first SETTINGS, counted from `Connection::new`.
+    pub preface_timeout: Duration,
+    /// How long a header block may stay open over CONTINUATION frames.
+    pub header_block_timeout: Duration,
+    /// How long a connection may have no open stream before it is sent
+    /// GOAWAY NO_ERROR and closed.
+    pub idle_timeout: Duration,
+    /// How long a stream may wait on its client without any progress:
+    /// its request body open and fully read, or its response held by the
+    /// client's window or by a client that does not read, and no DATA or
+    /// WINDOW_UPDATE either way meanwhile. A stream still waiting for its
+    /// response gets a 408, one whose response has begun RST_STREAM CANCEL;
+    /// its request body's reader gets an error either way.
+    pub stream_idle_timeout: Duration,
+    /// After this long without a frame from the client, a PING; `None`: never.
+    pub keepalive_interval: Option<Duration>,
+    /// How long the PING's acknowledgement may take before the connection is
+    /// dropped. Also how long a closing connection may wait to write its last frames.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Config {
     /// Streams: RFC 9113 §5.1.2 recommends no fewer than 100; Apache httpd
     /// and h2o default to it, nginx to 128, Go to 250. Each stream to an
     /// HTTP/1 upstream holds an upstream connection (a file descriptor), so
-    /// the floor the RFC recommends.
+    /// the floor the RFC recommends. Preface and header block: 10 s, the
+    /// proxy's TLS handshake timeout; a client sends either in one go and
+    /// has no reason to pause inside. Idle: 5 minutes, between nginx (3
+    /// minutes as `http2_idle_timeout`, 75 s since 1.19.7) and Envoy (1
+    /// hour), as long as browsers keep a used connection (Chrome 5
+    /// minutes, Firefox 115 s). Stream idle: 5 minutes, Envoy's
+    /// `stream_idle_timeout`: a gRPC stream may be quiet for minutes.
+    /// Keep-alive: a PING after a minute without a frame (nginx's
+    /// `send_timeout`, gRPC's 20 s for the acknowledgement): it finds dead
+    /// peers that hold streams open, and clients that stopped reading (the
+    /// connection stops reading too, so no acknowledgement comes).
     fn default() -> Self {
-        Config { max_concurrent_streams: 100, stream_window: 1 << 20, connection_window: 4 << 20, max_header_list_size: 64 << 10 }
+        Config {
+            max_concurrent_streams: 100,
+            stream_window: 1 << 20,
+            connection_window: 4 << 20,
+            max_header_list_size: 64 << 10,
+            preface_timeout: Duration::from_secs(10),
+            header_block_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -67,6 +109,8 @@ pub enum Error {
     Compression(#[from] DecodeError),
     #[error("the client did not start with the HTTP/2 connection preface")]
     Preface,
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
 }
 
 const HEADER_TABLE_SIZE: usize = 4096;
@@ -89,6 +133,8 @@ const MAX_CONTINUATIONS: usize = 64;
 /// them before it knew is dropped (RFC 9113 §5.1), on other closed streams
 /// it is an error. Beyond the client's 100 concurrent streams.
 const RECENT_RESETS: usize = 128;
+/// The keep-alive PING's payload, to tell its acknowledgement from others.
+const KEEPALIVE_PING: [u8; 8] = *b"trefoil\0";
 
 const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -122,6 +168,10 @@ struct Slot<F, B> {
     head: bool,
     /// Data that did not fit the flow-control windows, and whether it ends the stream.
     blocked: Option<(Bytes, bool)>,
+    /// DATA or WINDOW_UPDATE went either way since the timer last looked.
+    progressed: bool,
+    /// When the timer first found it without progress.
+    quiet_from: Instant,
 }
 
 /// A header block arriving over CONTINUATION frames.
@@ -130,6 +180,8 @@ struct Continuing {
     block: BytesMut,
     end_stream: bool,
     continuations: usize,
+    /// When the block must have ended (`header_block_timeout`).
+    due: Instant,
 }
 
 /// One client connection. A future that ends when the connection does.
@@ -176,8 +228,26 @@ pub struct Connection<I, S, F, B> {
     /// Streams this side reset lately, a ring (see `RECENT_RESETS`).
     recent_resets: [u32; RECENT_RESETS],
     recent_reset_next: usize,
+    timer: Timer,
+    /// The timer was armed for the preface: at the first poll, in the runtime.
+    polled: bool,
     /// The client's first SETTINGS arrived after its preface.
     settings_seen: bool,
+    /// When the preface and that SETTINGS are due; `None` once they are in.
+    preface_due: Option<Instant>,
+    /// When the timer last fired (or the connection began).
+    last_fire: Instant,
+    /// Bytes were read since the timer last looked, and when it last saw that.
+    read_seen: bool,
+    quiet_read_from: Instant,
+    /// When a keep-alive PING went out that is not acknowledged yet.
+    ping_sent: Option<Instant>,
+    /// A stream opened since the timer last looked.
+    opened_seen: bool,
+    /// When the timer first found no stream open.
+    idle_from: Option<Instant>,
+    /// When the timer first found the connection closing.
+    closing_from: Option<Instant>,
 }
 
 impl<I, S, F, B> Connection<I, S, F, B>
@@ -202,7 +272,9 @@ where
         if config.connection_window as i64 > DEFAULT_WINDOW {
             frame::encode_window_update(0, config.connection_window - DEFAULT_WINDOW as u32, &mut write);
         }
+        let now = Instant::now();
         Connection {
+            preface_due: Some(now + config.preface_timeout),
             io,
             service,
             decoder: Decoder::new(HEADER_TABLE_SIZE, config.max_header_list_size as usize),
@@ -237,7 +309,16 @@ where
             reset_budget: RESET_BUDGET,
             recent_resets: [0; RECENT_RESETS],
             recent_reset_next: 0,
+            timer: Timer::default(),
+            polled: false,
             settings_seen: false,
+            last_fire: now,
+            read_seen: false,
+            quiet_read_from: now,
+            ping_sent: None,
+            opened_seen: false,
+            idle_from: None,
+            closing_from: None,
         }
     }
 
@@ -262,6 +343,8 @@ where
         let reason = match &error {
             Error::Protocol(FrameError::Connection { reason, .. }) => *reason,
             Error::Compression(_) => Reason::COMPRESSION_ERROR,
+            // Not the client's breach of the protocol: this side's limit.
+            Error::Timeout(_) => Reason::NO_ERROR,
             _ => Reason::PROTOCOL_ERROR,
         };
         frame::encode_goaway(self.last_taken, reason, &mut self.write);
@@ -324,6 +407,7 @@ where
                         return Err(protocol_error("the preface's first frame is not SETTINGS"));
                     }
                     self.settings_seen = true;
+                    self.preface_due = None;
                     self.on_frame(frame)?;
                 }
                 Ok(Some(frame)) => match self.on_frame(frame) {
@@ -364,7 +448,9 @@ where
         match frame {
             Frame::Headers { stream, fragment, end_stream, end_headers: true } => self.on_header_block(stream, fragment, end_stream),
             Frame::Headers { stream, fragment, end_stream, end_headers: false } => {
-                self.continuing = Some(Continuing { stream, block: BytesMut::from(&fragment[..]), end_stream, continuations: 0 });
+                let due = Instant::now() + self.config.header_block_timeout;
+                self.timer.set_by(due);
+                self.continuing = Some(Continuing { stream, block: BytesMut::from(&fragment[..]), end_stream, continuations: 0, due });
                 Ok(())
             }
             Frame::Continuation { .. } => Err(protocol_error("CONTINUATION without HEADERS")),
@@ -373,6 +459,10 @@ where
             Frame::Settings { ack: false, settings } => self.on_settings(settings),
             Frame::Ping { ack: false, payload } => {
                 frame::encode_ping_ack(payload, &mut self.write);
+                Ok(())
+            }
+            Frame::Ping { ack: true, payload: KEEPALIVE_PING } => {
+                self.ping_sent = None;
                 Ok(())
             }
             Frame::GoAway { .. } => {
@@ -393,6 +483,7 @@ where
                     return if self.is_idle(stream) { Err(protocol_error("WINDOW_UPDATE on a stream not opened")) } else { Ok(()) };
                 };
                 let slot = self.slots[key].as_mut().expect("streams point at live slots");
+                slot.progressed = true;
                 slot.send_window += increment as i64;
                 if slot.send_window > MAX_WINDOW as i64 {
                     return Err(FrameError::Stream { stream, reason: Reason::FLOW_CONTROL_ERROR, what: "stream window over 2^31-1" }.into());
@@ -519,7 +610,10 @@ where
             received: 0,
             head,
             blocked: None,
+            progressed: true,
+            quiet_from: self.last_fire,
         });
+        self.opened_seen = true;
         self.streams.insert(stream, key);
         self.run(key);
         Ok(())
@@ -576,6 +670,7 @@ where
             return Err(FrameError::Connection { reason: Reason::STREAM_CLOSED, what: "DATA on a closed stream" }.into());
         };
         let slot = self.slots[key].as_mut().expect("streams point at live slots");
+        slot.progressed = true;
         let Some(shared) = slot.recv.clone() else {
             self.recv_unreturned += data.len() as u32;
             return Err(FrameError::Stream { stream, reason: Reason::STREAM_CLOSED, what: "DATA after the request's end" }.into());
@@ -818,6 +913,7 @@ where
     /// waits in the slot. Returns whether all of it went.
     fn send_data(&mut self, key: usize, mut data: Bytes, end: bool) -> bool {
         let slot = self.slots[key].as_mut().expect("send_data is called on live slots");
+        slot.progressed = true;
         loop {
             if data.is_empty() {
                 frame::encode_data_head(slot.id, 0, end, &mut self.write);
@@ -850,6 +946,8 @@ where
                 if slot.recv.is_some() {
                     slot.recv_unreturned += bytes;
                     if slot.recv_unreturned >= self.config.stream_window / 2 {
+                        // The client has room again: it may be quiet until now.
+                        slot.progressed = true;
                         frame::encode_window_update(stream, slot.recv_unreturned, &mut self.write);
                         slot.recv_window += slot.recv_unreturned as i64;
                         slot.recv_unreturned = 0;
@@ -862,6 +960,124 @@ where
             frame::encode_window_update(0, self.recv_unreturned, &mut self.write);
             self.recv_window += self.recv_unreturned as i64;
             self.recv_unreturned = 0;
+        }
+    }
+
+    /// What the timer found due. Returns why the connection is to be
+    /// dropped at once, without waiting to write what is left.
+    fn on_timer(&mut self) -> Option<&'static str> {
+        let now = Instant::now();
+        self.last_fire = now;
+        if self.preface_due.is_some_and(|due| now >= due) {
+            self.fail(Error::Timeout("the client preface and its SETTINGS did not arrive in time"));
+        }
+        if self.continuing.as_ref().is_some_and(|c| now >= c.due) {
+            self.fail(Error::Timeout("a header block did not end in time"));
+        }
+        if self.finished() {
+            // Closing, but the client does not take the last frames.
+            let from = *self.closing_from.get_or_insert(now);
+            if now >= from + self.config.keepalive_timeout {
+                return Some("the client did not take the connection's last frames");
+            }
+            self.timer.set(from + self.config.keepalive_timeout);
+            return None;
+        }
+        // Every periodic check is looked at again within this much: what
+        // began since the last fire (a stream, a quiet spell) is seen then.
+        let mut next = now + self.tick();
+
+        if std::mem::take(&mut self.read_seen) {
+            self.quiet_read_from = now;
+        }
+        if let Some(sent) = self.ping_sent {
+            if now >= sent + self.config.keepalive_timeout {
+                return Some("the keep-alive PING was not acknowledged");
+            }
+            next = next.min(sent + self.config.keepalive_timeout);
+        } else if let Some(interval) = self.config.keepalive_interval {
+            if now >= self.quiet_read_from + interval {
+                frame::encode_ping(KEEPALIVE_PING, &mut self.write);
+                self.ping_sent = Some(now);
+                next = next.min(now + self.config.keepalive_timeout);
+            } else {
+                next = next.min(self.quiet_read_from + interval);
+            }
+        }
+
+        if self.streams.is_empty() {
+            let from = match self.idle_from {
+                Some(from) if !self.opened_seen => from,
+                // Idle from now on, as far as the timer knows.
+                _ => *self.idle_from.insert(now),
+            };
+            if now >= from + self.config.idle_timeout {
+                self.graceful_shutdown();
+            } else {
+                next = next.min(from + self.config.idle_timeout);
+            }
+        } else {
+            self.idle_from = None;
+        }
+        self.opened_seen = false;
+
+        let timeout = self.config.stream_idle_timeout;
+        for key in 0..self.slots.len() {
+            let Some(slot) = self.slots.get_mut(key).and_then(Option::as_mut) else { continue };
+            if std::mem::take(&mut slot.progressed) {
+                slot.quiet_from = now;
+            }
+            let quiet_from = slot.quiet_from;
+            if !self.waits_on_client(key) {
+                continue;
+            }
+            if now >= quiet_from + timeout {
+                self.time_out_stream(key);
+            } else {
+                next = next.min(quiet_from + timeout);
+            }
+        }
+        if let Some(due) = self.preface_due {
+            next = next.min(due);
+        }
+        if let Some(continuing) = &self.continuing {
+            next = next.min(continuing.due);
+        }
+        self.timer.set(next);
+        None
+    }
+
+    /// How often the timer looks at least: the shortest of the timeouts
+    /// that follow what happens between fires.
+    fn tick(&self) -> Duration {
+        let tick = self.config.idle_timeout.min(self.config.stream_idle_timeout);
+        let tick = self.config.keepalive_interval.map_or(tick, |interval| tick.min(interval));
+        // A zero timeout must not make the timer spin.
+        tick.max(Duration::from_millis(1))
+    }
+
+    /// Whether a stream waits on its client: for request body it is free
+    /// to send (all it sent was read, and the connection's window has
+    /// room), or with a response held by the client's windows or by a
+    /// client that does not read.
+    fn waits_on_client(&self, key: usize) -> bool {
+        let Some(slot) = self.slots.get(key).and_then(Option::as_ref) else { return false };
+        if slot.blocked.is_some() {
+            return true;
+        }
+        slot.recv.as_ref().is_some_and(|shared| self.recv_window > 0 && shared.lock().chunks.is_empty())
+    }
+
+    /// Ends a stream its client left waiting (`stream_idle_timeout`): a 408
+    /// if its response has not begun, RST_STREAM CANCEL if it has.
+    fn time_out_stream(&mut self, key: usize) {
+        let Some(slot) = self.slots[key].as_ref() else { return };
+        let (id, answered, request_ended) = (slot.id, !matches!(slot.work, Work::Service(_)), slot.recv.is_none());
+        self.cancel(key, "the client left the stream waiting too long");
+        if answered {
+            self.send_reset(id, Reason::CANCEL);
+        } else {
+            self.local_reply(id, StatusCode::REQUEST_TIMEOUT, request_ended);
         }
     }
 
@@ -883,6 +1099,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.signals.connection.register(cx.waker());
+        if !this.polled {
+            this.polled = true;
+            let first = this.last_fire + this.tick();
+            this.timer.set(this.preface_due.map_or(first, |due| due.min(first)));
+        }
         for _ in 0..ROUNDS_PER_POLL {
             let mut progress = false;
             if !this.finished() && this.write.len() < WRITE_HIGH {
@@ -893,6 +1114,7 @@ where
                     }
                     Poll::Ready(Ok(_)) => {
                         progress = true;
+                        this.read_seen = true;
                         if let Err(e) = this.process_frames() {
                             this.fail(e);
                         }
@@ -924,6 +1146,16 @@ where
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => {}
+            }
+            // Last, so that a deadline set in this round is registered
+            // before the connection sleeps.
+            if this.timer.poll_due(cx) {
+                progress = true;
+                if let Some(why) = this.on_timer() {
+                    let _ = this.poll_flush(cx);
+                    let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                    return Poll::Ready(Err(this.failed.take().unwrap_or(Error::Timeout(why))));
+                }
             }
             if !progress {
                 return Poll::Pending;

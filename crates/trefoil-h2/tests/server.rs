@@ -15,6 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use trefoil_h2::body::BoxError;
 use trefoil_h2::frame::{self, Frame, Reason, DEFAULT_MAX_FRAME_SIZE, PREFACE};
 use trefoil_h2::{Config, Connection, RecvBody};
@@ -23,11 +24,24 @@ type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// `/echo` answers with the request's body (streamed back as it comes),
 /// `/bytes/N` with N bytes, `/empty` with headers only, `/never` never
-/// answers, `/spin` once another task has run; anything else 200 "ok".
-async fn service(req: Request<RecvBody>) -> Response<TestBody> {
+/// answers, `/report` never answers and reports how reading its body
+/// (on another task) ended, `/spin` answers once another task has run;
+/// anything else 200 "ok".
+async fn service(req: Request<RecvBody>, reports: UnboundedSender<String>) -> Response<TestBody> {
     let path = req.uri().path().to_string();
     if path == "/echo" {
         return Response::new(req.into_body().boxed_unsync());
+    }
+    if path == "/report" {
+        let body = req.into_body();
+        tokio::spawn(async move {
+            let report = match body.collect().await {
+                Ok(body) => format!("read {} bytes", body.to_bytes().len()),
+                Err(e) => format!("error: {e}"),
+            };
+            let _ = reports.send(report);
+        });
+        std::future::pending::<()>().await;
     }
     if path == "/never" {
         std::future::pending::<()>().await;
@@ -59,15 +73,23 @@ async fn service(req: Request<RecvBody>) -> Response<TestBody> {
 
 /// Serves every connection on a loopback port; `shutdown` asks them to finish gracefully.
 async fn server() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let (addr, shutdown, _) = server_with(Config::default()).await;
+    (addr, shutdown)
+}
+
+/// The same with `config`, and what `/report` reports.
+async fn server_with(config: Config) -> (SocketAddr, tokio::sync::watch::Sender<bool>, UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, watch) = tokio::sync::watch::channel(false);
+    let (report, reports) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let mut watch = watch.clone();
+            let (config, report) = (config.clone(), report.clone());
             tokio::spawn(async move {
-                let mut connection = Connection::new(stream, Config::default(), |req| Box::pin(service(req)));
+                let mut connection = Connection::new(stream, config, move |req| Box::pin(service(req, report.clone())));
                 tokio::select! {
                     _ = &mut connection => return,
                     _ = watch.wait_for(|stop| *stop) => connection.graceful_shutdown(),
@@ -76,7 +98,7 @@ async fn server() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
             });
         }
     });
-    (addr, shutdown)
+    (addr, shutdown, reports)
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -341,11 +363,164 @@ async fn a_graceful_shutdown_finishes_open_streams_and_refuses_new_ones() {
     assert_eq!(client.next().await, None, "closed once the open stream is done");
 }
 
+/// Timeouts short enough for tests; the ones a test does not look at stay long.
+fn quick(change: impl FnOnce(&mut Config)) -> Config {
+    let long = Duration::from_secs(3600);
+    let mut config = Config { preface_timeout: long, header_block_timeout: long, idle_timeout: long, stream_idle_timeout: long, keepalive_interval: None, ..Config::default() };
+    change(&mut config);
+    config
+}
+
 fn goaway_of(frames: &[Frame]) -> Option<Reason> {
     frames.iter().find_map(|f| match f {
         Frame::GoAway { reason, .. } => Some(*reason),
         _ => None,
     })
+}
+
+#[tokio::test]
+async fn a_client_that_sends_part_of_the_preface_is_closed_after_the_preface_timeout() {
+    let (addr, _shutdown, _) = server_with(quick(|c| c.preface_timeout = Duration::from_millis(200))).await;
+    let mut client = RawClient::silent(addr).await;
+    client.send(b"PRI").await;
+    let frames = client.until_closed().await;
+    assert_eq!(goaway_of(&frames), Some(Reason::NO_ERROR), "{frames:?}");
+    // The whole preface, and no SETTINGS after it, is not enough.
+    let mut client = RawClient::silent(addr).await;
+    client.send(PREFACE).await;
+    let frames = client.until_closed().await;
+    assert_eq!(goaway_of(&frames), Some(Reason::NO_ERROR), "{frames:?}");
+}
+
+#[tokio::test]
+async fn a_header_block_left_open_is_closed_after_the_header_block_timeout() {
+    let (addr, _shutdown, _) = server_with(quick(|c| c.header_block_timeout = Duration::from_millis(200))).await;
+    let mut client = RawClient::connect(addr).await;
+    let mut out = Vec::new();
+    // HEADERS without END_HEADERS (flags 0), and no CONTINUATION after it.
+    out.extend_from_slice(&[0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82]);
+    client.send(&out).await;
+    let frames = client.until_closed().await;
+    assert_eq!(goaway_of(&frames), Some(Reason::NO_ERROR), "{frames:?}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_goaway_and_is_closed_after_the_idle_timeout() {
+    let (addr, _shutdown, _) = server_with(quick(|c| c.idle_timeout = Duration::from_millis(200))).await;
+    let mut client = RawClient::connect(addr).await;
+    client.get(1, "/", &[], true).await;
+    let frames = client.until_closed().await;
+    assert!(frames.iter().any(|f| matches!(f, Frame::Headers { stream: 1, .. })), "the request was served first: {frames:?}");
+    assert!(frames.contains(&Frame::GoAway { last_stream: 1, reason: Reason::NO_ERROR }), "{frames:?}");
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_sends_nothing_is_ended_after_the_stream_idle_timeout() {
+    let (addr, _shutdown, mut reports) = server_with(quick(|c| c.stream_idle_timeout = Duration::from_millis(200))).await;
+    let mut client = RawClient::connect(addr).await;
+    // No response yet: a 408, the stream reset, and the body's reader gets an error.
+    client.get(1, "/report", &[], false).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { stream: 1, .. })).await;
+    assert_eq!(status_of(&headers), Some(StatusCode::REQUEST_TIMEOUT));
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::NO_ERROR });
+    let report = tokio::time::timeout(Duration::from_secs(20), reports.recv()).await.expect("reported in time").unwrap();
+    assert!(report.starts_with("error: "), "{report}");
+    // A response under way: reset with CANCEL.
+    client.get(3, "/echo", &[], false).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { stream: 3, .. })).await;
+    assert_eq!(status_of(&headers), Some(StatusCode::OK));
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 3, reason: Reason::CANCEL });
+    // The connection goes on.
+    client.get(5, "/", &[], true).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { stream: 5, .. })).await;
+    assert_eq!(status_of(&headers), Some(StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_stream_that_keeps_sending_is_not_timed_out() {
+    let (addr, _shutdown, _) = server_with(quick(|c| c.stream_idle_timeout = Duration::from_millis(500))).await;
+    let mut client = RawClient::connect(addr).await;
+    client.get(1, "/echo", &[], false).await;
+    // Four times the timeout, a DATA frame every 100 ms: each comes back.
+    for _ in 0..20 {
+        let mut out = Vec::new();
+        frame::encode_data_head(1, 1, false, &mut out);
+        out.push(b'x');
+        client.send(&out).await;
+        let f = client.until(|f| matches!(f, Frame::Data { .. } | Frame::RstStream { .. })).await;
+        assert!(matches!(f, Frame::Data { stream: 1, .. }), "{f:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_acknowledge_the_keepalive_ping_is_closed() {
+    let (addr, _shutdown, _) = server_with(quick(|c| {
+        c.keepalive_interval = Some(Duration::from_millis(100));
+        // Long enough for a loaded machine to answer in time.
+        c.keepalive_timeout = Duration::from_secs(2);
+    }))
+    .await;
+    // One that answers stays: it gets PING after PING.
+    let mut client = RawClient::connect(addr).await;
+    for _ in 0..3 {
+        let f = client.frame().await.expect("open");
+        if let Frame::Ping { ack: false, payload } = f {
+            let mut out = Vec::new();
+            frame::encode_ping_ack(payload, &mut out);
+            client.send(&out).await;
+        }
+        assert!(!matches!(f, Frame::GoAway { .. }), "{f:?}");
+    }
+    let mut pings = 0;
+    while pings < 2 {
+        match client.frame().await.expect("still open") {
+            Frame::Ping { ack: false, payload } => {
+                pings += 1;
+                let mut out = Vec::new();
+                frame::encode_ping_ack(payload, &mut out);
+                client.send(&out).await;
+            }
+            f => assert!(!matches!(f, Frame::GoAway { .. }), "{f:?}"),
+        }
+    }
+    // One that does not is closed.
+    let mut client = RawClient::connect(addr).await;
+    let frames = client.until_closed().await;
+    assert!(frames.iter().any(|f| matches!(f, Frame::Ping { ack: false, .. })), "{frames:?}");
+}
+
+#[tokio::test]
+async fn a_flood_of_empty_continuations_ends_in_goaway() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    let mut out = vec![0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82];
+    for _ in 0..10_000 {
+        // CONTINUATION of nothing, without END_HEADERS.
+        out.extend_from_slice(&[0, 0, 0, 0x9, 0, 0, 0, 0, 1]);
+    }
+    client.send(&out).await;
+    let frames = client.until_closed().await;
+    assert_eq!(goaway_of(&frames), Some(Reason::ENHANCE_YOUR_CALM), "{frames:?}");
+}
+
+#[tokio::test]
+async fn streams_beyond_the_concurrency_limit_are_refused_and_the_connection_goes_on() {
+    let (addr, _shutdown) = server().await;
+    let mut client = RawClient::connect(addr).await;
+    // The default limit, 100, taken by streams that are never answered.
+    for i in 0..100u32 {
+        client.get(2 * i + 1, "/never", &[], true).await;
+    }
+    client.get(201, "/never", &[], true).await;
+    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 201, reason: Reason::REFUSED_STREAM });
+    // One of them given up, a new one is served.
+    let mut out = Vec::new();
+    frame::encode_rst_stream(1, Reason::CANCEL, &mut out);
+    client.send(&out).await;
+    client.get(203, "/", &[], true).await;
+    let headers = client.until(|f| matches!(f, Frame::Headers { .. } | Frame::RstStream { .. })).await;
+    assert!(matches!(headers, Frame::Headers { stream: 203, .. }), "{headers:?}");
 }
 
 /// What `bytes` sent after the preface and SETTINGS lead to: the frames
@@ -464,37 +639,4 @@ async fn what_a_client_must_not_send_on_a_stream_resets_it_or_closes_the_connect
     // PUSH_PROMISE from a client: the connection ends.
     client.send(&[0, 0, 4, 0x5, 0x4, 0, 0, 0, 7, 0, 0, 0, 2]).await;
     assert_eq!(goaway_of(&client.until_closed().await), Some(Reason::PROTOCOL_ERROR));
-}
-
-#[tokio::test]
-async fn a_flood_of_empty_continuations_ends_in_goaway() {
-    let (addr, _shutdown) = server().await;
-    let mut client = RawClient::connect(addr).await;
-    let mut out = vec![0, 0, 1, 0x1, 0, 0, 0, 0, 1, 0x82];
-    for _ in 0..10_000 {
-        // CONTINUATION of nothing, without END_HEADERS.
-        out.extend_from_slice(&[0, 0, 0, 0x9, 0, 0, 0, 0, 1]);
-    }
-    client.send(&out).await;
-    let frames = client.until_closed().await;
-    assert_eq!(goaway_of(&frames), Some(Reason::ENHANCE_YOUR_CALM), "{frames:?}");
-}
-
-#[tokio::test]
-async fn streams_beyond_the_concurrency_limit_are_refused_and_the_connection_goes_on() {
-    let (addr, _shutdown) = server().await;
-    let mut client = RawClient::connect(addr).await;
-    // The default limit, 100, taken by streams that are never answered.
-    for i in 0..100u32 {
-        client.get(2 * i + 1, "/never", &[], true).await;
-    }
-    client.get(201, "/never", &[], true).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 201, reason: Reason::REFUSED_STREAM });
-    // One of them given up, a new one is served.
-    let mut out = Vec::new();
-    frame::encode_rst_stream(1, Reason::CANCEL, &mut out);
-    client.send(&out).await;
-    client.get(203, "/", &[], true).await;
-    let headers = client.until(|f| matches!(f, Frame::Headers { .. } | Frame::RstStream { .. })).await;
-    assert!(matches!(headers, Frame::Headers { stream: 203, .. }), "{headers:?}");
 }
