@@ -75,6 +75,12 @@ impl Signals {
     pub(crate) fn take_released(&self, out: &mut Vec<(u32, u32)>) {
         std::mem::swap(&mut *self.released.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), out);
     }
+
+    /// Gives back what a burst of streams grew the queues to.
+    pub(crate) fn shrink_to(&self, keep: usize) {
+        self.woken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).shrink_to(keep);
+        self.released.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).shrink_to(keep);
+    }
 }
 
 /// The waker of one stream slot: it queues the slot and wakes the connection.

@@ -133,6 +133,12 @@ const MAX_CONTINUATIONS: usize = 64;
 /// them before it knew is dropped (RFC 9113 §5.1), on other closed streams
 /// it is an error. Beyond the client's 100 concurrent streams.
 const RECENT_RESETS: usize = 128;
+/// Stream slots kept once no stream is open: a client's usual handful of
+/// concurrent requests reuses them, a burst's others are given back.
+const KEEP_SLOTS: usize = 16;
+/// The write buffer's capacity kept once it is drained: the 64 KiB it may
+/// hold before streams stop producing, a frame over, rounded to a power of two.
+const WRITE_RETAIN: usize = 128 * 1024;
 /// The keep-alive PING's payload, to tell its acknowledgement from others.
 const KEEPALIVE_PING: [u8; 8] = *b"trefoil\0";
 
@@ -166,7 +172,7 @@ struct Slot<F, B> {
     content_length: Option<u64>,
     received: u64,
     head: bool,
-    /// Data that did not fit the flow-control windows, and whether it ends the stream.
+    /// Data that did not fit the flow-control windows or the write buffer, and whether it ends the stream.
     blocked: Option<(Bytes, bool)>,
     /// DATA or WINDOW_UPDATE went either way since the timer last looked.
     progressed: bool,
@@ -355,6 +361,18 @@ where
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() == 0 {
+            // An idle connection holds no buffers (see `on_timer`): they
+            // come back with the first bytes read.
+            let mut first = [0u8; 512];
+            let mut buf = ReadBuf::new(&mut first);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            self.read.reserve(READ_CHUNK);
+            self.read.extend_from_slice(buf.filled());
+            self.write.reserve(READ_CHUNK);
+            return Poll::Ready(Ok(n));
+        }
         if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
             self.read.reserve(READ_CHUNK);
         }
@@ -379,6 +397,9 @@ where
             self.write.clear();
             self.written = 0;
             self.unflushed = true;
+            if self.write.capacity() > WRITE_RETAIN {
+                self.write.shrink_to(READ_CHUNK);
+            }
         }
         // TLS streams buffer records until flushed.
         if self.unflushed {
@@ -752,12 +773,42 @@ where
 
     /// Drops a stream's work and slot; its request body, if still read, fails.
     fn cancel(&mut self, key: usize, why: &'static str) {
-        let Some(slot) = self.slots[key].take() else { return };
+        let Some(slot) = self.slots.get_mut(key).and_then(Option::take) else { return };
         if let Some(shared) = slot.recv {
             shared.update(|s| s.failed = Some(why));
         }
-        self.streams.remove(&slot.id);
+        self.forget(slot.id, key);
+    }
+
+    /// Frees a stream's slot once it is empty. The last open stream's end
+    /// gives back what a burst of streams grew.
+    fn forget(&mut self, stream: u32, key: usize) {
+        self.streams.remove(&stream);
         self.free.push(key);
+        if self.streams.is_empty() && self.slots.len() > KEEP_SLOTS {
+            self.shrink(KEEP_SLOTS);
+        }
+    }
+
+    /// With no stream open: keeps `keep` slots, and the rest of what was
+    /// grown for many streams at once goes back to the allocator.
+    fn shrink(&mut self, keep: usize) {
+        debug_assert!(self.streams.is_empty());
+        if self.slots.len() > keep {
+            // No stream is open: every slot is empty, and on the free list.
+            self.slots.truncate(keep);
+            self.slots.shrink_to_fit();
+            self.wakers.truncate(keep);
+            self.wakers.shrink_to_fit();
+            self.free.clear();
+            self.free.extend((0..keep).rev());
+        }
+        self.free.shrink_to(keep);
+        self.streams.shrink_to(keep);
+        self.waiting_to_write.shrink_to(keep);
+        self.woken.shrink_to(keep);
+        self.released.shrink_to(keep);
+        self.signals.shrink_to(keep);
     }
 
     /// Forgets a stream once both sides are done with it; a response that
@@ -776,8 +827,7 @@ where
         self.reset_budget = (self.reset_budget + 1).min(RESET_BUDGET);
         let id = slot.id;
         self.slots[key] = None;
-        self.streams.remove(&id);
-        self.free.push(key);
+        self.forget(id, key);
     }
 
     /// A response made here, without a body.
@@ -909,8 +959,8 @@ where
         self.close_if_done(key);
     }
 
-    /// Writes `data` as DATA frames as far as the windows allow; the rest
-    /// waits in the slot. Returns whether all of it went.
+    /// Writes `data` as DATA frames as far as the windows and the write
+    /// buffer allow; the rest waits in the slot. Returns whether all of it went.
     fn send_data(&mut self, key: usize, mut data: Bytes, end: bool) -> bool {
         let slot = self.slots[key].as_mut().expect("send_data is called on live slots");
         slot.progressed = true;
@@ -920,8 +970,14 @@ where
                 return true;
             }
             let window = slot.send_window.min(self.send_window);
-            if window <= 0 {
+            // A large chunk goes a frame at a time, not all at once: the
+            // buffer would keep the capacity it grew to.
+            let full = self.write.len() >= WRITE_HIGH;
+            if window <= 0 || full {
                 slot.blocked = Some((data, end));
+                if window > 0 {
+                    self.waiting_to_write.push(key);
+                }
                 return false;
             }
             let n = data.len().min(window as usize).min(self.peer_max_frame as usize);
@@ -1008,8 +1064,17 @@ where
         if self.streams.is_empty() {
             let from = match self.idle_from {
                 Some(from) if !self.opened_seen => from,
-                // Idle from now on, as far as the timer knows.
-                _ => *self.idle_from.insert(now),
+                _ => {
+                    // Idle from now on, as far as the timer knows.
+                    self.shrink(0);
+                    if self.read.is_empty() {
+                        self.read = BytesMut::new();
+                    }
+                    if self.write.is_empty() {
+                        self.write = Vec::new();
+                    }
+                    *self.idle_from.insert(now)
+                }
             };
             if now >= from + self.config.idle_timeout {
                 self.graceful_shutdown();
@@ -1022,6 +1087,7 @@ where
         self.opened_seen = false;
 
         let timeout = self.config.stream_idle_timeout;
+        // Timing a stream out may shrink the slots: indexed with `get`.
         for key in 0..self.slots.len() {
             let Some(slot) = self.slots.get_mut(key).and_then(Option::as_mut) else { continue };
             if std::mem::take(&mut slot.progressed) {
@@ -1292,5 +1358,96 @@ impl RequestHead {
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = self.headers;
         Ok((request, self.content_length))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    /// Polls `connection` until `done` holds of it (woken as a task, not spinning).
+    async fn poll_until<I, S, F, B>(connection: &mut Connection<I, S, F, B>, done: impl Fn(&Connection<I, S, F, B>) -> bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+        S: FnMut(Request<RecvBody>) -> F + Unpin,
+        F: Future<Output = Response<B>>,
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let wait = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+                panic!("the connection ended: {result:?}");
+            }
+            if done(connection) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("in time");
+    }
+
+    #[tokio::test]
+    async fn what_a_burst_of_streams_grew_is_given_back_once_it_is_over() {
+        const BURST: u32 = 500;
+        let (mut client, io) = tokio::io::duplex(1 << 20);
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let config = Config { max_concurrent_streams: 1000, ..Config::default() };
+        let mut first = true;
+        let mut connection = Connection::new(io, config, move |_req| {
+            let mut gate = gate.clone();
+            // One response of 1 MiB, in one chunk: more than the write buffer keeps.
+            let len = if std::mem::take(&mut first) { 1 << 20 } else { 10 };
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Response::new(Full::new(Bytes::from(vec![b'x'; len])))
+            }
+        });
+        let mut hello = PREFACE.to_vec();
+        // Windows as large as they go, so responses are not held by them.
+        frame::encode_settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)], &mut hello);
+        frame::encode_window_update(0, MAX_WINDOW - DEFAULT_WINDOW as u32, &mut hello);
+        for i in 0..BURST {
+            // GET, http, /, :authority x.
+            frame::encode_headers(2 * i + 1, &[0x82, 0x86, 0x84, 0x01, 1, b'x'], true, DEFAULT_MAX_FRAME_SIZE, &mut hello);
+        }
+        // Reads every response to its end, as a client would.
+        let reader = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            client.write_all(&hello).await.unwrap();
+            let (mut buf, mut ended) = (BytesMut::new(), 0);
+            loop {
+                while let Some(f) = frame::decode(&mut buf, 1 << 24).unwrap() {
+                    if let Frame::Data { end_stream: true, .. } = f {
+                        ended += 1;
+                    }
+                }
+                if ended == BURST {
+                    break;
+                }
+                let mut chunk = [0u8; 64 << 10];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            client
+        });
+        poll_until(&mut connection, |c| c.open_streams() == BURST as usize).await;
+        assert_eq!(connection.slots.len(), BURST as usize);
+        open.send(true).unwrap();
+        // Served until the client has every response whole.
+        let _client = tokio::select! {
+            client = reader => client.unwrap(),
+            result = &mut connection => panic!("the connection ended: {result:?}"),
+        };
+        poll_until(&mut connection, |c| c.open_streams() == 0).await;
+        assert!(connection.slots.len() <= KEEP_SLOTS && connection.slots.capacity() <= KEEP_SLOTS, "slots {}", connection.slots.capacity());
+        assert!(connection.wakers.capacity() <= KEEP_SLOTS, "wakers {}", connection.wakers.capacity());
+        assert!(connection.free.capacity() <= KEEP_SLOTS, "free {}", connection.free.capacity());
+        // A map's capacity is rounded up to its buckets' power of two.
+        assert!(connection.streams.capacity() <= 2 * KEEP_SLOTS, "streams {}", connection.streams.capacity());
+        assert!(connection.write.capacity() <= WRITE_RETAIN, "write buffer {}", connection.write.capacity());
+        assert!(connection.woken.capacity() <= KEEP_SLOTS && connection.released.capacity() <= KEEP_SLOTS);
     }
 }
