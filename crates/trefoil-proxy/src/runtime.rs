@@ -92,7 +92,11 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             let mut seen = fingerprint(path);
             loop {
                 let trigger = tokio::select! {
-                    _ = signals.hangup.recv() => "SIGHUP",
+                    _ = signals.hangup.recv() => {
+                        // The file as the signal reloads it: the watcher must not load it again.
+                        seen = fingerprint(path);
+                        "SIGHUP"
+                    }
                     _ = ticker.tick(), if watch => {
                         let now = fingerprint(path);
                         if now == seen { continue }
