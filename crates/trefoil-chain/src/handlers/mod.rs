@@ -7,7 +7,10 @@
 //! requests, and a state is never shared across threads. What a script may do
 //! is the SDK ([`sdk`]); the proxy performs its effects ([`Effects`]).
 
+mod budget;
 mod convert;
+mod guards;
+mod luaapi;
 mod sandbox;
 mod sdk;
 

@@ -1,19 +1,22 @@
 //! The sandbox: a fresh Lua state per run with only safe libraries, bounded
-//! in instructions (a count hook), wall-clock time (the same hook, plus a
-//! timeout around calls) and memory (the allocator's limit).
+//! in instructions (a count hook on every thread: [`budget`]), wall-clock
+//! time (the same checks, plus a timeout around calls) and memory (the
+//! allocator's limit). [`guards`] keeps a script's code inside those checks:
+//! no finalizers, no closing handlers, no weak tables, no catching the error
+//! that stops it.
 //!
 //! Why a fresh state per run rather than one per worker: isolation is then
 //! structural (no global a script sets survives, nothing can be learned from
 //! an earlier request), and creating a state with the few libraries we load
 //! costs tens of microseconds, paid only when an event has a handler.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mlua::{HookTriggers, Lua, LuaOptions, StdLib, VmState};
+use mlua::{Lua, LuaOptions, StdLib};
 
-use super::{sdk, Caller, Effects, HandlerError, RunInput};
+use super::budget::{self, Budget, Stop};
+use super::{guards, sdk, Caller, Effects, HandlerError, RunInput};
 
 /// Bounds of one handler run.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,9 +39,6 @@ impl Default for Limits {
     }
 }
 
-/// The hook runs every this many instructions: rare enough to cost nothing, often enough to stop promptly.
-const HOOK_EVERY: u32 = 1_000;
-
 /// Globals the base library brings that a script must not have: code loading,
 /// the collector's controls and raw printing to the proxy's stdout.
 const REMOVED_GLOBALS: &[&str] = &["load", "loadfile", "dofile", "require", "collectgarbage", "print", "package", "io", "os", "debug"];
@@ -48,10 +48,16 @@ fn libraries() -> StdLib {
     StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE
 }
 
-/// Creates a restricted state. The memory limit is set after the libraries
-/// load so it bounds what the script allocates on top of them.
-fn new_state(limits: &Limits) -> Result<Lua, HandlerError> {
-    let lua = Lua::new_with(libraries(), LuaOptions::default()).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
+fn sandbox_error(e: mlua::Error) -> HandlerError {
+    HandlerError::Sandbox(e.to_string())
+}
+
+/// Creates a restricted state charging `budget`. The memory limit is set
+/// after the libraries load so it bounds what the script allocates on top of them.
+pub(super) fn new_state(limits: &Limits, budget: Arc<Budget>) -> Result<Lua, HandlerError> {
+    let lua = Lua::new_with(libraries(), LuaOptions::default()).map_err(sandbox_error)?;
+    // First: every thread created from now on takes the hook of its creator.
+    budget::install(&lua, budget).map_err(sandbox_error)?;
     let globals = lua.globals();
     for name in REMOVED_GLOBALS {
         globals.raw_set(*name, mlua::Value::Nil).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
@@ -60,6 +66,7 @@ fn new_state(limits: &Limits) -> Result<Lua, HandlerError> {
     if let Ok(string) = globals.raw_get::<mlua::Table>("string") {
         string.raw_set("dump", mlua::Value::Nil).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
     }
+    guards::install(&lua).map_err(sandbox_error)?;
     let used = lua.used_memory();
     lua.set_memory_limit(used.saturating_add(limits.memory)).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
     Ok(lua)
@@ -71,45 +78,23 @@ pub fn check_syntax(chunk_name: &str, source: &str) -> Result<(), HandlerError> 
     lua.load(source).set_name(format!("={chunk_name}")).into_function().map(|_| ()).map_err(|e| HandlerError::Syntax(first_line(&e)))
 }
 
-/// Which bound stopped a run, set by the hook before it raises.
-const STOP_NONE: u8 = 0;
-const STOP_INSTRUCTIONS: u8 = 1;
-const STOP_DEADLINE: u8 = 2;
-
 pub async fn run(chunk_name: &str, source: &str, limits: &Limits, input: RunInput, caller: Arc<dyn Caller>) -> Result<Effects, HandlerError> {
-    let lua = new_state(limits)?;
-    let stop = Arc::new(AtomicU8::new(STOP_NONE));
-    let deadline = Instant::now() + limits.wall;
-    guard_pcall(&lua, stop.clone()).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
+    let budget = Arc::new(Budget::new(limits.instructions, limits.wall));
+    let lua = new_state(limits, budget.clone())?;
     let effects = Arc::new(Mutex::new(Effects::default()));
-    sdk::install(&lua, &input, effects.clone(), caller).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
+    sdk::install(&lua, &input, effects.clone(), caller, budget.clone()).map_err(sandbox_error)?;
     let function = lua.load(source).set_name(format!("={chunk_name}")).into_function().map_err(|e| HandlerError::Syntax(first_line(&e)))?;
     // The script runs as a coroutine so `trefoil.call` can await a call-out;
-    // the hook goes on that coroutine, where the script's instructions run.
-    let thread = lua.create_thread(function).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
-    {
-        let (stop, counted) = (stop.clone(), Arc::new(AtomicU64::new(0)));
-        let max = limits.instructions;
-        // The hook only sees Lua running; time spent awaiting a call is bounded by the timeout below.
-        thread.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
-            let n = counted.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed) + u64::from(HOOK_EVERY);
-            if n > max {
-                stop.store(STOP_INSTRUCTIONS, Ordering::Relaxed);
-                return Err(mlua::Error::runtime("instruction limit reached"));
-            }
-            if Instant::now() > deadline {
-                stop.store(STOP_DEADLINE, Ordering::Relaxed);
-                return Err(mlua::Error::runtime("deadline reached"));
-            }
-            Ok(VmState::Continue)
-        });
-    }
+    // it inherits the main thread's hook, as do the coroutines it creates.
+    let thread = lua.create_thread(function).map_err(sandbox_error)?;
     let outcome = tokio::time::timeout(limits.wall, thread.into_async::<()>(())).await;
-    let stopped = stop.load(Ordering::Relaxed);
+    // Nothing of the script may run after this (a hook or a charge raises at
+    // once), though the state is still alive until dropped.
+    let stopped = budget.finish();
     let result = match outcome {
         Err(_) => Err(HandlerError::Deadline(limits.wall)),
-        // A script that caught the limit's error with pcall still broke the bound.
-        Ok(Ok(())) if stopped != STOP_NONE => Err(classify(&mlua::Error::runtime("limit"), stopped, limits)),
+        // A script that caught the limit's error still broke the bound.
+        Ok(Ok(())) if stopped != Stop::None => Err(classify(&mlua::Error::runtime("limit"), stopped, limits)),
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(classify(&e, stopped, limits)),
     };
@@ -118,39 +103,12 @@ pub async fn run(chunk_name: &str, source: &str, limits: &Limits, input: RunInpu
     result.map(|()| effects)
 }
 
-/// Wraps `pcall` and `xpcall` so a script cannot catch the error that stops
-/// it at a bound and carry on: once stopped, the wrappers raise again.
-fn guard_pcall(lua: &Lua, stop: Arc<AtomicU8>) -> mlua::Result<()> {
-    let stopped = lua.create_function(move |_, ()| Ok(stop.load(Ordering::Relaxed) != STOP_NONE))?;
-    let wrap: mlua::Function = lua
-        .load(
-            r#"
-            local stopped, pack, unpack = ...
-            local function guard(raw)
-                return function(...)
-                    local results = pack(raw(...))
-                    if stopped() then error("stopped at a bound", 0) end
-                    return unpack(results, 1, results.n)
-                end
-            end
-            return guard(pcall), guard(xpcall)
-            "#,
-        )
-        .set_name("=sandbox")
-        .into_function()?;
-    let table: mlua::Table = lua.globals().raw_get("table")?;
-    let (pcall, xpcall): (mlua::Function, mlua::Function) = wrap.call((stopped, table.raw_get::<mlua::Function>("pack")?, table.raw_get::<mlua::Function>("unpack")?))?;
-    lua.globals().raw_set("pcall", pcall)?;
-    lua.globals().raw_set("xpcall", xpcall)?;
-    Ok(())
-}
-
 /// Turns a Lua error into the bound or failure that caused it.
-fn classify(e: &mlua::Error, stop: u8, limits: &Limits) -> HandlerError {
+fn classify(e: &mlua::Error, stop: Stop, limits: &Limits) -> HandlerError {
     match stop {
-        STOP_INSTRUCTIONS => return HandlerError::InstructionLimit(limits.instructions),
-        STOP_DEADLINE => return HandlerError::Deadline(limits.wall),
-        _ => {}
+        Stop::Instructions => return HandlerError::InstructionLimit(limits.instructions),
+        Stop::Deadline => return HandlerError::Deadline(limits.wall),
+        Stop::None | Stop::Over => {}
     }
     if let Some(failed) = sdk::unavailable(e) {
         return HandlerError::Unavailable(failed);

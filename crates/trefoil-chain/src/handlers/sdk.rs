@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use mlua::{Lua, Table, Value};
 
+use super::budget::{Budget, Stop, STOPPED};
 use super::convert::{to_json, to_lua};
 use super::{CallOutcome, Caller, Effects, RunInput};
 use crate::call::{deny_status, Event, Verdict};
@@ -23,7 +24,7 @@ pub fn unavailable(e: &mlua::Error) -> Option<String> {
 /// Header names and values a script passes must be short text; the proxy checks them again.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
 
-pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller: Arc<dyn Caller>) -> mlua::Result<()> {
+pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller: Arc<dyn Caller>, budget: Arc<Budget>) -> mlua::Result<()> {
     let globals = lua.globals();
     globals.raw_set("cnf", input.cnf.as_str())?;
     globals.raw_set("event", event_table(lua, &input.event)?)?;
@@ -105,8 +106,12 @@ pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller
     sdk.raw_set(
         "call",
         lua.create_async_function(move |lua, function: String| {
-            let (fx, caller) = (fx.clone(), caller.clone());
+            let (fx, caller, budget) = (fx.clone(), caller.clone(), budget.clone());
             async move {
+                // A stopped run makes no more calls (its `pcall` may have caught the stop).
+                if budget.stop() != Stop::None {
+                    return Err(mlua::Error::runtime(STOPPED.to_string_lossy()));
+                }
                 match caller.call(&function).await {
                     Err(e) => Err(mlua::Error::runtime(e)),
                     Ok(CallOutcome::FailedClosed) => Err(mlua::Error::external(Unavailable(function))),

@@ -180,3 +180,105 @@ async fn cost_of_a_run() {
     }
     println!("one handler run: {:?}", started.elapsed() / n);
 }
+
+/// The limits of [`compile`].
+fn test_limits() -> Limits {
+    Limits { instructions: 200_000, memory: 1024 * 1024, wall: Duration::from_secs(2), ..Limits::default() }
+}
+
+/// Runs `script` on a thread of its own (a worker's 2 MiB stack) and waits a
+/// generous while: a regression that spins or hangs fails the test instead
+/// of hanging it (the spinning thread is left to the end of the process).
+fn run_bounded(script: &str, limits: Limits) -> Result<Effects, HandlerError> {
+    let scripts = BTreeMap::from([("checked".to_string(), script.to_string())]);
+    let handlers = Handlers::compile("edge", &scripts, limits).expect("compiles");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let handler = handlers.get("checked").expect("compiled");
+            let _ = done.send(runtime.block_on(run(handler, &handlers.limits, input(), Arc::new(FakeCaller))));
+        })
+        .expect("a thread");
+    finished.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("still running after 30 s: {script}"))
+}
+
+fn assert_refused(script: &str, what: &str) {
+    match run_bounded(script, test_limits()) {
+        Err(HandlerError::Runtime(m)) if m.contains(what) => {}
+        other => panic!("{script}: {other:?}, wanted an error saying {what:?}"),
+    }
+}
+
+fn assert_stopped(script: &str) {
+    match run_bounded(script, test_limits()) {
+        Err(HandlerError::InstructionLimit(_) | HandlerError::Deadline(_)) => {}
+        other => panic!("{script}: {other:?}, wanted a stop at a bound"),
+    }
+}
+
+#[test]
+fn a_finalizer_cannot_run_when_the_state_closes() {
+    // A finalizer runs in lua_close with hooks off: this spun a worker for ever.
+    assert_refused("setmetatable({}, {__gc = function() while true do end end})", "__gc is not available");
+    // Lua marks an object for finalization if `__gc` is there at all, and calls whatever is there later.
+    assert_refused("local mt = {__gc = true} setmetatable({}, mt) mt.__gc = function() while true do end end", "__gc is not available");
+    assert_refused("local mt = {} setmetatable({}, mt) mt.__gc = function() end setmetatable({}, mt)", "__gc is not available");
+}
+
+#[test]
+fn closing_handlers_and_weak_tables_are_refused_however_they_are_added() {
+    for (script, what) in [
+        ("local x <close> = setmetatable({}, {__close = function() end})", "__close is not available"),
+        ("local mt = {} local o = setmetatable({}, mt) mt.__close = function() end", "__close is not available"),
+        ("setmetatable({}, {__mode = 'k'})", "__mode is not available"),
+        ("local mt = {} setmetatable({}, mt) mt.__mode = 'k'", "__mode is not available"),
+        ("local mt = {} setmetatable({}, mt) rawset(mt, '__mode', 'k')", "__mode is not available"),
+        ("getmetatable('').__close = function() end", "__close is not available"),
+        ("local t = {} setmetatable(t, t)", "cannot have a metatable"),
+        ("local mt = setmetatable({}, {}) setmetatable({}, mt)", "cannot be a metatable"),
+    ] {
+        assert_refused(script, what);
+    }
+}
+
+#[tokio::test]
+async fn metatables_otherwise_work_as_in_lua() {
+    let script = r#"
+        local Point = {}
+        Point.__index = Point
+        function Point.new(x, y) return setmetatable({x = x, y = y}, Point) end
+        Point.__add = function(a, b) return Point.new(a.x + b.x, a.y + b.y) end
+        Point.__eq = function(a, b) return a.x == b.x and a.y == b.y end
+        Point.__tostring = function(p) return "(" .. p.x .. "," .. p.y .. ")" end
+        local p = Point.new(1, 2) + Point.new(3, 4)
+        -- A method added after instances exist, as Lua allows.
+        function Point:sum() return self.x + self.y end
+        assert(tostring(p) == "(4,6)" and p == Point.new(4, 6) and p:sum() == 10)
+        assert(getmetatable(p) == Point and getmetatable(Point) == nil and rawget(Point, "sum"))
+        local counted = setmetatable({}, {__len = function() return 3 end, __call = function(_, a) return a * 2 end})
+        assert(#counted == 3 and counted(21) == 42)
+        local locked = setmetatable({}, {__metatable = "locked"})
+        assert(getmetatable(locked) == "locked" and not pcall(setmetatable, locked, {}))
+        assert(getmetatable("").__index == string)
+    "#;
+    run_script(script).await.expect("metatables work");
+}
+
+#[test]
+fn coroutines_are_bounded_like_the_script() {
+    assert_stopped("coroutine.wrap(function() while true do end end)()");
+    assert_stopped("local co = coroutine.create(function() while true do end end) coroutine.resume(co)");
+    // Catching the stop with resume, over and over, does not buy time.
+    assert_stopped("while true do coroutine.resume(coroutine.create(function() while true do end end)) end");
+    // A tree of coroutines each shorter than the hook's period went uncounted.
+    assert_stopped("local function f(d) if d == 0 then return end for i = 1, 30 do coroutine.wrap(f)(d - 1) end end f(8)");
+    assert_stopped("while true do pcall(coroutine.wrap(function() while true do end end)) end");
+}
+
+#[test]
+fn an_error_object_that_loops_when_shown_is_bounded() {
+    // The host turns a script's error into text on the main thread.
+    assert_stopped("error(setmetatable({}, {__tostring = function() while true do end end}))");
+}

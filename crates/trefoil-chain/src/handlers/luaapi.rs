@@ -1,0 +1,33 @@
+//! Small helpers over the Lua C API for the sandbox's C functions
+//! ([`super::guards`]), with Lua's own conventions.
+//!
+//! All of them may raise a Lua error, which longjmps: callers keep no value
+//! with a destructor alive across them.
+
+use std::ffi::{c_int, CStr};
+
+use mlua::ffi;
+
+/// The bytes of the string (or number, converted in place) at `idx`; empty for other values.
+///
+/// # Safety
+/// `idx` is a valid index on `state`; the bytes live while the value stays there.
+pub unsafe fn bytes_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
+    let mut len = 0;
+    let ptr = ffi::lua_tolstring(state, idx, &mut len);
+    if ptr.is_null() {
+        return &[];
+    }
+    std::slice::from_raw_parts(ptr as *const u8, len)
+}
+
+/// Raises `message` with the caller's position, as `luaL_error` does.
+///
+/// # Safety
+/// `state` is the running thread of a C function.
+pub unsafe fn raise_message(state: *mut ffi::lua_State, message: &CStr) -> ! {
+    ffi::luaL_where(state, 1);
+    ffi::lua_pushstring(state, message.as_ptr());
+    ffi::lua_concat(state, 2);
+    ffi::lua_error(state)
+}
