@@ -31,6 +31,10 @@ use mlua::{ffi, Lua};
 /// (instructions counted under a simulator).
 pub const HOOK_EVERY: u32 = 100;
 
+/// Bytes a library function may scan, copy or make per instruction charged
+/// (about what one average VM instruction costs in time).
+pub const BYTES_PER_INSTRUCTION: u64 = 16;
+
 /// Which bound stopped a run, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

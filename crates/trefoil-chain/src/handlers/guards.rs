@@ -26,6 +26,7 @@ use mlua::{ffi, Lua};
 
 use super::budget::{budget_of, charge_or_raise, Stop, HOOK_EVERY};
 use super::luaapi::{bytes_at, raise_message};
+use super::strlib;
 
 /// Metamethods a script may not use (see the module documentation).
 const FORBIDDEN: &[&CStr] = &[c"__gc", c"__close", c"__mode"];
@@ -60,7 +61,7 @@ coroutine.resume = function(...) return again(resume(...)) end
 coroutine.close = function(...) return again(close(...)) end
 "#;
 
-/// Installs the guards on a fresh state's globals.
+/// Installs the guards and the pattern functions on a fresh state's globals.
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     // SAFETY: outside a callback `exec_raw` runs on the main thread, inside a
     // protected call, with room for a few values; each step leaves the stack
@@ -93,6 +94,13 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
                 }
                 ffi::lua_pop(state, 1);
             }
+            if ffi::lua_getglobal(state, c"string".as_ptr()) == ffi::LUA_TTABLE {
+                for (name, function) in strlib::FUNCTIONS {
+                    ffi::lua_pushcfunction(state, *function);
+                    ffi::lua_setfield(state, -2, name.as_ptr());
+                }
+            }
+            ffi::lua_pop(state, 1);
         })?;
     }
     let coroutine: mlua::Table = lua.globals().raw_get("coroutine")?;

@@ -11,8 +11,10 @@ mod budget;
 mod convert;
 mod guards;
 mod luaapi;
+mod pattern;
 mod sandbox;
 mod sdk;
+mod strlib;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -182,5 +184,7 @@ pub async fn run(handler: &Handler, limits: &Limits, input: RunInput, caller: Ar
     sandbox::run(&handler.chunk_name, &handler.source, limits, input, caller).await
 }
 
+#[cfg(test)]
+mod strlib_tests;
 #[cfg(test)]
 mod tests;

@@ -282,3 +282,36 @@ fn an_error_object_that_loops_when_shown_is_bounded() {
     // The host turns a script's error into text on the main thread.
     assert_stopped("error(setmetatable({}, {__tostring = function() while true do end end}))");
 }
+
+#[test]
+fn pattern_matching_is_bounded() {
+    // One C call that backtracked for seconds; the instruction hook never saw it.
+    for script in [
+        "string.find(string.rep('a', 300), '.-.-.-.-.-.-.-.-.-.-b')",
+        "local s = ('a'):rep(300) s:match('(.-)(.-)(.-)(.-)(.-)(.-)(.-)(.-)(.-)b')",
+        "string.gsub(string.rep('a', 300), '.-.-.-.-.-.-.-.-.-.-b', '')",
+        "for m in string.gmatch(string.rep('a', 300), '.-.-.-.-.-.-.-.-.-.-b') do end",
+        // Lua's own plain search is quadratic at worst.
+        "local hay, needle = string.rep('a', 200000), string.rep('a', 5000) .. 'b' for i = 1, 1000 do hay:find(needle, 1, true) end",
+    ] {
+        assert_stopped(script);
+    }
+}
+
+#[test]
+fn deep_recursion_is_a_clean_error() {
+    for script in [
+        "local function f() return 1 + f() end f()",
+        // Each level is a C call from Rust and back: Lua's C-stack limit must come before the thread's stack ends.
+        "local function f(s) return (string.gsub(s, '.', f)) end f('a')",
+        "local function f(s) return (string.gsub(s, '.', {}, f(s))) end f('a')",
+        "local t = setmetatable({}, {}) getmetatable(t).__index = function(t, k) return t[k] end local _ = t.x",
+        "local t = setmetatable({}, {}) getmetatable(t).__tostring = function(t) return tostring(t) end tostring(t)",
+        "local function f() table.sort({3, 2, 1}, function(a, b) f() return a < b end) end f()",
+    ] {
+        match run_bounded(script, test_limits()) {
+            Err(HandlerError::Runtime(_) | HandlerError::MemoryLimit(_) | HandlerError::InstructionLimit(_)) => {}
+            other => panic!("{script}: {other:?}"),
+        }
+    }
+}
