@@ -1,9 +1,9 @@
 //! The sandbox: a fresh Lua state per run with only safe libraries, bounded
-//! in instructions (a count hook on every thread: [`budget`]), wall-clock
-//! time (the same checks, plus a timeout around calls) and memory (the
-//! allocator's limit). [`guards`] keeps a script's code inside those checks:
-//! no finalizers, no closing handlers, no weak tables, no catching the error
-//! that stops it.
+//! in instructions (a count hook on every thread, plus what library functions
+//! charge for their work: [`budget`]), wall-clock time (the same checks, plus
+//! a timeout around calls) and memory (the allocator's limit). [`guards`]
+//! keeps a script's code inside those checks: no finalizers, no closing
+//! handlers, no weak tables, no catching the error that stops it.
 //!
 //! Why a fresh state per run rather than one per worker: isolation is then
 //! structural (no global a script sets survives, nothing can be learned from
