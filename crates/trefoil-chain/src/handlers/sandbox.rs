@@ -128,8 +128,9 @@ fn is_memory_error(e: &mlua::Error) -> bool {
     }
 }
 
-/// Lua errors carry a traceback; logs and replies want the message.
+/// Lua errors carry a traceback; logs and replies want the message, which a
+/// script writes, so with its control characters escaped.
 fn first_line(e: &mlua::Error) -> String {
     let text = e.to_string();
-    text.lines().next().unwrap_or_default().to_string()
+    sdk::printable(text.lines().next().unwrap_or_default().as_bytes(), 1024)
 }

@@ -2,6 +2,7 @@
 //! `trefoil` whose functions record effects (deny, header edits, events,
 //! span tags), log under the request's trace id, or call another function.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mlua::{Lua, Table, Value};
@@ -23,6 +24,19 @@ pub fn unavailable(e: &mlua::Error) -> Option<String> {
 
 /// Header names and values a script passes must be short text; the proxy checks them again.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// What one run may leave for the proxy to apply, log and keep: host memory
+/// the Lua memory limit does not see, so each kind is bounded on its own.
+const MAX_HEADER_EDITS: usize = 256;
+const MAX_EVENTS: usize = 64;
+/// Distinct tag keys; a later tag of the same key replaces the value (the span keeps 64 too).
+const MAX_TAGS: usize = 64;
+const MAX_NAME_BYTES: usize = 256;
+/// A log message's bytes at most; longer ones are cut, saying how much was.
+const MAX_LOG_BYTES: usize = 4 * 1024;
+/// Log lines per run; one more says the rest were dropped.
+const MAX_LOG_LINES: usize = 100;
+/// A tag value's bytes at most, as for a log message.
+const MAX_TAG_BYTES: usize = 1024;
 
 pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller: Arc<dyn Caller>, budget: Arc<Budget>) -> mlua::Result<()> {
     let globals = lua.globals();
@@ -51,7 +65,9 @@ pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller
         lua.create_function(move |_, (name, value): (String, String)| {
             check_len(&name)?;
             check_len(&value)?;
-            lock(&fx).set_headers.push((name.to_ascii_lowercase(), value));
+            let mut fx = lock(&fx);
+            check_edits(&fx)?;
+            fx.set_headers.push((name.to_ascii_lowercase(), value));
             Ok(())
         })?,
     )?;
@@ -61,41 +77,65 @@ pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller
         "remove_header",
         lua.create_function(move |_, name: String| {
             check_len(&name)?;
-            lock(&fx).remove_headers.push(name.to_ascii_lowercase());
+            let mut fx = lock(&fx);
+            check_edits(&fx)?;
+            fx.remove_headers.push(name.to_ascii_lowercase());
             Ok(())
         })?,
     )?;
 
-    let fx = effects.clone();
+    let (fx, charged) = (effects.clone(), budget.clone());
     sdk.raw_set(
         "emit",
         lua.create_function(move |_, (name, data): (String, Option<Value>)| {
-            let data = data.as_ref().map(to_json).unwrap_or(serde_json::Value::Null);
+            check_name("event name", &name)?;
+            if lock(&fx).events.len() >= MAX_EVENTS {
+                return Err(mlua::Error::runtime(format!("more than {MAX_EVENTS} events emitted")));
+            }
+            let data = match &data {
+                Some(data) => json(&charged, data)?,
+                None => serde_json::Value::Null,
+            };
             lock(&fx).events.push(Event { name, data });
             Ok(())
         })?,
     )?;
 
-    let fx = effects.clone();
+    let (fx, charged) = (effects.clone(), budget.clone());
     sdk.raw_set(
         "tag",
         lua.create_function(move |_, (key, value): (String, Value)| {
+            check_name("tag key", &key)?;
             let value = match value {
-                Value::String(s) => s.to_string_lossy(),
-                other => to_json(&other).to_string(),
+                Value::String(s) => printable(&s.as_bytes(), MAX_TAG_BYTES),
+                other => printable(json(&charged, &other)?.to_string().as_bytes(), MAX_TAG_BYTES),
             };
-            lock(&fx).tags.push((key, value));
+            let mut fx = lock(&fx);
+            if let Some(slot) = fx.tags.iter_mut().find(|(k, _)| *k == key) {
+                slot.1 = value;
+            } else if fx.tags.len() < MAX_TAGS {
+                fx.tags.push((key, value));
+            }
             Ok(())
         })?,
     )?;
 
     let (cnf, event, trace_id) = (input.cnf.clone(), input.event.name.clone(), input.trace_id.clone());
+    let (lines, charged) = (Arc::new(AtomicUsize::new(0)), budget.clone());
     sdk.raw_set(
         "log",
         lua.create_function(move |_, msg: Value| {
-            let msg = match msg {
-                Value::String(s) => s.to_string_lossy(),
-                other => to_json(&other).to_string(),
+            let line = lines.fetch_add(1, Ordering::Relaxed);
+            if line > MAX_LOG_LINES {
+                return Ok(());
+            }
+            let msg = if line == MAX_LOG_LINES {
+                format!("(more than {MAX_LOG_LINES} log lines: the rest of this run's are dropped)")
+            } else {
+                match msg {
+                    Value::String(s) => printable(&s.as_bytes(), MAX_LOG_BYTES),
+                    other => printable(json(&charged, &other)?.to_string().as_bytes(), MAX_LOG_BYTES),
+                }
             };
             tracing::info!(target: "trefoil::chain::handler", cnf = %cnf, event = %event, trace_id = %trace_id, "{msg}");
             Ok(())
@@ -131,6 +171,54 @@ pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller
 fn lock(effects: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
     // A panic cannot happen while the lock is held (plain pushes); recover rather than propagate.
     effects.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Converts a script's value to JSON within [`super::convert::MAX_JSON_VALUES`],
+/// charging the values converted as instructions.
+fn json(budget: &Budget, value: &Value) -> mlua::Result<serde_json::Value> {
+    let (json, values) = to_json(value).map_err(mlua::Error::external)?;
+    budget.charge(values as u64).map_err(|_| mlua::Error::runtime(STOPPED.to_string_lossy()))?;
+    Ok(json)
+}
+
+/// The first `max` bytes of `text` as one log-safe line: invalid UTF-8
+/// replaced, control characters (newlines first: a message must not forge
+/// the lines after it), the Unicode line separators, bidirectional controls
+/// and backslashes escaped, and what was cut counted.
+pub fn printable(text: &[u8], max: usize) -> String {
+    let (kept, cut) = text.split_at(text.len().min(max));
+    let mut out = String::with_capacity(kept.len() + 2);
+    for c in String::from_utf8_lossy(kept).chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    if !cut.is_empty() {
+        out.push_str(&format!("... ({} more bytes)", cut.len()));
+    }
+    out
+}
+
+/// Event names and tag keys: short, and nothing a log line could not show as is.
+fn check_name(what: &str, name: &str) -> mlua::Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(|c| c.is_control()) {
+        return Err(mlua::Error::runtime(format!("{what} must be 1 to {MAX_NAME_BYTES} bytes without control characters")));
+    }
+    Ok(())
+}
+
+fn check_edits(fx: &Effects) -> mlua::Result<()> {
+    if fx.set_headers.len() + fx.remove_headers.len() >= MAX_HEADER_EDITS {
+        return Err(mlua::Error::runtime(format!("more than {MAX_HEADER_EDITS} header edits")));
+    }
+    Ok(())
 }
 
 fn check_len(s: &str) -> mlua::Result<()> {

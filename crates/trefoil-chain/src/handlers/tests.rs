@@ -182,7 +182,7 @@ async fn cost_of_a_run() {
     println!("one handler run: {:?}", started.elapsed() / n);
 }
 
-
+/// Runs `script` `n` times with room to spare and prints the time per run.
 async fn time_runs(what: &str, script: &str, n: u32) {
     let limits = Limits { instructions: 100_000_000, memory: 8 << 20, wall: Duration::from_secs(30), ..Limits::default() };
     let scripts = BTreeMap::from([("checked".to_string(), script.to_string())]);
@@ -385,4 +385,76 @@ fn deep_recursion_is_a_clean_error() {
             other => panic!("{script}: {other:?}"),
         }
     }
+}
+
+/// Collects the messages of events logged while it is the default subscriber.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Lines {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap().push(message.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Runs `script` on this thread with `lines` collecting its log lines.
+fn run_logged(script: &str, lines: &Lines) -> Result<Effects, HandlerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    tracing::subscriber::with_default(lines.clone(), || runtime.block_on(run_script(script)))
+}
+
+#[test]
+fn log_lines_cannot_be_forged_or_flood() {
+    let lines = Lines::default();
+    run_logged(r#"trefoil.log("ok\n2024-01-01T00:00:00Z  INFO forged line\r\27[2J\u{2028}end")"#, &lines).expect("runs");
+    let logged = lines.0.lock().unwrap().clone();
+    assert_eq!(logged, vec!["ok\\n2024-01-01T00:00:00Z  INFO forged line\\r\\u{1b}[2J\\u{2028}end".to_string()]);
+
+    let lines = Lines::default();
+    run_logged("local s = string.rep('x', 10000) for i = 1, 1000 do trefoil.log(s) end", &lines).expect("runs");
+    let logged = lines.0.lock().unwrap().clone();
+    assert_eq!(logged.len(), 101, "100 lines, then one saying the rest are dropped");
+    assert_eq!(logged[0], format!("{}... (5904 more bytes)", "x".repeat(4096)), "cut at 4 KiB");
+}
+
+#[tokio::test]
+async fn what_a_run_leaves_for_the_proxy_is_bounded() {
+    let err = run_script("for i = 1, 1000 do trefoil.set_header('x-' .. i, 'v') end").await.unwrap_err();
+    assert!(matches!(&err, HandlerError::Runtime(m) if m.contains("header edits")), "{err}");
+    let err = run_script("for i = 1, 1000 do trefoil.emit('e', i) end").await.unwrap_err();
+    assert!(matches!(&err, HandlerError::Runtime(m) if m.contains("events emitted")), "{err}");
+    // Shared subtables expand when converted: 2^20 values from a few lines.
+    let err = run_script("local t = {1} for i = 1, 20 do t = {t, t} end trefoil.emit('e', t)").await.unwrap_err();
+    assert!(matches!(&err, HandlerError::Runtime(m) if m.contains("too large")), "{err}");
+    let err = run_script("trefoil.emit('a\\nb')").await.unwrap_err();
+    assert!(matches!(&err, HandlerError::Runtime(m) if m.contains("control characters")), "{err}");
+    let fx = run_script("for i = 1, 1000 do trefoil.tag('k' .. (i % 100), i) end trefoil.tag('k1', 'last')").await.expect("runs");
+    assert_eq!(fx.tags.len(), 64, "at most 64 keys");
+    assert_eq!(fx.tags[0], ("k1".to_string(), "last".to_string()), "a later tag of a key replaces it");
+}
+
+#[tokio::test]
+async fn an_error_message_is_one_printable_line() {
+    let err = run_script("error('bad\\rthing\\27[1m')").await.unwrap_err();
+    assert!(matches!(&err, HandlerError::Runtime(m) if m.ends_with("bad\\rthing\\u{1b}[1m")), "{err}");
 }
