@@ -24,6 +24,9 @@ use std::sync::Mutex;
 
 /// Connections this proxy holds open (clients and upstreams).
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Client connections open, and accepted since start.
+static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Descriptors kept for everything but upstream connections: accepting
 /// and answering clients, listeners, logs, health checks.
@@ -60,18 +63,31 @@ fn limit() -> usize {
 
 /// One open connection in the count; leaves it when dropped.
 #[derive(Debug)]
-pub struct Held(());
+pub struct Held {
+    client: bool,
+}
 
 impl Drop for Held {
     fn drop(&mut self) {
         OPEN.fetch_sub(1, Ordering::Relaxed);
+        if self.client {
+            CLIENTS.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// Counts an accepted client connection; always granted (it is already open).
 pub fn hold_client() -> Held {
     OPEN.fetch_add(1, Ordering::Relaxed);
-    Held(())
+    CLIENTS.fetch_add(1, Ordering::Relaxed);
+    ACCEPTED.fetch_add(1, Ordering::Relaxed);
+    Held { client: true }
+}
+
+/// Client connections open now, accepted since start, and connections
+/// (clients and upstreams) open now.
+pub fn clients() -> (usize, usize, usize) {
+    (CLIENTS.load(Ordering::Relaxed), ACCEPTED.load(Ordering::Relaxed), OPEN.load(Ordering::Relaxed))
 }
 
 /// Counts an upstream connection about to be opened, or refuses it when it
@@ -82,7 +98,7 @@ pub fn try_hold_upstream() -> Option<Held> {
         OPEN.fetch_sub(1, Ordering::Relaxed);
         return None;
     }
-    Some(Held(()))
+    Some(Held { client: false })
 }
 
 /// Whether an error is this process running out of descriptors (not the

@@ -11,12 +11,15 @@ mod coarse_timer;
 pub mod descriptors;
 pub mod control_client;
 pub mod endpoint;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod h1_codec;
 pub mod h1_pool;
 pub mod health;
 pub mod http;
 pub mod listener;
 pub mod listener_set;
+mod memory;
 pub mod runtime;
 pub mod snapshot;
 pub mod state;

@@ -214,6 +214,7 @@ impl Running {
         let admin_socket = listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
         let (admin_stop, admin_stopped) = watch::channel(false);
         tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
+        tokio::spawn(crate::memory::give_back_when_quiet(crate::memory::CHECK_EVERY));
         tracing::info!(address = %admin_addr, "admin listening");
         if !admin_addr.ip().is_loopback() {
             tracing::warn!(address = %admin_addr, "THE ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION: anyone who can reach it reads the running config, metrics and endpoints; bind it to 127.0.0.1 unless a firewall guards it");
