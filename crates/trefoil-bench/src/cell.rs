@@ -68,7 +68,11 @@ pub async fn run(settings: &Settings<'_>, proxies: usize, routes: usize) -> Cell
         }
     };
     if let Err(e) = measure(settings, &mut control, &mut result).await {
-        result.failure = Some(if control.alive() { e.to_string() } else { format!("{e} (the control plane exited; log kept at {})", control.log().display()) });
+        result.failure = Some(if control.alive() {
+            e.to_string()
+        } else {
+            format!("{e} (the control plane exited; log kept at {})", control.log().display())
+        });
         control.keep();
     }
     // Memory after the runs, whatever they came to, while the process lives.
@@ -96,8 +100,13 @@ async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: 
 
     let started = Instant::now();
     let deadline = started + settings.cell_timeout;
-    let mut fleet = tokio::time::timeout_at(deadline, Fleet::connect(control.grpc, proxies)).await.map_err(|_| BenchError::Timeout("connecting the proxies".to_string()))??;
-    fleet.wait_acked(loaded_revision, deadline).await.map_err(|acked| BenchError::Timeout(format!("initial sync: {acked}/{proxies} proxies acked")))?;
+    let mut fleet = tokio::time::timeout_at(deadline, Fleet::connect(control.grpc, proxies))
+        .await
+        .map_err(|_| BenchError::Timeout("connecting the proxies".to_string()))??;
+    fleet
+        .wait_acked(loaded_revision, deadline)
+        .await
+        .map_err(|acked| BenchError::Timeout(format!("initial sync: {acked}/{proxies} proxies acked")))?;
     result.initial_sync = Some(started.elapsed());
     result.snapshot_bytes = fleet.snapshot_bytes();
     eprintln!("  {label}: all proxies in sync after {:.3}s", started.elapsed().as_secs_f64());
@@ -106,10 +115,15 @@ async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: 
     let cpu_before = control.cpu_time()?;
     for k in 1..=settings.changes {
         let weight = LOADED_V2_WEIGHT + u32::try_from(k).unwrap_or(u32::MAX).min(60);
-        let version = tokio::time::timeout_at(deadline, rest.put("routes", &name, &mesh::route(CHANGED, weight))).await.map_err(|_| BenchError::Timeout(format!("change {k}: the PUT")))??;
+        let version = tokio::time::timeout_at(deadline, rest.put("routes", &name, &mesh::route(CHANGED, weight)))
+            .await
+            .map_err(|_| BenchError::Timeout(format!("change {k}: the PUT")))??;
         // The write is acknowledged (on disk): the clock starts here.
         let applied = Instant::now();
-        fleet.wait_acked(version, deadline).await.map_err(|acked| BenchError::Timeout(format!("change {k}: {acked}/{proxies} proxies acked")))?;
+        fleet
+            .wait_acked(version, deadline)
+            .await
+            .map_err(|acked| BenchError::Timeout(format!("change {k}: {acked}/{proxies} proxies acked")))?;
         result.samples.push(applied.elapsed());
         result.snapshot_bytes = fleet.snapshot_bytes();
         result.rejected = fleet.rejected();

@@ -44,7 +44,8 @@ impl ControlProcess {
         // A leftover from an interrupted run would not be a fresh store.
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).map_err(|e| BenchError::Setup(format!("cannot create {}: {e}", data_dir.display())))?;
-        let log = File::create(data_dir.join("control.log")).map_err(|e| BenchError::Setup(format!("cannot create the control plane's log: {e}")))?;
+        let log = File::create(data_dir.join("control.log"))
+            .map_err(|e| BenchError::Setup(format!("cannot create the control plane's log: {e}")))?;
         let log_err = log.try_clone().map_err(|e| BenchError::Setup(e.to_string()))?;
         let (api, grpc) = (free_port()?, free_port()?);
         let child = Command::new(binary)
@@ -124,7 +125,8 @@ impl ControlProcess {
         // Fields after the command name, which is in parentheses and may hold spaces.
         let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
         // utime and stime: fields 14 and 15 of the line, so 11 and 12 counting from 0 after the name.
-        let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).ok_or_else(|| BenchError::Setup(format!("{path}: no CPU times")));
+        let ticks =
+            |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).ok_or_else(|| BenchError::Setup(format!("{path}: no CPU times")));
         let total = ticks(11)? + ticks(12)?;
         Ok(Duration::from_millis(total * 1000 / TICKS_PER_SECOND))
     }

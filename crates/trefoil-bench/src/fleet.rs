@@ -44,7 +44,9 @@ impl Fleet {
             let state = Arc::new(ProxyState::default());
             states.push(state.clone());
             let name = format!("bench-proxy-{i:03}");
-            let client = ConfigStreamClient::connect(&grpc.to_string(), CONNECT_TIMEOUT).await.map_err(|e| BenchError::Stream(format!("{name}: {e}")))?;
+            let client = ConfigStreamClient::connect(&grpc.to_string(), CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| BenchError::Stream(format!("{name}: {e}")))?;
             tasks.spawn(run(client, name, state, acked.clone()));
         }
         Ok(Fleet { states, acked, tasks })

@@ -78,7 +78,10 @@ fn main() -> ExitCode {
     }
     let binary = args.trefoil.clone().unwrap_or_else(default_binary);
     if !binary.is_file() {
-        eprintln!("error: no trefoil binary at {} (build it with `cargo build --release -p trefoil-cli`, or pass --trefoil)", binary.display());
+        eprintln!(
+            "error: no trefoil binary at {} (build it with `cargo build --release -p trefoil-cli`, or pass --trefoil)",
+            binary.display()
+        );
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -13,7 +13,9 @@ pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|info| {
+            info.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_else(|| "unknown CPU".to_string());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".to_string(), |k| k.trim().to_string());
     format!("{cpus} CPUs ({model}), Linux {kernel}")
@@ -71,7 +73,12 @@ pub fn markdown(results: &[CellResult], changes: usize) -> String {
         ));
     }
     for r in results.iter().filter(|r| r.failure.is_some()) {
-        out.push_str(&format!("\n{} proxies x {} routes stopped early: {}\n", r.proxies, r.routes, r.failure.as_deref().unwrap_or_default()));
+        out.push_str(&format!(
+            "\n{} proxies x {} routes stopped early: {}\n",
+            r.proxies,
+            r.routes,
+            r.failure.as_deref().unwrap_or_default()
+        ));
     }
     out
 }

@@ -57,7 +57,8 @@ impl Rest {
         if !status.is_success() {
             return Err(BenchError::Api { what, error: format!("{status}: {}", String::from_utf8_lossy(&body)) });
         }
-        let stored: Value = serde_json::from_slice(&body).map_err(|e| BenchError::Api { what: what.clone(), error: format!("answer is not JSON: {e}") })?;
+        let stored: Value =
+            serde_json::from_slice(&body).map_err(|e| BenchError::Api { what: what.clone(), error: format!("answer is not JSON: {e}") })?;
         stored["metadata"]["resourceVersion"]
             .as_str()
             .and_then(|v| v.parse().ok())
@@ -72,7 +73,9 @@ impl Rest {
         let mut last_report = Instant::now();
         let mut done = 0usize;
         let mut revision = 0u64;
-        let mut writes = futures_util::stream::iter(items).map(|(kind, name, body)| async move { self.put(kind, &name, &body).await }).buffer_unordered(concurrency.max(1));
+        let mut writes = futures_util::stream::iter(items)
+            .map(|(kind, name, body)| async move { self.put(kind, &name, &body).await })
+            .buffer_unordered(concurrency.max(1));
         while let Some(written) = writes.next().await {
             revision = revision.max(written?);
             done += 1;

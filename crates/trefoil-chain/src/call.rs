@@ -41,19 +41,10 @@ pub struct ResponseHead<'a> {
 pub enum Verdict {
     /// The request goes on, with these header edits (on the response phase:
     /// edits of the response).
-    Allow {
-        set_headers: Vec<(String, String)>,
-        remove_headers: Vec<String>,
-        events: Vec<Event>,
-    },
+    Allow { set_headers: Vec<(String, String)>, remove_headers: Vec<String>, events: Vec<Event> },
     /// The request stops here (on the response phase: the upstream's answer is
     /// dropped); the client gets `status` with `reason` as the body.
-    Deny {
-        status: u16,
-        reason: String,
-        headers: Vec<(String, String)>,
-        events: Vec<Event>,
-    },
+    Deny { status: u16, reason: String, headers: Vec<(String, String)>, events: Vec<Event> },
 }
 
 impl Verdict {

@@ -184,12 +184,7 @@ pub struct HeaderValue {
 
 fn peer(addr: Option<SocketAddr>) -> Option<Peer> {
     addr.map(|a| Peer {
-        address: Some(Address {
-            socket_address: Some(SocketAddress {
-                address: a.ip().to_string(),
-                port_value: u32::from(a.port()),
-            }),
-        }),
+        address: Some(Address { socket_address: Some(SocketAddress { address: a.ip().to_string(), port_value: u32::from(a.port()) }) }),
         principal: String::new(),
     })
 }
@@ -213,14 +208,11 @@ pub fn check_request(call: &Call<'_>, scheme: &str, protocol: &str) -> CheckRequ
             Err(_) => (String::new(), b.to_vec()),
         },
     };
-    let mut context_extensions: BTreeMap<String, String> = [
-        (EXT_CNF, call.cnf),
-        (EXT_FUNCTION, call.function),
-        (EXT_TRACE_ID, call.trace_id),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut context_extensions: BTreeMap<String, String> =
+        [(EXT_CNF, call.cnf), (EXT_FUNCTION, call.function), (EXT_TRACE_ID, call.trace_id)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     // ext_authz has no response fields: the upstream's answer rides in the
     // extensions, and `body` is the response's.
     if let Some(response) = &call.response {
@@ -263,11 +255,8 @@ fn header_pairs(options: Vec<HeaderValueOption>) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|o| o.header)
         .map(|h| {
-            let value = if h.value.is_empty() && !h.raw_value.is_empty() {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
-            } else {
-                h.value
-            };
+            let value =
+                if h.value.is_empty() && !h.raw_value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value };
             (h.key, value)
         })
         .collect()
@@ -275,20 +264,13 @@ fn header_pairs(options: Vec<HeaderValueOption>) -> Vec<(String, String)> {
 
 /// The verdict a `CheckResponse` carries: status code 0 allows.
 pub fn verdict(response: CheckResponse) -> Verdict {
-    let status = response.status.unwrap_or(RpcStatus {
-        code: 0,
-        message: String::new(),
-    });
+    let status = response.status.unwrap_or(RpcStatus { code: 0, message: String::new() });
     if status.code == 0 {
         let (set_headers, remove_headers) = match response.http_response {
             Some(HttpResponse::OkResponse(ok)) => (header_pairs(ok.headers), ok.headers_to_remove),
             _ => (Vec::new(), Vec::new()),
         };
-        return Verdict::Allow {
-            set_headers,
-            remove_headers,
-            events: Vec::new(),
-        };
+        return Verdict::Allow { set_headers, remove_headers, events: Vec::new() };
     }
     let denied = match response.http_response {
         Some(HttpResponse::DeniedResponse(d)) => d,
@@ -296,11 +278,7 @@ pub fn verdict(response: CheckResponse) -> Verdict {
     };
     Verdict::Deny {
         status: deny_status(denied.status.and_then(|s| u32::try_from(s.code).ok())),
-        reason: if denied.body.is_empty() {
-            status.message
-        } else {
-            denied.body
-        },
+        reason: if denied.body.is_empty() { status.message } else { denied.body },
         headers: header_pairs(denied.headers),
         events: Vec::new(),
     }
@@ -317,10 +295,7 @@ mod tests {
     }
 
     fn unhex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
     }
 
     // The expected bytes were produced by the protobuf runtime from Envoy's
@@ -349,10 +324,7 @@ mod tests {
     fn response_phase_calls_carry_the_upstream_answer_in_context_extensions() {
         let call = Call {
             cnf: "edge",
-            response: Some(crate::ResponseHead {
-                status: 200,
-                headers: vec![("set-cookie", "a"), ("set-cookie", "b")],
-            }),
+            response: Some(crate::ResponseHead { status: 200, headers: vec![("set-cookie", "a"), ("set-cookie", "b")] }),
             ..Default::default()
         };
         let request = check_request(&call, "http", "HTTP/1.1");
@@ -384,20 +356,11 @@ mod tests {
             }
         );
         // A bare non-OK status denies with Forbidden and the status message.
-        let bare = CheckResponse {
-            status: Some(RpcStatus {
-                code: 7,
-                message: "nope".into(),
-            }),
-            http_response: None,
-        };
-        assert!(
-            matches!(verdict(bare), Verdict::Deny { status: 403, ref reason, .. } if reason == "nope")
-        );
+        let bare = CheckResponse { status: Some(RpcStatus { code: 7, message: "nope".into() }), http_response: None };
+        assert!(matches!(verdict(bare), Verdict::Deny { status: 403, ref reason, .. } if reason == "nope"));
     }
 
     const EXPECTED_REQUEST: &str = "0a7b0a120a100a0e12093132372e302e302e31188827223812360a02743112034745541a0a0a03782d611203312c3222062f613f623d312a037765623204687474705208485454502f312e315a026869520b0a03636e66120465646765520f0a0866756e6374696f6e120361636c520d0a077472616365496412027431";
-    const OK_RESPONSE: &str =
-        "0a001a20120f0a0d0a06782d757365721203616e6e2a0d617574686f72697a6174696f6e";
+    const OK_RESPONSE: &str = "0a001a20120f0a0d0a06782d757365721203616e6e2a0d617574686f72697a6174696f6e";
     const DENIED_RESPONSE: &str = "0a020807122d0a03089103121c0a1a0a107777772d61757468656e74696361746512064265617265721a086e6f20746f6b656e";
 }

@@ -76,10 +76,7 @@ pub fn encode(call: &Call<'_>) -> Vec<u8> {
         None => (None, None),
         Some(b) => match std::str::from_utf8(b) {
             Ok(text) => (Some(text.to_string()), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(b)),
-            ),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(b))),
         },
     };
     let doc = JsonCall {
@@ -93,10 +90,7 @@ pub fn encode(call: &Call<'_>) -> Vec<u8> {
         trace_id: call.trace_id.into(),
         body,
         body_base64,
-        response: call.response.as_ref().map(|r| JsonResponse {
-            status: r.status,
-            headers: joined(&r.headers),
-        }),
+        response: call.response.as_ref().map(|r| JsonResponse { status: r.status, headers: joined(&r.headers) }),
     };
     // Serializing plain strings and maps cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
@@ -129,20 +123,14 @@ pub fn decode(body: &[u8]) -> Result<Verdict, DecodeError> {
     let v: JsonVerdict = serde_json::from_slice(body)?;
     let set_headers = v.set_headers.into_iter().collect();
     match v.verdict.as_str() {
-        "allow" => Ok(Verdict::Allow {
-            set_headers,
-            remove_headers: v.remove_headers,
-            events: v.events,
-        }),
+        "allow" => Ok(Verdict::Allow { set_headers, remove_headers: v.remove_headers, events: v.events }),
         "deny" => Ok(Verdict::Deny {
             status: deny_status(v.status),
             reason: v.reason.unwrap_or_default(),
             headers: set_headers,
             events: v.events,
         }),
-        other => Err(DecodeError::Invalid(format!(
-            "verdict {other:?} is neither \"allow\" nor \"deny\""
-        ))),
+        other => Err(DecodeError::Invalid(format!("verdict {other:?} is neither \"allow\" nor \"deny\""))),
     }
 }
 
@@ -171,41 +159,33 @@ mod tests {
             r#"{"cnf":"edge","function":"acl","method":"POST","path":"/a?b=1","host":"web.local","headers":{"accept":"text/plain","x-tag":"1, 2"},"source":"127.0.0.1:5000","traceId":"0af7651916cd43dd8448eb211c80319c","body":"hi"}"#
         );
         call.body = Some(bytes::Bytes::from_static(&[0xff, 0x00]));
-        assert!(String::from_utf8(encode(&call))
-            .unwrap()
-            .ends_with(r#""bodyBase64":"/wA="}"#));
+        assert!(String::from_utf8(encode(&call)).unwrap().ends_with(r#""bodyBase64":"/wA="}"#));
         call.body = Some(bytes::Bytes::from_static(b"<html>"));
         call.response = Some(crate::ResponseHead {
             status: 200,
             headers: vec![("content-type", "text/html"), ("set-cookie", "a"), ("set-cookie", "b")],
         });
-        assert!(String::from_utf8(encode(&call)).unwrap().ends_with(
-            r#""body":"<html>","response":{"status":200,"headers":{"content-type":"text/html","set-cookie":"a, b"}}}"#
-        ));
+        assert!(String::from_utf8(encode(&call))
+            .unwrap()
+            .ends_with(r#""body":"<html>","response":{"status":200,"headers":{"content-type":"text/html","set-cookie":"a, b"}}}"#));
     }
 
     #[test]
     fn verdicts_decode() {
-        let allow = decode(br#"{"verdict":"allow","setHeaders":{"x-user":"ann"},"removeHeaders":["authorization"],"events":[{"name":"seen"}]}"#).unwrap();
+        let allow =
+            decode(br#"{"verdict":"allow","setHeaders":{"x-user":"ann"},"removeHeaders":["authorization"],"events":[{"name":"seen"}]}"#)
+                .unwrap();
         assert_eq!(
             allow,
             Verdict::Allow {
                 set_headers: vec![("x-user".into(), "ann".into())],
                 remove_headers: vec!["authorization".into()],
-                events: vec![Event {
-                    name: "seen".into(),
-                    data: serde_json::Value::Null
-                }],
+                events: vec![Event { name: "seen".into(), data: serde_json::Value::Null }],
             }
         );
         let deny = decode(br#"{"verdict":"deny","status":451,"reason":"blocked"}"#).unwrap();
-        assert!(
-            matches!(deny, Verdict::Deny { status: 451, ref reason, .. } if reason == "blocked")
-        );
-        assert!(matches!(
-            decode(br#"{"verdict":"deny","status":42}"#).unwrap(),
-            Verdict::Deny { status: 403, .. }
-        ));
+        assert!(matches!(deny, Verdict::Deny { status: 451, ref reason, .. } if reason == "blocked"));
+        assert!(matches!(decode(br#"{"verdict":"deny","status":42}"#).unwrap(), Verdict::Deny { status: 403, .. }));
         assert!(decode(br#"{"verdict":"maybe"}"#).is_err());
         assert!(decode(b"not json").is_err());
     }

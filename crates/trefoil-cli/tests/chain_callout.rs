@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use common::chain::*;
 use common::*;
 
-
 #[test]
 fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     let up = TestServer::named("up");
@@ -44,7 +43,11 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     assert_eq!(seen["x-checked-by"], "acl");
     assert_eq!(seen["x-seen-cnf"], "edge", "the function learns the CNF from the payload");
     assert_eq!(seen["x-seen-cnf-header"], "edge", "and from the header");
-    assert_eq!(seen["x-seen-trace"].as_str(), headers.get("x-trefoil-trace-id").map(String::as_str), "the function gets the request's trace id");
+    assert_eq!(
+        seen["x-seen-trace"].as_str(),
+        headers.get("x-trefoil-trace-id").map(String::as_str),
+        "the function gets the request's trace id"
+    );
     assert!(seen.get("x-secret").is_none(), "the verdict removed it: {seen}");
 
     let (status, _, body) = request(public, "GET", "/echo", &[("x-second", "1")], b"");
@@ -69,8 +72,12 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"second\""]), 1.0, "`when` skips the step for other requests");
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"acl\"", "result=\"deny\""]), 1.0);
     // The tap runs in the background and only for requests with x-tap.
-    wait_until("the tap call", Duration::from_secs(10), || proxy.metric_sum("trefoil_chain_calls_total", &["function=\"tapper\"", "result=\"tapped\""]) == 1.0);
-    wait_until("access-log lines naming the CNF", Duration::from_secs(10), || proxy.access_log().lines().filter(|l| l.contains(r#""cnf":"edge""#)).count() == 5);
+    wait_until("the tap call", Duration::from_secs(10), || {
+        proxy.metric_sum("trefoil_chain_calls_total", &["function=\"tapper\"", "result=\"tapped\""]) == 1.0
+    });
+    wait_until("access-log lines naming the CNF", Duration::from_secs(10), || {
+        proxy.access_log().lines().filter(|l| l.contains(r#""cnf":"edge""#)).count() == 5
+    });
 }
 
 #[test]
@@ -93,7 +100,12 @@ fn failure_policy_open_passes_closed_refuses_when_down_or_slow() {
         cnf("c-down-closed", &["{function: down-closed}"]),
         cnf("c-slow-open", &["{function: slow-open}"]),
         cnf("c-slow-closed", &["{function: slow-closed}"]),
-        chained_route(&[("/down-open", "c-down-open"), ("/down-closed", "c-down-closed"), ("/slow-open", "c-slow-open"), ("/slow-closed", "c-slow-closed")]),
+        chained_route(&[
+            ("/down-open", "c-down-open"),
+            ("/down-closed", "c-down-closed"),
+            ("/slow-open", "c-slow-open"),
+            ("/slow-closed", "c-slow-closed")
+        ]),
     );
     let proxy = Proxy::start(&config);
 

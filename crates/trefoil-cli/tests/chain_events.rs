@@ -27,7 +27,12 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
             "edge",
             &["{function: finder, mode: tap}"],
             "late_finding",
-            &["trefoil.tag(\"finding\", event.data.path)", "local v = trefoil.call(\"recorder\")", "trefoil.log(\"recorded: \" .. v.verdict)", "trefoil.set_header(\"x-too-late\", \"1\")"],
+            &[
+                "trefoil.tag(\"finding\", event.data.path)",
+                "local v = trefoil.call(\"recorder\")",
+                "trefoil.log(\"recorded: \" .. v.verdict)",
+                "trefoil.set_header(\"x-too-late\", \"1\")",
+            ],
         ),
         chained_route(&[("/", "edge")]),
     ]
@@ -40,7 +45,11 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
     wait_until("the handler of the published event", Duration::from_secs(10), || {
         proxy.metric_sum("trefoil_chain_handler_runs_total", &["event=\"late_finding\"", "result=\"ok\""]) == 1.0
     });
-    assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"recorder\"", "result=\"allow\""]), 1.0, "the handler called the recorder");
+    assert_eq!(
+        proxy.metric_sum("trefoil_chain_calls_total", &["function=\"recorder\"", "result=\"allow\""]),
+        1.0,
+        "the handler called the recorder"
+    );
     let log = proxy.stderr();
     let line = |needle: &str| log.lines().any(|l| l.contains(needle) && l.contains(&trace_id));
     assert!(line("published event") && line("late_finding"), "the event is logged under the request's trace id:\n{log}");
@@ -64,7 +73,9 @@ fn bad_publications_are_refused_with_the_reason() {
     .concat();
     let proxy = Proxy::start(&config);
     let publish = |method: &str, body: &str| {
-        let (status, _, body) = http_request(proxy.admin, method, "admin", "/events", &[("content-type", "application/json")], body.as_bytes()).expect("the admin listener answers");
+        let (status, _, body) =
+            http_request(proxy.admin, method, "admin", "/events", &[("content-type", "application/json")], body.as_bytes())
+                .expect("the admin listener answers");
         (status, String::from_utf8_lossy(&body).into_owned())
     };
     let (status, body) = publish("POST", r#"{"cnf": "edge", "events": [{"name": "found"}]}"#);

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::chain::{echoed, Function};
 use common::*;
 
-
 /// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
 /// (denies paths under /infected; publishes `scanned`, which has no handler),
 /// CNFs named after each path prefix.
@@ -49,7 +48,8 @@ impl Mesh {
 
     /// As [`Mesh::config`], each CNF with `spec.handlerLimits` (a flow mapping) unless empty.
     fn config_with_limits(&self, cnfs: &[(&str, &str, &str)]) -> String {
-        let cnfs: Vec<(&str, &str, &str, &str)> = cnfs.iter().map(|(name, script, limits)| (*name, "{function: acl}", *script, *limits)).collect();
+        let cnfs: Vec<(&str, &str, &str, &str)> =
+            cnfs.iter().map(|(name, script, limits)| (*name, "{function: acl}", *script, *limits)).collect();
         self.config_with_steps(&cnfs)
     }
 
@@ -60,10 +60,18 @@ impl Mesh {
         for (name, step, script, limits) in cnfs {
             let script: Vec<String> = script.lines().map(|l| format!("      {l}")).collect();
             let limits = if limits.is_empty() { String::new() } else { format!("  handlerLimits: {limits}\n") };
-            out.push_str(&format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{step}]\n{limits}  handlers:\n    checked: |\n{}\n---\n", script.join("\n")));
-            rules.push(format!("  - matches: [{{queryParams: [{{name: cnf, value: {name}}}]}}]\n    backends: [{{service: web}}]\n    chain: {name}"));
+            out.push_str(&format!(
+                "{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{step}]\n{limits}  handlers:\n    checked: |\n{}\n---\n",
+                script.join("\n")
+            ));
+            rules.push(format!(
+                "  - matches: [{{queryParams: [{{name: cnf, value: {name}}}]}}]\n    backends: [{{service: web}}]\n    chain: {name}"
+            ));
         }
-        out.push_str(&format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n", rules.join("\n")));
+        out.push_str(&format!(
+            "{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n",
+            rules.join("\n")
+        ));
         out
     }
 
@@ -94,7 +102,11 @@ fn handlers_set_headers_deny_and_call_other_functions() {
     let (status, _, body) = mesh.get("/echo?cnf=scan");
     assert_eq!(status, 200, "{body}");
     let seen = echoed(&body);
-    assert_eq!((seen["x-scan"].as_str(), seen["x-checked-by"].as_str()), (Some("allow"), Some("scanner")), "the called function's verdict and edits apply: {seen}");
+    assert_eq!(
+        (seen["x-scan"].as_str(), seen["x-checked-by"].as_str()),
+        (Some("allow"), Some("scanner")),
+        "the called function's verdict and edits apply: {seen}"
+    );
 
     let proxy2_config = mesh.config(&[("infected", "trefoil.call('scanner')")]);
     proxy.rewrite(&proxy2_config);
@@ -111,7 +123,11 @@ fn handlers_set_headers_deny_and_call_other_functions() {
 #[test]
 fn runaway_handlers_get_the_failure_policy_and_the_proxy_stays_healthy() {
     let mesh = Mesh::start();
-    let proxy = Proxy::start(&mesh.config(&[("spin", "while true do end"), ("hog", "local t = {}\nfor i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end"), ("fine", "trefoil.set_header('x-fine', 'yes')")]));
+    let proxy = Proxy::start(&mesh.config(&[
+        ("spin", "while true do end"),
+        ("hog", "local t = {}\nfor i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end"),
+        ("fine", "trefoil.set_header('x-fine', 'yes')"),
+    ]));
 
     for path in ["/echo?cnf=spin", "/echo?cnf=hog"] {
         let started = Instant::now();
@@ -121,7 +137,8 @@ fn runaway_handlers_get_the_failure_policy_and_the_proxy_stays_healthy() {
         assert!(started.elapsed() < Duration::from_secs(2), "{path} stopped fast: {:?}", started.elapsed());
     }
     assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"spin\"", "result=\"cpu_limit\""]), 1.0);
-    let hog = proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"hog\"", "result=\"memory_limit\""]) + proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"hog\"", "result=\"cpu_limit\""]);
+    let hog = proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"hog\"", "result=\"memory_limit\""])
+        + proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"hog\"", "result=\"cpu_limit\""]);
     assert_eq!(hog, 1.0);
 
     // The proxy goes on serving, ready as before.
@@ -139,7 +156,11 @@ fn a_cnf_sets_its_own_handler_limits() {
     let mesh = Mesh::start();
     // About 100,000 instructions: well inside the default bound, far beyond 5,000.
     let sum = "local n = 0\nfor i = 1, 25000 do n = n + i end\ntrefoil.set_header('x-sum', tostring(n))";
-    let proxy = Proxy::start(&mesh.config_with_limits(&[("roomy", sum, ""), ("tight", sum, "{instructions: 5000}"), ("timed", "while true do end", "{instructions: 1000000000, timeout: 200ms}")]));
+    let proxy = Proxy::start(&mesh.config_with_limits(&[
+        ("roomy", sum, ""),
+        ("tight", sum, "{instructions: 5000}"),
+        ("timed", "while true do end", "{instructions: 1000000000, timeout: 200ms}"),
+    ]));
 
     let (status, _, body) = mesh.get("/echo?cnf=roomy");
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
@@ -161,7 +182,8 @@ fn a_cnf_sets_its_own_handler_limits() {
 fn deny_verdicts_and_taps_run_their_handlers_too() {
     let mesh = Mesh::start();
     // The deny is final: the handler's own deny and header edit change nothing.
-    let on_deny = "trefoil.call('scanner')\ntrefoil.tag('seen', event.data.path)\ntrefoil.deny(500, 'ignored')\ntrefoil.set_header('x-ignored', '1')";
+    let on_deny =
+        "trefoil.call('scanner')\ntrefoil.tag('seen', event.data.path)\ntrefoil.deny(500, 'ignored')\ntrefoil.set_header('x-ignored', '1')";
     let proxy = Proxy::start(&mesh.config_with_steps(&[
         ("denied", "{function: acl}", on_deny, ""),
         ("tapped", "{function: acl, mode: tap}", "trefoil.call('scanner')\ntrefoil.set_header('x-too-late', '1')", ""),
@@ -172,7 +194,10 @@ fn deny_verdicts_and_taps_run_their_handlers_too() {
     assert_eq!((status, body.as_str()), (451, "blocked by policy\n"), "the function's deny stands: {}", proxy.stderr());
     assert_eq!(headers.get("x-denied-by").map(String::as_str), Some("acl"));
     let calls = mesh.scanner.received();
-    assert!(calls.iter().any(|c| c["cnf"] == "denied" && c["function"] == "scanner" && c["path"] == "/deny/x?cnf=denied"), "the deny's handler called scanner before the reply: {calls:?}");
+    assert!(
+        calls.iter().any(|c| c["cnf"] == "denied" && c["function"] == "scanner" && c["path"] == "/deny/x?cnf=denied"),
+        "the deny's handler called scanner before the reply: {calls:?}"
+    );
     assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"denied\"", "event=\"checked\"", "result=\"deny\""]), 1.0);
 
     // A failing handler keeps the deny (acl's policy is closed, but there is nothing left to refuse).
@@ -184,8 +209,12 @@ fn deny_verdicts_and_taps_run_their_handlers_too() {
     let (status, _, body) = mesh.get("/echo?cnf=tapped");
     assert_eq!(status, 200, "{body}");
     assert!(echoed(&body).get("x-too-late").is_none(), "{body}");
-    wait_until("the tap's handler calling scanner", Duration::from_secs(10), || mesh.scanner.received().iter().any(|c| c["cnf"] == "tapped" && c["path"] == "/echo?cnf=tapped"));
-    wait_until("the tap's handler run counted", Duration::from_secs(5), || proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"tapped\"", "result=\"ok\""]) == 1.0);
+    wait_until("the tap's handler calling scanner", Duration::from_secs(10), || {
+        mesh.scanner.received().iter().any(|c| c["cnf"] == "tapped" && c["path"] == "/echo?cnf=tapped")
+    });
+    wait_until("the tap's handler run counted", Duration::from_secs(5), || {
+        proxy.metric_sum("trefoil_chain_handler_runs_total", &["cnf=\"tapped\"", "result=\"ok\""]) == 1.0
+    });
     assert_eq!(mesh.up.requests_for("/deny/x"), 0);
 }
 
@@ -215,7 +244,9 @@ fn a_reloaded_handler_takes_effect_with_traffic_flowing() {
 
     // A syntax error is refused: the proxy keeps the handler it has.
     proxy.rewrite(&mesh.config(&[("live", "trefoil.set_header(")]));
-    wait_until("the refused reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["result=\"failure\""]) >= 1.0);
+    wait_until("the refused reload", Duration::from_secs(10), || {
+        proxy.metric_sum("trefoil_config_reloads_total", &["result=\"failure\""]) >= 1.0
+    });
     assert_eq!(echoed(&mesh.get("/echo?cnf=live").2)["x-handler"], "v2");
     assert!(proxy.stderr().contains("spec.handlers.checked"), "the error names the handler:\n{}", proxy.stderr());
 }

@@ -96,7 +96,11 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
     }
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((echo["path"].as_str(), echo["query"].as_str()), (Some("/echo"), Some("q=1")), "nginx passes the original URI");
-    assert_eq!((a.calls(), b.calls(), r.calls(), up.requests_for("/echo")), (1, 1, 1, 1), "each step once (the response step in the leg that reached the upstream), the upstream once");
+    assert_eq!(
+        (a.calls(), b.calls(), r.calls(), up.requests_for("/echo")),
+        (1, 1, 1, 1),
+        "each step once (the response step in the leg that reached the upstream), the upstream once"
+    );
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"waf\"", "result=\"inlined\""]), 1.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"a\""]), 1.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"b\""]), 1.0);
@@ -107,7 +111,11 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
         let (status, _, body) = request(public, "GET", "/echo", &[("x-trefoil-chain-resume", token)], b"");
         assert_eq!(status, 200, "{body}");
         let seen = echoed(&body);
-        assert_eq!((seen["x-checked-a"].as_str(), seen["x-inline"].as_str(), seen["x-checked-b"].as_str()), (Some("1"), Some("nginx"), Some("1")), "the whole chain ran: {seen}");
+        assert_eq!(
+            (seen["x-checked-a"].as_str(), seen["x-inline"].as_str(), seen["x-checked-b"].as_str()),
+            (Some("1"), Some("nginx"), Some("1")),
+            "the whole chain ran: {seen}"
+        );
         assert!(seen.get("x-trefoil-chain-resume").is_none(), "{seen}");
     }
     assert_eq!((a.calls(), b.calls(), up.requests_for("/echo")), (3, 3, 3));

@@ -72,7 +72,9 @@ fn response_steps_edit_the_answer_replace_it_and_see_its_body() {
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"checker\"", "result=\"failed_closed\""]), 1.0);
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"checker-open\"", "result=\"failed_open\""]), 1.0);
     // The tap follows the checker, so only answers the checker allowed reach it.
-    wait_until("the response taps", Duration::from_secs(10), || proxy.metric_sum("trefoil_chain_calls_total", &["function=\"watcher\"", "result=\"tapped\""]) == 2.0);
+    wait_until("the response taps", Duration::from_secs(10), || {
+        proxy.metric_sum("trefoil_chain_calls_total", &["function=\"watcher\"", "result=\"tapped\""]) == 2.0
+    });
 }
 
 #[test]
@@ -93,7 +95,11 @@ fn handlers_of_response_verdicts_edit_the_response_and_call_functions_about_it()
             "edge",
             &["{function: checker, phase: response}"],
             "checked",
-            &["trefoil.set_header(\"x-handled\", event.data.path)", "trefoil.call(\"recorder\")", "if event.data.path == \"/refuse\" then trefoil.deny(409, \"refused by the handler\\n\") end"],
+            &[
+                "trefoil.set_header(\"x-handled\", event.data.path)",
+                "trefoil.call(\"recorder\")",
+                "if event.data.path == \"/refuse\" then trefoil.deny(409, \"refused by the handler\\n\") end",
+            ],
         ),
         chained_route(&[("/", "edge")]),
     ]
@@ -103,7 +109,11 @@ fn handlers_of_response_verdicts_edit_the_response_and_call_functions_about_it()
     let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
     assert_eq!(headers.get("x-handled").map(String::as_str), Some("/echo"), "the handler edited the response");
-    assert_eq!(headers.get("x-checked-by").map(String::as_str), Some("recorder"), "the called function's allow edits the response too, after the verdict's own edits");
+    assert_eq!(
+        headers.get("x-checked-by").map(String::as_str),
+        Some("recorder"),
+        "the called function's allow edits the response too, after the verdict's own edits"
+    );
 
     let (status, _, body) = request(public, "GET", "/refuse", &[], b"");
     assert_eq!((status, body.as_str()), (409, "refused by the handler\n"), "a handler's deny replaces the response");
@@ -114,7 +124,12 @@ fn handlers_of_response_verdicts_edit_the_response_and_call_functions_about_it()
     assert_eq!(status, 451);
     assert!(!headers.contains_key("x-handled"), "nothing left to edit after a deny");
 
-    let calls: Vec<(String, u64)> = recorder.received().iter().map(|c| (c["path"].as_str().unwrap_or("").to_string(), c["status"].as_u64().unwrap_or(0))).collect();
-    assert_eq!(calls, [("/echo".to_string(), 200), ("/refuse".to_string(), 200), ("/bad/file".to_string(), 200)], "each handler's call told the recorder about the upstream's answer");
+    let calls: Vec<(String, u64)> =
+        recorder.received().iter().map(|c| (c["path"].as_str().unwrap_or("").to_string(), c["status"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(
+        calls,
+        [("/echo".to_string(), 200), ("/refuse".to_string(), 200), ("/bad/file".to_string(), 200)],
+        "each handler's call told the recorder about the upstream's answer"
+    );
     assert_eq!(proxy.metric_sum("trefoil_chain_handler_runs_total", &["event=\"checked\""]), 3.0);
 }

@@ -15,13 +15,14 @@ use common::control::Control;
 use common::*;
 use serde_json::Value;
 
-
 fn trefoil(args: &[&str]) -> Output {
     run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(60))
 }
 
 fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}):\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
 }
 
 fn text(out: &Output) -> String {
@@ -50,12 +51,18 @@ fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
     // Every second request to v2 fails with 503.
     let v2 = TestServer::spawn(&["--name", "v2", "--fail-every", "2"]);
     let listen = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("main", listen), service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]), web_route("")));
+    let proxy = Proxy::start(&format!(
+        "{}{}{}",
+        listener("main", listen),
+        service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]),
+        web_route("")
+    ));
     let dead = addr();
     let (stop, sender) = traffic(listen);
     wait_until("traffic through the proxy", Duration::from_secs(20), || proxy.metric_sum("trefoil_requests_total", &[]) >= 10.0);
 
-    let out = trefoil(&["top", "--once", "--interval", "1s", "-o", "json", "--proxy", &proxy.admin.to_string(), "--proxy", &dead.to_string()]);
+    let out =
+        trefoil(&["top", "--once", "--interval", "1s", "-o", "json", "--proxy", &proxy.admin.to_string(), "--proxy", &dead.to_string()]);
     let table = trefoil(&["top", "--once", "--interval", "500ms", "--proxy", &proxy.admin.to_string()]);
     stop.store(true, Ordering::Relaxed);
     assert!(sender.join().unwrap() > 0);
@@ -63,7 +70,11 @@ fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
     let report = json_of(&out);
 
     let rows = report["services"].as_array().expect("services");
-    let row = |version: &str| rows.iter().find(|r| r["service"] == "web" && r["version"] == version).unwrap_or_else(|| panic!("no web/{version} row in {report:#}"));
+    let row = |version: &str| {
+        rows.iter()
+            .find(|r| r["service"] == "web" && r["version"] == version)
+            .unwrap_or_else(|| panic!("no web/{version} row in {report:#}"))
+    };
     for version in ["v1", "v2"] {
         let r = row(version);
         assert_eq!(r["direction"], "inbound", "{r}");
@@ -98,7 +109,8 @@ fn top_says_which_control_plane_it_cannot_reach() {
     assert_eq!(trefoil(&["top", "--interval", "soon"]).status.code(), Some(2));
 }
 
-const WORKLOAD: &str = "kind: Workload\nmetadata: {name: web-v1}\nspec:\n  service: web\n  version: v1\n  command: /bin/true\n  replicas: 2\n";
+const WORKLOAD: &str =
+    "kind: Workload\nmetadata: {name: web-v1}\nspec:\n  service: web\n  version: v1\n  command: /bin/true\n  replicas: 2\n";
 
 fn endpoints(second_ready: bool) -> String {
     format!(
@@ -117,7 +129,10 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
     let out = trefoil(&["check", "--server", &nowhere]);
     assert_eq!(out.status.code(), Some(1));
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(line.starts_with("FAIL") && line.contains(&format!("control plane at {nowhere} is not reachable: connection refused")), "{line}");
+    assert!(
+        line.starts_with("FAIL") && line.contains(&format!("control plane at {nowhere} is not reachable: connection refused")),
+        "{line}"
+    );
 
     let control = Control::start(&dir.join("data"));
     control.apply(&dir, &format!("{API}\n{WORKLOAD}---\n{}", endpoints(false)));
@@ -177,7 +192,13 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
 
     let out = trefoil(&["describe", "Service", "web", "--server", &control.url()]);
     let human = String::from_utf8_lossy(&out.stdout);
-    assert!(human.contains("kind: Service") && human.contains("Endpoints:") && human.contains("NOT READY") && human.contains("web-v1 (version v1): 1/2 replicas ready"), "{human}");
+    assert!(
+        human.contains("kind: Service")
+            && human.contains("Endpoints:")
+            && human.contains("NOT READY")
+            && human.contains("web-v1 (version v1): 1/2 replicas ready"),
+        "{human}"
+    );
 
     let out = trefoil(&["describe", "route", "web", "--server", &control.url(), "-o", "json"]);
     assert_eq!(json_of(&out)["related"]["backends"][0]["readyEndpoints"], 2, "the static one and the ready replica");
@@ -186,7 +207,11 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
 
     let out = trefoil(&["describe", "workload", "web-v1", "--server", &control.url(), "-o", "yaml"]);
     let yaml = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && yaml.contains("related:") && yaml.contains("ready: 1") && yaml.contains("replicas: 2"), "{}", text(&out));
+    assert!(
+        out.status.success() && yaml.contains("related:") && yaml.contains("ready: 1") && yaml.contains("replicas: 2"),
+        "{}",
+        text(&out)
+    );
 
     // Bad input exits 2 and says what was wrong.
     let out = trefoil(&["describe", "widget", "web", "--server", &control.url()]);
@@ -205,7 +230,10 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     let d = json_of(&out);
     assert_eq!(d["resource"]["kind"], "Proxy");
     let related = &d["related"];
-    assert!(related["status"]["name"] == "gw" || related["statusError"].as_str().is_some_and(|e| e.contains("/api/v1/status/proxies")), "{related}");
+    assert!(
+        related["status"]["name"] == "gw" || related["statusError"].as_str().is_some_and(|e| e.contains("/api/v1/status/proxies")),
+        "{related}"
+    );
     drop(control);
     let out = trefoil(&["describe", "route", "web", "--server", &format!("http://{}", addr())]);
     assert_eq!(out.status.code(), Some(1));

@@ -15,8 +15,6 @@ use common::control::{Control, WAIT};
 use common::*;
 use serde_json::Value;
 
-
-
 /// A proxy in control mode; killed (SIGKILL) when dropped.
 struct StreamProxy {
     child: Child,
@@ -219,7 +217,13 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     // 300 writes as fast as the API takes them: debounced into a few snapshots.
     const ROUTES: usize = 300;
     for i in 0..ROUTES {
-        control.put("Route", &format!("r{i}"), &format!("{API}\nkind: Route\nmetadata: {{name: r{i}}}\nspec:\n  hosts: [r{i}.local]\n  rules:\n  - backends: [{{service: one}}]\n"));
+        control.put(
+            "Route",
+            &format!("r{i}"),
+            &format!(
+                "{API}\nkind: Route\nmetadata: {{name: r{i}}}\nspec:\n  hosts: [r{i}.local]\n  rules:\n  - backends: [{{service: one}}]\n"
+            ),
+        );
     }
     let last = format!("r{}.local", ROUTES - 1);
     wait_until("the last route to be served", WAIT, || http_request(public, "GET", &last, "/", &[], b"").is_ok_and(|r| r.0 == 200));
@@ -237,7 +241,12 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     });
     let error = status["nack"]["error"].as_str().unwrap_or_default();
     let version = status["nack"]["version"].as_u64().unwrap();
-    assert!(error.starts_with(&format!("snapshot {version}:")) && error.contains("spec.rules[0].backends[0].service") && error.contains("nowhere"), "{error}");
+    assert!(
+        error.starts_with(&format!("snapshot {version}:"))
+            && error.contains("spec.rules[0].backends[0].service")
+            && error.contains("nowhere"),
+        "{error}"
+    );
     assert_eq!(http_request(public, "GET", &last, "/", &[], b"").map(|r| r.0).ok(), Some(200), "the old config keeps serving");
 }
 
@@ -250,7 +259,8 @@ struct JsonFunction {
 impl JsonFunction {
     fn start() -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/chain/json_function.py");
-        let mut child = Command::new("python3").arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("python3 json_function.py");
+        let mut child =
+            Command::new("python3").arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("python3 json_function.py");
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
         let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("json_function.py said {line:?}")).parse().unwrap();
@@ -277,7 +287,11 @@ fn a_cnf_applied_through_the_api_runs_on_the_proxy() {
     wait_served_by(public, "one");
 
     control.put("Service", "acl", &service_doc("acl", function.addr));
-    control.put("NetworkFunction", "acl", &format!("{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http}}\n"));
+    control.put(
+        "NetworkFunction",
+        "acl",
+        &format!("{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http}}\n"),
+    );
     control.put("CNF", "guard", &format!("{API}\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n"));
     control.put("Route", "web", &format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: one}}]\n    chain: guard\n"));
     // The function denies paths under /deny: once it does, the chain is in force.

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::control::{Control, WAIT};
 use common::*;
 
-
 fn route(name: &str, weight: &str, rv: Option<&str>) -> String {
     let rv = rv.map(|v| format!(", resourceVersion: \"{v}\"")).unwrap_or_default();
     format!("{API}\nkind: Route\nmetadata: {{name: {name}{rv}}}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{{service: web, weight: {weight}}}]\n")
@@ -99,17 +98,37 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     std::fs::write(&store, &bytes).unwrap();
 
     let (api, grpc) = (addr(), addr());
-    let refused = run_with_timeout(Command::new(trefoil_bin()).args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"]).arg(&data), Duration::from_secs(20));
+    let refused = run_with_timeout(
+        Command::new(trefoil_bin())
+            .args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"])
+            .arg(&data),
+        Duration::from_secs(20),
+    );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("damaged at byte {}", starts[1])) && stderr.contains(&format!("byte {}", starts[2])) && stderr.contains("--repair"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("damaged at byte {}", starts[1]))
+            && stderr.contains(&format!("byte {}", starts[2]))
+            && stderr.contains("--repair"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(&store).unwrap(), bytes, "a refused store is left as it was");
 
-    let repaired = run_with_timeout(Command::new(trefoil_bin()).args(["control", "--repair", "--data"]).arg(&data), Duration::from_secs(20));
+    let repaired =
+        run_with_timeout(Command::new(trefoil_bin()).args(["control", "--repair", "--data"]).arg(&data), Duration::from_secs(20));
     let report = String::from_utf8_lossy(&repaired.stdout);
     assert_eq!(repaired.status.code(), Some(0), "{report}{}", String::from_utf8_lossy(&repaired.stderr));
-    assert!(report.contains("kept 2 intact records") && report.contains(&format!("bytes {}..{}", starts[1], starts[2])) && report.contains("Route/b (put, revision 2)"), "{report}");
-    let aside: Vec<_> = std::fs::read_dir(&data).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("store.db.corrupt-")).collect();
+    assert!(
+        report.contains("kept 2 intact records")
+            && report.contains(&format!("bytes {}..{}", starts[1], starts[2]))
+            && report.contains("Route/b (put, revision 2)"),
+        "{report}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("store.db.corrupt-"))
+        .collect();
     assert_eq!(aside.len(), 1, "the damaged original is set aside");
     assert_eq!(std::fs::read(aside[0].path()).unwrap(), bytes);
 
@@ -124,7 +143,12 @@ fn listening_beyond_loopback_is_warned_about() {
     let dir = scratch_dir();
     // A documentation address no interface has: the warning comes first, then
     // the bind fails, so nothing listens beyond loopback during the test.
-    let out = run_with_timeout(Command::new(trefoil_bin()).args(["control", "--listen", "192.0.2.1:7070", "--grpc-listen", &addr().to_string(), "--data"]).arg(dir.join("data")), Duration::from_secs(20));
+    let out = run_with_timeout(
+        Command::new(trefoil_bin())
+            .args(["control", "--listen", "192.0.2.1:7070", "--grpc-listen", &addr().to_string(), "--data"])
+            .arg(dir.join("data")),
+        Duration::from_secs(20),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("WARNING: the REST API on 192.0.2.1:7070 listen beyond loopback WITHOUT AUTHENTICATION"), "{stderr}");
@@ -174,14 +198,18 @@ impl Drop for StreamProxy {
 fn a_second_proxy_under_a_taken_name_is_refused_and_backs_off() {
     let dir = scratch_dir();
     let control = Control::start(&dir.join("data"));
-    let holds = |admin: SocketAddr| control.status("edge").is_some_and(|s| s["connected"] == true && s["adminAddress"] == admin.to_string());
+    let holds =
+        |admin: SocketAddr| control.status("edge").is_some_and(|s| s["connected"] == true && s["adminAddress"] == admin.to_string());
     let first = StreamProxy::start(&dir, control.grpc, "edge", "first");
     wait_until("the first proxy to connect", WAIT, || holds(first.admin));
 
     let second = StreamProxy::start(&dir, control.grpc, "edge", "second");
     wait_until("the second proxy to be refused twice", WAIT, || second.log().matches("the control plane refuses this proxy").count() >= 2);
     let log = second.log();
-    assert!(log.contains("a proxy named \"edge\" is already connected from 127.0.0.1:") && log.contains(&format!("admin {}", first.admin)), "{log}");
+    assert!(
+        log.contains("a proxy named \"edge\" is already connected from 127.0.0.1:") && log.contains(&format!("admin {}", first.admin)),
+        "{log}"
+    );
     // Backing off, not hammering: the waits grow.
     assert!(log.contains("retry_in=1s") && log.contains("retry_in=2s"), "{log}");
     assert!(!log.contains("connected to the control plane"), "{log}");
@@ -212,7 +240,10 @@ fn watch_streams_current_objects_then_changes() {
             break;
         }
         if let Ok(event) = serde_json::from_str::<serde_json::Value>(line.trim()) {
-            events.push((event["type"].as_str().unwrap_or("").to_string(), event["object"]["metadata"]["name"].as_str().unwrap_or("").to_string()));
+            events.push((
+                event["type"].as_str().unwrap_or("").to_string(),
+                event["object"]["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            ));
             if !applied {
                 applied = true;
                 control.call("PUT", "/api/v1/routes/b", &route("b", "1", None));
@@ -240,7 +271,10 @@ fn malformed_requests_get_the_documented_json_errors() {
     ] {
         let (got, reply) = control.call(method, path, body);
         assert_eq!(got, status, "{method} {path}: {reply}");
-        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()) && reply["errors"].is_array(), "{method} {path}: not the Error schema: {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()) && reply["errors"].is_array(),
+            "{method} {path}: not the Error schema: {reply}"
+        );
     }
     // A limit past what any integer type holds is just "all of them".
     assert_eq!(control.call("GET", "/api/v1/traces?limit=99999999999999999999999999", "").0, 200);
@@ -267,7 +301,12 @@ fn bodies_that_would_take_the_control_plane_down_are_refused() {
     let dir = scratch_dir();
     let (api, grpc) = (addr(), addr());
     let mut command = Command::new(trefoil_bin());
-    command.args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"]).arg(dir.join("data")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    command
+        .args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"])
+        .arg(dir.join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // Bounded, so that a regression fails this test instead of the machine:
     // the body below once took a control plane to 23 GiB.
     // SAFETY: setrlimit only, between fork and exec.
@@ -365,7 +404,10 @@ fn apply_get_delete_from_the_command_line() {
     let example = example.to_str().unwrap();
     let first = trefoil(&["apply", "-f", example]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert_eq!(String::from_utf8_lossy(&first.stdout), "Proxy/edge created\nListener/public created\nService/web created\nRoute/web created\n");
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        "Proxy/edge created\nListener/public created\nService/web created\nRoute/web created\n"
+    );
     let again = trefoil(&["apply", "-f", example, "-o", "json"]);
     let results: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert!(results.as_array().unwrap().iter().all(|r| r["result"] == "configured"), "{results}");
@@ -378,13 +420,24 @@ fn apply_get_delete_from_the_command_line() {
     assert_eq!(trefoil(&["get", "route", "web"]).status.code(), Some(2), "a missing resource is bad input");
     // Local validation first: the error names the user's file and line, and nothing is sent.
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [x]\n  rules:\n  - backends: [{{service: web, weight: -1}}]\n")).unwrap();
+    std::fs::write(
+        &bad,
+        format!(
+            "{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [x]\n  rules:\n  - backends: [{{service: web, weight: -1}}]\n"
+        ),
+    )
+    .unwrap();
     let refused = trefoil(&["apply", "-f", bad.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains(&format!("{}:7:", bad.display())), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("{}:7:", bad.display())),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(trefoil(&["get", "route", "broken"]).status.code(), Some(2));
     // A control plane that is not there: a runtime failure with a hint.
-    let down = Command::new(trefoil_bin()).args(["get", "routes", "--server", &format!("http://127.0.0.1:{}", free_port())]).output().unwrap();
+    let down =
+        Command::new(trefoil_bin()).args(["get", "routes", "--server", &format!("http://127.0.0.1:{}", free_port())]).output().unwrap();
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the control plane"));
 }

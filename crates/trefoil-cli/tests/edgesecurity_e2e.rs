@@ -55,7 +55,9 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     let mut up = Up::start_on(dir.clone(), &files, &[("TREFOIL_CLAMD", &clamd_addr)]);
     up.wait_ready(&["web-0", "policy-0", "inspect-0", "antivirus-0"]);
     // Not `request`, which panics while the gateway is not listening yet.
-    up.wait("the gateway serving through the chain", |_| matches!(trefoil_testkit::http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _))));
+    up.wait("the gateway serving through the chain", |_| {
+        matches!(trefoil_testkit::http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
+    });
 
     let upload = |path: &str, body: &str| request(gateway, "POST", path, &[("content-type", "text/plain")], body.as_bytes());
     let download = |path: &str| request(gateway, "GET", path, &[], b"");
@@ -109,7 +111,8 @@ fn assert_chain_in_order(up: &Up, trace_id: &str) {
     let mut names: Vec<String> = Vec::new();
     wait_until("the blocked download's trace at the collector", std::time::Duration::from_secs(30), || {
         let out = up.cli(&["trace", trace_id, "-o", "json"]);
-        let mut spans: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default();
+        let mut spans: Vec<serde_json::Value> =
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default();
         spans.retain(|s| s["attributes"]["trefoil.proxy"] == "gateway");
         // OTLP JSON carries nanoseconds as decimal strings.
         spans.sort_by_key(|s| s["startUnixNano"].as_str().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));

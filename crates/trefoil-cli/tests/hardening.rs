@@ -41,10 +41,18 @@ fn deep_nesting() -> String {
 #[test]
 fn validate_refuses_yaml_bombs_with_a_location() {
     let dir = scratch_dir();
-    for (name, text, message) in [("laughs.yaml", billion_laughs(), "expands to more than"), ("deep.yaml", deep_nesting(), "nests more than 64 levels")] {
+    for (name, text, message) in
+        [("laughs.yaml", billion_laughs(), "expands to more than"), ("deep.yaml", deep_nesting(), "nests more than 64 levels")]
+    {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();
-        let child = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&file).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let child = Command::new(trefoil_bin())
+            .args(["validate", "-f"])
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         cap_memory(child.id());
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -79,7 +87,9 @@ fn a_watched_proxy_keeps_its_config_through_yaml_bombs() {
     for (i, bomb) in [billion_laughs(), deep_nesting()].into_iter().enumerate() {
         proxy.rewrite(&format!("{base}{}---\n{bomb}", web_route("")));
         let want = i as f64 + 1.0;
-        wait_until("the rejected reload", Duration::from_secs(20), || proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= want);
+        wait_until("the rejected reload", Duration::from_secs(20), || {
+            proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= want
+        });
         assert_eq!(proxy.config_version(), 1);
         assert_eq!(http_get(public, "x", "/").0, 200);
     }
@@ -97,7 +107,9 @@ fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
     loop {
         let text = String::from_utf8_lossy(&bytes).to_string();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
             if length.is_some_and(|n| body.len() >= n) {
                 break;
             }
@@ -168,9 +180,31 @@ fn the_upstream_sees_the_host_the_request_was_routed_by() {
 fn the_upstream_sees_the_authority_of_an_http2_request() {
     let up = TestServer::named("up");
     let (_proxy, public) = guarded_proxy(&up, "");
-    let out = run_with_timeout(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge", "--connect-to", &format!("secure.test:80:{public}"), "http://secure.test/x/../admin"]), Duration::from_secs(20));
+    let out = run_with_timeout(
+        Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+            "--connect-to",
+            &format!("secure.test:80:{public}"),
+            "http://secure.test/x/../admin",
+        ]),
+        Duration::from_secs(20),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
-    let out = run_with_timeout(Command::new("curl").args(["-s", "--http2-prior-knowledge", "--connect-to", &format!("secure.test:80:{public}"), "http://secure.test/echo"]), Duration::from_secs(20));
+    let out = run_with_timeout(
+        Command::new("curl").args([
+            "-s",
+            "--http2-prior-knowledge",
+            "--connect-to",
+            &format!("secure.test:80:{public}"),
+            "http://secure.test/echo",
+        ]),
+        Duration::from_secs(20),
+    );
     let seen = echo(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(seen["headers"]["host"], "secure.test", "{seen}");
 }
@@ -224,10 +258,12 @@ fn client_faults_never_count_against_the_upstream() {
     let up = TestServer::named("up");
     let public = addr();
     let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutiveGatewayErrors: 2, consecutive5xx: 2, maxEjectionPercent: 100}}\n---\n");
-    let proxy = Proxy::start(&format!("{}{}{policy}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let proxy =
+        Proxy::start(&format!("{}{}{policy}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     for i in 0..5 {
         // A malformed chunk size, then a body cut short by the client.
-        let malformed = raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", false);
+        let malformed =
+            raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", false);
         assert!(malformed.is_none_or(|s| s == 400), "round {i}: malformed chunked body answered {malformed:?}");
         let cut = raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly a little", true);
         assert!(cut.is_none_or(|s| s == 400), "round {i}: cut upload answered {cut:?}");
@@ -244,9 +280,17 @@ fn a_reader_that_stops_early_gets_no_panic() {
     // command is still writing when its reader goes away.
     let dir = scratch_dir();
     let file = dir.join("many.yaml");
-    let docs: Vec<String> = (0..2000).map(|i| format!("{API}\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{endpoints: [{{address: nowhere}}]}}\n")).collect();
+    let docs: Vec<String> = (0..2000)
+        .map(|i| format!("{API}\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{endpoints: [{{address: nowhere}}]}}\n"))
+        .collect();
     std::fs::write(&file, docs.join("---\n")).unwrap();
-    let mut child = Command::new(trefoil_bin()).args(["validate", "-o", "json", "-f"]).arg(&file).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(trefoil_bin())
+        .args(["validate", "-o", "json", "-f"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut first = [0u8; 16];
     child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
     drop(child.stdout.take());
@@ -272,8 +316,12 @@ fn one_greedy_connection_cannot_take_every_descriptor() {
     // Room for the proxy's own descriptors and 100 more: fewer than the streams below.
     set_open_files_limit(proxy.pid(), open + 100);
     let url = format!("http://{public}/");
-    let greedy = std::thread::spawn(move || run_with_timeout(Command::new("h2load").args(["-n", "300", "-c", "1", "-m", "300", &url]), Duration::from_secs(60)));
-    wait_until("the greedy connection to fill the upstream budget", Duration::from_secs(20), || proxy.metric_sum("trefoil_upstream_overflows_total", &["descriptors"]) > 0.0);
+    let greedy = std::thread::spawn(move || {
+        run_with_timeout(Command::new("h2load").args(["-n", "300", "-c", "1", "-m", "300", &url]), Duration::from_secs(60))
+    });
+    wait_until("the greedy connection to fill the upstream budget", Duration::from_secs(20), || {
+        proxy.metric_sum("trefoil_upstream_overflows_total", &["descriptors"]) > 0.0
+    });
     // A new client is still accepted and answered at once, by a 503 while the upstreams are busy.
     let (status, headers, _) = http_get(public, "x", "/");
     assert_eq!((status, headers.get("x-trefoil-flag").map(String::as_str)), (503, Some("overflow")));
@@ -288,7 +336,9 @@ fn a_stalled_upload_is_cut_and_a_slow_one_is_not_a_timeout() {
     use std::io::{Read, Write};
     let up = TestServer::named("up");
     let public = addr();
-    let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{requestBodyIdle: 1s}}\n---\n");
+    let listener = format!(
+        "{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{requestBodyIdle: 1s}}\n---\n"
+    );
     let proxy = Proxy::start(&format!("{listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route("    timeout: 500ms\n")));
     // A body that stops coming: 408 once it has been idle for a second, the upstream not blamed.
     let mut stalled = std::net::TcpStream::connect(public).unwrap();
@@ -329,7 +379,9 @@ fn an_upstream_that_stalls_mid_response_is_cut() {
         let _ = conn.read(&mut head);
     });
     let public = addr();
-    let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{responseBodyIdle: 1s}}\n---\n");
+    let listener = format!(
+        "{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{responseBodyIdle: 1s}}\n---\n"
+    );
     let _proxy = Proxy::start(&format!("{listener}{}{}", service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
     let mut client = std::net::TcpStream::connect(public).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -351,7 +403,8 @@ fn a_second_proxy_on_the_same_address_is_refused() {
     let dir = scratch_dir();
     let config = dir.join("second.yaml");
     std::fs::write(&config, format!("{}{resources}", proxy_resource(addr(), &dir.join("access.log")))).unwrap();
-    let out = run_with_timeout(Command::new(trefoil_bin()).args(["proxy", "--threads", "2", "--config"]).arg(&config), Duration::from_secs(20));
+    let out =
+        run_with_timeout(Command::new(trefoil_bin()).args(["proxy", "--threads", "2", "--config"]).arg(&config), Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("another process already listens on {public}")), "{stderr}");
@@ -362,7 +415,11 @@ fn unauthenticated_addresses_on_the_network_are_announced() {
     let up = TestServer::named("up");
     let port = free_port();
     let admin: std::net::SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
-    let resources = format!("{API}\nkind: Listener\nmetadata: {{name: open}}\nspec:\n  address: \"0.0.0.0:{port}\"\n---\n{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route(""));
+    let resources = format!(
+        "{API}\nkind: Listener\nmetadata: {{name: open}}\nspec:\n  address: \"0.0.0.0:{port}\"\n---\n{}{}",
+        service("web", "http", &[(up.addr(), "v1")]),
+        web_route("")
+    );
     let proxy = Proxy::start_with_admin(admin, &resources);
     let stderr = proxy.stderr();
     assert!(stderr.contains("ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION"), "{stderr}");
@@ -390,7 +447,12 @@ fn a_health_page_that_never_ends_fails_its_check() {
         }
     });
     let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 300ms, unhealthyThreshold: 1}}\n---\n");
-    let proxy = Proxy::start(&format!("{}{}{policy}{}", listener("public", addr()), service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
+    let proxy = Proxy::start(&format!(
+        "{}{}{policy}{}",
+        listener("public", addr()),
+        service("web", "http", &[(upstream_addr, "v1")]),
+        web_route("")
+    ));
     wait_until("the endpoint to be marked unhealthy", Duration::from_secs(20), || {
         proxy.metrics().lines().any(|l| l.starts_with("trefoil_endpoint_healthy{") && l.ends_with(" 0"))
     });

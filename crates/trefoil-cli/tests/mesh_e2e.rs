@@ -14,7 +14,6 @@ use common::up::*;
 use common::{addr, count, curl_many, http_get, repo_root, run_with_timeout, trefoil_bin, wait_until};
 use serde_json::Value;
 
-
 /// The quickstart example with its gateway on `gateway`.
 fn quickstart(gateway: std::net::SocketAddr) -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
@@ -70,7 +69,9 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
     unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
     let during = curl_many(&url, 20, &[]);
     assert_eq!(count(&during, |(s, who)| *s == 200 && who == "web v2"), 20, "{during:?}");
-    up.wait("the control plane restarted", |u| u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true);
+    up.wait("the control plane restarted", |u| {
+        u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true
+    });
     assert_ne!(up.process("control")["pid"].as_u64(), Some(control_pid));
     // The runtime writes what it owns again (Endpoints), and only that: the
     // route as applied, not as in the files, is still there afterwards.
@@ -97,7 +98,9 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
     // A workload dies: it is restarted, published again, and serves again.
     let app_pid = up.process("web-v1-0")["pid"].as_u64().unwrap();
     unsafe { libc::kill(app_pid as i32, libc::SIGKILL) };
-    up.wait("web-v1-0 restarted and ready", |u| u.process("web-v1-0")["restarts"].as_u64() >= Some(1) && u.process("web-v1-0")["ready"] == true);
+    up.wait("web-v1-0 restarted and ready", |u| {
+        u.process("web-v1-0")["restarts"].as_u64() >= Some(1) && u.process("web-v1-0")["ready"] == true
+    });
     wait_until("web v1 serving through the gateway again", Duration::from_secs(30), || {
         curl_many(&url, 10, &[]).iter().any(|(s, who)| *s == 200 && who == "web v1")
     });
@@ -110,7 +113,23 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 #[test]
 fn demo_runs_a_live_split_with_no_errors() {
     let port = common::free_port().to_string();
-    let args = ["demo", "--duration", "4s", "--rps", "100", "-o", "json", "--port", &port, "--admin-base", "0", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"];
+    let args = [
+        "demo",
+        "--duration",
+        "4s",
+        "--rps",
+        "100",
+        "-o",
+        "json",
+        "--port",
+        &port,
+        "--admin-base",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ];
     let out = run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(120));
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();

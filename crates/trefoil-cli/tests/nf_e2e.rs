@@ -63,8 +63,6 @@ impl Drop for Nf {
     }
 }
 
-
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -115,7 +113,10 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
     // events under the same trace id, in chain order.
     let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("the refusal carries the trace id");
     wait_until("the access-log line of the refused upload", Duration::from_secs(10), || {
-        proxy.access_log().lines().any(|l| l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"scan""#) && l.contains(r#""status":451"#))
+        proxy
+            .access_log()
+            .lines()
+            .any(|l| l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"scan""#) && l.contains(r#""status":451"#))
     });
     assert_eq!(chain_events(&proxy, &trace_id), ["policy_check", "virus_found"], "{}", proxy.stderr());
 
@@ -166,7 +167,9 @@ fn antivirus_on_the_response_phase_passes_clean_downloads_and_blocks_infected_on
     assert_eq!(status, 200, "{}\n{}", proxy.stderr(), av.stderr());
     assert!(body == clean, "the clean download arrives whole ({} of {} bytes)", body.len(), clean.len());
     let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
-    wait_until("the clean download's events", Duration::from_secs(10), || chain_events(&proxy, &trace_id) == ["policy_check", "scan_clean"]);
+    wait_until("the clean download's events", Duration::from_secs(10), || {
+        chain_events(&proxy, &trace_id) == ["policy_check", "scan_clean"]
+    });
 
     let (status, headers, body) = request(public, "GET", "/setup.exe", &[], b"");
     assert_eq!(status, 451, "the configured status: {body}\n{}", av.stderr());
@@ -174,7 +177,9 @@ fn antivirus_on_the_response_phase_passes_clean_downloads_and_blocks_infected_on
     assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
     let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
     wait_until("the infected download's access-log line", Duration::from_secs(10), || {
-        proxy.access_log().lines().any(|l| l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"downloads""#) && l.contains(r#""status":451"#))
+        proxy.access_log().lines().any(|l| {
+            l.contains(&format!(r#""trace_id":"{trace_id}""#)) && l.contains(r#""cnf":"downloads""#) && l.contains(r#""status":451"#)
+        })
     });
     assert_eq!(chain_events(&proxy, &trace_id), ["policy_check", "virus_found"], "the chain in order: {}", proxy.stderr());
     assert_eq!(proxy.metric_sum("trefoil_chain_calls_total", &["function=\"antivirus\"", "result=\"deny\""]), 1.0);
@@ -193,7 +198,11 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
             "default: allow\ndenyStatus: 401\ndenyReason: \"admins only\\n\"\nrules:\n- {name: admins, action: allow, sources: [127.0.0.0/8], paths: [/admin], headers: [{name: x-role, value: admin}]}\n- {name: no-admin, action: deny, paths: [/admin]}\n- {name: read-only, action: deny, methods: [DELETE]}\n",
         ),
     ]);
-    let inspect = Nf::start(&["inspect", "--signatures", &write(&dir, "signatures.txt", "# test\nsql-union: UNION SELECT\nscanner: user-agent: sqlmap\n")]);
+    let inspect = Nf::start(&[
+        "inspect",
+        "--signatures",
+        &write(&dir, "signatures.txt", "# test\nsql-union: UNION SELECT\nscanner: user-agent: sqlmap\n"),
+    ]);
     let ratelimit = Nf::start(&["ratelimit", "--rate", "0.01", "--burst", "2", "--key-header", "x-api-key"]);
     let public = addr();
     let config = [
@@ -239,7 +248,11 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
     assert_eq!(status, 403);
     assert!(body.contains("scanner"), "{body}");
     assert_eq!(request(public, "POST", "/search", &[], b"q=weather").0, 200);
-    assert_eq!(up.requests_for("/admin/users") + up.requests_for("/things/1") + up.requests_for("/search"), 3, "only allowed requests arrive");
+    assert_eq!(
+        up.requests_for("/admin/users") + up.requests_for("/things/1") + up.requests_for("/search"),
+        3,
+        "only allowed requests arrive"
+    );
 
     // ratelimit: a burst of 2 per key, then 429 with retry-after; other keys unaffected.
     let key_a = [("x-api-key", "a")];
@@ -279,7 +292,9 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
     );
     let mut up = common::up::Up::start_in(dir, &files);
     up.wait_ready(&["web-0", "policy-0"]);
-    up.wait("the gateway serving through the chain", |_| matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _))));
+    up.wait("the gateway serving through the chain", |_| {
+        matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
+    });
     let (status, headers, body) = request(gateway, "GET", "/admin/x", &[], b"");
     assert_eq!((status, body.as_str()), (403, "denied by policy\n"), "{}", up.stderr());
     assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-
 fn split_route(w1: u32, w2: u32) -> String {
     format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: {w1}}}\n    - {{service: web, version: v2, weight: {w2}}}\n")
 }
@@ -17,7 +16,8 @@ fn split_route(w1: u32, w2: u32) -> String {
 /// wrk's summary: (requests, non-2xx responses, socket errors).
 fn wrk_summary(text: &str) -> (u64, u64, String) {
     let requests = text.lines().find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok())).unwrap_or(0);
-    let non_2xx = text.lines().find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").and_then(|n| n.trim().parse().ok())).unwrap_or(0);
+    let non_2xx =
+        text.lines().find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").and_then(|n| n.trim().parse().ok())).unwrap_or(0);
     let socket_errors = text.lines().find(|l| l.contains("Socket errors")).unwrap_or("").to_string();
     (requests, non_2xx, socket_errors)
 }
@@ -29,7 +29,8 @@ fn hot_reload_under_load_loses_no_request() {
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]));
     let proxy = Proxy::start(&format!("{base}{}", split_route(100, 0)));
     let url = format!("http://{public}/");
-    let load = std::thread::spawn(move || run_with_timeout(Command::new("wrk").args(["-t2", "-c16", "-d4s", &url]), Duration::from_secs(30)));
+    let load =
+        std::thread::spawn(move || run_with_timeout(Command::new("wrk").args(["-t2", "-c16", "-d4s", &url]), Duration::from_secs(30)));
     // Wait until wrk is sending, then reload five times while it runs:
     // by file change and by SIGHUP, moving traffic between versions.
     wait_until("load to reach v1", Duration::from_secs(10), || v1.requests() > 100);
@@ -82,7 +83,8 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
 fn graceful_shutdown_drains_in_flight_requests() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1000"]);
     let public = addr();
-    let mut proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
+    let mut proxy =
+        Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
     let in_flight = std::thread::spawn(move || http_get(public, "x", "/").0);
     wait_until("the request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
     proxy.signal("TERM");
@@ -113,7 +115,11 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
     assert_eq!(report["valid"], false);
     assert_eq!(report["errors"].as_array().unwrap().len(), 3);
     assert_eq!(report["errors"][0]["line"], 5);
-    let good = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy")).output().unwrap();
+    let good = Command::new(trefoil_bin())
+        .args(["validate", "-f"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy"))
+        .output()
+        .unwrap();
     assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
     // A proxy refuses to start on a bad config, with the same exit code.
     let start = Command::new(trefoil_bin()).args(["proxy", "--config"]).arg(&file).output().unwrap();
@@ -124,7 +130,12 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
 fn metrics_pass_promtool() {
     let up = TestServer::named("up");
     let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("    retry: {attempts: 1}\n")));
+    let proxy = Proxy::start(&format!(
+        "{}{}{}",
+        listener("public", public),
+        service("web", "http", &[(up.addr(), "v1")]),
+        web_route("    retry: {attempts: 1}\n")
+    ));
     curl_many(&format!("http://{public}/"), 5, &[]);
     curl_many(&format!("http://{public}/status/503"), 2, &[]);
     let metrics = proxy.metrics();
@@ -162,7 +173,9 @@ fn limits_keep_counting_across_reloads() {
     let up = TestServer::named("up");
     let public = addr();
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]));
-    let route = |timeout: &str| format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 3}}}}\n    backends: [{{service: web}}]\n    timeout: {timeout}\n");
+    let route = |timeout: &str| {
+        format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 3}}}}\n    backends: [{{service: web}}]\n    timeout: {timeout}\n")
+    };
     let proxy = Proxy::start(&format!("{base}{}", route("5s")));
     let first = curl_many(&format!("http://{public}/"), 3, &[]);
     assert_eq!(count(&first, |r| r.0 == 200), 3);

@@ -12,20 +12,24 @@ use std::time::Duration;
 use common::nginx::Nginx;
 use common::*;
 
-
-
-
 #[test]
 fn h2c_prior_knowledge_under_h2load() {
     let up = TestServer::named("up");
     let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web", "")));
-    let out = run_with_timeout(Command::new("h2load").args(["-n", "2000", "-c", "4", "-m", "10", &format!("http://{public}/")]), Duration::from_secs(60));
+    let proxy =
+        Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web", "")));
+    let out = run_with_timeout(
+        Command::new("h2load").args(["-n", "2000", "-c", "4", "-m", "10", &format!("http://{public}/")]),
+        Duration::from_secs(60),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
     assert!(text.contains("status codes: 2000 2xx"), "{text}");
     // An HTTP/2 client, an HTTP/1.1 upstream: the proxy translates.
-    let echo = run_with_timeout(Command::new("curl").args(["-s", "--http2-prior-knowledge", &format!("http://{public}/echo")]), Duration::from_secs(10));
+    let echo = run_with_timeout(
+        Command::new("curl").args(["-s", "--http2-prior-knowledge", &format!("http://{public}/echo")]),
+        Duration::from_secs(10),
+    );
     let echo: serde_json::Value = serde_json::from_slice(&echo.stdout).unwrap();
     assert_eq!(echo["version"], "HTTP/1.1");
     assert_eq!(proxy.metric_sum("trefoil_requests_total", &["status_code=\"200\""]), 2001.0);
@@ -35,7 +39,8 @@ fn h2c_prior_knowledge_under_h2load() {
 fn http2_upstreams_get_http2() {
     let up = TestServer::named("h2-up");
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web", "")));
+    let _proxy =
+        Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web", "")));
     let (status, _, body) = http_get(public, "x", "/echo");
     assert_eq!(status, 200);
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -74,9 +79,20 @@ impl Drop for GrpcServer {
 fn grpc_unary_streaming_errors_and_trailers_pass_through() {
     let server = GrpcServer::start("grpc-v1");
     let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("echo", "grpc", &[(server.addr, "v1")]), route_all("echo", "")));
+    let proxy = Proxy::start(&format!(
+        "{}{}{}",
+        listener("public", public),
+        service("echo", "grpc", &[(server.addr, "v1")]),
+        route_all("echo", "")
+    ));
     let out = run_with_timeout(
-        Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args(["--target", &public.to_string(), "--check", "--count", "25"]),
+        Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args([
+            "--target",
+            &public.to_string(),
+            "--check",
+            "--count",
+            "25",
+        ]),
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -140,11 +156,23 @@ fn mutual_tls_with_alpn_h2_and_peer_identity() {
         "{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{headers: [{{name: x-trefoil-peer-identity, value: \"spiffe://trefoil.test/ns/default/sa/client\"}}]}}]\n    backends: [{{service: trusted}}]\n  - backends: [{{service: web}}]\n"
     );
     let trusted = TestServer::named("trusted");
-    let proxy = Proxy::start(&format!("{tls_listener}{}{}{}{identity_route}", listener("plain", plain), service("web", "http", &[(up.addr(), "v1")]), service("trusted", "http", &[(trusted.addr(), "v1")])));
+    let proxy = Proxy::start(&format!(
+        "{tls_listener}{}{}{}{identity_route}",
+        listener("plain", plain),
+        service("web", "http", &[(up.addr(), "v1")]),
+        service("trusted", "http", &[(trusted.addr(), "v1")])
+    ));
     let url = format!("https://localhost:{}/echo", public.port());
     let resolve = format!("localhost:{}:127.0.0.1", public.port());
     let with_cert = run_with_timeout(
-        Command::new("curl").args(["-s", "--http2", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg("--cert").arg(&pki.client_cert).arg("--key").arg(&pki.client_key).args(["-w", "\n%{http_version}", &url]),
+        Command::new("curl")
+            .args(["-s", "--http2", "--resolve", &resolve, "--cacert"])
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key)
+            .args(["-w", "\n%{http_version}", &url]),
         Duration::from_secs(10),
     );
     let text = String::from_utf8_lossy(&with_cert.stdout);
@@ -154,18 +182,37 @@ fn mutual_tls_with_alpn_h2_and_peer_identity() {
     assert_eq!(echo["name"], "trusted", "routed on the verified identity");
     assert_eq!(echo["headers"]["x-trefoil-peer-identity"], "spiffe://trefoil.test/ns/default/sa/client");
     // A client cannot claim an identity by sending the header itself.
-    let (_, _, forged) = http_request(plain, "GET", "x", "/echo", &[("x-trefoil-peer-identity", "spiffe://trefoil.test/ns/default/sa/client")], b"").unwrap();
+    let (_, _, forged) =
+        http_request(plain, "GET", "x", "/echo", &[("x-trefoil-peer-identity", "spiffe://trefoil.test/ns/default/sa/client")], b"")
+            .unwrap();
     let forged: serde_json::Value = serde_json::from_slice(&forged).unwrap();
     assert_eq!(forged["name"], "up");
     assert!(forged["headers"].get("x-trefoil-peer-identity").is_none(), "{forged}");
-    let without_cert = run_with_timeout(Command::new("curl").args(["-s", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg(&url), Duration::from_secs(10));
+    let without_cert = run_with_timeout(
+        Command::new("curl").args(["-s", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg(&url),
+        Duration::from_secs(10),
+    );
     assert!(!without_cert.status.success(), "a client without a certificate must be refused");
-    wait_until("access-log line with the peer identity", Duration::from_secs(5), || proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client"));
-    assert!(proxy.metric_sum("trefoil_tls_handshakes_total", &["peer_identity=\"spiffe://trefoil.test/ns/default/sa/client\"", "result=\"success\""]) >= 1.0);
+    wait_until("access-log line with the peer identity", Duration::from_secs(5), || {
+        proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client")
+    });
+    assert!(
+        proxy.metric_sum(
+            "trefoil_tls_handshakes_total",
+            &["peer_identity=\"spiffe://trefoil.test/ns/default/sa/client\"", "result=\"success\""]
+        ) >= 1.0
+    );
     assert!(proxy.metric_sum("trefoil_tls_handshakes_total", &["result=\"failure\""]) >= 1.0);
     // HTTP/1.1 over TLS works too.
     let h1 = run_with_timeout(
-        Command::new("curl").args(["-s", "--http1.1", "--resolve", &resolve, "--cacert"]).arg(&pki.ca).arg("--cert").arg(&pki.client_cert).arg("--key").arg(&pki.client_key).args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}", &url]),
+        Command::new("curl")
+            .args(["-s", "--http1.1", "--resolve", &resolve, "--cacert"])
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key)
+            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}", &url]),
         Duration::from_secs(10),
     );
     assert_eq!(String::from_utf8_lossy(&h1.stdout), "200 1.1");
@@ -198,7 +245,9 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
     let (status, headers, _) = http_get(outer, "x", "/");
     assert_eq!(status, 200);
     assert_eq!(headers.get("x-served-by").map(String::as_str), Some("behind-tls"));
-    wait_until("the inner proxy to log the outer's identity", Duration::from_secs(5), || inner_proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client"));
+    wait_until("the inner proxy to log the outer's identity", Duration::from_secs(5), || {
+        inner_proxy.access_log().contains("spiffe://trefoil.test/ns/default/sa/client")
+    });
 }
 
 #[test]
@@ -232,7 +281,12 @@ fn opaque_tcp_and_protocol_detection() {
 fn nginx_as_a_real_upstream() {
     let nginx = Nginx::static_files(&[("index.html", b"hello from nginx\n")]);
     let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("nginx", "http", &[(nginx.addr, "v1")]), route_all("nginx", "")));
+    let _proxy = Proxy::start(&format!(
+        "{}{}{}",
+        listener("public", public),
+        service("nginx", "http", &[(nginx.addr, "v1")]),
+        route_all("nginx", "")
+    ));
     let results = curl_many(&format!("http://{public}/index.html"), 100, &[]);
     assert_eq!(count(&results, |r| r.0 == 200), 100);
     assert_eq!(http_get(public, "web.local", "/index.html").2, "hello from nginx\n");

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-
 #[test]
 fn weighted_split_holds_its_proportions() {
     let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
@@ -23,7 +22,10 @@ fn weighted_split_holds_its_proportions() {
     assert_eq!(count(&results, |r| r.0 == 200), 1000);
     let to_v1 = count(&results, |r| r.1 == "v1") as f64 / 1000.0;
     assert!((to_v1 - 0.80).abs() <= 0.02, "v1 got {to_v1}, want 0.80 ± 0.02");
-    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["version=\"v2\"", "status_code=\"200\""]) as usize, count(&results, |r| r.1 == "v2"));
+    assert_eq!(
+        proxy.metric_sum("trefoil_requests_total", &["version=\"v2\"", "status_code=\"200\""]) as usize,
+        count(&results, |r| r.1 == "v2")
+    );
 }
 
 #[test]
@@ -79,7 +81,9 @@ fn mirror_answers_are_read_to_the_end() {
     // Answers larger than socket buffers arrive only while the proxy reads them.
     let results = curl_many(&format!("http://{public}/bytes/1000000"), 5, &[]);
     assert!(results.iter().all(|r| r.0 == 200), "{results:?}");
-    wait_until("5 mirror answers read", Duration::from_secs(10), || proxy.metric_sum("trefoil_mirror_requests_total", &["result=\"sent\""]) == 5.0);
+    wait_until("5 mirror answers read", Duration::from_secs(10), || {
+        proxy.metric_sum("trefoil_mirror_requests_total", &["result=\"sent\""]) == 5.0
+    });
 }
 
 #[test]
@@ -155,7 +159,11 @@ fn malformed_requests_get_400_and_the_proxy_stays_up() {
     let up = TestServer::named("up");
     let public = addr();
     let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
-    for garbage in [&b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n"[..], b"\x00\x01\x02 nonsense\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"] {
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n"[..],
+        b"\x00\x01\x02 nonsense\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+    ] {
         let mut s = TcpStream::connect(public).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(garbage).unwrap();
@@ -182,7 +190,15 @@ fn faults_rate_limits_and_header_edits() {
     assert_eq!(count(&limited, |r| r.0 == 200), 5);
     assert_eq!(count(&limited, |r| r.0 == 429), 3);
     let (status, headers, body) = {
-        let (s, h, b) = http_request(public, "GET", "x", "/echo", &[("x-drop", "1"), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")], b"").unwrap();
+        let (s, h, b) = http_request(
+            public,
+            "GET",
+            "x",
+            "/echo",
+            &[("x-drop", "1"), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+            b"",
+        )
+        .unwrap();
         (s, h, String::from_utf8(b).unwrap())
     };
     assert_eq!(status, 200);
@@ -250,7 +266,9 @@ fn active_health_checks_take_endpoints_out_and_back() {
     ));
     b.set_healthy(false);
     let b_addr = b.addr().to_string();
-    wait_until("b marked unhealthy", Duration::from_secs(10), || proxy.metric_sum("trefoil_endpoint_healthy", &[&b_addr]) == 0.0 && proxy.metrics().contains(&b_addr));
+    wait_until("b marked unhealthy", Duration::from_secs(10), || {
+        proxy.metric_sum("trefoil_endpoint_healthy", &[&b_addr]) == 0.0 && proxy.metrics().contains(&b_addr)
+    });
     b.reset_stats();
     let results = curl_many(&format!("http://{public}/"), 40, &[]);
     assert!(results.iter().all(|r| r.0 == 200 && r.1 == "a"), "{results:?}");
@@ -287,12 +305,16 @@ fn access_log_is_json_with_trace_ids_and_spans_are_exported() {
     );
     let mut proxy = Proxy::start(&resources);
     // Turn on OTLP export by rewriting the Proxy resource.
-    let config = std::fs::read_to_string(&proxy.config).unwrap().replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"http://{}\"}}\n", collector.addr()));
+    let config = std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"http://{}\"}}\n", collector.addr()));
     std::fs::write(&proxy.config, config).unwrap();
     proxy.signal("HUP");
     // The file watcher may reload it first, and the signal once more.
     wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() >= 2);
-    let (_, headers, _) = http_request(public, "GET", "x", "/logged", &[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], b"").unwrap();
+    let (_, headers, _) =
+        http_request(public, "GET", "x", "/logged", &[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], b"")
+            .unwrap();
     assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some("0af7651916cd43dd8448eb211c80319c"));
     wait_until("the access-log line", Duration::from_secs(5), || proxy.access_log().contains("/logged"));
     let line = proxy.access_log().lines().find(|l| l.contains("/logged")).unwrap().to_string();
@@ -340,14 +362,11 @@ fn raw_echo_upstream() -> SocketAddr {
 fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers() {
     let upstream = raw_echo_upstream();
     let public = addr();
-    let _proxy = Proxy::start(&format!(
-        "{}{}{}",
-        listener("public", public),
-        service("web", "http", &[(upstream, "v1")]),
-        web_route("")
-    ));
+    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(upstream, "v1")]), web_route("")));
     for _ in 0..3 {
-        let (status, _, head) = http_request(public, "GET", "shop.example.com", "/cart?id=7", &[("connection", "close, x-secret"), ("x-secret", "1")], b"").unwrap();
+        let (status, _, head) =
+            http_request(public, "GET", "shop.example.com", "/cart?id=7", &[("connection", "close, x-secret"), ("x-secret", "1")], b"")
+                .unwrap();
         assert_eq!(status, 200);
         let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
         assert!(head.starts_with("get /cart?id=7 http/1.1\r\n"), "request line must be origin-form: {head}");

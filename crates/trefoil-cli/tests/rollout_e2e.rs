@@ -89,7 +89,9 @@ fn start(files: &str, gateway: SocketAddr) -> Mesh {
     let mut up = Up::start(files);
     up.wait_ready(&["web-v1-0", "web-v2-0"]);
     // The gateway may not listen yet: a refused connection is "not yet".
-    wait_until("the gateway serving web", Duration::from_secs(30), || matches!(common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..))));
+    wait_until("the gateway serving web", Duration::from_secs(30), || {
+        matches!(common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..)))
+    });
     Mesh { up, _slot: slot }
 }
 
@@ -107,7 +109,12 @@ fn wait_phase(up: &mut Up, phase: &str) {
 /// The Route's backends for web: (version, weight).
 fn backends(up: &Up) -> Vec<(String, u64)> {
     let route = up.get("/api/v1/routes/edge");
-    route["spec"]["rules"][0]["backends"].as_array().into_iter().flatten().map(|b| (b["version"].as_str().unwrap_or("").to_string(), b["weight"].as_u64().unwrap_or(0))).collect()
+    route["spec"]["rules"][0]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| (b["version"].as_str().unwrap_or("").to_string(), b["weight"].as_u64().unwrap_or(0)))
+        .collect()
 }
 
 fn reasons(up: &Up) -> Vec<String> {
@@ -127,7 +134,9 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
     // The control plane dies mid-rollout; the restarted one resumes from the stored status.
     let control_pid = up.process("control")["pid"].as_u64().unwrap();
     unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
-    up.wait("the control plane restarted", |u| u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true);
+    up.wait("the control plane restarted", |u| {
+        u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true
+    });
 
     wait_phase(&mut up, "Succeeded");
     assert_eq!(backends(&up), [("v2".to_string(), 100)]);
@@ -191,7 +200,8 @@ fn a_canary_slower_than_stable_is_rolled_back_by_a_mann_whitney_comparison() {
 
 /// Every proxy connected and serving the Route's current version.
 fn route_everywhere(up: &Up) -> bool {
-    let version = up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+    let version =
+        up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
     let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
     !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
 }
@@ -249,7 +259,12 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(up: &Up, listen: SocketAddr) -> Prometheus {
-        let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"].as_array().into_iter().flatten().filter_map(|p| p["adminAddress"].as_str().map(|a| format!("'{a}'"))).collect();
+        let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["adminAddress"].as_str().map(|a| format!("'{a}'")))
+            .collect();
         assert!(admins.len() >= 3, "the gateway and both sidecars: {admins:?}");
         let dir = up.dir.join("prometheus");
         std::fs::create_dir_all(&dir).unwrap();
@@ -263,7 +278,9 @@ impl Prometheus {
             .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
             .spawn()
             .expect("starting prometheus");
-        wait_until("prometheus ready", Duration::from_secs(30), || matches!(common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..))));
+        wait_until("prometheus ready", Duration::from_secs(30), || {
+            matches!(common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..)))
+        });
         Prometheus { child }
     }
 }

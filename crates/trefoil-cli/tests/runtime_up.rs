@@ -143,7 +143,13 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
     // the store keeps that (read it with a fresh control plane).
     let data = up.state.join("data");
     let api = common::addr();
-    let mut control = Command::new(trefoil_bin()).args(["control", "--listen", &api.to_string(), "--grpc-listen", &common::addr().to_string(), "--data"]).arg(&data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut control = Command::new(trefoil_bin())
+        .args(["control", "--listen", &api.to_string(), "--grpc-listen", &common::addr().to_string(), "--data"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(common::wait_for_port(api, Duration::from_secs(20)));
     let (status, _, body) = http_get(api, "control", "/api/v1/endpoints/web");
     let _ = control.kill();
@@ -171,7 +177,8 @@ fn children_die_with_a_killed_supervisor() {
 fn bad_input_exits_2_with_the_location() {
     let dir = scratch_dir();
     let file = dir.join("bad.yaml");
-    std::fs::write(&file, format!("{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  command: x\n  replicas: 0\n")).unwrap();
+    std::fs::write(&file, format!("{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  command: x\n  replicas: 0\n"))
+        .unwrap();
     let out = Command::new(trefoil_bin()).args(["up", "-f"]).arg(&file).arg("--state").arg(dir.join("state")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -196,7 +203,6 @@ fn traffic_flows_through_the_gateway() {
         served.contains("web-0") && served.contains("web-1")
     });
 }
-
 
 #[test]
 fn apps_get_their_ports_and_upstreams_in_the_environment() {
@@ -230,7 +236,14 @@ fn apps_get_their_ports_and_upstreams_in_the_environment() {
 fn a_second_up_on_the_same_state_is_refused() {
     let mut up = Up::start(&workload("web", "web", 1));
     up.wait_ready(&["web-0"]);
-    let out = Command::new(trefoil_bin()).args(["up", "-f"]).arg(up.dir.join("files")).arg("--state").arg(&up.state).args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]).output().unwrap();
+    let out = Command::new(trefoil_bin())
+        .args(["up", "-f"])
+        .arg(up.dir.join("files"))
+        .arg("--state")
+        .arg(&up.state)
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another `trefoil up`") && err.contains(&up.view()["pid"].to_string()), "{err}");
@@ -243,7 +256,12 @@ fn a_control_plane_that_cannot_start_is_reported() {
     let dir = scratch_dir();
     std::fs::write(dir.join("mesh.yaml"), workload("web", "web", 1)).unwrap();
     let out = common::run_with_timeout(
-        Command::new(trefoil_bin()).args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args(["--listen", &taken.local_addr().unwrap().to_string(), "--grpc-listen", "127.0.0.1:0"]),
+        Command::new(trefoil_bin()).args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args([
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ]),
         Duration::from_secs(30),
     );
     assert_eq!(out.status.code(), Some(1));
@@ -261,7 +279,12 @@ fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
     let mut second = Up::start_in(dir, &workload("web", "web", 1));
     second.wait_ready(&["web-0"]);
     second.wait("Endpoints/web with one replica", |u| ready_replicas(u, "web") == [0] && endpoints(u, "web").len() == 1);
-    let proxies: Vec<String> = second.get("/api/v1/proxies")["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let proxies: Vec<String> = second.get("/api/v1/proxies")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(proxies, ["web-0"], "stale sidecars are gone");
     assert!(second.get("/api/v1/endpoints/old").is_null(), "stale Endpoints are gone");
     assert!(second.get("/api/v1/workloads/old").is_object(), "what people wrote is never deleted by the runtime");
@@ -283,7 +306,9 @@ fn logs_follow_prints_new_output() {
     // The restarted app writes a new "listening on" line.
     let pid = up.process("web-0")["pid"].as_u64().unwrap();
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    wait_until("the new output followed", Duration::from_secs(30), || std::fs::read_to_string(&out).unwrap_or_default().contains("listening on"));
+    wait_until("the new output followed", Duration::from_secs(30), || {
+        std::fs::read_to_string(&out).unwrap_or_default().contains("listening on")
+    });
     let _ = follow.kill();
     let _ = follow.wait();
 }
@@ -311,8 +336,14 @@ fn sidecar_ports_reach_the_other_service() {
     let upstream: SocketAddr = sidecar["addresses"]["upstream.api"].as_str().unwrap().parse().unwrap();
     let outbound: SocketAddr = sidecar["addresses"]["outbound"].as_str().unwrap().parse().unwrap();
     up.wait("api answers on web-0's upstream and outbound ports", |_| {
-        let via = |addr, host| trefoil_testkit::http_request(addr, "GET", host, "/", &[], b"").ok().filter(|(s, _, _)| *s == 200).map(|(_, _, b)| String::from_utf8_lossy(&b).trim().to_string());
-        matches!(via(upstream, "anything").as_deref(), Some("api-0" | "api-1")) && matches!(via(outbound, "api").as_deref(), Some("api-0" | "api-1"))
+        let via = |addr, host| {
+            trefoil_testkit::http_request(addr, "GET", host, "/", &[], b"")
+                .ok()
+                .filter(|(s, _, _)| *s == 200)
+                .map(|(_, _, b)| String::from_utf8_lossy(&b).trim().to_string())
+        };
+        matches!(via(upstream, "anything").as_deref(), Some("api-0" | "api-1"))
+            && matches!(via(outbound, "api").as_deref(), Some("api-0" | "api-1"))
     });
 }
 

@@ -31,14 +31,17 @@ fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
     let mut up = Up::start(mesh);
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
     up.wait("every proxy acknowledged its snapshot", |u| u.all_acked(1));
-    wait_until("the gateway serving web", Duration::from_secs(30), || trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200));
+    wait_until("the gateway serving web", Duration::from_secs(30), || {
+        trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200)
+    });
     up
 }
 
 /// One request with a known trace id; then the trace's spans once `count` arrived.
 fn traced_request(up: &Up, gateway: std::net::SocketAddr, count: usize) -> Vec<Value> {
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
-    let (status, headers, body) = trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[("traceparent", &traceparent)], b"").unwrap();
+    let (status, headers, body) =
+        trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[("traceparent", &traceparent)], b"").unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some(TRACE_ID), "{headers:?}");
     // Proxies export in batches about a second apart: wait for every span.
@@ -71,8 +74,16 @@ fn without_attempts(spans: &[Value]) -> Vec<Value> {
     for hop in others.iter().filter(|s| !attr(s, "trefoil.direction").is_empty()) {
         let mine: Vec<&Value> = attempts.iter().filter(|a| a["parentSpanId"] == hop["spanId"]).collect();
         assert_eq!(mine.len(), 1, "one attempt per hop: {spans:#?}");
-        assert_eq!((mine[0]["name"].as_str(), attr(mine[0], "trefoil.upstream")), (Some("attempt 1"), attr(hop, "trefoil.upstream")), "{spans:#?}");
-        assert_eq!((attr(mine[0], "trefoil.attempt.status"), attr(mine[0], "trefoil.retry")), (attr(hop, "http.response.status_code"), "false"), "{spans:#?}");
+        assert_eq!(
+            (mine[0]["name"].as_str(), attr(mine[0], "trefoil.upstream")),
+            (Some("attempt 1"), attr(hop, "trefoil.upstream")),
+            "{spans:#?}"
+        );
+        assert_eq!(
+            (attr(mine[0], "trefoil.attempt.status"), attr(mine[0], "trefoil.retry")),
+            (attr(hop, "http.response.status_code"), "false"),
+            "{spans:#?}"
+        );
     }
     others
 }
@@ -139,15 +150,29 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     assert_eq!(attr(gw, "trefoil.cnf"), "scan");
     assert_eq!(step["name"], "chain acl", "the chain runs before the upstream: {spans:#?}");
     assert_eq!(step["parentSpanId"], gw["spanId"]);
-    assert_eq!((attr(step, "trefoil.function"), attr(step, "trefoil.step.mode"), attr(step, "trefoil.verdict")), ("acl", "callout", "allow"));
+    assert_eq!(
+        (attr(step, "trefoil.function"), attr(step, "trefoil.step.mode"), attr(step, "trefoil.verdict")),
+        ("acl", "callout", "allow")
+    );
     assert_eq!(step["events"][0]["name"], "checked", "the function's event is on its step: {step:#}");
     assert!(step["events"][0]["attributes"]["data"].as_str().unwrap_or("").contains("\"path\""), "{step:#}");
     assert_eq!(handler["name"], "handler checked", "the handler of the step's event runs after it: {spans:#?}");
     assert_eq!(handler["parentSpanId"], gw["spanId"]);
-    assert_eq!((attr(handler, "trefoil.cnf"), attr(handler, "trefoil.event"), attr(handler, "trefoil.handler.on"), attr(handler, "trefoil.handler.result")), ("scan", "checked", "allow", "ok"));
+    assert_eq!(
+        (
+            attr(handler, "trefoil.cnf"),
+            attr(handler, "trefoil.event"),
+            attr(handler, "trefoil.handler.on"),
+            attr(handler, "trefoil.handler.result")
+        ),
+        ("scan", "checked", "allow", "ok")
+    );
     assert_eq!(attr(handler, "tag.user"), "ann", "the handler's tag is on its span: {handler:#}");
     assert!(nanos(&step["endUnixNano"]) <= nanos(&handler["startUnixNano"]), "{spans:#?}");
-    assert!(nanos(&handler["endUnixNano"]) <= nanos(&web_in["startUnixNano"]), "the step and its handler end before web is called: {spans:#?}");
+    assert!(
+        nanos(&handler["endUnixNano"]) <= nanos(&web_in["startUnixNano"]),
+        "the step and its handler end before web is called: {spans:#?}"
+    );
     assert_eq!(web_in["parentSpanId"], gw["spanId"], "{spans:#?}");
 
     let out = trace(&up, &[TRACE_ID]);
@@ -171,7 +196,9 @@ fn a_retried_request_shows_each_attempt_as_a_span() {
         web_route("    retry: {attempts: 2, on: [5xx], backoff: 1ms}\n")
     ));
     // A standalone proxy exports only when its Proxy resource says where.
-    let config = std::fs::read_to_string(&proxy.config).unwrap().replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"{}\"}}\n", control.url()));
+    let config = std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"{}\"}}\n", control.url()));
     std::fs::write(&proxy.config, config).unwrap();
     proxy.signal("HUP");
     wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() >= 2);
@@ -188,22 +215,41 @@ fn a_retried_request_shows_each_attempt_as_a_span() {
     let mut spans: Vec<Value> = Vec::new();
     wait_until("the trace's three spans", Duration::from_secs(15), || {
         let (status, _, body) = http_request(control.api, "GET", "control", &format!("/api/v1/traces/{trace_id}"), &[], b"").unwrap();
-        spans = if status == 200 { serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default() } else { Vec::new() };
+        spans = if status == 200 {
+            serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         spans.len() >= 3
     });
     assert_eq!(spans.len(), 3, "{spans:#?}");
     let hop = spans.iter().find(|s| !is_attempt(s)).unwrap();
     assert_eq!((attr(hop, "trefoil.attempts"), attr(hop, "http.response.status_code")), ("2", "200"), "{spans:#?}");
     let attempts: Vec<&Value> = spans.iter().filter(|s| is_attempt(s)).collect();
-    assert_eq!((attempts[0]["name"].as_str(), attempts[1]["name"].as_str()), (Some("attempt 1"), Some("attempt 2")), "in time order: {spans:#?}");
+    assert_eq!(
+        (attempts[0]["name"].as_str(), attempts[1]["name"].as_str()),
+        (Some("attempt 1"), Some("attempt 2")),
+        "in time order: {spans:#?}"
+    );
     for a in &attempts {
         assert_eq!(a["parentSpanId"], hop["spanId"], "{spans:#?}");
-        assert_eq!((attr(a, "trefoil.service"), attr(a, "trefoil.version"), attr(a, "trefoil.upstream")), ("web", "v1", flaky.addr().to_string().as_str()));
+        assert_eq!(
+            (attr(a, "trefoil.service"), attr(a, "trefoil.version"), attr(a, "trefoil.upstream")),
+            ("web", "v1", flaky.addr().to_string().as_str())
+        );
     }
     let (first, second) = (attempts[0], attempts[1]);
     assert!(attr(first, "trefoil.attempt.status").starts_with('5'), "{first:#}");
-    assert_eq!((attr(first, "trefoil.attempt.failure"), attr(first, "trefoil.retry"), first["error"].as_bool()), ("status", "true", Some(true)), "{first:#}");
-    assert_eq!((attr(second, "trefoil.attempt.status"), attr(second, "trefoil.retry"), second["error"].as_bool()), ("200", "false", Some(false)), "{second:#}");
+    assert_eq!(
+        (attr(first, "trefoil.attempt.failure"), attr(first, "trefoil.retry"), first["error"].as_bool()),
+        ("status", "true", Some(true)),
+        "{first:#}"
+    );
+    assert_eq!(
+        (attr(second, "trefoil.attempt.status"), attr(second, "trefoil.retry"), second["error"].as_bool()),
+        ("200", "false", Some(false)),
+        "{second:#}"
+    );
     assert!(nanos(&first["endUnixNano"]) <= nanos(&second["startUnixNano"]), "{spans:#?}");
 }
 

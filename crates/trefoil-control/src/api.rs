@@ -87,7 +87,11 @@ impl From<StoreError> for ApiError {
 /// The canonical kind for a path segment: `Route`, `route` or `routes`.
 fn kind_of(segment: &str) -> Result<&'static str, ApiError> {
     let lower = segment.to_ascii_lowercase();
-    let singular = lower.strip_suffix("ies").map(|s| format!("{s}y")).or_else(|| lower.strip_suffix('s').map(str::to_string)).unwrap_or_else(|| lower.clone());
+    let singular = lower
+        .strip_suffix("ies")
+        .map(|s| format!("{s}y"))
+        .or_else(|| lower.strip_suffix('s').map(str::to_string))
+        .unwrap_or_else(|| lower.clone());
     KINDS
         .iter()
         .find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular)
@@ -165,16 +169,19 @@ fn line(kind: &str, s: &Stored) -> Bytes {
     Bytes::from(out)
 }
 
-
 async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&kind)?;
-    store.get(kind, &name).map(|s| Json(present(&s))).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{kind}/{name} not found")))
+    store
+        .get(kind, &name)
+        .map(|s| Json(present(&s)))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{kind}/{name} not found")))
 }
 
 /// Parses and validates one resource from a request body (YAML or JSON).
 fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    let invalid = |errors: Vec<Diagnostic>| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "invalid resource".into(), errors };
+    let invalid =
+        |errors: Vec<Diagnostic>| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "invalid resource".into(), errors };
     let sources = load_str(&Arc::from("request body"), text).map_err(|d| invalid(d.0))?;
     let [source] = sources.as_slice() else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body must hold exactly one resource, not {}", sources.len())));
@@ -189,7 +196,9 @@ fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u
     }
     let expected = match &resource.metadata.resource_version {
         None => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("metadata.resourceVersion {rv:?} is not a version this server issued")))?),
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("metadata.resourceVersion {rv:?} is not a version this server issued"))
+        })?),
     };
     let mut value = serde_json::to_value(resource).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -249,7 +258,11 @@ struct DeleteQuery {
     resource_version: Option<u64>,
 }
 
-async fn remove(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, Query(q): Query<DeleteQuery>) -> Result<Response, ApiError> {
+async fn remove(
+    State(store): State<Arc<Store>>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
     let rv = store.delete(kind, &name, q.resource_version)?;
     Ok(Json(json!({"deleted": format!("{kind}/{name}"), "resourceVersion": rv.to_string()})).into_response())

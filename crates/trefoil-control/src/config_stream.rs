@@ -73,7 +73,12 @@ impl ConfigStream for ConfigStreamService {
 /// Registers the proxy a stream's first message names; the status to end
 /// the stream with when that is not a Hello naming a proxy, or when another
 /// open stream holds the name.
-fn register(proxies: &Proxies, first: Result<Option<ProxyMessage>, Status>, outbox: crate::proxies::Outbox, peer: &str) -> Result<(String, u64), Status> {
+fn register(
+    proxies: &Proxies,
+    first: Result<Option<ProxyMessage>, Status>,
+    outbox: crate::proxies::Outbox,
+    peer: &str,
+) -> Result<(String, u64), Status> {
     let hello = match first {
         Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) })) if !h.proxy.is_empty() => h,
         _ => {
@@ -81,7 +86,8 @@ fn register(proxies: &Proxies, first: Result<Option<ProxyMessage>, Status>, outb
             return Err(Status::invalid_argument("the first message must be a Hello naming the proxy"));
         }
     };
-    let registered = Hello { name: &hello.proxy, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer };
+    let registered =
+        Hello { name: &hello.proxy, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer };
     match proxies.connect(&registered, outbox) {
         Ok(id) => {
             tracing::info!(proxy = %hello.proxy, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
@@ -251,7 +257,14 @@ mod tests {
     async fn open(addr: SocketAddr, name: &str, pid: u32) -> Result<Wire, Status> {
         let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
         let (say, said) = mpsc::unbounded_channel();
-        say.send(ProxyMessage::hello(WireHello { proxy: name.into(), admin_address: format!("127.0.0.1:{pid}"), version: 0, hash: 0, pid })).unwrap();
+        say.send(ProxyMessage::hello(WireHello {
+            proxy: name.into(),
+            admin_address: format!("127.0.0.1:{pid}"),
+            version: 0,
+            hash: 0,
+            pid,
+        }))
+        .unwrap();
         match client.stream(UnboundedReceiverStream::new(said)).await {
             Ok(snapshots) => Ok(Wire { snapshots, say, _client: client }),
             Err(trefoil_wire::ClientError::Refused(status)) => Err(status),
@@ -295,7 +308,13 @@ mod tests {
         let refused = open(addr, "edge", 1002).await.err().expect("the second is refused");
         assert!(already_exists(&refused), "{refused:?}");
         let message = refused.message();
-        assert!(message.contains("\"edge\"") && message.contains("from 127.0.0.1:") && message.contains("pid 1001") && message.contains("admin 127.0.0.1:1001"), "{message}");
+        assert!(
+            message.contains("\"edge\"")
+                && message.contains("from 127.0.0.1:")
+                && message.contains("pid 1001")
+                && message.contains("admin 127.0.0.1:1001"),
+            "{message}"
+        );
 
         // The holder's session is the live one: its ACK is taken.
         holder.say.send(ProxyMessage::ack(snapshot.version, snapshot.hash)).unwrap();
@@ -321,7 +340,14 @@ mod tests {
         let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
         let (say, said) = mpsc::unbounded_channel();
         let mut snapshots = client.stream(UnboundedReceiverStream::new(said)).await.expect("headers without a Hello");
-        say.send(ProxyMessage::hello(WireHello { proxy: "edge".into(), admin_address: "127.0.0.1:3002".into(), version: 0, hash: 0, pid: 3002 })).unwrap();
+        say.send(ProxyMessage::hello(WireHello {
+            proxy: "edge".into(),
+            admin_address: "127.0.0.1:3002".into(),
+            version: 0,
+            hash: 0,
+            pid: 3002,
+        }))
+        .unwrap();
         let end = tokio::time::timeout(WAIT, snapshots.message()).await.expect("the stream ends");
         assert!(end.as_ref().is_err_and(already_exists), "{end:?}");
         // A stream that starts with anything but a Hello is refused as such.

@@ -53,7 +53,10 @@ mod tests {
         assert_eq!(exposure_warning(at("127.0.0.1:7070"), at("[::1]:7071")), None);
         assert_eq!(exposure_warning(at("127.0.0.2:7070"), at("[::ffff:127.0.0.1]:7071")), None);
         let both = exposure_warning(at("0.0.0.0:7070"), at("10.1.2.3:7071")).unwrap();
-        assert!(both.contains("the REST API on 0.0.0.0:7070 and the config stream on 10.1.2.3:7071") && both.contains("WITHOUT AUTHENTICATION"), "{both}");
+        assert!(
+            both.contains("the REST API on 0.0.0.0:7070 and the config stream on 10.1.2.3:7071") && both.contains("WITHOUT AUTHENTICATION"),
+            "{both}"
+        );
         let one = exposure_warning(at("127.0.0.1:7070"), at("[::]:7071")).unwrap();
         assert!(one.starts_with("the config stream on [::]:7071 listen"), "{one}");
     }
@@ -137,7 +140,9 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
     let app = api::router(store.clone())
-        .merge(traces::api::router(Arc::new(traces::TraceStore::default()))).merge(rollout::actions::router(store.clone())).merge(status::router(store, proxies))
+        .merge(traces::api::router(Arc::new(traces::TraceStore::default())))
+        .merge(rollout::actions::router(store.clone()))
+        .merge(status::router(store, proxies))
         .layer(axum::middleware::map_response(api::rescue));
     server::serve(rest, app, options.limits, stopped(stop_rx)).await;
     distributor.abort();

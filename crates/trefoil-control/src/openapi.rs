@@ -14,14 +14,17 @@ pub fn document() -> Value {
     let name = json!({"name": "name", "in": "path", "required": true, "schema": name_schema, "example": "web"});
     let example = json!({"apiVersion": API_VERSION, "kind": "Service", "metadata": {"name": "web"}, "spec": {"endpoints": [{"address": "127.0.0.1:8080", "version": "v1"}]}});
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let too_large = json!({"description": "a body over 2 MiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let too_large =
+        json!({"description": "a body over 2 MiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let busy = json!({"description": "too many watch streams are open", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     // A query string or path that does not parse (`?limit=null`, bytes that are not UTF-8).
     let bad_request = json!({"description": "a malformed path or query parameter, or body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let resource = json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
+    let resource =
+        json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
     // What a client can do next with a resource it wrote: the links let a
     // client (and a stateful API fuzzer) follow one resource through its life.
-    let by_body = |op: &str| json!({"operationId": op, "parameters": {"kind": "$response.body#/kind", "name": "$response.body#/metadata/name"}});
+    let by_body =
+        |op: &str| json!({"operationId": op, "parameters": {"kind": "$response.body#/kind", "name": "$response.body#/metadata/name"}});
     let mut written = resource.clone();
     written["links"] = json!({"ReadWritten": by_body("readResource"), "ReplaceWritten": by_body("replaceResource"), "DeleteWritten": by_body("deleteResource")});
     let body = json!({"required": true, "content": {

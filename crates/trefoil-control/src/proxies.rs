@@ -137,7 +137,12 @@ impl Proxies {
             return Err(NameTaken { name: hello.name.to_string(), holder: held.holder.clone() });
         }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
-        let holder = Holder { peer: hello.peer.to_string(), admin_address: hello.admin_address.to_string(), pid: hello.pid, since: SystemTime::now() };
+        let holder = Holder {
+            peer: hello.peer.to_string(),
+            admin_address: hello.admin_address.to_string(),
+            pid: hello.pid,
+            since: SystemTime::now(),
+        };
         entry.admin_address = Some(hello.admin_address.to_string());
         entry.last_seen = Some(SystemTime::now());
         // A proxy that already serves something (it reconnects after a
@@ -190,9 +195,19 @@ impl Proxies {
             return false;
         }
         session.sent_hash = snapshot.hash;
-        session.outbox.send_replace(Some(Snapshot { version: snapshot.version, hash: snapshot.hash, resources_json: snapshot.resources_json.clone() }));
+        session.outbox.send_replace(Some(Snapshot {
+            version: snapshot.version,
+            hash: snapshot.hash,
+            resources_json: snapshot.resources_json.clone(),
+        }));
         entry.latest = Some((snapshot.version, snapshot.hash));
-        tracing::info!(proxy = name, version = snapshot.version, hash = format_args!("{:016x}", snapshot.hash), resources = snapshot.count, "sending snapshot");
+        tracing::info!(
+            proxy = name,
+            version = snapshot.version,
+            hash = format_args!("{:016x}", snapshot.hash),
+            resources = snapshot.count,
+            "sending snapshot"
+        );
         true
     }
 
@@ -227,7 +242,18 @@ impl Proxies {
         let entries = self.lock();
         let mut out: BTreeMap<&str, ProxyStatus> = BTreeMap::new();
         for name in declared {
-            out.insert(name, ProxyStatus { name: name.clone(), connected: false, admin_address: None, latest_version: None, acked_version: None, nack: None, last_seen: None });
+            out.insert(
+                name,
+                ProxyStatus {
+                    name: name.clone(),
+                    connected: false,
+                    admin_address: None,
+                    latest_version: None,
+                    acked_version: None,
+                    nack: None,
+                    last_seen: None,
+                },
+            );
         }
         for (name, e) in entries.iter() {
             out.insert(

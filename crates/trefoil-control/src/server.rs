@@ -87,7 +87,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
-    let guards = Arc::new(Guards { watches: Arc::new(Semaphore::new(limits.max_watches)), bodies: Semaphore::new(limits.bodies_at_once), limits: limits.clone() });
+    let guards = Arc::new(Guards {
+        watches: Arc::new(Semaphore::new(limits.max_watches)),
+        bodies: Semaphore::new(limits.bodies_at_once),
+        limits: limits.clone(),
+    });
     let app = app.layer(axum::middleware::from_fn_with_state(guards, guard)).layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -114,7 +118,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE).with_interval(TCP_KEEPALIVE_INTERVAL).with_retries(TCP_KEEPALIVE_PROBES);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -163,14 +170,24 @@ async fn guard(State(guards): State<Arc<Guards>>, request: Request, next: Next) 
     };
     let response = match tokio::time::timeout(limits.request_timeout, handled).await {
         Ok(response) => response,
-        Err(_late) => return ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request was not received and answered within {:?}", limits.request_timeout)).into_response(),
+        Err(_late) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request was not received and answered within {:?}", limits.request_timeout),
+            )
+            .into_response()
+        }
     };
     let streams = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"application/x-ndjson"));
     if !streams {
         return response;
     }
     let Ok(slot) = guards.watches.clone().try_acquire_owned() else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{} watch streams are open, the most this control plane serves; close one or try again later", limits.max_watches)).into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} watch streams are open, the most this control plane serves; close one or try again later", limits.max_watches),
+        )
+        .into_response();
     };
     // The slot is given back when the stream ends: its reader went away,
     // stalled past the limit, or fell behind.

@@ -75,16 +75,47 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// `flow_len` is the whole payload, padding included: what flow control counts.
-    Data { stream: u32, data: Bytes, end_stream: bool, flow_len: u32 },
-    Headers { stream: u32, fragment: Bytes, end_stream: bool, end_headers: bool },
-    Priority { stream: u32 },
-    RstStream { stream: u32, reason: Reason },
-    Settings { ack: bool, settings: Settings },
+    Data {
+        stream: u32,
+        data: Bytes,
+        end_stream: bool,
+        flow_len: u32,
+    },
+    Headers {
+        stream: u32,
+        fragment: Bytes,
+        end_stream: bool,
+        end_headers: bool,
+    },
+    Priority {
+        stream: u32,
+    },
+    RstStream {
+        stream: u32,
+        reason: Reason,
+    },
+    Settings {
+        ack: bool,
+        settings: Settings,
+    },
     PushPromise,
-    Ping { ack: bool, payload: [u8; 8] },
-    GoAway { last_stream: u32, reason: Reason },
-    WindowUpdate { stream: u32, increment: u32 },
-    Continuation { stream: u32, fragment: Bytes, end_headers: bool },
+    Ping {
+        ack: bool,
+        payload: [u8; 8],
+    },
+    GoAway {
+        last_stream: u32,
+        reason: Reason,
+    },
+    WindowUpdate {
+        stream: u32,
+        increment: u32,
+    },
+    Continuation {
+        stream: u32,
+        fragment: Bytes,
+        end_headers: bool,
+    },
     /// A frame of a type this endpoint does not know: ignored (§4.1).
     Unknown,
 }
@@ -133,7 +164,8 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
                 // A stream error in principle, but the header block would
                 // then go undecoded and the HPACK tables out of step: the
                 // connection ends instead (RFC 9113 §5.4.1 allows it).
-                check_not_self_dependent(stream, &payload).map_err(|_| connection_error(Reason::PROTOCOL_ERROR, "stream depends on itself"))?;
+                check_not_self_dependent(stream, &payload)
+                    .map_err(|_| connection_error(Reason::PROTOCOL_ERROR, "stream depends on itself"))?;
                 payload.advance(5);
             }
             Frame::Headers { stream, fragment: payload, end_stream: flags & END_STREAM != 0, end_headers: flags & END_HEADERS != 0 }
@@ -177,7 +209,11 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
             let increment = payload.get_u32() & MAX_WINDOW;
             if increment == 0 {
                 let what = "WINDOW_UPDATE of zero";
-                return Err(if stream == 0 { connection_error(Reason::PROTOCOL_ERROR, what) } else { FrameError::Stream { stream, reason: Reason::PROTOCOL_ERROR, what } });
+                return Err(if stream == 0 {
+                    connection_error(Reason::PROTOCOL_ERROR, what)
+                } else {
+                    FrameError::Stream { stream, reason: Reason::PROTOCOL_ERROR, what }
+                });
             }
             Frame::WindowUpdate { stream, increment }
         }
@@ -226,9 +262,13 @@ fn parse_settings(mut payload: Bytes) -> Result<Settings, FrameError> {
             0x1 => settings.header_table_size = Some(value),
             0x2 => settings.enable_push = Some(flag(value, "SETTINGS_ENABLE_PUSH neither 0 nor 1")?),
             0x3 => settings.max_concurrent_streams = Some(value),
-            0x4 if value > MAX_WINDOW => return Err(connection_error(Reason::FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1")),
+            0x4 if value > MAX_WINDOW => {
+                return Err(connection_error(Reason::FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1"))
+            }
             0x4 => settings.initial_window_size = Some(value),
-            0x5 if !(DEFAULT_MAX_FRAME_SIZE..=(1 << 24) - 1).contains(&value) => return Err(connection_error(Reason::PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")),
+            0x5 if !(DEFAULT_MAX_FRAME_SIZE..=(1 << 24) - 1).contains(&value) => {
+                return Err(connection_error(Reason::PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range"))
+            }
             0x5 => settings.max_frame_size = Some(value),
             0x6 => settings.max_header_list_size = Some(value),
             0x8 => settings.enable_connect_protocol = Some(flag(value, "SETTINGS_ENABLE_CONNECT_PROTOCOL neither 0 nor 1")?),
@@ -343,7 +383,10 @@ mod tests {
         }
         let mut buf = whole.clone();
         buf.extend_from_slice(&frame(PING, 0, 0, &[7; 8]));
-        assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME_SIZE).unwrap(), Some(Frame::Data { stream: 1, data: Bytes::from_static(b"hello"), end_stream: true, flow_len: 5 }));
+        assert_eq!(
+            decode(&mut buf, DEFAULT_MAX_FRAME_SIZE).unwrap(),
+            Some(Frame::Data { stream: 1, data: Bytes::from_static(b"hello"), end_stream: true, flow_len: 5 })
+        );
         assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME_SIZE).unwrap(), Some(Frame::Ping { ack: false, payload: [7; 8] }));
     }
 
@@ -375,7 +418,10 @@ mod tests {
         assert!(connection(Reason::PROTOCOL_ERROR)(&parsed(PING, 0, 1, &[0; 8])));
         assert!(connection(Reason::FRAME_SIZE_ERROR)(&parsed(RST_STREAM, 0, 1, &[0; 3])));
         assert!(connection(Reason::PROTOCOL_ERROR)(&parsed(WINDOW_UPDATE, 0, 0, &[0; 4])));
-        assert_eq!(parsed(WINDOW_UPDATE, 0, 7, &[0; 4]), Err(FrameError::Stream { stream: 7, reason: Reason::PROTOCOL_ERROR, what: "WINDOW_UPDATE of zero" }));
+        assert_eq!(
+            parsed(WINDOW_UPDATE, 0, 7, &[0; 4]),
+            Err(FrameError::Stream { stream: 7, reason: Reason::PROTOCOL_ERROR, what: "WINDOW_UPDATE of zero" })
+        );
         assert!(matches!(parsed(PRIORITY, 0, 9, &[0, 0, 0, 9, 0]), Err(FrameError::Stream { stream: 9, .. })));
         assert!(connection(Reason::PROTOCOL_ERROR)(&parsed(HEADERS, PRIORITY_FLAG | END_HEADERS, 9, &[0, 0, 0, 9, 0, 0x82])));
         assert!(matches!(parsed(PRIORITY, 0, 9, &[0; 4]), Err(FrameError::Stream { reason: Reason::FRAME_SIZE_ERROR, .. })));
@@ -386,7 +432,15 @@ mod tests {
     fn settings_are_read_and_unknown_ones_ignored() {
         let payload = [0, 1, 0, 0, 0x10, 0, 0, 3, 0, 0, 0, 100, 0, 4, 0, 1, 0, 0, 0, 0x99, 0, 0, 0, 1];
         let Frame::Settings { ack: false, settings } = parsed(SETTINGS, 0, 0, &payload).unwrap() else { panic!() };
-        assert_eq!(settings, Settings { header_table_size: Some(4096), max_concurrent_streams: Some(100), initial_window_size: Some(65536), ..Settings::default() });
+        assert_eq!(
+            settings,
+            Settings {
+                header_table_size: Some(4096),
+                max_concurrent_streams: Some(100),
+                initial_window_size: Some(65536),
+                ..Settings::default()
+            }
+        );
     }
 
     #[test]
@@ -408,7 +462,10 @@ mod tests {
         assert_eq!(
             frames,
             [
-                Frame::Settings { ack: false, settings: Settings { max_concurrent_streams: Some(250), initial_window_size: Some(1 << 20), ..Settings::default() } },
+                Frame::Settings {
+                    ack: false,
+                    settings: Settings { max_concurrent_streams: Some(250), initial_window_size: Some(1 << 20), ..Settings::default() }
+                },
                 Frame::Settings { ack: true, settings: Settings::default() },
                 Frame::Ping { ack: true, payload: [1; 8] },
                 Frame::GoAway { last_stream: 7, reason: Reason::NO_ERROR },

@@ -261,7 +261,12 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(table_size_limit: usize, max_list_size: usize) -> Self {
-        Decoder { table: DynamicTable { max_size: table_size_limit, ..DynamicTable::default() }, table_size_limit, max_list_size, scratch: Vec::new() }
+        Decoder {
+            table: DynamicTable { max_size: table_size_limit, ..DynamicTable::default() },
+            table_size_limit,
+            max_list_size,
+            scratch: Vec::new(),
+        }
     }
 
     /// Decodes one whole header block (a HEADERS frame's fragment and those
@@ -529,10 +534,17 @@ mod tests {
             let first = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
             assert_eq!(decode_all(&mut decoder, &hex(blocks[0])), pairs(&first));
             assert_eq!(decoder.table.size, 57);
-            let second = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com"), ("cache-control", "no-cache")];
+            let second =
+                [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com"), ("cache-control", "no-cache")];
             assert_eq!(decode_all(&mut decoder, &hex(blocks[1])), pairs(&second));
             assert_eq!(decoder.table.size, 110);
-            let third = [(":method", "GET"), (":scheme", "https"), (":path", "/index.html"), (":authority", "www.example.com"), ("custom-key", "custom-value")];
+            let third = [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value"),
+            ];
             assert_eq!(decode_all(&mut decoder, &hex(blocks[2])), pairs(&third));
             assert_eq!(decoder.table.size, 164);
             assert_eq!(decoder.table.entries.len(), 3);
@@ -595,7 +607,8 @@ mod tests {
     #[test]
     fn upper_case_and_unknown_pseudo_names_are_marked_malformed() {
         let mut decoder = Decoder::new(4096, 16384);
-        let block: Vec<u8> = [&[0x00, 0x01][..], b"A", &[0x01], b"x", &[0x00, 0x04], b":foo", &[0x01], b"y", &[0x10, 0x01], b"k", &[0x01], b"z"].concat();
+        let block: Vec<u8> =
+            [&[0x00, 0x01][..], b"A", &[0x01], b"x", &[0x00, 0x04], b":foo", &[0x01], b"y", &[0x10, 0x01], b"k", &[0x01], b"z"].concat();
         let fields = decode_all(&mut decoder, &block.into());
         assert_eq!(fields, pairs(&[("malformed:A", "x"), ("malformed::foo", "y"), ("k", "z")]));
     }

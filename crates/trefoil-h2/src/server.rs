@@ -704,7 +704,9 @@ where
         let length_broken = slot.content_length.is_some_and(|n| slot.received > n || (end_stream && slot.received != n));
         if length_broken {
             shared.update(|s| s.failed = Some("request body and content-length disagree"));
-            return Err(FrameError::Stream { stream, reason: Reason::PROTOCOL_ERROR, what: "request body and content-length disagree" }.into());
+            return Err(
+                FrameError::Stream { stream, reason: Reason::PROTOCOL_ERROR, what: "request body and content-length disagree" }.into()
+            );
         }
         let len = data.len() as u32;
         let mut dropped = false;
@@ -733,7 +735,11 @@ where
                 if matches!(self.slots[key].as_ref().map(|s| &s.work), Some(Work::Service(_))) {
                     self.reset_budget = self.reset_budget.saturating_sub(1);
                     if self.reset_budget == 0 {
-                        return Err(FrameError::Connection { reason: Reason::ENHANCE_YOUR_CALM, what: "too many streams reset while being served" }.into());
+                        return Err(FrameError::Connection {
+                            reason: Reason::ENHANCE_YOUR_CALM,
+                            what: "too many streams reset while being served",
+                        }
+                        .into());
                     }
                 }
                 self.cancel(key, "the client reset the stream");
@@ -1258,7 +1264,12 @@ fn protocol_error(what: &'static str) -> Error {
 /// Fields that belong to an HTTP/1.1 connection and must not appear in
 /// HTTP/2 (RFC 9113 §8.2.2).
 fn is_connection_specific(name: &HeaderName) -> bool {
-    name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::TE || name.as_str() == "keep-alive" || name.as_str() == "proxy-connection"
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// A request's header list as it is decoded, checked as RFC 9113 §8.3 says.
@@ -1349,7 +1360,8 @@ impl RequestHead {
         };
         if self.cookies > 1 {
             // One field for an HTTP/1.1 hop (RFC 9113 §8.2.3).
-            let joined: Vec<u8> = self.headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b"; "[..]);
+            let joined: Vec<u8> =
+                self.headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b"; "[..]);
             self.headers.insert(header::COOKIE, HeaderValue::from_bytes(&joined).map_err(|_| "invalid cookie")?);
         }
         let mut request = Request::new(());

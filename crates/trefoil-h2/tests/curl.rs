@@ -56,7 +56,18 @@ fn curl_gets_an_answer_from_a_server_built_on_the_codec() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let curl = Command::new("curl")
-        .args(["-sS", "--http2-prior-knowledge", "--max-time", "20", "-D", "-", "-H", "x-custom: Some Value", "-H", "accept-encoding: gzip, deflate"])
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "20",
+            "-D",
+            "-",
+            "-H",
+            "x-custom: Some Value",
+            "-H",
+            "accept-encoding: gzip, deflate",
+        ])
         .arg(format!("http://127.0.0.1:{port}/path?q=1"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

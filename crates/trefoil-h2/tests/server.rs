@@ -3,10 +3,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -119,7 +119,11 @@ async fn bodies_larger_than_every_window_go_both_ways_with_curl() {
     // 9 MiB: more than the stream window (1 MiB) and the connection window (4 MiB).
     let sent = pattern(9 << 20);
     std::fs::write(&upload, &sent).unwrap();
-    let out = run(Command::new("curl").args(["-sS", "--http2-prior-knowledge", "--data-binary"]).arg(format!("@{}", upload.display())).arg(format!("http://{addr}/echo"))).await;
+    let out = run(Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--data-binary"])
+        .arg(format!("@{}", upload.display()))
+        .arg(format!("http://{addr}/echo")))
+    .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == sent, "the echo came back {} bytes long, not identical", out.stdout.len());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -137,7 +141,10 @@ async fn a_client_with_small_windows_gets_all_of_a_large_response() {
 
 /// Runs h2load and checks that every one of `requests` succeeded.
 async fn h2load_all_succeed(addr: SocketAddr, path: &str, requests: u32, connections: u32, streams: u32) {
-    let out = run(Command::new("h2load").args(["-n", &requests.to_string(), "-c", &connections.to_string(), "-m", &streams.to_string()]).arg(format!("http://{addr}{path}"))).await;
+    let out = run(Command::new("h2load")
+        .args(["-n", &requests.to_string(), "-c", &connections.to_string(), "-m", &streams.to_string()])
+        .arg(format!("http://{addr}{path}")))
+    .await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("{requests} succeeded, 0 failed, 0 errored")), "{text}");
 }
@@ -263,11 +270,13 @@ fn status_of(f: &Frame) -> Option<StatusCode> {
     let Frame::Headers { fragment, .. } = f else { return None };
     let mut decoder = trefoil_h2::hpack::Decoder::new(4096, 1 << 20);
     let mut status = None;
-    decoder.decode(fragment, |field| {
-        if field.name == trefoil_h2::hpack::Name::Pseudo(trefoil_h2::hpack::Pseudo::Status) {
-            status = StatusCode::from_bytes(&field.value).ok();
-        }
-    }).ok()?;
+    decoder
+        .decode(fragment, |field| {
+            if field.name == trefoil_h2::hpack::Name::Pseudo(trefoil_h2::hpack::Pseudo::Status) {
+                status = StatusCode::from_bytes(&field.value).ok();
+            }
+        })
+        .ok()?;
     status
 }
 
@@ -276,9 +285,15 @@ async fn a_malformed_request_resets_its_stream_and_the_connection_goes_on() {
     let (addr, _shutdown) = server().await;
     let mut client = RawClient::connect(addr).await;
     client.get(1, "/", &[("X-Upper", "case")], true).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR });
+    assert_eq!(
+        client.until(|f| matches!(f, Frame::RstStream { .. })).await,
+        Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR }
+    );
     client.get(3, "/", &[("connection", "keep-alive")], true).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 3, reason: Reason::PROTOCOL_ERROR });
+    assert_eq!(
+        client.until(|f| matches!(f, Frame::RstStream { .. })).await,
+        Frame::RstStream { stream: 3, reason: Reason::PROTOCOL_ERROR }
+    );
     client.get(5, "/", &[], true).await;
     let headers = client.until(|f| matches!(f, Frame::Headers { stream: 5, .. })).await;
     assert_eq!(status_of(&headers), Some(StatusCode::OK));
@@ -366,7 +381,14 @@ async fn a_graceful_shutdown_finishes_open_streams_and_refuses_new_ones() {
 /// Timeouts short enough for tests; the ones a test does not look at stay long.
 fn quick(change: impl FnOnce(&mut Config)) -> Config {
     let long = Duration::from_secs(3600);
-    let mut config = Config { preface_timeout: long, header_block_timeout: long, idle_timeout: long, stream_idle_timeout: long, keepalive_interval: None, ..Config::default() };
+    let mut config = Config {
+        preface_timeout: long,
+        header_block_timeout: long,
+        idle_timeout: long,
+        stream_idle_timeout: long,
+        keepalive_interval: None,
+        ..Config::default()
+    };
     change(&mut config);
     config
 }
@@ -513,7 +535,10 @@ async fn streams_beyond_the_concurrency_limit_are_refused_and_the_connection_goe
         client.get(2 * i + 1, "/never", &[], true).await;
     }
     client.get(201, "/never", &[], true).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 201, reason: Reason::REFUSED_STREAM });
+    assert_eq!(
+        client.until(|f| matches!(f, Frame::RstStream { .. })).await,
+        Frame::RstStream { stream: 201, reason: Reason::REFUSED_STREAM }
+    );
     // One of them given up, a new one is served.
     let mut out = Vec::new();
     frame::encode_rst_stream(1, Reason::CANCEL, &mut out);
@@ -571,7 +596,10 @@ async fn frames_on_a_stream_the_server_reset_are_dropped_and_the_connection_goes
     let mut client = RawClient::connect(addr).await;
     // Malformed, with a body to follow: reset by the server.
     client.get(1, "/", &[("X-Upper", "case")], false).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR });
+    assert_eq!(
+        client.until(|f| matches!(f, Frame::RstStream { .. })).await,
+        Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR }
+    );
     // What the client sent before it knew: DATA, then trailers.
     let mut out = Vec::new();
     frame::encode_data_head(1, 2, false, &mut out);
@@ -615,7 +643,10 @@ async fn what_a_client_must_not_send_on_a_stream_resets_it_or_closes_the_connect
     let mut out = Vec::new();
     frame::encode_headers(1, &trailers, false, DEFAULT_MAX_FRAME_SIZE, &mut out);
     client.send(&out).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR });
+    assert_eq!(
+        client.until(|f| matches!(f, Frame::RstStream { .. })).await,
+        Frame::RstStream { stream: 1, reason: Reason::PROTOCOL_ERROR }
+    );
     // DATA after the request's end, on a stream still answering: half-closed (remote).
     client.get(3, "/never", &[], true).await;
     let mut out = Vec::new();
@@ -628,7 +659,10 @@ async fn what_a_client_must_not_send_on_a_stream_resets_it_or_closes_the_connect
     let mut out = Vec::new();
     frame::encode_window_update(5, (1 << 31) - 1, &mut out);
     client.send(&out).await;
-    assert_eq!(client.until(|f| matches!(f, Frame::RstStream { .. })).await, Frame::RstStream { stream: 5, reason: Reason::FLOW_CONTROL_ERROR });
+    assert_eq!(
+        client.until(|f| matches!(f, Frame::RstStream { .. })).await,
+        Frame::RstStream { stream: 5, reason: Reason::FLOW_CONTROL_ERROR }
+    );
     // A huge SETTINGS_HEADER_TABLE_SIZE changes nothing (no dynamic table on this side).
     let mut out = Vec::new();
     frame::encode_settings(&[(0x1, u32::MAX)], &mut out);

@@ -49,28 +49,47 @@ impl Fetcher {
     pub async fn get(&self, what: &str, base: &str, path: &str) -> Result<(u16, Bytes), FetchError> {
         let base = base.trim_end_matches('/');
         let unreachable = |reason: String| FetchError::Unreachable { what: what.to_string(), base: base.to_string(), reason };
-        let uri: http::Uri = format!("{base}{path}").parse().map_err(|e: http::uri::InvalidUri| unreachable(format!("{base:?} is not a URL ({e})")))?;
+        let uri: http::Uri =
+            format!("{base}{path}").parse().map_err(|e: http::uri::InvalidUri| unreachable(format!("{base:?} is not a URL ({e})")))?;
         let request = async {
             let resp = self.client.get(uri).await.map_err(|e| unreachable(root_cause(&e)))?;
             let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| FetchError::Unreadable { what: what.to_string(), base: base.to_string(), path: path.to_string(), reason: root_cause(&e) })?;
+            let body = resp.into_body().collect().await.map_err(|e| FetchError::Unreadable {
+                what: what.to_string(),
+                base: base.to_string(),
+                path: path.to_string(),
+                reason: root_cause(&e),
+            })?;
             Ok((status, body.to_bytes()))
         };
-        tokio::time::timeout(self.timeout, request)
-            .await
-            .map_err(|_| FetchError::Timeout { what: what.to_string(), base: base.to_string(), path: path.to_string(), timeout: self.timeout })?
+        tokio::time::timeout(self.timeout, request).await.map_err(|_| FetchError::Timeout {
+            what: what.to_string(),
+            base: base.to_string(),
+            path: path.to_string(),
+            timeout: self.timeout,
+        })?
     }
 
     /// The body of a 2xx answer as text.
     pub async fn text(&self, what: &str, base: &str, path: &str) -> Result<String, FetchError> {
         let body = self.ok_body(what, base, path).await?;
-        String::from_utf8(body.to_vec()).map_err(|e| FetchError::Unreadable { what: what.to_string(), base: base.trim_end_matches('/').to_string(), path: path.to_string(), reason: e.to_string() })
+        String::from_utf8(body.to_vec()).map_err(|e| FetchError::Unreadable {
+            what: what.to_string(),
+            base: base.trim_end_matches('/').to_string(),
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// The body of a 2xx answer as JSON of type `T`.
     pub async fn json<T: DeserializeOwned>(&self, what: &str, base: &str, path: &str) -> Result<T, FetchError> {
         let body = self.ok_body(what, base, path).await?;
-        serde_json::from_slice(&body).map_err(|e| FetchError::Unreadable { what: what.to_string(), base: base.trim_end_matches('/').to_string(), path: path.to_string(), reason: e.to_string() })
+        serde_json::from_slice(&body).map_err(|e| FetchError::Unreadable {
+            what: what.to_string(),
+            base: base.trim_end_matches('/').to_string(),
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     async fn ok_body(&self, what: &str, base: &str, path: &str) -> Result<Bytes, FetchError> {
@@ -78,7 +97,13 @@ impl Fetcher {
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        Err(FetchError::Status { what: what.to_string(), base: base.trim_end_matches('/').to_string(), path: path.to_string(), status, message: message_of(&body) })
+        Err(FetchError::Status {
+            what: what.to_string(),
+            base: base.trim_end_matches('/').to_string(),
+            path: path.to_string(),
+            status,
+            message: message_of(&body),
+        })
     }
 }
 

@@ -62,7 +62,8 @@ fn parse_line(line: &str) -> Result<Sample, String> {
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 /// Reads `label="value",...}` into `labels`; returns what follows the `}`.
@@ -153,7 +154,8 @@ mod tests {
 
     /// Writes a sample as the exposition format escapes it.
     fn render(name: &str, labels: &BTreeMap<String, String>, value: f64) -> String {
-        let escaped: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))).collect();
+        let escaped: Vec<String> =
+            labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))).collect();
         format!("{name}{{{}}} {value}", escaped.join(","))
     }
 

@@ -21,7 +21,11 @@ pub struct Key {
 
 impl Key {
     fn of(s: &Sample) -> Self {
-        Key { service: s.label("service").to_string(), version: s.label("version").to_string(), direction: s.label("direction").to_string() }
+        Key {
+            service: s.label("service").to_string(),
+            version: s.label("version").to_string(),
+            direction: s.label("direction").to_string(),
+        }
     }
 }
 
@@ -54,7 +58,8 @@ impl Growth {
 /// counts from zero as PromQL does; one missing from `after` is gone and
 /// contributes nothing.
 pub fn growth(before: &[Sample], after: &[Sample]) -> BTreeMap<Key, Growth> {
-    let previous: HashMap<(&str, &BTreeMap<String, String>), f64> = before.iter().map(|s| ((s.name.as_str(), &s.labels), s.value)).collect();
+    let previous: HashMap<(&str, &BTreeMap<String, String>), f64> =
+        before.iter().map(|s| ((s.name.as_str(), &s.labels), s.value)).collect();
     let prev = |s: &Sample| previous.get(&(s.name.as_str(), &s.labels)).copied().unwrap_or(0.0);
     let mut out: BTreeMap<Key, Growth> = BTreeMap::new();
 
@@ -244,8 +249,18 @@ mod tests {
 
     #[test]
     fn rates_and_success_from_two_scrapes() {
-        let before = parse(&(requests("inbound", "v1", 200, 100.0) + &requests("inbound", "v1", 503, 10.0) + &histogram("inbound", "v1", [50.0, 100.0, 110.0, 110.0]))).unwrap();
-        let after = parse(&(requests("inbound", "v1", 200, 130.0) + &requests("inbound", "v1", 503, 20.0) + &histogram("inbound", "v1", [60.0, 130.0, 150.0, 150.0]))).unwrap();
+        let before = parse(
+            &(requests("inbound", "v1", 200, 100.0)
+                + &requests("inbound", "v1", 503, 10.0)
+                + &histogram("inbound", "v1", [50.0, 100.0, 110.0, 110.0])),
+        )
+        .unwrap();
+        let after = parse(
+            &(requests("inbound", "v1", 200, 130.0)
+                + &requests("inbound", "v1", 503, 20.0)
+                + &histogram("inbound", "v1", [60.0, 130.0, 150.0, 150.0])),
+        )
+        .unwrap();
         let rows = rows(&growth(&before, &after), 2.0);
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
@@ -284,7 +299,9 @@ mod tests {
     #[test]
     fn inbound_is_counted_where_present_else_outbound() {
         // A gateway sends to web (whose sidecars count inbound) and to a static db.
-        let text = requests("outbound", "v1", 200, 10.0) + &requests("inbound", "v1", 200, 10.0) + &requests("outbound", "v1", 200, 4.0).replace("service=\"web\"", "service=\"db\"");
+        let text = requests("outbound", "v1", 200, 10.0)
+            + &requests("inbound", "v1", 200, 10.0)
+            + &requests("outbound", "v1", 200, 4.0).replace("service=\"web\"", "service=\"db\"");
         let rows = rows(&growth(&[], &parse(&text).unwrap()), 1.0);
         let got: Vec<(&str, &str, f64)> = rows.iter().map(|r| (r.service.as_str(), r.direction.as_str(), r.requests)).collect();
         assert_eq!(got, vec![("db", "outbound", 4.0), ("web", "inbound", 10.0)]);

@@ -27,9 +27,8 @@ impl SourcedResource {
 
 /// Loads a YAML file, or every `*.yaml`/`*.yml` file under a directory in name order.
 pub fn load_path(path: &Path) -> Result<Vec<SourcedResource>, Diagnostics> {
-    let files = yaml_files(path).map_err(|message| {
-        Diagnostics(vec![Diagnostic::new(&Arc::from(path.display().to_string()), Position::default(), "", message)])
-    })?;
+    let files = yaml_files(path)
+        .map_err(|message| Diagnostics(vec![Diagnostic::new(&Arc::from(path.display().to_string()), Position::default(), "", message)]))?;
     let mut resources = Vec::new();
     let mut problems = Vec::new();
     for file in files {
@@ -37,7 +36,12 @@ pub fn load_path(path: &Path) -> Result<Vec<SourcedResource>, Diagnostics> {
         // Checked before reading: a huge file must not be read into memory to be refused.
         let limit = Limits::DEFAULT.max_text_bytes;
         if let Some(meta) = std::fs::metadata(&file).ok().filter(|m| m.len() > limit as u64) {
-            problems.push(Diagnostic::new(&name, Position::default(), "", format!("the file is {} bytes, more than the {limit} a YAML text may have", meta.len())));
+            problems.push(Diagnostic::new(
+                &name,
+                Position::default(),
+                "",
+                format!("the file is {} bytes, more than the {limit} a YAML text may have", meta.len()),
+            ));
             continue;
         }
         match std::fs::read_to_string(&file) {
@@ -74,9 +78,8 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// Parses the resources of one YAML text; `file` names it in errors.
 pub fn load_str(file: &Arc<str>, text: &str) -> Result<Vec<SourcedResource>, Diagnostics> {
-    let documents = parse_documents(text).map_err(|e| {
-        Diagnostics(vec![Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message))])
-    })?;
+    let documents = parse_documents(text)
+        .map_err(|e| Diagnostics(vec![Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message))]))?;
     let mut resources = Vec::new();
     let mut problems = Vec::new();
     for document in documents {
@@ -105,7 +108,12 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
     let mut problems = Vec::new();
     for key in top.keys() {
         if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec" | "status") {
-            problems.push(Diagnostic::new(file, at(key), key.as_str(), format!("unknown field `{key}`, expected one of `apiVersion`, `kind`, `metadata`, `spec`")));
+            problems.push(Diagnostic::new(
+                file,
+                at(key),
+                key.as_str(),
+                format!("unknown field `{key}`, expected one of `apiVersion`, `kind`, `metadata`, `spec`"),
+            ));
         }
     }
     match top.get("apiVersion") {
@@ -141,9 +149,7 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     match (metadata, spec) {
-        (Ok(metadata), Some(Ok(spec))) if problems.is_empty() => {
-            Ok(Resource { api_version: API_VERSION.to_string(), metadata, spec })
-        }
+        (Ok(metadata), Some(Ok(spec))) if problems.is_empty() => Ok(Resource { api_version: API_VERSION.to_string(), metadata, spec }),
         (metadata, spec) => {
             problems.extend(metadata.err());
             problems.extend(spec.and_then(Result::err));
@@ -155,7 +161,8 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
 /// Reads a YAML text holding one document into `T` (a function's own config
 /// file, say), with the loader's limits and located errors.
 pub fn from_yaml<T: DeserializeOwned>(file: &Arc<str>, text: &str) -> Result<T, Diagnostic> {
-    let documents = parse_documents(text).map_err(|e| Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message)))?;
+    let documents =
+        parse_documents(text).map_err(|e| Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message)))?;
     let document = match documents.len() {
         0 => LocatedDocument::default(),
         1 => documents.into_iter().next().unwrap_or_default(),

@@ -101,7 +101,8 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<LocatedD
     let mut builder = Builder { limits, ..Builder::default() };
     let mut parser = Parser::new_from_str(text);
     loop {
-        let (event, mark) = parser.next_token().map_err(|e| SyntaxError { position: (*e.marker()).into(), message: e.info().to_string() })?;
+        let (event, mark) =
+            parser.next_token().map_err(|e| SyntaxError { position: (*e.marker()).into(), message: e.info().to_string() })?;
         let end = event == Event::StreamEnd;
         builder.on_event(event, mark);
         if let Some(err) = builder.error.take() {
@@ -116,8 +117,18 @@ pub fn parse_documents_within(text: &str, limits: Limits) -> Result<Vec<LocatedD
 enum Frame {
     /// `unplaced`: a list item whose position is taken from its first key,
     /// since the parser marks a block mapping's start after that key.
-    Map { path: String, value: Map<String, Value>, key: Option<String>, anchor: usize, unplaced: bool },
-    Seq { path: String, value: Vec<Value>, anchor: usize },
+    Map {
+        path: String,
+        value: Map<String, Value>,
+        key: Option<String>,
+        anchor: usize,
+        unplaced: bool,
+    },
+    Seq {
+        path: String,
+        value: Vec<Value>,
+        anchor: usize,
+    },
 }
 
 #[derive(Default)]
@@ -338,12 +349,9 @@ fn scalar_value(text: &str, style: TScalarStyle) -> Value {
     }
     match Yaml::from_str(text) {
         Yaml::Integer(i) => Value::Number(i.into()),
-        Yaml::Real(r) => r
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(text.to_string())),
+        Yaml::Real(r) => {
+            r.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number).unwrap_or_else(|| Value::String(text.to_string()))
+        }
         Yaml::Boolean(b) => Value::Bool(b),
         Yaml::Null => Value::Null,
         _ => Value::String(text.to_string()),

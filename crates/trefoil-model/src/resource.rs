@@ -45,7 +45,20 @@ pub enum Spec {
 }
 
 /// Every kind this build knows, for error messages.
-pub const KINDS: &[&str] = &["Proxy", "Listener", "Service", "Route", "TrafficPolicy", "Workload", "Endpoints", "NetworkFunction", "CNF", "Rollout", "RolloutStatus", "Event"];
+pub const KINDS: &[&str] = &[
+    "Proxy",
+    "Listener",
+    "Service",
+    "Route",
+    "TrafficPolicy",
+    "Workload",
+    "Endpoints",
+    "NetworkFunction",
+    "CNF",
+    "Rollout",
+    "RolloutStatus",
+    "Event",
+];
 
 /// Kinds only the control plane writes; the API refuses them from clients.
 pub const CONTROLLER_KINDS: &[&str] = &["RolloutStatus", "Event"];

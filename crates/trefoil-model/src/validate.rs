@@ -21,7 +21,14 @@ pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
 }
 
 fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
-    let mut v = Validator { problems: Vec::new(), services: BTreeMap::new(), functions: BTreeMap::new(), cnfs: BTreeSet::new(), routes: BTreeMap::new(), check_references };
+    let mut v = Validator {
+        problems: Vec::new(),
+        services: BTreeMap::new(),
+        functions: BTreeMap::new(),
+        cnfs: BTreeSet::new(),
+        routes: BTreeMap::new(),
+        check_references,
+    };
     // A service's versions come from its static endpoints, the workloads that
     // serve it and the endpoints the runtime discovered.
     for r in resources {
@@ -74,7 +81,11 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             Spec::Route(route) => v.route(r, route),
             Spec::TrafficPolicy(p) => {
                 if !policies.insert(p.service.clone()) {
-                    v.report(r, "spec.service", format!("another TrafficPolicy already applies to Service {:?}; merge them into one", p.service));
+                    v.report(
+                        r,
+                        "spec.service",
+                        format!("another TrafficPolicy already applies to Service {:?}; merge them into one", p.service),
+                    );
                 }
                 v.traffic_policy(r, p)
             }
@@ -158,7 +169,14 @@ impl Validator {
                 if let Some(version) = version {
                     if !versions.contains(version) {
                         let known: Vec<_> = versions.iter().filter(|v| !v.is_empty()).cloned().collect();
-                        self.report(r, &format!("{field}.version"), format!("Service {service:?} has no endpoints of version {version:?} (it has: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+                        self.report(
+                            r,
+                            &format!("{field}.version"),
+                            format!(
+                                "Service {service:?} has no endpoints of version {version:?} (it has: {})",
+                                if known.is_empty() { "none".into() } else { known.join(", ") }
+                            ),
+                        );
                     }
                 }
             }
@@ -216,7 +234,9 @@ impl Validator {
         }
         match w.port {
             Some(0) => self.report(r, "spec.port", "port must be between 1 and 65535"),
-            Some(_) if w.replicas > 1 => self.report(r, "spec.port", "a fixed port allows one replica; leave `port` out and each replica gets its own in PORT"),
+            Some(_) if w.replicas > 1 => {
+                self.report(r, "spec.port", "a fixed port allows one replica; leave `port` out and each replica gets its own in PORT")
+            }
             _ => {}
         }
         for key in w.env.keys() {
@@ -226,7 +246,9 @@ impl Validator {
         }
         if let Some(h) = &w.health {
             match (&h.http, h.tcp) {
-                (Some(path), false) if !path.starts_with('/') => self.report(r, "spec.health.http", format!("{path:?} is not a path starting with '/'")),
+                (Some(path), false) if !path.starts_with('/') => {
+                    self.report(r, "spec.health.http", format!("{path:?} is not a path starting with '/'"))
+                }
                 (Some(_), true) | (None, false) => self.report(r, "spec.health", "give exactly one of `http: /path` or `tcp: true`"),
                 _ => {}
             }
@@ -251,7 +273,9 @@ impl Validator {
         if self.check_references {
             match self.routes.get(&ro.route) {
                 None => self.report(r, "spec.route", format!("no Route named {:?}", ro.route)),
-                Some(services) if !services.contains(&ro.service) => self.report(r, "spec.route", format!("Route {:?} has no backend of service {:?} to shift", ro.route, ro.service)),
+                Some(services) if !services.contains(&ro.service) => {
+                    self.report(r, "spec.route", format!("Route {:?} has no backend of service {:?} to shift", ro.route, ro.service))
+                }
                 Some(_) => {}
             }
         }
@@ -269,7 +293,9 @@ impl Validator {
                 for (i, step) in c.steps.iter().enumerate() {
                     let at = format!("spec.strategy.canary.steps[{i}]");
                     match step {
-                        CanaryStep::SetWeight(w) if *w > 100 => self.report(r, &format!("{at}.setWeight"), format!("{w} is not a percentage between 0 and 100")),
+                        CanaryStep::SetWeight(w) if *w > 100 => {
+                            self.report(r, &format!("{at}.setWeight"), format!("{w} is not a percentage between 0 and 100"))
+                        }
                         CanaryStep::SetWeight(w) => last = *w,
                         CanaryStep::Pause(d) if d.get().is_zero() => self.report(r, &format!("{at}.pause"), "must be greater than 0"),
                         CanaryStep::Analysis(a) => {
@@ -325,11 +351,15 @@ impl Validator {
                     let at = format!("spec.analysis.metrics[{i}]");
                     match m {
                         AnalysisMetric::SuccessRate(b) => self.percent(r, &format!("{at}.successRate.min"), b.min),
-                        AnalysisMetric::LatencyP99(b) if b.max.get().is_zero() => self.report(r, &format!("{at}.latencyP99.max"), "must be greater than 0"),
-                        AnalysisMetric::LatencyP99(_) => {}
-                        AnalysisMetric::LatencyVsStable(b) if !(b.alpha > 0.0 && b.alpha < 1.0) => {
-                            self.report(r, &format!("{at}.latencyVsStable.alpha"), format!("{} is not a significance level between 0 and 1 (e.g. 0.01)", b.alpha))
+                        AnalysisMetric::LatencyP99(b) if b.max.get().is_zero() => {
+                            self.report(r, &format!("{at}.latencyP99.max"), "must be greater than 0")
                         }
+                        AnalysisMetric::LatencyP99(_) => {}
+                        AnalysisMetric::LatencyVsStable(b) if !(b.alpha > 0.0 && b.alpha < 1.0) => self.report(
+                            r,
+                            &format!("{at}.latencyVsStable.alpha"),
+                            format!("{} is not a significance level between 0 and 1 (e.g. 0.01)", b.alpha),
+                        ),
                         AnalysisMetric::LatencyVsStable(_) => {}
                         AnalysisMetric::Prometheus(p) => {
                             if !p.address.starts_with("http://") {
@@ -340,7 +370,9 @@ impl Validator {
                             }
                             match (p.min, p.max) {
                                 (None, None) => self.report(r, &format!("{at}.prometheus"), "give `min`, `max` or both"),
-                                (Some(min), Some(max)) if min > max => self.report(r, &format!("{at}.prometheus.min"), format!("min {min} is above max {max}")),
+                                (Some(min), Some(max)) if min > max => {
+                                    self.report(r, &format!("{at}.prometheus.min"), format!("min {min} is above max {max}"))
+                                }
                                 _ => {}
                             }
                         }
@@ -411,7 +443,9 @@ impl Validator {
             self.backend(r, &format!("{at}.backends[{j}]"), &b.service, b.version.as_deref());
         }
         let f = &rule.filters;
-        for (name, modifier) in [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)] {
+        for (name, modifier) in
+            [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)]
+        {
             if let Some(m) = modifier {
                 self.header_modifier(r, &format!("{at}.filters.{name}"), m);
             }
@@ -427,7 +461,11 @@ impl Validator {
             if let Some(a) = &fault.abort {
                 self.percent(r, &format!("{at}.filters.fault.abort.percent"), a.percent);
                 if !(200..=599).contains(&a.status) {
-                    self.report(r, &format!("{at}.filters.fault.abort.status"), format!("{} is not an HTTP status between 200 and 599", a.status));
+                    self.report(
+                        r,
+                        &format!("{at}.filters.fault.abort.status"),
+                        format!("{} is not an HTTP status between 200 and 599", a.status),
+                    );
                 }
             }
             if fault.delay.is_none() && fault.abort.is_none() {
@@ -453,7 +491,11 @@ impl Validator {
                 if per_try.get() > total {
                     let total = crate::Duration(total);
                     let by_default = if rule.timeout.is_none() { " (the default)" } else { "" };
-                    self.report(r, &format!("{at}.retry.perTryTimeout"), format!("perTryTimeout {per_try} exceeds the rule's timeout {total}{by_default}"));
+                    self.report(
+                        r,
+                        &format!("{at}.retry.perTryTimeout"),
+                        format!("perTryTimeout {per_try} exceeds the rule's timeout {total}{by_default}"),
+                    );
                 }
             }
             if retry.on.contains(&RetryOn::RetriableStatusCodes) && retry.status_codes.is_empty() {
@@ -500,7 +542,11 @@ impl Validator {
         }
         for (i, event) in f.events.iter().enumerate() {
             if !valid_event(event) {
-                self.report(r, &format!("spec.events[{i}]"), format!("invalid event name {event:?}: use lower-case letters, digits, '_', '-' and '.'"));
+                self.report(
+                    r,
+                    &format!("spec.events[{i}]"),
+                    format!("invalid event name {event:?}: use lower-case letters, digits, '_', '-' and '.'"),
+                );
             }
         }
     }
@@ -544,7 +590,11 @@ impl Validator {
         }
         if let Some(n) = l.memory.filter(|n| !HandlerLimits::MEMORY.contains(n)) {
             let range = HandlerLimits::MEMORY;
-            self.report(r, "spec.handlerLimits.memory", format!("{n} bytes is outside {}..={} (64 KiB..256 MiB)", range.start(), range.end()));
+            self.report(
+                r,
+                "spec.handlerLimits.memory",
+                format!("{n} bytes is outside {}..={} (64 KiB..256 MiB)", range.start(), range.end()),
+            );
         }
         if let Some(t) = l.timeout.filter(|t| t.get().is_zero() || *t > HandlerLimits::MAX_TIMEOUT) {
             self.report(r, "spec.handlerLimits.timeout", format!("{t} must be greater than 0 and at most {}", HandlerLimits::MAX_TIMEOUT));
@@ -612,7 +662,9 @@ impl Validator {
             }
         }
         if let Some(c) = &p.connection_pool {
-            for (field, v) in [("maxConnections", c.max_connections), ("maxPendingRequests", c.max_pending_requests), ("maxRequests", c.max_requests)] {
+            for (field, v) in
+                [("maxConnections", c.max_connections), ("maxPendingRequests", c.max_pending_requests), ("maxRequests", c.max_requests)]
+            {
                 if v == 0 {
                     self.report(r, &format!("spec.connectionPool.{field}"), "must be at least 1");
                 }
@@ -674,7 +726,10 @@ mod tests {
     fn duplicates_and_impossible_limits_are_reported() {
         let err = check("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec: {service: web}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: b}\nspec: {service: web, healthCheck: {unhealthyThreshold: 0}}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: r}\nspec:\n  service: nope\n  rules:\n  - filters: {rateLimit: {requestsPerSecond: 5, burst: 0}}\n    backends: [{service: web}]\n").unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
-        assert_eq!(fields, ["spec.service", "spec.healthCheck.unhealthyThreshold", "spec.service", "spec.rules[0].filters.rateLimit.burst"]);
+        assert_eq!(
+            fields,
+            ["spec.service", "spec.healthCheck.unhealthyThreshold", "spec.service", "spec.rules[0].filters.rateLimit.burst"]
+        );
     }
 
     #[test]
@@ -710,16 +765,29 @@ mod tests {
         let text = format!("{ROLLOUT}  strategy:\n    canary:\n      steps:\n      - analysis: {{}}\n      - setWeight: 120\n  analysis:\n    interval: 0s\n    metrics:\n    - prometheus: {{address: '127.0.0.1:9090', query: up}}\n{WEB_ROUTE}");
         let err = check(&text).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
-        assert_eq!(fields, ["spec.strategy.canary.steps[0]", "spec.strategy.canary.steps[1].setWeight", "spec.analysis.interval", "spec.analysis.metrics[0].prometheus.address", "spec.analysis.metrics[0].prometheus"]);
+        assert_eq!(
+            fields,
+            [
+                "spec.strategy.canary.steps[0]",
+                "spec.strategy.canary.steps[1].setWeight",
+                "spec.analysis.interval",
+                "spec.analysis.metrics[0].prometheus.address",
+                "spec.analysis.metrics[0].prometheus"
+            ]
+        );
         assert_eq!(err.0[1].line, 19, "{err}");
-        let ab = format!("{ROLLOUT}  strategy: {{abTest: {{header: {{name: 'x user', value: a}}, cookie: {{name: c, value: d}}}}}}\n{WEB_ROUTE}");
+        let ab = format!(
+            "{ROLLOUT}  strategy: {{abTest: {{header: {{name: 'x user', value: a}}, cookie: {{name: c, value: d}}}}}}\n{WEB_ROUTE}"
+        );
         let fields: Vec<String> = check(&ab).unwrap_err().0.into_iter().map(|d| d.field).collect();
         assert_eq!(fields, ["spec.strategy.abTest", "spec.analysis"]);
-        let routed = format!("{ROLLOUT}  strategy: {{blueGreen: {{}}}}\n  analysis: {{metrics: [{{successRate: {{min: 99}}}}]}}\n{WEB_ROUTE}");
+        let routed =
+            format!("{ROLLOUT}  strategy: {{blueGreen: {{}}}}\n  analysis: {{metrics: [{{successRate: {{min: 99}}}}]}}\n{WEB_ROUTE}");
         check(&routed).unwrap();
         let err = check(&routed.replace("route: web", "route: api")).unwrap_err();
         assert_eq!((err.0[0].field.as_str(), err.0[0].message.as_str()), ("spec.route", "no Route named \"api\""));
-        let same = ROLLOUT.replace("canary: v2", "canary: v1") + "  strategy: {blueGreen: {}}\n  analysis: {metrics: [{successRate: {min: 99}}]}\n";
+        let same = ROLLOUT.replace("canary: v2", "canary: v1")
+            + "  strategy: {blueGreen: {}}\n  analysis: {metrics: [{successRate: {min: 99}}]}\n";
         assert_eq!(check(&same).unwrap_err().0[0].field, "spec.canary");
     }
 
@@ -756,13 +824,24 @@ mod tests {
     #[test]
     fn handler_limits_are_bounded_where_written() {
         let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: web, api: http, events: [denied]}\n---\n";
-        let cnf = |limits: &str| format!("{nf}apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge}}\nspec:\n  chain: [{{function: acl}}]\n  handlers: {{denied: 'trefoil.log(1)'}}\n  handlerLimits: {limits}\n");
+        let cnf = |limits: &str| {
+            format!("{nf}apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge}}\nspec:\n  chain: [{{function: acl}}]\n  handlers: {{denied: 'trefoil.log(1)'}}\n  handlerLimits: {limits}\n")
+        };
         check(&cnf("{instructions: 5000, memory: 65536, timeout: 30s, runsPerRequest: 256}")).unwrap();
         check(&cnf("{}")).unwrap();
         let text = cnf("{instructions: 999, memory: 1024, timeout: 31s, runsPerRequest: 0}");
         let err = check(&text).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
-        assert_eq!(fields, ["spec.handlerLimits.instructions", "spec.handlerLimits.memory", "spec.handlerLimits.timeout", "spec.handlerLimits.runsPerRequest"], "{err}");
+        assert_eq!(
+            fields,
+            [
+                "spec.handlerLimits.instructions",
+                "spec.handlerLimits.memory",
+                "spec.handlerLimits.timeout",
+                "spec.handlerLimits.runsPerRequest"
+            ],
+            "{err}"
+        );
         assert_eq!((err.0[0].line, err.0[0].column), (18, 19), "{err}");
         assert!(err.0[0].message.contains("1000..=1000000000"), "{err}");
         let err = check(&cnf("{instructions: 2000000000, memory: 268435457, timeout: 0s, runsPerRequest: 257}")).unwrap_err();
@@ -772,7 +851,10 @@ mod tests {
         let r = load_str(&Arc::from("c.yaml"), &cnf("{memory: 1048576}")).unwrap();
         let Spec::Cnf(c) = &r[1].resource.spec else { panic!() };
         let l = c.handler_limits.as_ref().unwrap();
-        assert_eq!((l.instructions(), l.memory(), l.timeout(), l.runs_per_request()), (1_000_000, 1 << 20, crate::Duration::from_secs(1), 16));
+        assert_eq!(
+            (l.instructions(), l.memory(), l.timeout(), l.runs_per_request()),
+            (1_000_000, 1 << 20, crate::Duration::from_secs(1), 16)
+        );
     }
 
     #[test]

@@ -137,7 +137,8 @@ impl Antivirus {
         let work = async {
             match &self.clamd {
                 ClamdAddr::Tcp(addr) => {
-                    let mut conn = tokio::net::TcpStream::connect(addr).await.map_err(|source| ClamdError::Connect { addr: addr.clone(), source })?;
+                    let mut conn =
+                        tokio::net::TcpStream::connect(addr).await.map_err(|source| ClamdError::Connect { addr: addr.clone(), source })?;
                     instream(&mut conn, data).await
                 }
                 ClamdAddr::Unix(path) => {
@@ -161,19 +162,27 @@ impl Function for Antivirus {
         let Some(body) = call.body.as_ref() else {
             // Without sendBody there is nothing to scan; say so rather than pretend the body was clean.
             tracing::warn!(cnf = call.cnf, trace_id = call.trace_id, "no body in the call: give the NetworkFunction sendBody");
-            return Ok(verdict::allow(vec![verdict::event("scan_skipped", json!({"cnf": call.cnf, "phase": call.phase(), "reason": "no body sent"}))]));
+            return Ok(verdict::allow(vec![verdict::event(
+                "scan_skipped",
+                json!({"cnf": call.cnf, "phase": call.phase(), "reason": "no body sent"}),
+            )]));
         };
         if body.is_empty() {
             return Ok(verdict::allow(vec![verdict::event("scan_clean", json!({"cnf": call.cnf, "phase": call.phase(), "bytes": 0}))]));
         }
         match self.scan(body).await.map_err(|e| e.to_string())? {
-            ScanResult::Clean => Ok(verdict::allow(vec![verdict::event("scan_clean", json!({"cnf": call.cnf, "phase": call.phase(), "bytes": body.len()}))])),
+            ScanResult::Clean => {
+                Ok(verdict::allow(vec![verdict::event("scan_clean", json!({"cnf": call.cnf, "phase": call.phase(), "bytes": body.len()}))]))
+            }
             ScanResult::Infected(virus) => {
                 tracing::info!(cnf = call.cnf, trace_id = call.trace_id, virus, "virus found");
                 Ok(verdict::deny(
                     self.deny_status,
                     format!("blocked: {virus} found\n"),
-                    vec![verdict::event("virus_found", json!({"cnf": call.cnf, "phase": call.phase(), "virus": virus, "bytes": body.len()}))],
+                    vec![verdict::event(
+                        "virus_found",
+                        json!({"cnf": call.cnf, "phase": call.phase(), "virus": virus, "bytes": body.len()}),
+                    )],
                 ))
             }
         }

@@ -7,8 +7,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use trefoil_chain::ext_authz::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse, RpcStatus, EXT_CNF,
-    EXT_FUNCTION, EXT_PHASE, EXT_RESPONSE_HEADER_PREFIX, EXT_RESPONSE_STATUS, EXT_TRACE_ID,
+    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse, RpcStatus,
+    EXT_CNF, EXT_FUNCTION, EXT_PHASE, EXT_RESPONSE_HEADER_PREFIX, EXT_RESPONSE_STATUS, EXT_TRACE_ID,
 };
 use trefoil_chain::json::JsonVerdict;
 
@@ -91,7 +91,10 @@ pub fn request_from_check(check: CheckRequest) -> Request {
     };
     let response = (ext.get(EXT_PHASE).map(String::as_str) == Some("response")).then(|| crate::request::Response {
         status: ext.get(EXT_RESPONSE_STATUS).and_then(|s| s.parse().ok()).unwrap_or_default(),
-        headers: ext.iter().filter_map(|(k, v)| k.strip_prefix(EXT_RESPONSE_HEADER_PREFIX).map(|name| (name.to_string(), v.clone()))).collect(),
+        headers: ext
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(EXT_RESPONSE_HEADER_PREFIX).map(|name| (name.to_string(), v.clone())))
+            .collect(),
     });
     Request {
         response,
@@ -168,7 +171,8 @@ mod tests {
         assert_eq!(from_grpc, from_json);
         assert_eq!(from_grpc.phase(), "request");
         // A response-phase call: the upstream's answer reads the same from both encodings.
-        let call = Call { response: Some(trefoil_chain::ResponseHead { status: 201, headers: vec![("content-type", "text/plain")] }), ..call };
+        let call =
+            Call { response: Some(trefoil_chain::ResponseHead { status: 201, headers: vec![("content-type", "text/plain")] }), ..call };
         let wire = frame(&prost::Message::encode_to_vec(&trefoil_chain::ext_authz::check_request(&call, "http", "HTTP/1.1")));
         let from_grpc = decode_check(&wire).unwrap();
         assert_eq!(from_grpc, Request::decode(&trefoil_chain::json::encode(&call)).unwrap());
@@ -187,7 +191,11 @@ mod tests {
         };
         assert_eq!(
             read(&allow),
-            Verdict::Allow { set_headers: vec![("x-user".into(), "ann".into())], remove_headers: vec!["authorization".into()], events: vec![] }
+            Verdict::Allow {
+                set_headers: vec![("x-user".into(), "ann".into())],
+                remove_headers: vec!["authorization".into()],
+                events: vec![]
+            }
         );
         let deny = verdict::deny_with_headers(429, "slow down\n", BTreeMap::from([("retry-after".to_string(), "2".to_string())]), vec![]);
         assert_eq!(

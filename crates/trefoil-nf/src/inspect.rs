@@ -126,7 +126,10 @@ impl Function for Inspect {
     async fn decide(&self, call: Request) -> Result<JsonVerdict, String> {
         let body_bytes = call.body.as_ref().map_or(0, |b| b.len());
         Ok(match self.scan(&call) {
-            None => verdict::allow(vec![verdict::event("inspect_done", json!({"cnf": call.cnf, "phase": call.phase(), "result": "clean", "bodyBytes": body_bytes}))]),
+            None => verdict::allow(vec![verdict::event(
+                "inspect_done",
+                json!({"cnf": call.cnf, "phase": call.phase(), "result": "clean", "bodyBytes": body_bytes}),
+            )]),
             Some(f) => verdict::deny(
                 self.deny_status,
                 format!("blocked by content inspection: {}\n", f.signature),

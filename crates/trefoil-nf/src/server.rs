@@ -67,7 +67,8 @@ where
         let handle = handle.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(handle);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

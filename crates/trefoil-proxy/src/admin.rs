@@ -47,7 +47,11 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Result<Respon
         "/metrics" => {
             let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             if accept.contains("application/openmetrics-text") {
-                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.shared.metrics.encode_openmetrics())
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    state.shared.metrics.encode_openmetrics(),
+                )
             } else {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.shared.metrics.encode_prometheus())
             }
@@ -85,7 +89,13 @@ fn stats(state: &ProxyState) -> String {
     }
     let _ = writeln!(out, "\nservices:");
     for (name, svc) in &s.services {
-        let _ = writeln!(out, "  {name} ({:?}, {} in flight, {} pending)", svc.protocol, svc.load.in_flight.load(Ordering::Relaxed), svc.load.pending.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "  {name} ({:?}, {} in flight, {} pending)",
+            svc.protocol,
+            svc.load.in_flight.load(Ordering::Relaxed),
+            svc.load.pending.load(Ordering::Relaxed)
+        );
         for e in &svc.endpoints {
             let status = if !e.is_healthy() {
                 "unhealthy".to_string()
@@ -94,7 +104,15 @@ fn stats(state: &ProxyState) -> String {
             } else {
                 "ok".to_string()
             };
-            let _ = writeln!(out, "    {:<22} version {:<8} in flight {:<5} ejections {:<3} {}", e.addr, if e.version.is_empty() { "-" } else { &e.version }, e.in_flight.load(Ordering::Relaxed), e.ejection_count(), status);
+            let _ = writeln!(
+                out,
+                "    {:<22} version {:<8} in flight {:<5} ejections {:<3} {}",
+                e.addr,
+                if e.version.is_empty() { "-" } else { &e.version },
+                e.in_flight.load(Ordering::Relaxed),
+                e.ejection_count(),
+                status
+            );
         }
     }
     out

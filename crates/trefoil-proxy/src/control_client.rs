@@ -97,13 +97,26 @@ pub async fn run(address: String, name: String, admin_address: String, applies: 
 }
 
 /// One stream, from connect to its end.
-async fn stream(address: &str, name: &str, admin_address: &str, applies: &mpsc::Sender<Apply>, in_force: &mut InForce, connected: &mut bool) -> StreamEnd {
+async fn stream(
+    address: &str,
+    name: &str,
+    admin_address: &str,
+    applies: &mpsc::Sender<Apply>,
+    in_force: &mut InForce,
+    connected: &mut bool,
+) -> StreamEnd {
     let mut client = match ConfigStreamClient::connect(address, CONNECT_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };
     let (say, said) = mpsc::unbounded_channel();
-    let hello = Hello { proxy: name.to_string(), admin_address: admin_address.to_string(), version: in_force.version, hash: in_force.hash, pid: std::process::id() };
+    let hello = Hello {
+        proxy: name.to_string(),
+        admin_address: admin_address.to_string(),
+        version: in_force.version,
+        hash: in_force.hash,
+        pid: std::process::id(),
+    };
     let _ = say.send(ProxyMessage::hello(hello));
     let mut snapshots = match client.stream(UnboundedReceiverStream::new(said)).await {
         Ok(s) => s,

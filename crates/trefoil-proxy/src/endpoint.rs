@@ -96,14 +96,13 @@ impl EndpointState {
                 self.consecutive_gateway.store(0, Ordering::Relaxed);
                 (self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1, 0)
             }
-            Outcome::GatewayError => (
-                self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1,
-                self.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1,
-            ),
+            Outcome::GatewayError => {
+                (self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1, self.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1)
+            }
         };
         let Some(policy) = policy else { return false };
-        let tripped = policy.consecutive5xx.is_some_and(|n| errors_5xx >= n)
-            || policy.consecutive_gateway_errors.is_some_and(|n| gateway >= n);
+        let tripped =
+            policy.consecutive5xx.is_some_and(|n| errors_5xx >= n) || policy.consecutive_gateway_errors.is_some_and(|n| gateway >= n);
         if !tripped || self.is_ejected() || !may_eject() {
             return false;
         }
@@ -141,7 +140,8 @@ impl EndpointRegistry {
     /// The state of an endpoint, created on first sight.
     pub fn get(&self, service: &str, version: &str, addr: SocketAddr) -> Arc<EndpointState> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry((service.to_string(), addr)).or_insert_with(|| Arc::new(EndpointState::new(service, version, addr, self.epoch)));
+        let entry =
+            map.entry((service.to_string(), addr)).or_insert_with(|| Arc::new(EndpointState::new(service, version, addr, self.epoch)));
         if &*entry.version != version {
             // The endpoint now serves another version: start afresh.
             *entry = Arc::new(EndpointState::new(service, version, addr, self.epoch));

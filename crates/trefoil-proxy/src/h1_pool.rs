@@ -167,7 +167,9 @@ impl Upload {
                     Poll::Ready(None) => {
                         match self.framing {
                             RequestFraming::Chunked => h1_codec::encode_last_chunk(None, &mut conn.write),
-                            RequestFraming::Length(_) if self.owed > 0 => return Poll::Ready(Err("request body shorter than its content-length".into())),
+                            RequestFraming::Length(_) if self.owed > 0 => {
+                                return Poll::Ready(Err("request body shorter than its content-length".into()))
+                            }
                             _ => {}
                         }
                         self.body = None;
@@ -266,7 +268,16 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
         .map_err(|e| connect_error(Box::new(e)))?;
     let _ = stream.set_nodelay(true);
-    Ok(Box::new(Pooled { addr, stream, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024), written: 0, spans: Vec::new(), idle_timeout, _held: held }))
+    Ok(Box::new(Pooled {
+        addr,
+        stream,
+        read: BytesMut::with_capacity(READ_CHUNK),
+        write: Vec::with_capacity(1024),
+        written: 0,
+        spans: Vec::new(),
+        idle_timeout,
+        _held: held,
+    }))
 }
 
 /// Sends `req` to `addr` on a pooled connection, or a new one, and reads
@@ -282,7 +293,12 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
 /// Not an `async fn`: its arguments would be kept twice in the future (see
 /// `proxy::send_upstream`); the block below holds each once.
 #[allow(clippy::manual_async_fn)]
-pub fn send(addr: SocketAddr, req: Request<ProxyBody>, connect_timeout: Duration, idle_timeout: Duration) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'static {
+pub fn send(
+    addr: SocketAddr,
+    req: Request<ProxyBody>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'static {
     async move {
         let (conn, reused) = match take_idle(addr) {
             Some(conn) => (conn, true),
@@ -598,7 +614,9 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_responses_stream_with_their_trailers_and_the_connection_is_reused() {
-        let (addr, mut seen) = upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\ngrpc-status: 0\r\n\r\n", None).await;
+        let (addr, mut seen) =
+            upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\ngrpc-status: 0\r\n\r\n", None)
+                .await;
         for _ in 0..2 {
             let (status, data, trailers) = get(addr).await;
             assert_eq!((status, &data[..]), (200, &b"abcde"[..]));
@@ -678,7 +696,11 @@ mod tests {
                 drop(stream);
             }
         });
-        let err = send(addr, Request::get("/").header("host", "x").body(body::empty()).unwrap(), Duration::from_secs(1), Duration::from_secs(60)).await.err().unwrap();
+        let err =
+            send(addr, Request::get("/").header("host", "x").body(body::empty()).unwrap(), Duration::from_secs(1), Duration::from_secs(60))
+                .await
+                .err()
+                .unwrap();
         assert!(!err.connect);
         accepts.try_recv().unwrap();
         assert!(accepts.try_recv().is_err(), "nothing says the upstream lost it by accident: not sent again");
@@ -736,7 +758,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_before_the_whole_body_is_passed_on_and_the_connection_is_not_reused() {
-        let (addr, received) = upstream_reading_until(b"first\r\n", b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
+        let (addr, received) =
+            upstream_reading_until(b"first\r\n", b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
         let (tx, body) = streamed();
         tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
         let req = Request::post("/up").header("host", "x").body(body).unwrap();

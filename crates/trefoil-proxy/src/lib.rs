@@ -8,8 +8,8 @@
 pub mod admin;
 pub mod balancer;
 mod coarse_timer;
-pub mod descriptors;
 pub mod control_client;
+pub mod descriptors;
 pub mod endpoint;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -73,7 +73,10 @@ pub fn ensure_sole_listener(addr: SocketAddr) -> std::io::Result<()> {
         local.port() == addr.port() && same_ip && !ours.contains(&inode)
     });
     if foreign {
-        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("another process already listens on {addr}; with SO_REUSEPORT the two would silently share its connections")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another process already listens on {addr}; with SO_REUSEPORT the two would silently share its connections"),
+        ));
     }
     Ok(())
 }
@@ -145,7 +148,15 @@ impl Accepted<std::net::TcpStream> {
 /// shutdown can wait for it. `worker` is this thread's index in `balance`,
 /// which may send a connection to a worker that serves fewer.
 #[allow(clippy::too_many_arguments)]
-pub async fn accept_loop(state: Arc<ProxyState>, name: Label, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>, watcher: Drain, balance: Arc<Balance>, worker: usize) {
+pub async fn accept_loop(
+    state: Arc<ProxyState>,
+    name: Label,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    watcher: Drain,
+    balance: Arc<Balance>,
+    worker: usize,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -254,7 +265,9 @@ where
     let conn = Arc::new(conn);
     match wire {
         Wire::Http1 => {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Left)));
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Left))
+            });
             let mut builder = http1::Builder::new();
             // One buffer, one `write` per response: see `h1_pool::connect`.
             builder.timer(CoarseTimer).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).writev(false);

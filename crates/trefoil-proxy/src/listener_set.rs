@@ -136,18 +136,16 @@ impl Workers {
                             Work::Accept(w) => {
                                 tokio::spawn(listener::accept_loop(w.state, w.name, w.socket, w.stop, w.drain, balance, index));
                             }
-                            Work::Serve(moved) => {
-                                match moved.into_tokio() {
-                                    Ok(accepted) => {
-                                        let open = balance.enter(index);
-                                        tokio::spawn(async move {
-                                            accepted.serve().await;
-                                            drop(open);
-                                        });
-                                    }
-                                    Err(e) => tracing::debug!(error = %e, "cannot take over a connection from another worker"),
+                            Work::Serve(moved) => match moved.into_tokio() {
+                                Ok(accepted) => {
+                                    let open = balance.enter(index);
+                                    tokio::spawn(async move {
+                                        accepted.serve().await;
+                                        drop(open);
+                                    });
                                 }
-                            }
+                                Err(e) => tracing::debug!(error = %e, "cannot take over a connection from another worker"),
+                            },
                         }
                     }
                 });
@@ -196,7 +194,11 @@ impl Listeners {
             if moved {
                 let taken_by_other = self.running.iter().any(|(n, r)| r.addr == l.addr && *n != l.name);
                 if taken_by_other {
-                    return Err(StartError::Other(anyhow::anyhow!("listener {} wants {}, which another listener still holds; rename or move in two steps", l.name, l.addr)));
+                    return Err(StartError::Other(anyhow::anyhow!(
+                        "listener {} wants {}, which another listener still holds; rename or move in two steps",
+                        l.name,
+                        l.addr
+                    )));
                 }
                 let bind_err = |source| StartError::Bind { what: format!("listener {}", l.name), addr: l.addr, source };
                 let first = listener::bind(l.addr, shared).map_err(bind_err)?;
@@ -220,7 +222,8 @@ impl Listeners {
                 if let Ok(real) = socket.local_addr() {
                     tracing::debug!(listener = %name, address = %real, "worker socket bound");
                 }
-                let work = AcceptOn { state: state.clone(), name: name.clone(), socket, stop: stop.subscribe(), drain: self.drain.subscribe() };
+                let work =
+                    AcceptOn { state: state.clone(), name: name.clone(), socket, stop: stop.subscribe(), drain: self.drain.subscribe() };
                 if worker.send(Work::Accept(work)).is_err() {
                     tracing::error!(listener = %name, "a worker thread is gone; its share of connections will not be served");
                 }

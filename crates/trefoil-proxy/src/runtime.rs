@@ -84,7 +84,8 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
     match options.source {
         ConfigSource::File { ref path, watch, watch_interval } => {
             let first = load(path, &shared, 1).map_err(StartError::Config)?;
-            let name = first.resources.iter().find(|r| r.kind() == "Proxy").map(|r| r.name().to_string()).unwrap_or_else(|| "proxy".to_string());
+            let name =
+                first.resources.iter().find(|r| r.kind() == "Proxy").map(|r| r.name().to_string()).unwrap_or_else(|| "proxy".to_string());
             let mut running = Running::start(first, name, options.admin, &shared, workers)?;
             running.state.ready.store(true, Ordering::Relaxed);
             tracing::info!(version = 1, config = %path.display(), "proxy ready");
@@ -160,7 +161,10 @@ struct Stop {
 impl Signals {
     fn new(shutdown: Option<watch::Receiver<bool>>) -> Result<Self, StartError> {
         let listen = |kind| signal(kind).map_err(anyhow::Error::from);
-        Ok(Signals { hangup: listen(SignalKind::hangup())?, stop: Stop { terminate: listen(SignalKind::terminate())?, interrupt: listen(SignalKind::interrupt())?, shutdown } })
+        Ok(Signals {
+            hangup: listen(SignalKind::hangup())?,
+            stop: Stop { terminate: listen(SignalKind::terminate())?, interrupt: listen(SignalKind::interrupt())?, shutdown },
+        })
     }
 }
 
@@ -196,12 +200,19 @@ struct Running {
 
 impl Running {
     /// Binds the admin listener and the first snapshot's listeners and starts serving (not yet ready).
-    fn start(mut first: Snapshot, name: String, admin_override: Option<SocketAddr>, shared: &Arc<Shared>, workers: usize) -> Result<Self, StartError> {
+    fn start(
+        mut first: Snapshot,
+        name: String,
+        admin_override: Option<SocketAddr>,
+        shared: &Arc<Shared>,
+        workers: usize,
+    ) -> Result<Self, StartError> {
         if let Some(admin) = admin_override {
             first.settings.admin = admin.to_string();
         }
         let telemetry = Telemetry::build(&first.settings, &name, shared)?;
-        let admin_addr: SocketAddr = first.settings.admin.parse().map_err(|_| anyhow::anyhow!("invalid admin address {}", first.settings.admin))?;
+        let admin_addr: SocketAddr =
+            first.settings.admin.parse().map_err(|_| anyhow::anyhow!("invalid admin address {}", first.settings.admin))?;
         shared.metrics.config_version.set(first.version as i64);
         let state = Arc::new(ProxyState {
             name,
@@ -211,7 +222,8 @@ impl Running {
             ready: AtomicBool::new(false),
         });
 
-        let admin_socket = listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
+        let admin_socket =
+            listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
         let (admin_stop, admin_stopped) = watch::channel(false);
         tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
         tokio::spawn(crate::memory::give_back_when_quiet(crate::memory::CHECK_EVERY));

@@ -15,15 +15,15 @@ use crate::balancer::Balancer;
 use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::http::chain::{Chain, Function, Step};
 use crate::http::chain_handlers::ChainHandlers;
-use crate::http::inline::InFlight;
-use trefoil_chain::handlers::{Handlers, Limits};
 use crate::http::filters::{HeaderEdits, RateLimiter};
+use crate::http::inline::InFlight;
 use crate::http::retry::Budget;
 use crate::http::route_match::RequestMatcher;
 use crate::http::split::WeightedSplit;
 use crate::telemetry::metrics::{label, Label, Metrics};
 use crate::tls;
 use crate::upstream::{self, ClientCache, ClientKey, ClientSet};
+use trefoil_chain::handlers::{Handlers, Limits};
 
 /// State that outlives snapshots.
 pub struct Shared {
@@ -307,14 +307,21 @@ impl Compiler<'_> {
     fn service(&mut self, s: &SourcedResource, spec: &ServiceSpec, policy: Option<(&SourcedResource, &TrafficPolicySpec)>) {
         let name = s.resource.name();
         let protocol = spec.ports.first().map(|p| p.protocol).unwrap_or_default();
-        let policy_spec = policy.map(|(_, p)| p.clone()).unwrap_or_else(|| TrafficPolicySpec { service: name.to_string(), ..Default::default() });
+        let policy_spec =
+            policy.map(|(_, p)| p.clone()).unwrap_or_else(|| TrafficPolicySpec { service: name.to_string(), ..Default::default() });
         let limits = policy_spec.connection_pool.clone().unwrap_or_default();
         let tls = policy_spec.tls.clone().filter(|t| t.mode != TlsMode::Disable).map(|t| {
             let sni = t.sni.clone().unwrap_or_else(|| name.to_string());
             (t, sni)
         });
         let tls_files = upstream::tls_files_hash(tls.as_ref().map(|(t, _)| t));
-        let client_key = ClientKey { http2: protocol.is_http2(), connect_timeout: limits.connect_timeout.get(), idle_timeout: limits.idle_timeout.get(), tls, tls_files };
+        let client_key = ClientKey {
+            http2: protocol.is_http2(),
+            connect_timeout: limits.connect_timeout.get(),
+            idle_timeout: limits.idle_timeout.get(),
+            tls,
+            tls_files,
+        };
         let client = match self.shared.clients.get(&client_key) {
             Ok(c) => c,
             Err(e) => {
@@ -355,12 +362,8 @@ impl Compiler<'_> {
             return Some(c.clone());
         }
         let service = self.services.get(&backend.service)?.clone();
-        let endpoints = service
-            .endpoints
-            .iter()
-            .filter(|e| backend.version.as_ref().is_none_or(|v| &*e.version == v.as_str()))
-            .cloned()
-            .collect();
+        let endpoints =
+            service.endpoints.iter().filter(|e| backend.version.as_ref().is_none_or(|v| &*e.version == v.as_str())).cloned().collect();
         let cluster = Arc::new(Cluster {
             version: label(backend.version.as_deref().unwrap_or("")),
             balancer: Balancer::new(&service.policy.load_balancer, endpoints),
@@ -377,7 +380,9 @@ impl Compiler<'_> {
             let Spec::NetworkFunction(f) = &s.resource.spec else { continue };
             let Some(cluster) = self.cluster(&BackendRef { service: f.service.clone(), version: None }) else { continue };
             if f.api == FunctionApi::ExtAuthz && !cluster.service.protocol.is_http2() {
-                self.problems.push(s.diagnostic("spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service)));
+                self.problems.push(
+                    s.diagnostic("spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service)),
+                );
                 continue;
             }
             functions.insert(
@@ -400,7 +405,9 @@ impl Compiler<'_> {
             let (mut steps, mut response_steps) = (Vec::new(), Vec::new());
             for (i, step) in cnf.chain.iter().enumerate() {
                 let Some(function) = functions.get(step.function.as_str()) else {
-                    self.problems.push(s.diagnostic(&format!("spec.chain[{i}].function"), format!("no usable NetworkFunction named {:?}", step.function)));
+                    self.problems.push(
+                        s.diagnostic(&format!("spec.chain[{i}].function"), format!("no usable NetworkFunction named {:?}", step.function)),
+                    );
                     continue;
                 };
                 let when = step.when.as_ref().and_then(|m| RequestMatcher::compile(m).ok());
@@ -411,7 +418,8 @@ impl Compiler<'_> {
                 }
             }
             // An inline function gets the body itself, streamed: it asks for no buffering.
-            let largest_body = |steps: &[Step]| steps.iter().filter(|s| s.mode != StepMode::Inline).filter_map(|s| s.function.max_body).max();
+            let largest_body =
+                |steps: &[Step]| steps.iter().filter(|s| s.mode != StepMode::Inline).filter_map(|s| s.function.max_body).max();
             let (max_body, response_max_body) = (largest_body(&steps), largest_body(&response_steps));
             let chain = Chain { cnf: label(s.resource.name()), steps, max_body, response_steps, response_max_body, handlers };
             self.chains.insert(s.resource.name().to_string(), Arc::new(chain));
@@ -419,7 +427,12 @@ impl Compiler<'_> {
     }
 
     /// Compiles a CNF's handler scripts; a syntax error is a problem at `spec.handlers.EVENT`.
-    fn handlers(&mut self, s: &SourcedResource, cnf: &CnfSpec, callable: &Arc<HashMap<String, Arc<Function>>>) -> Option<Arc<ChainHandlers>> {
+    fn handlers(
+        &mut self,
+        s: &SourcedResource,
+        cnf: &CnfSpec,
+        callable: &Arc<HashMap<String, Arc<Function>>>,
+    ) -> Option<Arc<ChainHandlers>> {
         if cnf.handlers.is_empty() {
             return None;
         }
@@ -451,23 +464,26 @@ impl Compiler<'_> {
             let request_headers = edits("requestHeaderModifier", &rule.filters.request_header_modifier);
             let response_headers = edits("responseHeaderModifier", &rule.filters.response_header_modifier);
             let mirror = rule.filters.request_mirror.as_ref().and_then(|m| self.cluster(&m.backend).map(|c| (c, m.percent)));
-            let split = WeightedSplit::new(
-                rule.backends.iter().filter_map(|b| self.cluster(&b.backend_ref()).map(|c| (c, b.weight))).collect(),
-            );
+            let split =
+                WeightedSplit::new(rule.backends.iter().filter_map(|b| self.cluster(&b.backend_ref()).map(|c| (c, b.weight))).collect());
             rules.push(CompiledRule {
                 matchers,
                 request_headers,
                 response_headers,
                 mirror,
                 fault: rule.filters.fault.clone(),
-                rate_limit: rule.filters.rate_limit.as_ref().map(|rl| {
-                    self.shared.rate_limiters.get_or(format!("{}/{i}/{rl:?}", s.resource.name()), || RateLimiter::new(rl))
-                }),
+                rate_limit: rule
+                    .filters
+                    .rate_limit
+                    .as_ref()
+                    .map(|rl| self.shared.rate_limiters.get_or(format!("{}/{i}/{rl:?}", s.resource.name()), || RateLimiter::new(rl))),
                 split,
                 timeout: rule.effective_timeout(),
-                budget: rule.retry.as_ref().and_then(|r| r.budget.as_ref()).map(|b| {
-                    self.shared.budgets.get_or(format!("{}/{i}/{b:?}", s.resource.name()), || Budget::new(b))
-                }),
+                budget: rule
+                    .retry
+                    .as_ref()
+                    .and_then(|r| r.budget.as_ref())
+                    .map(|b| self.shared.budgets.get_or(format!("{}/{i}/{b:?}", s.resource.name()), || Budget::new(b))),
                 retry: rule.retry.clone(),
                 chain: rule.chain.as_ref().and_then(|name| self.chains.get(name).cloned()),
             });
@@ -475,7 +491,12 @@ impl Compiler<'_> {
         Arc::new(CompiledRoute { name: label(s.resource.name()), rules })
     }
 
-    fn listener(&mut self, s: &SourcedResource, spec: &ListenerSpec, routes: &[(String, Arc<CompiledRoute>, &RouteSpec)]) -> ListenerConfig {
+    fn listener(
+        &mut self,
+        s: &SourcedResource,
+        spec: &ListenerSpec,
+        routes: &[(String, Arc<CompiledRoute>, &RouteSpec)],
+    ) -> ListenerConfig {
         let alpn: &[&[u8]] = match spec.protocol {
             ListenerProtocol::Http2 => &[b"h2"],
             _ => &[b"h2", b"http/1.1"],
@@ -564,7 +585,10 @@ mod tests {
     fn handler_scripts_compile_with_the_snapshot() {
         let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: http, events: [seen]}\n";
         let with = |script: &str| {
-            let base = BASE.replace("chain: [{function: acl}, {function: acl, mode: tap}]\n", &format!("chain: [{{function: acl}}]\n  handlers: {{seen: {script:?}}}\n"));
+            let base = BASE.replace(
+                "chain: [{function: acl}, {function: acl, mode: tap}]\n",
+                &format!("chain: [{{function: acl}}]\n  handlers: {{seen: {script:?}}}\n"),
+            );
             let sources = trefoil_model::load_str(&std::sync::Arc::from("c.yaml"), &format!("{base}{nf}")).unwrap();
             compile(&sources, &Shared::new(1), 1)
         };
@@ -579,7 +603,11 @@ mod tests {
 
     #[test]
     fn ext_authz_needs_an_http2_service() {
-        let err = compiled("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: extAuthz}\n").err().expect("refused");
+        let err = compiled(
+            "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: extAuthz}\n",
+        )
+        .err()
+        .expect("refused");
         assert_eq!(err.0[0].field, "spec.api", "{err}");
     }
 }

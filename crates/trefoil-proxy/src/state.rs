@@ -36,7 +36,12 @@ impl Telemetry {
                     tls_files: 0,
                 };
                 let client = shared.clients.get(&key)?.current().clone();
-                Some(otlp::start(&t.otlp_endpoint, t.service_name.clone().unwrap_or_else(|| proxy_name.to_string()), client, shared.metrics.spans_dropped.clone()))
+                Some(otlp::start(
+                    &t.otlp_endpoint,
+                    t.service_name.clone().unwrap_or_else(|| proxy_name.to_string()),
+                    client,
+                    shared.metrics.spans_dropped.clone(),
+                ))
             }
             None => None,
         };

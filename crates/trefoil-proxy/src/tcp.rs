@@ -51,7 +51,10 @@ pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut dow
     let _ = upstream.set_nodelay(true);
     let version = endpoint.version.clone();
     let metrics = &state.shared.metrics;
-    metrics.tcp_connections.get_or_create(&TcpLabels { direction: listener.direction.clone(), service: service.name.clone(), version: version.clone() }).inc();
+    metrics
+        .tcp_connections
+        .get_or_create(&TcpLabels { direction: listener.direction.clone(), service: service.name.clone(), version: version.clone() })
+        .inc();
     endpoint.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     drop(held);
@@ -60,7 +63,12 @@ pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut dow
     for (flow, n) in [("upstream", to_upstream), ("downstream", to_downstream)] {
         metrics
             .tcp_bytes
-            .get_or_create(&TcpBytesLabels { direction: listener.direction.clone(), service: service.name.clone(), version: version.clone(), flow })
+            .get_or_create(&TcpBytesLabels {
+                direction: listener.direction.clone(),
+                service: service.name.clone(),
+                version: version.clone(),
+                flow,
+            })
             .inc_by(n);
     }
 }

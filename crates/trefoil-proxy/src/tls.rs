@@ -79,9 +79,7 @@ pub fn server_config(tls: &ListenerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConf
 /// Client-side TLS towards a service's endpoints.
 pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(tls.ca.as_deref().unwrap_or(SYSTEM_CA_BUNDLE))?;
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_root_certificates(roots);
     // ALPN is left to the HTTP connector, which offers what the client speaks.
     let config = match (tls.mode, &tls.certificate, &tls.key) {
         (TlsMode::Mutual, Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,

@@ -20,7 +20,9 @@ pub enum ChildError {
 
 /// Starts `spec` with stdout and stderr appended to `log`.
 pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
-    let open = || OpenOptions::new().create(true).append(true).open(log).map_err(|source| ChildError::Log { path: log.display().to_string(), source });
+    let open = || {
+        OpenOptions::new().create(true).append(true).open(log).map_err(|source| ChildError::Log { path: log.display().to_string(), source })
+    };
     let out = open()?;
     let err = open()?;
     let mut cmd = Command::new(&spec.program);

@@ -11,23 +11,49 @@ use crate::plan::Role;
 #[derive(Clone, Debug)]
 pub enum Event {
     /// Every resource from the files and every sidecar `Proxy` is stored.
-    ResourcesApplied { count: usize },
-    Started { name: String, role: Role, pid: u32, restarts: u32 },
+    ResourcesApplied {
+        count: usize,
+    },
+    Started {
+        name: String,
+        role: Role,
+        pid: u32,
+        restarts: u32,
+    },
     /// The process's readiness probe started or stopped passing.
-    Ready { name: String, role: Role, ready: bool },
+    Ready {
+        name: String,
+        role: Role,
+        ready: bool,
+    },
     /// It exited on its own; it starts again after `restart_in`.
-    Exited { name: String, how: String, restart_in: Duration },
+    Exited {
+        name: String,
+        how: String,
+        restart_in: Duration,
+    },
     /// It could not be started at all; retried after `retry_in`.
-    StartFailed { name: String, error: String, retry_in: Duration },
+    StartFailed {
+        name: String,
+        error: String,
+        retry_in: Duration,
+    },
     /// The control plane refused a resource the runtime wrote.
-    Rejected { resource: String, error: String },
+    Rejected {
+        resource: String,
+        error: String,
+    },
     /// A resource an earlier run registered and this one does not run was deleted.
-    Pruned { resource: String },
+    Pruned {
+        resource: String,
+    },
     /// Everything is started; what to tell the user.
     Up(Summary),
     /// Shutting down, in order: apps, proxies, control plane.
     Stopping,
-    Stopped { name: String },
+    Stopped {
+        name: String,
+    },
 }
 
 /// What runs and where to find it.

@@ -141,7 +141,11 @@ pub fn build(resources: &[Resource], ctx: &PlanContext, ports: &mut PortAllocato
     let gateway_urls = resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::Listener(l) if l.service.is_none() && !gateway_names.is_empty() && l.proxy.as_deref().map(|p| gateway_names.contains(p)).unwrap_or(true) => {
+            Spec::Listener(l)
+                if l.service.is_none()
+                    && !gateway_names.is_empty()
+                    && l.proxy.as_deref().map(|p| gateway_names.contains(p)).unwrap_or(true) =>
+            {
                 Some(format!("{}://{}", if l.tls.is_some() { "https" } else { "http" }, l.address))
             }
             _ => None,
@@ -174,13 +178,29 @@ pub fn build(resources: &[Resource], ctx: &PlanContext, ports: &mut PortAllocato
     Ok(plan)
 }
 
-fn proxy_process(exe: &Path, grpc: SocketAddr, process: &str, proxy: &str, role: Role, admin: SocketAddr, mut addresses: BTreeMap<String, String>) -> ProcessSpec {
+fn proxy_process(
+    exe: &Path,
+    grpc: SocketAddr,
+    process: &str,
+    proxy: &str,
+    role: Role,
+    admin: SocketAddr,
+    mut addresses: BTreeMap<String, String>,
+) -> ProcessSpec {
     addresses.insert("admin".into(), admin.to_string());
     ProcessSpec {
         name: process.to_string(),
         role,
         program: exe.to_path_buf(),
-        args: vec!["proxy".into(), "--control".into(), grpc.to_string(), "--name".into(), proxy.to_string(), "--admin".into(), admin.to_string()],
+        args: vec![
+            "proxy".into(),
+            "--control".into(),
+            grpc.to_string(),
+            "--name".into(),
+            proxy.to_string(),
+            "--admin".into(),
+            admin.to_string(),
+        ],
         env: BTreeMap::new(),
         cwd: None,
         addresses,
@@ -195,7 +215,16 @@ pub fn upstream_var(service: &str) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&str>, ctx: &PlanContext, exe: &Path, grpc: SocketAddr, ports: &mut PortAllocator) -> Result<ReplicaPlan, PlanError> {
+fn replica(
+    workload: &str,
+    w: &WorkloadSpec,
+    index: u32,
+    services: &BTreeSet<&str>,
+    ctx: &PlanContext,
+    exe: &Path,
+    grpc: SocketAddr,
+    ports: &mut PortAllocator,
+) -> Result<ReplicaPlan, PlanError> {
     let proxy_name = format!("{workload}-{index}");
     let app_addr = match w.port {
         Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
@@ -250,7 +279,8 @@ fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&st
         addresses: BTreeMap::from([("app".into(), app_addr.to_string())]),
         probe,
     };
-    let mut sidecar_addresses = BTreeMap::from([("inbound".to_string(), inbound.to_string()), ("outbound".to_string(), outbound.to_string())]);
+    let mut sidecar_addresses =
+        BTreeMap::from([("inbound".to_string(), inbound.to_string()), ("outbound".to_string(), outbound.to_string())]);
     for (service, address) in &upstreams {
         sidecar_addresses.insert(format!("upstream.{service}"), address.clone());
     }
@@ -271,7 +301,16 @@ fn replica(workload: &str, w: &WorkloadSpec, index: u32, services: &BTreeSet<&st
         ..ProxySpec::with_defaults()
     };
     let proxy = managed(&proxy_name, Spec::Proxy(spec));
-    Ok(ReplicaPlan { workload: workload.to_string(), service: w.service.clone(), version: w.version.clone(), index, app, sidecar, proxy, inbound })
+    Ok(ReplicaPlan {
+        workload: workload.to_string(),
+        service: w.service.clone(),
+        version: w.version.clone(),
+        index,
+        app,
+        sidecar,
+        proxy,
+        inbound,
+    })
 }
 
 /// A command with a `/` is a path, relative to the files' directory; a bare
@@ -351,7 +390,17 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
     fn processes_and_names() {
         let p = plan(MESH, 15000).unwrap();
         let names: Vec<(&str, Role)> = p.processes().map(|s| (s.name.as_str(), s.role)).collect();
-        assert_eq!(names, [("control", Role::Control), ("edge", Role::Gateway), ("web-v1-0-sidecar", Role::Sidecar), ("web-v1-0", Role::App), ("web-v1-1-sidecar", Role::Sidecar), ("web-v1-1", Role::App)]);
+        assert_eq!(
+            names,
+            [
+                ("control", Role::Control),
+                ("edge", Role::Gateway),
+                ("web-v1-0-sidecar", Role::Sidecar),
+                ("web-v1-0", Role::App),
+                ("web-v1-1-sidecar", Role::Sidecar),
+                ("web-v1-1", Role::App)
+            ]
+        );
         assert_ne!(p.api.port(), 0, "port 0 is resolved to a real port");
         assert_eq!(p.control.args[..3], ["control", "--data", "/state/data"]);
         assert!(p.control.args.windows(2).any(|w| w == ["--grpc-listen", "127.0.0.1:7071"]));
@@ -394,7 +443,8 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
 
     #[test]
     fn unset_variables_name_the_field() {
-        let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {service: s, command: x, args: [\"${NOPE}\"]}\n";
+        let yaml =
+            "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {service: s, command: x, args: [\"${NOPE}\"]}\n";
         let err = plan(yaml, 0).unwrap_err().to_string();
         assert!(err.starts_with("Workload w: spec.args[0]: `${NOPE}` is not set"), "{err}");
     }

@@ -34,7 +34,10 @@ impl PortAllocator {
         if self.admin_base == 0 {
             return self.free();
         }
-        let port = self.admin_base.checked_add(self.admin_next).ok_or_else(|| std::io::Error::other(format!("admin ports from {} run past 65535", self.admin_base)))?;
+        let port = self
+            .admin_base
+            .checked_add(self.admin_next)
+            .ok_or_else(|| std::io::Error::other(format!("admin ports from {} run past 65535", self.admin_base)))?;
         self.admin_next += 1;
         Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
     }

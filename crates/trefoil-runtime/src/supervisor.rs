@@ -37,7 +37,16 @@ pub fn supervise(spec: ProcessSpec, log: PathBuf, grace: Duration, view: View, e
     view.send_modify(|v| {
         v.processes.insert(
             spec.name.clone(),
-            ProcessView { role: spec.role, pid: None, running: false, ready: false, restarts: 0, addresses: spec.addresses.clone(), log: log.display().to_string(), last_exit: None },
+            ProcessView {
+                role: spec.role,
+                pid: None,
+                running: false,
+                ready: false,
+                restarts: 0,
+                addresses: spec.addresses.clone(),
+                log: log.display().to_string(),
+                last_exit: None,
+            },
         );
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -175,7 +184,13 @@ mod tests {
         let log = dir.join("crash.log");
         let (view, mut rx) = watch::channel(UpView::default());
         let (tx, mut events) = mpsc::unbounded_channel();
-        let s = supervise(shell("crash", "echo \"$GREETING\"; echo oops >&2; exit 3"), log.clone(), Duration::from_secs(1), view, Events::new(tx));
+        let s = supervise(
+            shell("crash", "echo \"$GREETING\"; echo oops >&2; exit 3"),
+            log.clone(),
+            Duration::from_secs(1),
+            view,
+            Events::new(tx),
+        );
         rx.wait_for(|v| v.processes["crash"].restarts >= 2).await.unwrap();
         s.stop().await;
         let mut delays = Vec::new();
@@ -197,7 +212,13 @@ mod tests {
         let (view, mut rx) = watch::channel(UpView::default());
         let (tx, _events) = mpsc::unbounded_channel();
         // Ignores SIGTERM; the trap is set before it says it is running.
-        let s = supervise(shell("stubborn", "trap '' TERM; echo up; while :; do sleep 0.1; done"), dir.join("s.log"), Duration::from_millis(300), view, Events::new(tx));
+        let s = supervise(
+            shell("stubborn", "trap '' TERM; echo up; while :; do sleep 0.1; done"),
+            dir.join("s.log"),
+            Duration::from_millis(300),
+            view,
+            Events::new(tx),
+        );
         rx.wait_for(|v| v.processes["stubborn"].running).await.unwrap();
         let log = dir.join("s.log");
         let trapped = async {

@@ -91,14 +91,28 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
     let env = |name: &str| std::env::var(name).ok();
     let plan = {
         let mut ports = PortAllocator::new(options.admin_base);
-        let ctx = PlanContext { exe: &options.exe, state: &state, workdir: &workdir, api: options.listen, grpc: options.grpc_listen, env: &env };
+        let ctx =
+            PlanContext { exe: &options.exe, state: &state, workdir: &workdir, api: options.listen, grpc: options.grpc_listen, env: &env };
         plan::build(&resources, &ctx, &mut ports)?
         // The allocator's sockets close here, so the children can bind the ports.
     };
 
-    let (view, view_rx) = watch::channel(UpView { pid: std::process::id(), api: format!("http://{}", plan.api), grpc: plan.grpc.to_string(), running: true, processes: BTreeMap::new() });
+    let (view, view_rx) = watch::channel(UpView {
+        pid: std::process::id(),
+        api: format!("http://{}", plan.api),
+        grpc: plan.grpc.to_string(),
+        running: true,
+        processes: BTreeMap::new(),
+    });
     let writer_task = tokio::spawn(view::write_on_change(state.clone(), view_rx));
-    let mut running = Running { state: state.clone(), view: view.clone(), events: events.clone(), processes: Vec::new(), tasks: Vec::new(), writer: None };
+    let mut running = Running {
+        state: state.clone(),
+        view: view.clone(),
+        events: events.clone(),
+        processes: Vec::new(),
+        tasks: Vec::new(),
+        writer: None,
+    };
 
     tokio::pin!(shutdown);
     // A stop asked for during start-up ends the start where it is.
@@ -215,7 +229,8 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
     }
 
     let apps: Vec<String> = plan.replicas.iter().map(|r| r.app.name.clone()).collect();
-    let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(|v| apps.iter().all(|a| v.processes.get(a).is_some_and(|p| p.ready)))).await;
+    let _ =
+        tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(|v| apps.iter().all(|a| v.processes.get(a).is_some_and(|p| p.ready)))).await;
     let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&ApiClient::new(plan.api), plan, &running.view)).await;
     running.events.send(Event::Up(summary(plan, &running.state, &running.view.borrow())));
     Ok(())
@@ -246,7 +261,8 @@ async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpVie
         .flat_map(|item| item["spec"]["endpoints"].as_array().cloned().unwrap_or_default())
         .filter_map(|e| Some((format!("{}-{}", e["workload"].as_str()?, e["replica"].as_u64()?), e["ready"].as_bool()?)))
         .collect();
-    let matches = plan.replicas.iter().all(|r| published.get(&r.app.name).copied() == Some(view.processes.get(&r.app.name).is_some_and(|p| p.ready)));
+    let matches =
+        plan.replicas.iter().all(|r| published.get(&r.app.name).copied() == Some(view.processes.get(&r.app.name).is_some_and(|p| p.ready)));
     if !matches {
         return Ok(false);
     }
@@ -258,7 +274,9 @@ async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpVie
     }
     let items = status["items"].as_array().cloned().unwrap_or_default();
     Ok(proxies.iter().all(|name| {
-        items.iter().any(|p| p["name"] == *name && p["connected"] == true && p["ackedVersion"].is_u64() && p["ackedVersion"] == p["latestVersion"])
+        items
+            .iter()
+            .any(|p| p["name"] == *name && p["connected"] == true && p["ackedVersion"].is_u64() && p["ackedVersion"] == p["latestVersion"])
     }))
 }
 
@@ -269,7 +287,8 @@ async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpVie
 /// reported and start-up goes on.
 async fn prune(client: &ApiClient, plan: &Plan, events: &Events) {
     let endpoints = plan.endpoints(&BTreeMap::new());
-    let keep: std::collections::BTreeSet<(&str, &str)> = plan.replicas.iter().map(|r| &r.proxy).chain(&endpoints).map(|r| (r.kind(), r.name())).collect();
+    let keep: std::collections::BTreeSet<(&str, &str)> =
+        plan.replicas.iter().map(|r| &r.proxy).chain(&endpoints).map(|r| (r.kind(), r.name())).collect();
     for kind in ["Proxy", "Endpoints"] {
         let items = match client.list(kind).await {
             Ok(items) => items,
@@ -284,7 +303,8 @@ async fn prune(client: &ApiClient, plan: &Plan, events: &Events) {
             if managed && !name.is_empty() && !keep.contains(&(kind, name)) {
                 match client.delete(kind, name).await {
                     Ok(()) => events.send(Event::Pruned { resource: format!("{kind}/{name}") }),
-                    Err(e) => events.send(Event::Rejected { resource: format!("{kind}/{name}"), error: format!("cannot delete a stale one: {e}") }),
+                    Err(e) => events
+                        .send(Event::Rejected { resource: format!("{kind}/{name}"), error: format!("cannot delete a stale one: {e}") }),
                 }
             }
         }
@@ -299,7 +319,13 @@ fn keyed(r: &Resource) -> ((String, String), serde_json::Value) {
 async fn publish_endpoints(plan: Plan, mut view: watch::Receiver<UpView>, writer: Writer) {
     let mut last = None;
     loop {
-        let ready: BTreeMap<String, bool> = view.borrow_and_update().processes.iter().filter(|(_, p)| p.role == Role::App).map(|(name, p)| (name.clone(), p.ready)).collect();
+        let ready: BTreeMap<String, bool> = view
+            .borrow_and_update()
+            .processes
+            .iter()
+            .filter(|(_, p)| p.role == Role::App)
+            .map(|(name, p)| (name.clone(), p.ready))
+            .collect();
         if last.as_ref() != Some(&ready) {
             writer.set(plan.endpoints(&ready).iter().map(keyed));
             last = Some(ready);
@@ -363,7 +389,12 @@ fn prepare_state(state: &Path) -> Result<PathBuf, UpError> {
 fn lock_state(state: &Path) -> Result<std::fs::File, UpError> {
     use std::os::fd::AsRawFd;
     let path = state.join("up.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|source| UpError::State { path: path.clone(), source })?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| UpError::State { path: path.clone(), source })?;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let pid = view::read(state).map(|v| v.pid.to_string()).unwrap_or_else(|| "unknown".into());

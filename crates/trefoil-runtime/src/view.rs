@@ -88,7 +88,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("trefoil-view-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut view = UpView { pid: 7, running: true, ..UpView::default() };
-        view.processes.insert("web-0".into(), ProcessView { role: Role::App, pid: Some(9), running: true, ready: true, restarts: 2, addresses: BTreeMap::new(), log: "x".into(), last_exit: None });
+        view.processes.insert(
+            "web-0".into(),
+            ProcessView {
+                role: Role::App,
+                pid: Some(9),
+                running: true,
+                ready: true,
+                restarts: 2,
+                addresses: BTreeMap::new(),
+                log: "x".into(),
+                last_exit: None,
+            },
+        );
         write(&dir, &view).unwrap();
         let back = read(&dir).unwrap();
         assert_eq!(back.processes["web-0"].restarts, 2);

@@ -73,8 +73,8 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
 /// `GET path` with `Host: host` and `Connection: close`; panics if the exchange
 /// fails. Returns (status, headers, body as lossy UTF-8).
 pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Headers, String) {
-    let (status, headers, body) = http_request(addr, "GET", host, path, &[], b"")
-        .unwrap_or_else(|e| panic!("GET http://{addr}{path} (Host: {host}) failed: {e}"));
+    let (status, headers, body) =
+        http_request(addr, "GET", host, path, &[], b"").unwrap_or_else(|e| panic!("GET http://{addr}{path} (Host: {host}) failed: {e}"));
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -122,18 +122,13 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn parse_response(raw: &[u8], head_only: bool) -> io::Result<(u16, Headers, Vec<u8>)> {
     let mut raw = raw;
     loop {
-        let end = find(raw, b"\r\n\r\n")
-            .ok_or_else(|| bad(format!("no end of headers in {} byte response", raw.len())))?;
-        let head =
-            std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+        let end = find(raw, b"\r\n\r\n").ok_or_else(|| bad(format!("no end of headers in {} byte response", raw.len())))?;
+        let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;
         let rest = &raw[end + 4..];
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+        let status: u16 =
+            status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
         // Interim responses (100 Continue) precede the real one.
         if (100..200).contains(&status) {
             raw = rest;
@@ -141,9 +136,7 @@ fn parse_response(raw: &[u8], head_only: bool) -> io::Result<(u16, Headers, Vec<
         }
         let mut headers = Headers::new();
         for line in lines {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| bad(format!("bad header line {line:?}")))?;
+            let (name, value) = line.split_once(':').ok_or_else(|| bad(format!("bad header line {line:?}")))?;
             let name = name.trim().to_ascii_lowercase();
             let value = value.trim();
             headers
@@ -156,20 +149,12 @@ fn parse_response(raw: &[u8], head_only: bool) -> io::Result<(u16, Headers, Vec<
         }
         let body = if head_only || status == 204 || status == 304 {
             Vec::new()
-        } else if headers
-            .get("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
-        {
+        } else if headers.get("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
             dechunk(rest)?
         } else if let Some(len) = headers.get("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| bad(format!("bad content-length {len:?}")))?;
+            let len: usize = len.parse().map_err(|_| bad(format!("bad content-length {len:?}")))?;
             if rest.len() < len {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("body truncated: got {} of {len} bytes", rest.len()),
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("body truncated: got {} of {len} bytes", rest.len())));
             }
             rest[..len].to_vec()
         } else {
@@ -183,21 +168,16 @@ fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let eol = find(data, b"\r\n").ok_or_else(|| bad("truncated chunk size line"))?;
-        let size_line =
-            std::str::from_utf8(&data[..eol]).map_err(|_| bad("chunk size is not UTF-8"))?;
+        let size_line = std::str::from_utf8(&data[..eol]).map_err(|_| bad("chunk size is not UTF-8"))?;
         let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| bad(format!("bad chunk size {size_line:?}")))?;
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad(format!("bad chunk size {size_line:?}")))?;
         data = &data[eol + 2..];
         if size == 0 {
             // Trailers, if any, are not reported.
             return Ok(body);
         }
         if data.len() < size + 2 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated chunk",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated chunk"));
         }
         body.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
@@ -212,16 +192,10 @@ pub fn testserver_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("locating the current test executable");
-    let dir = exe
-        .parent()
-        .expect("test executable has a parent directory");
+    let dir = exe.parent().expect("test executable has a parent directory");
     let name = format!("trefoil-testserver{}", std::env::consts::EXE_SUFFIX);
     let candidates = [dir.join("..").join(&name), dir.join(&name)];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| candidates[0].clone())
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| candidates[0].clone())
 }
 
 /// A running `trefoil-testserver`, killed when dropped.
@@ -258,20 +232,11 @@ impl TestServer {
             );
         }
         let mut cmd = Command::new(binary);
-        if !args
-            .iter()
-            .any(|a| *a == "--listen" || a.starts_with("--listen="))
-        {
+        if !args.iter().any(|a| *a == "--listen" || a.starts_with("--listen=")) {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        cmd.args(args)
-            .arg("--exit-on-stdin-close")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", binary.display()));
+        cmd.args(args).arg("--exit-on-stdin-close").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {} {args:?}: {e}", binary.display()));
 
         let stderr = Arc::new(Mutex::new(String::new()));
         // Drain both pipes for the child's whole life so it never blocks on a
@@ -282,10 +247,7 @@ impl TestServer {
             let mut reader = BufReader::new(err_pipe);
             let mut line = String::new();
             while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                err_buf
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&line);
+                err_buf.lock().unwrap_or_else(|e| e.into_inner()).push_str(&line);
                 line.clear();
             }
         });
@@ -317,22 +279,12 @@ impl TestServer {
                         format!("exited before listening ({status:?})")
                     }
                 };
-                panic!(
-                    "trefoil-testserver {args:?}: {why}; stderr:\n{}",
-                    stderr.lock().unwrap_or_else(|e| e.into_inner())
-                );
+                panic!("trefoil-testserver {args:?}: {why}; stderr:\n{}", stderr.lock().unwrap_or_else(|e| e.into_inner()));
             }
         };
-        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| {
-            panic!("trefoil-testserver printed unparsable address {addr:?}: {e}")
-        });
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("trefoil-testserver printed unparsable address {addr:?}: {e}"));
         let stdin = child.stdin.take();
-        TestServer {
-            child,
-            addr,
-            _stdin: stdin,
-            stderr,
-        }
+        TestServer { child, addr, _stdin: stdin, stderr }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -346,35 +298,21 @@ impl TestServer {
 
     /// What the server has written to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// `GET /__stats`: `{"requests": N, "by_path": {path: N}}`, where N excludes
     /// `/healthz` and `/__*` control paths.
     pub fn stats(&self) -> serde_json::Value {
         let (status, _, body) = self.control("GET", "/__stats");
-        assert_eq!(
-            status, 200,
-            "GET /__stats on {} answered {status}",
-            self.addr
-        );
-        serde_json::from_slice(&body).unwrap_or_else(|e| {
-            panic!(
-                "GET /__stats on {} returned invalid JSON ({e}): {}",
-                self.addr,
-                String::from_utf8_lossy(&body)
-            )
-        })
+        assert_eq!(status, 200, "GET /__stats on {} answered {status}", self.addr);
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("GET /__stats on {} returned invalid JSON ({e}): {}", self.addr, String::from_utf8_lossy(&body)))
     }
 
     /// Total counted requests (`stats()["requests"]`).
     pub fn requests(&self) -> u64 {
-        self.stats()["requests"]
-            .as_u64()
-            .expect("stats has a numeric `requests`")
+        self.stats()["requests"].as_u64().expect("stats has a numeric `requests`")
     }
 
     /// Counted requests for one path (0 if never requested).
@@ -385,38 +323,19 @@ impl TestServer {
     /// `POST /__stats/reset`; also restarts the `--fail-every` sequence.
     pub fn reset_stats(&self) {
         let (status, _, _) = self.control("POST", "/__stats/reset");
-        assert_eq!(
-            status, 200,
-            "POST /__stats/reset on {} answered {status}",
-            self.addr
-        );
+        assert_eq!(status, 200, "POST /__stats/reset on {} answered {status}", self.addr);
     }
 
     /// Makes `/healthz` answer 200 (`true`) or 503 (`false`).
     pub fn set_healthy(&self, healthy: bool) {
-        let path = if healthy {
-            "/__health/ok"
-        } else {
-            "/__health/fail"
-        };
+        let path = if healthy { "/__health/ok" } else { "/__health/fail" };
         let (status, _, _) = self.control("POST", path);
-        assert_eq!(
-            status, 200,
-            "POST {path} on {} answered {status}",
-            self.addr
-        );
+        assert_eq!(status, 200, "POST {path} on {} answered {status}", self.addr);
     }
 
     fn control(&self, method: &str, path: &str) -> (u16, Headers, Vec<u8>) {
-        http_request(self.addr, method, &self.addr.to_string(), path, &[], b"").unwrap_or_else(
-            |e| {
-                panic!(
-                    "{method} {path} on testserver {}: {e}; stderr:\n{}",
-                    self.addr,
-                    self.stderr()
-                )
-            },
-        )
+        http_request(self.addr, method, &self.addr.to_string(), path, &[], b"")
+            .unwrap_or_else(|e| panic!("{method} {path} on testserver {}: {e}; stderr:\n{}", self.addr, self.stderr()))
     }
 }
 
@@ -432,11 +351,7 @@ impl Drop for TestServer {
 /// A name containing `/` is checked as a path.
 pub fn find_command(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+    let is_exec = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if name.contains('/') {
         let p = PathBuf::from(name);
         return is_exec(&p).then_some(p);
@@ -478,10 +393,7 @@ mod tests {
     #[test]
     fn truncated_body_is_an_error() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
-        assert_eq!(
-            parse_response(raw, false).unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
+        assert_eq!(parse_response(raw, false).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         // HEAD responses announce a length they do not send.
         assert!(parse_response(raw, true).unwrap().2.is_empty());
     }
@@ -514,9 +426,6 @@ mod tests {
         drop(listener);
         let start = Instant::now();
         assert!(!wait_for_port(addr, Duration::from_millis(150)));
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "wait_for_port overran its timeout"
-        );
+        assert!(start.elapsed() < Duration::from_secs(2), "wait_for_port overran its timeout");
     }
 }

@@ -15,12 +15,8 @@ fn json(body: &str) -> serde_json::Value {
 
 #[test]
 fn default_lookup_finds_the_cargo_built_binary() {
-    let found = testserver_path()
-        .canonicalize()
-        .expect("testserver_path exists");
-    let cargo = std::path::Path::new(env!("CARGO_BIN_EXE_trefoil-testserver"))
-        .canonicalize()
-        .unwrap();
+    let found = testserver_path().canonicalize().expect("testserver_path exists");
+    let cargo = std::path::Path::new(env!("CARGO_BIN_EXE_trefoil-testserver")).canonicalize().unwrap();
     assert_eq!(found, cargo);
     let srv = TestServer::named("lookup");
     assert!(wait_for_port(srv.addr(), Duration::from_secs(1)));
@@ -71,11 +67,7 @@ fn echo_describes_request() {
         "POST",
         "svc.test",
         "/echo?a=1&b=2",
-        &[
-            ("X-Multi", "one"),
-            ("x-multi", "two"),
-            ("Content-Type", "text/plain"),
-        ],
+        &[("X-Multi", "one"), ("x-multi", "two"), ("Content-Type", "text/plain")],
         b"hello world",
     )
     .unwrap();
@@ -114,14 +106,7 @@ fn stats_count_and_reset() {
 
 #[test]
 fn fail_every_nth_request_with_custom_status() {
-    let srv = server(&[
-        "--fail-every",
-        "3",
-        "--fail-status",
-        "502",
-        "--name",
-        "flaky",
-    ]);
+    let srv = server(&["--fail-every", "3", "--fail-status", "502", "--name", "flaky"]);
     let statuses: Vec<u16> = (0..6).map(|_| http_get(srv.addr(), "h", "/").0).collect();
     assert_eq!(statuses, [200, 200, 502, 200, 200, 502]);
     // Health checks neither fail nor advance the sequence.
@@ -142,8 +127,7 @@ fn fail_every_nth_request_with_custom_status() {
 fn bytes_route_streams_exact_length() {
     let srv = server(&[]);
     let n = 1_000_003;
-    let (status, headers, body) =
-        http_request(srv.addr(), "GET", "h", &format!("/bytes/{n}"), &[], b"").unwrap();
+    let (status, headers, body) = http_request(srv.addr(), "GET", "h", &format!("/bytes/{n}"), &[], b"").unwrap();
     assert_eq!(status, 200);
     assert_eq!(headers["content-length"], n.to_string());
     assert_eq!(body.len(), n);
@@ -177,25 +161,16 @@ fn http2_prior_knowledge_on_same_port() {
 
     let srv = server(&["--name", "h2"]);
     let addr = srv.addr();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
-            hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
-                TokioExecutor::new(),
-                TokioIo::new(tcp),
-            )
-            .await
-            .expect("h2c handshake");
+            hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake");
         tokio::spawn(conn);
         for _ in 0..2 {
-            let req = http::Request::get("http://svc.test/echo?q=1")
-                .header("x-h2", "yes")
-                .body(Empty::new())
-                .unwrap();
+            let req = http::Request::get("http://svc.test/echo?q=1").header("x-h2", "yes").body(Empty::new()).unwrap();
             let resp = sender.send_request(req).await.expect("h2 request");
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.headers()["x-served-by"], "h2");
@@ -232,14 +207,8 @@ fn concurrent_requests_are_all_counted() {
 fn startup_failure_panics_with_stderr() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = std::panic::catch_unwind(|| server(&["--listen", &addr]))
-        .err()
-        .expect("spawn should panic");
-    let msg = err
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let err = std::panic::catch_unwind(|| server(&["--listen", &addr])).err().expect("spawn should panic");
+    let msg = err.downcast_ref::<String>().cloned().or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
     assert!(msg.contains("exited before listening"), "{msg}");
     assert!(msg.contains(&addr), "stderr should name the address: {msg}");
 }
@@ -249,17 +218,12 @@ fn drop_kills_server() {
     let srv = server(&[]);
     let addr = srv.addr();
     drop(srv);
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "server still accepting after drop"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_err(), "server still accepting after drop");
 }
 
 #[test]
 fn invalid_name_is_rejected() {
-    let err = std::panic::catch_unwind(|| server(&["--name", "bad\nname"]))
-        .err()
-        .expect("spawn should panic");
+    let err = std::panic::catch_unwind(|| server(&["--name", "bad\nname"])).err().expect("spawn should panic");
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("not a valid header value"), "{msg}");
 }

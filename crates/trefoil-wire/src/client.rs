@@ -60,17 +60,22 @@ impl ConfigStreamClient {
             .keep_alive_timeout(crate::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { address: address.to_string(), source })?;
-        let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let grpc =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(ConfigStreamClient { grpc })
     }
 
     /// Opens the stream: `outbound` is what the proxy says (Hello first), the
     /// result the snapshots the control plane sends.
-    pub async fn stream(&mut self, outbound: impl Stream<Item = ProxyMessage> + Send + 'static) -> Result<Streaming<Snapshot>, ClientError> {
+    pub async fn stream(
+        &mut self,
+        outbound: impl Stream<Item = ProxyMessage> + Send + 'static,
+    ) -> Result<Streaming<Snapshot>, ClientError> {
         self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
         let mut request = Request::new(outbound);
         request.extensions_mut().insert(GrpcMethod::new(SERVICE, "Stream"));
-        let response = self.grpc.streaming(request, PathAndQuery::from_static(STREAM_PATH), ProstCodec::<ProxyMessage, Snapshot>::default()).await?;
+        let response =
+            self.grpc.streaming(request, PathAndQuery::from_static(STREAM_PATH), ProstCodec::<ProxyMessage, Snapshot>::default()).await?;
         Ok(response.into_inner())
     }
 }

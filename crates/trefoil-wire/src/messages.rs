@@ -105,7 +105,8 @@ mod tests {
         assert_eq!(ack, vec![key(2, 2), 4, key(1, 0), 7, key(2, 0), 9]);
         let nack = ProxyMessage::nack(1, 2, "x").encode_to_vec();
         assert_eq!(nack, vec![key(3, 2), 7, key(1, 0), 1, key(2, 0), 2, key(3, 2), 1, b'x']);
-        let hello = ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5 }).encode_to_vec();
+        let hello =
+            ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5 }).encode_to_vec();
         assert_eq!(hello, vec![key(1, 2), 12, key(1, 2), 1, b'p', key(2, 2), 1, b'a', key(3, 0), 3, key(4, 0), 4, key(5, 0), 5]);
         let snapshot = Snapshot { version: 1, hash: 2, resources_json: "[]".into() }.encode_to_vec();
         assert_eq!(snapshot, vec![key(1, 0), 1, key(2, 0), 2, key(3, 2), 2, b'[', b']']);

@@ -19,7 +19,10 @@ pub trait ConfigStream: Send + Sync + 'static {
     /// The snapshots sent to that proxy, for as long as the stream lives.
     type SnapshotStream: Stream<Item = Result<Snapshot, Status>> + Send + 'static;
 
-    fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> impl Future<Output = Result<Response<Self::SnapshotStream>, Status>> + Send;
+    fn stream(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> impl Future<Output = Result<Response<Self::SnapshotStream>, Status>> + Send;
 }
 
 /// The gRPC service: routes `/trefoil.config.v1.ConfigStream/Stream`, answers
@@ -61,7 +64,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != STREAM_PATH {
             let path = req.uri().path().to_string();
-            return Box::pin(async move { Ok(Status::unimplemented(format!("no method {path}; this server has {STREAM_PATH}")).into_http()) });
+            return Box::pin(
+                async move { Ok(Status::unimplemented(format!("no method {path}; this server has {STREAM_PATH}")).into_http()) },
+            );
         }
         let handler = Handler(self.inner.clone());
         Box::pin(async move {
@@ -92,7 +97,11 @@ impl<T: ConfigStream> Service<Request<Streaming<ProxyMessage>>> for Handler<T> {
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves.
-pub async fn serve<T: ConfigStream>(listener: tokio::net::TcpListener, service: T, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+pub async fn serve<T: ConfigStream>(
+    listener: tokio::net::TcpListener,
+    service: T,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         // Notice proxies that vanished without closing their connection.

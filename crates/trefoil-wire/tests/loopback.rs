@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
-use trefoil_wire::{proxy_message::Kind, ConfigStream, ConfigStreamClient, Hello, ProxyMessage, Request, Response, Snapshot, Status, Streaming};
+use trefoil_wire::{
+    proxy_message::Kind, ConfigStream, ConfigStreamClient, Hello, ProxyMessage, Request, Response, Snapshot, Status, Streaming,
+};
 
 /// Answers each Hello with a snapshot naming the proxy, and each Ack with the next version.
 struct Echo;

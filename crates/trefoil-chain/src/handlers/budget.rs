@@ -75,7 +75,13 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(max: u64, wall: Duration) -> Budget {
-        Budget { used: AtomicU64::new(0), next_clock: AtomicU64::new(0), max, deadline: Instant::now() + wall, stop: AtomicU8::new(Stop::None as u8) }
+        Budget {
+            used: AtomicU64::new(0),
+            next_clock: AtomicU64::new(0),
+            max,
+            deadline: Instant::now() + wall,
+            stop: AtomicU8::new(Stop::None as u8),
+        }
     }
 
     /// Counts `units` of work; an error once any bound is passed, and from then on.

@@ -84,7 +84,15 @@ pub struct Matcher<'a> {
 
 impl<'a> Matcher<'a> {
     pub fn new(src: &'a [u8], pat: &'a [u8], budget: &'a Budget) -> Self {
-        Matcher { src, pat, level: 0, capture: [Capture { init: 0, len: CapLen::Unfinished }; MAXCAPTURES], depth: MAXCCALLS, budget, steps: 0 }
+        Matcher {
+            src,
+            pat,
+            level: 0,
+            capture: [Capture { init: 0, len: CapLen::Unfinished }; MAXCAPTURES],
+            depth: MAXCCALLS,
+            budget,
+            steps: 0,
+        }
     }
 
     /// Forgets the captures of the previous attempt (`reprepstate`).
@@ -185,7 +193,11 @@ impl<'a> Matcher<'a> {
             }
             match self.pat[p] {
                 b'(' => {
-                    return if self.p(p + 1) == b')' { self.start_capture(s, p + 2, CapLen::Position) } else { self.start_capture(s, p + 1, CapLen::Unfinished) };
+                    return if self.p(p + 1) == b')' {
+                        self.start_capture(s, p + 2, CapLen::Position)
+                    } else {
+                        self.start_capture(s, p + 1, CapLen::Unfinished)
+                    };
                 }
                 b')' => return self.end_capture(s, p + 1),
                 b'$' if p + 1 == self.pat.len() => return Ok((s == self.src.len()).then_some(s)),

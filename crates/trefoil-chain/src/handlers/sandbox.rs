@@ -78,7 +78,13 @@ pub fn check_syntax(chunk_name: &str, source: &str) -> Result<(), HandlerError> 
     lua.load(source).set_name(format!("={chunk_name}")).into_function().map(|_| ()).map_err(|e| HandlerError::Syntax(first_line(&e)))
 }
 
-pub async fn run(chunk_name: &str, source: &str, limits: &Limits, input: RunInput, caller: Arc<dyn Caller>) -> Result<Effects, HandlerError> {
+pub async fn run(
+    chunk_name: &str,
+    source: &str,
+    limits: &Limits,
+    input: RunInput,
+    caller: Arc<dyn Caller>,
+) -> Result<Effects, HandlerError> {
     let budget = Arc::new(Budget::new(limits.instructions, limits.wall));
     let lua = new_state(limits, budget.clone())?;
     let effects = Arc::new(Mutex::new(Effects::default()));

@@ -38,7 +38,13 @@ const MAX_LOG_LINES: usize = 100;
 /// A tag value's bytes at most, as for a log message.
 const MAX_TAG_BYTES: usize = 1024;
 
-pub fn install(lua: &Lua, input: &RunInput, effects: Arc<Mutex<Effects>>, caller: Arc<dyn Caller>, budget: Arc<Budget>) -> mlua::Result<()> {
+pub fn install(
+    lua: &Lua,
+    input: &RunInput,
+    effects: Arc<Mutex<Effects>>,
+    caller: Arc<dyn Caller>,
+    budget: Arc<Budget>,
+) -> mlua::Result<()> {
     let globals = lua.globals();
     globals.raw_set("cnf", input.cnf.as_str())?;
     globals.raw_set("event", event_table(lua, &input.event)?)?;

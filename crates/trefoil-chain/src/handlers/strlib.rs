@@ -21,7 +21,8 @@ use super::luaapi::{bytes_at, check_bytes, raise_message, start_position};
 use super::pattern::{no_specials, CapValue, MatchError, Matcher};
 
 /// The functions this module provides, under their names in `string`.
-pub const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] = &[(c"find", str_find), (c"match", str_match), (c"gmatch", str_gmatch), (c"gsub", str_gsub)];
+pub const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] =
+    &[(c"find", str_find), (c"match", str_match), (c"gmatch", str_gmatch), (c"gsub", str_gsub)];
 
 /// The budget of the running state; a state without one (never ours) is stopped.
 unsafe fn budget<'a>(state: *mut ffi::lua_State) -> &'a Budget {

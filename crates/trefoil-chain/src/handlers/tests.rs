@@ -20,7 +20,9 @@ impl Caller for FakeCaller {
                     remove_headers: vec![],
                     events: vec![Event { name: "scanned".into(), data: serde_json::json!({"ok": true}) }],
                 })),
-                "deny-fn" => Ok(CallOutcome::Verdict(Verdict::Deny { status: 406, reason: "infected".into(), headers: vec![], events: vec![] })),
+                "deny-fn" => {
+                    Ok(CallOutcome::Verdict(Verdict::Deny { status: 406, reason: "infected".into(), headers: vec![], events: vec![] }))
+                }
                 "down-open" => Ok(CallOutcome::FailedOpen("timed out".into())),
                 "down-closed" => Ok(CallOutcome::FailedClosed),
                 other => Err(format!("no network function named {other:?}")),
@@ -31,7 +33,12 @@ impl Caller for FakeCaller {
 
 fn compile(script: &str) -> Handlers {
     let scripts = BTreeMap::from([("checked".to_string(), script.to_string())]);
-    Handlers::compile("edge", &scripts, Limits { instructions: 200_000, memory: 1024 * 1024, wall: Duration::from_secs(2), ..Limits::default() }).expect("compiles")
+    Handlers::compile(
+        "edge",
+        &scripts,
+        Limits { instructions: 200_000, memory: 1024 * 1024, wall: Duration::from_secs(2), ..Limits::default() },
+    )
+    .expect("compiles")
 }
 
 fn input() -> RunInput {
@@ -139,7 +146,12 @@ async fn an_endless_loop_is_stopped_by_the_instruction_bound() {
 #[tokio::test]
 async fn the_deadline_stops_a_run_the_instruction_bound_would_allow() {
     let scripts = BTreeMap::from([("checked".to_string(), "while true do end".to_string())]);
-    let handlers = Handlers::compile("edge", &scripts, Limits { instructions: u64::MAX, memory: 1 << 20, wall: Duration::from_millis(50), ..Limits::default() }).unwrap();
+    let handlers = Handlers::compile(
+        "edge",
+        &scripts,
+        Limits { instructions: u64::MAX, memory: 1 << 20, wall: Duration::from_millis(50), ..Limits::default() },
+    )
+    .unwrap();
     let started = Instant::now();
     let err = run(handlers.get("checked").unwrap(), &handlers.limits, input(), Arc::new(FakeCaller)).await.unwrap_err();
     assert!(matches!(err, HandlerError::Deadline(_)), "{err}");
@@ -220,7 +232,10 @@ async fn cost_of_header_logic() {
 async fn overshoot_past_the_deadline() {
     let limits = Limits { instructions: u64::MAX, wall: Duration::from_millis(200), ..Limits::default() };
     for (what, script) in [
-        ("compare 3 MB strings", "local a, b = string.rep('x', 1500000), string.rep('x', 1500000) .. '' while true do local _ = a == b end"),
+        (
+            "compare 3 MB strings",
+            "local a, b = string.rep('x', 1500000), string.rep('x', 1500000) .. '' while true do local _ = a == b end",
+        ),
         ("number from 3 MB of digits", "local d = string.rep('1', 3000000) while true do local _ = d + 0 end"),
         ("upper 2 MB", "local s = string.rep('x', 2000000) while true do local _ = s:upper() end"),
         ("find in 3 MB", "local s = string.rep('x', 3000000) while true do local _ = s:find('y') end"),

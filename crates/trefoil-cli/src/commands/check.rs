@@ -86,7 +86,11 @@ async fn proxy_checks(control: &ControlPlane<'_>) -> Vec<Check> {
     let proxies = match control.proxies().await {
         Ok(p) => p,
         Err(e) if e.status() == Some(404) => {
-            return vec![Check::new("proxies", false, "this control plane does not report proxy status (GET /api/v1/status/proxies answered 404)")];
+            return vec![Check::new(
+                "proxies",
+                false,
+                "this control plane does not report proxy status (GET /api/v1/status/proxies answered 404)",
+            )];
         }
         Err(e) => return vec![Check::new("proxies", false, format!("cannot list proxies: {e}"))],
     };
@@ -125,7 +129,9 @@ async fn ready_check(fetcher: &Fetcher, p: &ProxyStatus) -> Check {
     };
     match fetcher.get(&format!("proxy {}", p.name), &format!("http://{admin}"), "/ready").await {
         Ok((200, _)) => Check::new(name, true, format!("{admin}/ready answered 200")),
-        Ok((status, body)) => Check::new(name, false, format!("{admin}/ready answered {status}: {}", String::from_utf8_lossy(&body).trim())),
+        Ok((status, body)) => {
+            Check::new(name, false, format!("{admin}/ready answered {status}: {}", String::from_utf8_lossy(&body).trim()))
+        }
         Err(e) => Check::new(name, false, e.to_string()),
     }
 }
@@ -187,12 +193,17 @@ mod tests {
         let c = config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7}"#));
         assert!(!c.ok);
         assert_eq!(c.detail, "runs snapshot 7, newest is 8");
-        let c = config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7,"nack":{"version":8,"error":"snapshot 8: spec.rules: bad"}}"#));
+        let c = config_check(&status(
+            r#"{"name":"gw","connected":true,"latestVersion":8,"ackedVersion":7,"nack":{"version":8,"error":"snapshot 8: spec.rules: bad"}}"#,
+        ));
         assert!(!c.ok);
         assert_eq!(c.detail, "refused snapshot 8: snapshot 8: spec.rules: bad");
         // Never acknowledged anything.
         assert!(!config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":"3"}"#)).ok);
         // An old NACK does not matter once the newest snapshot is acknowledged.
-        assert!(config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":9,"ackedVersion":9,"nack":{"version":8,"error":"x"}}"#)).ok);
+        assert!(
+            config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":9,"ackedVersion":9,"nack":{"version":8,"error":"x"}}"#))
+                .ok
+        );
     }
 }

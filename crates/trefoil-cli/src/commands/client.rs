@@ -65,7 +65,13 @@ pub(crate) struct Failure {
 
 pub(crate) type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-pub(crate) async fn call(client: &HttpClient, server: &str, method: http::Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Value), Failure> {
+pub(crate) async fn call(
+    client: &HttpClient,
+    server: &str,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Value), Failure> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let req = http::Request::builder()
         .method(method)
@@ -85,7 +91,14 @@ pub(crate) async fn call(client: &HttpClient, server: &str, method: http::Method
 pub(crate) fn server_error(status: u16, body: &Value) -> String {
     let mut msg = format!("{status}: {}", body["error"].as_str().unwrap_or("request failed"));
     for e in body["errors"].as_array().into_iter().flatten() {
-        msg.push_str(&format!("\n  {}:{}:{}: {}: {}", e["file"].as_str().unwrap_or(""), e["line"], e["column"], e["field"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")));
+        msg.push_str(&format!(
+            "\n  {}:{}:{}: {}: {}",
+            e["file"].as_str().unwrap_or(""),
+            e["line"],
+            e["column"],
+            e["field"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        ));
     }
     msg
 }
@@ -129,7 +142,15 @@ pub fn apply(args: ApplyArgs) -> ExitCode {
             let r = &s.resource;
             let id = format!("{}/{}", r.kind(), r.name());
             let body = serde_json::to_vec(r).unwrap_or_default();
-            let (result, rv) = match call(&client, &args.server.server, http::Method::PUT, &format!("/api/v1/{}/{}", r.kind(), r.name()), Some(body)).await {
+            let (result, rv) = match call(
+                &client,
+                &args.server.server,
+                http::Method::PUT,
+                &format!("/api/v1/{}/{}", r.kind(), r.name()),
+                Some(body),
+            )
+            .await
+            {
                 Err(f) => {
                     eprintln!("error: {}", f.message);
                     return f.code;
@@ -179,7 +200,13 @@ pub fn get(args: GetArgs) -> ExitCode {
                 println!("{:<16} {:<32} {:>8} {:>10}", "KIND", "NAME", "VERSION", "GENERATION");
                 for item in items {
                     let m = &item["metadata"];
-                    println!("{:<16} {:<32} {:>8} {:>10}", item["kind"].as_str().unwrap_or(""), m["name"].as_str().unwrap_or(""), m["resourceVersion"].as_str().unwrap_or(""), m["generation"]);
+                    println!(
+                        "{:<16} {:<32} {:>8} {:>10}",
+                        item["kind"].as_str().unwrap_or(""),
+                        m["name"].as_str().unwrap_or(""),
+                        m["resourceVersion"].as_str().unwrap_or(""),
+                        m["generation"]
+                    );
                 }
             }
             format => print_structured(format, &body),
@@ -204,7 +231,11 @@ pub fn delete(args: DeleteArgs) -> ExitCode {
             }
             Ok((status, v)) => {
                 eprintln!("error: {}", server_error(status, &v));
-                if status == 404 { exit::bad_input() } else { exit::failure() }
+                if status == 404 {
+                    exit::bad_input()
+                } else {
+                    exit::failure()
+                }
             }
         }
     })
@@ -243,11 +274,19 @@ fn get_proxy_status(args: GetArgs) -> ExitCode {
         for p in &items {
             let nack = match p["nack"].as_object() {
                 // The first line of the error is the one that says what; the rest is in -o json.
-                Some(n) => format!("version {}: {}", version(&n["version"]), n["error"].as_str().unwrap_or("").lines().next().unwrap_or("")),
+                Some(n) => {
+                    format!("version {}: {}", version(&n["version"]), n["error"].as_str().unwrap_or("").lines().next().unwrap_or(""))
+                }
                 None => "-".to_string(),
             };
             let connected = if p["connected"].as_bool().unwrap_or(false) { "yes" } else { "no" };
-            println!("{:<24} {:<9} {:>8} {:>8}  {nack}", p["name"].as_str().unwrap_or(""), connected, version(&p["ackedVersion"]), version(&p["latestVersion"]));
+            println!(
+                "{:<24} {:<9} {:>8} {:>8}  {nack}",
+                p["name"].as_str().unwrap_or(""),
+                connected,
+                version(&p["ackedVersion"]),
+                version(&p["latestVersion"])
+            );
         }
         exit::ok()
     })

@@ -45,7 +45,11 @@ pub fn run(args: Args) -> ExitCode {
     if let Some(warning) = trefoil_control::exposure_warning(args.listen, args.grpc_listen) {
         eprintln!("WARNING: {warning}");
     }
-    let limits = trefoil_control::server::Limits { max_connections: args.max_connections.max(1), max_watches: args.max_watches, ..Default::default() };
+    let limits = trefoil_control::server::Limits {
+        max_connections: args.max_connections.max(1),
+        max_watches: args.max_watches,
+        ..Default::default()
+    };
     let options = ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen, limits };
     match runtime.block_on(trefoil_control::run(options, stop)) {
         Ok(()) => exit::ok(),

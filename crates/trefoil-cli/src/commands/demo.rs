@@ -92,7 +92,14 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     let files = dir.join("mesh.yaml");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(&files, QUICKSTART.replace(QUICKSTART_GATEWAY, &gateway.to_string()))?;
-    let options = UpOptions { files, state: dir.join("state"), listen: args.listen, grpc_listen: args.grpc_listen, admin_base: args.admin_base, exe: std::env::current_exe()? };
+    let options = UpOptions {
+        files,
+        state: dir.join("state"),
+        listen: args.listen,
+        grpc_listen: args.grpc_listen,
+        admin_base: args.admin_base,
+        exe: std::env::current_exe()?,
+    };
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -170,9 +177,21 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-    let summary = Summary { gateway: gateway.to_string(), api, seconds, served: tally.served.clone(), errors: tally.errors, first_errors: tally.first_errors.clone() };
+    let summary = Summary {
+        gateway: gateway.to_string(),
+        api,
+        seconds,
+        served: tally.served.clone(),
+        errors: tally.errors,
+        first_errors: tally.first_errors.clone(),
+    };
     match args.output {
-        Format::Table => println!("\nstopped after {:.0}s: {} requests, {} errors", summary.seconds, summary.served.values().sum::<u64>() + summary.errors, summary.errors),
+        Format::Table => println!(
+            "\nstopped after {:.0}s: {} requests, {} errors",
+            summary.seconds,
+            summary.served.values().sum::<u64>() + summary.errors,
+            summary.errors
+        ),
         format => print_structured(format, &summary),
     }
     Ok(if tally.errors == 0 { exit::ok() } else { exit::failure() })
@@ -247,7 +266,8 @@ fn print_line(elapsed: Duration, tally: &Tally) {
     let web: u64 = tally.served.iter().filter(|(k, _)| k.starts_with("web")).map(|(_, v)| v).sum();
     let mut line = format!("{:>4}s ", elapsed.as_secs());
     for (who, count) in &tally.served {
-        let share = if who.starts_with("web") && web > 0 { format!(" ({:.0}% of web)", *count as f64 * 100.0 / web as f64) } else { String::new() };
+        let share =
+            if who.starts_with("web") && web > 0 { format!(" ({:.0}% of web)", *count as f64 * 100.0 / web as f64) } else { String::new() };
         line.push_str(&format!("  {who}: {count}{share}"));
     }
     line.push_str(&format!("  errors: {}", tally.errors));

@@ -167,7 +167,11 @@ struct FunctionRelated {
 /// The canonical kind for what the user typed, with the API's rules: `Route`, `route`, `routes`.
 fn canonical_kind(typed: &str) -> Option<&'static str> {
     let lower = typed.to_ascii_lowercase();
-    let singular = lower.strip_suffix("ies").map(|s| format!("{s}y")).or_else(|| lower.strip_suffix('s').map(str::to_string)).unwrap_or_else(|| lower.clone());
+    let singular = lower
+        .strip_suffix("ies")
+        .map(|s| format!("{s}y"))
+        .or_else(|| lower.strip_suffix('s').map(str::to_string))
+        .unwrap_or_else(|| lower.clone());
     KINDS.iter().find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular).copied()
 }
 
@@ -244,7 +248,12 @@ async fn discovered(control: &ControlPlane<'_>, service: &str) -> Result<Endpoin
 fn endpoint_views(service: Option<&Resource>, discovered: &EndpointsSpec, workload: Option<&str>) -> Vec<EndpointView> {
     let mut out = Vec::new();
     if let Some(Spec::Service(s)) = service.map(|r| &r.spec) {
-        out.extend(s.endpoints.iter().map(|e| EndpointView { address: e.address.clone(), version: e.version.clone(), ready: true, source: "static".to_string() }));
+        out.extend(s.endpoints.iter().map(|e| EndpointView {
+            address: e.address.clone(),
+            version: e.version.clone(),
+            ready: true,
+            source: "static".to_string(),
+        }));
     }
     out.extend(discovered.endpoints.iter().filter(|e| !matches!(workload, Some(w) if e.workload != w)).map(|e| EndpointView {
         address: e.address.clone(),
@@ -272,15 +281,30 @@ async fn service_related(control: &ControlPlane<'_>, name: &str, resource: Optio
             _ => None,
         })
         .collect();
-    let routes = control.list("Route").await?.iter().filter(|r| matches!(&r.spec, Spec::Route(route) if sends_to(route, name))).map(|r| r.name().to_string()).collect();
-    let traffic_policies = control.list("TrafficPolicy").await?.iter().filter(|r| matches!(&r.spec, Spec::TrafficPolicy(p) if p.service == name)).map(|r| r.name().to_string()).collect();
+    let routes = control
+        .list("Route")
+        .await?
+        .iter()
+        .filter(|r| matches!(&r.spec, Spec::Route(route) if sends_to(route, name)))
+        .map(|r| r.name().to_string())
+        .collect();
+    let traffic_policies = control
+        .list("TrafficPolicy")
+        .await?
+        .iter()
+        .filter(|r| matches!(&r.spec, Spec::TrafficPolicy(p) if p.service == name))
+        .map(|r| r.name().to_string())
+        .collect();
     Ok(ServiceRelated { endpoints, workloads, routes, traffic_policies })
 }
 
 /// Whether `route` shapes or sends (or mirrors) traffic to `service`.
 fn sends_to(route: &RouteSpec, service: &str) -> bool {
     route.service.as_deref() == Some(service)
-        || route.rules.iter().any(|rule| rule.backends.iter().any(|b| b.service == service) || rule.filters.request_mirror.as_ref().is_some_and(|m| m.backend.service == service))
+        || route.rules.iter().any(|rule| {
+            rule.backends.iter().any(|b| b.service == service)
+                || rule.filters.request_mirror.as_ref().is_some_and(|m| m.backend.service == service)
+        })
 }
 
 async fn route_related(control: &ControlPlane<'_>, resource: Option<&Value>) -> Result<RouteRelated, FetchError> {
@@ -290,8 +314,17 @@ async fn route_related(control: &ControlPlane<'_>, resource: Option<&Value>) -> 
         for b in &rule.backends {
             let service = parse(control.get("Service", &b.service).await?.as_ref());
             let discovered = discovered(control, &b.service).await?;
-            let ready_endpoints = endpoint_views(service.as_ref(), &discovered, None).iter().filter(|e| e.ready && !matches!(&b.version, Some(v) if &e.version != v)).count();
-            backends.push(BackendView { rule: i, service: b.service.clone(), version: b.version.clone(), weight: b.weight, ready_endpoints });
+            let ready_endpoints = endpoint_views(service.as_ref(), &discovered, None)
+                .iter()
+                .filter(|e| e.ready && !matches!(&b.version, Some(v) if &e.version != v))
+                .count();
+            backends.push(BackendView {
+                rule: i,
+                service: b.service.clone(),
+                version: b.version.clone(),
+                weight: b.weight,
+                ready_endpoints,
+            });
         }
     }
     Ok(RouteRelated { backends })
@@ -330,12 +363,26 @@ async fn cnf_related(control: &ControlPlane<'_>, name: &str, resource: Option<&V
             Some(s) => ready_endpoints(control, s).await?,
             None => 0,
         };
-        steps.push(StepView { step: i, function: step.function.clone(), mode: word(&step.mode), phase: word(&step.phase), service, ready_endpoints });
+        steps.push(StepView {
+            step: i,
+            function: step.function.clone(),
+            mode: word(&step.mode),
+            phase: word(&step.phase),
+            service,
+            ready_endpoints,
+        });
     }
     let mut routes = Vec::new();
     for r in control.list("Route").await? {
         if let Spec::Route(route) = &r.spec {
-            routes.extend(route.rules.iter().enumerate().filter(|(_, rule)| rule.chain.as_deref() == Some(name)).map(|(i, _)| format!("{}#{i}", r.name())));
+            routes.extend(
+                route
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, rule)| rule.chain.as_deref() == Some(name))
+                    .map(|(i, _)| format!("{}#{i}", r.name())),
+            );
         }
     }
     Ok(Some(CnfRelated { steps, handlers: handlers.keys().cloned().collect(), routes }))
@@ -363,7 +410,9 @@ fn print_human(kind: &str, name: &str, d: &Described) {
             println!("Endpoints:");
             print_endpoints(&s.endpoints);
             println!("Workloads:");
-            list_or_none(s.workloads.iter().map(|w| format!("{} (version {}): {}/{} replicas ready", w.name, w.version, w.ready, w.replicas)));
+            list_or_none(
+                s.workloads.iter().map(|w| format!("{} (version {}): {}/{} replicas ready", w.name, w.version, w.ready, w.replicas)),
+            );
             println!("Routes:");
             list_or_none(s.routes.iter().cloned());
             println!("TrafficPolicy:");
@@ -418,7 +467,11 @@ fn print_human(kind: &str, name: &str, d: &Described) {
 }
 
 fn print_endpoints(endpoints: &[EndpointView]) {
-    list_or_none(endpoints.iter().map(|e| format!("{} version {} {} ({})", e.address, e.version, if e.ready { "ready" } else { "NOT READY" }, e.source)));
+    list_or_none(
+        endpoints
+            .iter()
+            .map(|e| format!("{} version {} {} ({})", e.address, e.version, if e.ready { "ready" } else { "NOT READY" }, e.source)),
+    );
 }
 
 fn list_or_none(lines: impl Iterator<Item = String>) {

@@ -47,7 +47,9 @@ struct Listen {
 #[derive(clap::Subcommand)]
 enum NfCommand {
     /// An access list: rules by client address/CIDR, path prefix, header and method; the first match wins.
-    #[command(long_about = "An access list. The YAML config:\n\n  default: allow          # allow | deny, when no rule matches\n  denyStatus: 403\n  denyReason: \"denied by policy\\n\"\n  rules:\n  - name: office-admin    # optional; shown in the policy_check event\n    action: allow\n    sources: [10.0.0.0/8]  # any of these (address or CIDR)\n    paths: [/admin]        # any of these prefixes (query excluded)\n    methods: [GET]         # any of these\n    headers: [{name: x-role, value: admin}]   # all; no value: presence\n\nEvery given condition of a rule must hold; rules are tried in order.")]
+    #[command(
+        long_about = "An access list. The YAML config:\n\n  default: allow          # allow | deny, when no rule matches\n  denyStatus: 403\n  denyReason: \"denied by policy\\n\"\n  rules:\n  - name: office-admin    # optional; shown in the policy_check event\n    action: allow\n    sources: [10.0.0.0/8]  # any of these (address or CIDR)\n    paths: [/admin]        # any of these prefixes (query excluded)\n    methods: [GET]         # any of these\n    headers: [{name: x-role, value: admin}]   # all; no value: presence\n\nEvery given condition of a rule must hold; rules are tried in order."
+    )]
     Policy {
         #[command(flatten)]
         listen: Listen,
@@ -116,11 +118,15 @@ pub fn run(args: Args) -> ExitCode {
             Ok(policy) => start(listen, policy),
             Err(e) => bad_input(e),
         },
-        NfCommand::Inspect { listen, signatures, case_insensitive, deny_status } => match Inspect::load(&signatures, case_insensitive, deny_status) {
-            Ok(inspect) => start(listen, inspect),
-            Err(e) => bad_input(e),
-        },
-        NfCommand::Antivirus { listen, clamd, clamd_timeout, deny_status } => start(listen, Antivirus { clamd, timeout: clamd_timeout, deny_status }),
+        NfCommand::Inspect { listen, signatures, case_insensitive, deny_status } => {
+            match Inspect::load(&signatures, case_insensitive, deny_status) {
+                Ok(inspect) => start(listen, inspect),
+                Err(e) => bad_input(e),
+            }
+        }
+        NfCommand::Antivirus { listen, clamd, clamd_timeout, deny_status } => {
+            start(listen, Antivirus { clamd, timeout: clamd_timeout, deny_status })
+        }
         NfCommand::Ratelimit { listen, rate, burst, key_header } => match Limits::new(rate, burst) {
             Ok(limits) => start(listen, RateLimit::new(limits, key_header)),
             Err(e) => bad_input(e),

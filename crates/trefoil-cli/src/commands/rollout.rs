@@ -21,7 +21,9 @@ The control plane's rollout controller does the work: the actions are recorded
 in RolloutStatus/NAME with an Event, and the controller rewrites the Route.";
 
 #[derive(clap::Args)]
-#[command(after_help = "Exit codes: 0 ok, 1 the control plane refused or failed (e.g. the rollout already finished), 2 no such rollout or bad arguments.")]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 the control plane refused or failed (e.g. the rollout already finished), 2 no such rollout or bad arguments."
+)]
 pub struct Args {
     #[command(subcommand)]
     action: RolloutCommand,
@@ -108,7 +110,13 @@ fn status(t: Target) -> ExitCode {
 /// This rollout's events, oldest first.
 fn rollout_events(list: Value, name: &str) -> Vec<Value> {
     let regarding = format!("Rollout/{name}");
-    let mut events: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default().into_iter().filter(|e| e["spec"]["regarding"] == regarding.as_str()).collect();
+    let mut events: Vec<Value> = list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["spec"]["regarding"] == regarding.as_str())
+        .collect();
     oldest_first(&mut events);
     events
 }
@@ -116,7 +124,12 @@ fn rollout_events(list: Value, name: &str) -> Vec<Value> {
 /// Orders events by time, then by their number (`web-10` after `web-9`,
 /// which name order would not give).
 fn oldest_first(events: &mut [Value]) {
-    events.sort_by_key(|e| (e["spec"]["timeMs"].as_u64().unwrap_or(0), e["metadata"]["name"].as_str().and_then(|n| n.rsplit('-').next()?.parse::<u64>().ok()).unwrap_or(0)));
+    events.sort_by_key(|e| {
+        (
+            e["spec"]["timeMs"].as_u64().unwrap_or(0),
+            e["metadata"]["name"].as_str().and_then(|n| n.rsplit('-').next()?.parse::<u64>().ok()).unwrap_or(0),
+        )
+    });
 }
 
 fn print_status(name: &str, spec: &Value, status: Option<&Value>, events: &[Value]) {
@@ -132,7 +145,11 @@ fn print_status(name: &str, spec: &Value, status: Option<&Value>, events: &[Valu
     }
     println!("weight      {}% to {}", s["weight"].as_u64().unwrap_or(0), text(&spec["canary"]));
     let threshold = spec["analysis"]["threshold"].as_u64().map_or_else(|| "-".to_string(), |t| t.to_string());
-    println!("checks      {} failed (rolls back at {threshold}), {} passed in a row", s["failedChecks"].as_u64().unwrap_or(0), s["passedChecks"].as_u64().unwrap_or(0));
+    println!(
+        "checks      {} failed (rolls back at {threshold}), {} passed in a row",
+        s["failedChecks"].as_u64().unwrap_or(0),
+        s["passedChecks"].as_u64().unwrap_or(0)
+    );
     if let Some(c) = s.get("lastCheck").filter(|c| !c.is_null()) {
         println!("last check  {} on {} requests: {}", text(&c["verdict"]), c["requests"].as_f64().unwrap_or(0.0), figures(&c["figures"]));
     }
@@ -171,8 +188,16 @@ pub fn print_events(events: &[Value]) {
     println!("{:<20} {:<24} {:<16} MESSAGE", "TIME", "REGARDING", "REASON");
     for e in &events {
         let s = &e["spec"];
-        let time = s["timeMs"].as_u64().map_or_else(String::new, |ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string());
-        println!("{:<20} {:<24} {:<16} {}", time, s["regarding"].as_str().unwrap_or(""), s["reason"].as_str().unwrap_or(""), s["message"].as_str().unwrap_or(""));
+        let time = s["timeMs"].as_u64().map_or_else(String::new, |ms| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+        });
+        println!(
+            "{:<20} {:<24} {:<16} {}",
+            time,
+            s["regarding"].as_str().unwrap_or(""),
+            s["reason"].as_str().unwrap_or(""),
+            s["message"].as_str().unwrap_or("")
+        );
     }
 }
 
@@ -186,7 +211,12 @@ fn act(t: Target, action: &str) -> ExitCode {
             }
             Ok((200, v)) => {
                 match t.output {
-                    Format::Table => println!("rollout {}: {} ({})", t.name, v["status"]["phase"].as_str().unwrap_or(""), v["status"]["message"].as_str().unwrap_or("")),
+                    Format::Table => println!(
+                        "rollout {}: {} ({})",
+                        t.name,
+                        v["status"]["phase"].as_str().unwrap_or(""),
+                        v["status"]["message"].as_str().unwrap_or("")
+                    ),
                     format => print_structured(format, &v),
                 }
                 exit::ok()

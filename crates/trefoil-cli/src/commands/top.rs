@@ -155,7 +155,8 @@ fn targets_of(proxies: Vec<ProxyStatus>) -> Vec<Target> {
     proxies
         .into_iter()
         .map(|p| {
-            let admin = p.admin_address.filter(|a| !a.is_empty()).ok_or_else(|| "the control plane knows no admin address for it".to_string());
+            let admin =
+                p.admin_address.filter(|a| !a.is_empty()).ok_or_else(|| "the control plane knows no admin address for it".to_string());
             Target { name: p.name, admin }
         })
         .collect()
@@ -223,7 +224,16 @@ fn print_table(r: &Report) {
         let service = if row.service.is_empty() { "(no route)" } else { &row.service };
         let version = if row.version.is_empty() { "-" } else { &row.version };
         let success = row.success_rate.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "-".to_string());
-        println!("{:<24} {:<10} {:>9.1} {:>8} {:>9} {:>9} {:>9}", service, version, row.rps, success, latency(row.p50_seconds), latency(row.p99_seconds), row.requests);
+        println!(
+            "{:<24} {:<10} {:>9.1} {:>8} {:>9} {:>9} {:>9}",
+            service,
+            version,
+            row.rps,
+            success,
+            latency(row.p50_seconds),
+            latency(row.p99_seconds),
+            row.requests
+        );
     }
     if r.services.is_empty() {
         println!("(no requests seen by these proxies)");
@@ -247,7 +257,10 @@ mod tests {
     use super::*;
 
     fn samples(requests: f64) -> Vec<Sample> {
-        promtext::parse(&format!("trefoil_requests_total{{direction=\"inbound\",service=\"web\",version=\"v1\",status_code=\"200\"}} {requests}\n")).unwrap()
+        promtext::parse(&format!(
+            "trefoil_requests_total{{direction=\"inbound\",service=\"web\",version=\"v1\",status_code=\"200\"}} {requests}\n"
+        ))
+        .unwrap()
     }
 
     fn target(name: &str) -> Target {
@@ -257,8 +270,10 @@ mod tests {
     #[test]
     fn replicas_add_up_and_late_or_silent_proxies_are_listed() {
         let targets = [target("a"), target("b"), target("late"), target("down")];
-        let previous: Scrapes = [("a".to_string(), samples(10.0)), ("b".to_string(), samples(0.0)), ("down".to_string(), samples(5.0))].into();
-        let current: Scrapes = [("a".to_string(), samples(30.0)), ("b".to_string(), samples(20.0)), ("late".to_string(), samples(1000.0))].into();
+        let previous: Scrapes =
+            [("a".to_string(), samples(10.0)), ("b".to_string(), samples(0.0)), ("down".to_string(), samples(5.0))].into();
+        let current: Scrapes =
+            [("a".to_string(), samples(30.0)), ("b".to_string(), samples(20.0)), ("late".to_string(), samples(1000.0))].into();
         let failures = [("down".to_string(), "proxy down is not reachable: connection refused".to_string())].into();
         let r = report(&targets, &previous, &current, &failures, 2.0);
         assert_eq!(r.services.len(), 1);
@@ -272,7 +287,9 @@ mod tests {
 
     #[test]
     fn a_proxy_without_an_admin_address_is_unreachable_with_the_reason() {
-        let proxies: Vec<ProxyStatus> = serde_json::from_str(r#"[{"name":"gw","connected":true,"adminAddress":"127.0.0.1:15000"},{"name":"web-0","connected":false}]"#).unwrap();
+        let proxies: Vec<ProxyStatus> =
+            serde_json::from_str(r#"[{"name":"gw","connected":true,"adminAddress":"127.0.0.1:15000"},{"name":"web-0","connected":false}]"#)
+                .unwrap();
         let targets = targets_of(proxies);
         assert_eq!(targets[0].admin.as_deref(), Ok("127.0.0.1:15000"));
         assert!(targets[1].admin.as_ref().unwrap_err().contains("no admin address"));

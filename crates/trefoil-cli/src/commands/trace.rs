@@ -68,10 +68,11 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn list(args: &Args) -> ExitCode {
-    let (status, body) = match call(&client(), &args.server.server, http::Method::GET, &format!("/api/v1/traces?limit={}", args.limit), None).await {
-        Ok(r) => r,
-        Err(f) => return fail(&f.message, f.code),
-    };
+    let (status, body) =
+        match call(&client(), &args.server.server, http::Method::GET, &format!("/api/v1/traces?limit={}", args.limit), None).await {
+            Ok(r) => r,
+            Err(f) => return fail(&f.message, f.code),
+        };
     if status != 200 {
         return fail(&server_error(status, &body), exit::failure());
     }
@@ -87,19 +88,33 @@ async fn list(args: &Args) -> ExitCode {
     println!("{:<32}  {:>5}  {:>10}  {:<6}  ROOT", "TRACE", "SPANS", "DURATION", "STATUS");
     for t in items {
         let root = format!("{}: {}", t["service"].as_str().unwrap_or(""), t["root"].as_str().unwrap_or(""));
-        println!("{:<32}  {:>5}  {:>8.2}ms  {:<6}  {root}", t["traceId"].as_str().unwrap_or(""), t["spans"].as_u64().unwrap_or(0), t["durationMs"].as_f64().unwrap_or(0.0), t["status"].as_str().unwrap_or(""));
+        println!(
+            "{:<32}  {:>5}  {:>8.2}ms  {:<6}  {root}",
+            t["traceId"].as_str().unwrap_or(""),
+            t["spans"].as_u64().unwrap_or(0),
+            t["durationMs"].as_f64().unwrap_or(0.0),
+            t["status"].as_str().unwrap_or("")
+        );
     }
     exit::ok()
 }
 
 async fn show(args: &Args, id: &str) -> ExitCode {
-    let (status, body) = match call(&client(), &args.server.server, http::Method::GET, &format!("/api/v1/traces/{}", id.to_ascii_lowercase()), None).await {
-        Ok(r) => r,
-        Err(f) => return fail(&f.message, f.code),
-    };
+    let (status, body) =
+        match call(&client(), &args.server.server, http::Method::GET, &format!("/api/v1/traces/{}", id.to_ascii_lowercase()), None).await {
+            Ok(r) => r,
+            Err(f) => return fail(&f.message, f.code),
+        };
     match status {
         200 => {}
-        404 => return fail(&format!("no trace {id} in the collector (not seen, evicted, or its spans are not exported yet: they go out within a second)"), exit::bad_input()),
+        404 => {
+            return fail(
+                &format!(
+                    "no trace {id} in the collector (not seen, evicted, or its spans are not exported yet: they go out within a second)"
+                ),
+                exit::bad_input(),
+            )
+        }
         _ => return fail(&server_error(status, &body), exit::failure()),
     }
     if args.output != Format::Table {

@@ -32,12 +32,22 @@ pub fn label(span: &Value) -> String {
     let failed = if span["error"] == true { " [error]" } else { "" };
     let function = attr(span, "trefoil.function");
     if !function.is_empty() {
-        return format!("{service}: chain {} -> {function} ({}) {}{failed}", attr(span, "trefoil.cnf"), attr(span, "trefoil.step.mode"), attr(span, "trefoil.verdict"));
+        return format!(
+            "{service}: chain {} -> {function} ({}) {}{failed}",
+            attr(span, "trefoil.cnf"),
+            attr(span, "trefoil.step.mode"),
+            attr(span, "trefoil.verdict")
+        );
     }
     let attempt = attr(span, "trefoil.attempt");
     if !attempt.is_empty() {
         let (status, failure) = (attr(span, "trefoil.attempt.status"), attr(span, "trefoil.attempt.failure"));
-        let mut line = format!("{service}: attempt {attempt} -> {} {} at {}", attr(span, "trefoil.service"), attr(span, "trefoil.version"), attr(span, "trefoil.upstream"));
+        let mut line = format!(
+            "{service}: attempt {attempt} -> {} {} at {}",
+            attr(span, "trefoil.service"),
+            attr(span, "trefoil.version"),
+            attr(span, "trefoil.upstream")
+        );
         for part in [status, failure].into_iter().filter(|p| !p.is_empty()) {
             line.push(' ');
             line.push_str(part);
@@ -49,7 +59,12 @@ pub fn label(span: &Value) -> String {
     }
     let event = attr(span, "trefoil.event");
     if !event.is_empty() {
-        let mut line = format!("{service}: handler {} {event} (on {}) {}", attr(span, "trefoil.cnf"), attr(span, "trefoil.handler.on"), attr(span, "trefoil.handler.result"));
+        let mut line = format!(
+            "{service}: handler {} {event} (on {}) {}",
+            attr(span, "trefoil.cnf"),
+            attr(span, "trefoil.handler.on"),
+            attr(span, "trefoil.handler.result")
+        );
         if let Some(tags) = span["attributes"].as_object() {
             for (key, value) in tags.iter().filter(|(k, _)| k.starts_with("tag.")) {
                 line.push_str(&format!(" {}={}", &key[4..], value.as_str().unwrap_or("")));
@@ -88,7 +103,13 @@ pub fn label(span: &Value) -> String {
 pub fn render(spans: &[Value]) -> Vec<String> {
     let nodes: Vec<Node> = spans
         .iter()
-        .map(|s| Node { span: s, id: s["spanId"].as_str().unwrap_or(""), parent: s["parentSpanId"].as_str(), start: nanos(&s["startUnixNano"]), end: nanos(&s["endUnixNano"]) })
+        .map(|s| Node {
+            span: s,
+            id: s["spanId"].as_str().unwrap_or(""),
+            parent: s["parentSpanId"].as_str(),
+            start: nanos(&s["startUnixNano"]),
+            end: nanos(&s["endUnixNano"]),
+        })
         .collect();
     let Some(t0) = nodes.iter().map(|n| n.start).min() else { return Vec::new() };
     let ids: HashSet<&str> = nodes.iter().map(|n| n.id).collect();
@@ -113,7 +134,13 @@ pub fn render(spans: &[Value]) -> Vec<String> {
         out.push(format!("+{:>9.3}ms {:>9.3}ms  {}{}", ms(n.start - t0), ms(n.end - n.start), "  ".repeat(depth), label(n.span)));
         for e in n.span["events"].as_array().into_iter().flatten() {
             let data = e["attributes"]["data"].as_str().map(|d| format!(" {d}")).unwrap_or_default();
-            out.push(format!("+{:>9.3}ms {:>11}  {}  event {}{data}", ms(nanos(&e["timeUnixNano"]).saturating_sub(t0)), "", "  ".repeat(depth), e["name"].as_str().unwrap_or("")));
+            out.push(format!(
+                "+{:>9.3}ms {:>11}  {}  event {}{data}",
+                ms(nanos(&e["timeUnixNano"]).saturating_sub(t0)),
+                "",
+                "  ".repeat(depth),
+                e["name"].as_str().unwrap_or("")
+            ));
         }
         for child in children.get(&Some(n.id)).into_iter().flatten().rev() {
             stack.push((child, depth + 1));
@@ -139,11 +166,18 @@ mod tests {
     #[test]
     fn children_are_indented_under_their_parent_in_time_order() {
         let hop = json!({"http.response.status_code": "200", "trefoil.direction": "inbound", "http.request.method": "GET", "url.path": "/", "trefoil.service": "web", "trefoil.attempts": "1"});
-        let step = json!({"trefoil.function": "scanner", "trefoil.cnf": "scan", "trefoil.step.mode": "callout", "trefoil.verdict": "allow"});
+        let step =
+            json!({"trefoil.function": "scanner", "trefoil.cnf": "scan", "trefoil.step.mode": "callout", "trefoil.verdict": "allow"});
         let handler = json!({"trefoil.cnf": "scan", "trefoil.event": "checked", "trefoil.handler.on": "allow", "trefoil.handler.result": "ok", "tag.user": "ann"});
         let spans = vec![
             span("a", Some("client"), 1_000_000, 9_000_000, hop),
-            span("c", Some("a"), 4_000_000, 8_000_000, json!({"http.response.status_code": "503", "trefoil.direction": "outbound", "trefoil.attempts": "3"})),
+            span(
+                "c",
+                Some("a"),
+                4_000_000,
+                8_000_000,
+                json!({"http.response.status_code": "503", "trefoil.direction": "outbound", "trefoil.attempts": "3"}),
+            ),
             span("b", Some("a"), 2_000_000, 3_000_000, step),
             span("h", Some("a"), 3_000_000, 3_500_000, handler),
         ];

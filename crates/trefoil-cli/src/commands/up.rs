@@ -66,7 +66,14 @@ pub fn run(args: Args) -> ExitCode {
             return exit::failure();
         }
     };
-    let options = UpOptions { files: args.path, state: args.state, listen: args.listen, grpc_listen: args.grpc_listen, admin_base: args.admin_base, exe };
+    let options = UpOptions {
+        files: args.path,
+        state: args.state,
+        listen: args.listen,
+        grpc_listen: args.grpc_listen,
+        admin_base: args.admin_base,
+        exe,
+    };
     let format = args.output;
     let result = runtime.block_on(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();

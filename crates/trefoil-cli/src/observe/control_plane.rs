@@ -70,7 +70,13 @@ impl ControlPlane<'_> {
             if status == 200 {
                 Ok(())
             } else {
-                Err(FetchError::Status { what: WHAT.into(), base: self.base.into(), path: "/api/v1/openapi.json".into(), status, message: String::from_utf8_lossy(&body).chars().take(200).collect() })
+                Err(FetchError::Status {
+                    what: WHAT.into(),
+                    base: self.base.into(),
+                    path: "/api/v1/openapi.json".into(),
+                    status,
+                    message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                })
             }
         })
     }
@@ -110,7 +116,8 @@ mod tests {
 
     #[test]
     fn a_list_reads_wrapped_or_bare() {
-        let wrapped: List<ProxyStatus> = serde_json::from_str(r#"{"items":[{"name":"gw","connected":true,"latestVersion":3,"ackedVersion":3,"nack":null}]}"#).unwrap();
+        let wrapped: List<ProxyStatus> =
+            serde_json::from_str(r#"{"items":[{"name":"gw","connected":true,"latestVersion":3,"ackedVersion":3,"nack":null}]}"#).unwrap();
         let bare: List<ProxyStatus> = serde_json::from_str(r#"[{"name":"gw"}]"#).unwrap();
         assert_eq!(wrapped.items()[0].name, "gw");
         assert_eq!(bare.items()[0].name, "gw");

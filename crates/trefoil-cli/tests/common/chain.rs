@@ -87,7 +87,13 @@ pub fn chained_route(rules: &[(&str, &str)]) -> String {
 }
 
 /// A request through the proxy at `addr` to host `web.local`.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, trefoil_testkit::Headers, String) {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, trefoil_testkit::Headers, String) {
     let (status, headers, body) = http_request(addr, method, "web.local", path, headers, body).expect("request through the proxy");
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }

@@ -24,7 +24,8 @@ pub struct Clamd {
 
 impl Clamd {
     pub fn start() -> Self {
-        let bin = trefoil_testkit::find_command("clamd").expect("clamd not found: run scripts/install-test-deps (Debian package clamav-daemon)");
+        let bin =
+            trefoil_testkit::find_command("clamd").expect("clamd not found: run scripts/install-test-deps (Debian package clamav-daemon)");
         let dir = scratch_dir();
         let db = dir.join("db");
         std::fs::create_dir_all(&db).unwrap();
@@ -75,7 +76,11 @@ impl Clamd {
     }
 
     pub fn log(&self) -> String {
-        ["clamd.stderr", "clamd.log"].iter().map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+        ["clamd.stderr", "clamd.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

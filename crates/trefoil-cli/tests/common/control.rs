@@ -69,7 +69,10 @@ impl Control {
     pub fn apply(&self, dir: &Path, yaml: &str) {
         let file = dir.join("apply.yaml");
         std::fs::write(&file, yaml).unwrap();
-        let out = run_with_timeout(Command::new(trefoil_bin()).args(["apply", "-f", file.to_str().unwrap(), "--server", &self.url()]), Duration::from_secs(60));
+        let out = run_with_timeout(
+            Command::new(trefoil_bin()).args(["apply", "-f", file.to_str().unwrap(), "--server", &self.url()]),
+            Duration::from_secs(60),
+        );
         assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 

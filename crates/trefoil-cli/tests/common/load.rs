@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::{repo_root, wait_until};
 
-
 /// `tests/mesh/traffic.py` sending requests until `stop` exists.
 pub struct Load {
     child: Child,
@@ -47,7 +46,7 @@ impl Load {
         std::fs::write(&self.stop, b"").unwrap();
         let out = self.child.wait_with_output().expect("waiting for the Python client");
         assert!(out.status.success(), "traffic.py failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("traffic.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("traffic.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 }
-

@@ -50,7 +50,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 
 /// A `Proxy` resource with a given admin address and access log target.
 pub fn proxy_resource(admin: SocketAddr, access_log: &Path) -> String {
-    format!("{API}\nkind: Proxy\nmetadata: {{name: test}}\nspec:\n  admin: \"{admin}\"\n  accessLog: \"{}\"\n  drainTimeout: 5s\n---\n", access_log.display())
+    format!(
+        "{API}\nkind: Proxy\nmetadata: {{name: test}}\nspec:\n  admin: \"{admin}\"\n  accessLog: \"{}\"\n  drainTimeout: 5s\n---\n",
+        access_log.display()
+    )
 }
 
 pub fn listener(name: &str, addr: SocketAddr) -> String {

@@ -166,4 +166,3 @@ pub fn endpoints(up: &Up, service: &str) -> Vec<Value> {
 pub fn ready_replicas(up: &Up, service: &str) -> Vec<u64> {
     endpoints(up, service).iter().filter(|e| e["ready"] == true).filter_map(|e| e["replica"].as_u64()).collect()
 }
-

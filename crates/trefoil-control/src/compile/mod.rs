@@ -113,7 +113,10 @@ impl MeshView {
                     Spec::Route(RouteSpec {
                         hosts: Vec::new(),
                         service: Some(service.clone()),
-                        rules: vec![RouteRule { backends: vec![WeightedBackend { service: service.clone(), version: None, weight: 1 }], ..Default::default() }],
+                        rules: vec![RouteRule {
+                            backends: vec![WeightedBackend { service: service.clone(), version: None, weight: 1 }],
+                            ..Default::default()
+                        }],
                     }),
                 ));
             }
@@ -124,7 +127,8 @@ impl MeshView {
         for r in routes.iter().chain(&passthrough) {
             shared_json.push(r);
         }
-        let services_json = services.iter().map(|(name, spec)| (name.clone(), encode(&resource(name, Spec::Service(spec.clone()))))).collect();
+        let services_json =
+            services.iter().map(|(name, spec)| (name.clone(), encode(&resource(name, Spec::Service(spec.clone()))))).collect();
         let route_names = routes.iter().map(|r| r.name().to_string()).collect();
         MeshView { proxies, listeners, services, services_json, route_names, shared_json }
     }
@@ -179,11 +183,20 @@ impl MeshView {
     /// replica's own service resolves to its own app only.
     fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, out: &mut JsonArray) {
         let inbound_route = format!("{proxy}-inbound");
-        out.push(&resource(&format!("{proxy}-inbound"), Spec::Listener(listener(&sidecar.inbound, "inbound", vec![inbound_route.clone()], None))));
-        out.push(&resource(&format!("{proxy}-outbound"), Spec::Listener(listener(&sidecar.outbound, "outbound", self.route_names.clone(), None))));
+        out.push(&resource(
+            &format!("{proxy}-inbound"),
+            Spec::Listener(listener(&sidecar.inbound, "inbound", vec![inbound_route.clone()], None)),
+        ));
+        out.push(&resource(
+            &format!("{proxy}-outbound"),
+            Spec::Listener(listener(&sidecar.outbound, "outbound", self.route_names.clone(), None)),
+        ));
         for (service, address) in &sidecar.upstreams {
             if self.services.contains_key(service) {
-                out.push(&resource(&format!("{proxy}-to-{service}"), Spec::Listener(listener(address, "outbound", Vec::new(), Some(service.clone())))));
+                out.push(&resource(
+                    &format!("{proxy}-to-{service}"),
+                    Spec::Listener(listener(address, "outbound", Vec::new(), Some(service.clone()))),
+                ));
             }
         }
         let own_app = vec![Endpoint { address: sidecar.app.clone(), version: sidecar.version.clone() }];

@@ -189,8 +189,15 @@ spec:
 
 #[test]
 fn chains_named_by_routes_reach_every_proxy_with_their_functions() {
-    let text = MESH.replace("  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]", "  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]\n    chain: edge");
-    let resources: Vec<Resource> = trefoil_model::load_str(&Arc::from("mesh.yaml"), &format!("{text}{CHAINS}")).expect("mesh parses").into_iter().map(|s| s.resource).collect();
+    let text = MESH.replace(
+        "  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]",
+        "  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]\n    chain: edge",
+    );
+    let resources: Vec<Resource> = trefoil_model::load_str(&Arc::from("mesh.yaml"), &format!("{text}{CHAINS}"))
+        .expect("mesh parses")
+        .into_iter()
+        .map(|s| s.resource)
+        .collect();
     for proxy in ["gateway", "api-0"] {
         let snapshot = snapshot_for(proxy, &resources, 4);
         assert_valid(&snapshot);
@@ -223,5 +230,8 @@ fn proxies_without_tracing_export_to_the_default_collector() {
         }
     }
     let own = MeshView::new(&resources).with_default_collector(Some("http://127.0.0.1:7070")).snapshot_for("gateway", 1);
-    assert_eq!(tracing_of(&own, "gateway").map(|t| (t.otlp_endpoint, t.sampling_percent)), Some(("http://collector:4318".to_string(), 5.0)));
+    assert_eq!(
+        tracing_of(&own, "gateway").map(|t| (t.otlp_endpoint, t.sampling_percent)),
+        Some(("http://collector:4318".to_string(), 5.0))
+    );
 }

@@ -74,14 +74,22 @@ mod tests {
             metrics: vec![
                 AnalysisMetric::SuccessRate(MinBound { min: 95.0 }),
                 AnalysisMetric::LatencyP99(LatencyBound { max: Duration::from_millis(250) }),
-                AnalysisMetric::Prometheus(PrometheusMetric { address: "http://127.0.0.1:9090".into(), query: "q".into(), min: None, max: Some(0.05) }),
+                AnalysisMetric::Prometheus(PrometheusMetric {
+                    address: "http://127.0.0.1:9090".into(),
+                    query: "q".into(),
+                    min: None,
+                    max: Some(0.05),
+                }),
             ],
         }
     }
 
     /// `requests` of which `errors` were 5xx, all taking about `seconds`.
     fn measured(requests: f64, errors: f64, seconds: f64, prom: Option<f64>) -> Measured {
-        let buckets: BTreeMap<u64, f64> = [(0.1, if seconds <= 0.1 { requests } else { 0.0 }), (0.5, requests), (f64::INFINITY, requests)].iter().map(|(le, n)| (le.to_bits(), *n)).collect();
+        let buckets: BTreeMap<u64, f64> = [(0.1, if seconds <= 0.1 { requests } else { 0.0 }), (0.5, requests), (f64::INFINITY, requests)]
+            .iter()
+            .map(|(le, n)| (le.to_bits(), *n))
+            .collect();
         Measured { canary: Growth { requests, server_errors: errors, buckets }, stable: Growth::default(), prometheus: vec![prom] }
     }
 

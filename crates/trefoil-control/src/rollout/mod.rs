@@ -99,7 +99,9 @@ pub(crate) fn rollout_of(stored: &Stored) -> Result<(RolloutSpec, u64), RolloutE
     let generation = r.metadata.generation.unwrap_or(1);
     match r.spec {
         Spec::Rollout(spec) => Ok((spec, generation)),
-        _ => Err(RolloutError::Unreadable { kind: "Rollout", name: stored.name.clone(), source: serde::de::Error::custom("not a Rollout") }),
+        _ => {
+            Err(RolloutError::Unreadable { kind: "Rollout", name: stored.name.clone(), source: serde::de::Error::custom("not a Rollout") })
+        }
     }
 }
 
@@ -113,15 +115,31 @@ pub(crate) fn status_of(store: &Store, name: &str) -> Result<(Option<RolloutStat
 }
 
 fn resource(name: &str, spec: Spec) -> Resource {
-    Resource { api_version: API_VERSION.to_string(), metadata: Metadata { name: name.to_string(), generation: Some(1), ..Default::default() }, spec }
+    Resource {
+        api_version: API_VERSION.to_string(),
+        metadata: Metadata { name: name.to_string(), generation: Some(1), ..Default::default() },
+        spec,
+    }
 }
 
 /// Writes the events for `notes`, then the status, only if nobody wrote the
 /// status since it was read at `expected`. Events go first: a crash between
 /// the two rewrites the same event names from the same status next time.
-pub(crate) fn persist(store: &Store, name: &str, status: &mut RolloutStatusSpec, notes: Vec<plan::Note>, expected: u64) -> Result<(), RolloutError> {
+pub(crate) fn persist(
+    store: &Store,
+    name: &str,
+    status: &mut RolloutStatusSpec,
+    notes: Vec<plan::Note>,
+    expected: u64,
+) -> Result<(), RolloutError> {
     for n in notes {
-        let event = EventSpec { regarding: format!("Rollout/{name}"), reason: n.reason.to_string(), message: n.message, time_ms: now_ms(), figures: n.figures };
+        let event = EventSpec {
+            regarding: format!("Rollout/{name}"),
+            reason: n.reason.to_string(),
+            message: n.message,
+            time_ms: now_ms(),
+            figures: n.figures,
+        };
         let event_name = format!("{name}-{}", status.events);
         tracing::info!(rollout = %name, reason = %event.reason, "{}", event.message);
         put(store, "Event", &event_name, resource(&event_name, Spec::Event(event)), None)?;
@@ -207,7 +225,8 @@ async fn reconcile(store: &Store, scraper: &mut scrape::Scraper, admins: &[Strin
 /// runtime discovered, or a static one of the Service.
 fn canary_ready(store: &Store, spec: &RolloutSpec) -> bool {
     let spec_of = |kind: &'static str| store.get(kind, &spec.service).and_then(|s| decode(&s, kind).ok()).map(|r| r.spec);
-    let discovered = matches!(spec_of("Endpoints"), Some(Spec::Endpoints(e)) if e.endpoints.iter().any(|e| e.ready && e.version == spec.canary));
+    let discovered =
+        matches!(spec_of("Endpoints"), Some(Spec::Endpoints(e)) if e.endpoints.iter().any(|e| e.ready && e.version == spec.canary));
     discovered || matches!(spec_of("Service"), Some(Spec::Service(s)) if s.endpoints.iter().any(|e| e.version == spec.canary))
 }
 

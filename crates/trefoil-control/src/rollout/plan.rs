@@ -48,12 +48,17 @@ pub fn canary_has_traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> boo
 
 /// Whether the canary has not been sent any traffic yet in this rollout.
 pub fn before_traffic(status: &RolloutStatusSpec) -> bool {
-    status.phase == RolloutPhase::Progressing && status.step == 0 && status.weight == 0 && status.last_check_ms == 0 && status.last_check.is_none()
+    status.phase == RolloutPhase::Progressing
+        && status.step == 0
+        && status.weight == 0
+        && status.last_check_ms == 0
+        && status.last_check.is_none()
 }
 
 /// A fresh status for a new (or changed) rollout.
 pub fn start(generation: u64, now_ms: u64) -> (RolloutStatusSpec, Note) {
-    let status = RolloutStatusSpec { observed_generation: generation, step_started_ms: now_ms, message: "started".into(), ..Default::default() };
+    let status =
+        RolloutStatusSpec { observed_generation: generation, step_started_ms: now_ms, message: "started".into(), ..Default::default() };
     (status, note("Started", format!("rollout started (generation {generation})")))
 }
 
@@ -75,7 +80,11 @@ pub fn record_check(spec: &RolloutSpec, status: &mut RolloutStatusSpec, check: C
                 status.phase = RolloutPhase::RolledBack;
                 status.weight = 0;
                 status.message = format!("rolled back after {} failed checks", status.failed_checks);
-                notes.push(Note { reason: "RolledBack", message: format!("{}; all traffic back to {}", status.message, spec.stable), figures: check.figures.clone() });
+                notes.push(Note {
+                    reason: "RolledBack",
+                    message: format!("{}; all traffic back to {}", status.message, spec.stable),
+                    figures: check.figures.clone(),
+                });
             }
         }
     }
@@ -110,7 +119,11 @@ pub fn advance(spec: &RolloutSpec, status: &mut RolloutStatusSpec, now_ms: u64) 
                             break;
                         }
                         let figures = status.last_check.as_ref().map(|c| c.figures.clone()).unwrap_or_default();
-                        notes.push(Note { reason: "AnalysisPassed", message: format!("{} checks in a row passed at {}%", status.passed_checks, status.weight), figures });
+                        notes.push(Note {
+                            reason: "AnalysisPassed",
+                            message: format!("{} checks in a row passed at {}%", status.passed_checks, status.weight),
+                            figures,
+                        });
                     }
                 }
                 status.step += 1;
@@ -240,18 +253,38 @@ mod tests {
             canary: "v2".into(),
             route: "web".into(),
             strategy,
-            analysis: Some(Analysis { interval: Duration::from_secs(1), threshold: 2, min_requests: 10, metrics: vec![AnalysisMetric::SuccessRate(MinBound { min: 99.0 })] }),
+            analysis: Some(Analysis {
+                interval: Duration::from_secs(1),
+                threshold: 2,
+                min_requests: 10,
+                metrics: vec![AnalysisMetric::SuccessRate(MinBound { min: 99.0 })],
+            }),
         }
     }
 
     fn canary() -> RolloutSpec {
         spec(Strategy::Canary(CanaryStrategy {
-            steps: vec![CanaryStep::SetWeight(20), CanaryStep::Analysis(AnalysisStep { checks: 2 }), CanaryStep::Pause(Duration::from_secs(5)), CanaryStep::SetWeight(50)],
+            steps: vec![
+                CanaryStep::SetWeight(20),
+                CanaryStep::Analysis(AnalysisStep { checks: 2 }),
+                CanaryStep::Pause(Duration::from_secs(5)),
+                CanaryStep::SetWeight(50),
+            ],
         }))
     }
 
     fn check(verdict: Verdict) -> CheckRecord {
-        CheckRecord { verdict, requests: 100.0, figures: vec![Figure { metric: "successRate".into(), value: Some(50.0), min: Some(99.0), max: None, ok: verdict != Verdict::Failed }] }
+        CheckRecord {
+            verdict,
+            requests: 100.0,
+            figures: vec![Figure {
+                metric: "successRate".into(),
+                value: Some(50.0),
+                min: Some(99.0),
+                max: None,
+                ok: verdict != Verdict::Failed,
+            }],
+        }
     }
 
     #[test]
@@ -309,7 +342,10 @@ mod tests {
         let spec = canary();
         let (mut s, _) = start(1, 0);
         advance(&spec, &mut s, 0);
-        assert_eq!(act(&spec, &mut s, Action::Resume, 1).unwrap_err(), NotApplicable { action: Action::Resume, phase: RolloutPhase::Progressing });
+        assert_eq!(
+            act(&spec, &mut s, Action::Resume, 1).unwrap_err(),
+            NotApplicable { action: Action::Resume, phase: RolloutPhase::Progressing }
+        );
         act(&spec, &mut s, Action::Pause, 1).unwrap();
         assert!(!canary_has_traffic(&spec, &s), "a paused rollout is not judged");
         assert_eq!(traffic(&spec, &s), Traffic::Weighted(20), "a pause keeps the weight");

@@ -3,7 +3,9 @@
 //! version, or no version) are touched; other backends, matches and filters
 //! stay as written. Pure, and idempotent: shaping twice changes nothing.
 
-use trefoil_model::spec::{BackendRef, RequestMirror, RolloutSpec, RouteMatch, RouteRule, RouteSpec, Strategy, ValueMatch, WeightedBackend};
+use trefoil_model::spec::{
+    BackendRef, RequestMirror, RolloutSpec, RouteMatch, RouteRule, RouteSpec, Strategy, ValueMatch, WeightedBackend,
+};
 
 use super::plan::Traffic;
 
@@ -70,7 +72,11 @@ fn ab_rule(rollout: &RolloutSpec) -> Option<RouteRule> {
         let regex = format!("(^|.*;\\s*){}={}(;.*|\\s*$)", regex_escape(&c.name), regex_escape(&c.value));
         ValueMatch { name: "cookie".into(), value: None, regex: Some(regex), invert: false }
     };
-    Some(RouteRule { matches: vec![RouteMatch { headers: vec![condition], ..Default::default() }], backends: vec![backend(rollout, &rollout.canary, 100)], ..Default::default() })
+    Some(RouteRule {
+        matches: vec![RouteMatch { headers: vec![condition], ..Default::default() }],
+        backends: vec![backend(rollout, &rollout.canary, 100)],
+        ..Default::default()
+    })
 }
 
 fn regex_escape(s: &str) -> String {
@@ -96,7 +102,13 @@ mod tests {
         RouteSpec {
             service: Some("web".into()),
             hosts: Vec::new(),
-            rules: vec![RouteRule { backends: vec![WeightedBackend { service: "web".into(), version: Some("v1".into()), weight: 1 }, WeightedBackend { service: "db".into(), version: None, weight: 5 }], ..Default::default() }],
+            rules: vec![RouteRule {
+                backends: vec![
+                    WeightedBackend { service: "web".into(), version: Some("v1".into()), weight: 1 },
+                    WeightedBackend { service: "db".into(), version: None, weight: 5 },
+                ],
+                ..Default::default()
+            }],
         }
     }
 
@@ -118,7 +130,11 @@ mod tests {
 
     #[test]
     fn an_ab_test_adds_a_first_rule_and_removes_it_after() {
-        let header = rollout(Strategy::AbTest(AbTestStrategy { header: Some(NameValue { name: "x-canary".into(), value: "yes".into() }), cookie: None, checks: 1 }));
+        let header = rollout(Strategy::AbTest(AbTestStrategy {
+            header: Some(NameValue { name: "x-canary".into(), value: "yes".into() }),
+            cookie: None,
+            checks: 1,
+        }));
         let r = shape(&route(), &header, &Traffic::AbTest);
         assert_eq!(r.rules.len(), 2);
         assert_eq!(r.rules[0].matches[0].headers[0].value.as_deref(), Some("yes"));
@@ -128,7 +144,11 @@ mod tests {
         let done = shape(&r, &header, &Traffic::Weighted(100));
         assert_eq!(done.rules.len(), 1);
 
-        let cookie = rollout(Strategy::AbTest(AbTestStrategy { header: None, cookie: Some(NameValue { name: "beta".into(), value: "1.0".into() }), checks: 1 }));
+        let cookie = rollout(Strategy::AbTest(AbTestStrategy {
+            header: None,
+            cookie: Some(NameValue { name: "beta".into(), value: "1.0".into() }),
+            checks: 1,
+        }));
         let r = shape(&route(), &cookie, &Traffic::AbTest);
         // The proxy anchors header regexes to the whole value.
         let re = regex::Regex::new(&format!("^(?:{})$", r.rules[0].matches[0].headers[0].regex.as_deref().unwrap())).unwrap();

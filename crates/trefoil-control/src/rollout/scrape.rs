@@ -149,11 +149,18 @@ mod tests {
 
     #[test]
     fn reads_one_number_from_a_query_answer() {
-        assert_eq!(answer(r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000.1,"0.25"]}]}}"#), Some(0.25));
+        assert_eq!(
+            answer(r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000.1,"0.25"]}]}}"#),
+            Some(0.25)
+        );
         assert_eq!(answer(r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.1,"3"]}}"#), Some(3.0));
         assert_eq!(answer(r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#), None, "no data");
         assert_eq!(answer(r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#), None);
-        assert_eq!(answer(r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}"#), None, "ambiguous");
+        assert_eq!(
+            answer(r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}"#),
+            None,
+            "ambiguous"
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ fn temp_store(name: &str) -> PathBuf {
 }
 
 fn put_resource(store: &Store, name: &str, spec: Spec) {
-    let r = Resource { api_version: API_VERSION.into(), metadata: Metadata { name: name.into(), generation: Some(1), ..Default::default() }, spec };
+    let r = Resource {
+        api_version: API_VERSION.into(),
+        metadata: Metadata { name: name.into(), generation: Some(1), ..Default::default() },
+        spec,
+    };
     let kind = r.kind();
     store.put(kind, name, serde_json::to_value(&r).unwrap(), None).unwrap();
 }
@@ -58,13 +62,39 @@ fn proxies_with(admin: &str) -> (Arc<Proxies>, tokio::sync::watch::Receiver<Opti
 }
 
 fn seed(store: &Store) {
-    let ready = DiscoveredEndpoint { address: "127.0.0.1:1".into(), version: "v2".into(), workload: "web-v2".into(), replica: 0, ready: true };
+    let ready =
+        DiscoveredEndpoint { address: "127.0.0.1:1".into(), version: "v2".into(), workload: "web-v2".into(), replica: 0, ready: true };
     put_resource(store, "web", Spec::Endpoints(EndpointsSpec { endpoints: vec![ready] }));
     let backend = WeightedBackend { service: "web".into(), version: Some("v1".into()), weight: 1 };
-    put_resource(store, "web", Spec::Route(RouteSpec { service: Some("web".into()), hosts: vec![], rules: vec![RouteRule { backends: vec![backend], ..Default::default() }] }));
-    let analysis = Analysis { interval: Duration::from_millis(100), threshold: 2, min_requests: 10, metrics: vec![AnalysisMetric::SuccessRate(MinBound { min: 99.0 })] };
-    let steps = vec![CanaryStep::SetWeight(20), CanaryStep::Analysis(AnalysisStep { checks: 2 }), CanaryStep::SetWeight(50), CanaryStep::Analysis(AnalysisStep { checks: 2 })];
-    let spec = RolloutSpec { service: "web".into(), stable: "v1".into(), canary: "v2".into(), route: "web".into(), strategy: Strategy::Canary(CanaryStrategy { steps }), analysis: Some(analysis) };
+    put_resource(
+        store,
+        "web",
+        Spec::Route(RouteSpec {
+            service: Some("web".into()),
+            hosts: vec![],
+            rules: vec![RouteRule { backends: vec![backend], ..Default::default() }],
+        }),
+    );
+    let analysis = Analysis {
+        interval: Duration::from_millis(100),
+        threshold: 2,
+        min_requests: 10,
+        metrics: vec![AnalysisMetric::SuccessRate(MinBound { min: 99.0 })],
+    };
+    let steps = vec![
+        CanaryStep::SetWeight(20),
+        CanaryStep::Analysis(AnalysisStep { checks: 2 }),
+        CanaryStep::SetWeight(50),
+        CanaryStep::Analysis(AnalysisStep { checks: 2 }),
+    ];
+    let spec = RolloutSpec {
+        service: "web".into(),
+        stable: "v1".into(),
+        canary: "v2".into(),
+        route: "web".into(),
+        strategy: Strategy::Canary(CanaryStrategy { steps }),
+        analysis: Some(analysis),
+    };
     put_resource(store, "web", Spec::Rollout(spec));
 }
 
@@ -161,12 +191,19 @@ async fn manual_actions_are_recorded_and_obeyed() {
     let store = Arc::new(Store::open(temp_store("manual")).unwrap());
     seed(&store);
     let (proxies, _rx) = proxies_with(&fake_admin(0).await);
-    store.put("Rollout", "web", {
-        let mut v = store.get("Rollout", "web").unwrap().value;
-        // No analysis: the canary would wait at its first gate forever.
-        v["spec"]["strategy"]["canary"]["steps"] = serde_json::json!([{"setWeight": 30}, {"pause": "1h"}]);
-        v
-    }, None).unwrap();
+    store
+        .put(
+            "Rollout",
+            "web",
+            {
+                let mut v = store.get("Rollout", "web").unwrap().value;
+                // No analysis: the canary would wait at its first gate forever.
+                v["spec"]["strategy"]["canary"]["steps"] = serde_json::json!([{"setWeight": 30}, {"pause": "1h"}]);
+                v
+            },
+            None,
+        )
+        .unwrap();
     let controller = tokio::spawn(run(store.clone(), proxies));
     wait_for(&store, "the canary at 30%", |s| s.weight == 30).await;
     let (spec, _) = rollout_of(&store.get("Rollout", "web").unwrap()).unwrap();

@@ -87,7 +87,9 @@ async fn heads_are_bounded_in_size_and_time() {
     let limits = Limits { head_timeout: Duration::from_millis(300), max_head_bytes: 16 << 10, ..Limits::default() };
     let (addr, _) = api("heads", limits).await;
     let mut big = TcpStream::connect(addr).await.unwrap();
-    big.write_all(format!("GET /api/v1/routes HTTP/1.1\r\nhost: control\r\nx-pad: {}\r\n\r\n", "a".repeat(32 << 10)).as_bytes()).await.unwrap_or(());
+    big.write_all(format!("GET /api/v1/routes HTTP/1.1\r\nhost: control\r\nx-pad: {}\r\n\r\n", "a".repeat(32 << 10)).as_bytes())
+        .await
+        .unwrap_or(());
     let (reply, closed) = read_to_close(&mut big).await;
     assert!(closed && String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 431"), "{}", String::from_utf8_lossy(&reply));
 

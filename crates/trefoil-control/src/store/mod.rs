@@ -183,7 +183,12 @@ impl Store {
 
     /// Every object of `kind`, by name.
     pub fn list(&self, kind: &str) -> Vec<Stored> {
-        self.lock().objects.range((kind.to_string(), String::new())..).take_while(|((k, _), _)| k == kind).map(|(_, (s, _))| s.clone()).collect()
+        self.lock()
+            .objects
+            .range((kind.to_string(), String::new())..)
+            .take_while(|((k, _), _)| k == kind)
+            .map(|(_, (s, _))| s.clone())
+            .collect()
     }
 
     /// Every object and the revision they are at, read at one instant, so a
@@ -199,7 +204,8 @@ impl Store {
     pub fn put(&self, kind: &str, name: &str, value: Value, expected: Option<u64>) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         inner.check(kind, name, expected)?;
-        let record = Record { op: Op::Put, revision: inner.revision + 1, kind: kind.to_string(), name: name.to_string(), value: Some(value) };
+        let record =
+            Record { op: Op::Put, revision: inner.revision + 1, kind: kind.to_string(), name: name.to_string(), value: Some(value) };
         self.append(&mut inner, record)
     }
 
@@ -252,13 +258,20 @@ impl Store {
         let mut out = File::create(&tmp).map_err(&err)?;
         let mut bytes = 0u64;
         for (stored, _) in inner.objects.values() {
-            let record = Record { op: Op::Put, revision: stored.resource_version, kind: stored.kind.clone(), name: stored.name.clone(), value: Some(stored.value.clone()) };
+            let record = Record {
+                op: Op::Put,
+                revision: stored.resource_version,
+                kind: stored.kind.clone(),
+                name: stored.name.clone(),
+                value: Some(stored.value.clone()),
+            };
             let encoded = record::encode(&record);
             out.write_all(&encoded).map_err(&err)?;
             bytes += encoded.len() as u64;
         }
         // The latest revision may belong to a deleted object; keep the counter.
-        let marker = record::encode(&Record { op: Op::Revision, revision: inner.revision, kind: String::new(), name: String::new(), value: None });
+        let marker =
+            record::encode(&Record { op: Op::Revision, revision: inner.revision, kind: String::new(), name: String::new(), value: None });
         out.write_all(&marker).map_err(&err)?;
         bytes += marker.len() as u64;
         out.sync_all().map_err(&err)?;
@@ -294,7 +307,13 @@ impl std::fmt::Display for Repaired {
             return writeln!(f, "store {}: {} intact records, no damage found; nothing changed", self.path.display(), self.kept);
         };
         let lost: usize = self.dropped.iter().map(|r| r.len()).sum();
-        writeln!(f, "store {}: kept {} intact records ({} objects); dropped {lost} damaged bytes:", self.path.display(), self.kept, self.objects)?;
+        writeln!(
+            f,
+            "store {}: kept {} intact records ({} objects); dropped {lost} damaged bytes:",
+            self.path.display(),
+            self.kept,
+            self.objects
+        )?;
         for range in &self.dropped {
             writeln!(f, "  bytes {}..{} ({} bytes)", range.start, range.end, range.len())?;
         }
@@ -327,7 +346,14 @@ pub fn repair(path: &Path) -> Result<Repaired, StoreError> {
     let _lock = lock(path)?;
     let bytes = std::fs::read(path).map_err(&err)?;
     let salvage = record::salvage(&bytes);
-    let mut report = Repaired { path: path.to_path_buf(), kept: salvage.records.len(), dropped: salvage.gaps.clone(), named: Vec::new(), aside: None, objects: 0 };
+    let mut report = Repaired {
+        path: path.to_path_buf(),
+        kept: salvage.records.len(),
+        dropped: salvage.gaps.clone(),
+        named: Vec::new(),
+        aside: None,
+        objects: 0,
+    };
     if salvage.gaps.is_empty() {
         return Ok(report);
     }

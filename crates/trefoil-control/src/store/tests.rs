@@ -56,7 +56,13 @@ fn a_torn_or_corrupt_tail_is_cut_off() {
     }
     let whole = std::fs::read(&path).unwrap();
     // A crash in the middle of the third record's write.
-    let third = record::encode(&record::Record { op: record::Op::Put, revision: 3, kind: "Route".into(), name: "c".into(), value: Some(json!({"n": 3})) });
+    let third = record::encode(&record::Record {
+        op: record::Op::Put,
+        revision: 3,
+        kind: "Route".into(),
+        name: "c".into(),
+        value: Some(json!({"n": 3})),
+    });
     let mut torn = whole.clone();
     torn.extend_from_slice(&third[..third.len() / 2]);
     std::fs::write(&path, &torn).unwrap();
@@ -150,7 +156,10 @@ fn repair_keeps_the_records_before_and_after_the_damage() {
     let aside = report.aside.clone().expect("the damaged original is set aside");
     assert_eq!(std::fs::read(&aside).unwrap(), bytes, "kept byte for byte");
     let text = report.to_string();
-    assert!(text.contains(&format!("bytes {}..{}", at[1], at[2])) && text.contains(&aside.display().to_string()) && text.contains("Route/d"), "{text}");
+    assert!(
+        text.contains(&format!("bytes {}..{}", at[1], at[2])) && text.contains(&aside.display().to_string()) && text.contains("Route/d"),
+        "{text}"
+    );
 
     let store = Store::open(&path).unwrap();
     assert_eq!(names(&store), ["a", "c"]);

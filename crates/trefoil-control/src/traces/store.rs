@@ -62,7 +62,12 @@ impl Default for TraceStore {
 
 impl TraceStore {
     pub fn with_caps(max_spans: usize, max_per_trace: usize) -> Self {
-        TraceStore { inner: Mutex::new(Inner::default()), max_spans: max_spans.max(1), max_per_trace: max_per_trace.max(1), new_spans: broadcast::channel(4096).0 }
+        TraceStore {
+            inner: Mutex::new(Inner::default()),
+            max_spans: max_spans.max(1),
+            max_per_trace: max_per_trace.max(1),
+            new_spans: broadcast::channel(4096).0,
+        }
     }
 
     /// Adds spans; returns how many were dropped by the per-trace cap.

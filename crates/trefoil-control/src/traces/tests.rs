@@ -28,7 +28,11 @@ fn decoded(service: &str, records: &[SpanRecord]) -> Vec<Span> {
 #[test]
 fn decodes_what_proxies_export() {
     let mut r = record(1, 2, Some(3), 1_000, 1_250);
-    r.events.push(trefoil_proxy::telemetry::otlp::SpanEventRecord { name: "virus_found".into(), time: UNIX_EPOCH + Duration::from_millis(1_100), attributes: vec![("data", "{\"sig\":\"x\"}".into())] });
+    r.events.push(trefoil_proxy::telemetry::otlp::SpanEventRecord {
+        name: "virus_found".into(),
+        time: UNIX_EPOCH + Duration::from_millis(1_100),
+        attributes: vec![("data", "{\"sig\":\"x\"}".into())],
+    });
     let spans = decoded("edge", &[r]);
     let s = &spans[0];
     assert_eq!(s.trace_id, "01".repeat(16));
@@ -67,7 +71,11 @@ fn rejects_spans_without_ids_and_bodies_that_are_not_otlp() {
             other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
         }
     }
-    assert_eq!(otlp::decode(br#"{"resourceSpans":[{},{"scopeSpans":[{}]}]}"#).unwrap().spans.len(), 0, "absent parts are empty, not malformed");
+    assert_eq!(
+        otlp::decode(br#"{"resourceSpans":[{},{"scopeSpans":[{}]}]}"#).unwrap().spans.len(),
+        0,
+        "absent parts are empty, not malformed"
+    );
     assert!(matches!(otlp::decode(b"not json"), Err(otlp::DecodeError::Json(_))));
 }
 

@@ -75,12 +75,6 @@ fn default_sampling() -> f64 {
 
 impl ProxySpec {
     pub fn with_defaults() -> Self {
-        ProxySpec {
-            admin: default_admin(),
-            access_log: default_access_log(),
-            tracing: None,
-            drain_timeout: default_drain(),
-            sidecar: None,
-        }
+        ProxySpec { admin: default_admin(), access_log: default_access_log(), tracing: None, drain_timeout: default_drain(), sidecar: None }
     }
 }

@@ -164,7 +164,9 @@ pub async fn collect_up_to(mut body: ProxyBody, limit: usize) -> Result<Collecte
                 chunks.push(data);
                 if total > limit {
                     let read = futures_util::stream::iter(chunks.into_iter().map(|d| Ok(Frame::data(d))));
-                    return Ok(Collected::Over(StreamBody::new(futures_util::StreamExt::chain(read, BodyStream::new(body))).boxed_unsync()));
+                    return Ok(Collected::Over(
+                        StreamBody::new(futures_util::StreamExt::chain(read, BodyStream::new(body))).boxed_unsync(),
+                    ));
                 }
             }
             Err(frame) => trailers = frame.into_trailers().ok().or(trailers),
@@ -369,7 +371,9 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_within_the_limit_are_collected_with_their_trailers_and_replayed() {
-        let Collected::Whole { data, trailers } = collect_up_to(frames(&[b"ab", b"cd"], true), 4).await.unwrap() else { panic!("4 bytes fit 4") };
+        let Collected::Whole { data, trailers } = collect_up_to(frames(&[b"ab", b"cd"], true), 4).await.unwrap() else {
+            panic!("4 bytes fit 4")
+        };
         assert_eq!(&data[..], b"abcd");
         let replayed = replay(data, trailers).collect().await.unwrap();
         assert_eq!(replayed.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()), Some(&b"0"[..]));
@@ -378,7 +382,9 @@ mod tests {
 
     #[tokio::test]
     async fn longer_bodies_come_back_whole() {
-        let Collected::Over(body) = collect_up_to(frames(&[b"ab", b"cd", b"ef"], true), 3).await.unwrap() else { panic!("6 bytes exceed 3") };
+        let Collected::Over(body) = collect_up_to(frames(&[b"ab", b"cd", b"ef"], true), 3).await.unwrap() else {
+            panic!("6 bytes exceed 3")
+        };
         let all = body.collect().await.unwrap();
         assert!(all.trailers().is_some(), "the trailers still follow");
         assert_eq!(&all.to_bytes()[..], b"abcdef");

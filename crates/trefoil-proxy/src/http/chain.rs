@@ -103,7 +103,12 @@ impl Chain {
     /// request resumes from, if any); `Ok` lets the request go on (with the
     /// verdicts' header edits applied to `parts`), to the upstream or
     /// through an inline step's function.
-    pub async fn run_request(&self, state: &Arc<ProxyState>, parts: &mut http::request::Parts, facts: &RequestFacts<'_>) -> Result<Next, Stopped> {
+    pub async fn run_request(
+        &self,
+        state: &Arc<ProxyState>,
+        parts: &mut http::request::Parts,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Next, Stopped> {
         for (i, step) in self.steps.iter().enumerate().skip(self.first_step(parts)?) {
             if step.when.as_ref().is_some_and(|m| !m.matches(parts)) {
                 continue;
@@ -145,7 +150,13 @@ impl Chain {
     /// body is buffered first (up to the largest `sendBody` of these steps)
     /// when a step wants it; a larger one cannot be judged by such a step,
     /// so that step's failure policy decides.
-    pub async fn run_response(&self, state: &Arc<ProxyState>, request: &http::request::Parts, response: Response<ProxyBody>, facts: &RequestFacts<'_>) -> Result<Response<ProxyBody>, Stopped> {
+    pub async fn run_response(
+        &self,
+        state: &Arc<ProxyState>,
+        request: &http::request::Parts,
+        response: Response<ProxyBody>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Response<ProxyBody>, Stopped> {
         let steps: Vec<&Step> = self.response_steps.iter().filter(|s| s.when.as_ref().is_none_or(|m| m.matches(request))).collect();
         if steps.is_empty() {
             return Ok(response);
@@ -172,7 +183,11 @@ impl Chain {
                 (Some(limit), _) => {
                     tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, limit, "response body larger than the network function accepts");
                     if let Some(mut stopped) = self.failed(state, function) {
-                        stopped.reply = local_reply(StatusCode::BAD_GATEWAY, "chain_body_too_large", format!("response body exceeds what network function {} accepts\n", function.name));
+                        stopped.reply = local_reply(
+                            StatusCode::BAD_GATEWAY,
+                            "chain_body_too_large",
+                            format!("response body exceeds what network function {} accepts\n", function.name),
+                        );
                         stopped.flag = "chain_body_too_large";
                         return Err(stopped);
                     }
@@ -211,7 +226,14 @@ impl Chain {
     /// Asks `function` once, bounded by its timeout, and sends the step's
     /// span. `Ok(None)`: the function failed and its policy lets the
     /// request go on; `Err`: it failed closed.
-    async fn ask(&self, state: &ProxyState, function: &Function, call: &Call<'_>, facts: &RequestFacts<'_>, phase: &'static str) -> Result<Option<Verdict>, Stopped> {
+    async fn ask(
+        &self,
+        state: &ProxyState,
+        function: &Function,
+        call: &Call<'_>,
+        facts: &RequestFacts<'_>,
+        phase: &'static str,
+    ) -> Result<Option<Verdict>, Stopped> {
         let started = facts.spans.as_ref().map(HopSpans::start_step);
         let outcome = tokio::time::timeout(function.timeout, callout::call(function, call, scheme(facts.tls), facts.protocol)).await;
         if let (Some(spans), Some(started)) = (&facts.spans, started) {
@@ -222,8 +244,12 @@ impl Chain {
                 log_events(&self.cnf, function, facts.trace_id, &verdict);
                 return Ok(Some(verdict));
             }
-            Ok(Err(e)) => tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, error = %e, "network function failed"),
-            Err(_) => tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, timeout = ?function.timeout, "network function timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, error = %e, "network function failed")
+            }
+            Err(_) => {
+                tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, timeout = ?function.timeout, "network function timed out")
+            }
         }
         match self.failed(state, function) {
             Some(stopped) => Err(stopped),
@@ -240,14 +266,23 @@ impl Chain {
             }
             FailurePolicy::Closed => {
                 self.count(state, function, "failed_closed");
-                let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {} is unavailable\n", function.name));
+                let reply = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "chain_unavailable",
+                    format!("network function {} is unavailable\n", function.name),
+                );
                 Some(Stopped { reply, flag: "chain_unavailable" })
             }
         }
     }
 
     pub(crate) fn count(&self, state: &ProxyState, function: &Function, result: &'static str) {
-        state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: self.cnf.clone(), function: function.name.clone(), result }).inc();
+        state
+            .shared
+            .metrics
+            .chain_calls
+            .get_or_create(&ChainLabels { cnf: self.cnf.clone(), function: function.name.clone(), result })
+            .inc();
     }
 
     /// Sends the call in the background, bounded by the function's timeout;
@@ -276,11 +311,26 @@ impl Chain {
                 _ => None,
             };
             let result = if verdict.is_some() { "tapped" } else { "tap_failed" };
-            state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: cnf.clone(), function: function.name.clone(), result }).inc();
+            state
+                .shared
+                .metrics
+                .chain_calls
+                .get_or_create(&ChainLabels { cnf: cnf.clone(), function: function.name.clone(), result })
+                .inc();
             let events = verdict.map(Verdict::into_events).unwrap_or_default();
             if let Some((h, runs, full_body)) = handlers.as_ref().filter(|(h, ..)| h.handlers.handles_any(&events)) {
                 let request = OwnedCall { function: String::new(), body: full_body.clone(), ..call };
-                let runner = Runner { cnf: &cnf, h, state: &state, function: Some(&function), scheme, protocol, spans: spans.as_ref(), runs, on: "tap" };
+                let runner = Runner {
+                    cnf: &cnf,
+                    h,
+                    state: &state,
+                    function: Some(&function),
+                    scheme,
+                    protocol,
+                    spans: spans.as_ref(),
+                    runs,
+                    on: "tap",
+                };
                 let _ = runner.run(request, None, events.into()).await;
             }
         });
@@ -332,12 +382,25 @@ fn log_events(cnf: &str, function: &Function, trace_id: &str, verdict: &Verdict)
 }
 
 /// A response-phase call: the request as the chain left it, plus the upstream's answer so far.
-fn response_call<'a>(cnf: &'a str, function: &'a str, request: &'a http::request::Parts, head: &'a http::response::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {
+fn response_call<'a>(
+    cnf: &'a str,
+    function: &'a str,
+    request: &'a http::request::Parts,
+    head: &'a http::response::Parts,
+    facts: &'a RequestFacts<'a>,
+    body: Option<Bytes>,
+) -> Call<'a> {
     let headers = head.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect();
     Call { response: Some(ResponseHead { status: head.status.as_u16(), headers }), ..call_for(cnf, function, request, facts, body) }
 }
 
-pub(crate) fn call_for<'a>(cnf: &'a str, function: &'a str, parts: &'a http::request::Parts, facts: &'a RequestFacts<'a>, body: Option<Bytes>) -> Call<'a> {
+pub(crate) fn call_for<'a>(
+    cnf: &'a str,
+    function: &'a str,
+    parts: &'a http::request::Parts,
+    facts: &'a RequestFacts<'a>,
+    body: Option<Bytes>,
+) -> Call<'a> {
     Call {
         cnf,
         function,
@@ -402,7 +465,10 @@ impl OwnedCall {
             destination: self.destination,
             trace_id: &self.trace_id,
             body: self.body.clone(),
-            response: self.response.as_ref().map(|(status, headers)| ResponseHead { status: *status, headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect() }),
+            response: self.response.as_ref().map(|(status, headers)| ResponseHead {
+                status: *status,
+                headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+            }),
         }
     }
 }

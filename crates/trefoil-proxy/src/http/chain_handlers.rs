@@ -54,7 +54,15 @@ impl Target<'_> {
 /// and applies their effects to `parts`. A handler that fails gets
 /// `function`'s failure policy.
 #[allow(clippy::too_many_arguments)]
-pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, parts: &mut http::request::Parts, facts: &RequestFacts<'_>, events: Vec<Event>) -> Result<(), Stopped> {
+pub async fn run(
+    chain: &Chain,
+    h: &ChainHandlers,
+    state: &Arc<ProxyState>,
+    function: &Function,
+    parts: &mut http::request::Parts,
+    facts: &RequestFacts<'_>,
+    events: Vec<Event>,
+) -> Result<(), Stopped> {
     let runner = Runner::for_verdict(chain, h, state, function, facts, "allow");
     let request = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
     runner.run(request, Some(Target::Request(parts)), events.into()).await
@@ -66,7 +74,16 @@ pub async fn run(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, func
 /// and what their calls send: the request, with the upstream's answer and
 /// the buffered response body.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_on_response(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, response: OwnedCall, headers: &mut http::HeaderMap, facts: &RequestFacts<'_>, events: Vec<Event>) -> Result<(), Stopped> {
+pub(crate) async fn run_on_response(
+    chain: &Chain,
+    h: &ChainHandlers,
+    state: &Arc<ProxyState>,
+    function: &Function,
+    response: OwnedCall,
+    headers: &mut http::HeaderMap,
+    facts: &RequestFacts<'_>,
+    events: Vec<Event>,
+) -> Result<(), Stopped> {
     let runner = Runner::for_verdict(chain, h, state, function, facts, "allow");
     runner.run(response, Some(Target::Response(headers)), events.into()).await
 }
@@ -76,7 +93,15 @@ pub(crate) async fn run_on_response(chain: &Chain, h: &ChainHandlers, state: &Ar
 /// nothing, and a failed handler keeps the deny; calls, logs, tags and
 /// emitted events work.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_on_deny(chain: &Chain, h: &ChainHandlers, state: &Arc<ProxyState>, function: &Function, request: OwnedCall, facts: &RequestFacts<'_>, events: Vec<Event>) {
+pub(crate) async fn run_on_deny(
+    chain: &Chain,
+    h: &ChainHandlers,
+    state: &Arc<ProxyState>,
+    function: &Function,
+    request: OwnedCall,
+    facts: &RequestFacts<'_>,
+    events: Vec<Event>,
+) {
     let runner = Runner::for_verdict(chain, h, state, function, facts, "deny");
     // Without a request to change, a run never stops anything.
     let _ = runner.run(request, None, events.into()).await;
@@ -100,15 +125,37 @@ pub(crate) struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    fn for_verdict(chain: &'a Chain, h: &'a ChainHandlers, state: &'a Arc<ProxyState>, function: &'a Function, facts: &'a RequestFacts<'_>, on: &'static str) -> Self {
-        Runner { cnf: &chain.cnf, h, state, function: Some(function), scheme: scheme(facts.tls), protocol: facts.protocol, spans: facts.spans.as_ref(), runs: &facts.runs, on }
+    fn for_verdict(
+        chain: &'a Chain,
+        h: &'a ChainHandlers,
+        state: &'a Arc<ProxyState>,
+        function: &'a Function,
+        facts: &'a RequestFacts<'_>,
+        on: &'static str,
+    ) -> Self {
+        Runner {
+            cnf: &chain.cnf,
+            h,
+            state,
+            function: Some(function),
+            scheme: scheme(facts.tls),
+            protocol: facts.protocol,
+            spans: facts.spans.as_ref(),
+            runs: &facts.runs,
+            on,
+        }
     }
 
     /// Runs handlers for `queue` (and the events they emit) against `request`.
     /// With a `target`, effects apply to it and a deny or a failure under a
     /// closed policy stops the request; without, the request is past
     /// changing and effects other than calls, logs, tags and events are dropped.
-    pub(crate) async fn run(&self, mut request: OwnedCall, mut target: Option<Target<'_>>, mut queue: VecDeque<Event>) -> Result<(), Stopped> {
+    pub(crate) async fn run(
+        &self,
+        mut request: OwnedCall,
+        mut target: Option<Target<'_>>,
+        mut queue: VecDeque<Event>,
+    ) -> Result<(), Stopped> {
         let trace_id = request.trace_id.clone();
         while let Some(event) = queue.pop_front() {
             let Some(handler) = self.h.handlers.get(&event.name) else { continue };
@@ -119,16 +166,28 @@ impl<'a> Runner<'a> {
             let event_name = label(&event.name);
             if let Some(Target::Request(parts)) = &target {
                 // The handler sees the request as it is now, earlier edits included.
-                request.headers = parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.to_string(), v.to_string()))).collect();
+                request.headers =
+                    parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.to_string(), v.to_string()))).collect();
             }
             if self.function.is_none() {
                 // A published event has no request: calls describe the event itself.
                 request.path = format!("/events/{}", event.name);
                 request.body = Some(serde_json::to_vec(&event).unwrap_or_default().into());
             }
-            let view = Arc::new(RequestView { method: request.method.clone(), path: request.path.clone(), host: request.host.clone(), headers: joined(&request.headers) });
+            let view = Arc::new(RequestView {
+                method: request.method.clone(),
+                path: request.path.clone(),
+                host: request.host.clone(),
+                headers: joined(&request.headers),
+            });
             let call = Arc::new(request.clone());
-            let caller = Arc::new(ProxyCaller { state: self.state.clone(), functions: self.h.functions.clone(), call, scheme: self.scheme, protocol: self.protocol });
+            let caller = Arc::new(ProxyCaller {
+                state: self.state.clone(),
+                functions: self.h.functions.clone(),
+                call,
+                scheme: self.scheme,
+                protocol: self.protocol,
+            });
             let input = RunInput { cnf: self.cnf.to_string(), trace_id: trace_id.clone(), event, request: view };
             let started = self.spans.map(HopSpans::start_step);
             let outcome = handlers::run(handler, &self.h.handlers.limits, input, caller).await;
@@ -149,7 +208,8 @@ impl<'a> Runner<'a> {
                     match target.as_mut() {
                         Some(target) => {
                             if let Some((status, reason)) = fx.deny {
-                                let reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
+                                let reply =
+                                    local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
                                 return Err(Stopped { reply, flag: "chain_denied" });
                             }
                             apply(target.headers(), &fx);
@@ -173,7 +233,11 @@ impl<'a> Runner<'a> {
                         _ => None,
                     };
                     if let Some(name) = unavailable {
-                        let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {name} is unavailable\n"));
+                        let reply = local_reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "chain_unavailable",
+                            format!("network function {name} is unavailable\n"),
+                        );
                         return Err(Stopped { reply, flag: "chain_unavailable" });
                     }
                 }
@@ -226,7 +290,17 @@ pub async fn run_published(chain: &Chain, state: &Arc<ProxyState>, trace_id: &st
         response: None,
     };
     let runs = RunCount::default();
-    let runner = Runner { cnf: &chain.cnf, h, state, function: None, scheme: "http", protocol: "HTTP/1.1", spans: None, runs: &runs, on: "published" };
+    let runner = Runner {
+        cnf: &chain.cnf,
+        h,
+        state,
+        function: None,
+        scheme: "http",
+        protocol: "HTTP/1.1",
+        spans: None,
+        runs: &runs,
+        on: "published",
+    };
     let _ = runner.run(request, None, events.into()).await;
 }
 
@@ -238,10 +312,12 @@ fn count(state: &ProxyState, cnf: &Label, event: Label, result: &'static str) {
 fn joined(headers: &[(String, String)]) -> std::collections::BTreeMap<String, String> {
     let mut map = std::collections::BTreeMap::new();
     for (name, value) in headers {
-        map.entry(name.clone()).and_modify(|v: &mut String| {
-            v.push_str(", ");
-            v.push_str(value);
-        }).or_insert_with(|| value.clone());
+        map.entry(name.clone())
+            .and_modify(|v: &mut String| {
+                v.push_str(", ");
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
     }
     map
 }
@@ -269,7 +345,12 @@ impl Caller for ProxyCaller {
             request.body = function.max_body.and(request.body);
             let outcome = tokio::time::timeout(function.timeout, callout::call(&function, &request, scheme, protocol)).await;
             let metric = |result: &'static str| {
-                state.shared.metrics.chain_calls.get_or_create(&ChainLabels { cnf: label(&call.cnf), function: function.name.clone(), result }).inc();
+                state
+                    .shared
+                    .metrics
+                    .chain_calls
+                    .get_or_create(&ChainLabels { cnf: label(&call.cnf), function: function.name.clone(), result })
+                    .inc();
             };
             let failure = match outcome {
                 Ok(Ok(verdict)) => {

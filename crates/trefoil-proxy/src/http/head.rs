@@ -63,7 +63,8 @@ fn settle_host(parts: &mut http::request::Parts) -> Result<(), Refused> {
     }
     // An absolute-form target (RFC 9112 §3.2.2) or `:authority` replaces the Host.
     if let Some(authority) = authority {
-        let value = HeaderValue::from_str(authority).map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_host", "the request's authority is not a valid host\n"))?;
+        let value = HeaderValue::from_str(authority)
+            .map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_host", "the request's authority is not a valid host\n"))?;
         parts.headers.insert(header::HOST, value);
     }
     Ok(())
@@ -81,7 +82,8 @@ fn normalize_uri(uri: &mut Uri, options: &PathNormalization) -> Result<(), Refus
         Some(q) => format!("{normal}?{q}"),
         None => normal,
     };
-    let pq = PathAndQuery::from_maybe_shared(text).map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path is not valid\n"))?;
+    let pq = PathAndQuery::from_maybe_shared(text)
+        .map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path is not valid\n"))?;
     let mut parts = std::mem::take(uri).into_parts();
     parts.path_and_query = Some(pq);
     *uri = Uri::from_parts(parts).map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path is not valid\n"))?;
@@ -124,7 +126,9 @@ fn decode_escapes(path: &str, options: &PathNormalization) -> Result<String, Ref
         let slash = byte == b'/' || byte == b'\\';
         if slash {
             match options.escaped_slashes {
-                EscapedSlashes::Reject => return Err(refused(StatusCode::BAD_REQUEST, "escaped_slash", "the request path has an escaped slash (%2F or %5C)\n")),
+                EscapedSlashes::Reject => {
+                    return Err(refused(StatusCode::BAD_REQUEST, "escaped_slash", "the request path has an escaped slash (%2F or %5C)\n"))
+                }
                 EscapedSlashes::Unescape => {
                     out.push(byte);
                     continue;
@@ -204,7 +208,17 @@ mod tests {
 
     #[test]
     fn every_spelling_of_admin_is_admin() {
-        for path in ["/x/../admin", "/./admin", "//admin", "/%61dmin", "/%2e%2e/admin", "/%2E/admin", "/x/y/../../admin", "/../admin", "/.%2e/admin"] {
+        for path in [
+            "/x/../admin",
+            "/./admin",
+            "//admin",
+            "/%61dmin",
+            "/%2e%2e/admin",
+            "/%2E/admin",
+            "/x/y/../../admin",
+            "/../admin",
+            "/.%2e/admin",
+        ] {
             assert_eq!(normal(path), "/admin", "{path}");
         }
         assert_eq!(normal("/admin/./x//y/"), "/admin/x/y/");

@@ -225,7 +225,14 @@ impl Chain {
 /// Forwards the request to the inline step `step`'s function. `Some` is the
 /// function's response, for the client; `None` means the hop failed open
 /// and the rest of the chain allowed the request: it goes upstream here.
-pub async fn forward(state: &Arc<ProxyState>, chain: &Chain, mut step: usize, parts: &mut http::request::Parts, body: &mut RequestBody, facts: &RequestFacts<'_>) -> Result<Option<Response<ProxyBody>>, Stopped> {
+pub async fn forward(
+    state: &Arc<ProxyState>,
+    chain: &Chain,
+    mut step: usize,
+    parts: &mut http::request::Parts,
+    body: &mut RequestBody,
+    facts: &RequestFacts<'_>,
+) -> Result<Option<Response<ProxyBody>>, Stopped> {
     loop {
         if let Some(response) = hop(state, chain, step, parts, body, facts).await? {
             return Ok(Some(response));
@@ -255,7 +262,14 @@ enum HopError {
 }
 
 /// One hop through the function: `Ok(None)` when it failed and the policy is open.
-async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::request::Parts, body: &mut RequestBody, facts: &RequestFacts<'_>) -> Result<Option<Response<ProxyBody>>, Stopped> {
+async fn hop(
+    state: &Arc<ProxyState>,
+    chain: &Chain,
+    step: usize,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
+    facts: &RequestFacts<'_>,
+) -> Result<Option<Response<ProxyBody>>, Stopped> {
     let function = &chain.steps[step].function;
     let hops = parts.extensions.get::<Hops>().map_or(0, |h| h.0);
     if hops >= MAX_INLINE_HOPS {
@@ -270,7 +284,14 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
     match result {
         Ok(response) => {
             if let Some((spans, started)) = spans {
-                spans.finish_step(started, &chain.cnf, &function.name, "inline", "request", StepOutcome::Inlined(response.status().as_u16()));
+                spans.finish_step(
+                    started,
+                    &chain.cnf,
+                    &function.name,
+                    "inline",
+                    "request",
+                    StepOutcome::Inlined(response.status().as_u16()),
+                );
             }
             chain.count(state, function, "inlined");
             Ok(Some(response))
@@ -285,13 +306,21 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
                 // The request is already on its way upstream through the
                 // function: going on here would send it twice.
                 chain.count(state, function, "failed_after_resume");
-                let reply = local_reply(StatusCode::BAD_GATEWAY, "chain_hop_failed", format!("network function {} failed after passing the request on\n", function.name));
+                let reply = local_reply(
+                    StatusCode::BAD_GATEWAY,
+                    "chain_hop_failed",
+                    format!("network function {} failed after passing the request on\n", function.name),
+                );
                 return Err(Stopped { reply, flag: "chain_hop_failed" });
             }
             if function.failure_policy == FailurePolicy::Open && matches!(body, RequestBody::Streaming(None, _)) {
                 // The streamed body went to the function and cannot be sent again.
                 chain.count(state, function, "failed_closed");
-                let reply = local_reply(StatusCode::SERVICE_UNAVAILABLE, "chain_unavailable", format!("network function {} is unavailable\n", function.name));
+                let reply = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "chain_unavailable",
+                    format!("network function {} is unavailable\n", function.name),
+                );
                 return Err(Stopped { reply, flag: "chain_unavailable" });
             }
             match chain.failed(state, function) {
@@ -307,7 +336,15 @@ async fn hop(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::
 /// comes back to the proxy (or the function answers by itself); after that
 /// the response waits on the upstream, which the resumed leg bounds. Also
 /// says whether the request came back.
-async fn send(state: &Arc<ProxyState>, chain: &Chain, step: usize, parts: &http::request::Parts, body: &mut RequestBody, facts: &RequestFacts<'_>, hops: u32) -> (Result<Response<ProxyBody>, HopError>, bool) {
+async fn send(
+    state: &Arc<ProxyState>,
+    chain: &Chain,
+    step: usize,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
+    facts: &RequestFacts<'_>,
+    hops: u32,
+) -> (Result<Response<ProxyBody>, HopError>, bool) {
     let function = &chain.steps[step].function;
     let service = &function.cluster.service;
     let Some(endpoint) = function.cluster.balancer.pick(None, None) else {
@@ -408,7 +445,17 @@ mod tests {
 
     fn entry(step: usize) -> (Entry, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        (Entry { cnf: crate::telemetry::metrics::label("edge"), step, client: "10.0.0.7:5000".parse().unwrap(), tls: false, peer_identity: None, resumed: tx }, rx)
+        (
+            Entry {
+                cnf: crate::telemetry::metrics::label("edge"),
+                step,
+                client: "10.0.0.7:5000".parse().unwrap(),
+                tls: false,
+                peer_identity: None,
+                resumed: tx,
+            },
+            rx,
+        )
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,9 +25,9 @@ use crate::h1_pool::{self, SendError};
 use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, Upload, UpstreamBody};
 use crate::http::chain::{Next, RequestFacts};
 use crate::http::chain_handlers::RunCount;
+use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::head;
 use crate::http::inline;
-use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
@@ -99,7 +99,11 @@ struct Outcomes {
 ///
 /// Not an `async fn`: its request would be kept twice in the future, once as
 /// the argument and once taken apart (see `send_upstream`).
-pub fn serve(state: Arc<ProxyState>, conn: Arc<Connection>, req: Request<Downstream>) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+pub fn serve(
+    state: Arc<ProxyState>,
+    conn: Arc<Connection>,
+    req: Request<Downstream>,
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
     let (mut parts, incoming) = req.into_parts();
     async move {
         let started = Instant::now();
@@ -235,7 +239,11 @@ async fn handle(
     if let Some(rl) = &rule.rate_limit {
         if !rl.try_acquire() {
             out.flag = "rate_limited";
-            return Err(local_reply(StatusCode::from_u16(rl.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS), "rate_limited", "rate limit exceeded\n"));
+            return Err(local_reply(
+                StatusCode::from_u16(rl.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                "rate_limited",
+                "rate limit exceeded\n",
+            ));
         }
     }
     if let Some(fault) = &rule.fault {
@@ -245,12 +253,17 @@ async fn handle(
         }
         if let Some(status) = decision.abort {
             out.flag = "fault_abort";
-            return Err(local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault_abort", "fault injected\n"));
+            return Err(local_reply(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "fault_abort",
+                "fault injected\n",
+            ));
         }
     }
     out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
     // The body is read before the chain when a function wants it.
-    let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some() || rule.chain.as_ref().is_some_and(|c| c.has_inline());
+    let want_replay =
+        rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some() || rule.chain.as_ref().is_some_and(|c| c.has_inline());
     // The chain's phases are boxed: their futures are large and most
     // requests have no chain, and an unboxed future is copied whole every
     // time the request's future moves.
@@ -263,7 +276,11 @@ async fn handle(
         Ok(b) => b,
         Err(BufferError::TooLarge) => {
             out.flag = "chain_body_too_large";
-            return Err(local_reply(StatusCode::PAYLOAD_TOO_LARGE, "chain_body_too_large", "request body exceeds what the network function accepts\n"));
+            return Err(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "chain_body_too_large",
+                "request body exceeds what the network function accepts\n",
+            ));
         }
         Err(BufferError::Read(e)) => return Err(client_body_failed(&*e, out)),
     };
@@ -274,7 +291,17 @@ async fn handle(
     // Phase: chain (the rule's CNF), on the request as the client sent it.
     if let Some(chain) = &rule.chain {
         let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(listener, conn, trace, out.spans.clone(), host, &trace_id, parts.version, req_body.buffered(), handler_runs.clone().unwrap_or_default());
+        let facts = chain_facts(
+            listener,
+            conn,
+            trace,
+            out.spans.clone(),
+            host,
+            &trace_id,
+            parts.version,
+            req_body.buffered(),
+            handler_runs.clone().unwrap_or_default(),
+        );
         let next = Box::pin(async {
             match chain.run_request(state, parts, &facts).await {
                 Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, &mut req_body, &facts).await,
@@ -316,7 +343,17 @@ async fn handle(
 
     // Phase: upstream attempts, under the rule's deadline.
     let upload = req_body.upload().cloned();
-    let attempts = attempt_loop(state, &listener.direction, route, rule, &cluster, parts, &mut req_body, listener.timeouts.response_body_idle.get(), out);
+    let attempts = attempt_loop(
+        state,
+        &listener.direction,
+        route,
+        rule,
+        &cluster,
+        parts,
+        &mut req_body,
+        listener.timeouts.response_body_idle.get(),
+        out,
+    );
     let mut response = match rule.timeout {
         Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
             Some(r) => r?,
@@ -333,7 +370,8 @@ async fn handle(
     // Phase: response chain (the rule's CNF), on the response as the upstream sent it.
     if let Some((chain, request)) = response_chain {
         let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(listener, conn, trace, out.spans.clone(), host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
+        let facts =
+            chain_facts(listener, conn, trace, out.spans.clone(), host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
         response = match Box::pin(chain.run_response(state, &request, response, &facts)).await {
             Ok(r) => r,
             Err(stopped) => {
@@ -363,7 +401,17 @@ fn client_body_failed(e: &(dyn std::error::Error + 'static), out: &mut Outcomes)
 
 /// What the chain's functions are told besides the request's head.
 #[allow(clippy::too_many_arguments)]
-fn chain_facts<'a>(listener: &ListenerConfig, conn: &Connection, trace: &TraceContext, spans: Option<HopSpans>, host: &'a str, trace_id: &'a str, version: Version, body: Option<bytes::Bytes>, runs: RunCount) -> RequestFacts<'a> {
+fn chain_facts<'a>(
+    listener: &ListenerConfig,
+    conn: &Connection,
+    trace: &TraceContext,
+    spans: Option<HopSpans>,
+    host: &'a str,
+    trace_id: &'a str,
+    version: Version,
+    body: Option<bytes::Bytes>,
+    runs: RunCount,
+) -> RequestFacts<'a> {
     RequestFacts {
         host,
         client: conn.client,
@@ -378,7 +426,11 @@ fn chain_facts<'a>(listener: &ListenerConfig, conn: &Connection, trace: &TraceCo
     }
 }
 
-fn find_route<'a>(listener: &'a ListenerConfig, host: &str, parts: &http::request::Parts) -> Option<(&'a Arc<CompiledRoute>, &'a CompiledRule)> {
+fn find_route<'a>(
+    listener: &'a ListenerConfig,
+    host: &str,
+    parts: &http::request::Parts,
+) -> Option<(&'a Arc<CompiledRoute>, &'a CompiledRule)> {
     listener.router.find(host, |route| route.rules.iter().find(|r| r.matches(parts)).map(|rule| (route, rule)))
 }
 
@@ -475,7 +527,11 @@ async fn attempt_loop(
                         service.load.pending.fetch_sub(1, Ordering::AcqRel);
                         out.flag = "overflow";
                         metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
-                        return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many pending requests\n"));
+                        return Err(local_reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "overflow",
+                            "upstream overflow: too many pending requests\n",
+                        ));
                     }
                     // A pending request waits at most as long as a connect
                     // may take. Boxed: a rare wait, kept out of every request's future.
@@ -485,8 +541,15 @@ async fn attempt_loop(
                         Ok(Ok(p)) => Some(p),
                         _ => {
                             out.flag = "overflow";
-                            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" }).inc();
-                            return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: no connection became free in time\n"));
+                            metrics
+                                .overflows
+                                .get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" })
+                                .inc();
+                            return Err(local_reply(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "overflow",
+                                "upstream overflow: no connection became free in time\n",
+                            ));
                         }
                     }
                 }
@@ -572,7 +635,9 @@ async fn attempt_loop(
             let (status, flag, text) = match failure {
                 AttemptFailure::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "connect_failure", "upstream connect error\n"),
                 AttemptFailure::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "per_try_timeout", "upstream per-try timeout\n"),
-                AttemptFailure::Reset | AttemptFailure::Status(_) => (StatusCode::BAD_GATEWAY, "upstream_reset", "upstream reset the request\n"),
+                AttemptFailure::Reset | AttemptFailure::Status(_) => {
+                    (StatusCode::BAD_GATEWAY, "upstream_reset", "upstream reset the request\n")
+                }
             };
             out.flag = flag;
             return Err(local_reply(status, flag, text));
@@ -600,7 +665,11 @@ async fn attempt_loop(
 /// Not an `async fn`: that would wrap the chosen future in one more state
 /// machine holding a second copy of the request, and every request's future
 /// is moved whole several times.
-pub(crate) fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, req: Request<ProxyBody>) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'static {
+pub(crate) fn send_upstream(
+    service: &ServiceConfig,
+    endpoint: &EndpointState,
+    req: Request<ProxyBody>,
+) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'static {
     if service.worker_pooled {
         let sent = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get());
         return Either::Left(sent.map(|sent| sent.map(|resp| resp.map(UpstreamBody::Left))));
@@ -614,10 +683,7 @@ pub(crate) fn send_upstream(service: &ServiceConfig, endpoint: &EndpointState, r
 
 fn may_retry(rule: &CompiledRule, failure: AttemptFailure, attempt: u32, max: u32, body: &RequestBody) -> bool {
     let Some(policy) = &rule.retry else { return false };
-    attempt < max
-        && body.is_replayable()
-        && failure.is_retriable(policy)
-        && rule.budget.as_ref().is_none_or(|b| b.try_retry())
+    attempt < max && body.is_replayable() && failure.is_retriable(policy) && rule.budget.as_ref().is_none_or(|b| b.try_retry())
 }
 
 fn record_outcome(state: &ProxyState, service: &Arc<ServiceConfig>, endpoint: &Arc<EndpointState>, outcome: Outcome) {
@@ -628,7 +694,11 @@ fn record_outcome(state: &ProxyState, service: &Arc<ServiceConfig>, endpoint: &A
             .shared
             .metrics
             .outlier_ejections
-            .get_or_create(&EndpointLabels { service: service.name.clone(), version: endpoint.version.clone(), endpoint: endpoint.addr.to_string() })
+            .get_or_create(&EndpointLabels {
+                service: service.name.clone(),
+                version: endpoint.version.clone(),
+                endpoint: endpoint.addr.to_string(),
+            })
             .inc();
     }
 }
@@ -637,14 +707,18 @@ fn hash_key(on: &HashOn, headers: &HeaderMap) -> Option<Vec<u8>> {
     match on {
         HashOn::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
         HashOn::Cookie(name) => headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|cookies| {
-            cookies.split(';').map(str::trim).find_map(|c| c.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('=')).map(|v| v.as_bytes().to_vec()))
+            cookies
+                .split(';')
+                .map(str::trim)
+                .find_map(|c| c.strip_prefix(name.as_str()).and_then(|rest| rest.strip_prefix('=')).map(|v| v.as_bytes().to_vec()))
         }),
     }
 }
 
 /// The host a request is for, without port: `:authority` or `Host`.
 pub fn request_host(parts: &http::request::Parts) -> &str {
-    let raw = parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    let raw =
+        parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
     strip_port(raw)
 }
 
@@ -685,7 +759,9 @@ impl Present {
         let mut present = Present::default();
         for name in headers.keys() {
             match name.as_str() {
-                "connection" | "proxy-connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "proxy-authorization" => present.hop_by_hop = true,
+                "connection" | "proxy-connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "proxy-authorization" => {
+                    present.hop_by_hop = true
+                }
                 "te" => present.te = true,
                 "x-forwarded-for" => present.forwarded_for = true,
                 _ => {}
@@ -747,7 +823,13 @@ fn prepare_upstream_headers(parts: &mut http::request::Parts, conn: &Connection,
     headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
 }
 
-pub(crate) fn build_upstream_request(parts: &http::request::Parts, headers: HeaderMap, service: &ServiceConfig, endpoint: &EndpointState, body: ProxyBody) -> Result<Request<ProxyBody>, http::Error> {
+pub(crate) fn build_upstream_request(
+    parts: &http::request::Parts,
+    headers: HeaderMap,
+    service: &ServiceConfig,
+    endpoint: &EndpointState,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, http::Error> {
     // The worker pool writes the request target from the URI's path and
     // query whatever its form; the general client wants an absolute URI to
     // know where to connect, and writes origin-form itself.

@@ -48,12 +48,18 @@ struct Publication {
 /// Serves `POST /events` on the admin listener.
 pub async fn publish(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() != Method::POST {
-        return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "POST a publication: {\"cnf\": ..., \"traceId\": ..., \"events\": [{\"name\": ..., \"data\": ...}]}"}));
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "POST a publication: {\"cnf\": ..., \"traceId\": ..., \"events\": [{\"name\": ..., \"data\": ...}]}"}),
+        );
     }
     let bytes = match http_body_util::Limited::new(req.into_body(), MAX_PUBLICATION_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({"error": format!("a publication is at most {MAX_PUBLICATION_BYTES} bytes")}));
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": format!("a publication is at most {MAX_PUBLICATION_BYTES} bytes")}),
+            );
         }
         Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("reading the body: {e}")})),
     };
@@ -66,7 +72,10 @@ pub async fn publish(state: Arc<ProxyState>, req: Request<Incoming>) -> Response
     }
     let snapshot = state.snapshot.load_full();
     let Some(chain) = snapshot.chains.get(&publication.cnf).cloned() else {
-        return json(StatusCode::NOT_FOUND, serde_json::json!({"error": format!("no CNF named {:?} in this proxy's configuration", publication.cnf)}));
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no CNF named {:?} in this proxy's configuration", publication.cnf)}),
+        );
     };
     let Publication { cnf, function, trace_id, events } = publication;
     let function = function.unwrap_or_default();
@@ -80,7 +89,10 @@ pub async fn publish(state: Arc<ProxyState>, req: Request<Incoming>) -> Response
     let handled = chain.handlers.as_ref().map_or(0, |h| events.iter().filter(|e| h.handlers.get(&e.name).is_some()).count());
     if handled > 0 {
         let Ok(slot) = HANDLER_SLOTS.try_acquire() else {
-            return json(StatusCode::TOO_MANY_REQUESTS, serde_json::json!({"error": "too many published events are being handled; retry later"}));
+            return json(
+                StatusCode::TOO_MANY_REQUESTS,
+                serde_json::json!({"error": "too many published events are being handled; retry later"}),
+            );
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -118,7 +130,10 @@ mod tests {
     #[test]
     fn publications_are_checked() {
         let p = |doc: &str| check(&serde_json::from_str(doc).unwrap());
-        assert!(p(r#"{"cnf": "edge", "traceId": "0af7651916cd43dd8448eb211c80319c", "events": [{"name": "virus_found", "data": {"v": 1}}]}"#).is_ok());
+        assert!(p(
+            r#"{"cnf": "edge", "traceId": "0af7651916cd43dd8448eb211c80319c", "events": [{"name": "virus_found", "data": {"v": 1}}]}"#
+        )
+        .is_ok());
         assert!(p(r#"{"cnf": "edge", "events": []}"#).unwrap_err().contains("1 to 32"));
         assert!(p(r#"{"cnf": "edge", "events": [{"name": "Bad"}]}"#).unwrap_err().starts_with("events[0].name"));
         assert!(p(r#"{"cnf": "edge", "traceId": "xyz", "events": [{"name": "a"}]}"#).unwrap_err().starts_with("traceId"));

@@ -87,17 +87,14 @@ impl RequestMatcher {
         let path_ok = match &self.path {
             None => true,
             Some(PathMatcher::Exact(p)) => path == p,
-            Some(PathMatcher::Prefix(p)) => {
-                path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
-            }
+            Some(PathMatcher::Prefix(p)) => path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')),
             Some(PathMatcher::Regex(re)) => re.is_match(path),
         };
         if !path_ok {
             return false;
         }
-        let headers_ok = self.headers.iter().all(|h| {
-            h.matches(req.headers.get_all(h.name.as_str()).iter().filter_map(|v| v.to_str().ok()))
-        });
+        let headers_ok =
+            self.headers.iter().all(|h| h.matches(req.headers.get_all(h.name.as_str()).iter().filter_map(|v| v.to_str().ok())));
         if !headers_ok {
             return false;
         }

@@ -16,7 +16,11 @@ pub struct WeightedSplit<T> {
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl<T> WeightedSplit<T> {

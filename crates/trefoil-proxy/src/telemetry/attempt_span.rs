@@ -29,7 +29,15 @@ pub type AttemptEnd = Result<u16, AttemptFailure>;
 impl HopSpans {
     /// Starts attempt `number` (1 for the first) at `upstream`.
     pub fn start_attempt(&self, number: u32, upstream: SocketAddr, service: &str, version: &str) -> AttemptSpan {
-        AttemptSpan { spans: self.clone(), sent: false, number, upstream, service: service.to_string(), version: version.to_string(), start: SystemTime::now() }
+        AttemptSpan {
+            spans: self.clone(),
+            sent: false,
+            number,
+            upstream,
+            service: service.to_string(),
+            version: version.to_string(),
+            start: SystemTime::now(),
+        }
     }
 }
 

@@ -35,7 +35,15 @@ impl HopSpans {
     /// Sends the step's span: `chain <function>` (`chain <function> response`
     /// on the response phase), with the CNF, function, mode, phase and
     /// verdict as attributes and the function's events as span events.
-    pub fn finish_step(&self, started: StepStart, cnf: &str, function: &str, mode: &'static str, phase: &'static str, outcome: StepOutcome<'_>) {
+    pub fn finish_step(
+        &self,
+        started: StepStart,
+        cnf: &str,
+        function: &str,
+        mode: &'static str,
+        phase: &'static str,
+        outcome: StepOutcome<'_>,
+    ) {
         let end = SystemTime::now();
         let inlined_status = if let StepOutcome::Inlined(s) = outcome { Some(s) } else { None };
         let (verdict, error, status, events) = match outcome {
@@ -130,7 +138,11 @@ pub fn published_span(trace_id: [u8; 16], cnf: &str, function: &str, events: &[E
         start: at,
         end: at,
         error: false,
-        attributes: vec![("trefoil.cnf", cnf.to_string()), ("trefoil.function", function.to_string()), ("trefoil.proxy", proxy.to_string())],
+        attributes: vec![
+            ("trefoil.cnf", cnf.to_string()),
+            ("trefoil.function", function.to_string()),
+            ("trefoil.proxy", proxy.to_string()),
+        ],
         extra_attributes: Vec::new(),
         events: span_events(events, at),
     }
@@ -140,6 +152,10 @@ pub fn published_span(trace_id: [u8; 16], cnf: &str, function: &str, events: &[E
 fn span_events(events: &[Event], at: SystemTime) -> Vec<SpanEventRecord> {
     events
         .iter()
-        .map(|e| SpanEventRecord { name: e.name.clone(), time: at, attributes: if e.data.is_null() { Vec::new() } else { vec![("data", e.data.to_string())] } })
+        .map(|e| SpanEventRecord {
+            name: e.name.clone(),
+            time: at,
+            attributes: if e.data.is_null() { Vec::new() } else { vec![("data", e.data.to_string())] },
+        })
         .collect()
 }

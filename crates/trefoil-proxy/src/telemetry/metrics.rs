@@ -195,11 +195,23 @@ impl Default for Metrics {
         let config_version = Gauge::default();
         registry.register("trefoil_config_version", "Version of the configuration in force", config_version.clone());
         let access_log_dropped = Counter::default();
-        registry.register("trefoil_access_log_dropped", "Access-log lines dropped because the writer fell behind", access_log_dropped.clone());
+        registry.register(
+            "trefoil_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         let connections_shed = Counter::default();
-        registry.register("trefoil_connections_shed", "Client connections closed unserved because the process ran out of file descriptors", connections_shed.clone());
+        registry.register(
+            "trefoil_connections_shed",
+            "Client connections closed unserved because the process ran out of file descriptors",
+            connections_shed.clone(),
+        );
         let tls_handshakes = Family::default();
-        registry.register("trefoil_tls_handshakes", "TLS handshakes on listeners, by verified peer identity and result", tls_handshakes.clone());
+        registry.register(
+            "trefoil_tls_handshakes",
+            "TLS handshakes on listeners, by verified peer identity and result",
+            tls_handshakes.clone(),
+        );
         let spans_dropped = Counter::default();
         registry.register("trefoil_spans_dropped", "Spans dropped because the exporter fell behind", spans_dropped.clone());
         Metrics {
@@ -335,7 +347,13 @@ impl Metrics {
             .clone();
         let duration = self
             .duration
-            .get_or_create(&DurationLabels { direction: key.direction.clone(), route: key.route.clone(), service: key.service.clone(), version: key.version.clone(), cnf })
+            .get_or_create(&DurationLabels {
+                direction: key.direction.clone(),
+                route: key.route.clone(),
+                service: key.service.clone(),
+                version: key.version.clone(),
+                cnf,
+            })
             .clone();
         (requests, duration)
     }

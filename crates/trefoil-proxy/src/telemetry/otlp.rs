@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
 use http_body_util::{BodyExt, Full};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -162,7 +162,11 @@ mod tests {
             error: false,
             attributes: vec![("http.status_code", "200".into())],
             extra_attributes: vec![("tag.user".into(), "ann".into())],
-            events: vec![SpanEventRecord { name: "found".into(), time: UNIX_EPOCH + Duration::from_millis(1500), attributes: vec![("data", "{}".into())] }],
+            events: vec![SpanEventRecord {
+                name: "found".into(),
+                time: UNIX_EPOCH + Duration::from_millis(1500),
+                attributes: vec![("data", "{}".into())],
+            }],
         };
         let v: Value = serde_json::from_slice(&encode("edge", &[span])).unwrap();
         let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];

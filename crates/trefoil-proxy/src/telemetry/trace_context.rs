@@ -147,7 +147,13 @@ mod tests {
 
     #[test]
     fn starts_a_new_trace_on_garbage() {
-        for bad in ["", "00-0000-1-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "00-0000-1-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
             let ctx = TraceContext::continue_or_start(Some(&HeaderValue::from_str(bad).unwrap()), 100.0);
             assert!(ctx.parent_span_id.is_none(), "{bad}");
             assert!(ctx.sampled);

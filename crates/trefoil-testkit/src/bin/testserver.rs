@@ -36,10 +36,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "trefoil-testserver",
-    about = "Scriptable upstream HTTP server for Trefoil tests"
-)]
+#[command(name = "trefoil-testserver", about = "Scriptable upstream HTTP server for Trefoil tests")]
 struct Args {
     /// Address to listen on; port 0 picks a free port (see the `listening on` line).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -98,10 +95,7 @@ impl Body for Reply {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         Poll::Ready(match this {
             Reply::Full(data) => data.take().map(|b| Ok(Frame::data(b))),
@@ -146,11 +140,7 @@ fn json_reply(value: &serde_json::Value) -> Response<Reply> {
 }
 
 fn query_delay(query: Option<&str>) -> Option<Duration> {
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("delay_ms="))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis)
+    query?.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
 }
 
 /// Drains the body without keeping it: only its length is ever reported.
@@ -166,13 +156,9 @@ async fn drain(body: Incoming) -> Result<u64, hyper::Error> {
 }
 
 impl Server {
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<Reply>, Infallible> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
         let mut resp = self.route(req).await;
-        resp.headers_mut()
-            .insert(X_SERVED_BY, self.served_by.clone());
+        resp.headers_mut().insert(X_SERVED_BY, self.served_by.clone());
         Ok(resp)
     }
 
@@ -180,12 +166,7 @@ impl Server {
         let (parts, body) = req.into_parts();
         let body_len = match drain(body).await {
             Ok(n) => n,
-            Err(e) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    Bytes::from(format!("bad request body: {e}\n")),
-                )
-            }
+            Err(e) => return reply(StatusCode::BAD_REQUEST, Bytes::from(format!("bad request body: {e}\n"))),
         };
         if let Some(d) = query_delay(parts.uri.query()) {
             tokio::time::sleep(d).await;
@@ -196,10 +177,7 @@ impl Server {
             return if self.healthy.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, Bytes::from_static(b"ok"))
             } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Bytes::from_static(b"unhealthy"),
-                )
+                reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"unhealthy"))
             };
         }
         if path.starts_with("/__") {
@@ -223,17 +201,12 @@ impl Server {
         }
         if self.fail_every > 0 && seq % self.fail_every == 0 {
             let mut resp = reply(self.fail_status, self.name_body.clone());
-            resp.headers_mut()
-                .insert("x-injected-failure", HeaderValue::from_static("1"));
+            resp.headers_mut().insert("x-injected-failure", HeaderValue::from_static("1"));
             return resp;
         }
 
         if let Some(code) = path.strip_prefix("/status/") {
-            return match code
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-            {
+            return match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
                 // A 1xx cannot be a final response.
                 Some(status) if !status.is_informational() => {
                     if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -244,28 +217,18 @@ impl Server {
                         reply(status, self.name_body.clone())
                     }
                 }
-                _ => reply(
-                    StatusCode::BAD_REQUEST,
-                    Bytes::from_static(b"bad status code\n"),
-                ),
+                _ => reply(StatusCode::BAD_REQUEST, Bytes::from_static(b"bad status code\n")),
             };
         }
         if let Some(n) = path.strip_prefix("/bytes/") {
             return match n.parse::<u64>() {
                 Ok(n) => {
                     let mut resp = Response::new(Reply::Xs(n));
-                    resp.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
-                    resp.headers_mut()
-                        .insert(CONTENT_LENGTH, HeaderValue::from(n));
+                    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(n));
                     resp
                 }
-                Err(_) => reply(
-                    StatusCode::BAD_REQUEST,
-                    Bytes::from_static(b"bad byte count\n"),
-                ),
+                Err(_) => reply(StatusCode::BAD_REQUEST, Bytes::from_static(b"bad byte count\n")),
             };
         }
         if path == "/echo" {
@@ -277,13 +240,7 @@ impl Server {
     fn echo(&self, parts: &http::request::Parts, body_len: u64) -> serde_json::Value {
         let mut headers = serde_json::Map::new();
         for name in parts.headers.keys() {
-            let joined = parts
-                .headers
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let joined = parts.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect::<Vec<_>>().join(", ");
             headers.insert(name.as_str().to_owned(), joined.into());
         }
         // HTTP/2 carries the host in :authority rather than a Host header.
@@ -291,12 +248,7 @@ impl Server {
             .uri
             .authority()
             .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-            });
+            .or_else(|| parts.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()));
         serde_json::json!({
             "name": String::from_utf8_lossy(&self.name_body).trim_end(),
             "method": parts.method.as_str(),
@@ -330,14 +282,10 @@ impl Server {
                 self.healthy.store(true, Ordering::Relaxed);
                 reply(StatusCode::OK, Bytes::from_static(b"ok\n"))
             }
-            (_, "/__stats" | "/__stats/reset" | "/__health/fail" | "/__health/ok") => reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Bytes::from_static(b"method not allowed\n"),
-            ),
-            _ => reply(
-                StatusCode::NOT_FOUND,
-                Bytes::from_static(b"no such control endpoint\n"),
-            ),
+            (_, "/__stats" | "/__stats/reset" | "/__health/fail" | "/__health/ok") => {
+                reply(StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(b"method not allowed\n"))
+            }
+            _ => reply(StatusCode::NOT_FOUND, Bytes::from_static(b"no such control endpoint\n")),
         }
     }
 }
@@ -348,15 +296,9 @@ async fn main() -> anyhow::Result<()> {
     let fail_status = StatusCode::from_u16(args.fail_status)
         .ok()
         .filter(|s| !s.is_informational())
-        .with_context(|| {
-            format!(
-                "--fail-status {} is not a usable final status",
-                args.fail_status
-            )
-        })?;
+        .with_context(|| format!("--fail-status {} is not a usable final status", args.fail_status))?;
     let name: &'static str = Box::leak(args.name.into_boxed_str());
-    let served_by = HeaderValue::from_str(name)
-        .with_context(|| format!("--name {name:?} is not a valid header value"))?;
+    let served_by = HeaderValue::from_str(name).with_context(|| format!("--name {name:?} is not a valid header value"))?;
     let body: &'static str = Box::leak(format!("{name}\n").into_boxed_str());
     let server = Arc::new(Server {
         name_body: Bytes::from_static(body.as_bytes()),
@@ -368,9 +310,7 @@ async fn main() -> anyhow::Result<()> {
         stats: Mutex::new(Stats::default()),
     });
 
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr().context("reading bound address")?;
     {
         let mut out = std::io::stdout().lock();
@@ -387,10 +327,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     let builder = Arc::new(builder);
 
     loop {
