@@ -16,7 +16,7 @@ const CHANGED: usize = 0;
 /// Its share of v2 traffic as loaded; change `k` makes it this plus `k`.
 const LOADED_V2_WEIGHT: u32 = 20;
 
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     pub binary: &'a Path,
     pub data_root: &'a Path,
     pub changes: usize,
@@ -28,7 +28,7 @@ pub struct Settings<'a> {
 
 /// What one combination gave; `failure` says why it stopped early, if it did.
 #[derive(Default)]
-pub struct CellResult {
+pub(crate) struct CellResult {
     pub proxies: usize,
     pub routes: usize,
     pub load: Option<Duration>,
@@ -46,18 +46,18 @@ pub struct CellResult {
 }
 
 impl CellResult {
-    pub fn median(&self) -> Option<Duration> {
+    pub(crate) fn median(&self) -> Option<Duration> {
         let mut sorted = self.samples.clone();
         sorted.sort();
         sorted.get(sorted.len().checked_sub(1)? / 2).copied()
     }
 
-    pub fn max(&self) -> Option<Duration> {
+    pub(crate) fn max(&self) -> Option<Duration> {
         self.samples.iter().max().copied()
     }
 }
 
-pub async fn run(settings: &Settings<'_>, proxies: usize, routes: usize) -> CellResult {
+pub(crate) async fn run(settings: &Settings<'_>, proxies: usize, routes: usize) -> CellResult {
     let mut result = CellResult { proxies, routes, ..Default::default() };
     let label = format!("p{proxies}-r{routes}");
     let mut control = match ControlProcess::start(settings.binary, settings.data_root, &label).await {

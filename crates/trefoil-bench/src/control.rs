@@ -13,7 +13,7 @@ use crate::BenchError;
 /// How long the control plane gets to answer its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub struct ControlProcess {
+pub(crate) struct ControlProcess {
     child: Child,
     pub api: SocketAddr,
     pub grpc: SocketAddr,
@@ -24,7 +24,7 @@ pub struct ControlProcess {
 
 /// Memory of a process, from `/proc/PID/status`, in KiB.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Memory {
+pub(crate) struct Memory {
     pub rss_kib: u64,
     pub peak_kib: u64,
 }
@@ -39,7 +39,7 @@ fn free_port() -> Result<SocketAddr, BenchError> {
 impl ControlProcess {
     /// Starts `binary control` with a new data directory under `data_root`
     /// and waits until its API answers.
-    pub async fn start(binary: &Path, data_root: &Path, label: &str) -> Result<Self, BenchError> {
+    pub(crate) async fn start(binary: &Path, data_root: &Path, label: &str) -> Result<Self, BenchError> {
         let data_dir = data_root.join(format!("trefoil-bench-{}-{label}", std::process::id()));
         // A leftover from an interrupted run would not be a fresh store.
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -84,21 +84,21 @@ impl ControlProcess {
     }
 
     /// Leaves the data directory and log behind for a look at what went wrong.
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 
-    pub fn log(&self) -> PathBuf {
+    pub(crate) fn log(&self) -> PathBuf {
         self.data_dir.join("control.log")
     }
 
     /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Its current and peak resident memory.
-    pub fn memory(&self) -> Result<Memory, BenchError> {
+    pub(crate) fn memory(&self) -> Result<Memory, BenchError> {
         let path = format!("/proc/{}/status", self.child.id());
         let status = std::fs::read_to_string(&path).map_err(|e| BenchError::Setup(format!("cannot read {path}: {e}")))?;
         let field = |name: &str| {
@@ -119,7 +119,7 @@ const TICKS_PER_SECOND: u64 = 100;
 
 impl ControlProcess {
     /// CPU time (user and system) the process has used so far.
-    pub fn cpu_time(&self) -> Result<Duration, BenchError> {
+    pub(crate) fn cpu_time(&self) -> Result<Duration, BenchError> {
         let path = format!("/proc/{}/stat", self.child.id());
         let stat = std::fs::read_to_string(&path).map_err(|e| BenchError::Setup(format!("cannot read {path}: {e}")))?;
         // Fields after the command name, which is in parentheses and may hold spaces.

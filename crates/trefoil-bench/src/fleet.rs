@@ -27,7 +27,7 @@ struct ProxyState {
 }
 
 /// The simulated proxies of one measurement. Dropping it closes their streams.
-pub struct Fleet {
+pub(crate) struct Fleet {
     states: Vec<Arc<ProxyState>>,
     /// Woken on every ACK, so a waiter re-checks the versions.
     acked: Arc<Notify>,
@@ -36,7 +36,7 @@ pub struct Fleet {
 
 impl Fleet {
     /// Connects `count` proxies to the config stream at `grpc`.
-    pub async fn connect(grpc: SocketAddr, count: usize) -> Result<Self, BenchError> {
+    pub(crate) async fn connect(grpc: SocketAddr, count: usize) -> Result<Self, BenchError> {
         let acked = Arc::new(Notify::new());
         let mut states = Vec::with_capacity(count);
         let mut tasks = JoinSet::new();
@@ -54,7 +54,7 @@ impl Fleet {
 
     /// Waits until every proxy acknowledged a snapshot of version `version`
     /// or newer, or until `deadline`. Returns how many had, if not all.
-    pub async fn wait_acked(&mut self, version: u64, deadline: Instant) -> Result<(), usize> {
+    pub(crate) async fn wait_acked(&mut self, version: u64, deadline: Instant) -> Result<(), usize> {
         loop {
             // Registered before the check, so an ACK in between still wakes us.
             let notified = self.acked.notified();
@@ -74,12 +74,12 @@ impl Fleet {
     }
 
     /// The largest snapshot any proxy received last, in bytes of JSON.
-    pub fn snapshot_bytes(&self) -> usize {
+    pub(crate) fn snapshot_bytes(&self) -> usize {
         self.states.iter().map(|s| s.snapshot_bytes.load(Ordering::Relaxed)).max().unwrap_or(0)
     }
 
     /// Snapshots the proxies could not parse (a broken benchmark, not a slow one).
-    pub fn rejected(&self) -> u64 {
+    pub(crate) fn rejected(&self) -> u64 {
         self.states.iter().map(|s| s.rejected.load(Ordering::Relaxed)).sum()
     }
 }

@@ -5,12 +5,12 @@
 use serde_json::{json, Value};
 
 /// The name of the `i`-th service and of the route that shapes it.
-pub fn name(i: usize) -> String {
+pub(crate) fn name(i: usize) -> String {
     format!("app-{i:05}")
 }
 
 /// A service with one endpoint per version. The addresses are never dialled.
-pub fn service(i: usize) -> Value {
+pub(crate) fn service(i: usize) -> Value {
     let port = 10_000 + (i % 50_000);
     json!({
         "apiVersion": trefoil_model::API_VERSION,
@@ -27,7 +27,7 @@ pub fn service(i: usize) -> Value {
 }
 
 /// The route of service `i`, sending `v2_weight` percent to v2.
-pub fn route(i: usize, v2_weight: u32) -> Value {
+pub(crate) fn route(i: usize, v2_weight: u32) -> Value {
     let service = name(i);
     json!({
         "apiVersion": trefoil_model::API_VERSION,

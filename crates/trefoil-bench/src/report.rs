@@ -9,7 +9,7 @@ use crate::cell::CellResult;
 use crate::control::Memory;
 
 /// One line on where this ran: CPU count and model, kernel.
-pub fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -46,7 +46,7 @@ fn bytes(n: usize) -> String {
     }
 }
 
-pub fn markdown(results: &[CellResult], changes: usize) -> String {
+pub(crate) fn markdown(results: &[CellResult], changes: usize) -> String {
     let mut out = String::new();
     out.push_str(&format!("| proxies | routes | load | initial sync | apply->all acked, median of {changes} | max | control CPU per change | snapshot | control RSS loaded | RSS after | peak RSS |\n"));
     out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -83,7 +83,7 @@ pub fn markdown(results: &[CellResult], changes: usize) -> String {
     out
 }
 
-pub fn json(results: &[CellResult], machine: &str, binary: &Path) -> Value {
+pub(crate) fn json(results: &[CellResult], machine: &str, binary: &Path) -> Value {
     let kib = |m: Option<Memory>| m.map(|m| json!({"rssKiB": m.rss_kib, "peakKiB": m.peak_kib}));
     let cells: Vec<Value> = results
         .iter()

@@ -18,27 +18,27 @@ use crate::BenchError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
-pub struct Rest {
+pub(crate) struct Rest {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
 }
 
 impl Rest {
     /// A client keeping up to `connections` idle connections open.
-    pub fn new(api: SocketAddr, connections: usize) -> Self {
+    pub(crate) fn new(api: SocketAddr, connections: usize) -> Self {
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(connections).build_http();
         Rest { client, base: format!("http://{api}") }
     }
 
     /// Whether `GET path` answers 200.
-    pub async fn get_ok(&self, path: &str) -> bool {
+    pub(crate) async fn get_ok(&self, path: &str) -> bool {
         let Ok(uri) = format!("{}{path}", self.base).parse::<http::Uri>() else { return false };
         matches!(tokio::time::timeout(REQUEST_TIMEOUT, self.client.get(uri)).await, Ok(Ok(r)) if r.status().is_success())
     }
 
     /// `PUT /api/v1/<kind>/<name>`; returns the stored object's `resourceVersion`,
     /// the store revision of the write.
-    pub async fn put(&self, kind: &str, name: &str, body: &Value) -> Result<u64, BenchError> {
+    pub(crate) async fn put(&self, kind: &str, name: &str, body: &Value) -> Result<u64, BenchError> {
         let what = format!("PUT {kind}/{name}");
         let request = http::Request::put(format!("{}/api/v1/{kind}/{name}", self.base))
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -67,7 +67,12 @@ impl Rest {
 
     /// PUTs every `(kind, name, body)`, `concurrency` at a time, printing
     /// progress to stderr. Returns the highest revision written.
-    pub async fn put_all(&self, items: Vec<(&'static str, String, Value)>, concurrency: usize, label: &str) -> Result<u64, BenchError> {
+    pub(crate) async fn put_all(
+        &self,
+        items: Vec<(&'static str, String, Value)>,
+        concurrency: usize,
+        label: &str,
+    ) -> Result<u64, BenchError> {
         let total = items.len();
         let started = Instant::now();
         let mut last_report = Instant::now();

@@ -102,6 +102,7 @@ fn exit_quietly_on_broken_pipe() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
         if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            #[allow(clippy::disallowed_methods)] // inside a panic: there is no return path to main
             std::process::exit(141);
         }
         default(info);

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// `-o` choices.
 #[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     #[default]
     Table,
     Json,
@@ -13,7 +13,7 @@ pub enum Format {
 }
 
 /// Prints `value` as JSON or YAML; `table` is the caller's job.
-pub fn print_structured<T: Serialize>(format: Format, value: &T) {
+pub(crate) fn print_structured<T: Serialize>(format: Format, value: &T) {
     // Through a JSON value: YAML is then what JSON would say, without enum tags.
     let json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
     match format {
@@ -24,21 +24,21 @@ pub fn print_structured<T: Serialize>(format: Format, value: &T) {
 }
 
 /// Exit codes of the design contract.
-pub mod exit {
+pub(crate) mod exit {
     use std::process::ExitCode;
-    pub fn ok() -> ExitCode {
+    pub(crate) fn ok() -> ExitCode {
         ExitCode::SUCCESS
     }
-    pub fn failure() -> ExitCode {
+    pub(crate) fn failure() -> ExitCode {
         ExitCode::from(1)
     }
-    pub fn bad_input() -> ExitCode {
+    pub(crate) fn bad_input() -> ExitCode {
         ExitCode::from(2)
     }
 }
 
 /// The single-threaded async runtime commands run on; `None` after telling the user why not.
-pub fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => Some(r),
         Err(e) => {
@@ -51,7 +51,7 @@ pub fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
 /// Resolves once the process is asked to stop: Ctrl-C or SIGTERM. Create it
 /// once per command and poll that one future: a listener made anew inside a
 /// loop misses a signal sent between two iterations.
-pub async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut term) => {
@@ -69,7 +69,7 @@ pub async fn stop_signal() {
 
 /// Where a service started by the local runtime listens: `--listen`, else
 /// 127.0.0.1 and the port in `PORT`; `None` when neither is given.
-pub fn listen_address(listen: Option<std::net::SocketAddr>) -> Option<std::net::SocketAddr> {
+pub(crate) fn listen_address(listen: Option<std::net::SocketAddr>) -> Option<std::net::SocketAddr> {
     listen.or_else(|| {
         let port: u16 = std::env::var("PORT").ok()?.parse().ok()?;
         Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))

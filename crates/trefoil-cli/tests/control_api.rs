@@ -296,6 +296,7 @@ fn laughs() -> String {
 }
 
 #[test]
+#[allow(unsafe_code)] // setrlimit between fork and exec has no safe form
 fn bodies_that_would_take_the_control_plane_down_are_refused() {
     use std::os::unix::process::CommandExt;
     let dir = scratch_dir();

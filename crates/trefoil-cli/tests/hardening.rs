@@ -16,10 +16,7 @@ use common::*;
 const MEMORY_CAP: u64 = 1 << 30;
 
 fn cap_memory(pid: u32) {
-    let limit = libc::rlimit { rlim_cur: MEMORY_CAP, rlim_max: MEMORY_CAP };
-    // SAFETY: prlimit only reads `limit`; the old-limit pointer may be null.
-    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_DATA, &limit, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "prlimit on {pid}: {}", std::io::Error::last_os_error());
+    trefoil_testkit::set_limit(pid, libc::RLIMIT_DATA, MEMORY_CAP);
 }
 
 /// A Route whose labels hold nine levels of ten aliases: 10^9 strings in 900 bytes.
@@ -301,10 +298,7 @@ fn a_reader_that_stops_early_gets_no_panic() {
 }
 
 fn set_open_files_limit(pid: u32, n: u64) {
-    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
-    // SAFETY: prlimit only reads `limit`; the old-limit pointer may be null.
-    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "prlimit on {pid}: {}", std::io::Error::last_os_error());
+    trefoil_testkit::set_limit(pid, libc::RLIMIT_NOFILE, n);
 }
 
 #[test]

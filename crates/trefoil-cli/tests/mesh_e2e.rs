@@ -66,7 +66,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // The control plane dies: traffic goes on; it comes back with every acknowledged write.
     let control_pid = up.process("control")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(control_pid as u32, libc::SIGKILL);
     let during = curl_many(&url, 20, &[]);
     assert_eq!(count(&during, |(s, who)| *s == 200 && who == "web v2"), 20, "{during:?}");
     up.wait("the control plane restarted", |u| {
@@ -97,7 +97,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // A workload dies: it is restarted, published again, and serves again.
     let app_pid = up.process("web-v1-0")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(app_pid as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(app_pid as u32, libc::SIGKILL);
     up.wait("web-v1-0 restarted and ready", |u| {
         u.process("web-v1-0")["restarts"].as_u64() >= Some(1) && u.process("web-v1-0")["ready"] == true
     });

@@ -133,7 +133,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
 
     // The control plane dies mid-rollout; the restarted one resumes from the stored status.
     let control_pid = up.process("control")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(control_pid as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(control_pid as u32, libc::SIGKILL);
     up.wait("the control plane restarted", |u| {
         u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true
     });

@@ -85,7 +85,7 @@ fn a_killed_app_is_restarted_and_ready_again() {
     up.wait_ready(&["api-0"]);
     up.wait("Endpoints/api ready", |u| ready_replicas(u, "api") == [0]);
     let old = up.process("api-0")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(old as u32, libc::SIGKILL);
     up.wait("api-0 restarted", |u| {
         let p = u.process("api-0");
         p["restarts"] == 1 && p["pid"].as_u64().is_some_and(|pid| pid != old) && p["ready"] == true
@@ -99,12 +99,12 @@ fn a_restarted_control_plane_keeps_receiving_endpoints() {
     let mut up = Up::start(&workload("db", "db", 1));
     up.wait_ready(&["db-0"]);
     let control = up.process("control")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(control as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(control as u32, libc::SIGKILL);
     up.wait("the control plane restarted and ready", |u| u.process("control")["restarts"] == 1 && u.process("control")["ready"] == true);
     // The store survived (same data directory) and the writer keeps going.
     up.wait("Endpoints/db still ready", |u| ready_replicas(u, "db") == [0]);
     let app = up.process("db-0")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(app as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(app as u32, libc::SIGKILL);
     up.wait("db-0 restarted", |u| u.process("db-0")["restarts"] == 1 && u.process("db-0")["ready"] == true);
     up.wait("Endpoints/db ready after the app restart", |u| ready_replicas(u, "db") == [0]);
 }
@@ -305,7 +305,7 @@ fn logs_follow_prints_new_output() {
         .unwrap();
     // The restarted app writes a new "listening on" line.
     let pid = up.process("web-0")["pid"].as_u64().unwrap();
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    trefoil_testkit::send_signal(pid as u32, libc::SIGKILL);
     wait_until("the new output followed", Duration::from_secs(30), || {
         std::fs::read_to_string(&out).unwrap_or_default().contains("listening on")
     });

@@ -138,6 +138,8 @@ struct ListQuery {
 fn watch(store: Arc<Store>, kind: &'static str) -> Response {
     // Subscribe before listing, so no change falls between the two.
     let rx = store.subscribe();
+    // Listed now, not when the stream is first polled.
+    #[allow(clippy::needless_collect)]
     let initial: Vec<Bytes> = store.list(kind).iter().map(|s| line("ADDED", s)).collect();
     let changes = futures_util::stream::unfold(Some(rx), move |rx| async move {
         let mut rx = rx?;

@@ -381,7 +381,7 @@ mod tests {
             assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME_SIZE), Ok(None));
             assert_eq!(buf.len(), split, "nothing taken");
         }
-        let mut buf = whole.clone();
+        let mut buf = whole;
         buf.extend_from_slice(&frame(PING, 0, 0, &[7; 8]));
         assert_eq!(
             decode(&mut buf, DEFAULT_MAX_FRAME_SIZE).unwrap(),

@@ -360,6 +360,7 @@ where
         self.failed = Some(error);
     }
 
+    #[allow(unsafe_code)] // reading into spare capacity without zeroing it first, on the hot path
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() == 0 {
             // An idle connection holds no buffers (see `on_timer`): they
@@ -595,12 +596,9 @@ where
             self.local_reply(stream, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, end_stream);
             return Ok(());
         }
-        let (request, content_length) = match head.into_request() {
-            Ok(r) => r,
-            Err(_) => {
-                self.reset(stream, Reason::PROTOCOL_ERROR);
-                return Ok(());
-            }
+        let Ok((request, content_length)) = head.into_request() else {
+            self.reset(stream, Reason::PROTOCOL_ERROR);
+            return Ok(());
         };
         if end_stream && content_length.is_some_and(|n| n != 0) {
             self.reset(stream, Reason::PROTOCOL_ERROR);
@@ -1438,7 +1436,7 @@ mod tests {
                 if ended == BURST {
                     break;
                 }
-                let mut chunk = [0u8; 64 << 10];
+                let mut chunk = vec![0u8; 64 << 10];
                 let n = client.read(&mut chunk).await.unwrap();
                 assert!(n > 0, "the connection closed");
                 buf.extend_from_slice(&chunk[..n]);

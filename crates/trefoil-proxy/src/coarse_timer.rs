@@ -20,7 +20,7 @@ use hyper::rt::{Sleep, Timer};
 const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CoarseTimer;
+pub(crate) struct CoarseTimer;
 
 impl Timer for CoarseTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {

@@ -33,6 +33,7 @@ static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
 pub const RESERVE: usize = 64;
 
 /// Raises the soft limit on open files to the hard limit; returns (before, after).
+#[allow(unsafe_code)] // getrlimit and setrlimit have no safe form in std
 pub fn raise_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given, which lives on this stack.
@@ -52,6 +53,7 @@ pub fn raise_limit() -> io::Result<(u64, u64)> {
 
 /// The soft limit now. Read at every upstream connect (a system call, next
 /// to the several a connect makes), so a limit changed from outside holds.
+#[allow(unsafe_code)] // getrlimit and setrlimit have no safe form in std
 fn limit() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: as in `raise_limit`.

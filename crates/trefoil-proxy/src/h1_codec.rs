@@ -15,15 +15,15 @@ use http::{Method, StatusCode, Version};
 
 /// Response heads larger than this are refused, as a slow or hostile
 /// upstream must not grow the read buffer without end.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Header lines per response head or trailer section.
-pub const MAX_HEADERS: usize = 128;
+pub(crate) const MAX_HEADERS: usize = 128;
 /// A chunk-size line longer than this (extensions included) is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// Why the upstream's bytes are not a valid HTTP/1.1 response.
 #[derive(Debug, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("malformed response head: {0}")]
     Head(httparse::Error),
     #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
@@ -42,7 +42,7 @@ pub enum ParseError {
 
 /// How the request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestFraming {
+pub(crate) enum RequestFraming {
     /// No body.
     Empty,
     /// Exactly this many bytes.
@@ -55,7 +55,7 @@ pub enum RequestFraming {
 /// is framed. `body_length` is the body's exact length if known. The
 /// framing headers are the proxy's to set: any the request carries are
 /// replaced.
-pub fn encode_request_head(head: &Parts, body_length: Option<u64>, out: &mut Vec<u8>) -> RequestFraming {
+pub(crate) fn encode_request_head(head: &Parts, body_length: Option<u64>, out: &mut Vec<u8>) -> RequestFraming {
     use std::io::Write;
     let mut stated_length = false;
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -101,7 +101,7 @@ fn put_header_line(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
 }
 
 /// Appends one chunk of a chunked body (its size line, data and CRLF).
-pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     use std::io::Write;
     let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
@@ -109,7 +109,7 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Appends the end of a chunked body, with its trailers if any.
-pub fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
         put_header_line(name, value, out);
@@ -119,7 +119,7 @@ pub fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
 
 /// A parsed response head.
 #[derive(Debug)]
-pub struct ResponseHead {
+pub(crate) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
@@ -130,7 +130,7 @@ pub struct ResponseHead {
 
 /// How a response body ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyFraming {
+pub(crate) enum BodyFraming {
     Empty,
     Length(u64),
     Chunked,
@@ -140,7 +140,7 @@ pub enum BodyFraming {
 
 /// Where one header line's name and value lie in a response head.
 #[derive(Clone, Copy)]
-pub struct HeaderSpan {
+pub(crate) struct HeaderSpan {
     name: (u32, u32),
     value: (u32, u32),
 }
@@ -149,7 +149,11 @@ pub struct HeaderSpan {
 /// needed. Interim (1xx) responses are skipped; `request` is the request's
 /// method, since the answer to a HEAD has no body whatever it announces.
 /// `spans` is scratch space, kept by the caller so that it is allocated once.
-pub fn parse_response_head(buf: &mut BytesMut, request: &Method, spans: &mut Vec<HeaderSpan>) -> Result<Option<ResponseHead>, ParseError> {
+pub(crate) fn parse_response_head(
+    buf: &mut BytesMut,
+    request: &Method,
+    spans: &mut Vec<HeaderSpan>,
+) -> Result<Option<ResponseHead>, ParseError> {
     loop {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -272,7 +276,7 @@ fn response_head(status: StatusCode, version: Version, mut headers: HeaderMap, f
 
 /// What a body decoder took from the buffer.
 #[derive(Debug, PartialEq)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     Trailers(HeaderMap),
     /// The body is complete.
@@ -283,7 +287,7 @@ pub enum Decoded {
 
 /// Takes a response body apart as its bytes arrive.
 #[derive(Debug)]
-pub enum Decoder {
+pub(crate) enum Decoder {
     Length(u64),
     Chunked(ChunkState),
     UntilClose,
@@ -291,7 +295,7 @@ pub enum Decoder {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChunkState {
+pub(crate) enum ChunkState {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data, this many bytes left.
@@ -303,7 +307,7 @@ pub enum ChunkState {
 }
 
 impl Decoder {
-    pub fn new(framing: BodyFraming) -> Self {
+    pub(crate) fn new(framing: BodyFraming) -> Self {
         match framing {
             BodyFraming::Empty | BodyFraming::Length(0) => Decoder::Done,
             BodyFraming::Length(n) => Decoder::Length(n),
@@ -312,12 +316,12 @@ impl Decoder {
         }
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self, Decoder::Done)
     }
 
     /// Bytes still expected, when known.
-    pub fn remaining(&self) -> Option<u64> {
+    pub(crate) fn remaining(&self) -> Option<u64> {
         match self {
             Decoder::Length(n) => Some(*n),
             Decoder::Done => Some(0),
@@ -326,7 +330,7 @@ impl Decoder {
     }
 
     /// Takes what it can from the front of `buf`.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ParseError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ParseError> {
         loop {
             match self {
                 Decoder::Done => return Ok(Decoded::End),
@@ -390,9 +394,8 @@ impl Decoder {
                         };
                         let section = buf.split_to(len).freeze();
                         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                        let parsed = match httparse::parse_headers(&section, &mut headers) {
-                            Ok(httparse::Status::Complete((_, parsed))) => parsed,
-                            _ => return Err(ParseError::Chunk),
+                        let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(&section, &mut headers) else {
+                            return Err(ParseError::Chunk);
                         };
                         let trailers = header_map(&section, parsed)?;
                         *self = Decoder::Done;
@@ -407,7 +410,7 @@ impl Decoder {
 
     /// The upstream closed the connection: the end of an until-close body,
     /// a truncated body otherwise.
-    pub fn at_close(&mut self) -> Result<(), ParseError> {
+    pub(crate) fn at_close(&mut self) -> Result<(), ParseError> {
         match self {
             Decoder::UntilClose | Decoder::Done => {
                 *self = Decoder::Done;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::descriptors;
 
 /// How often the proxy looks whether it went quiet.
-pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// What the last look saw: client connections accepted so far, and
 /// connections of any kind open.
@@ -33,7 +33,7 @@ fn quiet_after_traffic(then: Seen, now: Seen, clients: usize) -> bool {
 }
 
 /// Runs until the process ends; trims after every quiet spell that follows traffic.
-pub async fn give_back_when_quiet(every: Duration) {
+pub(crate) async fn give_back_when_quiet(every: Duration) {
     let look = || {
         let (clients, accepted, open) = descriptors::clients();
         (clients, Seen { accepted, open })
@@ -60,6 +60,7 @@ pub async fn give_back_when_quiet(every: Duration) {
 
 /// Returns freed heap memory to the system; whether any was.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // malloc_trim has no safe form
 fn trim() -> bool {
     // SAFETY: malloc_trim only walks the allocator's own free lists; it
     // takes the allocator's locks like any malloc call.

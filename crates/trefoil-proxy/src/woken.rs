@@ -45,7 +45,7 @@ impl Wake for Signal {
 }
 
 impl<F: Future> OnlyWhenWoken<F> {
-    pub fn new(inner: F) -> Self {
+    pub(crate) fn new(inner: F) -> Self {
         // Woken to begin with: the first poll lets `inner` register its interest.
         let signal = Arc::new(Signal { woken: AtomicBool::new(true), task: Mutex::new(None) });
         OnlyWhenWoken { inner, inner_waker: Waker::from(signal.clone()), signal, task_waker: None }

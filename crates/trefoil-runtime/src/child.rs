@@ -19,6 +19,7 @@ pub enum ChildError {
 }
 
 /// Starts `spec` with stdout and stderr appended to `log`.
+#[allow(unsafe_code)] // process groups and signals have no safe form in std
 pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
     let open = || {
         OpenOptions::new().create(true).append(true).open(log).map_err(|source| ChildError::Log { path: log.display().to_string(), source })
@@ -61,6 +62,7 @@ pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
 }
 
 /// Sends `signal` to the child's whole process group.
+#[allow(unsafe_code)] // process groups and signals have no safe form in std
 pub fn signal_group(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) with a negative pid addresses the group the child leads.
     unsafe {

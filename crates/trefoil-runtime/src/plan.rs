@@ -104,7 +104,7 @@ pub enum PlanError {
 }
 
 /// Builds the plan; ports come from `ports` (which must outlive the starts).
-pub fn build(resources: &[Resource], ctx: &PlanContext, ports: &mut PortAllocator) -> Result<Plan, PlanError> {
+pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllocator) -> Result<Plan, PlanError> {
     let api = ports.resolve(ctx.api)?;
     let grpc = ports.resolve(ctx.grpc)?;
     let exe = ctx.exe.to_path_buf();
@@ -220,7 +220,7 @@ fn replica(
     w: &WorkloadSpec,
     index: u32,
     services: &BTreeSet<&str>,
-    ctx: &PlanContext,
+    ctx: &PlanContext<'_>,
     exe: &Path,
     grpc: SocketAddr,
     ports: &mut PortAllocator,

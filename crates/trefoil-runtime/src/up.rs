@@ -386,6 +386,7 @@ fn prepare_state(state: &Path) -> Result<PathBuf, UpError> {
 
 /// Holds `STATE/up.lock` while `up` runs, so two supervisors never share a
 /// store; the OS releases the lock when the process ends, however it ends.
+#[allow(unsafe_code)] // flock has no safe form in std
 fn lock_state(state: &Path) -> Result<std::fs::File, UpError> {
     use std::os::fd::AsRawFd;
     let path = state.join("up.lock");

@@ -369,6 +369,27 @@ pub fn command_exists(name: &str) -> bool {
     find_command(name).is_some()
 }
 
+/// Sends `signal` (e.g. `libc::SIGKILL`) to process `pid`; panics if it cannot.
+#[allow(unsafe_code)] // kill(2) has no safe form in std for a process we did not spawn
+pub fn send_signal(pid: u32, signal: i32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: kill(2) reads no memory of ours.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill -{signal} {pid}: {}", io::Error::last_os_error());
+}
+
+/// Sets a resource limit (`libc::RLIMIT_*`, soft and hard) of a running
+/// process, e.g. to cap a child's memory so that a regression fails its test
+/// instead of taking the machine down.
+#[allow(unsafe_code)] // prlimit(2) has no safe form in std
+pub fn set_limit(pid: u32, resource: libc::__rlimit_resource_t, value: u64) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+    // SAFETY: prlimit only reads `limit`; the old-limit pointer may be null.
+    let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit on {pid}: {}", io::Error::last_os_error());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

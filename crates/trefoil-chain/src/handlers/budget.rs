@@ -15,6 +15,11 @@
 //! with their arguments charge it too ([`Budget::charge`]), so one call cannot
 //! run past the bounds the way one VM instruction can.
 
+// These are C functions and hooks on Lua's own C API (mlua has no safe
+// form of a count hook on every thread, nor of a C function that raises
+// errors as Lua's library does); each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -29,16 +34,16 @@ use mlua::{ffi, Lua};
 /// operations on the longest string the memory limit allows. At 100 the hook
 /// adds about 3.5% to a pure-Lua loop, against mlua's hook at every 1,000
 /// (instructions counted under a simulator).
-pub const HOOK_EVERY: u32 = 100;
+pub(super) const HOOK_EVERY: u32 = 100;
 
 /// Bytes a library function may scan, copy or make per instruction charged
 /// (about what one average VM instruction costs in time).
-pub const BYTES_PER_INSTRUCTION: u64 = 16;
+pub(super) const BYTES_PER_INSTRUCTION: u64 = 16;
 
 /// Which bound stopped a run, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Stop {
+pub(super) enum Stop {
     None = 0,
     Instructions = 1,
     Deadline = 2,
@@ -64,7 +69,7 @@ impl Stop {
 /// Atomics only because the state, and with it this, moves between worker
 /// threads across awaits; one thread uses it at a time.
 #[derive(Debug)]
-pub struct Budget {
+pub(super) struct Budget {
     used: AtomicU64,
     /// The clock is read when `used` reaches this: every [`HOOK_EVERY`] units.
     next_clock: AtomicU64,
@@ -74,7 +79,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(max: u64, wall: Duration) -> Budget {
+    pub(super) fn new(max: u64, wall: Duration) -> Budget {
         Budget {
             used: AtomicU64::new(0),
             next_clock: AtomicU64::new(0),
@@ -85,7 +90,7 @@ impl Budget {
     }
 
     /// Counts `units` of work; an error once any bound is passed, and from then on.
-    pub fn charge(&self, units: u64) -> Result<(), Stop> {
+    pub(super) fn charge(&self, units: u64) -> Result<(), Stop> {
         let stop = self.stop();
         if stop != Stop::None {
             return Err(stop);
@@ -108,12 +113,12 @@ impl Budget {
         Err(stop)
     }
 
-    pub fn stop(&self) -> Stop {
+    pub(super) fn stop(&self) -> Stop {
         Stop::from_u8(self.stop.load(Ordering::Relaxed))
     }
 
     /// Marks the run over; returns the bound that stopped it, if one did.
-    pub fn finish(&self) -> Stop {
+    pub(super) fn finish(&self) -> Stop {
         let _ = self.stop.compare_exchange(Stop::None as u8, Stop::Over as u8, Ordering::Relaxed, Ordering::Relaxed);
         match self.stop() {
             Stop::Over => Stop::None,
@@ -130,13 +135,13 @@ fn budget_key() -> *const c_void {
 }
 
 /// The message of the error a stopped run raises; scripts see it if they look.
-pub const STOPPED: &std::ffi::CStr = c"stopped at its instruction or time bound";
+pub(super) const STOPPED: &std::ffi::CStr = c"stopped at its instruction or time bound";
 
 /// The budget of the state `state` belongs to, if [`install`] set one.
 ///
 /// # Safety
 /// `state` must be a live thread of a state; the reference must not outlive it.
-pub unsafe fn budget_of<'a>(state: *mut ffi::lua_State) -> Option<&'a Budget> {
+pub(super) unsafe fn budget_of<'a>(state: *mut ffi::lua_State) -> Option<&'a Budget> {
     ffi::lua_rawgetp(state, ffi::LUA_REGISTRYINDEX, budget_key());
     let budget = ffi::lua_touserdata(state, -1) as *const Budget;
     ffi::lua_pop(state, 1);
@@ -149,7 +154,7 @@ pub unsafe fn budget_of<'a>(state: *mut ffi::lua_State) -> Option<&'a Budget> {
 /// # Safety
 /// `state` must be a live thread; nothing with a destructor may be alive in the
 /// caller's frames up to the Lua boundary, as this longjmps over them.
-pub unsafe fn raise_stopped(state: *mut ffi::lua_State) -> ! {
+pub(super) unsafe fn raise_stopped(state: *mut ffi::lua_State) -> ! {
     ffi::lua_pushstring(state, STOPPED.as_ptr());
     ffi::lua_error(state)
 }
@@ -159,7 +164,7 @@ pub unsafe fn raise_stopped(state: *mut ffi::lua_State) -> ! {
 ///
 /// # Safety
 /// As [`raise_stopped`].
-pub unsafe fn charge_or_raise(state: *mut ffi::lua_State, units: u64) {
+pub(super) unsafe fn charge_or_raise(state: *mut ffi::lua_State, units: u64) {
     let within = match budget_of(state) {
         Some(budget) => budget.charge(units).is_ok(),
         None => false,
@@ -171,7 +176,7 @@ pub unsafe fn charge_or_raise(state: *mut ffi::lua_State, units: u64) {
 
 /// Sets the count hook on the main thread of `lua`. Call it before the state
 /// creates any thread that runs script code: those inherit it.
-pub fn install(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
+pub(super) fn install(lua: &Lua, budget: Arc<Budget>) -> mlua::Result<()> {
     let address = Arc::as_ptr(&budget) as *mut c_void;
     // The state owns a reference, so the address stays valid for as long as
     // the state and any hook it runs; app data is dropped after `lua_close`.

@@ -5,7 +5,7 @@ use mlua::{Lua, Value};
 /// Nesting deeper than this is cut: data comes from outside and recursion must stay bounded.
 const MAX_DEPTH: usize = 32;
 
-pub fn to_lua(lua: &Lua, json: &serde_json::Value) -> mlua::Result<Value> {
+pub(super) fn to_lua(lua: &Lua, json: &serde_json::Value) -> mlua::Result<Value> {
     to_lua_at(lua, json, 0)
 }
 
@@ -40,14 +40,14 @@ fn to_lua_at(lua: &Lua, json: &serde_json::Value, depth: usize) -> mlua::Result<
 /// Values at most in one conversion to JSON: a table can hold the same
 /// subtable many times over, so 32 levels of `t = {t, t}` would expand to
 /// 2^32 values (the depth bound alone let that through).
-pub const MAX_JSON_VALUES: usize = 10_000;
+pub(super) const MAX_JSON_VALUES: usize = 10_000;
 /// String bytes at most in one conversion to JSON.
-pub const MAX_JSON_BYTES: usize = 256 * 1024;
+pub(super) const MAX_JSON_BYTES: usize = 256 * 1024;
 
 /// A value that would convert to more than [`MAX_JSON_VALUES`] values or [`MAX_JSON_BYTES`] bytes.
 #[derive(Debug, thiserror::Error)]
 #[error("value too large for JSON (more than {MAX_JSON_VALUES} values or {MAX_JSON_BYTES} bytes)")]
-pub struct TooLarge;
+pub(super) struct TooLarge;
 
 /// What a conversion may still produce.
 struct Allowance {
@@ -64,7 +64,7 @@ impl Allowance {
 }
 
 /// Converts `value` to JSON; also how many values that took (the work to charge).
-pub fn to_json(value: &Value) -> Result<(serde_json::Value, usize), TooLarge> {
+pub(super) fn to_json(value: &Value) -> Result<(serde_json::Value, usize), TooLarge> {
     let mut left = Allowance { values: MAX_JSON_VALUES, bytes: MAX_JSON_BYTES };
     let json = to_json_at(value, 0, &mut left)?;
     Ok((json, MAX_JSON_VALUES - left.values))

@@ -26,6 +26,11 @@
 //! - `pcall`, `xpcall`, `coroutine.resume` and `coroutine.close` raise again
 //!   once a run is stopped, so catching the error does not buy more time.
 
+// These are C functions and hooks on Lua's own C API (mlua has no safe
+// form of a count hook on every thread, nor of a C function that raises
+// errors as Lua's library does); each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_int, CStr};
 
 use mlua::{ffi, Lua};
@@ -87,7 +92,7 @@ coroutine.close = function(...) return again(close(...)) end
 "#;
 
 /// Installs the guards and the pattern functions on a fresh state's globals.
-pub fn install(lua: &Lua) -> mlua::Result<()> {
+pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     // SAFETY: outside a callback `exec_raw` runs on the main thread, inside a
     // protected call, with room for a few values; each step leaves the stack
     // as it found it.

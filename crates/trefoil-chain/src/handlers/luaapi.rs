@@ -4,6 +4,11 @@
 //! All of them may raise a Lua error, which longjmps: callers keep no value
 //! with a destructor alive across them.
 
+// These are C functions and hooks on Lua's own C API (mlua has no safe
+// form of a count hook on every thread, nor of a C function that raises
+// errors as Lua's library does); each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_int, CStr};
 
 use mlua::ffi;
@@ -13,7 +18,7 @@ use mlua::ffi;
 ///
 /// # Safety
 /// `state` is the running thread of a C function; `arg` one of its arguments.
-pub unsafe fn check_bytes<'a>(state: *mut ffi::lua_State, arg: c_int) -> &'a [u8] {
+pub(super) unsafe fn check_bytes<'a>(state: *mut ffi::lua_State, arg: c_int) -> &'a [u8] {
     let mut len = 0;
     let ptr = ffi::luaL_checklstring(state, arg, &mut len);
     std::slice::from_raw_parts(ptr as *const u8, len)
@@ -23,7 +28,7 @@ pub unsafe fn check_bytes<'a>(state: *mut ffi::lua_State, arg: c_int) -> &'a [u8
 ///
 /// # Safety
 /// `idx` is a valid index on `state`; the bytes live while the value stays there.
-pub unsafe fn bytes_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
+pub(super) unsafe fn bytes_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
     let mut len = 0;
     let ptr = ffi::lua_tolstring(state, idx, &mut len);
     if ptr.is_null() {
@@ -33,7 +38,7 @@ pub unsafe fn bytes_at<'a>(state: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
 }
 
 /// A start position, 1-based, negative from the end, clipped to 1 (lstrlib's `posrelatI`).
-pub fn start_position(pos: i64, len: usize) -> usize {
+pub(super) fn start_position(pos: i64, len: usize) -> usize {
     let len = len as i64;
     if pos > 0 {
         pos as usize
@@ -48,7 +53,7 @@ pub fn start_position(pos: i64, len: usize) -> usize {
 ///
 /// # Safety
 /// `state` is the running thread of a C function.
-pub unsafe fn raise_message(state: *mut ffi::lua_State, message: &CStr) -> ! {
+pub(super) unsafe fn raise_message(state: *mut ffi::lua_State, message: &CStr) -> ! {
     ffi::luaL_where(state, 1);
     ffi::lua_pushstring(state, message.as_ptr());
     ffi::lua_concat(state, 2);

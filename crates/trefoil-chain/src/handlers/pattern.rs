@@ -14,12 +14,12 @@
 use super::budget::{Budget, Stop};
 
 /// Captures a pattern may have (`LUA_MAXCAPTURES`).
-pub const MAXCAPTURES: usize = 32;
+pub(super) const MAXCAPTURES: usize = 32;
 /// Nesting of the recursive matcher (`MAXCCALLS` in lstrlib.c): deeper is "pattern too complex".
 const MAXCCALLS: u32 = 200;
 /// Matching steps charged as one instruction: a step (one comparison and a
 /// branch or two) costs about an eighth of an average VM instruction.
-pub const STEPS_PER_INSTRUCTION: u64 = 8;
+pub(super) const STEPS_PER_INSTRUCTION: u64 = 8;
 /// Steps are paid in batches of this many, and once more when a call ends.
 const PAY_EVERY: u64 = 1024;
 
@@ -28,21 +28,21 @@ const SPECIALS: &[u8] = b"^$*+?.([%-";
 
 /// How long a capture is: still open, a position capture `()`, or closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CapLen {
+pub(super) enum CapLen {
     Unfinished,
     Position,
     Len(usize),
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Capture {
+pub(super) struct Capture {
     pub init: usize,
     pub len: CapLen,
 }
 
 /// A capture's value: a slice of the subject, or a position (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CapValue {
+pub(super) enum CapValue {
     Str(usize, usize),
     Position(usize),
 }
@@ -50,7 +50,7 @@ pub enum CapValue {
 /// Why matching failed with an error rather than a no-match. The messages
 /// are lstrlib's (`strlib` formats them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatchError {
+pub(super) enum MatchError {
     EndsWithEscape,
     MissingBracket,
     MissingBalanceArguments,
@@ -66,13 +66,13 @@ pub enum MatchError {
 }
 
 /// Whether `pattern` has no magic characters, so a plain search finds the same.
-pub fn no_specials(pattern: &[u8]) -> bool {
+pub(super) fn no_specials(pattern: &[u8]) -> bool {
     !pattern.iter().any(|b| SPECIALS.contains(b))
 }
 
 /// One match attempt's state (lstrlib's `MatchState`). Plain data only: the
 /// Lua glue may raise an error, which longjmps over it, while it is alive.
-pub struct Matcher<'a> {
+pub(super) struct Matcher<'a> {
     src: &'a [u8],
     pat: &'a [u8],
     pub level: usize,
@@ -83,7 +83,7 @@ pub struct Matcher<'a> {
 }
 
 impl<'a> Matcher<'a> {
-    pub fn new(src: &'a [u8], pat: &'a [u8], budget: &'a Budget) -> Self {
+    pub(super) fn new(src: &'a [u8], pat: &'a [u8], budget: &'a Budget) -> Self {
         Matcher {
             src,
             pat,
@@ -96,13 +96,13 @@ impl<'a> Matcher<'a> {
     }
 
     /// Forgets the captures of the previous attempt (`reprepstate`).
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.level = 0;
     }
 
     /// Counts `n` steps of work done for this call (matching, or building a result).
     #[inline]
-    pub fn tick(&mut self, n: u64) -> Result<(), MatchError> {
+    pub(super) fn tick(&mut self, n: u64) -> Result<(), MatchError> {
         self.steps += n;
         if self.steps >= PAY_EVERY {
             let units = self.steps / STEPS_PER_INSTRUCTION;
@@ -113,7 +113,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// Pays the steps not paid yet, rounded up: a call that ends early still costs.
-    pub fn settle(&mut self) -> Result<(), MatchError> {
+    pub(super) fn settle(&mut self) -> Result<(), MatchError> {
         let units = self.steps.div_ceil(STEPS_PER_INSTRUCTION);
         self.steps = 0;
         self.budget.charge(units).map_err(MatchError::Stopped)
@@ -133,7 +133,7 @@ impl<'a> Matcher<'a> {
 
     /// Tries the pattern at each start from `init` (only there if `anchor`):
     /// the first match's start and end. `str_find_aux`'s loop.
-    pub fn find_from(&mut self, init: usize, anchor: bool) -> Result<Option<(usize, usize)>, MatchError> {
+    pub(super) fn find_from(&mut self, init: usize, anchor: bool) -> Result<Option<(usize, usize)>, MatchError> {
         let mut s1 = init;
         loop {
             self.reset();
@@ -148,7 +148,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// The `i`-th capture; with no captures, capture 0 is the whole match `whole`.
-    pub fn get_capture(&self, i: usize, whole: Option<(usize, usize)>) -> Result<CapValue, MatchError> {
+    pub(super) fn get_capture(&self, i: usize, whole: Option<(usize, usize)>) -> Result<CapValue, MatchError> {
         if i >= self.level {
             return match whole {
                 Some((s, e)) if i == 0 => Ok(CapValue::Str(s, e)),
@@ -165,7 +165,7 @@ impl<'a> Matcher<'a> {
 
     /// How many values a match yields: its captures, or the whole match when
     /// it has none and `whole` is wanted (`push_captures`).
-    pub fn capture_count(&self, whole: bool) -> usize {
+    pub(super) fn capture_count(&self, whole: bool) -> usize {
         if self.level == 0 && whole {
             1
         } else {
@@ -174,7 +174,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// Matches the pattern from `p` against the subject from `s`: the end of the match.
-    pub fn do_match(&mut self, s: usize, p: usize) -> Result<Option<usize>, MatchError> {
+    pub(super) fn do_match(&mut self, s: usize, p: usize) -> Result<Option<usize>, MatchError> {
         if self.depth == 0 {
             return Err(MatchError::TooComplex);
         }

@@ -73,12 +73,12 @@ pub(super) fn new_state(limits: &Limits, budget: Arc<Budget>) -> Result<Lua, Han
 }
 
 /// Parses a script without running it.
-pub fn check_syntax(chunk_name: &str, source: &str) -> Result<(), HandlerError> {
+pub(super) fn check_syntax(chunk_name: &str, source: &str) -> Result<(), HandlerError> {
     let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(|e| HandlerError::Sandbox(e.to_string()))?;
     lua.load(source).set_name(format!("={chunk_name}")).into_function().map(|_| ()).map_err(|e| HandlerError::Syntax(first_line(&e)))
 }
 
-pub async fn run(
+pub(super) async fn run(
     chunk_name: &str,
     source: &str,
     limits: &Limits,

@@ -18,7 +18,7 @@ use crate::call::{deny_status, Event, Verdict};
 struct Unavailable(String);
 
 /// The function whose closed failure stopped the run, if that is what `e` is.
-pub fn unavailable(e: &mlua::Error) -> Option<String> {
+pub(super) fn unavailable(e: &mlua::Error) -> Option<String> {
     e.chain().find_map(|cause| cause.downcast_ref::<Unavailable>()).map(|u| u.0.clone())
 }
 
@@ -38,7 +38,7 @@ const MAX_LOG_LINES: usize = 100;
 /// A tag value's bytes at most, as for a log message.
 const MAX_TAG_BYTES: usize = 1024;
 
-pub fn install(
+pub(super) fn install(
     lua: &Lua,
     input: &RunInput,
     effects: Arc<Mutex<Effects>>,
@@ -191,7 +191,7 @@ fn json(budget: &Budget, value: &Value) -> mlua::Result<serde_json::Value> {
 /// replaced, control characters (newlines first: a message must not forge
 /// the lines after it), the Unicode line separators, bidirectional controls
 /// and backslashes escaped, and what was cut counted.
-pub fn printable(text: &[u8], max: usize) -> String {
+pub(super) fn printable(text: &[u8], max: usize) -> String {
     let (kept, cut) = text.split_at(text.len().min(max));
     let mut out = String::with_capacity(kept.len() + 2);
     for c in String::from_utf8_lossy(kept).chars() {

@@ -11,6 +11,11 @@
 //! longjmps over them. For the same reason the `gsub` result is built in Lua
 //! memory ([`Buf`]), where the memory limit also bounds it.
 
+// These are C functions and hooks on Lua's own C API (mlua has no safe
+// form of a count hook on every thread, nor of a C function that raises
+// errors as Lua's library does); each unsafe block says why it holds.
+#![allow(unsafe_code)]
+
 use std::ffi::{c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -21,7 +26,7 @@ use super::luaapi::{bytes_at, check_bytes, raise_message, start_position};
 use super::pattern::{no_specials, CapValue, MatchError, Matcher};
 
 /// The functions this module provides, under their names in `string`.
-pub const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] =
+pub(super) const FUNCTIONS: &[(&CStr, ffi::lua_CFunction)] =
     &[(c"find", str_find), (c"match", str_match), (c"gmatch", str_gmatch), (c"gsub", str_gsub)];
 
 /// The budget of the running state; a state without one (never ours) is stopped.
@@ -66,7 +71,7 @@ unsafe fn raise_failure(state: *mut ffi::lua_State, failure: Option<MatchError>)
 }
 
 /// Pushes capture `i` of the last match (`whole` is the match, for capture 0 of a pattern without captures).
-unsafe fn push_capture(state: *mut ffi::lua_State, m: &Matcher, src: &[u8], i: usize, whole: Option<(usize, usize)>) {
+unsafe fn push_capture(state: *mut ffi::lua_State, m: &Matcher<'_>, src: &[u8], i: usize, whole: Option<(usize, usize)>) {
     match m.get_capture(i, whole) {
         Ok(CapValue::Str(a, b)) => {
             ffi::lua_pushlstring(state, src[a..b].as_ptr().cast(), b - a);
@@ -77,7 +82,7 @@ unsafe fn push_capture(state: *mut ffi::lua_State, m: &Matcher, src: &[u8], i: u
 }
 
 /// Pushes the captures of the last match (or the whole match if it has none and `whole` is given).
-unsafe fn push_captures(state: *mut ffi::lua_State, m: &Matcher, src: &[u8], whole: Option<(usize, usize)>) -> c_int {
+unsafe fn push_captures(state: *mut ffi::lua_State, m: &Matcher<'_>, src: &[u8], whole: Option<(usize, usize)>) -> c_int {
     let n = m.capture_count(whole.is_some());
     ffi::luaL_checkstack(state, n as c_int, c"too many captures".as_ptr());
     for i in 0..n {
@@ -282,7 +287,7 @@ impl Buf {
 }
 
 /// Counts `n` steps of result building, raising once the budget is spent.
-unsafe fn tick(state: *mut ffi::lua_State, m: &mut Matcher, n: usize) {
+unsafe fn tick(state: *mut ffi::lua_State, m: &mut Matcher<'_>, n: usize) {
     if let Err(e) = m.tick(n as u64) {
         raise_failure(state, Some(e));
     }
@@ -341,7 +346,7 @@ unsafe extern "C-unwind" fn str_gsub(state: *mut ffi::lua_State) -> c_int {
 }
 
 /// Appends the replacement for the match `whole`; whether it changed the text.
-unsafe fn add_value(state: *mut ffi::lua_State, m: &mut Matcher, buf: &mut Buf, src: &[u8], whole: (usize, usize), tr: c_int) -> bool {
+unsafe fn add_value(state: *mut ffi::lua_State, m: &mut Matcher<'_>, buf: &mut Buf, src: &[u8], whole: (usize, usize), tr: c_int) -> bool {
     let (s, e) = whole;
     match tr {
         ffi::LUA_TFUNCTION => {
@@ -378,7 +383,7 @@ unsafe fn add_value(state: *mut ffi::lua_State, m: &mut Matcher, buf: &mut Buf, 
 }
 
 /// Appends a replacement string, expanding `%0`..`%9` and `%%` (`add_s`).
-unsafe fn add_string(state: *mut ffi::lua_State, m: &mut Matcher, buf: &mut Buf, src: &[u8], whole: (usize, usize)) {
+unsafe fn add_string(state: *mut ffi::lua_State, m: &mut Matcher<'_>, buf: &mut Buf, src: &[u8], whole: (usize, usize)) {
     let news = bytes_at(state, 3);
     tick(state, m, news.len() / 2 + 1);
     let mut rest = news;

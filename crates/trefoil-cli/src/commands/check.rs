@@ -12,7 +12,7 @@ use crate::observe::control_plane::{version_text, ControlPlane, ProxyStatus};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.
-pub const ABOUT: &str = "Check the mesh and print one line per check with ok or FAIL and the reason:
+pub(crate) const ABOUT: &str = "Check the mesh and print one line per check with ok or FAIL and the reason:
 
   control plane    its REST API answers
   proxy NAME       connected to the control plane and running the newest snapshot (acked, no NACK)
@@ -21,7 +21,7 @@ pub const ABOUT: &str = "Check the mesh and print one line per check with ok or 
 
 #[derive(clap::Args)]
 #[command(after_help = "Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Control plane REST API.
     #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
@@ -50,7 +50,7 @@ struct Outcome {
     ok: bool,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let Some(rt) = current_thread_runtime() else { return exit::failure() };
     let checks = rt.block_on(checks(&args.server));
     let outcome = Outcome { ok: checks.iter().all(|c| c.ok), checks };

@@ -15,14 +15,14 @@ use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// Where the control plane's API is.
 #[derive(clap::Args)]
-pub struct Server {
+pub(crate) struct Server {
     /// Control plane REST API.
     #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
 }
 
 #[derive(clap::Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// A YAML file, or a directory of *.yaml / *.yml files.
     #[arg(short = 'f', long = "file")]
     path: PathBuf,
@@ -36,7 +36,7 @@ pub struct ApplyArgs {
 #[command(after_help = "`trefoil get proxies` shows the proxies as the control plane sees them: connected or not, \
 the snapshot version each acked and the latest compiled for it, and the last rejection (NACK) with its error. \
 `trefoil get Proxy` lists the Proxy resources themselves.")]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// Resource kind: Route, routes, service, ...; `proxies` for the proxies' status.
     kind: String,
     /// One resource; all of the kind when absent.
@@ -48,7 +48,7 @@ pub struct GetArgs {
 }
 
 #[derive(clap::Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     kind: String,
     name: String,
     #[command(flatten)]
@@ -122,7 +122,7 @@ struct Applied {
     resource_version: Option<String>,
 }
 
-pub fn apply(args: ApplyArgs) -> ExitCode {
+pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
     // Check locally first: errors point into the user's own files.
     let sources = match trefoil_model::load_path(&args.path).and_then(|s| trefoil_model::validate_each(&s).map(|_| s)) {
         Ok(s) => s,
@@ -177,7 +177,7 @@ pub fn apply(args: ApplyArgs) -> ExitCode {
 /// `proxies` (lower case, no name) is the status view; any other spelling of the kind lists Proxy resources.
 const PROXY_STATUS: &str = "proxies";
 
-pub fn get(args: GetArgs) -> ExitCode {
+pub(crate) fn get(args: GetArgs) -> ExitCode {
     if args.kind == PROXY_STATUS && args.name.is_none() {
         return get_proxy_status(args);
     }
@@ -215,7 +215,7 @@ pub fn get(args: GetArgs) -> ExitCode {
     })
 }
 
-pub fn delete(args: DeleteArgs) -> ExitCode {
+pub(crate) fn delete(args: DeleteArgs) -> ExitCode {
     run_async(async move {
         match call(&client(), &args.server.server, http::Method::DELETE, &format!("/api/v1/{}/{}", args.kind, args.name), None).await {
             Err(f) => {

@@ -9,7 +9,7 @@ use trefoil_control::ControlOptions;
 use crate::output::{current_thread_runtime, exit, stop_signal};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Directory for the store file; created if missing.
     #[arg(long, default_value = ".trefoil")]
     data: PathBuf,
@@ -32,7 +32,7 @@ pub struct Args {
     repair: bool,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     if args.repair {
         return repair(&args.data);
     }

@@ -27,7 +27,7 @@ const QUICKSTART: &str = include_str!("../../../../examples/quickstart/mesh.yaml
 const QUICKSTART_GATEWAY: &str = "127.0.0.1:8080";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Gateway port on 127.0.0.1.
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -75,7 +75,7 @@ struct Summary {
     first_errors: Vec<String>,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     match runtime.block_on(demo(args)) {
         Ok(code) => code,

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use crate::output::{current_thread_runtime, exit, listen_address, stop_signal};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Address to listen on; defaults to 127.0.0.1 and the port in `PORT`.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -64,7 +64,7 @@ struct App {
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let Some(listen) = listen_address(args.listen) else {
         eprintln!("error: give --listen ADDR or set PORT");
         return exit::bad_input();

@@ -14,7 +14,7 @@ use crate::observe::control_plane::{ControlPlane, ProxyStatus};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.
-pub const ABOUT: &str = "Show a resource and what relates to it:
+pub(crate) const ABOUT: &str = "Show a resource and what relates to it:
 
   Service    its endpoints (static, and discovered ones ready or not), the Workloads serving it,
              the Routes that send to it and its TrafficPolicy
@@ -29,7 +29,7 @@ KIND is any form the API accepts: Service, service or services.";
 
 #[derive(clap::Args)]
 #[command(after_help = "Exit codes: 0 ok, 1 the control plane failed or is unreachable, 2 unknown kind or no such resource.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Resource kind: Service, Route, Proxy, Workload, ...
     kind: String,
     /// Resource name.
@@ -175,7 +175,7 @@ fn canonical_kind(typed: &str) -> Option<&'static str> {
     KINDS.iter().find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular).copied()
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let Some(kind) = canonical_kind(&args.kind) else {
         eprintln!("error: unknown kind {:?}; kinds: {}", args.kind, KINDS.join(", "));
         return exit::bad_input();

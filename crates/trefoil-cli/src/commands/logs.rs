@@ -8,7 +8,7 @@ use trefoil_runtime::logs;
 use crate::output::exit;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Process name: `control`, a gateway's Proxy name, `<workload>-<replica>` (an app)
     /// or `<workload>-<replica>-sidecar`.
     name: String,
@@ -23,7 +23,7 @@ pub struct Args {
     tail: Option<usize>,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let known = logs::known_names(&args.state);
     if !known.contains(&args.name) {
         eprintln!("error: no process named {:?} in {}", args.name, args.state.display());

@@ -17,7 +17,7 @@ use trefoil_nf::Function;
 
 use crate::output::{current_thread_runtime, exit, listen_address, stop_signal};
 
-pub const ABOUT: &str = "Run a sample network function: a service answering the proxy's HTTP/JSON call-out \
+pub(crate) const ABOUT: &str = "Run a sample network function: a service answering the proxy's HTTP/JSON call-out \
 (POST / with a call, a JSON verdict back; GET /healthz for probes), and, on the same port, Envoy's \
 ext_authz Check over gRPC. Name it in a NetworkFunction (api: http, or extAuthz with a grpc Service port) \
 whose Service has this process as endpoint, and put it in a CNF's chain.
@@ -32,7 +32,7 @@ Listens on --listen, or on 127.0.0.1 and the port in PORT (as the local runtime 
 Events each publishes are listed in the CNF documentation, section \"Sample functions\".";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
     function: NfCommand,
 }
@@ -112,7 +112,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<trefoil_model::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     match args.function {
         NfCommand::Policy { listen, config } => match Policy::load(&config) {
             Ok(policy) => start(listen, policy),

@@ -10,7 +10,7 @@ use trefoil_proxy::{ConfigSource, ProxyOptions, StartError};
 use crate::output::{current_thread_runtime, exit};
 
 /// `trefoil proxy --help`: the two modes.
-pub const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of two places:
+pub(crate) const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of two places:
 
   file mode     --config FILE: Proxy, Listener, Service, Route, TrafficPolicy,
                 NetworkFunction and CNF resources in a YAML file or directory.
@@ -30,7 +30,7 @@ before the switch), and SIGTERM or SIGINT stop accepting and drain in-flight
 requests up to the Proxy's drainTimeout.";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// File mode: config file, or directory of *.yaml files (Proxy, Listener, Service, Route, TrafficPolicy, NetworkFunction, CNF).
     #[arg(short = 'c', long = "config", required_unless_present = "control", conflicts_with_all = ["control", "name"])]
     config: Option<PathBuf>,
@@ -58,7 +58,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<trefoil_model::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     // Control work (admin, reloads, health checks, span export, the config
     // stream) is light and runs on this thread; traffic runs on the proxy's
     // own worker threads.

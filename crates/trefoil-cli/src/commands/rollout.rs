@@ -9,7 +9,7 @@ use super::client::{call, client, run_async, server_error, Server};
 use crate::output::{exit, print_structured, Format};
 
 /// The long `--help` text.
-pub const ABOUT: &str = "Follow and steer a Rollout.
+pub(crate) const ABOUT: &str = "Follow and steer a Rollout.
 
   status NAME   phase, step, canary weight, failed checks, the last check's figures, and its events
   promote NAME  send all traffic to the canary now (the rollout succeeds)
@@ -24,7 +24,7 @@ in RolloutStatus/NAME with an Event, and the controller rewrites the Route.";
 #[command(
     after_help = "Exit codes: 0 ok, 1 the control plane refused or failed (e.g. the rollout already finished), 2 no such rollout or bad arguments."
 )]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
     action: RolloutCommand,
 }
@@ -54,7 +54,7 @@ struct Target {
     output: Format,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     match args.action {
         RolloutCommand::Status(t) => status(t),
         RolloutCommand::Promote(t) => act(t, "promote"),
@@ -182,7 +182,7 @@ fn figures(list: &Value) -> String {
 }
 
 /// Events as a table, oldest first: time, what they regard, reason, message.
-pub fn print_events(events: &[Value]) {
+pub(crate) fn print_events(events: &[Value]) {
     let mut events = events.to_vec();
     oldest_first(&mut events);
     println!("{:<20} {:<24} {:<16} MESSAGE", "TIME", "REGARDING", "REASON");

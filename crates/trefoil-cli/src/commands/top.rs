@@ -15,7 +15,7 @@ use crate::observe::control_plane::{ControlPlane, ProxyStatus};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.
-pub const ABOUT: &str = "Show live traffic per service and version: requests per second, success rate \
+pub(crate) const ABOUT: &str = "Show live traffic per service and version: requests per second, success rate \
 (share of non-5xx answers) and p50/p99 latency.
 
 Each proxy's /metrics is scraped twice, --interval apart; rates and quantiles come from what \
@@ -28,7 +28,7 @@ Without --once the table refreshes until Ctrl-C. Proxies that do not answer are 
 
 #[derive(clap::Args)]
 #[command(after_help = "Exit codes: 0 ok, 1 the control plane could not be asked for proxies, 2 bad arguments.")]
-pub struct Args {
+pub(crate) struct Args {
     /// Control plane REST API, asked for the list of proxies.
     #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
     server: String,
@@ -83,7 +83,7 @@ struct Report {
 /// Scrapes that succeeded, by proxy name.
 type Scrapes = HashMap<String, Vec<Sample>>;
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let Some(rt) = current_thread_runtime() else { return exit::failure() };
     rt.block_on(top(args))
 }

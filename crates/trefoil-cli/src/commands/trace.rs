@@ -11,7 +11,7 @@ use crate::commands::client::{call, client, run_async, server_error, Server};
 use crate::commands::trace_tree;
 use crate::output::{exit, print_structured, Format};
 
-pub const ABOUT: &str = "Show what the control plane's trace collector holds.
+pub(crate) const ABOUT: &str = "Show what the control plane's trace collector holds.
 
 Every proxy exports a span per request it handles (and one per chain step:
 each call-out or tap to a network function, with its verdict and events;
@@ -34,7 +34,7 @@ The collector keeps recent spans in memory only (bounded; the oldest traces
 go first). Exit 2 for a trace id it does not hold.";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A trace id: 32 hex digits, as in x-trefoil-trace-id or `traceparent`.
     trace_id: Option<String>,
     /// Keep printing spans as proxies export them (until interrupted).
@@ -53,7 +53,7 @@ fn valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     if let Some(id) = args.trace_id.as_deref().filter(|id| !valid_id(id)) {
         eprintln!("error: {id:?} is not a trace id (32 hex digits)");
         return exit::bad_input();

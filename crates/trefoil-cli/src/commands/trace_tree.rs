@@ -26,7 +26,7 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
 
 /// What a span was, in a few words: a chain step by its function, mode and
 /// verdict; a proxy hop by its proxy, direction, request and status.
-pub fn label(span: &Value) -> String {
+pub(crate) fn label(span: &Value) -> String {
     let service = span["service"].as_str().unwrap_or("?");
     let name = span["name"].as_str().unwrap_or("");
     let failed = if span["error"] == true { " [error]" } else { "" };
@@ -100,8 +100,8 @@ pub fn label(span: &Value) -> String {
 }
 
 /// The tree's lines: `+offset duration  indent label`, events under their span.
-pub fn render(spans: &[Value]) -> Vec<String> {
-    let nodes: Vec<Node> = spans
+pub(crate) fn render(spans: &[Value]) -> Vec<String> {
+    let nodes: Vec<Node<'_>> = spans
         .iter()
         .map(|s| Node {
             span: s,
@@ -113,7 +113,7 @@ pub fn render(spans: &[Value]) -> Vec<String> {
         .collect();
     let Some(t0) = nodes.iter().map(|n| n.start).min() else { return Vec::new() };
     let ids: HashSet<&str> = nodes.iter().map(|n| n.id).collect();
-    let mut children: HashMap<Option<&str>, Vec<&Node>> = HashMap::new();
+    let mut children: HashMap<Option<&str>, Vec<&Node<'_>>> = HashMap::new();
     for n in &nodes {
         // A span whose parent was not collected (the client's own span) starts a tree.
         let parent = n.parent.filter(|p| ids.contains(p));
@@ -123,7 +123,7 @@ pub fn render(spans: &[Value]) -> Vec<String> {
         list.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
     }
     let mut out = Vec::new();
-    let mut stack: Vec<(&Node, usize)> = children.get(&None).into_iter().flatten().rev().map(|n| (*n, 0)).collect();
+    let mut stack: Vec<(&Node<'_>, usize)> = children.get(&None).into_iter().flatten().rev().map(|n| (*n, 0)).collect();
     // Bounded by the span count: each span is pushed once, as a child of its one parent.
     let mut visited: HashSet<&str> = HashSet::new();
     while let Some((n, depth)) = stack.pop() {

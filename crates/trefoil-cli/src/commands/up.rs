@@ -12,7 +12,7 @@ use trefoil_runtime::{Event, Events, Summary, UpError, UpOptions};
 use crate::output::{current_thread_runtime, exit, print_structured, stop_signal, Format};
 
 /// `trefoil up --help`.
-pub const LONG_ABOUT: &str = "Run a whole mesh on this machine from resource files.
+pub(crate) const LONG_ABOUT: &str = "Run a whole mesh on this machine from resource files.
 
 Starts the control plane (`trefoil control`) as a child process, stores every
 resource from the files in it, then starts a proxy for each gateway `Proxy`
@@ -36,7 +36,7 @@ State lives in --state: data/ (the store), logs/<process>.log (see
 restarts, ready).";
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A YAML file, or a directory of *.yaml / *.yml files.
     #[arg(short = 'f', long = "file")]
     path: PathBuf,
@@ -57,7 +57,7 @@ pub struct Args {
     output: Format,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -84,6 +84,7 @@ pub fn run(args: Args) -> ExitCode {
             tokio::spawn(async {
                 stop_signal().await;
                 eprintln!("interrupted again: killing everything now");
+                #[allow(clippy::disallowed_methods)] // the point: no orderly stop
                 std::process::exit(130);
             });
         };

@@ -9,7 +9,7 @@ use trefoil_model::{Diagnostic, Diagnostics};
 use crate::output::{exit, print_structured, Format};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// A YAML file, or a directory of *.yaml / *.yml files.
     #[arg(short = 'f', long = "file")]
     path: PathBuf,
@@ -25,7 +25,7 @@ struct Report<'a> {
     errors: &'a [Diagnostic],
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args) -> ExitCode {
     // Compiling as a proxy also checks what only the data plane can:
     // certificates that parse, listener route names, upstream TLS settings.
     let result = trefoil_model::load_path(&args.path).and_then(|sources| {

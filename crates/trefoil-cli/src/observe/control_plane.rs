@@ -11,7 +11,7 @@ const WHAT: &str = "control plane";
 /// A proxy as `GET /api/v1/status/proxies` reports it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProxyStatus {
+pub(crate) struct ProxyStatus {
     pub name: String,
     #[serde(default)]
     pub connected: bool,
@@ -31,7 +31,7 @@ pub struct ProxyStatus {
 
 /// A snapshot the proxy refused, and why.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct Nack {
+pub(crate) struct Nack {
     #[serde(default)]
     pub version: Option<Value>,
     #[serde(default)]
@@ -58,14 +58,14 @@ impl<T> List<T> {
 }
 
 /// The control plane's REST API at `base`.
-pub struct ControlPlane<'a> {
+pub(crate) struct ControlPlane<'a> {
     pub fetcher: &'a Fetcher,
     pub base: &'a str,
 }
 
 impl ControlPlane<'_> {
     /// Answers when the API serves its description.
-    pub async fn reachable(&self) -> Result<(), FetchError> {
+    pub(crate) async fn reachable(&self) -> Result<(), FetchError> {
         self.fetcher.get(WHAT, self.base, "/api/v1/openapi.json").await.and_then(|(status, body)| {
             if status == 200 {
                 Ok(())
@@ -82,12 +82,12 @@ impl ControlPlane<'_> {
     }
 
     /// Every resource of `kind`.
-    pub async fn list(&self, kind: &str) -> Result<Vec<Resource>, FetchError> {
+    pub(crate) async fn list(&self, kind: &str) -> Result<Vec<Resource>, FetchError> {
         Ok(self.fetcher.json::<List<Resource>>(WHAT, self.base, &format!("/api/v1/{kind}")).await?.items())
     }
 
     /// One resource as the API shows it; `None` when it does not exist.
-    pub async fn get(&self, kind: &str, name: &str) -> Result<Option<Value>, FetchError> {
+    pub(crate) async fn get(&self, kind: &str, name: &str) -> Result<Option<Value>, FetchError> {
         match self.fetcher.json::<Value>(WHAT, self.base, &format!("/api/v1/{kind}/{name}")).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.status() == Some(404) => Ok(None),
@@ -96,13 +96,13 @@ impl ControlPlane<'_> {
     }
 
     /// Every proxy the control plane knows, connected or not.
-    pub async fn proxies(&self) -> Result<Vec<ProxyStatus>, FetchError> {
+    pub(crate) async fn proxies(&self) -> Result<Vec<ProxyStatus>, FetchError> {
         Ok(self.fetcher.json::<List<ProxyStatus>>(WHAT, self.base, "/api/v1/status/proxies").await?.items())
     }
 }
 
 /// A version field for display: `3` and `"3"` both print as `3`.
-pub fn version_text(v: &Option<Value>) -> String {
+pub(crate) fn version_text(v: &Option<Value>) -> String {
     match v {
         None | Some(Value::Null) => "-".to_string(),
         Some(Value::String(s)) => s.clone(),

@@ -1,4 +1,4 @@
 //! What the observing commands (`top`, `check`, `describe`) share: reading
 //! the control plane (fetching and the metrics math are `trefoil-metrics`).
 
-pub mod control_plane;
+pub(crate) mod control_plane;

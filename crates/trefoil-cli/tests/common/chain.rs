@@ -8,14 +8,14 @@ use std::process::{Child, Command, Stdio};
 use super::{http_request, repo_root, API};
 
 /// A network function under tests/chain, run by python3; killed when dropped.
-pub struct Function {
+pub(crate) struct Function {
     child: Child,
     pub addr: SocketAddr,
 }
 
 impl Function {
     /// Starts `script` with `args` and waits for the address it prints once it accepts connections.
-    pub fn start(script: &str, args: &[&str]) -> Self {
+    pub(crate) fn start(script: &str, args: &[&str]) -> Self {
         let mut child = Command::new("python3")
             .arg(repo_root().join("tests/chain").join(script))
             .args(args)
@@ -31,12 +31,12 @@ impl Function {
     }
 
     /// tests/chain/json_function.py named `name`.
-    pub fn json(name: &str) -> Self {
+    pub(crate) fn json(name: &str) -> Self {
         Self::start("json_function.py", &["--name", name])
     }
 
     /// How many calls a json_function.py has received (its `GET /calls`).
-    pub fn calls(&self) -> u64 {
+    pub(crate) fn calls(&self) -> u64 {
         let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("GET /calls");
         assert_eq!(status, 200, "GET /calls: {}", String::from_utf8_lossy(&body));
         let calls: serde_json::Value = serde_json::from_slice(&body).expect("a JSON count");
@@ -44,7 +44,7 @@ impl Function {
     }
 
     /// The calls a json_function.py received so far, in order: `{cnf, function, path, status}` each.
-    pub fn received(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn received(&self) -> Vec<serde_json::Value> {
         let (status, _, body) = http_request(self.addr, "GET", "fn", "/calls", &[], b"").expect("GET /calls");
         assert_eq!(status, 200, "GET /calls: {}", String::from_utf8_lossy(&body));
         let calls: serde_json::Value = serde_json::from_slice(&body).expect("JSON calls");
@@ -60,25 +60,25 @@ impl Drop for Function {
 }
 
 /// A NetworkFunction; `extra` continues its spec's flow mapping (`, events: [a]`).
-pub fn network_function(name: &str, service: &str, api: &str, extra: &str) -> String {
+pub(crate) fn network_function(name: &str, service: &str, api: &str, extra: &str) -> String {
     format!("{API}\nkind: NetworkFunction\nmetadata: {{name: {name}}}\nspec: {{service: {service}, api: {api}{extra}}}\n---\n")
 }
 
 /// A CNF whose chain is `steps` (YAML flow mappings, e.g. `{function: acl}`).
-pub fn cnf(name: &str, steps: &[&str]) -> String {
+pub(crate) fn cnf(name: &str, steps: &[&str]) -> String {
     let steps: Vec<String> = steps.iter().map(|s| format!("  - {s}")).collect();
     format!("{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain:\n{}\n---\n", steps.join("\n"))
 }
 
 /// A CNF like [`cnf`] with one handler: `script` (Lua, a line each) for `event`.
-pub fn cnf_with_handler(name: &str, steps: &[&str], event: &str, script: &[&str]) -> String {
+pub(crate) fn cnf_with_handler(name: &str, steps: &[&str], event: &str, script: &[&str]) -> String {
     let base = cnf(name, steps);
     let script: String = script.iter().map(|line| format!("      {line}\n")).collect();
     format!("{}  handlers:\n    {event}: |\n{script}---\n", base.trim_end_matches("---\n"))
 }
 
 /// A Route for every host to `web`, one rule per (path prefix, CNF).
-pub fn chained_route(rules: &[(&str, &str)]) -> String {
+pub(crate) fn chained_route(rules: &[(&str, &str)]) -> String {
     let rules: Vec<String> = rules
         .iter()
         .map(|(prefix, cnf)| format!("  - matches: [{{path: {{prefix: {prefix}}}}}]\n    backends: [{{service: web}}]\n    chain: {cnf}"))
@@ -87,7 +87,7 @@ pub fn chained_route(rules: &[(&str, &str)]) -> String {
 }
 
 /// A request through the proxy at `addr` to host `web.local`.
-pub fn request(
+pub(crate) fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -99,7 +99,7 @@ pub fn request(
 }
 
 /// The headers the upstream received, from its /echo answer.
-pub fn echoed(body: &str) -> serde_json::Value {
+pub(crate) fn echoed(body: &str) -> serde_json::Value {
     let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     echo["headers"].clone()
 }

@@ -10,20 +10,20 @@ use super::{addr, scratch_dir};
 
 /// The EICAR anti-virus test string, assembled at run time so this source
 /// file itself does not look infected to scanners.
-pub fn eicar() -> String {
+pub(crate) fn eicar() -> String {
     ["X5O!P%@AP[4\\PZX54(P^)7CC)7}$", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat()
 }
 
 /// A clamd of our own: scratch config, a one-signature database, TCP on
 /// loopback, no unix socket, no freshclam. Killed when dropped.
-pub struct Clamd {
+pub(crate) struct Clamd {
     child: Child,
     pub addr: SocketAddr,
     dir: PathBuf,
 }
 
 impl Clamd {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let bin =
             trefoil_testkit::find_command("clamd").expect("clamd not found: run scripts/install-test-deps (Debian package clamav-daemon)");
         let dir = scratch_dir();
@@ -68,14 +68,14 @@ impl Clamd {
     }
 
     /// Whether clamd answers `PING` (it listens only once its database is loaded).
-    pub fn pong(&self) -> bool {
+    pub(crate) fn pong(&self) -> bool {
         let Ok(mut conn) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else { return false };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         let mut answer = Vec::new();
         conn.write_all(b"zPING\0").is_ok() && conn.read_to_end(&mut answer).is_ok() && answer.starts_with(b"PONG")
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         ["clamd.stderr", "clamd.log"]
             .iter()
             .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())

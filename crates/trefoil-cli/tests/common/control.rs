@@ -11,10 +11,10 @@ use serde_json::Value;
 use super::{addr, http_request, run_with_timeout, trefoil_bin, wait_for_port, wait_until};
 
 /// How long starting and awaited conditions may take.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// A running control plane; killed (SIGKILL) when dropped.
-pub struct Control {
+pub(crate) struct Control {
     child: Child,
     pub api: SocketAddr,
     /// The config stream's address.
@@ -24,12 +24,12 @@ pub struct Control {
 
 impl Control {
     /// On free ports: tests run in parallel, so never the default ones.
-    pub fn start(data: &Path) -> Self {
+    pub(crate) fn start(data: &Path) -> Self {
         Self::start_on(data, addr(), addr())
     }
 
     /// On given addresses, e.g. those of a control plane this one replaces.
-    pub fn start_on(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
+    pub(crate) fn start_on(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
         let stderr = data.with_extension(format!("control-{}.log", api.port()));
         let child = Command::new(trefoil_bin())
             .args(["control", "--data"])
@@ -45,28 +45,28 @@ impl Control {
     }
 
     /// `http://` address of the REST API, for `--server`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.api)
     }
 
     /// One REST call; the status and the JSON body (`Null` if none).
-    pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let (status, _, body) = http_request(self.api, method, "control", path, &[], body.as_bytes()).unwrap();
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
-    pub fn put(&self, kind: &str, name: &str, body: &str) {
+    pub(crate) fn put(&self, kind: &str, name: &str, body: &str) {
         let (status, reply) = self.call("PUT", &format!("/api/v1/{kind}/{name}"), body);
         assert!(status == 200 || status == 201, "PUT {kind}/{name}: {status} {reply}");
     }
 
-    pub fn delete(&self, kind: &str, name: &str) {
+    pub(crate) fn delete(&self, kind: &str, name: &str) {
         let (status, reply) = self.call("DELETE", &format!("/api/v1/{kind}/{name}"), "");
         assert_eq!(status, 200, "DELETE {kind}/{name}: {reply}");
     }
 
     /// `trefoil apply` of `yaml`, written to a file in `dir`.
-    pub fn apply(&self, dir: &Path, yaml: &str) {
+    pub(crate) fn apply(&self, dir: &Path, yaml: &str) {
         let file = dir.join("apply.yaml");
         std::fs::write(&file, yaml).unwrap();
         let out = run_with_timeout(
@@ -77,14 +77,14 @@ impl Control {
     }
 
     /// The status of proxy `name`, if the control plane lists it.
-    pub fn status(&self, name: &str) -> Option<Value> {
+    pub(crate) fn status(&self, name: &str) -> Option<Value> {
         let (status, list) = self.call("GET", "/api/v1/status/proxies", "");
         assert_eq!(status, 200);
         list["items"].as_array()?.iter().find(|p| p["name"] == name).cloned()
     }
 
     /// Waits until `name` is connected and has acked the latest snapshot compiled for it.
-    pub fn wait_in_sync(&self, name: &str) -> Value {
+    pub(crate) fn wait_in_sync(&self, name: &str) -> Value {
         let mut last = None;
         wait_until(&format!("proxy {name} to ack its latest snapshot"), WAIT, || {
             last = self.status(name);
@@ -93,16 +93,16 @@ impl Control {
         last.unwrap()
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// What it wrote on stderr.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    pub fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

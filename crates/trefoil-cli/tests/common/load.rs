@@ -11,19 +11,19 @@ use serde_json::Value;
 use super::{repo_root, wait_until};
 
 /// `tests/mesh/traffic.py` sending requests until `stop` exists.
-pub struct Load {
+pub(crate) struct Load {
     child: Child,
     stop: PathBuf,
 }
 
 impl Load {
-    pub fn start(dir: &Path, gateway: SocketAddr) -> Load {
+    pub(crate) fn start(dir: &Path, gateway: SocketAddr) -> Load {
         Self::start_as(dir, gateway, "load", &[])
     }
 
     /// One of several clients: `name` keeps its files apart; `extra` are
     /// more arguments for traffic.py (e.g. `--header x-canary:yes`).
-    pub fn start_as(dir: &Path, gateway: SocketAddr, name: &str, extra: &[&str]) -> Load {
+    pub(crate) fn start_as(dir: &Path, gateway: SocketAddr, name: &str, extra: &[&str]) -> Load {
         let (stop, ready) = (dir.join(format!("{name}.stop")), dir.join(format!("{name}.ready")));
         let child = Command::new("python3")
             .arg(repo_root().join("tests/mesh/traffic.py"))
@@ -42,7 +42,7 @@ impl Load {
     }
 
     /// Stops the client; its JSON summary.
-    pub fn finish(self) -> Value {
+    pub(crate) fn finish(self) -> Value {
         std::fs::write(&self.stop, b"").unwrap();
         let out = self.child.wait_with_output().expect("waiting for the Python client");
         assert!(out.status.success(), "traffic.py failed: {}", String::from_utf8_lossy(&out.stderr));

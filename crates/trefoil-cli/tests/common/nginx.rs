@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{free_port, scratch_dir, wait_for_port};
 
 /// A running nginx; killed when dropped.
-pub struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     pub dir: PathBuf,
     /// The first port its config listens on.
@@ -20,7 +20,7 @@ impl Nginx {
     /// Starts nginx with `servers` as the `http` block's server blocks; each
     /// `{port}` becomes a free port (the same one everywhere) and `{dir}` the
     /// scratch directory. Returns once the port accepts connections.
-    pub fn start(servers: &str) -> Self {
+    pub(crate) fn start(servers: &str) -> Self {
         let dir = scratch_dir();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let port = free_port();
@@ -51,7 +51,7 @@ impl Nginx {
     }
 
     /// nginx serving `files` (name, content) as static files.
-    pub fn static_files(files: &[(&str, &[u8])]) -> Self {
+    pub(crate) fn static_files(files: &[(&str, &[u8])]) -> Self {
         let nginx = Self::start("  server { listen 127.0.0.1:{port}; root {dir}/html; }");
         std::fs::create_dir_all(nginx.dir.join("html")).unwrap();
         for (name, content) in files {
@@ -60,7 +60,7 @@ impl Nginx {
         nginx
     }
 
-    pub fn error_log(&self) -> String {
+    pub(crate) fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 }

@@ -11,29 +11,29 @@ use serde_json::Value;
 use super::{run_with_timeout, scratch_dir, trefoil_bin};
 
 /// How long start-up and each awaited condition may take.
-pub const START: Duration = Duration::from_secs(60);
+pub(crate) const START: Duration = Duration::from_secs(60);
 
 /// A running `trefoil up`; interrupted (then killed) when dropped.
-pub struct Up {
+pub(crate) struct Up {
     child: Option<Child>,
     pub dir: PathBuf,
     pub state: PathBuf,
 }
 
 impl Up {
-    pub fn start(files: &str) -> Self {
+    pub(crate) fn start(files: &str) -> Self {
         Self::start_in(scratch_dir(), files)
     }
 
     /// Starts in `dir`, reusing its state directory if an earlier run left one.
-    pub fn start_in(dir: PathBuf, files: &str) -> Self {
+    pub(crate) fn start_in(dir: PathBuf, files: &str) -> Self {
         std::fs::create_dir_all(dir.join("files")).unwrap();
         std::fs::write(dir.join("files").join("mesh.yaml"), files).unwrap();
         Self::start_on(dir.clone(), &dir.join("files"), &[])
     }
 
     /// `up -f files` with extra environment, its state and output in `dir`.
-    pub fn start_on(dir: PathBuf, files: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_on(dir: PathBuf, files: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let state = dir.join("state");
         let child = Command::new(trefoil_bin())
             .args(["up", "-f"])
@@ -50,37 +50,37 @@ impl Up {
         Up { child: Some(child), dir, state }
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
     }
 
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
     }
 
     /// `up.json`, once it exists.
-    pub fn view(&self) -> Value {
+    pub(crate) fn view(&self) -> Value {
         std::fs::read(self.state.join("up.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
     }
 
-    pub fn process(&self, name: &str) -> Value {
+    pub(crate) fn process(&self, name: &str) -> Value {
         self.view()["processes"][name].clone()
     }
 
-    pub fn api(&self) -> SocketAddr {
+    pub(crate) fn api(&self) -> SocketAddr {
         let url = self.view()["api"].as_str().expect("up.json names the API").to_string();
         url.trim_start_matches("http://").parse().unwrap()
     }
 
     /// GET on the control plane's API; `Null` unless it answers 200 with JSON.
-    pub fn get(&self, path: &str) -> Value {
+    pub(crate) fn get(&self, path: &str) -> Value {
         match trefoil_testkit::http_request(self.api(), "GET", "control", path, &[], b"") {
             Ok((200, _, body)) => serde_json::from_slice(&body).unwrap_or(Value::Null),
             _ => Value::Null,
         }
     }
 
-    pub fn wait(&mut self, what: &str, cond: impl Fn(&Up) -> bool) {
+    pub(crate) fn wait(&mut self, what: &str, cond: impl Fn(&Up) -> bool) {
         let deadline = std::time::Instant::now() + START;
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -94,21 +94,21 @@ impl Up {
         panic!("timed out waiting for {what}\nup.json: {:#}\nstderr:\n{}", self.view(), self.stderr());
     }
 
-    pub fn wait_ready(&mut self, apps: &[&str]) {
+    pub(crate) fn wait_ready(&mut self, apps: &[&str]) {
         self.wait("every app ready", |u| apps.iter().all(|a| u.process(a)["ready"] == true));
     }
 
     /// Waits for `up`'s summary on stdout, which it prints once every proxy
     /// has acknowledged a snapshot with the ready replicas: from then on
     /// traffic can flow everywhere.
-    pub fn wait_up(&mut self) {
+    pub(crate) fn wait_up(&mut self) {
         self.wait("trefoil up's summary (every proxy in sync)", |u| u.stdout().contains("\"gateways\""));
     }
 
     /// Sends `signal` to `trefoil up` and waits for its exit code.
-    pub fn stop_with(&mut self, signal: i32) -> Option<i32> {
+    pub(crate) fn stop_with(&mut self, signal: i32) -> Option<i32> {
         let mut child = self.child.take()?;
-        unsafe { libc::kill(child.id() as i32, signal) };
+        trefoil_testkit::send_signal(child.id(), signal);
         let deadline = std::time::Instant::now() + Duration::from_secs(40);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -120,20 +120,20 @@ impl Up {
         panic!("trefoil up did not exit after signal {signal}:\n{}", self.stderr());
     }
 
-    pub fn logs(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn logs(&self, args: &[&str]) -> std::process::Output {
         Command::new(trefoil_bin()).arg("logs").args(args).arg("--state").arg(&self.state).output().expect("running trefoil logs")
     }
 }
 
 impl Up {
     /// `trefoil ARGS --server <this mesh's API>`.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         let server = format!("http://{}", self.api());
         run_with_timeout(Command::new(trefoil_bin()).args(args).args(["--server", &server]), Duration::from_secs(30))
     }
 
     /// Whether every proxy is connected and has acknowledged `version` or newer.
-    pub fn all_acked(&self, version: u64) -> bool {
+    pub(crate) fn all_acked(&self, version: u64) -> bool {
         let items = self.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
         !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
     }
@@ -148,21 +148,21 @@ impl Drop for Up {
 }
 
 /// Whether `pid` is a live (not zombie) process.
-pub fn alive(pid: u64) -> bool {
+pub(crate) fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
     }
 }
 
-pub fn pids(view: &Value) -> Vec<u64> {
+pub(crate) fn pids(view: &Value) -> Vec<u64> {
     view["processes"].as_object().into_iter().flatten().filter_map(|(_, p)| p["pid"].as_u64()).collect()
 }
 
-pub fn endpoints(up: &Up, service: &str) -> Vec<Value> {
+pub(crate) fn endpoints(up: &Up, service: &str) -> Vec<Value> {
     up.get(&format!("/api/v1/endpoints/{service}"))["spec"]["endpoints"].as_array().cloned().unwrap_or_default()
 }
 
-pub fn ready_replicas(up: &Up, service: &str) -> Vec<u64> {
+pub(crate) fn ready_replicas(up: &Up, service: &str) -> Vec<u64> {
     endpoints(up, service).iter().filter(|e| e["ready"] == true).filter_map(|e| e["replica"].as_u64()).collect()
 }

@@ -6,7 +6,7 @@ use trefoil_model::spec::{Analysis, AnalysisMetric, CheckRecord, Figure, Verdict
 
 /// What was measured for one check.
 #[derive(Clone, Debug, Default)]
-pub struct Measured {
+pub(super) struct Measured {
     /// The canary's inbound traffic over the interval, all its replicas together.
     pub canary: Growth,
     /// The stable version's inbound traffic over the same interval.
@@ -18,7 +18,7 @@ pub struct Measured {
 
 /// The verdict: inconclusive below `minRequests`; failed when a measured
 /// metric is out of bounds; passed only when every metric was measured and holds.
-pub fn judge(analysis: &Analysis, measured: &Measured) -> CheckRecord {
+pub(super) fn judge(analysis: &Analysis, measured: &Measured) -> CheckRecord {
     let g = &measured.canary;
     let mut prometheus = measured.prometheus.iter();
     let figures: Vec<Figure> = analysis

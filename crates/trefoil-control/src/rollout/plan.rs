@@ -6,7 +6,7 @@ use trefoil_model::spec::{CanaryStep, CheckRecord, Figure, RolloutPhase, Rollout
 
 /// Where the canary's traffic should be, as the Route must express it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Traffic {
+pub(super) enum Traffic {
     /// This percentage of all requests to the canary, the rest to stable.
     Weighted(u32),
     /// Requests matching the A/B condition to the canary, the rest to stable.
@@ -17,7 +17,7 @@ pub enum Traffic {
 
 /// A transition worth an `Event`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Note {
+pub(crate) struct Note {
     pub reason: &'static str,
     pub message: String,
     pub figures: Vec<Figure>,
@@ -28,7 +28,7 @@ fn note(reason: &'static str, message: String) -> Note {
 }
 
 /// What the Route should say for this status.
-pub fn traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> Traffic {
+pub(super) fn traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> Traffic {
     match status.phase {
         RolloutPhase::Succeeded => Traffic::Weighted(100),
         RolloutPhase::RolledBack | RolloutPhase::Aborted => Traffic::Weighted(0),
@@ -42,12 +42,12 @@ pub fn traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> Traffic {
 }
 
 /// Whether the canary receives requests now, so a check can judge it.
-pub fn canary_has_traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> bool {
+pub(super) fn canary_has_traffic(spec: &RolloutSpec, status: &RolloutStatusSpec) -> bool {
     status.phase == RolloutPhase::Progressing && traffic(spec, status) != Traffic::Weighted(0)
 }
 
 /// Whether the canary has not been sent any traffic yet in this rollout.
-pub fn before_traffic(status: &RolloutStatusSpec) -> bool {
+pub(super) fn before_traffic(status: &RolloutStatusSpec) -> bool {
     status.phase == RolloutPhase::Progressing
         && status.step == 0
         && status.weight == 0
@@ -56,14 +56,14 @@ pub fn before_traffic(status: &RolloutStatusSpec) -> bool {
 }
 
 /// A fresh status for a new (or changed) rollout.
-pub fn start(generation: u64, now_ms: u64) -> (RolloutStatusSpec, Note) {
+pub(super) fn start(generation: u64, now_ms: u64) -> (RolloutStatusSpec, Note) {
     let status =
         RolloutStatusSpec { observed_generation: generation, step_started_ms: now_ms, message: "started".into(), ..Default::default() };
     (status, note("Started", format!("rollout started (generation {generation})")))
 }
 
 /// Counts a check's verdict; rolls back once failures reach the threshold.
-pub fn record_check(spec: &RolloutSpec, status: &mut RolloutStatusSpec, check: CheckRecord, now_ms: u64) -> Vec<Note> {
+pub(super) fn record_check(spec: &RolloutSpec, status: &mut RolloutStatusSpec, check: CheckRecord, now_ms: u64) -> Vec<Note> {
     status.last_check_ms = now_ms;
     let mut notes = Vec::new();
     match check.verdict {
@@ -94,7 +94,7 @@ pub fn record_check(spec: &RolloutSpec, status: &mut RolloutStatusSpec, check: C
 
 /// Runs the steps that can run now: weight changes, finished pauses, passed
 /// analysis gates, and promotion after the last step.
-pub fn advance(spec: &RolloutSpec, status: &mut RolloutStatusSpec, now_ms: u64) -> Vec<Note> {
+pub(super) fn advance(spec: &RolloutSpec, status: &mut RolloutStatusSpec, now_ms: u64) -> Vec<Note> {
     let mut notes = Vec::new();
     if status.phase != RolloutPhase::Progressing {
         return notes;
@@ -191,7 +191,7 @@ pub struct NotApplicable {
 }
 
 /// Applies a manual action.
-pub fn act(spec: &RolloutSpec, status: &mut RolloutStatusSpec, action: Action, now_ms: u64) -> Result<Note, NotApplicable> {
+pub(super) fn act(spec: &RolloutSpec, status: &mut RolloutStatusSpec, action: Action, now_ms: u64) -> Result<Note, NotApplicable> {
     let refuse = NotApplicable { action, phase: status.phase };
     let n = match (action, status.phase) {
         (_, phase) if phase.is_final() => return Err(refuse),
@@ -222,7 +222,7 @@ pub fn act(spec: &RolloutSpec, status: &mut RolloutStatusSpec, action: Action, n
 }
 
 /// Figures as one line: `successRate=50.00 (min 99) latencyP99=0.31 (max 0.25)`.
-pub fn describe(figures: &[Figure]) -> String {
+pub(super) fn describe(figures: &[Figure]) -> String {
     let parts: Vec<String> = figures
         .iter()
         .map(|f| {

@@ -10,7 +10,7 @@ use trefoil_model::spec::{
 use super::plan::Traffic;
 
 /// The Route as it should be for `traffic`.
-pub fn shape(route: &RouteSpec, rollout: &RolloutSpec, traffic: &Traffic) -> RouteSpec {
+pub(super) fn shape(route: &RouteSpec, rollout: &RolloutSpec, traffic: &Traffic) -> RouteSpec {
     let ab_rule = ab_rule(rollout);
     let mut out = route.clone();
     // Start from the rules the user wrote: drop an A/B rule a previous shaping added.

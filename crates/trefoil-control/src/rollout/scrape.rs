@@ -19,7 +19,7 @@ use super::judge::Measured;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The previous scrape of each proxy (by admin address), per rollout.
-pub struct Scraper {
+pub(super) struct Scraper {
     fetcher: Fetcher,
     baselines: HashMap<String, HashMap<String, Vec<Sample>>>,
 }
@@ -33,7 +33,7 @@ impl Default for Scraper {
 impl Scraper {
     /// The canary's figures since the last call for `rollout`; `None` when
     /// this call only set the baseline.
-    pub async fn measure(&mut self, rollout: &str, spec: &RolloutSpec, analysis: &Analysis, admins: &[String]) -> Option<Measured> {
+    pub(super) async fn measure(&mut self, rollout: &str, spec: &RolloutSpec, analysis: &Analysis, admins: &[String]) -> Option<Measured> {
         let inbound = |version: &str| Key { service: spec.service.clone(), version: version.to_string(), direction: "inbound".into() };
         let (canary_key, stable_key) = (inbound(&spec.canary), inbound(&spec.stable));
         let previous = self.baselines.remove(rollout);
@@ -81,7 +81,7 @@ impl Scraper {
     }
 
     /// Forgets a rollout's baseline (it finished or was deleted).
-    pub fn forget(&mut self, rollout: &str) {
+    pub(super) fn forget(&mut self, rollout: &str) {
         self.baselines.remove(rollout);
     }
 

@@ -101,6 +101,7 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 /// Takes the advisory lock on `<store>.lock`; it lasts as long as the file
 /// stays open. A lock file apart from the store, because compaction and
 /// repair replace the store file itself.
+#[allow(unsafe_code)] // flock has no safe form in std
 fn lock(path: &Path) -> Result<File, StoreError> {
     let lock_path = sibling(path, ".lock");
     let file = OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path).map_err(io_error(&lock_path))?;

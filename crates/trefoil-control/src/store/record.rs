@@ -14,7 +14,7 @@ use serde_json::Value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Op {
+pub(super) enum Op {
     Put,
     Delete,
     /// Carries the revision counter through a compaction.
@@ -22,7 +22,7 @@ pub enum Op {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub(super) struct Record {
     pub op: Op,
     pub revision: u64,
     pub kind: String,
@@ -33,7 +33,7 @@ pub struct Record {
 
 const HEADER: usize = 8;
 
-pub fn encode(r: &Record) -> Vec<u8> {
+pub(super) fn encode(r: &Record) -> Vec<u8> {
     let payload = serde_json::to_vec(r).unwrap_or_default();
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -63,7 +63,7 @@ fn next_intact(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 /// What opening a log finds.
-pub enum Prefix {
+pub(super) enum Prefix {
     /// Every byte belongs to an intact record.
     Whole(Vec<Record>),
     /// The records before `good`; the bytes after hold no intact record:
@@ -76,7 +76,7 @@ pub enum Prefix {
 }
 
 /// Reads the records from the start of `bytes`, as opening the store does.
-pub fn read_prefix(bytes: &[u8]) -> Prefix {
+pub(super) fn read_prefix(bytes: &[u8]) -> Prefix {
     let mut records = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -94,14 +94,14 @@ pub fn read_prefix(bytes: &[u8]) -> Prefix {
 
 /// Every intact record of a damaged log, found by skipping each damaged
 /// stretch up to the next intact record.
-pub struct Salvage {
+pub(super) struct Salvage {
     /// Each intact record and where its bytes are.
     pub records: Vec<(Record, Range<usize>)>,
     /// The stretches of bytes that hold no intact record.
     pub gaps: Vec<Range<usize>>,
 }
 
-pub fn salvage(bytes: &[u8]) -> Salvage {
+pub(super) fn salvage(bytes: &[u8]) -> Salvage {
     let mut out = Salvage { records: Vec::new(), gaps: Vec::new() };
     let mut at = 0;
     while at < bytes.len() {
@@ -123,7 +123,7 @@ pub fn salvage(bytes: &[u8]) -> Salvage {
 /// The writes a damaged stretch still names, as `Kind/name (op, revision N)`:
 /// a hint of what to re-apply. Best effort: damage inside a record's first
 /// fields hides it.
-pub fn named_in(damaged: &[u8]) -> Vec<String> {
+pub(super) fn named_in(damaged: &[u8]) -> Vec<String> {
     const START: &str = "{\"op\":\"";
     let text = String::from_utf8_lossy(damaged);
     let mut out = Vec::new();

@@ -140,7 +140,7 @@ fn damage_followed_by_an_intact_record_is_refused_and_the_file_left_alone() {
 #[test]
 fn repair_keeps_the_records_before_and_after_the_damage() {
     let (path, whole, at) = five_routes("repair");
-    let mut bytes = whole.clone();
+    let mut bytes = whole;
     // The second record's checksum, and the fourth record zeroed from its
     // middle into the fifth's header: two damaged stretches.
     bytes[at[1] + 5] ^= 0x80;

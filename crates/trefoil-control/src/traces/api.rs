@@ -110,6 +110,8 @@ fn follow(store: Arc<TraceStore>, trace_id: Option<String>) -> Response {
     let held = trace_id.as_deref().and_then(|id| store.trace(id)).unwrap_or_default();
     // A span stored between subscribing and reading arrives both ways: once is enough.
     let already: Arc<HashSet<String>> = Arc::new(held.iter().map(|s| s.span_id.clone()).collect());
+    // Encoded now, while `held` is at hand.
+    #[allow(clippy::needless_collect)]
     let lines: Vec<Bytes> = held.iter().map(line).collect();
     let new = futures_util::stream::unfold(rx, move |mut rx| {
         let (trace_id, already) = (trace_id.clone(), already.clone());

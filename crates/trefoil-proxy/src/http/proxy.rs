@@ -561,12 +561,9 @@ async fn attempt_loop(
         };
         // The last possible attempt takes the headers; earlier ones copy them for a retry.
         let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-        let upstream_req = match build_upstream_request(parts, headers, service, &endpoint, body) {
-            Ok(r) => r,
-            Err(_) => {
-                out.flag = "bad_request";
-                return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n"));
-            }
+        let Ok(upstream_req) = build_upstream_request(parts, headers, service, &endpoint, body) else {
+            out.flag = "bad_request";
+            return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n"));
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
         let span = out.spans.as_ref().map(|s| s.start_attempt(attempt, endpoint.addr, &service.name, &endpoint.version));

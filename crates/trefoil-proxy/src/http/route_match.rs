@@ -156,8 +156,8 @@ mod tests {
     proptest! {
         #[test]
         fn prefix_agrees_with_segment_definition(prefix in "(/[a-c]{1,2}){1,3}", path in "(/[a-c]{1,2}){0,4}") {
-            let m = matcher(serde_json::json!({"path": {"prefix": prefix.clone()}}));
-            let uri = if path.is_empty() { "/".to_string() } else { path.clone() };
+            let m = matcher(serde_json::json!({"path": {"prefix": prefix}}));
+            let uri = if path.is_empty() { "/".to_string() } else { path };
             let segments = |s: &str| s.split('/').filter(|x| !x.is_empty()).map(str::to_string).collect::<Vec<_>>();
             let (ps, us) = (segments(&prefix), segments(&uri));
             let expected = us.len() >= ps.len() && us[..ps.len()] == ps[..];

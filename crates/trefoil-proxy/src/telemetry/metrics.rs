@@ -46,7 +46,7 @@ impl std::fmt::Display for Label {
 }
 
 impl EncodeLabelValue for Label {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         encoder.write_str(&self.0)
     }
 }

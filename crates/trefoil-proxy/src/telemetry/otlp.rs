@@ -62,10 +62,7 @@ pub fn start(endpoint: &str, service_name: String, client: HttpClient, dropped: 
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let first = match rx.recv().await {
-                Some(s) => s,
-                None => return,
-            };
+            let Some(first) = rx.recv().await else { return };
             batch.push(first);
             let deadline = tokio::time::sleep(Duration::from_secs(1));
             tokio::pin!(deadline);

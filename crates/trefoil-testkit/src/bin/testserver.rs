@@ -321,6 +321,7 @@ async fn main() -> anyhow::Result<()> {
     if args.exit_on_stdin_close {
         std::thread::spawn(|| {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            #[allow(clippy::disallowed_methods)] // its parent is gone: nothing to keep
             std::process::exit(0);
         });
     }
