@@ -27,6 +27,9 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Client connections open, and accepted since start.
 static CLIENTS: AtomicUsize = AtomicUsize::new(0);
 static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
+/// Times an upstream connection was refused for want of descriptors: each
+/// worker drops its idle upstream connections when it sees this change.
+static SHORTAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Descriptors kept for everything but upstream connections: accepting
 /// and answering clients, listeners, logs, health checks.
@@ -98,9 +101,15 @@ pub fn try_hold_upstream() -> Option<Held> {
     let open = OPEN.fetch_add(1, Ordering::Relaxed);
     if open.saturating_add(RESERVE) >= limit() {
         OPEN.fetch_sub(1, Ordering::Relaxed);
+        SHORTAGES.fetch_add(1, Ordering::Relaxed);
         return None;
     }
     Some(Held { client: false })
+}
+
+/// How many times descriptors ran short so far (see [`SHORTAGES`]).
+pub fn shortages() -> usize {
+    SHORTAGES.load(Ordering::Relaxed)
 }
 
 /// Whether an error is this process running out of descriptors (not the

@@ -78,6 +78,8 @@ thread_local! {
     // Keyed by configured endpoints, not by anything a client chooses: a fast
     // hash is safe, and the map is looked up twice per request.
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<FxHasher>>> = RefCell::default();
+    /// `descriptors::shortages()` at this worker's last sweep.
+    static SHORTAGES_SEEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Pooled {
@@ -239,6 +241,12 @@ fn take_idle(addr: SocketAddr) -> Option<Box<Pooled>> {
 /// upstream closed, and forgets endpoints left with none. Without it, a
 /// connection to an endpoint no request goes to any more would stay open.
 pub fn sweep() {
+    // Descriptors ran short since the last sweep: the idle connections go,
+    // on every worker, not only on the one that needed a descriptor.
+    let shortages = descriptors::shortages();
+    if SHORTAGES_SEEN.with(|seen| seen.replace(shortages)) != shortages {
+        drop_idle();
+    }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         idle.retain(|_, list| {
@@ -249,6 +257,11 @@ pub fn sweep() {
 }
 
 /// Sweeps this thread's pool every `every`, for as long as the thread's runtime runs.
+/// Closes every idle connection of this worker.
+fn drop_idle() {
+    IDLE.with(|idle| idle.borrow_mut().clear());
+}
+
 pub async fn sweep_every(every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -262,7 +275,15 @@ pub async fn sweep_every(every: Duration) {
 /// buffers and socket.
 async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Result<Box<Pooled>, SendError> {
     let connect_error = |source: BoxError| SendError { connect: true, source };
-    let held = descriptors::try_hold_upstream().ok_or_else(|| connect_error(Box::new(descriptors::Exhausted)))?;
+    // Idle connections kept for reuse give their descriptors up before a new
+    // connection is refused for want of one.
+    let held = match descriptors::try_hold_upstream() {
+        Some(held) => held,
+        None => {
+            drop_idle();
+            descriptors::try_hold_upstream().ok_or_else(|| connect_error(Box::new(descriptors::Exhausted)))?
+        }
+    };
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(format!("connect to {addr} timed out after {connect_timeout:?}").into()))?
