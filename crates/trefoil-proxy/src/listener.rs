@@ -50,7 +50,7 @@ pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpList
     if shared {
         socket.set_reuse_port(true)?;
     }
-    socket.set_nodelay(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
