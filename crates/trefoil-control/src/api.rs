@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trefoil_model::resource::{CONTROLLER_KINDS, KINDS};
-use trefoil_model::{load_str, Diagnostic};
+use trefoil_model::Diagnostic;
 
 use crate::store::{Event, Store, StoreError, Stored};
 
@@ -184,7 +184,12 @@ fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
     let invalid =
         |errors: Vec<Diagnostic>| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "invalid resource".into(), errors };
-    let sources = load_str(&Arc::from("request body"), text).map_err(|d| invalid(d.0))?;
+    // Every problem in one answer: the shape errors, and the checks on what could be read.
+    let loaded = trefoil_model::load_all_str(&Arc::from("request body"), text);
+    if !loaded.problems.is_empty() {
+        return Err(invalid(trefoil_model::check_all(&loaded, false)));
+    }
+    let sources = loaded.resources;
     let [source] = sources.as_slice() else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body must hold exactly one resource, not {}", sources.len())));
     };

@@ -1,6 +1,7 @@
 //! Trefoil's declarative resources: their types, defaults, and validation
 //! that points at the file, line, column and field of every mistake.
 
+pub mod check;
 pub mod diagnostic;
 pub mod duration;
 pub mod load;
@@ -9,8 +10,9 @@ pub mod resource;
 pub mod spec;
 pub mod validate;
 
+pub use check::check_all;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Duration;
-pub use load::{from_yaml, load_path, load_str, SourcedResource};
+pub use load::{from_yaml, load_all_path, load_all_str, load_path, load_str, Loaded, SourcedResource};
 pub use resource::{Metadata, Resource, Spec, API_VERSION};
 pub use validate::{validate, validate_each};

@@ -27,36 +27,34 @@ impl SourcedResource {
 
 /// Loads a YAML file, or every `*.yaml`/`*.yml` file under a directory in name order.
 pub fn load_path(path: &Path) -> Result<Vec<SourcedResource>, Diagnostics> {
-    let files = yaml_files(path)
-        .map_err(|message| Diagnostics(vec![Diagnostic::new(&Arc::from(path.display().to_string()), Position::default(), "", message)]))?;
-    let mut resources = Vec::new();
-    let mut problems = Vec::new();
+    load_all_path(path).into_result()
+}
+
+/// Reads every resource under `path` that can be read, with every problem.
+pub fn load_all_path(path: &Path) -> Loaded {
+    let mut loaded = Loaded::default();
+    let files = match yaml_files(path) {
+        Ok(files) => files,
+        Err(message) => {
+            loaded.problems.push(Diagnostic::new(&Arc::from(path.display().to_string()), Position::default(), "", message));
+            return loaded;
+        }
+    };
     for file in files {
         let name: Arc<str> = Arc::from(file.display().to_string());
         // Checked before reading: a huge file must not be read into memory to be refused.
         let limit = Limits::DEFAULT.max_text_bytes;
         if let Some(meta) = std::fs::metadata(&file).ok().filter(|m| m.len() > limit as u64) {
-            problems.push(Diagnostic::new(
-                &name,
-                Position::default(),
-                "",
-                format!("the file is {} bytes, more than the {limit} a YAML text may have", meta.len()),
-            ));
+            let message = format!("the file is {} bytes, more than the {limit} a YAML text may have", meta.len());
+            loaded.problems.push(Diagnostic::new(&name, Position::default(), "", message));
             continue;
         }
         match std::fs::read_to_string(&file) {
-            Ok(text) => match load_str(&name, &text) {
-                Ok(mut r) => resources.append(&mut r),
-                Err(mut d) => problems.append(&mut d.0),
-            },
-            Err(e) => problems.push(Diagnostic::new(&name, Position::default(), "", format!("cannot read file: {e}"))),
+            Ok(text) => loaded.append(load_all_str(&name, &text)),
+            Err(e) => loaded.problems.push(Diagnostic::new(&name, Position::default(), "", format!("cannot read file: {e}"))),
         }
     }
-    if problems.is_empty() {
-        Ok(resources)
-    } else {
-        Err(Diagnostics(problems))
-    }
+    loaded
 }
 
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, String> {
@@ -78,69 +76,117 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// Parses the resources of one YAML text; `file` names it in errors.
 pub fn load_str(file: &Arc<str>, text: &str) -> Result<Vec<SourcedResource>, Diagnostics> {
-    let documents = parse_documents(text)
-        .map_err(|e| Diagnostics(vec![Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message))]))?;
-    let mut resources = Vec::new();
-    let mut problems = Vec::new();
+    load_all_str(file, text).into_result()
+}
+
+/// A configuration's resources as far as they could be read, and every
+/// problem found reading them.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Resources read whole, and those read with wrong fields set aside.
+    pub resources: Vec<SourcedResource>,
+    /// For each of `resources`, the fields set aside (empty when it read whole).
+    pub set_aside: Vec<Vec<String>>,
+    pub problems: Vec<Diagnostic>,
+    /// Names of the resources that could not be read at all.
+    pub unread: Vec<String>,
+}
+
+impl Loaded {
+    /// The resources when nothing was wrong, else every problem.
+    pub fn into_result(self) -> Result<Vec<SourcedResource>, Diagnostics> {
+        if self.problems.is_empty() {
+            Ok(self.resources)
+        } else {
+            Err(Diagnostics(self.problems))
+        }
+    }
+
+    fn append(&mut self, mut other: Loaded) {
+        self.resources.append(&mut other.resources);
+        self.set_aside.append(&mut other.set_aside);
+        self.problems.append(&mut other.problems);
+        self.unread.append(&mut other.unread);
+    }
+}
+
+/// Reads every resource of one YAML text that can be read, with every problem.
+pub fn load_all_str(file: &Arc<str>, text: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    let documents = match parse_documents(text) {
+        Ok(documents) => documents,
+        Err(e) => {
+            loaded.problems.push(Diagnostic::new(file, e.position, "", format!("YAML syntax error: {}", e.message)));
+            return loaded;
+        }
+    };
     for document in documents {
         if document.value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
         let document = Arc::new(document);
-        match decode(file, &document) {
-            Ok(resource) => resources.push(SourcedResource { resource, file: file.clone(), document }),
-            Err(mut d) => problems.append(&mut d),
+        let decoded = decode(file, &document);
+        loaded.problems.extend(decoded.problems);
+        match decoded.resource {
+            Some(resource) => {
+                loaded.resources.push(SourcedResource { resource, file: file.clone(), document });
+                loaded.set_aside.push(decoded.set_aside);
+            }
+            None => loaded.unread.extend(document.value["metadata"]["name"].as_str().map(str::to_string)),
         }
     }
-    if problems.is_empty() {
-        Ok(resources)
-    } else {
-        Err(Diagnostics(problems))
-    }
+    loaded
 }
 
-fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagnostic>> {
+/// One document read as a resource: the resource, if it could be read (with
+/// the fields in `set_aside` left out when there were problems), and every
+/// problem found.
+struct Decoded {
+    resource: Option<Resource>,
+    problems: Vec<Diagnostic>,
+    set_aside: Vec<String>,
+}
+
+fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Decoded {
     let at = |field: &str| doc.locate(field);
-    let problem = |field: &str, message: String| vec![Diagnostic::new(file, at(field), field, message)];
+    let problem = |field: &str, message: String| Diagnostic::new(file, at(field), field, message);
     let Value::Object(top) = &doc.value else {
-        return Err(problem("", "a resource must be a mapping with apiVersion, kind, metadata and spec".into()));
+        let message = "a resource must be a mapping with apiVersion, kind, metadata and spec".to_string();
+        return Decoded { resource: None, problems: vec![problem("", message)], set_aside: Vec::new() };
     };
     let mut problems = Vec::new();
     for key in top.keys() {
         if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec" | "status") {
-            problems.push(Diagnostic::new(
-                file,
-                at(key),
-                key.as_str(),
-                format!("unknown field `{key}`, expected one of `apiVersion`, `kind`, `metadata`, `spec`"),
-            ));
+            problems.push(problem(key, format!("unknown field `{key}`, expected one of `apiVersion`, `kind`, `metadata`, `spec`")));
         }
     }
     match top.get("apiVersion") {
         Some(Value::String(v)) if v == API_VERSION => {}
-        Some(v) => problems.extend(problem("apiVersion", format!("unsupported apiVersion {v}, expected `{API_VERSION}`"))),
-        None => problems.extend(problem("apiVersion", format!("missing field `apiVersion` (expected `{API_VERSION}`)"))),
+        Some(v) => problems.push(problem("apiVersion", format!("unsupported apiVersion {v}, expected `{API_VERSION}`"))),
+        None => problems.push(problem("apiVersion", format!("missing field `apiVersion` (expected `{API_VERSION}`)"))),
     }
     let metadata = typed::<Metadata>(file, doc, "metadata", top.get("metadata"));
     let kind = match top.get("kind") {
         Some(Value::String(k)) if KINDS.contains(&k.as_str()) => Some(k.as_str()),
         Some(k) => {
-            problems.extend(problem("kind", format!("unknown kind {k}, expected one of {}", KINDS.join(", "))));
+            problems.push(problem("kind", format!("unknown kind {k}, expected one of {}", KINDS.join(", "))));
             None
         }
         None => {
-            problems.extend(problem("kind", format!("missing field `kind` (one of {})", KINDS.join(", "))));
+            problems.push(problem("kind", format!("missing field `kind` (one of {})", KINDS.join(", "))));
             None
         }
     };
     let spec_value = top.get("spec");
-    let spec = kind.map(|kind| match kind {
-        "Proxy" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Proxy),
+    let empty = Value::Object(Default::default());
+    let or_empty = spec_value.or(Some(&empty));
+    let spec: Option<Typed<Spec>> = kind.map(|kind| match kind {
+        "Proxy" => typed(file, doc, "spec", or_empty).map(Spec::Proxy),
         "Listener" => typed(file, doc, "spec", spec_value).map(Spec::Listener),
-        "Service" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Service),
+        "Service" => typed(file, doc, "spec", or_empty).map(Spec::Service),
         "Route" => typed(file, doc, "spec", spec_value).map(Spec::Route),
         "Workload" => typed(file, doc, "spec", spec_value).map(Spec::Workload),
-        "Endpoints" => typed(file, doc, "spec", spec_value.or(Some(&Value::Object(Default::default())))).map(Spec::Endpoints),
+        "Endpoints" => typed(file, doc, "spec", or_empty).map(Spec::Endpoints),
         "NetworkFunction" => typed(file, doc, "spec", spec_value).map(Spec::NetworkFunction),
         "CNF" => typed(file, doc, "spec", spec_value).map(Spec::Cnf),
         "Rollout" => typed(file, doc, "spec", spec_value).map(Spec::Rollout),
@@ -148,13 +194,26 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Result<Resource, Vec<Diagno
         "Event" => typed(file, doc, "spec", spec_value).map(Spec::Event),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
-    match (metadata, spec) {
-        (Ok(metadata), Some(Ok(spec))) if problems.is_empty() => Ok(Resource { api_version: API_VERSION.to_string(), metadata, spec }),
-        (metadata, spec) => {
-            problems.extend(metadata.err());
-            problems.extend(spec.and_then(Result::err));
-            Err(problems)
+    let readable = problems.is_empty();
+    problems.extend(metadata.problems);
+    let mut set_aside = metadata.set_aside;
+    let resource = match (metadata.value, spec) {
+        (Some(metadata), Some(spec)) => {
+            problems.extend(spec.problems);
+            set_aside.extend(spec.set_aside);
+            spec.value.filter(|_| readable).map(|spec| Resource { api_version: API_VERSION.to_string(), metadata, spec })
         }
+        (_, spec) => {
+            problems.extend(spec.into_iter().flat_map(|s| s.problems));
+            None
+        }
+    };
+    Decoded { resource, problems, set_aside }
+}
+
+impl<T> Typed<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Typed<U> {
+        Typed { value: self.value.map(f), problems: self.problems, set_aside: self.set_aside }
     }
 }
 
@@ -170,31 +229,131 @@ pub fn from_yaml<T: DeserializeOwned>(file: &Arc<str>, text: &str) -> Result<T, 
     };
     // An empty file is an empty mapping: every field takes its default.
     let value = if document.value.is_null() { Value::Object(Default::default()) } else { document.value.clone() };
-    typed(file, &document, "", Some(&value))
+    let typed = typed(file, &document, "", Some(&value));
+    match (typed.value, typed.problems.into_iter().next()) {
+        (Some(value), None) => Ok(value),
+        (_, Some(first)) => Err(first),
+        (None, None) => Err(Diagnostic::new(file, document.start, "", "cannot be read")),
+    }
 }
 
-/// Deserializes one part of a document, reporting the exact failing field.
-fn typed<T: DeserializeOwned>(file: &Arc<str>, doc: &LocatedDocument, base: &str, value: Option<&Value>) -> Result<T, Diagnostic> {
+/// What deserializing one part of a document found: the value, if it could
+/// be read, every problem on the way, and the fields set aside to read it.
+struct Typed<T> {
+    value: Option<T>,
+    problems: Vec<Diagnostic>,
+    /// Field paths (as in diagnostics) whose values were wrong and left out.
+    set_aside: Vec<String>,
+}
+
+/// At most this many shape errors are reported for one part of a document.
+const MAX_SHAPE_ERRORS: usize = 64;
+
+/// Deserializes one part of a document, reporting the exact failing field,
+/// and every other one: serde stops at the first error, so the failing field
+/// is set aside (removed, leaving its default) and the rest read again, until
+/// the part reads or a required field is missing. A route with six mistakes
+/// is then corrected in one round, not one per mistake.
+fn typed<T: DeserializeOwned>(file: &Arc<str>, doc: &LocatedDocument, base: &str, value: Option<&Value>) -> Typed<T> {
     let Some(value) = value else {
-        return Err(Diagnostic::new(file, doc.start, base, format!("missing field `{base}`")));
+        let problem = Diagnostic::new(file, doc.start, base, format!("missing field `{base}`"));
+        return Typed { value: None, problems: vec![problem], set_aside: Vec::new() };
     };
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let mut field = base.to_string();
-        let inner = e.path().to_string();
-        if inner != "." {
-            field = if base.is_empty() { inner } else { format!("{base}.{inner}").replace(".[", "[") };
-        }
-        let message = e.into_inner().to_string();
+    let mut value = value.clone();
+    let mut typed = Typed { value: None, problems: Vec::new(), set_aside: Vec::new() };
+    while typed.problems.len() < MAX_SHAPE_ERRORS {
+        let error = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(v) => {
+                typed.value = Some(v);
+                return typed;
+            }
+            Err(error) => error,
+        };
+        let mut segments: Vec<Segment> = error.path().iter().filter_map(Segment::of).collect();
+        let message = error.into_inner().to_string();
         // Serde reports an unknown field at its parent; point at the field itself.
-        if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-            if field.is_empty() {
-                field = name.to_string();
-            } else if field != name && !field.ends_with(&format!(".{name}")) {
-                field = format!("{field}.{name}");
+        let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+        if let Some(name) = unknown {
+            if segments.last() != Some(&Segment::Key(name.to_string())) {
+                segments.push(Segment::Key(name.to_string()));
             }
         }
-        Diagnostic::new(file, doc.locate(&field), field.clone(), message)
-    })
+        // A required field set aside earlier is missing now: already reported.
+        let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()).map(str::to_string);
+        if let Some(name) = &missing {
+            let path = field_path(base, &[segments.as_slice(), &[Segment::Key(name.clone())]].concat());
+            if typed.set_aside.contains(&path) {
+                return typed;
+            }
+        }
+        let field = field_path(base, &segments);
+        typed.problems.push(Diagnostic::new(file, doc.locate(&field), field.clone(), message));
+        if missing.is_some() || !set_aside(&mut value, &segments) {
+            return typed;
+        }
+        typed.set_aside.push(field);
+    }
+    typed
+}
+
+/// One step of a path into a JSON value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl Segment {
+    fn of(segment: &serde_path_to_error::Segment) -> Option<Segment> {
+        match segment {
+            serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+            serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+            serde_path_to_error::Segment::Unknown => None,
+        }
+    }
+}
+
+/// The path as diagnostics write it: `spec.rules[0].backends`.
+fn field_path(base: &str, segments: &[Segment]) -> String {
+    let mut path = base.to_string();
+    for segment in segments {
+        match segment {
+            Segment::Key(key) if path.is_empty() => path.push_str(key),
+            Segment::Key(key) => {
+                path.push('.');
+                path.push_str(key);
+            }
+            Segment::Index(i) => path.push_str(&format!("[{i}]")),
+        }
+    }
+    path
+}
+
+/// Removes the field at `segments`, so that the rest can be read. A list
+/// element is not removed (the indices after it would shift and every later
+/// error would point at the wrong item): then, and for the whole value,
+/// nothing more can be read.
+fn set_aside(value: &mut Value, segments: &[Segment]) -> bool {
+    let Some((Segment::Key(last), parents)) = segments.split_last() else { return false };
+    let mut at = value;
+    for segment in parents {
+        at = match (segment, at) {
+            (Segment::Key(k), Value::Object(map)) => match map.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Index(i), Value::Array(items)) => match items.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match at {
+        Value::Object(map) => map.remove(last).is_some(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -123,10 +123,13 @@ struct Applied {
 }
 
 pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
-    // Check locally first: errors point into the user's own files.
-    let sources = match trefoil_model::load_path(&args.path).and_then(|s| trefoil_model::validate_each(&s).map(|_| s)) {
-        Ok(s) => s,
-        Err(d) => {
+    // Check locally first: errors point into the user's own files, all of them at once.
+    let loaded = trefoil_model::load_all_path(&args.path);
+    let problems = trefoil_model::check_all(&loaded, false);
+    let sources = match problems.is_empty() {
+        true => loaded.resources,
+        false => {
+            let d = trefoil_model::Diagnostics(problems);
             for e in &d.0 {
                 eprintln!("{e}");
             }

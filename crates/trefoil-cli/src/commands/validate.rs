@@ -26,12 +26,17 @@ struct Report<'a> {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    // Compiling as a proxy also checks what only the data plane can:
-    // certificates that parse, listener route names, upstream TLS settings.
-    let result = trefoil_model::load_path(&args.path).and_then(|sources| {
-        trefoil_proxy::snapshot::compile(&sources, &trefoil_proxy::snapshot::Shared::new(1), 0)?;
-        Ok(sources)
-    });
+    // Every problem at once: how each resource reads, then the checks across
+    // fields and resources on what could be read. Compiling as a proxy then
+    // checks what only the data plane can: certificates that parse, listener
+    // route names, upstream TLS settings.
+    let loaded = trefoil_model::load_all_path(&args.path);
+    let problems = trefoil_model::check_all(&loaded, true);
+    let result = if problems.is_empty() {
+        trefoil_proxy::snapshot::compile(&loaded.resources, &trefoil_proxy::snapshot::Shared::new(1), 0).map(|_| loaded.resources)
+    } else {
+        Err(Diagnostics(problems))
+    };
     let (resources, errors): (Vec<String>, Vec<Diagnostic>) = match &result {
         Ok(sources) => (sources.iter().map(|s| format!("{}/{}", s.resource.kind(), s.resource.name())).collect(), Vec::new()),
         Err(Diagnostics(d)) => (Vec::new(), d.clone()),
