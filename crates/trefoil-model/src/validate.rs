@@ -476,9 +476,6 @@ impl Validator {
             if !(rl.requests_per_second > 0.0 && rl.requests_per_second.is_finite()) {
                 self.report(r, &format!("{at}.filters.rateLimit.requestsPerSecond"), "must be a positive number");
             }
-            if rl.burst == Some(0) {
-                self.report(r, &format!("{at}.filters.rateLimit.burst"), "a burst of 0 refuses every request; use at least 1");
-            }
             if !(400..=599).contains(&rl.status) {
                 self.report(r, &format!("{at}.filters.rateLimit.status"), "must be an HTTP error status (400-599)");
             }
@@ -726,10 +723,8 @@ mod tests {
     fn duplicates_and_impossible_limits_are_reported() {
         let err = check("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec: {service: web}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: b}\nspec: {service: web, healthCheck: {unhealthyThreshold: 0}}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: r}\nspec:\n  service: nope\n  rules:\n  - filters: {rateLimit: {requestsPerSecond: 5, burst: 0}}\n    backends: [{service: web}]\n").unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["spec.service", "spec.healthCheck.unhealthyThreshold", "spec.service", "spec.rules[0].filters.rateLimit.burst"]
-        );
+        // A burst of 0 is allowed: it refuses every request, as documented (a switch to close a rule).
+        assert_eq!(fields, ["spec.service", "spec.healthCheck.unhealthyThreshold", "spec.service"]);
     }
 
     #[test]

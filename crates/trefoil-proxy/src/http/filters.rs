@@ -111,6 +111,14 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_of_zero_refuses_every_request() {
+        let rl = RateLimiter::new(&LocalRateLimit { requests_per_second: 1000.0, burst: Some(0), status: 429 });
+        assert!(!rl.try_acquire());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(!rl.try_acquire(), "tokens never accumulate past the bucket's size of 0");
+    }
+
+    #[test]
     fn header_edits_apply_in_order() {
         let m: HeaderModifier = serde_json::from_value(serde_json::json!({
             "set": {"x-a": "1"}, "add": {"x-b": "2"}, "remove": ["x-c"]
