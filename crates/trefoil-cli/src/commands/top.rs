@@ -76,6 +76,10 @@ struct ProxyReport {
 #[serde(rename_all = "camelCase")]
 struct Report {
     interval_seconds: f64,
+    /// The window saw no request, so `services` holds the totals since each
+    /// proxy started instead (with `--once`: a request sent just before is
+    /// shown rather than nothing).
+    since_start: bool,
     services: Vec<Row>,
     proxies: Vec<ProxyReport>,
 }
@@ -116,7 +120,10 @@ async fn refresh(args: &Args) -> ExitCode {
         let (current, failures) = scrape_all(&fetcher, &targets).await;
         let seconds = taken.elapsed().as_secs_f64();
         taken = Instant::now();
-        let report = report(&targets, &previous, &current, &failures, seconds);
+        let mut report = report(&targets, &previous, &current, &failures, seconds);
+        if once && report.services.iter().all(|row| row.requests == 0.0) {
+            report = since_start(&targets, &current, &failures, seconds);
+        }
         if args.output != Format::Table {
             print_structured(args.output, &report);
         } else {
@@ -213,22 +220,36 @@ fn report(targets: &[Target], previous: &Scrapes, current: &Scrapes, failures: &
         };
         proxies.push(ProxyReport { name: t.name.clone(), admin_address: t.admin.clone().ok(), reachable: error.is_none(), error });
     }
-    Report { interval_seconds: seconds, services: traffic::rows(&groups, seconds), proxies }
+    Report { interval_seconds: seconds, since_start: false, services: traffic::rows(&groups, seconds), proxies }
+}
+
+/// What the proxies counted since they started: growth from nothing to now,
+/// with no rate (the time it took is not known).
+fn since_start(targets: &[Target], current: &Scrapes, failures: &HashMap<String, String>, seconds: f64) -> Report {
+    let nothing: Scrapes = current.keys().map(|name| (name.clone(), Vec::new())).collect();
+    let mut report = report(targets, &nothing, current, failures, f64::INFINITY);
+    report.interval_seconds = seconds;
+    report.since_start = true;
+    report
 }
 
 fn print_table(r: &Report) {
     let reachable = r.proxies.iter().filter(|p| p.reachable).count();
     println!("{} of {} proxies answered; window {:.1}s", reachable, r.proxies.len(), r.interval_seconds);
+    if r.since_start && !r.services.is_empty() {
+        println!("no request in the window: totals since the proxies started (send traffic while `trefoil top` runs for rates)");
+    }
     println!("{:<24} {:<10} {:>9} {:>8} {:>9} {:>9} {:>9}", "SERVICE", "VERSION", "RPS", "SUCCESS", "P50", "P99", "REQUESTS");
     for row in &r.services {
         let service = if row.service.is_empty() { "(no route)" } else { &row.service };
         let version = if row.version.is_empty() { "-" } else { &row.version };
         let success = row.success_rate.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "-".to_string());
+        let rps = if r.since_start { "-".to_string() } else { format!("{:.1}", row.rps) };
         println!(
-            "{:<24} {:<10} {:>9.1} {:>8} {:>9} {:>9} {:>9}",
+            "{:<24} {:<10} {:>9} {:>8} {:>9} {:>9} {:>9}",
             service,
             version,
-            row.rps,
+            rps,
             success,
             latency(row.p50_seconds),
             latency(row.p99_seconds),
@@ -236,7 +257,7 @@ fn print_table(r: &Report) {
         );
     }
     if r.services.is_empty() {
-        println!("(no requests seen by these proxies)");
+        println!("(no requests seen by these proxies yet: send some, e.g. `curl localhost:8080/`)");
     }
     for p in r.proxies.iter().filter(|p| !p.reachable) {
         println!("unreachable: {}: {}", p.name, p.error.as_deref().unwrap_or("no answer"));
@@ -283,6 +304,17 @@ mod tests {
         let reachable: Vec<(&str, bool)> = r.proxies.iter().map(|p| (p.name.as_str(), p.reachable)).collect();
         assert_eq!(reachable, [("a", true), ("b", true), ("late", true), ("down", false)]);
         assert_eq!(r.proxies[3].error.as_deref(), Some("proxy down is not reachable: connection refused"));
+    }
+
+    #[test]
+    fn a_quiet_window_shows_the_totals_since_start() {
+        let targets = [target("a")];
+        let current: Scrapes = [("a".to_string(), samples(1.0))].into();
+        let quiet = report(&targets, &current, &current, &HashMap::new(), 2.0);
+        assert!(quiet.services.iter().all(|row| row.requests == 0.0));
+        let r = since_start(&targets, &current, &HashMap::new(), 2.0);
+        assert!(r.since_start);
+        assert_eq!((r.services[0].requests, r.services[0].rps), (1.0, 0.0));
     }
 
     #[test]
