@@ -228,9 +228,16 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         running.supervise(&replica.app);
     }
 
-    let apps: Vec<String> = plan.replicas.iter().map(|r| r.app.name.clone()).collect();
-    let _ =
-        tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(|v| apps.iter().all(|a| v.processes.get(a).is_some_and(|p| p.ready)))).await;
+    // Every process this started, proxies included: "trefoil is up" comes
+    // after each one's "ready" line, never before it.
+    let started: Vec<String> = plan
+        .gateways
+        .iter()
+        .map(|g| g.name.clone())
+        .chain(plan.replicas.iter().flat_map(|r| [r.sidecar.name.clone(), r.app.name.clone()]))
+        .collect();
+    let all_ready = |v: &UpView| started.iter().all(|name| v.processes.get(name).is_some_and(|p| p.ready));
+    let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(all_ready)).await;
     let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&ApiClient::new(plan.api), plan, &running.view)).await;
     running.events.send(Event::Up(summary(plan, &running.state, &running.view.borrow())));
     Ok(())
