@@ -189,4 +189,17 @@ mod tests {
         assert!(decode(br#"{"verdict":"maybe"}"#).is_err());
         assert!(decode(b"not json").is_err());
     }
+
+    proptest::proptest! {
+        /// A function's answer is untrusted: any bytes decode or fail, never panic.
+        #[test]
+        fn arbitrary_answers_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode(&body);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(text in "\\{(\"[a-z]{1,8}\":(\"[a-z]{0,8}\"|[0-9]{1,4}|\\[\\]|null|true),?){0,6}\\}") {
+            let _ = decode(text.as_bytes());
+        }
+    }
 }

@@ -487,3 +487,28 @@ mod flow_tests {
         assert_eq!(docs[0].locate("a[1]"), Position { line: 3, column: 6 });
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// YAML arrives from API bodies and dropped-in files: any text loads
+        /// or fails with a position, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,120}") {
+            if let Err(e) = parse_documents(&text) {
+                prop_assert!(e.position.line >= 1 || e.position == Position::default());
+            }
+        }
+
+        /// Text made of YAML's own punctuation, where a parser's edge cases live.
+        #[test]
+        fn yaml_punctuation_never_panics(text in "[-:{}\\[\\],&*!|>'\" #?\n a0]{0,80}") {
+            let _ = parse_documents(&text);
+            let _ = crate::load_str(&"p.yaml".into(), &text);
+        }
+    }
+}
