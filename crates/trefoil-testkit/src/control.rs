@@ -1,0 +1,134 @@
+//! A real `trefoil control`: its REST API, its proxy status, `trefoil apply`
+//! against it, and kill -9.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use trefoil_model::Resource;
+
+use crate::binaries::trefoil_command;
+use crate::client::http_request;
+use crate::process::{limit_before_exec, run_with_timeout, Process};
+use crate::resources::ToYaml;
+use crate::wait::{free_addr, wait_for_port, wait_until};
+
+/// How long starting and awaited conditions may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running control plane; killed (SIGKILL) when dropped.
+pub struct Control {
+    process: Process,
+    pub api: SocketAddr,
+    /// The config stream's address.
+    pub grpc: SocketAddr,
+}
+
+impl Control {
+    /// On free ports: tests run in parallel, so never the default ones.
+    pub fn start(data: &Path) -> Self {
+        Self::start_on(data, free_addr(), free_addr())
+    }
+
+    /// On given addresses, e.g. those of a control plane this one replaces.
+    pub fn start_on(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
+        Self::spawn(data, api, grpc, None)
+    }
+
+    /// On free ports, its address space capped at `bytes` from its first
+    /// instruction on, so that a regression fails the test instead of the machine.
+    pub fn start_capped(data: &Path, bytes: u64) -> Self {
+        Self::spawn(data, free_addr(), free_addr(), Some(bytes))
+    }
+
+    fn spawn(data: &Path, api: SocketAddr, grpc: SocketAddr, address_space: Option<u64>) -> Self {
+        let mut cmd = trefoil_command();
+        cmd.args(["control", "--data"]).arg(data).args(["--listen", &api.to_string(), "--grpc-listen", &grpc.to_string()]);
+        if let Some(bytes) = address_space {
+            limit_before_exec(&mut cmd, libc::RLIMIT_AS, bytes);
+        }
+        let log = data.with_extension(format!("control-{}.log", api.port()));
+        let mut process = Process::spawn_logged("trefoil control", &mut cmd, &log);
+        process.wait_for(&format!("the control plane to listen on {api}"), WAIT, || wait_for_port(api, Duration::from_millis(100)));
+        Control { process, api, grpc }
+    }
+
+    /// `http://` address of the REST API, for `--server`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// One REST call; the status and the JSON body (`Null` if none).
+    pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.try_call(method, path, body.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    /// Like [`Control::call`] with any bytes as the body, and a failed
+    /// exchange (a connection the server closed early) as an error.
+    pub fn try_call(&self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Value)> {
+        let (status, _, body) = http_request(self.api, method, "control", path, &[], body)?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    /// `PUT /api/v1/KIND/NAME` of `resource`; panics unless it is created or updated.
+    pub fn put(&self, resource: &Resource) {
+        self.put_yaml(resource.kind(), resource.name(), &resource.to_yaml());
+    }
+
+    /// `PUT /api/v1/KIND/NAME` of a YAML body.
+    pub fn put_yaml(&self, kind: &str, name: &str, body: &str) {
+        let (status, reply) = self.call("PUT", &format!("/api/v1/{kind}/{name}"), body);
+        assert!(status == 200 || status == 201, "PUT {kind}/{name}: {status} {reply}");
+    }
+
+    pub fn delete(&self, kind: &str, name: &str) {
+        let (status, reply) = self.call("DELETE", &format!("/api/v1/{kind}/{name}"), "");
+        assert_eq!(status, 200, "DELETE {kind}/{name}: {reply}");
+    }
+
+    /// `trefoil apply` of `resources`, written to a file in `dir`.
+    pub fn apply(&self, dir: &Path, resources: impl ToYaml) {
+        let file = dir.join("apply.yaml");
+        std::fs::write(&file, resources.to_yaml()).expect("writing the file to apply");
+        let out =
+            run_with_timeout(trefoil_command().arg("apply").arg("-f").arg(&file).args(["--server", &self.url()]), Duration::from_secs(60));
+        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The status of proxy `name`, if the control plane lists it.
+    pub fn status(&self, name: &str) -> Option<Value> {
+        let (status, list) = self.call("GET", "/api/v1/status/proxies", "");
+        assert_eq!(status, 200);
+        list["items"].as_array()?.iter().find(|p| p["name"] == name).cloned()
+    }
+
+    /// Waits until `name` is connected and has acked the latest snapshot compiled for it.
+    pub fn wait_in_sync(&self, name: &str) -> Value {
+        let mut last = None;
+        wait_until(&format!("proxy {name} to ack its latest snapshot"), WAIT, || {
+            last = self.status(name);
+            last.as_ref().is_some_and(|s| s["connected"] == true && !s["ackedVersion"].is_null() && s["ackedVersion"] == s["latestVersion"])
+        });
+        last.expect("wait_until returned, so the status was found")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.process.running()
+    }
+
+    /// What it wrote on stderr.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn kill_9(&mut self) {
+        self.process.kill();
+    }
+}

@@ -1,0 +1,186 @@
+//! A real `trefoil up`: start it on resource files, read its `up.json`, call
+//! its control plane, stop it with a signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::binaries::trefoil_command;
+use crate::client::http_request;
+use crate::process::{log_file, run_with_timeout, Process};
+use crate::resources::ToYaml;
+use crate::scratch::scratch_dir;
+
+/// How long start-up and each awaited condition may take.
+pub const START: Duration = Duration::from_secs(60);
+
+/// A running `trefoil up`; interrupted (then killed) when dropped.
+pub struct Up {
+    process: Option<Process>,
+    pub dir: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Up {
+    /// Writes `files` as `files/mesh.yaml` in a scratch directory and runs `up -f files`.
+    pub fn start(files: impl ToYaml) -> Self {
+        Self::start_in(scratch_dir(), files)
+    }
+
+    /// Starts in `dir`, reusing its state directory if an earlier run left one.
+    pub fn start_in(dir: PathBuf, files: impl ToYaml) -> Self {
+        std::fs::create_dir_all(dir.join("files")).expect("creating the files directory");
+        std::fs::write(dir.join("files").join("mesh.yaml"), files.to_yaml()).expect("writing the mesh's resources");
+        Self::start_on(dir.clone(), &dir.join("files"), &[])
+    }
+
+    /// `up -f files` with extra environment, its state and output in `dir`.
+    pub fn start_on(dir: PathBuf, files: &Path, env: &[(&str, &str)]) -> Self {
+        let state = dir.join("state");
+        let mut cmd = trefoil_command();
+        cmd.args(["up", "-f"])
+            .arg(files)
+            .envs(env.iter().copied())
+            .arg("--state")
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0", "-o", "json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file(&dir.join("stdout")))
+            .stderr(log_file(&dir.join("stderr")));
+        let process = Process::spawn("trefoil up", &mut cmd);
+        Up { process: Some(process), dir, state }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    /// `up.json`, once it exists.
+    pub fn view(&self) -> Value {
+        std::fs::read(self.state.join("up.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+    }
+
+    /// One process of `up.json` (`control`, `web-0`, `web-0-sidecar`...).
+    pub fn process(&self, name: &str) -> Value {
+        self.view()["processes"][name].clone()
+    }
+
+    /// The control plane's REST API.
+    pub fn api(&self) -> SocketAddr {
+        let url = self.view()["api"].as_str().expect("up.json names the API").to_string();
+        url.trim_start_matches("http://").parse().expect("up.json's API is an address")
+    }
+
+    /// GET on the control plane's API; `Null` unless it answers 200 with JSON.
+    pub fn get(&self, path: &str) -> Value {
+        match http_request(self.api(), "GET", "control", path, &[], b"") {
+            Ok((200, _, body)) => serde_json::from_slice(&body).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    /// The `metadata.resourceVersion` of the resource at `path` (e.g. `/api/v1/routes/edge`), if stored.
+    pub fn resource_version(&self, path: &str) -> Option<u64> {
+        self.get(path)["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok())
+    }
+
+    /// Polls `cond` every 50 ms for up to a minute; panics with `up.json`
+    /// and the log if `trefoil up` exits first or the time passes.
+    pub fn wait(&mut self, what: &str, cond: impl Fn(&Up) -> bool) {
+        let deadline = Instant::now() + START;
+        while Instant::now() < deadline {
+            if let Some(process) = self.process.as_mut() {
+                if let Some(status) = process.exited() {
+                    panic!("trefoil up exited with {status} while waiting for {what}:\n{}", self.stderr());
+                }
+            }
+            if cond(self) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}\nup.json: {:#}\nstderr:\n{}", self.view(), self.stderr());
+    }
+
+    /// Waits until every one of `apps` (process names) is ready.
+    pub fn wait_ready(&mut self, apps: &[&str]) {
+        self.wait("every app ready", |u| apps.iter().all(|a| u.process(a)["ready"] == true));
+    }
+
+    /// Waits for `up`'s summary on stdout, which it prints once every proxy
+    /// has acknowledged a snapshot with the ready replicas: from then on
+    /// traffic can flow everywhere.
+    pub fn wait_up(&mut self) {
+        self.wait("trefoil up's summary (every proxy in sync)", |u| u.stdout().contains("\"gateways\""));
+    }
+
+    /// Sends `signal` to `trefoil up` and waits for its exit code.
+    pub fn stop_with(&mut self, signal: i32) -> Option<i32> {
+        let mut process = self.process.take()?;
+        process.signal(signal);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Some(status) = process.exited() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        process.kill();
+        panic!("trefoil up did not exit after signal {signal}:\n{}", self.stderr());
+    }
+
+    /// `trefoil logs ARGS` on this run's state.
+    pub fn logs(&self, args: &[&str]) -> Output {
+        trefoil_command().arg("logs").args(args).arg("--state").arg(&self.state).output().expect("running trefoil logs")
+    }
+
+    /// `trefoil ARGS --server <this mesh's API>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let server = format!("http://{}", self.api());
+        run_with_timeout(trefoil_command().args(args).args(["--server", &server]), Duration::from_secs(30))
+    }
+
+    /// `trefoil apply -f FILE` against this mesh; panics unless it succeeds.
+    pub fn apply(&self, file: &Path) {
+        let out = self.cli(&["apply", "-f", &file.display().to_string()]);
+        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Whether every proxy is connected and has acknowledged `version` or newer.
+    pub fn all_acked(&self, version: u64) -> bool {
+        let items = self.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
+        !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
+    }
+
+    /// The endpoints of `Endpoints/<service>`, as the runtime published them.
+    pub fn endpoints(&self, service: &str) -> Vec<Value> {
+        self.get(&format!("/api/v1/endpoints/{service}"))["spec"]["endpoints"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The replica numbers of `service`'s ready endpoints.
+    pub fn ready_replicas(&self, service: &str) -> Vec<u64> {
+        self.endpoints(service).iter().filter(|e| e["ready"] == true).filter_map(|e| e["replica"].as_u64()).collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // Not after it exited on its own: there is nothing left to signal.
+        if self.process.as_mut().is_some_and(Process::running) {
+            let _ = self.stop_with(libc::SIGINT);
+        }
+    }
+}
+
+/// The pids of every process in an `up.json`.
+pub fn pids(view: &Value) -> Vec<u64> {
+    view["processes"].as_object().into_iter().flatten().filter_map(|(_, p)| p["pid"].as_u64()).collect()
+}
