@@ -3,12 +3,10 @@
 //! the answer, a deny that replaces it, response bodies sent to the function
 //! up to `sendBody`, larger ones under the failure policy, `when`, and taps.
 
-mod common;
-
 use std::time::Duration;
 
-use common::chain::*;
-use common::*;
+use crate::common::chain::*;
+use crate::common::*;
 
 #[test]
 fn response_steps_edit_the_answer_replace_it_and_see_its_body() {

@@ -6,15 +6,13 @@
 //! functions, no request lost; `trefoil trace` shows a blocked download's
 //! chain in order.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::chain::request;
-use common::clamd::{eicar, Clamd};
-use common::load::Load;
-use common::up::Up;
-use common::{addr, repo_root, scratch_dir, wait_until};
+use crate::common::chain::request;
+use crate::common::clamd::{eicar, Clamd};
+use crate::common::load::Load;
+use crate::common::up::Up;
+use crate::common::{addr, repo_root, scratch_dir, wait_until};
 
 fn example() -> PathBuf {
     repo_root().join("examples/edgesecurity")

@@ -2,12 +2,10 @@
 //! its proxy's `/events`: the CNF's handler runs for them, detached from the
 //! request (which has already been answered), and may call other functions.
 
-mod common;
-
 use std::time::Duration;
 
-use common::chain::*;
-use common::*;
+use crate::common::chain::*;
+use crate::common::*;
 
 #[test]
 fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_function() {

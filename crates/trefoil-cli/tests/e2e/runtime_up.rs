@@ -3,14 +3,12 @@
 //!
 //! Needs `trefoil-testserver` built (`cargo build -p trefoil-testkit --bins`).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::up::*;
-use common::{http_get, scratch_dir, trefoil_bin, wait_until, API};
+use crate::common::up::*;
+use crate::common::{http_get, scratch_dir, trefoil_bin, wait_until, API};
 use serde_json::Value;
 
 /// A Workload running `trefoil-testserver` with `replicas`, probed on `/healthz`.
@@ -142,15 +140,15 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
     // The replicas were taken out of Endpoints before their apps stopped;
     // the store keeps that (read it with a fresh control plane).
     let data = up.state.join("data");
-    let api = common::addr();
+    let api = crate::common::addr();
     let mut control = Command::new(trefoil_bin())
-        .args(["control", "--listen", &api.to_string(), "--grpc-listen", &common::addr().to_string(), "--data"])
+        .args(["control", "--listen", &api.to_string(), "--grpc-listen", &crate::common::addr().to_string(), "--data"])
         .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(common::wait_for_port(api, Duration::from_secs(20)));
+    assert!(crate::common::wait_for_port(api, Duration::from_secs(20)));
     let (status, _, body) = http_get(api, "control", "/api/v1/endpoints/web");
     let _ = control.kill();
     let _ = control.wait();
@@ -255,7 +253,7 @@ fn a_control_plane_that_cannot_start_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = scratch_dir();
     std::fs::write(dir.join("mesh.yaml"), workload("web", "web", 1)).unwrap();
-    let out = common::run_with_timeout(
+    let out = crate::common::run_with_timeout(
         Command::new(trefoil_bin()).args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args([
             "--listen",
             &taken.local_addr().unwrap().to_string(),

@@ -2,13 +2,11 @@
 //! the inline function (a reverse proxy that knows nothing of Trefoil but
 //! the next-hop header), between HTTP/JSON call-out functions.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::chain::*;
-use common::nginx::Nginx;
-use common::*;
+use crate::common::chain::*;
+use crate::common::nginx::Nginx;
+use crate::common::*;
 
 /// An nginx that passes each request on to `x-trefoil-next-hop`, adding a
 /// request header and a response header; `extra` adds directives to its

@@ -1,16 +1,14 @@
 //! The control plane's REST API, driven over HTTP against a real
 //! `trefoil control` process, including a kill -9 and restart.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::control::{Control, WAIT};
-use common::*;
+use crate::common::control::{Control, WAIT};
+use crate::common::*;
 
 fn route(name: &str, weight: &str, rv: Option<&str>) -> String {
     let rv = rv.map(|v| format!(", resourceVersion: \"{v}\"")).unwrap_or_default();

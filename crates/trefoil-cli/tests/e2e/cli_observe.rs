@@ -2,17 +2,15 @@
 //! file mode with real upstreams for the metrics side, and a control plane
 //! with applied resources for the rest.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::chain::{cnf_with_handler, network_function};
-use common::control::Control;
-use common::*;
+use crate::common::chain::{cnf_with_handler, network_function};
+use crate::common::control::Control;
+use crate::common::*;
 use serde_json::Value;
 
 fn trefoil(args: &[&str]) -> Output {

@@ -6,15 +6,13 @@
 //! gateway and web. Every upstream attempt is a span of its hop; a retried
 //! request shows both attempts.
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
-use common::chain::Function;
-use common::control::Control;
-use common::up::*;
-use common::{addr, http_request, listener, repo_root, scratch_dir, service, wait_until, web_route, Proxy};
+use crate::common::chain::Function;
+use crate::common::control::Control;
+use crate::common::up::*;
+use crate::common::{addr, http_request, listener, repo_root, scratch_dir, service, wait_until, web_route, Proxy};
 use serde_json::Value;
 use trefoil_testkit::TestServer;
 

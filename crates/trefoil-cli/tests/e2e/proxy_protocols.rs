@@ -1,16 +1,14 @@
 //! HTTP/2, gRPC, TLS, mutual TLS and opaque TCP through a real proxy,
 //! driven by real clients: curl, h2load, Python grpcio.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::nginx::Nginx;
-use common::*;
+use crate::common::nginx::Nginx;
+use crate::common::*;
 
 #[test]
 fn h2c_prior_knowledge_under_h2load() {

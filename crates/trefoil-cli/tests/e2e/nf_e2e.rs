@@ -4,17 +4,15 @@
 //! signature database (the EICAR test signature): on the request phase it
 //! scans uploads, on the response phase downloads (served by a real nginx).
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::chain::{chained_route, cnf, network_function, request};
-use common::clamd::{eicar, Clamd};
-use common::nginx::Nginx;
-use common::*;
+use crate::common::chain::{chained_route, cnf, network_function, request};
+use crate::common::clamd::{eicar, Clamd};
+use crate::common::nginx::Nginx;
+use crate::common::*;
 
 /// A `trefoil nf` process; killed when dropped.
 struct Nf {
@@ -290,7 +288,7 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
         cnf("edge", &["{function: policy}"]),
         chained_route(&[("/", "edge")]),
     );
-    let mut up = common::up::Up::start_in(dir, &files);
+    let mut up = crate::common::up::Up::start_in(dir, &files);
     up.wait_ready(&["web-0", "policy-0"]);
     up.wait("the gateway serving through the chain", |_| {
         matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))

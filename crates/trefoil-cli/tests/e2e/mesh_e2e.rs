@@ -3,15 +3,13 @@
 //! and a Python client, a live route change, the control plane killed and
 //! back, a workload killed and back; and `trefoil demo`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::load::Load;
-use common::up::*;
-use common::{addr, count, curl_many, http_get, repo_root, run_with_timeout, trefoil_bin, wait_until};
+use crate::common::load::Load;
+use crate::common::up::*;
+use crate::common::{addr, count, curl_many, http_get, repo_root, run_with_timeout, trefoil_bin, wait_until};
 use serde_json::Value;
 
 /// The quickstart example with its gateway on `gateway`.
@@ -112,7 +110,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
 #[test]
 fn demo_runs_a_live_split_with_no_errors() {
-    let port = common::free_port().to_string();
+    let port = crate::common::free_port().to_string();
     let args = [
         "demo",
         "--duration",

@@ -3,16 +3,14 @@
 //! a Python client sends live traffic through the gateway, and the control
 //! plane's rollout controller judges v2 from the sidecars' metrics.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use common::load::Load;
-use common::up::*;
-use common::{addr, run_with_timeout, trefoil_bin, wait_until, API};
+use crate::common::load::Load;
+use crate::common::up::*;
+use crate::common::{addr, run_with_timeout, trefoil_bin, wait_until, API};
 use serde_json::Value;
 
 /// A gateway on `gateway`, web v1 and v2 (v2 run with `canary_args`), a
@@ -90,7 +88,7 @@ fn start(files: &str, gateway: SocketAddr) -> Mesh {
     up.wait_ready(&["web-v1-0", "web-v2-0"]);
     // The gateway may not listen yet: a refused connection is "not yet".
     wait_until("the gateway serving web", Duration::from_secs(30), || {
-        matches!(common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..)))
+        matches!(crate::common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..)))
     });
     Mesh { up, _slot: slot }
 }
@@ -144,7 +142,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
     assert_eq!(reasons.iter().filter(|r| *r == "Started").count(), 1, "resumed, not started over: {reasons:?}");
     assert_eq!(reasons.iter().filter(|r| *r == "AnalysisPassed").count(), 3, "judged at 20%, 50% and 100%: {reasons:?}");
     assert_eq!(reasons.last().map(String::as_str), Some("Promoted"), "{reasons:?}");
-    up.wait("web v2 serving everything", |_| common::http_get(gateway, "edge", "/").2.contains("\"v2\""));
+    up.wait("web v2 serving everything", |_| crate::common::http_get(gateway, "edge", "/").2.contains("\"v2\""));
     let traffic = load.finish();
     assert_eq!(traffic["failed"], 0, "a request failed during the weight changes or the restart: {traffic}");
     assert!(traffic["served"]["web v2"].as_u64().unwrap_or(0) > 0, "{traffic}");
@@ -175,8 +173,8 @@ fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) 
     for load in loads {
         load.finish();
     }
-    let after = common::curl_many(&format!("http://{gateway}/"), 20, &[]);
-    assert_eq!(common::count(&after, |(s, who)| *s == 200 && who == "web v1"), 20, "{after:?}");
+    let after = crate::common::curl_many(&format!("http://{gateway}/"), 20, &[]);
+    assert_eq!(crate::common::count(&after, |(s, who)| *s == 200 && who == "web v1"), 20, "{after:?}");
 }
 
 #[test]
@@ -215,12 +213,12 @@ fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_b
     up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
-    let matching = common::curl_many(&url, 40, &["-H", "x-canary: yes"]);
-    let other = common::curl_many(&url, 40, &["-H", "x-canary: no"]);
-    let plain = common::curl_many(&url, 40, &[]);
-    assert_eq!(common::count(&matching, |(s, who)| *s == 200 && who == "web v2"), 40, "{matching:?}");
-    assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 40, "{other:?}");
-    assert_eq!(common::count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
+    let matching = crate::common::curl_many(&url, 40, &["-H", "x-canary: yes"]);
+    let other = crate::common::curl_many(&url, 40, &["-H", "x-canary: no"]);
+    let plain = crate::common::curl_many(&url, 40, &[]);
+    assert_eq!(crate::common::count(&matching, |(s, who)| *s == 200 && who == "web v2"), 40, "{matching:?}");
+    assert_eq!(crate::common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 40, "{other:?}");
+    assert_eq!(crate::common::count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
 
     // Paused, resumed, then promoted by hand: everything to v2, the A/B rule gone.
     assert!(up.cli(&["rollout", "pause", "web"]).status.success());
@@ -279,7 +277,7 @@ impl Prometheus {
             .spawn()
             .expect("starting prometheus");
         wait_until("prometheus ready", Duration::from_secs(30), || {
-            matches!(common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..)))
+            matches!(crate::common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..)))
         });
         Prometheus { child }
     }
@@ -327,10 +325,10 @@ fn a_cookie_ab_test_matches_the_whole_cookie_value() {
     up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
-    let with = common::curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
-    let other = common::curl_many(&url, 20, &["-H", "cookie: beta=onward; xbeta=on"]);
-    assert_eq!(common::count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
-    assert_eq!(common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
+    let with = crate::common::curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
+    let other = crate::common::curl_many(&url, 20, &["-H", "cookie: beta=onward; xbeta=on"]);
+    assert_eq!(crate::common::count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
+    assert_eq!(crate::common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
     // Aborted by hand: the A/B rule goes, everything to v1.
     assert!(up.cli(&["rollout", "abort", "web"]).status.success());
     wait_phase(&mut up, "Aborted");
@@ -353,7 +351,7 @@ fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
 #[test]
 fn the_quickstart_rollout_example_is_valid_with_the_quickstart_mesh() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
-    let dir = common::scratch_dir();
+    let dir = crate::common::scratch_dir();
     for file in ["mesh.yaml", "rollout.yaml"] {
         std::fs::copy(root.join(file), dir.join(file)).unwrap();
     }

@@ -5,14 +5,12 @@
 //! plane and reconnects to its successor; a CNF chain applied through the API
 //! runs on the proxy.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::control::{Control, WAIT};
-use common::*;
+use crate::common::control::{Control, WAIT};
+use crate::common::*;
 use serde_json::Value;
 
 /// A proxy in control mode; killed (SIGKILL) when dropped.

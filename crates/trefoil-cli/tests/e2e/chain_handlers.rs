@@ -4,13 +4,11 @@
 //! and taps), misbehaves, runs under its CNF's own limits, or is
 //! replaced by a reload while traffic flows.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::chain::{echoed, Function};
-use common::*;
+use crate::common::chain::{echoed, Function};
+use crate::common::*;
 
 /// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
 /// (denies paths under /infected; publishes `scanned`, which has no handler),

@@ -1,13 +1,11 @@
 //! Hot reload, graceful shutdown, config errors and the metrics format of a
 //! real proxy process.
 
-mod common;
-
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn split_route(w1: u32, w2: u32) -> String {
     format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: {w1}}}\n    - {{service: web, version: v2, weight: {w2}}}\n")

@@ -2,12 +2,10 @@
 //! network functions: an HTTP/JSON function, one that is down or too slow,
 //! and an external authorization service written for Envoy.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::chain::*;
-use common::*;
+use crate::common::chain::*;
+use crate::common::*;
 
 #[test]
 fn json_function_allows_with_header_edits_denies_and_sees_the_body() {

@@ -1,12 +1,10 @@
 //! Routing, splitting and filters of a real proxy against real upstreams.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn weighted_split_holds_its_proportions() {

@@ -3,13 +3,11 @@
 //! its rules. Processes that could run away get a memory limit (`RLIMIT_DATA`)
 //! so a regression fails the test instead of taking the machine down.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::control::Control;
-use common::*;
+use crate::common::control::Control;
+use crate::common::*;
 
 /// A cap on a child's heap, far above what any of these inputs needs once
 /// handled and far below what they take when they are not.
