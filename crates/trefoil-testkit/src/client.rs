@@ -23,6 +23,15 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Headers, Stri
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A request to host `web.local`, the host the tests' routes serve, on a
+/// fresh connection; panics if the exchange fails. Returns (status,
+/// headers, body as lossy UTF-8).
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Headers, String) {
+    let (status, headers, body) =
+        http_request(addr, method, "web.local", path, headers, body).unwrap_or_else(|e| panic!("{method} http://{addr}{path} failed: {e}"));
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// One HTTP/1.1 request on a fresh connection with `Connection: close`.
 /// `Content-Length` is added when `body` is non-empty or the method usually
 /// carries a body. Understands Content-Length, chunked and read-to-EOF bodies.

@@ -47,7 +47,7 @@ mod wait;
 
 pub use binaries::{command_exists, find_command, repo_root, testserver_path, trefoil_command, trefoil_path};
 pub use clamd::{eicar, Clamd};
-pub use client::{http_get, http_request, json, raw_exchange, raw_request, Headers, RawReply};
+pub use client::{http_get, http_request, json, raw_exchange, raw_request, request, Headers, RawReply};
 pub use control::Control;
 pub use curl::{count, curl_many};
 pub use load::Load;
@@ -59,6 +59,6 @@ pub use proxy::{proxy_resource, Proxy, StreamProxy};
 pub use resources::ToYaml;
 pub use scratch::scratch_dir;
 pub use scripts::{grpc_server, Function, ScriptServer};
-pub use testserver::TestServer;
-pub use up::{pids, Up};
+pub use testserver::{echoed, TestServer};
+pub use up::{pids, quickstart_mesh, Up};
 pub use wait::{free_addr, free_port, wait_for_port, wait_until};

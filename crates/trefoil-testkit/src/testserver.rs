@@ -163,3 +163,8 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// The headers the upstream received, from a `TestServer`'s `/echo` answer.
+pub fn echoed(body: &str) -> serde_json::Value {
+    crate::client::json(body)["headers"].clone()
+}

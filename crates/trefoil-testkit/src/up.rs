@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::binaries::trefoil_command;
+use crate::binaries::{repo_root, trefoil_command};
 use crate::client::http_request;
 use crate::process::{log_file, run_with_timeout, Process};
 use crate::resources::ToYaml;
@@ -178,6 +178,14 @@ impl Drop for Up {
             let _ = self.stop_with(libc::SIGINT);
         }
     }
+}
+
+/// The quickstart example (`examples/quickstart/mesh.yaml`, the mesh
+/// `trefoil demo` runs) with its gateway on `gateway` instead of port 8080.
+pub fn quickstart_mesh(gateway: SocketAddr) -> String {
+    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
+    assert!(text.contains("127.0.0.1:8080"), "the quickstart's gateway address moved");
+    text.replace("127.0.0.1:8080", &gateway.to_string())
 }
 
 /// The pids of every process in an `up.json`.

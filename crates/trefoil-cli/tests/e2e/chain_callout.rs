@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::chain::*;
+use trefoil_testkit::{echoed, free_addr, request, wait_until, Function, Proxy, TestServer};
+
 use crate::common::*;
 
 #[test]
@@ -12,7 +13,7 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     let up = TestServer::named("up");
     let acl = Function::start("json_function.py", &["--name", "acl"]);
     let other = Function::start("json_function.py", &["--name", "other"]);
-    let public = addr();
+    let public = free_addr();
     let config = format!(
         "{}{}{}{}{}{}{}{}{}",
         listener("public", public),
@@ -82,8 +83,8 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
 fn failure_policy_open_passes_closed_refuses_when_down_or_slow() {
     let up = TestServer::named("up");
     let slow = Function::start("json_function.py", &["--name", "slow"]);
-    let nobody = addr(); // free a moment ago; nothing listens there
-    let public = addr();
+    let nobody = free_addr(); // free a moment ago; nothing listens there
+    let public = free_addr();
     let config = format!(
         "{}{}{}{}{}{}{}{}{}{}{}{}{}",
         listener("public", public),
@@ -127,7 +128,7 @@ fn failure_policy_open_passes_closed_refuses_when_down_or_slow() {
 fn an_ext_authz_service_written_for_envoy_works_unchanged() {
     let up = TestServer::named("up");
     let authz = Function::start("ext_authz_server.py", &[]);
-    let public = addr();
+    let public = free_addr();
     let config = format!(
         "{}{}{}{}{}{}",
         listener("public", public),

@@ -4,16 +4,17 @@
 
 use std::time::Duration;
 
-use crate::common::chain::*;
+use trefoil_testkit::{free_addr, http_request, request, wait_until, Function, Proxy, TestServer};
+
 use crate::common::*;
 
 #[test]
 fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_function() {
     let up = TestServer::named("up");
-    let admin = addr();
+    let admin = free_addr();
     let finder = Function::start("json_function.py", &["--name", "finder", "--publish", &format!("http://{admin}/events")]);
     let recorder = Function::json("recorder");
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -59,7 +60,7 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
 fn bad_publications_are_refused_with_the_reason() {
     let up = TestServer::named("up");
     let fun = Function::json("fun");
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),

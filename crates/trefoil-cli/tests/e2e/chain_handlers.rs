@@ -7,7 +7,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::common::chain::{echoed, Function};
+use trefoil_testkit::{echoed, free_addr, http_request, request, wait_until, Function, Headers, Proxy, TestServer};
+
 use crate::common::*;
 
 /// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
@@ -26,7 +27,7 @@ impl Mesh {
         let up = TestServer::named("up");
         let acl = Function::start("json_function.py", &["--name", "acl"]);
         let scanner = Function::start("json_function.py", &["--name", "scanner", "--deny-prefix", "/infected", "--event", "scanned"]);
-        let public = addr();
+        let public = free_addr();
         let base = format!(
             "{}{}{}{}{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n---\n{API}\nkind: NetworkFunction\nmetadata: {{name: scanner}}\nspec: {{service: scanner, api: http}}\n---\n",
             listener("public", public),
@@ -73,16 +74,15 @@ impl Mesh {
         out
     }
 
-    fn get(&self, path: &str) -> (u16, trefoil_testkit::Headers, String) {
-        let (status, headers, body) = http_request(self.public, "GET", "web.local", path, &[], b"").expect("request through the proxy");
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    fn get(&self, path: &str) -> (u16, Headers, String) {
+        request(self.public, "GET", path, &[], b"")
     }
 }
 
 #[test]
 fn handlers_set_headers_deny_and_call_other_functions() {
     let mesh = Mesh::start();
-    let proxy = Proxy::start(&mesh.config(&[
+    let mut proxy = Proxy::start(mesh.config(&[
         ("tag", "trefoil.set_header('x-handled', event.name .. ' ' .. event.data.path)\ntrefoil.log('handled')"),
         ("block", "if request.headers['x-block'] then trefoil.deny(429, 'handler says no\\n') end"),
         ("scan", "local v = trefoil.call('scanner')\ntrefoil.set_header('x-scan', v.verdict)"),
@@ -121,7 +121,7 @@ fn handlers_set_headers_deny_and_call_other_functions() {
 #[test]
 fn runaway_handlers_get_the_failure_policy_and_the_proxy_stays_healthy() {
     let mesh = Mesh::start();
-    let proxy = Proxy::start(&mesh.config(&[
+    let proxy = Proxy::start(mesh.config(&[
         ("spin", "while true do end"),
         ("hog", "local t = {}\nfor i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end"),
         ("fine", "trefoil.set_header('x-fine', 'yes')"),
@@ -154,7 +154,7 @@ fn a_cnf_sets_its_own_handler_limits() {
     let mesh = Mesh::start();
     // About 100,000 instructions: well inside the default bound, far beyond 5,000.
     let sum = "local n = 0\nfor i = 1, 25000 do n = n + i end\ntrefoil.set_header('x-sum', tostring(n))";
-    let proxy = Proxy::start(&mesh.config_with_limits(&[
+    let proxy = Proxy::start(mesh.config_with_limits(&[
         ("roomy", sum, ""),
         ("tight", sum, "{instructions: 5000}"),
         ("timed", "while true do end", "{instructions: 1000000000, timeout: 200ms}"),
@@ -182,7 +182,7 @@ fn deny_verdicts_and_taps_run_their_handlers_too() {
     // The deny is final: the handler's own deny and header edit change nothing.
     let on_deny =
         "trefoil.call('scanner')\ntrefoil.tag('seen', event.data.path)\ntrefoil.deny(500, 'ignored')\ntrefoil.set_header('x-ignored', '1')";
-    let proxy = Proxy::start(&mesh.config_with_steps(&[
+    let proxy = Proxy::start(mesh.config_with_steps(&[
         ("denied", "{function: acl}", on_deny, ""),
         ("tapped", "{function: acl, mode: tap}", "trefoil.call('scanner')\ntrefoil.set_header('x-too-late', '1')", ""),
         ("broken", "{function: acl}", "error('boom')", ""),
@@ -221,7 +221,7 @@ fn a_reloaded_handler_takes_effect_with_traffic_flowing() {
     let mesh = Mesh::start();
     let v1 = mesh.config(&[("live", "trefoil.set_header('x-handler', 'v1')")]);
     let v2 = mesh.config(&[("live", "trefoil.set_header('x-handler', 'v2')")]);
-    let proxy = Proxy::start(&v1);
+    let mut proxy = Proxy::start(&v1);
     assert_eq!(echoed(&mesh.get("/echo?cnf=live").2)["x-handler"], "v1");
 
     proxy.rewrite(&v2);
@@ -241,7 +241,7 @@ fn a_reloaded_handler_takes_effect_with_traffic_flowing() {
     }
 
     // A syntax error is refused: the proxy keeps the handler it has.
-    proxy.rewrite(&mesh.config(&[("live", "trefoil.set_header(")]));
+    proxy.rewrite(mesh.config(&[("live", "trefoil.set_header(")]));
     wait_until("the refused reload", Duration::from_secs(10), || {
         proxy.metric_sum("trefoil_config_reloads_total", &["result=\"failure\""]) >= 1.0
     });

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::chain::*;
-use crate::common::nginx::Nginx;
+use trefoil_testkit::{echoed, free_addr, request, wait_until, Function, Headers, Nginx, Proxy, TestServer};
+
 use crate::common::*;
 
 /// An nginx that passes each request on to `x-trefoil-next-hop`, adding a
@@ -34,7 +34,7 @@ fn inline_nginx(extra: &str) -> Nginx {
 /// A proxy whose every request goes through `nginx` as the only (inline)
 /// step of CNF `edge`, named `function` with its `timeout`, then to `up`.
 fn through_one_inline_function(up: &TestServer, function: &str, nginx: &Nginx, timeout: &str) -> (std::net::SocketAddr, Proxy) {
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -47,7 +47,7 @@ fn through_one_inline_function(up: &TestServer, function: &str, nginx: &Nginx, t
     (public, Proxy::start(&config))
 }
 
-fn flag(headers: &trefoil_testkit::Headers) -> Option<&str> {
+fn flag(headers: &Headers) -> Option<&str> {
     headers.get("x-trefoil-flag").map(String::as_str)
 }
 
@@ -61,7 +61,7 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
     let b = Function::json("b");
     let r = Function::json("r");
     let nginx = inline_nginx("");
-    let public = addr();
+    let public = free_addr();
     let config = format!(
         "{}{}{}{}{}{}{}{}{}{}{}{}",
         listener("public", public),
@@ -165,8 +165,8 @@ fn a_function_that_drops_the_token_loops_until_the_hop_limit() {
 fn failure_policy_applies_when_the_inline_function_is_down() {
     let up = TestServer::named("up");
     let b = Function::json("b");
-    let nobody = addr(); // free a moment ago; nothing listens there
-    let public = addr();
+    let nobody = free_addr(); // free a moment ago; nothing listens there
+    let public = free_addr();
     let config = format!(
         "{}{}{}{}{}{}{}{}{}{}",
         listener("public", public),
@@ -206,7 +206,7 @@ fn a_function_past_its_timeout_gets_the_policy_and_its_late_request_goes_nowhere
     let b = Function::json("b");
     // Passes each request on 0.8 s after it came: well after the 200 ms timeout.
     let slow = Function::start("slow_hop.py", &["--delay", "0.8"]);
-    let public = addr();
+    let public = free_addr();
     let config = format!(
         "{}{}{}{}{}{}{}{}{}{}",
         listener("public", public),

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::common::chain::*;
+use trefoil_testkit::{echoed, free_addr, request, wait_until, Function, Proxy, TestServer};
+
 use crate::common::*;
 
 #[test]
@@ -13,7 +14,7 @@ fn response_steps_edit_the_answer_replace_it_and_see_its_body() {
     let up = TestServer::named("up");
     let guard = Function::json("guard");
     let checker = Function::start("json_function.py", &["--name", "checker", "--deny-prefix", "/bad-download"]);
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -81,7 +82,7 @@ fn handlers_of_response_verdicts_edit_the_response_and_call_functions_about_it()
     let checker = Function::start("json_function.py", &["--name", "checker", "--deny-prefix", "/bad"]);
     // Its own event name: were it `checked` too, the handler would handle the events of the calls it makes.
     let recorder = Function::start("json_function.py", &["--name", "recorder", "--event", "recorded"]);
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),

@@ -3,18 +3,18 @@
 //! with applied resources for the rest.
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::chain::{cnf_with_handler, network_function};
-use crate::common::control::Control;
-use crate::common::*;
 use serde_json::Value;
+use trefoil_testkit::{free_addr, http_request, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, Proxy, TestServer};
+
+use crate::common::*;
 
 fn trefoil(args: &[&str]) -> Output {
-    run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(60))
+    run_with_timeout(trefoil_command().args(args), Duration::from_secs(60))
 }
 
 fn json_of(out: &Output) -> Value {
@@ -48,14 +48,14 @@ fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
     let v1 = TestServer::named("v1");
     // Every second request to v2 fails with 503.
     let v2 = TestServer::spawn(&["--name", "v2", "--fail-every", "2"]);
-    let listen = addr();
-    let proxy = Proxy::start(&format!(
+    let listen = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{}",
         listener("main", listen),
         service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]),
         web_route("")
     ));
-    let dead = addr();
+    let dead = free_addr();
     let (stop, sender) = traffic(listen);
     wait_until("traffic through the proxy", Duration::from_secs(20), || proxy.metric_sum("trefoil_requests_total", &[]) >= 10.0);
 
@@ -100,7 +100,7 @@ fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
 
 #[test]
 fn top_says_which_control_plane_it_cannot_reach() {
-    let nowhere = format!("http://{}", addr());
+    let nowhere = format!("http://{}", free_addr());
     let out = trefoil(&["top", "--once", "--server", &nowhere]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains(&format!("control plane at {nowhere} is not reachable: connection refused")), "{}", text(&out));
@@ -123,7 +123,7 @@ fn checks_of(out: &Output) -> Vec<Value> {
 #[test]
 fn check_reports_each_part_and_fails_on_unready_replicas() {
     let dir = scratch_dir();
-    let nowhere = format!("http://{}", addr());
+    let nowhere = format!("http://{}", free_addr());
     let out = trefoil(&["check", "--server", &nowhere]);
     assert_eq!(out.status.code(), Some(1));
     let line = String::from_utf8_lossy(&out.stdout);
@@ -133,7 +133,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
     );
 
     let control = Control::start(&dir.join("data"));
-    control.apply(&dir, &format!("{API}\n{WORKLOAD}---\n{}", endpoints(false)));
+    control.apply(&dir, format!("{API}\n{WORKLOAD}---\n{}", endpoints(false)));
     let out = trefoil(&["check", "--server", &control.url(), "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let checks = checks_of(&out);
@@ -149,7 +149,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
     let detail = proxies["detail"].as_str().unwrap();
     assert!((proxies["ok"] == true && detail.contains("no proxies")) || detail.contains("/api/v1/status/proxies"), "{proxies}");
 
-    control.apply(&dir, &endpoints(true));
+    control.apply(&dir, endpoints(true));
     let out = trefoil(&["check", "--server", &control.url()]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().any(|l| l.starts_with("ok ") && l.contains("workload web-v1") && l.contains("2/2 replicas ready")), "{table}");
@@ -163,7 +163,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     let control = Control::start(&dir.join("data"));
     control.apply(
         &dir,
-        &format!(
+        format!(
             "{}{API}\n{WORKLOAD}---\n{}---\n{}---\n{API}\nkind: TrafficPolicy\nmetadata: {{name: web-policy}}\nspec: {{service: web, loadBalancer: leastRequest}}\n---\n{}",
             service("web", "http", &[("127.0.0.1:20000".parse().unwrap(), "v0")]),
             endpoints(false),
@@ -222,7 +222,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
-    control.apply(&dir, &format!("{API}\nkind: Proxy\nmetadata: {{name: gw}}\nspec: {{admin: \"{}\"}}\n", addr()));
+    control.apply(&dir, format!("{API}\nkind: Proxy\nmetadata: {{name: gw}}\nspec: {{admin: \"{}\"}}\n", free_addr()));
     let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);
@@ -233,7 +233,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
         "{related}"
     );
     drop(control);
-    let out = trefoil(&["describe", "route", "web", "--server", &format!("http://{}", addr())]);
+    let out = trefoil(&["describe", "route", "web", "--server", &format!("http://{}", free_addr())]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("is not reachable: connection refused"), "{}", text(&out));
 }
@@ -244,7 +244,7 @@ fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
     let control = Control::start(&dir.join("data"));
     control.apply(
         &dir,
-        &[
+        [
             service("web", "http", &[("127.0.0.1:20000".parse().unwrap(), "v1")]),
             service("acl", "http", &[("127.0.0.1:20001".parse().unwrap(), "v1")]),
             format!("{API}\nkind: Service\nmetadata: {{name: av}}\nspec: {{}}\n---\n"),

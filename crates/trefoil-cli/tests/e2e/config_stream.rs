@@ -6,63 +6,12 @@
 //! runs on the proxy.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use crate::common::control::{Control, WAIT};
-use crate::common::*;
 use serde_json::Value;
+use trefoil_testkit::control::WAIT;
+use trefoil_testkit::{free_addr, http_request, scratch_dir, trefoil_command, wait_until, Control, Function, StreamProxy, TestServer};
 
-/// A proxy in control mode; killed (SIGKILL) when dropped.
-struct StreamProxy {
-    child: Child,
-    admin: SocketAddr,
-    stderr: PathBuf,
-}
-
-impl StreamProxy {
-    /// Starts it and waits for its admin listener (not for readiness).
-    fn start(dir: &Path, grpc: SocketAddr, name: &str) -> Self {
-        let admin = addr();
-        let stderr = dir.join(format!("proxy-{name}.log"));
-        let child = Command::new(trefoil_bin())
-            .args(["proxy", "--control", &grpc.to_string(), "--name", name, "--admin", &admin.to_string(), "--threads", "2"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting trefoil proxy --control");
-        assert!(wait_for_port(admin, WAIT), "proxy admin did not listen:\n{}", std::fs::read_to_string(&stderr).unwrap_or_default());
-        StreamProxy { child, admin, stderr }
-    }
-
-    fn ready(&self) -> u16 {
-        http_request(self.admin, "GET", "admin", "/ready", &[], b"").map(|r| r.0).unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGTERM, then its exit code once it has drained.
-    fn terminate(&mut self) -> Option<i32> {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().is_ok_and(|s| s.success());
-        assert!(ok, "kill -TERM failed");
-        let mut code = None;
-        wait_until("the proxy to exit after SIGTERM", WAIT, || {
-            code = self.child.try_wait().ok().flatten().map(|s| s.code());
-            code.is_some()
-        });
-        code.flatten()
-    }
-}
-
-impl Drop for StreamProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::*;
 
 /// Who answered a GET through `addr`, or `None` if the request failed.
 fn served_by(addr: SocketAddr) -> Option<(u16, String)> {
@@ -92,21 +41,21 @@ fn proxy_doc(name: &str) -> String {
 
 /// Applies a gateway: Proxy, a Listener, Services `one` and `two`, and the Route to `one`.
 fn apply_gateway(control: &Control, proxy: &str, public: SocketAddr, one: &TestServer, two: &TestServer) {
-    control.put("Proxy", proxy, &proxy_doc(proxy));
-    control.put("Listener", "public", &listener_doc("public", public));
-    control.put("Service", "one", &service_doc("one", one.addr()));
-    control.put("Service", "two", &service_doc("two", two.addr()));
-    control.put("Route", "web", &route_doc("one"));
+    control.put_yaml("Proxy", proxy, &proxy_doc(proxy));
+    control.put_yaml("Listener", "public", &listener_doc("public", public));
+    control.put_yaml("Service", "one", &service_doc("one", one.addr()));
+    control.put_yaml("Service", "two", &service_doc("two", two.addr()));
+    control.put_yaml("Route", "web", &route_doc("one"));
 }
 
 #[test]
 fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_config() {
     let dir = scratch_dir();
-    let (api, grpc, public) = (addr(), addr(), addr());
+    let (api, grpc, public) = (free_addr(), free_addr(), free_addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
 
     // The proxy comes first: its admin answers at once, not ready without a snapshot.
-    let proxy = StreamProxy::start(&dir, grpc, "edge");
+    let proxy = StreamProxy::start(&dir, grpc, "edge", 2);
     assert_eq!(proxy.ready(), 503, "no snapshot yet:\n{}", proxy.log());
     let control = Control::start_on(&dir.join("data"), api, grpc);
 
@@ -118,18 +67,18 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     assert_eq!(status["adminAddress"], proxy.admin.to_string());
     assert!(status["nack"].is_null(), "{status}");
     // A Proxy resource that never connected is listed too.
-    control.put("Proxy", "idle", &proxy_doc("idle"));
+    control.put_yaml("Proxy", "idle", &proxy_doc("idle"));
     wait_until("the idle proxy in the status list", WAIT, || control.status("idle").is_some_and(|s| s["connected"] == false));
 
     // (b) A route change takes effect.
-    control.put("Route", "web", &route_doc("two"));
+    control.put_yaml("Route", "web", &route_doc("two"));
     wait_served_by(public, "two");
     let acked = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
 
     // (c) A listener on an address another socket holds cannot be bound: NACK.
     let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap();
-    control.put("Listener", "taken", &listener_doc("taken", taken));
+    control.put_yaml("Listener", "taken", &listener_doc("taken", taken));
     let mut rejected = Value::Null;
     wait_until("the NACK in the status", WAIT, || {
         rejected = control.status("edge").unwrap_or_default();
@@ -144,17 +93,17 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     }
     assert!(proxy.log().contains("NACK sent"), "{}", proxy.log());
     // The CLI shows it too.
-    let out = Command::new(trefoil_bin()).args(["get", "proxies", "--server", &format!("http://{api}")]).output().unwrap();
+    let out = trefoil_command().args(["get", "proxies", "--server", &format!("http://{api}")]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let edge_line = table.lines().find(|l| l.starts_with("edge")).unwrap_or_default();
     assert!(edge_line.contains("yes") && edge_line.contains("in use"), "{table}");
-    let out = Command::new(trefoil_bin()).args(["get", "proxies", "-o", "json", "--server", &format!("http://{api}")]).output().unwrap();
+    let out = trefoil_command().args(["get", "proxies", "-o", "json", "--server", &format!("http://{api}")]).output().unwrap();
     let items: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(items.as_array().is_some_and(|i| i.iter().any(|p| p["name"] == "edge" && !p["nack"].is_null())), "{items}");
 
     // The rejected content is not sent again (a write that changes nothing
     // for this proxy), the next different content is.
-    control.put("Route", "web", &route_doc("two"));
+    control.put_yaml("Route", "web", &route_doc("two"));
     control.delete("Listener", "taken");
     let status = control.wait_in_sync("edge");
     assert!(status["nack"].is_null(), "a newer acked snapshot clears the rejection: {status}");
@@ -166,10 +115,10 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
 fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     let dir = scratch_dir();
     let data = dir.join("data");
-    let (api, grpc, public) = (addr(), addr(), addr());
+    let (api, grpc, public) = (free_addr(), free_addr(), free_addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
     let mut control = Control::start_on(&data, api, grpc);
-    let mut proxy = StreamProxy::start(&dir, grpc, "edge");
+    let mut proxy = StreamProxy::start(&dir, grpc, "edge", 2);
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
     let before = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
@@ -190,7 +139,7 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     assert!(proxy.log().matches("connected to the control plane").count() >= 2, "{}", proxy.log());
 
     // And a new apply reaches it.
-    control.put("Route", "web", &route_doc("two"));
+    control.put_yaml("Route", "web", &route_doc("two"));
     wait_served_by(public, "two");
     assert!(control.wait_in_sync("edge")["ackedVersion"].as_u64() > Some(before));
 
@@ -203,19 +152,19 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
 #[test]
 fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     let dir = scratch_dir();
-    let (api, grpc, public) = (addr(), addr(), addr());
+    let (api, grpc, public) = (free_addr(), free_addr(), free_addr());
     let one = TestServer::named("one");
     let control = Control::start_on(&dir.join("data"), api, grpc);
-    let _proxy = StreamProxy::start(&dir, grpc, "edge");
-    control.put("Listener", "public", &listener_doc("public", public));
-    control.put("Service", "one", &service_doc("one", one.addr()));
+    let _proxy = StreamProxy::start(&dir, grpc, "edge", 2);
+    control.put_yaml("Listener", "public", &listener_doc("public", public));
+    control.put_yaml("Service", "one", &service_doc("one", one.addr()));
     control.wait_in_sync("edge");
     let sent_before = control.log().matches("sending snapshot").count();
 
     // 300 writes as fast as the API takes them: debounced into a few snapshots.
     const ROUTES: usize = 300;
     for i in 0..ROUTES {
-        control.put(
+        control.put_yaml(
             "Route",
             &format!("r{i}"),
             &format!(
@@ -231,7 +180,7 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
 
     // A reference the API accepts (resources may arrive in any order) but the
     // proxy's compile rejects: the NACK points into the snapshot.
-    control.put("Route", "broken", &format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [broken.local]\n  rules:\n  - backends: [{{service: nowhere}}]\n"));
+    control.put_yaml("Route", "broken", &format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [broken.local]\n  rules:\n  - backends: [{{service: nowhere}}]\n"));
     let mut status = Value::Null;
     wait_until("the NACK", WAIT, || {
         status = control.status("edge").unwrap_or_default();
@@ -248,50 +197,25 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     assert_eq!(http_request(public, "GET", &last, "/", &[], b"").map(|r| r.0).ok(), Some(200), "the old config keeps serving");
 }
 
-/// The HTTP/JSON network function of the chain tests; killed when dropped.
-struct JsonFunction {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl JsonFunction {
-    fn start() -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/chain/json_function.py");
-        let mut child =
-            Command::new("python3").arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("python3 json_function.py");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("json_function.py said {line:?}")).parse().unwrap();
-        JsonFunction { child, addr }
-    }
-}
-
-impl Drop for JsonFunction {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_cnf_applied_through_the_api_runs_on_the_proxy() {
     let dir = scratch_dir();
-    let (api, grpc, public) = (addr(), addr(), addr());
+    let (api, grpc, public) = (free_addr(), free_addr(), free_addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
-    let function = JsonFunction::start();
+    let function = Function::start("json_function.py", &[]);
     let control = Control::start_on(&dir.join("data"), api, grpc);
-    let _proxy = StreamProxy::start(&dir, grpc, "edge");
+    let _proxy = StreamProxy::start(&dir, grpc, "edge", 2);
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
 
-    control.put("Service", "acl", &service_doc("acl", function.addr));
-    control.put(
+    control.put_yaml("Service", "acl", &service_doc("acl", function.addr));
+    control.put_yaml(
         "NetworkFunction",
         "acl",
         &format!("{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http}}\n"),
     );
-    control.put("CNF", "guard", &format!("{API}\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n"));
-    control.put("Route", "web", &format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: one}}]\n    chain: guard\n"));
+    control.put_yaml("CNF", "guard", &format!("{API}\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n"));
+    control.put_yaml("Route", "web", &format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: one}}]\n    chain: guard\n"));
     // The function denies paths under /deny: once it does, the chain is in force.
     wait_until("the chain to deny /deny", WAIT, || http_request(public, "GET", "web.local", "/deny", &[], b"").is_ok_and(|r| r.0 == 451));
     assert_eq!(served_by(public), Some((200, "one".to_string())), "allowed requests still pass");

@@ -3,11 +3,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::common::control::{Control, WAIT};
+use serde_json::Value;
+use trefoil_testkit::control::WAIT;
+use trefoil_testkit::{free_addr, free_port, repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, StreamProxy};
+
 use crate::common::*;
 
 fn route(name: &str, weight: &str, rv: Option<&str>) -> String {
@@ -84,7 +86,7 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     let data = dir.join("data");
     let mut control = Control::start(&data);
     for (name, weight) in [("a", "1"), ("b", "2"), ("c", "3")] {
-        control.put("routes", name, &route(name, weight, None));
+        control.put_yaml("routes", name, &route(name, weight, None));
     }
     control.kill_9();
     let store = data.join("store.db");
@@ -95,11 +97,9 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     bytes[starts[1] + 60] ^= 0x10;
     std::fs::write(&store, &bytes).unwrap();
 
-    let (api, grpc) = (addr(), addr());
+    let (api, grpc) = (free_addr(), free_addr());
     let refused = run_with_timeout(
-        Command::new(trefoil_bin())
-            .args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"])
-            .arg(&data),
+        trefoil_command().args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"]).arg(&data),
         Duration::from_secs(20),
     );
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -112,8 +112,7 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     );
     assert_eq!(std::fs::read(&store).unwrap(), bytes, "a refused store is left as it was");
 
-    let repaired =
-        run_with_timeout(Command::new(trefoil_bin()).args(["control", "--repair", "--data"]).arg(&data), Duration::from_secs(20));
+    let repaired = run_with_timeout(trefoil_command().args(["control", "--repair", "--data"]).arg(&data), Duration::from_secs(20));
     let report = String::from_utf8_lossy(&repaired.stdout);
     assert_eq!(repaired.status.code(), Some(0), "{report}{}", String::from_utf8_lossy(&repaired.stderr));
     assert!(
@@ -142,8 +141,8 @@ fn listening_beyond_loopback_is_warned_about() {
     // A documentation address no interface has: the warning comes first, then
     // the bind fails, so nothing listens beyond loopback during the test.
     let out = run_with_timeout(
-        Command::new(trefoil_bin())
-            .args(["control", "--listen", "192.0.2.1:7070", "--grpc-listen", &addr().to_string(), "--data"])
+        trefoil_command()
+            .args(["control", "--listen", "192.0.2.1:7070", "--grpc-listen", &free_addr().to_string(), "--data"])
             .arg(dir.join("data")),
         Duration::from_secs(20),
     );
@@ -157,51 +156,16 @@ fn listening_beyond_loopback_is_warned_about() {
     assert!(!control.log().contains("WITHOUT AUTHENTICATION"), "{}", control.log());
 }
 
-/// `trefoil proxy --control`; killed when dropped.
-struct StreamProxy {
-    child: Child,
-    admin: SocketAddr,
-    stderr: PathBuf,
-}
-
-impl StreamProxy {
-    fn start(dir: &Path, grpc: SocketAddr, name: &str, label: &str) -> Self {
-        let admin = addr();
-        let stderr = dir.join(format!("proxy-{label}.log"));
-        let child = Command::new(trefoil_bin())
-            .args(["proxy", "--control", &grpc.to_string(), "--name", name, "--admin", &admin.to_string(), "--threads", "1"])
-            // Plain log lines, so fields read as `key=value`.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting trefoil proxy --control");
-        StreamProxy { child, admin, stderr }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for StreamProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_second_proxy_under_a_taken_name_is_refused_and_backs_off() {
     let dir = scratch_dir();
     let control = Control::start(&dir.join("data"));
     let holds =
         |admin: SocketAddr| control.status("edge").is_some_and(|s| s["connected"] == true && s["adminAddress"] == admin.to_string());
-    let first = StreamProxy::start(&dir, control.grpc, "edge", "first");
+    let first = StreamProxy::start(&dir, control.grpc, "edge", 1);
     wait_until("the first proxy to connect", WAIT, || holds(first.admin));
 
-    let second = StreamProxy::start(&dir, control.grpc, "edge", "second");
+    let second = StreamProxy::start(&dir, control.grpc, "edge", 1);
     wait_until("the second proxy to be refused twice", WAIT, || second.log().matches("the control plane refuses this proxy").count() >= 2);
     let log = second.log();
     assert!(
@@ -257,7 +221,7 @@ fn watch_streams_current_objects_then_changes() {
 fn malformed_requests_get_the_documented_json_errors() {
     let dir = scratch_dir();
     let control = Control::start(&dir.join("data"));
-    control.put("routes", "web", &route("web", "1", None));
+    control.put_yaml("routes", "web", &route("web", "1", None));
     for (method, path, body, status) in [
         ("DELETE", "/api/v1/routes/web?resourceVersion=null", "", 400),
         ("GET", "/api/v1/traces?limit=null", "", 400),
@@ -294,36 +258,12 @@ fn laughs() -> String {
 }
 
 #[test]
-#[allow(unsafe_code)] // setrlimit between fork and exec has no safe form
 fn bodies_that_would_take_the_control_plane_down_are_refused() {
-    use std::os::unix::process::CommandExt;
     let dir = scratch_dir();
-    let (api, grpc) = (addr(), addr());
-    let mut command = Command::new(trefoil_bin());
-    command
-        .args(["control", "--listen", &api.to_string(), "--grpc-listen", &grpc.to_string(), "--data"])
-        .arg(dir.join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
     // Bounded, so that a regression fails this test instead of the machine:
     // the body below once took a control plane to 23 GiB.
-    // SAFETY: setrlimit only, between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    assert!(wait_for_port(api, WAIT), "control plane did not listen");
-    let call = |method: &str, path: &str, body: &[u8]| {
-        let (status, _, reply) = http_request(api, method, "control", path, &[], body).unwrap_or((0, Default::default(), Vec::new()));
-        (status, serde_json::from_slice::<serde_json::Value>(&reply).unwrap_or_default())
-    };
+    let mut control = Control::start_capped(&dir.join("data"), 2 << 30);
+    let call = |method: &str, path: &str, body: &[u8]| control.try_call(method, path, body).unwrap_or((0, Value::Null));
     // The model's loader bounds alias expansion: a located 422.
     let (status, reply) = call("POST", "/api/v1/routes", laughs().as_bytes());
     assert_eq!(status, 422, "{reply}");
@@ -336,9 +276,7 @@ fn bodies_that_would_take_the_control_plane_down_are_refused() {
     let deep_otlp = format!("{{\"resourceSpans\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
     assert_eq!(call("POST", "/v1/traces", deep_otlp.as_bytes()).0, 400);
     assert_eq!(call("GET", "/api/v1/routes", b"").0, 200, "still serving");
-    assert!(child.try_wait().unwrap().is_none(), "the control plane died");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(control.running(), "the control plane died");
 }
 
 /// Schema-valid resource writes the server may still refuse: the document
@@ -398,8 +336,8 @@ fn apply_get_delete_from_the_command_line() {
     let dir = scratch_dir();
     let control = Control::start(&dir);
     let server = format!("http://{}", control.api);
-    let trefoil = |args: &[&str]| Command::new(trefoil_bin()).args(args).args(["--server", &server]).output().unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy/quickstart.yaml");
+    let trefoil = |args: &[&str]| trefoil_command().args(args).args(["--server", &server]).output().unwrap();
+    let example = repo_root().join("examples/proxy/quickstart.yaml");
     let example = example.to_str().unwrap();
     let first = trefoil(&["apply", "-f", example]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
@@ -435,8 +373,7 @@ fn apply_get_delete_from_the_command_line() {
     );
     assert_eq!(trefoil(&["get", "route", "broken"]).status.code(), Some(2));
     // A control plane that is not there: a runtime failure with a hint.
-    let down =
-        Command::new(trefoil_bin()).args(["get", "routes", "--server", &format!("http://127.0.0.1:{}", free_port())]).output().unwrap();
+    let down = trefoil_command().args(["get", "routes", "--server", &format!("http://127.0.0.1:{}", free_port())]).output().unwrap();
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the control plane"));
 }

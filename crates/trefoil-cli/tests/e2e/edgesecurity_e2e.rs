@@ -8,11 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::chain::request;
-use crate::common::clamd::{eicar, Clamd};
-use crate::common::load::Load;
-use crate::common::up::Up;
-use crate::common::{addr, repo_root, scratch_dir, wait_until};
+use trefoil_testkit::{eicar, free_addr, http_request, repo_root, request, scratch_dir, wait_until, Clamd, Load, Up};
 
 fn example() -> PathBuf {
     repo_root().join("examples/edgesecurity")
@@ -34,16 +30,15 @@ fn copy_example(to: &Path, gateway: std::net::SocketAddr) {
 
 /// `trefoil apply` of one of the example's changes; returns the CNF's new resourceVersion.
 fn apply(up: &Up, file: &Path) -> u64 {
-    let out = up.cli(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
-    up.get("/api/v1/cnfs/edge-security")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).expect("the CNF is stored")
+    up.apply(file);
+    up.resource_version("/api/v1/cnfs/edge-security").expect("the CNF is stored")
 }
 
 #[test]
 fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     let clamd = Clamd::start();
     let dir = scratch_dir();
-    let gateway = addr();
+    let gateway = free_addr();
     let files = dir.join("edgesecurity");
     copy_example(&files, gateway);
     let infected = format!("attachment: {}\n", eicar());
@@ -54,7 +49,7 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
     up.wait_ready(&["web-0", "policy-0", "inspect-0", "antivirus-0"]);
     // Not `request`, which panics while the gateway is not listening yet.
     up.wait("the gateway serving through the chain", |_| {
-        matches!(trefoil_testkit::http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
+        matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
     });
 
     let upload = |path: &str, body: &str| request(gateway, "POST", path, &[("content-type", "text/plain")], body.as_bytes());

@@ -6,7 +6,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::control::Control;
+use trefoil_testkit::{
+    free_addr, free_port, http_get, json, proxy_resource, raw_exchange, raw_request, run_with_timeout, scratch_dir, set_limit,
+    trefoil_command, wait_until, Control, Proxy, TestServer, ToYaml,
+};
+
 use crate::common::*;
 
 /// A cap on a child's heap, far above what any of these inputs needs once
@@ -14,7 +18,7 @@ use crate::common::*;
 const MEMORY_CAP: u64 = 1 << 30;
 
 fn cap_memory(pid: u32) {
-    trefoil_testkit::set_limit(pid, libc::RLIMIT_DATA, MEMORY_CAP);
+    set_limit(pid, libc::RLIMIT_DATA, MEMORY_CAP);
 }
 
 /// A Route whose labels hold nine levels of ten aliases: 10^9 strings in 900 bytes.
@@ -41,7 +45,7 @@ fn validate_refuses_yaml_bombs_with_a_location() {
     {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();
-        let child = Command::new(trefoil_bin())
+        let child = trefoil_command()
             .args(["validate", "-f"])
             .arg(&file)
             .stdout(std::process::Stdio::piped())
@@ -75,12 +79,12 @@ fn the_api_refuses_yaml_bombs_and_keeps_serving() {
 #[test]
 fn a_watched_proxy_keeps_its_config_through_yaml_bombs() {
     let up = TestServer::named("up");
-    let public = addr();
+    let public = free_addr();
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]));
-    let proxy = Proxy::start(&format!("{base}{}", web_route("")));
+    let mut proxy = Proxy::start(format!("{base}{}", web_route("")));
     cap_memory(proxy.pid());
     for (i, bomb) in [billion_laughs(), deep_nesting()].into_iter().enumerate() {
-        proxy.rewrite(&format!("{base}{}---\n{bomb}", web_route("")));
+        proxy.rewrite(format!("{base}{}---\n{bomb}", web_route("")));
         let want = i as f64 + 1.0;
         wait_until("the rejected reload", Duration::from_secs(20), || {
             proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= want
@@ -90,52 +94,17 @@ fn a_watched_proxy_keeps_its_config_through_yaml_bombs() {
     }
 }
 
-/// Sends `request` as raw bytes and reads until the proxy closes or a
-/// whole response (by its content-length) has arrived: (status, body).
-fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&bytes).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
-            if length.is_some_and(|n| body.len() >= n) {
-                break;
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            Err(e) => panic!("reading the reply to {request:?}: {e}; got {:?}", String::from_utf8_lossy(&bytes)),
-        }
-    }
-    let text = String::from_utf8_lossy(&bytes).to_string();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
 /// A proxy in front of one test server, with `/admin` denied (403) for
 /// host `secure.test` and everything else routed to the server.
 fn guarded_proxy(up: &TestServer, listener_extra: &str) -> (Proxy, std::net::SocketAddr) {
-    let public = addr();
+    let public = free_addr();
     let route = format!(
         "{API}\nkind: Route\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.test]\n  rules:\n  - matches: [{{path: {{prefix: /admin}}}}]\n    filters: {{fault: {{abort: {{status: 403}}}}}}\n    backends: [{{service: web}}]\n  - backends: [{{service: web}}]\n---\n{}",
         route_all("web", "")
     );
     let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n{listener_extra}---\n");
-    let proxy = Proxy::start(&format!("{listener}{}{route}", service("web", "http", &[(up.addr(), "v1")])));
+    let proxy = Proxy::start(format!("{listener}{}{route}", service("web", "http", &[(up.addr(), "v1")])));
     (proxy, public)
-}
-
-fn echo(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 #[test]
@@ -143,27 +112,27 @@ fn the_upstream_sees_the_host_the_request_was_routed_by() {
     let up = TestServer::named("up");
     let (proxy, public) = guarded_proxy(&up, "");
     // Two Host headers: refused, not routed by the first and forwarded with both.
-    let (status, _) = raw(public, "GET /admin HTTP/1.1\r\nHost: other.test\r\nHost: secure.test\r\n\r\n");
+    let (status, _) = raw_request(public, "GET /admin HTTP/1.1\r\nHost: other.test\r\nHost: secure.test\r\n\r\n");
     assert_eq!(status, 400);
     // HTTP/1.1 without Host: refused. HTTP/1.0 without Host: forwarded with one.
-    assert_eq!(raw(public, "GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n").0, 400);
-    let (status, body) = raw(public, "GET /echo HTTP/1.0\r\n\r\n");
+    assert_eq!(raw_request(public, "GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n").0, 400);
+    let (status, body) = raw_request(public, "GET /echo HTTP/1.0\r\n\r\n");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(echo(&body)["authority"], up.addr().to_string());
+    assert_eq!(json(&body)["authority"], up.addr().to_string());
     // The absolute-form target picks the route, so it is the host the upstream sees.
-    let (status, _) = raw(public, "GET http://secure.test/admin HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
+    let (status, _) = raw_request(public, "GET http://secure.test/admin HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 403);
-    let (status, body) = raw(public, "GET http://secure.test/echo HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
+    let (status, body) = raw_request(public, "GET http://secure.test/echo HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);
-    assert_eq!(echo(&body)["headers"]["host"], "secure.test");
+    assert_eq!(json(&body)["headers"]["host"], "secure.test");
     // `Connection: host` does not strip the Host the request was routed by.
-    let (status, body) = raw(public, "GET /echo HTTP/1.1\r\nHost: secure.test\r\nConnection: host, x-drop\r\nX-Drop: 1\r\n\r\n");
+    let (status, body) = raw_request(public, "GET /echo HTTP/1.1\r\nHost: secure.test\r\nConnection: host, x-drop\r\nX-Drop: 1\r\n\r\n");
     assert_eq!(status, 200);
-    let seen = echo(&body);
+    let seen = json(&body);
     assert_eq!(seen["headers"]["host"], "secure.test");
     assert!(seen["headers"]["x-drop"].is_null(), "{seen}");
     // CONNECT is answered, not left hanging with an empty reply.
-    assert_eq!(raw(public, "CONNECT secure.test:443 HTTP/1.1\r\nHost: secure.test:443\r\n\r\n").0, 501);
+    assert_eq!(raw_request(public, "CONNECT secure.test:443 HTTP/1.1\r\nHost: secure.test:443\r\n\r\n").0, 501);
     // Each refusal is logged with its flag.
     wait_until("the refusals in the access log", Duration::from_secs(10), || {
         let log = proxy.access_log();
@@ -200,7 +169,7 @@ fn the_upstream_sees_the_authority_of_an_http2_request() {
         ]),
         Duration::from_secs(20),
     );
-    let seen = echo(&String::from_utf8_lossy(&out.stdout));
+    let seen = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(seen["headers"]["host"], "secure.test", "{seen}");
 }
 
@@ -209,15 +178,15 @@ fn every_spelling_of_a_denied_path_is_denied() {
     let up = TestServer::named("up");
     let (_proxy, public) = guarded_proxy(&up, "");
     for path in ["/admin", "/x/../admin", "/./admin", "//admin", "/%61dmin", "/%2e%2e/admin", "/admin/./", "/ADMIN/../admin"] {
-        let (status, _) = raw(public, &format!("GET {path} HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n"));
+        let (status, _) = raw_request(public, &format!("GET {path} HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n"));
         assert_eq!(status, 403, "{path}");
     }
     // An escaped slash is refused by default: upstreams disagree on what it means.
-    assert_eq!(raw(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 400);
+    assert_eq!(raw_request(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 400);
     // The upstream receives the normalised path, with the query as sent.
-    let (status, body) = raw(public, "GET /x/..//%65cho?a=/../b HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n");
+    let (status, body) = raw_request(public, "GET /x/..//%65cho?a=/../b HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);
-    let seen = echo(&body);
+    let seen = json(&body);
     assert_eq!((seen["path"].as_str(), seen["query"].as_str()), (Some("/echo"), Some("a=/../b")));
     assert_eq!(up.requests_for("/admin"), 0);
 }
@@ -226,41 +195,28 @@ fn every_spelling_of_a_denied_path_is_denied() {
 fn path_normalisation_follows_the_listener() {
     let up = TestServer::named("up");
     let (_proxy, public) = guarded_proxy(&up, "  pathNormalization: {escapedSlashes: unescape}\n");
-    assert_eq!(raw(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 403);
+    assert_eq!(raw_request(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 403);
     let up2 = TestServer::named("up2");
     let (_proxy, public) = guarded_proxy(&up2, "  pathNormalization: {normalize: false, mergeSlashes: false, escapedSlashes: keep}\n");
-    assert_eq!(raw(public, "GET /x/..%2Fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
-    assert_eq!(raw(public, "GET //admin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
+    assert_eq!(raw_request(public, "GET /x/..%2Fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
+    assert_eq!(raw_request(public, "GET //admin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
     assert_eq!(up2.requests_for("/x/..%2Fadmin") + up2.requests_for("//admin"), 2, "{}", up2.stats());
-}
-
-/// Like [`raw`], for requests the proxy may answer by closing: the status, if any.
-fn raw_status(addr: std::net::SocketAddr, request: &[u8], then_close: bool) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stream.write_all(request).unwrap();
-    if then_close {
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-    }
-    let mut bytes = Vec::new();
-    let _ = stream.read_to_end(&mut bytes);
-    String::from_utf8_lossy(&bytes).split(' ').nth(1).and_then(|s| s.parse().ok())
 }
 
 #[test]
 fn client_faults_never_count_against_the_upstream() {
     let up = TestServer::named("up");
-    let public = addr();
+    let public = free_addr();
     let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutiveGatewayErrors: 2, consecutive5xx: 2, maxEjectionPercent: 100}}\n---\n");
     let proxy =
-        Proxy::start(&format!("{}{}{policy}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+        Proxy::start(format!("{}{}{policy}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     for i in 0..5 {
         // A malformed chunk size, then a body cut short by the client.
         let malformed =
-            raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", false);
+            raw_exchange(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", false)
+                .status();
         assert!(malformed.is_none_or(|s| s == 400), "round {i}: malformed chunked body answered {malformed:?}");
-        let cut = raw_status(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly a little", true);
+        let cut = raw_exchange(public, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nonly a little", true).status();
         assert!(cut.is_none_or(|s| s == 400), "round {i}: cut upload answered {cut:?}");
     }
     assert_eq!(http_get(public, "x", "/").0, 200, "the only endpoint is still in service");
@@ -279,7 +235,7 @@ fn a_reader_that_stops_early_gets_no_panic() {
         .map(|i| format!("{API}\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{endpoints: [{{address: nowhere}}]}}\n"))
         .collect();
     std::fs::write(&file, docs.join("---\n")).unwrap();
-    let mut child = Command::new(trefoil_bin())
+    let mut child = trefoil_command()
         .args(["validate", "-o", "json", "-f"])
         .arg(&file)
         .stdout(std::process::Stdio::piped())
@@ -296,14 +252,14 @@ fn a_reader_that_stops_early_gets_no_panic() {
 }
 
 fn set_open_files_limit(pid: u32, n: u64) {
-    trefoil_testkit::set_limit(pid, libc::RLIMIT_NOFILE, n);
+    set_limit(pid, libc::RLIMIT_NOFILE, n);
 }
 
 #[test]
 fn one_greedy_connection_cannot_take_every_descriptor() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "4000"]);
-    let public = addr();
-    let proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
+    let public = free_addr();
+    let proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
     let open = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap().count() as u64;
     // Room for the proxy's own descriptors and 100 more: fewer than the streams below.
     set_open_files_limit(proxy.pid(), open + 100);
@@ -329,17 +285,13 @@ fn one_greedy_connection_cannot_take_every_descriptor() {
 fn a_stalled_upload_is_cut_and_a_slow_one_is_not_a_timeout() {
     use std::io::{Read, Write};
     let up = TestServer::named("up");
-    let public = addr();
+    let public = free_addr();
     let listener = format!(
         "{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{requestBodyIdle: 1s}}\n---\n"
     );
-    let proxy = Proxy::start(&format!("{listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route("    timeout: 500ms\n")));
+    let proxy = Proxy::start(format!("{listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route("    timeout: 500ms\n")));
     // A body that stops coming: 408 once it has been idle for a second, the upstream not blamed.
-    let mut stalled = std::net::TcpStream::connect(public).unwrap();
-    stalled.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    stalled.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.").unwrap();
-    let mut reply = String::new();
-    let _ = stalled.read_to_string(&mut reply);
+    let reply = raw_exchange(public, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.", false).text();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("request_body_timeout"), "{reply}");
     // A body that keeps coming, in three parts over more than the route's
@@ -372,18 +324,14 @@ fn an_upstream_that_stalls_mid_response_is_cut() {
         // Held open, silent, until the proxy gives up on it.
         let _ = conn.read(&mut head);
     });
-    let public = addr();
+    let public = free_addr();
     let listener = format!(
         "{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{responseBodyIdle: 1s}}\n---\n"
     );
-    let _proxy = Proxy::start(&format!("{listener}{}{}", service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
-    let mut client = std::net::TcpStream::connect(public).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut got = Vec::new();
+    let _proxy = Proxy::start(format!("{listener}{}{}", service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
     // The proxy closes the connection once the body has been idle for a second.
-    let ended = client.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got);
+    let reply = raw_exchange(public, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    let (ended, text) = (&reply.end, reply.text());
     assert!(ended.is_ok() || ended.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{ended:?}: {text}");
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("abc"), "{text}");
 }
@@ -391,14 +339,13 @@ fn an_upstream_that_stalls_mid_response_is_cut() {
 #[test]
 fn a_second_proxy_on_the_same_address_is_refused() {
     let up = TestServer::named("up");
-    let public = addr();
+    let public = free_addr();
     let resources = format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route(""));
     let _first = Proxy::start(&resources);
     let dir = scratch_dir();
     let config = dir.join("second.yaml");
-    std::fs::write(&config, format!("{}{resources}", proxy_resource(addr(), &dir.join("access.log")))).unwrap();
-    let out =
-        run_with_timeout(Command::new(trefoil_bin()).args(["proxy", "--threads", "2", "--config"]).arg(&config), Duration::from_secs(20));
+    std::fs::write(&config, format!("{}---\n{resources}", proxy_resource(free_addr(), &dir.join("access.log")).to_yaml())).unwrap();
+    let out = run_with_timeout(trefoil_command().args(["proxy", "--threads", "2", "--config"]).arg(&config), Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("another process already listens on {public}")), "{stderr}");
@@ -419,7 +366,8 @@ fn unauthenticated_addresses_on_the_network_are_announced() {
     assert!(stderr.contains("ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION"), "{stderr}");
     assert!(stderr.contains("listener open accepts connections from the network without authenticating them"), "{stderr}");
     // Loopback-only proxies say nothing of the kind.
-    let quiet = Proxy::start(&format!("{}{}{}", listener("local", addr()), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let quiet =
+        Proxy::start(format!("{}{}{}", listener("local", free_addr()), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     assert!(!quiet.stderr().contains("without authenticat"), "{}", quiet.stderr());
 }
 
@@ -441,9 +389,9 @@ fn a_health_page_that_never_ends_fails_its_check() {
         }
     });
     let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 300ms, unhealthyThreshold: 1}}\n---\n");
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(format!(
         "{}{}{policy}{}",
-        listener("public", addr()),
+        listener("public", free_addr()),
         service("web", "http", &[(upstream_addr, "v1")]),
         web_route("")
     ));

@@ -3,7 +3,8 @@
 //! upstreams and clients (the test server, nginx, clamd, curl, h2load, wrk,
 //! Python gRPC and traffic clients). One module per topic, all in one test
 //! binary, so Cargo compiles and links the shared helpers once instead of
-//! once per file.
+//! once per file. The harness they share, process wrappers and all, is
+//! `trefoil-testkit`; nothing here is a helper another module copies.
 
 mod common;
 
@@ -25,3 +26,12 @@ mod proxy_routing;
 mod rollout_e2e;
 mod runtime_up;
 mod trace_e2e;
+
+/// The harness finds `trefoil` beside the test executable, Cargo says where
+/// it built it: the same file, or every test here would run a stale binary.
+#[test]
+fn the_harness_runs_the_trefoil_cargo_built() {
+    let found = trefoil_testkit::trefoil_path().canonicalize().expect("the harness finds trefoil");
+    let built = std::path::Path::new(env!("CARGO_BIN_EXE_trefoil")).canonicalize().expect("Cargo built trefoil");
+    assert_eq!(found, built);
+}

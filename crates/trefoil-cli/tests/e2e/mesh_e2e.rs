@@ -4,36 +4,28 @@
 //! back, a workload killed and back; and `trefoil demo`.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::common::load::Load;
-use crate::common::up::*;
-use crate::common::{addr, count, curl_many, http_get, repo_root, run_with_timeout, trefoil_bin, wait_until};
 use serde_json::Value;
-
-/// The quickstart example with its gateway on `gateway`.
-fn quickstart(gateway: std::net::SocketAddr) -> String {
-    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
-    assert!(text.contains("127.0.0.1:8080"), "the quickstart's gateway address moved");
-    text.replace("127.0.0.1:8080", &gateway.to_string())
-}
+use trefoil_testkit::{
+    count, curl_many, free_addr, free_port, http_get, quickstart_mesh, repo_root, run_with_timeout, send_signal, trefoil_command,
+    wait_until, Load, Up,
+};
 
 /// `trefoil apply -f FILE` against this mesh; returns the route's new resourceVersion.
 fn apply(up: &Up, file: &Path) -> u64 {
-    let out = up.cli(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    up.apply(file);
     route_version(up)
 }
 
 fn route_version(up: &Up) -> u64 {
-    up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0)
+    up.resource_version("/api/v1/routes/edge").unwrap_or(0)
 }
 
 #[test]
 fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
-    let gateway = addr();
-    let mut up = Up::start(&quickstart(gateway));
+    let gateway = free_addr();
+    let mut up = Up::start(quickstart_mesh(gateway));
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
     up.wait_up();
     let first = route_version(&up);
@@ -64,7 +56,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // The control plane dies: traffic goes on; it comes back with every acknowledged write.
     let control_pid = up.process("control")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(control_pid as u32, libc::SIGKILL);
+    send_signal(control_pid as u32, libc::SIGKILL);
     let during = curl_many(&url, 20, &[]);
     assert_eq!(count(&during, |(s, who)| *s == 200 && who == "web v2"), 20, "{during:?}");
     up.wait("the control plane restarted", |u| {
@@ -83,7 +75,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // And it still drives the proxies: back to 80/20.
     let mesh = up.dir.join("edge.yaml");
-    let edge_only: String = quickstart(gateway).split("\n---\n").filter(|doc| doc.contains("kind: Route")).collect();
+    let edge_only: String = quickstart_mesh(gateway).split("\n---\n").filter(|doc| doc.contains("kind: Route")).collect();
     std::fs::write(&mesh, edge_only).unwrap();
     let restored = apply(&up, &mesh);
     assert!(restored > shifted);
@@ -95,7 +87,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // A workload dies: it is restarted, published again, and serves again.
     let app_pid = up.process("web-v1-0")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(app_pid as u32, libc::SIGKILL);
+    send_signal(app_pid as u32, libc::SIGKILL);
     up.wait("web-v1-0 restarted and ready", |u| {
         u.process("web-v1-0")["restarts"].as_u64() >= Some(1) && u.process("web-v1-0")["ready"] == true
     });
@@ -110,7 +102,7 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
 #[test]
 fn demo_runs_a_live_split_with_no_errors() {
-    let port = crate::common::free_port().to_string();
+    let port = free_port().to_string();
     let args = [
         "demo",
         "--duration",
@@ -128,7 +120,7 @@ fn demo_runs_a_live_split_with_no_errors() {
         "--grpc-listen",
         "127.0.0.1:0",
     ];
-    let out = run_with_timeout(Command::new(trefoil_bin()).args(args), Duration::from_secs(120));
+    let out = run_with_timeout(trefoil_command().args(args), Duration::from_secs(120));
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["errors"], 0, "{summary}");

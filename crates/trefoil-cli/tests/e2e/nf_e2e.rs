@@ -4,62 +4,12 @@
 //! signature database (the EICAR test signature): on the request phase it
 //! scans uploads, on the response phase downloads (served by a real nginx).
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use crate::common::chain::{chained_route, cnf, network_function, request};
-use crate::common::clamd::{eicar, Clamd};
-use crate::common::nginx::Nginx;
+use trefoil_testkit::{eicar, free_addr, http_request, request, scratch_dir, wait_until, Clamd, Nf, Nginx, Proxy, TestServer, Up};
+
 use crate::common::*;
-
-/// A `trefoil nf` process; killed when dropped.
-struct Nf {
-    child: Child,
-    addr: SocketAddr,
-    stderr: PathBuf,
-}
-
-impl Nf {
-    fn start(args: &[&str]) -> Self {
-        let dir = scratch_dir();
-        let addr = addr();
-        let stderr = dir.join("nf.stderr");
-        let child = Command::new(trefoil_bin())
-            .arg("nf")
-            .args(args)
-            .args(["--listen", &addr.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting trefoil nf");
-        // Owned before any wait can panic, so the process is killed either way.
-        let mut nf = Nf { child, addr, stderr };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = nf.child.try_wait() {
-                panic!("trefoil nf {args:?} exited with {status}:\n{}", nf.stderr());
-            }
-            assert!(Instant::now() < deadline, "trefoil nf {args:?} not ready within 20s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(http_get(addr, "nf", "/healthz").0, 200, "trefoil nf {args:?} answers its probe");
-        nf
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Nf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -76,9 +26,9 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
     // so the trace shows the functions in chain order.
     let policy = Nf::start(&["policy", "--config", &write(&dir, "policy.yaml", "default: allow\n")]);
     let av = Nf::start(&["antivirus", "--clamd", &clamd.addr.to_string(), "--deny-status", "451", "--clamd-timeout", "5s"]);
-    let nobody = addr(); // free a moment ago: a clamd that is down
+    let nobody = free_addr(); // free a moment ago: a clamd that is down
     let av_down = Nf::start(&["antivirus", "--clamd", &nobody.to_string()]);
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -146,7 +96,7 @@ fn antivirus_on_the_response_phase_passes_clean_downloads_and_blocks_infected_on
     let dir = scratch_dir();
     let policy = Nf::start(&["policy", "--config", &write(&dir, "policy.yaml", "default: allow\n")]);
     let av = Nf::start(&["antivirus", "--clamd", &clamd.addr.to_string(), "--deny-status", "451", "--clamd-timeout", "5s"]);
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(files.addr, "v1")]),
@@ -202,7 +152,7 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
         &write(&dir, "signatures.txt", "# test\nsql-union: UNION SELECT\nscanner: user-agent: sqlmap\n"),
     ]);
     let ratelimit = Nf::start(&["ratelimit", "--rate", "0.01", "--burst", "2", "--key-header", "x-api-key"]);
-    let public = addr();
+    let public = free_addr();
     let config = [
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -276,7 +226,7 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
     // Beside the resource files, not among them: `up` reads every *.yaml of its directory.
     std::fs::create_dir_all(dir.join("files/functions")).unwrap();
     std::fs::write(dir.join("files/functions/policy.yaml"), "rules: [{name: no-admin, action: deny, paths: [/admin]}]\n").unwrap();
-    let gateway = addr();
+    let gateway = free_addr();
     let files = format!(
         "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
          {API}\nkind: Listener\nmetadata: {{name: gw}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
@@ -288,7 +238,7 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
         cnf("edge", &["{function: policy}"]),
         chained_route(&[("/", "edge")]),
     );
-    let mut up = crate::common::up::Up::start_in(dir, &files);
+    let mut up = Up::start_in(dir, &files);
     up.wait_ready(&["web-0", "policy-0"]);
     up.wait("the gateway serving through the chain", |_| {
         matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))

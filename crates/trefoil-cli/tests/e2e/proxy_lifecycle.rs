@@ -5,6 +5,10 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use trefoil_testkit::{
+    count, curl_many, free_addr, http_get, repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Proxy, TestServer,
+};
+
 use crate::common::*;
 
 fn split_route(w1: u32, w2: u32) -> String {
@@ -23,9 +27,9 @@ fn wrk_summary(text: &str) -> (u64, u64, String) {
 #[test]
 fn hot_reload_under_load_loses_no_request() {
     let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
-    let public = addr();
+    let public = free_addr();
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]));
-    let proxy = Proxy::start(&format!("{base}{}", split_route(100, 0)));
+    let mut proxy = Proxy::start(format!("{base}{}", split_route(100, 0)));
     let url = format!("http://{public}/");
     let load =
         std::thread::spawn(move || run_with_timeout(Command::new("wrk").args(["-t2", "-c16", "-d4s", &url]), Duration::from_secs(30)));
@@ -33,9 +37,9 @@ fn hot_reload_under_load_loses_no_request() {
     // by file change and by SIGHUP, moving traffic between versions.
     wait_until("load to reach v1", Duration::from_secs(10), || v1.requests() > 100);
     for (i, (w1, w2)) in [(50, 50), (0, 100), (90, 10), (10, 90), (100, 0)].into_iter().enumerate() {
-        proxy.rewrite(&format!("{base}{}", split_route(w1, w2)));
+        proxy.rewrite(format!("{base}{}", split_route(w1, w2)));
         if i % 2 == 1 {
-            proxy.signal("HUP");
+            proxy.signal(libc::SIGHUP);
         }
         let want = i as u64 + 2;
         wait_until(&format!("config version {want}"), Duration::from_secs(10), || proxy.config_version() >= want);
@@ -54,10 +58,10 @@ fn hot_reload_under_load_loses_no_request() {
 #[test]
 fn an_invalid_reload_keeps_the_running_config_and_says_where() {
     let v1 = TestServer::named("v1");
-    let public = addr();
+    let public = free_addr();
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1")]));
-    let proxy = Proxy::start(&format!("{base}{}", web_route("")));
-    proxy.rewrite(&format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - service: web\n      weight: heavy\n"));
+    let mut proxy = Proxy::start(format!("{base}{}", web_route("")));
+    proxy.rewrite(format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - service: web\n      weight: heavy\n"));
     wait_until("the rejected reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= 1.0);
     assert_eq!(proxy.config_version(), 1);
     assert_eq!(http_get(public, "x", "/").0, 200);
@@ -68,11 +72,11 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
     let line = std::fs::read_to_string(&proxy.config).unwrap().lines().position(|l| l.contains("weight: heavy")).unwrap() + 1;
     assert!(stderr.contains(&format!("{config}:{line}:")), "expected line {line} in:\n{stderr}");
     // A reload that binds a new listener, then one that drops it.
-    let extra = addr();
-    proxy.rewrite(&format!("{base}{}{}", listener("extra", extra), web_route("")));
+    let extra = free_addr();
+    proxy.rewrite(format!("{base}{}{}", listener("extra", extra), web_route("")));
     wait_until("the extra listener", Duration::from_secs(10), || TcpStream::connect(extra).is_ok());
     assert_eq!(http_get(extra, "x", "/").0, 200);
-    proxy.rewrite(&format!("{base}{}", web_route("")));
+    proxy.rewrite(format!("{base}{}", web_route("")));
     wait_until("the extra listener to close", Duration::from_secs(10), || TcpStream::connect(extra).is_err());
     assert_eq!(http_get(public, "x", "/").0, 200);
 }
@@ -80,12 +84,12 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
 #[test]
 fn graceful_shutdown_drains_in_flight_requests() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1000"]);
-    let public = addr();
+    let public = free_addr();
     let mut proxy =
-        Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
+        Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
     let in_flight = std::thread::spawn(move || http_get(public, "x", "/").0);
     wait_until("the request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
-    proxy.signal("TERM");
+    proxy.signal(libc::SIGTERM);
     wait_until("the listener to stop accepting", Duration::from_secs(5), || TcpStream::connect(public).is_err());
     assert_eq!(in_flight.join().unwrap(), 200, "the in-flight request completes");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
@@ -100,35 +104,31 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
         format!("{API}\nkind: Service\nmetadata: {{name: web}}\nspec:\n  endpoints: [{{address: \"not-an-address\"}}]\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{regex: \"([\"}}}}]\n    backends: [{{service: missing}}]\n"),
     )
     .unwrap();
-    let out = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&file).output().unwrap();
+    let out = trefoil_command().args(["validate", "-f"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let f = file.display();
     assert!(stderr.contains(&format!("{f}:5:")) && stderr.contains("spec.endpoints[0].address"), "{stderr}");
     assert!(stderr.contains(&format!("{f}:13:")) && stderr.contains("spec.rules[0].matches[0].path.regex"), "{stderr}");
     assert!(stderr.contains(&format!("{f}:14:")) && stderr.contains("no Service named \"missing\""), "{stderr}");
-    let json = Command::new(trefoil_bin()).args(["validate", "-o", "json", "-f"]).arg(&file).output().unwrap();
+    let json = trefoil_command().args(["validate", "-o", "json", "-f"]).arg(&file).output().unwrap();
     assert_eq!(json.status.code(), Some(2));
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["valid"], false);
     assert_eq!(report["errors"].as_array().unwrap().len(), 3);
     assert_eq!(report["errors"][0]["line"], 5);
-    let good = Command::new(trefoil_bin())
-        .args(["validate", "-f"])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy"))
-        .output()
-        .unwrap();
+    let good = trefoil_command().args(["validate", "-f"]).arg(repo_root().join("examples/proxy")).output().unwrap();
     assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
     // A proxy refuses to start on a bad config, with the same exit code.
-    let start = Command::new(trefoil_bin()).args(["proxy", "--config"]).arg(&file).output().unwrap();
+    let start = trefoil_command().args(["proxy", "--config"]).arg(&file).output().unwrap();
     assert_eq!(start.status.code(), Some(2));
 }
 
 #[test]
 fn metrics_pass_promtool() {
     let up = TestServer::named("up");
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -160,7 +160,7 @@ fn validate_checks_what_the_proxy_checks() {
     let dir = scratch_dir();
     let file = dir.join("listener.yaml");
     std::fs::write(&file, format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: 127.0.0.1:8080\n  routes: [web, wbe]\n---\n{API}\nkind: Service\nmetadata: {{name: web}}\nspec: {{endpoints: [{{address: \"127.0.0.1:9\"}}]}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n")).unwrap();
-    let out = Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&file).output().unwrap();
+    let out = trefoil_command().args(["validate", "-f"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:6:", file.display())) && stderr.contains("spec.routes[1]: no Route named \"wbe\""), "{stderr}");
@@ -169,16 +169,16 @@ fn validate_checks_what_the_proxy_checks() {
 #[test]
 fn limits_keep_counting_across_reloads() {
     let up = TestServer::named("up");
-    let public = addr();
+    let public = free_addr();
     let base = format!("{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]));
     let route = |timeout: &str| {
         format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 3}}}}\n    backends: [{{service: web}}]\n    timeout: {timeout}\n")
     };
-    let proxy = Proxy::start(&format!("{base}{}", route("5s")));
+    let mut proxy = Proxy::start(format!("{base}{}", route("5s")));
     let first = curl_many(&format!("http://{public}/"), 3, &[]);
     assert_eq!(count(&first, |r| r.0 == 200), 3);
     // An unrelated change reloads the config; the spent burst stays spent.
-    proxy.rewrite(&format!("{base}{}", route("6s")));
+    proxy.rewrite(format!("{base}{}", route("6s")));
     wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() == 2);
     assert_eq!(http_get(public, "x", "/").0, 429);
 }

@@ -1,21 +1,25 @@
 //! HTTP/2, gRPC, TLS, mutual TLS and opaque TCP through a real proxy,
 //! driven by real clients: curl, h2load, Python grpcio.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::common::nginx::Nginx;
+use trefoil_testkit::{
+    count, curl_many, free_addr, grpc_server, http_get, http_request, repo_root, run_with_timeout, scratch_dir, wait_until, Nginx, Proxy,
+    TestServer,
+};
+
 use crate::common::*;
 
 #[test]
 fn h2c_prior_knowledge_under_h2load() {
     let up = TestServer::named("up");
-    let public = addr();
+    let public = free_addr();
     let proxy =
-        Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web", "")));
+        Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web", "")));
     let out = run_with_timeout(
         Command::new("h2load").args(["-n", "2000", "-c", "4", "-m", "10", &format!("http://{public}/")]),
         Duration::from_secs(60),
@@ -36,53 +40,21 @@ fn h2c_prior_knowledge_under_h2load() {
 #[test]
 fn http2_upstreams_get_http2() {
     let up = TestServer::named("h2-up");
-    let public = addr();
+    let public = free_addr();
     let _proxy =
-        Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web", "")));
+        Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web", "")));
     let (status, _, body) = http_get(public, "x", "/echo");
     assert_eq!(status, 200);
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["version"], "HTTP/2.0");
 }
 
-struct GrpcServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl GrpcServer {
-    fn start(name: &str) -> Self {
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/grpc/grpc_server.py"))
-            .args(["--listen", "127.0.0.1:0", "--name", name])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 tests/grpc/grpc_server.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("grpc server said {line:?}")).parse().unwrap();
-        GrpcServer { child, addr }
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn grpc_unary_streaming_errors_and_trailers_pass_through() {
-    let server = GrpcServer::start("grpc-v1");
-    let public = addr();
-    let proxy = Proxy::start(&format!(
-        "{}{}{}",
-        listener("public", public),
-        service("echo", "grpc", &[(server.addr, "v1")]),
-        route_all("echo", "")
-    ));
+    let server = grpc_server("grpc-v1");
+    let public = free_addr();
+    let proxy =
+        Proxy::start(format!("{}{}{}", listener("public", public), service("echo", "grpc", &[(server.addr, "v1")]), route_all("echo", "")));
     let out = run_with_timeout(
         Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args([
             "--target",
@@ -141,20 +113,20 @@ fn make_pki(dir: &Path) -> Pki {
 fn mutual_tls_with_alpn_h2_and_peer_identity() {
     let up = TestServer::named("up");
     let pki = make_pki(&scratch_dir());
-    let public = addr();
+    let public = free_addr();
     let tls_listener = format!(
         "{API}\nkind: Listener\nmetadata: {{name: secure}}\nspec:\n  address: \"{public}\"\n  tls: {{certificate: \"{}\", key: \"{}\", clientCa: \"{}\"}}\n---\n",
         pki.server_cert.display(),
         pki.server_key.display(),
         pki.ca.display()
     );
-    let plain = addr();
+    let plain = free_addr();
     // Requests proving the client identity go to `trusted`; the identity header is the proxy's own.
     let identity_route = format!(
         "{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{headers: [{{name: x-trefoil-peer-identity, value: \"spiffe://trefoil.test/ns/default/sa/client\"}}]}}]\n    backends: [{{service: trusted}}]\n  - backends: [{{service: web}}]\n"
     );
     let trusted = TestServer::named("trusted");
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start(format!(
         "{tls_listener}{}{}{}{identity_route}",
         listener("plain", plain),
         service("web", "http", &[(up.addr(), "v1")]),
@@ -222,8 +194,8 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
     // real TLS server that insists on a client certificate.
     let up = TestServer::named("behind-tls");
     let pki = make_pki(&scratch_dir());
-    let (inner, outer) = (addr(), addr());
-    let inner_proxy = Proxy::start(&format!(
+    let (inner, outer) = (free_addr(), free_addr());
+    let inner_proxy = Proxy::start(format!(
         "{API}\nkind: Listener\nmetadata: {{name: inner}}\nspec:\n  address: \"{inner}\"\n  tls: {{certificate: \"{}\", key: \"{}\", clientCa: \"{}\"}}\n---\n{}{}",
         pki.server_cert.display(),
         pki.server_key.display(),
@@ -231,7 +203,7 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
         service("web", "http", &[(up.addr(), "v1")]),
         route_all("web", "")
     ));
-    let _outer_proxy = Proxy::start(&format!(
+    let _outer_proxy = Proxy::start(format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: secure}}\nspec:\n  service: secure\n  tls: {{mode: mutual, ca: \"{}\", certificate: \"{}\", key: \"{}\", sni: localhost}}\n---\n{}",
         listener("outer", outer),
         service("secure", "http", &[(inner, "v1")]),
@@ -251,8 +223,8 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
 #[test]
 fn opaque_tcp_and_protocol_detection() {
     let up = TestServer::named("tcp-up");
-    let (tcp, auto) = (addr(), addr());
-    let proxy = Proxy::start(&format!(
+    let (tcp, auto) = (free_addr(), free_addr());
+    let proxy = Proxy::start(format!(
         "{API}\nkind: Listener\nmetadata: {{name: raw}}\nspec:\n  address: \"{tcp}\"\n  protocol: tcp\n  tcpBackend: {{service: web}}\n---\n{API}\nkind: Listener\nmetadata: {{name: sniff}}\nspec:\n  address: \"{auto}\"\n  protocol: auto\n  tcpBackend: {{service: web}}\n---\n{}{}",
         service("web", "http", &[(up.addr(), "v1")]),
         route_all("web", "")
@@ -278,8 +250,8 @@ fn opaque_tcp_and_protocol_detection() {
 #[test]
 fn nginx_as_a_real_upstream() {
     let nginx = Nginx::static_files(&[("index.html", b"hello from nginx\n")]);
-    let public = addr();
-    let _proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let _proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("nginx", "http", &[(nginx.addr, "v1")]),

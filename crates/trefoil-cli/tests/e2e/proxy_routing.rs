@@ -1,16 +1,18 @@
 //! Routing, splitting and filters of a real proxy against real upstreams.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use trefoil_testkit::{count, curl_many, free_addr, http_get, http_request, raw_exchange, wait_until, Proxy, TestServer};
 
 use crate::common::*;
 
 #[test]
 fn weighted_split_holds_its_proportions() {
     let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: 80}}\n    - {{service: web, version: v2, weight: 20}}\n",
         listener("public", public),
         service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")])
@@ -29,8 +31,8 @@ fn weighted_split_holds_its_proportions() {
 #[test]
 fn header_query_and_method_matches_route_requests() {
     let (stable, canary) = (TestServer::named("stable"), TestServer::named("canary"));
-    let public = addr();
-    let _proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let _proxy = Proxy::start(format!(
         "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [web.example.com]\n  rules:\n  - matches:\n    - headers: [{{name: x-canary, value: \"yes\"}}]\n    - queryParams: [{{name: track, value: beta}}]\n      method: GET\n    backends: [{{service: web, version: canary}}]\n  - matches: [{{path: {{prefix: /}}}}]\n    backends: [{{service: web, version: stable}}]\n",
         listener("public", public),
         service("web", "http", &[(stable.addr(), "stable"), (canary.addr(), "canary")])
@@ -53,8 +55,8 @@ fn header_query_and_method_matches_route_requests() {
 #[test]
 fn mirror_receives_copies_and_never_changes_the_response() {
     let (primary, shadow) = (TestServer::named("primary"), TestServer::spawn(&["--name", "shadow", "--fail-every", "1"]));
-    let public = addr();
-    let _proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let _proxy = Proxy::start(format!(
         "{}{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters:\n      requestMirror: {{backend: {{service: shadow}}, percent: 100}}\n    backends: [{{service: web}}]\n",
         listener("public", public),
         service("web", "http", &[(primary.addr(), "v1")]),
@@ -69,8 +71,8 @@ fn mirror_receives_copies_and_never_changes_the_response() {
 #[test]
 fn mirror_answers_are_read_to_the_end() {
     let (primary, shadow) = (TestServer::named("primary"), TestServer::named("shadow"));
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters:\n      requestMirror: {{backend: {{service: shadow}}}}\n    backends: [{{service: web}}]\n",
         listener("public", public),
         service("web", "http", &[(primary.addr(), "v1")]),
@@ -87,8 +89,8 @@ fn mirror_answers_are_read_to_the_end() {
 #[test]
 fn retries_recover_from_an_upstream_failing_every_other_request() {
     let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("web", "http", &[(flaky.addr(), "v1")]),
@@ -102,8 +104,8 @@ fn retries_recover_from_an_upstream_failing_every_other_request() {
 #[test]
 fn retry_budget_caps_retries() {
     let broken = TestServer::spawn(&["--name", "broken", "--fail-every", "1"]);
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("web", "http", &[(broken.addr(), "v1")]),
@@ -118,8 +120,8 @@ fn retry_budget_caps_retries() {
 #[test]
 fn outlier_detection_ejects_a_failing_endpoint() {
     let (good, bad) = (TestServer::named("good"), TestServer::spawn(&["--name", "bad", "--fail-every", "1"]));
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}}\n---\n{}",
         listener("public", public),
         service("web", "http", &[(good.addr(), "v1"), (bad.addr(), "v1")]),
@@ -138,8 +140,8 @@ fn outlier_detection_ejects_a_failing_endpoint() {
 #[test]
 fn timeouts_answer_504() {
     let slow = TestServer::named("slow");
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("web", "http", &[(slow.addr(), "v1")]),
@@ -155,19 +157,14 @@ fn timeouts_answer_504() {
 #[test]
 fn malformed_requests_get_400_and_the_proxy_stays_up() {
     let up = TestServer::named("up");
-    let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let public = free_addr();
+    let _proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     for garbage in [
         &b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n"[..],
         b"\x00\x01\x02 nonsense\r\n\r\n",
         b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
     ] {
-        let mut s = TcpStream::connect(public).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(garbage).unwrap();
-        let mut reply = Vec::new();
-        let _ = s.read_to_end(&mut reply);
-        let reply = String::from_utf8_lossy(&reply);
+        let reply = raw_exchange(public, garbage, false).text();
         assert!(reply.starts_with("HTTP/1.1 400"), "{garbage:?} got {reply:?}");
     }
     assert_eq!(http_get(public, "x", "/").0, 200);
@@ -176,8 +173,8 @@ fn malformed_requests_get_400_and_the_proxy_stays_up() {
 #[test]
 fn faults_rate_limits_and_header_edits() {
     let up = TestServer::named("up");
-    let public = addr();
-    let _proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let _proxy = Proxy::start(format!(
         "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{prefix: /fault}}}}]\n    filters: {{fault: {{abort: {{status: 418, percent: 100}}}}}}\n    backends: [{{service: web}}]\n  - matches: [{{path: {{prefix: /limited}}}}]\n    filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 5}}}}\n    backends: [{{service: web}}]\n  - matches: [{{path: {{prefix: /echo}}}}]\n    filters:\n      requestHeaderModifier: {{set: {{x-set: one}}, remove: [x-drop]}}\n      responseHeaderModifier: {{add: {{x-resp: two}}}}\n    backends: [{{service: web}}]\n",
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1")])
@@ -213,8 +210,8 @@ fn faults_rate_limits_and_header_edits() {
 fn circuit_breaker_refuses_over_max_requests() {
     // `--delay` holds requests after counting them, so the count shows arrival.
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1500"]);
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  connectionPool: {{maxRequests: 1}}\n---\n{}",
         listener("public", public),
         service("web", "http", &[(slow.addr(), "v1")]),
@@ -233,9 +230,9 @@ fn circuit_breaker_refuses_over_max_requests() {
 #[test]
 fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
     let servers: Vec<TestServer> = (0..3).map(|i| TestServer::named(&format!("e{i}"))).collect();
-    let public = addr();
+    let public = free_addr();
     let eps: Vec<(SocketAddr, &str)> = servers.iter().map(|s| (s.addr(), "v1")).collect();
-    let _proxy = Proxy::start(&format!(
+    let _proxy = Proxy::start(format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  loadBalancer: {{ringHash: {{header: x-user}}}}\n---\n{}",
         listener("public", public),
         service("web", "http", &eps),
@@ -255,8 +252,8 @@ fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
 #[test]
 fn active_health_checks_take_endpoints_out_and_back() {
     let (a, b) = (TestServer::named("a"), TestServer::named("b"));
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1}}\n---\n{}",
         listener("public", public),
         service("web", "http", &[(a.addr(), "v1"), (b.addr(), "v1")]),
@@ -279,9 +276,9 @@ fn active_health_checks_take_endpoints_out_and_back() {
 #[test]
 fn connect_failures_are_retried_on_another_endpoint() {
     let up = TestServer::named("up");
-    let dead: SocketAddr = addr();
-    let public = addr();
-    let _proxy = Proxy::start(&format!(
+    let dead: SocketAddr = free_addr();
+    let public = free_addr();
+    let _proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("web", "http", &[(up.addr(), "v1"), (dead, "v1")]),
@@ -295,7 +292,7 @@ fn connect_failures_are_retried_on_another_endpoint() {
 fn access_log_is_json_with_trace_ids_and_spans_are_exported() {
     let up = TestServer::named("up");
     let collector = TestServer::named("collector");
-    let public = addr();
+    let public = free_addr();
     let resources = format!(
         "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
         listener("public", public),
@@ -303,11 +300,8 @@ fn access_log_is_json_with_trace_ids_and_spans_are_exported() {
     );
     let mut proxy = Proxy::start(&resources);
     // Turn on OTLP export by rewriting the Proxy resource.
-    let config = std::fs::read_to_string(&proxy.config)
-        .unwrap()
-        .replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"http://{}\"}}\n", collector.addr()));
-    std::fs::write(&proxy.config, config).unwrap();
-    proxy.signal("HUP");
+    proxy.export_traces_to(&collector.url());
+    proxy.signal(libc::SIGHUP);
     // The file watcher may reload it first, and the signal once more.
     wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() >= 2);
     let (_, headers, _) =
@@ -359,8 +353,8 @@ fn raw_echo_upstream() -> SocketAddr {
 #[test]
 fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers() {
     let upstream = raw_echo_upstream();
-    let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(upstream, "v1")]), web_route("")));
+    let public = free_addr();
+    let _proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(upstream, "v1")]), web_route("")));
     for _ in 0..3 {
         let (status, _, head) =
             http_request(public, "GET", "shop.example.com", "/cart?id=7", &[("connection", "close, x-secret"), ("x-secret", "1")], b"")
@@ -379,8 +373,8 @@ fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers
 #[test]
 fn large_bodies_stream_both_ways() {
     let up = TestServer::named("up");
-    let public = addr();
-    let _proxy = Proxy::start(&format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let public = free_addr();
+    let _proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
     for _ in 0..3 {
         let (status, _, body) = http_request(public, "GET", "x", "/bytes/5000000", &[], b"").unwrap();
         assert_eq!(status, 200);
@@ -399,9 +393,9 @@ fn large_bodies_stream_both_ways() {
 #[test]
 fn tcp_health_checks_keep_traffic_off_a_dead_endpoint() {
     let live = TestServer::named("live");
-    let dead = addr();
-    let public = addr();
-    let proxy = Proxy::start(&format!(
+    let dead = free_addr();
+    let public = free_addr();
+    let proxy = Proxy::start(format!(
         "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{interval: 100ms, timeout: 200ms, unhealthyThreshold: 1}}\n---\n{}",
         listener("public", public),
         service("web", "http", &[(live.addr(), "v1"), (dead, "v1")]),

@@ -4,14 +4,16 @@
 //! plane's rollout controller judges v2 from the sidecars' metrics.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::common::load::Load;
-use crate::common::up::*;
-use crate::common::{addr, run_with_timeout, trefoil_bin, wait_until, API};
 use serde_json::Value;
+use trefoil_testkit::{
+    count, curl_many, free_addr, http_get, http_request, repo_root, run_with_timeout, scratch_dir, send_signal, trefoil_command,
+    wait_until, Load, Prometheus, Up,
+};
+
+use crate::common::*;
 
 /// A gateway on `gateway`, web v1 and v2 (v2 run with `canary_args`), a
 /// Route sending everything to v1, and the Rollout `strategy` of web to v2.
@@ -88,7 +90,7 @@ fn start(files: &str, gateway: SocketAddr) -> Mesh {
     up.wait_ready(&["web-v1-0", "web-v2-0"]);
     // The gateway may not listen yet: a refused connection is "not yet".
     wait_until("the gateway serving web", Duration::from_secs(30), || {
-        matches!(crate::common::http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..)))
+        matches!(http_request(gateway, "GET", "edge", "/", &[], b""), Ok((200, ..)))
     });
     Mesh { up, _slot: slot }
 }
@@ -124,14 +126,14 @@ fn reasons(up: &Up) -> Vec<String> {
 
 #[test]
 fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_request() {
-    let gateway = addr();
+    let gateway = free_addr();
     let mut up = start(&mesh(gateway, "", CLASSIC, ANALYSIS), gateway);
     let load = Load::start(&up.dir, gateway);
     up.wait("the canary at 20%", |u| status(u)["weight"] == 20);
 
     // The control plane dies mid-rollout; the restarted one resumes from the stored status.
     let control_pid = up.process("control")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(control_pid as u32, libc::SIGKILL);
+    send_signal(control_pid as u32, libc::SIGKILL);
     up.wait("the control plane restarted", |u| {
         u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true
     });
@@ -142,7 +144,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
     assert_eq!(reasons.iter().filter(|r| *r == "Started").count(), 1, "resumed, not started over: {reasons:?}");
     assert_eq!(reasons.iter().filter(|r| *r == "AnalysisPassed").count(), 3, "judged at 20%, 50% and 100%: {reasons:?}");
     assert_eq!(reasons.last().map(String::as_str), Some("Promoted"), "{reasons:?}");
-    up.wait("web v2 serving everything", |_| crate::common::http_get(gateway, "edge", "/").2.contains("\"v2\""));
+    up.wait("web v2 serving everything", |_| http_get(gateway, "edge", "/").2.contains("\"v2\""));
     let traffic = load.finish();
     assert_eq!(traffic["failed"], 0, "a request failed during the weight changes or the restart: {traffic}");
     assert!(traffic["served"]["web v2"].as_u64().unwrap_or(0) > 0, "{traffic}");
@@ -160,7 +162,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
 
 /// Runs the rollout against a bad canary and expects it rolled back on `metric`.
 fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) {
-    let gateway = addr();
+    let gateway = free_addr();
     let mut up = start(&mesh(gateway, canary_args, STEPS, analysis), gateway);
     let loads: Vec<Load> = (0..clients).map(|i| Load::start_as(&up.dir, gateway, &format!("load{i}"), &[])).collect();
     wait_phase(&mut up, "RolledBack");
@@ -173,8 +175,8 @@ fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) 
     for load in loads {
         load.finish();
     }
-    let after = crate::common::curl_many(&format!("http://{gateway}/"), 20, &[]);
-    assert_eq!(crate::common::count(&after, |(s, who)| *s == 200 && who == "web v1"), 20, "{after:?}");
+    let after = curl_many(&format!("http://{gateway}/"), 20, &[]);
+    assert_eq!(count(&after, |(s, who)| *s == 200 && who == "web v1"), 20, "{after:?}");
 }
 
 #[test]
@@ -206,19 +208,19 @@ fn route_everywhere(up: &Up) -> bool {
 
 #[test]
 fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_by_hand() {
-    let gateway = addr();
+    let gateway = free_addr();
     // Many checks: the test, not the analysis, ends this A/B test.
     let strategy = "{abTest: {header: {name: x-canary, value: \"yes\"}, checks: 100}}";
     let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
     up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
-    let matching = crate::common::curl_many(&url, 40, &["-H", "x-canary: yes"]);
-    let other = crate::common::curl_many(&url, 40, &["-H", "x-canary: no"]);
-    let plain = crate::common::curl_many(&url, 40, &[]);
-    assert_eq!(crate::common::count(&matching, |(s, who)| *s == 200 && who == "web v2"), 40, "{matching:?}");
-    assert_eq!(crate::common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 40, "{other:?}");
-    assert_eq!(crate::common::count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
+    let matching = curl_many(&url, 40, &["-H", "x-canary: yes"]);
+    let other = curl_many(&url, 40, &["-H", "x-canary: no"]);
+    let plain = curl_many(&url, 40, &[]);
+    assert_eq!(count(&matching, |(s, who)| *s == 200 && who == "web v2"), 40, "{matching:?}");
+    assert_eq!(count(&other, |(s, who)| *s == 200 && who == "web v1"), 40, "{other:?}");
+    assert_eq!(count(&plain, |(s, who)| *s == 200 && who == "web v1"), 40, "{plain:?}");
 
     // Paused, resumed, then promoted by hand: everything to v2, the A/B rule gone.
     assert!(up.cli(&["rollout", "pause", "web"]).status.success());
@@ -235,7 +237,7 @@ fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_b
 
 #[test]
 fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
-    let gateway = addr();
+    let gateway = free_addr();
     // The canary fails every request it gets: clients must not notice.
     let mut up = start(&mesh(gateway, ", --fail-percent, '100'", "{mirror: {percent: 100, checks: 100}}", ANALYSIS), gateway);
     let load = Load::start(&up.dir, gateway);
@@ -251,53 +253,25 @@ fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
 }
 
 /// A Prometheus server scraping every proxy's admin `/metrics` each second.
-struct Prometheus {
-    child: std::process::Child,
-}
-
-impl Prometheus {
-    fn start(up: &Up, listen: SocketAddr) -> Prometheus {
-        let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["adminAddress"].as_str().map(|a| format!("'{a}'")))
-            .collect();
-        assert!(admins.len() >= 3, "the gateway and both sidecars: {admins:?}");
-        let dir = up.dir.join("prometheus");
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n- job_name: trefoil\n  static_configs:\n  - targets: [{}]\n", admins.join(", "));
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-            .spawn()
-            .expect("starting prometheus");
-        wait_until("prometheus ready", Duration::from_secs(30), || {
-            matches!(crate::common::http_request(listen, "GET", "prometheus", "/-/ready", &[], b""), Ok((200, ..)))
-        });
-        Prometheus { child }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn scrape_every_proxy(up: &Up, listen: SocketAddr) -> Prometheus {
+    let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["adminAddress"].as_str().map(str::to_string))
+        .collect();
+    assert!(admins.len() >= 3, "the gateway and both sidecars: {admins:?}");
+    Prometheus::start(&up.dir.join("prometheus"), listen, &admins)
 }
 
 /// The same rollout judged only by a PromQL success rate of v2's inbound traffic.
 fn judged_by_prometheus(canary_args: &str, phase: &str) {
-    let (gateway, prometheus) = (addr(), addr());
+    let (gateway, prometheus) = (free_addr(), free_addr());
     let series = "trefoil_requests_total{service=\"web\",version=\"v2\",direction=\"inbound\"";
     let query = format!("sum(rate({series},status_code!~\"5..\"}}[5s])) / sum(rate({series}}}[5s]))");
     let analysis = format!("{{interval: 1s, threshold: 2, minRequests: 5, metrics: [{{prometheus: {{address: \"http://{prometheus}\", query: '{query}', min: 0.95}}}}]}}");
     let mut up = start(&mesh(gateway, canary_args, STEPS, &analysis), gateway);
-    let _server = Prometheus::start(&up, prometheus);
+    let _server = scrape_every_proxy(&up, prometheus);
     let load = Load::start(&up.dir, gateway);
     wait_phase(&mut up, phase);
     load.finish();
@@ -319,16 +293,16 @@ fn a_promql_analysis_rolls_back_a_failing_canary() {
 
 #[test]
 fn a_cookie_ab_test_matches_the_whole_cookie_value() {
-    let gateway = addr();
+    let gateway = free_addr();
     let strategy = "{abTest: {cookie: {name: beta, value: \"on\"}, checks: 100}}";
     let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
     up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
-    let with = crate::common::curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
-    let other = crate::common::curl_many(&url, 20, &["-H", "cookie: beta=onward; xbeta=on"]);
-    assert_eq!(crate::common::count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
-    assert_eq!(crate::common::count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
+    let with = curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
+    let other = curl_many(&url, 20, &["-H", "cookie: beta=onward; xbeta=on"]);
+    assert_eq!(count(&with, |(s, who)| *s == 200 && who == "web v2"), 20, "{with:?}");
+    assert_eq!(count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
     // Aborted by hand: the A/B rule goes, everything to v1.
     assert!(up.cli(&["rollout", "abort", "web"]).status.success());
     wait_phase(&mut up, "Aborted");
@@ -338,7 +312,7 @@ fn a_cookie_ab_test_matches_the_whole_cookie_value() {
 
 #[test]
 fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
-    let gateway = addr();
+    let gateway = free_addr();
     let mut up = start(&mesh(gateway, ", --fail-percent, '50'", "{blueGreen: {checks: 3}}", ANALYSIS), gateway);
     up.wait("all traffic switched to v2", |u| backends(u) == [("v2".to_string(), 100)]);
     let load = Load::start(&up.dir, gateway);
@@ -350,11 +324,11 @@ fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
 
 #[test]
 fn the_quickstart_rollout_example_is_valid_with_the_quickstart_mesh() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
-    let dir = crate::common::scratch_dir();
+    let root = repo_root().join("examples/quickstart");
+    let dir = scratch_dir();
     for file in ["mesh.yaml", "rollout.yaml"] {
         std::fs::copy(root.join(file), dir.join(file)).unwrap();
     }
-    let out = run_with_timeout(Command::new(trefoil_bin()).args(["validate", "-f"]).arg(&dir), Duration::from_secs(30));
+    let out = run_with_timeout(trefoil_command().args(["validate", "-f"]).arg(&dir), Duration::from_secs(30));
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }

@@ -4,16 +4,20 @@
 //! Needs `trefoil-testserver` built (`cargo build -p trefoil-testkit --bins`).
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::up::*;
-use crate::common::{http_get, scratch_dir, trefoil_bin, wait_until, API};
 use serde_json::Value;
+use trefoil_testkit::{
+    alive, free_port, http_get, http_request, log_file, pids, run_with_timeout, scratch_dir, send_signal, testserver_path, trefoil_command,
+    wait_until, Control, Process, Up,
+};
+
+use crate::common::*;
 
 /// A Workload running `trefoil-testserver` with `replicas`, probed on `/healthz`.
 fn workload(name: &str, service: &str, replicas: u32) -> String {
-    let server = trefoil_testkit::testserver_path();
+    let server = testserver_path();
     assert!(server.is_file(), "build trefoil-testserver first: cargo build -p trefoil-testkit --bins");
     format!(
         "{API}\nkind: Workload\nmetadata: {{name: {name}}}\nspec:\n  service: {service}\n  command: \"{}\"\n  replicas: {replicas}\n  args: [\"--listen\", \"127.0.0.1:${{PORT}}\", \"--name\", \"{name}-${{TREFOIL_REPLICA}}\"]\n  health: {{http: /healthz}}\n---\n",
@@ -28,9 +32,9 @@ fn edge_gateway(port: u16) -> String {
 
 #[test]
 fn up_starts_everything_and_publishes_ready_endpoints() {
-    let mut up = Up::start(&workload("web", "web", 2));
+    let mut up = Up::start(workload("web", "web", 2));
     up.wait_ready(&["web-0", "web-1"]);
-    up.wait("Endpoints/web with both replicas ready", |u| ready_replicas(u, "web") == [0, 1]);
+    up.wait("Endpoints/web with both replicas ready", |u| u.ready_replicas("web") == [0, 1]);
 
     let view = up.view();
     for name in ["control", "web-0", "web-0-sidecar", "web-1", "web-1-sidecar"] {
@@ -42,7 +46,7 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
     assert!(view["processes"]["control"]["ready"] == true);
 
     // Endpoints point at the sidecars' inbound listeners, never the apps.
-    let eps = endpoints(&up, "web");
+    let eps = up.endpoints("web");
     for (i, e) in eps.iter().enumerate() {
         assert_eq!(e["address"], view["processes"][format!("web-{i}-sidecar")]["addresses"]["inbound"], "{e}");
         assert_eq!(e["version"], "v1");
@@ -79,37 +83,37 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
 
 #[test]
 fn a_killed_app_is_restarted_and_ready_again() {
-    let mut up = Up::start(&workload("api", "api", 1));
+    let mut up = Up::start(workload("api", "api", 1));
     up.wait_ready(&["api-0"]);
-    up.wait("Endpoints/api ready", |u| ready_replicas(u, "api") == [0]);
+    up.wait("Endpoints/api ready", |u| u.ready_replicas("api") == [0]);
     let old = up.process("api-0")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(old as u32, libc::SIGKILL);
+    send_signal(old as u32, libc::SIGKILL);
     up.wait("api-0 restarted", |u| {
         let p = u.process("api-0");
         p["restarts"] == 1 && p["pid"].as_u64().is_some_and(|pid| pid != old) && p["ready"] == true
     });
     assert_eq!(up.process("api-0")["lastExit"], "signal 9");
-    up.wait("Endpoints/api ready again", |u| ready_replicas(u, "api") == [0]);
+    up.wait("Endpoints/api ready again", |u| u.ready_replicas("api") == [0]);
 }
 
 #[test]
 fn a_restarted_control_plane_keeps_receiving_endpoints() {
-    let mut up = Up::start(&workload("db", "db", 1));
+    let mut up = Up::start(workload("db", "db", 1));
     up.wait_ready(&["db-0"]);
     let control = up.process("control")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(control as u32, libc::SIGKILL);
+    send_signal(control as u32, libc::SIGKILL);
     up.wait("the control plane restarted and ready", |u| u.process("control")["restarts"] == 1 && u.process("control")["ready"] == true);
     // The store survived (same data directory) and the writer keeps going.
-    up.wait("Endpoints/db still ready", |u| ready_replicas(u, "db") == [0]);
+    up.wait("Endpoints/db still ready", |u| u.ready_replicas("db") == [0]);
     let app = up.process("db-0")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(app as u32, libc::SIGKILL);
+    send_signal(app as u32, libc::SIGKILL);
     up.wait("db-0 restarted", |u| u.process("db-0")["restarts"] == 1 && u.process("db-0")["ready"] == true);
-    up.wait("Endpoints/db ready after the app restart", |u| ready_replicas(u, "db") == [0]);
+    up.wait("Endpoints/db ready after the app restart", |u| u.ready_replicas("db") == [0]);
 }
 
 #[test]
 fn logs_prints_a_process_output() {
-    let mut up = Up::start(&workload("web", "web", 1));
+    let mut up = Up::start(workload("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let out = up.logs(&["web-0"]);
     assert!(out.status.success(), "{out:?}");
@@ -127,7 +131,7 @@ fn logs_prints_a_process_output() {
 
 #[test]
 fn ctrl_c_stops_everything_and_leaves_no_child() {
-    let mut up = Up::start(&workload("web", "web", 2));
+    let mut up = Up::start(workload("web", "web", 2));
     up.wait_ready(&["web-0", "web-1"]);
     let running = pids(&up.view());
     assert!(running.len() >= 3, "{:#}", up.view());
@@ -140,18 +144,9 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
     // The replicas were taken out of Endpoints before their apps stopped;
     // the store keeps that (read it with a fresh control plane).
     let data = up.state.join("data");
-    let api = crate::common::addr();
-    let mut control = Command::new(trefoil_bin())
-        .args(["control", "--listen", &api.to_string(), "--grpc-listen", &crate::common::addr().to_string(), "--data"])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(crate::common::wait_for_port(api, Duration::from_secs(20)));
-    let (status, _, body) = http_get(api, "control", "/api/v1/endpoints/web");
-    let _ = control.kill();
-    let _ = control.wait();
+    let control = Control::start(&data);
+    let (status, _, body) = http_get(control.api, "control", "/api/v1/endpoints/web");
+    drop(control);
     assert_eq!(status, 200, "{body}");
     let stored: Value = serde_json::from_str(&body).unwrap();
     assert!(stored["spec"]["endpoints"].as_array().unwrap().iter().all(|e| e["ready"] == false), "{stored:#}");
@@ -164,7 +159,7 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
 
 #[test]
 fn children_die_with_a_killed_supervisor() {
-    let mut up = Up::start(&workload("web", "web", 1));
+    let mut up = Up::start(workload("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let running = pids(&up.view());
     up.stop_with(libc::SIGKILL);
@@ -177,7 +172,7 @@ fn bad_input_exits_2_with_the_location() {
     let file = dir.join("bad.yaml");
     std::fs::write(&file, format!("{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  command: x\n  replicas: 0\n"))
         .unwrap();
-    let out = Command::new(trefoil_bin()).args(["up", "-f"]).arg(&file).arg("--state").arg(dir.join("state")).output().unwrap();
+    let out = trefoil_command().args(["up", "-f"]).arg(&file).arg("--state").arg(dir.join("state")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:7:") && err.contains("spec.replicas"), "{err}");
@@ -187,30 +182,34 @@ fn bad_input_exits_2_with_the_location() {
 /// Requests through the gateway reach both replicas, through their sidecars.
 #[test]
 fn traffic_flows_through_the_gateway() {
-    let port = trefoil_testkit::free_port();
+    let port = free_port();
     let files = format!("{}{}", edge_gateway(port), workload("web", "web", 2));
     let mut up = Up::start(&files);
     up.wait_ready(&["web-0", "web-1", "edge"]);
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     up.wait("both replicas answer through the gateway", |_| {
-        let served: std::collections::BTreeSet<String> = (0..20)
-            .filter_map(|_| trefoil_testkit::http_request(gateway, "GET", "web", "/", &[], b"").ok())
-            .filter(|(s, _, _)| *s == 200)
-            .map(|(_, _, b)| String::from_utf8_lossy(&b).trim().to_string())
-            .collect();
-        served.contains("web-0") && served.contains("web-1")
+        let served = served_by(gateway, 20);
+        served.contains(&"200 web-0".to_string()) && served.contains(&"200 web-1".to_string())
     });
+}
+
+/// `n` requests through the gateway: `STATUS BODY` for each that was answered.
+fn served_by(gateway: SocketAddr, n: usize) -> Vec<String> {
+    (0..n)
+        .filter_map(|_| http_request(gateway, "GET", "web", "/", &[], b"").ok())
+        .map(|(s, _, b)| format!("{s} {}", String::from_utf8_lossy(&b).trim()))
+        .collect()
 }
 
 #[test]
 fn apps_get_their_ports_and_upstreams_in_the_environment() {
-    let server = trefoil_testkit::testserver_path();
+    let server = testserver_path();
     // The shell shows the environment, then becomes the server (same pid).
     let web = format!(
         "{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  version: v2\n  command: /bin/sh\n  args: [\"-c\", \"env | grep -E '^(PORT|TREFOIL_|GREETING)' | sort; exec '{}' --listen 127.0.0.1:${{PORT}}\"]\n  env: {{GREETING: \"hi from ${{TREFOIL_SERVICE}}\"}}\n---\n",
         server.display()
     );
-    let mut up = Up::start(&format!("{web}{}", workload("api", "payments-api", 1)));
+    let mut up = Up::start(format!("{web}{}", workload("api", "payments-api", 1)));
     up.wait_ready(&["web-0", "api-0"]);
     let log = String::from_utf8_lossy(&up.logs(&["web-0"]).stdout).to_string();
     let sidecar = up.process("web-0-sidecar");
@@ -232,9 +231,9 @@ fn apps_get_their_ports_and_upstreams_in_the_environment() {
 
 #[test]
 fn a_second_up_on_the_same_state_is_refused() {
-    let mut up = Up::start(&workload("web", "web", 1));
+    let mut up = Up::start(workload("web", "web", 1));
     up.wait_ready(&["web-0"]);
-    let out = Command::new(trefoil_bin())
+    let out = trefoil_command()
         .args(["up", "-f"])
         .arg(up.dir.join("files"))
         .arg("--state")
@@ -253,8 +252,8 @@ fn a_control_plane_that_cannot_start_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = scratch_dir();
     std::fs::write(dir.join("mesh.yaml"), workload("web", "web", 1)).unwrap();
-    let out = crate::common::run_with_timeout(
-        Command::new(trefoil_bin()).args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args([
+    let out = run_with_timeout(
+        trefoil_command().args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args([
             "--listen",
             &taken.local_addr().unwrap().to_string(),
             "--grpc-listen",
@@ -269,14 +268,14 @@ fn a_control_plane_that_cannot_start_is_reported() {
 
 #[test]
 fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
-    let mut first = Up::start(&format!("{}{}", workload("web", "web", 2), workload("old", "old", 1)));
+    let mut first = Up::start(format!("{}{}", workload("web", "web", 2), workload("old", "old", 1)));
     first.wait_ready(&["web-0", "web-1", "old-0"]);
     let dir = first.dir.clone();
     assert_eq!(first.stop_with(libc::SIGINT), Some(0));
 
-    let mut second = Up::start_in(dir, &workload("web", "web", 1));
+    let mut second = Up::start_in(dir, workload("web", "web", 1));
     second.wait_ready(&["web-0"]);
-    second.wait("Endpoints/web with one replica", |u| ready_replicas(u, "web") == [0] && endpoints(u, "web").len() == 1);
+    second.wait("Endpoints/web with one replica", |u| u.ready_replicas("web") == [0] && u.endpoints("web").len() == 1);
     let proxies: Vec<String> = second.get("/api/v1/proxies")["items"]
         .as_array()
         .unwrap()
@@ -291,24 +290,24 @@ fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
 
 #[test]
 fn logs_follow_prints_new_output() {
-    let mut up = Up::start(&workload("web", "web", 1));
+    let mut up = Up::start(workload("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let out = up.dir.join("follow.out");
-    let mut follow = Command::new(trefoil_bin())
-        .args(["logs", "web-0", "--follow", "--tail", "0", "--state"])
-        .arg(&up.state)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let follow = Process::spawn(
+        "trefoil logs --follow",
+        trefoil_command()
+            .args(["logs", "web-0", "--follow", "--tail", "0", "--state"])
+            .arg(&up.state)
+            .stdout(log_file(&out))
+            .stderr(Stdio::null()),
+    );
     // The restarted app writes a new "listening on" line.
     let pid = up.process("web-0")["pid"].as_u64().unwrap();
-    trefoil_testkit::send_signal(pid as u32, libc::SIGKILL);
+    send_signal(pid as u32, libc::SIGKILL);
     wait_until("the new output followed", Duration::from_secs(30), || {
         std::fs::read_to_string(&out).unwrap_or_default().contains("listening on")
     });
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
 }
 
 #[test]
@@ -328,14 +327,14 @@ fn ctrl_c_during_start_up_stops_cleanly() {
 /// replicas, through their sidecars.
 #[test]
 fn sidecar_ports_reach_the_other_service() {
-    let mut up = Up::start(&format!("{}{}", workload("web", "web", 1), workload("api", "api", 2)));
+    let mut up = Up::start(format!("{}{}", workload("web", "web", 1), workload("api", "api", 2)));
     up.wait_ready(&["web-0", "api-0", "api-1", "web-0-sidecar", "api-0-sidecar", "api-1-sidecar"]);
     let sidecar = up.process("web-0-sidecar");
     let upstream: SocketAddr = sidecar["addresses"]["upstream.api"].as_str().unwrap().parse().unwrap();
     let outbound: SocketAddr = sidecar["addresses"]["outbound"].as_str().unwrap().parse().unwrap();
     up.wait("api answers on web-0's upstream and outbound ports", |_| {
         let via = |addr, host| {
-            trefoil_testkit::http_request(addr, "GET", host, "/", &[], b"")
+            http_request(addr, "GET", host, "/", &[], b"")
                 .ok()
                 .filter(|(s, _, _)| *s == 200)
                 .map(|(_, _, b)| String::from_utf8_lossy(&b).trim().to_string())
@@ -347,32 +346,26 @@ fn sidecar_ports_reach_the_other_service() {
 
 #[test]
 fn an_unhealthy_replica_leaves_the_endpoints_and_gets_no_traffic() {
-    let port = trefoil_testkit::free_port();
+    let port = free_port();
     let files = format!("{}{}", edge_gateway(port), workload("web", "web", 2));
     let mut up = Up::start(&files);
     up.wait_ready(&["web-0", "web-1", "edge"]);
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let served_by = |n: usize| -> Vec<String> {
-        (0..n)
-            .filter_map(|_| trefoil_testkit::http_request(gateway, "GET", "web", "/", &[], b"").ok())
-            .map(|(s, _, b)| format!("{s} {}", String::from_utf8_lossy(&b).trim()))
-            .collect()
-    };
     up.wait("both replicas serve", |_| {
-        let served = served_by(20);
+        let served = served_by(gateway, 20);
         served.contains(&"200 web-0".to_string()) && served.contains(&"200 web-1".to_string())
     });
 
     // web-1 stays up but fails its health probe: it leaves the set; nothing fails.
     let app: SocketAddr = up.process("web-1")["addresses"]["app"].as_str().unwrap().parse().unwrap();
-    assert_eq!(trefoil_testkit::http_request(app, "POST", "web", "/__health/fail", &[], b"").unwrap().0, 200);
-    up.wait("web-1 marked not ready in Endpoints/web", |u| ready_replicas(u, "web") == [0]);
-    up.wait("the gateway sends web-1 nothing", |_| served_by(20).iter().all(|s| s == "200 web-0"));
-    let after = served_by(40);
+    assert_eq!(http_request(app, "POST", "web", "/__health/fail", &[], b"").unwrap().0, 200);
+    up.wait("web-1 marked not ready in Endpoints/web", |u| u.ready_replicas("web") == [0]);
+    up.wait("the gateway sends web-1 nothing", |_| served_by(gateway, 20).iter().all(|s| s == "200 web-0"));
+    let after = served_by(gateway, 40);
     assert!(after.iter().all(|s| s == "200 web-0"), "{after:?}");
     assert_eq!(up.process("web-1")["restarts"], 0, "an unhealthy app is taken out of traffic, not restarted");
 
     // Healthy again: back in.
-    assert_eq!(trefoil_testkit::http_request(app, "POST", "web", "/__health/ok", &[], b"").unwrap().0, 200);
-    up.wait("web-1 serving again", |_| served_by(20).contains(&"200 web-1".to_string()));
+    assert_eq!(http_request(app, "POST", "web", "/__health/ok", &[], b"").unwrap().0, 200);
+    up.wait("web-1 serving again", |_| served_by(gateway, 20).contains(&"200 web-1".to_string()));
 }

@@ -9,20 +9,13 @@
 use std::process::Output;
 use std::time::Duration;
 
-use crate::common::chain::Function;
-use crate::common::control::Control;
-use crate::common::up::*;
-use crate::common::{addr, http_request, listener, repo_root, scratch_dir, service, wait_until, web_route, Proxy};
 use serde_json::Value;
-use trefoil_testkit::TestServer;
+use trefoil_testkit::{free_addr, http_request, quickstart_mesh, scratch_dir, wait_until, Control, Function, Proxy, TestServer, Up};
+
+use crate::common::{listener, service, web_route};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-fn quickstart(gateway: std::net::SocketAddr) -> String {
-    let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
-    text.replace("127.0.0.1:8080", &gateway.to_string())
-}
 
 /// Starts the quickstart mesh and waits until the gateway serves web.
 fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
@@ -30,7 +23,7 @@ fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
     up.wait("every proxy acknowledged its snapshot", |u| u.all_acked(1));
     wait_until("the gateway serving web", Duration::from_secs(30), || {
-        trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200)
+        http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200)
     });
     up
 }
@@ -38,8 +31,7 @@ fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
 /// One request with a known trace id; then the trace's spans once `count` arrived.
 fn traced_request(up: &Up, gateway: std::net::SocketAddr, count: usize) -> Vec<Value> {
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
-    let (status, headers, body) =
-        trefoil_testkit::http_request(gateway, "GET", "edge", "/", &[("traceparent", &traceparent)], b"").unwrap();
+    let (status, headers, body) = http_request(gateway, "GET", "edge", "/", &[("traceparent", &traceparent)], b"").unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some(TRACE_ID), "{headers:?}");
     // Proxies export in batches about a second apart: wait for every span.
@@ -88,8 +80,8 @@ fn without_attempts(spans: &[Value]) -> Vec<Value> {
 
 #[test]
 fn one_request_is_one_trace_across_gateway_and_sidecars() {
-    let gateway = addr();
-    let mut up = start(&quickstart(gateway), gateway);
+    let gateway = free_addr();
+    let mut up = start(&quickstart_mesh(gateway), gateway);
     let spans = without_attempts(&traced_request(&up, gateway, 8));
     let (gw, web_in, web_out, api_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
     assert_eq!(gw["service"], "gateway", "{spans:#?}");
@@ -130,9 +122,9 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
 #[test]
 fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     let function = Function::json("acl");
-    let gateway = addr();
+    let gateway = free_addr();
     let plain = "  - backends:\n    - {service: web, version: v1, weight: 80}";
-    let mesh = quickstart(gateway);
+    let mesh = quickstart_mesh(gateway);
     assert!(mesh.contains(plain), "the quickstart's web rule moved");
     let mesh = mesh.replace(plain, "  - chain: scan\n    backends:\n    - {service: web, version: v1, weight: 80}")
         + &format!(
@@ -186,19 +178,16 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
 fn a_retried_request_shows_each_attempt_as_a_span() {
     let control = Control::start(&scratch_dir().join("control"));
     let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
-    let public = addr();
-    let mut proxy = Proxy::start(&format!(
+    let public = free_addr();
+    let mut proxy = Proxy::start(format!(
         "{}{}{}",
         listener("public", public),
         service("web", "http", &[(flaky.addr(), "v1")]),
         web_route("    retry: {attempts: 2, on: [5xx], backoff: 1ms}\n")
     ));
     // A standalone proxy exports only when its Proxy resource says where.
-    let config = std::fs::read_to_string(&proxy.config)
-        .unwrap()
-        .replace("  drainTimeout: 5s\n", &format!("  drainTimeout: 5s\n  tracing: {{otlpEndpoint: \"{}\"}}\n", control.url()));
-    std::fs::write(&proxy.config, config).unwrap();
-    proxy.signal("HUP");
+    proxy.export_traces_to(&control.url());
+    proxy.signal(libc::SIGHUP);
     wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() >= 2);
     proxy.wait_ready();
 
