@@ -83,6 +83,7 @@ impl Control {
         assert!(status == 200 || status == 201, "PUT {kind}/{name}: {status} {reply}");
     }
 
+    /// `DELETE /api/v1/KIND/NAME`; panics unless it answers 200.
     pub fn delete(&self, kind: &str, name: &str) {
         let (status, reply) = self.call("DELETE", &format!("/api/v1/{kind}/{name}"), "");
         assert_eq!(status, 200, "DELETE {kind}/{name}: {reply}");
@@ -114,6 +115,7 @@ impl Control {
         last.expect("wait_until returned, so the status was found")
     }
 
+    /// Its process id, e.g. to cap its memory.
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
@@ -128,6 +130,7 @@ impl Control {
         self.process.log()
     }
 
+    /// SIGKILL: the crash its store must survive.
     pub fn kill_9(&mut self) {
         self.process.kill();
     }

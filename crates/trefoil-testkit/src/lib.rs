@@ -30,6 +30,7 @@
 mod binaries;
 mod clamd;
 mod client;
+/// `Control`, and how long its waits may take.
 pub mod control;
 mod curl;
 mod load;
@@ -38,10 +39,12 @@ mod nginx;
 mod process;
 mod prometheus;
 mod proxy;
+/// Typed resources and what writes them as YAML.
 pub mod resources;
 mod scratch;
 mod scripts;
 mod testserver;
+/// `Up`, and how long start-up may take.
 pub mod up;
 mod wait;
 
@@ -60,5 +63,5 @@ pub use resources::ToYaml;
 pub use scratch::scratch_dir;
 pub use scripts::{grpc_server, Function, ScriptServer};
 pub use testserver::{echoed, TestServer};
-pub use up::{pids, quickstart_mesh, Up};
+pub use up::{pids, quickstart_mesh, quickstart_resources, Up};
 pub use wait::{free_addr, free_port, wait_for_port, wait_until};

@@ -30,6 +30,7 @@ impl Nf {
         Nf { process, addr }
     }
 
+    /// What it wrote on stderr: its log.
     pub fn stderr(&self) -> String {
         self.process.log()
     }

@@ -60,6 +60,7 @@ impl Nginx {
         nginx
     }
 
+    /// Its `error.log`.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }

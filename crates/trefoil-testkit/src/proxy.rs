@@ -82,6 +82,7 @@ impl Proxy {
             .wait_for("/ready to answer 200", START, || matches!(http_request(admin, "GET", "admin", "/ready", &[], b""), Ok((200, _, _))));
     }
 
+    /// Its process id, e.g. to set its limits.
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
@@ -91,6 +92,7 @@ impl Proxy {
         self.process.log()
     }
 
+    /// Its access log (JSON lines) so far.
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(&self.access_log).unwrap_or_default()
     }
@@ -178,6 +180,7 @@ impl StreamProxy {
         http_request(self.admin, "GET", "admin", "/ready", &[], b"").map(|r| r.0).unwrap_or(0)
     }
 
+    /// What it wrote on stderr: its log.
     pub fn log(&self) -> String {
         self.process.log()
     }

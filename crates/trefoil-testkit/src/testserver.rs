@@ -105,6 +105,7 @@ impl TestServer {
         TestServer { child, addr, _stdin: stdin, stderr }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

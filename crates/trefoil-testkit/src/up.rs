@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use trefoil_model::Resource;
 
 use crate::binaries::{repo_root, trefoil_command};
 use crate::client::http_request;
@@ -55,10 +56,12 @@ impl Up {
         Up { process: Some(process), dir, state }
     }
 
+    /// Its progress and errors so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
     }
 
+    /// Its summary (`-o json`), once it printed it.
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
     }
@@ -186,6 +189,13 @@ pub fn quickstart_mesh(gateway: SocketAddr) -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/quickstart/mesh.yaml")).expect("reading the quickstart example");
     assert!(text.contains("127.0.0.1:8080"), "the quickstart's gateway address moved");
     text.replace("127.0.0.1:8080", &gateway.to_string())
+}
+
+/// [`quickstart_mesh`] as typed resources, for tests that change it.
+pub fn quickstart_resources(gateway: SocketAddr) -> Vec<Resource> {
+    let loaded = trefoil_model::load_str(&"examples/quickstart/mesh.yaml".into(), &quickstart_mesh(gateway))
+        .unwrap_or_else(|e| panic!("the quickstart example does not load: {e:?}"));
+    loaded.into_iter().map(|r| r.resource).collect()
 }
 
 /// The pids of every process in an `up.json`.

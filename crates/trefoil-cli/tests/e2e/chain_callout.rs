@@ -4,9 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use trefoil_model::spec::{AppProtocol, ChainStep, FailurePolicy, FunctionApi, NetworkFunctionSpec, RouteMatch, SendBody, StepMode};
+use trefoil_testkit::resources::{
+    chained_route, cnf, function, listener, ms, network_function, present, secs, service, service_speaking, step, strings,
+};
 use trefoil_testkit::{echoed, free_addr, request, wait_until, Function, Proxy, TestServer};
 
-use crate::common::*;
+/// A step's condition: header `name` present.
+fn with_header(name: &str) -> Option<RouteMatch> {
+    Some(RouteMatch { headers: vec![present(name)], ..RouteMatch::default() })
+}
 
 #[test]
 fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
@@ -14,27 +21,29 @@ fn json_function_allows_with_header_edits_denies_and_sees_the_body() {
     let acl = Function::start("json_function.py", &["--name", "acl"]);
     let other = Function::start("json_function.py", &["--name", "other"]);
     let public = free_addr();
-    let config = format!(
-        "{}{}{}{}{}{}{}{}{}",
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("acl", "http", &[(acl.addr, "v1")]),
-        service("other", "http", &[(other.addr, "v1")]),
-        network_function("acl", "acl", "http", ", events: [checked], sendBody: {maxBytes: 16}"),
+        service("web", &[(up.addr(), "v1")]),
+        service("acl", &[(acl.addr, "v1")]),
+        service("other", &[(other.addr, "v1")]),
+        network_function(
+            "acl",
+            NetworkFunctionSpec { events: strings(&["checked"]), send_body: Some(SendBody { max_bytes: 16 }), ..function("acl") },
+        ),
         // Two functions run by one service: each call names its function.
-        network_function("tapper", "other", "http", ""),
-        network_function("second", "other", "http", ""),
+        network_function("tapper", function("other")),
+        network_function("second", function("other")),
         cnf(
             "edge",
-            &[
-                "{function: acl}",
-                "{function: tapper, mode: tap, when: {headers: [{name: x-tap}]}}",
-                "{function: second, when: {headers: [{name: x-second}]}}",
+            vec![
+                step("acl"),
+                ChainStep { mode: StepMode::Tap, when: with_header("x-tap"), ..step("tapper") },
+                ChainStep { when: with_header("x-second"), ..step("second") },
             ],
         ),
         chained_route(&[("/", "edge")]),
-    );
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let (status, headers, body) = request(public, "GET", "/echo", &[("x-secret", "s3cret"), ("x-tap", "1")], b"");
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
@@ -85,28 +94,28 @@ fn failure_policy_open_passes_closed_refuses_when_down_or_slow() {
     let slow = Function::start("json_function.py", &["--name", "slow"]);
     let nobody = free_addr(); // free a moment ago; nothing listens there
     let public = free_addr();
-    let config = format!(
-        "{}{}{}{}{}{}{}{}{}{}{}{}{}",
+    let open = |service| NetworkFunctionSpec { failure_policy: FailurePolicy::Open, ..function(service) };
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("down", "http", &[(nobody, "v1")]),
-        service("slow", "http", &[(slow.addr, "v1")]),
-        network_function("down-open", "down", "http", ", failurePolicy: open"),
-        network_function("down-closed", "down", "http", ", failurePolicy: closed"),
-        network_function("slow-open", "slow", "http", ", failurePolicy: open, timeout: 200ms"),
-        network_function("slow-closed", "slow", "http", ", timeout: 200ms"),
-        cnf("c-down-open", &["{function: down-open}"]),
-        cnf("c-down-closed", &["{function: down-closed}"]),
-        cnf("c-slow-open", &["{function: slow-open}"]),
-        cnf("c-slow-closed", &["{function: slow-closed}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service("down", &[(nobody, "v1")]),
+        service("slow", &[(slow.addr, "v1")]),
+        network_function("down-open", open("down")),
+        network_function("down-closed", NetworkFunctionSpec { failure_policy: FailurePolicy::Closed, ..function("down") }),
+        network_function("slow-open", NetworkFunctionSpec { timeout: ms(200), ..open("slow") }),
+        network_function("slow-closed", NetworkFunctionSpec { timeout: ms(200), ..function("slow") }),
+        cnf("c-down-open", vec![step("down-open")]),
+        cnf("c-down-closed", vec![step("down-closed")]),
+        cnf("c-slow-open", vec![step("slow-open")]),
+        cnf("c-slow-closed", vec![step("slow-closed")]),
         chained_route(&[
             ("/down-open", "c-down-open"),
             ("/down-closed", "c-down-closed"),
             ("/slow-open", "c-slow-open"),
-            ("/slow-closed", "c-slow-closed")
+            ("/slow-closed", "c-slow-closed"),
         ]),
-    );
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     assert_eq!(request(public, "GET", "/down-open", &[], b"").0, 200);
     let (status, headers, _) = request(public, "GET", "/down-closed", &[], b"");
@@ -129,16 +138,15 @@ fn an_ext_authz_service_written_for_envoy_works_unchanged() {
     let up = TestServer::named("up");
     let authz = Function::start("ext_authz_server.py", &[]);
     let public = free_addr();
-    let config = format!(
-        "{}{}{}{}{}{}",
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("authz", "grpc", &[(authz.addr, "v1")]),
-        network_function("authz", "authz", "extAuthz", ", timeout: 2s"),
-        cnf("gate", &["{function: authz}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service_speaking("authz", AppProtocol::Grpc, &[(authz.addr, "v1")]),
+        network_function("authz", NetworkFunctionSpec { api: FunctionApi::ExtAuthz, timeout: secs(2), ..function("authz") }),
+        cnf("gate", vec![step("authz")]),
         chained_route(&[("/", "gate")]),
-    );
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let (status, _, body) = request(public, "GET", "/echo?x=1", &[("authorization", "Bearer good")], b"");
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use trefoil_model::spec::{ChainStep, NetworkFunctionSpec, SendBody, StepMode};
+use trefoil_testkit::resources::{chained_route, cnf, cnf_with_handler, function, listener, network_function, service, step, strings};
 use trefoil_testkit::{free_addr, http_request, request, wait_until, Function, Proxy, TestServer};
-
-use crate::common::*;
 
 #[test]
 fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_function() {
@@ -15,28 +15,28 @@ fn a_tap_function_publishes_a_late_finding_and_the_handler_calls_another_functio
     let finder = Function::start("json_function.py", &["--name", "finder", "--publish", &format!("http://{admin}/events")]);
     let recorder = Function::json("recorder");
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("finder", "http", &[(finder.addr, "v1")]),
-        service("recorder", "http", &[(recorder.addr, "v1")]),
-        network_function("finder", "finder", "http", ", events: [checked, late_finding]"),
-        network_function("recorder", "recorder", "http", ", sendBody: {maxBytes: 4096}"),
+        service("web", &[(up.addr(), "v1")]),
+        service("finder", &[(finder.addr, "v1")]),
+        service("recorder", &[(recorder.addr, "v1")]),
+        network_function("finder", NetworkFunctionSpec { events: strings(&["checked", "late_finding"]), ..function("finder") }),
+        network_function("recorder", NetworkFunctionSpec { send_body: Some(SendBody { max_bytes: 4096 }), ..function("recorder") }),
         cnf_with_handler(
             "edge",
-            &["{function: finder, mode: tap}"],
+            vec![ChainStep { mode: StepMode::Tap, ..step("finder") }],
             "late_finding",
             &[
                 "trefoil.tag(\"finding\", event.data.path)",
                 "local v = trefoil.call(\"recorder\")",
                 "trefoil.log(\"recorded: \" .. v.verdict)",
                 "trefoil.set_header(\"x-too-late\", \"1\")",
-            ],
+            ]
+            .join("\n"),
         ),
         chained_route(&[("/", "edge")]),
-    ]
-    .concat();
-    let proxy = Proxy::start_with_admin(admin, &config);
+    ];
+    let proxy = Proxy::start_with_admin(admin, config);
 
     let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
     assert_eq!(status, 200, "{body}");
@@ -61,16 +61,15 @@ fn bad_publications_are_refused_with_the_reason() {
     let up = TestServer::named("up");
     let fun = Function::json("fun");
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("fun", "http", &[(fun.addr, "v1")]),
-        network_function("fun", "fun", "http", ", events: [found]"),
-        cnf("edge", &["{function: fun}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service("fun", &[(fun.addr, "v1")]),
+        network_function("fun", NetworkFunctionSpec { events: strings(&["found"]), ..function("fun") }),
+        cnf("edge", vec![step("fun")]),
         chained_route(&[("/", "edge")]),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
     let publish = |method: &str, body: &str| {
         let (status, _, body) =
             http_request(proxy.admin, method, "admin", "/events", &[("content-type", "application/json")], body.as_bytes())

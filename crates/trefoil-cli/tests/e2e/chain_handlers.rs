@@ -7,9 +7,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use trefoil_model::spec::{ChainStep, CnfSpec, HandlerLimits, NetworkFunctionSpec, RouteMatch, RouteRule, StepMode};
+use trefoil_model::{Resource, Spec};
+use trefoil_testkit::resources::{equals, function, listener, ms, network_function, resource, route, rule_to, service, step, strings};
 use trefoil_testkit::{echoed, free_addr, http_request, request, wait_until, Function, Headers, Proxy, TestServer};
-
-use crate::common::*;
 
 /// A mesh: upstream `web`, function `acl` (publishes `checked`) and `scanner`
 /// (denies paths under /infected; publishes `scanned`, which has no handler),
@@ -19,7 +20,7 @@ struct Mesh {
     _acl: Function,
     scanner: Function,
     public: SocketAddr,
-    base: String,
+    base: Vec<Resource>,
 }
 
 impl Mesh {
@@ -28,49 +29,45 @@ impl Mesh {
         let acl = Function::start("json_function.py", &["--name", "acl"]);
         let scanner = Function::start("json_function.py", &["--name", "scanner", "--deny-prefix", "/infected", "--event", "scanned"]);
         let public = free_addr();
-        let base = format!(
-            "{}{}{}{}{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n---\n{API}\nkind: NetworkFunction\nmetadata: {{name: scanner}}\nspec: {{service: scanner, api: http}}\n---\n",
+        let base = vec![
             listener("public", public),
-            service("web", "http", &[(up.addr(), "v1")]),
-            service("acl", "http", &[(acl.addr, "v1")]),
-            service("scanner", "http", &[(scanner.addr, "v1")]),
-        );
+            service("web", &[(up.addr(), "v1")]),
+            service("acl", &[(acl.addr, "v1")]),
+            service("scanner", &[(scanner.addr, "v1")]),
+            network_function("acl", NetworkFunctionSpec { events: strings(&["checked"]), ..function("acl") }),
+            network_function("scanner", function("scanner")),
+        ];
         Mesh { up, _acl: acl, scanner, public, base }
     }
 
     /// The base plus one CNF per `(name, checked handler)`, and a route rule for each
     /// taking requests with `?cnf=name` (the upstream echoes only `/echo`).
-    fn config(&self, cnfs: &[(&str, &str)]) -> String {
-        let cnfs: Vec<(&str, &str, &str)> = cnfs.iter().map(|(name, script)| (*name, *script, "")).collect();
+    fn config(&self, cnfs: &[(&str, &str)]) -> Vec<Resource> {
+        let cnfs: Vec<(&str, &str, Option<HandlerLimits>)> = cnfs.iter().map(|(name, script)| (*name, *script, None)).collect();
         self.config_with_limits(&cnfs)
     }
 
-    /// As [`Mesh::config`], each CNF with `spec.handlerLimits` (a flow mapping) unless empty.
-    fn config_with_limits(&self, cnfs: &[(&str, &str, &str)]) -> String {
-        let cnfs: Vec<(&str, &str, &str, &str)> =
-            cnfs.iter().map(|(name, script, limits)| (*name, "{function: acl}", *script, *limits)).collect();
+    /// As [`Mesh::config`], each CNF with its own `spec.handlerLimits`, if any.
+    fn config_with_limits(&self, cnfs: &[(&str, &str, Option<HandlerLimits>)]) -> Vec<Resource> {
+        let cnfs: Vec<(&str, ChainStep, &str, Option<HandlerLimits>)> =
+            cnfs.iter().map(|(name, script, limits)| (*name, step("acl"), *script, limits.clone())).collect();
         self.config_with_steps(&cnfs)
     }
 
-    /// As [`Mesh::config_with_limits`], each CNF's chain one step (a flow mapping) of its own.
-    fn config_with_steps(&self, cnfs: &[(&str, &str, &str, &str)]) -> String {
+    /// As [`Mesh::config_with_limits`], each CNF's chain one step of its own.
+    fn config_with_steps(&self, cnfs: &[(&str, ChainStep, &str, Option<HandlerLimits>)]) -> Vec<Resource> {
         let mut out = self.base.clone();
         let mut rules = Vec::new();
         for (name, step, script, limits) in cnfs {
-            let script: Vec<String> = script.lines().map(|l| format!("      {l}")).collect();
-            let limits = if limits.is_empty() { String::new() } else { format!("  handlerLimits: {limits}\n") };
-            out.push_str(&format!(
-                "{API}\nkind: CNF\nmetadata: {{name: {name}}}\nspec:\n  chain: [{step}]\n{limits}  handlers:\n    checked: |\n{}\n---\n",
-                script.join("\n")
+            let handlers = [("checked".to_string(), script.to_string())].into();
+            out.push(resource(
+                name,
+                Spec::Cnf(CnfSpec { chain: vec![step.clone()], handlers, handler_limits: limits.clone(), node: None }),
             ));
-            rules.push(format!(
-                "  - matches: [{{queryParams: [{{name: cnf, value: {name}}}]}}]\n    backends: [{{service: web}}]\n    chain: {name}"
-            ));
+            let by_query = RouteMatch { query_params: vec![equals("cnf", name)], ..RouteMatch::default() };
+            rules.push(RouteRule { matches: vec![by_query], chain: Some(name.to_string()), ..rule_to("web") });
         }
-        out.push_str(&format!(
-            "{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n{}\n---\n",
-            rules.join("\n")
-        ));
+        out.push(route("web", &["*"], rules));
         out
     }
 
@@ -107,7 +104,7 @@ fn handlers_set_headers_deny_and_call_other_functions() {
     );
 
     let proxy2_config = mesh.config(&[("infected", "trefoil.call('scanner')")]);
-    proxy.rewrite(&proxy2_config);
+    proxy.rewrite(proxy2_config);
     wait_until("the reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["result=\"success\""]) >= 1.0);
     let (status, _, body) = mesh.get("/infected?cnf=infected");
     assert_eq!((status, body.as_str()), (451, "blocked by policy\n"), "a deny from a function the handler called denies the request");
@@ -155,9 +152,13 @@ fn a_cnf_sets_its_own_handler_limits() {
     // About 100,000 instructions: well inside the default bound, far beyond 5,000.
     let sum = "local n = 0\nfor i = 1, 25000 do n = n + i end\ntrefoil.set_header('x-sum', tostring(n))";
     let proxy = Proxy::start(mesh.config_with_limits(&[
-        ("roomy", sum, ""),
-        ("tight", sum, "{instructions: 5000}"),
-        ("timed", "while true do end", "{instructions: 1000000000, timeout: 200ms}"),
+        ("roomy", sum, None),
+        ("tight", sum, Some(HandlerLimits { instructions: Some(5000), ..HandlerLimits::default() })),
+        (
+            "timed",
+            "while true do end",
+            Some(HandlerLimits { instructions: Some(1_000_000_000), timeout: Some(ms(200)), ..HandlerLimits::default() }),
+        ),
     ]));
 
     let (status, _, body) = mesh.get("/echo?cnf=roomy");
@@ -183,9 +184,14 @@ fn deny_verdicts_and_taps_run_their_handlers_too() {
     let on_deny =
         "trefoil.call('scanner')\ntrefoil.tag('seen', event.data.path)\ntrefoil.deny(500, 'ignored')\ntrefoil.set_header('x-ignored', '1')";
     let proxy = Proxy::start(mesh.config_with_steps(&[
-        ("denied", "{function: acl}", on_deny, ""),
-        ("tapped", "{function: acl, mode: tap}", "trefoil.call('scanner')\ntrefoil.set_header('x-too-late', '1')", ""),
-        ("broken", "{function: acl}", "error('boom')", ""),
+        ("denied", step("acl"), on_deny, None),
+        (
+            "tapped",
+            ChainStep { mode: StepMode::Tap, ..step("acl") },
+            "trefoil.call('scanner')\ntrefoil.set_header('x-too-late', '1')",
+            None,
+        ),
+        ("broken", step("acl"), "error('boom')", None),
     ]));
 
     let (status, headers, body) = mesh.get("/deny/x?cnf=denied");

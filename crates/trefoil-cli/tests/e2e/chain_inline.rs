@@ -4,9 +4,19 @@
 
 use std::time::{Duration, Instant};
 
+use trefoil_model::spec::{ChainStep, FailurePolicy, NetworkFunctionSpec, Phase, SendBody, StepMode};
+use trefoil_testkit::resources::{chained_route, cnf, function, listener, ms, network_function, secs, service, step};
 use trefoil_testkit::{echoed, free_addr, request, wait_until, Function, Headers, Nginx, Proxy, TestServer};
 
-use crate::common::*;
+/// A chain step handing the request to `function` inline.
+fn inline(function: &str) -> ChainStep {
+    ChainStep { mode: StepMode::Inline, ..step(function) }
+}
+
+/// A NetworkFunction's spec: `service` with `policy` when it fails.
+fn with_policy(service: &str, policy: FailurePolicy) -> NetworkFunctionSpec {
+    NetworkFunctionSpec { failure_policy: policy, ..function(service) }
+}
 
 /// An nginx that passes each request on to `x-trefoil-next-hop`, adding a
 /// request header and a response header; `extra` adds directives to its
@@ -33,18 +43,22 @@ fn inline_nginx(extra: &str) -> Nginx {
 
 /// A proxy whose every request goes through `nginx` as the only (inline)
 /// step of CNF `edge`, named `function` with its `timeout`, then to `up`.
-fn through_one_inline_function(up: &TestServer, function: &str, nginx: &Nginx, timeout: &str) -> (std::net::SocketAddr, Proxy) {
+fn through_one_inline_function(
+    up: &TestServer,
+    name: &str,
+    nginx: &Nginx,
+    timeout: trefoil_model::Duration,
+) -> (std::net::SocketAddr, Proxy) {
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service(function, "http", &[(nginx.addr, "v1")]),
-        network_function(function, function, "http", &format!(", timeout: {timeout}")),
-        cnf("edge", &[&format!("{{function: {function}, mode: inline}}")]),
+        service("web", &[(up.addr(), "v1")]),
+        service(name, &[(nginx.addr, "v1")]),
+        network_function(name, NetworkFunctionSpec { timeout, ..function(name) }),
+        cnf("edge", vec![inline(name)]),
         chained_route(&[("/", "edge")]),
-    ]
-    .concat();
-    (public, Proxy::start(&config))
+    ];
+    (public, Proxy::start(config))
 }
 
 fn flag(headers: &Headers) -> Option<&str> {
@@ -62,23 +76,22 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
     let r = Function::json("r");
     let nginx = inline_nginx("");
     let public = free_addr();
-    let config = format!(
-        "{}{}{}{}{}{}{}{}{}{}{}{}",
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("a", "http", &[(a.addr, "v1")]),
-        service("b", "http", &[(b.addr, "v1")]),
-        service("r", "http", &[(r.addr, "v1")]),
-        network_function("r", "r", "http", ""),
-        service("waf", "http", &[(nginx.addr, "v1")]),
-        network_function("a", "a", "http", ""),
-        network_function("b", "b", "http", ", sendBody: {maxBytes: 1024}"),
+        service("web", &[(up.addr(), "v1")]),
+        service("a", &[(a.addr, "v1")]),
+        service("b", &[(b.addr, "v1")]),
+        service("r", &[(r.addr, "v1")]),
+        network_function("r", function("r")),
+        service("waf", &[(nginx.addr, "v1")]),
+        network_function("a", function("a")),
+        network_function("b", NetworkFunctionSpec { send_body: Some(SendBody { max_bytes: 1024 }), ..function("b") }),
         // Its own part (out and back) takes milliseconds; the upstream's time does not count.
-        network_function("waf", "waf", "http", ", timeout: 300ms"),
-        cnf("edge", &["{function: a}", "{function: waf, mode: inline}", "{function: b}", "{function: r, phase: response}"]),
+        network_function("waf", NetworkFunctionSpec { timeout: ms(300), ..function("waf") }),
+        cnf("edge", vec![step("a"), inline("waf"), step("b"), ChainStep { phase: Phase::Response, ..step("r") }]),
         chained_route(&[("/", "edge")]),
-    );
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let (status, headers, body) = request(public, "GET", "/echo?q=1", &[("x-secret", "s3cret")], b"");
     assert_eq!(status, 200, "{body}\n{}\n{}", proxy.stderr(), nginx.error_log());
@@ -139,7 +152,7 @@ fn nginx_inline_between_callouts_sees_both_directions_and_the_chain_runs_once() 
 fn a_large_body_streams_through_the_hop() {
     let up = TestServer::named("up");
     let nginx = inline_nginx("");
-    let (public, proxy) = through_one_inline_function(&up, "waf", &nginx, "5s");
+    let (public, proxy) = through_one_inline_function(&up, "waf", &nginx, secs(5));
     let big = vec![b'z'; 3 << 20];
     let (status, _, body) = request(public, "POST", "/echo", &[("content-type", "application/octet-stream")], &big);
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
@@ -152,7 +165,7 @@ fn a_large_body_streams_through_the_hop() {
 fn a_function_that_drops_the_token_loops_until_the_hop_limit() {
     let up = TestServer::named("up");
     let forgetful = inline_nginx("proxy_set_header x-trefoil-chain-resume \"\";");
-    let (public, proxy) = through_one_inline_function(&up, "forgetful", &forgetful, "10s");
+    let (public, proxy) = through_one_inline_function(&up, "forgetful", &forgetful, secs(10));
     let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
     assert_eq!(status, 508, "{body}\n{}", proxy.stderr());
     assert_eq!(flag(&headers), Some("chain_loop"));
@@ -167,20 +180,19 @@ fn failure_policy_applies_when_the_inline_function_is_down() {
     let b = Function::json("b");
     let nobody = free_addr(); // free a moment ago; nothing listens there
     let public = free_addr();
-    let config = format!(
-        "{}{}{}{}{}{}{}{}{}{}",
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("b", "http", &[(b.addr, "v1")]),
-        service("down", "http", &[(nobody, "v1")]),
-        network_function("b", "b", "http", ""),
-        network_function("down-open", "down", "http", ", failurePolicy: open"),
-        network_function("down-closed", "down", "http", ", failurePolicy: closed"),
-        cnf("c-open", &["{function: down-open, mode: inline}", "{function: b}"]),
-        cnf("c-closed", &["{function: down-closed, mode: inline}", "{function: b}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service("b", &[(b.addr, "v1")]),
+        service("down", &[(nobody, "v1")]),
+        network_function("b", function("b")),
+        network_function("down-open", with_policy("down", FailurePolicy::Open)),
+        network_function("down-closed", with_policy("down", FailurePolicy::Closed)),
+        cnf("c-open", vec![inline("down-open"), step("b")]),
+        cnf("c-closed", vec![inline("down-closed"), step("b")]),
         chained_route(&[("/echo", "c-open"), ("/closed", "c-closed")]),
-    );
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let started = Instant::now();
     let (status, _, body) = request(public, "GET", "/echo", &[], b"");
@@ -207,20 +219,19 @@ fn a_function_past_its_timeout_gets_the_policy_and_its_late_request_goes_nowhere
     // Passes each request on 0.8 s after it came: well after the 200 ms timeout.
     let slow = Function::start("slow_hop.py", &["--delay", "0.8"]);
     let public = free_addr();
-    let config = format!(
-        "{}{}{}{}{}{}{}{}{}{}",
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("b", "http", &[(b.addr, "v1")]),
-        service("slow", "http", &[(slow.addr, "v1")]),
-        network_function("b", "b", "http", ""),
-        network_function("slow-open", "slow", "http", ", failurePolicy: open, timeout: 200ms"),
-        network_function("slow-closed", "slow", "http", ", failurePolicy: closed, timeout: 200ms"),
-        cnf("c-open", &["{function: slow-open, mode: inline}", "{function: b}"]),
-        cnf("c-closed", &["{function: slow-closed, mode: inline}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service("b", &[(b.addr, "v1")]),
+        service("slow", &[(slow.addr, "v1")]),
+        network_function("b", function("b")),
+        network_function("slow-open", NetworkFunctionSpec { timeout: ms(200), ..with_policy("slow", FailurePolicy::Open) }),
+        network_function("slow-closed", NetworkFunctionSpec { timeout: ms(200), ..with_policy("slow", FailurePolicy::Closed) }),
+        cnf("c-open", vec![inline("slow-open"), step("b")]),
+        cnf("c-closed", vec![inline("slow-closed")]),
         chained_route(&[("/echo", "c-open"), ("/closed", "c-closed")]),
-    );
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let started = Instant::now();
     let (status, _, body) = request(public, "GET", "/echo", &[], b"");

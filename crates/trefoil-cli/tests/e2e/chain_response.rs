@@ -5,9 +5,16 @@
 
 use std::time::Duration;
 
+use trefoil_model::spec::{ChainStep, FailurePolicy, NetworkFunctionSpec, Phase, SendBody, StepMode};
+use trefoil_testkit::resources::{
+    chained_route, cnf, cnf_with_handler, function, listener, network_function, path_prefix, service, step, strings,
+};
 use trefoil_testkit::{echoed, free_addr, request, wait_until, Function, Proxy, TestServer};
 
-use crate::common::*;
+/// A chain step calling `function` out on the response phase.
+fn on_response(function: &str) -> ChainStep {
+    ChainStep { phase: Phase::Response, ..step(function) }
+}
 
 #[test]
 fn response_steps_edit_the_answer_replace_it_and_see_its_body() {
@@ -15,22 +22,28 @@ fn response_steps_edit_the_answer_replace_it_and_see_its_body() {
     let guard = Function::json("guard");
     let checker = Function::start("json_function.py", &["--name", "checker", "--deny-prefix", "/bad-download"]);
     let public = free_addr();
-    let config = [
+    let body_of_4k = Some(SendBody { max_bytes: 4096 });
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("guard", "http", &[(guard.addr, "v1")]),
-        service("checker", "http", &[(checker.addr, "v1")]),
-        network_function("guard", "guard", "http", ""),
-        network_function("checker", "checker", "http", ", events: [checked], sendBody: {maxBytes: 4096}"),
-        network_function("checker-open", "checker", "http", ", failurePolicy: open, sendBody: {maxBytes: 4096}"),
-        network_function("watcher", "checker", "http", ""),
-        cnf("both", &["{function: guard}", "{function: checker, phase: response}", "{function: watcher, mode: tap, phase: response}"]),
-        cnf("open", &["{function: checker-open, phase: response}"]),
-        cnf("some", &["{function: checker, phase: response, when: {path: {prefix: /some/yes}}}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service("guard", &[(guard.addr, "v1")]),
+        service("checker", &[(checker.addr, "v1")]),
+        network_function("guard", function("guard")),
+        network_function(
+            "checker",
+            NetworkFunctionSpec { events: strings(&["checked"]), send_body: body_of_4k.clone(), ..function("checker") },
+        ),
+        network_function(
+            "checker-open",
+            NetworkFunctionSpec { failure_policy: FailurePolicy::Open, send_body: body_of_4k, ..function("checker") },
+        ),
+        network_function("watcher", function("checker")),
+        cnf("both", vec![step("guard"), on_response("checker"), ChainStep { mode: StepMode::Tap, ..on_response("watcher") }]),
+        cnf("open", vec![on_response("checker-open")]),
+        cnf("some", vec![ChainStep { when: Some(path_prefix("/some/yes")), ..on_response("checker") }]),
         chained_route(&[("/bytes/5000", "open"), ("/some", "some"), ("/", "both")]),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     // Allow: the request phase edited the request, the response phase the answer.
     let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
@@ -83,27 +96,27 @@ fn handlers_of_response_verdicts_edit_the_response_and_call_functions_about_it()
     // Its own event name: were it `checked` too, the handler would handle the events of the calls it makes.
     let recorder = Function::start("json_function.py", &["--name", "recorder", "--event", "recorded"]);
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("checker", "http", &[(checker.addr, "v1")]),
-        service("recorder", "http", &[(recorder.addr, "v1")]),
-        network_function("checker", "checker", "http", ", events: [checked]"),
-        network_function("recorder", "recorder", "http", ""),
+        service("web", &[(up.addr(), "v1")]),
+        service("checker", &[(checker.addr, "v1")]),
+        service("recorder", &[(recorder.addr, "v1")]),
+        network_function("checker", NetworkFunctionSpec { events: strings(&["checked"]), ..function("checker") }),
+        network_function("recorder", function("recorder")),
         cnf_with_handler(
             "edge",
-            &["{function: checker, phase: response}"],
+            vec![on_response("checker")],
             "checked",
             &[
                 "trefoil.set_header(\"x-handled\", event.data.path)",
                 "trefoil.call(\"recorder\")",
                 "if event.data.path == \"/refuse\" then trefoil.deny(409, \"refused by the handler\\n\") end",
-            ],
+            ]
+            .join("\n"),
         ),
         chained_route(&[("/", "edge")]),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let (status, headers, body) = request(public, "GET", "/echo", &[], b"");
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());

@@ -9,9 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use trefoil_model::spec::{
+    ChainStep, DiscoveredEndpoint, EndpointsSpec, LoadBalancer, NetworkFunctionSpec, Phase, ProxySpec, RouteRule, ServiceSpec,
+    TrafficPolicySpec, WorkloadSpec,
+};
+use trefoil_model::{Resource, Spec};
+use trefoil_testkit::resources::{
+    cnf_with_handler, function, listener, network_function, resource, route, route_all, rule_to, service, step, strings, workload,
+};
 use trefoil_testkit::{free_addr, http_request, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, Proxy, TestServer};
-
-use crate::common::*;
 
 fn trefoil(args: &[&str]) -> Output {
     run_with_timeout(trefoil_command().args(args), Duration::from_secs(60))
@@ -49,12 +55,7 @@ fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
     // Every second request to v2 fails with 503.
     let v2 = TestServer::spawn(&["--name", "v2", "--fail-every", "2"]);
     let listen = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{}",
-        listener("main", listen),
-        service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]),
-        web_route("")
-    ));
+    let proxy = Proxy::start(vec![listener("main", listen), service("web", &[(v1.addr(), "v1"), (v2.addr(), "v2")]), route_all("web")]);
     let dead = free_addr();
     let (stop, sender) = traffic(listen);
     wait_until("traffic through the proxy", Duration::from_secs(20), || proxy.metric_sum("trefoil_requests_total", &[]) >= 10.0);
@@ -107,13 +108,21 @@ fn top_says_which_control_plane_it_cannot_reach() {
     assert_eq!(trefoil(&["top", "--interval", "soon"]).status.code(), Some(2));
 }
 
-const WORKLOAD: &str =
-    "kind: Workload\nmetadata: {name: web-v1}\nspec:\n  service: web\n  version: v1\n  command: /bin/true\n  replicas: 2\n";
+/// Workload `web-v1`: two replicas of web v1 (never run: no runtime here).
+fn web_workload() -> Resource {
+    resource("web-v1", Spec::Workload(WorkloadSpec { replicas: 2, ..workload("web", "/bin/true", &[]) }))
+}
 
-fn endpoints(second_ready: bool) -> String {
-    format!(
-        "{API}\nkind: Endpoints\nmetadata: {{name: web}}\nspec:\n  endpoints:\n  - {{address: \"127.0.0.1:20001\", version: v1, workload: web-v1, replica: 0, ready: true}}\n  - {{address: \"127.0.0.1:20002\", version: v1, workload: web-v1, replica: 1, ready: {second_ready}}}\n"
-    )
+/// Endpoints of `web`, as a runtime would publish them for [`web_workload`]: replica 0 ready.
+fn endpoints(second_ready: bool) -> Resource {
+    let replica = |replica: u32, port: u16, ready| DiscoveredEndpoint {
+        address: format!("127.0.0.1:{port}"),
+        version: "v1".into(),
+        workload: "web-v1".into(),
+        replica,
+        ready,
+    };
+    resource("web", Spec::Endpoints(EndpointsSpec { endpoints: vec![replica(0, 20001, true), replica(1, 20002, second_ready)] }))
 }
 
 fn checks_of(out: &Output) -> Vec<Value> {
@@ -133,7 +142,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
     );
 
     let control = Control::start(&dir.join("data"));
-    control.apply(&dir, format!("{API}\n{WORKLOAD}---\n{}", endpoints(false)));
+    control.apply(&dir, vec![web_workload(), endpoints(false)]);
     let out = trefoil(&["check", "--server", &control.url(), "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let checks = checks_of(&out);
@@ -163,13 +172,21 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     let control = Control::start(&dir.join("data"));
     control.apply(
         &dir,
-        format!(
-            "{}{API}\n{WORKLOAD}---\n{}---\n{}---\n{API}\nkind: TrafficPolicy\nmetadata: {{name: web-policy}}\nspec: {{service: web, loadBalancer: leastRequest}}\n---\n{}",
-            service("web", "http", &[("127.0.0.1:20000".parse().unwrap(), "v0")]),
+        vec![
+            service("web", &[("127.0.0.1:20000".parse().unwrap(), "v0")]),
+            web_workload(),
             endpoints(false),
-            route_all("web", ""),
-            route_all("ghost", ""),
-        ),
+            route_all("web"),
+            resource(
+                "web-policy",
+                Spec::TrafficPolicy(TrafficPolicySpec {
+                    service: "web".into(),
+                    load_balancer: LoadBalancer::LeastRequest,
+                    ..TrafficPolicySpec::default()
+                }),
+            ),
+            route_all("ghost"),
+        ],
     );
 
     let out = trefoil(&["describe", "services", "web", "--server", &control.url(), "-o", "json"]);
@@ -222,7 +239,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
-    control.apply(&dir, format!("{API}\nkind: Proxy\nmetadata: {{name: gw}}\nspec: {{admin: \"{}\"}}\n", free_addr()));
+    control.apply(&dir, resource("gw", Spec::Proxy(ProxySpec { admin: free_addr().to_string(), ..ProxySpec::with_defaults() })));
     let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);
@@ -244,16 +261,20 @@ fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
     let control = Control::start(&dir.join("data"));
     control.apply(
         &dir,
-        [
-            service("web", "http", &[("127.0.0.1:20000".parse().unwrap(), "v1")]),
-            service("acl", "http", &[("127.0.0.1:20001".parse().unwrap(), "v1")]),
-            format!("{API}\nkind: Service\nmetadata: {{name: av}}\nspec: {{}}\n---\n"),
-            network_function("acl", "acl", "http", ", events: [checked]"),
-            network_function("antivirus", "av", "http", ""),
-            cnf_with_handler("edge", &["{function: acl}", "{function: antivirus, phase: response}"], "checked", &["trefoil.log('seen')"]),
-            format!("{}---\n", route_all("web", "    chain: edge\n")),
-        ]
-        .concat(),
+        vec![
+            service("web", &[("127.0.0.1:20000".parse().unwrap(), "v1")]),
+            service("acl", &[("127.0.0.1:20001".parse().unwrap(), "v1")]),
+            resource("av", Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: Vec::new() })),
+            network_function("acl", NetworkFunctionSpec { events: strings(&["checked"]), ..function("acl") }),
+            network_function("antivirus", function("av")),
+            cnf_with_handler(
+                "edge",
+                vec![step("acl"), ChainStep { phase: Phase::Response, ..step("antivirus") }],
+                "checked",
+                "trefoil.log('seen')",
+            ),
+            route("web", &["*"], vec![RouteRule { chain: Some("edge".into()), ..rule_to("web") }]),
+        ],
     );
 
     let out = trefoil(&["describe", "cnf", "edge", "--server", &control.url(), "-o", "json"]);

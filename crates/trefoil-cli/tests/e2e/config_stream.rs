@@ -8,10 +8,11 @@
 use std::net::{SocketAddr, TcpListener};
 
 use serde_json::Value;
+use trefoil_model::spec::{Endpoint, ProxySpec, RouteRule, ServiceSpec};
+use trefoil_model::{Resource, Spec};
 use trefoil_testkit::control::WAIT;
+use trefoil_testkit::resources::{cnf, function, listener, network_function, resource, route, rule_to, secs, step};
 use trefoil_testkit::{free_addr, http_request, scratch_dir, trefoil_command, wait_until, Control, Function, StreamProxy, TestServer};
-
-use crate::common::*;
 
 /// Who answered a GET through `addr`, or `None` if the request failed.
 fn served_by(addr: SocketAddr) -> Option<(u16, String)> {
@@ -23,29 +24,29 @@ fn wait_served_by(addr: SocketAddr, who: &str) {
     wait_until(&format!("{who} to answer on {addr}"), WAIT, || served_by(addr).is_some_and(|(s, by)| s == 200 && by == who));
 }
 
-fn listener_doc(name: &str, at: SocketAddr) -> String {
-    format!("{API}\nkind: Listener\nmetadata: {{name: {name}}}\nspec:\n  address: \"{at}\"\n")
+/// A Service with one endpoint of version v1 and no ports.
+fn service_doc(name: &str, endpoint: SocketAddr) -> Resource {
+    let endpoints = vec![Endpoint { address: endpoint.to_string(), version: "v1".into() }];
+    resource(name, Spec::Service(ServiceSpec { ports: Vec::new(), endpoints }))
 }
 
-fn service_doc(name: &str, endpoint: SocketAddr) -> String {
-    format!("{API}\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{{address: \"{endpoint}\", version: v1}}]\n")
+/// Route `web` for every host, all of it to `service`.
+fn route_doc(service: &str) -> Resource {
+    route("web", &["*"], vec![rule_to(service)])
 }
 
-fn route_doc(service: &str) -> String {
-    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: {service}}}]\n")
-}
-
-fn proxy_doc(name: &str) -> String {
-    format!("{API}\nkind: Proxy\nmetadata: {{name: {name}}}\nspec:\n  accessLog: \"off\"\n  drainTimeout: 2s\n")
+/// Proxy `name`: no access log, a short drain.
+fn proxy_doc(name: &str) -> Resource {
+    resource(name, Spec::Proxy(ProxySpec { access_log: "off".into(), drain_timeout: secs(2), ..ProxySpec::with_defaults() }))
 }
 
 /// Applies a gateway: Proxy, a Listener, Services `one` and `two`, and the Route to `one`.
 fn apply_gateway(control: &Control, proxy: &str, public: SocketAddr, one: &TestServer, two: &TestServer) {
-    control.put_yaml("Proxy", proxy, &proxy_doc(proxy));
-    control.put_yaml("Listener", "public", &listener_doc("public", public));
-    control.put_yaml("Service", "one", &service_doc("one", one.addr()));
-    control.put_yaml("Service", "two", &service_doc("two", two.addr()));
-    control.put_yaml("Route", "web", &route_doc("one"));
+    control.put(&proxy_doc(proxy));
+    control.put(&listener("public", public));
+    control.put(&service_doc("one", one.addr()));
+    control.put(&service_doc("two", two.addr()));
+    control.put(&route_doc("one"));
 }
 
 #[test]
@@ -67,18 +68,18 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     assert_eq!(status["adminAddress"], proxy.admin.to_string());
     assert!(status["nack"].is_null(), "{status}");
     // A Proxy resource that never connected is listed too.
-    control.put_yaml("Proxy", "idle", &proxy_doc("idle"));
+    control.put(&proxy_doc("idle"));
     wait_until("the idle proxy in the status list", WAIT, || control.status("idle").is_some_and(|s| s["connected"] == false));
 
     // (b) A route change takes effect.
-    control.put_yaml("Route", "web", &route_doc("two"));
+    control.put(&route_doc("two"));
     wait_served_by(public, "two");
     let acked = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
 
     // (c) A listener on an address another socket holds cannot be bound: NACK.
     let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap();
-    control.put_yaml("Listener", "taken", &listener_doc("taken", taken));
+    control.put(&listener("taken", taken));
     let mut rejected = Value::Null;
     wait_until("the NACK in the status", WAIT, || {
         rejected = control.status("edge").unwrap_or_default();
@@ -103,7 +104,7 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
 
     // The rejected content is not sent again (a write that changes nothing
     // for this proxy), the next different content is.
-    control.put_yaml("Route", "web", &route_doc("two"));
+    control.put(&route_doc("two"));
     control.delete("Listener", "taken");
     let status = control.wait_in_sync("edge");
     assert!(status["nack"].is_null(), "a newer acked snapshot clears the rejection: {status}");
@@ -139,7 +140,7 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     assert!(proxy.log().matches("connected to the control plane").count() >= 2, "{}", proxy.log());
 
     // And a new apply reaches it.
-    control.put_yaml("Route", "web", &route_doc("two"));
+    control.put(&route_doc("two"));
     wait_served_by(public, "two");
     assert!(control.wait_in_sync("edge")["ackedVersion"].as_u64() > Some(before));
 
@@ -156,21 +157,15 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     let one = TestServer::named("one");
     let control = Control::start_on(&dir.join("data"), api, grpc);
     let _proxy = StreamProxy::start(&dir, grpc, "edge", 2);
-    control.put_yaml("Listener", "public", &listener_doc("public", public));
-    control.put_yaml("Service", "one", &service_doc("one", one.addr()));
+    control.put(&listener("public", public));
+    control.put(&service_doc("one", one.addr()));
     control.wait_in_sync("edge");
     let sent_before = control.log().matches("sending snapshot").count();
 
     // 300 writes as fast as the API takes them: debounced into a few snapshots.
     const ROUTES: usize = 300;
     for i in 0..ROUTES {
-        control.put_yaml(
-            "Route",
-            &format!("r{i}"),
-            &format!(
-                "{API}\nkind: Route\nmetadata: {{name: r{i}}}\nspec:\n  hosts: [r{i}.local]\n  rules:\n  - backends: [{{service: one}}]\n"
-            ),
-        );
+        control.put(&route(&format!("r{i}"), &[&format!("r{i}.local")], vec![rule_to("one")]));
     }
     let last = format!("r{}.local", ROUTES - 1);
     wait_until("the last route to be served", WAIT, || http_request(public, "GET", &last, "/", &[], b"").is_ok_and(|r| r.0 == 200));
@@ -180,7 +175,7 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
 
     // A reference the API accepts (resources may arrive in any order) but the
     // proxy's compile rejects: the NACK points into the snapshot.
-    control.put_yaml("Route", "broken", &format!("{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [broken.local]\n  rules:\n  - backends: [{{service: nowhere}}]\n"));
+    control.put(&route("broken", &["broken.local"], vec![rule_to("nowhere")]));
     let mut status = Value::Null;
     wait_until("the NACK", WAIT, || {
         status = control.status("edge").unwrap_or_default();
@@ -202,20 +197,16 @@ fn a_cnf_applied_through_the_api_runs_on_the_proxy() {
     let dir = scratch_dir();
     let (api, grpc, public) = (free_addr(), free_addr(), free_addr());
     let (one, two) = (TestServer::named("one"), TestServer::named("two"));
-    let function = Function::start("json_function.py", &[]);
+    let acl = Function::start("json_function.py", &[]);
     let control = Control::start_on(&dir.join("data"), api, grpc);
     let _proxy = StreamProxy::start(&dir, grpc, "edge", 2);
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
 
-    control.put_yaml("Service", "acl", &service_doc("acl", function.addr));
-    control.put_yaml(
-        "NetworkFunction",
-        "acl",
-        &format!("{API}\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http}}\n"),
-    );
-    control.put_yaml("CNF", "guard", &format!("{API}\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n"));
-    control.put_yaml("Route", "web", &format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: one}}]\n    chain: guard\n"));
+    control.put(&service_doc("acl", acl.addr));
+    control.put(&network_function("acl", function("acl")));
+    control.put(&cnf("guard", vec![step("acl")]));
+    control.put(&route("web", &["*"], vec![RouteRule { chain: Some("guard".into()), ..rule_to("one") }]));
     // The function denies paths under /deny: once it does, the chain is in force.
     wait_until("the chain to deny /deny", WAIT, || http_request(public, "GET", "web.local", "/deny", &[], b"").is_ok_and(|r| r.0 == 451));
     assert_eq!(served_by(public), Some((200, "one".to_string())), "allowed requests still pass");

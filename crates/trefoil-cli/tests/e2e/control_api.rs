@@ -7,40 +7,50 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use trefoil_model::spec::{RouteRule, WeightedBackend};
 use trefoil_testkit::control::WAIT;
-use trefoil_testkit::{free_addr, free_port, repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, StreamProxy};
+use trefoil_testkit::resources::{backend, route};
+use trefoil_testkit::{
+    free_addr, free_port, repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, StreamProxy, ToYaml,
+};
 
-use crate::common::*;
-
-fn route(name: &str, weight: &str, rv: Option<&str>) -> String {
-    let rv = rv.map(|v| format!(", resourceVersion: \"{v}\"")).unwrap_or_default();
-    format!("{API}\nkind: Route\nmetadata: {{name: {name}{rv}}}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{{service: web, weight: {weight}}}]\n")
+/// Route `name` for host `web`, all of it to Service `web` with `weight`, as
+/// an API body; with `rv`, a write expecting that resourceVersion.
+fn route_body(name: &str, weight: u32, rv: Option<&str>) -> String {
+    let mut route =
+        route(name, &["web"], vec![RouteRule { backends: vec![WeightedBackend { weight, ..backend("web") }], ..RouteRule::default() }]);
+    route.metadata.resource_version = rv.map(str::to_string);
+    route.to_yaml()
 }
+
+/// Text, not a typed Route: no Route can hold this weight, and the error's line (7) is the point.
+const ROUTE_WEIGHING_LOTS: &str =
+    "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{service: web, weight: lots}]\n";
 
 #[test]
 fn crud_with_optimistic_concurrency_and_located_errors() {
     let dir = scratch_dir();
     let control = Control::start(&dir);
-    let (status, created) = control.call("POST", "/api/v1/routes", &route("web", "1", None));
+    let (status, created) = control.call("POST", "/api/v1/routes", &route_body("web", 1, None));
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["metadata"]["generation"], 1);
     let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    assert_eq!(control.call("POST", "/api/v1/routes", &route("web", "1", None)).0, 409, "create refuses an existing name");
+    assert_eq!(control.call("POST", "/api/v1/routes", &route_body("web", 1, None)).0, 409, "create refuses an existing name");
     // The same spec again keeps the generation; a new spec bumps it.
-    let (status, same) = control.call("PUT", "/api/v1/routes/web", &route("web", "1", Some(&rv)));
+    let (status, same) = control.call("PUT", "/api/v1/routes/web", &route_body("web", 1, Some(&rv)));
     assert_eq!(status, 200);
     assert_eq!(same["metadata"]["generation"], 1);
     let rv2 = same["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let (status, stale) = control.call("PUT", "/api/v1/routes/web", &route("web", "5", Some(&rv)));
+    let (status, stale) = control.call("PUT", "/api/v1/routes/web", &route_body("web", 5, Some(&rv)));
     assert_eq!(status, 409, "a stale resourceVersion is refused: {stale}");
-    let (status, changed) = control.call("PUT", "/api/v1/routes/web", &route("web", "5", Some(&rv2)));
+    let (status, changed) = control.call("PUT", "/api/v1/routes/web", &route_body("web", 5, Some(&rv2)));
     assert_eq!(status, 200);
     assert_eq!(changed["metadata"]["generation"], 2);
-    let (status, invalid) = control.call("PUT", "/api/v1/routes/web", &route("web", "lots", None));
+    let (status, invalid) = control.call("PUT", "/api/v1/routes/web", ROUTE_WEIGHING_LOTS);
     assert_eq!(status, 422);
     assert_eq!(invalid["errors"][0]["field"], "spec.rules[0].backends[0].weight");
     assert_eq!(invalid["errors"][0]["line"], 7);
-    assert_eq!(control.call("PUT", "/api/v1/routes/other", &route("web", "1", None)).0, 400, "path and body names must agree");
+    assert_eq!(control.call("PUT", "/api/v1/routes/other", &route_body("web", 1, None)).0, 400, "path and body names must agree");
     assert_eq!(control.call("GET", "/api/v1/widgets", "").0, 404);
     let (_, list) = control.call("GET", "/api/v1/Route", "");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
@@ -58,7 +68,7 @@ fn acknowledged_writes_survive_kill_9() {
     let dir = scratch_dir();
     let mut control = Control::start(&dir);
     for i in 0..50 {
-        assert_eq!(control.call("PUT", &format!("/api/v1/routes/r{i}"), &route(&format!("r{i}"), &(i + 1).to_string(), None)).0, 201);
+        assert_eq!(control.call("PUT", &format!("/api/v1/routes/r{i}"), &route_body(&format!("r{i}"), i + 1, None)).0, 201);
     }
     control.kill_9();
     let restarted = Control::start_on(&dir, control.api, control.grpc);
@@ -85,8 +95,8 @@ fn a_store_damaged_in_the_middle_is_refused_then_repaired_by_hand() {
     let dir = scratch_dir();
     let data = dir.join("data");
     let mut control = Control::start(&data);
-    for (name, weight) in [("a", "1"), ("b", "2"), ("c", "3")] {
-        control.put_yaml("routes", name, &route(name, weight, None));
+    for (name, weight) in [("a", 1), ("b", 2), ("c", 3)] {
+        control.put_yaml("routes", name, &route_body(name, weight, None));
     }
     control.kill_9();
     let store = data.join("store.db");
@@ -188,7 +198,7 @@ fn a_second_proxy_under_a_taken_name_is_refused_and_backs_off() {
 fn watch_streams_current_objects_then_changes() {
     let dir = scratch_dir();
     let control = Control::start(&dir);
-    control.call("PUT", "/api/v1/routes/a", &route("a", "1", None));
+    control.call("PUT", "/api/v1/routes/a", &route_body("a", 1, None));
     let mut stream = TcpStream::connect(control.api).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(b"GET /api/v1/routes?watch=true HTTP/1.1\r\nHost: control\r\n\r\n").unwrap();
@@ -208,7 +218,7 @@ fn watch_streams_current_objects_then_changes() {
             ));
             if !applied {
                 applied = true;
-                control.call("PUT", "/api/v1/routes/b", &route("b", "1", None));
+                control.call("PUT", "/api/v1/routes/b", &route_body("b", 1, None));
                 control.call("DELETE", "/api/v1/routes/a", "");
             }
         }
@@ -221,7 +231,7 @@ fn watch_streams_current_objects_then_changes() {
 fn malformed_requests_get_the_documented_json_errors() {
     let dir = scratch_dir();
     let control = Control::start(&dir.join("data"));
-    control.put_yaml("routes", "web", &route("web", "1", None));
+    control.put_yaml("routes", "web", &route_body("web", 1, None));
     for (method, path, body, status) in [
         ("DELETE", "/api/v1/routes/web?resourceVersion=null", "", 400),
         ("GET", "/api/v1/traces?limit=null", "", 400),
@@ -244,12 +254,12 @@ fn malformed_requests_get_the_documented_json_errors() {
     let (_, doc) = control.call("GET", "/api/v1/openapi.json", "");
     let name = &doc["components"]["schemas"]["Resource"]["properties"]["metadata"]["properties"]["name"];
     assert_eq!((name["minLength"].as_u64(), name["maxLength"].as_u64()), (Some(1), Some(253)), "{name}");
-    assert_eq!(control.call("POST", "/api/v1/routes", &route("\"\"", "1", None)).0, 422);
+    assert_eq!(control.call("POST", "/api/v1/routes", &route_body("", 1, None)).0, 422);
 }
 
 /// A YAML body of 10^9 aliased strings in 1 KiB ("billion laughs").
 fn laughs() -> String {
-    let mut text = format!("{API}\nkind: Route\nmetadata: {{name: lol}}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    let mut text = String::from("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: lol}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for i in 1..9 {
         text.push_str(&format!("x{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", ")));
     }
@@ -271,7 +281,11 @@ fn bodies_that_would_take_the_control_plane_down_are_refused() {
     let (status, reply) = call("POST", "/api/v1/routes", &vec![b'#'; 3 << 20]);
     assert_eq!(status, 413, "{reply}");
     // Nesting deeper than the parsers go is a located error, not a crash.
-    let deep = format!("{API}\nkind: Route\nmetadata: {{name: deep}}\nspec: {{x: {}{}}}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!(
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: deep}}\nspec: {{x: {}{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     assert_eq!(call("POST", "/api/v1/routes", deep.as_bytes()).0, 422);
     let deep_otlp = format!("{{\"resourceSpans\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
     assert_eq!(call("POST", "/v1/traces", deep_otlp.as_bytes()).0, 400);
@@ -299,7 +313,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "403", "404",
 fn schemathesis_finds_the_server_and_its_document_agree() {
     let dir = scratch_dir();
     let control = Control::start(&dir.join("data"));
-    control.call("PUT", "/api/v1/routes/web", &route("web", "1", None));
+    control.call("PUT", "/api/v1/routes/web", &route_body("web", 1, None));
     let config = dir.join("schemathesis.toml");
     std::fs::write(&config, SCHEMATHESIS_CONFIG).unwrap();
     // Every check, including the stateful ones that follow the document's
@@ -359,9 +373,7 @@ fn apply_get_delete_from_the_command_line() {
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        format!(
-            "{API}\nkind: Route\nmetadata: {{name: broken}}\nspec:\n  hosts: [x]\n  rules:\n  - backends: [{{service: web, weight: -1}}]\n"
-        ),
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: broken}\nspec:\n  hosts: [x]\n  rules:\n  - backends: [{service: web, weight: -1}]\n",
     )
     .unwrap();
     let refused = trefoil(&["apply", "-f", bad.to_str().unwrap()]);

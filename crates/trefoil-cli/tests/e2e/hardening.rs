@@ -6,12 +6,18 @@
 use std::process::Command;
 use std::time::Duration;
 
+use trefoil_model::spec::{
+    Endpoint, EscapedSlashes, FaultAbort, FaultInjection, HealthCheck, ListenerSpec, ListenerTimeouts, OutlierDetection, PathNormalization,
+    RouteFilters, RouteRule, ServiceSpec, TrafficPolicySpec,
+};
+use trefoil_model::{Resource, Spec};
+use trefoil_testkit::resources::{
+    listener, listener_spec, ms, path_prefix, resource, route, route_all, rule_to, secs, service, traffic_policy,
+};
 use trefoil_testkit::{
     free_addr, free_port, http_get, json, proxy_resource, raw_exchange, raw_request, run_with_timeout, scratch_dir, set_limit,
     trefoil_command, wait_until, Control, Proxy, TestServer, ToYaml,
 };
-
-use crate::common::*;
 
 /// A cap on a child's heap, far above what any of these inputs needs once
 /// handled and far below what they take when they are not.
@@ -23,7 +29,8 @@ fn cap_memory(pid: u32) {
 
 /// A Route whose labels hold nine levels of ten aliases: 10^9 strings in 900 bytes.
 fn billion_laughs() -> String {
-    let mut text = format!("{API}\nkind: Route\nmetadata:\n  name: laughs\n  labels:\n    a0: &a0 [lol, lol]\n");
+    let mut text =
+        String::from("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata:\n  name: laughs\n  labels:\n    a0: &a0 [lol, lol]\n");
     for i in 1..10 {
         let p = i - 1;
         text.push_str(&format!("    a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
@@ -34,7 +41,7 @@ fn billion_laughs() -> String {
 
 /// 20,000 nested block sequences (40 KB): a recursive loader overflows its stack.
 fn deep_nesting() -> String {
-    format!("{API}\nkind: Route\nmetadata: {{name: deep}}\nspec:\n  hosts:\n    {}x\n", "- ".repeat(20_000))
+    format!("apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: deep}}\nspec:\n  hosts:\n    {}x\n", "- ".repeat(20_000))
 }
 
 #[test]
@@ -80,11 +87,11 @@ fn the_api_refuses_yaml_bombs_and_keeps_serving() {
 fn a_watched_proxy_keeps_its_config_through_yaml_bombs() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let base = format!("{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]));
-    let mut proxy = Proxy::start(format!("{base}{}", web_route("")));
+    let config = vec![listener("public", public), service("web", &[(up.addr(), "v1")]), route_all("web")];
+    let mut proxy = Proxy::start(&config);
     cap_memory(proxy.pid());
     for (i, bomb) in [billion_laughs(), deep_nesting()].into_iter().enumerate() {
-        proxy.rewrite(format!("{base}{}---\n{bomb}", web_route("")));
+        proxy.rewrite(format!("{}---\n{bomb}", config.to_yaml()));
         let want = i as f64 + 1.0;
         wait_until("the rejected reload", Duration::from_secs(20), || {
             proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= want
@@ -96,21 +103,27 @@ fn a_watched_proxy_keeps_its_config_through_yaml_bombs() {
 
 /// A proxy in front of one test server, with `/admin` denied (403) for
 /// host `secure.test` and everything else routed to the server.
-fn guarded_proxy(up: &TestServer, listener_extra: &str) -> (Proxy, std::net::SocketAddr) {
+fn guarded_proxy(up: &TestServer, paths: PathNormalization) -> (Proxy, std::net::SocketAddr) {
     let public = free_addr();
-    let route = format!(
-        "{API}\nkind: Route\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.test]\n  rules:\n  - matches: [{{path: {{prefix: /admin}}}}]\n    filters: {{fault: {{abort: {{status: 403}}}}}}\n    backends: [{{service: web}}]\n  - backends: [{{service: web}}]\n---\n{}",
-        route_all("web", "")
-    );
-    let listener = format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n{listener_extra}---\n");
-    let proxy = Proxy::start(format!("{listener}{}{route}", service("web", "http", &[(up.addr(), "v1")])));
+    let forbidden = FaultInjection { delay: None, abort: Some(FaultAbort { status: 403, percent: 100.0 }) };
+    let admin = RouteRule {
+        matches: vec![path_prefix("/admin")],
+        filters: RouteFilters { fault: Some(forbidden), ..RouteFilters::default() },
+        ..rule_to("web")
+    };
+    let proxy = Proxy::start(vec![
+        resource("public", Spec::Listener(ListenerSpec { path_normalization: paths, ..listener_spec(public) })),
+        service("web", &[(up.addr(), "v1")]),
+        route("secure", &["secure.test"], vec![admin, rule_to("web")]),
+        route_all("web"),
+    ]);
     (proxy, public)
 }
 
 #[test]
 fn the_upstream_sees_the_host_the_request_was_routed_by() {
     let up = TestServer::named("up");
-    let (proxy, public) = guarded_proxy(&up, "");
+    let (proxy, public) = guarded_proxy(&up, PathNormalization::default());
     // Two Host headers: refused, not routed by the first and forwarded with both.
     let (status, _) = raw_request(public, "GET /admin HTTP/1.1\r\nHost: other.test\r\nHost: secure.test\r\n\r\n");
     assert_eq!(status, 400);
@@ -143,7 +156,7 @@ fn the_upstream_sees_the_host_the_request_was_routed_by() {
 #[test]
 fn the_upstream_sees_the_authority_of_an_http2_request() {
     let up = TestServer::named("up");
-    let (_proxy, public) = guarded_proxy(&up, "");
+    let (_proxy, public) = guarded_proxy(&up, PathNormalization::default());
     let out = run_with_timeout(
         Command::new("curl").args([
             "-s",
@@ -176,7 +189,7 @@ fn the_upstream_sees_the_authority_of_an_http2_request() {
 #[test]
 fn every_spelling_of_a_denied_path_is_denied() {
     let up = TestServer::named("up");
-    let (_proxy, public) = guarded_proxy(&up, "");
+    let (_proxy, public) = guarded_proxy(&up, PathNormalization::default());
     for path in ["/admin", "/x/../admin", "/./admin", "//admin", "/%61dmin", "/%2e%2e/admin", "/admin/./", "/ADMIN/../admin"] {
         let (status, _) = raw_request(public, &format!("GET {path} HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n"));
         assert_eq!(status, 403, "{path}");
@@ -194,10 +207,12 @@ fn every_spelling_of_a_denied_path_is_denied() {
 #[test]
 fn path_normalisation_follows_the_listener() {
     let up = TestServer::named("up");
-    let (_proxy, public) = guarded_proxy(&up, "  pathNormalization: {escapedSlashes: unescape}\n");
+    let (_proxy, public) =
+        guarded_proxy(&up, PathNormalization { escaped_slashes: EscapedSlashes::Unescape, ..PathNormalization::default() });
     assert_eq!(raw_request(public, "GET /x/..%2fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 403);
     let up2 = TestServer::named("up2");
-    let (_proxy, public) = guarded_proxy(&up2, "  pathNormalization: {normalize: false, mergeSlashes: false, escapedSlashes: keep}\n");
+    let (_proxy, public) =
+        guarded_proxy(&up2, PathNormalization { normalize: false, merge_slashes: false, escaped_slashes: EscapedSlashes::Keep });
     assert_eq!(raw_request(public, "GET /x/..%2Fadmin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
     assert_eq!(raw_request(public, "GET //admin HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n").0, 200);
     assert_eq!(up2.requests_for("/x/..%2Fadmin") + up2.requests_for("//admin"), 2, "{}", up2.stats());
@@ -207,9 +222,19 @@ fn path_normalisation_follows_the_listener() {
 fn client_faults_never_count_against_the_upstream() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutiveGatewayErrors: 2, consecutive5xx: 2, maxEjectionPercent: 100}}\n---\n");
-    let proxy =
-        Proxy::start(format!("{}{}{policy}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    // The ejection time is the model's default.
+    let outliers = OutlierDetection {
+        consecutive5xx: Some(2),
+        consecutive_gateway_errors: Some(2),
+        base_ejection_time: secs(30),
+        max_ejection_percent: 100.0,
+    };
+    let proxy = Proxy::start(vec![
+        listener("public", public),
+        service("web", &[(up.addr(), "v1")]),
+        traffic_policy(TrafficPolicySpec { service: "web".into(), outlier_detection: Some(outliers), ..TrafficPolicySpec::default() }),
+        route_all("web"),
+    ]);
     for i in 0..5 {
         // A malformed chunk size, then a body cut short by the client.
         let malformed =
@@ -231,10 +256,10 @@ fn a_reader_that_stops_early_gets_no_panic() {
     // command is still writing when its reader goes away.
     let dir = scratch_dir();
     let file = dir.join("many.yaml");
-    let docs: Vec<String> = (0..2000)
-        .map(|i| format!("{API}\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{endpoints: [{{address: nowhere}}]}}\n"))
-        .collect();
-    std::fs::write(&file, docs.join("---\n")).unwrap();
+    let nowhere = || vec![Endpoint { address: "nowhere".into(), version: String::new() }];
+    let services: Vec<Resource> =
+        (0..2000).map(|i| resource(&format!("s{i}"), Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: nowhere() }))).collect();
+    std::fs::write(&file, services.to_yaml()).unwrap();
     let mut child = trefoil_command()
         .args(["validate", "-o", "json", "-f"])
         .arg(&file)
@@ -259,7 +284,7 @@ fn set_open_files_limit(pid: u32, n: u64) {
 fn one_greedy_connection_cannot_take_every_descriptor() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "4000"]);
     let public = free_addr();
-    let proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
+    let proxy = Proxy::start(vec![listener("public", public), service("web", &[(slow.addr(), "v1")]), route_all("web")]);
     let open = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap().count() as u64;
     // Room for the proxy's own descriptors and 100 more: fewer than the streams below.
     set_open_files_limit(proxy.pid(), open + 100);
@@ -286,10 +311,12 @@ fn a_stalled_upload_is_cut_and_a_slow_one_is_not_a_timeout() {
     use std::io::{Read, Write};
     let up = TestServer::named("up");
     let public = free_addr();
-    let listener = format!(
-        "{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{requestBodyIdle: 1s}}\n---\n"
-    );
-    let proxy = Proxy::start(format!("{listener}{}{}", service("web", "http", &[(up.addr(), "v1")]), web_route("    timeout: 500ms\n")));
+    let timeouts = ListenerTimeouts { request_body_idle: secs(1), ..ListenerTimeouts::default() };
+    let proxy = Proxy::start(vec![
+        resource("public", Spec::Listener(ListenerSpec { timeouts, ..listener_spec(public) })),
+        service("web", &[(up.addr(), "v1")]),
+        route("web", &["*"], vec![RouteRule { timeout: Some(ms(500)), ..rule_to("web") }]),
+    ]);
     // A body that stops coming: 408 once it has been idle for a second, the upstream not blamed.
     let reply = raw_exchange(public, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nten bytes.", false).text();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
@@ -325,10 +352,12 @@ fn an_upstream_that_stalls_mid_response_is_cut() {
         let _ = conn.read(&mut head);
     });
     let public = free_addr();
-    let listener = format!(
-        "{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: \"{public}\"\n  timeouts: {{responseBodyIdle: 1s}}\n---\n"
-    );
-    let _proxy = Proxy::start(format!("{listener}{}{}", service("web", "http", &[(upstream_addr, "v1")]), web_route("")));
+    let timeouts = ListenerTimeouts { response_body_idle: secs(1), ..ListenerTimeouts::default() };
+    let _proxy = Proxy::start(vec![
+        resource("public", Spec::Listener(ListenerSpec { timeouts, ..listener_spec(public) })),
+        service("web", &[(upstream_addr, "v1")]),
+        route_all("web"),
+    ]);
     // The proxy closes the connection once the body has been idle for a second.
     let reply = raw_exchange(public, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
     let (ended, text) = (&reply.end, reply.text());
@@ -340,11 +369,11 @@ fn an_upstream_that_stalls_mid_response_is_cut() {
 fn a_second_proxy_on_the_same_address_is_refused() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let resources = format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route(""));
+    let resources = vec![listener("public", public), service("web", &[(up.addr(), "v1")]), route_all("web")];
     let _first = Proxy::start(&resources);
     let dir = scratch_dir();
     let config = dir.join("second.yaml");
-    std::fs::write(&config, format!("{}---\n{resources}", proxy_resource(free_addr(), &dir.join("access.log")).to_yaml())).unwrap();
+    std::fs::write(&config, [vec![proxy_resource(free_addr(), &dir.join("access.log"))], resources].concat().to_yaml()).unwrap();
     let out = run_with_timeout(trefoil_command().args(["proxy", "--threads", "2", "--config"]).arg(&config), Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -356,18 +385,13 @@ fn unauthenticated_addresses_on_the_network_are_announced() {
     let up = TestServer::named("up");
     let port = free_port();
     let admin: std::net::SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
-    let resources = format!(
-        "{API}\nkind: Listener\nmetadata: {{name: open}}\nspec:\n  address: \"0.0.0.0:{port}\"\n---\n{}{}",
-        service("web", "http", &[(up.addr(), "v1")]),
-        web_route("")
-    );
-    let proxy = Proxy::start_with_admin(admin, &resources);
+    let resources = vec![listener("open", ([0, 0, 0, 0], port).into()), service("web", &[(up.addr(), "v1")]), route_all("web")];
+    let proxy = Proxy::start_with_admin(admin, resources);
     let stderr = proxy.stderr();
     assert!(stderr.contains("ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION"), "{stderr}");
     assert!(stderr.contains("listener open accepts connections from the network without authenticating them"), "{stderr}");
     // Loopback-only proxies say nothing of the kind.
-    let quiet =
-        Proxy::start(format!("{}{}{}", listener("local", free_addr()), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let quiet = Proxy::start(vec![listener("local", free_addr()), service("web", &[(up.addr(), "v1")]), route_all("web")]);
     assert!(!quiet.stderr().contains("without authenticat"), "{}", quiet.stderr());
 }
 
@@ -388,13 +412,20 @@ fn a_health_page_that_never_ends_fails_its_check() {
             });
         }
     });
-    let policy = format!("{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 300ms, unhealthyThreshold: 1}}\n---\n");
-    let proxy = Proxy::start(format!(
-        "{}{}{policy}{}",
+    // The healthy threshold is the model's default.
+    let check = HealthCheck {
+        http_path: Some("/healthz".into()),
+        interval: ms(100),
+        timeout: ms(300),
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+    };
+    let proxy = Proxy::start(vec![
         listener("public", free_addr()),
-        service("web", "http", &[(upstream_addr, "v1")]),
-        web_route("")
-    ));
+        service("web", &[(upstream_addr, "v1")]),
+        traffic_policy(TrafficPolicySpec { service: "web".into(), health_check: Some(check), ..TrafficPolicySpec::default() }),
+        route_all("web"),
+    ]);
     wait_until("the endpoint to be marked unhealthy", Duration::from_secs(20), || {
         proxy.metrics().lines().any(|l| l.starts_with("trefoil_endpoint_healthy{") && l.ends_with(" 0"))
     });

@@ -6,8 +6,6 @@
 //! once per file. The harness they share, process wrappers and all, is
 //! `trefoil-testkit`; nothing here is a helper another module copies.
 
-mod common;
-
 mod chain_callout;
 mod chain_events;
 mod chain_handlers;

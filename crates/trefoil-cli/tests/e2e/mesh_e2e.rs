@@ -7,9 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use trefoil_model::Resource;
 use trefoil_testkit::{
-    count, curl_many, free_addr, free_port, http_get, quickstart_mesh, repo_root, run_with_timeout, send_signal, trefoil_command,
-    wait_until, Load, Up,
+    count, curl_many, free_addr, free_port, http_get, quickstart_mesh, quickstart_resources, repo_root, run_with_timeout, send_signal,
+    trefoil_command, wait_until, Load, ToYaml, Up,
 };
 
 /// `trefoil apply -f FILE` against this mesh; returns the route's new resourceVersion.
@@ -75,8 +76,8 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
 
     // And it still drives the proxies: back to 80/20.
     let mesh = up.dir.join("edge.yaml");
-    let edge_only: String = quickstart_mesh(gateway).split("\n---\n").filter(|doc| doc.contains("kind: Route")).collect();
-    std::fs::write(&mesh, edge_only).unwrap();
+    let edge_only: Vec<Resource> = quickstart_resources(gateway).into_iter().filter(|r| r.kind() == "Route").collect();
+    std::fs::write(&mesh, edge_only.to_yaml()).unwrap();
     let restored = apply(&up, &mesh);
     assert!(restored > shifted);
     up.wait("every proxy acknowledged the restored route", |u| u.all_acked(restored));

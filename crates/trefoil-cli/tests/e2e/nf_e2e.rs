@@ -7,9 +7,23 @@
 use std::path::Path;
 use std::time::Duration;
 
+use trefoil_model::spec::{AppProtocol, ChainStep, FunctionApi, NetworkFunctionSpec, Phase, SendBody, ServiceSpec, WorkloadSpec};
+use trefoil_model::Spec;
+use trefoil_testkit::resources::{
+    chained_route, cnf, function, gateway, http_health, listener, network_function, resource, secs, service, service_speaking, step,
+    strings, workload,
+};
 use trefoil_testkit::{eicar, free_addr, http_request, request, scratch_dir, wait_until, Clamd, Nf, Nginx, Proxy, TestServer, Up};
 
-use crate::common::*;
+/// The antivirus function's spec for `service`: bodies up to 1 MiB, 5 s to scan them.
+fn scanner(service: &str) -> NetworkFunctionSpec {
+    NetworkFunctionSpec { timeout: secs(5), send_body: Some(SendBody { max_bytes: 1_048_576 }), ..function(service) }
+}
+
+/// A NetworkFunction's spec: `service`, publishing `events`.
+fn publishing(service: &str, events: &[&str]) -> NetworkFunctionSpec {
+    NetworkFunctionSpec { events: strings(events), ..function(service) }
+}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -29,21 +43,20 @@ fn antivirus_with_real_clamd_passes_clean_uploads_and_blocks_infected_ones() {
     let nobody = free_addr(); // free a moment ago: a clamd that is down
     let av_down = Nf::start(&["antivirus", "--clamd", &nobody.to_string()]);
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("policy", "http", &[(policy.addr, "v1")]),
-        service("av", "http", &[(av.addr, "v1")]),
-        service("av-down", "http", &[(av_down.addr, "v1")]),
-        network_function("policy", "policy", "http", ", events: [policy_check]"),
-        network_function("antivirus", "av", "http", ", events: [scan_clean, virus_found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
-        network_function("antivirus-down", "av-down", "http", ", timeout: 5s, sendBody: {maxBytes: 1048576}"),
-        cnf("scan", &["{function: policy}", "{function: antivirus}"]),
-        cnf("scan-down", &["{function: antivirus-down}"]),
+        service("web", &[(up.addr(), "v1")]),
+        service("policy", &[(policy.addr, "v1")]),
+        service("av", &[(av.addr, "v1")]),
+        service("av-down", &[(av_down.addr, "v1")]),
+        network_function("policy", publishing("policy", &["policy_check"])),
+        network_function("antivirus", NetworkFunctionSpec { events: strings(&["scan_clean", "virus_found"]), ..scanner("av") }),
+        network_function("antivirus-down", scanner("av-down")),
+        cnf("scan", vec![step("policy"), step("antivirus")]),
+        cnf("scan-down", vec![step("antivirus-down")]),
         chained_route(&[("/down", "scan-down"), ("/", "scan")]),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let clean = "just a report\n".repeat(10_000); // over one INSTREAM chunk
     let (status, _, body) = request(public, "POST", "/upload/clean", &[("content-type", "text/plain")], clean.as_bytes());
@@ -97,19 +110,18 @@ fn antivirus_on_the_response_phase_passes_clean_downloads_and_blocks_infected_on
     let policy = Nf::start(&["policy", "--config", &write(&dir, "policy.yaml", "default: allow\n")]);
     let av = Nf::start(&["antivirus", "--clamd", &clamd.addr.to_string(), "--deny-status", "451", "--clamd-timeout", "5s"]);
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(files.addr, "v1")]),
-        service("policy", "http", &[(policy.addr, "v1")]),
-        service("av", "http", &[(av.addr, "v1")]),
-        network_function("policy", "policy", "http", ", events: [policy_check]"),
-        network_function("antivirus", "av", "http", ", events: [scan_clean, virus_found], timeout: 5s, sendBody: {maxBytes: 1048576}"),
+        service("web", &[(files.addr, "v1")]),
+        service("policy", &[(policy.addr, "v1")]),
+        service("av", &[(av.addr, "v1")]),
+        network_function("policy", publishing("policy", &["policy_check"])),
+        network_function("antivirus", NetworkFunctionSpec { events: strings(&["scan_clean", "virus_found"]), ..scanner("av") }),
         // The policy judges the request; the antivirus what comes back.
-        cnf("downloads", &["{function: policy}", "{function: antivirus, phase: response}"]),
+        cnf("downloads", vec![step("policy"), ChainStep { phase: Phase::Response, ..step("antivirus") }]),
         chained_route(&[("/", "downloads")]),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     let (status, headers, body) = request(public, "GET", "/report.txt", &[], b"");
     assert_eq!(status, 200, "{}\n{}", proxy.stderr(), av.stderr());
@@ -153,25 +165,24 @@ fn policy_inspect_and_ratelimit_functions_in_a_proxy_chain() {
     ]);
     let ratelimit = Nf::start(&["ratelimit", "--rate", "0.01", "--burst", "2", "--key-header", "x-api-key"]);
     let public = free_addr();
-    let config = [
+    let config = vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("policy", "http", &[(policy.addr, "v1")]),
-        service("inspect", "http", &[(inspect.addr, "v1")]),
-        service("ratelimit", "http", &[(ratelimit.addr, "v1")]),
+        service("web", &[(up.addr(), "v1")]),
+        service("policy", &[(policy.addr, "v1")]),
+        service("inspect", &[(inspect.addr, "v1")]),
+        service("ratelimit", &[(ratelimit.addr, "v1")]),
         // The same policy process, called over ext_authz (gRPC) instead of JSON.
-        service("policy-grpc", "grpc", &[(policy.addr, "v1")]),
-        network_function("policy", "policy", "http", ""),
-        format!("{API}\nkind: NetworkFunction\nmetadata: {{name: policy-authz}}\nspec: {{service: policy-grpc, api: extAuthz, timeout: 2s}}\n---\n"),
-        network_function("inspect", "inspect", "http", ", sendBody: {maxBytes: 65536}"),
-        network_function("ratelimit", "ratelimit", "http", ""),
-        cnf("guard", &["{function: policy}", "{function: inspect}"]),
-        cnf("limited", &["{function: ratelimit}"]),
-        cnf("authz", &["{function: policy-authz}"]),
+        service_speaking("policy-grpc", AppProtocol::Grpc, &[(policy.addr, "v1")]),
+        network_function("policy", function("policy")),
+        network_function("policy-authz", NetworkFunctionSpec { api: FunctionApi::ExtAuthz, timeout: secs(2), ..function("policy-grpc") }),
+        network_function("inspect", NetworkFunctionSpec { send_body: Some(SendBody { max_bytes: 65536 }), ..function("inspect") }),
+        network_function("ratelimit", function("ratelimit")),
+        cnf("guard", vec![step("policy"), step("inspect")]),
+        cnf("limited", vec![step("ratelimit")]),
+        cnf("authz", vec![step("policy-authz")]),
         chained_route(&[("/limited", "limited"), ("/grpc", "authz"), ("/", "guard")]),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
+    ];
+    let proxy = Proxy::start(config);
 
     // policy: first match wins, with the configured status and reason.
     let (status, headers, body) = request(public, "GET", "/admin/users", &[], b"");
@@ -226,24 +237,28 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
     // Beside the resource files, not among them: `up` reads every *.yaml of its directory.
     std::fs::create_dir_all(dir.join("files/functions")).unwrap();
     std::fs::write(dir.join("files/functions/policy.yaml"), "rules: [{name: no-admin, action: deny, paths: [/admin]}]\n").unwrap();
-    let gateway = free_addr();
-    let files = format!(
-        "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
-         {API}\nkind: Listener\nmetadata: {{name: gw}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
-         {API}\nkind: Workload\nmetadata: {{name: web}}\nspec: {{service: web, command: trefoil, args: [demo-app], health: {{http: /healthz}}}}\n---\n\
-         {API}\nkind: Workload\nmetadata: {{name: policy}}\nspec: {{service: policy, command: trefoil, args: [nf, policy, --config, functions/policy.yaml], health: {{http: /healthz}}}}\n---\n\
-         {API}\nkind: Service\nmetadata: {{name: policy}}\nspec: {{}}\n---\n\
-         {}{}{}",
-        network_function("policy", "policy", "http", ", events: [policy_check]"),
-        cnf("edge", &["{function: policy}"]),
-        chained_route(&[("/", "edge")]),
-    );
-    let mut up = Up::start_in(dir, &files);
+    let gateway_addr = free_addr();
+    let app = |service: &str, args: &[&str]| {
+        resource(service, Spec::Workload(WorkloadSpec { health: http_health("/healthz"), ..workload(service, "trefoil", args) }))
+    };
+    let files = [
+        gateway("gateway", "gw", gateway_addr),
+        vec![
+            app("web", &["demo-app"]),
+            app("policy", &["nf", "policy", "--config", "functions/policy.yaml"]),
+            resource("policy", Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: Vec::new() })),
+            network_function("policy", publishing("policy", &["policy_check"])),
+            cnf("edge", vec![step("policy")]),
+            chained_route(&[("/", "edge")]),
+        ],
+    ]
+    .concat();
+    let mut up = Up::start_in(dir, files);
     up.wait_ready(&["web-0", "policy-0"]);
     up.wait("the gateway serving through the chain", |_| {
-        matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
+        matches!(http_request(gateway_addr, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
     });
-    let (status, headers, body) = request(gateway, "GET", "/admin/x", &[], b"");
+    let (status, headers, body) = request(gateway_addr, "GET", "/admin/x", &[], b"");
     assert_eq!((status, body.as_str()), (403, "denied by policy\n"), "{}", up.stderr());
     assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("chain_denied"));
 }

@@ -5,14 +5,19 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use trefoil_model::spec::{LocalRateLimit, RetryOn, RouteFilters, RouteRule};
+use trefoil_model::Resource;
+use trefoil_testkit::resources::{listener, ms, retry, route, route_all, rule_to, secs, service, version_backend};
 use trefoil_testkit::{
-    count, curl_many, free_addr, http_get, repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Proxy, TestServer,
+    count, curl_many, free_addr, http_get, repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Proxy, TestServer, ToYaml,
 };
 
-use crate::common::*;
-
-fn split_route(w1: u32, w2: u32) -> String {
-    format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: {w1}}}\n    - {{service: web, version: v2, weight: {w2}}}\n")
+fn split_route(w1: u32, w2: u32) -> Resource {
+    route(
+        "web",
+        &["*"],
+        vec![RouteRule { backends: vec![version_backend("web", "v1", w1), version_backend("web", "v2", w2)], ..RouteRule::default() }],
+    )
 }
 
 /// wrk's summary: (requests, non-2xx responses, socket errors).
@@ -28,8 +33,8 @@ fn wrk_summary(text: &str) -> (u64, u64, String) {
 fn hot_reload_under_load_loses_no_request() {
     let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
     let public = free_addr();
-    let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")]));
-    let mut proxy = Proxy::start(format!("{base}{}", split_route(100, 0)));
+    let base = [listener("public", public), service("web", &[(v1.addr(), "v1"), (v2.addr(), "v2")])];
+    let mut proxy = Proxy::start([&base[..], &[split_route(100, 0)]].concat());
     let url = format!("http://{public}/");
     let load =
         std::thread::spawn(move || run_with_timeout(Command::new("wrk").args(["-t2", "-c16", "-d4s", &url]), Duration::from_secs(30)));
@@ -37,7 +42,7 @@ fn hot_reload_under_load_loses_no_request() {
     // by file change and by SIGHUP, moving traffic between versions.
     wait_until("load to reach v1", Duration::from_secs(10), || v1.requests() > 100);
     for (i, (w1, w2)) in [(50, 50), (0, 100), (90, 10), (10, 90), (100, 0)].into_iter().enumerate() {
-        proxy.rewrite(format!("{base}{}", split_route(w1, w2)));
+        proxy.rewrite([&base[..], &[split_route(w1, w2)]].concat());
         if i % 2 == 1 {
             proxy.signal(libc::SIGHUP);
         }
@@ -59,9 +64,11 @@ fn hot_reload_under_load_loses_no_request() {
 fn an_invalid_reload_keeps_the_running_config_and_says_where() {
     let v1 = TestServer::named("v1");
     let public = free_addr();
-    let base = format!("{}{}", listener("public", public), service("web", "http", &[(v1.addr(), "v1")]));
-    let mut proxy = Proxy::start(format!("{base}{}", web_route("")));
-    proxy.rewrite(format!("{base}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - service: web\n      weight: heavy\n"));
+    let base = [listener("public", public), service("web", &[(v1.addr(), "v1")])];
+    let mut proxy = Proxy::start([&base[..], &[route_all("web")]].concat());
+    // Text, not a typed Route: no Route can hold this weight, and the error's line is the point.
+    let heavy = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - service: web\n      weight: heavy\n";
+    proxy.rewrite(format!("{}---\n{heavy}", base.to_yaml()));
     wait_until("the rejected reload", Duration::from_secs(10), || proxy.metric_sum("trefoil_config_reloads_total", &["failure"]) >= 1.0);
     assert_eq!(proxy.config_version(), 1);
     assert_eq!(http_get(public, "x", "/").0, 200);
@@ -73,10 +80,10 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
     assert!(stderr.contains(&format!("{config}:{line}:")), "expected line {line} in:\n{stderr}");
     // A reload that binds a new listener, then one that drops it.
     let extra = free_addr();
-    proxy.rewrite(format!("{base}{}{}", listener("extra", extra), web_route("")));
+    proxy.rewrite([&base[..], &[listener("extra", extra), route_all("web")]].concat());
     wait_until("the extra listener", Duration::from_secs(10), || TcpStream::connect(extra).is_ok());
     assert_eq!(http_get(extra, "x", "/").0, 200);
-    proxy.rewrite(format!("{base}{}", web_route("")));
+    proxy.rewrite([&base[..], &[route_all("web")]].concat());
     wait_until("the extra listener to close", Duration::from_secs(10), || TcpStream::connect(extra).is_err());
     assert_eq!(http_get(public, "x", "/").0, 200);
 }
@@ -85,8 +92,7 @@ fn an_invalid_reload_keeps_the_running_config_and_says_where() {
 fn graceful_shutdown_drains_in_flight_requests() {
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1000"]);
     let public = free_addr();
-    let mut proxy =
-        Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(slow.addr(), "v1")]), web_route("")));
+    let mut proxy = Proxy::start(vec![listener("public", public), service("web", &[(slow.addr(), "v1")]), route_all("web")]);
     let in_flight = std::thread::spawn(move || http_get(public, "x", "/").0);
     wait_until("the request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
     proxy.signal(libc::SIGTERM);
@@ -101,7 +107,7 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
     let file = dir.join("bad.yaml");
     std::fs::write(
         &file,
-        format!("{API}\nkind: Service\nmetadata: {{name: web}}\nspec:\n  endpoints: [{{address: \"not-an-address\"}}]\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{regex: \"([\"}}}}]\n    backends: [{{service: missing}}]\n"),
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: \"not-an-address\"}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{path: {regex: \"([\"}}]\n    backends: [{service: missing}]\n",
     )
     .unwrap();
     let out = trefoil_command().args(["validate", "-f"]).arg(&file).output().unwrap();
@@ -128,12 +134,19 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
 fn metrics_pass_promtool() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{}",
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")]),
-        web_route("    retry: {attempts: 1}\n")
-    ));
+        service("web", &[(up.addr(), "v1")]),
+        // One retry on the model's default conditions and back-off.
+        route(
+            "web",
+            &["*"],
+            vec![RouteRule {
+                retry: Some(retry(1, &[RetryOn::ConnectFailure, RetryOn::GatewayError, RetryOn::Reset], ms(25))),
+                ..rule_to("web")
+            }],
+        ),
+    ]);
     curl_many(&format!("http://{public}/"), 5, &[]);
     curl_many(&format!("http://{public}/status/503"), 2, &[]);
     let metrics = proxy.metrics();
@@ -159,7 +172,7 @@ fn metrics_pass_promtool() {
 fn validate_checks_what_the_proxy_checks() {
     let dir = scratch_dir();
     let file = dir.join("listener.yaml");
-    std::fs::write(&file, format!("{API}\nkind: Listener\nmetadata: {{name: public}}\nspec:\n  address: 127.0.0.1:8080\n  routes: [web, wbe]\n---\n{API}\nkind: Service\nmetadata: {{name: web}}\nspec: {{endpoints: [{{address: \"127.0.0.1:9\"}}]}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n")).unwrap();
+    std::fs::write(&file, "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec:\n  address: 127.0.0.1:8080\n  routes: [web, wbe]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec: {endpoints: [{address: \"127.0.0.1:9\"}]}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{service: web}]\n").unwrap();
     let out = trefoil_command().args(["validate", "-f"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -170,15 +183,17 @@ fn validate_checks_what_the_proxy_checks() {
 fn limits_keep_counting_across_reloads() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let base = format!("{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]));
-    let route = |timeout: &str| {
-        format!("{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 3}}}}\n    backends: [{{service: web}}]\n    timeout: {timeout}\n")
+    let base = [listener("public", public), service("web", &[(up.addr(), "v1")])];
+    let limited = |timeout: u64| {
+        let limit = LocalRateLimit { requests_per_second: 0.001, burst: Some(3), status: 429 };
+        let filters = RouteFilters { rate_limit: Some(limit), ..RouteFilters::default() };
+        [&base[..], &[route("web", &["*"], vec![RouteRule { filters, timeout: Some(secs(timeout)), ..rule_to("web") }])]].concat()
     };
-    let mut proxy = Proxy::start(format!("{base}{}", route("5s")));
+    let mut proxy = Proxy::start(limited(5));
     let first = curl_many(&format!("http://{public}/"), 3, &[]);
     assert_eq!(count(&first, |r| r.0 == 200), 3);
     // An unrelated change reloads the config; the spent burst stays spent.
-    proxy.rewrite(format!("{base}{}", route("6s")));
+    proxy.rewrite(limited(6));
     wait_until("config version 2", Duration::from_secs(10), || proxy.config_version() == 2);
     assert_eq!(http_get(public, "x", "/").0, 429);
 }

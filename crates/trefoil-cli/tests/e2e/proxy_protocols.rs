@@ -7,19 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use trefoil_model::spec::{
+    AppProtocol, BackendRef, ListenerProtocol, ListenerSpec, ListenerTls, RouteMatch, RouteRule, TlsMode, TrafficPolicySpec, UpstreamTls,
+};
+use trefoil_model::{Resource, Spec};
+use trefoil_testkit::resources::{
+    equals, listener, listener_spec, resource, route, route_all, rule_to, service, service_speaking, traffic_policy,
+};
 use trefoil_testkit::{
     count, curl_many, free_addr, grpc_server, http_get, http_request, repo_root, run_with_timeout, scratch_dir, wait_until, Nginx, Proxy,
     TestServer,
 };
 
-use crate::common::*;
-
 #[test]
 fn h2c_prior_knowledge_under_h2load() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let proxy =
-        Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), route_all("web", "")));
+    let proxy = Proxy::start(vec![listener("public", public), service("web", &[(up.addr(), "v1")]), route_all("web")]);
     let out = run_with_timeout(
         Command::new("h2load").args(["-n", "2000", "-c", "4", "-m", "10", &format!("http://{public}/")]),
         Duration::from_secs(60),
@@ -42,7 +46,7 @@ fn http2_upstreams_get_http2() {
     let up = TestServer::named("h2-up");
     let public = free_addr();
     let _proxy =
-        Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http2", &[(up.addr(), "v1")]), route_all("web", "")));
+        Proxy::start(vec![listener("public", public), service_speaking("web", AppProtocol::Http2, &[(up.addr(), "v1")]), route_all("web")]);
     let (status, _, body) = http_get(public, "x", "/echo");
     assert_eq!(status, 200);
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -53,8 +57,11 @@ fn http2_upstreams_get_http2() {
 fn grpc_unary_streaming_errors_and_trailers_pass_through() {
     let server = grpc_server("grpc-v1");
     let public = free_addr();
-    let proxy =
-        Proxy::start(format!("{}{}{}", listener("public", public), service("echo", "grpc", &[(server.addr, "v1")]), route_all("echo", "")));
+    let proxy = Proxy::start(vec![
+        listener("public", public),
+        service_speaking("echo", AppProtocol::Grpc, &[(server.addr, "v1")]),
+        route_all("echo"),
+    ]);
     let out = run_with_timeout(
         Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args([
             "--target",
@@ -109,29 +116,37 @@ fn make_pki(dir: &Path) -> Pki {
     }
 }
 
+/// A Listener on `address` terminating TLS with the server certificate of
+/// `pki`, and asking clients for one signed by its CA.
+fn tls_listener(name: &str, address: std::net::SocketAddr, pki: &Pki) -> Resource {
+    let tls = ListenerTls {
+        certificate: pki.server_cert.display().to_string(),
+        key: pki.server_key.display().to_string(),
+        client_ca: Some(pki.ca.display().to_string()),
+    };
+    resource(name, Spec::Listener(ListenerSpec { tls: Some(tls), ..listener_spec(address) }))
+}
+
 #[test]
 fn mutual_tls_with_alpn_h2_and_peer_identity() {
     let up = TestServer::named("up");
     let pki = make_pki(&scratch_dir());
     let public = free_addr();
-    let tls_listener = format!(
-        "{API}\nkind: Listener\nmetadata: {{name: secure}}\nspec:\n  address: \"{public}\"\n  tls: {{certificate: \"{}\", key: \"{}\", clientCa: \"{}\"}}\n---\n",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca.display()
-    );
     let plain = free_addr();
     // Requests proving the client identity go to `trusted`; the identity header is the proxy's own.
-    let identity_route = format!(
-        "{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{headers: [{{name: x-trefoil-peer-identity, value: \"spiffe://trefoil.test/ns/default/sa/client\"}}]}}]\n    backends: [{{service: trusted}}]\n  - backends: [{{service: web}}]\n"
-    );
+    let proven = RouteMatch {
+        headers: vec![equals("x-trefoil-peer-identity", "spiffe://trefoil.test/ns/default/sa/client")],
+        ..RouteMatch::default()
+    };
+    let identity_route = route("web", &["*"], vec![RouteRule { matches: vec![proven], ..rule_to("trusted") }, rule_to("web")]);
     let trusted = TestServer::named("trusted");
-    let proxy = Proxy::start(format!(
-        "{tls_listener}{}{}{}{identity_route}",
+    let proxy = Proxy::start(vec![
+        tls_listener("secure", public, &pki),
         listener("plain", plain),
-        service("web", "http", &[(up.addr(), "v1")]),
-        service("trusted", "http", &[(trusted.addr(), "v1")])
-    ));
+        service("web", &[(up.addr(), "v1")]),
+        service("trusted", &[(trusted.addr(), "v1")]),
+        identity_route,
+    ]);
     let url = format!("https://localhost:{}/echo", public.port());
     let resolve = format!("localhost:{}:127.0.0.1", public.port());
     let with_cert = run_with_timeout(
@@ -195,23 +210,20 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
     let up = TestServer::named("behind-tls");
     let pki = make_pki(&scratch_dir());
     let (inner, outer) = (free_addr(), free_addr());
-    let inner_proxy = Proxy::start(format!(
-        "{API}\nkind: Listener\nmetadata: {{name: inner}}\nspec:\n  address: \"{inner}\"\n  tls: {{certificate: \"{}\", key: \"{}\", clientCa: \"{}\"}}\n---\n{}{}",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca.display(),
-        service("web", "http", &[(up.addr(), "v1")]),
-        route_all("web", "")
-    ));
-    let _outer_proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: secure}}\nspec:\n  service: secure\n  tls: {{mode: mutual, ca: \"{}\", certificate: \"{}\", key: \"{}\", sni: localhost}}\n---\n{}",
+    let inner_proxy = Proxy::start(vec![tls_listener("inner", inner, &pki), service("web", &[(up.addr(), "v1")]), route_all("web")]);
+    let tls = UpstreamTls {
+        mode: TlsMode::Mutual,
+        ca: Some(pki.ca.display().to_string()),
+        certificate: Some(pki.client_cert.display().to_string()),
+        key: Some(pki.client_key.display().to_string()),
+        sni: Some("localhost".into()),
+    };
+    let _outer_proxy = Proxy::start(vec![
         listener("outer", outer),
-        service("secure", "http", &[(inner, "v1")]),
-        pki.ca.display(),
-        pki.client_cert.display(),
-        pki.client_key.display(),
-        route_all("secure", "")
-    ));
+        service("secure", &[(inner, "v1")]),
+        traffic_policy(TrafficPolicySpec { service: "secure".into(), tls: Some(tls), ..TrafficPolicySpec::default() }),
+        route_all("secure"),
+    ]);
     let (status, headers, _) = http_get(outer, "x", "/");
     assert_eq!(status, 200);
     assert_eq!(headers.get("x-served-by").map(String::as_str), Some("behind-tls"));
@@ -224,11 +236,14 @@ fn tls_origination_with_client_certificate_to_a_tls_upstream() {
 fn opaque_tcp_and_protocol_detection() {
     let up = TestServer::named("tcp-up");
     let (tcp, auto) = (free_addr(), free_addr());
-    let proxy = Proxy::start(format!(
-        "{API}\nkind: Listener\nmetadata: {{name: raw}}\nspec:\n  address: \"{tcp}\"\n  protocol: tcp\n  tcpBackend: {{service: web}}\n---\n{API}\nkind: Listener\nmetadata: {{name: sniff}}\nspec:\n  address: \"{auto}\"\n  protocol: auto\n  tcpBackend: {{service: web}}\n---\n{}{}",
-        service("web", "http", &[(up.addr(), "v1")]),
-        route_all("web", "")
-    ));
+    let to_web =
+        |protocol| ListenerSpec { protocol, tcp_backend: Some(BackendRef { service: "web".into(), version: None }), ..listener_spec(tcp) };
+    let proxy = Proxy::start(vec![
+        resource("raw", Spec::Listener(to_web(ListenerProtocol::Tcp))),
+        resource("sniff", Spec::Listener(ListenerSpec { address: auto.to_string(), ..to_web(ListenerProtocol::Auto) })),
+        service("web", &[(up.addr(), "v1")]),
+        route_all("web"),
+    ]);
     // HTTP carried as opaque bytes: the proxy does not parse it.
     assert_eq!(http_get(tcp, "x", "/").0, 200);
     assert_eq!(proxy.metric_sum("trefoil_tcp_connections_total", &["service=\"web\""]), 1.0);
@@ -251,12 +266,7 @@ fn opaque_tcp_and_protocol_detection() {
 fn nginx_as_a_real_upstream() {
     let nginx = Nginx::static_files(&[("index.html", b"hello from nginx\n")]);
     let public = free_addr();
-    let _proxy = Proxy::start(format!(
-        "{}{}{}",
-        listener("public", public),
-        service("nginx", "http", &[(nginx.addr, "v1")]),
-        route_all("nginx", "")
-    ));
+    let _proxy = Proxy::start(vec![listener("public", public), service("nginx", &[(nginx.addr, "v1")]), route_all("nginx")]);
     let results = curl_many(&format!("http://{public}/index.html"), 100, &[]);
     assert_eq!(count(&results, |r| r.0 == 200), 100);
     assert_eq!(http_get(public, "web.local", "/index.html").2, "hello from nginx\n");

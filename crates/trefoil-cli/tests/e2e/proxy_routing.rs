@@ -4,19 +4,36 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use trefoil_model::spec::{
+    BackendRef, ConnectionPool, FaultAbort, FaultInjection, HashOn, HeaderModifier, HealthCheck, LoadBalancer, LocalRateLimit,
+    OutlierDetection, RequestMirror, RetryBudget, RetryOn, RetryPolicy, RouteFilters, RouteMatch, RouteRule, TrafficPolicySpec,
+};
+use trefoil_testkit::resources::{
+    equals, listener, ms, path_prefix, retry, route, route_all, rule_to, secs, service, strings, traffic_policy, version_backend,
+};
 use trefoil_testkit::{count, curl_many, free_addr, http_get, http_request, raw_exchange, wait_until, Proxy, TestServer};
 
-use crate::common::*;
+/// A TrafficPolicy's spec for Service `web`, with every default.
+fn web_policy() -> TrafficPolicySpec {
+    TrafficPolicySpec { service: "web".into(), ..TrafficPolicySpec::default() }
+}
+
+/// Filters that mirror every request to `service`.
+fn mirror_to(service: &str) -> RouteFilters {
+    let mirror = RequestMirror { backend: BackendRef { service: service.into(), version: None }, percent: 100.0 };
+    RouteFilters { request_mirror: Some(mirror), ..RouteFilters::default() }
+}
 
 #[test]
 fn weighted_split_holds_its_proportions() {
     let (v1, v2) = (TestServer::named("v1"), TestServer::named("v2"));
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends:\n    - {{service: web, version: v1, weight: 80}}\n    - {{service: web, version: v2, weight: 20}}\n",
+    let split = RouteRule { backends: vec![version_backend("web", "v1", 80), version_backend("web", "v2", 20)], ..RouteRule::default() };
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(v1.addr(), "v1"), (v2.addr(), "v2")])
-    ));
+        service("web", &[(v1.addr(), "v1"), (v2.addr(), "v2")]),
+        route("web", &["*"], vec![split]),
+    ]);
     let results = curl_many(&format!("http://{public}/"), 1000, &[]);
     assert_eq!(results.len(), 1000);
     assert_eq!(count(&results, |r| r.0 == 200), 1000);
@@ -32,11 +49,21 @@ fn weighted_split_holds_its_proportions() {
 fn header_query_and_method_matches_route_requests() {
     let (stable, canary) = (TestServer::named("stable"), TestServer::named("canary"));
     let public = free_addr();
-    let _proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [web.example.com]\n  rules:\n  - matches:\n    - headers: [{{name: x-canary, value: \"yes\"}}]\n    - queryParams: [{{name: track, value: beta}}]\n      method: GET\n    backends: [{{service: web, version: canary}}]\n  - matches: [{{path: {{prefix: /}}}}]\n    backends: [{{service: web, version: stable}}]\n",
+    let to_canary = RouteRule {
+        matches: vec![
+            RouteMatch { headers: vec![equals("x-canary", "yes")], ..RouteMatch::default() },
+            RouteMatch { query_params: vec![equals("track", "beta")], method: Some("GET".into()), ..RouteMatch::default() },
+        ],
+        backends: vec![version_backend("web", "canary", 1)],
+        ..RouteRule::default()
+    };
+    let to_stable =
+        RouteRule { matches: vec![path_prefix("/")], backends: vec![version_backend("web", "stable", 1)], ..RouteRule::default() };
+    let _proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(stable.addr(), "stable"), (canary.addr(), "canary")])
-    ));
+        service("web", &[(stable.addr(), "stable"), (canary.addr(), "canary")]),
+        route("web", &["web.example.com"], vec![to_canary, to_stable]),
+    ]);
     let who = |headers: &[(&str, &str)], method: &str, path: &str| {
         let (status, h, _) = http_request(public, method, "web.example.com", path, headers, b"").unwrap();
         assert_eq!(status, 200);
@@ -56,12 +83,12 @@ fn header_query_and_method_matches_route_requests() {
 fn mirror_receives_copies_and_never_changes_the_response() {
     let (primary, shadow) = (TestServer::named("primary"), TestServer::spawn(&["--name", "shadow", "--fail-every", "1"]));
     let public = free_addr();
-    let _proxy = Proxy::start(format!(
-        "{}{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters:\n      requestMirror: {{backend: {{service: shadow}}, percent: 100}}\n    backends: [{{service: web}}]\n",
+    let _proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(primary.addr(), "v1")]),
-        service("shadow", "http", &[(shadow.addr(), "v1")])
-    ));
+        service("web", &[(primary.addr(), "v1")]),
+        service("shadow", &[(shadow.addr(), "v1")]),
+        route("web", &["*"], vec![RouteRule { filters: mirror_to("shadow"), ..rule_to("web") }]),
+    ]);
     let results = curl_many(&format!("http://{public}/mirrored"), 50, &[]);
     assert!(results.iter().all(|r| r.0 == 200 && r.1 == "primary"), "{results:?}");
     wait_until("50 mirrored copies", Duration::from_secs(10), || shadow.requests_for("/mirrored") == 50);
@@ -72,12 +99,12 @@ fn mirror_receives_copies_and_never_changes_the_response() {
 fn mirror_answers_are_read_to_the_end() {
     let (primary, shadow) = (TestServer::named("primary"), TestServer::named("shadow"));
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - filters:\n      requestMirror: {{backend: {{service: shadow}}}}\n    backends: [{{service: web}}]\n",
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(primary.addr(), "v1")]),
-        service("shadow", "http", &[(shadow.addr(), "v1")])
-    ));
+        service("web", &[(primary.addr(), "v1")]),
+        service("shadow", &[(shadow.addr(), "v1")]),
+        route("web", &["*"], vec![RouteRule { filters: mirror_to("shadow"), ..rule_to("web") }]),
+    ]);
     // Answers larger than socket buffers arrive only while the proxy reads them.
     let results = curl_many(&format!("http://{public}/bytes/1000000"), 5, &[]);
     assert!(results.iter().all(|r| r.0 == 200), "{results:?}");
@@ -90,12 +117,11 @@ fn mirror_answers_are_read_to_the_end() {
 fn retries_recover_from_an_upstream_failing_every_other_request() {
     let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{}",
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(flaky.addr(), "v1")]),
-        web_route("    retry: {attempts: 2, on: [5xx], backoff: 1ms}\n")
-    ));
+        service("web", &[(flaky.addr(), "v1")]),
+        route("web", &["*"], vec![RouteRule { retry: Some(retry(2, &[RetryOn::ServerError], ms(1))), ..rule_to("web") }]),
+    ]);
     let results = curl_many(&format!("http://{public}/"), 100, &[]);
     assert_eq!(count(&results, |r| r.0 == 200), 100, "{results:?}");
     assert!(proxy.metric_sum("trefoil_retries_total", &[]) >= 49.0);
@@ -105,12 +131,19 @@ fn retries_recover_from_an_upstream_failing_every_other_request() {
 fn retry_budget_caps_retries() {
     let broken = TestServer::spawn(&["--name", "broken", "--fail-every", "1"]);
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{}",
+    let budget = RetryBudget { percent: 10.0, min_retries_per_second: 0 };
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(broken.addr(), "v1")]),
-        web_route("    retry: {attempts: 3, on: [5xx], backoff: 1ms, budget: {percent: 10, minRetriesPerSecond: 0}}\n")
-    ));
+        service("web", &[(broken.addr(), "v1")]),
+        route(
+            "web",
+            &["*"],
+            vec![RouteRule {
+                retry: Some(RetryPolicy { budget: Some(budget), ..retry(3, &[RetryOn::ServerError], ms(1)) }),
+                ..rule_to("web")
+            }],
+        ),
+    ]);
     let results = curl_many(&format!("http://{public}/"), 100, &[]);
     assert_eq!(count(&results, |r| r.0 == 503), 100);
     let retries = proxy.metric_sum("trefoil_retries_total", &[]);
@@ -121,12 +154,19 @@ fn retry_budget_caps_retries() {
 fn outlier_detection_ejects_a_failing_endpoint() {
     let (good, bad) = (TestServer::named("good"), TestServer::spawn(&["--name", "bad", "--fail-every", "1"]));
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}}\n---\n{}",
+    // Gateway errors keep the model's default threshold.
+    let outliers = OutlierDetection {
+        consecutive5xx: Some(3),
+        consecutive_gateway_errors: Some(5),
+        base_ejection_time: secs(60),
+        max_ejection_percent: 50.0,
+    };
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(good.addr(), "v1"), (bad.addr(), "v1")]),
-        web_route("")
-    ));
+        service("web", &[(good.addr(), "v1"), (bad.addr(), "v1")]),
+        traffic_policy(TrafficPolicySpec { outlier_detection: Some(outliers), ..web_policy() }),
+        route_all("web"),
+    ]);
     // Round robin sends every other request to the bad endpoint until it is ejected.
     let warmup = curl_many(&format!("http://{public}/"), 20, &[]);
     assert_eq!(count(&warmup, |r| r.1 == "bad"), 3, "ejected after 3 consecutive 5xx: {warmup:?}");
@@ -141,12 +181,11 @@ fn outlier_detection_ejects_a_failing_endpoint() {
 fn timeouts_answer_504() {
     let slow = TestServer::named("slow");
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{}",
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(slow.addr(), "v1")]),
-        web_route("    timeout: 200ms\n")
-    ));
+        service("web", &[(slow.addr(), "v1")]),
+        route("web", &["*"], vec![RouteRule { timeout: Some(ms(200)), ..rule_to("web") }]),
+    ]);
     let (status, headers, _) = http_get(public, "x", "/?delay_ms=3000");
     assert_eq!(status, 504);
     assert_eq!(headers.get("x-trefoil-flag").map(String::as_str), Some("timeout"));
@@ -158,7 +197,7 @@ fn timeouts_answer_504() {
 fn malformed_requests_get_400_and_the_proxy_stays_up() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let _proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let _proxy = Proxy::start(vec![listener("public", public), service("web", &[(up.addr(), "v1")]), route_all("web")]);
     for garbage in [
         &b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n"[..],
         b"\x00\x01\x02 nonsense\r\n\r\n",
@@ -174,11 +213,38 @@ fn malformed_requests_get_400_and_the_proxy_stays_up() {
 fn faults_rate_limits_and_header_edits() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let _proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - matches: [{{path: {{prefix: /fault}}}}]\n    filters: {{fault: {{abort: {{status: 418, percent: 100}}}}}}\n    backends: [{{service: web}}]\n  - matches: [{{path: {{prefix: /limited}}}}]\n    filters: {{rateLimit: {{requestsPerSecond: 0.001, burst: 5}}}}\n    backends: [{{service: web}}]\n  - matches: [{{path: {{prefix: /echo}}}}]\n    filters:\n      requestHeaderModifier: {{set: {{x-set: one}}, remove: [x-drop]}}\n      responseHeaderModifier: {{add: {{x-resp: two}}}}\n    backends: [{{service: web}}]\n",
+    let fault = FaultInjection { delay: None, abort: Some(FaultAbort { status: 418, percent: 100.0 }) };
+    let limit = LocalRateLimit { requests_per_second: 0.001, burst: Some(5), status: 429 };
+    let edits = RouteFilters {
+        request_header_modifier: Some(HeaderModifier {
+            set: [("x-set".into(), "one".into())].into(),
+            remove: strings(&["x-drop"]),
+            ..HeaderModifier::default()
+        }),
+        response_header_modifier: Some(HeaderModifier { add: [("x-resp".into(), "two".into())].into(), ..HeaderModifier::default() }),
+        ..RouteFilters::default()
+    };
+    let _proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")])
-    ));
+        service("web", &[(up.addr(), "v1")]),
+        route(
+            "web",
+            &["*"],
+            vec![
+                RouteRule {
+                    matches: vec![path_prefix("/fault")],
+                    filters: RouteFilters { fault: Some(fault), ..RouteFilters::default() },
+                    ..rule_to("web")
+                },
+                RouteRule {
+                    matches: vec![path_prefix("/limited")],
+                    filters: RouteFilters { rate_limit: Some(limit), ..RouteFilters::default() },
+                    ..rule_to("web")
+                },
+                RouteRule { matches: vec![path_prefix("/echo")], filters: edits, ..rule_to("web") },
+            ],
+        ),
+    ]);
     assert_eq!(http_get(public, "x", "/fault").0, 418);
     assert_eq!(up.requests_for("/fault"), 0);
     let limited = curl_many(&format!("http://{public}/limited"), 8, &[]);
@@ -211,12 +277,15 @@ fn circuit_breaker_refuses_over_max_requests() {
     // `--delay` holds requests after counting them, so the count shows arrival.
     let slow = TestServer::spawn(&["--name", "slow", "--delay", "1500"]);
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  connectionPool: {{maxRequests: 1}}\n---\n{}",
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(slow.addr(), "v1")]),
-        web_route("")
-    ));
+        service("web", &[(slow.addr(), "v1")]),
+        traffic_policy(TrafficPolicySpec {
+            connection_pool: Some(ConnectionPool { max_requests: 1, ..ConnectionPool::default() }),
+            ..web_policy()
+        }),
+        route_all("web"),
+    ]);
     let hold = std::thread::spawn(move || http_get(public, "x", "/").0);
     wait_until("the slow request to reach the upstream", Duration::from_secs(10), || slow.requests() == 1);
     let (status, headers, _) = http_get(public, "x", "/");
@@ -232,12 +301,12 @@ fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
     let servers: Vec<TestServer> = (0..3).map(|i| TestServer::named(&format!("e{i}"))).collect();
     let public = free_addr();
     let eps: Vec<(SocketAddr, &str)> = servers.iter().map(|s| (s.addr(), "v1")).collect();
-    let _proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  loadBalancer: {{ringHash: {{header: x-user}}}}\n---\n{}",
+    let _proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &eps),
-        web_route("")
-    ));
+        service("web", &eps),
+        traffic_policy(TrafficPolicySpec { load_balancer: LoadBalancer::RingHash(HashOn::Header("x-user".into())), ..web_policy() }),
+        route_all("web"),
+    ]);
     let mut owners = std::collections::BTreeSet::new();
     for user in 0..30 {
         let header = format!("x-user: user-{user}");
@@ -253,12 +322,19 @@ fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
 fn active_health_checks_take_endpoints_out_and_back() {
     let (a, b) = (TestServer::named("a"), TestServer::named("b"));
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{httpPath: /healthz, interval: 100ms, timeout: 1s, unhealthyThreshold: 2, healthyThreshold: 1}}\n---\n{}",
+    let check = HealthCheck {
+        http_path: Some("/healthz".into()),
+        interval: ms(100),
+        timeout: secs(1),
+        unhealthy_threshold: 2,
+        healthy_threshold: 1,
+    };
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(a.addr(), "v1"), (b.addr(), "v1")]),
-        web_route("")
-    ));
+        service("web", &[(a.addr(), "v1"), (b.addr(), "v1")]),
+        traffic_policy(TrafficPolicySpec { health_check: Some(check), ..web_policy() }),
+        route_all("web"),
+    ]);
     b.set_healthy(false);
     let b_addr = b.addr().to_string();
     wait_until("b marked unhealthy", Duration::from_secs(10), || {
@@ -278,12 +354,11 @@ fn connect_failures_are_retried_on_another_endpoint() {
     let up = TestServer::named("up");
     let dead: SocketAddr = free_addr();
     let public = free_addr();
-    let _proxy = Proxy::start(format!(
-        "{}{}{}",
+    let _proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(up.addr(), "v1"), (dead, "v1")]),
-        web_route("    retry: {attempts: 1, on: [connect-failure], backoff: 1ms}\n")
-    ));
+        service("web", &[(up.addr(), "v1"), (dead, "v1")]),
+        route("web", &["*"], vec![RouteRule { retry: Some(retry(1, &[RetryOn::ConnectFailure], ms(1))), ..rule_to("web") }]),
+    ]);
     let results = curl_many(&format!("http://{public}/"), 20, &[]);
     assert!(results.iter().all(|r| r.0 == 200 && r.1 == "up"), "{results:?}");
 }
@@ -293,12 +368,7 @@ fn access_log_is_json_with_trace_ids_and_spans_are_exported() {
     let up = TestServer::named("up");
     let collector = TestServer::named("collector");
     let public = free_addr();
-    let resources = format!(
-        "{}{}{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n",
-        listener("public", public),
-        service("web", "http", &[(up.addr(), "v1")])
-    );
-    let mut proxy = Proxy::start(&resources);
+    let mut proxy = Proxy::start(vec![listener("public", public), service("web", &[(up.addr(), "v1")]), route_all("web")]);
     // Turn on OTLP export by rewriting the Proxy resource.
     proxy.export_traces_to(&collector.url());
     proxy.signal(libc::SIGHUP);
@@ -354,7 +424,7 @@ fn raw_echo_upstream() -> SocketAddr {
 fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers() {
     let upstream = raw_echo_upstream();
     let public = free_addr();
-    let _proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(upstream, "v1")]), web_route("")));
+    let _proxy = Proxy::start(vec![listener("public", public), service("web", &[(upstream, "v1")]), route_all("web")]);
     for _ in 0..3 {
         let (status, _, head) =
             http_request(public, "GET", "shop.example.com", "/cart?id=7", &[("connection", "close, x-secret"), ("x-secret", "1")], b"")
@@ -374,7 +444,7 @@ fn upstream_requests_are_origin_form_with_the_client_host_and_forwarding_headers
 fn large_bodies_stream_both_ways() {
     let up = TestServer::named("up");
     let public = free_addr();
-    let _proxy = Proxy::start(format!("{}{}{}", listener("public", public), service("web", "http", &[(up.addr(), "v1")]), web_route("")));
+    let _proxy = Proxy::start(vec![listener("public", public), service("web", &[(up.addr(), "v1")]), route_all("web")]);
     for _ in 0..3 {
         let (status, _, body) = http_request(public, "GET", "x", "/bytes/5000000", &[], b"").unwrap();
         assert_eq!(status, 200);
@@ -395,12 +465,14 @@ fn tcp_health_checks_keep_traffic_off_a_dead_endpoint() {
     let live = TestServer::named("live");
     let dead = free_addr();
     let public = free_addr();
-    let proxy = Proxy::start(format!(
-        "{}{}{API}\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  healthCheck: {{interval: 100ms, timeout: 200ms, unhealthyThreshold: 1}}\n---\n{}",
+    // A TCP check (no path); the healthy threshold is the model's default.
+    let check = HealthCheck { http_path: None, interval: ms(100), timeout: ms(200), unhealthy_threshold: 1, healthy_threshold: 1 };
+    let proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(live.addr(), "v1"), (dead, "v1")]),
-        web_route("")
-    ));
+        service("web", &[(live.addr(), "v1"), (dead, "v1")]),
+        traffic_policy(TrafficPolicySpec { health_check: Some(check), ..web_policy() }),
+        route_all("web"),
+    ]);
     let dead_label = dead.to_string();
     wait_until("the dead endpoint marked unhealthy", Duration::from_secs(10), || {
         proxy.metrics().contains(&dead_label) && proxy.metric_sum("trefoil_endpoint_healthy", &[&dead_label]) == 0.0

@@ -8,32 +8,78 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use trefoil_model::spec::{
+    AbTestStrategy, Analysis, AnalysisMetric, AnalysisStep, CanaryStep, CanaryStrategy, JudgedStrategy, LatencyBound, MinBound,
+    MirrorStrategy, NameValue, PrometheusMetric, RolloutSpec, RouteRule, SignificanceBound, Strategy, WorkloadSpec,
+};
+use trefoil_model::{Resource, Spec};
+use trefoil_testkit::resources::{http_health, ms, resource, route, secs, version_backend, workload};
 use trefoil_testkit::{
     count, curl_many, free_addr, http_get, http_request, repo_root, run_with_timeout, scratch_dir, send_signal, trefoil_command,
     wait_until, Load, Prometheus, Up,
 };
 
-use crate::common::*;
-
 /// A gateway on `gateway`, web v1 and v2 (v2 run with `canary_args`), a
 /// Route sending everything to v1, and the Rollout `strategy` of web to v2.
-fn mesh(gateway: SocketAddr, canary_args: &str, strategy: &str, analysis: &str) -> String {
-    format!(
-        "{API}\nkind: Proxy\nmetadata: {{name: gateway}}\nspec: {{accessLog: \"off\"}}\n---\n\
-         {API}\nkind: Listener\nmetadata: {{name: gateway-http}}\nspec: {{address: \"{gateway}\", proxy: gateway, direction: outbound}}\n---\n\
-         {API}\nkind: Workload\nmetadata: {{name: web-v1}}\nspec: {{service: web, version: v1, command: trefoil, args: [demo-app], health: {{http: /healthz}}}}\n---\n\
-         {API}\nkind: Workload\nmetadata: {{name: web-v2}}\nspec: {{service: web, version: v2, command: trefoil, args: [demo-app{canary_args}], health: {{http: /healthz}}}}\n---\n\
-         {API}\nkind: Route\nmetadata: {{name: edge}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web, version: v1}}]\n    timeout: 5s\n---\n\
-         {API}\nkind: Rollout\nmetadata: {{name: web}}\nspec:\n  service: web\n  stable: v1\n  canary: v2\n  route: edge\n  strategy: {strategy}\n  analysis: {analysis}\n"
-    )
+fn mesh(gateway: SocketAddr, canary_args: &[&str], strategy: Strategy, analysis: Analysis) -> Vec<Resource> {
+    let web = |version: &str, args: &[&str]| {
+        let args = [&["demo-app"], args].concat();
+        let spec = WorkloadSpec { version: version.into(), health: http_health("/healthz"), ..workload("web", "trefoil", &args) };
+        resource(&format!("web-{version}"), Spec::Workload(spec))
+    };
+    let to_v1 = RouteRule { backends: vec![version_backend("web", "v1", 1)], timeout: Some(secs(5)), ..RouteRule::default() };
+    let rollout = RolloutSpec {
+        service: "web".into(),
+        stable: "v1".into(),
+        canary: "v2".into(),
+        route: "edge".into(),
+        strategy,
+        analysis: Some(analysis),
+    };
+    [
+        trefoil_testkit::resources::gateway("gateway", "gateway-http", gateway),
+        vec![web("v1", &[]), web("v2", canary_args), route("edge", &["*"], vec![to_v1]), resource("web", Spec::Rollout(rollout))],
+    ]
+    .concat()
+}
+
+/// Canary steps: to each weight, then two passing checks a second apart.
+fn canary(weights: &[u32]) -> Strategy {
+    let steps = weights.iter().flat_map(|w| [CanaryStep::SetWeight(*w), CanaryStep::Analysis(AnalysisStep { checks: 2 })]).collect();
+    Strategy::Canary(CanaryStrategy { steps })
 }
 
 /// 20% then 50%, each held for two passing checks a second apart.
-const STEPS: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}]}}";
+fn steps() -> Strategy {
+    canary(&[20, 50])
+}
+
 /// The issue's classic flow: 20%, 50%, then 100% and judged once more there before it is promoted.
-const CLASSIC: &str = "{canary: {steps: [{setWeight: 20}, {analysis: {checks: 2}}, {setWeight: 50}, {analysis: {checks: 2}}, {setWeight: 100}, {analysis: {checks: 2}}]}}";
+fn classic() -> Strategy {
+    canary(&[20, 50, 100])
+}
+
+/// Checks a second apart, two failures to roll back, five requests to judge, on `metrics`.
+fn judged_by(metrics: Vec<AnalysisMetric>) -> Analysis {
+    Analysis { interval: secs(1), threshold: 2, min_requests: 5, metrics }
+}
+
+/// A success rate of 95% and a p99 latency under `p99`.
+fn success_and_latency(p99: trefoil_model::Duration) -> Analysis {
+    judged_by(vec![AnalysisMetric::SuccessRate(MinBound { min: 95.0 }), AnalysisMetric::LatencyP99(LatencyBound { max: p99 })])
+}
+
 /// The latency bound is loose: a busy test machine must not fail a healthy canary.
-const ANALYSIS: &str = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 1s}}]}";
+fn analysis() -> Analysis {
+    success_and_latency(secs(1))
+}
+
+/// An A/B test on `header` or `cookie` (name, value) the test itself ends.
+fn ab_test(header: Option<(&str, &str)>, cookie: Option<(&str, &str)>) -> Strategy {
+    let pair = |(name, value): (&str, &str)| NameValue { name: name.into(), value: value.into() };
+    // Many checks: the test, not the analysis, ends this A/B test.
+    Strategy::AbTest(AbTestStrategy { header: header.map(pair), cookie: cookie.map(pair), checks: 100 })
+}
 
 /// How many meshes of this file run at once. Each picks free ports by
 /// binding and releasing them, so many meshes starting together can pick
@@ -84,7 +130,7 @@ impl std::ops::DerefMut for Mesh {
 }
 
 /// Starts the mesh and waits until the gateway serves web v1.
-fn start(files: &str, gateway: SocketAddr) -> Mesh {
+fn start(files: Vec<Resource>, gateway: SocketAddr) -> Mesh {
     let slot = Slot::take();
     let mut up = Up::start(files);
     up.wait_ready(&["web-v1-0", "web-v2-0"]);
@@ -127,7 +173,7 @@ fn reasons(up: &Up) -> Vec<String> {
 #[test]
 fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_request() {
     let gateway = free_addr();
-    let mut up = start(&mesh(gateway, "", CLASSIC, ANALYSIS), gateway);
+    let mut up = start(mesh(gateway, &[], classic(), analysis()), gateway);
     let load = Load::start(&up.dir, gateway);
     up.wait("the canary at 20%", |u| status(u)["weight"] == 20);
 
@@ -161,9 +207,9 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
 }
 
 /// Runs the rollout against a bad canary and expects it rolled back on `metric`.
-fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) {
+fn rolled_back(canary_args: &[&str], analysis: Analysis, metric: &str, clients: usize) {
     let gateway = free_addr();
-    let mut up = start(&mesh(gateway, canary_args, STEPS, analysis), gateway);
+    let mut up = start(mesh(gateway, canary_args, steps(), analysis), gateway);
     let loads: Vec<Load> = (0..clients).map(|i| Load::start_as(&up.dir, gateway, &format!("load{i}"), &[])).collect();
     wait_phase(&mut up, "RolledBack");
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);
@@ -181,21 +227,20 @@ fn rolled_back(canary_args: &str, analysis: &str, metric: &str, clients: usize) 
 
 #[test]
 fn a_canary_answering_5xx_is_rolled_back() {
-    rolled_back(", --fail-percent, '50'", ANALYSIS, "successRate", 1);
+    rolled_back(&["--fail-percent", "50"], analysis(), "successRate", 1);
 }
 
 #[test]
 fn a_slow_canary_is_rolled_back() {
     // Slow answers slow each client down: several keep the canary above the volume floor.
-    let analysis = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{successRate: {min: 95}}, {latencyP99: {max: 200ms}}]}";
-    rolled_back(", --delay, 300ms", analysis, "latencyP99", 4);
+    rolled_back(&["--delay", "300ms"], success_and_latency(ms(200)), "latencyP99", 4);
 }
 
 #[test]
 fn a_canary_slower_than_stable_is_rolled_back_by_a_mann_whitney_comparison() {
     // No fixed latency bound: only "significantly slower than v1".
-    let analysis = "{interval: 1s, threshold: 2, minRequests: 5, metrics: [{latencyVsStable: {alpha: 0.01}}]}";
-    rolled_back(", --delay, 100ms", analysis, "latencyVsStable", 4);
+    let analysis = judged_by(vec![AnalysisMetric::LatencyVsStable(SignificanceBound { alpha: 0.01 })]);
+    rolled_back(&["--delay", "100ms"], analysis, "latencyVsStable", 4);
 }
 
 /// Every proxy connected and serving the Route's current version.
@@ -209,9 +254,7 @@ fn route_everywhere(up: &Up) -> bool {
 #[test]
 fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_by_hand() {
     let gateway = free_addr();
-    // Many checks: the test, not the analysis, ends this A/B test.
-    let strategy = "{abTest: {header: {name: x-canary, value: \"yes\"}, checks: 100}}";
-    let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
+    let mut up = start(mesh(gateway, &[], ab_test(Some(("x-canary", "yes")), None), analysis()), gateway);
     up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
@@ -239,7 +282,8 @@ fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_b
 fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
     let gateway = free_addr();
     // The canary fails every request it gets: clients must not notice.
-    let mut up = start(&mesh(gateway, ", --fail-percent, '100'", "{mirror: {percent: 100, checks: 100}}", ANALYSIS), gateway);
+    let mirror = Strategy::Mirror(MirrorStrategy { percent: 100.0, checks: 100 });
+    let mut up = start(mesh(gateway, &["--fail-percent", "100"], mirror, analysis()), gateway);
     let load = Load::start(&up.dir, gateway);
     wait_phase(&mut up, "RolledBack");
     let traffic = load.finish();
@@ -265,12 +309,12 @@ fn scrape_every_proxy(up: &Up, listen: SocketAddr) -> Prometheus {
 }
 
 /// The same rollout judged only by a PromQL success rate of v2's inbound traffic.
-fn judged_by_prometheus(canary_args: &str, phase: &str) {
+fn judged_by_prometheus(canary_args: &[&str], phase: &str) {
     let (gateway, prometheus) = (free_addr(), free_addr());
     let series = "trefoil_requests_total{service=\"web\",version=\"v2\",direction=\"inbound\"";
     let query = format!("sum(rate({series},status_code!~\"5..\"}}[5s])) / sum(rate({series}}}[5s]))");
-    let analysis = format!("{{interval: 1s, threshold: 2, minRequests: 5, metrics: [{{prometheus: {{address: \"http://{prometheus}\", query: '{query}', min: 0.95}}}}]}}");
-    let mut up = start(&mesh(gateway, canary_args, STEPS, &analysis), gateway);
+    let promql = PrometheusMetric { address: format!("http://{prometheus}"), query: query.clone(), min: Some(0.95), max: None };
+    let mut up = start(mesh(gateway, canary_args, steps(), judged_by(vec![AnalysisMetric::Prometheus(promql)])), gateway);
     let _server = scrape_every_proxy(&up, prometheus);
     let load = Load::start(&up.dir, gateway);
     wait_phase(&mut up, phase);
@@ -283,19 +327,18 @@ fn judged_by_prometheus(canary_args: &str, phase: &str) {
 
 #[test]
 fn a_promql_analysis_promotes_a_healthy_canary() {
-    judged_by_prometheus("", "Succeeded");
+    judged_by_prometheus(&[], "Succeeded");
 }
 
 #[test]
 fn a_promql_analysis_rolls_back_a_failing_canary() {
-    judged_by_prometheus(", --fail-percent, '50'", "RolledBack");
+    judged_by_prometheus(&["--fail-percent", "50"], "RolledBack");
 }
 
 #[test]
 fn a_cookie_ab_test_matches_the_whole_cookie_value() {
     let gateway = free_addr();
-    let strategy = "{abTest: {cookie: {name: beta, value: \"on\"}, checks: 100}}";
-    let mut up = start(&mesh(gateway, "", strategy, ANALYSIS), gateway);
+    let mut up = start(mesh(gateway, &[], ab_test(None, Some(("beta", "on"))), analysis()), gateway);
     up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
@@ -313,7 +356,8 @@ fn a_cookie_ab_test_matches_the_whole_cookie_value() {
 #[test]
 fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
     let gateway = free_addr();
-    let mut up = start(&mesh(gateway, ", --fail-percent, '50'", "{blueGreen: {checks: 3}}", ANALYSIS), gateway);
+    let blue_green = Strategy::BlueGreen(JudgedStrategy { checks: 3 });
+    let mut up = start(mesh(gateway, &["--fail-percent", "50"], blue_green, analysis()), gateway);
     up.wait("all traffic switched to v2", |u| backends(u) == [("v2".to_string(), 100)]);
     let load = Load::start(&up.dir, gateway);
     wait_phase(&mut up, "RolledBack");

@@ -13,26 +13,30 @@ use trefoil_testkit::{
     wait_until, Control, Process, Up,
 };
 
-use crate::common::*;
+use trefoil_model::spec::{ListenerSpec, ProxySpec, WorkloadSpec};
+use trefoil_model::{Resource, Spec};
+use trefoil_testkit::resources::{http_health, listener_spec, resource, route_all, workload};
+use trefoil_testkit::ToYaml;
 
 /// A Workload running `trefoil-testserver` with `replicas`, probed on `/healthz`.
-fn workload(name: &str, service: &str, replicas: u32) -> String {
+fn servers(name: &str, service: &str, replicas: u32) -> Resource {
     let server = testserver_path();
     assert!(server.is_file(), "build trefoil-testserver first: cargo build -p trefoil-testkit --bins");
-    format!(
-        "{API}\nkind: Workload\nmetadata: {{name: {name}}}\nspec:\n  service: {service}\n  command: \"{}\"\n  replicas: {replicas}\n  args: [\"--listen\", \"127.0.0.1:${{PORT}}\", \"--name\", \"{name}-${{TREFOIL_REPLICA}}\"]\n  health: {{http: /healthz}}\n---\n",
-        server.display()
-    )
+    let server = server.display().to_string();
+    let replica_name = format!("{name}-${{TREFOIL_REPLICA}}");
+    let args = ["--listen", "127.0.0.1:${PORT}", "--name", &replica_name];
+    resource(name, Spec::Workload(WorkloadSpec { replicas, health: http_health("/healthz"), ..workload(service, &server, &args) }))
 }
 
 /// Gateway `edge` on 127.0.0.1:`port`, every request to Service `web`.
-fn edge_gateway(port: u16) -> String {
-    format!("{API}\nkind: Proxy\nmetadata: {{name: edge}}\nspec: {{}}\n---\n{API}\nkind: Listener\nmetadata: {{name: public}}\nspec: {{address: \"127.0.0.1:{port}\", proxy: edge}}\n---\n{API}\nkind: Route\nmetadata: {{name: web}}\nspec:\n  hosts: [\"*\"]\n  rules:\n  - backends: [{{service: web}}]\n---\n")
+fn edge_gateway(port: u16) -> Vec<Resource> {
+    let listener = ListenerSpec { proxy: Some("edge".into()), ..listener_spec(SocketAddr::from(([127, 0, 0, 1], port))) };
+    vec![resource("edge", Spec::Proxy(ProxySpec::with_defaults())), resource("public", Spec::Listener(listener)), route_all("web")]
 }
 
 #[test]
 fn up_starts_everything_and_publishes_ready_endpoints() {
-    let mut up = Up::start(workload("web", "web", 2));
+    let mut up = Up::start(servers("web", "web", 2));
     up.wait_ready(&["web-0", "web-1"]);
     up.wait("Endpoints/web with both replicas ready", |u| u.ready_replicas("web") == [0, 1]);
 
@@ -83,7 +87,7 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
 
 #[test]
 fn a_killed_app_is_restarted_and_ready_again() {
-    let mut up = Up::start(workload("api", "api", 1));
+    let mut up = Up::start(servers("api", "api", 1));
     up.wait_ready(&["api-0"]);
     up.wait("Endpoints/api ready", |u| u.ready_replicas("api") == [0]);
     let old = up.process("api-0")["pid"].as_u64().unwrap();
@@ -98,7 +102,7 @@ fn a_killed_app_is_restarted_and_ready_again() {
 
 #[test]
 fn a_restarted_control_plane_keeps_receiving_endpoints() {
-    let mut up = Up::start(workload("db", "db", 1));
+    let mut up = Up::start(servers("db", "db", 1));
     up.wait_ready(&["db-0"]);
     let control = up.process("control")["pid"].as_u64().unwrap();
     send_signal(control as u32, libc::SIGKILL);
@@ -113,7 +117,7 @@ fn a_restarted_control_plane_keeps_receiving_endpoints() {
 
 #[test]
 fn logs_prints_a_process_output() {
-    let mut up = Up::start(workload("web", "web", 1));
+    let mut up = Up::start(servers("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let out = up.logs(&["web-0"]);
     assert!(out.status.success(), "{out:?}");
@@ -131,7 +135,7 @@ fn logs_prints_a_process_output() {
 
 #[test]
 fn ctrl_c_stops_everything_and_leaves_no_child() {
-    let mut up = Up::start(workload("web", "web", 2));
+    let mut up = Up::start(servers("web", "web", 2));
     up.wait_ready(&["web-0", "web-1"]);
     let running = pids(&up.view());
     assert!(running.len() >= 3, "{:#}", up.view());
@@ -159,7 +163,7 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
 
 #[test]
 fn children_die_with_a_killed_supervisor() {
-    let mut up = Up::start(workload("web", "web", 1));
+    let mut up = Up::start(servers("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let running = pids(&up.view());
     up.stop_with(libc::SIGKILL);
@@ -170,8 +174,11 @@ fn children_die_with_a_killed_supervisor() {
 fn bad_input_exits_2_with_the_location() {
     let dir = scratch_dir();
     let file = dir.join("bad.yaml");
-    std::fs::write(&file, format!("{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  command: x\n  replicas: 0\n"))
-        .unwrap();
+    std::fs::write(
+        &file,
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web}\nspec:\n  service: web\n  command: x\n  replicas: 0\n",
+    )
+    .unwrap();
     let out = trefoil_command().args(["up", "-f"]).arg(&file).arg("--state").arg(dir.join("state")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -183,7 +190,7 @@ fn bad_input_exits_2_with_the_location() {
 #[test]
 fn traffic_flows_through_the_gateway() {
     let port = free_port();
-    let files = format!("{}{}", edge_gateway(port), workload("web", "web", 2));
+    let files = [edge_gateway(port), vec![servers("web", "web", 2)]].concat();
     let mut up = Up::start(&files);
     up.wait_ready(&["web-0", "web-1", "edge"]);
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -205,11 +212,13 @@ fn served_by(gateway: SocketAddr, n: usize) -> Vec<String> {
 fn apps_get_their_ports_and_upstreams_in_the_environment() {
     let server = testserver_path();
     // The shell shows the environment, then becomes the server (same pid).
-    let web = format!(
-        "{API}\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  version: v2\n  command: /bin/sh\n  args: [\"-c\", \"env | grep -E '^(PORT|TREFOIL_|GREETING)' | sort; exec '{}' --listen 127.0.0.1:${{PORT}}\"]\n  env: {{GREETING: \"hi from ${{TREFOIL_SERVICE}}\"}}\n---\n",
-        server.display()
-    );
-    let mut up = Up::start(format!("{web}{}", workload("api", "payments-api", 1)));
+    let script = format!("env | grep -E '^(PORT|TREFOIL_|GREETING)' | sort; exec '{}' --listen 127.0.0.1:${{PORT}}", server.display());
+    let web = WorkloadSpec {
+        version: "v2".into(),
+        env: [("GREETING".to_string(), "hi from ${TREFOIL_SERVICE}".to_string())].into(),
+        ..workload("web", "/bin/sh", &["-c", &script])
+    };
+    let mut up = Up::start(vec![resource("web", Spec::Workload(web)), servers("api", "payments-api", 1)]);
     up.wait_ready(&["web-0", "api-0"]);
     let log = String::from_utf8_lossy(&up.logs(&["web-0"]).stdout).to_string();
     let sidecar = up.process("web-0-sidecar");
@@ -231,7 +240,7 @@ fn apps_get_their_ports_and_upstreams_in_the_environment() {
 
 #[test]
 fn a_second_up_on_the_same_state_is_refused() {
-    let mut up = Up::start(workload("web", "web", 1));
+    let mut up = Up::start(servers("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let out = trefoil_command()
         .args(["up", "-f"])
@@ -251,7 +260,7 @@ fn a_second_up_on_the_same_state_is_refused() {
 fn a_control_plane_that_cannot_start_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = scratch_dir();
-    std::fs::write(dir.join("mesh.yaml"), workload("web", "web", 1)).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), servers("web", "web", 1).to_yaml()).unwrap();
     let out = run_with_timeout(
         trefoil_command().args(["up", "-f"]).arg(dir.join("mesh.yaml")).arg("--state").arg(dir.join("state")).args([
             "--listen",
@@ -268,12 +277,12 @@ fn a_control_plane_that_cannot_start_is_reported() {
 
 #[test]
 fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
-    let mut first = Up::start(format!("{}{}", workload("web", "web", 2), workload("old", "old", 1)));
+    let mut first = Up::start(vec![servers("web", "web", 2), servers("old", "old", 1)]);
     first.wait_ready(&["web-0", "web-1", "old-0"]);
     let dir = first.dir.clone();
     assert_eq!(first.stop_with(libc::SIGINT), Some(0));
 
-    let mut second = Up::start_in(dir, workload("web", "web", 1));
+    let mut second = Up::start_in(dir, servers("web", "web", 1));
     second.wait_ready(&["web-0"]);
     second.wait("Endpoints/web with one replica", |u| u.ready_replicas("web") == [0] && u.endpoints("web").len() == 1);
     let proxies: Vec<String> = second.get("/api/v1/proxies")["items"]
@@ -290,7 +299,7 @@ fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
 
 #[test]
 fn logs_follow_prints_new_output() {
-    let mut up = Up::start(workload("web", "web", 1));
+    let mut up = Up::start(servers("web", "web", 1));
     up.wait_ready(&["web-0"]);
     let out = up.dir.join("follow.out");
     let follow = Process::spawn(
@@ -313,8 +322,11 @@ fn logs_follow_prints_new_output() {
 #[test]
 fn ctrl_c_during_start_up_stops_cleanly() {
     // This replica never becomes ready, so start-up is still waiting for it.
-    let files = workload("web", "web", 1).replace("health: {http: /healthz}", "health: {http: /status/503}");
-    let mut up = Up::start(&files);
+    let mut files = servers("web", "web", 1);
+    if let Spec::Workload(spec) = &mut files.spec {
+        spec.health = http_health("/status/503");
+    }
+    let mut up = Up::start(files);
     up.wait("the app running", |u| u.process("web-0")["running"] == true);
     let running = pids(&up.view());
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
@@ -327,7 +339,7 @@ fn ctrl_c_during_start_up_stops_cleanly() {
 /// replicas, through their sidecars.
 #[test]
 fn sidecar_ports_reach_the_other_service() {
-    let mut up = Up::start(format!("{}{}", workload("web", "web", 1), workload("api", "api", 2)));
+    let mut up = Up::start(vec![servers("web", "web", 1), servers("api", "api", 2)]);
     up.wait_ready(&["web-0", "api-0", "api-1", "web-0-sidecar", "api-0-sidecar", "api-1-sidecar"]);
     let sidecar = up.process("web-0-sidecar");
     let upstream: SocketAddr = sidecar["addresses"]["upstream.api"].as_str().unwrap().parse().unwrap();
@@ -347,7 +359,7 @@ fn sidecar_ports_reach_the_other_service() {
 #[test]
 fn an_unhealthy_replica_leaves_the_endpoints_and_gets_no_traffic() {
     let port = free_port();
-    let files = format!("{}{}", edge_gateway(port), workload("web", "web", 2));
+    let files = [edge_gateway(port), vec![servers("web", "web", 2)]].concat();
     let mut up = Up::start(&files);
     up.wait_ready(&["web-0", "web-1", "edge"]);
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

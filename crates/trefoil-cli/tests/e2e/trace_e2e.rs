@@ -10,15 +10,21 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use trefoil_testkit::{free_addr, http_request, quickstart_mesh, scratch_dir, wait_until, Control, Function, Proxy, TestServer, Up};
-
-use crate::common::{listener, service, web_route};
+use trefoil_model::spec::{AppProtocol, Endpoint, NetworkFunctionSpec, RetryOn, RouteRule, ServicePort, ServiceSpec};
+use trefoil_model::Spec;
+use trefoil_testkit::resources::{
+    cnf_with_handler, function, listener, ms, network_function, resource, retry, route, rule_to, service, step, strings, version_backend,
+};
+use trefoil_testkit::{
+    free_addr, http_request, quickstart_mesh, quickstart_resources, scratch_dir, wait_until, Control, Function, Proxy, TestServer, ToYaml,
+    Up,
+};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 /// Starts the quickstart mesh and waits until the gateway serves web.
-fn start(mesh: &str, gateway: std::net::SocketAddr) -> Up {
+fn start(mesh: impl ToYaml, gateway: std::net::SocketAddr) -> Up {
     let mut up = Up::start(mesh);
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
     up.wait("every proxy acknowledged its snapshot", |u| u.all_acked(1));
@@ -81,7 +87,7 @@ fn without_attempts(spans: &[Value]) -> Vec<Value> {
 #[test]
 fn one_request_is_one_trace_across_gateway_and_sidecars() {
     let gateway = free_addr();
-    let mut up = start(&quickstart_mesh(gateway), gateway);
+    let mut up = start(quickstart_mesh(gateway), gateway);
     let spans = without_attempts(&traced_request(&up, gateway, 8));
     let (gw, web_in, web_out, api_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
     assert_eq!(gw["service"], "gateway", "{spans:#?}");
@@ -121,19 +127,29 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
 
 #[test]
 fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
-    let function = Function::json("acl");
+    let acl_function = Function::json("acl");
     let gateway = free_addr();
-    let plain = "  - backends:\n    - {service: web, version: v1, weight: 80}";
-    let mesh = quickstart_mesh(gateway);
-    assert!(mesh.contains(plain), "the quickstart's web rule moved");
-    let mesh = mesh.replace(plain, "  - chain: scan\n    backends:\n    - {service: web, version: v1, weight: 80}")
-        + &format!(
-            "\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: acl}}\nspec: {{ports: [{{name: http, port: 80}}], endpoints: [{{address: \"{}\", version: v1}}]}}\n\
-             ---\napiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http, events: [checked]}}\n\
-             ---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: scan}}\nspec:\n  chain:\n  - {{function: acl}}\n  handlers:\n    checked: \"trefoil.tag('user', 'ann')\"\n",
-            function.addr
-        );
-    let mut up = start(&mesh, gateway);
+    let mut mesh = quickstart_resources(gateway);
+    let web_rule = mesh
+        .iter_mut()
+        .filter_map(|r| match &mut r.spec {
+            Spec::Route(route) => Some(route),
+            _ => None,
+        })
+        .flat_map(|route| route.rules.iter_mut())
+        .find(|rule| rule.backends.contains(&version_backend("web", "v1", 80)))
+        .expect("the quickstart's web rule moved");
+    web_rule.chain = Some("scan".into());
+    let acl = ServiceSpec {
+        ports: vec![ServicePort { name: "http".into(), port: 80, protocol: AppProtocol::Http }],
+        endpoints: vec![Endpoint { address: acl_function.addr.to_string(), version: "v1".into() }],
+    };
+    mesh.extend([
+        resource("acl", Spec::Service(acl)),
+        network_function("acl", NetworkFunctionSpec { events: strings(&["checked"]), ..function("acl") }),
+        cnf_with_handler("scan", vec![step("acl")], "checked", "trefoil.tag('user', 'ann')"),
+    ]);
+    let mut up = start(mesh, gateway);
     let spans = without_attempts(&traced_request(&up, gateway, 10));
     let (gw, step, handler, web_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
     assert_eq!(gw["service"], "gateway", "{spans:#?}");
@@ -179,12 +195,11 @@ fn a_retried_request_shows_each_attempt_as_a_span() {
     let control = Control::start(&scratch_dir().join("control"));
     let flaky = TestServer::spawn(&["--name", "flaky", "--fail-every", "2"]);
     let public = free_addr();
-    let mut proxy = Proxy::start(format!(
-        "{}{}{}",
+    let mut proxy = Proxy::start(vec![
         listener("public", public),
-        service("web", "http", &[(flaky.addr(), "v1")]),
-        web_route("    retry: {attempts: 2, on: [5xx], backoff: 1ms}\n")
-    ));
+        service("web", &[(flaky.addr(), "v1")]),
+        route("web", &["*"], vec![RouteRule { retry: Some(retry(2, &[RetryOn::ServerError], ms(1))), ..rule_to("web") }]),
+    ]);
     // A standalone proxy exports only when its Proxy resource says where.
     proxy.export_traces_to(&control.url());
     proxy.signal(libc::SIGHUP);
