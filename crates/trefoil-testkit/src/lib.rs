@@ -13,6 +13,18 @@
 //!   HTTP/1.1 client and raw exchanges, curl, signals and resource limits,
 //!   and resources as typed `trefoil_model` values ([`resources`]).
 //!
+//! ```no_run
+//! use trefoil_testkit::resources::{listener, route_all, service};
+//! use trefoil_testkit::{free_addr, http_get, Proxy, TestServer};
+//!
+//! let a = TestServer::spawn(&["--name", "a", "--fail-every", "3"]);
+//! let public = free_addr();
+//! let proxy = Proxy::start(vec![listener("public", public), service("web", &[(a.addr(), "v1")]), route_all("web")]);
+//! let (status, headers, body) = http_get(public, "svc.test", "/");
+//! assert_eq!((status, body.as_str(), headers["x-served-by"].as_str()), (200, "a\n", "a"));
+//! assert_eq!(proxy.metric_sum("trefoil_requests_total", &["status_code=\"200\""]), 1.0);
+//! ```
+//!
 //! Everything here is blocking std code on purpose: tests that use it stay
 //! synchronous and need no async runtime. Helpers panic with a descriptive
 //! message on failure: they are for tests.
