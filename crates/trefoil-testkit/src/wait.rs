@@ -2,7 +2,9 @@
 //! free ports rather than fixed ones, and wait on a condition (bounded, polled)
 //! rather than sleeping for a guessed time.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,11 +21,20 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
+    // Every test of a binary runs in one process: a port handed out once
+    // is not handed out again, or two servers of one test (a proxy's admin
+    // and its listener, say) could be given the same port before either binds.
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let listener = (0..64)
         .filter(|_| ephemeral_start > 21000)
-        .find_map(|_| TcpListener::bind(("127.0.0.1", fastrand::u16(20000..ephemeral_start))).ok())
+        .map(|_| fastrand::u16(20000..ephemeral_start))
+        .filter(|port| !given.contains(port))
+        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
         .unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port"));
-    listener.local_addr().expect("reading local address of probe listener").port()
+    let port = listener.local_addr().expect("reading local address of probe listener").port();
+    given.insert(port);
+    port
 }
 
 /// A loopback address whose port was free a moment ago (see [`free_port`]).
@@ -73,6 +84,12 @@ mod tests {
         let port = free_port();
         assert_ne!(port, 0);
         TcpListener::bind(("127.0.0.1", port)).expect("free port can be bound");
+    }
+
+    #[test]
+    fn no_port_is_handed_out_twice() {
+        let ports: BTreeSet<u16> = (0..500).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 500);
     }
 
     #[test]
