@@ -9,6 +9,7 @@ pub mod located_yaml;
 pub mod resource;
 pub mod spec;
 pub mod validate;
+pub mod version;
 
 pub use check::check_all;
 pub use diagnostic::{Diagnostic, Diagnostics};
@@ -16,3 +17,4 @@ pub use duration::Duration;
 pub use load::{from_yaml, load_all_path, load_all_str, load_path, load_str, Loaded, SourcedResource};
 pub use resource::{Metadata, Resource, Spec, API_VERSION};
 pub use validate::{validate, validate_each};
+pub use version::ResourceVersion;
