@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use trefoil_api::{Deleted, ErrorBody, List, WatchEvent};
 use trefoil_model::resource::{CONTROLLER_KINDS, KINDS};
-use trefoil_model::Diagnostic;
+use trefoil_model::{Diagnostic, ResourceVersion};
 
 use crate::store::{Event, Store, StoreError, Stored};
 
@@ -31,24 +32,26 @@ pub fn router(store: Arc<Store>) -> Router {
         .with_state(store)
 }
 
-/// An error as the API answers it: a status and a JSON body.
+/// An error as the API answers it: a status and the contract's error body.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
-    errors: Vec<Diagnostic>,
+    body: ErrorBody,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), errors: Vec::new() }
+        ApiError { status, body: ErrorBody::new(message) }
+    }
+
+    fn invalid(errors: Vec<Diagnostic>) -> Self {
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: ErrorBody { error: "invalid resource".into(), errors } }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.message, "errors": self.errors});
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
@@ -68,7 +71,7 @@ pub async fn rescue(response: Response) -> Response {
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    let body = serde_json::to_vec(&json!({"error": message, "errors": []})).unwrap_or_default();
+    let body = serde_json::to_vec(&ErrorBody::new(message)).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
 }
 
@@ -121,7 +124,7 @@ async fn list(State(store): State<Arc<Store>>, Path(kind): Path<String>, Query(q
         return Ok(watch(store, kind));
     }
     let items: Vec<Value> = store.list(kind).iter().map(present).collect();
-    Ok(Json(json!({"kind": format!("{kind}List"), "resourceVersion": store.revision().to_string(), "items": items})).into_response())
+    Ok(Json(List { kind: format!("{kind}List"), resource_version: ResourceVersion::new(store.revision()), items }).into_response())
 }
 
 async fn watch_kind(State(store): State<Arc<Store>>, Path(kind): Path<String>) -> Result<Response, ApiError> {
@@ -140,19 +143,21 @@ fn watch(store: Arc<Store>, kind: &'static str) -> Response {
     let rx = store.subscribe();
     // Listed now, not when the stream is first polled.
     #[allow(clippy::needless_collect)]
-    let initial: Vec<Bytes> = store.list(kind).iter().map(|s| line("ADDED", s)).collect();
+    let initial: Vec<Bytes> = store.list(kind).iter().map(|s| line(&WatchEvent::Added { object: present(s) })).collect();
     let changes = futures_util::stream::unfold(Some(rx), move |rx| async move {
         let mut rx = rx?;
         loop {
             match rx.recv().await {
-                Ok(Event::Put(s)) if s.kind == kind => return Some((Ok::<_, std::convert::Infallible>(line("MODIFIED", &s)), Some(rx))),
-                Ok(Event::Deleted(s)) if s.kind == kind => return Some((Ok(line("DELETED", &s)), Some(rx))),
+                Ok(Event::Put(s)) if s.kind == kind => {
+                    return Some((Ok::<_, std::convert::Infallible>(line(&WatchEvent::Modified { object: present(&s) })), Some(rx)))
+                }
+                Ok(Event::Deleted(s)) if s.kind == kind => return Some((Ok(line(&WatchEvent::Deleted { object: present(&s) })), Some(rx))),
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // The watcher fell behind and missed changes: tell it to
                     // list again, and end (going on would show it a state
                     // with holes; ending also frees its buffers and slot).
-                    return Some((Ok(Bytes::from_static(b"{\"type\":\"ERROR\",\"error\":\"watch fell behind; list again\"}\n")), None));
+                    return Some((Ok(line(&WatchEvent::Error { error: "watch fell behind; list again".into() })), None));
                 }
                 Err(_) => return None,
             }
@@ -165,8 +170,8 @@ fn watch(store: Arc<Store>, kind: &'static str) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn line(kind: &str, s: &Stored) -> Bytes {
-    let mut out = serde_json::to_vec(&json!({"type": kind, "object": present(s)})).unwrap_or_default();
+fn line(event: &WatchEvent<Value>) -> Bytes {
+    let mut out = serde_json::to_vec(event).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
 }
@@ -182,18 +187,16 @@ async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String,
 /// Parses and validates one resource from a request body (YAML or JSON).
 fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    let invalid =
-        |errors: Vec<Diagnostic>| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: "invalid resource".into(), errors };
     // Every problem in one answer: the shape errors, and the checks on what could be read.
     let loaded = trefoil_model::load_all_str(&Arc::from("request body"), text);
     if !loaded.problems.is_empty() {
-        return Err(invalid(trefoil_model::check_all(&loaded, false)));
+        return Err(ApiError::invalid(trefoil_model::check_all(&loaded, false)));
     }
     let sources = loaded.resources;
     let [source] = sources.as_slice() else {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body must hold exactly one resource, not {}", sources.len())));
     };
-    trefoil_model::validate_each(&sources).map_err(|d| invalid(d.0))?;
+    trefoil_model::validate_each(&sources).map_err(|d| ApiError::invalid(d.0))?;
     let resource = &source.resource;
     if resource.kind() != kind {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body is a {}, the path says {kind}", resource.kind())));
@@ -203,9 +206,13 @@ fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u
     }
     let expected = match &resource.metadata.resource_version {
         None => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("metadata.resourceVersion {rv:?} is not a version this server issued"))
-        })?),
+        Some(rv) => Some(
+            rv.parse::<ResourceVersion>()
+                .map_err(|_| {
+                    ApiError::new(StatusCode::BAD_REQUEST, format!("metadata.resourceVersion {rv:?} is not a version this server issued"))
+                })?
+                .get(),
+        ),
     };
     let mut value = serde_json::to_value(resource).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -272,7 +279,7 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
     let rv = store.delete(kind, &name, q.resource_version)?;
-    Ok(Json(json!({"deleted": format!("{kind}/{name}"), "resourceVersion": rv.to_string()})).into_response())
+    Ok(Json(Deleted { deleted: format!("{kind}/{name}"), resource_version: ResourceVersion::new(rv) }).into_response())
 }
 
 async fn openapi() -> Json<Value> {
@@ -284,6 +291,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    const WAIT: Duration = Duration::from_secs(20);
 
     #[tokio::test]
     async fn a_watch_that_falls_behind_is_told_and_ends() {
@@ -307,5 +316,81 @@ mod tests {
         assert!(ended.is_ok(), "the stream went on after falling behind; last: {:?}", lines.last());
         assert!(lines[0].contains("\"ADDED\""), "{}", lines[0]);
         assert!(lines.last().is_some_and(|l| l.contains("\"ERROR\"") && l.contains("list again")), "{:?}", lines.last());
+    }
+    /// The whole REST surface on a loopback port, over a fresh store.
+    async fn serve_all(test: &str) -> (std::net::SocketAddr, Arc<Store>) {
+        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        let proxies = Arc::new(crate::proxies::Proxies::default());
+        let app = router(store.clone())
+            .merge(crate::traces::api::router(Arc::new(crate::traces::TraceStore::default())))
+            .merge(crate::rollout::actions::router(store.clone()))
+            .merge(crate::status::router(store.clone(), proxies))
+            .layer(axum::middleware::map_response(rescue));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::server::serve(listener, app, crate::server::Limits::default(), std::future::pending()));
+        (addr, store)
+    }
+
+    fn service(name: &str) -> trefoil_model::Resource {
+        let yaml = format!(
+            "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{{address: \"127.0.0.1:9001\", version: v1}}]\n"
+        );
+        trefoil_model::load_str(&Arc::from("test"), &yaml).unwrap().remove(0).resource
+    }
+
+    #[tokio::test]
+    async fn the_typed_client_reads_every_answer_the_server_writes() {
+        let (addr, _store) = serve_all("client").await;
+        let api = trefoil_api::Client::for_addr(addr).with_timeout(Duration::from_secs(20));
+        api.reachable().await.unwrap();
+
+        let written = api.apply(&service("web")).await.unwrap();
+        assert!(written.created);
+        let first = written.resource_version().unwrap();
+        let again = api.apply(&service("web")).await.unwrap();
+        assert!(!again.created && again.resource_version() > Some(first));
+        assert_eq!(again.resource.as_ref().and_then(|r| r.metadata.generation), Some(1), "same spec, same generation");
+
+        let list = api.list("services").await.unwrap();
+        assert_eq!((list.kind.as_str(), list.items.len()), ("ServiceList", 1));
+        assert_eq!(list.resource_version, again.resource_version().unwrap());
+        assert_eq!(api.get("Service", "web").await.unwrap().name(), "web");
+        assert_eq!(api.find("Service", "nope").await.unwrap(), None);
+
+        // A refusal carries its status and the API's error body.
+        let taken = api.create(&service("web")).await.unwrap_err();
+        assert_eq!(taken.status(), Some(409));
+        assert!(taken.body().unwrap().error.contains("already exists"), "{taken}");
+        assert!(!api.get("widgets", "x").await.unwrap_err().is_transient());
+
+        let mut watch = api.watch("Service").await.unwrap();
+        let added = watch.next().await.unwrap().unwrap();
+        assert!(matches!(&added, trefoil_api::WatchEvent::Added { object } if object.name() == "web"), "{added:?}");
+        let deleted = api.delete("Service", "web").await.unwrap();
+        assert_eq!(deleted.deleted, "Service/web");
+        let gone = tokio::time::timeout(WAIT, watch.next()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(gone, trefoil_api::WatchEvent::Deleted { .. }), "{gone:?}");
+
+        let status = api.proxies().await.unwrap();
+        assert!(status.items.is_empty());
+        assert!(api.traces(5).await.unwrap().items.is_empty());
+        assert_eq!(api.trace(&"a".repeat(32)).await.unwrap_err().status(), Some(404));
+        let missing = api.rollout_action("nope", trefoil_api::RolloutAction::Pause).await.unwrap_err();
+        assert_eq!(missing.status(), Some(404), "{missing}");
+    }
+
+    #[test]
+    fn the_blocking_client_works_without_a_runtime_of_its_own() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (addr, _store) = rt.block_on(serve_all("blocking"));
+        let api = trefoil_api::blocking::Client::for_addr(addr).unwrap();
+        assert!(api.apply(&service("web")).unwrap().created);
+        assert_eq!(api.list("Service").unwrap().items.len(), 1);
+        let mut watch = api.watch("Service").unwrap();
+        assert!(matches!(watch.next(), Some(Ok(trefoil_api::WatchEvent::Added { .. }))));
     }
 }

@@ -319,7 +319,7 @@ mod tests {
         // The holder's session is the live one: its ACK is taken.
         holder.say.send(ProxyMessage::ack(snapshot.version, snapshot.hash)).unwrap();
         let deadline = Instant::now() + WAIT;
-        while proxies.status(&[])[0].acked_version != Some(snapshot.version) {
+        while proxies.status(&[])[0].acked_version != Some(snapshot.version.into()) {
             assert!(Instant::now() < deadline, "the holder's ACK was not recorded");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -190,3 +190,108 @@ pub fn document() -> Value {
         }}
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde::Serialize;
+    use trefoil_api::traces::{FollowEvent, Span, SpanEvent, Trace, TraceList, TraceStatus, TraceSummary};
+    use trefoil_api::{Deleted, ErrorBody, List, Nack, ProxyStatus, ProxyStatusList, RolloutActed};
+    use trefoil_model::{Diagnostic, Metadata};
+
+    use super::*;
+
+    /// The names of a schema's properties.
+    fn properties(schema: &Value) -> BTreeSet<String> {
+        schema["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The fields `value` has on the wire, with every optional one filled.
+    fn fields<T: Serialize>(value: &T) -> BTreeSet<String> {
+        serde_json::to_value(value).unwrap().as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The schema lists exactly the type's fields, and requires none it may leave out.
+    fn agrees<T: Serialize>(what: &str, schema: &Value, full: &T) {
+        assert!(schema.is_object(), "{what}: no such schema");
+        let wire = fields(full);
+        assert_eq!(properties(schema), wire, "{what}: the document's properties against the type's fields");
+        for required in schema["required"].as_array().into_iter().flatten() {
+            assert!(wire.contains(required.as_str().unwrap()), "{what} requires {required}, which the type does not have");
+        }
+    }
+
+    fn span() -> Span {
+        let event = SpanEvent { name: "checked".into(), time_unix_nano: 2, attributes: BTreeMap::new() };
+        Span {
+            trace_id: "t".into(),
+            span_id: "s".into(),
+            parent_span_id: Some("p".into()),
+            name: "GET".into(),
+            service: "edge".into(),
+            start_unix_nano: 1,
+            end_unix_nano: 3,
+            error: false,
+            attributes: BTreeMap::new(),
+            events: vec![event],
+        }
+    }
+
+    fn json_schema<'a>(doc: &'a Value, path: &str, method: &str, status: &str) -> &'a Value {
+        &doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+    }
+
+    #[test]
+    fn the_document_lists_the_contract_types_fields() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let proxy = ProxyStatus {
+            admin_address: Some("127.0.0.1:15000".into()),
+            latest_version: Some(2.into()),
+            acked_version: Some(1.into()),
+            nack: Some(Nack { version: 2.into(), error: "bad".into() }),
+            last_seen: Some("2026-01-01T00:00:00Z".into()),
+            ..ProxyStatus::declared("edge")
+        };
+        agrees("ProxyStatus", &schemas["ProxyStatus"], &proxy);
+        agrees("ProxyStatus.nack", &schemas["ProxyStatus"]["properties"]["nack"], proxy.nack.as_ref().unwrap());
+        agrees("ProxyStatusList", &schemas["ProxyStatusList"], &ProxyStatusList::new(1.into(), vec![proxy]));
+
+        let summary = TraceSummary {
+            trace_id: "t".into(),
+            root: "GET".into(),
+            service: "edge".into(),
+            start_unix_nano: 1,
+            duration_ms: 1.0,
+            spans: 1,
+            status: TraceStatus::Ok,
+        };
+        agrees("TraceList", &schemas["TraceList"], &TraceList::new(vec![summary.clone()]));
+        agrees("TraceList.items", &schemas["TraceList"]["properties"]["items"]["items"], &summary);
+        agrees("Span", &schemas["Span"], &span());
+        agrees("Span.events", &schemas["Span"]["properties"]["events"]["items"], &span().events[0]);
+        agrees("Trace", json_schema(&doc, "/api/v1/traces/{traceId}", "get", "200"), &Trace::new("t".into(), vec![span()]));
+        // A follow line's span is the same Span.
+        assert!(serde_json::to_value(FollowEvent::Span { span: span() }).unwrap()["span"].is_object());
+
+        let diagnostic = Diagnostic { file: "f".into(), line: 1, column: 2, field: "spec".into(), message: "bad".into() };
+        let error = ErrorBody { error: "invalid resource".into(), errors: vec![diagnostic.clone()] };
+        agrees("Error", &schemas["Error"], &error);
+        agrees("Error.errors", &schemas["Error"]["properties"]["errors"]["items"], &diagnostic);
+
+        let list = List::<Value> { kind: "RouteList".into(), resource_version: 1.into(), items: vec![] };
+        agrees("List", &schemas["List"], &list);
+        let metadata = Metadata {
+            name: "web".into(),
+            labels: BTreeMap::from([("a".into(), "b".into())]),
+            resource_version: Some("1".into()),
+            generation: Some(1),
+        };
+        agrees("Resource.metadata", &schemas["Resource"]["properties"]["metadata"], &metadata);
+        let deleted = Deleted { deleted: "Route/web".into(), resource_version: 2.into() };
+        agrees("DELETE 200", json_schema(&doc, "/api/v1/{kind}/{name}", "delete", "200"), &deleted);
+        let acted = RolloutActed { name: "web".into(), status: Default::default() };
+        agrees("rollout action 200", json_schema(&doc, "/api/v1/rollouts/{name}/{action}", "post", "200"), &acted);
+    }
+}

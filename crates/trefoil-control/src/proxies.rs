@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use serde::Serialize;
 use tokio::sync::watch;
+use trefoil_api::{Nack, ProxyStatus};
+use trefoil_model::ResourceVersion;
 use trefoil_wire::Snapshot;
 
 use crate::compile::ProxySnapshot;
@@ -15,29 +16,6 @@ use crate::compile::ProxySnapshot;
 /// The latest snapshot for a session's outbound stream; a slow proxy only
 /// ever gets the newest one, never a backlog.
 pub type Outbox = watch::Sender<Option<Snapshot>>;
-
-/// A rejected snapshot.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Nack {
-    pub version: u64,
-    pub error: String,
-}
-
-/// One proxy as `GET /api/v1/status/proxies` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProxyStatus {
-    pub name: String,
-    pub connected: bool,
-    pub admin_address: Option<String>,
-    /// The newest snapshot compiled for it (and sent, unless it was rejected before).
-    pub latest_version: Option<u64>,
-    /// The snapshot it said it serves.
-    pub acked_version: Option<u64>,
-    pub nack: Option<Nack>,
-    /// RFC 3339: the last message, connect or disconnect.
-    pub last_seen: Option<String>,
-}
 
 /// One open stream.
 struct Session {
@@ -116,10 +94,10 @@ impl Proxies {
     }
 
     /// The store revision every connected proxy's latest snapshot reflects:
-    /// a client that wrote at revision R and sees this >= R, with every proxy's
-    /// acked version equal to its latest, knows its write reached them all.
-    pub fn compiled_revision(&self) -> u64 {
-        self.compiled_revision.load(Ordering::Relaxed)
+    /// a client that wrote at revision R and sees this >= R, with every proxy
+    /// in sync (`ProxyStatus::in_sync`), knows its write reached them all.
+    pub fn compiled_revision(&self) -> ResourceVersion {
+        ResourceVersion::new(self.compiled_revision.load(Ordering::Relaxed))
     }
 
     /// Registers a stream; returns its session id. A name is held by one
@@ -218,7 +196,7 @@ impl Proxies {
         entry.last_seen = Some(SystemTime::now());
         entry.acked = Some((version, hash));
         // A newer snapshot in force supersedes an older rejection.
-        if entry.nack.as_ref().is_some_and(|n| n.version <= version) {
+        if entry.nack.as_ref().is_some_and(|n| n.version.get() <= version) {
             entry.nack = None;
         }
         tracing::info!(proxy = name, version, "snapshot acked");
@@ -229,7 +207,7 @@ impl Proxies {
         let mut entries = self.lock();
         let Some(entry) = entries.get_mut(name).filter(|e| e.session.as_ref().is_some_and(|s| s.id == session)) else { return };
         entry.last_seen = Some(SystemTime::now());
-        entry.nack = Some(Nack { version, error: error.to_string() });
+        entry.nack = Some(Nack { version: ResourceVersion::new(version), error: error.to_string() });
         entry.nacked_hash = Some(hash);
         for line in error.lines() {
             tracing::error!(proxy = name, version, "snapshot rejected: {line}");
@@ -242,18 +220,7 @@ impl Proxies {
         let entries = self.lock();
         let mut out: BTreeMap<&str, ProxyStatus> = BTreeMap::new();
         for name in declared {
-            out.insert(
-                name,
-                ProxyStatus {
-                    name: name.clone(),
-                    connected: false,
-                    admin_address: None,
-                    latest_version: None,
-                    acked_version: None,
-                    nack: None,
-                    last_seen: None,
-                },
-            );
+            out.insert(name, ProxyStatus::declared(name.clone()));
         }
         for (name, e) in entries.iter() {
             out.insert(
@@ -262,8 +229,8 @@ impl Proxies {
                     name: name.clone(),
                     connected: e.session.is_some(),
                     admin_address: e.admin_address.clone(),
-                    latest_version: e.latest.map(|(v, _)| v),
-                    acked_version: e.acked.map(|(v, _)| v),
+                    latest_version: e.latest.map(|(v, _)| ResourceVersion::new(v)),
+                    acked_version: e.acked.map(|(v, _)| ResourceVersion::new(v)),
                     nack: e.nack.clone(),
                     last_seen: e.last_seen.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                 },
@@ -318,8 +285,8 @@ mod tests {
         proxies.nack("edge", s, 5, 50, "snapshot 5:1:1: bad");
         assert!(!proxies.offer("edge", &snapshot(6, 50)), "rejected content is not resent");
         let status = &proxies.status(&[])[0];
-        assert_eq!((status.latest_version, status.acked_version), (Some(5), Some(3)));
-        assert_eq!(status.nack.as_ref().map(|n| n.version), Some(5));
+        assert_eq!((status.latest_version, status.acked_version), (Some(5.into()), Some(3.into())));
+        assert_eq!(status.nack.as_ref().map(|n| n.version), Some(5.into()));
         assert!(proxies.offer("edge", &snapshot(7, 70)));
         proxies.ack("edge", s, 7, 70);
         assert_eq!(proxies.status(&[])[0].nack, None, "a newer ack clears the rejection");
@@ -333,7 +300,8 @@ mod tests {
         let s = proxies.connect(&hello(9, 90), tx).unwrap();
         assert!(!proxies.offer("edge", &snapshot(12, 90)));
         let status = &proxies.status(&["edge".into(), "idle".into()]);
-        assert_eq!((status[0].connected, status[0].acked_version, status[0].latest_version), (true, Some(9), Some(9)));
+        assert_eq!((status[0].connected, status[0].acked_version, status[0].latest_version), (true, Some(9.into()), Some(9.into())));
+        assert!(status[0].in_sync());
         assert_eq!((status[1].name.as_str(), status[1].connected), ("idle", false));
         proxies.disconnect("edge", s);
         assert!(!proxies.status(&[])[0].connected);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use trefoil_api::ProxyStatusList;
 
 use crate::proxies::Proxies;
 use crate::store::Store;
@@ -15,7 +15,7 @@ pub fn router(store: Arc<Store>, proxies: Arc<Proxies>) -> Router {
 }
 
 /// Every proxy that connected, and every `Proxy` resource that never did.
-async fn list(State((store, proxies)): State<(Arc<Store>, Arc<Proxies>)>) -> Json<Value> {
+async fn list(State((store, proxies)): State<(Arc<Store>, Arc<Proxies>)>) -> Json<ProxyStatusList> {
     let declared: Vec<String> = store.list("Proxy").into_iter().map(|s| s.name).collect();
-    Json(json!({"kind": "ProxyStatusList", "compiledRevision": proxies.compiled_revision(), "items": proxies.status(&declared)}))
+    Json(ProxyStatusList::new(proxies.compiled_revision(), proxies.status(&declared)))
 }

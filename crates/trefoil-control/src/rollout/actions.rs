@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::json;
+use trefoil_api::{ErrorBody, RolloutActed};
 
 use super::{now_ms, persist, plan, rollout_of, status_of, Action, RolloutError};
 use crate::store::{Store, StoreError};
@@ -22,7 +22,7 @@ pub fn router(store: Arc<Store>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into(), "errors": []}))).into_response()
+    (status, Json(ErrorBody::new(message))).into_response()
 }
 
 async fn act(State(store): State<Arc<Store>>, Path((name, action)): Path<(String, String)>) -> Response {
@@ -35,7 +35,7 @@ async fn act(State(store): State<Arc<Store>>, Path((name, action)): Path<(String
             Err(Failure::Missing(what)) => return error(StatusCode::NOT_FOUND, what),
             Err(Failure::Refused(e)) => return error(StatusCode::CONFLICT, e.to_string()),
             Err(Failure::Rollout(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            Ok(status) => return Json(json!({"name": name, "status": status})).into_response(),
+            Ok(status) => return Json(RolloutActed { name, status }).into_response(),
         }
     }
     error(StatusCode::CONFLICT, format!("RolloutStatus/{name} kept changing; try again"))

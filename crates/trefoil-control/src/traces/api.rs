@@ -14,6 +14,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use trefoil_api::traces::{FollowEvent, Trace, TraceList};
+use trefoil_api::ErrorBody;
 
 use super::otlp;
 use super::span::Span;
@@ -33,7 +35,7 @@ pub fn router(store: Arc<TraceStore>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into(), "errors": []}))).into_response()
+    (status, Json(ErrorBody::new(message))).into_response()
 }
 
 /// OTLP/HTTP: answers 200 with a partial success naming the spans it could
@@ -62,7 +64,7 @@ async fn list(State(store): State<Arc<TraceStore>>, Query(q): Query<ListQuery>) 
         return follow(store, None);
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    Json(json!({"kind": "TraceList", "items": store.recent(limit)})).into_response()
+    Json(TraceList::new(store.recent(limit))).into_response()
 }
 
 /// Any non-negative integer, however large (the list is capped anyway):
@@ -97,7 +99,7 @@ async fn read(State(store): State<Arc<TraceStore>>, Path(trace_id): Path<String>
         return follow(store, Some(trace_id));
     }
     match store.trace(&trace_id) {
-        Some(spans) => Json(json!({"kind": "Trace", "traceId": trace_id, "spans": spans})).into_response(),
+        Some(spans) => Json(Trace::new(trace_id, spans)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no trace {trace_id} (never seen, or evicted)")),
     }
 }
@@ -112,22 +114,18 @@ fn follow(store: Arc<TraceStore>, trace_id: Option<String>) -> Response {
     let already: Arc<HashSet<String>> = Arc::new(held.iter().map(|s| s.span_id.clone()).collect());
     // Encoded now, while `held` is at hand.
     #[allow(clippy::needless_collect)]
-    let lines: Vec<Bytes> = held.iter().map(line).collect();
+    let lines: Vec<Bytes> = held.iter().map(|span| line(&FollowEvent::Span { span: span.clone() })).collect();
     let new = futures_util::stream::unfold(rx, move |mut rx| {
         let (trace_id, already) = (trace_id.clone(), already.clone());
         async move {
             loop {
                 match rx.recv().await {
                     Ok(span) if trace_id.as_deref().is_none_or(|t| t == span.trace_id) && !already.contains(&span.span_id) => {
-                        return Some((Ok::<_, std::convert::Infallible>(line(&span)), rx));
+                        return Some((Ok::<_, std::convert::Infallible>(line(&FollowEvent::Span { span: Span::clone(&span) })), rx));
                     }
                     Ok(_) => continue,
                     // The follower fell behind and missed spans: say so and go on.
-                    Err(RecvError::Lagged(n)) => {
-                        let mut out = serde_json::to_vec(&json!({"type": "LAGGED", "missed": n})).unwrap_or_default();
-                        out.push(b'\n');
-                        return Some((Ok(Bytes::from(out)), rx));
-                    }
+                    Err(RecvError::Lagged(n)) => return Some((Ok(line(&FollowEvent::Lagged { missed: n })), rx)),
                     Err(RecvError::Closed) => return None,
                 }
             }
@@ -140,8 +138,8 @@ fn follow(store: Arc<TraceStore>, trace_id: Option<String>) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn line(span: &Span) -> Bytes {
-    let mut out = serde_json::to_vec(&json!({"type": "SPAN", "span": span})).unwrap_or_default();
+fn line(event: &FollowEvent) -> Bytes {
+    let mut out = serde_json::to_vec(event).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
 }

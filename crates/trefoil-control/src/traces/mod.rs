@@ -7,7 +7,8 @@ pub mod span;
 pub mod store;
 
 pub use span::{Span, SpanEvent};
-pub use store::{TraceStore, TraceSummary};
+pub use store::TraceStore;
+pub use trefoil_api::traces::TraceSummary;
 
 #[cfg(test)]
 mod tests;

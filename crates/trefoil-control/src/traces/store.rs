@@ -6,8 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::broadcast;
+use trefoil_api::traces::{TraceStatus, TraceSummary};
 
 use super::span::Span;
 
@@ -16,27 +16,6 @@ pub const MAX_SPANS: usize = 50_000;
 /// Default cap on spans of one trace; later ones are dropped (a loop or a
 /// storm of retries must not push every other trace out).
 pub const MAX_SPANS_PER_TRACE: usize = 1_000;
-
-/// One line of the recent-traces list.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TraceSummary {
-    pub trace_id: String,
-    /// The name of the earliest span whose parent is not in the trace.
-    pub root: String,
-    /// Its service.
-    pub service: String,
-    #[serde(serialize_with = "as_string")]
-    pub start_unix_nano: u64,
-    pub duration_ms: f64,
-    pub spans: usize,
-    /// `error` when any span failed, else `ok`.
-    pub status: &'static str,
-}
-
-fn as_string<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
 
 #[derive(Default)]
 struct Inner {
@@ -142,6 +121,6 @@ fn summarize(id: &str, spans: &[Span]) -> Option<TraceSummary> {
         start_unix_nano: start,
         duration_ms: (end - start) as f64 / 1e6,
         spans: spans.len(),
-        status: if spans.iter().any(|s| s.error) { "error" } else { "ok" },
+        status: if spans.iter().any(|s| s.error) { TraceStatus::Error } else { TraceStatus::Ok },
     })
 }

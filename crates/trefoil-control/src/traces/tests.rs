@@ -92,7 +92,7 @@ fn a_trace_is_served_in_start_order_with_its_root_summarized() {
     assert_eq!(recent.len(), 1);
     let t = &recent[0];
     // Span 1's parent (the client's span) is not in the trace: it is the root.
-    assert_eq!((t.root.as_str(), t.service.as_str(), t.spans, t.status), ("span 1", "edge", 3, "ok"));
+    assert_eq!((t.root.as_str(), t.service.as_str(), t.spans, t.status), ("span 1", "edge", 3, trefoil_api::traces::TraceStatus::Ok));
     assert_eq!(t.duration_ms, 100.0);
     assert!(store.trace(&"08".repeat(16)).is_none());
 }
