@@ -2,7 +2,6 @@
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad input.
 
 mod commands;
-mod observe;
 mod output;
 
 use std::process::ExitCode;

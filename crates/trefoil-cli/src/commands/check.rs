@@ -1,14 +1,14 @@
 //! `trefoil check`: is the mesh healthy? One line per check, exit 1 if any fails.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
+use trefoil_api::{Client, ProxyStatus};
 use trefoil_metrics::fetch::Fetcher;
-use trefoil_model::{Resource, Spec};
+use trefoil_model::relations::{self, Mesh};
 
-use crate::observe::control_plane::{version_text, ControlPlane, ProxyStatus};
+use crate::commands::client::version_text;
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.
@@ -69,22 +69,24 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
+/// One deadline for every call: a check that hangs is a failed check.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn checks(server: &str) -> Vec<Check> {
-    let fetcher = Fetcher::new(Duration::from_secs(3));
-    let control = ControlPlane { fetcher: &fetcher, base: server };
+    let control = Client::new(server).with_timeout(TIMEOUT);
     if let Err(e) = control.reachable().await {
         // Every other check asks the control plane; one clear failure beats many echoes.
         return vec![Check::new("control plane", false, e.to_string())];
     }
     let mut out = vec![Check::new("control plane", true, format!("reachable at {server}"))];
-    out.extend(proxy_checks(&control).await);
+    out.extend(proxy_checks(&control, &Fetcher::new(TIMEOUT)).await);
     out.extend(workload_checks(&control).await);
     out
 }
 
-async fn proxy_checks(control: &ControlPlane<'_>) -> Vec<Check> {
+async fn proxy_checks(control: &Client, fetcher: &Fetcher) -> Vec<Check> {
     let proxies = match control.proxies().await {
-        Ok(p) => p,
+        Ok(p) => p.items,
         Err(e) if e.status() == Some(404) => {
             return vec![Check::new(
                 "proxies",
@@ -100,7 +102,7 @@ async fn proxy_checks(control: &ControlPlane<'_>) -> Vec<Check> {
     let mut out = Vec::new();
     for p in &proxies {
         out.push(config_check(p));
-        out.push(ready_check(control.fetcher, p).await);
+        out.push(ready_check(fetcher, p).await);
     }
     out
 }
@@ -111,13 +113,12 @@ fn config_check(p: &ProxyStatus) -> Check {
     if !p.connected {
         return Check::new(name, false, "not connected to the control plane");
     }
-    let (latest, acked) = (version_text(&p.latest_version), version_text(&p.acked_version));
-    // A NACK of an older snapshot is history once a newer one is acknowledged.
-    if latest == acked && acked != "-" {
+    let (latest, acked) = (version_text(p.latest_version), version_text(p.acked_version));
+    if p.in_sync() {
         return Check::new(name, true, format!("connected, snapshot {acked} acknowledged"));
     }
     match &p.nack {
-        Some(nack) => Check::new(name, false, format!("refused snapshot {}: {}", version_text(&nack.version), nack.error)),
+        Some(nack) => Check::new(name, false, format!("refused snapshot {}: {}", nack.version, nack.error)),
         None => Check::new(name, false, format!("runs snapshot {acked}, newest is {latest}")),
     }
 }
@@ -136,39 +137,25 @@ async fn ready_check(fetcher: &Fetcher, p: &ProxyStatus) -> Check {
     }
 }
 
-async fn workload_checks(control: &ControlPlane<'_>) -> Vec<Check> {
-    let (workloads, endpoints) = match (control.list("Workload").await, control.list("Endpoints").await) {
-        (Ok(w), Ok(e)) => (w, e),
-        (Err(e), _) | (_, Err(e)) => return vec![Check::new("workloads", false, format!("cannot list workloads and endpoints: {e}"))],
-    };
-    if workloads.is_empty() {
-        return vec![Check::new("workloads", true, "no workloads")];
-    }
-    let ready = ready_replicas(&endpoints);
-    workloads
-        .iter()
-        .filter_map(|w| match &w.spec {
-            Spec::Workload(spec) => {
-                let n = ready.get(&(spec.service.as_str(), w.name())).copied().unwrap_or(0);
-                let detail = format!("{n}/{} replicas ready (service {})", spec.replicas, spec.service);
-                Some(Check::new(format!("workload {}", w.name()), n >= spec.replicas as usize, detail))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// Ready entries per (service, workload).
-fn ready_replicas(endpoints: &[Resource]) -> BTreeMap<(&str, &str), usize> {
-    let mut out = BTreeMap::new();
-    for r in endpoints {
-        if let Spec::Endpoints(e) = &r.spec {
-            for ep in e.endpoints.iter().filter(|ep| ep.ready) {
-                *out.entry((r.name(), ep.workload.as_str())).or_default() += 1;
-            }
+async fn workload_checks(control: &Client) -> Vec<Check> {
+    let mut resources = Vec::new();
+    for kind in relations::reads("check") {
+        match control.list(kind).await {
+            Ok(list) => resources.extend(list.items),
+            Err(e) => return vec![Check::new("workloads", false, format!("cannot list workloads and endpoints: {e}"))],
         }
     }
-    out
+    let readiness = Mesh::new(&resources).workload_readiness();
+    if readiness.is_empty() {
+        return vec![Check::new("workloads", true, "no workloads")];
+    }
+    readiness
+        .iter()
+        .map(|w| {
+            let detail = format!("{}/{} replicas ready (service {})", w.ready, w.replicas, w.service);
+            Check::new(format!("workload {}", w.name), w.is_ready(), detail)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,12 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use serde_json::Value;
+use trefoil_api::{ApiError, Client, ProxyStatus};
+use trefoil_model::{ResourceVersion, Spec};
 
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
@@ -57,50 +54,34 @@ pub(crate) struct DeleteArgs {
     output: Format,
 }
 
-/// A failed call: what to tell the user and which exit code to use.
-pub(crate) struct Failure {
-    pub message: String,
-    pub code: ExitCode,
-}
-
-pub(crate) type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-pub(crate) async fn call(
-    client: &HttpClient,
-    server: &str,
-    method: http::Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Value), Failure> {
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let req = http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| Failure { message: format!("bad request to {url}: {e}"), code: exit::bad_input() })?;
-    let resp = client.request(req).await.map_err(|e| Failure {
-        message: format!("cannot reach the control plane at {server}: {e} (is `trefoil control` running? see --server)"),
-        code: exit::failure(),
-    })?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-}
-
-pub(crate) fn server_error(status: u16, body: &Value) -> String {
-    let mut msg = format!("{status}: {}", body["error"].as_str().unwrap_or("request failed"));
-    for e in body["errors"].as_array().into_iter().flatten() {
-        msg.push_str(&format!(
-            "\n  {}:{}:{}: {}: {}",
-            e["file"].as_str().unwrap_or(""),
-            e["line"],
-            e["column"],
-            e["field"].as_str().unwrap_or(""),
-            e["message"].as_str().unwrap_or("")
-        ));
+impl Server {
+    /// The one API client, for this command's `--server`.
+    pub(crate) fn client(&self) -> Client {
+        Client::new(self.server.as_str())
     }
-    msg
+}
+
+/// What the resource commands say when a call fails.
+pub(crate) fn failure_text(server: &str, e: &ApiError) -> String {
+    match e {
+        ApiError::Unreachable { reason, .. } => {
+            format!("cannot reach the control plane at {server}: {reason} (is `trefoil control` running? see --server)")
+        }
+        ApiError::InvalidUrl { url, reason } => format!("bad request to {url}: {reason}"),
+        ApiError::Status { status, body, .. } => format!("{status}: {}", body.with_locations()),
+        other => other.to_string(),
+    }
+}
+
+/// Prints a failed call; the exit code: 2 when the user named something
+/// that is not there (a 404) or gave a server address that is not a URL, else 1.
+pub(crate) fn report(server: &str, e: &ApiError) -> ExitCode {
+    eprintln!("error: {}", failure_text(server, e));
+    match e {
+        ApiError::InvalidUrl { .. } => exit::bad_input(),
+        e if e.is_not_found() => exit::bad_input(),
+        _ => exit::failure(),
+    }
 }
 
 pub(crate) fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
@@ -110,16 +91,12 @@ pub(crate) fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> Exit
     }
 }
 
-pub(crate) fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
 #[derive(Serialize)]
 struct Applied {
     resource: String,
     result: String,
     #[serde(rename = "resourceVersion", skip_serializing_if = "Option::is_none")]
-    resource_version: Option<String>,
+    resource_version: Option<ResourceVersion>,
 }
 
 pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
@@ -138,32 +115,20 @@ pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
         }
     };
     run_async(async move {
-        let client = client();
+        let client = args.server.client();
         let mut results = Vec::new();
         let mut code = exit::ok();
         for s in &sources {
             let r = &s.resource;
             let id = format!("{}/{}", r.kind(), r.name());
-            let body = serde_json::to_vec(r).unwrap_or_default();
-            let (result, rv) = match call(
-                &client,
-                &args.server.server,
-                http::Method::PUT,
-                &format!("/api/v1/{}/{}", r.kind(), r.name()),
-                Some(body),
-            )
-            .await
-            {
-                Err(f) => {
-                    eprintln!("error: {}", f.message);
-                    return f.code;
-                }
-                Ok((201, v)) => ("created".to_string(), v["metadata"]["resourceVersion"].as_str().map(str::to_string)),
-                Ok((200, v)) => ("configured".to_string(), v["metadata"]["resourceVersion"].as_str().map(str::to_string)),
-                Ok((status, v)) => {
+            let (result, rv) = match client.apply(r).await {
+                Ok(written) => ((if written.created { "created" } else { "configured" }).to_string(), written.resource_version()),
+                // The server refused this one: say why and go on with the rest.
+                Err(e @ ApiError::Status { status, .. }) => {
                     code = if status == 409 || status >= 500 { exit::failure() } else { exit::bad_input() };
-                    (format!("failed: {}", server_error(status, &v)), None)
+                    (format!("failed: {}", failure_text(&args.server.server, &e)), None)
                 }
+                Err(e) => return report(&args.server.server, &e),
             };
             if args.output == Format::Table {
                 println!("{id} {result}");
@@ -185,112 +150,80 @@ pub(crate) fn get(args: GetArgs) -> ExitCode {
         return get_proxy_status(args);
     }
     run_async(async move {
-        let path = match &args.name {
-            Some(name) => format!("/api/v1/{}/{name}", args.kind),
-            None => format!("/api/v1/{}", args.kind),
+        let (server, client) = (&args.server.server, args.server.client());
+        let items = match &args.name {
+            Some(name) => match client.get(&args.kind, name).await {
+                Ok(r) if args.output == Format::Table => vec![r],
+                Ok(r) => return printed(args.output, &r),
+                Err(e) => return report(server, &e),
+            },
+            None => match client.list(&args.kind).await {
+                Ok(list) if args.output == Format::Table => list.items,
+                Ok(list) => return printed(args.output, &list),
+                Err(e) => return report(server, &e),
+            },
         };
-        let body = match read(&args.server.server, &path).await {
-            Ok(v) => v,
-            Err(code) => return code,
-        };
-        match args.output {
-            Format::Table => {
-                let items = if args.name.is_some() { vec![body] } else { body["items"].as_array().cloned().unwrap_or_default() };
-                if items.first().is_some_and(|i| i["kind"] == "Event") {
-                    crate::commands::rollout::print_events(&items);
-                    return exit::ok();
-                }
-                println!("{:<16} {:<32} {:>8} {:>10}", "KIND", "NAME", "VERSION", "GENERATION");
-                for item in items {
-                    let m = &item["metadata"];
-                    println!(
-                        "{:<16} {:<32} {:>8} {:>10}",
-                        item["kind"].as_str().unwrap_or(""),
-                        m["name"].as_str().unwrap_or(""),
-                        m["resourceVersion"].as_str().unwrap_or(""),
-                        m["generation"]
-                    );
-                }
-            }
-            format => print_structured(format, &body),
+        if items.first().is_some_and(|i| matches!(i.spec, Spec::Event(_))) {
+            crate::commands::rollout::print_events(&items);
+            return exit::ok();
+        }
+        println!("{:<16} {:<32} {:>8} {:>10}", "KIND", "NAME", "VERSION", "GENERATION");
+        for item in items {
+            let m = &item.metadata;
+            // The generation unpadded, as this table has always printed it.
+            let generation = m.generation.map_or_else(|| "null".to_string(), |g| g.to_string());
+            println!("{:<16} {:<32} {:>8} {generation}", item.kind(), m.name, m.resource_version.as_deref().unwrap_or(""));
         }
         exit::ok()
     })
+}
+
+fn printed<T: Serialize>(format: Format, value: &T) -> ExitCode {
+    print_structured(format, value);
+    exit::ok()
 }
 
 pub(crate) fn delete(args: DeleteArgs) -> ExitCode {
     run_async(async move {
-        match call(&client(), &args.server.server, http::Method::DELETE, &format!("/api/v1/{}/{}", args.kind, args.name), None).await {
-            Err(f) => {
-                eprintln!("error: {}", f.message);
-                f.code
-            }
-            Ok((200, v)) => {
+        match args.server.client().delete(&args.kind, &args.name).await {
+            Err(e) => report(&args.server.server, &e),
+            Ok(deleted) => {
                 match args.output {
-                    Format::Table => println!("{} deleted", v["deleted"].as_str().unwrap_or("")),
-                    format => print_structured(format, &v),
+                    Format::Table => println!("{} deleted", deleted.deleted),
+                    format => print_structured(format, &deleted),
                 }
                 exit::ok()
             }
-            Ok((status, v)) => {
-                eprintln!("error: {}", server_error(status, &v));
-                if status == 404 {
-                    exit::bad_input()
-                } else {
-                    exit::failure()
-                }
-            }
         }
     })
 }
 
-/// A GET whose answer must be 200; otherwise the error is printed and the
-/// exit code returned (2 for a 404: the user named something that is not there).
-async fn read(server: &str, path: &str) -> Result<Value, ExitCode> {
-    match call(&client(), server, http::Method::GET, path, None).await {
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            Err(f.code)
-        }
-        Ok((200, v)) => Ok(v),
-        Ok((status, v)) => {
-            eprintln!("error: {}", server_error(status, &v));
-            Err(if status == 404 { exit::bad_input() } else { exit::failure() })
-        }
-    }
-}
-
-/// `trefoil get proxies`: one line per proxy, or the raw items with `-o json|yaml`.
+/// `trefoil get proxies`: one line per proxy, or the items with `-o json|yaml`.
 fn get_proxy_status(args: GetArgs) -> ExitCode {
     run_async(async move {
-        let body = match read(&args.server.server, "/api/v1/status/proxies").await {
-            Ok(v) => v,
-            Err(code) => return code,
+        let items = match args.server.client().proxies().await {
+            Ok(list) => list.items,
+            Err(e) => return report(&args.server.server, &e),
         };
-        let items = body["items"].as_array().cloned().unwrap_or_default();
         if args.output != Format::Table {
-            print_structured(args.output, &items);
-            return exit::ok();
+            return printed(args.output, &items);
         }
-        let version = |v: &Value| v.as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
         println!("{:<24} {:<9} {:>8} {:>8}  NACK", "NAME", "CONNECTED", "ACKED", "LATEST");
         for p in &items {
-            let nack = match p["nack"].as_object() {
+            let ProxyStatus { name, connected, acked_version, latest_version, nack, .. } = p;
+            let nack = match nack {
                 // The first line of the error is the one that says what; the rest is in -o json.
-                Some(n) => {
-                    format!("version {}: {}", version(&n["version"]), n["error"].as_str().unwrap_or("").lines().next().unwrap_or(""))
-                }
+                Some(n) => format!("version {}: {}", n.version, n.error.lines().next().unwrap_or("")),
                 None => "-".to_string(),
             };
-            let connected = if p["connected"].as_bool().unwrap_or(false) { "yes" } else { "no" };
-            println!(
-                "{:<24} {:<9} {:>8} {:>8}  {nack}",
-                p["name"].as_str().unwrap_or(""),
-                connected,
-                version(&p["ackedVersion"]),
-                version(&p["latestVersion"])
-            );
+            let connected = if *connected { "yes" } else { "no" };
+            println!("{name:<24} {connected:<9} {:>8} {:>8}  {nack}", version_text(*acked_version), version_text(*latest_version));
         }
         exit::ok()
     })
+}
+
+/// A snapshot version for a table: `-` when there is none.
+pub(crate) fn version_text(v: Option<ResourceVersion>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }

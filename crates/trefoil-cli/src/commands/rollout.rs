@@ -3,9 +3,12 @@
 
 use std::process::ExitCode;
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use trefoil_api::{ApiError, RolloutAction};
+use trefoil_model::spec::{Figure, RolloutSpec, RolloutStatusSpec, Strategy};
+use trefoil_model::{Resource, Spec};
 
-use super::client::{call, client, run_async, server_error, Server};
+use super::client::{report, run_async, Server};
 use crate::output::{exit, print_structured, Format};
 
 /// The long `--help` text.
@@ -57,103 +60,101 @@ struct Target {
 pub(crate) fn run(args: Args) -> ExitCode {
     match args.action {
         RolloutCommand::Status(t) => status(t),
-        RolloutCommand::Promote(t) => act(t, "promote"),
-        RolloutCommand::Abort(t) => act(t, "abort"),
-        RolloutCommand::Pause(t) => act(t, "pause"),
-        RolloutCommand::Resume(t) => act(t, "resume"),
+        RolloutCommand::Promote(t) => act(t, RolloutAction::Promote),
+        RolloutCommand::Abort(t) => act(t, RolloutAction::Abort),
+        RolloutCommand::Pause(t) => act(t, RolloutAction::Pause),
+        RolloutCommand::Resume(t) => act(t, RolloutAction::Resume),
     }
 }
 
-/// GETs `path`: `Ok(None)` on 404, the exit code after reporting any other failure.
-async fn fetch(server: &str, path: &str) -> Result<Option<Value>, ExitCode> {
-    match call(&client(), server, http::Method::GET, path, None).await {
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            Err(f.code)
-        }
-        Ok((200, v)) => Ok(Some(v)),
-        Ok((404, _)) => Ok(None),
-        Ok((status, v)) => {
-            eprintln!("error: {}", server_error(status, &v));
-            Err(exit::failure())
-        }
-    }
+/// `rollout status -o json|yaml`.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    name: &'a str,
+    spec: &'a RolloutSpec,
+    status: Option<&'a RolloutStatusSpec>,
+    events: &'a [Resource],
 }
 
 fn status(t: Target) -> ExitCode {
     run_async(async move {
-        let server = &t.server.server;
-        let rollout = match fetch(server, &format!("/api/v1/rollouts/{}", t.name)).await {
-            Err(code) => return code,
-            Ok(None) => {
+        let (server, client) = (&t.server.server, t.server.client());
+        let rollout = match client.find("Rollout", &t.name).await {
+            Err(e) => return report(server, &e),
+            Ok(Some(Resource { spec: Spec::Rollout(spec), .. })) => spec,
+            Ok(_) => {
                 eprintln!("error: no Rollout named {:?}", t.name);
                 return exit::bad_input();
             }
-            Ok(Some(v)) => v,
         };
-        let status = match fetch(server, &format!("/api/v1/rolloutstatus/{}", t.name)).await {
-            Err(code) => return code,
-            Ok(s) => s.map(|s| s["spec"].clone()),
+        let status = match client.find("RolloutStatus", &t.name).await {
+            Err(e) => return report_failure(server, &e),
+            Ok(Some(Resource { spec: Spec::RolloutStatus(s), .. })) => Some(s),
+            Ok(_) => None,
         };
-        let events = match fetch(server, "/api/v1/events").await {
-            Err(code) => return code,
-            Ok(list) => rollout_events(list.unwrap_or(Value::Null), &t.name),
+        let events = match client.list("Event").await {
+            Err(e) => return report_failure(server, &e),
+            Ok(list) => rollout_events(list.items, &t.name),
         };
         match t.output {
-            Format::Table => print_status(&t.name, &rollout["spec"], status.as_ref(), &events),
-            format => print_structured(format, &json!({"name": t.name, "spec": rollout["spec"], "status": status, "events": events})),
+            Format::Table => print_status(&t.name, &rollout, status.as_ref(), &events),
+            format => print_structured(format, &StatusView { name: &t.name, spec: &rollout, status: status.as_ref(), events: &events }),
         }
         exit::ok()
     })
 }
 
+/// Like `report`, but exit 1 whatever failed: only the Rollout itself is what the user named.
+fn report_failure(server: &str, e: &ApiError) -> ExitCode {
+    report(server, e);
+    exit::failure()
+}
+
 /// This rollout's events, oldest first.
-fn rollout_events(list: Value, name: &str) -> Vec<Value> {
+fn rollout_events(items: Vec<Resource>, name: &str) -> Vec<Resource> {
     let regarding = format!("Rollout/{name}");
-    let mut events: Vec<Value> = list["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["spec"]["regarding"] == regarding.as_str())
-        .collect();
+    let mut events: Vec<Resource> = items.into_iter().filter(|e| matches!(&e.spec, Spec::Event(s) if s.regarding == regarding)).collect();
     oldest_first(&mut events);
     events
 }
 
 /// Orders events by time, then by their number (`web-10` after `web-9`,
 /// which name order would not give).
-fn oldest_first(events: &mut [Value]) {
+fn oldest_first(events: &mut [Resource]) {
     events.sort_by_key(|e| {
         (
-            e["spec"]["timeMs"].as_u64().unwrap_or(0),
-            e["metadata"]["name"].as_str().and_then(|n| n.rsplit('-').next()?.parse::<u64>().ok()).unwrap_or(0),
+            match &e.spec {
+                Spec::Event(s) => s.time_ms,
+                _ => 0,
+            },
+            e.name().rsplit('-').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
         )
     });
 }
 
-fn print_status(name: &str, spec: &Value, status: Option<&Value>, events: &[Value]) {
-    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
-    println!("Rollout {name}: service {} from {} to {}", text(&spec["service"]), text(&spec["stable"]), text(&spec["canary"]));
+/// A unit enum as the API spells it (`Progressing`, `passed`).
+fn word<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn print_status(name: &str, spec: &RolloutSpec, status: Option<&RolloutStatusSpec>, events: &[Resource]) {
+    println!("Rollout {name}: service {} from {} to {}", spec.service, spec.stable, spec.canary);
     let Some(s) = status else {
         println!("phase       not started (the controller picks it up within a second)");
         return;
     };
-    println!("phase       {}", text(&s["phase"]));
-    if let Some(steps) = spec["strategy"]["canary"]["steps"].as_array() {
-        println!("step        {} of {}", s["step"].as_u64().unwrap_or(0).min(steps.len() as u64), steps.len());
+    println!("phase       {}", word(&s.phase));
+    if let Strategy::Canary(canary) = &spec.strategy {
+        let steps = canary.steps.len();
+        println!("step        {} of {steps}", s.step.min(steps));
     }
-    println!("weight      {}% to {}", s["weight"].as_u64().unwrap_or(0), text(&spec["canary"]));
-    let threshold = spec["analysis"]["threshold"].as_u64().map_or_else(|| "-".to_string(), |t| t.to_string());
-    println!(
-        "checks      {} failed (rolls back at {threshold}), {} passed in a row",
-        s["failedChecks"].as_u64().unwrap_or(0),
-        s["passedChecks"].as_u64().unwrap_or(0)
-    );
-    if let Some(c) = s.get("lastCheck").filter(|c| !c.is_null()) {
-        println!("last check  {} on {} requests: {}", text(&c["verdict"]), c["requests"].as_f64().unwrap_or(0.0), figures(&c["figures"]));
+    println!("weight      {}% to {}", s.weight, spec.canary);
+    let threshold = spec.analysis.as_ref().map_or_else(|| "-".to_string(), |a| a.threshold.to_string());
+    println!("checks      {} failed (rolls back at {threshold}), {} passed in a row", s.failed_checks, s.passed_checks);
+    if let Some(c) = &s.last_check {
+        println!("last check  {} on {} requests: {}", word(&c.verdict), c.requests, figures(&c.figures));
     }
-    println!("message     {}", text(&s["message"]));
+    println!("message     {}", s.message);
     if !events.is_empty() {
         println!();
         print_events(events);
@@ -161,73 +162,46 @@ fn print_status(name: &str, spec: &Value, status: Option<&Value>, events: &[Valu
 }
 
 /// Figures as `successRate=99.5 (min 99)`, failing ones marked.
-fn figures(list: &Value) -> String {
+fn figures(list: &[Figure]) -> String {
     let parts: Vec<String> = list
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .map(|f| {
-            let value = f["value"].as_f64().map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
-            let bound = match (f["min"].as_f64(), f["max"].as_f64()) {
+            let value = f.value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"));
+            let bound = match (f.min, f.max) {
                 (Some(min), Some(max)) => format!(" (min {min}, max {max})"),
                 (Some(min), None) => format!(" (min {min})"),
                 (None, Some(max)) => format!(" (max {max})"),
                 (None, None) => String::new(),
             };
-            let failed = if f["ok"] == false { " FAILED" } else { "" };
-            format!("{}={value}{bound}{failed}", f["metric"].as_str().unwrap_or(""))
+            let failed = if f.ok { "" } else { " FAILED" };
+            format!("{}={value}{bound}{failed}", f.metric)
         })
         .collect();
     parts.join(", ")
 }
 
 /// Events as a table, oldest first: time, what they regard, reason, message.
-pub(crate) fn print_events(events: &[Value]) {
+pub(crate) fn print_events(events: &[Resource]) {
     let mut events = events.to_vec();
     oldest_first(&mut events);
     println!("{:<20} {:<24} {:<16} MESSAGE", "TIME", "REGARDING", "REASON");
     for e in &events {
-        let s = &e["spec"];
-        let time = s["timeMs"].as_u64().map_or_else(String::new, |ms| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-        });
-        println!(
-            "{:<20} {:<24} {:<16} {}",
-            time,
-            s["regarding"].as_str().unwrap_or(""),
-            s["reason"].as_str().unwrap_or(""),
-            s["message"].as_str().unwrap_or("")
-        );
+        let Spec::Event(s) = &e.spec else { continue };
+        let time = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(s.time_ms)).to_string();
+        println!("{:<20} {:<24} {:<16} {}", time, s.regarding, s.reason, s.message);
     }
 }
 
-fn act(t: Target, action: &str) -> ExitCode {
+fn act(t: Target, action: RolloutAction) -> ExitCode {
     run_async(async move {
-        let path = format!("/api/v1/rollouts/{}/{action}", t.name);
-        match call(&client(), &t.server.server, http::Method::POST, &path, None).await {
-            Err(f) => {
-                eprintln!("error: {}", f.message);
-                f.code
-            }
-            Ok((200, v)) => {
+        match t.server.client().rollout_action(&t.name, action).await {
+            Err(e) => report(&t.server.server, &e),
+            Ok(acted) => {
                 match t.output {
-                    Format::Table => println!(
-                        "rollout {}: {} ({})",
-                        t.name,
-                        v["status"]["phase"].as_str().unwrap_or(""),
-                        v["status"]["message"].as_str().unwrap_or("")
-                    ),
-                    format => print_structured(format, &v),
+                    Format::Table => println!("rollout {}: {} ({})", t.name, word(&acted.status.phase), acted.status.message),
+                    format => print_structured(format, &acted),
                 }
                 exit::ok()
-            }
-            Ok((status, v)) => {
-                eprintln!("error: {}", server_error(status, &v));
-                if status == 404 {
-                    exit::bad_input()
-                } else {
-                    exit::failure()
-                }
             }
         }
     })
@@ -235,19 +209,31 @@ fn act(t: Target, action: &str) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    fn event(name: &str, time: u64) -> Resource {
+        let regarding = name.split('-').next().unwrap();
+        let yaml = format!(
+            "apiVersion: trefoil.dev/v1alpha1\nkind: Event\nmetadata: {{name: {name}}}\nspec: {{regarding: Rollout/{regarding}, reason: r, message: m, timeMs: {time}}}\n"
+        );
+        trefoil_model::load_str(&Arc::from("t"), &yaml).unwrap().remove(0).resource
+    }
 
     #[test]
     fn events_read_oldest_first_by_number_within_a_millisecond() {
-        let event = |name: &str, time: u64| json!({"metadata": {"name": name}, "spec": {"regarding": format!("Rollout/{}", name.split('-').next().unwrap()), "timeMs": time}});
-        let list = json!({"items": [event("web-10", 5), event("web-9", 5), event("web-0", 1), event("api-0", 0)]});
-        let names: Vec<String> = rollout_events(list, "web").iter().map(|e| e["metadata"]["name"].as_str().unwrap().to_string()).collect();
+        let items = vec![event("web-10", 5), event("web-9", 5), event("web-0", 1), event("api-0", 0)];
+        let names: Vec<String> = rollout_events(items, "web").iter().map(|e| e.name().to_string()).collect();
         assert_eq!(names, ["web-0", "web-9", "web-10"]);
     }
 
     #[test]
     fn figures_read_as_one_line() {
-        let list = json!([{"metric": "successRate", "value": 50.0, "min": 99.0, "ok": false}, {"metric": "latencyP99", "value": null, "max": 0.25, "ok": false}]);
+        let list: Vec<Figure> = serde_json::from_str(
+            r#"[{"metric": "successRate", "value": 50.0, "min": 99.0, "ok": false}, {"metric": "latencyP99", "value": null, "max": 0.25, "ok": false}]"#,
+        )
+        .unwrap();
         assert_eq!(figures(&list), "successRate=50.000 (min 99) FAILED, latencyP99=n/a (max 0.25) FAILED");
     }
 }

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trefoil_api::{Client, ProxyStatus};
 use trefoil_metrics::fetch::Fetcher;
 use trefoil_metrics::promtext::{self, Sample};
 use trefoil_metrics::traffic::{self, Growth, Key, Row};
 
-use crate::observe::control_plane::{ControlPlane, ProxyStatus};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
 /// The long `--help` text.
@@ -101,11 +101,17 @@ async fn top(args: Args) -> ExitCode {
     }
 }
 
+/// How long one scrape or call may take: shorter than the interval, so a
+/// proxy that hangs cannot stall the table.
+fn deadline(args: &Args) -> Duration {
+    Duration::from_secs(2).min(args.interval.get().max(Duration::from_millis(500)))
+}
+
 /// Prints a sample every interval; returns after one with `--once` or `-o json|yaml`.
 async fn refresh(args: &Args) -> ExitCode {
-    let fetcher = Fetcher::new(Duration::from_secs(2).min(args.interval.get().max(Duration::from_millis(500))));
+    let fetcher = Fetcher::new(deadline(args));
     let once = args.once || args.output != Format::Table;
-    let mut targets = match targets(args, &fetcher).await {
+    let mut targets = match targets(args).await {
         Ok(t) => t,
         Err(message) => {
             eprintln!("error: {message}");
@@ -139,19 +145,19 @@ async fn refresh(args: &Args) -> ExitCode {
         previous = current;
         // The set of proxies changes as workloads scale; keep the last list if
         // the control plane is away for a moment.
-        match self::targets(args, &fetcher).await {
+        match self::targets(args).await {
             Ok(t) => targets = t,
             Err(message) => eprintln!("warning: {message}; showing the proxies known before"),
         }
     }
 }
 
-async fn targets(args: &Args, fetcher: &Fetcher) -> Result<Vec<Target>, String> {
+async fn targets(args: &Args) -> Result<Vec<Target>, String> {
     if !args.proxies.is_empty() {
         return Ok(args.proxies.iter().map(|a| Target { name: a.clone(), admin: Ok(a.clone()) }).collect());
     }
-    let control = ControlPlane { fetcher, base: &args.server };
-    let proxies = control.proxies().await.map_err(|e| match e.status() {
+    let control = Client::new(args.server.as_str()).with_timeout(deadline(args));
+    let proxies = control.proxies().await.map(|list| list.items).map_err(|e| match e.status() {
         Some(404) => format!("{e} (this control plane does not report proxies; name them with --proxy ADMIN_ADDR)"),
         _ => e.to_string(),
     })?;

@@ -5,31 +5,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::Value;
+use trefoil_api::traces::Span;
 
-/// The fields of a span the tree needs, read leniently from the API's JSON.
-struct Node<'a> {
-    span: &'a Value,
-    id: &'a str,
-    parent: Option<&'a str>,
-    start: u64,
-    end: u64,
-}
-
-fn nanos(v: &Value) -> u64 {
-    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64()).unwrap_or(0)
-}
-
-fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
-    span["attributes"][key].as_str().unwrap_or("")
+fn attr<'a>(span: &'a Span, key: &str) -> &'a str {
+    span.attribute(key)
 }
 
 /// What a span was, in a few words: a chain step by its function, mode and
 /// verdict; a proxy hop by its proxy, direction, request and status.
-pub(crate) fn label(span: &Value) -> String {
-    let service = span["service"].as_str().unwrap_or("?");
-    let name = span["name"].as_str().unwrap_or("");
-    let failed = if span["error"] == true { " [error]" } else { "" };
+pub(crate) fn label(span: &Span) -> String {
+    let (service, name) = (span.service.as_str(), span.name.as_str());
+    let failed = if span.error { " [error]" } else { "" };
     let function = attr(span, "trefoil.function");
     if !function.is_empty() {
         return format!(
@@ -65,10 +51,8 @@ pub(crate) fn label(span: &Value) -> String {
             attr(span, "trefoil.handler.on"),
             attr(span, "trefoil.handler.result")
         );
-        if let Some(tags) = span["attributes"].as_object() {
-            for (key, value) in tags.iter().filter(|(k, _)| k.starts_with("tag.")) {
-                line.push_str(&format!(" {}={}", &key[4..], value.as_str().unwrap_or("")));
-            }
+        for (key, value) in span.attributes.iter().filter(|(k, _)| k.starts_with("tag.")) {
+            line.push_str(&format!(" {}={value}", &key[4..]));
         }
         return line + failed;
     }
@@ -100,49 +84,45 @@ pub(crate) fn label(span: &Value) -> String {
 }
 
 /// The tree's lines: `+offset duration  indent label`, events under their span.
-pub(crate) fn render(spans: &[Value]) -> Vec<String> {
-    let nodes: Vec<Node<'_>> = spans
-        .iter()
-        .map(|s| Node {
-            span: s,
-            id: s["spanId"].as_str().unwrap_or(""),
-            parent: s["parentSpanId"].as_str(),
-            start: nanos(&s["startUnixNano"]),
-            end: nanos(&s["endUnixNano"]),
-        })
-        .collect();
-    let Some(t0) = nodes.iter().map(|n| n.start).min() else { return Vec::new() };
-    let ids: HashSet<&str> = nodes.iter().map(|n| n.id).collect();
-    let mut children: HashMap<Option<&str>, Vec<&Node<'_>>> = HashMap::new();
-    for n in &nodes {
+pub(crate) fn render(spans: &[Span]) -> Vec<String> {
+    let Some(t0) = spans.iter().map(|n| n.start_unix_nano).min() else { return Vec::new() };
+    let ids: HashSet<&str> = spans.iter().map(|n| n.span_id.as_str()).collect();
+    let mut children: HashMap<Option<&str>, Vec<&Span>> = HashMap::new();
+    for n in spans {
         // A span whose parent was not collected (the client's own span) starts a tree.
-        let parent = n.parent.filter(|p| ids.contains(p));
+        let parent = n.parent_span_id.as_deref().filter(|p| ids.contains(p));
         children.entry(parent).or_default().push(n);
     }
     for list in children.values_mut() {
-        list.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        list.sort_by(|a, b| a.start_unix_nano.cmp(&b.start_unix_nano).then(b.end_unix_nano.cmp(&a.end_unix_nano)));
     }
     let mut out = Vec::new();
-    let mut stack: Vec<(&Node<'_>, usize)> = children.get(&None).into_iter().flatten().rev().map(|n| (*n, 0)).collect();
+    let mut stack: Vec<(&Span, usize)> = children.get(&None).into_iter().flatten().rev().map(|n| (*n, 0)).collect();
     // Bounded by the span count: each span is pushed once, as a child of its one parent.
     let mut visited: HashSet<&str> = HashSet::new();
     while let Some((n, depth)) = stack.pop() {
-        if !visited.insert(n.id) {
+        if !visited.insert(n.span_id.as_str()) {
             continue;
         }
         let ms = |ns: u64| ns as f64 / 1e6;
-        out.push(format!("+{:>9.3}ms {:>9.3}ms  {}{}", ms(n.start - t0), ms(n.end - n.start), "  ".repeat(depth), label(n.span)));
-        for e in n.span["events"].as_array().into_iter().flatten() {
-            let data = e["attributes"]["data"].as_str().map(|d| format!(" {d}")).unwrap_or_default();
+        out.push(format!(
+            "+{:>9.3}ms {:>9.3}ms  {}{}",
+            ms(n.start_unix_nano - t0),
+            ms(n.end_unix_nano.saturating_sub(n.start_unix_nano)),
+            "  ".repeat(depth),
+            label(n)
+        ));
+        for e in &n.events {
+            let data = e.attributes.get("data").map(|d| format!(" {d}")).unwrap_or_default();
             out.push(format!(
                 "+{:>9.3}ms {:>11}  {}  event {}{data}",
-                ms(nanos(&e["timeUnixNano"]).saturating_sub(t0)),
+                ms(e.time_unix_nano.saturating_sub(t0)),
                 "",
                 "  ".repeat(depth),
-                e["name"].as_str().unwrap_or("")
+                e.name
             ));
         }
-        for child in children.get(&Some(n.id)).into_iter().flatten().rev() {
+        for child in children.get(&Some(n.span_id.as_str())).into_iter().flatten().rev() {
             stack.push((child, depth + 1));
         }
     }
@@ -151,16 +131,23 @@ pub(crate) fn render(spans: &[Value]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
-    fn span(id: &str, parent: Option<&str>, start: u64, end: u64, attributes: Value) -> Value {
-        let mut s = json!({"spanId": id, "service": "edge", "name": "GET edge", "startUnixNano": start.to_string(), "endUnixNano": end.to_string(), "attributes": attributes});
-        if let Some(p) = parent {
-            s["parentSpanId"] = json!(p);
+    fn span(id: &str, parent: Option<&str>, start: u64, end: u64, attributes: Value) -> Span {
+        Span {
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.map(str::to_string),
+            name: "GET edge".into(),
+            service: "edge".into(),
+            start_unix_nano: start,
+            end_unix_nano: end,
+            error: false,
+            attributes: serde_json::from_value(attributes).unwrap(),
+            events: vec![],
         }
-        s
     }
 
     #[test]
@@ -187,7 +174,7 @@ mod tests {
         let lines = [lines[0].clone(), lines[1].clone(), lines[3].clone()];
         let attempt = json!({"trefoil.attempt": "1", "trefoil.service": "web", "trefoil.version": "v1", "trefoil.upstream": "127.0.0.1:1", "trefoil.attempt.status": "503", "trefoil.attempt.failure": "status", "trefoil.retry": "true"});
         let mut failed = span("t", Some("a"), 1, 2, attempt);
-        failed["error"] = json!(true);
+        failed.error = true;
         assert_eq!(label(&failed), "edge: attempt 1 -> web v1 at 127.0.0.1:1 503 status, retried [error]");
         assert!(lines[0].starts_with("+    0.000ms     8.000ms  edge inbound: GET / -> 200 via web"), "{lines:?}");
         assert!(lines[1].contains("    edge: chain scan -> scanner (callout) allow"), "{lines:?}");
