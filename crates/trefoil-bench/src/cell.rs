@@ -85,10 +85,10 @@ async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: 
     let rest = Rest::new(control.api, settings.concurrency);
     let mut items = Vec::with_capacity(routes * 2);
     for i in 0..routes {
-        items.push(("services", mesh::name(i), mesh::service(i)));
+        items.push(mesh::service(i));
     }
     for i in 0..routes {
-        items.push(("routes", mesh::name(i), mesh::route(i, LOADED_V2_WEIGHT)));
+        items.push(mesh::route(i, LOADED_V2_WEIGHT));
     }
     let started = Instant::now();
     let label = format!("{proxies} proxies x {routes} routes");
@@ -111,11 +111,10 @@ async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: 
     result.snapshot_bytes = fleet.snapshot_bytes();
     eprintln!("  {label}: all proxies in sync after {:.3}s", started.elapsed().as_secs_f64());
 
-    let name = mesh::name(CHANGED);
     let cpu_before = control.cpu_time()?;
     for k in 1..=settings.changes {
         let weight = LOADED_V2_WEIGHT + u32::try_from(k).unwrap_or(u32::MAX).min(60);
-        let version = tokio::time::timeout_at(deadline, rest.put("routes", &name, &mesh::route(CHANGED, weight)))
+        let version = tokio::time::timeout_at(deadline, rest.put(&mesh::route(CHANGED, weight)))
             .await
             .map_err(|_| BenchError::Timeout(format!("change {k}: the PUT")))??;
         // The write is acknowledged (on disk): the clock starts here.

@@ -74,7 +74,7 @@ impl ControlProcess {
                 self.keep = true;
                 return Err(BenchError::Setup(format!("the control plane exited at start ({status}); see {}", self.log().display())));
             }
-            if rest.get_ok("/api/v1/openapi.json").await {
+            if rest.ready().await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

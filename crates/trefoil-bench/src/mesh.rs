@@ -3,6 +3,7 @@
 //! 80/20 split between the versions (the shape of a canary).
 
 use serde_json::{json, Value};
+use trefoil_model::Resource;
 
 /// The name of the `i`-th service and of the route that shapes it.
 pub(crate) fn name(i: usize) -> String {
@@ -10,9 +11,9 @@ pub(crate) fn name(i: usize) -> String {
 }
 
 /// A service with one endpoint per version. The addresses are never dialled.
-pub(crate) fn service(i: usize) -> Value {
+pub(crate) fn service(i: usize) -> Resource {
     let port = 10_000 + (i % 50_000);
-    json!({
+    typed(json!({
         "apiVersion": trefoil_model::API_VERSION,
         "kind": "Service",
         "metadata": {"name": name(i)},
@@ -23,13 +24,13 @@ pub(crate) fn service(i: usize) -> Value {
                 {"address": format!("127.0.0.3:{port}"), "version": "v2"},
             ],
         },
-    })
+    }))
 }
 
 /// The route of service `i`, sending `v2_weight` percent to v2.
-pub(crate) fn route(i: usize, v2_weight: u32) -> Value {
+pub(crate) fn route(i: usize, v2_weight: u32) -> Resource {
     let service = name(i);
-    json!({
+    typed(json!({
         "apiVersion": trefoil_model::API_VERSION,
         "kind": "Route",
         "metadata": {"name": service},
@@ -46,7 +47,14 @@ pub(crate) fn route(i: usize, v2_weight: u32) -> Value {
                 ],
             }],
         },
-    })
+    }))
+}
+
+/// The resource a JSON document above describes. They are written out in
+/// this file, and `generated_resources_validate` loads and validates each
+/// shape, so reading one cannot fail.
+fn typed(document: Value) -> Resource {
+    serde_json::from_value(document).expect("the benchmark's resources are valid resources (see generated_resources_validate)")
 }
 
 #[cfg(test)]
@@ -56,7 +64,8 @@ mod tests {
     /// The generated resources are ones the control plane accepts.
     #[test]
     fn generated_resources_validate() {
-        let text = format!("{}\n---\n{}\n", service(7), route(7, 20));
+        let json = |r: &Resource| serde_json::to_string(r).unwrap();
+        let text = format!("{}\n---\n{}\n", json(&service(7)), json(&route(7, 20)));
         let sources = trefoil_model::load_str(&std::sync::Arc::from("bench"), &text).expect("loads");
         trefoil_model::validate(&sources).expect("valid");
     }
