@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::watch;
+use trefoil_api::Client;
+use trefoil_model::Resource;
 
-use crate::api::ApiClient;
+use crate::api::refusal;
 use crate::event::{Event, Events};
 
 /// Pause between attempts while something is not yet written.
@@ -21,7 +22,7 @@ pub type Key = (String, String);
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     pub generation: u64,
-    pub resources: BTreeMap<Key, Value>,
+    pub resources: BTreeMap<Key, Resource>,
 }
 
 /// How far the writer got.
@@ -42,7 +43,7 @@ pub struct Writer {
 
 impl Writer {
     /// Sets (or replaces) resources in the desired state; returns its generation.
-    pub fn set(&self, resources: impl IntoIterator<Item = (Key, Value)>) -> u64 {
+    pub fn set(&self, resources: impl IntoIterator<Item = (Key, Resource)>) -> u64 {
         let mut generation = 0;
         self.desired.send_modify(|d| {
             let mut changed = false;
@@ -84,12 +85,12 @@ impl Writer {
 
 /// Starts the writer. `restarts` changes whenever the control plane process
 /// was started again, which may have lost writes; everything is written again.
-pub fn start(client: ApiClient, mut restarts: watch::Receiver<u64>, events: Events) -> (Writer, tokio::task::JoinHandle<()>) {
+pub fn start(client: Client, mut restarts: watch::Receiver<u64>, events: Events) -> (Writer, tokio::task::JoinHandle<()>) {
     let (desired_tx, mut desired) = watch::channel(Desired::default());
     let (progress_tx, progress) = watch::channel(Progress::default());
     let task = tokio::spawn(async move {
-        let mut written: BTreeMap<Key, Value> = BTreeMap::new();
-        let mut refused: BTreeMap<Key, (Value, String)> = BTreeMap::new();
+        let mut written: BTreeMap<Key, Resource> = BTreeMap::new();
+        let mut refused: BTreeMap<Key, (Resource, String)> = BTreeMap::new();
         // Without anyone to report restarts, there is nothing to wait for there.
         let mut restarts_open = true;
         loop {
@@ -104,8 +105,8 @@ pub fn start(client: ApiClient, mut restarts: watch::Receiver<u64>, events: Even
                 if written.get(key) == Some(value) || already_refused {
                     continue;
                 }
-                match client.put(&key.0, &key.1, value).await {
-                    Ok(()) => {
+                match client.apply(value).await {
+                    Ok(_) => {
                         written.insert(key.clone(), value.clone());
                         refused.remove(key);
                     }
@@ -114,8 +115,8 @@ pub fn start(client: ApiClient, mut restarts: watch::Receiver<u64>, events: Even
                         pending = true;
                     }
                     Err(e) => {
-                        events.send(Event::Rejected { resource: format!("{}/{}", key.0, key.1), error: e.to_string() });
-                        refused.insert(key.clone(), (value.clone(), e.to_string()));
+                        events.send(Event::Rejected { resource: format!("{}/{}", key.0, key.1), error: refusal(&e) });
+                        refused.insert(key.clone(), (value.clone(), refusal(&e)));
                     }
                 }
             }

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use trefoil_model::{Diagnostics, Resource};
+use trefoil_api::{ApiError, Client};
+use trefoil_model::{Diagnostics, Resource, Spec};
 
-use crate::api::ApiClient;
+use crate::api;
 use crate::event::{Event, Events, ReplicaSummary, Summary};
 use crate::plan::{self, Plan, PlanContext, PlanError, ProcessSpec, Role};
 use crate::ports::PortAllocator;
@@ -201,9 +202,9 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
     }
 
     let (restarts_tx, restarts_rx) = watch::channel(0u64);
-    let (writer, writer_task) = reconcile::start(ApiClient::new(plan.api), restarts_rx, running.events.clone());
+    let (writer, writer_task) = reconcile::start(api::client(plan.api), restarts_rx, running.events.clone());
     running.writer = Some((plan.clone(), writer.clone(), writer_task));
-    prune(&ApiClient::new(plan.api), plan, &running.events).await;
+    prune(&api::client(plan.api), plan, &running.events).await;
     running.tasks.push(tokio::spawn(watch_control_restarts(running.view.subscribe(), restarts_tx)));
 
     // What the files say, then each sidecar's registration: both must be
@@ -238,7 +239,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         .collect();
     let all_ready = |v: &UpView| started.iter().all(|name| v.processes.get(name).is_some_and(|p| p.ready));
     let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(all_ready)).await;
-    let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&ApiClient::new(plan.api), plan, &running.view)).await;
+    let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&api::client(plan.api), plan, &running.view)).await;
     running.events.send(Event::Up(summary(plan, &running.state, &running.view.borrow())));
     Ok(())
 }
@@ -246,7 +247,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
 /// Returns once the control plane has compiled the published readiness of
 /// every replica and every proxy of the plan has acknowledged its latest
 /// snapshot; polls, as the proxies' acknowledgements arrive on their own.
-async fn proxies_in_sync(client: &ApiClient, plan: &Plan, view: &View) {
+async fn proxies_in_sync(client: &Client, plan: &Plan, view: &View) {
     let proxies: Vec<&str> = plan.gateways.iter().map(|g| g.name.as_str()).chain(plan.replicas.iter().map(|r| r.proxy.name())).collect();
     loop {
         // A copy: a borrow held across the await would block every view update.
@@ -258,15 +259,18 @@ async fn proxies_in_sync(client: &ApiClient, plan: &Plan, view: &View) {
     }
 }
 
-async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpView) -> Result<bool, crate::api::ApiError> {
+async fn in_sync(client: &Client, plan: &Plan, proxies: &[&str], view: &UpView) -> Result<bool, ApiError> {
     // What the store says of readiness must match what the supervisor sees...
-    let endpoints = client.get("/api/v1/endpoints").await?;
-    let published: BTreeMap<String, bool> = endpoints["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|item| item["spec"]["endpoints"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| Some((format!("{}-{}", e["workload"].as_str()?, e["replica"].as_u64()?), e["ready"].as_bool()?)))
+    let endpoints = client.list("Endpoints").await?;
+    let published: BTreeMap<String, bool> = endpoints
+        .items
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Endpoints(e) => Some(e),
+            _ => None,
+        })
+        .flat_map(|e| &e.endpoints)
+        .map(|e| (format!("{}-{}", e.workload, e.replica), e.ready))
         .collect();
     let matches =
         plan.replicas.iter().all(|r| published.get(&r.app.name).copied() == Some(view.processes.get(&r.app.name).is_some_and(|p| p.ready)));
@@ -274,17 +278,7 @@ async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpVie
         return Ok(false);
     }
     // ...and be compiled into snapshots every proxy acknowledged.
-    let written: u64 = endpoints["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-    let status = client.get("/api/v1/status/proxies").await?;
-    if status["compiledRevision"].as_u64().unwrap_or(0) < written {
-        return Ok(false);
-    }
-    let items = status["items"].as_array().cloned().unwrap_or_default();
-    Ok(proxies.iter().all(|name| {
-        items
-            .iter()
-            .any(|p| p["name"] == *name && p["connected"] == true && p["ackedVersion"].is_u64() && p["ackedVersion"] == p["latestVersion"])
-    }))
+    Ok(client.proxies().await?.reached(endpoints.resource_version, proxies.iter().copied()))
 }
 
 /// Deletes what an earlier `up` with the same store registered and this
@@ -292,24 +286,26 @@ async fn in_sync(client: &ApiClient, plan: &Plan, proxies: &[&str], view: &UpVie
 /// control plane does not keep compiling for proxies that will never come.
 /// Only the runtime's own resources (by label) are touched; a failure is
 /// reported and start-up goes on.
-async fn prune(client: &ApiClient, plan: &Plan, events: &Events) {
+async fn prune(client: &Client, plan: &Plan, events: &Events) {
     let endpoints = plan.endpoints(&BTreeMap::new());
     let keep: std::collections::BTreeSet<(&str, &str)> =
         plan.replicas.iter().map(|r| &r.proxy).chain(&endpoints).map(|r| (r.kind(), r.name())).collect();
     for kind in ["Proxy", "Endpoints"] {
         let items = match client.list(kind).await {
-            Ok(items) => items,
+            Ok(list) => list.items,
             Err(e) => {
                 events.send(Event::Rejected { resource: format!("{kind} (listing stale ones)"), error: e.to_string() });
                 continue;
             }
         };
         for item in items {
-            let managed = item["metadata"]["labels"][plan::MANAGED_BY.0] == plan::MANAGED_BY.1;
-            let name = item["metadata"]["name"].as_str().unwrap_or_default();
-            if managed && !name.is_empty() && !keep.contains(&(kind, name)) {
+            let managed = item.metadata.labels.get(plan::MANAGED_BY.0).is_some_and(|v| v == plan::MANAGED_BY.1);
+            let name = item.name();
+            if managed && !keep.contains(&(kind, name)) {
                 match client.delete(kind, name).await {
-                    Ok(()) => events.send(Event::Pruned { resource: format!("{kind}/{name}") }),
+                    // Already gone is as good as deleted.
+                    Ok(_) => events.send(Event::Pruned { resource: format!("{kind}/{name}") }),
+                    Err(e) if e.is_not_found() => events.send(Event::Pruned { resource: format!("{kind}/{name}") }),
                     Err(e) => events
                         .send(Event::Rejected { resource: format!("{kind}/{name}"), error: format!("cannot delete a stale one: {e}") }),
                 }
@@ -318,8 +314,8 @@ async fn prune(client: &ApiClient, plan: &Plan, events: &Events) {
     }
 }
 
-fn keyed(r: &Resource) -> ((String, String), serde_json::Value) {
-    ((r.kind().to_string(), r.name().to_string()), serde_json::to_value(r).unwrap_or_default())
+fn keyed(r: &Resource) -> ((String, String), Resource) {
+    ((r.kind().to_string(), r.name().to_string()), r.clone())
 }
 
 /// Rewrites `Endpoints/<service>` whenever an app's readiness changes.
