@@ -50,60 +50,74 @@ impl Client {
         Client { runtime: self.runtime, inner: self.inner.with_timeout(timeout) }
     }
 
+    /// The API's address, as given.
     pub fn base(&self) -> &str {
         self.inner.base()
     }
 
+    /// Answers when the API serves its OpenAPI document.
     pub fn reachable(&self) -> Result<(), ApiError> {
         self.runtime.block_on(self.inner.reachable())
     }
 
+    /// `GET /api/v1/<kind>`: every resource of a kind.
     pub fn list(&self, kind: &str) -> Result<List, ApiError> {
         self.runtime.block_on(self.inner.list(kind))
     }
 
+    /// `GET /api/v1/<kind>/<name>`; a 404 is `ApiError::Status`.
     pub fn get(&self, kind: &str, name: &str) -> Result<Resource, ApiError> {
         self.runtime.block_on(self.inner.get(kind, name))
     }
 
+    /// `get`, with `None` for a resource that does not exist.
     pub fn find(&self, kind: &str, name: &str) -> Result<Option<Resource>, ApiError> {
         self.runtime.block_on(self.inner.find(kind, name))
     }
 
+    /// `PUT`: creates or replaces `resource` (only if its `resourceVersion` is current, when it has one).
     pub fn apply(&self, resource: &Resource) -> Result<Written, ApiError> {
         self.runtime.block_on(self.inner.apply(resource))
     }
 
+    /// `POST`: creates `resource`; 409 if it exists.
     pub fn create(&self, resource: &Resource) -> Result<Option<Resource>, ApiError> {
         self.runtime.block_on(self.inner.create(resource))
     }
 
+    /// `DELETE /api/v1/<kind>/<name>`.
     pub fn delete(&self, kind: &str, name: &str) -> Result<Deleted, ApiError> {
         self.runtime.block_on(self.inner.delete(kind, name))
     }
 
+    /// The objects of a kind as `Added`, then each change, as an iterator.
     pub fn watch(&self, kind: &str) -> Result<Lines<WatchEvent>, ApiError> {
         let lines = self.runtime.block_on(self.inner.watch(kind))?;
         Ok(Lines { runtime: self.runtime.clone(), lines })
     }
 
+    /// `GET /api/v1/status/proxies`.
     pub fn proxies(&self) -> Result<ProxyStatusList, ApiError> {
         self.runtime.block_on(self.inner.proxies())
     }
 
+    /// The most recent traces, newest first.
     pub fn traces(&self, limit: usize) -> Result<TraceList, ApiError> {
         self.runtime.block_on(self.inner.traces(limit))
     }
 
+    /// Every span of one trace; a 404 is `ApiError::Status`.
     pub fn trace(&self, trace_id: &str) -> Result<Trace, ApiError> {
         self.runtime.block_on(self.inner.trace(trace_id))
     }
 
+    /// Spans as they arrive (of one trace, those held first), as an iterator.
     pub fn follow_traces(&self, trace_id: Option<&str>) -> Result<Lines<FollowEvent>, ApiError> {
         let lines = self.runtime.block_on(self.inner.follow_traces(trace_id))?;
         Ok(Lines { runtime: self.runtime.clone(), lines })
     }
 
+    /// `POST /api/v1/rollouts/<name>/<action>`.
     pub fn rollout_action(&self, name: &str, action: RolloutAction) -> Result<RolloutActed, ApiError> {
         self.runtime.block_on(self.inner.rollout_action(name, action))
     }

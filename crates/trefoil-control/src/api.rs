@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trefoil_api::{Deleted, ErrorBody, List, WatchEvent};
-use trefoil_model::resource::{CONTROLLER_KINDS, KINDS};
+use trefoil_model::resource::{kind_named, CONTROLLER_KINDS, KINDS};
 use trefoil_model::{Diagnostic, ResourceVersion};
 
 use crate::store::{Event, Store, StoreError, Stored};
@@ -89,16 +89,7 @@ impl From<StoreError> for ApiError {
 
 /// The canonical kind for a path segment: `Route`, `route` or `routes`.
 fn kind_of(segment: &str) -> Result<&'static str, ApiError> {
-    let lower = segment.to_ascii_lowercase();
-    let singular = lower
-        .strip_suffix("ies")
-        .map(|s| format!("{s}y"))
-        .or_else(|| lower.strip_suffix('s').map(str::to_string))
-        .unwrap_or_else(|| lower.clone());
-    KINDS
-        .iter()
-        .find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular)
-        .copied()
+    kind_named(segment)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown kind {segment:?}; kinds: {}", KINDS.join(", "))))
 }
 

@@ -60,6 +60,18 @@ pub const KINDS: &[&str] = &[
     "Event",
 ];
 
+/// The kind a path segment or a user names, in any form the API accepts:
+/// `Route`, `route` or `routes`, `Proxies`, `trafficpolicy`.
+pub fn kind_named(typed: &str) -> Option<&'static str> {
+    let lower = typed.to_ascii_lowercase();
+    let singular = lower
+        .strip_suffix("ies")
+        .map(|s| format!("{s}y"))
+        .or_else(|| lower.strip_suffix('s').map(str::to_string))
+        .unwrap_or_else(|| lower.clone());
+    KINDS.iter().find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular).copied()
+}
+
 /// Kinds only the control plane writes; the API refuses them from clients.
 pub const CONTROLLER_KINDS: &[&str] = &["RolloutStatus", "Event"];
 
@@ -98,5 +110,20 @@ impl Resource {
     }
     pub fn kind(&self) -> &'static str {
         self.spec.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kind_named;
+
+    #[test]
+    fn kinds_in_every_form_the_api_accepts() {
+        assert_eq!(kind_named("services"), Some("Service"));
+        assert_eq!(kind_named("Proxies"), Some("Proxy"));
+        assert_eq!(kind_named("endpoints"), Some("Endpoints"));
+        assert_eq!(kind_named("trafficpolicy"), Some("TrafficPolicy"));
+        assert_eq!(kind_named("CNFs"), Some("CNF"));
+        assert_eq!(kind_named("widget"), None);
     }
 }

@@ -8,7 +8,7 @@ use trefoil_api::{ApiError, Client, ProxyStatus};
 use trefoil_model::relations::{
     self, CnfRelations, EndpointView, FunctionRelations, Mesh, RouteRelations, ServiceRelations, WorkloadRelations,
 };
-use trefoil_model::resource::KINDS;
+use trefoil_model::resource::{kind_named, KINDS};
 use trefoil_model::{Resource, Spec};
 
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
@@ -78,19 +78,8 @@ struct ProxyRelated {
     status_error: Option<String>,
 }
 
-/// The canonical kind for what the user typed, with the API's rules: `Route`, `route`, `routes`.
-fn canonical_kind(typed: &str) -> Option<&'static str> {
-    let lower = typed.to_ascii_lowercase();
-    let singular = lower
-        .strip_suffix("ies")
-        .map(|s| format!("{s}y"))
-        .or_else(|| lower.strip_suffix('s').map(str::to_string))
-        .unwrap_or_else(|| lower.clone());
-    KINDS.iter().find(|k| k.to_ascii_lowercase() == lower || k.to_ascii_lowercase() == singular).copied()
-}
-
 pub(crate) fn run(args: Args) -> ExitCode {
-    let Some(kind) = canonical_kind(&args.kind) else {
+    let Some(kind) = kind_named(&args.kind) else {
         eprintln!("error: unknown kind {:?}; kinds: {}", args.kind, KINDS.join(", "));
         return exit::bad_input();
     };
@@ -234,19 +223,5 @@ fn list_or_none(lines: impl Iterator<Item = String>) {
     }
     if !any {
         println!("  (none)");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::canonical_kind;
-
-    #[test]
-    fn kinds_as_the_api_spells_them() {
-        assert_eq!(canonical_kind("services"), Some("Service"));
-        assert_eq!(canonical_kind("Proxies"), Some("Proxy"));
-        assert_eq!(canonical_kind("endpoints"), Some("Endpoints"));
-        assert_eq!(canonical_kind("trafficpolicy"), Some("TrafficPolicy"));
-        assert_eq!(canonical_kind("widget"), None);
     }
 }
