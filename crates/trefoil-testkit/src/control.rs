@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use trefoil_api::blocking::Client;
+use trefoil_api::ProxyStatus;
 use trefoil_model::Resource;
 
 use crate::binaries::trefoil_command;
@@ -21,6 +23,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A running control plane; killed (SIGKILL) when dropped.
 pub struct Control {
     process: Process,
+    client: Client,
     pub api: SocketAddr,
     /// The config stream's address.
     pub grpc: SocketAddr,
@@ -52,7 +55,8 @@ impl Control {
         let log = data.with_extension(format!("control-{}.log", api.port()));
         let mut process = Process::spawn_logged("trefoil control", &mut cmd, &log);
         process.wait_for(&format!("the control plane to listen on {api}"), WAIT, || wait_for_port(api, Duration::from_millis(100)));
-        Control { process, api, grpc }
+        let client = Client::for_addr(api).expect("a runtime for the API client").with_timeout(WAIT);
+        Control { process, client, api, grpc }
     }
 
     /// `http://` address of the REST API, for `--server`.
@@ -60,7 +64,13 @@ impl Control {
         format!("http://{}", self.api)
     }
 
-    /// One REST call; the status and the JSON body (`Null` if none).
+    /// The typed API client every tool uses (`trefoil-api`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// One raw REST call, for tests of the HTTP contract itself; the status
+    /// and the JSON body (`Null` if none).
     pub fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         self.try_call(method, path, body.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
     }
@@ -74,7 +84,9 @@ impl Control {
 
     /// `PUT /api/v1/KIND/NAME` of `resource`; panics unless it is created or updated.
     pub fn put(&self, resource: &Resource) {
-        self.put_yaml(resource.kind(), resource.name(), &resource.to_yaml());
+        if let Err(e) = self.client.apply(resource) {
+            panic!("PUT {}/{}: {e}\n{}", resource.kind(), resource.name(), self.log());
+        }
     }
 
     /// `PUT /api/v1/KIND/NAME` of a YAML body.
@@ -85,8 +97,9 @@ impl Control {
 
     /// `DELETE /api/v1/KIND/NAME`; panics unless it answers 200.
     pub fn delete(&self, kind: &str, name: &str) {
-        let (status, reply) = self.call("DELETE", &format!("/api/v1/{kind}/{name}"), "");
-        assert_eq!(status, 200, "DELETE {kind}/{name}: {reply}");
+        if let Err(e) = self.client.delete(kind, name) {
+            panic!("DELETE {kind}/{name}: {e}\n{}", self.log());
+        }
     }
 
     /// `trefoil apply` of `resources`, written to a file in `dir`.
@@ -99,18 +112,18 @@ impl Control {
     }
 
     /// The status of proxy `name`, if the control plane lists it.
-    pub fn status(&self, name: &str) -> Option<Value> {
-        let (status, list) = self.call("GET", "/api/v1/status/proxies", "");
-        assert_eq!(status, 200);
-        list["items"].as_array()?.iter().find(|p| p["name"] == name).cloned()
+    pub fn status(&self, name: &str) -> Option<ProxyStatus> {
+        let list = self.client.proxies().unwrap_or_else(|e| panic!("GET /api/v1/status/proxies: {e}\n{}", self.log()));
+        list.get(name).cloned()
     }
 
-    /// Waits until `name` is connected and has acked the latest snapshot compiled for it.
-    pub fn wait_in_sync(&self, name: &str) -> Value {
+    /// Waits until `name` is connected and has acked the latest snapshot
+    /// compiled for it (the API's one in-sync rule).
+    pub fn wait_in_sync(&self, name: &str) -> ProxyStatus {
         let mut last = None;
         wait_until(&format!("proxy {name} to ack its latest snapshot"), WAIT, || {
             last = self.status(name);
-            last.as_ref().is_some_and(|s| s["connected"] == true && !s["ackedVersion"].is_null() && s["ackedVersion"] == s["latestVersion"])
+            last.as_ref().is_some_and(ProxyStatus::in_sync)
         });
         last.expect("wait_until returned, so the status was found")
     }

@@ -285,3 +285,32 @@ mod tests {
         ]);
     }
 }
+
+/// A kind's spec type, taken out of the [`Spec`] enum; what tests read back
+/// from the API (`Up::spec`).
+pub trait FromSpec: Sized {
+    /// `Some` when `spec` is of this kind.
+    fn from_spec(spec: Spec) -> Option<Self>;
+}
+
+macro_rules! from_spec {
+    ($($variant:ident => $ty:ty),* $(,)?) => {$(
+        impl FromSpec for $ty {
+            fn from_spec(spec: Spec) -> Option<Self> {
+                match spec {
+                    Spec::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+from_spec! {
+    Proxy => ProxySpec,
+    Route => RouteSpec,
+    Workload => WorkloadSpec,
+    Endpoints => trefoil_model::spec::EndpointsSpec,
+    Cnf => CnfSpec,
+    RolloutStatus => trefoil_model::spec::RolloutStatusSpec,
+}

@@ -4,16 +4,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trefoil_model::Resource;
+use trefoil_api::blocking::Client;
+use trefoil_api::ProxyStatus;
+use trefoil_model::spec::{DiscoveredEndpoint, EndpointsSpec};
+use trefoil_model::{Resource, ResourceVersion};
 
 use crate::binaries::{repo_root, trefoil_command};
-use crate::client::http_request;
 use crate::process::{log_file, run_with_timeout, Process};
-use crate::resources::ToYaml;
+use crate::resources::{FromSpec, ToYaml};
 use crate::scratch::scratch_dir;
 
 /// How long start-up and each awaited condition may take.
@@ -22,6 +25,7 @@ pub const START: Duration = Duration::from_secs(60);
 /// A running `trefoil up`; interrupted (then killed) when dropped.
 pub struct Up {
     process: Option<Process>,
+    client: OnceLock<Client>,
     pub dir: PathBuf,
     pub state: PathBuf,
 }
@@ -41,19 +45,40 @@ impl Up {
 
     /// `up -f files` with extra environment, its state and output in `dir`.
     pub fn start_on(dir: PathBuf, files: &Path, env: &[(&str, &str)]) -> Self {
-        let state = dir.join("state");
+        let mut cmd = Self::command(&dir, files);
+        cmd.envs(env.iter().copied()).args(["-o", "json"]).stdout(log_file(&dir.join("stdout"))).stderr(log_file(&dir.join("stderr")));
+        Self::spawn(dir, cmd)
+    }
+
+    /// `up` on `files` as a person runs it with `2>&1` into a file: the
+    /// table summary, and progress and summary in one stream (`stdout()`
+    /// and `stderr()` both read it), in the order they were written.
+    pub fn start_one_stream(files: impl ToYaml) -> Self {
+        let dir = scratch_dir();
+        std::fs::create_dir_all(dir.join("files")).expect("creating the files directory");
+        std::fs::write(dir.join("files").join("mesh.yaml"), files.to_yaml()).expect("writing the mesh's resources");
+        let output = std::fs::File::create(dir.join("stdout")).expect("creating the output file");
+        let both = output.try_clone().expect("a second descriptor of the output file");
+        std::os::unix::fs::symlink("stdout", dir.join("stderr")).expect("linking stderr to the one output");
+        let mut cmd = Self::command(&dir, &dir.join("files"));
+        cmd.stdout(output).stderr(both);
+        Self::spawn(dir, cmd)
+    }
+
+    fn command(dir: &Path, files: &Path) -> std::process::Command {
         let mut cmd = trefoil_command();
         cmd.args(["up", "-f"])
             .arg(files)
-            .envs(env.iter().copied())
             .arg("--state")
-            .arg(&state)
-            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0", "-o", "json"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log_file(&dir.join("stdout")))
-            .stderr(log_file(&dir.join("stderr")));
+            .arg(dir.join("state"))
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0"])
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    fn spawn(dir: PathBuf, mut cmd: std::process::Command) -> Self {
         let process = Process::spawn("trefoil up", &mut cmd);
-        Up { process: Some(process), dir, state }
+        Up { process: Some(process), client: OnceLock::new(), state: dir.join("state"), dir }
     }
 
     /// Its progress and errors so far.
@@ -82,17 +107,29 @@ impl Up {
         url.trim_start_matches("http://").parse().expect("up.json's API is an address")
     }
 
-    /// GET on the control plane's API; `Null` unless it answers 200 with JSON.
-    pub fn get(&self, path: &str) -> Value {
-        match http_request(self.api(), "GET", "control", path, &[], b"") {
-            Ok((200, _, body)) => serde_json::from_slice(&body).unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
+    /// The typed client of its control plane (`trefoil-api`), made on first use.
+    pub fn client(&self) -> &Client {
+        self.client.get_or_init(|| Client::for_addr(self.api()).expect("a runtime for the API client").with_timeout(START))
     }
 
-    /// The `metadata.resourceVersion` of the resource at `path` (e.g. `/api/v1/routes/edge`), if stored.
-    pub fn resource_version(&self, path: &str) -> Option<u64> {
-        self.get(path)["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok())
+    /// The stored `kind`/`name`; `None` while the API does not answer with it.
+    pub fn resource(&self, kind: &str, name: &str) -> Option<Resource> {
+        self.client().find(kind, name).ok().flatten()
+    }
+
+    /// The stored `kind`/`name`'s spec, if stored and of type `T`.
+    pub fn spec<T: FromSpec>(&self, kind: &str, name: &str) -> Option<T> {
+        T::from_spec(self.resource(kind, name)?.spec)
+    }
+
+    /// The `metadata.resourceVersion` of `kind`/`name`, if stored.
+    pub fn resource_version(&self, kind: &str, name: &str) -> Option<ResourceVersion> {
+        self.resource(kind, name)?.metadata.resource_version?.parse().ok()
+    }
+
+    /// Every proxy the control plane knows; empty while it does not answer.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        self.client().proxies().map(|list| list.items).unwrap_or_default()
     }
 
     /// Polls `cond` every 50 ms for up to a minute; panics with `up.json`
@@ -158,19 +195,19 @@ impl Up {
     }
 
     /// Whether every proxy is connected and has acknowledged `version` or newer.
-    pub fn all_acked(&self, version: u64) -> bool {
-        let items = self.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
-        !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
+    pub fn all_acked(&self, version: ResourceVersion) -> bool {
+        let proxies = self.proxies();
+        !proxies.is_empty() && proxies.iter().all(|p| p.connected && p.acked_version >= Some(version))
     }
 
     /// The endpoints of `Endpoints/<service>`, as the runtime published them.
-    pub fn endpoints(&self, service: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/endpoints/{service}"))["spec"]["endpoints"].as_array().cloned().unwrap_or_default()
+    pub fn endpoints(&self, service: &str) -> Vec<DiscoveredEndpoint> {
+        self.spec::<EndpointsSpec>("Endpoints", service).map(|s| s.endpoints).unwrap_or_default()
     }
 
     /// The replica numbers of `service`'s ready endpoints.
-    pub fn ready_replicas(&self, service: &str) -> Vec<u64> {
-        self.endpoints(service).iter().filter(|e| e["ready"] == true).filter_map(|e| e["replica"].as_u64()).collect()
+    pub fn ready_replicas(&self, service: &str) -> Vec<u32> {
+        self.endpoints(service).iter().filter(|e| e.ready).map(|e| e.replica).collect()
     }
 }
 

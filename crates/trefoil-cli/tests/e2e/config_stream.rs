@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, TcpListener};
 
 use serde_json::Value;
+use trefoil_api::ProxyStatus;
 use trefoil_model::spec::{Endpoint, ProxySpec, RouteRule, ServiceSpec};
 use trefoil_model::{Resource, Spec};
 use trefoil_testkit::control::WAIT;
@@ -18,6 +19,16 @@ use trefoil_testkit::{free_addr, http_request, scratch_dir, trefoil_command, wai
 fn served_by(addr: SocketAddr) -> Option<(u16, String)> {
     let (status, headers, _) = http_request(addr, "GET", "web.local", "/", &[], b"").ok()?;
     Some((status, headers.get("x-served-by").cloned().unwrap_or_default()))
+}
+
+/// The status of proxy `name` once it carries a NACK.
+fn wait_for_nack(control: &Control, name: &str) -> ProxyStatus {
+    let mut status = None;
+    wait_until(&format!("a NACK from {name}"), WAIT, || {
+        status = control.status(name).filter(|s| s.nack.is_some());
+        status.is_some()
+    });
+    status.expect("wait_until returned, so the NACK was seen")
 }
 
 fn wait_served_by(addr: SocketAddr, who: &str) {
@@ -65,30 +76,26 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     wait_served_by(public, "one");
     assert_eq!(proxy.ready(), 200);
     let status = control.wait_in_sync("edge");
-    assert_eq!(status["adminAddress"], proxy.admin.to_string());
-    assert!(status["nack"].is_null(), "{status}");
+    assert_eq!(status.admin_address, Some(proxy.admin.to_string()));
+    assert_eq!(status.nack, None);
     // A Proxy resource that never connected is listed too.
     control.put(&proxy_doc("idle"));
-    wait_until("the idle proxy in the status list", WAIT, || control.status("idle").is_some_and(|s| s["connected"] == false));
+    wait_until("the idle proxy in the status list", WAIT, || control.status("idle").is_some_and(|s| !s.connected));
 
     // (b) A route change takes effect.
     control.put(&route_doc("two"));
     wait_served_by(public, "two");
-    let acked = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
+    let acked = control.wait_in_sync("edge").acked_version.expect("in sync, so acked");
 
     // (c) A listener on an address another socket holds cannot be bound: NACK.
     let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap();
     control.put(&listener("taken", taken));
-    let mut rejected = Value::Null;
-    wait_until("the NACK in the status", WAIT, || {
-        rejected = control.status("edge").unwrap_or_default();
-        !rejected["nack"].is_null()
-    });
-    let error = rejected["nack"]["error"].as_str().unwrap_or_default();
-    assert!(error.contains(&taken.to_string()) && error.contains("in use"), "{rejected}");
-    assert_eq!(rejected["ackedVersion"].as_u64(), Some(acked), "the proxy still serves the old snapshot: {rejected}");
-    assert!(rejected["latestVersion"].as_u64() > Some(acked), "{rejected}");
+    let rejected = wait_for_nack(&control, "edge");
+    let error = &rejected.nack.as_ref().expect("waited for the NACK").error;
+    assert!(error.contains(&taken.to_string()) && error.contains("in use"), "{rejected:?}");
+    assert_eq!(rejected.acked_version, Some(acked), "the proxy still serves the old snapshot: {rejected:?}");
+    assert!(rejected.latest_version > Some(acked), "{rejected:?}");
     for _ in 0..20 {
         assert_eq!(served_by(public), Some((200, "two".to_string())), "the old config keeps serving");
     }
@@ -107,7 +114,7 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     control.put(&route_doc("two"));
     control.delete("Listener", "taken");
     let status = control.wait_in_sync("edge");
-    assert!(status["nack"].is_null(), "a newer acked snapshot clears the rejection: {status}");
+    assert_eq!(status.nack, None, "a newer acked snapshot clears the rejection");
     assert_eq!(control.log().matches("snapshot rejected").count(), 1, "{}", control.log());
     drop(squatter);
 }
@@ -122,7 +129,7 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     let mut proxy = StreamProxy::start(&dir, grpc, "edge", 2);
     apply_gateway(&control, "edge", public, &one, &two);
     wait_served_by(public, "one");
-    let before = control.wait_in_sync("edge")["ackedVersion"].as_u64().unwrap();
+    let before = control.wait_in_sync("edge").acked_version.expect("in sync, so acked");
 
     // (d) kill -9: traffic keeps flowing from the last good snapshot.
     control.kill_9();
@@ -136,18 +143,20 @@ fn the_proxy_outlives_a_killed_control_plane_and_reconnects() {
     // nothing changed it is in sync at the version it already had.
     let control = Control::start_on(&data, control.api, control.grpc);
     let status = control.wait_in_sync("edge");
-    assert_eq!(status["ackedVersion"].as_u64(), Some(before), "{status}");
-    assert!(proxy.log().matches("connected to the control plane").count() >= 2, "{}", proxy.log());
+    assert_eq!(status.acked_version, Some(before), "{status:?}");
+    // The control plane counts the proxy as connected when its stream
+    // opens; the proxy logs it a moment later, so wait for the line.
+    wait_until("the proxy to log its second connection", WAIT, || proxy.log().matches("connected to the control plane").count() >= 2);
 
     // And a new apply reaches it.
     control.put(&route_doc("two"));
     wait_served_by(public, "two");
-    assert!(control.wait_in_sync("edge")["ackedVersion"].as_u64() > Some(before));
+    assert!(control.wait_in_sync("edge").acked_version > Some(before));
 
     // SIGTERM still drains and exits cleanly; the control plane sees it go.
     assert_eq!(proxy.terminate(), Some(0), "{}", proxy.log());
     assert!(proxy.log().contains("drained"), "{}", proxy.log());
-    wait_until("the control plane to see the proxy go", WAIT, || control.status("edge").is_some_and(|s| s["connected"] == false));
+    wait_until("the control plane to see the proxy go", WAIT, || control.status("edge").is_some_and(|s| !s.connected));
 }
 
 #[test]
@@ -176,13 +185,8 @@ fn a_burst_of_writes_is_compiled_a_few_times_and_rejections_are_located() {
     // A reference the API accepts (resources may arrive in any order) but the
     // proxy's compile rejects: the NACK points into the snapshot.
     control.put(&route("broken", &["broken.local"], vec![rule_to("nowhere")]));
-    let mut status = Value::Null;
-    wait_until("the NACK", WAIT, || {
-        status = control.status("edge").unwrap_or_default();
-        !status["nack"].is_null()
-    });
-    let error = status["nack"]["error"].as_str().unwrap_or_default();
-    let version = status["nack"]["version"].as_u64().unwrap();
+    let nack = wait_for_nack(&control, "edge").nack.expect("waited for the NACK");
+    let (error, version) = (nack.error, nack.version);
     assert!(
         error.starts_with(&format!("snapshot {version}:"))
             && error.contains("spec.rules[0].backends[0].service")

@@ -170,8 +170,7 @@ fn listening_beyond_loopback_is_warned_about() {
 fn a_second_proxy_under_a_taken_name_is_refused_and_backs_off() {
     let dir = scratch_dir();
     let control = Control::start(&dir.join("data"));
-    let holds =
-        |admin: SocketAddr| control.status("edge").is_some_and(|s| s["connected"] == true && s["adminAddress"] == admin.to_string());
+    let holds = |admin: SocketAddr| control.status("edge").is_some_and(|s| s.connected && s.admin_address == Some(admin.to_string()));
     let first = StreamProxy::start(&dir, control.grpc, "edge", 1);
     wait_until("the first proxy to connect", WAIT, || holds(first.admin));
 

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use trefoil_model::ResourceVersion;
 use trefoil_testkit::{eicar, free_addr, http_request, repo_root, request, scratch_dir, wait_until, Clamd, Load, Up};
 
 fn example() -> PathBuf {
@@ -29,9 +30,9 @@ fn copy_example(to: &Path, gateway: std::net::SocketAddr) {
 }
 
 /// `trefoil apply` of one of the example's changes; returns the CNF's new resourceVersion.
-fn apply(up: &Up, file: &Path) -> u64 {
+fn apply(up: &Up, file: &Path) -> ResourceVersion {
     up.apply(file);
-    up.resource_version("/api/v1/cnfs/edge-security").expect("the CNF is stored")
+    up.resource_version("CNF", "edge-security").expect("the CNF is stored")
 }
 
 #[test]

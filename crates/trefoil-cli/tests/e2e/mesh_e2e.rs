@@ -7,20 +7,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use trefoil_model::Resource;
+use trefoil_model::spec::RouteSpec;
+use trefoil_model::{Resource, ResourceVersion};
 use trefoil_testkit::{
     count, curl_many, free_addr, free_port, http_get, quickstart_mesh, quickstart_resources, repo_root, run_with_timeout, send_signal,
     trefoil_command, wait_until, Load, ToYaml, Up,
 };
 
 /// `trefoil apply -f FILE` against this mesh; returns the route's new resourceVersion.
-fn apply(up: &Up, file: &Path) -> u64 {
+fn apply(up: &Up, file: &Path) -> ResourceVersion {
     up.apply(file);
     route_version(up)
 }
 
-fn route_version(up: &Up) -> u64 {
-    up.resource_version("/api/v1/routes/edge").unwrap_or(0)
+fn route_version(up: &Up) -> ResourceVersion {
+    up.resource_version("Route", "edge").unwrap_or_default()
 }
 
 #[test]
@@ -66,13 +67,11 @@ fn the_quickstart_mesh_serves_shifts_and_survives_failures() {
     assert_ne!(up.process("control")["pid"].as_u64(), Some(control_pid));
     // The runtime writes what it owns again (Endpoints), and only that: the
     // route as applied, not as in the files, is still there afterwards.
-    up.wait("the runtime rewrote Endpoints/web", |u| {
-        u.get("/api/v1/endpoints/web")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()) > Some(shifted)
-    });
+    up.wait("the runtime rewrote Endpoints/web", |u| u.resource_version("Endpoints", "web") > Some(shifted));
     up.wait("proxies reconnected", |u| u.all_acked(shifted));
-    let kept = up.get("/api/v1/routes/edge");
-    assert_eq!(kept["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()), Some(shifted), "{kept:#}");
-    assert_eq!(kept["spec"]["rules"][1]["backends"][0]["version"], "v2", "{kept:#}");
+    assert_eq!(up.resource_version("Route", "edge"), Some(shifted));
+    let kept = up.spec::<RouteSpec>("Route", "edge").expect("the route is stored");
+    assert_eq!(kept.rules[1].backends[0].version.as_deref(), Some("v2"), "{kept:#?}");
 
     // And it still drives the proxies: back to 80/20.
     let mesh = up.dir.join("edge.yaml");

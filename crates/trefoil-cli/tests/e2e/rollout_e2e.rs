@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 use trefoil_model::spec::{
     AbTestStrategy, Analysis, AnalysisMetric, AnalysisStep, CanaryStep, CanaryStrategy, JudgedStrategy, LatencyBound, MinBound,
-    MirrorStrategy, NameValue, PrometheusMetric, RolloutSpec, RouteRule, SignificanceBound, Strategy, WorkloadSpec,
+    MirrorStrategy, NameValue, PrometheusMetric, RolloutPhase, RolloutSpec, RolloutStatusSpec, RouteRule, RouteSpec, SignificanceBound,
+    Strategy, WorkloadSpec,
 };
 use trefoil_model::{Resource, Spec};
 use trefoil_testkit::resources::{http_health, ms, resource, route, secs, version_backend, workload};
@@ -141,26 +142,32 @@ fn start(files: Vec<Resource>, gateway: SocketAddr) -> Mesh {
     Mesh { up, _slot: slot }
 }
 
-fn status(up: &Up) -> Value {
-    up.get("/api/v1/rolloutstatus/web")["spec"].clone()
+/// The rollout's status; the default (Progressing, step 0) until the controller writes one.
+fn status(up: &Up) -> RolloutStatusSpec {
+    up.spec::<RolloutStatusSpec>("RolloutStatus", "web").unwrap_or_default()
 }
 
-fn wait_phase(up: &mut Up, phase: &str) {
-    up.wait(&format!("the rollout {phase} and settled"), |u| {
+fn wait_phase(up: &mut Up, phase: RolloutPhase) {
+    up.wait(&format!("the rollout {phase:?} and settled"), |u| {
         let s = status(u);
-        s["phase"] == phase && s["settled"] == true
+        s.phase == phase && s.settled
     });
 }
 
+/// The Route `edge`, as stored now.
+fn stored_route(up: &Up) -> RouteSpec {
+    up.spec::<RouteSpec>("Route", "edge").expect("the Route is stored")
+}
+
+/// How many rules the Route has now (0 while it is not readable).
+fn rule_count(up: &Up) -> usize {
+    up.spec::<RouteSpec>("Route", "edge").map_or(0, |r| r.rules.len())
+}
+
 /// The Route's backends for web: (version, weight).
-fn backends(up: &Up) -> Vec<(String, u64)> {
-    let route = up.get("/api/v1/routes/edge");
-    route["spec"]["rules"][0]["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|b| (b["version"].as_str().unwrap_or("").to_string(), b["weight"].as_u64().unwrap_or(0)))
-        .collect()
+fn backends(up: &Up) -> Vec<(String, u32)> {
+    let route = stored_route(up);
+    route.rules[0].backends.iter().map(|b| (b.version.clone().unwrap_or_default(), b.weight)).collect()
 }
 
 fn reasons(up: &Up) -> Vec<String> {
@@ -175,7 +182,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
     let gateway = free_addr();
     let mut up = start(mesh(gateway, &[], classic(), analysis()), gateway);
     let load = Load::start(&up.dir, gateway);
-    up.wait("the canary at 20%", |u| status(u)["weight"] == 20);
+    up.wait("the canary at 20%", |u| status(u).weight == 20);
 
     // The control plane dies mid-rollout; the restarted one resumes from the stored status.
     let control_pid = up.process("control")["pid"].as_u64().unwrap();
@@ -184,7 +191,7 @@ fn a_healthy_canary_is_promoted_through_a_control_plane_restart_with_no_failed_r
         u.process("control")["restarts"].as_u64() >= Some(1) && u.process("control")["ready"] == true
     });
 
-    wait_phase(&mut up, "Succeeded");
+    wait_phase(&mut up, RolloutPhase::Succeeded);
     assert_eq!(backends(&up), [("v2".to_string(), 100)]);
     let reasons = reasons(&up);
     assert_eq!(reasons.iter().filter(|r| *r == "Started").count(), 1, "resumed, not started over: {reasons:?}");
@@ -211,12 +218,12 @@ fn rolled_back(canary_args: &[&str], analysis: Analysis, metric: &str, clients: 
     let gateway = free_addr();
     let mut up = start(mesh(gateway, canary_args, steps(), analysis), gateway);
     let loads: Vec<Load> = (0..clients).map(|i| Load::start_as(&up.dir, gateway, &format!("load{i}"), &[])).collect();
-    wait_phase(&mut up, "RolledBack");
+    wait_phase(&mut up, RolloutPhase::RolledBack);
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);
     let s = status(&up);
-    assert_eq!(s["failedChecks"], 2, "{s}");
-    let failed: Vec<&Value> = s["lastCheck"]["figures"].as_array().unwrap().iter().filter(|f| f["ok"] == false).collect();
-    assert!(failed.iter().any(|f| f["metric"] == metric), "{s}");
+    assert_eq!(s.failed_checks, 2, "{s:#?}");
+    let figures = s.last_check.as_ref().map(|c| c.figures.as_slice()).unwrap_or_default();
+    assert!(figures.iter().any(|f| !f.ok && f.metric == metric), "{s:#?}");
     assert_eq!(reasons(&up).last().map(String::as_str), Some("RolledBack"));
     for load in loads {
         load.finish();
@@ -245,17 +252,14 @@ fn a_canary_slower_than_stable_is_rolled_back_by_a_mann_whitney_comparison() {
 
 /// Every proxy connected and serving the Route's current version.
 fn route_everywhere(up: &Up) -> bool {
-    let version =
-        up.get("/api/v1/routes/edge")["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
-    let items = up.get("/api/v1/status/proxies")["items"].as_array().cloned().unwrap_or_default();
-    !items.is_empty() && items.iter().all(|p| p["connected"] == true && p["ackedVersion"].as_u64().unwrap_or(0) >= version)
+    up.resource_version("Route", "edge").is_some_and(|version| up.all_acked(version))
 }
 
 #[test]
 fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_by_hand() {
     let gateway = free_addr();
     let mut up = start(mesh(gateway, &[], ab_test(Some(("x-canary", "yes")), None), analysis()), gateway);
-    up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+    up.wait("the A/B rule in the Route", |u| rule_count(u) == 2);
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
     let matching = curl_many(&url, 40, &["-H", "x-canary: yes"]);
@@ -267,13 +271,12 @@ fn an_ab_test_sends_exactly_the_matching_requests_to_the_canary_until_promoted_b
 
     // Paused, resumed, then promoted by hand: everything to v2, the A/B rule gone.
     assert!(up.cli(&["rollout", "pause", "web"]).status.success());
-    assert_eq!(status(&up)["phase"], "Paused");
+    assert_eq!(status(&up).phase, RolloutPhase::Paused);
     assert!(up.cli(&["rollout", "resume", "web"]).status.success());
     let out = up.cli(&["rollout", "promote", "web", "-o", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_phase(&mut up, "Succeeded");
-    let route = up.get("/api/v1/routes/edge");
-    assert_eq!(route["spec"]["rules"].as_array().map(Vec::len), Some(1), "{route:#}");
+    wait_phase(&mut up, RolloutPhase::Succeeded);
+    assert_eq!(rule_count(&up), 1, "{:#?}", stored_route(&up));
     assert_eq!(backends(&up), [("v2".to_string(), 100)]);
     assert_eq!(reasons(&up), ["Started", "Paused", "Resumed", "Promoted"]);
 }
@@ -285,31 +288,26 @@ fn a_mirrored_canary_never_changes_a_response_and_is_judged_on_the_copies() {
     let mirror = Strategy::Mirror(MirrorStrategy { percent: 100.0, checks: 100 });
     let mut up = start(mesh(gateway, &["--fail-percent", "100"], mirror, analysis()), gateway);
     let load = Load::start(&up.dir, gateway);
-    wait_phase(&mut up, "RolledBack");
+    wait_phase(&mut up, RolloutPhase::RolledBack);
     let traffic = load.finish();
     assert_eq!(traffic["failed"], 0, "a client saw the mirror's failure: {traffic}");
     let served = traffic["served"].as_object().unwrap();
     assert_eq!(served.keys().collect::<Vec<_>>(), ["web v1"], "{traffic}");
     let s = status(&up);
-    assert!(s["lastCheck"]["requests"].as_f64().unwrap_or(0.0) >= 5.0, "judged on the copies: {s}");
-    let route = up.get("/api/v1/routes/edge");
-    assert!(route["spec"]["rules"][0]["filters"]["requestMirror"].is_null(), "the mirror is removed: {route:#}");
+    assert!(s.last_check.as_ref().is_some_and(|c| c.requests >= 5.0), "judged on the copies: {s:#?}");
+    let route = stored_route(&up);
+    assert!(route.rules[0].filters.request_mirror.is_none(), "the mirror is removed: {route:#?}");
 }
 
 /// A Prometheus server scraping every proxy's admin `/metrics` each second.
 fn scrape_every_proxy(up: &Up, listen: SocketAddr) -> Prometheus {
-    let admins: Vec<String> = up.get("/api/v1/status/proxies")["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["adminAddress"].as_str().map(str::to_string))
-        .collect();
+    let admins: Vec<String> = up.proxies().into_iter().filter_map(|p| p.admin_address).collect();
     assert!(admins.len() >= 3, "the gateway and both sidecars: {admins:?}");
     Prometheus::start(&up.dir.join("prometheus"), listen, &admins)
 }
 
 /// The same rollout judged only by a PromQL success rate of v2's inbound traffic.
-fn judged_by_prometheus(canary_args: &[&str], phase: &str) {
+fn judged_by_prometheus(canary_args: &[&str], phase: RolloutPhase) {
     let (gateway, prometheus) = (free_addr(), free_addr());
     let series = "trefoil_requests_total{service=\"web\",version=\"v2\",direction=\"inbound\"";
     let query = format!("sum(rate({series},status_code!~\"5..\"}}[5s])) / sum(rate({series}}}[5s]))");
@@ -320,26 +318,26 @@ fn judged_by_prometheus(canary_args: &[&str], phase: &str) {
     wait_phase(&mut up, phase);
     load.finish();
     let s = status(&up);
-    let figure = &s["lastCheck"]["figures"][0];
-    assert_eq!(figure["metric"], query.as_str(), "{s}");
-    assert!(figure["value"].is_number(), "the query answered: {s}");
+    let figure = s.last_check.as_ref().and_then(|c| c.figures.first()).expect("a check with a figure");
+    assert_eq!(figure.metric, query, "{s:#?}");
+    assert!(figure.value.is_some(), "the query answered: {s:#?}");
 }
 
 #[test]
 fn a_promql_analysis_promotes_a_healthy_canary() {
-    judged_by_prometheus(&[], "Succeeded");
+    judged_by_prometheus(&[], RolloutPhase::Succeeded);
 }
 
 #[test]
 fn a_promql_analysis_rolls_back_a_failing_canary() {
-    judged_by_prometheus(&["--fail-percent", "50"], "RolledBack");
+    judged_by_prometheus(&["--fail-percent", "50"], RolloutPhase::RolledBack);
 }
 
 #[test]
 fn a_cookie_ab_test_matches_the_whole_cookie_value() {
     let gateway = free_addr();
     let mut up = start(mesh(gateway, &[], ab_test(None, Some(("beta", "on"))), analysis()), gateway);
-    up.wait("the A/B rule in the Route", |u| u.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len) == Some(2));
+    up.wait("the A/B rule in the Route", |u| rule_count(u) == 2);
     up.wait("every proxy serving the A/B rule", route_everywhere);
     let url = format!("http://{gateway}/");
     let with = curl_many(&url, 20, &["-H", "cookie: theme=dark; beta=on; lang=en"]);
@@ -348,8 +346,8 @@ fn a_cookie_ab_test_matches_the_whole_cookie_value() {
     assert_eq!(count(&other, |(s, who)| *s == 200 && who == "web v1"), 20, "{other:?}");
     // Aborted by hand: the A/B rule goes, everything to v1.
     assert!(up.cli(&["rollout", "abort", "web"]).status.success());
-    wait_phase(&mut up, "Aborted");
-    assert_eq!(up.get("/api/v1/routes/edge")["spec"]["rules"].as_array().map(Vec::len), Some(1));
+    wait_phase(&mut up, RolloutPhase::Aborted);
+    assert_eq!(rule_count(&up), 1);
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);
 }
 
@@ -360,7 +358,7 @@ fn a_blue_green_switch_moves_everything_and_back_when_checks_fail() {
     let mut up = start(mesh(gateway, &["--fail-percent", "50"], blue_green, analysis()), gateway);
     up.wait("all traffic switched to v2", |u| backends(u) == [("v2".to_string(), 100)]);
     let load = Load::start(&up.dir, gateway);
-    wait_phase(&mut up, "RolledBack");
+    wait_phase(&mut up, RolloutPhase::RolledBack);
     load.finish();
     assert_eq!(backends(&up), [("v1".to_string(), 100)]);
     assert_eq!(reasons(&up), ["Started", "CheckFailed", "CheckFailed", "RolledBack"]);

@@ -52,22 +52,23 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
     // Endpoints point at the sidecars' inbound listeners, never the apps.
     let eps = up.endpoints("web");
     for (i, e) in eps.iter().enumerate() {
-        assert_eq!(e["address"], view["processes"][format!("web-{i}-sidecar")]["addresses"]["inbound"], "{e}");
-        assert_eq!(e["version"], "v1");
-        assert_eq!(e["workload"], "web");
+        assert_eq!(e.address, view["processes"][format!("web-{i}-sidecar")]["addresses"]["inbound"].as_str().unwrap_or_default(), "{e:?}");
+        assert_eq!(e.version, "v1");
+        assert_eq!(e.workload, "web");
     }
-    let stored = up.get("/api/v1/endpoints/web");
-    assert_eq!(stored["metadata"]["labels"]["trefoil.dev/managed-by"], "runtime");
+    let stored = up.resource("Endpoints", "web").expect("Endpoints/web is stored");
+    assert_eq!(stored.metadata.labels.get("trefoil.dev/managed-by").map(String::as_str), Some("runtime"));
 
     // Each sidecar is registered as a Proxy named after the replica.
-    let proxy = up.get("/api/v1/proxies/web-1");
-    assert_eq!(proxy["metadata"]["labels"]["trefoil.dev/managed-by"], "runtime");
-    assert_eq!(proxy["spec"]["sidecar"]["service"], "web");
-    assert_eq!(proxy["spec"]["sidecar"]["replica"], 1);
-    assert_eq!(proxy["spec"]["sidecar"]["app"], view["processes"]["web-1"]["addresses"]["app"]);
-    assert_eq!(proxy["spec"]["admin"], view["processes"]["web-1-sidecar"]["addresses"]["admin"]);
+    let proxy = up.resource("Proxy", "web-1").expect("Proxy/web-1 is stored");
+    assert_eq!(proxy.metadata.labels.get("trefoil.dev/managed-by").map(String::as_str), Some("runtime"));
+    let Spec::Proxy(spec) = proxy.spec else { panic!("Proxy/web-1 holds a Proxy spec") };
+    let sidecar = spec.sidecar.expect("a sidecar's Proxy says whose");
+    assert_eq!((sidecar.service.as_str(), sidecar.replica), ("web", 1));
+    assert_eq!(sidecar.app, view["processes"]["web-1"]["addresses"]["app"].as_str().unwrap_or_default());
+    assert_eq!(spec.admin, view["processes"]["web-1-sidecar"]["addresses"]["admin"].as_str().unwrap_or_default());
     // The resources from the files are stored too.
-    assert_eq!(up.get("/api/v1/workloads/web")["spec"]["replicas"], 2);
+    assert_eq!(up.spec::<WorkloadSpec>("Workload", "web").map(|w| w.replicas), Some(2));
 
     // The app answers on the port it was given.
     let app: SocketAddr = view["processes"]["web-1"]["addresses"]["app"].as_str().unwrap().parse().unwrap();
@@ -285,15 +286,11 @@ fn a_new_run_deletes_what_an_earlier_one_registered_and_no_longer_runs() {
     let mut second = Up::start_in(dir, servers("web", "web", 1));
     second.wait_ready(&["web-0"]);
     second.wait("Endpoints/web with one replica", |u| u.ready_replicas("web") == [0] && u.endpoints("web").len() == 1);
-    let proxies: Vec<String> = second.get("/api/v1/proxies")["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(proxies, ["web-0"], "stale sidecars are gone");
-    assert!(second.get("/api/v1/endpoints/old").is_null(), "stale Endpoints are gone");
-    assert!(second.get("/api/v1/workloads/old").is_object(), "what people wrote is never deleted by the runtime");
+    let proxies = second.client().list("Proxy").expect("listing proxies");
+    let names: Vec<&str> = proxies.items.iter().map(Resource::name).collect();
+    assert_eq!(names, ["web-0"], "stale sidecars are gone");
+    assert!(second.resource("Endpoints", "old").is_none(), "stale Endpoints are gone");
+    assert!(second.resource("Workload", "old").is_some(), "what people wrote is never deleted by the runtime");
     assert!(second.stderr().contains("deleted Proxy/web-1"), "{}", second.stderr());
 }
 

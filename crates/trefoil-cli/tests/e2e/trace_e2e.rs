@@ -27,7 +27,7 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 fn start(mesh: impl ToYaml, gateway: std::net::SocketAddr) -> Up {
     let mut up = Up::start(mesh);
     up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
-    up.wait("every proxy acknowledged its snapshot", |u| u.all_acked(1));
+    up.wait("every proxy acknowledged its snapshot", |u| u.all_acked(1.into()));
     wait_until("the gateway serving web", Duration::from_secs(30), || {
         http_request(gateway, "GET", "edge", "/", &[], b"").is_ok_and(|r| r.0 == 200)
     });
