@@ -17,7 +17,9 @@ use trefoil_model::{Resource, Spec};
 use trefoil_testkit::resources::{
     cnf_with_handler, function, listener, network_function, resource, route, route_all, rule_to, service, step, strings, workload,
 };
-use trefoil_testkit::{free_addr, http_request, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, Proxy, TestServer};
+use trefoil_testkit::{
+    free_addr, http_get, http_request, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, Proxy, TestServer,
+};
 
 fn trefoil(args: &[&str]) -> Output {
     run_with_timeout(trefoil_command().args(args), Duration::from_secs(60))
@@ -97,6 +99,38 @@ fn top_shows_rates_success_and_latency_per_version_and_lists_dead_proxies() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("SERVICE") && table.contains("SUCCESS") && table.contains("P99"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("web ") && l.contains(" v2 ")), "{table}");
+}
+
+#[test]
+fn top_once_after_the_traffic_stopped_shows_the_totals_since_start() {
+    // The README's step: one curl, then `trefoil top --once`. The window
+    // sees nothing, so top shows what each proxy counted since it started.
+    let v1 = TestServer::named("v1");
+    let listen = free_addr();
+    let proxy = Proxy::start(vec![listener("main", listen), service("web", &[(v1.addr(), "v1")]), route_all("web")]);
+    for _ in 0..3 {
+        assert_eq!(http_get(listen, "web.test", "/").0, 200);
+    }
+    wait_until("the proxy to count three requests", Duration::from_secs(20), || proxy.metric_sum("trefoil_requests_total", &[]) >= 3.0);
+
+    let out = trefoil(&["top", "--once", "--interval", "200ms", "-o", "json", "--proxy", &proxy.admin.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = json_of(&out);
+    assert_eq!(report["sinceStart"], true, "{report:#}");
+    let rows = report["services"].as_array().expect("services");
+    let row = rows.iter().find(|r| r["service"] == "web" && r["version"] == "v1").unwrap_or_else(|| panic!("no web/v1 row: {report:#}"));
+    assert_eq!(row["requests"].as_f64(), Some(3.0), "{row}");
+    assert_eq!(row["successRate"].as_f64(), Some(1.0), "{row}");
+
+    // The table says so rather than showing an empty window.
+    let table = trefoil(&["top", "--once", "--interval", "200ms", "--proxy", &proxy.admin.to_string()]);
+    assert!(table.status.success(), "{}", text(&table));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("totals since the proxies started"), "{table}");
+    let web = table.lines().find(|l| l.starts_with("web ")).unwrap_or_else(|| panic!("no web row: {table}"));
+    let columns: Vec<&str> = web.split_whitespace().collect();
+    // SERVICE VERSION RPS SUCCESS P50 P99 REQUESTS: no rate without a window.
+    assert_eq!((&columns[..4], columns.last()), (&["web", "v1", "-", "100.0%"][..], Some(&"3")), "{table}");
 }
 
 #[test]
@@ -294,4 +328,35 @@ fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
 
     let out = trefoil(&["describe", "networkfunctions", "acl", "--server", &control.url(), "-o", "json"]);
     assert_eq!(json_of(&out)["related"], serde_json::json!({"service": "acl", "readyEndpoints": 1, "steps": ["edge#0"]}), "{}", text(&out));
+}
+
+/// The first log line of `trefoil control` run on a terminal (`script`
+/// gives it one), with `env` set.
+fn control_log_line_on_a_terminal(env: &[(&str, &str)]) -> String {
+    let dir = scratch_dir();
+    let control = format!(
+        "{} control --data {} --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0",
+        trefoil_testkit::trefoil_path().display(),
+        dir.join("data").display()
+    );
+    let output = dir.join("terminal");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &control, "/dev/null"])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(trefoil_testkit::log_file(&output))
+        .stderr(std::process::Stdio::null());
+    let mut script = trefoil_testkit::Process::spawn("trefoil control on a terminal", &mut cmd);
+    let read = || std::fs::read_to_string(&output).unwrap_or_default();
+    script.wait_for("its first log line", Duration::from_secs(20), || read().contains("control plane listening"));
+    script.signal(libc::SIGTERM);
+    read().lines().find(|l| l.contains("control plane listening")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let coloured = control_log_line_on_a_terminal(&[]);
+    assert!(coloured.contains("\x1b["), "a person at a terminal gets colour: {coloured:?}");
+    let plain = control_log_line_on_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(!plain.contains('\x1b'), "NO_COLOR (no-color.org) turns it off: {plain:?}");
 }

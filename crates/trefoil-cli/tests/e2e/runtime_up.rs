@@ -86,6 +86,47 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
     assert!(stderr.contains("replica web-0 ready"), "{stderr}");
 }
 
+/// The line `up` prints when the process a "started ROLE NAME (pid N)"
+/// line announced is ready.
+fn ready_line(started: &str) -> Option<String> {
+    let (role_and_name, _) = started.strip_prefix("started ")?.split_once(" (pid")?;
+    match role_and_name.split_once(' ')? {
+        ("the", "control plane") => Some("control plane ready".to_string()),
+        ("app", name) => Some(format!("replica {name} ready")),
+        (role, name) => Some(format!("{role} {name} ready")),
+    }
+}
+
+#[test]
+fn up_reports_up_after_every_ready_line_and_writes_no_colour_where_no_one_looks() {
+    // Progress (stderr) and summary (stdout) in one file, as with `2>&1`.
+    let mut resources = edge_gateway(free_port());
+    resources.push(servers("web", "web", 2));
+    let mut up = Up::start_one_stream(resources);
+    up.wait("trefoil is up", |u| u.stdout().contains("trefoil is up"));
+    let output = up.stdout();
+    let (before, _) = output.split_once("trefoil is up").expect("waited for it");
+    let started: Vec<&str> = before.lines().filter(|l| l.starts_with("started ")).collect();
+    // The control plane, the gateway, two apps and their sidecars.
+    assert_eq!(started.len(), 6, "{output}");
+    for line in started {
+        let ready = ready_line(line).unwrap_or_else(|| panic!("an unexpected start line {line:?} in\n{output}"));
+        assert!(before.lines().any(|l| l == ready), "{ready:?} must come before \"trefoil is up\":\n{output}");
+    }
+
+    // Not a terminal: no colour codes in the output, the log files or `trefoil logs`.
+    assert!(!output.contains('\x1b'), "{output:?}");
+    let entries = std::fs::read_dir(up.state.join("logs")).expect("the logs directory");
+    let logs: Vec<_> = entries.map(|e| e.expect("a log entry").path()).filter(|p| p.is_file()).collect();
+    assert!(logs.len() >= 6, "a log per process: {logs:?}");
+    for log in logs {
+        let text = std::fs::read(&log).expect("reading a log file");
+        assert!(!text.contains(&0x1b), "{}: {}", log.display(), String::from_utf8_lossy(&text));
+    }
+    let out = up.logs(&["web-0-sidecar"]);
+    assert!(out.status.success() && !out.stdout.is_empty() && !out.stdout.contains(&0x1b), "{out:?}");
+}
+
 #[test]
 fn a_killed_app_is_restarted_and_ready_again() {
     let mut up = Up::start(servers("api", "api", 1));
