@@ -5,6 +5,7 @@
 pub mod api;
 pub mod compile;
 pub mod config_stream;
+pub mod identity;
 pub mod openapi;
 pub mod proxies;
 pub mod rollout;

@@ -1,0 +1,236 @@
+//! The mesh's certificate authority: a root made on first start, and the
+//! one operation proxies need from it, turning a certificate signing
+//! request into an X.509-SVID for the identity the caller proved.
+//!
+//! The CSR is parsed, its signature checked (the requester holds the key),
+//! and it may ask for at most the one identity the caller already proved:
+//! the identity comes from authentication, never from the CSR, so a CSR
+//! naming another workload, or adding DNS names or IPs, is refused rather
+//! than trimmed. Leaves follow the X.509-SVID rules: one URI SAN, no
+//! subject, not a CA, digitalSignature, server and client auth.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber, SignatureAlgorithm,
+};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use super::spiffe::{SpiffeId, TrustDomain};
+
+/// How long a root lives; rotated with an overlap before it ends.
+pub const ROOT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Issued lifetimes outside this range are refused: shorter cannot be
+/// renewed in time, longer defeats rotation.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(60);
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Leaves start this far in the past, for clocks a little behind ours.
+const BACKDATE: Duration = Duration::from_secs(60);
+/// A CSR is a few hundred bytes; anything near this is not one.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// Why the authority could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("generating the root key: {0}")]
+    Generate(rcgen::Error),
+    #[error("the stored root key: {0}")]
+    Key(rcgen::Error),
+    #[error("the stored root certificate: {0}")]
+    Root(String),
+    #[error("the stored root certificate does not match the stored key")]
+    Mismatch,
+}
+
+/// Why a CSR was refused; nothing is issued in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    #[error("the CSR is {0} bytes, more than the 16 KiB a CSR can need")]
+    TooLarge(usize),
+    #[error("the CSR is not a PKCS#10 request: {0}")]
+    Malformed(String),
+    #[error("the CSR's signature does not verify: the requester does not hold its key")]
+    Signature,
+    #[error("the CSR's key is {0}; keys must be ECDSA P-256, P-384 or Ed25519")]
+    Algorithm(String),
+    #[error("the CSR asks for {asked}, but the caller proved {caller}")]
+    WrongIdentity { asked: String, caller: String },
+    #[error("the CSR asks for {0}; an X.509-SVID carries exactly one URI, the caller's SPIFFE id")]
+    ExtraName(String),
+    #[error("the caller's trust domain {caller} is not this authority's {ours}")]
+    TrustDomain { caller: String, ours: String },
+    #[error("lifetime {0:?} is outside 1 minute to 30 days")]
+    Lifetime(Duration),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// An issued X.509-SVID.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub certificate_pem: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// When the holder should renew: two thirds into its life.
+    pub renew_at: SystemTime,
+}
+
+/// A root key and certificate. The key is persisted by the control plane
+/// and never leaves it; only [`Authority::root_pem`] is distributed.
+pub struct Authority {
+    trust_domain: TrustDomain,
+    key: KeyPair,
+    /// The root as issued and distributed, byte for byte.
+    root_pem: String,
+    /// The issuer as rcgen signs with it: the same name and key as the root.
+    issuer: rcgen::Certificate,
+}
+
+impl Authority {
+    /// A new root for `trust_domain`, valid from `now` for [`ROOT_LIFETIME`].
+    pub fn generate(trust_domain: TrustDomain, now: SystemTime) -> Result<Self, AuthorityError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(AuthorityError::Generate)?;
+        let mut params = root_params(&trust_domain);
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + ROOT_LIFETIME).into();
+        params.serial_number = Some(random_serial().map_err(AuthorityError::Generate)?);
+        let root = params.self_signed(&key).map_err(AuthorityError::Generate)?;
+        let root_pem = root.pem();
+        Ok(Authority { trust_domain, key, root_pem, issuer: root })
+    }
+
+    /// The authority as persisted: its key and root certificate in PEM.
+    pub fn from_pem(trust_domain: TrustDomain, key_pem: &str, root_pem: &str) -> Result<Self, AuthorityError> {
+        let key = KeyPair::from_pem(key_pem).map_err(AuthorityError::Key)?;
+        let der = rustls_pemfile::certs(&mut root_pem.as_bytes())
+            .next()
+            .ok_or_else(|| AuthorityError::Root("no CERTIFICATE block".into()))?
+            .map_err(|e| AuthorityError::Root(e.to_string()))?;
+        let (_, root) = x509_parser::parse_x509_certificate(&der).map_err(|e| AuthorityError::Root(e.to_string()))?;
+        if root.public_key().raw != key.public_key_der().as_slice() {
+            return Err(AuthorityError::Mismatch);
+        }
+        // rcgen signs with a Certificate value: rebuild one with the same
+        // name and key; the leaves name the stored root as their issuer.
+        let issuer = root_params(&trust_domain).self_signed(&key).map_err(AuthorityError::Key)?;
+        Ok(Authority { trust_domain, key, root_pem: root_pem.to_string(), issuer })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The root certificate: the trust bundle proxies verify peers with.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The private key, for the control plane's own store only.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// An X.509-SVID for `caller` (the identity its credentials proved) on
+    /// the key in `csr_der`, valid for `lifetime` from `now`.
+    pub fn issue(&self, csr_der: &[u8], caller: &SpiffeId, lifetime: Duration, now: SystemTime) -> Result<Issued, IssueError> {
+        if csr_der.len() > MAX_CSR_BYTES {
+            return Err(IssueError::TooLarge(csr_der.len()));
+        }
+        if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&lifetime) {
+            return Err(IssueError::Lifetime(lifetime));
+        }
+        if caller.trust_domain != self.trust_domain {
+            return Err(IssueError::TrustDomain { caller: caller.trust_domain.to_string(), ours: self.trust_domain.to_string() });
+        }
+        let key = requested_key(csr_der, caller)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = caller.to_string().try_into().map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial().map_err(|e| IssueError::Sign(e.to_string()))?);
+        let not_before = now - BACKDATE;
+        let not_after = now + lifetime;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let leaf = params.signed_by(&key, &self.issuer, &self.key).map_err(|e| IssueError::Sign(e.to_string()))?;
+        Ok(Issued { certificate_pem: leaf.pem(), not_before, not_after, renew_at: now + lifetime * 2 / 3 })
+    }
+}
+
+/// The root's name and constraints; the same every time for one trust
+/// domain, so a reloaded authority issues under the stored root's name.
+fn root_params(trust_domain: &TrustDomain) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Trefoil");
+    name.push(DnType::CommonName, format!("Trefoil root CA for {trust_domain}"));
+    params.distinguished_name = name;
+    // Leaves only: an intermediate below this root is not valid.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+/// 16 random bytes, top bit clear so the integer stays positive.
+fn random_serial() -> Result<SerialNumber, rcgen::Error> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| rcgen::Error::RingUnspecified)?;
+    bytes[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// The CSR's public key, once the CSR is shown to be signed by it and to
+/// ask for nothing beyond `caller`.
+fn requested_key(csr_der: &[u8], caller: &SpiffeId) -> Result<RequestedKey, IssueError> {
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der).map_err(|e| IssueError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(IssueError::Malformed(format!("{} bytes after the request", rest.len())));
+    }
+    csr.verify_signature().map_err(|_| IssueError::Signature)?;
+    for extension in csr.requested_extensions().into_iter().flatten() {
+        let ParsedExtension::SubjectAlternativeName(san) = extension else { continue };
+        for name in &san.general_names {
+            match name {
+                GeneralName::URI(uri) if *uri == caller.to_string() => {}
+                GeneralName::URI(uri) => {
+                    return Err(IssueError::WrongIdentity { asked: uri.to_string(), caller: caller.to_string() });
+                }
+                other => return Err(IssueError::ExtraName(format!("{other}"))),
+            }
+        }
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
+    // OIDs of RFC 5480 (id-ecPublicKey with its named curve) and RFC 8410 (Ed25519).
+    let signature: &'static SignatureAlgorithm = match (algorithm.as_str(), curve.as_deref()) {
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => &rcgen::PKCS_ECDSA_P256_SHA256,
+        ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => &rcgen::PKCS_ECDSA_P384_SHA384,
+        ("1.3.101.112", None) => &rcgen::PKCS_ED25519,
+        (other, curve) => return Err(IssueError::Algorithm(format!("{other}{}", curve.map(|c| format!(" ({c})")).unwrap_or_default()))),
+    };
+    Ok(RequestedKey { signature, public_key: spki.subject_public_key.data.to_vec() })
+}
+
+/// A subject's public key as rcgen writes it into the certificate.
+struct RequestedKey {
+    signature: &'static SignatureAlgorithm,
+    public_key: Vec<u8>,
+}
+
+impl PublicKeyData for RequestedKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    fn algorithm(&self) -> &SignatureAlgorithm {
+        self.signature
+    }
+}

@@ -1,0 +1,12 @@
+//! Mesh identity: SPIFFE ids and the certificate authority that issues
+//! X.509-SVIDs to proxies. The root key stays in the control plane; proxies
+//! send a CSR (their keys never leave them) and get back a certificate for
+//! the identity they proved, plus the trust bundle.
+
+mod authority;
+mod spiffe;
+#[cfg(test)]
+mod tests;
+
+pub use authority::{Authority, AuthorityError, IssueError, Issued, MAX_CSR_BYTES, MAX_LIFETIME, MIN_LIFETIME, ROOT_LIFETIME};
+pub use spiffe::{SpiffeError, SpiffeId, TrustDomain};
