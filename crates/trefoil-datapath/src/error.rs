@@ -1,0 +1,89 @@
+//! The datapath's errors: each says what failed and, where the host is the
+//! cause (a capability, the kernel, the build), what to change.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything the agent can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The crate was built without its eBPF programs.
+    #[error("the eBPF programs were not built because {0}; install clang, llvm and libbpf-dev (scripts/install-test-deps) and rebuild")]
+    ProgramsMissing(&'static str),
+    /// The process lacks a capability the kernel requires.
+    #[error("missing capability {0}: the datapath agent needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN; run it as root or grant them")]
+    MissingCapability(&'static str),
+    /// The kernel lacks a feature the programs use.
+    #[error("kernel {found} is too old: the datapath needs Linux {needed} or later ({why})")]
+    KernelTooOld {
+        /// The running kernel's release.
+        found: String,
+        /// The oldest release that works.
+        needed: &'static str,
+        /// The feature that needs it.
+        why: &'static str,
+    },
+    /// More entries than the kernel's rule table holds.
+    #[error("{count} datapath entries do not fit the kernel's rule table of {max}; merge rules or split them across nodes")]
+    TooManyEntries {
+        /// Entries given.
+        count: usize,
+        /// The table's size.
+        max: u32,
+    },
+    /// An entry the kernel programs cannot express.
+    #[error("datapath entry {index} (rule `{rule}`): {reason}")]
+    BadEntry {
+        /// Position in the list given to `apply`.
+        index: usize,
+        /// The entry's rule.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A network namespace, interface or file could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused a BPF operation.
+    #[error("{what}: {source}")]
+    Bpf {
+        /// What was being done.
+        what: String,
+        /// aya's error, with the kernel's errno (and the verifier log for loads).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A helper command (`ip`) failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// The pin directory is not on a BPF filesystem and none could be mounted.
+    #[error("{0} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs(PathBuf),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Io { what: what.into(), source }
+    }
+
+    /// Wraps a BPF error; a permission error names the capability that is
+    /// missing rather than leaving the reader with "Operation not permitted".
+    pub(crate) fn bpf(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let text = format!("{source:?}");
+        if text.contains("PermissionDenied") || text.contains("code: 1,") {
+            return Self::MissingCapability("CAP_BPF");
+        }
+        Self::Bpf { what: what.into(), source: Box::new(source) }
+    }
+}

@@ -1,0 +1,297 @@
+//! The datapath on the real kernel: redirect, copy and drop between network
+//! namespaces the tests build, rules changed live, flow records and counters
+//! read back, and an agent killed with SIGKILL converging on restart.
+
+mod harness;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use harness::*;
+use trefoil_datapath::{Action, Agent, Entry, FlowAction, IpNet, Protocol};
+
+fn server_http() -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), 80)
+}
+
+fn entry(rule: &str, src: &str, action: Action) -> Entry {
+    Entry {
+        rule: rule.to_owned(),
+        priority: 100,
+        src: src.parse::<IpNet>().unwrap(),
+        dst: format!("{SERVER_IP}/32").parse().unwrap(),
+        ports: 80..=80,
+        protocol: Protocol::Tcp,
+        action,
+    }
+}
+
+/// The topology with an echo server on the server's port 80 and an agent on
+/// edge; `None` (after saying why) where the test cannot run.
+fn start(test: &str) -> Option<(Topology, Agent)> {
+    if !can_run(test) {
+        return None;
+    }
+    let topology = Topology::new();
+    echo_server(&topology, "server", server_http());
+    let agent = Agent::start(topology.agent_config()).expect("agent starts");
+    Some((topology, agent))
+}
+
+/// A transparent proxy in edge: reports each connection's local address (the
+/// original destination), then forwards to it byte for byte.
+fn transparent_proxy(topology: &Topology, listen: SocketAddr) -> mpsc::Receiver<SocketAddr> {
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    topology.spawn("edge", move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // Replies leave from the original destination, an address edge does not own.
+        socket.set_ip_transparent_v4(true).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&listen.into()).unwrap();
+        socket.listen(128).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        ready_tx.send(()).unwrap();
+        for downstream in listener.incoming().flatten() {
+            let original = downstream.local_addr().unwrap();
+            seen_tx.send(original).unwrap();
+            std::thread::spawn(move || {
+                let upstream = TcpStream::connect(original).unwrap();
+                let (mut down_r, mut down_w) = (downstream.try_clone().unwrap(), downstream);
+                let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
+                let forward = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut down_r, &mut up_w);
+                    let _ = up_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up_r, &mut down_w);
+                let _ = down_w.shutdown(std::net::Shutdown::Write);
+                let _ = forward.join();
+            });
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("proxy ready");
+    seen_rx
+}
+
+#[test]
+fn redirect_steers_connections_to_the_transparent_listener() {
+    let Some((topology, mut agent)) = start("redirect_steers_connections_to_the_transparent_listener") else { return };
+    let listener: SocketAddr = format!("{EDGE_CLIENT_SIDE_IP}:15001").parse().unwrap();
+    let seen = transparent_proxy(&topology, listener);
+    agent.apply(&[entry("to-proxy", "0.0.0.0/0", Action::Redirect { listener })]).unwrap();
+
+    let payload = random_bytes(10 * 1024 * 1024);
+    let echoed = echo_roundtrip(&topology, "client", server_http(), payload.clone()).expect("redirected echo");
+    assert!(echoed == payload, "10 MB through the redirect arrive byte-exact ({} bytes back)", echoed.len());
+    let original = seen.recv_timeout(Duration::from_secs(5)).expect("the proxy accepted the client's connection");
+    assert_eq!(original, server_http(), "getsockname on the accepted socket is the original destination");
+
+    let flows = agent.flows().unwrap();
+    let redirected = flows
+        .iter()
+        .find(|f| f.dst == server_http() && f.action == FlowAction::Redirect)
+        .unwrap_or_else(|| panic!("a redirect flow record in {flows:?}"));
+    assert_eq!(redirected.rule.as_deref(), Some("to-proxy"));
+    assert!(redirected.bytes >= payload.len() as u64, "{redirected:?}");
+    assert!(redirected.start <= redirected.end);
+
+    // Without the rule the same traffic goes straight to the server.
+    agent.apply(&[]).unwrap();
+    let echoed = echo_roundtrip(&topology, "client", server_http(), b"direct".to_vec()).expect("direct echo");
+    assert_eq!(echoed, b"direct");
+    assert!(seen.try_recv().is_err(), "the proxy saw no connection once the rule was gone");
+    agent.remove_all().unwrap();
+}
+
+#[test]
+fn copy_delivers_packets_to_the_function_and_leaves_the_flow_alone() {
+    let Some((topology, mut agent)) = start("copy_delivers_packets_to_the_function_and_leaves_the_flow_alone") else { return };
+    agent.apply(&[entry("tap-web", "0.0.0.0/0", Action::Copy { interface: EDGE_TO_TAP.to_owned() })]).unwrap();
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let capture = topology.spawn("tap", move || capture_port_80(ready_tx));
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("capture ready");
+
+    let payload = random_bytes(1024 * 1024);
+    let echoed = echo_roundtrip(&topology, "client", server_http(), payload.clone()).expect("echo while copied");
+    assert!(echoed == payload, "the copied transfer is unchanged");
+    let (to_server, from_server) = capture.join().unwrap();
+    assert!(to_server > 10 && from_server > 10, "copies of both directions: {to_server} to and {from_server} from the server");
+    let counters = agent.counters().unwrap();
+    assert!(counters.iter().any(|c| c.rule == "tap-web" && c.packets >= to_server), "{counters:?}");
+    agent.remove_all().unwrap();
+}
+
+/// Counts TCP packets to and from port 80 seen on the tap's interface, until
+/// both directions have been seen a while or ten seconds pass.
+fn capture_port_80(ready: mpsc::Sender<()>) -> (u64, u64) {
+    const ETH_P_ALL: u16 = 0x0003;
+    let socket = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, Some(i32::from(ETH_P_ALL.to_be()).into())).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    ready.send(()).unwrap();
+    let (mut to_server, mut from_server) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline && (to_server < 200 || from_server < 200) {
+        let Ok(len) = (&socket).read(&mut buf) else { continue };
+        let frame = &buf[..len];
+        if frame.len() < 14 + 20 + 4 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let ports = &frame[14 + ihl..];
+        let (sport, dport) = (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
+        if dport == 80 {
+            to_server += 1;
+        } else if sport == 80 {
+            from_server += 1;
+        }
+    }
+    (to_server, from_server)
+}
+
+#[test]
+fn drop_refuses_connections_counts_them_and_lifts_on_removal() {
+    let Some((topology, mut agent)) = start("drop_refuses_connections_counts_them_and_lifts_on_removal") else { return };
+    agent.apply(&[entry("block-client", &format!("{CLIENT_IP}/32"), Action::Drop)]).unwrap();
+
+    let refused = echo_roundtrip(&topology, "client", server_http(), b"hello".to_vec());
+    assert!(refused.is_err(), "the connection fails while the drop rule is present: {refused:?}");
+    let counters = agent.counters().unwrap();
+    let dropped = counters.iter().find(|c| c.rule == "block-client").expect("a counter for the rule");
+    assert!(dropped.packets >= 1, "{dropped:?}");
+
+    let flows = agent.flows().unwrap();
+    let record = flows.iter().find(|f| f.action == FlowAction::Drop).unwrap_or_else(|| panic!("a drop record in {flows:?}"));
+    assert_eq!(record.src.ip().to_string(), CLIENT_IP);
+    assert_eq!(record.dst, server_http());
+    assert_eq!(record.protocol, Protocol::Tcp);
+    assert_eq!(record.rule.as_deref(), Some("block-client"));
+    assert!(record.packets >= 1 && record.bytes >= 40 * record.packets, "{record:?}");
+    assert!(record.start <= record.end);
+
+    agent.apply(&[]).unwrap();
+    let echoed = echo_roundtrip(&topology, "client", server_http(), b"hello".to_vec()).expect("succeeds once the rule is removed");
+    assert_eq!(echoed, b"hello");
+    agent.remove_all().unwrap();
+}
+
+#[test]
+fn too_many_entries_are_refused_with_the_table_size() {
+    let Some((_topology, mut agent)) = start("too_many_entries_are_refused_with_the_table_size") else { return };
+    let entries: Vec<Entry> = (0..=trefoil_datapath::MAX_ENTRIES).map(|i| entry(&format!("r{i}"), "0.0.0.0/0", Action::Drop)).collect();
+    let error = agent.apply(&entries).unwrap_err().to_string();
+    assert_eq!(error, "1025 datapath entries do not fit the kernel's rule table of 1024; merge rules or split them across nodes");
+    agent.apply(&entries[..1024]).expect("a full table fits");
+    agent.remove_all().unwrap();
+}
+
+/// The interfaces of edge running our classifier, as the kernel says.
+fn attached_in_edge(topology: &Topology) -> Vec<trefoil_datapath::Attachment> {
+    trefoil_datapath::attached(&topology.agent_config()).unwrap()
+}
+
+/// An agent in a process of its own (this test binary, running
+/// `agent_process`), killed with SIGKILL when dropped.
+struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    fn spawn(topology: &Topology) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "agent_process", "--nocapture", "--test-threads", "1"])
+            .env("TREFOIL_DP_TEST_AGENT", topology.id.clone())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut process = Self { child };
+        let mut stdout = BufReader::new(process.child.stdout.take().unwrap());
+        let mut line = String::new();
+        for _ in 0..200 {
+            line.clear();
+            assert_ne!(stdout.read_line(&mut line).unwrap(), 0, "the agent process ended before it was ready");
+            // libtest may print "test agent_process ... " on the same line first.
+            if line.trim_end().ends_with("AGENT-READY") {
+                return process;
+            }
+        }
+        panic!("no AGENT-READY line from the agent process");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // Child::kill sends SIGKILL: no destructor of the agent runs.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a test on its own: the agent process of `kill_9_and_restart_converges`,
+/// started by it with the topology's id in the environment.
+#[test]
+fn agent_process() {
+    let Ok(id) = std::env::var("TREFOIL_DP_TEST_AGENT") else { return };
+    let mut agent = Agent::start(agent_config(&id)).expect("agent starts");
+    agent.apply(&[entry("block-client", &format!("{CLIENT_IP}/32"), Action::Drop)]).unwrap();
+    println!("AGENT-READY");
+    // Block until killed; the topology belongs to the parent test.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+fn kill_9_and_restart_converges_and_remove_all_leaves_nothing() {
+    if !can_run("kill_9_and_restart_converges_and_remove_all_leaves_nothing") {
+        return;
+    }
+    let topology = Topology::new();
+    echo_server(&topology, "server", server_http());
+
+    let first = AgentProcess::spawn(&topology);
+    let attached = attached_in_edge(&topology);
+    assert_eq!(attached.len(), 2, "one classifier per guarded interface: {attached:?}");
+    drop(first);
+    assert_eq!(attached_in_edge(&topology), attached, "the datapath outlives the agent");
+    assert!(echo_roundtrip(&topology, "client", server_http(), b"x".to_vec()).is_err(), "the drop rule still holds");
+
+    let second = AgentProcess::spawn(&topology);
+    let after_restart = attached_in_edge(&topology);
+    let interfaces = |list: &[trefoil_datapath::Attachment]| list.iter().map(|a| a.interface.clone()).collect::<Vec<_>>();
+    assert_eq!(interfaces(&after_restart), interfaces(&attached), "the restarted agent adopted the links instead of adding more");
+    assert!(after_restart.iter().all(|a| a.program_id != attached[0].program_id), "and swapped its own program into them");
+    assert!(echo_roundtrip(&topology, "client", server_http(), b"x".to_vec()).is_err(), "and the rules hold");
+    drop(second);
+
+    // An agent configured for fewer interfaces detaches the others.
+    let mut narrower = topology.agent_config();
+    narrower.interfaces = vec![EDGE_TO_CLIENT.to_owned()];
+    let agent = Agent::start(narrower).unwrap();
+    assert_eq!(agent.attachments().unwrap().len(), 1);
+    assert_eq!(attached_in_edge(&topology).len(), 1);
+
+    agent.remove_all().unwrap();
+    assert!(attached_in_edge(&topology).is_empty(), "nothing of ours in bpftool net show");
+    for dev in [EDGE_TO_CLIENT, EDGE_TO_SERVER] {
+        let filters = sh_output(&["ip", "netns", "exec", &topology.ns("edge"), "tc", "filter", "show", "dev", dev, "ingress"]);
+        assert!(filters.trim().is_empty(), "no tc filters on {dev}: {filters}");
+    }
+    let progs = sh_output(&["bpftool", "prog", "show"]);
+    for attachment in attached.iter().chain(&after_restart) {
+        assert!(
+            !progs.contains(&format!("{}: sched_cls", attachment.program_id)),
+            "program {} is unloaded: {progs}",
+            attachment.program_id
+        );
+    }
+    assert!(!std::path::Path::new(PIN_ROOT).join(&topology.id).exists(), "the pin directory is gone");
+    let rules = sh_output(&["ip", "-n", &topology.ns("edge"), "rule", "show"]);
+    assert!(!rules.contains("32497"), "the policy rule is gone: {rules}");
+    let echoed = echo_roundtrip(&topology, "client", server_http(), b"x".to_vec()).expect("traffic flows after remove_all");
+    assert_eq!(echoed, b"x");
+}
