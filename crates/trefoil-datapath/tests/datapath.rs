@@ -107,6 +107,30 @@ fn redirect_steers_connections_to_the_transparent_listener() {
 }
 
 #[test]
+fn rule_changes_touch_only_new_connections() {
+    let Some((topology, mut agent)) = start("rule_changes_touch_only_new_connections") else { return };
+    let listener: SocketAddr = format!("{EDGE_CLIENT_SIDE_IP}:15002").parse().unwrap();
+    let seen = transparent_proxy(&topology, listener);
+    let mut direct = connect(&topology, "client", server_http()).unwrap();
+    assert_eq!(echo_on(&mut direct, b"a1").unwrap(), b"a1");
+
+    agent.apply(&[entry("to-proxy", "0.0.0.0/0", Action::Redirect { listener })]).unwrap();
+    assert_eq!(echo_on(&mut direct, b"a2").unwrap(), b"a2", "a connection that started direct is not pulled into the proxy");
+    let mut proxied = connect(&topology, "client", server_http()).unwrap();
+    assert_eq!(echo_on(&mut proxied, b"b1").unwrap(), b"b1");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(5)).unwrap(), server_http(), "new connections go through the proxy");
+    assert!(seen.try_recv().is_err(), "and only the new one");
+
+    agent.apply(&[]).unwrap();
+    assert_eq!(echo_on(&mut proxied, b"b2").unwrap(), b"b2", "a proxied connection stays with the proxy after its rule goes");
+    assert_eq!(echo_on(&mut direct, b"a3").unwrap(), b"a3");
+    let mut after = connect(&topology, "client", server_http()).unwrap();
+    assert_eq!(echo_on(&mut after, b"c1").unwrap(), b"c1");
+    assert!(seen.try_recv().is_err(), "connections after the removal go direct");
+    agent.remove_all().unwrap();
+}
+
+#[test]
 fn copy_delivers_packets_to_the_function_and_leaves_the_flow_alone() {
     let Some((topology, mut agent)) = start("copy_delivers_packets_to_the_function_and_leaves_the_flow_alone") else { return };
     agent.apply(&[entry("tap-web", "0.0.0.0/0", Action::Copy { interface: EDGE_TO_TAP.to_owned() })]).unwrap();
@@ -243,6 +267,38 @@ fn agent_process() {
     // Block until killed; the topology belongs to the parent test.
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Not a test on its own: starts an agent and prints why it could not, for
+/// `a_missing_capability_is_named`, which runs it without some capabilities.
+#[test]
+fn agent_start_error_process() {
+    let Ok(id) = std::env::var("TREFOIL_DP_TEST_START_ERROR") else { return };
+    match Agent::start(agent_config(&id)) {
+        Ok(_) => println!("START-ERROR: none"),
+        Err(error) => println!("START-ERROR: {error}"),
+    }
+}
+
+#[test]
+fn a_missing_capability_is_named() {
+    if !can_run("a_missing_capability_is_named") {
+        return;
+    }
+    for (dropped, named) in [("-bpf,-sys_admin", "missing capability CAP_BPF"), ("-net_admin", "missing capability CAP_NET_ADMIN")] {
+        let exe = std::env::current_exe().unwrap();
+        let output = Command::new("setpriv")
+            .args(["--bounding-set", dropped, "--inh-caps", dropped, "--"])
+            .arg(exe)
+            .args(["--exact", "agent_start_error_process", "--nocapture"])
+            .env("TREFOIL_DP_TEST_START_ERROR", format!("nocap{}", std::process::id()))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().find_map(|l| l.split_once("START-ERROR: ")).map(|(_, e)| e.to_owned());
+        let line = line.unwrap_or_else(|| panic!("no START-ERROR line: {stdout}"));
+        assert!(line.starts_with(named), "without {dropped}: {line}");
+    }
 }
 
 #[test]

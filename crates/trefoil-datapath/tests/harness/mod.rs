@@ -172,6 +172,23 @@ pub(crate) fn echo_roundtrip(topology: &Topology, role: &str, to: SocketAddr, pa
     })
 }
 
+/// A connection opened from inside `role` (a socket keeps its namespace).
+pub(crate) fn connect(topology: &Topology, role: &str, to: SocketAddr) -> io::Result<TcpStream> {
+    topology.run(role, move || {
+        let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(stream)
+    })
+}
+
+/// Sends `message` on a connection to an echo server and reads it back.
+pub(crate) fn echo_on(stream: &mut TcpStream, message: &[u8]) -> io::Result<Vec<u8>> {
+    stream.write_all(message)?;
+    let mut back = vec![0; message.len()];
+    stream.read_exact(&mut back)?;
+    Ok(back)
+}
+
 pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(0x7ef1);
     (0..len).map(|_| rng.u8(..)).collect()
