@@ -47,9 +47,13 @@ fn transparent_proxy(topology: &Topology, listen: SocketAddr) -> mpsc::Receiver<
     let (seen_tx, seen_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     topology.spawn("edge", move || {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None).unwrap();
         // Replies leave from the original destination, an address edge does not own.
-        socket.set_ip_transparent_v4(true).unwrap();
+        if listen.is_ipv4() {
+            socket.set_ip_transparent_v4(true).unwrap();
+        } else {
+            socket.set_ip_transparent_v6(true).unwrap();
+        }
         socket.set_reuse_address(true).unwrap();
         socket.bind(&listen.into()).unwrap();
         socket.listen(128).unwrap();
@@ -127,6 +131,65 @@ fn rule_changes_touch_only_new_connections() {
     let mut after = connect(&topology, "client", server_http()).unwrap();
     assert_eq!(echo_on(&mut after, b"c1").unwrap(), b"c1");
     assert!(seen.try_recv().is_err(), "connections after the removal go direct");
+    agent.remove_all().unwrap();
+}
+
+#[test]
+fn redirect_works_for_ipv6() {
+    let Some((topology, mut agent)) = start("redirect_works_for_ipv6") else { return };
+    let server: SocketAddr = SocketAddr::new(SERVER_IP6.parse().unwrap(), 80);
+    echo_server(&topology, "server", server);
+    let listener = SocketAddr::new(EDGE_CLIENT_SIDE_IP6.parse().unwrap(), 15003);
+    let seen = transparent_proxy(&topology, listener);
+    let mut rule = entry("to-proxy-v6", "::/0", Action::Redirect { listener });
+    rule.dst = format!("{SERVER_IP6}/128").parse().unwrap();
+    agent.apply(&[rule]).unwrap();
+
+    let payload = random_bytes(256 * 1024);
+    let echoed = echo_roundtrip(&topology, "client", server, payload.clone()).expect("redirected echo over IPv6");
+    assert!(echoed == payload, "byte-exact over IPv6");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(5)).unwrap(), server, "the original IPv6 destination");
+    let flows = agent.flows().unwrap();
+    assert!(flows.iter().any(|f| f.dst == server && f.src.ip().to_string() == CLIENT_IP6), "{flows:?}");
+    agent.remove_all().unwrap();
+}
+
+#[test]
+fn udp_drop_rules_drop_datagrams() {
+    let Some((topology, mut agent)) = start("udp_drop_rules_drop_datagrams") else { return };
+    let server: SocketAddr = SocketAddr::new(SERVER_IP.parse().unwrap(), 53);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    topology.spawn("server", move || {
+        let socket = std::net::UdpSocket::bind(server).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        while let Ok((len, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..len], from);
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let ask = move || -> std::io::Result<Vec<u8>> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        socket.send_to(b"query", server)?;
+        let mut buf = [0u8; 512];
+        let len = socket.recv(&mut buf)?;
+        Ok(buf[..len].to_vec())
+    };
+    assert_eq!(topology.run("client", ask).unwrap(), b"query", "answered without a rule");
+
+    let mut rule = entry("no-dns", &format!("{CLIENT_IP}/32"), Action::Drop);
+    rule.ports = 53..=53;
+    rule.protocol = Protocol::Udp;
+    agent.apply(&[rule]).unwrap();
+    assert!(topology.run("client", ask).is_err(), "no answer while the rule drops the query");
+    let counters = agent.counters().unwrap();
+    assert!(counters.iter().any(|c| c.rule == "no-dns" && c.packets >= 1), "{counters:?}");
+    let flows = agent.flows().unwrap();
+    assert!(flows.iter().any(|f| f.protocol == Protocol::Udp && f.dst == server && f.action == FlowAction::Drop), "{flows:?}");
+
+    agent.apply(&[]).unwrap();
+    assert_eq!(topology.run("client", ask).unwrap(), b"query", "answered again once the rule is gone");
     agent.remove_all().unwrap();
 }
 

@@ -20,6 +20,9 @@ use trefoil_datapath::AgentConfig;
 pub(crate) const CLIENT_IP: &str = "10.1.0.2";
 pub(crate) const EDGE_CLIENT_SIDE_IP: &str = "10.1.0.1";
 pub(crate) const SERVER_IP: &str = "10.2.0.2";
+pub(crate) const CLIENT_IP6: &str = "fd00:1::2";
+pub(crate) const EDGE_CLIENT_SIDE_IP6: &str = "fd00:1::1";
+pub(crate) const SERVER_IP6: &str = "fd00:2::2";
 /// Edge's interfaces towards client, server and the tap function.
 pub(crate) const EDGE_TO_CLIENT: &str = "ec";
 pub(crate) const EDGE_TO_SERVER: &str = "es";
@@ -76,6 +79,18 @@ impl Topology {
         sh(&["ip", "-n", &client, "route", "add", "default", "via", "10.1.0.1"]);
         sh(&["ip", "-n", &server, "route", "add", "default", "via", "10.2.0.1"]);
         sh(&["ip", "netns", "exec", &edge, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        // IPv6 too; nodad so the addresses are usable at once.
+        for (ns, addr, dev) in [
+            (&edge, "fd00:1::1/64", EDGE_TO_CLIENT),
+            (&edge, "fd00:2::1/64", EDGE_TO_SERVER),
+            (&client, "fd00:1::2/64", "c0"),
+            (&server, "fd00:2::2/64", "s0"),
+        ] {
+            sh(&["ip", "-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        }
+        sh(&["ip", "-n", &client, "-6", "route", "add", "default", "via", "fd00:1::1"]);
+        sh(&["ip", "-n", &server, "-6", "route", "add", "default", "via", "fd00:2::1"]);
+        sh(&["ip", "netns", "exec", &edge, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
         topology
     }
 
