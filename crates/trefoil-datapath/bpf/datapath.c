@@ -310,6 +310,10 @@ int trefoil_ingress(struct __sk_buff *skb)
 
 	__u64 now = bpf_ktime_get_ns();
 	struct flow *f = bpf_map_lookup_elem(&trefoil_flows, &key);
+	// No rules and no flow to keep (a proxied connection outliving its
+	// rule): nothing to do, and no flow table entry spent on it.
+	if (!f && (cfg & 0xffff) == 0)
+		return TC_ACT_OK;
 	struct rule *r = 0;
 	if (!f || f->generation != generation || new_connection) {
 		struct flow fresh = {.first_ns = now, .rule_id = NO_RULE};
