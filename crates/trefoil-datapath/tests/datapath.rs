@@ -199,42 +199,58 @@ fn copy_delivers_packets_to_the_function_and_leaves_the_flow_alone() {
     agent.apply(&[entry("tap-web", "0.0.0.0/0", Action::Copy { interface: EDGE_TO_TAP.to_owned() })]).unwrap();
 
     let (ready_tx, ready_rx) = mpsc::channel();
-    let capture = topology.spawn("tap", move || capture_port_80(ready_tx));
+    let (done_tx, done_rx) = mpsc::channel();
+    let capture = topology.spawn("tap", move || capture_port_80(ready_tx, done_rx));
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("capture ready");
 
     let payload = random_bytes(1024 * 1024);
     let echoed = echo_roundtrip(&topology, "client", server_http(), payload.clone()).expect("echo while copied");
     assert!(echoed == payload, "the copied transfer is unchanged");
+    done_tx.send(()).unwrap();
     let (to_server, from_server) = capture.join().unwrap();
-    assert!(to_server > 10 && from_server > 10, "copies of both directions: {to_server} to and {from_server} from the server");
+    let len = payload.len() as u64;
+    assert!(to_server >= len && from_server >= len, "the tap saw every byte: {to_server} to and {from_server} from the server of {len}");
     let counters = agent.counters().unwrap();
-    assert!(counters.iter().any(|c| c.rule == "tap-web" && c.packets >= to_server), "{counters:?}");
+    assert!(counters.iter().any(|c| c.rule == "tap-web" && c.bytes >= 2 * len), "{counters:?}");
     agent.remove_all().unwrap();
 }
 
-/// Counts TCP packets to and from port 80 seen on the tap's interface, until
-/// both directions have been seen a while or ten seconds pass.
-fn capture_port_80(ready: mpsc::Sender<()>) -> (u64, u64) {
+/// Sums the TCP payload bytes to and from port 80 seen on the tap's
+/// interface, from the IP and TCP headers (a copied segment may be a
+/// 64 KB GSO packet, of which only the headers are read), until told the
+/// transfer is over and the interface has gone quiet.
+fn capture_port_80(ready: mpsc::Sender<()>, done: mpsc::Receiver<()>) -> (u64, u64) {
     const ETH_P_ALL: u16 = 0x0003;
     let socket = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, Some(i32::from(ETH_P_ALL.to_be()).into())).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    force_recv_buffer(&socket, 256 << 20);
     ready.send(()).unwrap();
     let (mut to_server, mut from_server) = (0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 2048];
-    while Instant::now() < deadline && (to_server < 200 || from_server < 200) {
-        let Ok(len) = (&socket).read(&mut buf) else { continue };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut finished = false;
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        finished = finished || done.try_recv().is_ok();
+        let Ok(len) = (&socket).read(&mut buf) else {
+            if finished {
+                break;
+            }
+            continue;
+        };
         let frame = &buf[..len];
-        if frame.len() < 14 + 20 + 4 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
+        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
             continue;
         }
         let ihl = usize::from(frame[14] & 0x0f) * 4;
-        let ports = &frame[14 + ihl..];
-        let (sport, dport) = (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
+        let total = u64::from(u16::from_be_bytes([frame[16], frame[17]]));
+        let Some(tcp) = frame.get(14 + ihl..14 + ihl + 13) else { continue };
+        let (sport, dport) = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+        let header = (ihl + usize::from(tcp[12] >> 4) * 4) as u64;
+        let payload = total.saturating_sub(header);
         if dport == 80 {
-            to_server += 1;
+            to_server += payload;
         } else if sport == 80 {
-            from_server += 1;
+            from_server += payload;
         }
     }
     (to_server, from_server)

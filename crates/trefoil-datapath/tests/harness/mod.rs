@@ -204,6 +204,22 @@ pub(crate) fn echo_on(stream: &mut TcpStream, message: &[u8]) -> io::Result<Vec<
     Ok(back)
 }
 
+/// Raises a socket's receive buffer past net.core.rmem_max (root only), so a
+/// capture keeps up with a transfer that runs at memory speed.
+pub(crate) fn force_recv_buffer(socket: &impl AsRawFd, bytes: i32) {
+    // SAFETY: the descriptor is open and the option value is a valid i32 for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+}
+
 pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(0x7ef1);
     (0..len).map(|_| rng.u8(..)).collect()
