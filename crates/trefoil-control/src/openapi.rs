@@ -1,7 +1,7 @@
 //! The OpenAPI document of the REST API, served at `/api/v1/openapi.json`.
 
 use serde_json::{json, Value};
-use trefoil_model::resource::{API_VERSION, KINDS};
+use trefoil_model::resource::{API_VERSION, CONTROLLER_KINDS, KINDS};
 
 /// A resource name as `trefoil-model` validates it: lower-case letters,
 /// digits, '-' and '.', starting and ending with a letter or digit, 1 to 253
@@ -51,7 +51,7 @@ pub fn document() -> Value {
                 },
                 "post": {
                     "operationId": "createResource",
-                    "summary": "Create a resource; 409 if it exists, 403 for kinds only the control plane writes (RolloutStatus, Event)",
+                    "summary": format!("Create a resource; 409 if it exists, 403 for kinds only the control plane writes ({})", CONTROLLER_KINDS.join(", ")),
                     "parameters": [kind],
                     "requestBody": body,
                     "responses": {"201": written, "400": error, "403": error, "404": error, "409": error, "413": too_large, "422": error}

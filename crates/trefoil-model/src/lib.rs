@@ -2,6 +2,7 @@
 //! that points at the file, line, column and field of every mistake.
 
 pub mod check;
+pub mod datapath;
 pub mod diagnostic;
 pub mod duration;
 pub mod load;

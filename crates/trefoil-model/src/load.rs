@@ -192,6 +192,8 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Decoded {
         "Rollout" => typed(file, doc, "spec", spec_value).map(Spec::Rollout),
         "RolloutStatus" => typed(file, doc, "spec", spec_value).map(Spec::RolloutStatus),
         "Event" => typed(file, doc, "spec", spec_value).map(Spec::Event),
+        "DatapathRule" => typed(file, doc, "spec", spec_value).map(Spec::DatapathRule),
+        "DatapathRuleStatus" => typed(file, doc, "spec", spec_value).map(Spec::DatapathRuleStatus),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     let readable = problems.is_empty();

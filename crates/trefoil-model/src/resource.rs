@@ -42,6 +42,8 @@ pub enum Spec {
     Rollout(RolloutSpec),
     RolloutStatus(RolloutStatusSpec),
     Event(EventSpec),
+    DatapathRule(DatapathRuleSpec),
+    DatapathRuleStatus(DatapathRuleStatusSpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -58,6 +60,8 @@ pub const KINDS: &[&str] = &[
     "Rollout",
     "RolloutStatus",
     "Event",
+    "DatapathRule",
+    "DatapathRuleStatus",
 ];
 
 /// The kind a path segment or a user names, in any form the API accepts:
@@ -73,7 +77,7 @@ pub fn kind_named(typed: &str) -> Option<&'static str> {
 }
 
 /// Kinds only the control plane writes; the API refuses them from clients.
-pub const CONTROLLER_KINDS: &[&str] = &["RolloutStatus", "Event"];
+pub const CONTROLLER_KINDS: &[&str] = &["RolloutStatus", "Event", "DatapathRuleStatus"];
 
 impl Spec {
     pub fn kind(&self) -> &'static str {
@@ -90,6 +94,8 @@ impl Spec {
             Spec::Rollout(_) => "Rollout",
             Spec::RolloutStatus(_) => "RolloutStatus",
             Spec::Event(_) => "Event",
+            Spec::DatapathRule(_) => "DatapathRule",
+            Spec::DatapathRuleStatus(_) => "DatapathRuleStatus",
         }
     }
 }
@@ -124,6 +130,7 @@ mod tests {
         assert_eq!(kind_named("endpoints"), Some("Endpoints"));
         assert_eq!(kind_named("trafficpolicy"), Some("TrafficPolicy"));
         assert_eq!(kind_named("CNFs"), Some("CNF"));
+        assert_eq!(kind_named("datapathrules"), Some("DatapathRule"));
         assert_eq!(kind_named("widget"), None);
     }
 }

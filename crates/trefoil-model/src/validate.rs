@@ -95,7 +95,8 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
             Spec::Cnf(c) => v.cnf(r, c),
             Spec::Rollout(rollout) => v.rollout(r, rollout),
             // Written by the control plane itself, from checked values.
-            Spec::RolloutStatus(_) | Spec::Event(_) => {}
+            Spec::RolloutStatus(_) | Spec::Event(_) | Spec::DatapathRuleStatus(_) => {}
+            Spec::DatapathRule(d) => v.datapath_rule(r, d, resources),
         }
     }
     if v.problems.is_empty() {
@@ -219,6 +220,21 @@ impl Validator {
         }
         if let Some(service) = &l.service {
             self.backend(r, "spec", service, None);
+        }
+    }
+
+    /// A datapath rule: its own problems, its node's name, and (with the
+    /// whole configuration at hand) that `to` selects something.
+    fn datapath_rule(&mut self, r: &SourcedResource, d: &DatapathRuleSpec, all: &[SourcedResource]) {
+        for (field, message) in d.problems() {
+            self.report(r, &field, message);
+        }
+        if let Some(node) = d.node.as_ref().filter(|n| !valid_name(n)) {
+            self.report(r, "spec.node", format!("invalid node name {node:?}"));
+        }
+        let selectable = |s: &SourcedResource| matches!(s.resource.spec, Spec::Workload(_) | Spec::NetworkFunction(_) | Spec::Cnf(_));
+        if self.check_references && !d.to.is_empty() && !all.iter().any(|s| selectable(s) && d.to.matches(&s.resource.metadata.labels)) {
+            self.report(r, "spec.to", format!("no Workload, NetworkFunction or CNF has the labels {}", d.to));
         }
     }
 

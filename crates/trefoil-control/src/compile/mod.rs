@@ -77,6 +77,8 @@ impl MeshView {
                 }
                 // Rollouts act through the Route they rewrite; proxies never see them.
                 Spec::Rollout(_) | Spec::RolloutStatus(_) | Spec::Event(_) => {}
+                // Datapath rules go to node agents, not to proxies.
+                Spec::DatapathRule(_) | Spec::DatapathRuleStatus(_) => {}
             }
         }
         passthrough.extend(chained(&routes, &cnfs, &functions));

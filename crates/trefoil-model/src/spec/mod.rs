@@ -1,6 +1,7 @@
 //! The `spec` of each resource kind.
 
 pub mod cnf;
+pub mod datapath_rule;
 pub mod endpoints;
 pub mod event;
 pub mod listener;
@@ -13,6 +14,7 @@ pub mod traffic_policy;
 pub mod workload;
 
 pub use cnf::*;
+pub use datapath_rule::*;
 pub use endpoints::*;
 pub use event::*;
 pub use listener::*;

@@ -1,0 +1,14 @@
+//! The datapath rules' own logic, pure and shared by the control plane, the
+//! CLI and the node agent: the address and port types, which rule wins
+//! where rules overlap (`precedence`), the flat table the kernel side
+//! programs from (`compile`), and the seed's compact one-line form
+//! (`compact`).
+
+pub mod cidr;
+pub mod compact;
+pub mod ports;
+pub mod precedence;
+
+pub use cidr::{Cidr, Family, ParseCidrError};
+pub use ports::{ParsePortError, PortRange};
+pub use precedence::{compile, explain, overlaps, Decision, Entry, Flow, Rule, Verdict};
