@@ -1,10 +1,11 @@
 //! Trefoil's control plane: the embedded crash-safe resource store, the REST
-//! API over it, the config stream that sends each proxy its snapshot, and
-//! the rollout controller.
+//! API over it, the config stream that sends each proxy its snapshot, the
+//! rollout controller and the datapath rules' expiry.
 
 pub mod api;
 pub mod compile;
 pub mod config_stream;
+pub mod datapath_expiry;
 pub mod identity;
 pub mod openapi;
 pub mod proxies;
@@ -139,6 +140,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
     let service = config_stream::ConfigStreamService::new(compiler);
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
+    let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
     let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
     let app = api::router(store.clone())
         .merge(traces::api::router(Arc::new(traces::TraceStore::default())))
@@ -148,6 +150,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     server::serve(rest, app, options.limits, stopped(stop_rx)).await;
     distributor.abort();
     rollouts.abort();
+    expiry.abort();
     match tokio::time::timeout(STREAM_CLOSE_GRACE, grpc).await {
         Ok(Ok(Err(e))) => return Err(e.into()),
         Ok(_) => {}
