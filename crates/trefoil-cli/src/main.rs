@@ -76,6 +76,9 @@ enum Command {
     /// Show a request's whole call sequence by its trace id, list recent traces, or follow spans.
     #[command(long_about = commands::trace::ABOUT)]
     Trace(commands::trace::Args),
+    /// Datapath rules in the compact form: add, list, delete, explain which rule decides a connection.
+    #[command(long_about = commands::datapath::ABOUT)]
+    Datapath(commands::datapath::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run(args),
         Command::Nf(args) => commands::nf::run(args),
         Command::Trace(args) => commands::trace::run(args),
+        Command::Datapath(args) => commands::datapath::run(args),
     }
 }
 

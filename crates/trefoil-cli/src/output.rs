@@ -75,3 +75,8 @@ pub(crate) fn listen_address(listen: Option<std::net::SocketAddr>) -> Option<std
         Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     })
 }
+
+/// Wall-clock Unix milliseconds, as the control plane writes deadlines.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

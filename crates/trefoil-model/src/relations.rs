@@ -140,6 +140,7 @@ pub fn reads(kind: &str) -> &'static [&'static str] {
         "CNF" => &["NetworkFunction", "Service", "Endpoints", "Route"],
         "NetworkFunction" => &["CNF", "Service", "Endpoints"],
         "check" => &["Workload", "Endpoints"],
+        "DatapathRule" => crate::datapath::relations::READS,
         _ => &[],
     }
 }

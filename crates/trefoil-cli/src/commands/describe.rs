@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use trefoil_api::{ApiError, Client, ProxyStatus};
+use trefoil_model::datapath::relations::RuleRelations;
 use trefoil_model::relations::{
     self, CnfRelations, EndpointView, FunctionRelations, Mesh, RouteRelations, ServiceRelations, WorkloadRelations,
 };
@@ -24,6 +25,8 @@ pub(crate) const ABOUT: &str = "Show a resource and what relates to it:
   CNF        each step (function, mode, phase, the function's ready endpoints), the events
              it handles, and the Route rules that send traffic through it
   NetworkFunction  its service's ready endpoints and the CNF steps that use it
+  DatapathRule     its compact form, what `to` selects, every rule it overlaps and which
+             one wins where they meet (and why), and when its TTL runs out
 
 KIND is any form the API accepts: Service, service or services.";
 
@@ -67,6 +70,7 @@ enum Related {
     Workload(WorkloadRelations),
     Cnf(CnfRelations),
     Function(FunctionRelations),
+    Datapath(RuleRelations),
     Nothing {},
 }
 
@@ -135,6 +139,9 @@ async fn describe(control: &Client, kind: &'static str, name: &str) -> Result<De
         (_, Some(Spec::Workload(workload))) => Related::Workload(mesh.workload(name, workload)),
         (_, Some(Spec::Cnf(cnf))) => Related::Cnf(mesh.cnf(name, cnf)),
         (_, Some(Spec::NetworkFunction(function))) => Related::Function(mesh.function(name, function)),
+        (_, Some(Spec::DatapathRule(rule))) => {
+            Related::Datapath(trefoil_model::datapath::relations::relations(&related_resources, name, rule))
+        }
         _ => Related::Nothing {},
     };
     Ok(Described { resource, related })
@@ -202,6 +209,25 @@ fn print_human(kind: &str, name: &str, d: &Described) {
             println!("Service: {} ({} ready endpoint(s)){state}", f.service, f.ready_endpoints);
             println!("CNF steps:");
             list_or_none(f.steps.iter().cloned());
+        }
+        Related::Datapath(d) => {
+            println!("Rule: {}", d.compact);
+            if d.action.needs_target() {
+                println!("Sends to:");
+                match d.targets.is_empty() {
+                    true => println!("  (nothing has these labels yet)"),
+                    false => list_or_none(d.targets.iter().cloned()),
+                }
+            }
+            println!("Overlaps:");
+            list_or_none(d.overlaps.iter().map(|o| {
+                let outcome = if o.wins { "wins over" } else { "loses to" };
+                format!("{outcome} {} ({}): {}", o.rule, o.action.as_str(), o.why)
+            }));
+            if let Some(at) = d.expires_at_ms {
+                let now = crate::output::now_ms();
+                println!("Expires: in {}", trefoil_model::Duration::from_millis(at.saturating_sub(now)));
+            }
         }
         Related::Nothing {} => println!("(nothing related)"),
     }

@@ -2,13 +2,14 @@
 //! CLI and the node agent: the address and port types, which rule wins
 //! where rules overlap (`precedence`), the flat table the kernel side
 //! programs from (`compile`), and the seed's compact one-line form
-//! (`compact`).
+//! (`compact`), and what `describe` shows (`relations`).
 
 pub mod cidr;
 pub mod compact;
 pub mod ports;
 pub mod precedence;
+pub mod relations;
 
 pub use cidr::{Cidr, Family, ParseCidrError};
 pub use ports::{ParsePortError, PortRange};
-pub use precedence::{compile, explain, overlaps, Decision, Entry, Flow, Rule, Verdict};
+pub use precedence::{compile, explain, overlaps, Decision, Entry, Flow, Overlap, Rule, Verdict};
