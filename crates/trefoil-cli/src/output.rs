@@ -76,7 +76,9 @@ pub(crate) fn listen_address(listen: Option<std::net::SocketAddr>) -> Option<std
     })
 }
 
-/// Wall-clock Unix milliseconds, as the control plane writes deadlines.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// How long until a deadline the control plane wrote (Unix milliseconds),
+/// in whole seconds rounded up: `in 599s`.
+pub(crate) fn time_until(deadline_ms: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    format!("in {}", trefoil_model::Duration::from_secs(deadline_ms.saturating_sub(now).div_ceil(1000)))
 }

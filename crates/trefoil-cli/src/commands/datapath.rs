@@ -283,11 +283,10 @@ fn list(a: ListArgs) -> ExitCode {
             return exit::ok();
         }
         println!("{:<24} {:>8}  {:<48} {:<18} {:<10} EXPIRES", "NAME", "PRIORITY", "RULE", "FROM", "NODE");
-        let now = crate::output::now_ms();
         for r in rows {
             let from = if r.from.is_empty() { "*".to_string() } else { r.from.iter().map(Cidr::to_string).collect::<Vec<_>>().join(",") };
             let expires = match (r.expires_at_ms, r.ttl) {
-                (Some(at), _) => format!("in {}", Duration::from_millis(at.saturating_sub(now))),
+                (Some(at), _) => crate::output::time_until(at),
                 (None, Some(ttl)) => format!("{ttl} after written"),
                 (None, None) => "-".to_string(),
             };

@@ -225,8 +225,7 @@ fn print_human(kind: &str, name: &str, d: &Described) {
                 format!("{outcome} {} ({}): {}", o.rule, o.action.as_str(), o.why)
             }));
             if let Some(at) = d.expires_at_ms {
-                let now = crate::output::now_ms();
-                println!("Expires: in {}", trefoil_model::Duration::from_millis(at.saturating_sub(now)));
+                println!("Expires: {}", crate::output::time_until(at));
             }
         }
         Related::Nothing {} => println!("(nothing related)"),
