@@ -138,6 +138,9 @@ fn a_rule_with_a_ttl_is_deleted_when_due_with_an_event() {
     assert!(stays.status.success(), "{}", text(&stays.stderr));
     // The controller sets the deadline, which `list` shows...
     wait_until("the expiry controller to set the deadline", WAIT, || control.call("GET", "/api/v1/datapathrulestatus/block", "").0 == 200);
+    // Only the control plane writes deadlines.
+    let (status, _) = control.call("DELETE", "/api/v1/datapathrulestatus/block", "");
+    assert_eq!(status, 403, "a client cannot lift a TTL by deleting its deadline");
     let rows: Value = serde_json::from_slice(&trefoil(&control, &["datapath", "list", "-o", "json"]).stdout).unwrap();
     let block = rows.as_array().unwrap().iter().find(|r| r["name"] == "block").unwrap();
     assert!(block["expiresAtMs"].as_u64().is_some(), "{rows}");
