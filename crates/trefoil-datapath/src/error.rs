@@ -77,13 +77,43 @@ impl Error {
         Self::Io { what: what.into(), source }
     }
 
-    /// Wraps a BPF error; a permission error names the capability that is
-    /// missing rather than leaving the reader with "Operation not permitted".
+    /// Wraps a BPF error; EPERM names the capability that is missing rather
+    /// than leaving the reader with "Operation not permitted". (EACCES is the
+    /// verifier refusing a program, a different story, kept as it is.)
     pub(crate) fn bpf(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        let text = format!("{source:?}");
-        if text.contains("PermissionDenied") || text.contains("code: 1,") {
+        if is_eperm(&source) {
             return Self::MissingCapability("CAP_BPF");
         }
         Self::Bpf { what: what.into(), source: Box::new(source) }
+    }
+}
+
+fn is_eperm(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    // Bounded: error chains are a handful of links.
+    for _ in 0..16 {
+        let Some(current) = cause else { return false };
+        if current.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) == Some(libc::EPERM) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bpf_prog_load failed")]
+    struct Syscall(#[source] io::Error);
+
+    #[test]
+    fn eperm_names_the_capability_and_eacces_does_not() {
+        let denied = Error::bpf("loading", Syscall(io::Error::from_raw_os_error(libc::EPERM)));
+        assert!(matches!(denied, Error::MissingCapability("CAP_BPF")), "{denied:?}");
+        let refused = Error::bpf("loading", Syscall(io::Error::from_raw_os_error(libc::EACCES)));
+        assert_eq!(refused.to_string(), "loading: bpf_prog_load failed");
     }
 }
