@@ -406,12 +406,17 @@ fn kill_9_and_restart_converges_and_remove_all_leaves_nothing() {
     // An agent configured for fewer interfaces detaches the others.
     let mut narrower = topology.agent_config();
     narrower.interfaces = vec![EDGE_TO_CLIENT.to_owned()];
-    let agent = Agent::start(narrower).unwrap();
+    let mut agent = Agent::start(narrower).unwrap();
     assert_eq!(agent.attachments().unwrap().len(), 1);
     assert_eq!(attached_in_edge(&topology).len(), 1);
+    // The maps were reused all along: the rule keeps its counter slot, and
+    // the drops of both agents' lifetimes are still counted.
+    agent.apply(&[entry("block-client", &format!("{CLIENT_IP}/32"), Action::Drop)]).unwrap();
+    let counters = agent.counters().unwrap();
+    assert!(counters.iter().any(|c| c.rule == "block-client" && c.packets >= 2), "{counters:?}");
 
     agent.remove_all().unwrap();
-    assert!(attached_in_edge(&topology).is_empty(), "nothing of ours in bpftool net show");
+    assert!(attached_in_edge(&topology).is_empty(), "nothing of ours attached");
     for dev in [EDGE_TO_CLIENT, EDGE_TO_SERVER] {
         let filters = sh_output(&["ip", "netns", "exec", &topology.ns("edge"), "tc", "filter", "show", "dev", dev, "ingress"]);
         assert!(filters.trim().is_empty(), "no tc filters on {dev}: {filters}");
