@@ -90,6 +90,8 @@ pub struct Agent {
     ebpf: Ebpf,
     state: Config,
     ids: Ids,
+    /// Held while this agent lives: one agent per node.
+    _lock: fs::File,
 }
 
 impl Agent {
@@ -110,6 +112,7 @@ impl Agent {
         ensure_bpffs(&config.pin_root)?;
         let dir = config.dir();
         fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let lock = sys::lock_dir(&dir)?.ok_or_else(|| Error::NodeBusy(config.node.clone()))?;
 
         let mut ebpf =
             EbpfLoader::new().default_map_pin_directory(&dir).load(object).map_err(|e| Error::bpf("loading the datapath programs", e))?;
@@ -119,7 +122,7 @@ impl Agent {
         remove_if_present(&pin)?;
         program.pin(&pin).map_err(|e| Error::bpf(format!("pinning the classifier at {}", pin.display()), e))?;
 
-        let mut agent = Self { config, dir, ebpf, state: Config::default(), ids: Ids::default() };
+        let mut agent = Self { config, dir, ebpf, state: Config::default(), ids: Ids::default(), _lock: lock };
         agent.recover()?;
         let netns = agent.config.netns.clone();
         in_netns(netns.as_deref(), || {
@@ -276,9 +279,8 @@ impl Agent {
     /// Detaches everything this node attached and removes its pins and its
     /// policy route: the kernel is left as it was before the first start.
     pub fn remove_all(self) -> Result<(), Error> {
-        let Self { config, ebpf, .. } = self;
-        drop(ebpf);
-        remove_node(&config)
+        // The lock stays held (in `self`) until everything is gone.
+        remove_pinned(&self.config)
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map, Error> {
@@ -324,8 +326,15 @@ pub fn attached(config: &AgentConfig) -> Result<Vec<Attachment>, Error> {
 }
 
 /// Removes what an agent of this node left in the kernel, without starting
-/// one (for cleaning up after an agent that will not come back).
+/// one (for cleaning up after an agent that will not come back). Refused
+/// while an agent runs the node.
 pub fn remove_node(config: &AgentConfig) -> Result<(), Error> {
+    let dir = config.dir();
+    let _lock = if dir.exists() { Some(sys::lock_dir(&dir)?.ok_or_else(|| Error::NodeBusy(config.node.clone()))?) } else { None };
+    remove_pinned(config)
+}
+
+fn remove_pinned(config: &AgentConfig) -> Result<(), Error> {
     in_netns(config.netns.as_deref(), routing::remove)?;
     let dir = config.dir();
     if !dir.exists() {

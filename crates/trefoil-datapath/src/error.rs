@@ -67,6 +67,9 @@ pub enum Error {
         /// What it printed.
         stderr: String,
     },
+    /// Another agent already runs this node.
+    #[error("another agent is running node `{0}`: stop it first (one agent per node)")]
+    NodeBusy(String),
     /// The pin directory is not on a BPF filesystem and none could be mounted.
     #[error("{0} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
     NotBpffs(PathBuf),

@@ -98,6 +98,23 @@ pub(crate) fn missing_capability() -> Option<&'static str> {
     None
 }
 
+/// Takes an exclusive lock on `dir` for as long as the returned file is open
+/// (the kernel drops it when the process dies, also on SIGKILL); `None` when
+/// another process holds it.
+pub(crate) fn lock_dir(dir: &Path) -> Result<Option<File>, Error> {
+    let file = File::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+    // SAFETY: the descriptor is open for the call; flock touches no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(None);
+    }
+    Err(Error::io(format!("locking {}", dir.display()), error))
+}
+
 /// The index of interface `name` in the calling thread's network namespace.
 pub(crate) fn ifindex(name: &str) -> Result<u32, io::Error> {
     let c_name = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;

@@ -407,6 +407,8 @@ fn kill_9_and_restart_converges_and_remove_all_leaves_nothing() {
     let mut narrower = topology.agent_config();
     narrower.interfaces = vec![EDGE_TO_CLIENT.to_owned()];
     let mut agent = Agent::start(narrower).unwrap();
+    let second = Agent::start(topology.agent_config()).unwrap_err().to_string();
+    assert_eq!(second, format!("another agent is running node `{}`: stop it first (one agent per node)", topology.id));
     assert_eq!(agent.attachments().unwrap().len(), 1);
     assert_eq!(attached_in_edge(&topology).len(), 1);
     // The maps were reused all along: the rule keeps its counter slot, and
