@@ -70,7 +70,7 @@ impl AgentConfig {
 
 /// Runs `work` in the configured network namespace, on a thread of its own so
 /// the caller's threads stay where they are.
-fn in_netns<T: Send>(netns: Option<&Path>, work: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
+pub(crate) fn in_netns<T: Send>(netns: Option<&Path>, work: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
     let Some(path) = netns else { return work() };
     std::thread::scope(|scope| {
         let thread = scope.spawn(|| {

@@ -67,6 +67,14 @@ pub enum Error {
         /// What it printed.
         stderr: String,
     },
+    /// Neither eBPF nor the nftables fallback could program the node.
+    #[error("no datapath: eBPF cannot load ({ebpf}), and the nftables fallback failed ({nftables})")]
+    NoDatapath {
+        /// Why eBPF could not be used.
+        ebpf: Box<Error>,
+        /// Why nftables could not be used.
+        nftables: Box<Error>,
+    },
     /// Another agent already runs this node.
     #[error("another agent is running node `{0}`: stop it first (one agent per node)")]
     NodeBusy(String),

@@ -6,15 +6,19 @@
 
 mod abi;
 mod agent;
+mod datapath;
 mod entry;
 mod error;
 mod flows;
+mod nft;
 mod programs;
 mod routing;
 mod sys;
 mod table;
 
 pub use agent::{attached, remove_node, Agent, AgentConfig, Attachment, DEFAULT_PIN_ROOT, MAX_ENTRIES};
+pub use datapath::Datapath;
 pub use entry::{Action, Entry, IpNet, IpNetError, Protocol};
 pub use error::Error;
 pub use flows::{FlowAction, FlowRecord, RuleCounter};
+pub use nft::NftAgent;

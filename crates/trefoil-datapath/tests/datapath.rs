@@ -5,29 +5,13 @@
 mod harness;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use harness::*;
-use trefoil_datapath::{Action, Agent, Entry, FlowAction, IpNet, Protocol};
-
-fn server_http() -> SocketAddr {
-    SocketAddr::new(SERVER_IP.parse().unwrap(), 80)
-}
-
-fn entry(rule: &str, src: &str, action: Action) -> Entry {
-    Entry {
-        rule: rule.to_owned(),
-        priority: 100,
-        src: src.parse::<IpNet>().unwrap(),
-        dst: format!("{SERVER_IP}/32").parse().unwrap(),
-        ports: 80..=80,
-        protocol: Protocol::Tcp,
-        action,
-    }
-}
+use trefoil_datapath::{Action, Agent, Entry, FlowAction, Protocol};
 
 /// The topology with an echo server on the server's port 80 and an agent on
 /// edge; `None` (after saying why) where the test cannot run.
@@ -39,45 +23,6 @@ fn start(test: &str) -> Option<(Topology, Agent)> {
     echo_server(&topology, "server", server_http());
     let agent = Agent::start(topology.agent_config()).expect("agent starts");
     Some((topology, agent))
-}
-
-/// A transparent proxy in edge: reports each connection's local address (the
-/// original destination), then forwards to it byte for byte.
-fn transparent_proxy(topology: &Topology, listen: SocketAddr) -> mpsc::Receiver<SocketAddr> {
-    let (seen_tx, seen_rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    topology.spawn("edge", move || {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None).unwrap();
-        // Replies leave from the original destination, an address edge does not own.
-        if listen.is_ipv4() {
-            socket.set_ip_transparent_v4(true).unwrap();
-        } else {
-            socket.set_ip_transparent_v6(true).unwrap();
-        }
-        socket.set_reuse_address(true).unwrap();
-        socket.bind(&listen.into()).unwrap();
-        socket.listen(128).unwrap();
-        let listener: std::net::TcpListener = socket.into();
-        ready_tx.send(()).unwrap();
-        for downstream in listener.incoming().flatten() {
-            let original = downstream.local_addr().unwrap();
-            seen_tx.send(original).unwrap();
-            std::thread::spawn(move || {
-                let upstream = TcpStream::connect(original).unwrap();
-                let (mut down_r, mut down_w) = (downstream.try_clone().unwrap(), downstream);
-                let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
-                let forward = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut down_r, &mut up_w);
-                    let _ = up_w.shutdown(std::net::Shutdown::Write);
-                });
-                let _ = std::io::copy(&mut up_r, &mut down_w);
-                let _ = down_w.shutdown(std::net::Shutdown::Write);
-                let _ = forward.join();
-            });
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("proxy ready");
-    seen_rx
 }
 
 #[test]

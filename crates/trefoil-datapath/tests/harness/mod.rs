@@ -13,9 +13,10 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
-use trefoil_datapath::AgentConfig;
+use trefoil_datapath::{Action, AgentConfig, Entry, IpNet, Protocol};
 
 pub(crate) const CLIENT_IP: &str = "10.1.0.2";
 pub(crate) const EDGE_CLIENT_SIDE_IP: &str = "10.1.0.1";
@@ -218,6 +219,62 @@ pub(crate) fn force_recv_buffer(socket: &impl AsRawFd, bytes: i32) {
         )
     };
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+}
+
+pub(crate) fn server_http() -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), 80)
+}
+
+/// A rule for TCP to the server's port 80 from `src`.
+pub(crate) fn entry(rule: &str, src: &str, action: Action) -> Entry {
+    Entry {
+        rule: rule.to_owned(),
+        priority: 100,
+        src: src.parse::<IpNet>().unwrap(),
+        dst: format!("{SERVER_IP}/32").parse().unwrap(),
+        ports: 80..=80,
+        protocol: Protocol::Tcp,
+        action,
+    }
+}
+
+/// A transparent proxy in edge: reports each connection's local address (the
+/// original destination), then forwards to it byte for byte.
+pub(crate) fn transparent_proxy(topology: &Topology, listen: SocketAddr) -> mpsc::Receiver<SocketAddr> {
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    topology.spawn("edge", move || {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None).unwrap();
+        // Replies leave from the original destination, an address edge does not own.
+        if listen.is_ipv4() {
+            socket.set_ip_transparent_v4(true).unwrap();
+        } else {
+            socket.set_ip_transparent_v6(true).unwrap();
+        }
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&listen.into()).unwrap();
+        socket.listen(128).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        ready_tx.send(()).unwrap();
+        for downstream in listener.incoming().flatten() {
+            let original = downstream.local_addr().unwrap();
+            seen_tx.send(original).unwrap();
+            std::thread::spawn(move || {
+                let upstream = TcpStream::connect(original).unwrap();
+                let (mut down_r, mut down_w) = (downstream.try_clone().unwrap(), downstream);
+                let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
+                let forward = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut down_r, &mut up_w);
+                    let _ = up_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up_r, &mut down_w);
+                let _ = down_w.shutdown(std::net::Shutdown::Write);
+                let _ = forward.join();
+            });
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("proxy ready");
+    seen_rx
 }
 
 pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
