@@ -22,6 +22,19 @@ pub(crate) const CONFIG_MAP: &str = "trefoil_config";
 pub(crate) const COUNTERS_MAP: &str = "trefoil_counters";
 pub(crate) const FLOWS_MAP: &str = "trefoil_flows";
 pub(crate) const MAPS: [&str; 4] = [RULES_MAP, CONFIG_MAP, COUNTERS_MAP, FLOWS_MAP];
+
+/// Each map's key size, value size and capacity, as this build's program
+/// declares them: a pinned map from another build must match to be reused.
+pub(crate) fn map_shape(name: &str) -> Option<(u32, u32, u32)> {
+    let size = |bytes: usize| u32::try_from(bytes).expect("ABI structs are small");
+    match name {
+        RULES_MAP => Some((4, size(size_of::<Rule>()), 2 * MAX_RULES)),
+        CONFIG_MAP => Some((4, 8, 1)),
+        COUNTERS_MAP => Some((4, size(size_of::<Counter>()), MAX_RULES)),
+        FLOWS_MAP => Some((size(size_of::<FlowKey>()), size(size_of::<Flow>()), 65_536)),
+        _ => None,
+    }
+}
 /// The classifier's function name in the object, also the kernel's program name.
 pub(crate) const PROGRAM: &str = "trefoil_ingress";
 

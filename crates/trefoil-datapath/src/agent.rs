@@ -114,6 +114,7 @@ impl Agent {
         fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let lock = sys::lock_dir(&dir)?.ok_or_else(|| Error::NodeBusy(config.node.clone()))?;
 
+        check_pinned_maps(&dir)?;
         let mut ebpf =
             EbpfLoader::new().default_map_pin_directory(&dir).load(object).map_err(|e| Error::bpf("loading the datapath programs", e))?;
         let program = classifier(&mut ebpf)?;
@@ -385,6 +386,24 @@ fn remove_if_present(path: &Path) -> Result<(), Error> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(format!("removing {}", path.display()), e)),
         _ => Ok(()),
     }
+}
+
+/// Refuses pinned maps of another layout: aya would adopt them as they are,
+/// and the new program would read rules and flows with the wrong shape.
+fn check_pinned_maps(dir: &Path) -> Result<(), Error> {
+    for name in abi::MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::bpf(format!("reading {}", path.display()), e))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        let expected = abi::map_shape(name).expect("every map in MAPS has a shape");
+        if found != expected {
+            return Err(Error::IncompatiblePin { map: path, found, expected });
+        }
+    }
+    Ok(())
 }
 
 /// TCX links (6.6) carry the classifier; bpf_loop (5.17) and socket

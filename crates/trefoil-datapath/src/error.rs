@@ -75,6 +75,16 @@ pub enum Error {
         /// Why nftables could not be used.
         nftables: Box<Error>,
     },
+    /// A pinned map was made by a build whose layout differs from this one's.
+    #[error("the pinned map {map} has another layout (key, value, entries: {found:?}, this build: {expected:?}); remove the node's datapath (`remove_node`) and start again")]
+    IncompatiblePin {
+        /// The map's pin.
+        map: PathBuf,
+        /// What the pinned map has.
+        found: (u32, u32, u32),
+        /// What this build's program declares.
+        expected: (u32, u32, u32),
+    },
     /// Another agent already runs this node.
     #[error("another agent is running node `{0}`: stop it first (one agent per node)")]
     NodeBusy(String),

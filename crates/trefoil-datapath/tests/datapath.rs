@@ -293,6 +293,42 @@ fn agent_process() {
     let _ = std::io::stdin().read_line(&mut line);
 }
 
+#[test]
+fn a_pinned_map_of_another_layout_is_refused() {
+    let Some((topology, agent)) = start("a_pinned_map_of_another_layout_is_refused") else { return };
+    agent.remove_all().unwrap();
+    // What an older build might have left: a config map of another width.
+    let dir = std::path::Path::new(PIN_ROOT).join(&topology.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pin = dir.join("trefoil_config");
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        pin.to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        "1",
+        "name",
+        "trefoil_config",
+    ]);
+    let error = Agent::start(topology.agent_config()).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!(
+            "the pinned map {} has another layout (key, value, entries: (4, 4, 1), this build: (4, 8, 1)); remove the node's datapath (`remove_node`) and start again",
+            pin.display()
+        )
+    );
+    trefoil_datapath::remove_node(&topology.agent_config()).unwrap();
+    assert!(!dir.exists());
+}
+
 /// Not a test on its own: starts an agent and prints why it could not, for
 /// `a_missing_capability_is_named`, which runs it without some capabilities.
 #[test]
