@@ -56,11 +56,11 @@ impl Datapath {
         }
     }
 
-    /// Per-rule counters (none under nftables yet).
+    /// Per-rule counters.
     pub fn counters(&self) -> Result<Vec<RuleCounter>, Error> {
         match self {
             Self::Ebpf(agent) => agent.counters(),
-            Self::Nftables { .. } => Ok(Vec::new()),
+            Self::Nftables { agent, .. } => agent.counters(),
         }
     }
 

@@ -9,7 +9,9 @@
 //! owned by a transparent socket keeps going to it after its rule is gone.
 //! The policy route is the one the eBPF datapath uses (`routing`). The whole
 //! table is replaced in one `nft -f` transaction, so packets see the old
-//! rules or the new ones. No flow records: nftables keeps none per flow.
+//! rules or the new ones. Counters come from each rule's `counter` (for a
+//! redirect: the connections sent to the listener, one SYN each). No flow
+//! records: nftables keeps none per flow.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -19,12 +21,15 @@ use crate::abi::{MAX_RULES, REDIRECT_MARK};
 use crate::agent::AgentConfig;
 use crate::entry::{Action, Entry, IpNet, Protocol};
 use crate::error::Error;
+use crate::flows::RuleCounter;
 use crate::routing;
 
 /// A node programmed through nftables.
 #[derive(Debug)]
 pub struct NftAgent {
     config: AgentConfig,
+    /// The rule of each applied entry, by position (the rules' comments).
+    rules: Vec<String>,
 }
 
 fn table(config: &AgentConfig) -> String {
@@ -119,18 +124,93 @@ pub(crate) fn script(table: &str, entries: &[Entry]) -> Result<String, Error> {
     Ok(out)
 }
 
+/// The parts of `nft -j list table` the counters need; the rest is ignored.
+#[derive(serde::Deserialize)]
+struct Listing {
+    nftables: Vec<Item>,
+}
+
+#[derive(serde::Deserialize)]
+struct Item {
+    #[serde(default)]
+    rule: Option<ListedRule>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedRule {
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    expr: Vec<Expr>,
+}
+
+#[derive(serde::Deserialize)]
+struct Expr {
+    #[serde(default)]
+    counter: Option<ListedCounter>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedCounter {
+    packets: u64,
+    bytes: u64,
+}
+
+/// Sums the counters of the rules commented `trefoil:<index>` by the rule
+/// name of entry `index`.
+fn counters(listing: &[u8], rules: &[String]) -> Result<Vec<RuleCounter>, Error> {
+    let listing: Listing = serde_json::from_slice(listing)
+        .map_err(|e| Error::Command { command: "nft -j list table".to_owned(), stderr: format!("unreadable JSON: {e}") })?;
+    let mut out: Vec<RuleCounter> = Vec::new();
+    for rule in listing.nftables.into_iter().filter_map(|item| item.rule) {
+        let index = rule.comment.as_deref().and_then(|c| c.strip_prefix("trefoil:")).and_then(|i| i.parse::<usize>().ok());
+        let Some(name) = index.and_then(|i| rules.get(i)) else { continue };
+        let (packets, bytes) = rule.expr.iter().filter_map(|e| e.counter.as_ref()).fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+        match out.iter_mut().find(|c| &c.rule == name) {
+            Some(counter) => {
+                counter.packets += packets;
+                counter.bytes += bytes;
+            }
+            None => out.push(RuleCounter { rule: name.clone(), packets, bytes }),
+        }
+    }
+    out.sort_by(|a, b| a.rule.cmp(&b.rule));
+    Ok(out)
+}
+
 impl NftAgent {
     /// Installs the policy route and an empty table for the node.
     pub fn start(config: AgentConfig) -> Result<Self, Error> {
         crate::agent::in_netns(config.netns.as_deref(), routing::install)?;
-        let agent = Self { config };
+        let agent = Self { config, rules: Vec::new() };
         nft(&agent.config, &script(&table(&agent.config), &[])?)?;
         Ok(agent)
     }
 
     /// Replaces the node's table with exactly `entries`, in one transaction.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<(), Error> {
-        nft(&self.config, &script(&table(&self.config), entries)?)
+        nft(&self.config, &script(&table(&self.config), entries)?)?;
+        self.rules = entries.iter().map(|entry| entry.rule.clone()).collect();
+        Ok(())
+    }
+
+    /// Packets and bytes per rule, from the rules' counters.
+    pub fn counters(&self) -> Result<Vec<RuleCounter>, Error> {
+        let name = table(&self.config);
+        let listing = crate::agent::in_netns(self.config.netns.as_deref(), || {
+            let output = Command::new("nft")
+                .args(["-j", "list", "table", "inet", &name])
+                .output()
+                .map_err(|e| Error::io("running `nft` (nftables)", e))?;
+            if !output.status.success() {
+                return Err(Error::Command {
+                    command: format!("nft -j list table inet {name}"),
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                });
+            }
+            Ok(output.stdout)
+        })?;
+        counters(&listing, &self.rules)
     }
 
     /// Deletes the node's table and policy route.
@@ -174,6 +254,16 @@ mod tests {
             "{text}"
         );
         assert!(text.starts_with("table inet trefoil-n1\ndelete table inet trefoil-n1\n"), "replaced in one transaction");
+    }
+
+    #[test]
+    fn counters_are_summed_per_rule_from_the_listing() {
+        let listing = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "t"}},
+            {"rule": {"comment": "trefoil:0", "expr": [{"match": {"op": "=="}}, {"counter": {"packets": 3, "bytes": 180}}, {"drop": null}]}},
+            {"rule": {"comment": "trefoil:1", "expr": [{"counter": {"packets": 2, "bytes": 100}}, {"drop": null}]}},
+            {"rule": {"expr": [{"counter": {"packets": 9, "bytes": 9}}]}}]}"#;
+        let rules = ["block".to_owned(), "block".to_owned()];
+        assert_eq!(counters(listing, &rules).unwrap(), [RuleCounter { rule: "block".into(), packets: 5, bytes: 280 }]);
     }
 
     #[test]

@@ -33,6 +33,8 @@ fn nftables_redirect_and_drop_keep_the_ebpf_semantics() {
     agent.apply(&[entry("block", &format!("{CLIENT_IP}/32"), Action::Drop)]).unwrap();
     assert_eq!(echo_on(&mut proxied, b"b2").unwrap(), b"b2", "a proxied connection stays with the listener");
     assert!(connect(&topology, "client", server_http()).is_err(), "new connections are dropped");
+    let counters = agent.counters().unwrap();
+    assert!(counters.iter().any(|c| c.rule == "block" && c.packets >= 1), "{counters:?}");
 
     agent.apply(&[]).unwrap();
     let mut after = connect(&topology, "client", server_http()).unwrap();
