@@ -63,7 +63,9 @@ fn rule_changes_touch_only_new_connections() {
     let mut direct = connect(&topology, "client", server_http()).unwrap();
     assert_eq!(echo_on(&mut direct, b"a1").unwrap(), b"a1");
 
+    let attached = agent.attachments().unwrap();
     agent.apply(&[entry("to-proxy", "0.0.0.0/0", Action::Redirect { listener })]).unwrap();
+    assert_eq!(agent.attachments().unwrap(), attached, "a rule change updates maps; the same programs stay attached");
     assert_eq!(echo_on(&mut direct, b"a2").unwrap(), b"a2", "a connection that started direct is not pulled into the proxy");
     let mut proxied = connect(&topology, "client", server_http()).unwrap();
     assert_eq!(echo_on(&mut proxied, b"b1").unwrap(), b"b1");
