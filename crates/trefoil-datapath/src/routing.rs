@@ -14,7 +14,11 @@ use crate::error::Error;
 
 /// The routing table and rule priority the agent owns (0x7ef1, as the mark).
 const TABLE: &str = "32497";
-const MARK: &str = "0x7ef10000/0xffff0000";
+
+/// The mark the classifier sets, under the mask of the bits it owns.
+fn mark() -> String {
+    format!("{REDIRECT_MARK:#x}/0xffff0000")
+}
 
 fn ip(args: &[&str]) -> Result<String, Error> {
     let output = Command::new("ip").args(args).output().map_err(|e| Error::io("running `ip` (iproute2)", e))?;
@@ -29,11 +33,10 @@ fn ip(args: &[&str]) -> Result<String, Error> {
 
 /// Installs the rule and route in the calling thread's network namespace, once.
 pub(crate) fn install() -> Result<(), Error> {
-    debug_assert_eq!(format!("{REDIRECT_MARK:#x}"), "0x7ef10000");
     for (family, any) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
         let result = (|| {
             if ip(&[family, "rule", "show", "table", TABLE])?.trim().is_empty() {
-                ip(&[family, "rule", "add", "fwmark", MARK, "lookup", TABLE, "priority", TABLE])?;
+                ip(&[family, "rule", "add", "fwmark", &mark(), "lookup", TABLE, "priority", TABLE])?;
             }
             ip(&[family, "route", "replace", "local", any, "dev", "lo", "table", TABLE]).map(drop)
         })();
@@ -54,7 +57,7 @@ pub(crate) fn remove() -> Result<(), Error> {
         for _ in 0..4 {
             match ip(&[family, "rule", "show", "table", TABLE]) {
                 Ok(rules) if !rules.trim().is_empty() => {
-                    ip(&[family, "rule", "del", "fwmark", MARK, "lookup", TABLE, "priority", TABLE])?;
+                    ip(&[family, "rule", "del", "fwmark", &mark(), "lookup", TABLE, "priority", TABLE])?;
                 }
                 _ => break,
             }
