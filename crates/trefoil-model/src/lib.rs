@@ -7,6 +7,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod load;
 pub mod located_yaml;
+pub mod parsed;
 pub mod relations;
 pub mod resource;
 pub mod spec;

@@ -25,7 +25,7 @@ pub struct Mesh<'a> {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointView {
-    pub address: String,
+    pub address: std::net::SocketAddr,
     pub version: String,
     pub ready: bool,
     /// `static` (declared on the Service) or the workload replica it belongs to.
@@ -186,7 +186,7 @@ impl<'a> Mesh<'a> {
         let mut out = Vec::new();
         if let Some(Spec::Service(s)) = self.named("Service", service).map(|r| &r.spec) {
             out.extend(s.endpoints.iter().map(|e| EndpointView {
-                address: e.address.clone(),
+                address: e.address,
                 version: e.version.clone(),
                 ready: true,
                 source: "static".to_string(),
@@ -203,7 +203,7 @@ impl<'a> Mesh<'a> {
             .iter()
             .filter(|e| workload.is_none_or(|w| e.workload == w))
             .map(|e| EndpointView {
-                address: e.address.clone(),
+                address: e.address,
                 version: e.version.clone(),
                 ready: e.ready,
                 source: format!("{} replica {}", e.workload, e.replica),

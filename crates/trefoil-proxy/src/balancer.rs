@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn ring_hash_is_sticky_and_spreads() {
         let reg = EndpointRegistry::default();
-        let b = Balancer::new(&LoadBalancer::RingHash(HashOn::Header("x-user".into())), endpoints(&reg, 4));
+        let b = Balancer::new(&LoadBalancer::RingHash(HashOn::Header("x-user".parse().unwrap())), endpoints(&reg, 4));
         let mut seen = HashMap::new();
         for user in 0..400 {
             let key = format!("user-{user}");

@@ -118,9 +118,9 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             if options.admin.is_none() {
                 tracing::info!(address = %empty.settings.admin, "no --admin given; using the default admin address");
             }
-            empty.settings.admin = options.admin.map_or(empty.settings.admin, |a| a.to_string());
+            empty.settings.admin = options.admin.unwrap_or(empty.settings.admin);
             let mut running = Running::start(empty, name.clone(), options.admin, &shared, workers)?;
-            let admin_address = running.state.snapshot.load().settings.admin.clone();
+            let admin_address = running.state.snapshot.load().settings.admin.to_string();
             let (applies, mut incoming) = mpsc::channel::<Apply>(1);
             let client = tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, applies));
             tracing::info!(control = %address, proxy = %name, "waiting for the first snapshot from the control plane");
@@ -208,11 +208,10 @@ impl Running {
         workers: usize,
     ) -> Result<Self, StartError> {
         if let Some(admin) = admin_override {
-            first.settings.admin = admin.to_string();
+            first.settings.admin = admin;
         }
         let telemetry = Telemetry::build(&first.settings, &name, shared)?;
-        let admin_addr: SocketAddr =
-            first.settings.admin.parse().map_err(|_| anyhow::anyhow!("invalid admin address {}", first.settings.admin))?;
+        let admin_addr = first.settings.admin;
         shared.metrics.config_version.set(first.version as i64);
         let state = Arc::new(ProxyState {
             name,
@@ -273,13 +272,13 @@ impl Running {
         let shared = &state.shared;
         let mut next = compile(sources, shared, version).map_err(StartError::Config)?;
         if let Some(admin) = self.admin_override {
-            next.settings.admin = admin.to_string();
+            next.settings.admin = admin;
         }
         let current = state.snapshot.load();
         // The admin socket is bound once; a different address takes a restart.
         if next.settings.admin != current.settings.admin {
             tracing::warn!(from = %current.settings.admin, to = %next.settings.admin, "admin address changes need a restart; keeping the old one");
-            next.settings.admin = current.settings.admin.clone();
+            next.settings.admin = current.settings.admin;
         }
         let bound = self.listeners.bind_new(&next)?;
         if !state.telemetry.load().matches(&next.settings) {

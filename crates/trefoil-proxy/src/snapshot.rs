@@ -330,11 +330,8 @@ impl Compiler<'_> {
                 return;
             }
         };
-        let endpoints: Vec<Arc<EndpointState>> = spec
-            .endpoints
-            .iter()
-            .filter_map(|e| e.address.parse().ok().map(|addr| self.shared.endpoints.get(name, &e.version, addr)))
-            .collect();
+        let endpoints: Vec<Arc<EndpointState>> =
+            spec.endpoints.iter().map(|e| self.shared.endpoints.get(name, &e.version, e.address)).collect();
         // HTTP/2 multiplexes: one connection per endpoint, whatever the load.
         let connection_slots = if protocol.is_http2() {
             HashMap::new()
@@ -357,11 +354,17 @@ impl Compiler<'_> {
         self.services.insert(name.to_string(), Arc::new(config));
     }
 
-    fn cluster(&mut self, backend: &BackendRef) -> Option<Arc<Cluster>> {
+    /// The cluster `backend` points at; when its Service is not among those
+    /// compiled, a problem at `field` of `s` (the snapshot is then refused,
+    /// never served without the backend).
+    fn cluster(&mut self, s: &SourcedResource, field: &str, backend: &BackendRef) -> Option<Arc<Cluster>> {
         if let Some(c) = self.clusters.get(backend) {
             return Some(c.clone());
         }
-        let service = self.services.get(&backend.service)?.clone();
+        let Some(service) = self.services.get(&backend.service).cloned() else {
+            self.problems.push(s.diagnostic(field, format!("no usable Service named {:?}", backend.service)));
+            return None;
+        };
         let endpoints =
             service.endpoints.iter().filter(|e| backend.version.as_ref().is_none_or(|v| &*e.version == v.as_str())).cloned().collect();
         let cluster = Arc::new(Cluster {
@@ -378,7 +381,9 @@ impl Compiler<'_> {
         let mut functions: HashMap<&str, Arc<Function>> = HashMap::new();
         for s in sources {
             let Spec::NetworkFunction(f) = &s.resource.spec else { continue };
-            let Some(cluster) = self.cluster(&BackendRef { service: f.service.clone(), version: None }) else { continue };
+            let Some(cluster) = self.cluster(s, "spec.service", &BackendRef { service: f.service.clone(), version: None }) else {
+                continue;
+            };
             if f.api == FunctionApi::ExtAuthz && !cluster.service.protocol.is_http2() {
                 self.problems.push(
                     s.diagnostic("spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service)),
@@ -410,7 +415,7 @@ impl Compiler<'_> {
                     );
                     continue;
                 };
-                let when = step.when.as_ref().and_then(|m| RequestMatcher::compile(m).ok());
+                let when = step.when.as_ref().map(RequestMatcher::compile);
                 let compiled = Step { function: function.clone(), mode: step.mode, when };
                 match step.phase {
                     Phase::Request => steps.push(compiled),
@@ -451,21 +456,25 @@ impl Compiler<'_> {
         let mut rules = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
             let at = format!("spec.rules[{i}]");
-            let matchers = rule.matches.iter().filter_map(|m| RequestMatcher::compile(m).ok()).collect();
-            let mut edits = |field: &str, m: &Option<HeaderModifier>| {
-                m.as_ref().and_then(|m| match HeaderEdits::compile(m) {
-                    Ok(e) => Some(e),
-                    Err(msg) => {
-                        self.problems.push(s.diagnostic(&format!("{at}.filters.{field}"), msg));
-                        None
-                    }
-                })
-            };
-            let request_headers = edits("requestHeaderModifier", &rule.filters.request_header_modifier);
-            let response_headers = edits("responseHeaderModifier", &rule.filters.response_header_modifier);
-            let mirror = rule.filters.request_mirror.as_ref().and_then(|m| self.cluster(&m.backend).map(|c| (c, m.percent)));
-            let split =
-                WeightedSplit::new(rule.backends.iter().filter_map(|b| self.cluster(&b.backend_ref()).map(|c| (c, b.weight))).collect());
+            let matchers = rule.matches.iter().map(RequestMatcher::compile).collect();
+            let request_headers = rule.filters.request_header_modifier.as_ref().map(HeaderEdits::compile);
+            let response_headers = rule.filters.response_header_modifier.as_ref().map(HeaderEdits::compile);
+            let mirror =
+                rule.filters.request_mirror.as_ref().and_then(|m| {
+                    self.cluster(s, &format!("{at}.filters.requestMirror.backend.service"), &m.backend).map(|c| (c, m.percent))
+                });
+            let mut backends = Vec::new();
+            for (j, b) in rule.backends.iter().enumerate() {
+                // A backend without a cluster is a problem already reported: the snapshot is refused.
+                backends.extend(self.cluster(s, &format!("{at}.backends[{j}].service"), &b.backend_ref()).map(|c| (c, b.weight)));
+            }
+            let chain = rule.chain.as_ref().and_then(|name| {
+                let chain = self.chains.get(name).cloned();
+                if chain.is_none() {
+                    self.problems.push(s.diagnostic(&format!("{at}.chain"), format!("no usable CNF named {name:?}")));
+                }
+                chain
+            });
             rules.push(CompiledRule {
                 matchers,
                 request_headers,
@@ -477,7 +486,7 @@ impl Compiler<'_> {
                     .rate_limit
                     .as_ref()
                     .map(|rl| self.shared.rate_limiters.get_or(format!("{}/{i}/{rl:?}", s.resource.name()), || RateLimiter::new(rl))),
-                split,
+                split: WeightedSplit::new(backends),
                 timeout: rule.effective_timeout(),
                 budget: rule
                     .retry
@@ -485,7 +494,7 @@ impl Compiler<'_> {
                     .and_then(|r| r.budget.as_ref())
                     .map(|b| self.shared.budgets.get_or(format!("{}/{i}/{b:?}", s.resource.name()), || Budget::new(b))),
                 retry: rule.retry.clone(),
-                chain: rule.chain.as_ref().and_then(|name| self.chains.get(name).cloned()),
+                chain,
             });
         }
         Arc::new(CompiledRoute { name: label(s.resource.name()), rules })
@@ -533,12 +542,12 @@ impl Compiler<'_> {
         }
         ListenerConfig {
             name: label(s.resource.name()),
-            addr: spec.address.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+            addr: spec.address,
             protocol: spec.protocol,
             tls,
             direction: label(&spec.direction),
             router,
-            tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(b)),
+            tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(s, "spec.tcpBackend.service", b)),
             path_normalization: spec.path_normalization,
             timeouts: spec.timeouts,
             client_auth: spec.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),

@@ -235,7 +235,7 @@ fn replica(
     let admin = ports.admin()?;
     let mut upstreams = BTreeMap::new();
     for service in services.iter().filter(|s| **s != w.service) {
-        upstreams.insert(service.to_string(), ports.free()?.to_string());
+        upstreams.insert(service.to_string(), ports.free()?);
     }
 
     // The runtime's own variables win over the workload's env, which wins
@@ -250,7 +250,7 @@ fn replica(
         ("TREFOIL_EVENTS".to_string(), format!("http://{admin}/events")),
     ]);
     for (service, address) in &upstreams {
-        runtime_env.insert(upstream_var(service), address.clone());
+        runtime_env.insert(upstream_var(service), address.to_string());
     }
     let failed = |field: String| move |source| PlanError::Expand { workload: workload.to_string(), field, source };
     let mut env = BTreeMap::new();
@@ -282,20 +282,20 @@ fn replica(
     let mut sidecar_addresses =
         BTreeMap::from([("inbound".to_string(), inbound.to_string()), ("outbound".to_string(), outbound.to_string())]);
     for (service, address) in &upstreams {
-        sidecar_addresses.insert(format!("upstream.{service}"), address.clone());
+        sidecar_addresses.insert(format!("upstream.{service}"), address.to_string());
     }
     let sidecar = proxy_process(exe, grpc, &format!("{proxy_name}-sidecar"), &proxy_name, Role::Sidecar, admin, sidecar_addresses);
     let spec = ProxySpec {
-        admin: admin.to_string(),
+        admin,
         access_log: ctx.state.join("logs").join("access").join(format!("{proxy_name}.log")).display().to_string(),
         sidecar: Some(SidecarSpec {
             workload: workload.to_string(),
             service: w.service.clone(),
             version: w.version.clone(),
             replica: index,
-            inbound: inbound.to_string(),
-            outbound: outbound.to_string(),
-            app: app_addr.to_string(),
+            inbound,
+            outbound,
+            app: app_addr,
             upstreams,
         }),
         ..ProxySpec::with_defaults()
@@ -345,7 +345,7 @@ impl Plan {
         let mut by_service: BTreeMap<&str, Vec<DiscoveredEndpoint>> = BTreeMap::new();
         for r in &self.replicas {
             by_service.entry(&r.service).or_default().push(DiscoveredEndpoint {
-                address: r.inbound.to_string(),
+                address: r.inbound,
                 version: r.version.clone(),
                 workload: r.workload.clone(),
                 replica: r.index,
@@ -431,8 +431,8 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         assert_eq!(r.app.env["GREETING"], "hi ada");
         let Spec::Proxy(proxy) = &r.proxy.spec else { panic!() };
         let sidecar = proxy.sidecar.as_ref().unwrap();
-        assert_eq!(r.app.env["TREFOIL_OUTBOUND"], sidecar.outbound);
-        assert_eq!(r.app.env["TREFOIL_UPSTREAM_PAYMENTS_API"], sidecar.upstreams["payments-api"]);
+        assert_eq!(r.app.env["TREFOIL_OUTBOUND"], sidecar.outbound.to_string());
+        assert_eq!(r.app.env["TREFOIL_UPSTREAM_PAYMENTS_API"], sidecar.upstreams["payments-api"].to_string());
         assert!(!r.app.env.contains_key("TREFOIL_UPSTREAM_WEB"), "no upstream to its own service");
         assert_eq!(r.app.program, Path::new("/files/bin/web"));
         assert_eq!(r.app.probe, Probe::Http { addr: r.app.addresses["app"].parse().unwrap(), path: "/healthz".into() });
@@ -458,7 +458,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         assert_eq!(eps[0].name(), "web");
         let Spec::Endpoints(e) = &eps[0].spec else { panic!() };
         assert_eq!(e.endpoints.iter().map(|e| (e.replica, e.ready)).collect::<Vec<_>>(), [(0, false), (1, true)]);
-        assert_eq!(e.endpoints[1].address, p.replicas[1].inbound.to_string());
+        assert_eq!(e.endpoints[1].address, p.replicas[1].inbound);
         assert_eq!(e.endpoints[1].workload, "web-v1");
     }
 

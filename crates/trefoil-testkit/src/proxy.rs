@@ -24,7 +24,7 @@ const START: Duration = Duration::from_secs(20);
 /// short enough for tests that stop the proxy.
 pub fn proxy_resource(admin: SocketAddr, access_log: &Path) -> Resource {
     let spec = ProxySpec {
-        admin: admin.to_string(),
+        admin,
         access_log: access_log.display().to_string(),
         drain_timeout: trefoil_model::Duration::from_secs(5),
         ..ProxySpec::with_defaults()

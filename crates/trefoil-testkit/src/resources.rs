@@ -83,7 +83,7 @@ pub fn resource(name: &str, spec: Spec) -> Resource {
 /// A Listener's spec at `address`, speaking HTTP, with every default.
 pub fn listener_spec(address: SocketAddr) -> ListenerSpec {
     ListenerSpec {
-        address: address.to_string(),
+        address,
         protocol: ListenerProtocol::default(),
         tls: None,
         routes: Vec::new(),
@@ -120,10 +120,7 @@ pub fn service_speaking(name: &str, protocol: AppProtocol, endpoints: &[(SocketA
         name,
         Spec::Service(ServiceSpec {
             ports: vec![ServicePort { name: "main".to_string(), port: 80, protocol }],
-            endpoints: endpoints
-                .iter()
-                .map(|(address, version)| Endpoint { address: address.to_string(), version: version.to_string() })
-                .collect(),
+            endpoints: endpoints.iter().map(|(address, version)| Endpoint { address: *address, version: version.to_string() }).collect(),
         }),
     )
 }
@@ -167,13 +164,14 @@ pub fn path_prefix(prefix: &str) -> RouteMatch {
     RouteMatch { path: Some(PathMatch::Prefix(prefix.to_string())), ..RouteMatch::default() }
 }
 
-/// A header (or query parameter) condition: `name` present.
-pub fn present(name: &str) -> ValueMatch {
-    ValueMatch { name: name.to_string(), value: None, regex: None, invert: false }
+/// A header (or query parameter) condition: `name` present. A test's
+/// name is meant to parse: one that does not fails the test.
+pub fn present<N: std::str::FromStr<Err: std::fmt::Debug>>(name: &str) -> ValueMatch<N> {
+    ValueMatch { name: name.parse().expect("a test's header name parses"), value: None, regex: None, invert: false }
 }
 
 /// A header (or query parameter) condition: `name` equal to `value`.
-pub fn equals(name: &str, value: &str) -> ValueMatch {
+pub fn equals<N: std::str::FromStr<Err: std::fmt::Debug>>(name: &str, value: &str) -> ValueMatch<N> {
     ValueMatch { value: Some(value.to_string()), ..present(name) }
 }
 

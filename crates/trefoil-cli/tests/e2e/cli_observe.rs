@@ -150,7 +150,7 @@ fn web_workload() -> Resource {
 /// Endpoints of `web`, as a runtime would publish them for [`web_workload`]: replica 0 ready.
 fn endpoints(second_ready: bool) -> Resource {
     let replica = |replica: u32, port: u16, ready| DiscoveredEndpoint {
-        address: format!("127.0.0.1:{port}"),
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
         version: "v1".into(),
         workload: "web-v1".into(),
         replica,
@@ -273,7 +273,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
-    control.apply(&dir, resource("gw", Spec::Proxy(ProxySpec { admin: free_addr().to_string(), ..ProxySpec::with_defaults() })));
+    control.apply(&dir, resource("gw", Spec::Proxy(ProxySpec { admin: free_addr(), ..ProxySpec::with_defaults() })));
     let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);

@@ -256,9 +256,10 @@ fn a_reader_that_stops_early_gets_no_panic() {
     // command is still writing when its reader goes away.
     let dir = scratch_dir();
     let file = dir.join("many.yaml");
-    let nowhere = || vec![Endpoint { address: "nowhere".into(), version: String::new() }];
+    // Each lists its one endpoint twice.
+    let twice = || vec![Endpoint { address: "127.0.0.1:9".parse().unwrap(), version: String::new() }; 2];
     let services: Vec<Resource> =
-        (0..2000).map(|i| resource(&format!("s{i}"), Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: nowhere() }))).collect();
+        (0..2000).map(|i| resource(&format!("s{i}"), Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: twice() }))).collect();
     std::fs::write(&file, services.to_yaml()).unwrap();
     let mut child = trefoil_command()
         .args(["validate", "-o", "json", "-f"])

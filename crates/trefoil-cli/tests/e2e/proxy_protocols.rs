@@ -240,7 +240,7 @@ fn opaque_tcp_and_protocol_detection() {
         |protocol| ListenerSpec { protocol, tcp_backend: Some(BackendRef { service: "web".into(), version: None }), ..listener_spec(tcp) };
     let proxy = Proxy::start(vec![
         resource("raw", Spec::Listener(to_web(ListenerProtocol::Tcp))),
-        resource("sniff", Spec::Listener(ListenerSpec { address: auto.to_string(), ..to_web(ListenerProtocol::Auto) })),
+        resource("sniff", Spec::Listener(ListenerSpec { address: auto, ..to_web(ListenerProtocol::Auto) })),
         service("web", &[(up.addr(), "v1")]),
         route_all("web"),
     ]);

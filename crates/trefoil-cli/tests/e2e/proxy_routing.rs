@@ -9,7 +9,7 @@ use trefoil_model::spec::{
     OutlierDetection, RequestMirror, RetryBudget, RetryOn, RetryPolicy, RouteFilters, RouteMatch, RouteRule, TrafficPolicySpec,
 };
 use trefoil_testkit::resources::{
-    equals, listener, ms, path_prefix, retry, route, route_all, rule_to, secs, service, strings, traffic_policy, version_backend,
+    equals, listener, ms, path_prefix, retry, route, route_all, rule_to, secs, service, traffic_policy, version_backend,
 };
 use trefoil_testkit::{count, curl_many, free_addr, http_get, http_request, raw_exchange, wait_until, Proxy, TestServer};
 
@@ -52,7 +52,7 @@ fn header_query_and_method_matches_route_requests() {
     let to_canary = RouteRule {
         matches: vec![
             RouteMatch { headers: vec![equals("x-canary", "yes")], ..RouteMatch::default() },
-            RouteMatch { query_params: vec![equals("track", "beta")], method: Some("GET".into()), ..RouteMatch::default() },
+            RouteMatch { query_params: vec![equals("track", "beta")], method: Some("GET".parse().unwrap()), ..RouteMatch::default() },
         ],
         backends: vec![version_backend("web", "canary", 1)],
         ..RouteRule::default()
@@ -217,11 +217,14 @@ fn faults_rate_limits_and_header_edits() {
     let limit = LocalRateLimit { requests_per_second: 0.001, burst: Some(5), status: 429 };
     let edits = RouteFilters {
         request_header_modifier: Some(HeaderModifier {
-            set: [("x-set".into(), "one".into())].into(),
-            remove: strings(&["x-drop"]),
+            set: [("x-set".parse().unwrap(), "one".parse().unwrap())].into(),
+            remove: vec!["x-drop".parse().unwrap()],
             ..HeaderModifier::default()
         }),
-        response_header_modifier: Some(HeaderModifier { add: [("x-resp".into(), "two".into())].into(), ..HeaderModifier::default() }),
+        response_header_modifier: Some(HeaderModifier {
+            add: [("x-resp".parse().unwrap(), "two".parse().unwrap())].into(),
+            ..HeaderModifier::default()
+        }),
         ..RouteFilters::default()
     };
     let _proxy = Proxy::start(vec![
@@ -304,7 +307,10 @@ fn ring_hash_keeps_a_user_on_one_endpoint_and_least_request_spreads() {
     let _proxy = Proxy::start(vec![
         listener("public", public),
         service("web", &eps),
-        traffic_policy(TrafficPolicySpec { load_balancer: LoadBalancer::RingHash(HashOn::Header("x-user".into())), ..web_policy() }),
+        traffic_policy(TrafficPolicySpec {
+            load_balancer: LoadBalancer::RingHash(HashOn::Header("x-user".parse().unwrap())),
+            ..web_policy()
+        }),
         route_all("web"),
     ]);
     let mut owners = std::collections::BTreeSet::new();

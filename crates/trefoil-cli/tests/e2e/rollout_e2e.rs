@@ -77,9 +77,10 @@ fn analysis() -> Analysis {
 
 /// An A/B test on `header` or `cookie` (name, value) the test itself ends.
 fn ab_test(header: Option<(&str, &str)>, cookie: Option<(&str, &str)>) -> Strategy {
-    let pair = |(name, value): (&str, &str)| NameValue { name: name.into(), value: value.into() };
+    let header = header.map(|(name, value)| NameValue { name: name.parse().unwrap(), value: value.into() });
+    let cookie = cookie.map(|(name, value)| NameValue { name: name.into(), value: value.into() });
     // Many checks: the test, not the analysis, ends this A/B test.
-    Strategy::AbTest(AbTestStrategy { header: header.map(pair), cookie: cookie.map(pair), checks: 100 })
+    Strategy::AbTest(AbTestStrategy { header, cookie, checks: 100 })
 }
 
 /// How many meshes of this file run at once. Each picks free ports by

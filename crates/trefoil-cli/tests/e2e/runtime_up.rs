@@ -52,7 +52,11 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
     // Endpoints point at the sidecars' inbound listeners, never the apps.
     let eps = up.endpoints("web");
     for (i, e) in eps.iter().enumerate() {
-        assert_eq!(e.address, view["processes"][format!("web-{i}-sidecar")]["addresses"]["inbound"].as_str().unwrap_or_default(), "{e:?}");
+        assert_eq!(
+            e.address.to_string(),
+            view["processes"][format!("web-{i}-sidecar")]["addresses"]["inbound"].as_str().unwrap_or_default(),
+            "{e:?}"
+        );
         assert_eq!(e.version, "v1");
         assert_eq!(e.workload, "web");
     }
@@ -65,8 +69,8 @@ fn up_starts_everything_and_publishes_ready_endpoints() {
     let Spec::Proxy(spec) = proxy.spec else { panic!("Proxy/web-1 holds a Proxy spec") };
     let sidecar = spec.sidecar.expect("a sidecar's Proxy says whose");
     assert_eq!((sidecar.service.as_str(), sidecar.replica), ("web", 1));
-    assert_eq!(sidecar.app, view["processes"]["web-1"]["addresses"]["app"].as_str().unwrap_or_default());
-    assert_eq!(spec.admin, view["processes"]["web-1-sidecar"]["addresses"]["admin"].as_str().unwrap_or_default());
+    assert_eq!(sidecar.app.to_string(), view["processes"]["web-1"]["addresses"]["app"].as_str().unwrap_or_default());
+    assert_eq!(spec.admin.to_string(), view["processes"]["web-1-sidecar"]["addresses"]["admin"].as_str().unwrap_or_default());
     // The resources from the files are stored too.
     assert_eq!(up.spec::<WorkloadSpec>("Workload", "web").map(|w| w.replicas), Some(2));
 

@@ -3,6 +3,7 @@
 //! Pure functions of their input, so a snapshot is reproducible from the store.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
 use trefoil_model::spec::*;
 use trefoil_model::{Metadata, Resource, Spec, API_VERSION};
@@ -94,7 +95,7 @@ impl MeshView {
                 ready.sort_by(|a, b| (&a.workload, a.replica, &a.address).cmp(&(&b.workload, b.replica, &b.address)));
                 for e in ready {
                     if !spec.endpoints.iter().any(|s| s.address == e.address) {
-                        spec.endpoints.push(Endpoint { address: e.address.clone(), version: e.version.clone() });
+                        spec.endpoints.push(Endpoint { address: e.address, version: e.version.clone() });
                     }
                 }
             }
@@ -187,21 +188,21 @@ impl MeshView {
         let inbound_route = format!("{proxy}-inbound");
         out.push(&resource(
             &format!("{proxy}-inbound"),
-            Spec::Listener(listener(&sidecar.inbound, "inbound", vec![inbound_route.clone()], None)),
+            Spec::Listener(listener(sidecar.inbound, "inbound", vec![inbound_route.clone()], None)),
         ));
         out.push(&resource(
             &format!("{proxy}-outbound"),
-            Spec::Listener(listener(&sidecar.outbound, "outbound", self.route_names.clone(), None)),
+            Spec::Listener(listener(sidecar.outbound, "outbound", self.route_names.clone(), None)),
         ));
         for (service, address) in &sidecar.upstreams {
             if self.services.contains_key(service) {
                 out.push(&resource(
                     &format!("{proxy}-to-{service}"),
-                    Spec::Listener(listener(address, "outbound", Vec::new(), Some(service.clone()))),
+                    Spec::Listener(listener(*address, "outbound", Vec::new(), Some(service.clone()))),
                 ));
             }
         }
-        let own_app = vec![Endpoint { address: sidecar.app.clone(), version: sidecar.version.clone() }];
+        let own_app = vec![Endpoint { address: sidecar.app, version: sidecar.version.clone() }];
         for (name, encoded) in &self.services_json {
             if *name == sidecar.service {
                 let mut own = self.services[name].clone();
@@ -296,9 +297,9 @@ fn chained(routes: &[Resource], cnfs: &BTreeMap<&str, &Resource>, functions: &BT
     out
 }
 
-fn listener(address: &str, direction: &str, routes: Vec<String>, service: Option<String>) -> ListenerSpec {
+fn listener(address: SocketAddr, direction: &str, routes: Vec<String>, service: Option<String>) -> ListenerSpec {
     ListenerSpec {
-        address: address.to_string(),
+        address,
         protocol: ListenerProtocol::Http,
         tls: None,
         routes,

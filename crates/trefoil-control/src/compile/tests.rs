@@ -105,7 +105,7 @@ fn a_gateway_gets_its_listeners_every_route_and_ready_endpoints_only() {
     assert!(find(&snapshot, "Listener", "public").is_some());
     assert!(find(&snapshot, "Listener", "elsewhere").is_none(), "another proxy's listener");
     let web = service(&snapshot, "web");
-    assert_eq!(web.endpoints, vec![Endpoint { address: "127.0.0.1:9001".into(), version: "v1".into() }]);
+    assert_eq!(web.endpoints, vec![Endpoint { address: "127.0.0.1:9001".parse().unwrap(), version: "v1".into() }]);
     assert!(find(&snapshot, "Route", "default-api").is_some(), "a service without a route gets a default one");
     assert!(find(&snapshot, "Route", "default-web").is_none(), "web has a route of its own");
     let route = find(&snapshot, "Route", "web").unwrap();
@@ -118,7 +118,7 @@ fn a_sidecar_gets_generated_listeners_and_its_own_app_as_its_service() {
     assert_valid(&snapshot);
     let listeners: Vec<String> = resources(&snapshot).iter().filter(|r| r.kind() == "Listener").map(|r| r.name().to_string()).collect();
     assert_eq!(listeners, ["api-0-inbound", "api-0-outbound", "api-0-to-web"]);
-    assert_eq!(service(&snapshot, "api").endpoints, vec![Endpoint { address: "127.0.0.1:9103".into(), version: "v1".into() }]);
+    assert_eq!(service(&snapshot, "api").endpoints, vec![Endpoint { address: "127.0.0.1:9103".parse().unwrap(), version: "v1".into() }]);
     assert_eq!(service(&snapshot, "web").endpoints.len(), 1);
     let Spec::Listener(to_web) = find(&snapshot, "Listener", "api-0-to-web").unwrap().spec else { unreachable!() };
     assert_eq!(to_web.service.as_deref(), Some("web"));

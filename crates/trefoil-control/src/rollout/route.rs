@@ -67,25 +67,13 @@ fn ab_rule(rollout: &RolloutSpec) -> Option<RouteRule> {
     let condition = if let Some(h) = &ab.header {
         ValueMatch { name: h.name.clone(), value: Some(h.value.clone()), regex: None, invert: false }
     } else {
-        let c = ab.cookie.as_ref()?;
-        // The cookie as one `name=value` pair of the Cookie header, whole.
-        let regex = format!("(^|.*;\\s*){}={}(;.*|\\s*$)", regex_escape(&c.name), regex_escape(&c.value));
-        ValueMatch { name: "cookie".into(), value: None, regex: Some(regex), invert: false }
+        // Validation refused every rollout whose cookie condition does not build.
+        ab.cookie.as_ref()?.cookie_condition().expect("a validated rollout's cookie condition builds")
     };
     Some(RouteRule {
         matches: vec![RouteMatch { headers: vec![condition], ..Default::default() }],
         backends: vec![backend(rollout, &rollout.canary, 100)],
         ..Default::default()
-    })
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars().fold(String::new(), |mut out, c| {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-        out
     })
 }
 
@@ -131,7 +119,7 @@ mod tests {
     #[test]
     fn an_ab_test_adds_a_first_rule_and_removes_it_after() {
         let header = rollout(Strategy::AbTest(AbTestStrategy {
-            header: Some(NameValue { name: "x-canary".into(), value: "yes".into() }),
+            header: Some(NameValue { name: "x-canary".parse().unwrap(), value: "yes".into() }),
             cookie: None,
             checks: 1,
         }));
@@ -151,7 +139,7 @@ mod tests {
         }));
         let r = shape(&route(), &cookie, &Traffic::AbTest);
         // The proxy anchors header regexes to the whole value.
-        let re = regex::Regex::new(&format!("^(?:{})$", r.rules[0].matches[0].headers[0].regex.as_deref().unwrap())).unwrap();
+        let re = r.rules[0].matches[0].headers[0].regex.clone().unwrap();
         assert!(re.is_match("beta=1.0"));
         assert!(re.is_match("a=b; beta=1.0; c=d"));
         assert!(!re.is_match("beta=1x0"));

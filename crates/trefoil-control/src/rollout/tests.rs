@@ -62,8 +62,13 @@ fn proxies_with(admin: &str) -> (Arc<Proxies>, tokio::sync::watch::Receiver<Opti
 }
 
 fn seed(store: &Store) {
-    let ready =
-        DiscoveredEndpoint { address: "127.0.0.1:1".into(), version: "v2".into(), workload: "web-v2".into(), replica: 0, ready: true };
+    let ready = DiscoveredEndpoint {
+        address: "127.0.0.1:1".parse().unwrap(),
+        version: "v2".into(),
+        workload: "web-v2".into(),
+        replica: 0,
+        ready: true,
+    };
     put_resource(store, "web", Spec::Endpoints(EndpointsSpec { endpoints: vec![ready] }));
     let backend = WeightedBackend { service: "web".into(), version: Some("v1".into()), weight: 1 };
     put_resource(

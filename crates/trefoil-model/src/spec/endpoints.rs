@@ -1,6 +1,8 @@
 //! `Endpoints`: the instances of a service that the runtime discovered.
 //! Written by the runtime, not by people; named after the service.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// Discovered instances of one service.
@@ -17,7 +19,8 @@ pub struct EndpointsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiscoveredEndpoint {
     /// `ip:port` traffic for this replica goes to (its sidecar's inbound listener).
-    pub address: String,
+    #[serde(deserialize_with = "crate::parsed::socket_addr")]
+    pub address: SocketAddr,
     pub version: String,
     /// The Workload and replica index it belongs to.
     #[serde(default)]

@@ -1,5 +1,7 @@
 //! `Listener`: where a proxy accepts traffic and what it speaks there.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::BackendRef;
@@ -10,7 +12,8 @@ use crate::Duration;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerSpec {
     /// `ip:port` to bind.
-    pub address: String,
+    #[serde(deserialize_with = "crate::parsed::socket_addr")]
+    pub address: SocketAddr,
     /// What the listener speaks.
     #[serde(default)]
     pub protocol: ListenerProtocol,

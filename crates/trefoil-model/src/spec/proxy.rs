@@ -1,16 +1,19 @@
 //! `Proxy`: settings of one proxy process that are not about traffic.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Duration;
 
 /// Process-wide proxy settings: admin listener, access log, tracing, draining.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxySpec {
     /// Address of the admin listener (`/metrics`, `/ready`, `/config`, `/stats`).
-    #[serde(default = "default_admin")]
-    pub admin: String,
+    #[serde(default = "default_admin", deserialize_with = "crate::parsed::socket_addr")]
+    pub admin: SocketAddr,
     /// Where JSON access-log lines go: `stdout` (default), `off`, or a file path.
     #[serde(default = "default_access_log")]
     pub access_log: String,
@@ -27,7 +30,7 @@ pub struct ProxySpec {
 }
 
 /// Where a sidecar listens and what it sits in front of.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SidecarSpec {
     pub workload: String,
@@ -36,14 +39,17 @@ pub struct SidecarSpec {
     #[serde(default)]
     pub replica: u32,
     /// `ip:port` other proxies send this replica's traffic to.
-    pub inbound: String,
+    #[serde(deserialize_with = "crate::parsed::socket_addr")]
+    pub inbound: SocketAddr,
     /// `ip:port` the app sends any outbound request to; routed by Host.
-    pub outbound: String,
+    #[serde(deserialize_with = "crate::parsed::socket_addr")]
+    pub outbound: SocketAddr,
     /// `ip:port` the app itself listens on.
-    pub app: String,
+    #[serde(deserialize_with = "crate::parsed::socket_addr")]
+    pub app: SocketAddr,
     /// Service name -> `ip:port` that reaches that service whatever the Host.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub upstreams: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "crate::parsed::socket_addrs")]
+    pub upstreams: BTreeMap<String, SocketAddr>,
 }
 
 /// OTLP span export.
@@ -60,8 +66,8 @@ pub struct TracingSpec {
     pub sampling_percent: f64,
 }
 
-pub fn default_admin() -> String {
-    "127.0.0.1:15000".to_string()
+pub fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
 }
 fn default_access_log() -> String {
     "stdout".to_string()

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::parsed::{HeaderName, ParseError};
+use crate::spec::ValueMatch;
 use crate::Duration;
 
 /// A rollout of `canary` over `stable` for one service.
@@ -76,7 +78,7 @@ pub struct AnalysisStep {
 pub struct AbTestStrategy {
     /// Requests with this header (exact value) go to the canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<NameValue>,
+    pub header: Option<NameValue<HeaderName>>,
     /// Requests with this cookie (exact value) go to the canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<NameValue>,
@@ -85,12 +87,32 @@ pub struct AbTestStrategy {
     pub checks: u32,
 }
 
-/// A header or cookie name and its exact value.
+/// A header or cookie name and its exact value; `N` is how the name is read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NameValue {
-    pub name: String,
+pub struct NameValue<N = String> {
+    pub name: N,
     pub value: String,
+}
+
+impl NameValue {
+    /// The condition on the `Cookie` header that holds when this cookie
+    /// has this value: the pair as one `name=value` of the header, whole.
+    /// Fails only on a value so long that its pattern is over the regex size limit.
+    pub fn cookie_condition(&self) -> Result<ValueMatch<HeaderName>, ParseError> {
+        let regex = format!("(^|.*;\\s*){}={}(;.*|\\s*$)", regex_escape(&self.name), regex_escape(&self.value)).parse()?;
+        Ok(ValueMatch { name: http::header::COOKIE.into(), value: None, regex: Some(regex), invert: false })
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
 }
 
 /// Dark launch: the canary gets copies of `percent` of the requests.

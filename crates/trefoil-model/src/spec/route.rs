@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::parsed::{HeaderName, HeaderValue, Method, Regex};
 use crate::Duration;
 
 /// Routing rules for a set of hosts (gateway) or for a service (sidecar).
@@ -60,11 +61,11 @@ pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<ValueMatch>,
+    pub headers: Vec<ValueMatch<HeaderName>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<ValueMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Method>,
 }
 
 /// Exactly one of `exact`, `prefix` (segment-aware) or `regex` (whole path).
@@ -73,18 +74,20 @@ pub struct RouteMatch {
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
-    Regex(String),
+    Regex(Regex),
 }
 
-/// A header or query parameter condition: `value` (exact), `regex`, or neither (present).
+/// A header or query parameter condition: `value` (exact), `regex`, or
+/// neither (present). `N` is how the name is read: a [`HeaderName`] for
+/// headers, any text for query parameters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ValueMatch {
-    pub name: String,
+pub struct ValueMatch<N = String> {
+    pub name: N,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
+    pub regex: Option<Regex>,
     /// Inverts the condition.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub invert: bool,
@@ -118,11 +121,11 @@ impl RouteFilters {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderModifier {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub set: BTreeMap<String, String>,
+    pub set: BTreeMap<HeaderName, HeaderValue>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub add: BTreeMap<String, String>,
+    pub add: BTreeMap<HeaderName, HeaderValue>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<String>,
+    pub remove: Vec<HeaderName>,
 }
 
 /// Fire-and-forget copies of requests; the mirror's answer is discarded.

@@ -1,5 +1,7 @@
 //! `Service`: a named set of endpoints, grouped by version.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// A service and, for services outside the runtime, its static endpoints.
@@ -47,7 +49,8 @@ impl AppProtocol {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
     /// `ip:port`.
-    pub address: String,
+    #[serde(deserialize_with = "crate::parsed::socket_addr")]
+    pub address: SocketAddr,
     /// The version this instance runs; backends select endpoints by it.
     #[serde(default)]
     pub version: String,

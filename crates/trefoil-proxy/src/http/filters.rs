@@ -1,9 +1,11 @@
 //! Per-rule request filters: local rate limit, fault injection, header edits.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use trefoil_model::parsed;
 use trefoil_model::spec::{FaultInjection, HeaderModifier, LocalRateLimit};
 
 /// A token bucket refilled continuously.
@@ -59,7 +61,7 @@ pub fn mirror_chance(percent: f64) -> bool {
     chance(percent)
 }
 
-/// Header edits with names and values parsed once, at compile time.
+/// Header edits with the names and values the model parsed.
 #[derive(Debug, Default)]
 pub struct HeaderEdits {
     set: Vec<(HeaderName, HeaderValue)>,
@@ -68,22 +70,11 @@ pub struct HeaderEdits {
 }
 
 impl HeaderEdits {
-    pub fn compile(m: &HeaderModifier) -> Result<Self, String> {
-        let pair = |(k, v): (&String, &String)| -> Result<(HeaderName, HeaderValue), String> {
-            Ok((
-                HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?,
-                HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k:?}"))?,
-            ))
+    pub fn compile(m: &HeaderModifier) -> Self {
+        let pairs = |map: &BTreeMap<parsed::HeaderName, parsed::HeaderValue>| {
+            map.iter().map(|(k, v)| (k.as_http().clone(), v.as_http().clone())).collect()
         };
-        Ok(HeaderEdits {
-            set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
-            add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
-            remove: m
-                .remove
-                .iter()
-                .map(|k| HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}")))
-                .collect::<Result<_, _>>()?,
-        })
+        HeaderEdits { set: pairs(&m.set), add: pairs(&m.add), remove: m.remove.iter().map(|k| k.as_http().clone()).collect() }
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
@@ -124,7 +115,7 @@ mod tests {
             "set": {"x-a": "1"}, "add": {"x-b": "2"}, "remove": ["x-c"]
         }))
         .unwrap();
-        let edits = HeaderEdits::compile(&m).unwrap();
+        let edits = HeaderEdits::compile(&m);
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("0"));
         h.insert("x-b", HeaderValue::from_static("1"));

@@ -1,16 +1,18 @@
 //! Matching a request against the conditions of route rules.
 
 use http::request::Parts;
-use http::Method;
-use regex::Regex;
+use http::{HeaderName, Method};
+use trefoil_model::parsed::Regex;
 use trefoil_model::spec::{PathMatch, RouteMatch, ValueMatch};
 
-/// One compiled `matches[]` entry: all its conditions must hold.
+/// One `matches[]` entry over the values the model parsed: all its
+/// conditions must hold. Building one cannot fail, so no condition is
+/// ever dropped.
 #[derive(Debug)]
 pub struct RequestMatcher {
     path: Option<PathMatcher>,
-    headers: Vec<ValueMatcher>,
-    query: Vec<ValueMatcher>,
+    headers: Vec<ValueMatcher<HeaderName>>,
+    query: Vec<ValueMatcher<String>>,
     method: Option<Method>,
 }
 
@@ -19,12 +21,13 @@ enum PathMatcher {
     Exact(String),
     /// Segment-aware: `/api` matches `/api` and `/api/x`, not `/apix`.
     Prefix(String),
+    /// Matches the whole path (the model anchors it).
     Regex(Regex),
 }
 
 #[derive(Debug)]
-struct ValueMatcher {
-    name: String,
+struct ValueMatcher<N> {
+    name: N,
     test: ValueTest,
     invert: bool,
 }
@@ -36,19 +39,14 @@ enum ValueTest {
     Regex(Regex),
 }
 
-/// Anchors a user regex so it must match the whole value, as Gateway API does.
-fn whole(re: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{re})$"))
-}
-
-impl ValueMatcher {
-    fn compile(m: &ValueMatch) -> Result<Self, regex::Error> {
+impl<N> ValueMatcher<N> {
+    fn new<M>(m: &ValueMatch<M>, name: N) -> Self {
         let test = match (&m.value, &m.regex) {
-            (_, Some(re)) => ValueTest::Regex(whole(re)?),
+            (_, Some(re)) => ValueTest::Regex(re.clone()),
             (Some(v), None) => ValueTest::Exact(v.clone()),
             (None, None) => ValueTest::Present,
         };
-        Ok(ValueMatcher { name: m.name.to_ascii_lowercase(), test, invert: m.invert })
+        ValueMatcher { name, test, invert: m.invert }
     }
 
     fn matches<'a>(&self, mut values: impl Iterator<Item = &'a str>) -> bool {
@@ -62,19 +60,20 @@ impl ValueMatcher {
 }
 
 impl RequestMatcher {
-    pub fn compile(m: &RouteMatch) -> Result<Self, regex::Error> {
+    pub fn compile(m: &RouteMatch) -> Self {
         let path = match &m.path {
             None => None,
             Some(PathMatch::Exact(p)) => Some(PathMatcher::Exact(p.clone())),
             Some(PathMatch::Prefix(p)) => Some(PathMatcher::Prefix(p.trim_end_matches('/').to_string())),
-            Some(PathMatch::Regex(re)) => Some(PathMatcher::Regex(whole(re)?)),
+            Some(PathMatch::Regex(re)) => Some(PathMatcher::Regex(re.clone())),
         };
-        Ok(RequestMatcher {
+        RequestMatcher {
             path,
-            headers: m.headers.iter().map(ValueMatcher::compile).collect::<Result<_, _>>()?,
-            query: m.query_params.iter().map(ValueMatcher::compile).collect::<Result<_, _>>()?,
-            method: m.method.as_deref().and_then(|s| Method::from_bytes(s.as_bytes()).ok()),
-        })
+            headers: m.headers.iter().map(|h| ValueMatcher::new(h, h.name.as_http().clone())).collect(),
+            // Query parameter names are case-sensitive: matched as written.
+            query: m.query_params.iter().map(|q| ValueMatcher::new(q, q.name.clone())).collect(),
+            method: m.method.as_ref().map(|m| m.as_http().clone()),
+        }
     }
 
     pub fn matches(&self, req: &Parts) -> bool {
@@ -93,8 +92,7 @@ impl RequestMatcher {
         if !path_ok {
             return false;
         }
-        let headers_ok =
-            self.headers.iter().all(|h| h.matches(req.headers.get_all(h.name.as_str()).iter().filter_map(|v| v.to_str().ok())));
+        let headers_ok = self.headers.iter().all(|h| h.matches(req.headers.get_all(&h.name).iter().filter_map(|v| v.to_str().ok())));
         if !headers_ok {
             return false;
         }
@@ -122,7 +120,7 @@ mod tests {
     }
 
     fn matcher(yaml: serde_json::Value) -> RequestMatcher {
-        RequestMatcher::compile(&serde_json::from_value(yaml).unwrap()).unwrap()
+        RequestMatcher::compile(&serde_json::from_value(yaml).unwrap())
     }
 
     #[test]
