@@ -4,9 +4,10 @@
 //!
 //! The loader reads each resource with its wrong fields set aside
 //! ([`crate::Loaded`]); the checks across fields and resources then run on
-//! what could be read. A check about a field that was set aside, or about a
-//! resource that could not be read at all, would only repeat a problem
-//! already reported (or report one that is not there), so it is left out.
+//! what could be read. A check about a field that was set aside (or about
+//! what holds it), or about a resource that could not be read at all, would
+//! only repeat a problem already reported (or report one that is not there),
+//! so it is left out.
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::load::Loaded;
@@ -32,9 +33,16 @@ fn repeats(loaded: &Loaded, d: &Diagnostic) -> bool {
     let set_aside = loaded.resources.iter().zip(&loaded.set_aside).any(|(r, fields)| {
         *r.file == *d.file
             && owns_line(loaded, r, d.line)
-            && fields.iter().any(|f| d.field == *f || d.field.starts_with(&format!("{f}.")) || d.field.starts_with(&format!("{f}[")))
+            && fields.iter().any(|f| d.field == *f || within(&d.field, f) || within(f, &d.field))
     });
     unread || set_aside
+}
+
+/// Whether field path `inner` lies inside `outer`. A check about what holds
+/// a field set aside (a list left empty, say) is about what was read without
+/// it, so it is left out too.
+fn within(inner: &str, outer: &str) -> bool {
+    inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with(['.', '[']))
 }
 
 /// Whether `line` lies in `r`'s document: at or after its start, before the

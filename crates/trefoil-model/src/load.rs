@@ -280,12 +280,16 @@ fn typed<T: DeserializeOwned>(file: &Arc<str>, doc: &LocatedDocument, base: &str
                 segments.push(Segment::Key(name.to_string()));
             }
         }
-        // A required field set aside earlier is missing now: already reported.
         let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()).map(str::to_string);
         if let Some(name) = &missing {
+            // A required field set aside earlier is missing now: already
+            // reported; what holds it is set aside in its turn.
             let path = field_path(base, &[segments.as_slice(), &[Segment::Key(name.clone())]].concat());
             if typed.set_aside.contains(&path) {
-                return typed;
+                if !set_aside_holder(&mut value, base, &segments, &mut typed.set_aside) {
+                    return typed;
+                }
+                continue;
             }
         }
         let field = field_path(base, &segments);
@@ -295,10 +299,15 @@ fn typed<T: DeserializeOwned>(file: &Arc<str>, doc: &LocatedDocument, base: &str
         if !emptied {
             typed.problems.push(Diagnostic::new(file, doc.locate(&field), field.clone(), message));
         }
-        if missing.is_some() || !set_aside(&mut value, &segments) {
+        // A missing field is in the object that lacks it: that object goes.
+        let held = if missing.is_some() { segments.as_slice() } else { segments.split_last().map_or(&[][..], |(_, parents)| parents) };
+        let gone = match segments.last() {
+            Some(Segment::Key(_)) if missing.is_none() => set_aside(&mut value, &segments).then(|| typed.set_aside.push(field)).is_some(),
+            _ => set_aside_holder(&mut value, base, held, &mut typed.set_aside),
+        };
+        if !gone {
             return typed;
         }
-        typed.set_aside.push(field);
     }
     typed
 }
@@ -337,10 +346,22 @@ fn field_path(base: &str, segments: &[Segment]) -> String {
     path
 }
 
+/// Sets aside the field nearest `segments` (itself or above) that is not a
+/// list element: the object or list holding something that could not be
+/// read. False when that is the whole value.
+fn set_aside_holder(value: &mut Value, base: &str, segments: &[Segment], set_aside_fields: &mut Vec<String>) -> bool {
+    let keyed = segments.iter().rposition(|s| matches!(s, Segment::Key(_))).map_or(&[][..], |i| &segments[..=i]);
+    if !set_aside(value, keyed) {
+        return false;
+    }
+    set_aside_fields.push(field_path(base, keyed));
+    true
+}
+
 /// Removes the field at `segments`, so that the rest can be read. A list
 /// element is not removed (the indices after it would shift and every later
-/// error would point at the wrong item): then, and for the whole value,
-/// nothing more can be read.
+/// error would point at the wrong item): its list is set aside instead by
+/// [`set_aside_holder`]; the whole value cannot be.
 fn set_aside(value: &mut Value, segments: &[Segment]) -> bool {
     let Some((Segment::Key(last), parents)) = segments.split_last() else { return false };
     let mut at = value;
@@ -419,6 +440,56 @@ mod tests {
         assert_eq!(d.field, "spec.rules[0].backends[0].weight");
         assert_eq!((d.line, d.column), (8, 7));
         assert!(d.to_string().starts_with("test.yaml:8:7: spec.rules[0].backends[0].weight: invalid type"), "{d}");
+    }
+
+    /// Each value the proxy once parsed again, and dropped when that failed,
+    /// is refused where it is written, with every other problem.
+    #[test]
+    fn values_with_a_grammar_are_refused_where_written() {
+        let text = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - matches:\n    - method: get\n      headers: [{name: 'x user'}]\n      queryParams: [{name: v, regex: '(['}]\n    filters:\n      requestHeaderModifier: {set: {x-a: \"a\\x01\"}, remove: ['b c']}\n    backends: [{service: web}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - function: acl\n    when: {path: {regex: 'a)|(b'}}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: 'web:80'}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec: {address: '127.0.0.1'}\n";
+        let err = load(text).unwrap_err();
+        let mut found: Vec<(&str, usize, usize)> = err.0.iter().map(|d| (d.field.as_str(), d.line, d.column)).collect();
+        found.sort_by_key(|&(_, line, column)| (line, column));
+        let found: Vec<(&str, usize)> = found.into_iter().map(|(field, line, _)| (field, line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("spec.rules[0].matches[0].method", 8),
+                ("spec.rules[0].matches[0].headers[0].name", 9),
+                ("spec.rules[0].matches[0].queryParams[0].regex", 10),
+                ("spec.rules[0].filters.requestHeaderModifier.set.x-a", 12),
+                ("spec.rules[0].filters.requestHeaderModifier.remove[0]", 12),
+                ("spec.chain[0].when.path.regex", 21),
+                ("spec.endpoints[0].address", 27),
+                ("spec.address", 32),
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        for said in [
+            "\"get\" is not an HTTP method",
+            "\"x user\" is not a valid header name",
+            "cannot be a header value",
+            "invalid regular expression",
+            "\"web:80\" is not an ip:port address",
+        ] {
+            assert!(text.contains(said), "{said}: {text}");
+        }
+    }
+
+    #[test]
+    fn parsed_values_serialise_as_written() {
+        let text = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - matches: [{method: PURGE, path: {regex: '/a/[0-9]+'}, headers: [{name: x-user, regex: 'a|b'}]}]\n    filters: {responseHeaderModifier: {add: {x-b: 'two words'}, remove: [x-c]}}\n    backends: [{service: web}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec: {endpoints: [{address: '[::1]:8080'}]}\n";
+        let read = load(text).unwrap();
+        for r in &read {
+            let json = serde_json::to_value(&r.resource).unwrap();
+            let again: Resource = serde_json::from_value(json.clone()).unwrap();
+            assert_eq!(again, r.resource, "{json}");
+        }
+        let json = serde_json::to_value(&read[0].resource).unwrap();
+        assert_eq!(json["spec"]["rules"][0]["matches"][0]["path"]["regex"], "/a/[0-9]+");
+        assert_eq!(json["spec"]["rules"][0]["matches"][0]["method"], "PURGE");
+        assert_eq!(serde_json::to_value(&read[1].resource).unwrap()["spec"]["endpoints"][0]["address"], "[::1]:8080");
     }
 
     #[test]

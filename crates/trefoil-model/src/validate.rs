@@ -727,7 +727,8 @@ mod tests {
         assert_eq!(fields, ["spec.strategy.abTest", "spec.analysis"]);
         // A header name is read as one: a bad one is refused where it is written.
         let err = problems(&ab.replace("x-user", "'x user'"));
-        assert_eq!((err[0].field.as_str(), err[0].line), ("spec.strategy.abTest.header.name", 15), "{err:?}");
+        let found: Vec<_> = err.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(found, [("spec.analysis", 10), ("spec.strategy.abTest.header.name", 15)], "{err:?}");
         let routed =
             format!("{ROLLOUT}  strategy: {{blueGreen: {{}}}}\n  analysis: {{metrics: [{{successRate: {{min: 99}}}}]}}\n{WEB_ROUTE}");
         check(&routed).unwrap();

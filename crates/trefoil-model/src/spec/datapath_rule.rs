@@ -259,14 +259,14 @@ mod tests {
 
     #[test]
     fn shape_mistakes_are_located() {
-        // A wrong list item ends the reading of its resource (the items after
-        // it would shift): fields are read in name order, `match` after `action`.
+        // Every mistake at once: a wrong list item sets its list aside and
+        // the reading goes on.
         let text = rule("  action: forward\n  match:\n    protocol: sctp\n    destination: [10.0.2.5/24]\n");
         let loaded = load_all_str(&Arc::from("r.yaml"), &text);
         let problems = check_all(&loaded, false);
         let at: Vec<(usize, &str)> = problems.iter().map(|d| (d.line, d.field.as_str())).collect();
-        assert_eq!(at, [(5, "spec.action"), (8, "spec.match.destination[0]")], "{problems:#?}");
-        assert!(problems[1].message.contains("host bits set: the network is 10.0.2.0/24"), "{}", problems[1]);
+        assert_eq!(at, [(5, "spec.action"), (7, "spec.match.protocol"), (8, "spec.match.destination[0]")], "{problems:#?}");
+        assert!(problems[2].message.contains("host bits set: the network is 10.0.2.0/24"), "{}", problems[2]);
         let protocol = load_all_str(&Arc::from("r.yaml"), &rule("  action: drop\n  match: {destination: [10.0.2.0/24], protocol: sctp}\n"));
         assert_eq!(check_all(&protocol, false)[0].field, "spec.match.protocol");
         let ports = load_all_str(
