@@ -610,6 +610,48 @@ mod tests {
         assert!(err.to_string().contains("edge/seen:1:"), "located: {err}");
     }
 
+    fn parts(method: &str, uri: &str) -> http::request::Parts {
+        http::Request::builder().method(method).uri(uri).body(()).unwrap().into_parts().0
+    }
+
+    /// A step's `when` and a rule's method were compiled with `.ok()`: one
+    /// that failed ran the step always and matched any method.
+    #[test]
+    fn a_steps_when_and_a_rules_method_always_hold() {
+        let base = BASE
+            .replace(
+                "chain: [{function: acl}, {function: acl, mode: tap}]",
+                "chain: [{function: acl, when: {method: POST, path: {regex: '/x/[0-9]+'}}}]",
+            )
+            .replace(
+                "  - backends: [{service: web}]\n    chain: edge",
+                "  - matches: [{method: PUT}]\n    backends: [{service: web}]\n    chain: edge",
+            );
+        let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: acl, api: http}\n";
+        let sources = trefoil_model::load_str(&Arc::from("c.yaml"), &format!("{base}{nf}")).unwrap();
+        let snapshot = compile(&sources, &Shared::new(1), 1).unwrap();
+        let web = snapshot.listeners[0].router.find("any", |r| Some(r.clone())).expect("the route");
+        assert!(web.rules[0].matches(&parts("PUT", "/")) && !web.rules[0].matches(&parts("GET", "/")));
+        let when = web.rules[0].chain.as_ref().unwrap().steps[0].when.as_ref().expect("the step keeps its condition");
+        assert!(when.matches(&parts("POST", "/x/1")));
+        assert!(!when.matches(&parts("GET", "/x/1")) && !when.matches(&parts("POST", "/x/1/y")));
+    }
+
+    /// A backend whose Service did not compile was left out of its rule,
+    /// and the rule served the others: now the snapshot is refused, the
+    /// backend named with the Service's own problem.
+    #[test]
+    fn a_backend_whose_service_did_not_compile_is_refused_not_dropped() {
+        let ca = std::env::temp_dir().join(format!("trefoil-snapshot-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let policy = format!("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  tls: {{mode: simple, ca: {:?}}}\n", ca.display().to_string());
+        let err = compiled(&format!("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, api: http}}\n---\n{policy}")).err().expect("refused");
+        std::fs::remove_file(&ca).unwrap();
+        let fields: Vec<&str> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.tls", "spec.rules[0].backends[0].service", "spec.rules[1].backends[0].service"], "{err}");
+        assert!(err.0[1].message.contains("no usable Service named \"web\""), "{err}");
+    }
+
     #[test]
     fn ext_authz_needs_an_http2_service() {
         let err = compiled(

@@ -130,6 +130,35 @@ fn validate_reports_every_error_with_location_and_exit_code_2() {
     assert_eq!(start.status.code(), Some(2));
 }
 
+/// Values the proxy once parsed again and dropped when that failed (a bad
+/// method matched any method, a bad `when` ran its step always, a bad
+/// address was skipped) are refused by `validate`, each where it is written.
+#[test]
+fn validate_refuses_what_the_proxy_once_dropped() {
+    let dir = scratch_dir();
+    let file = dir.join("dropped.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec: {address: 'localhost:80'}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: 'web'}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: ['*']\n  rules:\n  - matches: [{method: Get, headers: [{name: 'x user'}]}]\n    filters: {requestHeaderModifier: {set: {x-a: \"line\\nbreak\"}}}\n    backends: [{service: web}]\n    chain: edge\n---\napiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: acl}\nspec: {service: web}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - function: acl\n    when: {path: {regex: '(['}}\n",
+    )
+    .unwrap();
+    let out = trefoil_command().args(["validate", "-f"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    for (line, field) in [
+        (4, "spec.address"),
+        (10, "spec.endpoints[0].address"),
+        (18, "spec.rules[0].matches[0].method"),
+        (18, "spec.rules[0].matches[0].headers[0].name"),
+        (19, "spec.rules[0].filters.requestHeaderModifier.set.x-a"),
+        (34, "spec.chain[0].when.path.regex"),
+    ] {
+        assert!(stderr.lines().any(|l| l.starts_with(&format!("{f}:{line}:")) && l.contains(&format!(" {field}: "))), "{field}:\n{stderr}");
+    }
+    assert!(stderr.contains("6 errors in"), "{stderr}");
+}
+
 #[test]
 fn metrics_pass_promtool() {
     let up = TestServer::named("up");

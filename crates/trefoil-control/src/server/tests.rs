@@ -171,3 +171,31 @@ async fn a_reader_that_stops_reading_is_dropped() {
     let (_, closed) = read_to_close(&mut stalled).await;
     assert!(closed, "the stalled connection was not closed");
 }
+
+/// Values the proxy once parsed again and dropped when that failed (a
+/// method, a step's `when`, an endpoint address) are refused at apply, with
+/// where they are written, instead of reaching a proxy.
+#[tokio::test]
+async fn apply_refuses_values_with_a_bad_grammar_where_written() {
+    let (addr, store) = api("grammar", Limits::default()).await;
+    let route = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  rules:\n  - matches: [{method: get}]\n    backends: [{service: web}]\n";
+    let cnf = "apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge}\nspec:\n  chain:\n  - function: acl\n    when: {headers: [{name: x-user, regex: '(['}]}\n";
+    let service = "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoints: [{address: 'web:80'}]\n";
+    for (path, body, field, line) in [
+        ("/api/v1/routes/web", route, "spec.rules[0].matches[0].method", 7),
+        ("/api/v1/cnfs/edge", cnf, "spec.chain[0].when.headers[0].regex", 7),
+        ("/api/v1/services/web", service, "spec.endpoints[0].address", 5),
+    ] {
+        let (status, reply) = call(addr, "PUT", path, body.as_bytes()).await;
+        assert_eq!(status, 422, "{path}: {reply}");
+        let errors = reply["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{path}: {reply}");
+        assert_eq!((errors[0]["field"].as_str(), errors[0]["line"].as_u64()), (Some(field), Some(line)), "{path}: {reply}");
+    }
+    assert!(store.list("Route").is_empty() && store.list("CNF").is_empty() && store.list("Service").is_empty());
+    // The same resources written well are stored as written.
+    let fixed = route.replace("method: get", "method: GET");
+    assert_eq!(call(addr, "PUT", "/api/v1/routes/web", fixed.as_bytes()).await.0, 201);
+    let (_, stored) = call(addr, "GET", "/api/v1/routes/web", b"").await;
+    assert_eq!(stored["spec"]["rules"][0]["matches"][0]["method"], "GET");
+}
