@@ -272,8 +272,33 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
         .collect();
     for s in sources {
         if let Spec::Service(spec) = &s.resource.spec {
-            c.service(s, spec, policies.get(s.resource.name()).copied());
+            c.service(s, s.resource.name(), spec, policies.get(s.resource.name()).copied());
         }
+    }
+    // A mesh file names services through its Workloads and the Endpoints a
+    // runtime found: they get the Service the control plane would make
+    // (the ready endpoints, none until replicas run), so routes to them
+    // compile with their backends rather than without.
+    let mut declared: BTreeMap<&str, (&SourcedResource, ServiceSpec)> = BTreeMap::new();
+    for s in sources {
+        match &s.resource.spec {
+            Spec::Workload(w) if !c.services.contains_key(&w.service) => {
+                let port = ServicePort { name: "http".to_string(), port: w.port.unwrap_or(80), protocol: AppProtocol::Http };
+                declared.entry(&w.service).or_insert_with(|| (s, ServiceSpec { ports: vec![port], endpoints: Vec::new() }));
+            }
+            Spec::Endpoints(e) if !c.services.contains_key(s.resource.name()) => {
+                let spec = &mut declared
+                    .entry(s.resource.name())
+                    .or_insert_with(|| (s, ServiceSpec { ports: Vec::new(), endpoints: Vec::new() }))
+                    .1;
+                spec.endpoints
+                    .extend(e.endpoints.iter().filter(|e| e.ready).map(|e| Endpoint { address: e.address, version: e.version.clone() }));
+            }
+            _ => {}
+        }
+    }
+    for (name, (s, spec)) in &declared {
+        c.service(s, name, spec, policies.get(name).copied());
     }
     c.chains(sources);
     let mut routes = Vec::new();
@@ -304,8 +329,8 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
 }
 
 impl Compiler<'_> {
-    fn service(&mut self, s: &SourcedResource, spec: &ServiceSpec, policy: Option<(&SourcedResource, &TrafficPolicySpec)>) {
-        let name = s.resource.name();
+    /// Compiles Service `name`, declared by `s`.
+    fn service(&mut self, s: &SourcedResource, name: &str, spec: &ServiceSpec, policy: Option<(&SourcedResource, &TrafficPolicySpec)>) {
         let protocol = spec.ports.first().map(|p| p.protocol).unwrap_or_default();
         let policy_spec =
             policy.map(|(_, p)| p.clone()).unwrap_or_else(|| TrafficPolicySpec { service: name.to_string(), ..Default::default() });
@@ -650,6 +675,19 @@ mod tests {
         let fields: Vec<&str> = err.0.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["spec.tls", "spec.rules[0].backends[0].service", "spec.rules[1].backends[0].service"], "{err}");
         assert!(err.0[1].message.contains("no usable Service named \"web\""), "{err}");
+    }
+
+    /// A mesh file's services come from its Workloads and Endpoints: their
+    /// backends compile, with the ready endpoints, not left out.
+    #[test]
+    fn services_a_mesh_declares_by_workload_keep_their_backends() {
+        let text = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec: {address: \"127.0.0.1:0\"}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: api-v1}\nspec: {service: api, version: v1, command: ./api}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Endpoints\nmetadata: {name: api}\nspec:\n  endpoints:\n  - {address: \"127.0.0.1:9101\", version: v1, ready: true}\n  - {address: \"127.0.0.1:9102\", version: v1, ready: false}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: api}\nspec:\n  hosts: [\"*\"]\n  rules: [{backends: [{service: api, version: v1}]}]\n";
+        let sources = trefoil_model::load_str(&Arc::from("c.yaml"), text).unwrap();
+        let snapshot = compile(&sources, &Shared::new(1), 1).unwrap();
+        let api = &snapshot.services["api"];
+        let addresses: Vec<SocketAddr> = api.endpoints.iter().map(|e| e.addr).collect();
+        assert_eq!(addresses, ["127.0.0.1:9101".parse::<SocketAddr>().unwrap()], "the ready endpoint only");
+        assert!(snapshot.clusters.keys().any(|b| b.service == "api"), "the route's backend has its cluster");
     }
 
     #[test]
