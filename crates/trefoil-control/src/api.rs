@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use trefoil_api::{Deleted, ErrorBody, List, WatchEvent};
 use trefoil_model::resource::{kind_named, CONTROLLER_KINDS, KINDS};
-use trefoil_model::{Diagnostic, ResourceVersion};
+use trefoil_model::{Diagnostic, Resource, ResourceVersion};
 
 use crate::store::{Event, Store, StoreError, Stored};
 
@@ -175,8 +175,10 @@ async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String,
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{kind}/{name} not found")))
 }
 
-/// Parses and validates one resource from a request body (YAML or JSON).
-fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
+/// Parses and validates one resource from a request body (YAML or JSON),
+/// by itself and against the stored resources it must agree with: what
+/// every proxy would refuse is refused here, where the user sees it.
+fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
     // Every problem in one answer: the shape errors, and the checks on what could be read.
     let loaded = trefoil_model::load_all_str(&Arc::from("request body"), text);
@@ -188,6 +190,15 @@ fn parse(kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body must hold exactly one resource, not {}", sources.len())));
     };
     trefoil_model::validate_each(&sources).map_err(|d| ApiError::invalid(d.0))?;
+    let mut stored = Vec::new();
+    for s in trefoil_model::validate::related_kinds(source.resource.kind()).iter().flat_map(|k| store.list(k)) {
+        match serde_json::from_value::<Resource>(s.value) {
+            Ok(r) => stored.push(r),
+            // Skipped as the config stream skips it: no proxy is sent it.
+            Err(e) => tracing::warn!(kind = %s.kind, name = %s.name, error = %e, "skipping a stored object this build cannot read"),
+        }
+    }
+    trefoil_model::validate_against(&sources, &stored).map_err(|d| ApiError::invalid(d.0))?;
     let resource = &source.resource;
     if resource.kind() != kind {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body is a {}, the path says {kind}", resource.kind())));
@@ -236,7 +247,7 @@ fn write(store: &Store, kind: &str, name: &str, mut value: Value, expected: Opti
 
 async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
-    let (value, _) = parse(kind, None, &body)?;
+    let (value, _) = parse(&store, kind, None, &body)?;
     let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let mut value = value;
     value["metadata"]["generation"] = json!(1);
@@ -250,7 +261,7 @@ async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body:
 
 async fn apply(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
-    let (value, expected) = parse(kind, Some(&name), &body)?;
+    let (value, expected) = parse(&store, kind, Some(&name), &body)?;
     let (rv, created) = write(&store, kind, &name, value, expected)?;
     let stored = store.get(kind, &name).filter(|s| s.resource_version == rv);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

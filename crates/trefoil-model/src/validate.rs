@@ -5,38 +5,90 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::load::SourcedResource;
 use crate::spec::*;
-use crate::Spec;
+use crate::{Resource, Spec};
 
 /// Validates a whole configuration, references between resources included;
 /// returns every problem found.
 pub fn validate(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
-    check(resources, true)
+    check(resources, &[], References::Required)
 }
 
 /// Validates resources one by one, without requiring what they refer to
 /// to exist: a control plane accepts a Route before its Service.
 pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
-    check(resources, false)
+    check(resources, &[], References::Ignored)
 }
 
-fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Diagnostics> {
+/// Validates resources about to be written next to `stored` (what a
+/// control plane holds; those the new ones replace are left out): each by
+/// itself, and against the stored resources it names or that name it, where
+/// both are there. What it names may still come later, so a missing
+/// reference is no problem; a conflict with what is there is, since every
+/// proxy would refuse the snapshot holding both.
+pub fn validate_against(resources: &[SourcedResource], stored: &[Resource]) -> Result<(), Diagnostics> {
+    let replaced = |r: &&Resource| resources.iter().any(|n| n.resource.kind() == r.kind() && n.resource.name() == r.name());
+    let stored: Vec<&Resource> = stored.iter().filter(|r| !replaced(r)).collect();
+    check(resources, &stored, References::IfPresent)
+}
+
+/// The kinds whose stored resources [`validate_against`] needs to check a
+/// resource of `kind`: those a rule between resources relates it to.
+pub fn related_kinds(kind: &str) -> &'static [&'static str] {
+    match kind {
+        // extAuthz needs a Service that speaks HTTP/2.
+        "NetworkFunction" => &["Service", "Workload", "Endpoints"],
+        "Service" => &["NetworkFunction"],
+        // One TrafficPolicy per Service.
+        "TrafficPolicy" => &["TrafficPolicy"],
+        _ => &[],
+    }
+}
+
+/// How references between resources are checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum References {
+    /// What a resource names must be there: a whole configuration.
+    Required,
+    /// Only against what is there: a write next to stored resources.
+    IfPresent,
+    /// Not at all: each resource by itself.
+    Ignored,
+}
+
+fn check(resources: &[SourcedResource], stored: &[&Resource], references: References) -> Result<(), Diagnostics> {
     let mut v = Validator {
         problems: Vec::new(),
         services: BTreeMap::new(),
+        http2: BTreeMap::new(),
+        ext_authz: BTreeMap::new(),
         functions: BTreeMap::new(),
         cnfs: BTreeSet::new(),
         routes: BTreeMap::new(),
-        check_references,
+        check_references: references == References::Required,
+        against_stored: references == References::IfPresent,
     };
     // A service's versions come from its static endpoints, the workloads that
     // serve it and the endpoints the runtime discovered.
-    for r in resources {
-        let name = r.resource.name().to_string();
-        match &r.resource.spec {
-            Spec::Service(s) => v.services.entry(name).or_default().extend(s.endpoints.iter().map(|e| e.version.clone())),
-            Spec::Workload(w) => v.services.entry(w.service.clone()).or_default().extend([w.version.clone()]),
-            Spec::Endpoints(e) => v.services.entry(name).or_default().extend(e.endpoints.iter().map(|e| e.version.clone())),
+    for r in resources.iter().map(|r| &r.resource).chain(stored.iter().copied()) {
+        let name = r.name().to_string();
+        match &r.spec {
+            Spec::Service(s) => {
+                v.http2.insert(name.clone(), s.ports.first().is_some_and(|p| p.protocol.is_http2()));
+                v.services.entry(name).or_default().extend(s.endpoints.iter().map(|e| e.version.clone()))
+            }
+            // A service only workloads or discovered endpoints declare speaks HTTP/1.
+            Spec::Workload(w) => {
+                v.http2.entry(w.service.clone()).or_insert(false);
+                v.services.entry(w.service.clone()).or_default().extend([w.version.clone()])
+            }
+            Spec::Endpoints(e) => {
+                v.http2.entry(name.clone()).or_insert(false);
+                v.services.entry(name).or_default().extend(e.endpoints.iter().map(|e| e.version.clone()))
+            }
             Spec::NetworkFunction(f) => {
+                if f.api == FunctionApi::ExtAuthz {
+                    v.ext_authz.entry(f.service.clone()).or_default().push(name.clone());
+                }
                 v.functions.insert(name, f.events.iter().cloned().collect());
             }
             Spec::Cnf(_) => {
@@ -57,7 +109,13 @@ fn check(resources: &[SourcedResource], check_references: bool) -> Result<(), Di
         _ => false,
     });
     let mut seen = BTreeSet::new();
-    let mut policies = BTreeSet::new();
+    let mut policies: BTreeSet<String> = stored
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::TrafficPolicy(p) => Some(p.service.clone()),
+            _ => None,
+        })
+        .collect();
     let mut proxies = 0;
     for r in resources {
         let name = r.resource.name();
@@ -127,9 +185,16 @@ fn valid_name(name: &str) -> bool {
 
 struct Validator {
     problems: Vec<Diagnostic>,
+    /// What resources name must be there.
     check_references: bool,
+    /// Checked against stored resources, where both ends are there.
+    against_stored: bool,
     /// Service name -> versions of its static endpoints.
     services: BTreeMap<String, BTreeSet<String>>,
+    /// Service name -> whether it speaks HTTP/2 (its first port's protocol).
+    http2: BTreeMap<String, bool>,
+    /// Service name -> the NetworkFunctions that call it with extAuthz.
+    ext_authz: BTreeMap<String, Vec<String>>,
     /// NetworkFunction name -> the events it publishes.
     functions: BTreeMap<String, BTreeSet<String>>,
     cnfs: BTreeSet<String>,
@@ -204,6 +269,13 @@ impl Validator {
         }
         if let Some(service) = &l.service {
             self.backend(r, "spec", service, None);
+        }
+        if self.check_references {
+            for (i, wanted) in l.routes.iter().enumerate() {
+                if !self.routes.contains_key(wanted) {
+                    self.report(r, &format!("spec.routes[{i}]"), format!("no Route named {wanted:?}"));
+                }
+            }
         }
     }
 
@@ -382,6 +454,16 @@ impl Validator {
     }
 
     fn service(&mut self, r: &SourcedResource, s: &ServiceSpec) {
+        // The stored function is not written here: the Service is what changes it.
+        let http2 = s.ports.first().is_some_and(|p| p.protocol.is_http2());
+        if let Some(callers) = self.ext_authz.get(r.resource.name()).filter(|_| self.against_stored && !http2) {
+            let message = format!(
+                "NetworkFunction {:?} calls this service with extAuthz, which is gRPC: the first port needs protocol grpc or http2",
+                callers[0]
+            );
+            let field = if s.ports.is_empty() { "spec" } else { "spec.ports[0].protocol" };
+            self.report(r, field, message);
+        }
         let mut addresses = BTreeSet::new();
         for (i, e) in s.endpoints.iter().enumerate() {
             if !addresses.insert(e.address) {
@@ -507,6 +589,10 @@ impl Validator {
     fn network_function(&mut self, r: &SourcedResource, f: &NetworkFunctionSpec) {
         if self.check_references && !self.services.contains_key(&f.service) {
             self.report(r, "spec.service", format!("no Service named {:?}", f.service));
+        }
+        let speaks_http2 = self.http2.get(&f.service).copied().filter(|_| self.check_references || self.against_stored);
+        if f.api == FunctionApi::ExtAuthz && speaks_http2 == Some(false) {
+            self.report(r, "spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service));
         }
         if f.timeout.get().is_zero() {
             self.report(r, "spec.timeout", "must be greater than 0");
@@ -803,6 +889,52 @@ mod tests {
             (l.instructions(), l.memory(), l.timeout(), l.runs_per_request()),
             (1_000_000, 1 << 20, crate::Duration::from_secs(1), 16)
         );
+    }
+
+    /// What the proxy's compiler alone once found is found by validation.
+    #[test]
+    fn listener_routes_and_ext_authz_services_are_checked() {
+        let listener = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: public}\nspec:\n  address: 127.0.0.1:8080\n  routes: [web, wbe]\n---\n";
+        let route = "apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: web}\nspec: {hosts: [web], rules: [{backends: [{service: web}]}]}\n---\n";
+        let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: authz}\nspec: {service: web, api: extAuthz}\n";
+        let err = check(&format!("{listener}{route}{nf}")).unwrap_err();
+        let found: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(found, [("spec.routes[1]", 12), ("spec.api", 22)], "{err}");
+        assert!(err.0[1].message.contains("needs a port with protocol grpc or http2"), "{err}");
+        // Each by itself, neither is a problem.
+        validate_each(&load_str(&Arc::from("c.yaml"), &format!("{SERVICE}{listener}{route}{nf}")).unwrap()).unwrap();
+    }
+
+    /// At apply, a resource is checked against the stored ones it must agree
+    /// with, where they are there; what it names may still come later.
+    #[test]
+    fn writes_are_checked_against_what_is_stored() {
+        let stored =
+            |text: &str| -> Vec<Resource> { load_str(&Arc::from("stored"), text).unwrap().into_iter().map(|s| s.resource).collect() };
+        let new = |text: &str| load_str(&Arc::from("request body"), text).unwrap();
+        let nf =
+            new("apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: authz}\nspec: {service: web, api: extAuthz}\n");
+        validate_against(&nf, &[]).unwrap();
+        let err = validate_against(&nf, &stored(SERVICE)).unwrap_err();
+        assert_eq!((err.0[0].field.as_str(), err.0[0].line), ("spec.api", 4), "{err}");
+        let grpc = SERVICE.replace("spec:\n", "spec:\n  ports: [{port: 80, protocol: grpc}]\n");
+        validate_against(&nf, &stored(&grpc)).unwrap();
+        // The other way round: a Service that stops speaking gRPC under a stored extAuthz function.
+        let stored_nf: Vec<Resource> = nf.iter().map(|s| s.resource.clone()).collect();
+        let http = new(&grpc.replace("protocol: grpc", "protocol: http"));
+        let err = validate_against(&http, &stored_nf).unwrap_err();
+        assert_eq!(err.0[0].field, "spec.ports[0].protocol", "{err}");
+        assert!(err.0[0].message.contains("NetworkFunction \"authz\""), "{err}");
+        validate_against(&new(&grpc), &stored_nf).unwrap();
+        // The Service it replaces is not held against it.
+        validate_against(&new(&grpc), &[stored(SERVICE), stored_nf].concat()).unwrap();
+        // One TrafficPolicy per service, stored ones counted.
+        let policy = |name: &str| {
+            format!("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}}}\nspec: {{service: web}}\n")
+        };
+        let err = validate_against(&new(&policy("b")), &stored(&policy("a"))).unwrap_err();
+        assert_eq!(err.0[0].field, "spec.service", "{err}");
+        validate_against(&new(&policy("a")), &stored(&policy("a"))).unwrap();
     }
 
     #[test]

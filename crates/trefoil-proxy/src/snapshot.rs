@@ -409,12 +409,6 @@ impl Compiler<'_> {
             let Some(cluster) = self.cluster(s, "spec.service", &BackendRef { service: f.service.clone(), version: None }) else {
                 continue;
             };
-            if f.api == FunctionApi::ExtAuthz && !cluster.service.protocol.is_http2() {
-                self.problems.push(
-                    s.diagnostic("spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service)),
-                );
-                continue;
-            }
             functions.insert(
                 s.resource.name(),
                 Arc::new(Function {
@@ -543,11 +537,6 @@ impl Compiler<'_> {
             }
         });
         let mut router = Router::default();
-        for (i, wanted) in spec.routes.iter().enumerate() {
-            if !routes.iter().any(|(name, _, _)| name == wanted) {
-                self.problems.push(s.diagnostic(&format!("spec.routes[{i}]"), format!("no Route named {wanted:?}")));
-            }
-        }
         for (name, route, route_spec) in routes {
             if !(spec.routes.is_empty() || spec.routes.contains(name)) {
                 continue;

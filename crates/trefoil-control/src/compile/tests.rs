@@ -172,7 +172,7 @@ spec: {service: acl, api: http}
 apiVersion: trefoil.dev/v1alpha1
 kind: NetworkFunction
 metadata: {name: unused}
-spec: {service: acl, api: extAuthz}
+spec: {service: acl, api: http}
 ---
 apiVersion: trefoil.dev/v1alpha1
 kind: CNF

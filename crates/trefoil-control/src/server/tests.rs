@@ -199,3 +199,25 @@ async fn apply_refuses_values_with_a_bad_grammar_where_written() {
     let (_, stored) = call(addr, "GET", "/api/v1/routes/web", b"").await;
     assert_eq!(stored["spec"]["rules"][0]["matches"][0]["method"], "GET");
 }
+
+/// A check the proxy's compiler alone once made (extAuthz needs a Service
+/// speaking HTTP/2) is made at apply against what is stored, both ways, so
+/// the user sees it there rather than every proxy refusing the snapshot.
+#[tokio::test]
+async fn apply_checks_a_resource_against_the_stored_ones_it_must_agree_with() {
+    let (addr, _) = api("against", Limits::default()).await;
+    let service = |protocol: &str| {
+        format!("apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: authz}}\nspec:\n  ports: [{{port: 80, protocol: {protocol}}}]\n")
+    };
+    let nf = "apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: authz}\nspec: {service: authz, api: extAuthz}\n";
+    // Before its Service exists, the function is accepted: the Service may come later.
+    assert_eq!(call(addr, "PUT", "/api/v1/networkfunctions/authz", nf.as_bytes()).await.0, 201);
+    let (status, reply) = call(addr, "PUT", "/api/v1/services/authz", service("http").as_bytes()).await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!((reply["errors"][0]["field"].as_str(), reply["errors"][0]["line"].as_u64()), (Some("spec.ports[0].protocol"), Some(5)));
+    assert_eq!(call(addr, "PUT", "/api/v1/services/authz", service("grpc").as_bytes()).await.0, 201);
+    // Re-applying the function against the gRPC Service is fine; against HTTP/1 it is not.
+    assert_eq!(call(addr, "PUT", "/api/v1/networkfunctions/authz", nf.as_bytes()).await.0, 200);
+    let (status, reply) = call(addr, "PUT", "/api/v1/services/authz", service("http").as_bytes()).await;
+    assert_eq!(status, 422, "{reply}");
+}
