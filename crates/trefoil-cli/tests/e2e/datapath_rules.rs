@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use trefoil_testkit::control::WAIT;
-use trefoil_testkit::{run_with_timeout, scratch_dir, trefoil_command, wait_until, Control};
+use trefoil_testkit::{repo_root, run_with_timeout, scratch_dir, trefoil_command, wait_until, Control};
 
 /// `trefoil ARGS --server` the control plane, bounded in time.
 fn trefoil(control: &Control, args: &[&str]) -> Output {
@@ -53,6 +53,11 @@ fn validate_locates_datapath_rule_mistakes() {
         assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
     }
     assert_eq!(stderr.matches(&format!("{f}:")).count(), 3, "the good rule passes:\n{stderr}");
+    let example = run_with_timeout(
+        trefoil_command().args(["validate", "-f"]).arg(repo_root().join("examples/datapath-rules")),
+        Duration::from_secs(30),
+    );
+    assert_eq!(example.status.code(), Some(0), "the documented example is valid: {}", text(&example.stderr));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::{Cidr, PortRange};
+use super::{Cidr, Family, PortRange};
 use crate::spec::{DatapathAction, DatapathRuleSpec, LabelSelector, Protocol};
 use crate::{Resource, Spec};
 
@@ -60,6 +60,17 @@ pub struct Entry<T> {
 }
 
 impl<T> Entry<T> {
+    /// The IP version the line applies to; `None` when neither block is
+    /// given (validation refuses such a rule), i.e. both versions.
+    pub fn family(&self) -> Option<Family> {
+        self.destination.or(self.source).map(|c| c.family())
+    }
+
+    /// Whether the agent of `node` programs this line.
+    pub fn is_for(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+
     /// The sort key: smaller goes first and wins.
     fn rank(&self) -> (Reverse<i32>, Reverse<u8>, Reverse<u8>, u32, &str) {
         let len = |c: &Option<Cidr>| c.map_or(0, |c| c.prefix_len());

@@ -75,6 +75,12 @@ fn the_table_expands_lists_and_skips_mixed_families() {
     let table = compile(&[Rule { name: "r", spec: &spec }], |to| vec![to.to_string()]);
     assert_eq!(table.len(), 2, "the IPv6 destination meets no IPv4 source: {table:#?}");
     assert!(table.iter().all(|e| e.targets == ["app=proxy"] && e.destination.unwrap().family() == crate::datapath::Family::Ipv4));
+    assert_eq!(table[0].family(), Some(crate::datapath::Family::Ipv4));
+    let mut pinned = rule("fd00::/64 80 : drop", 0, &[]);
+    pinned.node = Some("edge-1".into());
+    let table = compile(&[Rule { name: "p", spec: &pinned }], |_| Vec::<()>::new());
+    assert!(table[0].is_for("edge-1") && !table[0].is_for("edge-2"));
+    assert_eq!(table[0].family(), Some(crate::datapath::Family::Ipv6));
     let drop = rule("10.0.2.0/24 80 : drop", 0, &[]);
     let table = compile(&[Rule { name: "d", spec: &drop }], |_| vec!["never asked"]);
     assert!(table[0].targets.is_empty(), "a drop resolves no targets");
