@@ -292,24 +292,30 @@ pub struct Overlap {
 /// Every other rule that some packet matches together with `name`.
 pub fn overlaps(rules: &[Rule<'_>], name: &str) -> Vec<Overlap> {
     let table = compile(rules, |_| Vec::<()>::new());
-    let mut out: Vec<Overlap> = Vec::new();
-    for (i, a) in table.iter().enumerate() {
-        for b in &table[i + 1..] {
-            let (mine, other) = match (a.rule == name, b.rule == name) {
-                (true, false) => (a, b),
-                (false, true) => (b, a),
-                _ => continue,
-            };
-            if out.iter().any(|o| o.rule == other.rule) || !meet(a, b) {
-                continue;
+    let mine: Vec<usize> = (0..table.len()).filter(|&i| table[i].rule == name).collect();
+    // For each other rule, the first pair of lines in table order where the
+    // two meet: the earlier line wins there. Only pairs with a line of
+    // `name` are looked at (lines of `name` x all lines, not the square).
+    let mut first: std::collections::BTreeMap<&str, (usize, usize)> = std::collections::BTreeMap::new();
+    for (o, other) in table.iter().enumerate().filter(|(_, e)| e.rule != name) {
+        for &m in &mine {
+            let pair = (m.min(o), m.max(o));
+            if meet(&table[m], other) && first.get(other.rule.as_str()).is_none_or(|p| pair < *p) {
+                first.insert(&other.rule, pair);
             }
-            // `a` ranks first in the table: it wins where they meet.
-            let wins = std::ptr::eq(mine, a);
-            let why = why_lost(b, a);
-            out.push(Overlap { rule: other.rule.clone(), action: other.action, wins, why });
         }
     }
-    out
+    let mut pairs: Vec<(usize, usize)> = first.into_values().collect();
+    pairs.sort_unstable();
+    pairs
+        .into_iter()
+        .map(|(a, b)| {
+            let (winner, loser) = (&table[a], &table[b]);
+            let wins = winner.rule == name;
+            let other = if wins { loser } else { winner };
+            Overlap { rule: other.rule.clone(), action: other.action, wins, why: why_lost(loser, winner) }
+        })
+        .collect()
 }
 
 /// Whether some packet matches both lines.

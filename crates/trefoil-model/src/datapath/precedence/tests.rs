@@ -196,3 +196,19 @@ proptest! {
         prop_assert_eq!(compile(&rules, |_| vec![()]), compile(&reversed, |_| vec![()]));
     }
 }
+
+#[test]
+fn overlaps_look_at_the_rules_own_lines_only() {
+    // 2000 rules of 4 lines each: 8000 lines, a square of 64 million pairs;
+    // the rule's own lines against the rest is 32 000.
+    let specs: Vec<(String, DatapathRuleSpec)> = (0..2000u32)
+        .map(|i| (format!("r{i:04}"), rule(&format!("10.{}.{}.0/24 80,443,8080,9090 : drop", i / 256, i % 256), 0, &[])))
+        .collect();
+    let wide = rule("10.0.0.0/8 80 : drop", 0, &[]);
+    let mut rules: Vec<Rule<'_>> = specs.iter().map(|(name, spec)| Rule { name, spec }).collect();
+    rules.push(Rule { name: "wide", spec: &wide });
+    let o = overlaps(&rules, "wide");
+    assert_eq!(o.len(), 2000);
+    assert!(o.iter().all(|o| !o.wins), "every /24 is more specific");
+    assert_eq!(o[0].why, "destination 10.0.0.0/8 is less specific than r0000's 10.0.0.0/24");
+}
