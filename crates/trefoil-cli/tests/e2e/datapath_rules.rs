@@ -160,3 +160,23 @@ fn a_rule_with_a_ttl_is_deleted_when_due_with_an_event() {
     assert_eq!(control.call("GET", "/api/v1/datapathrulestatus/block", "").0, 404, "the deadline goes with the rule");
     assert_eq!(control.call("GET", "/api/v1/datapathrules/stays", "").0, 200, "a rule without a TTL stays");
 }
+
+#[test]
+fn apply_sends_rules_and_the_api_refuses_bad_ones_where_written() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir);
+    let example = repo_root().join("examples/datapath-rules");
+    let applied = trefoil(&control, &["apply", "-f", example.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    let decision: Value =
+        serde_json::from_slice(&trefoil(&control, &["datapath", "explain", "10.0.2.7:8050", "--from", "10.0.1.9", "-o", "json"]).stdout)
+            .unwrap();
+    assert_eq!(decision["winner"]["rule"], "web-through-proxy");
+    assert_eq!(decision["shadowed"][0]["rule"], "tap-everything");
+    // The API checks what it is sent as `validate` does, pointing into the body.
+    let bad = "apiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {name: bad}\nspec:\n  match: {destination: [10.0.2.0/24]}\n  action: copy\n";
+    let (status, reply) = control.call("PUT", "/api/v1/datapathrules/bad", bad);
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["errors"][0]["field"], "spec.to");
+    assert_eq!(reply["errors"][0]["line"], 4, "{reply}");
+}
