@@ -56,7 +56,7 @@ impl CompactError {
 }
 
 /// The longest compact rule read: a line someone typed, not a file.
-pub const MAX_LEN: usize = 4096;
+const MAX_LEN: usize = 4096;
 
 /// Parses a compact rule.
 pub fn parse(input: &str) -> Result<Compact, CompactError> {

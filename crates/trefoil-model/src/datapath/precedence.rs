@@ -259,7 +259,7 @@ fn verdict<T>(e: &Entry<T>, why: String) -> Verdict {
 }
 
 /// The first rank difference that puts `loser` after `winner`, in words.
-pub fn why_lost<T>(loser: &Entry<T>, winner: &Entry<T>) -> String {
+fn why_lost<T>(loser: &Entry<T>, winner: &Entry<T>) -> String {
     let len = |c: &Option<Cidr>| c.map_or(0, |c| c.prefix_len());
     let block = |c: &Option<Cidr>| c.map_or_else(|| "any".to_string(), |c| c.to_string());
     if loser.priority != winner.priority {

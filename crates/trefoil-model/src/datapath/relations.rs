@@ -10,7 +10,7 @@ use crate::spec::{DatapathAction, DatapathRuleSpec};
 use crate::{Resource, Spec};
 
 /// The kinds a rule's relations are computed from.
-pub const READS: &[&str] = &["DatapathRule", "DatapathRuleStatus", "Workload", "NetworkFunction", "CNF"];
+pub(crate) const READS: &[&str] = &["DatapathRule", "DatapathRuleStatus", "Workload", "NetworkFunction", "CNF"];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

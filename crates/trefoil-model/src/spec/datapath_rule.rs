@@ -160,10 +160,10 @@ pub struct DatapathRuleStatusSpec {
 }
 
 /// At most this many source or destination blocks, or port ranges, in one rule.
-pub const MAX_MATCH_ITEMS: usize = 64;
+const MAX_MATCH_ITEMS: usize = 64;
 /// At most this many kernel entries one rule expands to (sources x
 /// destinations x port ranges): a rule is a line of intent, not a table.
-pub const MAX_ENTRIES_PER_RULE: usize = 1024;
+const MAX_ENTRIES_PER_RULE: usize = 1024;
 
 impl DatapathRuleSpec {
     /// The problems the types cannot rule out, as (field path, message).
@@ -229,7 +229,7 @@ impl DatapathRuleSpec {
 }
 
 /// A label key or value as the compact form and selectors accept it.
-pub fn valid_label(s: &str) -> bool {
+pub(crate) fn valid_label(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
