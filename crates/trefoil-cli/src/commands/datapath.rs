@@ -23,6 +23,7 @@ redirect through a CNF, copy to a function, or drop.
   list            every rule, in the order the datapath tries them
   delete NAME     remove a rule
   explain FLOW    which rule decides a connection, and why the others that match lose
+  agent           program this node's kernel with its rules (see `trefoil datapath agent --help`)
 
 Overlapping rules are allowed. The higher priority wins; then the more specific:
 the longer destination prefix, then the longer source prefix, then the narrower
@@ -77,6 +78,9 @@ are listed apart, with the sources for which they would win.
 
 Exit codes: 0 ok (whether or not a rule matches), 1 the control plane failed, 2 a malformed FLOW or --from.")]
     Explain(ExplainArgs),
+    /// Run this node's agent: program the kernel with the rules for this node, kept in step with the control plane.
+    #[command(after_help = super::datapath_agent::AGENT_HELP)]
+    Agent(super::datapath_agent::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -144,6 +148,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         DatapathCommand::List(a) => list(a),
         DatapathCommand::Delete(a) => delete(a),
         DatapathCommand::Explain(a) => explain(a),
+        DatapathCommand::Agent(a) => super::datapath_agent::run(a),
     }
 }
 

@@ -2,6 +2,7 @@ pub(crate) mod check;
 pub(crate) mod client;
 pub(crate) mod control;
 pub(crate) mod datapath;
+pub(crate) mod datapath_agent;
 pub(crate) mod demo;
 pub(crate) mod demo_app;
 pub(crate) mod describe;
