@@ -1,9 +1,10 @@
 //! `trefoil datapath agent` fed by a real `trefoil control`, in network
 //! namespaces the test builds (a client and a server joined by a veth
 //! pair; the agent guards the server's side): a drop rule added with
-//! `trefoil datapath add` refuses the client's connections, deleting it
-//! lets them through, and stopping the agent leaves no pins behind. The
-//! kernel programs themselves are tested in `trefoil-datapath`.
+//! `trefoil datapath add` refuses the client's connections; a rule deleted
+//! while the agent was killed is gone once it restarts; a rule added live
+//! applies; stopping the agent leaves no pins behind. The kernel programs
+//! themselves are tested in `trefoil-datapath`.
 //!
 //! Needs root (namespaces, eBPF or nftables); skipped otherwise, saying so.
 
@@ -93,45 +94,58 @@ fn the_agent_follows_rules_added_and_deleted_through_the_control_plane() {
     server.wait_for("the server to answer the client", WAIT, || pair.client_connects());
 
     let control = Control::start(&dir.join("data"));
-    let add = run_with_timeout(
-        trefoil_command()
-            .args(["datapath", "add", &format!("{} 8080 : drop", pair.server_ip), "--from", &pair.client_ip, "--name", "block-client"])
-            .args(["--server", &control.url()]),
-        Duration::from_secs(30),
-    );
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
-
     let node = format!("edge{}", std::process::id());
     let pins = std::path::Path::new("/sys/fs/bpf/trefoil-e2e").join(&node);
-    let mut agent = Process::spawn_logged(
-        "trefoil datapath agent",
-        trefoil_command()
-            .args(["datapath", "agent", "--node", &node, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
-            .arg("--netns")
-            .arg(format!("/run/netns/{}", pair.server))
-            .args(["--server", &control.url()]),
-        &dir.join("agent.log"),
-    );
-    agent.wait_for("the agent to apply the rule", WAIT, || agent_log_has(&dir, "entries=1"));
-    assert!(!pair.client_connects(), "the drop rule refuses the client:\n{}", agent_text(&dir));
+    let start_agent = |log: &str| {
+        Process::spawn_logged(
+            "trefoil datapath agent",
+            trefoil_command()
+                .args(["datapath", "agent", "--node", &node, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
+                .arg("--netns")
+                .arg(format!("/run/netns/{}", pair.server))
+                .args(["--server", &control.url()]),
+            &dir.join(log),
+        )
+    };
+    let trefoil = |args: &[&str]| {
+        let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url()]), WAIT);
+        assert!(out.status.success(), "trefoil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
 
-    let delete = run_with_timeout(trefoil_command().args(["datapath", "delete", "block-client", "--server", &control.url()]), WAIT);
-    assert!(delete.status.success(), "{}", String::from_utf8_lossy(&delete.stderr));
-    agent.wait_for("the agent to apply the empty table", WAIT, || agent_log_has(&dir, "entries=0"));
+    let block = format!("{} 8080 : drop", pair.server_ip);
+    trefoil(&["datapath", "add", &block, "--from", &pair.client_ip, "--name", "block-client"]);
+    let mut first = start_agent("agent-1.log");
+    first.wait_for("the agent to apply the rule", WAIT, || log_has(&dir, "agent-1.log", "entries=1"));
+    assert!(!pair.client_connects(), "the drop rule refuses the client:\n{}", log(&dir, "agent-1.log"));
+
+    // Killed, the agent leaves the datapath as it was; the rule is deleted
+    // meanwhile, and the next agent, finding no rule to announce it, still
+    // takes it out.
+    first.kill();
+    assert!(!pair.client_connects(), "the datapath outlives its agent");
+    trefoil(&["datapath", "delete", "block-client"]);
+    let mut second = start_agent("agent-2.log");
+    second.wait_for("the restarted agent to apply the empty table", WAIT, || log_has(&dir, "agent-2.log", "entries=0"));
     wait_until("the client to connect again", WAIT, || pair.client_connects());
 
-    agent.signal(libc::SIGTERM);
-    assert_eq!(agent.wait_exit(WAIT), Some(0), "a stopped agent removes its datapath:\n{}", agent_text(&dir));
+    // A rule added while it runs is applied live.
+    trefoil(&["datapath", "add", &block, "--from", &pair.client_ip, "--name", "block-client"]);
+    second.wait_for("the agent to apply the new rule", WAIT, || log_has(&dir, "agent-2.log", "entries=1"));
+    assert!(!pair.client_connects(), "the rule added live refuses the client");
+
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.wait_exit(WAIT), Some(0), "a stopped agent removes its datapath:\n{}", log(&dir, "agent-2.log"));
     assert!(!pins.exists(), "nothing left pinned under {}", pins.display());
-    assert_eq!(agent_text(&dir).matches("datapath table applied").count(), 2, "each table once:\n{}", agent_text(&dir));
+    wait_until("the client to connect once the agent is gone", WAIT, || pair.client_connects());
+    assert_eq!(log(&dir, "agent-2.log").matches("datapath table applied").count(), 2, "each table once:\n{}", log(&dir, "agent-2.log"));
     drop(server);
 }
 
-/// The agent's log so far (read from its file: `wait_for` holds the process).
-fn agent_text(dir: &std::path::Path) -> String {
-    std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+/// An agent's log so far (read from its file: `wait_for` holds the process).
+fn log(dir: &std::path::Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap_or_default()
 }
 
-fn agent_log_has(dir: &std::path::Path, text: &str) -> bool {
-    agent_text(dir).contains(text)
+fn log_has(dir: &std::path::Path, file: &str, text: &str) -> bool {
+    log(dir, file).contains(text)
 }
