@@ -74,7 +74,8 @@ Exit codes: 0 ok, 1 the control plane failed or is unreachable.")]
 
 The answer names the winning rule, then every other matching rule with the first
 difference that ranks it lower. Without --from, rules that match only some sources
-are listed apart, with the sources for which they would win.
+are listed apart, with the sources for which they would win. With --node, only
+the rules that node's agent programs count (those without `node`, and its own).
 
 Exit codes: 0 ok (whether or not a rule matches), 1 the control plane failed, 2 a malformed FLOW or --from.")]
     Explain(ExplainArgs),
@@ -135,6 +136,9 @@ struct ExplainArgs {
     /// The connection's source address.
     #[arg(long = "from", value_name = "ADDRESS")]
     from: Option<String>,
+    /// As the agent of this node sees it: rules pinned to other nodes left out.
+    #[arg(long)]
+    node: Option<String>,
     #[command(flatten)]
     server: Server,
     /// Output format (json/yaml: {flow, winner, shadowed, dependsOnSource}).
@@ -164,7 +168,7 @@ fn add(a: AddArgs) -> ExitCode {
         Err(e) => return bad_input(e.pointed(&a.rule)),
     };
     if let Some(from) = &a.from {
-        match from.split(',').map(str::parse::<Cidr>).collect::<Result<Vec<_>, _>>() {
+        match from.split(',').map(|b| b.trim().parse::<Cidr>()).collect::<Result<Vec<_>, _>>() {
             Ok(blocks) => spec.traffic.source = blocks,
             Err(e) => return bad_input(format!("--from: {e}")),
         }
@@ -340,7 +344,10 @@ fn explain(a: ExplainArgs) -> ExitCode {
             Ok(all) => all,
             Err(e) => return report(&a.server.server, &e),
         };
-        let rules = Rule::all_in(&all);
+        let mut rules = Rule::all_in(&all);
+        if let Some(node) = &a.node {
+            rules.retain(|r| r.spec.node.as_deref().is_none_or(|n| n == node));
+        }
         let decision = datapath::explain(&rules, &flow);
         if a.output != Format::Table {
             print_structured(a.output, &Explained { flow: flow.to_string(), decision });

@@ -109,6 +109,15 @@ fn add_list_explain_describe_delete_through_the_control_plane() {
     assert_eq!(decision["winner"]["rule"], "to-proxy");
     let unknown_source = text(&trefoil(&control, &["datapath", "explain", "10.0.2.5:80"]).stdout);
     assert!(unknown_source.contains("block-client (drop): wins over to-proxy for traffic from 10.0.1.2/32"), "{unknown_source}");
+    let pinned =
+        trefoil(&control, &["datapath", "add", "10.0.2.5 80 : drop", "--node", "edge-2", "--priority", "9", "--name", "edge-2-only"]);
+    assert!(pinned.status.success(), "{}", text(&pinned.stderr));
+    let on = |node: &str| -> Value {
+        serde_json::from_slice(&trefoil(&control, &["datapath", "explain", "10.0.2.5:80", "--node", node, "-o", "json"]).stdout).unwrap()
+    };
+    assert_eq!(on("edge-2")["winner"]["rule"], "edge-2-only");
+    assert_eq!(on("edge-1")["winner"]["rule"], "to-proxy", "another node's rule does not count");
+    assert!(trefoil(&control, &["datapath", "delete", "edge-2-only"]).status.success());
     let nothing = trefoil(&control, &["datapath", "explain", "192.0.2.1:443"]);
     assert_eq!(text(&nothing.stdout), "192.0.2.1:443/tcp: no rule matches; the traffic goes its own way\n");
     assert_eq!(trefoil(&control, &["datapath", "explain", "10.0.2.5"]).status.code(), Some(2));
