@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use trefoil_api::{ApiError, Client};
 use trefoil_model::datapath::{self, compact, Cidr, Decision, Flow, Rule};
-use trefoil_model::spec::{DatapathRuleSpec, Origin};
+use trefoil_model::spec::Origin;
 use trefoil_model::{Duration, Metadata, Resource, Spec, API_VERSION};
 
 use super::client::{report, run_async, Server};
@@ -184,7 +184,7 @@ fn add(a: AddArgs) -> ExitCode {
         }
         return exit::bad_input();
     }
-    let name = a.name.clone().unwrap_or_else(|| derived_name(&spec));
+    let name = a.name.clone().unwrap_or_else(|| spec.derived_name());
     let resource = Resource {
         api_version: API_VERSION.to_string(),
         metadata: Metadata { name: name.clone(), ..Metadata::default() },
@@ -226,14 +226,6 @@ async fn selectable(client: &Client) -> Result<Vec<Resource>, ApiError> {
     Ok(all)
 }
 
-/// `<action>-<hash>`: the same rule gets the same name, so adding it twice
-/// is refused instead of doubled. FNV-1a: stable across builds and machines.
-fn derived_name(spec: &DatapathRuleSpec) -> String {
-    let text = serde_json::to_string(spec).unwrap_or_default();
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    format!("{}-{:08x}", spec.action.as_str(), hash as u32)
-}
-
 /// One line of `datapath list`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -266,16 +258,8 @@ fn list(a: ListArgs) -> ExitCode {
             Err(e) => return report(&a.server.server, &e),
         };
         let rules = Rule::all_in(&all);
-        // In the order the datapath tries them: by each rule's first table line.
-        let mut order: Vec<String> = Vec::new();
-        for entry in datapath::compile(&rules, |_| Vec::<()>::new()) {
-            if !order.contains(&entry.rule) {
-                order.push(entry.rule);
-            }
-        }
-        let rows: Vec<Row> = order
-            .iter()
-            .filter_map(|name| rules.iter().find(|r| r.name == name))
+        let rows: Vec<Row> = datapath::ordered(&rules)
+            .into_iter()
             .map(|r| Row {
                 name: r.name.to_string(),
                 priority: r.spec.priority,
@@ -382,21 +366,4 @@ fn explained_text(flow: &Flow, d: &Decision, rules: &[Rule<'_>]) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_same_rule_gets_the_same_name() {
-        let spec = compact::parse("10.0.2.0/24 80 : redirect => app=http-proxy").unwrap().into_spec();
-        let name = derived_name(&spec);
-        assert!(name.starts_with("redirect-") && name.len() == "redirect-".len() + 8, "{name}");
-        let again = compact::parse("{10.0.2.0/24 80 : redirect => [app=http-proxy]}").unwrap().into_spec();
-        assert_eq!(derived_name(&again), name, "the same rule, written another way");
-        let mut other = spec;
-        other.priority = 1;
-        assert_ne!(derived_name(&other), name);
-    }
 }

@@ -12,4 +12,4 @@ pub mod relations;
 
 pub use cidr::{Cidr, Family, ParseCidrError};
 pub use ports::{ParsePortError, PortRange};
-pub use precedence::{compile, explain, overlaps, Decision, Entry, Flow, Overlap, Rule, Verdict};
+pub use precedence::{compile, explain, ordered, overlaps, Decision, Entry, Flow, Overlap, Rule, Verdict};

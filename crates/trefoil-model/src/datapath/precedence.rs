@@ -121,6 +121,18 @@ pub fn compile<T: Clone>(rules: &[Rule<'_>], mut resolve: impl FnMut(&LabelSelec
     table
 }
 
+/// The rules in the order the datapath tries them: each by its first line
+/// in the [`compile`]d table.
+pub fn ordered<'a>(rules: &[Rule<'a>]) -> Vec<Rule<'a>> {
+    let mut out: Vec<Rule<'a>> = Vec::new();
+    for line in compile(rules, |_| Vec::<()>::new()) {
+        if !out.iter().any(|r| r.name == line.rule) {
+            out.extend(rules.iter().find(|r| r.name == line.rule));
+        }
+    }
+    out
+}
+
 /// A connection to explain: `10.0.2.5:80/tcp`, optionally from a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {

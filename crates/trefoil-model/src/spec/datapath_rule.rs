@@ -166,6 +166,16 @@ const MAX_MATCH_ITEMS: usize = 64;
 const MAX_ENTRIES_PER_RULE: usize = 1024;
 
 impl DatapathRuleSpec {
+    /// `<action>-<hash>`, for a rule given without a name: the same rule
+    /// gets the same name, so adding it twice is refused (or, through the
+    /// Datapath API, refreshed) instead of doubled. FNV-1a: stable across
+    /// builds and machines.
+    pub fn derived_name(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        format!("{}-{:08x}", self.action.as_str(), hash as u32)
+    }
+
     /// The problems the types cannot rule out, as (field path, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -310,6 +320,18 @@ mod tests {
             (1..=3).map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
         );
         assert!(check(&wide)[0].2.contains("1200 kernel entries"));
+    }
+
+    #[test]
+    fn the_same_rule_gets_the_same_name() {
+        let spec = crate::datapath::compact::parse("10.0.2.0/24 80 : redirect => app=http-proxy").unwrap().into_spec();
+        let name = spec.derived_name();
+        assert!(name.starts_with("redirect-") && name.len() == "redirect-".len() + 8, "{name}");
+        let again = crate::datapath::compact::parse("{10.0.2.0/24 80 : redirect => [app=http-proxy]}").unwrap().into_spec();
+        assert_eq!(again.derived_name(), name, "the same rule, written another way");
+        let mut other = spec;
+        other.priority = 1;
+        assert_ne!(other.derived_name(), name);
     }
 
     #[test]
