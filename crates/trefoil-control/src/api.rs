@@ -44,6 +44,14 @@ impl ApiError {
         ApiError { status, body: ErrorBody::new(message) }
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+
     fn invalid(errors: Vec<Diagnostic>) -> Self {
         ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: ErrorBody { error: "invalid resource".into(), errors } }
     }
@@ -178,7 +186,7 @@ async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String,
 /// Parses and validates one resource from a request body (YAML or JSON),
 /// by itself and against the stored resources it must agree with: what
 /// every proxy would refuse is refused here, where the user sees it.
-fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
+pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
     // Every problem in one answer: the shape errors, and the checks on what could be read.
     let loaded = trefoil_model::load_all_str(&Arc::from("request body"), text);
@@ -224,7 +232,7 @@ fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) -> Result<(
 }
 
 /// Writes `value`, bumping `generation` when the spec changed.
-fn write(store: &Store, kind: &str, name: &str, mut value: Value, expected: Option<u64>) -> Result<(u64, bool), ApiError> {
+pub(crate) fn write(store: &Store, kind: &str, name: &str, mut value: Value, expected: Option<u64>) -> Result<(u64, bool), ApiError> {
     for _ in 0..APPLY_RETRIES {
         let current = store.get(kind, name);
         let generation = match &current {

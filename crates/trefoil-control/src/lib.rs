@@ -5,6 +5,7 @@
 pub mod api;
 pub mod compile;
 pub mod config_stream;
+pub mod datapath_api;
 pub mod datapath_expiry;
 pub mod identity;
 pub mod openapi;
@@ -141,7 +142,8 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let service = config_stream::ConfigStreamService::new(compiler);
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
-    let grpc = tokio::spawn(trefoil_wire::serve(grpc, service, stopped(stop_rx.clone())));
+    let datapath = datapath_api::DatapathService::new(store.clone());
+    let grpc = tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone())));
     let app = api::router(store.clone())
         .merge(traces::api::router(Arc::new(traces::TraceStore::default())))
         .merge(rollout::actions::router(store.clone()))

@@ -1,19 +1,22 @@
 //! The config stream between the control plane and its proxies: the gRPC
 //! messages (prost, written by hand; `proto/config.proto` documents them)
 //! and the client and server glue for its one method,
-//! `/trefoil.config.v1.ConfigStream/Stream`.
+//! `/trefoil.config.v1.ConfigStream/Stream`; and, on the same port, the
+//! `trefoil.datapath.v1.Datapath` rules service (`datapath`).
 
 pub mod client;
+pub mod datapath;
 pub mod messages;
 pub mod server;
+mod service;
 
 use std::time::Duration;
 
 pub use client::{ClientError, ConfigStreamClient};
 pub use messages::{proxy_message, Ack, Hello, Nack, ProxyMessage, Snapshot};
-pub use server::{serve, ConfigStream, ConfigStreamServer};
+pub use server::{serve, serve_with_datapath, ConfigStream, ConfigStreamServer};
 pub use tonic::transport::Error as TransportError;
-pub use tonic::{Request, Response, Status, Streaming};
+pub use tonic::{Code, Request, Response, Status, Streaming};
 
 /// The gRPC service name.
 pub const SERVICE: &str = "trefoil.config.v1.ConfigStream";

@@ -8,10 +8,11 @@ use std::task::{Context, Poll};
 
 use tokio_stream::Stream;
 use tonic::codegen::{http, Body as HttpBody, BoxFuture, Service, StdError};
-use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use crate::datapath::{Datapath, DatapathServer};
+use crate::service::grpc_service;
 use crate::{ProxyMessage, Snapshot, MAX_MESSAGE_BYTES, SERVICE, STREAM_PATH};
 
 /// What the control plane implements: one call per connected proxy.
@@ -25,43 +26,20 @@ pub trait ConfigStream: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response<Self::SnapshotStream>, Status>> + Send;
 }
 
-/// The gRPC service: routes `/trefoil.config.v1.ConfigStream/Stream`, answers
-/// anything else with `UNIMPLEMENTED`.
-pub struct ConfigStreamServer<T> {
-    inner: Arc<T>,
-}
+grpc_service!(
+    /// The gRPC service: routes `/trefoil.config.v1.ConfigStream/Stream`, answers
+    /// anything else with `UNIMPLEMENTED`.
+    ConfigStreamServer,
+    ConfigStream,
+    SERVICE
+);
 
-impl<T> ConfigStreamServer<T> {
-    pub fn new(inner: T) -> Self {
-        ConfigStreamServer { inner: Arc::new(inner) }
-    }
-}
-
-impl<T> Clone for ConfigStreamServer<T> {
-    fn clone(&self) -> Self {
-        ConfigStreamServer { inner: self.inner.clone() }
-    }
-}
-
-impl<T> NamedService for ConfigStreamServer<T> {
-    const NAME: &'static str = SERVICE;
-}
-
-impl<T, B> Service<http::Request<B>> for ConfigStreamServer<T>
-where
-    T: ConfigStream,
-    B: HttpBody + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl<T: ConfigStream> ConfigStreamServer<T> {
+    fn route<B>(&self, req: http::Request<B>) -> BoxFuture<http::Response<tonic::body::Body>, Infallible>
+    where
+        B: HttpBody + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
         if req.uri().path() != STREAM_PATH {
             let path = req.uri().path().to_string();
             return Box::pin(
@@ -102,12 +80,30 @@ pub async fn serve<T: ConfigStream>(
     service: T,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    builder().add_service(ConfigStreamServer::new(service)).serve_with_incoming_shutdown(incoming(listener), shutdown).await
+}
+
+/// Serves the config stream and the Datapath service on one listener.
+pub async fn serve_with_datapath<T: ConfigStream, D: Datapath>(
+    listener: tokio::net::TcpListener,
+    service: T,
+    datapath: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    builder()
+        .add_service(ConfigStreamServer::new(service))
+        .add_service(DatapathServer::new(datapath))
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+}
+
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+fn builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         // Notice proxies that vanished without closing their connection.
         .http2_keepalive_interval(Some(crate::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(crate::KEEPALIVE_TIMEOUT))
-        .add_service(ConfigStreamServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
 }

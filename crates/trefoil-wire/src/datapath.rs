@@ -1,0 +1,196 @@
+//! `trefoil.datapath.v1.Datapath`: how network functions (and, next, the
+//! handlers' SDK) add and remove datapath rules without the REST API's
+//! resource envelope: a rule is its compact form plus the fields the
+//! compact form leaves out. Messages are written by hand with prost
+//! derives like the config stream's; `proto/datapath.proto` documents them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::{http, Body as HttpBody, BoxFuture, StdError};
+use tonic::server::UnaryService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
+
+use crate::service::grpc_service;
+
+/// The gRPC service name.
+pub const DATAPATH_SERVICE: &str = "trefoil.datapath.v1.Datapath";
+const ADD_RULE: &str = "/trefoil.datapath.v1.Datapath/AddRule";
+const REMOVE_RULE: &str = "/trefoil.datapath.v1.Datapath/RemoveRule";
+const LIST_RULES: &str = "/trefoil.datapath.v1.Datapath/ListRules";
+const WATCH_FLOWS: &str = "/trefoil.datapath.v1.Datapath/WatchFlows";
+/// A rule is a line of text and a few fields; a list is bounded by the store.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// One rule: its compact form and what the compact form leaves out.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rule {
+    /// Empty on AddRule: named after its action and content.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `10.0.2.0/24 80 : redirect => app=http-proxy`.
+    #[prost(string, tag = "2")]
+    pub compact: String,
+    /// Source addresses or networks.
+    #[prost(string, repeated, tag = "3")]
+    pub source: Vec<String>,
+    #[prost(int32, tag = "4")]
+    pub priority: i32,
+    /// Empty: every node.
+    #[prost(string, tag = "5")]
+    pub node: String,
+    /// `10m`; empty: no TTL.
+    #[prost(string, tag = "6")]
+    pub ttl: String,
+    #[prost(string, tag = "7")]
+    pub origin_cnf: String,
+    #[prost(string, tag = "8")]
+    pub origin_handler: String,
+    #[prost(string, tag = "9")]
+    pub origin_trace_id: String,
+}
+
+/// A rule's name (RemoveRule's request and answer).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuleName {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListRulesRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListRulesResponse {
+    /// In the order the datapath tries them.
+    #[prost(message, repeated, tag = "1")]
+    pub rules: Vec<Rule>,
+}
+
+/// What the control plane implements.
+pub trait Datapath: Send + Sync + 'static {
+    /// Creates or replaces the rule (writing it again restarts its TTL); the rule as stored.
+    fn add_rule(&self, rule: Rule) -> impl Future<Output = Result<Rule, Status>> + Send;
+    fn remove_rule(&self, name: RuleName) -> impl Future<Output = Result<RuleName, Status>> + Send;
+    fn list_rules(&self, request: ListRulesRequest) -> impl Future<Output = Result<ListRulesResponse, Status>> + Send;
+}
+
+grpc_service!(
+    /// The gRPC service: routes the unary methods, answers WatchFlows and
+    /// anything else with `UNIMPLEMENTED`.
+    DatapathServer,
+    Datapath,
+    DATAPATH_SERVICE
+);
+
+impl<T: Datapath> DatapathServer<T> {
+    fn route<B>(&self, req: http::Request<B>) -> BoxFuture<http::Response<tonic::body::Body>, Infallible>
+    where
+        B: HttpBody + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        match req.uri().path() {
+            ADD_RULE => unary(req, Unary { inner, call: |i, r| Box::pin(async move { i.add_rule(r).await }) }),
+            REMOVE_RULE => unary(req, Unary { inner, call: |i, r| Box::pin(async move { i.remove_rule(r).await }) }),
+            LIST_RULES => unary(req, Unary { inner, call: |i, r| Box::pin(async move { i.list_rules(r).await }) }),
+            WATCH_FLOWS => {
+                Box::pin(async { Ok(Status::unimplemented("WatchFlows needs the node agents' flow reports, not built yet").into_http()) })
+            }
+            other => {
+                let message = format!("no method {other} in {DATAPATH_SERVICE}");
+                Box::pin(async move { Ok(Status::unimplemented(message).into_http()) })
+            }
+        }
+    }
+}
+
+/// One method: the implementation and the call it makes.
+struct Unary<T, Req, Resp> {
+    inner: Arc<T>,
+    call: fn(Arc<T>, Req) -> BoxFuture<Resp, Status>,
+}
+
+impl<T: Send + Sync + 'static, Req: Send + 'static, Resp: Send + 'static> UnaryService<Req> for Unary<T, Req, Resp> {
+    type Response = Resp;
+    type Future = BoxFuture<Response<Resp>, Status>;
+
+    fn call(&mut self, request: Request<Req>) -> Self::Future {
+        let answer = (self.call)(self.inner.clone(), request.into_inner());
+        Box::pin(async move { answer.await.map(Response::new) })
+    }
+}
+
+fn unary<T, Req, Resp, B>(req: http::Request<B>, method: Unary<T, Req, Resp>) -> BoxFuture<http::Response<tonic::body::Body>, Infallible>
+where
+    T: Send + Sync + 'static,
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    Box::pin(async move {
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<Resp, Req>::default())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(grpc.unary(method, req).await)
+    })
+}
+
+/// A function's (or a test's) connection to the Datapath service.
+pub struct DatapathClient {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+impl DatapathClient {
+    /// Connects to `http://host:port` (one attempt).
+    pub async fn connect(address: &str) -> Result<Self, tonic::transport::Error> {
+        let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+        let channel = Endpoint::from_shared(uri)?.tcp_nodelay(true).connect().await?;
+        let grpc =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(DatapathClient { grpc })
+    }
+
+    async fn call<Req, Resp>(&mut self, path: &'static str, request: Req) -> Result<Resp, Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+        let response = self.grpc.unary(Request::new(request), PathAndQuery::from_static(path), ProstCodec::<Req, Resp>::default()).await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn add_rule(&mut self, rule: Rule) -> Result<Rule, Status> {
+        self.call(ADD_RULE, rule).await
+    }
+
+    pub async fn remove_rule(&mut self, name: &str) -> Result<RuleName, Status> {
+        self.call(REMOVE_RULE, RuleName { name: name.to_string() }).await
+    }
+
+    pub async fn list_rules(&mut self) -> Result<ListRulesResponse, Status> {
+        self.call(LIST_RULES, ListRulesRequest {}).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn field_numbers_match_the_proto_file() {
+        let rule = Rule { name: "n".into(), priority: 2, ..Rule::default() }.encode_to_vec();
+        // Rule.name = 1 (length-delimited), Rule.priority = 4 (varint).
+        assert_eq!(rule, vec![1 << 3 | 2, 1, b'n', 4 << 3, 2]);
+        let list = ListRulesResponse { rules: vec![Rule { ttl: "1s".into(), ..Rule::default() }] }.encode_to_vec();
+        assert_eq!(list, vec![1 << 3 | 2, 4, 6 << 3 | 2, 2, b'1', b's']);
+    }
+}
