@@ -19,7 +19,7 @@ use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
 use crate::http::body::{self, Collected};
 use crate::http::callout;
 use crate::http::chain_handlers::{self, ChainHandlers, RunCount, Runner};
-use crate::http::proxy::local_reply;
+use crate::http::local_reply::LocalReply;
 use crate::http::route_match::RequestMatcher;
 use crate::snapshot::Cluster;
 use crate::state::ProxyState;
@@ -95,7 +95,25 @@ pub enum Next {
 /// Why the chain stopped a request: the reply to send and its flag.
 pub struct Stopped {
     pub reply: Response<ProxyBody>,
-    pub flag: &'static str,
+    pub flag: LocalReply,
+}
+
+impl Stopped {
+    /// Stopped with `flag`'s status and a body saying more.
+    pub(crate) fn new(flag: LocalReply, text: impl Into<bytes::Bytes>) -> Self {
+        Stopped { reply: flag.reply_text(text), flag }
+    }
+
+    /// Refused because network function `name` failed under `failurePolicy: closed`.
+    pub(crate) fn unavailable(name: &str) -> Self {
+        Stopped::new(LocalReply::ChainUnavailable, format!("network function {name} is unavailable\n"))
+    }
+
+    /// Denied by a verdict or a handler, with the status and reason it gave.
+    pub(crate) fn denied(status: u16, reason: String) -> Self {
+        let flag = LocalReply::ChainDenied;
+        Stopped { reply: flag.reply_with(StatusCode::from_u16(status).unwrap_or(flag.status()), reason), flag }
+    }
 }
 
 impl Chain {
@@ -170,8 +188,7 @@ impl Chain {
                 Ok(Collected::Over(body)) => (body, None),
                 Err(e) => {
                     tracing::debug!(error = %e, trace_id = facts.trace_id, "upstream response body could not be read for the chain");
-                    let reply = local_reply(StatusCode::BAD_GATEWAY, "upstream_reset", "upstream reset the response\n");
-                    return Err(Stopped { reply, flag: "upstream_reset" });
+                    return Err(Stopped::new(LocalReply::UpstreamReset, "upstream reset the response\n"));
                 }
             },
         };
@@ -183,12 +200,11 @@ impl Chain {
                 (Some(limit), _) => {
                     tracing::warn!(cnf = %self.cnf, function = %function.name, trace_id = facts.trace_id, limit, "response body larger than the network function accepts");
                     if let Some(mut stopped) = self.failed(state, function) {
-                        stopped.reply = local_reply(
-                            StatusCode::BAD_GATEWAY,
-                            "chain_body_too_large",
-                            format!("response body exceeds what network function {} accepts\n", function.name),
-                        );
-                        stopped.flag = "chain_body_too_large";
+                        let flag = LocalReply::ChainBodyTooLarge;
+                        let text = format!("response body exceeds what network function {} accepts\n", function.name);
+                        // The upstream's answer is what is too large: a gateway error, not the client's 413.
+                        stopped.reply = flag.reply_with(StatusCode::BAD_GATEWAY, text);
+                        stopped.flag = flag;
                         return Err(stopped);
                     }
                     continue;
@@ -266,12 +282,7 @@ impl Chain {
             }
             FailurePolicy::Closed => {
                 self.count(state, function, "failed_closed");
-                let reply = local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "chain_unavailable",
-                    format!("network function {} is unavailable\n", function.name),
-                );
-                Some(Stopped { reply, flag: "chain_unavailable" })
+                Some(Stopped::unavailable(&function.name))
             }
         }
     }
@@ -351,9 +362,9 @@ fn edit_headers(headers: &mut http::HeaderMap, remove: &[String], set: &[(String
 
 /// The client's answer to a deny verdict.
 fn denied(status: u16, reason: String, headers: &[(String, String)]) -> Stopped {
-    let mut reply = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
-    edit_headers(reply.headers_mut(), &[], headers);
-    Stopped { reply, flag: "chain_denied" }
+    let mut stopped = Stopped::denied(status, reason);
+    edit_headers(stopped.reply.headers_mut(), &[], headers);
+    stopped
 }
 
 /// A call-out's result as its step span tells it.

@@ -9,14 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
-use http::StatusCode;
 use trefoil_chain::handlers::{self, CallFuture, CallOutcome, Caller, Effects, Handlers, RequestView, RunInput};
 use trefoil_chain::Event;
 use trefoil_model::spec::FailurePolicy;
 
 use crate::http::callout;
 use crate::http::chain::{call_for, scheme, Chain, Function, OwnedCall, RequestFacts, Stopped};
-use crate::http::proxy::local_reply;
 use crate::state::ProxyState;
 use crate::telemetry::chain_span::HandlerRun;
 use crate::telemetry::hop_spans::HopSpans;
@@ -208,9 +206,7 @@ impl<'a> Runner<'a> {
                     match target.as_mut() {
                         Some(target) => {
                             if let Some((status, reason)) = fx.deny {
-                                let reply =
-                                    local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), "chain_denied", reason);
-                                return Err(Stopped { reply, flag: "chain_denied" });
+                                return Err(Stopped::denied(status, reason));
                             }
                             apply(target.headers(), &fx);
                         }
@@ -233,12 +229,7 @@ impl<'a> Runner<'a> {
                         _ => None,
                     };
                     if let Some(name) = unavailable {
-                        let reply = local_reply(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "chain_unavailable",
-                            format!("network function {name} is unavailable\n"),
-                        );
-                        return Err(Stopped { reply, flag: "chain_unavailable" });
+                        return Err(Stopped::unavailable(&name));
                     }
                 }
             }

@@ -13,25 +13,30 @@
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, StatusCode, Uri, Version};
+use http::{Method, Uri, Version};
 use trefoil_model::spec::{EscapedSlashes, PathNormalization};
 
-/// A request refused by its head: the reply's status, flag and text.
+use crate::http::local_reply::LocalReply;
+
+/// A request refused by its head: why, and the reply's text.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refused {
-    pub status: StatusCode,
-    pub flag: &'static str,
+    pub flag: LocalReply,
     pub text: &'static str,
 }
 
-const fn refused(status: StatusCode, flag: &'static str, text: &'static str) -> Refused {
-    Refused { status, flag, text }
+const fn refused(flag: LocalReply, text: &'static str) -> Refused {
+    Refused { flag, text }
+}
+
+const fn refused_plainly(flag: LocalReply) -> Refused {
+    refused(flag, flag.text())
 }
 
 /// Checks the request's host and method and normalises its path in place.
 pub fn check(parts: &mut http::request::Parts, paths: &PathNormalization) -> Result<(), Refused> {
     if parts.method == Method::CONNECT {
-        return Err(refused(StatusCode::NOT_IMPLEMENTED, "connect_unsupported", "CONNECT is not supported\n"));
+        return Err(refused_plainly(LocalReply::ConnectUnsupported));
     }
     settle_host(parts)?;
     normalize_uri(&mut parts.uri, paths)
@@ -48,23 +53,23 @@ fn settle_host(parts: &mut http::request::Parts) -> Result<(), Refused> {
             // RFC 9113 §8.3.1: a Host that names another entity than `:authority` is malformed.
             if let (Some(authority), Some(host)) = (authority, first) {
                 if second.is_some() || !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) {
-                    return Err(refused(StatusCode::BAD_REQUEST, "invalid_host", "the Host header contradicts :authority\n"));
+                    return Err(refused(LocalReply::InvalidHost, "the Host header contradicts :authority\n"));
                 }
             }
         }
         _ => {
             if second.is_some() {
-                return Err(refused(StatusCode::BAD_REQUEST, "invalid_host", "a request may have one Host header only\n"));
+                return Err(refused(LocalReply::InvalidHost, "a request may have one Host header only\n"));
             }
             if first.is_none() && authority.is_none() && parts.version == Version::HTTP_11 {
-                return Err(refused(StatusCode::BAD_REQUEST, "missing_host", "an HTTP/1.1 request needs a Host header\n"));
+                return Err(refused_plainly(LocalReply::MissingHost));
             }
         }
     }
     // An absolute-form target (RFC 9112 §3.2.2) or `:authority` replaces the Host.
     if let Some(authority) = authority {
         let value = HeaderValue::from_str(authority)
-            .map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_host", "the request's authority is not a valid host\n"))?;
+            .map_err(|_| refused(LocalReply::InvalidHost, "the request's authority is not a valid host\n"))?;
         parts.headers.insert(header::HOST, value);
     }
     Ok(())
@@ -82,11 +87,10 @@ fn normalize_uri(uri: &mut Uri, options: &PathNormalization) -> Result<(), Refus
         Some(q) => format!("{normal}?{q}"),
         None => normal,
     };
-    let pq = PathAndQuery::from_maybe_shared(text)
-        .map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path is not valid\n"))?;
+    let pq = PathAndQuery::from_maybe_shared(text).map_err(|_| refused_plainly(LocalReply::InvalidPath))?;
     let mut parts = std::mem::take(uri).into_parts();
     parts.path_and_query = Some(pq);
-    *uri = Uri::from_parts(parts).map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path is not valid\n"))?;
+    *uri = Uri::from_parts(parts).map_err(|_| refused_plainly(LocalReply::InvalidPath))?;
     Ok(())
 }
 
@@ -120,15 +124,13 @@ fn decode_escapes(path: &str, options: &PathNormalization) -> Result<String, Ref
         }
         let byte = match (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) {
             (Some(hi), Some(lo)) => hi << 4 | lo,
-            _ => return Err(refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path has an invalid percent-encoding\n")),
+            _ => return Err(refused(LocalReply::InvalidPath, "the request path has an invalid percent-encoding\n")),
         };
         i += 3;
         let slash = byte == b'/' || byte == b'\\';
         if slash {
             match options.escaped_slashes {
-                EscapedSlashes::Reject => {
-                    return Err(refused(StatusCode::BAD_REQUEST, "escaped_slash", "the request path has an escaped slash (%2F or %5C)\n"))
-                }
+                EscapedSlashes::Reject => return Err(refused_plainly(LocalReply::EscapedSlash)),
                 EscapedSlashes::Unescape => {
                     out.push(byte);
                     continue;
@@ -142,7 +144,7 @@ fn decode_escapes(path: &str, options: &PathNormalization) -> Result<String, Ref
         out.extend_from_slice(&[b'%', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
     }
     // Only ASCII was decoded, so the text stays UTF-8 wherever it was.
-    String::from_utf8(out).map_err(|_| refused(StatusCode::BAD_REQUEST, "invalid_path", "the request path is not valid\n"))
+    String::from_utf8(out).map_err(|_| refused_plainly(LocalReply::InvalidPath))
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -239,7 +241,7 @@ mod tests {
     #[test]
     fn escaped_slashes_follow_the_listener() {
         let refused = normalize_path("/x/..%2fadmin", &options(EscapedSlashes::Reject)).unwrap_err();
-        assert_eq!((refused.status, refused.flag), (StatusCode::BAD_REQUEST, "escaped_slash"));
+        assert_eq!(refused.flag, LocalReply::EscapedSlash);
         assert!(normalize_path("/a%5cb", &options(EscapedSlashes::Reject)).is_err());
         assert_eq!(normalize_path("/x/..%2fadmin", &options(EscapedSlashes::Unescape)).unwrap().unwrap(), "/admin");
         assert_eq!(normalize_path("/x/..%2fadmin", &options(EscapedSlashes::Keep)).unwrap().unwrap(), "/x/..%2Fadmin");
@@ -258,7 +260,7 @@ mod tests {
     #[test]
     fn bad_escapes_are_refused() {
         for path in ["/a%", "/a%2", "/a%zz"] {
-            assert_eq!(normalize_path(path, &PathNormalization::default()).unwrap_err().flag, "invalid_path", "{path}");
+            assert_eq!(normalize_path(path, &PathNormalization::default()).unwrap_err().flag, LocalReply::InvalidPath, "{path}");
         }
     }
 
@@ -278,9 +280,9 @@ mod tests {
     fn one_host_and_the_one_routed_by() {
         let paths = PathNormalization::default();
         let mut two = parts(Version::HTTP_11, "/", &["a.example", "b.example"]);
-        assert_eq!(check(&mut two, &paths).unwrap_err().flag, "invalid_host");
+        assert_eq!(check(&mut two, &paths).unwrap_err().flag, LocalReply::InvalidHost);
         let mut none = parts(Version::HTTP_11, "/", &[]);
-        assert_eq!(check(&mut none, &paths).unwrap_err().flag, "missing_host");
+        assert_eq!(check(&mut none, &paths).unwrap_err().flag, LocalReply::MissingHost);
         let mut old = parts(Version::HTTP_10, "/", &[]);
         assert!(check(&mut old, &paths).is_ok());
         assert!(hosts(&old).is_empty());
@@ -292,10 +294,10 @@ mod tests {
         check(&mut h2, &paths).unwrap();
         assert_eq!(hosts(&h2), ["a.example"]);
         let mut h2_other = parts(Version::HTTP_2, "http://a.example/x", &["b.example"]);
-        assert_eq!(check(&mut h2_other, &paths).unwrap_err().flag, "invalid_host");
+        assert_eq!(check(&mut h2_other, &paths).unwrap_err().flag, LocalReply::InvalidHost);
         let mut connect = parts(Version::HTTP_11, "a.example:443", &["a.example:443"]);
         connect.method = Method::CONNECT;
-        assert_eq!(check(&mut connect, &paths).unwrap_err().status, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(check(&mut connect, &paths).unwrap_err().flag, LocalReply::ConnectUnsupported);
     }
 
     #[test]

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::Response;
 use tokio::sync::oneshot;
 use trefoil_model::spec::{FailurePolicy, StepMode};
 
 use crate::http::body::RequestBody;
 use crate::http::chain::{scheme, Chain, Next, RequestFacts, Stopped, CNF_HEADER};
-use crate::http::proxy::{build_upstream_request, local_reply, send_upstream, strip_hop_by_hop, Connection, PEER_IDENTITY_HEADER};
+use crate::http::local_reply::LocalReply;
+use crate::http::proxy::{build_upstream_request, send_upstream, strip_hop_by_hop, Connection, PEER_IDENTITY_HEADER};
 use crate::state::ProxyState;
 use crate::telemetry::chain_span::StepOutcome;
 use crate::telemetry::hop_spans::HopSpans;
@@ -165,8 +166,8 @@ pub(crate) struct Late;
 
 impl From<Late> for Stopped {
     fn from(_: Late) -> Self {
-        let reply = local_reply(StatusCode::GATEWAY_TIMEOUT, "chain_resume_late", "the request came back after its hop was given up\n");
-        Stopped { reply, flag: "chain_resume_late" }
+        let flag = LocalReply::ChainResumeLate;
+        Stopped::new(flag, flag.text())
     }
 }
 
@@ -275,8 +276,7 @@ async fn hop(
     if hops >= MAX_INLINE_HOPS {
         chain.count(state, function, "loop");
         tracing::warn!(cnf = %chain.cnf, function = %function.name, trace_id = facts.trace_id, hops, "inline hop loop: the request keeps coming back without its resume token");
-        let reply = local_reply(StatusCode::LOOP_DETECTED, "chain_loop", format!("request went through inline functions {hops} times\n"));
-        return Err(Stopped { reply, flag: "chain_loop" });
+        return Err(Stopped::new(LocalReply::ChainLoop, format!("request went through inline functions {hops} times\n")));
     }
     let started = facts.spans.as_ref().map(HopSpans::start_step);
     let (result, came_back) = send(state, chain, step, parts, body, facts, hops + 1).await;
@@ -306,22 +306,13 @@ async fn hop(
                 // The request is already on its way upstream through the
                 // function: going on here would send it twice.
                 chain.count(state, function, "failed_after_resume");
-                let reply = local_reply(
-                    StatusCode::BAD_GATEWAY,
-                    "chain_hop_failed",
-                    format!("network function {} failed after passing the request on\n", function.name),
-                );
-                return Err(Stopped { reply, flag: "chain_hop_failed" });
+                let text = format!("network function {} failed after passing the request on\n", function.name);
+                return Err(Stopped::new(LocalReply::ChainHopFailed, text));
             }
             if function.failure_policy == FailurePolicy::Open && matches!(body, RequestBody::Streaming(None, _)) {
                 // The streamed body went to the function and cannot be sent again.
                 chain.count(state, function, "failed_closed");
-                let reply = local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "chain_unavailable",
-                    format!("network function {} is unavailable\n", function.name),
-                );
-                return Err(Stopped { reply, flag: "chain_unavailable" });
+                return Err(Stopped::unavailable(&function.name));
             }
             match chain.failed(state, function) {
                 Some(stopped) => Err(stopped),

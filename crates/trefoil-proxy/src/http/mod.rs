@@ -7,6 +7,7 @@ pub mod chain_handlers;
 pub mod filters;
 pub mod head;
 pub mod inline;
+pub mod local_reply;
 pub mod proxy;
 pub mod published_events;
 pub mod retry;

@@ -28,13 +28,14 @@ use crate::http::chain_handlers::RunCount;
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::head;
 use crate::http::inline;
+use crate::http::local_reply::LocalReply;
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::attempt_span;
 use crate::telemetry::hop_spans::HopSpans;
-use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, SeriesKey, ServiceLabels};
+use crate::telemetry::metrics::{EndpointLabels, Label, LocalReplyLabels, RetryLabels, SeriesKey, ServiceLabels};
 use crate::telemetry::otlp::SpanRecord;
 use crate::telemetry::trace_context::{hex, TraceContext};
 use crate::upstream::ProxyBody;
@@ -59,7 +60,6 @@ impl Connection {
 }
 
 pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trefoil-trace-id");
-static FLAG_HEADER: HeaderName = HeaderName::from_static("x-trefoil-flag");
 /// The verified client-certificate identity, set by the proxy (never taken
 /// from the client) so routes can match on it and upstreams can read it.
 pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-trefoil-peer-identity");
@@ -87,12 +87,33 @@ struct Outcomes {
     version: Option<Label>,
     upstream: Option<SocketAddr>,
     attempts: u32,
-    flag: &'static str,
+    /// Why the proxy answered itself, if it did.
+    flag: Option<LocalReply>,
     /// The CNF whose chain the request went through.
     cnf: Option<Label>,
     /// Where the spans of the chain's steps and the upstream attempts go,
     /// when the request is traced.
     spans: Option<HopSpans>,
+}
+
+impl Outcomes {
+    /// Answers the request itself with `flag`'s status and a body saying more.
+    fn local(&mut self, flag: LocalReply, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+        self.flag = Some(flag);
+        flag.reply_text(text)
+    }
+
+    /// Answers the request itself with `flag`'s status and body.
+    fn plainly(&mut self, flag: LocalReply) -> Response<ProxyBody> {
+        self.flag = Some(flag);
+        flag.reply()
+    }
+
+    /// Answers the request itself with the status the configuration chose.
+    fn configured(&mut self, flag: LocalReply, status: u16) -> Response<ProxyBody> {
+        self.flag = Some(flag);
+        flag.reply_with(StatusCode::from_u16(status).unwrap_or(flag.status()), flag.text())
+    }
 }
 
 /// Serves one request; never fails (errors become local replies).
@@ -111,7 +132,7 @@ pub fn serve(
         let telemetry = state.telemetry.load_full();
         let wall_start = telemetry.spans.is_some().then(SystemTime::now);
         let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener) else {
-            return Ok(local_reply(StatusCode::SERVICE_UNAVAILABLE, "listener_removed", "this listener is shutting down\n"));
+            return Ok(LocalReply::ListenerRemoved.reply());
         };
         let trace = TraceContext::continue_or_start(parts.headers.get(&TRACEPARENT), telemetry.sampling_percent);
         // Most requests carry none of the proxy's own headers: one pass over the
@@ -136,10 +157,7 @@ pub fn serve(
         let mut out = Outcomes { spans: HopSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
 
         let mut response = match checked {
-            Err(refused) => {
-                out.flag = refused.flag;
-                local_reply(refused.status, refused.flag, refused.text)
-            }
+            Err(refused) => out.local(refused.flag, refused.text),
             Ok(()) => match handle(&state, listener, &conn, &trace, &mut parts, incoming, &host, &mut out).await {
                 Ok(r) => r,
                 Err(reply) => reply,
@@ -158,6 +176,9 @@ pub fn serve(
             status_code: status,
         };
         state.shared.metrics.record_request(snapshot.version, &key, elapsed);
+        if let Some(flag) = out.flag {
+            state.shared.metrics.local_replies.get_or_create(&LocalReplyLabels { direction: key.direction.clone(), flag }).inc();
+        }
         let SeriesKey { route, service, version, cnf, .. } = &key;
         let path = uri.as_ref().map_or("", |u| u.path());
         if telemetry.access_log.enabled() {
@@ -183,7 +204,7 @@ pub fn serve(
                 upstream: out.upstream.map(|a| a.to_string()),
                 attempts: out.attempts,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
-                flag: out.flag,
+                flag: out.flag.map_or("", LocalReply::flag),
             });
         }
         if let (Some(spans), Some(wall_start), true) = (&telemetry.spans, wall_start, trace.sampled) {
@@ -230,20 +251,14 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     // Phase: route.
     let Some((route, rule)) = find_route(listener, host, parts) else {
-        out.flag = "no_route";
-        return Err(local_reply(StatusCode::NOT_FOUND, "no_route", format!("no route for {host}{}\n", parts.uri.path())));
+        return Err(out.local(LocalReply::NoRoute, format!("no route for {host}{}\n", parts.uri.path())));
     };
     out.route = Some(route.name.clone());
 
     // Phase: request filters.
     if let Some(rl) = &rule.rate_limit {
         if !rl.try_acquire() {
-            out.flag = "rate_limited";
-            return Err(local_reply(
-                StatusCode::from_u16(rl.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
-                "rate_limited",
-                "rate limit exceeded\n",
-            ));
+            return Err(out.configured(LocalReply::RateLimited, rl.status));
         }
     }
     if let Some(fault) = &rule.fault {
@@ -252,12 +267,7 @@ async fn handle(
             tokio::time::sleep(delay).await;
         }
         if let Some(status) = decision.abort {
-            out.flag = "fault_abort";
-            return Err(local_reply(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                "fault_abort",
-                "fault injected\n",
-            ));
+            return Err(out.configured(LocalReply::FaultAbort, status));
         }
     }
     out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
@@ -275,12 +285,7 @@ async fn handle(
     let mut req_body = match prepared {
         Ok(b) => b,
         Err(BufferError::TooLarge) => {
-            out.flag = "chain_body_too_large";
-            return Err(local_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "chain_body_too_large",
-                "request body exceeds what the network function accepts\n",
-            ));
+            return Err(out.plainly(LocalReply::ChainBodyTooLarge));
         }
         Err(BufferError::Read(e)) => return Err(client_body_failed(&*e, out)),
     };
@@ -315,7 +320,7 @@ async fn handle(
             Ok(Some(response)) => return Ok(response),
             Ok(None) => {}
             Err(stopped) => {
-                out.flag = stopped.flag;
+                out.flag = Some(stopped.flag);
                 return Err(stopped.reply);
             }
         }
@@ -328,8 +333,7 @@ async fn handle(
         edits.apply(&mut parts.headers);
     }
     let Some(cluster) = rule.split.pick().cloned() else {
-        out.flag = "no_backend";
-        return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_backend", "route has no backend with weight\n"));
+        return Err(out.plainly(LocalReply::NoBackend));
     };
     out.service = Some(cluster.service.name.clone());
     out.version = Some(cluster.version.clone());
@@ -358,8 +362,7 @@ async fn handle(
         Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
             Some(r) => r?,
             None => {
-                out.flag = "timeout";
-                return Err(local_reply(StatusCode::GATEWAY_TIMEOUT, "timeout", "upstream request timeout\n"));
+                return Err(out.plainly(LocalReply::Timeout));
             }
         },
         None => attempts.await?,
@@ -375,7 +378,7 @@ async fn handle(
         response = match Box::pin(chain.run_response(state, &request, response, &facts)).await {
             Ok(r) => r,
             Err(stopped) => {
-                out.flag = stopped.flag;
+                out.flag = Some(stopped.flag);
                 return Err(stopped.reply);
             }
         };
@@ -391,12 +394,7 @@ async fn handle(
 /// The reply to a request whose body the client failed to send: 408 when
 /// it stalled past `requestBodyIdle`, 400 otherwise.
 fn client_body_failed(e: &(dyn std::error::Error + 'static), out: &mut Outcomes) -> Response<ProxyBody> {
-    if body::IdleTimeout::caused(e) {
-        out.flag = "request_body_timeout";
-        return local_reply(StatusCode::REQUEST_TIMEOUT, "request_body_timeout", "the request body stalled\n");
-    }
-    out.flag = "downstream_reset";
-    local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body could not be read\n")
+    out.plainly(if body::IdleTimeout::caused(e) { LocalReply::RequestBodyTimeout } else { LocalReply::DownstreamReset })
 }
 
 /// What the chain's functions are told besides the request's head.
@@ -503,15 +501,13 @@ async fn attempt_loop(
         attempt += 1;
         out.attempts = attempt;
         if !service.enter() {
-            out.flag = "overflow";
             metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_requests" }).inc();
-            return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many requests in flight\n"));
+            return Err(out.local(LocalReply::Overflow, "upstream overflow: too many requests in flight\n"));
         }
         let Some(endpoint) = cluster.balancer.pick(hash_key.as_deref(), previous) else {
             service.leave();
-            out.flag = "no_healthy_upstream";
             metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "no_healthy_upstream" }).inc();
-            return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_healthy_upstream", "no healthy upstream\n"));
+            return Err(out.plainly(LocalReply::NoHealthyUpstream));
         };
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
         out.upstream = Some(endpoint.addr);
@@ -525,13 +521,8 @@ async fn attempt_loop(
                 Err(_) => {
                     if service.load.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
                         service.load.pending.fetch_sub(1, Ordering::AcqRel);
-                        out.flag = "overflow";
                         metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
-                        return Err(local_reply(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "overflow",
-                            "upstream overflow: too many pending requests\n",
-                        ));
+                        return Err(out.local(LocalReply::Overflow, "upstream overflow: too many pending requests\n"));
                     }
                     // A pending request waits at most as long as a connect
                     // may take. Boxed: a rare wait, kept out of every request's future.
@@ -540,30 +531,23 @@ async fn attempt_loop(
                     match permit {
                         Ok(Ok(p)) => Some(p),
                         _ => {
-                            out.flag = "overflow";
                             metrics
                                 .overflows
                                 .get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" })
                                 .inc();
-                            return Err(local_reply(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "overflow",
-                                "upstream overflow: no connection became free in time\n",
-                            ));
+                            return Err(out.local(LocalReply::Overflow, "upstream overflow: no connection became free in time\n"));
                         }
                     }
                 }
             };
         }
         let Some(body) = req_body.take() else {
-            out.flag = "body_consumed";
-            return Err(local_reply(StatusCode::BAD_GATEWAY, "body_consumed", "request body was already streamed\n"));
+            return Err(out.plainly(LocalReply::BodyConsumed));
         };
         // The last possible attempt takes the headers; earlier ones copy them for a retry.
         let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
         let Ok(upstream_req) = build_upstream_request(parts, headers, service, &endpoint, body) else {
-            out.flag = "bad_request";
-            return Err(local_reply(StatusCode::BAD_REQUEST, "bad_request", "request cannot be forwarded\n"));
+            return Err(out.plainly(LocalReply::BadRequest));
         };
         let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
         let span = out.spans.as_ref().map(|s| s.start_attempt(attempt, endpoint.addr, &service.name, &endpoint.version));
@@ -607,9 +591,8 @@ async fn attempt_loop(
                 // This process is out of descriptors: shed the request, and
                 // do not blame the endpoint for it.
                 attempt_span::finish(span, Err(AttemptFailure::ConnectFailure), false);
-                out.flag = "overflow";
                 metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "descriptors" }).inc();
-                return Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, "overflow", "upstream overflow: too many open connections\n"));
+                return Err(out.local(LocalReply::Overflow, "upstream overflow: too many open connections\n"));
             }
             Ok(Err(e)) => {
                 record_outcome(state, service, &endpoint, Outcome::GatewayError);
@@ -629,15 +612,7 @@ async fn attempt_loop(
         attempt_span::finish(span, Err(failure), retrying);
         drop(guard);
         if !retrying {
-            let (status, flag, text) = match failure {
-                AttemptFailure::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "connect_failure", "upstream connect error\n"),
-                AttemptFailure::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "per_try_timeout", "upstream per-try timeout\n"),
-                AttemptFailure::Reset | AttemptFailure::Status(_) => {
-                    (StatusCode::BAD_GATEWAY, "upstream_reset", "upstream reset the request\n")
-                }
-            };
-            out.flag = flag;
-            return Err(local_reply(status, flag, text));
+            return Err(out.plainly(failure.local_reply()));
         }
         metrics
             .retries
@@ -906,15 +881,6 @@ fn version_name(v: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP",
     }
-}
-
-/// A response the proxy makes itself; `flag` says why.
-pub fn local_reply(status: StatusCode, flag: &'static str, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(text));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp.headers_mut().insert(FLAG_HEADER.clone(), HeaderValue::from_static(flag));
-    resp
 }
 
 #[cfg(test)]

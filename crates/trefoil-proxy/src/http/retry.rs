@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use trefoil_model::spec::{RetryBudget, RetryOn, RetryPolicy};
 
+use crate::http::local_reply::LocalReply;
+
 /// How an attempt failed, as far as retry conditions care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttemptFailure {
@@ -22,6 +24,16 @@ impl AttemptFailure {
             AttemptFailure::Reset => "reset",
             AttemptFailure::PerTryTimeout => "per_try_timeout",
             AttemptFailure::Status(_) => "status",
+        }
+    }
+
+    /// The reply when the last attempt failed so (a failing status never
+    /// gets here: the client is sent the upstream's own answer).
+    pub fn local_reply(self) -> LocalReply {
+        match self {
+            AttemptFailure::ConnectFailure => LocalReply::ConnectFailure,
+            AttemptFailure::PerTryTimeout => LocalReply::PerTryTimeout,
+            AttemptFailure::Reset | AttemptFailure::Status(_) => LocalReply::UpstreamReset,
         }
     }
 

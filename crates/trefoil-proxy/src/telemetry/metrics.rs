@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::http::local_reply::LocalReply;
+
 /// A cheap-to-clone label value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Label(Arc<str>);
@@ -116,6 +118,13 @@ pub struct TlsLabels {
     pub result: &'static str,
 }
 
+/// A reply the proxy made itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalReplyLabels {
+    pub direction: Label,
+    pub flag: LocalReply,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -151,6 +160,7 @@ pub struct Metrics {
     pub outlier_ejections: Family<EndpointLabels, Counter>,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub overflows: Family<ServiceLabels, Counter>,
+    pub local_replies: Family<LocalReplyLabels, Counter>,
     pub mirrors: Family<ResultLabels, Counter>,
     pub chain_calls: Family<ChainLabels, Counter>,
     pub chain_handler_runs: Family<HandlerLabels, Counter>,
@@ -184,6 +194,8 @@ impl Default for Metrics {
         registry.register("trefoil_endpoint_healthy", "1 when the endpoint passes active health checks", endpoint_healthy.clone());
         let overflows = Family::default();
         registry.register("trefoil_upstream_overflows", "Requests refused by a circuit breaker or with no endpoint", overflows.clone());
+        let local_replies = Family::default();
+        registry.register("trefoil_local_replies", "Replies the proxy made itself, by flag", local_replies.clone());
         let mirrors = Family::default();
         registry.register("trefoil_mirror_requests", "Mirrored request copies, by outcome", mirrors.clone());
         let chain_calls = Family::default();
@@ -226,6 +238,7 @@ impl Default for Metrics {
             outlier_ejections,
             endpoint_healthy,
             overflows,
+            local_replies,
             mirrors,
             chain_calls,
             chain_handler_runs,
