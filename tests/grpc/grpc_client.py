@@ -9,7 +9,9 @@ only if every check passed. Without `--check` it makes one Unary call.
 
 import argparse
 import json
+import os
 import sys
+import time
 
 try:
     import grpc
@@ -64,6 +66,26 @@ def check_fail(stub, timeout):
     return "Fail succeeded, want NOT_FOUND"
 
 
+def abandon(stub, marker, timeout):
+    """gRPC interop's cancel_after_begin: the call reaches the server, then
+    the client cancels it before any response."""
+    call = stub.Unary.future(echo_pb2.EchoRequest(message="sleep"))
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            call.cancel()
+            return {"ok": False, "error": f"the call did not reach the server within {timeout}s"}
+        time.sleep(0.01)
+    call.cancel()
+    try:
+        call.result(timeout=timeout)
+    except grpc.FutureCancelledError:
+        return {"ok": True, "code": "CANCELLED"}
+    except grpc.RpcError as e:
+        return {"ok": e.code() == grpc.StatusCode.CANCELLED, "code": str(e.code())}
+    return {"ok": False, "error": "the cancelled call succeeded"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", required=True, help="HOST:PORT to connect to (a proxy or the server)")
@@ -72,6 +94,17 @@ def main():
     parser.add_argument("--count", type=int, default=5, help="server stream length for --check")
     parser.add_argument("--message", default="hello", help="message for a plain Unary call")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per RPC and for connecting")
+    parser.add_argument(
+        "--cancel-after-begin",
+        metavar="MARKER",
+        help="call Unary 'sleep' and cancel it once the server wrote MARKER (before any response)",
+    )
+    parser.add_argument(
+        "--sleeping-server-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="call Unary 'sleep' with this deadline and expect DEADLINE_EXCEEDED",
+    )
     args = parser.parse_args()
 
     options = [("grpc.default_authority", args.authority)] if args.authority else []
@@ -84,6 +117,19 @@ def main():
             print(json.dumps(result), flush=True)
             return 2
         stub = echo_pb2_grpc.EchoStub(channel)
+
+        if args.cancel_after_begin:
+            result.update(abandon(stub, args.cancel_after_begin, args.timeout))
+            print(json.dumps(result), flush=True)
+            return 0 if result["ok"] else 1
+        if args.sleeping_server_timeout:
+            try:
+                stub.Unary(echo_pb2.EchoRequest(message="sleep"), timeout=args.sleeping_server_timeout)
+                result.update(ok=False, error="the sleeping call succeeded")
+            except grpc.RpcError as e:
+                result.update(ok=e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, code=str(e.code()))
+            print(json.dumps(result), flush=True)
+            return 0 if result["ok"] else 1
 
         if not args.check:
             try:

@@ -9,6 +9,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 
 try:
@@ -22,8 +23,9 @@ echo_pb2, echo_pb2_grpc = _stubs.load()
 
 
 class Echo(echo_pb2_grpc.EchoServicer):
-    def __init__(self, name):
+    def __init__(self, name, sleep_marker):
         self.name = name
+        self.sleep_marker = sleep_marker
 
     def _reply(self, message):
         return echo_pb2.EchoReply(message=message, served_by=self.name)
@@ -33,8 +35,22 @@ class Echo(echo_pb2_grpc.EchoServicer):
         context.send_initial_metadata((("x-served-by", self.name),))
 
     def Unary(self, request, context):
+        if request.message == "sleep":
+            return self._sleep(context)
         self._tag(context)
         return self._reply(request.message)
+
+    def _sleep(self, context):
+        # The interop suite's sleeping server: no headers, no answer, until
+        # the caller gives up. The marker file tells a test the call arrived.
+        if self.sleep_marker:
+            with open(self.sleep_marker, "w") as f:
+                f.write("sleeping\n")
+        for _ in range(600):
+            if not context.is_active():
+                break
+            time.sleep(0.05)
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "slept too long")
 
     def ServerStream(self, request, context):
         self._tag(context)
@@ -56,6 +72,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT; port 0 picks one")
     parser.add_argument("--name", default="grpc-server", help="reported as served_by")
+    parser.add_argument("--sleep-marker", help="file written when a Unary 'sleep' call arrives")
     args = parser.parse_args()
 
     host, sep, _ = args.listen.rpartition(":")
@@ -63,7 +80,7 @@ def main():
         parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(args.name), server)
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(args.name, args.sleep_marker), server)
     try:
         port = server.add_insecure_port(args.listen)
     except RuntimeError as e:

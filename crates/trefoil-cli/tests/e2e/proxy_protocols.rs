@@ -16,7 +16,7 @@ use trefoil_testkit::resources::{
 };
 use trefoil_testkit::{
     count, curl_many, free_addr, grpc_server, http_get, http_request, repo_root, run_with_timeout, scratch_dir, wait_until, Nginx, Proxy,
-    TestServer,
+    ScriptServer, TestServer,
 };
 
 #[test]
@@ -74,6 +74,43 @@ fn grpc_unary_streaming_errors_and_trailers_pass_through() {
     );
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(proxy.metric_sum("trefoil_requests_total", &["service=\"echo\""]) >= 4.0);
+}
+
+/// gRPC interop's `cancel_after_begin` and `timeout_on_sleeping_server`:
+/// a client that gives up before the response headers still gets its
+/// access-log line and its `trefoil_requests_total` sample, as a 499.
+#[test]
+fn grpc_calls_abandoned_before_the_headers_are_recorded_as_499() {
+    let marker = scratch_dir().join("sleeping");
+    let marker = marker.to_str().unwrap();
+    let server =
+        ScriptServer::start("tests/grpc/grpc_server.py", &["--listen", "127.0.0.1:0", "--name", "sleepy", "--sleep-marker", marker]);
+    let public = free_addr();
+    let proxy = Proxy::start(vec![
+        listener("public", public),
+        service_speaking("echo", AppProtocol::Grpc, &[(server.addr, "v1")]),
+        route_all("echo"),
+    ]);
+    let client = |args: &[&str]| {
+        let out = run_with_timeout(
+            Command::new("python3").arg(repo_root().join("tests/grpc/grpc_client.py")).args(["--target", &public.to_string()]).args(args),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    client(&["--cancel-after-begin", marker]);
+    client(&["--sleeping-server-timeout", "1"]);
+    wait_until("both abandoned calls in the access log", Duration::from_secs(10), || proxy.access_log().lines().count() >= 2);
+    let lines: Vec<serde_json::Value> = proxy.access_log().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let flags: Vec<&str> = lines.iter().map(|l| l["flag"].as_str().unwrap_or_default()).collect();
+    assert_eq!(flags, ["downstream_cancelled", "downstream_timeout"], "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["path"], "/trefoil.test.Echo/Unary", "{line}");
+        assert_eq!(line["service"], "echo", "{line}");
+    }
+    assert_eq!(proxy.metric_sum("trefoil_requests_total", &["status_code=\"499\"", "service=\"echo\""]), 2.0);
+    assert_eq!(proxy.metric_sum("trefoil_local_replies_total", &["flag=\"downstream_timeout\""]), 1.0);
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost, and a client

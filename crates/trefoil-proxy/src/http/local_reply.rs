@@ -12,6 +12,12 @@ use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use crate::http::body;
 use crate::upstream::ProxyBody;
 
+/// 499 is no standard status, but `from_u16` accepts any three digits.
+const CLIENT_GONE: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 static FLAG_HEADER: HeaderName = HeaderName::from_static("x-trefoil-flag");
 
 /// Defines the enum, its list and its flags from one list, so that a kind
@@ -65,6 +71,8 @@ local_replies! {
     BadRequest => "bad_request",
     BodyConsumed => "body_consumed",
     ListenerRemoved => "listener_removed",
+    DownstreamCancelled => "downstream_cancelled",
+    DownstreamTimeout => "downstream_timeout",
 }
 
 impl LocalReply {
@@ -82,6 +90,8 @@ impl LocalReply {
             ChainLoop => StatusCode::LOOP_DETECTED,
             RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ChainResumeLate | Timeout | PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // nginx's "client closed request": recorded, never sent (nobody is left to read it).
+            DownstreamCancelled | DownstreamTimeout => CLIENT_GONE,
             ChainHopFailed | UpstreamReset | BodyConsumed => StatusCode::BAD_GATEWAY,
             FaultAbort | ChainUnavailable | NoBackend | Overflow | NoHealthyUpstream | ConnectFailure | ListenerRemoved => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -114,6 +124,7 @@ impl LocalReply {
                 | PerTryTimeout
                 | UpstreamReset
                 | ListenerRemoved
+                | DownstreamTimeout
         )
     }
 
@@ -147,6 +158,8 @@ impl LocalReply {
             BadRequest => "request cannot be forwarded\n",
             BodyConsumed => "request body was already streamed\n",
             ListenerRemoved => "this listener is shutting down\n",
+            DownstreamCancelled => "the client cancelled the request\n",
+            DownstreamTimeout => "the client's deadline passed\n",
         }
     }
 

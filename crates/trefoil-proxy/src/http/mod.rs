@@ -10,6 +10,7 @@ pub mod inline;
 pub mod local_reply;
 pub mod proxy;
 pub mod published_events;
+pub(crate) mod record;
 pub mod retry;
 pub mod route_match;
 pub mod split;

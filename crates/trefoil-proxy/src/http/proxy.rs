@@ -29,15 +29,14 @@ use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::head;
 use crate::http::inline;
 use crate::http::local_reply::LocalReply;
+use crate::http::record::{version_name, Outcomes, Record};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
-use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::attempt_span;
 use crate::telemetry::hop_spans::HopSpans;
-use crate::telemetry::metrics::{EndpointLabels, Label, LocalReplyLabels, RetryLabels, SeriesKey, ServiceLabels};
-use crate::telemetry::otlp::SpanRecord;
-use crate::telemetry::trace_context::{hex, TraceContext};
+use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, ServiceLabels};
+use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::ProxyBody;
 
 /// Facts about the downstream connection a request arrived on.
@@ -79,23 +78,6 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// What the request was routed to, for telemetry.
-#[derive(Default)]
-struct Outcomes {
-    route: Option<Label>,
-    service: Option<Label>,
-    version: Option<Label>,
-    upstream: Option<SocketAddr>,
-    attempts: u32,
-    /// Why the proxy answered itself, if it did.
-    flag: Option<LocalReply>,
-    /// The CNF whose chain the request went through.
-    cnf: Option<Label>,
-    /// Where the spans of the chain's steps and the upstream attempts go,
-    /// when the request is traced.
-    spans: Option<HopSpans>,
-}
-
 impl Outcomes {
     /// Answers the request itself with `flag`'s status and a body saying more.
     fn local(&mut self, flag: LocalReply, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
@@ -131,7 +113,7 @@ pub fn serve(
         let snapshot = state.snapshot.load_full();
         let telemetry = state.telemetry.load_full();
         let wall_start = telemetry.spans.is_some().then(SystemTime::now);
-        let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener) else {
+        let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
             return Ok(LocalReply::ListenerRemoved.reply());
         };
         let trace = TraceContext::continue_or_start(parts.headers.get(&TRACEPARENT), telemetry.sampling_percent);
@@ -150,90 +132,29 @@ pub fn serve(
         // Phase: the head, before anything is decided by its host or path.
         let checked = head::check(&mut parts, &listener.path_normalization);
         let host = request_host(&parts).to_string();
-        // Cheap copies (reference-counted) of what telemetry needs after the request moves on;
-        // the URI only when a log line or a span will be written.
-        let logged = telemetry.access_log.enabled() || wall_start.is_some();
-        let (method, uri, http_version) = (parts.method.clone(), logged.then(|| parts.uri.clone()), parts.version);
-        let mut out = Outcomes { spans: HopSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
-
+        let mut record = Record::new(
+            state.clone(),
+            telemetry,
+            snapshot.version,
+            listener,
+            conn.client,
+            conn.peer_identity.clone(),
+            trace,
+            &parts,
+            host,
+            started,
+            wall_start,
+        );
+        let Record { listener, host, out, .. } = &mut record;
         let mut response = match checked {
             Err(refused) => out.local(refused.flag, refused.text),
-            Ok(()) => match handle(&state, listener, &conn, &trace, &mut parts, incoming, &host, &mut out).await {
+            Ok(()) => match handle(&state, listener, &conn, &trace, &mut parts, incoming, host, out).await {
                 Ok(r) => r,
                 Err(reply) => reply,
             },
         };
         response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
-
-        let elapsed = started.elapsed();
-        let status = response.status().as_u16();
-        let key = SeriesKey {
-            direction: listener.direction.clone(),
-            route: out.route.unwrap_or_default(),
-            service: out.service.unwrap_or_default(),
-            version: out.version.unwrap_or_default(),
-            cnf: out.cnf.unwrap_or_default(),
-            status_code: status,
-        };
-        state.shared.metrics.record_request(snapshot.version, &key, elapsed);
-        if let Some(flag) = out.flag {
-            state.shared.metrics.local_replies.get_or_create(&LocalReplyLabels { direction: key.direction.clone(), flag }).inc();
-        }
-        let SeriesKey { route, service, version, cnf, .. } = &key;
-        let path = uri.as_ref().map_or("", |u| u.path());
-        if telemetry.access_log.enabled() {
-            let trace_id = trace.trace_id_hex();
-            let span_id = hex(&trace.span_id);
-            telemetry.access_log.write(&AccessRecord {
-                time: now_rfc3339(),
-                trace_id: &trace_id,
-                span_id: &span_id,
-                direction: &listener.direction,
-                listener: &listener.name,
-                client: conn.client.to_string(),
-                peer_identity: conn.peer_identity.as_deref(),
-                protocol: version_name(http_version),
-                method: method.as_str(),
-                authority: &host,
-                path,
-                status,
-                route,
-                service,
-                version,
-                cnf,
-                upstream: out.upstream.map(|a| a.to_string()),
-                attempts: out.attempts,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                flag: out.flag.map_or("", LocalReply::flag),
-            });
-        }
-        if let (Some(spans), Some(wall_start), true) = (&telemetry.spans, wall_start, trace.sampled) {
-            spans.send(SpanRecord {
-                trace_id: trace.trace_id,
-                span_id: trace.span_id,
-                parent_span_id: trace.parent_span_id,
-                name: format!("{method} {route}"),
-                start: wall_start,
-                end: wall_start + elapsed,
-                error: status >= 500,
-                attributes: vec![
-                    ("http.request.method", method.to_string()),
-                    ("url.path", path.to_string()),
-                    ("server.address", host.clone()),
-                    ("http.response.status_code", status.to_string()),
-                    ("trefoil.direction", listener.direction.to_string()),
-                    ("trefoil.route", route.to_string()),
-                    ("trefoil.service", service.to_string()),
-                    ("trefoil.version", version.to_string()),
-                    ("trefoil.cnf", cnf.to_string()),
-                    ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
-                    ("trefoil.attempts", out.attempts.to_string()),
-                    ("trefoil.proxy", state.name.clone()),
-                ],
-                extra_attributes: Vec::new(),
-                events: Vec::new(),
-            });
-        }
+        record.finish(response.status().as_u16());
         Ok(response)
     }
 }
@@ -870,17 +791,6 @@ fn spawn_mirror(state: &Arc<ProxyState>, cluster: Arc<Cluster>, parts: &http::re
         };
         state.shared.metrics.mirrors.get_or_create(&crate::telemetry::metrics::ResultLabels { result }).inc();
     });
-}
-
-fn version_name(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP",
-    }
 }
 
 #[cfg(test)]
