@@ -9,6 +9,9 @@ use serde::Serialize;
 use crate::promtext::Sample;
 
 pub const REQUESTS: &str = "trefoil_requests_total";
+/// gRPC calls by the `grpc-status` they ended with; all of them are also
+/// in [`REQUESTS`] as HTTP 200.
+pub const GRPC_RESPONSES: &str = "trefoil_grpc_responses_total";
 pub const DURATION_BUCKET: &str = "trefoil_request_duration_seconds_bucket";
 
 /// The labels traffic is grouped by before a direction is chosen.
@@ -33,8 +36,9 @@ impl Key {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Growth {
     pub requests: f64,
-    /// Requests answered with a 5xx status.
-    pub server_errors: f64,
+    /// Requests that failed: answered with a 5xx status, or gRPC calls that
+    /// ended with a `grpc-status` other than 0 (which gRPC sends with HTTP 200).
+    pub failures: f64,
     /// Cumulative bucket counts by upper bound (`f64::to_bits` of `le`, so
     /// equal bounds from different series and proxies add up).
     pub buckets: BTreeMap<u64, f64>,
@@ -44,7 +48,7 @@ impl Growth {
     /// Adds another proxy's growth of the same group.
     pub fn add(&mut self, other: &Growth) {
         self.requests += other.requests;
-        self.server_errors += other.server_errors;
+        self.failures += other.failures;
         for (le, n) in &other.buckets {
             *self.buckets.entry(*le).or_default() += n;
         }
@@ -68,8 +72,11 @@ pub fn growth(before: &[Sample], after: &[Sample]) -> BTreeMap<Key, Growth> {
         let g = out.entry(Key::of(s)).or_default();
         g.requests += delta;
         if s.label("status_code").parse::<u16>().is_ok_and(|code| code >= 500) {
-            g.server_errors += delta;
+            g.failures += delta;
         }
+    }
+    for s in after.iter().filter(|s| s.name == GRPC_RESPONSES && s.label("grpc_status") != "0") {
+        out.entry(Key::of(s)).or_default().failures += counter_delta(prev(s), s.value);
     }
 
     // Buckets of one histogram series reset together, so decide per series
@@ -179,7 +186,7 @@ pub fn rows(groups: &BTreeMap<Key, Growth>, seconds: f64) -> Vec<Row> {
             direction: key.direction.clone(),
             requests: g.requests,
             rps: if seconds > 0.0 { g.requests / seconds } else { 0.0 },
-            success_rate: (g.requests > 0.0).then(|| (g.requests - g.server_errors) / g.requests),
+            success_rate: (g.requests > 0.0).then(|| (g.requests - g.failures) / g.requests),
             p50_seconds: quantile(0.5, &g.buckets),
             p99_seconds: quantile(0.99, &g.buckets),
         })
@@ -270,6 +277,18 @@ mod tests {
         assert_eq!(r.success_rate, Some(0.75));
         // Window buckets: 10, 30, 40 (+Inf 40): the median (rank 20) is halfway through 0.1..0.2 (10..30).
         assert!((r.p50_seconds.unwrap() - 0.15).abs() < 1e-9);
+    }
+
+    #[test]
+    fn grpc_calls_that_end_in_error_are_failures_though_sent_as_200() {
+        let grpc = |status: &str, n: f64| {
+            format!("{GRPC_RESPONSES}{{direction=\"inbound\",route=\"web\",service=\"web\",version=\"v1\",grpc_status=\"{status}\"}} {n}\n")
+        };
+        let before = parse(&(requests("inbound", "v1", 200, 10.0) + &grpc("0", 10.0))).unwrap();
+        let after = parse(&(requests("inbound", "v1", 200, 30.0) + &grpc("0", 25.0) + &grpc("14", 5.0))).unwrap();
+        let rows = rows(&growth(&before, &after), 1.0);
+        assert_eq!(rows[0].requests, 20.0);
+        assert_eq!(rows[0].success_rate, Some(0.75));
     }
 
     #[test]

@@ -313,6 +313,25 @@ mod tests {
     }
 
     #[test]
+    fn grpc_errors_lower_the_success_rate() {
+        let targets = [target("a")];
+        let labels = "direction=\"inbound\",service=\"grpc\",version=\"v1\"";
+        let grpc = |ok: f64, failed: f64| {
+            promtext::parse(&format!(
+                "trefoil_requests_total{{{labels},status_code=\"200\"}} {}\n\
+                 trefoil_grpc_responses_total{{{labels},grpc_status=\"0\"}} {ok}\n\
+                 trefoil_grpc_responses_total{{{labels},grpc_status=\"5\"}} {failed}\n",
+                ok + failed
+            ))
+            .unwrap()
+        };
+        let previous: Scrapes = [("a".to_string(), grpc(0.0, 0.0))].into();
+        let current: Scrapes = [("a".to_string(), grpc(9.0, 1.0))].into();
+        let r = report(&targets, &previous, &current, &HashMap::new(), 1.0);
+        assert_eq!(r.services[0].success_rate, Some(0.9));
+    }
+
+    #[test]
     fn a_quiet_window_shows_the_totals_since_start() {
         let targets = [target("a")];
         let current: Scrapes = [("a".to_string(), samples(1.0))].into();

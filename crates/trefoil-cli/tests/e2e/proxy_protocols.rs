@@ -74,6 +74,17 @@ fn grpc_unary_streaming_errors_and_trailers_pass_through() {
     );
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(proxy.metric_sum("trefoil_requests_total", &["service=\"echo\""]) >= 4.0);
+    // gRPC errors travel in an HTTP 200: the access log and metrics tell them apart.
+    wait_until("the failed call's log line", Duration::from_secs(10), || proxy.access_log().contains("/trefoil.test.Echo/Fail"));
+    let log = proxy.access_log();
+    let grpc_status = |path: &str| {
+        let line = log.lines().find(|l| l.contains(path)).unwrap_or_else(|| panic!("no line for {path}:\n{log}"));
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["grpc_status"].clone()
+    };
+    assert_eq!(grpc_status("/trefoil.test.Echo/Fail"), 5, "NOT_FOUND");
+    assert_eq!(grpc_status("/trefoil.test.Echo/Unary"), 0);
+    assert_eq!(proxy.metric_sum("trefoil_grpc_responses_total", &["grpc_status=\"5\"", "service=\"echo\""]), 1.0);
+    assert_eq!(proxy.metric_sum("trefoil_grpc_responses_total", &["grpc_status=\"0\""]), 3.0);
 }
 
 /// gRPC interop's `cancel_after_begin` and `timeout_on_sleeping_server`:

@@ -26,7 +26,7 @@ pub(super) fn judge(analysis: &Analysis, measured: &Measured) -> CheckRecord {
         .iter()
         .map(|m| match m {
             AnalysisMetric::SuccessRate(b) => {
-                let value = (g.requests > 0.0).then(|| 100.0 * (g.requests - g.server_errors) / g.requests);
+                let value = (g.requests > 0.0).then(|| 100.0 * (g.requests - g.failures) / g.requests);
                 Figure { metric: "successRate".into(), value, min: Some(b.min), max: None, ok: value.is_some_and(|v| v >= b.min) }
             }
             AnalysisMetric::LatencyP99(b) => {
@@ -90,7 +90,7 @@ mod tests {
             .iter()
             .map(|(le, n)| (le.to_bits(), *n))
             .collect();
-        Measured { canary: Growth { requests, server_errors: errors, buckets }, stable: Growth::default(), prometheus: vec![prom] }
+        Measured { canary: Growth { requests, failures: errors, buckets }, stable: Growth::default(), prometheus: vec![prom] }
     }
 
     #[test]

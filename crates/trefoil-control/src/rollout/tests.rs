@@ -32,6 +32,12 @@ fn put_resource(store: &Store, name: &str, spec: Spec) {
 
 /// A proxy admin whose canary series grow by 20 requests per scrape, `errors` of them 5xx.
 async fn fake_admin(errors: u64) -> String {
+    fake_admin_with(errors, false).await
+}
+
+/// Like [`fake_admin`]; with `grpc` the errors are gRPC calls that ended
+/// UNAVAILABLE, sent (as gRPC does) with HTTP 200.
+async fn fake_admin_with(errors: u64, grpc: bool) -> String {
     let scrapes = Arc::new(AtomicU64::new(0));
     let app = axum::Router::new().route(
         "/metrics",
@@ -40,11 +46,20 @@ async fn fake_admin(errors: u64) -> String {
             async move {
                 let labels = "direction=\"inbound\",route=\"web\",service=\"web\",version=\"v2\"";
                 let (ok, bad) = (n * (20 - errors), n * errors);
-                format!(
-                    "trefoil_requests_total{{{labels},status_code=\"200\"}} {ok}\ntrefoil_requests_total{{{labels},status_code=\"503\"}} {bad}\n\
-                     trefoil_request_duration_seconds_bucket{{{labels},le=\"0.01\"}} {t}\ntrefoil_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {t}\n",
+                let buckets = format!(
+                    "trefoil_request_duration_seconds_bucket{{{labels},le=\"0.01\"}} {t}\ntrefoil_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {t}\n",
                     t = ok + bad
-                )
+                );
+                let requests = if grpc {
+                    format!(
+                        "trefoil_requests_total{{{labels},status_code=\"200\"}} {t}\n\
+                         trefoil_grpc_responses_total{{{labels},grpc_status=\"0\"}} {ok}\ntrefoil_grpc_responses_total{{{labels},grpc_status=\"14\"}} {bad}\n",
+                        t = ok + bad
+                    )
+                } else {
+                    format!("trefoil_requests_total{{{labels},status_code=\"200\"}} {ok}\ntrefoil_requests_total{{{labels},status_code=\"503\"}} {bad}\n")
+                };
+                requests + &buckets
             }
         }),
     );
@@ -164,6 +179,19 @@ async fn a_failing_canary_is_rolled_back_with_its_figures() {
     assert_eq!((s.phase, s.failed_checks), (RolloutPhase::RolledBack, 2));
     assert_eq!(weights(&store), [(Some("v1".into()), 100)]);
     assert_eq!(reasons(&store), ["Started", "WeightChanged", "CheckFailed", "CheckFailed", "RolledBack"]);
+    let rolled_back = store.get("Event", "web-4").unwrap().value;
+    assert_eq!(rolled_back["spec"]["figures"][0]["value"], 50.0, "{rolled_back}");
+}
+
+#[tokio::test]
+async fn grpc_errors_sent_as_200_fail_the_analysis_too() {
+    let store = Arc::new(Store::open(temp_store("failing-grpc")).unwrap());
+    seed(&store);
+    let (proxies, _rx) = proxies_with(&fake_admin_with(10, true).await);
+    let controller = tokio::spawn(run(store.clone(), proxies));
+    let s = wait_for(&store, "roll back", |s| s.settled).await;
+    controller.abort();
+    assert_eq!((s.phase, s.failed_checks), (RolloutPhase::RolledBack, 2));
     let rolled_back = store.get("Event", "web-4").unwrap().value;
     assert_eq!(rolled_back["spec"]["figures"][0]["value"], 50.0, "{rolled_back}");
 }

@@ -223,25 +223,34 @@ impl Upload {
 }
 
 pin_project_lite::pin_project! {
-    /// A client's body on its way to an upstream, reporting to its [`Upload`].
-    struct Watched {
+    /// A body passed on unchanged, each frame (or its end, or error) shown
+    /// to `watch` on the way.
+    pub(crate) struct Observed<B, F> {
         #[pin]
-        inner: ClientBody,
-        upload: Upload,
+        inner: B,
+        watch: F,
     }
 }
 
-impl Body for Watched {
+impl<B, F> Observed<B, F>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    F: FnMut(Option<&Result<Frame<Bytes>, BoxError>>) + Send + 'static,
+{
+    pub(crate) fn wrap(inner: B, watch: F) -> ProxyBody {
+        Observed { inner, watch }.boxed_unsync()
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = BoxError>, F: FnMut(Option<&Result<Frame<Bytes>, BoxError>>)> Body for Observed<B, F> {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.upload.0.store(DONE, Ordering::Release),
-            Poll::Ready(Some(Err(_))) => this.upload.0.store(BROKEN, Ordering::Release),
-            _ => {}
+        if let Poll::Ready(frame) = &polled {
+            (this.watch)(frame.as_ref());
         }
         polled
     }
@@ -287,7 +296,15 @@ impl RequestBody {
         match self {
             RequestBody::Buffered(b) if b.is_empty() => Some(empty()),
             RequestBody::Buffered(b) => Some(full(b.clone())),
-            RequestBody::Streaming(b, upload) => b.take().map(|inner| Watched { inner, upload: upload.clone() }.boxed_unsync()),
+            RequestBody::Streaming(b, upload) => b.take().map(|inner| {
+                // A client's body on its way to an upstream, reporting to its `Upload`.
+                let upload = upload.clone();
+                Observed::wrap(inner, move |frame| match frame {
+                    None => upload.0.store(DONE, Ordering::Release),
+                    Some(Err(_)) => upload.0.store(BROKEN, Ordering::Release),
+                    Some(Ok(_)) => {}
+                })
+            }),
         }
     }
 

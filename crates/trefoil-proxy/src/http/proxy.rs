@@ -154,7 +154,7 @@ pub fn serve(
             },
         };
         response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
-        record.finish(response.status().as_u16());
+        let response = record.respond(response);
         Ok(response)
     }
 }

@@ -11,17 +11,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::HeaderName;
-use http::{HeaderMap, Method, Uri, Version};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Method, Response, Uri, Version};
 
+use crate::http::body::Observed;
 use crate::http::local_reply::LocalReply;
 use crate::snapshot::ListenerConfig;
 use crate::state::{ProxyState, Telemetry};
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::hop_spans::HopSpans;
-use crate::telemetry::metrics::{Label, LocalReplyLabels, SeriesKey};
+use crate::telemetry::metrics::{GrpcLabels, Label, LocalReplyLabels, SeriesKey};
 use crate::telemetry::otlp::SpanRecord;
 use crate::telemetry::trace_context::{hex, TraceContext};
+use crate::upstream::ProxyBody;
 
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -65,7 +67,12 @@ pub(crate) struct Record {
     /// The client's deadline, from `grpc-timeout`.
     pub(crate) grpc_timeout: Option<Duration>,
     pub(crate) out: Outcomes,
-    recorded: bool,
+    /// The gRPC status the response ended with.
+    grpc_status: Option<u32>,
+    /// The series counted and the time to the response headers, until written.
+    counted: Option<(SeriesKey, Duration)>,
+    /// Whether the log line and span are out.
+    written: bool,
 }
 
 impl Record {
@@ -101,15 +108,57 @@ impl Record {
             wall_start,
             grpc_timeout: grpc_timeout(&parts.headers),
             out,
-            recorded: false,
+            grpc_status: None,
+            counted: None,
+            written: false,
             state,
             telemetry,
         }
     }
 
-    /// Records the request as answered with `status`.
-    pub(crate) fn finish(&mut self, status: u16) {
-        self.recorded = true;
+    /// Records the request as answered with `response`, and returns it.
+    /// A gRPC response's status usually comes in its trailers: its log line
+    /// and span wait for them (the body carries the record until then).
+    pub(crate) fn respond(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let status = response.status().as_u16();
+        self.count(status);
+        let grpc =
+            status == 200 && response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            self.write();
+            return response;
+        }
+        match grpc_status(response.headers()) {
+            // Trailers-only: the status is in the headers.
+            Some(code) => {
+                self.grpc_status = Some(code);
+                self.write();
+                response
+            }
+            // The body carries the record until the trailers say how the
+            // call ended (or it ends or is dropped without them).
+            None => {
+                let mut record = Some(self);
+                response.map(|body| {
+                    Observed::wrap(body, move |frame| match frame {
+                        Some(Ok(frame)) => {
+                            if let Some(trailers) = frame.trailers_ref() {
+                                if let Some(mut record) = record.take() {
+                                    record.grpc_status = grpc_status(trailers);
+                                    record.write();
+                                }
+                            }
+                        }
+                        // Dropping the record writes it, without a gRPC status.
+                        Some(Err(_)) | None => drop(record.take()),
+                    })
+                })
+            }
+        }
+    }
+
+    /// Counts the request in `trefoil_requests_total` once its status is known.
+    fn count(&mut self, status: u16) {
         let elapsed = self.started.elapsed();
         let out = &mut self.out;
         let key = SeriesKey {
@@ -125,7 +174,26 @@ impl Record {
         if let Some(flag) = out.flag {
             metrics.local_replies.get_or_create(&LocalReplyLabels { direction: key.direction.clone(), flag }).inc();
         }
+        self.counted = Some((key, elapsed));
+    }
+
+    /// Writes the access-log line and the span (and counts a gRPC status).
+    fn write(&mut self) {
+        let Some((key, elapsed)) = self.counted.take() else { return };
+        self.written = true;
+        let status = key.status_code;
+        let out = &self.out;
         let SeriesKey { route, service, version, cnf, .. } = &key;
+        if let Some(code) = self.grpc_status {
+            let labels = GrpcLabels {
+                direction: key.direction.clone(),
+                route: route.clone(),
+                service: service.clone(),
+                version: version.clone(),
+                grpc_status: code,
+            };
+            self.state.shared.metrics.grpc_responses.get_or_create(&labels).inc();
+        }
         let path = self.uri.as_ref().map_or("", |u| u.path());
         let trace = &self.trace;
         if self.telemetry.access_log.enabled() {
@@ -144,6 +212,7 @@ impl Record {
                 authority: &self.host,
                 path,
                 status,
+                grpc_status: self.grpc_status,
                 route,
                 service,
                 version,
@@ -156,6 +225,21 @@ impl Record {
         }
         if let (Some(spans), Some(wall_start), true) = (&self.telemetry.spans, self.wall_start, trace.sampled) {
             let method = &self.method;
+            let mut attributes = vec![
+                ("http.request.method", method.to_string()),
+                ("url.path", path.to_string()),
+                ("server.address", self.host.clone()),
+                ("http.response.status_code", status.to_string()),
+                ("trefoil.direction", self.listener.direction.to_string()),
+                ("trefoil.route", route.to_string()),
+                ("trefoil.service", service.to_string()),
+                ("trefoil.version", version.to_string()),
+                ("trefoil.cnf", cnf.to_string()),
+                ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
+                ("trefoil.attempts", out.attempts.to_string()),
+                ("trefoil.proxy", self.state.name.clone()),
+            ];
+            attributes.extend(self.grpc_status.map(|code| (GRPC_STATUS_ATTRIBUTE, code.to_string())));
             spans.send(SpanRecord {
                 trace_id: trace.trace_id,
                 span_id: trace.span_id,
@@ -163,21 +247,8 @@ impl Record {
                 name: format!("{method} {route}"),
                 start: wall_start,
                 end: wall_start + elapsed,
-                error: status >= 500 || status == CLIENT_GONE,
-                attributes: vec![
-                    ("http.request.method", method.to_string()),
-                    ("url.path", path.to_string()),
-                    ("server.address", self.host.clone()),
-                    ("http.response.status_code", status.to_string()),
-                    ("trefoil.direction", self.listener.direction.to_string()),
-                    ("trefoil.route", route.to_string()),
-                    ("trefoil.service", service.to_string()),
-                    ("trefoil.version", version.to_string()),
-                    ("trefoil.cnf", cnf.to_string()),
-                    ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
-                    ("trefoil.attempts", out.attempts.to_string()),
-                    ("trefoil.proxy", self.state.name.clone()),
-                ],
+                error: failed(status, self.grpc_status),
+                attributes,
                 extra_attributes: Vec::new(),
                 events: Vec::new(),
             });
@@ -197,12 +268,31 @@ impl Record {
 }
 
 impl Drop for Record {
+    /// A request dropped before its status was known was abandoned by its
+    /// client; one dropped before its gRPC trailers is written without them.
     fn drop(&mut self) {
-        if !self.recorded {
+        if !self.written && self.counted.is_none() {
             self.out.flag = Some(self.abandoned(self.started.elapsed()));
-            self.finish(CLIENT_GONE);
+            self.count(CLIENT_GONE);
         }
+        self.write();
     }
+}
+
+/// Whether a span shows an error: a 5xx, a client that gave up, or a gRPC
+/// status other than OK (gRPC errors travel in an HTTP 200).
+fn failed(status: u16, grpc_status: Option<u32>) -> bool {
+    status >= 500 || status == CLIENT_GONE || grpc_status.is_some_and(|code| code != 0)
+}
+
+/// The span attribute OpenTelemetry's RPC conventions name for a gRPC status.
+const GRPC_STATUS_ATTRIBUTE: &str = "rpc.grpc.status_code";
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The `grpc-status` of headers or trailers, if they carry a valid one.
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    std::str::from_utf8(headers.get(&GRPC_STATUS)?.as_bytes()).ok()?.parse().ok()
 }
 
 /// The deadline a gRPC client sent (`grpc-timeout`: up to 8 digits and a
@@ -244,6 +334,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(&GRPC_TIMEOUT, http::HeaderValue::from_static(value));
         grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_errors_are_span_errors_though_sent_as_200() {
+        assert!(!failed(200, Some(0)));
+        assert!(failed(200, Some(5)));
+        assert!(!failed(200, None));
+        assert!(failed(503, None));
+        assert!(failed(CLIENT_GONE, None));
+        let mut trailers = HeaderMap::new();
+        trailers.insert(&GRPC_STATUS, http::HeaderValue::from_static("14"));
+        assert_eq!(grpc_status(&trailers), Some(14));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct AccessRecord<'a> {
     pub authority: &'a str,
     pub path: &'a str,
     pub status: u16,
+    /// How a gRPC call ended (its `grpc-status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     pub route: &'a str,
     pub service: &'a str,
     pub version: &'a str,

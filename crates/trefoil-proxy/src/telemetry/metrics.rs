@@ -118,6 +118,16 @@ pub struct TlsLabels {
     pub result: &'static str,
 }
 
+/// A gRPC call that ended with a status (sent with HTTP 200, whatever the status).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub direction: Label,
+    pub route: Label,
+    pub service: Label,
+    pub version: Label,
+    pub grpc_status: u32,
+}
+
 /// A reply the proxy made itself.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LocalReplyLabels {
@@ -161,6 +171,7 @@ pub struct Metrics {
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub overflows: Family<ServiceLabels, Counter>,
     pub local_replies: Family<LocalReplyLabels, Counter>,
+    pub grpc_responses: Family<GrpcLabels, Counter>,
     pub mirrors: Family<ResultLabels, Counter>,
     pub chain_calls: Family<ChainLabels, Counter>,
     pub chain_handler_runs: Family<HandlerLabels, Counter>,
@@ -196,6 +207,12 @@ impl Default for Metrics {
         registry.register("trefoil_upstream_overflows", "Requests refused by a circuit breaker or with no endpoint", overflows.clone());
         let local_replies = Family::default();
         registry.register("trefoil_local_replies", "Replies the proxy made itself, by flag", local_replies.clone());
+        let grpc_responses = Family::default();
+        registry.register(
+            "trefoil_grpc_responses",
+            "gRPC calls answered with HTTP 200, by the grpc-status they ended with",
+            grpc_responses.clone(),
+        );
         let mirrors = Family::default();
         registry.register("trefoil_mirror_requests", "Mirrored request copies, by outcome", mirrors.clone());
         let chain_calls = Family::default();
@@ -239,6 +256,7 @@ impl Default for Metrics {
             endpoint_healthy,
             overflows,
             local_replies,
+            grpc_responses,
             mirrors,
             chain_calls,
             chain_handler_runs,
