@@ -11,19 +11,21 @@ fn attr<'a>(span: &'a Span, key: &str) -> &'a str {
     span.attribute(key)
 }
 
-/// What a span was, in a few words: a chain step by its function, mode and
-/// verdict; a proxy hop by its proxy, direction, request and status.
+/// What a span was, in a few words: a chain step by its function (and
+/// phase, as its span is named: `chain inspect response`), CNF, mode and
+/// verdict; a handler's call by its function; a proxy hop by its proxy,
+/// direction, request and status.
 pub(crate) fn label(span: &Span) -> String {
     let (service, name) = (span.service.as_str(), span.name.as_str());
     let failed = if span.error { " [error]" } else { "" };
     let function = attr(span, "trefoil.function");
     if !function.is_empty() {
-        return format!(
-            "{service}: chain {} -> {function} ({}) {}{failed}",
-            attr(span, "trefoil.cnf"),
-            attr(span, "trefoil.step.mode"),
-            attr(span, "trefoil.verdict")
-        );
+        let (cnf, mode, verdict) = (attr(span, "trefoil.cnf"), attr(span, "trefoil.step.mode"), attr(span, "trefoil.verdict"));
+        if mode == "call" {
+            return format!("{service}: call {function} ({cnf}) {verdict}{failed}");
+        }
+        let phase = if attr(span, "trefoil.step.phase") == "response" { " response" } else { "" };
+        return format!("{service}: chain {function}{phase} ({cnf}, {mode}) {verdict}{failed}");
     }
     let attempt = attr(span, "trefoil.attempt");
     if !attempt.is_empty() {
@@ -177,10 +179,18 @@ mod tests {
         failed.error = true;
         assert_eq!(label(&failed), "edge: attempt 1 -> web v1 at 127.0.0.1:1 503 status, retried [error]");
         assert!(lines[0].starts_with("+    0.000ms     8.000ms  edge inbound: GET / -> 200 via web"), "{lines:?}");
-        assert!(lines[1].contains("    edge: chain scan -> scanner (callout) allow"), "{lines:?}");
+        assert!(lines[1].contains("    edge: chain scanner (scan, callout) allow"), "{lines:?}");
         assert!(lines[1].starts_with("+    1.000ms"), "{lines:?}");
         assert!(lines[2].starts_with("+    3.000ms     4.000ms    edge outbound"), "{lines:?}");
         assert!(lines[2].ends_with("-> 503 (3 attempts)"), "{lines:?}");
         assert!(!lines[0].contains("attempts"), "{lines:?}");
+    }
+
+    #[test]
+    fn response_steps_and_handler_calls_read_as_their_spans_are_named() {
+        let response = json!({"trefoil.function": "inspect", "trefoil.cnf": "edge", "trefoil.step.mode": "callout", "trefoil.step.phase": "response", "trefoil.verdict": "allow"});
+        assert_eq!(label(&span("r", None, 1, 2, response)), "edge: chain inspect response (edge, callout) allow");
+        let call = json!({"trefoil.function": "antivirus", "trefoil.cnf": "edge", "trefoil.step.mode": "call", "trefoil.step.phase": "handler", "trefoil.verdict": "deny"});
+        assert_eq!(label(&span("c", None, 1, 2, call)), "edge: call antivirus (edge) deny");
     }
 }

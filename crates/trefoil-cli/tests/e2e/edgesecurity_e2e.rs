@@ -98,11 +98,21 @@ fn antivirus_is_added_then_narrowed_live_with_no_request_lost() {
 }
 
 /// The gateway's spans of the blocked download, by start time: the request
-/// steps, the upstream attempt, the response step, and the handler run that
-/// called the antivirus, whose deny blocked the download.
+/// steps, the upstream attempt, the response step, and the handler runs with
+/// their calls of the antivirus, whose deny blocked the download.
 fn assert_chain_in_order(up: &Up, trace_id: &str) {
-    let wanted = ["chain policy", "chain inspect", "handler inspect_done", "attempt 1", "chain inspect response", "handler inspect_done"];
+    let wanted = [
+        "chain policy",
+        "chain inspect",
+        "handler inspect_done",
+        "call antivirus",
+        "attempt 1",
+        "chain inspect response",
+        "handler inspect_done",
+        "call antivirus",
+    ];
     let mut names: Vec<String> = Vec::new();
+    let mut kept: Vec<serde_json::Value> = Vec::new();
     wait_until("the blocked download's trace at the collector", std::time::Duration::from_secs(30), || {
         let out = up.cli(&["trace", trace_id, "-o", "json"]);
         let mut spans: Vec<serde_json::Value> =
@@ -110,8 +120,17 @@ fn assert_chain_in_order(up: &Up, trace_id: &str) {
         spans.retain(|s| s["attributes"]["trefoil.proxy"] == "gateway");
         // OTLP JSON carries nanoseconds as decimal strings.
         spans.sort_by_key(|s| s["startUnixNano"].as_str().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
-        names = spans.iter().filter_map(|s| s["name"].as_str()).filter(|n| wanted.iter().any(|w| n == w)).map(str::to_string).collect();
+        spans.retain(|s| s["name"].as_str().is_some_and(|n| wanted.contains(&n)));
+        names = spans.iter().filter_map(|s| s["name"].as_str()).map(str::to_string).collect();
+        kept = spans;
         names.len() >= wanted.len()
     });
     assert_eq!(names, wanted, "the chain in order");
+    // The download's scan: a child of the response-phase handler run, with the antivirus's deny.
+    let (run, call) = (&kept[6], &kept[7]);
+    assert_eq!(call["parentSpanId"], run["spanId"], "{call}");
+    assert_eq!(call["attributes"]["trefoil.verdict"], "deny", "{call}");
+    let tree = String::from_utf8_lossy(&up.cli(&["trace", trace_id]).stdout).to_string();
+    assert!(tree.contains("gateway: chain inspect response ("), "{tree}");
+    assert!(tree.contains("gateway: call antivirus (") && tree.contains(") deny"), "{tree}");
 }

@@ -184,7 +184,7 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     let out = trace(&up, &[TRACE_ID]);
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('+') && !l.contains(": attempt ")).collect();
-    assert!(lines[1].contains("    gateway: chain scan -> acl (callout) allow"), "{text}");
+    assert!(lines[1].contains("    gateway: chain acl (scan, callout) allow"), "{text}");
     assert!(lines[2].contains("event checked"), "{text}");
     assert!(lines[3].contains("    gateway: handler scan checked (on allow) ok user=ann"), "{text}");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());

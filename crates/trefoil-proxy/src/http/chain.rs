@@ -368,7 +368,7 @@ fn denied(status: u16, reason: String, headers: &[(String, String)]) -> Stopped 
 }
 
 /// A call-out's result as its step span tells it.
-fn step_outcome<E: std::fmt::Display>(outcome: &Result<Result<Verdict, E>, tokio::time::error::Elapsed>) -> StepOutcome<'_> {
+pub(crate) fn step_outcome<E: std::fmt::Display>(outcome: &Result<Result<Verdict, E>, tokio::time::error::Elapsed>) -> StepOutcome<'_> {
     match outcome {
         Ok(Ok(verdict)) => StepOutcome::Answered(verdict),
         Ok(Err(e)) => StepOutcome::Failed(e.to_string()),

@@ -14,9 +14,9 @@ use trefoil_chain::Event;
 use trefoil_model::spec::FailurePolicy;
 
 use crate::http::callout;
-use crate::http::chain::{call_for, scheme, Chain, Function, OwnedCall, RequestFacts, Stopped};
+use crate::http::chain::{call_for, scheme, step_outcome, Chain, Function, OwnedCall, RequestFacts, Stopped};
 use crate::state::ProxyState;
-use crate::telemetry::chain_span::HandlerRun;
+use crate::telemetry::chain_span::{HandlerRun, CALL};
 use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{label, ChainLabels, HandlerLabels, Label};
 
@@ -179,15 +179,17 @@ impl<'a> Runner<'a> {
                 headers: joined(&request.headers),
             });
             let call = Arc::new(request.clone());
+            let started = self.spans.map(HopSpans::start_step);
             let caller = Arc::new(ProxyCaller {
                 state: self.state.clone(),
                 functions: self.h.functions.clone(),
                 call,
                 scheme: self.scheme,
                 protocol: self.protocol,
+                // What the handler calls shows under its run in the trace.
+                spans: self.spans.zip(started.as_ref()).map(|(spans, run)| spans.under(run)),
             });
             let input = RunInput { cnf: self.cnf.to_string(), trace_id: trace_id.clone(), event, request: view };
-            let started = self.spans.map(HopSpans::start_step);
             let outcome = handlers::run(handler, &self.h.handlers.limits, input, caller).await;
             let result = match &outcome {
                 Ok(fx) if fx.deny.is_some() => "deny",
@@ -321,6 +323,8 @@ struct ProxyCaller {
     call: Arc<OwnedCall>,
     scheme: &'static str,
     protocol: &'static str,
+    /// Where the calls' spans go: under the handler run's span, when traced.
+    spans: Option<HopSpans>,
 }
 
 impl Caller for ProxyCaller {
@@ -330,11 +334,16 @@ impl Caller for ProxyCaller {
             return Box::pin(async move { Err(format!("no NetworkFunction named {name:?}")) });
         };
         let (state, call, scheme, protocol) = (self.state.clone(), self.call.clone(), self.scheme, self.protocol);
+        let spans = self.spans.clone();
         Box::pin(async move {
             let mut request = call.as_call();
             request.function = &function.name;
             request.body = function.max_body.and(request.body);
+            let started = spans.as_ref().map(HopSpans::start_step);
             let outcome = tokio::time::timeout(function.timeout, callout::call(&function, &request, scheme, protocol)).await;
+            if let (Some(spans), Some(started)) = (&spans, started) {
+                spans.finish_step(started, &call.cnf, &function.name, CALL, "handler", step_outcome(&outcome));
+            }
             let metric = |result: &'static str| {
                 state
                     .shared

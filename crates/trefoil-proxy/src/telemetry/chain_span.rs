@@ -12,10 +12,12 @@ use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::otlp::{SpanEventRecord, SpanRecord};
 use crate::telemetry::trace_context::random_bytes;
 
-/// A step under way.
+/// A step under way, and the id its span will have (so that what it calls
+/// can be its children).
 #[derive(Clone, Copy, Debug)]
 pub struct StepStart {
     at: SystemTime,
+    span_id: [u8; 8],
 }
 
 /// How a step ended.
@@ -29,11 +31,16 @@ pub enum StepOutcome<'a> {
 
 impl HopSpans {
     pub fn start_step(&self) -> StepStart {
-        StepStart { at: SystemTime::now() }
+        StepStart { at: SystemTime::now(), span_id: random_bytes() }
+    }
+
+    /// Where the spans of what a step (a handler run) calls go: under its span.
+    pub fn under(&self, step: &StepStart) -> HopSpans {
+        self.with_parent(step.span_id)
     }
 
     /// Sends the step's span: `chain <function>` (`chain <function> response`
-    /// on the response phase), with the CNF, function, mode, phase and
+    /// on the response phase, `call <function>` for a handler's call), with the CNF, function, mode, phase and
     /// verdict as attributes and the function's events as span events.
     pub fn finish_step(
         &self,
@@ -72,8 +79,12 @@ impl HopSpans {
             attributes.push(("error.message", e));
         }
         let events = span_events(events, end);
-        let name = if phase == "response" { format!("chain {function} response") } else { format!("chain {function}") };
-        let span = self.child(name, started.at);
+        let name = match (mode, phase) {
+            (CALL, _) => format!("call {function}"),
+            (_, "response") => format!("chain {function} response"),
+            _ => format!("chain {function}"),
+        };
+        let span = SpanRecord { span_id: started.span_id, ..self.child(name, started.at) };
         // A deny is the function doing its job; only a missing answer is an error.
         self.send(SpanRecord { end, error: failed, attributes, events, ..span });
     }
@@ -102,11 +113,14 @@ impl HopSpans {
                 tags.push((format!("{TAG_PREFIX}{key}"), value.clone()));
             }
         }
-        let span = self.child(format!("handler {}", run.event), started.at);
+        let span = SpanRecord { span_id: started.span_id, ..self.child(format!("handler {}", run.event), started.at) };
         // As with steps, a deny is the handler doing its job.
         self.send(SpanRecord { end: SystemTime::now(), error: failed, attributes, extra_attributes: tags, ..span });
     }
 }
+
+/// The mode of a call a handler made (`trefoil.call("antivirus")`), as its span tells it.
+pub const CALL: &str = "call";
 
 /// Tags become attributes under this prefix, apart from the proxy's own.
 const TAG_PREFIX: &str = "tag.";

@@ -44,6 +44,11 @@ impl HopSpans {
         }
     }
 
+    /// The same hop's spans, sent as children of span `parent` instead.
+    pub(crate) fn with_parent(&self, parent: [u8; 8]) -> HopSpans {
+        HopSpans { parent, ..self.clone() }
+    }
+
     pub fn send(&self, span: SpanRecord) {
         self.sink.send(span);
     }
