@@ -1,7 +1,9 @@
-//! A request's life through the proxy, as named phases run top to bottom:
-//! route -> filters -> body -> chain (the rule's CNF) -> mirror -> upstream
-//! attempts (balance, breaker, retry) -> response chain -> response edits ->
-//! telemetry.
+//! A request's life through the proxy, as named phases of one per-request
+//! context ([`Exchange`], after Pingora's), run top to bottom by
+//! `Exchange::run`: route -> filters -> body -> request chain (the rule's
+//! CNF) -> upstream request -> mirror -> attempts (endpoint pick, send,
+//! retry decision) -> response chain -> response edits; then the record
+//! (`record.rs`: access log, metrics, span).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,19 +25,18 @@ use crate::descriptors;
 use crate::endpoint::{EndpointState, Outcome};
 use crate::h1_pool::{self, SendError};
 use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, Upload, UpstreamBody};
-use crate::http::chain::{Next, RequestFacts};
+use crate::http::chain::{Chain, Next, RequestFacts, Stopped};
 use crate::http::chain_handlers::RunCount;
 use crate::http::filters::{decide_fault, mirror_chance};
 use crate::http::head;
 use crate::http::inline;
 use crate::http::local_reply::LocalReply;
-use crate::http::record::{version_name, Outcomes, Record};
+use crate::http::record::{version_name, Arrival, Outcomes, Record};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::state::ProxyState;
 use crate::telemetry::attempt_span;
-use crate::telemetry::hop_spans::HopSpans;
-use crate::telemetry::metrics::{EndpointLabels, Label, RetryLabels, ServiceLabels};
+use crate::telemetry::metrics::{EndpointLabels, Label, Metrics, RetryLabels, ServiceLabels};
 use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::ProxyBody;
 
@@ -91,6 +92,12 @@ impl Outcomes {
         flag.reply()
     }
 
+    /// Ends the request with the chain's reply.
+    fn stopped(&mut self, stopped: Stopped) -> Response<ProxyBody> {
+        self.flag = Some(stopped.flag);
+        stopped.reply
+    }
+
     /// Answers the request itself with the status the configuration chose.
     fn configured(&mut self, flag: LocalReply, status: u16) -> Response<ProxyBody> {
         self.flag = Some(flag);
@@ -132,26 +139,18 @@ pub fn serve(
         // Phase: the head, before anything is decided by its host or path.
         let checked = head::check(&mut parts, &listener.path_normalization);
         let host = request_host(&parts).to_string();
-        let mut record = Record::new(
-            state.clone(),
-            telemetry,
-            snapshot.version,
-            listener,
-            conn.client,
-            conn.peer_identity.clone(),
-            trace,
-            &parts,
-            host,
-            started,
-            wall_start,
-        );
+        let arrival = Arrival { started, wall_start, telemetry, config_version: snapshot.version };
+        let mut record = Record::new(state.clone(), arrival, listener, &conn, trace, &parts, host);
         let Record { listener, host, out, .. } = &mut record;
         let mut response = match checked {
             Err(refused) => out.local(refused.flag, refused.text),
-            Ok(()) => match handle(&state, listener, &conn, &trace, &mut parts, incoming, host, out).await {
-                Ok(r) => r,
-                Err(reply) => reply,
-            },
+            Ok(()) => {
+                let mut exchange = Exchange { state: &state, listener, conn: &conn, trace: &trace, host, parts: &mut parts, out };
+                match exchange.run(incoming).await {
+                    Ok(r) => r,
+                    Err(reply) => reply,
+                }
+            }
         };
         response.headers_mut().insert(TRACE_ID_HEADER.clone(), trace.trace_id_value());
         let response = record.respond(response);
@@ -159,190 +158,328 @@ pub fn serve(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    state: &Arc<ProxyState>,
-    listener: &ListenerConfig,
-    conn: &Connection,
-    trace: &TraceContext,
-    parts: &mut http::request::Parts,
-    incoming: Downstream,
-    host: &str,
-    out: &mut Outcomes,
-) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
-    // Phase: route.
-    let Some((route, rule)) = find_route(listener, host, parts) else {
-        return Err(out.local(LocalReply::NoRoute, format!("no route for {host}{}\n", parts.uri.path())));
-    };
-    out.route = Some(route.name.clone());
+/// A reply the proxy sends instead of going on: a local reply, or a
+/// chain's answer.
+type Reply = Response<ProxyBody>;
 
-    // Phase: request filters.
-    if let Some(rl) = &rule.rate_limit {
-        if !rl.try_acquire() {
-            return Err(out.configured(LocalReply::RateLimited, rl.status));
+/// One request on its way through the proxy (Pingora's per-request context):
+/// what every phase reads, and the outcomes each leaves for the record.
+/// Each phase is a method, run in order by [`Exchange::run`].
+struct Exchange<'a> {
+    state: &'a Arc<ProxyState>,
+    listener: &'a ListenerConfig,
+    conn: &'a Connection,
+    trace: &'a TraceContext,
+    host: &'a str,
+    parts: &'a mut http::request::Parts,
+    out: &'a mut Outcomes,
+}
+
+impl<'a> Exchange<'a> {
+    /// The phases, top to bottom; an `Err` is the reply that ends the request early.
+    async fn run(&mut self, incoming: Downstream) -> Result<Response<ProxyBody>, Reply> {
+        let Some((route, rule)) = self.route() else { return Err(self.no_route()) };
+        self.filters(rule).await?;
+        let mut body = self.body(rule, incoming).await?;
+        // Handler runs of the request, both phases: the CNF's `runsPerRequest` bounds them all.
+        let runs = rule.chain.as_ref().map(|_| RunCount::default());
+        if let Some(answer) = self.request_chain(rule, &mut body, &runs).await? {
+            // The function's response (the rest of the chain and the upstream ran in the leg it sent back).
+            return Ok(answer);
+        }
+        // The response phase asks about the request as the chain left it.
+        let asked = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, self.parts.clone()));
+        let Some(cluster) = self.upstream_request(rule) else { return Err(self.out.plainly(LocalReply::NoBackend)) };
+        self.mirror(rule, &body);
+        let response = self.attempts(route, rule, &cluster, &mut body).await?;
+        let response = self.response_chain(asked, response, runs).await?;
+        Ok(self.response_edits(rule, response))
+    }
+
+    /// Phase: route, by host and the rule matches.
+    fn route(&mut self) -> Option<(&'a CompiledRoute, &'a CompiledRule)> {
+        let (route, rule) = find_route(self.listener, self.host, self.parts)?;
+        self.out.route = Some(route.name.clone());
+        Some((route, rule))
+    }
+
+    fn no_route(&mut self) -> Reply {
+        let text = format!("no route for {}{}\n", self.host, self.parts.uri.path());
+        self.out.local(LocalReply::NoRoute, text)
+    }
+
+    /// Phase: request filters (rate limit, injected faults).
+    async fn filters(&mut self, rule: &CompiledRule) -> Result<(), Reply> {
+        if let Some(rl) = &rule.rate_limit {
+            if !rl.try_acquire() {
+                return Err(self.out.configured(LocalReply::RateLimited, rl.status));
+            }
+        }
+        if let Some(fault) = &rule.fault {
+            let decision = decide_fault(fault);
+            if let Some(delay) = decision.delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = decision.abort {
+                return Err(self.out.configured(LocalReply::FaultAbort, status));
+            }
+        }
+        self.out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
+        Ok(())
+    }
+
+    /// Phase: body, read before the chain when a function wants it, kept
+    /// for a replay when a retry or a mirror may need one.
+    async fn body(&mut self, rule: &CompiledRule, incoming: Downstream) -> Result<RequestBody, Reply> {
+        let want_replay = rule.retry.as_ref().is_some_and(|r| r.attempts > 0)
+            || rule.mirror.is_some()
+            || rule.chain.as_ref().is_some_and(|c| c.has_inline());
+        // The chain's phases are boxed: their futures are large and most
+        // requests have no chain, and an unboxed future is copied whole every
+        // time the request's future moves.
+        let incoming = body::Idle::new(incoming, self.listener.timeouts.request_body_idle.get(), "request body");
+        let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
+            Some(limit) => Box::pin(RequestBody::buffer(incoming, limit)).await,
+            None => RequestBody::prepare(incoming, want_replay).await.map_err(BufferError::Read),
+        };
+        match prepared {
+            Ok(b) => Ok(b),
+            Err(BufferError::TooLarge) => Err(self.out.plainly(LocalReply::ChainBodyTooLarge)),
+            Err(BufferError::Read(e)) => Err(client_body_failed(&*e, self.out)),
         }
     }
-    if let Some(fault) = &rule.fault {
-        let decision = decide_fault(fault);
-        if let Some(delay) = decision.delay {
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(status) = decision.abort {
-            return Err(out.configured(LocalReply::FaultAbort, status));
-        }
-    }
-    out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
-    // The body is read before the chain when a function wants it.
-    let want_replay =
-        rule.retry.as_ref().is_some_and(|r| r.attempts > 0) || rule.mirror.is_some() || rule.chain.as_ref().is_some_and(|c| c.has_inline());
-    // The chain's phases are boxed: their futures are large and most
-    // requests have no chain, and an unboxed future is copied whole every
-    // time the request's future moves.
-    let incoming = body::Idle::new(incoming, listener.timeouts.request_body_idle.get(), "request body");
-    let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
-        Some(limit) => Box::pin(RequestBody::buffer(incoming, limit)).await,
-        None => RequestBody::prepare(incoming, want_replay).await.map_err(BufferError::Read),
-    };
-    let mut req_body = match prepared {
-        Ok(b) => b,
-        Err(BufferError::TooLarge) => {
-            return Err(out.plainly(LocalReply::ChainBodyTooLarge));
-        }
-        Err(BufferError::Read(e)) => return Err(client_body_failed(&*e, out)),
-    };
 
-    // Handler runs of the request, both phases: the CNF's `runsPerRequest` bounds them all.
-    let handler_runs = rule.chain.as_ref().map(|_| RunCount::default());
-
-    // Phase: chain (the rule's CNF), on the request as the client sent it.
-    if let Some(chain) = &rule.chain {
-        let trace_id = trace.trace_id_hex();
-        let facts = chain_facts(
-            listener,
-            conn,
-            trace,
-            out.spans.clone(),
-            host,
-            &trace_id,
-            parts.version,
-            req_body.buffered(),
-            handler_runs.clone().unwrap_or_default(),
-        );
+    /// Phase: request chain (the rule's CNF), on the request as the client
+    /// sent it. `Some` is an inline function's answer.
+    async fn request_chain(
+        &mut self,
+        rule: &CompiledRule,
+        body: &mut RequestBody,
+        runs: &Option<RunCount>,
+    ) -> Result<Option<Response<ProxyBody>>, Reply> {
+        let Some(chain) = &rule.chain else { return Ok(None) };
+        let trace_id = self.trace.trace_id_hex();
+        let facts = self.facts(&trace_id, self.parts.version, body.buffered(), runs.clone().unwrap_or_default());
+        let (state, parts) = (self.state, &mut *self.parts);
         let next = Box::pin(async {
             match chain.run_request(state, parts, &facts).await {
-                Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, &mut req_body, &facts).await,
+                Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, body, &facts).await,
                 Ok(Next::Upstream) => Ok(None),
                 Err(stopped) => Err(stopped),
             }
         })
         .await;
-        match next {
-            // The function's response (the rest of the chain and the upstream ran in the leg it sent back).
-            Ok(Some(response)) => return Ok(response),
-            Ok(None) => {}
-            Err(stopped) => {
-                out.flag = Some(stopped.flag);
-                return Err(stopped.reply);
+        next.map_err(|stopped| self.out.stopped(stopped))
+    }
+
+    /// Phase: the request as the upstream gets it (hop-by-hop headers
+    /// dropped, forwarding headers added, the rule's edits) and the backend
+    /// the split picks (`None`: no backend has weight).
+    fn upstream_request(&mut self, rule: &CompiledRule) -> Option<Arc<Cluster>> {
+        prepare_upstream_headers(self.parts, self.conn, self.trace);
+        if let Some(edits) = &rule.request_headers {
+            edits.apply(&mut self.parts.headers);
+        }
+        let cluster = rule.split.pick().cloned()?;
+        self.out.service = Some(cluster.service.name.clone());
+        self.out.version = Some(cluster.version.clone());
+        Some(cluster)
+    }
+
+    /// Phase: mirror (fire and forget).
+    fn mirror(&self, rule: &CompiledRule, body: &RequestBody) {
+        if let Some((mirror, percent)) = &rule.mirror {
+            if mirror_chance(*percent) {
+                spawn_mirror(self.state, mirror.clone(), self.parts, body.buffered(), self.host);
             }
         }
     }
 
-    // The response phase asks about the request as the chain left it.
-    let response_chain = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, parts.clone()));
-    prepare_upstream_headers(parts, conn, trace);
-    if let Some(edits) = &rule.request_headers {
-        edits.apply(&mut parts.headers);
-    }
-    let Some(cluster) = rule.split.pick().cloned() else {
-        return Err(out.plainly(LocalReply::NoBackend));
-    };
-    out.service = Some(cluster.service.name.clone());
-    out.version = Some(cluster.version.clone());
-
-    // Phase: mirror (fire and forget).
-    if let Some((mirror, percent)) = &rule.mirror {
-        if mirror_chance(*percent) {
-            spawn_mirror(state, mirror.clone(), parts, req_body.buffered(), host);
-        }
-    }
-
-    // Phase: upstream attempts, under the rule's deadline.
-    let upload = req_body.upload().cloned();
-    let attempts = attempt_loop(
-        state,
-        &listener.direction,
-        route,
-        rule,
-        &cluster,
-        parts,
-        &mut req_body,
-        listener.timeouts.response_body_idle.get(),
-        out,
-    );
-    let mut response = match rule.timeout {
-        Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
-            Some(r) => r?,
-            None => {
-                return Err(out.plainly(LocalReply::Timeout));
-            }
-        },
-        None => attempts.await?,
-    };
-
-    strip_hop_by_hop(response.headers_mut());
-
-    // Phase: response chain (the rule's CNF), on the response as the upstream sent it.
-    if let Some((chain, request)) = response_chain {
-        let trace_id = trace.trace_id_hex();
-        let facts =
-            chain_facts(listener, conn, trace, out.spans.clone(), host, &trace_id, request.version, None, handler_runs.unwrap_or_default());
-        response = match Box::pin(chain.run_response(state, &request, response, &facts)).await {
-            Ok(r) => r,
-            Err(stopped) => {
-                out.flag = Some(stopped.flag);
-                return Err(stopped.reply);
-            }
+    /// Phase: upstream attempts, under the rule's deadline.
+    async fn attempts(
+        &mut self,
+        route: &CompiledRoute,
+        rule: &CompiledRule,
+        cluster: &Arc<Cluster>,
+        body: &mut RequestBody,
+    ) -> Result<Response<ProxyBody>, Reply> {
+        let upload = body.upload().cloned();
+        let timeout = rule.timeout;
+        let attempts = self.attempt_loop(route, rule, cluster, body);
+        let mut response = match timeout {
+            Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
+                Some(r) => r?,
+                None => return Err(self.out.plainly(LocalReply::Timeout)),
+            },
+            None => attempts.await?,
         };
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
     }
 
-    // Phase: response edits.
-    if let Some(edits) = &rule.response_headers {
-        edits.apply(response.headers_mut());
+    /// Phase: response chain (the rule's CNF), on the response as the
+    /// upstream sent it; `asked` is the chain and the request it asks about.
+    async fn response_chain(
+        &mut self,
+        asked: Option<(&Arc<Chain>, http::request::Parts)>,
+        response: Response<ProxyBody>,
+        runs: Option<RunCount>,
+    ) -> Result<Response<ProxyBody>, Reply> {
+        let Some((chain, request)) = asked else { return Ok(response) };
+        let trace_id = self.trace.trace_id_hex();
+        let facts = self.facts(&trace_id, request.version, None, runs.unwrap_or_default());
+        Box::pin(chain.run_response(self.state, &request, response, &facts)).await.map_err(|stopped| self.out.stopped(stopped))
     }
-    Ok(response)
+
+    /// Phase: response edits.
+    fn response_edits(&self, rule: &CompiledRule, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        if let Some(edits) = &rule.response_headers {
+            edits.apply(response.headers_mut());
+        }
+        response
+    }
+
+    /// What the chain's functions are told besides the request's head.
+    fn facts<'t>(&self, trace_id: &'t str, version: Version, body: Option<bytes::Bytes>, runs: RunCount) -> RequestFacts<'t>
+    where
+        'a: 't,
+    {
+        RequestFacts {
+            host: self.host,
+            client: self.conn.client,
+            local: Some(self.listener.addr),
+            trace_id,
+            tls: self.conn.tls,
+            protocol: version_name(version),
+            body,
+            spans: self.out.spans.clone(),
+            traceparent: self.trace.traceparent(),
+            runs,
+        }
+    }
+
+    /// The attempts: for each, claim a place and pick an endpoint, send,
+    /// then decide on the answer or the failure whether to try again.
+    async fn attempt_loop(
+        &mut self,
+        route: &CompiledRoute,
+        rule: &CompiledRule,
+        cluster: &Arc<Cluster>,
+        req_body: &mut RequestBody,
+    ) -> Result<Response<ProxyBody>, Reply> {
+        let (state, direction, parts, out) = (self.state, &self.listener.direction, &mut *self.parts, &mut *self.out);
+        let response_idle = self.listener.timeouts.response_body_idle.get();
+        let service = &cluster.service;
+        let metrics = &state.shared.metrics;
+        let max_attempts = 1 + rule.retry.as_ref().map(|r| r.attempts).unwrap_or(0);
+        if let Some(budget) = &rule.budget {
+            budget.record_request();
+        }
+        let hash_key = cluster.balancer.hash_on().and_then(|on| hash_key(on, &parts.headers));
+        let mut previous: Option<SocketAddr> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            out.attempts = attempt;
+            // Step: endpoint pick, under the service's circuit breakers.
+            let (endpoint, guard) = claim_endpoint(metrics, cluster, hash_key.as_deref(), previous, out).await?;
+            let Some(body) = req_body.take() else {
+                return Err(out.plainly(LocalReply::BodyConsumed));
+            };
+            // The last possible attempt takes the headers; earlier ones copy them for a retry.
+            let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+            let Ok(upstream_req) = build_upstream_request(parts, headers, service, &endpoint, body) else {
+                return Err(out.plainly(LocalReply::BadRequest));
+            };
+            let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
+            let span = out.spans.as_ref().map(|s| s.start_attempt(attempt, endpoint.addr, &service.name, &endpoint.version));
+            // Step: send.
+            let sent = send_upstream(service, &endpoint, upstream_req);
+            let result = match per_try {
+                // Boxed so that requests without a per-try timeout do not carry its timer.
+                Some(limit) => Box::pin(tokio::time::timeout(limit, sent)).await.map_err(|_| AttemptFailure::PerTryTimeout),
+                None => Ok(sent.await),
+            };
+            // Step: retry decision. Each failed attempt decides once whether
+            // to retry: asking twice would spend budget twice.
+            let failure = match result {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    let outcome = match status {
+                        502..=504 => Outcome::GatewayError,
+                        500..=599 => Outcome::ServerError,
+                        _ => Outcome::Success,
+                    };
+                    record_outcome(state, service, &endpoint, outcome);
+                    if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
+                        attempt_span::finish(span, Ok(status), false);
+                        let (parts, incoming) = resp.into_parts();
+                        return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
+                    }
+                    let failure = AttemptFailure::Status(status);
+                    if !may_retry(rule, failure, attempt, max_attempts, req_body) {
+                        // Out of retries: the client gets the upstream's own answer.
+                        attempt_span::finish(span, Ok(status), false);
+                        let (parts, incoming) = resp.into_parts();
+                        return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
+                    }
+                    (failure, true)
+                }
+                Ok(Err(e)) if req_body.upload().is_some_and(Upload::broken) => {
+                    // The client broke its body off, mangled it or stalled: its
+                    // fault, not the upstream's, and there is nothing left to send again.
+                    attempt_span::finish(span, Err(AttemptFailure::Reset), false);
+                    return Err(client_body_failed(&*e.source, out));
+                }
+                Ok(Err(e)) if e.connect && descriptors::caused_by_exhaustion(&*e.source) => {
+                    // This process is out of descriptors: shed the request, and
+                    // do not blame the endpoint for it.
+                    attempt_span::finish(span, Err(AttemptFailure::ConnectFailure), false);
+                    metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "descriptors" }).inc();
+                    return Err(out.local(LocalReply::Overflow, "upstream overflow: too many open connections\n"));
+                }
+                Ok(Err(e)) => {
+                    record_outcome(state, service, &endpoint, Outcome::GatewayError);
+                    let failure = if e.connect { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
+                    tracing::debug!(error = %e, upstream = %endpoint.addr, "upstream attempt failed");
+                    (failure, may_retry(rule, failure, attempt, max_attempts, req_body))
+                }
+                Err(timeout) => {
+                    // An upstream waiting for a body the client is still trickling is not slow.
+                    if !req_body.upload().is_some_and(Upload::sending) {
+                        record_outcome(state, service, &endpoint, Outcome::GatewayError);
+                    }
+                    (timeout, may_retry(rule, timeout, attempt, max_attempts, req_body))
+                }
+            };
+            let (failure, retrying) = failure;
+            attempt_span::finish(span, Err(failure), retrying);
+            drop(guard);
+            if !retrying {
+                return Err(out.plainly(failure.local_reply()));
+            }
+            metrics
+                .retries
+                .get_or_create(&RetryLabels {
+                    direction: direction.clone(),
+                    route: route.name.clone(),
+                    service: service.name.clone(),
+                    version: endpoint.version.clone(),
+                    reason: failure.reason(),
+                })
+                .inc();
+            previous = Some(endpoint.addr);
+            if let Some(policy) = &rule.retry {
+                tokio::time::sleep(backoff(policy.backoff.get(), attempt - 1)).await;
+            }
+        }
+    }
 }
 
 /// The reply to a request whose body the client failed to send: 408 when
 /// it stalled past `requestBodyIdle`, 400 otherwise.
 fn client_body_failed(e: &(dyn std::error::Error + 'static), out: &mut Outcomes) -> Response<ProxyBody> {
     out.plainly(if body::IdleTimeout::caused(e) { LocalReply::RequestBodyTimeout } else { LocalReply::DownstreamReset })
-}
-
-/// What the chain's functions are told besides the request's head.
-#[allow(clippy::too_many_arguments)]
-fn chain_facts<'a>(
-    listener: &ListenerConfig,
-    conn: &Connection,
-    trace: &TraceContext,
-    spans: Option<HopSpans>,
-    host: &'a str,
-    trace_id: &'a str,
-    version: Version,
-    body: Option<bytes::Bytes>,
-    runs: RunCount,
-) -> RequestFacts<'a> {
-    RequestFacts {
-        host,
-        client: conn.client,
-        local: Some(listener.addr),
-        trace_id,
-        tls: conn.tls,
-        protocol: version_name(version),
-        body,
-        spans,
-        traceparent: trace.traceparent(),
-        runs,
-    }
 }
 
 fn find_route<'a>(
@@ -397,159 +534,55 @@ impl Drop for AttemptGuard {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attempt_loop(
-    state: &Arc<ProxyState>,
-    direction: &Label,
-    route: &CompiledRoute,
-    rule: &CompiledRule,
+/// Claims a place in the service (its circuit breakers) and picks an
+/// endpoint other than `previous` if it can; the guard gives both back.
+async fn claim_endpoint(
+    metrics: &Metrics,
     cluster: &Arc<Cluster>,
-    parts: &mut http::request::Parts,
-    req_body: &mut RequestBody,
-    response_idle: Duration,
+    hash_key: Option<&[u8]>,
+    previous: Option<SocketAddr>,
     out: &mut Outcomes,
-) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+) -> Result<(Arc<EndpointState>, AttemptGuard), Reply> {
     let service = &cluster.service;
-    let metrics = &state.shared.metrics;
-    let max_attempts = 1 + rule.retry.as_ref().map(|r| r.attempts).unwrap_or(0);
-    if let Some(budget) = &rule.budget {
-        budget.record_request();
+    if !service.enter() {
+        metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_requests" }).inc();
+        return Err(out.local(LocalReply::Overflow, "upstream overflow: too many requests in flight\n"));
     }
-    let hash_key = cluster.balancer.hash_on().and_then(|on| hash_key(on, &parts.headers));
-    let mut previous: Option<SocketAddr> = None;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        out.attempts = attempt;
-        if !service.enter() {
-            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_requests" }).inc();
-            return Err(out.local(LocalReply::Overflow, "upstream overflow: too many requests in flight\n"));
-        }
-        let Some(endpoint) = cluster.balancer.pick(hash_key.as_deref(), previous) else {
-            service.leave();
-            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "no_healthy_upstream" }).inc();
-            return Err(out.plainly(LocalReply::NoHealthyUpstream));
-        };
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        out.upstream = Some(endpoint.addr);
-        if !endpoint.version.is_empty() {
-            out.version = Some(endpoint.version.clone());
-        }
-        let mut guard = AttemptGuard { endpoint: endpoint.clone(), service: service.clone(), _slot: None };
-        if let Some(slots) = service.slot(&endpoint.addr) {
-            guard._slot = match slots.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    if service.load.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
-                        service.load.pending.fetch_sub(1, Ordering::AcqRel);
-                        metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
-                        return Err(out.local(LocalReply::Overflow, "upstream overflow: too many pending requests\n"));
-                    }
-                    // A pending request waits at most as long as a connect
-                    // may take. Boxed: a rare wait, kept out of every request's future.
-                    let permit = Box::pin(tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned())).await;
+    let Some(endpoint) = cluster.balancer.pick(hash_key, previous) else {
+        service.leave();
+        metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "no_healthy_upstream" }).inc();
+        return Err(out.plainly(LocalReply::NoHealthyUpstream));
+    };
+    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    out.upstream = Some(endpoint.addr);
+    if !endpoint.version.is_empty() {
+        out.version = Some(endpoint.version.clone());
+    }
+    let mut guard = AttemptGuard { endpoint: endpoint.clone(), service: service.clone(), _slot: None };
+    if let Some(slots) = service.slot(&endpoint.addr) {
+        guard._slot = match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                if service.load.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
                     service.load.pending.fetch_sub(1, Ordering::AcqRel);
-                    match permit {
-                        Ok(Ok(p)) => Some(p),
-                        _ => {
-                            metrics
-                                .overflows
-                                .get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" })
-                                .inc();
-                            return Err(out.local(LocalReply::Overflow, "upstream overflow: no connection became free in time\n"));
-                        }
+                    metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
+                    return Err(out.local(LocalReply::Overflow, "upstream overflow: too many pending requests\n"));
+                }
+                // A pending request waits at most as long as a connect
+                // may take. Boxed: a rare wait, kept out of every request's future.
+                let permit = Box::pin(tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned())).await;
+                service.load.pending.fetch_sub(1, Ordering::AcqRel);
+                match permit {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" }).inc();
+                        return Err(out.local(LocalReply::Overflow, "upstream overflow: no connection became free in time\n"));
                     }
                 }
-            };
-        }
-        let Some(body) = req_body.take() else {
-            return Err(out.plainly(LocalReply::BodyConsumed));
-        };
-        // The last possible attempt takes the headers; earlier ones copy them for a retry.
-        let headers = if attempt < max_attempts { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-        let Ok(upstream_req) = build_upstream_request(parts, headers, service, &endpoint, body) else {
-            return Err(out.plainly(LocalReply::BadRequest));
-        };
-        let per_try = rule.retry.as_ref().and_then(|r| r.per_try_timeout).map(|d| d.get());
-        let span = out.spans.as_ref().map(|s| s.start_attempt(attempt, endpoint.addr, &service.name, &endpoint.version));
-        let sent = send_upstream(service, &endpoint, upstream_req);
-        let result = match per_try {
-            // Boxed so that requests without a per-try timeout do not carry its timer.
-            Some(limit) => Box::pin(tokio::time::timeout(limit, sent)).await.map_err(|_| AttemptFailure::PerTryTimeout),
-            None => Ok(sent.await),
-        };
-        // Each failed attempt decides once whether to retry: asking twice would spend budget twice.
-        let failure = match result {
-            Ok(Ok(resp)) => {
-                let status = resp.status().as_u16();
-                let outcome = match status {
-                    502..=504 => Outcome::GatewayError,
-                    500..=599 => Outcome::ServerError,
-                    _ => Outcome::Success,
-                };
-                record_outcome(state, service, &endpoint, outcome);
-                if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
-                    attempt_span::finish(span, Ok(status), false);
-                    let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
-                }
-                let failure = AttemptFailure::Status(status);
-                if !may_retry(rule, failure, attempt, max_attempts, req_body) {
-                    // Out of retries: the client gets the upstream's own answer.
-                    attempt_span::finish(span, Ok(status), false);
-                    let (parts, incoming) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
-                }
-                (failure, true)
-            }
-            Ok(Err(e)) if req_body.upload().is_some_and(Upload::broken) => {
-                // The client broke its body off, mangled it or stalled: its
-                // fault, not the upstream's, and there is nothing left to send again.
-                attempt_span::finish(span, Err(AttemptFailure::Reset), false);
-                return Err(client_body_failed(&*e.source, out));
-            }
-            Ok(Err(e)) if e.connect && descriptors::caused_by_exhaustion(&*e.source) => {
-                // This process is out of descriptors: shed the request, and
-                // do not blame the endpoint for it.
-                attempt_span::finish(span, Err(AttemptFailure::ConnectFailure), false);
-                metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "descriptors" }).inc();
-                return Err(out.local(LocalReply::Overflow, "upstream overflow: too many open connections\n"));
-            }
-            Ok(Err(e)) => {
-                record_outcome(state, service, &endpoint, Outcome::GatewayError);
-                let failure = if e.connect { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
-                tracing::debug!(error = %e, upstream = %endpoint.addr, "upstream attempt failed");
-                (failure, may_retry(rule, failure, attempt, max_attempts, req_body))
-            }
-            Err(timeout) => {
-                // An upstream waiting for a body the client is still trickling is not slow.
-                if !req_body.upload().is_some_and(Upload::sending) {
-                    record_outcome(state, service, &endpoint, Outcome::GatewayError);
-                }
-                (timeout, may_retry(rule, timeout, attempt, max_attempts, req_body))
             }
         };
-        let (failure, retrying) = failure;
-        attempt_span::finish(span, Err(failure), retrying);
-        drop(guard);
-        if !retrying {
-            return Err(out.plainly(failure.local_reply()));
-        }
-        metrics
-            .retries
-            .get_or_create(&RetryLabels {
-                direction: direction.clone(),
-                route: route.name.clone(),
-                service: service.name.clone(),
-                version: endpoint.version.clone(),
-                reason: failure.reason(),
-            })
-            .inc();
-        previous = Some(endpoint.addr);
-        if let Some(policy) = &rule.retry {
-            tokio::time::sleep(backoff(policy.backoff.get(), attempt - 1)).await;
-        }
     }
+    Ok((endpoint, guard))
 }
 
 /// Sends one attempt: plain HTTP/1 through this worker's own connection

@@ -16,6 +16,7 @@ use http::{HeaderMap, Method, Response, Uri, Version};
 
 use crate::http::body::Observed;
 use crate::http::local_reply::LocalReply;
+use crate::http::proxy::Connection;
 use crate::snapshot::ListenerConfig;
 use crate::state::{ProxyState, Telemetry};
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
@@ -75,30 +76,34 @@ pub(crate) struct Record {
     written: bool,
 }
 
+/// What is known of a request as it arrives, before its head is read.
+pub(crate) struct Arrival {
+    pub(crate) started: Instant,
+    pub(crate) wall_start: Option<SystemTime>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) config_version: u64,
+}
+
 impl Record {
     /// Starts the record of a request whose head is `parts`.
-    #[allow(clippy::too_many_arguments)] // removed with the request context
     pub(crate) fn new(
         state: Arc<ProxyState>,
-        telemetry: Arc<Telemetry>,
-        config_version: u64,
+        arrival: Arrival,
         listener: Arc<ListenerConfig>,
-        client: SocketAddr,
-        peer_identity: Option<Arc<str>>,
+        conn: &Connection,
         trace: TraceContext,
         parts: &http::request::Parts,
         host: String,
-        started: Instant,
-        wall_start: Option<SystemTime>,
     ) -> Self {
+        let Arrival { started, wall_start, telemetry, config_version } = arrival;
         // Cheap copies (reference-counted) of what telemetry needs after the request moves on.
         let logged = telemetry.access_log.enabled() || wall_start.is_some();
         let out = Outcomes { spans: HopSpans::new(telemetry.spans.as_ref(), &trace, &state.name), ..Outcomes::default() };
         Record {
             config_version,
             listener,
-            client,
-            peer_identity,
+            client: conn.client,
+            peer_identity: conn.peer_identity.clone(),
             trace,
             method: parts.method.clone(),
             uri: logged.then(|| parts.uri.clone()),
