@@ -147,7 +147,6 @@ impl Accepted<std::net::TcpStream> {
 /// Accepts until `stop` turns true; each connection holds a `Drain` so
 /// shutdown can wait for it. `worker` is this thread's index in `balance`,
 /// which may send a connection to a worker that serves fewer.
-#[allow(clippy::too_many_arguments)]
 pub async fn accept_loop(
     state: Arc<ProxyState>,
     name: Label,

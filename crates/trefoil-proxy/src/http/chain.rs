@@ -18,7 +18,7 @@ use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
 
 use crate::http::body::{self, Collected};
 use crate::http::callout;
-use crate::http::chain_handlers::{self, ChainHandlers, RunCount, Runner};
+use crate::http::chain_handlers::{ChainHandlers, RunCount, Runner};
 use crate::http::local_reply::LocalReply;
 use crate::http::route_match::RequestMatcher;
 use crate::snapshot::Cluster;
@@ -147,14 +147,14 @@ impl Chain {
                     self.count(state, function, "allow");
                     edit_headers(&mut parts.headers, &remove_headers, &set_headers);
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
-                        chain_handlers::run(self, h, state, function, parts, facts, events).await?;
+                        Runner::for_verdict(self, h, state, function, facts, "allow").on_request(parts, facts, events).await?;
                     }
                 }
                 Verdict::Deny { status, reason, headers, events } => {
                     self.count(state, function, "deny");
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
                         let request = OwnedCall::from(call_for(&self.cnf, "", parts, facts, facts.body.clone()));
-                        chain_handlers::run_on_deny(self, h, state, function, request, facts, events).await;
+                        Runner::for_verdict(self, h, state, function, facts, "deny").on_deny(request, events).await;
                     }
                     return Err(denied(status, reason, &headers));
                 }
@@ -224,13 +224,15 @@ impl Chain {
                     edit_headers(&mut head.headers, &remove_headers, &set_headers);
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
                         let response = seen(&head);
-                        chain_handlers::run_on_response(self, h, state, function, response, &mut head.headers, facts, events).await?;
+                        Runner::for_verdict(self, h, state, function, facts, "allow")
+                            .on_response(response, &mut head.headers, events)
+                            .await?;
                     }
                 }
                 Verdict::Deny { status, reason, headers, events } => {
                     self.count(state, function, "deny");
                     if let Some(h) = self.handlers.as_ref().filter(|h| h.handlers.handles_any(&events)) {
-                        chain_handlers::run_on_deny(self, h, state, function, seen(&head), facts, events).await;
+                        Runner::for_verdict(self, h, state, function, facts, "deny").on_deny(seen(&head), events).await;
                     }
                     return Err(denied(status, reason, &headers));
                 }

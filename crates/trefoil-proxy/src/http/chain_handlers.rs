@@ -48,63 +48,6 @@ impl Target<'_> {
     }
 }
 
-/// Runs the handlers of `events`, published by `function`'s allow verdict,
-/// and applies their effects to `parts`. A handler that fails gets
-/// `function`'s failure policy.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    chain: &Chain,
-    h: &ChainHandlers,
-    state: &Arc<ProxyState>,
-    function: &Function,
-    parts: &mut http::request::Parts,
-    facts: &RequestFacts<'_>,
-    events: Vec<Event>,
-) -> Result<(), Stopped> {
-    let runner = Runner::for_verdict(chain, h, state, function, facts, "allow");
-    let request = OwnedCall::from(call_for(&chain.cnf, "", parts, facts, facts.body.clone()));
-    runner.run(request, Some(Target::Request(parts)), events.into()).await
-}
-
-/// Runs the handlers of `events`, published by `function`'s allow verdict on
-/// the response phase, and applies their effects to the response's
-/// `headers` (a deny replaces the response). `response` is what they see
-/// and what their calls send: the request, with the upstream's answer and
-/// the buffered response body.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_on_response(
-    chain: &Chain,
-    h: &ChainHandlers,
-    state: &Arc<ProxyState>,
-    function: &Function,
-    response: OwnedCall,
-    headers: &mut http::HeaderMap,
-    facts: &RequestFacts<'_>,
-    events: Vec<Event>,
-) -> Result<(), Stopped> {
-    let runner = Runner::for_verdict(chain, h, state, function, facts, "allow");
-    runner.run(response, Some(Target::Response(headers)), events.into()).await
-}
-
-/// Runs the handlers of a deny verdict's events before the reply goes out.
-/// The request is refused already: header edits and a further deny change
-/// nothing, and a failed handler keeps the deny; calls, logs, tags and
-/// emitted events work.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_on_deny(
-    chain: &Chain,
-    h: &ChainHandlers,
-    state: &Arc<ProxyState>,
-    function: &Function,
-    request: OwnedCall,
-    facts: &RequestFacts<'_>,
-    events: Vec<Event>,
-) {
-    let runner = Runner::for_verdict(chain, h, state, function, facts, "deny");
-    // Without a request to change, a run never stops anything.
-    let _ = runner.run(request, None, events.into()).await;
-}
-
 /// How handlers run for one verdict.
 pub(crate) struct Runner<'a> {
     pub(crate) cnf: &'a Label,
@@ -123,7 +66,9 @@ pub(crate) struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    fn for_verdict(
+    /// The runner of handlers for the events of `function`'s verdict `on`
+    /// (`allow` or `deny`); a handler that fails gets `function`'s failure policy.
+    pub(crate) fn for_verdict(
         chain: &'a Chain,
         h: &'a ChainHandlers,
         state: &'a Arc<ProxyState>,
@@ -142,6 +87,36 @@ impl<'a> Runner<'a> {
             runs: &facts.runs,
             on,
         }
+    }
+
+    /// Runs the handlers of `events` of an allow verdict on the request and
+    /// applies their effects to `parts`.
+    pub(crate) async fn on_request(
+        self,
+        parts: &mut http::request::Parts,
+        facts: &RequestFacts<'_>,
+        events: Vec<Event>,
+    ) -> Result<(), Stopped> {
+        let request = OwnedCall::from(call_for(self.cnf, "", parts, facts, facts.body.clone()));
+        self.run(request, Some(Target::Request(parts)), events.into()).await
+    }
+
+    /// Runs the handlers of `events` of an allow verdict on the response
+    /// phase and applies their effects to the response's `headers` (a deny
+    /// replaces the response). `response` is what they see and what their
+    /// calls send: the request, with the upstream's answer and the buffered
+    /// response body.
+    pub(crate) async fn on_response(self, response: OwnedCall, headers: &mut http::HeaderMap, events: Vec<Event>) -> Result<(), Stopped> {
+        self.run(response, Some(Target::Response(headers)), events.into()).await
+    }
+
+    /// Runs the handlers of a deny verdict's events before the reply goes
+    /// out. The request is refused already: header edits and a further deny
+    /// change nothing, and a failed handler keeps the deny; calls, logs,
+    /// tags and emitted events work.
+    pub(crate) async fn on_deny(self, request: OwnedCall, events: Vec<Event>) {
+        // Without a request to change, a run never stops anything.
+        let _ = self.run(request, None, events.into()).await;
     }
 
     /// Runs handlers for `queue` (and the events they emit) against `request`.
