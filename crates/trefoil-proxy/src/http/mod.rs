@@ -14,3 +14,6 @@ pub(crate) mod record;
 pub mod retry;
 pub mod route_match;
 pub mod split;
+
+#[cfg(test)]
+mod tests;
