@@ -1,6 +1,7 @@
 //! Trefoil's data plane. A request's path, top to bottom:
-//! [`listener`] (accept, TLS, detect) -> [`http::proxy`] (route, filters,
-//! mirror, attempts) -> [`balancer`] -> [`upstream`]; [`tcp`] for opaque
+//! [`listener`] (accept, TLS, detect) -> [`http::proxy`] (the phases of one
+//! request context: route, filters, body, request chain, mirror, attempts,
+//! response chain, response edits, record) -> [`balancer`] -> [`upstream`]; [`tcp`] for opaque
 //! streams. [`snapshot`] compiles resources into the tables all of these
 //! read, swapped atomically by [`runtime`] on reload; the resources come from
 //! files or from the control plane through [`control_client`].
