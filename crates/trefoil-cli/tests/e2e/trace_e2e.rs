@@ -9,7 +9,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
+use trefoil_api::traces::{Span, Trace, TraceList};
 use trefoil_model::spec::{AppProtocol, Endpoint, NetworkFunctionSpec, RetryOn, RouteRule, ServicePort, ServiceSpec};
 use trefoil_model::Spec;
 use trefoil_testkit::resources::{
@@ -35,20 +35,20 @@ fn start(mesh: impl ToYaml, gateway: std::net::SocketAddr) -> Up {
 }
 
 /// One request with a known trace id; then the trace's spans once `count` arrived.
-fn traced_request(up: &Up, gateway: std::net::SocketAddr, count: usize) -> Vec<Value> {
+fn traced_request(up: &Up, gateway: std::net::SocketAddr, count: usize) -> Vec<Span> {
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let (status, headers, body) = http_request(gateway, "GET", "edge", "/", &[("traceparent", &traceparent)], b"").unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers.get("x-trefoil-trace-id").map(String::as_str), Some(TRACE_ID), "{headers:?}");
     // Proxies export in batches about a second apart: wait for every span.
-    let mut spans: Vec<Value> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     wait_until("the trace's spans at the collector", Duration::from_secs(30), || {
         let out = trace(up, &[TRACE_ID, "-o", "json"]);
-        spans = serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default();
+        spans = serde_json::from_slice::<Trace>(&out.stdout).map(|t| t.spans).unwrap_or_default();
         spans.len() >= count
     });
     assert_eq!(spans.len(), count, "{spans:#?}");
-    assert!(spans.iter().all(|s| s["traceId"] == TRACE_ID), "{spans:#?}");
+    assert!(spans.iter().all(|s| s.trace_id == TRACE_ID), "{spans:#?}");
     spans
 }
 
@@ -56,25 +56,26 @@ fn trace(up: &Up, args: &[&str]) -> Output {
     up.cli(&[&["trace"], args].concat())
 }
 
-fn attr<'a>(span: &'a Value, key: &str) -> &'a str {
-    span["attributes"][key].as_str().unwrap_or("")
+fn attr<'a>(span: &'a Span, key: &str) -> &'a str {
+    span.attributes.get(key).map_or("", String::as_str)
 }
 
-fn is_attempt(span: &Value) -> bool {
-    span["name"].as_str().is_some_and(|n| n.starts_with("attempt "))
+fn is_attempt(span: &Span) -> bool {
+    span.name.starts_with("attempt ")
+}
+
+/// Whether `child`'s parent is `parent`.
+fn child_of(child: &Span, parent: &Span) -> bool {
+    child.parent_span_id.as_ref() == Some(&parent.span_id)
 }
 
 /// The spans that are not upstream attempts; asserts that each hop has exactly one attempt, its child.
-fn without_attempts(spans: &[Value]) -> Vec<Value> {
-    let (attempts, others): (Vec<Value>, Vec<Value>) = spans.iter().cloned().partition(is_attempt);
+fn without_attempts(spans: &[Span]) -> Vec<Span> {
+    let (attempts, others): (Vec<Span>, Vec<Span>) = spans.iter().cloned().partition(is_attempt);
     for hop in others.iter().filter(|s| !attr(s, "trefoil.direction").is_empty()) {
-        let mine: Vec<&Value> = attempts.iter().filter(|a| a["parentSpanId"] == hop["spanId"]).collect();
+        let mine: Vec<&Span> = attempts.iter().filter(|a| child_of(a, hop)).collect();
         assert_eq!(mine.len(), 1, "one attempt per hop: {spans:#?}");
-        assert_eq!(
-            (mine[0]["name"].as_str(), attr(mine[0], "trefoil.upstream")),
-            (Some("attempt 1"), attr(hop, "trefoil.upstream")),
-            "{spans:#?}"
-        );
+        assert_eq!((mine[0].name.as_str(), attr(mine[0], "trefoil.upstream")), ("attempt 1", attr(hop, "trefoil.upstream")), "{spans:#?}");
         assert_eq!(
             (attr(mine[0], "trefoil.attempt.status"), attr(mine[0], "trefoil.retry")),
             (attr(hop, "http.response.status_code"), "false"),
@@ -90,18 +91,18 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
     let mut up = start(quickstart_mesh(gateway), gateway);
     let spans = without_attempts(&traced_request(&up, gateway, 8));
     let (gw, web_in, web_out, api_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
-    assert_eq!(gw["service"], "gateway", "{spans:#?}");
-    assert_eq!(gw["parentSpanId"], CLIENT_SPAN, "the gateway continues the client's trace");
-    assert!(web_in["service"].as_str().unwrap().starts_with("web-v"), "{spans:#?}");
+    assert_eq!(gw.service, "gateway", "{spans:#?}");
+    assert_eq!(gw.parent_span_id.as_deref(), Some(CLIENT_SPAN), "the gateway continues the client's trace");
+    assert!(web_in.service.starts_with("web-v"), "{spans:#?}");
     assert_eq!(attr(web_in, "trefoil.direction"), "inbound");
-    assert_eq!(web_in["parentSpanId"], gw["spanId"], "web's sidecar is called by the gateway");
-    assert_eq!(web_out["service"], web_in["service"], "{spans:#?}");
+    assert!(child_of(web_in, gw), "web's sidecar is called by the gateway: {spans:#?}");
+    assert_eq!(web_out.service, web_in.service, "{spans:#?}");
     assert_eq!(attr(web_out, "trefoil.direction"), "outbound");
     assert_eq!(attr(web_out, "trefoil.service"), "api");
-    assert_eq!(web_out["parentSpanId"], web_in["spanId"], "the app's onward call carries the trace on");
-    assert!(api_in["service"].as_str().unwrap().starts_with("api-"), "{spans:#?}");
+    assert!(child_of(web_out, web_in), "the app's onward call carries the trace on: {spans:#?}");
+    assert!(api_in.service.starts_with("api-"), "{spans:#?}");
     assert_eq!(attr(api_in, "trefoil.direction"), "inbound");
-    assert_eq!(api_in["parentSpanId"], web_out["spanId"], "{spans:#?}");
+    assert!(child_of(api_in, web_out), "{spans:#?}");
 
     // The table: one line per hop, each deeper than the one before.
     let out = trace(&up, &[TRACE_ID]);
@@ -115,9 +116,9 @@ fn one_request_is_one_trace_across_gateway_and_sidecars() {
 
     // Listed among recent traces, rooted at the gateway.
     let out = trace(&up, &["-o", "json"]);
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let item = list["items"].as_array().unwrap().iter().find(|t| t["traceId"] == TRACE_ID).cloned().unwrap_or(Value::Null);
-    assert_eq!((item["service"].as_str(), item["spans"].as_u64()), (Some("gateway"), Some(8)), "{list:#}");
+    let list: TraceList = serde_json::from_slice(&out.stdout).expect("trace -o json prints a TraceList");
+    let item = list.items.iter().find(|t| t.trace_id == TRACE_ID);
+    assert_eq!(item.map(|t| (t.service.as_str(), t.spans)), Some(("gateway", 8)), "{list:#?}");
 
     // An id the collector does not hold is bad input.
     let out = trace(&up, &["0123456789abcdef0123456789abcdef"]);
@@ -152,18 +153,19 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     let mut up = start(mesh, gateway);
     let spans = without_attempts(&traced_request(&up, gateway, 10));
     let (gw, step, handler, web_in) = (&spans[0], &spans[1], &spans[2], &spans[3]);
-    assert_eq!(gw["service"], "gateway", "{spans:#?}");
+    assert_eq!(gw.service, "gateway", "{spans:#?}");
     assert_eq!(attr(gw, "trefoil.cnf"), "scan");
-    assert_eq!(step["name"], "chain acl", "the chain runs before the upstream: {spans:#?}");
-    assert_eq!(step["parentSpanId"], gw["spanId"]);
+    assert_eq!(step.name, "chain acl", "the chain runs before the upstream: {spans:#?}");
+    assert!(child_of(step, gw), "{spans:#?}");
     assert_eq!(
         (attr(step, "trefoil.function"), attr(step, "trefoil.step.mode"), attr(step, "trefoil.verdict")),
         ("acl", "callout", "allow")
     );
-    assert_eq!(step["events"][0]["name"], "checked", "the function's event is on its step: {step:#}");
-    assert!(step["events"][0]["attributes"]["data"].as_str().unwrap_or("").contains("\"path\""), "{step:#}");
-    assert_eq!(handler["name"], "handler checked", "the handler of the step's event runs after it: {spans:#?}");
-    assert_eq!(handler["parentSpanId"], gw["spanId"]);
+    let event = step.events.first().unwrap_or_else(|| panic!("the function's event is on its step: {step:#?}"));
+    assert_eq!(event.name, "checked", "{step:#?}");
+    assert!(event.attributes.get("data").is_some_and(|d| d.contains("\"path\"")), "{step:#?}");
+    assert_eq!(handler.name, "handler checked", "the handler of the step's event runs after it: {spans:#?}");
+    assert!(child_of(handler, gw), "{spans:#?}");
     assert_eq!(
         (
             attr(handler, "trefoil.cnf"),
@@ -173,13 +175,10 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
         ),
         ("scan", "checked", "allow", "ok")
     );
-    assert_eq!(attr(handler, "tag.user"), "ann", "the handler's tag is on its span: {handler:#}");
-    assert!(nanos(&step["endUnixNano"]) <= nanos(&handler["startUnixNano"]), "{spans:#?}");
-    assert!(
-        nanos(&handler["endUnixNano"]) <= nanos(&web_in["startUnixNano"]),
-        "the step and its handler end before web is called: {spans:#?}"
-    );
-    assert_eq!(web_in["parentSpanId"], gw["spanId"], "{spans:#?}");
+    assert_eq!(attr(handler, "tag.user"), "ann", "the handler's tag is on its span: {handler:#?}");
+    assert!(step.end_unix_nano <= handler.start_unix_nano, "{spans:#?}");
+    assert!(handler.end_unix_nano <= web_in.start_unix_nano, "the step and its handler end before web is called: {spans:#?}");
+    assert!(child_of(web_in, gw), "{spans:#?}");
 
     let out = trace(&up, &[TRACE_ID]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -214,47 +213,31 @@ fn a_retried_request_shows_each_attempt_as_a_span() {
     let (status, _, body) = http_request(public, "GET", "web.local", "/retried", &[("traceparent", &traceparent)], b"").unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
-    let mut spans: Vec<Value> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     wait_until("the trace's three spans", Duration::from_secs(15), || {
-        let (status, _, body) = http_request(control.api, "GET", "control", &format!("/api/v1/traces/{trace_id}"), &[], b"").unwrap();
-        spans = if status == 200 {
-            serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["spans"].as_array().cloned()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        // Not found until the proxy's first export arrives.
+        spans = control.client().trace(trace_id).map(|t| t.spans).unwrap_or_default();
         spans.len() >= 3
     });
     assert_eq!(spans.len(), 3, "{spans:#?}");
     let hop = spans.iter().find(|s| !is_attempt(s)).unwrap();
     assert_eq!((attr(hop, "trefoil.attempts"), attr(hop, "http.response.status_code")), ("2", "200"), "{spans:#?}");
-    let attempts: Vec<&Value> = spans.iter().filter(|s| is_attempt(s)).collect();
-    assert_eq!(
-        (attempts[0]["name"].as_str(), attempts[1]["name"].as_str()),
-        (Some("attempt 1"), Some("attempt 2")),
-        "in time order: {spans:#?}"
-    );
+    let attempts: Vec<&Span> = spans.iter().filter(|s| is_attempt(s)).collect();
+    assert_eq!((attempts[0].name.as_str(), attempts[1].name.as_str()), ("attempt 1", "attempt 2"), "in time order: {spans:#?}");
     for a in &attempts {
-        assert_eq!(a["parentSpanId"], hop["spanId"], "{spans:#?}");
+        assert!(child_of(a, hop), "{spans:#?}");
         assert_eq!(
             (attr(a, "trefoil.service"), attr(a, "trefoil.version"), attr(a, "trefoil.upstream")),
             ("web", "v1", flaky.addr().to_string().as_str())
         );
     }
     let (first, second) = (attempts[0], attempts[1]);
-    assert!(attr(first, "trefoil.attempt.status").starts_with('5'), "{first:#}");
+    assert!(attr(first, "trefoil.attempt.status").starts_with('5'), "{first:#?}");
+    assert_eq!((attr(first, "trefoil.attempt.failure"), attr(first, "trefoil.retry"), first.error), ("status", "true", true), "{first:#?}");
     assert_eq!(
-        (attr(first, "trefoil.attempt.failure"), attr(first, "trefoil.retry"), first["error"].as_bool()),
-        ("status", "true", Some(true)),
-        "{first:#}"
+        (attr(second, "trefoil.attempt.status"), attr(second, "trefoil.retry"), second.error),
+        ("200", "false", false),
+        "{second:#?}"
     );
-    assert_eq!(
-        (attr(second, "trefoil.attempt.status"), attr(second, "trefoil.retry"), second["error"].as_bool()),
-        ("200", "false", Some(false)),
-        "{second:#}"
-    );
-    assert!(nanos(&first["endUnixNano"]) <= nanos(&second["startUnixNano"]), "{spans:#?}");
-}
-
-fn nanos(v: &Value) -> u64 {
-    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+    assert!(first.end_unix_nano <= second.start_unix_nano, "{spans:#?}");
 }
