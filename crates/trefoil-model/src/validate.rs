@@ -260,6 +260,10 @@ impl Validator {
                 self.file(r, "spec.tls.clientCa", ca);
             }
         }
+        if l.transparent {
+            self.transparent_listener(r, l);
+            return;
+        }
         match (&l.protocol, &l.tcp_backend) {
             (ListenerProtocol::Tcp | ListenerProtocol::Auto, None) => {
                 self.report(r, "spec.tcpBackend", "a tcp or auto listener needs `tcpBackend` for traffic that is not HTTP")
@@ -276,6 +280,36 @@ impl Validator {
                     self.report(r, &format!("spec.routes[{i}]"), format!("no Route named {wanted:?}"));
                 }
             }
+        }
+    }
+
+    /// A transparent listener forwards to each connection's original
+    /// destination, so it has no backend of its own; it must be bound to one
+    /// address, the one datapath rules steer connections to.
+    fn transparent_listener(&mut self, r: &SourcedResource, l: &ListenerSpec) {
+        if l.protocol != ListenerProtocol::Tcp {
+            self.report(
+                r,
+                "spec.transparent",
+                "a transparent listener speaks `tcp` for now (it passes bytes through to the original destination)",
+            );
+        }
+        if l.tcp_backend.is_some() {
+            self.report(
+                r,
+                "spec.tcpBackend",
+                "a transparent listener forwards to each connection's original destination: remove `tcpBackend`",
+            );
+        }
+        if l.tls.is_some() {
+            self.report(r, "spec.tls", "a transparent listener passes bytes through: remove `tls`");
+        }
+        if l.address.ip().is_unspecified() {
+            self.report(
+                r,
+                "spec.address",
+                format!("{}: a transparent listener needs one address, which datapath rules steer to (not the wildcard)", l.address),
+            );
         }
     }
 
@@ -772,6 +806,17 @@ mod tests {
         assert!(err.contains("c.yaml:12:3: spec.command"), "{err}");
         assert!(err.contains("spec.port: a fixed port allows one replica"), "{err}");
         assert!(err.contains("spec.health.http"), "{err}");
+    }
+
+    #[test]
+    fn a_transparent_listener_passes_bytes_to_the_original_destination_only() {
+        let good = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec: {address: 10.1.0.1:15001, protocol: tcp, transparent: true}\n";
+        check(good).unwrap();
+        let bad = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec:\n  address: 0.0.0.0:15001\n  transparent: true\n  tcpBackend: {service: web}\n";
+        let err = check(bad).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["spec.transparent", "spec.tcpBackend", "spec.address"], "{err}");
+        assert_eq!(err.0[1].line, 13, "{err}");
     }
 
     /// The Route the rollouts below drive, to append after them.

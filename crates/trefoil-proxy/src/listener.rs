@@ -43,10 +43,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Binds a listener's address with the options a proxy wants. With
 /// `shared`, several sockets bind the same address (SO_REUSEPORT) and the
 /// kernel spreads connections over them: one socket per worker thread.
-pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
+/// With `transparent`, the socket may accept connections addressed to other
+/// hosts (a datapath rule steers them here) and answer as their destination.
+pub fn bind(addr: SocketAddr, shared: bool, transparent: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if transparent {
+        let set = if addr.is_ipv4() { socket.set_ip_transparent_v4(true) } else { socket.set_ip_transparent_v6(true) };
+        set.map_err(|e| std::io::Error::new(e.kind(), format!("IP_TRANSPARENT needs CAP_NET_ADMIN: {e}")))?;
+    }
     if shared {
         socket.set_reuse_port(true)?;
     }
@@ -202,6 +208,7 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
     let plain = Connection::new(name.clone(), client);
     let http2_only = config.protocol == ListenerProtocol::Http2;
     match config.protocol {
+        ListenerProtocol::Tcp if config.transparent => tcp::passthrough(&state, &config, stream, client).await,
         ListenerProtocol::Tcp => tcp::forward(&state, &config, stream, client).await,
         ListenerProtocol::Auto => match detect(&stream, DETECT_TIMEOUT).await {
             Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
@@ -380,14 +387,14 @@ mod tests {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(other.stdout.take().unwrap()), &mut line).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().unwrap();
         // The kernel would let this process join the other's port.
-        let joined = bind(addr, true).unwrap();
+        let joined = bind(addr, true, false).unwrap();
         let refused = ensure_sole_listener(addr).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
         drop(joined);
         let _ = other.kill();
         let _ = other.wait();
         // Our own sockets alone are fine.
-        let alone = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let alone = bind("127.0.0.1:0".parse().unwrap(), true, false).unwrap();
         ensure_sole_listener(alone.local_addr().unwrap()).unwrap();
     }
 

@@ -201,12 +201,12 @@ impl Listeners {
                     )));
                 }
                 let bind_err = |source| StartError::Bind { what: format!("listener {}", l.name), addr: l.addr, source };
-                let first = listener::bind(l.addr, shared).map_err(bind_err)?;
+                let first = listener::bind(l.addr, shared, l.transparent).map_err(bind_err)?;
                 // Port 0 means "any": every worker must share the port the first socket got.
                 let addr = first.local_addr().map_err(bind_err)?;
                 let mut sockets = vec![first];
                 for _ in 1..self.workers.len() {
-                    sockets.push(listener::bind(addr, shared).map_err(bind_err)?);
+                    sockets.push(listener::bind(addr, shared, l.transparent).map_err(bind_err)?);
                 }
                 listener::ensure_sole_listener(addr).map_err(bind_err)?;
                 bound.push((l.name.clone(), l.addr, sockets));

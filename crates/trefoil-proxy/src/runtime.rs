@@ -221,8 +221,11 @@ impl Running {
             ready: AtomicBool::new(false),
         });
 
-        let admin_socket =
-            listener::bind(admin_addr, false).map_err(|source| StartError::Bind { what: "admin".into(), addr: admin_addr, source })?;
+        let admin_socket = listener::bind(admin_addr, false, false).map_err(|source| StartError::Bind {
+            what: "admin".into(),
+            addr: admin_addr,
+            source,
+        })?;
         let (admin_stop, admin_stopped) = watch::channel(false);
         tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
         tokio::spawn(crate::memory::give_back_when_quiet(crate::memory::CHECK_EVERY));

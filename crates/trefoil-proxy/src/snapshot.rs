@@ -122,6 +122,8 @@ pub struct ListenerConfig {
     pub timeouts: ListenerTimeouts,
     /// Whether clients must present a certificate (`tls.clientCa`).
     pub client_auth: bool,
+    /// Bound with `IP_TRANSPARENT`; each connection goes to its original destination.
+    pub transparent: bool,
 }
 
 /// How a proxy talks to one service.
@@ -565,6 +567,7 @@ impl Compiler<'_> {
             path_normalization: spec.path_normalization,
             timeouts: spec.timeouts,
             client_auth: spec.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            transparent: spec.transparent,
         }
     }
 }

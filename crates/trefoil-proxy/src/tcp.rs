@@ -1,8 +1,9 @@
-//! Opaque TCP forwarding to a service's endpoints.
+//! Opaque TCP forwarding: to a service's endpoints, or, on a transparent
+//! listener, to the address each connection was sent to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -10,9 +11,13 @@ use crate::descriptors;
 use crate::endpoint::Outcome;
 use crate::snapshot::ListenerConfig;
 use crate::state::ProxyState;
+use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::metrics::{TcpBytesLabels, TcpLabels};
 
 const CONNECT_ATTEMPTS: usize = 3;
+/// How long a transparent listener waits to reach an original destination
+/// (it has no service, so no `connectTimeout`): Envoy's default.
+const ORIGINAL_DESTINATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to an endpoint of the listener's TCP backend and splices bytes both ways.
 pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
@@ -71,4 +76,59 @@ pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut dow
             })
             .inc_by(n);
     }
+}
+
+/// A connection a datapath rule steered to a transparent listener: it was
+/// addressed to another host, which is the accepted socket's own address
+/// (`getsockname`). Connects there and copies bytes both ways, unchanged;
+/// one access-log line when it ends.
+pub async fn passthrough(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
+    let started = Instant::now();
+    let original = match downstream.local_addr() {
+        // Addressed to the listener itself, it has no other destination:
+        // forwarding would connect the proxy to itself.
+        Ok(original) if original == listener.addr => {
+            tracing::warn!(listener = %listener.name, %client, "a connection to the transparent listener's own address has no original destination; closing");
+            return;
+        }
+        Ok(original) => original,
+        Err(e) => {
+            tracing::warn!(listener = %listener.name, %client, error = %e, "no original destination; closing");
+            return;
+        }
+    };
+    let Some(held) = descriptors::try_hold_upstream() else {
+        tracing::warn!(listener = %listener.name, %client, "too many open connections; closing this one");
+        return;
+    };
+    let (flag, bytes) = match tokio::time::timeout(ORIGINAL_DESTINATION_CONNECT_TIMEOUT, TcpStream::connect(original)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            ("", tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await.unwrap_or((0, 0)))
+        }
+        Ok(Err(_)) => ("upstream_connect_failure", (0, 0)),
+        Err(_) => ("upstream_connect_timeout", (0, 0)),
+    };
+    drop(held);
+    let metrics = &state.shared.metrics;
+    let service = crate::telemetry::metrics::label("original-destination");
+    for (flow, n) in [("upstream", bytes.0), ("downstream", bytes.1)] {
+        let labels = TcpBytesLabels { direction: listener.direction.clone(), service: service.clone(), version: Default::default(), flow };
+        metrics.tcp_bytes.get_or_create(&labels).inc_by(n);
+    }
+    let telemetry = state.telemetry.load_full();
+    let authority = original.to_string();
+    telemetry.access_log.write(&AccessRecord {
+        time: now_rfc3339(),
+        direction: &listener.direction,
+        listener: &listener.name,
+        client: client.to_string(),
+        protocol: "tcp",
+        authority: &authority,
+        upstream: flag.is_empty().then(|| authority.clone()),
+        attempts: 1,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        flag,
+        ..AccessRecord::default()
+    });
 }

@@ -93,6 +93,7 @@ pub fn listener_spec(address: SocketAddr) -> ListenerSpec {
         direction: "inbound".to_string(),
         path_normalization: PathNormalization::default(),
         timeouts: ListenerTimeouts::default(),
+        transparent: false,
     }
 }
 

@@ -309,6 +309,7 @@ fn listener(address: SocketAddr, direction: &str, routes: Vec<String>, service: 
         direction: direction.to_string(),
         path_normalization: PathNormalization::default(),
         timeouts: ListenerTimeouts::default(),
+        transparent: false,
     }
 }
 

@@ -42,6 +42,15 @@ pub struct ListenerSpec {
     /// How long a request's or response's body may go without progress.
     #[serde(default, skip_serializing_if = "ListenerTimeouts::is_default")]
     pub timeouts: ListenerTimeouts,
+    /// Accepts connections addressed to other hosts that a datapath rule
+    /// redirects here (bound with `IP_TRANSPARENT`), and forwards each to its
+    /// original destination. Only `tcp`, without `tcpBackend`, for now.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub transparent: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Idle limits on bodies, so that a client trickling (or never finishing) an
