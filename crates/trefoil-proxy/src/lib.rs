@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balancer;
 mod coarse_timer;
 pub mod control_client;
+mod datapath_link;
 pub mod descriptors;
 pub mod endpoint;
 #[cfg(feature = "fuzzing")]

@@ -121,6 +121,7 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             empty.settings.admin = options.admin.unwrap_or(empty.settings.admin);
             let mut running = Running::start(empty, name.clone(), options.admin, &shared, workers)?;
             let admin_address = running.state.snapshot.load().settings.admin.to_string();
+            shared.datapath.use_control_plane(address);
             let (applies, mut incoming) = mpsc::channel::<Apply>(1);
             let client = tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, applies));
             tracing::info!(control = %address, proxy = %name, "waiting for the first snapshot from the control plane");

@@ -40,6 +40,8 @@ pub struct Shared {
     pub inline: InFlight,
     /// A descriptor kept to shed connections the accept loop cannot take.
     pub spare: crate::descriptors::Spare,
+    /// Where handlers' datapath changes go.
+    pub datapath: crate::datapath_link::DatapathLink,
 }
 
 impl Shared {
@@ -54,6 +56,7 @@ impl Shared {
             budgets: Carried::default(),
             inline: InFlight::default(),
             spare: crate::descriptors::Spare::new(),
+            datapath: crate::datapath_link::DatapathLink::default(),
         }
     }
 }

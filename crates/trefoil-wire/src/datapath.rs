@@ -1,5 +1,5 @@
-//! `trefoil.datapath.v1.Datapath`: how network functions (and, next, the
-//! handlers' SDK) add and remove datapath rules without the REST API's
+//! `trefoil.datapath.v1.Datapath`: how network functions (and the
+//! handlers' SDK, through their proxy) add and remove datapath rules without the REST API's
 //! resource envelope: a rule is its compact form plus the fields the
 //! compact form leaves out. Messages are written by hand with prost
 //! derives like the config stream's; `proto/datapath.proto` documents them.
@@ -141,7 +141,9 @@ where
     })
 }
 
-/// A function's (or a test's) connection to the Datapath service.
+/// A function's (or a test's) connection to the Datapath service; clones
+/// share the connection.
+#[derive(Clone)]
 pub struct DatapathClient {
     grpc: tonic::client::Grpc<Channel>,
 }

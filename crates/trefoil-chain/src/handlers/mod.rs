@@ -141,10 +141,43 @@ pub enum CallOutcome {
 /// Boxed so the trait stays object-safe; one allocation per call is nothing next to a call-out.
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<CallOutcome, String>> + Send>>;
 
-/// How a handler reaches other network functions: the proxy makes the call-out.
+/// A datapath change a handler asks for (`trefoil.datapath.*`); the proxy
+/// sends it to the control plane's Datapath service, which checks it exactly
+/// as `trefoil datapath add` would.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DatapathChange {
+    Add(DatapathRule),
+    /// Deletes the rule of this name.
+    Remove(String),
+}
+
+/// A rule as the Datapath service takes it: the seed's compact form plus
+/// what that form leaves out, and where it came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DatapathRule {
+    /// `"10.0.2.0/24 80 : redirect => app=http-proxy"`, `"* * : drop"`.
+    pub compact: String,
+    /// Source addresses or networks; empty: any source.
+    pub source: Vec<String>,
+    /// `"10m"`: the rule is deleted this long after its last write.
+    pub ttl: Option<String>,
+    pub priority: i32,
+    /// The run that asked: recorded in the rule's `origin`.
+    pub origin_cnf: String,
+    pub origin_handler: String,
+    pub origin_trace_id: String,
+}
+
+/// The rule's name once stored, or why it was not.
+pub type DatapathFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// How a handler reaches the world outside its sandbox: other network
+/// functions and the datapath. The proxy makes the calls.
 pub trait Caller: Send + Sync + 'static {
     /// Calls the NetworkFunction `function` about the current request; `Err` names an unknown function.
     fn call(&self, function: &str) -> CallFuture;
+    /// Adds or removes a datapath rule; `Err` says why it was refused or could not be sent.
+    fn datapath(&self, change: DatapathChange) -> DatapathFuture;
 }
 
 /// The effects a run asks for, applied by the proxy afterwards.

@@ -9,7 +9,7 @@ use mlua::{Lua, Table, Value};
 
 use super::budget::{Budget, Stop, STOPPED};
 use super::convert::{to_json, to_lua};
-use super::{CallOutcome, Caller, Effects, RunInput};
+use super::{CallOutcome, Caller, DatapathChange, DatapathRule, Effects, RunInput};
 use crate::call::{deny_status, Event, Verdict};
 
 /// Raised to stop a run when a called function failed closed; found again by [`unavailable`].
@@ -37,6 +37,13 @@ const MAX_LOG_BYTES: usize = 4 * 1024;
 const MAX_LOG_LINES: usize = 100;
 /// A tag value's bytes at most, as for a log message.
 const MAX_TAG_BYTES: usize = 1024;
+/// Datapath changes per run: each is a write to the control plane's store,
+/// so a handler looping over addresses cannot flood it.
+const MAX_DATAPATH_CHANGES: usize = 16;
+/// A compact form, address, TTL or rule name: bytes at most.
+const MAX_DATAPATH_TEXT: usize = 512;
+/// Source addresses of one rule at most.
+const MAX_DATAPATH_SOURCES: usize = 64;
 
 pub(super) fn install(
     lua: &Lua,
@@ -148,6 +155,8 @@ pub(super) fn install(
         })?,
     )?;
 
+    sdk.raw_set("datapath", datapath_table(lua, input, caller.clone(), budget.clone())?)?;
+
     let fx = effects;
     sdk.raw_set(
         "call",
@@ -172,6 +181,140 @@ pub(super) fn install(
     )?;
     globals.raw_set("trefoil", sdk)?;
     Ok(())
+}
+
+/// `trefoil.datapath`: `add(compact, {source, ttl, priority})`,
+/// `drop(source, {ttl, priority})` and `remove(name)`. Each waits for the
+/// control plane and returns the rule's name, or `nil, reason` (a refused
+/// rule, no control plane); a malformed argument is a script error.
+fn datapath_table(lua: &Lua, input: &RunInput, caller: Arc<dyn Caller>, budget: Arc<Budget>) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    let sender = Arc::new(DatapathSender {
+        caller,
+        budget,
+        changes: AtomicUsize::new(0),
+        origin: DatapathRule {
+            origin_cnf: input.cnf.clone(),
+            origin_handler: input.event.name.clone(),
+            origin_trace_id: input.trace_id.clone(),
+            ..DatapathRule::default()
+        },
+    });
+
+    let send = sender.clone();
+    table.raw_set(
+        "add",
+        lua.create_async_function(move |lua, (compact, options): (String, Option<Table>)| {
+            let send = send.clone();
+            async move {
+                let rule = send.rule(text("compact form", compact)?, options, true)?;
+                send.send(&lua, DatapathChange::Add(rule)).await
+            }
+        })?,
+    )?;
+
+    let send = sender.clone();
+    table.raw_set(
+        "drop",
+        lua.create_async_function(move |lua, (source, options): (String, Option<Table>)| {
+            let send = send.clone();
+            async move {
+                let mut rule = send.rule("* * : drop".to_string(), options, false)?;
+                rule.source = vec![text("source", source)?];
+                send.send(&lua, DatapathChange::Add(rule)).await
+            }
+        })?,
+    )?;
+
+    let send = sender;
+    table.raw_set(
+        "remove",
+        lua.create_async_function(move |lua, name: String| {
+            let send = send.clone();
+            async move { send.send(&lua, DatapathChange::Remove(text("rule name", name)?)).await }
+        })?,
+    )?;
+    Ok(table)
+}
+
+/// What `trefoil.datapath`'s functions share within one run.
+struct DatapathSender {
+    caller: Arc<dyn Caller>,
+    budget: Arc<Budget>,
+    changes: AtomicUsize,
+    /// A rule with only the origin filled in: the run that asks.
+    origin: DatapathRule,
+}
+
+impl DatapathSender {
+    /// A rule from its compact form and the options table (`source` only where `with_source`).
+    fn rule(&self, compact: String, options: Option<Table>, with_source: bool) -> mlua::Result<DatapathRule> {
+        let mut rule = DatapathRule { compact, ..self.origin.clone() };
+        let Some(options) = options else { return Ok(rule) };
+        for pair in options.pairs::<String, Value>() {
+            let (key, value) = pair?;
+            match (key.as_str(), value) {
+                ("source", Value::String(s)) if with_source => rule.source = vec![text("source", s.to_str()?.to_string())?],
+                ("source", Value::Table(list)) if with_source => {
+                    rule.source = list
+                        .sequence_values::<String>()
+                        .take(MAX_DATAPATH_SOURCES + 1)
+                        .map(|s| text("source", s?))
+                        .collect::<mlua::Result<_>>()?;
+                    if rule.source.len() > MAX_DATAPATH_SOURCES {
+                        return Err(mlua::Error::runtime(format!("more than {MAX_DATAPATH_SOURCES} sources in one rule")));
+                    }
+                }
+                ("ttl", Value::String(s)) => rule.ttl = Some(text("ttl", s.to_str()?.to_string())?),
+                ("priority", Value::Integer(p)) => {
+                    rule.priority = i32::try_from(p).map_err(|_| mlua::Error::runtime(format!("priority {p} is out of range")))?;
+                }
+                (key, value) => {
+                    let expected = if with_source {
+                        "source (string or list), ttl (string), priority (integer)"
+                    } else {
+                        "ttl (string), priority (integer)"
+                    };
+                    return Err(mlua::Error::runtime(format!("datapath option {key:?} = {}: expected {expected}", value.type_name())));
+                }
+            }
+        }
+        Ok(rule)
+    }
+
+    /// Sends one change within the run's allowance; `name` or `nil, reason`.
+    async fn send(&self, lua: &Lua, change: DatapathChange) -> mlua::Result<(Value, Value)> {
+        // A stopped run changes nothing more (its `pcall` may have caught the stop).
+        if self.budget.stop() != Stop::None {
+            return Err(mlua::Error::runtime(STOPPED.to_string_lossy()));
+        }
+        if self.changes.fetch_add(1, Ordering::Relaxed) >= MAX_DATAPATH_CHANGES {
+            return Err(mlua::Error::runtime(format!("more than {MAX_DATAPATH_CHANGES} datapath changes in one run")));
+        }
+        let what = match &change {
+            DatapathChange::Add(rule) => format!("add {:?}", rule.compact),
+            DatapathChange::Remove(name) => format!("remove {name:?}"),
+        };
+        let o = &self.origin;
+        match self.caller.datapath(change).await {
+            Ok(name) => {
+                tracing::info!(target: "trefoil::chain::handler", cnf = %o.origin_cnf, event = %o.origin_handler, trace_id = %o.origin_trace_id, rule = %name, "datapath {what}");
+                Ok((Value::String(lua.create_string(&name)?), Value::Nil))
+            }
+            Err(reason) => {
+                tracing::warn!(target: "trefoil::chain::handler", cnf = %o.origin_cnf, event = %o.origin_handler, trace_id = %o.origin_trace_id, error = %reason, "datapath {what} refused");
+                Ok((Value::Nil, Value::String(lua.create_string(&reason)?)))
+            }
+        }
+    }
+}
+
+/// A datapath argument: text no longer than [`MAX_DATAPATH_TEXT`].
+fn text(what: &str, value: String) -> mlua::Result<String> {
+    if value.len() > MAX_DATAPATH_TEXT {
+        return Err(mlua::Error::runtime(format!("{what} longer than {MAX_DATAPATH_TEXT} bytes")));
+    }
+    Ok(value)
 }
 
 fn lock(effects: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {

@@ -7,8 +7,13 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// Answers calls to `allow-fn` with an allow, `deny-fn` with a deny, `down-open` and
-/// `down-closed` as failures; anything else is unknown.
-struct FakeCaller;
+/// `down-closed` as failures; anything else is unknown. Datapath changes are
+/// kept in `changes`; a compact form starting `bad` is refused, as the control
+/// plane would refuse it.
+#[derive(Default)]
+struct FakeCaller {
+    changes: std::sync::Mutex<Vec<DatapathChange>>,
+}
 
 impl Caller for FakeCaller {
     fn call(&self, function: &str) -> CallFuture {
@@ -28,6 +33,16 @@ impl Caller for FakeCaller {
                 other => Err(format!("no network function named {other:?}")),
             }
         })
+    }
+
+    fn datapath(&self, change: DatapathChange) -> DatapathFuture {
+        let answer = match &change {
+            DatapathChange::Add(rule) if rule.compact.starts_with("bad") => Err("compact: column 1: not an address".to_string()),
+            DatapathChange::Add(_) => Ok(format!("rule-{}", self.changes.lock().unwrap().len())),
+            DatapathChange::Remove(name) => Ok(name.clone()),
+        };
+        self.changes.lock().unwrap().push(change);
+        Box::pin(async move { answer })
     }
 }
 
@@ -59,7 +74,7 @@ fn input() -> RunInput {
 async fn run_script(script: &str) -> Result<Effects, HandlerError> {
     let handlers = compile(script);
     let handler = handlers.get("checked").expect("compiled");
-    run(handler, &handlers.limits, input(), Arc::new(FakeCaller)).await
+    run(handler, &handlers.limits, input(), Arc::new(FakeCaller::default())).await
 }
 
 #[test]
@@ -153,7 +168,7 @@ async fn the_deadline_stops_a_run_the_instruction_bound_would_allow() {
     )
     .unwrap();
     let started = Instant::now();
-    let err = run(handlers.get("checked").unwrap(), &handlers.limits, input(), Arc::new(FakeCaller)).await.unwrap_err();
+    let err = run(handlers.get("checked").unwrap(), &handlers.limits, input(), Arc::new(FakeCaller::default())).await.unwrap_err();
     assert!(matches!(err, HandlerError::Deadline(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 }
@@ -175,7 +190,7 @@ async fn runtime_errors_and_globals_do_not_leak_between_runs() {
     let handlers = compile("assert(leaked == nil, 'a global survived') leaked = true");
     let handler = handlers.get("checked").unwrap();
     for _ in 0..2 {
-        run(handler, &handlers.limits, input(), Arc::new(FakeCaller)).await.expect("a fresh state each run");
+        run(handler, &handlers.limits, input(), Arc::new(FakeCaller::default())).await.expect("a fresh state each run");
     }
 }
 
@@ -189,7 +204,7 @@ async fn cost_of_a_run() {
     let n = 2_000;
     let started = Instant::now();
     for _ in 0..n {
-        run(handler, &handlers.limits, input(), Arc::new(FakeCaller)).await.unwrap();
+        run(handler, &handlers.limits, input(), Arc::new(FakeCaller::default())).await.unwrap();
     }
     println!("one handler run: {:?}", started.elapsed() / n);
 }
@@ -202,7 +217,7 @@ async fn time_runs(what: &str, script: &str, n: u32) {
     let handler = handlers.get("checked").unwrap();
     let started = Instant::now();
     for _ in 0..n {
-        run(handler, &handlers.limits, input(), Arc::new(FakeCaller)).await.unwrap();
+        run(handler, &handlers.limits, input(), Arc::new(FakeCaller::default())).await.unwrap();
     }
     println!("{what}: {:?} per run", started.elapsed() / n);
 }
@@ -243,7 +258,7 @@ async fn overshoot_past_the_deadline() {
         let scripts = BTreeMap::from([("checked".to_string(), script.to_string())]);
         let handlers = Handlers::compile("edge", &scripts, limits.clone()).unwrap();
         let started = Instant::now();
-        let result = run(handlers.get("checked").unwrap(), &handlers.limits, input(), Arc::new(FakeCaller)).await;
+        let result = run(handlers.get("checked").unwrap(), &handlers.limits, input(), Arc::new(FakeCaller::default())).await;
         println!("{what}: {:?} for a 200 ms deadline ({:?})", started.elapsed(), result.map(|_| ()));
     }
 }
@@ -265,7 +280,7 @@ fn run_bounded(script: &str, limits: Limits) -> Result<Effects, HandlerError> {
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             let handler = handlers.get("checked").expect("compiled");
-            let _ = done.send(runtime.block_on(run(handler, &handlers.limits, input(), Arc::new(FakeCaller))));
+            let _ = done.send(runtime.block_on(run(handler, &handlers.limits, input(), Arc::new(FakeCaller::default()))));
         })
         .expect("a thread");
     finished.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("still running after 30 s: {script}"))
@@ -472,4 +487,67 @@ async fn what_a_run_leaves_for_the_proxy_is_bounded() {
 async fn an_error_message_is_one_printable_line() {
     let err = run_script("error('bad\\rthing\\27[1m')").await.unwrap_err();
     assert!(matches!(&err, HandlerError::Runtime(m) if m.ends_with("bad\\rthing\\u{1b}[1m")), "{err}");
+}
+
+#[tokio::test]
+async fn datapath_changes_reach_the_caller_with_the_run_as_their_origin() {
+    let script = r#"
+        local name = assert(trefoil.datapath.drop("10.0.1.2", {ttl = "1m"}))
+        local added = assert(trefoil.datapath.add("10.0.2.0/24 80 : redirect => app=proxy", {source = {"10.0.1.0/24"}, priority = 5}))
+        local refused, reason = trefoil.datapath.add("bad rule")
+        assert(refused == nil and reason:find("column 1"), "a refused rule is nil, reason")
+        assert(trefoil.datapath.remove(name) == name)
+        trefoil.set_header("x-rules", name .. " " .. added)
+    "#;
+    let handlers = compile(script);
+    let caller = Arc::new(FakeCaller::default());
+    let fx = run(handlers.get("checked").unwrap(), &handlers.limits, input(), caller.clone()).await.expect("runs");
+    assert_eq!(fx.set_headers, [("x-rules".to_string(), "rule-0 rule-1".to_string())]);
+    let origin = DatapathRule {
+        origin_cnf: "edge".into(),
+        origin_handler: "checked".into(),
+        origin_trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        ..DatapathRule::default()
+    };
+    let changes = caller.changes.lock().unwrap().clone();
+    assert_eq!(
+        changes,
+        [
+            DatapathChange::Add(DatapathRule {
+                compact: "* * : drop".into(),
+                source: vec!["10.0.1.2".into()],
+                ttl: Some("1m".into()),
+                ..origin.clone()
+            }),
+            DatapathChange::Add(DatapathRule {
+                compact: "10.0.2.0/24 80 : redirect => app=proxy".into(),
+                source: vec!["10.0.1.0/24".into()],
+                priority: 5,
+                ..origin.clone()
+            }),
+            DatapathChange::Add(DatapathRule { compact: "bad rule".into(), ..origin }),
+            DatapathChange::Remove("rule-0".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn datapath_arguments_and_the_per_run_allowance_are_checked_in_the_sandbox() {
+    for (script, expected) in [
+        ("trefoil.datapath.drop('10.0.1.2', {source = '10.0.0.1'})", "datapath option \"source\" = string"),
+        ("trefoil.datapath.add('* 80 : drop', {ttl = 60})", "datapath option \"ttl\" = integer"),
+        ("trefoil.datapath.add('* 80 : drop', {priority = 1099511627776})", "out of range"),
+        ("trefoil.datapath.add(string.rep('1', 600))", "compact form longer than 512 bytes"),
+        (
+            "local s = {} for i = 1, 70 do s[i] = '10.0.0.' .. i end trefoil.datapath.add('* 80 : drop', {source = s})",
+            "more than 64 sources",
+        ),
+        ("for i = 1, 20 do trefoil.datapath.drop('10.0.0.' .. i) end", "more than 16 datapath changes in one run"),
+    ] {
+        let caller = Arc::new(FakeCaller::default());
+        let handlers = compile(script);
+        let err = run(handlers.get("checked").unwrap(), &handlers.limits, input(), caller.clone()).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{script}: {err}");
+        assert!(caller.changes.lock().unwrap().len() <= 16, "{script}: the allowance holds");
+    }
 }

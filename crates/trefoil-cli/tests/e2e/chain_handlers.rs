@@ -254,3 +254,15 @@ fn a_reloaded_handler_takes_effect_with_traffic_flowing() {
     assert_eq!(echoed(&mesh.get("/echo?cnf=live").2)["x-handler"], "v2");
     assert!(proxy.stderr().contains("spec.handlers.checked"), "the error names the handler:\n{}", proxy.stderr());
 }
+
+#[test]
+fn a_proxy_without_a_control_plane_tells_handlers_where_datapath_rules_cannot_go() {
+    let mesh = Mesh::start();
+    let proxy =
+        Proxy::start(mesh.config(&[("dp", "local name, err = trefoil.datapath.drop('10.0.1.2')\ntrefoil.set_header('x-dp', err)")]));
+    let (status, _, body) = mesh.get("/echo?cnf=dp");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    let reason = echoed(&body)["x-dp"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("runs from a config file"), "nil, reason: {reason}");
+    assert_eq!(proxy.metric_sum("trefoil_chain_datapath_changes_total", &["cnf=\"dp\"", "result=\"unavailable\""]), 1.0);
+}

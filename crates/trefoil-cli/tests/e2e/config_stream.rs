@@ -3,17 +3,21 @@
 //! API reach the proxy; a snapshot the proxy cannot apply is NACKed and the
 //! old config keeps serving; the proxy outlives a kill -9 of the control
 //! plane and reconnects to its successor; a CNF chain applied through the API
-//! runs on the proxy.
+//! runs on the proxy, and its handler adds and removes datapath rules there.
 
 use std::net::{SocketAddr, TcpListener};
 
 use serde_json::Value;
 use trefoil_api::ProxyStatus;
-use trefoil_model::spec::{Endpoint, ProxySpec, RouteRule, ServiceSpec};
+use trefoil_model::spec::{DatapathAction, Endpoint, NetworkFunctionSpec, ProxySpec, RouteRule, ServiceSpec};
 use trefoil_model::{Resource, Spec};
 use trefoil_testkit::control::WAIT;
-use trefoil_testkit::resources::{cnf, function, listener, network_function, resource, route, rule_to, secs, step};
-use trefoil_testkit::{free_addr, http_request, scratch_dir, trefoil_command, wait_until, Control, Function, StreamProxy, TestServer};
+use trefoil_testkit::resources::{
+    cnf, cnf_with_handler, function, listener, network_function, resource, route, rule_to, secs, step, strings,
+};
+use trefoil_testkit::{
+    echoed, free_addr, http_request, scratch_dir, trefoil_command, wait_until, Control, Function, StreamProxy, TestServer,
+};
 
 /// Who answered a GET through `addr`, or `None` if the request failed.
 fn served_by(addr: SocketAddr) -> Option<(u16, String)> {
@@ -215,4 +219,68 @@ fn a_cnf_applied_through_the_api_runs_on_the_proxy() {
     wait_until("the chain to deny /deny", WAIT, || http_request(public, "GET", "web.local", "/deny", &[], b"").is_ok_and(|r| r.0 == 451));
     assert_eq!(served_by(public), Some((200, "one".to_string())), "allowed requests still pass");
     control.wait_in_sync("edge");
+}
+
+/// The seed's loop: a function publishes an event, the operator's handler
+/// reacts by programming the datapath. Here the handler blocks the address a
+/// request names (`trefoil.datapath.drop`) and lifts the block again
+/// (`remove`); the rules land in the control plane's store with the run
+/// that made them as their origin, and a rule the control plane refuses
+/// comes back to the script as `nil, reason`.
+#[test]
+fn a_handler_adds_and_removes_datapath_rules_through_the_control_plane() {
+    let dir = scratch_dir();
+    let (api, grpc, public) = (free_addr(), free_addr(), free_addr());
+    let (one, two) = (TestServer::named("one"), TestServer::named("two"));
+    let acl = Function::start("json_function.py", &["--name", "acl"]);
+    let control = Control::start_on(&dir.join("data"), api, grpc);
+    let proxy = StreamProxy::start(&dir, grpc, "edge", 2);
+    apply_gateway(&control, "edge", public, &one, &two);
+    wait_served_by(public, "one");
+
+    let script = "local block, unblock = request.headers['x-block'], request.headers['x-unblock']\n\
+                  if block then\n\
+                    local name, err = trefoil.datapath.drop(block, {ttl = '10m'})\n\
+                    trefoil.set_header('x-rule', name or ('refused: ' .. err))\n\
+                  end\n\
+                  if unblock then trefoil.set_header('x-removed', assert(trefoil.datapath.remove(unblock))) end";
+    control.put(&service_doc("acl", acl.addr));
+    control.put(&network_function("acl", NetworkFunctionSpec { events: strings(&["checked"]), ..function("acl") }));
+    control.put(&cnf_with_handler("guard", vec![step("acl")], "checked", script));
+    control.put(&route("web", &["*"], vec![RouteRule { chain: Some("guard".into()), ..rule_to("one") }]));
+    let send = |headers: &[(&str, &str)]| {
+        let (status, _, body) = http_request(public, "GET", "web.local", "/echo", headers, b"").expect("the proxy answers");
+        assert_eq!(status, 200, "{}\n{}", String::from_utf8_lossy(&body), proxy.log());
+        echoed(&String::from_utf8_lossy(&body))
+    };
+    // The function marks what it checked: once it does, the chain and its handler are in force.
+    wait_until("the chain to run", WAIT, || send(&[])["x-checked-by"] == "acl");
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let seen = send(&[("x-block", "10.0.1.2"), ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))]);
+    let name = seen["x-rule"].as_str().unwrap_or_else(|| panic!("the handler got no rule name: {seen}\n{}", proxy.log())).to_string();
+    let stored = control.client().get("DatapathRule", &name).expect("the rule is stored");
+    let Spec::DatapathRule(rule) = stored.spec else { panic!("not a DatapathRule: {stored:?}") };
+    assert_eq!(rule.action, DatapathAction::Drop);
+    assert_eq!(rule.traffic.source.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.1.2/32"]);
+    assert_eq!(rule.ttl.map(|t| t.to_string()).as_deref(), Some("600s"));
+    let origin = rule.origin.expect("the run is recorded as the rule's origin");
+    assert_eq!(
+        (origin.cnf.as_deref(), origin.handler.as_deref(), origin.trace_id.as_deref()),
+        (Some("guard"), Some("checked"), Some(trace))
+    );
+
+    let refused = send(&[("x-block", "not-an-address")]);
+    let reason = refused["x-rule"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("refused: source:"), "the control plane's reason reaches the script: {refused}");
+
+    assert_eq!(send(&[("x-unblock", &name)])["x-removed"].as_str(), Some(name.as_str()));
+    assert!(control.client().find("DatapathRule", &name).expect("the API answers").is_none(), "the rule is gone");
+
+    let (_, _, metrics) = http_request(proxy.admin, "GET", "admin", "/metrics", &[], b"").expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for result in ["added", "refused", "removed"] {
+        let line = format!("trefoil_chain_datapath_changes_total{{cnf=\"guard\",result=\"{result}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 }

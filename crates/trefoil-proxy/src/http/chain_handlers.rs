@@ -9,16 +9,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
-use trefoil_chain::handlers::{self, CallFuture, CallOutcome, Caller, Effects, Handlers, RequestView, RunInput};
+use trefoil_chain::handlers::{
+    self, CallFuture, CallOutcome, Caller, DatapathChange, DatapathFuture, Effects, Handlers, RequestView, RunInput,
+};
 use trefoil_chain::Event;
 use trefoil_model::spec::FailurePolicy;
 
+use crate::datapath_link::Sent;
 use crate::http::callout;
 use crate::http::chain::{call_for, scheme, step_outcome, Chain, Function, OwnedCall, RequestFacts, Stopped};
 use crate::state::ProxyState;
 use crate::telemetry::chain_span::{HandlerRun, CALL};
 use crate::telemetry::hop_spans::HopSpans;
-use crate::telemetry::metrics::{label, ChainLabels, HandlerLabels, Label};
+use crate::telemetry::metrics::{label, ChainLabels, DatapathLabels, HandlerLabels, Label};
 
 /// A CNF's handlers and the functions they may call (every NetworkFunction of the snapshot).
 pub struct ChainHandlers {
@@ -346,6 +349,20 @@ impl Caller for ProxyCaller {
                     CallOutcome::FailedClosed
                 }
             })
+        })
+    }
+
+    fn datapath(&self, change: DatapathChange) -> DatapathFuture {
+        let (state, cnf) = (self.state.clone(), label(&self.call.cnf));
+        Box::pin(async move {
+            let done = if matches!(change, DatapathChange::Add(_)) { "added" } else { "removed" };
+            let (result, answer) = match state.shared.datapath.send(change).await {
+                Sent::Done(name) => (done, Ok(name)),
+                Sent::Refused(reason) => ("refused", Err(reason)),
+                Sent::Unavailable(reason) => ("unavailable", Err(reason)),
+            };
+            state.shared.metrics.chain_datapath_changes.get_or_create(&DatapathLabels { cnf, result }).inc();
+            answer
         })
     }
 }

@@ -159,6 +159,14 @@ pub struct HandlerLabels {
     pub result: &'static str,
 }
 
+/// One datapath change a CNF's handler asked for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatapathLabels {
+    pub cnf: Label,
+    /// `added`, `removed`, `refused` (the control plane said no) or `unavailable`.
+    pub result: &'static str,
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -175,6 +183,7 @@ pub struct Metrics {
     pub mirrors: Family<ResultLabels, Counter>,
     pub chain_calls: Family<ChainLabels, Counter>,
     pub chain_handler_runs: Family<HandlerLabels, Counter>,
+    pub chain_datapath_changes: Family<DatapathLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_version: Gauge,
     pub access_log_dropped: Counter,
@@ -219,6 +228,12 @@ impl Default for Metrics {
         registry.register("trefoil_chain_calls", "Calls of CNF chain steps to their network functions, by result", chain_calls.clone());
         let chain_handler_runs = Family::default();
         registry.register("trefoil_chain_handler_runs", "Runs of CNF event handlers, by result", chain_handler_runs.clone());
+        let chain_datapath_changes = Family::default();
+        registry.register(
+            "trefoil_chain_datapath_changes",
+            "Datapath rules CNF event handlers added or removed through the control plane, by result",
+            chain_datapath_changes.clone(),
+        );
         let config_reloads = Family::default();
         registry.register("trefoil_config_reloads", "Configuration reload attempts, by result", config_reloads.clone());
         let config_version = Gauge::default();
@@ -260,6 +275,7 @@ impl Default for Metrics {
             mirrors,
             chain_calls,
             chain_handler_runs,
+            chain_datapath_changes,
             config_reloads,
             config_version,
             access_log_dropped,
