@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use http::Method;
 use trefoil_model::spec::PathNormalization;
 
-use crate::h1_codec::{self, Decoded, Decoder};
+use crate::upstream::h1::codec::{self, Decoded, Decoder};
 
 /// An upstream's bytes as the HTTP/1 client reads them: response heads, then
 /// each body by its framing, as far as the bytes go. Must never panic.
@@ -14,7 +14,7 @@ pub fn h1_response(bytes: &[u8], head_request: bool) {
     let method = if head_request { Method::HEAD } else { Method::GET };
     let mut buf = BytesMut::from(bytes);
     let mut spans = Vec::new();
-    while let Ok(Some(head)) = h1_codec::parse_response_head(&mut buf, &method, &mut spans) {
+    while let Ok(Some(head)) = codec::parse_response_head(&mut buf, &method, &mut spans) {
         let mut decoder = Decoder::new(head.body);
         loop {
             match decoder.decode(&mut buf) {

@@ -14,12 +14,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use trefoil_model::{Diagnostics, SourcedResource};
 
-use crate::control_client::{self, Apply};
-use crate::listener_set::{Listeners, Workers};
-use crate::snapshot::{compile, Shared, Snapshot};
-use crate::state::{ProxyState, Telemetry};
+use crate::config::control_client::{self, Apply};
+use crate::config::snapshot::{compile, Shared, Snapshot};
+use crate::config::state::{ProxyState, Telemetry};
+use crate::downstream::listener;
+use crate::downstream::listener_set::{Listeners, Workers};
+use crate::telemetry::admin;
 use crate::telemetry::metrics::ResultLabels;
-use crate::{admin, health, listener};
+use crate::upstream::health;
 
 /// Why a proxy could not start, or why a config was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +231,7 @@ impl Running {
         })?;
         let (admin_stop, admin_stopped) = watch::channel(false);
         tokio::spawn(admin::serve(state.clone(), admin_socket, admin_stopped));
-        tokio::spawn(crate::memory::give_back_when_quiet(crate::memory::CHECK_EVERY));
+        tokio::spawn(crate::sys::memory::give_back_when_quiet(crate::sys::memory::CHECK_EVERY));
         tracing::info!(address = %admin_addr, "admin listening");
         if !admin_addr.ip().is_loopback() {
             tracing::warn!(address = %admin_addr, "THE ADMIN ENDPOINT IS REACHABLE FROM THE NETWORK WITHOUT AUTHENTICATION: anyone who can reach it reads the running config, metrics and endpoints; bind it to 127.0.0.1 unless a firewall guards it");

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::descriptors;
-use crate::endpoint::Outcome;
-use crate::snapshot::ListenerConfig;
-use crate::state::ProxyState;
+use crate::config::snapshot::ListenerConfig;
+use crate::config::state::ProxyState;
+use crate::sys::descriptors;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::metrics::{TcpBytesLabels, TcpLabels};
+use crate::upstream::endpoint::Outcome;
 
 const CONNECT_ATTEMPTS: usize = 3;
 /// How long a transparent listener waits to reach an original destination

@@ -33,7 +33,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let loaded = trefoil_model::load_all_path(&args.path);
     let problems = trefoil_model::check_all(&loaded, true);
     let result = if problems.is_empty() {
-        trefoil_proxy::snapshot::compile(&loaded.resources, &trefoil_proxy::snapshot::Shared::new(1), 0).map(|_| loaded.resources)
+        trefoil_proxy::config::snapshot::compile(&loaded.resources, &trefoil_proxy::config::snapshot::Shared::new(1), 0)
+            .map(|_| loaded.resources)
     } else {
         Err(Diagnostics(problems))
     };

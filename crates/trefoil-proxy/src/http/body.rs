@@ -15,8 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, Either, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 
-use crate::coarse_timer::CoarseTimer;
-use crate::h1_pool::PooledBody;
+use crate::sys::coarse_timer::CoarseTimer;
+use crate::upstream::h1::pool::PooledBody;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Bodies up to this size are buffered so that retries and mirrors can replay them.

@@ -16,13 +16,13 @@ use http::{Response, StatusCode};
 use trefoil_chain::{Call, ResponseHead, Verdict};
 use trefoil_model::spec::{FailurePolicy, FunctionApi, StepMode};
 
+use crate::config::snapshot::Cluster;
+use crate::config::state::ProxyState;
 use crate::http::body::{self, Collected};
 use crate::http::callout;
 use crate::http::chain_handlers::{ChainHandlers, RunCount, Runner};
 use crate::http::local_reply::LocalReply;
 use crate::http::route_match::RequestMatcher;
-use crate::snapshot::Cluster;
-use crate::state::ProxyState;
 use crate::telemetry::chain_span::StepOutcome;
 use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{ChainLabels, Label};

@@ -15,10 +15,10 @@ use trefoil_chain::handlers::{
 use trefoil_chain::Event;
 use trefoil_model::spec::FailurePolicy;
 
-use crate::datapath_link::Sent;
+use crate::config::datapath_link::Sent;
+use crate::config::state::ProxyState;
 use crate::http::callout;
 use crate::http::chain::{call_for, scheme, step_outcome, Chain, Function, OwnedCall, RequestFacts, Stopped};
-use crate::state::ProxyState;
 use crate::telemetry::chain_span::{HandlerRun, CALL};
 use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{label, ChainLabels, DatapathLabels, HandlerLabels, Label};

@@ -15,11 +15,11 @@ use http::Response;
 use tokio::sync::oneshot;
 use trefoil_model::spec::{FailurePolicy, StepMode};
 
+use crate::config::state::ProxyState;
 use crate::http::body::RequestBody;
 use crate::http::chain::{scheme, Chain, Next, RequestFacts, Stopped, CNF_HEADER};
 use crate::http::local_reply::LocalReply;
 use crate::http::proxy::{build_upstream_request, send_upstream, strip_hop_by_hop, Connection, PEER_IDENTITY_HEADER};
-use crate::state::ProxyState;
 use crate::telemetry::chain_span::StepOutcome;
 use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::Label;

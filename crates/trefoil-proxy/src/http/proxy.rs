@@ -21,9 +21,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use trefoil_model::spec::HashOn;
 
-use crate::descriptors;
-use crate::endpoint::{EndpointState, Outcome};
-use crate::h1_pool::{self, SendError};
+use crate::config::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
+use crate::config::state::ProxyState;
 use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, Upload, UpstreamBody};
 use crate::http::chain::{Chain, Next, RequestFacts, Stopped};
 use crate::http::chain_handlers::RunCount;
@@ -33,11 +32,13 @@ use crate::http::inline;
 use crate::http::local_reply::LocalReply;
 use crate::http::record::{version_name, Arrival, Outcomes, Record};
 use crate::http::retry::{backoff, AttemptFailure};
-use crate::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
-use crate::state::ProxyState;
+use crate::sys::descriptors;
 use crate::telemetry::attempt_span;
 use crate::telemetry::metrics::{EndpointLabels, Label, Metrics, RetryLabels, ServiceLabels};
 use crate::telemetry::trace_context::TraceContext;
+use crate::upstream::endpoint::{EndpointState, Outcome};
+use crate::upstream::h1;
+use crate::upstream::h1::pool::SendError;
 use crate::upstream::ProxyBody;
 
 /// Facts about the downstream connection a request arrived on.
@@ -498,7 +499,7 @@ async fn deadline_after_upload<T>(limit: Duration, attempts: impl Future<Output 
     // Long limits (the 15 s default) on the coarse timer: cheaper than tokio's per request.
     let sleep = |limit: Duration| -> Pin<Box<dyn Future<Output = ()> + Send>> {
         if limit >= Duration::from_secs(10) {
-            Box::pin(crate::coarse_timer::CoarseTimer.sleep(limit))
+            Box::pin(crate::sys::coarse_timer::CoarseTimer.sleep(limit))
         } else {
             Box::pin(tokio::time::sleep(limit))
         }
@@ -597,7 +598,7 @@ pub(crate) fn send_upstream(
     req: Request<ProxyBody>,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'static {
     if service.worker_pooled {
-        let sent = h1_pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get());
+        let sent = h1::pool::send(endpoint.addr, req, service.limits.connect_timeout.get(), service.limits.idle_timeout.get());
         return Either::Left(sent.map(|sent| sent.map(|resp| resp.map(UpstreamBody::Left))));
     }
     let sent = service.client.current().request(req);

@@ -15,9 +15,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use trefoil_chain::Event;
 
+use crate::config::state::ProxyState;
 use crate::http::body;
 use crate::http::chain_handlers;
-use crate::state::ProxyState;
 use crate::telemetry::chain_span::published_span;
 use crate::telemetry::trace_context::hex_into;
 use crate::upstream::ProxyBody;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Method, Response, Uri, Version};
 
+use crate::config::snapshot::ListenerConfig;
+use crate::config::state::{ProxyState, Telemetry};
 use crate::http::body::Observed;
 use crate::http::local_reply::LocalReply;
 use crate::http::proxy::Connection;
-use crate::snapshot::ListenerConfig;
-use crate::state::{ProxyState, Telemetry};
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{GrpcLabels, Label, LocalReplyLabels, SeriesKey};

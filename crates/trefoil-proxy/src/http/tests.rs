@@ -19,10 +19,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::config::snapshot::{compile, Shared};
+use crate::config::state::{ProxyState, Telemetry};
 use crate::http::body::Downstream;
 use crate::http::proxy::{self, Connection};
-use crate::snapshot::{compile, Shared};
-use crate::state::{ProxyState, Telemetry};
 use crate::telemetry::metrics::label;
 
 /// An upstream on loopback: `/ok` answers 200; `/flaky` 503 every other

@@ -1,6 +1,8 @@
-//! What the proxy tells about the traffic: metrics, access logs, traces.
+//! What the proxy tells about the traffic: metrics, access logs, traces,
+//! and the admin listener that serves them with readiness and the config.
 
 pub mod access_log;
+pub mod admin;
 pub mod attempt_span;
 pub mod chain_span;
 pub mod hop_spans;

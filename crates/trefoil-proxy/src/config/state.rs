@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use trefoil_model::spec::{ProxySpec, TlsMode, TracingSpec, UpstreamTls};
 
-use crate::snapshot::{Shared, Snapshot};
+use crate::config::snapshot::{Shared, Snapshot};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::otlp::{self, SpanSink};
 use crate::upstream::ClientKey;

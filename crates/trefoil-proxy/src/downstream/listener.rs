@@ -19,17 +19,17 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use trefoil_model::spec::ListenerProtocol;
 
-use crate::coarse_timer::CoarseTimer;
-use crate::descriptors::{self, Held};
+use crate::config::snapshot::ListenerConfig;
+use crate::config::state::ProxyState;
+use crate::downstream::listener_set::Balance;
 use crate::http::body::Downstream;
 use crate::http::proxy::{self, Connection};
-use crate::listener_set::Balance;
-use crate::snapshot::ListenerConfig;
-use crate::state::ProxyState;
+use crate::sys::coarse_timer::CoarseTimer;
+use crate::sys::descriptors::{self, Held};
+use crate::sys::woken::OnlyWhenWoken;
 use crate::tcp;
 use crate::telemetry::metrics::{label, Label, TlsLabels};
 use crate::tls::peer_identity;
-use crate::woken::OnlyWhenWoken;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `auto` waits for a client to speak before treating the stream as
@@ -275,7 +275,7 @@ where
                 proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Left))
             });
             let mut builder = http1::Builder::new();
-            // One buffer, one `write` per response: see `h1_pool::connect`.
+            // One buffer, one `write` per response: see `upstream::h1::pool::connect`.
             builder.timer(CoarseTimer).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).writev(false);
             drive(builder.serve_connection(io, service), watcher, |c| c.graceful_shutdown()).await
         }

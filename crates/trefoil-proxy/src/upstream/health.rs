@@ -8,13 +8,13 @@ use http_body_util::BodyExt;
 use tokio::task::JoinSet;
 use trefoil_model::spec::HealthCheck;
 
-use crate::endpoint::EndpointState;
+use crate::config::snapshot::{ServiceConfig, Snapshot};
 use crate::http::body;
-use crate::snapshot::{ServiceConfig, Snapshot};
 use crate::telemetry::metrics::{EndpointLabels, Metrics};
+use crate::upstream::endpoint::EndpointState;
 
 /// Starts the checkers a snapshot asks for; dropping the set stops them.
-pub fn start(snapshot: &Snapshot, metrics: Arc<crate::snapshot::Shared>) -> JoinSet<()> {
+pub fn start(snapshot: &Snapshot, metrics: Arc<crate::config::snapshot::Shared>) -> JoinSet<()> {
     let mut set = JoinSet::new();
     for service in snapshot.services.values() {
         let Some(check) = service.policy.health_check.clone() else {

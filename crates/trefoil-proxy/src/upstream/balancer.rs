@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use trefoil_model::spec::{HashOn, LoadBalancer};
 
-use crate::endpoint::EndpointState;
+use crate::upstream::endpoint::EndpointState;
 
 /// Virtual nodes per endpoint on the hash ring; enough for an even spread.
 const VNODES: usize = 128;
@@ -114,7 +114,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::endpoint::EndpointRegistry;
+    use crate::upstream::endpoint::EndpointRegistry;
 
     fn endpoints(reg: &EndpointRegistry, n: u16) -> Vec<Arc<EndpointState>> {
         (1..=n).map(|p| reg.get("web", "v1", SocketAddr::from(([127, 0, 0, 1], p)))).collect()

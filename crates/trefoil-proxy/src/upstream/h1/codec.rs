@@ -1,5 +1,5 @@
 //! The HTTP/1.1 upstream side, as bytes: request heads out, response heads
-//! and bodies in (RFC 9112). No I/O here; `h1_pool` moves the bytes.
+//! and bodies in (RFC 9112). No I/O here; `pool` moves the bytes.
 //!
 //! The proxy's own rather than hyper's client: hyper's client hands every
 //! request through a channel to a connection dispatcher and the response

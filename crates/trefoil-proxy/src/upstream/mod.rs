@@ -1,5 +1,14 @@
-//! Pooled HTTP clients towards upstream endpoints, shared across config
-//! snapshots so that keep-alive connections survive reloads.
+//! The upstream side: which endpoint gets a request ([`balancer`], whose
+//! live state is [`endpoint`] and [`health`]) and the connections to it
+//! ([`h1`] for plain HTTP/1; here, pooled hyper clients for TLS and HTTP/2).
+//!
+//! The hyper clients are shared across config snapshots so that keep-alive
+//! connections survive reloads.
+
+pub mod balancer;
+pub mod endpoint;
+pub mod h1;
+pub mod health;
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use crate::descriptors;
+use crate::sys::descriptors;
 
 /// How often the proxy looks whether it went quiet.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);

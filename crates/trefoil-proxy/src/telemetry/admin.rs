@@ -11,8 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::state::ProxyState;
 use crate::http::body;
-use crate::state::ProxyState;
 use crate::upstream::ProxyBody;
 
 pub async fn serve(state: Arc<ProxyState>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {

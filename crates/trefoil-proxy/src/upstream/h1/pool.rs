@@ -7,7 +7,7 @@
 //! the response body, which owns the connection meanwhile, reads the rest
 //! and returns the connection to the pool at its end. A proxied request so
 //! lives in one task from the client's bytes to the upstream's and back, with
-//! no hand-over between tasks. The bytes are `h1_codec`'s; TLS and HTTP/2
+//! no hand-over between tasks. The bytes are `codec`'s; TLS and HTTP/2
 //! upstreams go through the general client instead.
 
 use std::cell::RefCell;
@@ -27,8 +27,8 @@ use rustc_hash::FxHasher;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::descriptors::{self, Held};
-use crate::h1_codec::{self, Decoded, Decoder, HeaderSpan, ParseError, RequestFraming};
+use crate::sys::descriptors::{self, Held};
+use crate::upstream::h1::codec::{self, Decoded, Decoder, HeaderSpan, ParseError, RequestFraming};
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Idle connections kept per endpoint per worker.
@@ -160,7 +160,7 @@ impl Upload {
                         Ok(data) => self.frame_data(&data, &mut conn.write)?,
                         Err(frame) => {
                             if let (Ok(trailers), RequestFraming::Chunked) = (frame.into_trailers(), self.framing) {
-                                h1_codec::encode_last_chunk(Some(&trailers), &mut conn.write);
+                                codec::encode_last_chunk(Some(&trailers), &mut conn.write);
                                 self.framing = RequestFraming::Empty;
                             }
                         }
@@ -168,7 +168,7 @@ impl Upload {
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                     Poll::Ready(None) => {
                         match self.framing {
-                            RequestFraming::Chunked => h1_codec::encode_last_chunk(None, &mut conn.write),
+                            RequestFraming::Chunked => codec::encode_last_chunk(None, &mut conn.write),
                             RequestFraming::Length(_) if self.owed > 0 => {
                                 return Poll::Ready(Err("request body shorter than its content-length".into()))
                             }
@@ -198,7 +198,7 @@ impl Upload {
 
     fn frame_data(&mut self, data: &Bytes, out: &mut Vec<u8>) -> Result<(), BoxError> {
         match self.framing {
-            RequestFraming::Chunked if !data.is_empty() => h1_codec::encode_chunk(data, out),
+            RequestFraming::Chunked if !data.is_empty() => codec::encode_chunk(data, out),
             RequestFraming::Length(_) => {
                 self.owed = self.owed.checked_sub(data.len() as u64).ok_or("request body longer than its content-length")?;
                 out.extend_from_slice(data);
@@ -363,7 +363,7 @@ fn exchange(mut conn: Box<Pooled>, req: Request<ProxyBody>) -> impl Future<Outpu
     let (head, body) = req.into_parts();
     conn.write.clear();
     conn.written = 0;
-    let framing = h1_codec::encode_request_head(&head, body.size_hint().exact(), &mut conn.write);
+    let framing = codec::encode_request_head(&head, body.size_hint().exact(), &mut conn.write);
     let method = head.method.clone();
     // The head's bytes are written: its header map is not to be kept across the wait.
     drop(head);
@@ -393,7 +393,7 @@ async fn read_response(mut conn: Box<Pooled>, method: Method, mut upload: Option
                 upload = None;
             }
         }
-        if let Some(head) = h1_codec::parse_response_head(&mut conn.read, &method, &mut conn.spans).map_err(|e| Lost::Other(e.into()))? {
+        if let Some(head) = codec::parse_response_head(&mut conn.read, &method, &mut conn.spans).map_err(|e| Lost::Other(e.into()))? {
             return Poll::Ready(Ok(head));
         }
         match conn.poll_fill(cx).map_err(Lost::Io)? {

@@ -11,8 +11,6 @@ use tokio::sync::Semaphore;
 use trefoil_model::spec::*;
 use trefoil_model::{Diagnostic, Diagnostics, Resource, SourcedResource, Spec};
 
-use crate::balancer::Balancer;
-use crate::endpoint::{EndpointRegistry, EndpointState};
 use crate::http::chain::{Chain, Function, Step};
 use crate::http::chain_handlers::ChainHandlers;
 use crate::http::filters::{HeaderEdits, RateLimiter};
@@ -22,6 +20,8 @@ use crate::http::route_match::RequestMatcher;
 use crate::http::split::WeightedSplit;
 use crate::telemetry::metrics::{label, Label, Metrics};
 use crate::tls;
+use crate::upstream::balancer::Balancer;
+use crate::upstream::endpoint::{EndpointRegistry, EndpointState};
 use crate::upstream::{self, ClientCache, ClientKey, ClientSet};
 use trefoil_chain::handlers::{Handlers, Limits};
 
@@ -39,9 +39,9 @@ pub struct Shared {
     /// Inline chain hops under way, by resume token.
     pub inline: InFlight,
     /// A descriptor kept to shed connections the accept loop cannot take.
-    pub spare: crate::descriptors::Spare,
+    pub spare: crate::sys::descriptors::Spare,
     /// Where handlers' datapath changes go.
-    pub datapath: crate::datapath_link::DatapathLink,
+    pub datapath: crate::config::datapath_link::DatapathLink,
 }
 
 impl Shared {
@@ -55,8 +55,8 @@ impl Shared {
             rate_limiters: Carried::default(),
             budgets: Carried::default(),
             inline: InFlight::default(),
-            spare: crate::descriptors::Spare::new(),
-            datapath: crate::datapath_link::DatapathLink::default(),
+            spare: crate::sys::descriptors::Spare::new(),
+            datapath: crate::config::datapath_link::DatapathLink::default(),
         }
     }
 }

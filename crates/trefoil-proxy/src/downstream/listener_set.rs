@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::listener;
+use crate::config::snapshot::Snapshot;
+use crate::config::state::ProxyState;
+use crate::downstream::listener;
 use crate::runtime::StartError;
-use crate::snapshot::Snapshot;
-use crate::state::ProxyState;
 use crate::telemetry::metrics::Label;
 
 struct RunningListener {
@@ -129,7 +129,7 @@ impl Workers {
             std::thread::Builder::new().name(format!("trefoil-worker-{index}")).spawn(move || {
                 crate::upstream::set_worker(index);
                 runtime.block_on(async move {
-                    tokio::spawn(crate::h1_pool::sweep_every(std::time::Duration::from_secs(5)));
+                    tokio::spawn(crate::upstream::h1::pool::sweep_every(std::time::Duration::from_secs(5)));
                     while let Some(work) = rx.recv().await {
                         let Some(balance) = balance.upgrade() else { break };
                         match work {

@@ -1,0 +1,6 @@
+//! The client side: worker threads and their listening sockets
+//! ([`listener_set`]), and each accepted connection's way to HTTP serving or
+//! opaque forwarding ([`listener`]: TLS handshake, protocol detection).
+
+pub mod listener;
+pub mod listener_set;
