@@ -117,6 +117,8 @@ pub struct RequestView {
     pub host: String,
     /// Names lower-case; repeated headers joined with ", ".
     pub headers: BTreeMap<String, String>,
+    /// The client's address as the proxy saw it (not a header a client can set).
+    pub source: Option<std::net::SocketAddr>,
 }
 
 /// Everything one run is told.

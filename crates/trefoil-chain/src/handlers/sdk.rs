@@ -395,6 +395,10 @@ fn request_table(lua: &Lua, input: &RunInput) -> mlua::Result<Table> {
         headers.raw_set(name.as_str(), value.as_str())?;
     }
     t.raw_set("headers", headers)?;
+    if let Some(source) = r.source {
+        t.raw_set("source", source.ip().to_string())?;
+        t.raw_set("source_port", source.port())?;
+    }
     Ok(t)
 }
 

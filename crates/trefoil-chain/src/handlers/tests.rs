@@ -62,6 +62,7 @@ fn input() -> RunInput {
         path: "/a?b=1".into(),
         host: "web.local".into(),
         headers: BTreeMap::from([("user-agent".to_string(), "curl".to_string())]),
+        source: Some("10.0.1.2:40000".parse().unwrap()),
     };
     RunInput {
         cnf: "edge".into(),
@@ -492,7 +493,8 @@ async fn an_error_message_is_one_printable_line() {
 #[tokio::test]
 async fn datapath_changes_reach_the_caller_with_the_run_as_their_origin() {
     let script = r#"
-        local name = assert(trefoil.datapath.drop("10.0.1.2", {ttl = "1m"}))
+        assert(request.source == "10.0.1.2" and request.source_port == 40000, "the client's address")
+        local name = assert(trefoil.datapath.drop(request.source, {ttl = "1m"}))
         local added = assert(trefoil.datapath.add("10.0.2.0/24 80 : redirect => app=proxy", {source = {"10.0.1.0/24"}, priority = 5}))
         local refused, reason = trefoil.datapath.add("bad rule")
         assert(refused == nil and reason:find("column 1"), "a refused rule is nil, reason")

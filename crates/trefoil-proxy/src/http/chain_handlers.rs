@@ -155,6 +155,7 @@ impl<'a> Runner<'a> {
                 path: request.path.clone(),
                 host: request.host.clone(),
                 headers: joined(&request.headers),
+                source: request.source,
             });
             let call = Arc::new(request.clone());
             let started = self.spans.map(HopSpans::start_step);
