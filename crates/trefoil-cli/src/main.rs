@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     // Servers need a descriptor per connection; short commands lose nothing by it.
-    match trefoil_proxy::sys::descriptors::raise_limit() {
+    match trefoil_proxy::descriptors::raise_limit() {
         Ok((before, after)) if before != after => tracing::debug!(before, after, "raised the open-files limit"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),

@@ -1,33 +1,43 @@
 //! Trefoil's data plane. The folders are the layers a connection crosses,
 //! top to bottom:
 //!
-//! - [`downstream`]: worker threads, listening sockets, accept, TLS
+//! - `downstream/`: worker threads, listening sockets, accept, TLS
 //!   handshake, protocol detection.
-//! - [`http`]: one request's phases on one context ([`http::proxy`]: route,
+//! - `http/`: one request's phases on one context (`http/proxy.rs`: route,
 //!   filters, body, request chain, mirror, attempts, response chain, response
-//!   edits, record); [`tcp`] is its counterpart for opaque streams.
-//! - [`upstream`]: picking an endpoint ([`upstream::balancer`], with
-//!   [`upstream::endpoint`] and [`upstream::health`] state) and the
-//!   connections to it ([`upstream::h1`], pooled hyper clients).
+//!   edits, record); `tcp.rs` is its counterpart for opaque streams.
+//! - `upstream/`: picking an endpoint (`balancer`, with `endpoint` and
+//!   `health` state) and the connections to it (`h1/` for plain HTTP/1, the
+//!   pooled hyper clients for TLS and HTTP/2).
 //!
-//! Beside the request path: [`config`] compiles resources into the snapshot
-//! all of these read, swapped atomically by [`runtime`] on reload (the
+//! Beside the request path: `config/` compiles resources into the snapshot
+//! all of these read, swapped atomically by `runtime.rs` on reload (the
 //! resources come from files or from the control plane through
-//! [`config::control_client`]); [`telemetry`] is what the proxy tells about
-//! the traffic, the admin listener included; [`sys`] holds process-level
-//! helpers (descriptors, memory, timers); [`tls`] builds the TLS settings of
+//! `config/control_client.rs`); `telemetry/` is what the proxy tells about
+//! the traffic, the admin listener included; `sys/` holds process-level
+//! helpers (descriptors, memory, timers); `tls.rs` builds the TLS settings of
 //! both ends.
+//!
+//! The modules are private: other crates see only the items re-exported
+//! below.
 
-pub mod config;
-pub mod downstream;
+mod config;
+mod downstream;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod http;
-pub mod runtime;
-pub mod sys;
-pub mod tcp;
-pub mod telemetry;
-pub mod tls;
-pub mod upstream;
+mod http;
+mod runtime;
+mod sys;
+mod tcp;
+mod telemetry;
+mod tls;
+mod upstream;
 
-pub use runtime::{load, run, ConfigSource, ProxyOptions, StartError};
+// What other crates use, and nothing more, so the compiler finds dead code:
+// the binary runs a proxy, checks a config and raises the descriptor limit;
+// the control plane's trace collector is tested against the spans proxies
+// export.
+pub use config::snapshot::check;
+pub use runtime::{run, ConfigSource, ProxyOptions, StartError};
+pub use sys::descriptors;
+pub use telemetry::otlp;

@@ -57,7 +57,7 @@ pub struct ProxyOptions {
 }
 
 /// Loads and compiles the config at `path`.
-pub fn load(path: &Path, shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
+pub(crate) fn load(path: &Path, shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
     let sources = trefoil_model::load_path(path)?;
     compile(&sources, shared, version)
 }

@@ -20,7 +20,7 @@ const CONNECT_ATTEMPTS: usize = 3;
 const ORIGINAL_DESTINATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to an endpoint of the listener's TCP backend and splices bytes both ways.
-pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
+pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
     let Some(cluster) = &listener.tcp_backend else {
         tracing::warn!(listener = %listener.name, %client, "no tcpBackend for non-HTTP traffic; closing");
         return;
@@ -82,7 +82,7 @@ pub async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut dow
 /// addressed to another host, which is the accepted socket's own address
 /// (`getsockname`). Connects there and copies bytes both ways, unchanged;
 /// one access-log line when it ends.
-pub async fn passthrough(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
+pub(crate) async fn passthrough(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
     let started = Instant::now();
     let original = match downstream.local_addr() {
         // Addressed to the listener itself, it has no other destination:

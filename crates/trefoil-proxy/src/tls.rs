@@ -12,7 +12,7 @@ use trefoil_model::spec::{ListenerTls, TlsMode, UpstreamTls};
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{path} holds no {what}")]
@@ -33,7 +33,7 @@ fn read_pem(path: &str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_string(), source })
 }
 
-pub fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_pem(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(&pem[..]))
         .collect::<Result<_, _>>()
@@ -60,7 +60,7 @@ fn load_roots(path: &str) -> Result<RootCertStore, TlsError> {
 }
 
 /// Server-side TLS for a listener; `alpn` lists the protocols offered, best first.
-pub fn server_config(tls: &ListenerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(tls: &ListenerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match &tls.client_ca {
         Some(ca) => {
@@ -77,7 +77,7 @@ pub fn server_config(tls: &ListenerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConf
 }
 
 /// Client-side TLS towards a service's endpoints.
-pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = load_roots(tls.ca.as_deref().unwrap_or(SYSTEM_CA_BUNDLE))?;
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_root_certificates(roots);
     // ALPN is left to the HTTP connector, which offers what the client speaks.
@@ -88,13 +88,13 @@ pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
 }
 
 /// The identity a peer certificate proves: its SPIFFE URI SAN if it has one,
 /// else its subject common name.
-pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn peer_identity(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {

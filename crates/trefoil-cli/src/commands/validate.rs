@@ -32,12 +32,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
     // route names, upstream TLS settings.
     let loaded = trefoil_model::load_all_path(&args.path);
     let problems = trefoil_model::check_all(&loaded, true);
-    let result = if problems.is_empty() {
-        trefoil_proxy::config::snapshot::compile(&loaded.resources, &trefoil_proxy::config::snapshot::Shared::new(1), 0)
-            .map(|_| loaded.resources)
-    } else {
-        Err(Diagnostics(problems))
-    };
+    let result =
+        if problems.is_empty() { trefoil_proxy::check(&loaded.resources).map(|()| loaded.resources) } else { Err(Diagnostics(problems)) };
     let (resources, errors): (Vec<String>, Vec<Diagnostic>) = match &result {
         Ok(sources) => (sources.iter().map(|s| format!("{}/{}", s.resource.kind(), s.resource.name())).collect(), Vec::new()),
         Err(Diagnostics(d)) => (Vec::new(), d.clone()),

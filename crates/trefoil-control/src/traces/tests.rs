@@ -1,6 +1,6 @@
 use std::time::{Duration, UNIX_EPOCH};
 
-use trefoil_proxy::telemetry::otlp::{encode, SpanRecord};
+use trefoil_proxy::otlp::{encode, SpanRecord};
 
 use super::*;
 
@@ -28,7 +28,7 @@ fn decoded(service: &str, records: &[SpanRecord]) -> Vec<Span> {
 #[test]
 fn decodes_what_proxies_export() {
     let mut r = record(1, 2, Some(3), 1_000, 1_250);
-    r.events.push(trefoil_proxy::telemetry::otlp::SpanEventRecord {
+    r.events.push(trefoil_proxy::otlp::SpanEventRecord {
         name: "virus_found".into(),
         time: UNIX_EPOCH + Duration::from_millis(1_100),
         attributes: vec![("data", "{\"sig\":\"x\"}".into())],

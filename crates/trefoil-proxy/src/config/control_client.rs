@@ -25,7 +25,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A snapshot for the runtime to put in force; `done` gets the outcome (the
 /// error text, with locations, on rejection).
-pub struct Apply {
+pub(crate) struct Apply {
     pub version: u64,
     pub sources: Result<Vec<SourcedResource>, Diagnostics>,
     pub done: oneshot::Sender<Result<(), String>>,
@@ -66,7 +66,7 @@ impl From<trefoil_wire::Status> for StreamEnd {
 
 /// Keeps a stream to the control plane at `address` open for as long as the
 /// runtime listens on `applies`.
-pub async fn run(address: String, name: String, admin_address: String, applies: mpsc::Sender<Apply>) {
+pub(crate) async fn run(address: String, name: String, admin_address: String, applies: mpsc::Sender<Apply>) {
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;
     let mut refused_backoff = REFUSED_BACKOFF_MIN;
@@ -157,7 +157,7 @@ async fn stream(
 /// The snapshot's resources as a config file would give them: each resource
 /// one YAML document (JSON is YAML), so errors carry `snapshot <version>`,
 /// a line and a column like a file's do.
-pub fn sources(snapshot: &Snapshot) -> Result<Vec<SourcedResource>, Diagnostics> {
+pub(crate) fn sources(snapshot: &Snapshot) -> Result<Vec<SourcedResource>, Diagnostics> {
     let file: Arc<str> = Arc::from(format!("snapshot {}", snapshot.version));
     let documents: Vec<serde_json::Value> = serde_json::from_str(&snapshot.resources_json).map_err(|e| {
         let at = trefoil_model::located_yaml::Position { line: e.line(), column: e.column() };

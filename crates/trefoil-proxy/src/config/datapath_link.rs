@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IN_FLIGHT: usize = 64;
 
 /// The proxy's one way to the Datapath service; connected on first use.
-pub struct DatapathLink {
+pub(crate) struct DatapathLink {
     /// The control plane's gRPC address; unset while the config comes from a file.
     address: OnceLock<String>,
     client: Mutex<Option<DatapathClient>>,
@@ -35,7 +35,7 @@ impl Default for DatapathLink {
 }
 
 /// How one change ended, for the metric and the handler.
-pub enum Sent {
+pub(crate) enum Sent {
     Done(String),
     /// The control plane answered no: the reason is its message.
     Refused(String),
@@ -45,12 +45,12 @@ pub enum Sent {
 
 impl DatapathLink {
     /// From now on changes go to the control plane at `address`.
-    pub fn use_control_plane(&self, address: &str) {
+    pub(crate) fn use_control_plane(&self, address: &str) {
         let _ = self.address.set(address.to_string());
     }
 
     /// Sends one change and waits (bounded) for the control plane's answer.
-    pub async fn send(&self, change: DatapathChange) -> Sent {
+    pub(crate) async fn send(&self, change: DatapathChange) -> Sent {
         let Some(address) = self.address.get() else {
             return Sent::Unavailable(
                 "this proxy runs from a config file, not a control plane: there is nowhere to keep datapath rules".into(),

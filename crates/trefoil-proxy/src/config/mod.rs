@@ -3,7 +3,7 @@
 //! receives new ones from the control plane, with the [`datapath_link`]
 //! that carries handlers' datapath changes back to it.
 
-pub mod control_client;
+pub(crate) mod control_client;
 pub(crate) mod datapath_link;
-pub mod snapshot;
-pub mod state;
+pub(crate) mod snapshot;
+pub(crate) mod state;

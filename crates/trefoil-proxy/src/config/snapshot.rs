@@ -26,7 +26,7 @@ use crate::upstream::{self, ClientCache, ClientKey, ClientSet};
 use trefoil_chain::handlers::{Handlers, Limits};
 
 /// State that outlives snapshots.
-pub struct Shared {
+pub(crate) struct Shared {
     pub endpoints: EndpointRegistry,
     pub clients: ClientCache,
     pub metrics: Metrics,
@@ -46,7 +46,7 @@ pub struct Shared {
 
 impl Shared {
     /// State for a proxy with `workers` data-plane threads.
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         Shared {
             endpoints: EndpointRegistry::default(),
             clients: ClientCache::new(workers),
@@ -95,25 +95,24 @@ impl<K: std::hash::Hash + Eq, V> Carried<K, V> {
 
 /// Requests of one service in flight and waiting for a connection.
 #[derive(Debug, Default)]
-pub struct ServiceLoad {
+pub(crate) struct ServiceLoad {
     pub in_flight: AtomicU32,
     pub pending: AtomicU32,
 }
 
 /// Everything a proxy needs to serve, at one config version.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub version: u64,
     pub loaded_at: SystemTime,
     pub resources: Vec<Resource>,
     pub settings: ProxySpec,
     pub listeners: Vec<Arc<ListenerConfig>>,
     pub services: BTreeMap<String, Arc<ServiceConfig>>,
-    pub clusters: BTreeMap<BackendRef, Arc<Cluster>>,
     /// CNF name -> its chain, for events functions publish outside a request.
     pub chains: HashMap<String, Arc<Chain>>,
 }
 
-pub struct ListenerConfig {
+pub(crate) struct ListenerConfig {
     pub name: Label,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
@@ -130,7 +129,7 @@ pub struct ListenerConfig {
 }
 
 /// How a proxy talks to one service.
-pub struct ServiceConfig {
+pub(crate) struct ServiceConfig {
     pub name: Label,
     pub protocol: AppProtocol,
     pub policy: TrafficPolicySpec,
@@ -150,18 +149,18 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// Whether outlier detection may eject one more endpoint of this service.
-    pub fn may_eject(&self) -> bool {
+    pub(crate) fn may_eject(&self) -> bool {
         let Some(od) = &self.policy.outlier_detection else { return false };
         let n = self.endpoints.len();
         let allowed = if od.max_ejection_percent <= 0.0 { 0 } else { ((n as f64 * od.max_ejection_percent / 100.0) as usize).max(1) };
         self.endpoints.iter().filter(|e| e.is_ejected()).count() < allowed
     }
 
-    pub fn slot(&self, addr: &SocketAddr) -> Option<&Arc<Semaphore>> {
+    pub(crate) fn slot(&self, addr: &SocketAddr) -> Option<&Arc<Semaphore>> {
         self.connection_slots.get(addr)
     }
 
-    pub fn enter(&self) -> bool {
+    pub(crate) fn enter(&self) -> bool {
         if self.load.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.max_requests {
             self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
@@ -169,13 +168,13 @@ impl ServiceConfig {
         true
     }
 
-    pub fn leave(&self) {
+    pub(crate) fn leave(&self) {
         self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// A service, or one version of it: what a route backend points at.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub service: Arc<ServiceConfig>,
     pub version: Label,
     pub balancer: Balancer,
@@ -183,7 +182,7 @@ pub struct Cluster {
 
 /// Routes by host: exact names first, then the longest matching `*.suffix`, then `*`.
 #[derive(Default)]
-pub struct Router {
+pub(crate) struct Router {
     exact: HashMap<String, Vec<Arc<CompiledRoute>>>,
     wildcard: Vec<(String, Arc<CompiledRoute>)>,
     catch_all: Vec<Arc<CompiledRoute>>,
@@ -205,7 +204,7 @@ impl Router {
     }
 
     /// The first `found` result over the routes for `host`, most specific first.
-    pub fn find<'a, T>(&'a self, host: &str, mut found: impl FnMut(&'a Arc<CompiledRoute>) -> Option<T>) -> Option<T> {
+    pub(crate) fn find<'a, T>(&'a self, host: &str, mut found: impl FnMut(&'a Arc<CompiledRoute>) -> Option<T>) -> Option<T> {
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = host.to_ascii_lowercase();
@@ -219,12 +218,12 @@ impl Router {
     }
 }
 
-pub struct CompiledRoute {
+pub(crate) struct CompiledRoute {
     pub name: Label,
     pub rules: Vec<CompiledRule>,
 }
 
-pub struct CompiledRule {
+pub(crate) struct CompiledRule {
     pub matchers: Vec<RequestMatcher>,
     pub request_headers: Option<HeaderEdits>,
     pub response_headers: Option<HeaderEdits>,
@@ -240,7 +239,7 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
-    pub fn matches(&self, req: &http::request::Parts) -> bool {
+    pub(crate) fn matches(&self, req: &http::request::Parts) -> bool {
         self.matchers.is_empty() || self.matchers.iter().any(|m| m.matches(req))
     }
 }
@@ -254,8 +253,15 @@ struct Compiler<'a> {
     chains: HashMap<String, Arc<Chain>>,
 }
 
+/// Compiles `sources` as a proxy would and keeps only the verdict: the
+/// checks the data plane adds to the model's (certificates that parse, TLS
+/// settings, the Routes a Listener names), for `trefoil validate`.
+pub fn check(sources: &[SourcedResource]) -> Result<(), Diagnostics> {
+    compile(sources, &Shared::new(1), 0).map(drop)
+}
+
 /// Validates and compiles; on any problem returns every diagnostic and builds nothing.
-pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
+pub(crate) fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Result<Snapshot, Diagnostics> {
     trefoil_model::validate(sources)?;
     shared.loads.prune();
     shared.rate_limiters.prune();
@@ -328,7 +334,6 @@ pub fn compile(sources: &[SourcedResource], shared: &Shared, version: u64) -> Re
         settings,
         listeners,
         services: c.services,
-        clusters: c.clusters,
         chains: c.chains,
     })
 }
@@ -449,8 +454,8 @@ impl Compiler<'_> {
             // An inline function gets the body itself, streamed: it asks for no buffering.
             let largest_body =
                 |steps: &[Step]| steps.iter().filter(|s| s.mode != StepMode::Inline).filter_map(|s| s.function.max_body).max();
-            let (max_body, response_max_body) = (largest_body(&steps), largest_body(&response_steps));
-            let chain = Chain { cnf: label(s.resource.name()), steps, max_body, response_steps, response_max_body, handlers };
+            let max_body = largest_body(&steps);
+            let chain = Chain { cnf: label(s.resource.name()), steps, max_body, response_steps, handlers };
             self.chains.insert(s.resource.name().to_string(), Arc::new(chain));
         }
     }
@@ -682,7 +687,8 @@ mod tests {
         let api = &snapshot.services["api"];
         let addresses: Vec<SocketAddr> = api.endpoints.iter().map(|e| e.addr).collect();
         assert_eq!(addresses, ["127.0.0.1:9101".parse::<SocketAddr>().unwrap()], "the ready endpoint only");
-        assert!(snapshot.clusters.keys().any(|b| b.service == "api"), "the route's backend has its cluster");
+        let backend = snapshot.listeners[0].router.find("api.example", |route| route.rules[0].split.pick().map(|c| c.service.name.clone()));
+        assert_eq!(backend, Some(label("api")), "the route's backend has its cluster");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::telemetry::otlp::{self, SpanSink};
 use crate::upstream::ClientKey;
 
 /// Sinks derived from the `Proxy` settings.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     pub access_log: AccessLog,
     pub spans: Option<SpanSink>,
     pub sampling_percent: f64,
@@ -21,7 +21,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn build(settings: &ProxySpec, proxy_name: &str, shared: &Shared) -> anyhow::Result<Self> {
+    pub(crate) fn build(settings: &ProxySpec, proxy_name: &str, shared: &Shared) -> anyhow::Result<Self> {
         let access_log = AccessLog::open(&settings.access_log, shared.metrics.access_log_dropped.clone())
             .map_err(|e| anyhow::anyhow!("cannot open access log {:?}: {e}", settings.access_log))?;
         let spans = match &settings.tracing {
@@ -53,12 +53,12 @@ impl Telemetry {
         })
     }
 
-    pub fn matches(&self, settings: &ProxySpec) -> bool {
+    pub(crate) fn matches(&self, settings: &ProxySpec) -> bool {
         self.built_from.0 == settings.access_log && self.built_from.1 == settings.tracing
     }
 }
 
-pub struct ProxyState {
+pub(crate) struct ProxyState {
     pub name: String,
     pub snapshot: ArcSwap<Snapshot>,
     pub shared: Arc<Shared>,

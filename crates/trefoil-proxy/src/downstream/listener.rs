@@ -45,7 +45,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// kernel spreads connections over them: one socket per worker thread.
 /// With `transparent`, the socket may accept connections addressed to other
 /// hosts (a datapath rule steers them here) and answer as their destination.
-pub fn bind(addr: SocketAddr, shared: bool, transparent: bool) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, shared: bool, transparent: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -70,7 +70,7 @@ pub fn bind(addr: SocketAddr, shared: bool, transparent: bool) -> std::io::Resul
 /// found in the kernel's table (`/proc/net/tcp`, `tcp6`) and compared with
 /// the sockets this process holds, so the check sees every program, not
 /// only other trefoils. Without `/proc` it cannot look, and lets the bind be.
-pub fn ensure_sole_listener(addr: SocketAddr) -> std::io::Result<()> {
+pub(crate) fn ensure_sole_listener(addr: SocketAddr) -> std::io::Result<()> {
     let ours = own_socket_inodes();
     let table = if addr.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
     let Ok(text) = std::fs::read_to_string(table) else { return Ok(()) };
@@ -116,11 +116,11 @@ fn listening_socket(line: &str) -> Option<(SocketAddr, u64)> {
 
 /// Tells connections to finish; the drain is over when every clone is dropped
 /// (see `watch::Sender::closed`).
-pub type Drain = watch::Receiver<bool>;
+pub(crate) type Drain = watch::Receiver<bool>;
 
 /// A connection just accepted, with what serving it needs; `S` is tokio's
 /// stream on the worker that serves it, the std one while it moves to another.
-pub struct Accepted<S = TcpStream> {
+pub(crate) struct Accepted<S = TcpStream> {
     state: Arc<ProxyState>,
     name: Label,
     stream: S,
@@ -131,12 +131,12 @@ pub struct Accepted<S = TcpStream> {
 
 impl Accepted {
     /// Detaches the stream from this worker's event loop, to hand it to another.
-    pub fn into_std(self) -> std::io::Result<Accepted<std::net::TcpStream>> {
+    pub(crate) fn into_std(self) -> std::io::Result<Accepted<std::net::TcpStream>> {
         let Accepted { state, name, stream, client, watcher, held } = self;
         Ok(Accepted { state, name, stream: stream.into_std()?, client, watcher, held })
     }
 
-    pub async fn serve(self) {
+    pub(crate) async fn serve(self) {
         handle_connection(self.state, self.name, self.stream, self.client, self.watcher).await;
         drop(self.held);
     }
@@ -144,7 +144,7 @@ impl Accepted {
 
 impl Accepted<std::net::TcpStream> {
     /// Registers the stream with the calling worker's event loop.
-    pub fn into_tokio(self) -> std::io::Result<Accepted> {
+    pub(crate) fn into_tokio(self) -> std::io::Result<Accepted> {
         let Accepted { state, name, stream, client, watcher, held } = self;
         Ok(Accepted { state, name, stream: TcpStream::from_std(stream)?, client, watcher, held })
     }
@@ -153,7 +153,7 @@ impl Accepted<std::net::TcpStream> {
 /// Accepts until `stop` turns true; each connection holds a `Drain` so
 /// shutdown can wait for it. `worker` is this thread's index in `balance`,
 /// which may send a connection to a worker that serves fewer.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     state: Arc<ProxyState>,
     name: Label,
     listener: std::net::TcpListener,

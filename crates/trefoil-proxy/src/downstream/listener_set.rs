@@ -20,7 +20,7 @@ struct RunningListener {
 }
 
 /// A listener's sockets, one per worker, bound before the snapshot that needs them goes live.
-pub type Bound = (Label, SocketAddr, Vec<std::net::TcpListener>);
+pub(crate) type Bound = (Label, SocketAddr, Vec<std::net::TcpListener>);
 
 /// Work handed to a data-plane thread.
 enum Work {
@@ -47,7 +47,7 @@ struct AcceptOn {
 /// busier worker's requests wait longer, and the tail latency is its. A
 /// worker that accepts a connection while another serves fewer hands it
 /// over, once, when it is accepted; its requests then never cross threads.
-pub struct Balance {
+pub(crate) struct Balance {
     open: Vec<AtomicUsize>,
     senders: Vec<mpsc::UnboundedSender<Work>>,
 }
@@ -69,7 +69,7 @@ impl Balance {
 
     /// Serves `accepted` on the worker with the fewest connections: this
     /// one (returned, for the caller to spawn), or another (sent there; `None`).
-    pub fn place(self: &Arc<Self>, accepted_by: usize, accepted: listener::Accepted) -> Option<(listener::Accepted, OpenGuard)> {
+    pub(crate) fn place(self: &Arc<Self>, accepted_by: usize, accepted: listener::Accepted) -> Option<(listener::Accepted, OpenGuard)> {
         let to = self.pick(accepted_by);
         if to == accepted_by {
             return Some((accepted, self.enter(to)));
@@ -90,14 +90,14 @@ impl Balance {
     }
 
     /// Counts a connection `worker` serves until the guard drops.
-    pub fn enter(self: &Arc<Self>, worker: usize) -> OpenGuard {
+    pub(crate) fn enter(self: &Arc<Self>, worker: usize) -> OpenGuard {
         self.open[worker].fetch_add(1, Ordering::Relaxed);
         OpenGuard(self.clone(), worker)
     }
 }
 
 /// One open connection on a worker; the count drops with it.
-pub struct OpenGuard(Arc<Balance>, usize);
+pub(crate) struct OpenGuard(Arc<Balance>, usize);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -108,12 +108,12 @@ impl Drop for OpenGuard {
 /// Data-plane threads, each running a single-threaded event loop: a
 /// connection, its requests and their upstream connections stay on one
 /// thread, with no cross-thread wake-ups on the hot path.
-pub struct Workers {
+pub(crate) struct Workers {
     balance: Arc<Balance>,
 }
 
 impl Workers {
-    pub fn start(count: usize) -> std::io::Result<Self> {
+    pub(crate) fn start(count: usize) -> std::io::Result<Self> {
         let mut senders = Vec::new();
         let mut inboxes = Vec::new();
         for _ in 0..count {
@@ -160,7 +160,7 @@ impl Workers {
 }
 
 /// The listeners in force, by name, and the drain signal their connections watch.
-pub struct Listeners {
+pub(crate) struct Listeners {
     running: HashMap<Label, RunningListener>,
     /// Sends the drain signal; `closed()` resolves once every connection is gone.
     drain: watch::Sender<bool>,
@@ -168,25 +168,25 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(workers: Workers) -> Self {
+    pub(crate) fn new(workers: Workers) -> Self {
         Listeners { running: HashMap::new(), drain: watch::channel(false).0, workers }
     }
 
     /// Stops accepting on every listener.
-    pub fn stop_all(&self) {
+    pub(crate) fn stop_all(&self) {
         for r in self.running.values() {
             let _ = r.stop.send(true);
         }
     }
 
     /// Asks every connection to finish and resolves once all are gone.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         let _ = self.drain.send(true);
         self.drain.closed().await;
     }
 
     /// Binds what `snapshot` adds before it goes live, so a bind failure rejects the reload.
-    pub fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, StartError> {
+    pub(crate) fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, StartError> {
         let mut bound = Vec::new();
         let shared = self.workers.len() > 1;
         for l in &snapshot.listeners {
@@ -215,7 +215,7 @@ impl Listeners {
         Ok(bound)
     }
 
-    pub fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<Bound>) {
+    pub(crate) fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<Bound>) {
         for (name, addr, sockets) in bound {
             let (stop, _) = watch::channel(false);
             for (worker, socket) in self.workers.balance.senders.iter().zip(sockets) {

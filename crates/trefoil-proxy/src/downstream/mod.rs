@@ -2,5 +2,5 @@
 //! ([`listener_set`]), and each accepted connection's way to HTTP serving or
 //! opaque forwarding ([`listener`]: TLS handshake, protocol detection).
 
-pub mod listener;
-pub mod listener_set;
+pub(crate) mod listener;
+pub(crate) mod listener_set;

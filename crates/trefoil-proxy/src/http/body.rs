@@ -20,34 +20,34 @@ use crate::upstream::h1::pool::PooledBody;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Bodies up to this size are buffered so that retries and mirrors can replay them.
-pub const REPLAY_LIMIT: u64 = 64 * 1024;
+pub(crate) const REPLAY_LIMIT: u64 = 64 * 1024;
 
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
 }
 
-pub fn empty() -> ProxyBody {
+pub(crate) fn empty() -> ProxyBody {
     Empty::new().map_err(|e| match e {}).boxed_unsync()
 }
 
 /// A request body as the client sends it: `Left` through hyper's HTTP/1
 /// server, `Right` through the proxy's own HTTP/2 server.
-pub type Downstream = Either<Incoming, trefoil_h2::RecvBody>;
+pub(crate) type Downstream = Either<Incoming, trefoil_h2::RecvBody>;
 
 /// A client's request body under its listener's `requestBodyIdle`.
-pub type ClientBody = Idle<Downstream>;
+pub(crate) type ClientBody = Idle<Downstream>;
 
 /// A body went without progress for longer than its listener allows.
 #[derive(Debug, thiserror::Error)]
 #[error("no {what} bytes for {after:?}")]
-pub struct IdleTimeout {
+pub(crate) struct IdleTimeout {
     pub what: &'static str,
     pub after: Duration,
 }
 
 impl IdleTimeout {
     /// Whether `e`, or one of its causes, is an idle timeout.
-    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+    pub(crate) fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
         let mut cause = Some(e);
         while let Some(e) = cause {
             if e.is::<IdleTimeout>() {
@@ -103,7 +103,7 @@ impl IdleClock {
 
 pin_project_lite::pin_project! {
     /// A body that fails with [`IdleTimeout`] when no frame comes for its limit.
-    pub struct Idle<B> {
+    pub(crate) struct Idle<B> {
         #[pin]
         inner: B,
         clock: IdleClock,
@@ -112,7 +112,7 @@ pin_project_lite::pin_project! {
 
 impl<B> Idle<B> {
     /// `limit` zero: no limit.
-    pub fn new(inner: B, limit: Duration, what: &'static str) -> Self {
+    pub(crate) fn new(inner: B, limit: Duration, what: &'static str) -> Self {
         Idle { inner, clock: IdleClock::new(limit, what) }
     }
 }
@@ -146,7 +146,7 @@ where
 }
 
 /// A body read up to a limit.
-pub enum Collected {
+pub(crate) enum Collected {
     /// All of it: the data, and the trailers if it had any.
     Whole { data: Bytes, trailers: Option<http::HeaderMap> },
     /// More than the limit: the same body, what was read included, to pass on as it is.
@@ -155,7 +155,7 @@ pub enum Collected {
 
 /// Reads `body` whole if it is at most `limit` bytes; a longer one comes
 /// back intact (read part first, then the rest as it streams).
-pub async fn collect_up_to(mut body: ProxyBody, limit: usize) -> Result<Collected, BoxError> {
+pub(crate) async fn collect_up_to(mut body: ProxyBody, limit: usize) -> Result<Collected, BoxError> {
     let (mut chunks, mut total, mut trailers) = (Vec::new(), 0usize, None);
     while let Some(frame) = body.frame().await {
         match frame?.into_data() {
@@ -180,20 +180,20 @@ pub async fn collect_up_to(mut body: ProxyBody, limit: usize) -> Result<Collecte
 }
 
 /// A buffered body sent on: its data, then its trailers (gRPC needs them).
-pub fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
+pub(crate) fn replay(data: Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
     let frames = [Some(Frame::data(data)), trailers.map(Frame::trailers)].into_iter().flatten().map(Ok::<_, BoxError>);
     StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
 }
 
 /// Why a body could not be buffered.
 #[derive(Debug)]
-pub enum BufferError {
+pub(crate) enum BufferError {
     TooLarge,
     Read(BoxError),
 }
 
 /// A request body that is either buffered (replayable) or streamed once.
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     Buffered(Bytes),
     /// The body, until an attempt takes it, and how its upload is going.
     Streaming(Option<ClientBody>, Upload),
@@ -204,7 +204,7 @@ pub enum RequestBody {
 /// or mangled fails the attempt, and that must not count against the
 /// upstream (three malformed uploads once ejected a healthy endpoint).
 #[derive(Clone, Debug, Default)]
-pub struct Upload(Arc<AtomicU8>);
+pub(crate) struct Upload(Arc<AtomicU8>);
 
 const SENDING: u8 = 0;
 const DONE: u8 = 1;
@@ -212,12 +212,12 @@ const BROKEN: u8 = 2;
 
 impl Upload {
     /// Whether the client failed the body: reset, closed early or malformed.
-    pub fn broken(&self) -> bool {
+    pub(crate) fn broken(&self) -> bool {
         self.0.load(Ordering::Acquire) == BROKEN
     }
 
     /// Whether the client is still sending the body.
-    pub fn sending(&self) -> bool {
+    pub(crate) fn sending(&self) -> bool {
         self.0.load(Ordering::Acquire) == SENDING
     }
 }
@@ -266,7 +266,7 @@ impl<B: Body<Data = Bytes, Error = BoxError>, F: FnMut(Option<&Result<Frame<Byte
 
 impl RequestBody {
     /// Buffers small bodies when `want_replay`; larger or unsized ones stream.
-    pub async fn prepare(body: ClientBody, want_replay: bool) -> Result<Self, BoxError> {
+    pub(crate) async fn prepare(body: ClientBody, want_replay: bool) -> Result<Self, BoxError> {
         let hint = body.size_hint();
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
@@ -279,7 +279,7 @@ impl RequestBody {
 
     /// Reads the whole body, refusing one over `limit` bytes: a network
     /// function that inspects bodies needs all of it before the request goes on.
-    pub async fn buffer(body: ClientBody, limit: usize) -> Result<Self, BufferError> {
+    pub(crate) async fn buffer(body: ClientBody, limit: usize) -> Result<Self, BufferError> {
         match http_body_util::Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(RequestBody::Buffered(collected.to_bytes())),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BufferError::TooLarge),
@@ -287,12 +287,12 @@ impl RequestBody {
         }
     }
 
-    pub fn is_replayable(&self) -> bool {
+    pub(crate) fn is_replayable(&self) -> bool {
         matches!(self, RequestBody::Buffered(_))
     }
 
     /// The body for one attempt; a streamed body can be taken once.
-    pub fn take(&mut self) -> Option<ProxyBody> {
+    pub(crate) fn take(&mut self) -> Option<ProxyBody> {
         match self {
             RequestBody::Buffered(b) if b.is_empty() => Some(empty()),
             RequestBody::Buffered(b) => Some(full(b.clone())),
@@ -308,7 +308,7 @@ impl RequestBody {
         }
     }
 
-    pub fn buffered(&self) -> Option<Bytes> {
+    pub(crate) fn buffered(&self) -> Option<Bytes> {
         match self {
             RequestBody::Buffered(b) => Some(b.clone()),
             RequestBody::Streaming(..) => None,
@@ -316,7 +316,7 @@ impl RequestBody {
     }
 
     /// How a streamed body's upload is going; `None` for a buffered one.
-    pub fn upload(&self) -> Option<&Upload> {
+    pub(crate) fn upload(&self) -> Option<&Upload> {
         match self {
             RequestBody::Buffered(_) => None,
             RequestBody::Streaming(_, upload) => Some(upload),
@@ -326,12 +326,12 @@ impl RequestBody {
 
 /// A response body from an upstream: `Left` read from a worker-pooled
 /// connection, `Right` from the general client.
-pub type UpstreamBody = Either<PooledBody, Incoming>;
+pub(crate) type UpstreamBody = Either<PooledBody, Incoming>;
 
 pin_project_lite::pin_project! {
     /// Holds `guard` (the attempt's claims on its upstream) until the body
     /// ends, fails or is dropped; fails it after `idle` without progress.
-    pub struct Guarded<G> {
+    pub(crate) struct Guarded<G> {
         inner: UpstreamBody,
         guard: Option<G>,
         clock: IdleClock,
@@ -339,7 +339,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<G: Send + 'static> Guarded<G> {
-    pub fn wrap(inner: UpstreamBody, guard: G, idle: Duration) -> ProxyBody {
+    pub(crate) fn wrap(inner: UpstreamBody, guard: G, idle: Duration) -> ProxyBody {
         Guarded { inner, guard: Some(guard), clock: IdleClock::new(idle, "response body") }.boxed_unsync()
     }
 }

@@ -21,7 +21,7 @@ const MAX_VERDICT_BYTES: usize = 64 * 1024;
 
 /// Why a call-out produced no verdict; the failure policy decides what follows.
 #[derive(Debug, thiserror::Error)]
-pub enum CalloutError {
+pub(crate) enum CalloutError {
     #[error("the function's service has no endpoint")]
     NoEndpoint,
     #[error("cannot build the call: {0}")]
@@ -41,7 +41,7 @@ pub enum CalloutError {
 }
 
 /// Calls `function` about `call` once (no retries: its timeout is short and the policy decides).
-pub async fn call(function: &Function, call: &Call<'_>, scheme: &str, protocol: &str) -> Result<Verdict, CalloutError> {
+pub(crate) async fn call(function: &Function, call: &Call<'_>, scheme: &str, protocol: &str) -> Result<Verdict, CalloutError> {
     match function.api {
         FunctionApi::Http => call_json(function, call).await,
         FunctionApi::ExtAuthz => call_ext_authz(function, call, scheme, protocol).await,

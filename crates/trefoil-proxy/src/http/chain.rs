@@ -29,10 +29,10 @@ use crate::telemetry::metrics::{ChainLabels, Label};
 use crate::upstream::ProxyBody;
 
 /// Names the CNF a call belongs to, on HTTP call-outs and as gRPC metadata.
-pub static CNF_HEADER: HeaderName = HeaderName::from_static("x-trefoil-cnf");
+pub(crate) static CNF_HEADER: HeaderName = HeaderName::from_static("x-trefoil-cnf");
 
 /// A NetworkFunction, ready to call.
-pub struct Function {
+pub(crate) struct Function {
     pub name: Label,
     pub api: FunctionApi,
     pub cluster: Arc<Cluster>,
@@ -43,7 +43,7 @@ pub struct Function {
 }
 
 /// One step of a compiled chain.
-pub struct Step {
+pub(crate) struct Step {
     pub function: Arc<Function>,
     pub mode: StepMode,
     /// Runs the step only for requests that match.
@@ -51,7 +51,7 @@ pub struct Step {
 }
 
 /// A CNF's chain, shared by every rule that names it.
-pub struct Chain {
+pub(crate) struct Chain {
     pub cnf: Label,
     /// The request-phase steps, in chain order.
     pub steps: Vec<Step>,
@@ -59,14 +59,12 @@ pub struct Chain {
     pub max_body: Option<usize>,
     /// The response-phase steps, in chain order; run on the upstream's answer.
     pub response_steps: Vec<Step>,
-    /// The largest body a response-phase step asks for: that much of the response is buffered.
-    pub response_max_body: Option<usize>,
     /// The CNF's event handlers; `None` when it has none, so such chains pay nothing.
     pub handlers: Option<Arc<ChainHandlers>>,
 }
 
 /// What the chain needs to know about the request besides its head.
-pub struct RequestFacts<'a> {
+pub(crate) struct RequestFacts<'a> {
     pub host: &'a str,
     pub client: SocketAddr,
     pub local: Option<SocketAddr>,
@@ -85,7 +83,7 @@ pub struct RequestFacts<'a> {
 }
 
 /// Where a request goes once the chain let it on.
-pub enum Next {
+pub(crate) enum Next {
     /// To the rule's upstream.
     Upstream,
     /// Through the function of the inline step at this index (see `inline::forward`).
@@ -93,7 +91,7 @@ pub enum Next {
 }
 
 /// Why the chain stopped a request: the reply to send and its flag.
-pub struct Stopped {
+pub(crate) struct Stopped {
     pub reply: Response<ProxyBody>,
     pub flag: LocalReply,
 }
@@ -121,7 +119,7 @@ impl Chain {
     /// request resumes from, if any); `Ok` lets the request go on (with the
     /// verdicts' header edits applied to `parts`), to the upstream or
     /// through an inline step's function.
-    pub async fn run_request(
+    pub(crate) async fn run_request(
         &self,
         state: &Arc<ProxyState>,
         parts: &mut http::request::Parts,
@@ -168,7 +166,7 @@ impl Chain {
     /// body is buffered first (up to the largest `sendBody` of these steps)
     /// when a step wants it; a larger one cannot be judged by such a step,
     /// so that step's failure policy decides.
-    pub async fn run_response(
+    pub(crate) async fn run_response(
         &self,
         state: &Arc<ProxyState>,
         request: &http::request::Parts,

@@ -24,14 +24,14 @@ use crate::telemetry::hop_spans::HopSpans;
 use crate::telemetry::metrics::{label, ChainLabels, DatapathLabels, HandlerLabels, Label};
 
 /// A CNF's handlers and the functions they may call (every NetworkFunction of the snapshot).
-pub struct ChainHandlers {
+pub(crate) struct ChainHandlers {
     pub handlers: Handlers,
     pub functions: Arc<HashMap<String, Arc<Function>>>,
 }
 
 /// Handler runs a request has had, shared with its taps' background tasks so
 /// `runsPerRequest` bounds them all.
-pub type RunCount = Arc<AtomicUsize>;
+pub(crate) type RunCount = Arc<AtomicUsize>;
 
 /// What a run's effects apply to.
 pub(crate) enum Target<'p> {
@@ -246,7 +246,7 @@ fn apply(headers: &mut http::HeaderMap, fx: &Effects) {
 /// and header edits are dropped (and logged). Its calls tell the called
 /// function about the event: method `EVENT`, path `/events/<name>`, the
 /// event as JSON for a body (if the function takes bodies).
-pub async fn run_published(chain: &Chain, state: &Arc<ProxyState>, trace_id: &str, events: Vec<Event>) {
+pub(crate) async fn run_published(chain: &Chain, state: &Arc<ProxyState>, trace_id: &str, events: Vec<Event>) {
     let Some(h) = chain.handlers.as_ref() else { return };
     let request = OwnedCall {
         cnf: chain.cnf.to_string(),

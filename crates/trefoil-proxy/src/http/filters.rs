@@ -10,7 +10,7 @@ use trefoil_model::spec::{FaultInjection, HeaderModifier, LocalRateLimit};
 
 /// A token bucket refilled continuously.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     pub status: u16,
@@ -18,13 +18,13 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(spec: &LocalRateLimit) -> Self {
+    pub(crate) fn new(spec: &LocalRateLimit) -> Self {
         let burst = spec.burst.map(f64::from).unwrap_or(spec.requests_per_second.max(1.0));
         RateLimiter { rate: spec.requests_per_second, burst, status: spec.status, bucket: Mutex::new((burst, Instant::now())) }
     }
 
     /// Takes a token if one is left.
-    pub fn try_acquire(&self) -> bool {
+    pub(crate) fn try_acquire(&self) -> bool {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let (tokens, last) = *b;
@@ -41,7 +41,7 @@ impl RateLimiter {
 
 /// What fault injection decided for one request.
 #[derive(Debug, Default, PartialEq)]
-pub struct FaultDecision {
+pub(crate) struct FaultDecision {
     pub delay: Option<Duration>,
     pub abort: Option<u16>,
 }
@@ -50,34 +50,34 @@ fn chance(percent: f64) -> bool {
     percent >= 100.0 || fastrand::f64() * 100.0 < percent
 }
 
-pub fn decide_fault(fault: &FaultInjection) -> FaultDecision {
+pub(crate) fn decide_fault(fault: &FaultInjection) -> FaultDecision {
     FaultDecision {
         delay: fault.delay.as_ref().filter(|d| chance(d.percent)).map(|d| d.fixed.get()),
         abort: fault.abort.as_ref().filter(|a| chance(a.percent)).map(|a| a.status),
     }
 }
 
-pub fn mirror_chance(percent: f64) -> bool {
+pub(crate) fn mirror_chance(percent: f64) -> bool {
     chance(percent)
 }
 
 /// Header edits with the names and values the model parsed.
 #[derive(Debug, Default)]
-pub struct HeaderEdits {
+pub(crate) struct HeaderEdits {
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
 }
 
 impl HeaderEdits {
-    pub fn compile(m: &HeaderModifier) -> Self {
+    pub(crate) fn compile(m: &HeaderModifier) -> Self {
         let pairs = |map: &BTreeMap<parsed::HeaderName, parsed::HeaderValue>| {
             map.iter().map(|(k, v)| (k.as_http().clone(), v.as_http().clone())).collect()
         };
         HeaderEdits { set: pairs(&m.set), add: pairs(&m.add), remove: m.remove.iter().map(|k| k.as_http().clone()).collect() }
     }
 
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
         }

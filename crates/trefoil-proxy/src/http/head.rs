@@ -20,7 +20,7 @@ use crate::http::local_reply::LocalReply;
 
 /// A request refused by its head: why, and the reply's text.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub flag: LocalReply,
     pub text: &'static str,
 }
@@ -34,7 +34,7 @@ const fn refused_plainly(flag: LocalReply) -> Refused {
 }
 
 /// Checks the request's host and method and normalises its path in place.
-pub fn check(parts: &mut http::request::Parts, paths: &PathNormalization) -> Result<(), Refused> {
+pub(crate) fn check(parts: &mut http::request::Parts, paths: &PathNormalization) -> Result<(), Refused> {
     if parts.method == Method::CONNECT {
         return Err(refused_plainly(LocalReply::ConnectUnsupported));
     }
@@ -95,7 +95,7 @@ fn normalize_uri(uri: &mut Uri, options: &PathNormalization) -> Result<(), Refus
 }
 
 /// The normal form of `path` when it differs, by `options`.
-pub fn normalize_path(path: &str, options: &PathNormalization) -> Result<Option<String>, Refused> {
+pub(crate) fn normalize_path(path: &str, options: &PathNormalization) -> Result<Option<String>, Refused> {
     let bytes = path.as_bytes();
     // Most paths have nothing to normalise: one pass tells.
     let escapes = bytes.contains(&b'%');

@@ -26,17 +26,17 @@ use crate::telemetry::metrics::Label;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// Carries the token that lets a request coming back from a function resume its chain.
-pub static RESUME_HEADER: HeaderName = HeaderName::from_static("x-trefoil-chain-resume");
+pub(crate) static RESUME_HEADER: HeaderName = HeaderName::from_static("x-trefoil-chain-resume");
 /// Where the function sends the request on: the listener it arrived on.
-pub static NEXT_HOP_HEADER: HeaderName = HeaderName::from_static("x-trefoil-next-hop");
+pub(crate) static NEXT_HOP_HEADER: HeaderName = HeaderName::from_static("x-trefoil-next-hop");
 /// Inline hops the request has made so far; the loop guard.
-pub static HOPS_HEADER: HeaderName = HeaderName::from_static("x-trefoil-inline-hops");
+pub(crate) static HOPS_HEADER: HeaderName = HeaderName::from_static("x-trefoil-inline-hops");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// A request that has made this many inline hops is refused with `508 Loop
 /// Detected` instead of making another: a function that drops the resume
 /// token (or a route that leads back into the chain) would loop for ever.
-pub const MAX_INLINE_HOPS: u32 = 8;
+pub(crate) const MAX_INLINE_HOPS: u32 = 8;
 
 /// How long a token whose first leg ended before the request came back is
 /// remembered, and how many such tokens at most: a function that passes the
@@ -49,7 +49,7 @@ const MAX_ABANDONED: usize = 65_536;
 /// token is single-use) or the first leg ends; in the latter case the token
 /// is remembered a while as abandoned.
 #[derive(Default)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     table: Mutex<Table>,
 }
 
@@ -154,7 +154,7 @@ fn parse_token(value: &HeaderValue) -> Option<u128> {
 /// On a request's extensions: its CNF's chain goes on after `step` (the
 /// request came back from an inline step, or that step failed open).
 #[derive(Clone, Debug)]
-pub struct ResumeAfter {
+pub(crate) struct ResumeAfter {
     pub cnf: Label,
     pub step: usize,
 }
@@ -180,7 +180,7 @@ struct Hops(u32);
 /// back marks the request to resume its chain, and returns the first leg's
 /// connection for it to stand in for; one whose first leg gave up marks it
 /// late (its chain refuses it); any other token is ignored.
-pub fn arrive(state: &ProxyState, conn: Arc<Connection>, parts: &mut http::request::Parts) -> Arc<Connection> {
+pub(crate) fn arrive(state: &ProxyState, conn: Arc<Connection>, parts: &mut http::request::Parts) -> Arc<Connection> {
     if let Some(hops) = parts.headers.remove(&HOPS_HEADER).and_then(|v| v.to_str().ok()?.trim().parse().ok()) {
         parts.extensions.insert(Hops(hops));
     }
@@ -206,7 +206,7 @@ pub fn arrive(state: &ProxyState, conn: Arc<Connection>, parts: &mut http::reque
 impl Chain {
     /// True when a step is inline: the proxy then buffers small bodies, so a
     /// hop that fails open can still send the body on.
-    pub fn has_inline(&self) -> bool {
+    pub(crate) fn has_inline(&self) -> bool {
         self.steps.iter().any(|s| s.mode == StepMode::Inline)
     }
 
@@ -226,7 +226,7 @@ impl Chain {
 /// Forwards the request to the inline step `step`'s function. `Some` is the
 /// function's response, for the client; `None` means the hop failed open
 /// and the rest of the chain allowed the request: it goes upstream here.
-pub async fn forward(
+pub(crate) async fn forward(
     state: &Arc<ProxyState>,
     chain: &Chain,
     mut step: usize,

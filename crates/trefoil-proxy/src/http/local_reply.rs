@@ -26,16 +26,17 @@ macro_rules! local_replies {
     ($($kind:ident => $flag:literal,)*) => {
         /// Why the proxy answered a request itself.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum LocalReply {
+        pub(crate) enum LocalReply {
             $($kind,)*
         }
 
         impl LocalReply {
             /// Every kind, for the documentation check and for tests.
-            pub const ALL: &'static [LocalReply] = &[$(LocalReply::$kind,)*];
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [LocalReply] = &[$(LocalReply::$kind,)*];
 
             /// The `x-trefoil-flag` value and the access log's `flag`.
-            pub const fn flag(self) -> &'static str {
+            pub(crate) const fn flag(self) -> &'static str {
                 match self {
                     $(LocalReply::$kind => $flag,)*
                 }
@@ -78,7 +79,7 @@ local_replies! {
 impl LocalReply {
     /// The status sent, unless configuration or a function chose another
     /// (see [`LocalReply::status_is_configured`]).
-    pub const fn status(self) -> StatusCode {
+    pub(crate) const fn status(self) -> StatusCode {
         use LocalReply::*;
         match self {
             ConnectUnsupported => StatusCode::NOT_IMPLEMENTED,
@@ -101,15 +102,18 @@ impl LocalReply {
 
     /// Whether the status comes from the configuration (`rateLimit.status`,
     /// `fault.abort.status`) or from a function's verdict; [`LocalReply::status`]
-    /// is then only the fallback.
-    pub const fn status_is_configured(self) -> bool {
+    /// is then only the fallback. Only the documentation check asks.
+    #[cfg(test)]
+    pub(crate) const fn status_is_configured(self) -> bool {
         matches!(self, LocalReply::RateLimited | LocalReply::FaultAbort | LocalReply::ChainDenied)
     }
 
     /// Whether the same request, sent again unchanged, may be answered
     /// otherwise: the cause is load, time or an upstream's state, not the
-    /// request or the configuration.
-    pub const fn retryable(self) -> bool {
+    /// request or the configuration. Only the documentation check asks: the
+    /// retry policy decides on the attempt's outcome, not on this.
+    #[cfg(test)]
+    pub(crate) const fn retryable(self) -> bool {
         use LocalReply::*;
         matches!(
             self,
@@ -129,7 +133,7 @@ impl LocalReply {
     }
 
     /// The body when the site has nothing more particular to say.
-    pub const fn text(self) -> &'static str {
+    pub(crate) const fn text(self) -> &'static str {
         use LocalReply::*;
         match self {
             ConnectUnsupported => "CONNECT is not supported\n",
@@ -164,17 +168,17 @@ impl LocalReply {
     }
 
     /// The reply with this kind's status and body.
-    pub fn reply(self) -> Response<ProxyBody> {
+    pub(crate) fn reply(self) -> Response<ProxyBody> {
         self.reply_with(self.status(), self.text())
     }
 
     /// The reply with this kind's status and a body saying more.
-    pub fn reply_text(self, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    pub(crate) fn reply_text(self, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
         self.reply_with(self.status(), text)
     }
 
     /// The reply with a status chosen by configuration or a function.
-    pub fn reply_with(self, status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    pub(crate) fn reply_with(self, status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
         let mut resp = Response::new(body::full(text));
         *resp.status_mut() = status;
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -1,19 +1,19 @@
 //! HTTP proxying: matching, filters, splitting, retries and the request phases.
 
-pub mod body;
-pub mod callout;
-pub mod chain;
-pub mod chain_handlers;
-pub mod filters;
-pub mod head;
-pub mod inline;
-pub mod local_reply;
-pub mod proxy;
-pub mod published_events;
+pub(crate) mod body;
+pub(crate) mod callout;
+pub(crate) mod chain;
+pub(crate) mod chain_handlers;
+pub(crate) mod filters;
+pub(crate) mod head;
+pub(crate) mod inline;
+pub(crate) mod local_reply;
+pub(crate) mod proxy;
+pub(crate) mod published_events;
 pub(crate) mod record;
-pub mod retry;
-pub mod route_match;
-pub mod split;
+pub(crate) mod retry;
+pub(crate) mod route_match;
+pub(crate) mod split;
 
 #[cfg(test)]
 mod tests;

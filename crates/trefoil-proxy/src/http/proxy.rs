@@ -43,7 +43,7 @@ use crate::upstream::ProxyBody;
 
 /// Facts about the downstream connection a request arrived on.
 #[derive(Debug, Clone)]
-pub struct Connection {
+pub(crate) struct Connection {
     pub listener: Label,
     pub client: SocketAddr,
     /// SPIFFE id or common name of a verified client certificate.
@@ -54,16 +54,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(listener: Label, client: SocketAddr) -> Self {
+    pub(crate) fn new(listener: Label, client: SocketAddr) -> Self {
         let client_ip = HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Connection { listener, client, peer_identity: None, tls: false, client_ip }
     }
 }
 
-pub static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trefoil-trace-id");
+pub(crate) static TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trefoil-trace-id");
 /// The verified client-certificate identity, set by the proxy (never taken
 /// from the client) so routes can match on it and upstreams can read it.
-pub static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-trefoil-peer-identity");
+pub(crate) static PEER_IDENTITY_HEADER: HeaderName = HeaderName::from_static("x-trefoil-peer-identity");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -110,7 +110,7 @@ impl Outcomes {
 ///
 /// Not an `async fn`: its request would be kept twice in the future, once as
 /// the argument and once taken apart (see `send_upstream`).
-pub fn serve(
+pub(crate) fn serve(
     state: Arc<ProxyState>,
     conn: Arc<Connection>,
     req: Request<Downstream>,
@@ -643,7 +643,7 @@ fn hash_key(on: &HashOn, headers: &HeaderMap) -> Option<Vec<u8>> {
 }
 
 /// The host a request is for, without port: `:authority` or `Host`.
-pub fn request_host(parts: &http::request::Parts) -> &str {
+pub(crate) fn request_host(parts: &http::request::Parts) -> &str {
     let raw =
         parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
     strip_port(raw)

@@ -23,7 +23,7 @@ use crate::telemetry::trace_context::hex_into;
 use crate::upstream::ProxyBody;
 
 /// A publication's body may be at most this large.
-pub const MAX_PUBLICATION_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_PUBLICATION_BYTES: usize = 64 * 1024;
 /// Events in one publication at most.
 const MAX_EVENTS: usize = 32;
 /// Publications whose handlers run at once, per proxy; more are refused with
@@ -46,7 +46,7 @@ struct Publication {
 }
 
 /// Serves `POST /events` on the admin listener.
-pub async fn publish(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn publish(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() != Method::POST {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,

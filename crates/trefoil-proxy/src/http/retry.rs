@@ -9,7 +9,7 @@ use crate::http::local_reply::LocalReply;
 
 /// How an attempt failed, as far as retry conditions care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttemptFailure {
+pub(crate) enum AttemptFailure {
     ConnectFailure,
     Reset,
     PerTryTimeout,
@@ -18,7 +18,7 @@ pub enum AttemptFailure {
 
 impl AttemptFailure {
     /// A short, bounded name: the `reason` label of `trefoil_retries_total`, and an attempt span's failure.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             AttemptFailure::ConnectFailure => "connect_failure",
             AttemptFailure::Reset => "reset",
@@ -29,7 +29,7 @@ impl AttemptFailure {
 
     /// The reply when the last attempt failed so (a failing status never
     /// gets here: the client is sent the upstream's own answer).
-    pub fn local_reply(self) -> LocalReply {
+    pub(crate) fn local_reply(self) -> LocalReply {
         match self {
             AttemptFailure::ConnectFailure => LocalReply::ConnectFailure,
             AttemptFailure::PerTryTimeout => LocalReply::PerTryTimeout,
@@ -37,7 +37,7 @@ impl AttemptFailure {
         }
     }
 
-    pub fn is_retriable(self, policy: &RetryPolicy) -> bool {
+    pub(crate) fn is_retriable(self, policy: &RetryPolicy) -> bool {
         policy.on.iter().any(|on| match (on, self) {
             (RetryOn::ConnectFailure, AttemptFailure::ConnectFailure) => true,
             (RetryOn::Reset, AttemptFailure::Reset) => true,
@@ -53,7 +53,7 @@ impl AttemptFailure {
 }
 
 /// Jittered exponential back-off: `base * 2^n`, with full jitter, capped at 10 base intervals.
-pub fn backoff(base: Duration, retry: u32) -> Duration {
+pub(crate) fn backoff(base: Duration, retry: u32) -> Duration {
     let ceiling = base.saturating_mul(1 << retry.min(10)).min(base.saturating_mul(10));
     ceiling.mul_f64(fastrand::f64())
 }
@@ -62,7 +62,7 @@ const WINDOW: Duration = Duration::from_secs(10);
 
 /// Counts requests and retries over a sliding 10 s window (two half-windows).
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     percent: f64,
     min_per_window: f64,
     state: Mutex<Window>,
@@ -76,7 +76,7 @@ struct Window {
 }
 
 impl Budget {
-    pub fn new(spec: &RetryBudget) -> Self {
+    pub(crate) fn new(spec: &RetryBudget) -> Self {
         Budget {
             percent: spec.percent,
             min_per_window: spec.min_retries_per_second as f64 * WINDOW.as_secs_f64(),
@@ -98,12 +98,12 @@ impl Budget {
         f(&mut w)
     }
 
-    pub fn record_request(&self) {
+    pub(crate) fn record_request(&self) {
         self.with(|w| w.requests[1] += 1);
     }
 
     /// Takes permission for one retry, if the budget has room.
-    pub fn try_retry(&self) -> bool {
+    pub(crate) fn try_retry(&self) -> bool {
         let (percent, floor) = (self.percent, self.min_per_window);
         self.with(|w| {
             let requests = (w.requests[0] + w.requests[1]) as f64;

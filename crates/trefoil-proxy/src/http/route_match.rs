@@ -9,7 +9,7 @@ use trefoil_model::spec::{PathMatch, RouteMatch, ValueMatch};
 /// conditions must hold. Building one cannot fail, so no condition is
 /// ever dropped.
 #[derive(Debug)]
-pub struct RequestMatcher {
+pub(crate) struct RequestMatcher {
     path: Option<PathMatcher>,
     headers: Vec<ValueMatcher<HeaderName>>,
     query: Vec<ValueMatcher<String>>,
@@ -60,7 +60,7 @@ impl<N> ValueMatcher<N> {
 }
 
 impl RequestMatcher {
-    pub fn compile(m: &RouteMatch) -> Self {
+    pub(crate) fn compile(m: &RouteMatch) -> Self {
         let path = match &m.path {
             None => None,
             Some(PathMatch::Exact(p)) => Some(PathMatcher::Exact(p.clone())),
@@ -76,7 +76,7 @@ impl RequestMatcher {
         }
     }
 
-    pub fn matches(&self, req: &Parts) -> bool {
+    pub(crate) fn matches(&self, req: &Parts) -> bool {
         if let Some(method) = &self.method {
             if req.method != method {
                 return false;

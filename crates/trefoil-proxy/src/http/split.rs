@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const MAX_SCHEDULE: u64 = 10_000;
 
 #[derive(Debug)]
-pub struct WeightedSplit<T> {
+pub(crate) struct WeightedSplit<T> {
     items: Vec<(T, u32)>,
     schedule: Vec<u16>,
     next: AtomicUsize,
@@ -24,7 +24,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl<T> WeightedSplit<T> {
-    pub fn new(items: Vec<(T, u32)>) -> Self {
+    pub(crate) fn new(items: Vec<(T, u32)>) -> Self {
         let total: u64 = items.iter().map(|(_, w)| *w as u64).sum();
         let g = items.iter().map(|(_, w)| *w as u64).filter(|w| *w > 0).fold(0, gcd).max(1);
         let schedule = if total / g <= MAX_SCHEDULE && items.len() < u16::MAX as usize {
@@ -35,12 +35,8 @@ impl<T> WeightedSplit<T> {
         WeightedSplit { items, schedule, next: AtomicUsize::new(0), total }
     }
 
-    pub fn items(&self) -> impl Iterator<Item = &(T, u32)> {
-        self.items.iter()
-    }
-
     /// The next item; `None` only when every weight is zero.
-    pub fn pick(&self) -> Option<&T> {
+    pub(crate) fn pick(&self) -> Option<&T> {
         if self.total == 0 {
             return None;
         }

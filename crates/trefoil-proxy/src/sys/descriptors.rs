@@ -33,7 +33,7 @@ static SHORTAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Descriptors kept for everything but upstream connections: accepting
 /// and answering clients, listeners, logs, health checks.
-pub const RESERVE: usize = 64;
+pub(crate) const RESERVE: usize = 64;
 
 /// Raises the soft limit on open files to the hard limit; returns (before, after).
 #[allow(unsafe_code)] // getrlimit and setrlimit have no safe form in std
@@ -68,7 +68,7 @@ fn limit() -> usize {
 
 /// One open connection in the count; leaves it when dropped.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     client: bool,
 }
 
@@ -82,7 +82,7 @@ impl Drop for Held {
 }
 
 /// Counts an accepted client connection; always granted (it is already open).
-pub fn hold_client() -> Held {
+pub(crate) fn hold_client() -> Held {
     OPEN.fetch_add(1, Ordering::Relaxed);
     CLIENTS.fetch_add(1, Ordering::Relaxed);
     ACCEPTED.fetch_add(1, Ordering::Relaxed);
@@ -91,13 +91,13 @@ pub fn hold_client() -> Held {
 
 /// Client connections open now, accepted since start, and connections
 /// (clients and upstreams) open now.
-pub fn clients() -> (usize, usize, usize) {
+pub(crate) fn clients() -> (usize, usize, usize) {
     (CLIENTS.load(Ordering::Relaxed), ACCEPTED.load(Ordering::Relaxed), OPEN.load(Ordering::Relaxed))
 }
 
 /// Counts an upstream connection about to be opened, or refuses it when it
 /// would eat into the reserve.
-pub fn try_hold_upstream() -> Option<Held> {
+pub(crate) fn try_hold_upstream() -> Option<Held> {
     let open = OPEN.fetch_add(1, Ordering::Relaxed);
     if open.saturating_add(RESERVE) >= limit() {
         OPEN.fetch_sub(1, Ordering::Relaxed);
@@ -108,18 +108,18 @@ pub fn try_hold_upstream() -> Option<Held> {
 }
 
 /// How many times descriptors ran short so far (see [`SHORTAGES`]).
-pub fn shortages() -> usize {
+pub(crate) fn shortages() -> usize {
     SHORTAGES.load(Ordering::Relaxed)
 }
 
 /// Whether an error is this process running out of descriptors (not the
 /// peer's fault, and not to be counted against it).
-pub fn is_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Whether an error, or one of its causes, is [`is_exhaustion`].
-pub fn caused_by_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(e) = cause {
         if e.downcast_ref::<io::Error>().is_some_and(is_exhaustion) || e.downcast_ref::<Exhausted>().is_some() {
@@ -133,19 +133,19 @@ pub fn caused_by_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
 /// An upstream connection refused to keep descriptors for clients.
 #[derive(Debug, thiserror::Error)]
 #[error("too many open connections: keeping the last {RESERVE} file descriptors for clients")]
-pub struct Exhausted;
+pub(crate) struct Exhausted;
 
 /// A descriptor kept aside, freed to accept (and close) a connection the
 /// accept loop could not otherwise take.
-pub struct Spare(Mutex<Option<File>>);
+pub(crate) struct Spare(Mutex<Option<File>>);
 
 impl Spare {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Spare(Mutex::new(File::open("/dev/null").ok()))
     }
 
     /// Frees the spare, runs `accept_and_close`, and takes the spare again.
-    pub fn spend(&self, accept_and_close: impl FnOnce()) {
+    pub(crate) fn spend(&self, accept_and_close: impl FnOnce()) {
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
         drop(spare.take());
         accept_and_close();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 pin_project_lite::pin_project! {
-    pub struct OnlyWhenWoken<F> {
+    pub(crate) struct OnlyWhenWoken<F> {
         #[pin]
         inner: F,
         signal: Arc<Signal>,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 /// One line per request; `trace_id` joins it to spans and other hops' lines.
 #[derive(Debug, Default, Serialize)]
-pub struct AccessRecord<'a> {
+pub(crate) struct AccessRecord<'a> {
     pub time: String,
     pub trace_id: &'a str,
     pub span_id: &'a str,
@@ -41,20 +41,20 @@ pub struct AccessRecord<'a> {
     pub flag: &'a str,
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// Where lines go; cloning shares the writer.
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     tx: Option<SyncSender<String>>,
     dropped: Counter,
 }
 
 impl AccessLog {
     /// `target` is `stdout`, `off` or a file path (appended to).
-    pub fn open(target: &str, dropped: Counter) -> std::io::Result<Self> {
+    pub(crate) fn open(target: &str, dropped: Counter) -> std::io::Result<Self> {
         let sink: Box<dyn Write + Send> = match target {
             "off" | "" => return Ok(AccessLog { tx: None, dropped }),
             "stdout" | "-" => Box::new(std::io::stdout()),
@@ -75,11 +75,11 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx), dropped })
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.tx.is_some()
     }
 
-    pub fn write(&self, record: &AccessRecord<'_>) {
+    pub(crate) fn write(&self, record: &AccessRecord<'_>) {
         let Some(tx) = &self.tx else { return };
         let Ok(mut line) = serde_json::to_string(record) else { return };
         line.push('\n');

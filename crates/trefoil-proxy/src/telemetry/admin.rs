@@ -15,7 +15,7 @@ use crate::config::state::ProxyState;
 use crate::http::body;
 use crate::upstream::ProxyBody;
 
-pub async fn serve(state: Arc<ProxyState>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(state: Arc<ProxyState>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
     let Ok(listener) = TcpListener::from_std(listener) else { return };
     loop {
         tokio::select! {

@@ -13,7 +13,7 @@ use crate::telemetry::otlp::SpanRecord;
 /// An attempt under way: what it is sent to and when it started. Dropped
 /// unfinished (the rule's timeout cancelled the attempts), it is sent as
 /// failed with `cancelled`.
-pub struct AttemptSpan {
+pub(crate) struct AttemptSpan {
     spans: HopSpans,
     sent: bool,
     number: u32,
@@ -24,11 +24,11 @@ pub struct AttemptSpan {
 }
 
 /// How an attempt ended: the upstream's status, or why there was none.
-pub type AttemptEnd = Result<u16, AttemptFailure>;
+pub(crate) type AttemptEnd = Result<u16, AttemptFailure>;
 
 impl HopSpans {
     /// Starts attempt `number` (1 for the first) at `upstream`.
-    pub fn start_attempt(&self, number: u32, upstream: SocketAddr, service: &str, version: &str) -> AttemptSpan {
+    pub(crate) fn start_attempt(&self, number: u32, upstream: SocketAddr, service: &str, version: &str) -> AttemptSpan {
         AttemptSpan {
             spans: self.clone(),
             sent: false,
@@ -43,7 +43,7 @@ impl HopSpans {
 
 impl AttemptSpan {
     /// Sends the span `attempt N`; `retrying` says whether another attempt follows.
-    pub fn finish(mut self, end: AttemptEnd, retrying: bool) {
+    pub(crate) fn finish(mut self, end: AttemptEnd, retrying: bool) {
         match end {
             Ok(status) => self.send(Some(status), None, retrying),
             Err(AttemptFailure::Status(status)) => self.send(Some(status), Some("status"), retrying),
@@ -83,7 +83,7 @@ impl Drop for AttemptSpan {
 }
 
 /// Ends `span`, if the request has one.
-pub fn finish(span: Option<AttemptSpan>, end: AttemptEnd, retrying: bool) {
+pub(crate) fn finish(span: Option<AttemptSpan>, end: AttemptEnd, retrying: bool) {
     if let Some(span) = span {
         span.finish(end, retrying);
     }

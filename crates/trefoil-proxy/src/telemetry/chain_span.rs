@@ -15,13 +15,13 @@ use crate::telemetry::trace_context::random_bytes;
 /// A step under way, and the id its span will have (so that what it calls
 /// can be its children).
 #[derive(Clone, Copy, Debug)]
-pub struct StepStart {
+pub(crate) struct StepStart {
     at: SystemTime,
     span_id: [u8; 8],
 }
 
 /// How a step ended.
-pub enum StepOutcome<'a> {
+pub(crate) enum StepOutcome<'a> {
     Answered(&'a Verdict),
     /// An inline function answered with this status.
     Inlined(u16),
@@ -30,19 +30,19 @@ pub enum StepOutcome<'a> {
 }
 
 impl HopSpans {
-    pub fn start_step(&self) -> StepStart {
+    pub(crate) fn start_step(&self) -> StepStart {
         StepStart { at: SystemTime::now(), span_id: random_bytes() }
     }
 
     /// Where the spans of what a step (a handler run) calls go: under its span.
-    pub fn under(&self, step: &StepStart) -> HopSpans {
+    pub(crate) fn under(&self, step: &StepStart) -> HopSpans {
         self.with_parent(step.span_id)
     }
 
     /// Sends the step's span: `chain <function>` (`chain <function> response`
     /// on the response phase, `call <function>` for a handler's call), with the CNF, function, mode, phase and
     /// verdict as attributes and the function's events as span events.
-    pub fn finish_step(
+    pub(crate) fn finish_step(
         &self,
         started: StepStart,
         cnf: &str,
@@ -92,7 +92,7 @@ impl HopSpans {
     /// Sends a handler run's span: `handler <event>`, with the CNF, event,
     /// the verdict that carried the event (`on`), the result (`ok`, `deny`
     /// or the failure's kind) and the handler's tags as `tag.<key>`.
-    pub fn finish_handler(&self, started: StepStart, run: HandlerRun<'_>) {
+    pub(crate) fn finish_handler(&self, started: StepStart, run: HandlerRun<'_>) {
         let mut attributes = vec![
             ("trefoil.cnf", run.cnf.to_string()),
             ("trefoil.event", run.event.to_string()),
@@ -120,7 +120,7 @@ impl HopSpans {
 }
 
 /// The mode of a call a handler made (`trefoil.call("antivirus")`), as its span tells it.
-pub const CALL: &str = "call";
+pub(crate) const CALL: &str = "call";
 
 /// Tags become attributes under this prefix, apart from the proxy's own.
 const TAG_PREFIX: &str = "tag.";
@@ -128,7 +128,7 @@ const TAG_PREFIX: &str = "tag.";
 const MAX_TAGS: usize = 64;
 
 /// What a handler run's span tells.
-pub struct HandlerRun<'a> {
+pub(crate) struct HandlerRun<'a> {
     pub cnf: &'a str,
     pub event: &'a str,
     /// The verdict whose event ran the handler: `allow`, `deny` or `tap`.
@@ -142,7 +142,7 @@ pub struct HandlerRun<'a> {
 /// The span of events a function published on its own (not in a verdict):
 /// `events <function>`, the events as span events. It has no parent: the
 /// function publishes with the trace id only, often after the request ended.
-pub fn published_span(trace_id: [u8; 16], cnf: &str, function: &str, events: &[Event], proxy: &str, at: SystemTime) -> SpanRecord {
+pub(crate) fn published_span(trace_id: [u8; 16], cnf: &str, function: &str, events: &[Event], proxy: &str, at: SystemTime) -> SpanRecord {
     let name = if function.is_empty() { "events published".to_string() } else { format!("events {function}") };
     SpanRecord {
         trace_id,

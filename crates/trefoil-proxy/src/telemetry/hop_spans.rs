@@ -8,7 +8,7 @@ use crate::telemetry::trace_context::{random_bytes, TraceContext};
 
 /// Present only when the hop's trace is sampled and exported.
 #[derive(Clone, Debug)]
-pub struct HopSpans {
+pub(crate) struct HopSpans {
     sink: SpanSink,
     trace_id: [u8; 16],
     /// The hop's span: every span sent here is its child.
@@ -17,19 +17,19 @@ pub struct HopSpans {
 }
 
 impl HopSpans {
-    pub fn new(sink: Option<&SpanSink>, trace: &TraceContext, proxy: &str) -> Option<Self> {
+    pub(crate) fn new(sink: Option<&SpanSink>, trace: &TraceContext, proxy: &str) -> Option<Self> {
         let sink = sink.filter(|_| trace.sampled)?.clone();
         Some(HopSpans { sink, trace_id: trace.trace_id, parent: trace.span_id, proxy: proxy.to_string() })
     }
 
     /// The proxy's name, an attribute of every span it sends.
-    pub fn proxy(&self) -> &str {
+    pub(crate) fn proxy(&self) -> &str {
         &self.proxy
     }
 
     /// A child span named `name` that started at `start`, with nothing else
     /// told yet: the caller fills in the rest, then `send`s it.
-    pub fn child(&self, name: String, start: SystemTime) -> SpanRecord {
+    pub(crate) fn child(&self, name: String, start: SystemTime) -> SpanRecord {
         SpanRecord {
             trace_id: self.trace_id,
             span_id: random_bytes(),
@@ -49,7 +49,7 @@ impl HopSpans {
         HopSpans { parent, ..self.clone() }
     }
 
-    pub fn send(&self, span: SpanRecord) {
+    pub(crate) fn send(&self, span: SpanRecord) {
         self.sink.send(span);
     }
 }

@@ -19,7 +19,7 @@ use crate::http::local_reply::LocalReply;
 
 /// A cheap-to-clone label value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Label(Arc<str>);
+pub(crate) struct Label(Arc<str>);
 
 static EMPTY: LazyLock<Label> = LazyLock::new(|| Label(Arc::from("")));
 
@@ -30,7 +30,7 @@ impl Default for Label {
     }
 }
 
-pub fn label(s: &str) -> Label {
+pub(crate) fn label(s: &str) -> Label {
     Label(Arc::from(s))
 }
 
@@ -54,7 +54,7 @@ impl EncodeLabelValue for Label {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub direction: Label,
     pub route: Label,
     pub service: Label,
@@ -64,7 +64,7 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DurationLabels {
+pub(crate) struct DurationLabels {
     pub direction: Label,
     pub route: Label,
     pub service: Label,
@@ -73,14 +73,14 @@ pub struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
+pub(crate) struct TcpLabels {
     pub direction: Label,
     pub service: Label,
     pub version: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpBytesLabels {
+pub(crate) struct TcpBytesLabels {
     pub direction: Label,
     pub service: Label,
     pub version: Label,
@@ -89,7 +89,7 @@ pub struct TcpBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RetryLabels {
+pub(crate) struct RetryLabels {
     pub direction: Label,
     pub route: Label,
     pub service: Label,
@@ -98,20 +98,20 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
+pub(crate) struct EndpointLabels {
     pub service: Label,
     pub version: Label,
     pub endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
+pub(crate) struct ServiceLabels {
     pub service: Label,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TlsLabels {
+pub(crate) struct TlsLabels {
     pub listener: Label,
     /// The verified client identity; empty without a client certificate.
     pub peer_identity: Label,
@@ -120,7 +120,7 @@ pub struct TlsLabels {
 
 /// A gRPC call that ended with a status (sent with HTTP 200, whatever the status).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GrpcLabels {
+pub(crate) struct GrpcLabels {
     pub direction: Label,
     pub route: Label,
     pub service: Label,
@@ -130,19 +130,19 @@ pub struct GrpcLabels {
 
 /// A reply the proxy made itself.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LocalReplyLabels {
+pub(crate) struct LocalReplyLabels {
     pub direction: Label,
     pub flag: LocalReply,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     pub result: &'static str,
 }
 
 /// One call of a chain step to its function.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ChainLabels {
+pub(crate) struct ChainLabels {
     pub cnf: Label,
     pub function: Label,
     /// `allow`, `deny`, `failed_open`, `failed_closed`, `tapped`, `tap_failed`;
@@ -152,7 +152,7 @@ pub struct ChainLabels {
 
 /// One run of a CNF's event handler.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandlerLabels {
+pub(crate) struct HandlerLabels {
     pub cnf: Label,
     pub event: Label,
     /// `ok`, `deny`, `error`, `cpu_limit`, `memory_limit`, `deadline` or `unavailable`.
@@ -161,14 +161,14 @@ pub struct HandlerLabels {
 
 /// One datapath change a CNF's handler asked for.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DatapathLabels {
+pub(crate) struct DatapathLabels {
     pub cnf: Label,
     /// `added`, `removed`, `refused` (the control plane said no) or `unavailable`.
     pub result: &'static str,
 }
 
 /// Every metric the proxy exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<DurationLabels, Histogram>,
@@ -288,7 +288,7 @@ impl Default for Metrics {
 /// identity of the label values (all shared `Arc`s from the snapshot), so a
 /// lookup costs a few pointer compares instead of hashing strings.
 #[derive(Clone, Debug)]
-pub struct SeriesKey {
+pub(crate) struct SeriesKey {
     pub direction: Label,
     pub route: Label,
     pub service: Label,
@@ -361,7 +361,7 @@ thread_local! {
 impl Metrics {
     /// Counts one finished request and observes its duration.
     /// `config_version` scopes the per-thread cache, whose keys hold labels of that snapshot.
-    pub fn record_request(&self, config_version: u64, key: &SeriesKey, elapsed: Duration) {
+    pub(crate) fn record_request(&self, config_version: u64, key: &SeriesKey, elapsed: Duration) {
         SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
             if cache.config_version != config_version || cache.series.len() >= SERIES_CACHE_LIMIT {
@@ -406,7 +406,7 @@ impl Metrics {
     }
 
     /// Every metric in the OpenMetrics text format.
-    pub fn encode_openmetrics(&self) -> String {
+    pub(crate) fn encode_openmetrics(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -415,7 +415,7 @@ impl Metrics {
 
     /// Every metric in the classic Prometheus text format (0.0.4), which
     /// `promtool check metrics` and older scrapers read.
-    pub fn encode_prometheus(&self) -> String {
+    pub(crate) fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode_openmetrics())
     }
 }

@@ -38,13 +38,13 @@ pub struct SpanEventRecord {
 
 /// Hands spans to the exporter task; never blocks.
 #[derive(Clone, Debug)]
-pub struct SpanSink {
+pub(crate) struct SpanSink {
     tx: mpsc::Sender<SpanRecord>,
     dropped: Counter,
 }
 
 impl SpanSink {
-    pub fn send(&self, span: SpanRecord) {
+    pub(crate) fn send(&self, span: SpanRecord) {
         // A full queue means the collector is slow or away; dropping beats
         // stalling requests, and the loss is counted.
         if self.tx.try_send(span).is_err() {
@@ -56,7 +56,7 @@ impl SpanSink {
 const BATCH: usize = 512;
 
 /// Starts the exporter; spans go to `{endpoint}/v1/traces`.
-pub fn start(endpoint: &str, service_name: String, client: HttpClient, dropped: Counter) -> SpanSink {
+pub(crate) fn start(endpoint: &str, service_name: String, client: HttpClient, dropped: Counter) -> SpanSink {
     let (tx, mut rx) = mpsc::channel::<SpanRecord>(16 * 1024);
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     tokio::spawn(async move {

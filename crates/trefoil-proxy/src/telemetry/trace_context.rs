@@ -4,7 +4,7 @@ use http::HeaderValue;
 
 /// The trace a request belongs to and this hop's span in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     pub trace_id: [u8; 16],
     /// The caller's span, if the request carried one.
     pub parent_span_id: Option<[u8; 8]>,
@@ -28,7 +28,7 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// `s` as N bytes of lower-case hex; `None` if it is not, or is all zeros (invalid in W3C trace context).
-pub fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
@@ -42,7 +42,7 @@ pub fn hex_into<const N: usize>(s: &str) -> Option<[u8; N]> {
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lower-case hex; runs on every request, so without the formatting machinery.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         s.push(DIGITS[(b >> 4) as usize] as char);
@@ -62,7 +62,7 @@ fn hex_to(bytes: &[u8], out: &mut [u8]) {
 impl TraceContext {
     /// Continues the trace of an incoming `traceparent`, or starts a new one
     /// (sampled with probability `sample_percent`) when it is absent or invalid.
-    pub fn continue_or_start(traceparent: Option<&HeaderValue>, sample_percent: f64) -> Self {
+    pub(crate) fn continue_or_start(traceparent: Option<&HeaderValue>, sample_percent: f64) -> Self {
         if let Some(parsed) = traceparent.and_then(|v| v.to_str().ok()).and_then(Self::parse) {
             return parsed;
         }
@@ -91,19 +91,19 @@ impl TraceContext {
         })
     }
 
-    pub fn trace_id_hex(&self) -> String {
+    pub(crate) fn trace_id_hex(&self) -> String {
         hex(&self.trace_id)
     }
 
     /// The trace id as a header value, made without an intermediate string.
-    pub fn trace_id_value(&self) -> HeaderValue {
+    pub(crate) fn trace_id_value(&self) -> HeaderValue {
         let mut buf = [0u8; 32];
         hex_to(&self.trace_id, &mut buf);
         unique_per_request(HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("")))
     }
 
     /// The `traceparent` to send upstream: same trace, this hop as the parent.
-    pub fn traceparent(&self) -> HeaderValue {
+    pub(crate) fn traceparent(&self) -> HeaderValue {
         // 00-<32 hex>-<16 hex>-<2 hex flags>
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_to(&self.trace_id, &mut buf[3..35]);

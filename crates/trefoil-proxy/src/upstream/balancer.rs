@@ -14,7 +14,7 @@ const VNODES: usize = 128;
 
 /// A balancer over a fixed endpoint list.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     endpoints: Vec<Arc<EndpointState>>,
     kind: Kind,
 }
@@ -27,7 +27,7 @@ enum Kind {
 }
 
 impl Balancer {
-    pub fn new(policy: &LoadBalancer, endpoints: Vec<Arc<EndpointState>>) -> Self {
+    pub(crate) fn new(policy: &LoadBalancer, endpoints: Vec<Arc<EndpointState>>) -> Self {
         let kind = match policy {
             LoadBalancer::RoundRobin => Kind::RoundRobin(AtomicUsize::new(fastrand::usize(..=endpoints.len()))),
             LoadBalancer::LeastRequest => Kind::LeastRequest,
@@ -44,12 +44,8 @@ impl Balancer {
         Balancer { endpoints, kind }
     }
 
-    pub fn endpoints(&self) -> &[Arc<EndpointState>] {
-        &self.endpoints
-    }
-
     /// What the ring hash keys on, so the caller can extract it from the request.
-    pub fn hash_on(&self) -> Option<&HashOn> {
+    pub(crate) fn hash_on(&self) -> Option<&HashOn> {
         match &self.kind {
             Kind::RingHash { on, .. } => Some(on),
             _ => None,
@@ -58,7 +54,7 @@ impl Balancer {
 
     /// Picks an available endpoint, preferring one other than `avoid` (the
     /// endpoint a retried attempt just failed on).
-    pub fn pick(&self, hash_key: Option<&[u8]>, avoid: Option<SocketAddr>) -> Option<Arc<EndpointState>> {
+    pub(crate) fn pick(&self, hash_key: Option<&[u8]>, avoid: Option<SocketAddr>) -> Option<Arc<EndpointState>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;

@@ -13,8 +13,7 @@ use crate::telemetry::metrics::{label, Label};
 
 /// One upstream instance of a service.
 #[derive(Debug)]
-pub struct EndpointState {
-    pub service: Label,
+pub(crate) struct EndpointState {
     pub version: Label,
     pub addr: SocketAddr,
     /// `addr` as a URI authority, built once rather than per request.
@@ -33,7 +32,7 @@ pub struct EndpointState {
 
 /// What an attempt against an endpoint ended with, for outlier detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success,
     /// The endpoint answered 5xx other than a gateway error.
     ServerError,
@@ -42,9 +41,8 @@ pub enum Outcome {
 }
 
 impl EndpointState {
-    fn new(service: &str, version: &str, addr: SocketAddr, epoch: Instant) -> Self {
+    fn new(version: &str, addr: SocketAddr, epoch: Instant) -> Self {
         EndpointState {
-            service: label(service),
             version: label(version),
             addr,
             authority: authority(addr),
@@ -62,30 +60,30 @@ impl EndpointState {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn is_ejected(&self) -> bool {
+    pub(crate) fn is_ejected(&self) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Whether the balancer may pick it.
-    pub fn is_available(&self) -> bool {
+    pub(crate) fn is_available(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
     }
 
-    pub fn set_healthy(&self, healthy: bool) -> bool {
+    pub(crate) fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
-    pub fn ejection_count(&self) -> u32 {
+    pub(crate) fn ejection_count(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
     }
 
     /// Records an outcome; returns true when it caused an ejection.
     /// `may_eject` says whether the service's ejection cap allows one more.
-    pub fn record(&self, outcome: Outcome, policy: Option<&OutlierDetection>, may_eject: impl FnOnce() -> bool) -> bool {
+    pub(crate) fn record(&self, outcome: Outcome, policy: Option<&OutlierDetection>, may_eject: impl FnOnce() -> bool) -> bool {
         let (errors_5xx, gateway) = match outcome {
             Outcome::Success => {
                 self.consecutive_5xx.store(0, Ordering::Relaxed);
@@ -116,7 +114,7 @@ impl EndpointState {
     }
 
     /// Time left in the current ejection.
-    pub fn ejected_for(&self) -> Option<Duration> {
+    pub(crate) fn ejected_for(&self) -> Option<Duration> {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         let now = self.now_ms();
         (until > now).then(|| Duration::from_millis(until - now))
@@ -125,7 +123,7 @@ impl EndpointState {
 
 /// Endpoint states by (service, address), shared by every snapshot.
 #[derive(Debug)]
-pub struct EndpointRegistry {
+pub(crate) struct EndpointRegistry {
     endpoints: Mutex<HashMap<(String, SocketAddr), Arc<EndpointState>>>,
     epoch: Instant,
 }
@@ -138,19 +136,18 @@ impl Default for EndpointRegistry {
 
 impl EndpointRegistry {
     /// The state of an endpoint, created on first sight.
-    pub fn get(&self, service: &str, version: &str, addr: SocketAddr) -> Arc<EndpointState> {
+    pub(crate) fn get(&self, service: &str, version: &str, addr: SocketAddr) -> Arc<EndpointState> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let entry =
-            map.entry((service.to_string(), addr)).or_insert_with(|| Arc::new(EndpointState::new(service, version, addr, self.epoch)));
+        let entry = map.entry((service.to_string(), addr)).or_insert_with(|| Arc::new(EndpointState::new(version, addr, self.epoch)));
         if &*entry.version != version {
             // The endpoint now serves another version: start afresh.
-            *entry = Arc::new(EndpointState::new(service, version, addr, self.epoch));
+            *entry = Arc::new(EndpointState::new(version, addr, self.epoch));
         }
         entry.clone()
     }
 
     /// Forgets endpoints that no snapshot uses any more.
-    pub fn retain(&self, keep: impl Fn(&str, &SocketAddr) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&str, &SocketAddr) -> bool) {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|(service, addr), _| keep(service, addr));
     }

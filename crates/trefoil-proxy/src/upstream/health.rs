@@ -14,7 +14,7 @@ use crate::telemetry::metrics::{EndpointLabels, Metrics};
 use crate::upstream::endpoint::EndpointState;
 
 /// Starts the checkers a snapshot asks for; dropping the set stops them.
-pub fn start(snapshot: &Snapshot, metrics: Arc<crate::config::snapshot::Shared>) -> JoinSet<()> {
+pub(crate) fn start(snapshot: &Snapshot, metrics: Arc<crate::config::snapshot::Shared>) -> JoinSet<()> {
     let mut set = JoinSet::new();
     for service in snapshot.services.values() {
         let Some(check) = service.policy.health_check.clone() else {

@@ -5,10 +5,10 @@
 //! The hyper clients are shared across config snapshots so that keep-alive
 //! connections survive reloads.
 
-pub mod balancer;
-pub mod endpoint;
-pub mod h1;
-pub mod health;
+pub(crate) mod balancer;
+pub(crate) mod endpoint;
+pub(crate) mod h1;
+pub(crate) mod health;
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
@@ -24,14 +24,14 @@ use trefoil_model::spec::{TlsMode, UpstreamTls};
 
 use crate::tls::{self, TlsError};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every hop of the proxy speaks.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// Everything that makes two upstream clients different.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ClientKey {
+pub(crate) struct ClientKey {
     pub http2: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -42,7 +42,7 @@ pub struct ClientKey {
 }
 
 /// A hash of the contents of the files a TLS setting names (missing files hash as empty).
-pub fn tls_files_hash(tls: Option<&UpstreamTls>) -> u64 {
+pub(crate) fn tls_files_hash(tls: Option<&UpstreamTls>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     if let Some(tls) = tls {
@@ -59,7 +59,7 @@ thread_local! {
 }
 
 /// Marks the current thread as data-plane worker `index`.
-pub fn set_worker(index: usize) {
+pub(crate) fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
@@ -68,18 +68,18 @@ pub fn set_worker(index: usize) {
 /// each worker keeping its own pool keeps a request and its upstream
 /// connection on one thread, as nginx and HAProxy do.
 #[derive(Clone)]
-pub struct ClientSet(Arc<[HttpClient]>);
+pub(crate) struct ClientSet(Arc<[HttpClient]>);
 
 impl ClientSet {
     /// The client of the calling thread.
-    pub fn current(&self) -> &HttpClient {
+    pub(crate) fn current(&self) -> &HttpClient {
         let i = WORKER.with(|w| w.get()).min(self.0.len() - 1);
         &self.0[i]
     }
 }
 
 /// Client sets by key; a reload reuses a set (and its pools) whose key is unchanged.
-pub struct ClientCache {
+pub(crate) struct ClientCache {
     workers: usize,
     clients: Mutex<Vec<(ClientKey, ClientSet)>>,
 }
@@ -91,11 +91,11 @@ impl Default for ClientCache {
 }
 
 impl ClientCache {
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         ClientCache { workers: workers.max(1), clients: Mutex::default() }
     }
 
-    pub fn get(&self, key: &ClientKey) -> Result<ClientSet, TlsError> {
+    pub(crate) fn get(&self, key: &ClientKey) -> Result<ClientSet, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = clients.iter().find(|(k, _)| k == key) {
             return Ok(c.clone());
@@ -106,7 +106,7 @@ impl ClientCache {
     }
 
     /// Drops clients no current service uses, closing their idle connections.
-    pub fn retain<'a>(&self, used: impl IntoIterator<Item = &'a ClientKey>) {
+    pub(crate) fn retain<'a>(&self, used: impl IntoIterator<Item = &'a ClientKey>) {
         let used: Vec<&ClientKey> = used.into_iter().collect();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients.retain(|(k, _)| used.contains(&k));
@@ -151,7 +151,7 @@ fn build(key: &ClientKey) -> Result<HttpClient, TlsError> {
 }
 
 /// Which scheme to use towards an endpoint.
-pub fn scheme(key: &ClientKey) -> &'static str {
+pub(crate) fn scheme(key: &ClientKey) -> &'static str {
     match &key.tls {
         Some((tls, _)) if tls.mode != TlsMode::Disable => "https",
         _ => "http",

@@ -3,4 +3,4 @@
 //! connections and moves the bytes.
 
 pub(crate) mod codec;
-pub mod pool;
+pub(crate) mod pool;

@@ -39,7 +39,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// One upstream connection and its buffers, kept with it across requests.
-pub struct Pooled {
+pub(crate) struct Pooled {
     addr: SocketAddr,
     stream: TcpStream,
     /// Bytes read from the upstream and not yet taken apart.
@@ -211,7 +211,7 @@ impl Upload {
 
 /// Why a request could not be sent.
 #[derive(Debug)]
-pub struct SendError {
+pub(crate) struct SendError {
     /// No connection could be made: nothing reached the endpoint, a retry is safe.
     pub connect: bool,
     pub source: BoxError,
@@ -240,7 +240,7 @@ fn take_idle(addr: SocketAddr) -> Option<Box<Pooled>> {
 /// Closes this thread's idle connections that timed out or that the
 /// upstream closed, and forgets endpoints left with none. Without it, a
 /// connection to an endpoint no request goes to any more would stay open.
-pub fn sweep() {
+pub(crate) fn sweep() {
     // Descriptors ran short since the last sweep: the idle connections go,
     // on every worker, not only on the one that needed a descriptor.
     let shortages = descriptors::shortages();
@@ -262,7 +262,7 @@ fn drop_idle() {
     IDLE.with(|idle| idle.borrow_mut().clear());
 }
 
-pub async fn sweep_every(every: Duration) {
+pub(crate) async fn sweep_every(every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -314,7 +314,7 @@ async fn connect(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Dura
 /// Not an `async fn`: its arguments would be kept twice in the future (see
 /// `proxy::send_upstream`); the block below holds each once.
 #[allow(clippy::manual_async_fn)]
-pub fn send(
+pub(crate) fn send(
     addr: SocketAddr,
     req: Request<ProxyBody>,
     connect_timeout: Duration,
@@ -452,7 +452,7 @@ impl From<Lost> for BoxError {
 /// A response body read from its pooled connection, which it owns until
 /// the body ends and then returns to the pool. Dropped before its end, it
 /// closes the connection.
-pub struct PooledBody {
+pub(crate) struct PooledBody {
     /// `None` once the body ended or failed.
     conn: Option<Box<Pooled>>,
     decoder: Decoder,
