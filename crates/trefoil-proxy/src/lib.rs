@@ -11,7 +11,7 @@
 //!   pooled hyper clients for TLS and HTTP/2).
 //!
 //! Beside the request path: `config/` compiles resources into the snapshot
-//! all of these read, swapped atomically by `runtime.rs` on reload (the
+//! all of these read, swapped atomically by `lifecycle.rs` on reload (the
 //! resources come from files or from the control plane through
 //! `config/control_client.rs`); `telemetry/` is what the proxy tells about
 //! the traffic, the admin listener included; `sys/` holds process-level
@@ -26,7 +26,7 @@ mod downstream;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
-mod runtime;
+mod lifecycle;
 mod sys;
 mod tcp;
 mod telemetry;
@@ -38,6 +38,6 @@ mod upstream;
 // the control plane's trace collector is tested against the spans proxies
 // export.
 pub use config::snapshot::check;
-pub use runtime::{run, ConfigSource, ProxyOptions, StartError};
+pub use lifecycle::{run, ConfigSource, ProxyOptions, StartError};
 pub use sys::descriptors;
 pub use telemetry::otlp;

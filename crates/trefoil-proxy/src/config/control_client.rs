@@ -1,7 +1,7 @@
 //! The proxy's end of the config stream: connect to the control plane, say
-//! Hello, hand each snapshot to the runtime to apply, answer Ack or Nack,
-//! and reconnect with capped back-off when the stream breaks. The runtime
-//! keeps serving its last good snapshot meanwhile. A stream refused because
+//! Hello, hand each snapshot to the lifecycle loop (`lifecycle.rs`) to apply,
+//! answer Ack or Nack, and reconnect with capped back-off when the stream
+//! breaks. The proxy keeps serving its last good snapshot meanwhile. A stream refused because
 //! another proxy holds the name is retried on a slower back-off of its own:
 //! quick retries would only fill both logs while the other stays connected.
 
@@ -23,7 +23,7 @@ const REFUSED_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A snapshot for the runtime to put in force; `done` gets the outcome (the
+/// A snapshot for the lifecycle loop to put in force; `done` gets the outcome (the
 /// error text, with locations, on rejection).
 pub(crate) struct Apply {
     pub version: u64,
@@ -50,7 +50,7 @@ enum StreamEnd {
     /// Another proxy with this name is connected.
     #[error("{0}")]
     NameTaken(String),
-    /// The runtime is shutting down.
+    /// The proxy is shutting down.
     #[error("the proxy is stopping")]
     Stopping,
 }
@@ -65,7 +65,7 @@ impl From<trefoil_wire::Status> for StreamEnd {
 }
 
 /// Keeps a stream to the control plane at `address` open for as long as the
-/// runtime listens on `applies`.
+/// lifecycle loop listens on `applies`.
 pub(crate) async fn run(address: String, name: String, admin_address: String, applies: mpsc::Sender<Apply>) {
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;

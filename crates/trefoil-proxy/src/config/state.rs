@@ -12,7 +12,7 @@ use crate::telemetry::otlp::{self, SpanSink};
 use crate::upstream::ClientKey;
 
 /// Sinks derived from the `Proxy` settings.
-pub(crate) struct Telemetry {
+pub(crate) struct TelemetrySinks {
     pub access_log: AccessLog,
     pub spans: Option<SpanSink>,
     pub sampling_percent: f64,
@@ -20,7 +20,7 @@ pub(crate) struct Telemetry {
     built_from: (String, Option<TracingSpec>),
 }
 
-impl Telemetry {
+impl TelemetrySinks {
     pub(crate) fn build(settings: &ProxySpec, proxy_name: &str, shared: &Shared) -> anyhow::Result<Self> {
         let access_log = AccessLog::open(&settings.access_log, shared.metrics.access_log_dropped.clone())
             .map_err(|e| anyhow::anyhow!("cannot open access log {:?}: {e}", settings.access_log))?;
@@ -45,7 +45,7 @@ impl Telemetry {
             }
             None => None,
         };
-        Ok(Telemetry {
+        Ok(TelemetrySinks {
             access_log,
             spans,
             sampling_percent: settings.tracing.as_ref().map(|t| t.sampling_percent).unwrap_or(100.0),
@@ -62,7 +62,7 @@ pub(crate) struct ProxyState {
     pub name: String,
     pub snapshot: ArcSwap<Snapshot>,
     pub shared: Arc<Shared>,
-    pub telemetry: ArcSwap<Telemetry>,
+    pub telemetry: ArcSwap<TelemetrySinks>,
     /// True once every listener is bound.
     pub ready: AtomicBool,
 }

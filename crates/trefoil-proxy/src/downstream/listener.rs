@@ -21,7 +21,7 @@ use trefoil_model::spec::ListenerProtocol;
 
 use crate::config::snapshot::ListenerConfig;
 use crate::config::state::ProxyState;
-use crate::downstream::listener_set::Balance;
+use crate::downstream::listener_set::WorkerLoad;
 use crate::http::body::Downstream;
 use crate::http::proxy::{self, Connection};
 use crate::sys::coarse_timer::CoarseTimer;
@@ -151,7 +151,7 @@ impl Accepted<std::net::TcpStream> {
 }
 
 /// Accepts until `stop` turns true; each connection holds a `Drain` so
-/// shutdown can wait for it. `worker` is this thread's index in `balance`,
+/// shutdown can wait for it. `worker` is this thread's index in `worker_load`,
 /// which may send a connection to a worker that serves fewer.
 pub(crate) async fn accept_loop(
     state: Arc<ProxyState>,
@@ -159,7 +159,7 @@ pub(crate) async fn accept_loop(
     listener: std::net::TcpListener,
     mut stop: watch::Receiver<bool>,
     watcher: Drain,
-    balance: Arc<Balance>,
+    worker_load: Arc<WorkerLoad>,
     worker: usize,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -176,7 +176,7 @@ pub(crate) async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let accepted = Accepted { state: state.clone(), name: name.clone(), stream, client, watcher: watcher.clone(), held: descriptors::hold_client() };
                     // Served here, or handed to a worker with fewer connections.
-                    if let Some((accepted, open)) = balance.place(worker, accepted) {
+                    if let Some((accepted, open)) = worker_load.place(worker, accepted) {
                         tokio::spawn(async move {
                             accepted.serve().await;
                             drop(open);

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::snapshot::Snapshot;
 use crate::config::state::ProxyState;
 use crate::downstream::listener;
-use crate::runtime::StartError;
+use crate::lifecycle::StartError;
 use crate::telemetry::metrics::Label;
 
 struct RunningListener {
@@ -47,12 +47,12 @@ struct AcceptOn {
 /// busier worker's requests wait longer, and the tail latency is its. A
 /// worker that accepts a connection while another serves fewer hands it
 /// over, once, when it is accepted; its requests then never cross threads.
-pub(crate) struct Balance {
+pub(crate) struct WorkerLoad {
     open: Vec<AtomicUsize>,
     senders: Vec<mpsc::UnboundedSender<Work>>,
 }
 
-impl Balance {
+impl WorkerLoad {
     /// The worker that should serve a connection `accepted_by` just
     /// accepted: itself unless another serves fewer connections.
     fn pick(&self, accepted_by: usize) -> usize {
@@ -97,7 +97,7 @@ impl Balance {
 }
 
 /// One open connection on a worker; the count drops with it.
-pub(crate) struct OpenGuard(Arc<Balance>, usize);
+pub(crate) struct OpenGuard(Arc<WorkerLoad>, usize);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -109,7 +109,7 @@ impl Drop for OpenGuard {
 /// connection, its requests and their upstream connections stay on one
 /// thread, with no cross-thread wake-ups on the hot path.
 pub(crate) struct Workers {
-    balance: Arc<Balance>,
+    worker_load: Arc<WorkerLoad>,
 }
 
 impl Workers {
@@ -121,24 +121,24 @@ impl Workers {
             senders.push(tx);
             inboxes.push(rx);
         }
-        let balance = Arc::new(Balance { open: (0..count).map(|_| AtomicUsize::new(0)).collect(), senders });
+        let worker_load = Arc::new(WorkerLoad { open: (0..count).map(|_| AtomicUsize::new(0)).collect(), senders });
         for (index, mut rx) in inboxes.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             // Weak: the worker loops end when `Workers` (the last strong owner of the senders) is dropped.
-            let balance = Arc::downgrade(&balance);
+            let worker_load = Arc::downgrade(&worker_load);
             std::thread::Builder::new().name(format!("trefoil-worker-{index}")).spawn(move || {
                 crate::upstream::set_worker(index);
                 runtime.block_on(async move {
                     tokio::spawn(crate::upstream::h1::pool::sweep_every(std::time::Duration::from_secs(5)));
                     while let Some(work) = rx.recv().await {
-                        let Some(balance) = balance.upgrade() else { break };
+                        let Some(worker_load) = worker_load.upgrade() else { break };
                         match work {
                             Work::Accept(w) => {
-                                tokio::spawn(listener::accept_loop(w.state, w.name, w.socket, w.stop, w.drain, balance, index));
+                                tokio::spawn(listener::accept_loop(w.state, w.name, w.socket, w.stop, w.drain, worker_load, index));
                             }
                             Work::Serve(moved) => match moved.into_tokio() {
                                 Ok(accepted) => {
-                                    let open = balance.enter(index);
+                                    let open = worker_load.enter(index);
                                     tokio::spawn(async move {
                                         accepted.serve().await;
                                         drop(open);
@@ -151,11 +151,11 @@ impl Workers {
                 });
             })?;
         }
-        Ok(Workers { balance })
+        Ok(Workers { worker_load })
     }
 
     fn len(&self) -> usize {
-        self.balance.senders.len()
+        self.worker_load.senders.len()
     }
 }
 
@@ -218,7 +218,7 @@ impl Listeners {
     pub(crate) fn start(&mut self, state: &Arc<ProxyState>, bound: Vec<Bound>) {
         for (name, addr, sockets) in bound {
             let (stop, _) = watch::channel(false);
-            for (worker, socket) in self.workers.balance.senders.iter().zip(sockets) {
+            for (worker, socket) in self.workers.worker_load.senders.iter().zip(sockets) {
                 if let Ok(real) = socket.local_addr() {
                     tracing::debug!(listener = %name, address = %real, "worker socket bound");
                 }
@@ -253,26 +253,26 @@ impl Listeners {
 mod tests {
     use super::*;
 
-    fn balance(open: &[usize]) -> Balance {
-        Balance { open: open.iter().map(|n| AtomicUsize::new(*n)).collect(), senders: Vec::new() }
+    fn worker_load(open: &[usize]) -> WorkerLoad {
+        WorkerLoad { open: open.iter().map(|n| AtomicUsize::new(*n)).collect(), senders: Vec::new() }
     }
 
     #[test]
     fn a_connection_goes_to_the_worker_serving_fewest() {
-        assert_eq!(balance(&[3, 1]).pick(0), 1);
-        assert_eq!(balance(&[3, 1, 0]).pick(0), 2);
-        assert_eq!(balance(&[1, 3]).pick(0), 0);
+        assert_eq!(worker_load(&[3, 1]).pick(0), 1);
+        assert_eq!(worker_load(&[3, 1, 0]).pick(0), 2);
+        assert_eq!(worker_load(&[1, 3]).pick(0), 0);
     }
 
     #[test]
     fn ties_stay_on_the_accepting_worker() {
-        assert_eq!(balance(&[2, 2]).pick(1), 1);
-        assert_eq!(balance(&[2, 1, 1]).pick(2), 2);
+        assert_eq!(worker_load(&[2, 2]).pick(1), 1);
+        assert_eq!(worker_load(&[2, 1, 1]).pick(2), 2);
     }
 
     #[test]
     fn open_connections_are_counted_until_their_guard_drops() {
-        let b = Arc::new(balance(&[0, 0]));
+        let b = Arc::new(worker_load(&[0, 0]));
         let guard = b.enter(1);
         assert_eq!(b.pick(1), 0);
         drop(guard);

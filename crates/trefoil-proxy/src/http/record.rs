@@ -15,7 +15,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, Method, Response, Uri, Version};
 
 use crate::config::snapshot::ListenerConfig;
-use crate::config::state::{ProxyState, Telemetry};
+use crate::config::state::{ProxyState, TelemetrySinks};
 use crate::http::body::Observed;
 use crate::http::local_reply::LocalReply;
 use crate::http::proxy::Connection;
@@ -52,7 +52,7 @@ pub(crate) struct Outcomes {
 /// or, if the request was abandoned, on drop.
 pub(crate) struct Record {
     pub(crate) state: Arc<ProxyState>,
-    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) telemetry: Arc<TelemetrySinks>,
     pub(crate) config_version: u64,
     pub(crate) listener: Arc<ListenerConfig>,
     pub(crate) client: SocketAddr,
@@ -80,7 +80,7 @@ pub(crate) struct Record {
 pub(crate) struct Arrival {
     pub(crate) started: Instant,
     pub(crate) wall_start: Option<SystemTime>,
-    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) telemetry: Arc<TelemetrySinks>,
     pub(crate) config_version: u64,
 }
 

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::snapshot::{compile, Shared};
-use crate::config::state::{ProxyState, Telemetry};
+use crate::config::state::{ProxyState, TelemetrySinks};
 use crate::http::body::Downstream;
 use crate::http::proxy::{self, Connection};
 use crate::telemetry::metrics::label;
@@ -92,7 +92,7 @@ async fn harness(yaml: &str, upstream: SocketAddr) -> Harness {
     let sources = trefoil_model::load_str(&Arc::from("phases.yaml"), &text).unwrap_or_else(|e| panic!("{e:?}"));
     let shared = Arc::new(Shared::new(1));
     let snapshot = compile(&sources, &shared, 1).unwrap_or_else(|e| panic!("{e:?}"));
-    let telemetry = Telemetry::build(&snapshot.settings, "test", &shared).unwrap();
+    let telemetry = TelemetrySinks::build(&snapshot.settings, "test", &shared).unwrap();
     let state = Arc::new(ProxyState {
         name: "test".into(),
         snapshot: ArcSwap::from_pointee(snapshot),

@@ -91,7 +91,7 @@ pub(crate) fn hold_client() -> Held {
 
 /// Client connections open now, accepted since start, and connections
 /// (clients and upstreams) open now.
-pub(crate) fn clients() -> (usize, usize, usize) {
+pub(crate) fn connection_counts() -> (usize, usize, usize) {
     (CLIENTS.load(Ordering::Relaxed), ACCEPTED.load(Ordering::Relaxed), OPEN.load(Ordering::Relaxed))
 }
 

@@ -35,7 +35,7 @@ fn quiet_after_traffic(then: Seen, now: Seen, clients: usize) -> bool {
 /// Runs until the process ends; trims after every quiet spell that follows traffic.
 pub(crate) async fn give_back_when_quiet(every: Duration) {
     let look = || {
-        let (clients, accepted, open) = descriptors::clients();
+        let (clients, accepted, open) = descriptors::connection_counts();
         (clients, Seen { accepted, open })
     };
     let mut then = look().1;

@@ -14,7 +14,7 @@ use crate::telemetry::metrics::{EndpointLabels, Metrics};
 use crate::upstream::endpoint::EndpointState;
 
 /// Starts the checkers a snapshot asks for; dropping the set stops them.
-pub(crate) fn start(snapshot: &Snapshot, metrics: Arc<crate::config::snapshot::Shared>) -> JoinSet<()> {
+pub(crate) fn start(snapshot: &Snapshot, shared: Arc<crate::config::snapshot::Shared>) -> JoinSet<()> {
     let mut set = JoinSet::new();
     for service in snapshot.services.values() {
         let Some(check) = service.policy.health_check.clone() else {
@@ -25,7 +25,7 @@ pub(crate) fn start(snapshot: &Snapshot, metrics: Arc<crate::config::snapshot::S
             continue;
         };
         for endpoint in &service.endpoints {
-            let (service, endpoint, check, shared) = (service.clone(), endpoint.clone(), check.clone(), metrics.clone());
+            let (service, endpoint, check, shared) = (service.clone(), endpoint.clone(), check.clone(), shared.clone());
             set.spawn(async move { run(service, endpoint, check, &shared.metrics).await });
         }
     }

@@ -16,7 +16,7 @@ use trefoil_model::{Diagnostics, SourcedResource};
 
 use crate::config::control_client::{self, Apply};
 use crate::config::snapshot::{compile, Shared, Snapshot};
-use crate::config::state::{ProxyState, Telemetry};
+use crate::config::state::{ProxyState, TelemetrySinks};
 use crate::downstream::listener;
 use crate::downstream::listener_set::{Listeners, Workers};
 use crate::telemetry::admin;
@@ -213,7 +213,7 @@ impl Running {
         if let Some(admin) = admin_override {
             first.settings.admin = admin;
         }
-        let telemetry = Telemetry::build(&first.settings, &name, shared)?;
+        let telemetry = TelemetrySinks::build(&first.settings, &name, shared)?;
         let admin_addr = first.settings.admin;
         shared.metrics.config_version.set(first.version as i64);
         let state = Arc::new(ProxyState {
@@ -288,7 +288,7 @@ impl Running {
         }
         let bound = self.listeners.bind_new(&next)?;
         if !state.telemetry.load().matches(&next.settings) {
-            state.telemetry.store(Arc::new(Telemetry::build(&next.settings, &state.name, shared)?));
+            state.telemetry.store(Arc::new(TelemetrySinks::build(&next.settings, &state.name, shared)?));
         }
         let next = Arc::new(next);
         state.snapshot.store(next.clone());
