@@ -64,6 +64,7 @@ fn check(resources: &[SourcedResource], stored: &[&Resource], references: Refere
         functions: BTreeMap::new(),
         cnfs: BTreeSet::new(),
         routes: BTreeMap::new(),
+        original_destination: BTreeSet::new(),
         check_references: references == References::Required,
         against_stored: references == References::IfPresent,
     };
@@ -73,6 +74,9 @@ fn check(resources: &[SourcedResource], stored: &[&Resource], references: Refere
         let name = r.name().to_string();
         match &r.spec {
             Spec::Service(s) => {
+                if s.original_destination {
+                    v.original_destination.insert(name.clone());
+                }
                 v.http2.insert(name.clone(), s.ports.first().is_some_and(|p| p.protocol.is_http2()));
                 v.services.entry(name).or_default().extend(s.endpoints.iter().map(|e| e.version.clone()))
             }
@@ -200,6 +204,9 @@ struct Validator {
     cnfs: BTreeSet<String>,
     /// Route name -> the services its backends name.
     routes: BTreeMap<String, BTreeSet<String>>,
+    /// Services with `originalDestination`: only a transparent listener's
+    /// connections have one.
+    original_destination: BTreeSet<String>,
 }
 
 impl Validator {
@@ -262,13 +269,18 @@ impl Validator {
         }
         if l.transparent {
             self.transparent_listener(r, l);
-            return;
+        } else {
+            self.original_destination_routes(r, l);
         }
         match (&l.protocol, &l.tcp_backend) {
-            (ListenerProtocol::Tcp | ListenerProtocol::Auto, None) => {
+            // A transparent listener passes what is not HTTP to the original destination.
+            (ListenerProtocol::Tcp | ListenerProtocol::Auto, None) if !l.transparent => {
                 self.report(r, "spec.tcpBackend", "a tcp or auto listener needs `tcpBackend` for traffic that is not HTTP")
             }
-            (_, Some(b)) => self.backend(r, "spec.tcpBackend", &b.service, b.version.as_deref()),
+            (_, Some(b)) if !l.transparent => {
+                self.backend(r, "spec.tcpBackend", &b.service, b.version.as_deref());
+                self.not_original_destination(r, "spec.tcpBackend.service", &b.service, "a transparent listener without `tcpBackend`");
+            }
             _ => {}
         }
         if let Some(service) = &l.service {
@@ -287,13 +299,6 @@ impl Validator {
     /// destination, so it has no backend of its own; it must be bound to one
     /// address, the one datapath rules steer connections to.
     fn transparent_listener(&mut self, r: &SourcedResource, l: &ListenerSpec) {
-        if l.protocol != ListenerProtocol::Tcp {
-            self.report(
-                r,
-                "spec.transparent",
-                "a transparent listener speaks `tcp` for now (it passes bytes through to the original destination)",
-            );
-        }
         if l.tcp_backend.is_some() {
             self.report(
                 r,
@@ -302,13 +307,57 @@ impl Validator {
             );
         }
         if l.tls.is_some() {
-            self.report(r, "spec.tls", "a transparent listener passes bytes through: remove `tls`");
+            self.report(r, "spec.tls", "a transparent listener cannot terminate TLS for every destination: remove `tls`");
         }
         if l.address.ip().is_unspecified() {
             self.report(
                 r,
                 "spec.address",
                 format!("{}: a transparent listener needs one address, which datapath rules steer to (not the wildcard)", l.address),
+            );
+        }
+    }
+
+    /// A listener that is not transparent has no original destination: the
+    /// routes it serves may not send requests to one (the proxy would have
+    /// nowhere to send them, or would connect to itself).
+    fn original_destination_routes(&mut self, r: &SourcedResource, l: &ListenerSpec) {
+        let passthrough = |services: &BTreeSet<String>| services.iter().find(|s| self.original_destination.contains(*s)).cloned();
+        let found: Vec<(String, String, String)> = if l.routes.is_empty() {
+            self.routes
+                .iter()
+                .filter_map(|(route, services)| passthrough(services).map(|s| ("spec.routes".to_string(), route.clone(), s)))
+                .collect()
+        } else {
+            l.routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, route)| {
+                    self.routes.get(route).and_then(passthrough).map(|s| (format!("spec.routes[{i}]"), route.clone(), s))
+                })
+                .collect()
+        };
+        for (field, route, service) in found {
+            let every =
+                if l.routes.is_empty() { " (an empty `routes` serves every Route: list the ones this listener serves)" } else { "" };
+            self.report(
+                r,
+                &field,
+                format!(
+                    "Route {route:?} sends requests to Service {service:?}, their original destination, which only a `transparent: true` listener has{every}"
+                ),
+            );
+        }
+    }
+
+    /// A reference at `field` that cannot be an `originalDestination` Service;
+    /// `instead` says what to use for the same effect.
+    fn not_original_destination(&mut self, r: &SourcedResource, field: &str, service: &str, instead: &str) {
+        if self.original_destination.contains(service) {
+            self.report(
+                r,
+                field,
+                format!("Service {service:?} forwards to the original destination, which has no meaning here: use {instead}"),
             );
         }
     }
@@ -498,6 +547,13 @@ impl Validator {
             let field = if s.ports.is_empty() { "spec" } else { "spec.ports[0].protocol" };
             self.report(r, field, message);
         }
+        if s.original_destination && !s.endpoints.is_empty() {
+            self.report(
+                r,
+                "spec.endpoints",
+                "an `originalDestination` Service forwards to where each connection was addressed: remove `endpoints`",
+            );
+        }
         let mut addresses = BTreeSet::new();
         for (i, e) in s.endpoints.iter().enumerate() {
             if !addresses.insert(e.address) {
@@ -553,6 +609,12 @@ impl Validator {
         let f = &rule.filters;
         if let Some(m) = &f.request_mirror {
             self.backend(r, &format!("{at}.filters.requestMirror.backend"), &m.backend.service, m.backend.version.as_deref());
+            self.not_original_destination(
+                r,
+                &format!("{at}.filters.requestMirror.backend.service"),
+                &m.backend.service,
+                "a Service with endpoints (a copy sent where the request goes already would arrive twice)",
+            );
             self.percent(r, &format!("{at}.filters.requestMirror.percent"), m.percent);
         }
         if let Some(fault) = &f.fault {
@@ -624,6 +686,7 @@ impl Validator {
         if self.check_references && !self.services.contains_key(&f.service) {
             self.report(r, "spec.service", format!("no Service named {:?}", f.service));
         }
+        self.not_original_destination(r, "spec.service", &f.service, "the Service the function runs as");
         let speaks_http2 = self.http2.get(&f.service).copied().filter(|_| self.check_references || self.against_stored);
         if f.api == FunctionApi::ExtAuthz && speaks_http2 == Some(false) {
             self.report(r, "spec.api", format!("extAuthz is gRPC: Service {:?} needs a port with protocol grpc or http2", f.service));
@@ -815,8 +878,33 @@ mod tests {
         let bad = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec:\n  address: 0.0.0.0:15001\n  transparent: true\n  tcpBackend: {service: web}\n";
         let err = check(bad).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
-        assert_eq!(fields, ["spec.transparent", "spec.tcpBackend", "spec.address"], "{err}");
-        assert_eq!(err.0[1].line, 13, "{err}");
+        assert_eq!(fields, ["spec.tcpBackend", "spec.address"], "{err}");
+        assert_eq!(err.0[0].line, 13, "{err}");
+    }
+
+    /// The original destination of a request is where its connection was
+    /// addressed before a datapath rule redirected it: only a transparent
+    /// listener's connections have one.
+    const PASSTHROUGH: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: original}\nspec: {originalDestination: true}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: through}\nspec:\n  hosts: ['*']\n  rules: [{backends: [{service: original}]}]\n";
+
+    #[test]
+    fn an_original_destination_is_served_on_transparent_listeners_only() {
+        let transparent = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec: {address: 10.1.0.1:15001, protocol: auto, transparent: true}\n";
+        check(&format!("{PASSTHROUGH}{transparent}")).unwrap();
+        // A plain listener serving every route, then one naming the route.
+        let plain = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: p}\nspec: {address: 127.0.0.1:8080}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: q}\nspec: {address: 127.0.0.1:8081, routes: [through]}\n";
+        let err = check(&format!("{PASSTHROUGH}{transparent}{plain}")).unwrap_err();
+        let found: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(found, [("spec.routes", 27), ("spec.routes[0]", 32)], "{err}");
+        assert!(err.0[0].message.contains("an empty `routes` serves every Route"), "{err}");
+        assert!(err.0[1].message.contains("Route \"through\" sends requests to Service \"original\""), "{err}");
+    }
+
+    #[test]
+    fn an_original_destination_is_no_endpoint_mirror_or_function() {
+        let misuse = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: both}\nspec:\n  originalDestination: true\n  endpoints: [{address: 127.0.0.1:1}]\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {name: copy}\nspec:\n  hosts: [web]\n  rules:\n  - backends: [{service: both}]\n    filters: {requestMirror: {backend: {service: original}}}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {name: f}\nspec: {service: original}\n";
+        let fields: Vec<_> = problems(&format!("{PASSTHROUGH}{misuse}")).into_iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["spec.endpoints", "spec.rules[0].filters.requestMirror.backend.service", "spec.service"]);
     }
 
     /// The Route the rollouts below drive, to append after them.

@@ -78,24 +78,34 @@ pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, 
     }
 }
 
+/// Where a connection accepted on a transparent listener was addressed: the
+/// accepted socket's own address. `None` (logged) when it was addressed to
+/// the listener itself, which has no other destination: forwarding would
+/// connect the proxy to itself.
+pub(crate) fn original_destination(listener: &ListenerConfig, downstream: &TcpStream, client: SocketAddr) -> Option<SocketAddr> {
+    match downstream.local_addr() {
+        Ok(original) if original == listener.addr => {
+            // Normal for HTTP (an inline function's hop back); for bytes, `passthrough` says so.
+            tracing::debug!(listener = %listener.name, %client, "a connection to the transparent listener's own address has no original destination");
+            None
+        }
+        Ok(original) => Some(original),
+        Err(e) => {
+            tracing::warn!(listener = %listener.name, %client, error = %e, "no original destination");
+            None
+        }
+    }
+}
+
 /// A connection a datapath rule steered to a transparent listener: it was
 /// addressed to another host, which is the accepted socket's own address
 /// (`getsockname`). Connects there and copies bytes both ways, unchanged;
 /// one access-log line when it ends.
 pub(crate) async fn passthrough(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
     let started = Instant::now();
-    let original = match downstream.local_addr() {
-        // Addressed to the listener itself, it has no other destination:
-        // forwarding would connect the proxy to itself.
-        Ok(original) if original == listener.addr => {
-            tracing::warn!(listener = %listener.name, %client, "a connection to the transparent listener's own address has no original destination; closing");
-            return;
-        }
-        Ok(original) => original,
-        Err(e) => {
-            tracing::warn!(listener = %listener.name, %client, error = %e, "no original destination; closing");
-            return;
-        }
+    let Some(original) = original_destination(listener, &downstream, client) else {
+        tracing::warn!(listener = %listener.name, %client, "no original destination to pass these bytes to; closing");
+        return;
     };
     let Some(held) = descriptors::try_hold_upstream() else {
         tracing::warn!(listener = %listener.name, %client, "too many open connections; closing this one");

@@ -122,6 +122,7 @@ pub fn service_speaking(name: &str, protocol: AppProtocol, endpoints: &[(SocketA
         Spec::Service(ServiceSpec {
             ports: vec![ServicePort { name: "main".to_string(), port: 80, protocol }],
             endpoints: endpoints.iter().map(|(address, version)| Endpoint { address: *address, version: version.to_string() }).collect(),
+            ..ServiceSpec::default()
         }),
     )
 }

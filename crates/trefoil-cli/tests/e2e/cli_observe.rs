@@ -298,7 +298,7 @@ fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
         vec![
             service("web", &[("127.0.0.1:20000".parse().unwrap(), "v1")]),
             service("acl", &[("127.0.0.1:20001".parse().unwrap(), "v1")]),
-            resource("av", Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: Vec::new() })),
+            resource("av", Spec::Service(ServiceSpec::default())),
             network_function("acl", NetworkFunctionSpec { events: strings(&["checked"]), ..function("acl") }),
             network_function("antivirus", function("av")),
             cnf_with_handler(

@@ -42,7 +42,7 @@ fn wait_served_by(addr: SocketAddr, who: &str) {
 /// A Service with one endpoint of version v1 and no ports.
 fn service_doc(name: &str, endpoint: SocketAddr) -> Resource {
     let endpoints = vec![Endpoint { address: endpoint, version: "v1".into() }];
-    resource(name, Spec::Service(ServiceSpec { ports: Vec::new(), endpoints }))
+    resource(name, Spec::Service(ServiceSpec { endpoints, ..ServiceSpec::default() }))
 }
 
 /// Route `web` for every host, all of it to `service`.

@@ -258,8 +258,9 @@ fn a_reader_that_stops_early_gets_no_panic() {
     let file = dir.join("many.yaml");
     // Each lists its one endpoint twice.
     let twice = || vec![Endpoint { address: "127.0.0.1:9".parse().unwrap(), version: String::new() }; 2];
-    let services: Vec<Resource> =
-        (0..2000).map(|i| resource(&format!("s{i}"), Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: twice() }))).collect();
+    let services: Vec<Resource> = (0..2000)
+        .map(|i| resource(&format!("s{i}"), Spec::Service(ServiceSpec { endpoints: twice(), ..ServiceSpec::default() })))
+        .collect();
     std::fs::write(&file, services.to_yaml()).unwrap();
     let mut child = trefoil_command()
         .args(["validate", "-o", "json", "-f"])

@@ -246,7 +246,7 @@ fn the_local_runtime_runs_a_function_as_a_workload_in_a_chain() {
         vec![
             app("web", &["demo-app"]),
             app("policy", &["nf", "policy", "--config", "functions/policy.yaml"]),
-            resource("policy", Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: Vec::new() })),
+            resource("policy", Spec::Service(ServiceSpec::default())),
             network_function("policy", publishing("policy", &["policy_check"])),
             cnf("edge", vec![step("policy")]),
             chained_route(&[("/", "edge")]),

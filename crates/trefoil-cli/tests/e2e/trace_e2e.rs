@@ -144,6 +144,7 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     let acl = ServiceSpec {
         ports: vec![ServicePort { name: "http".into(), port: 80, protocol: AppProtocol::Http }],
         endpoints: vec![Endpoint { address: acl_function.addr, version: "v1".into() }],
+        ..ServiceSpec::default()
     };
     mesh.extend([
         resource("acl", Spec::Service(acl)),

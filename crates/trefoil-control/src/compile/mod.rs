@@ -86,7 +86,7 @@ impl MeshView {
         for (service, port) in workload_ports {
             services.entry(service.to_string()).or_insert_with(|| ServiceSpec {
                 ports: vec![ServicePort { name: "http".to_string(), port, protocol: AppProtocol::Http }],
-                endpoints: Vec::new(),
+                ..ServiceSpec::default()
             });
         }
         for (service, spec) in services.iter_mut() {
@@ -213,7 +213,7 @@ impl MeshView {
             }
         }
         if !self.services.contains_key(&sidecar.service) {
-            out.push(&resource(&sidecar.service, Spec::Service(ServiceSpec { ports: Vec::new(), endpoints: own_app })));
+            out.push(&resource(&sidecar.service, Spec::Service(ServiceSpec { endpoints: own_app, ..ServiceSpec::default() })));
         }
         out.push(&resource(
             &inbound_route,

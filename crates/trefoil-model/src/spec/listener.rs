@@ -44,7 +44,9 @@ pub struct ListenerSpec {
     pub timeouts: ListenerTimeouts,
     /// Accepts connections addressed to other hosts that a datapath rule
     /// redirects here (bound with `IP_TRANSPARENT`), and forwards each to its
-    /// original destination. Only `tcp`, without `tcpBackend`, for now.
+    /// original destination: bytes as they are (`tcp`, and `auto` when they
+    /// are not HTTP), HTTP through the routes, whose `originalDestination`
+    /// Service sends each request on to it. No `tcpBackend`, no `tls`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub transparent: bool,
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// A service and, for services outside the runtime, its static endpoints.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -13,6 +13,11 @@ pub struct ServiceSpec {
     /// Static endpoints; workloads of the runtime add theirs to these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// No endpoints of its own: each request goes to where its connection
+    /// was addressed before a datapath rule redirected it to a transparent
+    /// listener (Envoy's `ORIGINAL_DST` cluster, Istio's PassthroughCluster).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub original_destination: bool,
 }
 
 /// A port a service exposes.

@@ -145,6 +145,8 @@ pub(crate) struct ServiceConfig {
     pub connection_slots: HashMap<SocketAddr, Arc<Semaphore>>,
     /// Carried across reloads while the service exists.
     pub load: Arc<ServiceLoad>,
+    /// No endpoints: each request goes to its connection's original destination.
+    pub original_destination: bool,
 }
 
 impl ServiceConfig {
@@ -178,6 +180,20 @@ pub(crate) struct Cluster {
     pub service: Arc<ServiceConfig>,
     pub version: Label,
     pub balancer: Balancer,
+}
+
+impl Cluster {
+    /// The cluster of one request to an `originalDestination` service: its
+    /// one endpoint is `addr`. Upstream connections are pooled by endpoint
+    /// address, so a reused connection always leads to the same destination.
+    pub(crate) fn to_original_destination(&self, addr: SocketAddr) -> Cluster {
+        let endpoint = Arc::new(EndpointState::original_destination(addr));
+        Cluster {
+            service: self.service.clone(),
+            version: self.version.clone(),
+            balancer: Balancer::new(&LoadBalancer::RoundRobin, vec![endpoint]),
+        }
+    }
 }
 
 /// Routes by host: exact names first, then the longest matching `*.suffix`, then `*`.
@@ -295,13 +311,10 @@ pub(crate) fn compile(sources: &[SourcedResource], shared: &Shared, version: u64
         match &s.resource.spec {
             Spec::Workload(w) if !c.services.contains_key(&w.service) => {
                 let port = ServicePort { name: "http".to_string(), port: w.port.unwrap_or(80), protocol: AppProtocol::Http };
-                declared.entry(&w.service).or_insert_with(|| (s, ServiceSpec { ports: vec![port], endpoints: Vec::new() }));
+                declared.entry(&w.service).or_insert_with(|| (s, ServiceSpec { ports: vec![port], ..ServiceSpec::default() }));
             }
             Spec::Endpoints(e) if !c.services.contains_key(s.resource.name()) => {
-                let spec = &mut declared
-                    .entry(s.resource.name())
-                    .or_insert_with(|| (s, ServiceSpec { ports: Vec::new(), endpoints: Vec::new() }))
-                    .1;
+                let spec = &mut declared.entry(s.resource.name()).or_insert_with(|| (s, ServiceSpec::default())).1;
                 spec.endpoints
                     .extend(e.endpoints.iter().filter(|e| e.ready).map(|e| Endpoint { address: e.address, version: e.version.clone() }));
             }
@@ -385,6 +398,7 @@ impl Compiler<'_> {
             endpoints,
             connection_slots,
             load: self.shared.loads.get_or(name.to_string(), ServiceLoad::default),
+            original_destination: spec.original_destination,
         };
         self.services.insert(name.to_string(), Arc::new(config));
     }

@@ -205,7 +205,10 @@ pub(crate) async fn accept_loop(
 
 async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStream, client: SocketAddr, watcher: Drain) {
     let Some(config) = state.snapshot.load().listeners.iter().find(|l| l.name == name).cloned() else { return };
-    let plain = Connection::new(name.clone(), client);
+    let mut plain = Connection::new(name.clone(), client);
+    if config.transparent {
+        plain.original_destination = tcp::original_destination(&config, &stream, client);
+    }
     let http2_only = config.protocol == ListenerProtocol::Http2;
     match config.protocol {
         ListenerProtocol::Tcp if config.transparent => tcp::passthrough(&state, &config, stream, client).await,
@@ -213,6 +216,7 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
         ListenerProtocol::Auto => match detect(&stream, DETECT_TIMEOUT).await {
             Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
             Detected::Http(wire) => serve_http(state, TokioIo::new(stream), plain, watcher, wire).await,
+            _ if config.transparent => tcp::passthrough(&state, &config, stream, client).await,
             _ => tcp::forward(&state, &config, stream, client).await,
         },
         ListenerProtocol::Http | ListenerProtocol::Http2 if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,

@@ -68,6 +68,8 @@ pub(crate) struct RequestFacts<'a> {
     pub host: &'a str,
     pub client: SocketAddr,
     pub local: Option<SocketAddr>,
+    /// Where the client addressed the connection, on a transparent listener.
+    pub original_destination: Option<SocketAddr>,
     pub trace_id: &'a str,
     pub tls: bool,
     pub protocol: &'static str,
@@ -420,7 +422,7 @@ pub(crate) fn call_for<'a>(
         host: facts.host,
         headers: parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v))).collect(),
         source: Some(facts.client),
-        destination: facts.local,
+        destination: facts.original_destination.or(facts.local),
         trace_id: facts.trace_id,
         body,
         response: None,

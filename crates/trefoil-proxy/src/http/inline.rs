@@ -73,6 +73,9 @@ struct Entry {
     cnf: Label,
     step: usize,
     client: SocketAddr,
+    /// The first leg's, which the request comes back without: it returns
+    /// to the listener's own address.
+    original_destination: Option<SocketAddr>,
     tls: bool,
     peer_identity: Option<Arc<str>>,
     /// Tells the first leg that the request came back.
@@ -199,6 +202,7 @@ pub(crate) fn arrive(state: &ProxyState, conn: Arc<Connection>, parts: &mut http
     parts.extensions.insert(ResumeAfter { cnf: entry.cnf, step: entry.step });
     let mut first = Connection::new(conn.listener.clone(), entry.client);
     first.tls = entry.tls;
+    first.original_destination = entry.original_destination;
     first.peer_identity = entry.peer_identity;
     Arc::new(first)
 }
@@ -343,7 +347,15 @@ async fn send(
     };
     let (resumed_tx, resumed) = oneshot::channel();
     let peer_identity = parts.headers.get(&PEER_IDENTITY_HEADER).and_then(|v| v.to_str().ok()).map(Arc::from);
-    let entry = Entry { cnf: chain.cnf.clone(), step, client: facts.client, tls: facts.tls, peer_identity, resumed: resumed_tx };
+    let entry = Entry {
+        cnf: chain.cnf.clone(),
+        step,
+        client: facts.client,
+        original_destination: facts.original_destination,
+        tls: facts.tls,
+        peer_identity,
+        resumed: resumed_tx,
+    };
     // Held until the response headers come (or the hop fails): the token is dead after that.
     let Some(issued) = state.shared.inline.issue(entry) else {
         return (Err(HopError::Token), false);
@@ -441,6 +453,7 @@ mod tests {
                 cnf: crate::telemetry::metrics::label("edge"),
                 step,
                 client: "10.0.0.7:5000".parse().unwrap(),
+                original_destination: None,
                 tls: false,
                 peer_identity: None,
                 resumed: tx,

@@ -66,6 +66,7 @@ local_replies! {
     Timeout => "timeout",
     Overflow => "overflow",
     NoHealthyUpstream => "no_healthy_upstream",
+    NoOriginalDestination => "no_original_destination",
     ConnectFailure => "connect_failure",
     PerTryTimeout => "per_try_timeout",
     UpstreamReset => "upstream_reset",
@@ -94,9 +95,14 @@ impl LocalReply {
             // nginx's "client closed request": recorded, never sent (nobody is left to read it).
             DownstreamCancelled | DownstreamTimeout => CLIENT_GONE,
             ChainHopFailed | UpstreamReset | BodyConsumed => StatusCode::BAD_GATEWAY,
-            FaultAbort | ChainUnavailable | NoBackend | Overflow | NoHealthyUpstream | ConnectFailure | ListenerRemoved => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            FaultAbort
+            | ChainUnavailable
+            | NoBackend
+            | Overflow
+            | NoHealthyUpstream
+            | NoOriginalDestination
+            | ConnectFailure
+            | ListenerRemoved => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -156,6 +162,7 @@ impl LocalReply {
             Timeout => "upstream request timeout\n",
             Overflow => "upstream overflow\n",
             NoHealthyUpstream => "no healthy upstream\n",
+            NoOriginalDestination => "the connection has no original destination to forward to\n",
             ConnectFailure => "upstream connect error\n",
             PerTryTimeout => "upstream per-try timeout\n",
             UpstreamReset => "upstream reset the request\n",

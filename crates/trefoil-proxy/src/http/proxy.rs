@@ -49,6 +49,10 @@ pub(crate) struct Connection {
     /// SPIFFE id or common name of a verified client certificate.
     pub peer_identity: Option<Arc<str>>,
     pub tls: bool,
+    /// Where the client addressed the connection, when a datapath rule
+    /// redirected it to a transparent listener (the accepted socket's own
+    /// address): the upstream of an `originalDestination` service.
+    pub original_destination: Option<SocketAddr>,
     /// `client`'s address as a header value, made once per connection for `x-forwarded-for`.
     pub client_ip: HeaderValue,
 }
@@ -56,7 +60,7 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(listener: Label, client: SocketAddr) -> Self {
         let client_ip = HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Connection { listener, client, peer_identity: None, tls: false, client_ip }
+        Connection { listener, client, peer_identity: None, tls: false, original_destination: None, client_ip }
     }
 }
 
@@ -190,7 +194,7 @@ impl<'a> Exchange<'a> {
         }
         // The response phase asks about the request as the chain left it.
         let asked = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, self.parts.clone()));
-        let Some(cluster) = self.upstream_request(rule) else { return Err(self.out.plainly(LocalReply::NoBackend)) };
+        let cluster = self.upstream_request(rule).map_err(|flag| self.out.plainly(flag))?;
         self.mirror(rule, &body);
         let response = self.attempts(route, rule, &cluster, &mut body).await?;
         let response = self.response_chain(asked, response, runs).await?;
@@ -275,16 +279,23 @@ impl<'a> Exchange<'a> {
 
     /// Phase: the request as the upstream gets it (hop-by-hop headers
     /// dropped, forwarding headers added, the rule's edits) and the backend
-    /// the split picks (`None`: no backend has weight).
-    fn upstream_request(&mut self, rule: &CompiledRule) -> Option<Arc<Cluster>> {
+    /// the split picks; an `originalDestination` backend becomes the
+    /// connection's original destination.
+    fn upstream_request(&mut self, rule: &CompiledRule) -> Result<Arc<Cluster>, LocalReply> {
         prepare_upstream_headers(self.parts, self.conn, self.trace);
         if let Some(edits) = &rule.request_headers {
             edits.apply(&mut self.parts.headers);
         }
-        let cluster = rule.split.pick().cloned()?;
+        let Some(cluster) = rule.split.pick() else { return Err(LocalReply::NoBackend) };
         self.out.service = Some(cluster.service.name.clone());
         self.out.version = Some(cluster.version.clone());
-        Some(cluster)
+        if !cluster.service.original_destination {
+            return Ok(cluster.clone());
+        }
+        match self.conn.original_destination {
+            Some(addr) => Ok(Arc::new(cluster.to_original_destination(addr))),
+            None => Err(LocalReply::NoOriginalDestination),
+        }
     }
 
     /// Phase: mirror (fire and forget).
@@ -349,6 +360,7 @@ impl<'a> Exchange<'a> {
             host: self.host,
             client: self.conn.client,
             local: Some(self.listener.addr),
+            original_destination: self.conn.original_destination,
             trace_id,
             tls: self.conn.tls,
             protocol: version_name(version),

@@ -80,12 +80,21 @@ async fn upstream(release: Arc<AtomicBool>) -> Upstream {
 struct Harness {
     addr: SocketAddr,
     state: Arc<ProxyState>,
+    /// With `transparent`: the original destination of the connections
+    /// accepted from now on, as a datapath redirect would have left it.
+    original: Arc<std::sync::Mutex<Option<SocketAddr>>>,
 }
 
 async fn harness(yaml: &str, upstream: SocketAddr) -> Harness {
+    harness_on(false, yaml, upstream).await
+}
+
+/// [`harness`], its listener `transparent` or not.
+async fn harness_on(transparent: bool, yaml: &str, upstream: SocketAddr) -> Harness {
     let text = format!(
         "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: test}}\nspec: {{accessLog: \"off\"}}\n---\n\
-         apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: public}}\nspec: {{address: 127.0.0.1:1, protocol: http}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: public}}\n\
+         spec: {{address: 127.0.0.1:1, protocol: http, transparent: {transparent}}}\n---\n\
          apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\n\
          spec: {{ports: [{{name: http, port: 80, protocol: http}}], endpoints: [{{address: \"{upstream}\", version: v1}}]}}\n---\n{yaml}"
     );
@@ -102,10 +111,13 @@ async fn harness(yaml: &str, upstream: SocketAddr) -> Harness {
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let serving = state.clone();
+    let (serving, original) = (state.clone(), Arc::new(std::sync::Mutex::new(None)));
+    let originals = original.clone();
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
-            let (state, conn) = (serving.clone(), Arc::new(Connection::new(label("public"), client)));
+            let mut conn = Connection::new(label("public"), client);
+            conn.original_destination = *originals.lock().unwrap();
+            let (state, conn) = (serving.clone(), Arc::new(conn));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     proxy::serve(state.clone(), conn.clone(), req.map(Downstream::Left))
@@ -114,7 +126,7 @@ async fn harness(yaml: &str, upstream: SocketAddr) -> Harness {
             });
         }
     });
-    Harness { addr, state }
+    Harness { addr, state, original }
 }
 
 impl Harness {
@@ -236,4 +248,23 @@ async fn the_request_chain_denies_or_lets_through() {
     assert_eq!(up.hits.load(Ordering::SeqCst), 0, "a denied request never reaches the upstream");
     assert_eq!(proxy.get("/ok", "").await.0, 200, "an allow verdict");
     assert_eq!(up.hits.load(Ordering::SeqCst), 1);
+}
+
+/// The upstream phase of an `originalDestination` backend: each connection
+/// goes where it was addressed, and pooled upstream connections are never
+/// shared between destinations.
+#[tokio::test]
+async fn an_original_destination_backend_goes_where_each_connection_was_addressed() {
+    let (a, b) = (upstream(Arc::new(AtomicBool::new(true))).await, upstream(Arc::new(AtomicBool::new(true))).await);
+    let passthrough =
+        "---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: original}\nspec: {originalDestination: true}\n";
+    let rules = "    - matches: [{path: {prefix: /}}]\n      backends: [{service: original}]\n";
+    let proxy = harness_on(true, &format!("{ROUTE}{rules}{passthrough}"), a.addr).await;
+    assert_eq!(proxy.get("/ok", "").await, (503, "no_original_destination".into(), String::new()), "addressed to the listener itself");
+    for (to, n) in [(a.addr, 1), (b.addr, 1), (a.addr, 2), (b.addr, 2)] {
+        *proxy.original.lock().unwrap() = Some(to);
+        assert_eq!(proxy.get("/ok", "").await.0, 200, "to {to}");
+        let hits = if to == a.addr { &a.hits } else { &b.hits };
+        assert_eq!(hits.load(Ordering::SeqCst), n, "the request went to {to}, on a connection of its own destination");
+    }
 }

@@ -56,6 +56,13 @@ impl EndpointState {
         }
     }
 
+    /// The one endpoint of a request to its original destination. Made per
+    /// request and kept nowhere: destinations are as many as clients choose,
+    /// so they get no outlier or health state.
+    pub(crate) fn original_destination(addr: SocketAddr) -> Self {
+        EndpointState::new("", addr, Instant::now())
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
