@@ -3,7 +3,10 @@
 //! pair; the agent guards the server's side): a drop rule added with
 //! `trefoil datapath add` refuses the client's connections; a rule deleted
 //! while the agent was killed is gone once it restarts; a rule added live
-//! applies; stopping the agent leaves no pins behind. The kernel programs
+//! applies; stopping the agent leaves no pins behind. Redirected to a
+//! transparent proxy listener, raw TCP passes byte-exact, and HTTP runs the
+//! edge-security policy before reaching its original destination, with no
+//! request lost while the rule comes and goes. The kernel programs
 //! themselves are tested in `trefoil-datapath`.
 //!
 //! Needs root (namespaces, eBPF or nftables); skipped otherwise, saying so.
@@ -60,6 +63,13 @@ impl Pair {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         pair
+    }
+
+    /// `ARGS` to run in the server's namespace.
+    fn in_server(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.server]).args(args);
+        cmd
     }
 
     /// Whether the client gets an answer from the server's port 8080 within 2 s.
@@ -174,12 +184,7 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
     }
     let dir = scratch_dir();
     let pair = Pair::new(232);
-    let in_server = |args: &[&str]| {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pair.server]).args(args);
-        cmd
-    };
-    let _echo = Process::spawn_logged("echo server", &mut in_server(&["python3", "-c", ECHO, &pair.server_ip]), &dir.join("echo.log"));
+    let _echo = Process::spawn_logged("echo server", &mut pair.in_server(&["python3", "-c", ECHO, &pair.server_ip]), &dir.join("echo.log"));
 
     // A proxy in the server's namespace (the node) with a transparent
     // listener; its access log goes to a file the test reads.
@@ -190,32 +195,12 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
     let config = dir.join("proxy.yaml");
     std::fs::write(&config, vec![resource("node", Spec::Proxy(proxy_spec)), resource("tproxy", Spec::Listener(listener))].to_yaml())
         .unwrap();
-    let trefoil_bin = trefoil_testkit::trefoil_path().display().to_string();
-    let mut proxy = Process::spawn_logged(
-        "transparent proxy",
-        &mut in_server(&[&trefoil_bin, "proxy", "--config", &config.display().to_string()]),
-        &dir.join("proxy.log"),
-    );
-    proxy.wait_for("the transparent listener", WAIT, || log_has(&dir, "proxy.log", "listening"));
+    let _proxy = node_proxy(&dir, &pair, &config);
 
     let control = Control::start(&dir.join("data"));
-    let trefoil = |args: &[&str]| {
-        let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url()]), WAIT);
-        assert!(out.status.success(), "trefoil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
+    let trefoil = |args: &[&str]| trefoil_ok(&control, args);
     trefoil(&["datapath", "add", &format!("{} 9000 : redirect => app=tproxy", pair.server_ip), "--name", "via-proxy"]);
-    let node = format!("tp{}", std::process::id());
-    let mut agent = Process::spawn_logged(
-        "trefoil datapath agent",
-        trefoil_command()
-            .args(["datapath", "agent", "--node", &node, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
-            .args(["--redirect-to", &format!("app=tproxy@{listen}")])
-            .arg("--netns")
-            .arg(format!("/run/netns/{}", pair.server))
-            .args(["--server", &control.url()]),
-        &dir.join("agent.log"),
-    );
-    agent.wait_for("the agent to apply the rule", WAIT, || log_has(&dir, "agent.log", "entries=1"));
+    let mut agent = redirecting_agent(&dir, &pair, &control, &format!("app=tproxy@{listen}"));
 
     // The client talks to the server's own address; the bytes go through
     // the proxy, which forwards them to where they were sent.
@@ -244,6 +229,215 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
     assert_eq!(std::fs::read_to_string(&access).unwrap_or_default().lines().count(), lines_before, "not through the proxy any more");
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", log(&dir, "agent.log"));
+}
+
+/// An HTTP/1.1 server on port 80 that answers every GET with the Host it
+/// was sent and the path, so the test sees what arrived.
+const WEB: &str = "import http.server, sys
+class Web(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        body = f\"host={self.headers.get('Host')} path={self.path}\\n\".encode()
+        self.send_response(200)
+        self.send_header('content-length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer((sys.argv[1], 80), Web).serve_forever()
+";
+
+/// A client that keeps asking the server for `/loop`, one connection per
+/// request, writing `STATUS direct|proxy` (or `error ...`) per request to
+/// the file `argv[2]`; it stops when the file `argv[3]` exists, after 3000
+/// requests or after 120 s, whichever comes first.
+const LOOP: &str = "import http.client, os, sys, time
+host, out, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+deadline = time.monotonic() + 120
+with open(out, 'w', buffering=1) as f:
+    for _ in range(3000):
+        if os.path.exists(stop) or time.monotonic() > deadline:
+            break
+        try:
+            c = http.client.HTTPConnection(host, 80, timeout=5)
+            c.request('GET', '/loop')
+            r = c.getresponse()
+            r.read()
+            f.write(f\"{r.status} {'proxy' if r.getheader('x-trefoil-trace-id') else 'direct'}\\n\")
+            c.close()
+        except Exception as e:
+            f.write(f'error {e!r}\\n')
+";
+
+/// What the client got for one request: the status, whether it came
+/// through the proxy (its trace-id header), and the body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    via_proxy: bool,
+    body: String,
+}
+
+impl Pair {
+    /// `GET path` from the client to the server's port 80 (curl, 5 s at most).
+    fn get(&self, path: &str) -> Answer {
+        let url = format!("http://{}{path}", self.server_ip);
+        let out = run_with_timeout(
+            Command::new("ip").args(["netns", "exec", &self.client, "curl", "-s", "-D", "-", "--max-time", "5", &url]),
+            Duration::from_secs(10),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let via_proxy = head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-trefoil-trace-id:"));
+        Answer { status, via_proxy, body: body.to_string() }
+    }
+}
+
+/// The issue's main scenario: with a redirect rule for the server's port
+/// 80, the client's HTTP goes through the transparent listener, whose
+/// route runs the edge-security policy (the example's own rules) and sends
+/// what it allows on to the original destination; without the rule it
+/// goes straight to the server; a client running while the rule comes and
+/// goes loses no request.
+#[test]
+fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
+    if !is_root() || trefoil_testkit::find_command("python3").is_none() || trefoil_testkit::find_command("curl").is_none() {
+        eprintln!("skipping: needs root (network namespaces, eBPF or nftables), python3 and curl; CI runs it as root");
+        return;
+    }
+    let dir = scratch_dir();
+    let pair = Pair::new(233);
+    let _web = Process::spawn_logged("web server", &mut pair.in_server(&["python3", "-c", WEB, &pair.server_ip]), &dir.join("web.log"));
+    wait_until("the server to answer the client directly", WAIT, || pair.get("/").status == 200);
+
+    // The node's proxy and its policy function, in the server's namespace.
+    let trefoil_bin = trefoil_testkit::trefoil_path().display().to_string();
+    let policy_rules = trefoil_testkit::repo_root().join("examples/edgesecurity/functions/policy.yaml");
+    let mut policy = Process::spawn_logged(
+        "policy function",
+        &mut pair.in_server(&[&trefoil_bin, "nf", "policy", "--listen", "127.0.0.1:9901", "--config", &policy_rules.display().to_string()]),
+        &dir.join("policy.log"),
+    );
+    policy.wait_for("the policy function", WAIT, || log_has(&dir, "policy.log", "network function listening"));
+    let listen = format!("{}:15001", pair.server_ip);
+    let access = dir.join("access.log");
+    let config = dir.join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: node}}\nspec: {{accessLog: \"{access}\"}}\n---\n\
+             apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: redirected}}\n\
+             spec: {{address: \"{listen}\", protocol: auto, transparent: true, routes: [through-edge-security]}}\n---\n\
+             apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: original-destination}}\nspec: {{originalDestination: true}}\n---\n\
+             apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: policy}}\nspec: {{endpoints: [{{address: \"127.0.0.1:9901\"}}]}}\n---\n\
+             apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: policy}}\nspec: {{service: policy, api: http}}\n---\n\
+             apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge-security}}\nspec: {{chain: [{{function: policy}}]}}\n---\n\
+             apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: through-edge-security}}\n\
+             spec: {{hosts: [\"*\"], rules: [{{backends: [{{service: original-destination}}], chain: edge-security}}]}}\n",
+            access = access.display()
+        ),
+    )
+    .unwrap();
+    let _proxy = node_proxy(&dir, &pair, &config);
+
+    let control = Control::start(&dir.join("data"));
+    let trefoil = |args: &[&str]| trefoil_ok(&control, args);
+    let rule = format!("{} 80 : redirect => app=edge", pair.server_ip);
+    trefoil(&["datapath", "add", &rule, "--name", "web-through-edge"]);
+    let mut agent = redirecting_agent(&dir, &pair, &control, &format!("app=edge@{listen}"));
+    let applied = |n: usize| log(&dir, "agent.log").matches("datapath table applied").count() >= n;
+
+    // With the rule: the chain allows `/hello`, which reaches the server
+    // with the Host the client sent, and denies `/admin` with 403.
+    let allowed = pair.get("/hello");
+    assert_eq!((allowed.status, allowed.via_proxy), (200, true), "{allowed:?}\n{}", log(&dir, "proxy.log"));
+    assert_eq!(allowed.body, format!("host={} path=/hello\n", pair.server_ip), "the server got the client's Host");
+    let denied = pair.get("/admin");
+    assert_eq!((denied.status, denied.via_proxy), (403, true), "the policy denies /admin: {denied:?}");
+    wait_until("both access-log lines", WAIT, || std::fs::read_to_string(&access).is_ok_and(|l| l.lines().count() >= 2));
+    let lines = std::fs::read_to_string(&access).unwrap_or_default();
+    let line = |path: &str| lines.lines().find(|l| l.contains(&format!("\"path\":\"{path}\""))).unwrap_or_default().to_string();
+    let original = format!("\"upstream\":\"{}:80\"", pair.server_ip);
+    for wanted in ["\"status\":200", "\"cnf\":\"edge-security\"", "\"service\":\"original-destination\"", &original] {
+        assert!(line("/hello").contains(wanted), "the allowed request's line has {wanted}: {lines}");
+    }
+    for wanted in ["\"status\":403", "\"cnf\":\"edge-security\"", "\"flag\":\"chain_denied\""] {
+        assert!(line("/admin").contains(wanted), "the denied request's line has {wanted}: {lines}");
+    }
+    assert!(!line("/admin").contains("\"upstream\""), "a denied request goes nowhere: {lines}");
+
+    // Without the rule: straight to the server, which answers /admin too.
+    trefoil(&["datapath", "delete", "web-through-edge"]);
+    agent.wait_for("the agent to apply the empty table", WAIT, || log_has(&dir, "agent.log", "entries=0"));
+    let direct = pair.get("/admin");
+    assert_eq!((direct.status, direct.via_proxy), (200, false), "{direct:?}");
+    let logged = std::fs::read_to_string(&access).unwrap_or_default().lines().count();
+
+    // A client running while the rule is added and removed: every request
+    // succeeds, the redirected ones through the proxy.
+    let (answers, stop) = (dir.join("loop.txt"), dir.join("loop.stop"));
+    let mut client = Process::spawn_logged(
+        "client loop",
+        Command::new("ip").args(["netns", "exec", &pair.client, "python3", "-c", LOOP, &pair.server_ip]).arg(&answers).arg(&stop),
+        &dir.join("loop.log"),
+    );
+    let count = |via: &str| std::fs::read_to_string(&answers).unwrap_or_default().lines().filter(|l| l.ends_with(via)).count();
+    client.wait_for("direct answers before the rule", WAIT, || count(" direct") >= 20);
+    trefoil(&["datapath", "add", &rule, "--name", "web-through-edge"]);
+    agent.wait_for("the agent to apply the rule again", WAIT, || applied(3));
+    client.wait_for("answers through the proxy", WAIT, || count(" proxy") >= 20);
+    let direct_before = count(" direct");
+    trefoil(&["datapath", "delete", "web-through-edge"]);
+    agent.wait_for("the agent to remove it again", WAIT, || applied(4));
+    client.wait_for("direct answers after the rule", WAIT, || count(" direct") >= direct_before + 20);
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(client.wait_exit(WAIT), Some(0), "{}", log(&dir, "loop.log"));
+    let all = std::fs::read_to_string(&answers).unwrap_or_default();
+    let failed: Vec<&str> = all.lines().filter(|l| !l.starts_with("200 ")).collect();
+    assert!(failed.is_empty(), "every request of the running client succeeds; failed: {failed:?} of {}", all.lines().count());
+    // The access log is written behind the requests: wait for its lines.
+    let through = || std::fs::read_to_string(&access).unwrap_or_default().lines().count() - logged;
+    wait_until("one access-log line per request that went through the proxy", WAIT, || through() == count(" proxy"));
+
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", log(&dir, "agent.log"));
+}
+
+/// `trefoil proxy --config CONFIG` in the server's namespace (the node),
+/// logging to `proxy.log`; returns once it listens.
+fn node_proxy(dir: &std::path::Path, pair: &Pair, config: &std::path::Path) -> Process {
+    let trefoil_bin = trefoil_testkit::trefoil_path().display().to_string();
+    let mut proxy = Process::spawn_logged(
+        "transparent proxy",
+        &mut pair.in_server(&[&trefoil_bin, "proxy", "--config", &config.display().to_string()]),
+        &dir.join("proxy.log"),
+    );
+    proxy.wait_for("the transparent listener", WAIT, || log_has(dir, "proxy.log", "listening"));
+    proxy
+}
+
+/// `trefoil ARGS` against `control`, which must succeed.
+fn trefoil_ok(control: &Control, args: &[&str]) {
+    let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url()]), WAIT);
+    assert!(out.status.success(), "trefoil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The datapath agent of the server's side of `pair` (its node named after
+/// the namespace, so tests running at once pin apart), redirecting as
+/// `--redirect-to LABELS@ADDRESS` says; logs to `agent.log`. Returns once it
+/// applied the one rule the test added first.
+fn redirecting_agent(dir: &std::path::Path, pair: &Pair, control: &Control, redirect_to: &str) -> Process {
+    let mut agent = Process::spawn_logged(
+        "trefoil datapath agent",
+        trefoil_command()
+            .args(["datapath", "agent", "--node", &pair.server, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
+            .args(["--redirect-to", redirect_to])
+            .arg("--netns")
+            .arg(format!("/run/netns/{}", pair.server))
+            .args(["--server", &control.url()]),
+        &dir.join("agent.log"),
+    );
+    agent.wait_for("the agent to apply the rule", WAIT, || log_has(dir, "agent.log", "entries=1"));
+    agent
 }
 
 /// An agent's log so far (read from its file: `wait_for` holds the process).
