@@ -267,13 +267,19 @@ with open(out, 'w', buffering=1) as f:
             f.write(f'error {e!r}\\n')
 ";
 
-/// What the client got for one request: the status, whether it came
-/// through the proxy (its trace-id header), and the body.
+/// What the client got for one request: the status, the trace id the
+/// proxy adds (none when it came straight from the server), and the body.
 #[derive(Debug)]
 struct Answer {
     status: u16,
-    via_proxy: bool,
+    trace_id: Option<String>,
     body: String,
+}
+
+impl Answer {
+    fn via_proxy(&self) -> bool {
+        self.trace_id.is_some()
+    }
 }
 
 impl Pair {
@@ -287,15 +293,44 @@ impl Pair {
         let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
         let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
         let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let via_proxy = head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-trefoil-trace-id:"));
-        Answer { status, via_proxy, body: body.to_string() }
+        let trace_id = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("x-trefoil-trace-id:").map(|v| v.trim().to_string()));
+        Answer { status, trace_id, body: body.to_string() }
     }
+
+    /// A second veth pair, from this namespace to the server's, so that
+    /// the node's proxy reaches a control plane listening here; returns
+    /// this side's address.
+    fn link_to_server(&self, net: u8) -> String {
+        let id = std::process::id() % 10_000;
+        let (here, there) = (format!("tf{net}-h{id}"), format!("tf{net}-hs{id}"));
+        let (host_ip, server_ip) = (format!("10.{net}.{}.1", id % 250), format!("10.{net}.{}.2", id % 250));
+        // Deleting the server's namespace deletes this pair with it.
+        ip(&["link", "add", &here, "type", "veth", "peer", "name", &there, "netns", &self.server]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &here]);
+        ip(&["link", "set", &here, "up"]);
+        ip(&["-n", &self.server, "addr", "add", &format!("{server_ip}/24"), "dev", &there]);
+        ip(&["-n", &self.server, "link", "set", &there, "up"]);
+        host_ip
+    }
+}
+
+/// The spans of trace `id` at `control`'s collector, once there are `count`
+/// (proxies export in batches about a second apart).
+fn trace_spans(control: &Control, id: &str, count: usize) -> Vec<trefoil_api::traces::Span> {
+    let mut spans = Vec::new();
+    wait_until(&format!("{count} spans of trace {id}"), WAIT, || {
+        let out = run_with_timeout(trefoil_command().args(["trace", id, "-o", "json", "--server", &control.url()]), WAIT);
+        spans = serde_json::from_slice::<trefoil_api::traces::Trace>(&out.stdout).map(|t| t.spans).unwrap_or_default();
+        spans.len() >= count
+    });
+    spans
 }
 
 /// The issue's main scenario: with a redirect rule for the server's port
 /// 80, the client's HTTP goes through the transparent listener, whose
 /// route runs the edge-security policy (the example's own rules) and sends
-/// what it allows on to the original destination; without the rule it
+/// what it allows on to the original destination (the access log and the
+/// traces at the control plane show the chain); without the rule it
 /// goes straight to the server; a client running while the rule comes and
 /// goes loses no request.
 #[test]
@@ -318,13 +353,18 @@ fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
         &dir.join("policy.log"),
     );
     policy.wait_for("the policy function", WAIT, || log_has(&dir, "policy.log", "network function listening"));
+    // The control plane on a link the proxy reaches, so it collects its spans.
+    let host_ip = pair.link_to_server(234);
+    let api: std::net::SocketAddr = format!("{host_ip}:{}", trefoil_testkit::free_port()).parse().unwrap();
+    let control = Control::start_on(&dir.join("data"), api, trefoil_testkit::free_addr());
     let listen = format!("{}:15001", pair.server_ip);
     let access = dir.join("access.log");
     let config = dir.join("proxy.yaml");
     std::fs::write(
         &config,
         format!(
-            "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: node}}\nspec: {{accessLog: \"{access}\"}}\n---\n\
+            "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: node}}\n\
+             spec: {{accessLog: \"{access}\", tracing: {{otlpEndpoint: \"{otlp}\", samplingPercent: 100}}}}\n---\n\
              apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: redirected}}\n\
              spec: {{address: \"{listen}\", protocol: auto, transparent: true, routes: [through-edge-security]}}\n---\n\
              apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: original-destination}}\nspec: {{originalDestination: true}}\n---\n\
@@ -333,13 +373,13 @@ fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
              apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge-security}}\nspec: {{chain: [{{function: policy}}]}}\n---\n\
              apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: through-edge-security}}\n\
              spec: {{hosts: [\"*\"], rules: [{{backends: [{{service: original-destination}}], chain: edge-security}}]}}\n",
-            access = access.display()
+            access = access.display(),
+            otlp = control.url(),
         ),
     )
     .unwrap();
     let _proxy = node_proxy(&dir, &pair, &config);
 
-    let control = Control::start(&dir.join("data"));
     let trefoil = |args: &[&str]| trefoil_ok(&control, args);
     let rule = format!("{} 80 : redirect => app=edge", pair.server_ip);
     trefoil(&["datapath", "add", &rule, "--name", "web-through-edge"]);
@@ -349,10 +389,10 @@ fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
     // With the rule: the chain allows `/hello`, which reaches the server
     // with the Host the client sent, and denies `/admin` with 403.
     let allowed = pair.get("/hello");
-    assert_eq!((allowed.status, allowed.via_proxy), (200, true), "{allowed:?}\n{}", log(&dir, "proxy.log"));
+    assert_eq!((allowed.status, allowed.via_proxy()), (200, true), "{allowed:?}\n{}", log(&dir, "proxy.log"));
     assert_eq!(allowed.body, format!("host={} path=/hello\n", pair.server_ip), "the server got the client's Host");
     let denied = pair.get("/admin");
-    assert_eq!((denied.status, denied.via_proxy), (403, true), "the policy denies /admin: {denied:?}");
+    assert_eq!((denied.status, denied.via_proxy()), (403, true), "the policy denies /admin: {denied:?}");
     wait_until("both access-log lines", WAIT, || std::fs::read_to_string(&access).is_ok_and(|l| l.lines().count() >= 2));
     let lines = std::fs::read_to_string(&access).unwrap_or_default();
     let line = |path: &str| lines.lines().find(|l| l.contains(&format!("\"path\":\"{path}\""))).unwrap_or_default().to_string();
@@ -364,12 +404,26 @@ fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
         assert!(line("/admin").contains(wanted), "the denied request's line has {wanted}: {lines}");
     }
     assert!(!line("/admin").contains("\"upstream\""), "a denied request goes nowhere: {lines}");
+    // The traces show the chain: the policy's step, then (when it allows)
+    // the attempt at the original destination.
+    let attr = |span: &trefoil_api::traces::Span, key: &str| span.attributes.get(key).cloned().unwrap_or_default();
+    let spans = trace_spans(&control, allowed.trace_id.as_deref().unwrap_or_default(), 3);
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let step = spans.iter().find(|s| s.name == "chain policy").unwrap_or_else(|| panic!("the policy's step: {names:?}"));
+    assert_eq!(attr(step, "trefoil.verdict"), "allow", "{step:#?}");
+    let attempt = spans.iter().find(|s| s.name == "attempt 1").unwrap_or_else(|| panic!("the upstream attempt: {names:?}"));
+    assert_eq!(attr(attempt, "trefoil.upstream"), format!("{}:80", pair.server_ip), "{attempt:#?}");
+    assert!(step.end_unix_nano <= attempt.start_unix_nano, "the chain runs before the upstream: {spans:#?}");
+    let spans = trace_spans(&control, denied.trace_id.as_deref().unwrap_or_default(), 2);
+    let step = spans.iter().find(|s| s.name == "chain policy").unwrap_or_else(|| panic!("the policy's step: {spans:#?}"));
+    assert_eq!(attr(step, "trefoil.verdict"), "deny", "{step:#?}");
+    assert!(!spans.iter().any(|s| s.name.starts_with("attempt ")), "a denied request has no upstream attempt: {spans:#?}");
 
     // Without the rule: straight to the server, which answers /admin too.
     trefoil(&["datapath", "delete", "web-through-edge"]);
     agent.wait_for("the agent to apply the empty table", WAIT, || log_has(&dir, "agent.log", "entries=0"));
     let direct = pair.get("/admin");
-    assert_eq!((direct.status, direct.via_proxy), (200, false), "{direct:?}");
+    assert_eq!((direct.status, direct.via_proxy()), (200, false), "{direct:?}");
     let logged = std::fs::read_to_string(&access).unwrap_or_default().lines().count();
 
     // A client running while the rule is added and removed: every request
