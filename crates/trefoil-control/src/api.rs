@@ -14,8 +14,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trefoil_api::{Deleted, ErrorBody, List, WatchEvent};
+use trefoil_chain::handlers::{Handlers, Limits};
 use trefoil_model::resource::{kind_named, CONTROLLER_KINDS, KINDS};
-use trefoil_model::{Diagnostic, Resource, ResourceVersion};
+use trefoil_model::{Diagnostic, Resource, ResourceVersion, SourcedResource, Spec};
 
 use crate::store::{Event, Store, StoreError, Stored};
 
@@ -198,6 +199,7 @@ pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) 
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body must hold exactly one resource, not {}", sources.len())));
     };
     trefoil_model::validate_each(&sources).map_err(|d| ApiError::invalid(d.0))?;
+    handler_syntax(source)?;
     let mut stored = Vec::new();
     for s in trefoil_model::validate::related_kinds(source.resource.kind()).iter().flat_map(|k| store.list(k)) {
         match serde_json::from_value::<Resource>(s.value) {
@@ -229,6 +231,19 @@ pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) 
         meta.remove("resourceVersion");
     }
     Ok((value, expected))
+}
+
+/// A CNF's handler scripts must compile: a syntax error is refused here, at
+/// `spec.handlers.EVENT` with the script's line, instead of being NACKed by
+/// every proxy after it was stored.
+fn handler_syntax(source: &SourcedResource) -> Result<(), ApiError> {
+    let Spec::Cnf(cnf) = &source.resource.spec else { return Ok(()) };
+    match Handlers::compile(source.resource.name(), &cnf.handlers, Limits::default()) {
+        Ok(_) => Ok(()),
+        Err(problems) => Err(ApiError::invalid(
+            problems.into_iter().map(|(event, e)| source.diagnostic(&format!("spec.handlers.{event}"), e.to_string())).collect(),
+        )),
+    }
 }
 
 /// Writes `value`, bumping `generation` when the spec changed.
@@ -327,6 +342,24 @@ mod tests {
         assert!(lines[0].contains("\"ADDED\""), "{}", lines[0]);
         assert!(lines.last().is_some_and(|l| l.contains("\"ERROR\"") && l.contains("list again")), "{:?}", lines.last());
     }
+    #[test]
+    fn a_handler_that_does_not_compile_is_refused_at_its_field_and_nothing_is_stored() {
+        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-lua", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(dir.join("store.db")).unwrap();
+        let cnf = |script: &str| {
+            format!("apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n  handlers:\n    checked: |\n      {script}\n")
+        };
+        let err = parse(&store, "CNF", Some("guard"), cnf("if x then").as_bytes()).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let [problem] = err.body().errors.as_slice() else { panic!("one problem: {:?}", err.body()) };
+        assert_eq!((problem.field.as_str(), problem.line), ("spec.handlers.checked", 7), "{problem:?}");
+        assert!(problem.message.contains("syntax error") && problem.message.contains("guard/checked"), "{problem:?}");
+        assert!(parse(&store, "CNF", Some("guard"), cnf("trefoil.log('fine')").as_bytes()).is_ok());
+        assert!(store.list("CNF").is_empty(), "parse stores nothing");
+    }
+
     /// The whole REST surface on a loopback port, over a fresh store.
     async fn serve_all(test: &str) -> (std::net::SocketAddr, Arc<Store>) {
         let dir = std::env::temp_dir().join(format!("trefoil-api-{}-{test}", std::process::id()));
