@@ -218,6 +218,11 @@ fn print_human(kind: &str, name: &str, d: &Described) {
                     true => println!("  (nothing has these labels yet)"),
                     false => list_or_none(d.targets.iter().cloned()),
                 }
+                if !d.unresolved.is_empty() {
+                    // Said here because node agents act on it: closed for redirect, open for copy.
+                    println!("Not resolved (a redirect left with no transparent listener drops its traffic; a copy with no interface sends none):");
+                    list_or_none(d.unresolved.iter().cloned());
+                }
             }
             println!("Overlaps:");
             list_or_none(d.overlaps.iter().map(|o| {

@@ -24,6 +24,15 @@ pub enum Family {
     Ipv6,
 }
 
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
+
 impl Cidr {
     /// The network of `addr` under a `prefix`-bit mask; `None` when the
     /// prefix is longer than the address.

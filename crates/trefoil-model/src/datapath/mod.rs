@@ -2,13 +2,15 @@
 //! CLI and the node agent: the address and port types, which rule wins
 //! where rules overlap (`precedence`), the flat table the kernel side
 //! programs from (`compile`), and the seed's compact one-line form
-//! (`compact`), and what `describe` shows (`relations`).
+//! (`compact`), what `describe` shows (`relations`), and where a rule's
+//! `to` leads (`targets`).
 
 pub mod cidr;
 pub mod compact;
 pub mod ports;
 pub mod precedence;
 pub mod relations;
+pub mod targets;
 
 pub use cidr::{Cidr, Family, ParseCidrError};
 pub use ports::{ParsePortError, PortRange};

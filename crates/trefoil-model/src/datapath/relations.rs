@@ -10,7 +10,7 @@ use crate::spec::{DatapathAction, DatapathRuleSpec};
 use crate::{Resource, Spec};
 
 /// The kinds a rule's relations are computed from.
-pub(crate) const READS: &[&str] = &["DatapathRule", "DatapathRuleStatus", "Workload", "NetworkFunction", "CNF"];
+pub(crate) const READS: &[&str] = &["DatapathRule", "DatapathRuleStatus", "Workload", "NetworkFunction", "CNF", "Listener"];
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -20,6 +20,9 @@ pub struct RuleRelations {
     pub action: DatapathAction,
     /// `Kind/name` of each Workload, NetworkFunction and CNF `to` selects.
     pub targets: Vec<String>,
+    /// Why (part of) `to` does not lead anywhere a node agent can program (`targets::resolve`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<String>,
     pub overlaps: Vec<Overlap>,
     /// When the TTL runs out (Unix milliseconds), once the control plane set it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +50,7 @@ pub fn relations(resources: &[Resource], name: &str, spec: &DatapathRuleSpec) ->
         compact: compact::format(spec),
         action: spec.action,
         targets: selected(spec, resources),
+        unresolved: super::targets::resolve(spec, resources).problems,
         overlaps: overlaps(&rules, name),
         expires_at_ms,
     }
