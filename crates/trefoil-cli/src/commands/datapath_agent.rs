@@ -1,26 +1,30 @@
 //! `trefoil datapath agent`: the node agent fed by the control plane. It
-//! watches the DatapathRules, compiles them with the one precedence the CLI
-//! explains (`trefoil_model::datapath::compile`), keeps the lines for its
-//! node, resolves each rule's `to` against the functions this node runs,
-//! and hands the table to `trefoil-datapath`, which reconciles the kernel.
+//! follows the DatapathRules and the resources their `to` leads to
+//! (Workloads, NetworkFunctions, CNFs and the transparent Listeners they
+//! name), compiles the rules with the one precedence the CLI explains
+//! (`trefoil_model::datapath::compile`), keeps the lines for its node,
+//! resolves each rule's targets with `trefoil_model::datapath::targets` (the
+//! same answer `trefoil describe datapathrule` gives), and hands the table to
+//! `trefoil-datapath`, which reconciles the kernel.
 //!
-//! Where a rule's labels lead is not in the resources yet (the proxy's
-//! transparent listener is not a resource field), so the command line says
-//! it: `--redirect-to app=http-proxy@127.0.0.1:15001`, `--copy-to
-//! app=ids@veth-ids`.
+//! A redirect whose target does not resolve fails closed: its lines become
+//! drop lines, counted under the rule, because a rule that says "this
+//! traffic goes through the security chain" must not let it go around the
+//! chain while a label is missing. A copy with no interface fails open: the
+//! traffic itself was never to be touched.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
-use trefoil_api::WatchEvent;
+use tokio::sync::mpsc;
+use trefoil_api::{ApiError, Client, WatchEvent};
 use trefoil_datapath::{Action, AgentConfig, Datapath, Entry, IpNet, Protocol as KernelProtocol};
+use trefoil_model::datapath::targets::{self, Targets};
 use trefoil_model::datapath::{compile, Cidr, Entry as Line, Family, Rule};
-use trefoil_model::spec::{DatapathAction, DatapathRuleSpec, LabelSelector, Protocol};
-use trefoil_model::Spec;
+use trefoil_model::spec::{DatapathAction, Protocol};
+use trefoil_model::Resource;
 
 use super::client::Server;
 use crate::output::{current_thread_runtime, exit, stop_signal};
@@ -32,10 +36,13 @@ the control plane is unreachable the last table stays. Ctrl-C or SIGTERM removes
 every program it attached; after kill -9 a restarted agent adopts and reconciles
 what is there.
 
-A rule's `to` names labels; which local function they mean is given here:
-  --redirect-to app=http-proxy@127.0.0.1:15001   a redirect to these labels goes to this transparent listener
-  --copy-to app=ids@veth-ids                     a copy to these labels goes out of this interface
-A rule whose labels match none of these has no line on this node (and says so).
+Where a rule's `to` leads is read from what it selects (a Workload,
+NetworkFunction or CNF), by two labels on it:
+  trefoil.dev/listener: NAME    redirect: the Listener NAME (`transparent: true`) of the proxy fronting it
+  trefoil.dev/interface: IF     copy: the interface, in this node's namespace, that receives the copies
+A redirect that resolves to no listener drops its traffic (it fails closed); a
+copy that resolves to no interface sends no copies. Both say why in this log and
+in `trefoil describe datapathrule NAME`.
 
 Needs CAP_BPF and CAP_NET_ADMIN (eBPF), or falls back to nftables for redirect
 and drop; a missing capability is named.
@@ -50,140 +57,103 @@ pub(crate) struct AgentArgs {
     /// An interface where client and server traffic enters the node (repeat for several).
     #[arg(long = "interface", required = true)]
     interfaces: Vec<String>,
-    /// LABELS@ADDRESS: redirect rules whose `to` selects these labels go to this transparent listener.
-    #[arg(long = "redirect-to", value_name = "LABELS@ADDRESS")]
-    redirect_to: Vec<Local<SocketAddr>>,
-    /// LABELS@INTERFACE: copy rules whose `to` selects these labels send copies out of this interface.
-    #[arg(long = "copy-to", value_name = "LABELS@INTERFACE")]
-    copy_to: Vec<Local<String>>,
     /// A directory on a BPF filesystem for the pins.
     #[arg(long, default_value = trefoil_datapath::DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
     /// The network namespace to program (e.g. /run/netns/edge); the agent's own when absent.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// A file written once the first table is in the kernel and removed on exit (a readiness probe).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
     #[command(flatten)]
     server: Server,
 }
 
-/// A local function as the command line names it: its labels and where it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Local<T> {
-    labels: BTreeMap<String, String>,
-    at: T,
-}
+/// The kinds a node's table is made from.
+const KINDS: [&str; 5] = ["DatapathRule", "Listener", "Workload", "NetworkFunction", "CNF"];
 
-impl<T: FromStr> FromStr for Local<T>
-where
-    T::Err: std::fmt::Display,
-{
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (labels, at) = s.rsplit_once('@').ok_or_else(|| format!("{s:?}: expected LABELS@TARGET, e.g. app=ids@veth-ids"))?;
-        let mut map = BTreeMap::new();
-        for pair in labels.split(',') {
-            let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not a label: write label=value"))?;
-            map.insert(k.trim().to_string(), v.trim().to_string());
-        }
-        let at = at.parse().map_err(|e| format!("{at:?}: {e}"))?;
-        Ok(Local { labels: map, at })
-    }
-}
-
-/// Where this node's functions are.
-#[derive(Default)]
-struct Locals {
-    listeners: Vec<Local<SocketAddr>>,
-    interfaces: Vec<Local<String>>,
-}
-
-/// What a rule's `to` resolves to on this node.
-#[derive(Clone, Debug, PartialEq)]
-enum Target {
-    Listener(SocketAddr),
-    Interface(String),
-}
-
-impl Locals {
-    fn resolve(&self, to: &LabelSelector) -> Vec<Target> {
-        let listeners = self.listeners.iter().filter(|l| to.matches(&l.labels)).map(|l| Target::Listener(l.at));
-        let interfaces = self.interfaces.iter().filter(|l| to.matches(&l.labels)).map(|l| Target::Interface(l.at.clone()));
-        listeners.chain(interfaces).collect()
-    }
-}
-
-/// The kernel table for `node`, in precedence order, and a note for each
-/// rule that gets no line here because nothing local matches its labels.
-fn kernel_table(rules: &[Rule<'_>], node: &str, locals: &Locals) -> (Vec<Entry>, Vec<String>) {
+/// The kernel table for `node`, in precedence order, and one note for each
+/// rule whose target does not resolve (what the agent did instead, and why).
+fn kernel_table(resources: &[Resource], node: &str) -> (Vec<Entry>, Vec<String>) {
+    let rules: Vec<Rule<'_>> = Rule::all_in(resources);
+    let targets: BTreeMap<&str, Targets> = rules.iter().map(|r| (r.name, targets::resolve(r.spec, resources))).collect();
     let mut entries = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    for line in compile(rules, |to| locals.resolve(to)).into_iter().filter(|l| l.is_for(node)) {
-        let action = match line.action {
-            DatapathAction::Drop => Some(Action::Drop),
-            DatapathAction::Redirect => line.targets.iter().find_map(|t| match t {
-                Target::Listener(listener) => Some(Action::Redirect { listener: *listener }),
-                Target::Interface(_) => None,
-            }),
-            DatapathAction::Copy => line.targets.iter().find_map(|t| match t {
-                Target::Interface(interface) => Some(Action::Copy { interface: interface.clone() }),
-                Target::Listener(_) => None,
-            }),
-        };
-        let Some(action) = action else {
-            let note = format!(
-                "rule {} ({}) has no local target here: no --{}-to matches its labels",
-                line.rule,
-                line.action.as_str(),
-                line.action.as_str()
-            );
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
-            continue;
-        };
-        entries.extend(kernel_lines(&line, action));
+    // The targets are resolved per rule above; the table only needs the lines.
+    for line in compile(&rules, |_| Vec::<()>::new()).into_iter().filter(|l| l.is_for(node)) {
+        let resolved = &targets[line.rule.as_str()];
+        for family in families(&line) {
+            let action = match line.action {
+                DatapathAction::Drop => Ok(Action::Drop),
+                DatapathAction::Redirect => resolved.listener(family).map(|listener| Action::Redirect { listener }),
+                DatapathAction::Copy => resolved.interface().map(|interface| Action::Copy { interface: interface.to_string() }),
+            };
+            let action = match (action, line.action) {
+                (Ok(action), _) => action,
+                (Err(why), DatapathAction::Redirect) => {
+                    note(
+                        &mut notes,
+                        format!("rule {}: redirect not resolved, its {family} traffic is dropped (fails closed): {why}", line.rule),
+                    );
+                    Action::Drop
+                }
+                (Err(why), _) => {
+                    note(&mut notes, format!("rule {}: copy not resolved, no copies are sent: {why}", line.rule));
+                    continue;
+                }
+            };
+            entries.extend(kernel_entry(&line, family, action));
+        }
     }
     (entries, notes)
 }
 
-/// One table line as the kernel takes it: "any" becomes the any-network of
-/// the line's IP version, both versions when the line gives no block.
-fn kernel_lines<T>(line: &Line<T>, action: Action) -> Vec<Entry> {
-    let net = |c: Cidr| IpNet::new(c.network(), c.prefix_len());
-    let families = match line.family() {
-        Some(f) => vec![f],
-        None => vec![Family::Ipv4, Family::Ipv6],
-    };
-    let any = |f: Family| if f == Family::Ipv4 { IpNet::any_v4() } else { IpNet::any_v6() };
-    families
-        .into_iter()
-        .filter_map(|f| {
-            Some(Entry {
-                rule: line.rule.clone(),
-                // The order of the list decides; the kernel keeps the priority for reports only.
-                priority: u32::try_from(line.priority).unwrap_or(0),
-                src: line.source.map_or(Some(any(f)), net)?,
-                dst: line.destination.map_or(Some(any(f)), net)?,
-                ports: line.ports.first()..=line.ports.last(),
-                protocol: match line.protocol {
-                    Protocol::Tcp => KernelProtocol::Tcp,
-                    Protocol::Udp => KernelProtocol::Udp,
-                },
-                action: action.clone(),
-            })
-        })
-        .collect()
+fn note(notes: &mut Vec<String>, note: String) {
+    if !notes.contains(&note) {
+        notes.push(note);
+    }
 }
 
-/// How long a burst of watch events is gathered before the table is applied.
-const SETTLE: Duration = Duration::from_millis(50);
+/// The IP versions a line's packets can have: its block's, or both when it gives none.
+fn families<T>(line: &Line<T>) -> Vec<Family> {
+    match line.family() {
+        Some(f) => vec![f],
+        None => vec![Family::Ipv4, Family::Ipv6],
+    }
+}
+
+/// One table line of one IP version as the kernel takes it: "any" becomes
+/// the any-network of that version.
+fn kernel_entry<T>(line: &Line<T>, family: Family, action: Action) -> Option<Entry> {
+    let net = |c: Cidr| IpNet::new(c.network(), c.prefix_len());
+    let any = if family == Family::Ipv4 { IpNet::any_v4() } else { IpNet::any_v6() };
+    Some(Entry {
+        rule: line.rule.clone(),
+        // The order of the list decides; the kernel keeps the priority for reports only.
+        priority: u32::try_from(line.priority).unwrap_or(0),
+        src: line.source.map_or(Some(any), net)?,
+        dst: line.destination.map_or(Some(any), net)?,
+        ports: line.ports.first()..=line.ports.last(),
+        protocol: match line.protocol {
+            Protocol::Tcp => KernelProtocol::Tcp,
+            Protocol::Udp => KernelProtocol::Udp,
+        },
+        action,
+    })
+}
+
 /// Retry delays after the control plane is lost.
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a burst of changes is gathered before the table is applied.
+const SETTLE: Duration = Duration::from_millis(50);
 
 pub(crate) fn run(a: AgentArgs) -> ExitCode {
-    let locals = Locals { listeners: a.redirect_to.clone(), interfaces: a.copy_to.clone() };
+    // A file left by an earlier agent (killed) must not say this one is ready.
+    if let Some(ready) = &a.ready_file {
+        remove_ready_file(ready);
+    }
     let config = AgentConfig { netns: a.netns.clone(), pin_root: a.pin_root.clone(), ..AgentConfig::new(&a.node, &a.interfaces) };
     let mut datapath = match Datapath::start(config) {
         Ok(d) => d,
@@ -192,19 +162,26 @@ pub(crate) fn run(a: AgentArgs) -> ExitCode {
             return exit::failure();
         }
     };
-    if let Datapath::Nftables { because, .. } = &datapath {
-        eprintln!("warning: eBPF unavailable ({because}); using nftables: redirect and drop only, no copy, no flow records");
+    match &datapath {
+        Datapath::Nftables { because, .. } => {
+            eprintln!("warning: eBPF unavailable ({because}); using nftables: redirect and drop only, no copy, no flow records")
+        }
+        Datapath::Ebpf(_) => tracing::info!(node = %a.node, interfaces = %a.interfaces.join(","), "datapath started (eBPF)"),
     }
     let Some(rt) = current_thread_runtime() else { return exit::failure() };
     rt.block_on(async {
         let stop = stop_signal();
         tokio::pin!(stop);
         tokio::select! {
-            _ = follow(&a, &locals, &mut datapath) => {}
+            _ = follow(&a, &mut datapath) => {}
             _ = &mut stop => {}
         }
     });
-    match datapath.remove_all() {
+    let removed = datapath.remove_all();
+    if let Some(ready) = &a.ready_file {
+        remove_ready_file(ready);
+    }
+    match removed {
         Ok(()) => {
             tracing::info!(node = %a.node, "datapath removed");
             exit::ok()
@@ -216,94 +193,120 @@ pub(crate) fn run(a: AgentArgs) -> ExitCode {
     }
 }
 
-/// Follows the rules for ever: the list applied first, then a watch with
-/// the table applied after each burst of changes; a lost watch is opened
-/// again, keeping the last table.
-async fn follow(a: &AgentArgs, locals: &Locals, datapath: &mut Datapath) {
+fn remove_ready_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the ready file");
+        }
+    }
+}
+
+/// What a kind's follower tells the agent.
+enum Update {
+    /// Every object of a kind, as just listed.
+    Listed(&'static str, Vec<Resource>),
+    Put(&'static str, Box<Resource>),
+    Deleted(&'static str, String),
+    Lost(&'static str, String),
+}
+
+/// Follows every kind for ever and applies the table after each burst of
+/// changes, once every kind has been listed: a restarted agent (after
+/// kill -9) keeps the pinned table until it knows the whole picture, then
+/// drops what was deleted meanwhile.
+async fn follow(a: &AgentArgs, datapath: &mut Datapath) {
     let client = a.server.client();
-    let mut delay = RETRY_FIRST;
-    let mut applier = Applier { node: &a.node, locals, notes: Vec::new(), applied: None };
-    loop {
-        // The list first: a restarted agent (after kill -9) must drop what was
-        // deleted meanwhile even when no rule is left to announce itself.
-        let followed = match client.list("DatapathRule").await {
-            Ok(listed) => client.watch("DatapathRule").await.map(|watch| (listed, watch)),
-            Err(e) => Err(e),
-        };
-        let (listed, mut watch) = match followed {
-            Ok(both) => both,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow the datapath rules; keeping the last table");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
-                continue;
-            }
-        };
-        delay = RETRY_FIRST;
-        let mut rules: BTreeMap<String, DatapathRuleSpec> = listed
-            .items
-            .into_iter()
-            .filter_map(|r| match r.spec {
-                Spec::DatapathRule(spec) => Some((r.metadata.name, spec)),
-                _ => None,
-            })
-            .collect();
-        applier.apply(datapath, &rules);
-        // The watch starts with every current rule: that burst replaces the
-        // list (a rule deleted between the two is not in it).
-        let mut fresh = true;
-        loop {
-            let Some(first) = watch.next().await else { break };
-            let mut events = vec![first];
-            // Gather the rest of a burst (the initial listing, a batch apply) to apply once.
-            while let Ok(Some(more)) = tokio::time::timeout(SETTLE, watch.next()).await {
-                events.push(more);
-            }
-            if std::mem::take(&mut fresh) {
-                rules.clear();
-            }
-            let mut ended = false;
-            for event in events {
-                match event {
-                    Ok(WatchEvent::Added { object } | WatchEvent::Modified { object }) => {
-                        if let Spec::DatapathRule(spec) = object.spec {
-                            rules.insert(object.metadata.name, spec);
-                        }
-                    }
-                    Ok(WatchEvent::Deleted { object }) => {
-                        rules.remove(&object.metadata.name);
-                    }
-                    Ok(WatchEvent::Error { error }) => {
-                        tracing::warn!(%error, "the rules watch ended; following again");
-                        ended = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the rules watch broke; following again");
-                        ended = true;
+    let (tx, mut rx) = mpsc::channel(256);
+    for kind in KINDS {
+        tokio::spawn(follow_kind(client.clone(), kind, tx.clone()));
+    }
+    drop(tx);
+    let mut known: BTreeMap<&'static str, BTreeMap<String, Resource>> = BTreeMap::new();
+    let mut down: BTreeSet<&'static str> = BTreeSet::new();
+    let mut applier = Applier { node: &a.node, ready_file: a.ready_file.as_deref(), notes: Vec::new(), applied: None };
+    while let Some(first) = rx.recv().await {
+        let mut updates = vec![first];
+        // Gather the rest of a burst (the initial listings, a batch apply) to apply once.
+        while let Ok(Some(more)) = tokio::time::timeout(SETTLE, rx.recv()).await {
+            updates.push(more);
+        }
+        for update in updates {
+            match update {
+                Update::Listed(kind, items) => {
+                    down.remove(kind);
+                    known.insert(kind, items.into_iter().map(|r| (r.name().to_string(), r)).collect());
+                }
+                Update::Put(kind, r) => {
+                    known.entry(kind).or_default().insert(r.name().to_string(), *r);
+                }
+                Update::Deleted(kind, name) => {
+                    known.entry(kind).or_default().remove(&name);
+                }
+                Update::Lost(kind, error) => {
+                    if down.insert(kind) {
+                        tracing::warn!(kind, %error, "cannot follow the control plane; keeping the last table");
                     }
                 }
             }
-            if ended {
-                break;
-            }
-            applier.apply(datapath, &rules);
+        }
+        if KINDS.iter().all(|k| known.contains_key(k)) {
+            let resources: Vec<Resource> = known.values().flat_map(|m| m.values().cloned()).collect();
+            applier.apply(datapath, &resources);
         }
     }
+}
+
+/// Follows one kind: a watch, then a list (changes after the watch began
+/// arrive on it, so none falls between), then each change; on any loss the
+/// same again after a back-off.
+async fn follow_kind(client: Client, kind: &'static str, tx: mpsc::Sender<Update>) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        let error = match watch_once(&client, kind, &tx, &mut delay).await {
+            Ok(()) => "the control plane ended the watch".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if tx.send(Update::Lost(kind, error)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+async fn watch_once(client: &Client, kind: &'static str, tx: &mpsc::Sender<Update>, delay: &mut Duration) -> Result<(), ApiError> {
+    let mut watch = client.watch(kind).await?;
+    let listed = client.list(kind).await?;
+    *delay = RETRY_FIRST;
+    if tx.send(Update::Listed(kind, listed.items)).await.is_err() {
+        return Ok(());
+    }
+    while let Some(event) = watch.next().await {
+        let update = match event? {
+            WatchEvent::Added { object } | WatchEvent::Modified { object } => Update::Put(kind, Box::new(object)),
+            WatchEvent::Deleted { object } => Update::Deleted(kind, object.metadata.name),
+            // Fell behind: list again.
+            WatchEvent::Error { .. } => return Ok(()),
+        };
+        if tx.send(update).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Applies tables and says once what a table leaves out.
 struct Applier<'a> {
     node: &'a str,
-    locals: &'a Locals,
+    ready_file: Option<&'a Path>,
     notes: Vec<String>,
     /// The table the kernel took last: the same one again is not rewritten.
     applied: Option<Vec<Entry>>,
 }
 
 impl Applier<'_> {
-    fn apply(&mut self, datapath: &mut Datapath, rules: &BTreeMap<String, DatapathRuleSpec>) {
-        let named: Vec<Rule<'_>> = rules.iter().map(|(name, spec)| Rule { name, spec }).collect();
-        let (entries, notes) = kernel_table(&named, self.node, self.locals);
+    fn apply(&mut self, datapath: &mut Datapath, resources: &[Resource]) {
+        let (entries, notes) = kernel_table(resources, self.node);
         if notes != self.notes {
             for note in &notes {
                 tracing::warn!("{note}");
@@ -313,47 +316,59 @@ impl Applier<'_> {
         if self.applied.as_ref() == Some(&entries) {
             return;
         }
+        let rules = resources.iter().filter(|r| r.kind() == "DatapathRule").count();
         match datapath.apply(&entries) {
             Ok(()) => {
-                tracing::info!(rules = rules.len(), entries = entries.len(), "datapath table applied");
+                tracing::info!(rules, entries = entries.len(), "datapath table applied");
+                if self.applied.is_none() {
+                    self.ready();
+                }
                 self.applied = Some(entries);
             }
             // The kernel keeps the last table it took; the next change tries again.
             Err(e) => tracing::error!(error = %e, "the datapath refused the table; keeping the last one"),
         }
     }
+
+    fn ready(&self) {
+        let Some(path) = self.ready_file else { return };
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use trefoil_model::datapath::compact;
+    use std::sync::Arc;
 
     use super::*;
 
-    fn spec(text: &str, from: &[&str], node: Option<&str>) -> DatapathRuleSpec {
-        let mut s = compact::parse(text).unwrap().into_spec();
-        s.traffic.source = from.iter().map(|f| f.parse().unwrap()).collect();
-        s.node = node.map(str::to_string);
-        s
+    fn load(yaml: &str) -> Vec<Resource> {
+        trefoil_model::load_str(&Arc::from("t.yaml"), yaml).unwrap().into_iter().map(|s| s.resource).collect()
+    }
+
+    const FUNCTIONS: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: tproxy}\nspec: {address: 127.0.0.1:15001, protocol: tcp, transparent: true}\n---
+apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge, labels: {app: http-proxy, trefoil.dev/listener: tproxy}}\nspec: {chain: [{function: policy}]}\n---
+apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: ids, labels: {app: ids, tier: edge, trefoil.dev/interface: veth-ids}}\nspec: {service: ids, command: ids}\n";
+
+    fn rule(name: &str, spec: &str) -> String {
+        format!("---\napiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {{name: {name}}}\nspec: {spec}\n")
     }
 
     #[test]
-    fn the_table_for_a_node_resolves_targets_and_fills_any() {
-        let locals = Locals {
-            listeners: vec!["app=http-proxy@127.0.0.1:15001".parse().unwrap()],
-            interfaces: vec!["app=ids,tier=edge@veth-ids".parse().unwrap()],
-        };
-        let specs = [
-            ("web", spec("10.0.2.0/24 80 : redirect => app=http-proxy", &[], None)),
-            ("tap", spec("fd00::/64 * : copy => app=ids", &[], None)),
-            ("block", spec("* * : drop", &["10.0.1.2"], Some("edge"))),
-            ("elsewhere", spec("10.0.9.0/24 80 : drop", &[], Some("other"))),
-            ("nowhere", spec("10.0.3.0/24 80 : redirect => app=missing", &[], None)),
-        ];
-        let rules: Vec<Rule<'_>> = specs.iter().map(|(name, spec)| Rule { name, spec }).collect();
-        let (entries, notes) = kernel_table(&rules, "edge", &locals);
+    fn the_table_for_a_node_resolves_targets_from_the_resources_and_fills_any() {
+        let yaml = [
+            FUNCTIONS.to_string(),
+            rule("web", "{match: {destination: [10.0.2.0/24], ports: [80]}, action: redirect, to: {app: http-proxy}}"),
+            rule("tap", "{match: {destination: [\"fd00::/64\"]}, action: copy, to: {app: ids}}"),
+            rule("block", "{match: {source: [10.0.1.2]}, action: drop, node: edge}"),
+            rule("elsewhere", "{match: {destination: [10.0.9.0/24], ports: [80]}, action: drop, node: other}"),
+        ]
+        .concat();
+        let (entries, notes) = kernel_table(&load(&yaml), "edge");
         let names: Vec<&str> = entries.iter().map(|e| e.rule.as_str()).collect();
-        // Longer destination prefixes first; only this node's; only those with a target.
+        // Longer destination prefixes first; only this node's.
         assert_eq!(names, ["tap", "web", "block"]);
         let [tap, web, block] = &entries[..] else { panic!("{entries:?}") };
         assert_eq!(block.dst, IpNet::any_v4(), "any destination of the source's IP version");
@@ -362,16 +377,29 @@ mod tests {
         assert_eq!(web.ports, 80..=80);
         assert_eq!(tap.action, Action::Copy { interface: "veth-ids".into() });
         assert_eq!((tap.src, tap.ports.clone()), (IpNet::any_v6(), 1..=65535));
-        assert_eq!(notes, ["rule nowhere (redirect) has no local target here: no --redirect-to matches its labels"]);
+        assert_eq!(notes, Vec::<String>::new());
     }
 
     #[test]
-    fn local_targets_are_read_from_the_command_line() {
-        let l: Local<SocketAddr> = "app=http-proxy,tier=edge@[fd00::1]:15001".parse().unwrap();
-        assert_eq!(l.labels.len(), 2);
-        assert_eq!(l.at, "[fd00::1]:15001".parse().unwrap());
-        assert!("app=x".parse::<Local<String>>().is_err());
-        assert!("app@veth0".parse::<Local<String>>().is_err());
-        assert!("app=x@nowhere".parse::<Local<SocketAddr>>().is_err());
+    fn an_unresolved_redirect_drops_and_an_unresolved_copy_is_left_out() {
+        let yaml = [
+            FUNCTIONS.to_string(),
+            rule("nowhere", "{match: {destination: [10.0.3.0/24], ports: [80]}, action: redirect, to: {app: missing}}"),
+            rule("v6", "{match: {destination: [\"fd00::/64\"], ports: [80]}, action: redirect, to: {app: http-proxy}}"),
+            rule("no-tap", "{match: {destination: [10.0.4.0/24]}, action: copy, to: {app: http-proxy}}"),
+        ]
+        .concat();
+        let (entries, notes) = kernel_table(&load(&yaml), "edge");
+        let lines: Vec<(&str, &Action)> = entries.iter().map(|e| (e.rule.as_str(), &e.action)).collect();
+        // fd00::/64 is the longer prefix, so `v6` comes first.
+        assert_eq!(lines, [("v6", &Action::Drop), ("nowhere", &Action::Drop)]);
+        assert_eq!(
+            notes,
+            [
+                "rule v6: redirect not resolved, its IPv6 traffic is dropped (fails closed): no transparent listener takes IPv6 traffic (only 127.0.0.1:15001)",
+                "rule nowhere: redirect not resolved, its IPv4 traffic is dropped (fails closed): `to` (app=missing) selects no Workload, NetworkFunction or CNF",
+                "rule no-tap: copy not resolved, no copies are sent: CNF/edge has no trefoil.dev/interface label naming the interface that receives copies",
+            ]
+        );
     }
 }

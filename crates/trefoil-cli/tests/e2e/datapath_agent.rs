@@ -3,8 +3,9 @@
 //! pair; the agent guards the server's side): a drop rule added with
 //! `trefoil datapath add` refuses the client's connections; a rule deleted
 //! while the agent was killed is gone once it restarts; a rule added live
-//! applies; stopping the agent leaves no pins behind. Redirected to a
-//! transparent proxy listener, raw TCP passes byte-exact, and HTTP runs the
+//! applies; stopping the agent leaves no pins behind. A redirect rule finds
+//! its transparent listener through the labels of what it selects;
+//! redirected there, raw TCP passes byte-exact, and HTTP runs the
 //! edge-security policy before reaching its original destination, with no
 //! request lost while the rule comes and goes. The kernel programs
 //! themselves are tested in `trefoil-datapath`.
@@ -70,6 +71,20 @@ impl Pair {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.server]).args(args);
         cmd
+    }
+
+    /// The raw TCP echo server on the server's port 9000.
+    fn echo_server(&self, dir: &std::path::Path) -> Process {
+        Process::spawn_logged("echo server", &mut self.in_server(&["python3", "-c", ECHO, &self.server_ip]), &dir.join("echo.log"))
+    }
+
+    /// 10 MB from the client to the server's port 9000 and back: `exact`, or what went wrong.
+    fn send_10mb(&self) -> String {
+        let out = run_with_timeout(
+            Command::new("ip").args(["netns", "exec", &self.client, "python3", "-c", SEND, &self.server_ip]),
+            Duration::from_secs(60),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
     }
 
     /// Whether the client gets an answer from the server's port 8080 within 2 s.
@@ -184,7 +199,7 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
     }
     let dir = scratch_dir();
     let pair = Pair::new(232);
-    let _echo = Process::spawn_logged("echo server", &mut pair.in_server(&["python3", "-c", ECHO, &pair.server_ip]), &dir.join("echo.log"));
+    let _echo = pair.echo_server(&dir);
 
     // A proxy in the server's namespace (the node) with a transparent
     // listener; its access log goes to a file the test reads.
@@ -199,18 +214,15 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
 
     let control = Control::start(&dir.join("data"));
     let trefoil = |args: &[&str]| trefoil_ok(&control, args);
+    // The agent finds the listener from the resources: the function the
+    // rule selects names its transparent Listener by label.
+    apply(&control, &dir.join("fronted.yaml"), &fronted_function(listen));
     trefoil(&["datapath", "add", &format!("{} 9000 : redirect => app=tproxy", pair.server_ip), "--name", "via-proxy"]);
-    let mut agent = redirecting_agent(&dir, &pair, &control, &format!("app=tproxy@{listen}"));
+    let mut agent = redirecting_agent(&dir, &pair, &control);
 
     // The client talks to the server's own address; the bytes go through
     // the proxy, which forwards them to where they were sent.
-    let send = || {
-        let out = run_with_timeout(
-            Command::new("ip").args(["netns", "exec", &pair.client, "python3", "-c", SEND, &pair.server_ip]),
-            Duration::from_secs(60),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
-    };
+    let send = || pair.send_10mb();
     let mut first = String::new();
     wait_until("the echo server to answer through the proxy", WAIT, || {
         first = send();
@@ -359,31 +371,36 @@ fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
     let control = Control::start_on(&dir.join("data"), api, trefoil_testkit::free_addr());
     let listen = format!("{}:15001", pair.server_ip);
     let access = dir.join("access.log");
+    // The node's resources; the CNF the rule selects names the transparent
+    // listener in front of it, and the control plane holds them too, for
+    // the agent to resolve the rule's target.
+    let resources = format!(
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: redirected}}\n\
+         spec: {{address: \"{listen}\", protocol: auto, transparent: true, routes: [through-edge-security]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: original-destination}}\nspec: {{originalDestination: true}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: policy}}\nspec: {{endpoints: [{{address: \"127.0.0.1:9901\"}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: policy}}\nspec: {{service: policy, api: http}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: CNF\n\
+         metadata: {{name: edge-security, labels: {{app: edge, trefoil.dev/listener: redirected}}}}\n\
+         spec: {{chain: [{{function: policy}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: through-edge-security}}\n\
+         spec: {{hosts: [\"*\"], rules: [{{backends: [{{service: original-destination}}], chain: edge-security}}]}}\n"
+    );
+    let proxy = format!(
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: node}}\n\
+         spec: {{accessLog: \"{access}\", tracing: {{otlpEndpoint: \"{otlp}\", samplingPercent: 100}}}}\n---\n",
+        access = access.display(),
+        otlp = control.url(),
+    );
     let config = dir.join("proxy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: node}}\n\
-             spec: {{accessLog: \"{access}\", tracing: {{otlpEndpoint: \"{otlp}\", samplingPercent: 100}}}}\n---\n\
-             apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: redirected}}\n\
-             spec: {{address: \"{listen}\", protocol: auto, transparent: true, routes: [through-edge-security]}}\n---\n\
-             apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: original-destination}}\nspec: {{originalDestination: true}}\n---\n\
-             apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: policy}}\nspec: {{endpoints: [{{address: \"127.0.0.1:9901\"}}]}}\n---\n\
-             apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: policy}}\nspec: {{service: policy, api: http}}\n---\n\
-             apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge-security}}\nspec: {{chain: [{{function: policy}}]}}\n---\n\
-             apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: through-edge-security}}\n\
-             spec: {{hosts: [\"*\"], rules: [{{backends: [{{service: original-destination}}], chain: edge-security}}]}}\n",
-            access = access.display(),
-            otlp = control.url(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, proxy + &resources).unwrap();
     let _proxy = node_proxy(&dir, &pair, &config);
+    apply(&control, &dir.join("resources.yaml"), &resources);
 
     let trefoil = |args: &[&str]| trefoil_ok(&control, args);
     let rule = format!("{} 80 : redirect => app=edge", pair.server_ip);
     trefoil(&["datapath", "add", &rule, "--name", "web-through-edge"]);
-    let mut agent = redirecting_agent(&dir, &pair, &control, &format!("app=edge@{listen}"));
+    let mut agent = redirecting_agent(&dir, &pair, &control);
     let applied = |n: usize| log(&dir, "agent.log").matches("datapath table applied").count() >= n;
 
     // With the rule: the chain allows `/hello`, which reaches the server
@@ -475,16 +492,21 @@ fn trefoil_ok(control: &Control, args: &[&str]) {
     assert!(out.status.success(), "trefoil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `YAML`, written to `file`, applied to `control`.
+fn apply(control: &Control, file: &std::path::Path, yaml: &str) {
+    std::fs::write(file, yaml).unwrap();
+    trefoil_ok(control, &["apply", "-f", &file.display().to_string()]);
+}
+
 /// The datapath agent of the server's side of `pair` (its node named after
-/// the namespace, so tests running at once pin apart), redirecting as
-/// `--redirect-to LABELS@ADDRESS` says; logs to `agent.log`. Returns once it
-/// applied the one rule the test added first.
-fn redirecting_agent(dir: &std::path::Path, pair: &Pair, control: &Control, redirect_to: &str) -> Process {
+/// the namespace, so tests running at once pin apart), finding where to
+/// redirect from the resources at `control`; logs to `agent.log`. Returns
+/// once it applied the one rule the test added first.
+fn redirecting_agent(dir: &std::path::Path, pair: &Pair, control: &Control) -> Process {
     let mut agent = Process::spawn_logged(
         "trefoil datapath agent",
         trefoil_command()
             .args(["datapath", "agent", "--node", &pair.server, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
-            .args(["--redirect-to", redirect_to])
             .arg("--netns")
             .arg(format!("/run/netns/{}", pair.server))
             .args(["--server", &control.url()]),
@@ -492,6 +514,25 @@ fn redirecting_agent(dir: &std::path::Path, pair: &Pair, control: &Control, redi
     );
     agent.wait_for("the agent to apply the rule", WAIT, || log_has(dir, "agent.log", "entries=1"));
     agent
+}
+
+/// A Workload that a redirect rule selects by `app=tproxy`, fronted by the
+/// transparent Listener `tproxy` at `listen`, which its label names.
+fn fronted_function(listen: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: trefoil.dev/v1alpha1
+kind: Listener
+metadata: {{name: tproxy}}
+spec: {{address: \"{listen}\", protocol: tcp, transparent: true}}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata:
+  name: fronted
+  labels: {{app: tproxy, trefoil.dev/listener: tproxy}}
+spec: {{service: fronted, command: trefoil, args: [demo-app]}}
+"
+    )
 }
 
 /// An agent's log so far (read from its file: `wait_for` holds the process).
