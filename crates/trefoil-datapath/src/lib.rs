@@ -22,3 +22,4 @@ pub use entry::{Action, Entry, IpNet, IpNetError, Protocol};
 pub use error::Error;
 pub use flows::{FlowAction, FlowRecord, RuleCounter};
 pub use nft::NftAgent;
+pub use sys::missing_capability;

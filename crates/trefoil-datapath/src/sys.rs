@@ -84,7 +84,7 @@ const CAP_BPF: u32 = 39;
 
 /// Names the first capability the agent lacks, from the effective set in
 /// /proc/self/status (the same answer capget gives).
-pub(crate) fn missing_capability() -> Option<&'static str> {
+pub fn missing_capability() -> Option<&'static str> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?.trim();
     let effective = u64::from_str_radix(hex, 16).ok()?;

@@ -10,6 +10,10 @@ use crate::plan::Role;
 /// Something worth one line of progress.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// The files hold DatapathRules but the node's agent does not run: why.
+    DatapathSkipped {
+        why: String,
+    },
     /// Every resource from the files and every sidecar `Proxy` is stored.
     ResourcesApplied {
         count: usize,
@@ -69,7 +73,18 @@ pub struct Summary {
     pub logs: String,
     /// The supervisor's view, rewritten on every change.
     pub state: String,
+    /// The node's datapath agent, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<DatapathSummary>,
     pub replicas: Vec<ReplicaSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatapathSummary {
+    /// Its first table is in the kernel.
+    pub ready: bool,
+    pub log: String,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -25,6 +25,8 @@ pub enum Role {
     Gateway,
     Sidecar,
     App,
+    /// The node's datapath agent (`trefoil datapath agent`).
+    Datapath,
 }
 
 /// How to tell that a process serves.
@@ -34,6 +36,10 @@ pub enum Probe {
     Http { addr: SocketAddr, path: String },
     /// The address accepts a TCP connection.
     Tcp(SocketAddr),
+    /// The file exists: the process writes it once it serves. The supervisor
+    /// removes it before each start, so a file left by a killed process
+    /// does not say its successor is ready.
+    File(PathBuf),
 }
 
 /// One process to run and keep running.
@@ -77,6 +83,17 @@ pub struct Plan {
     pub replicas: Vec<ReplicaPlan>,
     /// `http(s)://address` of every listener a gateway serves.
     pub gateway_urls: Vec<String>,
+    /// The node's datapath agent, when it runs.
+    pub datapath: Option<ProcessSpec>,
+}
+
+/// What the node's datapath agent programs, when `trefoil up` runs one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPlan {
+    /// This node's name (rules naming another node are left out).
+    pub node: String,
+    /// Where client and server traffic enters the node.
+    pub interfaces: Vec<String>,
 }
 
 /// What the plan is built from, besides the resources.
@@ -91,6 +108,8 @@ pub struct PlanContext<'a> {
     pub grpc: SocketAddr,
     /// The environment `trefoil up` runs in, for `${VAR}` not set by the runtime or workload.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The datapath agent to run, if any.
+    pub datapath: Option<&'a AgentPlan>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +160,10 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
     let gateway_urls = resources
         .iter()
         .filter_map(|r| match &r.spec {
+            // A transparent listener takes redirected connections, not requests addressed to it.
             Spec::Listener(l)
                 if l.service.is_none()
+                    && !l.transparent
                     && !gateway_names.is_empty()
                     && l.proxy.as_deref().map(|p| gateway_names.contains(p)).unwrap_or(true) =>
             {
@@ -169,7 +190,8 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
             }
         }
     }
-    let plan = Plan { control, api, grpc, gateways, replicas, gateway_urls };
+    let datapath = ctx.datapath.map(|agent| agent_process(&exe, api, ctx.state, agent));
+    let plan = Plan { control, api, grpc, gateways, replicas, gateway_urls, datapath };
     // Names key log files, up.json and the sidecars' Proxy resources.
     let mut names = BTreeSet::new();
     if let Some(clash) = plan.processes().map(|p| p.name.as_str()).find(|name| !names.insert(*name)) {
@@ -207,6 +229,30 @@ fn proxy_process(
         probe: Probe::Http { addr: admin, path: "/ready".into() },
     }
 }
+
+/// `trefoil datapath agent` for this node, following the control plane's
+/// REST API; ready once its first table is in the kernel.
+fn agent_process(exe: &Path, api: SocketAddr, state: &Path, agent: &AgentPlan) -> ProcessSpec {
+    let ready = state.join("datapath.ready");
+    let mut args: Vec<String> = vec!["datapath".into(), "agent".into(), "--node".into(), agent.node.clone()];
+    for interface in &agent.interfaces {
+        args.extend(["--interface".to_string(), interface.clone()]);
+    }
+    args.extend(["--ready-file".to_string(), ready.display().to_string(), "--server".to_string(), format!("http://{api}")]);
+    ProcessSpec {
+        name: DATAPATH_PROCESS.to_string(),
+        role: Role::Datapath,
+        program: exe.to_path_buf(),
+        args,
+        env: BTreeMap::new(),
+        cwd: None,
+        addresses: BTreeMap::new(),
+        probe: Probe::File(ready),
+    }
+}
+
+/// The datapath agent's process name (and log file).
+pub const DATAPATH_PROCESS: &str = "datapath";
 
 /// `TREFOIL_UPSTREAM_<SERVICE>`: upper-cased, `-` and `.` as `_`.
 pub fn upstream_var(service: &str) -> String {
@@ -336,7 +382,10 @@ pub fn managed(name: &str, spec: Spec) -> Resource {
 impl Plan {
     /// Every process, in start order: control plane, gateways, then per replica sidecar and app.
     pub fn processes(&self) -> impl Iterator<Item = &ProcessSpec> {
-        std::iter::once(&self.control).chain(&self.gateways).chain(self.replicas.iter().flat_map(|r| [&r.sidecar, &r.app]))
+        std::iter::once(&self.control)
+            .chain(&self.gateways)
+            .chain(self.replicas.iter().flat_map(|r| [&r.sidecar, &r.app]))
+            .chain(&self.datapath)
     }
 
     /// `Endpoints/<service>` for every service that has workloads, given
@@ -382,6 +431,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
             api: "127.0.0.1:0".parse().unwrap(),
             grpc: "127.0.0.1:7071".parse().unwrap(),
             env: &env,
+            datapath: None,
         };
         build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))
     }

@@ -1,4 +1,5 @@
-//! Readiness probes: an HTTP GET that must answer 2xx, or a TCP connect.
+//! Readiness probes: an HTTP GET that must answer 2xx, a TCP connect, or a
+//! file the process writes once it serves.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ pub async fn check(probe: &Probe) -> bool {
 async fn attempt(probe: &Probe) -> bool {
     match probe {
         Probe::Tcp(addr) => TcpStream::connect(addr).await.is_ok(),
+        Probe::File(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
         Probe::Http { addr, path } => {
             let Ok(mut stream) = TcpStream::connect(addr).await else { return false };
             // A bare HTTP/1.1 request: the probe needs only the status line,

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::child;
 use crate::event::{Event, Events};
-use crate::plan::ProcessSpec;
+use crate::plan::{Probe, ProcessSpec};
 use crate::probe;
 use crate::view::{ProcessView, View};
 
@@ -68,6 +68,14 @@ async fn run(spec: ProcessSpec, log: PathBuf, grace: Duration, view: View, event
     loop {
         if *stop.borrow() {
             return;
+        }
+        if let Probe::File(path) = &spec.probe {
+            // Left by the previous run of this process, it would say ready too early.
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(process = %spec.name, path = %path.display(), error = %e, "cannot remove the readiness file");
+                }
+            }
         }
         let delay = match child::spawn(&spec, &log) {
             Err(e) => {
@@ -153,7 +161,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Probe, Role};
+    use crate::plan::Role;
     use crate::view::UpView;
     use std::collections::BTreeMap;
     use tokio::sync::{mpsc, watch};

@@ -12,7 +12,8 @@ use trefoil_api::{ApiError, Client};
 use trefoil_model::{Diagnostics, Resource, Spec};
 
 use crate::api;
-use crate::event::{Event, Events, ReplicaSummary, Summary};
+use crate::datapath::{self, DatapathOptions, Decision};
+use crate::event::{DatapathSummary, Event, Events, ReplicaSummary, Summary};
 use crate::plan::{self, Plan, PlanContext, PlanError, ProcessSpec, Role};
 use crate::ports::PortAllocator;
 use crate::reconcile::{self, Writer};
@@ -47,6 +48,8 @@ pub struct UpOptions {
     pub admin_base: u16,
     /// The `trefoil` binary to run as `control` and `proxy`.
     pub exe: PathBuf,
+    /// Whether and where the node's datapath agent runs.
+    pub datapath: DatapathOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,8 @@ pub enum UpError {
     Busy { path: PathBuf, pid: String },
     #[error("the control plane refused resources:\n{0}")]
     Refused(String),
+    #[error("{0}")]
+    Datapath(String),
 }
 
 impl UpError {
@@ -76,7 +81,9 @@ impl UpError {
 fn grace(role: Role) -> Duration {
     match role {
         Role::Gateway | Role::Sidecar => Duration::from_secs(12),
-        Role::Control | Role::App => Duration::from_secs(5),
+        // The agent detaches its programs on SIGTERM in milliseconds; a
+        // SIGKILL would leave them for the next agent to reconcile.
+        Role::Control | Role::App | Role::Datapath => Duration::from_secs(5),
     }
 }
 
@@ -85,6 +92,15 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
     let sources = trefoil_model::load_path(&options.files).map_err(UpError::Invalid)?;
     trefoil_model::validate(&sources).map_err(UpError::Invalid)?;
     let resources: Vec<Resource> = sources.into_iter().map(|s| s.resource).collect();
+    let rules = resources.iter().filter(|r| matches!(r.spec, Spec::DatapathRule(_))).count();
+    let agent = match datapath::decide(&options.datapath, rules, datapath::default_route_interfaces).map_err(UpError::Datapath)? {
+        Decision::Run(agent) => Some(agent),
+        Decision::Quiet => None,
+        Decision::Skip(why) => {
+            events.send(Event::DatapathSkipped { why });
+            None
+        }
+    };
 
     let state = prepare_state(&options.state)?;
     let _lock = lock_state(&state)?;
@@ -92,8 +108,15 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
     let env = |name: &str| std::env::var(name).ok();
     let plan = {
         let mut ports = PortAllocator::new(options.admin_base);
-        let ctx =
-            PlanContext { exe: &options.exe, state: &state, workdir: &workdir, api: options.listen, grpc: options.grpc_listen, env: &env };
+        let ctx = PlanContext {
+            exe: &options.exe,
+            state: &state,
+            workdir: &workdir,
+            api: options.listen,
+            grpc: options.grpc_listen,
+            env: &env,
+            datapath: agent.as_ref(),
+        };
         plan::build(&resources, &ctx, &mut ports)?
         // The allocator's sockets close here, so the children can bind the ports.
     };
@@ -161,8 +184,10 @@ impl Running {
         self.processes.push((spec.role, s));
     }
 
-    /// Apps first (they may still call through their sidecars), then
-    /// proxies, then the control plane; each group stops in parallel.
+    /// Apps and the datapath agent first (apps may still call through their
+    /// sidecars; without the agent, redirected traffic goes direct again
+    /// before the transparent listeners close), then proxies, then the
+    /// control plane; each group stops in parallel.
     async fn stop(&mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
@@ -176,7 +201,7 @@ impl Running {
             task.abort();
         }
         let mut all = std::mem::take(&mut self.processes);
-        for group in [&[Role::App][..], &[Role::Sidecar, Role::Gateway], &[Role::Control]] {
+        for group in [&[Role::App, Role::Datapath][..], &[Role::Sidecar, Role::Gateway], &[Role::Control]] {
             let (now, later): (Vec<_>, Vec<_>) = all.into_iter().partition(|(role, _)| group.contains(role));
             all = later;
             let stops: Vec<_> = now.into_iter().map(|(_, s)| tokio::spawn(s.stop())).collect();
@@ -228,6 +253,11 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         running.supervise(&replica.sidecar);
         running.supervise(&replica.app);
     }
+    // After the proxies, so a transparent listener is there when the first
+    // redirect is programmed.
+    if let Some(agent) = &plan.datapath {
+        running.supervise(agent);
+    }
 
     // Every process this started, proxies included: "trefoil is up" comes
     // after each one's "ready" line, never before it.
@@ -236,6 +266,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         .iter()
         .map(|g| g.name.clone())
         .chain(plan.replicas.iter().flat_map(|r| [r.sidecar.name.clone(), r.app.name.clone()]))
+        .chain(plan.datapath.iter().map(|d| d.name.clone()))
         .collect();
     let all_ready = |v: &UpView| started.iter().all(|name| v.processes.get(name).is_some_and(|p| p.ready));
     let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(all_ready)).await;
@@ -363,6 +394,10 @@ fn summary(plan: &Plan, state: &Path, view: &UpView) -> Summary {
         grpc: plan.grpc.to_string(),
         logs: crate::logs::dir(state).display().to_string(),
         state: view::path(state).display().to_string(),
+        datapath: plan.datapath.as_ref().map(|d| DatapathSummary {
+            ready: view.processes.get(&d.name).is_some_and(|p| p.ready),
+            log: crate::logs::path(state, &d.name).display().to_string(),
+        }),
         replicas: plan
             .replicas
             .iter()

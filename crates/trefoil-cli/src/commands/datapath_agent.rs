@@ -34,7 +34,7 @@ pub(crate) const AGENT_HELP: &str = "The agent programs this node's kernel with 
 with the control plane: a change is applied within a moment of its write; while
 the control plane is unreachable the last table stays. Ctrl-C or SIGTERM removes
 every program it attached; after kill -9 a restarted agent adopts and reconciles
-what is there.
+what is there. `trefoil up` runs one on its node when the project has rules.
 
 Where a rule's `to` leads is read from what it selects (a Workload,
 NetworkFunction or CNF), by two labels on it:

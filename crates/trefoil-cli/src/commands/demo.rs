@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+use trefoil_runtime::datapath::{DatapathMode, DatapathOptions};
 use trefoil_runtime::{Event, Events, UpError, UpOptions};
 
 use crate::commands::up::show;
@@ -99,6 +100,8 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         grpc_listen: args.grpc_listen,
         admin_base: args.admin_base,
         exe: std::env::current_exe()?,
+        // The demo's mesh has no DatapathRules; never touch the kernel.
+        datapath: DatapathOptions { mode: DatapathMode::Off, ..DatapathOptions::default() },
     };
 
     let (events_tx, mut events) = mpsc::unbounded_channel();

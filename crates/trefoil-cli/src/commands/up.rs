@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tokio::sync::mpsc;
+use trefoil_runtime::datapath::{DatapathMode, DatapathOptions};
 use trefoil_runtime::plan::Role;
 use trefoil_runtime::{Event, Events, Summary, UpError, UpOptions};
 
@@ -31,6 +32,16 @@ TREFOIL_REPLICA, TREFOIL_OUTBOUND (its sidecar's Host-routed outbound
 address) and TREFOIL_UPSTREAM_<SERVICE> for every other service; `${VAR}`
 expands in a workload's `args` and `env`.
 
+The datapath: when the files hold a DatapathRule (or with --datapath on), up
+also runs this node's datapath agent (`trefoil datapath agent`, process name
+`datapath`, log logs/datapath.log) on the interfaces of the default routes, or
+those named with --datapath-interface, once the proxies are started; `trefoil
+is up` waits for its first table to be in the kernel. Stopping up stops the
+agent first, which detaches every program and removes its pins. Without
+CAP_NET_ADMIN (not root) --datapath auto says which capability is missing and
+runs everything else; --datapath on refuses to start. Without CAP_BPF the
+agent falls back to nftables (redirect and drop only) and says so.
+
 State lives in --state: data/ (the store), logs/<process>.log (see
 `trefoil logs NAME`) and up.json (every process: role, pid, addresses,
 restarts, ready).";
@@ -52,9 +63,26 @@ pub(crate) struct Args {
     /// First proxy admin port: gateways get base, base+1, ..., then sidecars; 0 lets the OS choose.
     #[arg(long, default_value_t = 15000)]
     admin_base: u16,
+    /// Run this node's datapath agent: auto (when the files hold a DatapathRule), on (always; refuse to start without it), off.
+    #[arg(long, value_enum, default_value_t = Datapath::Auto)]
+    datapath: Datapath,
+    /// An interface the datapath agent programs (repeat for several) [default: those of the default routes].
+    #[arg(long = "datapath-interface", value_name = "IF")]
+    datapath_interfaces: Vec<String>,
+    /// This node's name: DatapathRules naming another node are not programmed here [default: the host name].
+    #[arg(long)]
+    node: Option<String>,
     /// Format of the summary printed once everything started.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     output: Format,
+}
+
+/// `--datapath`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Datapath {
+    Auto,
+    On,
+    Off,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -66,6 +94,24 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return exit::failure();
         }
     };
+    let node = match args.node.clone().map_or_else(host_name, Ok) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: --node not given and the host name is unreadable: {e}");
+            return exit::bad_input();
+        }
+    };
+    let datapath = DatapathOptions {
+        mode: match args.datapath {
+            Datapath::Auto => DatapathMode::Auto,
+            Datapath::On => DatapathMode::On,
+            Datapath::Off => DatapathMode::Off,
+        },
+        node,
+        interfaces: args.datapath_interfaces.clone(),
+        // Only CAP_NET_ADMIN stops the agent: without CAP_BPF it falls back to nftables.
+        missing_capability: trefoil_datapath::missing_capability().filter(|c| *c == "CAP_NET_ADMIN").map(str::to_string),
+    };
     let options = UpOptions {
         files: args.path,
         state: args.state,
@@ -73,6 +119,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         grpc_listen: args.grpc_listen,
         admin_base: args.admin_base,
         exe,
+        datapath,
     };
     let format = args.output;
     let result = runtime.block_on(async move {
@@ -123,9 +170,14 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
+fn host_name() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_string())
+}
+
 /// Progress on stderr, one line per step; the summary on stdout.
 pub(crate) fn show(event: Event, format: Format) {
     match event {
+        Event::DatapathSkipped { why } => eprintln!("warning: datapath off: {why}"),
         Event::ResourcesApplied { count } => eprintln!("stored {count} resources in the control plane"),
         Event::Started { role: Role::Control, pid, restarts: 0, .. } => eprintln!("started the control plane (pid {pid})"),
         Event::Started { name, role, pid, restarts: 0 } => eprintln!("started {} {name} (pid {pid})", role_name(role)),
@@ -139,7 +191,7 @@ pub(crate) fn show(event: Event, format: Format) {
         Event::Rejected { resource, error } => eprintln!("control plane refused {resource}: {error}"),
         Event::Pruned { resource } => eprintln!("deleted {resource}: left from an earlier run, no longer in the files"),
         Event::Up(summary) => print_summary(&summary, format),
-        Event::Stopping => eprintln!("stopping: apps, then proxies, then the control plane"),
+        Event::Stopping => eprintln!("stopping: apps and the datapath agent, then proxies, then the control plane"),
         Event::Stopped { name } => eprintln!("stopped {name}"),
     }
 }
@@ -150,6 +202,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Gateway => "gateway",
         Role::Sidecar => "sidecar",
         Role::App => "app",
+        Role::Datapath => "datapath agent",
     }
 }
 
@@ -166,6 +219,9 @@ fn print_summary(s: &Summary, format: Format) {
     println!("  config stream  {}", s.grpc);
     println!("  logs           {}  (trefoil logs NAME)", s.logs);
     println!("  processes      {}", s.state);
+    if let Some(d) = &s.datapath {
+        println!("  datapath       {}  ({})", if d.ready { "programmed" } else { "NOT READY" }, d.log);
+    }
     if !s.replicas.is_empty() {
         println!("  {:<22} {:<16} {:<8} {:<22} READY", "REPLICA", "SERVICE", "VERSION", "ADDRESS");
         for r in &s.replicas {

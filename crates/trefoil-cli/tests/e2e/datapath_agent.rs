@@ -7,8 +7,9 @@
 //! its transparent listener through the labels of what it selects;
 //! redirected there, raw TCP passes byte-exact, and HTTP runs the
 //! edge-security policy before reaching its original destination, with no
-//! request lost while the rule comes and goes. The kernel programs
-//! themselves are tested in `trefoil-datapath`.
+//! request lost while the rule comes and goes. `trefoil up` runs the agent
+//! on its node and takes down everything it attached when it ends. The
+//! kernel programs themselves are tested in `trefoil-datapath`.
 //!
 //! Needs root (namespaces, eBPF or nftables); skipped otherwise, saying so.
 
@@ -542,4 +543,99 @@ fn log(dir: &std::path::Path, file: &str) -> String {
 
 fn log_has(dir: &std::path::Path, file: &str, text: &str) -> bool {
     log(dir, file).contains(text)
+}
+
+#[test]
+fn up_runs_the_datapath_agent_and_leaves_nothing_attached_when_it_ends() {
+    if !is_root() || trefoil_testkit::find_command("python3").is_none() || trefoil_testkit::find_command("nsenter").is_none() {
+        eprintln!("skipping: needs root (network namespaces, eBPF or nftables), python3 and nsenter; CI runs it as root");
+        return;
+    }
+    let dir = scratch_dir();
+    let pair = Pair::new(235);
+    let _echo = pair.echo_server(&dir);
+
+    // The files a user writes for the node: a gateway with a transparent
+    // listener, the function it fronts, and a rule sending the server's
+    // port 9000 through it.
+    let listen: std::net::SocketAddr = format!("{}:15001", pair.server_ip).parse().unwrap();
+    let access = dir.join("access.log");
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let gateway = format!(
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: edge}}\nspec: {{accessLog: \"{}\"}}\n---\n",
+        access.display()
+    );
+    let rule = format!(
+        "---\napiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {{name: via-proxy}}\n\
+         spec: {{match: {{destination: [{}], ports: [9000]}}, action: redirect, to: {{app: tproxy}}}}\n",
+        pair.server_ip
+    );
+    std::fs::write(files.join("node.yaml"), gateway + &fronted_function(listen) + &rule).unwrap();
+
+    // `up` in the server's network namespace (the node), in this mount
+    // namespace: its pins land in the host's BPF filesystem, where this
+    // test looks for leftovers.
+    let node = format!("up{}", std::process::id());
+    let (stdout, stderr) = (dir.join("up.stdout"), dir.join("up.stderr"));
+    let mut up = Process::spawn(
+        "trefoil up",
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", pair.server))
+            .arg(trefoil_testkit::trefoil_path())
+            .args(["up", "-f"])
+            .arg(&files)
+            .arg("--state")
+            .arg(dir.join("state"))
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0"])
+            .args(["--node", &node, "--datapath-interface", &pair.server_if])
+            .stdin(std::process::Stdio::null())
+            .stdout(trefoil_testkit::log_file(&stdout))
+            .stderr(trefoil_testkit::log_file(&stderr)),
+    );
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    up.wait_for("trefoil is up", trefoil_testkit::up::START, || read(&stdout).contains("trefoil is up"));
+    assert!(read(&stderr).contains("datapath agent datapath ready"), "the agent was ready before `trefoil is up`:\n{}", read(&stderr));
+    let agent_log = dir.join("state/logs/datapath.log");
+    assert!(read(&agent_log).contains("entries=1"), "the agent's log is with the others:\n{}", read(&agent_log));
+    let pins = std::path::Path::new(trefoil_datapath::DEFAULT_PIN_ROOT).join(&node);
+    assert!(pins.exists(), "the agent pinned its programs under {}", pins.display());
+
+    // The client talks to the server's own address; the bytes pass through
+    // the gateway's transparent listener to where they were sent.
+    let mut sent = String::new();
+    wait_until("the echo server to answer through the proxy", WAIT, || {
+        sent = pair.send_10mb();
+        sent == "exact"
+    });
+    wait_until("the proxy's access-log line", WAIT, || read(&access).contains(&format!("{}:9000", pair.server_ip)));
+    assert!(read(&access).contains(&pair.client_ip), "the proxy saw the client: {}", read(&access));
+
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(trefoil_testkit::up::START), Some(0), "{}", read(&stderr));
+    assert!(read(&agent_log).contains("datapath removed"), "{}", read(&agent_log));
+
+    // Nothing left behind: no classifier on the interface (tc, bpftool and
+    // the kernel's own list of TCX programs), no pins, no policy route.
+    let in_server = |args: &[&str]| {
+        let out = run_with_timeout(&mut pair.in_server(args), WAIT);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(in_server(&["tc", "filter", "show", "dev", &pair.server_if, "ingress"]).trim(), "");
+    if trefoil_testkit::find_command("bpftool").is_some() {
+        let net = in_server(&["bpftool", "net", "show", "dev", &pair.server_if]);
+        assert!(!net.contains("trefoil"), "bpftool still sees a program: {net}");
+    }
+    let config = trefoil_datapath::AgentConfig {
+        netns: Some(format!("/run/netns/{}", pair.server).into()),
+        ..trefoil_datapath::AgentConfig::new(&node, [&pair.server_if])
+    };
+    assert_eq!(trefoil_datapath::attached(&config).expect("listing the attached programs"), []);
+    assert!(!pins.exists(), "nothing left pinned under {}", pins.display());
+    for family in ["-4", "-6"] {
+        let rules = in_server(&["ip", family, "rule", "show"]);
+        assert!(!rules.contains("32497"), "the policy route is gone: {rules}");
+    }
+    assert_eq!(pair.send_10mb(), "exact", "the client's connections go straight to the server again");
 }
