@@ -41,6 +41,9 @@ agent first, which detaches every program and removes its pins. Without
 CAP_NET_ADMIN (not root) --datapath auto says which capability is missing and
 runs everything else; --datapath on refuses to start. Without CAP_BPF the
 agent falls back to nftables (redirect and drop only) and says so.
+A redirect goes to the transparent Listener that the `trefoil.dev/listener`
+label of the selected Workload, NetworkFunction or CNF names (see `trefoil
+datapath agent --help`).
 
 State lives in --state: data/ (the store), logs/<process>.log (see
 `trefoil logs NAME`) and up.json (every process: role, pid, addresses,
