@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::plan::ProcessSpec;
+use crate::plan::{ProcessSpec, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
@@ -31,6 +31,10 @@ pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
+    // The datapath agent is told to stop rather than killed: on SIGTERM it
+    // detaches its programs, so a SIGKILLed `up` leaves no datapath behind.
+    #[cfg(target_os = "linux")]
+    let death_signal = if spec.role == Role::Datapath { libc::SIGTERM } else { libc::SIGKILL };
     // Read before the fork: in the child, getpid() is the child's own.
     #[cfg(target_os = "linux")]
     let supervisor = std::process::id() as libc::pid_t;
@@ -47,7 +51,7 @@ pub fn spawn(spec: &ProcessSpec, log: &Path) -> Result<Child, ChildError> {
             // Dies with the supervisor, even if the supervisor is SIGKILLed.
             #[cfg(target_os = "linux")]
             {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The supervisor may have died before prctl took effect.

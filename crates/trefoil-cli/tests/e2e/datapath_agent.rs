@@ -8,8 +8,9 @@
 //! redirected there, raw TCP passes byte-exact, and HTTP runs the
 //! edge-security policy before reaching its original destination, with no
 //! request lost while the rule comes and goes. `trefoil up` runs the agent
-//! on its node and takes down everything it attached when it ends. The
-//! kernel programs themselves are tested in `trefoil-datapath`.
+//! on its node and takes down everything it attached when it ends, also
+//! when it is killed. The kernel programs themselves are tested in
+//! `trefoil-datapath`.
 //!
 //! Needs root (namespaces, eBPF or nftables); skipped otherwise, saying so.
 
@@ -577,22 +578,26 @@ fn up_runs_the_datapath_agent_and_leaves_nothing_attached_when_it_ends() {
     // namespace: its pins land in the host's BPF filesystem, where this
     // test looks for leftovers.
     let node = format!("up{}", std::process::id());
-    let (stdout, stderr) = (dir.join("up.stdout"), dir.join("up.stderr"));
-    let mut up = Process::spawn(
-        "trefoil up",
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", pair.server))
-            .arg(trefoil_testkit::trefoil_path())
-            .args(["up", "-f"])
-            .arg(&files)
-            .arg("--state")
-            .arg(dir.join("state"))
-            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0"])
-            .args(["--node", &node, "--datapath-interface", &pair.server_if])
-            .stdin(std::process::Stdio::null())
-            .stdout(trefoil_testkit::log_file(&stdout))
-            .stderr(trefoil_testkit::log_file(&stderr)),
-    );
+    let start_up = |run: &str| {
+        let (stdout, stderr) = (dir.join(format!("{run}.stdout")), dir.join(format!("{run}.stderr")));
+        let up = Process::spawn(
+            "trefoil up",
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", pair.server))
+                .arg(trefoil_testkit::trefoil_path())
+                .args(["up", "-f"])
+                .arg(&files)
+                .arg("--state")
+                .arg(dir.join("state"))
+                .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0"])
+                .args(["--node", &node, "--datapath-interface", &pair.server_if])
+                .stdin(std::process::Stdio::null())
+                .stdout(trefoil_testkit::log_file(&stdout))
+                .stderr(trefoil_testkit::log_file(&stderr)),
+        );
+        (up, stdout, stderr)
+    };
+    let (mut up, stdout, stderr) = start_up("up-1");
     let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
     up.wait_for("trefoil is up", trefoil_testkit::up::START, || read(&stdout).contains("trefoil is up"));
     assert!(read(&stderr).contains("datapath agent datapath ready"), "the agent was ready before `trefoil is up`:\n{}", read(&stderr));
@@ -638,4 +643,16 @@ fn up_runs_the_datapath_agent_and_leaves_nothing_attached_when_it_ends() {
         assert!(!rules.contains("32497"), "the policy route is gone: {rules}");
     }
     assert_eq!(pair.send_10mb(), "exact", "the client's connections go straight to the server again");
+
+    // Killed outright, `up` cannot stop its children in order; the agent
+    // is told to stop by the kernel (its parent-death signal) and still
+    // takes everything down.
+    let (mut up, stdout, stderr) = start_up("up-2");
+    up.wait_for("trefoil is up again", trefoil_testkit::up::START, || read(&stdout).contains("trefoil is up"));
+    assert!(pins.exists() && !trefoil_datapath::attached(&config).unwrap_or_default().is_empty(), "{}", read(&stderr));
+    up.kill();
+    wait_until("the agent to remove the datapath after `up` was killed", WAIT, || {
+        !pins.exists() && trefoil_datapath::attached(&config).is_ok_and(|a| a.is_empty())
+    });
+    assert_eq!(in_server(&["tc", "filter", "show", "dev", &pair.server_if, "ingress"]).trim(), "");
 }
