@@ -656,3 +656,55 @@ fn up_runs_the_datapath_agent_and_leaves_nothing_attached_when_it_ends() {
     });
     assert_eq!(in_server(&["tc", "filter", "show", "dev", &pair.server_if, "ingress"]).trim(), "");
 }
+
+#[test]
+fn up_without_cap_net_admin_names_it_and_runs_the_rest_or_refuses_with_datapath_on() {
+    // As root the capability is dropped for `up`; as anyone else it is missing already.
+    if is_root() && trefoil_testkit::find_command("setpriv").is_none() {
+        eprintln!("skipping: as root this needs setpriv to drop CAP_NET_ADMIN");
+        return;
+    }
+    let dir = scratch_dir();
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let rule = "apiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {name: block}\n\
+                spec: {match: {source: [192.0.2.1]}, action: drop}\n";
+    std::fs::write(files.join("rules.yaml"), rule).unwrap();
+    let up = |run: &str, datapath: &str| {
+        let mut cmd = if is_root() {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--bounding-set=-net_admin", "--inh-caps=-net_admin"]).arg(trefoil_testkit::trefoil_path());
+            cmd
+        } else {
+            trefoil_command()
+        };
+        cmd.args(["up", "-f"])
+            .arg(&files)
+            .arg("--state")
+            .arg(dir.join(run))
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-base", "0", "--datapath", datapath])
+            .stdin(std::process::Stdio::null())
+            .stdout(trefoil_testkit::log_file(&dir.join(format!("{run}.stdout"))))
+            .stderr(trefoil_testkit::log_file(&dir.join(format!("{run}.stderr"))));
+        cmd
+    };
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+
+    let refused = run_with_timeout(&mut up("on", "on"), trefoil_testkit::up::START);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(why.contains("--datapath on: the datapath agent needs CAP_NET_ADMIN"), "{why}");
+    assert!(!dir.join("on/logs/control.log").exists(), "nothing started");
+
+    let mut auto = Process::spawn("trefoil up", &mut up("auto", "auto"));
+    auto.wait_for("trefoil is up", trefoil_testkit::up::START, || read("auto.stdout").contains("trefoil is up"));
+    let warned = read("auto.stderr");
+    assert!(
+        warned.contains("warning: datapath off: the datapath agent needs CAP_NET_ADMIN")
+            && warned.contains("the 1 DatapathRule(s) in the files are stored but not programmed on this node"),
+        "{warned}"
+    );
+    assert!(!read("auto.stdout").contains("datapath"), "no agent runs: {}", read("auto.stdout"));
+    auto.signal(libc::SIGTERM);
+    assert_eq!(auto.wait_exit(trefoil_testkit::up::START), Some(0), "{}", read("auto.stderr"));
+}
