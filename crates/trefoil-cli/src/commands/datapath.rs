@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use trefoil_api::{ApiError, Client};
 use trefoil_model::datapath::{self, compact, Cidr, Decision, Flow, Rule};
-use trefoil_model::spec::Origin;
+use trefoil_model::spec::{DatapathAction, DatapathRuleSpec, Origin};
 use trefoil_model::{Duration, Metadata, Resource, Spec, API_VERSION};
 
 use super::client::{report, run_async, Server};
@@ -243,6 +243,21 @@ struct Row {
     expires_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<Origin>,
+    /// Why no target of `to` resolves, when none does: node agents drop a
+    /// redirect's traffic and send no copies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unresolved: Option<String>,
+}
+
+/// Why none of a rule's targets resolves (`targets::resolve`), if none does.
+fn unresolved(spec: &DatapathRuleSpec, all: &[Resource]) -> Option<String> {
+    let targets = datapath::targets::resolve(spec, all);
+    let none = match spec.action {
+        DatapathAction::Drop => false,
+        DatapathAction::Redirect => targets.listeners.is_empty(),
+        DatapathAction::Copy => targets.interfaces.is_empty(),
+    };
+    none.then(|| targets.problems.join("; "))
 }
 
 async fn fetch_rules(client: &Client) -> Result<Vec<Resource>, ApiError> {
@@ -251,9 +266,17 @@ async fn fetch_rules(client: &Client) -> Result<Vec<Resource>, ApiError> {
     Ok(all)
 }
 
+/// The rules and what their targets are resolved from (`targets::resolve`).
+async fn fetch_rules_and_targets(client: &Client) -> Result<Vec<Resource>, ApiError> {
+    let mut all = fetch_rules(client).await?;
+    all.extend(selectable(client).await?);
+    all.extend(client.list("Listener").await?.items);
+    Ok(all)
+}
+
 fn list(a: ListArgs) -> ExitCode {
     run_async(async move {
-        let all = match fetch_rules(&a.server.client()).await {
+        let all = match fetch_rules_and_targets(&a.server.client()).await {
             Ok(all) => all,
             Err(e) => return report(&a.server.server, &e),
         };
@@ -269,6 +292,7 @@ fn list(a: ListArgs) -> ExitCode {
                 ttl: r.spec.ttl,
                 expires_at_ms: datapath::relations::relations(&all, r.name, r.spec).expires_at_ms,
                 origin: r.spec.origin.clone(),
+                unresolved: unresolved(r.spec, &all),
             })
             .collect();
         if a.output != Format::Table {
@@ -276,7 +300,7 @@ fn list(a: ListArgs) -> ExitCode {
             return exit::ok();
         }
         println!("{:<24} {:>8}  {:<48} {:<18} {:<10} EXPIRES", "NAME", "PRIORITY", "RULE", "FROM", "NODE");
-        for r in rows {
+        for r in &rows {
             let from = if r.from.is_empty() { "*".to_string() } else { r.from.iter().map(Cidr::to_string).collect::<Vec<_>>().join(",") };
             let expires = match (r.expires_at_ms, r.ttl) {
                 (Some(at), _) => crate::output::time_until(at),
@@ -284,6 +308,13 @@ fn list(a: ListArgs) -> ExitCode {
                 (None, None) => "-".to_string(),
             };
             println!("{:<24} {:>8}  {:<48} {from:<18} {:<10} {expires}", r.name, r.priority, r.rule, r.node.as_deref().unwrap_or("*"));
+        }
+        let unresolved: Vec<(&str, &str)> = rows.iter().filter_map(|r| Some((r.name.as_str(), r.unresolved.as_deref()?))).collect();
+        if !unresolved.is_empty() {
+            println!("not resolved (a redirect's traffic is dropped, a copy sends nothing; see `trefoil describe datapathrule NAME`):");
+            for (name, why) in unresolved {
+                println!("  {name}: {why}");
+            }
         }
         exit::ok()
     })

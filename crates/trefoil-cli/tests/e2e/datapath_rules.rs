@@ -97,6 +97,14 @@ fn add_list_explain_describe_delete_through_the_control_plane() {
         table.lines().nth(2).is_some_and(|l| l.starts_with("to-proxy") && l.contains("10.0.2.0/24 80 : redirect => app=http-proxy")),
         "{table}"
     );
+    // Where a rule's targets lead is said too, and why not when they lead nowhere.
+    assert!(
+        table.contains("\n  to-proxy: `to` (app=http-proxy) selects no Workload, NetworkFunction or CNF\n")
+            && table.contains(&format!("\n  {broad_name}: `to` (app=ids) selects")),
+        "{table}"
+    );
+    assert_eq!(rows[1]["unresolved"], "`to` (app=http-proxy) selects no Workload, NetworkFunction or CNF");
+    assert_eq!(rows[0].get("unresolved"), None, "a drop has no target");
 
     let explain = trefoil(&control, &["datapath", "explain", "10.0.2.5:80/tcp", "--from", "10.0.1.2"]);
     assert!(explain.status.success(), "{}", text(&explain.stderr));
@@ -127,6 +135,7 @@ fn add_list_explain_describe_delete_through_the_control_plane() {
     let described = trefoil(&control, &["describe", "datapathrule", "to-proxy"]);
     let said = text(&described.stdout);
     assert!(said.contains("Rule: 10.0.2.0/24 80 : redirect => app=http-proxy\nSends to:\n  Workload/http-proxy\n"), "{said}");
+    assert!(said.contains("  Workload/http-proxy has no trefoil.dev/listener label naming its transparent Listener\n"), "{said}");
     assert!(
         said.contains("loses to block-client (drop): destination 10.0.2.0/24 is less specific than block-client's 10.0.2.5/32"),
         "{said}"
