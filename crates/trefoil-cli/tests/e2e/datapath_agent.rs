@@ -75,9 +75,22 @@ impl Pair {
         cmd
     }
 
-    /// The raw TCP echo server on the server's port 9000.
+    /// The raw TCP echo server on the server's port 9000, once the client reaches it.
     fn echo_server(&self, dir: &std::path::Path) -> Process {
-        Process::spawn_logged("echo server", &mut self.in_server(&["python3", "-c", ECHO, &self.server_ip]), &dir.join("echo.log"))
+        let mut echo =
+            Process::spawn_logged("echo server", &mut self.in_server(&["python3", "-c", ECHO, &self.server_ip]), &dir.join("echo.log"));
+        echo.wait_for("the echo server to accept the client", WAIT, || self.connects(9000));
+        echo
+    }
+
+    /// Whether the client's TCP connection to the server's `port` is accepted within 2 s.
+    fn connects(&self, port: u16) -> bool {
+        let connect = "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()";
+        let out = run_with_timeout(
+            Command::new("ip").args(["netns", "exec", &self.client, "python3", "-c", connect, &self.server_ip, &port.to_string()]),
+            Duration::from_secs(10),
+        );
+        out.status.success()
     }
 
     /// 10 MB from the client to the server's port 9000 and back: `exact`, or what went wrong.
@@ -216,11 +229,16 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
 
     let control = Control::start(&dir.join("data"));
     let trefoil = |args: &[&str]| trefoil_ok(&control, args);
+    trefoil(&["datapath", "add", &format!("{} 9000 : redirect => app=tproxy", pair.server_ip), "--name", "via-proxy"]);
+    let mut agent = redirecting_agent(&dir, &pair, &control);
+    // Nothing has the rule's labels yet: the redirect fails closed.
+    assert!(log_has(&dir, "agent.log", "rule via-proxy: redirect not resolved, its IPv4 traffic is dropped (fails closed)"));
+    assert!(!pair.connects(9000), "an unresolved redirect drops the connection");
+
     // The agent finds the listener from the resources: the function the
     // rule selects names its transparent Listener by label.
     apply(&control, &dir.join("fronted.yaml"), &fronted_function(listen));
-    trefoil(&["datapath", "add", &format!("{} 9000 : redirect => app=tproxy", pair.server_ip), "--name", "via-proxy"]);
-    let mut agent = redirecting_agent(&dir, &pair, &control);
+    agent.wait_for("the agent to apply the resolved rule", WAIT, || log(&dir, "agent.log").matches("entries=1").count() == 2);
 
     // The client talks to the server's own address; the bytes go through
     // the proxy, which forwards them to where they were sent.
