@@ -424,6 +424,10 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
     }
 
     fn plan(yaml: &str, admin_base: u16) -> Result<Plan, PlanError> {
+        plan_with(yaml, admin_base, None)
+    }
+
+    fn plan_with(yaml: &str, admin_base: u16, datapath: Option<&AgentPlan>) -> Result<Plan, PlanError> {
         let ctx = PlanContext {
             exe: Path::new("/bin/trefoil"),
             state: Path::new("/state"),
@@ -431,7 +435,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
             api: "127.0.0.1:0".parse().unwrap(),
             grpc: "127.0.0.1:7071".parse().unwrap(),
             env: &env,
-            datapath: None,
+            datapath,
         };
         build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))
     }
@@ -518,6 +522,33 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "web-0"));
         let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: control}\nspec: {}\n";
         assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "control"));
+    }
+
+    #[test]
+    fn the_datapath_agent_runs_last_and_is_ready_by_its_file() {
+        let agent = AgentPlan { node: "edge-1".into(), interfaces: vec!["eth0".into(), "eth1".into()] };
+        let p = plan_with(MESH, 0, Some(&agent)).unwrap();
+        let last = p.processes().last().unwrap();
+        assert_eq!((last.name.as_str(), last.role), (DATAPATH_PROCESS, Role::Datapath));
+        assert_eq!(
+            last.args,
+            [
+                "datapath",
+                "agent",
+                "--node",
+                "edge-1",
+                "--interface",
+                "eth0",
+                "--interface",
+                "eth1",
+                "--ready-file",
+                "/state/datapath.ready",
+                "--server",
+                &format!("http://{}", p.api)
+            ]
+        );
+        assert_eq!(last.probe, Probe::File("/state/datapath.ready".into()));
+        assert!(plan(MESH, 0).unwrap().datapath.is_none());
     }
 
     #[test]
