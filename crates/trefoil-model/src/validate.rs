@@ -160,6 +160,9 @@ fn check(resources: &[SourcedResource], stored: &[&Resource], references: Refere
             Spec::RolloutStatus(_) | Spec::Event(_) | Spec::DatapathRuleStatus(_) => {}
             Spec::DatapathRule(d) => v.datapath_rule(r, d, resources),
         }
+        if matches!(r.resource.spec, Spec::Workload(_) | Spec::NetworkFunction(_) | Spec::Cnf(_)) {
+            v.target_labels(r, resources);
+        }
     }
     if v.problems.is_empty() {
         Ok(())
@@ -374,6 +377,36 @@ impl Validator {
         let selectable = |s: &SourcedResource| matches!(s.resource.spec, Spec::Workload(_) | Spec::NetworkFunction(_) | Spec::Cnf(_));
         if self.check_references && !d.to.is_empty() && !all.iter().any(|s| selectable(s) && d.to.matches(&s.resource.metadata.labels)) {
             self.report(r, "spec.to", format!("no Workload, NetworkFunction or CNF has the labels {}", d.to));
+        }
+    }
+
+    /// The labels that tell node agents where a function is reached
+    /// (`datapath::targets`): a transparent Listener that exists, an
+    /// interface name the kernel can have.
+    fn target_labels(&mut self, r: &SourcedResource, all: &[SourcedResource]) {
+        use crate::datapath::targets::{INTERFACE_LABEL, LISTENER_LABEL};
+        let labels = &r.resource.metadata.labels;
+        if let Some(name) = labels.get(LISTENER_LABEL).filter(|_| self.check_references) {
+            let field = format!("metadata.labels.{LISTENER_LABEL}");
+            let listener = all.iter().find_map(|s| match &s.resource.spec {
+                Spec::Listener(l) if s.resource.name() == name => Some(l),
+                _ => None,
+            });
+            match listener {
+                None => self.report(r, &field, format!("no Listener named {name:?}: datapath rules redirect to a transparent Listener")),
+                Some(l) if !l.transparent => self.report(
+                    r,
+                    &field,
+                    format!("Listener {name:?} is not `transparent: true`: datapath rules redirect only to one that is"),
+                ),
+                Some(_) => {}
+            }
+        }
+        // IFNAMSIZ is 16 with the NUL; '/' and whitespace are refused by the kernel.
+        if let Some(interface) = labels.get(INTERFACE_LABEL) {
+            if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\t', ':']) {
+                self.report(r, &format!("metadata.labels.{INTERFACE_LABEL}"), format!("{interface:?} is not an interface name"));
+            }
         }
     }
 
@@ -838,6 +871,31 @@ mod tests {
         assert_eq!(err.0[0].line, 14);
         assert_eq!(err.0[1].field, "spec.rules[0].backends[1].service");
         assert_eq!(err.0[1].line, 15);
+    }
+
+    #[test]
+    fn target_labels_name_a_transparent_listener_and_an_interface() {
+        let workload = |labels: &str| {
+            format!("apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: fn\n  labels: {{{labels}}}\nspec: {{service: fn, command: x}}\n---\n")
+        };
+        let plain = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: plain}\nspec: {address: 127.0.0.1:8080}\n";
+        let err = check(&(workload("trefoil.dev/listener: gone, trefoil.dev/interface: not/an/interface") + plain)).unwrap_err();
+        let said: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.line, d.message.as_str())).collect();
+        assert_eq!(
+            said,
+            [
+                (
+                    "metadata.labels.trefoil.dev/listener",
+                    11,
+                    "no Listener named \"gone\": datapath rules redirect to a transparent Listener"
+                ),
+                ("metadata.labels.trefoil.dev/interface", 11, "\"not/an/interface\" is not an interface name"),
+            ]
+        );
+        let err = check(&(workload("trefoil.dev/listener: plain") + plain)).unwrap_err();
+        assert_eq!(err.0[0].message, "Listener \"plain\" is not `transparent: true`: datapath rules redirect only to one that is");
+        let transparent = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec: {address: 127.0.0.1:15001, protocol: tcp, transparent: true}\n";
+        check(&(workload("trefoil.dev/listener: t, trefoil.dev/interface: veth-ids") + transparent)).unwrap();
     }
 
     /// Every problem, those found reading included.

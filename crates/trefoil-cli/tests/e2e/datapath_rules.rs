@@ -191,6 +191,8 @@ fn apply_sends_rules_and_the_api_refuses_bad_ones_where_written() {
             .unwrap();
     assert_eq!(decision["winner"]["rule"], "web-through-proxy");
     assert_eq!(decision["shadowed"][0]["rule"], "tap-everything");
+    let listed = text(&trefoil(&control, &["datapath", "list"]).stdout);
+    assert!(!listed.contains("not resolved"), "the example's targets lead somewhere: {listed}");
     // The API checks what it is sent as `validate` does, pointing into the body.
     let bad = "apiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {name: bad}\nspec:\n  match: {destination: [10.0.2.0/24]}\n  action: copy\n";
     let (status, reply) = control.call("PUT", "/api/v1/datapathrules/bad", bad);
