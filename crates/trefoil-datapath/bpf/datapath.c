@@ -360,8 +360,14 @@ int trefoil_ingress(struct __sk_buff *skb)
 	case ACTION_REDIRECT:
 		// A SYN was always classified above, so `r` is its rule.
 		if (new_connection) {
-			if (!r || r->action != ACTION_REDIRECT || assign_listener(skb, &key, r) < 0)
+			if (!r || r->action != ACTION_REDIRECT)
 				return TC_ACT_OK;
+			// No transparent listener accepting (its proxy restarting):
+			// the connection is refused rather than let around the chain
+			// the rule sends it through; the client's SYN retry finds
+			// the listener once it is back.
+			if (assign_listener(skb, &key, r) < 0)
+				return TC_ACT_SHOT;
 			f->flags |= FLOW_LOCAL;
 			skb->mark = REDIRECT_MARK;
 			return TC_ACT_OK;

@@ -56,6 +56,23 @@ fn redirect_steers_connections_to_the_transparent_listener() {
 }
 
 #[test]
+fn a_redirect_without_a_listening_proxy_fails_closed() {
+    let Some((topology, mut agent)) = start("a_redirect_without_a_listening_proxy_fails_closed") else { return };
+    let listener: SocketAddr = format!("{EDGE_CLIENT_SIDE_IP}:15001").parse().unwrap();
+    agent.apply(&[entry("to-proxy", "0.0.0.0/0", Action::Redirect { listener })]).unwrap();
+    let refused = echo_roundtrip(&topology, "client", server_http(), b"around the chain".to_vec());
+    assert!(refused.is_err(), "no connection goes around the proxy while it is not listening: {refused:?}");
+    let counted = agent.counters().unwrap().into_iter().find(|c| c.rule == "to-proxy").expect("a counter for the rule");
+    assert!(counted.packets >= 1, "{counted:?}");
+
+    let seen = transparent_proxy(&topology, listener);
+    let echoed = echo_roundtrip(&topology, "client", server_http(), b"through".to_vec()).expect("through the proxy once it listens");
+    assert_eq!(echoed, b"through");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(5)).expect("the proxy accepted the connection"), server_http());
+    agent.remove_all().unwrap();
+}
+
+#[test]
 fn rule_changes_touch_only_new_connections() {
     let Some((topology, mut agent)) = start("rule_changes_touch_only_new_connections") else { return };
     let listener: SocketAddr = format!("{EDGE_CLIENT_SIDE_IP}:15002").parse().unwrap();
