@@ -40,9 +40,10 @@ Where a rule's `to` leads is read from what it selects (a Workload,
 NetworkFunction or CNF), by two labels on it:
   trefoil.dev/listener: NAME    redirect: the Listener NAME (`transparent: true`) of the proxy fronting it
   trefoil.dev/interface: IF     copy: the interface, in this node's namespace, that receives the copies
-A redirect that resolves to no listener drops its traffic (it fails closed); a
-copy that resolves to no interface sends no copies. Both say why in this log and
-in `trefoil describe datapathrule NAME`.
+A redirect that resolves to no listener drops its traffic (it fails closed), as
+does one whose listener is not accepting (its proxy restarting); a copy that
+resolves to no interface sends no copies. Both say why in this log, in `trefoil
+describe datapathrule NAME` and below `trefoil datapath list`.
 
 Needs CAP_BPF and CAP_NET_ADMIN (eBPF), or falls back to nftables for redirect
 and drop; a missing capability is named.
