@@ -29,6 +29,17 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A scratch directory and the pair `net`, if a namespace test can run
+/// here: as root, with `tools` installed. If not it says so, and the test
+/// passes without running.
+fn namespaces(net: u8, tools: &[&str]) -> Option<(std::path::PathBuf, Pair)> {
+    if !is_root() || tools.iter().any(|t| trefoil_testkit::find_command(t).is_none()) {
+        eprintln!("skipping: needs root (network namespaces, eBPF or nftables) and {}; CI runs it as root", tools.join(", "));
+        return None;
+    }
+    Some((scratch_dir(), Pair::new(net)))
+}
+
 /// Runs `ip ARGS`, which must succeed.
 fn ip(args: &[&str]) {
     let out = run_with_timeout(Command::new("ip").args(args), Duration::from_secs(10));
@@ -124,12 +135,7 @@ impl Drop for Pair {
 
 #[test]
 fn the_agent_follows_rules_added_and_deleted_through_the_control_plane() {
-    if !is_root() || trefoil_testkit::find_command("python3").is_none() {
-        eprintln!("skipping: needs root (network namespaces, eBPF or nftables) and python3; CI runs it as root");
-        return;
-    }
-    let dir = scratch_dir();
-    let pair = Pair::new(231);
+    let Some((dir, pair)) = namespaces(231, &["python3"]) else { return };
     let mut server = Process::spawn_logged(
         "HTTP server in the server namespace",
         Command::new("ip").args(["netns", "exec", &pair.server, "python3", "-m", "http.server", "8080", "--bind", &pair.server_ip]),
@@ -208,12 +214,7 @@ print('exact' if bytes(got) == data else f'differs: {len(got)} bytes back')
 
 #[test]
 fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() {
-    if !is_root() || trefoil_testkit::find_command("python3").is_none() {
-        eprintln!("skipping: needs root (network namespaces, eBPF or nftables) and python3; CI runs it as root");
-        return;
-    }
-    let dir = scratch_dir();
-    let pair = Pair::new(232);
+    let Some((dir, pair)) = namespaces(232, &["python3"]) else { return };
     let _echo = pair.echo_server(&dir);
 
     // A proxy in the server's namespace (the node) with a transparent
@@ -367,12 +368,7 @@ fn trace_spans(control: &Control, id: &str, count: usize) -> Vec<trefoil_api::tr
 /// goes loses no request.
 #[test]
 fn redirected_http_runs_the_chain_then_reaches_the_original_destination() {
-    if !is_root() || trefoil_testkit::find_command("python3").is_none() || trefoil_testkit::find_command("curl").is_none() {
-        eprintln!("skipping: needs root (network namespaces, eBPF or nftables), python3 and curl; CI runs it as root");
-        return;
-    }
-    let dir = scratch_dir();
-    let pair = Pair::new(233);
+    let Some((dir, pair)) = namespaces(233, &["python3", "curl"]) else { return };
     let _web = Process::spawn_logged("web server", &mut pair.in_server(&["python3", "-c", WEB, &pair.server_ip]), &dir.join("web.log"));
     wait_until("the server to answer the client directly", WAIT, || pair.get("/").status == 200);
 
@@ -566,12 +562,7 @@ fn log_has(dir: &std::path::Path, file: &str, text: &str) -> bool {
 
 #[test]
 fn up_runs_the_datapath_agent_and_leaves_nothing_attached_when_it_ends() {
-    if !is_root() || trefoil_testkit::find_command("python3").is_none() || trefoil_testkit::find_command("nsenter").is_none() {
-        eprintln!("skipping: needs root (network namespaces, eBPF or nftables), python3 and nsenter; CI runs it as root");
-        return;
-    }
-    let dir = scratch_dir();
-    let pair = Pair::new(235);
+    let Some((dir, pair)) = namespaces(235, &["python3", "nsenter"]) else { return };
     let _echo = pair.echo_server(&dir);
 
     // The files a user writes for the node: a gateway with a transparent
