@@ -265,16 +265,22 @@ impl<B: Body<Data = Bytes, Error = BoxError>, F: FnMut(Option<&Result<Frame<Byte
 }
 
 impl RequestBody {
-    /// Buffers small bodies when `want_replay`; larger or unsized ones stream.
-    pub(crate) async fn prepare(body: ClientBody, want_replay: bool) -> Result<Self, BoxError> {
-        let hint = body.size_hint();
+    /// An empty body, or one that streams; `Err` gives back a small body
+    /// to buffer first (`read`) when `want_replay`. Not async: most bodies
+    /// need no wait, and a future would be copied into every request's.
+    pub(crate) fn prepare(body: ClientBody, want_replay: bool) -> Result<Self, ClientBody> {
         if body.is_end_stream() {
             return Ok(RequestBody::Buffered(Bytes::new()));
         }
-        if want_replay && hint.upper().is_some_and(|u| u <= REPLAY_LIMIT) {
-            return Ok(RequestBody::Buffered(body.collect().await?.to_bytes()));
+        if want_replay && body.size_hint().upper().is_some_and(|u| u <= REPLAY_LIMIT) {
+            return Err(body);
         }
         Ok(RequestBody::Streaming(Some(body), Upload::default()))
+    }
+
+    /// Reads a small body whole, so that it can be sent again.
+    pub(crate) async fn read(body: ClientBody) -> Result<Self, BoxError> {
+        Ok(RequestBody::Buffered(body.collect().await?.to_bytes()))
     }
 
     /// Reads the whole body, refusing one over `limit` bytes: a network

@@ -182,22 +182,45 @@ struct Exchange<'a> {
 
 impl<'a> Exchange<'a> {
     /// The phases, top to bottom; an `Err` is the reply that ends the request early.
+    ///
+    /// An awaited phase is a future of its own, copied whole into this one
+    /// when it starts and dropped when it ends: one such phase costs some
+    /// 100 instructions per request even when it has nothing to do. So the
+    /// phases most requests skip (filters, the chain's) are awaited, boxed,
+    /// only when the rule has them, and the attempts are awaited here, under
+    /// the rule's deadline, without a phase around them (docs/performance.md,
+    /// issue 18).
     async fn run(&mut self, incoming: Downstream) -> Result<Response<ProxyBody>, Reply> {
         let Some((route, rule)) = self.route() else { return Err(self.no_route()) };
-        self.filters(rule).await?;
+        if rule.rate_limit.is_some() || rule.fault.is_some() {
+            Box::pin(self.filters(rule)).await?;
+        }
+        self.out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
         let mut body = self.body(rule, incoming).await?;
         // Handler runs of the request, both phases: the CNF's `runsPerRequest` bounds them all.
         let runs = rule.chain.as_ref().map(|_| RunCount::default());
-        if let Some(answer) = self.request_chain(rule, &mut body, &runs).await? {
-            // The function's response (the rest of the chain and the upstream ran in the leg it sent back).
-            return Ok(answer);
+        if let Some(chain) = &rule.chain {
+            if let Some(answer) = Box::pin(self.request_chain(chain, &mut body, &runs)).await? {
+                // The function's response (the rest of the chain and the upstream ran in the leg it sent back).
+                return Ok(answer);
+            }
         }
         // The response phase asks about the request as the chain left it.
         let asked = rule.chain.as_ref().filter(|c| !c.response_steps.is_empty()).map(|c| (c, self.parts.clone()));
         let cluster = self.upstream_request(rule).map_err(|flag| self.out.plainly(flag))?;
         self.mirror(rule, &body);
-        let response = self.attempts(route, rule, &cluster, &mut body).await?;
-        let response = self.response_chain(asked, response, runs).await?;
+        let upload = body.upload().cloned();
+        let attempts = self.attempts(route, rule, &cluster, &mut body);
+        let mut response = match rule.timeout {
+            Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
+                Some(r) => r?,
+                None => return Err(self.out.plainly(LocalReply::Timeout)),
+            },
+            None => attempts.await?,
+        };
+        if let Some((chain, request)) = asked {
+            response = Box::pin(self.response_chain(chain, request, response, runs)).await?;
+        }
         Ok(self.response_edits(rule, response))
     }
 
@@ -213,7 +236,7 @@ impl<'a> Exchange<'a> {
         self.out.local(LocalReply::NoRoute, text)
     }
 
-    /// Phase: request filters (rate limit, injected faults).
+    /// Phase: request filters (rate limit, injected faults), for a rule that has them.
     async fn filters(&mut self, rule: &CompiledRule) -> Result<(), Reply> {
         if let Some(rl) = &rule.rate_limit {
             if !rl.try_acquire() {
@@ -229,7 +252,6 @@ impl<'a> Exchange<'a> {
                 return Err(self.out.configured(LocalReply::FaultAbort, status));
             }
         }
-        self.out.cnf = rule.chain.as_ref().map(|c| c.cnf.clone());
         Ok(())
     }
 
@@ -245,7 +267,11 @@ impl<'a> Exchange<'a> {
         let incoming = body::Idle::new(incoming, self.listener.timeouts.request_body_idle.get(), "request body");
         let prepared = match rule.chain.as_ref().and_then(|c| c.max_body) {
             Some(limit) => Box::pin(RequestBody::buffer(incoming, limit)).await,
-            None => RequestBody::prepare(incoming, want_replay).await.map_err(BufferError::Read),
+            None => match RequestBody::prepare(incoming, want_replay) {
+                Ok(b) => Ok(b),
+                // Boxed: only a small body kept for a replay is read here.
+                Err(small) => Box::pin(RequestBody::read(small)).await.map_err(BufferError::Read),
+            },
         };
         match prepared {
             Ok(b) => Ok(b),
@@ -258,22 +284,18 @@ impl<'a> Exchange<'a> {
     /// sent it. `Some` is an inline function's answer.
     async fn request_chain(
         &mut self,
-        rule: &CompiledRule,
+        chain: &Arc<Chain>,
         body: &mut RequestBody,
         runs: &Option<RunCount>,
     ) -> Result<Option<Response<ProxyBody>>, Reply> {
-        let Some(chain) = &rule.chain else { return Ok(None) };
         let trace_id = self.trace.trace_id_hex();
         let facts = self.facts(&trace_id, self.parts.version, body.buffered(), runs.clone().unwrap_or_default());
         let (state, parts) = (self.state, &mut *self.parts);
-        let next = Box::pin(async {
-            match chain.run_request(state, parts, &facts).await {
-                Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, body, &facts).await,
-                Ok(Next::Upstream) => Ok(None),
-                Err(stopped) => Err(stopped),
-            }
-        })
-        .await;
+        let next = match chain.run_request(state, parts, &facts).await {
+            Ok(Next::Inline(step)) => inline::forward(state, chain, step, parts, body, &facts).await,
+            Ok(Next::Upstream) => Ok(None),
+            Err(stopped) => Err(stopped),
+        };
         next.map_err(|stopped| self.out.stopped(stopped))
     }
 
@@ -307,40 +329,18 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Phase: upstream attempts, under the rule's deadline.
-    async fn attempts(
-        &mut self,
-        route: &CompiledRoute,
-        rule: &CompiledRule,
-        cluster: &Arc<Cluster>,
-        body: &mut RequestBody,
-    ) -> Result<Response<ProxyBody>, Reply> {
-        let upload = body.upload().cloned();
-        let timeout = rule.timeout;
-        let attempts = self.attempt_loop(route, rule, cluster, body);
-        let mut response = match timeout {
-            Some(limit) => match Box::pin(deadline_after_upload(limit, attempts, upload)).await {
-                Some(r) => r?,
-                None => return Err(self.out.plainly(LocalReply::Timeout)),
-            },
-            None => attempts.await?,
-        };
-        strip_hop_by_hop(response.headers_mut());
-        Ok(response)
-    }
-
     /// Phase: response chain (the rule's CNF), on the response as the
-    /// upstream sent it; `asked` is the chain and the request it asks about.
+    /// upstream sent it; `request` is the request as the chain left it.
     async fn response_chain(
         &mut self,
-        asked: Option<(&Arc<Chain>, http::request::Parts)>,
+        chain: &Chain,
+        request: http::request::Parts,
         response: Response<ProxyBody>,
         runs: Option<RunCount>,
     ) -> Result<Response<ProxyBody>, Reply> {
-        let Some((chain, request)) = asked else { return Ok(response) };
         let trace_id = self.trace.trace_id_hex();
         let facts = self.facts(&trace_id, request.version, None, runs.unwrap_or_default());
-        Box::pin(chain.run_response(self.state, &request, response, &facts)).await.map_err(|stopped| self.out.stopped(stopped))
+        chain.run_response(self.state, &request, response, &facts).await.map_err(|stopped| self.out.stopped(stopped))
     }
 
     /// Phase: response edits.
@@ -371,9 +371,10 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// The attempts: for each, claim a place and pick an endpoint, send,
-    /// then decide on the answer or the failure whether to try again.
-    async fn attempt_loop(
+    /// Phase: upstream attempts (`run` puts them under the rule's deadline):
+    /// for each, claim a place and pick an endpoint, send, then decide on
+    /// the answer or the failure whether to try again.
+    async fn attempts(
         &mut self,
         route: &CompiledRoute,
         rule: &CompiledRule,
@@ -395,7 +396,11 @@ impl<'a> Exchange<'a> {
             attempt += 1;
             out.attempts = attempt;
             // Step: endpoint pick, under the service's circuit breakers.
-            let (endpoint, guard) = claim_endpoint(metrics, cluster, hash_key.as_deref(), previous, out).await?;
+            let Claim { endpoint, mut guard, wait } = claim_endpoint(metrics, cluster, hash_key.as_deref(), previous, out)?;
+            if let Some(slots) = wait {
+                // Boxed: a rare wait, kept out of every request's future.
+                guard._slot = Some(Box::pin(wait_for_slot(metrics, service, slots, out)).await?);
+            }
             let Some(body) = req_body.take() else {
                 return Err(out.plainly(LocalReply::BodyConsumed));
             };
@@ -426,15 +431,13 @@ impl<'a> Exchange<'a> {
                     record_outcome(state, service, &endpoint, outcome);
                     if status < 500 && !rule.retry.as_ref().is_some_and(|r| r.status_codes.contains(&status)) {
                         attempt_span::finish(span, Ok(status), false);
-                        let (parts, incoming) = resp.into_parts();
-                        return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
+                        return Ok(answered(resp, guard, response_idle));
                     }
                     let failure = AttemptFailure::Status(status);
                     if !may_retry(rule, failure, attempt, max_attempts, req_body) {
                         // Out of retries: the client gets the upstream's own answer.
                         attempt_span::finish(span, Ok(status), false);
-                        let (parts, incoming) = resp.into_parts();
-                        return Ok(Response::from_parts(parts, Guarded::wrap(incoming, guard, response_idle)));
+                        return Ok(answered(resp, guard, response_idle));
                     }
                     (failure, true)
                 }
@@ -547,15 +550,34 @@ impl Drop for AttemptGuard {
     }
 }
 
+/// The upstream's answer as the client gets it: without hop-by-hop headers,
+/// its body holding the attempt's claims until it ends.
+fn answered(resp: Response<UpstreamBody>, guard: AttemptGuard, idle: Duration) -> Response<ProxyBody> {
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Guarded::wrap(incoming, guard, idle))
+}
+
+/// What an attempt claimed before it sends.
+struct Claim {
+    endpoint: Arc<EndpointState>,
+    guard: AttemptGuard,
+    /// The endpoint's connection slots, to wait on: none was free.
+    wait: Option<Arc<tokio::sync::Semaphore>>,
+}
+
 /// Claims a place in the service (its circuit breakers) and picks an
 /// endpoint other than `previous` if it can; the guard gives both back.
-async fn claim_endpoint(
+/// Not async: a free connection slot is taken at once, and the wait for
+/// one, which few requests need, is `wait_for_slot`.
+#[allow(clippy::result_large_err)] // the reply is the request's answer, as every phase's `Err` is; boxed, it would cost an allocation
+fn claim_endpoint(
     metrics: &Metrics,
     cluster: &Arc<Cluster>,
     hash_key: Option<&[u8]>,
     previous: Option<SocketAddr>,
     out: &mut Outcomes,
-) -> Result<(Arc<EndpointState>, AttemptGuard), Reply> {
+) -> Result<Claim, Reply> {
     let service = &cluster.service;
     if !service.enter() {
         metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_requests" }).inc();
@@ -572,30 +594,40 @@ async fn claim_endpoint(
         out.version = Some(endpoint.version.clone());
     }
     let mut guard = AttemptGuard { endpoint: endpoint.clone(), service: service.clone(), _slot: None };
+    let mut wait = None;
     if let Some(slots) = service.slot(&endpoint.addr) {
-        guard._slot = match slots.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
+        match slots.clone().try_acquire_owned() {
+            Ok(p) => guard._slot = Some(p),
             Err(_) => {
                 if service.load.pending.fetch_add(1, Ordering::AcqRel) >= service.limits.max_pending_requests {
                     service.load.pending.fetch_sub(1, Ordering::AcqRel);
                     metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "max_pending" }).inc();
                     return Err(out.local(LocalReply::Overflow, "upstream overflow: too many pending requests\n"));
                 }
-                // A pending request waits at most as long as a connect
-                // may take. Boxed: a rare wait, kept out of every request's future.
-                let permit = Box::pin(tokio::time::timeout(service.limits.connect_timeout.get(), slots.clone().acquire_owned())).await;
-                service.load.pending.fetch_sub(1, Ordering::AcqRel);
-                match permit {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" }).inc();
-                        return Err(out.local(LocalReply::Overflow, "upstream overflow: no connection became free in time\n"));
-                    }
-                }
+                wait = Some(slots.clone());
             }
-        };
+        }
     }
-    Ok((endpoint, guard))
+    Ok(Claim { endpoint, guard, wait })
+}
+
+/// Waits for a connection slot that `claim_endpoint` found taken, counted
+/// as pending; at most as long as a connect may take.
+async fn wait_for_slot(
+    metrics: &Metrics,
+    service: &ServiceConfig,
+    slots: Arc<tokio::sync::Semaphore>,
+    out: &mut Outcomes,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Reply> {
+    let permit = tokio::time::timeout(service.limits.connect_timeout.get(), slots.acquire_owned()).await;
+    service.load.pending.fetch_sub(1, Ordering::AcqRel);
+    match permit {
+        Ok(Ok(p)) => Ok(p),
+        _ => {
+            metrics.overflows.get_or_create(&ServiceLabels { service: service.name.clone(), reason: "pending_timeout" }).inc();
+            Err(out.local(LocalReply::Overflow, "upstream overflow: no connection became free in time\n"))
+        }
+    }
 }
 
 /// Sends one attempt: plain HTTP/1 through this worker's own connection

@@ -208,6 +208,47 @@ async fn the_circuit_breaker_refuses_past_max_requests() {
     assert_eq!(proxy.get("/ok", "").await.0, 200, "the place is free again");
 }
 
+/// Bounded wait until `done` holds: readiness, not a sleep.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+#[tokio::test]
+async fn attempts_wait_for_a_connection_slot_or_overflow() {
+    let release = Arc::new(AtomicBool::new(false));
+    let up = upstream(release.clone()).await;
+    let policy = "---\napiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: web}\n\
+                  spec: {service: web, connectionPool: {maxConnections: 1, maxPendingRequests: 1, connectTimeout: 1s}}\n";
+    let rules = "    - matches: [{path: {prefix: /}}]\n      backends: [{service: web}]\n";
+    let proxy = Arc::new(harness(&format!("{ROUTE}{rules}{policy}"), up.addr).await);
+    let load = proxy.state.snapshot.load().services["web"].load.clone();
+    let get = |path: &'static str| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.get(path, "").await })
+    };
+    let held = get("/hold");
+    until("the held request reaching the upstream", || up.hits.load(Ordering::SeqCst) == 1).await;
+    // The one connection is taken: the next request waits for it, the one after overflows.
+    let pending = get("/ok");
+    until("a request pending", || load.pending.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(proxy.get("/ok", "").await, (503, "overflow".into(), String::new()), "past maxPendingRequests");
+    assert_eq!(pending.await.unwrap(), (503, "overflow".into(), String::new()), "no slot within connectTimeout");
+    assert_eq!(load.pending.load(Ordering::SeqCst), 0);
+    // A pending request gets the connection when the held one gives it back.
+    let pending = get("/ok");
+    until("a request pending", || load.pending.load(Ordering::SeqCst) == 1).await;
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(held.await.unwrap().0, 200);
+    assert_eq!(pending.await.unwrap(), (200, String::new(), String::new()), "served once the slot was free");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 2, "refused requests never reached the upstream");
+}
+
 /// A network function speaking the HTTP/JSON call-out: it denies with 451
 /// a request for a path under `/admin` and allows the rest.
 async fn acl_function() -> SocketAddr {
