@@ -98,12 +98,18 @@ pub(crate) fn original_destination(listener: &ListenerConfig, downstream: &TcpSt
 }
 
 /// A connection a datapath rule steered to a transparent listener: it was
-/// addressed to another host, which is the accepted socket's own address
-/// (`getsockname`). Connects there and copies bytes both ways, unchanged;
-/// one access-log line when it ends.
-pub(crate) async fn passthrough(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
+/// addressed to another host, `original` ([`original_destination`], found
+/// once when it was accepted). Connects there and copies bytes both ways,
+/// unchanged; one access-log line when it ends.
+pub(crate) async fn passthrough(
+    state: &Arc<ProxyState>,
+    listener: &ListenerConfig,
+    mut downstream: TcpStream,
+    client: SocketAddr,
+    original: Option<SocketAddr>,
+) {
     let started = Instant::now();
-    let Some(original) = original_destination(listener, &downstream, client) else {
+    let Some(original) = original else {
         tracing::warn!(listener = %listener.name, %client, "no original destination to pass these bytes to; closing");
         return;
     };

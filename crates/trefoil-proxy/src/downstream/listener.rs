@@ -211,12 +211,12 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
     }
     let http2_only = config.protocol == ListenerProtocol::Http2;
     match config.protocol {
-        ListenerProtocol::Tcp if config.transparent => tcp::passthrough(&state, &config, stream, client).await,
+        ListenerProtocol::Tcp if config.transparent => tcp::passthrough(&state, &config, stream, client, plain.original_destination).await,
         ListenerProtocol::Tcp => tcp::forward(&state, &config, stream, client).await,
         ListenerProtocol::Auto => match detect(&stream, DETECT_TIMEOUT).await {
             Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
             Detected::Http(wire) => serve_http(state, TokioIo::new(stream), plain, watcher, wire).await,
-            _ if config.transparent => tcp::passthrough(&state, &config, stream, client).await,
+            _ if config.transparent => tcp::passthrough(&state, &config, stream, client, plain.original_destination).await,
             _ => tcp::forward(&state, &config, stream, client).await,
         },
         ListenerProtocol::Http | ListenerProtocol::Http2 if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
