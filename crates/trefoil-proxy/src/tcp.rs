@@ -11,7 +11,7 @@ use crate::config::snapshot::ListenerConfig;
 use crate::config::state::ProxyState;
 use crate::sys::descriptors;
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
-use crate::telemetry::metrics::{TcpBytesLabels, TcpLabels};
+use crate::telemetry::metrics::{label, Label, TcpBytesLabels, TcpLabels};
 use crate::upstream::endpoint::Outcome;
 
 const CONNECT_ATTEMPTS: usize = 3;
@@ -64,17 +64,14 @@ pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, 
     let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     drop(held);
     endpoint.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let (to_upstream, to_downstream) = result.unwrap_or((0, 0));
-    for (flow, n) in [("upstream", to_upstream), ("downstream", to_downstream)] {
-        metrics
-            .tcp_bytes
-            .get_or_create(&TcpBytesLabels {
-                direction: listener.direction.clone(),
-                service: service.name.clone(),
-                version: version.clone(),
-                flow,
-            })
-            .inc_by(n);
+    count_bytes(state, listener, &service.name, &version, result.unwrap_or((0, 0)));
+}
+
+/// `trefoil_tcp_bytes_total` for one spliced connection: `(to upstream, to downstream)`.
+fn count_bytes(state: &ProxyState, listener: &ListenerConfig, service: &Label, version: &Label, (up, down): (u64, u64)) {
+    for (flow, n) in [("upstream", up), ("downstream", down)] {
+        let labels = TcpBytesLabels { direction: listener.direction.clone(), service: service.clone(), version: version.clone(), flow };
+        state.shared.metrics.tcp_bytes.get_or_create(&labels).inc_by(n);
     }
 }
 
@@ -126,12 +123,7 @@ pub(crate) async fn passthrough(
         Err(_) => ("upstream_connect_timeout", (0, 0)),
     };
     drop(held);
-    let metrics = &state.shared.metrics;
-    let service = crate::telemetry::metrics::label("original-destination");
-    for (flow, n) in [("upstream", bytes.0), ("downstream", bytes.1)] {
-        let labels = TcpBytesLabels { direction: listener.direction.clone(), service: service.clone(), version: Default::default(), flow };
-        metrics.tcp_bytes.get_or_create(&labels).inc_by(n);
-    }
+    count_bytes(state, listener, &label("original-destination"), &Label::default(), bytes);
     let telemetry = state.telemetry.load_full();
     let authority = original.to_string();
     telemetry.access_log.write(&AccessRecord {
