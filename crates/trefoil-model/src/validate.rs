@@ -322,32 +322,26 @@ impl Validator {
     }
 
     /// A listener that is not transparent has no original destination: the
-    /// routes it serves may not send requests to one (the proxy would have
-    /// nowhere to send them, or would connect to itself).
+    /// routes it names may not send requests to one (the proxy would have
+    /// nowhere to send them, or would connect to itself). An empty `routes`
+    /// serves every Route the listener can serve, so it leaves those out.
     fn original_destination_routes(&mut self, r: &SourcedResource, l: &ListenerSpec) {
-        let passthrough = |services: &BTreeSet<String>| services.iter().find(|s| self.original_destination.contains(*s)).cloned();
-        let found: Vec<(String, String, String)> = if l.routes.is_empty() {
-            self.routes
-                .iter()
-                .filter_map(|(route, services)| passthrough(services).map(|s| ("spec.routes".to_string(), route.clone(), s)))
-                .collect()
-        } else {
-            l.routes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, route)| {
-                    self.routes.get(route).and_then(passthrough).map(|s| (format!("spec.routes[{i}]"), route.clone(), s))
-                })
-                .collect()
-        };
+        let found: Vec<(String, String, String)> = l
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, route)| {
+                let services = self.routes.get(route)?;
+                let service = services.iter().find(|s| self.original_destination.contains(*s))?;
+                Some((format!("spec.routes[{i}]"), route.clone(), service.clone()))
+            })
+            .collect();
         for (field, route, service) in found {
-            let every =
-                if l.routes.is_empty() { " (an empty `routes` serves every Route: list the ones this listener serves)" } else { "" };
             self.report(
                 r,
                 &field,
                 format!(
-                    "Route {route:?} sends requests to Service {service:?}, their original destination, which only a `transparent: true` listener has{every}"
+                    "Route {route:?} sends requests to Service {service:?}, their original destination, which only a `transparent: true` listener has"
                 ),
             );
         }
@@ -949,13 +943,15 @@ mod tests {
     fn an_original_destination_is_served_on_transparent_listeners_only() {
         let transparent = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec: {address: 10.1.0.1:15001, protocol: auto, transparent: true}\n";
         check(&format!("{PASSTHROUGH}{transparent}")).unwrap();
-        // A plain listener serving every route, then one naming the route.
-        let plain = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: p}\nspec: {address: 127.0.0.1:8080}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: q}\nspec: {address: 127.0.0.1:8081, routes: [through]}\n";
-        let err = check(&format!("{PASSTHROUGH}{transparent}{plain}")).unwrap_err();
+        // A plain listener serving every route leaves that one out (a sidecar
+        // next to a transparent gateway); one naming it is refused.
+        let plain = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: p}\nspec: {address: 127.0.0.1:8080}\n";
+        check(&format!("{PASSTHROUGH}{transparent}{plain}")).unwrap();
+        let naming = "---\napiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: q}\nspec: {address: 127.0.0.1:8081, routes: [through]}\n";
+        let err = check(&format!("{PASSTHROUGH}{transparent}{plain}{naming}")).unwrap_err();
         let found: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.line)).collect();
-        assert_eq!(found, [("spec.routes", 27), ("spec.routes[0]", 32)], "{err}");
-        assert!(err.0[0].message.contains("an empty `routes` serves every Route"), "{err}");
-        assert!(err.0[1].message.contains("Route \"through\" sends requests to Service \"original\""), "{err}");
+        assert_eq!(found, [("spec.routes[0]", 32)], "{err}");
+        assert!(err.0[0].message.contains("Route \"through\" sends requests to Service \"original\""), "{err}");
     }
 
     #[test]

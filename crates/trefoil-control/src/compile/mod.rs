@@ -108,7 +108,8 @@ impl MeshView {
             })
             .collect();
         let named: BTreeSet<String> = routes.iter().map(|r| r.name().to_string()).collect();
-        for service in services.keys() {
+        // An original destination has no name a request could be sent to.
+        for service in services.iter().filter(|(_, spec)| !spec.original_destination).map(|(name, _)| name) {
             let name = format!("default-{service}");
             if !shaped.contains(service) && !named.contains(&name) {
                 routes.push(resource(
@@ -132,7 +133,15 @@ impl MeshView {
         }
         let services_json =
             services.iter().map(|(name, spec)| (name.clone(), encode(&resource(name, Spec::Service(spec.clone()))))).collect();
-        let route_names = routes.iter().map(|r| r.name().to_string()).collect();
+        // A sidecar's outbound listener is not transparent: routes to an
+        // original destination are the transparent listeners' alone.
+        let passthrough_only = |r: &&Resource| match &r.spec {
+            Spec::Route(route) => {
+                route.rules.iter().flat_map(|rule| &rule.backends).any(|b| services.get(&b.service).is_some_and(|s| s.original_destination))
+            }
+            _ => false,
+        };
+        let route_names = routes.iter().filter(|r| !passthrough_only(r)).map(|r| r.name().to_string()).collect();
         MeshView { proxies, listeners, services, services_json, route_names, shared_json }
     }
 

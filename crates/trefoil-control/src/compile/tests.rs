@@ -126,6 +126,46 @@ fn a_sidecar_gets_generated_listeners_and_its_own_app_as_its_service() {
     assert!(!outbound.routes.contains(&"api-0-inbound".to_string()), "the outbound side must not route to the local app by catch-all");
 }
 
+/// A transparent gateway's passthrough route shares the mesh with sidecars,
+/// whose listeners are not transparent: it must not reach them, or they
+/// would refuse the whole snapshot (seen in the transparent walkthrough).
+#[test]
+fn routes_to_an_original_destination_stay_off_sidecar_listeners() {
+    let passthrough = r#"
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Listener
+metadata: {name: edge}
+spec: {address: "10.0.0.1:15001", proxy: gateway, transparent: true}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Service
+metadata: {name: original}
+spec: {originalDestination: true}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Route
+metadata: {name: through}
+spec:
+  hosts: ["*"]
+  rules: [{backends: [{service: original}]}]
+"#;
+    let all: Vec<Resource> = trefoil_model::load_str(&Arc::from("mesh.yaml"), &format!("{MESH}{passthrough}"))
+        .expect("mesh parses")
+        .into_iter()
+        .map(|s| s.resource)
+        .collect();
+    let sidecar = snapshot_for("api-0", &all, 3);
+    assert_valid(&sidecar);
+    let Spec::Listener(outbound) = find(&sidecar, "Listener", "api-0-outbound").unwrap().spec else { unreachable!() };
+    assert!(outbound.routes.contains(&"web".to_string()), "{:?}", outbound.routes);
+    assert!(!outbound.routes.contains(&"through".to_string()), "{:?}", outbound.routes);
+    let gateway = snapshot_for("gateway", &all, 3);
+    assert_valid(&gateway);
+    assert!(find(&gateway, "Route", "through").is_some());
+    assert!(find(&gateway, "Route", "default-original").is_none(), "an original destination has no name to route by");
+}
+
 #[test]
 fn the_hash_follows_content_not_bookkeeping() {
     let mut resources = mesh();

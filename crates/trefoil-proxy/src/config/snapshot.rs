@@ -543,6 +543,11 @@ impl Compiler<'_> {
         Arc::new(CompiledRoute { name: label(s.resource.name()), rules })
     }
 
+    /// Whether any backend of `route` is an `originalDestination` Service.
+    fn to_original_destination(&self, route: &RouteSpec) -> bool {
+        route.rules.iter().flat_map(|r| &r.backends).any(|b| self.services.get(&b.service).is_some_and(|s| s.original_destination))
+    }
+
     fn listener(
         &mut self,
         s: &SourcedResource,
@@ -562,7 +567,14 @@ impl Compiler<'_> {
         });
         let mut router = Router::default();
         for (name, route, route_spec) in routes {
-            if !(spec.routes.is_empty() || spec.routes.contains(name)) {
+            let served = if spec.routes.is_empty() {
+                // "Every Route" means every Route this listener can serve: one
+                // that goes to an original destination needs a transparent listener.
+                spec.transparent || !self.to_original_destination(route_spec)
+            } else {
+                spec.routes.contains(name)
+            };
+            if !served {
                 continue;
             }
             match &spec.service {
