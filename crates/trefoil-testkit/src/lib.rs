@@ -68,7 +68,7 @@ pub use curl::{count, curl_many};
 pub use load::Load;
 pub use nf::Nf;
 pub use nginx::Nginx;
-pub use process::{alive, limit_before_exec, log_file, run_with_timeout, send_signal, set_limit, Process};
+pub use process::{alive, is_root, limit_before_exec, log_file, run_with_timeout, send_signal, set_limit, Process};
 pub use prometheus::Prometheus;
 pub use proxy::{proxy_resource, Proxy, StreamProxy};
 pub use resources::ToYaml;

@@ -124,6 +124,15 @@ impl Drop for Process {
     }
 }
 
+/// Whether this process runs as root: tests that build network namespaces
+/// or load eBPF programs need it (CI runs them as root) and skip, saying
+/// so, otherwise.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
 /// A new file at `path` as a child's stdout or stderr.
 pub fn log_file(path: &Path) -> Stdio {
     Stdio::from(File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display())))

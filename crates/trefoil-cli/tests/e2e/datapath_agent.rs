@@ -23,17 +23,11 @@ use trefoil_testkit::control::WAIT;
 use trefoil_testkit::resources::{listener_spec, resource};
 use trefoil_testkit::{run_with_timeout, scratch_dir, trefoil_command, wait_until, Control, Process, ToYaml};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// A scratch directory and the pair `net`, if a namespace test can run
 /// here: as root, with `tools` installed. If not it says so, and the test
 /// passes without running.
 fn namespaces(net: u8, tools: &[&str]) -> Option<(std::path::PathBuf, Pair)> {
-    if !is_root() || tools.iter().any(|t| trefoil_testkit::find_command(t).is_none()) {
+    if !trefoil_testkit::is_root() || tools.iter().any(|t| trefoil_testkit::find_command(t).is_none()) {
         eprintln!("skipping: needs root (network namespaces, eBPF or nftables) and {}; CI runs it as root", tools.join(", "));
         return None;
     }
@@ -669,7 +663,7 @@ fn up_runs_the_datapath_agent_and_leaves_nothing_attached_when_it_ends() {
 #[test]
 fn up_without_cap_net_admin_names_it_and_runs_the_rest_or_refuses_with_datapath_on() {
     // As root the capability is dropped for `up`; as anyone else it is missing already.
-    if is_root() && trefoil_testkit::find_command("setpriv").is_none() {
+    if trefoil_testkit::is_root() && trefoil_testkit::find_command("setpriv").is_none() {
         eprintln!("skipping: as root this needs setpriv to drop CAP_NET_ADMIN");
         return;
     }
@@ -680,7 +674,7 @@ fn up_without_cap_net_admin_names_it_and_runs_the_rest_or_refuses_with_datapath_
                 spec: {match: {source: [192.0.2.1]}, action: drop}\n";
     std::fs::write(files.join("rules.yaml"), rule).unwrap();
     let up = |run: &str, datapath: &str| {
-        let mut cmd = if is_root() {
+        let mut cmd = if trefoil_testkit::is_root() {
             let mut cmd = Command::new("setpriv");
             cmd.args(["--bounding-set=-net_admin", "--inh-caps=-net_admin"]).arg(trefoil_testkit::trefoil_path());
             cmd

@@ -4,7 +4,8 @@
 //! by a handler on `inspect_done` (scanning uploads and downloads), then
 //! moved under `policy_check` and narrowed to uploads. Real clamd, real
 //! functions, no request lost; `trefoil trace` shows a blocked download's
-//! chain in order.
+//! chain in order. And `examples/edgesecurity-transparent`'s walkthrough
+//! script, run as a user runs it (as root: it builds network namespaces).
 
 use std::path::{Path, PathBuf};
 
@@ -133,4 +134,34 @@ fn assert_chain_in_order(up: &Up, trace_id: &str) {
     let tree = String::from_utf8_lossy(&up.cli(&["trace", trace_id]).stdout).to_string();
     assert!(tree.contains("gateway: chain inspect response ("), "{tree}");
     assert!(tree.contains("gateway: call antivirus (") && tree.contains(") deny"), "{tree}");
+}
+
+/// The transparent variant's script, exactly as its README says to run it:
+/// the redirect through the chain, the policy's handler blocking the client
+/// at the datapath until the TTL, the rule deleted, nothing left attached.
+#[test]
+fn the_transparent_walkthrough_runs_as_written() {
+    if !trefoil_testkit::is_root() || ["python3", "curl", "nsenter"].iter().any(|c| trefoil_testkit::find_command(c).is_none()) {
+        eprintln!("skipping: needs root (network namespaces, eBPF), python3, curl and nsenter; CI runs it as root");
+        return;
+    }
+    let script = repo_root().join("examples/edgesecurity-transparent/walkthrough.sh");
+    let out = trefoil_testkit::run_with_timeout(
+        std::process::Command::new(&script).env("TREFOIL", trefoil_testkit::trefoil_path()).env("NO_COLOR", "1"),
+        std::time::Duration::from_secs(300),
+    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the walkthrough failed:\n{stdout}\n{stderr}");
+    for step in [
+        "HTTP/1.0 200",
+        "GET /admin -> 403",
+        "GET / -> 000",
+        "handler: policy_check",
+        "GET / -> 200",
+        "DatapathRule/web-through-edge deleted",
+        "GET /admin -> 404",
+        "walkthrough done",
+    ] {
+        assert!(stdout.contains(step), "{step:?} missing from the walkthrough's output:\n{stdout}\n{stderr}");
+    }
 }
