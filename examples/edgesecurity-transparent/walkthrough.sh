@@ -11,11 +11,13 @@
 # The client talks to the web server's own address. Steps:
 #   1. with the redirect rule, a request passes the edge-security chain
 #      (it carries the proxy's trace id) and reaches the server;
-#   2. /admin is refused by the policy (403), and the policy's handler
-#      blocks the client at the datapath for 20 s: the next connections fail;
-#   3. the block expires (TTL) and the client gets through again;
-#   4. without the rule, traffic goes straight to the server;
-#   5. when `trefoil up` ends, nothing is left attached.
+#   2. /admin is refused by the policy (403);
+#   3. a request with a scanner's signature passes, but the inspection
+#      tap's event handler blocks the client at the datapath for 20 s: the
+#      next connections fail;
+#   4. the block expires (TTL) and the client gets through again;
+#   5. without the rule, traffic goes straight to the server;
+#   6. when `trefoil up` ends, nothing is left attached.
 #
 # Needs root (namespaces, eBPF), python3 and curl. Usage, from anywhere:
 #   sudo examples/edgesecurity-transparent/walkthrough.sh
@@ -64,7 +66,8 @@ wait_for() {
     done
 }
 fails() { ! "$@"; }
-get() { in_client curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://10.77.0.2$1"; }
+# get PATH [CURL OPTIONS]: the status code of a request from the client.
+get() { path=$1; shift; in_client curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$@" "http://10.77.0.2$path"; }
 through_proxy() { in_client curl -s --max-time 2 -D - -o /dev/null "http://10.77.0.2$1" | grep -qi '^x-trefoil-trace-id:'; }
 
 [ "$(id -u)" = 0 ] || die "run as root: it creates network namespaces and loads eBPF programs"
@@ -93,27 +96,34 @@ wait_for "trefoil up (see $work/up.log)" 180 grep -q "trefoil is up" "$work/up.l
 wait_for "the redirect to take effect" 20 through_proxy /
 
 say "1. the client's request passes the edge-security chain to the server"
-in_client curl -s -i http://10.77.0.2/ | sed -n '1p;/^x-trefoil-trace-id/Ip;$p'
+in_client curl -s -i http://10.77.0.2/ >"$work/first"
+sed -n '1p;/^x-trefoil-trace-id/Ip;$p' "$work/first"
+trace=$(sed -n 's/^x-trefoil-trace-id: *\([0-9a-f]*\).*/\1/Ip' "$work/first")
+wait_for "the request's trace" 20 in_edge "$trefoil" trace "$trace"
+in_edge "$trefoil" trace "$trace"
 
-say "2. /admin: 403 from the policy, and the client is blocked at the datapath"
+say "2. /admin: 403 from the policy"
 echo "GET /admin -> $(get /admin)"
+
+say "3. a scanner's request passes, but the tap's handler blocks the client at the datapath"
+echo "GET / as sqlmap -> $(get / -A sqlmap/1.7) (the tap never holds a request up)"
 wait_for "the handler's drop rule" 20 fails in_client curl -s --max-time 1 -o /dev/null http://10.77.0.2/
 echo "GET / -> $(get / || true) (000: no connection; the datapath drops the client)"
 in_edge "$trefoil" datapath list
 block=$(in_edge "$trefoil" datapath list | awk '$1 ~ /^drop-/ {print $1}')
-echo "$block was made by the policy's handler; its origin, with the trace id of the /admin request:"
+echo "$block was made by the tap's handler; its origin, with the trace id of the scanner's request:"
 in_edge "$trefoil" get datapathrule "$block" -o yaml | grep -A3 '^  origin:'
 
-say "3. 20 s later the block expires"
+say "4. 20 s later the block expires"
 wait_for "the block to expire" 90 in_client curl -s --max-time 1 -o /dev/null http://10.77.0.2/
 echo "GET / -> $(get /)"
 
-say "4. without the redirect rule, traffic goes straight to the server"
+say "5. without the redirect rule, traffic goes straight to the server"
 in_edge "$trefoil" datapath delete web-through-edge
 wait_for "the redirect to go" 20 fails through_proxy /
 echo "GET /admin -> $(get /admin) (the web server's own 404: no policy in the way)"
 
-say "5. trefoil up ends and leaves nothing attached"
+say "6. trefoil up ends and leaves nothing attached"
 kill -TERM "$up_pid"; wait "$up_pid" || true; up_pid=
 left=$(ip netns exec "$edge" tc filter show dev tfw-e ingress)
 [ -z "$left" ] || die "left attached on tfw-e: $left"

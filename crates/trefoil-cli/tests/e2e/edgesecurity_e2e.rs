@@ -137,8 +137,9 @@ fn assert_chain_in_order(up: &Up, trace_id: &str) {
 }
 
 /// The transparent variant's script, exactly as its README says to run it:
-/// the redirect through the chain, the policy's handler blocking the client
-/// at the datapath until the TTL, the rule deleted, nothing left attached.
+/// the redirect through the chain, the inspection tap's handler blocking a
+/// scanning client at the datapath until the TTL (issue 14's drop test
+/// against the real kernel), the rule deleted, nothing left attached.
 #[test]
 fn the_transparent_walkthrough_runs_as_written() {
     if !trefoil_testkit::is_root() || ["python3", "curl", "nsenter"].iter().any(|c| trefoil_testkit::find_command(c).is_none()) {
@@ -154,9 +155,12 @@ fn the_transparent_walkthrough_runs_as_written() {
     assert!(out.status.success(), "the walkthrough failed:\n{stdout}\n{stderr}");
     for step in [
         "HTTP/1.0 200",
+        "edge: chain policy (edge-security, callout) allow",
+        "edge: handler edge-security inspect_done (on tap) ok",
         "GET /admin -> 403",
+        "GET / as sqlmap -> 200",
         "GET / -> 000",
-        "handler: policy_check",
+        "handler: inspect_done",
         "GET / -> 200",
         "DatapathRule/web-through-edge deleted",
         "GET /admin -> 404",
