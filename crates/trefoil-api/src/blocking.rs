@@ -20,6 +20,7 @@ use crate::client::{self, ApiError};
 use crate::proxies::ProxyStatusList;
 use crate::resources::{Deleted, List, WatchEvent, Written};
 use crate::rollouts::{RolloutActed, RolloutAction};
+use crate::tokens::{AuditList, CreateToken, CreatedToken, Revoked, TokenList};
 use crate::traces::{FollowEvent, Trace, TraceList};
 
 /// A blocking client of one control plane.
@@ -48,6 +49,11 @@ impl Client {
     /// Bounds each call (for a stream, until its first byte) by `timeout`.
     pub fn with_timeout(self, timeout: Duration) -> Self {
         Client { runtime: self.runtime, inner: self.inner.with_timeout(timeout) }
+    }
+
+    /// Sends `token` as the bearer credential of every call.
+    pub fn with_token(self, token: Option<&str>) -> Self {
+        Client { runtime: self.runtime, inner: self.inner.with_token(token) }
     }
 
     /// The API's address, as given.
@@ -120,6 +126,26 @@ impl Client {
     /// `POST /api/v1/rollouts/<name>/<action>`.
     pub fn rollout_action(&self, name: &str, action: RolloutAction) -> Result<RolloutActed, ApiError> {
         self.runtime.block_on(self.inner.rollout_action(name, action))
+    }
+
+    /// `POST /api/v1/tokens`.
+    pub fn create_token(&self, request: &CreateToken) -> Result<CreatedToken, ApiError> {
+        self.runtime.block_on(self.inner.create_token(request))
+    }
+
+    /// `GET /api/v1/tokens`.
+    pub fn tokens(&self) -> Result<TokenList, ApiError> {
+        self.runtime.block_on(self.inner.tokens())
+    }
+
+    /// `DELETE /api/v1/tokens/<id>`.
+    pub fn revoke_token(&self, id: &str) -> Result<Revoked, ApiError> {
+        self.runtime.block_on(self.inner.revoke_token(id))
+    }
+
+    /// `GET /api/v1/audit`.
+    pub fn audit(&self) -> Result<AuditList, ApiError> {
+        self.runtime.block_on(self.inner.audit())
     }
 }
 

@@ -24,6 +24,7 @@ use crate::error::ErrorBody;
 use crate::proxies::ProxyStatusList;
 use crate::resources::{Deleted, List, WatchEvent, Written};
 use crate::rollouts::{RolloutActed, RolloutAction};
+use crate::tokens::{AuditList, CreateToken, CreatedToken, Revoked, TokenList};
 use crate::traces::{FollowEvent, Trace, TraceList};
 
 /// How long one call may take by default: the store waits for the disk on
@@ -94,13 +95,20 @@ pub struct Client {
     http: Http,
     base: String,
     timeout: Duration,
+    /// `Authorization` of every request, when the client has a token.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl Client {
     /// A client of the API at `base`, e.g. `http://127.0.0.1:7070`.
     pub fn new(base: impl Into<String>) -> Self {
         let base = base.into().trim_end_matches('/').to_string();
-        Client { http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(), base, timeout: DEFAULT_TIMEOUT }
+        Client {
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+            base,
+            timeout: DEFAULT_TIMEOUT,
+            authorization: None,
+        }
     }
 
     /// A client of the API listening on `addr`.
@@ -111,6 +119,18 @@ impl Client {
     /// Bounds each call (for a stream, until its first byte) by `timeout`.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sends `token` as the bearer credential of every call. A token that
+    /// cannot be a header value (a control character) is sent as none, and
+    /// the server's 401 says so.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.authorization = token.and_then(|t| {
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {}", t.trim())).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
         self
     }
 
@@ -208,6 +228,27 @@ impl Client {
         self.json(Method::POST, &format!("/api/v1/rollouts/{name}/{action}"), None).await.map(|(_, v)| v)
     }
 
+    /// `POST /api/v1/tokens`: a new token; its secret is in the answer only.
+    pub async fn create_token(&self, request: &CreateToken) -> Result<CreatedToken, ApiError> {
+        let body = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+        self.json(Method::POST, "/api/v1/tokens", Some(body)).await.map(|(_, v)| v)
+    }
+
+    /// `GET /api/v1/tokens`: every live token, without secrets.
+    pub async fn tokens(&self) -> Result<TokenList, ApiError> {
+        self.json(Method::GET, "/api/v1/tokens", None).await.map(|(_, v)| v)
+    }
+
+    /// `DELETE /api/v1/tokens/<id>`.
+    pub async fn revoke_token(&self, id: &str) -> Result<Revoked, ApiError> {
+        self.json(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await.map(|(_, v)| v)
+    }
+
+    /// `GET /api/v1/audit`: the writes the control plane recorded, oldest first.
+    pub async fn audit(&self) -> Result<AuditList, ApiError> {
+        self.json(Method::GET, "/api/v1/audit", None).await.map(|(_, v)| v)
+    }
+
     /// One request; the status and body of a 2xx answer read as `T`.
     async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<(StatusCode, T), ApiError> {
         let request = format!("{method} {path}");
@@ -249,6 +290,9 @@ impl Client {
         let mut builder = http::Request::builder().method(method).uri(uri);
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(http::header::AUTHORIZATION, authorization.clone());
         }
         let request = builder.body(Full::new(body.unwrap_or_default())).map_err(|e| invalid(e.to_string()))?;
         let response =

@@ -8,6 +8,7 @@
 //! - `proxies`: proxy status and the one "in sync" rule;
 //! - `traces`: spans, the recent-traces list, follow lines;
 //! - `rollouts`: the manual overrides and their answer;
+//! - `tokens`: roles, bearer tokens and the audit log;
 //! - `error`: the error body every 4xx and 5xx carries;
 //! - `client`: the async client; `blocking`: the same for synchronous code.
 //!
@@ -20,6 +21,7 @@ pub mod error;
 pub mod proxies;
 pub mod resources;
 pub mod rollouts;
+pub mod tokens;
 pub mod traces;
 
 pub use client::{ApiError, Client, Lines};
@@ -27,4 +29,5 @@ pub use error::ErrorBody;
 pub use proxies::{Nack, ProxyStatus, ProxyStatusList};
 pub use resources::{Deleted, List, WatchEvent, Written};
 pub use rollouts::{RolloutActed, RolloutAction};
+pub use tokens::{AuditEntry, AuditList, CreateToken, CreatedToken, Revoked, Role, TokenInfo, TokenList};
 pub use trefoil_model::ResourceVersion;

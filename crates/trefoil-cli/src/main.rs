@@ -79,6 +79,12 @@ enum Command {
     /// Datapath rules in the compact form: add, list, delete, explain which rule decides a connection.
     #[command(long_about = commands::datapath::ABOUT)]
     Datapath(commands::datapath::Args),
+    /// Bearer tokens for the REST API: create (secret shown once), list, revoke.
+    #[command(long_about = commands::token::ABOUT)]
+    Token(commands::token::Args),
+    /// The CLI's contexts (control plane URL and token): get-contexts, use-context.
+    #[command(long_about = commands::config::ABOUT)]
+    Config(commands::config::Args),
 }
 
 fn init_logging(cli: &Cli) {
@@ -142,6 +148,8 @@ fn main() -> ExitCode {
         Command::Nf(args) => commands::nf::run(args),
         Command::Trace(args) => commands::trace::run(args),
         Command::Datapath(args) => commands::datapath::run(args),
+        Command::Token(args) => commands::token::run(args),
+        Command::Config(args) => commands::config::run(args),
     }
 }
 

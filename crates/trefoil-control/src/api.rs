@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,6 +18,7 @@ use trefoil_chain::handlers::{Handlers, Limits};
 use trefoil_model::resource::{kind_named, CONTROLLER_KINDS, KINDS};
 use trefoil_model::{Diagnostic, Resource, ResourceVersion, SourcedResource, Spec};
 
+use crate::auth::Actor;
 use crate::store::{Event, Store, StoreError, Stored};
 
 /// How many times an unconditional apply retries when a concurrent write
@@ -246,8 +247,15 @@ fn handler_syntax(source: &SourcedResource) -> Result<(), ApiError> {
     }
 }
 
-/// Writes `value`, bumping `generation` when the spec changed.
-pub(crate) fn write(store: &Store, kind: &str, name: &str, mut value: Value, expected: Option<u64>) -> Result<(u64, bool), ApiError> {
+/// Writes `value`, bumping `generation` when the spec changed; the new
+/// version, and the one it replaced (none: it was created).
+pub(crate) fn write(
+    store: &Store,
+    kind: &str,
+    name: &str,
+    mut value: Value,
+    expected: Option<u64>,
+) -> Result<(u64, Option<u64>), ApiError> {
     for _ in 0..APPLY_RETRIES {
         let current = store.get(kind, name);
         let generation = match &current {
@@ -260,7 +268,7 @@ pub(crate) fn write(store: &Store, kind: &str, name: &str, mut value: Value, exp
         // so the generation computed above cannot go stale.
         let guard = expected.or(Some(current.as_ref().map_or(0, |c| c.resource_version)));
         match store.put(kind, name, value.clone(), guard) {
-            Ok(rv) => return Ok((rv, current.is_none())),
+            Ok(rv) => return Ok((rv, current.map(|c| c.resource_version))),
             Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
             Err(e) => return Err(e.into()),
         }
@@ -268,7 +276,12 @@ pub(crate) fn write(store: &Store, kind: &str, name: &str, mut value: Value, exp
     Err(ApiError::new(StatusCode::CONFLICT, format!("{kind}/{name} kept changing; try again")))
 }
 
-async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(store): State<Arc<Store>>,
+    actor: Option<Extension<Actor>>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
     let (value, _) = parse(&store, kind, None, &body)?;
     let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
@@ -278,16 +291,27 @@ async fn create(State(store): State<Arc<Store>>, Path(kind): Path<String>, body:
         StoreError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, format!("{kind}/{name} already exists; use PUT to replace it")),
         e => e.into(),
     })?;
+    if let Some(Extension(actor)) = &actor {
+        actor.record("create", &format!("{kind}/{name}"), None, Some(rv));
+    }
     let stored = store.get(kind, &name).filter(|s| s.resource_version == rv);
     Ok((StatusCode::CREATED, Json(stored.map(|s| present(&s)).unwrap_or(Value::Null))).into_response())
 }
 
-async fn apply(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
+async fn apply(
+    State(store): State<Arc<Store>>,
+    actor: Option<Extension<Actor>>,
+    Path((kind, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
     let (value, expected) = parse(&store, kind, Some(&name), &body)?;
-    let (rv, created) = write(&store, kind, &name, value, expected)?;
+    let (rv, before) = write(&store, kind, &name, value, expected)?;
+    if let Some(Extension(actor)) = &actor {
+        actor.record("apply", &format!("{kind}/{name}"), before, Some(rv));
+    }
     let stored = store.get(kind, &name).filter(|s| s.resource_version == rv);
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if before.is_none() { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(stored.map(|s| present(&s)).unwrap_or(Value::Null))).into_response())
 }
 
@@ -299,11 +323,16 @@ struct DeleteQuery {
 
 async fn remove(
     State(store): State<Arc<Store>>,
+    actor: Option<Extension<Actor>>,
     Path((kind, name)): Path<(String, String)>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let kind = writable(kind_of(&kind)?)?;
+    let before = store.get(kind, &name).map(|s| s.resource_version);
     let rv = store.delete(kind, &name, q.resource_version)?;
+    if let Some(Extension(actor)) = &actor {
+        actor.record("delete", &format!("{kind}/{name}"), before, None);
+    }
     Ok(Json(Deleted { deleted: format!("{kind}/{name}"), resource_version: ResourceVersion::new(rv) }).into_response())
 }
 

@@ -9,6 +9,65 @@ use trefoil_model::resource::{API_VERSION, CONTROLLER_KINDS, KINDS};
 const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$";
 
 pub fn document() -> Value {
+    let mut doc = resources_and_traces();
+    secure(&mut doc);
+    doc
+}
+
+/// Adds the bearer scheme, the token and audit paths, and to every
+/// operation but the open ones its 401 and 403 answers (see `crate::auth`).
+fn secure(doc: &mut Value) {
+    let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let token_info = json!({"type": "object", "required": ["id", "role", "creator", "createdMs"], "properties": {
+        "id": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "editor", "admin"]}, "creator": {"type": "string"},
+        "createdMs": {"type": "integer"}, "expiresMs": {"type": "integer"}
+    }});
+    let mut created = token_info.clone();
+    created["properties"]["token"] = json!({"type": "string", "description": "the secret, shown this once"});
+    created["required"].as_array_mut().into_iter().for_each(|r| r.push(json!("token")));
+    let paths = &mut doc["paths"];
+    paths["/api/v1/tokens"] = json!({
+        "get": {"summary": "Every token: id, role, creator, expiry; never a secret (admin)", "responses": {"200": {"description": "the tokens", "content": {"application/json": {"schema": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": token_info}}}}}}}},
+        "post": {
+            "summary": "Create a token (admin); its secret is in this answer only",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["role"], "additionalProperties": false, "properties": {
+                "role": {"type": "string", "enum": ["viewer", "editor", "admin"]},
+                "ttlSeconds": {"type": "integer", "nullable": true, "minimum": 1, "maximum": 315_360_000u64, "description": "absent or null: until revoked"}
+            }}}}},
+            "responses": {"201": {"description": "the token", "content": {"application/json": {"schema": created}}}, "400": error, "413": error, "422": error}
+        }
+    });
+    paths["/api/v1/tokens/{id}"] = json!({"delete": {
+        "summary": "Revoke a token (admin); its next request is refused",
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object", "required": ["revoked"], "properties": {"revoked": {"type": "string"}}}}}}, "404": error}
+    }});
+    paths["/api/v1/audit"] = json!({"get": {
+        "summary": "The audit log (admin): each write through the API, oldest first, the newest 1000 kept",
+        "responses": {"200": {"description": "the entries", "content": {"application/json": {"schema": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object", "required": ["seq", "timeMs", "tokenId", "role", "verb", "resource"], "properties": {
+            "seq": {"type": "integer"}, "timeMs": {"type": "integer"}, "tokenId": {"type": "string"}, "role": {"type": "string"}, "verb": {"type": "string"},
+            "resource": {"type": "string", "description": "Kind/name"}, "before": {"type": "string", "description": "resourceVersion before the write"}, "after": {"type": "string", "description": "resourceVersion after"}
+        }}}}}}}}}
+    }});
+    for (path, operations) in paths.as_object_mut().into_iter().flatten() {
+        for (method, operation) in operations.as_object_mut().into_iter().flatten() {
+            if path == "/v1/traces" && method == "post" {
+                // Open to proxies (decision 0016).
+                operation["security"] = json!([]);
+                continue;
+            }
+            let responses = &mut operation["responses"];
+            responses["401"] = json!({"description": "no bearer token, or one that is unknown, revoked or expired", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+            if responses.get("403").is_none() {
+                responses["403"] = json!({"description": "the token's role may not do this", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+            }
+        }
+    }
+    doc["security"] = json!([{"bearer": []}]);
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer", "description": "a token from `trefoil token create`, or the admin token in the control plane's data directory"}});
+}
+
+fn resources_and_traces() -> Value {
     let name_schema = json!({"type": "string", "minLength": 1, "maxLength": 253, "pattern": NAME_PATTERN});
     let kind = json!({"name": "kind", "in": "path", "required": true, "schema": {"type": "string", "enum": KINDS}, "example": "Service"});
     let name = json!({"name": "name", "in": "path", "required": true, "schema": name_schema, "example": "web"});
@@ -36,7 +95,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Trefoil control plane",
             "version": "v1",
-            "description": "No authentication yet: keep it on loopback. Limits, for any operation: request line and headers 64 KiB (431) sent within 10 s, \
+            "description": "Every operation but the OTLP span intake needs a bearer token: viewer reads, editor writes, admin manages tokens and reads the audit log. Limits, for any operation: request line and headers 64 KiB (431) sent within 10 s, \
                 which is also how long an idle connection is kept; a request received whole and answered within 30 s (408); bodies 2 MiB (413); \
                 by default 512 connections served at once (more wait to be accepted) and 128 watch streams (503; see `trefoil control --help`); \
                 a reader that takes no bytes for 60 s is disconnected."

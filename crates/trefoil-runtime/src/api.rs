@@ -2,6 +2,7 @@
 //! client; this is how the runtime configures it and words its refusals.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use trefoil_api::{ApiError, Client};
@@ -10,9 +11,35 @@ use trefoil_api::{ApiError, Client};
 /// when retrying can help).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client of the control plane the runtime started at `api`.
-pub fn client(api: SocketAddr) -> Client {
-    Client::for_addr(api).with_timeout(CALL_TIMEOUT)
+/// A client of the control plane the runtime started at `api`, showing it `token`.
+pub fn client(api: SocketAddr, token: &str) -> Client {
+    Client::for_addr(api).with_timeout(CALL_TIMEOUT).with_token(Some(token))
+}
+
+/// The admin token the control plane writes in its data directory on
+/// start (`trefoil control`: `<data>/admin.token`); the runtime's own calls
+/// and the CLI's context use it.
+pub fn admin_token_file(state: &Path) -> PathBuf {
+    state.join("data").join("admin.token")
+}
+
+/// The datapath agent's token file: a viewer token `up` mints for it on each
+/// start, handed over by path (`TREFOIL_TOKEN_FILE`) so no secret is on a
+/// command line where `ps` shows it.
+pub fn agent_token_file(state: &Path) -> PathBuf {
+    state.join("datapath.token")
+}
+
+/// Writes a secret to `path`, owner-only from the first byte on.
+pub(crate) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A failed write as the runtime reports it: the status and the API's

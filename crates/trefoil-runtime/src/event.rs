@@ -73,6 +73,8 @@ pub struct Summary {
     pub logs: String,
     /// The supervisor's view, rewritten on every change.
     pub state: String,
+    /// The control plane's admin token (mode 0600), for the CLI's context.
+    pub token_file: String,
     /// The node's datapath agent, when it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathSummary>,

@@ -244,7 +244,8 @@ fn agent_process(exe: &Path, api: SocketAddr, state: &Path, agent: &AgentPlan) -
         role: Role::Datapath,
         program: exe.to_path_buf(),
         args,
-        env: BTreeMap::new(),
+        // The path, not the token: the environment is the owner's to read only.
+        env: BTreeMap::from([("TREFOIL_TOKEN_FILE".to_string(), crate::api::agent_token_file(state).display().to_string())]),
         cwd: None,
         addresses: BTreeMap::new(),
         probe: Probe::File(ready),

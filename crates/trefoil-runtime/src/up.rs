@@ -68,6 +68,8 @@ pub enum UpError {
     Refused(String),
     #[error("{0}")]
     Datapath(String),
+    #[error("cannot use the control plane's admin token {path}: {reason}")]
+    Token { path: PathBuf, reason: String },
 }
 
 impl UpError {
@@ -226,10 +228,17 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         return Err(UpError::ControlNotReady { log: log.display().to_string(), tail });
     }
 
+    // Written by the control plane before it answers, so it is there now.
+    let token_file = api::admin_token_file(&running.state);
+    let token = std::fs::read_to_string(&token_file)
+        .map_err(|e| UpError::Token { path: token_file.clone(), reason: e.to_string() })?
+        .trim()
+        .to_string();
+    let client = api::client(plan.api, &token);
     let (restarts_tx, restarts_rx) = watch::channel(0u64);
-    let (writer, writer_task) = reconcile::start(api::client(plan.api), restarts_rx, running.events.clone());
+    let (writer, writer_task) = reconcile::start(client.clone(), restarts_rx, running.events.clone());
     running.writer = Some((plan.clone(), writer.clone(), writer_task));
-    prune(&api::client(plan.api), plan, &running.events).await;
+    prune(&client, plan, &running.events).await;
     running.tasks.push(tokio::spawn(watch_control_restarts(running.view.subscribe(), restarts_tx)));
 
     // What the files say, then each sidecar's registration: both must be
@@ -256,6 +265,7 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
     // After the proxies, so a transparent listener is there when the first
     // redirect is programmed.
     if let Some(agent) = &plan.datapath {
+        agent_token(&client, &running.state).await?;
         running.supervise(agent);
     }
 
@@ -270,9 +280,31 @@ async fn start(plan: &Plan, resources: &[Resource], running: &mut Running) -> Re
         .collect();
     let all_ready = |v: &UpView| started.iter().all(|name| v.processes.get(name).is_some_and(|p| p.ready));
     let _ = tokio::time::timeout(READY_TIMEOUT, view_rx.wait_for(all_ready)).await;
-    let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&api::client(plan.api), plan, &running.view)).await;
+    let _ = tokio::time::timeout(SYNC_TIMEOUT, proxies_in_sync(&client, plan, &running.view)).await;
     running.events.send(Event::Up(summary(plan, &running.state, &running.view.borrow())));
     Ok(())
+}
+
+/// Mints the datapath agent's viewer token (it only reads rules) and writes
+/// it where the agent's `TREFOIL_TOKEN_FILE` points; the token an earlier run
+/// minted is revoked first, so runs do not pile tokens up.
+async fn agent_token(client: &Client, state: &Path) -> Result<(), UpError> {
+    let path = api::agent_token_file(state);
+    let failed = |reason: String| UpError::Token { path: path.clone(), reason };
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        if let Some(id) = old.trim().strip_prefix("trf_").and_then(|rest| rest.split_once('_')).map(|(id, _)| id) {
+            match client.revoke_token(id).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(failed(format!("cannot revoke the earlier run's token: {}", api::refusal(&e)))),
+            }
+        }
+    }
+    let created = client
+        .create_token(&trefoil_api::CreateToken { role: trefoil_api::Role::Viewer, ttl_seconds: None })
+        .await
+        .map_err(|e| failed(format!("cannot mint the datapath agent's token: {}", api::refusal(&e))))?;
+    api::write_secret(&path, &created.token).map_err(|e| failed(e.to_string()))
 }
 
 /// Returns once the control plane has compiled the published readiness of
@@ -394,6 +426,7 @@ fn summary(plan: &Plan, state: &Path, view: &UpView) -> Summary {
         grpc: plan.grpc.to_string(),
         logs: crate::logs::dir(state).display().to_string(),
         state: view::path(state).display().to_string(),
+        token_file: api::admin_token_file(state).display().to_string(),
         datapath: plan.datapath.as_ref().map(|d| DatapathSummary {
             ready: view.processes.get(&d.name).is_some_and(|p| p.ready),
             log: crate::logs::path(state, &d.name).display().to_string(),

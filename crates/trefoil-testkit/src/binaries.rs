@@ -44,7 +44,16 @@ pub fn trefoil_path() -> PathBuf {
 pub fn trefoil_command() -> Command {
     let path = trefoil_path();
     assert!(path.is_file(), "trefoil not found at {}; build it with `cargo build -p trefoil-cli` or set TREFOIL_BIN", path.display());
-    Command::new(path)
+    let mut cmd = Command::new(path);
+    // The CLI's config (contexts `up` writes) goes to a file of this test
+    // run, never the developer's; their server and token stay out too.
+    cmd.env("TREFOIL_CONFIG", test_config()).env_remove("TREFOIL_TOKEN").env_remove("TREFOIL_TOKEN_FILE").env_remove("TREFOIL_SERVER");
+    cmd
+}
+
+/// The CLI config file every `trefoil` a test starts uses, one per test process.
+fn test_config() -> PathBuf {
+    std::env::temp_dir().join(format!("trefoil-test-{}-config", std::process::id()))
 }
 
 /// Finds an executable by name on PATH, also looking in the sbin directories

@@ -20,10 +20,19 @@ use crate::wait::{free_addr, wait_for_port, wait_until};
 /// How long starting and awaited conditions may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The admin token a control plane wrote in data directory `data`.
+pub fn admin_token(data: &Path) -> String {
+    let file = data.join("admin.token");
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display())).trim().to_string()
+}
+
 /// A running control plane; killed (SIGKILL) when dropped.
 pub struct Control {
     process: Process,
     client: Client,
+    /// The admin token it wrote in its data directory.
+    token: String,
+    pub data: std::path::PathBuf,
     pub api: SocketAddr,
     /// The config stream's address.
     pub grpc: SocketAddr,
@@ -55,8 +64,22 @@ impl Control {
         let log = data.with_extension(format!("control-{}.log", api.port()));
         let mut process = Process::spawn_logged("trefoil control", &mut cmd, &log);
         process.wait_for(&format!("the control plane to listen on {api}"), WAIT, || wait_for_port(api, Duration::from_millis(100)));
-        let client = Client::for_addr(api).expect("a runtime for the API client").with_timeout(WAIT);
-        Control { process, client, api, grpc }
+        // Written before the sockets are bound, so it is there once they are.
+        let token = admin_token(data);
+        let client = Client::for_addr(api).expect("a runtime for the API client").with_timeout(WAIT).with_token(Some(&token));
+        Control { process, client, token, data: data.to_path_buf(), api, grpc }
+    }
+
+    /// The admin token it wrote in its data directory (`admin.token`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `trefoil ARGS` with this control plane's `--server` and admin token.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = trefoil_command();
+        cmd.args(args).args(["--server", &self.url()]).env("TREFOIL_TOKEN", &self.token);
+        cmd
     }
 
     /// `http://` address of the REST API, for `--server`.
@@ -78,7 +101,14 @@ impl Control {
     /// Like [`Control::call`] with any bytes as the body, and a failed
     /// exchange (a connection the server closed early) as an error.
     pub fn try_call(&self, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Value)> {
-        let (status, _, body) = http_request(self.api, method, "control", path, &[], body)?;
+        self.call_with(Some(&self.token), method, path, body)
+    }
+
+    /// One raw REST call with `token` as the bearer (none: anonymous).
+    pub fn call_with(&self, token: Option<&str>, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, Value)> {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+        let (status, _, body) = http_request(self.api, method, "control", path, &headers, body)?;
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
@@ -106,8 +136,7 @@ impl Control {
     pub fn apply(&self, dir: &Path, resources: impl ToYaml) {
         let file = dir.join("apply.yaml");
         std::fs::write(&file, resources.to_yaml()).expect("writing the file to apply");
-        let out =
-            run_with_timeout(trefoil_command().arg("apply").arg("-f").arg(&file).args(["--server", &self.url()]), Duration::from_secs(60));
+        let out = run_with_timeout(&mut self.command(&["apply", "-f", &file.display().to_string()]), Duration::from_secs(60));
         assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 

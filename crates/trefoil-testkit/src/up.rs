@@ -109,7 +109,9 @@ impl Up {
 
     /// The typed client of its control plane (`trefoil-api`), made on first use.
     pub fn client(&self) -> &Client {
-        self.client.get_or_init(|| Client::for_addr(self.api()).expect("a runtime for the API client").with_timeout(START))
+        self.client.get_or_init(|| {
+            Client::for_addr(self.api()).expect("a runtime for the API client").with_timeout(START).with_token(Some(&self.token()))
+        })
     }
 
     /// The stored `kind`/`name`; `None` while the API does not answer with it.
@@ -182,10 +184,18 @@ impl Up {
         trefoil_command().arg("logs").args(args).arg("--state").arg(&self.state).output().expect("running trefoil logs")
     }
 
-    /// `trefoil ARGS --server <this mesh's API>`.
+    /// The admin token its control plane wrote in the state directory.
+    pub fn token(&self) -> String {
+        crate::control::admin_token(&self.state.join("data"))
+    }
+
+    /// `trefoil ARGS --server <this mesh's API>` with its admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
         let server = format!("http://{}", self.api());
-        run_with_timeout(trefoil_command().args(args).args(["--server", &server]), Duration::from_secs(30))
+        run_with_timeout(
+            trefoil_command().args(args).args(["--server", &server]).env("TREFOIL_TOKEN", self.token()),
+            Duration::from_secs(30),
+        )
     }
 
     /// `trefoil apply -f FILE` against this mesh; panics unless it succeeds.

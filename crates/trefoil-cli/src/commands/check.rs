@@ -22,9 +22,8 @@ pub(crate) const ABOUT: &str = "Check the mesh and print one line per check with
 #[derive(clap::Args)]
 #[command(after_help = "Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments.")]
 pub(crate) struct Args {
-    /// Control plane REST API.
-    #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    #[command(flatten)]
+    server: super::client::Server,
     /// Output format (json/yaml: {checks: [{name, ok, detail}], ok}).
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -52,7 +51,7 @@ struct Outcome {
 
 pub(crate) fn run(args: Args) -> ExitCode {
     let Some(rt) = current_thread_runtime() else { return exit::failure() };
-    let checks = rt.block_on(checks(&args.server));
+    let checks = rt.block_on(checks(&args.server.url(), args.server.client()));
     let outcome = Outcome { ok: checks.iter().all(|c| c.ok), checks };
     match args.output {
         Format::Table => {
@@ -72,8 +71,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
 /// One deadline for every call: a check that hangs is a failed check.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn checks(server: &str) -> Vec<Check> {
-    let control = Client::new(server).with_timeout(TIMEOUT);
+async fn checks(server: &str, control: Client) -> Vec<Check> {
+    let control = control.with_timeout(TIMEOUT);
     if let Err(e) = control.reachable().await {
         // Every other check asks the control plane; one clear failure beats many echoes.
         return vec![Check::new("control plane", false, e.to_string())];

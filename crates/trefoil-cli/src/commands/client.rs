@@ -8,14 +8,24 @@ use serde::Serialize;
 use trefoil_api::{ApiError, Client, ProxyStatus};
 use trefoil_model::{ResourceVersion, Spec};
 
+use super::config::{self, Asked, ConfigFile, Target};
 use crate::output::{current_thread_runtime, exit, print_structured, Format};
 
-/// Where the control plane's API is.
+/// Where the control plane's API is, and the token to show it (see `trefoil config --help`).
 #[derive(clap::Args)]
 pub(crate) struct Server {
-    /// Control plane REST API.
-    #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
-    pub server: String,
+    /// Control plane REST API [default: the current context's, else http://127.0.0.1:7070].
+    #[arg(long = "server", env = "TREFOIL_SERVER")]
+    server_flag: Option<String>,
+    /// Bearer token [default: the context's for that server].
+    #[arg(long, env = "TREFOIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the bearer token, e.g. a control plane's `<data>/admin.token`.
+    #[arg(long, env = "TREFOIL_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// A context of the config file instead of its current one.
+    #[arg(long)]
+    context: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -38,6 +48,10 @@ pub(crate) struct GetArgs {
     kind: String,
     /// One resource; all of the kind when absent.
     name: Option<String>,
+    /// With `events`: the audit log (every write through the API: who, what,
+    /// resourceVersion before and after) instead of the controllers' events. Admin only.
+    #[arg(long)]
+    audit: bool,
     #[command(flatten)]
     server: Server,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
@@ -55,9 +69,35 @@ pub(crate) struct DeleteArgs {
 }
 
 impl Server {
-    /// The one API client, for this command's `--server`.
+    /// The server and token this command uses. A config file that cannot be
+    /// read is said on stderr, and the command goes on with the flags alone
+    /// (the server's 401 then says a token is missing).
+    fn target(&self) -> Target {
+        let asked = Asked {
+            server: self.server_flag.as_deref(),
+            token: self.token.as_deref(),
+            token_file: self.token_file.as_deref(),
+            context: self.context.as_deref(),
+        };
+        let file = config::path().map_or_else(|| Ok(ConfigFile::default()), |p| config::load(&p));
+        match file.and_then(|f| config::resolve(&asked, &f)) {
+            Ok(target) => target,
+            Err(e) => {
+                eprintln!("warning: {e}");
+                Target { server: asked.server.unwrap_or(config::DEFAULT_SERVER).to_string(), token: asked.token.map(str::to_string) }
+            }
+        }
+    }
+
+    /// The API's URL.
+    pub(crate) fn url(&self) -> String {
+        self.target().server
+    }
+
+    /// The one API client, for this command's server and token.
     pub(crate) fn client(&self) -> Client {
-        Client::new(self.server.as_str())
+        let target = self.target();
+        Client::new(target.server).with_token(target.token.as_deref())
     }
 }
 
@@ -126,9 +166,9 @@ pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
                 // The server refused this one: say why and go on with the rest.
                 Err(e @ ApiError::Status { status, .. }) => {
                     code = if status == 409 || status >= 500 { exit::failure() } else { exit::bad_input() };
-                    (format!("failed: {}", failure_text(&args.server.server, &e)), None)
+                    (format!("failed: {}", failure_text(&args.server.url(), &e)), None)
                 }
-                Err(e) => return report(&args.server.server, &e),
+                Err(e) => return report(&args.server.url(), &e),
             };
             if args.output == Format::Table {
                 println!("{id} {result}");
@@ -149,8 +189,11 @@ pub(crate) fn get(args: GetArgs) -> ExitCode {
     if args.kind == PROXY_STATUS && args.name.is_none() {
         return get_proxy_status(args);
     }
+    if args.audit {
+        return get_audit(args);
+    }
     run_async(async move {
-        let (server, client) = (&args.server.server, args.server.client());
+        let (server, client) = (&args.server.url(), args.server.client());
         let items = match &args.name {
             Some(name) => match client.get(&args.kind, name).await {
                 Ok(r) if args.output == Format::Table => vec![r],
@@ -186,7 +229,7 @@ fn printed<T: Serialize>(format: Format, value: &T) -> ExitCode {
 pub(crate) fn delete(args: DeleteArgs) -> ExitCode {
     run_async(async move {
         match args.server.client().delete(&args.kind, &args.name).await {
-            Err(e) => report(&args.server.server, &e),
+            Err(e) => report(&args.server.url(), &e),
             Ok(deleted) => {
                 match args.output {
                     Format::Table => println!("{} deleted", deleted.deleted),
@@ -203,7 +246,7 @@ fn get_proxy_status(args: GetArgs) -> ExitCode {
     run_async(async move {
         let items = match args.server.client().proxies().await {
             Ok(list) => list.items,
-            Err(e) => return report(&args.server.server, &e),
+            Err(e) => return report(&args.server.url(), &e),
         };
         if args.output != Format::Table {
             return printed(args.output, &items);
@@ -218,6 +261,42 @@ fn get_proxy_status(args: GetArgs) -> ExitCode {
             };
             let connected = if *connected { "yes" } else { "no" };
             println!("{name:<24} {connected:<9} {:>8} {:>8}  {nack}", version_text(*acked_version), version_text(*latest_version));
+        }
+        exit::ok()
+    })
+}
+
+/// `trefoil get events --audit`: the audit log, oldest first.
+fn get_audit(args: GetArgs) -> ExitCode {
+    if trefoil_model::resource::kind_named(&args.kind) != Some("Event") || args.name.is_some() {
+        eprintln!("error: --audit goes with `get events` (no name)");
+        return exit::bad_input();
+    }
+    run_async(async move {
+        let items = match args.server.client().audit().await {
+            Ok(list) => list.items,
+            Err(e) => return report(&args.server.url(), &e),
+        };
+        if args.output != Format::Table {
+            return printed(args.output, &items);
+        }
+        println!(
+            "{:>6} {:<24} {:<18} {:<7} {:<13} {:<32} {:>7} {:>7}",
+            "SEQ", "TIME", "TOKEN", "ROLE", "VERB", "RESOURCE", "BEFORE", "AFTER"
+        );
+        for e in &items {
+            let time = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time_ms));
+            println!(
+                "{:>6} {:<24} {:<18} {:<7} {:<13} {:<32} {:>7} {:>7}",
+                e.seq,
+                time.to_string(),
+                e.token_id,
+                e.role.as_str(),
+                e.verb,
+                e.resource,
+                version_text(e.before),
+                version_text(e.after)
+            );
         }
         exit::ok()
     })

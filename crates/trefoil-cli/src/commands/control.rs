@@ -30,6 +30,11 @@ pub(crate) struct Args {
     /// record is kept, the damaged file is kept as `store.db.corrupt-<unix time>`.
     #[arg(long)]
     repair: bool,
+    /// Serve requests without a bearer token as admin, for local experiments;
+    /// refused unless --listen is a loopback address. Requests with a token are
+    /// still checked. Without it, the admin token is in `<data>/admin.token`.
+    #[arg(long)]
+    insecure_local: bool,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -50,7 +55,13 @@ pub(crate) fn run(args: Args) -> ExitCode {
         max_watches: args.max_watches,
         ..Default::default()
     };
-    let options = ControlOptions { data_dir: args.data, listen: args.listen, grpc_listen: args.grpc_listen, limits };
+    let options = ControlOptions {
+        data_dir: args.data,
+        listen: args.listen,
+        grpc_listen: args.grpc_listen,
+        limits,
+        insecure_local: args.insecure_local,
+    };
     match runtime.block_on(trefoil_control::run(options, stop)) {
         Ok(()) => exit::ok(),
         Err(e) => {

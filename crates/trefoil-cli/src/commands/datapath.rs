@@ -198,7 +198,7 @@ fn add(a: AddArgs) -> ExitCode {
                 eprintln!("error: DatapathRule/{name} already exists (this same rule, or the name is taken): `trefoil datapath delete {name}` first, or give another --name");
                 return exit::failure();
             }
-            Err(e) => return report(&a.server.server, &e),
+            Err(e) => return report(&a.server.url(), &e),
         };
         match a.output {
             Format::Table => println!("DatapathRule/{name} created: {}", compact::format(&spec)),
@@ -278,7 +278,7 @@ fn list(a: ListArgs) -> ExitCode {
     run_async(async move {
         let all = match fetch_rules_and_targets(&a.server.client()).await {
             Ok(all) => all,
-            Err(e) => return report(&a.server.server, &e),
+            Err(e) => return report(&a.server.url(), &e),
         };
         let rules = Rule::all_in(&all);
         let rows: Vec<Row> = datapath::ordered(&rules)
@@ -330,7 +330,7 @@ fn delete(a: DeleteArgs) -> ExitCode {
                 }
                 exit::ok()
             }
-            Err(e) => report(&a.server.server, &e),
+            Err(e) => report(&a.server.url(), &e),
         }
     })
 }
@@ -357,7 +357,7 @@ fn explain(a: ExplainArgs) -> ExitCode {
     run_async(async move {
         let all = match fetch_rules(&a.server.client()).await {
             Ok(all) => all,
-            Err(e) => return report(&a.server.server, &e),
+            Err(e) => return report(&a.server.url(), &e),
         };
         let mut rules = Rule::all_in(&all);
         if let Some(node) = &a.node {

@@ -87,6 +87,9 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
+/// The context the demo adds while it runs, and removes after.
+const DEMO_CONTEXT: &str = "demo";
+
 async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     let gateway = SocketAddr::from(([127, 0, 0, 1], args.port));
     let dir = std::env::temp_dir().join(format!("trefoil-demo-{}", std::process::id()));
@@ -115,10 +118,13 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(interrupted);
 
     // Start-up: progress until the runtime says everything runs.
-    let api = loop {
+    let (api, previous_context) = loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
-                Event::Up(summary) => break summary.api,
+                Event::Up(summary) => {
+                    let previous = super::up::wire_context(DEMO_CONTEXT, &summary);
+                    break (summary.api, previous);
+                }
                 other => show(other, args.output),
             },
             result = &mut up => return Ok(failed_to_start(result, &dir)),
@@ -174,6 +180,12 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
             up.await
         }
     };
+    // Its token is gone with the state directory: so is its context.
+    if let Some(previous) = previous_context {
+        if let Err(e) = super::config::forget(DEMO_CONTEXT, previous) {
+            eprintln!("warning: cannot remove the demo's context: {e}");
+        }
+    }
     if let Err(e) = result {
         eprintln!("error: the mesh stopped: {e}");
         return Ok(exit::failure());

@@ -37,9 +37,8 @@ pub(crate) struct Args {
     kind: String,
     /// Resource name.
     name: String,
-    /// Control plane REST API.
-    #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    #[command(flatten)]
+    server: super::client::Server,
     /// Output format (json/yaml: {resource, related}).
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -88,7 +87,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         return exit::bad_input();
     };
     let Some(rt) = current_thread_runtime() else { return exit::failure() };
-    let control = Client::new(args.server.as_str()).with_timeout(Duration::from_secs(5));
+    let control = args.server.client().with_timeout(Duration::from_secs(5));
     match rt.block_on(describe(&control, kind, &args.name)) {
         Ok(d) => {
             match args.output {

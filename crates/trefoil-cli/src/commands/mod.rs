@@ -1,5 +1,6 @@
 pub(crate) mod check;
 pub(crate) mod client;
+pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod datapath;
 pub(crate) mod datapath_agent;
@@ -10,6 +11,7 @@ pub(crate) mod logs;
 pub(crate) mod nf;
 pub(crate) mod proxy;
 pub(crate) mod rollout;
+pub(crate) mod token;
 pub(crate) mod top;
 pub(crate) mod trace;
 pub(crate) mod trace_tree;

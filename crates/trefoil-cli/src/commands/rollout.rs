@@ -78,7 +78,7 @@ struct StatusView<'a> {
 
 fn status(t: Target) -> ExitCode {
     run_async(async move {
-        let (server, client) = (&t.server.server, t.server.client());
+        let (server, client) = (&t.server.url(), t.server.client());
         let rollout = match client.find("Rollout", &t.name).await {
             Err(e) => return report(server, &e),
             Ok(Some(Resource { spec: Spec::Rollout(spec), .. })) => spec,
@@ -195,7 +195,7 @@ pub(crate) fn print_events(events: &[Resource]) {
 fn act(t: Target, action: RolloutAction) -> ExitCode {
     run_async(async move {
         match t.server.client().rollout_action(&t.name, action).await {
-            Err(e) => report(&t.server.server, &e),
+            Err(e) => report(&t.server.url(), &e),
             Ok(acted) => {
                 match t.output {
                     Format::Table => println!("rollout {}: {} ({})", t.name, word(&acted.status.phase), acted.status.message),

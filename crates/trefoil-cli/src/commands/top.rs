@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use trefoil_api::{Client, ProxyStatus};
+use trefoil_api::ProxyStatus;
 use trefoil_metrics::fetch::Fetcher;
 use trefoil_metrics::promtext::{self, Sample};
 use trefoil_metrics::traffic::{self, Growth, Key, Row};
@@ -29,9 +29,8 @@ Without --once the table refreshes until Ctrl-C. Proxies that do not answer are 
 #[derive(clap::Args)]
 #[command(after_help = "Exit codes: 0 ok, 1 the control plane could not be asked for proxies, 2 bad arguments.")]
 pub(crate) struct Args {
-    /// Control plane REST API, asked for the list of proxies.
-    #[arg(long, env = "TREFOIL_SERVER", default_value = "http://127.0.0.1:7070")]
-    server: String,
+    #[command(flatten)]
+    server: super::client::Server,
     /// Scrape this proxy admin address (ip:port) instead of asking the control plane; repeatable.
     #[arg(long = "proxy", value_name = "ADMIN_ADDR")]
     proxies: Vec<String>,
@@ -156,7 +155,7 @@ async fn targets(args: &Args) -> Result<Vec<Target>, String> {
     if !args.proxies.is_empty() {
         return Ok(args.proxies.iter().map(|a| Target { name: a.clone(), admin: Ok(a.clone()) }).collect());
     }
-    let control = Client::new(args.server.as_str()).with_timeout(deadline(args));
+    let control = args.server.client().with_timeout(deadline(args));
     let proxies = control.proxies().await.map(|list| list.items).map_err(|e| match e.status() {
         Some(404) => format!("{e} (this control plane does not report proxies; name them with --proxy ADMIN_ADDR)"),
         _ => e.to_string(),

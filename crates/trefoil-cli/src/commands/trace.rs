@@ -69,7 +69,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
 async fn list(args: &Args) -> ExitCode {
     let list = match args.server.client().traces(args.limit).await {
         Ok(list) => list,
-        Err(e) => return fail(&failure_text(&args.server.server, &e), code_of(&e)),
+        Err(e) => return fail(&failure_text(&args.server.url(), &e), code_of(&e)),
     };
     if args.output != Format::Table {
         print_structured(args.output, &list);
@@ -106,7 +106,7 @@ async fn show(args: &Args, id: &str) -> ExitCode {
                 exit::bad_input(),
             )
         }
-        Err(e) => return fail(&failure_text(&args.server.server, &e), code_of(&e)),
+        Err(e) => return fail(&failure_text(&args.server.url(), &e), code_of(&e)),
     };
     if args.output != Format::Table {
         print_structured(args.output, &trace);
@@ -122,7 +122,7 @@ async fn show(args: &Args, id: &str) -> ExitCode {
 
 /// Prints each span of the stream as it arrives; ends when the server does.
 async fn follow(args: &Args) -> ExitCode {
-    let server = &args.server.server;
+    let server = &args.server.url();
     let mut lines = match args.server.client().follow_traces(args.trace_id.as_deref()).await {
         Ok(lines) => lines,
         Err(ApiError::Unreachable { reason, .. }) => {

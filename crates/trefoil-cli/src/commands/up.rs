@@ -143,7 +143,12 @@ pub(crate) fn run(args: Args) -> ExitCode {
         loop {
             tokio::select! {
                 biased;
-                Some(event) = rx.recv() => show(event, format),
+                Some(event) = rx.recv() => {
+                    if let Event::Up(summary) = &event {
+                        wire_context(LOCAL_CONTEXT, summary);
+                    }
+                    show(event, format)
+                }
                 result = &mut up => {
                     while let Ok(event) = rx.try_recv() {
                         show(event, format);
@@ -169,6 +174,30 @@ pub(crate) fn run(args: Args) -> ExitCode {
             } else {
                 exit::failure()
             }
+        }
+    }
+}
+
+/// The context `trefoil up` keeps for the control plane it runs.
+const LOCAL_CONTEXT: &str = "local";
+
+/// Makes the CLI talk to the control plane just started (see `trefoil
+/// config --help`); a config file that cannot be written is a warning, the
+/// mesh runs all the same. `Some` of the context that was current before,
+/// once wired.
+pub(crate) fn wire_context(name: &str, summary: &Summary) -> Option<Option<String>> {
+    match super::config::remember(name, &summary.api, std::path::Path::new(&summary.token_file)) {
+        Ok((path, previous)) => {
+            eprintln!(
+                "context {name:?} in {} is current: trefoil get, apply, ... reach {} with its admin token",
+                path.display(),
+                summary.api
+            );
+            Some(previous)
+        }
+        Err(e) => {
+            eprintln!("warning: the CLI's config was not updated ({e}); use --server {} --token-file {}", summary.api, summary.token_file);
+            None
         }
     }
 }

@@ -177,7 +177,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
 
     let control = Control::start(&dir.join("data"));
     control.apply(&dir, vec![web_workload(), endpoints(false)]);
-    let out = trefoil(&["check", "--server", &control.url(), "-o", "json"]);
+    let out = trefoil(&["check", "--server", &control.url(), "--token", control.token(), "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let checks = checks_of(&out);
     assert_eq!(json_of(&out)["ok"], false);
@@ -193,7 +193,7 @@ fn check_reports_each_part_and_fails_on_unready_replicas() {
     assert!((proxies["ok"] == true && detail.contains("no proxies")) || detail.contains("/api/v1/status/proxies"), "{proxies}");
 
     control.apply(&dir, endpoints(true));
-    let out = trefoil(&["check", "--server", &control.url()]);
+    let out = trefoil(&["check", "--server", &control.url(), "--token", control.token()]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().any(|l| l.starts_with("ok ") && l.contains("workload web-v1") && l.contains("2/2 replicas ready")), "{table}");
     let all_ok = table.lines().all(|l| l.starts_with("ok "));
@@ -223,7 +223,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
         ],
     );
 
-    let out = trefoil(&["describe", "services", "web", "--server", &control.url(), "-o", "json"]);
+    let out = trefoil(&["describe", "services", "web", "--server", &control.url(), "--token", control.token(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);
     assert_eq!(d["resource"]["kind"], "Service");
@@ -239,7 +239,7 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     assert_eq!(related["routes"], serde_json::json!(["web"]));
     assert_eq!(related["trafficPolicies"], serde_json::json!(["web-policy"]));
 
-    let out = trefoil(&["describe", "Service", "web", "--server", &control.url()]);
+    let out = trefoil(&["describe", "Service", "web", "--server", &control.url(), "--token", control.token()]);
     let human = String::from_utf8_lossy(&out.stdout);
     assert!(
         human.contains("kind: Service")
@@ -249,12 +249,12 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
         "{human}"
     );
 
-    let out = trefoil(&["describe", "route", "web", "--server", &control.url(), "-o", "json"]);
+    let out = trefoil(&["describe", "route", "web", "--server", &control.url(), "--token", control.token(), "-o", "json"]);
     assert_eq!(json_of(&out)["related"]["backends"][0]["readyEndpoints"], 2, "the static one and the ready replica");
-    let out = trefoil(&["describe", "route", "ghost", "--server", &control.url()]);
+    let out = trefoil(&["describe", "route", "ghost", "--server", &control.url(), "--token", control.token()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("NO READY ENDPOINTS"), "{}", text(&out));
 
-    let out = trefoil(&["describe", "workload", "web-v1", "--server", &control.url(), "-o", "yaml"]);
+    let out = trefoil(&["describe", "workload", "web-v1", "--server", &control.url(), "--token", control.token(), "-o", "yaml"]);
     let yaml = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && yaml.contains("related:") && yaml.contains("ready: 1") && yaml.contains("replicas: 2"),
@@ -263,18 +263,18 @@ fn describe_shows_a_resource_with_what_relates_to_it() {
     );
 
     // Bad input exits 2 and says what was wrong.
-    let out = trefoil(&["describe", "widget", "web", "--server", &control.url()]);
+    let out = trefoil(&["describe", "widget", "web", "--server", &control.url(), "--token", control.token()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("unknown kind \"widget\""), "{}", text(&out));
-    let out = trefoil(&["describe", "route", "nope", "--server", &control.url()]);
+    let out = trefoil(&["describe", "route", "nope", "--server", &control.url(), "--token", control.token()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("Route/nope not found"), "{}", text(&out));
-    let out = trefoil(&["describe", "proxy", "nope", "--server", &control.url()]);
+    let out = trefoil(&["describe", "proxy", "nope", "--server", &control.url(), "--token", control.token()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // A Proxy shows its status; a control plane without the status endpoint yet says so instead.
     control.apply(&dir, resource("gw", Spec::Proxy(ProxySpec { admin: free_addr(), ..ProxySpec::with_defaults() })));
-    let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url(), "-o", "json"]);
+    let out = trefoil(&["describe", "proxy", "gw", "--server", &control.url(), "--token", control.token(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let d = json_of(&out);
     assert_eq!(d["resource"]["kind"], "Proxy");
@@ -311,7 +311,7 @@ fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
         ],
     );
 
-    let out = trefoil(&["describe", "cnf", "edge", "--server", &control.url(), "-o", "json"]);
+    let out = trefoil(&["describe", "cnf", "edge", "--server", &control.url(), "--token", control.token(), "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let related = &json_of(&out)["related"];
     assert_eq!(
@@ -323,10 +323,12 @@ fn describe_shows_a_cnf_its_steps_and_where_it_is_used() {
     );
     assert_eq!(related["handlers"], serde_json::json!(["checked"]));
     assert_eq!(related["routes"], serde_json::json!(["web#0"]));
-    let human = String::from_utf8_lossy(&trefoil(&["describe", "CNF", "edge", "--server", &control.url()]).stdout).into_owned();
+    let human =
+        String::from_utf8_lossy(&trefoil(&["describe", "CNF", "edge", "--server", &control.url(), "--token", control.token()]).stdout)
+            .into_owned();
     assert!(human.contains("1: antivirus (callout on the response phase), service av: NO READY ENDPOINTS"), "{human}");
 
-    let out = trefoil(&["describe", "networkfunctions", "acl", "--server", &control.url(), "-o", "json"]);
+    let out = trefoil(&["describe", "networkfunctions", "acl", "--server", &control.url(), "--token", control.token(), "-o", "json"]);
     assert_eq!(json_of(&out)["related"], serde_json::json!({"service": "acl", "readyEndpoints": 1, "steps": ["edge#0"]}), "{}", text(&out));
 }
 

@@ -105,11 +105,15 @@ fn applied_resources_reach_the_proxy_and_a_rejected_snapshot_keeps_the_old_confi
     }
     assert!(proxy.log().contains("NACK sent"), "{}", proxy.log());
     // The CLI shows it too.
-    let out = trefoil_command().args(["get", "proxies", "--server", &format!("http://{api}")]).output().unwrap();
+    let out =
+        trefoil_command().args(["get", "proxies", "--server", &format!("http://{api}"), "--token", control.token()]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let edge_line = table.lines().find(|l| l.starts_with("edge")).unwrap_or_default();
     assert!(edge_line.contains("yes") && edge_line.contains("in use"), "{table}");
-    let out = trefoil_command().args(["get", "proxies", "-o", "json", "--server", &format!("http://{api}")]).output().unwrap();
+    let out = trefoil_command()
+        .args(["get", "proxies", "-o", "json", "--server", &format!("http://{api}"), "--token", control.token()])
+        .output()
+        .unwrap();
     let items: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(items.as_array().is_some_and(|i| i.iter().any(|p| p["name"] == "edge" && !p["nack"].is_null())), "{items}");
 

@@ -147,12 +147,12 @@ fn the_agent_follows_rules_added_and_deleted_through_the_control_plane() {
                 .args(["datapath", "agent", "--node", &node, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
                 .arg("--netns")
                 .arg(format!("/run/netns/{}", pair.server))
-                .args(["--server", &control.url()]),
+                .args(["--server", &control.url(), "--token", control.token()]),
             &dir.join(log),
         )
     };
     let trefoil = |args: &[&str]| {
-        let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url()]), WAIT);
+        let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url(), "--token", control.token()]), WAIT);
         assert!(out.status.success(), "trefoil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
 
@@ -346,7 +346,10 @@ impl Pair {
 fn trace_spans(control: &Control, id: &str, count: usize) -> Vec<trefoil_api::traces::Span> {
     let mut spans = Vec::new();
     wait_until(&format!("{count} spans of trace {id}"), WAIT, || {
-        let out = run_with_timeout(trefoil_command().args(["trace", id, "-o", "json", "--server", &control.url()]), WAIT);
+        let out = run_with_timeout(
+            trefoil_command().args(["trace", id, "-o", "json", "--server", &control.url(), "--token", control.token()]),
+            WAIT,
+        );
         spans = serde_json::from_slice::<trefoil_api::traces::Trace>(&out.stdout).map(|t| t.spans).unwrap_or_default();
         spans.len() >= count
     });
@@ -498,7 +501,7 @@ fn node_proxy(dir: &std::path::Path, pair: &Pair, config: &std::path::Path) -> P
 
 /// `trefoil ARGS` against `control`, which must succeed.
 fn trefoil_ok(control: &Control, args: &[&str]) {
-    let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url()]), WAIT);
+    let out = run_with_timeout(trefoil_command().args(args).args(["--server", &control.url(), "--token", control.token()]), WAIT);
     assert!(out.status.success(), "trefoil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -519,7 +522,7 @@ fn redirecting_agent(dir: &std::path::Path, pair: &Pair, control: &Control) -> P
             .args(["datapath", "agent", "--node", &pair.server, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
             .arg("--netns")
             .arg(format!("/run/netns/{}", pair.server))
-            .args(["--server", &control.url()]),
+            .args(["--server", &control.url(), "--token", control.token()]),
         &dir.join("agent.log"),
     );
     agent.wait_for("the agent to apply the rule", WAIT, || log_has(dir, "agent.log", "entries=1"));

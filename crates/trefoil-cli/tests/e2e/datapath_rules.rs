@@ -12,7 +12,7 @@ use trefoil_testkit::{repo_root, run_with_timeout, scratch_dir, trefoil_command,
 
 /// `trefoil ARGS --server` the control plane, bounded in time.
 fn trefoil(control: &Control, args: &[&str]) -> Output {
-    run_with_timeout(trefoil_command().args(args).args(["--server", &control.url()]), Duration::from_secs(30))
+    run_with_timeout(trefoil_command().args(args).args(["--server", &control.url(), "--token", control.token()]), Duration::from_secs(30))
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -14,6 +14,7 @@ mod chain_response;
 mod cli_observe;
 mod config_stream;
 mod control_api;
+mod control_auth;
 mod datapath_agent;
 mod datapath_rules;
 mod edgesecurity_e2e;

@@ -195,10 +195,9 @@ fn ctrl_c_stops_everything_and_leaves_no_child() {
     // the store keeps that (read it with a fresh control plane).
     let data = up.state.join("data");
     let control = Control::start(&data);
-    let (status, _, body) = http_get(control.api, "control", "/api/v1/endpoints/web");
+    let (status, stored) = control.call("GET", "/api/v1/endpoints/web", "");
     drop(control);
-    assert_eq!(status, 200, "{body}");
-    let stored: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{stored}");
     assert!(stored["spec"]["endpoints"].as_array().unwrap().iter().all(|e| e["ready"] == false), "{stored:#}");
 
     let stderr = up.stderr();
@@ -422,4 +421,30 @@ fn an_unhealthy_replica_leaves_the_endpoints_and_gets_no_traffic() {
     // Healthy again: back in.
     assert_eq!(http_request(app, "POST", "web", "/__health/ok", &[], b"").unwrap().0, 200);
     up.wait("web-1 serving again", |_| served_by(gateway, 20).contains(&"200 web-1".to_string()));
+}
+
+#[test]
+fn up_makes_the_cli_reach_its_control_plane_with_its_token() {
+    let dir = scratch_dir();
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::fs::write(dir.join("files").join("mesh.yaml"), servers("web", "web", 1).to_yaml()).unwrap();
+    let config = dir.join("config");
+    let config_env = config.display().to_string();
+    let mut up = Up::start_on(dir.clone(), &dir.join("files"), &[("TREFOIL_CONFIG", &config_env)]);
+    up.wait_ready(&["web-0"]);
+    up.wait("the summary", |u| u.stdout().contains("tokenFile"));
+    // No --server, no --token: the context `up` made current.
+    let cli = |args: &[&str]| run_with_timeout(trefoil_command().args(args).env("TREFOIL_CONFIG", &config), Duration::from_secs(30));
+    let out = cli(&["get", "workloads"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("web"), "{out:?}");
+    let contexts = String::from_utf8_lossy(&cli(&["config", "get-contexts"]).stdout).into_owned();
+    assert!(contexts.contains("local") && contexts.contains("admin.token") && !contexts.contains("trf_"), "{contexts}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // Without the context, the same call is refused.
+    let anonymous = run_with_timeout(
+        trefoil_command().args(["get", "workloads", "--server", &format!("http://{}", up.api())]),
+        Duration::from_secs(30),
+    );
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("401"), "{anonymous:?}");
 }

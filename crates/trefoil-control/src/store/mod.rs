@@ -87,6 +87,13 @@ pub enum Event {
     Deleted(Stored),
 }
 
+/// Whether a kind is the control plane's own bookkeeping (`_Token`,
+/// `_Audit`): never a resource, so never compiled into a snapshot, and out of
+/// the API's reach since no resource kind starts with `_`.
+pub fn is_internal(kind: &str) -> bool {
+    kind.starts_with('_')
+}
+
 /// A crash-safe store of JSON objects keyed by kind and name.
 pub struct Store {
     path: PathBuf,
@@ -194,9 +201,10 @@ impl Store {
 
     /// Every object and the revision they are at, read at one instant, so a
     /// compile sees a consistent state labelled with its own revision.
+    /// Internal kinds (tokens, the audit log: see [`is_internal`]) are left out.
     pub fn list_all(&self) -> (u64, Vec<Stored>) {
         let inner = self.lock();
-        (inner.revision, inner.objects.values().map(|(s, _)| s.clone()).collect())
+        (inner.revision, inner.objects.values().filter(|(s, _)| !is_internal(&s.kind)).map(|(s, _)| s.clone()).collect())
     }
 
     /// Creates or replaces an object. With `expected`, the write happens only
