@@ -148,7 +148,11 @@ fn the_transparent_walkthrough_runs_as_written() {
     }
     let script = repo_root().join("examples/edgesecurity-transparent/walkthrough.sh");
     let out = trefoil_testkit::run_with_timeout(
-        std::process::Command::new(&script).env("TREFOIL", trefoil_testkit::trefoil_path()).env("NO_COLOR", "1"),
+        // `up` adds a CLI context: to a scratch file, not the user's config.
+        std::process::Command::new(&script)
+            .env("TREFOIL", trefoil_testkit::trefoil_path())
+            .env("NO_COLOR", "1")
+            .env("TREFOIL_CONFIG", scratch_dir().join("config")),
         std::time::Duration::from_secs(300),
     );
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
