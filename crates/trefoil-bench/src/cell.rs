@@ -82,7 +82,7 @@ pub(crate) async fn run(settings: &Settings<'_>, proxies: usize, routes: usize) 
 
 async fn measure(settings: &Settings<'_>, control: &mut ControlProcess, result: &mut CellResult) -> Result<(), BenchError> {
     let (proxies, routes) = (result.proxies, result.routes);
-    let rest = Rest::new(control.api, settings.concurrency);
+    let rest = Rest::new(control.api, settings.concurrency, Some(&control.token));
     let mut items = Vec::with_capacity(routes * 2);
     for i in 0..routes {
         items.push(mesh::service(i));

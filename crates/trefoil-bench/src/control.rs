@@ -18,6 +18,8 @@ pub(crate) struct ControlProcess {
     pub api: SocketAddr,
     pub grpc: SocketAddr,
     data_dir: PathBuf,
+    /// The admin token it wrote in its data directory, once it answers.
+    pub token: String,
     /// Keep the data directory (and the log in it) after the process is gone.
     keep: bool,
 }
@@ -61,13 +63,20 @@ impl ControlProcess {
             .stderr(log_err)
             .spawn()
             .map_err(|e| BenchError::Setup(format!("cannot start {}: {e}", binary.display())))?;
-        let mut control = ControlProcess { child, api, grpc, data_dir, keep: false };
+        let mut control = ControlProcess { child, api, grpc, data_dir, token: String::new(), keep: false };
         control.wait_ready().await?;
+        // Written before the API answers, so it is there now.
+        let file = control.data_dir.join("data").join("admin.token");
+        control.token = std::fs::read_to_string(&file)
+            .map_err(|e| BenchError::Setup(format!("cannot read the admin token {}: {e}", file.display())))?
+            .trim()
+            .to_string();
         Ok(control)
     }
 
     async fn wait_ready(&mut self) -> Result<(), BenchError> {
-        let rest = Rest::new(self.api, 1);
+        // The readiness probe, the OpenAPI document, needs no token.
+        let rest = Rest::new(self.api, 1, None);
         let started = Instant::now();
         while started.elapsed() < START_TIMEOUT {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -19,9 +19,9 @@ pub(crate) struct Rest {
 }
 
 impl Rest {
-    /// A client keeping up to `connections` idle connections open.
-    pub(crate) fn new(api: SocketAddr, connections: usize) -> Self {
-        Rest { client: Client::for_addr(api).with_idle_connections(connections).with_timeout(REQUEST_TIMEOUT) }
+    /// A client keeping up to `connections` idle connections open, showing `token`.
+    pub(crate) fn new(api: SocketAddr, connections: usize, token: Option<&str>) -> Self {
+        Rest { client: Client::for_addr(api).with_idle_connections(connections).with_timeout(REQUEST_TIMEOUT).with_token(token) }
     }
 
     /// Whether the API answers.
