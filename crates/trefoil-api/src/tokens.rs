@@ -121,6 +121,22 @@ pub struct AuditList {
     pub items: Vec<AuditEntry>,
 }
 
+/// Writes a token (or a file holding one, like the CLI's config) to `path`,
+/// readable by its owner only from the first byte on: a new file made 0600,
+/// synced, then renamed over the old one, so no reader sees half of it.
+pub fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

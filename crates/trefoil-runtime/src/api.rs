@@ -30,18 +30,6 @@ pub fn agent_token_file(state: &Path) -> PathBuf {
     state.join("datapath.token")
 }
 
-/// Writes a secret to `path`, owner-only from the first byte on.
-pub(crate) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    file.write_all(format!("{secret}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// A failed write as the runtime reports it: the status and the API's
 /// error with each refused field on one line.
 pub fn refusal(e: &ApiError) -> String {

@@ -304,7 +304,7 @@ async fn agent_token(client: &Client, state: &Path) -> Result<(), UpError> {
         .create_token(&trefoil_api::CreateToken { role: trefoil_api::Role::Viewer, ttl_seconds: None })
         .await
         .map_err(|e| failed(format!("cannot mint the datapath agent's token: {}", api::refusal(&e))))?;
-    api::write_secret(&path, &created.token).map_err(|e| failed(e.to_string()))
+    trefoil_api::tokens::write_secret(&path, &created.token).map_err(|e| failed(e.to_string()))
 }
 
 /// Returns once the control plane has compiled the published readiness of

@@ -80,7 +80,7 @@ pub(crate) fn save(path: &Path, config: &ConfigFile) -> Result<(), String> {
     }
     let value = serde_json::to_value(config).map_err(|e| e.to_string())?;
     let text = trefoil_model::located_yaml::to_string(&value);
-    trefoil_control::auth::write_secret(path, text.trim_end()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    trefoil_api::tokens::write_secret(path, text.trim_end()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 impl ConfigFile {

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use trefoil_api::Role;
 
 pub use routes::router;
-pub use tokens::{write_secret, Caller, BOOTSTRAP_FILE};
+pub use tokens::{Caller, BOOTSTRAP_FILE};
 
 use crate::api::ApiError;
 use crate::store::Store;

@@ -6,14 +6,13 @@
 //! (256 random bits) is never stored, only the SHA-256 of the whole token,
 //! compared in constant time. A store file that leaks gives no usable token.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use trefoil_api::tokens::write_secret;
 use trefoil_api::{Role, TokenInfo};
 
 use crate::rollout::now_ms;
@@ -167,17 +166,4 @@ impl Tokens {
 pub(crate) enum Bootstrapped {
     Kept(PathBuf),
     Minted { path: PathBuf, id: String },
-}
-
-/// Writes a secret to `path`, readable by its owner only from the first
-/// byte on: a new file made 0600, renamed over the old one.
-pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    file.write_all(format!("{secret}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
