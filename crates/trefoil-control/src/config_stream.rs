@@ -6,13 +6,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, oneshot, watch};
-use tokio_stream::wrappers::WatchStream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use trefoil_model::Resource;
 use trefoil_wire::{proxy_message::Kind, ConfigStream, ProxyMessage, Request, Response, Snapshot, Status, Streaming};
 
 use crate::compile::MeshView;
+use crate::identity::Issuer;
 use crate::proxies::{Hello, Proxies};
 use crate::store::Store;
 
@@ -26,14 +27,19 @@ const DEBOUNCE_QUIET: Duration = Duration::from_millis(30);
 /// A steady trickle of events still gets compiled this often.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
-/// The gRPC service: registers each proxy and relays its ACKs and NACKs.
+/// Certificate requests a proxy may have unanswered; more wait for room.
+const PENDING_ANSWERS: usize = 4;
+
+/// The gRPC service: registers each proxy, relays its ACKs and NACKs, and
+/// answers its certificate requests.
 pub struct ConfigStreamService {
     compiler: Arc<Compiler>,
+    issuer: Arc<Issuer>,
 }
 
 impl ConfigStreamService {
-    pub fn new(compiler: Arc<Compiler>) -> Self {
-        ConfigStreamService { compiler }
+    pub fn new(compiler: Arc<Compiler>, issuer: Arc<Issuer>) -> Self {
+        ConfigStreamService { compiler, issuer }
     }
 }
 
@@ -44,14 +50,18 @@ impl ConfigStream for ConfigStreamService {
         let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |p| p.to_string());
         let mut inbound = request.into_inner();
         let (outbox, snapshots) = watch::channel(None);
-        let snapshots = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok));
+        // Answers to CSRs beside the snapshots: each one matters, where only
+        // the newest snapshot does.
+        let (answer, answers) = mpsc::channel(PENDING_ANSWERS);
+        let snapshots = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok)).merge(ReceiverStream::new(answers).map(Ok));
+        let talk = Talk { answer, issuer: self.issuer.clone() };
         // A proxy says Hello at once: read it before answering, so that a
         // refusal is the call's own status and the proxy never sees a stream
         // open. One slow to speak gets its headers anyway (they must not wait
         // on its first message), and a refusal then ends the stream instead.
         if let Ok(first) = tokio::time::timeout(HELLO_BEFORE_HEADERS, inbound.message()).await {
             let (name, id) = register(&self.compiler.proxies, first, outbox, &peer)?;
-            tokio::spawn(session(self.compiler.clone(), inbound, name, id, peer));
+            tokio::spawn(session(self.compiler.clone(), talk, inbound, name, id, peer));
             return Ok(Response::new(Box::pin(snapshots)));
         }
         let (refuse, refused) = oneshot::channel();
@@ -59,7 +69,7 @@ impl ConfigStream for ConfigStreamService {
         tokio::spawn(async move {
             let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await.unwrap_or(Ok(None));
             match register(&compiler.proxies, first, outbox, &peer) {
-                Ok((name, id)) => session(compiler, inbound, name, id, peer).await,
+                Ok((name, id)) => session(compiler, talk, inbound, name, id, peer).await,
                 Err(status) => {
                     let _ = refuse.send(status);
                 }
@@ -100,14 +110,28 @@ fn register(
     }
 }
 
+/// Where one stream's certificate requests are answered.
+struct Talk {
+    answer: mpsc::Sender<Snapshot>,
+    issuer: Arc<Issuer>,
+}
+
 /// One registered proxy's stream, until it disconnects.
-async fn session(compiler: Arc<Compiler>, mut inbound: Streaming<ProxyMessage>, name: String, id: u64, peer: String) {
+async fn session(compiler: Arc<Compiler>, talk: Talk, mut inbound: Streaming<ProxyMessage>, name: String, id: u64, peer: String) {
     let proxies = compiler.proxies.clone();
     compiler.refresh_in_background(Some(name.clone())).await;
     let reason = loop {
         match inbound.message().await {
             Ok(Some(ProxyMessage { kind: Some(Kind::Ack(a)) })) => proxies.ack(&name, id, a.version, a.hash),
             Ok(Some(ProxyMessage { kind: Some(Kind::Nack(n)) })) => proxies.nack(&name, id, n.version, n.hash, &n.error),
+            Ok(Some(ProxyMessage { kind: Some(Kind::Csr(request)) })) => {
+                let identity = talk.issuer.answer(&name, &request, std::time::SystemTime::now());
+                let answer =
+                    Snapshot { trust_bundle_pem: identity.trust_bundle_pem.clone(), identity: Some(identity), ..Default::default() };
+                if talk.answer.send(answer).await.is_err() {
+                    break "the stream closed".to_string();
+                }
+            }
             Ok(Some(_)) => tracing::warn!(proxy = %name, "ignoring an unexpected message (a second Hello, or an empty one)"),
             Ok(None) => break "stream closed by the proxy".to_string(),
             Err(status) => break status.message().to_string(),
@@ -234,16 +258,25 @@ mod tests {
 
     /// A config stream server over a fresh store, on a loopback port.
     async fn control(test: &str) -> (SocketAddr, Arc<Proxies>) {
+        let (addr, proxies, _) = control_with_tokens(test).await;
+        (addr, proxies)
+    }
+
+    /// [`control`], and the join tokens its CA accepts.
+    async fn control_with_tokens(test: &str) -> (SocketAddr, Arc<Proxies>, crate::identity::join::JoinTokens) {
         let dir = std::env::temp_dir().join(format!("trefoil-stream-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
         let proxies = Arc::new(Proxies::default());
         let compiler = Arc::new(Compiler::new(store, proxies.clone(), None));
+        let tokens = crate::identity::join::JoinTokens::new(&dir);
+        let issuer = Arc::new(Issuer::for_tests(&dir));
+        proxies.set_trust_bundle(issuer.trust_bundle());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(trefoil_wire::serve(listener, ConfigStreamService::new(compiler), std::future::pending()));
-        (addr, proxies)
+        tokio::spawn(trefoil_wire::serve(listener, ConfigStreamService::new(compiler, issuer), std::future::pending()));
+        (addr, proxies, tokens)
     }
 
     /// One proxy's end of a stream, opened with a Hello from `pid`.
@@ -393,5 +426,73 @@ mod tests {
         assert!(open(addr, "edge", 2002).await.is_err_and(|s| already_exists(&s)));
         // Unanswered pings (every 10 s, 5 s to answer) end it, and the name is free.
         let _back = open_until_accepted(addr, "edge", 2002, Duration::from_secs(40)).await;
+    }
+
+    /// The next message that answers a CSR, skipping snapshots.
+    async fn answer(wire: &mut Wire) -> trefoil_wire::IdentityAnswer {
+        loop {
+            match tokio::time::timeout(WAIT, wire.snapshots.message()).await.expect("the control plane answers") {
+                Ok(Some(Snapshot { identity: Some(answer), .. })) => return answer,
+                Ok(Some(_)) => continue,
+                other => panic!("no answer: {other:?}"),
+            }
+        }
+    }
+
+    fn csr(key: &rcgen::KeyPair, uri: Option<&str>) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = uri.map(|u| rcgen::SanType::URI(u.try_into().unwrap())).into_iter().collect();
+        params.serialize_request(key).unwrap().der().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_join_token_buys_one_svid_and_the_svid_buys_its_renewal() {
+        let (addr, _proxies, tokens) = control_with_tokens("csr").await;
+        let mut wire = open(addr, "web-0", 4001).await.unwrap();
+        let snapshot = first(&mut wire).await;
+        assert!(snapshot.trust_bundle_pem.starts_with("-----BEGIN CERTIFICATE-----"), "the bundle comes with snapshots");
+        let web = crate::identity::join::JoinIdentity { namespace: "default".into(), workload: "web".into() };
+        let now = std::time::SystemTime::now();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let request = |csr_der, join_token: &str, current_svid_der| {
+            ProxyMessage::csr(trefoil_wire::CertificateRequest { csr_der, join_token: join_token.into(), current_svid_der })
+        };
+
+        // Asking for another workload is refused, and spends the token.
+        let token = tokens.mint(&web, Duration::from_secs(60), now).unwrap();
+        wire.say.send(request(csr(&key, Some("spiffe://trefoil.local/ns/default/sa/payments")), &token, vec![])).unwrap();
+        let refused = answer(&mut wire).await;
+        assert!(
+            refused.error.contains("asks for spiffe://trefoil.local/ns/default/sa/payments") && refused.certificate_chain_pem.is_empty(),
+            "{refused:?}"
+        );
+
+        let token = tokens.mint(&web, Duration::from_secs(60), now).unwrap();
+        wire.say.send(request(csr(&key, None), &token, vec![])).unwrap();
+        let issued = answer(&mut wire).await;
+        assert!(issued.error.is_empty(), "{}", issued.error);
+        assert_eq!(issued.trust_bundle_pem, snapshot.trust_bundle_pem);
+        assert_eq!(issued.renew_after_ms, 2400 * 1000, "two thirds of an hour");
+        let der = rustls_pemfile::certs(&mut issued.certificate_chain_pem.as_bytes()).next().unwrap().unwrap().to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(format!("{:?}", san.value.general_names), "[URI(\"spiffe://trefoil.local/ns/default/sa/web\")]");
+
+        // The same token again: refused, nothing issued.
+        wire.say.send(request(csr(&key, None), &token, vec![])).unwrap();
+        let reused = answer(&mut wire).await;
+        assert!(reused.error.contains("already used") && reused.certificate_chain_pem.is_empty(), "{reused:?}");
+
+        // Renewal: the current SVID, and a CSR signed by its key.
+        wire.say.send(request(csr(&key, None), "", der.clone())).unwrap();
+        let renewed = answer(&mut wire).await;
+        assert!(renewed.error.is_empty() && renewed.certificate_chain_pem != issued.certificate_chain_pem, "{renewed:?}");
+        let both = answer_for(&mut wire, request(csr(&key, None), &token, der)).await;
+        assert!(both.error.contains("exactly one proof"), "{both:?}");
+    }
+
+    async fn answer_for(wire: &mut Wire, message: ProxyMessage) -> trefoil_wire::IdentityAnswer {
+        wire.say.send(message).unwrap();
+        answer(wire).await
     }
 }

@@ -126,7 +126,7 @@ mod tests {
         let compiler = Arc::new(crate::config_stream::Compiler::new(store.clone(), proxies, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = crate::config_stream::ConfigStreamService::new(compiler);
+        let config = crate::config_stream::ConfigStreamService::new(compiler, Arc::new(crate::identity::Issuer::for_tests(&dir)));
         tokio::spawn(trefoil_wire::serve_with_datapath(listener, config, DatapathService::new(store.clone()), std::future::pending()));
         (addr, store)
     }

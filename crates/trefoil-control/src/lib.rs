@@ -36,6 +36,23 @@ pub struct ControlOptions {
     pub limits: server::Limits,
     /// Lets requests without a token in as admin; refused unless `listen` is loopback.
     pub insecure_local: bool,
+    /// The mesh CA's trust domain and the lifetime of the SVIDs it issues.
+    pub identity: IdentityOptions,
+}
+
+/// How the control plane's CA issues proxy identities.
+#[derive(Clone, Debug)]
+pub struct IdentityOptions {
+    /// `trefoil.local` by default.
+    pub trust_domain: identity::TrustDomain,
+    /// How long an issued SVID is valid; proxies renew at two thirds of it.
+    pub svid_lifetime: Duration,
+}
+
+impl Default for IdentityOptions {
+    fn default() -> Self {
+        IdentityOptions { trust_domain: identity::TrustDomain::default(), svid_lifetime: identity::DEFAULT_LIFETIME }
+    }
 }
 
 /// The store file in a data directory.
@@ -75,6 +92,10 @@ pub enum ControlError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("the mesh CA: {0}")]
+    Authority(#[from] identity::keep::KeepError),
+    #[error("--svid-lifetime {0:?} is outside 5 seconds to 30 days")]
+    Lifetime(Duration),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("config stream server: {0}")]
@@ -118,6 +139,12 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let store = Arc::new(store::Store::open(store_path(&options.data_dir))?);
     let auth = Arc::new(auth::Auth::new(store.clone(), options.insecure_local, options.listen)?);
     auth.bootstrap(&options.data_dir)?;
+    let lifetime = options.identity.svid_lifetime;
+    if !(identity::MIN_LIFETIME..=identity::MAX_LIFETIME).contains(&lifetime) {
+        return Err(ControlError::Lifetime(lifetime));
+    }
+    let authority = identity::keep::load_or_create(&options.data_dir, options.identity.trust_domain.clone(), std::time::SystemTime::now())?;
+    let issuer = Arc::new(identity::Issuer::new(authority, identity::join::JoinTokens::new(&options.data_dir), lifetime));
     // Both sockets first: a control plane that cannot serve either does not start.
     let rest = bind(options.listen).await?;
     let grpc = bind(options.grpc_listen).await?;
@@ -150,7 +177,8 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     }
     let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone(), Some(format!("http://{collector_addr}"))));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
-    let service = config_stream::ConfigStreamService::new(compiler);
+    proxies.set_trust_bundle(issuer.trust_bundle());
+    let service = config_stream::ConfigStreamService::new(compiler, issuer);
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
     let datapath = datapath_api::DatapathService::new(store.clone());

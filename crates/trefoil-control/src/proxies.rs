@@ -49,6 +49,8 @@ pub struct Proxies {
     next_session: AtomicU64,
     /// Store revision of the last compile for every connected proxy.
     compiled_revision: AtomicU64,
+    /// The mesh CA's roots, sent with every snapshot.
+    trust_bundle: Mutex<String>,
 }
 
 /// What a proxy says in its Hello.
@@ -149,6 +151,11 @@ impl Proxies {
         }
     }
 
+    /// The roots sent with every snapshot from now on.
+    pub fn set_trust_bundle(&self, pem: &str) {
+        *self.trust_bundle.lock().unwrap_or_else(|e| e.into_inner()) = pem.to_string();
+    }
+
     /// Names of the proxies with an open stream.
     pub fn connected(&self) -> Vec<String> {
         self.lock().iter().filter(|(_, e)| e.session.is_some()).map(|(n, _)| n.clone()).collect()
@@ -177,6 +184,8 @@ impl Proxies {
             version: snapshot.version,
             hash: snapshot.hash,
             resources_json: snapshot.resources_json.clone(),
+            trust_bundle_pem: self.trust_bundle.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            identity: None,
         }));
         entry.latest = Some((snapshot.version, snapshot.hash));
         tracing::info!(

@@ -13,7 +13,7 @@ mod service;
 use std::time::Duration;
 
 pub use client::{ClientError, ConfigStreamClient};
-pub use messages::{proxy_message, Ack, Hello, Nack, ProxyMessage, Snapshot};
+pub use messages::{proxy_message, Ack, CertificateRequest, Hello, IdentityAnswer, Nack, ProxyMessage, Snapshot};
 pub use server::{serve, serve_with_datapath, ConfigStream, ConfigStreamServer};
 pub use tonic::transport::Error as TransportError;
 pub use tonic::{Code, Request, Response, Status, Streaming};

@@ -4,13 +4,13 @@
 /// What a proxy sends: a `Hello` first, then an `Ack` or `Nack` per snapshot.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ProxyMessage {
-    #[prost(oneof = "proxy_message::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "proxy_message::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<proxy_message::Kind>,
 }
 
 /// The oneof of [`ProxyMessage`].
 pub mod proxy_message {
-    /// One of the three things a proxy says.
+    /// One of the things a proxy says.
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Kind {
         #[prost(message, tag = "1")]
@@ -19,6 +19,8 @@ pub mod proxy_message {
         Ack(super::Ack),
         #[prost(message, tag = "3")]
         Nack(super::Nack),
+        #[prost(message, tag = "4")]
+        Csr(super::CertificateRequest),
     }
 }
 
@@ -62,7 +64,42 @@ pub struct Nack {
     pub error: String,
 }
 
+/// A request for an X.509-SVID. The proxy proves who it is with exactly one
+/// of a join token (its first) or the SVID it holds (a renewal, the CSR
+/// signed by that SVID's key); the identity comes from that proof.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CertificateRequest {
+    /// PKCS#10, DER.
+    #[prost(bytes = "vec", tag = "1")]
+    pub csr_der: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub join_token: String,
+    /// The current SVID, DER.
+    #[prost(bytes = "vec", tag = "3")]
+    pub current_svid_der: Vec<u8>,
+}
+
+/// The control plane's answer to a [`CertificateRequest`]: a certificate or
+/// why none was issued.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdentityAnswer {
+    /// The SVID first, then any intermediates, PEM.
+    #[prost(string, tag = "1")]
+    pub certificate_chain_pem: String,
+    /// The roots peers' SVIDs are verified with, PEM.
+    #[prost(string, tag = "2")]
+    pub trust_bundle_pem: String,
+    /// When to ask for the next one, counted from receipt.
+    #[prost(uint64, tag = "3")]
+    pub renew_after_ms: u64,
+    /// Set when nothing was issued.
+    #[prost(string, tag = "4")]
+    pub error: String,
+}
+
 /// Everything one proxy serves: the resources of its would-be config file.
+/// The same message carries the answer to a CSR (then `identity` is set and
+/// the rest is empty), so the stream's one method keeps its signature.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Snapshot {
     /// The store revision it was compiled at.
@@ -74,6 +111,11 @@ pub struct Snapshot {
     /// A JSON array of resources.
     #[prost(string, tag = "3")]
     pub resources_json: String,
+    /// The mesh's trust bundle (PEM roots), with every snapshot.
+    #[prost(string, tag = "4")]
+    pub trust_bundle_pem: String,
+    #[prost(message, optional, tag = "5")]
+    pub identity: Option<IdentityAnswer>,
 }
 
 impl ProxyMessage {
@@ -85,6 +127,9 @@ impl ProxyMessage {
     }
     pub fn nack(version: u64, hash: u64, error: impl Into<String>) -> Self {
         ProxyMessage { kind: Some(proxy_message::Kind::Nack(Nack { version, hash, error: error.into() })) }
+    }
+    pub fn csr(request: CertificateRequest) -> Self {
+        ProxyMessage { kind: Some(proxy_message::Kind::Csr(request)) }
     }
 }
 
@@ -108,8 +153,24 @@ mod tests {
         let hello =
             ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5 }).encode_to_vec();
         assert_eq!(hello, vec![key(1, 2), 12, key(1, 2), 1, b'p', key(2, 2), 1, b'a', key(3, 0), 3, key(4, 0), 4, key(5, 0), 5]);
-        let snapshot = Snapshot { version: 1, hash: 2, resources_json: "[]".into() }.encode_to_vec();
+        let snapshot = Snapshot { version: 1, hash: 2, resources_json: "[]".into(), ..Default::default() }.encode_to_vec();
         assert_eq!(snapshot, vec![key(1, 0), 1, key(2, 0), 2, key(3, 2), 2, b'[', b']']);
+        let csr =
+            ProxyMessage::csr(CertificateRequest { csr_der: vec![9], join_token: "t".into(), current_svid_der: vec![8] }).encode_to_vec();
+        assert_eq!(csr, vec![key(4, 2), 9, key(1, 2), 1, 9, key(2, 2), 1, b't', key(3, 2), 1, 8]);
+        let answer = Snapshot {
+            trust_bundle_pem: "b".into(),
+            identity: Some(IdentityAnswer {
+                certificate_chain_pem: "c".into(),
+                trust_bundle_pem: "b".into(),
+                renew_after_ms: 5,
+                error: "e".into(),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let inner = [key(1, 2), 1, b'c', key(2, 2), 1, b'b', key(3, 0), 5, key(4, 2), 1, b'e'];
+        assert_eq!(answer, [&[key(4, 2), 1, b'b', key(5, 2), inner.len() as u8][..], &inner].concat());
     }
 
     #[test]

@@ -16,9 +16,11 @@ impl ConfigStream for Echo {
     async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::SnapshotStream>, Status> {
         let inbound = request.into_inner();
         let out = inbound.filter_map(|m| match m.ok()?.kind? {
-            Kind::Hello(h) => Some(Ok(Snapshot { version: 1, hash: 11, resources_json: format!("[\"{}\"]", h.proxy) })),
-            Kind::Ack(a) => Some(Ok(Snapshot { version: a.version + 1, hash: 12, resources_json: "[]".into() })),
-            Kind::Nack(_) => None,
+            Kind::Hello(h) => {
+                Some(Ok(Snapshot { version: 1, hash: 11, resources_json: format!("[\"{}\"]", h.proxy), ..Default::default() }))
+            }
+            Kind::Ack(a) => Some(Ok(Snapshot { version: a.version + 1, hash: 12, resources_json: "[]".into(), ..Default::default() })),
+            Kind::Nack(_) | Kind::Csr(_) => None,
         });
         Ok(Response::new(Box::pin(out)))
     }

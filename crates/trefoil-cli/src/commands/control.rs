@@ -35,6 +35,13 @@ pub(crate) struct Args {
     /// still checked. Without it, the admin token is in `<data>/admin.token`.
     #[arg(long)]
     insecure_local: bool,
+    /// The mesh's SPIFFE trust domain: proxies are `spiffe://<domain>/ns/<namespace>/sa/<workload>`.
+    /// Its CA root is made on first start under `<data>/ca/<domain>/` (key mode 0600) and kept.
+    #[arg(long, default_value = "trefoil.local")]
+    trust_domain: trefoil_control::identity::TrustDomain,
+    /// How long the SVIDs issued to proxies are valid (5s to 30d); proxies renew at two thirds.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    svid_lifetime: std::time::Duration,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -55,12 +62,14 @@ pub(crate) fn run(args: Args) -> ExitCode {
         max_watches: args.max_watches,
         ..Default::default()
     };
+    let identity = trefoil_control::IdentityOptions { trust_domain: args.trust_domain, svid_lifetime: args.svid_lifetime };
     let options = ControlOptions {
         data_dir: args.data,
         listen: args.listen,
         grpc_listen: args.grpc_listen,
         limits,
         insecure_local: args.insecure_local,
+        identity,
     };
     match runtime.block_on(trefoil_control::run(options, stop)) {
         Ok(()) => exit::ok(),

@@ -25,7 +25,9 @@ use super::spiffe::{SpiffeId, TrustDomain};
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Issued lifetimes outside this range are refused: shorter cannot be
 /// renewed in time, longer defeats rotation.
-pub const MIN_LIFETIME: Duration = Duration::from_secs(60);
+/// The floor is low so that tests and demos can watch rotation happen;
+/// production lifetimes are hours.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(5);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Leaves start this far in the past, for clocks a little behind ours.
 const BACKDATE: Duration = Duration::from_secs(60);
@@ -66,6 +68,12 @@ pub enum IssueError {
     Lifetime(Duration),
     #[error("signing: {0}")]
     Sign(String),
+    #[error("the certificate presented for renewal is not an SVID this authority issued: {0}")]
+    NotOurs(String),
+    #[error("the certificate presented for renewal expired; the proxy needs a new join token")]
+    Expired,
+    #[error("a renewal CSR must carry the key of the certificate it renews")]
+    KeyChanged,
 }
 
 /// An issued X.509-SVID.
@@ -136,6 +144,54 @@ impl Authority {
     /// An X.509-SVID for `caller` (the identity its credentials proved) on
     /// the key in `csr_der`, valid for `lifetime` from `now`.
     pub fn issue(&self, csr_der: &[u8], caller: &SpiffeId, lifetime: Duration, now: SystemTime) -> Result<Issued, IssueError> {
+        self.issue_on(csr_der, caller, None, lifetime, now)
+    }
+
+    /// A new X.509-SVID for the holder of `current_der`, an SVID this
+    /// authority issued and that is valid at `now`. The CSR must be signed
+    /// by the key that SVID certifies: signing it is the proof of holding
+    /// the identity, and a recorded renewal replayed by someone else only
+    /// gets a certificate for a key they do not have.
+    pub fn renew(&self, csr_der: &[u8], current_der: &[u8], lifetime: Duration, now: SystemTime) -> Result<(SpiffeId, Issued), IssueError> {
+        if current_der.len() > MAX_CSR_BYTES {
+            return Err(IssueError::TooLarge(current_der.len()));
+        }
+        let root_der = rustls_pemfile::certs(&mut self.root_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| IssueError::Sign("the root certificate does not parse".into()))?;
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).map_err(|e| IssueError::Sign(e.to_string()))?;
+        let (rest, current) = x509_parser::parse_x509_certificate(current_der).map_err(|e| IssueError::NotOurs(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(IssueError::NotOurs(format!("{} bytes after the certificate", rest.len())));
+        }
+        current.verify_signature(Some(root.public_key())).map_err(|_| IssueError::NotOurs("not signed by this root".into()))?;
+        let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let at = x509_parser::time::ASN1Time::from_timestamp(unix).map_err(|e| IssueError::Sign(e.to_string()))?;
+        if !current.validity().is_valid_at(at) {
+            return Err(IssueError::Expired);
+        }
+        let uris: Vec<&str> = current
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| san.value.general_names.iter().filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None }).collect())
+            .unwrap_or_default();
+        let [uri] = uris.as_slice() else { return Err(IssueError::NotOurs(format!("{} URI names, not one", uris.len()))) };
+        let caller: SpiffeId = uri.parse().map_err(|e: super::spiffe::SpiffeError| IssueError::NotOurs(e.to_string()))?;
+        let issued = self.issue_on(csr_der, &caller, Some(&current.public_key().subject_public_key.data), lifetime, now)?;
+        Ok((caller, issued))
+    }
+
+    /// [`Authority::issue`], requiring the CSR's key to be `same_key` when given.
+    fn issue_on(
+        &self,
+        csr_der: &[u8],
+        caller: &SpiffeId,
+        same_key: Option<&[u8]>,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, IssueError> {
         if csr_der.len() > MAX_CSR_BYTES {
             return Err(IssueError::TooLarge(csr_der.len()));
         }
@@ -146,6 +202,9 @@ impl Authority {
             return Err(IssueError::TrustDomain { caller: caller.trust_domain.to_string(), ours: self.trust_domain.to_string() });
         }
         let key = requested_key(csr_der, caller)?;
+        if same_key.is_some_and(|k| k != key.public_key.as_slice()) {
+            return Err(IssueError::KeyChanged);
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         let uri = caller.to_string().try_into().map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;

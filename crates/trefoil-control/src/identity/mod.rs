@@ -4,9 +4,13 @@
 //! the identity they proved, plus the trust bundle.
 
 mod authority;
+mod issuer;
+pub mod join;
+pub mod keep;
 mod spiffe;
 #[cfg(test)]
 mod tests;
 
 pub use authority::{Authority, AuthorityError, IssueError, Issued, MAX_CSR_BYTES, MAX_LIFETIME, MIN_LIFETIME, ROOT_LIFETIME};
+pub use issuer::{Issuer, DEFAULT_LIFETIME};
 pub use spiffe::{SpiffeError, SpiffeId, TrustDomain};

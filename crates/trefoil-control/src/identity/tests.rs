@@ -163,3 +163,31 @@ fn arbitrary_bytes_as_a_csr_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_renewal_proves_the_current_svid_with_its_key() {
+    let now = SystemTime::now();
+    let ca = Authority::generate(TrustDomain::default(), now).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let first = ca.issue(&csr(&key, Vec::new()), &id("web"), DAY, now).unwrap();
+    let der = |pem: &str| rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap().to_vec();
+    let current = der(&first.certificate_pem);
+
+    let (who, renewed) = ca.renew(&csr(&key, Vec::new()), &current, DAY, now).unwrap();
+    assert_eq!(who, id("web"), "the identity comes from the SVID presented");
+    assert_ne!(der(&renewed.certificate_pem), current);
+
+    // Another key than the SVID's: whoever replays a renewal gets nothing.
+    let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    assert_eq!(ca.renew(&csr(&other, Vec::new()), &current, DAY, now).unwrap_err(), IssueError::KeyChanged);
+    // Past its end, an SVID proves nothing.
+    assert_eq!(ca.renew(&csr(&key, Vec::new()), &current, DAY, now + DAY * 2).unwrap_err(), IssueError::Expired);
+    // One from another authority, or not a certificate at all, is refused.
+    let stranger = Authority::generate(TrustDomain::default(), now).unwrap();
+    let foreign = der(&stranger.issue(&csr(&key, Vec::new()), &id("web"), DAY, now).unwrap().certificate_pem);
+    assert!(matches!(ca.renew(&csr(&key, Vec::new()), &foreign, DAY, now), Err(IssueError::NotOurs(_))));
+    assert!(matches!(ca.renew(&csr(&key, Vec::new()), b"junk", DAY, now), Err(IssueError::NotOurs(_))));
+    // The CSR still may not ask for more than the SVID proves.
+    let another = csr(&key, vec![uri("spiffe://trefoil.local/ns/default/sa/payments")]);
+    assert!(matches!(ca.renew(&another, &current, DAY, now), Err(IssueError::WrongIdentity { .. })));
+}

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
 
     fn snapshot(json: &str) -> Snapshot {
-        Snapshot { version: 12, hash: 1, resources_json: json.to_string() }
+        Snapshot { version: 12, hash: 1, resources_json: json.to_string(), ..Default::default() }
     }
 
     #[test]
