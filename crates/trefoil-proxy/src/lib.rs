@@ -16,7 +16,7 @@
 //! `config/control_client.rs`); `telemetry/` is what the proxy tells about
 //! the traffic, the admin listener included; `sys/` holds process-level
 //! helpers (descriptors, memory, timers); `tls.rs` builds the TLS settings of
-//! both ends.
+//! both ends; `identity.rs` holds the proxy's key and SVID.
 //!
 //! The modules are private: other crates see only the items re-exported
 //! below.
@@ -26,6 +26,7 @@ mod downstream;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
+mod identity;
 mod lifecycle;
 mod sys;
 mod tcp;

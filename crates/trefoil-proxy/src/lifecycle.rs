@@ -41,8 +41,8 @@ pub enum ConfigSource {
     /// when the files change.
     File { path: PathBuf, watch: bool, watch_interval: Duration },
     /// Snapshots from the control plane's config stream at `address`, for the
-    /// proxy called `name`.
-    Control { address: String, name: String },
+    /// proxy called `name`; with a `join_token`, an SVID too.
+    Control { address: String, name: String, join_token: Option<String> },
 }
 
 pub struct ProxyOptions {
@@ -113,7 +113,10 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             }
             running.drain().await;
         }
-        ConfigSource::Control { ref address, ref name } => {
+        ConfigSource::Control { ref address, ref name, ref join_token } => {
+            let identity = Arc::new(crate::identity::Identity::new(join_token.clone()).map_err(anyhow::Error::from)?);
+            // Set once, before anything reads it.
+            let _ = shared.identity.set(identity.clone());
             // The admin listener answers at once; /ready says 503 until the
             // first snapshot is in force.
             let mut empty = compile(&[], &shared, 0).map_err(StartError::Config)?;
@@ -125,7 +128,7 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             let admin_address = running.state.snapshot.load().settings.admin.to_string();
             shared.datapath.use_control_plane(address);
             let (applies, mut incoming) = mpsc::channel::<Apply>(1);
-            let client = tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, applies));
+            let client = tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, identity, applies));
             tracing::info!(control = %address, proxy = %name, "waiting for the first snapshot from the control plane");
             loop {
                 tokio::select! {

@@ -56,6 +56,49 @@ pub struct ProcessSpec {
     /// Named addresses shown in `up.json` (`app`, `admin`, `inbound`, ...).
     pub addresses: BTreeMap<String, String>,
     pub probe: Probe,
+    /// For proxies: the workload identity a fresh join token proves, minted
+    /// at each start (a restarted proxy has a new key and needs a new one).
+    pub join: Option<Join>,
+}
+
+/// Where a proxy's join token comes from, and for which identity.
+#[derive(Clone, Debug)]
+pub struct Join {
+    pub namespace: String,
+    pub workload: String,
+    pub minter: JoinMinter,
+}
+
+/// The environment variable a proxy reads its join token from: never the
+/// command line, which every user on the machine can read.
+pub const JOIN_TOKEN_VAR: &str = "TREFOIL_JOIN_TOKEN";
+
+/// Mints one-use join tokens for `(namespace, workload)`; given by whoever
+/// runs the control plane (the runtime does not know how tokens are kept).
+#[derive(Clone)]
+pub struct JoinMinter(pub std::sync::Arc<MintFn>);
+
+/// `(namespace, workload)` to a token, or why none was minted.
+pub type MintFn = dyn Fn(&str, &str) -> Result<String, String> + Send + Sync;
+
+impl std::fmt::Debug for JoinMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinMinter")
+    }
+}
+
+impl Join {
+    /// `spec` with a new join token in its environment; unchanged (logged) if none can be minted.
+    pub fn apply(&self, spec: &ProcessSpec) -> ProcessSpec {
+        let mut spec = spec.clone();
+        match (self.minter.0)(&self.namespace, &self.workload) {
+            Ok(token) => {
+                spec.env.insert(JOIN_TOKEN_VAR.to_string(), token);
+            }
+            Err(e) => tracing::warn!(process = %spec.name, error = %e, "cannot mint a join token; the proxy starts without an identity"),
+        }
+        spec
+    }
 }
 
 /// One replica of a workload: its app, its sidecar and how it is discovered.
@@ -110,7 +153,21 @@ pub struct PlanContext<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// The datapath agent to run, if any.
     pub datapath: Option<&'a AgentPlan>,
+    /// The mesh identity settings and the join tokens proxies prove theirs with.
+    pub identity: &'a IdentityPlan,
 }
+
+/// How the control plane issues identities, and how proxies get theirs.
+#[derive(Clone, Debug)]
+pub struct IdentityPlan {
+    pub trust_domain: String,
+    pub svid_lifetime: std::time::Duration,
+    /// `None`: proxies start without a join token (and get no SVID).
+    pub minter: Option<JoinMinter>,
+}
+
+/// The namespace workloads of `trefoil up` live in.
+pub const NAMESPACE: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -139,11 +196,16 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
             api.to_string(),
             "--grpc-listen".into(),
             grpc.to_string(),
+            "--trust-domain".into(),
+            ctx.identity.trust_domain.clone(),
+            "--svid-lifetime".into(),
+            humantime::format_duration(ctx.identity.svid_lifetime).to_string(),
         ],
         env: BTreeMap::new(),
         cwd: None,
         addresses: BTreeMap::from([("api".into(), format!("http://{api}")), ("grpc".into(), grpc.to_string())]),
         probe: Probe::Http { addr: api, path: "/api/v1/openapi.json".into() },
+        join: None,
     };
 
     // Gateways first so their admin ports come right after --admin-base.
@@ -152,7 +214,9 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
         if let Spec::Proxy(p) = &r.spec {
             if p.sidecar.is_none() {
                 let admin = ports.admin()?;
-                gateways.push(proxy_process(&exe, grpc, r.name(), r.name(), Role::Gateway, admin, BTreeMap::new()));
+                let mut gateway = proxy_process(&exe, grpc, r.name(), r.name(), Role::Gateway, admin, BTreeMap::new());
+                gateway.join = join(ctx, r.name());
+                gateways.push(gateway);
             }
         }
     }
@@ -200,6 +264,12 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
     Ok(plan)
 }
 
+/// The join token source of a proxy fronting `workload`.
+fn join(ctx: &PlanContext<'_>, workload: &str) -> Option<Join> {
+    let minter = ctx.identity.minter.clone()?;
+    Some(Join { namespace: NAMESPACE.to_string(), workload: workload.to_string(), minter })
+}
+
 fn proxy_process(
     exe: &Path,
     grpc: SocketAddr,
@@ -227,6 +297,7 @@ fn proxy_process(
         cwd: None,
         addresses,
         probe: Probe::Http { addr: admin, path: "/ready".into() },
+        join: None,
     }
 }
 
@@ -249,6 +320,7 @@ fn agent_process(exe: &Path, api: SocketAddr, state: &Path, agent: &AgentPlan) -
         cwd: None,
         addresses: BTreeMap::new(),
         probe: Probe::File(ready),
+        join: None,
     }
 }
 
@@ -325,13 +397,15 @@ fn replica(
         cwd: Some(ctx.workdir.to_path_buf()),
         addresses: BTreeMap::from([("app".into(), app_addr.to_string())]),
         probe,
+        join: None,
     };
     let mut sidecar_addresses =
         BTreeMap::from([("inbound".to_string(), inbound.to_string()), ("outbound".to_string(), outbound.to_string())]);
     for (service, address) in &upstreams {
         sidecar_addresses.insert(format!("upstream.{service}"), address.to_string());
     }
-    let sidecar = proxy_process(exe, grpc, &format!("{proxy_name}-sidecar"), &proxy_name, Role::Sidecar, admin, sidecar_addresses);
+    let mut sidecar = proxy_process(exe, grpc, &format!("{proxy_name}-sidecar"), &proxy_name, Role::Sidecar, admin, sidecar_addresses);
+    sidecar.join = join(ctx, workload);
     let spec = ProxySpec {
         admin,
         access_log: ctx.state.join("logs").join("access").join(format!("{proxy_name}.log")).display().to_string(),
@@ -437,6 +511,11 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
             grpc: "127.0.0.1:7071".parse().unwrap(),
             env: &env,
             datapath,
+            identity: &IdentityPlan {
+                trust_domain: "trefoil.local".into(),
+                svid_lifetime: std::time::Duration::from_secs(3600),
+                minter: None,
+            },
         };
         build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))
     }

@@ -77,7 +77,9 @@ async fn run(spec: ProcessSpec, log: PathBuf, grace: Duration, view: View, event
                 }
             }
         }
-        let delay = match child::spawn(&spec, &log) {
+        // Each start of a proxy gets its own join token: the last one is spent.
+        let started_spec = spec.join.as_ref().map(|join| join.apply(&spec));
+        let delay = match child::spawn(started_spec.as_ref().unwrap_or(&spec), &log) {
             Err(e) => {
                 let delay = backoff.after_exit(Duration::ZERO);
                 tracing::debug!(process = %spec.name, error = %e, "cannot start");
@@ -176,6 +178,7 @@ mod tests {
             cwd: None,
             addresses: BTreeMap::new(),
             probe: Probe::Tcp("127.0.0.1:1".parse().unwrap()),
+            join: None,
         }
     }
 

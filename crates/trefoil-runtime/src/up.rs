@@ -50,6 +50,8 @@ pub struct UpOptions {
     pub exe: PathBuf,
     /// Whether and where the node's datapath agent runs.
     pub datapath: DatapathOptions,
+    /// The mesh CA's settings, and the join tokens each proxy start gets.
+    pub identity: crate::plan::IdentityPlan,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,7 @@ pub async fn up(options: UpOptions, events: Events, shutdown: impl Future<Output
             grpc: options.grpc_listen,
             env: &env,
             datapath: agent.as_ref(),
+            identity: &options.identity,
         };
         plan::build(&resources, &ctx, &mut ports)?
         // The allocator's sockets close here, so the children can bind the ports.

@@ -43,6 +43,16 @@ impl Up {
         Self::start_on(dir.clone(), &dir.join("files"), &[])
     }
 
+    /// [`Up::start`] with extra arguments to `up` (`--svid-lifetime 6s`).
+    pub fn start_with_args(files: impl ToYaml, extra: &[&str]) -> Self {
+        let dir = scratch_dir();
+        std::fs::create_dir_all(dir.join("files")).expect("creating the files directory");
+        std::fs::write(dir.join("files").join("mesh.yaml"), files.to_yaml()).expect("writing the mesh's resources");
+        let mut cmd = Self::command(&dir, &dir.join("files"));
+        cmd.args(extra).args(["-o", "json"]).stdout(log_file(&dir.join("stdout"))).stderr(log_file(&dir.join("stderr")));
+        Self::spawn(dir, cmd)
+    }
+
     /// `up -f files` with extra environment, its state and output in `dir`.
     pub fn start_on(dir: PathBuf, files: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Self::command(&dir, files);

@@ -96,7 +96,9 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     let files = dir.join("mesh.yaml");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(&files, QUICKSTART.replace(QUICKSTART_GATEWAY, &gateway.to_string()))?;
+    let identity = super::up::identity_plan(&dir.join("state"), &Default::default(), trefoil_control::identity::DEFAULT_LIFETIME);
     let options = UpOptions {
+        identity,
         files,
         state: dir.join("state"),
         listen: args.listen,

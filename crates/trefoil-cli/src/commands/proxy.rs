@@ -9,6 +9,9 @@ use trefoil_proxy::{ConfigSource, ProxyOptions, StartError};
 
 use crate::output::{current_thread_runtime, exit};
 
+/// Where `trefoil up` puts the one-use token a proxy proves its identity with.
+const JOIN_TOKEN_VAR: &str = "TREFOIL_JOIN_TOKEN";
+
 /// `trefoil proxy --help`: the two modes.
 pub(crate) const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of two places:
 
@@ -24,6 +27,10 @@ pub(crate) const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of t
                 The admin listener starts at once and /ready answers 503 until the
                 first snapshot is in force. If the stream breaks the proxy keeps
                 serving its last good snapshot and reconnects (100 ms doubling to 2 s).
+                With a join token in the environment (TREFOIL_JOIN_TOKEN, as
+                `trefoil up` sets it), the proxy makes a key and gets an X.509-SVID
+                for it over the stream, renewed at two thirds of its life; the
+                admin listener shows it at /identity.
 
 Either way, changes apply without dropping connections (new listeners are bound
 before the switch), and SIGTERM or SIGINT stop accepting and drain in-flight
@@ -66,7 +73,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let workers = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let source = match (args.config, args.control, args.name) {
         (Some(path), _, _) => ConfigSource::File { path, watch: !args.no_watch, watch_interval: args.watch_interval },
-        (None, Some(address), Some(name)) => ConfigSource::Control { address, name },
+        (None, Some(address), Some(name)) => {
+            // From the environment, never the command line, where any user could read it.
+            let join_token = std::env::var(JOIN_TOKEN_VAR).ok().filter(|t| !t.is_empty());
+            ConfigSource::Control { address, name, join_token }
+        }
         // clap's `required_unless_present` and `requires` rule this out.
         _ => {
             eprintln!("error: give --config FILE, or --control ADDR with --name NAME");

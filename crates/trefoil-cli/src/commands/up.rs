@@ -78,6 +78,32 @@ pub(crate) struct Args {
     /// Format of the summary printed once everything started.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// The mesh's SPIFFE trust domain (`trefoil control --trust-domain`).
+    #[arg(long, default_value = "trefoil.local")]
+    trust_domain: trefoil_control::identity::TrustDomain,
+    /// How long proxies' SVIDs are valid (5s to 30d); they renew at two thirds.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    svid_lifetime: std::time::Duration,
+}
+
+/// The identity settings of a mesh whose control plane keeps its data in
+/// `state/data`: each proxy start gets a join token minted there.
+pub(crate) fn identity_plan(
+    state: &std::path::Path,
+    trust_domain: &trefoil_control::identity::TrustDomain,
+    svid_lifetime: std::time::Duration,
+) -> trefoil_runtime::plan::IdentityPlan {
+    use trefoil_control::identity::join::{JoinIdentity, JoinTokens, DEFAULT_TTL};
+    let tokens = JoinTokens::new(&state.join("data"));
+    let mint = move |namespace: &str, workload: &str| {
+        let identity = JoinIdentity { namespace: namespace.to_string(), workload: workload.to_string() };
+        tokens.mint(&identity, DEFAULT_TTL, std::time::SystemTime::now()).map_err(|e| e.to_string())
+    };
+    trefoil_runtime::plan::IdentityPlan {
+        trust_domain: trust_domain.to_string(),
+        svid_lifetime,
+        minter: Some(trefoil_runtime::plan::JoinMinter(std::sync::Arc::new(mint))),
+    }
 }
 
 /// `--datapath`.
@@ -115,7 +141,9 @@ pub(crate) fn run(args: Args) -> ExitCode {
         // Only CAP_NET_ADMIN stops the agent: without CAP_BPF it falls back to nftables.
         missing_capability: trefoil_datapath::missing_capability().filter(|c| *c == "CAP_NET_ADMIN").map(str::to_string),
     };
+    let identity = identity_plan(&args.state, &args.trust_domain, args.svid_lifetime);
     let options = UpOptions {
+        identity,
         files: args.path,
         state: args.state,
         listen: args.listen,

@@ -19,6 +19,7 @@ mod datapath_agent;
 mod datapath_rules;
 mod edgesecurity_e2e;
 mod hardening;
+mod identity_e2e;
 mod mesh_e2e;
 mod nf_e2e;
 mod proxy_lifecycle;

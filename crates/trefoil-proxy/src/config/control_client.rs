@@ -13,6 +13,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use trefoil_model::{Diagnostic, Diagnostics, SourcedResource};
 use trefoil_wire::{ConfigStreamClient, Hello, ProxyMessage, Snapshot};
 
+use crate::identity::Identity;
+
 /// First wait before reconnecting; doubled after each failure up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -66,13 +68,13 @@ impl From<trefoil_wire::Status> for StreamEnd {
 
 /// Keeps a stream to the control plane at `address` open for as long as the
 /// lifecycle loop listens on `applies`.
-pub(crate) async fn run(address: String, name: String, admin_address: String, applies: mpsc::Sender<Apply>) {
+pub(crate) async fn run(address: String, name: String, admin_address: String, identity: Arc<Identity>, applies: mpsc::Sender<Apply>) {
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;
     let mut refused_backoff = REFUSED_BACKOFF_MIN;
     loop {
         let mut connected = false;
-        let end = stream(&address, &name, &admin_address, &applies, &mut in_force, &mut connected).await;
+        let end = stream(&address, &name, &admin_address, &identity, &applies, &mut in_force, &mut connected).await;
         match end {
             StreamEnd::Stopping => return,
             StreamEnd::NameTaken(reason) => {
@@ -101,6 +103,7 @@ async fn stream(
     address: &str,
     name: &str,
     admin_address: &str,
+    identity: &Identity,
     applies: &mpsc::Sender<Apply>,
     in_force: &mut InForce,
     connected: &mut bool,
@@ -125,12 +128,36 @@ async fn stream(
     };
     *connected = true;
     tracing::info!(control = %address, proxy = %name, version = in_force.version, "connected to the control plane");
+    // A request unanswered when a stream broke is asked again on the next.
+    let mut asked = false;
     loop {
-        let snapshot = match snapshots.message().await {
+        let due = if asked { None } else { identity.due() };
+        let message = tokio::select! {
+            m = snapshots.message() => m,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                if let Some(request) = identity.request() {
+                    let proof = if request.join_token.is_empty() { "current SVID" } else { "join token" };
+                    tracing::info!(%proof, "asking the control plane for an SVID");
+                    asked = say.send(ProxyMessage::csr(request)).is_ok();
+                }
+                continue;
+            }
+        };
+        let snapshot = match message {
             Ok(Some(s)) => s,
             Ok(None) => return StreamEnd::Closed,
             Err(status) => return status.into(),
         };
+        if let Some(answer) = snapshot.identity {
+            asked = false;
+            match identity.accept(answer) {
+                Ok(svid) => {
+                    tracing::info!(identity = %svid.spiffe_id, serial = %svid.serial, not_after = %humantime::format_rfc3339_seconds(svid.not_after), "SVID in force")
+                }
+                Err(e) => tracing::error!(error = %e, "no SVID issued"),
+            }
+            continue;
+        }
         let (done, outcome) = oneshot::channel();
         let apply = Apply { version: snapshot.version, sources: sources(&snapshot), done };
         if applies.send(apply).await.is_err() {

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub spare: crate::sys::descriptors::Spare,
     /// Where handlers' datapath changes go.
     pub datapath: crate::config::datapath_link::DatapathLink,
+    /// The proxy's SVID and key, in control mode.
+    pub identity: std::sync::OnceLock<Arc<crate::identity::Identity>>,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             inline: InFlight::default(),
             spare: crate::sys::descriptors::Spare::new(),
             datapath: crate::config::datapath_link::DatapathLink::default(),
+            identity: std::sync::OnceLock::new(),
         }
     }
 }

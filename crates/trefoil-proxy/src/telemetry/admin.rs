@@ -72,9 +72,15 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Result<Respon
             reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&doc).unwrap_or_default())
         }
         "/stats" => reply(StatusCode::OK, "text/plain; charset=utf-8", stats(&state)),
+        "/identity" => match state.shared.identity.get() {
+            Some(identity) => {
+                reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&identity.describe()).unwrap_or_default())
+            }
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "no identity: this proxy reads its config from files\n"),
+        },
         "/events" => crate::http::published_events::publish(state.clone(), req).await,
-        "/" => reply(StatusCode::OK, "text/plain", "trefoil proxy admin: /metrics /ready /config /stats, POST /events\n"),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics /ready /config /stats, POST /events\n"),
+        "/" => reply(StatusCode::OK, "text/plain", "trefoil proxy admin: /metrics /ready /config /stats /identity, POST /events\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics /ready /config /stats /identity, POST /events\n"),
     })
 }
 
