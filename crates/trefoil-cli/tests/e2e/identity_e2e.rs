@@ -1,6 +1,7 @@
 //! Mesh identity end to end: a sidecar started by `trefoil up` gets an
 //! X.509-SVID from the control plane's CA, checked with `openssl` as an
-//! operator would; it renews on its own; and the config stream refuses a
+//! operator would; it renews on its own, also across a killed and
+//! restarted control plane, which keeps its root; and the config stream refuses a
 //! spent join token (the one the sidecar itself used) and a CSR asking for
 //! another workload's identity.
 //!
@@ -18,7 +19,7 @@ use trefoil_control::identity::join::{JoinIdentity, JoinTokens};
 use trefoil_model::spec::WorkloadSpec;
 use trefoil_model::{Resource, Spec};
 use trefoil_testkit::resources::{http_health, resource, workload};
-use trefoil_testkit::{http_get, testserver_path, wait_until, Up};
+use trefoil_testkit::{http_get, send_signal, testserver_path, wait_until, Up};
 use trefoil_wire::{CertificateRequest, ConfigStreamClient, Hello, IdentityAnswer, ProxyMessage};
 
 fn web() -> Resource {
@@ -116,6 +117,25 @@ fn a_sidecar_gets_an_svid_renews_it_and_tokens_cannot_be_reused() {
     let renewed = renewed.unwrap();
     assert!(renewed["issued"].as_u64() >= Some(2), "{renewed}");
     check_with_openssl(&up.dir, &renewed);
+
+    // The control plane dies; its successor has the same root, and the
+    // proxy renews over the SVID it holds (its token is long spent).
+    let control = up.process("control");
+    let restarts = control["restarts"].as_u64().unwrap_or(0);
+    send_signal(control["pid"].as_u64().unwrap() as u32, libc::SIGKILL);
+    up.wait("the control plane restarted", |u| {
+        let c = u.process("control");
+        c["restarts"].as_u64().unwrap_or(0) > restarts && c["ready"] == true
+    });
+    let before = renewed["issued"].as_u64().unwrap();
+    let mut after_restart = None;
+    wait_until("an SVID renewed by the restarted control plane", Duration::from_secs(30), || {
+        after_restart = identity(admin).filter(|doc| doc["issued"].as_u64() > Some(before + 1));
+        after_restart.is_some()
+    });
+    let after_restart = after_restart.unwrap();
+    assert_eq!(after_restart["trustBundlePem"], first["trustBundlePem"], "the same root after a restart");
+    check_with_openssl(&up.dir, &after_restart);
 
     // The token the sidecar redeemed is spent: replaying it gets nothing.
     let grpc = up.view()["grpc"].as_str().unwrap().to_string();
