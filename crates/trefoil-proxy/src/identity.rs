@@ -76,6 +76,17 @@ impl Identity {
         *self.next_request.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// On a new stream: a request the last stream took with it unanswered
+    /// is due again at once (the control plane may never have seen it).
+    pub(crate) fn resume(&self) {
+        let mut next = self.next_request.lock().unwrap_or_else(|e| e.into_inner());
+        let token = self.join_token.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let valid = self.current().is_some_and(|s| s.not_after > SystemTime::now());
+        if next.is_none() && (token || valid) {
+            *next = Some(Instant::now());
+        }
+    }
+
     /// The request to send now: a renewal over the SVID held, or the first
     /// one with the join token. `None` leaves the schedule alone until the
     /// answer reschedules it.
@@ -189,6 +200,9 @@ mod tests {
         let first = identity.request().unwrap();
         assert_eq!(first.join_token, "tj1.x");
         assert!(identity.due().is_none(), "nothing more until answered");
+        // The stream broke before the answer: the next one asks again.
+        identity.resume();
+        assert_eq!(identity.request().unwrap().join_token, "tj1.x");
         // A refusal spends the token and leaves nothing to ask with.
         assert!(matches!(identity.accept(IdentityAnswer { error: "used".into(), ..Default::default() }), Err(AnswerError::Refused(_))));
         assert!(identity.due().is_none() && identity.request().is_none());

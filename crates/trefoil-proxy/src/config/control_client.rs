@@ -128,7 +128,8 @@ async fn stream(
     };
     *connected = true;
     tracing::info!(control = %address, proxy = %name, version = in_force.version, "connected to the control plane");
-    // A request unanswered when a stream broke is asked again on the next.
+    // A request unanswered when a stream broke is asked again on this one.
+    identity.resume();
     let mut asked = false;
     loop {
         let due = if asked { None } else { identity.due() };
