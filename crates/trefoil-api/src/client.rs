@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use trefoil_model::Resource;
 
 use crate::error::ErrorBody;
+use crate::flows::{FlowEvent, FlowList, FlowReport, FlowReportAccepted};
 use crate::proxies::ProxyStatusList;
 use crate::resources::{Deleted, List, WatchEvent, Written};
 use crate::rollouts::{RolloutActed, RolloutAction};
@@ -223,6 +224,23 @@ impl Client {
         self.stream(&path).await
     }
 
+    /// `POST /api/v1/datapath/flows`: a node agent's flow report.
+    pub async fn report_flows(&self, report: &FlowReport) -> Result<FlowReportAccepted, ApiError> {
+        // Plain data: serialising it cannot fail.
+        let body = Bytes::from(serde_json::to_vec(report).unwrap_or_default());
+        self.json(Method::POST, "/api/v1/datapath/flows", Some(body)).await.map(|(_, v)| v)
+    }
+
+    /// `GET /api/v1/datapath/flows[?rule=R]`: the flows held, most recent first.
+    pub async fn flows(&self, rule: Option<&str>) -> Result<FlowList, ApiError> {
+        self.json(Method::GET, &flows_path("/api/v1/datapath/flows", rule), None).await.map(|(_, v)| v)
+    }
+
+    /// `GET /api/v1/watch/datapath/flows[?rule=R]`: each flow as a report brings it.
+    pub async fn watch_flows(&self, rule: Option<&str>) -> Result<Lines<FlowEvent>, ApiError> {
+        self.stream(&flows_path("/api/v1/watch/datapath/flows", rule)).await
+    }
+
     /// `POST /api/v1/rollouts/<name>/<action>`.
     pub async fn rollout_action(&self, name: &str, action: RolloutAction) -> Result<RolloutActed, ApiError> {
         self.json(Method::POST, &format!("/api/v1/rollouts/{name}/{action}"), None).await.map(|(_, v)| v)
@@ -306,6 +324,14 @@ impl Client {
 
     fn timed_out(&self, request: &str) -> ApiError {
         ApiError::Timeout { base: self.base.clone(), request: request.to_string(), timeout: self.timeout }
+    }
+}
+
+/// `path`, narrowed to one rule. Rule names are DNS labels, which need no escaping.
+fn flows_path(path: &str, rule: Option<&str>) -> String {
+    match rule {
+        Some(rule) => format!("{path}?rule={rule}"),
+        None => path.to_string(),
     }
 }
 

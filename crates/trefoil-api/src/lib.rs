@@ -7,6 +7,7 @@
 //!   themselves are `trefoil_model::Resource`);
 //! - `proxies`: proxy status and the one "in sync" rule;
 //! - `traces`: spans, the recent-traces list, follow lines;
+//! - `flows`: datapath flow records, the agents' reports, their follow lines;
 //! - `rollouts`: the manual overrides and their answer;
 //! - `tokens`: roles, bearer tokens and the audit log;
 //! - `error`: the error body every 4xx and 5xx carries;
@@ -18,6 +19,7 @@
 pub mod blocking;
 pub mod client;
 pub mod error;
+pub mod flows;
 pub mod proxies;
 pub mod resources;
 pub mod rollouts;

@@ -104,11 +104,15 @@ pub struct Trace {
     pub kind: String,
     pub trace_id: String,
     pub spans: Vec<Span>,
+    /// The datapath flows of the connections the trace's requests came on
+    /// (same 5-tuple, overlapping time), as node agents reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<crate::flows::Flow>,
 }
 
 impl Trace {
     pub fn new(trace_id: String, spans: Vec<Span>) -> Self {
-        Trace { kind: "Trace".to_string(), trace_id, spans }
+        Trace { kind: "Trace".to_string(), trace_id, spans, flows: Vec::new() }
     }
 }
 
@@ -128,14 +132,14 @@ pub enum FollowEvent {
 
 /// Nanosecond timestamps exceed what JSON numbers hold exactly in many
 /// clients, so they are strings, as OTLP JSON writes them; a number is read too.
-mod nanos {
+pub(crate) mod nanos {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(v)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Spelled {

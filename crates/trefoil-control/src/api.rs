@@ -396,8 +396,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
         let proxies = Arc::new(crate::proxies::Proxies::default());
+        let flows = Arc::new(crate::flows::FlowStore::default());
         let app = router(store.clone())
-            .merge(crate::traces::api::router(Arc::new(crate::traces::TraceStore::default())))
+            .merge(crate::traces::api::router(Arc::new(crate::traces::TraceStore::default()), flows.clone()))
+            .merge(crate::flows::api::router(flows))
             .merge(crate::rollout::actions::router(store.clone()))
             .merge(crate::status::router(store.clone(), proxies))
             .layer(axum::middleware::map_response(rescue));

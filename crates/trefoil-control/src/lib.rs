@@ -1,6 +1,7 @@
 //! Trefoil's control plane: the embedded crash-safe resource store, the REST
 //! API over it, the config stream that sends each proxy its snapshot, the
-//! rollout controller and the datapath rules' expiry.
+//! rollout controller, the datapath rules' expiry, the trace collector and
+//! the datapath's flow records, with their metrics.
 
 pub mod api;
 pub mod auth;
@@ -8,7 +9,9 @@ pub mod compile;
 pub mod config_stream;
 pub mod datapath_api;
 pub mod datapath_expiry;
+pub mod flows;
 pub mod identity;
+pub mod metrics;
 pub mod openapi;
 pub mod proxies;
 pub mod rollout;
@@ -181,10 +184,14 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let service = config_stream::ConfigStreamService::new(compiler, issuer);
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let flows = Arc::new(flows::FlowStore::new(flows::Caps::default(), flows::metrics::FlowMetrics::register(&mut registry)));
     let datapath = datapath_api::DatapathService::new(store.clone());
     let grpc = tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone())));
     let app = api::router(store.clone())
-        .merge(traces::api::router(Arc::new(traces::TraceStore::default())))
+        .merge(traces::api::router(Arc::new(traces::TraceStore::default()), flows.clone()))
+        .merge(flows::api::router(flows))
+        .merge(metrics::router(Arc::new(registry)))
         .merge(rollout::actions::router(store.clone()))
         .merge(status::router(store, proxies))
         .merge(auth::router(auth.clone()))

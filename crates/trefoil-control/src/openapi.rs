@@ -150,7 +150,7 @@ fn resources_and_traces() -> Value {
                     "summary": "Every span of a trace, ordered by start time, with parent ids, service and attributes",
                     "description": "With ?follow=true: JSON lines {type: SPAN, span}, the spans held, then new ones of this trace as they arrive.",
                     "parameters": [{"name": "traceId", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}],
-                    "responses": {"200": {"description": "the trace", "content": {"application/json": {"schema": {"type": "object", "required": ["traceId", "spans"], "properties": {"kind": {"type": "string"}, "traceId": {"type": "string"}, "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}}}}}}}, "400": bad_request, "404": error}
+                    "responses": {"200": {"description": "the trace", "content": {"application/json": {"schema": {"type": "object", "required": ["traceId", "spans"], "properties": {"kind": {"type": "string"}, "traceId": {"type": "string"}, "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"}}, "flows": {"type": "array", "description": "the datapath flows of the connections the trace's requests came on through a redirect (same 5-tuple, overlapping time); absent when none", "items": {"$ref": "#/components/schemas/Flow"}}}}}}}, "400": bad_request, "404": error}
                 }
             },
             "/api/v1/watch/traces": {
@@ -158,6 +158,25 @@ fn resources_and_traces() -> Value {
                     "summary": "Follow spans as they arrive: JSON lines {type: SPAN, span} (or {type: LAGGED, missed} when the reader fell behind); with traceId, that trace's spans held so far first, then its new ones; the stream stays open",
                     "parameters": [{"name": "traceId", "in": "query", "required": false, "schema": {"type": "string"}}],
                     "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "400": bad_request, "503": busy}
+                }
+            },
+            "/api/v1/datapath/flows": {
+                "get": {
+                    "summary": "The datapath flows the node agents reported lately, most recently active first (at most 1000)",
+                    "parameters": [{"name": "rule", "in": "query", "required": false, "schema": {"type": "string"}, "description": "only this rule's flows"}],
+                    "responses": {"200": {"description": "the flows", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowList"}}}}}
+                },
+                "post": {
+                    "summary": "A node agent's report: the flows that saw packets since its last report (at most 4096) and every rule's counters; the control plane keeps each node's 4096 most recent flows for 10 minutes",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowReport"}}}},
+                    "responses": {"200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object", "required": ["accepted", "evicted"], "properties": {"accepted": {"type": "integer"}, "evicted": {"type": "integer"}}}}}}, "400": error, "413": too_large}
+                }
+            },
+            "/api/v1/watch/datapath/flows": {
+                "get": {
+                    "summary": "Follow flows as reports bring them: JSON lines {type: FLOW, flow} (or {type: LAGGED, missed}); the stream stays open",
+                    "parameters": [{"name": "rule", "in": "query", "required": false, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "a stream of JSON lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "503": busy}
                 }
             },
             "/api/v1/status/proxies": {
@@ -240,6 +259,25 @@ fn resources_and_traces() -> Value {
                 "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
                 "events": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "timeUnixNano": {"type": "string"}, "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}}}
             }},
+            "Flow": {"type": "object", "required": ["src", "dst", "protocol", "action", "bytes", "packets", "startUnixNano", "endUnixNano"], "properties": {
+                "node": {"type": "string", "description": "the node whose agent reported it"},
+                "src": {"type": "string", "description": "sender, address:port"},
+                "dst": {"type": "string", "description": "receiver, address:port"},
+                "protocol": {"type": "string", "enum": ["tcp", "udp"]},
+                "rule": {"type": "string", "description": "empty when the agent knows only the rule's hash"},
+                "action": {"type": "string", "enum": ["redirect", "copy", "drop"]},
+                "bytes": {"type": "integer"},
+                "packets": {"type": "integer"},
+                "startUnixNano": {"type": "string", "description": "first packet"},
+                "endUnixNano": {"type": "string", "description": "latest packet"}
+            }},
+            "FlowList": {"type": "object", "required": ["items"], "properties": {"kind": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Flow"}}}},
+            "FlowReport": {"type": "object", "required": ["node"], "properties": {
+                "node": {"type": "string"},
+                "flows": {"type": "array", "items": {"$ref": "#/components/schemas/Flow"}},
+                "counters": {"type": "array", "items": {"type": "object", "required": ["rule", "action", "packets", "bytes"], "properties": {"rule": {"type": "string"}, "action": {"type": "string", "enum": ["redirect", "copy", "drop"]}, "packets": {"type": "integer"}, "bytes": {"type": "integer"}}}},
+                "dropped": {"type": "integer", "description": "flow records the agent left out of this report (the oldest)"}
+            }},
             "Error": {"type": "object", "properties": {
                 "error": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object", "properties": {
@@ -255,6 +293,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use serde::Serialize;
+    use trefoil_api::flows::{Flow, FlowList, FlowReport, RuleCounter};
     use trefoil_api::traces::{FollowEvent, Span, SpanEvent, Trace, TraceList, TraceStatus, TraceSummary};
     use trefoil_api::{Deleted, ErrorBody, List, Nack, ProxyStatus, ProxyStatusList, RolloutActed};
     use trefoil_model::{Diagnostic, Metadata};
@@ -330,7 +369,26 @@ mod tests {
         agrees("TraceList.items", &schemas["TraceList"]["properties"]["items"]["items"], &summary);
         agrees("Span", &schemas["Span"], &span());
         agrees("Span.events", &schemas["Span"]["properties"]["events"]["items"], &span().events[0]);
-        agrees("Trace", json_schema(&doc, "/api/v1/traces/{traceId}", "get", "200"), &Trace::new("t".into(), vec![span()]));
+        let flow = Flow {
+            node: "edge".into(),
+            src: "10.0.1.2:40112".parse().unwrap(),
+            dst: "10.0.2.5:80".parse().unwrap(),
+            protocol: trefoil_model::spec::Protocol::Tcp,
+            rule: "web".into(),
+            action: trefoil_model::spec::DatapathAction::Redirect,
+            bytes: 1,
+            packets: 1,
+            start_unix_nano: 1,
+            end_unix_nano: 2,
+        };
+        let trace = Trace { flows: vec![flow.clone()], ..Trace::new("t".into(), vec![span()]) };
+        agrees("Trace", json_schema(&doc, "/api/v1/traces/{traceId}", "get", "200"), &trace);
+        agrees("Flow", &schemas["Flow"], &flow);
+        agrees("FlowList", &schemas["FlowList"], &FlowList::new(vec![flow.clone()]));
+        let counter = RuleCounter { rule: "web".into(), action: flow.action, packets: 1, bytes: 1 };
+        let report = FlowReport { node: "edge".into(), flows: vec![flow], counters: vec![counter.clone()], dropped: 0 };
+        agrees("FlowReport", &schemas["FlowReport"], &report);
+        agrees("FlowReport.counters", &schemas["FlowReport"]["properties"]["counters"]["items"], &counter);
         // A follow line's span is the same Span.
         assert!(serde_json::to_value(FollowEvent::Span { span: span() }).unwrap()["span"].is_object());
 

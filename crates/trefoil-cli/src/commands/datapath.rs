@@ -23,6 +23,7 @@ redirect through a CNF, copy to a function, or drop.
   list            every rule, in the order the datapath tries them
   delete NAME     remove a rule
   explain FLOW    which rule decides a connection, and why the others that match lose
+  flows           the flows the node agents reported (--rule R, --watch)
   agent           program this node's kernel with its rules (see `trefoil datapath agent --help`)
 
 Overlapping rules are allowed. The higher priority wins; then the more specific:
@@ -79,6 +80,9 @@ the rules that node's agent programs count (those without `node`, and its own).
 
 Exit codes: 0 ok (whether or not a rule matches), 1 the control plane failed, 2 a malformed FLOW or --from.")]
     Explain(ExplainArgs),
+    /// The flows the node agents reported: `trefoil datapath flows --rule web --watch`.
+    #[command(after_help = super::datapath_flows::FLOWS_HELP)]
+    Flows(super::datapath_flows::FlowsArgs),
     /// Run this node's agent: program the kernel with the rules for this node, kept in step with the control plane.
     #[command(after_help = super::datapath_agent::AGENT_HELP)]
     Agent(super::datapath_agent::AgentArgs),
@@ -152,6 +156,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         DatapathCommand::List(a) => list(a),
         DatapathCommand::Delete(a) => delete(a),
         DatapathCommand::Explain(a) => explain(a),
+        DatapathCommand::Flows(a) => super::datapath_flows::run(a),
         DatapathCommand::Agent(a) => super::datapath_agent::run(a),
     }
 }

@@ -27,6 +27,7 @@ use trefoil_model::spec::{DatapathAction, Protocol};
 use trefoil_model::Resource;
 
 use super::client::Server;
+use super::flow_report::Reporter;
 use crate::output::{current_thread_runtime, exit, stop_signal};
 
 pub(crate) const AGENT_HELP: &str = "The agent programs this node's kernel with the rules for it (rules without
@@ -44,6 +45,13 @@ A redirect that resolves to no listener drops its traffic (it fails closed), as
 does one whose listener is not accepting (its proxy restarting); a copy that
 resolves to no interface sends no copies. Both say why in this log, in `trefoil
 describe datapathrule NAME` and below `trefoil datapath list`.
+
+Every --flow-report-interval (10s) it reports the flows that saw packets since
+its last report (at most 2000, the most recently active) and every rule's
+packet and byte counters to the control plane: `trefoil datapath flows`, the
+trefoil_datapath_* metrics on the control plane's /metrics, and the flows next
+to a redirected request's spans in `trefoil trace ID`. No flow records under
+nftables (counters only).
 
 Needs CAP_BPF and CAP_NET_ADMIN (eBPF), or falls back to nftables for redirect
 and drop; a missing capability is named.
@@ -67,6 +75,9 @@ pub(crate) struct AgentArgs {
     /// A file written once the first table is in the kernel and removed on exit (a readiness probe).
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// How often the flow records and per-rule counters are reported to the control plane; 0s: never.
+    #[arg(long, value_parser = super::proxy::parse_duration, default_value = "10s", value_name = "DURATION")]
+    flow_report_interval: Duration,
     #[command(flatten)]
     server: Server,
 }
@@ -225,7 +236,28 @@ async fn follow(a: &AgentArgs, datapath: &mut Datapath) {
     let mut known: BTreeMap<&'static str, BTreeMap<String, Resource>> = BTreeMap::new();
     let mut down: BTreeSet<&'static str> = BTreeSet::new();
     let mut applier = Applier { node: &a.node, ready_file: a.ready_file.as_deref(), notes: Vec::new(), applied: None };
-    while let Some(first) = rx.recv().await {
+    let mut reporter = Reporter::new(&a.node, client);
+    // Zero turns reports off.
+    let mut reports = (!a.flow_report_interval.is_zero()).then(|| {
+        let period = a.flow_report_interval;
+        let mut reports = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reports
+    });
+    loop {
+        let first = tokio::select! {
+            update = rx.recv() => match update {
+                Some(update) => update,
+                None => return,
+            },
+            _ = next_tick(&mut reports) => {
+                // Reports start once a table is in the kernel: a counter's action comes from it.
+                if let Some(table) = &applier.applied {
+                    reporter.tick(datapath, table).await;
+                }
+                continue;
+            }
+        };
         let mut updates = vec![first];
         // Gather the rest of a burst (the initial listings, a batch apply) to apply once.
         while let Ok(Some(more)) = tokio::time::timeout(SETTLE, rx.recv()).await {
@@ -254,6 +286,14 @@ async fn follow(a: &AgentArgs, datapath: &mut Datapath) {
             let resources: Vec<Resource> = known.values().flat_map(|m| m.values().cloned()).collect();
             applier.apply(datapath, &resources);
         }
+    }
+}
+
+/// The next tick of `interval`; never, without one.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => drop(interval.tick().await),
+        None => std::future::pending().await,
     }
 }
 

@@ -61,7 +61,7 @@ pub(crate) struct Args {
     threads: Option<usize>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<trefoil_model::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
 }
 

@@ -26,6 +26,10 @@ a client sends.
                                 the hop (proxy, direction, request, status,
                                 service and upstream), chain step,
                                 handler run or upstream attempt
+                                then, for a request that came through a
+                                datapath redirect, its connection's flows
+                                (same 5-tuple, overlapping time):
+                                datapath  redirect rule=R  CLIENT -> DEST tcp  N pkts BYTES
   trefoil trace --follow        spans of all requests as they arrive
   trefoil trace ID --follow     that trace's spans so far, then new ones
 
@@ -116,6 +120,10 @@ async fn show(args: &Args, id: &str) -> ExitCode {
     println!("{:>11} {:>11}  CALL", "OFFSET", "DURATION");
     for line in trace_tree::render(&trace.spans) {
         println!("{line}");
+    }
+    // The connections' packets, as the node agents recorded them.
+    for flow in &trace.flows {
+        println!("datapath  {}  on {}", super::datapath_flows::line(flow), flow.node);
     }
     exit::ok()
 }

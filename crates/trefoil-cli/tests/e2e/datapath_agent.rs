@@ -516,12 +516,18 @@ fn apply(control: &Control, file: &std::path::Path, yaml: &str) {
 /// redirect from the resources at `control`; logs to `agent.log`. Returns
 /// once it applied the one rule the test added first.
 fn redirecting_agent(dir: &std::path::Path, pair: &Pair, control: &Control) -> Process {
+    agent_with(dir, pair, control, &[])
+}
+
+/// [`redirecting_agent`], with more arguments.
+fn agent_with(dir: &std::path::Path, pair: &Pair, control: &Control, more: &[&str]) -> Process {
     let mut agent = Process::spawn_logged(
         "trefoil datapath agent",
         trefoil_command()
             .args(["datapath", "agent", "--node", &pair.server, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
             .arg("--netns")
             .arg(format!("/run/netns/{}", pair.server))
+            .args(more)
             .args(["--server", &control.url(), "--token", control.token()]),
         &dir.join("agent.log"),
     );
@@ -713,4 +719,96 @@ fn up_without_cap_net_admin_names_it_and_runs_the_rest_or_refuses_with_datapath_
     assert!(!read("auto.stdout").contains("datapath"), "no agent runs: {}", read("auto.stdout"));
     auto.signal(libc::SIGTERM);
     assert_eq!(auto.wait_exit(trefoil_testkit::up::START), Some(0), "{}", read("auto.stderr"));
+}
+
+/// Issue 14's flow records: a request redirected through the transparent
+/// listener shows up in `trefoil datapath flows` (the agent reports it,
+/// with its bytes), on the control plane's /metrics, and in `trefoil trace`
+/// of that very request: the trace id leads from the handler's spans to the
+/// connection's packets.
+#[test]
+fn a_redirected_request_s_trace_shows_its_datapath_flow() {
+    let Some((dir, pair)) = namespaces(241, &["python3", "curl"]) else { return };
+    let _web = Process::spawn_logged("web server", &mut pair.in_server(&["python3", "-c", WEB, &pair.server_ip]), &dir.join("web.log"));
+    wait_until("the server to answer the client directly", WAIT, || pair.get("/").status == 200);
+    let host_ip = pair.link_to_server(242);
+    let api: std::net::SocketAddr = format!("{host_ip}:{}", trefoil_testkit::free_port()).parse().unwrap();
+    let control = Control::start_on(&dir.join("data"), api, trefoil_testkit::free_addr());
+    let listen = format!("{}:15001", pair.server_ip);
+    let resources = format!(
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {{name: redirected}}\n\
+         spec: {{address: \"{listen}\", protocol: auto, transparent: true, routes: [onward]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: original-destination}}\nspec: {{originalDestination: true}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Route\nmetadata: {{name: onward}}\n\
+         spec: {{hosts: [\"*\"], rules: [{{backends: [{{service: original-destination}}]}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: Workload\n\
+         metadata: {{name: web-in, labels: {{app: edge, trefoil.dev/listener: redirected}}}}\n\
+         spec: {{service: web-in, command: trefoil, args: [demo-app]}}\n"
+    );
+    let proxy = format!(
+        "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: node}}\n\
+         spec: {{tracing: {{otlpEndpoint: \"{}\", samplingPercent: 100}}}}\n---\n",
+        control.url()
+    );
+    let config = dir.join("proxy.yaml");
+    std::fs::write(&config, proxy + &resources).unwrap();
+    let _proxy = node_proxy(&dir, &pair, &config);
+    apply(&control, &dir.join("resources.yaml"), &resources);
+    trefoil_ok(&control, &["datapath", "add", &format!("{} 80 : redirect => app=edge", pair.server_ip), "--name", "web-in"]);
+    let mut agent = agent_with(&dir, &pair, &control, &["--flow-report-interval", "200ms"]);
+    if log_has(&dir, "agent.log", "using nftables") {
+        eprintln!("skipping the flow checks: eBPF is unavailable here, and the nftables fallback keeps no flow records");
+        return;
+    }
+
+    let answer = pair.get("/flows");
+    assert_eq!((answer.status, answer.via_proxy()), (200, true), "{answer:?}\n{}", log(&dir, "proxy.log"));
+    let trace_id = answer.trace_id.unwrap_or_default();
+    let server = format!("{}:80", pair.server_ip);
+    let is_ours =
+        |f: &trefoil_api::flows::Flow| f.src.ip().to_string() == pair.client_ip && f.dst.to_string() == server && f.rule == "web-in";
+
+    // `trefoil datapath flows -o json`: the flow, with its bytes, once the agent reported it.
+    let mut listed = Vec::new();
+    wait_until("the flow in `trefoil datapath flows`", WAIT, || {
+        let out = run_with_timeout(
+            trefoil_command().args(["datapath", "flows", "--rule", "web-in", "-o", "json", "--server", &control.url()]),
+            WAIT,
+        );
+        listed = serde_json::from_slice::<trefoil_api::flows::FlowList>(&out.stdout).map(|l| l.items).unwrap_or_default();
+        listed.iter().any(|f| is_ours(f) && f.bytes > 0)
+    });
+    let flow = listed.iter().find(|f| is_ours(f)).unwrap().clone();
+    assert_eq!((flow.node.as_str(), flow.action.as_str(), flow.protocol.as_str()), (pair.server.as_str(), "redirect", "tcp"), "{flow:?}");
+    assert!(flow.packets > 0 && flow.start_unix_nano <= flow.end_unix_nano, "{flow:?}");
+
+    // `trefoil trace ID -o json`: the request's spans and, joined by the 5-tuple, the flow.
+    let mut trace = None;
+    wait_until("the flow in the request's trace", WAIT, || {
+        let out = run_with_timeout(trefoil_command().args(["trace", &trace_id, "-o", "json", "--server", &control.url()]), WAIT);
+        trace = serde_json::from_slice::<trefoil_api::traces::Trace>(&out.stdout).ok();
+        trace.as_ref().is_some_and(|t| t.flows.iter().any(|f| f.src == flow.src && f.dst == flow.dst))
+    });
+    let trace = trace.unwrap();
+    assert!(trace.flows.iter().all(|f| f.src == flow.src || f.dst == flow.src), "only this connection's flows: {:#?}", trace.flows);
+    let hop = trace.spans.iter().find(|s| s.attributes.contains_key("trefoil.original_destination")).expect("the hop span");
+    assert_eq!(hop.attribute("trefoil.original_destination"), server);
+    assert_eq!(
+        (hop.attribute("client.address"), hop.attribute("client.port")),
+        (pair.client_ip.as_str(), flow.src.port().to_string().as_str())
+    );
+    let table = run_with_timeout(trefoil_command().args(["trace", &trace_id, "--server", &control.url()]), WAIT);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let wanted = format!("datapath  redirect rule=web-in  {} -> {server} tcp", flow.src);
+    assert!(text.contains(&wanted), "{wanted} in:\n{text}");
+
+    // The control plane's /metrics counts it.
+    let metrics = run_with_timeout(Command::new("curl").args(["-s", "--max-time", "5", &format!("{}/metrics", control.url())]), WAIT);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let flows = format!("trefoil_datapath_flows_total{{rule=\"web-in\",node=\"{}\",action=\"redirect\"}}", pair.server);
+    assert!(metrics.contains(&flows), "{flows} in:\n{metrics}");
+    assert!(metrics.contains("trefoil_datapath_bytes_total{rule=\"web-in\""), "{metrics}");
+
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", log(&dir, "agent.log"));
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,18 +20,32 @@ use trefoil_api::ErrorBody;
 use super::otlp;
 use super::span::Span;
 use super::store::TraceStore;
+use crate::flows::{correlate, FlowStore};
 
 /// Default and largest `?limit` of the recent-traces list.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1_000;
 
-pub fn router(store: Arc<TraceStore>) -> Router {
+/// The spans, and the flows a trace is joined with.
+#[derive(Clone)]
+struct Collector {
+    traces: Arc<TraceStore>,
+    flows: Arc<FlowStore>,
+}
+
+impl FromRef<Collector> for Arc<TraceStore> {
+    fn from_ref(c: &Collector) -> Self {
+        c.traces.clone()
+    }
+}
+
+pub fn router(store: Arc<TraceStore>, flows: Arc<FlowStore>) -> Router {
     Router::new()
         .route("/v1/traces", post(receive))
         .route("/api/v1/traces", get(list))
         .route("/api/v1/watch/traces", get(watch_all))
         .route("/api/v1/traces/{trace_id}", get(read))
-        .with_state(store)
+        .with_state(Collector { traces: store, flows })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -93,13 +107,16 @@ struct ReadQuery {
     follow: bool,
 }
 
-async fn read(State(store): State<Arc<TraceStore>>, Path(trace_id): Path<String>, Query(q): Query<ReadQuery>) -> Response {
+async fn read(State(c): State<Collector>, Path(trace_id): Path<String>, Query(q): Query<ReadQuery>) -> Response {
     let trace_id = trace_id.to_ascii_lowercase();
     if q.follow {
-        return follow(store, Some(trace_id));
+        return follow(c.traces, Some(trace_id));
     }
-    match store.trace(&trace_id) {
-        Some(spans) => Json(Trace::new(trace_id, spans)).into_response(),
+    match c.traces.trace(&trace_id) {
+        Some(spans) => {
+            let flows = correlate::flows_of(&spans, &c.flows);
+            Json(Trace { flows, ..Trace::new(trace_id, spans) }).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, format!("no trace {trace_id} (never seen, or evicted)")),
     }
 }

@@ -56,6 +56,9 @@ pub(crate) struct Record {
     pub(crate) config_version: u64,
     pub(crate) listener: Arc<ListenerConfig>,
     pub(crate) client: SocketAddr,
+    /// Where the client addressed a redirected connection: with `client`,
+    /// the 5-tuple the datapath recorded the flow under.
+    pub(crate) original_destination: Option<SocketAddr>,
     pub(crate) peer_identity: Option<Arc<str>>,
     pub(crate) trace: TraceContext,
     pub(crate) method: Method,
@@ -103,6 +106,7 @@ impl Record {
             config_version,
             listener,
             client: conn.client,
+            original_destination: conn.original_destination,
             peer_identity: conn.peer_identity.clone(),
             trace,
             method: parts.method.clone(),
@@ -243,7 +247,10 @@ impl Record {
                 ("trefoil.upstream", out.upstream.map(|a| a.to_string()).unwrap_or_default()),
                 ("trefoil.attempts", out.attempts.to_string()),
                 ("trefoil.proxy", self.state.name.clone()),
+                ("client.address", self.client.ip().to_string()),
+                ("client.port", self.client.port().to_string()),
             ];
+            attributes.extend(self.original_destination.map(|to| ("trefoil.original_destination", to.to_string())));
             attributes.extend(self.grpc_status.map(|code| (GRPC_STATUS_ATTRIBUTE, code.to_string())));
             spans.send(SpanRecord {
                 trace_id: trace.trace_id,
