@@ -8,25 +8,33 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
 use trefoil_model::datapath::{compact, ordered, Cidr, Rule as NamedRule};
 use trefoil_model::spec::{DatapathRuleSpec, Origin};
 use trefoil_model::{Duration, Metadata, Resource, Spec, API_VERSION};
-use trefoil_wire::datapath::{Datapath, ListRulesRequest, ListRulesResponse, Rule, RuleName};
+use trefoil_wire::datapath::{Datapath, Flow, FlowStream, ListRulesRequest, ListRulesResponse, Rule, RuleName, WatchFlowsRequest};
 use trefoil_wire::Status;
 
 use crate::api::{self, ApiError};
+use crate::flows::FlowStore;
 use crate::store::{Store, StoreError};
 
 const KIND: &str = "DatapathRule";
 
-/// The service, over the control plane's store.
+/// The service, over the control plane's store and its flow records.
 pub struct DatapathService {
     store: Arc<Store>,
+    flows: Arc<FlowStore>,
 }
 
+/// The most held flows WatchFlows sends before the new ones.
+const HELD_FLOWS: usize = 1_000;
+
 impl DatapathService {
-    pub fn new(store: Arc<Store>) -> Self {
-        DatapathService { store }
+    pub fn new(store: Arc<Store>, flows: Arc<FlowStore>) -> Self {
+        DatapathService { store, flows }
     }
 }
 
@@ -57,6 +65,40 @@ impl Datapath for DatapathService {
         let resources: Vec<Resource> = self.store.list(KIND).into_iter().filter_map(|s| serde_json::from_value(s.value).ok()).collect();
         let rules = NamedRule::all_in(&resources);
         Ok(ListRulesResponse { rules: ordered(&rules).into_iter().map(|r| rule_of(r.name, r.spec)).collect() })
+    }
+
+    async fn watch_flows(&self, request: WatchFlowsRequest) -> Result<FlowStream, Status> {
+        let rule = Some(request.rule).filter(|r| !r.is_empty());
+        // Subscribe before listing, so no report falls between the two (one may come both ways).
+        let updates = BroadcastStream::new(self.flows.subscribe());
+        let mut held = self.flows.list(rule.as_deref(), HELD_FLOWS);
+        held.reverse();
+        let held = tokio_stream::iter(held.into_iter().map(|f| Ok(flow_of(&f))));
+        let new = updates.filter_map(move |update| match update {
+            Ok(flow) if rule.as_deref().is_none_or(|r| r == flow.rule) => Some(Ok(flow_of(&flow))),
+            Ok(_) => None,
+            // A reader that fell behind misses flows; each comes again with its flow's next report.
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "a WatchFlows reader fell behind");
+                None
+            }
+        });
+        Ok(Box::pin(held.chain(new)))
+    }
+}
+
+fn flow_of(f: &trefoil_api::flows::Flow) -> Flow {
+    Flow {
+        node: f.node.clone(),
+        src: f.src.to_string(),
+        dst: f.dst.to_string(),
+        protocol: f.protocol.as_str().to_string(),
+        rule: f.rule.clone(),
+        action: f.action.as_str().to_string(),
+        bytes: f.bytes,
+        packets: f.packets,
+        start_unix_nano: f.start_unix_nano,
+        end_unix_nano: f.end_unix_nano,
     }
 }
 
@@ -118,6 +160,11 @@ mod tests {
     use super::*;
 
     async fn serve(test: &str) -> (SocketAddr, Arc<Store>) {
+        let (addr, store, _) = serve_with_flows(test).await;
+        (addr, store)
+    }
+
+    async fn serve_with_flows(test: &str) -> (SocketAddr, Arc<Store>, Arc<FlowStore>) {
         let dir = std::env::temp_dir().join(format!("trefoil-dpapi-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -127,8 +174,45 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = crate::config_stream::ConfigStreamService::new(compiler, Arc::new(crate::identity::Issuer::for_tests(&dir)));
-        tokio::spawn(trefoil_wire::serve_with_datapath(listener, config, DatapathService::new(store.clone()), std::future::pending()));
-        (addr, store)
+        let flows = Arc::new(FlowStore::default());
+        let service = DatapathService::new(store.clone(), flows.clone());
+        tokio::spawn(trefoil_wire::serve_with_datapath(listener, config, service, std::future::pending()));
+        (addr, store, flows)
+    }
+
+    #[tokio::test]
+    async fn watch_flows_streams_the_held_flows_then_each_reported_one_of_its_rule() {
+        use trefoil_api::flows::{Flow as ApiFlow, FlowReport};
+        use trefoil_model::spec::{DatapathAction, Protocol};
+        let (addr, _store, flows) = serve_with_flows("watch").await;
+        let flow = |port: u16, rule: &str| ApiFlow {
+            node: String::new(),
+            src: format!("10.0.1.2:{port}").parse().unwrap(),
+            dst: "10.0.2.5:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            rule: rule.into(),
+            action: DatapathAction::Redirect,
+            bytes: 3100,
+            packets: 14,
+            start_unix_nano: 1,
+            end_unix_nano: u64::from(port),
+        };
+        let report = |flows: Vec<ApiFlow>| FlowReport { node: "edge".into(), flows, counters: vec![], dropped: 0 };
+        flows.report(report(vec![flow(1, "web"), flow(2, "other")])).unwrap();
+        let mut client = DatapathClient::connect(&addr.to_string()).await.unwrap();
+        let mut stream = client.watch_flows("web").await.unwrap();
+        let held = stream.message().await.unwrap().unwrap();
+        assert_eq!(
+            (held.node.as_str(), held.src.as_str(), held.rule.as_str(), held.action.as_str()),
+            ("edge", "10.0.1.2:1", "web", "redirect")
+        );
+        flows.report(report(vec![flow(3, "other"), flow(4, "web")])).unwrap();
+        let new = stream.message().await.unwrap().unwrap();
+        assert_eq!(
+            (new.src.as_str(), new.bytes, new.packets, new.protocol.as_str()),
+            ("10.0.1.2:4", 3100, 14, "tcp"),
+            "the other rule's flow is left out"
+        );
     }
 
     #[tokio::test]

@@ -186,7 +186,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
     let mut registry = prometheus_client::registry::Registry::default();
     let flows = Arc::new(flows::FlowStore::new(flows::Caps::default(), flows::metrics::FlowMetrics::register(&mut registry)));
-    let datapath = datapath_api::DatapathService::new(store.clone());
+    let datapath = datapath_api::DatapathService::new(store.clone(), flows.clone());
     let grpc = tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone())));
     let app = api::router(store.clone())
         .merge(traces::api::router(Arc::new(traces::TraceStore::default()), flows.clone()))

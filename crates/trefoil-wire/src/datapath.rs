@@ -1,18 +1,21 @@
 //! `trefoil.datapath.v1.Datapath`: how network functions (and the
 //! handlers' SDK, through their proxy) add and remove datapath rules without the REST API's
 //! resource envelope: a rule is its compact form plus the fields the
-//! compact form leaves out. Messages are written by hand with prost
+//! compact form leaves out; and follow the flows node agents report
+//! (WatchFlows). Messages are written by hand with prost
 //! derives like the config stream's; `proto/datapath.proto` documents them.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio_stream::Stream;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::{http, Body as HttpBody, BoxFuture, StdError};
-use tonic::server::UnaryService;
+use tonic::server::{ServerStreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use crate::service::grpc_service;
@@ -71,17 +74,61 @@ pub struct ListRulesResponse {
     pub rules: Vec<Rule>,
 }
 
+/// WatchFlows' request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WatchFlowsRequest {
+    /// Only this rule's flows; every flow when empty.
+    #[prost(string, tag = "1")]
+    pub rule: String,
+}
+
+/// One direction of one flow that matched a rule, as a node agent reported it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Flow {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    /// Sender, `address:port` (`[v6]:port`).
+    #[prost(string, tag = "2")]
+    pub src: String,
+    /// Receiver.
+    #[prost(string, tag = "3")]
+    pub dst: String,
+    /// `tcp` or `udp`.
+    #[prost(string, tag = "4")]
+    pub protocol: String,
+    /// Empty when the agent knows only the rule's hash.
+    #[prost(string, tag = "5")]
+    pub rule: String,
+    /// `redirect`, `copy` or `drop`.
+    #[prost(string, tag = "6")]
+    pub action: String,
+    #[prost(uint64, tag = "7")]
+    pub bytes: u64,
+    #[prost(uint64, tag = "8")]
+    pub packets: u64,
+    /// First packet, nanoseconds since the Unix epoch.
+    #[prost(uint64, tag = "9")]
+    pub start_unix_nano: u64,
+    /// Latest packet.
+    #[prost(uint64, tag = "10")]
+    pub end_unix_nano: u64,
+}
+
+/// WatchFlows' answer: flows until the client goes away.
+pub type FlowStream = Pin<Box<dyn Stream<Item = Result<Flow, Status>> + Send>>;
+
 /// What the control plane implements.
 pub trait Datapath: Send + Sync + 'static {
     /// Creates or replaces the rule (writing it again restarts its TTL); the rule as stored.
     fn add_rule(&self, rule: Rule) -> impl Future<Output = Result<Rule, Status>> + Send;
     fn remove_rule(&self, name: RuleName) -> impl Future<Output = Result<RuleName, Status>> + Send;
     fn list_rules(&self, request: ListRulesRequest) -> impl Future<Output = Result<ListRulesResponse, Status>> + Send;
+    /// The flows held, then each flow as the agents report it.
+    fn watch_flows(&self, request: WatchFlowsRequest) -> impl Future<Output = Result<FlowStream, Status>> + Send;
 }
 
 grpc_service!(
-    /// The gRPC service: routes the unary methods, answers WatchFlows and
-    /// anything else with `UNIMPLEMENTED`.
+    /// The gRPC service: routes the methods, answers anything else with `UNIMPLEMENTED`.
     DatapathServer,
     Datapath,
     DATAPATH_SERVICE
@@ -98,9 +145,12 @@ impl<T: Datapath> DatapathServer<T> {
             ADD_RULE => unary(req, Unary { inner, call: |i, r| Box::pin(async move { i.add_rule(r).await }) }),
             REMOVE_RULE => unary(req, Unary { inner, call: |i, r| Box::pin(async move { i.remove_rule(r).await }) }),
             LIST_RULES => unary(req, Unary { inner, call: |i, r| Box::pin(async move { i.list_rules(r).await }) }),
-            WATCH_FLOWS => {
-                Box::pin(async { Ok(Status::unimplemented("WatchFlows needs the node agents' flow reports, not built yet").into_http()) })
-            }
+            WATCH_FLOWS => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(ProstCodec::<Flow, WatchFlowsRequest>::default())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                Ok(grpc.server_streaming(Watch { inner }, req).await)
+            }),
             other => {
                 let message = format!("no method {other} in {DATAPATH_SERVICE}");
                 Box::pin(async move { Ok(Status::unimplemented(message).into_http()) })
@@ -122,6 +172,22 @@ impl<T: Send + Sync + 'static, Req: Send + 'static, Resp: Send + 'static> UnaryS
     fn call(&mut self, request: Request<Req>) -> Self::Future {
         let answer = (self.call)(self.inner.clone(), request.into_inner());
         Box::pin(async move { answer.await.map(Response::new) })
+    }
+}
+
+/// WatchFlows, as tonic's server-streaming service.
+struct Watch<T> {
+    inner: Arc<T>,
+}
+
+impl<T: Datapath> ServerStreamingService<WatchFlowsRequest> for Watch<T> {
+    type Response = Flow;
+    type ResponseStream = FlowStream;
+    type Future = BoxFuture<Response<FlowStream>, Status>;
+
+    fn call(&mut self, request: Request<WatchFlowsRequest>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.watch_flows(request.into_inner()).await.map(Response::new) })
     }
 }
 
@@ -179,6 +245,14 @@ impl DatapathClient {
     pub async fn list_rules(&mut self) -> Result<ListRulesResponse, Status> {
         self.call(LIST_RULES, ListRulesRequest {}).await
     }
+
+    /// The flows held, then each new one, of `rule` (all when empty).
+    pub async fn watch_flows(&mut self, rule: &str) -> Result<Streaming<Flow>, Status> {
+        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+        let request = Request::new(WatchFlowsRequest { rule: rule.to_string() });
+        let codec = ProstCodec::<WatchFlowsRequest, Flow>::default();
+        Ok(self.grpc.server_streaming(request, PathAndQuery::from_static(WATCH_FLOWS), codec).await?.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -194,5 +268,8 @@ mod tests {
         assert_eq!(rule, vec![1 << 3 | 2, 1, b'n', 4 << 3, 2]);
         let list = ListRulesResponse { rules: vec![Rule { ttl: "1s".into(), ..Rule::default() }] }.encode_to_vec();
         assert_eq!(list, vec![1 << 3 | 2, 4, 6 << 3 | 2, 2, b'1', b's']);
+        // Flow.rule = 5, Flow.packets = 8, Flow.end_unix_nano = 10.
+        let flow = Flow { rule: "w".into(), packets: 3, end_unix_nano: 1, ..Flow::default() }.encode_to_vec();
+        assert_eq!(flow, vec![5 << 3 | 2, 1, b'w', 8 << 3, 3, 10 << 3, 1]);
     }
 }
