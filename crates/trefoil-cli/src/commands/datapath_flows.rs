@@ -70,6 +70,11 @@ async fn watch(a: &FlowsArgs, client: trefoil_api::Client) -> ExitCode {
         Ok(lines) => lines,
         Err(e) => return fail(a, &e),
     };
+    // On stderr, so that `-o json` stays JSON lines: from here on no report is missed.
+    eprintln!(
+        "watching the flows of {} as the agents report them",
+        a.rule.as_deref().map_or("every rule".to_string(), |r| format!("rule {r}"))
+    );
     while let Some(event) = lines.next().await {
         match (event, a.output) {
             (Ok(FlowEvent::Flow { flow }), Format::Table) => println!("{:<16}  {}", flow.node, line(&flow)),

@@ -761,6 +761,15 @@ fn a_redirected_request_s_trace_shows_its_datapath_flow() {
         return;
     }
 
+    let mut watch = Process::spawn(
+        "trefoil datapath flows --watch",
+        trefoil_command()
+            .args(["datapath", "flows", "--watch", "--rule", "web-in", "--server", &control.url()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.join("watch.out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("watch.log")).unwrap()),
+    );
+    watch.wait_for("the watch to start", WAIT, || log_has(&dir, "watch.log", "watching the flows of rule web-in"));
     let answer = pair.get("/flows");
     assert_eq!((answer.status, answer.via_proxy()), (200, true), "{answer:?}\n{}", log(&dir, "proxy.log"));
     let trace_id = answer.trace_id.unwrap_or_default();
@@ -781,6 +790,9 @@ fn a_redirected_request_s_trace_shows_its_datapath_flow() {
     let flow = listed.iter().find(|f| is_ours(f)).unwrap().clone();
     assert_eq!((flow.node.as_str(), flow.action.as_str(), flow.protocol.as_str()), (pair.server.as_str(), "redirect", "tcp"), "{flow:?}");
     assert!(flow.packets > 0 && flow.start_unix_nano <= flow.end_unix_nano, "{flow:?}");
+
+    let watched = format!("redirect rule=web-in  {} -> {server} tcp", flow.src);
+    watch.wait_for("the flow in `trefoil datapath flows --watch`", WAIT, || log_has(&dir, "watch.out", &watched));
 
     // `trefoil trace ID -o json`: the request's spans and, joined by the 5-tuple, the flow.
     let mut trace = None;
