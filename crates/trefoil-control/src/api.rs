@@ -8,7 +8,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -28,6 +28,7 @@ const APPLY_RETRIES: usize = 5;
 pub fn router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/validate", post(validate))
         .route("/api/v1/{kind}", get(list).post(create))
         .route("/api/v1/watch/{kind}", get(watch_kind))
         .route("/api/v1/{kind}/{name}", get(read).put(apply).delete(remove))
@@ -189,6 +190,27 @@ async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String,
 /// by itself and against the stored resources it must agree with: what
 /// every proxy would refuse is refused here, where the user sees it.
 pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) -> Result<(Value, Option<u64>), ApiError> {
+    let checked = check(store, body)?;
+    if checked.kind != kind {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body is a {}, the path says {kind}", checked.kind)));
+    }
+    if let Some(name) = name.filter(|n| *n != checked.name) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {:?}, the path says {name:?}", checked.name)));
+    }
+    Ok((checked.value, checked.expected))
+}
+
+/// One resource from a request body, valid alone and with what is stored.
+struct Checked {
+    kind: &'static str,
+    name: String,
+    /// As it would be stored: no `resourceVersion`.
+    value: Value,
+    /// The `resourceVersion` the writer read, if it gave one.
+    expected: Option<u64>,
+}
+
+fn check(store: &Store, body: &[u8]) -> Result<Checked, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
     // Every problem in one answer: the shape errors, and the checks on what could be read.
     let loaded = trefoil_model::load_all_str(&Arc::from("request body"), text);
@@ -211,12 +233,6 @@ pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) 
     }
     trefoil_model::validate_against(&sources, &stored).map_err(|d| ApiError::invalid(d.0))?;
     let resource = &source.resource;
-    if resource.kind() != kind {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body is a {}, the path says {kind}", resource.kind())));
-    }
-    if let Some(name) = name.filter(|n| *n != resource.name()) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body names {:?}, the path says {name:?}", resource.name())));
-    }
     let expected = match &resource.metadata.resource_version {
         None => None,
         Some(rv) => Some(
@@ -231,7 +247,27 @@ pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) 
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    Ok((value, expected))
+    Ok(Checked { kind: resource.kind(), name: resource.name().to_string(), value, expected })
+}
+
+/// A write's checks without the write: the portal's editor shows errors at
+/// their line and field, and the change, before anything is stored. A
+/// `resourceVersion` that is no longer current is a 409 here already.
+async fn validate(State(store): State<Arc<Store>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let Checked { kind, name, mut value, expected } = check(&store, &body)?;
+    writable(kind)?;
+    if let Some(expected) = expected {
+        let current = store.get(kind, &name).map(|s| s.resource_version);
+        if current != Some(expected) {
+            let now = current.map_or_else(|| "deleted".to_string(), |rv| format!("at version {rv}"));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{kind}/{name} is {now}, not {expected}: it changed since it was read"),
+            ));
+        }
+        value["metadata"]["resourceVersion"] = json!(ResourceVersion::new(expected).to_string());
+    }
+    Ok(Json(value))
 }
 
 /// A CNF's handler scripts must compile: a syntax error is refused here, at
@@ -239,11 +275,35 @@ pub(crate) fn parse(store: &Store, kind: &str, name: Option<&str>, body: &[u8]) 
 /// every proxy after it was stored.
 fn handler_syntax(source: &SourcedResource) -> Result<(), ApiError> {
     let Spec::Cnf(cnf) = &source.resource.spec else { return Ok(()) };
-    match Handlers::compile(source.resource.name(), &cnf.handlers, Limits::default()) {
+    let name = source.resource.name();
+    match Handlers::compile(name, &cnf.handlers, Limits::default()) {
         Ok(_) => Ok(()),
         Err(problems) => Err(ApiError::invalid(
-            problems.into_iter().map(|(event, e)| source.diagnostic(&format!("spec.handlers.{event}"), e.to_string())).collect(),
+            problems
+                .into_iter()
+                .map(|(event, e)| {
+                    let message = e.to_string();
+                    let mut d = source.diagnostic(&format!("spec.handlers.{event}"), message.clone());
+                    d.line += script_line(&message, name, &event, &cnf.handlers[&event]);
+                    d
+                })
+                .collect(),
         )),
+    }
+}
+
+/// How many lines below its key the line Lua complains about is: Lua
+/// names the script's own line (`cnf/event:3:`); a script written as a
+/// block scalar (`event: |`, the way handlers are written, and the only
+/// way a script ends in a newline) starts on the line after its key. A
+/// one-line script is reported at its key.
+fn script_line(message: &str, cnf: &str, event: &str, script: &str) -> usize {
+    let tag = format!("{cnf}/{event}:");
+    let Some(at) = message.find(&tag) else { return 0 };
+    let digits: String = message[at + tag.len()..].chars().take_while(char::is_ascii_digit).collect();
+    match digits.parse::<usize>() {
+        Ok(line) if script.ends_with('\n') => line.min(script.lines().count().max(1)),
+        _ => 0,
     }
 }
 
@@ -348,12 +408,17 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(20);
 
-    #[tokio::test]
-    async fn a_watch_that_falls_behind_is_told_and_ends() {
-        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-lag", std::process::id()));
+    /// A store of its own for `test`, empty.
+    fn fresh_store(test: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        Store::open(dir.join("store.db")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_falls_behind_is_told_and_ends() {
+        let store = Arc::new(fresh_store("lag"));
         store.put("Route", "first", json!({}), None).unwrap();
         let mut body = watch(store.clone(), "Route").into_body().into_data_stream();
         // More changes than the store keeps for a reader that is not reading.
@@ -373,28 +438,56 @@ mod tests {
     }
     #[test]
     fn a_handler_that_does_not_compile_is_refused_at_its_field_and_nothing_is_stored() {
-        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-lua", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(dir.join("store.db")).unwrap();
+        let store = fresh_store("lua");
         let cnf = |script: &str| {
             format!("apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: guard}}\nspec:\n  chain: [{{function: acl}}]\n  handlers:\n    checked: |\n      {script}\n")
         };
         let err = parse(&store, "CNF", Some("guard"), cnf("if x then").as_bytes()).unwrap_err();
         assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let [problem] = err.body().errors.as_slice() else { panic!("one problem: {:?}", err.body()) };
-        assert_eq!((problem.field.as_str(), problem.line), ("spec.handlers.checked", 7), "{problem:?}");
+        // The key is line 7; the script's one line is line 8.
+        assert_eq!((problem.field.as_str(), problem.line), ("spec.handlers.checked", 8), "{problem:?}");
         assert!(problem.message.contains("syntax error") && problem.message.contains("guard/checked"), "{problem:?}");
+        // Lower in a longer script: the line Lua names, counted from the key.
+        let err = parse(&store, "CNF", Some("guard"), cnf("trefoil.log('a')\n      trefoil.log(\n      x = = 1").as_bytes()).unwrap_err();
+        let [problem] = err.body().errors.as_slice() else { panic!("one problem: {:?}", err.body()) };
+        assert!(problem.message.contains("guard/checked:3:"), "{problem:?}");
+        assert_eq!(problem.line, 10, "{problem:?}");
         assert!(parse(&store, "CNF", Some("guard"), cnf("trefoil.log('fine')").as_bytes()).is_ok());
         assert!(store.list("CNF").is_empty(), "parse stores nothing");
     }
 
+    #[tokio::test]
+    async fn validate_checks_as_a_write_does_and_stores_nothing() {
+        let store = Arc::new(fresh_store("validate"));
+        let web = |extra: &str| {
+            Bytes::from(format!(
+                "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata:\n  name: web\n{extra}spec:\n  endpoints: [{{address: \"127.0.0.1:9001\", version: v1}}]\n"
+            ))
+        };
+        let Json(checked) = validate(State(store.clone()), web("")).await.unwrap();
+        assert_eq!((checked["kind"].as_str(), checked["metadata"]["name"].as_str()), (Some("Service"), Some("web")));
+        assert!(store.list("Service").is_empty(), "validate stores nothing");
+
+        let typo = Bytes::from("apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  endpoint: []\n");
+        let err = validate(State(store.clone()), typo).await.unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let [problem] = err.body().errors.as_slice() else { panic!("one problem: {:?}", err.body()) };
+        assert_eq!(problem.line, 5, "{problem:?}");
+        assert!(problem.field.contains("endpoint") || problem.message.contains("endpoint"), "{problem:?}");
+
+        let rv = store.put("Service", "web", checked.clone(), None).unwrap();
+        let Json(current) = validate(State(store.clone()), web(&format!("  resourceVersion: \"{rv}\"\n"))).await.unwrap();
+        assert_eq!(current["metadata"]["resourceVersion"], json!(rv.to_string()));
+        let stale = validate(State(store.clone()), web(&format!("  resourceVersion: \"{}\"\n", rv - 1))).await.unwrap_err();
+        assert_eq!(stale.status(), StatusCode::CONFLICT, "{:?}", stale.body());
+        let controller = Bytes::from("apiVersion: trefoil.dev/v1alpha1\nkind: Event\nmetadata: {name: e}\nspec: {regarding: Service/web, reason: X, message: m, timeMs: 1}\n");
+        assert_eq!(validate(State(store), controller).await.unwrap_err().status(), StatusCode::FORBIDDEN);
+    }
+
     /// The whole REST surface on a loopback port, over a fresh store.
     async fn serve_all(test: &str) -> (std::net::SocketAddr, Arc<Store>) {
-        let dir = std::env::temp_dir().join(format!("trefoil-api-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        let store = Arc::new(fresh_store(test));
         let proxies = Arc::new(crate::proxies::Proxies::default());
         let flows = Arc::new(crate::flows::FlowStore::default());
         let app = router(store.clone())

@@ -116,6 +116,14 @@ fn resources_and_traces() -> Value {
                     "responses": {"201": written, "400": error, "403": error, "404": error, "409": error, "413": too_large, "422": error}
                 }
             },
+            "/api/v1/validate": {
+                "post": {
+                    "operationId": "validateResource",
+                    "summary": "Check one resource exactly as a create or replace would (shape, handler scripts, agreement with the stored resources, a stale metadata.resourceVersion), storing nothing; answers the resource as it would be stored",
+                    "requestBody": body,
+                    "responses": {"200": resource, "400": error, "403": error, "409": error, "413": too_large, "422": error}
+                }
+            },
             "/api/v1/watch/{kind}": {
                 "get": {
                     "summary": "Watch a kind: JSON lines, the current objects as ADDED, then MODIFIED and DELETED as they happen; the stream stays open, unless the reader falls more than 1024 changes behind: then an ERROR line (list again) ends it",
