@@ -196,6 +196,8 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         .merge(status::router(store, proxies))
         .merge(auth::router(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
+        // The portal's pages and script are public; what they show comes from the API, with a token.
+        .merge(trefoil_portal::router())
         .layer(axum::middleware::map_response(api::rescue));
     server::serve(rest, app, options.limits, stopped(stop_rx)).await;
     distributor.abort();

@@ -64,6 +64,8 @@ pub enum Event {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
+    /// The operator portal, served by the control plane: what a person opens first.
+    pub portal: String,
     /// URLs of the gateways' listeners.
     pub gateways: Vec<String>,
     /// Control plane REST API.

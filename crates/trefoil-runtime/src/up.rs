@@ -424,6 +424,7 @@ async fn watch_control_restarts(mut view: watch::Receiver<UpView>, restarts: wat
 
 fn summary(plan: &Plan, state: &Path, view: &UpView) -> Summary {
     Summary {
+        portal: format!("http://{}/", plan.api),
         gateways: plan.gateway_urls.clone(),
         api: format!("http://{}", plan.api),
         grpc: plan.grpc.to_string(),

@@ -139,6 +139,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     };
     if args.output == Format::Table {
         println!("\nTrefoil demo: a gateway, `web` v1 and v2 (80/20) calling `api` (2 replicas) through their sidecars.\n");
+        println!("  portal      {api}/   (open it in a browser)");
         println!("  gateway     http://{gateway}/      (web, which calls api)   http://{gateway}/api");
         println!("  API         {api}/api/v1/routes   (bearer token: the context `demo`, see trefoil config get-contexts)");
         println!("  try         trefoil get proxies   trefoil top   trefoil check   trefoil describe service web");

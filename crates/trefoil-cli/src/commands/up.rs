@@ -272,6 +272,7 @@ fn print_summary(s: &Summary, format: Format) {
         return;
     }
     println!("trefoil is up");
+    println!("  portal         {}", s.portal);
     for url in &s.gateways {
         println!("  gateway        {url}");
     }

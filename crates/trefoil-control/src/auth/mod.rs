@@ -93,6 +93,11 @@ fn need(method: &Method, path: &str) -> Need {
         "/api/v1/openapi.json" => Need::Nothing,
         // Spans from proxies: see decision 0016 for why it is open for now.
         "/v1/traces" if method == Method::POST => Need::Nothing,
+        // Counters for Prometheus, which scrapes without credentials (decision 0016).
+        "/metrics" if method == Method::GET => Need::Nothing,
+        // Node agents' flow reports are telemetry, like spans: an agent holds
+        // a viewer token, which may add flow records and change no resource.
+        "/api/v1/datapath/flows" if method == Method::POST => Need::Role(Role::Viewer),
         p if p.starts_with("/api/v1/tokens") || p == "/api/v1/audit" => Need::Role(Role::Admin),
         _ if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) => Need::Role(Role::Viewer),
         _ => Need::Role(Role::Editor),
