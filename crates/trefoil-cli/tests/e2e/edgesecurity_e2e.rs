@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use trefoil_model::ResourceVersion;
 use trefoil_testkit::{eicar, free_addr, http_request, repo_root, request, scratch_dir, wait_until, Clamd, Load, Up};
 
-fn example() -> PathBuf {
+pub(crate) fn example() -> PathBuf {
     repo_root().join("examples/edgesecurity")
 }
 
 /// Copies the example with its gateway on `gateway`, keeping its layout.
-fn copy_example(to: &Path, gateway: std::net::SocketAddr) {
+pub(crate) fn copy_example(to: &Path, gateway: std::net::SocketAddr) {
     for sub in ["", "functions", "changes", "downloads"] {
         std::fs::create_dir_all(to.join(sub)).unwrap();
         for entry in std::fs::read_dir(example().join(sub)).unwrap() {

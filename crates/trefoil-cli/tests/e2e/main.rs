@@ -22,6 +22,7 @@ mod hardening;
 mod identity_e2e;
 mod mesh_e2e;
 mod nf_e2e;
+mod portal;
 mod proxy_lifecycle;
 mod proxy_protocols;
 mod proxy_routing;

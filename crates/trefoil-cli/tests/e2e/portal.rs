@@ -1,0 +1,83 @@
+//! The operator portal in a real browser: `trefoil up -f
+//! examples/edgesecurity`, then `tests/portal/portal.py` (Playwright driving
+//! Debian's Chromium headless) opens every page, makes bad and good edits
+//! of the CNF and opens a request's trace. Screenshots of every page land in
+//! the workspace's `target/portal-screenshots/`, for a person to look at.
+
+use std::process::Command;
+use std::time::Instant;
+
+use trefoil_testkit::{command_exists, find_command, free_addr, http_request, repo_root, request, scratch_dir, Clamd, Up};
+
+use crate::edgesecurity_e2e::copy_example;
+
+/// The browser and its driver, or why the test cannot run.
+fn browser() -> Result<std::path::PathBuf, &'static str> {
+    let chromium = find_command("chromium").ok_or("chromium not found (Debian package chromium)")?;
+    let driver = Command::new("python3").args(["-c", "import playwright.sync_api"]).output();
+    match driver {
+        Ok(out) if out.status.success() => Ok(chromium),
+        _ => Err("python3 cannot import playwright (pip install playwright)"),
+    }
+}
+
+#[test]
+fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
+    let chromium = match browser() {
+        Ok(path) => path,
+        Err(why) => {
+            eprintln!("SKIPPED the portal's browser test: {why}; scripts/install-test-deps installs both");
+            return;
+        }
+    };
+    // The mesh starts with the antivirus unused; without clamd its replica
+    // still runs and the edits below only name it.
+    let clamd = command_exists("clamd").then(Clamd::start);
+    let clamd_addr = clamd.as_ref().map_or_else(|| free_addr().to_string(), |c| c.addr.to_string());
+    let dir = scratch_dir();
+    let gateway = free_addr();
+    let files = dir.join("edgesecurity");
+    copy_example(&files, gateway);
+    let mut up = Up::start_on(dir, &files, &[("TREFOIL_CLAMD", &clamd_addr)]);
+    up.wait_up();
+    up.wait("the gateway serving through the chain", |_| {
+        matches!(http_request(gateway, "GET", "web.local", "/", &[], b""), Ok((200, _, _)))
+    });
+    let portal = format!("http://{}/", up.api());
+    let summary: serde_json::Value = serde_json::from_str(up.stdout().trim()).expect("up's summary as JSON");
+    assert_eq!(summary["portal"], portal.as_str(), "up names the portal first: {summary}");
+
+    // A request the policy denies, whose trace the browser opens.
+    let (status, headers, body) = request(gateway, "GET", "/admin", &[], b"");
+    assert_eq!(status, 403, "{body}");
+    let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
+
+    let screenshots = repo_root().join("target/portal-screenshots");
+    let script = repo_root().join("crates/trefoil-cli/tests/portal/portal.py");
+    let started = Instant::now();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--portal", &portal, "--trace-id", &trace_id])
+        .arg("--chromium")
+        .arg(&chromium)
+        .arg("--screenshots")
+        .arg(&screenshots)
+        .arg("--change")
+        .arg(files.join("changes/1-scan-after-inspect.yaml"))
+        .output()
+        .expect("running python3 portal.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser test failed:\n{stdout}\n{stderr}\ntrefoil up:\n{}", up.stderr());
+    eprintln!("portal figures: {} (browser run {:?}); screenshots in {}", stdout.trim(), started.elapsed(), screenshots.display());
+    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line of figures");
+    assert!(figures["dashboardMs"].is_number(), "{figures}");
+    for page in ["dashboard", "cnfs", "cnfs-unknown-field", "cnfs-lua-error", "cnfs-applied", "traces", "resources"] {
+        for width in [1280, 390] {
+            let shot = screenshots.join(format!("{page}-{width}.png"));
+            assert!(shot.metadata().is_ok_and(|m| m.len() > 0), "no screenshot {}", shot.display());
+        }
+    }
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+    drop(clamd);
+}

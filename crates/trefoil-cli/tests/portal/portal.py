@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""The operator portal in a real browser: Playwright driving Chromium
+headless against a running `trefoil up -f examples/edgesecurity`. Run by
+the e2e test `portal`; it opens every page, checks what it shows, makes a
+bad edit (an unknown field, a Lua syntax error) and checks nothing changed,
+makes a good edit and waits for every proxy to acknowledge it, opens a
+request's trace, fails on any browser console error, and leaves screenshots
+of every page at two widths. Prints one JSON line of figures."""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+
+from playwright.sync_api import expect, sync_playwright
+
+CNF = "edge-security"
+WIDE = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def api(base, path):
+    with urllib.request.urlopen(base.rstrip("/") + path, timeout=10) as r:
+        return json.load(r)
+
+
+def containing(text):
+    """A value matcher for `to_have_value`: the text anywhere in it."""
+    return re.compile(".*" + re.escape(text) + ".*", re.S)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--portal", required=True, help="the portal's URL, http://ADDR/")
+    p.add_argument("--chromium", required=True, help="the browser executable (never downloaded)")
+    p.add_argument("--screenshots", required=True)
+    p.add_argument("--change", required=True, help="a CNF YAML file to apply from the editor")
+    p.add_argument("--trace-id", required=True, help="a request's trace id to find and open")
+    p.add_argument("--assets", help="serve portal.js and portal.css from this folder instead of the binary's (to try a change without rebuilding)")
+    a = p.parse_args()
+    os.makedirs(a.screenshots, exist_ok=True)
+    base = a.portal.rstrip("/")
+    change = open(a.change, encoding="utf-8").read()
+    errors = []
+    figures = {}
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=a.chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport=WIDE)
+        page.set_default_timeout(20_000)
+        expect.set_options(timeout=20_000)
+        def console(m):
+            # Chromium logs every 4xx answer; the refusals of the bad edits are the point.
+            expected = m.location.get("url", "").endswith("/api/v1/validate") and "status of 422" in m.text
+            if m.type == "error" and not expected:
+                errors.append(f"console {m.type}: {m.text} at {m.location}")
+
+        page.on("console", console)
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        if a.assets:
+            for name, kind in (("portal.js", "text/javascript"), ("portal.css", "text/css")):
+                body = open(os.path.join(a.assets, name), encoding="utf-8").read()
+                page.route(f"**/portal/{name}", lambda route, _request, body=body, kind=kind: route.fulfill(body=body, content_type=kind))
+
+        def shoot(name):
+            page.set_viewport_size(WIDE)
+            page.screenshot(path=os.path.join(a.screenshots, f"{name}-1280.png"), full_page=True)
+            page.set_viewport_size(PHONE)
+            # Wide tables scroll inside their box; the page itself must not.
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 1, f"{name} is {overflow}px wider than a 390px screen"
+            page.screenshot(path=os.path.join(a.screenshots, f"{name}-390.png"), full_page=True)
+            page.set_viewport_size(WIDE)
+
+        def timed_goto(name, path, ready):
+            start = time.monotonic()
+            page.goto(base + path)
+            expect(ready).to_be_visible()
+            figures[f"{name}Ms"] = round((time.monotonic() - start) * 1000, 1)
+            figures[f"{name}DomMs"] = page.evaluate(
+                "Math.round(performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd)")
+
+        # Dashboard: the proxies as `trefoil get proxies` shows them, services, workloads.
+        timed_goto("dashboard", "/", page.locator("#proxies tbody tr td", has_text="gateway").first)
+        expect(page.locator("#proxies")).to_contain_text("yes")
+        expect(page.locator("#services")).to_contain_text("web")
+        expect(page.locator("#workloads")).to_contain_text("antivirus")
+        expect(page.locator("nav a[aria-current=page]")).to_have_text("Dashboard")
+        shoot("dashboard")
+
+        # CNF Provisioning: the tables.
+        timed_goto("cnfs", "/cnfs", page.locator("#cnfs tbody tr", has_text=CNF))
+        row = page.locator("#cnfs tbody tr", has_text=CNF)
+        expect(row).to_contain_text("policy (callout / request)")
+        expect(row).to_contain_text("inspect (callout / response)")
+        expect(row).to_contain_text("edge")
+        expect(page.locator("#functions")).to_contain_text("antivirus")
+        expect(page.locator("#functions tbody tr", has_text="policy")).to_contain_text("1 of 1 ready")
+        shoot("cnfs")
+
+        row.get_by_role("button", name="Edit").click()
+        box = page.locator("#yaml")
+        expect(box).to_have_value(containing(f"name: {CNF}"))
+        before = api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"]
+        loaded = box.input_value()
+        assert "resourceVersion:" in loaded, loaded
+
+        # Bad edit 1: an unknown field, reported at its line and field.
+        lines = loaded.split("\n")
+        at = lines.index("spec:") + 1
+        lines.insert(at, "  colour: blue")
+        box.fill("\n".join(lines))
+        page.get_by_role("button", name="Check").click()
+        problem = page.locator("#problems .problem").first
+        expect(problem).to_contain_text(f"line {at + 1}")
+        expect(problem).to_contain_text("colour")
+        expect(page.locator("#gutter .mark")).to_have_text(str(at + 1))
+        expect(page.get_by_role("button", name="Apply")).to_be_disabled()
+        shoot("cnfs-unknown-field")
+
+        # Bad edit 2: a Lua syntax error in a handler, at its line.
+        broken = change.replace('trefoil.call("antivirus")', 'trefoil.call("antivirus"')
+        assert broken != change
+        broken_line = next(i + 1 for i, l in enumerate(broken.split("\n")) if 'trefoil.call("antivirus"' in l)
+        box.fill(broken)
+        page.get_by_role("button", name="Check").click()
+        problem = page.locator("#problems .problem").first
+        expect(problem).to_contain_text("spec.handlers.inspect_done")
+        expect(problem).to_contain_text("syntax error")
+        shown = int(problem.get_attribute("data-line"))
+        figures["luaErrorLine"] = shown
+        figures["luaBrokenLine"] = broken_line
+        handler_key = next(i + 1 for i, l in enumerate(broken.split("\n")) if "inspect_done:" in l)
+        assert handler_key < shown <= broken_line + 1, f"the Lua error is shown at line {shown}, the handler is at {handler_key}..{broken_line}"
+        expect(page.get_by_role("button", name="Apply")).to_be_disabled()
+        shoot("cnfs-lua-error")
+        assert api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"] == before, "a bad edit changed the CNF"
+
+        # A good edit: the diff, apply, every proxy's acknowledgement.
+        box.fill(change)
+        page.get_by_role("button", name="Check").click()
+        expect(page.locator("#diff .add", has_text='trefoil.call("antivirus")')).to_be_visible()
+        start = time.monotonic()
+        page.get_by_role("button", name="Apply").click()
+        expect(page.locator("#acks-summary")).to_contain_text("Every proxy acknowledged", timeout=30_000)
+        figures["applyToAllAckedMs"] = round((time.monotonic() - start) * 1000, 1)
+        expect(page.locator("#acks tbody tr[data-state=ok]").first).to_be_visible()
+        after = api(base, f"/api/v1/cnfs/{CNF}")
+        assert int(after["metadata"]["resourceVersion"]) > int(before), after
+        assert "inspect_done" in after["spec"].get("handlers", {}), after
+        # The editor now holds the stored version: applying again is a no-op.
+        expect(box).to_have_value(containing(f'resourceVersion: "{after["metadata"]["resourceVersion"]}"'))
+        shoot("cnfs-applied")
+
+        # CNF Tracing: the request's trace, filters, the waterfall.
+        timed_goto("traces", "/traces", page.locator(f"#traces tr[data-trace='{a.trace_id}']"))
+        trace_row = page.locator(f"#traces tr[data-trace='{a.trace_id}']")
+        expect(trace_row).to_contain_text(CNF)
+        page.locator("#f-path").fill("/admin")
+        expect(trace_row).to_be_visible()
+        page.locator("#f-path").fill("/no-such-path")
+        expect(trace_row).to_have_count(0)
+        page.locator("#f-path").fill("")
+        page.locator("#f-cnf").select_option(CNF)
+        expect(trace_row).to_be_visible()
+        trace_row.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#trace-id")).to_have_text(a.trace_id)
+        expect(page.locator("#waterfall .span[data-span='chain policy']")).to_be_visible()
+        page.locator("#waterfall .span").first.click()
+        expect(page.locator("#span-detail")).to_contain_text("trefoil.")
+        shoot("traces")
+        page.get_by_role("button", name="Stop").click()
+        expect(page.get_by_role("button", name="Start")).to_be_visible()
+        page.get_by_role("button", name="Clear").click()
+        expect(trace_row).to_have_count(0)
+
+        # Resources: every kind; an object's YAML.
+        timed_goto("resources", f"/resources#CNF/{CNF}", page.locator("#object-yaml", has_text="inspect_done"))
+        page.locator("#kind").select_option("Service")
+        expect(page.locator("#objects tbody tr[data-name=policy]")).to_be_visible()
+        page.locator("#objects tbody tr[data-name=policy]").focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#object-yaml")).to_contain_text("kind: Service")
+        shoot("resources")
+
+        browser.close()
+
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
