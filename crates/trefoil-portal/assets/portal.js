@@ -265,7 +265,9 @@ async function check() {
   gutter();
   const object = answer.body;
   const kind = object.kind, name = nameOf(object);
-  const current = await api('/api/v1/' + kind + '/' + encodeURIComponent(name));
+  // From the list, not GET by name: a new resource is not an error to log.
+  const stored = (await list(kind)).find((o) => nameOf(o) === name);
+  const current = { ok: stored !== undefined, body: stored };
   const before = current.ok ? toYaml(editable(current.body, false)) : '';
   const after = toYaml(editable(object, false));
   const lines = diffLines(before, after);

@@ -72,7 +72,7 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     eprintln!("portal figures: {} (browser run {:?}); screenshots in {}", stdout.trim(), started.elapsed(), screenshots.display());
     let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line of figures");
     assert!(figures["dashboardMs"].is_number(), "{figures}");
-    for page in ["dashboard", "cnfs", "cnfs-unknown-field", "cnfs-lua-error", "cnfs-applied", "traces", "resources"] {
+    for page in ["dashboard", "cnfs", "cnfs-unknown-field", "cnfs-lua-error", "cnfs-applied", "cnfs-conflict", "traces", "resources"] {
         for width in [1280, 390] {
             let shot = screenshots.join(format!("{page}-{width}.png"));
             assert!(shot.metadata().is_ok_and(|m| m.len() > 0), "no screenshot {}", shot.display());

@@ -27,6 +27,13 @@ def api(base, path):
         return json.load(r)
 
 
+def put(base, path, text):
+    """A write by someone else, straight to the API."""
+    request = urllib.request.Request(base.rstrip("/") + path, data=text.encode(), method="PUT", headers={"Content-Type": "application/yaml"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.load(r)
+
+
 def containing(text):
     """A value matcher for `to_have_value`: the text anywhere in it."""
     return re.compile(".*" + re.escape(text) + ".*", re.S)
@@ -54,7 +61,7 @@ def main():
         expect.set_options(timeout=20_000)
         def console(m):
             # Chromium logs every 4xx answer; the refusals of the bad edits are the point.
-            expected = m.location.get("url", "").endswith("/api/v1/validate") and "status of 422" in m.text
+            expected = m.location.get("url", "").endswith("/api/v1/validate") and ("status of 422" in m.text or "status of 409" in m.text)
             if m.type == "error" and not expected:
                 errors.append(f"console {m.type}: {m.text} at {m.location}")
 
@@ -154,6 +161,33 @@ def main():
         # The editor now holds the stored version: applying again is a no-op.
         expect(box).to_have_value(containing(f'resourceVersion: "{after["metadata"]["resourceVersion"]}"'))
         shoot("cnfs-applied")
+
+        # Someone else writes the CNF after the page loaded it: the page's
+        # next check and apply show the conflict and overwrite nothing.
+        box.fill(box.input_value().replace("inspect_done: |", "inspect_done: |\n      trefoil.log('mine')"))
+        theirs = put(base, f"/api/v1/cnfs/{CNF}", change)["metadata"]["resourceVersion"]
+        page.get_by_role("button", name="Check").click()
+        expect(page.locator("#problems")).to_contain_text("Conflict")
+        expect(page.get_by_role("button", name="Apply")).to_be_disabled()
+        assert api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"] == theirs, "the conflict overwrote"
+        shoot("cnfs-conflict")
+
+        # A new CNF from the template, then deleted: Cancel keeps it, Delete removes it.
+        page.get_by_role("button", name="New CNF").click()
+        box.fill(box.input_value().replace("my-cnf", "scratch").replace("FUNCTION", "policy"))
+        page.get_by_role("button", name="Check").click()
+        expect(page.locator("#problems")).to_contain_text("is valid and new")
+        page.get_by_role("button", name="Apply").click()
+        expect(page.locator("#acks-summary")).to_contain_text("Every proxy acknowledged", timeout=30_000)
+        scratch = page.locator("#cnfs tbody tr", has_text="scratch")
+        scratch.get_by_role("button", name="Delete").click()
+        page.locator("#confirm").get_by_role("button", name="Cancel").click()
+        expect(scratch).to_have_count(1)
+        scratch.get_by_role("button", name="Delete").click()
+        expect(page.locator("#confirm-text")).to_contain_text("scratch")
+        page.locator("#confirm").get_by_role("button", name="Delete").click()
+        expect(scratch).to_have_count(0)
+        expect(page.locator("#problems")).to_contain_text("Deleted CNF scratch")
 
         # CNF Tracing: the request's trace, filters, the waterfall.
         timed_goto("traces", "/traces", page.locator(f"#traces tr[data-trace='{a.trace_id}']"))
