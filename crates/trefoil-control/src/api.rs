@@ -282,28 +282,12 @@ fn handler_syntax(source: &SourcedResource) -> Result<(), ApiError> {
             problems
                 .into_iter()
                 .map(|(event, e)| {
-                    let message = e.to_string();
-                    let mut d = source.diagnostic(&format!("spec.handlers.{event}"), message.clone());
-                    d.line += script_line(&message, name, &event, &cnf.handlers[&event]);
+                    let mut d = source.diagnostic(&format!("spec.handlers.{event}"), e.to_string());
+                    d.line += e.lines_below_key(name, &event, &cnf.handlers[&event]);
                     d
                 })
                 .collect(),
         )),
-    }
-}
-
-/// How many lines below its key the line Lua complains about is: Lua
-/// names the script's own line (`cnf/event:3:`); a script written as a
-/// block scalar (`event: |`, the way handlers are written, and the only
-/// way a script ends in a newline) starts on the line after its key. A
-/// one-line script is reported at its key.
-fn script_line(message: &str, cnf: &str, event: &str, script: &str) -> usize {
-    let tag = format!("{cnf}/{event}:");
-    let Some(at) = message.find(&tag) else { return 0 };
-    let digits: String = message[at + tag.len()..].chars().take_while(char::is_ascii_digit).collect();
-    match digits.parse::<usize>() {
-        Ok(line) if script.ends_with('\n') => line.min(script.lines().count().max(1)),
-        _ => 0,
     }
 }
 

@@ -57,6 +57,22 @@ impl HandlerError {
             HandlerError::Unavailable(_) => "unavailable",
         }
     }
+
+    /// How many lines below its YAML key the script line a syntax error
+    /// names is: Lua counts the script's own lines (`cnf/event:3:`), and a
+    /// script written as a block scalar (`event: |`, the way handlers are
+    /// written, and the only way one ends in a newline) starts on the line
+    /// after its key. 0 for a one-line script or an error naming no line.
+    pub fn lines_below_key(&self, cnf: &str, event: &str, script: &str) -> usize {
+        let HandlerError::Syntax(message) = self else { return 0 };
+        let tag = format!("{cnf}/{event}:");
+        let Some(at) = message.find(&tag) else { return 0 };
+        let digits: String = message[at + tag.len()..].chars().take_while(char::is_ascii_digit).collect();
+        match digits.parse::<usize>() {
+            Ok(line) if script.ends_with('\n') => line.min(script.lines().count().max(1)),
+            _ => 0,
+        }
+    }
 }
 
 /// One compiled handler: the script, checked for syntax, with its chunk name.

@@ -86,6 +86,16 @@ fn syntax_errors_are_reported_per_event_with_their_line() {
     assert_eq!(problems[0].0, "bad");
     let text = problems[0].1.to_string();
     assert!(text.contains("edge/bad:1:"), "{text}");
+    assert_eq!(problems[0].1.lines_below_key("edge", "bad", &scripts["bad"]), 0, "a one-line script is at its key");
+}
+
+#[test]
+fn a_block_scalar_script_error_is_counted_from_its_key() {
+    let script = "trefoil.log('a')\nx = = 1\ntrefoil.log('c')\n".to_string();
+    let scripts = BTreeMap::from([("bad".to_string(), script.clone())]);
+    let problems = Handlers::compile("edge", &scripts, Limits::default()).unwrap_err();
+    assert_eq!(problems[0].1.lines_below_key("edge", "bad", &script), 2, "{}", problems[0].1);
+    assert_eq!(problems[0].1.lines_below_key("other", "bad", &script), 0, "another chunk's line is not this one's");
 }
 
 #[tokio::test]

@@ -491,7 +491,9 @@ impl Compiler<'_> {
             Ok(handlers) => Some(Arc::new(ChainHandlers { handlers, functions: callable.clone() })),
             Err(problems) => {
                 for (event, e) in problems {
-                    self.problems.push(s.diagnostic(&format!("spec.handlers.{event}"), e.to_string()));
+                    let mut d = s.diagnostic(&format!("spec.handlers.{event}"), e.to_string());
+                    d.line += e.lines_below_key(s.resource.name(), &event, &cnf.handlers[&event]);
+                    self.problems.push(d);
                 }
                 None
             }
