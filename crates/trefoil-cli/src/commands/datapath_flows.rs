@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use trefoil_api::flows::{Flow, FlowEvent};
 use trefoil_api::ApiError;
 
-use super::client::{failure_text, run_async, Server};
+use super::client::{report, run_async, Server};
 use crate::output::{exit, print_structured, Format};
 
 pub(crate) const FLOWS_HELP: &str = "Each line is one direction of one flow a datapath rule matched, as the node's
@@ -94,11 +94,7 @@ async fn watch(a: &FlowsArgs, client: trefoil_api::Client) -> ExitCode {
 }
 
 fn fail(a: &FlowsArgs, e: &ApiError) -> ExitCode {
-    eprintln!("error: {}", failure_text(&a.server.server, e));
-    match e {
-        ApiError::InvalidUrl { .. } => exit::bad_input(),
-        _ => exit::failure(),
-    }
+    report(&a.server.url(), e)
 }
 
 /// `redirect rule=web-in  10.77.0.1:40112 -> 10.77.0.2:80 tcp  14 pkts 3.1 KB`.
