@@ -1,14 +1,46 @@
 // The portal's one script: fills the server-rendered pages from the REST
 // API (/api/v1), the same surface the CLI uses, so every write here is
-// validated, versioned and (once the API has tokens) authorised as a CLI
+// validated, versioned and authorised (the same bearer tokens) as a CLI
 // write is. No framework and no build: the pages are small, and a mesh
 // without internet must still show them.
 'use strict';
 
 // Every request of the portal goes through api(): the one place that adds
-// the bearer token (kept in sessionStorage by the login page, when there is
-// one) and reads the API's JSON answers and error bodies.
+// the bearer token (kept in sessionStorage from the login link or the login
+// form) and reads the API's JSON answers and error bodies.
 const TOKEN_KEY = 'trefoil.token';
+
+// A login link (`trefoil up` prints one, as Jupyter does) carries the token
+// in its fragment, which the browser never sends to a server: it is kept
+// for this tab and taken out of the address bar and the history.
+function takeToken() {
+  const m = /^#token=([A-Za-z0-9_.-]+)$/.exec(location.hash);
+  if (!m) return false;
+  sessionStorage.setItem(TOKEN_KEY, m[1]);
+  history.replaceState(null, '', location.pathname + location.search);
+  return true;
+}
+takeToken();
+// The link opened on a page already showing (only the fragment changes).
+window.addEventListener('hashchange', () => { if (takeToken()) location.reload(); });
+
+// Without a token (or with one expired or revoked) the API answers 401:
+// the page asks for one, once.
+let loginShown = false;
+function showLogin(reason) {
+  if (loginShown) return;
+  loginShown = true;
+  const input = el('input', { type: 'password', id: 'login-token', autocomplete: 'off', 'aria-label': 'API token' });
+  const login = (e) => {
+    e.preventDefault();
+    const token = input.value.trim();
+    if (token) { sessionStorage.setItem(TOKEN_KEY, token); location.reload(); }
+  };
+  document.body.prepend(el('form', { id: 'login', class: 'login', onsubmit: login },
+    el('p', {}, reason + ' Open the link `trefoil up` printed, or paste a token (`trefoil token create --role viewer`): ',
+      input, ' ', el('button', { type: 'submit' }, 'Log in'))));
+  input.focus();
+}
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -26,6 +58,7 @@ async function api(path, options = {}) {
   if (text) {
     try { body = JSON.parse(text); } catch (_) { body = { error: text }; }
   }
+  if (response.status === 401) showLogin((body && body.error) || 'The API needs a token.');
   return { status: response.status, ok: response.ok, body };
 }
 

@@ -120,12 +120,12 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     tokio::pin!(interrupted);
 
     // Start-up: progress until the runtime says everything runs.
-    let (api, previous_context) = loop {
+    let (api, previous_context, portal) = loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
                 Event::Up(summary) => {
                     let previous = super::up::wire_context(DEMO_CONTEXT, &summary);
-                    break (summary.api, previous);
+                    break (summary.api.clone(), previous, super::up::login_link(&summary));
                 }
                 other => show(other, args.output),
             },
@@ -139,7 +139,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     };
     if args.output == Format::Table {
         println!("\nTrefoil demo: a gateway, `web` v1 and v2 (80/20) calling `api` (2 replicas) through their sidecars.\n");
-        println!("  portal      {api}/   (open it in a browser)");
+        println!("  portal      {portal}   (open it in a browser: the link logs you in)");
         println!("  gateway     http://{gateway}/      (web, which calls api)   http://{gateway}/api");
         println!("  API         {api}/api/v1/routes   (bearer token: the context `demo`, see trefoil config get-contexts)");
         println!("  try         trefoil get proxies   trefoil top   trefoil check   trefoil describe service web");

@@ -206,6 +206,18 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
+/// The portal's address with the admin token in its fragment, as Jupyter
+/// prints its login link: the browser keeps the token for the tab and
+/// never sends the fragment to a server. Only for a loopback control plane
+/// (the token then never leaves this machine); the plain address otherwise.
+pub(crate) fn login_link(s: &Summary) -> String {
+    let loopback = s.portal.starts_with("http://127.") || s.portal.starts_with("http://[::1]") || s.portal.starts_with("http://localhost");
+    match std::fs::read_to_string(&s.token_file) {
+        Ok(token) if loopback && !token.trim().is_empty() => format!("{}#token={}", s.portal, token.trim()),
+        _ => s.portal.clone(),
+    }
+}
+
 /// The context `trefoil up` keeps for the control plane it runs.
 const LOCAL_CONTEXT: &str = "local";
 
@@ -272,7 +284,7 @@ fn print_summary(s: &Summary, format: Format) {
         return;
     }
     println!("trefoil is up");
-    println!("  portal         {}", s.portal);
+    println!("  portal         {}", login_link(s));
     for url in &s.gateways {
         println!("  gateway        {url}");
     }

@@ -57,7 +57,7 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     let started = Instant::now();
     let out = Command::new("python3")
         .arg(&script)
-        .args(["--portal", &portal, "--trace-id", &trace_id])
+        .args(["--portal", &portal, "--trace-id", &trace_id, "--token", &up.token()])
         .arg("--chromium")
         .arg(&chromium)
         .arg("--screenshots")

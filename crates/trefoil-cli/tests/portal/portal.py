@@ -22,14 +22,18 @@ WIDE = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
+TOKEN = {"value": ""}
+
+
 def api(base, path):
-    with urllib.request.urlopen(base.rstrip("/") + path, timeout=10) as r:
+    request = urllib.request.Request(base.rstrip("/") + path, headers={"Authorization": f"Bearer {TOKEN['value']}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
         return json.load(r)
 
 
 def put(base, path, text):
     """A write by someone else, straight to the API."""
-    request = urllib.request.Request(base.rstrip("/") + path, data=text.encode(), method="PUT", headers={"Content-Type": "application/yaml"})
+    request = urllib.request.Request(base.rstrip("/") + path, data=text.encode(), method="PUT", headers={"Content-Type": "application/yaml", "Authorization": f"Bearer {TOKEN['value']}"})
     with urllib.request.urlopen(request, timeout=10) as r:
         return json.load(r)
 
@@ -42,12 +46,14 @@ def containing(text):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--portal", required=True, help="the portal's URL, http://ADDR/")
+    p.add_argument("--token", required=True, help="an API token; the portal gets it from a login link, as `trefoil up` prints")
     p.add_argument("--chromium", required=True, help="the browser executable (never downloaded)")
     p.add_argument("--screenshots", required=True)
     p.add_argument("--change", required=True, help="a CNF YAML file to apply from the editor")
     p.add_argument("--trace-id", required=True, help="a request's trace id to find and open")
     p.add_argument("--assets", help="serve portal.js and portal.css from this folder instead of the binary's (to try a change without rebuilding)")
     a = p.parse_args()
+    TOKEN["value"] = a.token
     os.makedirs(a.screenshots, exist_ok=True)
     base = a.portal.rstrip("/")
     change = open(a.change, encoding="utf-8").read()
@@ -59,9 +65,13 @@ def main():
         page = browser.new_page(viewport=WIDE)
         page.set_default_timeout(20_000)
         expect.set_options(timeout=20_000)
+        logging_in = {"now": True}
+
         def console(m):
-            # Chromium logs every 4xx answer; the refusals of the bad edits are the point.
+            # Chromium logs every 4xx answer; the refusals of the bad edits are the point,
+            # and so are the 401s of a page opened without a token.
             expected = m.location.get("url", "").endswith("/api/v1/validate") and ("status of 422" in m.text or "status of 409" in m.text)
+            expected = expected or (logging_in["now"] and "status of 401" in m.text)
             if m.type == "error" and not expected:
                 errors.append(f"console {m.type}: {m.text} at {m.location}")
 
@@ -89,6 +99,15 @@ def main():
             figures[f"{name}Ms"] = round((time.monotonic() - start) * 1000, 1)
             figures[f"{name}DomMs"] = page.evaluate(
                 "Math.round(performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd)")
+
+        # Without a token the page asks for one; the login link `trefoil up`
+        # prints brings it, and it leaves the address bar.
+        page.goto(base + "/")
+        expect(page.locator("#login")).to_be_visible()
+        logging_in["now"] = False
+        page.goto(base + "/#token=" + a.token)
+        expect(page.locator("#proxies tbody tr td", has_text="gateway").first).to_be_visible()
+        assert "token" not in page.url, f"the token stayed in the address bar: {page.url}"
 
         # Dashboard: the proxies as `trefoil get proxies` shows them, services, workloads.
         timed_goto("dashboard", "/", page.locator("#proxies tbody tr td", has_text="gateway").first)
