@@ -764,7 +764,7 @@ fn a_redirected_request_s_trace_shows_its_datapath_flow() {
     let mut watch = Process::spawn(
         "trefoil datapath flows --watch",
         trefoil_command()
-            .args(["datapath", "flows", "--watch", "--rule", "web-in", "--server", &control.url()])
+            .args(["datapath", "flows", "--watch", "--rule", "web-in", "--server", &control.url(), "--token", control.token()])
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(dir.join("watch.out")).unwrap())
             .stderr(std::fs::File::create(dir.join("watch.log")).unwrap()),
@@ -781,7 +781,18 @@ fn a_redirected_request_s_trace_shows_its_datapath_flow() {
     let mut listed = Vec::new();
     wait_until("the flow in `trefoil datapath flows`", WAIT, || {
         let out = run_with_timeout(
-            trefoil_command().args(["datapath", "flows", "--rule", "web-in", "-o", "json", "--server", &control.url()]),
+            trefoil_command().args([
+                "datapath",
+                "flows",
+                "--rule",
+                "web-in",
+                "-o",
+                "json",
+                "--server",
+                &control.url(),
+                "--token",
+                control.token(),
+            ]),
             WAIT,
         );
         listed = serde_json::from_slice::<trefoil_api::flows::FlowList>(&out.stdout).map(|l| l.items).unwrap_or_default();
@@ -797,7 +808,10 @@ fn a_redirected_request_s_trace_shows_its_datapath_flow() {
     // `trefoil trace ID -o json`: the request's spans and, joined by the 5-tuple, the flow.
     let mut trace = None;
     wait_until("the flow in the request's trace", WAIT, || {
-        let out = run_with_timeout(trefoil_command().args(["trace", &trace_id, "-o", "json", "--server", &control.url()]), WAIT);
+        let out = run_with_timeout(
+            trefoil_command().args(["trace", &trace_id, "-o", "json", "--server", &control.url(), "--token", control.token()]),
+            WAIT,
+        );
         trace = serde_json::from_slice::<trefoil_api::traces::Trace>(&out.stdout).ok();
         trace.as_ref().is_some_and(|t| t.flows.iter().any(|f| f.src == flow.src && f.dst == flow.dst))
     });
@@ -809,7 +823,8 @@ fn a_redirected_request_s_trace_shows_its_datapath_flow() {
         (hop.attribute("client.address"), hop.attribute("client.port")),
         (pair.client_ip.as_str(), flow.src.port().to_string().as_str())
     );
-    let table = run_with_timeout(trefoil_command().args(["trace", &trace_id, "--server", &control.url()]), WAIT);
+    let table =
+        run_with_timeout(trefoil_command().args(["trace", &trace_id, "--server", &control.url(), "--token", control.token()]), WAIT);
     let text = String::from_utf8_lossy(&table.stdout);
     let wanted = format!("datapath  redirect rule=web-in  {} -> {server} tcp", flow.src);
     assert!(text.contains(&wanted), "{wanted} in:\n{text}");
