@@ -15,6 +15,8 @@ use crate::telemetry::metrics::{label, Label, TcpBytesLabels, TcpLabels};
 use crate::upstream::endpoint::Outcome;
 
 const CONNECT_ATTEMPTS: usize = 3;
+/// The `service` label of passed-through connections: they have none.
+const ORIGINAL_DESTINATION: &str = "original-destination";
 /// How long a transparent listener waits to reach an original destination
 /// (it has no service, so no `connectTimeout`): Envoy's default.
 const ORIGINAL_DESTINATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,13 +119,16 @@ pub(crate) async fn passthrough(
     let (flag, bytes) = match tokio::time::timeout(ORIGINAL_DESTINATION_CONNECT_TIMEOUT, TcpStream::connect(original)).await {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);
+            let labels =
+                TcpLabels { direction: listener.direction.clone(), service: label(ORIGINAL_DESTINATION), version: Label::default() };
+            state.shared.metrics.tcp_connections.get_or_create(&labels).inc();
             ("", tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await.unwrap_or((0, 0)))
         }
         Ok(Err(_)) => ("upstream_connect_failure", (0, 0)),
         Err(_) => ("upstream_connect_timeout", (0, 0)),
     };
     drop(held);
-    count_bytes(state, listener, &label("original-destination"), &Label::default(), bytes);
+    count_bytes(state, listener, &label(ORIGINAL_DESTINATION), &Label::default(), bytes);
     let telemetry = state.telemetry.load_full();
     let authority = original.to_string();
     telemetry.access_log.write(&AccessRecord {

@@ -208,7 +208,7 @@ print('exact' if bytes(got) == data else f'differs: {len(got)} bytes back')
 
 #[test]
 fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() {
-    let Some((dir, pair)) = namespaces(232, &["python3"]) else { return };
+    let Some((dir, pair)) = namespaces(232, &["python3", "curl"]) else { return };
     let _echo = pair.echo_server(&dir);
 
     // A proxy in the server's namespace (the node) with a transparent
@@ -247,6 +247,13 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
     let line = std::fs::read_to_string(&access).unwrap_or_default();
     let original = format!("{}:9000", pair.server_ip);
     assert!(line.contains(&original) && line.contains(&pair.client_ip), "the proxy saw the client and the original destination: {line}");
+    // Counted as a TCP connection (and its bytes) to its original destination.
+    let admin = ProxySpec::with_defaults().admin;
+    let metrics = run_with_timeout(&mut pair.in_server(&["curl", "-s", &format!("http://{admin}/metrics")]), WAIT);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let counted =
+        |name: &str| metrics.lines().any(|l| l.starts_with(name) && l.contains("service=\"original-destination\"") && !l.ends_with(" 0"));
+    assert!(counted("trefoil_tcp_connections_total") && counted("trefoil_tcp_bytes_total"), "{metrics}");
 
     // Without the rule the connection goes straight to the server.
     trefoil(&["datapath", "delete", "via-proxy"]);
