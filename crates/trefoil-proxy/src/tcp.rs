@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::config::snapshot::ListenerConfig;
 use crate::config::state::ProxyState;
-use crate::sys::descriptors;
+use crate::sys::{descriptors, splice};
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
 use crate::telemetry::metrics::{label, Label, TcpBytesLabels, TcpLabels};
 use crate::upstream::endpoint::Outcome;
@@ -63,10 +63,20 @@ pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, 
         .get_or_create(&TcpLabels { direction: listener.direction.clone(), service: service.name.clone(), version: version.clone() })
         .inc();
     endpoint.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    let result = relay(&mut downstream, &mut upstream).await;
     drop(held);
     endpoint.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     count_bytes(state, listener, &service.name, &version, result.unwrap_or((0, 0)));
+}
+
+/// Bytes both ways until both ends are done, `(to upstream, to downstream)`:
+/// in the kernel ([`splice::relay`]) when pipes can be had, else through
+/// buffers here.
+async fn relay(downstream: &mut TcpStream, upstream: &mut TcpStream) -> std::io::Result<(u64, u64)> {
+    match splice::relay(downstream, upstream).await {
+        Some(result) => result,
+        None => tokio::io::copy_bidirectional(downstream, upstream).await,
+    }
 }
 
 /// `trefoil_tcp_bytes_total` for one spliced connection: `(to upstream, to downstream)`.
@@ -122,7 +132,7 @@ pub(crate) async fn passthrough(
             let labels =
                 TcpLabels { direction: listener.direction.clone(), service: label(ORIGINAL_DESTINATION), version: Label::default() };
             state.shared.metrics.tcp_connections.get_or_create(&labels).inc();
-            ("", tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await.unwrap_or((0, 0)))
+            ("", relay(&mut downstream, &mut upstream).await.unwrap_or((0, 0)))
         }
         Ok(Err(_)) => ("upstream_connect_failure", (0, 0)),
         Err(_) => ("upstream_connect_timeout", (0, 0)),
