@@ -22,6 +22,9 @@ pub struct Nack {
 #[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
     pub name: String,
+    /// Set for a node agent (`agent/<node>`): the node whose datapath table it programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub connected: bool,
     #[serde(default)]
     pub admin_address: Option<String>,
@@ -44,6 +47,7 @@ impl ProxyStatus {
     pub fn declared(name: impl Into<String>) -> Self {
         ProxyStatus {
             name: name.into(),
+            node: None,
             connected: false,
             admin_address: None,
             latest_version: None,

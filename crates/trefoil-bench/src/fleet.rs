@@ -93,7 +93,14 @@ impl Drop for Fleet {
 /// One proxy's stream: Hello, then parse and answer each snapshot.
 async fn run(mut client: ConfigStreamClient, name: String, state: Arc<ProxyState>, acked: Arc<Notify>) -> Result<(), String> {
     let (say, said) = mpsc::unbounded_channel();
-    let hello = Hello { proxy: name.clone(), admin_address: "127.0.0.1:0".to_string(), version: 0, hash: 0, pid: std::process::id() };
+    let hello = Hello {
+        proxy: name.clone(),
+        admin_address: "127.0.0.1:0".to_string(),
+        version: 0,
+        hash: 0,
+        pid: std::process::id(),
+        kind: String::new(),
+    };
     say.send(ProxyMessage::hello(hello)).map_err(|_| format!("{name}: stream gone before Hello"))?;
     let mut snapshots = client.stream(UnboundedReceiverStream::new(said)).await.map_err(|e| format!("{name}: {e}"))?;
     loop {

@@ -1,6 +1,7 @@
-//! The config stream's control-plane side: one gRPC stream per proxy, and
-//! the task that recompiles every connected proxy's snapshot when the store
-//! changes.
+//! The config stream's control-plane side: one gRPC stream per proxy or
+//! node agent, and the task that recompiles every connected one's snapshot
+//! when the store changes. A node agent (Hello kind `agent`, with an API
+//! token) is sent its node's datapath table instead of resources.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,12 @@ use tokio_stream::{Stream, StreamExt};
 use trefoil_model::Resource;
 use trefoil_wire::{proxy_message::Kind, ConfigStream, ProxyMessage, Request, Response, Snapshot, Status, Streaming};
 
+use crate::auth::{Auth, Caller};
 use crate::compile::MeshView;
+use crate::datapath_tables::DatapathView;
 use crate::identity::Issuer;
-use crate::proxies::{Hello, Proxies};
+use crate::proxies::{agent_name, Hello, Proxies};
+use crate::rollout::now_ms;
 use crate::store::Store;
 
 /// How long a new stream may take to say Hello.
@@ -30,16 +34,18 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 /// Certificate requests a proxy may have unanswered; more wait for room.
 const PENDING_ANSWERS: usize = 4;
 
-/// The gRPC service: registers each proxy, relays its ACKs and NACKs, and
-/// answers its certificate requests.
+/// The gRPC service: registers each proxy and node agent, relays its ACKs
+/// and NACKs, and answers its certificate requests.
 pub struct ConfigStreamService {
     compiler: Arc<Compiler>,
     issuer: Arc<Issuer>,
+    /// Checks a node agent's token.
+    auth: Arc<Auth>,
 }
 
 impl ConfigStreamService {
-    pub fn new(compiler: Arc<Compiler>, issuer: Arc<Issuer>) -> Self {
-        ConfigStreamService { compiler, issuer }
+    pub fn new(compiler: Arc<Compiler>, issuer: Arc<Issuer>, auth: Arc<Auth>) -> Self {
+        ConfigStreamService { compiler, issuer, auth }
     }
 }
 
@@ -48,6 +54,13 @@ impl ConfigStream for ConfigStreamService {
 
     async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::SnapshotStream>, Status> {
         let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        // Checked now, used only if the Hello says it is an agent's stream.
+        let authorization = request.metadata().get("authorization").map(|v| v.to_str().map_err(|_| ()));
+        let access = match authorization {
+            Some(Err(())) => Err("the authorization metadata is not text".to_string()),
+            Some(Ok(text)) => self.auth.stream_caller(Some(text)),
+            None => self.auth.stream_caller(None),
+        };
         let mut inbound = request.into_inner();
         let (outbox, snapshots) = watch::channel(None);
         // Answers to CSRs beside the snapshots: each one matters, where only
@@ -60,7 +73,7 @@ impl ConfigStream for ConfigStreamService {
         // open. One slow to speak gets its headers anyway (they must not wait
         // on its first message), and a refusal then ends the stream instead.
         if let Ok(first) = tokio::time::timeout(HELLO_BEFORE_HEADERS, inbound.message()).await {
-            let (name, id) = register(&self.compiler.proxies, first, outbox, &peer)?;
+            let (name, id) = register(&self.compiler.proxies, first, outbox, &peer, &access)?;
             tokio::spawn(session(self.compiler.clone(), talk, inbound, name, id, peer));
             return Ok(Response::new(Box::pin(snapshots)));
         }
@@ -68,7 +81,7 @@ impl ConfigStream for ConfigStreamService {
         let compiler = self.compiler.clone();
         tokio::spawn(async move {
             let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await.unwrap_or(Ok(None));
-            match register(&compiler.proxies, first, outbox, &peer) {
+            match register(&compiler.proxies, first, outbox, &peer, &access) {
                 Ok((name, id)) => session(compiler, talk, inbound, name, id, peer).await,
                 Err(status) => {
                     let _ = refuse.send(status);
@@ -80,14 +93,16 @@ impl ConfigStream for ConfigStreamService {
     }
 }
 
-/// Registers the proxy a stream's first message names; the status to end
-/// the stream with when that is not a Hello naming a proxy, or when another
-/// open stream holds the name.
+/// Registers the proxy or node agent a stream's first message names; the
+/// status to end the stream with when that is not a Hello naming one, when
+/// an agent's token (`access`) is missing or refused, or when another open
+/// stream holds the name.
 fn register(
     proxies: &Proxies,
     first: Result<Option<ProxyMessage>, Status>,
     outbox: crate::proxies::Outbox,
     peer: &str,
+    access: &Result<Caller, String>,
 ) -> Result<(String, u64), Status> {
     let hello = match first {
         Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) })) if !h.proxy.is_empty() => h,
@@ -96,15 +111,30 @@ fn register(
             return Err(Status::invalid_argument("the first message must be a Hello naming the proxy"));
         }
     };
+    let node = match hello.kind.as_str() {
+        "" => None,
+        trefoil_wire::AGENT => match access {
+            Ok(caller) => {
+                tracing::debug!(node = %hello.proxy, token = %caller.token_id, "node agent authenticated");
+                Some(hello.proxy.as_str())
+            }
+            Err(why) => {
+                tracing::warn!(node = %hello.proxy, %peer, "refusing a node agent's stream: {why}");
+                return Err(Status::unauthenticated(why.clone()));
+            }
+        },
+        other => return Err(Status::invalid_argument(format!("Hello.kind {other:?} is neither \"\" (a proxy) nor \"agent\""))),
+    };
+    let name = node.map_or_else(|| hello.proxy.clone(), agent_name);
     let registered =
-        Hello { name: &hello.proxy, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer };
+        Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer, node };
     match proxies.connect(&registered, outbox) {
         Ok(id) => {
-            tracing::info!(proxy = %hello.proxy, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
-            Ok((hello.proxy, id))
+            tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
+            Ok((name, id))
         }
         Err(taken) => {
-            tracing::warn!(proxy = %hello.proxy, %peer, pid = hello.pid, admin = %hello.admin_address, holder = %taken.holder.peer, "refusing a second config stream for a proxy name that is connected");
+            tracing::warn!(proxy = %name, %peer, pid = hello.pid, admin = %hello.admin_address, holder = %taken.holder.peer, "refusing a second config stream for a proxy name that is connected");
             Err(Status::already_exists(taken.to_string()))
         }
     }
@@ -148,7 +178,7 @@ async fn session(compiler: Arc<Compiler>, talk: Talk, mut inbound: Streaming<Pro
 pub struct Compiler {
     store: Arc<Store>,
     proxies: Arc<Proxies>,
-    latest: Mutex<Option<(u64, Arc<MeshView>)>>,
+    latest: Mutex<Option<(u64, Arc<View>)>>,
     /// The trace collector's base URL, for proxies that configure no tracing.
     collector: Option<String>,
     /// One compile at a time: they would only compete for the same cores
@@ -188,8 +218,13 @@ impl Compiler {
             return;
         }
         let (revision, view) = self.view();
+        let now = now_ms();
         for name in &names {
-            self.proxies.offer(name, &view.snapshot_for(name, revision));
+            let snapshot = match self.proxies.node_of(name) {
+                Some(node) => view.datapath.snapshot_for(&node, revision, now),
+                None => view.mesh.snapshot_for(name, revision),
+            };
+            self.proxies.offer(name, &snapshot);
         }
         if only.is_none() {
             self.proxies.compiled_at(revision);
@@ -197,8 +232,9 @@ impl Compiler {
     }
 
     /// The shared view at the store's current revision, built only when the
-    /// store moved on since the last one.
-    fn view(&self) -> (u64, Arc<MeshView>) {
+    /// store moved on since the last one; building it records an Event for
+    /// each datapath rule that newly does not resolve.
+    fn view(&self) -> (u64, Arc<View>) {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((revision, view)) = latest.as_ref().filter(|(r, _)| *r == self.store.revision()) {
             return (*revision, view.clone());
@@ -206,8 +242,14 @@ impl Compiler {
         let (revision, stored) = self.store.list_all();
         let resources: Vec<Resource> = stored
             .into_iter()
-            .filter_map(|s| match serde_json::from_value(s.value) {
-                Ok(r) => Some(r),
+            .filter_map(|s| match serde_json::from_value::<Resource>(s.value) {
+                Ok(mut r) => {
+                    // A TTL deadline is for one write of the rule.
+                    if matches!(r.spec, trefoil_model::Spec::DatapathRule(_)) {
+                        r.metadata.resource_version = Some(s.resource_version.to_string());
+                    }
+                    Some(r)
+                }
                 Err(e) => {
                     // Every write was validated; this means a store from another build.
                     tracing::warn!(kind = %s.kind, name = %s.name, error = %e, "skipping a stored object this build cannot read");
@@ -215,10 +257,22 @@ impl Compiler {
                 }
             })
             .collect();
-        let view = Arc::new(MeshView::new(&resources).with_default_collector(self.collector.as_deref()));
+        let view = Arc::new(View {
+            mesh: MeshView::new(&resources).with_default_collector(self.collector.as_deref()),
+            datapath: DatapathView::new(&resources),
+        });
+        if let Err(e) = view.datapath.record_unresolved(&self.store, now_ms()) {
+            tracing::warn!(error = %e, "cannot record the events of unresolved datapath rules");
+        }
         *latest = Some((revision, view.clone()));
         (revision, view)
     }
+}
+
+/// What every snapshot at one store revision is compiled from.
+struct View {
+    mesh: MeshView,
+    datapath: DatapathView,
 }
 
 /// Recompiles for every connected proxy after each burst of store changes.
@@ -250,6 +304,7 @@ mod tests {
 
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::UnboundedReceiverStream;
+    use trefoil_model::datapath::node_table::LineAction;
     use trefoil_wire::{ConfigStreamClient, Hello as WireHello};
 
     use super::*;
@@ -269,13 +324,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
         let proxies = Arc::new(Proxies::default());
-        let compiler = Arc::new(Compiler::new(store, proxies.clone(), None));
+        let compiler = Arc::new(Compiler::new(store.clone(), proxies.clone(), None));
         let tokens = crate::identity::join::JoinTokens::new(&dir);
         let issuer = Arc::new(Issuer::for_tests(&dir));
         proxies.set_trust_bundle(issuer.trust_bundle());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(trefoil_wire::serve(listener, ConfigStreamService::new(compiler, issuer), std::future::pending()));
+        let auth = Arc::new(Auth::new(store.clone(), false, addr).unwrap());
+        tokio::spawn(trefoil_wire::serve(listener, ConfigStreamService::new(compiler, issuer, auth), std::future::pending()));
         (addr, proxies, tokens)
     }
 
@@ -296,6 +352,7 @@ mod tests {
             version: 0,
             hash: 0,
             pid,
+            kind: String::new(),
         }))
         .unwrap();
         match client.stream(UnboundedReceiverStream::new(said)).await {
@@ -379,6 +436,7 @@ mod tests {
             version: 0,
             hash: 0,
             pid: 3002,
+            kind: String::new(),
         }))
         .unwrap();
         let end = tokio::time::timeout(WAIT, snapshots.message()).await.expect("the stream ends");
@@ -489,6 +547,132 @@ mod tests {
         assert!(renewed.error.is_empty() && renewed.certificate_chain_pem != issued.certificate_chain_pem, "{renewed:?}");
         let both = answer_for(&mut wire, request(csr(&key, None), &token, der)).await;
         assert!(both.error.contains("exactly one proof"), "{both:?}");
+    }
+
+    /// A control plane with its compile loop, its store, and an API token.
+    async fn control_for_agents(test: &str) -> (SocketAddr, Arc<Proxies>, Arc<Store>, String) {
+        let dir = std::env::temp_dir().join(format!("trefoil-stream-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        let proxies = Arc::new(Proxies::default());
+        let compiler = Arc::new(Compiler::new(store.clone(), proxies.clone(), None));
+        tokio::spawn(distribute(compiler.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let auth = Arc::new(Auth::new(store.clone(), false, addr).unwrap());
+        let token = auth.mint_for_tests(trefoil_api::Role::Viewer);
+        let issuer = Arc::new(Issuer::for_tests(&dir));
+        tokio::spawn(trefoil_wire::serve(listener, ConfigStreamService::new(compiler, issuer, auth), std::future::pending()));
+        (addr, proxies, store, token)
+    }
+
+    /// Opens a node agent's stream for `node`, with `token` if any.
+    async fn open_agent(addr: SocketAddr, node: &str, token: Option<&str>) -> Result<Wire, Status> {
+        let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(3)).await.unwrap();
+        if let Some(token) = token {
+            client = client.with_bearer(token).unwrap();
+        }
+        let (say, said) = mpsc::unbounded_channel();
+        say.send(ProxyMessage::hello(WireHello { proxy: node.into(), kind: trefoil_wire::AGENT.into(), pid: 9, ..Default::default() }))
+            .unwrap();
+        match client.stream(UnboundedReceiverStream::new(said)).await {
+            Ok(snapshots) => Ok(Wire { snapshots, say, _client: client }),
+            Err(trefoil_wire::ClientError::Refused(status)) => Err(status),
+            Err(e) => panic!("cannot open a stream: {e}"),
+        }
+    }
+
+    fn apply(store: &Store, yaml: &str) -> u64 {
+        let mut revision = 0;
+        for loaded in trefoil_model::load_str(&Arc::from("t.yaml"), yaml).unwrap() {
+            let r = loaded.resource;
+            revision = store.put(r.kind(), r.name(), serde_json::to_value(&r).unwrap(), None).unwrap();
+        }
+        revision
+    }
+
+    fn rule(name: &str, spec: &str) -> String {
+        format!("apiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    }
+
+    fn table(snapshot: &Snapshot) -> trefoil_model::datapath::node_table::NodeTable {
+        serde_json::from_str(&snapshot.resources_json).unwrap_or_else(|e| panic!("{e}: {}", snapshot.resources_json))
+    }
+
+    fn rules_in(snapshot: &Snapshot) -> Vec<String> {
+        let mut names: Vec<String> = table(snapshot).lines.into_iter().map(|l| l.rule).collect();
+        names.dedup();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_node_agent_gets_its_nodes_table_acks_each_revision_and_hears_of_no_other_node() {
+        let (addr, proxies, store, token) = control_for_agents("agent").await;
+
+        // Never anonymous, and never with a token the control plane did not issue.
+        let anonymous = open_agent(addr, "edge", None).await.err().expect("refused without a token");
+        assert_eq!(anonymous.code(), Status::unauthenticated("").code(), "{anonymous:?}");
+        assert!(anonymous.message().contains("Bearer"), "{anonymous:?}");
+        let forged = open_agent(addr, "edge", Some("trf_00000000000000000000000000000000_x")).await.err().expect("refused");
+        assert_eq!(forged.code(), Status::unauthenticated("").code(), "{forged:?}");
+
+        let mut agent = open_agent(addr, "edge", Some(&token)).await.unwrap();
+        let empty = first(&mut agent).await;
+        assert_eq!(table(&empty).lines, [], "no rules yet");
+        agent.say.send(ProxyMessage::ack(empty.version, empty.hash)).unwrap();
+
+        // A rule for another node, then one for this node: the next table
+        // this agent is sent has its own rule and not the other node's.
+        apply(&store, &rule("elsewhere", "{match: {source: [10.0.9.9]}, action: drop, node: other}"));
+        let revision = apply(&store, &rule("block", "{match: {source: [10.0.1.2]}, action: drop, node: edge}"));
+        let next = first(&mut agent).await;
+        assert!(next.version >= revision && next.version > empty.version, "a new revision: {} after {}", next.version, empty.version);
+        assert_eq!(rules_in(&next), ["block"]);
+        agent.say.send(ProxyMessage::ack(next.version, next.hash)).unwrap();
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            let status = proxies.status(&[]).into_iter().find(|p| p.name == "agent/edge").expect("the agent is registered");
+            if status.acked_version == Some(next.version.into()) {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the ACK was not recorded: {status:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!((status.node.as_deref(), status.connected, status.admin_address), (Some("edge"), true, None));
+
+        // A NACK is kept with its reason until a newer revision is in force.
+        let revision = apply(&store, &rule("block", "{match: {source: [10.0.1.3]}, action: drop, node: edge}"));
+        let refused = first(&mut agent).await;
+        assert!(refused.version >= revision);
+        agent.say.send(ProxyMessage::nack(refused.version, refused.hash, "missing capability CAP_BPF")).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while proxies.status(&[]).iter().find(|p| p.name == "agent/edge").and_then(|p| p.nack.clone()).is_none() {
+            assert!(Instant::now() < deadline, "the NACK was not recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let nack = proxies.status(&[]).into_iter().find(|p| p.name == "agent/edge").unwrap().nack.unwrap();
+        assert_eq!((nack.version, nack.error.as_str()), (refused.version.into(), "missing capability CAP_BPF"));
+    }
+
+    #[tokio::test]
+    async fn a_rule_that_does_not_resolve_is_sent_as_it_fails_and_recorded_as_an_event() {
+        let (addr, _proxies, store, token) = control_for_agents("unresolved").await;
+        let mut agent = open_agent(addr, "edge", Some(&token)).await.unwrap();
+        let empty = first(&mut agent).await;
+        agent.say.send(ProxyMessage::ack(empty.version, empty.hash)).unwrap();
+        apply(&store, &rule("via-nothing", "{match: {destination: [10.0.3.0/24], ports: [80]}, action: redirect, to: {app: missing}}"));
+        let next = first(&mut agent).await;
+        let sent = table(&next);
+        // Redirect fails closed: its traffic is dropped, and the table says why.
+        assert_eq!(sent.lines.iter().map(|l| (&*l.rule, &l.action)).collect::<Vec<_>>(), [("via-nothing", &LineAction::Drop)]);
+        let why = "`to` (app=missing) selects no Workload, NetworkFunction or CNF";
+        assert_eq!(sent.unresolved.iter().map(|u| (&*u.rule, &*u.reason)).collect::<Vec<_>>(), [("via-nothing", why)]);
+        let events: Vec<serde_json::Value> = store.list("Event").into_iter().map(|e| e.value).collect();
+        let [event] = &events[..] else { panic!("one event: {events:?}") };
+        assert_eq!((&event["spec"]["regarding"], &event["spec"]["reason"]), (&"DatapathRule/via-nothing".into(), &"Unresolved".into()));
+        let message = event["spec"]["message"].as_str().unwrap();
+        assert!(message.contains("rule via-nothing: redirect not resolved") && message.contains(why), "{message}");
     }
 
     async fn answer_for(wire: &mut Wire, message: ProxyMessage) -> trefoil_wire::IdentityAnswer {

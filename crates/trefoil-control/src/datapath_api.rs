@@ -173,7 +173,8 @@ mod tests {
         let compiler = Arc::new(crate::config_stream::Compiler::new(store.clone(), proxies, None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = crate::config_stream::ConfigStreamService::new(compiler, Arc::new(crate::identity::Issuer::for_tests(&dir)));
+        let auth = Arc::new(crate::auth::Auth::new(store.clone(), false, addr).unwrap());
+        let config = crate::config_stream::ConfigStreamService::new(compiler, Arc::new(crate::identity::Issuer::for_tests(&dir)), auth);
         let flows = Arc::new(FlowStore::default());
         let service = DatapathService::new(store.clone(), flows.clone());
         tokio::spawn(trefoil_wire::serve_with_datapath(listener, config, service, std::future::pending()));

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod config_stream;
 pub mod datapath_api;
 pub mod datapath_expiry;
+pub mod datapath_tables;
 pub mod flows;
 pub mod identity;
 pub mod metrics;
@@ -181,7 +182,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone(), Some(format!("http://{collector_addr}"))));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
     proxies.set_trust_bundle(issuer.trust_bundle());
-    let service = config_stream::ConfigStreamService::new(compiler, issuer);
+    let service = config_stream::ConfigStreamService::new(compiler, issuer, auth.clone());
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
     let mut registry = prometheus_client::registry::Registry::default();

@@ -237,7 +237,8 @@ fn resources_and_traces() -> Value {
                 "type": "object",
                 "required": ["name", "connected"],
                 "properties": {
-                    "name": {"type": "string"},
+                    "name": {"type": "string", "description": "the proxy's name; `agent/<node>` for a node agent"},
+                    "node": {"type": "string", "description": "set for a node agent: the node whose datapath table it programs"},
                     "connected": {"type": "boolean"},
                     "adminAddress": {"type": "string", "nullable": true},
                     "latestVersion": {"type": "integer", "nullable": true, "description": "the newest snapshot compiled for this proxy"},
@@ -353,6 +354,7 @@ mod tests {
         let doc = document();
         let schemas = &doc["components"]["schemas"];
         let proxy = ProxyStatus {
+            node: Some("edge".into()),
             admin_address: Some("127.0.0.1:15000".into()),
             latest_version: Some(2.into()),
             acked_version: Some(1.into()),

@@ -1,5 +1,7 @@
-//! The registry of proxies: who is connected, what each was sent, acked or
-//! rejected. It decides whether a freshly compiled snapshot goes out.
+//! The registry of proxies and node agents: who is connected, what each was
+//! sent, acked or rejected. It decides whether a freshly compiled snapshot
+//! goes out. A node agent is registered as `agent/<node>` (a name no proxy
+//! can have) with its node beside it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,8 @@ struct Session {
 
 #[derive(Default)]
 struct Entry {
+    /// Set for a node agent: the node whose datapath table it is sent.
+    node: Option<String>,
     admin_address: Option<String>,
     latest: Option<(u64, u64)>,
     acked: Option<(u64, u64)>,
@@ -62,6 +66,14 @@ pub struct Hello<'a> {
     pub pid: u32,
     /// The stream's remote address, as the control plane sees it.
     pub peer: &'a str,
+    /// Set for a node agent: its node (then `name` is [`agent_name`] of it).
+    pub node: Option<&'a str>,
+}
+
+/// The registry name of the agent of `node`: `/` keeps it apart from every
+/// proxy name.
+pub fn agent_name(node: &str) -> String {
+    format!("agent/{node}")
 }
 
 /// The proxy connected under a name.
@@ -123,7 +135,8 @@ impl Proxies {
             pid: hello.pid,
             since: SystemTime::now(),
         };
-        entry.admin_address = Some(hello.admin_address.to_string());
+        entry.node = hello.node.map(str::to_string);
+        entry.admin_address = Some(hello.admin_address.to_string()).filter(|a| !a.is_empty());
         entry.last_seen = Some(SystemTime::now());
         // A proxy that already serves something (it reconnects after a
         // break or a control-plane restart) says so; that counts as acked.
@@ -156,9 +169,14 @@ impl Proxies {
         *self.trust_bundle.lock().unwrap_or_else(|e| e.into_inner()) = pem.to_string();
     }
 
-    /// Names of the proxies with an open stream.
+    /// Names of the proxies and agents with an open stream.
     pub fn connected(&self) -> Vec<String> {
         self.lock().iter().filter(|(_, e)| e.session.is_some()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The node of `name`, if it is a node agent's.
+    pub fn node_of(&self, name: &str) -> Option<String> {
+        self.lock().get(name).and_then(|e| e.node.clone())
     }
 
     /// Sends `snapshot` to proxy `name` if its content is new to that proxy
@@ -236,6 +254,7 @@ impl Proxies {
                 name,
                 ProxyStatus {
                     name: name.clone(),
+                    node: e.node.clone(),
                     connected: e.session.is_some(),
                     admin_address: e.admin_address.clone(),
                     latest_version: e.latest.map(|(v, _)| ResourceVersion::new(v)),
@@ -258,7 +277,7 @@ mod tests {
     }
 
     fn hello(version: u64, hash: u64) -> Hello<'static> {
-        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash, pid: 7, peer: "127.0.0.1:40000" }
+        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash, pid: 7, peer: "127.0.0.1:40000", node: None }
     }
 
     #[test]
@@ -267,7 +286,8 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let first = proxies.connect(&hello(0, 0), tx).unwrap();
         let (tx2, _rx2) = watch::channel(None);
-        let other = Hello { name: "edge", admin_address: "127.0.0.1:15001", version: 0, hash: 0, pid: 8, peer: "127.0.0.1:40001" };
+        let other =
+            Hello { name: "edge", admin_address: "127.0.0.1:15001", version: 0, hash: 0, pid: 8, peer: "127.0.0.1:40001", node: None };
         let taken = proxies.connect(&other, tx2).unwrap_err();
         let text = taken.to_string();
         assert!(text.contains("\"edge\"") && text.contains("127.0.0.1:40000") && text.contains("pid 7"), "{text}");

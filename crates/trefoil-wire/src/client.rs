@@ -36,7 +36,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// A connection to the control plane's config stream service.
 pub struct ConfigStreamClient {
     grpc: tonic::client::Grpc<Channel>,
+    /// `authorization` metadata for the stream: a node agent's API token.
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
+
+/// A token that cannot go in a header.
+#[derive(Debug, thiserror::Error)]
+#[error("the token holds characters a header cannot carry")]
+pub struct BadToken;
 
 /// `host:port` or a full `http://host:port` URI.
 fn uri(address: &str) -> String {
@@ -62,7 +69,14 @@ impl ConfigStreamClient {
         let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { address: address.to_string(), source })?;
         let grpc =
             tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(ConfigStreamClient { grpc })
+        Ok(ConfigStreamClient { grpc, bearer: None })
+    }
+
+    /// Presents `token` as `authorization: Bearer <token>` on the stream, as
+    /// a node agent must.
+    pub fn with_bearer(mut self, token: &str) -> Result<Self, BadToken> {
+        self.bearer = Some(format!("Bearer {token}").parse().map_err(|_| BadToken)?);
+        Ok(self)
     }
 
     /// Opens the stream: `outbound` is what the proxy says (Hello first), the
@@ -74,6 +88,9 @@ impl ConfigStreamClient {
         self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
         let mut request = Request::new(outbound);
         request.extensions_mut().insert(GrpcMethod::new(SERVICE, "Stream"));
+        if let Some(bearer) = &self.bearer {
+            request.metadata_mut().insert("authorization", bearer.clone());
+        }
         let response =
             self.grpc.streaming(request, PathAndQuery::from_static(STREAM_PATH), ProstCodec::<ProxyMessage, Snapshot>::default()).await?;
         Ok(response.into_inner())

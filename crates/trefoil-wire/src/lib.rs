@@ -12,8 +12,8 @@ mod service;
 
 use std::time::Duration;
 
-pub use client::{ClientError, ConfigStreamClient};
-pub use messages::{proxy_message, Ack, CertificateRequest, Hello, IdentityAnswer, Nack, ProxyMessage, Snapshot};
+pub use client::{BadToken, ClientError, ConfigStreamClient};
+pub use messages::{proxy_message, Ack, CertificateRequest, Hello, IdentityAnswer, Nack, ProxyMessage, Snapshot, AGENT};
 pub use server::{serve, serve_with_datapath, ConfigStream, ConfigStreamServer};
 pub use tonic::transport::Error as TransportError;
 pub use tonic::{Code, Request, Response, Status, Streaming};

@@ -41,7 +41,14 @@ pub struct Hello {
     pub hash: u64,
     #[prost(uint32, tag = "5")]
     pub pid: u32,
+    /// Empty for a proxy; [`AGENT`] for a node agent, whose `proxy` is its
+    /// node and whose snapshots carry that node's datapath table.
+    #[prost(string, tag = "6")]
+    pub kind: String,
 }
+
+/// [`Hello::kind`] of a node agent.
+pub const AGENT: &str = "agent";
 
 /// The snapshot with this version and hash is in force.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -108,7 +115,8 @@ pub struct Snapshot {
     /// Hash of the content: equal hashes, equal content.
     #[prost(uint64, tag = "2")]
     pub hash: u64,
-    /// A JSON array of resources.
+    /// A JSON array of resources; for a node agent, its node's datapath
+    /// table (`trefoil_model::datapath::node_table::NodeTable`) as JSON.
     #[prost(string, tag = "3")]
     pub resources_json: String,
     /// The mesh's trust bundle (PEM roots), with every snapshot.
@@ -151,8 +159,11 @@ mod tests {
         let nack = ProxyMessage::nack(1, 2, "x").encode_to_vec();
         assert_eq!(nack, vec![key(3, 2), 7, key(1, 0), 1, key(2, 0), 2, key(3, 2), 1, b'x']);
         let hello =
-            ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5 }).encode_to_vec();
+            ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5, kind: String::new() })
+                .encode_to_vec();
         assert_eq!(hello, vec![key(1, 2), 12, key(1, 2), 1, b'p', key(2, 2), 1, b'a', key(3, 0), 3, key(4, 0), 4, key(5, 0), 5]);
+        let agent = ProxyMessage::hello(Hello { proxy: "n".into(), kind: AGENT.into(), ..Default::default() }).encode_to_vec();
+        assert_eq!(agent, vec![key(1, 2), 10, key(1, 2), 1, b'n', key(6, 2), 5, b'a', b'g', b'e', b'n', b't']);
         let snapshot = Snapshot { version: 1, hash: 2, resources_json: "[]".into(), ..Default::default() }.encode_to_vec();
         assert_eq!(snapshot, vec![key(1, 0), 1, key(2, 0), 2, key(3, 2), 2, b'[', b']']);
         let csr =

@@ -36,7 +36,15 @@ async fn hello_snapshot_ack_over_loopback() {
     }));
     let mut client = ConfigStreamClient::connect(&addr.to_string(), Duration::from_secs(5)).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(ProxyMessage::hello(Hello { proxy: "edge".into(), admin_address: "127.0.0.1:1".into(), version: 0, hash: 0, pid: 1 })).unwrap();
+    tx.send(ProxyMessage::hello(Hello {
+        proxy: "edge".into(),
+        admin_address: "127.0.0.1:1".into(),
+        version: 0,
+        hash: 0,
+        pid: 1,
+        kind: String::new(),
+    }))
+    .unwrap();
     let mut snapshots = client.stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap();
     let first = snapshots.message().await.unwrap().unwrap();
     assert_eq!((first.version, first.hash, first.resources_json.as_str()), (1, 11, "[\"edge\"]"));

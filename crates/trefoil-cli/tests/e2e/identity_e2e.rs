@@ -61,7 +61,8 @@ fn ask(grpc: &str, request: CertificateRequest) -> IdentityAnswer {
     runtime.block_on(async {
         let mut client = ConfigStreamClient::connect(grpc, Duration::from_secs(3)).await.expect("the config stream answers");
         let (say, said) = tokio::sync::mpsc::unbounded_channel();
-        let hello = Hello { proxy: "intruder".into(), admin_address: "127.0.0.1:9".into(), version: 0, hash: 0, pid: 1 };
+        let hello =
+            Hello { proxy: "intruder".into(), admin_address: "127.0.0.1:9".into(), version: 0, hash: 0, pid: 1, kind: String::new() };
         say.send(ProxyMessage::hello(hello)).unwrap();
         say.send(ProxyMessage::csr(request)).unwrap();
         let mut answers = client.stream(UnboundedReceiverStream::new(said)).await.expect("the stream opens");

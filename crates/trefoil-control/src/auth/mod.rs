@@ -65,6 +65,30 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// The caller a config stream's `authorization` value stands for. A node
+    /// agent reads what a viewer may read over REST (the rules and what they
+    /// select), so any valid API token will do, and it is the same token its
+    /// flow reports carry; without one it is refused, `--insecure-local` or
+    /// not: a stream that feeds a kernel is never anonymous.
+    pub(crate) fn stream_caller(&self, authorization: Option<&str>) -> Result<Caller, String> {
+        let Some(text) = authorization else {
+            return Err("a node agent's stream needs `authorization: Bearer <token>` (an API token, as for the REST API)".into());
+        };
+        let token = match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
+            _ => return Err("the authorization metadata must be `Bearer <token>`".into()),
+        };
+        self.tokens.check(token, crate::rollout::now_ms()).map_err(|e| e.to_string())
+    }
+
+    /// A token of `role` for tests of the streams.
+    #[cfg(test)]
+    pub(crate) fn mint_for_tests(&self, role: Role) -> String {
+        self.tokens.mint(role, None, "test").unwrap().1
+    }
+}
+
 /// A request's caller and the log its writes go to; handlers that write
 /// take it as `Option<Extension<Actor>>` (none when the router runs without
 /// this layer, as in unit tests).

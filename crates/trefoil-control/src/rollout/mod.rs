@@ -53,7 +53,8 @@ pub async fn run(store: Arc<Store>, proxies: Arc<Proxies>) {
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         timer.tick().await;
-        let admins: Vec<String> = proxies.status(&[]).into_iter().filter(|p| p.connected).filter_map(|p| p.admin_address).collect();
+        let admins: Vec<String> =
+            proxies.status(&[]).into_iter().filter(|p| p.connected && p.node.is_none()).filter_map(|p| p.admin_address).collect();
         for stored in store.list("Rollout") {
             let name = stored.name.clone();
             match reconcile(&store, &mut scraper, &admins, stored).await {

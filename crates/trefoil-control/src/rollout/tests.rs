@@ -72,7 +72,9 @@ async fn fake_admin_with(errors: u64, grpc: bool) -> String {
 fn proxies_with(admin: &str) -> (Arc<Proxies>, tokio::sync::watch::Receiver<Option<trefoil_wire::Snapshot>>) {
     let proxies = Arc::new(Proxies::default());
     let (tx, rx) = tokio::sync::watch::channel(None);
-    proxies.connect(&Hello { name: "web-v2-0", admin_address: admin, version: 0, hash: 0, pid: 0, peer: "127.0.0.1:1" }, tx).unwrap();
+    proxies
+        .connect(&Hello { name: "web-v2-0", admin_address: admin, version: 0, hash: 0, pid: 0, peer: "127.0.0.1:1", node: None }, tx)
+        .unwrap();
     (proxies, rx)
 }
 

@@ -119,6 +119,7 @@ async fn stream(
         version: in_force.version,
         hash: in_force.hash,
         pid: std::process::id(),
+        kind: String::new(),
     };
     let _ = say.send(ProxyMessage::hello(hello));
     let mut snapshots = match client.stream(UnboundedReceiverStream::new(said)).await {
