@@ -254,7 +254,7 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
             }
         }
     }
-    let datapath = ctx.datapath.map(|agent| agent_process(&exe, api, ctx.state, agent));
+    let datapath = ctx.datapath.map(|agent| agent_process(&exe, api, grpc, ctx.state, agent));
     let plan = Plan { control, api, grpc, gateways, replicas, gateway_urls, datapath };
     // Names key log files, up.json and the sidecars' Proxy resources.
     let mut names = BTreeSet::new();
@@ -301,15 +301,17 @@ fn proxy_process(
     }
 }
 
-/// `trefoil datapath agent` for this node, following the control plane's
-/// REST API; ready once its first table is in the kernel.
-fn agent_process(exe: &Path, api: SocketAddr, state: &Path, agent: &AgentPlan) -> ProcessSpec {
+/// `trefoil datapath agent` for this node, on the control plane's config
+/// stream (its flow reports go to the REST API); ready once its first table
+/// is in the kernel.
+fn agent_process(exe: &Path, api: SocketAddr, grpc: SocketAddr, state: &Path, agent: &AgentPlan) -> ProcessSpec {
     let ready = state.join("datapath.ready");
     let mut args: Vec<String> = vec!["datapath".into(), "agent".into(), "--node".into(), agent.node.clone()];
     for interface in &agent.interfaces {
         args.extend(["--interface".to_string(), interface.clone()]);
     }
     args.extend(["--ready-file".to_string(), ready.display().to_string(), "--server".to_string(), format!("http://{api}")]);
+    args.extend(["--control".to_string(), grpc.to_string()]);
     ProcessSpec {
         name: DATAPATH_PROCESS.to_string(),
         role: Role::Datapath,
@@ -624,7 +626,9 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
                 "--ready-file",
                 "/state/datapath.ready",
                 "--server",
-                &format!("http://{}", p.api)
+                &format!("http://{}", p.api),
+                "--control",
+                &p.grpc.to_string()
             ]
         );
         assert_eq!(last.probe, Probe::File("/state/datapath.ready".into()));

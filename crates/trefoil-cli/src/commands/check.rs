@@ -101,14 +101,20 @@ async fn proxy_checks(control: &Client, fetcher: &Fetcher) -> Vec<Check> {
     let mut out = Vec::new();
     for p in &proxies {
         out.push(config_check(p));
-        out.push(ready_check(fetcher, p).await);
+        // A node agent has no admin listener; its table's ACK is its check.
+        if p.node.is_none() {
+            out.push(ready_check(fetcher, p).await);
+        }
     }
     out
 }
 
 /// Connected, and the newest snapshot is the one acknowledged.
 fn config_check(p: &ProxyStatus) -> Check {
-    let name = format!("proxy {}", p.name);
+    let name = match &p.node {
+        Some(node) => format!("datapath agent of node {node}"),
+        None => format!("proxy {}", p.name),
+    };
     if !p.connected {
         return Check::new(name, false, "not connected to the control plane");
     }

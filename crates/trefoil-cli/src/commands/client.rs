@@ -42,7 +42,8 @@ pub(crate) struct ApplyArgs {
 #[derive(clap::Args)]
 #[command(after_help = "`trefoil get proxies` shows the proxies as the control plane sees them: connected or not, \
 the snapshot version each acked and the latest compiled for it, and the last rejection (NACK) with its error. \
-`trefoil get Proxy` lists the Proxy resources themselves.")]
+Node agents (`trefoil datapath agent`) are among them as agent/NODE: the revision of the datapath table each \
+programmed, and why the kernel refused one. `trefoil get Proxy` lists the Proxy resources themselves.")]
 pub(crate) struct GetArgs {
     /// Resource kind: Route, routes, service, ...; `proxies` for the proxies' status.
     kind: String,
@@ -92,6 +93,11 @@ impl Server {
     /// The API's URL.
     pub(crate) fn url(&self) -> String {
         self.target().server
+    }
+
+    /// The bearer token this command presents, if any.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.target().token
     }
 
     /// The one API client, for this command's server and token.

@@ -1,30 +1,24 @@
 //! `trefoil datapath agent`: the node agent fed by the control plane. It
-//! follows the DatapathRules and the resources their `to` leads to
-//! (Workloads, NetworkFunctions, CNFs and the transparent Listeners they
-//! name), compiles the rules with the one precedence the CLI explains
-//! (`trefoil_model::datapath::compile`), keeps the lines for its node,
-//! resolves each rule's targets with `trefoil_model::datapath::targets` (the
-//! same answer `trefoil describe datapathrule` gives), and hands the table to
-//! `trefoil-datapath`, which reconciles the kernel.
-//!
-//! A redirect whose target does not resolve fails closed: its lines become
-//! drop lines, counted under the rule, because a rule that says "this
-//! traffic goes through the security chain" must not let it go around the
-//! chain while a label is missing. A copy with no interface fails open: the
-//! traffic itself was never to be touched.
+//! opens the config stream (the proxies' gRPC stream) as the agent of its
+//! node, with an API token; the control plane sends that node's datapath
+//! table, resolved and versioned (`trefoil_model::datapath::node_table`);
+//! the agent hands it to `trefoil-datapath`, which reconciles the kernel,
+//! and ACKs the version, or NACKs it with the kernel's reason. While the
+//! stream is down the last table stays in the kernel; the agent reconnects
+//! with a back-off and says which version it has, so an unchanged table is
+//! not sent again (decision 0021).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use trefoil_api::{ApiError, Client, WatchEvent};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use trefoil_datapath::{Action, AgentConfig, Datapath, Entry, IpNet, Protocol as KernelProtocol};
-use trefoil_model::datapath::targets::{self, Targets};
-use trefoil_model::datapath::{compile, Cidr, Entry as Line, Family, Rule};
-use trefoil_model::spec::{DatapathAction, Protocol};
-use trefoil_model::Resource;
+use trefoil_model::datapath::node_table::{Line, LineAction, NodeTable, Unresolved};
+use trefoil_model::datapath::Cidr;
+use trefoil_model::spec::Protocol;
+use trefoil_wire::{ConfigStreamClient, Hello, ProxyMessage, Snapshot};
 
 use super::client::Server;
 use super::flow_report::Reporter;
@@ -32,10 +26,17 @@ use crate::output::{current_thread_runtime, exit, stop_signal};
 
 pub(crate) const AGENT_HELP: &str = "The agent programs this node's kernel with the rules for it (rules without
 `node`, and those naming --node), in precedence order, and keeps them in step
-with the control plane: a change is applied within a moment of its write; while
-the control plane is unreachable the last table stays. Ctrl-C or SIGTERM removes
-every program it attached; after kill -9 a restarted agent adopts and reconciles
-what is there. `trefoil up` runs one on its node when the project has rules.
+with the control plane: it opens the config stream (--control, as proxies do)
+as this node's agent with the API token (--token or --token-file; never
+without one), and the control plane sends the node's table, resolved, whenever
+it changes. Each table is ACKed with its revision once in the kernel, or NACKed
+with the reason (a missing capability, an interface that cannot be attached);
+`trefoil get proxies` shows the agent as agent/NODE with its revision and last
+NACK. While the control plane is unreachable the last table stays and the agent
+reconnects with a back-off. Ctrl-C or SIGTERM removes every program it
+attached; after kill -9 a restarted agent adopts what is there and reconciles it
+to the first table it is sent. `trefoil up` runs one on its node when the
+project has rules.
 
 Where a rule's `to` leads is read from what it selects (a Workload,
 NetworkFunction or CNF), by two labels on it:
@@ -43,8 +44,9 @@ NetworkFunction or CNF), by two labels on it:
   trefoil.dev/interface: IF     copy: the interface, in this node's namespace, that receives the copies
 A redirect that resolves to no listener drops its traffic (it fails closed), as
 does one whose listener is not accepting (its proxy restarting); a copy that
-resolves to no interface sends no copies. Both say why in this log, in `trefoil
-describe datapathrule NAME` and below `trefoil datapath list`.
+resolves to no interface sends no copies. Both say why in this log, in an
+Unresolved event (`trefoil get events`), in `trefoil describe datapathrule NAME`
+and below `trefoil datapath list`.
 
 Every --flow-report-interval (10s) it reports the flows that saw packets since
 its last report (at most 2000, the most recently active) and every rule's
@@ -56,7 +58,7 @@ nftables (counters only).
 Needs CAP_BPF and CAP_NET_ADMIN (eBPF), or falls back to nftables for redirect
 and drop; a missing capability is named.
 
-Exit codes: 0 stopped and cleaned up, 1 the datapath could not start or be removed, 2 bad arguments.";
+Exit codes: 0 stopped and cleaned up, 1 the datapath could not start or be removed, 2 bad arguments (no token).";
 
 #[derive(clap::Args)]
 pub(crate) struct AgentArgs {
@@ -78,94 +80,30 @@ pub(crate) struct AgentArgs {
     /// How often the flow records and per-rule counters are reported to the control plane; 0s: never.
     #[arg(long, value_parser = super::proxy::parse_duration, default_value = "10s", value_name = "DURATION")]
     flow_report_interval: Duration,
+    /// The control plane's config stream (`trefoil control --grpc-listen`), where the rules come from.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    control: String,
+    /// The REST API (flow reports) and the token both use.
     #[command(flatten)]
     server: Server,
-}
-
-/// The kinds a node's table is made from.
-const KINDS: [&str; 5] = ["DatapathRule", "Listener", "Workload", "NetworkFunction", "CNF"];
-
-/// The kernel table for `node`, in precedence order, and one note for each
-/// rule whose target does not resolve (what the agent did instead, and why).
-fn kernel_table(resources: &[Resource], node: &str) -> (Vec<Entry>, Vec<String>) {
-    let rules: Vec<Rule<'_>> = Rule::all_in(resources);
-    let targets: BTreeMap<&str, Targets> = rules.iter().map(|r| (r.name, targets::resolve(r.spec, resources))).collect();
-    let mut entries = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-    // The targets are resolved per rule above; the table only needs the lines.
-    for line in compile(&rules, |_| Vec::<()>::new()).into_iter().filter(|l| l.is_for(node)) {
-        let resolved = &targets[line.rule.as_str()];
-        for family in families(&line) {
-            let action = match line.action {
-                DatapathAction::Drop => Ok(Action::Drop),
-                DatapathAction::Redirect => resolved.listener(family).map(|listener| Action::Redirect { listener }),
-                DatapathAction::Copy => resolved.interface().map(|interface| Action::Copy { interface: interface.to_string() }),
-            };
-            let action = match (action, line.action) {
-                (Ok(action), _) => action,
-                (Err(why), DatapathAction::Redirect) => {
-                    note(
-                        &mut notes,
-                        format!("rule {}: redirect not resolved, its {family} traffic is dropped (fails closed): {why}", line.rule),
-                    );
-                    Action::Drop
-                }
-                (Err(why), _) => {
-                    note(&mut notes, format!("rule {}: copy not resolved, no copies are sent: {why}", line.rule));
-                    continue;
-                }
-            };
-            entries.extend(kernel_entry(&line, family, action));
-        }
-    }
-    (entries, notes)
-}
-
-fn note(notes: &mut Vec<String>, note: String) {
-    if !notes.contains(&note) {
-        notes.push(note);
-    }
-}
-
-/// The IP versions a line's packets can have: its block's, or both when it gives none.
-fn families<T>(line: &Line<T>) -> Vec<Family> {
-    match line.family() {
-        Some(f) => vec![f],
-        None => vec![Family::Ipv4, Family::Ipv6],
-    }
-}
-
-/// One table line of one IP version as the kernel takes it: "any" becomes
-/// the any-network of that version.
-fn kernel_entry<T>(line: &Line<T>, family: Family, action: Action) -> Option<Entry> {
-    let net = |c: Cidr| IpNet::new(c.network(), c.prefix_len());
-    let any = if family == Family::Ipv4 { IpNet::any_v4() } else { IpNet::any_v6() };
-    Some(Entry {
-        rule: line.rule.clone(),
-        // The order of the list decides; the kernel keeps the priority for reports only.
-        priority: u32::try_from(line.priority).unwrap_or(0),
-        src: line.source.map_or(Some(any), net)?,
-        dst: line.destination.map_or(Some(any), net)?,
-        ports: line.ports.first()..=line.ports.last(),
-        protocol: match line.protocol {
-            Protocol::Tcp => KernelProtocol::Tcp,
-            Protocol::Udp => KernelProtocol::Udp,
-        },
-        action,
-    })
 }
 
 /// Retry delays after the control plane is lost.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long a burst of changes is gathered before the table is applied.
-const SETTLE: Duration = Duration::from_millis(50);
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) fn run(a: AgentArgs) -> ExitCode {
     // A file left by an earlier agent (killed) must not say this one is ready.
     if let Some(ready) = &a.ready_file {
         remove_ready_file(ready);
     }
+    // Refused by the control plane without one: say so before touching the kernel.
+    let Some(token) = a.server.token() else {
+        eprintln!("error: the agent needs an API token (--token, --token-file or a context's): the control plane sends rules to no anonymous agent");
+        return exit::bad_input();
+    };
     let config = AgentConfig { netns: a.netns.clone(), pin_root: a.pin_root.clone(), ..AgentConfig::new(&a.node, &a.interfaces) };
     let mut datapath = match Datapath::start(config) {
         Ok(d) => d,
@@ -185,7 +123,7 @@ pub(crate) fn run(a: AgentArgs) -> ExitCode {
         let stop = stop_signal();
         tokio::pin!(stop);
         tokio::select! {
-            _ = follow(&a, &mut datapath) => {}
+            _ = follow(&a, &token, &mut datapath) => {}
             _ = &mut stop => {}
         }
     });
@@ -213,79 +151,110 @@ fn remove_ready_file(path: &Path) {
     }
 }
 
-/// What a kind's follower tells the agent.
-enum Update {
-    /// Every object of a kind, as just listed.
-    Listed(&'static str, Vec<Resource>),
-    Put(&'static str, Box<Resource>),
-    Deleted(&'static str, String),
-    Lost(&'static str, String),
-}
-
-/// Follows every kind for ever and applies the table after each burst of
-/// changes, once every kind has been listed: a restarted agent (after
-/// kill -9) keeps the pinned table until it knows the whole picture, then
-/// drops what was deleted meanwhile.
-async fn follow(a: &AgentArgs, datapath: &mut Datapath) {
-    let client = a.server.client();
-    let (tx, mut rx) = mpsc::channel(256);
-    for kind in KINDS {
-        tokio::spawn(follow_kind(client.clone(), kind, tx.clone()));
-    }
-    drop(tx);
-    let mut known: BTreeMap<&'static str, BTreeMap<String, Resource>> = BTreeMap::new();
-    let mut down: BTreeSet<&'static str> = BTreeSet::new();
-    let mut applier = Applier { node: &a.node, ready_file: a.ready_file.as_deref(), notes: Vec::new(), applied: None };
-    let mut reporter = Reporter::new(&a.node, client);
+/// Follows the config stream for ever: one stream at a time, a back-off
+/// between them, flow reports meanwhile. The table in the kernel stays
+/// while no stream is open.
+async fn follow(a: &AgentArgs, token: &str, datapath: &mut Datapath) {
     // Zero turns reports off.
-    let mut reports = (!a.flow_report_interval.is_zero()).then(|| {
+    let reports = (!a.flow_report_interval.is_zero()).then(|| {
         let period = a.flow_report_interval;
         let mut reports = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reports
     });
+    let mut follower = Follower {
+        a,
+        token,
+        applier: Applier { node: &a.node, ready_file: a.ready_file.as_deref(), notes: Vec::new(), applied: None, in_force: None },
+        reporter: Reporter::new(&a.node, a.server.client()),
+        reports,
+        delay: RETRY_FIRST,
+        lost: None,
+    };
     loop {
-        let first = tokio::select! {
-            update = rx.recv() => match update {
-                Some(update) => update,
-                None => return,
-            },
-            _ = next_tick(&mut reports) => {
-                // Reports start once a table is in the kernel: a counter's action comes from it.
-                if let Some(table) = &applier.applied {
-                    reporter.tick(datapath, table).await;
+        let ended = follower.stream_once(datapath).await;
+        if follower.lost.as_ref() != Some(&ended) {
+            tracing::warn!(control = %a.control, error = %ended, "the config stream is down; keeping the last table");
+            follower.lost = Some(ended);
+        }
+        follower.pause(datapath).await;
+    }
+}
+
+/// The agent's side of the config stream, across reconnects.
+struct Follower<'a> {
+    a: &'a AgentArgs,
+    token: &'a str,
+    applier: Applier<'a>,
+    reporter: Reporter,
+    reports: Option<tokio::time::Interval>,
+    /// The back-off before the next attempt.
+    delay: Duration,
+    /// Why the last stream ended, said once until one is open again.
+    lost: Option<String>,
+}
+
+impl Follower<'_> {
+    /// One stream: Hello with the version in force, then each table applied
+    /// and answered. Returns why it ended.
+    async fn stream_once(&mut self, datapath: &mut Datapath) -> String {
+        let a = self.a;
+        let client = match ConfigStreamClient::connect(&a.control, CONNECT_TIMEOUT).await {
+            Ok(c) => c,
+            Err(e) => return e.to_string(),
+        };
+        let mut client = match client.with_bearer(self.token) {
+            Ok(c) => c,
+            Err(e) => return e.to_string(),
+        };
+        let (say, said) = mpsc::unbounded_channel();
+        let (version, hash) = self.applier.in_force.unwrap_or((0, 0));
+        let hello =
+            Hello { proxy: a.node.clone(), version, hash, pid: std::process::id(), kind: trefoil_wire::AGENT.into(), ..Default::default() };
+        let _ = say.send(ProxyMessage::hello(hello));
+        let mut snapshots = match client.stream(UnboundedReceiverStream::new(said)).await {
+            Ok(s) => s,
+            Err(e) => return e.to_string(),
+        };
+        tracing::info!(control = %a.control, node = %a.node, version, "connected to the control plane");
+        self.delay = RETRY_FIRST;
+        self.lost = None;
+        loop {
+            let snapshot = tokio::select! {
+                message = snapshots.message() => match message {
+                    Ok(Some(snapshot)) => snapshot,
+                    Ok(None) => return "the control plane ended the stream".to_string(),
+                    Err(status) => return status.message().to_string(),
+                },
+                _ = next_tick(&mut self.reports) => {
+                    self.applier.report(&mut self.reporter, datapath).await;
+                    continue;
                 }
+            };
+            if snapshot.identity.is_some() {
                 continue;
             }
-        };
-        let mut updates = vec![first];
-        // Gather the rest of a burst (the initial listings, a batch apply) to apply once.
-        while let Ok(Some(more)) = tokio::time::timeout(SETTLE, rx.recv()).await {
-            updates.push(more);
-        }
-        for update in updates {
-            match update {
-                Update::Listed(kind, items) => {
-                    down.remove(kind);
-                    known.insert(kind, items.into_iter().map(|r| (r.name().to_string(), r)).collect());
-                }
-                Update::Put(kind, r) => {
-                    known.entry(kind).or_default().insert(r.name().to_string(), *r);
-                }
-                Update::Deleted(kind, name) => {
-                    known.entry(kind).or_default().remove(&name);
-                }
-                Update::Lost(kind, error) => {
-                    if down.insert(kind) {
-                        tracing::warn!(kind, %error, "cannot follow the control plane; keeping the last table");
-                    }
-                }
+            let answer = match self.applier.apply(datapath, &snapshot) {
+                Ok(()) => ProxyMessage::ack(snapshot.version, snapshot.hash),
+                Err(reason) => ProxyMessage::nack(snapshot.version, snapshot.hash, reason),
+            };
+            if say.send(answer).is_err() {
+                return "the stream closed".to_string();
             }
         }
-        if KINDS.iter().all(|k| known.contains_key(k)) {
-            let resources: Vec<Resource> = known.values().flat_map(|m| m.values().cloned()).collect();
-            applier.apply(datapath, &resources);
+    }
+
+    /// Waits out the back-off, reporting flows meanwhile, and doubles it.
+    async fn pause(&mut self, datapath: &Datapath) {
+        let pause = tokio::time::sleep(self.delay);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = next_tick(&mut self.reports) => self.applier.report(&mut self.reporter, datapath).await,
+            }
         }
+        self.delay = (self.delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -297,77 +266,55 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Follows one kind: a watch, then a list (changes after the watch began
-/// arrive on it, so none falls between), then each change; on any loss the
-/// same again after a back-off.
-async fn follow_kind(client: Client, kind: &'static str, tx: mpsc::Sender<Update>) {
-    let mut delay = RETRY_FIRST;
-    loop {
-        let error = match watch_once(&client, kind, &tx, &mut delay).await {
-            Ok(()) => "the control plane ended the watch".to_string(),
-            Err(e) => e.to_string(),
-        };
-        if tx.send(Update::Lost(kind, error)).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(RETRY_MAX);
-    }
-}
-
-async fn watch_once(client: &Client, kind: &'static str, tx: &mpsc::Sender<Update>, delay: &mut Duration) -> Result<(), ApiError> {
-    let mut watch = client.watch(kind).await?;
-    let listed = client.list(kind).await?;
-    *delay = RETRY_FIRST;
-    if tx.send(Update::Listed(kind, listed.items)).await.is_err() {
-        return Ok(());
-    }
-    while let Some(event) = watch.next().await {
-        let update = match event? {
-            WatchEvent::Added { object } | WatchEvent::Modified { object } => Update::Put(kind, Box::new(object)),
-            WatchEvent::Deleted { object } => Update::Deleted(kind, object.metadata.name),
-            // Fell behind: list again.
-            WatchEvent::Error { .. } => return Ok(()),
-        };
-        if tx.send(update).await.is_err() {
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
 /// Applies tables and says once what a table leaves out.
 struct Applier<'a> {
     node: &'a str,
     ready_file: Option<&'a Path>,
-    notes: Vec<String>,
+    notes: Vec<Unresolved>,
     /// The table the kernel took last: the same one again is not rewritten.
     applied: Option<Vec<Entry>>,
+    /// The version and hash of the snapshot in force, said in the next Hello.
+    in_force: Option<(u64, u64)>,
 }
 
 impl Applier<'_> {
-    fn apply(&mut self, datapath: &mut Datapath, resources: &[Resource]) {
-        let (entries, notes) = kernel_table(resources, self.node);
-        if notes != self.notes {
-            for note in &notes {
+    /// Puts `snapshot`'s table in the kernel; why not, for the NACK. The
+    /// kernel keeps the last table it took when it refuses one.
+    fn apply(&mut self, datapath: &mut Datapath, snapshot: &Snapshot) -> Result<(), String> {
+        let table: NodeTable = serde_json::from_str(&snapshot.resources_json)
+            .map_err(|e| format!("snapshot {}: not a datapath table: {e}", snapshot.version))?;
+        if table.unresolved != self.notes {
+            for note in &table.unresolved {
                 tracing::warn!("{note}");
             }
-            self.notes = notes;
+            self.notes = table.unresolved.clone();
         }
-        if self.applied.as_ref() == Some(&entries) {
-            return;
-        }
-        let rules = resources.iter().filter(|r| r.kind() == "DatapathRule").count();
-        match datapath.apply(&entries) {
-            Ok(()) => {
-                tracing::info!(rules, entries = entries.len(), "datapath table applied");
-                if self.applied.is_none() {
-                    self.ready();
-                }
-                self.applied = Some(entries);
+        let entries = table.lines.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+        if self.applied.as_ref() != Some(&entries) {
+            if let Err(e) = datapath.apply(&entries) {
+                tracing::error!(version = snapshot.version, error = %e, "the datapath refused the table; keeping the last one");
+                return Err(e.to_string());
             }
-            // The kernel keeps the last table it took; the next change tries again.
-            Err(e) => tracing::error!(error = %e, "the datapath refused the table; keeping the last one"),
+            let rules = {
+                let mut names: Vec<&str> = table.lines.iter().map(|l| l.rule.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                names.len()
+            };
+            tracing::info!(node = self.node, version = snapshot.version, rules, entries = entries.len(), "datapath table applied");
+            if self.applied.is_none() {
+                self.ready();
+            }
+            self.applied = Some(entries);
+        }
+        self.in_force = Some((snapshot.version, snapshot.hash));
+        Ok(())
+    }
+
+    /// Reports start once a table is in the kernel: a counter's action comes from it.
+    async fn report(&self, reporter: &mut Reporter, datapath: &Datapath) {
+        if let Some(table) = &self.applied {
+            reporter.tick(datapath, table).await;
         }
     }
 
@@ -379,68 +326,24 @@ impl Applier<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-
-    fn load(yaml: &str) -> Vec<Resource> {
-        trefoil_model::load_str(&Arc::from("t.yaml"), yaml).unwrap().into_iter().map(|s| s.resource).collect()
-    }
-
-    const FUNCTIONS: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: tproxy}\nspec: {address: 127.0.0.1:15001, protocol: tcp, transparent: true}\n---
-apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {name: edge, labels: {app: http-proxy, trefoil.dev/listener: tproxy}}\nspec: {chain: [{function: policy}]}\n---
-apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: ids, labels: {app: ids, tier: edge, trefoil.dev/interface: veth-ids}}\nspec: {service: ids, command: ids}\n";
-
-    fn rule(name: &str, spec: &str) -> String {
-        format!("---\napiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {{name: {name}}}\nspec: {spec}\n")
-    }
-
-    #[test]
-    fn the_table_for_a_node_resolves_targets_from_the_resources_and_fills_any() {
-        let yaml = [
-            FUNCTIONS.to_string(),
-            rule("web", "{match: {destination: [10.0.2.0/24], ports: [80]}, action: redirect, to: {app: http-proxy}}"),
-            rule("tap", "{match: {destination: [\"fd00::/64\"]}, action: copy, to: {app: ids}}"),
-            rule("block", "{match: {source: [10.0.1.2]}, action: drop, node: edge}"),
-            rule("elsewhere", "{match: {destination: [10.0.9.0/24], ports: [80]}, action: drop, node: other}"),
-        ]
-        .concat();
-        let (entries, notes) = kernel_table(&load(&yaml), "edge");
-        let names: Vec<&str> = entries.iter().map(|e| e.rule.as_str()).collect();
-        // Longer destination prefixes first; only this node's.
-        assert_eq!(names, ["tap", "web", "block"]);
-        let [tap, web, block] = &entries[..] else { panic!("{entries:?}") };
-        assert_eq!(block.dst, IpNet::any_v4(), "any destination of the source's IP version");
-        assert_eq!(block.src.to_string(), "10.0.1.2/32");
-        assert_eq!(web.action, Action::Redirect { listener: "127.0.0.1:15001".parse().unwrap() });
-        assert_eq!(web.ports, 80..=80);
-        assert_eq!(tap.action, Action::Copy { interface: "veth-ids".into() });
-        assert_eq!((tap.src, tap.ports.clone()), (IpNet::any_v6(), 1..=65535));
-        assert_eq!(notes, Vec::<String>::new());
-    }
-
-    #[test]
-    fn an_unresolved_redirect_drops_and_an_unresolved_copy_is_left_out() {
-        let yaml = [
-            FUNCTIONS.to_string(),
-            rule("nowhere", "{match: {destination: [10.0.3.0/24], ports: [80]}, action: redirect, to: {app: missing}}"),
-            rule("v6", "{match: {destination: [\"fd00::/64\"], ports: [80]}, action: redirect, to: {app: http-proxy}}"),
-            rule("no-tap", "{match: {destination: [10.0.4.0/24]}, action: copy, to: {app: http-proxy}}"),
-        ]
-        .concat();
-        let (entries, notes) = kernel_table(&load(&yaml), "edge");
-        let lines: Vec<(&str, &Action)> = entries.iter().map(|e| (e.rule.as_str(), &e.action)).collect();
-        // fd00::/64 is the longer prefix, so `v6` comes first.
-        assert_eq!(lines, [("v6", &Action::Drop), ("nowhere", &Action::Drop)]);
-        assert_eq!(
-            notes,
-            [
-                "rule v6: redirect not resolved, its IPv6 traffic is dropped (fails closed): no transparent listener takes IPv6 traffic (only 127.0.0.1:15001)",
-                "rule nowhere: redirect not resolved, its IPv4 traffic is dropped (fails closed): `to` (app=missing) selects no Workload, NetworkFunction or CNF",
-                "rule no-tap: copy not resolved, no copies are sent: CNF/edge has no trefoil.dev/interface label naming the interface that receives copies",
-            ]
-        );
-    }
+/// One table line as the kernel side takes it.
+fn entry(line: &Line) -> Result<Entry, String> {
+    let net = |c: Cidr| IpNet::new(c.network(), c.prefix_len()).ok_or_else(|| format!("rule {}: {c} is not a network", line.rule));
+    Ok(Entry {
+        rule: line.rule.clone(),
+        // The order of the list decides; the kernel keeps the priority for reports only.
+        priority: u32::try_from(line.priority).unwrap_or(0),
+        src: net(line.source)?,
+        dst: net(line.destination)?,
+        ports: line.ports.first()..=line.ports.last(),
+        protocol: match line.protocol {
+            Protocol::Tcp => KernelProtocol::Tcp,
+            Protocol::Udp => KernelProtocol::Udp,
+        },
+        action: match &line.action {
+            LineAction::Drop => Action::Drop,
+            LineAction::Redirect { listener } => Action::Redirect { listener: *listener },
+            LineAction::Copy { interface } => Action::Copy { interface: interface.clone() },
+        },
+    })
 }

@@ -2,8 +2,8 @@
 //! table and per-rule counters and sends the control plane what changed
 //! since its last report that went through. A report stays small: only
 //! flows that saw packets since then, at most [`MAX_FLOWS`] of them (the
-//! most recently active; the rest are counted as dropped), over the same
-//! REST client the agent follows the rules with. One report is in flight at
+//! most recently active; the rest are counted as dropped), over the REST
+//! API with the token the agent's config stream presents. One report is in flight at
 //! a time, and sending never holds up applying the rules.
 
 use std::collections::BTreeMap;

@@ -166,6 +166,8 @@ async fn targets(args: &Args) -> Result<Vec<Target>, String> {
 fn targets_of(proxies: Vec<ProxyStatus>) -> Vec<Target> {
     proxies
         .into_iter()
+        // Node agents serve no requests.
+        .filter(|p| p.node.is_none())
         .map(|p| {
             let admin =
                 p.admin_address.filter(|a| !a.is_empty()).ok_or_else(|| "the control plane knows no admin address for it".to_string());
@@ -344,9 +346,10 @@ mod tests {
     #[test]
     fn a_proxy_without_an_admin_address_is_unreachable_with_the_reason() {
         let proxies: Vec<ProxyStatus> =
-            serde_json::from_str(r#"[{"name":"gw","connected":true,"adminAddress":"127.0.0.1:15000"},{"name":"web-0","connected":false}]"#)
+            serde_json::from_str(r#"[{"name":"gw","connected":true,"adminAddress":"127.0.0.1:15000"},{"name":"web-0","connected":false},{"name":"agent/edge","node":"edge","connected":true}]"#)
                 .unwrap();
         let targets = targets_of(proxies);
+        assert_eq!(targets.len(), 2, "a node agent is no proxy to scrape");
         assert_eq!(targets[0].admin.as_deref(), Ok("127.0.0.1:15000"));
         assert!(targets[1].admin.as_ref().unwrap_err().contains("no admin address"));
     }

@@ -147,7 +147,7 @@ fn the_agent_follows_rules_added_and_deleted_through_the_control_plane() {
                 .args(["datapath", "agent", "--node", &node, "--interface", &pair.server_if, "--pin-root", "/sys/fs/bpf/trefoil-e2e"])
                 .arg("--netns")
                 .arg(format!("/run/netns/{}", pair.server))
-                .args(["--server", &control.url(), "--token", control.token()]),
+                .args(["--server", &control.url(), "--token", control.token(), "--control", &control.grpc.to_string()]),
             &dir.join(log),
         )
     };
@@ -176,6 +176,15 @@ fn the_agent_follows_rules_added_and_deleted_through_the_control_plane() {
     trefoil(&["datapath", "add", &block, "--from", &pair.client_ip, "--name", "block-client"]);
     second.wait_for("the agent to apply the new rule", WAIT, || log_has(&dir, "agent-2.log", "entries=1"));
     assert!(!pair.client_connects(), "the rule added live refuses the client");
+    // The control plane shows the agent beside the proxies, with the revision it ACKed.
+    let agent = format!("agent/{node}");
+    wait_until("the agent's ACK of the new table to show", WAIT, || {
+        let list = control.client().proxies().unwrap();
+        list.get(&agent)
+            .is_some_and(|a| a.connected && a.node.as_deref() == Some(node.as_str()) && a.in_sync() && a.acked_version.is_some())
+    });
+    let acked = control.client().proxies().unwrap().get(&agent).and_then(|a| a.acked_version).unwrap();
+    assert!(log_has(&dir, "agent-2.log", &format!("version={acked}")), "the agent applied version {acked}:\n{}", log(&dir, "agent-2.log"));
 
     second.signal(libc::SIGTERM);
     assert_eq!(second.wait_exit(WAIT), Some(0), "a stopped agent removes its datapath:\n{}", log(&dir, "agent-2.log"));
@@ -535,7 +544,7 @@ fn agent_with(dir: &std::path::Path, pair: &Pair, control: &Control, more: &[&st
             .arg("--netns")
             .arg(format!("/run/netns/{}", pair.server))
             .args(more)
-            .args(["--server", &control.url(), "--token", control.token()]),
+            .args(["--server", &control.url(), "--token", control.token(), "--control", &control.grpc.to_string()]),
         &dir.join("agent.log"),
     );
     agent.wait_for("the agent to apply the rule", WAIT, || log_has(dir, "agent.log", "entries=1"));
