@@ -116,3 +116,50 @@ impl DatapathView {
         Ok(written)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn store(test: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("trefoil-dptables-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Store::open(dir.join("store.db")).unwrap()
+    }
+
+    /// The view of `yaml` with the rules at `version`, as the compiler builds it.
+    fn view(yaml: &str, version: &str) -> DatapathView {
+        let mut resources: Vec<Resource> =
+            trefoil_model::load_str(&Arc::from("t.yaml"), yaml).unwrap().into_iter().map(|s| s.resource).collect();
+        for r in &mut resources {
+            r.metadata.resource_version = Some(version.into());
+        }
+        DatapathView::new(&resources)
+    }
+
+    const RULES: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {name: nowhere}\n\
+        spec: {match: {destination: [10.0.3.0/24]}, action: redirect, to: {app: missing}, node: edge}\n---\n\
+        apiVersion: trefoil.dev/v1alpha1\nkind: DatapathRule\nmetadata: {name: block}\nspec: {match: {source: [10.0.1.2]}, action: drop}\n";
+
+    #[test]
+    fn an_unresolved_rule_is_one_event_per_write_and_reason() {
+        let store = store("events");
+        let first = view(RULES, "4");
+        // A rule for one node is found although no agent of that node asked.
+        assert_eq!(first.record_unresolved(&store, 1_000).unwrap(), 1);
+        assert_eq!(first.record_unresolved(&store, 2_000).unwrap(), 0, "a recompile records nothing new");
+        assert_eq!(view(RULES, "9").record_unresolved(&store, 3_000).unwrap(), 1, "the rule written again");
+        let events = store.list("Event");
+        assert_eq!(events.len(), 2);
+        let spec = &events[0].value["spec"];
+        assert_eq!((&spec["regarding"], &spec["reason"]), (&"DatapathRule/nowhere".into(), &"Unresolved".into()));
+        assert!(spec["message"].as_str().unwrap().ends_with("`to` (app=missing) selects no Workload, NetworkFunction or CNF"), "{spec}");
+        // The table of another node has neither the rule nor its failure.
+        let other = view(RULES, "9").snapshot_for("core", 9, 0);
+        let table: trefoil_model::datapath::node_table::NodeTable = serde_json::from_str(&other.resources_json).unwrap();
+        assert_eq!((table.lines.len(), table.unresolved.len()), (1, 0), "block only: {table:?}");
+    }
+}
