@@ -238,6 +238,19 @@ fn a_redirected_connection_passes_through_the_transparent_listener_byte_exact() 
     // Nothing has the rule's labels yet: the redirect fails closed.
     assert!(log_has(&dir, "agent.log", "rule via-proxy: redirect not resolved, its IPv4 traffic is dropped (fails closed)"));
     assert!(!pair.connects(9000), "an unresolved redirect drops the connection");
+    // The control plane says so too, as an event about the rule (`trefoil get events`).
+    let events = control.client().list("Event").unwrap().items;
+    let unresolved: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.spec {
+            Spec::Event(ev) if ev.reason == "Unresolved" && ev.regarding == "DatapathRule/via-proxy" => Some(ev.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        unresolved.iter().any(|m| m.contains("selects no Workload, NetworkFunction or CNF")),
+        "an Unresolved event names the rule and the reason: {unresolved:?}"
+    );
 
     // The agent finds the listener from the resources: the function the
     // rule selects names its transparent Listener by label.
