@@ -136,6 +136,12 @@ impl Proxies {
             since: SystemTime::now(),
         };
         entry.node = hello.node.map(str::to_string);
+        // A kernel refuses a table for what the node lacks (a capability, an
+        // interface), not for its content: a new agent stream may take what
+        // the last one refused.
+        if entry.node.is_some() {
+            entry.nacked_hash = None;
+        }
         entry.admin_address = Some(hello.admin_address.to_string()).filter(|a| !a.is_empty());
         entry.last_seen = Some(SystemTime::now());
         // A proxy that already serves something (it reconnects after a
@@ -335,5 +341,23 @@ mod tests {
         proxies.disconnect("edge", s);
         assert!(!proxies.status(&[])[0].connected);
         assert!(!proxies.offer("edge", &snapshot(13, 130)), "nothing is sent to a gone proxy");
+    }
+
+    #[test]
+    fn a_node_agents_new_stream_may_take_what_the_kernel_refused_before() {
+        let proxies = Proxies::default();
+        let agent =
+            Hello { name: "agent/edge", admin_address: "", version: 0, hash: 0, pid: 9, peer: "127.0.0.1:40002", node: Some("edge") };
+        let (tx, _rx) = watch::channel(None);
+        let s = proxies.connect(&agent, tx).unwrap();
+        assert!(proxies.offer("agent/edge", &snapshot(3, 30)));
+        proxies.nack("agent/edge", s, 3, 30, "missing capability CAP_BPF");
+        assert!(!proxies.offer("agent/edge", &snapshot(4, 30)), "not again on the same stream");
+        let status = &proxies.status(&[])[0];
+        assert_eq!((status.node.as_deref(), status.admin_address.as_deref()), (Some("edge"), None));
+        proxies.disconnect("agent/edge", s);
+        let (tx, _rx) = watch::channel(None);
+        proxies.connect(&agent, tx).unwrap();
+        assert!(proxies.offer("agent/edge", &snapshot(5, 30)), "a new agent stream gets it again");
     }
 }

@@ -219,10 +219,15 @@ impl Follower<'_> {
         tracing::info!(control = %a.control, node = %a.node, version, "connected to the control plane");
         self.delay = RETRY_FIRST;
         self.lost = None;
+        // A table the kernel refused, tried again now and then: what it
+        // lacked (an interface, a listener's socket) may come without any
+        // rule changing, and the control plane does not resend it.
+        let mut refused: Option<(Snapshot, tokio::time::Instant)> = None;
         loop {
-            let snapshot = tokio::select! {
+            let retry_at = refused.as_ref().map(|(_, at)| *at);
+            let (snapshot, retry) = tokio::select! {
                 message = snapshots.message() => match message {
-                    Ok(Some(snapshot)) => snapshot,
+                    Ok(Some(snapshot)) => (snapshot, false),
                     Ok(None) => return "the control plane ended the stream".to_string(),
                     Err(status) => return status.message().to_string(),
                 },
@@ -230,13 +235,27 @@ impl Follower<'_> {
                     self.applier.report(&mut self.reporter, datapath).await;
                     continue;
                 }
+                _ = sleep_until(retry_at) => match refused.take() {
+                    Some((snapshot, _)) => (snapshot, true),
+                    None => continue,
+                },
             };
             if snapshot.identity.is_some() {
                 continue;
             }
+            refused = None;
             let answer = match self.applier.apply(datapath, &snapshot) {
                 Ok(()) => ProxyMessage::ack(snapshot.version, snapshot.hash),
-                Err(reason) => ProxyMessage::nack(snapshot.version, snapshot.hash, reason),
+                Err(reason) => {
+                    let (version, hash) = (snapshot.version, snapshot.hash);
+                    refused = Some((snapshot, tokio::time::Instant::now() + RETRY_MAX));
+                    if retry {
+                        // Said and NACKed already; the control plane keeps that NACK.
+                        continue;
+                    }
+                    tracing::error!(version, error = %reason, "the datapath refused the table; keeping the last one, trying again every 5s");
+                    ProxyMessage::nack(version, hash, reason)
+                }
             };
             if say.send(answer).is_err() {
                 return "the stream closed".to_string();
@@ -255,6 +274,14 @@ impl Follower<'_> {
             }
         }
         self.delay = (self.delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// Sleeps until `at`; never, without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -291,10 +318,7 @@ impl Applier<'_> {
         }
         let entries = table.lines.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         if self.applied.as_ref() != Some(&entries) {
-            if let Err(e) = datapath.apply(&entries) {
-                tracing::error!(version = snapshot.version, error = %e, "the datapath refused the table; keeping the last one");
-                return Err(e.to_string());
-            }
+            datapath.apply(&entries).map_err(|e| e.to_string())?;
             let rules = {
                 let mut names: Vec<&str> = table.lines.iter().map(|l| l.rule.as_str()).collect();
                 names.sort_unstable();
