@@ -139,7 +139,7 @@ pub fn reads(kind: &str) -> &'static [&'static str] {
         "Workload" => &["Endpoints"],
         "CNF" => &["NetworkFunction", "Service", "Endpoints", "Route"],
         "NetworkFunction" => &["CNF", "Service", "Endpoints"],
-        "check" => &["Workload", "Endpoints"],
+        "check" => &["Workload", "Endpoints", "TrafficPolicy"],
         "DatapathRule" => crate::datapath::relations::READS,
         _ => &[],
     }

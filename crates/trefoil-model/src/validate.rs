@@ -270,6 +270,9 @@ impl Validator {
                 self.file(r, "spec.tls.clientCa", ca);
             }
         }
+        if l.mesh_tls.is_some() && l.tls.is_some() {
+            self.report(r, "spec.meshTls", "a listener serves either the mesh's TLS or `tls` from files, not both");
+        }
         if l.transparent {
             self.transparent_listener(r, l);
         } else {
@@ -828,12 +831,28 @@ impl Validator {
         }
         if let Some(tls) = &p.tls {
             for (field, path) in [("ca", &tls.ca), ("certificate", &tls.certificate), ("key", &tls.key)] {
-                if let Some(path) = path {
+                if let Some(path) = path.as_ref().filter(|_| !tls.mode.is_mesh()) {
                     self.file(r, &format!("spec.tls.{field}"), path);
                 }
             }
             if tls.mode == TlsMode::Mutual && (tls.certificate.is_none() || tls.key.is_none()) {
                 self.report(r, "spec.tls", "mutual TLS needs `certificate` and `key`");
+            }
+            if tls.mode.is_mesh() {
+                for (field, set) in [
+                    ("ca", tls.ca.is_some()),
+                    ("certificate", tls.certificate.is_some()),
+                    ("key", tls.key.is_some()),
+                    ("sni", tls.sni.is_some()),
+                ] {
+                    if set {
+                        self.report(
+                            r,
+                            &format!("spec.tls.{field}"),
+                            "the mesh's TLS uses the proxies' SVIDs: remove it, or say `mode: mutual` for TLS from files",
+                        );
+                    }
+                }
             }
         }
     }
@@ -890,6 +909,24 @@ mod tests {
         assert_eq!(err.0[0].message, "Listener \"plain\" is not `transparent: true`: datapath rules redirect only to one that is");
         let transparent = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec: {address: 127.0.0.1:15001, protocol: tcp, transparent: true}\n";
         check(&(workload("trefoil.dev/listener: t, trefoil.dev/interface: veth-ids") + transparent)).unwrap();
+    }
+
+    #[test]
+    fn mesh_tls_modes_take_no_files_and_bad_modes_are_located() {
+        let policy = |tls: &str| {
+            format!("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec:\n  service: web\n  tls:\n{tls}")
+        };
+        for mode in ["strict", "permissive", "disable"] {
+            check(&policy(&format!("    mode: {mode}\n"))).unwrap();
+        }
+        let err = check(&policy("    mode: strict\n    ca: /etc/ssl/ca.pem\n")).unwrap_err();
+        let said: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(said, [("spec.tls.ca", 14)], "{err}");
+        assert!(err.0[0].message.contains("SVIDs"), "{err}");
+        let bad = problems(&policy("    mode: sometimes\n"));
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!((bad[0].line, bad[0].field.as_str()), (13, "spec.tls.mode"), "{bad:?}");
+        assert!(bad[0].message.contains("strict"), "{bad:?}");
     }
 
     /// Every problem, those found reading included.

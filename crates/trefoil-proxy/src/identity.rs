@@ -17,6 +17,8 @@ use tokio::time::Instant;
 use trefoil_wire::{CertificateRequest, IdentityAnswer};
 use x509_parser::extensions::GeneralName;
 
+use crate::mesh_tls::TrustBundle;
+
 /// After a refused renewal, the next try.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -29,6 +31,8 @@ pub(crate) struct Svid {
     pub chain_pem: String,
     pub trust_bundle_pem: String,
     der: Vec<u8>,
+    /// The chain with this proxy's key, as TLS hands it out.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
 }
 
 /// The key, the SVID for it and when to ask again.
@@ -37,6 +41,8 @@ pub(crate) struct Identity {
     /// Held until the control plane has answered the request that carried it.
     join_token: Mutex<Option<String>>,
     current: ArcSwapOption<Svid>,
+    /// The roots peers' SVIDs must chain to: from each answer and each snapshot.
+    bundle: ArcSwapOption<TrustBundle>,
     /// When to ask next, if asking makes sense (a token or an SVID to prove with).
     next_request: Mutex<Option<Instant>>,
     /// SVIDs received since start.
@@ -61,6 +67,7 @@ impl Identity {
             key,
             join_token: Mutex::new(join_token),
             current: ArcSwapOption::empty(),
+            bundle: ArcSwapOption::empty(),
             next_request: Mutex::new(next),
             issued: Default::default(),
         })
@@ -69,6 +76,23 @@ impl Identity {
     /// The SVID in force, if any.
     pub(crate) fn current(&self) -> Option<Arc<Svid>> {
         self.current.load_full()
+    }
+
+    /// The trust bundle in force, if any.
+    pub(crate) fn bundle(&self) -> Option<Arc<TrustBundle>> {
+        self.bundle.load_full()
+    }
+
+    /// Takes the mesh's trust bundle, if it changed; an unreadable one
+    /// leaves the one in force.
+    pub(crate) fn set_bundle(&self, pem: &str) {
+        if pem.is_empty() || self.bundle().is_some_and(|b| b.pem == pem) {
+            return;
+        }
+        match TrustBundle::parse(pem) {
+            Ok(bundle) => self.bundle.store(Some(Arc::new(bundle))),
+            Err(e) => tracing::error!(error = %e, "trust bundle not taken; keeping the one in force"),
+        }
     }
 
     /// When the next request is due; `None` when there is nothing to prove it with.
@@ -117,6 +141,7 @@ impl Identity {
         let mut next = self.next_request.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Ok(svid) => {
+                self.set_bundle(&svid.trust_bundle_pem);
                 self.current.store(Some(svid.clone()));
                 self.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *next = Some(Instant::now() + Duration::from_millis(answer.renew_after_ms));
@@ -161,6 +186,12 @@ impl Identity {
             })
             .unwrap_or_default();
         let [spiffe_id] = <[String; 1]>::try_from(uris).map_err(|u| bad(format!("{} URI names, not one", u.len())))?;
+        let chain = rustls_pemfile::certs(&mut answer.certificate_chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.serialize_der().into());
+        let certified =
+            rustls::sign::CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider()).map_err(|e| bad(e.to_string()))?;
         let serial = cert.raw_serial().iter().map(|b| format!("{b:02X}")).collect();
         let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
         Ok(Arc::new(Svid {
@@ -170,6 +201,7 @@ impl Identity {
             chain_pem: answer.certificate_chain_pem.clone(),
             trust_bundle_pem: answer.trust_bundle_pem.clone(),
             der,
+            certified: Arc::new(certified),
         }))
     }
 

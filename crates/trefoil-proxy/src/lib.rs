@@ -28,6 +28,7 @@ pub mod fuzzing;
 mod http;
 mod identity;
 mod lifecycle;
+mod mesh_tls;
 mod sys;
 mod tcp;
 mod telemetry;

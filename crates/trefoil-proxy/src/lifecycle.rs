@@ -117,6 +117,8 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             let identity = Arc::new(crate::identity::Identity::new(join_token.clone()).map_err(anyhow::Error::from)?);
             // Set once, before anything reads it.
             let _ = shared.identity.set(identity.clone());
+            let mesh = crate::mesh_tls::MeshConfigs::new(identity.clone()).map_err(anyhow::Error::from)?;
+            let _ = shared.mesh.set(Arc::new(mesh));
             // The admin listener answers at once; /ready says 503 until the
             // first snapshot is in force.
             let mut empty = compile(&[], &shared, 0).map_err(StartError::Config)?;

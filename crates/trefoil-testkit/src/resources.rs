@@ -94,6 +94,7 @@ pub fn listener_spec(address: SocketAddr) -> ListenerSpec {
         path_normalization: PathNormalization::default(),
         timeouts: ListenerTimeouts::default(),
         transparent: false,
+        mesh_tls: None,
     }
 }
 
@@ -121,7 +122,10 @@ pub fn service_speaking(name: &str, protocol: AppProtocol, endpoints: &[(SocketA
         name,
         Spec::Service(ServiceSpec {
             ports: vec![ServicePort { name: "main".to_string(), port: 80, protocol }],
-            endpoints: endpoints.iter().map(|(address, version)| Endpoint { address: *address, version: version.to_string() }).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|(address, version)| Endpoint { address: *address, version: version.to_string(), mesh_tls: false })
+                .collect(),
             ..ServiceSpec::default()
         }),
     )

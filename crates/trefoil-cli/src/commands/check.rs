@@ -17,7 +17,8 @@ pub(crate) const ABOUT: &str = "Check the mesh and print one line per check with
   control plane    its REST API answers
   proxy NAME       connected to the control plane and running the newest snapshot (acked, no NACK)
   proxy NAME ready its admin /ready answers 200
-  workload NAME    as many ready replicas (Endpoints of its service) as spec.replicas asks";
+  workload NAME    as many ready replicas (Endpoints of its service) as spec.replicas asks
+  tls SERVICE      warn: a TrafficPolicy says `tls: disable`, so hops to it between proxies are plaintext";
 
 #[derive(clap::Args)]
 #[command(after_help = "Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments.")]
@@ -34,12 +35,19 @@ pub(crate) struct Args {
 struct Check {
     name: String,
     ok: bool,
+    /// Passes, but something deserves a look (a plaintext hop).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    warning: bool,
     detail: String,
 }
 
 impl Check {
     fn new(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Self {
-        Check { name: name.into(), ok, detail: detail.into() }
+        Check { name: name.into(), ok, warning: false, detail: detail.into() }
+    }
+
+    fn warn(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Check { warning: true, ..Check::new(name, true, detail) }
     }
 }
 
@@ -56,7 +64,12 @@ pub(crate) fn run(args: Args) -> ExitCode {
     match args.output {
         Format::Table => {
             for c in &outcome.checks {
-                println!("{:<4} {:<32} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+                let verdict = match (c.ok, c.warning) {
+                    (false, _) => "FAIL",
+                    (true, true) => "warn",
+                    (true, false) => "ok",
+                };
+                println!("{:<4} {:<32} {}", verdict, c.name, c.detail);
             }
         }
         format => print_structured(format, &outcome),
@@ -150,15 +163,31 @@ async fn workload_checks(control: &Client) -> Vec<Check> {
             Err(e) => return vec![Check::new("workloads", false, format!("cannot list workloads and endpoints: {e}"))],
         }
     }
+    let mut out = plaintext_hops(&resources);
     let readiness = Mesh::new(&resources).workload_readiness();
     if readiness.is_empty() {
-        return vec![Check::new("workloads", true, "no workloads")];
+        out.push(Check::new("workloads", true, "no workloads"));
+        return out;
     }
-    readiness
+    out.extend(readiness.iter().map(|w| {
+        let detail = format!("{}/{} replicas ready (service {})", w.ready, w.replicas, w.service);
+        Check::new(format!("workload {}", w.name), w.is_ready(), detail)
+    }));
+    out
+}
+
+/// A warning per service whose TrafficPolicy turns the mesh's mutual TLS
+/// off: requests to it cross the network between proxies in plaintext.
+fn plaintext_hops(resources: &[trefoil_model::Resource]) -> Vec<Check> {
+    use trefoil_model::spec::TlsMode;
+    resources
         .iter()
-        .map(|w| {
-            let detail = format!("{}/{} replicas ready (service {})", w.ready, w.replicas, w.service);
-            Check::new(format!("workload {}", w.name), w.is_ready(), detail)
+        .filter_map(|r| match &r.spec {
+            trefoil_model::Spec::TrafficPolicy(p) if p.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Disable) => Some(Check::warn(
+                format!("tls {}", p.service),
+                format!("TrafficPolicy {} says `tls: disable`: hops to service {} are plaintext", r.name(), p.service),
+            )),
+            _ => None,
         })
         .collect()
 }

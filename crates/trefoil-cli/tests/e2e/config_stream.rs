@@ -41,7 +41,7 @@ fn wait_served_by(addr: SocketAddr, who: &str) {
 
 /// A Service with one endpoint of version v1 and no ports.
 fn service_doc(name: &str, endpoint: SocketAddr) -> Resource {
-    let endpoints = vec![Endpoint { address: endpoint, version: "v1".into() }];
+    let endpoints = vec![Endpoint { address: endpoint, version: "v1".into(), mesh_tls: false }];
     resource(name, Spec::Service(ServiceSpec { endpoints, ..ServiceSpec::default() }))
 }
 

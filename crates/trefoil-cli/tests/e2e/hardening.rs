@@ -257,7 +257,7 @@ fn a_reader_that_stops_early_gets_no_panic() {
     let dir = scratch_dir();
     let file = dir.join("many.yaml");
     // Each lists its one endpoint twice.
-    let twice = || vec![Endpoint { address: "127.0.0.1:9".parse().unwrap(), version: String::new() }; 2];
+    let twice = || vec![Endpoint { address: "127.0.0.1:9".parse().unwrap(), version: String::new(), mesh_tls: false }; 2];
     let services: Vec<Resource> = (0..2000)
         .map(|i| resource(&format!("s{i}"), Spec::Service(ServiceSpec { endpoints: twice(), ..ServiceSpec::default() })))
         .collect();

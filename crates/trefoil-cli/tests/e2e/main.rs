@@ -21,6 +21,7 @@ mod edgesecurity_e2e;
 mod hardening;
 mod identity_e2e;
 mod mesh_e2e;
+mod mtls_e2e;
 mod nf_e2e;
 mod portal;
 mod proxy_lifecycle;

@@ -143,7 +143,7 @@ fn the_trace_shows_the_chain_step_between_gateway_and_upstream() {
     web_rule.chain = Some("scan".into());
     let acl = ServiceSpec {
         ports: vec![ServicePort { name: "http".into(), port: 80, protocol: AppProtocol::Http }],
-        endpoints: vec![Endpoint { address: acl_function.addr, version: "v1".into() }],
+        endpoints: vec![Endpoint { address: acl_function.addr, version: "v1".into(), mesh_tls: false }],
         ..ServiceSpec::default()
     };
     mesh.extend([

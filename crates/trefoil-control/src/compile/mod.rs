@@ -42,6 +42,18 @@ pub struct MeshView {
     /// CNFs route rules name with their NetworkFunctions, encoded once: every proxy's snapshot ends with them, and encoding them per
     /// proxy was most of a large mesh's compile.
     shared_json: JsonArray,
+    /// Services whose TrafficPolicy sets a `tls` mode; the rest are `strict`.
+    tls_modes: BTreeMap<String, TlsMode>,
+}
+
+/// How a sidecar's inbound listener serves a service whose policy says `mode`
+/// (none: `strict`): mesh TLS unless the policy turns it off or uses files.
+fn inbound_tls(mode: Option<TlsMode>) -> Option<MeshTls> {
+    match mode.unwrap_or(TlsMode::Strict) {
+        TlsMode::Strict => Some(MeshTls::Strict),
+        TlsMode::Permissive => Some(MeshTls::Permissive),
+        TlsMode::Simple | TlsMode::Mutual | TlsMode::Disable => None,
+    }
 }
 
 impl MeshView {
@@ -51,6 +63,7 @@ impl MeshView {
         let mut discovered: BTreeMap<&str, &EndpointsSpec> = BTreeMap::new();
         let mut workload_ports: BTreeMap<&str, u16> = BTreeMap::new();
         let mut cnfs: BTreeMap<&str, &Resource> = BTreeMap::new();
+        let mut tls_modes: BTreeMap<String, TlsMode> = BTreeMap::new();
         let mut functions: BTreeMap<&str, &Resource> = BTreeMap::new();
         for r in resources {
             match &r.spec {
@@ -62,7 +75,12 @@ impl MeshView {
                     services.insert(r.name().to_string(), s.clone());
                 }
                 Spec::Route(_) => routes.push(clean(r)),
-                Spec::TrafficPolicy(_) => passthrough.push(clean(r)),
+                Spec::TrafficPolicy(p) => {
+                    if let Some(tls) = &p.tls {
+                        tls_modes.insert(p.service.clone(), tls.mode);
+                    }
+                    passthrough.push(clean(r));
+                }
                 Spec::Workload(w) => {
                     workload_ports.entry(&w.service).or_insert(w.port.unwrap_or(80));
                     passthrough.push(clean(r));
@@ -89,15 +107,26 @@ impl MeshView {
                 ..ServiceSpec::default()
             });
         }
+        // Every sidecar's inbound listener that serves mesh TLS: endpoints
+        // there are reached with it, by sidecars and gateways alike.
+        let mesh_inbound: BTreeSet<SocketAddr> = proxies
+            .values()
+            .filter_map(|p| p.sidecar.as_ref())
+            .filter(|s| inbound_tls(tls_modes.get(&s.service).copied()).is_some())
+            .map(|s| s.inbound)
+            .collect();
         for (service, spec) in services.iter_mut() {
             if let Some(found) = discovered.get(service.as_str()) {
                 let mut ready: Vec<&DiscoveredEndpoint> = found.endpoints.iter().filter(|e| e.ready).collect();
                 ready.sort_by(|a, b| (&a.workload, a.replica, &a.address).cmp(&(&b.workload, b.replica, &b.address)));
                 for e in ready {
                     if !spec.endpoints.iter().any(|s| s.address == e.address) {
-                        spec.endpoints.push(Endpoint { address: e.address, version: e.version.clone() });
+                        spec.endpoints.push(Endpoint { address: e.address, version: e.version.clone(), mesh_tls: false });
                     }
                 }
+            }
+            for e in &mut spec.endpoints {
+                e.mesh_tls = mesh_inbound.contains(&e.address);
             }
         }
         let shaped: BTreeSet<String> = routes
@@ -142,7 +171,7 @@ impl MeshView {
             _ => false,
         };
         let route_names = routes.iter().filter(|r| !passthrough_only(r)).map(|r| r.name().to_string()).collect();
-        MeshView { proxies, listeners, services, services_json, route_names, shared_json }
+        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes }
     }
 
     /// Points every declared proxy without tracing settings at `endpoint`
@@ -195,10 +224,11 @@ impl MeshView {
     /// replica's own service resolves to its own app only.
     fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, out: &mut JsonArray) {
         let inbound_route = format!("{proxy}-inbound");
-        out.push(&resource(
-            &format!("{proxy}-inbound"),
-            Spec::Listener(listener(sidecar.inbound, "inbound", vec![inbound_route.clone()], None)),
-        ));
+        let inbound = ListenerSpec {
+            mesh_tls: inbound_tls(self.tls_modes.get(&sidecar.service).copied()),
+            ..listener(sidecar.inbound, "inbound", vec![inbound_route.clone()], None)
+        };
+        out.push(&resource(&format!("{proxy}-inbound"), Spec::Listener(inbound)));
         out.push(&resource(
             &format!("{proxy}-outbound"),
             Spec::Listener(listener(sidecar.outbound, "outbound", self.route_names.clone(), None)),
@@ -211,7 +241,7 @@ impl MeshView {
                 ));
             }
         }
-        let own_app = vec![Endpoint { address: sidecar.app, version: sidecar.version.clone() }];
+        let own_app = vec![Endpoint { address: sidecar.app, version: sidecar.version.clone(), mesh_tls: false }];
         for (name, encoded) in &self.services_json {
             if *name == sidecar.service {
                 let mut own = self.services[name].clone();
@@ -319,6 +349,7 @@ fn listener(address: SocketAddr, direction: &str, routes: Vec<String>, service: 
         path_normalization: PathNormalization::default(),
         timeouts: ListenerTimeouts::default(),
         transparent: false,
+        mesh_tls: None,
     }
 }
 

@@ -105,7 +105,7 @@ fn a_gateway_gets_its_listeners_every_route_and_ready_endpoints_only() {
     assert!(find(&snapshot, "Listener", "public").is_some());
     assert!(find(&snapshot, "Listener", "elsewhere").is_none(), "another proxy's listener");
     let web = service(&snapshot, "web");
-    assert_eq!(web.endpoints, vec![Endpoint { address: "127.0.0.1:9001".parse().unwrap(), version: "v1".into() }]);
+    assert_eq!(web.endpoints, vec![Endpoint { address: "127.0.0.1:9001".parse().unwrap(), version: "v1".into(), mesh_tls: false }]);
     assert!(find(&snapshot, "Route", "default-api").is_some(), "a service without a route gets a default one");
     assert!(find(&snapshot, "Route", "default-web").is_none(), "web has a route of its own");
     let route = find(&snapshot, "Route", "web").unwrap();
@@ -118,12 +118,53 @@ fn a_sidecar_gets_generated_listeners_and_its_own_app_as_its_service() {
     assert_valid(&snapshot);
     let listeners: Vec<String> = resources(&snapshot).iter().filter(|r| r.kind() == "Listener").map(|r| r.name().to_string()).collect();
     assert_eq!(listeners, ["api-0-inbound", "api-0-outbound", "api-0-to-web"]);
-    assert_eq!(service(&snapshot, "api").endpoints, vec![Endpoint { address: "127.0.0.1:9103".parse().unwrap(), version: "v1".into() }]);
+    assert_eq!(
+        service(&snapshot, "api").endpoints,
+        vec![Endpoint { address: "127.0.0.1:9103".parse().unwrap(), version: "v1".into(), mesh_tls: false }]
+    );
     assert_eq!(service(&snapshot, "web").endpoints.len(), 1);
     let Spec::Listener(to_web) = find(&snapshot, "Listener", "api-0-to-web").unwrap().spec else { unreachable!() };
     assert_eq!(to_web.service.as_deref(), Some("web"));
     let Spec::Listener(outbound) = find(&snapshot, "Listener", "api-0-outbound").unwrap().spec else { unreachable!() };
     assert!(!outbound.routes.contains(&"api-0-inbound".to_string()), "the outbound side must not route to the local app by catch-all");
+}
+
+/// Mesh TLS by default: a sidecar's inbound listener serves it, and every
+/// endpoint that is a sidecar's inbound listener is reached with it, from
+/// gateways and sidecars alike; a TrafficPolicy turns it to permissive or off.
+#[test]
+fn sidecar_inbound_listeners_and_endpoints_on_them_are_mesh_tls() {
+    let with_web_sidecar = format!(
+        "{MESH}---\napiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: web-v1-0}}\nspec:\n  admin: \"127.0.0.1:15002\"\n  sidecar: {{workload: web-v1, service: web, version: v1, inbound: \"127.0.0.1:9001\", outbound: \"127.0.0.1:9005\", app: \"127.0.0.1:9006\"}}\n"
+    );
+    let load = |text: &str| -> Vec<Resource> {
+        trefoil_model::load_str(&Arc::from("mesh.yaml"), text).expect("mesh parses").into_iter().map(|s| s.resource).collect()
+    };
+    let inbound = |snapshot: &ProxySnapshot, name: &str| match find(snapshot, "Listener", name).unwrap().spec {
+        Spec::Listener(l) => l.mesh_tls,
+        _ => unreachable!(),
+    };
+    let mesh = load(&with_web_sidecar);
+    for proxy in ["gateway", "api-0"] {
+        let snapshot = snapshot_for(proxy, &mesh, 1);
+        assert_valid(&snapshot);
+        assert!(service(&snapshot, "web").endpoints.iter().all(|e| e.mesh_tls), "{proxy} reaches web's sidecar with mesh TLS");
+    }
+    let sidecar = snapshot_for("web-v1-0", &mesh, 1);
+    assert_eq!(inbound(&sidecar, "web-v1-0-inbound"), Some(MeshTls::Strict));
+    assert!(service(&sidecar, "web").endpoints.iter().all(|e| !e.mesh_tls), "its own app is reached in plaintext");
+    assert_eq!(inbound(&snapshot_for("api-0", &mesh, 1), "api-0-inbound"), Some(MeshTls::Strict));
+
+    let policy = |mode: &str| {
+        format!("{with_web_sidecar}---\napiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: web}}\nspec: {{service: web, tls: {{mode: {mode}}}}}\n")
+    };
+    let permissive = load(&policy("permissive"));
+    assert_eq!(inbound(&snapshot_for("web-v1-0", &permissive, 1), "web-v1-0-inbound"), Some(MeshTls::Permissive));
+    assert!(service(&snapshot_for("gateway", &permissive, 1), "web").endpoints.iter().all(|e| e.mesh_tls), "clients still send mTLS");
+    let disabled = load(&policy("disable"));
+    assert_eq!(inbound(&snapshot_for("web-v1-0", &disabled, 1), "web-v1-0-inbound"), None);
+    assert!(service(&snapshot_for("gateway", &disabled, 1), "web").endpoints.iter().all(|e| !e.mesh_tls), "a plaintext hop");
+    assert_eq!(inbound(&snapshot_for("api-0", &disabled, 1), "api-0-inbound"), Some(MeshTls::Strict), "other services keep it");
 }
 
 /// A transparent gateway's passthrough route shares the mesh with sidecars,

@@ -49,6 +49,21 @@ pub struct ListenerSpec {
     /// Service sends each request on to it. No `tcpBackend`, no `tls`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub transparent: bool,
+    /// Mutual TLS with the proxy's SVID, peers verified against the mesh's
+    /// trust bundle: set by the control plane on a sidecar's inbound
+    /// listener, needs a proxy fed by a control plane. No `tls` beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_tls: Option<MeshTls>,
+}
+
+/// Whether a mesh-TLS listener also takes plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MeshTls {
+    /// Mutual TLS only: a client without an SVID of the mesh is refused at the handshake.
+    Strict,
+    /// Mutual TLS or plaintext, told apart by the first byte (0x16 opens a TLS handshake).
+    Permissive,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -59,4 +59,12 @@ pub struct Endpoint {
     /// The version this instance runs; backends select endpoints by it.
     #[serde(default)]
     pub version: String,
+    /// Another proxy's mesh-TLS listener: reached with mutual TLS and this
+    /// proxy's SVID. Set by the control plane.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mesh_tls: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

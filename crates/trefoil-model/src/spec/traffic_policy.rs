@@ -159,9 +159,23 @@ pub struct UpstreamTls {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum TlsMode {
-    /// TLS verifying the server only.
+    /// Mesh mutual TLS with the proxies' SVIDs, and nothing else: the
+    /// default between proxies of a mesh (no `ca`, `certificate`, `key`).
+    Strict,
+    /// Mesh mutual TLS from the proxies; the service's sidecars also accept
+    /// plaintext (to migrate clients outside the mesh).
+    Permissive,
+    /// TLS from files, verifying the server only.
     Simple,
-    /// TLS with a client certificate.
+    /// TLS from files, with a client certificate.
     Mutual,
+    /// Plaintext, also between proxies of a mesh (`trefoil check` warns).
     Disable,
+}
+
+impl TlsMode {
+    /// Whether the mode is the mesh's own mutual TLS (SVIDs, no files).
+    pub fn is_mesh(self) -> bool {
+        matches!(self, TlsMode::Strict | TlsMode::Permissive)
+    }
 }

@@ -160,6 +160,7 @@ async fn stream(
             }
             continue;
         }
+        identity.set_bundle(&snapshot.trust_bundle_pem);
         let (done, outcome) = oneshot::channel();
         let apply = Apply { version: snapshot.version, sources: sources(&snapshot), done };
         if applies.send(apply).await.is_err() {

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub datapath: crate::config::datapath_link::DatapathLink,
     /// The proxy's SVID and key, in control mode.
     pub identity: std::sync::OnceLock<Arc<crate::identity::Identity>>,
+    /// Mesh TLS settings over that identity, in control mode.
+    pub mesh: std::sync::OnceLock<Arc<crate::mesh_tls::MeshConfigs>>,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             spare: crate::sys::descriptors::Spare::new(),
             datapath: crate::config::datapath_link::DatapathLink::default(),
             identity: std::sync::OnceLock::new(),
+            mesh: std::sync::OnceLock::new(),
         }
     }
 }
@@ -109,6 +112,9 @@ pub(crate) struct Snapshot {
     pub loaded_at: SystemTime,
     pub resources: Vec<Resource>,
     pub settings: ProxySpec,
+    /// Whether a listener or an endpoint uses mesh TLS, so the proxy is
+    /// ready only once it holds an SVID.
+    pub needs_svid: bool,
     pub listeners: Vec<Arc<ListenerConfig>>,
     pub services: BTreeMap<String, Arc<ServiceConfig>>,
     /// CNF name -> its chain, for events functions publish outside a request.
@@ -129,7 +135,26 @@ pub(crate) struct ListenerConfig {
     pub client_auth: bool,
     /// Bound with `IP_TRANSPARENT`; each connection goes to its original destination.
     pub transparent: bool,
+    /// Mesh TLS that also takes plaintext (`tls: permissive`).
+    pub permissive: bool,
+    /// Serves mesh TLS.
+    pub mesh: bool,
 }
+
+impl ServiceConfig {
+    /// The scheme towards `endpoint`: mesh TLS where it is another proxy's
+    /// mesh listener, else the service's.
+    pub(crate) fn scheme_for(&self, endpoint: SocketAddr) -> &'static str {
+        if self.mesh_endpoints.contains(&endpoint) {
+            "https"
+        } else {
+            self.scheme
+        }
+    }
+}
+
+/// Why mesh TLS cannot be had from a config file.
+const MESH_NEEDS_CONTROL: &str = "mesh TLS needs the proxy's SVID, which only a proxy fed by a control plane (`--control`) holds";
 
 /// How a proxy talks to one service.
 pub(crate) struct ServiceConfig {
@@ -141,6 +166,8 @@ pub(crate) struct ServiceConfig {
     pub client: ClientSet,
     pub client_key: ClientKey,
     pub scheme: &'static str,
+    /// Endpoints that are other proxies' mesh-TLS listeners.
+    pub mesh_endpoints: std::collections::HashSet<SocketAddr>,
     /// Plain HTTP/1: attempts use the worker's own connection pool.
     pub worker_pooled: bool,
     pub endpoints: Vec<Arc<EndpointState>>,
@@ -318,8 +345,11 @@ pub(crate) fn compile(sources: &[SourcedResource], shared: &Shared, version: u64
             }
             Spec::Endpoints(e) if !c.services.contains_key(s.resource.name()) => {
                 let spec = &mut declared.entry(s.resource.name()).or_insert_with(|| (s, ServiceSpec::default())).1;
-                spec.endpoints
-                    .extend(e.endpoints.iter().filter(|e| e.ready).map(|e| Endpoint { address: e.address, version: e.version.clone() }));
+                spec.endpoints.extend(e.endpoints.iter().filter(|e| e.ready).map(|e| Endpoint {
+                    address: e.address,
+                    version: e.version.clone(),
+                    mesh_tls: false,
+                }));
             }
             _ => {}
         }
@@ -348,6 +378,7 @@ pub(crate) fn compile(sources: &[SourcedResource], shared: &Shared, version: u64
         loaded_at: SystemTime::now(),
         resources: sources.iter().map(|s| s.resource.clone()).collect(),
         settings,
+        needs_svid: listeners.iter().any(|l| l.mesh) || c.services.values().any(|s| s.client_key.mesh.is_some()),
         listeners,
         services: c.services,
         chains: c.chains,
@@ -361,7 +392,8 @@ impl Compiler<'_> {
         let policy_spec =
             policy.map(|(_, p)| p.clone()).unwrap_or_else(|| TrafficPolicySpec { service: name.to_string(), ..Default::default() });
         let limits = policy_spec.connection_pool.clone().unwrap_or_default();
-        let tls = policy_spec.tls.clone().filter(|t| t.mode != TlsMode::Disable).map(|t| {
+        // Files' TLS for `simple` and `mutual`; the mesh's own is per endpoint.
+        let tls = policy_spec.tls.clone().filter(|t| matches!(t.mode, TlsMode::Simple | TlsMode::Mutual)).map(|t| {
             let sni = t.sni.clone().unwrap_or_else(|| name.to_string());
             (t, sni)
         });
@@ -372,7 +404,26 @@ impl Compiler<'_> {
             idle_timeout: limits.idle_timeout.get(),
             tls,
             tls_files,
+            mesh: None,
         };
+        let mut client_key = client_key;
+        let mesh_endpoints: std::collections::HashSet<SocketAddr> =
+            spec.endpoints.iter().filter(|e| e.mesh_tls).map(|e| e.address).collect();
+        if !mesh_endpoints.is_empty() {
+            match self.shared.mesh.get() {
+                Some(mesh) if client_key.tls.is_none() => client_key.mesh = Some(upstream::MeshClient(mesh.client.clone())),
+                Some(_) => {
+                    self.problems.push(
+                        s.diagnostic("spec.endpoints", "an endpoint with `meshTls` in a service whose TrafficPolicy sets TLS from files"),
+                    );
+                    return;
+                }
+                None => {
+                    self.problems.push(s.diagnostic("spec.endpoints", MESH_NEEDS_CONTROL));
+                    return;
+                }
+            }
+        }
         let client = match self.shared.clients.get(&client_key) {
             Ok(c) => c,
             Err(e) => {
@@ -393,7 +444,8 @@ impl Compiler<'_> {
             name: label(name),
             protocol,
             scheme: upstream::scheme(&client_key),
-            worker_pooled: !protocol.is_http2() && client_key.tls.is_none(),
+            worker_pooled: !protocol.is_http2() && client_key.tls.is_none() && client_key.mesh.is_none(),
+            mesh_endpoints,
             policy: policy_spec,
             limits,
             client,
@@ -563,13 +615,22 @@ impl Compiler<'_> {
             ListenerProtocol::Http2 => &[b"h2"],
             _ => &[b"h2", b"http/1.1"],
         };
-        let tls = spec.tls.as_ref().and_then(|t| match tls::server_config(t, alpn) {
+        let mut tls = spec.tls.as_ref().and_then(|t| match tls::server_config(t, alpn) {
             Ok(c) => Some(c),
             Err(e) => {
                 self.problems.push(s.diagnostic("spec.tls", e.to_string()));
                 None
             }
         });
+        if spec.mesh_tls.is_some() {
+            match self.shared.mesh.get() {
+                Some(mesh) => {
+                    let config = if spec.protocol == ListenerProtocol::Http2 { &mesh.server_h2 } else { &mesh.server };
+                    tls = Some(config.clone());
+                }
+                None => self.problems.push(s.diagnostic("spec.meshTls", MESH_NEEDS_CONTROL)),
+            }
+        }
         let mut router = Router::default();
         for (name, route, route_spec) in routes {
             let served = if spec.routes.is_empty() {
@@ -605,8 +666,10 @@ impl Compiler<'_> {
             tcp_backend: spec.tcp_backend.as_ref().and_then(|b| self.cluster(s, "spec.tcpBackend.service", b)),
             path_normalization: spec.path_normalization,
             timeouts: spec.timeouts,
-            client_auth: spec.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            client_auth: spec.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) || spec.mesh_tls.is_some(),
             transparent: spec.transparent,
+            permissive: spec.mesh_tls == Some(MeshTls::Permissive),
+            mesh: spec.mesh_tls.is_some(),
         }
     }
 }

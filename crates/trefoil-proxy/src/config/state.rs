@@ -34,6 +34,7 @@ impl TelemetrySinks {
                     idle_timeout: std::time::Duration::from_secs(60),
                     tls: https.then_some((UpstreamTls { mode: TlsMode::Simple, ca: None, certificate: None, key: None, sni: None }, host)),
                     tls_files: 0,
+                    mesh: None,
                 };
                 let client = shared.clients.get(&key)?.current().clone();
                 Some(otlp::start(

@@ -219,6 +219,18 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
             _ if config.transparent => tcp::passthrough(&state, &config, stream, client, plain.original_destination).await,
             _ => tcp::forward(&state, &config, stream, client).await,
         },
+        // Permissive mesh TLS: a TLS handshake opens with 0x16, anything
+        // else is served as plaintext (its peer identity stays unknown).
+        ListenerProtocol::Http | ListenerProtocol::Http2 if config.permissive => match detect(&stream, HEADER_READ_TIMEOUT).await {
+            Detected::Tls => serve_tls(state, config, stream, plain, watcher).await,
+            Detected::Http(wire) => {
+                serve_http(state, TokioIo::new(stream), plain, watcher, if http2_only { Wire::Http2 } else { wire }).await
+            }
+            Detected::Other => {
+                serve_http(state, TokioIo::new(stream), plain, watcher, if http2_only { Wire::Http2 } else { Wire::Http1 }).await
+            }
+            Detected::Silent => {}
+        },
         ListenerProtocol::Http | ListenerProtocol::Http2 if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
         ListenerProtocol::Http | ListenerProtocol::Http2 => {
             // h2c comes with prior knowledge: the connection preface says so.

@@ -55,7 +55,7 @@ async fn call_json(function: &Function, call: &Call<'_>) -> Result<Verdict, Call
     uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     // Absolute: the general client connects by it, and the worker pool
     // writes only its path.
-    uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+    uri.scheme = Some(if service.scheme_for(endpoint.addr) == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
     uri.authority = Some(endpoint.authority.clone());
     let mut req = Request::post(http::Uri::from_parts(uri).map_err(http::Error::from)?)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -100,11 +100,8 @@ fn annotate(headers: &mut http::HeaderMap, call: &Call<'_>) {
 async fn call_ext_authz(function: &Function, call: &Call<'_>, scheme: &str, protocol: &str) -> Result<Verdict, CalloutError> {
     let service = &function.cluster.service;
     let endpoint = function.cluster.balancer.pick(None, None).ok_or(CalloutError::NoEndpoint)?;
-    let origin = http::Uri::builder()
-        .scheme(if service.scheme == "https" { "https" } else { "http" })
-        .authority(endpoint.authority.clone())
-        .path_and_query("/")
-        .build()?;
+    let origin =
+        http::Uri::builder().scheme(service.scheme_for(endpoint.addr)).authority(endpoint.authority.clone()).path_and_query("/").build()?;
     let mut grpc = tonic::client::Grpc::with_origin(FunctionChannel { client: service.client.current().clone() }, origin);
     grpc.ready().await.map_err(|e| CalloutError::Send(e.into()))?;
     let mut request = tonic::Request::new(ext_authz::check_request(call, scheme, protocol));

@@ -808,7 +808,7 @@ pub(crate) fn build_upstream_request(
         parts.uri.clone()
     } else {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if service.scheme == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        uri.scheme = Some(if service.scheme_for(endpoint.addr) == "https" { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
         uri.authority = Some(endpoint.authority.clone());
         uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         Uri::from_parts(uri).map_err(http::Error::from)?

@@ -57,10 +57,13 @@ async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Result<Respon
             }
         }
         "/ready" => {
-            if state.ready.load(Ordering::Relaxed) {
+            // Mesh TLS without an SVID would refuse every handshake.
+            let svid = !snapshot.needs_svid || state.shared.identity.get().is_some_and(|i| i.current().is_some());
+            if state.ready.load(Ordering::Relaxed) && svid {
                 reply(StatusCode::OK, "text/plain", format!("ready (config version {})\n", snapshot.version))
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+                let why = if svid { "not ready\n" } else { "not ready: waiting for an SVID for mesh TLS\n" };
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why)
             }
         }
         "/config" => {

@@ -74,7 +74,7 @@ async fn probe(service: &ServiceConfig, endpoint: &EndpointState, check: &Health
         None => matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(endpoint.addr)).await, Ok(Ok(_))),
         Some(path) => {
             let version = if service.protocol.is_http2() { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-            let Ok(req) = http::Request::get(format!("{}://{}{}", service.scheme, endpoint.addr, path))
+            let Ok(req) = http::Request::get(format!("{}://{}{}", service.scheme_for(endpoint.addr), endpoint.addr, path))
                 .version(version)
                 .header(http::header::HOST, &*service.name)
                 .header(http::header::USER_AGENT, "trefoil-health-check")

@@ -39,6 +39,25 @@ pub(crate) struct ClientKey {
     pub tls: Option<(UpstreamTls, String)>,
     /// Hash of the TLS files' contents: rotated certificates make a new client.
     pub tls_files: u64,
+    /// Mesh TLS towards endpoints that are other proxies' mesh listeners
+    /// (`https://` URIs); the rest stay `http://`.
+    pub mesh: Option<MeshClient>,
+}
+
+/// The mesh's client TLS settings, one per proxy: equal when the same.
+#[derive(Clone)]
+pub(crate) struct MeshClient(pub Arc<rustls::ClientConfig>);
+
+impl PartialEq for MeshClient {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshClient")
+    }
 }
 
 /// A hash of the contents of the files a TLS setting names (missing files hash as empty).
@@ -118,10 +137,11 @@ fn build(key: &ClientKey) -> Result<HttpClient, TlsError> {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(key.connect_timeout));
-    let tls_config = match &key.tls {
-        Some((tls, _)) if tls.mode != TlsMode::Disable => tls::client_config(tls)?,
+    let tls_config = match (&key.tls, &key.mesh) {
+        (Some((tls, _)), _) if tls.mode != TlsMode::Disable => tls::client_config(tls)?,
+        (_, Some(mesh)) => mesh.0.clone(),
         // Never used for `http://` URIs, but the connector type wants one.
-        _ => Arc::new(
+        (_, None) => Arc::new(
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(rustls::RootCertStore::empty())
@@ -129,9 +149,12 @@ fn build(key: &ClientKey) -> Result<HttpClient, TlsError> {
         ),
     };
     let builder = HttpsConnectorBuilder::new().with_tls_config((*tls_config).clone()).https_or_http();
-    let builder = match &key.tls {
-        Some((_, name)) => builder.with_server_name_resolver(FixedServerNameResolver::new(tls::server_name(name)?)),
-        None => builder,
+    let builder = match (&key.tls, &key.mesh) {
+        (Some((_, name)), _) => builder.with_server_name_resolver(FixedServerNameResolver::new(tls::server_name(name)?)),
+        // SVIDs carry no names: the mesh verifier checks the SPIFFE id, and
+        // this name only fills the handshake's SNI.
+        (None, Some(_)) => builder.with_server_name_resolver(FixedServerNameResolver::new(tls::server_name("mesh.trefoil.invalid")?)),
+        (None, None) => builder,
     };
     let connector = if key.http2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_http1().wrap_connector(http) };
     let mut client = Client::builder(TokioExecutor::new());
