@@ -466,7 +466,9 @@ impl Plan {
     }
 
     /// `Endpoints/<service>` for every service that has workloads, given
-    /// which app processes are ready (by process name).
+    /// which processes are ready (by process name): a replica is ready when
+    /// its app and its sidecar are, since the sidecar refuses mesh TLS
+    /// until it holds an SVID.
     pub fn endpoints(&self, ready: &BTreeMap<String, bool>) -> Vec<Resource> {
         let mut by_service: BTreeMap<&str, Vec<DiscoveredEndpoint>> = BTreeMap::new();
         for r in &self.replicas {
@@ -475,7 +477,7 @@ impl Plan {
                 version: r.version.clone(),
                 workload: r.workload.clone(),
                 replica: r.index,
-                ready: ready.get(&r.app.name).copied().unwrap_or(false),
+                ready: [&r.app.name, &r.sidecar.name].iter().all(|name| ready.get(*name).copied().unwrap_or(false)),
             });
         }
         by_service.into_iter().map(|(service, endpoints)| managed(service, Spec::Endpoints(EndpointsSpec { endpoints }))).collect()
@@ -588,7 +590,8 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
     #[test]
     fn endpoints_follow_readiness() {
         let p = plan(MESH, 0).unwrap();
-        let ready = BTreeMap::from([("web-v1-1".to_string(), true)]);
+        let ready =
+            BTreeMap::from([("web-v1-0".to_string(), true), ("web-v1-1".to_string(), true), ("web-v1-1-sidecar".to_string(), true)]);
         let eps = p.endpoints(&ready);
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].name(), "web");

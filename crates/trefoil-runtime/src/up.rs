@@ -384,7 +384,8 @@ fn keyed(r: &Resource) -> ((String, String), Resource) {
     ((r.kind().to_string(), r.name().to_string()), r.clone())
 }
 
-/// Rewrites `Endpoints/<service>` whenever an app's readiness changes.
+/// Rewrites `Endpoints/<service>` whenever the readiness of an app or its
+/// sidecar changes (a sidecar is ready once it holds its SVID for mesh TLS).
 async fn publish_endpoints(plan: Plan, mut view: watch::Receiver<UpView>, writer: Writer) {
     let mut last = None;
     loop {
@@ -392,7 +393,7 @@ async fn publish_endpoints(plan: Plan, mut view: watch::Receiver<UpView>, writer
             .borrow_and_update()
             .processes
             .iter()
-            .filter(|(_, p)| p.role == Role::App)
+            .filter(|(_, p)| matches!(p.role, Role::App | Role::Sidecar))
             .map(|(name, p)| (name.clone(), p.ready))
             .collect();
         if last.as_ref() != Some(&ready) {

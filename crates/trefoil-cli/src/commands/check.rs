@@ -227,4 +227,16 @@ mod tests {
                 .ok
         );
     }
+
+    #[test]
+    fn a_disabled_tls_policy_is_a_warning_and_other_modes_are_not() {
+        let policy = |name: &str, mode: &str| {
+            let text = format!("apiVersion: trefoil.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}}}\nspec: {{service: {name}, tls: {{mode: {mode}}}}}\n");
+            trefoil_model::load_str(&std::sync::Arc::from("p.yaml"), &text).unwrap().remove(0).resource
+        };
+        let checks = plaintext_hops(&[policy("api", "disable"), policy("web", "permissive"), policy("db", "strict")]);
+        assert_eq!(checks.len(), 1);
+        assert!(checks[0].ok && checks[0].warning, "a warning does not fail the check");
+        assert_eq!(checks[0].name, "tls api");
+    }
 }
