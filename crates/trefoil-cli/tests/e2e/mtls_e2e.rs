@@ -7,7 +7,10 @@
 //! request; `tls: permissive` takes plaintext too, and `tls: disable` turns
 //! the hop to plaintext, which `trefoil check` warns about.
 //!
-//! Needs `openssl` and `curl` on the PATH.
+//! An HTTP/2 service (gRPC's transport) is reached over mesh TLS with ALPN
+//! `h2`.
+//!
+//! Needs `openssl` and `curl` on the PATH and `trefoil-testserver` built.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,8 +19,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use trefoil_model::ResourceVersion;
-use trefoil_testkit::{free_addr, http_get, quickstart_mesh, wait_until, Load, Up};
+use trefoil_model::spec::{AppProtocol, ListenerSpec, ProxySpec, WorkloadSpec};
+use trefoil_model::{ResourceVersion, Spec};
+use trefoil_testkit::resources::{http_health, listener_spec, resource, route_all, service_speaking, workload};
+use trefoil_testkit::{free_addr, http_get, quickstart_mesh, testserver_path, wait_until, Load, Up};
 
 const SIDECARS: [&str; 4] = ["web-v1-0", "web-v2-0", "api-0", "api-1"];
 
@@ -206,5 +211,45 @@ fn sidecars_speak_mutual_tls_with_rotating_svids() {
     let check = up.cli(&["check"]);
     let said = String::from_utf8_lossy(&check.stdout);
     assert!(said.lines().any(|l| l.starts_with("warn") && l.contains("tls api")), "{said}");
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+/// A gateway in front of an HTTP/2 service: the hop to its sidecar is mesh
+/// TLS with ALPN `h2`, the sidecar sees the gateway's SPIFFE id.
+#[test]
+fn an_http2_service_is_reached_over_mesh_tls() {
+    let server = testserver_path();
+    assert!(server.is_file(), "build trefoil-testserver first: cargo build -p trefoil-testkit --bins");
+    let server = server.display().to_string();
+    let gateway = free_addr();
+    let args = ["--listen", "127.0.0.1:${PORT}", "--name", "h2-0"];
+    let resources = vec![
+        resource("edge", Spec::Proxy(ProxySpec::with_defaults())),
+        resource("public", Spec::Listener(ListenerSpec { proxy: Some("edge".into()), ..listener_spec(gateway) })),
+        service_speaking("h2", AppProtocol::Http2, &[]),
+        resource("h2", Spec::Workload(WorkloadSpec { health: http_health("/healthz"), ..workload("h2", &server, &args) })),
+        route_all("h2"),
+    ];
+    let mut up = Up::start(resources);
+    up.wait_ready(&["h2-0"]);
+    wait_until("the gateway serving h2", Duration::from_secs(30), || http_get(gateway, "h2", "/").0 == 200);
+    let edge = address(&up, "edge", "admin");
+    let sidecar = address(&up, "h2-0-sidecar", "admin");
+    assert!(handshakes(sidecar, &["spiffe://trefoil.local/ns/default/sa/edge", "result=\"success\""]) > 0, "the gateway's hop is mTLS");
+    assert!(identity(edge)["spiffeId"] == "spiffe://trefoil.local/ns/default/sa/edge");
+    let access_log = up.state.join("logs/access/h2-0.log");
+    let mut log = String::new();
+    let h2_from_edge = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("\"protocol\":\"HTTP/2") && l.contains("\"peer_identity\":\"spiffe://trefoil.local/ns/default/sa/edge\""))
+    };
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        if h2_from_edge(&log) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(h2_from_edge(&log), "an HTTP/2 request from the gateway's SPIFFE id in h2-0's access log: {log}");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
