@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::snapshot::ListenerConfig;
@@ -21,8 +22,26 @@ const ORIGINAL_DESTINATION: &str = "original-destination";
 /// (it has no service, so no `connectTimeout`): Envoy's default.
 const ORIGINAL_DESTINATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to an endpoint of the listener's TCP backend and splices bytes both ways.
-pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, mut downstream: TcpStream, client: SocketAddr) {
+/// A connection accepted for TCP forwarding: as it came, or after a mesh TLS handshake.
+pub(crate) enum Downstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The connection to the endpoint: plain, or mesh TLS to another proxy.
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Either end of a relay that is not two plain sockets.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// Connects to an endpoint of the listener's TCP backend and splices bytes
+/// both ways; an endpoint that is another proxy's mesh listener is reached
+/// with mesh TLS.
+pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, downstream: Downstream, client: SocketAddr) {
     let Some(cluster) = &listener.tcp_backend else {
         tracing::warn!(listener = %listener.name, %client, "no tcpBackend for non-HTTP traffic; closing");
         return;
@@ -51,11 +70,32 @@ pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, 
             }
         }
     }
-    let Some((mut upstream, endpoint)) = upstream else {
+    let Some((upstream, endpoint)) = upstream else {
         tracing::warn!(listener = %listener.name, service = %service.name, %client, "no TCP endpoint reachable");
         return;
     };
     let _ = upstream.set_nodelay(true);
+    // Mesh TLS towards another proxy: the handshake before any byte moves.
+    let mesh = service.client_key.mesh.as_ref().filter(|_| service.mesh_endpoints.contains(&endpoint.addr));
+    let upstream = match mesh {
+        None => Upstream::Plain(upstream),
+        Some(mesh) => {
+            // SVIDs carry no names: the mesh verifier checks the SPIFFE id.
+            let name = rustls::pki_types::ServerName::from(endpoint.addr.ip());
+            let connector = tokio_rustls::TlsConnector::from(mesh.0.clone());
+            match tokio::time::timeout(connect_timeout, connector.connect(name, upstream)).await {
+                Ok(Ok(tls)) => Upstream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::warn!(listener = %listener.name, service = %service.name, endpoint = %endpoint.addr, error = %e, "mesh TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(listener = %listener.name, service = %service.name, endpoint = %endpoint.addr, "mesh TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let version = endpoint.version.clone();
     let metrics = &state.shared.metrics;
     metrics
@@ -63,7 +103,21 @@ pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, 
         .get_or_create(&TcpLabels { direction: listener.direction.clone(), service: service.name.clone(), version: version.clone() })
         .inc();
     endpoint.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let result = relay(&mut downstream, &mut upstream).await;
+    let result = match (downstream, upstream) {
+        // Two plain sockets: spliced in the kernel.
+        (Downstream::Plain(mut downstream), Upstream::Plain(mut upstream)) => relay(&mut downstream, &mut upstream).await,
+        (downstream, upstream) => {
+            let mut down: Box<dyn Duplex> = match downstream {
+                Downstream::Plain(s) => Box::new(s),
+                Downstream::Tls(s) => s,
+            };
+            let mut up: Box<dyn Duplex> = match upstream {
+                Upstream::Plain(s) => Box::new(s),
+                Upstream::Tls(s) => s,
+            };
+            tokio::io::copy_bidirectional(&mut *down, &mut *up).await
+        }
+    };
     drop(held);
     endpoint.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     count_bytes(state, listener, &service.name, &version, result.unwrap_or((0, 0)));

@@ -8,7 +8,7 @@
 //! the hop to plaintext, which `trefoil check` warns about.
 //!
 //! An HTTP/2 service (gRPC's transport) is reached over mesh TLS with ALPN
-//! `h2`.
+//! `h2`, and an opaque TCP service over mesh TLS too.
 //!
 //! Needs `openssl` and `curl` on the PATH and `trefoil-testserver` built.
 
@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use trefoil_model::spec::{AppProtocol, ListenerSpec, ProxySpec, WorkloadSpec};
+use trefoil_model::spec::{AppProtocol, BackendRef, ListenerProtocol, ListenerSpec, ProxySpec, WorkloadSpec};
 use trefoil_model::{ResourceVersion, Spec};
 use trefoil_testkit::resources::{http_health, listener_spec, resource, route_all, service_speaking, workload};
 use trefoil_testkit::{free_addr, http_get, quickstart_mesh, testserver_path, wait_until, Load, Up};
@@ -251,5 +251,35 @@ fn an_http2_service_is_reached_over_mesh_tls() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(h2_from_edge(&log), "an HTTP/2 request from the gateway's SPIFFE id in h2-0's access log: {log}");
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+/// A gateway's TCP listener in front of an opaque TCP service: the bytes
+/// to its sidecar go over mesh TLS, and its inbound port takes no plaintext.
+#[test]
+fn a_tcp_service_is_reached_over_mesh_tls() {
+    let server = testserver_path().display().to_string();
+    let gateway = free_addr();
+    let args = ["--listen", "127.0.0.1:${PORT}", "--name", "raw-0"];
+    let tcp = ListenerSpec {
+        proxy: Some("edge".into()),
+        protocol: ListenerProtocol::Tcp,
+        tcp_backend: Some(BackendRef { service: "raw".into(), version: None }),
+        ..listener_spec(gateway)
+    };
+    let resources = vec![
+        resource("edge", Spec::Proxy(ProxySpec::with_defaults())),
+        resource("public", Spec::Listener(tcp)),
+        service_speaking("raw", AppProtocol::Tcp, &[]),
+        resource("raw", Spec::Workload(WorkloadSpec { health: http_health("/healthz"), ..workload("raw", &server, &args) })),
+    ];
+    let mut up = Up::start(resources);
+    up.wait_ready(&["raw-0"]);
+    // The app speaks HTTP, which the proxies carry as opaque bytes.
+    wait_until("the gateway passing bytes to raw", Duration::from_secs(30), || plaintext(gateway).starts_with("HTTP/1.1 200"));
+    let sidecar = address(&up, "raw-0-sidecar", "admin");
+    assert!(handshakes(sidecar, &["spiffe://trefoil.local/ns/default/sa/edge", "result=\"success\""]) > 0, "the gateway's hop is mTLS");
+    let said = plaintext(address(&up, "raw-0-sidecar", "inbound"));
+    assert!(!said.contains("HTTP/1.1"), "plaintext got through: {said:?}");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }

@@ -220,14 +220,24 @@ impl MeshView {
         }
     }
 
+    /// Whether `service` is opaque TCP (its first port says `tcp`).
+    fn speaks_tcp(&self, service: &str) -> bool {
+        self.services.get(service).and_then(|s| s.ports.first()).is_some_and(|p| p.protocol == AppProtocol::Tcp)
+    }
+
     /// Generated listeners in front of the app and towards other services; the
     /// replica's own service resolves to its own app only.
     fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, out: &mut JsonArray) {
         let inbound_route = format!("{proxy}-inbound");
-        let inbound = ListenerSpec {
+        let mut inbound = ListenerSpec {
             mesh_tls: inbound_tls(self.tls_modes.get(&sidecar.service).copied()),
             ..listener(sidecar.inbound, "inbound", vec![inbound_route.clone()], None)
         };
+        if self.speaks_tcp(&sidecar.service) {
+            // Opaque bytes to the own app, behind mesh TLS all the same.
+            inbound.protocol = ListenerProtocol::Tcp;
+            inbound.tcp_backend = Some(BackendRef { service: sidecar.service.clone(), version: Some(sidecar.version.clone()) });
+        }
         out.push(&resource(&format!("{proxy}-inbound"), Spec::Listener(inbound)));
         out.push(&resource(
             &format!("{proxy}-outbound"),
@@ -235,10 +245,12 @@ impl MeshView {
         ));
         for (service, address) in &sidecar.upstreams {
             if self.services.contains_key(service) {
-                out.push(&resource(
-                    &format!("{proxy}-to-{service}"),
-                    Spec::Listener(listener(*address, "outbound", Vec::new(), Some(service.clone()))),
-                ));
+                let mut to = listener(*address, "outbound", Vec::new(), Some(service.clone()));
+                if self.speaks_tcp(service) {
+                    to.protocol = ListenerProtocol::Tcp;
+                    to.tcp_backend = Some(BackendRef { service: service.clone(), version: None });
+                }
+                out.push(&resource(&format!("{proxy}-to-{service}"), Spec::Listener(to)));
             }
         }
         let own_app = vec![Endpoint { address: sidecar.app, version: sidecar.version.clone(), mesh_tls: false }];

@@ -167,6 +167,31 @@ fn sidecar_inbound_listeners_and_endpoints_on_them_are_mesh_tls() {
     assert_eq!(inbound(&snapshot_for("api-0", &disabled, 1), "api-0-inbound"), Some(MeshTls::Strict), "other services keep it");
 }
 
+/// An opaque TCP service's sidecar forwards bytes to its app behind mesh
+/// TLS, and other sidecars reach it through a TCP listener.
+#[test]
+fn a_tcp_service_gets_tcp_listeners_behind_mesh_tls() {
+    let text = format!(
+        "{MESH}---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{name: db, port: 5432, protocol: tcp}}]}}\n---\napiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {{name: web-v1-0}}\nspec:\n  admin: \"127.0.0.1:15002\"\n  sidecar: {{workload: web-v1, service: web, version: v1, inbound: \"127.0.0.1:9001\", outbound: \"127.0.0.1:9005\", app: \"127.0.0.1:9006\"}}\n"
+    );
+    let mesh: Vec<Resource> =
+        trefoil_model::load_str(&Arc::from("mesh.yaml"), &text).expect("mesh parses").into_iter().map(|s| s.resource).collect();
+    let listener = |snapshot: &ProxySnapshot, name: &str| match find(snapshot, "Listener", name).unwrap().spec {
+        Spec::Listener(l) => l,
+        _ => unreachable!(),
+    };
+    let sidecar = snapshot_for("web-v1-0", &mesh, 1);
+    assert_valid(&sidecar);
+    let inbound = listener(&sidecar, "web-v1-0-inbound");
+    assert_eq!((inbound.protocol, inbound.mesh_tls), (ListenerProtocol::Tcp, Some(MeshTls::Strict)));
+    assert_eq!(inbound.tcp_backend, Some(BackendRef { service: "web".into(), version: Some("v1".into()) }));
+    let api = snapshot_for("api-0", &mesh, 1);
+    assert_valid(&api);
+    let to_web = listener(&api, "api-0-to-web");
+    assert_eq!((to_web.protocol, to_web.tcp_backend.map(|b| b.service)), (ListenerProtocol::Tcp, Some("web".to_string())));
+    assert!(service(&api, "web").endpoints.iter().all(|e| e.mesh_tls));
+}
+
 /// A transparent gateway's passthrough route shares the mesh with sidecars,
 /// whose listeners are not transparent: it must not reach them, or they
 /// would refuse the whole snapshot (seen in the transparent walkthrough).

@@ -212,12 +212,23 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
     let http2_only = config.protocol == ListenerProtocol::Http2;
     match config.protocol {
         ListenerProtocol::Tcp if config.transparent => tcp::passthrough(&state, &config, stream, client, plain.original_destination).await,
-        ListenerProtocol::Tcp => tcp::forward(&state, &config, stream, client).await,
+        ListenerProtocol::Tcp if config.mesh => {
+            // Permissive: a client that does not open with a TLS handshake is forwarded as it is.
+            if config.permissive && !matches!(detect(&stream, DETECT_TIMEOUT).await, Detected::Tls) {
+                return tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client).await;
+            }
+            if let Some(tls) = handshake(&state, &config, stream, &plain).await {
+                let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(peer_identity);
+                count_handshake(&state, &config, peer.as_deref(), "success");
+                tcp::forward(&state, &config, tcp::Downstream::Tls(Box::new(tls)), client).await
+            }
+        }
+        ListenerProtocol::Tcp => tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client).await,
         ListenerProtocol::Auto => match detect(&stream, DETECT_TIMEOUT).await {
             Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
             Detected::Http(wire) => serve_http(state, TokioIo::new(stream), plain, watcher, wire).await,
             _ if config.transparent => tcp::passthrough(&state, &config, stream, client, plain.original_destination).await,
-            _ => tcp::forward(&state, &config, stream, client).await,
+            _ => tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client).await,
         },
         // Permissive mesh TLS: a TLS handshake opens with 0x16, anything
         // else is served as plaintext (its peer identity stays unknown).
@@ -245,20 +256,30 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
     }
 }
 
-async fn serve_tls(state: Arc<ProxyState>, config: Arc<ListenerConfig>, stream: TcpStream, mut conn: Connection, watcher: Drain) {
-    let Some(tls) = config.tls.clone() else { return };
-    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await {
-        Ok(Ok(s)) => s,
+/// The server side of the listener's TLS handshake; failures are counted here.
+async fn handshake(
+    state: &ProxyState,
+    config: &ListenerConfig,
+    stream: TcpStream,
+    conn: &Connection,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let tls = config.tls.clone()?;
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!(listener = %config.name, client = %conn.client, error = %e, "TLS handshake failed");
-            count_handshake(&state, &config, None, "failure");
-            return;
+            count_handshake(state, config, None, "failure");
+            None
         }
         Err(_) => {
-            count_handshake(&state, &config, None, "timeout");
-            return;
+            count_handshake(state, config, None, "timeout");
+            None
         }
-    };
+    }
+}
+
+async fn serve_tls(state: Arc<ProxyState>, config: Arc<ListenerConfig>, stream: TcpStream, mut conn: Connection, watcher: Drain) {
+    let Some(stream) = handshake(&state, &config, stream, &conn).await else { return };
     conn.tls = true;
     let session = stream.get_ref().1;
     conn.peer_identity = session.peer_certificates().and_then(|c| c.first()).and_then(peer_identity).map(Arc::from);
