@@ -173,6 +173,17 @@ fn sidecars_speak_mutual_tls_with_rotating_svids() {
     }
     assert!(logged(&log), "web's SPIFFE id in api's access log: {log}");
     eprintln!("api-0 access log line: {}", log.lines().last().unwrap_or_default());
+    // A client cannot name itself: a forged header changes no peer identity.
+    let forged = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "x-trefoil-peer-identity: spiffe://trefoil.local/ns/default/sa/forged"])
+        .arg(format!("http://{gateway}/"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&forged.stdout), "200");
+    for replica in ["web-v1-0", "web-v2-0", "api-0", "api-1"] {
+        let log = std::fs::read_to_string(up.state.join(format!("logs/access/{replica}.log"))).unwrap_or_default();
+        assert!(!log.contains("sa/forged"), "{replica} took a client's word: {log}");
+    }
 
     // Rotation under load: every proxy renews at least twice, no request fails.
     let admins: Vec<SocketAddr> =
