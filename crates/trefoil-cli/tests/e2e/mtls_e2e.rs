@@ -8,7 +8,8 @@
 //! the hop to plaintext, which `trefoil check` warns about.
 //!
 //! An HTTP/2 service (gRPC's transport) is reached over mesh TLS with ALPN
-//! `h2`, and an opaque TCP service over mesh TLS too.
+//! `h2`, gRPC calls of all four kinds cross it, and an opaque TCP service
+//! is reached over mesh TLS too.
 //!
 //! Needs `openssl` and `curl` on the PATH and `trefoil-testserver` built;
 //! as root with tcpdump, a capture on loopback shows the bytes between two
@@ -21,10 +22,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use trefoil_model::spec::{AppProtocol, BackendRef, ListenerProtocol, ListenerSpec, ProxySpec, WorkloadSpec};
+use trefoil_model::spec::{AppProtocol, BackendRef, ListenerProtocol, ListenerSpec, ProxySpec, WorkloadHealth, WorkloadSpec};
 use trefoil_model::{ResourceVersion, Spec};
 use trefoil_testkit::resources::{http_health, listener_spec, resource, route_all, service_speaking, workload};
-use trefoil_testkit::{free_addr, http_get, quickstart_mesh, testserver_path, wait_until, Load, Up};
+use trefoil_testkit::{free_addr, http_get, quickstart_mesh, repo_root, testserver_path, wait_until, Load, Up};
 
 const SIDECARS: [&str; 4] = ["web-v1-0", "web-v2-0", "api-0", "api-1"];
 
@@ -345,5 +346,35 @@ fn a_tcp_service_is_reached_over_mesh_tls() {
     assert!(handshakes(sidecar, &["spiffe://trefoil.local/ns/default/sa/edge", "result=\"success\""]) > 0, "the gateway's hop is mTLS");
     let said = plaintext(address(&up, "raw-0-sidecar", "inbound"));
     assert!(!said.contains("HTTP/1.1"), "plaintext got through: {said:?}");
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
+}
+
+/// gRPC through a gateway to a sidecar: all four kinds of call over mesh
+/// TLS (HTTP/2 with trailers), the sidecar seeing the gateway's SPIFFE id.
+#[test]
+fn grpc_calls_cross_mesh_tls() {
+    let gateway = free_addr();
+    let server = repo_root().join("tests/grpc/grpc_server.py").display().to_string();
+    let args = [server.as_str(), "--listen", "127.0.0.1:${PORT}", "--name", "echo-0"];
+    let tcp_health = Some(WorkloadHealth { http: None, tcp: true });
+    let resources = vec![
+        resource("edge", Spec::Proxy(ProxySpec::with_defaults())),
+        resource("public", Spec::Listener(ListenerSpec { proxy: Some("edge".into()), ..listener_spec(gateway) })),
+        service_speaking("echo", AppProtocol::Grpc, &[]),
+        resource("echo", Spec::Workload(WorkloadSpec { health: tcp_health, ..workload("echo", "python3", &args) })),
+        route_all("echo"),
+    ];
+    let mut up = Up::start(resources);
+    up.wait_ready(&["echo-0"]);
+    let client = || {
+        Command::new("python3")
+            .arg(repo_root().join("tests/grpc/grpc_client.py"))
+            .args(["--target", &gateway.to_string(), "--authority", "echo", "--check"])
+            .output()
+            .expect("python3 runs")
+    };
+    wait_until("all four kinds of gRPC call through the gateway", Duration::from_secs(30), || client().status.success());
+    let sidecar = address(&up, "echo-0-sidecar", "admin");
+    assert!(handshakes(sidecar, &["spiffe://trefoil.local/ns/default/sa/edge", "result=\"success\""]) > 0, "the gateway's hop is mTLS");
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
