@@ -1,4 +1,4 @@
-//! What `trefoil top` and the rollout controller share: fetching over HTTP
+//! What `trefoil top`, the portal's live dashboard and the rollout controller share: fetching over HTTP
 //! with a deadline, reading the Prometheus text the proxies expose, and turning two scrapes
 //! into request counts, success rates and latency quantiles as PromQL would,
 //! and comparing two versions' latencies.
@@ -6,6 +6,7 @@
 pub mod compare;
 pub mod fetch;
 pub mod promtext;
+pub mod top;
 pub mod traffic;
 
 pub use compare::slower_p_value;
