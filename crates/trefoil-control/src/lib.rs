@@ -11,7 +11,9 @@ pub mod datapath_api;
 pub mod datapath_expiry;
 pub mod datapath_tables;
 pub mod flows;
+pub mod graph;
 pub mod identity;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod proxies;
@@ -189,11 +191,15 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let flows = Arc::new(flows::FlowStore::new(flows::Caps::default(), flows::metrics::FlowMetrics::register(&mut registry)));
     let datapath = datapath_api::DatapathService::new(store.clone(), flows.clone());
     let grpc = tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone())));
+    let live = Arc::new(live::Live::new(live::LiveLimits::default()));
+    let feed = tokio::spawn(live::run(live.clone(), store.clone(), proxies.clone()));
     let app = api::router(store.clone())
         .merge(traces::api::router(Arc::new(traces::TraceStore::default()), flows.clone()))
         .merge(flows::api::router(flows))
         .merge(metrics::router(Arc::new(registry)))
         .merge(rollout::actions::router(store.clone()))
+        .merge(live::router(live.clone()))
+        .merge(live::graph_router(store.clone(), live))
         .merge(status::router(store, proxies))
         .merge(auth::router(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
@@ -202,6 +208,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         .layer(axum::middleware::map_response(api::rescue));
     server::serve(rest, app, options.limits, stopped(stop_rx)).await;
     distributor.abort();
+    feed.abort();
     rollouts.abort();
     expiry.abort();
     match tokio::time::timeout(STREAM_CLOSE_GRACE, grpc).await {

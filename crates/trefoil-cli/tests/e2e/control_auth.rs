@@ -58,6 +58,10 @@ fn the_api_answers_only_tokens_and_each_role_does_what_it_may() {
     assert_eq!((status, reply["error"].as_str().unwrap()), (401, "token 0123456789abcdef is unknown or was revoked"));
 
     let (viewer_id, viewer) = create_token(&control, "viewer", None);
+    // The portal asks who it is to hide edit buttons from a viewer.
+    let (status, me) = control.call_with(Some(&viewer), "GET", "/api/v1/whoami", b"").unwrap();
+    assert_eq!((status, me["tokenId"].as_str(), me["role"].as_str()), (200, Some(viewer_id.as_str()), Some("viewer")), "{me}");
+    assert_eq!(control.call_with(None, "GET", "/api/v1/whoami", b"").unwrap().0, 401);
     let (editor_id, editor) = create_token(&control, "editor", Some("24h"));
 
     // A viewer reads, and may not write: 403 naming what it lacks.

@@ -1,5 +1,7 @@
 //! `/api/v1/tokens` (create, list, revoke) and `/api/v1/audit`: admin only,
-//! which the layer in `auth` enforces before these run.
+//! which the layer in `auth` enforces before these run; and
+//! `/api/v1/whoami`, any reader's own token and role (the portal shows no
+//! edit buttons to a viewer).
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ pub fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/tokens", get(list).post(create))
         .route("/api/v1/tokens/{id}", delete(revoke))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/whoami", get(whoami))
         .with_state(auth)
 }
 
@@ -58,4 +61,13 @@ async fn revoke(State(auth): State<Arc<Auth>>, actor: Option<Extension<Actor>>, 
 
 async fn audit(State(auth): State<Arc<Auth>>) -> Json<AuditList> {
     Json(AuditList { items: auth.audit.entries() })
+}
+
+/// The caller's token and role; a request let in without one (no
+/// authentication layer) answers nulls.
+async fn whoami(actor: Option<Extension<Actor>>) -> Json<serde_json::Value> {
+    Json(match actor {
+        Some(Extension(actor)) => serde_json::json!({ "tokenId": actor.caller.token_id, "role": actor.caller.role }),
+        None => serde_json::json!({ "tokenId": null, "role": null }),
+    })
 }
