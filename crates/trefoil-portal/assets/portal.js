@@ -180,21 +180,98 @@ function diffLines(before, after) {
   return out;
 }
 
+// ---- Who is asking: a viewer sees no edit or action button ----
+
+// Elements of class `edit` are hidden by the style sheet until the role is
+// known to be editor or admin (body[data-role]); the API refuses a
+// viewer's writes anyway (403).
+const me = { role: null };
+const canEdit = () => me.role === 'editor' || me.role === 'admin';
+const whoami = api('/api/v1/whoami').then((r) => {
+  me.role = r.ok && r.body ? r.body.role : null;
+  document.body.dataset.role = me.role || 'none';
+  if (me.role === 'viewer') for (const e of document.querySelectorAll('.edit')) e.remove();
+});
+
+// ---- The live feed: server-sent events over fetch (so the bearer token
+// goes in a header, as for every other call) ----
+
+// Calls onSnapshot with each snapshot of GET /api/v1/live; reconnects, a
+// little later each time, when the stream ends or fails.
+function live(onSnapshot) {
+  let backoff = 500;
+  const connect = async () => {
+    const headers = new Headers({ Accept: 'text/event-stream' });
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.set('Authorization', 'Bearer ' + token);
+    try {
+      const response = await fetch('/api/v1/live', { headers, cache: 'no-store' });
+      if (response.status === 401) {
+        const body = await response.json().catch(() => ({}));
+        showLogin(body.error || 'The API needs a token.');
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error('HTTP ' + response.status);
+      health('', false);
+      backoff = 500;
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = frame.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+          if (data) onSnapshot(JSON.parse(data));
+        }
+      }
+    } catch (e) {
+      health('live feed interrupted; reconnecting', true);
+    }
+    setTimeout(connect, backoff);
+    backoff = Math.min(backoff * 2, 10000);
+  };
+  connect();
+}
+
+function stamp(snapshot) {
+  const u = document.getElementById('updated');
+  if (u) {
+    u.textContent = 'Snapshot ' + snapshot.seq + ' at ' + new Date(snapshot.timeMs).toLocaleTimeString() + '.';
+    u.dataset.seq = snapshot.seq;
+  }
+}
+
 // ---- Dashboard ----
 
-async function dashboard() {
-  const [status, services, workloads, events] = await Promise.all([
-    api('/api/v1/status/proxies'), list('services'), list('workloads'), list('events'),
-  ]);
-  const proxies = status.ok ? status.body.items : [];
-  fill('proxies', proxies.map((p) => row([
+const percent = (x) => (x === null || x === undefined ? '—' : (x * 100).toFixed(1) + '%');
+function latency(s) {
+  if (s === null || s === undefined) return '—';
+  if (s >= 1) return s.toFixed(2) + 's';
+  if (s >= 0.01) return Math.round(s * 1000) + 'ms';
+  return (s * 1000).toFixed(2) + 'ms';
+}
+
+function dashboard(snap) {
+  const status = snap.proxies || { items: [] };
+  fill('proxies', status.items.map((p) => row([
     p.name,
     el('span', { class: p.connected ? 'ok' : 'bad' }, p.connected ? 'yes' : 'no'),
     el('span', { class: p.ackedVersion && p.ackedVersion === p.latestVersion ? 'ok' : 'wait' }, p.ackedVersion || '—'),
     p.latestVersion || '—',
     p.nack ? el('span', { class: 'bad' }, 'v' + p.nack.version + ': ' + p.nack.error) : '—',
-  ])), 'no proxies declared');
-  if (status.ok) document.getElementById('compiled').textContent = 'compiled revision ' + status.body.compiledRevision;
+  ], { 'data-proxy': p.name })), 'no proxies declared');
+  document.getElementById('compiled').textContent = 'compiled revision ' + status.compiledRevision;
+  fill('traffic', (snap.traffic || []).map((t) => row([
+    t.service || '(no route)', t.version || '—', t.rps.toFixed(1),
+    el('span', { class: t.successRate === null || t.successRate === undefined ? '' : t.successRate >= 0.99 ? 'ok' : 'bad' }, percent(t.successRate)),
+    latency(t.p50Seconds), latency(t.p99Seconds), String(Math.round(t.total)),
+  ], { 'data-service': t.service, 'data-version': t.version, 'data-total': Math.round(t.total) })), 'no requests seen by the proxies yet');
+  const services = snap.services || [], workloads = snap.workloads || [];
   // A workload's service exists whether or not a Service declares its ports.
   const names = [...new Set(services.map(nameOf).concat(workloads.map((w) => specOf(w).service).filter(Boolean)))].sort();
   fill('services', names.map((name) => {
@@ -206,11 +283,15 @@ async function dashboard() {
   }), 'no services');
   fill('workloads', workloads.sort(byName).map((w) => {
     const s = specOf(w);
-    return row([nameOf(w), s.service || '—', s.version || '—', s.replicas === undefined ? 1 : s.replicas, s.node || '—']);
+    // Replicas' state: the proxies of this workload that are connected.
+    const proxies = status.items.filter((p) => p.name === nameOf(w) || p.name.startsWith(nameOf(w) + '-'));
+    const up = proxies.filter((p) => p.connected).length;
+    const want = s.replicas === undefined ? 1 : s.replicas;
+    const state = proxies.length ? el('span', { class: up >= want ? 'ok' : 'wait' }, up + ' of ' + want + ' connected') : String(want);
+    return row([nameOf(w), s.service || '—', s.version || '—', state, s.node || '—']);
   }), 'no workloads');
-  const recent = events.map((e) => specOf(e)).sort((x, y) => (y.timeMs || 0) - (x.timeMs || 0)).slice(0, 20);
-  fill('events', recent.map((e) => row([e.timeMs ? new Date(e.timeMs).toLocaleTimeString() : '—', e.regarding || '—', e.reason || '—', e.message || '']), 'no events yet'));
-  document.getElementById('updated').textContent = 'Last update ' + new Date().toLocaleTimeString() + '.';
+  fill('events', (snap.events || []).map(specOf).map((e) => row([e.timeMs ? new Date(e.timeMs).toLocaleTimeString() : '—', e.regarding || '—', e.reason || '—', e.message || ''])), 'no events yet');
+  stamp(snap);
 }
 
 // ---- CNF Provisioning ----
@@ -225,9 +306,10 @@ async function cnfTables() {
     const s = specOf(c);
     const steps = (s.chain || []).map((st) => st.function + ' (' + (st.mode || 'callout') + ' / ' + (st.phase || 'request') + ')');
     const using = routes.filter((r) => (specOf(r).rules || []).some((rule) => rule.chain === nameOf(c))).map(nameOf);
-    const edit = el('button', { type: 'button', class: 'secondary', onclick: () => load(nameOf(c)) }, 'Edit');
-    const del = el('button', { type: 'button', class: 'danger', onclick: () => remove(c) }, 'Delete');
-    return row([nameOf(c), steps.join(' → ') || '—', Object.keys(s.handlers || {}).join(', ') || '—', using.join(', ') || '—', el('span', { class: 'actions' }, edit, ' ', del)]);
+    const edit = el('button', { type: 'button', class: 'secondary edit', onclick: () => load(nameOf(c)) }, 'Edit');
+    const del = el('button', { type: 'button', class: 'danger edit', onclick: () => remove(c) }, 'Delete');
+    const actions = me.role === 'viewer' ? '—' : el('span', { class: 'actions' }, edit, ' ', del);
+    return row([nameOf(c), steps.join(' → ') || '—', Object.keys(s.handlers || {}).join(', ') || '—', using.join(', ') || '—', actions], { id: 'cnf-' + nameOf(c) });
   }), 'no CNFs');
   fill('functions', functions.sort(byName).map((f) => {
     const svc = specOf(f).service || nameOf(f);
@@ -542,8 +624,328 @@ function resourcesPage() {
   showKind();
 }
 
+// ---- Rollouts ----
+
+// SVG elements need the SVG namespace; derived from the page's own (an
+// absolute URL in the script would look like something fetched).
+const SVG_NS = document.documentElement.namespaceURI.replace('1999/xhtml', '2000/svg');
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+const ACTIONS = { Promote: ['Progressing', 'Paused'], Pause: ['Progressing'], Resume: ['Paused'], Abort: ['Progressing', 'Paused'] };
+const rolloutState = { events: new Map(), versions: new Map(), message: null };
+
+// The canary's weight after each event, as the controller's notes tell it.
+function weightAfter(e, before) {
+  if (e.reason === 'Started') return 0;
+  if (e.reason === 'Promoted') return 100;
+  if (e.reason === 'Aborted' || e.reason === 'RolledBack') return 0;
+  if (e.reason === 'WeightChanged') { const m = /(\d+)%/.exec(e.message || ''); if (m) return Number(m[1]); }
+  return before;
+}
+
+// A small chart: `points` [[timeMs, value, ok?]] over [t0, t1]; a bound as a dashed line.
+function chart(title, points, t0, t1, opts) {
+  const W = 300, H = 80, P = 6;
+  const values = points.map((p) => p[1]).concat(opts.bound === undefined ? [] : [opts.bound]);
+  const lo = opts.lo !== undefined ? opts.lo : Math.min(...values, 0), hi = opts.hi !== undefined ? opts.hi : Math.max(...values, 1e-9);
+  const x = (t) => P + ((t - t0) / Math.max(1, t1 - t0)) * (W - 2 * P);
+  const y = (v) => H - P - ((v - lo) / Math.max(1e-9, hi - lo)) * (H - 2 * P);
+  const kids = [svg('title', {}, title), svg('rect', { x: 0, y: 0, width: W, height: H, class: 'frame' })];
+  if (opts.bound !== undefined) kids.push(svg('line', { x1: P, x2: W - P, y1: y(opts.bound), y2: y(opts.bound), class: 'bound' }));
+  if (opts.step && points.length) {
+    let d = 'M' + x(points[0][0]) + ' ' + y(points[0][1]);
+    for (let i = 1; i < points.length; i++) d += ' H' + x(points[i][0]) + ' V' + y(points[i][1]);
+    d += ' H' + x(t1);
+    kids.push(svg('path', { d, class: 'line' }));
+  }
+  for (const [t, v, ok] of points) if (!opts.step) kids.push(svg('circle', { cx: x(t), cy: y(v), r: 3, class: ok === false ? 'bad-dot' : 'ok-dot' }, svg('title', {}, new Date(t).toLocaleTimeString() + ': ' + opts.format(v))));
+  const last = points.length ? opts.format(points[points.length - 1][1]) : 'no data yet';
+  return el('figure', { class: 'chart' }, svg('svg', { viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': title + ': ' + last }, kids), el('figcaption', {}, title + ': ', el('b', {}, last)));
+}
+
+async function act(name, action) {
+  const answer = await api('/api/v1/rollouts/' + encodeURIComponent(name) + '/' + action.toLowerCase(), { method: 'POST' });
+  const box = document.getElementById('rollout-message');
+  box.replaceChildren(el('div', { class: answer.ok ? 'info' : 'problem' }, answer.ok ? action + ': ' + name + ' is now ' + answer.body.status.phase + ' at ' + answer.body.status.weight + '%.' : action + ' refused: ' + ((answer.body && answer.body.error) || 'HTTP ' + answer.status)));
+}
+
+async function rollouts(snap) {
+  const statuses = new Map((snap.rolloutStatuses || []).map((s) => [nameOf(s), s]));
+  const list = (snap.rollouts || []).sort(byName);
+  // A rollout's events are read again when its status changed.
+  const stale = list.some((r) => { const s = statuses.get(nameOf(r)); return s && rolloutState.versions.get(nameOf(r)) !== s.metadata.resourceVersion; });
+  if (stale) {
+    const events = await listKind('events');
+    rolloutState.events = new Map();
+    for (const e of events.map(specOf).sort((a, b) => a.timeMs - b.timeMs)) {
+      const k = (e.regarding || '').replace(/^Rollout\//, '');
+      if (!rolloutState.events.has(k)) rolloutState.events.set(k, []);
+      rolloutState.events.get(k).push(e);
+    }
+    for (const r of list) { const s = statuses.get(nameOf(r)); if (s) rolloutState.versions.set(nameOf(r), s.metadata.resourceVersion); }
+  }
+  const box = document.getElementById('rollouts');
+  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.action : null;
+  const focusedOf = focused && document.activeElement.closest('.rollout') ? document.activeElement.closest('.rollout').dataset.name : null;
+  box.replaceChildren(...(list.length ? list.map((r) => rolloutCard(r, statuses.get(nameOf(r)), snap.timeMs)) : [el('p', { class: 'empty' }, 'no rollouts')]));
+  if (focused) { const b = box.querySelector('.rollout[data-name="' + CSS.escape(focusedOf) + '"] [data-action="' + focused + '"]'); if (b) b.focus(); }
+  if (location.hash && !rolloutState.scrolled) {
+    const target = document.getElementById('rollout-' + location.hash.slice(1));
+    if (target) { target.scrollIntoView(); rolloutState.scrolled = true; }
+  }
+  stamp(snap);
+}
+
+async function listKind(kind) {
+  return list(kind);
+}
+
+function rolloutCard(r, status, now) {
+  const spec = specOf(r), st = status ? specOf(status) : null;
+  const name = nameOf(r);
+  const phase = st ? st.phase : 'Pending';
+  const steps = (spec.strategy && spec.strategy.canary && spec.strategy.canary.steps) || [];
+  const stepText = (s) => (s === undefined ? '—' : s.setWeight !== undefined ? 'setWeight ' + s.setWeight : s.pause !== undefined ? 'pause ' + s.pause : s.analysis ? 'analysis (' + s.analysis.checks + ' checks)' : JSON.stringify(s));
+  const step = st ? (steps.length ? 'step ' + Math.min(st.step + 1, steps.length) + ' of ' + steps.length + ': ' + stepText(steps[st.step]) : Object.keys(spec.strategy || {})[0] || '—') : '—';
+  const events = rolloutState.events.get(name) || [];
+  const t0 = events.length ? events[0].timeMs : now - 60000, t1 = Math.max(now, t0 + 1000);
+  // Weight over time, from the events; the status has the latest word.
+  const weights = [];
+  let w = 0;
+  for (const e of events) { w = weightAfter(e, w); weights.push([e.timeMs, w]); }
+  if (st) weights.push([t1, st.weight]);
+  const charts = [chart('Canary weight (%)', weights, t0, t1, { step: true, lo: 0, hi: 100, format: (v) => v + '%' })];
+  const metrics = new Map();
+  for (const e of events) for (const f of e.figures || []) if (f.value !== null && f.value !== undefined) {
+    if (!metrics.has(f.metric)) metrics.set(f.metric, { points: [], bound: f.min !== undefined ? f.min : f.max });
+    metrics.get(f.metric).points.push([e.timeMs, f.value, f.ok]);
+  }
+  for (const [metric, m] of metrics) {
+    const seconds = /latency/i.test(metric);
+    charts.push(chart(metric, m.points, t0, t1, { bound: m.bound, format: (v) => (seconds ? latency(v) : Number(v.toFixed(3)).toString()) }));
+  }
+  const buttons = me.role === 'viewer' ? [] : Object.entries(ACTIONS).map(([action, when]) => el('button', {
+    type: 'button', class: 'edit ' + (action === 'Abort' ? 'danger' : action === 'Promote' ? '' : 'secondary'), 'data-action': action,
+    onclick: () => act(name, action), ...(st && when.includes(phase) ? {} : { disabled: '' }),
+  }, action));
+  const decided = events.filter((e) => (e.figures || []).length || ['WeightChanged', 'Promoted', 'RolledBack', 'Aborted', 'Paused', 'Resumed', 'CheckFailed'].includes(e.reason)).slice(-8).reverse();
+  const phaseClass = { Succeeded: 'ok', RolledBack: 'bad', Aborted: 'bad', Paused: 'wait' }[phase] || '';
+  const card = el('section', { class: 'rollout', id: 'rollout-' + name, 'data-name': name, 'data-phase': phase, 'data-weight': st ? st.weight : '', 'aria-labelledby': 'rh-' + name },
+    el('h2', { id: 'rh-' + name }, name, ' ', el('span', { class: 'phase ' + phaseClass }, phase)),
+    el('p', {}, spec.service + ': ', el('b', {}, spec.stable), ' → ', el('b', {}, spec.canary), ' · weight ', el('b', { class: 'weight' }, st ? st.weight + '%' : '—'), ' · ', step, ' · route ', spec.route || '—'),
+    el('div', { class: 'meter', role: 'meter', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': st ? st.weight : 0, 'aria-label': 'canary weight' }, el('span', {})),
+    st && st.message ? el('p', { class: 'note' }, st.message) : null,
+    st && st.lastCheck ? el('p', { class: 'note' }, 'Last check: ' + st.lastCheck.verdict + ' on ' + st.lastCheck.requests + ' canary requests') : null,
+    buttons.length ? el('p', { class: 'actions edit' }, buttons) : null,
+    el('div', { class: 'charts' }, charts),
+    decided.length ? el('div', { class: 'scroll' }, el('table', { class: 'decisions' }, el('thead', {}, el('tr', {}, el('th', {}, 'When'), el('th', {}, 'Reason'), el('th', {}, 'Figures'), el('th', {}, 'Message'))),
+      el('tbody', {}, decided.map((e) => row([new Date(e.timeMs).toLocaleTimeString(), e.reason, (e.figures || []).map((f) => f.metric + ' ' + (f.value === null || f.value === undefined ? 'n/a' : Number(f.value.toFixed(4))) + (f.ok ? ' ✓' : ' ✗')).join(', ') || '—', e.message]))))) : null);
+  // Through the CSSOM: the page's policy allows no style attribute.
+  card.querySelector('.meter span').style.width = (st ? st.weight : 0) + '%';
+  return card;
+}
+
+// ---- Service graph ----
+
+const graphState = { graph: null, focus: null, query: '', open: new Set(), fetching: false, last: 0 };
+// More nodes than this start folded into one box per kind and namespace.
+const FOLD_ABOVE = 120;
+const COLUMNS = ['gateway', 'cnf', 'function', 'service'];
+const KIND_LABEL = { gateway: 'gateway', cnf: 'CNF', function: 'function', service: 'service' };
+
+// The chain step's mode and phase are drawn in the CNF; the label keeps to
+// version, weight and the live figures (the tooltip has everything).
+function edgeLabel(e) {
+  const parts = [];
+  if (e.version) parts.push(e.version + (e.weight !== undefined ? ' ' + e.weight + '%' : ''));
+  else if (e.weight !== undefined) parts.push(e.weight + '%');
+  parts.push(e.rps.toFixed(1) + ' rps');
+  if (e.errorRate !== null && e.errorRate !== undefined) parts.push((e.errorRate * 100).toFixed(1) + '% err');
+  return parts.join(' · ');
+}
+
+// Which nodes and edges are drawn: a focused node and its neighbours; the
+// matches of a search and theirs; else everything, folded when large.
+function visible(g) {
+  const byId = new Map(g.nodes.map((n) => [n.id, n]));
+  const near = (ids) => {
+    const out = new Set(ids);
+    for (const e of g.edges) { if (ids.has(e.from)) out.add(e.to); if (ids.has(e.to)) out.add(e.from); }
+    return out;
+  };
+  let keep = null, folded = false;
+  if (graphState.focus && byId.has(graphState.focus)) keep = near(new Set([graphState.focus]));
+  else if (graphState.query) keep = near(new Set(g.nodes.filter((n) => n.name.toLowerCase().includes(graphState.query.toLowerCase())).map((n) => n.id)));
+  else folded = g.nodes.length > FOLD_ABOVE;
+  const rep = new Map();
+  const nodes = [];
+  const groups = new Map();
+  for (const n of g.nodes) {
+    if (keep && !keep.has(n.id)) continue;
+    const key = n.kind + '/' + n.group;
+    if (folded && !graphState.open.has(key)) {
+      if (!groups.has(key)) { const box = { id: 'Group/' + key, kind: n.kind, name: n.group, group: n.group, folded: true, count: 0, rps: 0, key }; groups.set(key, box); nodes.push(box); }
+      const box = groups.get(key);
+      box.count++; box.rps += n.rps || 0;
+      rep.set(n.id, box.id);
+    } else {
+      nodes.push(n);
+      rep.set(n.id, n.id);
+    }
+  }
+  const merged = new Map();
+  for (const e of g.edges) {
+    const from = rep.get(e.from), to = rep.get(e.to);
+    if (!from || !to || from === to) continue;
+    if (from === e.from && to === e.to) { merged.set(from + '>' + to + '@' + (e.version || '') + '#' + merged.size, { ...e }); continue; }
+    const k = from + '>' + to;
+    const m = merged.get(k) || { from, to, kind: e.kind, rps: 0, errorRate: null, count: 0 };
+    m.rps += e.rps; m.count++;
+    merged.set(k, m);
+  }
+  return { nodes, edges: [...merged.values()], folded };
+}
+
+function graphDraw() {
+  const g = graphState.graph;
+  if (!g) return;
+  const { nodes, edges, folded } = visible(g);
+  const svgBox = document.getElementById('graph');
+  const active = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.node : null;
+  const COLW = 320, NODEW = 190, ROW = 14;
+  const pos = new Map();
+  const heights = [];
+  const kids = [];
+  COLUMNS.forEach((kind, col) => {
+    let y = 56;
+    kids.push(svg('text', { x: 16 + col * COLW, y: 20, class: 'col' }, KIND_LABEL[kind] + 's'));
+    const mine = nodes.filter((n) => n.kind === kind).sort((a, b) => a.group.localeCompare(b.group) || a.name.localeCompare(b.name));
+    let group = null;
+    for (const n of mine) {
+      if (!n.folded && n.group !== group) { group = n.group; kids.push(svg('text', { x: 16 + col * COLW, y: y + 10, class: 'ns' }, 'namespace ' + group)); y += 16; }
+      const h = n.folded ? 36 : n.kind === 'cnf' ? 26 + ROW * (n.steps || []).length : 26;
+      pos.set(n.id, { x: 16 + col * COLW, y, h });
+      y += h + 22;
+    }
+    heights.push(y);
+  });
+  // Labels sit just before the arrow head, stacked per target, where the
+  // edges into one node have fanned in but not yet met.
+  const into = new Map();
+  for (const e of edges) {
+    const a = pos.get(e.from), b = pos.get(e.to);
+    if (!a || !b) continue;
+    const k = into.get(e.to) || 0;
+    into.set(e.to, k + 1);
+    const x1 = a.x + NODEW, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
+    const back = x2 <= x1;
+    // An edge that skips a column runs in a lane above the nodes, not through them.
+    const skip = !back && x2 - x1 > COLW;
+    const lane = 30 + (k % 4) * 4 + (edges.indexOf(e) % 3) * 2;
+    const d = skip ? 'M' + x1 + ' ' + y1 + ' C' + (x1 + 24) + ' ' + y1 + ' ' + (x1 + 24) + ' ' + lane + ' ' + (x1 + 60) + ' ' + lane + ' L' + (x2 - 60) + ' ' + lane + ' C' + (x2 - 24) + ' ' + lane + ' ' + (x2 - 24) + ' ' + y2 + ' ' + x2 + ' ' + y2
+      : back ? 'M' + (a.x + NODEW / 2) + ' ' + (a.y + a.h) + ' C' + (a.x + NODEW / 2) + ' ' + (a.y + a.h + 40) + ' ' + (b.x + NODEW / 2) + ' ' + (b.y - 40) + ' ' + (b.x + NODEW / 2) + ' ' + b.y
+      : 'M' + x1 + ' ' + y1 + ' C' + (x1 + 30) + ' ' + y1 + ' ' + (x2 - 30) + ' ' + y2 + ' ' + x2 + ' ' + y2;
+    const err = e.errorRate || 0;
+    const cls = 'edge ' + e.kind + (err >= 0.05 ? ' bad' : err > 0 ? ' warn' : e.rps > 0 ? ' busy' : '');
+    const label = e.count ? e.count + ' edges · ' + e.rps.toFixed(1) + ' rps' : edgeLabel(e);
+    const title = e.from + ' → ' + e.to + ': ' + label + (e.step ? ' (' + e.step + ')' : '');
+    const id = e.from + '>' + e.to + (e.version ? '@' + e.version : '');
+    kids.unshift(svg('g', { class: cls, 'data-edge': id, 'data-weight': e.weight === undefined ? '' : e.weight, 'data-rps': e.rps.toFixed(2) },
+      svg('title', {}, title),
+      svg('path', { d, 'marker-end': 'url(#arrow)' }),
+      svg('text', back ? { x: b.x + NODEW / 2 + 6, y: b.y - 6 - k * 12, class: 'elabel' } : { x: x2 - 10, y: y2 - 5 - k * 12, class: 'elabel', 'text-anchor': 'end' }, label)));
+  }
+  for (const n of nodes) {
+    const p = pos.get(n.id);
+    const sub = [svg('rect', { x: p.x, y: p.y, width: NODEW, height: p.h, rx: 5 })];
+    if (n.folded) {
+      sub.push(svg('text', { x: p.x + 8, y: p.y + 15, class: 'name' }, n.name + ' (' + n.count + ' ' + KIND_LABEL[n.kind] + 's)'));
+      sub.push(svg('text', { x: p.x + 8, y: p.y + 30, class: 'meta' }, n.rps.toFixed(1) + ' rps · select to open'));
+    } else {
+      const meta = n.kind === 'cnf' ? '' : ' · ' + (n.rps || 0).toFixed(1) + ' rps' + (n.errorRate ? ' · ' + (n.errorRate * 100).toFixed(1) + '% err' : '');
+      sub.push(svg('text', { x: p.x + 8, y: p.y + 17, class: 'name' }, n.name, svg('tspan', { class: 'meta' }, meta)));
+      (n.steps || []).forEach((s, i) => sub.push(svg('text', { x: p.x + 14, y: p.y + 34 + i * ROW, class: 'step' }, (i + 1) + '. ' + s.function + ' (' + s.mode + ' / ' + s.phase + ')')));
+    }
+    const attrs = { class: 'node ' + n.kind + (n.folded ? ' folded' : '') + (graphState.focus === n.id ? ' focused' : ''), 'data-node': n.id, tabindex: '0', role: 'link',
+      'aria-label': (n.folded ? 'namespace ' + n.name + ', ' + n.count + ' ' + KIND_LABEL[n.kind] + 's, open' : KIND_LABEL[n.kind] + ' ' + n.name) };
+    const open = () => {
+      if (n.folded) { graphState.open.add(n.key); graphDraw(); return; }
+      if (n.href) location.href = n.href;
+    };
+    attrs.onclick = open;
+    attrs.onkeydown = (ev) => {
+      if (ev.key === 'Enter') { ev.preventDefault(); open(); }
+      else if (ev.key === 'f' && !n.folded) { ev.preventDefault(); graphState.focus = n.id; graphDraw(); }
+    };
+    kids.push(svg('g', attrs, svg('title', {}, n.folded ? n.name : n.id + (n.href ? ' (Enter opens its page, f focuses)' : '')), sub));
+  }
+  const W = 16 + COLUMNS.length * COLW, H = Math.max(...heights, 60) + 10;
+  const defs = svg('defs', {}, svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' }, svg('path', { d: 'M0 0 L10 5 L0 10 z', class: 'arrow' })));
+  svgBox.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
+  svgBox.setAttribute('width', W);
+  svgBox.setAttribute('height', H);
+  svgBox.replaceChildren(defs, ...kids);
+  const summary = g.nodes.length + ' nodes, ' + g.edges.length + ' edges' + (graphState.focus ? '; focused on ' + graphState.focus + ' and its neighbours' : graphState.query ? '; matching “' + graphState.query + '” and neighbours' : folded ? '; folded by namespace' : '') + '.';
+  document.getElementById('graph-summary').textContent = summary;
+  if (active) { const again = svgBox.querySelector('[data-node="' + CSS.escape(active) + '"]'); if (again) again.focus(); }
+}
+
+async function graphFetch() {
+  if (graphState.fetching) return;
+  graphState.fetching = true;
+  const answer = await api('/api/v1/graph');
+  graphState.fetching = false;
+  if (!answer.ok) return;
+  const first = !graphState.graph;
+  graphState.graph = answer.body;
+  if (first) {
+    document.getElementById('g-names').replaceChildren(...answer.body.nodes.map((n) => el('option', { value: n.name }, KIND_LABEL[n.kind] + ' ' + n.name)));
+    const m = /^#focus=(.+)$/.exec(location.hash);
+    if (m) graphState.focus = decodeURIComponent(m[1]);
+  }
+  graphDraw();
+}
+
+function graphPage() {
+  const search = document.getElementById('g-search');
+  document.getElementById('graph-controls').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const q = search.value.trim().toLowerCase();
+    const g = graphState.graph;
+    const hit = g && (g.nodes.find((n) => n.name.toLowerCase() === q) || g.nodes.find((n) => n.name.toLowerCase().includes(q)));
+    graphState.focus = q && hit ? hit.id : null;
+    graphState.query = '';
+    history.replaceState(null, '', graphState.focus ? '#focus=' + encodeURIComponent(graphState.focus) : location.pathname);
+    graphDraw();
+  });
+  search.addEventListener('input', () => { graphState.query = search.value.trim(); graphState.focus = null; graphDraw(); });
+  document.getElementById('g-all').addEventListener('click', () => {
+    graphState.focus = null; graphState.query = ''; search.value = ''; graphState.open.clear();
+    history.replaceState(null, '', location.pathname);
+    graphDraw();
+  });
+  // The structure and the rates change with the feed: read the graph again
+  // on a snapshot, at most once a second.
+  live((snap) => {
+    stamp(snap);
+    if (Date.now() - graphState.last < 1000) return;
+    graphState.last = Date.now();
+    graphFetch();
+  });
+}
+
 const PAGES = {
-  dashboard: () => { dashboard(); setInterval(dashboard, 2000); },
+  dashboard: () => live(dashboard),
+  rollouts: () => live(rollouts),
+  graph: graphPage,
   cnfs: cnfPage,
   traces: tracesPage,
   resources: resourcesPage,

@@ -21,8 +21,10 @@ struct Page {
     body: &'static str,
 }
 
-const PAGES: [Page; 4] = [
+const PAGES: [Page; 6] = [
     Page { path: "/", id: "dashboard", title: "Dashboard", body: include_str!("../assets/dashboard.html") },
+    Page { path: "/graph", id: "graph", title: "Service Graph", body: include_str!("../assets/graph.html") },
+    Page { path: "/rollouts", id: "rollouts", title: "Rollouts", body: include_str!("../assets/rollouts.html") },
     Page { path: "/cnfs", id: "cnfs", title: "CNF Provisioning", body: include_str!("../assets/cnfs.html") },
     Page { path: "/traces", id: "traces", title: "CNF Tracing", body: include_str!("../assets/traces.html") },
     Page { path: "/resources", id: "resources", title: "Resources", body: include_str!("../assets/resources.html") },
@@ -100,7 +102,7 @@ mod tests {
 
     #[test]
     fn the_resources_page_offers_every_kind() {
-        let html = render(3);
+        let html = render(PAGES.iter().position(|p| p.id == "resources").unwrap());
         for kind in trefoil_model::resource::KINDS {
             assert!(html.contains(&format!("<option value=\"{kind}\">")), "{kind}");
         }

@@ -1,7 +1,9 @@
 //! The operator portal in a real browser: `trefoil up -f
 //! examples/edgesecurity`, then `tests/portal/portal.py` (Playwright driving
-//! Debian's Chromium headless) opens every page, makes bad and good edits
-//! of the CNF and opens a request's trace. Screenshots of every page land in
+//! Debian's Chromium headless) opens every page, watches the dashboard
+//! change live, makes bad and good edits of the CNF, opens a request's
+//! trace, promotes a canary from the Rollouts page and sees the service
+//! graph follow, and checks a viewer token is shown no edit button. Screenshots of every page land in
 //! the workspace's `target/portal-screenshots/`, for a person to look at.
 
 use std::process::Command;
@@ -10,6 +12,26 @@ use std::time::Instant;
 use trefoil_testkit::{command_exists, find_command, free_addr, http_request, repo_root, request, scratch_dir, Clamd, Up};
 
 use crate::edgesecurity_e2e::copy_example;
+
+const SHOP: &str = "\
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: shop-v1}
+spec: {service: shop, version: v1, command: trefoil, args: [demo-app], health: {http: /healthz}}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: shop-v2}
+spec: {service: shop, version: v2, command: trefoil, args: [demo-app], health: {http: /healthz}}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Route
+metadata: {name: shop}
+spec:
+  hosts: [shop.local]
+  rules:
+  - backends: [{service: shop, version: v1}]
+";
 
 /// The browser and its driver, or why the test cannot run.
 fn browser() -> Result<std::path::PathBuf, &'static str> {
@@ -38,6 +60,9 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     let gateway = free_addr();
     let files = dir.join("edgesecurity");
     copy_example(&files, gateway);
+    // A second service for the Rollouts page: v1 and v2 running, the Route
+    // sending all of it to v1; the page's script adds the Rollout.
+    std::fs::write(files.join("shop.yaml"), SHOP).unwrap();
     let mut up = Up::start_on(dir, &files, &[("TREFOIL_CLAMD", &clamd_addr)]);
     up.wait_up();
     up.wait("the gateway serving through the chain", |_| {
@@ -57,7 +82,7 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     let started = Instant::now();
     let out = Command::new("python3")
         .arg(&script)
-        .args(["--portal", &portal, "--trace-id", &trace_id, "--token", &up.token()])
+        .args(["--portal", &portal, "--trace-id", &trace_id, "--token", &up.token(), "--gateway", &gateway.to_string()])
         .arg("--chromium")
         .arg(&chromium)
         .arg("--screenshots")
@@ -72,7 +97,19 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     eprintln!("portal figures: {} (browser run {:?}); screenshots in {}", stdout.trim(), started.elapsed(), screenshots.display());
     let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line of figures");
     assert!(figures["dashboardMs"].is_number(), "{figures}");
-    for page in ["dashboard", "cnfs", "cnfs-unknown-field", "cnfs-lua-error", "cnfs-applied", "cnfs-conflict", "traces", "resources"] {
+    for page in [
+        "dashboard",
+        "cnfs",
+        "cnfs-unknown-field",
+        "cnfs-lua-error",
+        "cnfs-applied",
+        "cnfs-conflict",
+        "traces",
+        "resources",
+        "rollouts",
+        "graph",
+        "graph-focus",
+    ] {
         for width in [1280, 390] {
             let shot = screenshots.join(format!("{page}-{width}.png"));
             assert!(shot.metadata().is_ok_and(|m| m.len() > 0), "no screenshot {}", shot.display());

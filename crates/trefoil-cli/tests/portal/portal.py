@@ -38,6 +38,30 @@ def put(base, path, text):
         return json.load(r)
 
 
+def post(base, path, body, token=None):
+    request = urllib.request.Request(base.rstrip("/") + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {token or TOKEN['value']}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.load(r)
+
+
+def through_gateway(gateway, host, path="/"):
+    """One request through the mesh's gateway; its status."""
+    request = urllib.request.Request(f"http://{gateway}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+# The Rollout of shop (its workloads and Route come with the mesh): v2
+# held at 20% by a long pause until a button moves it.
+SHOP = [
+    ("rollouts/shop", "apiVersion: trefoil.dev/v1alpha1\nkind: Rollout\nmetadata: {name: shop}\nspec:\n  service: shop\n  stable: v1\n  canary: v2\n  route: shop\n  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - pause: 1h\n"),
+]
+
+
 def containing(text):
     """A value matcher for `to_have_value`: the text anywhere in it."""
     return re.compile(".*" + re.escape(text) + ".*", re.S)
@@ -51,6 +75,7 @@ def main():
     p.add_argument("--screenshots", required=True)
     p.add_argument("--change", required=True, help="a CNF YAML file to apply from the editor")
     p.add_argument("--trace-id", required=True, help="a request's trace id to find and open")
+    p.add_argument("--gateway", required=True, help="the gateway's address, ip:port, to send requests the dashboard shows live")
     p.add_argument("--assets", help="serve portal.js and portal.css from this folder instead of the binary's (to try a change without rebuilding)")
     a = p.parse_args()
     TOKEN["value"] = a.token
@@ -115,6 +140,16 @@ def main():
         expect(page.locator("#services")).to_contain_text("web")
         expect(page.locator("#workloads")).to_contain_text("antivirus")
         expect(page.locator("nav a[aria-current=page]")).to_have_text("Dashboard")
+
+        # Live: a request through the gateway shows up without a reload.
+        total = "Array.from(document.querySelectorAll('#traffic tr[data-service=web]')).reduce((n, r) => n + Number(r.dataset.total), 0)"
+        page.evaluate("window.notReloaded = true")
+        expect(page.locator("#updated[data-seq]")).to_be_visible()
+        before = page.evaluate(total)
+        assert through_gateway(a.gateway, "web.local") == 200
+        page.wait_for_function(f"() => ({total}) > {before}")
+        assert page.evaluate("window.notReloaded === true"), "the dashboard reloaded"
+        expect(page.locator("#traffic tbody tr[data-service=web]").first).to_be_visible()
         shoot("dashboard")
 
         # CNF Provisioning: the tables.
@@ -239,6 +274,73 @@ def main():
         page.keyboard.press("Enter")
         expect(page.locator("#object-yaml")).to_contain_text("kind: Service")
         shoot("resources")
+
+        # Rollouts: shop's canary held at 20%; Pause, Resume, then Promote by button.
+        for path, text in SHOP:
+            put(base, "/api/v1/" + path, text)
+        timed_goto("rollouts", "/rollouts", page.locator(".rollout[data-name=shop]"))
+        card = page.locator(".rollout[data-name=shop]")
+        expect(card).to_have_attribute("data-weight", "20")
+        expect(card).to_have_attribute("data-phase", "Progressing")
+        expect(card.locator("figure.chart svg path.line")).to_be_visible()
+        card.get_by_role("button", name="Pause").click()
+        expect(card).to_have_attribute("data-phase", "Paused")
+        expect(card.get_by_role("button", name="Pause")).to_be_disabled()
+        card.get_by_role("button", name="Resume").focus()
+        page.keyboard.press("Enter")
+        expect(card).to_have_attribute("data-phase", "Progressing")
+        shoot("rollouts")
+
+        # The graph: the gateway's edges to shop v1 (80%) and v2 (20%), a CNF's chain.
+        v2 = page.locator('#graph [data-edge="Gateway/gateway>Service/shop@v2"]')
+        timed_goto("graph", "/graph", v2)
+        expect(v2).to_have_attribute("data-weight", "20")
+        expect(page.locator('#graph [data-edge="Gateway/gateway>Service/shop@v1"]')).to_have_attribute("data-weight", "80")
+        cnf = page.locator('#graph [data-node="CNF/edge-security"]')
+        expect(cnf).to_contain_text("policy (callout / request)")
+        expect(cnf).to_contain_text("inspect (callout / response)")
+        expect(page.locator('#graph [data-edge="CNF/edge-security>Service/web"]')).to_be_visible()
+        shoot("graph")
+        page.locator("#g-search").fill("shop")
+        page.keyboard.press("Enter")
+        expect(page.locator("#graph-summary")).to_contain_text("focused on Service/shop")
+        expect(page.locator('#graph [data-node="CNF/edge-security"]')).to_have_count(0)
+        shoot("graph-focus")
+        page.get_by_role("button", name="Show all").click()
+        expect(cnf).to_be_visible()
+
+        page.goto(base + "/rollouts")
+        card.get_by_role("button", name="Promote").click()
+        expect(card).to_have_attribute("data-phase", "Succeeded")
+        expect(card).to_have_attribute("data-weight", "100")
+        expect(card.locator(".weight")).to_have_text("100%")
+        expect(card.get_by_role("button", name="Abort")).to_be_disabled()
+        # The graph follows the Route: all of shop's traffic to v2.
+        page.goto(base + "/graph")
+        expect(v2).to_have_attribute("data-weight", "100")
+        expect(page.locator('#graph [data-edge="Gateway/gateway>Service/shop@v1"]')).to_have_count(0)
+        # A node opens its page, by keyboard too.
+        page.locator('#graph [data-node="CNF/edge-security"]').focus()
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/cnfs#edge-security")
+
+        # A viewer: the same pages, and no edit or action button anywhere.
+        viewer = post(base, "/api/v1/tokens", {"role": "viewer"})["token"]
+        seen = browser.new_page(viewport=WIDE)
+        seen.set_default_timeout(20_000)
+        seen.on("console", console)
+        seen.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        seen.goto(base + "/cnfs#token=" + viewer)
+        expect(seen.locator("body[data-role=viewer]")).to_have_count(1)
+        expect(seen.locator("#cnfs tbody tr", has_text=CNF)).to_be_visible()
+        for path, ready in (("/", "#proxies tbody tr"), ("/cnfs", "#cnfs tbody tr"), ("/rollouts", ".rollout[data-name=shop]"), ("/graph", "#graph .node"), ("/resources", "#objects tbody tr")):
+            seen.goto(base + path)
+            expect(seen.locator("body[data-role=viewer]")).to_have_count(1)
+            expect(seen.locator(ready).first).to_be_visible()
+            for name in ("Edit", "Delete", "New CNF", "Apply", "Check", "Promote", "Abort", "Pause", "Resume"):
+                expect(seen.get_by_role("button", name=name, exact=True)).to_have_count(0)
+            assert seen.locator(".edit:visible").count() == 0, f"an edit control is visible to a viewer on {path}"
+        seen.close()
 
         browser.close()
 
