@@ -75,6 +75,12 @@ fn resources_and_traces() -> Value {
     let error = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let too_large =
         json!({"description": "a body over 2 MiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    // One event of the live feed, as a reader of text/event-stream parses it.
+    let snapshot = json!({"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string", "enum": ["snapshot"]},
+        "id": {"type": "string", "description": "the snapshot's sequence number"},
+        "data": {"type": "string", "description": "the snapshot as JSON: seq, timeMs, proxies (ProxyStatusList), traffic (trefoil top's rows with `total`), services, workloads, rollouts, rolloutStatuses, events (Resources)"}
+    }});
     let busy = json!({"description": "too many watch streams are open", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     // A query string or path that does not parse (`?limit=null`, bytes that are not UTF-8).
     let bad_request = json!({"description": "a malformed path or query parameter, or body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
@@ -191,6 +197,24 @@ fn resources_and_traces() -> Value {
                 "get": {
                     "summary": "Every proxy known from a Proxy resource or a config stream: connected, admin address, latest and acked snapshot versions, the last rejection",
                     "responses": {"200": {"description": "the proxies", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProxyStatusList"}}}}}
+                }
+            },
+            "/api/v1/live": {
+                "get": {
+                    "summary": "The portal's live feed, as server-sent events: `event: snapshot` with a JSON snapshot (proxies' status, trefoil top's traffic rows with totals, services, workloads, rollouts and their status, recent events) every second and after each write, the newest only; a `: heartbeat` comment when quiet",
+                    "responses": {"200": {"description": "a stream of server-sent events", "content": {"text/event-stream": {"schema": snapshot}}}, "503": busy}
+                }
+            },
+            "/api/v1/graph": {
+                "get": {
+                    "summary": "The service graph: nodes (gateways, CNFs with their steps, functions, services; grouped by the namespace label) and edges (route, chain, call) with weights and the live feed's request and error rates",
+                    "responses": {"200": {"description": "the graph", "content": {"application/json": {"schema": {"type": "object", "required": ["nodes", "edges"], "properties": {"nodes": {"type": "array", "items": {"type": "object"}}, "edges": {"type": "array", "items": {"type": "object"}}}}}}}}
+                }
+            },
+            "/api/v1/whoami": {
+                "get": {
+                    "summary": "The caller's token id and role (viewer, editor, admin)",
+                    "responses": {"200": {"description": "the caller", "content": {"application/json": {"schema": {"type": "object", "properties": {"tokenId": {"type": "string", "nullable": true}, "role": {"type": "string", "enum": ["viewer", "editor", "admin"], "nullable": true}}}}}}}
                 }
             },
             "/api/v1/{kind}/{name}": {
