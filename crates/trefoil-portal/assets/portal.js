@@ -824,18 +824,25 @@ function graphDraw() {
   const pos = new Map();
   const heights = [];
   const kids = [];
+  // On a narrow screen the four columns stack into one, and every edge
+  // becomes an arc on its right: the drawing fits a phone's width.
+  const narrow = svgBox.parentElement.clientWidth < 700;
+  let y = narrow ? 30 : 56;
   COLUMNS.forEach((kind, col) => {
-    let y = 56;
-    kids.push(svg('text', { x: 16 + col * COLW, y: 20, class: 'col' }, KIND_LABEL[kind] + 's'));
+    const x = narrow ? 16 : 16 + col * COLW;
     const mine = nodes.filter((n) => n.kind === kind).sort((a, b) => a.group.localeCompare(b.group) || a.name.localeCompare(b.name));
+    if (narrow && !mine.length) return;
+    if (narrow) { kids.push(svg('text', { x, y: y - 4, class: 'col' }, KIND_LABEL[kind] + 's')); y += 6; }
+    else { y = 56; kids.push(svg('text', { x, y: 20, class: 'col' }, KIND_LABEL[kind] + 's')); }
     let group = null;
     for (const n of mine) {
-      if (!n.folded && n.group !== group) { group = n.group; kids.push(svg('text', { x: 16 + col * COLW, y: y + 10, class: 'ns' }, 'namespace ' + group)); y += 16; }
+      if (!n.folded && n.group !== group) { group = n.group; kids.push(svg('text', { x, y: y + 10, class: 'ns' }, 'namespace ' + group)); y += 16; }
       const h = n.folded ? 36 : n.kind === 'cnf' ? 26 + ROW * (n.steps || []).length : 26;
-      pos.set(n.id, { x: 16 + col * COLW, y, h });
+      pos.set(n.id, { x, y, h });
       y += h + 22;
     }
     heights.push(y);
+    if (narrow) y += 24;
   });
   // Labels sit just before the arrow head, stacked per target, where the
   // edges into one node have fanned in but not yet met.
@@ -846,22 +853,26 @@ function graphDraw() {
     const k = into.get(e.to) || 0;
     into.set(e.to, k + 1);
     const x1 = a.x + NODEW, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
-    const back = x2 <= x1;
+    const same = a.x === b.x;
+    const back = !same && x2 <= x1;
     // An edge that skips a column runs in a lane above the nodes, not through them.
     const skip = !back && x2 - x1 > COLW;
     const lane = 30 + (k % 4) * 4 + (edges.indexOf(e) % 3) * 2;
-    const d = skip ? 'M' + x1 + ' ' + y1 + ' C' + (x1 + 24) + ' ' + y1 + ' ' + (x1 + 24) + ' ' + lane + ' ' + (x1 + 60) + ' ' + lane + ' L' + (x2 - 60) + ' ' + lane + ' C' + (x2 - 24) + ' ' + lane + ' ' + (x2 - 24) + ' ' + y2 + ' ' + x2 + ' ' + y2
+    // Within one column: an arc out to the right, wider the farther apart.
+    const off = Math.min(170, 24 + Math.abs(y2 - y1) / 4);
+    const d = same ? 'M' + x1 + ' ' + y1 + ' C' + (x1 + off) + ' ' + y1 + ' ' + (x1 + off) + ' ' + y2 + ' ' + x1 + ' ' + y2
+      : skip ? 'M' + x1 + ' ' + y1 + ' C' + (x1 + 24) + ' ' + y1 + ' ' + (x1 + 24) + ' ' + lane + ' ' + (x1 + 60) + ' ' + lane + ' L' + (x2 - 60) + ' ' + lane + ' C' + (x2 - 24) + ' ' + lane + ' ' + (x2 - 24) + ' ' + y2 + ' ' + x2 + ' ' + y2
       : back ? 'M' + (a.x + NODEW / 2) + ' ' + (a.y + a.h) + ' C' + (a.x + NODEW / 2) + ' ' + (a.y + a.h + 40) + ' ' + (b.x + NODEW / 2) + ' ' + (b.y - 40) + ' ' + (b.x + NODEW / 2) + ' ' + b.y
       : 'M' + x1 + ' ' + y1 + ' C' + (x1 + 30) + ' ' + y1 + ' ' + (x2 - 30) + ' ' + y2 + ' ' + x2 + ' ' + y2;
     const err = e.errorRate || 0;
     const cls = 'edge ' + e.kind + (err >= 0.05 ? ' bad' : err > 0 ? ' warn' : e.rps > 0 ? ' busy' : '');
-    const label = e.count ? e.count + ' edges · ' + e.rps.toFixed(1) + ' rps' : edgeLabel(e);
+    const label = e.count > 1 ? e.count + ' edges · ' + e.rps.toFixed(1) + ' rps' : edgeLabel(e);
     const title = e.from + ' → ' + e.to + ': ' + label + (e.step ? ' (' + e.step + ')' : '');
     const id = e.from + '>' + e.to + (e.version ? '@' + e.version : '');
     kids.unshift(svg('g', { class: cls, 'data-edge': id, 'data-weight': e.weight === undefined ? '' : e.weight, 'data-rps': e.rps.toFixed(2) },
       svg('title', {}, title),
       svg('path', { d, 'marker-end': 'url(#arrow)' }),
-      svg('text', back ? { x: b.x + NODEW / 2 + 6, y: b.y - 6 - k * 12, class: 'elabel' } : { x: x2 - 10, y: y2 - 5 - k * 12, class: 'elabel', 'text-anchor': 'end' }, label)));
+      svg('text', same ? { x: x1 + off * 0.75 + 4, y: (y1 + y2) / 2 + 4, class: 'elabel' } : back ? { x: b.x + NODEW / 2 + 6, y: b.y - 6 - k * 12, class: 'elabel' } : { x: x2 - 10, y: y2 - 5 - k * 12, class: 'elabel', 'text-anchor': 'end' }, label)));
   }
   for (const n of nodes) {
     const p = pos.get(n.id);
@@ -887,7 +898,8 @@ function graphDraw() {
     };
     kids.push(svg('g', attrs, svg('title', {}, n.folded ? n.name : n.id + (n.href ? ' (Enter opens its page, f focuses)' : '')), sub));
   }
-  const W = 16 + COLUMNS.length * COLW, H = Math.max(...heights, 60) + 10;
+  // Room on the right for the arcs of the last column.
+  const W = (narrow ? 16 + NODEW : 16 + COLUMNS.length * COLW) + 200, H = Math.max(...heights, 60) + 10;
   const defs = svg('defs', {}, svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' }, svg('path', { d: 'M0 0 L10 5 L0 10 z', class: 'arrow' })));
   svgBox.setAttribute('viewBox', '0 0 ' + W + ' ' + H);
   svgBox.setAttribute('width', W);
@@ -934,6 +946,11 @@ function graphPage() {
   });
   // The structure and the rates change with the feed: read the graph again
   // on a snapshot, at most once a second.
+  // The layout depends on the width: draw again when it changes.
+  let width = window.innerWidth;
+  window.addEventListener('resize', () => { if (window.innerWidth !== width) { width = window.innerWidth; graphDraw(); } });
+  graphState.last = Date.now();
+  graphFetch();
   live((snap) => {
     stamp(snap);
     if (Date.now() - graphState.last < 1000) return;
