@@ -640,7 +640,10 @@ function svg(tag, attrs, ...children) {
 }
 
 const ACTIONS = { Promote: ['Progressing', 'Paused'], Pause: ['Progressing'], Resume: ['Paused'], Abort: ['Progressing', 'Paused'] };
-const rolloutState = { events: new Map(), versions: new Map(), message: null };
+// Events (kept by the store) carry the figures of the checks that decided
+// something; the checks in between are seen live, as the status's last
+// check, and kept here while the page is open.
+const rolloutState = { events: new Map(), versions: new Map(), checks: new Map() };
 
 // The canary's weight after each event, as the controller's notes tell it.
 function weightAfter(e, before) {
@@ -679,6 +682,12 @@ async function act(name, action) {
 
 async function rollouts(snap) {
   const statuses = new Map((snap.rolloutStatuses || []).map((s) => [nameOf(s), s]));
+  for (const [name, s] of statuses) {
+    const st = specOf(s);
+    if (!st.lastCheck || !st.lastCheckMs) continue;
+    if (!rolloutState.checks.has(name)) rolloutState.checks.set(name, new Map());
+    rolloutState.checks.get(name).set(st.lastCheckMs, st.lastCheck.figures || []);
+  }
   const list = (snap.rollouts || []).sort(byName);
   // A rollout's events are read again when its status changed.
   const stale = list.some((r) => { const s = statuses.get(nameOf(r)); return s && rolloutState.versions.get(nameOf(r)) !== s.metadata.resourceVersion; });
@@ -724,9 +733,13 @@ function rolloutCard(r, status, now) {
   if (st) weights.push([t1, st.weight]);
   const charts = [chart('Canary weight (%)', weights, t0, t1, { step: true, lo: 0, hi: 100, format: (v) => v + '%' })];
   const metrics = new Map();
-  for (const e of events) for (const f of e.figures || []) if (f.value !== null && f.value !== undefined) {
+  const checks = [...(rolloutState.checks.get(name) || new Map())].map(([timeMs, figures]) => ({ timeMs, figures }));
+  const judged = events.concat(checks).sort((a, b) => a.timeMs - b.timeMs);
+  for (const e of judged) for (const f of e.figures || []) if (f.value !== null && f.value !== undefined) {
     if (!metrics.has(f.metric)) metrics.set(f.metric, { points: [], bound: f.min !== undefined ? f.min : f.max });
-    metrics.get(f.metric).points.push([e.timeMs, f.value, f.ok]);
+    const points = metrics.get(f.metric).points;
+    // An event repeats the check that made it: one point per moment.
+    if (!points.length || points[points.length - 1][0] !== e.timeMs) points.push([e.timeMs, f.value, f.ok]);
   }
   for (const [metric, m] of metrics) {
     const seconds = /latency/i.test(metric);

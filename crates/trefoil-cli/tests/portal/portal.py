@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.request
 
@@ -58,7 +59,7 @@ def through_gateway(gateway, host, path="/"):
 # The Rollout of shop (its workloads and Route come with the mesh): v2
 # held at 20% by a long pause until a button moves it.
 SHOP = [
-    ("rollouts/shop", "apiVersion: trefoil.dev/v1alpha1\nkind: Rollout\nmetadata: {name: shop}\nspec:\n  service: shop\n  stable: v1\n  canary: v2\n  route: shop\n  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - pause: 1h\n"),
+    ("rollouts/shop", "apiVersion: trefoil.dev/v1alpha1\nkind: Rollout\nmetadata: {name: shop}\nspec:\n  service: shop\n  stable: v1\n  canary: v2\n  route: shop\n  strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - pause: 1h\n  analysis:\n    interval: 1s\n    threshold: 100\n    minRequests: 1\n    metrics:\n    - successRate: {min: 50}\n"),
 ]
 
 
@@ -283,6 +284,19 @@ def main():
         expect(card).to_have_attribute("data-weight", "20")
         expect(card).to_have_attribute("data-phase", "Progressing")
         expect(card.locator("figure.chart svg path.line")).to_be_visible()
+        # Traffic to shop until a check's success rate is charted against its bound.
+        done = threading.Event()
+
+        def send_to_shop():
+            while not done.is_set():
+                through_gateway(a.gateway, "shop.local")
+
+        sender = threading.Thread(target=send_to_shop, daemon=True)
+        sender.start()
+        expect(card.locator("figure.chart", has_text="successRate").locator("circle.ok-dot").first).to_be_visible()
+        done.set()
+        sender.join()
+        expect(card.locator("figure.chart", has_text="successRate").locator("line.bound")).to_have_count(1)
         card.get_by_role("button", name="Pause").click()
         expect(card).to_have_attribute("data-phase", "Paused")
         expect(card.get_by_role("button", name="Pause")).to_be_disabled()
