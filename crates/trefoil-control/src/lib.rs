@@ -193,6 +193,12 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let grpc = tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone())));
     let live = Arc::new(live::Live::new(live::LiveLimits::default()));
     let feed = tokio::spawn(live::run(live.clone(), store.clone(), proxies.clone()));
+    // Open portal tabs must not hold the server past shutdown.
+    let closing = (live.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        stopped(closing.1).await;
+        closing.0.close();
+    });
     let app = api::router(store.clone())
         .merge(traces::api::router(Arc::new(traces::TraceStore::default()), flows.clone()))
         .merge(flows::api::router(flows))

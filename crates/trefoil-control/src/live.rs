@@ -82,11 +82,24 @@ pub struct Live {
     latest: watch::Sender<Snapshot>,
     streams: Arc<Semaphore>,
     limits: LiveLimits,
+    /// Turns true at shutdown: every stream ends, so none holds the server open.
+    closing: watch::Sender<bool>,
 }
 
 impl Live {
     pub fn new(limits: LiveLimits) -> Self {
-        Live { latest: watch::Sender::new(Snapshot::default()), streams: Arc::new(Semaphore::new(limits.max_streams)), limits }
+        Live {
+            latest: watch::Sender::new(Snapshot::default()),
+            streams: Arc::new(Semaphore::new(limits.max_streams)),
+            limits,
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Ends every open stream and refuses new ones (the control plane is stopping).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+        self.streams.close();
     }
 
     /// Whether any stream is open.
@@ -114,7 +127,7 @@ impl Live {
         let slot = self.streams.clone().try_acquire_owned().ok()?;
         let mut rx = self.latest.subscribe();
         rx.mark_changed();
-        Some(frames(rx, self.limits.heartbeat, slot))
+        Some(frames(rx, self.closing.subscribe(), self.limits.heartbeat, slot))
     }
 }
 
@@ -122,12 +135,17 @@ impl Live {
 /// several came while the reader was busy), a heartbeat when quiet.
 fn frames(
     rx: watch::Receiver<Snapshot>,
+    closing: watch::Receiver<bool>,
     heartbeat: Duration,
     slot: OwnedSemaphorePermit,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    futures_util::stream::unfold((rx, slot), move |(mut rx, slot)| async move {
+    futures_util::stream::unfold((rx, closing, slot), move |(mut rx, mut closing, slot)| async move {
         loop {
-            match tokio::time::timeout(heartbeat, rx.changed()).await {
+            let changed = tokio::select! {
+                changed = tokio::time::timeout(heartbeat, rx.changed()) => changed,
+                _ = closing.wait_for(|c| *c) => return None,
+            };
+            match changed {
                 Ok(Ok(())) => {
                     let snapshot = rx.borrow_and_update().clone();
                     // Nothing built yet: wait for the first snapshot.
@@ -138,11 +156,11 @@ fn frames(
                     frame.extend_from_slice(format!("id: {}\nevent: snapshot\ndata: ", snapshot.seq).as_bytes());
                     frame.extend_from_slice(&snapshot.json);
                     frame.extend_from_slice(b"\n\n");
-                    return Some((Ok(Bytes::from(frame)), (rx, slot)));
+                    return Some((Ok(Bytes::from(frame)), (rx, closing, slot)));
                 }
                 // The feed is gone: the control plane is stopping.
                 Ok(Err(_)) => return None,
-                Err(_quiet) => return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (rx, slot))),
+                Err(_quiet) => return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (rx, closing, slot))),
             }
         }
     })
@@ -345,6 +363,17 @@ mod tests {
         })
         .await;
         assert!(ended.is_ok(), "the stream ended with its feed");
+    }
+
+    #[tokio::test]
+    async fn closing_ends_every_stream_and_refuses_new_ones() {
+        let live = live(4, Duration::from_secs(60));
+        live.publish(json!({}), Arc::new(Vec::new()));
+        let mut s = Box::pin(live.open().unwrap());
+        assert!(next_text(&mut s).await.starts_with("id: 1\n"));
+        live.close();
+        assert!(tokio::time::timeout(WAIT, s.next()).await.expect("ended in time").is_none(), "the stream ends at once");
+        assert!(live.open().is_none(), "no stream opens once closing");
     }
 
     #[test]
