@@ -45,6 +45,10 @@ pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// How long the writer lets lines gather before writing them (nginx's
+/// `access_log ... flush=`): the bound on how late a line reaches the file.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Where lines go; cloning shares the writer.
 #[derive(Clone)]
 pub(crate) struct AccessLog {
@@ -65,7 +69,12 @@ impl AccessLog {
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
             while let Ok(line) = rx.recv() {
                 let _ = out.write_all(line.as_bytes());
-                // Batch while lines keep coming; flush as soon as the queue is empty.
+                // Let a batch gather before writing it: under load the
+                // writer wakes once per interval, not once per request
+                // (a wake and a write(2) per line cost a busy proxy on two
+                // cores more than half its HTTP request rate). A line
+                // reaches the file at most one interval after its request.
+                std::thread::sleep(FLUSH_INTERVAL);
                 while let Ok(line) = rx.try_recv() {
                     let _ = out.write_all(line.as_bytes());
                 }
