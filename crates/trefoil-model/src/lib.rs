@@ -1,6 +1,7 @@
 //! Trefoil's declarative resources: their types, defaults, and validation
 //! that points at the file, line, column and field of every mistake.
 
+pub mod authz;
 pub mod check;
 pub mod datapath;
 pub mod diagnostic;

@@ -194,6 +194,7 @@ fn decode(file: &Arc<str>, doc: &LocatedDocument) -> Decoded {
         "Event" => typed(file, doc, "spec", spec_value).map(Spec::Event),
         "DatapathRule" => typed(file, doc, "spec", spec_value).map(Spec::DatapathRule),
         "DatapathRuleStatus" => typed(file, doc, "spec", spec_value).map(Spec::DatapathRuleStatus),
+        "AuthorizationPolicy" => typed(file, doc, "spec", spec_value).map(Spec::AuthorizationPolicy),
         _ => typed(file, doc, "spec", spec_value).map(Spec::TrafficPolicy),
     });
     let readable = problems.is_empty();

@@ -44,6 +44,7 @@ pub enum Spec {
     Event(EventSpec),
     DatapathRule(DatapathRuleSpec),
     DatapathRuleStatus(DatapathRuleStatusSpec),
+    AuthorizationPolicy(AuthorizationPolicySpec),
 }
 
 /// Every kind this build knows, for error messages.
@@ -62,6 +63,7 @@ pub const KINDS: &[&str] = &[
     "Event",
     "DatapathRule",
     "DatapathRuleStatus",
+    "AuthorizationPolicy",
 ];
 
 /// The kind a path segment or a user names, in any form the API accepts:
@@ -96,6 +98,7 @@ impl Spec {
             Spec::Event(_) => "Event",
             Spec::DatapathRule(_) => "DatapathRule",
             Spec::DatapathRuleStatus(_) => "DatapathRuleStatus",
+            Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 }
@@ -131,6 +134,7 @@ mod tests {
         assert_eq!(kind_named("trafficpolicy"), Some("TrafficPolicy"));
         assert_eq!(kind_named("CNFs"), Some("CNF"));
         assert_eq!(kind_named("datapathrules"), Some("DatapathRule"));
+        assert_eq!(kind_named("authorizationpolicies"), Some("AuthorizationPolicy"));
         assert_eq!(kind_named("widget"), None);
     }
 }

@@ -159,6 +159,7 @@ fn check(resources: &[SourcedResource], stored: &[&Resource], references: Refere
             // Written by the control plane itself, from checked values.
             Spec::RolloutStatus(_) | Spec::Event(_) | Spec::DatapathRuleStatus(_) => {}
             Spec::DatapathRule(d) => v.datapath_rule(r, d, resources),
+            Spec::AuthorizationPolicy(p) => v.authorization_policy(r, p),
         }
         if matches!(r.resource.spec, Spec::Workload(_) | Spec::NetworkFunction(_) | Spec::Cnf(_)) {
             v.target_labels(r, resources);
@@ -374,6 +375,72 @@ impl Validator {
         let selectable = |s: &SourcedResource| matches!(s.resource.spec, Spec::Workload(_) | Spec::NetworkFunction(_) | Spec::Cnf(_));
         if self.check_references && !d.to.is_empty() && !all.iter().any(|s| selectable(s) && d.to.matches(&s.resource.metadata.labels)) {
             self.report(r, "spec.to", format!("no Workload, NetworkFunction or CNF has the labels {}", d.to));
+        }
+    }
+
+    /// An authorization policy: what it selects, and no list written empty
+    /// (an empty list would silently match nothing, or everything).
+    fn authorization_policy(&mut self, r: &SourcedResource, p: &AuthorizationPolicySpec) {
+        let sel = &p.selector;
+        if sel.service.is_none() && sel.workload.is_none() {
+            self.report(r, "spec.selector", "give `service`, `workload` or both: the policy must select what it protects");
+        }
+        for (field, name) in [("service", &sel.service), ("workload", &sel.workload)] {
+            if let Some(name) = name.as_ref().filter(|n| !valid_name(n)) {
+                self.report(r, &format!("spec.selector.{field}"), format!("invalid {field} name {name:?}"));
+            }
+        }
+        if let Some(service) = &sel.service {
+            if self.check_references && !self.services.contains_key(service) {
+                self.report(r, "spec.selector.service", format!("no Service named {service:?}"));
+            }
+        }
+        if p.rules.is_empty() {
+            self.report(r, "spec.rules", "no rules: a policy needs at least one (`rules: [{}]` matches every request)");
+        }
+        for (i, rule) in p.rules.iter().enumerate() {
+            let at = format!("spec.rules[{i}]");
+            let lists = [
+                ("from", rule.from.as_ref().map(Vec::len)),
+                ("to", rule.to.as_ref().map(Vec::len)),
+                ("when", rule.when.as_ref().map(Vec::len)),
+            ];
+            for (part, len) in lists {
+                if len == Some(0) {
+                    self.report(
+                        r,
+                        &format!("{at}.{part}"),
+                        format!("an empty `{part}` matches nothing: leave it out to match every request"),
+                    );
+                }
+            }
+            for (j, s) in rule.from.iter().flatten().enumerate() {
+                if s.is_empty() {
+                    self.report(r, &format!("{at}.from[{j}]"), "says nothing: give principals, namespaces or ipBlocks");
+                }
+            }
+            for (j, o) in rule.to.iter().flatten().enumerate() {
+                if o.is_empty() {
+                    self.report(r, &format!("{at}.to[{j}]"), "says nothing: give methods, paths, ports or hosts");
+                }
+                if let Some(k) = o.ports.iter().position(|p| *p == 0) {
+                    self.report(r, &format!("{at}.to[{j}].ports[{k}]"), "port 0 is no port a request arrives on");
+                }
+            }
+            for (j, c) in rule.when.iter().flatten().enumerate() {
+                let field = format!("{at}.when[{j}]");
+                match (&c.header, c.values.is_empty(), c.sni.is_empty()) {
+                    (Some(_), false, true) | (None, true, false) => {}
+                    (Some(_), _, false) | (None, false, false) => {
+                        self.report(r, &field, "one condition per entry: a `header` with its `values`, or `sni`")
+                    }
+                    (Some(_), true, true) => {
+                        self.report(r, &format!("{field}.values"), "a header condition needs `values` (`['*']` for any)")
+                    }
+                    (None, false, true) => self.report(r, &format!("{field}.header"), "`values` without the `header` they are for"),
+                    (None, true, true) => self.report(r, &field, "says nothing: give `header` with `values`, or `sni`"),
+                }
+            }
         }
     }
 
@@ -1159,6 +1226,55 @@ mod tests {
         let err = validate_against(&new(&policy("b")), &stored(&policy("a"))).unwrap_err();
         assert_eq!(err.0[0].field, "spec.service", "{err}");
         validate_against(&new(&policy("a")), &stored(&policy("a"))).unwrap();
+    }
+
+    const POLICY: &str = "apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n";
+
+    #[test]
+    fn a_good_authorization_policy_passes() {
+        check(&format!("{POLICY}  selector: {{service: web}}\n  action: allow\n  rules:\n  - from: [{{principals: ['spiffe://trefoil.local/ns/*/sa/api'], ipBlocks: [10.0.0.0/8, 'fd00::/8']}}]\n    to: [{{methods: [GET], paths: ['/api/*', /status], ports: [8080], hosts: ['*.local']}}]\n    when: [{{header: x-env, values: [prod]}}, {{sni: [web.local]}}]\n")).unwrap();
+    }
+
+    #[test]
+    fn authorization_policy_mistakes_are_located() {
+        let text = format!("{POLICY}  selector: {{service: web}}\n  action: permit\n  rules:\n  - from:\n    - ipBlocks: [10.0.0.1/8]\n    - principals: ['spiffe://trefoil.local/ns/we*b/sa/x']\n    to: [{{paths: ['/a*/b']}}]\n");
+        let found: Vec<_> = problems(&text).into_iter().map(|d| (d.field, d.line, d.column, d.message)).collect();
+        let fields: Vec<_> = found.iter().map(|(f, l, _, _)| (f.as_str(), *l)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("spec.action", 12),
+                ("spec.rules[0].from[0].ipBlocks[0]", 15),
+                ("spec.rules[0].from[1].principals[0]", 16),
+                ("spec.rules[0].to[0].paths[0]", 17)
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].3.contains("unknown variant `permit`, expected one of `allow`, `deny`, `audit`"), "{found:?}");
+        assert!(found[1].3.contains("host bits set: the network is 10.0.0.0/8"), "{found:?}");
+        assert!(found[2].3.contains("a wildcard `*` must be a whole path segment"), "{found:?}");
+        assert!(found[1].2 > 1, "a column: {found:?}");
+
+        let empty = format!("{POLICY}  selector: {{}}\n  action: deny\n  rules: []\n");
+        let err = check(&empty).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(fields, [("spec.selector", 11), ("spec.rules", 13)], "{err}");
+        assert!(err.to_string().contains("c.yaml:13:"), "{err}");
+
+        let lists = format!("{POLICY}  selector: {{service: nope}}\n  action: allow\n  rules:\n  - from: []\n    to: [{{}}]\n    when: [{{values: [a]}}, {{header: x-a}}]\n");
+        let err = check(&lists).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.selector.service",
+                "spec.rules[0].from",
+                "spec.rules[0].to[0]",
+                "spec.rules[0].when[0].header",
+                "spec.rules[0].when[1].values"
+            ],
+            "{err}"
+        );
     }
 
     #[test]

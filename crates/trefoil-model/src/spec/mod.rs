@@ -1,5 +1,6 @@
 //! The `spec` of each resource kind.
 
+pub mod authorization_policy;
 pub mod cnf;
 pub mod datapath_rule;
 pub mod endpoints;
@@ -13,6 +14,7 @@ pub mod service;
 pub mod traffic_policy;
 pub mod workload;
 
+pub use authorization_policy::*;
 pub use cnf::*;
 pub use datapath_rule::*;
 pub use endpoints::*;
