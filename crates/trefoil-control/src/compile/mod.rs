@@ -44,6 +44,9 @@ pub struct MeshView {
     shared_json: JsonArray,
     /// Services whose TrafficPolicy sets a `tls` mode; the rest are `strict`.
     tls_modes: BTreeMap<String, TlsMode>,
+    /// Authorization policies, each encoded once: a sidecar gets those
+    /// selecting its service, a proxy with inbound listeners all of them.
+    policies: Vec<(PolicySelector, String)>,
 }
 
 /// How a sidecar's inbound listener serves a service whose policy says `mode`
@@ -65,6 +68,7 @@ impl MeshView {
         let mut cnfs: BTreeMap<&str, &Resource> = BTreeMap::new();
         let mut tls_modes: BTreeMap<String, TlsMode> = BTreeMap::new();
         let mut functions: BTreeMap<&str, &Resource> = BTreeMap::new();
+        let mut policies = Vec::new();
         for r in resources {
             match &r.spec {
                 Spec::Proxy(p) => {
@@ -98,6 +102,7 @@ impl MeshView {
                 Spec::Rollout(_) | Spec::RolloutStatus(_) | Spec::Event(_) => {}
                 // Datapath rules go to node agents, not to proxies.
                 Spec::DatapathRule(_) | Spec::DatapathRuleStatus(_) => {}
+                Spec::AuthorizationPolicy(p) => policies.push((r.name().to_string(), p.selector.clone(), encode(&clean(r)))),
             }
         }
         passthrough.extend(chained(&routes, &cnfs, &functions));
@@ -171,7 +176,9 @@ impl MeshView {
             _ => false,
         };
         let route_names = routes.iter().filter(|r| !passthrough_only(r)).map(|r| r.name().to_string()).collect();
-        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes }
+        policies.sort_by(|a, b| a.0.cmp(&b.0));
+        let policies = policies.into_iter().map(|(_, selector, json)| (selector, json)).collect();
+        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes, policies }
     }
 
     /// Points every declared proxy without tracing settings at `endpoint`
@@ -210,9 +217,18 @@ impl MeshView {
     }
 
     fn gateway(&self, proxy: &str, out: &mut JsonArray) {
+        let mut inbound = false;
         for (name, listener) in &self.listeners {
             if listener.proxy.as_deref().is_none_or(|p| p == proxy) {
+                inbound |= listener.direction == "inbound";
                 out.push(&resource(name, Spec::Listener(listener.clone())));
+            }
+        }
+        // Policies are enforced on inbound listeners only: a gateway whose
+        // listeners all face clients outside the mesh needs none of them.
+        if inbound {
+            for (_, encoded) in &self.policies {
+                out.push_encoded(encoded);
             }
         }
         for encoded in self.services_json.values() {
@@ -265,6 +281,12 @@ impl MeshView {
         }
         if !self.services.contains_key(&sidecar.service) {
             out.push(&resource(&sidecar.service, Spec::Service(ServiceSpec { endpoints: own_app, ..ServiceSpec::default() })));
+        }
+        // The policies its inbound listener enforces.
+        for (selector, encoded) in &self.policies {
+            if selector.selects(&sidecar.service, Some(&sidecar.workload)) {
+                out.push_encoded(encoded);
+            }
         }
         out.push(&resource(
             &inbound_route,

@@ -341,3 +341,40 @@ fn proxies_without_tracing_export_to_the_default_collector() {
         Some(("http://collector:4318".to_string(), 5.0))
     );
 }
+
+const POLICIES: &str = r#"
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api-from-web, resourceVersion: "9"}
+spec:
+  selector: {service: api}
+  action: allow
+  rules: [{from: [{principals: ["spiffe://trefoil.local/ns/default/sa/web-v1"]}]}]
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-no-admin}
+spec:
+  selector: {service: web}
+  action: deny
+  rules: [{to: [{paths: ["/admin*"]}]}]
+"#;
+
+#[test]
+fn policies_go_to_the_proxies_in_front_of_what_they_select() {
+    let mut all = mesh();
+    all.extend(trefoil_model::load_str(&Arc::from("p.yaml"), POLICIES).unwrap().into_iter().map(|s| s.resource));
+    let names = |s: &ProxySnapshot| -> Vec<String> {
+        resources(s).iter().filter(|r| r.kind() == "AuthorizationPolicy").map(|r| r.name().to_string()).collect()
+    };
+    let sidecar = snapshot_for("api-0", &all, 4);
+    assert_valid(&sidecar);
+    assert_eq!(names(&sidecar), ["api-from-web"], "only the policies selecting the sidecar's service");
+    assert_eq!(find(&sidecar, "AuthorizationPolicy", "api-from-web").unwrap().metadata.resource_version, None);
+    let gateway = snapshot_for("gateway", &all, 4);
+    assert!(names(&gateway).is_empty(), "a gateway with outbound listeners only enforces none");
+    let other = snapshot_for("other", &all, 4);
+    assert_valid(&other);
+    assert_eq!(names(&other), ["api-from-web", "web-no-admin"], "`elsewhere` is an inbound listener (the default direction)");
+}
