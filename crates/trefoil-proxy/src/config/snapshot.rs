@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
+use trefoil_model::authz::{NamedPolicy, PolicySet};
 use trefoil_model::spec::*;
 use trefoil_model::{Diagnostic, Diagnostics, Resource, SourcedResource, Spec};
 
@@ -139,6 +140,8 @@ pub(crate) struct ListenerConfig {
     pub permissive: bool,
     /// Serves mesh TLS.
     pub mesh: bool,
+    /// An inbound listener enforces its rules' authorization policies.
+    pub enforce_authz: bool,
 }
 
 impl ServiceConfig {
@@ -282,6 +285,9 @@ pub(crate) struct CompiledRule {
     pub budget: Option<Arc<Budget>>,
     /// The CNF chain the rule's requests go through.
     pub chain: Option<Arc<Chain>>,
+    /// The authorization policies selecting the rule's backends, checked
+    /// on inbound listeners before the chain.
+    pub authz: Option<Arc<PolicySet>>,
 }
 
 impl CompiledRule {
@@ -297,6 +303,10 @@ struct Compiler<'a> {
     clusters: BTreeMap<BackendRef, Arc<Cluster>>,
     /// CNF name -> its compiled chain.
     chains: HashMap<String, Arc<Chain>>,
+    /// Every AuthorizationPolicy of the config.
+    policies: Vec<NamedPolicy>,
+    /// The workload a sidecar fronts: policies naming another one do not apply.
+    workload: Option<String>,
 }
 
 /// Compiles `sources` as a proxy would and keeps only the verdict: the
@@ -312,7 +322,6 @@ pub(crate) fn compile(sources: &[SourcedResource], shared: &Shared, version: u64
     shared.loads.prune();
     shared.rate_limiters.prune();
     shared.budgets.prune();
-    let mut c = Compiler { shared, problems: Vec::new(), services: BTreeMap::new(), clusters: BTreeMap::new(), chains: HashMap::new() };
     let settings = sources
         .iter()
         .find_map(|s| match &s.resource.spec {
@@ -320,6 +329,22 @@ pub(crate) fn compile(sources: &[SourcedResource], shared: &Shared, version: u64
             _ => None,
         })
         .unwrap_or_else(ProxySpec::with_defaults);
+    let policies = sources
+        .iter()
+        .filter_map(|s| match &s.resource.spec {
+            Spec::AuthorizationPolicy(p) => Some(NamedPolicy { name: s.resource.name().to_string(), spec: p.clone() }),
+            _ => None,
+        })
+        .collect();
+    let mut c = Compiler {
+        shared,
+        problems: Vec::new(),
+        services: BTreeMap::new(),
+        clusters: BTreeMap::new(),
+        chains: HashMap::new(),
+        policies,
+        workload: settings.sidecar.as_ref().map(|s| s.workload.clone()),
+    };
     let policies: HashMap<&str, (&SourcedResource, &TrafficPolicySpec)> = sources
         .iter()
         .filter_map(|s| match &s.resource.spec {
@@ -575,7 +600,9 @@ impl Compiler<'_> {
                 }
                 chain
             });
+            let authz = self.authz(rule);
             rules.push(CompiledRule {
+                authz,
                 matchers,
                 request_headers,
                 response_headers,
@@ -598,6 +625,15 @@ impl Compiler<'_> {
             });
         }
         Arc::new(CompiledRoute { name: label(s.resource.name()), rules })
+    }
+
+    /// The policies selecting any backend of `rule`; `None` when none does.
+    fn authz(&self, rule: &RouteRule) -> Option<Arc<PolicySet>> {
+        let workload = self.workload.as_deref();
+        let selected =
+            self.policies.iter().filter(|p| rule.backends.iter().any(|b| p.spec.selector.selects(&b.service, workload))).cloned();
+        let set = PolicySet::new(selected);
+        (!set.is_empty()).then(|| Arc::new(set))
     }
 
     /// Whether any backend of `route` is an `originalDestination` Service.
@@ -670,6 +706,7 @@ impl Compiler<'_> {
             transparent: spec.transparent,
             permissive: spec.mesh_tls == Some(MeshTls::Permissive),
             mesh: spec.mesh_tls.is_some(),
+            enforce_authz: spec.direction == "inbound",
         }
     }
 }

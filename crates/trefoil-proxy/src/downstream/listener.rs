@@ -283,6 +283,7 @@ async fn serve_tls(state: Arc<ProxyState>, config: Arc<ListenerConfig>, stream: 
     conn.tls = true;
     let session = stream.get_ref().1;
     conn.peer_identity = session.peer_certificates().and_then(|c| c.first()).and_then(peer_identity).map(Arc::from);
+    conn.sni = session.server_name().map(Arc::from);
     count_handshake(&state, &config, conn.peer_identity.as_deref(), "success");
     let wire = if session.alpn_protocol() == Some(b"h2") || config.protocol == ListenerProtocol::Http2 { Wire::Http2 } else { Wire::Http1 };
     serve_http(state, TokioIo::new(stream), conn, watcher, wire).await;

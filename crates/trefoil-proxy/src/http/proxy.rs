@@ -19,6 +19,7 @@ use hyper::rt::Timer;
 use futures_util::future::{Either, FutureExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use trefoil_model::authz::{PolicySet, Request as AuthzRequest};
 use trefoil_model::spec::HashOn;
 
 use crate::config::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
@@ -34,7 +35,7 @@ use crate::http::record::{version_name, Arrival, Outcomes, Record};
 use crate::http::retry::{backoff, AttemptFailure};
 use crate::sys::descriptors;
 use crate::telemetry::attempt_span;
-use crate::telemetry::metrics::{EndpointLabels, Label, Metrics, RetryLabels, ServiceLabels};
+use crate::telemetry::metrics::{AuthzLabels, EndpointLabels, Label, Metrics, RetryLabels, ServiceLabels};
 use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::endpoint::{EndpointState, Outcome};
 use crate::upstream::h1;
@@ -48,6 +49,8 @@ pub(crate) struct Connection {
     pub client: SocketAddr,
     /// SPIFFE id or common name of a verified client certificate.
     pub peer_identity: Option<Arc<str>>,
+    /// The TLS server name the client asked for.
+    pub sni: Option<Arc<str>>,
     pub tls: bool,
     /// Where the client addressed the connection, when a datapath rule
     /// redirected it to a transparent listener (the accepted socket's own
@@ -60,7 +63,7 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(listener: Label, client: SocketAddr) -> Self {
         let client_ip = HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Connection { listener, client, peer_identity: None, tls: false, original_destination: None, client_ip }
+        Connection { listener, client, peer_identity: None, sni: None, tls: false, original_destination: None, client_ip }
     }
 }
 
@@ -192,6 +195,11 @@ impl<'a> Exchange<'a> {
     /// issue 18).
     async fn run(&mut self, incoming: Downstream) -> Result<Response<ProxyBody>, Reply> {
         let Some((route, rule)) = self.route() else { return Err(self.no_route()) };
+        // A request back from an inline function was authorized on its first leg.
+        let resumed = self.parts.extensions.get::<inline::ResumeAfter>().is_some();
+        if let Some(policies) = rule.authz.as_ref().filter(|_| self.listener.enforce_authz && !resumed) {
+            self.authorize(policies)?;
+        }
         if rule.rate_limit.is_some() || rule.fault.is_some() {
             Box::pin(self.filters(rule)).await?;
         }
@@ -229,6 +237,38 @@ impl<'a> Exchange<'a> {
         let (route, rule) = find_route(self.listener, self.host, self.parts)?;
         self.out.route = Some(route.name.clone());
         Some((route, rule))
+    }
+
+    /// Phase: authorization, before filters and the chain, by the peer
+    /// identity the connection's handshake established (the client's
+    /// `x-trefoil-peer-identity` header was dropped on arrival).
+    fn authorize(&mut self, policies: &PolicySet) -> Result<(), Reply> {
+        let decision = policies.evaluate(&AuthzRequest {
+            principal: self.conn.peer_identity.as_deref(),
+            source: Some(self.conn.client.ip()),
+            method: self.parts.method.as_str(),
+            path: self.parts.uri.path(),
+            port: Some(self.listener.addr.port()),
+            host: self.host,
+            sni: self.conn.sni.as_deref(),
+            headers: &self.parts.headers,
+        });
+        let metrics = &self.state.shared.metrics;
+        for audit in &decision.audited {
+            let labels = AuthzLabels { policy: audit.policy.clone(), rule: audit.rule.to_string() };
+            metrics.authz_audited.get_or_create(&labels).inc();
+            self.out.authz = format!("audit {}/{}", audit.policy, audit.rule);
+        }
+        if decision.allowed {
+            return Ok(());
+        }
+        let (policy, rule) = decision.labels();
+        self.out.authz = match &decision.rule {
+            Some(r) => format!("deny {}/{}", r.policy, r.rule),
+            None => "default-deny".to_string(),
+        };
+        metrics.authz_denied.get_or_create(&AuthzLabels { policy, rule }).inc();
+        Err(self.out.plainly(LocalReply::RbacDenied))
     }
 
     fn no_route(&mut self) -> Reply {

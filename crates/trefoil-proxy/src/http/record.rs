@@ -43,6 +43,8 @@ pub(crate) struct Outcomes {
     pub(crate) flag: Option<LocalReply>,
     /// The CNF whose chain the request went through.
     pub(crate) cnf: Option<Label>,
+    /// The authorization rules that refused or audited the request.
+    pub(crate) authz: String,
     /// Where the spans of the chain's steps and the upstream attempts go,
     /// when the request is traced.
     pub(crate) spans: Option<HopSpans>,
@@ -230,6 +232,7 @@ impl Record {
                 attempts: out.attempts,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 flag: out.flag.map_or("", LocalReply::flag),
+                authz: &out.authz,
             });
         }
         if let (Some(spans), Some(wall_start), true) = (&self.telemetry.spans, self.wall_start, trace.sampled) {

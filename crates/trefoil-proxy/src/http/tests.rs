@@ -83,6 +83,9 @@ struct Harness {
     /// With `transparent`: the original destination of the connections
     /// accepted from now on, as a datapath redirect would have left it.
     original: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// The verified peer identity of the connections accepted from now on,
+    /// as a client certificate's handshake would have left it.
+    peer: Arc<std::sync::Mutex<Option<Arc<str>>>>,
 }
 
 async fn harness(yaml: &str, upstream: SocketAddr) -> Harness {
@@ -113,10 +116,13 @@ async fn harness_on(transparent: bool, yaml: &str, upstream: SocketAddr) -> Harn
     let addr = listener.local_addr().unwrap();
     let (serving, original) = (state.clone(), Arc::new(std::sync::Mutex::new(None)));
     let originals = original.clone();
+    let peer = Arc::new(std::sync::Mutex::new(None));
+    let peers = peer.clone();
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let mut conn = Connection::new(label("public"), client);
             conn.original_destination = *originals.lock().unwrap();
+            conn.peer_identity = peers.lock().unwrap().clone();
             let (state, conn) = (serving.clone(), Arc::new(conn));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -126,16 +132,25 @@ async fn harness_on(transparent: bool, yaml: &str, upstream: SocketAddr) -> Harn
             });
         }
     });
-    Harness { addr, state, original }
+    Harness { addr, state, original, peer }
 }
 
 impl Harness {
     /// `GET path`: the status, the `x-trefoil-flag` if any, and one header's value.
     async fn get(&self, path: &str, header: &str) -> (u16, String, String) {
+        self.send("GET", path, &[], header).await
+    }
+
+    /// `method path` with `headers`: the status, the `x-trefoil-flag` if any, and one header's value.
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], header: &str) -> (u16, String, String) {
         let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection);
-        let req = Request::get(path).header("host", "web").body(Empty::<Bytes>::new()).unwrap();
+        let mut req = Request::builder().method(method).uri(path).header("host", "web");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Empty::<Bytes>::new()).unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let value = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         let (status, flag, header) = (resp.status().as_u16(), value("x-trefoil-flag"), value(header));
@@ -308,4 +323,49 @@ async fn an_original_destination_backend_goes_where_each_connection_was_addresse
         let hits = if to == a.addr { &a.hits } else { &b.hits };
         assert_eq!(hits.load(Ordering::SeqCst), n, "the request went to {to}, on a connection of its own destination");
     }
+}
+
+/// The authorization phase: by the connection's verified identity only,
+/// before the chain (its function never hears of a denied request), deny
+/// over allow, counted by policy and rule.
+#[tokio::test]
+async fn authorization_decides_before_the_chain_by_the_verified_identity() {
+    let up = upstream(Arc::new(AtomicBool::new(true))).await;
+    let acl = acl_function().await;
+    let web = "spiffe://trefoil.local/ns/default/sa/web";
+    let config = format!(
+        "---\napiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {{name: acl}}\n\
+         spec: {{ports: [{{name: http, port: 80, protocol: http}}], endpoints: [{{address: \"{acl}\"}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: NetworkFunction\nmetadata: {{name: acl}}\nspec: {{service: acl, timeout: 2s}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata: {{name: edge}}\nspec: {{chain: [{{function: acl}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: from-web}}\n\
+         spec: {{selector: {{service: web}}, action: allow, rules: [{{from: [{{principals: ['spiffe://trefoil.local/ns/*/sa/web']}}]}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin}}\n\
+         spec: {{selector: {{service: web}}, action: deny, rules: [{{to: [{{methods: [DELETE]}}]}}, {{to: [{{paths: ['/admin/*']}}]}}]}}\n"
+    );
+    let rules = "    - matches: [{path: {prefix: /}}]\n      backends: [{service: web}]\n      chain: edge\n";
+    let proxy = harness(&format!("{ROUTE}{rules}{config}"), up.addr).await;
+    let forged = [("x-trefoil-peer-identity", web)];
+    assert_eq!(proxy.get("/ok", "").await, (403, "rbac_denied".into(), String::new()), "no identity: default deny");
+    assert_eq!(proxy.send("GET", "/ok", &forged, "").await, (403, "rbac_denied".into(), String::new()), "a forged header is no identity");
+    *proxy.peer.lock().unwrap() = Some(Arc::from(web));
+    assert_eq!(proxy.get("/ok", "").await.0, 200, "the allowed principal");
+    assert_eq!(
+        proxy.get("/admin/users", "").await,
+        (403, "rbac_denied".into(), String::new()),
+        "deny overrides allow, before the chain's 451"
+    );
+    assert_eq!(proxy.send("DELETE", "/ok", &[], "").await.1, "rbac_denied");
+    *proxy.peer.lock().unwrap() = Some(Arc::from("spiffe://trefoil.local/ns/default/sa/batch"));
+    assert_eq!(proxy.get("/ok", "").await.0, 403, "another principal");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1, "only the allowed request reached the upstream");
+    let text = proxy.state.shared.metrics.encode_prometheus();
+    let count = |labels: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("trefoil_authz_denied_total{{{labels}}}")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(count("policy=\"\",rule=\"default-deny\"").as_deref(), Some("3"), "{text}");
+    assert_eq!(count("policy=\"no-admin\",rule=\"1\"").as_deref(), Some("1"), "{text}");
+    assert_eq!(count("policy=\"no-admin\",rule=\"0\"").as_deref(), Some("1"), "{text}");
 }

@@ -39,6 +39,10 @@ pub(crate) struct AccessRecord<'a> {
     /// Why the proxy answered itself, if it did (`no_route`, `timeout`, `rate_limited`, ...).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub flag: &'a str,
+    /// The authorization rule that refused or audited the request
+    /// (`deny policy/rule`, `default-deny`, `audit policy/rule`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub authz: &'a str,
 }
 
 pub(crate) fn now_rfc3339() -> String {

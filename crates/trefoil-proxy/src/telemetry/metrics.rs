@@ -167,6 +167,15 @@ pub(crate) struct DatapathLabels {
     pub result: &'static str,
 }
 
+/// One authorization decision that refused or audited a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthzLabels {
+    /// The policy whose rule matched; empty for a default denial.
+    pub policy: String,
+    /// The rule's index in the policy, or `default-deny`.
+    pub rule: String,
+}
+
 /// Every metric the proxy exports.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -190,6 +199,8 @@ pub(crate) struct Metrics {
     pub connections_shed: Counter,
     pub spans_dropped: Counter,
     pub tls_handshakes: Family<TlsLabels, Counter>,
+    pub authz_denied: Family<AuthzLabels, Counter>,
+    pub authz_audited: Family<AuthzLabels, Counter>,
 }
 
 /// Latency buckets from half a millisecond to thirty seconds.
@@ -256,9 +267,23 @@ impl Default for Metrics {
             "TLS handshakes on listeners, by verified peer identity and result",
             tls_handshakes.clone(),
         );
+        let authz_denied = Family::default();
+        registry.register(
+            "trefoil_authz_denied",
+            "Requests an AuthorizationPolicy refused (403 rbac_denied), by policy and rule",
+            authz_denied.clone(),
+        );
+        let authz_audited = Family::default();
+        registry.register(
+            "trefoil_authz_audited",
+            "Requests an audit AuthorizationPolicy rule matched, by policy and rule",
+            authz_audited.clone(),
+        );
         let spans_dropped = Counter::default();
         registry.register("trefoil_spans_dropped", "Spans dropped because the exporter fell behind", spans_dropped.clone());
         Metrics {
+            authz_denied,
+            authz_audited,
             tls_handshakes,
             spans_dropped,
             registry,
