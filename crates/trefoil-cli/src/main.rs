@@ -79,6 +79,9 @@ enum Command {
     /// Datapath rules in the compact form: add, list, delete, explain which rule decides a connection.
     #[command(long_about = commands::datapath::ABOUT)]
     Datapath(commands::datapath::Args),
+    /// Authorization policies: explain which policy and rule decide a request, and why.
+    #[command(long_about = commands::authz::ABOUT)]
+    Authz(commands::authz::Args),
     /// Bearer tokens for the REST API: create (secret shown once), list, revoke.
     #[command(long_about = commands::token::ABOUT)]
     Token(commands::token::Args),
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Nf(args) => commands::nf::run(args),
         Command::Trace(args) => commands::trace::run(args),
         Command::Datapath(args) => commands::datapath::run(args),
+        Command::Authz(args) => commands::authz::run(args),
         Command::Token(args) => commands::token::run(args),
         Command::Config(args) => commands::config::run(args),
     }

@@ -50,6 +50,22 @@ pub struct ServiceRelations {
     /// Routes that shape, send or mirror traffic to it.
     pub routes: Vec<String>,
     pub traffic_policies: Vec<String>,
+    /// The authorization policies in front of it, in the order they are evaluated.
+    pub authorization_policies: Vec<PolicyView>,
+    /// Whether a request no allow rule matches is refused (some allow policy applies).
+    pub default_deny: bool,
+}
+
+/// One authorization policy selecting a service.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyView {
+    pub name: String,
+    pub action: crate::spec::AuthzAction,
+    /// Set when the policy applies to one workload of the service only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    pub rules: usize,
 }
 
 /// One backend of one rule of a Route.
@@ -134,7 +150,7 @@ impl WorkloadReadiness {
 /// a client fetches before asking.
 pub fn reads(kind: &str) -> &'static [&'static str] {
     match kind {
-        "Service" => &["Service", "Endpoints", "Workload", "Route", "TrafficPolicy"],
+        "Service" => &["Service", "Endpoints", "Workload", "Route", "TrafficPolicy", "AuthorizationPolicy"],
         "Route" => &["Service", "Endpoints"],
         "Workload" => &["Endpoints"],
         "CNF" => &["NetworkFunction", "Service", "Endpoints", "Route"],
@@ -244,7 +260,26 @@ impl<'a> Mesh<'a> {
             .filter(|r| matches!(&r.spec, Spec::TrafficPolicy(p) if p.service == name))
             .map(|r| r.name().to_string())
             .collect();
-        ServiceRelations { endpoints: self.endpoints(name), workloads, routes, traffic_policies }
+        // Every policy naming the service, those for one workload of it included.
+        let selecting = self.of("AuthorizationPolicy").filter_map(|r| match &r.spec {
+            Spec::AuthorizationPolicy(p) if p.selector.service.as_deref() == Some(name) => {
+                Some(crate::authz::NamedPolicy { name: r.name().to_string(), spec: p.clone() })
+            }
+            _ => None,
+        });
+        let set = crate::authz::PolicySet::new(selecting);
+        let authorization_policies: Vec<PolicyView> = set
+            .policies()
+            .iter()
+            .map(|p| PolicyView {
+                name: p.name.clone(),
+                action: p.spec.action,
+                workload: p.spec.selector.workload.clone(),
+                rules: p.spec.rules.len(),
+            })
+            .collect();
+        let default_deny = authorization_policies.iter().any(|p| p.action == crate::spec::AuthzAction::Allow);
+        ServiceRelations { endpoints: self.endpoints(name), workloads, routes, traffic_policies, authorization_policies, default_deny }
     }
 
     pub fn route(&self, route: &RouteSpec) -> RouteRelations {

@@ -18,7 +18,7 @@ use crate::output::{current_thread_runtime, exit, print_structured, Format};
 pub(crate) const ABOUT: &str = "Show a resource and what relates to it:
 
   Service    its endpoints (static, and discovered ones ready or not), the Workloads serving it,
-             the Routes that send to it and its TrafficPolicy
+             the Routes that send to it, its TrafficPolicy and its effective AuthorizationPolicies
   Route      each backend and how many ready endpoints it has
   Proxy      its status as the control plane sees it (connected, snapshot versions, NACK)
   Workload   its replicas as discovered in Endpoints/<service>
@@ -164,6 +164,15 @@ fn print_human(kind: &str, name: &str, d: &Described) {
             list_or_none(s.routes.iter().cloned());
             println!("TrafficPolicy:");
             list_or_none(s.traffic_policies.iter().cloned());
+            println!("AuthorizationPolicies (deny first, then audit, then allow):");
+            list_or_none(s.authorization_policies.iter().map(|p| {
+                let only = p.workload.as_ref().map(|w| format!(", workload {w} only")).unwrap_or_default();
+                format!("{} ({}, {} rule(s){only})", p.name, p.action.as_str(), p.rules)
+            }));
+            println!(
+                "Default: {}",
+                if s.default_deny { "deny (an allow policy applies: what no allow rule matches is refused)" } else { "allow" }
+            );
         }
         Related::Route(r) => {
             println!("Backends:");

@@ -1,3 +1,4 @@
+pub(crate) mod authz;
 pub(crate) mod check;
 pub(crate) mod client;
 pub(crate) mod config;
