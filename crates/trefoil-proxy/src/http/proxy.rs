@@ -198,7 +198,9 @@ impl<'a> Exchange<'a> {
         // A request back from an inline function was authorized on its first leg.
         let resumed = self.parts.extensions.get::<inline::ResumeAfter>().is_some();
         if let Some(policies) = rule.authz.as_ref().filter(|_| self.listener.enforce_authz && !resumed) {
-            self.authorize(policies)?;
+            if !self.authorize(policies) {
+                return Err(self.out.plainly(LocalReply::RbacDenied));
+            }
         }
         if rule.rate_limit.is_some() || rule.fault.is_some() {
             Box::pin(self.filters(rule)).await?;
@@ -242,7 +244,8 @@ impl<'a> Exchange<'a> {
     /// Phase: authorization, before filters and the chain, by the peer
     /// identity the connection's handshake established (the client's
     /// `x-trefoil-peer-identity` header was dropped on arrival).
-    fn authorize(&mut self, policies: &PolicySet) -> Result<(), Reply> {
+    /// Whether the request may go on; a refusal is counted and logged here.
+    fn authorize(&mut self, policies: &PolicySet) -> bool {
         let decision = policies.evaluate(&AuthzRequest {
             principal: self.conn.peer_identity.as_deref(),
             source: Some(self.conn.client.ip()),
@@ -260,7 +263,7 @@ impl<'a> Exchange<'a> {
             self.out.authz = format!("audit {}/{}", audit.policy, audit.rule);
         }
         if decision.allowed {
-            return Ok(());
+            return true;
         }
         let (policy, rule) = decision.labels();
         self.out.authz = match &decision.rule {
@@ -268,7 +271,7 @@ impl<'a> Exchange<'a> {
             None => "default-deny".to_string(),
         };
         metrics.authz_denied.get_or_create(&AuthzLabels { policy, rule }).inc();
-        Err(self.out.plainly(LocalReply::RbacDenied))
+        false
     }
 
     fn no_route(&mut self) -> Reply {
