@@ -144,6 +144,11 @@ fn policies_allow_deny_and_change_live_on_a_mutual_tls_inbound() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let explained: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((explained["allowed"].as_bool(), explained["rule"]["policy"].as_str()), (Some(false), Some("no-admin")), "{explained}");
+    let malformed = control.command(&["authz", "explain", "--from", "web", "--to", "web/"]).output().unwrap();
+    assert_eq!(malformed.status.code(), Some(2), "a principal that is no SPIFFE id is bad input");
+    let out = control.command(&["authz", "explain", "--from", BATCH, "--to", "web/items"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("DENIED") && text.contains("default deny"), "{text}");
     let out = control.command(&["describe", "service", "web", "-o", "json"]).output().unwrap();
     let described: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(described["related"]["defaultDeny"], true, "{described}");
