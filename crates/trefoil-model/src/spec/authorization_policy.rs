@@ -324,7 +324,29 @@ text_form!(Principal, Glob, PathPattern);
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Policies arrive in API bodies: no text makes a parser panic, and
+        /// what parses reads back as written and matches itself when it has no `*`.
+        #[test]
+        fn patterns_never_panic_and_round_trip(text in "[a-zA-Z0-9:/*.\\-é?]{0,24}") {
+            if let Ok(p) = text.parse::<Principal>() {
+                prop_assert_eq!(p.to_string(), text.clone());
+                prop_assert!(text.contains('*') || p.matches(&text));
+            }
+            if let Ok(g) = text.parse::<Glob>() {
+                prop_assert_eq!(g.to_string(), text.clone());
+                prop_assert!(g.matches(&text.replace('*', "")) || text.contains('*') && text.len() == 1);
+            }
+            if let Ok(p) = text.parse::<PathPattern>() {
+                prop_assert_eq!(p.to_string(), text.clone());
+                prop_assert!(p.matches(text.trim_end_matches('*')) || text == "*");
+            }
+        }
+    }
 
     #[test]
     fn principal_wildcards_match_one_segment() {
