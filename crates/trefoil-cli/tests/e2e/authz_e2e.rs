@@ -16,7 +16,7 @@ use trefoil_model::spec::{ListenerSpec, ListenerTls, ProxySpec, ServiceSpec};
 use trefoil_model::Spec;
 use trefoil_testkit::control::WAIT;
 use trefoil_testkit::resources::{listener_spec, resource, route, rule_to, secs};
-use trefoil_testkit::{curl_many, free_addr, http_get, scratch_dir, wait_until, Control, StreamProxy, TestServer};
+use trefoil_testkit::{curl_many, free_addr, http_get, quickstart_mesh, scratch_dir, wait_until, Control, StreamProxy, TestServer, Up};
 
 const WEB: &str = "spiffe://trefoil.local/ns/default/sa/web";
 const BATCH: &str = "spiffe://trefoil.local/ns/default/sa/batch";
@@ -186,4 +186,32 @@ fn policies_allow_deny_and_change_live_on_a_mutual_tls_inbound() {
     let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
     assert!(results.len() >= 20, "{results:?}");
     assert!(failed.is_empty(), "{} of {} allowed requests failed: {failed:?}", failed.len(), results.len());
+}
+
+/// In a `trefoil up` mesh the policy travels to the sidecars of the service
+/// it selects: api's sidecars refuse what it denies (the gateway, outbound,
+/// checks nothing), web and the rest of api still answer, and deleting the
+/// policy through the API lets the path through again.
+#[test]
+fn a_sidecar_inbound_enforces_the_policies_of_its_service() {
+    let gateway = free_addr();
+    let deny = "---\napiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: api-no-secret}\n\
+                spec:\n  selector: {service: api}\n  action: deny\n  rules: [{to: [{paths: ['/api/secret*']}]}]\n";
+    let mut up = Up::start(format!("{}{deny}", quickstart_mesh(gateway)));
+    up.wait_ready(&["web-v1-0", "web-v2-0", "api-0", "api-1"]);
+    up.wait_up();
+    wait_until("the gateway serving api", WAIT, || http_get(gateway, "edge", "/api").0 == 200);
+    for _ in 0..4 {
+        let (status, headers, _) = http_get(gateway, "edge", "/api/secret/x");
+        assert_eq!((status, headers.get("x-trefoil-flag").map(String::as_str)), (403, Some("rbac_denied")), "{headers:?}");
+        assert_eq!(http_get(gateway, "edge", "/api/open").0, 200);
+        assert_eq!(http_get(gateway, "edge", "/").0, 200, "web, and its call to api, are not selected");
+    }
+    let out = up.cli(&["describe", "service", "api"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("api-no-secret (deny, 1 rule(s))") && text.contains("Default: allow"), "{text}");
+    let out = up.cli(&["delete", "authorizationpolicy", "api-no-secret"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the path let through once the policy is gone", WAIT, || http_get(gateway, "edge", "/api/secret/x").0 == 200);
+    assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
