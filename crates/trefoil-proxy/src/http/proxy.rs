@@ -260,7 +260,8 @@ impl<'a> Exchange<'a> {
         for audit in &decision.audited {
             let labels = AuthzLabels { policy: audit.policy.clone(), rule: audit.rule.to_string() };
             metrics.authz_audited.get_or_create(&labels).inc();
-            self.out.authz = format!("audit {}/{}", audit.policy, audit.rule);
+            let sep = if self.out.authz.is_empty() { "" } else { ", " };
+            self.out.authz = format!("{}{sep}audit {}/{}", self.out.authz, audit.policy, audit.rule);
         }
         if decision.allowed {
             return true;

@@ -341,7 +341,9 @@ async fn authorization_decides_before_the_chain_by_the_verified_identity() {
          apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: from-web}}\n\
          spec: {{selector: {{service: web}}, action: allow, rules: [{{from: [{{principals: ['spiffe://trefoil.local/ns/*/sa/web']}}]}}]}}\n---\n\
          apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin}}\n\
-         spec: {{selector: {{service: web}}, action: deny, rules: [{{to: [{{methods: [DELETE]}}]}}, {{to: [{{paths: ['/admin/*']}}]}}]}}\n"
+         spec: {{selector: {{service: web}}, action: deny, rules: [{{to: [{{methods: [DELETE]}}]}}, {{to: [{{paths: ['/admin/*']}}]}}]}}\n---\n\
+         apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: watch}}\n\
+         spec: {{selector: {{service: web}}, action: audit, rules: [{{to: [{{paths: ['/ok']}}]}}]}}\n"
     );
     let rules = "    - matches: [{path: {prefix: /}}]\n      backends: [{service: web}]\n      chain: edge\n";
     let proxy = harness(&format!("{ROUTE}{rules}{config}"), up.addr).await;
@@ -356,6 +358,8 @@ async fn authorization_decides_before_the_chain_by_the_verified_identity() {
         "deny overrides allow, before the chain's 451"
     );
     assert_eq!(proxy.send("DELETE", "/ok", &[], "").await.1, "rbac_denied");
+    assert_eq!(proxy.get("/x/../admin/users", "").await.1, "rbac_denied", "policies see the normalized path");
+    assert_eq!(proxy.get("//admin/users", "").await.1, "rbac_denied", "merged slashes too");
     *proxy.peer.lock().unwrap() = Some(Arc::from("spiffe://trefoil.local/ns/default/sa/batch"));
     assert_eq!(proxy.get("/ok", "").await.0, 403, "another principal");
     assert_eq!(up.hits.load(Ordering::SeqCst), 1, "only the allowed request reached the upstream");
@@ -366,6 +370,9 @@ async fn authorization_decides_before_the_chain_by_the_verified_identity() {
             .map(|l| l.rsplit(' ').next().unwrap().to_string())
     };
     assert_eq!(count("policy=\"\",rule=\"default-deny\"").as_deref(), Some("3"), "{text}");
-    assert_eq!(count("policy=\"no-admin\",rule=\"1\"").as_deref(), Some("1"), "{text}");
+    assert_eq!(count("policy=\"no-admin\",rule=\"1\"").as_deref(), Some("3"), "{text}");
+    let audited = text.lines().find(|l| l.starts_with("trefoil_authz_audited_total{policy=\"watch\",rule=\"0\"}"));
+    // Every GET /ok is audited, those then refused by default included; a deny rule's match ends first.
+    assert_eq!(audited.and_then(|l| l.rsplit(' ').next()), Some("4"), "{text}");
     assert_eq!(count("policy=\"no-admin\",rule=\"0\"").as_deref(), Some("1"), "{text}");
 }
