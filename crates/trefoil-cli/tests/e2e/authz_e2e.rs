@@ -84,7 +84,7 @@ fn policies_allow_deny_and_change_live_on_a_mutual_tls_inbound() {
     // An inbound listener (the default direction): it enforces the policies of its routes' backends.
     let spec = ListenerSpec { tls: Some(tls), proxy: Some("edge".into()), ..listener_spec(public) };
     control.put(&resource("secure", Spec::Listener(spec)));
-    let endpoints = vec![Endpoint { address: up.addr(), version: "v1".into() }];
+    let endpoints = vec![Endpoint { address: up.addr(), version: "v1".into(), mesh_tls: false }];
     control.put(&resource("web", Spec::Service(ServiceSpec { endpoints, ..ServiceSpec::default() })));
     control.put(&route("web", &["*"], vec![rule_to("web")]));
     control.put_yaml(
