@@ -297,6 +297,9 @@ fn an_http2_service_is_reached_over_mesh_tls() {
     ];
     let mut up = Up::start(resources);
     up.wait_ready(&["h2-0"]);
+    // The gateway's listener is bound once up reports every proxy in sync;
+    // a replica can be ready before that.
+    up.wait_up();
     wait_until("the gateway serving h2", Duration::from_secs(30), || http_get(gateway, "h2", "/").0 == 200);
     let edge = address(&up, "edge", "admin");
     let sidecar = address(&up, "h2-0-sidecar", "admin");
