@@ -57,6 +57,16 @@ fn uri(address: &str) -> String {
 impl ConfigStreamClient {
     /// Connects (one attempt, bounded by `connect_timeout`).
     pub async fn connect(address: &str, connect_timeout: std::time::Duration) -> Result<Self, ClientError> {
+        Self::connect_with(address, connect_timeout, None).await
+    }
+
+    /// [`ConfigStreamClient::connect`], over TLS with `tls` when given: the
+    /// server's certificate must chain to its roots and name the address's host.
+    pub async fn connect_with(
+        address: &str,
+        connect_timeout: std::time::Duration,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Result<Self, ClientError> {
         let endpoint = Endpoint::from_shared(uri(address))
             .map_err(|source| ClientError::Address { address: address.to_string(), source })?
             .connect_timeout(connect_timeout)
@@ -66,7 +76,7 @@ impl ConfigStreamClient {
             .http2_keep_alive_interval(crate::KEEPALIVE_INTERVAL)
             .keep_alive_timeout(crate::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { address: address.to_string(), source })?;
+        let channel = channel(endpoint, tls).await.map_err(|source| ClientError::Connect { address: address.to_string(), source })?;
         let grpc =
             tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(ConfigStreamClient { grpc, bearer: None })
@@ -94,5 +104,46 @@ impl ConfigStreamClient {
         let response =
             self.grpc.streaming(request, PathAndQuery::from_static(STREAM_PATH), ProstCodec::<ProxyMessage, Snapshot>::default()).await?;
         Ok(response.into_inner())
+    }
+}
+
+/// A channel to `endpoint`, over TLS with `tls` when given.
+pub(crate) async fn channel(endpoint: Endpoint, tls: Option<crate::tls::ClientTls>) -> Result<Channel, tonic::transport::Error> {
+    match tls {
+        None => endpoint.connect().await,
+        Some(tls) => {
+            let connector = tower_service_fn(move |uri| crate::tls::connect(uri, tls.clone()));
+            endpoint.connect_with_connector(connector).await
+        }
+    }
+}
+
+/// A connector from a function, as tonic's `connect_with_connector` takes one.
+fn tower_service_fn<F, Fut, R>(f: F) -> ServiceFn<F>
+where
+    F: FnMut(tonic::codegen::http::Uri) -> Fut,
+    Fut: std::future::Future<Output = Result<R, std::io::Error>>,
+{
+    ServiceFn(f)
+}
+
+#[derive(Clone)]
+struct ServiceFn<F>(F);
+
+impl<F, Fut, R> tower_service::Service<tonic::codegen::http::Uri> for ServiceFn<F>
+where
+    F: FnMut(tonic::codegen::http::Uri) -> Fut,
+    Fut: std::future::Future<Output = Result<R, std::io::Error>>,
+{
+    type Response = R;
+    type Error = std::io::Error;
+    type Future = Fut;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), std::io::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Fut {
+        (self.0)(uri)
     }
 }

@@ -217,8 +217,13 @@ pub struct DatapathClient {
 impl DatapathClient {
     /// Connects to `http://host:port` (one attempt).
     pub async fn connect(address: &str) -> Result<Self, tonic::transport::Error> {
+        Self::connect_with(address, None).await
+    }
+
+    /// [`DatapathClient::connect`], over TLS with `tls` when given.
+    pub async fn connect_with(address: &str, tls: Option<crate::tls::ClientTls>) -> Result<Self, tonic::transport::Error> {
         let uri = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-        let channel = Endpoint::from_shared(uri)?.tcp_nodelay(true).connect().await?;
+        let channel = crate::client::channel(Endpoint::from_shared(uri)?.tcp_nodelay(true), tls).await?;
         let grpc =
             tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(DatapathClient { grpc })

@@ -9,12 +9,14 @@ pub mod datapath;
 pub mod messages;
 pub mod server;
 mod service;
+pub mod tls;
 
 use std::time::Duration;
 
 pub use client::{BadToken, ClientError, ConfigStreamClient};
 pub use messages::{proxy_message, Ack, CertificateRequest, Hello, IdentityAnswer, Nack, ProxyMessage, Snapshot, AGENT};
-pub use server::{serve, serve_with_datapath, ConfigStream, ConfigStreamServer};
+pub use server::{serve, serve_with_datapath, serve_with_datapath_tls, ConfigStream, ConfigStreamServer};
+pub use tls::{ClientTls, PeerInfo};
 pub use tonic::transport::Error as TransportError;
 pub use tonic::{Code, Request, Response, Status, Streaming};
 

@@ -97,6 +97,23 @@ pub async fn serve_with_datapath<T: ConfigStream, D: Datapath>(
         .await
 }
 
+/// [`serve_with_datapath`] over TLS with `tls`: a client that does not
+/// finish the handshake (plaintext, or a certificate the roots do not
+/// verify) never reaches either service.
+pub async fn serve_with_datapath_tls<T: ConfigStream, D: Datapath>(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: T,
+    datapath: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    builder()
+        .add_service(ConfigStreamServer::new(service))
+        .add_service(DatapathServer::new(datapath))
+        .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+        .await
+}
+
 fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
