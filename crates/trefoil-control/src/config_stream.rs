@@ -41,19 +41,65 @@ pub struct ConfigStreamService {
     issuer: Arc<Issuer>,
     /// Checks a node agent's token.
     auth: Arc<Auth>,
+    /// Served over TLS: a proxy is who its client certificate says, and one
+    /// without a certificate may only ask for its first SVID.
+    authenticate: bool,
 }
 
 impl ConfigStreamService {
     pub fn new(compiler: Arc<Compiler>, issuer: Arc<Issuer>, auth: Arc<Auth>) -> Self {
-        ConfigStreamService { compiler, issuer, auth }
+        ConfigStreamService { compiler, issuer, auth, authenticate: false }
     }
+
+    /// Holds each proxy to the SVID of its connection (see [`Standing`]);
+    /// for a server behind TLS that reports client certificates.
+    pub fn authenticating(mut self) -> Self {
+        self.authenticate = true;
+        self
+    }
+
+    /// What the connection that carried `request` proves.
+    fn standing<T>(&self, request: &Request<T>) -> Result<Standing, Status> {
+        if !self.authenticate {
+            return Ok(Standing::Open);
+        }
+        match request.extensions().get::<trefoil_wire::PeerInfo>().and_then(|p| p.certificate.as_deref()) {
+            None => Ok(Standing::Bootstrap),
+            Some(der) => crate::identity::stream_tls::caller(der).map(Standing::Svid).map_err(Status::unauthenticated),
+        }
+    }
+}
+
+/// What a config stream's connection proves about the proxy on it.
+#[derive(Debug, Clone)]
+enum Standing {
+    /// Plaintext serving (tests, `--insecure-plaintext-stream`): the Hello's name is taken as said.
+    Open,
+    /// A verified SVID: the Hello must name one of its workload's proxies.
+    Svid(crate::identity::SpiffeId),
+    /// No client certificate: a proxy may only trade its join token for an SVID.
+    Bootstrap,
+}
+
+/// Why a stream without a client certificate gets nothing but its first SVID.
+const BOOTSTRAP_ONLY: &str = "this connection presents no SVID: it may only ask for one with a join token; \
+     reconnect with the SVID as the client certificate to receive configuration";
+
+/// What a stream's Hello registered.
+enum Registered {
+    /// A proxy or node agent, sent snapshots from now on.
+    Session(String, u64),
+    /// A proxy without an SVID yet, answered its join-token CSR only.
+    Bootstrap(String),
 }
 
 impl ConfigStream for ConfigStreamService {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
 
     async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let peer_info = request.extensions().get::<trefoil_wire::PeerInfo>().and_then(|p| p.remote);
+        let peer = request.remote_addr().or(peer_info).map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let standing = self.standing(&request)?;
         // Checked now, used only if the Hello says it is an agent's stream.
         let authorization = request.metadata().get("authorization").map(|v| v.to_str().map_err(|_| ()));
         let access = match authorization {
@@ -66,23 +112,23 @@ impl ConfigStream for ConfigStreamService {
         // Answers to CSRs beside the snapshots: each one matters, where only
         // the newest snapshot does.
         let (answer, answers) = mpsc::channel(PENDING_ANSWERS);
-        let snapshots = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok)).merge(ReceiverStream::new(answers).map(Ok));
+        let snapshots = WatchStream::from_changes(snapshots).filter_map(|s| s.map(Ok)).merge(ReceiverStream::new(answers));
         let talk = Talk { answer, issuer: self.issuer.clone() };
         // A proxy says Hello at once: read it before answering, so that a
         // refusal is the call's own status and the proxy never sees a stream
         // open. One slow to speak gets its headers anyway (they must not wait
         // on its first message), and a refusal then ends the stream instead.
         if let Ok(first) = tokio::time::timeout(HELLO_BEFORE_HEADERS, inbound.message()).await {
-            let (name, id) = register(&self.compiler.proxies, first, outbox, &peer, &access)?;
-            tokio::spawn(session(self.compiler.clone(), talk, inbound, name, id, peer));
+            let registered = register(&self.compiler.proxies, first, outbox, &peer, &access, &standing)?;
+            tokio::spawn(run_stream(self.compiler.clone(), talk, inbound, registered, peer));
             return Ok(Response::new(Box::pin(snapshots)));
         }
         let (refuse, refused) = oneshot::channel();
         let compiler = self.compiler.clone();
         tokio::spawn(async move {
             let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await.unwrap_or(Ok(None));
-            match register(&compiler.proxies, first, outbox, &peer, &access) {
-                Ok((name, id)) => session(compiler, talk, inbound, name, id, peer).await,
+            match register(&compiler.proxies, first, outbox, &peer, &access, &standing) {
+                Ok(registered) => run_stream(compiler, talk, inbound, registered, peer).await,
                 Err(status) => {
                     let _ = refuse.send(status);
                 }
@@ -90,6 +136,36 @@ impl ConfigStream for ConfigStreamService {
         });
         let refusal = futures_util::stream::once(refused).filter_map(|r: Result<Status, _>| r.ok().map(Err));
         Ok(Response::new(Box::pin(snapshots.merge(refusal))))
+    }
+}
+
+/// A registered stream's session, or a bootstrap's.
+async fn run_stream(compiler: Arc<Compiler>, talk: Talk, inbound: Streaming<ProxyMessage>, registered: Registered, peer: String) {
+    match registered {
+        Registered::Session(name, id) => session(compiler, talk, inbound, name, id, peer).await,
+        Registered::Bootstrap(name) => bootstrap(talk, inbound, name, peer).await,
+    }
+}
+
+/// A proxy without an SVID: each join-token CSR is answered; anything else
+/// (or silence) ends the stream with [`BOOTSTRAP_ONLY`].
+async fn bootstrap(talk: Talk, mut inbound: Streaming<ProxyMessage>, name: String, peer: String) {
+    loop {
+        let message = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
+        let request = match message {
+            Ok(Ok(Some(ProxyMessage { kind: Some(Kind::Csr(request)) }))) if !request.join_token.is_empty() => request,
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            _ => {
+                tracing::warn!(proxy = %name, %peer, "ending a config stream without an SVID that asked for more than its first SVID");
+                let _ = talk.answer.send(Err(Status::unauthenticated(BOOTSTRAP_ONLY))).await;
+                return;
+            }
+        };
+        let identity = talk.issuer.answer(&name, &request, std::time::SystemTime::now());
+        let answer = Snapshot { trust_bundle_pem: identity.trust_bundle_pem.clone(), identity: Some(identity), ..Default::default() };
+        if talk.answer.send(Ok(answer)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -103,7 +179,8 @@ fn register(
     outbox: crate::proxies::Outbox,
     peer: &str,
     access: &Result<Caller, String>,
-) -> Result<(String, u64), Status> {
+    standing: &Standing,
+) -> Result<Registered, Status> {
     let hello = match first {
         Ok(Some(ProxyMessage { kind: Some(Kind::Hello(h)) })) if !h.proxy.is_empty() => h,
         _ => {
@@ -125,13 +202,31 @@ fn register(
         },
         other => return Err(Status::invalid_argument(format!("Hello.kind {other:?} is neither \"\" (a proxy) nor \"agent\""))),
     };
+    if node.is_none() {
+        match standing {
+            Standing::Open => {}
+            Standing::Svid(id) if crate::identity::stream_tls::may_use_name(id, &hello.proxy) => {}
+            Standing::Svid(id) => {
+                tracing::warn!(proxy = %hello.proxy, %peer, identity = %id, "refusing a config stream whose Hello names another workload's proxy");
+                return Err(Status::permission_denied(format!(
+                    "this connection's SVID is {id}: it may say Hello as {w} or {w}-<replica>, not as {proxy:?}",
+                    w = id.workload,
+                    proxy = hello.proxy
+                )));
+            }
+            Standing::Bootstrap => {
+                tracing::debug!(proxy = %hello.proxy, %peer, "a proxy without an SVID opened a stream to ask for one");
+                return Ok(Registered::Bootstrap(hello.proxy));
+            }
+        }
+    }
     let name = node.map_or_else(|| hello.proxy.clone(), agent_name);
     let registered =
         Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer, node };
     match proxies.connect(&registered, outbox) {
         Ok(id) => {
             tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
-            Ok((name, id))
+            Ok(Registered::Session(name, id))
         }
         Err(taken) => {
             tracing::warn!(proxy = %name, %peer, pid = hello.pid, admin = %hello.admin_address, holder = %taken.holder.peer, "refusing a second config stream for a proxy name that is connected");
@@ -142,7 +237,7 @@ fn register(
 
 /// Where one stream's certificate requests are answered.
 struct Talk {
-    answer: mpsc::Sender<Snapshot>,
+    answer: mpsc::Sender<Result<Snapshot, Status>>,
     issuer: Arc<Issuer>,
 }
 
@@ -158,7 +253,7 @@ async fn session(compiler: Arc<Compiler>, talk: Talk, mut inbound: Streaming<Pro
                 let identity = talk.issuer.answer(&name, &request, std::time::SystemTime::now());
                 let answer =
                     Snapshot { trust_bundle_pem: identity.trust_bundle_pem.clone(), identity: Some(identity), ..Default::default() };
-                if talk.answer.send(answer).await.is_err() {
+                if talk.answer.send(Ok(answer)).await.is_err() {
                     break "the stream closed".to_string();
                 }
             }

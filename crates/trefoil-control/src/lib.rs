@@ -44,6 +44,9 @@ pub struct ControlOptions {
     pub insecure_local: bool,
     /// The mesh CA's trust domain and the lifetime of the SVIDs it issues.
     pub identity: IdentityOptions,
+    /// Serves the config stream without TLS and takes each Hello's name as
+    /// said, as before decision 0022: for tests of one process on loopback.
+    pub plaintext_stream: bool,
 }
 
 /// How the control plane's CA issues proxy identities.
@@ -79,16 +82,18 @@ mod tests {
     #[test]
     fn only_addresses_beyond_loopback_are_warned_about() {
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert_eq!(exposure_warning(at("127.0.0.1:7070"), at("[::1]:7071")), None);
-        assert_eq!(exposure_warning(at("127.0.0.2:7070"), at("[::ffff:127.0.0.1]:7071")), None);
-        let both = exposure_warning(at("0.0.0.0:7070"), at("10.1.2.3:7071")).unwrap();
+        assert_eq!(exposure_warning(at("127.0.0.1:7070"), at("[::1]:7071"), true), None);
+        assert_eq!(exposure_warning(at("127.0.0.2:7070"), at("[::ffff:127.0.0.1]:7071"), true), None);
+        let both = exposure_warning(at("0.0.0.0:7070"), at("10.1.2.3:7071"), true).unwrap();
         assert!(
-            both.contains("the REST API's span intake on 0.0.0.0:7070 and the config stream on 10.1.2.3:7071")
+            both.contains("the REST API's span intake on 0.0.0.0:7070 and the plaintext config stream on 10.1.2.3:7071")
                 && both.contains("WITHOUT AUTHENTICATION"),
             "{both}"
         );
-        let one = exposure_warning(at("127.0.0.1:7070"), at("[::]:7071")).unwrap();
-        assert!(one.starts_with("the config stream on [::]:7071 listen"), "{one}");
+        // Over TLS the config stream authenticates its proxies.
+        assert_eq!(exposure_warning(at("127.0.0.1:7070"), at("[::]:7071"), false), None);
+        let one = exposure_warning(at("127.0.0.1:7070"), at("[::]:7071"), true).unwrap();
+        assert!(one.starts_with("the plaintext config stream on [::]:7071 listen"), "{one}");
     }
 }
 
@@ -108,19 +113,24 @@ pub enum ControlError {
     Grpc(#[from] trefoil_wire::TransportError),
     #[error(transparent)]
     NotLocal(#[from] auth::NotLocal),
+    #[error("the config stream's TLS: {0}")]
+    StreamTls(String),
+    #[error("--insecure-plaintext-stream is refused unless --grpc-listen is a loopback address (it is {0})")]
+    PlaintextNotLocal(SocketAddr),
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControlError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| ControlError::Bind { addr, source })
 }
 
-/// The warning owed when the config stream listens beyond loopback: it does
-/// not authenticate its clients yet, so anyone who can reach it can pose as
-/// a proxy and receive its configuration. (The REST API checks tokens; its
-/// address is named only for the OTLP span intake, open by decision 0016.)
-pub fn exposure_warning(listen: SocketAddr, grpc_listen: SocketAddr) -> Option<String> {
-    let exposed: Vec<String> = [("the REST API's span intake", listen), ("the config stream", grpc_listen)]
+/// The warning owed when something unauthenticated listens beyond
+/// loopback: the OTLP span intake on the REST address (open by decision
+/// 0016), and the config stream when served in plaintext.
+pub fn exposure_warning(listen: SocketAddr, grpc_listen: SocketAddr, plaintext_stream: bool) -> Option<String> {
+    let stream = plaintext_stream.then_some(("the plaintext config stream", grpc_listen));
+    let exposed: Vec<String> = [Some(("the REST API's span intake", listen)), stream]
         .into_iter()
+        .flatten()
         .filter(|(_, addr)| !addr.ip().to_canonical().is_loopback())
         .map(|(what, addr)| format!("{what} on {addr}"))
         .collect();
@@ -128,9 +138,10 @@ pub fn exposure_warning(listen: SocketAddr, grpc_listen: SocketAddr) -> Option<S
         return None;
     }
     Some(format!(
-        "{} listen beyond loopback WITHOUT AUTHENTICATION: anyone who can reach them can send spans \
-         and pose as any proxy; keep them on loopback, or behind a firewall or an authenticating proxy, until proxy identity lands",
-        exposed.join(" and ")
+        "{} listen beyond loopback WITHOUT AUTHENTICATION: anyone who can reach them can send spans{}; \
+         keep them on loopback, or behind a firewall or an authenticating proxy",
+        exposed.join(" and "),
+        if plaintext_stream { " and pose as any proxy" } else { "" }
     ))
 }
 
@@ -151,13 +162,16 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     }
     let authority = identity::keep::load_or_create(&options.data_dir, options.identity.trust_domain.clone(), std::time::SystemTime::now())?;
     let issuer = Arc::new(identity::Issuer::new(authority, identity::join::JoinTokens::new(&options.data_dir), lifetime));
+    if options.plaintext_stream && !options.grpc_listen.ip().to_canonical().is_loopback() {
+        return Err(ControlError::PlaintextNotLocal(options.grpc_listen));
+    }
     // Both sockets first: a control plane that cannot serve either does not start.
     let rest = bind(options.listen).await?;
     let grpc = bind(options.grpc_listen).await?;
     // The bound addresses, not the requested ones: port 0 picks a free port.
     let local = |l: &tokio::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
     tracing::info!(address = %local(&rest, options.listen), grpc = %local(&grpc, options.grpc_listen), data = %options.data_dir.display(), revision = store.revision(), "control plane listening");
-    if let Some(warning) = exposure_warning(options.listen, options.grpc_listen) {
+    if let Some(warning) = exposure_warning(options.listen, options.grpc_listen, options.plaintext_stream) {
         tracing::warn!("{warning}");
     }
     if options.insecure_local {
@@ -184,13 +198,27 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone(), Some(format!("http://{collector_addr}"))));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
     proxies.set_trust_bundle(issuer.trust_bundle());
+    let stream_tls = match options.plaintext_stream {
+        true => {
+            tracing::warn!("--insecure-plaintext-stream: the config stream is plaintext and takes each proxy's name as said");
+            None
+        }
+        false => {
+            Some(identity::stream_tls::server_config(issuer.clone(), local(&grpc, options.grpc_listen)).map_err(ControlError::StreamTls)?)
+        }
+    };
     let service = config_stream::ConfigStreamService::new(compiler, issuer, auth.clone());
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
     let mut registry = prometheus_client::registry::Registry::default();
     let flows = Arc::new(flows::FlowStore::new(flows::Caps::default(), flows::metrics::FlowMetrics::register(&mut registry)));
     let datapath = datapath_api::DatapathService::new(store.clone(), flows.clone());
-    let grpc = tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone())));
+    let grpc = match stream_tls {
+        None => tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone()))),
+        Some(tls) => {
+            tokio::spawn(trefoil_wire::serve_with_datapath_tls(grpc, tls, service.authenticating(), datapath, stopped(stop_rx.clone())))
+        }
+    };
     let live = Arc::new(live::Live::new(live::LiveLimits::default()));
     let feed = tokio::spawn(live::run(live.clone(), store.clone(), proxies.clone()));
     // Open portal tabs must not hold the server past shutdown.

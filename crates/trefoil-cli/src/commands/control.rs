@@ -42,6 +42,12 @@ pub(crate) struct Args {
     /// How long the SVIDs issued to proxies are valid (5s to 30d); proxies renew at two thirds.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     svid_lifetime: std::time::Duration,
+    /// Serve the config stream without TLS, taking each proxy's Hello at its
+    /// word (refused unless --grpc-listen is loopback). Without it the stream
+    /// is TLS with a certificate from the mesh CA: proxies present their SVID,
+    /// or only trade a join token for one.
+    #[arg(long)]
+    insecure_plaintext_stream: bool,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -54,7 +60,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         tracing::info!("shutting down");
     };
     // Said where an operator looks first, before any log line scrolls it away.
-    if let Some(warning) = trefoil_control::exposure_warning(args.listen, args.grpc_listen) {
+    if let Some(warning) = trefoil_control::exposure_warning(args.listen, args.grpc_listen, args.insecure_plaintext_stream) {
         eprintln!("WARNING: {warning}");
     }
     let limits = trefoil_control::server::Limits {
@@ -70,6 +76,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         limits,
         insecure_local: args.insecure_local,
         identity,
+        plaintext_stream: args.insecure_plaintext_stream,
     };
     match runtime.block_on(trefoil_control::run(options, stop)) {
         Ok(()) => exit::ok(),

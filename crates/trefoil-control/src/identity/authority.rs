@@ -183,6 +183,43 @@ impl Authority {
         Ok((caller, issued))
     }
 
+    /// The control plane's own serving certificate on `key`: the URI
+    /// `spiffe://<trust domain>/control` and the DNS names and IP addresses
+    /// proxies dial it by, valid for `lifetime` from `now`. Never for a CSR:
+    /// only the control plane holds the key.
+    pub fn issue_control(
+        &self,
+        key: &KeyPair,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, IssueError> {
+        if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&lifetime) {
+            return Err(IssueError::Lifetime(lifetime));
+        }
+        let sign = |e: rcgen::Error| IssueError::Sign(e.to_string());
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = format!("spiffe://{}/control", self.trust_domain).try_into().map_err(sign)?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in dns {
+            params.subject_alt_names.push(SanType::DnsName(name.clone().try_into().map_err(sign)?));
+        }
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial().map_err(sign)?);
+        let not_before = now - BACKDATE;
+        let not_after = now + lifetime;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let leaf = params.signed_by(key, &self.issuer, &self.key).map_err(sign)?;
+        Ok(Issued { certificate_pem: leaf.pem(), not_before, not_after, renew_at: now + lifetime * 2 / 3 })
+    }
+
     /// [`Authority::issue`], requiring the CSR's key to be `same_key` when given.
     fn issue_on(
         &self,

@@ -39,6 +39,22 @@ impl Issuer {
         self.authority.root_pem()
     }
 
+    /// A new serving certificate for the control plane on `key`, of the SVID lifetime.
+    pub fn control_certificate(
+        &self,
+        key: &rcgen::KeyPair,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        now: SystemTime,
+    ) -> Result<Issued, super::IssueError> {
+        self.authority.issue_control(key, dns, ips, self.lifetime, now)
+    }
+
+    /// The mesh's trust domain.
+    pub fn trust_domain(&self) -> &super::TrustDomain {
+        self.authority.trust_domain()
+    }
+
     /// The answer to `request` from the proxy called `proxy`.
     pub fn answer(&self, proxy: &str, request: &CertificateRequest, now: SystemTime) -> IdentityAnswer {
         match self.issue(request, now) {

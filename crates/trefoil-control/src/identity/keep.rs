@@ -37,6 +37,11 @@ pub fn root_dir(data_dir: &Path, trust_domain: &TrustDomain) -> PathBuf {
     data_dir.join("ca").join(trust_domain.as_str())
 }
 
+/// The root certificate's file (public: the trust bundle proxies are given).
+pub fn root_cert_path(data_dir: &Path, trust_domain: &TrustDomain) -> PathBuf {
+    root_dir(data_dir, trust_domain).join(CERT_FILE)
+}
+
 /// The root of `trust_domain` under `data_dir`, made and saved if there is none.
 pub fn load_or_create(data_dir: &Path, trust_domain: TrustDomain, now: SystemTime) -> Result<Authority, KeepError> {
     let dir = root_dir(data_dir, &trust_domain);

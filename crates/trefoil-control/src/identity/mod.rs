@@ -8,6 +8,7 @@ mod issuer;
 pub mod join;
 pub mod keep;
 mod spiffe;
+pub mod stream_tls;
 #[cfg(test)]
 mod tests;
 
