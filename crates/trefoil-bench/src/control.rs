@@ -58,6 +58,8 @@ impl ControlProcess {
             .arg(api.to_string())
             .arg("--grpc-listen")
             .arg(grpc.to_string())
+            // The fleet's simulated proxies have no identities.
+            .arg("--insecure-plaintext-stream")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

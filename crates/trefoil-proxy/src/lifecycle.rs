@@ -41,8 +41,10 @@ pub enum ConfigSource {
     /// when the files change.
     File { path: PathBuf, watch: bool, watch_interval: Duration },
     /// Snapshots from the control plane's config stream at `address`, for the
-    /// proxy called `name`; with a `join_token`, an SVID too.
-    Control { address: String, name: String, join_token: Option<String> },
+    /// proxy called `name`; with a `join_token`, an SVID too. With a
+    /// `trust_bundle` (PEM), the stream is TLS: the control plane's
+    /// certificate must chain to it, and the proxy presents its SVID.
+    Control { address: String, name: String, join_token: Option<String>, trust_bundle: Option<String> },
 }
 
 pub struct ProxyOptions {
@@ -113,7 +115,7 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             }
             running.drain().await;
         }
-        ConfigSource::Control { ref address, ref name, ref join_token } => {
+        ConfigSource::Control { ref address, ref name, ref join_token, ref trust_bundle } => {
             let identity = Arc::new(crate::identity::Identity::new(join_token.clone()).map_err(anyhow::Error::from)?);
             // Set once, before anything reads it.
             let _ = shared.identity.set(identity.clone());
@@ -128,9 +130,10 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             empty.settings.admin = options.admin.unwrap_or(empty.settings.admin);
             let mut running = Running::start(empty, name.clone(), options.admin, &shared, workers)?;
             let admin_address = running.state.snapshot.load().settings.admin.to_string();
-            shared.datapath.use_control_plane(address);
+            shared.datapath.use_control_plane(address, trust_bundle.as_deref(), identity.clone());
             let (applies, mut incoming) = mpsc::channel::<Apply>(1);
-            let client = tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, identity, applies));
+            let client =
+                tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, identity, trust_bundle.clone(), applies));
             tracing::info!(control = %address, proxy = %name, "waiting for the first snapshot from the control plane");
             loop {
                 tokio::select! {

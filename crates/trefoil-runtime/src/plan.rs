@@ -164,6 +164,20 @@ pub struct IdentityPlan {
     pub svid_lifetime: std::time::Duration,
     /// `None`: proxies start without a join token (and get no SVID).
     pub minter: Option<JoinMinter>,
+    /// The mesh root (a PEM file the control plane writes at its first
+    /// start): proxies and the node agent verify the config stream's TLS
+    /// certificate against it. `None`: the stream is plaintext.
+    pub trust_bundle: Option<PathBuf>,
+}
+
+/// The environment variable naming the trust bundle file.
+pub const TRUST_BUNDLE_VAR: &str = "TREFOIL_TRUST_BUNDLE";
+
+/// `spec` told where the trust bundle is, if there is one.
+fn with_bundle(ctx: &PlanContext<'_>, spec: &mut ProcessSpec) {
+    if let Some(bundle) = &ctx.identity.trust_bundle {
+        spec.env.insert(TRUST_BUNDLE_VAR.to_string(), bundle.display().to_string());
+    }
 }
 
 /// The namespace workloads of `trefoil up` live in.
@@ -216,6 +230,7 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
                 let admin = ports.admin()?;
                 let mut gateway = proxy_process(&exe, grpc, r.name(), r.name(), Role::Gateway, admin, BTreeMap::new());
                 gateway.join = join(ctx, r.name());
+                with_bundle(ctx, &mut gateway);
                 gateways.push(gateway);
             }
         }
@@ -254,7 +269,11 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
             }
         }
     }
-    let datapath = ctx.datapath.map(|agent| agent_process(&exe, api, grpc, ctx.state, agent));
+    let datapath = ctx.datapath.map(|agent| {
+        let mut process = agent_process(&exe, api, grpc, ctx.state, agent);
+        with_bundle(ctx, &mut process);
+        process
+    });
     let plan = Plan { control, api, grpc, gateways, replicas, gateway_urls, datapath };
     // Names key log files, up.json and the sidecars' Proxy resources.
     let mut names = BTreeSet::new();
@@ -408,6 +427,7 @@ fn replica(
     }
     let mut sidecar = proxy_process(exe, grpc, &format!("{proxy_name}-sidecar"), &proxy_name, Role::Sidecar, admin, sidecar_addresses);
     sidecar.join = join(ctx, workload);
+    with_bundle(ctx, &mut sidecar);
     let spec = ProxySpec {
         admin,
         access_log: ctx.state.join("logs").join("access").join(format!("{proxy_name}.log")).display().to_string(),
@@ -519,6 +539,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
                 trust_domain: "trefoil.local".into(),
                 svid_lifetime: std::time::Duration::from_secs(3600),
                 minter: None,
+                trust_bundle: None,
             },
         };
         build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))

@@ -46,18 +46,28 @@ impl Control {
 
     /// On given addresses, e.g. those of a control plane this one replaces.
     pub fn start_on(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
-        Self::spawn(data, api, grpc, None)
+        Self::spawn(data, api, grpc, None, true)
+    }
+
+    /// On free ports, with the config stream as `trefoil up` runs it: TLS,
+    /// each proxy held to its SVID. (The others serve it in plaintext, so
+    /// that tests of the stream itself can run proxies without identities.)
+    pub fn start_authenticated(data: &Path) -> Self {
+        Self::spawn(data, free_addr(), free_addr(), None, false)
     }
 
     /// On free ports, its address space capped at `bytes` from its first
     /// instruction on, so that a regression fails the test instead of the machine.
     pub fn start_capped(data: &Path, bytes: u64) -> Self {
-        Self::spawn(data, free_addr(), free_addr(), Some(bytes))
+        Self::spawn(data, free_addr(), free_addr(), Some(bytes), true)
     }
 
-    fn spawn(data: &Path, api: SocketAddr, grpc: SocketAddr, address_space: Option<u64>) -> Self {
+    fn spawn(data: &Path, api: SocketAddr, grpc: SocketAddr, address_space: Option<u64>, plaintext_stream: bool) -> Self {
         let mut cmd = trefoil_command();
         cmd.args(["control", "--data"]).arg(data).args(["--listen", &api.to_string(), "--grpc-listen", &grpc.to_string()]);
+        if plaintext_stream {
+            cmd.arg("--insecure-plaintext-stream");
+        }
         if let Some(bytes) = address_space {
             limit_before_exec(&mut cmd, libc::RLIMIT_AS, bytes);
         }

@@ -91,6 +91,8 @@ pub(crate) struct AgentArgs {
 /// Retry delays after the control plane is lost.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The file holding the mesh root the control plane's certificate must chain to.
+const TRUST_BUNDLE_VAR: &str = "TREFOIL_TRUST_BUNDLE";
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -199,7 +201,19 @@ impl Follower<'_> {
     /// and answered. Returns why it ended.
     async fn stream_once(&mut self, datapath: &mut Datapath) -> String {
         let a = self.a;
-        let client = match ConfigStreamClient::connect(&a.control, CONNECT_TIMEOUT).await {
+        // The mesh root, when the control plane serves the stream over TLS
+        // (`trefoil up` sets it): the agent presents no certificate, its
+        // token says who it is.
+        let tls = match std::env::var_os(TRUST_BUNDLE_VAR).filter(|p| !p.is_empty()) {
+            None => None,
+            Some(path) => {
+                match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|pem| trefoil_wire::ClientTls::new(&pem, None)) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => return format!("{TRUST_BUNDLE_VAR}={}: {e}", std::path::Path::new(&path).display()),
+                }
+            }
+        };
+        let client = match ConfigStreamClient::connect_with(&a.control, CONNECT_TIMEOUT, tls).await {
             Ok(c) => c,
             Err(e) => return e.to_string(),
         };

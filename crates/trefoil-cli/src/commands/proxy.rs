@@ -11,6 +11,8 @@ use crate::output::{current_thread_runtime, exit};
 
 /// Where `trefoil up` puts the one-use token a proxy proves its identity with.
 const JOIN_TOKEN_VAR: &str = "TREFOIL_JOIN_TOKEN";
+/// The file holding the mesh root the control plane's certificate must chain to.
+const TRUST_BUNDLE_VAR: &str = "TREFOIL_TRUST_BUNDLE";
 
 /// `trefoil proxy --help`: the two modes.
 pub(crate) const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of two places:
@@ -30,7 +32,11 @@ pub(crate) const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of t
                 With a join token in the environment (TREFOIL_JOIN_TOKEN, as
                 `trefoil up` sets it), the proxy makes a key and gets an X.509-SVID
                 for it over the stream, renewed at two thirds of its life; the
-                admin listener shows it at /identity.
+                admin listener shows it at /identity. With TREFOIL_TRUST_BUNDLE
+                (a PEM file of the mesh root, as `trefoil up` sets it) the stream
+                is TLS: the control plane's certificate must chain to that root,
+                and the proxy presents its SVID (until it has one, it only asks
+                for it with the join token).
 
 Either way, changes apply without dropping connections (new listeners are bound
 before the switch), and SIGTERM or SIGINT stop accepting and drain in-flight
@@ -76,7 +82,17 @@ pub(crate) fn run(args: Args) -> ExitCode {
         (None, Some(address), Some(name)) => {
             // From the environment, never the command line, where any user could read it.
             let join_token = std::env::var(JOIN_TOKEN_VAR).ok().filter(|t| !t.is_empty());
-            ConfigSource::Control { address, name, join_token }
+            let trust_bundle = match std::env::var_os(TRUST_BUNDLE_VAR).filter(|p| !p.is_empty()) {
+                None => None,
+                Some(path) => match std::fs::read_to_string(&path) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        eprintln!("error: {TRUST_BUNDLE_VAR}={}: {e}", std::path::Path::new(&path).display());
+                        return exit::bad_input();
+                    }
+                },
+            };
+            ConfigSource::Control { address, name, join_token, trust_bundle }
         }
         // clap's `required_unless_present` and `requires` rule this out.
         _ => {

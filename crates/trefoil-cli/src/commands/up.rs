@@ -103,6 +103,7 @@ pub(crate) fn identity_plan(
         trust_domain: trust_domain.to_string(),
         svid_lifetime,
         minter: Some(trefoil_runtime::plan::JoinMinter(std::sync::Arc::new(mint))),
+        trust_bundle: Some(trefoil_control::identity::keep::root_cert_path(&state.join("data"), trust_domain)),
     }
 }
 

@@ -55,6 +55,12 @@ enum StreamEnd {
     /// The proxy is shutting down.
     #[error("the proxy is stopping")]
     Stopping,
+    /// The trust bundle does not make a TLS client.
+    #[error("{0}")]
+    Tls(String),
+    /// The first SVID came on a connection without one: reconnect with it.
+    #[error("took its first SVID; reconnecting with it as the client certificate")]
+    Identified,
 }
 
 impl From<trefoil_wire::Status> for StreamEnd {
@@ -68,15 +74,26 @@ impl From<trefoil_wire::Status> for StreamEnd {
 
 /// Keeps a stream to the control plane at `address` open for as long as the
 /// lifecycle loop listens on `applies`.
-pub(crate) async fn run(address: String, name: String, admin_address: String, identity: Arc<Identity>, applies: mpsc::Sender<Apply>) {
+pub(crate) async fn run(
+    address: String,
+    name: String,
+    admin_address: String,
+    identity: Arc<Identity>,
+    bundle: Option<String>,
+    applies: mpsc::Sender<Apply>,
+) {
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;
     let mut refused_backoff = REFUSED_BACKOFF_MIN;
     loop {
         let mut connected = false;
-        let end = stream(&address, &name, &admin_address, &identity, &applies, &mut in_force, &mut connected).await;
+        let end = stream(&address, &name, &admin_address, &identity, bundle.as_deref(), &applies, &mut in_force, &mut connected).await;
         match end {
             StreamEnd::Stopping => return,
+            StreamEnd::Identified => {
+                tracing::info!(control = %address, proxy = %name, "{end}");
+                continue;
+            }
             StreamEnd::NameTaken(reason) => {
                 tracing::error!(control = %address, proxy = %name, retry_in = ?refused_backoff, "the control plane refuses this proxy: {reason}");
                 tokio::time::sleep(refused_backoff).await;
@@ -98,17 +115,27 @@ pub(crate) async fn run(address: String, name: String, admin_address: String, id
     }
 }
 
-/// One stream, from connect to its end.
+/// One stream, from connect to its end. With a trust bundle it is TLS and
+/// presents the SVID held; a proxy without one yet only asks for it (the
+/// control plane answers nothing else) and reconnects once it has it.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     address: &str,
     name: &str,
     admin_address: &str,
     identity: &Identity,
+    bundle: Option<&str>,
     applies: &mpsc::Sender<Apply>,
     in_force: &mut InForce,
     connected: &mut bool,
 ) -> StreamEnd {
-    let mut client = match ConfigStreamClient::connect(address, CONNECT_TIMEOUT).await {
+    let held = identity.current();
+    let bootstrap = bundle.is_some() && held.is_none();
+    let tls = match bundle.map(|b| trefoil_wire::ClientTls::new(b, held.map(|s| s.certified.clone()))).transpose() {
+        Ok(tls) => tls,
+        Err(e) => return StreamEnd::Tls(e),
+    };
+    let mut client = match ConfigStreamClient::connect_with(address, CONNECT_TIMEOUT, tls).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };
@@ -154,7 +181,10 @@ async fn stream(
             asked = false;
             match identity.accept(answer) {
                 Ok(svid) => {
-                    tracing::info!(identity = %svid.spiffe_id, serial = %svid.serial, not_after = %humantime::format_rfc3339_seconds(svid.not_after), "SVID in force")
+                    tracing::info!(identity = %svid.spiffe_id, serial = %svid.serial, not_after = %humantime::format_rfc3339_seconds(svid.not_after), "SVID in force");
+                    if bootstrap {
+                        return StreamEnd::Identified;
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "no SVID issued"),
             }

@@ -24,13 +24,15 @@ const MAX_IN_FLIGHT: usize = 64;
 pub(crate) struct DatapathLink {
     /// The control plane's gRPC address; unset while the config comes from a file.
     address: OnceLock<String>,
+    /// How to reach it over TLS: the mesh root and this proxy's identity.
+    tls: OnceLock<Option<(String, std::sync::Arc<crate::identity::Identity>)>>,
     client: Mutex<Option<DatapathClient>>,
     in_flight: Semaphore,
 }
 
 impl Default for DatapathLink {
     fn default() -> Self {
-        DatapathLink { address: OnceLock::new(), client: Mutex::new(None), in_flight: Semaphore::new(MAX_IN_FLIGHT) }
+        DatapathLink { address: OnceLock::new(), tls: OnceLock::new(), client: Mutex::new(None), in_flight: Semaphore::new(MAX_IN_FLIGHT) }
     }
 }
 
@@ -45,7 +47,9 @@ pub(crate) enum Sent {
 
 impl DatapathLink {
     /// From now on changes go to the control plane at `address`.
-    pub(crate) fn use_control_plane(&self, address: &str) {
+    /// With a trust bundle, over TLS, presenting `identity`'s SVID when it holds one.
+    pub(crate) fn use_control_plane(&self, address: &str, bundle: Option<&str>, identity: std::sync::Arc<crate::identity::Identity>) {
+        let _ = self.tls.set(bundle.map(|b| (b.to_string(), identity)));
         let _ = self.address.set(address.to_string());
     }
 
@@ -92,7 +96,14 @@ impl DatapathLink {
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let client = match tokio::time::timeout(TIMEOUT, DatapathClient::connect(address)).await {
+        let tls = match self.tls.get().and_then(Option::as_ref) {
+            None => None,
+            Some((bundle, identity)) => Some(
+                trefoil_wire::ClientTls::new(bundle, identity.current().map(|s| s.certified.clone()))
+                    .map_err(|e| format!("cannot reach the control plane at {address} over TLS: {e}"))?,
+            ),
+        };
+        let client = match tokio::time::timeout(TIMEOUT, DatapathClient::connect_with(address, tls)).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(format!("cannot reach the control plane at {address}: {e}")),
             Err(_) => return Err(format!("cannot reach the control plane at {address} within {TIMEOUT:?}")),
