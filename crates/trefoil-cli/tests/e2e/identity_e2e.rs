@@ -55,11 +55,21 @@ fn check_with_openssl(dir: &Path, doc: &Value) {
     assert!(ok && out.contains("svid.pem: OK"), "{out}");
 }
 
-/// Sends one certificate request on a fresh stream and returns its answer.
-fn ask(grpc: &str, request: CertificateRequest) -> IdentityAnswer {
+/// The mesh root of `up`'s control plane, as `trefoil up` hands it to proxies.
+pub(crate) fn trust_bundle(up: &Up) -> String {
+    let path = trefoil_control::identity::keep::root_cert_path(&up.state.join("data"), &Default::default());
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Sends one certificate request on a fresh stream (TLS, verifying the
+/// control plane against `bundle`, with no client certificate: a proxy's
+/// bootstrap) and returns its answer.
+pub(crate) fn ask(grpc: &str, bundle: &str, request: CertificateRequest) -> IdentityAnswer {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut client = ConfigStreamClient::connect(grpc, Duration::from_secs(3)).await.expect("the config stream answers");
+        let tls = trefoil_wire::ClientTls::new(bundle, None).expect("the bundle makes a TLS client");
+        let mut client =
+            ConfigStreamClient::connect_with(grpc, Duration::from_secs(3), Some(tls)).await.expect("the config stream answers");
         let (say, said) = tokio::sync::mpsc::unbounded_channel();
         let hello =
             Hello { proxy: "intruder".into(), admin_address: "127.0.0.1:9".into(), version: 0, hash: 0, pid: 1, kind: String::new() };
@@ -77,9 +87,14 @@ fn ask(grpc: &str, request: CertificateRequest) -> IdentityAnswer {
 
 fn csr(uri: Option<&str>) -> Vec<u8> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    csr_for(&key, uri)
+}
+
+/// A CSR on `key`, asking for `uri` when given.
+pub(crate) fn csr_for(key: &rcgen::KeyPair, uri: Option<&str>) -> Vec<u8> {
     let mut params = rcgen::CertificateParams::default();
     params.subject_alt_names = uri.map(|u| rcgen::SanType::URI(u.try_into().unwrap())).into_iter().collect();
-    params.serialize_request(&key).unwrap().der().to_vec()
+    params.serialize_request(key).unwrap().der().to_vec()
 }
 
 /// The join token `trefoil up` gave process `pid`, read from its environment.
@@ -141,7 +156,8 @@ fn a_sidecar_gets_an_svid_renews_it_and_tokens_cannot_be_reused() {
     // The token the sidecar redeemed is spent: replaying it gets nothing.
     let grpc = up.view()["grpc"].as_str().unwrap().to_string();
     let spent = join_token_of(sidecar["pid"].as_u64().unwrap());
-    let replay = ask(&grpc, CertificateRequest { csr_der: csr(None), join_token: spent, current_svid_der: vec![] });
+    let bundle = trust_bundle(&up);
+    let replay = ask(&grpc, &bundle, CertificateRequest { csr_der: csr(None), join_token: spent, current_svid_der: vec![] });
     assert!(replay.error.contains("already used") && replay.certificate_chain_pem.is_empty(), "{replay:?}");
 
     // A token for web cannot buy another workload's identity.
@@ -149,7 +165,7 @@ fn a_sidecar_gets_an_svid_renews_it_and_tokens_cannot_be_reused() {
     let web = JoinIdentity { namespace: "default".into(), workload: "web".into() };
     let token = tokens.mint(&web, Duration::from_secs(60), std::time::SystemTime::now()).unwrap();
     let payments = csr(Some("spiffe://trefoil.local/ns/default/sa/payments"));
-    let refused = ask(&grpc, CertificateRequest { csr_der: payments, join_token: token, current_svid_der: vec![] });
+    let refused = ask(&grpc, &bundle, CertificateRequest { csr_der: payments, join_token: token, current_svid_der: vec![] });
     assert!(
         refused.error.contains("asks for spiffe://trefoil.local/ns/default/sa/payments") && refused.certificate_chain_pem.is_empty(),
         "{refused:?}"

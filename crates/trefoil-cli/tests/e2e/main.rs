@@ -30,6 +30,7 @@ mod proxy_protocols;
 mod proxy_routing;
 mod rollout_e2e;
 mod runtime_up;
+mod stream_auth_e2e;
 mod trace_e2e;
 
 /// The harness finds `trefoil` beside the test executable, Cargo says where
