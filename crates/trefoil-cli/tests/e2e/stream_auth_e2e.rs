@@ -61,13 +61,10 @@ fn the_config_stream_holds_each_proxy_to_its_svid() {
     let grpc = up.view()["grpc"].as_str().unwrap().to_string();
     let bundle = trust_bundle(&up);
 
-    // Plaintext is refused at the handshake: no gRPC answer at all.
+    // Plaintext is refused at the handshake: the server's TLS alert is no
+    // HTTP/2 the client can read, so no gRPC answer at all.
     let plaintext = first_message(&grpc, None, "web-0").expect_err("a plaintext stream is refused");
-    assert_ne!(plaintext.code(), Code::Ok, "{plaintext:?}");
-    assert!(
-        plaintext.message().contains("connect") || plaintext.code() == Code::Unavailable || plaintext.code() == Code::Unknown,
-        "{plaintext:?}"
-    );
+    assert!(matches!(plaintext.code(), Code::Internal | Code::Unavailable | Code::Unknown), "{plaintext:?}");
 
     // TLS without an SVID and without a join token: refused, no snapshot.
     let anonymous = ClientTls::new(&bundle, None).unwrap();
