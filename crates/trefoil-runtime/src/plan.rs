@@ -522,6 +522,8 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         (name == "USER").then(|| "ada".to_string())
     }
 
+    const BUNDLE: &str = "/state/data/ca/trefoil.local/root.pem";
+
     fn plan(yaml: &str, admin_base: u16) -> Result<Plan, PlanError> {
         plan_with(yaml, admin_base, None)
     }
@@ -539,7 +541,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
                 trust_domain: "trefoil.local".into(),
                 svid_lifetime: std::time::Duration::from_secs(3600),
                 minter: None,
-                trust_bundle: None,
+                trust_bundle: Some(PathBuf::from(BUNDLE)),
             },
         };
         build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))
@@ -628,6 +630,17 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
         assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "web-0"));
         let yaml = "apiVersion: trefoil.dev/v1alpha1\nkind: Proxy\nmetadata: {name: control}\nspec: {}\n";
         assert!(matches!(plan(yaml, 0), Err(PlanError::NameClash(n)) if n == "control"));
+    }
+
+    #[test]
+    fn every_stream_client_is_told_the_trust_bundle_and_apps_are_not() {
+        let agent = AgentPlan { node: "edge-1".into(), interfaces: vec!["eth0".into()] };
+        let p = plan_with(MESH, 0, Some(&agent)).unwrap();
+        let told = |spec: &ProcessSpec| spec.env.get(TRUST_BUNDLE_VAR).map(String::as_str) == Some(BUNDLE);
+        assert!(p.gateways.iter().all(told) && !p.gateways.is_empty());
+        assert!(p.replicas.iter().all(|r| told(&r.sidecar) && !r.app.env.contains_key(TRUST_BUNDLE_VAR)));
+        assert!(told(p.datapath.as_ref().unwrap()));
+        assert!(!p.control.env.contains_key(TRUST_BUNDLE_VAR), "the control plane makes the bundle");
     }
 
     #[test]
