@@ -252,6 +252,12 @@ impl Client {
         self.json(Method::POST, "/api/v1/tokens", Some(body)).await.map(|(_, v)| v)
     }
 
+    /// `POST /api/v1/login-codes`: a one-time code for the portal's login link.
+    pub async fn create_login_code(&self, request: &crate::CreateLoginCode) -> Result<crate::LoginCode, ApiError> {
+        let body = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+        self.json(Method::POST, "/api/v1/login-codes", Some(body)).await.map(|(_, v)| v)
+    }
+
     /// `GET /api/v1/tokens`: every live token, without secrets.
     pub async fn tokens(&self) -> Result<TokenList, ApiError> {
         self.json(Method::GET, "/api/v1/tokens", None).await.map(|(_, v)| v)

@@ -31,5 +31,7 @@ pub use error::ErrorBody;
 pub use proxies::{Nack, ProxyStatus, ProxyStatusList};
 pub use resources::{Deleted, List, WatchEvent, Written};
 pub use rollouts::{RolloutActed, RolloutAction};
-pub use tokens::{AuditEntry, AuditList, CreateToken, CreatedToken, Revoked, Role, TokenInfo, TokenList};
+pub use tokens::{
+    AuditEntry, AuditList, CreateLoginCode, CreateToken, CreatedToken, Login, LoginCode, Revoked, Role, TokenInfo, TokenList,
+};
 pub use trefoil_model::ResourceVersion;

@@ -80,6 +80,39 @@ pub struct CreatedToken {
     pub token: String,
 }
 
+/// `POST /api/v1/login-codes`: a one-time login code for the portal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateLoginCode {
+    /// The role of the session the code opens; none: admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// How long the code may be used, in seconds; none: ten minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `POST /api/v1/login-codes` answer: the only time the code is shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginCode {
+    /// Names the code in the audit log; not the code.
+    pub id: String,
+    pub role: Role,
+    /// Unix milliseconds.
+    pub expires_ms: u64,
+    /// The code itself: good for one `POST /api/v1/login`.
+    pub code: String,
+}
+
+/// `POST /api/v1/login`: exchanges a login code for a session token (a
+/// [`CreatedToken`] with an expiry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub code: String,
+}
+
 /// `GET /api/v1/tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenList {

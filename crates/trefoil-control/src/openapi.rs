@@ -42,6 +42,21 @@ fn secure(doc: &mut Value) {
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
         "responses": {"200": {"description": "revoked", "content": {"application/json": {"schema": {"type": "object", "required": ["revoked"], "properties": {"revoked": {"type": "string"}}}}}}, "404": error}
     }});
+    paths["/api/v1/login-codes"] = json!({"post": {
+        "summary": "A one-time login code for the portal's login link (admin): good for one POST /api/v1/login within its lifetime; at most 16 outstanding",
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
+            "role": {"type": "string", "enum": ["viewer", "editor", "admin"], "description": "the session's role; absent: admin"},
+            "ttlSeconds": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "absent: 600"}
+        }}}}},
+        "responses": {"201": {"description": "the code, shown this once", "content": {"application/json": {"schema": {"type": "object", "required": ["id", "role", "expiresMs", "code"], "properties": {
+            "id": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "editor", "admin"]}, "expiresMs": {"type": "integer"}, "code": {"type": "string"}
+        }}}}}, "400": error, "413": error, "422": error, "429": error}
+    }});
+    paths["/api/v1/login"] = json!({"post": {
+        "summary": "Exchange a login code for a session token (open: the code is the credential): an API token of the code's role that expires in 12 h; a code logs in once",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["code"], "additionalProperties": false, "properties": {"code": {"type": "string"}}}}}},
+        "responses": {"200": {"description": "the session token", "content": {"application/json": {"schema": created}}}, "400": error, "401": error, "413": error, "422": error}
+    }});
     paths["/api/v1/audit"] = json!({"get": {
         "summary": "The audit log (admin): each write through the API, oldest first, the newest 1000 kept",
         "responses": {"200": {"description": "the entries", "content": {"application/json": {"schema": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object", "required": ["seq", "timeMs", "tokenId", "role", "verb", "resource"], "properties": {
@@ -51,8 +66,8 @@ fn secure(doc: &mut Value) {
     }});
     for (path, operations) in paths.as_object_mut().into_iter().flatten() {
         for (method, operation) in operations.as_object_mut().into_iter().flatten() {
-            if path == "/v1/traces" && method == "post" {
-                // Open to proxies (decision 0016).
+            if (path == "/v1/traces" || path == "/api/v1/login") && method == "post" {
+                // Open to proxies (decision 0016); a login's code is its credential.
                 operation["security"] = json!([]);
                 continue;
             }

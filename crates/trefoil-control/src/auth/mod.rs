@@ -8,6 +8,7 @@
 //! handler that writes records it in the audit log.
 
 pub(crate) mod audit;
+pub(crate) mod login;
 mod routes;
 pub(crate) mod tokens;
 
@@ -30,6 +31,8 @@ use crate::store::Store;
 pub struct Auth {
     tokens: tokens::Tokens,
     audit: Arc<audit::AuditLog>,
+    /// One-time codes for the portal's login link.
+    login: login::LoginCodes,
     /// The role of a request without a token: none, unless `--insecure-local`.
     anonymous: Option<Role>,
 }
@@ -49,6 +52,7 @@ impl Auth {
         Ok(Auth {
             tokens: tokens::Tokens::new(store.clone()),
             audit: Arc::new(audit::AuditLog::new(store)),
+            login: login::LoginCodes::new(),
             anonymous: insecure_local.then_some(Role::Admin),
         })
     }
@@ -119,10 +123,12 @@ fn need(method: &Method, path: &str) -> Need {
         "/v1/traces" if method == Method::POST => Need::Nothing,
         // Counters for Prometheus, which scrapes without credentials (decision 0016).
         "/metrics" if method == Method::GET => Need::Nothing,
+        // The portal's login link: the code in the body is the credential.
+        "/api/v1/login" if method == Method::POST => Need::Nothing,
         // Node agents' flow reports are telemetry, like spans: an agent holds
         // a viewer token, which may add flow records and change no resource.
         "/api/v1/datapath/flows" if method == Method::POST => Need::Role(Role::Viewer),
-        p if p.starts_with("/api/v1/tokens") || p == "/api/v1/audit" => Need::Role(Role::Admin),
+        p if p.starts_with("/api/v1/tokens") || p == "/api/v1/audit" || p == "/api/v1/login-codes" => Need::Role(Role::Admin),
         _ if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) => Need::Role(Role::Viewer),
         _ => Need::Role(Role::Editor),
     }

@@ -1,7 +1,9 @@
 //! `/api/v1/tokens` (create, list, revoke) and `/api/v1/audit`: admin only,
 //! which the layer in `auth` enforces before these run; and
 //! `/api/v1/whoami`, any reader's own token and role (the portal shows no
-//! edit buttons to a viewer).
+//! edit buttons to a viewer); `/api/v1/login-codes` (admin) and
+//! `/api/v1/login` (open: the code is the credential), the portal's
+//! one-time login link (see `login`).
 
 use std::sync::Arc;
 
@@ -9,11 +11,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use trefoil_api::{AuditList, CreateToken, CreatedToken, Revoked, TokenList};
+use trefoil_api::{AuditList, CreateLoginCode, CreateToken, CreatedToken, Login, LoginCode, Revoked, Role, TokenList};
 
-use super::{Actor, Auth};
+use super::login::{self, CodeError};
+use super::{Actor, Auth, Caller};
 use crate::api::ApiError;
 use crate::store::StoreError;
 
@@ -27,6 +30,8 @@ pub fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/tokens/{id}", delete(revoke))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/login-codes", post(create_login_code))
+        .route("/api/v1/login", post(log_in))
         .with_state(auth)
 }
 
@@ -70,4 +75,48 @@ async fn whoami(actor: Option<Extension<Actor>>) -> Json<serde_json::Value> {
         Some(Extension(actor)) => serde_json::json!({ "tokenId": actor.caller.token_id, "role": actor.caller.role }),
         None => serde_json::json!({ "tokenId": null, "role": null }),
     })
+}
+
+async fn create_login_code(State(auth): State<Arc<Auth>>, actor: Option<Extension<Actor>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: CreateLoginCode = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateLoginCode::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("a login code request is {{\"role\", \"ttlSeconds\"}}, both optional: {e}"),
+            )
+        })?
+    };
+    let max_s = login::MAX_TTL_MS / 1000;
+    if let Some(ttl) = request.ttl_seconds.filter(|t| *t == 0 || *t > max_s) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("ttlSeconds {ttl} is not between 1 and {max_s}")));
+    }
+    let role = request.role.unwrap_or(Role::Admin);
+    let ttl_ms = request.ttl_seconds.map_or(login::DEFAULT_TTL_MS, |s| s * 1000);
+    let creator = actor.as_ref().map_or("anonymous", |a| a.caller.token_id.as_str());
+    let (id, code, expires_ms) = auth.login.mint(role, ttl_ms, creator, crate::rollout::now_ms()).map_err(|e| match e {
+        CodeError::TooMany(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })?;
+    if let Some(Extension(actor)) = &actor {
+        actor.record("login-code-create", &format!("LoginCode/{id}"), None, None);
+    }
+    Ok((StatusCode::CREATED, Json(LoginCode { id, role, expires_ms, code })).into_response())
+}
+
+/// Exchanges a login code for a session token: a normal API token of the
+/// code's role that expires in twelve hours; the audit log records the
+/// session token logging in with the code.
+async fn log_in(State(auth): State<Arc<Auth>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: Login = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("a login is {{\"code\"}}: {e}")))?;
+    let redeemed = auth.login.redeem(&request.code, crate::rollout::now_ms()).map_err(|e| match e {
+        CodeError::Random | CodeError::TooMany(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        e => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+    })?;
+    let (info, token) = auth.tokens.mint(redeemed.role, Some(login::SESSION_TTL_MS), &redeemed.creator)?;
+    let session = Caller { token_id: info.id.clone(), role: info.role };
+    auth.audit.record(&session, "login", &format!("LoginCode/{}", redeemed.id), None, None);
+    Ok(Json(CreatedToken { info, token }).into_response())
 }

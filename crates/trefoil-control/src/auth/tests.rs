@@ -73,6 +73,9 @@ fn each_request_needs_the_role_its_method_and_path_say() {
         (Method::GET, "/api/v1/tokens", admin),
         (Method::DELETE, "/api/v1/tokens/0123", admin),
         (Method::GET, "/api/v1/audit", admin),
+        (Method::POST, "/api/v1/login-codes", admin),
+        (Method::POST, "/api/v1/login", Need::Nothing),
+        (Method::GET, "/api/v1/login", read),
     ] {
         assert_eq!(need(&method, path), needed, "{method} {path}");
     }
