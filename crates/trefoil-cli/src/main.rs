@@ -85,6 +85,9 @@ enum Command {
     /// Bearer tokens for the REST API: create (secret shown once), list, revoke.
     #[command(long_about = commands::token::ABOUT)]
     Token(commands::token::Args),
+    /// The operator portal: print a one-time login link (login-link).
+    #[command(long_about = commands::portal::ABOUT)]
+    Portal(commands::portal::Args),
     /// The CLI's contexts (control plane URL and token): get-contexts, use-context.
     #[command(long_about = commands::config::ABOUT)]
     Config(commands::config::Args),
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
         Command::Datapath(args) => commands::datapath::run(args),
         Command::Authz(args) => commands::authz::run(args),
         Command::Token(args) => commands::token::run(args),
+        Command::Portal(args) => commands::portal::run(args),
         Command::Config(args) => commands::config::run(args),
     }
 }

@@ -125,7 +125,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
             Some(event) = events.recv() => match event {
                 Event::Up(summary) => {
                     let previous = super::up::wire_context(DEMO_CONTEXT, &summary);
-                    break (summary.api.clone(), previous, super::up::login_link(&summary));
+                    break (summary.api.clone(), previous, super::up::login_link(&summary).await);
                 }
                 other => show(other, args.output),
             },
@@ -139,7 +139,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     };
     if args.output == Format::Table {
         println!("\nTrefoil demo: a gateway, `web` v1 and v2 (80/20) calling `api` (2 replicas) through their sidecars.\n");
-        println!("  portal      {portal}   (open it in a browser: the link logs you in)");
+        println!("  portal      {portal}   (open it in a browser: the link logs you in, once)");
         println!("  gateway     http://{gateway}/      (web, which calls api)   http://{gateway}/api");
         println!("  API         {api}/api/v1/routes   (bearer token: the context `demo`, see trefoil config get-contexts)");
         println!("  try         trefoil get proxies   trefoil top   trefoil check   trefoil describe service web");

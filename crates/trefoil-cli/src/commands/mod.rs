@@ -12,6 +12,7 @@ pub(crate) mod describe;
 pub(crate) mod flow_report;
 pub(crate) mod logs;
 pub(crate) mod nf;
+pub(crate) mod portal;
 pub(crate) mod proxy;
 pub(crate) mod rollout;
 pub(crate) mod token;

@@ -175,8 +175,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
                 Some(event) = rx.recv() => {
                     if let Event::Up(summary) = &event {
                         wire_context(LOCAL_CONTEXT, summary);
+                        print_summary(summary, &login_link(summary).await, format);
+                    } else {
+                        show(event, format)
                     }
-                    show(event, format)
                 }
                 result = &mut up => {
                     while let Ok(event) = rx.try_recv() {
@@ -207,15 +209,25 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
-/// The portal's address with the admin token in its fragment, as Jupyter
-/// prints its login link: the browser keeps the token for the tab and
-/// never sends the fragment to a server. Only for a loopback control plane
-/// (the token then never leaves this machine); the plain address otherwise.
-pub(crate) fn login_link(s: &Summary) -> String {
+/// The portal's address with a one-time login code in its fragment, as
+/// Jupyter prints its login link: the portal exchanges the code for a
+/// 12-hour session token and the link is spent (see `trefoil portal
+/// --help`); the fragment never reaches a server's logs. Only for a
+/// loopback control plane, minted with the admin token `up` wrote; the
+/// plain address otherwise, or if the control plane refuses.
+pub(crate) async fn login_link(s: &Summary) -> String {
     let loopback = s.portal.starts_with("http://127.") || s.portal.starts_with("http://[::1]") || s.portal.starts_with("http://localhost");
-    match std::fs::read_to_string(&s.token_file) {
-        Ok(token) if loopback && !token.trim().is_empty() => format!("{}#token={}", s.portal, token.trim()),
-        _ => s.portal.clone(),
+    let token = match std::fs::read_to_string(&s.token_file) {
+        Ok(token) if loopback && !token.trim().is_empty() => token,
+        _ => return s.portal.clone(),
+    };
+    let client = trefoil_api::Client::new(s.api.clone()).with_token(Some(token.trim())).with_timeout(std::time::Duration::from_secs(5));
+    match client.create_login_code(&trefoil_api::CreateLoginCode::default()).await {
+        Ok(code) => super::portal::link(&s.portal, &code.code),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot mint a login code; open the portal and paste a token instead");
+            s.portal.clone()
+        }
     }
 }
 
@@ -263,7 +275,7 @@ pub(crate) fn show(event: Event, format: Format) {
         Event::StartFailed { name, error, retry_in } => eprintln!("cannot start {name}: {error}; retrying in {retry_in:?}"),
         Event::Rejected { resource, error } => eprintln!("control plane refused {resource}: {error}"),
         Event::Pruned { resource } => eprintln!("deleted {resource}: left from an earlier run, no longer in the files"),
-        Event::Up(summary) => print_summary(&summary, format),
+        Event::Up(summary) => print_summary(&summary, &summary.portal, format),
         Event::Stopping => eprintln!("stopping: apps and the datapath agent, then proxies, then the control plane"),
         Event::Stopped { name } => eprintln!("stopped {name}"),
     }
@@ -279,13 +291,13 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn print_summary(s: &Summary, format: Format) {
+fn print_summary(s: &Summary, portal: &str, format: Format) {
     if format != Format::Table {
         print_structured(format, s);
         return;
     }
     println!("trefoil is up");
-    println!("  portal         {}", login_link(s));
+    println!("  portal         {portal}");
     for url in &s.gateways {
         println!("  gateway        {url}");
     }
