@@ -10,38 +10,67 @@
 // form) and reads the API's JSON answers and error bodies.
 const TOKEN_KEY = 'trefoil.token';
 
-// A login link (`trefoil up` prints one, as Jupyter does) carries the token
-// in its fragment, which the browser never sends to a server: it is kept
-// for this tab and taken out of the address bar and the history.
-function takeToken() {
-  const m = /^#token=([A-Za-z0-9_.-]+)$/.exec(location.hash);
-  if (!m) return false;
-  sessionStorage.setItem(TOKEN_KEY, m[1]);
-  history.replaceState(null, '', location.pathname + location.search);
-  return true;
+// A login link (`trefoil up`, `trefoil demo` and `trefoil portal
+// login-link` print one, as Jupyter does) carries a one-time code in its
+// fragment, which the browser never sends to a server. It is taken out of
+// the address bar and the history at once, then exchanged (POST
+// /api/v1/login) for a session token of the code's role, kept for this tab.
+// A code logs in once: a reused or expired link is refused on the login form.
+const LOGIN_CODE = /^[0-9a-f]{16,128}$/;
+let loginError = null;
+async function exchange(code) {
+  try {
+    const response = await fetch('/api/v1/login', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ code }), cache: 'no-store',
+    });
+    const body = await response.json().catch(() => ({}));
+    if (response.ok && body.token) {
+      sessionStorage.setItem(TOKEN_KEY, body.token);
+      return null;
+    }
+    return body.error || ('the login was refused (HTTP ' + response.status + ')');
+  } catch (e) {
+    return 'the control plane did not answer: ' + e.message;
+  }
 }
-takeToken();
+async function takeLoginCode() {
+  const m = /^#login=([0-9a-f]+)$/.exec(location.hash);
+  if (!m) return;
+  history.replaceState(null, '', location.pathname + location.search);
+  loginError = await exchange(m[1]);
+}
+// Every call waits for the exchange, so the first ones carry the new token.
+const loggedIn = takeLoginCode().then(() => { if (loginError) showLogin(loginError); });
 // The link opened on a page already showing (only the fragment changes).
-window.addEventListener('hashchange', () => { if (takeToken()) location.reload(); });
+window.addEventListener('hashchange', () => { if (location.hash.startsWith('#login=')) location.reload(); });
 
 // Without a token (or with one expired or revoked) the API answers 401:
-// the page asks for one, once.
+// the page asks for a token or a login code, once.
 let loginShown = false;
 function showLogin(reason) {
   if (loginShown) return;
   loginShown = true;
-  const input = el('input', { type: 'password', id: 'login-token', autocomplete: 'off', 'aria-label': 'API token' });
-  const login = (e) => {
+  const input = el('input', { type: 'password', id: 'login-token', autocomplete: 'off', 'aria-label': 'API token or login code' });
+  const login = async (e) => {
     e.preventDefault();
-    const token = input.value.trim();
-    if (token) { sessionStorage.setItem(TOKEN_KEY, token); location.reload(); }
+    const value = input.value.trim();
+    if (!value) return;
+    if (LOGIN_CODE.test(value)) {
+      const refused = await exchange(value);
+      if (refused) { document.getElementById('login-error').textContent = refused; return; }
+    } else {
+      sessionStorage.setItem(TOKEN_KEY, value);
+    }
+    location.reload();
   };
   document.body.prepend(el('form', { id: 'login', class: 'login', onsubmit: login },
-    el('p', {}, reason + ' Open the link `trefoil up` printed, or paste a token (`trefoil token create --role viewer`): ',
+    el('p', { id: 'login-error', role: 'alert' }, reason),
+    el('p', {}, 'Open a new login link (`trefoil portal login-link`), or paste a token (`trefoil token create --role viewer`) or a login code: ',
       input, ' ', el('button', { type: 'submit' }, 'Log in'))));
   input.focus();
 }
 async function api(path, options = {}) {
+  await loggedIn;
   const headers = new Headers(options.headers || {});
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.set('Authorization', 'Bearer ' + token);
@@ -201,6 +230,7 @@ const whoami = api('/api/v1/whoami').then((r) => {
 function live(onSnapshot) {
   let backoff = 500;
   const connect = async () => {
+    await loggedIn;
     const headers = new Headers({ Accept: 'text/event-stream' });
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.set('Authorization', 'Bearer ' + token);

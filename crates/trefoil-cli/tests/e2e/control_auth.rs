@@ -146,3 +146,67 @@ fn anonymous_access_is_refused_beyond_loopback() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("0.0.0.0:0 is not a loopback address"), "{out:?}");
 }
+
+#[test]
+fn a_login_code_opens_one_session_of_its_role_and_is_refused_after() {
+    let dir = scratch_dir();
+    let control = Control::start(&dir.join("data"));
+    let server = format!("http://{}", control.api);
+    let (_, viewer) = create_token(&control, "viewer", None);
+    // Only an admin mints codes.
+    assert_eq!(control.call_with(Some(&viewer), "POST", "/api/v1/login-codes", b"").unwrap().0, 403);
+
+    // The CLI prints a link with the code in its fragment.
+    let out = run(trefoil_command().args([
+        "portal",
+        "login-link",
+        "--role",
+        "editor",
+        "--server",
+        &server,
+        "--token",
+        control.token(),
+        "-o",
+        "json",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let minted = json(&out);
+    let code = minted["code"].as_str().unwrap().to_string();
+    assert_eq!(minted["url"].as_str().unwrap(), format!("{server}/#login={code}"), "{minted}");
+    assert_eq!(minted["role"], "editor", "{minted}");
+
+    // Exchanged without any token: a session token of the code's role, with an expiry.
+    let body = serde_json::json!({ "code": code }).to_string();
+    let (status, session) = control.call_with(None, "POST", "/api/v1/login", body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["role"], "editor", "{session}");
+    assert!(session["expiresMs"].as_u64().is_some(), "a session token expires: {session}");
+    let token = session["token"].as_str().unwrap();
+    let (status, me) = control.call_with(Some(token), "GET", "/api/v1/whoami", b"").unwrap();
+    assert_eq!((status, me["role"].as_str()), (200, Some("editor")), "{me}");
+
+    // Once only, and said so.
+    let (status, again) = control.call_with(None, "POST", "/api/v1/login", body.as_bytes()).unwrap();
+    assert_eq!(status, 401, "{again}");
+    assert!(again["error"].as_str().unwrap().contains("already used"), "{again}");
+    let (status, unknown) = control.call_with(None, "POST", "/api/v1/login", br#"{"code": "00ff"}"#).unwrap();
+    assert_eq!(status, 401, "{unknown}");
+    assert!(unknown["error"].as_str().unwrap().contains("not valid"), "{unknown}");
+
+    // The audit log names the code's minting and the login it gave.
+    let (_, audit) = control.call_with(Some(control.token()), "GET", "/api/v1/audit", b"").unwrap();
+    let verbs: Vec<(&str, &str)> =
+        audit["items"].as_array().unwrap().iter().map(|e| (e["verb"].as_str().unwrap(), e["resource"].as_str().unwrap())).collect();
+    let id = minted["id"].as_str().unwrap();
+    let code_resource = format!("LoginCode/{id}");
+    assert!(verbs.contains(&("login-code-create", code_resource.as_str())), "{verbs:?}");
+    assert!(verbs.contains(&("login", code_resource.as_str())), "{verbs:?}");
+
+    // Outstanding codes are bounded: the 17th unused one is refused.
+    for _ in 0..16 {
+        assert_eq!(control.call_with(Some(control.token()), "POST", "/api/v1/login-codes", b"").unwrap().0, 201);
+    }
+    let out = run(trefoil_command().args(["portal", "login-link", "--server", &server, "--token", control.token()]));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outstanding"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use trefoil_testkit::{command_exists, find_command, free_addr, http_request, repo_root, request, scratch_dir, Clamd, Up};
+use trefoil_testkit::{command_exists, find_command, free_addr, http_request, repo_root, request, scratch_dir, trefoil_command, Clamd, Up};
 
 use crate::edgesecurity_e2e::copy_example;
 
@@ -77,12 +77,24 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     assert_eq!(status, 403, "{body}");
     let trace_id = headers.get("x-trefoil-trace-id").cloned().expect("a trace id");
 
+    // The one-time login link the browser opens, as `trefoil portal login-link` prints it.
+    let minted = trefoil_command()
+        .args(["portal", "login-link", "--server", &format!("http://{}", up.api()), "--token", &up.token(), "-o", "json"])
+        .output()
+        .expect("running trefoil portal login-link");
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let minted: serde_json::Value = serde_json::from_slice(&minted.stdout).expect("login-link -o json");
+    assert_eq!(minted["role"], "admin", "{minted}");
+    let login_link = minted["url"].as_str().expect("a url").to_string();
+    assert!(login_link.starts_with(&format!("{portal}#login=")), "{login_link}");
+
     let screenshots = repo_root().join("target/portal-screenshots");
     let script = repo_root().join("crates/trefoil-cli/tests/portal/portal.py");
     let started = Instant::now();
     let out = Command::new("python3")
         .arg(&script)
         .args(["--portal", &portal, "--trace-id", &trace_id, "--token", &up.token(), "--gateway", &gateway.to_string()])
+        .args(["--login-link", &login_link])
         .arg("--chromium")
         .arg(&chromium)
         .arg("--screenshots")

@@ -71,7 +71,8 @@ def containing(text):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--portal", required=True, help="the portal's URL, http://ADDR/")
-    p.add_argument("--token", required=True, help="an API token; the portal gets it from a login link, as `trefoil up` prints")
+    p.add_argument("--token", required=True, help="an admin API token, for the script's own calls")
+    p.add_argument("--login-link", required=True, help="a one-time login link, as `trefoil portal login-link` prints")
     p.add_argument("--chromium", required=True, help="the browser executable (never downloaded)")
     p.add_argument("--screenshots", required=True)
     p.add_argument("--change", required=True, help="a CNF YAML file to apply from the editor")
@@ -126,14 +127,28 @@ def main():
             figures[f"{name}DomMs"] = page.evaluate(
                 "Math.round(performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd)")
 
-        # Without a token the page asks for one; the login link `trefoil up`
-        # prints brings it, and it leaves the address bar.
+        # Without a token the page asks for one; the one-time login link
+        # (`trefoil up` and `trefoil portal login-link` print one) logs in,
+        # and its code leaves the address bar.
         page.goto(base + "/")
         expect(page.locator("#login")).to_be_visible()
         logging_in["now"] = False
-        page.goto(base + "/#token=" + a.token)
+        page.goto(a.login_link)
         expect(page.locator("#proxies tbody tr td", has_text="gateway").first).to_be_visible()
-        assert "token" not in page.url, f"the token stayed in the address bar: {page.url}"
+        assert "login=" not in page.url, f"the login code stayed in the address bar: {page.url}"
+        expect(page.locator("#login")).to_have_count(0)
+
+        # The same link again, in a fresh browser context (no session): refused, and said why.
+        again = browser.new_context(viewport=WIDE)
+        reused = again.new_page()
+        reused.on("console", lambda m: m.type == "error" and "status of 401" not in m.text and errors.append(f"console {m.type}: {m.text} at {m.location}"))
+        reused.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        reused.goto(a.login_link)
+        expect(reused.locator("#login")).to_be_visible(timeout=20_000)
+        expect(reused.locator("#login-error")).to_contain_text("already used", timeout=20_000)
+        assert "login=" not in reused.url, f"the spent code stayed in the address bar: {reused.url}"
+        reused.screenshot(path=os.path.join(a.screenshots, "login-reused-1280.png"))
+        again.close()
 
         # Dashboard: the proxies as `trefoil get proxies` shows them, services, workloads.
         timed_goto("dashboard", "/", page.locator("#proxies tbody tr td", has_text="gateway").first)
@@ -339,12 +354,12 @@ def main():
         page.wait_for_url("**/cnfs#edge-security")
 
         # A viewer: the same pages, and no edit or action button anywhere.
-        viewer = post(base, "/api/v1/tokens", {"role": "viewer"})["token"]
+        viewer = post(base, "/api/v1/login-codes", {"role": "viewer"})["code"]
         seen = browser.new_page(viewport=WIDE)
         seen.set_default_timeout(20_000)
         seen.on("console", console)
         seen.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-        seen.goto(base + "/cnfs#token=" + viewer)
+        seen.goto(base + "/cnfs#login=" + viewer)
         expect(seen.locator("body[data-role=viewer]")).to_have_count(1)
         expect(seen.locator("#cnfs tbody tr", has_text=CNF)).to_be_visible()
         for path, ready in (("/", "#proxies tbody tr"), ("/cnfs", "#cnfs tbody tr"), ("/rollouts", ".rollout[data-name=shop]"), ("/graph", "#graph .node"), ("/resources", "#objects tbody tr")):
