@@ -118,6 +118,30 @@ fn up_reports_up_after_every_ready_line_and_writes_no_colour_where_no_one_looks(
         assert!(before.lines().any(|l| l == ready), "{ready:?} must come before \"trefoil is up\":\n{output}");
     }
 
+    // The portal's address first, with a one-time login code, never the admin token.
+    let (_, after) = output.split_once("trefoil is up").expect("waited for it");
+    let portal = after.lines().find_map(|l| l.trim().strip_prefix("portal")).map(str::trim).expect("a portal line");
+    let code = portal.split_once("/#login=").map(|(_, c)| c.to_string()).unwrap_or_else(|| panic!("a login link: {portal}"));
+    assert!(!output.contains(up.token().as_str()), "the admin token was printed:\n{output}");
+    let login = serde_json::json!({ "code": code }).to_string();
+    let exchange = || {
+        trefoil_testkit::http_request(
+            up.api(),
+            "POST",
+            "control",
+            "/api/v1/login",
+            &[("Content-Type", "application/json")],
+            login.as_bytes(),
+        )
+        .unwrap()
+    };
+    let (status, _, body) = exchange();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"role\":\"admin\""), "{body}");
+    let (status, _, body) = exchange();
+    assert_eq!(status, 401, "the link logs in once: {}", String::from_utf8_lossy(&body));
+
     // Not a terminal: no colour codes in the output, the log files or `trefoil logs`.
     assert!(!output.contains('\x1b'), "{output:?}");
     let entries = std::fs::read_dir(up.state.join("logs")).expect("the logs directory");
