@@ -130,9 +130,24 @@ impl PolicySet {
 
     /// Decides `req`.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
+        self.decide(req, Seen::Request)
+    }
+
+    /// Decides a TCP connection, of which the proxy knows the peer, the
+    /// source, the port and the SNI but no method, path, host or header
+    /// (`req` carries them empty). As Istio does: an allow or audit rule
+    /// that needs one of those never matches a connection, and a deny rule
+    /// ignores them, so a policy written for HTTP refuses more on TCP, never
+    /// less.
+    pub fn evaluate_connection(&self, req: &Request<'_>) -> Decision {
+        self.decide(req, Seen::Connection)
+    }
+
+    fn decide(&self, req: &Request<'_>, seen: Seen) -> Decision {
         let mut audited = Vec::new();
         for p in &self.policies {
-            let Some(i) = p.spec.rules.iter().position(|r| rule_matches(r, req)) else { continue };
+            let deny = p.spec.action == AuthzAction::Deny;
+            let Some(i) = p.spec.rules.iter().position(|r| rule_matches(r, req, seen, deny)) else { continue };
             let hit = RuleRef { policy: p.name.clone(), action: p.spec.action, rule: i };
             match p.spec.action {
                 AuthzAction::Deny => return Decision { allowed: false, reason: Reason::Denied, rule: Some(hit), audited },
@@ -176,7 +191,7 @@ impl PolicySet {
         match &rule.to {
             None => out.push("to: any operation".to_string()),
             Some(to) => {
-                if let Some(o) = to.iter().find(|o| operation_matches(o, req)) {
+                if let Some(o) = to.iter().find(|o| operation_matches(o, req, Seen::Request, false)) {
                     if !o.methods.is_empty() {
                         out.push(format!("to: method {} is listed", req.method));
                     }
@@ -216,10 +231,21 @@ fn namespace(principal: Option<&str>) -> Option<&str> {
     None
 }
 
-fn rule_matches(rule: &AuthzRule, req: &Request<'_>) -> bool {
+/// What the request being decided shows of itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// An HTTP request: everything.
+    Request,
+    /// A TCP connection: no method, path, host or header.
+    Connection,
+}
+
+/// Whether `rule` matches. On a connection, a field only HTTP has makes an
+/// allow or audit rule fail and is ignored by a deny rule (`deny`).
+fn rule_matches(rule: &AuthzRule, req: &Request<'_>, seen: Seen, deny: bool) -> bool {
     rule.from.as_ref().is_none_or(|f| f.iter().any(|s| source_matches(s, req)))
-        && rule.to.as_ref().is_none_or(|t| t.iter().any(|o| operation_matches(o, req)))
-        && rule.when.as_ref().is_none_or(|w| w.iter().all(|c| condition_holds(c, req)))
+        && rule.to.as_ref().is_none_or(|t| t.iter().any(|o| operation_matches(o, req, seen, deny)))
+        && rule.when.as_ref().is_none_or(|w| w.iter().all(|c| condition_holds(c, req, seen, deny)))
 }
 
 fn source_matches(s: &AuthzSource, req: &Request<'_>) -> bool {
@@ -229,15 +255,21 @@ fn source_matches(s: &AuthzSource, req: &Request<'_>) -> bool {
         && (s.ip_blocks.is_empty() || req.source.is_some_and(|ip| s.ip_blocks.iter().any(|b| b.contains(ip))))
 }
 
-fn operation_matches(o: &AuthzOperation, req: &Request<'_>) -> bool {
+fn operation_matches(o: &AuthzOperation, req: &Request<'_>, seen: Seen, deny: bool) -> bool {
+    let ports = o.ports.is_empty() || req.port.is_some_and(|p| o.ports.contains(&p));
+    if seen == Seen::Connection {
+        let http_only = !o.methods.is_empty() || !o.paths.is_empty() || !o.hosts.is_empty();
+        return ports && (deny || !http_only);
+    }
     (o.methods.is_empty() || o.methods.iter().any(|m| m.as_http().as_str() == req.method))
         && (o.paths.is_empty() || o.paths.iter().any(|m| m.matches(req.path)))
-        && (o.ports.is_empty() || req.port.is_some_and(|p| o.ports.contains(&p)))
+        && ports
         && (o.hosts.is_empty() || o.hosts.iter().any(|m| m.matches_ignoring_case(req.host)))
 }
 
-fn condition_holds(c: &AuthzCondition, req: &Request<'_>) -> bool {
+fn condition_holds(c: &AuthzCondition, req: &Request<'_>, seen: Seen, deny: bool) -> bool {
     match &c.header {
+        Some(_) if seen == Seen::Connection => deny,
         Some(name) => {
             req.headers.get_all(name.as_http()).iter().filter_map(|v| v.to_str().ok()).any(|v| c.values.iter().any(|m| m.matches(v)))
         }

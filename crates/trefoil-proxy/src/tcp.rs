@@ -12,8 +12,9 @@ use crate::config::snapshot::ListenerConfig;
 use crate::config::state::ProxyState;
 use crate::sys::{descriptors, splice};
 use crate::telemetry::access_log::{now_rfc3339, AccessRecord};
-use crate::telemetry::metrics::{label, Label, TcpBytesLabels, TcpLabels};
+use crate::telemetry::metrics::{label, AuthzLabels, Label, TcpBytesLabels, TcpLabels};
 use crate::upstream::endpoint::Outcome;
+use trefoil_model::authz::{PolicySet, Request as AuthzRequest};
 
 const CONNECT_ATTEMPTS: usize = 3;
 /// The `service` label of passed-through connections: they have none.
@@ -40,12 +41,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 
 /// Connects to an endpoint of the listener's TCP backend and splices bytes
 /// both ways; an endpoint that is another proxy's mesh listener is reached
-/// with mesh TLS.
-pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, downstream: Downstream, client: SocketAddr) {
+/// with mesh TLS. `peer` is the SPIFFE id the handshake verified, which the
+/// backend's authorization policies decide the connection by.
+pub(crate) async fn forward(
+    state: &Arc<ProxyState>,
+    listener: &ListenerConfig,
+    downstream: Downstream,
+    client: SocketAddr,
+    peer: Option<&str>,
+) {
     let Some(cluster) = &listener.tcp_backend else {
         tracing::warn!(listener = %listener.name, %client, "no tcpBackend for non-HTTP traffic; closing");
         return;
     };
+    if let Some(policies) = &listener.tcp_authz {
+        let sni = match &downstream {
+            Downstream::Tls(tls) => tls.get_ref().1.server_name().map(str::to_string),
+            Downstream::Plain(_) => None,
+        };
+        if !authorize(state, listener, policies, client, peer, sni.as_deref(), &cluster.service.name) {
+            return;
+        }
+    }
     let service = &cluster.service;
     let connect_timeout = service.limits.connect_timeout.get().max(Duration::from_millis(1));
     let mut previous = None;
@@ -121,6 +138,60 @@ pub(crate) async fn forward(state: &Arc<ProxyState>, listener: &ListenerConfig, 
     drop(held);
     endpoint.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     count_bytes(state, listener, &service.name, &version, result.unwrap_or((0, 0)));
+}
+
+/// Phase: authorization of a whole connection, before any endpoint is
+/// reached ([`PolicySet::evaluate_connection`]: HTTP-only fields never
+/// grant it, and never spare it a deny). A refusal closes the connection,
+/// is counted in `trefoil_authz_denied_total` and logged with the flag
+/// `rbac_denied`, as a refused request is.
+fn authorize(
+    state: &ProxyState,
+    listener: &ListenerConfig,
+    policies: &PolicySet,
+    client: SocketAddr,
+    peer: Option<&str>,
+    sni: Option<&str>,
+    service: &str,
+) -> bool {
+    let headers = http::HeaderMap::new();
+    let decision = policies.evaluate_connection(&AuthzRequest {
+        principal: peer,
+        source: Some(client.ip()),
+        method: "",
+        path: "",
+        port: Some(listener.addr.port()),
+        host: "",
+        sni,
+        headers: &headers,
+    });
+    let metrics = &state.shared.metrics;
+    for audit in &decision.audited {
+        metrics.authz_audited.get_or_create(&AuthzLabels { policy: audit.policy.clone(), rule: audit.rule.to_string() }).inc();
+    }
+    if decision.allowed {
+        return true;
+    }
+    let (policy, rule) = decision.labels();
+    let authz = match &decision.rule {
+        Some(r) => format!("deny {}/{}", r.policy, r.rule),
+        None => "default-deny".to_string(),
+    };
+    metrics.authz_denied.get_or_create(&AuthzLabels { policy, rule }).inc();
+    tracing::info!(listener = %listener.name, %client, peer = peer.unwrap_or("(none)"), %authz, "connection refused by authorization policy");
+    state.telemetry.load().access_log.write(&AccessRecord {
+        time: now_rfc3339(),
+        direction: &listener.direction,
+        listener: &listener.name,
+        client: client.to_string(),
+        peer_identity: peer,
+        protocol: "tcp",
+        service,
+        flag: "rbac_denied",
+        authz: &authz,
+        ..AccessRecord::default()
+    });
+    false
 }
 
 /// Bytes both ways until both ends are done, `(to upstream, to downstream)`:

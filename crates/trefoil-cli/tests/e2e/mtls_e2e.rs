@@ -329,10 +329,14 @@ fn a_tcp_service_is_reached_over_mesh_tls() {
     let server = testserver_path().display().to_string();
     let gateway = free_addr();
     let args = ["--listen", "127.0.0.1:${PORT}", "--name", "raw-0"];
+    // Outbound: the gateway's clients have no mesh identity, so raw's
+    // policies (below) are enforced by raw's sidecar alone, where the
+    // gateway's SPIFFE id is the peer.
     let tcp = ListenerSpec {
         proxy: Some("edge".into()),
         protocol: ListenerProtocol::Tcp,
         tcp_backend: Some(BackendRef { service: "raw".into(), version: None }),
+        direction: "outbound".into(),
         ..listener_spec(gateway)
     };
     let resources = vec![
@@ -349,6 +353,42 @@ fn a_tcp_service_is_reached_over_mesh_tls() {
     assert!(handshakes(sidecar, &["spiffe://trefoil.local/ns/default/sa/edge", "result=\"success\""]) > 0, "the gateway's hop is mTLS");
     let said = plaintext(address(&up, "raw-0-sidecar", "inbound"));
     assert!(!said.contains("HTTP/1.1"), "plaintext got through: {said:?}");
+
+    // Authorization on raw bytes: the sidecar decides each connection by
+    // the gateway's verified SPIFFE id. A grant that needs a method cannot
+    // open a TCP port, so the gateway's connections are refused (closed
+    // before any endpoint is reached, counted, logged)...
+    let policy = |rule: &str| {
+        format!(
+            "apiVersion: trefoil.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: raw-callers}}\n\
+             spec:\n  selector: {{service: raw}}\n  action: allow\n  rules:\n  - {rule}\n"
+        )
+    };
+    // Only raw's sidecar takes raw's policies: the gateway's snapshot does
+    // not change, so it is the sidecar's acknowledgement that counts.
+    let sidecar_acked = |u: &Up, version| u.proxies().iter().any(|p| p.name == "raw-0" && p.connected && p.acked_version >= Some(version));
+    let file = up.dir.join("raw-callers.yaml");
+    std::fs::write(&file, policy("{from: [{principals: ['spiffe://trefoil.local/ns/default/sa/edge']}], to: [{methods: [GET]}]}")).unwrap();
+    up.apply(&file);
+    let version = up.resource_version("AuthorizationPolicy", "raw-callers").expect("the policy is stored");
+    up.wait("raw's sidecar acknowledged the HTTP-only grant", |u| sidecar_acked(u, version));
+    assert_eq!(plaintext(gateway), "", "a method grant let a TCP connection through");
+    let denied = |admin| {
+        let (_, _, text) = http_get(admin, "admin", "/metrics");
+        text.lines()
+            .filter(|l| l.starts_with("trefoil_authz_denied_total{") && l.contains("rule=\"default-deny\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    assert!(denied(sidecar) > 0, "the refusal is counted by the sidecar");
+    // ...and a grant of the gateway's identity by port lets them through.
+    let port = address(&up, "raw-0-sidecar", "inbound").port();
+    let grant = format!("{{from: [{{principals: ['spiffe://trefoil.local/ns/*/sa/edge']}}], to: [{{ports: [{port}]}}]}}");
+    std::fs::write(&file, policy(&grant)).unwrap();
+    up.apply(&file);
+    let version = up.resource_version("AuthorizationPolicy", "raw-callers").expect("the policy is stored");
+    up.wait("raw's sidecar acknowledged the port grant", |u| sidecar_acked(u, version));
+    wait_until("the gateway passing bytes to raw again", Duration::from_secs(30), || plaintext(gateway).starts_with("HTTP/1.1 200"));
     assert_eq!(up.stop_with(libc::SIGINT), Some(0), "{}", up.stderr());
 }
 

@@ -162,3 +162,47 @@ fn why_names_what_matched() {
         [format!("from: principal {WEB} matches spiffe://trefoil.local/ns/*/sa/web"), "to: path /api/x matches /api/*".to_string()]
     );
 }
+
+/// A TCP connection from `principal`: no method, path, host or header.
+fn decide_connection(set: &PolicySet, principal: Option<&'static str>, port: u16) -> Decision {
+    set.evaluate_connection(&Request {
+        principal,
+        source: Some("10.0.0.7".parse().unwrap()),
+        method: "",
+        path: "",
+        port: Some(port),
+        host: "",
+        sni: None,
+        headers: &http::HeaderMap::new(),
+    })
+}
+
+#[test]
+fn a_connection_is_decided_by_what_tcp_shows() {
+    // Allow rules that need HTTP never match a connection: web's GET-only
+    // grant does not open the port to raw bytes; batch's port grant does.
+    let yaml =
+        policy("web-get", "allow", "  - from: [{principals: ['spiffe://trefoil.local/ns/prod/sa/web']}]\n    to: [{methods: [GET]}]\n")
+            + &policy(
+                "batch-port",
+                "allow",
+                "  - from: [{principals: ['spiffe://trefoil.local/ns/prod/sa/batch']}]\n    to: [{ports: [5432]}]\n",
+            );
+    let set = policies(&yaml);
+    let d = decide_connection(&set, Some(WEB), 5432);
+    assert_eq!((d.allowed, d.reason), (false, Reason::DefaultDeny));
+    assert!(decide(&set, &req(Some(WEB), "GET", "/")).allowed, "the same rule still grants the HTTP request");
+    let batch = Some("spiffe://trefoil.local/ns/prod/sa/batch");
+    assert!(decide_connection(&set, batch, 5432).allowed);
+    assert!(!decide_connection(&set, batch, 5433).allowed, "another port is not granted");
+
+    // Deny rules ignore what only HTTP has: denying web's DELETEs denies
+    // web's connections, which could carry any method.
+    let yaml = policy("all", "allow", "  - {}\n")
+        + &policy("no-web-delete", "deny", "  - from: [{principals: ['spiffe://trefoil.local/ns/prod/sa/web']}]\n    to: [{methods: [DELETE]}]\n    when: [{header: x-debug, values: ['1']}]\n");
+    let set = policies(&yaml);
+    let d = decide_connection(&set, Some(WEB), 5432);
+    assert_eq!((d.allowed, d.reason), (false, Reason::Denied));
+    assert!(decide_connection(&set, batch, 5432).allowed);
+    assert!(decide(&set, &req(Some(WEB), "GET", "/")).allowed, "HTTP still sees the method");
+}

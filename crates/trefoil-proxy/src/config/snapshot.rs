@@ -142,6 +142,9 @@ pub(crate) struct ListenerConfig {
     pub mesh: bool,
     /// An inbound listener enforces its rules' authorization policies.
     pub enforce_authz: bool,
+    /// On an inbound listener, the policies selecting its `tcpBackend`,
+    /// checked once per forwarded connection; `None` when none does.
+    pub tcp_authz: Option<Arc<PolicySet>>,
 }
 
 impl ServiceConfig {
@@ -629,9 +632,14 @@ impl Compiler<'_> {
 
     /// The policies selecting any backend of `rule`; `None` when none does.
     fn authz(&self, rule: &RouteRule) -> Option<Arc<PolicySet>> {
+        let services: Vec<String> = rule.backends.iter().map(|b| b.service.clone()).collect();
+        self.policies_selecting(&services)
+    }
+
+    /// The policies selecting any of `services`; `None` when none does.
+    fn policies_selecting(&self, services: &[String]) -> Option<Arc<PolicySet>> {
         let workload = self.workload.as_deref();
-        let selected =
-            self.policies.iter().filter(|p| rule.backends.iter().any(|b| p.spec.selector.selects(&b.service, workload))).cloned();
+        let selected = self.policies.iter().filter(|p| services.iter().any(|s| p.spec.selector.selects(s, workload))).cloned();
         let set = PolicySet::new(selected);
         (!set.is_empty()).then(|| Arc::new(set))
     }
@@ -707,6 +715,11 @@ impl Compiler<'_> {
             permissive: spec.mesh_tls == Some(MeshTls::Permissive),
             mesh: spec.mesh_tls.is_some(),
             enforce_authz: spec.direction == "inbound",
+            tcp_authz: spec
+                .tcp_backend
+                .as_ref()
+                .filter(|_| spec.direction == "inbound")
+                .and_then(|b| self.policies_selecting(std::slice::from_ref(&b.service))),
         }
     }
 }

@@ -215,20 +215,20 @@ async fn handle_connection(state: Arc<ProxyState>, name: Label, stream: TcpStrea
         ListenerProtocol::Tcp if config.mesh => {
             // Permissive: a client that does not open with a TLS handshake is forwarded as it is.
             if config.permissive && !matches!(detect(&stream, DETECT_TIMEOUT).await, Detected::Tls) {
-                return tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client).await;
+                return tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client, None).await;
             }
             if let Some(tls) = handshake(&state, &config, stream, &plain).await {
                 let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(peer_identity);
                 count_handshake(&state, &config, peer.as_deref(), "success");
-                tcp::forward(&state, &config, tcp::Downstream::Tls(Box::new(tls)), client).await
+                tcp::forward(&state, &config, tcp::Downstream::Tls(Box::new(tls)), client, peer.as_deref()).await
             }
         }
-        ListenerProtocol::Tcp => tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client).await,
+        ListenerProtocol::Tcp => tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client, None).await,
         ListenerProtocol::Auto => match detect(&stream, DETECT_TIMEOUT).await {
             Detected::Tls if config.tls.is_some() => serve_tls(state, config, stream, plain, watcher).await,
             Detected::Http(wire) => serve_http(state, TokioIo::new(stream), plain, watcher, wire).await,
             _ if config.transparent => tcp::passthrough(&state, &config, stream, client, plain.original_destination).await,
-            _ => tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client).await,
+            _ => tcp::forward(&state, &config, tcp::Downstream::Plain(stream), client, None).await,
         },
         // Permissive mesh TLS: a TLS handshake opens with 0x16, anything
         // else is served as plaintext (its peer identity stays unknown).
