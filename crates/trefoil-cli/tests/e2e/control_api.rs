@@ -318,6 +318,18 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "403", "404",
 include-path = "/api/v1/{kind}/{name}"
 include-method = "PUT"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "403", "404", "409", "422"]
+
+# A generated login code is never one the control plane issued: 401.
+[[operations]]
+include-path = "/api/v1/login"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "422"]
+
+# Codes are bounded (16 outstanding): a run that mints more meets 429.
+[[operations]]
+include-path = "/api/v1/login-codes"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "422", "429"]
 "#;
 
 #[test]

@@ -81,12 +81,17 @@ async fn create_login_code(State(auth): State<Arc<Auth>>, actor: Option<Extensio
     let request: CreateLoginCode = if body.iter().all(u8::is_ascii_whitespace) {
         CreateLoginCode::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        // An object only: serde would also take a struct from an array.
+        let invalid = |e: &dyn std::fmt::Display| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("a login code request is {{\"role\", \"ttlSeconds\"}}, both optional: {e}"),
             )
-        })?
+        };
+        match serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| invalid(&e))? {
+            object @ serde_json::Value::Object(_) => serde_json::from_value(object).map_err(|e| invalid(&e))?,
+            _ => return Err(invalid(&"the body is not a JSON object")),
+        }
     };
     let max_s = login::MAX_TTL_MS / 1000;
     if let Some(ttl) = request.ttl_seconds.filter(|t| *t == 0 || *t > max_s) {
