@@ -412,14 +412,21 @@ mod tests {
         (addr, proxies)
     }
 
-    /// [`control`], and the join tokens its CA accepts.
-    async fn control_with_tokens(test: &str) -> (SocketAddr, Arc<Proxies>, crate::identity::join::JoinTokens) {
+    /// A scratch directory for `test` with an empty store, and the proxies
+    /// and compiler over it.
+    fn fresh(test: &str) -> (std::path::PathBuf, Arc<Store>, Arc<Proxies>, Arc<Compiler>) {
         let dir = std::env::temp_dir().join(format!("trefoil-stream-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
         let proxies = Arc::new(Proxies::default());
         let compiler = Arc::new(Compiler::new(store.clone(), proxies.clone(), None));
+        (dir, store, proxies, compiler)
+    }
+
+    /// [`control`], and the join tokens its CA accepts.
+    async fn control_with_tokens(test: &str) -> (SocketAddr, Arc<Proxies>, crate::identity::join::JoinTokens) {
+        let (dir, store, proxies, compiler) = fresh(test);
         let tokens = crate::identity::join::JoinTokens::new(&dir);
         let issuer = Arc::new(Issuer::for_tests(&dir));
         proxies.set_trust_bundle(issuer.trust_bundle());
@@ -646,12 +653,7 @@ mod tests {
 
     /// A control plane with its compile loop, its store, and an API token.
     async fn control_for_agents(test: &str) -> (SocketAddr, Arc<Proxies>, Arc<Store>, String) {
-        let dir = std::env::temp_dir().join(format!("trefoil-stream-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
-        let proxies = Arc::new(Proxies::default());
-        let compiler = Arc::new(Compiler::new(store.clone(), proxies.clone(), None));
+        let (dir, store, proxies, compiler) = fresh(test);
         tokio::spawn(distribute(compiler.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
