@@ -101,6 +101,7 @@ function health(text, bad) {
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
     if (k === 'class') node.className = v;
     else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
@@ -324,58 +325,38 @@ function dashboard(snap) {
   stamp(snap);
 }
 
-// ---- CNF Provisioning ----
+// ---- The editor (CNF Provisioning and Resources): check, diff, confirm, apply ----
 
-const editor = { kind: 'CNF', name: null, checked: null };
-
-async function cnfTables() {
-  const [cnfs, routes, functions, services, workloads, endpoints] = await Promise.all([
-    list('cnfs'), list('routes'), list('networkfunctions'), list('services'), list('workloads'), list('endpoints'),
-  ]);
-  fill('cnfs', cnfs.sort(byName).map((c) => {
-    const s = specOf(c);
-    const steps = (s.chain || []).map((st) => st.function + ' (' + (st.mode || 'callout') + ' / ' + (st.phase || 'request') + ')');
-    const using = routes.filter((r) => (specOf(r).rules || []).some((rule) => rule.chain === nameOf(c))).map(nameOf);
-    const edit = el('button', { type: 'button', class: 'secondary edit', onclick: () => load(nameOf(c)) }, 'Edit');
-    const del = el('button', { type: 'button', class: 'danger edit', onclick: () => remove(c) }, 'Delete');
-    const actions = me.role === 'viewer' ? '—' : el('span', { class: 'actions' }, edit, ' ', del);
-    return row([nameOf(c), steps.join(' → ') || '—', Object.keys(s.handlers || {}).join(', ') || '—', using.join(', ') || '—', actions], { id: 'cnf-' + nameOf(c) });
-  }), 'no CNFs');
-  fill('functions', functions.sort(byName).map((f) => {
-    const svc = specOf(f).service || nameOf(f);
-    const service = services.find((s) => nameOf(s) === svc);
-    const found = endpoints.find((e) => nameOf(e) === svc);
-    const discovered = found ? specOf(found).endpoints || [] : [];
-    const fixed = service ? (specOf(service).endpoints || []).map((e) => e.address) : [];
-    const addresses = discovered.map((e) => e.address).concat(fixed);
-    const ready = discovered.filter((e) => e.ready).length;
-    const replicas = workloads.filter((w) => specOf(w).service === svc).reduce((n, w) => n + (specOf(w).replicas === undefined ? 1 : specOf(w).replicas), 0);
-    let readiness = fixed.length ? 'static endpoints' : '—';
-    if (discovered.length || replicas) readiness = el('span', { class: ready > 0 && ready >= replicas ? 'ok' : 'wait' }, ready + ' of ' + Math.max(replicas, discovered.length) + ' ready');
-    return row([nameOf(f), svc, addresses.join(', ') || '—', readiness]);
-  }), 'no network functions');
-}
+// What the editor holds: the kind and name loaded (null for a new one), the
+// object as loaded (the handler editor and the form builder start from it),
+// and the text last checked, which is the only text Apply may store.
+const editor = { kind: 'CNF', name: null, object: null, checked: null, stored: () => {} };
 
 const yamlBox = () => document.getElementById('yaml');
 
-function gutter(marks) {
-  const lines = yamlBox().value.split('\n').length;
-  const g = document.getElementById('gutter');
+// Line numbers beside a textarea; `marks` are lines to flag.
+function numberLines(gutterId, text, marks) {
+  const lines = text.split('\n').length;
+  const g = document.getElementById(gutterId);
   g.replaceChildren(...Array.from({ length: lines }, (_, i) => {
     const n = i + 1;
-    return marks && marks.has(n) ? el('span', { class: 'mark' }, n) : n + '\n';
+    return marks && marks.has(n) ? el('span', { class: 'mark', 'data-line': n }, n) : n + '\n';
   }));
-  g.scrollTop = yamlBox().scrollTop;
+  return g;
 }
 
-function goToLine(line) {
-  const box = yamlBox();
+function gutter(marks) {
+  numberLines('gutter', yamlBox().value, marks).scrollTop = yamlBox().scrollTop;
+}
+
+function selectLine(box, line) {
   const lines = box.value.split('\n');
   const start = lines.slice(0, line - 1).reduce((n, l) => n + l.length + 1, 0);
   box.focus();
   box.setSelectionRange(start, start + (lines[line - 1] || '').length);
   box.scrollTop = Math.max(0, (line - 4) * parseFloat(getComputedStyle(box).lineHeight || '20'));
 }
+const goToLine = (line) => selectLine(yamlBox(), line);
 
 function say(kind, ...parts) {
   document.getElementById('problems').replaceChildren(el('div', { class: kind }, ...parts));
@@ -393,41 +374,51 @@ function showProblems(answer) {
   if (!errors.length) {
     say('problem', (answer.status === 409 ? 'Conflict: ' : 'Refused: ') + (body.error || 'HTTP ' + answer.status));
     gutter();
-    return;
+    return [];
   }
   const marks = new Set(errors.map((e) => e.line).filter(Boolean));
   document.getElementById('problems').replaceChildren(...errors.map((e) => el('div', { class: 'problem', 'data-line': e.line, 'data-field': e.field },
     el('b', {}, 'line ' + e.line + (e.column ? ', column ' + e.column : '')), ' · ', el('code', {}, e.field || '(document)'), ': ', e.message,
     e.line ? el('button', { type: 'button', class: 'secondary', onclick: () => goToLine(e.line) }, 'Go to line') : null)));
   gutter(marks);
+  return errors;
 }
 
+// Validates the editor's text (POST /api/v1/validate: `trefoil validate`'s
+// checks and a write's, nothing stored) and shows the line diff against
+// what is stored; Apply is enabled only then, for exactly this text.
 async function check() {
   invalidate();
   const text = yamlBox().value;
   const answer = await api('/api/v1/validate', { method: 'POST', headers: { 'Content-Type': 'application/yaml' }, body: text });
-  if (!answer.ok) return showProblems(answer);
+  if (!answer.ok) return { errors: showProblems(answer) };
   gutter();
   const object = answer.body;
   const kind = object.kind, name = nameOf(object);
   // From the list, not GET by name: a new resource is not an error to log.
   const stored = (await list(kind)).find((o) => nameOf(o) === name);
-  const current = { ok: stored !== undefined, body: stored };
-  const before = current.ok ? toYaml(editable(current.body, false)) : '';
+  const before = stored ? toYaml(editable(stored, false)) : '';
   const after = toYaml(editable(object, false));
   const lines = diffLines(before, after);
-  const changed = lines.some(([op]) => op !== ' ');
+  const added = lines.filter(([op]) => op === '+').length, removed = lines.filter(([op]) => op === '-').length;
   document.getElementById('diff').replaceChildren(...lines.map(([op, l]) => el('span', { class: op === '+' ? 'add' : op === '-' ? 'del' : '' }, op + ' ' + l + '\n')));
+  document.getElementById('diff-summary').textContent = stored
+    ? kind + '/' + name + ': ' + added + ' line(s) added, ' + removed + ' removed, against version ' + stored.metadata.resourceVersion + ' as stored.'
+    : kind + '/' + name + ' does not exist yet: every line is new.';
   document.getElementById('diff-box').hidden = false;
-  editor.checked = { kind, name, text, created: !current.ok };
+  const changed = added + removed > 0;
+  editor.checked = { kind, name, text, created: !stored };
   document.getElementById('apply').disabled = !changed;
-  say('info', changed ? (current.ok ? kind + '/' + name + ' is valid; the change is below. Apply stores it.' : kind + '/' + name + ' is valid and new. Apply creates it.') : 'Valid, and the same as what is stored: nothing to apply.');
+  say('info', changed ? (stored ? kind + '/' + name + ' is valid; the change is below. Confirm and apply stores it.' : kind + '/' + name + ' is valid and new. Confirm and apply creates it.') : 'Valid, and the same as what is stored: nothing to apply.');
+  if (changed) document.getElementById('diff-box').scrollIntoView({ block: 'nearest' });
+  return { errors: [], changed };
 }
 
 async function apply() {
   const checked = editor.checked;
   if (!checked || checked.text !== yamlBox().value) return check();
   document.getElementById('apply').disabled = true;
+  // The revision every proxy is at now, so the table shows each one move.
   const answer = await api('/api/v1/' + checked.kind + '/' + encodeURIComponent(checked.name), { method: 'PUT', headers: { 'Content-Type': 'application/yaml' }, body: checked.text });
   if (!answer.ok) {
     showProblems(answer);
@@ -436,16 +427,19 @@ async function apply() {
   }
   const version = Number(answer.body.metadata.resourceVersion);
   say('info', 'Stored ' + checked.kind + '/' + checked.name + ' at version ' + version + '. Waiting for the proxies.');
-  await load(checked.name, true);
-  cnfTables();
+  await loadObject(checked.kind, checked.name, true);
+  editor.stored();
   watchAcks(version);
 }
 
-// Shows each proxy's acknowledgement of `version` as it arrives, until all
+// Shows each proxy's acknowledgement of `version` as it arrives (the acked
+// revision each proxy reports, GET /api/v1/status/proxies), until all
 // acknowledged it, one refused it, or 30 s passed.
 async function watchAcks(version) {
   document.getElementById('acks-box').hidden = false;
   const summary = document.getElementById('acks-summary');
+  summary.dataset.version = version;
+  delete summary.dataset.done;
   const deadline = Date.now() + 30000;
   while (Date.now() < deadline) {
     const answer = await api('/api/v1/status/proxies');
@@ -457,29 +451,86 @@ async function watchAcks(version) {
         if (compiled >= version && p.connected && p.ackedVersion && p.ackedVersion === p.latestVersion) return ['ok', 'acknowledged'];
         return ['wait', p.connected ? 'waiting' : 'not connected'];
       };
-      fill('acks', items.map((p) => { const [c, t] = state(p); return row([p.name, el('span', { class: c }, t), p.ackedVersion || '—'], { 'data-proxy': p.name, 'data-state': c }); }), 'no proxies');
+      fill('acks', items.map((p) => { const [c, t] = state(p); return row([p.name, el('span', { class: c }, t), p.ackedVersion || '—'], { 'data-proxy': p.name, 'data-state': c, 'data-acked': p.ackedVersion || '' }); }), 'no proxies');
       const states = items.map((p) => state(p)[0]);
-      if (states.includes('bad')) { summary.textContent = 'A proxy refused version ' + version + '.'; return; }
-      if (states.every((s) => s === 'ok')) { summary.textContent = 'Every proxy acknowledged version ' + version + '.'; return; }
+      if (states.includes('bad')) { summary.textContent = 'A proxy refused version ' + version + '.'; summary.dataset.done = 'refused'; return; }
+      if (states.every((s) => s === 'ok')) { summary.textContent = 'Every proxy acknowledged version ' + version + '.'; summary.dataset.done = 'acked'; return; }
       summary.textContent = states.filter((s) => s === 'ok').length + ' of ' + items.length + ' proxies acknowledged version ' + version + '…';
     }
     await new Promise((r) => setTimeout(r, 400));
   }
   summary.textContent = 'Not every proxy acknowledged version ' + version + ' within 30 s.';
+  summary.dataset.done = 'timeout';
 }
 
-async function load(name, quiet) {
-  const answer = await api('/api/v1/cnfs/' + encodeURIComponent(name));
-  if (!answer.ok) return showProblems(answer);
-  yamlBox().value = toYaml(editable(answer.body, true));
-  editor.name = name;
+// Puts `object` into the editor as YAML (with its resourceVersion, so the
+// write is optimistic), and remembers it.
+function edit(object) {
+  editor.object = object;
+  editor.kind = object.kind;
+  editor.name = nameOf(object) || null;
+  yamlBox().value = toYaml(editable(object, true));
+  document.getElementById('editing').textContent = (object.metadata && object.metadata.resourceVersion)
+    ? 'Editing ' + object.kind + '/' + nameOf(object) + ' as of version ' + object.metadata.resourceVersion + '.'
+    : 'A new ' + object.kind + (nameOf(object) ? ' named ' + nameOf(object) : '') + '.';
   invalidate();
   gutter();
+  if (typeof handlersLoad === 'function' && document.getElementById('lua')) handlersLoad();
+}
+
+async function loadObject(kind, name, quiet) {
+  const answer = await api('/api/v1/' + kind + '/' + encodeURIComponent(name));
+  if (!answer.ok) return showProblems(answer);
+  edit(answer.body);
   if (!quiet) {
     document.getElementById('problems').replaceChildren();
     document.getElementById('acks-box').hidden = true;
     yamlBox().focus();
   }
+}
+const load = (name, quiet) => loadObject('CNF', name, quiet);
+
+function editorSetup() {
+  const box = yamlBox();
+  box.addEventListener('input', () => { invalidate(); gutter(); });
+  box.addEventListener('scroll', () => { document.getElementById('gutter').scrollTop = box.scrollTop; });
+  document.getElementById('check').addEventListener('click', check);
+  document.getElementById('apply').addEventListener('click', apply);
+  document.getElementById('reload').addEventListener('click', () => (editor.name ? loadObject(editor.kind, editor.name) : null));
+}
+
+// ---- CNF Provisioning ----
+
+const mesh = { functions: [] };
+
+async function cnfTables() {
+  const [cnfs, routes, functions, services, workloads, endpoints] = await Promise.all([
+    list('cnfs'), list('routes'), list('networkfunctions'), list('services'), list('workloads'), list('endpoints'),
+  ]);
+  fill('cnfs', cnfs.sort(byName).map((c) => {
+    const s = specOf(c);
+    const steps = (s.chain || []).map((st) => st.function + ' (' + (st.mode || 'callout') + ' / ' + (st.phase || 'request') + ')');
+    const using = routes.filter((r) => (specOf(r).rules || []).some((rule) => rule.chain === nameOf(c))).map(nameOf);
+    const edit = el('button', { type: 'button', class: 'secondary edit', onclick: () => load(nameOf(c)) }, 'Edit');
+    const del = el('button', { type: 'button', class: 'danger edit', onclick: () => remove(c) }, 'Delete');
+    const actions = me.role === 'viewer' ? '—' : el('span', { class: 'actions' }, edit, ' ', del);
+    return row([nameOf(c), steps.join(' → ') || '—', Object.keys(s.handlers || {}).join(', ') || '—', using.join(', ') || '—', actions], { id: 'cnf-' + nameOf(c) });
+  }), 'no CNFs');
+  mesh.functions = functions.sort(byName);
+  builderFunctions();
+  fill('functions', functions.map((f) => {
+    const svc = specOf(f).service || nameOf(f);
+    const service = services.find((s) => nameOf(s) === svc);
+    const found = endpoints.find((e) => nameOf(e) === svc);
+    const discovered = found ? specOf(found).endpoints || [] : [];
+    const fixed = service ? (specOf(service).endpoints || []).map((e) => e.address) : [];
+    const addresses = discovered.map((e) => e.address).concat(fixed);
+    const ready = discovered.filter((e) => e.ready).length;
+    const replicas = workloads.filter((w) => specOf(w).service === svc).reduce((n, w) => n + (specOf(w).replicas === undefined ? 1 : specOf(w).replicas), 0);
+    let readiness = fixed.length ? 'static endpoints' : '—';
+    if (discovered.length || replicas) readiness = el('span', { class: ready > 0 && ready >= replicas ? 'ok' : 'wait' }, ready + ' of ' + Math.max(replicas, discovered.length) + ' ready');
+    return row([nameOf(f), svc, addresses.join(', ') || '—', readiness]);
+  }), 'no network functions');
 }
 
 async function remove(cnf) {
@@ -494,19 +545,256 @@ async function remove(cnf) {
   cnfTables();
 }
 
-const TEMPLATE = 'apiVersion: trefoil.dev/v1alpha1\nkind: CNF\nmetadata:\n  name: my-cnf\nspec:\n  chain:\n    - function: FUNCTION\n      mode: callout\n      phase: request\n  handlers: {}\n';
+const TEMPLATE = { apiVersion: 'trefoil.dev/v1alpha1', kind: 'CNF', metadata: { name: 'my-cnf' }, spec: { chain: [{ function: 'FUNCTION', mode: 'callout', phase: 'request' }], handlers: {} } };
+
+// ---- The handler editor: one Lua script per event, compiled as you type ----
+
+const handlers = { scripts: {}, event: null, timer: null, seq: 0 };
+const luaBox = () => document.getElementById('lua');
+
+// The events the CNF's handlers may take: those the mesh's functions
+// publish, and any the CNF already handles.
+function handlerEvents() {
+  const events = new Set(mesh.functions.flatMap((f) => specOf(f).events || []));
+  for (const e of Object.keys(handlers.scripts)) events.add(e);
+  return [...events].sort();
+}
+
+function handlerOptions() {
+  const select = document.getElementById('h-event');
+  if (!select) return;
+  select.replaceChildren(...handlerEvents().map((e) => el('option', { value: e }, e + (handlers.scripts[e] ? ' (handled)' : ''))));
+  if (handlers.event) select.value = handlers.event;
+  else if (select.value) { handlers.event = select.value; handlerShow(); }
+}
+
+// The CNF in the editor, loaded or built: its handlers into the editor.
+function handlersLoad() {
+  const object = editor.object;
+  const on = object && object.kind === 'CNF';
+  for (const id of ['h-event', 'h-clear', 'h-save', 'lua']) document.getElementById(id).disabled = !on;
+  handlers.scripts = on ? { ...(specOf(object).handlers || {}) } : {};
+  const events = Object.keys(handlers.scripts);
+  handlers.event = events.length ? events.sort()[0] : handlerEvents()[0] || null;
+  handlerOptions();
+  handlerShow();
+}
+
+function handlerShow() {
+  luaBox().value = handlers.event ? handlers.scripts[handlers.event] || '' : '';
+  luaGutter();
+  document.getElementById('lua-problems').replaceChildren();
+}
+
+function luaGutter(marks) {
+  numberLines('h-gutter', luaBox().value, marks).scrollTop = luaBox().scrollTop;
+}
+
+// What the textarea holds becomes the event's script (none when empty).
+function handlerKeep() {
+  if (!handlers.event) return;
+  const code = luaBox().value;
+  if (code.trim()) handlers.scripts[handlers.event] = code.endsWith('\n') ? code : code + '\n';
+  else delete handlers.scripts[handlers.event];
+}
+
+// The editor's CNF with the handlers as they are in the handler editor.
+function withHandlers() {
+  handlerKeep();
+  const object = JSON.parse(JSON.stringify(editor.object));
+  object.spec = object.spec || {};
+  object.spec.handlers = { ...handlers.scripts };
+  return object;
+}
+
+// Compiles the handlers through POST /api/v1/validate and shows the
+// shown handler's syntax errors at their line of the script.
+async function luaCheck() {
+  const seq = ++handlers.seq;
+  const event = handlers.event;
+  const text = toYaml(editable(withHandlers(), false));
+  const answer = await api('/api/v1/validate', { method: 'POST', headers: { 'Content-Type': 'application/yaml' }, body: text });
+  if (seq !== handlers.seq || event !== handlers.event) return;
+  const box = document.getElementById('lua-problems');
+  const errors = (answer.body && answer.body.errors) || [];
+  const mine = errors.filter((e) => e.field === 'spec.handlers.' + event);
+  if (!mine.length) {
+    luaGutter();
+    box.replaceChildren(luaBox().value.trim() ? el('div', { class: 'info', 'data-state': 'compiled' }, 'The ' + event + ' handler compiles.') : '');
+    return;
+  }
+  // The script's line: the error's line in the document, less the line of its key (`event: |`).
+  const key = text.split('\n').findIndex((l) => l.trimStart().startsWith(event + ':')) + 1;
+  const at = (e) => Math.max(1, e.line - key);
+  luaGutter(new Set(mine.map(at)));
+  box.replaceChildren(...mine.map((e) => el('div', { class: 'problem', 'data-line': at(e) }, el('b', {}, 'line ' + at(e)), ' of ', el('code', {}, event), ': ', e.message,
+    el('button', { type: 'button', class: 'secondary', onclick: () => selectLine(luaBox(), at(e)) }, 'Go to line'))));
+}
+
+function handlerSetup() {
+  const box = luaBox();
+  box.addEventListener('input', () => {
+    clearTimeout(handlers.timer);
+    luaGutter();
+    handlers.timer = setTimeout(luaCheck, 350);
+  });
+  box.addEventListener('scroll', () => { document.getElementById('h-gutter').scrollTop = box.scrollTop; });
+  // Tab indents inside the script; Escape then Tab leaves the editor.
+  box.addEventListener('keydown', (e) => {
+    if (e.key === 'Tab' && !e.shiftKey && !box.dataset.escaped) {
+      e.preventDefault();
+      box.setRangeText('  ', box.selectionStart, box.selectionEnd, 'end');
+      box.dispatchEvent(new Event('input'));
+    } else if (e.key === 'Escape') box.dataset.escaped = '1';
+  });
+  box.addEventListener('blur', () => { delete box.dataset.escaped; });
+  document.getElementById('h-event').addEventListener('change', (e) => {
+    handlerKeep();
+    handlers.event = e.target.value;
+    handlerOptions();
+    handlerShow();
+    if (luaBox().value.trim()) luaCheck();
+  });
+  document.getElementById('h-clear').addEventListener('click', () => {
+    luaBox().value = '';
+    handlerKeep();
+    handlerOptions();
+    handlerShow();
+  });
+  document.getElementById('h-save').addEventListener('click', async () => {
+    clearTimeout(handlers.timer);
+    const object = withHandlers();
+    editor.object = object;
+    yamlBox().value = toYaml(editable(object, true));
+    handlerOptions();
+    const result = await check();
+    if (result.errors && result.errors.length) luaCheck();
+  });
+}
+
+// ---- The form builder: a CNF from the mesh's functions ----
+
+const builder = { steps: [] };
+const MODES = ['callout', 'inline', 'tap'], PHASES = ['request', 'response'], METHODS = ['', 'GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
+
+function builderFunctions() {
+  const select = document.getElementById('b-function');
+  if (!select) return;
+  const keep = select.value;
+  select.replaceChildren(...mesh.functions.map((f) => el('option', { value: nameOf(f) }, nameOf(f) + ((specOf(f).events || []).length ? ' (publishes ' + specOf(f).events.join(', ') + ')' : ''))));
+  if (keep) select.value = keep;
+}
+
+function choice(label, values, value, onchange, attrs) {
+  const select = el('select', { ...attrs }, values.map((v) => el('option', { value: v }, v || 'any')));
+  select.value = value;
+  select.addEventListener('change', () => onchange(select.value));
+  return el('label', {}, label, select);
+}
+
+function builderRender(focus) {
+  const list = document.getElementById('b-steps');
+  document.getElementById('b-empty').hidden = builder.steps.length > 0;
+  list.replaceChildren(...builder.steps.map((s, i) => {
+    const n = i + 1;
+    const move = (to) => { const [step] = builder.steps.splice(i, 1); builder.steps.splice(to, 0, step); builderRender({ index: to, button: to < i ? 'up' : 'down' }); };
+    const pathInput = el('input', { type: 'text', value: s.path, placeholder: '/upload', 'aria-label': 'Step ' + n + ' path', 'data-field': 'path' });
+    pathInput.addEventListener('input', () => { s.path = pathInput.value; });
+    return el('li', { class: 'step', 'data-step': i, 'data-function': s.function, draggable: 'true' },
+      el('b', { class: 'fn' }, s.function),
+      el('span', { class: 'step-fields' },
+        choice('Mode', MODES, s.mode, (v) => { s.mode = v; }, { 'aria-label': 'Step ' + n + ' mode', 'data-field': 'mode' }),
+        choice('Phase', PHASES, s.phase, (v) => { s.phase = v; }, { 'aria-label': 'Step ' + n + ' phase', 'data-field': 'phase' }),
+        choice('When path', ['prefix', 'exact', 'regex'], s.match, (v) => { s.match = v; }, { 'aria-label': 'Step ' + n + ' path match', 'data-field': 'match' }),
+        el('label', {}, 'path', pathInput),
+        choice('method', METHODS, s.method, (v) => { s.method = v; }, { 'aria-label': 'Step ' + n + ' method', 'data-field': 'method' })),
+      el('span', { class: 'actions' },
+        el('button', { type: 'button', class: 'secondary', 'data-move': 'up', 'aria-label': 'Move step ' + n + ' (' + s.function + ') up', disabled: i === 0 ? '' : null, onclick: () => move(i - 1) }, '↑'),
+        el('button', { type: 'button', class: 'secondary', 'data-move': 'down', 'aria-label': 'Move step ' + n + ' (' + s.function + ') down', disabled: i === builder.steps.length - 1 ? '' : null, onclick: () => move(i + 1) }, '↓'),
+        el('button', { type: 'button', class: 'secondary', 'aria-label': 'Remove step ' + n + ' (' + s.function + ')', onclick: () => { builder.steps.splice(i, 1); builderRender(); } }, 'Remove')),
+      el('div', { class: 'step-problems' }));
+  }));
+  // Dragging a step onto another moves it there (the arrows do the same by keyboard).
+  for (const li of list.children) {
+    li.addEventListener('dragstart', (e) => { e.dataTransfer.setData('text/plain', li.dataset.step); });
+    li.addEventListener('dragover', (e) => e.preventDefault());
+    li.addEventListener('drop', (e) => {
+      e.preventDefault();
+      const from = Number(e.dataTransfer.getData('text/plain')), to = Number(li.dataset.step);
+      if (Number.isInteger(from) && from !== to) { const [step] = builder.steps.splice(from, 1); builder.steps.splice(to, 0, step); builderRender(); }
+    });
+  }
+  if (focus) {
+    const item = list.children[focus.index];
+    const target = item && (item.querySelector('button[data-move=' + focus.button + ']:not([disabled])') || item.querySelector('button:not([disabled])'));
+    if (target) target.focus();
+  }
+}
+
+// The form as a CNF object: what the YAML editor then shows and checks.
+function builderObject() {
+  const chain = builder.steps.map((s) => {
+    const step = { function: s.function, mode: s.mode, phase: s.phase };
+    const when = {};
+    if (s.path.trim()) when.path = { [s.match]: s.path.trim() };
+    if (s.method) when.method = s.method;
+    if (Object.keys(when).length) step.when = when;
+    return step;
+  });
+  return { apiVersion: 'trefoil.dev/v1alpha1', kind: 'CNF', metadata: { name: document.getElementById('b-name').value.trim() }, spec: { chain } };
+}
+
+async function builderCheck(e) {
+  e.preventDefault();
+  const box = document.getElementById('b-problems');
+  for (const p of document.querySelectorAll('#b-steps .step-problems')) p.replaceChildren();
+  for (const li of document.querySelectorAll('#b-steps li')) li.classList.remove('bad-step');
+  const object = builderObject();
+  edit(object);
+  document.getElementById('acks-box').hidden = true;
+  const result = await check();
+  const errors = result.errors || [];
+  if (!errors.length) {
+    box.replaceChildren(result.changed === undefined ? '' : el('div', { class: 'info' }, 'Valid: the YAML and what it creates are in the editor below, for you to confirm.'));
+    if (result.changed !== undefined) document.getElementById('diff-box').scrollIntoView({ block: 'nearest' });
+    return;
+  }
+  // An error on a step (spec.chain[N]...) shows on that step too.
+  const other = [];
+  for (const err of errors) {
+    const m = /^spec\.chain\[(\d+)\]/.exec(err.field || '');
+    const li = m && document.querySelector('#b-steps li[data-step="' + m[1] + '"]');
+    const text = ['line ' + err.line + ' · ', el('code', {}, err.field), ': ' + err.message];
+    if (li) { li.classList.add('bad-step'); li.querySelector('.step-problems').append(el('div', { class: 'problem', 'data-field': err.field, 'data-line': err.line }, ...text)); } else other.push(el('div', { class: 'problem', 'data-field': err.field || '', 'data-line': err.line }, ...text));
+  }
+  box.replaceChildren(...other, el('div', { class: 'note' }, errors.length + ' problem(s); nothing was stored. The YAML below marks each line.'));
+}
+
+function builderSetup() {
+  document.getElementById('b-add').addEventListener('click', () => {
+    const fn = document.getElementById('b-function').value;
+    if (!fn) return;
+    builder.steps.push({ function: fn, mode: 'callout', phase: 'request', match: 'prefix', path: '', method: '' });
+    builderRender();
+  });
+  document.getElementById('builder').addEventListener('submit', builderCheck);
+  builderRender();
+}
 
 function cnfPage() {
-  const box = yamlBox();
-  box.addEventListener('input', () => { invalidate(); gutter(); });
-  box.addEventListener('scroll', () => { document.getElementById('gutter').scrollTop = box.scrollTop; });
-  document.getElementById('check').addEventListener('click', check);
-  document.getElementById('apply').addEventListener('click', apply);
-  document.getElementById('reload').addEventListener('click', () => (editor.name ? load(editor.name) : null));
-  document.getElementById('new-cnf').addEventListener('click', () => { box.value = TEMPLATE; editor.name = null; invalidate(); gutter(); box.focus(); });
-  box.value = TEMPLATE;
-  gutter();
-  cnfTables();
+  editorSetup();
+  editor.stored = cnfTables;
+  handlerSetup();
+  builderSetup();
+  document.getElementById('new-cnf').addEventListener('click', () => { edit(JSON.parse(JSON.stringify(TEMPLATE))); yamlBox().focus(); });
+  edit(JSON.parse(JSON.stringify(TEMPLATE)));
+  Promise.all([cnfTables(), whoami]).then(() => {
+    if (!canEdit()) return;
+    handlerOptions();
+    // `/cnfs#NAME` (the graph links a CNF here) opens it in the editor.
+    const wanted = decodeURIComponent(location.hash.slice(1));
+    if (wanted && !wanted.includes('=') && document.getElementById('cnf-' + wanted)) load(wanted, true);
+  });
   setInterval(cnfTables, 5000);
 }
 
@@ -586,11 +874,14 @@ async function openTrace(id) {
   document.getElementById('trace-id').textContent = id;
   const rows = spans.map((s) => {
     const left = ((s.startUnixNano - t0) / total) * 100, width = ((s.endUnixNano - s.startUnixNano) / total) * 100;
-    const label = el('span', { class: 'label' }, '\u00a0'.repeat(depth(s) * 3) + s.name + ' · ' + ((s.endUnixNano - s.startUnixNano) / 1e6).toFixed(2) + ' ms');
+
     const bar = el('span', { class: 'bar' });
     bar.style.left = left + '%';
     bar.style.width = width + '%';
-    const node = el('div', { class: 'span' + (s.error ? ' error' : ''), role: 'listitem', tabindex: '0', 'data-span': s.name }, label, el('span', { class: 'track' }, bar));
+    const events = (s.events || []).map((e) => e.name).join(' ');
+    const label = el('span', { class: 'label' }, '\u00a0'.repeat(depth(s) * 3) + s.name + ' · ' + ((s.endUnixNano - s.startUnixNano) / 1e6).toFixed(2) + ' ms',
+      events ? el('span', { class: 'span-events' }, ' · ' + events) : null);
+    const node = el('div', { class: 'span' + (s.error ? ' error' : ''), role: 'listitem', tabindex: '0', 'data-span': s.name, 'data-events': events || null }, label, el('span', { class: 'track' }, bar));
     node.addEventListener('click', () => show(s, node));
     node.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); show(s, node); } });
     return node;
@@ -624,16 +915,23 @@ function tracesPage() {
 
 // ---- Resources ----
 
+const browsing = { selected: null };
+
 async function showKind() {
   const kind = document.getElementById('kind').value;
   const items = (await list(kind)).sort(byName);
   const pre = document.getElementById('object-yaml');
+  const editButton = document.getElementById('edit-object');
   const show = (o, node) => {
     document.querySelectorAll('#objects tr.selected').forEach((n) => n.classList.remove('selected'));
     node.classList.add('selected');
     pre.textContent = toYaml(o);
+    browsing.selected = o;
+    if (editButton) { editButton.disabled = false; editButton.setAttribute('aria-label', 'Edit ' + kind + '/' + nameOf(o)); }
     history.replaceState(null, '', '#' + kind + '/' + nameOf(o));
   };
+  browsing.selected = null;
+  if (editButton) editButton.disabled = true;
   fill('objects', items.map((o) => {
     const tr = row([nameOf(o), o.metadata.resourceVersion || '—', o.metadata.generation || '—'], { class: 'pick', tabindex: '0', 'data-name': nameOf(o) });
     tr.addEventListener('click', () => show(o, tr));
@@ -651,6 +949,18 @@ function resourcesPage() {
   const [kind] = location.hash.slice(1).split('/');
   if (kind && [...select.options].some((o) => o.value === kind)) select.value = kind;
   select.addEventListener('change', () => { history.replaceState(null, '', '#' + select.value); showKind(); });
+  // Edit: the selected object in the shared editor (check, diff, confirm, acknowledgements).
+  const section = document.getElementById('editor-section');
+  section.hidden = true;
+  editorSetup();
+  editor.stored = showKind;
+  document.getElementById('edit-object').addEventListener('click', () => {
+    if (!browsing.selected) return;
+    section.hidden = false;
+    document.getElementById('problems').replaceChildren();
+    document.getElementById('acks-box').hidden = true;
+    loadObject(browsing.selected.kind, nameOf(browsing.selected));
+  });
   showKind();
 }
 

@@ -12,6 +12,9 @@ use axum::Router;
 
 const STYLE: &str = include_str!("../assets/portal.css");
 const SCRIPT: &str = include_str!("../assets/portal.js");
+/// The YAML editor (check, diff, confirm, acknowledgements) that CNF
+/// Provisioning and Resources share: `{{editor}}` in a page's body.
+const EDITOR: &str = include_str!("../assets/editor.html");
 
 /// One page: where it is served, its title in the navigation, its body.
 struct Page {
@@ -68,7 +71,7 @@ fn render(index: usize) -> String {
         })
         .collect();
     let kinds: String = trefoil_model::resource::KINDS.iter().map(|k| format!("<option value=\"{k}\">{k}</option>")).collect();
-    let body = page.body.replace("{{kinds}}", &kinds);
+    let body = page.body.replace("{{kinds}}", &kinds).replace("{{editor}}", EDITOR);
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -109,8 +112,17 @@ mod tests {
     }
 
     #[test]
+    fn both_editing_pages_carry_the_one_editor() {
+        for id in ["cnfs", "resources"] {
+            let html = render(PAGES.iter().position(|p| p.id == id).unwrap());
+            assert_eq!(html.matches("id=\"yaml\"").count(), 1, "{id}");
+            assert!(html.contains("id=\"diff\"") && html.contains("id=\"acks\""), "{id}");
+        }
+    }
+
+    #[test]
     fn nothing_is_fetched_from_another_origin() {
-        for text in [STYLE, SCRIPT].into_iter().chain(PAGES.iter().map(|p| p.body)) {
+        for text in [STYLE, SCRIPT, EDITOR].into_iter().chain(PAGES.iter().map(|p| p.body)) {
             assert!(!text.contains("http://") && !text.contains("https://"), "an absolute URL in an embedded asset");
         }
     }

@@ -1,15 +1,20 @@
 //! The operator portal in a real browser: `trefoil up -f
-//! examples/edgesecurity`, then `tests/portal/portal.py` (Playwright driving
-//! Debian's Chromium headless) opens every page, watches the dashboard
-//! change live, makes bad and good edits of the CNF, opens a request's
-//! trace, promotes a canary from the Rollouts page and sees the service
-//! graph follow, and checks a viewer token is shown no edit button. Screenshots of every page land in
+//! examples/edgesecurity` with a real clamd, then `tests/portal/portal.py`
+//! (Playwright driving Debian's Chromium headless) opens every page, watches
+//! the dashboard change live, makes bad edits of the CNF (nothing stored, no
+//! proxy moves), runs the example's walkthrough in the handler editor (the
+//! antivirus call added to `inspect_done`, an infected upload denied and
+//! seen in CNF Tracing with `virus_found`, the call moved under
+//! `policy_check` and downloads no longer scanned), builds a CNF from the
+//! form, edits a Route in Resources through the diff, promotes a canary
+//! from the Rollouts page and sees the service graph follow, and checks a
+//! viewer token is shown no edit button. Screenshots of every page land in
 //! the workspace's `target/portal-screenshots/`, for a person to look at.
 
 use std::process::Command;
 use std::time::Instant;
 
-use trefoil_testkit::{command_exists, find_command, free_addr, http_request, repo_root, request, scratch_dir, trefoil_command, Clamd, Up};
+use trefoil_testkit::{eicar, find_command, free_addr, http_request, repo_root, request, scratch_dir, trefoil_command, Clamd, Up};
 
 use crate::edgesecurity_e2e::copy_example;
 
@@ -35,6 +40,7 @@ spec:
 
 /// The browser and its driver, or why the test cannot run.
 fn browser() -> Result<std::path::PathBuf, &'static str> {
+    find_command("clamd").ok_or("clamd not found (Debian package clamav-daemon), which the walkthrough's antivirus wraps")?;
     let chromium = find_command("chromium").ok_or("chromium not found (Debian package chromium)")?;
     let driver = Command::new("python3").args(["-c", "import playwright.sync_api"]).output();
     match driver {
@@ -52,14 +58,17 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
             return;
         }
     };
-    // The mesh starts with the antivirus unused; without clamd its replica
-    // still runs and the edits below only name it.
-    let clamd = command_exists("clamd").then(Clamd::start);
-    let clamd_addr = clamd.as_ref().map_or_else(|| free_addr().to_string(), |c| c.addr.to_string());
+    // The mesh starts with the antivirus unused; the walkthrough adds it.
+    let clamd = Clamd::start();
+    let clamd_addr = clamd.addr.to_string();
     let dir = scratch_dir();
     let gateway = free_addr();
     let files = dir.join("edgesecurity");
     copy_example(&files, gateway);
+    // The infected file: uploaded by the walkthrough's client, and served by
+    // `web` as a download, as in edgesecurity_e2e.
+    let infected = format!("attachment: {}\n", eicar());
+    std::fs::write(files.join("downloads/setup.exe"), &infected).unwrap();
     // A second service for the Rollouts page: v1 and v2 running, the Route
     // sending all of it to v1; the page's script adds the Rollout.
     std::fs::write(files.join("shop.yaml"), SHOP).unwrap();
@@ -101,6 +110,8 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
         .arg(&screenshots)
         .arg("--change")
         .arg(files.join("changes/1-scan-after-inspect.yaml"))
+        .arg("--infected")
+        .arg(files.join("downloads/setup.exe"))
         .output()
         .expect("running python3 portal.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -114,10 +125,17 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
         "cnfs",
         "cnfs-unknown-field",
         "cnfs-lua-error",
+        "cnfs-handler-error",
+        "cnfs-diff",
         "cnfs-applied",
+        "traces-virus-found",
+        "cnfs-moved",
         "cnfs-conflict",
+        "cnfs-builder-error",
+        "cnfs-builder",
         "traces",
         "resources",
+        "resources-diff",
         "rollouts",
         "graph",
         "graph-focus",

@@ -45,6 +45,44 @@ def post(base, path, body, token=None):
         return json.load(r)
 
 
+def through_gateway_full(gateway, method, path, body=None):
+    """A client's request through the gateway (the user traffic of the
+    walkthrough); its status and headers."""
+    request = urllib.request.Request(f"http://{gateway}{path}", data=body.encode() if body is not None else None, method=method,
+                                     headers={"Host": "web.local", "Content-Type": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}
+
+
+def acked(base):
+    """Each proxy's acknowledged revision, as the API reports it."""
+    return {p["name"]: p.get("ackedVersion") for p in api(base, "/api/v1/status/proxies")["items"]}
+
+
+def settled(base):
+    """Waits until every proxy is connected and has acknowledged the latest
+    revision compiled for it; their acked revisions."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = api(base, "/api/v1/status/proxies")
+        items = status["items"]
+        if items and all(p.get("connected") and p.get("ackedVersion") and p.get("ackedVersion") == p.get("latestVersion") for p in items):
+            return {p["name"]: p["ackedVersion"] for p in items}
+        assert time.monotonic() < deadline, f"the proxies did not settle: {status}"
+        time.sleep(0.2)
+
+
+# The handlers of the example's two changes (examples/edgesecurity/changes),
+# typed into the portal's handler editor.
+SCAN_AFTER_INSPECT = 'if event.data.result == "clean" then\n  trefoil.call("antivirus")\nend\n'
+SCAN_UPLOADS_ON_POLICY = 'if event.data.rule == "uploads" then\n  trefoil.call("antivirus")\nend\n'
+
+
 def through_gateway(gateway, host, path="/"):
     """One request through the mesh's gateway; its status."""
     request = urllib.request.Request(f"http://{gateway}{path}", headers={"Host": host})
@@ -78,12 +116,14 @@ def main():
     p.add_argument("--change", required=True, help="a CNF YAML file to apply from the editor")
     p.add_argument("--trace-id", required=True, help="a request's trace id to find and open")
     p.add_argument("--gateway", required=True, help="the gateway's address, ip:port, to send requests the dashboard shows live")
+    p.add_argument("--infected", required=True, help="a file holding the EICAR test string: the infected upload, and web's /files/setup.exe")
     p.add_argument("--assets", help="serve portal.js and portal.css from this folder instead of the binary's (to try a change without rebuilding)")
     a = p.parse_args()
     TOKEN["value"] = a.token
     os.makedirs(a.screenshots, exist_ok=True)
     base = a.portal.rstrip("/")
     change = open(a.change, encoding="utf-8").read()
+    infected = open(a.infected, encoding="utf-8").read()
     errors = []
     figures = {}
 
@@ -184,18 +224,21 @@ def main():
         before = api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"]
         loaded = box.input_value()
         assert "resourceVersion:" in loaded, loaded
+        # Every proxy at the same revision before the bad edits: none may move.
+        acked_before = settled(base)
+        apply_button = page.get_by_role("button", name="Confirm and apply")
 
         # Bad edit 1: an unknown field, reported at its line and field.
         lines = loaded.split("\n")
         at = lines.index("spec:") + 1
         lines.insert(at, "  colour: blue")
         box.fill("\n".join(lines))
-        page.get_by_role("button", name="Check").click()
+        page.get_by_role("button", name="Check", exact=True).click()
         problem = page.locator("#problems .problem").first
         expect(problem).to_contain_text(f"line {at + 1}")
         expect(problem).to_contain_text("colour")
         expect(page.locator("#gutter .mark")).to_have_text(str(at + 1))
-        expect(page.get_by_role("button", name="Apply")).to_be_disabled()
+        expect(apply_button).to_be_disabled()
         shoot("cnfs-unknown-field")
 
         # Bad edit 2: a Lua syntax error in a handler, at its line.
@@ -203,7 +246,7 @@ def main():
         assert broken != change
         broken_line = next(i + 1 for i, l in enumerate(broken.split("\n")) if 'trefoil.call("antivirus"' in l)
         box.fill(broken)
-        page.get_by_role("button", name="Check").click()
+        page.get_by_role("button", name="Check", exact=True).click()
         problem = page.locator("#problems .problem").first
         expect(problem).to_contain_text("spec.handlers.inspect_done")
         expect(problem).to_contain_text("syntax error")
@@ -212,44 +255,175 @@ def main():
         figures["luaBrokenLine"] = broken_line
         handler_key = next(i + 1 for i, l in enumerate(broken.split("\n")) if "inspect_done:" in l)
         assert handler_key < shown <= broken_line + 1, f"the Lua error is shown at line {shown}, the handler is at {handler_key}..{broken_line}"
-        expect(page.get_by_role("button", name="Apply")).to_be_disabled()
+        expect(apply_button).to_be_disabled()
         shoot("cnfs-lua-error")
         assert api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"] == before, "a bad edit changed the CNF"
+        assert acked(base) == acked_before, f"a bad edit moved a proxy: {acked(base)} after {acked_before}"
 
-        # A good edit: the diff, apply, every proxy's acknowledgement.
-        box.fill(change)
-        page.get_by_role("button", name="Check").click()
+        # The walkthrough, step 1, in the handler editor: the antivirus call
+        # added to inspect_done. A syntax error first: shown at its line of
+        # the script as it is typed, refused on save, nothing applied.
+        page.get_by_role("button", name="Reload from the control plane").click()
+        expect(box).to_have_value(containing(f'resourceVersion: "{before}"'))
+        lua = page.locator("#lua")
+        expect(lua).to_be_enabled()
+        page.locator("#h-event").select_option("inspect_done")
+        expect(lua).to_have_value("")
+        lua.fill('if event.data.result == "clean" then\n  trefoil.call("antivirus"\nend\n')
+        lua_problem = page.locator("#lua-problems .problem").first
+        expect(lua_problem).to_contain_text("inspect_done")
+        lua_line = int(lua_problem.get_attribute("data-line"))
+        figures["handlerErrorLine"] = lua_line
+        assert lua_line in (2, 3), f"the handler's syntax error is shown at its line {lua_line}, the call is on line 2"
+        expect(page.locator("#h-gutter .mark")).to_have_text(str(lua_line))
+        page.get_by_role("button", name="Save handlers").click()
+        expect(page.locator("#problems .problem").first).to_contain_text("spec.handlers.inspect_done")
+        expect(apply_button).to_be_disabled()
+        shoot("cnfs-handler-error")
+        assert api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"] == before, "a bad handler changed the CNF"
+        assert acked(base) == acked_before, f"a bad handler moved a proxy: {acked(base)} after {acked_before}"
+
+        lua.fill(SCAN_AFTER_INSPECT)
+        expect(page.locator("#lua-problems [data-state=compiled]")).to_contain_text("inspect_done")
+        expect(page.locator("#h-gutter .mark")).to_have_count(0)
+        page.get_by_role("button", name="Save handlers").click()
+        # The diff before anything is stored; Apply confirms it.
+        expect(page.locator("#diff .add", has_text="inspect_done: |")).to_be_visible()
         expect(page.locator("#diff .add", has_text='trefoil.call("antivirus")')).to_be_visible()
+        assert api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"] == before, "saving stored before the confirmation"
+        shoot("cnfs-diff")
         start = time.monotonic()
-        page.get_by_role("button", name="Apply").click()
-        expect(page.locator("#acks-summary")).to_contain_text("Every proxy acknowledged", timeout=30_000)
+        apply_button.click()
+        expect(page.locator("#acks-summary[data-done]")).to_have_attribute("data-done", "acked", timeout=30_000)
         figures["applyToAllAckedMs"] = round((time.monotonic() - start) * 1000, 1)
-        expect(page.locator("#acks tbody tr[data-state=ok]").first).to_be_visible()
+        expect(page.locator("#acks-summary")).to_contain_text("Every proxy acknowledged")
+        proxies = len(acked_before)
+        expect(page.locator("#acks tbody tr[data-state=ok]")).to_have_count(proxies)
         after = api(base, f"/api/v1/cnfs/{CNF}")
         assert int(after["metadata"]["resourceVersion"]) > int(before), after
-        assert "inspect_done" in after["spec"].get("handlers", {}), after
+        assert 'trefoil.call("antivirus")' in after["spec"].get("handlers", {}).get("inspect_done", ""), after
+        for proxy, revision in acked(base).items():
+            assert int(revision) > int(acked_before[proxy]), f"{proxy} did not move: {revision}"
         # The editor now holds the stored version: applying again is a no-op.
         expect(box).to_have_value(containing(f'resourceVersion: "{after["metadata"]["resourceVersion"]}"'))
+        expect(row).to_contain_text("inspect_done")
         shoot("cnfs-applied")
+
+        # The user's traffic: an infected upload, denied by the antivirus;
+        # CNF Tracing shows it with the virus_found event.
+        status, headers = through_gateway_full(a.gateway, "POST", "/upload", infected)
+        assert status == 451, f"an infected upload after step 1: {status}"
+        upload_trace = headers["x-trefoil-trace-id"]
+        status, _ = through_gateway_full(a.gateway, "GET", "/files/setup.exe")
+        assert status == 451, f"an infected download after step 1: {status}"
+        page.goto(base + "/traces")
+        page.locator("#f-event").fill("virus_found")
+        infected_row = page.locator(f"#traces tr[data-trace='{upload_trace}']")
+        expect(infected_row).to_contain_text("virus_found")
+        expect(infected_row).to_contain_text(CNF)
+        infected_row.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#trace-id")).to_have_text(upload_trace)
+        scan = page.locator("#waterfall .span[data-span='call antivirus'][data-events~=virus_found]")
+        expect(scan).to_be_visible()
+        scan.click()
+        expect(page.locator("#span-detail")).to_contain_text("event virus_found")
+        expect(page.locator("#span-detail")).to_contain_text("trefoil.verdict = deny")
+        shoot("traces-virus-found")
+
+        # Step 2: the call moves under policy_check, for uploads only.
+        page.goto(base + "/cnfs")
+        row.get_by_role("button", name="Edit").click()
+        expect(box).to_have_value(containing(f'resourceVersion: "{after["metadata"]["resourceVersion"]}"'))
+        expect(page.locator("#h-event")).to_have_value("inspect_done")
+        expect(lua).to_have_value(containing('trefoil.call("antivirus")'))
+        page.get_by_role("button", name="Remove this handler").click()
+        expect(lua).to_have_value("")
+        page.locator("#h-event").select_option("policy_check")
+        lua.fill(SCAN_UPLOADS_ON_POLICY)
+        expect(page.locator("#lua-problems [data-state=compiled]")).to_contain_text("policy_check")
+        page.get_by_role("button", name="Save handlers").click()
+        expect(page.locator("#diff .del", has_text="inspect_done: |")).to_be_visible()
+        expect(page.locator("#diff .add", has_text="policy_check: |")).to_be_visible()
+        apply_button.click()
+        expect(page.locator("#acks-summary[data-done]")).to_have_attribute("data-done", "acked", timeout=30_000)
+        expect(page.locator("#acks tbody tr[data-state=ok]")).to_have_count(proxies)
+        moved = api(base, f"/api/v1/cnfs/{CNF}")["spec"].get("handlers", {})
+        assert list(moved) == ["policy_check"], moved
+        expect(row).to_contain_text("policy_check")
+        shoot("cnfs-moved")
+        status, headers = through_gateway_full(a.gateway, "GET", "/files/setup.exe")
+        assert status == 200, f"a download after step 2 is no longer scanned: {status}"
+        download_trace = headers["x-trefoil-trace-id"]
+        assert through_gateway_full(a.gateway, "POST", "/upload", infected)[0] == 451, "uploads are still scanned"
+        # CNF Tracing: the download ran the chain to its response step, no scan.
+        page.goto(base + "/traces")
+        page.locator("#f-path").fill("/files/setup.exe")
+        download_row = page.locator(f"#traces tr[data-trace='{download_trace}']")
+        expect(download_row).to_contain_text(CNF)
+        download_row.click()
+        expect(page.locator("#waterfall .span[data-span='chain inspect response']")).to_be_visible()
+        expect(page.locator("#waterfall .span[data-span='call antivirus']")).to_have_count(0)
+        expect(download_row).not_to_contain_text("virus_found")
 
         # Someone else writes the CNF after the page loaded it: the page's
         # next check and apply show the conflict and overwrite nothing.
-        box.fill(box.input_value().replace("inspect_done: |", "inspect_done: |\n      trefoil.log('mine')"))
+        page.goto(base + "/cnfs")
+        row.get_by_role("button", name="Edit").click()
+        expect(box).to_have_value(containing("policy_check: |"))
+        box.fill(box.input_value().replace("policy_check: |", "policy_check: |\n      trefoil.log('mine')"))
         theirs = put(base, f"/api/v1/cnfs/{CNF}", change)["metadata"]["resourceVersion"]
-        page.get_by_role("button", name="Check").click()
+        page.get_by_role("button", name="Check", exact=True).click()
         expect(page.locator("#problems")).to_contain_text("Conflict")
-        expect(page.get_by_role("button", name="Apply")).to_be_disabled()
+        expect(apply_button).to_be_disabled()
         assert api(base, f"/api/v1/cnfs/{CNF}")["metadata"]["resourceVersion"] == theirs, "the conflict overwrote"
         shoot("cnfs-conflict")
 
-        # A new CNF from the template, then deleted: Cancel keeps it, Delete removes it.
-        page.get_by_role("button", name="New CNF").click()
-        box.fill(box.input_value().replace("my-cnf", "scratch").replace("FUNCTION", "policy"))
-        page.get_by_role("button", name="Check").click()
+        # The form builder: a CNF of two steps, ordered by the arrow buttons
+        # (by keyboard), one with a `when` condition; a bad regex is shown
+        # on its step and at its line, nothing stored; fixed, it is created.
+        page.locator("#b-name").fill("scratch")
+        page.locator("#b-function").select_option("inspect")
+        page.get_by_role("button", name="Add step").click()
+        page.locator("#b-function").select_option("policy")
+        page.get_by_role("button", name="Add step").click()
+        steps = page.locator("#b-steps li")
+        expect(steps).to_have_count(2)
+        page.get_by_role("button", name="Move step 2 (policy) up").focus()
+        page.keyboard.press("Enter")
+        expect(steps.nth(0)).to_have_attribute("data-function", "policy")
+        expect(steps.nth(1)).to_have_attribute("data-function", "inspect")
+        # Focus follows the moved step, so Enter again moves it back down.
+        expect(page.get_by_role("button", name="Move step 1 (policy) down")).to_be_focused()
+        steps.nth(1).locator("[data-field=phase]").select_option("response")
+        steps.nth(0).locator("[data-field=mode]").select_option("callout")
+        steps.nth(0).locator("[data-field=match]").select_option("regex")
+        steps.nth(0).locator("[data-field=path]").fill("/upload(")
+        steps.nth(0).locator("[data-field=method]").select_option("POST")
+        page.get_by_role("button", name="Check the CNF").click()
+        step_problem = steps.nth(0).locator(".step-problems .problem")
+        expect(step_problem).to_contain_text("spec.chain[0].when")
+        regex_line = int(step_problem.first.get_attribute("data-line"))
+        expect(page.locator("#gutter .mark").first).to_have_text(str(regex_line))
+        assert "regex:" in box.input_value().split("\n")[regex_line - 1], box.input_value()
+        expect(apply_button).to_be_disabled()
+        shoot("cnfs-builder-error")
+        assert all(c["metadata"]["name"] != "scratch" for c in api(base, "/api/v1/cnfs")["items"]), "a bad CNF was stored"
+        steps.nth(0).locator("[data-field=path]").fill("/upload")
+        page.get_by_role("button", name="Check the CNF").click()
         expect(page.locator("#problems")).to_contain_text("is valid and new")
-        page.get_by_role("button", name="Apply").click()
-        expect(page.locator("#acks-summary")).to_contain_text("Every proxy acknowledged", timeout=30_000)
+        expect(page.locator("#diff .add", has_text="name: scratch")).to_be_visible()
+        built = box.input_value()
+        assert "prefix" not in built and "regex: /upload" in built and "method: POST" in built and "phase: response" in built, built
+        shoot("cnfs-builder")
+        apply_button.click()
+        expect(page.locator("#acks-summary[data-done]")).to_have_attribute("data-done", "acked", timeout=30_000)
         scratch = page.locator("#cnfs tbody tr", has_text="scratch")
+        expect(scratch).to_contain_text("policy (callout / request) → inspect (callout / response)")
+        stored = api(base, "/api/v1/cnfs/scratch")["spec"]["chain"]
+        assert stored[0]["when"] == {"path": {"regex": "/upload"}, "method": "POST"}, stored
+
+        # Deleted through the confirmation: Cancel keeps it, Delete removes it.
         scratch.get_by_role("button", name="Delete").click()
         page.locator("#confirm").get_by_role("button", name="Cancel").click()
         expect(scratch).to_have_count(1)
@@ -290,6 +464,25 @@ def main():
         page.keyboard.press("Enter")
         expect(page.locator("#object-yaml")).to_contain_text("kind: Service")
         shoot("resources")
+
+        # Resources edit: the Route's timeout, with the diff shown and
+        # confirmed before it is stored, then each proxy's acknowledgement.
+        page.locator("#kind").select_option("Route")
+        page.locator("#objects tbody tr[data-name=edge]").click()
+        route_before = api(base, "/api/v1/routes/edge")["metadata"]["resourceVersion"]
+        page.get_by_role("button", name="Edit Route/edge").click()
+        expect(box).to_have_value(containing("name: edge"))
+        expect(box).to_have_value(containing(f'resourceVersion: "{route_before}"'))
+        box.fill(re.sub(r"timeout: \S+", "timeout: 15s", box.input_value()))
+        page.get_by_role("button", name="Check", exact=True).click()
+        expect(page.locator("#diff .add", has_text="timeout: \"15s\"")).to_be_visible()
+        expect(page.locator("#diff .del", has_text="timeout:")).to_be_visible()
+        expect(page.locator("#diff-summary")).to_contain_text("1 line(s) added, 1 removed")
+        assert api(base, "/api/v1/routes/edge")["metadata"]["resourceVersion"] == route_before, "stored before the confirmation"
+        shoot("resources-diff")
+        page.get_by_role("button", name="Confirm and apply").click()
+        expect(page.locator("#acks-summary[data-done]")).to_have_attribute("data-done", "acked", timeout=30_000)
+        assert api(base, "/api/v1/routes/edge")["spec"]["rules"][0]["timeout"] in ("15s", 15, "15"), api(base, "/api/v1/routes/edge")
 
         # Rollouts: shop's canary held at 20%; Pause, Resume, then Promote by button.
         for path, text in SHOP:
@@ -366,7 +559,7 @@ def main():
             seen.goto(base + path)
             expect(seen.locator("body[data-role=viewer]")).to_have_count(1)
             expect(seen.locator(ready).first).to_be_visible()
-            for name in ("Edit", "Delete", "New CNF", "Apply", "Check", "Promote", "Abort", "Pause", "Resume"):
+            for name in ("Edit", "Delete", "New CNF", "Confirm and apply", "Check", "Check the CNF", "Add step", "Save handlers", "Promote", "Abort", "Pause", "Resume"):
                 expect(seen.get_by_role("button", name=name, exact=True)).to_have_count(0)
             assert seen.locator(".edit:visible").count() == 0, f"an edit control is visible to a viewer on {path}"
         seen.close()
