@@ -574,6 +574,7 @@ function handlersLoad() {
   const on = object && object.kind === 'CNF';
   for (const id of ['h-event', 'h-clear', 'h-save', 'lua']) document.getElementById(id).disabled = !on;
   handlers.scripts = on ? { ...(specOf(object).handlers || {}) } : {};
+  document.getElementById('h-cnf').replaceChildren(on ? el('b', {}, 'CNF/' + (nameOf(object) || '(unnamed)')) : '', on ? ' · ' + Object.keys(handlers.scripts).length + ' handler(s)' : 'Edit a CNF to see its handlers.');
   const events = Object.keys(handlers.scripts);
   handlers.event = events.length ? events.sort()[0] : handlerEvents()[0] || null;
   handlerOptions();
