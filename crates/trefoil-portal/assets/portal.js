@@ -563,6 +563,8 @@ function handlerEvents() {
 function handlerOptions() {
   const select = document.getElementById('h-event');
   if (!select) return;
+  const object = editor.object, on = object && object.kind === 'CNF';
+  document.getElementById('h-cnf').replaceChildren(on ? el('b', {}, 'CNF/' + (nameOf(object) || '(unnamed)')) : '', on ? ' · handles ' + (Object.keys(handlers.scripts).sort().join(', ') || 'no event yet') : 'Edit a CNF to see its handlers.');
   select.replaceChildren(...handlerEvents().map((e) => el('option', { value: e }, e + (handlers.scripts[e] ? ' (handled)' : ''))));
   if (handlers.event) select.value = handlers.event;
   else if (select.value) { handlers.event = select.value; handlerShow(); }
@@ -574,7 +576,6 @@ function handlersLoad() {
   const on = object && object.kind === 'CNF';
   for (const id of ['h-event', 'h-clear', 'h-save', 'lua']) document.getElementById(id).disabled = !on;
   handlers.scripts = on ? { ...(specOf(object).handlers || {}) } : {};
-  document.getElementById('h-cnf').replaceChildren(on ? el('b', {}, 'CNF/' + (nameOf(object) || '(unnamed)')) : '', on ? ' · ' + Object.keys(handlers.scripts).length + ' handler(s)' : 'Edit a CNF to see its handlers.');
   const events = Object.keys(handlers.scripts);
   handlers.event = events.length ? events.sort()[0] : handlerEvents()[0] || null;
   handlerOptions();
@@ -589,6 +590,28 @@ function handlerShow() {
 
 function luaGutter(marks) {
   numberLines('h-gutter', luaBox().value, marks).scrollTop = luaBox().scrollTop;
+  luaColour();
+}
+
+// Basic Lua highlighting: keywords, strings, comments, numbers and the
+// `trefoil.` API, as text nodes in spans (never markup from the script).
+const LUA_TOKEN = /(--\[\[[\s\S]*?\]\]|--[^\n]*)|("(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|\[\[[\s\S]*?\]\])|\b(and|break|do|else|elseif|end|false|for|function|goto|if|in|local|nil|not|or|repeat|return|then|true|until|while)\b|\b(trefoil\.[A-Za-z_]+|event)\b|\b(\d+(?:\.\d+)?)\b/g;
+function luaColour() {
+  const pre = document.getElementById('lua-colour');
+  if (!pre) return;
+  const text = luaBox().value;
+  const parts = [];
+  let last = 0;
+  for (const m of text.matchAll(LUA_TOKEN)) {
+    if (m.index > last) parts.push(text.slice(last, m.index));
+    const kind = m[1] ? 'lua-com' : m[2] ? 'lua-str' : m[3] ? 'lua-kw' : m[4] ? 'lua-api' : 'lua-num';
+    parts.push(el('span', { class: kind }, m[0]));
+    last = m.index + m[0].length;
+  }
+  parts.push(text.slice(last) + '\n');
+  pre.replaceChildren(...parts);
+  pre.scrollTop = luaBox().scrollTop;
+  pre.scrollLeft = luaBox().scrollLeft;
 }
 
 // What the textarea holds becomes the event's script (none when empty).
@@ -639,7 +662,12 @@ function handlerSetup() {
     luaGutter();
     handlers.timer = setTimeout(luaCheck, 350);
   });
-  box.addEventListener('scroll', () => { document.getElementById('h-gutter').scrollTop = box.scrollTop; });
+  box.addEventListener('scroll', () => {
+    document.getElementById('h-gutter').scrollTop = box.scrollTop;
+    const pre = document.getElementById('lua-colour');
+    pre.scrollTop = box.scrollTop;
+    pre.scrollLeft = box.scrollLeft;
+  });
   // Tab indents inside the script; Escape then Tab leaves the editor.
   box.addEventListener('keydown', (e) => {
     if (e.key === 'Tab' && !e.shiftKey && !box.dataset.escaped) {

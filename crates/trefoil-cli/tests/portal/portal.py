@@ -285,6 +285,10 @@ def main():
 
         lua.fill(SCAN_AFTER_INSPECT)
         expect(page.locator("#lua-problems [data-state=compiled]")).to_contain_text("inspect_done")
+        # Highlighted under the text as typed: keywords, strings, the trefoil API.
+        expect(page.locator("#lua-colour .lua-api", has_text="trefoil.call")).to_have_count(1)
+        expect(page.locator("#lua-colour .lua-kw", has_text="then")).to_have_count(1)
+        expect(page.locator("#lua-colour .lua-str", has_text='"antivirus"')).to_have_count(1)
         expect(page.locator("#h-gutter .mark")).to_have_count(0)
         page.get_by_role("button", name="Save handlers").click()
         # The diff before anything is stored; Apply confirms it.
