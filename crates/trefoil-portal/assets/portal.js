@@ -908,9 +908,12 @@ async function openTrace(id) {
     bar.style.left = left + '%';
     bar.style.width = width + '%';
     const events = (s.events || []).map((e) => e.name).join(' ');
+    // A deny is shown on its span: the step or call that stopped the request, and with what status.
+    const attrs = s.attributes || {};
+    const deny = attrs['trefoil.verdict'] === 'deny' ? 'deny' + (attrs['trefoil.deny.status'] ? ' ' + attrs['trefoil.deny.status'] : '') : null;
     const label = el('span', { class: 'label' }, '\u00a0'.repeat(depth(s) * 3) + s.name + ' · ' + ((s.endUnixNano - s.startUnixNano) / 1e6).toFixed(2) + ' ms',
-      events ? el('span', { class: 'span-events' }, ' · ' + events) : null);
-    const node = el('div', { class: 'span' + (s.error ? ' error' : ''), role: 'listitem', tabindex: '0', 'data-span': s.name, 'data-events': events || null }, label, el('span', { class: 'track' }, bar));
+      deny ? el('span', { class: 'bad' }, ' · ' + deny) : null, events ? el('span', { class: 'span-events' }, ' · ' + events) : null);
+    const node = el('div', { class: 'span' + (s.error ? ' error' : ''), role: 'listitem', tabindex: '0', 'data-span': s.name, 'data-events': events || null, 'data-verdict': attrs['trefoil.verdict'] || null }, label, el('span', { class: 'track' }, bar));
     node.addEventListener('click', () => show(s, node));
     node.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); show(s, node); } });
     return node;

@@ -330,6 +330,8 @@ def main():
         expect(page.locator("#trace-id")).to_have_text(upload_trace)
         scan = page.locator("#waterfall .span[data-span='call antivirus'][data-events~=virus_found]")
         expect(scan).to_be_visible()
+        expect(scan).to_have_attribute("data-verdict", "deny")
+        expect(scan).to_contain_text("deny 451")
         scan.click()
         expect(page.locator("#span-detail")).to_contain_text("event virus_found")
         expect(page.locator("#span-detail")).to_contain_text("trefoil.verdict = deny")
