@@ -470,6 +470,7 @@ function edit(object) {
   editor.kind = object.kind;
   editor.name = nameOf(object) || null;
   yamlBox().value = toYaml(editable(object, true));
+  editor.rendered = yamlBox().value;
   document.getElementById('editing').textContent = (object.metadata && object.metadata.resourceVersion)
     ? 'Editing ' + object.kind + '/' + nameOf(object) + ' as of version ' + object.metadata.resourceVersion + '.'
     : 'A new ' + object.kind + (nameOf(object) ? ' named ' + nameOf(object) : '') + '.';
@@ -692,9 +693,22 @@ function handlerSetup() {
   });
   document.getElementById('h-save').addEventListener('click', async () => {
     clearTimeout(handlers.timer);
+    // Edits made meanwhile in the YAML editor are kept (its handlers give
+    // way to these): the YAML as it stands, validated, is the base.
+    if (yamlBox().value !== editor.rendered) {
+      const answer = await api('/api/v1/validate', { method: 'POST', headers: { 'Content-Type': 'application/yaml' }, body: yamlBox().value });
+      if (!answer.ok || answer.body.kind !== 'CNF') {
+        if (answer.ok) document.getElementById('problems').replaceChildren();
+        else showProblems(answer);
+        document.getElementById('problems').prepend(el('div', { class: 'problem' }, 'The YAML below has changed and is not a valid CNF (or Reload it): the handlers were not saved into it.'));
+        return;
+      }
+      editor.object = answer.body;
+    }
     const object = withHandlers();
     editor.object = object;
     yamlBox().value = toYaml(editable(object, true));
+    editor.rendered = yamlBox().value;
     handlerOptions();
     const result = await check();
     if (result.errors && result.errors.length) luaCheck();

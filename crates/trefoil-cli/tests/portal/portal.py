@@ -348,14 +348,18 @@ def main():
         page.locator("#h-event").select_option("policy_check")
         lua.fill(SCAN_UPLOADS_ON_POLICY)
         expect(page.locator("#lua-problems [data-state=compiled]")).to_contain_text("policy_check")
+        # An edit made meanwhile in the YAML editor is kept by the save.
+        box.fill(box.input_value().replace(f"  name: {CNF}\n", f"  name: {CNF}\n  labels: {{team: edge}}\n"))
         page.get_by_role("button", name="Save handlers").click()
+        expect(page.locator("#diff .add", has_text="team: edge")).to_be_visible()
         expect(page.locator("#diff .del", has_text="inspect_done: |")).to_be_visible()
         expect(page.locator("#diff .add", has_text="policy_check: |")).to_be_visible()
         apply_button.click()
         expect(page.locator("#acks-summary[data-done]")).to_have_attribute("data-done", "acked", timeout=30_000)
         expect(page.locator("#acks tbody tr[data-state=ok]")).to_have_count(proxies)
-        moved = api(base, f"/api/v1/cnfs/{CNF}")["spec"].get("handlers", {})
-        assert list(moved) == ["policy_check"], moved
+        moved = api(base, f"/api/v1/cnfs/{CNF}")
+        assert list(moved["spec"].get("handlers", {})) == ["policy_check"], moved
+        assert moved["metadata"].get("labels") == {"team": "edge"}, moved
         expect(row).to_contain_text("policy_check")
         shoot("cnfs-moved")
         status, headers = through_gateway_full(a.gateway, "GET", "/files/setup.exe")
