@@ -14,6 +14,11 @@
 //! the latest state, which is all a dashboard shows); a quiet stream carries
 //! a comment every [`LiveLimits::heartbeat`], so a dead reader is found by
 //! the server's write-stall limit and proxies in between keep it open.
+//!
+//! A new stream is not kept waiting for the next period: opening one wakes
+//! the task, which builds a snapshot at once (scraping the proxies if no
+//! window was being kept). The snapshot held from before, built while no
+//! one listened and so possibly long out of date, is not sent.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +33,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use trefoil_api::ProxyStatusList;
 use trefoil_metrics::top::{self, Scrapes, Target};
 use trefoil_metrics::{Fetcher, Row};
@@ -75,6 +80,8 @@ pub struct Snapshot {
     pub seq: u64,
     pub json: Bytes,
     pub traffic: Arc<Vec<Traffic>>,
+    /// When it was built; `None` before the first.
+    pub built: Option<Instant>,
 }
 
 /// The feed: the latest snapshot, and the open streams' slots.
@@ -84,6 +91,8 @@ pub struct Live {
     limits: LiveLimits,
     /// Turns true at shutdown: every stream ends, so none holds the server open.
     closing: watch::Sender<bool>,
+    /// A stream opened: build a snapshot now.
+    wanted: Notify,
 }
 
 impl Live {
@@ -93,6 +102,7 @@ impl Live {
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             limits,
             closing: watch::Sender::new(false),
+            wanted: Notify::new(),
         }
     }
 
@@ -114,6 +124,7 @@ impl Live {
             value["seq"] = json!(s.seq);
             s.json = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
             s.traffic = traffic;
+            s.built = Some(Instant::now());
         });
     }
 
@@ -126,7 +137,14 @@ impl Live {
     pub fn open(&self) -> Option<impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static> {
         let slot = self.streams.clone().try_acquire_owned().ok()?;
         let mut rx = self.latest.subscribe();
-        rx.mark_changed();
+        // The snapshot held is sent at once only if it is current (built
+        // within the last two periods, so while someone listened); else the
+        // one built now for this stream comes first.
+        let current = rx.borrow().built.is_some_and(|b| b.elapsed() <= self.limits.period * 2);
+        if current {
+            rx.mark_changed();
+        }
+        self.wanted.notify_one();
         Some(frames(rx, self.closing.subscribe(), self.limits.heartbeat, slot))
     }
 }
@@ -199,6 +217,8 @@ pub async fn run(live: Arc<Live>, store: Arc<Store>, proxies: Arc<Proxies>) {
     loop {
         let scrape = tokio::select! {
             _ = timer.tick() => true,
+            // A new stream: a snapshot now, with a scrape unless a window is kept.
+            _ = live.wanted.notified() => previous.is_none(),
             changed = changes.recv() => {
                 if matches!(changed, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
                     return;
@@ -363,6 +383,25 @@ mod tests {
         })
         .await;
         assert!(ended.is_ok(), "the stream ended with its feed");
+    }
+
+    #[tokio::test]
+    async fn a_new_stream_wakes_the_builder_and_skips_a_snapshot_held_from_before() {
+        let live = Live::new(LiveLimits { max_streams: 4, heartbeat: Duration::from_secs(60), period: Duration::from_millis(5) });
+        live.publish(json!({ "n": 1 }), Arc::new(Vec::new()));
+        // Older than two periods: built while no one listened.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut s = Box::pin(live.open().unwrap());
+        tokio::time::timeout(WAIT, live.wanted.notified()).await.expect("opening a stream asks for a snapshot");
+        live.publish(json!({ "n": 2 }), Arc::new(Vec::new()));
+        let frame = next_text(&mut s).await;
+        assert!(
+            frame.starts_with(
+                "id: 2
+"
+            ) && frame.contains("\"n\":2"),
+            "the snapshot built for it first: {frame}"
+        );
     }
 
     #[tokio::test]
