@@ -80,7 +80,21 @@ pub struct TraceSummary {
     pub duration_ms: f64,
     pub spans: usize,
     pub status: TraceStatus,
+    /// What the trace's spans say, for filtering a list without reading
+    /// each trace: the CNFs whose chains ran (`trefoil.cnf`), the events
+    /// (`trefoil.event` and span event names) and the request paths
+    /// (`url.path`); each sorted, without repeats, at most
+    /// [`SUMMARY_FACTS`] long.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cnfs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
+
+/// The most values a summary's `cnfs`, `events` or `paths` holds.
+pub const SUMMARY_FACTS: usize = 32;
 
 /// `GET /api/v1/traces`: newest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

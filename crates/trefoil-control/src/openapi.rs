@@ -293,7 +293,10 @@ fn resources_and_traces() -> Value {
                 "startUnixNano": {"type": "string"},
                 "durationMs": {"type": "number"},
                 "spans": {"type": "integer"},
-                "status": {"type": "string", "enum": ["ok", "error"]}
+                "status": {"type": "string", "enum": ["ok", "error"]},
+                "cnfs": {"type": "array", "items": {"type": "string"}, "description": "CNFs whose chains ran (trefoil.cnf), sorted, at most 32"},
+                "events": {"type": "array", "items": {"type": "string"}, "description": "trefoil.event values and span event names, sorted, at most 32"},
+                "paths": {"type": "array", "items": {"type": "string"}, "description": "url.path values, sorted, at most 32"}
             }}}}},
             "Span": {"type": "object", "required": ["traceId", "spanId", "name", "service", "startUnixNano", "endUnixNano", "error", "attributes"], "properties": {
                 "traceId": {"type": "string"},
@@ -413,6 +416,9 @@ mod tests {
             duration_ms: 1.0,
             spans: 1,
             status: TraceStatus::Ok,
+            cnfs: vec!["edge-security".into()],
+            events: vec!["virus_found".into()],
+            paths: vec!["/upload".into()],
         };
         agrees("TraceList", &schemas["TraceList"], &TraceList::new(vec![summary.clone()]));
         agrees("TraceList.items", &schemas["TraceList"]["properties"]["items"]["items"], &summary);

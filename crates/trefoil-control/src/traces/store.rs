@@ -3,11 +3,11 @@
 //! bounded whatever the proxies send; a trace is for looking at a request
 //! just made, not for keeping.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
-use trefoil_api::traces::{TraceStatus, TraceSummary};
+use trefoil_api::traces::{TraceStatus, TraceSummary, SUMMARY_FACTS};
 
 use super::span::Span;
 
@@ -89,10 +89,13 @@ impl TraceStore {
     /// The most recent traces (by start), newest first.
     pub fn recent(&self, limit: usize) -> Vec<TraceSummary> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<TraceSummary> = inner.traces.iter().filter_map(|(id, spans)| summarize(id, spans)).collect();
-        out.sort_by(|a, b| b.start_unix_nano.cmp(&a.start_unix_nano).then_with(|| a.trace_id.cmp(&b.trace_id)));
-        out.truncate(limit);
-        out
+        // Which traces first (by start only), then the summaries of those:
+        // the list costs its length, not the store's.
+        let mut starts: Vec<(u64, &String)> =
+            inner.traces.iter().filter_map(|(id, spans)| Some((spans.iter().map(|s| s.start_unix_nano).min()?, id))).collect();
+        starts.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        starts.truncate(limit);
+        starts.into_iter().filter_map(|(_, id)| summarize(id, &inner.traces[id])).collect()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Span>> {
@@ -122,5 +125,14 @@ fn summarize(id: &str, spans: &[Span]) -> Option<TraceSummary> {
         duration_ms: (end - start) as f64 / 1e6,
         spans: spans.len(),
         status: if spans.iter().any(|s| s.error) { TraceStatus::Error } else { TraceStatus::Ok },
+        cnfs: facts(spans.iter().filter_map(|s| s.attributes.get("trefoil.cnf"))),
+        events: facts(spans.iter().flat_map(|s| s.attributes.get("trefoil.event").into_iter().chain(s.events.iter().map(|e| &e.name)))),
+        paths: facts(spans.iter().filter_map(|s| s.attributes.get("url.path"))),
     })
+}
+
+/// Distinct values, sorted, the first [`SUMMARY_FACTS`] of them.
+fn facts<'a>(values: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let set: BTreeSet<&String> = values.filter(|v| !v.is_empty()).collect();
+    set.into_iter().take(SUMMARY_FACTS).cloned().collect()
 }

@@ -128,3 +128,23 @@ fn followers_get_new_spans() {
     store.insert(decoded("a", &[record(1, 1, None, 0, 1)]));
     assert_eq!(rx.try_recv().unwrap().span_id, "01".repeat(8));
 }
+
+#[test]
+fn a_summary_names_the_cnfs_events_and_paths_of_its_spans() {
+    let store = TraceStore::default();
+    let mut gateway = record(4, 1, None, 100, 200);
+    gateway.attributes.push(("url.path", "/upload".into()));
+    let mut step = record(4, 2, Some(1), 110, 150);
+    step.attributes = vec![("trefoil.cnf", "edge-security".into()), ("trefoil.event", "inspect_done".into())];
+    step.events.push(trefoil_proxy::otlp::SpanEventRecord {
+        name: "virus_found".into(),
+        time: UNIX_EPOCH + Duration::from_millis(120),
+        attributes: Vec::new(),
+    });
+    store.insert(decoded("edge", &[gateway, step]));
+    let t = &store.recent(1)[0];
+    // `record` tags every span with CNF `scan`; each value once, sorted.
+    assert_eq!(t.cnfs, ["edge-security", "scan"]);
+    assert_eq!(t.events, ["inspect_done", "virus_found"]);
+    assert_eq!(t.paths, ["/upload"]);
+}
