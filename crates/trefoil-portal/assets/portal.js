@@ -269,6 +269,13 @@ function live(onSnapshot) {
   connect();
 }
 
+// The page's first data is on screen: body[data-ready] holds the time since
+// navigation start (ms), once, for a person's dev tools and the browser test.
+function ready() {
+  if (document.body.dataset.ready) return;
+  document.body.dataset.ready = String(Math.round(performance.now()));
+}
+
 function stamp(snapshot) {
   const u = document.getElementById('updated');
   if (u) {
@@ -323,6 +330,7 @@ function dashboard(snap) {
   }), 'no workloads');
   fill('events', (snap.events || []).map(specOf).map((e) => row([e.timeMs ? new Date(e.timeMs).toLocaleTimeString() : '—', e.regarding || '—', e.reason || '—', e.message || ''])), 'no events yet');
   stamp(snap);
+  ready();
 }
 
 // ---- The editor (CNF Provisioning and Resources): check, diff, confirm, apply ----
@@ -504,10 +512,15 @@ function editorSetup() {
 
 const mesh = { functions: [] };
 
-async function cnfTables() {
-  const [cnfs, routes, functions, services, workloads, endpoints] = await Promise.all([
-    list('cnfs'), list('routes'), list('networkfunctions'), list('services'), list('workloads'), list('endpoints'),
-  ]);
+// The two tables fill independently, each as soon as its own lists arrived
+// (all six are asked for at once): the CNFs do not wait for the functions.
+function cnfTables() {
+  const cnfs = Promise.all([list('cnfs'), list('routes')]).then(([c, r]) => cnfTable(c, r));
+  const functions = Promise.all([list('networkfunctions'), list('services'), list('workloads'), list('endpoints')]).then((lists) => functionTable(...lists));
+  return Promise.all([cnfs, functions]);
+}
+
+function cnfTable(cnfs, routes) {
   fill('cnfs', cnfs.sort(byName).map((c) => {
     const s = specOf(c);
     const steps = (s.chain || []).map((st) => st.function + ' (' + (st.mode || 'callout') + ' / ' + (st.phase || 'request') + ')');
@@ -517,6 +530,10 @@ async function cnfTables() {
     const actions = me.role === 'viewer' ? '—' : el('span', { class: 'actions' }, edit, ' ', del);
     return row([nameOf(c), steps.join(' → ') || '—', Object.keys(s.handlers || {}).join(', ') || '—', using.join(', ') || '—', actions], { id: 'cnf-' + nameOf(c) });
   }), 'no CNFs');
+  ready();
+}
+
+function functionTable(functions, services, workloads, endpoints) {
   mesh.functions = functions.sort(byName);
   builderFunctions();
   fill('functions', functions.map((f) => {
@@ -825,13 +842,15 @@ function builderSetup() {
 }
 
 function cnfPage() {
+  // The lists are asked for first; the editors are set up while they come.
+  const tables = cnfTables();
   editorSetup();
   editor.stored = cnfTables;
   handlerSetup();
   builderSetup();
   document.getElementById('new-cnf').addEventListener('click', () => { edit(JSON.parse(JSON.stringify(TEMPLATE))); yamlBox().focus(); });
   edit(JSON.parse(JSON.stringify(TEMPLATE)));
-  Promise.all([cnfTables(), whoami]).then(() => {
+  Promise.all([tables, whoami]).then(() => {
     if (!canEdit()) return;
     handlerOptions();
     // `/cnfs#NAME` (the graph links a CNF here) opens it in the editor.
@@ -843,49 +862,34 @@ function cnfPage() {
 
 // ---- CNF Tracing ----
 
-const tracing = { live: true, clearedAt: 0, details: new Map(), summaries: [], open: null };
+const tracing = { live: true, clearedAt: 0, summaries: [], open: null };
 
-function facts(detail) {
-  const cnfs = new Set(), events = new Set(), paths = new Set();
-  for (const s of detail.spans) {
-    const a = s.attributes || {};
-    if (a['trefoil.cnf']) cnfs.add(a['trefoil.cnf']);
-    if (a['trefoil.event']) events.add(a['trefoil.event']);
-    if (a['url.path']) paths.add(a['url.path']);
-    for (const e of s.events || []) events.add(e.name);
-  }
-  return { cnfs: [...cnfs], events: [...events], paths: [...paths] };
-}
+// A trace's CNFs, events and paths come with its summary (the server reads
+// them from the spans), so the list needs one request, not one per trace.
+const factsOf = (t) => ({ cnfs: t.cnfs || [], events: t.events || [], paths: t.paths || [] });
 
 async function traceTick() {
   if (!tracing.live) return;
   const answer = await api('/api/v1/traces?limit=200');
   if (!answer.ok) return;
   tracing.summaries = answer.body.items;
-  // Spans of a trace arrive from several proxies: fetch again while its count grows.
-  const stale = tracing.summaries.filter((t) => { const d = tracing.details.get(t.traceId); return !d || d.spans !== t.spans; }).slice(0, 25);
-  await Promise.all(stale.map(async (t) => {
-    const d = await api('/api/v1/traces/' + t.traceId);
-    if (d.ok) tracing.details.set(t.traceId, { spans: t.spans, facts: facts(d.body) });
-  }));
-  const live = new Set(tracing.summaries.map((t) => t.traceId));
-  for (const id of tracing.details.keys()) if (!live.has(id)) tracing.details.delete(id);
   renderTraces();
+  ready();
 }
 
 function renderTraces() {
   const cnf = document.getElementById('f-cnf').value, status = document.getElementById('f-status').value;
   const path = document.getElementById('f-path').value.trim(), event = document.getElementById('f-event').value.trim();
   const select = document.getElementById('f-cnf');
-  const known = new Set([...tracing.details.values()].flatMap((d) => d.facts.cnfs));
+  const known = new Set(tracing.summaries.flatMap((t) => factsOf(t).cnfs));
   for (const c of known) if (![...select.options].some((o) => o.value === c)) select.append(el('option', { value: c }, c));
   const shown = tracing.summaries.filter((t) => {
-    const f = (tracing.details.get(t.traceId) || { facts: { cnfs: [], events: [], paths: [] } }).facts;
+    const f = factsOf(t);
     return t.startUnixNano > tracing.clearedAt && (!status || t.status === status) && (!cnf || f.cnfs.includes(cnf))
       && (!event || f.events.some((e) => e.includes(event))) && (!path || t.root.includes(path) || f.paths.some((p) => p.includes(path)));
   });
   fill('traces', shown.map((t) => {
-    const f = (tracing.details.get(t.traceId) || { facts: { cnfs: [], events: [], paths: [] } }).facts;
+    const f = factsOf(t);
     const open = () => openTrace(t.traceId);
     return row([el('code', {}, t.traceId), new Date(t.startUnixNano / 1e6).toLocaleTimeString(), t.root + (f.paths && f.paths.length ? ' ' + f.paths[0] : ''), f.cnfs.join(', ') || '—', f.events.join(', ') || '—',
       el('span', { class: t.status === 'ok' ? 'ok' : 'bad' }, t.status), t.durationMs.toFixed(1) + ' ms'],
@@ -955,7 +959,9 @@ function tracesPage() {
   for (const id of ['f-cnf', 'f-status', 'f-path', 'f-event']) document.getElementById(id).addEventListener('input', renderTraces);
   document.getElementById('filters').addEventListener('submit', (e) => e.preventDefault());
   const wanted = new URLSearchParams(location.hash.slice(1)).get('trace');
-  traceTick().then(() => (wanted ? openTrace(wanted) : null));
+  // The list and a linked trace are read at once, not one after the other.
+  traceTick();
+  if (wanted) openTrace(wanted);
   setInterval(traceTick, 2000);
 }
 
@@ -988,6 +994,7 @@ async function showKind() {
   const [, want] = location.hash.slice(1).split('/');
   const pick = want && document.querySelector('#objects tr[data-name="' + CSS.escape(want) + '"]');
   if (pick) pick.click();
+  ready();
 }
 
 function resourcesPage() {
@@ -1029,7 +1036,7 @@ const ACTIONS = { Promote: ['Progressing', 'Paused'], Pause: ['Progressing'], Re
 // Events (kept by the store) carry the figures of the checks that decided
 // something; the checks in between are seen live, as the status's last
 // check, and kept here while the page is open.
-const rolloutState = { events: new Map(), versions: new Map(), checks: new Map() };
+const rolloutState = { events: new Map(), versions: new Map(), checks: new Map(), snap: null, prefetch: null };
 
 // The canary's weight after each event, as the controller's notes tell it.
 function weightAfter(e, before) {
@@ -1066,6 +1073,10 @@ async function act(name, action) {
   box.replaceChildren(el('div', { class: answer.ok ? 'info' : 'problem' }, answer.ok ? action + ': ' + name + ' is now ' + answer.body.status.phase + ' at ' + answer.body.status.weight + '%.' : action + ' refused: ' + ((answer.body && answer.body.error) || 'HTTP ' + answer.status)));
 }
 
+// A snapshot is drawn as it arrives, with the events known so far; when a
+// rollout's status changed, its events are read again and the cards drawn
+// once more. The page's first events are asked for while the feed opens
+// (rolloutsPage), not after its first snapshot.
 async function rollouts(snap) {
   const statuses = new Map((snap.rolloutStatuses || []).map((s) => [nameOf(s), s]));
   for (const [name, s] of statuses) {
@@ -1074,33 +1085,49 @@ async function rollouts(snap) {
     if (!rolloutState.checks.has(name)) rolloutState.checks.set(name, new Map());
     rolloutState.checks.get(name).set(st.lastCheckMs, st.lastCheck.figures || []);
   }
-  const list = (snap.rollouts || []).sort(byName);
+  rolloutState.snap = snap;
+  const items = (snap.rollouts || []).sort(byName);
   // A rollout's events are read again when its status changed.
-  const stale = list.some((r) => { const s = statuses.get(nameOf(r)); return s && rolloutState.versions.get(nameOf(r)) !== s.metadata.resourceVersion; });
-  if (stale) {
-    const events = await listKind('events');
-    rolloutState.events = new Map();
-    for (const e of events.map(specOf).sort((a, b) => a.timeMs - b.timeMs)) {
-      const k = (e.regarding || '').replace(/^Rollout\//, '');
-      if (!rolloutState.events.has(k)) rolloutState.events.set(k, []);
-      rolloutState.events.get(k).push(e);
-    }
-    for (const r of list) { const s = statuses.get(nameOf(r)); if (s) rolloutState.versions.set(nameOf(r), s.metadata.resourceVersion); }
+  const stale = items.some((r) => { const s = statuses.get(nameOf(r)); return s && rolloutState.versions.get(nameOf(r)) !== s.metadata.resourceVersion; });
+  rolloutDraw();
+  if (!stale) return;
+  // The events asked for at page load may predate this snapshot: they are
+  // drawn, but do not count as read for its statuses (the next snapshot
+  // reads them again).
+  const early = rolloutState.prefetch;
+  rolloutState.prefetch = null;
+  const events = await (early || list('events'));
+  rolloutState.events = new Map();
+  for (const e of events.map(specOf).sort((a, b) => a.timeMs - b.timeMs)) {
+    const k = (e.regarding || '').replace(/^Rollout\//, '');
+    if (!rolloutState.events.has(k)) rolloutState.events.set(k, []);
+    rolloutState.events.get(k).push(e);
   }
+  if (!early) for (const r of items) { const s = statuses.get(nameOf(r)); if (s) rolloutState.versions.set(nameOf(r), s.metadata.resourceVersion); }
+  rolloutDraw();
+}
+
+// Draws the latest snapshot's rollouts with the events read so far.
+function rolloutDraw() {
+  const snap = rolloutState.snap;
+  const items = (snap.rollouts || []).sort(byName);
+  const statuses = new Map((snap.rolloutStatuses || []).map((s) => [nameOf(s), s]));
   const box = document.getElementById('rollouts');
   const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.action : null;
   const focusedOf = focused && document.activeElement.closest('.rollout') ? document.activeElement.closest('.rollout').dataset.name : null;
-  box.replaceChildren(...(list.length ? list.map((r) => rolloutCard(r, statuses.get(nameOf(r)), snap.timeMs)) : [el('p', { class: 'empty' }, 'no rollouts')]));
+  box.replaceChildren(...(items.length ? items.map((r) => rolloutCard(r, statuses.get(nameOf(r)), snap.timeMs)) : [el('p', { class: 'empty' }, 'no rollouts')]));
   if (focused) { const b = box.querySelector('.rollout[data-name="' + CSS.escape(focusedOf) + '"] [data-action="' + focused + '"]'); if (b) b.focus(); }
   if (location.hash && !rolloutState.scrolled) {
     const target = document.getElementById('rollout-' + location.hash.slice(1));
     if (target) { target.scrollIntoView(); rolloutState.scrolled = true; }
   }
   stamp(snap);
+  ready();
 }
 
-async function listKind(kind) {
-  return list(kind);
+function rolloutsPage() {
+  rolloutState.prefetch = list('events');
+  live(rollouts);
 }
 
 function rolloutCard(r, status, now) {
@@ -1306,6 +1333,7 @@ function graphDraw() {
   svgBox.replaceChildren(defs, ...kids);
   const summary = g.nodes.length + ' nodes, ' + g.edges.length + ' edges' + (graphState.focus ? '; focused on ' + graphState.focus + ' and its neighbours' : graphState.query ? '; matching “' + graphState.query + '” and neighbours' : folded ? '; folded by namespace' : '') + '.';
   document.getElementById('graph-summary').textContent = summary;
+  ready();
   if (active) { const again = svgBox.querySelector('[data-node="' + CSS.escape(active) + '"]'); if (again) again.focus(); }
 }
 
@@ -1360,7 +1388,7 @@ function graphPage() {
 
 const PAGES = {
   dashboard: () => live(dashboard),
-  rollouts: () => live(rollouts),
+  rollouts: rolloutsPage,
   graph: graphPage,
   cnfs: cnfPage,
   traces: tracesPage,
