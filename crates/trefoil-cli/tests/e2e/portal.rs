@@ -118,6 +118,8 @@ fn the_portal_shows_and_steers_the_edgesecurity_mesh() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the browser test failed:\n{stdout}\n{stderr}\ntrefoil up:\n{}", up.stderr());
     eprintln!("portal figures: {} (browser run {:?}); screenshots in {}", stdout.trim(), started.elapsed(), screenshots.display());
+    // The time-to-data table (measured, not asserted).
+    eprintln!("{}", stderr.trim());
     let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line of figures");
     assert!(figures["dashboardMs"].is_number(), "{figures}");
     for page in [
