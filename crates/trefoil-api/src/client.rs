@@ -167,6 +167,16 @@ impl Client {
         self.json(Method::GET, &format!("/api/v1/{kind}/{name}"), None).await.map(|(_, v)| v)
     }
 
+    /// `get`, as the server wrote it: with `status` (`status.applied`).
+    pub async fn get_value(&self, kind: &str, name: &str) -> Result<serde_json::Value, ApiError> {
+        self.json(Method::GET, &format!("/api/v1/{kind}/{name}"), None).await.map(|(_, v)| v)
+    }
+
+    /// `list`, as the server wrote it: each item with its `status`.
+    pub async fn list_values(&self, kind: &str) -> Result<List<serde_json::Value>, ApiError> {
+        self.json(Method::GET, &format!("/api/v1/{kind}"), None).await.map(|(_, v)| v)
+    }
+
     /// `get`, with `None` for a resource that does not exist.
     pub async fn find(&self, kind: &str, name: &str) -> Result<Option<Resource>, ApiError> {
         match self.get(kind, name).await {

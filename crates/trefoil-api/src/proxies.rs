@@ -39,6 +39,14 @@ pub struct ProxyStatus {
     /// RFC 3339: the last message, connect or disconnect.
     #[serde(default)]
     pub last_seen: Option<String>,
+    /// Store revisions between the newest snapshot compiled for it and the
+    /// one it serves (0: in sync); absent while it is not connected or has
+    /// acknowledged nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// How many resources its newest snapshot holds (for an agent: table lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed: Option<u64>,
 }
 
 impl ProxyStatus {
@@ -54,6 +62,8 @@ impl ProxyStatus {
             acked_version: None,
             nack: None,
             last_seen: None,
+            lag: None,
+            subscribed: None,
         }
     }
 
@@ -62,6 +72,43 @@ impl ProxyStatus {
     pub fn in_sync(&self) -> bool {
         self.connected && self.acked_version.is_some() && self.acked_version == self.latest_version
     }
+}
+
+/// `status.applied` of a resource: how many of the proxies (and node
+/// agents) whose snapshot depends on it serve its current `resourceVersion`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// Connected proxies that need it and serve this version or a newer one.
+    pub acknowledged: u64,
+    /// Connected proxies whose snapshot depends on it.
+    pub needed: u64,
+    /// Milliseconds from the write to the slowest acknowledgement known;
+    /// absent when none is known (nothing acknowledged yet, or the write is
+    /// older than the control plane's bounded memory of write times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowest_ms: Option<u64>,
+    /// Every proxy that refused a snapshot holding this version.
+    #[serde(default)]
+    pub nacks: Vec<AppliedNack>,
+}
+
+impl Applied {
+    /// Every proxy that needs it serves it.
+    pub fn complete(&self) -> bool {
+        self.acknowledged >= self.needed
+    }
+}
+
+/// One proxy's refusal of a snapshot holding a resource's current version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedNack {
+    pub proxy: String,
+    pub reason: String,
+    /// The snapshot revision it refused.
+    #[serde(with = "as_number")]
+    pub revision: ResourceVersion,
 }
 
 /// The whole answer.

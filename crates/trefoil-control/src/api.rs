@@ -26,12 +26,23 @@ use crate::store::{Event, Store, StoreError, Stored};
 const APPLY_RETRIES: usize = 5;
 
 pub fn router(store: Arc<Store>) -> Router {
+    router_with_applied(store, None)
+}
+
+/// Where reads find `status.applied`: the compiler, which knows who needs
+/// what and what each proxy acked. Without it objects are read without status.
+#[derive(Clone)]
+pub struct AppliedSource(pub Option<Arc<crate::config_stream::Compiler>>);
+
+/// [`router`], with `status.applied` on every object read.
+pub fn router_with_applied(store: Arc<Store>, applied: Option<Arc<crate::config_stream::Compiler>>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/validate", post(validate))
         .route("/api/v1/{kind}", get(list).post(create))
         .route("/api/v1/watch/{kind}", get(watch_kind))
         .route("/api/v1/{kind}/{name}", get(read).put(apply).delete(remove))
+        .layer(Extension(AppliedSource(applied)))
         .with_state(store)
 }
 
@@ -120,12 +131,26 @@ fn present(stored: &Stored) -> Value {
     v
 }
 
-async fn list(State(store): State<Arc<Store>>, Path(kind): Path<String>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+/// [`present`], with `status.applied` when the compiler is at hand.
+fn present_status(stored: &Stored, applied: &AppliedSource) -> Value {
+    let mut v = present(stored);
+    if let Some(status) = applied.0.as_ref().and_then(|c| c.applied(stored)) {
+        v["status"] = json!({ "applied": status });
+    }
+    v
+}
+
+async fn list(
+    State(store): State<Arc<Store>>,
+    Extension(applied): Extension<AppliedSource>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
     if q.watch {
         return Ok(watch(store, kind));
     }
-    let items: Vec<Value> = store.list(kind).iter().map(present).collect();
+    let items: Vec<Value> = store.list(kind).iter().map(|s| present_status(s, &applied)).collect();
     Ok(Json(List { kind: format!("{kind}List"), resource_version: ResourceVersion::new(store.revision()), items }).into_response())
 }
 
@@ -178,11 +203,15 @@ fn line(event: &WatchEvent<Value>) -> Bytes {
     Bytes::from(out)
 }
 
-async fn read(State(store): State<Arc<Store>>, Path((kind, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn read(
+    State(store): State<Arc<Store>>,
+    Extension(applied): Extension<AppliedSource>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&kind)?;
     store
         .get(kind, &name)
-        .map(|s| Json(present(&s)))
+        .map(|s| Json(present_status(&s, &applied)))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{kind}/{name} not found")))
 }
 

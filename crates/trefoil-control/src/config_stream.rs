@@ -326,6 +326,30 @@ impl Compiler {
         }
     }
 
+    /// `status.applied` of a stored resource at its current version (see
+    /// [`Proxies::applied`]); who needs it is judged on the newest view
+    /// compiled, with the resource itself as stored. `None` for a value this
+    /// build cannot read.
+    pub fn applied(&self, stored: &crate::store::Stored) -> Option<trefoil_api::Applied> {
+        let resource: Resource = serde_json::from_value(stored.value.clone()).ok()?;
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, v)| v.clone());
+        // Reading never compiles, except once before anything was.
+        let view = match latest {
+            Some(view) => view,
+            None => self.view().1,
+        };
+        let rule_node = match &resource.spec {
+            trefoil_model::Spec::DatapathRule(rule) => Some(rule.node.as_deref()),
+            _ => None,
+        };
+        Some(self.proxies.applied(stored.resource_version, |name, node| match (node, rule_node) {
+            // A node agent needs the rules its node's table holds.
+            (Some(node), Some(rule)) => rule.is_none_or(|n| n == node),
+            (Some(_), None) | (None, Some(_)) => false,
+            (None, None) => view.mesh.needs(name, &resource),
+        }))
+    }
+
     /// The shared view at the store's current revision, built only when the
     /// store moved on since the last one; building it records an Event for
     /// each datapath rule that newly does not resolve.
@@ -375,15 +399,23 @@ pub async fn distribute(compiler: Arc<Compiler>) {
     let mut events = compiler.store.subscribe();
     // No proxy has a snapshot yet; each one connecting is compiled at the then-current revision.
     compiler.proxies.compiled_at(compiler.store.revision());
+    let noted = |event: &crate::store::Event| {
+        if let crate::store::Event::Put(s) = event {
+            compiler.proxies.written(s.resource_version, std::time::SystemTime::now());
+        }
+    };
     loop {
         // A lagged receiver only means many changes: compile all the same.
-        if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
-            return;
+        match events.recv().await {
+            Err(broadcast::error::RecvError::Closed) => return,
+            Ok(event) => noted(&event),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
         }
         let burst_end = tokio::time::Instant::now() + DEBOUNCE_MAX;
         while tokio::time::Instant::now() < burst_end {
             match tokio::time::timeout(DEBOUNCE_QUIET, events.recv()).await {
-                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Ok(event)) => noted(&event),
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
                 Ok(Err(broadcast::error::RecvError::Closed)) => return,
                 Err(_quiet) => break,
             }

@@ -207,7 +207,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
             Some(identity::stream_tls::server_config(issuer.clone(), local(&grpc, options.grpc_listen)).map_err(ControlError::StreamTls)?)
         }
     };
-    let service = config_stream::ConfigStreamService::new(compiler, issuer, auth.clone());
+    let service = config_stream::ConfigStreamService::new(compiler.clone(), issuer, auth.clone());
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
     let mut registry = prometheus_client::registry::Registry::default();
@@ -227,7 +227,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         stopped(closing.1).await;
         closing.0.close();
     });
-    let app = api::router(store.clone())
+    let app = api::router_with_applied(store.clone(), Some(compiler))
         .merge(traces::api::router(Arc::new(traces::TraceStore::default()), flows.clone()))
         .merge(flows::api::router(flows))
         .merge(metrics::router(Arc::new(registry)))

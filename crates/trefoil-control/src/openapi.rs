@@ -99,8 +99,7 @@ fn resources_and_traces() -> Value {
     let busy = json!({"description": "too many watch streams are open", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     // A query string or path that does not parse (`?limit=null`, bytes that are not UTF-8).
     let bad_request = json!({"description": "a malformed path or query parameter, or body", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let resource =
-        json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
+    let resource = json!({"description": "the resource", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StoredResource"}}}});
     // What a client can do next with a resource it wrote: the links let a
     // client (and a stateful API fuzzer) follow one resource through its life.
     let by_body =
@@ -266,11 +265,31 @@ fn resources_and_traces() -> Value {
                     "spec": {"type": "object"}
                 }
             },
+            // What reads answer: a Resource, with the status the server computes.
+            "StoredResource": {
+                "allOf": [{"$ref": "#/components/schemas/Resource"}],
+                "properties": {"status": {"type": "object", "description": "computed by the server when read", "properties": {
+                    "applied": {"$ref": "#/components/schemas/Applied"}
+                }}}
+            },
+            "Applied": {
+                "type": "object",
+                "description": "how many of the connected proxies (and node agents) whose snapshot depends on this resource serve its current resourceVersion (decision 0025)",
+                "required": ["acknowledged", "needed", "nacks"],
+                "properties": {
+                    "acknowledged": {"type": "integer", "minimum": 0, "description": "proxies that need it and serve this version or a newer one"},
+                    "needed": {"type": "integer", "minimum": 0, "description": "connected proxies whose snapshot depends on it; 0: none does"},
+                    "slowestMs": {"type": "integer", "minimum": 0, "description": "milliseconds from the write to the slowest acknowledgement known"},
+                    "nacks": {"type": "array", "description": "every proxy that refused a snapshot holding this version", "items": {"type": "object", "required": ["proxy", "reason", "revision"], "properties": {
+                        "proxy": {"type": "string"}, "reason": {"type": "string"}, "revision": {"type": "integer", "minimum": 0, "description": "the snapshot revision it refused"}
+                    }}}
+                }
+            },
             "ExportTraceServiceRequest": {"type": "object", "required": ["resourceSpans"], "properties": {"resourceSpans": {"type": "array", "items": {"type": "object", "properties": {
                 "resource": {"type": "object", "properties": {"attributes": {"type": "array"}}},
                 "scopeSpans": {"type": "array", "items": {"type": "object", "properties": {"spans": {"type": "array", "items": {"type": "object"}}}}}
             }}}}},
-            "List": {"type": "object", "properties": {"kind": {"type": "string"}, "resourceVersion": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
+            "List": {"type": "object", "properties": {"kind": {"type": "string"}, "resourceVersion": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/StoredResource"}}}},
             "ProxyStatusList": {"type": "object", "required": ["items", "compiledRevision"], "properties": {"kind": {"type": "string"}, "compiledRevision": {"type": "integer", "minimum": 0, "description": "the store revision the connected proxies' snapshots were last compiled at; every write up to it is in their latest snapshots"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/ProxyStatus"}}}},
             "ProxyStatus": {
                 "type": "object",
@@ -283,7 +302,9 @@ fn resources_and_traces() -> Value {
                     "latestVersion": {"type": "integer", "nullable": true, "description": "the newest snapshot compiled for this proxy"},
                     "ackedVersion": {"type": "integer", "nullable": true, "description": "the snapshot the proxy said it serves"},
                     "nack": {"type": "object", "nullable": true, "properties": {"version": {"type": "integer"}, "error": {"type": "string"}}},
-                    "lastSeen": {"type": "string", "nullable": true, "description": "RFC 3339"}
+                    "lastSeen": {"type": "string", "nullable": true, "description": "RFC 3339"},
+                    "lag": {"type": "integer", "minimum": 0, "description": "store revisions between the newest snapshot compiled for it and the one it serves; absent while not connected or before its first acknowledgement"},
+                    "subscribed": {"type": "integer", "minimum": 0, "description": "resources in its newest snapshot (a node agent's: table lines)"}
                 }
             },
             "TraceList": {"type": "object", "required": ["items"], "properties": {"kind": {"type": "string"}, "items": {"type": "array", "items": {"type": "object", "required": ["traceId", "root", "startUnixNano", "durationMs", "spans", "status"], "properties": {
@@ -346,7 +367,7 @@ mod tests {
     use serde::Serialize;
     use trefoil_api::flows::{Flow, FlowList, FlowReport, RuleCounter};
     use trefoil_api::traces::{FollowEvent, Span, SpanEvent, Trace, TraceList, TraceStatus, TraceSummary};
-    use trefoil_api::{Deleted, ErrorBody, List, Nack, ProxyStatus, ProxyStatusList, RolloutActed};
+    use trefoil_api::{Applied, AppliedNack, Deleted, ErrorBody, List, Nack, ProxyStatus, ProxyStatusList, RolloutActed};
     use trefoil_model::{Diagnostic, Metadata};
 
     use super::*;
@@ -402,8 +423,18 @@ mod tests {
             acked_version: Some(1.into()),
             nack: Some(Nack { version: 2.into(), error: "bad".into() }),
             last_seen: Some("2026-01-01T00:00:00Z".into()),
+            lag: Some(1),
+            subscribed: Some(12),
             ..ProxyStatus::declared("edge")
         };
+        let applied = Applied {
+            acknowledged: 1,
+            needed: 2,
+            slowest_ms: Some(120),
+            nacks: vec![AppliedNack { proxy: "edge".into(), reason: "bad".into(), revision: 2.into() }],
+        };
+        agrees("Applied", &schemas["Applied"], &applied);
+        agrees("Applied.nacks", &schemas["Applied"]["properties"]["nacks"]["items"], &applied.nacks[0]);
         agrees("ProxyStatus", &schemas["ProxyStatus"], &proxy);
         agrees("ProxyStatus.nack", &schemas["ProxyStatus"]["properties"]["nack"], proxy.nack.as_ref().unwrap());
         agrees("ProxyStatusList", &schemas["ProxyStatusList"], &ProxyStatusList::new(1.into(), vec![proxy]));

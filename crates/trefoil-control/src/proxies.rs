@@ -3,13 +3,13 @@
 //! goes out. A node agent is registered as `agent/<node>` (a name no proxy
 //! can have) with its node beside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use tokio::sync::watch;
-use trefoil_api::{Nack, ProxyStatus};
+use trefoil_api::{Applied, AppliedNack, Nack, ProxyStatus};
 use trefoil_model::ResourceVersion;
 use trefoil_wire::Snapshot;
 
@@ -44,6 +44,58 @@ struct Entry {
     nacked_hash: Option<u64>,
     last_seen: Option<SystemTime>,
     session: Option<Session>,
+    /// The newest snapshot compiled for it (revision, hash, resources),
+    /// sent or not: one equal to what it acked is in force at that revision.
+    compiled: Option<(u64, u64, usize)>,
+    /// When the revision in force (see [`Entry::in_force`]) last rose, the
+    /// newest [`REACHED_KEPT`]: how long an acknowledgement took.
+    reached: VecDeque<(u64, SystemTime)>,
+}
+
+/// Advances of a proxy's revision in force kept for `slowestMs`: a constant,
+/// whatever the mesh's size.
+const REACHED_KEPT: usize = 32;
+/// Write times kept for `slowestMs`.
+const WRITES_KEPT: usize = 4096;
+
+impl Entry {
+    /// The newest store revision whose content this proxy serves: what it
+    /// acked, or a later compile for it whose content is the same (a write
+    /// that changes nothing it gets needs no new ACK).
+    fn in_force(&self) -> Option<u64> {
+        let (version, hash) = self.acked?;
+        Some(match self.compiled {
+            Some((compiled, same, _)) if same == hash && compiled > version => compiled,
+            _ => version,
+        })
+    }
+
+    /// The newest revision it refused: a later compile with the refused
+    /// content (not sent again) is refused too.
+    fn refused(&self) -> Option<(u64, &str)> {
+        let nack = self.nack.as_ref()?;
+        let revision = match (self.compiled, self.nacked_hash) {
+            (Some((compiled, hash, _)), Some(nacked)) if hash == nacked => compiled.max(nack.version.get()),
+            _ => nack.version.get(),
+        };
+        Some((revision, nack.error.as_str()))
+    }
+
+    /// Records the time the revision in force rose, if it did.
+    fn note_reached(&mut self, now: SystemTime) {
+        let Some(revision) = self.in_force() else { return };
+        if self.reached.back().is_none_or(|(r, _)| *r < revision) {
+            if self.reached.len() == REACHED_KEPT {
+                self.reached.pop_front();
+            }
+            self.reached.push_back((revision, now));
+        }
+    }
+
+    /// When it first served `revision` or a newer one, if still known.
+    fn reached_at(&self, revision: u64) -> Option<SystemTime> {
+        self.reached.iter().find(|(r, _)| *r >= revision).map(|(_, t)| *t)
+    }
 }
 
 /// Every proxy that has connected since the control plane started.
@@ -55,6 +107,8 @@ pub struct Proxies {
     compiled_revision: AtomicU64,
     /// The mesh CA's roots, sent with every snapshot.
     trust_bundle: Mutex<String>,
+    /// When recent store revisions were written, oldest first, bounded.
+    writes: Mutex<VecDeque<(u64, SystemTime)>>,
 }
 
 /// What a proxy says in its Hello.
@@ -149,6 +203,7 @@ impl Proxies {
         if hello.hash != 0 {
             entry.acked = Some((hello.version, hello.hash));
             entry.latest = Some((hello.version, hello.hash));
+            entry.note_reached(SystemTime::now());
         }
         entry.session = Some(Session { id, holder, outbox, sent_hash: hello.hash, offered_revision: 0 });
         Ok(id)
@@ -196,6 +251,9 @@ impl Proxies {
             return false;
         }
         session.offered_revision = snapshot.version;
+        entry.compiled = Some((snapshot.version, snapshot.hash, snapshot.count));
+        entry.note_reached(SystemTime::now());
+        let Some(session) = entry.session.as_mut() else { return false };
         if snapshot.hash == session.sent_hash || Some(snapshot.hash) == nacked {
             return false;
         }
@@ -228,6 +286,7 @@ impl Proxies {
         let Some(entry) = entries.get_mut(name).filter(|e| e.session.as_ref().is_some_and(|s| s.id == session)) else { return };
         entry.last_seen = Some(SystemTime::now());
         entry.acked = Some((version, hash));
+        entry.note_reached(SystemTime::now());
         // A newer snapshot in force supersedes an older rejection.
         if entry.nack.as_ref().is_some_and(|n| n.version.get() <= version) {
             entry.nack = None;
@@ -245,6 +304,48 @@ impl Proxies {
         for line in error.lines() {
             tracing::error!(proxy = name, version, "snapshot rejected: {line}");
         }
+    }
+
+    /// Records that the store wrote `revision` at `at` (for `slowestMs`).
+    pub fn written(&self, revision: u64, at: SystemTime) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        if writes.back().is_some_and(|(r, _)| *r >= revision) {
+            return;
+        }
+        if writes.len() == WRITES_KEPT {
+            writes.pop_front();
+        }
+        writes.push_back((revision, at));
+    }
+
+    /// `status.applied` of a resource whose current version is `version`:
+    /// among the connected proxies `needs` says depend on it (given each
+    /// one's name and, for an agent, node), how many serve that version or
+    /// a newer one, the slowest to get there, and who refused it. Computed
+    /// from what each proxy acked: nothing is kept per resource.
+    pub fn applied(&self, version: u64, mut needs: impl FnMut(&str, Option<&str>) -> bool) -> Applied {
+        let written = {
+            let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            writes.iter().find(|(r, _)| *r == version).map(|(_, t)| *t)
+        };
+        let entries = self.lock();
+        let mut out = Applied::default();
+        for (name, e) in entries.iter().filter(|(_, e)| e.session.is_some()) {
+            if !needs(name.as_str(), e.node.as_deref()) {
+                continue;
+            }
+            out.needed += 1;
+            if e.in_force().is_some_and(|r| r >= version) {
+                out.acknowledged += 1;
+                let took = written.zip(e.reached_at(version)).and_then(|(w, r)| r.duration_since(w).ok());
+                if let Some(ms) = took.map(|d| d.as_millis() as u64) {
+                    out.slowest_ms = Some(out.slowest_ms.map_or(ms, |s| s.max(ms)));
+                }
+            } else if let Some((revision, reason)) = e.refused().filter(|(r, _)| *r >= version) {
+                out.nacks.push(AppliedNack { proxy: name.clone(), reason: reason.to_string(), revision: ResourceVersion::new(revision) });
+            }
+        }
+        out
     }
 
     /// Every proxy that has connected, plus those named by `declared`
@@ -267,6 +368,12 @@ impl Proxies {
                     acked_version: e.acked.map(|(v, _)| ResourceVersion::new(v)),
                     nack: e.nack.clone(),
                     last_seen: e.last_seen.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    lag: match (&e.session, e.compiled, e.in_force()) {
+                        (Some(_), Some((compiled, _, _)), Some(in_force)) => Some(compiled.saturating_sub(in_force)),
+                        (Some(_), None, Some(_)) => Some(0),
+                        _ => None,
+                    },
+                    subscribed: e.session.as_ref().and(e.compiled).map(|(_, _, count)| count as u64),
                 },
             );
         }
@@ -359,5 +466,89 @@ mod tests {
         let (tx, _rx) = watch::channel(None);
         proxies.connect(&agent, tx).unwrap();
         assert!(proxies.offer("agent/edge", &snapshot(5, 30)), "a new agent stream gets it again");
+    }
+
+    /// Every proxy needs the resource in these tests.
+    fn everyone(_: &str, node: Option<&str>) -> bool {
+        node.is_none()
+    }
+
+    #[test]
+    fn applied_counts_the_proxies_serving_a_version_and_names_who_refused_it() {
+        let proxies = Proxies::default();
+        let connect = |name: &'static str| {
+            let (tx, rx) = watch::channel(None);
+            let s = proxies.connect(&Hello { name, ..hello(0, 0) }, tx).unwrap();
+            (s, rx)
+        };
+        let ((a, _ra), (b, _rb), (c, _rc)) = (connect("a"), connect("b"), connect("c"));
+        let t0 = SystemTime::now() - std::time::Duration::from_secs(1);
+        proxies.written(5, t0);
+        // Written, not compiled yet: nobody serves it.
+        assert_eq!(proxies.applied(5, everyone), Applied { acknowledged: 0, needed: 3, slowest_ms: None, nacks: vec![] });
+        for name in ["a", "b", "c"] {
+            assert!(proxies.offer(name, &snapshot(5, 50)));
+        }
+        proxies.ack("a", a, 5, 50);
+        proxies.nack("b", b, 5, 50, "route web: unknown service\nmore detail");
+        let applied = proxies.applied(5, everyone);
+        assert_eq!((applied.acknowledged, applied.needed), (1, 3));
+        assert!(applied.slowest_ms.is_some_and(|ms| ms >= 1000), "{applied:?}");
+        assert_eq!(applied.nacks.len(), 1);
+        assert_eq!((applied.nacks[0].proxy.as_str(), applied.nacks[0].revision), ("b", 5.into()));
+        assert!(applied.nacks[0].reason.starts_with("route web: unknown service"));
+        // A later write that leaves a's snapshot as it was needs no new ACK
+        // from a; b's refused content is refused at the new revision too.
+        proxies.written(6, SystemTime::now());
+        for name in ["a", "b", "c"] {
+            proxies.offer(name, &snapshot(6, 50));
+        }
+        let applied = proxies.applied(6, everyone);
+        assert_eq!((applied.acknowledged, applied.needed, applied.nacks.len()), (1, 3, 1));
+        proxies.ack("c", c, 5, 50);
+        assert_eq!(proxies.applied(6, everyone).acknowledged, 2, "c serves the content of revision 6");
+        // Who does not need it is not counted.
+        let only_a = proxies.applied(6, |name, _| name == "a");
+        assert_eq!((only_a.acknowledged, only_a.needed, only_a.nacks.len()), (1, 1, 0));
+        assert_eq!(proxies.applied(6, |_, _| false), Applied::default());
+        // A gone proxy needs nothing.
+        proxies.disconnect("b", b);
+        assert_eq!(proxies.applied(6, everyone).needed, 2);
+    }
+
+    #[test]
+    fn lag_is_the_revisions_between_the_newest_compile_and_what_it_serves() {
+        let proxies = Proxies::default();
+        let (tx, _rx) = watch::channel(None);
+        let s = proxies.connect(&hello(0, 0), tx).unwrap();
+        assert_eq!(proxies.status(&[])[0].lag, None, "nothing acknowledged yet");
+        proxies.offer("edge", &ProxySnapshot { count: 4, ..snapshot(3, 30) });
+        proxies.ack("edge", s, 3, 30);
+        assert_eq!((proxies.status(&[])[0].lag, proxies.status(&[])[0].subscribed), (Some(0), Some(4)));
+        proxies.offer("edge", &snapshot(9, 90));
+        assert_eq!(proxies.status(&[])[0].lag, Some(6));
+        proxies.offer("edge", &snapshot(12, 90));
+        assert_eq!(proxies.status(&[])[0].lag, Some(9), "still on 3");
+        proxies.ack("edge", s, 9, 90);
+        assert_eq!(proxies.status(&[])[0].lag, Some(0), "90 is the content of 12 too");
+        proxies.disconnect("edge", s);
+        assert_eq!(proxies.status(&[])[0].lag, None);
+    }
+
+    #[test]
+    fn memory_of_write_and_ack_times_is_bounded() {
+        let proxies = Proxies::default();
+        let now = SystemTime::now();
+        for revision in 1..=(WRITES_KEPT as u64 + 10) {
+            proxies.written(revision, now);
+        }
+        assert_eq!(proxies.writes.lock().unwrap().len(), WRITES_KEPT);
+        let (tx, _rx) = watch::channel(None);
+        let s = proxies.connect(&hello(0, 0), tx).unwrap();
+        for revision in 1..=(REACHED_KEPT as u64 * 2) {
+            proxies.offer("edge", &snapshot(revision, revision));
+            proxies.ack("edge", s, revision, revision);
+        }
+        assert_eq!(proxies.lock()["edge"].reached.len(), REACHED_KEPT);
     }
 }

@@ -47,6 +47,9 @@ pub struct MeshView {
     /// Authorization policies, each encoded once: a sidecar gets those
     /// selecting its service, a proxy with inbound listeners all of them.
     policies: Vec<(PolicySelector, String)>,
+    /// CNFs a route rule names (those snapshots carry), and whether any
+    /// does (then every NetworkFunction goes too).
+    chained_cnfs: BTreeSet<String>,
 }
 
 /// How a sidecar's inbound listener serves a service whose policy says `mode`
@@ -105,7 +108,9 @@ impl MeshView {
                 Spec::AuthorizationPolicy(p) => policies.push((r.name().to_string(), p.selector.clone(), encode(&clean(r)))),
             }
         }
-        passthrough.extend(chained(&routes, &cnfs, &functions));
+        let chain = chained(&routes, &cnfs, &functions);
+        let chained_cnfs = chain.iter().filter(|r| matches!(r.spec, Spec::Cnf(_))).map(|r| r.name().to_string()).collect();
+        passthrough.extend(chain);
         for (service, port) in workload_ports {
             services.entry(service.to_string()).or_insert_with(|| ServiceSpec {
                 ports: vec![ServicePort { name: "http".to_string(), port, protocol: AppProtocol::Http }],
@@ -178,7 +183,7 @@ impl MeshView {
         let route_names = routes.iter().filter(|r| !passthrough_only(r)).map(|r| r.name().to_string()).collect();
         policies.sort_by(|a, b| a.0.cmp(&b.0));
         let policies = policies.into_iter().map(|(_, selector, json)| (selector, json)).collect();
-        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes, policies }
+        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes, policies, chained_cnfs }
     }
 
     /// Points every declared proxy without tracing settings at `endpoint`
@@ -197,6 +202,28 @@ impl MeshView {
     /// Names of the proxies declared by `Proxy` resources.
     pub fn proxy_names(&self) -> impl Iterator<Item = &str> {
         self.proxies.keys().map(String::as_str)
+    }
+
+    /// Whether the snapshot of `proxy` depends on `r` (decision 0025): its
+    /// own Proxy; a gateway's listeners; every Service, Endpoints, Route,
+    /// TrafficPolicy and Workload (every proxy serves every route); the
+    /// CNFs a route names and, when one does, every NetworkFunction; the
+    /// AuthorizationPolicies its inbound listeners enforce. Nothing else
+    /// (rollouts, events, datapath rules) reaches a proxy.
+    pub fn needs(&self, proxy: &str, r: &Resource) -> bool {
+        let sidecar = self.proxies.get(proxy).and_then(|p| p.sidecar.as_ref());
+        match &r.spec {
+            Spec::Proxy(_) => r.name() == proxy,
+            Spec::Listener(l) => sidecar.is_none() && l.proxy.as_deref().is_none_or(|p| p == proxy),
+            Spec::Service(_) | Spec::Endpoints(_) | Spec::Route(_) | Spec::TrafficPolicy(_) | Spec::Workload(_) => true,
+            Spec::Cnf(_) => self.chained_cnfs.contains(r.name()),
+            Spec::NetworkFunction(_) => !self.chained_cnfs.is_empty(),
+            Spec::AuthorizationPolicy(p) => match sidecar {
+                Some(s) => p.selector.selects(&s.service, Some(&s.workload)),
+                None => self.listeners.iter().any(|(_, l)| l.direction == "inbound" && l.proxy.as_deref().is_none_or(|p| p == proxy)),
+            },
+            Spec::Rollout(_) | Spec::RolloutStatus(_) | Spec::Event(_) | Spec::DatapathRule(_) | Spec::DatapathRuleStatus(_) => false,
+        }
     }
 
     /// The snapshot of `proxy`; a proxy without a `Proxy` resource is a gateway with default settings.

@@ -378,3 +378,36 @@ fn policies_go_to_the_proxies_in_front_of_what_they_select() {
     assert_valid(&other);
     assert_eq!(names(&other), ["api-from-web", "web-no-admin"], "`elsewhere` is an inbound listener (the default direction)");
 }
+
+/// `needs` (what `status.applied` counts) says exactly which resources a
+/// proxy's snapshot depends on: taking a resource out of the mesh changes a
+/// proxy's snapshot if and only if that proxy needs it.
+#[test]
+fn a_proxy_needs_exactly_the_resources_its_snapshot_depends_on() {
+    let text = MESH.replace(
+        "  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]",
+        "  - backends: [{service: web, version: v1, weight: 80}, {service: web, version: v2, weight: 20}]\n    chain: edge",
+    );
+    let mut all: Vec<Resource> = trefoil_model::load_str(&Arc::from("mesh.yaml"), &format!("{text}{CHAINS}"))
+        .expect("mesh parses")
+        .into_iter()
+        .map(|s| s.resource)
+        .collect();
+    all.extend(trefoil_model::load_str(&Arc::from("p.yaml"), POLICIES).unwrap().into_iter().map(|s| s.resource));
+    let view = MeshView::new(&all);
+    let mut needed = BTreeMap::new();
+    for proxy in ["gateway", "api-0", "other"] {
+        let whole = view.snapshot_for(proxy, 1).hash;
+        for (i, r) in all.iter().enumerate() {
+            let mut without = all.clone();
+            without.remove(i);
+            let depends = MeshView::new(&without).snapshot_for(proxy, 1).hash != whole;
+            assert_eq!(view.needs(proxy, r), depends, "{proxy} and {}/{}", r.kind(), r.name());
+            *needed.entry(proxy).or_insert(0) += usize::from(depends);
+        }
+    }
+    // Not everything, and not the same things: the cases above are real.
+    assert!(needed.values().all(|n| *n < all.len()), "{needed:?}");
+    assert!(!view.needs("gateway", all.iter().find(|r| r.name() == "elsewhere").unwrap()));
+    assert!(!view.needs("api-0", all.iter().find(|r| r.name() == "idle").unwrap()));
+}
