@@ -1,5 +1,5 @@
 //! The `trefoil` command: parses arguments, runs a command, prints results.
-//! Exit codes: 0 ok, 1 runtime failure, 2 bad input.
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad input, 3 a wait timed out.
 
 mod commands;
 mod output;
@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
     name = "trefoil",
     version,
     about = "Trefoil: a service mesh for cloud-native network functions",
-    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 bad input (with the error's file:line:column).",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 bad input (with the error's file:line:column), 3 a wait (`apply --wait`) timed out.",
     propagate_version = true
 )]
 struct Cli {

@@ -35,6 +35,10 @@ pub(crate) mod exit {
     pub(crate) fn bad_input() -> ExitCode {
         ExitCode::from(2)
     }
+    /// A wait (`apply --wait`) whose time ran out first.
+    pub(crate) fn timed_out() -> ExitCode {
+        ExitCode::from(3)
+    }
 }
 
 /// The single-threaded async runtime commands run on; `None` after telling the user why not.

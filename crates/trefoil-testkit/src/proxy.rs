@@ -185,6 +185,11 @@ impl StreamProxy {
         self.process.log()
     }
 
+    /// Sends it `signal` (SIGSTOP: a proxy that stops answering; SIGCONT to resume).
+    pub fn signal(&self, signal: i32) {
+        self.process.signal(signal);
+    }
+
     /// SIGTERM, then its exit code once it has drained.
     pub fn terminate(&mut self) -> Option<i32> {
         self.process.signal(libc::SIGTERM);

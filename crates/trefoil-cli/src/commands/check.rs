@@ -17,6 +17,7 @@ pub(crate) const ABOUT: &str = "Check the mesh and print one line per check with
   control plane    its REST API answers
   proxy NAME       connected to the control plane and running the newest snapshot (acked, no NACK)
   proxy NAME ready its admin /ready answers 200
+  proxy NAME lag   warn: it serves a snapshot more than --max-lag store revisions older than the newest compiled for it
   workload NAME    as many ready replicas (Endpoints of its service) as spec.replicas asks
   tls SERVICE      warn: a TrafficPolicy says `tls: disable`, so hops to it between proxies are plaintext";
 
@@ -25,10 +26,17 @@ pub(crate) const ABOUT: &str = "Check the mesh and print one line per check with
 pub(crate) struct Args {
     #[command(flatten)]
     server: super::client::Server,
+    /// Warn about a proxy (or node agent) serving a snapshot more than this many store revisions behind the newest compiled for it.
+    #[arg(long, default_value_t = DEFAULT_MAX_LAG, value_name = "N")]
+    max_lag: u64,
     /// Output format (json/yaml: {checks: [{name, ok, detail}], ok}).
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     output: Format,
 }
+
+/// `--max-lag`: a few bursts of writes behind is normal while a proxy
+/// catches up; this many store revisions is a proxy that stopped keeping up.
+const DEFAULT_MAX_LAG: u64 = 50;
 
 /// One check's outcome.
 #[derive(Serialize)]
@@ -59,7 +67,7 @@ struct Outcome {
 
 pub(crate) fn run(args: Args) -> ExitCode {
     let Some(rt) = current_thread_runtime() else { return exit::failure() };
-    let checks = rt.block_on(checks(&args.server.url(), args.server.client()));
+    let checks = rt.block_on(checks(&args.server.url(), args.server.client(), args.max_lag));
     let outcome = Outcome { ok: checks.iter().all(|c| c.ok), checks };
     match args.output {
         Format::Table => {
@@ -84,19 +92,19 @@ pub(crate) fn run(args: Args) -> ExitCode {
 /// One deadline for every call: a check that hangs is a failed check.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn checks(server: &str, control: Client) -> Vec<Check> {
+async fn checks(server: &str, control: Client, max_lag: u64) -> Vec<Check> {
     let control = control.with_timeout(TIMEOUT);
     if let Err(e) = control.reachable().await {
         // Every other check asks the control plane; one clear failure beats many echoes.
         return vec![Check::new("control plane", false, e.to_string())];
     }
     let mut out = vec![Check::new("control plane", true, format!("reachable at {server}"))];
-    out.extend(proxy_checks(&control, &Fetcher::new(TIMEOUT)).await);
+    out.extend(proxy_checks(&control, &Fetcher::new(TIMEOUT), max_lag).await);
     out.extend(workload_checks(&control).await);
     out
 }
 
-async fn proxy_checks(control: &Client, fetcher: &Fetcher) -> Vec<Check> {
+async fn proxy_checks(control: &Client, fetcher: &Fetcher, max_lag: u64) -> Vec<Check> {
     let proxies = match control.proxies().await {
         Ok(p) => p.items,
         Err(e) if e.status() == Some(404) => {
@@ -114,6 +122,7 @@ async fn proxy_checks(control: &Client, fetcher: &Fetcher) -> Vec<Check> {
     let mut out = Vec::new();
     for p in &proxies {
         out.push(config_check(p));
+        out.extend(lag_check(p, max_lag));
         // A node agent has no admin listener; its table's ACK is its check.
         if p.node.is_none() {
             out.push(ready_check(fetcher, p).await);
@@ -139,6 +148,19 @@ fn config_check(p: &ProxyStatus) -> Check {
         Some(nack) => Check::new(name, false, format!("refused snapshot {}: {}", nack.version, nack.error)),
         None => Check::new(name, false, format!("runs snapshot {acked}, newest is {latest}")),
     }
+}
+
+/// A warning for a proxy more than `max_lag` store revisions behind.
+fn lag_check(p: &ProxyStatus, max_lag: u64) -> Option<Check> {
+    let lag = p.lag.filter(|lag| *lag > max_lag)?;
+    Some(Check::warn(
+        format!("proxy {} lag", p.name),
+        format!(
+            "serves snapshot {}, {lag} store revisions behind the newest compiled for it ({}); more than --max-lag {max_lag}",
+            version_text(p.acked_version),
+            version_text(p.latest_version)
+        ),
+    ))
 }
 
 async fn ready_check(fetcher: &Fetcher, p: &ProxyStatus) -> Check {
@@ -226,6 +248,17 @@ mod tests {
             config_check(&status(r#"{"name":"gw","connected":true,"latestVersion":9,"ackedVersion":9,"nack":{"version":8,"error":"x"}}"#))
                 .ok
         );
+    }
+
+    #[test]
+    fn a_proxy_more_revisions_behind_than_allowed_is_a_warning() {
+        let behind = status(r#"{"name":"gw","connected":true,"latestVersion":80,"ackedVersion":20,"lag":60}"#);
+        let c = lag_check(&behind, 50).unwrap();
+        assert!(c.ok && c.warning);
+        assert_eq!(c.name, "proxy gw lag");
+        assert!(c.detail.contains("60 store revisions behind"), "{}", c.detail);
+        assert!(lag_check(&behind, 60).is_none(), "at the limit is fine");
+        assert!(lag_check(&status(r#"{"name":"gw","connected":false}"#), 0).is_none(), "no lag known");
     }
 
     #[test]

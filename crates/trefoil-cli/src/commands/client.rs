@@ -29,10 +29,21 @@ pub(crate) struct Server {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "With --wait, apply returns once every proxy (and node agent) whose snapshot depends on an \
+applied object serves its new resourceVersion (its `status.applied`: acknowledged == needed), printing progress on a \
+terminal. Exit codes: 0 applied everywhere, 1 a proxy refused it (NACK: the proxy and its reason are printed) or \
+the control plane failed, 2 bad input, 3 --timeout passed first. With -o json|yaml the final status of each object \
+is in its `applied` field.")]
 pub(crate) struct ApplyArgs {
     /// A YAML file, or a directory of *.yaml / *.yml files.
     #[arg(short = 'f', long = "file")]
     path: PathBuf,
+    /// Wait until every proxy that needs an applied object acknowledges it, or one refuses it.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (exit 3 after it).
+    #[arg(long, value_parser = super::proxy::parse_duration, default_value = "30s", value_name = "DURATION", requires = "wait")]
+    timeout: std::time::Duration,
     #[command(flatten)]
     server: Server,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
@@ -143,6 +154,70 @@ struct Applied {
     result: String,
     #[serde(rename = "resourceVersion", skip_serializing_if = "Option::is_none")]
     resource_version: Option<ResourceVersion>,
+    /// With --wait: the object's `status.applied` when the wait ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<trefoil_api::Applied>,
+}
+
+/// How often `apply --wait` reads the objects' status.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `status.applied` of a resource as the API returned it.
+fn applied_of(value: &serde_json::Value) -> Option<trefoil_api::Applied> {
+    serde_json::from_value(value.get("status")?.get("applied")?.clone()).ok()
+}
+
+/// Where `apply --wait` ended.
+enum Waited {
+    Everywhere,
+    Refused,
+    TimedOut,
+}
+
+/// Polls the status of every written object until each is acknowledged by
+/// every proxy that needs it (at its written version or newer), one is
+/// refused, or `timeout` passes. Progress goes to stderr on a terminal.
+async fn wait_applied(client: &Client, server: &str, results: &mut [Applied], timeout: std::time::Duration) -> Result<Waited, ExitCode> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut said: Vec<Option<(u64, u64)>> = vec![None; results.len()];
+    loop {
+        let mut pending = false;
+        for (i, r) in results.iter_mut().enumerate() {
+            let Some(written) = r.resource_version else { continue };
+            let (kind, name) = r.resource.split_once('/').unwrap_or((&r.resource, ""));
+            let value = match client.get_value(kind, name).await {
+                Ok(v) => v,
+                // Deleted since: nothing is left to apply.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(report(server, &e)),
+            };
+            let current = value["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<ResourceVersion>().ok());
+            let Some(applied) = applied_of(&value) else {
+                eprintln!("error: the control plane at {server} does not report status.applied (an older version?); cannot --wait");
+                return Err(exit::failure());
+            };
+            // A newer write by someone else counts: its status covers ours.
+            let done = applied.complete() && current.is_some_and(|c| c >= written);
+            if progress && said[i] != Some((applied.acknowledged, applied.needed)) {
+                eprintln!("{}: {}/{} acknowledged", r.resource, applied.acknowledged, applied.needed);
+                said[i] = Some((applied.acknowledged, applied.needed));
+            }
+            pending |= !done;
+            let refused = !applied.nacks.is_empty();
+            r.applied = Some(applied);
+            if refused {
+                return Ok(Waited::Refused);
+            }
+        }
+        if !pending {
+            return Ok(Waited::Everywhere);
+        }
+        if tokio::time::Instant::now() + WAIT_POLL > deadline {
+            return Ok(Waited::TimedOut);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
 }
 
 pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
@@ -179,7 +254,38 @@ pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
             if args.output == Format::Table {
                 println!("{id} {result}");
             }
-            results.push(Applied { resource: id, result, resource_version: rv });
+            results.push(Applied { resource: id, result, resource_version: rv, applied: None });
+        }
+        if args.wait && code == exit::ok() {
+            code = match wait_applied(&client, &args.server.url(), &mut results, args.timeout).await {
+                Err(code) => return code,
+                Ok(Waited::Everywhere) => {
+                    if args.output == Format::Table {
+                        for r in &results {
+                            if let Some(a) = &r.applied {
+                                println!("{}: applied {}/{}", r.resource, a.acknowledged, a.needed);
+                            }
+                        }
+                    }
+                    exit::ok()
+                }
+                Ok(Waited::Refused) => {
+                    for r in &results {
+                        for n in r.applied.iter().flat_map(|a| &a.nacks) {
+                            let reason = n.reason.lines().collect::<Vec<_>>().join("; ");
+                            eprintln!("error: {} refused by {} (snapshot {}): {reason}", r.resource, n.proxy, n.revision);
+                        }
+                    }
+                    exit::failure()
+                }
+                Ok(Waited::TimedOut) => {
+                    for r in results.iter().filter(|r| r.applied.as_ref().is_some_and(|a| !a.complete())) {
+                        let a = r.applied.as_ref().map_or((0, 0), |a| (a.acknowledged, a.needed));
+                        eprintln!("error: {}: {}/{} acknowledged after {}", r.resource, a.0, a.1, humantime::format_duration(args.timeout));
+                    }
+                    exit::timed_out()
+                }
+            };
         }
         if args.output != Format::Table {
             print_structured(args.output, &results);
@@ -200,28 +306,44 @@ pub(crate) fn get(args: GetArgs) -> ExitCode {
     }
     run_async(async move {
         let (server, client) = (&args.server.url(), args.server.client());
-        let items = match &args.name {
-            Some(name) => match client.get(&args.kind, name).await {
+        let values = match &args.name {
+            Some(name) => match client.get_value(&args.kind, name).await {
                 Ok(r) if args.output == Format::Table => vec![r],
                 Ok(r) => return printed(args.output, &r),
                 Err(e) => return report(server, &e),
             },
-            None => match client.list(&args.kind).await {
+            None => match client.list_values(&args.kind).await {
                 Ok(list) if args.output == Format::Table => list.items,
                 Ok(list) => return printed(args.output, &list),
                 Err(e) => return report(server, &e),
             },
         };
-        if items.first().is_some_and(|i| matches!(i.spec, Spec::Event(_))) {
-            crate::commands::rollout::print_events(&items);
+        let mut items = Vec::with_capacity(values.len());
+        for v in &values {
+            match serde_json::from_value::<trefoil_model::Resource>(v.clone()) {
+                Ok(r) => items.push((r, applied_of(v))),
+                Err(e) => {
+                    eprintln!("error: the control plane at {server} answered with a resource this build cannot read: {e}");
+                    return exit::failure();
+                }
+            }
+        }
+        if items.first().is_some_and(|(i, _)| matches!(i.spec, Spec::Event(_))) {
+            let events: Vec<_> = items.into_iter().map(|(r, _)| r).collect();
+            crate::commands::rollout::print_events(&events);
             return exit::ok();
         }
-        println!("{:<16} {:<32} {:>8} {:>10}", "KIND", "NAME", "VERSION", "GENERATION");
-        for item in items {
+        println!("{:<16} {:<32} {:>8} {:>10} {:>8}", "KIND", "NAME", "VERSION", "GENERATION", "APPLIED");
+        for (item, applied) in items {
             let m = &item.metadata;
-            // The generation unpadded, as this table has always printed it.
             let generation = m.generation.map_or_else(|| "null".to_string(), |g| g.to_string());
-            println!("{:<16} {:<32} {:>8} {generation}", item.kind(), m.name, m.resource_version.as_deref().unwrap_or(""));
+            println!(
+                "{:<16} {:<32} {:>8} {generation:>10} {:>8}",
+                item.kind(),
+                m.name,
+                m.resource_version.as_deref().unwrap_or(""),
+                applied_text(applied.as_ref())
+            );
         }
         exit::ok()
     })
@@ -257,16 +379,21 @@ fn get_proxy_status(args: GetArgs) -> ExitCode {
         if args.output != Format::Table {
             return printed(args.output, &items);
         }
-        println!("{:<24} {:<9} {:>8} {:>8}  NACK", "NAME", "CONNECTED", "ACKED", "LATEST");
+        println!("{:<24} {:<9} {:>8} {:>8} {:>5} {:>10}  NACK", "NAME", "CONNECTED", "ACKED", "LATEST", "LAG", "SUBSCRIBED");
         for p in &items {
-            let ProxyStatus { name, connected, acked_version, latest_version, nack, .. } = p;
+            let ProxyStatus { name, connected, acked_version, latest_version, nack, lag, subscribed, .. } = p;
+            let (lag, subscribed) = (count_text(*lag), count_text(*subscribed));
             let nack = match nack {
                 // The first line of the error is the one that says what; the rest is in -o json.
                 Some(n) => format!("version {}: {}", n.version, n.error.lines().next().unwrap_or("")),
                 None => "-".to_string(),
             };
             let connected = if *connected { "yes" } else { "no" };
-            println!("{name:<24} {connected:<9} {:>8} {:>8}  {nack}", version_text(*acked_version), version_text(*latest_version));
+            println!(
+                "{name:<24} {connected:<9} {:>8} {:>8} {lag:>5} {subscribed:>10}  {nack}",
+                version_text(*acked_version),
+                version_text(*latest_version)
+            );
         }
         exit::ok()
     })
@@ -306,6 +433,20 @@ fn get_audit(args: GetArgs) -> ExitCode {
         }
         exit::ok()
     })
+}
+
+/// The APPLIED column: `acknowledged/needed`, `-` when no proxy needs it
+/// (or the server does not say), with `!` when a proxy refused it.
+fn applied_text(applied: Option<&trefoil_api::Applied>) -> String {
+    match applied {
+        Some(a) if a.needed > 0 => format!("{}/{}{}", a.acknowledged, a.needed, if a.nacks.is_empty() { "" } else { "!" }),
+        _ => "-".to_string(),
+    }
+}
+
+/// A count for a table: `-` when there is none.
+fn count_text(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
 /// A snapshot version for a table: `-` when there is none.

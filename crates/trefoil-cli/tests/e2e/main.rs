@@ -6,6 +6,7 @@
 //! once per file. The harness they share, process wrappers and all, is
 //! `trefoil-testkit`; nothing here is a helper another module copies.
 
+mod applied_status;
 mod authz_e2e;
 mod chain_callout;
 mod chain_events;
