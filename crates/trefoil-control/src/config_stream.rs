@@ -274,6 +274,9 @@ pub struct Compiler {
     store: Arc<Store>,
     proxies: Arc<Proxies>,
     latest: Mutex<Option<(u64, Arc<View>)>>,
+    /// The newest view built, for reads (`status.applied`): its lock is held
+    /// only to clone it, never while a view is built under `latest`'s.
+    published: Mutex<Option<Arc<View>>>,
     /// The trace collector's base URL, for proxies that configure no tracing.
     collector: Option<String>,
     /// One compile at a time: they would only compete for the same cores
@@ -283,7 +286,7 @@ pub struct Compiler {
 
 impl Compiler {
     pub fn new(store: Arc<Store>, proxies: Arc<Proxies>, collector: Option<String>) -> Self {
-        Compiler { store, proxies, latest: Mutex::new(None), collector, turn: tokio::sync::Semaphore::new(1) }
+        Compiler { store, proxies, latest: Mutex::new(None), published: Mutex::new(None), collector, turn: tokio::sync::Semaphore::new(1) }
     }
 
     /// [`Compiler::refresh`] on a blocking thread. Compiling a large mesh for
@@ -332,7 +335,7 @@ impl Compiler {
     /// build cannot read.
     pub fn applied(&self, stored: &crate::store::Stored) -> Option<trefoil_api::Applied> {
         let resource: Resource = serde_json::from_value(stored.value.clone()).ok()?;
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, v)| v.clone());
+        let latest = self.published.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // Reading never compiles, except once before anything was.
         let view = match latest {
             Some(view) => view,
@@ -384,6 +387,7 @@ impl Compiler {
             tracing::warn!(error = %e, "cannot record the events of unresolved datapath rules");
         }
         *latest = Some((revision, view.clone()));
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Some(view.clone());
         (revision, view)
     }
 }
