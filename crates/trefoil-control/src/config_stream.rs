@@ -739,6 +739,41 @@ mod tests {
         names
     }
 
+    /// `status.applied` counts node agents for the DatapathRules of their
+    /// node and proxies for what their snapshots hold, and moves once each
+    /// acknowledges the compile that holds the write.
+    #[test]
+    fn applied_counts_agents_for_their_nodes_rules_and_proxies_for_the_mesh() {
+        let (_dir, store, proxies, compiler) = fresh("applied");
+        let mut outboxes = Vec::new();
+        let mut sessions = Vec::new();
+        for (name, node) in [("agent/edge", Some("edge")), ("agent/core", Some("core")), ("gw", None)] {
+            let (tx, rx) = watch::channel(None);
+            let hello = Hello { name, admin_address: "", version: 0, hash: 0, pid: 1, peer: "127.0.0.1:1", node };
+            sessions.push((name, proxies.connect(&hello, tx).unwrap()));
+            outboxes.push(rx);
+        }
+        apply(&store, &rule("block", "{match: {source: [10.0.1.2]}, action: drop, node: edge}"));
+        apply(&store, &rule("everywhere", "{match: {source: [10.0.9.9]}, action: drop}"));
+        apply(
+            &store,
+            "apiVersion: trefoil.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec: {endpoints: [{address: \"127.0.0.1:9000\"}]}\n",
+        );
+        let applied = |kind: &str, name: &str| compiler.applied(&store.get(kind, name).unwrap()).unwrap();
+        let counts = |a: trefoil_api::Applied| (a.acknowledged, a.needed);
+        assert_eq!(counts(applied("DatapathRule", "block")), (0, 1));
+        assert_eq!(counts(applied("DatapathRule", "everywhere")), (0, 2));
+        assert_eq!(counts(applied("Service", "web")), (0, 1), "agents do not get services");
+        compiler.refresh(None);
+        for ((name, session), rx) in sessions.iter().zip(&outboxes) {
+            let sent = rx.borrow().clone().expect("a snapshot was offered");
+            proxies.ack(name, *session, sent.version, sent.hash);
+        }
+        assert_eq!(counts(applied("DatapathRule", "block")), (1, 1));
+        assert_eq!(counts(applied("DatapathRule", "everywhere")), (2, 2));
+        assert_eq!(counts(applied("Service", "web")), (1, 1));
+    }
+
     #[tokio::test]
     async fn a_node_agent_gets_its_nodes_table_acks_each_revision_and_hears_of_no_other_node() {
         let (addr, proxies, store, token) = control_for_agents("agent").await;
