@@ -283,6 +283,17 @@ impl Client {
         self.json(Method::GET, "/api/v1/audit", None).await.map(|(_, v)| v)
     }
 
+    /// `GET /api/v1/ca`: the mesh CA's signer and roots.
+    pub async fn ca_status(&self) -> Result<serde_json::Value, ApiError> {
+        self.json(Method::GET, "/api/v1/ca", None).await.map(|(_, v)| v)
+    }
+
+    /// `POST /api/v1/ca/rotate` (admin): a new root, the old one trusted for `overlap` (e.g. `24h`).
+    pub async fn rotate_ca(&self, overlap: Option<&str>) -> Result<serde_json::Value, ApiError> {
+        let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "overlap": overlap })).unwrap_or_default());
+        self.json(Method::POST, "/api/v1/ca/rotate", Some(body)).await.map(|(_, v)| v)
+    }
+
     /// One request; the status and body of a 2xx answer read as `T`.
     async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<(StatusCode, T), ApiError> {
         let request = format!("{method} {path}");

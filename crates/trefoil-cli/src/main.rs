@@ -85,6 +85,9 @@ enum Command {
     /// Bearer tokens for the REST API: create (secret shown once), list, revoke.
     #[command(long_about = commands::token::ABOUT)]
     Token(commands::token::Args),
+    /// The mesh CA: status (signer, roots, fingerprints) and rotate (admin).
+    #[command(long_about = commands::ca::ABOUT)]
+    Ca(commands::ca::Args),
     /// The operator portal: print a one-time login link (login-link).
     #[command(long_about = commands::portal::ABOUT)]
     Portal(commands::portal::Args),
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
         Command::Datapath(args) => commands::datapath::run(args),
         Command::Authz(args) => commands::authz::run(args),
         Command::Token(args) => commands::token::run(args),
+        Command::Ca(args) => commands::ca::run(args),
         Command::Portal(args) => commands::portal::run(args),
         Command::Config(args) => commands::config::run(args),
     }

@@ -465,7 +465,7 @@ mod tests {
         let (dir, store, proxies, compiler) = fresh(test);
         let tokens = crate::identity::join::JoinTokens::new(&dir);
         let issuer = Arc::new(Issuer::for_tests(&dir));
-        proxies.set_trust_bundle(issuer.trust_bundle());
+        proxies.set_trust_bundle(&issuer.trust_bundle());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let auth = Arc::new(Auth::new(store.clone(), false, addr).unwrap());

@@ -56,11 +56,13 @@ pub struct IdentityOptions {
     pub trust_domain: identity::TrustDomain,
     /// How long an issued SVID is valid; proxies renew at two thirds of it.
     pub svid_lifetime: Duration,
+    /// A CA the operator provides from files, in place of a generated root.
+    pub operator_ca: Option<identity::OperatorCa>,
 }
 
 impl Default for IdentityOptions {
     fn default() -> Self {
-        IdentityOptions { trust_domain: identity::TrustDomain::default(), svid_lifetime: identity::DEFAULT_LIFETIME }
+        IdentityOptions { trust_domain: identity::TrustDomain::default(), svid_lifetime: identity::DEFAULT_LIFETIME, operator_ca: None }
     }
 }
 
@@ -105,6 +107,8 @@ pub enum ControlError {
     Store(#[from] store::StoreError),
     #[error("the mesh CA: {0}")]
     Authority(#[from] identity::keep::KeepError),
+    #[error("the operator's CA: {0}")]
+    OperatorCa(#[from] identity::OperatorCaError),
     #[error("--svid-lifetime {0:?} is outside 5 seconds to 30 days")]
     Lifetime(Duration),
     #[error("cannot listen on {addr}: {source}")]
@@ -150,6 +154,32 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Keeps the trust bundle proxies are sent (and its file) the one in
+/// force: at each rotation, and when an overlap ends.
+async fn publish_bundle(issuer: Arc<identity::Issuer>, proxies: Arc<proxies::Proxies>, data_dir: PathBuf, stop: watch::Receiver<bool>) {
+    let mut rotations = issuer.subscribe();
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    loop {
+        let bundle = issuer.trust_bundle();
+        if proxies.set_trust_bundle(&bundle) {
+            let roots = bundle.matches("-----BEGIN CERTIFICATE-----").count();
+            tracing::info!(roots, "the trust bundle changed; every proxy gets it with its snapshot");
+            if let Err(e) = identity::keep::write_bundle(&data_dir, &issuer.trust_domain(), &bundle) {
+                tracing::error!(error = %e, "cannot write the trust bundle file");
+            }
+        }
+        let now = std::time::SystemTime::now();
+        // Just past the end of the overlap: the bundle then leaves the old root out.
+        let wait = issuer.next_change(now).map(|at| at.duration_since(now).unwrap_or_default() + Duration::from_millis(20));
+        tokio::select! {
+            changed = rotations.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            _ = &mut stop => return,
+        }
+    }
+}
+
 /// Runs the control plane until `shutdown` resolves.
 pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ControlError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ControlError::DataDir { path: options.data_dir.clone(), source })?;
@@ -160,8 +190,19 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     if !(identity::MIN_LIFETIME..=identity::MAX_LIFETIME).contains(&lifetime) {
         return Err(ControlError::Lifetime(lifetime));
     }
-    let authority = identity::keep::load_or_create(&options.data_dir, options.identity.trust_domain.clone(), std::time::SystemTime::now())?;
-    let issuer = Arc::new(identity::Issuer::new(authority, identity::join::JoinTokens::new(&options.data_dir), lifetime));
+    let now = std::time::SystemTime::now();
+    let trust_domain = options.identity.trust_domain.clone();
+    let tokens = identity::join::JoinTokens::new(&options.data_dir);
+    let issuer = match &options.identity.operator_ca {
+        Some(files) => identity::Issuer::new(identity::operator::load(files, trust_domain.clone(), now)?, tokens, lifetime),
+        None => {
+            let authority = identity::keep::load_or_create(&options.data_dir, trust_domain.clone(), now)?;
+            let retiring = identity::keep::load_retiring(&options.data_dir, &trust_domain, now)?;
+            identity::Issuer::kept(authority, retiring, options.data_dir.clone(), tokens, lifetime)
+        }
+    };
+    let issuer = Arc::new(issuer);
+    identity::keep::write_bundle(&options.data_dir, &trust_domain, &issuer.trust_bundle())?;
     if options.plaintext_stream && !options.grpc_listen.ip().to_canonical().is_loopback() {
         return Err(ControlError::PlaintextNotLocal(options.grpc_listen));
     }
@@ -197,7 +238,8 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     }
     let compiler = Arc::new(config_stream::Compiler::new(store.clone(), proxies.clone(), Some(format!("http://{collector_addr}"))));
     let distributor = tokio::spawn(config_stream::distribute(compiler.clone()));
-    proxies.set_trust_bundle(issuer.trust_bundle());
+    proxies.set_trust_bundle(&issuer.trust_bundle());
+    tokio::spawn(publish_bundle(issuer.clone(), proxies.clone(), options.data_dir.clone(), stop_rx.clone()));
     let stream_tls = match options.plaintext_stream {
         true => {
             tracing::warn!("--insecure-plaintext-stream: the config stream is plaintext and takes each proxy's name as said");
@@ -207,6 +249,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
             Some(identity::stream_tls::server_config(issuer.clone(), local(&grpc, options.grpc_listen)).map_err(ControlError::StreamTls)?)
         }
     };
+    let ca_api = issuer.clone();
     let service = config_stream::ConfigStreamService::new(compiler.clone(), issuer, auth.clone());
     let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
     let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
@@ -235,6 +278,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         .merge(live::router(live.clone()))
         .merge(live::graph_router(store.clone(), live))
         .merge(status::router(store, proxies))
+        .merge(identity::api::router(ca_api))
         .merge(auth::router(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
         // The portal's pages and script are public; what they show comes from the API, with a token.

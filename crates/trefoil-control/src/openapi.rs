@@ -64,6 +64,27 @@ fn secure(doc: &mut Value) {
             "resource": {"type": "string", "description": "Kind/name"}, "before": {"type": "string", "description": "resourceVersion before the write"}, "after": {"type": "string", "description": "resourceVersion after"}
         }}}}}}}}}
     }});
+    let certificate = json!({"type": "object", "required": ["subject", "fingerprint", "notAfter", "signing", "state"], "properties": {
+        "subject": {"type": "string"}, "fingerprint": {"type": "string", "description": "SHA-256 of the DER, colon-separated hex"},
+        "notAfter": {"type": "string", "format": "date-time"}, "signing": {"type": "boolean", "description": "new SVIDs are signed by it"},
+        "state": {"type": "string", "enum": ["active", "retiring"]}, "dropAt": {"type": "string", "format": "date-time", "description": "a retiring root leaves the trust bundle then"}
+    }});
+    let ca = json!({"type": "object", "required": ["trustDomain", "source", "signer", "roots", "generation", "svidLifetime"], "properties": {
+        "trustDomain": {"type": "string"}, "source": {"type": "string", "enum": ["generated", "operator"]},
+        "signer": certificate, "roots": {"type": "array", "items": certificate, "description": "the trust bundle proxies are sent now"},
+        "generation": {"type": "integer", "description": "bumped at each rotation"}, "svidLifetime": {"type": "string"}
+    }});
+    paths["/api/v1/ca"] = json!({"get": {
+        "summary": "The mesh CA: the certificate signing SVIDs and the roots in the trust bundle, with fingerprints and expiry; never a key",
+        "responses": {"200": {"description": "the CA", "content": {"application/json": {"schema": ca}}}}
+    }});
+    paths["/api/v1/ca/rotate"] = json!({"post": {
+        "summary": "Rotate the generated root (admin): a new root signs from now on, the old one stays in the trust bundle for the overlap (at least the SVID lifetime; default 24 h or the SVID lifetime if longer)",
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
+            "overlap": {"type": "string", "description": "a duration, e.g. 24h"}
+        }}}}},
+        "responses": {"200": {"description": "the CA after the rotation", "content": {"application/json": {"schema": ca}}}, "400": error, "409": error, "413": error}
+    }});
     for (path, operations) in paths.as_object_mut().into_iter().flatten() {
         for (method, operation) in operations.as_object_mut().into_iter().flatten() {
             if (path == "/v1/traces" || path == "/api/v1/login") && method == "post" {

@@ -225,9 +225,29 @@ impl Proxies {
         }
     }
 
-    /// The roots sent with every snapshot from now on.
-    pub fn set_trust_bundle(&self, pem: &str) {
-        *self.trust_bundle.lock().unwrap_or_else(|e| e.into_inner()) = pem.to_string();
+    /// The roots sent with every snapshot from now on. When they change,
+    /// every proxy with a stream gets its last snapshot again with the new
+    /// roots (same version and hash: only the bundle is new), so that a
+    /// rotation reaches proxies without waiting for a config change.
+    /// Returns whether the bundle changed.
+    pub fn set_trust_bundle(&self, pem: &str) -> bool {
+        {
+            let mut bundle = self.trust_bundle.lock().unwrap_or_else(|e| e.into_inner());
+            if *bundle == pem {
+                return false;
+            }
+            *bundle = pem.to_string();
+        }
+        for (name, entry) in self.lock().iter_mut() {
+            let Some(session) = entry.session.as_mut() else { continue };
+            let last = session.outbox.borrow().clone();
+            if let Some(mut snapshot) = last.filter(|s| s.identity.is_none()) {
+                snapshot.trust_bundle_pem = pem.to_string();
+                session.outbox.send_replace(Some(snapshot));
+                tracing::info!(proxy = %name, "sending the new trust bundle");
+            }
+        }
+        true
     }
 
     /// Names of the proxies and agents with an open stream.

@@ -90,7 +90,15 @@ impl Identity {
             return;
         }
         match TrustBundle::parse(pem) {
-            Ok(bundle) => self.bundle.store(Some(Arc::new(bundle))),
+            Ok(bundle) => {
+                if self.bundle().is_some() {
+                    tracing::info!(
+                        roots = pem.matches("-----BEGIN CERTIFICATE-----").count(),
+                        "took a new trust bundle; new handshakes verify with it"
+                    );
+                }
+                self.bundle.store(Some(Arc::new(bundle)))
+            }
             Err(e) => tracing::error!(error = %e, "trust bundle not taken; keeping the one in force"),
         }
     }
@@ -215,7 +223,8 @@ impl Identity {
                 "notAfter": humantime::format_rfc3339_seconds(svid.not_after).to_string(),
                 "issued": self.issued.load(std::sync::atomic::Ordering::Relaxed),
                 "certificatePem": svid.chain_pem,
-                "trustBundlePem": svid.trust_bundle_pem,
+                // The bundle in force: the latest from an answer or a snapshot.
+                "trustBundlePem": self.bundle().map_or_else(|| svid.trust_bundle_pem.clone(), |b| b.pem.clone()),
             }),
         }
     }

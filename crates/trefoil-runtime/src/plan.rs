@@ -168,6 +168,8 @@ pub struct IdentityPlan {
     /// start): proxies and the node agent verify the config stream's TLS
     /// certificate against it. `None`: the stream is plaintext.
     pub trust_bundle: Option<PathBuf>,
+    /// More arguments for the control plane (an operator's CA files).
+    pub control_args: Vec<String>,
 }
 
 /// The environment variable naming the trust bundle file.
@@ -214,7 +216,10 @@ pub fn build(resources: &[Resource], ctx: &PlanContext<'_>, ports: &mut PortAllo
             ctx.identity.trust_domain.clone(),
             "--svid-lifetime".into(),
             humantime::format_duration(ctx.identity.svid_lifetime).to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(ctx.identity.control_args.iter().cloned())
+        .collect(),
         env: BTreeMap::new(),
         cwd: None,
         addresses: BTreeMap::from([("api".into(), format!("http://{api}")), ("grpc".into(), grpc.to_string())]),
@@ -542,6 +547,7 @@ apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: web-v1}\nspec
                 svid_lifetime: std::time::Duration::from_secs(3600),
                 minter: None,
                 trust_bundle: Some(PathBuf::from(BUNDLE)),
+                control_args: Vec::new(),
             },
         };
         build(&resources(yaml), &ctx, &mut PortAllocator::new(admin_base))

@@ -42,6 +42,20 @@ pub(crate) struct Args {
     /// How long the SVIDs issued to proxies are valid (5s to 30d); proxies renew at two thirds.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     svid_lifetime: std::time::Duration,
+    /// Sign SVIDs with this CA certificate (PEM) instead of a generated root:
+    /// an intermediate (or a root) the operator made, optionally followed by
+    /// the certificates above it. Checked at start: a CA (basicConstraints),
+    /// valid now, chaining to a root. Needs --ca-key. Not rotated by `trefoil ca rotate`.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (unencrypted PKCS#8 PEM). Read at each
+    /// start from this file and never copied; a mode others can read is warned about.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The root(s) to trust (PEM) when --ca-cert is an intermediate whose
+    /// file does not hold its root: the trust bundle proxies are sent.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_bundle: Option<PathBuf>,
     /// Serve the config stream without TLS, taking each proxy's Hello at its
     /// word (refused unless --grpc-listen is loopback). Without it the stream
     /// is TLS with a certificate from the mesh CA: proxies present their SVID,
@@ -68,7 +82,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         max_watches: args.max_watches,
         ..Default::default()
     };
-    let identity = trefoil_control::IdentityOptions { trust_domain: args.trust_domain, svid_lifetime: args.svid_lifetime };
+    let operator_ca = match (args.ca_cert, args.ca_key) {
+        (Some(cert), Some(key)) => Some(trefoil_control::identity::OperatorCa { cert, key, bundle: args.ca_bundle }),
+        _ => None,
+    };
+    let identity = trefoil_control::IdentityOptions { trust_domain: args.trust_domain, svid_lifetime: args.svid_lifetime, operator_ca };
     let options = ControlOptions {
         data_dir: args.data,
         listen: args.listen,
@@ -80,6 +98,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
     };
     match runtime.block_on(trefoil_control::run(options, stop)) {
         Ok(()) => exit::ok(),
+        Err(e @ trefoil_control::ControlError::OperatorCa(_)) => {
+            eprintln!("error: {e}");
+            exit::bad_input()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             exit::failure()

@@ -1,4 +1,5 @@
 pub(crate) mod authz;
+pub(crate) mod ca;
 pub(crate) mod check;
 pub(crate) mod client;
 pub(crate) mod config;

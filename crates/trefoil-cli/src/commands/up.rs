@@ -84,6 +84,26 @@ pub(crate) struct Args {
     /// How long proxies' SVIDs are valid (5s to 30d); they renew at two thirds.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     svid_lifetime: std::time::Duration,
+    /// The operator's CA certificate to sign SVIDs with (`trefoil control --ca-cert`).
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Its private key (`trefoil control --ca-key`); never copied.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The root(s) to trust when --ca-cert is an intermediate (`trefoil control --ca-bundle`).
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_bundle: Option<PathBuf>,
+}
+
+/// The control plane's CA flags `up` passes on, with absolute paths (the
+/// control plane may run elsewhere than the current directory).
+fn ca_args(args: &Args) -> Vec<String> {
+    let flags = [("--ca-cert", &args.ca_cert), ("--ca-key", &args.ca_key), ("--ca-bundle", &args.ca_bundle)];
+    flags
+        .into_iter()
+        .filter_map(|(flag, path)| path.as_ref().map(|p| (flag, std::path::absolute(p).unwrap_or_else(|_| p.clone()))))
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
 }
 
 /// The identity settings of a mesh whose control plane keeps its data in
@@ -103,7 +123,8 @@ pub(crate) fn identity_plan(
         trust_domain: trust_domain.to_string(),
         svid_lifetime,
         minter: Some(trefoil_runtime::plan::JoinMinter(std::sync::Arc::new(mint))),
-        trust_bundle: Some(trefoil_control::identity::keep::root_cert_path(&state.join("data"), trust_domain)),
+        trust_bundle: Some(trefoil_control::identity::keep::bundle_path(&state.join("data"), trust_domain)),
+        control_args: Vec::new(),
     }
 }
 
@@ -142,7 +163,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
         // Only CAP_NET_ADMIN stops the agent: without CAP_BPF it falls back to nftables.
         missing_capability: trefoil_datapath::missing_capability().filter(|c| *c == "CAP_NET_ADMIN").map(str::to_string),
     };
-    let identity = identity_plan(&args.state, &args.trust_domain, args.svid_lifetime);
+    let mut identity = identity_plan(&args.state, &args.trust_domain, args.svid_lifetime);
+    identity.control_args = ca_args(&args);
     let options = UpOptions {
         identity,
         files: args.path,

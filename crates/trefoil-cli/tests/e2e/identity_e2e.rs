@@ -57,7 +57,7 @@ fn check_with_openssl(dir: &Path, doc: &Value) {
 
 /// The mesh root of `up`'s control plane, as `trefoil up` hands it to proxies.
 pub(crate) fn trust_bundle(up: &Up) -> String {
-    let path = trefoil_control::identity::keep::root_cert_path(&up.state.join("data"), &Default::default());
+    let path = trefoil_control::identity::keep::bundle_path(&up.state.join("data"), &Default::default());
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -129,6 +129,8 @@ fn need(method: &Method, path: &str) -> Need {
         // a viewer token, which may add flow records and change no resource.
         "/api/v1/datapath/flows" if method == Method::POST => Need::Role(Role::Viewer),
         p if p.starts_with("/api/v1/tokens") || p == "/api/v1/audit" || p == "/api/v1/login-codes" => Need::Role(Role::Admin),
+        // A new root changes whom every proxy trusts.
+        "/api/v1/ca/rotate" => Need::Role(Role::Admin),
         _ if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) => Need::Role(Role::Viewer),
         _ => Need::Role(Role::Editor),
     }

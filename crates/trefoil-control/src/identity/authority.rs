@@ -79,6 +79,7 @@ pub enum IssueError {
 /// An issued X.509-SVID.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The leaf, then any intermediate up to (not including) the root.
     pub certificate_pem: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
@@ -86,15 +87,26 @@ pub struct Issued {
     pub renew_at: SystemTime,
 }
 
-/// A root key and certificate. The key is persisted by the control plane
-/// and never leaves it; only [`Authority::root_pem`] is distributed.
+/// A CA key and certificate. For a root the control plane made, the key
+/// is persisted by the control plane and never leaves it; for a CA the
+/// operator provides ([`Authority::from_operator_files`]) it is read from
+/// the operator's file at each start and never copied. Only certificates
+/// ([`Authority::root_pem`], the chain in each [`Issued`]) are distributed.
 pub struct Authority {
     trust_domain: TrustDomain,
     key: KeyPair,
-    /// The root as issued and distributed, byte for byte.
+    /// The roots this authority's chains end at, byte for byte as given.
     root_pem: String,
-    /// The issuer as rcgen signs with it: the same name and key as the root.
+    /// The signing certificate, DER: renewals are checked against its key.
+    signer_der: Vec<u8>,
+    /// What follows a leaf in the chains handed out: the intermediate(s)
+    /// between the leaf and the roots; empty when a root signs.
+    chain_pem: String,
+    /// The issuer as rcgen signs with it: the signing certificate's exact
+    /// name, key and key identifier.
     issuer: rcgen::Certificate,
+    /// Whether the operator provided this CA (then it is not rotated here).
+    operator: bool,
 }
 
 impl Authority {
@@ -107,7 +119,8 @@ impl Authority {
         params.serial_number = Some(random_serial().map_err(AuthorityError::Generate)?);
         let root = params.self_signed(&key).map_err(AuthorityError::Generate)?;
         let root_pem = root.pem();
-        Ok(Authority { trust_domain, key, root_pem, issuer: root })
+        let signer_der = root.der().to_vec();
+        Ok(Authority { trust_domain, key, root_pem, signer_der, chain_pem: String::new(), issuer: root, operator: false })
     }
 
     /// The authority as persisted: its key and root certificate in PEM.
@@ -124,14 +137,44 @@ impl Authority {
         // rcgen signs with a Certificate value: rebuild one with the same
         // name and key; the leaves name the stored root as their issuer.
         let issuer = root_params(&trust_domain).self_signed(&key).map_err(AuthorityError::Key)?;
-        Ok(Authority { trust_domain, key, root_pem: root_pem.to_string(), issuer })
+        Ok(Authority {
+            trust_domain,
+            key,
+            root_pem: root_pem.to_string(),
+            signer_der: der.to_vec(),
+            chain_pem: String::new(),
+            issuer,
+            operator: false,
+        })
+    }
+
+    /// An operator's CA, checked by [`super::operator::load`].
+    pub(super) fn operator(
+        trust_domain: TrustDomain,
+        key: KeyPair,
+        root_pem: String,
+        signer_der: Vec<u8>,
+        chain_pem: String,
+        issuer: rcgen::Certificate,
+    ) -> Self {
+        Authority { trust_domain, key, root_pem, signer_der, chain_pem, issuer, operator: true }
+    }
+
+    /// Whether the operator provided this CA from files.
+    pub fn is_operator_provided(&self) -> bool {
+        self.operator
+    }
+
+    /// The signing certificate in PEM: the root, or the operator's intermediate.
+    pub fn signer_pem(&self) -> String {
+        super::operator::pem_of(&self.signer_der)
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
 
-    /// The root certificate: the trust bundle proxies verify peers with.
+    /// The root certificate(s): the trust bundle proxies verify peers with.
     pub fn root_pem(&self) -> &str {
         &self.root_pem
     }
@@ -153,19 +196,36 @@ impl Authority {
     /// the identity, and a recorded renewal replayed by someone else only
     /// gets a certificate for a key they do not have.
     pub fn renew(&self, csr_der: &[u8], current_der: &[u8], lifetime: Duration, now: SystemTime) -> Result<(SpiffeId, Issued), IssueError> {
+        self.renew_also(csr_der, current_der, &[], lifetime, now)
+    }
+
+    /// [`Authority::renew`], also taking SVIDs that a root in `retiring`
+    /// (PEM certificates: roots rotated out, still in their overlap) signed.
+    pub fn renew_also(
+        &self,
+        csr_der: &[u8],
+        current_der: &[u8],
+        retiring: &[&str],
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<(SpiffeId, Issued), IssueError> {
         if current_der.len() > MAX_CSR_BYTES {
             return Err(IssueError::TooLarge(current_der.len()));
         }
-        let root_der = rustls_pemfile::certs(&mut self.root_pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .ok_or_else(|| IssueError::Sign("the root certificate does not parse".into()))?;
-        let (_, root) = x509_parser::parse_x509_certificate(&root_der).map_err(|e| IssueError::Sign(e.to_string()))?;
         let (rest, current) = x509_parser::parse_x509_certificate(current_der).map_err(|e| IssueError::NotOurs(e.to_string()))?;
         if !rest.is_empty() {
             return Err(IssueError::NotOurs(format!("{} bytes after the certificate", rest.len())));
         }
-        current.verify_signature(Some(root.public_key())).map_err(|_| IssueError::NotOurs("not signed by this root".into()))?;
+        let mut signers: Vec<Vec<u8>> = vec![self.signer_der.clone()];
+        for pem in retiring {
+            signers.extend(rustls_pemfile::certs(&mut pem.as_bytes()).filter_map(Result::ok).map(|c| c.to_vec()));
+        }
+        let signed = signers.iter().any(|der| {
+            x509_parser::parse_x509_certificate(der).is_ok_and(|(_, ca)| current.verify_signature(Some(ca.public_key())).is_ok())
+        });
+        if !signed {
+            return Err(IssueError::NotOurs("not signed by this authority".into()));
+        }
         let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let at = x509_parser::time::ASN1Time::from_timestamp(unix).map_err(|e| IssueError::Sign(e.to_string()))?;
         if !current.validity().is_valid_at(at) {
@@ -217,7 +277,8 @@ impl Authority {
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         let leaf = params.signed_by(key, &self.issuer, &self.key).map_err(sign)?;
-        Ok(Issued { certificate_pem: leaf.pem(), not_before, not_after, renew_at: now + lifetime * 2 / 3 })
+        let certificate_pem = format!("{}{}", leaf.pem(), self.chain_pem);
+        Ok(Issued { certificate_pem, not_before, not_after, renew_at: now + lifetime * 2 / 3 })
     }
 
     /// [`Authority::issue`], requiring the CSR's key to be `same_key` when given.
@@ -256,7 +317,8 @@ impl Authority {
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         let leaf = params.signed_by(&key, &self.issuer, &self.key).map_err(|e| IssueError::Sign(e.to_string()))?;
-        Ok(Issued { certificate_pem: leaf.pem(), not_before, not_after, renew_at: now + lifetime * 2 / 3 })
+        let certificate_pem = format!("{}{}", leaf.pem(), self.chain_pem);
+        Ok(Issued { certificate_pem, not_before, not_after, renew_at: now + lifetime * 2 / 3 })
     }
 }
 

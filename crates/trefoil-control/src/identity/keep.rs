@@ -8,6 +8,12 @@
 //! it; only the certificate is ever sent anywhere. Both files are written
 //! under temporary names and renamed certificate first, key last: a crash
 //! leaves either a complete pair or no key, and no key means "not made yet".
+//!
+//! A rotation (decision 0023) makes a new root in place of the old one and
+//! records the old root's certificate, with the end of its overlap, in
+//! `retiring.json` first; `bundle.pem` is the trust bundle in force (every
+//! root proxies trust now), rewritten whenever it changes, for processes
+//! that need it before they can ask the control plane (`trefoil up`'s proxies).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -20,6 +26,26 @@ use super::spiffe::TrustDomain;
 
 const KEY_FILE: &str = "root.key";
 const CERT_FILE: &str = "root.pem";
+const RETIRING_FILE: &str = "retiring.json";
+const BUNDLE_FILE: &str = "bundle.pem";
+/// More retiring roots than this is not an overlap any more.
+const MAX_RETIRING: usize = 16;
+/// The retiring roots' file holds a few certificates.
+const MAX_RETIRING_BYTES: u64 = 256 * 1024;
+
+/// A root rotated out, trusted until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retiring {
+    pub root_pem: String,
+    pub until: SystemTime,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RetiringRecord {
+    root_pem: String,
+    until_unix_ms: u64,
+}
 
 /// Why the root could not be read or made.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +56,8 @@ pub enum KeepError {
     Mode { path: PathBuf, mode: u32 },
     #[error("{path}: {source}")]
     Authority { path: PathBuf, source: AuthorityError },
+    #[error("{path}: {message}")]
+    Retiring { path: PathBuf, message: String },
 }
 
 /// The directory holding the root of `trust_domain` under the data directory.
@@ -37,9 +65,73 @@ pub fn root_dir(data_dir: &Path, trust_domain: &TrustDomain) -> PathBuf {
     data_dir.join("ca").join(trust_domain.as_str())
 }
 
-/// The root certificate's file (public: the trust bundle proxies are given).
-pub fn root_cert_path(data_dir: &Path, trust_domain: &TrustDomain) -> PathBuf {
-    root_dir(data_dir, trust_domain).join(CERT_FILE)
+/// The trust bundle's file (public): every root proxies trust now, which
+/// processes started beside the control plane verify its stream with.
+pub fn bundle_path(data_dir: &Path, trust_domain: &TrustDomain) -> PathBuf {
+    root_dir(data_dir, trust_domain).join(BUNDLE_FILE)
+}
+
+/// Writes the trust bundle in force to [`bundle_path`].
+pub fn write_bundle(data_dir: &Path, trust_domain: &TrustDomain, pem: &str) -> Result<(), KeepError> {
+    let dir = root_dir(data_dir, trust_domain);
+    let path = dir.join(BUNDLE_FILE);
+    if !dir.exists() {
+        create_private_dir(&dir).map_err(|source| KeepError::Io { path: dir.clone(), source })?;
+    }
+    write_then_rename(&path, pem.as_bytes(), 0o644).map_err(|source| KeepError::Io { path, source })
+}
+
+/// The roots rotated out of `trust_domain`'s whose overlap has not ended at `now`.
+pub fn load_retiring(data_dir: &Path, trust_domain: &TrustDomain, now: SystemTime) -> Result<Vec<Retiring>, KeepError> {
+    use std::io::Read;
+    let path = root_dir(data_dir, trust_domain).join(RETIRING_FILE);
+    let file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(KeepError::Io { path, source }),
+    };
+    let mut text = Vec::new();
+    file.take(MAX_RETIRING_BYTES + 1).read_to_end(&mut text).map_err(|source| KeepError::Io { path: path.clone(), source })?;
+    if text.len() as u64 > MAX_RETIRING_BYTES {
+        return Err(KeepError::Retiring { path, message: "more than 256 KiB: not a list of a few roots".into() });
+    }
+    let records: Vec<RetiringRecord> =
+        serde_json::from_slice(&text).map_err(|e| KeepError::Retiring { path: path.clone(), message: e.to_string() })?;
+    Ok(records
+        .into_iter()
+        .map(|r| Retiring { root_pem: r.root_pem, until: std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.until_unix_ms) })
+        .filter(|r| r.until > now)
+        .collect())
+}
+
+/// A new root for `trust_domain` in place of the kept one; `retiring` (the
+/// old root among them) is recorded first, so a crash part way leaves the
+/// old root either in force or trusted.
+pub fn rotate(data_dir: &Path, trust_domain: TrustDomain, retiring: &[Retiring], now: SystemTime) -> Result<Authority, KeepError> {
+    let dir = root_dir(data_dir, &trust_domain);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KeepError::Io { path, source }
+    };
+    let path = dir.join(RETIRING_FILE);
+    if retiring.len() > MAX_RETIRING {
+        return Err(KeepError::Retiring { path, message: format!("more than {MAX_RETIRING} roots in their overlap; wait for one to end") });
+    }
+    let records: Vec<RetiringRecord> = retiring
+        .iter()
+        .map(|r| RetiringRecord {
+            root_pem: r.root_pem.clone(),
+            until_unix_ms: r.until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        })
+        .collect();
+    let json = serde_json::to_vec_pretty(&records).unwrap_or_default();
+    let authority = Authority::generate(trust_domain, now).map_err(|source| KeepError::Authority { path: dir.clone(), source })?;
+    write_then_rename(&path, &json, 0o644).map_err(io(&path))?;
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    write_then_rename(&cert_path, authority.root_pem().as_bytes(), 0o644).map_err(io(&cert_path))?;
+    write_then_rename(&key_path, authority.key_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
+    Ok(authority)
 }
 
 /// The root of `trust_domain` under `data_dir`, made and saved if there is none.

@@ -191,3 +191,207 @@ fn a_renewal_proves_the_current_svid_with_its_key() {
     let another = csr(&key, vec![uri("spiffe://trefoil.local/ns/default/sa/payments")]);
     assert!(matches!(ca.renew(&another, &current, DAY, now), Err(IssueError::WrongIdentity { .. })));
 }
+
+fn pem_count(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+#[test]
+fn the_bundle_holds_a_retiring_root_until_its_overlap_ends() {
+    let now = SystemTime::now();
+    let new = Authority::generate(TrustDomain::default(), now).unwrap();
+    let old = Authority::generate(TrustDomain::default(), now).unwrap();
+    let retiring = vec![Retiring { root_pem: old.root_pem().to_string(), until: now + DAY }];
+    let during = bundle_at(new.root_pem(), &retiring, now);
+    assert_eq!(pem_count(&during), 2, "both roots during the overlap");
+    assert!(during.starts_with(new.root_pem()) && during.contains(old.root_pem()));
+    assert_eq!(bundle_at(new.root_pem(), &retiring, now + DAY), new.root_pem(), "the old root is gone when the overlap ends");
+    assert_eq!(next_drop(&retiring, now), Some(now + DAY));
+    assert_eq!(next_drop(&retiring, now + DAY), None);
+    // A root already in the bundle is not repeated.
+    let same = vec![Retiring { root_pem: new.root_pem().to_string(), until: now + DAY }];
+    assert_eq!(bundle_at(new.root_pem(), &same, now), new.root_pem());
+}
+
+#[test]
+fn a_rotation_signs_with_the_new_root_renews_old_svids_and_drops_the_old_root_after_the_overlap() {
+    let data = std::env::temp_dir().join(format!("trefoil-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let now = SystemTime::now();
+    let lifetime = Duration::from_secs(60);
+    let authority = keep::load_or_create(&data, TrustDomain::default(), now).unwrap();
+    let old_root = authority.root_pem().to_string();
+    let issuer = Issuer::kept(authority, Vec::new(), data.clone(), join::JoinTokens::new(&data), lifetime);
+    assert!(matches!(issuer.rotate(Duration::from_secs(30), now), Err(RotateError::OverlapTooShort { .. })), "shorter than an SVID lives");
+
+    // An SVID of the old root, held by a proxy when the rotation happens.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let old_authority = Authority::from_pem(TrustDomain::default(), &keep_key(&data), &old_root).unwrap();
+    let held = old_authority.issue(&csr(&key, Vec::new()), &id("web"), lifetime, now).unwrap();
+    let der = |pem: &str| rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap().to_vec();
+
+    let overlap = Duration::from_secs(120);
+    let status = issuer.rotate(overlap, now).unwrap();
+    assert_eq!(status.generation, 1);
+    assert_eq!(status.roots.len(), 2, "{status:?}");
+    assert!(status.roots[0].signing && status.roots[0].state == "active");
+    assert!(!status.roots[1].signing && status.roots[1].state == "retiring" && status.roots[1].drop_at.is_some());
+    let bundle = issuer.trust_bundle();
+    assert_eq!(pem_count(&bundle), 2);
+    assert!(bundle.contains(&old_root));
+    let new_root = std::fs::read_to_string(keep::root_dir(&data, &TrustDomain::default()).join("root.pem")).unwrap();
+    assert_ne!(new_root, old_root);
+
+    // The held SVID is renewed, by the new root.
+    let request = trefoil_wire::CertificateRequest {
+        csr_der: csr(&key, Vec::new()),
+        join_token: String::new(),
+        current_svid_der: der(&held.certificate_pem),
+    };
+    let answer = issuer.answer("web-0", &request, now);
+    assert!(answer.error.is_empty(), "{}", answer.error);
+    std::fs::write(data.join("new.pem"), &new_root).unwrap();
+    std::fs::write(data.join("old.pem"), &old_root).unwrap();
+    std::fs::write(data.join("leaf.pem"), &answer.certificate_chain_pem).unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", "new.pem", "leaf.pem"], &data);
+    assert!(ok, "the renewed SVID chains to the new root: {out}");
+    let (ok, _) = openssl(&["verify", "-CAfile", "old.pem", "leaf.pem"], &data);
+    assert!(!ok, "and not to the old one");
+
+    // A restart keeps the overlap; once it ends the old root is gone.
+    let retiring = keep::load_retiring(&data, &TrustDomain::default(), now).unwrap();
+    assert_eq!(retiring.len(), 1);
+    assert_eq!(retiring[0].root_pem, old_root);
+    assert!(keep::load_retiring(&data, &TrustDomain::default(), now + overlap).unwrap().is_empty());
+    assert_eq!(issuer.next_change(now), Some(now + overlap));
+    let after = issuer.status(now + overlap);
+    assert_eq!(after.roots.len(), 1, "{after:?}");
+    assert!(after.roots[0].signing);
+    // Past the overlap an SVID of the old root no longer renews.
+    let late = issuer.answer("web-0", &request, now + overlap);
+    assert!(late.error.contains("not signed by this authority"), "{}", late.error);
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+fn keep_key(data: &std::path::Path) -> String {
+    std::fs::read_to_string(keep::root_dir(data, &TrustDomain::default()).join("root.key")).unwrap()
+}
+
+/// An operator's PKI made with openssl in `dir`: root.pem/root.key, an
+/// intermediate int.pem/int.key below it, and a leaf (not a CA) leaf.pem/leaf.key.
+fn operator_pki(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let (ok, out) = openssl(args, dir);
+        assert!(ok, "openssl {args:?}: {out}");
+    };
+    let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    for key in ["root.key", "int.key", "leaf.key"] {
+        run(&[&["genpkey"][..], &ec, &["-out", key]].concat());
+    }
+    run(&["req", "-x509", "-new", "-key", "root.key", "-subj", "/O=Example/CN=Example Root CA", "-days", "30", "-out", "root.pem"]);
+    std::fs::write(
+        dir.join("int.ext"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("leaf.ext"), "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n").unwrap();
+    run(&["req", "-new", "-key", "int.key", "-subj", "/O=Example/OU=Mesh/CN=Trefoil intermediate", "-out", "int.csr"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "int.csr",
+        "-CA",
+        "root.pem",
+        "-CAkey",
+        "root.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "int.ext",
+        "-out",
+        "int.pem",
+    ]);
+    run(&["req", "-new", "-key", "leaf.key", "-subj", "/CN=not a ca", "-out", "leaf.csr"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "int.pem",
+        "-CAkey",
+        "int.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+#[test]
+fn an_operator_intermediate_signs_svids_that_chain_to_the_operator_root() {
+    let dir = std::env::temp_dir().join(format!("trefoil-operator-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    operator_pki(&dir);
+    let files = OperatorCa { cert: dir.join("int.pem"), key: dir.join("int.key"), bundle: Some(dir.join("root.pem")) };
+    let now = SystemTime::now();
+    let ca = operator::load(&files, TrustDomain::default(), now).unwrap();
+    assert!(ca.is_operator_provided());
+    assert_eq!(ca.root_pem().trim(), std::fs::read_to_string(dir.join("root.pem")).unwrap().trim(), "the bundle is the operator's root");
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let issued = ca.issue(&csr(&key, Vec::new()), &id("web"), DAY, now).unwrap();
+    assert_eq!(pem_count(&issued.certificate_pem), 2, "leaf and intermediate");
+    std::fs::write(dir.join("chain.pem"), &issued.certificate_pem).unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", "root.pem", "-untrusted", "chain.pem", "chain.pem"], &dir);
+    assert!(ok, "{out}");
+    // Renewals are checked against the intermediate.
+    let der = rustls_pemfile::certs(&mut issued.certificate_pem.as_bytes()).next().unwrap().unwrap().to_vec();
+    ca.renew(&csr(&key, Vec::new()), &der, DAY, now).unwrap();
+
+    // The chain in one file (intermediate then root) needs no bundle.
+    let both =
+        format!("{}{}", std::fs::read_to_string(dir.join("int.pem")).unwrap(), std::fs::read_to_string(dir.join("root.pem")).unwrap());
+    std::fs::write(dir.join("both.pem"), both).unwrap();
+    operator::load(&OperatorCa { cert: dir.join("both.pem"), key: dir.join("int.key"), bundle: None }, TrustDomain::default(), now)
+        .unwrap();
+    // The root itself may sign.
+    operator::load(&OperatorCa { cert: dir.join("root.pem"), key: dir.join("root.key"), bundle: None }, TrustDomain::default(), now)
+        .unwrap();
+
+    let refused = |cert: &str, key: &str, bundle: Option<&str>| {
+        let files = OperatorCa { cert: dir.join(cert), key: dir.join(key), bundle: bundle.map(|b| dir.join(b)) };
+        operator::load(&files, TrustDomain::default(), now).err().expect("refused").to_string()
+    };
+    let e = refused("leaf.pem", "leaf.key", Some("root.pem"));
+    assert!(e.contains("leaf.pem") && e.contains("not a CA"), "{e}");
+    let e = refused("int.pem", "root.key", Some("root.pem"));
+    assert!(e.contains("root.key") && e.contains("does not match"), "{e}");
+    let e = refused("int.pem", "int.key", None);
+    assert!(e.contains("int.pem") && e.contains("--ca-bundle"), "{e}");
+    let e = refused("missing.pem", "int.key", None);
+    assert!(e.contains("missing.pem") && e.contains("cannot read"), "{e}");
+    let e = refused("int.pem", "int.csr", Some("root.pem"));
+    assert!(e.contains("int.csr") && e.contains("PKCS#8"), "{e}");
+    // Another root than the intermediate's.
+    let other = Authority::generate(TrustDomain::default(), now).unwrap();
+    std::fs::write(dir.join("other.pem"), other.root_pem()).unwrap();
+    let e = refused("int.pem", "int.key", Some("other.pem"));
+    assert!(e.contains("int.pem") && e.contains("issued by"), "{e}");
+    // An expired CA.
+    let expired_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = (now - DAY * 10).into();
+    params.not_after = (now - DAY).into();
+    std::fs::write(dir.join("expired.pem"), params.self_signed(&expired_key).unwrap().pem()).unwrap();
+    std::fs::write(dir.join("expired.key"), expired_key.serialize_pem()).unwrap();
+    let e = refused("expired.pem", "expired.key", None);
+    assert!(e.contains("expired.pem") && e.contains("expired on"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -131,6 +131,11 @@ async fn stream(
 ) -> StreamEnd {
     let held = identity.current();
     let bootstrap = bundle.is_some() && held.is_none();
+    // The bundle the control plane sent last, once there is one: after a
+    // root rotation it holds the new root, which the file read at start
+    // does not.
+    let sent = bundle.and(identity.bundle());
+    let bundle = sent.as_ref().map(|b| b.pem.as_str()).or(bundle);
     let tls = match bundle.map(|b| trefoil_wire::ClientTls::new(b, held.map(|s| s.certified.clone()))).transpose() {
         Ok(tls) => tls,
         Err(e) => return StreamEnd::Tls(e),
