@@ -21,6 +21,7 @@ mod datapath_agent;
 mod datapath_rules;
 mod edgesecurity_e2e;
 mod hardening;
+mod identity_ca_e2e;
 mod identity_e2e;
 mod mesh_e2e;
 mod mtls_e2e;

@@ -5,7 +5,7 @@
 //! logged with the proxy's name, and nothing issued.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -23,7 +23,7 @@ pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
 /// The CA as the config stream uses it.
 pub struct Issuer {
-    ca: RwLock<Ca>,
+    ca: Mutex<Ca>,
     tokens: JoinTokens,
     lifetime: Duration,
     /// Where a generated root is kept (and rotated); `None`: not rotatable here.
@@ -130,7 +130,7 @@ fn describe(pem: &str, signing: bool, drop_at: Option<SystemTime>) -> Vec<Certif
 impl Issuer {
     pub fn new(authority: Authority, tokens: JoinTokens, lifetime: Duration) -> Self {
         Issuer {
-            ca: RwLock::new(Ca { authority: Arc::new(authority), retiring: Vec::new() }),
+            ca: Mutex::new(Ca { authority: Arc::new(authority), retiring: Vec::new() }),
             tokens,
             lifetime,
             data_dir: None,
@@ -155,18 +155,18 @@ impl Issuer {
     }
 
     fn authority(&self) -> Arc<Authority> {
-        self.ca.read().unwrap_or_else(|e| e.into_inner()).authority.clone()
+        self.ca.lock().unwrap_or_else(|e| e.into_inner()).authority.clone()
     }
 
     /// The roots proxies verify peers with, now.
     pub fn trust_bundle(&self) -> String {
-        let ca = self.ca.read().unwrap_or_else(|e| e.into_inner());
+        let ca = self.ca.lock().unwrap_or_else(|e| e.into_inner());
         bundle_at(ca.authority.root_pem(), &ca.retiring, SystemTime::now())
     }
 
     /// When the bundle changes next without a rotation (an overlap ends).
     pub fn next_change(&self, now: SystemTime) -> Option<SystemTime> {
-        next_drop(&self.ca.read().unwrap_or_else(|e| e.into_inner()).retiring, now)
+        next_drop(&self.ca.lock().unwrap_or_else(|e| e.into_inner()).retiring, now)
     }
 
     /// Rotations, as they happen: the generation after each.
@@ -186,7 +186,7 @@ impl Issuer {
 
     /// The CA as `trefoil ca status` shows it.
     pub fn status(&self, now: SystemTime) -> CaStatus {
-        let ca = self.ca.read().unwrap_or_else(|e| e.into_inner());
+        let ca = self.ca.lock().unwrap_or_else(|e| e.into_inner());
         let authority = &ca.authority;
         let signer_pem = authority.signer_pem();
         let signer = describe(&signer_pem, true, None).pop().unwrap_or_else(|| CertificateStatus {
@@ -236,7 +236,7 @@ impl Issuer {
             return Err(RotateError::OverlapTooLong(humantime::format_duration(overlap).to_string()));
         }
         {
-            let mut ca = self.ca.write().unwrap_or_else(|e| e.into_inner());
+            let mut ca = self.ca.lock().unwrap_or_else(|e| e.into_inner());
             if ca.authority.is_operator_provided() {
                 return Err(RotateError::Operator);
             }
@@ -292,7 +292,7 @@ impl Issuer {
 
     fn issue(&self, request: &CertificateRequest, now: SystemTime) -> Result<(SpiffeId, Issued), String> {
         let (authority, retiring) = {
-            let ca = self.ca.read().unwrap_or_else(|e| e.into_inner());
+            let ca = self.ca.lock().unwrap_or_else(|e| e.into_inner());
             let retiring: Vec<String> = ca.retiring.iter().filter(|r| r.until > now).map(|r| r.root_pem.clone()).collect();
             (ca.authority.clone(), retiring)
         };
