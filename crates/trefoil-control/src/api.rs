@@ -104,6 +104,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             // Damaged and Locked come from opening the store, not from a request.
             StoreError::Io { .. } | StoreError::Damaged { .. } | StoreError::Locked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            // etcd down or without quorum: try again later; reads still answer.
+            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }

@@ -32,8 +32,10 @@ use tokio::sync::watch;
 
 /// Where the control plane keeps its data and listens.
 pub struct ControlOptions {
-    /// Directory of the store file (`store.db`).
+    /// Directory of the store file (`store.db`), the admin token and the mesh CA.
     pub data_dir: PathBuf,
+    /// Where the resources are: the embedded file in `data_dir`, or etcd.
+    pub store: store::Location,
     /// REST API address.
     pub listen: SocketAddr,
     /// Config stream (gRPC) address, where proxies connect.
@@ -180,10 +182,29 @@ async fn publish_bundle(issuer: Arc<identity::Issuer>, proxies: Arc<proxies::Pro
     }
 }
 
+/// Runs `controller` while this process leads (always, with the embedded
+/// store), stopping it when leadership moves elsewhere.
+async fn leader_only<F, Fut>(mut leader: watch::Receiver<store::etcd::Leader>, what: &'static str, controller: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        if leader.wait_for(|l| l.me).await.is_err() {
+            return;
+        }
+        tracing::info!("{what}: running here, on the leader");
+        let task = tokio::spawn(controller());
+        let _ = leader.wait_for(|l| !l.me).await;
+        tracing::info!("{what}: stopped here, no longer the leader");
+        task.abort();
+    }
+}
+
 /// Runs the control plane until `shutdown` resolves.
 pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ControlError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| ControlError::DataDir { path: options.data_dir.clone(), source })?;
-    let store = Arc::new(store::Store::open(store_path(&options.data_dir))?);
+    let store = Arc::new(store::Store::open_at(&options.store, &options.data_dir)?);
     let auth = Arc::new(auth::Auth::new(store.clone(), options.insecure_local, options.listen)?);
     auth.bootstrap(&options.data_dir)?;
     let lifetime = options.identity.svid_lifetime;
@@ -251,8 +272,13 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     };
     let ca_api = issuer.clone();
     let service = config_stream::ConfigStreamService::new(compiler.clone(), issuer, auth.clone());
-    let rollouts = tokio::spawn(rollout::run(store.clone(), proxies.clone()));
-    let expiry = tokio::spawn(datapath_expiry::run(store.clone()));
+    // Named by the REST address it serves, which is what an operator reaches it by.
+    let me = local(&rest, options.listen).to_string();
+    let leader = store.elect(me.clone());
+    let (controlled, watched) = (store.clone(), proxies.clone());
+    let rollouts = tokio::spawn(leader_only(leader.clone(), "rollouts", move || rollout::run(controlled.clone(), watched.clone())));
+    let controlled = store.clone();
+    let expiry = tokio::spawn(leader_only(leader.clone(), "datapath rule expiry", move || datapath_expiry::run(controlled.clone())));
     let mut registry = prometheus_client::registry::Registry::default();
     let flows = Arc::new(flows::FlowStore::new(flows::Caps::default(), flows::metrics::FlowMetrics::register(&mut registry)));
     let datapath = datapath_api::DatapathService::new(store.clone(), flows.clone());
@@ -279,6 +305,7 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
         .merge(live::graph_router(store.clone(), live))
         .merge(status::router(store, proxies))
         .merge(identity::api::router(ca_api))
+        .merge(status::control_plane_router(status::ControlPlane { me, store: options.store.clone(), leader }))
         .merge(auth::router(auth.clone()))
         .layer(axum::middleware::from_fn_with_state(auth, auth::authenticate))
         // The portal's pages and script are public; what they show comes from the API, with a token.

@@ -1,4 +1,5 @@
-//! `GET /api/v1/status/proxies`: what the control plane knows of each proxy.
+//! `GET /api/v1/status/proxies`: what the control plane knows of each proxy;
+//! `GET /api/v1/status/controlplane`: this replica, its store and the leader.
 
 use std::sync::Arc;
 
@@ -18,4 +19,28 @@ pub fn router(store: Arc<Store>, proxies: Arc<Proxies>) -> Router {
 async fn list(State((store, proxies)): State<(Arc<Store>, Arc<Proxies>)>) -> Json<ProxyStatusList> {
     let declared: Vec<String> = store.list("Proxy").into_iter().map(|s| s.name).collect();
     Json(ProxyStatusList::new(proxies.compiled_revision(), proxies.status(&declared)))
+}
+
+/// What `GET /api/v1/status/controlplane` reports.
+#[derive(Clone)]
+pub struct ControlPlane {
+    /// This replica's name: its REST address.
+    pub me: String,
+    pub store: crate::store::Location,
+    pub leader: tokio::sync::watch::Receiver<crate::store::etcd::Leader>,
+}
+
+pub fn control_plane_router(plane: ControlPlane) -> Router {
+    Router::new().route("/api/v1/status/controlplane", get(control_plane)).with_state(Arc::new(plane))
+}
+
+/// `{"name", "store", "leader", "isLeader"}`; `leader` is null while none is known.
+async fn control_plane(State(plane): State<Arc<ControlPlane>>) -> Json<serde_json::Value> {
+    let leader = plane.leader.borrow().clone();
+    Json(serde_json::json!({
+        "name": plane.me,
+        "store": plane.store.to_string(),
+        "leader": leader.holder,
+        "isLeader": leader.me,
+    }))
 }

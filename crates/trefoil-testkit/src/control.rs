@@ -46,25 +46,30 @@ impl Control {
 
     /// On given addresses, e.g. those of a control plane this one replaces.
     pub fn start_on(data: &Path, api: SocketAddr, grpc: SocketAddr) -> Self {
-        Self::spawn(data, api, grpc, None, true)
+        Self::spawn(data, api, grpc, None, true, &[])
+    }
+
+    /// On free ports, with more `trefoil control` arguments (`--store ...`).
+    pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        Self::spawn(data, free_addr(), free_addr(), None, true, extra)
     }
 
     /// On free ports, with the config stream as `trefoil up` runs it: TLS,
     /// each proxy held to its SVID. (The others serve it in plaintext, so
     /// that tests of the stream itself can run proxies without identities.)
     pub fn start_authenticated(data: &Path) -> Self {
-        Self::spawn(data, free_addr(), free_addr(), None, false)
+        Self::spawn(data, free_addr(), free_addr(), None, false, &[])
     }
 
     /// On free ports, its address space capped at `bytes` from its first
     /// instruction on, so that a regression fails the test instead of the machine.
     pub fn start_capped(data: &Path, bytes: u64) -> Self {
-        Self::spawn(data, free_addr(), free_addr(), Some(bytes), true)
+        Self::spawn(data, free_addr(), free_addr(), Some(bytes), true, &[])
     }
 
-    fn spawn(data: &Path, api: SocketAddr, grpc: SocketAddr, address_space: Option<u64>, plaintext_stream: bool) -> Self {
+    fn spawn(data: &Path, api: SocketAddr, grpc: SocketAddr, address_space: Option<u64>, plaintext_stream: bool, extra: &[&str]) -> Self {
         let mut cmd = trefoil_command();
-        cmd.args(["control", "--data"]).arg(data).args(["--listen", &api.to_string(), "--grpc-listen", &grpc.to_string()]);
+        cmd.args(["control", "--data"]).arg(data).args(["--listen", &api.to_string(), "--grpc-listen", &grpc.to_string()]).args(extra);
         if plaintext_stream {
             cmd.arg("--insecure-plaintext-stream");
         }

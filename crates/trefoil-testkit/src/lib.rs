@@ -45,6 +45,7 @@ mod client;
 /// `Control`, and how long its waits may take.
 pub mod control;
 mod curl;
+mod etcd;
 mod load;
 mod nf;
 mod nginx;
@@ -65,6 +66,7 @@ pub use clamd::{eicar, Clamd};
 pub use client::{http_get, http_request, json, raw_exchange, raw_request, request, Headers, RawReply};
 pub use control::Control;
 pub use curl::{count, curl_many};
+pub use etcd::{EtcdCluster, EtcdMember};
 pub use load::Load;
 pub use nf::Nf;
 pub use nginx::Nginx;

@@ -10,9 +10,18 @@ use crate::output::{current_thread_runtime, exit, stop_signal};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Directory for the store file; created if missing.
+    /// Directory for the store file (with the embedded store), the admin
+    /// token and the mesh CA; created if missing.
     #[arg(long, default_value = ".trefoil")]
     data: PathBuf,
+    /// Where resources are kept: `embedded` (the default: `store.db` in
+    /// --data, one control plane) or `etcd://host:port,host:port,...` (an
+    /// etcd v3 cluster shared by several control-plane replicas, each
+    /// serving reads, watches and config streams; writes are etcd
+    /// transactions; rollouts and rule expiry run on one elected leader,
+    /// shown by `GET /api/v1/status/controlplane`). Plain-text gRPC to etcd.
+    #[arg(long, default_value = "embedded", value_name = "embedded|etcd://HOST:PORT,...")]
+    store: trefoil_control::store::Location,
     /// REST API address (`/api/v1/<kind>[/<name>]`, `/api/v1/openapi.json`).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -66,6 +75,10 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> ExitCode {
     if args.repair {
+        if args.store != trefoil_control::store::Location::Embedded {
+            eprintln!("error: --repair mends the embedded store file; an etcd store is repaired with etcd's own tools");
+            return exit::bad_input();
+        }
         return repair(&args.data);
     }
     let Some(runtime) = current_thread_runtime() else { return exit::failure() };
@@ -89,6 +102,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let identity = trefoil_control::IdentityOptions { trust_domain: args.trust_domain, svid_lifetime: args.svid_lifetime, operator_ca };
     let options = ControlOptions {
         data_dir: args.data,
+        store: args.store,
         listen: args.listen,
         grpc_listen: args.grpc_listen,
         limits,

@@ -20,6 +20,7 @@ mod control_auth;
 mod datapath_agent;
 mod datapath_rules;
 mod edgesecurity_e2e;
+mod etcd_ha;
 mod hardening;
 mod identity_ca_e2e;
 mod identity_e2e;

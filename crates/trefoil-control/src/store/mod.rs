@@ -15,6 +15,7 @@
 //!
 //! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload (JSON)`.
 
+pub mod etcd;
 mod record;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,10 @@ pub enum StoreError {
     Damaged { path: PathBuf, bad: usize, next: usize },
     #[error("store file {path} is in use by another process (a control plane, or a repair, on the same data directory)")]
     Locked { path: PathBuf },
+    /// A write (or the first read) that no etcd member could commit: the
+    /// members are down, or too few are up for a quorum.
+    #[error("etcd cluster at {endpoints} has no quorum or is unreachable: {reason}")]
+    Unavailable { endpoints: String, reason: String },
 }
 
 fn describe(version: Option<u64>) -> String {
@@ -94,11 +99,162 @@ pub fn is_internal(kind: &str) -> bool {
     kind.starts_with('_')
 }
 
-/// A crash-safe store of JSON objects keyed by kind and name.
+/// A store of JSON objects keyed by kind and name: the embedded file (the
+/// default) or an etcd cluster shared by several control planes.
 pub struct Store {
+    backend: Backend,
+    events: tokio::sync::broadcast::Sender<Event>,
+}
+
+enum Backend {
+    Embedded(Embedded),
+    Etcd(etcd::Etcd),
+}
+
+/// Where the store is: `--store`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Location {
+    /// `store.db` in the data directory.
+    #[default]
+    Embedded,
+    /// An etcd cluster: its members' `host:port`.
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for Location {
+    type Err = String;
+
+    /// `embedded`, or `etcd://host:port,host:port,...`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "embedded" {
+            return Ok(Location::Embedded);
+        }
+        let Some(list) = s.strip_prefix("etcd://") else {
+            return Err(format!("{s:?} is neither `embedded` nor `etcd://host:port,host:port,...`"));
+        };
+        let endpoints: Vec<String> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
+        if endpoints.is_empty() {
+            return Err(format!("{s:?} names no etcd endpoint"));
+        }
+        for e in &endpoints {
+            match e.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return Err(format!("etcd endpoint {e:?} is not host:port")),
+            }
+        }
+        Ok(Location::Etcd(endpoints))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Embedded => f.write_str("embedded"),
+            Location::Etcd(endpoints) => write!(f, "etcd://{}", endpoints.join(",")),
+        }
+    }
+}
+
+/// The crash-safe embedded store: one file.
+struct Embedded {
     path: PathBuf,
     inner: Mutex<Inner>,
     events: tokio::sync::broadcast::Sender<Event>,
+}
+
+fn channel() -> tokio::sync::broadcast::Sender<Event> {
+    tokio::sync::broadcast::channel(1024).0
+}
+
+impl Store {
+    /// Opens (or creates) the embedded store at `path`, recovering from a
+    /// torn tail; refuses ([`StoreError::Damaged`]) a log damaged anywhere else.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let events = channel();
+        Ok(Store { backend: Backend::Embedded(Embedded::open(path.into(), events.clone())?), events })
+    }
+
+    /// Connects to an etcd cluster and loads the store from it.
+    pub fn open_etcd(endpoints: &[String]) -> Result<Self, StoreError> {
+        let events = channel();
+        Ok(Store { backend: Backend::Etcd(etcd::Etcd::open(endpoints, events.clone())?), events })
+    }
+
+    /// Opens the store at `location`; the embedded one in `data_dir`.
+    pub fn open_at(location: &Location, data_dir: &Path) -> Result<Self, StoreError> {
+        match location {
+            Location::Embedded => Self::open(data_dir.join("store.db")),
+            Location::Etcd(endpoints) => Self::open_etcd(endpoints),
+        }
+    }
+
+    /// Changes from now on, in revision order. A watcher that falls more than
+    /// 1024 events behind gets `Lagged` and must list again.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The latest revision written.
+    pub fn revision(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(s) => s.revision(),
+            Backend::Etcd(s) => s.revision(),
+        }
+    }
+
+    pub fn get(&self, kind: &str, name: &str) -> Option<Stored> {
+        match &self.backend {
+            Backend::Embedded(s) => s.get(kind, name),
+            Backend::Etcd(s) => s.get(kind, name),
+        }
+    }
+
+    /// Every object of `kind`, by name.
+    pub fn list(&self, kind: &str) -> Vec<Stored> {
+        match &self.backend {
+            Backend::Embedded(s) => s.list(kind),
+            Backend::Etcd(s) => s.list(kind),
+        }
+    }
+
+    /// Every object and the revision they are at, read at one instant, so a
+    /// compile sees a consistent state labelled with its own revision.
+    /// Internal kinds (tokens, the audit log: see [`is_internal`]) are left out.
+    pub fn list_all(&self) -> (u64, Vec<Stored>) {
+        match &self.backend {
+            Backend::Embedded(s) => s.list_all(),
+            Backend::Etcd(s) => s.list_all(),
+        }
+    }
+
+    /// Creates or replaces an object. With `expected`, the write happens only
+    /// if the object's current version is that one (0: it must not exist).
+    /// Returns the new version once the write is durable (on disk, or
+    /// committed by a quorum of etcd members) and readable here.
+    pub fn put(&self, kind: &str, name: &str, value: Value, expected: Option<u64>) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(s) => s.put(kind, name, value, expected),
+            Backend::Etcd(s) => s.put(kind, name, value, expected),
+        }
+    }
+
+    /// Deletes an object, optionally only at version `expected`.
+    pub fn delete(&self, kind: &str, name: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(s) => s.delete(kind, name, expected),
+            Backend::Etcd(s) => s.delete(kind, name, expected),
+        }
+    }
+
+    /// Who leads the controllers that must run once. With the embedded
+    /// store this process always does (the store file's lock keeps any
+    /// other off it); with etcd, the replicas elect one (decision 0024).
+    pub fn elect(&self, me: String) -> tokio::sync::watch::Receiver<etcd::Leader> {
+        match &self.backend {
+            Backend::Embedded(_) => tokio::sync::watch::channel(etcd::Leader { me: true, holder: Some(me) }).1,
+            Backend::Etcd(s) => s.elect(me),
+        }
+    }
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -138,11 +294,8 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-impl Store {
-    /// Opens (or creates) the store at `path`, recovering from a torn tail;
-    /// refuses ([`StoreError::Damaged`]) a log damaged anywhere else.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let path = path.into();
+impl Embedded {
+    fn open(path: PathBuf, events: tokio::sync::broadcast::Sender<Event>) -> Result<Self, StoreError> {
         let lock = lock(&path)?;
         let err = io_error(&path);
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(&err)?;
@@ -167,30 +320,22 @@ impl Store {
             inner.apply(r);
         }
         drop(err);
-        Ok(Store { path, inner: Mutex::new(inner), events: tokio::sync::broadcast::channel(1024).0 })
+        Ok(Embedded { path, inner: Mutex::new(inner), events })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes from now on, in revision order. A watcher that falls more than
-    /// 1024 events behind gets `Lagged` and must list again.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// The latest revision written.
-    pub fn revision(&self) -> u64 {
+    fn revision(&self) -> u64 {
         self.lock().revision
     }
 
-    pub fn get(&self, kind: &str, name: &str) -> Option<Stored> {
+    fn get(&self, kind: &str, name: &str) -> Option<Stored> {
         self.lock().objects.get(&(kind.to_string(), name.to_string())).map(|(s, _)| s.clone())
     }
 
-    /// Every object of `kind`, by name.
-    pub fn list(&self, kind: &str) -> Vec<Stored> {
+    fn list(&self, kind: &str) -> Vec<Stored> {
         self.lock()
             .objects
             .range((kind.to_string(), String::new())..)
@@ -199,18 +344,12 @@ impl Store {
             .collect()
     }
 
-    /// Every object and the revision they are at, read at one instant, so a
-    /// compile sees a consistent state labelled with its own revision.
-    /// Internal kinds (tokens, the audit log: see [`is_internal`]) are left out.
-    pub fn list_all(&self) -> (u64, Vec<Stored>) {
+    fn list_all(&self) -> (u64, Vec<Stored>) {
         let inner = self.lock();
         (inner.revision, inner.objects.values().filter(|(s, _)| !is_internal(&s.kind)).map(|(s, _)| s.clone()).collect())
     }
 
-    /// Creates or replaces an object. With `expected`, the write happens only
-    /// if the object's current version is that one (0: it must not exist).
-    /// Returns the new version once the write is on disk.
-    pub fn put(&self, kind: &str, name: &str, value: Value, expected: Option<u64>) -> Result<u64, StoreError> {
+    fn put(&self, kind: &str, name: &str, value: Value, expected: Option<u64>) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         inner.check(kind, name, expected)?;
         let record =
@@ -219,7 +358,7 @@ impl Store {
     }
 
     /// Deletes an object, optionally only at version `expected`.
-    pub fn delete(&self, kind: &str, name: &str, expected: Option<u64>) -> Result<u64, StoreError> {
+    fn delete(&self, kind: &str, name: &str, expected: Option<u64>) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         if !inner.objects.contains_key(&(kind.to_string(), name.to_string())) {
             return Err(StoreError::NotFound { kind: kind.to_string(), name: name.to_string() });
