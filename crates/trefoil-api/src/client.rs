@@ -215,6 +215,11 @@ impl Client {
         self.json(Method::GET, "/api/v1/status/proxies", None).await.map(|(_, v)| v)
     }
 
+    /// `GET /api/v1/status/controlplane`.
+    pub async fn control_plane(&self) -> Result<crate::ControlPlaneStatus, ApiError> {
+        self.json(Method::GET, "/api/v1/status/controlplane", None).await.map(|(_, v)| v)
+    }
+
     /// `GET /api/v1/traces?limit=N`: the most recent traces, newest first.
     pub async fn traces(&self, limit: usize) -> Result<TraceList, ApiError> {
         self.json(Method::GET, &format!("/api/v1/traces?limit={limit}"), None).await.map(|(_, v)| v)

@@ -28,7 +28,7 @@ pub mod traces;
 
 pub use client::{ApiError, Client, Lines};
 pub use error::ErrorBody;
-pub use proxies::{Applied, AppliedNack, Nack, ProxyStatus, ProxyStatusList};
+pub use proxies::{Applied, AppliedNack, ControlPlaneStatus, Nack, ProxyStatus, ProxyStatusList};
 pub use resources::{Deleted, List, WatchEvent, Written};
 pub use rollouts::{RolloutActed, RolloutAction};
 pub use tokens::{

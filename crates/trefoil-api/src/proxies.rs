@@ -186,3 +186,19 @@ mod tests {
         assert_eq!(v["items"][0]["ackedVersion"], json!(null));
     }
 }
+
+/// `GET /api/v1/status/controlplane`: the replica that answers, where its
+/// store is, and which replica leads the controllers that run once
+/// (rollouts, datapath rule expiry; decision 0024).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneStatus {
+    /// This replica: its REST address.
+    pub name: String,
+    /// `embedded` or `etcd://host:port,...`.
+    pub store: String,
+    /// The leader's name; `None` while none is known (an election under way).
+    pub leader: Option<String>,
+    /// Whether this replica leads.
+    pub is_leader: bool,
+}

@@ -35,12 +35,12 @@ pub fn control_plane_router(plane: ControlPlane) -> Router {
 }
 
 /// `{"name", "store", "leader", "isLeader"}`; `leader` is null while none is known.
-async fn control_plane(State(plane): State<Arc<ControlPlane>>) -> Json<serde_json::Value> {
+async fn control_plane(State(plane): State<Arc<ControlPlane>>) -> Json<trefoil_api::ControlPlaneStatus> {
     let leader = plane.leader.borrow().clone();
-    Json(serde_json::json!({
-        "name": plane.me,
-        "store": plane.store.to_string(),
-        "leader": leader.holder,
-        "isLeader": leader.me,
-    }))
+    Json(trefoil_api::ControlPlaneStatus {
+        name: plane.me.clone(),
+        store: plane.store.to_string(),
+        leader: leader.holder,
+        is_leader: leader.me,
+    })
 }

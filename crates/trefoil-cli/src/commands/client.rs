@@ -56,7 +56,8 @@ the snapshot version each acked and the latest compiled for it, and the last rej
 Node agents (`trefoil datapath agent`) are among them as agent/NODE: the revision of the datapath table each \
 programmed, and why the kernel refused one. `trefoil get Proxy` lists the Proxy resources themselves.")]
 pub(crate) struct GetArgs {
-    /// Resource kind: Route, routes, service, ...; `proxies` for the proxies' status.
+    /// Resource kind: Route, routes, service, ...; `proxies` for the proxies'
+    /// status; `controlplanes` for the replica --server reaches and the leader.
     kind: String,
     /// One resource; all of the kind when absent.
     name: Option<String>,
@@ -296,10 +297,15 @@ pub(crate) fn apply(args: ApplyArgs) -> ExitCode {
 
 /// `proxies` (lower case, no name) is the status view; any other spelling of the kind lists Proxy resources.
 const PROXY_STATUS: &str = "proxies";
+/// The control plane's own status view: no resource kind is spelled so.
+const CONTROL_PLANES: &str = "controlplanes";
 
 pub(crate) fn get(args: GetArgs) -> ExitCode {
     if args.kind == PROXY_STATUS && args.name.is_none() {
         return get_proxy_status(args);
+    }
+    if args.kind == CONTROL_PLANES && args.name.is_none() {
+        return get_control_planes(args);
     }
     if args.audit {
         return get_audit(args);
@@ -395,6 +401,24 @@ fn get_proxy_status(args: GetArgs) -> ExitCode {
                 version_text(*latest_version)
             );
         }
+        exit::ok()
+    })
+}
+
+/// `trefoil get controlplanes`: the replica --server reaches, its store and
+/// the leader; one line, or the object with `-o json|yaml`.
+fn get_control_planes(args: GetArgs) -> ExitCode {
+    run_async(async move {
+        let status = match args.server.client().control_plane().await {
+            Ok(status) => status,
+            Err(e) => return report(&args.server.url(), &e),
+        };
+        if args.output != Format::Table {
+            return printed(args.output, &status);
+        }
+        println!("{:<24} {:<7} {:<24} STORE", "NAME", "LEADER", "LEADER NAME");
+        let leads = if status.is_leader { "yes" } else { "no" };
+        println!("{:<24} {leads:<7} {:<24} {}", status.name, status.leader.as_deref().unwrap_or("(electing)"), status.store);
         exit::ok()
     })
 }

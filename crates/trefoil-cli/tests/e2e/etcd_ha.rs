@@ -99,6 +99,10 @@ fn etcd_replicas_share_writes_elect_one_leader_and_survive_member_loss() {
     leader.kill_9();
     wait_until("the surviving replica to take over as leader", CONVERGE, || control_plane(survivor)["isLeader"] == true);
     assert!(survivor.log().contains("leader election: this control plane leads"), "{}", survivor.log());
+    let shown = run_with_timeout(&mut survivor.command(&["get", "controlplanes", "-o", "json"]), Duration::from_secs(30));
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("`get controlplanes -o json` prints JSON");
+    assert_eq!((shown["isLeader"].as_bool(), shown["leader"].as_str()), (Some(true), Some(survivor.api.to_string().as_str())));
     let survivor = &*survivor;
 
     // One etcd member down: writes still succeed.
