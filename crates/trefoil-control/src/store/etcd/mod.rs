@@ -17,6 +17,8 @@
 
 mod mirror;
 mod proto;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
