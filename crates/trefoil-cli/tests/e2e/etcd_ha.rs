@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use trefoil_api::ControlPlaneStatus;
 use trefoil_model::spec::{RouteRule, WeightedBackend};
 use trefoil_testkit::resources::{backend, route};
 use trefoil_testkit::{is_root, run_with_timeout, scratch_dir, wait_until, Control, EtcdCluster, ToYaml};
@@ -44,8 +45,10 @@ fn etcd_present() -> Result<(), String> {
     EtcdCluster::binary().map(drop).map_err(|e| format!("{e}; apt-get install etcd-server said: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-fn control_plane(control: &Control) -> Value {
-    control.call("GET", "/api/v1/status/controlplane", "").1
+fn control_plane(control: &Control) -> ControlPlaneStatus {
+    let (status, body) = control.call("GET", "/api/v1/status/controlplane", "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body).expect("a ControlPlaneStatus")
 }
 
 #[test]
@@ -89,20 +92,20 @@ fn etcd_replicas_share_writes_elect_one_leader_and_survive_member_loss() {
     // One leader; kill -9 it and the other takes over.
     wait_until("one replica to lead", CONVERGE, || {
         let (la, lb) = (control_plane(&a), control_plane(&b));
-        la["isLeader"].as_bool().unwrap_or(false) != lb["isLeader"].as_bool().unwrap_or(false) && la["leader"] == lb["leader"]
+        la.is_leader != lb.is_leader && la.leader.is_some() && la.leader == lb.leader
     });
     let status_a = control_plane(&a);
-    assert_eq!(status_a["store"], store);
-    let a_leads = status_a["isLeader"] == true;
+    assert_eq!(status_a.store, store);
+    let a_leads = status_a.is_leader;
     let (leader, survivor) = if a_leads { (&mut a, &mut b) } else { (&mut b, &mut a) };
-    assert_eq!(control_plane(survivor)["leader"], leader.api.to_string());
+    assert_eq!(control_plane(survivor).leader, Some(leader.api.to_string()));
     leader.kill_9();
-    wait_until("the surviving replica to take over as leader", CONVERGE, || control_plane(survivor)["isLeader"] == true);
+    wait_until("the surviving replica to take over as leader", CONVERGE, || control_plane(survivor).is_leader);
     assert!(survivor.log().contains("leader election: this control plane leads"), "{}", survivor.log());
     let shown = run_with_timeout(&mut survivor.command(&["get", "controlplanes", "-o", "json"]), Duration::from_secs(30));
     assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
-    let shown: Value = serde_json::from_slice(&shown.stdout).expect("`get controlplanes -o json` prints JSON");
-    assert_eq!((shown["isLeader"].as_bool(), shown["leader"].as_str()), (Some(true), Some(survivor.api.to_string().as_str())));
+    let shown: ControlPlaneStatus = serde_json::from_slice(&shown.stdout).expect("`get controlplanes -o json` prints JSON");
+    assert!(shown.is_leader && shown.leader == Some(survivor.api.to_string()), "{shown:?}");
     let survivor = &*survivor;
 
     // One etcd member down: writes still succeed.

@@ -219,14 +219,13 @@ impl Etcd {
             Client::new(endpoints).map_err(unavailable)?
         };
         let mirror = Arc::new(Mirror::new(events));
-        let mut etcd = Etcd { endpoints: joined.clone(), runtime: Some(runtime), client: client.clone(), mirror: mirror.clone() };
+        let etcd = Etcd { endpoints: joined.clone(), runtime: Some(runtime), client: client.clone(), mirror: mirror.clone() };
         let loaded = etcd.block(async move { client.unary::<_, proto::RangeResponse>(proto::RANGE, range_all()).await })?;
         let loaded = loaded.map_err(|e| unavailable(e.0))?;
         mirror.load(header_revision(&loaded.header), &loaded.kvs);
         tracing::info!(endpoints = %joined, revision = mirror.revision(), objects = loaded.kvs.len(), "store: loaded from etcd");
         let (client, watched) = (etcd.client.clone(), mirror);
         etcd.handle().spawn(watch(client, watched));
-        etcd.endpoints = joined;
         Ok(etcd)
     }
 
@@ -272,7 +271,7 @@ impl Etcd {
         };
         let value = serde_json::to_vec(&value).unwrap_or_default();
         let put = proto::request_op::Request::Put(proto::PutRequest { key: key.clone(), value, lease: 0 });
-        self.txn(kind, name, &key, compare, put, expected.unwrap_or(0), false)
+        self.txn(Write { kind, name, key, expected: expected.unwrap_or(0), delete: false }, compare, put)
     }
 
     pub fn delete(&self, kind: &str, name: &str, expected: Option<u64>) -> Result<u64, StoreError> {
@@ -282,24 +281,13 @@ impl Etcd {
             Some(v) => compare(&key, proto::TARGET_MOD, proto::EQUAL, proto::compare::TargetUnion::ModRevision(v as i64)),
         };
         let delete = proto::request_op::Request::DeleteRange(proto::DeleteRangeRequest { key: key.clone(), range_end: vec![] });
-        self.txn(kind, name, &key, vec![compare], delete, expected.unwrap_or(0), true)
+        self.txn(Write { kind, name, key, expected: expected.unwrap_or(0), delete: true }, vec![compare], delete)
     }
 
     /// `if compare then op else read the key`; the new revision, once the mirror has it.
-    #[allow(clippy::too_many_arguments)] // one private helper for put and delete
-    fn txn(
-        &self,
-        kind: &str,
-        name: &str,
-        key: &[u8],
-        compare: Vec<proto::Compare>,
-        op: proto::request_op::Request,
-        expected: u64,
-        delete: bool,
-    ) -> Result<u64, StoreError> {
-        let read = proto::RequestOp {
-            request: Some(proto::request_op::Request::Range(proto::RangeRequest { key: key.to_vec(), ..Default::default() })),
-        };
+    fn txn(&self, write: Write<'_>, compare: Vec<proto::Compare>, op: proto::request_op::Request) -> Result<u64, StoreError> {
+        let Write { kind, name, key, expected, delete } = write;
+        let read = proto::RequestOp { request: Some(proto::request_op::Request::Range(proto::RangeRequest { key, ..Default::default() })) };
         let request = proto::TxnRequest { compare, success: vec![proto::RequestOp { request: Some(op) }], failure: vec![read] };
         let client = self.client.clone();
         let response = self
@@ -332,6 +320,17 @@ impl Etcd {
         self.handle().spawn(campaign(self.client.clone(), me, tx));
         rx
     }
+}
+
+/// The object a transaction writes, and what its failure means.
+struct Write<'a> {
+    kind: &'a str,
+    name: &'a str,
+    key: Vec<u8>,
+    /// The version the caller expected, for the conflict it is told of.
+    expected: u64,
+    /// A refused delete of an absent key is "not found", not a conflict.
+    delete: bool,
 }
 
 fn compare(key: &[u8], target: i32, result: i32, union: proto::compare::TargetUnion) -> proto::Compare {
