@@ -195,7 +195,12 @@ where
         }
         tracing::info!("{what}: running here, on the leader");
         let task = tokio::spawn(controller());
-        let _ = leader.wait_for(|l| !l.me).await;
+        if leader.wait_for(|l| !l.me).await.is_err() {
+            // Leadership can no longer change (the embedded store's is fixed
+            // for the process's life): the controller runs to the end.
+            let _ = task.await;
+            return;
+        }
         tracing::info!("{what}: stopped here, no longer the leader");
         task.abort();
     }
