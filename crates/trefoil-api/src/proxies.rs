@@ -47,6 +47,13 @@ pub struct ProxyStatus {
     /// How many resources its newest snapshot holds (for an agent: table lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribed: Option<u64>,
+    /// A scoped sidecar (its Workload declares `calls`): how many services
+    /// its latest snapshot holds; absent for a proxy sent the whole mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoped_services: Option<u32>,
+    /// Services it looked up on demand, kept in its scope from then on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub looked_up: Vec<String>,
 }
 
 impl ProxyStatus {
@@ -64,6 +71,8 @@ impl ProxyStatus {
             last_seen: None,
             lag: None,
             subscribed: None,
+            scoped_services: None,
+            looked_up: Vec::new(),
         }
     }
 

@@ -99,7 +99,7 @@ async fn run(mut client: ConfigStreamClient, name: String, state: Arc<ProxyState
         version: 0,
         hash: 0,
         pid: std::process::id(),
-        kind: String::new(),
+        ..Default::default()
     };
     say.send(ProxyMessage::hello(hello)).map_err(|_| format!("{name}: stream gone before Hello"))?;
     let mut snapshots = client.stream(UnboundedReceiverStream::new(said)).await.map_err(|e| format!("{name}: {e}"))?;

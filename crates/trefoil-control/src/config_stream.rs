@@ -221,8 +221,16 @@ fn register(
         }
     }
     let name = node.map_or_else(|| hello.proxy.clone(), agent_name);
-    let registered =
-        Hello { name: &name, admin_address: &hello.admin_address, version: hello.version, hash: hello.hash, pid: hello.pid, peer, node };
+    let registered = Hello {
+        name: &name,
+        admin_address: &hello.admin_address,
+        version: hello.version,
+        hash: hello.hash,
+        pid: hello.pid,
+        peer,
+        node,
+        looked_up: &hello.looked_up,
+    };
     match proxies.connect(&registered, outbox) {
         Ok(id) => {
             tracing::info!(proxy = %name, %peer, admin = %hello.admin_address, version = hello.version, pid = hello.pid, "proxy connected");
@@ -255,6 +263,14 @@ async fn session(compiler: Arc<Compiler>, talk: Talk, mut inbound: Streaming<Pro
                     Snapshot { trust_bundle_pem: identity.trust_bundle_pem.clone(), identity: Some(identity), ..Default::default() };
                 if talk.answer.send(Ok(answer)).await.is_err() {
                     break "the stream closed".to_string();
+                }
+            }
+            Ok(Some(ProxyMessage { kind: Some(Kind::Lookup(lookup)) })) => {
+                if let Some(miss) = compiler.look_up(&name, id, &lookup.service).await {
+                    let answer = Snapshot { lookup_miss: miss, ..Default::default() };
+                    if talk.answer.send(Ok(answer)).await.is_err() {
+                        break "the stream closed".to_string();
+                    }
                 }
             }
             Ok(Some(_)) => tracing::warn!(proxy = %name, "ignoring an unexpected message (a second Hello, or an empty one)"),
@@ -320,7 +336,7 @@ impl Compiler {
         for name in &names {
             let snapshot = match self.proxies.node_of(name) {
                 Some(node) => view.datapath.snapshot_for(&node, revision, now),
-                None => view.mesh.snapshot_for(name, revision),
+                None => view.mesh.snapshot_with(name, revision, &self.proxies.looked_up(name)),
             };
             self.proxies.offer(name, &snapshot);
         }
@@ -351,6 +367,28 @@ impl Compiler {
             (Some(_), None) | (None, Some(_)) => false,
             (None, None) => view.mesh.needs(name, &resource),
         }))
+    }
+
+    /// A scoped sidecar's on-demand lookup of `service`: a service the mesh
+    /// has joins the proxy's scope and its snapshot is compiled again (its
+    /// next snapshot is the answer); `Some(service)` when there is no such
+    /// service (the answer is a `lookup_miss`). One already in its scope
+    /// gets its snapshot offered again, which sends nothing if unchanged:
+    /// such a lookup is answered as a miss, so the proxy stops waiting.
+    pub async fn look_up(self: &Arc<Self>, name: &str, session: u64, service: &str) -> Option<String> {
+        let service = service.to_ascii_lowercase();
+        let compiler = self.clone();
+        let known = {
+            let service = service.clone();
+            tokio::task::spawn_blocking(move || compiler.view().1.mesh.knows_service(&service)).await.unwrap_or(false)
+        };
+        if !known || !self.proxies.look_up(name, session, &service) {
+            tracing::debug!(proxy = %name, %service, known, "on-demand lookup answered as a miss");
+            return Some(service);
+        }
+        tracing::info!(proxy = %name, %service, "on-demand lookup: the service joins the proxy's scope");
+        self.refresh_in_background(Some(name.to_string())).await;
+        None
     }
 
     /// The shared view at the store's current revision, built only when the
@@ -491,6 +529,7 @@ mod tests {
             hash: 0,
             pid,
             kind: String::new(),
+            looked_up: Vec::new(),
         }))
         .unwrap();
         match client.stream(UnboundedReceiverStream::new(said)).await {
@@ -575,6 +614,7 @@ mod tests {
             hash: 0,
             pid: 3002,
             kind: String::new(),
+            looked_up: Vec::new(),
         }))
         .unwrap();
         let end = tokio::time::timeout(WAIT, snapshots.message()).await.expect("the stream ends");

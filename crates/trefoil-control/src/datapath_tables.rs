@@ -50,7 +50,7 @@ impl DatapathView {
         let table = node_table::for_node(&self.resources, node, &node_table::expired(&self.resources, now_ms));
         // Plain data always serializes; an empty string is refused by `offer`.
         let json = serde_json::to_string(&table).unwrap_or_default();
-        ProxySnapshot { version, hash: fnv1a(json.as_bytes()), count: table.lines.len(), resources_json: json }
+        ProxySnapshot { version, hash: fnv1a(json.as_bytes()), count: table.lines.len(), resources_json: json, scope: None }
     }
 
     /// Every rule that does not resolve on some node, at `now_ms`: a rule's

@@ -3,7 +3,7 @@
 //! goes out. A node agent is registered as `agent/<node>` (a name no proxy
 //! can have) with its node beside it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -30,7 +30,14 @@ struct Session {
     /// The newest store revision offered to this session, so a compile that
     /// lost a race with a newer one cannot overtake it.
     offered_revision: u64,
+    /// Services a scoped sidecar looked up on demand (at most
+    /// [`MAX_LOOKED_UP`]): its snapshots hold them from then on.
+    looked_up: BTreeSet<String>,
 }
+
+/// Most services one proxy may look up on demand: each makes its snapshot
+/// bigger, and a proxy asking for more is better sent the whole mesh.
+pub const MAX_LOOKED_UP: usize = 1024;
 
 #[derive(Default)]
 struct Entry {
@@ -50,6 +57,8 @@ struct Entry {
     /// When the revision in force (see [`Entry::in_force`]) last rose, the
     /// newest [`REACHED_KEPT`]: how long an acknowledgement took.
     reached: VecDeque<(u64, SystemTime)>,
+    /// Services in the latest scoped snapshot offered; `None`: the whole mesh.
+    scoped_services: Option<u32>,
 }
 
 /// Advances of a proxy's revision in force kept for `slowestMs`: a constant,
@@ -122,6 +131,8 @@ pub struct Hello<'a> {
     pub peer: &'a str,
     /// Set for a node agent: its node (then `name` is [`agent_name`] of it).
     pub node: Option<&'a str>,
+    /// Services it looked up on demand before this stream.
+    pub looked_up: &'a [String],
 }
 
 /// The registry name of the agent of `node`: `/` keeps it apart from every
@@ -205,7 +216,8 @@ impl Proxies {
             entry.latest = Some((hello.version, hello.hash));
             entry.note_reached(SystemTime::now());
         }
-        entry.session = Some(Session { id, holder, outbox, sent_hash: hello.hash, offered_revision: 0 });
+        let looked_up = hello.looked_up.iter().filter(|s| valid_service(s)).take(MAX_LOOKED_UP).cloned().collect();
+        entry.session = Some(Session { id, holder, outbox, sent_hash: hello.hash, offered_revision: 0, looked_up });
         Ok(id)
     }
 
@@ -250,6 +262,22 @@ impl Proxies {
         true
     }
 
+    /// The services proxy `name` looked up on demand.
+    pub fn looked_up(&self, name: &str) -> BTreeSet<String> {
+        self.lock().get(name).and_then(|e| e.session.as_ref()).map(|s| s.looked_up.clone()).unwrap_or_default()
+    }
+
+    /// Adds `service` to what the session `session` of proxy `name` looked
+    /// up; whether it is new there (and room was left).
+    pub fn look_up(&self, name: &str, session: u64, service: &str) -> bool {
+        let mut entries = self.lock();
+        let Some(held) = entries.get_mut(name).and_then(|e| e.session.as_mut()).filter(|s| s.id == session) else { return false };
+        if held.looked_up.len() >= MAX_LOOKED_UP || !valid_service(service) {
+            return false;
+        }
+        held.looked_up.insert(service.to_string())
+    }
+
     /// Names of the proxies and agents with an open stream.
     pub fn connected(&self) -> Vec<String> {
         self.lock().iter().filter(|(_, e)| e.session.is_some()).map(|(n, _)| n.clone()).collect()
@@ -266,6 +294,7 @@ impl Proxies {
         let mut entries = self.lock();
         let Some(entry) = entries.get_mut(name) else { return false };
         let nacked = entry.nacked_hash;
+        entry.scoped_services = snapshot.scope.as_ref().map(|s| u32::try_from(s.len()).unwrap_or(u32::MAX));
         let Some(session) = entry.session.as_mut() else { return false };
         if snapshot.version < session.offered_revision {
             return false;
@@ -288,6 +317,7 @@ impl Proxies {
             resources_json: snapshot.resources_json.clone(),
             trust_bundle_pem: self.trust_bundle.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             identity: None,
+            lookup_miss: String::new(),
         }));
         entry.latest = Some((snapshot.version, snapshot.hash));
         tracing::info!(
@@ -394,6 +424,8 @@ impl Proxies {
                         _ => None,
                     },
                     subscribed: e.session.as_ref().and(e.compiled).map(|(_, _, count)| count as u64),
+                    scoped_services: e.scoped_services,
+                    looked_up: e.session.as_ref().map(|s| s.looked_up.iter().cloned().collect()).unwrap_or_default(),
                 },
             );
         }
@@ -401,16 +433,22 @@ impl Proxies {
     }
 }
 
+/// A name a Service could have (what a lookup may add): the API's own
+/// rule for resource names, so a proxy cannot fill its set with junk.
+fn valid_service(name: &str) -> bool {
+    trefoil_model::valid_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn snapshot(version: u64, hash: u64) -> ProxySnapshot {
-        ProxySnapshot { version, hash, resources_json: "[]".to_string(), count: 0 }
+        ProxySnapshot { version, hash, resources_json: "[]".to_string(), count: 0, scope: None }
     }
 
     fn hello(version: u64, hash: u64) -> Hello<'static> {
-        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash, pid: 7, peer: "127.0.0.1:40000", node: None }
+        Hello { name: "edge", admin_address: "127.0.0.1:15000", version, hash, pid: 7, peer: "127.0.0.1:40000", node: None, looked_up: &[] }
     }
 
     #[test]
@@ -419,8 +457,16 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let first = proxies.connect(&hello(0, 0), tx).unwrap();
         let (tx2, _rx2) = watch::channel(None);
-        let other =
-            Hello { name: "edge", admin_address: "127.0.0.1:15001", version: 0, hash: 0, pid: 8, peer: "127.0.0.1:40001", node: None };
+        let other = Hello {
+            name: "edge",
+            admin_address: "127.0.0.1:15001",
+            version: 0,
+            hash: 0,
+            pid: 8,
+            peer: "127.0.0.1:40001",
+            node: None,
+            looked_up: &[],
+        };
         let taken = proxies.connect(&other, tx2).unwrap_err();
         let text = taken.to_string();
         assert!(text.contains("\"edge\"") && text.contains("127.0.0.1:40000") && text.contains("pid 7"), "{text}");
@@ -473,8 +519,16 @@ mod tests {
     #[test]
     fn a_node_agents_new_stream_may_take_what_the_kernel_refused_before() {
         let proxies = Proxies::default();
-        let agent =
-            Hello { name: "agent/edge", admin_address: "", version: 0, hash: 0, pid: 9, peer: "127.0.0.1:40002", node: Some("edge") };
+        let agent = Hello {
+            name: "agent/edge",
+            admin_address: "",
+            version: 0,
+            hash: 0,
+            pid: 9,
+            peer: "127.0.0.1:40002",
+            node: Some("edge"),
+            looked_up: &[],
+        };
         let (tx, _rx) = watch::channel(None);
         let s = proxies.connect(&agent, tx).unwrap();
         assert!(proxies.offer("agent/edge", &snapshot(3, 30)));

@@ -20,5 +20,5 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::Duration;
 pub use load::{from_yaml, load_all_path, load_all_str, load_path, load_str, Loaded, SourcedResource};
 pub use resource::{Metadata, Resource, Spec, API_VERSION};
-pub use validate::{validate, validate_against, validate_each};
+pub use validate::{valid_name, validate, validate_against, validate_each};
 pub use version::ResourceVersion;

@@ -19,6 +19,10 @@ pub fn validate_each(resources: &[SourcedResource]) -> Result<(), Diagnostics> {
     check(resources, &[], References::Ignored)
 }
 
+/// Most services one Workload may declare it calls: a sidecar's snapshot
+/// grows with them, and a longer list is a mesh that wants no scoping.
+const MAX_CALLS: usize = 1024;
+
 /// Validates resources about to be written next to `stored` (what a
 /// control plane holds; those the new ones replace are left out): each by
 /// itself, and against the stored resources it names or that name it, where
@@ -182,7 +186,9 @@ pub fn valid_event(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.chars().all(ok_char) && name.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid resource (and so Service) name: DNS-like,
+/// lowercase, at most 253 characters.
+pub fn valid_name(name: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     !name.is_empty()
         && name.len() <= 253
@@ -474,6 +480,29 @@ impl Validator {
         }
     }
 
+    /// `calls`: service names, each once, bounded; with references checked,
+    /// each a Service (declared or implied by a Workload).
+    fn calls(&mut self, r: &SourcedResource, w: &WorkloadSpec) {
+        let Some(calls) = &w.calls else { return };
+        if calls.len() > MAX_CALLS {
+            self.report(r, "spec.calls", format!("{} services: at most {MAX_CALLS}", calls.len()));
+            return;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, service) in calls.iter().enumerate() {
+            let field = format!("spec.calls[{i}]");
+            if !valid_name(service) {
+                self.report(r, &field, format!("invalid service name {service:?}"));
+            } else if !seen.insert(service) {
+                self.report(r, &field, format!("{service:?} is listed twice"));
+            } else if *service == w.service {
+                self.report(r, &field, format!("{service:?} is this workload's own service, which its sidecar always has"));
+            } else if self.check_references && !self.services.contains_key(service) {
+                self.report(r, &field, format!("no Service named {service:?}"));
+            }
+        }
+    }
+
     fn workload(&mut self, r: &SourcedResource, w: &WorkloadSpec) {
         if !valid_name(&w.service) {
             self.report(r, "spec.service", format!("invalid service name {:?}", w.service));
@@ -496,6 +525,7 @@ impl Validator {
                 self.report(r, &format!("spec.env.{key}"), "environment variable names are letters, digits and '_'");
             }
         }
+        self.calls(r, w);
         if let Some(h) = &w.health {
             match (&h.http, h.tcp) {
                 (Some(path), false) if !path.starts_with('/') => {

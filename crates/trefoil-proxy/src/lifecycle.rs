@@ -132,8 +132,15 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             let admin_address = running.state.snapshot.load().settings.admin.to_string();
             shared.datapath.use_control_plane(address, trust_bundle.as_deref(), identity.clone());
             let (applies, mut incoming) = mpsc::channel::<Apply>(1);
-            let client =
-                tokio::spawn(control_client::run(address.clone(), name.clone(), admin_address, identity, trust_bundle.clone(), applies));
+            let client = tokio::spawn(control_client::run(
+                address.clone(),
+                name.clone(),
+                admin_address,
+                identity,
+                trust_bundle.clone(),
+                applies,
+                shared.on_demand.clone(),
+            ));
             tracing::info!(control = %address, proxy = %name, "waiting for the first snapshot from the control plane");
             loop {
                 tokio::select! {

@@ -379,7 +379,10 @@ fn replica(
     let outbound = ports.free()?;
     let admin = ports.admin()?;
     let mut upstreams = BTreeMap::new();
-    for service in services.iter().filter(|s| **s != w.service) {
+    // A workload that declares its calls gets a port for each of them; any
+    // other service it reaches through the outbound listener, by Host.
+    let declared = |s: &str| w.calls.as_ref().is_none_or(|calls| calls.iter().any(|c| c == s));
+    for service in services.iter().filter(|s| **s != w.service && declared(s)) {
         upstreams.insert(service.to_string(), ports.free()?);
     }
 

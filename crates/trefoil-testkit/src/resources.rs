@@ -95,6 +95,7 @@ pub fn listener_spec(address: SocketAddr) -> ListenerSpec {
         timeouts: ListenerTimeouts::default(),
         transparent: false,
         mesh_tls: None,
+        on_demand: false,
     }
 }
 
@@ -238,6 +239,7 @@ pub fn workload(service: &str, command: &str, args: &[&str]) -> WorkloadSpec {
         port: None,
         health: None,
         node: None,
+        calls: None,
     }
 }
 

@@ -14,7 +14,7 @@ pub mod tls;
 use std::time::Duration;
 
 pub use client::{BadToken, ClientError, ConfigStreamClient};
-pub use messages::{proxy_message, Ack, CertificateRequest, Hello, IdentityAnswer, Nack, ProxyMessage, Snapshot, AGENT};
+pub use messages::{proxy_message, Ack, CertificateRequest, Hello, IdentityAnswer, Lookup, Nack, ProxyMessage, Snapshot, AGENT};
 pub use server::{serve, serve_with_datapath, serve_with_datapath_tls, ConfigStream, ConfigStreamServer};
 pub use tls::{ClientTls, PeerInfo};
 pub use tonic::transport::Error as TransportError;

@@ -4,7 +4,7 @@
 /// What a proxy sends: a `Hello` first, then an `Ack` or `Nack` per snapshot.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ProxyMessage {
-    #[prost(oneof = "proxy_message::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "proxy_message::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<proxy_message::Kind>,
 }
 
@@ -21,6 +21,8 @@ pub mod proxy_message {
         Nack(super::Nack),
         #[prost(message, tag = "4")]
         Csr(super::CertificateRequest),
+        #[prost(message, tag = "5")]
+        Lookup(super::Lookup),
     }
 }
 
@@ -45,6 +47,19 @@ pub struct Hello {
     /// node and whose snapshots carry that node's datapath table.
     #[prost(string, tag = "6")]
     pub kind: String,
+    /// Services it looked up on demand before this stream (after a
+    /// reconnect): its scoped snapshot keeps holding them.
+    #[prost(string, repeated, tag = "7")]
+    pub looked_up: Vec<String>,
+}
+
+/// A request for a service outside a scoped sidecar's snapshot: its next
+/// snapshot holds the service, or a snapshot with `lookup_miss` says there
+/// is none.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Lookup {
+    #[prost(string, tag = "1")]
+    pub service: String,
 }
 
 /// [`Hello::kind`] of a node agent.
@@ -124,6 +139,10 @@ pub struct Snapshot {
     pub trust_bundle_pem: String,
     #[prost(message, optional, tag = "5")]
     pub identity: Option<IdentityAnswer>,
+    /// The answer to a [`Lookup`] of a service the mesh does not have (then
+    /// the rest is empty).
+    #[prost(string, tag = "6")]
+    pub lookup_miss: String,
 }
 
 impl ProxyMessage {
@@ -138,6 +157,9 @@ impl ProxyMessage {
     }
     pub fn csr(request: CertificateRequest) -> Self {
         ProxyMessage { kind: Some(proxy_message::Kind::Csr(request)) }
+    }
+    pub fn lookup(service: impl Into<String>) -> Self {
+        ProxyMessage { kind: Some(proxy_message::Kind::Lookup(Lookup { service: service.into() })) }
     }
 }
 
@@ -159,7 +181,7 @@ mod tests {
         let nack = ProxyMessage::nack(1, 2, "x").encode_to_vec();
         assert_eq!(nack, vec![key(3, 2), 7, key(1, 0), 1, key(2, 0), 2, key(3, 2), 1, b'x']);
         let hello =
-            ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5, kind: String::new() })
+            ProxyMessage::hello(Hello { proxy: "p".into(), admin_address: "a".into(), version: 3, hash: 4, pid: 5, ..Default::default() })
                 .encode_to_vec();
         assert_eq!(hello, vec![key(1, 2), 12, key(1, 2), 1, b'p', key(2, 2), 1, b'a', key(3, 0), 3, key(4, 0), 4, key(5, 0), 5]);
         let agent = ProxyMessage::hello(Hello { proxy: "n".into(), kind: AGENT.into(), ..Default::default() }).encode_to_vec();
@@ -169,6 +191,11 @@ mod tests {
         let csr =
             ProxyMessage::csr(CertificateRequest { csr_der: vec![9], join_token: "t".into(), current_svid_der: vec![8] }).encode_to_vec();
         assert_eq!(csr, vec![key(4, 2), 9, key(1, 2), 1, 9, key(2, 2), 1, b't', key(3, 2), 1, 8]);
+        assert_eq!(ProxyMessage::lookup("api").encode_to_vec(), vec![key(5, 2), 5, key(1, 2), 3, b'a', b'p', b'i']);
+        let looked_up = ProxyMessage::hello(Hello { proxy: "p".into(), looked_up: vec!["a".into()], ..Default::default() }).encode_to_vec();
+        assert_eq!(looked_up, vec![key(1, 2), 6, key(1, 2), 1, b'p', key(7, 2), 1, b'a']);
+        let miss = Snapshot { lookup_miss: "x".into(), ..Default::default() }.encode_to_vec();
+        assert_eq!(miss, vec![key(6, 2), 1, b'x']);
         let answer = Snapshot {
             trust_bundle_pem: "b".into(),
             identity: Some(IdentityAnswer {

@@ -20,7 +20,7 @@ impl ConfigStream for Echo {
                 Some(Ok(Snapshot { version: 1, hash: 11, resources_json: format!("[\"{}\"]", h.proxy), ..Default::default() }))
             }
             Kind::Ack(a) => Some(Ok(Snapshot { version: a.version + 1, hash: 12, resources_json: "[]".into(), ..Default::default() })),
-            Kind::Nack(_) | Kind::Csr(_) => None,
+            Kind::Nack(_) | Kind::Csr(_) | Kind::Lookup(_) => None,
         });
         Ok(Response::new(Box::pin(out)))
     }
@@ -42,7 +42,7 @@ async fn hello_snapshot_ack_over_loopback() {
         version: 0,
         hash: 0,
         pid: 1,
-        kind: String::new(),
+        ..Default::default()
     }))
     .unwrap();
     let mut snapshots = client.stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap();

@@ -71,8 +71,15 @@ pub(crate) fn ask(grpc: &str, bundle: &str, request: CertificateRequest) -> Iden
         let mut client =
             ConfigStreamClient::connect_with(grpc, Duration::from_secs(3), Some(tls)).await.expect("the config stream answers");
         let (say, said) = tokio::sync::mpsc::unbounded_channel();
-        let hello =
-            Hello { proxy: "intruder".into(), admin_address: "127.0.0.1:9".into(), version: 0, hash: 0, pid: 1, kind: String::new() };
+        let hello = Hello {
+            proxy: "intruder".into(),
+            admin_address: "127.0.0.1:9".into(),
+            version: 0,
+            hash: 0,
+            pid: 1,
+            kind: String::new(),
+            looked_up: Vec::new(),
+        };
         say.send(ProxyMessage::hello(hello)).unwrap();
         say.send(ProxyMessage::csr(request)).unwrap();
         let mut answers = client.stream(UnboundedReceiverStream::new(said)).await.expect("the stream opens");

@@ -33,6 +33,7 @@ mod proxy_protocols;
 mod proxy_routing;
 mod rollout_e2e;
 mod runtime_up;
+mod scoped_config;
 mod stream_auth_e2e;
 mod trace_e2e;
 

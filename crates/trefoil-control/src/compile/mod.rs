@@ -19,6 +19,9 @@ pub struct ProxySnapshot {
     pub resources_json: String,
     /// How many resources it holds.
     pub count: usize,
+    /// A scoped sidecar's services (its own, what it calls, and what those
+    /// routes send to); `None`: the whole mesh.
+    pub scope: Option<Vec<String>>,
 }
 
 /// Compiles the snapshot of `proxy` from every stored resource.
@@ -50,6 +53,64 @@ pub struct MeshView {
     /// CNFs a route rule names (those snapshots carry), and whether any
     /// does (then every NetworkFunction goes too).
     chained_cnfs: BTreeSet<String>,
+    /// What a scoped sidecar's snapshot is picked from: the same resources
+    /// as `shared_json`, each encoded once with what it depends on.
+    parts: ScopeParts,
+}
+
+/// The shared resources by what they concern, for sidecars whose Workload
+/// declares `calls`: such a sidecar gets its own service, the ones it
+/// calls and, transitively, what their routes need, instead of the mesh.
+#[derive(Default)]
+struct ScopeParts {
+    /// Workload name -> the services it declares it calls.
+    calls: BTreeMap<String, BTreeSet<String>>,
+    /// Every route (user and default), by name.
+    routes: Vec<RouteEntry>,
+    /// TrafficPolicies and Workloads, by the service they concern.
+    by_service: BTreeMap<String, Vec<String>>,
+    /// CNFs a route names, by name.
+    cnfs: BTreeMap<String, String>,
+    /// Every NetworkFunction, and the services they run on: a chain may
+    /// reach any of them (see [`chained`]).
+    functions: Vec<String>,
+    function_services: BTreeSet<String>,
+}
+
+/// One route with the services it concerns.
+struct RouteEntry {
+    name: String,
+    /// Its `service`, and every backend and mirror it sends to.
+    concerns: BTreeSet<String>,
+    /// What it sends to (what the snapshot must then hold).
+    sends_to: BTreeSet<String>,
+    chains: BTreeSet<String>,
+    json: String,
+}
+
+impl RouteEntry {
+    fn new(r: &Resource) -> Option<Self> {
+        let Spec::Route(route) = &r.spec else { return None };
+        let mut sends_to = BTreeSet::new();
+        let mut chains = BTreeSet::new();
+        for rule in &route.rules {
+            sends_to.extend(rule.backends.iter().map(|b| b.service.clone()));
+            if let Some(mirror) = &rule.filters.request_mirror {
+                sends_to.insert(mirror.backend.service.clone());
+            }
+            chains.extend(rule.chain.clone());
+        }
+        let mut concerns = sends_to.clone();
+        concerns.extend(route.service.clone());
+        Some(RouteEntry { name: r.name().to_string(), concerns, sends_to, chains, json: encode(r) })
+    }
+}
+
+/// What one scoped sidecar gets.
+struct Scope<'a> {
+    routes: Vec<&'a RouteEntry>,
+    services: BTreeSet<String>,
+    cnfs: BTreeSet<&'a str>,
 }
 
 /// How a sidecar's inbound listener serves a service whose policy says `mode`
@@ -72,6 +133,7 @@ impl MeshView {
         let mut tls_modes: BTreeMap<String, TlsMode> = BTreeMap::new();
         let mut functions: BTreeMap<&str, &Resource> = BTreeMap::new();
         let mut policies = Vec::new();
+        let mut parts = ScopeParts::default();
         for r in resources {
             match &r.spec {
                 Spec::Proxy(p) => {
@@ -86,11 +148,22 @@ impl MeshView {
                     if let Some(tls) = &p.tls {
                         tls_modes.insert(p.service.clone(), tls.mode);
                     }
+                    parts.by_service.entry(p.service.clone()).or_default().push(encode(&clean(r)));
                     passthrough.push(clean(r));
                 }
                 Spec::Workload(w) => {
                     workload_ports.entry(&w.service).or_insert(w.port.unwrap_or(80));
-                    passthrough.push(clean(r));
+                    if let Some(calls) = &w.calls {
+                        parts.calls.insert(r.name().to_string(), calls.iter().cloned().collect());
+                    }
+                    // Proxies do not use `calls`, and a proxy checking one
+                    // against its scoped snapshot would miss services.
+                    let mut sent = clean(r);
+                    if let Spec::Workload(w) = &mut sent.spec {
+                        w.calls = None;
+                    }
+                    parts.by_service.entry(w.service.clone()).or_default().push(encode(&sent));
+                    passthrough.push(sent);
                 }
                 Spec::Endpoints(e) => {
                     discovered.insert(r.name(), e);
@@ -98,7 +171,8 @@ impl MeshView {
                 Spec::Cnf(_) => {
                     cnfs.insert(r.name(), r);
                 }
-                Spec::NetworkFunction(_) => {
+                Spec::NetworkFunction(f) => {
+                    parts.function_services.insert(f.service.clone());
                     functions.insert(r.name(), r);
                 }
                 // Rollouts act through the Route they rewrite; proxies never see them.
@@ -108,9 +182,17 @@ impl MeshView {
                 Spec::AuthorizationPolicy(p) => policies.push((r.name().to_string(), p.selector.clone(), encode(&clean(r)))),
             }
         }
-        let chain = chained(&routes, &cnfs, &functions);
-        let chained_cnfs = chain.iter().filter(|r| matches!(r.spec, Spec::Cnf(_))).map(|r| r.name().to_string()).collect();
-        passthrough.extend(chain);
+        let chain_resources = chained(&routes, &cnfs, &functions);
+        let chained_cnfs = chain_resources.iter().filter(|r| matches!(r.spec, Spec::Cnf(_))).map(|r| r.name().to_string()).collect();
+        for r in &chain_resources {
+            match r.spec {
+                Spec::Cnf(_) => {
+                    parts.cnfs.insert(r.name().to_string(), encode(r));
+                }
+                _ => parts.functions.push(encode(r)),
+            }
+        }
+        passthrough.extend(chain_resources);
         for (service, port) in workload_ports {
             services.entry(service.to_string()).or_insert_with(|| ServiceSpec {
                 ports: vec![ServicePort { name: "http".to_string(), port, protocol: AppProtocol::Http }],
@@ -165,6 +247,7 @@ impl MeshView {
             }
         }
         routes.sort_by(|a, b| a.name().cmp(b.name()));
+        parts.routes = routes.iter().filter_map(RouteEntry::new).collect();
         passthrough.sort_by(|a, b| (a.kind(), a.name()).cmp(&(b.kind(), b.name())));
         let mut shared_json = JsonArray::default();
         for r in routes.iter().chain(&passthrough) {
@@ -183,7 +266,7 @@ impl MeshView {
         let route_names = routes.iter().filter(|r| !passthrough_only(r)).map(|r| r.name().to_string()).collect();
         policies.sort_by(|a, b| a.0.cmp(&b.0));
         let policies = policies.into_iter().map(|(_, selector, json)| (selector, json)).collect();
-        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes, policies, chained_cnfs }
+        MeshView { proxies, listeners, services, services_json, route_names, shared_json, tls_modes, policies, chained_cnfs, parts }
     }
 
     /// Points every declared proxy without tracing settings at `endpoint`
@@ -228,19 +311,78 @@ impl MeshView {
 
     /// The snapshot of `proxy`; a proxy without a `Proxy` resource is a gateway with default settings.
     pub fn snapshot_for(&self, proxy: &str, version: u64) -> ProxySnapshot {
+        self.snapshot_with(proxy, version, &BTreeSet::new())
+    }
+
+    /// The snapshot of `proxy`, a scoped sidecar's also holding the services
+    /// in `looked_up` (those it asked for on demand).
+    pub fn snapshot_with(&self, proxy: &str, version: u64, looked_up: &BTreeSet<String>) -> ProxySnapshot {
         let spec = self.proxies.get(proxy);
         let mut out = JsonArray::default();
         if let Some(spec) = spec {
             out.push(&resource(proxy, Spec::Proxy(spec.clone())));
         }
-        match spec.and_then(|p| p.sidecar.as_ref()) {
-            Some(sidecar) => self.sidecar(proxy, sidecar, &mut out),
+        let sidecar = spec.and_then(|p| p.sidecar.as_ref());
+        let scope = sidecar.and_then(|s| self.scope(s, looked_up));
+        match sidecar {
+            Some(sidecar) => self.sidecar(proxy, sidecar, scope.as_ref(), &mut out),
             None => self.gateway(proxy, &mut out),
         }
-        out.append(&self.shared_json);
+        match &scope {
+            Some(scope) => self.scoped_shared(scope, &mut out),
+            None => out.append(&self.shared_json),
+        }
         let (resources_json, count) = out.finish();
         let hash = fnv1a(resources_json.as_bytes());
-        ProxySnapshot { version, hash, resources_json, count }
+        ProxySnapshot { version, hash, resources_json, count, scope: scope.map(|s| s.services.into_iter().collect()) }
+    }
+
+    /// Whether `service` can be looked up on demand: a service a snapshot
+    /// can hold (a request to anything else stays unrouted).
+    pub fn knows_service(&self, service: &str) -> bool {
+        self.services.get(service).is_some_and(|s| !s.original_destination)
+    }
+
+    /// What a sidecar whose Workload declares `calls` gets; `None` for one
+    /// that declares nothing, which gets the whole mesh.
+    fn scope(&self, sidecar: &SidecarSpec, looked_up: &BTreeSet<String>) -> Option<Scope<'_>> {
+        let calls = self.parts.calls.get(&sidecar.workload)?;
+        let wanted: BTreeSet<&String> = std::iter::once(&sidecar.service)
+            .chain(calls)
+            .chain(looked_up)
+            .filter(|s| self.services.contains_key(*s) || **s == sidecar.service)
+            .collect();
+        let routes: Vec<&RouteEntry> = self.parts.routes.iter().filter(|r| r.concerns.iter().any(|s| wanted.contains(s))).collect();
+        let mut services: BTreeSet<String> = wanted.into_iter().cloned().collect();
+        let mut cnfs = BTreeSet::new();
+        for route in &routes {
+            services.extend(route.sends_to.iter().filter(|s| self.services.contains_key(*s)).cloned());
+            cnfs.extend(route.chains.iter().filter(|c| self.parts.cnfs.contains_key(*c)).map(String::as_str));
+        }
+        if !cnfs.is_empty() {
+            services.extend(self.parts.function_services.iter().filter(|s| self.services.contains_key(*s)).cloned());
+        }
+        Some(Scope { routes, services, cnfs })
+    }
+
+    /// A scoped sidecar's part of what every other proxy gets whole.
+    fn scoped_shared(&self, scope: &Scope<'_>, out: &mut JsonArray) {
+        for route in &scope.routes {
+            out.push_encoded(&route.json);
+        }
+        for service in &scope.services {
+            for encoded in self.parts.by_service.get(service).into_iter().flatten() {
+                out.push_encoded(encoded);
+            }
+        }
+        for cnf in &scope.cnfs {
+            out.push_encoded(&self.parts.cnfs[*cnf]);
+        }
+        if !scope.cnfs.is_empty() {
+            for encoded in &self.parts.functions {
+                out.push_encoded(encoded);
+            }
+        }
     }
 
     fn gateway(&self, proxy: &str, out: &mut JsonArray) {
@@ -270,7 +412,8 @@ impl MeshView {
 
     /// Generated listeners in front of the app and towards other services; the
     /// replica's own service resolves to its own app only.
-    fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, out: &mut JsonArray) {
+    fn sidecar(&self, proxy: &str, sidecar: &SidecarSpec, scope: Option<&Scope<'_>>, out: &mut JsonArray) {
+        let in_scope = |service: &str| scope.is_none_or(|s| s.services.contains(service));
         let inbound_route = format!("{proxy}-inbound");
         let mut inbound = ListenerSpec {
             mesh_tls: inbound_tls(self.tls_modes.get(&sidecar.service).copied()),
@@ -282,12 +425,19 @@ impl MeshView {
             inbound.tcp_backend = Some(BackendRef { service: sidecar.service.clone(), version: Some(sidecar.version.clone()) });
         }
         out.push(&resource(&format!("{proxy}-inbound"), Spec::Listener(inbound)));
-        out.push(&resource(
-            &format!("{proxy}-outbound"),
-            Spec::Listener(listener(sidecar.outbound, "outbound", self.route_names.clone(), None)),
-        ));
+        let outbound_routes = match scope {
+            Some(scope) => {
+                let picked: BTreeSet<&str> = scope.routes.iter().map(|r| r.name.as_str()).collect();
+                self.route_names.iter().filter(|r| picked.contains(r.as_str())).cloned().collect()
+            }
+            None => self.route_names.clone(),
+        };
+        let mut outbound = listener(sidecar.outbound, "outbound", outbound_routes, None);
+        // A request for a service outside the scope asks the control plane.
+        outbound.on_demand = scope.is_some();
+        out.push(&resource(&format!("{proxy}-outbound"), Spec::Listener(outbound)));
         for (service, address) in &sidecar.upstreams {
-            if self.services.contains_key(service) {
+            if self.services.contains_key(service) && in_scope(service) {
                 let mut to = listener(*address, "outbound", Vec::new(), Some(service.clone()));
                 if self.speaks_tcp(service) {
                     to.protocol = ListenerProtocol::Tcp;
@@ -297,7 +447,7 @@ impl MeshView {
             }
         }
         let own_app = vec![Endpoint { address: sidecar.app, version: sidecar.version.clone(), mesh_tls: false }];
-        for (name, encoded) in &self.services_json {
+        for (name, encoded) in self.services_json.iter().filter(|(name, _)| in_scope(name)) {
             if *name == sidecar.service {
                 let mut own = self.services[name].clone();
                 own.endpoints = own_app.clone();
@@ -411,6 +561,7 @@ fn listener(address: SocketAddr, direction: &str, routes: Vec<String>, service: 
         timeouts: ListenerTimeouts::default(),
         transparent: false,
         mesh_tls: None,
+        on_demand: false,
     }
 }
 

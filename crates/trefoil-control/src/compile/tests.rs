@@ -411,3 +411,114 @@ fn a_proxy_needs_exactly_the_resources_its_snapshot_depends_on() {
     assert!(!view.needs("gateway", all.iter().find(|r| r.name() == "elsewhere").unwrap()));
     assert!(!view.needs("api-0", all.iter().find(|r| r.name() == "idle").unwrap()));
 }
+
+/// A mesh where `web` declares it calls `api` only, and `billing` (with its
+/// policy and a CNF on its route) is unrelated.
+const SCOPED: &str = r#"
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: web}
+spec: {service: web, command: app, calls: [api]}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: api}
+spec: {service: api, command: app, calls: [billing]}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Workload
+metadata: {name: billing}
+spec: {service: billing, command: app}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: billing}
+spec: {service: billing, loadBalancer: leastRequest}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Service
+metadata: {name: scanner}
+spec: {endpoints: [{address: "127.0.0.1:9301"}]}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: NetworkFunction
+metadata: {name: scan}
+spec: {service: scanner}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: CNF
+metadata: {name: inspect}
+spec: {chain: [{function: scan}]}
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Route
+metadata: {name: billing}
+spec:
+  service: billing
+  rules: [{chain: inspect, backends: [{service: billing}]}]
+---
+apiVersion: trefoil.dev/v1alpha1
+kind: Proxy
+metadata: {name: web-0}
+spec:
+  admin: "127.0.0.1:15001"
+  sidecar:
+    workload: web
+    service: web
+    version: v1
+    inbound: "127.0.0.1:9101"
+    outbound: "127.0.0.1:9102"
+    app: "127.0.0.1:9103"
+    upstreams: {api: "127.0.0.1:9104", billing: "127.0.0.1:9105"}
+"#;
+
+fn names(snapshot: &ProxySnapshot, kind: &str) -> Vec<String> {
+    resources(snapshot).into_iter().filter(|r| r.kind() == kind).map(|r| r.name().to_string()).collect()
+}
+
+#[test]
+fn a_sidecar_that_declares_its_calls_gets_only_those_services() {
+    let mesh: Vec<Resource> =
+        trefoil_model::load_str(&Arc::from("scoped.yaml"), SCOPED).expect("mesh parses").into_iter().map(|s| s.resource).collect();
+    let view = MeshView::new(&mesh);
+    let web = view.snapshot_for("web-0", 1);
+    assert_valid(&web);
+    assert_eq!(web.scope, Some(vec!["api".to_string(), "web".to_string()]));
+    assert_eq!(names(&web, "Service"), ["api", "web"]);
+    assert_eq!(names(&web, "Route"), ["web-0-inbound", "default-api", "default-web"]);
+    assert_eq!(names(&web, "Workload"), ["api", "web"], "versions of what it calls");
+    for kind in ["TrafficPolicy", "CNF", "NetworkFunction"] {
+        assert!(names(&web, kind).is_empty(), "{kind} of an unrelated service");
+    }
+    let Spec::Listener(outbound) = find(&web, "Listener", "web-0-outbound").unwrap().spec else { unreachable!() };
+    assert!(outbound.on_demand && outbound.routes == ["default-api", "default-web"], "{outbound:?}");
+    assert!(find(&web, "Listener", "web-0-to-billing").is_none(), "no port for an undeclared service");
+    let Spec::Workload(api) = find(&web, "Workload", "api").unwrap().spec else { unreachable!() };
+    assert_eq!(api.calls, None, "another workload's calls are not the proxy's business");
+
+    // Looked up on demand: billing joins with its route, policy, CNF and
+    // the function's service, and the snapshot still validates.
+    let looked_up = BTreeSet::from(["billing".to_string()]);
+    let wider = view.snapshot_with("web-0", 2, &looked_up);
+    assert_valid(&wider);
+    assert_eq!(names(&wider, "Service"), ["api", "billing", "scanner", "web"]);
+    assert_eq!(names(&wider, "TrafficPolicy"), ["billing"]);
+    assert_eq!(names(&wider, "CNF"), ["inspect"]);
+    assert_eq!(names(&wider, "NetworkFunction"), ["scan"]);
+    assert!(find(&wider, "Listener", "web-0-to-billing").is_some());
+    assert!(view.knows_service("billing") && !view.knows_service("nowhere"));
+
+    // Without `calls`, the whole mesh, as before.
+    let unscoped: Vec<Resource> = mesh
+        .into_iter()
+        .map(|mut r| {
+            if let Spec::Workload(w) = &mut r.spec {
+                w.calls = None;
+            }
+            r
+        })
+        .collect();
+    let whole = MeshView::new(&unscoped).snapshot_for("web-0", 1);
+    assert_eq!(whole.scope, None);
+    assert_eq!(names(&whole, "Service"), ["api", "billing", "scanner", "web"]);
+}

@@ -73,7 +73,10 @@ fn proxies_with(admin: &str) -> (Arc<Proxies>, tokio::sync::watch::Receiver<Opti
     let proxies = Arc::new(Proxies::default());
     let (tx, rx) = tokio::sync::watch::channel(None);
     proxies
-        .connect(&Hello { name: "web-v2-0", admin_address: admin, version: 0, hash: 0, pid: 0, peer: "127.0.0.1:1", node: None }, tx)
+        .connect(
+            &Hello { name: "web-v2-0", admin_address: admin, version: 0, hash: 0, pid: 0, peer: "127.0.0.1:1", node: None, looked_up: &[] },
+            tx,
+        )
         .unwrap();
     (proxies, rx)
 }

@@ -54,6 +54,12 @@ pub struct ListenerSpec {
     /// listener, needs a proxy fed by a control plane. No `tls` beside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_tls: Option<MeshTls>,
+    /// A request for a host no route here serves asks the control plane for
+    /// that service and waits a bounded time for it (set by the control
+    /// plane on the outbound listener of a sidecar whose Workload declares
+    /// `calls`); needs a proxy fed by a control plane.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_demand: bool,
 }
 
 /// Whether a mesh-TLS listener also takes plaintext.

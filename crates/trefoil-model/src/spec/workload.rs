@@ -35,6 +35,12 @@ pub struct WorkloadSpec {
     /// Machine the workload runs on; the local runtime runs everything on this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The services this workload calls (Istio's Sidecar egress hosts). When
+    /// set, its sidecars are sent only these services, their routes,
+    /// policies and CNFs, and any other service the app calls is looked up
+    /// on its first request; absent, sidecars get the whole mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<String>>,
 }
 
 /// Exactly one of `http` (a path answered with 2xx) or `tcp: true` (the port accepts).

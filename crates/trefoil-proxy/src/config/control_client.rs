@@ -13,6 +13,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use trefoil_model::{Diagnostic, Diagnostics, SourcedResource};
 use trefoil_wire::{ConfigStreamClient, Hello, ProxyMessage, Snapshot};
 
+use crate::config::on_demand::OnDemand;
 use crate::identity::Identity;
 
 /// First wait before reconnecting; doubled after each failure up to [`BACKOFF_MAX`].
@@ -81,13 +82,15 @@ pub(crate) async fn run(
     identity: Arc<Identity>,
     bundle: Option<String>,
     applies: mpsc::Sender<Apply>,
+    on_demand: Arc<OnDemand>,
 ) {
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;
     let mut refused_backoff = REFUSED_BACKOFF_MIN;
     loop {
         let mut connected = false;
-        let end = stream(&address, &name, &admin_address, &identity, bundle.as_deref(), &applies, &mut in_force, &mut connected).await;
+        let link = Link { identity: &identity, on_demand: &on_demand, applies: &applies };
+        let end = stream(&address, &name, &admin_address, bundle.as_deref(), &link, &mut in_force, &mut connected).await;
         match end {
             StreamEnd::Stopping => return,
             StreamEnd::Identified => {
@@ -115,20 +118,26 @@ pub(crate) async fn run(
     }
 }
 
+/// What a stream talks to inside the proxy.
+struct Link<'a> {
+    identity: &'a Identity,
+    on_demand: &'a OnDemand,
+    applies: &'a mpsc::Sender<Apply>,
+}
+
 /// One stream, from connect to its end. With a trust bundle it is TLS and
 /// presents the SVID held; a proxy without one yet only asks for it (the
 /// control plane answers nothing else) and reconnects once it has it.
-#[allow(clippy::too_many_arguments)]
 async fn stream(
     address: &str,
     name: &str,
     admin_address: &str,
-    identity: &Identity,
     bundle: Option<&str>,
-    applies: &mpsc::Sender<Apply>,
+    link: &Link<'_>,
     in_force: &mut InForce,
     connected: &mut bool,
 ) -> StreamEnd {
+    let Link { identity, on_demand, applies } = *link;
     let held = identity.current();
     let bootstrap = bundle.is_some() && held.is_none();
     // The bundle the control plane sent last, once there is one: after a
@@ -152,6 +161,7 @@ async fn stream(
         hash: in_force.hash,
         pid: std::process::id(),
         kind: String::new(),
+        looked_up: on_demand.looked_up(),
     };
     let _ = say.send(ProxyMessage::hello(hello));
     let mut snapshots = match client.stream(UnboundedReceiverStream::new(said)).await {
@@ -168,6 +178,15 @@ async fn stream(
         let due = if asked { None } else { identity.due() };
         let message = tokio::select! {
             m = snapshots.message() => m,
+            lookups = on_demand.pending() => {
+                for service in lookups {
+                    tracing::debug!(%service, "looking a service up on demand");
+                    if say.send(ProxyMessage::lookup(service)).is_err() {
+                        return StreamEnd::Closed;
+                    }
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 if let Some(request) = identity.request() {
                     let proof = if request.join_token.is_empty() { "current SVID" } else { "join token" };
@@ -195,6 +214,11 @@ async fn stream(
             }
             continue;
         }
+        if !snapshot.lookup_miss.is_empty() {
+            tracing::debug!(service = %snapshot.lookup_miss, "the mesh has no such service");
+            on_demand.missed(&snapshot.lookup_miss, in_force.version);
+            continue;
+        }
         identity.set_bundle(&snapshot.trust_bundle_pem);
         let (done, outcome) = oneshot::channel();
         let apply = Apply { version: snapshot.version, sources: sources(&snapshot), done };
@@ -205,6 +229,7 @@ async fn stream(
         let reply = match outcome {
             Ok(()) => {
                 *in_force = InForce { version: snapshot.version, hash: snapshot.hash };
+                on_demand.snapshot_applied();
                 tracing::info!(version = snapshot.version, "snapshot applied; ACK sent");
                 ProxyMessage::ack(snapshot.version, snapshot.hash)
             }

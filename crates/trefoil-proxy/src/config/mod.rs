@@ -5,5 +5,6 @@
 
 pub(crate) mod control_client;
 pub(crate) mod datapath_link;
+pub(crate) mod on_demand;
 pub(crate) mod snapshot;
 pub(crate) mod state;

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub identity: std::sync::OnceLock<Arc<crate::identity::Identity>>,
     /// Mesh TLS settings over that identity, in control mode.
     pub mesh: std::sync::OnceLock<Arc<crate::mesh_tls::MeshConfigs>>,
+    /// Services looked up on demand, in control mode.
+    pub on_demand: Arc<crate::config::on_demand::OnDemand>,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             datapath: crate::config::datapath_link::DatapathLink::default(),
             identity: std::sync::OnceLock::new(),
             mesh: std::sync::OnceLock::new(),
+            on_demand: Arc::default(),
         }
     }
 }
@@ -145,6 +148,9 @@ pub(crate) struct ListenerConfig {
     /// On an inbound listener, the policies selecting its `tcpBackend`,
     /// checked once per forwarded connection; `None` when none does.
     pub tcp_authz: Option<Arc<PolicySet>>,
+    /// A request no route serves looks its host up on demand (a scoped
+    /// sidecar's outbound listener).
+    pub on_demand: bool,
 }
 
 impl ServiceConfig {
@@ -675,6 +681,10 @@ impl Compiler<'_> {
                 None => self.problems.push(s.diagnostic("spec.meshTls", MESH_NEEDS_CONTROL)),
             }
         }
+        if spec.on_demand && self.shared.mesh.get().is_none() {
+            self.problems
+                .push(s.diagnostic("spec.onDemand", "looks services up on the config stream: needs a proxy fed by a control plane"));
+        }
         let mut router = Router::default();
         for (name, route, route_spec) in routes {
             let served = if spec.routes.is_empty() {
@@ -720,6 +730,7 @@ impl Compiler<'_> {
                 .as_ref()
                 .filter(|_| spec.direction == "inbound")
                 .and_then(|b| self.policies_selecting(std::slice::from_ref(&b.service))),
+            on_demand: spec.on_demand,
         }
     }
 }

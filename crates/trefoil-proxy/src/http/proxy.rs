@@ -22,6 +22,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use trefoil_model::authz::{PolicySet, Request as AuthzRequest};
 use trefoil_model::spec::HashOn;
 
+use crate::config::on_demand;
 use crate::config::snapshot::{Cluster, CompiledRoute, CompiledRule, ListenerConfig, ServiceConfig};
 use crate::config::state::ProxyState;
 use crate::http::body::{self, BufferError, Downstream, Guarded, RequestBody, Upload, UpstreamBody};
@@ -125,10 +126,10 @@ pub(crate) fn serve(
     let (mut parts, incoming) = req.into_parts();
     async move {
         let started = Instant::now();
-        let snapshot = state.snapshot.load_full();
+        let mut snapshot = state.snapshot.load_full();
         let telemetry = state.telemetry.load_full();
         let wall_start = telemetry.spans.is_some().then(SystemTime::now);
-        let Some(listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
+        let Some(mut listener) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
             return Ok(LocalReply::ListenerRemoved.reply());
         };
         let trace = TraceContext::continue_or_start(parts.headers.get(&TRACEPARENT), telemetry.sampling_percent);
@@ -147,6 +148,20 @@ pub(crate) fn serve(
         // Phase: the head, before anything is decided by its host or path.
         let checked = head::check(&mut parts, &listener.path_normalization);
         let host = request_host(&parts).to_string();
+        // Phase: on-demand lookup, for a scoped sidecar's call to a service
+        // outside its snapshot; the request is routed on the one it brings.
+        if listener.on_demand && checked.is_ok() && find_route(&listener, &host, &parts).is_none() {
+            if let Some(service) = on_demand::service_of(&host) {
+                let current = || state.snapshot.load().version;
+                if state.shared.on_demand.look_up(&service, snapshot.version, current).await == on_demand::Looked::NewSnapshot {
+                    snapshot = state.snapshot.load_full();
+                    let Some(now) = snapshot.listeners.iter().find(|l| l.name == conn.listener).cloned() else {
+                        return Ok(LocalReply::ListenerRemoved.reply());
+                    };
+                    listener = now;
+                }
+            }
+        }
         let arrival = Arrival { started, wall_start, telemetry, config_version: snapshot.version };
         let mut record = Record::new(state.clone(), arrival, listener, &conn, trace, &parts, host);
         let Record { listener, host, out, .. } = &mut record;
