@@ -1058,6 +1058,25 @@ mod tests {
     }
 
     #[test]
+    fn a_workloads_calls_name_other_services_once_each() {
+        let api = "apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {name: api}\nspec: {service: api, command: ./api}\n---\n";
+        check(&format!("{api}apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {{name: web}}\nspec: {{service: web, command: ./web, calls: [api]}}\n")).unwrap();
+        let bad = format!("{api}apiVersion: trefoil.dev/v1alpha1\nkind: Workload\nmetadata: {{name: web}}\nspec:\n  service: web\n  command: ./web\n  calls: [api, api, web, Bad_Name, nowhere]\n");
+        let err = check(&bad).unwrap_err();
+        let found: Vec<_> = err.0.iter().map(|d| (d.field.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                ("spec.calls[1]", "\"api\" is listed twice"),
+                ("spec.calls[2]", "\"web\" is this workload's own service, which its sidecar always has"),
+                ("spec.calls[3]", "invalid service name \"Bad_Name\""),
+                ("spec.calls[4]", "no Service named \"nowhere\""),
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_transparent_listener_passes_bytes_to_the_original_destination_only() {
         let good = "apiVersion: trefoil.dev/v1alpha1\nkind: Listener\nmetadata: {name: t}\nspec: {address: 10.1.0.1:15001, protocol: tcp, transparent: true}\n";
         check(good).unwrap();
