@@ -789,7 +789,7 @@ mod tests {
         let mut sessions = Vec::new();
         for (name, node) in [("agent/edge", Some("edge")), ("agent/core", Some("core")), ("gw", None)] {
             let (tx, rx) = watch::channel(None);
-            let hello = Hello { name, admin_address: "", version: 0, hash: 0, pid: 1, peer: "127.0.0.1:1", node };
+            let hello = Hello { name, admin_address: "", version: 0, hash: 0, pid: 1, peer: "127.0.0.1:1", node, looked_up: &[] };
             sessions.push((name, proxies.connect(&hello, tx).unwrap()));
             outboxes.push(rx);
         }
