@@ -273,13 +273,25 @@ async fn h1_connection(target: Arc<Target>) -> Vec<u32> {
             continue;
         };
         tokio::spawn(conn);
-        while Instant::now() < target.deadline {
-            let started = Instant::now();
-            if !exchange(&target, |req| sender.send_request(req)).await {
-                break;
-            }
-            record(&mut samples, started);
+        samples.extend(keep_sending(&target, |req| sender.send_request(req)).await);
+    }
+    samples
+}
+
+/// Requests back to back through `send` until the deadline or a transport
+/// error; the latency of each that completed.
+async fn keep_sending<F, Fut>(target: &Target, mut send: F) -> Vec<u32>
+where
+    F: FnMut(Request<Empty<Bytes>>) -> Fut,
+    Fut: std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+{
+    let mut samples = Vec::new();
+    while Instant::now() < target.deadline {
+        let started = Instant::now();
+        if !exchange(target, &mut send).await {
+            break;
         }
+        record(&mut samples, started);
     }
     samples
 }
@@ -298,17 +310,7 @@ async fn h2_connection(target: Arc<Target>, streams: usize) -> Vec<u32> {
             .map(|_| {
                 let target = target.clone();
                 let mut sender = sender.clone();
-                tokio::spawn(async move {
-                    let mut samples = Vec::new();
-                    while Instant::now() < target.deadline {
-                        let started = Instant::now();
-                        if !exchange(&target, |req| sender.send_request(req)).await {
-                            break;
-                        }
-                        record(&mut samples, started);
-                    }
-                    samples
-                })
+                tokio::spawn(async move { keep_sending(&target, |req| sender.send_request(req)).await })
             })
             .collect();
         for one in loops {
