@@ -81,7 +81,7 @@ fn secure(doc: &mut Value) {
     paths["/api/v1/ca/rotate"] = json!({"post": {
         "summary": "Rotate the generated root (admin): a new root signs from now on, the old one stays in the trust bundle for the overlap (at least the SVID lifetime; default 24 h or the SVID lifetime if longer)",
         "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
-            "overlap": {"type": "string", "description": "a duration, e.g. 24h"}
+            "overlap": {"type": "string", "nullable": true, "description": "a duration, e.g. 24h; absent or null: the default"}
         }}}}},
         "responses": {"200": {"description": "the CA after the rotation", "content": {"application/json": {"schema": ca}}}, "400": error, "409": error, "413": error}
     }});

@@ -66,7 +66,9 @@ async fn rotate(State(issuer): State<Arc<Issuer>>, actor: Option<Extension<Actor
             }
             Json(status).into_response()
         }
-        Ok(Err(e @ (RotateError::Operator | RotateError::NotKept))) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ (RotateError::Operator | RotateError::NotKept | RotateError::TooManyRetiring(_)))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Ok(Err(e @ (RotateError::OverlapTooShort { .. } | RotateError::OverlapTooLong(_)))) => {
             error(StatusCode::BAD_REQUEST, e.to_string())
         }

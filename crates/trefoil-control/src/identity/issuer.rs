@@ -51,6 +51,9 @@ pub enum RotateError {
     OverlapTooShort { overlap: String, lifetime: String },
     #[error("an overlap of {0} is longer than a root lives (365 days)")]
     OverlapTooLong(String),
+    /// Rotations faster than overlaps end: the bundle would grow without bound.
+    #[error("{0} roots are still in their overlap, the most kept; rotate again when one ends (`trefoil ca status` says when)")]
+    TooManyRetiring(usize),
     #[error("{0}")]
     Keep(#[from] keep::KeepError),
 }
@@ -242,6 +245,9 @@ impl Issuer {
             }
             let Some(data_dir) = &self.data_dir else { return Err(RotateError::NotKept) };
             let mut retiring: Vec<Retiring> = ca.retiring.iter().filter(|r| r.until > now).cloned().collect();
+            if retiring.len() >= keep::MAX_RETIRING {
+                return Err(RotateError::TooManyRetiring(retiring.len()));
+            }
             retiring.push(Retiring { root_pem: ca.authority.root_pem().to_string(), until: now + overlap });
             let next = keep::rotate(data_dir, ca.authority.trust_domain().clone(), &retiring, now)?;
             tracing::info!(

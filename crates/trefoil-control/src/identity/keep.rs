@@ -29,7 +29,7 @@ const CERT_FILE: &str = "root.pem";
 const RETIRING_FILE: &str = "retiring.json";
 const BUNDLE_FILE: &str = "bundle.pem";
 /// More retiring roots than this is not an overlap any more.
-const MAX_RETIRING: usize = 16;
+pub const MAX_RETIRING: usize = 16;
 /// The retiring roots' file holds a few certificates.
 const MAX_RETIRING_BYTES: u64 = 256 * 1024;
 

@@ -395,3 +395,22 @@ fn an_operator_intermediate_signs_svids_that_chain_to_the_operator_root() {
     assert!(e.contains("expired.pem") && e.contains("expired on"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn rotations_faster_than_overlaps_end_are_refused_once_the_bundle_is_full() {
+    let data = std::env::temp_dir().join(format!("trefoil-rotate-many-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let now = SystemTime::now();
+    let lifetime = Duration::from_secs(60);
+    let authority = keep::load_or_create(&data, TrustDomain::default(), now).unwrap();
+    let issuer = Issuer::kept(authority, Vec::new(), data.clone(), join::JoinTokens::new(&data), lifetime);
+    for _ in 0..keep::MAX_RETIRING {
+        issuer.rotate(Duration::from_secs(120), now).unwrap();
+    }
+    let before = issuer.trust_bundle();
+    assert!(matches!(issuer.rotate(Duration::from_secs(120), now), Err(RotateError::TooManyRetiring(n)) if n == keep::MAX_RETIRING));
+    assert_eq!(issuer.trust_bundle(), before, "a refused rotation changes nothing");
+    // Once the overlaps have ended, rotating works again.
+    issuer.rotate(Duration::from_secs(120), now + Duration::from_secs(121)).unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
