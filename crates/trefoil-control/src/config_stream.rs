@@ -361,11 +361,11 @@ impl Compiler {
             trefoil_model::Spec::DatapathRule(rule) => Some(rule.node.as_deref()),
             _ => None,
         };
-        Some(self.proxies.applied(stored.resource_version, |name, node| match (node, rule_node) {
+        Some(self.proxies.applied(stored.resource_version, |name, node, looked_up| match (node, rule_node) {
             // A node agent needs the rules its node's table holds.
             (Some(node), Some(rule)) => rule.is_none_or(|n| n == node),
             (Some(_), None) | (None, Some(_)) => false,
-            (None, None) => view.mesh.needs(name, &resource),
+            (None, None) => view.mesh.needs_with(name, &resource, looked_up),
         }))
     }
 

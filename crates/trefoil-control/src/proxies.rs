@@ -373,7 +373,7 @@ impl Proxies {
     /// one's name and, for an agent, node), how many serve that version or
     /// a newer one, the slowest to get there, and who refused it. Computed
     /// from what each proxy acked: nothing is kept per resource.
-    pub fn applied(&self, version: u64, mut needs: impl FnMut(&str, Option<&str>) -> bool) -> Applied {
+    pub fn applied(&self, version: u64, mut needs: impl FnMut(&str, Option<&str>, &BTreeSet<String>) -> bool) -> Applied {
         let written = {
             let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             writes.iter().find(|(r, _)| *r == version).map(|(_, t)| *t)
@@ -381,7 +381,8 @@ impl Proxies {
         let entries = self.lock();
         let mut out = Applied::default();
         for (name, e) in entries.iter().filter(|(_, e)| e.session.is_some()) {
-            if !needs(name.as_str(), e.node.as_deref()) {
+            let looked_up = e.session.as_ref().map(|s| &s.looked_up);
+            if !needs(name.as_str(), e.node.as_deref(), looked_up.unwrap_or(&BTreeSet::new())) {
                 continue;
             }
             out.needed += 1;
@@ -543,7 +544,7 @@ mod tests {
     }
 
     /// Every proxy needs the resource in these tests.
-    fn everyone(_: &str, node: Option<&str>) -> bool {
+    fn everyone(_: &str, node: Option<&str>, _: &BTreeSet<String>) -> bool {
         node.is_none()
     }
 
@@ -582,9 +583,9 @@ mod tests {
         proxies.ack("c", c, 5, 50);
         assert_eq!(proxies.applied(6, everyone).acknowledged, 2, "c serves the content of revision 6");
         // Who does not need it is not counted.
-        let only_a = proxies.applied(6, |name, _| name == "a");
+        let only_a = proxies.applied(6, |name, _, _| name == "a");
         assert_eq!((only_a.acknowledged, only_a.needed, only_a.nacks.len()), (1, 1, 0));
-        assert_eq!(proxies.applied(6, |_, _| false), Applied::default());
+        assert_eq!(proxies.applied(6, |_, _, _| false), Applied::default());
         // A gone proxy needs nothing.
         proxies.disconnect("b", b);
         assert_eq!(proxies.applied(6, everyone).needed, 2);

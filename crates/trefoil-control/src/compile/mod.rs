@@ -294,7 +294,25 @@ impl MeshView {
     /// AuthorizationPolicies its inbound listeners enforce. Nothing else
     /// (rollouts, events, datapath rules) reaches a proxy.
     pub fn needs(&self, proxy: &str, r: &Resource) -> bool {
+        self.needs_with(proxy, r, &BTreeSet::new())
+    }
+
+    /// [`MeshView::needs`] for a proxy that looked `looked_up` up on
+    /// demand: a scoped sidecar (decision 0027) needs only what its scope
+    /// holds.
+    pub fn needs_with(&self, proxy: &str, r: &Resource, looked_up: &BTreeSet<String>) -> bool {
         let sidecar = self.proxies.get(proxy).and_then(|p| p.sidecar.as_ref());
+        if let Some(scope) = sidecar.and_then(|s| self.scope(s, looked_up)) {
+            match &r.spec {
+                Spec::Service(_) | Spec::Endpoints(_) => return scope.services.contains(r.name()),
+                Spec::TrafficPolicy(p) => return scope.services.contains(&p.service),
+                Spec::Workload(w) => return scope.services.contains(&w.service),
+                Spec::Route(_) => return scope.routes.iter().any(|route| route.name == r.name()),
+                Spec::Cnf(_) => return scope.cnfs.contains(r.name()),
+                Spec::NetworkFunction(_) => return !scope.cnfs.is_empty(),
+                _ => {}
+            }
+        }
         match &r.spec {
             Spec::Proxy(_) => r.name() == proxy,
             Spec::Listener(l) => sidecar.is_none() && l.proxy.as_deref().is_none_or(|p| p == proxy),

@@ -508,6 +508,18 @@ fn a_sidecar_that_declares_its_calls_gets_only_those_services() {
     assert!(find(&wider, "Listener", "web-0-to-billing").is_some());
     assert!(view.knows_service("billing") && !view.knows_service("nowhere"));
 
+    // What status.applied counts for the scoped sidecar is what its
+    // snapshot depends on, before and after the lookup.
+    for looked_up in [BTreeSet::new(), looked_up] {
+        let whole = view.snapshot_with("web-0", 1, &looked_up).hash;
+        for (i, r) in mesh.iter().enumerate() {
+            let mut without = mesh.clone();
+            without.remove(i);
+            let depends = MeshView::new(&without).snapshot_with("web-0", 1, &looked_up).hash != whole;
+            assert_eq!(view.needs_with("web-0", r, &looked_up), depends, "{}/{} with {looked_up:?}", r.kind(), r.name());
+        }
+    }
+
     // Without `calls`, the whole mesh, as before.
     let unscoped: Vec<Resource> = mesh
         .into_iter()
