@@ -47,8 +47,9 @@ pub struct ProxyStatus {
     /// How many resources its newest snapshot holds (for an agent: table lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribed: Option<u64>,
-    /// A scoped sidecar (its Workload declares `calls`): how many services
-    /// its latest snapshot holds; absent for a proxy sent the whole mesh.
+    /// A scoped proxy (a sidecar whose Workload declares `calls`, a gateway
+    /// whose listeners name their routes): how many services its latest
+    /// snapshot holds; absent for a proxy sent the whole mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoped_services: Option<u32>,
     /// Services it looked up on demand, kept in its scope from then on.

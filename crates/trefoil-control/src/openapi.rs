@@ -325,7 +325,9 @@ fn resources_and_traces() -> Value {
                     "nack": {"type": "object", "nullable": true, "properties": {"version": {"type": "integer"}, "error": {"type": "string"}}},
                     "lastSeen": {"type": "string", "nullable": true, "description": "RFC 3339"},
                     "lag": {"type": "integer", "minimum": 0, "description": "store revisions between the newest snapshot compiled for it and the one it serves; absent while not connected or before its first acknowledgement"},
-                    "subscribed": {"type": "integer", "minimum": 0, "description": "resources in its newest snapshot (a node agent's: table lines)"}
+                    "subscribed": {"type": "integer", "minimum": 0, "description": "resources in its newest snapshot (a node agent's: table lines)"},
+                    "scopedServices": {"type": "integer", "minimum": 0, "description": "a scoped proxy (decision 0027): services its newest snapshot holds; absent for one sent the whole mesh"},
+                    "lookedUp": {"type": "array", "items": {"type": "string"}, "description": "services it looked up on demand, in its scope from then on"}
                 }
             },
             "TraceList": {"type": "object", "required": ["items"], "properties": {"kind": {"type": "string"}, "items": {"type": "array", "items": {"type": "object", "required": ["traceId", "root", "startUnixNano", "durationMs", "spans", "status"], "properties": {
@@ -446,6 +448,8 @@ mod tests {
             last_seen: Some("2026-01-01T00:00:00Z".into()),
             lag: Some(1),
             subscribed: Some(12),
+            scoped_services: Some(3),
+            looked_up: vec!["billing".into()],
             ..ProxyStatus::declared("edge")
         };
         let applied = Applied {

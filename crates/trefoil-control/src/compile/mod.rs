@@ -19,8 +19,9 @@ pub struct ProxySnapshot {
     pub resources_json: String,
     /// How many resources it holds.
     pub count: usize,
-    /// A scoped sidecar's services (its own, what it calls, and what those
-    /// routes send to); `None`: the whole mesh.
+    /// A scoped proxy's services: a sidecar's own, what it calls and what
+    /// those routes send to; a gateway's, what its listeners' named routes
+    /// send to. `None`: the whole mesh.
     pub scope: Option<Vec<String>>,
 }
 
@@ -302,7 +303,11 @@ impl MeshView {
     /// holds.
     pub fn needs_with(&self, proxy: &str, r: &Resource, looked_up: &BTreeSet<String>) -> bool {
         let sidecar = self.proxies.get(proxy).and_then(|p| p.sidecar.as_ref());
-        if let Some(scope) = sidecar.and_then(|s| self.scope(s, looked_up)) {
+        let scope = match sidecar {
+            Some(s) => self.scope(s, looked_up),
+            None => self.gateway_scope(proxy),
+        };
+        if let Some(scope) = scope {
             match &r.spec {
                 Spec::Service(_) | Spec::Endpoints(_) => return scope.services.contains(r.name()),
                 Spec::TrafficPolicy(p) => return scope.services.contains(&p.service),
@@ -341,10 +346,13 @@ impl MeshView {
             out.push(&resource(proxy, Spec::Proxy(spec.clone())));
         }
         let sidecar = spec.and_then(|p| p.sidecar.as_ref());
-        let scope = sidecar.and_then(|s| self.scope(s, looked_up));
+        let scope = match sidecar {
+            Some(s) => self.scope(s, looked_up),
+            None => self.gateway_scope(proxy),
+        };
         match sidecar {
             Some(sidecar) => self.sidecar(proxy, sidecar, scope.as_ref(), &mut out),
-            None => self.gateway(proxy, &mut out),
+            None => self.gateway(proxy, scope.as_ref(), &mut out),
         }
         match &scope {
             Some(scope) => self.scoped_shared(scope, &mut out),
@@ -371,7 +379,28 @@ impl MeshView {
             .filter(|s| self.services.contains_key(*s) || **s == sidecar.service)
             .collect();
         let routes: Vec<&RouteEntry> = self.parts.routes.iter().filter(|r| r.concerns.iter().any(|s| wanted.contains(s))).collect();
-        let mut services: BTreeSet<String> = wanted.into_iter().cloned().collect();
+        Some(self.closed(routes, wanted.into_iter().cloned().collect()))
+    }
+
+    /// What a gateway whose listeners all name their routes gets: those
+    /// routes and what they need; `None` (the whole mesh) for one with a
+    /// listener that serves every route, or an inbound one (it enforces
+    /// the policies of the services behind it, and those may name any).
+    fn gateway_scope(&self, proxy: &str) -> Option<Scope<'_>> {
+        let mine: Vec<&ListenerSpec> =
+            self.listeners.iter().map(|(_, l)| l).filter(|l| l.proxy.as_deref().is_none_or(|p| p == proxy)).collect();
+        if mine.is_empty() || mine.iter().any(|l| l.routes.is_empty() || l.direction == "inbound") {
+            return None;
+        }
+        let named: BTreeSet<&str> = mine.iter().flat_map(|l| l.routes.iter().map(String::as_str)).collect();
+        let routes: Vec<&RouteEntry> = self.parts.routes.iter().filter(|r| named.contains(r.name.as_str())).collect();
+        let backends = mine.iter().filter_map(|l| l.tcp_backend.as_ref()).map(|b| b.service.clone());
+        Some(self.closed(routes, backends.filter(|s| self.services.contains_key(s)).collect()))
+    }
+
+    /// The scope of `routes` and `services`: with what the routes send to,
+    /// the CNFs they name and, when they name one, the functions' services.
+    fn closed<'a>(&'a self, routes: Vec<&'a RouteEntry>, mut services: BTreeSet<String>) -> Scope<'a> {
         let mut cnfs = BTreeSet::new();
         for route in &routes {
             services.extend(route.sends_to.iter().filter(|s| self.services.contains_key(*s)).cloned());
@@ -380,7 +409,7 @@ impl MeshView {
         if !cnfs.is_empty() {
             services.extend(self.parts.function_services.iter().filter(|s| self.services.contains_key(*s)).cloned());
         }
-        Some(Scope { routes, services, cnfs })
+        Scope { routes, services, cnfs }
     }
 
     /// A scoped sidecar's part of what every other proxy gets whole.
@@ -403,7 +432,7 @@ impl MeshView {
         }
     }
 
-    fn gateway(&self, proxy: &str, out: &mut JsonArray) {
+    fn gateway(&self, proxy: &str, scope: Option<&Scope<'_>>, out: &mut JsonArray) {
         let mut inbound = false;
         for (name, listener) in &self.listeners {
             if listener.proxy.as_deref().is_none_or(|p| p == proxy) {
@@ -418,8 +447,10 @@ impl MeshView {
                 out.push_encoded(encoded);
             }
         }
-        for encoded in self.services_json.values() {
-            out.push_encoded(encoded);
+        for (name, encoded) in &self.services_json {
+            if scope.is_none_or(|s| s.services.contains(name)) {
+                out.push_encoded(encoded);
+            }
         }
     }
 

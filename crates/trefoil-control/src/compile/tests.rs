@@ -534,3 +534,29 @@ fn a_sidecar_that_declares_its_calls_gets_only_those_services() {
     assert_eq!(whole.scope, None);
     assert_eq!(names(&whole, "Service"), ["api", "billing", "scanner", "web"]);
 }
+
+#[test]
+fn a_gateway_whose_listeners_name_their_routes_gets_only_what_those_need() {
+    let text = MESH.replace(
+        r#"spec: {address: "127.0.0.1:8080", proxy: gateway, direction: outbound}"#,
+        r#"spec: {address: "127.0.0.1:8080", proxy: gateway, direction: outbound, routes: [web]}"#,
+    );
+    let mesh: Vec<Resource> =
+        trefoil_model::load_str(&Arc::from("mesh.yaml"), &text).expect("mesh parses").into_iter().map(|s| s.resource).collect();
+    let view = MeshView::new(&mesh);
+    let gateway = view.snapshot_for("gateway", 1);
+    assert_valid(&gateway);
+    assert_eq!(gateway.scope, Some(vec!["web".to_string()]));
+    assert_eq!(names(&gateway, "Service"), ["web"]);
+    assert_eq!(names(&gateway, "Route"), ["web"]);
+    assert_eq!(names(&gateway, "Workload"), ["web-v1", "web-v2"]);
+    let whole = gateway.hash;
+    for (i, r) in mesh.iter().enumerate() {
+        let mut without = mesh.clone();
+        without.remove(i);
+        let depends = MeshView::new(&without).snapshot_for("gateway", 1).hash != whole;
+        assert_eq!(view.needs("gateway", r), depends, "{}/{}", r.kind(), r.name());
+    }
+    // A listener that serves every route keeps the whole mesh.
+    assert_eq!(MeshView::new(&self::mesh()).snapshot_for("gateway", 1).scope, None);
+}
