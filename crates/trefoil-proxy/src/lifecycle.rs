@@ -130,10 +130,13 @@ pub async fn run(options: ProxyOptions) -> Result<(), StartError> {
             empty.settings.admin = options.admin.unwrap_or(empty.settings.admin);
             let mut running = Running::start(empty, name.clone(), options.admin, &shared, workers)?;
             let admin_address = running.state.snapshot.load().settings.admin.to_string();
-            shared.datapath.use_control_plane(address, trust_bundle.as_deref(), identity.clone());
+            // `a,b,c`: the control plane's replicas, tried in turn.
+            let addresses: Vec<String> = address.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+            let first = addresses.first().cloned().unwrap_or_default();
+            shared.datapath.use_control_plane(&first, trust_bundle.as_deref(), identity.clone());
             let (applies, mut incoming) = mpsc::channel::<Apply>(1);
             let client = tokio::spawn(control_client::run(
-                address.clone(),
+                addresses,
                 name.clone(),
                 admin_address,
                 identity,

@@ -161,11 +161,16 @@ impl StreamProxy {
     /// at `grpc`, its log in `dir`; returns once its admin listener accepts
     /// (not once ready: without a snapshot it is not).
     pub fn start(dir: &Path, grpc: SocketAddr, name: &str, threads: u32) -> Self {
+        Self::start_with_controls(dir, &grpc.to_string(), name, threads)
+    }
+
+    /// [`StreamProxy::start`] with `--control` as given (`a,b`: replicas).
+    pub fn start_with_controls(dir: &Path, controls: &str, name: &str, threads: u32) -> Self {
         let admin = free_addr();
         let mut process = Process::spawn_logged(
             &format!("trefoil proxy --control (proxy {name})"),
             trefoil_command()
-                .args(["proxy", "--control", &grpc.to_string(), "--name", name, "--admin", &admin.to_string()])
+                .args(["proxy", "--control", controls, "--name", name, "--admin", &admin.to_string()])
                 .args(["--threads", &threads.to_string()])
                 // Plain log lines, so fields read as `key=value`.
                 .env("NO_COLOR", "1"),

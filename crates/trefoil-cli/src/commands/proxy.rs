@@ -29,6 +29,9 @@ pub(crate) const LONG_ABOUT: &str = "Run a proxy. Its config comes from one of t
                 The admin listener starts at once and /ready answers 503 until the
                 first snapshot is in force. If the stream breaks the proxy keeps
                 serving its last good snapshot and reconnects (100 ms doubling to 2 s).
+                `--control a:7071,b:7071` names several control-plane replicas
+                (one etcd store, docs/local-runtime.md): a stream that breaks is
+                tried again on the same replica, then on the next, round the list.
                 With a join token in the environment (TREFOIL_JOIN_TOKEN, as
                 `trefoil up` sets it), the proxy makes a key and gets an X.509-SVID
                 for it over the stream, renewed at two thirds of its life; the
@@ -47,7 +50,7 @@ pub(crate) struct Args {
     /// File mode: config file, or directory of *.yaml files (Proxy, Listener, Service, Route, TrafficPolicy, NetworkFunction, CNF).
     #[arg(short = 'c', long = "config", required_unless_present = "control", conflicts_with_all = ["control", "name"])]
     config: Option<PathBuf>,
-    /// Control mode: the control plane's config stream address, e.g. 127.0.0.1:7071.
+    /// Control mode: the control plane's config stream address, e.g. 127.0.0.1:7071; several replicas as `a:7071,b:7071`.
     #[arg(long, requires = "name")]
     control: Option<String>,
     /// Control mode: this proxy's name, the Proxy resource whose snapshot it serves.
@@ -80,6 +83,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let source = match (args.config, args.control, args.name) {
         (Some(path), _, _) => ConfigSource::File { path, watch: !args.no_watch, watch_interval: args.watch_interval },
         (None, Some(address), Some(name)) => {
+            if address.split(',').any(|a| a.trim().is_empty()) {
+                eprintln!("error: --control {address:?}: expected ADDR or ADDR,ADDR,... (each host:port)");
+                return exit::bad_input();
+            }
             // From the environment, never the command line, where any user could read it.
             let join_token = std::env::var(JOIN_TOKEN_VAR).ok().filter(|t| !t.is_empty());
             let trust_bundle = match std::env::var_os(TRUST_BUNDLE_VAR).filter(|p| !p.is_empty()) {

@@ -288,3 +288,37 @@ fn a_handler_adds_and_removes_datapath_rules_through_the_control_plane() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
 }
+
+/// `--control a,b`: a proxy given two control-plane replicas connects to
+/// the first that answers, and when that one dies it moves to the other,
+/// serving its last good snapshot throughout (issue 16). The two replicas
+/// here hold the same resources in their own stores, standing in for two
+/// replicas of one etcd store (`etcd_e2e` covers those).
+#[test]
+fn a_proxy_fails_over_between_control_plane_replicas_and_keeps_serving() {
+    let dir = scratch_dir();
+    let public = free_addr();
+    let (one, two) = (TestServer::named("one"), TestServer::named("two"));
+    let (api_a, grpc_a, api_b, grpc_b) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let mut a = Control::start_on(&dir.join("a"), api_a, grpc_a);
+    let b = Control::start_on(&dir.join("b"), api_b, grpc_b);
+    apply_gateway(&a, "edge", public, &one, &two);
+    apply_gateway(&b, "edge", public, &one, &two);
+    // A dead address first: the proxy goes on to the next.
+    let dead = free_addr();
+    let proxy = StreamProxy::start_with_controls(&dir, &format!("{dead},{grpc_a},{grpc_b}"), "edge", 1);
+    wait_served_by(public, "one");
+    a.wait_in_sync("edge");
+    assert!(b.status("edge").is_none_or(|s| !s.connected), "connected to one replica at a time");
+
+    a.kill_9();
+    // Traffic all along: the last good snapshot keeps serving while it moves.
+    wait_until("the proxy on replica b", WAIT, || {
+        assert_eq!(served_by(public), Some((200, "one".to_string())), "served throughout:\n{}", proxy.log());
+        b.status("edge").is_some_and(|s| s.connected && s.in_sync())
+    });
+    // And it takes b's changes.
+    b.put(&route_doc("two"));
+    wait_served_by(public, "two");
+    assert!(proxy.log().contains(&dead.to_string()), "it tried the dead address first:\n{}", proxy.log());
+}

@@ -73,10 +73,13 @@ impl From<trefoil_wire::Status> for StreamEnd {
     }
 }
 
-/// Keeps a stream to the control plane at `address` open for as long as the
-/// lifecycle loop listens on `applies`.
+/// Keeps a stream to the control plane open for as long as the lifecycle
+/// loop listens on `applies`. `addresses` are the control plane's replicas
+/// (one or more, `a,b,c`): after a stream ends the proxy tries the same one
+/// once more, then the next, round the list, so a replica's death moves it
+/// to another while it serves its last good snapshot.
 pub(crate) async fn run(
-    address: String,
+    addresses: Vec<String>,
     name: String,
     admin_address: String,
     identity: Arc<Identity>,
@@ -87,10 +90,16 @@ pub(crate) async fn run(
     let mut in_force = InForce::default();
     let mut backoff = BACKOFF_MIN;
     let mut refused_backoff = REFUSED_BACKOFF_MIN;
+    if addresses.is_empty() {
+        tracing::error!(proxy = %name, "no control plane address given; serving what it has");
+        return;
+    }
+    let mut at = 0;
     loop {
+        let address = &addresses[at % addresses.len()];
         let mut connected = false;
         let link = Link { identity: &identity, on_demand: &on_demand, applies: &applies };
-        let end = stream(&address, &name, &admin_address, bundle.as_deref(), &link, &mut in_force, &mut connected).await;
+        let end = stream(address, &name, &admin_address, bundle.as_deref(), &link, &mut in_force, &mut connected).await;
         match end {
             StreamEnd::Stopping => return,
             StreamEnd::Identified => {
@@ -104,6 +113,11 @@ pub(crate) async fn run(
                 continue;
             }
             _ => {}
+        }
+        if !connected {
+            // Unreachable: the next replica (a stream that worked is tried
+            // on the same one first).
+            at = (at + 1) % addresses.len();
         }
         if connected {
             refused_backoff = REFUSED_BACKOFF_MIN;
