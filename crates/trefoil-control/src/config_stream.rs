@@ -161,7 +161,7 @@ async fn bootstrap(talk: Talk, mut inbound: Streaming<ProxyMessage>, name: Strin
                 return;
             }
         };
-        let identity = talk.issuer.answer(&name, &request, std::time::SystemTime::now());
+        let identity = talk.issuer.answer_blocking(&name, &request, std::time::SystemTime::now()).await;
         let answer = Snapshot { trust_bundle_pem: identity.trust_bundle_pem.clone(), identity: Some(identity), ..Default::default() };
         if talk.answer.send(Ok(answer)).await.is_err() {
             return;
@@ -258,7 +258,7 @@ async fn session(compiler: Arc<Compiler>, talk: Talk, mut inbound: Streaming<Pro
             Ok(Some(ProxyMessage { kind: Some(Kind::Ack(a)) })) => proxies.ack(&name, id, a.version, a.hash),
             Ok(Some(ProxyMessage { kind: Some(Kind::Nack(n)) })) => proxies.nack(&name, id, n.version, n.hash, &n.error),
             Ok(Some(ProxyMessage { kind: Some(Kind::Csr(request)) })) => {
-                let identity = talk.issuer.answer(&name, &request, std::time::SystemTime::now());
+                let identity = talk.issuer.answer_blocking(&name, &request, std::time::SystemTime::now()).await;
                 let answer =
                     Snapshot { trust_bundle_pem: identity.trust_bundle_pem.clone(), identity: Some(identity), ..Default::default() };
                 if talk.answer.send(Ok(answer)).await.is_err() {

@@ -60,11 +60,18 @@ pub struct IdentityOptions {
     pub svid_lifetime: Duration,
     /// A CA the operator provides from files, in place of a generated root.
     pub operator_ca: Option<identity::OperatorCa>,
+    /// An external CA behind the operator's command, in place of either.
+    pub external_ca: Option<identity::ExternalCa>,
 }
 
 impl Default for IdentityOptions {
     fn default() -> Self {
-        IdentityOptions { trust_domain: identity::TrustDomain::default(), svid_lifetime: identity::DEFAULT_LIFETIME, operator_ca: None }
+        IdentityOptions {
+            trust_domain: identity::TrustDomain::default(),
+            svid_lifetime: identity::DEFAULT_LIFETIME,
+            operator_ca: None,
+            external_ca: None,
+        }
     }
 }
 
@@ -219,9 +226,11 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let now = std::time::SystemTime::now();
     let trust_domain = options.identity.trust_domain.clone();
     let tokens = identity::join::JoinTokens::new(&options.data_dir);
-    let issuer = match &options.identity.operator_ca {
-        Some(files) => identity::Issuer::new(identity::operator::load(files, trust_domain.clone(), now)?, tokens, lifetime),
-        None => {
+    let issuer = match (&options.identity.operator_ca, &options.identity.external_ca) {
+        (Some(_), Some(_)) => return Err(ControlError::OperatorCa(identity::OperatorCaError::both())),
+        (_, Some(external)) => identity::Issuer::new(identity::external::load(external, trust_domain.clone())?, tokens, lifetime),
+        (Some(files), None) => identity::Issuer::new(identity::operator::load(files, trust_domain.clone(), now)?, tokens, lifetime),
+        (None, None) => {
             let authority = identity::keep::load_or_create(&options.data_dir, trust_domain.clone(), now)?;
             let retiring = identity::keep::load_retiring(&options.data_dir, &trust_domain, now)?;
             identity::Issuer::kept(authority, retiring, options.data_dir.clone(), tokens, lifetime)

@@ -62,9 +62,20 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
     /// The root(s) to trust (PEM) when --ca-cert is an intermediate whose
-    /// file does not hold its root: the trust bundle proxies are sent.
-    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    /// file does not hold its root, or the roots --ca-external-command's
+    /// chains end at (then required): the trust bundle proxies are sent.
+    #[arg(long, value_name = "FILE")]
     ca_bundle: Option<PathBuf>,
+    /// Sign each certificate with this command (an external CA: Vault,
+    /// cert-manager, a corporate CA), run without a shell: the CSR in PEM on
+    /// its stdin; TREFOIL_SPIFFE_ID, TREFOIL_LIFETIME_SECONDS,
+    /// TREFOIL_TRUST_DOMAIN and TREFOIL_SUBJECT_ALT_NAMES (openssl syntax) in
+    /// its environment; the chain in PEM (leaf first) on its stdout, within
+    /// 10 s and 64 KiB. The answer is verified (the CSR's key, exactly the
+    /// names asked, not a CA, valid now, chaining to --ca-bundle) before any
+    /// proxy gets it. Needs --ca-bundle; not with --ca-cert.
+    #[arg(long, value_name = "PATH", requires = "ca_bundle", conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_external_command: Option<PathBuf>,
     /// Serve the config stream without TLS, taking each proxy's Hello at its
     /// word (refused unless --grpc-listen is loopback). Without it the stream
     /// is TLS with a certificate from the mesh CA: proxies present their SVID,
@@ -95,11 +106,20 @@ pub(crate) fn run(args: Args) -> ExitCode {
         max_watches: args.max_watches,
         ..Default::default()
     };
+    if args.ca_bundle.is_some() && args.ca_cert.is_none() && args.ca_external_command.is_none() {
+        eprintln!("error: --ca-bundle goes with --ca-cert or --ca-external-command: it is the roots their certificates chain to");
+        return exit::bad_input();
+    }
+    let external_ca = match (args.ca_external_command, &args.ca_bundle) {
+        (Some(command), Some(bundle)) => Some(trefoil_control::identity::ExternalCa { command, bundle: bundle.clone() }),
+        _ => None,
+    };
     let operator_ca = match (args.ca_cert, args.ca_key) {
         (Some(cert), Some(key)) => Some(trefoil_control::identity::OperatorCa { cert, key, bundle: args.ca_bundle }),
         _ => None,
     };
-    let identity = trefoil_control::IdentityOptions { trust_domain: args.trust_domain, svid_lifetime: args.svid_lifetime, operator_ca };
+    let identity =
+        trefoil_control::IdentityOptions { trust_domain: args.trust_domain, svid_lifetime: args.svid_lifetime, operator_ca, external_ca };
     let options = ControlOptions {
         data_dir: args.data,
         store: args.store,

@@ -90,15 +90,24 @@ pub(crate) struct Args {
     /// Its private key (`trefoil control --ca-key`); never copied.
     #[arg(long, value_name = "FILE", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
-    /// The root(s) to trust when --ca-cert is an intermediate (`trefoil control --ca-bundle`).
-    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    /// The root(s) to trust when --ca-cert is an intermediate, or that
+    /// --ca-external-command's chains end at (`trefoil control --ca-bundle`).
+    #[arg(long, value_name = "FILE")]
     ca_bundle: Option<PathBuf>,
+    /// An external CA's signing command (`trefoil control --ca-external-command`); needs --ca-bundle.
+    #[arg(long, value_name = "PATH", requires = "ca_bundle", conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_external_command: Option<PathBuf>,
 }
 
 /// The control plane's CA flags `up` passes on, with absolute paths (the
 /// control plane may run elsewhere than the current directory).
 fn ca_args(args: &Args) -> Vec<String> {
-    let flags = [("--ca-cert", &args.ca_cert), ("--ca-key", &args.ca_key), ("--ca-bundle", &args.ca_bundle)];
+    let flags = [
+        ("--ca-cert", &args.ca_cert),
+        ("--ca-key", &args.ca_key),
+        ("--ca-bundle", &args.ca_bundle),
+        ("--ca-external-command", &args.ca_external_command),
+    ];
     flags
         .into_iter()
         .filter_map(|(flag, path)| path.as_ref().map(|p| (flag, std::path::absolute(p).unwrap_or_else(|_| p.clone()))))

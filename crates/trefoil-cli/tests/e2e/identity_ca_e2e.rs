@@ -245,3 +245,65 @@ fn a_root_rotation_under_load_moves_every_proxy_to_the_new_root_with_no_failed_r
     let after = ca_status(&up);
     assert_eq!(after["generation"], 1, "{after}");
 }
+
+#[test]
+fn an_external_ca_command_signs_the_meshs_svids_and_traffic_flows_over_mtls() {
+    let pki = scratch("external");
+    let run = |args: &[&str]| {
+        let (ok, out) = openssl(&pki, args);
+        assert!(ok, "openssl {args:?}: {out}");
+    };
+    run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "corp.key"]);
+    run(&["req", "-x509", "-new", "-key", "corp.key", "-subj", "/O=Example/CN=Corporate CA", "-days", "30", "-out", "corp.pem"]);
+    // The example of docs/security.md, logging each SPIFFE id it signs for.
+    let command = pki.join("sign");
+    std::fs::write(
+        &command,
+        format!(
+            "#!/bin/sh\necho \"$TREFOIL_SPIFFE_ID\" >> {dir}/signed.log\n\
+             ext=$(mktemp) && trap 'rm -f \"$ext\"' EXIT\n\
+             printf 'subjectAltName=%s\\nbasicConstraints=critical,CA:FALSE\\n' \"$TREFOIL_SUBJECT_ALT_NAMES\" > \"$ext\"\n\
+             openssl x509 -req -CA {dir}/corp.pem -CAkey {dir}/corp.key -days 1 -extfile \"$ext\"\n",
+            dir = pki.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&command, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = |f: &str| pki.join(f).display().to_string();
+
+    // Refused at start: without --ca-bundle, and with --ca-cert.
+    let data = pki.join("data-refused");
+    let out = trefoil_command()
+        .args(["control", "--data", &data.display().to_string(), "--ca-external-command", &path("sign")])
+        .output()
+        .expect("trefoil control runs");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-bundle"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let gateway = free_addr();
+    let mut up = Up::start_with_args(quickstart_mesh(gateway), &["--ca-external-command", &path("sign"), "--ca-bundle", &path("corp.pem")]);
+    up.wait_ready(&SIDECARS);
+    up.wait_up();
+    let admins: Vec<SocketAddr> = SIDECARS.iter().map(|s| address(&up, &format!("{s}-sidecar"), "admin")).collect();
+    wait_until("every sidecar's SVID", Duration::from_secs(30), || admins.iter().all(|a| identity(*a)["spiffeId"].is_string()));
+    let root = std::fs::read_to_string(pki.join("corp.pem")).unwrap();
+    for admin in &admins {
+        let doc = identity(*admin);
+        assert!(chains_to(&pki, &doc, &root), "the SVID chains to the external CA: {doc}");
+        assert_eq!(doc["trustBundlePem"].as_str().unwrap_or_default().trim(), root.trim(), "proxies trust the external CA's root");
+    }
+    let signed = std::fs::read_to_string(pki.join("signed.log")).unwrap();
+    assert!(signed.contains("spiffe://trefoil.local/control"), "the control plane's certificate comes from the command: {signed}");
+    for workload in ["web", "api"] {
+        assert!(signed.contains(&format!("/sa/{workload}")), "the command signed {workload}'s SVID: {signed}");
+    }
+    // gateway -> web sidecar -> api sidecar, mutual TLS on each hop with the external CA's SVIDs.
+    wait_until("the gateway serving web", Duration::from_secs(30), || http_get(gateway, "edge", "/").0 == 200);
+    let status = ca_status(&up);
+    assert_eq!(status["source"], "external", "{status}");
+    let rotate = up.cli(&["ca", "rotate"]);
+    assert_eq!(rotate.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&rotate.stderr).contains("--ca-external-command"), "{}", String::from_utf8_lossy(&rotate.stderr));
+    drop(up);
+    std::fs::remove_dir_all(&pki).unwrap();
+}

@@ -87,6 +87,19 @@ pub struct Issued {
     pub renew_at: SystemTime,
 }
 
+/// The signing step of an [`Authority`]. The checks before it (the
+/// identity comes from the caller's proof, never from the CSR; one URI
+/// SAN; the CSR signed by its key) are the authority's, the same for all.
+#[allow(clippy::large_enum_variant)] // one per authority, never moved in a hot path
+pub(super) enum Signer {
+    /// A key this process holds: a generated root or the operator's files.
+    /// `issuer` is the signing certificate as rcgen signs with it: its exact
+    /// name, key and key identifier.
+    Local { key: KeyPair, issuer: rcgen::Certificate },
+    /// The operator's command ([`super::external`]), verified on each answer.
+    External(super::external::ExternalCommand),
+}
+
 /// A CA key and certificate. For a root the control plane made, the key
 /// is persisted by the control plane and never leaves it; for a CA the
 /// operator provides ([`Authority::from_operator_files`]) it is read from
@@ -94,7 +107,8 @@ pub struct Issued {
 /// ([`Authority::root_pem`], the chain in each [`Issued`]) are distributed.
 pub struct Authority {
     trust_domain: TrustDomain,
-    key: KeyPair,
+    /// What signs: the only step that differs between the CA's sources.
+    signer: Signer,
     /// The roots this authority's chains end at, byte for byte as given.
     root_pem: String,
     /// The signing certificate, DER: renewals are checked against its key.
@@ -102,9 +116,6 @@ pub struct Authority {
     /// What follows a leaf in the chains handed out: the intermediate(s)
     /// between the leaf and the roots; empty when a root signs.
     chain_pem: String,
-    /// The issuer as rcgen signs with it: the signing certificate's exact
-    /// name, key and key identifier.
-    issuer: rcgen::Certificate,
     /// Whether the operator provided this CA (then it is not rotated here).
     operator: bool,
 }
@@ -120,7 +131,14 @@ impl Authority {
         let root = params.self_signed(&key).map_err(AuthorityError::Generate)?;
         let root_pem = root.pem();
         let signer_der = root.der().to_vec();
-        Ok(Authority { trust_domain, key, root_pem, signer_der, chain_pem: String::new(), issuer: root, operator: false })
+        Ok(Authority {
+            trust_domain,
+            signer: Signer::Local { key, issuer: root },
+            root_pem,
+            signer_der,
+            chain_pem: String::new(),
+            operator: false,
+        })
     }
 
     /// The authority as persisted: its key and root certificate in PEM.
@@ -139,11 +157,10 @@ impl Authority {
         let issuer = root_params(&trust_domain).self_signed(&key).map_err(AuthorityError::Key)?;
         Ok(Authority {
             trust_domain,
-            key,
+            signer: Signer::Local { key, issuer },
             root_pem: root_pem.to_string(),
             signer_der: der.to_vec(),
             chain_pem: String::new(),
-            issuer,
             operator: false,
         })
     }
@@ -157,7 +174,27 @@ impl Authority {
         chain_pem: String,
         issuer: rcgen::Certificate,
     ) -> Self {
-        Authority { trust_domain, key, root_pem, signer_der, chain_pem, issuer, operator: true }
+        Authority { trust_domain, signer: Signer::Local { key, issuer }, root_pem, signer_der, chain_pem, operator: true }
+    }
+
+    /// A CA behind the operator's command, trusting the roots of `bundle_pem`
+    /// (the command's chains must end at one of them).
+    pub fn external(trust_domain: TrustDomain, command: super::external::ExternalCommand, bundle_pem: String) -> Self {
+        let signer_der =
+            rustls_pemfile::certs(&mut bundle_pem.as_bytes()).filter_map(Result::ok).map(|c| c.to_vec()).next().unwrap_or_default();
+        Authority {
+            trust_domain,
+            signer: Signer::External(command),
+            root_pem: bundle_pem,
+            signer_der,
+            chain_pem: String::new(),
+            operator: true,
+        }
+    }
+
+    /// Whether an external command signs for this CA.
+    pub fn is_external(&self) -> bool {
+        matches!(self.signer, Signer::External(_))
     }
 
     /// Whether the operator provided this CA from files.
@@ -179,9 +216,51 @@ impl Authority {
         &self.root_pem
     }
 
-    /// The private key, for the control plane's own store only.
+    /// The private key, for the control plane's own store only; empty when
+    /// an external command holds it.
     pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
+        match &self.signer {
+            Signer::Local { key, .. } => key.serialize_pem(),
+            Signer::External(_) => String::new(),
+        }
+    }
+
+    /// The one step that differs between sources: `params` (the checked
+    /// request's names and rules) signed for the holder of `subject`'s key,
+    /// whose CSR is `csr_der`; the chain, leaf first, and its validity.
+    fn sign(
+        &self,
+        params: CertificateParams,
+        subject: &impl PublicKeyData,
+        csr_der: &[u8],
+        spiffe_id: &str,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<(String, SystemTime, SystemTime), IssueError> {
+        let sign = |e: rcgen::Error| IssueError::Sign(e.to_string());
+        match &self.signer {
+            Signer::Local { key, issuer } => {
+                let (not_before, not_after) = (params.not_before.into(), params.not_after.into());
+                let leaf = params.signed_by(subject, issuer, key).map_err(sign)?;
+                Ok((format!("{}{}", leaf.pem(), self.chain_pem), not_before, not_after))
+            }
+            Signer::External(command) => {
+                let names: Vec<String> = params
+                    .subject_alt_names
+                    .iter()
+                    .map(|name| match name {
+                        SanType::URI(u) => format!("URI:{}", u.as_str()),
+                        SanType::DnsName(d) => format!("DNS:{}", d.as_str()),
+                        SanType::IpAddress(ip) => format!("IP:{ip}"),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                let request =
+                    super::external::Request { csr_der, spiffe_id, trust_domain: self.trust_domain.as_str(), lifetime, names: &names };
+                let signed = command.sign(&request, now)?;
+                Ok((signed.chain_pem, signed.not_before, signed.not_after))
+            }
+        }
     }
 
     /// An X.509-SVID for `caller` (the identity its credentials proved) on
@@ -216,7 +295,10 @@ impl Authority {
         if !rest.is_empty() {
             return Err(IssueError::NotOurs(format!("{} bytes after the certificate", rest.len())));
         }
-        let mut signers: Vec<Vec<u8>> = vec![self.signer_der.clone()];
+        let mut signers: Vec<Vec<u8>> = match &self.signer {
+            Signer::Local { .. } => vec![self.signer_der.clone()],
+            Signer::External(command) => command.signers(),
+        };
         for pem in retiring {
             signers.extend(rustls_pemfile::certs(&mut pem.as_bytes()).filter_map(Result::ok).map(|c| c.to_vec()));
         }
@@ -276,9 +358,19 @@ impl Authority {
         let not_after = now + lifetime;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let leaf = params.signed_by(key, &self.issuer, &self.key).map_err(sign)?;
-        let certificate_pem = format!("{}{}", leaf.pem(), self.chain_pem);
-        Ok(Issued { certificate_pem, not_before, not_after, renew_at: now + lifetime * 2 / 3 })
+        // Only an external command needs a CSR: it signs what it is sent.
+        let csr = match &self.signer {
+            Signer::External(_) => {
+                let mut request = CertificateParams::default();
+                request.distinguished_name = DistinguishedName::new();
+                request.subject_alt_names = params.subject_alt_names.clone();
+                request.serialize_request(key).map_err(sign)?.der().to_vec()
+            }
+            Signer::Local { .. } => Vec::new(),
+        };
+        let id = format!("spiffe://{}/control", self.trust_domain);
+        let (certificate_pem, not_before, not_after) = self.sign(params, key, &csr, &id, lifetime, now)?;
+        Ok(Issued { certificate_pem, not_before, not_after, renew_at: renew_at(now, not_after, lifetime) })
     }
 
     /// [`Authority::issue`], requiring the CSR's key to be `same_key` when given.
@@ -316,10 +408,17 @@ impl Authority {
         let not_after = now + lifetime;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let leaf = params.signed_by(&key, &self.issuer, &self.key).map_err(|e| IssueError::Sign(e.to_string()))?;
-        let certificate_pem = format!("{}{}", leaf.pem(), self.chain_pem);
-        Ok(Issued { certificate_pem, not_before, not_after, renew_at: now + lifetime * 2 / 3 })
+        let (certificate_pem, not_before, not_after) = self.sign(params, &key, csr_der, &caller.to_string(), lifetime, now)?;
+        Ok(Issued { certificate_pem, not_before, not_after, renew_at: renew_at(now, not_after, lifetime) })
     }
+}
+
+/// Two thirds into the shorter of the life asked for and the life given:
+/// an external CA may issue for longer (openssl counts in days), but the
+/// holder renews on the mesh's schedule.
+fn renew_at(now: SystemTime, not_after: SystemTime, lifetime: Duration) -> SystemTime {
+    let given = not_after.duration_since(now).unwrap_or_default();
+    now + given.min(lifetime) * 2 / 3
 }
 
 /// The root's name and constraints; the same every time for one trust

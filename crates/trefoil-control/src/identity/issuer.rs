@@ -43,6 +43,8 @@ struct Ca {
 pub enum RotateError {
     #[error("the CA comes from the operator's files (--ca-cert); rotate it by replacing those files and restarting the control plane")]
     Operator,
+    #[error("an external command signs for this CA (--ca-external-command); rotate at that CA, then replace --ca-bundle and restart the control plane")]
+    External,
     #[error("this control plane keeps no CA root on disk, so it cannot rotate one")]
     NotKept,
     #[error(
@@ -216,7 +218,14 @@ impl Issuer {
         }
         CaStatus {
             trust_domain: authority.trust_domain().to_string(),
-            source: if authority.is_operator_provided() { "operator" } else { "generated" }.to_string(),
+            source: if authority.is_external() {
+                "external"
+            } else if authority.is_operator_provided() {
+                "operator"
+            } else {
+                "generated"
+            }
+            .to_string(),
             signer,
             roots,
             generation: self.generation(),
@@ -240,6 +249,9 @@ impl Issuer {
         }
         {
             let mut ca = self.ca.lock().unwrap_or_else(|e| e.into_inner());
+            if ca.authority.is_external() {
+                return Err(RotateError::External);
+            }
             if ca.authority.is_operator_provided() {
                 return Err(RotateError::Operator);
             }
@@ -275,6 +287,16 @@ impl Issuer {
     /// The mesh's trust domain.
     pub fn trust_domain(&self) -> super::TrustDomain {
         self.authority().trust_domain().clone()
+    }
+
+    /// [`Issuer::answer`] off the async threads: an external CA command
+    /// may take up to its timeout, and the runtime keeps serving meanwhile.
+    pub async fn answer_blocking(self: &Arc<Self>, proxy: &str, request: &CertificateRequest, now: SystemTime) -> IdentityAnswer {
+        let (issuer, proxy_name, req) = (self.clone(), proxy.to_string(), request.clone());
+        match tokio::task::spawn_blocking(move || issuer.answer(&proxy_name, &req, now)).await {
+            Ok(answer) => answer,
+            Err(e) => IdentityAnswer { error: format!("issuing failed: {e}"), ..Default::default() },
+        }
     }
 
     /// The answer to `request` from the proxy called `proxy`.

@@ -5,6 +5,7 @@
 
 pub mod api;
 mod authority;
+pub mod external;
 mod issuer;
 pub mod join;
 pub mod keep;
@@ -15,6 +16,7 @@ pub mod stream_tls;
 mod tests;
 
 pub use authority::{Authority, AuthorityError, IssueError, Issued, MAX_CSR_BYTES, MAX_LIFETIME, MIN_LIFETIME, ROOT_LIFETIME};
+pub use external::ExternalCa;
 pub use issuer::{bundle_at, next_drop, CaStatus, CertificateStatus, Issuer, RotateError, DEFAULT_LIFETIME, DEFAULT_OVERLAP};
 pub use keep::Retiring;
 pub use operator::{OperatorCa, OperatorCaError};

@@ -48,7 +48,17 @@ pub struct OperatorCaError {
     pub message: String,
 }
 
-fn refuse(path: &Path, message: impl Into<String>) -> OperatorCaError {
+impl OperatorCaError {
+    /// The refusal of `--ca-cert` together with `--ca-external-command`.
+    pub fn both() -> Self {
+        refuse(
+            Path::new("--ca-external-command"),
+            "goes without --ca-cert/--ca-key: the external command signs, or the key file does, not both",
+        )
+    }
+}
+
+pub(crate) fn refuse(path: &Path, message: impl Into<String>) -> OperatorCaError {
     OperatorCaError { path: path.to_path_buf(), message: message.into() }
 }
 
@@ -64,7 +74,7 @@ fn read_bounded(path: &Path) -> Result<String, OperatorCaError> {
 }
 
 /// The DER certificates of a PEM file; none is an error.
-fn certificates(path: &Path) -> Result<Vec<Vec<u8>>, OperatorCaError> {
+pub(crate) fn certificates(path: &Path) -> Result<Vec<Vec<u8>>, OperatorCaError> {
     let text = read_bounded(path)?;
     let ders = rustls_pemfile::certs(&mut text.as_bytes())
         .map(|c| c.map(|c| c.to_vec()))
@@ -97,7 +107,7 @@ pub(crate) fn pem_of(der: &[u8]) -> String {
     format!("-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
 }
 
-fn base64_lines(bytes: &[u8]) -> String {
+pub(crate) fn base64_lines(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     let mut line = 0;

@@ -414,3 +414,172 @@ fn rotations_faster_than_overlaps_end_are_refused_once_the_bundle_is_full() {
     issuer.rotate(Duration::from_secs(120), now + Duration::from_secs(121)).unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// A CA made with openssl in `dir` (`ca.pem`, `ca.key`), as an operator's corporate CA would be.
+fn openssl_ca(dir: &std::path::Path, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (ok, out) = openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+        dir,
+    );
+    assert!(ok, "{out}");
+}
+
+/// An executable script `name` in `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The signing script of docs/security.md, against the CA `ca` in `dir`,
+/// with the subject alternative names `names` (the environment's by default).
+fn signing_script(dir: &std::path::Path, ca: &str, names: &str) -> String {
+    let ca = dir.join(ca);
+    format!(
+        "ext=$(mktemp) && trap 'rm -f \"$ext\"' EXIT\n\
+         printf 'subjectAltName=%s\\nbasicConstraints=critical,CA:FALSE\\n' \"{names}\" > \"$ext\"\n\
+         openssl x509 -req -CA {ca}.pem -CAkey {ca}.key -days 1 -extfile \"$ext\"",
+        ca = ca.display()
+    )
+}
+
+fn external_authority(dir: &std::path::Path, command: std::path::PathBuf) -> Authority {
+    let flags = ExternalCa { command, bundle: dir.join("corp.pem") };
+    external::load(&flags, TrustDomain::default()).unwrap()
+}
+
+#[test]
+fn an_external_command_signs_svids_that_openssl_verifies() {
+    let dir = std::env::temp_dir().join(format!("trefoil-external-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    openssl_ca(&dir, "corp");
+    let body =
+        format!("env | grep '^TREFOIL_' | sort > {}/env\n{}", dir.display(), signing_script(&dir, "corp", "$TREFOIL_SUBJECT_ALT_NAMES"));
+    let authority = external_authority(&dir, script(&dir, "sign", &body));
+    let key = KeyPair::generate().unwrap();
+    let now = SystemTime::now();
+    // A proxy's CSR names nothing: the identity is the caller's, passed in the environment.
+    let issued = authority.issue(&csr(&key, vec![]), &id("web"), Duration::from_secs(3600), now).unwrap();
+    std::fs::write(dir.join("leaf.pem"), &issued.certificate_pem).unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", "corp.pem", "leaf.pem"], &dir);
+    assert!(ok, "{out}");
+    let (_, text) = openssl(&["x509", "-in", "leaf.pem", "-noout", "-ext", "subjectAltName"], &dir);
+    assert!(text.contains("URI:spiffe://trefoil.local/ns/default/sa/web"), "{text}");
+    let env = std::fs::read_to_string(dir.join("env")).unwrap();
+    assert!(env.contains("TREFOIL_SPIFFE_ID=spiffe://trefoil.local/ns/default/sa/web\n"), "{env}");
+    assert!(env.contains("TREFOIL_LIFETIME_SECONDS=3600\n"), "{env}");
+    assert!(env.contains("TREFOIL_TRUST_DOMAIN=trefoil.local\n"), "{env}");
+    // openssl issues for a day; the holder still renews on the mesh's schedule.
+    assert!(issued.renew_at <= now + Duration::from_secs(2400));
+    // The bundle is the operator's roots; a renewal of this SVID is accepted.
+    assert!(authority.root_pem().contains("BEGIN CERTIFICATE"));
+    let der = rustls_pemfile::certs(&mut issued.certificate_pem.as_bytes()).next().unwrap().unwrap();
+    let (renewed_id, _) = authority.renew(&csr(&key, vec![]), &der, Duration::from_secs(3600), now).unwrap();
+    assert_eq!(renewed_id, id("web"));
+    // The control plane's own serving certificate comes from the command too.
+    let control_key = KeyPair::generate().unwrap();
+    let control =
+        authority.issue_control(&control_key, &["localhost".into()], &["127.0.0.1".parse().unwrap()], Duration::from_secs(3600), now);
+    assert!(control.is_ok(), "{control:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_external_command_that_fails_or_lies_issues_nothing() {
+    let dir = std::env::temp_dir().join(format!("trefoil-external-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    openssl_ca(&dir, "corp");
+    openssl_ca(&dir, "rogue");
+    let key = KeyPair::generate().unwrap();
+    let (ok, out) = openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.csr",
+        ],
+        &dir,
+    );
+    assert!(ok, "{out}");
+    let other_key = format!(
+        "cat >/dev/null\n{}",
+        signing_script(&dir, "corp", "$TREFOIL_SUBJECT_ALT_NAMES").replace("-req", &format!("-req -in {}/other.csr", dir.display()))
+    );
+    let cases = [
+        ("fails", "echo 'vault: permission denied' >&2\nexit 1".to_string(), "vault: permission denied"),
+        ("garbage", "cat >/dev/null\necho 'hello, world'".to_string(), "printed no CERTIFICATE block"),
+        (
+            "other-id",
+            signing_script(&dir, "corp", "URI:spiffe://trefoil.local/ns/default/sa/admin"),
+            "not [URI:spiffe://trefoil.local/ns/default/sa/web]",
+        ),
+        ("extra-name", signing_script(&dir, "corp", "$TREFOIL_SUBJECT_ALT_NAMES,DNS:example.com"), "DNS:example.com"),
+        ("other-key", other_key, "another key"),
+        ("a-ca", signing_script(&dir, "corp", "$TREFOIL_SUBJECT_ALT_NAMES").replace("CA:FALSE", "CA:TRUE"), "is not a CA"),
+        ("rogue-ca", signing_script(&dir, "rogue", "$TREFOIL_SUBJECT_ALT_NAMES"), "does not verify to the trust bundle"),
+    ];
+    for (name, body, reason) in cases {
+        let command = script(&dir, name, &body);
+        let authority = external_authority(&dir, command.clone());
+        let err = authority.issue(&csr(&key, vec![]), &id("web"), Duration::from_secs(3600), SystemTime::now()).unwrap_err().to_string();
+        assert!(err.contains(&command.display().to_string()), "{name}: {err}");
+        assert!(err.contains(reason), "{name}: {err}");
+    }
+    // A command past its timeout is ended and the request refused.
+    let command = script(&dir, "slow", "exec sleep 30");
+    let mut slow = external::ExternalCommand::new(command, vec![]).map(|_| ()).unwrap_err();
+    assert!(slow.contains("no certificate"), "{slow}");
+    let roots = operator::certificates(&dir.join("corp.pem")).unwrap();
+    let mut signer = external::ExternalCommand::new(dir.join("slow"), roots).unwrap();
+    signer.timeout = Duration::from_millis(200);
+    let authority = Authority::external(TrustDomain::default(), signer, std::fs::read_to_string(dir.join("corp.pem")).unwrap());
+    slow = authority.issue(&csr(&key, vec![]), &id("web"), Duration::from_secs(3600), SystemTime::now()).unwrap_err().to_string();
+    assert!(slow.contains("gave no answer within 200ms"), "{slow}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn external_ca_flags_are_checked_at_start() {
+    let dir = std::env::temp_dir().join(format!("trefoil-external-flags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    openssl_ca(&dir, "corp");
+    let missing = ExternalCa { command: dir.join("nope"), bundle: dir.join("corp.pem") };
+    let err = external::load(&missing, TrustDomain::default()).err().unwrap().to_string();
+    assert!(err.contains("--ca-external-command") && err.contains("nope"), "{err}");
+    std::fs::write(dir.join("plain"), "#!/bin/sh\n").unwrap();
+    let plain = ExternalCa { command: dir.join("plain"), bundle: dir.join("corp.pem") };
+    let err = external::load(&plain, TrustDomain::default()).err().unwrap().to_string();
+    assert!(err.contains("not executable"), "{err}");
+    let no_bundle = ExternalCa { command: script(&dir, "sign", "exit 1"), bundle: dir.join("none.pem") };
+    let err = external::load(&no_bundle, TrustDomain::default()).err().unwrap().to_string();
+    assert!(err.contains("none.pem"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
