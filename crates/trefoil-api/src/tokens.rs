@@ -133,7 +133,8 @@ pub struct AuditEntry {
     pub seq: u64,
     /// Unix milliseconds.
     pub time_ms: u64,
-    /// The caller's token id (`anonymous` under `--insecure-local`).
+    /// The caller's token id (`anonymous` under `--insecure-local`), or the
+    /// SPIFFE id of a proxy that wrote through the Datapath service.
     pub token_id: String,
     pub role: Role,
     /// `create`, `apply`, `delete`, `promote`..., `token-create`, `token-revoke`.

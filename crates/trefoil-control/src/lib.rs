@@ -295,12 +295,16 @@ pub async fn run(options: ControlOptions, shutdown: impl std::future::Future<Out
     let expiry = tokio::spawn(leader_only(leader.clone(), "datapath rule expiry", move || datapath_expiry::run(controlled.clone())));
     let mut registry = prometheus_client::registry::Registry::default();
     let flows = Arc::new(flows::FlowStore::new(flows::Caps::default(), flows::metrics::FlowMetrics::register(&mut registry)));
-    let datapath = datapath_api::DatapathService::new(store.clone(), flows.clone());
+    let datapath = datapath_api::DatapathService::new(store.clone(), flows.clone(), auth.clone());
     let grpc = match stream_tls {
         None => tokio::spawn(trefoil_wire::serve_with_datapath(grpc, service, datapath, stopped(stop_rx.clone()))),
-        Some(tls) => {
-            tokio::spawn(trefoil_wire::serve_with_datapath_tls(grpc, tls, service.authenticating(), datapath, stopped(stop_rx.clone())))
-        }
+        Some(tls) => tokio::spawn(trefoil_wire::serve_with_datapath_tls(
+            grpc,
+            tls,
+            service.authenticating(),
+            datapath.authenticating(),
+            stopped(stop_rx.clone()),
+        )),
     };
     let live = Arc::new(live::Live::new(live::LiveLimits::default()));
     let feed = tokio::spawn(live::run(live.clone(), store.clone(), proxies.clone()));

@@ -117,14 +117,16 @@ pub struct Flow {
 /// WatchFlows' answer: flows until the client goes away.
 pub type FlowStream = Pin<Box<dyn Stream<Item = Result<Flow, Status>> + Send>>;
 
-/// What the control plane implements.
+/// What the control plane implements. Each call comes as its request,
+/// with the metadata (`authorization`) and the connection's
+/// [`crate::PeerInfo`] the implementation authenticates the caller by.
 pub trait Datapath: Send + Sync + 'static {
     /// Creates or replaces the rule (writing it again restarts its TTL); the rule as stored.
-    fn add_rule(&self, rule: Rule) -> impl Future<Output = Result<Rule, Status>> + Send;
-    fn remove_rule(&self, name: RuleName) -> impl Future<Output = Result<RuleName, Status>> + Send;
-    fn list_rules(&self, request: ListRulesRequest) -> impl Future<Output = Result<ListRulesResponse, Status>> + Send;
+    fn add_rule(&self, rule: Request<Rule>) -> impl Future<Output = Result<Rule, Status>> + Send;
+    fn remove_rule(&self, name: Request<RuleName>) -> impl Future<Output = Result<RuleName, Status>> + Send;
+    fn list_rules(&self, request: Request<ListRulesRequest>) -> impl Future<Output = Result<ListRulesResponse, Status>> + Send;
     /// The flows held, then each flow as the agents report it.
-    fn watch_flows(&self, request: WatchFlowsRequest) -> impl Future<Output = Result<FlowStream, Status>> + Send;
+    fn watch_flows(&self, request: Request<WatchFlowsRequest>) -> impl Future<Output = Result<FlowStream, Status>> + Send;
 }
 
 grpc_service!(
@@ -162,7 +164,7 @@ impl<T: Datapath> DatapathServer<T> {
 /// One method: the implementation and the call it makes.
 struct Unary<T, Req, Resp> {
     inner: Arc<T>,
-    call: fn(Arc<T>, Req) -> BoxFuture<Resp, Status>,
+    call: fn(Arc<T>, Request<Req>) -> BoxFuture<Resp, Status>,
 }
 
 impl<T: Send + Sync + 'static, Req: Send + 'static, Resp: Send + 'static> UnaryService<Req> for Unary<T, Req, Resp> {
@@ -170,7 +172,7 @@ impl<T: Send + Sync + 'static, Req: Send + 'static, Resp: Send + 'static> UnaryS
     type Future = BoxFuture<Response<Resp>, Status>;
 
     fn call(&mut self, request: Request<Req>) -> Self::Future {
-        let answer = (self.call)(self.inner.clone(), request.into_inner());
+        let answer = (self.call)(self.inner.clone(), request);
         Box::pin(async move { answer.await.map(Response::new) })
     }
 }
@@ -187,7 +189,7 @@ impl<T: Datapath> ServerStreamingService<WatchFlowsRequest> for Watch<T> {
 
     fn call(&mut self, request: Request<WatchFlowsRequest>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.watch_flows(request.into_inner()).await.map(Response::new) })
+        Box::pin(async move { inner.watch_flows(request).await.map(Response::new) })
     }
 }
 
@@ -212,6 +214,8 @@ where
 #[derive(Clone)]
 pub struct DatapathClient {
     grpc: tonic::client::Grpc<Channel>,
+    /// `Bearer <token>`, sent with each call when set.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl DatapathClient {
@@ -226,7 +230,23 @@ impl DatapathClient {
         let channel = crate::client::channel(Endpoint::from_shared(uri)?.tcp_nodelay(true), tls).await?;
         let grpc =
             tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(DatapathClient { grpc })
+        Ok(DatapathClient { grpc, authorization: None })
+    }
+
+    /// Sends `authorization: Bearer <token>` with each call (an API token,
+    /// as for the REST API); a caller without an SVID proves itself so.
+    pub fn with_token(mut self, token: &str) -> Result<Self, String> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| "the token is not printable ASCII".to_string())?;
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    fn request<Req>(&self, message: Req) -> Request<Req> {
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        request
     }
 
     async fn call<Req, Resp>(&mut self, path: &'static str, request: Req) -> Result<Resp, Status>
@@ -235,7 +255,7 @@ impl DatapathClient {
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
         self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
-        let response = self.grpc.unary(Request::new(request), PathAndQuery::from_static(path), ProstCodec::<Req, Resp>::default()).await?;
+        let response = self.grpc.unary(self.request(request), PathAndQuery::from_static(path), ProstCodec::<Req, Resp>::default()).await?;
         Ok(response.into_inner())
     }
 
@@ -254,7 +274,7 @@ impl DatapathClient {
     /// The flows held, then each new one, of `rule` (all when empty).
     pub async fn watch_flows(&mut self, rule: &str) -> Result<Streaming<Flow>, Status> {
         self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
-        let request = Request::new(WatchFlowsRequest { rule: rule.to_string() });
+        let request = self.request(WatchFlowsRequest { rule: rule.to_string() });
         let codec = ProstCodec::<WatchFlowsRequest, Flow>::default();
         Ok(self.grpc.server_streaming(request, PathAndQuery::from_static(WATCH_FLOWS), codec).await?.into_inner())
     }

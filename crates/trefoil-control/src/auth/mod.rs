@@ -79,11 +79,28 @@ impl Auth {
         let Some(text) = authorization else {
             return Err("a node agent's stream needs `authorization: Bearer <token>` (an API token, as for the REST API)".into());
         };
+        self.bearer_caller(text)
+    }
+
+    /// The caller an `authorization` value (`Bearer <token>`) stands for.
+    pub(crate) fn bearer_caller(&self, text: &str) -> Result<Caller, String> {
         let token = match text.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
             _ => return Err("the authorization metadata must be `Bearer <token>`".into()),
         };
         self.tokens.check(token, crate::rollout::now_ms()).map_err(|e| e.to_string())
+    }
+
+    /// Records a write made other than through the REST API (the Datapath
+    /// service) in the same audit log.
+    pub(crate) fn record(&self, caller: &Caller, verb: &str, resource: &str, before: Option<u64>, after: Option<u64>) {
+        self.audit.record(caller, verb, resource, before, after);
+    }
+
+    /// The audit log's entries, for tests of the other writers.
+    #[cfg(test)]
+    pub(crate) fn audit_for_tests(&self) -> Vec<trefoil_api::AuditEntry> {
+        self.audit.entries()
     }
 
     /// A token of `role` for tests of the streams.

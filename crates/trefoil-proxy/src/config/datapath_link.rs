@@ -47,7 +47,7 @@ pub(crate) enum Sent {
 
 impl DatapathLink {
     /// From now on changes go to the control plane at `address`.
-    /// With a trust bundle, over TLS, presenting `identity`'s SVID when it holds one.
+    /// With a trust bundle, over TLS, presenting `identity`'s SVID (no call is made without one).
     pub(crate) fn use_control_plane(&self, address: &str, bundle: Option<&str>, identity: std::sync::Arc<crate::identity::Identity>) {
         let _ = self.tls.set(bundle.map(|b| (b.to_string(), identity)));
         let _ = self.address.set(address.to_string());
@@ -98,10 +98,17 @@ impl DatapathLink {
         }
         let tls = match self.tls.get().and_then(Option::as_ref) {
             None => None,
-            Some((bundle, identity)) => Some(
-                trefoil_wire::ClientTls::new(bundle, identity.current().map(|s| s.certified.clone()))
-                    .map_err(|e| format!("cannot reach the control plane at {address} over TLS: {e}"))?,
-            ),
+            // The SVID is how the control plane knows whose handler writes:
+            // without one every call would be refused, so none is made.
+            Some((bundle, identity)) => {
+                let Some(svid) = identity.current() else {
+                    return Err(format!("this proxy holds no SVID yet to present to the control plane at {address}"));
+                };
+                Some(
+                    trefoil_wire::ClientTls::new(bundle, Some(svid.certified.clone()))
+                        .map_err(|e| format!("cannot reach the control plane at {address} over TLS: {e}"))?,
+                )
+            }
         };
         let client = match tokio::time::timeout(TIMEOUT, DatapathClient::connect_with(address, tls)).await {
             Ok(Ok(client)) => client,
