@@ -222,18 +222,24 @@ mod tests {
 
     use super::*;
 
+    /// An empty store in a fresh scratch directory named by `name`, and a compiler over it.
+    fn scratch(name: &str) -> (std::path::PathBuf, Arc<Store>, Arc<crate::config_stream::Compiler>) {
+        let dir = std::env::temp_dir().join(format!("trefoil-dpapi-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
+        let proxies = Arc::new(crate::proxies::Proxies::default());
+        let compiler = Arc::new(crate::config_stream::Compiler::new(store.clone(), proxies, None));
+        (dir, store, compiler)
+    }
+
     async fn serve(test: &str) -> (SocketAddr, Arc<Store>) {
         let (addr, store, _) = serve_with_flows(test).await;
         (addr, store)
     }
 
     async fn serve_with_flows(test: &str) -> (SocketAddr, Arc<Store>, Arc<FlowStore>) {
-        let dir = std::env::temp_dir().join(format!("trefoil-dpapi-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
-        let proxies = Arc::new(crate::proxies::Proxies::default());
-        let compiler = Arc::new(crate::config_stream::Compiler::new(store.clone(), proxies, None));
+        let (dir, store, compiler) = scratch(&format!("{}-{test}", std::process::id()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let auth = Arc::new(crate::auth::Auth::new(store.clone(), false, addr).unwrap());
@@ -343,12 +349,7 @@ mod tests {
     }
 
     async fn serve_tls(test: &str) -> Tls {
-        let dir = std::env::temp_dir().join(format!("trefoil-dpapi-tls-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("store.db")).unwrap());
-        let proxies = Arc::new(crate::proxies::Proxies::default());
-        let compiler = Arc::new(crate::config_stream::Compiler::new(store.clone(), proxies, None));
+        let (dir, store, compiler) = scratch(&format!("tls-{}-{test}", std::process::id()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let auth = Arc::new(Auth::new(store.clone(), false, addr).unwrap());
